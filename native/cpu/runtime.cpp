@@ -1,0 +1,104 @@
+// Runtime services behind the C ABI: thread pool start, ISA choice, errors, aligned memory.
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "common.h"
+#include "threadpool.h"
+
+namespace rmlx {
+namespace {
+thread_local char g_err[512] = "";
+Isa g_isa = Isa::Scalar;
+bool g_isa_set = false;
+
+Isa best_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    return Isa::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::Avx2;
+  return Isa::Scalar;
+}
+}  // namespace
+
+bool cpu_has(Isa isa) { return (int)isa <= (int)best_isa(); }
+
+Isa active_isa() {
+  if (!g_isa_set) {
+    g_isa = best_isa();
+    const char *env = getenv("RMLX_ISA");
+    if (env && *env) {
+      Isa want = !strcmp(env, "avx512") ? Isa::Avx512 : !strcmp(env, "avx2") ? Isa::Avx2 : Isa::Scalar;
+      if (cpu_has(want)) g_isa = want;
+    }
+    g_isa_set = true;
+  }
+  return g_isa;
+}
+
+int fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof g_err, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+}  // namespace rmlx
+
+using namespace rmlx;
+
+extern "C" {
+
+int rmlx_abi_version(void) { return RMLX_ABI_VERSION; }
+
+int rmlx_init(int nthreads) {
+  pool_start(nthreads);
+  active_isa();
+  return RMLX_OK;
+}
+
+int rmlx_num_threads(void) { return pool_size(); }
+
+const char *rmlx_isa(void) {
+  switch (active_isa()) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+int rmlx_set_isa(const char *name) {
+  if (!name) return fail(RMLX_E_INVALID, "isa name is null");
+  Isa want;
+  if (!strcmp(name, "avx512")) want = Isa::Avx512;
+  else if (!strcmp(name, "avx2")) want = Isa::Avx2;
+  else if (!strcmp(name, "scalar")) want = Isa::Scalar;
+  else return fail(RMLX_E_INVALID, "unknown isa '%s'", name);
+  if (!cpu_has(want)) return fail(RMLX_E_UNSUPPORTED, "this CPU does not support %s", name);
+  g_isa = want;
+  g_isa_set = true;
+  return RMLX_OK;
+}
+
+const char *rmlx_last_error(void) { return g_err; }
+
+int rmlx_alloc(int64_t nbytes, void **out) {
+  if (!out || nbytes < 0) return fail(RMLX_E_INVALID, "rmlx_alloc: bad arguments");
+  size_t n = ((size_t)(nbytes > 0 ? nbytes : 1) + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, n);
+  if (!p) return fail(RMLX_E_NOMEM, "out of memory allocating %lld bytes", (long long)nbytes);
+  memset(p, 0, n);
+  *out = p;
+  return RMLX_OK;
+}
+
+int rmlx_free(void *p) {
+  free(p);
+  return RMLX_OK;
+}
+
+}  // extern "C"

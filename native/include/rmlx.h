@@ -1,0 +1,110 @@
+/* rmlx native kernel library: the flat C ABI loaded through bun:ffi.
+ *
+ * Conventions (see DESIGN.md):
+ *  - plain pointers, integers and floats only; no structs by value;
+ *  - every function returns an int status: 0 = ok, otherwise an RMLX_E_* code,
+ *    with a message available from rmlx_last_error() (thread-local);
+ *  - activations and outputs are f32; weights may be f32 / f16 / bf16 or an MLX quantized format;
+ *  - buffers need no particular alignment; kernels use unaligned loads.
+ */
+#ifndef RMLX_H
+#define RMLX_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#pragma GCC visibility push(default)
+
+#define RMLX_ABI_VERSION 1
+
+/* status codes */
+#define RMLX_OK 0
+#define RMLX_E_INVALID 1     /* bad argument: shape, bits, group size, null pointer */
+#define RMLX_E_UNSUPPORTED 2 /* valid but not implemented (e.g. dtype combination) */
+#define RMLX_E_NOMEM 3
+#define RMLX_E_INTERNAL 4
+
+/* dtypes (numbering shared with src/backend/native/lib.ts) */
+#define RMLX_F32 0
+#define RMLX_F16 1
+#define RMLX_BF16 2
+#define RMLX_U32 3
+#define RMLX_U8 4
+#define RMLX_I32 5
+
+/* quantization modes */
+#define RMLX_Q_AFFINE 0
+#define RMLX_Q_MXFP4 1
+#define RMLX_Q_MXFP8 2
+#define RMLX_Q_NVFP4 3
+
+/* ---- runtime ---- */
+int rmlx_abi_version(void);
+/* Starts the thread pool with n threads (0 = one per online core). Idempotent. */
+int rmlx_init(int nthreads);
+int rmlx_num_threads(void);
+/* Name of the ISA variant in use: "avx512", "avx2" or "scalar". */
+const char *rmlx_isa(void);
+/* Forces an ISA variant ("avx512", "avx2", "scalar"); fails if the CPU lacks it. For tests and benchmarks. */
+int rmlx_set_isa(const char *name);
+const char *rmlx_last_error(void);
+
+/* ---- memory (64-byte aligned, zero-filled) ---- */
+int rmlx_alloc(int64_t nbytes, void **out);
+int rmlx_free(void *p);
+
+/* ---- dense and quantized products (native/cpu/matmul*, qmm*) ----
+ * y[M,N] = x[M,K] @ W^T, W stored row-major [N,K] (a Linear's weight); optional bias[N] (same dtype as W).
+ * w_dtype: RMLX_F32 / RMLX_F16 / RMLX_BF16. */
+int rmlx_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N,
+                const void *w, int w_dtype, const void *bias);
+
+/* Quantized Linear, MLX layout: w uint32 [N, K*bits/32]; scales [N, K/group]; biases [N, K/group] (affine only).
+ * sb_dtype: dtype of scales and biases for affine (F32/F16/BF16); ignored for fp modes (scales are uint8).
+ * global_scale: nvfp4 only (0 = absent). bias: optional Linear bias [N] in bias_dtype. */
+int rmlx_qlinear(float *y, const float *x, int64_t M, int64_t K, int64_t N,
+                 const uint32_t *w, const void *scales, const void *biases, int sb_dtype,
+                 int mode, int bits, int group_size, float global_scale,
+                 const void *bias, int bias_dtype);
+
+/* MoE: for each of T*topk (token, expert) pairs p, y[p, :] = x[p / x_div, :] @ W[idx[p]]^T.
+ * w: stacked experts [E, N, K*bits/32]; scales/biases [E, N, K/group]. x_div is topk when x holds one row per
+ * token, 1 when it holds one row per pair. Rows sharing an expert are batched. */
+int rmlx_gather_qlinear(float *y, const float *x, int64_t P, int64_t x_div, int64_t K, int64_t N,
+                        const int32_t *idx, int64_t E,
+                        const uint32_t *w, const void *scales, const void *biases, int sb_dtype,
+                        int mode, int bits, int group_size, float global_scale);
+
+/* Dense stacked experts (bf16/f16/f32), same indexing as rmlx_gather_qlinear: w [E, N, K]. */
+int rmlx_gather_linear(float *y, const float *x, int64_t P, int64_t x_div, int64_t K, int64_t N,
+                       const int32_t *idx, int64_t E, const void *w, int w_dtype);
+
+/* out[r, :] = dequant(W)[rows[r], :] as f32, for r < nrows (rows == NULL: all N rows in order).
+ * Quantized embedding lookup and full dequantization. */
+int rmlx_dequantize_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, int64_t K,
+                         const uint32_t *w, const void *scales, const void *biases, int sb_dtype,
+                         int mode, int bits, int group_size, float global_scale);
+
+/* out[r, :] = W[rows[r], :] as f32 for a float table W [N, K] in w_dtype (embedding lookup). */
+int rmlx_take_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, int64_t K,
+                   const void *w, int w_dtype);
+
+/* ---- the lazy executor (native/cpu/exec.cpp) ----
+ * Runs a recorded step in one call. prog is a sequence of op records encoded as doubles
+ * (pointers and integers are exact in a double on x86-64 user space); the encoding is private to
+ * native/cpu/exec.cpp and src/backend/native/program.ts, which must change together. */
+int rmlx_exec(const double *prog, int64_t nwords);
+
+/* ---- benchmarks ---- */
+/* STREAM-like triad a = b + s*c over n floats on all threads, repeated reps times; returns seconds of the best rep. */
+int rmlx_bench_triad(int64_t n, int reps, double *best_seconds);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+#endif

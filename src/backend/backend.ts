@@ -1,0 +1,174 @@
+// The Backend interface: tensors and the ops the model families need. Names and semantics follow MLX
+// (mlx.core / mlx.core.fast), so that porting an mlx-lm model is line for line and the mlx backend is a thin
+// map onto mlx-c. Ops are lazy: they record, and eval() (or a read-back) runs what was recorded.
+//
+// Differences from MLX, on purpose:
+//  - activations are f32 on the native backend (weights keep their stored dtype or quantized format);
+//  - rope takes one position per token (not a scalar offset), and attention reads a paged KV pool through
+//    block tables, because the server batches sequences of different lengths into one step.
+
+export type DType = "f32" | "f16" | "bf16" | "u32" | "u8" | "i32";
+export type QuantMode = "affine" | "mxfp4" | "mxfp8" | "nvfp4";
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+}
+
+/** A quantized weight in MLX's layout: w uint32 [..., out, in*bits/32], scales (and biases for affine) [..., out, in/group]. */
+export interface QuantizedWeight {
+  readonly w: Tensor;
+  readonly scales: Tensor;
+  readonly biases?: Tensor;
+  readonly mode: QuantMode;
+  readonly bits: number;
+  readonly groupSize: number;
+  /** nvfp4 only. */
+  readonly globalScale?: number;
+}
+
+/** A Linear / embedding weight: float [out, in] or quantized. */
+export type Weight = Tensor | QuantizedWeight;
+
+export function isQuantized(w: Weight): w is QuantizedWeight {
+  return (w as QuantizedWeight).scales !== undefined;
+}
+
+export interface RopeOptions {
+  /** Rotated dims (partial rotary when < head dim). */
+  dims: number;
+  /** true: rotate adjacent pairs (GPT-J style); false: rotate halves (NeoX / Llama HF style). */
+  traditional: boolean;
+  /** Base frequency, ignored when freqs is given. */
+  base: number;
+  /** Multiplies positions (linear scaling is scale = 1/factor). */
+  scale: number;
+  /** Precomputed inverse frequencies [dims/2] (llama3, yarn, longrope), overriding base. */
+  freqs?: Float32Array;
+  /** Multiplies cos and sin (yarn's attention factor). Default 1. */
+  mscale?: number;
+}
+
+/** Where each token of a batched step sits: in which sequence, at which position. */
+export interface AttentionBatch {
+  /** Block table of each sequence, row-major [numSeqs, maxBlocks]; entries are block indices into the pool. */
+  blockTables: Int32Array;
+  maxBlocks: number;
+  /** Total tokens of each sequence in the cache after this step's writes [numSeqs]. */
+  seqLens: Int32Array;
+  /** Sequence index of each token of the step [T]. */
+  tokenSeq: Int32Array;
+  /** Absolute position of each token of the step [T]. */
+  positions: Int32Array;
+}
+
+export interface AttentionOptions {
+  scale: number;
+  /** Sliding window in tokens (a query at position p sees keys in (p - window, p]); 0 = full causal. */
+  window?: number;
+  /** tanh soft-capping of the scores (Gemma 2); 0 = none. */
+  softcap?: number;
+}
+
+/** A paged KV pool for one layer: [numBlocks, blockSize, kvHeads, headDim] for keys and values. */
+export interface KvPool {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+}
+
+export interface Backend {
+  readonly name: string;
+  /** A short description of the device (CPU model and ISA, GPU name). */
+  readonly device: string;
+
+  // ---- creation and read-back ----
+  /** Copies host data into a new tensor. */
+  fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor;
+  /** Wraps bytes without copying (mmapped weights). The bytes must outlive the tensor. */
+  fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor;
+  zeros(shape: readonly number[], dtype: DType): Tensor;
+  /** Runs everything recorded that the given tensors depend on. */
+  eval(...tensors: Tensor[]): void;
+  /** Evaluates and copies out as f32 (any float dtype) or i32. */
+  toFloat32(t: Tensor): Float32Array;
+  toInt32(t: Tensor): Int32Array;
+  /**
+   * Runs fn; every tensor created inside is freed when it returns, except those returned (in an array or
+   * object) and persistent tensors (fromBytes, allocPersistent). Steps run inside a scope so RSS stays flat.
+   */
+  scope<T>(fn: () => T): T;
+  /** A zero-filled tensor owned by the caller (model or cache), freed only by dispose(). */
+  allocPersistent(shape: readonly number[], dtype: DType): Tensor;
+  dispose(t: Tensor): void;
+
+  // ---- shape ----
+  reshape(x: Tensor, shape: readonly number[]): Tensor;
+  transpose(x: Tensor, axes: readonly number[]): Tensor;
+  /** x[start:end] along axis. */
+  slice(x: Tensor, axis: number, start: number, end: number): Tensor;
+  concatenate(xs: readonly Tensor[], axis: number): Tensor;
+  astype(x: Tensor, dtype: DType): Tensor;
+
+  // ---- products ----
+  /** a [..., M, K] @ b [..., K, N], broadcasting leading dims. */
+  matmul(a: Tensor, b: Tensor): Tensor;
+  /** x [..., K] @ w.T (+ bias): a Linear with a float or quantized weight [N, K]. */
+  linear(x: Tensor, w: Weight, bias?: Tensor): Tensor;
+  /** mx.quantized_matmul(x, w, scales, biases, transpose=true, group_size, bits, mode). */
+  quantizedMatmul(x: Tensor, w: QuantizedWeight): Tensor;
+  /**
+   * MoE: x [T, K] or [T*topk, K], indices i32 [T, topk] of experts; w stacked [E, N, K] (float or quantized).
+   * Returns [T, topk, N]: each token's row through each of its experts (mx.gather_qmm with rhs_indices).
+   */
+  gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor;
+  /** Embedding lookup: rows of table (float or quantized) [V, D] for ids i32 [...] -> [..., D] f32. */
+  take(table: Weight, ids: Tensor): Tensor;
+  quantize(w: Tensor, mode: QuantMode, bits: number, groupSize: number): QuantizedWeight;
+  dequantize(w: QuantizedWeight): Tensor;
+
+  // ---- elementwise and reductions (broadcasting like MLX) ----
+  add(a: Tensor, b: Tensor): Tensor;
+  sub(a: Tensor, b: Tensor): Tensor;
+  mul(a: Tensor, b: Tensor): Tensor;
+  /** x * s for a scalar. */
+  scale(x: Tensor, s: number): Tensor;
+  sigmoid(x: Tensor): Tensor;
+  silu(x: Tensor): Tensor;
+  /** GELU, tanh approximation (gelu_pytorch_tanh). */
+  geluTanh(x: Tensor): Tensor;
+  /** silu(gate) * up. */
+  swiglu(gate: Tensor, up: Tensor): Tensor;
+  /** geluTanh(gate) * up. */
+  geglu(gate: Tensor, up: Tensor): Tensor;
+  /** cap * tanh(x / cap). */
+  softcap(x: Tensor, cap: number): Tensor;
+  softmax(x: Tensor, axis?: number): Tensor;
+  /** Over the last axis; returns i32 with that axis removed. */
+  argmax(x: Tensor): Tensor;
+  /** Largest k along the last axis, descending: values f32 and indices i32, [..., k] each. */
+  topk(x: Tensor, k: number): { values: Tensor; indices: Tensor };
+  /** Sum along the given axis, removed. */
+  sum(x: Tensor, axis: number): Tensor;
+
+  // ---- normalisation and position ----
+  /** mx.fast.rms_norm over the last axis; with onePlus, the weight is used as (1 + w) (Gemma). */
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus?: boolean): Tensor;
+  layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor;
+  /** x [T, H, D] with one position per token. */
+  rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor;
+
+  // ---- attention over a paged KV cache ----
+  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool;
+  /** Writes k, v [T, kvHeads, headDim] into the pool at slot indices (block * blockSize + offset) [T]. */
+  kvWrite(pool: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void;
+  /** q [T, heads, headDim] attends causally (GQA: heads / kvHeads queries per KV head) -> [T, heads, headDim]. */
+  pagedAttention(q: Tensor, pool: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor;
+  /** Dense mx.fast.scaled_dot_product_attention: q [B,H,L,D], k/v [B,Hkv,S,D]; causal aligns the last query with the last key. */
+  sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor;
+  /** Copies one block of every layer's pool to another (copy-on-write of shared prefix blocks). */
+  copyBlock(pool: KvPool, src: number, dst: number): void;
+}

@@ -1,0 +1,117 @@
+// The contract between the HTTP server (src/server/) and the engine worker (src/engine/worker.ts).
+// Everything here is structured-clone safe: it crosses a Bun Worker boundary as postMessage data.
+
+export interface SamplingParams {
+  /** 0 = greedy. */
+  temperature: number;
+  topP: number;
+  /** 0 = off. */
+  topK: number;
+  /** 0 = off. */
+  minP: number;
+  /** 1 = off; multiplicative, sign-aware, over the last `repetitionContext` tokens. */
+  repetitionPenalty: number;
+  repetitionContext: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** token id -> additive bias. */
+  logitBias?: Record<number, number>;
+  seed?: number;
+  /** Number of top alternatives to report per token (0 = none; logprobs of the chosen token still reported when >= 0). */
+  topLogprobs?: number;
+  logprobs?: boolean;
+}
+
+export const DEFAULT_SAMPLING: SamplingParams = {
+  temperature: 1,
+  topP: 1,
+  topK: 0,
+  minP: 0,
+  repetitionPenalty: 1,
+  repetitionContext: 20,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+};
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "tool" | string;
+  content: string | null;
+  /** Assistant tool calls in OpenAI shape; the chat template renders them. */
+  tool_calls?: { id?: string; type: "function"; function: { name: string; arguments: string | Record<string, unknown> } }[];
+  tool_call_id?: string;
+  name?: string;
+  reasoning_content?: string;
+}
+
+export interface ToolSpec {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown> };
+}
+
+/** What the server asks of the engine. Either a raw prompt (text or ids) or chat messages to template. */
+export interface GenerateRequest {
+  id: string;
+  model: string;
+  prompt?: string | number[];
+  messages?: ChatMessage[];
+  tools?: ToolSpec[];
+  /** Extra variables for the chat template (enable_thinking, ...). */
+  templateKwargs?: Record<string, unknown>;
+  /** Text appended after the rendered template (an assistant prefill). */
+  addGenerationPrompt?: boolean;
+  maxTokens: number;
+  sampling: SamplingParams;
+  stop: string[];
+  stopTokenIds: number[];
+  /** Ignore the model's EOS tokens. */
+  ignoreEos?: boolean;
+  /** JSON schema constraint ({} with type "object" for plain json_object mode). */
+  jsonSchema?: Record<string, unknown>;
+  /** Tokens after which generation of a thinking section is forced to end. */
+  thinkingBudget?: number;
+}
+
+export type FinishReason = "stop" | "length" | "tool_calls" | "cancelled" | "error";
+
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top: { token: string; logprob: number; bytes: number[] }[];
+}
+
+export type EngineEvent =
+  | { type: "started"; id: string; promptTokens: number; cachedTokens: number }
+  /** Text is complete UTF-8 characters only, with stop strings already cut. */
+  | { type: "delta"; id: string; text: string; tokenIds: number[]; logprobs?: TokenLogprob[] }
+  | {
+      type: "done";
+      id: string;
+      finishReason: FinishReason;
+      /** The stop string or token that ended it, if any. */
+      stoppedBy?: string | number;
+      usage: { promptTokens: number; completionTokens: number; cachedTokens: number };
+      timing: { queuedMs: number; ttftMs: number; decodeTps: number; promptTps: number };
+    }
+  | { type: "error"; id: string; code: string; message: string };
+
+/** Messages from the server to the worker. */
+export type ToWorker =
+  | { type: "load"; model: string; dir: string }
+  | { type: "unload"; model: string }
+  | { type: "generate"; request: GenerateRequest }
+  | { type: "cancel"; id: string }
+  | { type: "tokenize"; rid: string; model: string; text?: string; messages?: ChatMessage[]; tools?: ToolSpec[]; templateKwargs?: Record<string, unknown>; addGenerationPrompt?: boolean }
+  | { type: "detokenize"; rid: string; model: string; tokens: number[] }
+  | { type: "shutdown" };
+
+/** Messages from the worker to the server. */
+export type FromWorker =
+  | EngineEvent
+  | { type: "loaded"; model: string; contextLength: number }
+  | { type: "load_error"; model: string; code: string; message: string }
+  | { type: "unloaded"; model: string }
+  | { type: "tokenized"; rid: string; tokens: number[]; text?: string }
+  | { type: "detokenized"; rid: string; text: string }
+  | { type: "rpc_error"; rid: string; code: string; message: string }
+  | { type: "stats"; running: number; waiting: number; kvUsed: number; kvTotal: number };
