@@ -1,0 +1,157 @@
+import { describe, expect, test } from "bun:test";
+import type { Backend, KvPool } from "../../src/backend/backend.ts";
+import { BlockAllocator, KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { RmlxError } from "../../src/errors.ts";
+
+// The cache only needs pool creation, block copies and disposal from a backend; record the copies.
+function fakeBackend(copies: [number, number][]): Backend {
+  const be = {
+    createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number): KvPool {
+      const t = { shape: [numBlocks, blockSize, kvHeads, headDim], dtype: "f32" as const };
+      return { k: t, v: t, numBlocks, blockSize, kvHeads, headDim };
+    },
+    copyBlock(_pool: KvPool, src: number, dst: number) {
+      copies.push([src, dst]);
+    },
+    dispose() {},
+  };
+  return be as unknown as Backend;
+}
+
+const LAYERS = [
+  { kvHeads: 2, headDim: 8, window: 0 },
+  { kvHeads: 2, headDim: 8, window: 4 },
+];
+
+describe("BlockAllocator", () => {
+  test("allocate, retain and free with refcounts", () => {
+    const a = new BlockAllocator(3);
+    const x = a.allocate();
+    const y = a.allocate();
+    expect(x).toBe(0);
+    expect(y).toBe(1);
+    expect(a.numFree).toBe(1);
+    a.retain(x);
+    expect(a.refcount(x)).toBe(2);
+    a.free(x);
+    expect(a.refcount(x)).toBe(1);
+    expect(a.numFree).toBe(1);
+    a.free(x);
+    expect(a.refcount(x)).toBe(0);
+    expect(a.numFree).toBe(2);
+    expect(() => a.free(x)).toThrow(RmlxError);
+  });
+
+  test("out of blocks is overloaded; the reclaimer is asked first", () => {
+    const a = new BlockAllocator(2);
+    const held = [a.allocate(), a.allocate()];
+    let err: unknown;
+    try {
+      a.allocate();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RmlxError);
+    expect((err as RmlxError).code).toBe("overloaded");
+    a.setReclaimer((needed) => {
+      expect(needed).toBe(1);
+      a.free(held.pop()!);
+      return 1;
+    });
+    expect(a.allocate()).toBe(1);
+  });
+});
+
+describe("KvCache", () => {
+  test("memory budget -> blocks", () => {
+    // per token: 2 layers * 2 (k,v) * 2 heads * 8 dims * 4 bytes = 256; block of 16 tokens = 4096 bytes
+    expect(KvCache.bytesPerBlock(LAYERS, 16, "f32")).toBe(4096);
+    const c = new KvCache(fakeBackend([]), LAYERS, { memoryBytes: 4096 * 10 + 100 });
+    expect(c.numBlocks).toBe(10);
+    expect(c.pools.length).toBe(2);
+    expect(c.pools[0]!.numBlocks).toBe(10);
+    expect(() => new KvCache(fakeBackend([]), LAYERS, { memoryBytes: 100 })).toThrow(RmlxError);
+  });
+
+  test("step construction for two sequences of different lengths", () => {
+    const c = new KvCache(fakeBackend([]), LAYERS, { numBlocks: 8, blockSize: 4 });
+    const a = new Sequence();
+    const b = new Sequence();
+    c.reserve(a, 6); // blocks 0,1
+    c.reserve(b, 2); // block 2
+    const e1 = [
+      { seq: a, tokens: new Int32Array([10, 11, 12, 13, 14, 15]) },
+      { seq: b, tokens: new Int32Array([20, 21]) },
+    ];
+    const s1 = c.buildStep(e1);
+    expect([...s1.tokens]).toEqual([10, 11, 12, 13, 14, 15, 20, 21]);
+    expect([...s1.batch.positions]).toEqual([0, 1, 2, 3, 4, 5, 0, 1]);
+    expect([...s1.batch.tokenSeq]).toEqual([0, 0, 0, 0, 0, 0, 1, 1]);
+    expect([...s1.batch.seqLens]).toEqual([6, 2]);
+    expect(s1.batch.maxBlocks).toBe(2);
+    expect([...s1.batch.blockTables]).toEqual([0, 1, 2, 0]);
+    expect([...s1.slots]).toEqual([0, 1, 2, 3, 4, 5, 8, 9]);
+    expect([...s1.lastRows]).toEqual([5, 7]);
+    c.advance(e1);
+    expect(a.length).toBe(6);
+
+    // decode one token each: a stays in block 1, b in block 2
+    c.reserve(a, 1);
+    c.reserve(b, 1);
+    const s2 = c.buildStep([
+      { seq: a, tokens: new Int32Array([16]) },
+      { seq: b, tokens: new Int32Array([22]) },
+    ]);
+    expect([...s2.batch.positions]).toEqual([6, 2]);
+    expect([...s2.slots]).toEqual([6, 10]);
+    expect([...s2.batch.seqLens]).toEqual([7, 3]);
+    expect([...s2.lastRows]).toEqual([0, 1]);
+  });
+
+  test("building a step without reserving is an error", () => {
+    const c = new KvCache(fakeBackend([]), LAYERS, { numBlocks: 4, blockSize: 4 });
+    expect(() => c.buildStep([{ seq: new Sequence(), tokens: new Int32Array([1]) }])).toThrow(RmlxError);
+  });
+
+  test("reserve is all or nothing when the cache is full", () => {
+    const c = new KvCache(fakeBackend([]), LAYERS, { numBlocks: 3, blockSize: 4 });
+    const a = new Sequence();
+    c.reserve(a, 8);
+    const b = new Sequence();
+    expect(() => c.reserve(b, 5)).toThrow(RmlxError);
+    expect(b.blocks.length).toBe(0);
+    expect(c.allocator.numFree).toBe(1);
+    c.release(a);
+    expect(c.allocator.numFree).toBe(3);
+  });
+
+  test("fork shares blocks; a write into a shared partial block copies it first", () => {
+    const copies: [number, number][] = [];
+    const c = new KvCache(fakeBackend(copies), LAYERS, { numBlocks: 8, blockSize: 4 });
+    const a = new Sequence();
+    c.reserve(a, 6);
+    a.length = 6;
+    const b = c.fork(a);
+    expect(c.allocator.refcount(0)).toBe(2);
+    expect(c.allocator.refcount(1)).toBe(2);
+    expect(c.blocksNeeded(b, 1)).toBe(1);
+    c.reserve(b, 1);
+    // block 1 (partly filled, shared) copied to a fresh block for b, once per layer pool
+    expect(copies).toEqual([
+      [1, 2],
+      [1, 2],
+    ]);
+    expect(b.blocks).toEqual([0, 2]);
+    expect(c.allocator.refcount(1)).toBe(1);
+    expect(c.allocator.refcount(0)).toBe(2);
+    // a full shared block is never copied
+    const d = new Sequence();
+    c.reserve(d, 4);
+    d.length = 4;
+    const e = c.fork(d);
+    copies.length = 0;
+    c.reserve(e, 1);
+    expect(copies.length).toBe(0);
+    expect(e.blocks.length).toBe(2);
+  });
+});
