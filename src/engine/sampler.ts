@@ -1,0 +1,258 @@
+// Token sampling in mlx-lm's order: logit bias, repetition penalty (multiplicative, sign-aware), presence and
+// frequency penalties (additive), over the last `repetitionContext` tokens; then the filters top_p, min_p,
+// top_k on the distribution at temperature 1; then a draw at the temperature (0 = argmax).
+// Everything works on typed arrays over the whole vocabulary, once per token.
+import { RmlxError } from "../errors.ts";
+import type { SamplingParams } from "./types.ts";
+
+/** Deterministic PRNG (xoshiro128**), seeded through splitmix32 so that nearby seeds diverge. */
+export class Rng {
+  private s = new Uint32Array(4);
+
+  constructor(seed: number) {
+    let x = seed >>> 0;
+    for (let i = 0; i < 4; i++) {
+      x = (x + 0x9e3779b9) >>> 0;
+      let z = x;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+      this.s[i] = (z ^ (z >>> 16)) >>> 0;
+    }
+  }
+
+  /** Uniform in [0, 1). */
+  next(): number {
+    const s = this.s;
+    const r = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0;
+    const t = (s[1]! << 9) >>> 0;
+    s[2]! ^= s[0]!;
+    s[3]! ^= s[1]!;
+    s[1]! ^= s[2]!;
+    s[0]! ^= s[3]!;
+    s[2]! ^= t;
+    s[3] = rotl(s[3]!, 11);
+    return r / 4294967296;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0;
+}
+
+export interface SampledToken {
+  token: number;
+  /** Log-probability of the token under the processed logits (after bias and penalties, before filters). */
+  logprob: number;
+  /** The most likely alternatives under the same distribution, best first (when topLogprobs > 0). */
+  top: { token: number; logprob: number }[];
+}
+
+export function validateSampling(p: SamplingParams): void {
+  const bad = (msg: string): never => {
+    throw new RmlxError("invalid_argument", msg);
+  };
+  if (!(p.temperature >= 0) || !Number.isFinite(p.temperature)) bad(`temperature must be >= 0 (got ${p.temperature})`);
+  if (!(p.topP > 0 && p.topP <= 1)) bad(`top_p must be in (0, 1] (got ${p.topP})`);
+  if (!Number.isInteger(p.topK) || p.topK < 0) bad(`top_k must be a non-negative integer (got ${p.topK})`);
+  if (!(p.minP >= 0 && p.minP <= 1)) bad(`min_p must be in [0, 1] (got ${p.minP})`);
+  if (!(p.repetitionPenalty > 0) || !Number.isFinite(p.repetitionPenalty)) {
+    bad(`repetition_penalty must be > 0 (got ${p.repetitionPenalty})`);
+  }
+  if (!Number.isInteger(p.repetitionContext) || p.repetitionContext < 0) {
+    bad(`repetition context must be a non-negative integer (got ${p.repetitionContext})`);
+  }
+  if (!Number.isFinite(p.presencePenalty)) bad("presence_penalty must be a number");
+  if (!Number.isFinite(p.frequencyPenalty)) bad("frequency_penalty must be a number");
+}
+
+export class Sampler {
+  private readonly rng: Rng;
+  private logits = new Float32Array(0);
+  private probs = new Float32Array(0);
+  private keep = new Uint8Array(0);
+  private readonly biasIds: Int32Array;
+  private readonly biasValues: Float32Array;
+
+  constructor(readonly params: SamplingParams) {
+    validateSampling(params);
+    this.rng = new Rng(params.seed ?? (Math.random() * 4294967296) >>> 0);
+    const entries = Object.entries(params.logitBias ?? {});
+    this.biasIds = new Int32Array(entries.map(([k]) => Number(k)));
+    this.biasValues = new Float32Array(entries.map(([, v]) => v));
+  }
+
+  /**
+   * Picks the next token from one row of logits. history: the tokens so far (prompt and generated); only the
+   * last repetitionContext are used by the penalties. The row is not modified.
+   */
+  sample(row: Float32Array, history: ArrayLike<number> = []): SampledToken {
+    const p = this.params;
+    const V = row.length;
+    if (this.logits.length !== V) {
+      this.logits = new Float32Array(V);
+      this.probs = new Float32Array(V);
+      this.keep = new Uint8Array(V);
+    }
+    const x = this.logits;
+    x.set(row);
+    this.applyProcessors(x, history);
+
+    let max = -Infinity;
+    let argmax = 0;
+    for (let i = 0; i < V; i++) {
+      if (x[i]! > max) {
+        max = x[i]!;
+        argmax = i;
+      }
+    }
+    if (max === -Infinity) throw new RmlxError("invalid_argument", "every token is masked (all logits are -inf)");
+    let sum = 0;
+    const probs = this.probs;
+    for (let i = 0; i < V; i++) {
+      const e = Math.exp(x[i]! - max);
+      probs[i] = e;
+      sum += e;
+    }
+    const logZ = max + Math.log(sum);
+    for (let i = 0; i < V; i++) probs[i]! /= sum;
+
+    let token = argmax;
+    if (p.temperature > 0) token = this.draw(x, probs);
+    const nTop = p.topLogprobs ?? 0;
+    return { token, logprob: x[token]! - logZ, top: nTop > 0 ? topN(x, nTop, logZ) : [] };
+  }
+
+  /** Bias and penalties, in place. */
+  applyProcessors(x: Float32Array, history: ArrayLike<number>): void {
+    const p = this.params;
+    const V = x.length;
+    for (let i = 0; i < this.biasIds.length; i++) {
+      const id = this.biasIds[i]!;
+      if (id >= 0 && id < V) x[id]! += this.biasValues[i]!;
+    }
+    const needRep = p.repetitionPenalty !== 1;
+    const needAdd = p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+    if ((!needRep && !needAdd) || p.repetitionContext === 0 || history.length === 0) return;
+    const start = Math.max(0, history.length - p.repetitionContext);
+    const counts = new Map<number, number>();
+    for (let i = start; i < history.length; i++) {
+      const id = history[i]!;
+      if (id >= 0 && id < V) counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    for (const [id, n] of counts) {
+      let v = x[id]!;
+      if (needRep) v = v < 0 ? v * p.repetitionPenalty : v / p.repetitionPenalty;
+      v -= p.presencePenalty + p.frequencyPenalty * n;
+      x[id] = v;
+    }
+  }
+
+  /** Marks the tokens surviving top_p, min_p and top_k (on probs at temperature 1), then draws at the temperature. */
+  private draw(x: Float32Array, probs: Float32Array): number {
+    const p = this.params;
+    const V = x.length;
+    const keep = this.keep;
+    keep.fill(1);
+    if (p.topP < 1) keepTopP(probs, p.topP, keep);
+    if (p.minP > 0) {
+      // relative to the most likely token, which always survives
+      const floor = p.minP * probs[argmaxOf(x)]!;
+      for (let i = 0; i < V; i++) if (probs[i]! < floor) keep[i] = 0;
+    }
+    if (p.topK > 0 && p.topK < V) keepTopK(x, p.topK, keep);
+    const invT = 1 / p.temperature;
+    let total = 0;
+    let kmax = -Infinity;
+    for (let i = 0; i < V; i++) if (keep[i] && x[i]! > kmax) kmax = x[i]!;
+    const w = probs;
+    for (let i = 0; i < V; i++) {
+      const e = keep[i] ? Math.exp((x[i]! - kmax) * invT) : 0;
+      w[i] = e;
+      total += e;
+    }
+    let u = this.rng.next() * total;
+    let last = -1;
+    for (let i = 0; i < V; i++) {
+      if (w[i]! === 0) continue;
+      last = i;
+      u -= w[i]!;
+      if (u < 0) return i;
+    }
+    return last;
+  }
+}
+
+function argmaxOf(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+/**
+ * Keeps the smallest set of most likely tokens whose mass reaches topP. Candidates are found by lowering a
+ * probability threshold until the tokens above it hold enough mass, so only those few are sorted.
+ */
+function keepTopP(probs: Float32Array, topP: number, keep: Uint8Array): void {
+  const V = probs.length;
+  let pmax = 0;
+  for (let i = 0; i < V; i++) if (probs[i]! > pmax) pmax = probs[i]!;
+  let t = pmax;
+  let cand: number[] = [];
+  for (;;) {
+    t /= 16;
+    cand = [];
+    let mass = 0;
+    for (let i = 0; i < V; i++) {
+      if (probs[i]! >= t) {
+        cand.push(i);
+        mass += probs[i]!;
+      }
+    }
+    if (mass >= topP || t < 1e-30 || cand.length === V) break;
+  }
+  cand.sort((a, b) => probs[b]! - probs[a]! || a - b);
+  const chosen = new Uint8Array(V);
+  let cum = 0;
+  for (const i of cand) {
+    if (cum >= topP) break;
+    chosen[i] = 1;
+    cum += probs[i]!;
+  }
+  for (let i = 0; i < V; i++) if (!chosen[i]) keep[i] = 0;
+}
+
+/** Keeps the k largest surviving logits (ties broken by lower index). */
+function keepTopK(x: Float32Array, k: number, keep: Uint8Array): void {
+  const V = x.length;
+  let n = 0;
+  for (let i = 0; i < V; i++) n += keep[i]!;
+  if (n <= k) return;
+  const best = selectTop(x, keep, k);
+  keep.fill(0);
+  for (const i of best) keep[i] = 1;
+}
+
+/**
+ * The k best indices of x (among those with mask[i] set, when a mask is given), best first, ties to the lower
+ * index; a small sorted buffer, O(V k) worst case but O(V) in practice.
+ */
+function selectTop(x: Float32Array, mask: Uint8Array | null, k: number): number[] {
+  const buf: number[] = [];
+  for (let i = 0; i < x.length; i++) {
+    if (mask && !mask[i]) continue;
+    const v = x[i]!;
+    if (buf.length === k && v <= x[buf[k - 1]!]!) continue;
+    let j = buf.length < k ? buf.length : k - 1;
+    if (buf.length < k) buf.push(i);
+    while (j > 0 && x[buf[j - 1]!]! < v) {
+      buf[j] = buf[j - 1]!;
+      j--;
+    }
+    buf[j] = i;
+  }
+  return buf;
+}
+
+function topN(x: Float32Array, n: number, logZ: number): { token: number; logprob: number }[] {
+  return selectTop(x, null, Math.min(n, x.length)).map((token) => ({ token, logprob: x[token]! - logZ }));
+}

@@ -1,0 +1,129 @@
+import { describe, expect, test } from "bun:test";
+import { Rng, Sampler } from "../../src/engine/sampler.ts";
+import { DEFAULT_SAMPLING, type SamplingParams } from "../../src/engine/types.ts";
+import { RmlxError } from "../../src/errors.ts";
+
+const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, seed: 1, ...p });
+const logs = (ps: number[]) => new Float32Array(ps.map(Math.log));
+
+function frequencies(s: Sampler, row: Float32Array, n: number): number[] {
+  const f = new Array(row.length).fill(0);
+  for (let i = 0; i < n; i++) f[s.sample(row).token]++;
+  return f.map((c) => c / n);
+}
+
+describe("sampler", () => {
+  test("temperature 0 is argmax, first index on ties", () => {
+    const s = new Sampler(params({ temperature: 0 }));
+    expect(s.sample(new Float32Array([1, 2, 3, 0])).token).toBe(2);
+    expect(s.sample(new Float32Array([5, 1, 5])).token).toBe(0);
+  });
+
+  test("logprob of the chosen token and top alternatives are log-softmax values", () => {
+    const s = new Sampler(params({ temperature: 0, topLogprobs: 2 }));
+    const r = s.sample(new Float32Array([0, Math.log(3), -Infinity]));
+    expect(r.token).toBe(1);
+    expect(r.logprob).toBeCloseTo(Math.log(0.75), 6);
+    expect(r.top.map((t) => t.token)).toEqual([1, 0]);
+    expect(r.top[1]!.logprob).toBeCloseTo(Math.log(0.25), 6);
+  });
+
+  test("same seed gives the same tokens; another seed differs", () => {
+    const row = logs([0.2, 0.2, 0.2, 0.2, 0.2]);
+    const run = (seed: number) => {
+      const s = new Sampler(params({ seed }));
+      return Array.from({ length: 40 }, () => s.sample(row).token);
+    };
+    expect(run(7)).toEqual(run(7));
+    expect(run(7)).not.toEqual(run(8));
+  });
+
+  test("draws follow softmax(logits / temperature)", () => {
+    const f1 = frequencies(new Sampler(params({ seed: 3 })), logs([0.5, 0.3, 0.2]), 20000);
+    expect(Math.abs(f1[0] - 0.5)).toBeLessThan(0.02);
+    expect(Math.abs(f1[1] - 0.3)).toBeLessThan(0.02);
+    // at T = 0.5: p ∝ [0.36, 0.16] -> 0.6923, 0.3077
+    const f2 = frequencies(new Sampler(params({ seed: 4, temperature: 0.5 })), logs([0.6, 0.4]), 20000);
+    expect(Math.abs(f2[0] - 0.6923)).toBeLessThan(0.02);
+  });
+
+  test("top_p keeps the smallest most likely set reaching the mass", () => {
+    const row = logs([0.3, 0.5, 0.05, 0.15]);
+    const f = frequencies(new Sampler(params({ topP: 0.7 })), row, 8000);
+    expect(f[2]).toBe(0);
+    expect(f[3]).toBe(0);
+    // renormalised 0.5 : 0.3
+    expect(Math.abs(f[1] - 0.625)).toBeLessThan(0.03);
+    const g = frequencies(new Sampler(params({ topP: 0.5 })), row, 500);
+    expect(g[1]).toBe(1);
+  });
+
+  test("top_p on a large vocabulary", () => {
+    const V = 50000;
+    const row = new Float32Array(V).fill(0);
+    row[123] = 14;
+    row[456] = 13;
+    // p123 = e^14 / (e^14 + e^13 + 49998) ≈ 0.7096, p456 ≈ 0.2610: together past 0.9, the rest below
+    const f = frequencies(new Sampler(params({ topP: 0.9 })), row, 300);
+    expect(f[123] + f[456]).toBe(1);
+  });
+
+  test("min_p drops tokens below min_p times the top probability", () => {
+    const row = logs([0.5, 0.3, 0.15, 0.05]);
+    const f = frequencies(new Sampler(params({ minP: 0.4 })), row, 4000);
+    expect(f[2]).toBe(0);
+    expect(f[3]).toBe(0);
+    expect(f[1]).toBeGreaterThan(0.3);
+    const g = frequencies(new Sampler(params({ minP: 0.25 })), row, 4000);
+    expect(g[3]).toBe(0);
+    expect(g[2]).toBeGreaterThan(0.1);
+  });
+
+  test("top_k keeps the k largest", () => {
+    const row = logs([0.1, 0.4, 0.2, 0.3]);
+    const f = frequencies(new Sampler(params({ topK: 2 })), row, 4000);
+    expect(f[0]).toBe(0);
+    expect(f[2]).toBe(0);
+    expect(Math.abs(f[1] - 4 / 7)).toBeLessThan(0.03);
+    const one = frequencies(new Sampler(params({ topK: 1, temperature: 2 })), row, 200);
+    expect(one[1]).toBe(1);
+  });
+
+  test("repetition penalty is multiplicative and sign-aware over the last N tokens", () => {
+    const s = new Sampler(params({ repetitionPenalty: 2, repetitionContext: 20 }));
+    const x = new Float32Array([2, -2, 1]);
+    s.applyProcessors(x, [0, 1, 1]);
+    expect([...x]).toEqual([1, -4, 1]);
+    const w = new Sampler(params({ repetitionPenalty: 2, repetitionContext: 1 }));
+    const y = new Float32Array([2, -2, 1]);
+    w.applyProcessors(y, [0, 1]);
+    expect([...y]).toEqual([2, -4, 1]);
+  });
+
+  test("presence and frequency penalties are additive; logit bias adds", () => {
+    const s = new Sampler(params({ presencePenalty: 0.5, frequencyPenalty: 0.25, logitBias: { 1: 5 } }));
+    const x = new Float32Array([1, 1, 1]);
+    s.applyProcessors(x, [0, 0, 2]);
+    expect([...x]).toEqual([0, 6, 0.25]);
+    // the bias decides a greedy pick
+    const g = new Sampler(params({ temperature: 0, logitBias: { 2: -100 } }));
+    expect(g.sample(new Float32Array([0, 1, 2])).token).toBe(1);
+  });
+
+  test("bad parameters are invalid_argument", () => {
+    expect(() => new Sampler(params({ topP: 0 }))).toThrow(RmlxError);
+    expect(() => new Sampler(params({ temperature: -1 }))).toThrow(RmlxError);
+    expect(() => new Sampler(params({ topK: 1.5 }))).toThrow(RmlxError);
+  });
+
+  test("Rng is uniform-ish in [0, 1)", () => {
+    const r = new Rng(42);
+    let sum = 0;
+    for (let i = 0; i < 10000; i++) {
+      const u = r.next();
+      expect(u >= 0 && u < 1).toBe(true);
+      sum += u;
+    }
+    expect(Math.abs(sum / 10000 - 0.5)).toBeLessThan(0.02);
+  });
+});
