@@ -1,0 +1,433 @@
+// config.json -> ModelConfig. Reads both the legacy keys (rope_theta, rope_scaling) and the transformers-5 form
+// (rope_parameters, possibly one entry per layer type), and configs that nest the language model under text_config.
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { RmlxError } from "../errors.ts";
+
+export type RopeType = "default" | "linear" | "dynamic" | "llama3" | "yarn" | "longrope" | "proportional";
+
+export interface RopeConfig {
+  /** "proportional" is gemma4's global-layer rope: rotary frequencies spread over the full head dim. */
+  type: RopeType;
+  theta: number;
+  factor?: number;
+  lowFreqFactor?: number;
+  highFreqFactor?: number;
+  originalMaxPositionEmbeddings?: number;
+  betaFast?: number;
+  betaSlow?: number;
+  mscale?: number;
+  mscaleAllDim?: number;
+  attentionFactor?: number;
+  partialRotaryFactor?: number;
+  shortFactor?: number[];
+  longFactor?: number[];
+}
+
+export type LayerType = "full_attention" | "sliding_attention" | "linear_attention";
+
+export interface ModelConfig {
+  /** The directory's model_type, e.g. "qwen3", "gemma3" (the outer one when the config nests text_config). */
+  modelType: string;
+  /** architectures[0], e.g. "Qwen3ForCausalLM"; "" when absent. */
+  architecture: string;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  vocabSize: number;
+  contextLength: number;
+  rmsNormEps: number;
+  tieWordEmbeddings: boolean;
+  /** The global / full-attention rope. */
+  rope: RopeConfig;
+  /** The sliding-window layers' rope (gemma3 rope_local_base_freq, rope_parameters.sliding_attention). */
+  localRope?: RopeConfig;
+  /** One entry per layer, from layer_types or derived from sliding_window_pattern / full_attention_interval. */
+  layerTypes?: LayerType[];
+  slidingWindow?: number;
+  attentionBias?: boolean;
+  mlpBias?: boolean;
+  numExperts?: number;
+  numExpertsPerTok?: number;
+  moeIntermediateSize?: number;
+  normTopkProb?: boolean;
+  decoderSparseStep?: number;
+  mlpOnlyLayers?: number[];
+  queryPreAttnScalar?: number;
+  finalLogitSoftcapping?: number;
+  attnLogitSoftcapping?: number;
+  eosTokenIds: number[];
+  bosTokenId?: number;
+  torchDtype?: string;
+  /** The text config as read: top-level keys overlaid by text_config's when the config nests one. */
+  raw: Record<string, unknown>;
+}
+
+/** model_type values this parser understands (outer or text_config model_type). */
+export const KNOWN_MODEL_TYPES: ReadonlySet<string> = new Set([
+  "llama",
+  "mistral",
+  "qwen2",
+  "qwen3",
+  "qwen3_moe",
+  "gemma3",
+  "gemma3_text",
+  "gemma4",
+  "gemma4_text",
+  "qwen3_next",
+  "qwen3_5",
+  "qwen3_5_text",
+  "qwen3_5_moe",
+  "qwen3_5_moe_text",
+  "bitnet",
+]);
+
+/** The family a model_type belongs to: the text model of a multimodal wrapper shares its family. */
+export function familyOf(modelType: string): string {
+  return modelType.endsWith("_text") ? modelType.slice(0, -"_text".length) : modelType;
+}
+
+// Values the published configs of these families leave out and the reference implementations assume.
+const FAMILY_DEFAULTS: Record<string, Record<string, unknown>> = {
+  gemma3: {
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    head_dim: 256,
+    rms_norm_eps: 1e-6,
+    vocab_size: 262208,
+    rope_theta: 1_000_000,
+    rope_local_base_freq: 10_000,
+    query_pre_attn_scalar: 256,
+    sliding_window: 512,
+    sliding_window_pattern: 6,
+    max_position_embeddings: 131072,
+    tie_word_embeddings: true,
+  },
+  gemma4: {
+    num_attention_heads: 8,
+    num_key_value_heads: 1,
+    head_dim: 256,
+    rms_norm_eps: 1e-6,
+    vocab_size: 262144,
+    sliding_window: 512,
+    sliding_window_pattern: 5,
+    max_position_embeddings: 131072,
+    final_logit_softcapping: 30,
+    tie_word_embeddings: true,
+    rope_parameters: {
+      full_attention: { rope_type: "proportional", rope_theta: 1_000_000, partial_rotary_factor: 1 },
+      sliding_attention: { rope_type: "default", rope_theta: 10_000 },
+    },
+  },
+  qwen3_next: { full_attention_interval: 4, partial_rotary_factor: 0.25 },
+  qwen3_5: { full_attention_interval: 4 },
+  qwen3_5_moe: { full_attention_interval: 4 },
+  qwen2: { attention_bias: true },
+};
+
+const ROPE_TYPES: Record<string, RopeType> = {
+  default: "default",
+  linear: "linear",
+  dynamic: "dynamic",
+  llama3: "llama3",
+  yarn: "yarn",
+  longrope: "longrope",
+  su: "longrope",
+  proportional: "proportional",
+  // Multimodal rope sections collapse to plain rope when every position id is the text position.
+  mrope: "default",
+};
+
+const LAYER_TYPES: ReadonlySet<string> = new Set(["full_attention", "sliding_attention", "linear_attention"]);
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+class Reader {
+  constructor(
+    readonly raw: Record<string, unknown>,
+    readonly defaults: Record<string, unknown>,
+    readonly source: string,
+  ) {}
+
+  bad(problem: string): never {
+    throw new RmlxError("bad_model", `${this.source}: ${problem}`);
+  }
+
+  get(key: string): unknown {
+    // An explicit null means "none" (e.g. final_logit_softcapping: null); only an absent key takes the default.
+    const v = this.raw[key];
+    return v === undefined ? this.defaults[key] : v === null ? undefined : v;
+  }
+
+  optNum(key: string): number | undefined {
+    const v = this.get(key);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v)) this.bad(`${key} is not a number`);
+    return v;
+  }
+
+  optInt(key: string): number | undefined {
+    const v = this.optNum(key);
+    if (v !== undefined && (!Number.isInteger(v) || v < 0)) this.bad(`${key} is not a non-negative integer`);
+    return v;
+  }
+
+  int(key: string): number {
+    const v = this.optInt(key);
+    if (v === undefined) this.bad(`missing ${key}`);
+    return v;
+  }
+
+  optBool(key: string): boolean | undefined {
+    const v = this.get(key);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "boolean") this.bad(`${key} is not true or false`);
+    return v;
+  }
+}
+
+function numField(r: Reader, obj: Record<string, unknown>, key: string, where: string): number | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v)) r.bad(`${where}.${key} is not a number`);
+  return v;
+}
+
+function numList(r: Reader, obj: Record<string, unknown>, key: string, where: string): number[] | undefined {
+  const v = obj[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "number" && Number.isFinite(x)))
+    r.bad(`${where}.${key} is not a list of numbers`);
+  return v as number[];
+}
+
+/** One rope block (rope_scaling or a rope_parameters entry); thetaFallback covers a legacy top-level rope_theta. */
+function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFallback: number | undefined): RopeConfig {
+  const typeName = p.rope_type ?? p.type ?? "default";
+  if (typeof typeName !== "string") r.bad(`${where}.rope_type is not a string`);
+  const type = ROPE_TYPES[typeName];
+  if (!type) throw new RmlxError("unsupported", `${r.source}: unknown rope type '${typeName}'`);
+  const theta = numField(r, p, "rope_theta", where) ?? thetaFallback ?? 10_000;
+  const rope: RopeConfig = { type, theta };
+  const fields: [keyof RopeConfig, string][] = [
+    ["factor", "factor"],
+    ["lowFreqFactor", "low_freq_factor"],
+    ["highFreqFactor", "high_freq_factor"],
+    ["originalMaxPositionEmbeddings", "original_max_position_embeddings"],
+    ["betaFast", "beta_fast"],
+    ["betaSlow", "beta_slow"],
+    ["mscale", "mscale"],
+    ["mscaleAllDim", "mscale_all_dim"],
+    ["attentionFactor", "attention_factor"],
+    ["partialRotaryFactor", "partial_rotary_factor"],
+  ];
+  for (const [k, key] of fields) {
+    const v = numField(r, p, key, where);
+    if (v !== undefined) (rope as unknown as Record<string, number>)[k] = v;
+  }
+  const shortFactor = numList(r, p, "short_factor", where);
+  const longFactor = numList(r, p, "long_factor", where);
+  if (shortFactor) rope.shortFactor = shortFactor;
+  if (longFactor) rope.longFactor = longFactor;
+
+  if (rope.originalMaxPositionEmbeddings === undefined && (type === "yarn" || type === "longrope" || type === "llama3")) {
+    const omp = r.optInt("original_max_position_embeddings");
+    if (omp !== undefined) rope.originalMaxPositionEmbeddings = omp;
+  }
+  const need = (k: keyof RopeConfig, key: string) => {
+    if (rope[k] === undefined) r.bad(`${where}: ${typeName} rope needs ${key}`);
+  };
+  if (type === "linear" || type === "dynamic" || type === "yarn" || type === "llama3") need("factor", "factor");
+  if (type === "llama3") {
+    need("lowFreqFactor", "low_freq_factor");
+    need("highFreqFactor", "high_freq_factor");
+    need("originalMaxPositionEmbeddings", "original_max_position_embeddings");
+  }
+  if (type === "longrope") {
+    need("shortFactor", "short_factor");
+    need("longFactor", "long_factor");
+  }
+  return rope;
+}
+
+function parseRopes(r: Reader, family: string): { rope: RopeConfig; localRope?: RopeConfig } {
+  const partial = r.optNum("partial_rotary_factor");
+  const withPartial = (rope: RopeConfig): RopeConfig =>
+    partial !== undefined && rope.partialRotaryFactor === undefined ? { ...rope, partialRotaryFactor: partial } : rope;
+  const legacyTheta = r.optNum("rope_theta");
+  const rp = r.raw.rope_parameters ?? r.defaults.rope_parameters;
+  if (rp !== undefined) {
+    if (!isObj(rp)) r.bad("rope_parameters is not an object");
+    const perType = Object.keys(rp).some((k) => LAYER_TYPES.has(k));
+    if (perType) {
+      const full = rp.full_attention;
+      const sliding = rp.sliding_attention;
+      if (full !== undefined && !isObj(full)) r.bad("rope_parameters.full_attention is not an object");
+      if (sliding !== undefined && !isObj(sliding)) r.bad("rope_parameters.sliding_attention is not an object");
+      const rope = withPartial(parseRope(r, full ?? {}, "rope_parameters.full_attention", legacyTheta));
+      const localRope = sliding ? parseRope(r, sliding, "rope_parameters.sliding_attention", undefined) : undefined;
+      return localRope ? { rope, localRope } : { rope };
+    }
+    return { rope: withPartial(parseRope(r, rp, "rope_parameters", legacyTheta)) };
+  }
+  const scaling = r.raw.rope_scaling;
+  if (scaling !== undefined && scaling !== null && !isObj(scaling)) r.bad("rope_scaling is not an object");
+  const rope = withPartial(parseRope(r, scaling ?? {}, "rope_scaling", legacyTheta));
+  const localTheta = family === "gemma3" ? r.optNum("rope_local_base_freq") : undefined;
+  return localTheta !== undefined ? { rope, localRope: { type: "default", theta: localTheta } } : { rope };
+}
+
+function parseLayerTypes(r: Reader, family: string, numLayers: number): LayerType[] | undefined {
+  const lt = r.raw.layer_types;
+  if (lt !== undefined && lt !== null) {
+    if (!Array.isArray(lt) || lt.length !== numLayers)
+      r.bad(`layer_types must list ${numLayers} entries, one per layer`);
+    for (const t of lt) if (typeof t !== "string" || !LAYER_TYPES.has(t)) r.bad(`unknown layer type '${String(t)}'`);
+    return lt as LayerType[];
+  }
+  if (family === "gemma3" || family === "gemma4") {
+    const pattern = r.int("sliding_window_pattern");
+    if (pattern < 1) r.bad("sliding_window_pattern must be at least 1");
+    return Array.from({ length: numLayers }, (_, i) => ((i + 1) % pattern === 0 ? "full_attention" : "sliding_attention"));
+  }
+  if (family === "qwen3_next" || family === "qwen3_5" || family === "qwen3_5_moe") {
+    const every = r.int("full_attention_interval");
+    if (every < 1) r.bad("full_attention_interval must be at least 1");
+    return Array.from({ length: numLayers }, (_, i) => ((i + 1) % every === 0 ? "full_attention" : "linear_attention"));
+  }
+  return undefined;
+}
+
+function tokenIds(r: Reader, key: string): number[] {
+  const v = r.get(key);
+  if (v === undefined || v === null) return [];
+  const list = Array.isArray(v) ? v : [v];
+  if (!list.every((x) => Number.isInteger(x) && x >= 0)) r.bad(`${key} is not a token id or a list of them`);
+  return list as number[];
+}
+
+export function parseConfig(raw: unknown, source: string): ModelConfig {
+  if (!isObj(raw)) throw new RmlxError("bad_model", `${source}: not a JSON object`);
+  const modelType = raw.model_type;
+  if (typeof modelType !== "string" || modelType === "")
+    throw new RmlxError("bad_model", `${source}: missing model_type`);
+  const textConfig = raw.text_config;
+  if (textConfig !== undefined && textConfig !== null && !isObj(textConfig))
+    throw new RmlxError("bad_model", `${source}: text_config is not an object`);
+  const textType = typeof textConfig?.model_type === "string" ? textConfig.model_type : modelType;
+  if (!KNOWN_MODEL_TYPES.has(modelType) || !KNOWN_MODEL_TYPES.has(textType))
+    throw new RmlxError(
+      "unsupported",
+      `${source}: unknown architecture '${KNOWN_MODEL_TYPES.has(modelType) ? textType : modelType}'`,
+    );
+
+  const merged: Record<string, unknown> = { ...raw };
+  delete merged.text_config;
+  delete merged.vision_config;
+  delete merged.audio_config;
+  if (textConfig) Object.assign(merged, textConfig);
+  const family = familyOf(textType);
+  const r = new Reader(merged, FAMILY_DEFAULTS[family] ?? {}, source);
+
+  const architectures = raw.architectures;
+  const architecture = Array.isArray(architectures) && typeof architectures[0] === "string" ? architectures[0] : "";
+  const hiddenSize = r.int("hidden_size");
+  const numLayers = r.int("num_hidden_layers");
+  const numHeads = r.int("num_attention_heads");
+  const numKvHeads = r.optInt("num_key_value_heads") ?? numHeads;
+  if (numHeads === 0 || numKvHeads === 0 || numHeads % numKvHeads !== 0)
+    r.bad(`num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
+  const headDim = r.optInt("head_dim") ?? hiddenSize / numHeads;
+  if (!Number.isInteger(headDim) || headDim === 0) r.bad("head_dim missing and hidden_size not divisible by heads");
+
+  const layerTypes = parseLayerTypes(r, family, numLayers);
+  const { rope, localRope } = parseRopes(r, family);
+  const useSliding = r.optBool("use_sliding_window");
+  const slidingWindow = useSliding === false ? undefined : r.optInt("sliding_window");
+
+  const cfg: ModelConfig = {
+    modelType,
+    architecture,
+    hiddenSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    intermediateSize: r.int("intermediate_size"),
+    vocabSize: r.int("vocab_size"),
+    contextLength: r.int("max_position_embeddings"),
+    rmsNormEps: r.optNum("rms_norm_eps") ?? r.optNum("layer_norm_eps") ?? 1e-6,
+    tieWordEmbeddings: r.optBool("tie_word_embeddings") ?? false,
+    rope,
+    eosTokenIds: tokenIds(r, "eos_token_id"),
+    raw: merged,
+  };
+  if (localRope) cfg.localRope = localRope;
+  if (layerTypes) cfg.layerTypes = layerTypes;
+  if (slidingWindow !== undefined) cfg.slidingWindow = slidingWindow;
+  const bos = tokenIds(r, "bos_token_id");
+  if (bos.length > 0) cfg.bosTokenId = bos[0];
+
+  const optional: [keyof ModelConfig, unknown][] = [
+    ["attentionBias", r.optBool("attention_bias")],
+    ["mlpBias", r.optBool("mlp_bias")],
+    ["numExperts", r.optInt("num_experts") ?? r.optInt("num_local_experts")],
+    ["numExpertsPerTok", r.optInt("num_experts_per_tok") ?? r.optInt("top_k_experts")],
+    ["moeIntermediateSize", r.optInt("moe_intermediate_size")],
+    ["normTopkProb", r.optBool("norm_topk_prob")],
+    ["decoderSparseStep", r.optInt("decoder_sparse_step")],
+    ["queryPreAttnScalar", r.optNum("query_pre_attn_scalar")],
+    ["finalLogitSoftcapping", r.optNum("final_logit_softcapping")],
+    ["attnLogitSoftcapping", r.optNum("attn_logit_softcapping")],
+  ];
+  for (const [k, v] of optional) if (v !== undefined) (cfg as unknown as Record<string, unknown>)[k] = v;
+
+  const mlpOnly = r.get("mlp_only_layers");
+  if (mlpOnly !== undefined) {
+    if (!Array.isArray(mlpOnly) || !mlpOnly.every((x) => Number.isInteger(x) && x >= 0 && x < numLayers))
+      r.bad("mlp_only_layers is not a list of layer indices");
+    cfg.mlpOnlyLayers = mlpOnly as number[];
+  }
+  const dtype = r.get("torch_dtype") ?? r.get("dtype");
+  if (typeof dtype === "string") cfg.torchDtype = dtype;
+  return cfg;
+}
+
+/** Reads and parses <dir>/config.json. */
+export function readJsonFile(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") throw new RmlxError("bad_model", `${path}: file not found`);
+    throw new RmlxError("bad_model", `${path}: cannot read (${code ?? "error"})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new RmlxError("bad_model", `${path}: invalid JSON (${(err as Error).message})`);
+  }
+}
+
+/** Throws not_found unless dir is an existing directory. */
+export function checkDir(dir: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    throw new RmlxError("not_found", `${dir}: no such directory`);
+  }
+  if (!isDir) throw new RmlxError("not_found", `${dir}: not a directory`);
+}
+
+export function loadConfig(dir: string): ModelConfig {
+  checkDir(dir);
+  const path = join(dir, "config.json");
+  return parseConfig(readJsonFile(path), path);
+}
