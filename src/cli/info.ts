@@ -1,10 +1,98 @@
 import type { Command } from "commander";
-import { notYet } from "./action.ts";
+import { RmlxError } from "../errors.ts";
+import { openModelDir } from "../io/model_dir.ts";
+import { summarize, unsupportedReason, type ModelSummary } from "../io/summary.ts";
+import { action } from "./action.ts";
+
+interface InfoOptions {
+  model?: string;
+  json?: boolean;
+}
+
+/** "native (cpu avx2)"; the ISA is left out when the native library cannot be loaded, since info needs no compute. */
+async function nativeBackendName(): Promise<string> {
+  try {
+    const { native } = await import("../backend/native/lib.ts");
+    return `native (cpu ${String(native().rmlx_isa())})`;
+  } catch {
+    return "native (cpu)";
+  }
+}
+
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]}`;
+}
+
+export function formatCount(n: number): string {
+  const scaled =
+    n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(2)}K` : "";
+  return scaled ? `${scaled} (${n.toLocaleString("en-US")})` : String(n);
+}
+
+function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; reason?: string }): [string, string][] {
+  const layers = s.layer_types
+    ? `${s.layers} (${Object.entries(s.layer_types)
+        .map(([t, n]) => `${n} ${t.replace("_attention", "")}`)
+        .join(", ")})`
+    : String(s.layers);
+  const lines: [string, string][] = [
+    ["architecture", s.architecture || "(not stated)"],
+    ["model_type", s.model_type],
+    ["parameters", formatCount(s.parameters)],
+    ["layers", layers],
+    ["hidden_size", String(s.hidden_size)],
+    ["heads", String(s.heads)],
+    ["kv_heads", String(s.kv_heads)],
+    ["head_dim", String(s.head_dim)],
+    ["intermediate_size", String(s.intermediate_size)],
+  ];
+  if (s.experts !== undefined) lines.push(["experts", `${s.experts}, ${s.experts_per_token ?? "?"} per token`]);
+  lines.push(["vocab_size", String(s.vocab_size)], ["context_length", String(s.context_length)]);
+  lines.push(["rope", `${s.rope.type}, base ${s.rope.base}`]);
+  if (s.local_rope) lines.push(["rope (sliding layers)", `${s.local_rope.type}, base ${s.local_rope.base}`]);
+  if (s.sliding_window !== undefined) lines.push(["sliding_window", String(s.sliding_window)]);
+  lines.push(
+    ["quantization", s.quantization],
+    ["size on disk", formatBytes(s.size_bytes)],
+    ["memory: weights", formatBytes(s.weights_bytes)],
+  );
+  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (f16, one sequence)`]);
+  lines.push(
+    ["tokenizer", s.tokenizer ? "yes" : "no"],
+    ["chat template", s.chat_template ? "yes" : "no"],
+    ["runnable", s.runnable ? `yes, on ${s.backend}` : `no: ${s.reason}`],
+  );
+  return lines;
+}
 
 export function register(program: Command): void {
   program
     .command("info")
-    .description("Describe a model directory (not built yet)")
-    .allowUnknownOption()
-    .action(() => notYet("info"));
+    .description("Describe a model directory: architecture, size, quantization, memory, and whether it can run")
+    .requiredOption("-m, --model <dir>", "model directory (config.json and .safetensors files)")
+    .option("--json", "print one JSON object instead of aligned lines")
+    .action(
+      action(async (opts: InfoOptions) => {
+        if (!opts.model) throw new RmlxError("invalid_argument", "info needs --model DIR");
+        const md = openModelDir(opts.model);
+        const reason = unsupportedReason(md);
+        const backend = reason === null ? await nativeBackendName() : null;
+        const out = { ...summarize(md), runnable: reason === null, backend, ...(reason ? { reason } : {}) };
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+          return;
+        }
+        const lines = humanLines(out);
+        const width = Math.max(...lines.map(([k]) => k.length)) + 1;
+        process.stdout.write(lines.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}`).join("\n") + "\n");
+      }),
+    );
 }

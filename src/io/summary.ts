@@ -1,0 +1,182 @@
+// What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
+import { familyOf, type LayerType } from "./config.ts";
+import type { ModelDir } from "./model_dir.ts";
+import { describeSpec, quantSpecFor } from "./quant_config.ts";
+import { numel, type TensorEntry } from "./safetensors.ts";
+
+/** Model families this build has a forward pass for. */
+export const RUNNABLE_FAMILIES: ReadonlySet<string> = new Set(["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma3"]);
+
+export const KV_CONTEXTS = [4096, 32768] as const;
+
+export interface ModelSummary {
+  model_type: string;
+  architecture: string;
+  parameters: number;
+  layers: number;
+  layer_types?: Partial<Record<LayerType, number>>;
+  hidden_size: number;
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  intermediate_size: number;
+  experts?: number;
+  experts_per_token?: number;
+  vocab_size: number;
+  context_length: number;
+  rope: { type: string; base: number };
+  local_rope?: { type: string; base: number };
+  sliding_window?: number;
+  /** One line, e.g. "attention/mlp: affine 4-bit g64; embed_tokens: affine 6-bit g64; norms: bf16". */
+  quantization: string;
+  /** Tensor class -> (format -> number of tensors). */
+  quantization_classes: Record<string, Record<string, number>>;
+  /** Weight files on disk, headers included. */
+  size_bytes: number;
+  /** Tensor bytes: what the mmapped weights occupy once resident. */
+  weights_bytes: number;
+  /** f16 KV cache bytes for one sequence of this many tokens. */
+  kv_cache_bytes: Record<string, number>;
+  tokenizer: boolean;
+  chat_template: boolean;
+}
+
+const CLASS_ORDER = ["attention", "mlp", "router", "embed_tokens", "lm_head", "norms", "bias", "other"];
+
+/** The tensor class a parameter name belongs to, for the quantization summary. */
+export function tensorClass(name: string): string {
+  const parts = name.split(".");
+  const leaf = parts.at(-1) ?? "";
+  const module = parts.at(-2) ?? "";
+  if (leaf === "bias") return "bias";
+  if (/norm/.test(module) || /norm/.test(leaf)) return "norms";
+  if (parts.includes("embed_tokens") || module === "wte") return "embed_tokens";
+  if (parts.includes("lm_head")) return "lm_head";
+  if (parts.includes("router") || module === "gate" || module === "shared_expert_gate") return "router";
+  if (parts.some((p) => p === "self_attn" || p === "attn" || p === "attention" || p === "linear_attn")) return "attention";
+  if (parts.some((p) => p === "mlp" || p === "experts" || p === "feed_forward" || p === "switch_mlp")) return "mlp";
+  return "other";
+}
+
+function baseOf(name: string): string {
+  const i = name.lastIndexOf(".");
+  return i < 0 ? "" : name.slice(0, i);
+}
+
+interface Counted {
+  parameters: number;
+  classes: Map<string, Map<string, number>>;
+}
+
+function countTensors(md: ModelDir): Counted {
+  const { weights, quant } = md;
+  const classes = new Map<string, Map<string, number>>();
+  let parameters = 0;
+  const note = (cls: string, fmt: string) => {
+    const m = classes.get(cls) ?? new Map<string, number>();
+    m.set(fmt, (m.get(fmt) ?? 0) + 1);
+    classes.set(cls, m);
+  };
+  for (const t of weights.entries()) {
+    const base = baseOf(t.name);
+    const leaf = t.name.slice(base.length + 1);
+    const quantized = weights.has(`${base}.scales`);
+    // Quantization side data is not a parameter of the model.
+    if (quantized && (leaf === "scales" || leaf === "biases" || leaf === "global_scale")) continue;
+    if (leaf === "weight_scale" && weights.has(`${base}.weight`)) continue;
+    const spec = quantized && leaf === "weight" ? quantSpecFor(quant, base, weights) : null;
+    parameters += logicalParams(t, spec?.bits, weights.has(`${base}.weight_scale`) && t.dtype === "U8");
+    note(tensorClass(t.name), spec ? describeSpec(spec) : t.dtype === "U8" && leaf === "weight" ? "ternary" : t.dtype.toLowerCase());
+  }
+  return { parameters, classes };
+}
+
+function logicalParams(t: TensorEntry, bits: number | undefined, ternary: boolean): number {
+  const n = numel(t.shape);
+  if (bits !== undefined) return (n * 32) / bits;
+  // Ternary bitnet weights pack four values per byte.
+  if (ternary) return n * 4;
+  return n;
+}
+
+/** "attention/mlp: affine 4-bit g64; embed_tokens: affine 6-bit g64; norms: bf16" */
+export function describeClasses(classes: Map<string, Map<string, number>>): string {
+  const groups = new Map<string, string[]>();
+  const ordered = [...classes.keys()].sort((a, b) => CLASS_ORDER.indexOf(a) - CLASS_ORDER.indexOf(b));
+  for (const cls of ordered) {
+    const fmts = [...classes.get(cls)!.entries()].sort((a, b) => b[1] - a[1]);
+    const desc = fmts.length === 1 ? fmts[0]![0] : fmts.map(([f, n]) => `${f} (${n})`).join(", ");
+    groups.set(desc, [...(groups.get(desc) ?? []), cls]);
+  }
+  return [...groups.entries()].map(([desc, cls]) => `${cls.join("/")}: ${desc}`).join("; ");
+}
+
+/** f16 K and V for one sequence of `tokens` tokens, sliding layers capped at the window, linear-attention layers none. */
+export function kvCacheBytes(md: ModelDir, tokens: number): number {
+  const c = md.config;
+  const raw = c.raw;
+  const gemma4 = familyOf(c.modelType) === "gemma4";
+  const shared = gemma4 && typeof raw.num_kv_shared_layers === "number" ? raw.num_kv_shared_layers : 0;
+  let total = 0;
+  for (let i = 0; i < c.numLayers; i++) {
+    const type: LayerType = c.layerTypes?.[i] ?? "full_attention";
+    if (type === "linear_attention") continue;
+    // gemma4's last layers reuse an earlier layer's cache.
+    if (i >= c.numLayers - shared) continue;
+    let headDim = c.headDim;
+    let kvHeads = c.numKvHeads;
+    if (gemma4 && type === "full_attention") {
+      if (typeof raw.global_head_dim === "number") headDim = raw.global_head_dim;
+      if (raw.attention_k_eq_v === true && typeof raw.num_global_key_value_heads === "number")
+        kvHeads = raw.num_global_key_value_heads;
+    }
+    const len = type === "sliding_attention" && c.slidingWindow ? Math.min(tokens, c.slidingWindow) : tokens;
+    total += 2 * kvHeads * headDim * 2 * len;
+  }
+  return total;
+}
+
+export function summarize(md: ModelDir): ModelSummary {
+  const c = md.config;
+  const { parameters, classes } = countTensors(md);
+  const s: ModelSummary = {
+    model_type: c.modelType,
+    architecture: c.architecture,
+    parameters,
+    layers: c.numLayers,
+    hidden_size: c.hiddenSize,
+    heads: c.numHeads,
+    kv_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    intermediate_size: c.intermediateSize,
+    vocab_size: c.vocabSize,
+    context_length: c.contextLength,
+    rope: { type: c.rope.type, base: c.rope.theta },
+    quantization: describeClasses(classes),
+    quantization_classes: Object.fromEntries([...classes].map(([k, m]) => [k, Object.fromEntries(m)])),
+    size_bytes: md.weights.fileBytes,
+    weights_bytes: md.weights.totalBytes,
+    kv_cache_bytes: Object.fromEntries(KV_CONTEXTS.map((n) => [String(n), kvCacheBytes(md, n)])),
+    tokenizer: md.tokenizerJson !== undefined,
+    chat_template: md.chatTemplate !== undefined,
+  };
+  if (c.layerTypes) {
+    const counts: Partial<Record<LayerType, number>> = {};
+    for (const t of c.layerTypes) counts[t] = (counts[t] ?? 0) + 1;
+    s.layer_types = counts;
+  }
+  if (c.numExperts !== undefined) s.experts = c.numExperts;
+  if (c.numExpertsPerTok !== undefined) s.experts_per_token = c.numExpertsPerTok;
+  if (c.localRope) s.local_rope = { type: c.localRope.type, base: c.localRope.theta };
+  if (c.slidingWindow !== undefined) s.sliding_window = c.slidingWindow;
+  return s;
+}
+
+/** Why this build cannot run the model, or null when it can. */
+export function unsupportedReason(md: ModelDir): string | null {
+  const family = familyOf(md.config.modelType);
+  if (!RUNNABLE_FAMILIES.has(family)) return `the ${md.config.modelType} family is not implemented yet`;
+  if (md.quant?.legacyMethod && !md.quant.global)
+    return `${md.quant.legacyMethod} checkpoints must first be converted with 'rmlx convert'`;
+  return null;
+}
