@@ -28,7 +28,6 @@ int rmlx_dequantize_rows(float *, const int32_t *, int64_t, int64_t, int64_t, co
 int rmlx_take_rows(float *, const int32_t *, int64_t, int64_t, int64_t, const void *, int) {
   return fail(RMLX_E_UNSUPPORTED, "rmlx_take_rows is not built yet");
 }
-int rmlx_exec(const double *, int64_t) { return fail(RMLX_E_UNSUPPORTED, "rmlx_exec is not built yet"); }
 int rmlx_bench_triad(int64_t, int, double *) { return fail(RMLX_E_UNSUPPORTED, "rmlx_bench_triad is not built yet"); }
 
 }  // extern "C"

@@ -1,0 +1,89 @@
+// The op codes of a recorded step and the kernels the executor calls for them. The record layout of each op is
+// documented in exec.cpp and must match src/backend/native/program.ts.
+#pragma once
+#include <cstdint>
+
+#include "common.h"
+
+namespace rmlx {
+
+enum Op : int {
+  OP_BINARY = 1,
+  OP_UNARY = 2,
+  OP_GLU = 3,
+  OP_SOFTMAX = 4,
+  OP_SUM = 5,
+  OP_ARGMAX = 6,
+  OP_TOPK = 7,
+  OP_RMSNORM = 8,
+  OP_LAYERNORM = 9,
+  OP_ROPE = 10,
+  OP_KV_WRITE = 11,
+  OP_PAGED_ATTN = 12,
+  OP_SDPA = 13,
+  OP_MATMUL = 14,
+  OP_COPY = 15,
+  OP_ASTYPE = 16,
+  OP_MEMCPY = 17,
+  OP_LINEAR = 20,
+  OP_QLINEAR = 21,
+  OP_GATHER_QLINEAR = 22,
+  OP_GATHER_LINEAR = 23,
+  OP_DEQUANT_ROWS = 24,
+  OP_TAKE_ROWS = 25,
+};
+
+enum BinaryKind : int { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2 };
+enum UnaryKind : int { UN_SCALE = 0, UN_SIGMOID = 1, UN_SILU = 2, UN_GELU_TANH = 3, UN_SOFTCAP = 4 };
+enum GluKind : int { GLU_SWIGLU = 0, GLU_GEGLU = 1 };
+
+constexpr int kMaxDims = 8;
+
+// Elementwise, f32. Strides are in elements; a stride of 0 broadcasts.
+int op_binary(int kind, float *out, const float *a, const float *b, int ndim, const int64_t *shape,
+              const int64_t *sa, const int64_t *sb);
+int op_unary(int kind, float *out, const float *x, int64_t n, float param);
+int op_glu(int kind, float *out, const float *gate, const float *up, int64_t n);
+
+// Reductions over the middle axis of [outer, n, inner].
+int op_softmax(float *out, const float *x, int64_t outer, int64_t n, int64_t inner);
+int op_sum(float *out, const float *x, int64_t outer, int64_t n, int64_t inner);
+int op_argmax(int32_t *out, const float *x, int64_t rows, int64_t n);
+int op_topk(float *vals, int32_t *idx, const float *x, int64_t rows, int64_t n, int64_t k);
+
+int op_rmsnorm(float *out, const float *x, const void *w, int wdt, int64_t rows, int64_t n, float eps, bool one_plus);
+int op_layernorm(float *out, const float *x, const void *w, int wdt, const void *b, int bdt, int64_t rows, int64_t n,
+                 float eps);
+int op_rope(float *out, const float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, int64_t dims,
+            bool traditional, const float *inv_freq, float scale, float mscale);
+
+struct PagedAttnArgs {
+  float *out;
+  const float *q;
+  const void *kpool, *vpool;
+  int pool_dt;
+  int64_t block_size, kv_heads, head_dim, num_blocks;
+  const int32_t *tables;
+  int64_t max_blocks;
+  const int32_t *token_seq, *positions, *seq_lens;
+  int64_t num_seqs, T, heads;
+  float scale;
+  int64_t window;
+  float softcap;
+};
+int op_kv_write(void *kpool, void *vpool, int pool_dt, const float *k, const float *v, const int32_t *slots,
+                int64_t T, int64_t row, int64_t num_slots);
+int op_paged_attention(const PagedAttnArgs &a);
+int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Hkv, int64_t L,
+            int64_t S, int64_t D, float scale, bool causal);
+
+// out[b] = A[b] @ B[b]; batch offsets given per batch dim as strides (elements) over the broadcast batch shape.
+int op_matmul(float *out, const float *a, const float *b, int64_t M, int64_t K, int64_t N, int nbd,
+              const int64_t *bshape, const int64_t *sa, const int64_t *sb);
+
+// Strided copy of elements of esize bytes: dst[i...] = src[i...] with separate strides (elements).
+int op_copy(void *dst, const void *src, int esize, int ndim, const int64_t *shape, const int64_t *ss,
+            const int64_t *ds);
+int op_astype(void *dst, const void *src, int64_t n, int sdt, int ddt);
+
+}  // namespace rmlx

@@ -1,0 +1,184 @@
+// Elementwise ops, softmax and reductions (f32).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+#include "threadpool.h"
+
+namespace rmlx {
+namespace {
+
+constexpr int64_t kGrain = 16384;  // elements per task below which threads cost more than they save
+
+inline float apply_bin(int kind, float a, float b) {
+  switch (kind) {
+    case BIN_ADD: return a + b;
+    case BIN_SUB: return a - b;
+    default: return a * b;
+  }
+}
+
+template <int K>
+void bin_row(float *o, const float *a, const float *b, int64_t n, int64_t sa, int64_t sb) {
+  auto f = [](float x, float y) { return K == BIN_ADD ? x + y : K == BIN_SUB ? x - y : x * y; };
+  if (sa == 1 && sb == 1) {
+    for (int64_t i = 0; i < n; i++) o[i] = f(a[i], b[i]);
+  } else if (sa == 1 && sb == 0) {
+    float y = b[0];
+    for (int64_t i = 0; i < n; i++) o[i] = f(a[i], y);
+  } else if (sa == 0 && sb == 1) {
+    float x = a[0];
+    for (int64_t i = 0; i < n; i++) o[i] = f(x, b[i]);
+  } else {
+    for (int64_t i = 0; i < n; i++) o[i] = f(a[i * sa], b[i * sb]);
+  }
+}
+
+void bin_row_any(int kind, float *o, const float *a, const float *b, int64_t n, int64_t sa, int64_t sb) {
+  if (kind == BIN_ADD) bin_row<BIN_ADD>(o, a, b, n, sa, sb);
+  else if (kind == BIN_SUB) bin_row<BIN_SUB>(o, a, b, n, sa, sb);
+  else bin_row<BIN_MUL>(o, a, b, n, sa, sb);
+}
+
+inline float sigmoidf(float x) { return 1.f / (1.f + std::exp(-x)); }
+inline float gelu_tanhf(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.f + std::tanh(k * (x + 0.044715f * x * x * x)));
+}
+
+}  // namespace
+
+int op_binary(int kind, float *out, const float *a, const float *b, int ndim, const int64_t *shape, const int64_t *sa,
+              const int64_t *sb) {
+  if (kind < BIN_ADD || kind > BIN_MUL) return fail(RMLX_E_INVALID, "binary: bad kind %d", kind);
+  int64_t inner = shape[ndim - 1], isa = sa[ndim - 1], isb = sb[ndim - 1];
+  if (ndim == 1) {
+    parallel_for(inner, [&](int64_t b0, int64_t e0, int) {
+      bin_row_any(kind, out + b0, a + b0 * isa, b + b0 * isb, e0 - b0, isa, isb);
+    }, kGrain);
+    return RMLX_OK;
+  }
+  int64_t rows = 1;
+  for (int d = 0; d < ndim - 1; d++) rows *= shape[d];
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; r++) {
+      int64_t rem = r, oa = 0, ob = 0;
+      for (int d = ndim - 2; d >= 0; d--) {
+        int64_t i = rem % shape[d];
+        rem /= shape[d];
+        oa += i * sa[d];
+        ob += i * sb[d];
+      }
+      bin_row_any(kind, out + r * inner, a + oa, b + ob, inner, isa, isb);
+    }
+  }, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)));
+  return RMLX_OK;
+}
+
+int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
+  if (kind < UN_SCALE || kind > UN_SOFTCAP) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
+  parallel_for(n, [&](int64_t b, int64_t e, int) {
+    switch (kind) {
+      case UN_SCALE:
+        for (int64_t i = b; i < e; i++) out[i] = x[i] * param;
+        break;
+      case UN_SIGMOID:
+        for (int64_t i = b; i < e; i++) out[i] = sigmoidf(x[i]);
+        break;
+      case UN_SILU:
+        for (int64_t i = b; i < e; i++) out[i] = x[i] * sigmoidf(x[i]);
+        break;
+      case UN_GELU_TANH:
+        for (int64_t i = b; i < e; i++) out[i] = gelu_tanhf(x[i]);
+        break;
+      default: {
+        float inv = 1.f / param;
+        for (int64_t i = b; i < e; i++) out[i] = param * std::tanh(x[i] * inv);
+      }
+    }
+  }, kGrain);
+  return RMLX_OK;
+}
+
+int op_glu(int kind, float *out, const float *gate, const float *up, int64_t n) {
+  if (kind != GLU_SWIGLU && kind != GLU_GEGLU) return fail(RMLX_E_INVALID, "glu: bad kind %d", kind);
+  parallel_for(n, [&](int64_t b, int64_t e, int) {
+    if (kind == GLU_SWIGLU)
+      for (int64_t i = b; i < e; i++) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+    else
+      for (int64_t i = b; i < e; i++) out[i] = gelu_tanhf(gate[i]) * up[i];
+  }, kGrain);
+  return RMLX_OK;
+}
+
+int op_softmax(float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
+  if (n <= 0) return RMLX_OK;
+  parallel_for(outer * inner, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; r++) {
+      int64_t o = r / inner, i = r % inner;
+      const float *xr = x + o * n * inner + i;
+      float *yr = out + o * n * inner + i;
+      float m = -INFINITY;
+      for (int64_t j = 0; j < n; j++) m = std::max(m, xr[j * inner]);
+      float s = 0.f;
+      for (int64_t j = 0; j < n; j++) {
+        float v = std::exp(xr[j * inner] - m);
+        yr[j * inner] = v;
+        s += v;
+      }
+      float inv = 1.f / s;
+      for (int64_t j = 0; j < n; j++) yr[j * inner] *= inv;
+    }
+  }, std::max<int64_t>(1, kGrain / n));
+  return RMLX_OK;
+}
+
+int op_sum(float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
+  parallel_for(outer, [&](int64_t b, int64_t e, int) {
+    for (int64_t o = b; o < e; o++) {
+      float *yr = out + o * inner;
+      for (int64_t i = 0; i < inner; i++) yr[i] = 0.f;
+      for (int64_t j = 0; j < n; j++) {
+        const float *xr = x + (o * n + j) * inner;
+        for (int64_t i = 0; i < inner; i++) yr[i] += xr[i];
+      }
+    }
+  }, std::max<int64_t>(1, kGrain / std::max<int64_t>(n * inner, 1)));
+  return RMLX_OK;
+}
+
+int op_argmax(int32_t *out, const float *x, int64_t rows, int64_t n) {
+  if (n <= 0) return fail(RMLX_E_INVALID, "argmax over an empty axis");
+  parallel_for(rows, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; r++) {
+      const float *xr = x + r * n;
+      int64_t best = 0;
+      for (int64_t j = 1; j < n; j++)
+        if (xr[j] > xr[best]) best = j;
+      out[r] = (int32_t)best;
+    }
+  }, std::max<int64_t>(1, kGrain / n));
+  return RMLX_OK;
+}
+
+int op_topk(float *vals, int32_t *idx, const float *x, int64_t rows, int64_t n, int64_t k) {
+  if (k < 1 || k > n) return fail(RMLX_E_INVALID, "topk: k=%lld out of range for axis %lld", (long long)k, (long long)n);
+  parallel_for(rows, [&](int64_t b, int64_t e, int) {
+    std::vector<int32_t> ord(n);
+    for (int64_t r = b; r < e; r++) {
+      const float *xr = x + r * n;
+      for (int64_t j = 0; j < n; j++) ord[j] = (int32_t)j;
+      std::partial_sort(ord.begin(), ord.begin() + k, ord.end(), [&](int32_t i, int32_t j) {
+        return xr[i] > xr[j] || (xr[i] == xr[j] && i < j);
+      });
+      for (int64_t j = 0; j < k; j++) {
+        idx[r * k + j] = ord[j];
+        vals[r * k + j] = xr[ord[j]];
+      }
+    }
+  }, std::max<int64_t>(1, kGrain / n));
+  return RMLX_OK;
+}
+
+}  // namespace rmlx
