@@ -1,0 +1,128 @@
+// Constrained decoding for response_format json_object / json_schema: before each sampling step, the logits of
+// every token whose bytes cannot continue a schema-valid JSON text are set to -Infinity.
+//
+// The vocabulary is prepared once per tokenizer: token ids sorted by their bytes, with the length of the common
+// prefix each shares with the previous one. Walking that list keeps one grammar state per byte depth, so a
+// prefix shared by many tokens is stepped once, and a rejected prefix skips every token that starts with it:
+// the walk costs about what a trie would, with flat typed arrays instead of nodes.
+import { compileSchema } from "./json_schema.ts";
+import { type GrammarState, canEnd, initialState, stepByte } from "./json_grammar.ts";
+
+export interface TokenBytes {
+  /** All tokens' bytes, concatenated; token i is blob[offsets[i], offsets[i+1]). */
+  blob: Uint8Array;
+  offsets: Int32Array;
+}
+
+export class ConstraintVocab {
+  readonly size: number;
+  private readonly sorted: Int32Array;
+  private readonly lcp: Int32Array;
+
+  constructor(
+    readonly bytes: TokenBytes,
+    /** Ids that must never be produced through their bytes (special and control tokens). */
+    readonly special: ReadonlySet<number>,
+    /** Ids that end generation; allowed exactly when the JSON text is complete. */
+    readonly eos: readonly number[],
+  ) {
+    this.size = bytes.offsets.length - 1;
+    const { blob, offsets } = bytes;
+    const ids: number[] = [];
+    for (let i = 0; i < this.size; i++) if (!special.has(i) && offsets[i + 1]! > offsets[i]!) ids.push(i);
+    const cmp = (a: number, b: number) => {
+      const a0 = offsets[a]!, a1 = offsets[a + 1]!, b0 = offsets[b]!, b1 = offsets[b + 1]!;
+      const n = Math.min(a1 - a0, b1 - b0);
+      for (let k = 0; k < n; k++) {
+        const d = blob[a0 + k]! - blob[b0 + k]!;
+        if (d !== 0) return d;
+      }
+      return a1 - a0 - (b1 - b0);
+    };
+    ids.sort(cmp);
+    this.sorted = Int32Array.from(ids);
+    this.lcp = new Int32Array(ids.length);
+    for (let i = 1; i < ids.length; i++) {
+      const a = ids[i - 1]!, b = ids[i]!;
+      const a0 = offsets[a]!, b0 = offsets[b]!;
+      const n = Math.min(offsets[a + 1]! - a0, offsets[b + 1]! - b0);
+      let k = 0;
+      while (k < n && blob[a0 + k] === blob[b0 + k]) k++;
+      this.lcp[i] = k;
+    }
+  }
+
+  /** Marks in mask (1 = allowed) every token whose bytes the grammar accepts from state. */
+  fillMask(state: GrammarState, mask: Uint8Array): void {
+    mask.fill(0);
+    const { blob, offsets } = this.bytes;
+    const sorted = this.sorted, lcp = this.lcp, n = sorted.length;
+    const states: GrammarState[] = [state];
+    let valid = 0; // states[0..valid] hold the states after the current path's first `valid` bytes
+    let i = 0;
+    while (i < n) {
+      const id = sorted[i]!;
+      const start = offsets[id]!, len = offsets[id + 1]! - start;
+      let d = Math.min(lcp[i]!, valid);
+      let dead = false;
+      for (; d < len; d++) {
+        const next = stepByte(states[d]!, blob[start + d]!);
+        if (next.length === 0) {
+          dead = true;
+          break;
+        }
+        states[d + 1] = next;
+      }
+      if (dead) {
+        valid = d;
+        // Every following token that shares these d+1 bytes dies on the same byte.
+        i++;
+        while (i < n && lcp[i]! > d) i++;
+        continue;
+      }
+      valid = len;
+      mask[id] = 1;
+      i++;
+    }
+    if (canEnd(state)) for (const e of this.eos) mask[e] = 1;
+  }
+}
+
+/** One request's constraint: the grammar state advanced by each sampled token. */
+export class JsonConstraint {
+  private state: GrammarState;
+  private readonly mask: Uint8Array;
+
+  constructor(
+    schema: unknown,
+    private readonly vocab: ConstraintVocab,
+  ) {
+    this.state = initialState(compileSchema(schema));
+    this.mask = new Uint8Array(vocab.size);
+  }
+
+  /** Whether the text so far is a complete JSON value. */
+  get complete(): boolean {
+    return canEnd(this.state);
+  }
+
+  /** Sets disallowed logits to -Infinity. Logits beyond the tokenizer's vocabulary (padding rows) are masked too. */
+  apply(logits: Float32Array): void {
+    this.vocab.fillMask(this.state, this.mask);
+    const m = this.mask;
+    for (let i = 0; i < logits.length; i++) if (i >= m.length || m[i] === 0) logits[i] = -Infinity;
+  }
+
+  /** Advances by a sampled token; false when the token was not allowed (the caller should stop). */
+  accept(tokenId: number): boolean {
+    if (this.vocab.eos.includes(tokenId)) return canEnd(this.state);
+    const { blob, offsets } = this.vocab.bytes;
+    let s = this.state;
+    for (let k = offsets[tokenId]!; k < offsets[tokenId + 1]!; k++) {
+      s = stepByte(s, blob[k]!);
+      if (s.length === 0) return false;
+    }
+    this.state = s;
+    return true;
+  }
+}
