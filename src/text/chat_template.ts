@@ -1,0 +1,165 @@
+// Chat templates: the Jinja program a model ships (tokenizer_config.json's chat_template, or chat_template.jinja)
+// rendered with @huggingface/jinja, with the variables transformers' apply_chat_template passes.
+
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Template } from "@huggingface/jinja";
+import type { ChatMessage, ToolSpec } from "../engine/types.ts";
+import { RmlxError } from "../errors.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+
+type Json = Record<string, unknown>;
+
+export interface RenderOptions {
+  messages: ChatMessage[];
+  tools?: ToolSpec[];
+  /** End the prompt with the opening of an assistant turn. Default true. */
+  addGenerationPrompt?: boolean;
+  /** Extra template variables (enable_thinking, reasoning_effort, documents, ...). */
+  kwargs?: Record<string, unknown>;
+}
+
+/** Special-token strings tokenizer_config.json defines; templates refer to them by these names. */
+const TOKEN_VARIABLES = ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"];
+
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === "string") return v;
+  if (v !== null && typeof v === "object" && typeof (v as Json).content === "string") return (v as Json).content as string;
+  return undefined;
+}
+
+function compile(name: string, source: string): Template {
+  try {
+    return new Template(source);
+  } catch (e) {
+    throw new RmlxError("bad_model", `chat template "${name}" does not parse: ${(e as Error).message}`);
+  }
+}
+
+/** OpenAI content may be a list of parts; templates written for text expect one string. */
+function contentText(content: unknown): string {
+  if (content === null || content === undefined) return "";
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) {
+    return content
+      .map((p) => (p && typeof p === "object" && typeof (p as Json).text === "string" ? ((p as Json).text as string) : ""))
+      .join("");
+  }
+  throw new RmlxError("invalid_argument", "message content must be a string, null or a list of text parts");
+}
+
+/**
+ * Templates (Qwen, Hermes, Llama 3.1) iterate over tool-call arguments as a mapping, while OpenAI clients send
+ * them as a JSON string: parse the string where it holds an object, as vLLM does before rendering.
+ */
+function templateArguments(args: unknown): unknown {
+  if (typeof args !== "string") return args;
+  try {
+    const v = JSON.parse(args);
+    return v !== null && typeof v === "object" && !Array.isArray(v) ? v : args;
+  } catch {
+    return args;
+  }
+}
+
+function withoutUndefined(o: Json): Json {
+  const out: Json = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+function templateMessage(m: ChatMessage): Json {
+  if (!m || typeof m !== "object" || typeof m.role !== "string") {
+    throw new RmlxError("invalid_argument", "every message needs a string role");
+  }
+  const out: Json = withoutUndefined({ ...m, content: contentText(m.content) });
+  if (Array.isArray(m.tool_calls)) {
+    out.tool_calls = m.tool_calls.map((c) =>
+      withoutUndefined({ ...c, function: withoutUndefined({ ...c.function, arguments: templateArguments(c.function?.arguments) }) }),
+    );
+  }
+  return out;
+}
+
+export class ChatTemplate {
+  private readonly templates: Map<string, Template>;
+  private readonly sources: Map<string, string>;
+  private readonly tokenVariables: Json;
+
+  /** source: one template, or tokenizer_config's list of named templates. */
+  constructor(source: string | { name: string; template: string }[], specialTokens: Json = {}) {
+    this.templates = new Map();
+    this.sources = new Map();
+    const named = typeof source === "string" ? [{ name: "default", template: source }] : source;
+    for (const t of named) {
+      if (typeof t?.name !== "string" || typeof t.template !== "string") {
+        throw new RmlxError("bad_model", "chat_template list entries need a name and a template");
+      }
+      this.templates.set(t.name, compile(t.name, t.template));
+      this.sources.set(t.name, t.template);
+    }
+    if (this.templates.size === 0) throw new RmlxError("bad_model", "chat_template is empty");
+    this.tokenVariables = {};
+    for (const k of TOKEN_VARIABLES) {
+      const text = tokenText(specialTokens[k]);
+      if (text !== undefined) this.tokenVariables[k] = text;
+    }
+  }
+
+  /** A template from tokenizer_config.json, with chat_template.jinja text taking precedence when given. */
+  static fromConfig(tokenizerConfig: Json, jinjaText?: string): ChatTemplate | undefined {
+    const source = jinjaText ?? tokenizerConfig.chat_template;
+    if (source === undefined || source === null) return undefined;
+    if (typeof source !== "string" && !Array.isArray(source)) {
+      throw new RmlxError("bad_model", "chat_template must be a string or a list of {name, template}");
+    }
+    return new ChatTemplate(source as string | { name: string; template: string }[], tokenizerConfig);
+  }
+
+  /** The template a model directory ships: chat_template.jinja, else tokenizer_config.json's chat_template. */
+  static fromModelDir(dir: string, tokenizerConfig: Json): ChatTemplate | undefined {
+    const jinjaPath = join(dir, "chat_template.jinja");
+    const jinjaText = existsSync(jinjaPath) ? readFileSync(jinjaPath, "utf8") : undefined;
+    return ChatTemplate.fromConfig(tokenizerConfig, jinjaText);
+  }
+
+  /** The template used when tools are (or are not) given, as transformers picks among named ones. */
+  private pick(withTools: boolean): string {
+    if (withTools && this.templates.has("tool_use")) return "tool_use";
+    if (this.templates.has("default")) return "default";
+    if (this.templates.size === 1) return this.templates.keys().next().value!;
+    throw new RmlxError("bad_model", `no "default" among chat templates ${[...this.templates.keys()].join(", ")}`);
+  }
+
+  /** The Jinja text of the template that would render (used to choose tool-call and reasoning parsers). */
+  source(withTools = false): string {
+    return this.sources.get(this.pick(withTools))!;
+  }
+
+  render(opts: RenderOptions): string {
+    if (!Array.isArray(opts.messages)) throw new RmlxError("invalid_argument", "messages must be a list");
+    const tools = opts.tools && opts.tools.length > 0 ? opts.tools : undefined;
+    const vars: Json = {
+      ...this.tokenVariables,
+      ...(opts.kwargs ?? {}),
+      messages: opts.messages.map(templateMessage),
+      add_generation_prompt: opts.addGenerationPrompt ?? true,
+    };
+    if (tools) vars.tools = tools;
+    try {
+      return this.templates.get(this.pick(tools !== undefined))!.render(withoutUndefined(vars));
+    } catch (e) {
+      if (e instanceof RmlxError) throw e;
+      throw new RmlxError("invalid_argument", `chat template: ${(e as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Renders and tokenizes a chat. The rendered text already holds every special token the template wants (a BOS
+ * included), so it is tokenized without adding any, as transformers' apply_chat_template does.
+ */
+export function applyChatTemplate(tokenizer: Tokenizer, template: ChatTemplate, opts: RenderOptions): { text: string; ids: number[] } {
+  const text = template.render(opts);
+  return { text, ids: tokenizer.encode(text, { addSpecialTokens: false }) };
+}
