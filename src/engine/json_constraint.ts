@@ -6,7 +6,7 @@
 // prefix shared by many tokens is stepped once, and a rejected prefix skips every token that starts with it:
 // the walk costs about what a trie would, with flat typed arrays instead of nodes.
 import { compileSchema } from "./json_schema.ts";
-import { type GrammarState, canEnd, initialState, stepByte } from "./json_grammar.ts";
+import { type GrammarState, canEnd, inFreeString, initialState, stepByte } from "./json_grammar.ts";
 
 export interface TokenBytes {
   /** All tokens' bytes, concatenated; token i is blob[offsets[i], offsets[i+1]). */
@@ -14,22 +14,12 @@ export interface TokenBytes {
   offsets: Int32Array;
 }
 
-export class ConstraintVocab {
-  readonly size: number;
-  private readonly sorted: Int32Array;
-  private readonly lcp: Int32Array;
+/** Token ids sorted by their bytes, with each one's common-prefix length with the previous one. */
+class SortedTokens {
+  readonly ids: Int32Array;
+  readonly lcp: Int32Array;
 
-  constructor(
-    readonly bytes: TokenBytes,
-    /** Ids that must never be produced through their bytes (special and control tokens). */
-    readonly special: ReadonlySet<number>,
-    /** Ids that end generation; allowed exactly when the JSON text is complete. */
-    readonly eos: readonly number[],
-  ) {
-    this.size = bytes.offsets.length - 1;
-    const { blob, offsets } = bytes;
-    const ids: number[] = [];
-    for (let i = 0; i < this.size; i++) if (!special.has(i) && offsets[i + 1]! > offsets[i]!) ids.push(i);
+  constructor(ids: number[], { blob, offsets }: TokenBytes) {
     const cmp = (a: number, b: number) => {
       const a0 = offsets[a]!, a1 = offsets[a + 1]!, b0 = offsets[b]!, b1 = offsets[b + 1]!;
       const n = Math.min(a1 - a0, b1 - b0);
@@ -40,7 +30,7 @@ export class ConstraintVocab {
       return a1 - a0 - (b1 - b0);
     };
     ids.sort(cmp);
-    this.sorted = Int32Array.from(ids);
+    this.ids = Int32Array.from(ids);
     this.lcp = new Int32Array(ids.length);
     for (let i = 1; i < ids.length; i++) {
       const a = ids[i - 1]!, b = ids[i]!;
@@ -52,11 +42,9 @@ export class ConstraintVocab {
     }
   }
 
-  /** Marks in mask (1 = allowed) every token whose bytes the grammar accepts from state. */
-  fillMask(state: GrammarState, mask: Uint8Array): void {
-    mask.fill(0);
-    const { blob, offsets } = this.bytes;
-    const sorted = this.sorted, lcp = this.lcp, n = sorted.length;
+  /** Sets mask[id] = 1 for every token of the list whose bytes the grammar accepts from state. */
+  walk(state: GrammarState, { blob, offsets }: TokenBytes, mask: Uint8Array): void {
+    const sorted = this.ids, lcp = this.lcp, n = sorted.length;
     const states: GrammarState[] = [state];
     let valid = 0; // states[0..valid] hold the states after the current path's first `valid` bytes
     let i = 0;
@@ -83,6 +71,52 @@ export class ConstraintVocab {
       valid = len;
       mask[id] = 1;
       i++;
+    }
+  }
+}
+
+const isPlainStringByte = (b: number) => b >= 0x20 && b !== 0x22 && b !== 0x5c;
+
+export class ConstraintVocab {
+  readonly size: number;
+  private readonly all: SortedTokens;
+  /** Tokens with a quote, backslash or control byte: the only ones to step inside a free string. */
+  private readonly structural: SortedTokens;
+  /** 1 for tokens that are nothing but plain string content. */
+  private readonly plain: Uint8Array;
+
+  constructor(
+    readonly bytes: TokenBytes,
+    /** Ids that must never be produced through their bytes (special and control tokens). */
+    readonly special: ReadonlySet<number>,
+    /** Ids that end generation; allowed exactly when the JSON text is complete. */
+    readonly eos: readonly number[],
+  ) {
+    this.size = bytes.offsets.length - 1;
+    const { blob, offsets } = bytes;
+    const usable: number[] = [];
+    const structural: number[] = [];
+    this.plain = new Uint8Array(this.size);
+    for (let i = 0; i < this.size; i++) {
+      if (special.has(i) || offsets[i + 1]! === offsets[i]!) continue;
+      usable.push(i);
+      let plain = true;
+      for (let k = offsets[i]!; k < offsets[i + 1]! && plain; k++) plain = isPlainStringByte(blob[k]!);
+      if (plain) this.plain[i] = 1;
+      else structural.push(i);
+    }
+    this.all = new SortedTokens(usable, bytes);
+    this.structural = new SortedTokens(structural, bytes);
+  }
+
+  /** Marks in mask (1 = allowed) every token whose bytes the grammar accepts from state. */
+  fillMask(state: GrammarState, mask: Uint8Array): void {
+    if (inFreeString(state)) {
+      mask.set(this.plain);
+      this.structural.walk(state, this.bytes, mask);
+    } else {
+      mask.fill(0);
+      this.all.walk(state, this.bytes, mask);
     }
     if (canEnd(state)) for (const e of this.eos) mask[e] = 1;
   }

@@ -53,6 +53,16 @@ export function stepByte(state: GrammarState, b: number): GrammarState {
   return out;
 }
 
+/**
+ * Whether the state is inside a string with no length bound and no escape pending: then every byte but the quote,
+ * the backslash and control bytes only extends the string, so tokens made of such bytes need no stepping.
+ */
+export function inFreeString(state: GrammarState): boolean {
+  if (state.length !== 1) return false;
+  const f = state[0]!;
+  return f.t === "str" && f.esc === 0 && f.max === Infinity;
+}
+
 /** Whether the text so far is a complete value (the number at the end, if any, may stop here). */
 export function canEnd(state: GrammarState): boolean {
   for (const f of state) {
