@@ -1,10 +1,104 @@
-import type { Command } from "commander";
-import { notYet } from "./action.ts";
+import { Command, Option } from "commander";
+import { RmlxError } from "../errors.ts";
+import type { EngineConfig } from "../engine/types.ts";
+import { discoverModels } from "../server/models.ts";
+import { startServer } from "../server/server.ts";
+import { action, EXIT_BAD_INPUT } from "./action.ts";
+
+interface ServeFlags {
+  model?: string[];
+  host?: string;
+  port?: string;
+  apiKey?: string;
+  idleUnload?: string;
+  kvMemory?: string;
+  maxRunning?: string;
+  maxWaiting?: string;
+  prefillChunk?: string;
+  prefixCache?: boolean;
+}
+
+const UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
+
+/** "4GiB", "512m", "1e9" -> bytes. */
+export function parseBytes(text: string, what: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new RmlxError("invalid_argument", `${what}: '${text}' is not a size (e.g. 4GiB, 512MB)`);
+  return Math.floor(Number(m[1]) * unit);
+}
+
+function parseInteger(text: string, what: string, min: number): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new RmlxError("invalid_argument", `${what}: '${text}' is not an integer >= ${min}`);
+  return n;
+}
+
+/** Flags win over RMLX_* environment variables, which win over defaults. */
+function pick(flag: string | undefined, env: string, dflt: string): string {
+  return flag ?? process.env[env] ?? dflt;
+}
+
+function engineWorkerUrl(): string | URL {
+  // A replacement engine (one that speaks the same messages) can be named for protocol tests.
+  return process.env.RMLX_ENGINE_WORKER ?? new URL("../engine/worker.ts", import.meta.url);
+}
 
 export function register(program: Command): void {
   program
     .command("serve")
-    .description("Serve OpenAI- and Anthropic-compatible APIs (not built yet)")
-    .allowUnknownOption()
-    .action(() => notYet("serve"));
+    .description("Serve OpenAI- and Anthropic-compatible APIs")
+    .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
+    .option("-p, --port <n>", "port to listen on (env RMLX_PORT)", undefined)
+    .option("--api-key <key>", "require this key as 'Authorization: Bearer' or 'x-api-key' on every route but /health (env RMLX_API_KEY)")
+    .option("--idle-unload <s>", "unload a model after this many idle seconds, 0 = never (env RMLX_IDLE_UNLOAD)")
+    .option("--kv-memory <size>", "KV cache budget per model, e.g. 2GiB (env RMLX_KV_MEMORY; default 1GiB)")
+    .option("--max-running <n>", "most sequences in one batch (env RMLX_MAX_RUNNING; default 32)")
+    .option("--max-waiting <n>", "most queued requests; more are refused with 429 (env RMLX_MAX_WAITING; default 256)")
+    .option("--prefill-chunk <n>", "most prompt tokens per step (env RMLX_PREFILL_CHUNK; default 2048)")
+    .addOption(new Option("--no-prefix-cache", "do not reuse KV blocks of shared prompt prefixes (env RMLX_PREFIX_CACHE=0)"))
+    .addHelpText(
+      "after",
+      "\nModels are addressed by directory name. Defaults: --host 127.0.0.1, --port 8080, --idle-unload 0.\nStops gracefully on SIGINT/SIGTERM.",
+    )
+    .action(
+      action(async (flags: ServeFlags) => {
+        const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
+        if (modelPaths.length === 0) {
+          process.stderr.write("rmlx: no model given (use --model DIR) and this build has no built-in default model\n");
+          process.exit(EXIT_BAD_INPUT);
+        }
+        const models = discoverModels(modelPaths);
+        const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
+        if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);
+        const engine: EngineConfig = {
+          kvMemoryBytes: parseBytes(pick(flags.kvMemory, "RMLX_KV_MEMORY", "1GiB"), "--kv-memory"),
+          maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
+          maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
+          prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
+          prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
+        };
+        const server = await startServer({
+          host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),
+          port,
+          apiKey: flags.apiKey ?? process.env.RMLX_API_KEY ?? undefined,
+          models,
+          idleUnloadS: parseInteger(pick(flags.idleUnload, "RMLX_IDLE_UNLOAD", "0"), "--idle-unload", 0),
+          engine,
+          workerUrl: engineWorkerUrl(),
+        });
+        process.stderr.write(`rmlx: serving ${[...models.keys()].join(", ")} on ${server.url}\n`);
+        let stopping = false;
+        const stop = async () => {
+          if (stopping) return;
+          stopping = true;
+          process.stderr.write("rmlx: shutting down\n");
+          await server.stop();
+          process.exit(0);
+        };
+        process.on("SIGINT", stop);
+        process.on("SIGTERM", stop);
+      }),
+    );
 }

@@ -81,7 +81,14 @@ export interface TokenLogprob {
 }
 
 export type EngineEvent =
-  | { type: "started"; id: string; promptTokens: number; cachedTokens: number }
+  | {
+      type: "started";
+      id: string;
+      promptTokens: number;
+      cachedTokens: number;
+      /** The rendered prompt ends inside an open reasoning section (e.g. "<think>\n"), so output starts as reasoning. */
+      startsInReasoning?: boolean;
+    }
   /** Text is complete UTF-8 characters only, with stop strings already cut. */
   | { type: "delta"; id: string; text: string; tokenIds: number[]; logprobs?: TokenLogprob[] }
   | {
@@ -95,8 +102,22 @@ export type EngineEvent =
     }
   | { type: "error"; id: string; code: string; message: string };
 
+/** Engine settings, sent once before anything else. */
+export interface EngineConfig {
+  /** Bytes of KV cache per loaded model (0 = a default share of memory). */
+  kvMemoryBytes: number;
+  /** Most sequences decoded together in one step. */
+  maxRunning: number;
+  /** Most requests waiting for admission; one more is refused as overloaded. */
+  maxWaiting: number;
+  /** Most prompt tokens prefilled in one step, over all sequences. */
+  prefillChunk: number;
+  prefixCache: boolean;
+}
+
 /** Messages from the server to the worker. */
 export type ToWorker =
+  | { type: "configure"; config: EngineConfig }
   | { type: "load"; model: string; dir: string }
   | { type: "unload"; model: string }
   | { type: "generate"; request: GenerateRequest }
@@ -105,10 +126,19 @@ export type ToWorker =
   | { type: "detokenize"; rid: string; model: string; tokens: number[] }
   | { type: "shutdown" };
 
+/** What the server needs to know about a loaded model to shape its output. */
+export interface LoadedModelInfo {
+  modelType: string;
+  /** Name of the tool-call parser for this model's output (src/text/tool_parsers.ts), if it has one. */
+  toolParser?: string;
+  /** Whether the chat template knows reasoning sections (<think> ... </think>). */
+  reasoning?: boolean;
+}
+
 /** Messages from the worker to the server. */
 export type FromWorker =
   | EngineEvent
-  | { type: "loaded"; model: string; contextLength: number }
+  | { type: "loaded"; model: string; contextLength: number; info?: LoadedModelInfo }
   | { type: "load_error"; model: string; code: string; message: string }
   | { type: "unloaded"; model: string }
   | { type: "tokenized"; rid: string; tokens: number[]; text?: string }

@@ -1,0 +1,126 @@
+import { Elysia } from "elysia";
+import { countTokens, messages } from "./anthropic.ts";
+import { authorized } from "./auth.ts";
+import { errorResponse, flavorOf, HttpError, toHttpError } from "./errors.ts";
+import type { ServerContext } from "./generation.ts";
+import { chatCompletions, completions, modelObject } from "./openai.ts";
+import { ServerMetrics } from "./prom.ts";
+import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, MessagesBody, TokenizeBody } from "./schemas.ts";
+
+export interface AppOptions {
+  apiKey?: string;
+}
+
+/** Short, one-line reason for a body that failed its schema (never the whole validator dump). */
+function validationMessage(error: unknown): string {
+  const e = error as { valueError?: { path?: string; message?: string }; all?: { path?: string; summary?: string; message?: string }[] };
+  const first = e.valueError ?? e.all?.[0];
+  if (!first) return "invalid request body";
+  const path = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
+  return path ? `invalid request body: ${path}: ${first.message}` : `invalid request body: ${first.message}`;
+}
+
+const endpointOf = (path: string) => (path.startsWith("/v1/models/") ? "/v1/models/{id}" : path);
+
+export function createApp(ctx: ServerContext, opts: AppOptions) {
+  const metrics = new ServerMetrics();
+  ctx.engine.onDone = (ev) => metrics.generation(ev.usage, ev.timing.ttftMs);
+  const record = (request: Request, res: Response) => {
+    metrics.request(endpointOf(new URL(request.url).pathname), res.status);
+    return res;
+  };
+  /** Runs a handler, turning any failure into the route's own error format. */
+  const handle =
+    <B>(fn: (body: B) => Promise<Response> | Response) =>
+    async ({ body, request }: { body: B; request: Request }) => {
+      try {
+        return record(request, await fn(body));
+      } catch (err) {
+        return record(request, errorResponse(flavorOf(new URL(request.url).pathname), err));
+      }
+    };
+
+  return new Elysia()
+    .onRequest(({ request }) => {
+      const path = new URL(request.url).pathname;
+      if (!opts.apiKey || path === "/health" || authorized(request.headers, opts.apiKey)) return;
+      return record(request, errorResponse(flavorOf(path), new HttpError(401, "invalid or missing API key", { code: "invalid_api_key" })));
+    })
+    .onError(({ code, error, request }) => {
+      const path = new URL(request.url).pathname;
+      let e: HttpError;
+      if (code === "VALIDATION") e = new HttpError(400, validationMessage(error));
+      else if (code === "PARSE") e = new HttpError(400, "request body is not valid JSON");
+      else if (code === "NOT_FOUND") e = new HttpError(404, `no route ${request.method} ${path}`, { code: "not_found" });
+      else e = toHttpError(error);
+      return record(request, errorResponse(flavorOf(path), e));
+    })
+    .get("/health", () => {
+      const loading = ctx.models.loading;
+      return Response.json({ status: loading ? "loading" : "ok" }, { status: loading ? 503 : 200 });
+    })
+    .get(
+      "/metrics",
+      () =>
+        new Response(
+          metrics.render(
+            ctx.engine.stats,
+            [...ctx.models.models.values()].map((m) => ({ name: m.name, loaded: m.state === "loaded" })),
+          ),
+          { headers: { "content-type": "text/plain; version=0.0.4" } },
+        ),
+    )
+    .get("/v1/models", ({ request }) =>
+      record(request, Response.json({ object: "list", data: [...ctx.models.models.values()].map(modelObject) })),
+    )
+    .get("/v1/models/*", ({ params, request }) => {
+      try {
+        return record(request, Response.json(modelObject(ctx.models.get(decodeURIComponent(params["*"])))));
+      } catch (err) {
+        return record(request, errorResponse("openai", err));
+      }
+    })
+    .post("/v1/chat/completions", handle((b: typeof ChatCompletionBody.static) => chatCompletions(ctx, b)), {
+      body: ChatCompletionBody,
+      parse: "json",
+    })
+    .post("/v1/completions", handle((b: typeof CompletionBody.static) => completions(ctx, b)), { body: CompletionBody, parse: "json" })
+    .post("/v1/messages", handle((b: typeof MessagesBody.static) => messages(ctx, b)), { body: MessagesBody, parse: "json" })
+    .post("/v1/messages/count_tokens", handle((b: typeof CountTokensBody.static) => countTokens(ctx, b)), {
+      body: CountTokensBody,
+      parse: "json",
+    })
+    .post(
+      "/tokenize",
+      handle(async (b: typeof TokenizeBody.static) => {
+        if ((b.prompt === undefined) === (b.messages === undefined)) throw new HttpError(400, "give exactly one of prompt or messages");
+        const m = await ctx.models.acquire(b.model);
+        try {
+          const r = await ctx.engine.tokenize({
+            model: m.name,
+            text: b.prompt,
+            messages: b.messages?.map((x) => ({ role: x.role, content: typeof x.content === "string" ? x.content : (x.content ?? []).map((p) => p.text ?? "").join("") })),
+            tools: b.tools?.map((t) => ({ type: "function" as const, function: t.function })),
+            templateKwargs: b.chat_template_kwargs ?? undefined,
+            addGenerationPrompt: b.add_generation_prompt ?? true,
+          });
+          return Response.json({ tokens: r.tokens, count: r.tokens.length, max_model_len: m.contextLength });
+        } finally {
+          ctx.models.release(m);
+        }
+      }),
+      { body: TokenizeBody, parse: "json" },
+    )
+    .post(
+      "/detokenize",
+      handle(async (b: typeof DetokenizeBody.static) => {
+        const m = await ctx.models.acquire(b.model);
+        try {
+          return Response.json({ prompt: await ctx.engine.detokenize(m.name, b.tokens) });
+        } finally {
+          ctx.models.release(m);
+        }
+      }),
+      { body: DetokenizeBody, parse: "json" },
+    );
+}

@@ -1,0 +1,82 @@
+import type { EngineEvent, GenerateRequest, TokenLogprob } from "../engine/types.ts";
+import type { EngineClient, GenerationStream } from "./engine_client.ts";
+import { fromCode, HttpError } from "./errors.ts";
+import type { ModelEntry, ModelManager } from "./models.ts";
+import { mergeShaped, OutputShaper, type Shaped } from "./output.ts";
+
+export type Started = Extract<EngineEvent, { type: "started" }>;
+export type Done = Extract<EngineEvent, { type: "done" }>;
+
+/** What the route handlers share. */
+export interface ServerContext {
+  engine: EngineClient;
+  models: ModelManager;
+}
+
+export function newId(prefix: string): string {
+  return `${prefix}${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`;
+}
+
+/**
+ * Sends a request to the engine and waits for its first event, so that a request refused by the engine (prompt too
+ * long, queue full) becomes an HTTP error before any response byte is sent.
+ */
+export async function startGeneration(ctx: ServerContext, req: GenerateRequest): Promise<{ stream: GenerationStream; started: Started }> {
+  const stream = ctx.engine.generate(req);
+  const first = await stream.next();
+  if (!first) throw new HttpError(500, "engine ended the request without an answer");
+  if (first.type === "error") throw fromCode(first.code, first.message);
+  if (first.type !== "started") {
+    stream.cancel();
+    throw new HttpError(500, `engine answered with '${first.type}' before 'started'`);
+  }
+  return { stream, started: first };
+}
+
+export interface Collected {
+  started: Started;
+  shaped: Shaped;
+  tokenIds: number[];
+  logprobs: TokenLogprob[];
+  done: Done;
+}
+
+/** Runs one generation to its end (non-streaming responses). */
+export async function collect(
+  ctx: ServerContext,
+  req: GenerateRequest,
+  shaperFor: (started: Started) => OutputShaper,
+): Promise<Collected> {
+  const { stream, started } = await startGeneration(ctx, req);
+  const shaper = shaperFor(started);
+  let shaped: Shaped = { reasoning: "", content: "", toolCalls: [] };
+  const tokenIds: number[] = [];
+  const logprobs: TokenLogprob[] = [];
+  try {
+    for await (const ev of stream) {
+      if (ev.type === "delta") {
+        shaped = mergeShaped(shaped, shaper.feed(ev.text));
+        tokenIds.push(...ev.tokenIds);
+        if (ev.logprobs) logprobs.push(...ev.logprobs);
+      } else if (ev.type === "error") {
+        throw fromCode(ev.code, ev.message);
+      } else if (ev.type === "done") {
+        shaped = mergeShaped(shaped, shaper.finish());
+        return { started, shaped, tokenIds, logprobs, done: ev };
+      }
+    }
+  } finally {
+    stream.cancel();
+  }
+  throw new HttpError(500, "engine stream ended without a result");
+}
+
+/** Holds a model loaded for the duration of `fn`. */
+export async function withModel<T>(ctx: ServerContext, name: string, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
+  const m = await ctx.models.acquire(name);
+  try {
+    return await fn(m);
+  } finally {
+    ctx.models.release(m);
+  }
+}

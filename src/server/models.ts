@@ -1,0 +1,140 @@
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
+import { RmlxError } from "../errors.ts";
+import type { LoadedModelInfo } from "../engine/types.ts";
+import type { EngineClient } from "./engine_client.ts";
+
+export interface ModelEntry {
+  name: string;
+  dir: string;
+  state: "unloaded" | "loading" | "loaded";
+  contextLength: number;
+  info?: LoadedModelInfo;
+  /** Requests using the model right now; it is never unloaded while this is above zero. */
+  active: number;
+  lastUsed: number;
+  loading?: Promise<void>;
+  createdS: number;
+}
+
+function isModelDir(dir: string): boolean {
+  return existsSync(join(dir, "config.json"));
+}
+
+/**
+ * Turns --model arguments into named model directories: a model directory is served under its basename; a directory
+ * without config.json is a folder of model directories, each served under its own name.
+ */
+export function discoverModels(paths: string[]): Map<string, string> {
+  const found = new Map<string, string>();
+  const add = (dir: string) => {
+    const name = basename(dir);
+    const prev = found.get(name);
+    if (prev && prev !== dir) throw new RmlxError("invalid_argument", `two models are named '${name}': ${prev} and ${dir}`);
+    found.set(name, dir);
+  };
+  for (const p of paths) {
+    const dir = resolve(p);
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new RmlxError("invalid_argument", `model directory not found: ${p}`);
+    if (isModelDir(dir)) {
+      add(dir);
+      continue;
+    }
+    const subs = readdirSync(dir)
+      .map((n) => join(dir, n))
+      .filter((d) => statSync(d).isDirectory() && isModelDir(d))
+      .sort();
+    if (subs.length === 0) throw new RmlxError("invalid_argument", `${p} holds no model (no config.json in it or its subdirectories)`);
+    for (const d of subs) add(d);
+  }
+  return found;
+}
+
+/** Which models exist, which are loaded; loads on first use and unloads after an idle time. */
+export class ModelManager {
+  readonly models = new Map<string, ModelEntry>();
+  private timer: ReturnType<typeof setInterval> | null = null;
+
+  constructor(
+    private readonly engine: EngineClient,
+    dirs: Map<string, string>,
+    private readonly idleUnloadS: number,
+  ) {
+    const now = Math.floor(Date.now() / 1000);
+    for (const [name, dir] of dirs) {
+      this.models.set(name, { name, dir, state: "unloaded", contextLength: 0, active: 0, lastUsed: 0, createdS: now });
+    }
+    if (idleUnloadS > 0) {
+      this.timer = setInterval(() => this.unloadIdle(), Math.min(1000, idleUnloadS * 250));
+      this.timer.unref?.();
+    }
+  }
+
+  get loading(): boolean {
+    for (const m of this.models.values()) if (m.state === "loading") return true;
+    return false;
+  }
+
+  get(name: string): ModelEntry {
+    const m = this.models.get(name);
+    if (!m) throw new RmlxError("not_found", `model '${name}' does not exist; known: ${[...this.models.keys()].join(", ")}`);
+    return m;
+  }
+
+  /** Loads the model if needed and marks it in use; pair every call with release(). */
+  async acquire(name: string): Promise<ModelEntry> {
+    const m = this.get(name);
+    m.active++;
+    m.lastUsed = Date.now();
+    try {
+      await this.ensureLoaded(m);
+    } catch (e) {
+      m.active--;
+      throw e;
+    }
+    return m;
+  }
+
+  release(m: ModelEntry): void {
+    m.active--;
+    m.lastUsed = Date.now();
+  }
+
+  private ensureLoaded(m: ModelEntry): Promise<void> {
+    if (m.state === "loaded") return Promise.resolve();
+    if (!m.loading) {
+      m.state = "loading";
+      m.loading = this.engine
+        .load(m.name, m.dir)
+        .then(({ contextLength, info }) => {
+          m.state = "loaded";
+          m.contextLength = contextLength;
+          m.info = info;
+        })
+        .catch((e) => {
+          m.state = "unloaded";
+          throw e;
+        })
+        .finally(() => (m.loading = undefined));
+    }
+    return m.loading;
+  }
+
+  /** Loads every model now (used at startup when there is a single model, so /health tells when it is ready). */
+  async preload(name: string): Promise<void> {
+    await this.ensureLoaded(this.get(name));
+  }
+
+  private unloadIdle(): void {
+    const now = Date.now();
+    for (const m of this.models.values()) {
+      if (m.state !== "loaded" || m.active > 0 || now - m.lastUsed < this.idleUnloadS * 1000) continue;
+      m.state = "unloaded";
+      void this.engine.unload(m.name);
+    }
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+}

@@ -1,0 +1,376 @@
+import type { ChatMessage, GenerateRequest, TokenLogprob, ToolSpec } from "../engine/types.ts";
+import { HttpError } from "./errors.ts";
+import {
+  collect,
+  newId,
+  startGeneration,
+  type Collected,
+  type ServerContext,
+  type Started,
+} from "./generation.ts";
+import type { ModelEntry } from "./models.ts";
+import { OutputShaper, type Shaped, type ToolCallOut } from "./output.ts";
+import { openAISampling, stopList } from "./sampling.ts";
+import type { ChatCompletionBodyT, CompletionBodyT } from "./schemas.ts";
+import { sseResponse, type SseSend } from "./sse.ts";
+
+type Body = ChatCompletionBodyT;
+
+function messageText(content: Body["messages"][number]["content"]): string | null {
+  if (content == null || typeof content === "string") return content ?? null;
+  let text = "";
+  for (const part of content) {
+    if (part.type !== "text") throw new HttpError(400, `content part type '${part.type}' is not supported`, { param: "messages" });
+    text += part.text ?? "";
+  }
+  return text;
+}
+
+function chatMessages(body: Body): ChatMessage[] {
+  return body.messages.map((m) => {
+    const msg: ChatMessage = { role: m.role === "developer" ? "system" : m.role, content: messageText(m.content) };
+    if (m.name) msg.name = m.name;
+    if (m.tool_call_id) msg.tool_call_id = m.tool_call_id;
+    if (m.reasoning_content) msg.reasoning_content = m.reasoning_content;
+    if (m.tool_calls?.length) {
+      msg.tool_calls = m.tool_calls.map((c) => ({ id: c.id, type: "function", function: { name: c.function.name, arguments: c.function.arguments } }));
+    }
+    return msg;
+  });
+}
+
+/** The tools the template sees, per tool_choice: none hides them, a named choice offers only that one. */
+function chatTools(body: Body): ToolSpec[] | undefined {
+  const tools = body.tools ?? [];
+  const choice = body.tool_choice ?? "auto";
+  if (tools.length === 0) {
+    if (typeof choice === "object" || choice === "required") throw new HttpError(400, "tool_choice needs tools", { param: "tool_choice" });
+    return undefined;
+  }
+  if (choice === "none") return undefined;
+  const specs: ToolSpec[] = tools.map((tl) => ({
+    type: "function",
+    function: { name: tl.function.name, description: tl.function.description, parameters: tl.function.parameters },
+  }));
+  if (typeof choice === "object") {
+    const named = specs.filter((s) => s.function.name === choice.function.name);
+    if (named.length === 0) throw new HttpError(400, `tool_choice names unknown tool '${choice.function.name}'`, { param: "tool_choice" });
+    return named;
+  }
+  return specs;
+}
+
+function jsonSchemaOf(rf: Body["response_format"]): Record<string, unknown> | undefined {
+  if (!rf || rf.type === "text") return undefined;
+  if (rf.type === "json_object") return { type: "object" };
+  return rf.json_schema?.schema ?? { type: "object" };
+}
+
+function maxTokensOf(requested: number | null | undefined, m: ModelEntry): number {
+  // No limit asked for: the engine stops at the end of the context.
+  return requested ?? m.contextLength;
+}
+
+function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest {
+  const tools = chatTools(body);
+  const sampling = openAISampling(body, { logprobs: body.logprobs ?? false, top: body.logprobs ? (body.top_logprobs ?? 0) : 0 });
+  if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
+  return {
+    id: newId("gen-"),
+    model: m.name,
+    messages: chatMessages(body),
+    tools,
+    templateKwargs: body.chat_template_kwargs ?? undefined,
+    addGenerationPrompt: true,
+    maxTokens: maxTokensOf(body.max_completion_tokens ?? body.max_tokens, m),
+    sampling,
+    stop: stopList(body.stop),
+    stopTokenIds: body.stop_token_ids ?? [],
+    ignoreEos: body.ignore_eos ?? false,
+    jsonSchema: jsonSchemaOf(body.response_format),
+  };
+}
+
+function shaperFor(m: ModelEntry, parseTools: boolean) {
+  return (started: Started) => new OutputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, parseTools });
+}
+
+function chatLogprobs(lps: TokenLogprob[]) {
+  return {
+    content: lps.map((l) => ({
+      token: l.token,
+      logprob: l.logprob,
+      bytes: l.bytes,
+      top_logprobs: l.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })),
+    })),
+  };
+}
+
+function usageOf(started: Started, completionTokens: number) {
+  return {
+    prompt_tokens: started.promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: started.promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: started.cachedTokens },
+  };
+}
+
+function finishReason(reason: string, toolCalls: number): string {
+  if (toolCalls > 0) return "tool_calls";
+  return reason === "length" ? "length" : "stop";
+}
+
+export async function chatCompletions(ctx: ServerContext, body: Body): Promise<Response> {
+  const m = await ctx.models.acquire(body.model);
+  const parseTools = (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
+  const n = body.n ?? 1;
+  if (body.stream) {
+    if (n > 1) {
+      ctx.models.release(m);
+      throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+    }
+    return streamChat(ctx, body, m, parseTools);
+  }
+  try {
+    const results = await Promise.all(
+      Array.from({ length: n }, (_, i) => collect(ctx, chatRequest(body, m, i), shaperFor(m, parseTools))),
+    );
+    return Response.json(chatResponse(body, results));
+  } finally {
+    ctx.models.release(m);
+  }
+}
+
+function chatResponse(body: Body, results: Collected[]) {
+  const first = results[0]!;
+  let completion = 0;
+  const choices = results.map((r, index) => {
+    completion += r.done.usage.completionTokens;
+    const message: Record<string, unknown> = { role: "assistant", content: r.shaped.content };
+    if (r.shaped.reasoning) message.reasoning_content = r.shaped.reasoning;
+    if (r.shaped.toolCalls.length > 0) {
+      message.tool_calls = r.shaped.toolCalls;
+      if (r.shaped.content === "") message.content = null;
+    }
+    return {
+      index,
+      message,
+      logprobs: body.logprobs ? chatLogprobs(r.logprobs) : null,
+      finish_reason: finishReason(r.done.finishReason, r.shaped.toolCalls.length),
+    };
+  });
+  return {
+    id: newId("chatcmpl-"),
+    object: "chat.completion",
+    created: Math.floor(Date.now() / 1000),
+    model: body.model,
+    choices,
+    usage: usageOf(first.started, completion),
+  };
+}
+
+/** Sends an error as the last event of a stream whose headers are already out. */
+export function streamError(err: unknown, send: SseSend): void {
+  const e = err instanceof HttpError ? err : new HttpError(500, err instanceof Error ? err.message : String(err));
+  send({ error: { message: e.message, type: e.status === 400 ? "invalid_request_error" : "server_error", param: null, code: e.extra.code ?? null } });
+  send("[DONE]");
+}
+
+async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, parseTools: boolean): Promise<Response> {
+  let started: Started;
+  let stream;
+  try {
+    ({ stream, started } = await startGeneration(ctx, chatRequest(body, m, 0)));
+  } catch (e) {
+    ctx.models.release(m);
+    throw e;
+  }
+  const shaper = shaperFor(m, parseTools)(started);
+  const id = newId("chatcmpl-");
+  const created = Math.floor(Date.now() / 1000);
+  const includeUsage = body.stream_options?.include_usage ?? false;
+  const chunk = (delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) => ({
+    id,
+    object: "chat.completion.chunk",
+    created,
+    model: body.model,
+    choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
+    ...(includeUsage ? { usage: null } : {}),
+  });
+  let released = false;
+  const release = () => {
+    if (!released) ctx.models.release(m);
+    released = true;
+  };
+  let toolIndex = 0;
+  const emit = (send: SseSend, s: Shaped, logprobs: TokenLogprob[] | undefined) => {
+    const lp = body.logprobs && logprobs?.length ? chatLogprobs(logprobs) : null;
+    if (s.reasoning) send(chunk({ reasoning_content: s.reasoning }, null));
+    if (s.content || lp) send(chunk({ content: s.content }, null, lp));
+    for (const call of s.toolCalls) send(chunk({ tool_calls: [toolCallDelta(call, toolIndex++)] }, null));
+  };
+  return sseResponse(
+    async (send) => {
+      send(chunk({ role: "assistant", content: "" }, null));
+      try {
+        for await (const ev of stream) {
+          if (ev.type === "delta") emit(send, shaper.feed(ev.text), ev.logprobs);
+          else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
+          else if (ev.type === "done") {
+            emit(send, shaper.finish(), undefined);
+            send(chunk({}, finishReason(ev.finishReason, toolIndex)));
+            if (includeUsage) {
+              send({ id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage: usageOf(started, ev.usage.completionTokens) });
+            }
+            send("[DONE]");
+          }
+        }
+      } finally {
+        release();
+      }
+    },
+    () => {
+      stream.cancel();
+      release();
+    },
+    streamError,
+  );
+}
+
+function toolCallDelta(call: ToolCallOut, index: number) {
+  return { index, id: call.id, type: "function", function: { name: call.function.name, arguments: call.function.arguments } };
+}
+
+function completionPrompt(body: CompletionBodyT): string | number[] {
+  const p = body.prompt;
+  if (typeof p === "string") return p;
+  if (typeof p[0] === "string") return p[0] as string;
+  return p as number[];
+}
+
+function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number): GenerateRequest {
+  const top = body.logprobs ?? 0;
+  const sampling = openAISampling(body, { logprobs: body.logprobs != null, top });
+  if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
+  if (body.response_format && body.response_format.type !== "text") {
+    throw new HttpError(400, "response_format is only supported on /v1/chat/completions", { param: "response_format" });
+  }
+  return {
+    id: newId("gen-"),
+    model: m.name,
+    prompt: completionPrompt(body),
+    maxTokens: body.max_tokens ?? 16,
+    sampling,
+    stop: stopList(body.stop),
+    stopTokenIds: body.stop_token_ids ?? [],
+    ignoreEos: body.ignore_eos ?? false,
+  };
+}
+
+function completionLogprobs(lps: TokenLogprob[]) {
+  const offsets: number[] = [];
+  let at = 0;
+  for (const l of lps) {
+    offsets.push(at);
+    at += l.token.length;
+  }
+  return {
+    tokens: lps.map((l) => l.token),
+    token_logprobs: lps.map((l) => l.logprob),
+    top_logprobs: lps.map((l) => Object.fromEntries(l.top.map((t) => [t.token, t.logprob]))),
+    text_offset: offsets,
+  };
+}
+
+const plainShaper = () => new OutputShaper({ startsInReasoning: false, parseTools: false });
+
+export async function completions(ctx: ServerContext, body: CompletionBodyT): Promise<Response> {
+  const m = await ctx.models.acquire(body.model);
+  const n = body.n ?? 1;
+  if (body.stream) {
+    if (n > 1) {
+      ctx.models.release(m);
+      throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+    }
+    return streamCompletion(ctx, body, m);
+  }
+  try {
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), plainShaper)));
+    const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
+    let completion = 0;
+    const choices = results.map((r, index) => {
+      completion += r.done.usage.completionTokens;
+      return {
+        index,
+        text: prefix + r.shaped.content,
+        logprobs: body.logprobs != null ? completionLogprobs(r.logprobs) : null,
+        finish_reason: finishReason(r.done.finishReason, 0),
+      };
+    });
+    return Response.json({
+      id: newId("cmpl-"),
+      object: "text_completion",
+      created: Math.floor(Date.now() / 1000),
+      model: body.model,
+      choices,
+      usage: usageOf(results[0]!.started, completion),
+    });
+  } finally {
+    ctx.models.release(m);
+  }
+}
+
+async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry): Promise<Response> {
+  let started: Started;
+  let stream;
+  try {
+    ({ stream, started } = await startGeneration(ctx, completionRequest(body, m, 0)));
+  } catch (e) {
+    ctx.models.release(m);
+    throw e;
+  }
+  const id = newId("cmpl-");
+  const created = Math.floor(Date.now() / 1000);
+  const includeUsage = body.stream_options?.include_usage ?? false;
+  const chunk = (text: string, finish: string | null, logprobs: unknown = null) => ({
+    id,
+    object: "text_completion",
+    created,
+    model: body.model,
+    choices: [{ index: 0, text, logprobs, finish_reason: finish }],
+  });
+  let released = false;
+  const release = () => {
+    if (!released) ctx.models.release(m);
+    released = true;
+  };
+  return sseResponse(
+    async (send) => {
+      try {
+        for await (const ev of stream) {
+          if (ev.type === "delta") {
+            send(chunk(ev.text, null, body.logprobs != null && ev.logprobs ? completionLogprobs(ev.logprobs) : null));
+          } else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
+          else if (ev.type === "done") {
+            send(chunk("", finishReason(ev.finishReason, 0)));
+            if (includeUsage) {
+              send({ id, object: "text_completion", created, model: body.model, choices: [], usage: usageOf(started, ev.usage.completionTokens) });
+            }
+            send("[DONE]");
+          }
+        }
+      } finally {
+        release();
+      }
+    },
+    () => {
+      stream.cancel();
+      release();
+    },
+    streamError,
+  );
+}
+
+export function modelObject(m: ModelEntry) {
+  return { id: m.name, object: "model", created: m.createdS, owned_by: "rmlx", root: m.name, max_model_len: m.contextLength || null };
+}

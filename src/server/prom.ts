@@ -1,0 +1,65 @@
+import type { EngineStats } from "./engine_client.ts";
+
+const TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** The server's counters, written out in the Prometheus text format for GET /metrics. */
+export class ServerMetrics {
+  private readonly requests = new Map<string, number>();
+  promptTokens = 0;
+  cachedTokens = 0;
+  generationTokens = 0;
+  private readonly ttftCounts = new Array<number>(TTFT_BUCKETS_S.length).fill(0);
+  private ttftSum = 0;
+  private ttftCount = 0;
+
+  request(endpoint: string, status: number): void {
+    const key = `endpoint="${endpoint}",status="${status}"`;
+    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+  }
+
+  generation(usage: { promptTokens: number; completionTokens: number; cachedTokens: number }, ttftMs: number): void {
+    this.promptTokens += usage.promptTokens;
+    this.cachedTokens += usage.cachedTokens;
+    this.generationTokens += usage.completionTokens;
+    if (usage.completionTokens === 0) return;
+    const s = ttftMs / 1000;
+    for (let i = 0; i < TTFT_BUCKETS_S.length; i++) if (s <= TTFT_BUCKETS_S[i]!) this.ttftCounts[i]!++;
+    this.ttftSum += s;
+    this.ttftCount++;
+  }
+
+  render(stats: EngineStats, models: { name: string; loaded: boolean }[]): string {
+    const out: string[] = [];
+    const metric = (name: string, type: string, help: string, lines: string[]) => {
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
+    };
+    metric(
+      "rmlx_requests_total",
+      "counter",
+      "HTTP requests by endpoint and status.",
+      [...this.requests].map(([k, v]) => `rmlx_requests_total{${k}} ${v}`),
+    );
+    metric("rmlx_prompt_tokens_total", "counter", "Prompt tokens processed.", [`rmlx_prompt_tokens_total ${this.promptTokens}`]);
+    metric("rmlx_prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", [
+      `rmlx_prompt_tokens_cached_total ${this.cachedTokens}`,
+    ]);
+    metric("rmlx_generation_tokens_total", "counter", "Tokens generated.", [`rmlx_generation_tokens_total ${this.generationTokens}`]);
+    metric("rmlx_time_to_first_token_seconds", "histogram", "Time from request to first generated token.", [
+      ...TTFT_BUCKETS_S.map((b, i) => `rmlx_time_to_first_token_seconds_bucket{le="${b}"} ${this.ttftCounts[i]}`),
+      `rmlx_time_to_first_token_seconds_bucket{le="+Inf"} ${this.ttftCount}`,
+      `rmlx_time_to_first_token_seconds_sum ${this.ttftSum}`,
+      `rmlx_time_to_first_token_seconds_count ${this.ttftCount}`,
+    ]);
+    metric("rmlx_requests_running", "gauge", "Sequences in the running batch.", [`rmlx_requests_running ${stats.running}`]);
+    metric("rmlx_requests_waiting", "gauge", "Requests queued for admission.", [`rmlx_requests_waiting ${stats.waiting}`]);
+    metric("rmlx_kv_blocks_used", "gauge", "KV cache blocks in use.", [`rmlx_kv_blocks_used ${stats.kvUsed}`]);
+    metric("rmlx_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [`rmlx_kv_blocks_total ${stats.kvTotal}`]);
+    metric(
+      "rmlx_model_loaded",
+      "gauge",
+      "1 when the model is loaded.",
+      models.map((m) => `rmlx_model_loaded{model="${m.name}"} ${m.loaded ? 1 : 0}`),
+    );
+    return `${out.join("\n")}\n`;
+  }
+}

@@ -1,0 +1,177 @@
+import { t, type TSchema } from "elysia";
+
+/** Optional and nullable: clients send either an absent field or null for "not set". */
+const opt = <T extends TSchema>(s: T) => t.Optional(t.Nullable(s));
+
+const Json = t.Unknown();
+
+const TextPart = t.Object({
+  type: t.String(),
+  text: t.Optional(t.String()),
+  image_url: t.Optional(Json),
+});
+
+const ToolCall = t.Object({
+  id: t.Optional(t.String()),
+  type: t.Optional(t.Literal("function")),
+  function: t.Object({ name: t.String(), arguments: t.Union([t.String(), t.Record(t.String(), Json)]) }),
+});
+
+const ChatMessage = t.Object({
+  role: t.Union([t.Literal("system"), t.Literal("developer"), t.Literal("user"), t.Literal("assistant"), t.Literal("tool")]),
+  content: opt(t.Union([t.String(), t.Array(TextPart)])),
+  name: t.Optional(t.String()),
+  tool_calls: opt(t.Array(ToolCall)),
+  tool_call_id: t.Optional(t.String()),
+  reasoning_content: opt(t.String()),
+});
+
+const OpenAITool = t.Object({
+  type: t.Literal("function"),
+  function: t.Object({
+    name: t.String({ minLength: 1 }),
+    description: t.Optional(t.String()),
+    parameters: t.Optional(t.Record(t.String(), Json)),
+    strict: opt(t.Boolean()),
+  }),
+});
+
+const ToolChoice = t.Union([
+  t.Literal("none"),
+  t.Literal("auto"),
+  t.Literal("required"),
+  t.Object({ type: t.Literal("function"), function: t.Object({ name: t.String() }) }),
+]);
+
+const ResponseFormat = t.Object({
+  type: t.Union([t.Literal("text"), t.Literal("json_object"), t.Literal("json_schema")]),
+  json_schema: t.Optional(
+    t.Object({ name: t.Optional(t.String()), schema: t.Optional(t.Record(t.String(), Json)), strict: opt(t.Boolean()) }),
+  ),
+});
+
+const Stop = opt(t.Union([t.String(), t.Array(t.String(), { maxItems: 16 })]));
+
+/** Sampling fields shared by /v1/chat/completions and /v1/completions (with the common vLLM extensions). */
+const openAISampling = {
+  temperature: opt(t.Number({ minimum: 0, maximum: 2 })),
+  top_p: opt(t.Number({ exclusiveMinimum: 0, maximum: 1 })),
+  top_k: opt(t.Integer({ minimum: -1 })),
+  min_p: opt(t.Number({ minimum: 0, maximum: 1 })),
+  presence_penalty: opt(t.Number({ minimum: -2, maximum: 2 })),
+  frequency_penalty: opt(t.Number({ minimum: -2, maximum: 2 })),
+  repetition_penalty: opt(t.Number({ exclusiveMinimum: 0 })),
+  seed: opt(t.Integer()),
+  stop: Stop,
+  stop_token_ids: opt(t.Array(t.Integer({ minimum: 0 }))),
+  max_tokens: opt(t.Integer({ minimum: 1 })),
+  logit_bias: opt(t.Record(t.String(), t.Number({ minimum: -100, maximum: 100 }))),
+  n: opt(t.Integer({ minimum: 1, maximum: 16 })),
+  stream: opt(t.Boolean()),
+  stream_options: opt(t.Object({ include_usage: opt(t.Boolean()) })),
+  ignore_eos: opt(t.Boolean()),
+  user: opt(t.String()),
+};
+
+export const ChatCompletionBody = t.Object({
+  model: t.String(),
+  messages: t.Array(ChatMessage, { minItems: 1 }),
+  ...openAISampling,
+  max_completion_tokens: opt(t.Integer({ minimum: 1 })),
+  logprobs: opt(t.Boolean()),
+  top_logprobs: opt(t.Integer({ minimum: 0, maximum: 20 })),
+  tools: opt(t.Array(OpenAITool)),
+  tool_choice: opt(ToolChoice),
+  parallel_tool_calls: opt(t.Boolean()),
+  response_format: opt(ResponseFormat),
+  chat_template_kwargs: opt(t.Record(t.String(), Json)),
+  reasoning_effort: opt(t.String()),
+});
+
+export const CompletionBody = t.Object({
+  model: t.String(),
+  prompt: t.Union([t.String(), t.Array(t.String(), { minItems: 1, maxItems: 1 }), t.Array(t.Integer({ minimum: 0 }), { minItems: 1 })]),
+  ...openAISampling,
+  logprobs: opt(t.Integer({ minimum: 0, maximum: 20 })),
+  echo: opt(t.Boolean()),
+  suffix: opt(t.String()),
+  response_format: opt(ResponseFormat),
+});
+
+const AnthropicBlock = t.Object({
+  type: t.String(),
+  text: t.Optional(t.String()),
+  id: t.Optional(t.String()),
+  name: t.Optional(t.String()),
+  input: t.Optional(Json),
+  tool_use_id: t.Optional(t.String()),
+  content: t.Optional(t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.Optional(t.String()) }))])),
+  is_error: t.Optional(t.Boolean()),
+  thinking: t.Optional(t.String()),
+  signature: t.Optional(t.String()),
+  source: t.Optional(Json),
+  cache_control: t.Optional(Json),
+});
+
+const AnthropicMessage = t.Object({
+  role: t.Union([t.Literal("user"), t.Literal("assistant")]),
+  content: t.Union([t.String(), t.Array(AnthropicBlock)]),
+});
+
+const AnthropicTool = t.Object({
+  name: t.String({ minLength: 1 }),
+  description: t.Optional(t.String()),
+  input_schema: t.Record(t.String(), Json),
+  type: t.Optional(t.String()),
+  cache_control: t.Optional(Json),
+});
+
+const AnthropicToolChoice = t.Object({
+  type: t.Union([t.Literal("auto"), t.Literal("any"), t.Literal("tool"), t.Literal("none")]),
+  name: t.Optional(t.String()),
+  disable_parallel_tool_use: t.Optional(t.Boolean()),
+});
+
+const AnthropicSystem = t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) }))]);
+
+const anthropicPrompt = {
+  model: t.String(),
+  messages: t.Array(AnthropicMessage, { minItems: 1 }),
+  system: t.Optional(AnthropicSystem),
+  tools: t.Optional(t.Array(AnthropicTool)),
+  tool_choice: t.Optional(AnthropicToolChoice),
+  thinking: t.Optional(t.Object({ type: t.Union([t.Literal("enabled"), t.Literal("disabled")]), budget_tokens: t.Optional(t.Integer({ minimum: 0 })) })),
+};
+
+export const MessagesBody = t.Object({
+  ...anthropicPrompt,
+  max_tokens: t.Integer({ minimum: 1 }),
+  stop_sequences: t.Optional(t.Array(t.String(), { maxItems: 16 })),
+  stream: t.Optional(t.Boolean()),
+  temperature: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
+  top_p: t.Optional(t.Number({ exclusiveMinimum: 0, maximum: 1 })),
+  top_k: t.Optional(t.Integer({ minimum: 0 })),
+  metadata: t.Optional(Json),
+});
+
+export const CountTokensBody = t.Object(anthropicPrompt);
+
+export const TokenizeBody = t.Object({
+  model: t.String(),
+  prompt: t.Optional(t.String()),
+  messages: t.Optional(t.Array(ChatMessage, { minItems: 1 })),
+  tools: opt(t.Array(OpenAITool)),
+  add_generation_prompt: t.Optional(t.Boolean()),
+  chat_template_kwargs: opt(t.Record(t.String(), Json)),
+});
+
+export const DetokenizeBody = t.Object({
+  model: t.String(),
+  tokens: t.Array(t.Integer({ minimum: 0 })),
+});
+
+export type ChatCompletionBodyT = typeof ChatCompletionBody.static;
+export type CompletionBodyT = typeof CompletionBody.static;
+export type MessagesBodyT = typeof MessagesBody.static;
+export type CountTokensBodyT = typeof CountTokensBody.static;
+export type TokenizeBodyT = typeof TokenizeBody.static;

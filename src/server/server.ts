@@ -1,0 +1,46 @@
+import type { EngineConfig } from "../engine/types.ts";
+import { createApp } from "./app.ts";
+import { EngineClient } from "./engine_client.ts";
+import { ModelManager } from "./models.ts";
+
+export interface ServerOptions {
+  host: string;
+  port: number;
+  apiKey?: string;
+  models: Map<string, string>;
+  idleUnloadS: number;
+  engine: EngineConfig;
+  /** The engine worker's entry module (the real engine unless replaced, e.g. by a test double). */
+  workerUrl: string | URL;
+}
+
+export interface RunningServer {
+  url: string;
+  /** Stops taking requests, lets in-flight ones finish for up to `graceMs`, cancels the rest, stops the engine. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const engine = new EngineClient(opts.workerUrl, opts.engine);
+  const models = new ModelManager(engine, opts.models, opts.idleUnloadS);
+  const app = createApp({ engine, models }, { apiKey: opts.apiKey }).listen({
+    hostname: opts.host,
+    port: opts.port,
+    idleTimeout: 0,
+  });
+  const server = app.server!;
+  // With a single model there is nothing to choose: load it now, and /health says 503 until it is ready.
+  if (models.models.size === 1) void models.preload([...models.models.keys()][0]!).catch(() => {});
+  return {
+    url: `http://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${server.port}`,
+    async stop(graceMs = 10_000) {
+      const closing = server.stop(false);
+      const deadline = Date.now() + graceMs;
+      while (engine.active > 0 && Date.now() < deadline) await Bun.sleep(20);
+      engine.cancelAll();
+      await Promise.race([closing, Bun.sleep(1000)]);
+      models.close();
+      await engine.shutdown();
+    },
+  };
+}

@@ -1,0 +1,150 @@
+// A stand-in engine speaking the worker protocol of src/engine/types.ts, for protocol tests of the HTTP server.
+// One character is one token (its char code). What it "generates" is decided by the last user message:
+//   contains "weather" with tools given -> a Hermes-style <tool_call> for get_weather
+//   contains "[think]"                  -> a <think> section, then an answer
+//   contains "[busy]"                   -> blocks its thread for 40 ms per token, 50 tokens ("busy busy ...")
+//   contains "[slow]"                   -> one token every 20 ms until max_tokens
+//   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
+// A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
+import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, ToWorker } from "../../src/engine/types.ts";
+
+declare const self: Worker;
+
+const CONTEXT = 512;
+let config: EngineConfig = { kvMemoryBytes: 0, maxRunning: 32, maxWaiting: 256, prefillChunk: 2048, prefixCache: true };
+const running = new Map<string, { tokens: number; cancelled: boolean }>();
+const loaded = new Set<string>();
+
+const post = (m: FromWorker) => self.postMessage(m);
+const stats = () =>
+  post({ type: "stats", running: running.size, waiting: 0, kvUsed: [...running.values()].reduce((a, r) => a + r.tokens, 0), kvTotal: 100000 });
+
+function render(messages: ChatMessage[], tools: unknown): string {
+  return messages.map((m) => `<|${m.role}|>${m.content ?? ""}${m.tool_calls ? JSON.stringify(m.tool_calls) : ""}`).join("\n") +
+    (tools ? `\n<|tools|>${JSON.stringify(tools)}` : "") + "\n<|assistant|>";
+}
+
+function mulberry32(seed: number) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "busy" } {
+  const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? String(req.prompt ?? "");
+  if (req.tools?.length && last.includes("weather")) {
+    return { text: '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', mode: "fast" };
+  }
+  if (last.includes("[think]")) return { text: "<think>\nLet me think.\n</think>\n\nThe answer is 42.", mode: "fast" };
+  if (last.includes("[busy]")) return { text: "busy ".repeat(10), mode: "busy" };
+  if (last.includes("[slow]")) return { text: "x".repeat(req.maxTokens), mode: "slow" };
+  if (req.sampling.temperature === 0) return { text: `Echo: ${last}`, mode: "fast" };
+  const rand = req.sampling.seed !== undefined ? mulberry32(req.sampling.seed) : Math.random;
+  let text = "";
+  for (let i = 0; i < Math.min(req.maxTokens, 24); i++) text += String.fromCharCode(97 + Math.floor(rand() * 26));
+  return { text, mode: "fast" };
+}
+
+async function generate(req: GenerateRequest) {
+  if (!loaded.has(req.model)) return post({ type: "error", id: req.id, code: "not_found", message: `model ${req.model} is not loaded` });
+  const prompt = req.messages ? render(req.messages, req.tools) : typeof req.prompt === "string" ? req.prompt : String.fromCharCode(...(req.prompt ?? []));
+  if (prompt.length >= CONTEXT) {
+    return post({ type: "error", id: req.id, code: "context_length", message: `prompt is ${prompt.length} tokens, the context is ${CONTEXT}` });
+  }
+  if (running.size >= config.maxRunning + config.maxWaiting) {
+    return post({ type: "error", id: req.id, code: "overloaded", message: "too many requests queued" });
+  }
+  const state = { tokens: prompt.length, cancelled: false };
+  running.set(req.id, state);
+  const t0 = performance.now();
+  post({ type: "started", id: req.id, promptTokens: prompt.length, cachedTokens: 0, startsInReasoning: false });
+  stats();
+  let { text, mode } = script(req);
+  let finishReason: "stop" | "length" = "stop";
+  let stoppedBy: string | undefined;
+  let cut = text.length;
+  for (const s of req.stop) {
+    const at = text.indexOf(s);
+    if (at >= 0 && at < cut) {
+      cut = at;
+      stoppedBy = s;
+    }
+  }
+  text = text.slice(0, cut);
+  const limit = Math.min(req.maxTokens, CONTEXT - prompt.length);
+  if (text.length > limit) {
+    text = text.slice(0, limit);
+    finishReason = "length";
+    stoppedBy = undefined;
+  } else if (mode === "slow") finishReason = "length";
+  let ttft = 0;
+  for (let i = 0; i < text.length; i++) {
+    if (mode === "slow") await Bun.sleep(20);
+    else if (mode === "busy") {
+      const until = performance.now() + 40;
+      while (performance.now() < until);
+      await Bun.sleep(0);
+    } else if (i % 8 === 0) await Bun.sleep(0);
+    if (state.cancelled) return;
+    if (i === 0) ttft = performance.now() - t0;
+    state.tokens++;
+    const ch = text[i]!;
+    post({
+      type: "delta",
+      id: req.id,
+      text: ch,
+      tokenIds: [ch.charCodeAt(0)],
+      logprobs: req.sampling.logprobs
+        ? [{ token: ch, logprob: -0.5, bytes: [ch.charCodeAt(0)], top: Array.from({ length: req.sampling.topLogprobs ?? 0 }, (_, k) => ({ token: k === 0 ? ch : "?", logprob: -0.5 - k, bytes: [] })) }]
+        : undefined,
+    });
+  }
+  running.delete(req.id);
+  post({
+    type: "done",
+    id: req.id,
+    finishReason,
+    stoppedBy,
+    usage: { promptTokens: prompt.length, completionTokens: text.length, cachedTokens: 0 },
+    timing: { queuedMs: 0, ttftMs: ttft, decodeTps: 1000, promptTps: 1000 },
+  });
+  stats();
+}
+
+self.onmessage = async (e: MessageEvent<ToWorker>) => {
+  const m = e.data;
+  switch (m.type) {
+    case "configure":
+      config = m.config;
+      return;
+    case "load":
+      if (m.dir.includes("slowload")) await Bun.sleep(500);
+      if (m.dir.includes("broken")) return post({ type: "load_error", model: m.model, code: "bad_model", message: `cannot load ${m.dir}` });
+      loaded.add(m.model);
+      return post({ type: "loaded", model: m.model, contextLength: CONTEXT, info: { modelType: "fake", toolParser: "hermes", reasoning: true } });
+    case "unload":
+      loaded.delete(m.model);
+      return post({ type: "unloaded", model: m.model });
+    case "generate":
+      return generate(m.request);
+    case "cancel": {
+      const r = running.get(m.id);
+      if (r) r.cancelled = true;
+      running.delete(m.id);
+      return stats();
+    }
+    case "tokenize": {
+      const text = m.messages ? render(m.messages, m.tools) : (m.text ?? "");
+      return post({ type: "tokenized", rid: m.rid, tokens: [...text].map((c) => c.charCodeAt(0)), text });
+    }
+    case "detokenize":
+      return post({ type: "detokenized", rid: m.rid, text: String.fromCharCode(...m.tokens) });
+    case "shutdown":
+      process.exit(0);
+  }
+};
