@@ -1,0 +1,92 @@
+// Building blocks the decoder families share: attention over the paged cache, gated MLPs, row selection and
+// the output head. Each family file composes these in the order its reference implementation does.
+import type { AttentionOptions, Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { ForwardStep } from "./model.ts";
+import { checkPositions, type RopeSetup } from "./rope.ts";
+
+export interface AttentionWeights {
+  q: Weight;
+  k: Weight;
+  v: Weight;
+  o: Weight;
+  qBias?: Tensor;
+  kBias?: Tensor;
+  vBias?: Tensor;
+  oBias?: Tensor;
+  /** Per-head RMSNorm of q and k before rope (qwen3, gemma3). */
+  qNorm?: Tensor;
+  kNorm?: Tensor;
+}
+
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  scale: number;
+  /** Sliding window (0 = full). */
+  window: number;
+  rope: RopeSetup;
+  normEps: number;
+  /** q/k norms use (1 + w) (gemma). */
+  normOnePlus: boolean;
+}
+
+/** Self-attention of one layer: projections, optional q/k norms, rope, cache write, paged attention, output. */
+export function attention(
+  be: Backend,
+  x: Tensor,
+  w: AttentionWeights,
+  s: AttentionShape,
+  step: ForwardStep,
+  layer: number,
+): Tensor {
+  const T = x.shape[0]!;
+  let q = be.reshape(be.linear(x, w.q, w.qBias), [T, s.heads, s.headDim]);
+  let k = be.reshape(be.linear(x, w.k, w.kBias), [T, s.kvHeads, s.headDim]);
+  const v = be.reshape(be.linear(x, w.v, w.vBias), [T, s.kvHeads, s.headDim]);
+  if (w.qNorm) q = be.rmsNorm(q, w.qNorm, s.normEps, s.normOnePlus);
+  if (w.kNorm) k = be.rmsNorm(k, w.kNorm, s.normEps, s.normOnePlus);
+  const positions = step.batch.positions;
+  checkPositions(s.rope, positions);
+  q = be.rope(q, positions, s.rope.opts);
+  k = be.rope(k, positions, s.rope.opts);
+  const pool = step.pools[layer]!;
+  be.kvWrite(pool, k, v, step.slots);
+  const opts: AttentionOptions = { scale: s.scale };
+  if (s.window > 0) opts.window = s.window;
+  const a = be.pagedAttention(q, pool, step.batch, opts);
+  return be.linear(be.reshape(a, [T, s.heads * s.headDim]), w.o, w.oBias);
+}
+
+export interface MlpWeights {
+  gate: Weight;
+  up: Weight;
+  down: Weight;
+  gateBias?: Tensor;
+  upBias?: Tensor;
+  downBias?: Tensor;
+}
+
+/** down(act(gate(x)) * up(x)), act = silu (SwiGLU) or tanh-GELU (GeGLU). */
+export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
+  const g = be.linear(x, w.gate, w.gateBias);
+  const u = be.linear(x, w.up, w.upBias);
+  const h = act === "silu" ? be.swiglu(g, u) : be.geglu(g, u);
+  return be.linear(h, w.down, w.downBias);
+}
+
+/** The rows of h [T, D] whose logits the step wants. */
+export function selectRows(be: Backend, h: Tensor, rows: Int32Array): Tensor {
+  const T = h.shape[0]!;
+  const n = rows.length;
+  let contiguous = n > 0;
+  for (let i = 1; i < n && contiguous; i++) contiguous = rows[i] === rows[0]! + i;
+  if (contiguous && n === T && rows[0] === 0) return h;
+  if (contiguous) return be.slice(h, 0, rows[0]!, rows[0]! + n);
+  return be.take(h, be.fromArray(rows, [n], "i32"));
+}
+
+/** Token embeddings for the step's ids. */
+export function embed(be: Backend, table: Weight, tokens: Int32Array): Tensor {
+  return be.take(table, be.fromArray(tokens, [tokens.length], "i32"));
+}
