@@ -1,0 +1,143 @@
+import { describe, expect, test } from "bun:test";
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { llamaConfig, llamaParamCount, llamaTensors, rawSafetensors, tempDir, writeModelDir } from "../io/helpers.ts";
+
+const MAIN = join(import.meta.dir, "..", "..", "src", "cli", "main.ts");
+
+function info(...args: string[]) {
+  const p = Bun.spawnSync([process.execPath, MAIN, "info", ...args], { stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+
+/** Bad input: exactly one line on stderr, naming the file and the problem, and exit code 2. */
+function expectBadInput(r: ReturnType<typeof info>, ...parts: string[]) {
+  expect(r.code).toBe(2);
+  expect(r.out).toBe("");
+  const lines = r.err.split("\n").filter((l) => l !== "");
+  expect(lines.length).toBe(1);
+  expect(lines[0]!.startsWith("rmlx: ")).toBe(true);
+  for (const p of parts) expect(lines[0]).toContain(p);
+  expect(r.err).not.toContain("    at ");
+}
+
+describe("rmlx info", () => {
+  test("--json on a quantized model", () => {
+    const dir = writeModelDir(
+      tempDir(),
+      llamaConfig({ quantization: { group_size: 64, bits: 4, "model.embed_tokens": { group_size: 64, bits: 8 } } }),
+      llamaTensors({ quant: (p) => ({ bits: p === "model.embed_tokens" ? 8 : 4, group: 64 }) }),
+      { extra: { "tokenizer.json": "{}", "tokenizer_config.json": JSON.stringify({ chat_template: "x" }) } },
+    );
+    const r = info("--model", dir, "--json");
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j).toMatchObject({
+      model_type: "llama",
+      architecture: "LlamaForCausalLM",
+      parameters: llamaParamCount(),
+      layers: 2,
+      hidden_size: 64,
+      heads: 4,
+      kv_heads: 2,
+      head_dim: 16,
+      vocab_size: 256,
+      context_length: 2048,
+      quantization: "attention/mlp/lm_head: affine 4-bit g64; embed_tokens: affine 8-bit g64; norms: bf16",
+      tokenizer: true,
+      chat_template: true,
+      runnable: true,
+    });
+    expect(j.size_bytes).toBeGreaterThan(0);
+    expect(j.backend).toMatch(/^native \(cpu/);
+  });
+
+  test("human output: aligned key: value lines", () => {
+    const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
+    const r = info("-m", dir);
+    expect(r.code).toBe(0);
+    const lines = r.out.trimEnd().split("\n");
+    const col = lines[0]!.search(/: +\S/) + lines[0]!.match(/: +/)![0].length;
+    for (const l of lines) {
+      expect(l).toMatch(/^[a-z_A-Z0-9 ():@]+: +\S/);
+      expect(l.slice(0, col).endsWith(" ")).toBe(true);
+      expect(l[col]).not.toBe(" ");
+    }
+    expect(r.out).toContain("model_type:");
+    expect(r.out).toMatch(/parameters: +\d/);
+    expect(r.out).toMatch(/runnable: +yes, on native \(cpu/);
+  });
+
+  test("an unsupported family is described but not runnable", () => {
+    const dir = writeModelDir(tempDir(), { ...llamaConfig(), model_type: "bitnet" }, llamaTensors());
+    const j = JSON.parse(info("--model", dir, "--json").out);
+    expect(j.runnable).toBe(false);
+    expect(j.reason).toContain("bitnet");
+  });
+
+  describe("bad input", () => {
+    test("missing directory", () => {
+      const d = join(tempDir(), "nope");
+      expectBadInput(info("--model", d), `${d}: no such directory`);
+    });
+
+    test("no config.json", () => {
+      const d = tempDir();
+      expectBadInput(info("--model", d), join(d, "config.json"), "file not found");
+    });
+
+    test("invalid JSON", () => {
+      const d = writeModelDir(tempDir(), "{ hidden_size: 1", llamaTensors());
+      expectBadInput(info("--model", d), join(d, "config.json"), "invalid JSON");
+    });
+
+    test("unknown architecture", () => {
+      const d = writeModelDir(tempDir(), llamaConfig({ model_type: "rwkv" }), llamaTensors());
+      expectBadInput(info("--model", d), `${join(d, "config.json")}: unknown architecture 'rwkv'`);
+    });
+
+    function withWeights(bytes: Uint8Array): string {
+      const d = writeModelDir(tempDir(), llamaConfig(), {});
+      writeFileSync(join(d, "model.safetensors"), bytes);
+      return d;
+    }
+
+    test("header length beyond the file", () => {
+      const d = withWeights(rawSafetensors({}, 4, 4096n));
+      expectBadInput(info("--model", d), join(d, "model.safetensors"), "header length 4096 runs beyond the end of the file");
+    });
+
+    test("overlapping offsets", () => {
+      const d = withWeights(
+        rawSafetensors(
+          { a: { dtype: "F16", shape: [4], data_offsets: [0, 8] }, b: { dtype: "F16", shape: [2], data_offsets: [6, 10] } },
+          10,
+        ),
+      );
+      expectBadInput(info("--model", d), join(d, "model.safetensors"), "overlap");
+    });
+
+    test("out-of-range offsets", () => {
+      const d = withWeights(rawSafetensors({ a: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }, 8));
+      expectBadInput(info("--model", d), join(d, "model.safetensors"), "beyond the data section");
+    });
+
+    test("dtype/shape not matching the byte range", () => {
+      const d = withWeights(rawSafetensors({ a: { dtype: "BF16", shape: [3, 3], data_offsets: [0, 16] } }, 16));
+      expectBadInput(info("--model", d), join(d, "model.safetensors"), "needs 18 bytes but data_offsets span 16");
+    });
+
+    test("a shard named in the index but missing", () => {
+      const d = writeModelDir(tempDir(), llamaConfig(), llamaTensors(), { shards: 2 });
+      rmSync(join(d, "model-00001-of-00002.safetensors"));
+      expectBadInput(info("--model", d), "model.safetensors.index.json", "shard 'model-00001-of-00002.safetensors'", "missing");
+    });
+
+    test("no --model", () => {
+      const r = info();
+      expect(r.code).toBe(2);
+      expect(r.err).toContain("--model");
+    });
+  });
+});

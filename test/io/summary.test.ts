@@ -1,0 +1,126 @@
+import { describe, expect, test } from "bun:test";
+import { openModelDir } from "../../src/io/model_dir.ts";
+import { describeClasses, kvCacheBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
+import { llamaConfig, llamaModules, llamaParamCount, llamaTensors, tempDir, TINY, writeModelDir, type QuantChoice } from "./helpers.ts";
+
+function quantRecipe(path: string): QuantChoice {
+  if (path === "model.embed_tokens") return { bits: 6, group: 64 };
+  if (path === "model.layers.0.self_attn.v_proj") return { bits: 8, group: 64 };
+  return { bits: 4, group: 64 };
+}
+
+function quantizedDir(): string {
+  return writeModelDir(
+    tempDir(),
+    llamaConfig({
+      quantization: {
+        group_size: 64,
+        bits: 4,
+        "model.embed_tokens": { group_size: 64, bits: 6 },
+        "model.layers.0.self_attn.v_proj": { group_size: 64, bits: 8 },
+      },
+    }),
+    llamaTensors({ quant: quantRecipe }),
+  );
+}
+
+describe("summarize", () => {
+  test("bf16 llama: parameters, sizes, KV cache", () => {
+    const md = openModelDir(writeModelDir(tempDir(), llamaConfig(), llamaTensors()));
+    const s = summarize(md);
+    expect(s.parameters).toBe(llamaParamCount());
+    expect(s.weights_bytes).toBe(llamaParamCount() * 2);
+    expect(s.size_bytes).toBeGreaterThan(s.weights_bytes);
+    expect(s.quantization).toBe("attention/mlp/embed_tokens/lm_head/norms: bf16");
+    // f16 K and V: 2 layers * 2 kv heads * 16 dims * 2 (K, V) * 2 bytes = 256 bytes per token.
+    expect(s.kv_cache_bytes).toEqual({ "4096": 256 * 4096, "32768": 256 * 32768 });
+    expect(s).toMatchObject({ layers: 2, heads: 4, kv_heads: 2, head_dim: 16, vocab_size: 256, context_length: 2048 });
+    expect(s.rope).toEqual({ type: "default", base: 10000 });
+  });
+
+  test("4-bit MLX model with per-module overrides: logical parameters, per-class formats", () => {
+    const md = openModelDir(quantizedDir());
+    const s = summarize(md);
+    // Packed words hold 32/bits values each; scales and biases are not parameters.
+    expect(s.parameters).toBe(llamaParamCount());
+    let bytes = 2 * (2 * TINY.layers + 1) * TINY.hidden; // bf16 norms
+    for (const [path, out, inp] of llamaModules()) {
+      const q = quantRecipe(path);
+      bytes += (out * inp * q.bits) / 8 + 2 * 2 * (out * inp) / q.group;
+    }
+    expect(s.weights_bytes).toBe(bytes);
+    expect(s.quantization).toBe(
+      "attention: affine 4-bit g64 (7), affine 8-bit g64 (1); mlp/lm_head: affine 4-bit g64; embed_tokens: affine 6-bit g64; norms: bf16",
+    );
+    expect(s.quantization_classes.attention).toEqual({ "affine 4-bit g64": 7, "affine 8-bit g64": 1 });
+  });
+
+  test("sharded dir gives the same answers as a single file", () => {
+    const one = summarize(openModelDir(writeModelDir(tempDir(), llamaConfig(), llamaTensors())));
+    const three = summarize(openModelDir(writeModelDir(tempDir(), llamaConfig(), llamaTensors(), { shards: 3 })));
+    expect(three.parameters).toBe(one.parameters);
+    expect(three.weights_bytes).toBe(one.weights_bytes);
+  });
+
+  test("gemma3 KV cache: sliding layers capped at the window", () => {
+    const cfg = {
+      model_type: "gemma3",
+      architectures: ["Gemma3ForConditionalGeneration"],
+      text_config: {
+        model_type: "gemma3_text",
+        hidden_size: 64,
+        num_hidden_layers: 6,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        head_dim: 32,
+        intermediate_size: 128,
+        vocab_size: 300,
+        sliding_window: 512,
+      },
+    };
+    const md = openModelDir(writeModelDir(tempDir(), cfg, { "language_model.model.norm.weight": { dtype: "BF16", shape: [64] } }));
+    // Per token per layer: 2 * 1 head * 32 dims * 2 bytes = 128 bytes. Layers 0-4 sliding, layer 5 global.
+    expect(kvCacheBytes(md, 4096)).toBe(5 * 512 * 128 + 4096 * 128);
+    expect(kvCacheBytes(md, 100)).toBe(6 * 100 * 128);
+    const s = summarize(md);
+    expect(s.layer_types).toEqual({ sliding_attention: 5, full_attention: 1 });
+    expect(s.local_rope).toEqual({ type: "default", base: 10000 });
+    expect(unsupportedReason(md)).toBeNull();
+  });
+
+  test("runnability", () => {
+    const qn = openModelDir(
+      writeModelDir(tempDir(), { ...llamaConfig(), model_type: "qwen3_next", full_attention_interval: 2 }, llamaTensors()),
+    );
+    expect(unsupportedReason(qn)).toBe("the qwen3_next family is not implemented yet");
+    // Linear-attention layers keep no KV cache.
+    expect(kvCacheBytes(qn, 10)).toBe(10 * 2 * TINY.kvHeads * TINY.headDim * 2);
+    const bitnet = openModelDir(
+      writeModelDir(tempDir(), { ...llamaConfig(), model_type: "llama", quantization_config: { quant_method: "awq" } }, llamaTensors()),
+    );
+    expect(unsupportedReason(bitnet)).toBe("awq checkpoints must first be converted with 'rmlx convert'");
+  });
+});
+
+describe("tensor classes", () => {
+  test("names map to classes", () => {
+    expect(tensorClass("model.layers.0.self_attn.q_proj.weight")).toBe("attention");
+    expect(tensorClass("model.layers.0.self_attn.q_proj.bias")).toBe("bias");
+    expect(tensorClass("model.layers.0.self_attn.q_norm.weight")).toBe("norms");
+    expect(tensorClass("model.layers.0.mlp.switch_mlp.gate_proj.weight")).toBe("mlp");
+    expect(tensorClass("model.layers.0.mlp.gate.weight")).toBe("router");
+    expect(tensorClass("model.layers.0.linear_attn.in_proj_qkvz.weight")).toBe("attention");
+    expect(tensorClass("language_model.model.embed_tokens.weight")).toBe("embed_tokens");
+    expect(tensorClass("lm_head.weight")).toBe("lm_head");
+    expect(tensorClass("model.norm.weight")).toBe("norms");
+  });
+
+  test("classes with the same format are merged", () => {
+    const m = new Map([
+      ["attention", new Map([["affine 4-bit g64", 4]])],
+      ["norms", new Map([["bf16", 3]])],
+      ["mlp", new Map([["affine 4-bit g64", 3]])],
+    ]);
+    expect(describeClasses(m)).toBe("attention/mlp: affine 4-bit g64; norms: bf16");
+  });
+});
