@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import { summarize, unsupportedReason, type ModelSummary } from "../io/summary.ts";
+import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 
 interface InfoOptions {
@@ -83,7 +84,7 @@ export function register(program: Command): void {
       action(async (opts: InfoOptions) => {
         if (!opts.model) throw new RmlxError("invalid_argument", "info needs --model DIR");
         const md = openModelDir(opts.model);
-        const reason = unsupportedReason(md);
+        const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
         const backend = reason === null ? await nativeBackendName() : null;
         const out = { ...summarize(md), runnable: reason === null, backend, ...(reason ? { reason } : {}) };
         if (opts.json) {

@@ -4,9 +4,6 @@ import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
 
-/** Model families this build has a forward pass for. */
-export const RUNNABLE_FAMILIES: ReadonlySet<string> = new Set(["llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma3"]);
-
 export const KV_CONTEXTS = [4096, 32768] as const;
 
 export interface ModelSummary {
@@ -172,10 +169,13 @@ export function summarize(md: ModelDir): ModelSummary {
   return s;
 }
 
-/** Why this build cannot run the model, or null when it can. */
-export function unsupportedReason(md: ModelDir): string | null {
-  const family = familyOf(md.config.modelType);
-  if (!RUNNABLE_FAMILIES.has(family)) return `the ${md.config.modelType} family is not implemented yet`;
+/**
+ * Why this build cannot run the model, or null when it can. `supported` lists the model_types that have a forward
+ * pass; the text config's model_type decides when the config nests one.
+ */
+export function unsupportedReason(md: ModelDir, supported: readonly string[]): string | null {
+  const textType = typeof md.config.raw.model_type === "string" ? md.config.raw.model_type : md.config.modelType;
+  if (!supported.includes(textType)) return `the ${textType} architecture is not implemented yet`;
   if (md.quant?.legacyMethod && !md.quant.global)
     return `${md.quant.legacyMethod} checkpoints must first be converted with 'rmlx convert'`;
   return null;

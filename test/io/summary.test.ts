@@ -85,20 +85,21 @@ describe("summarize", () => {
     const s = summarize(md);
     expect(s.layer_types).toEqual({ sliding_attention: 5, full_attention: 1 });
     expect(s.local_rope).toEqual({ type: "default", base: 10000 });
-    expect(unsupportedReason(md)).toBeNull();
+    expect(unsupportedReason(md, ["gemma3_text"])).toBeNull();
+    expect(unsupportedReason(md, ["gemma3"])).toBe("the gemma3_text architecture is not implemented yet");
   });
 
   test("runnability", () => {
     const qn = openModelDir(
       writeModelDir(tempDir(), { ...llamaConfig(), model_type: "qwen3_next", full_attention_interval: 2 }, llamaTensors()),
     );
-    expect(unsupportedReason(qn)).toBe("the qwen3_next family is not implemented yet");
+    expect(unsupportedReason(qn, ["llama"])).toBe("the qwen3_next architecture is not implemented yet");
     // Linear-attention layers keep no KV cache.
     expect(kvCacheBytes(qn, 10)).toBe(10 * 2 * TINY.kvHeads * TINY.headDim * 2);
     const bitnet = openModelDir(
       writeModelDir(tempDir(), { ...llamaConfig(), model_type: "llama", quantization_config: { quant_method: "awq" } }, llamaTensors()),
     );
-    expect(unsupportedReason(bitnet)).toBe("awq checkpoints must first be converted with 'rmlx convert'");
+    expect(unsupportedReason(bitnet, ["llama"])).toBe("awq checkpoints must first be converted with 'rmlx convert'");
   });
 });
 
