@@ -1,0 +1,86 @@
+// Dense and quantized products: the ISA dispatcher, the scalar kernel (the plain reference the SIMD variants
+// must agree with), and rmlx_linear for f32/f16/bf16 weights.
+#include <vector>
+
+#include "quant_formats.h"
+#include "threadpool.h"
+
+namespace rmlx {
+
+namespace scalar_k {
+
+// One weight row is dequantized once into a thread-local buffer, then dotted with every row of x.
+void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias) {
+  const int64_t K = W.K, N = W.N;
+  parallel_for(
+      N,
+      [&](int64_t nb, int64_t ne, int) {
+        std::vector<float> row((size_t)K);
+        for (int64_t n = nb; n < ne; n++) {
+          dequant_range_scalar(W, n, 0, K, row.data());
+          for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            float acc = 0.f;
+            for (int64_t k = 0; k < K; k++) acc += xm[k] * row[(size_t)k];
+            y[m * N + n] = acc + (bias ? bias[n] : 0.f);
+          }
+        }
+      },
+      4);
+}
+
+}  // namespace scalar_k
+
+void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias) {
+  Isa isa = active_isa();
+  if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
+  bool wide = isa == Isa::Avx512;
+  if (M < kGemmMinRows) {
+    auto tiles = wide ? avx512_k::gemv_tiles : avx2_k::gemv_tiles;
+    parallel_for((W.N + kGemvTile - 1) / kGemvTile,
+                 [&](int64_t b, int64_t e, int) { tiles(y, x, M, W, bias, b, e); });
+    return;
+  }
+  // Rows of W are the first split; when they are too few to occupy every thread, rows of x are split as well
+  // (each such unit decodes its panels again, a small cost next to its products).
+  auto units = wide ? avx512_k::gemm_units : avx2_k::gemm_units;
+  int64_t panels = (W.N + kPanelRows - 1) / kPanelRows;
+  int64_t mchunks = panels >= 4 * pool_size() ? 1 : (M + kMChunk - 1) / kMChunk;
+  int64_t mlen = (M + mchunks - 1) / mchunks;
+  mchunks = (M + mlen - 1) / mlen;
+  parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { units(y, x, M, W, bias, mchunks, mlen, b, e); });
+}
+
+void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMat &W) {
+  Isa isa = active_isa();
+  if (isa == Isa::Scalar) {
+    parallel_for(
+        nrows,
+        [&](int64_t b, int64_t e, int) {
+          for (int64_t r = b; r < e; r++) dequant_range_scalar(W, rows ? rows[r] : r, 0, W.K, out + r * W.K);
+        },
+        8);
+    return;
+  }
+  auto fn = isa == Isa::Avx512 ? avx512_k::dequant_rows : avx2_k::dequant_rows;
+  parallel_for(nrows, [&](int64_t b, int64_t e, int) { fn(out, rows, W, b, e); }, 8);
+}
+
+}  // namespace rmlx
+
+using namespace rmlx;
+
+extern "C" int rmlx_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N, const void *w, int w_dtype,
+                           const void *bias) {
+  WeightMat W;
+  if (int st = make_dense_mat(W, "rmlx_linear", w, w_dtype, N, K)) return st;
+  if (!y || !x) return fail(RMLX_E_INVALID, "rmlx_linear: x or y pointer is null");
+  if (M <= 0) return fail(RMLX_E_INVALID, "rmlx_linear: M must be positive (got %lld)", (long long)M);
+  std::vector<float> b;
+  if (bias) {
+    b.resize((size_t)N);
+    for (int64_t n = 0; n < N; n++) b[(size_t)n] = load_scalar(bias, w_dtype, n);
+  }
+  matmul(y, x, M, W, bias ? b.data() : nullptr);
+  return RMLX_OK;
+}

@@ -1,0 +1,334 @@
+// The SIMD product kernels, written once and compiled per ISA: qkern_avx2.cpp and qkern_avx512.cpp include this
+// file inside their own namespace after defining `V`, the vector type of their width (lanes V::L, micro-tile
+// rows V::MR). Weights are decoded 8 values at a time into __m256 (AVX-512VL runs the same decoders), so both
+// variants read every format identically. Included only by ISA files; it has no include guard on purpose.
+//
+// Two shapes of work:
+// Work is split by the caller (linear.cpp runs the thread pool), so that no std:: template is instantiated
+// here with this file's ISA flags.
+//
+//  - few rows of x (decode): memory-bound. Each weight row is streamed once, decoded in registers and dotted with
+//    up to 8 rows of x at once; rows of W are split across threads.
+//  - many rows of x (prefill): compute-bound. A panel of W (NB rows x KB columns) is decoded to f32 once into a
+//    thread-local buffer, laid out for an FMA micro-kernel of V::MR rows x 2*V::L columns, and reused by every
+//    row of x.
+
+enum : int { F_F32, F_F16, F_BF16, F_A2, F_A3, F_A4, F_A5, F_A6, F_A8, F_FP4, F_FP8 };
+
+static inline int fmt_code(const WeightMat &W) {
+  switch (W.kind) {
+    case WKind::F32: return F_F32;
+    case WKind::F16: return F_F16;
+    case WKind::BF16: return F_BF16;
+    case WKind::Mxfp4:
+    case WKind::Nvfp4: return F_FP4;
+    case WKind::Mxfp8: return F_FP8;
+    case WKind::Affine:
+      switch (W.bits) {
+        case 2: return F_A2;
+        case 3: return F_A3;
+        case 4: return F_A4;
+        case 5: return F_A5;
+        case 6: return F_A6;
+        default: return F_A8;
+      }
+  }
+  return F_F32;
+}
+
+static inline uint32_t ld32(const uint8_t *p) {
+  uint32_t u;
+  std::memcpy(&u, p, 4);
+  return u;
+}
+
+static inline __m256i shifted(uint32_t lo, uint32_t hi, __m256i shifts, int blend_hi_lanes) {
+  __m256i v = _mm256_set1_epi32((int)lo);
+  if (blend_hi_lanes == 2) v = _mm256_blend_epi32(v, _mm256_set1_epi32((int)hi), 0xC0);
+  if (blend_hi_lanes == 3) v = _mm256_blend_epi32(v, _mm256_set1_epi32((int)hi), 0xE0);
+  return _mm256_srlv_epi32(v, shifts);
+}
+
+// Elements [k, k+8) of a row, before scale and bias: quantized codes as floats, fp4/fp8 values, dense values.
+// k is a multiple of 8 for the packed formats. Reads only the bytes of those 8 elements.
+template <int F>
+static inline __m256 raw8(const uint8_t *row, int64_t k) {
+  if constexpr (F == F_F32) {
+    return _mm256_loadu_ps((const float *)row + k);
+  } else if constexpr (F == F_F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
+  } else if constexpr (F == F_BF16) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  } else if constexpr (F == F_A8) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + k))));
+  } else if constexpr (F == F_FP8) {
+    // E4M3 magnitude bits placed under a float's exponent and mantissa give 2^-120 times the value, subnormals
+    // included; the sign goes to bit 31.
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + k)));
+    __m256i mag = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7f)), 20);
+    __m256i sgn = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
+    return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(mag, sgn)), _mm256_set1_ps(0x1p120f));
+  } else if constexpr (F == F_FP4) {
+    __m256i idx = _mm256_and_si256(shifted(ld32(row + k / 2), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0),
+                                   _mm256_set1_epi32(15));
+    __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), idx);
+    __m256i sgn = _mm256_and_si256(_mm256_slli_epi32(idx, 28), _mm256_set1_epi32((int)0x80000000u));
+    return _mm256_or_ps(mag, _mm256_castsi256_ps(sgn));
+  } else {
+    __m256i v;
+    int mask;
+    if constexpr (F == F_A2) {
+      uint16_t u;
+      std::memcpy(&u, row + k / 4, 2);
+      v = shifted(u, 0, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), 0), mask = 3;
+    } else if constexpr (F == F_A3) {
+      const uint8_t *p = row + k * 3 / 8;
+      uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+      v = shifted(u, 0, _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), 0), mask = 7;
+    } else if constexpr (F == F_A4) {
+      v = shifted(ld32(row + k / 2), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0), mask = 15;
+    } else if constexpr (F == F_A5) {
+      const uint8_t *p = row + k * 5 / 8;
+      v = shifted(ld32(p), ld32(p + 1), _mm256_setr_epi32(0, 5, 10, 15, 20, 25, 22, 27), 2), mask = 31;
+    } else {
+      static_assert(F == F_A6);
+      const uint8_t *p = row + k * 6 / 8;
+      v = shifted(ld32(p), ld32(p + 2), _mm256_setr_epi32(0, 6, 12, 18, 24, 14, 20, 26), 3), mask = 63;
+    }
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(mask)));
+  }
+}
+
+template <int F>
+static constexpr bool is_dense() {
+  return F == F_F32 || F == F_F16 || F == F_BF16;
+}
+
+template <int F>
+static constexpr bool is_affine() {
+  return F >= F_A2 && F <= F_A8;
+}
+
+// Decoded elements [k0, k0+len) of row n; k0 and len are group-aligned for quantized formats.
+template <int F>
+static void decode_segment(const WeightMat &W, int64_t n, int64_t k0, int64_t len, float *out) {
+  const uint8_t *row = W.w + n * W.row_bytes;
+  if constexpr (is_dense<F>()) {
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) _mm256_storeu_ps(out + i, raw8<F>(row, k0 + i));
+    for (; i < len; i++) out[i] = raw_value(W, row, k0 + i);
+  } else {
+    const int64_t G = W.group;
+    for (int64_t g = k0 / G, k = k0; k < k0 + len; g++) {
+      __m256 s = _mm256_set1_ps(group_scale(W, n, g)), b = _mm256_set1_ps(group_bias(W, n, g));
+      for (int64_t e = k + G; k < e; k += 8) {
+        __m256 r = raw8<F>(row, k);
+        _mm256_storeu_ps(out + (k - k0), is_affine<F>() ? _mm256_fmadd_ps(r, s, b) : _mm256_mul_ps(r, s));
+      }
+    }
+  }
+}
+
+// ---- few rows of x ----
+
+// y[m, n] for n in [n0, n1) and MR rows of x. A accumulators per row of x keep enough FMA chains in flight
+// when MR is small.
+template <int F, int MR, int A>
+static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
+                      const float *bias) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int64_t K = W.K;
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t *row = W.w + n * W.row_bytes;
+    T acc[MR][A];
+    for (int m = 0; m < MR; m++)
+      for (int a = 0; a < A; a++) acc[m][a] = V::zero();
+    int64_t kend = K;
+    if constexpr (is_dense<F>()) {
+      kend = K - K % (L * A);
+      for (int64_t k = 0; k < kend; k += L * A) {
+        for (int a = 0; a < A; a++) {
+          T w = V::template chunk<F>(row, k + a * L);
+          for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
+        }
+      }
+    } else {
+      const int64_t G = W.group;
+      for (int64_t g = 0, k = 0; g < W.groups; g++) {
+        T s = V::set1(group_scale(W, n, g));
+        T b = V::set1(group_bias(W, n, g));
+        for (int64_t e = k + G; k < e; k += L * A) {
+          for (int a = 0; a < A; a++) {
+            T w = V::template chunk<F>(row, k + a * L);
+            w = is_affine<F>() ? V::fma(w, s, b) : V::mul(w, s);
+            for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
+          }
+        }
+      }
+    }
+    for (int m = 0; m < MR; m++) {
+      T t = acc[m][0];
+      for (int a = 1; a < A; a++) t = V::add(t, acc[m][a]);
+      float r = V::hsum(t);
+      for (int64_t k = kend; k < K; k++) r += x[m * K + k] * raw_value(W, row, k);
+      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+template <int F, int MR>
+static void gemv_rows_mr(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
+                         const float *bias) {
+  constexpr int Adef = MR == 1 ? 4 : MR <= 4 ? 2 : 1;
+  if constexpr (is_dense<F>()) {
+    gemv_rows<F, MR, Adef>(y, ldy, x, W, n0, n1, bias);
+  } else {
+    int64_t chunks = W.group / V::L;  // vectors per group
+    if (chunks % Adef == 0) gemv_rows<F, MR, Adef>(y, ldy, x, W, n0, n1, bias);
+    else if (chunks % 2 == 0) gemv_rows<F, MR, 2>(y, ldy, x, W, n0, n1, bias);
+    else gemv_rows<F, MR, 1>(y, ldy, x, W, n0, n1, bias);
+  }
+}
+
+// Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
+template <int F>
+static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                         int64_t t1) {
+  const int64_t N = W.N;
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
+    for (int64_t m = 0; m < M;) {
+      int64_t left = M - m;
+      float *ym = y + m * N;
+      const float *xm = x + m * W.K;
+      if (left >= 8) gemv_rows_mr<F, 8>(ym, N, xm, W, n0, n1, bias), m += 8;
+      else if (left >= 4) gemv_rows_mr<F, 4>(ym, N, xm, W, n0, n1, bias), m += 4;
+      else if (left >= 2) gemv_rows_mr<F, 2>(ym, N, xm, W, n0, n1, bias), m += 2;
+      else gemv_rows_mr<F, 1>(ym, N, xm, W, n0, n1, bias), m += 1;
+    }
+  }
+}
+
+// ---- many rows of x ----
+
+static constexpr int KB = 256;               // columns of W per panel (a multiple of every group size)
+static constexpr int NB = (int)kPanelRows;   // rows of W per panel
+static constexpr int TW = 2 * V::L;          // columns of y per micro-tile
+
+// Panel layout: NB/TW sub-panels, each [kl][TW] (row r of W at column r % TW of sub-panel r / TW).
+template <int F>
+static void pack_panel(float *bp, float *tmp, const WeightMat &W, int64_t n0, int nr, int64_t k0, int kl) {
+  for (int r = 0; r < NB; r++) {
+    float *dst = bp + (int64_t)(r / TW) * kl * TW + r % TW;
+    if (r < nr) {
+      decode_segment<F>(W, n0 + r, k0, kl, tmp);
+      for (int k = 0; k < kl; k++) dst[(int64_t)k * TW] = tmp[k];
+    } else {
+      for (int k = 0; k < kl; k++) dst[(int64_t)k * TW] = 0.f;
+    }
+  }
+}
+
+// c[MRR, ncols] += x[MRR, kl] @ bp[kl, TW]
+template <int MRR>
+static void micro(const float *x, int64_t ldx, const float *bp, int kl, float *c, int64_t ldc, int ncols) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  T acc[MRR][2];
+  for (int i = 0; i < MRR; i++) acc[i][0] = acc[i][1] = V::zero();
+  for (int k = 0; k < kl; k++) {
+    T b0 = V::loadu(bp + k * TW), b1 = V::loadu(bp + k * TW + L);
+    for (int i = 0; i < MRR; i++) {
+      T a = V::set1(x[i * ldx + k]);
+      acc[i][0] = V::fma(a, b0, acc[i][0]);
+      acc[i][1] = V::fma(a, b1, acc[i][1]);
+    }
+  }
+  if (ncols == TW) {
+    for (int i = 0; i < MRR; i++) {
+      V::storeu(c + i * ldc, V::add(V::loadu(c + i * ldc), acc[i][0]));
+      V::storeu(c + i * ldc + L, V::add(V::loadu(c + i * ldc + L), acc[i][1]));
+    }
+  } else {
+    alignas(64) float t[TW];
+    for (int i = 0; i < MRR; i++) {
+      V::storeu(t, acc[i][0]);
+      V::storeu(t + L, acc[i][1]);
+      for (int j = 0; j < ncols; j++) c[i * ldc + j] += t[j];
+    }
+  }
+}
+
+template <int MRR = V::MR>
+static void micro_any(int mr, const float *x, int64_t ldx, const float *bp, int kl, float *c, int64_t ldc,
+                      int ncols) {
+  if constexpr (MRR >= 1) {
+    if (mr == MRR) return micro<MRR>(x, ldx, bp, kl, c, ldc, ncols);
+    micro_any<MRR - 1>(mr, x, ldx, bp, kl, c, ldc, ncols);
+  }
+}
+
+// Units [u0, u1) of work, unit u = (panel u / mchunks, block u % mchunks of mlen rows of x).
+template <int F>
+static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,
+                         int64_t mlen, int64_t u0, int64_t u1) {
+  const int64_t N = W.N, K = W.K;
+  float *bp = (float *)aligned_alloc(64, sizeof(float) * (NB * KB + KB));
+  if (!bp) return;
+  float *tmp = bp + NB * KB;
+  for (int64_t u = u0; u < u1; u++) {
+    int64_t n0 = (u / mchunks) * NB, m0 = (u % mchunks) * mlen;
+    int64_t m1 = m0 + mlen < M ? m0 + mlen : M;
+    int nr = (int)(N - n0 < NB ? N - n0 : NB);
+    for (int64_t m = m0; m < m1; m++)
+      for (int j = 0; j < nr; j++) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.f;
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+      int kl = (int)(K - k0 < KB ? K - k0 : KB);
+      pack_panel<F>(bp, tmp, W, n0, nr, k0, kl);
+      for (int64_t m = m0; m < m1; m += V::MR) {
+        int mr = (int)(m1 - m < V::MR ? m1 - m : V::MR);
+        for (int s = 0; s * TW < nr; s++) {
+          int nc = nr - s * TW < TW ? nr - s * TW : TW;
+          micro_any(mr, x + m * K + k0, K, bp + (int64_t)s * kl * TW, kl, y + m * N + n0 + s * TW, N, nc);
+        }
+      }
+    }
+  }
+  free(bp);
+}
+
+// ---- entry points of the ISA namespace ----
+
+template <typename Fn>
+static void with_format(const WeightMat &W, Fn &&fn) {
+  switch (fmt_code(W)) {
+    case F_F32: return fn.template operator()<F_F32>();
+    case F_F16: return fn.template operator()<F_F16>();
+    case F_BF16: return fn.template operator()<F_BF16>();
+    case F_A2: return fn.template operator()<F_A2>();
+    case F_A3: return fn.template operator()<F_A3>();
+    case F_A4: return fn.template operator()<F_A4>();
+    case F_A5: return fn.template operator()<F_A5>();
+    case F_A6: return fn.template operator()<F_A6>();
+    case F_A8: return fn.template operator()<F_A8>();
+    case F_FP4: return fn.template operator()<F_FP4>();
+    default: return fn.template operator()<F_FP8>();
+  }
+}
+
+void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0, int64_t t1) {
+  with_format(W, [&]<int F>() { gemv_tiles_f<F>(y, x, M, W, bias, t0, t1); });
+}
+
+void gemm_units(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,
+                int64_t mlen, int64_t u0, int64_t u1) {
+  with_format(W, [&]<int F>() { gemm_units_f<F>(y, x, M, W, bias, mchunks, mlen, u0, u1); });
+}
+
+void dequant_rows(float *out, const int32_t *rows, const WeightMat &W, int64_t r0, int64_t r1) {
+  with_format(W, [&]<int F>() {
+    for (int64_t r = r0; r < r1; r++) decode_segment<F>(W, rows ? rows[r] : r, 0, W.K, out + r * W.K);
+  });
+}
