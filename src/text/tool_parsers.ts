@@ -1,0 +1,371 @@
+// Tool calls in a model's output, turned into OpenAI-shaped calls. One parser per convention:
+//   hermes       Qwen 2.5/3, Hermes and most ChatML models: <tool_call>{"name": ..., "arguments": {...}}</tool_call>,
+//                several allowed; Qwen3-Coder and Qwen3.5 write the body as <function=name><parameter=k>v</parameter></function>.
+//   llama3_json  Llama 3.1+: the reply is {"name": ..., "parameters": {...}}, optionally after <|python_tag|>,
+//                several separated by ";".
+//   pythonic     Gemma 3's documented function-calling prompt: the reply is [f(a=1), g(b="x")], optionally in a
+//                ```tool_code fence; a {"name": ..., "parameters": ...} reply, the other common Gemma prompt, too.
+// Every parser streams: feed() returns the text that is safe to show and the calls completed so far; markup
+// (or text that may still turn into markup) is held back, so none of it reaches the content.
+
+import type { ToolSpec } from "../engine/types.ts";
+import { findFirst, partialSuffixLength } from "./holdback.ts";
+import { parsePythonCalls } from "./pylit.ts";
+
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+export interface ToolParseResult {
+  content: string;
+  toolCalls: ToolCall[];
+}
+
+export type ToolParserKind = "hermes" | "llama3_json" | "pythonic";
+
+export interface ToolCallParser {
+  feed(delta: string): ToolParseResult;
+  /** The end of the stream: releases held text, or completes a call the model did not close. */
+  flush(): ToolParseResult;
+}
+
+export interface ToolParserOptions {
+  /** The request's tools: calls to other names are left as text (for conventions without markup), and
+   * parameter types guide the conversion of XML-style parameter values. */
+  tools?: ToolSpec[];
+}
+
+const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+export function newToolCallId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(24));
+  let s = "call_";
+  for (const b of bytes) s += ID_ALPHABET[b % ID_ALPHABET.length];
+  return s;
+}
+
+function makeCall(name: string, args: unknown): ToolCall {
+  const text = typeof args === "string" ? args : JSON.stringify(args ?? {});
+  return { id: newToolCallId(), type: "function", function: { name, arguments: text } };
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** {"name", "arguments"|"parameters"} -> a call; anything else -> undefined. */
+function jsonCall(v: unknown): ToolCall | undefined {
+  if (!isObject(v) || typeof v.name !== "string" || v.name.length === 0) return undefined;
+  const args = v.arguments ?? v.parameters ?? {};
+  if (typeof args === "string") {
+    try {
+      return makeCall(v.name, JSON.parse(args));
+    } catch {
+      return undefined;
+    }
+  }
+  return isObject(args) ? makeCall(v.name, args) : undefined;
+}
+
+function toolParamType(tools: ToolSpec[] | undefined, fn: string, param: string): string | undefined {
+  const spec = tools?.find((t) => t.function?.name === fn)?.function.parameters;
+  const props = isObject(spec) && isObject(spec.properties) ? spec.properties : undefined;
+  const p = props?.[param];
+  return isObject(p) && typeof p.type === "string" ? p.type : undefined;
+}
+
+/** <function=name><parameter=k>v</parameter>...</function>; values are text unless the schema or their form says otherwise. */
+function xmlCall(body: string, tools: ToolSpec[] | undefined): ToolCall | undefined {
+  const fm = /^<function=([^>\s]+)>([\s\S]*?)<\/function>$/.exec(body);
+  if (!fm) return undefined;
+  const name = fm[1]!;
+  const args: Record<string, unknown> = {};
+  const re = /<parameter=([^>\s]+)>([\s\S]*?)<\/parameter>/g;
+  for (const m of fm[2]!.matchAll(re)) {
+    // The template writes each value on its own lines: one newline either side is layout, not value.
+    const raw = m[2]!.replace(/^\n/, "").replace(/\n$/, "");
+    const type = toolParamType(tools, name, m[1]!);
+    let value: unknown = raw;
+    if (type !== "string") {
+      try {
+        value = JSON.parse(raw);
+      } catch {
+        value = raw;
+      }
+    }
+    args[m[1]!] = value;
+  }
+  return makeCall(name, args);
+}
+
+const NONE: ToolParseResult = { content: "", toolCalls: [] };
+
+/** <tool_call> ... </tool_call> anywhere in the output. */
+class HermesParser implements ToolCallParser {
+  private static readonly OPEN = "<tool_call>";
+  private static readonly CLOSE = "</tool_call>";
+  private buf = "";
+  private inCall = false;
+  private calls = 0;
+
+  constructor(private readonly opts: ToolParserOptions) {}
+
+  private parseBody(body: string): ToolCall | undefined {
+    const t = body.trim();
+    if (t.startsWith("<function=")) return xmlCall(t, this.opts.tools);
+    try {
+      return jsonCall(JSON.parse(t));
+    } catch {
+      return undefined;
+    }
+  }
+
+  feed(delta: string): ToolParseResult {
+    this.buf += delta;
+    let content = "";
+    const toolCalls: ToolCall[] = [];
+    for (;;) {
+      if (!this.inCall) {
+        const open = this.buf.indexOf(HermesParser.OPEN);
+        if (open < 0) break;
+        // Whitespace between text and a call (or between calls) is layout.
+        content += this.buf.slice(0, open).trimEnd();
+        this.buf = this.buf.slice(open + HermesParser.OPEN.length);
+        this.inCall = true;
+      }
+      const close = this.buf.indexOf(HermesParser.CLOSE);
+      if (close < 0) return { content, toolCalls };
+      const body = this.buf.slice(0, close);
+      this.buf = this.buf.slice(close + HermesParser.CLOSE.length);
+      this.inCall = false;
+      const call = this.parseBody(body);
+      if (call) {
+        toolCalls.push(call);
+        this.calls++;
+      } else content += HermesParser.OPEN + body + HermesParser.CLOSE;
+    }
+    // Hold back what may start a tag, and trailing whitespace that may turn out to precede one.
+    const keep = partialSuffixLength(this.buf, [HermesParser.OPEN]);
+    const safe = this.buf.slice(0, this.buf.length - keep);
+    const trimmed = safe.trimEnd();
+    content += trimmed;
+    this.buf = this.buf.slice(trimmed.length);
+    return { content, toolCalls };
+  }
+
+  flush(): ToolParseResult {
+    const rest = this.buf;
+    this.buf = "";
+    if (this.inCall) {
+      this.inCall = false;
+      const call = this.parseBody(rest);
+      if (call) return { content: "", toolCalls: [call] };
+      return { content: HermesParser.OPEN + rest, toolCalls: [] };
+    }
+    return { content: this.calls > 0 ? rest.trimEnd() : rest, toolCalls: [] };
+  }
+}
+
+type Verdict = "yes" | "no" | "maybe";
+
+/**
+ * Conventions where the whole reply is the call (no markup around it): the start of the reply decides. While
+ * it may be a call it is held; once its structure closes, it is either calls or, if not, released as text.
+ */
+abstract class ReplyIsCallParser implements ToolCallParser {
+  private buf = "";
+  private mode: "start" | "call" | "text" = "start";
+  private calls = 0;
+
+  constructor(protected readonly opts: ToolParserOptions) {}
+
+  /** Does text (starting with no whitespace) open a call? */
+  protected abstract classify(text: string): Verdict;
+  /** Index just past the call structure at the start of text, or undefined while it is incomplete. */
+  protected abstract structureEnd(text: string): number | undefined;
+  /** The calls the structure holds, or undefined if it is not a call after all. */
+  protected abstract parse(structure: string): ToolCall[] | undefined;
+  /** Separators allowed between consecutive structures. */
+  protected separators = /^[\s]*/;
+
+  private allowed(calls: ToolCall[]): boolean {
+    const names = this.opts.tools?.map((t) => t.function?.name);
+    return !names || calls.every((c) => names.includes(c.function.name));
+  }
+
+  feed(delta: string): ToolParseResult {
+    if (this.mode === "text") return { content: delta, toolCalls: [] };
+    this.buf += delta;
+    const toolCalls: ToolCall[] = [];
+    for (;;) {
+      const lead = this.separators.exec(this.buf)![0].length;
+      const t = this.buf.slice(lead);
+      if (this.mode === "start") {
+        if (t.length === 0) return { content: "", toolCalls };
+        const v = this.classify(t);
+        if (v === "maybe") return { content: "", toolCalls };
+        if (v === "no") return { content: this.release(), toolCalls };
+        this.mode = "call";
+      }
+      const end = this.structureEnd(t);
+      if (end === undefined) return { content: "", toolCalls };
+      const calls = this.parse(t.slice(0, end));
+      if (!calls || !this.allowed(calls)) return { content: this.release(), toolCalls };
+      toolCalls.push(...calls);
+      this.calls += calls.length;
+      this.buf = t.slice(end);
+      this.mode = "start";
+    }
+  }
+
+  /** Gives up on a call: everything held becomes text, and so does the rest of the stream. */
+  private release(): string {
+    const out = this.calls > 0 ? this.buf.replace(this.separators, "") : this.buf;
+    this.buf = "";
+    this.mode = "text";
+    return out;
+  }
+
+  flush(): ToolParseResult {
+    if (this.mode === "text") return NONE;
+    const t = this.buf.replace(this.separators, "");
+    if (this.mode === "call") {
+      const calls = this.parse(t);
+      if (calls && this.allowed(calls)) {
+        this.buf = "";
+        return { content: "", toolCalls: calls };
+      }
+    }
+    const content = this.calls > 0 ? t : this.buf;
+    this.buf = "";
+    return { content, toolCalls: [] };
+  }
+}
+
+/** Index just past the bracketed structure opening at text[from], honouring quoted strings; undefined if open. */
+function balancedEnd(text: string, from: number, quotes: string): number | undefined {
+  let depth = 0;
+  let quote = "";
+  for (let i = from; i < text.length; i++) {
+    const c = text[i]!;
+    if (quote) {
+      if (c === "\\") i++;
+      else if (c === quote) quote = "";
+      continue;
+    }
+    if (quotes.includes(c)) quote = c;
+    else if (c === "{" || c === "[" || c === "(") depth++;
+    else if (c === "}" || c === "]" || c === ")") {
+      depth--;
+      if (depth === 0) return i + 1;
+    }
+  }
+  return undefined;
+}
+
+class Llama3JsonParser extends ReplyIsCallParser {
+  private static readonly TAG = "<|python_tag|>";
+  protected override separators = /^[\s;]*/;
+
+  protected classify(t: string): Verdict {
+    if (t.startsWith(Llama3JsonParser.TAG)) return "yes";
+    if (Llama3JsonParser.TAG.startsWith(t)) return "maybe";
+    return t.startsWith("{") ? "yes" : "no";
+  }
+
+  protected structureEnd(t: string): number | undefined {
+    let i = t.startsWith(Llama3JsonParser.TAG) ? Llama3JsonParser.TAG.length : 0;
+    while (i < t.length && /\s/.test(t[i]!)) i++;
+    if (i === t.length) return undefined;
+    // Not a JSON object (the tag also introduces plain code): parse() refuses it and the text is released.
+    if (t[i] !== "{") return t.length;
+    return balancedEnd(t, i, '"');
+  }
+
+  protected parse(s: string): ToolCall[] | undefined {
+    const body = s.startsWith(Llama3JsonParser.TAG) ? s.slice(Llama3JsonParser.TAG.length) : s;
+    try {
+      const call = jsonCall(JSON.parse(body));
+      return call ? [call] : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+class PythonicParser extends ReplyIsCallParser {
+  private static readonly FENCE = "```tool_code";
+  private static readonly CALL_START = /^\[\s*[A-Za-z_][\w.]*\s*\(/;
+  private static readonly CALL_PREFIX = /^\[\s*(?:[A-Za-z_][\w.]*\s*)?$/;
+
+  protected classify(t: string): Verdict {
+    if (t.startsWith(PythonicParser.FENCE) || t.startsWith("{")) return "yes";
+    if (PythonicParser.FENCE.startsWith(t)) return "maybe";
+    if (PythonicParser.CALL_START.test(t)) return "yes";
+    return PythonicParser.CALL_PREFIX.test(t) ? "maybe" : "no";
+  }
+
+  protected structureEnd(t: string): number | undefined {
+    if (t.startsWith(PythonicParser.FENCE)) {
+      const close = t.indexOf("```", PythonicParser.FENCE.length);
+      return close < 0 ? undefined : close + 3;
+    }
+    return balancedEnd(t, 0, t.startsWith("{") ? '"' : "\"'");
+  }
+
+  protected parse(s: string): ToolCall[] | undefined {
+    if (s.startsWith("{")) {
+      try {
+        const call = jsonCall(JSON.parse(s));
+        return call ? [call] : undefined;
+      } catch {
+        return undefined;
+      }
+    }
+    let body = s;
+    if (body.startsWith(PythonicParser.FENCE)) body = body.slice(PythonicParser.FENCE.length).replace(/```$/, "");
+    body = body.trim();
+    // Some replies wrap the call list in print(...), as in the tool_code examples.
+    const printed = /^print\(([\s\S]*)\)$/.exec(body);
+    if (printed) body = printed[1]!.trim();
+    try {
+      const calls = parsePythonCalls(body);
+      return calls.length > 0 ? calls.map((c) => makeCall(c.name, c.args)) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+export function createToolParser(kind: ToolParserKind, opts: ToolParserOptions = {}): ToolCallParser {
+  switch (kind) {
+    case "hermes":
+      return new HermesParser(opts);
+    case "llama3_json":
+      return new Llama3JsonParser(opts);
+    case "pythonic":
+      return new PythonicParser(opts);
+  }
+}
+
+/** Whole-text parse: the same parser, fed everything at once. */
+export function parseToolCalls(kind: ToolParserKind, text: string, opts: ToolParserOptions = {}): ToolParseResult {
+  const p = createToolParser(kind, opts);
+  const a = p.feed(text);
+  const b = p.flush();
+  return { content: a.content + b.content, toolCalls: [...a.toolCalls, ...b.toolCalls] };
+}
+
+/** The convention a model uses, from its chat template's text and its config.json model_type. */
+export function toolParserFor(info: { modelType?: string; chatTemplate?: string }): ToolParserKind | undefined {
+  const tpl = info.chatTemplate ?? "";
+  const type = (info.modelType ?? "").toLowerCase();
+  if (tpl.includes("<tool_call>")) return "hermes";
+  if (tpl.includes("<|python_tag|>") || tpl.includes('"parameters": dictionary')) return "llama3_json";
+  if (tpl.includes("tool_code") || type.startsWith("gemma")) return "pythonic";
+  if (type.startsWith("qwen") || type.startsWith("hermes")) return "hermes";
+  if (type.startsWith("llama")) return "llama3_json";
+  return undefined;
+}

@@ -1,0 +1,177 @@
+import { describe, expect, test } from "bun:test";
+import type { ToolSpec } from "../../src/engine/types.ts";
+import {
+  type ToolCall,
+  type ToolParserKind,
+  type ToolParserOptions,
+  createToolParser,
+  parseToolCalls,
+  toolParserFor,
+} from "../../src/text/tool_parsers.ts";
+import { tokenizerConfig } from "./fixtures.ts";
+
+interface Expected {
+  content: string;
+  calls: { name: string; args: unknown }[];
+}
+
+const shape = (calls: ToolCall[]) =>
+  calls.map((c) => {
+    expect(c.type).toBe("function");
+    expect(c.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
+    return { name: c.function.name, args: JSON.parse(c.function.arguments) };
+  });
+
+/** Checks the whole-text parse, then the same text streamed one character at a time. */
+function check(kind: ToolParserKind, text: string, want: Expected, opts: ToolParserOptions = {}) {
+  const whole = parseToolCalls(kind, text, opts);
+  expect(whole.content).toBe(want.content);
+  expect(shape(whole.toolCalls)).toEqual(want.calls);
+
+  const p = createToolParser(kind, opts);
+  const pieces: string[] = [];
+  const calls: ToolCall[] = [];
+  for (const ch of text) {
+    const r = p.feed(ch);
+    pieces.push(r.content);
+    calls.push(...r.toolCalls);
+  }
+  const end = p.flush();
+  pieces.push(end.content);
+  calls.push(...end.toolCalls);
+  expect(pieces.join("")).toBe(want.content);
+  expect(shape(calls)).toEqual(want.calls);
+  return pieces;
+}
+
+const tools = (...specs: [string, Record<string, string>][]): ToolSpec[] =>
+  specs.map(([name, props]) => ({
+    type: "function",
+    function: {
+      name,
+      parameters: { type: "object", properties: Object.fromEntries(Object.entries(props).map(([k, t]) => [k, { type: t }])) },
+    },
+  }));
+
+describe("hermes (Qwen) tool calls", () => {
+  test("text then two calls; layout whitespace dropped; no markup in any streamed piece", () => {
+    const text =
+      'Let me check.\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n' +
+      '<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call>';
+    const pieces = check("hermes", text, {
+      content: "Let me check.",
+      calls: [
+        { name: "get_weather", args: { city: "Paris" } },
+        { name: "get_time", args: { tz: "CET" } },
+      ],
+    });
+    for (const p of pieces) expect(p).not.toMatch(/[<>{}]/);
+  });
+
+  test("text with angle brackets but no call passes through unchanged", () => {
+    const text = "a < b, and <tool is not <tool_call, really>\n";
+    check("hermes", text, { content: text, calls: [] });
+  });
+
+  test("a call whose body is not a call stays visible as text", () => {
+    check("hermes", "x <tool_call>{bad json}</tool_call> y", { content: "x<tool_call>{bad json}</tool_call> y", calls: [] });
+  });
+
+  test("a call left open at the end of the stream still counts", () => {
+    check("hermes", '<tool_call>\n{"name": "f", "arguments": {}}\n', { content: "", calls: [{ name: "f", args: {} }] });
+  });
+
+  test("arguments given as a JSON string", () => {
+    check("hermes", '<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>', {
+      content: "",
+      calls: [{ name: "f", args: { a: 1 } }],
+    });
+  });
+
+  test("Qwen3-Coder XML body, values typed by the tool schema", () => {
+    const text =
+      "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=zip>\n75001\n</parameter>\n" +
+      "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>";
+    check(
+      "hermes",
+      text,
+      { content: "", calls: [{ name: "get_weather", args: { city: "Paris", zip: "75001", days: 3 } }] },
+      { tools: tools(["get_weather", { city: "string", zip: "string", days: "integer" }]) },
+    );
+  });
+});
+
+describe("llama3_json tool calls", () => {
+  test("a bare JSON call", () => {
+    check("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris"}}', {
+      content: "",
+      calls: [{ name: "get_weather", args: { city: "Paris" } }],
+    });
+  });
+
+  test("<|python_tag|> and two calls separated by ';'", () => {
+    check("llama3_json", '<|python_tag|>{"name": "f", "parameters": {"a": "}"}}; {"name": "g", "parameters": {}}', {
+      content: "",
+      calls: [
+        { name: "f", args: { a: "}" } },
+        { name: "g", args: {} },
+      ],
+    });
+  });
+
+  test("plain text and JSON that is not a call are content", () => {
+    check("llama3_json", "Sure, here you go: {}", { content: "Sure, here you go: {}", calls: [] });
+    check("llama3_json", '  {"answer": 42} is the JSON', { content: '  {"answer": 42} is the JSON', calls: [] });
+  });
+
+  test("a call to a tool the request did not offer is content", () => {
+    const text = '{"name": "rm_rf", "parameters": {}}';
+    check("llama3_json", text, { content: text, calls: [] }, { tools: tools(["get_weather", {}]) });
+  });
+});
+
+describe("pythonic (Gemma 3) tool calls", () => {
+  test("a call list with Python literals", () => {
+    const text =
+      '[get_weather(city="London", days=3), get_time(tz=\'UTC\', exact=True, opts={"a": [1, 2.5, -4e2]}, none=None, t=(1, 2))]';
+    check("pythonic", text, {
+      content: "",
+      calls: [
+        { name: "get_weather", args: { city: "London", days: 3 } },
+        { name: "get_time", args: { tz: "UTC", exact: true, opts: { a: [1, 2.5, -400] }, none: null, t: [1, 2] } },
+      ],
+    });
+  });
+
+  test("a ```tool_code fence", () => {
+    check("pythonic", '```tool_code\nprint(get_weather(city="Paris, \\"FR\\""))\n```', {
+      content: "",
+      calls: [{ name: "get_weather", args: { city: 'Paris, "FR"' } }],
+    });
+  });
+
+  test("a JSON call object", () => {
+    check("pythonic", '{"name": "f", "parameters": {"x": 1}}', { content: "", calls: [{ name: "f", args: { x: 1 } }] });
+  });
+
+  test("markdown links, code fences and prose are content", () => {
+    check("pythonic", "[link](http://x) text", { content: "[link](http://x) text", calls: [] });
+    check("pythonic", "[see (this)] ok", { content: "[see (this)] ok", calls: [] });
+    check("pythonic", "```python\nprint(1)\n```", { content: "```python\nprint(1)\n```", calls: [] });
+    check("pythonic", "Hello there", { content: "Hello there", calls: [] });
+  });
+});
+
+describe("choosing the parser", () => {
+  test("from real chat templates and model types", () => {
+    expect(toolParserFor({ chatTemplate: tokenizerConfig("qwen3").chat_template as string, modelType: "qwen3" })).toBe("hermes");
+    expect(toolParserFor({ chatTemplate: tokenizerConfig("gemma3").chat_template as string, modelType: "gemma3_text" })).toBe(
+      "pythonic",
+    );
+    expect(toolParserFor({ chatTemplate: tokenizerConfig("llama3").chat_template as string, modelType: "llama" })).toBe(
+      "llama3_json",
+    );
+    expect(toolParserFor({ chatTemplate: "{{ '<|python_tag|>' }}" })).toBe("llama3_json");
+    expect(toolParserFor({ modelType: "mamba" })).toBeUndefined();
+  });
+});
