@@ -1,0 +1,120 @@
+// Writes tiny random model directories (config.json + model.safetensors, HF names) for tests that check the
+// model code's consistency (batched vs single, chunked vs whole prefill) without reference fixtures.
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296 - 0.5;
+  };
+}
+
+function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: Float32Array }>): void {
+  const header: Record<string, unknown> = {};
+  let off = 0;
+  const names = Object.keys(tensors);
+  for (const n of names) {
+    const bytes = tensors[n]!.data.length * 4;
+    header[n] = { dtype: "F32", shape: tensors[n]!.shape, data_offsets: [off, off + bytes] };
+    off += bytes;
+  }
+  let json = JSON.stringify(header);
+  while ((8 + json.length) % 8 !== 0) json += " ";
+  const hbytes = new TextEncoder().encode(json);
+  const out = new Uint8Array(8 + hbytes.length + off);
+  new DataView(out.buffer).setBigUint64(0, BigInt(hbytes.length), true);
+  out.set(hbytes, 8);
+  let p = 8 + hbytes.length;
+  for (const n of names) {
+    const d = tensors[n]!.data;
+    out.set(new Uint8Array(d.buffer, d.byteOffset, d.byteLength), p);
+    p += d.byteLength;
+  }
+  writeFileSync(path, out);
+}
+
+export interface TinySpec {
+  modelType: "llama" | "qwen3" | "qwen3_moe" | "gemma3_text";
+  layers?: number;
+  extra?: Record<string, unknown>;
+}
+
+export function makeTinyModel(spec: TinySpec, seed = 1): string {
+  const H = 32;
+  const heads = 4;
+  const kvHeads = 2;
+  const headDim = 16;
+  const inter = 48;
+  const V = 96;
+  const L = spec.layers ?? 2;
+  const r = rng(seed);
+  const t: Record<string, { shape: number[]; data: Float32Array }> = {};
+  const rand = (name: string, shape: number[], scale = 0.3, offset = 0) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    t[name] = { shape, data: Float32Array.from({ length: n }, () => offset + r() * 2 * scale) };
+  };
+  const gemma = spec.modelType === "gemma3_text";
+  const normOffset = gemma ? 0 : 1;
+  rand("model.embed_tokens.weight", [V, H], 0.5);
+  rand("model.norm.weight", [H], 0.1, normOffset);
+  const E = 4;
+  for (let i = 0; i < L; i++) {
+    const p = `model.layers.${i}`;
+    rand(`${p}.input_layernorm.weight`, [H], 0.1, normOffset);
+    rand(`${p}.post_attention_layernorm.weight`, [H], 0.1, normOffset);
+    rand(`${p}.self_attn.q_proj.weight`, [heads * headDim, H]);
+    rand(`${p}.self_attn.k_proj.weight`, [kvHeads * headDim, H]);
+    rand(`${p}.self_attn.v_proj.weight`, [kvHeads * headDim, H]);
+    rand(`${p}.self_attn.o_proj.weight`, [H, heads * headDim]);
+    if (spec.modelType !== "llama") {
+      rand(`${p}.self_attn.q_norm.weight`, [headDim], 0.1, normOffset);
+      rand(`${p}.self_attn.k_norm.weight`, [headDim], 0.1, normOffset);
+    }
+    if (gemma) {
+      rand(`${p}.pre_feedforward_layernorm.weight`, [H], 0.1);
+      rand(`${p}.post_feedforward_layernorm.weight`, [H], 0.1);
+    }
+    if (spec.modelType === "qwen3_moe" && i === 0) {
+      rand(`${p}.mlp.gate.weight`, [E, H], 0.5);
+      for (let e = 0; e < E; e++) {
+        rand(`${p}.mlp.experts.${e}.gate_proj.weight`, [24, H]);
+        rand(`${p}.mlp.experts.${e}.up_proj.weight`, [24, H]);
+        rand(`${p}.mlp.experts.${e}.down_proj.weight`, [H, 24]);
+      }
+    } else {
+      rand(`${p}.mlp.gate_proj.weight`, [inter, H]);
+      rand(`${p}.mlp.up_proj.weight`, [inter, H]);
+      rand(`${p}.mlp.down_proj.weight`, [H, inter]);
+    }
+  }
+  if (spec.modelType === "llama") rand("lm_head.weight", [V, H], 0.5);
+  const config: Record<string, unknown> = {
+    model_type: spec.modelType,
+    architectures: ["Tiny"],
+    hidden_size: H,
+    num_hidden_layers: L,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+    intermediate_size: inter,
+    vocab_size: V,
+    max_position_embeddings: 256,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    tie_word_embeddings: spec.modelType !== "llama",
+    eos_token_id: 1,
+    ...(spec.modelType === "qwen3_moe"
+      ? { num_experts: E, num_experts_per_tok: 2, moe_intermediate_size: 24, norm_topk_prob: true, mlp_only_layers: [1], decoder_sparse_step: 1 }
+      : {}),
+    ...(gemma ? { sliding_window: 5, layer_types: ["sliding_attention", "full_attention"].slice(0, L), query_pre_attn_scalar: 16, rope_local_base_freq: 10000, rope_theta: 1000000 } : {}),
+    ...spec.extra,
+  };
+  const dir = mkdtempSync(join(tmpdir(), `rmlx-tiny-${spec.modelType}-`));
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+  writeSafetensors(join(dir, "model.safetensors"), t);
+  return dir;
+}
