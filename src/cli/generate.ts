@@ -1,10 +1,145 @@
 import type { Command } from "commander";
-import { notYet } from "./action.ts";
+import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
+import { loadSession, type Session } from "../engine/session.ts";
+import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
+import { RmlxError } from "../errors.ts";
+import { applyChatTemplate } from "../text/chat_template.ts";
+import { Detokenizer } from "../text/detokenizer.ts";
+import { action } from "./action.ts";
+
+interface GenerateFlags {
+  model?: string;
+  prompt?: string;
+  maxTokens: string;
+  temp: string;
+  topP: string;
+  topK: string;
+  minP: string;
+  repetitionPenalty: string;
+  seed?: string;
+  chat?: boolean;
+  system?: string;
+  json?: boolean;
+}
+
+export interface SamplingFlags {
+  temp: string;
+  topP: string;
+  topK: string;
+  minP: string;
+  repetitionPenalty: string;
+  seed?: string;
+}
+
+function num(name: string, v: string, integer = false): number {
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
+    throw new RmlxError("invalid_argument", `--${name} must be ${integer ? "an integer" : "a number"} (got '${v}')`);
+  }
+  return n;
+}
+
+export function samplingFrom(f: SamplingFlags): SamplingParams {
+  const p: SamplingParams = {
+    ...DEFAULT_SAMPLING,
+    temperature: num("temp", f.temp),
+    topP: num("top-p", f.topP),
+    topK: num("top-k", f.topK, true),
+    minP: num("min-p", f.minP),
+    repetitionPenalty: num("repetition-penalty", f.repetitionPenalty),
+  };
+  if (f.seed !== undefined) p.seed = num("seed", f.seed, true);
+  return p;
+}
+
+export function addSamplingOptions(cmd: Command): Command {
+  return cmd
+    .option("--temp <t>", "sampling temperature (0 = greedy)", "0")
+    .option("--top-p <p>", "nucleus sampling mass", "1")
+    .option("--top-k <k>", "keep the k most likely tokens (0 = off)", "0")
+    .option("--min-p <m>", "drop tokens below m times the top probability (0 = off)", "0")
+    .option("--repetition-penalty <r>", "penalise the last 20 tokens (1 = off)", "1")
+    .option("--seed <s>", "random seed for reproducible sampling");
+}
+
+/** Prompt token ids: the raw text (with the tokenizer's BOS convention), or the chat template's rendering. */
+export function promptIds(s: Session, messages: ChatMessage[] | null, text: string): number[] {
+  if (!messages) return s.tokenizer.encode(text);
+  if (!s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
+  return applyChatTemplate(s.tokenizer, s.template, { messages, addGenerationPrompt: true }).ids;
+}
+
+export function runGeneration(
+  s: Session,
+  ids: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  onText?: (t: string) => void,
+): GenerateResult {
+  const total = Math.min(ids.length + maxTokens, s.model.config.contextLength);
+  const cache = cacheForTokens(s.model, total);
+  try {
+    const opts = {
+      maxTokens,
+      sampling,
+      stopTokenIds: s.stopTokenIds,
+      detokenizer: new Detokenizer(s.tokenizer),
+      ...(onText ? { onText } : {}),
+    };
+    return generate(s.model, cache, ids, opts);
+  } finally {
+    cache.dispose();
+  }
+}
+
+export function speedLine(r: GenerateResult): string {
+  return (
+    `prompt: ${r.promptTokens} tokens, ${r.promptTps.toFixed(1)} tok/s; ` +
+    `generation: ${r.tokenIds.length} tokens, ${r.decodeTps.toFixed(1)} tok/s`
+  );
+}
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command("generate")
-    .description("Generate text from a prompt (not built yet)")
-    .allowUnknownOption()
-    .action(() => notYet("generate"));
+    .description("Generate text from a prompt (streams to stdout; speeds to stderr)")
+    .requiredOption("--model <dir>", "model directory")
+    .requiredOption("--prompt <text>", "prompt text")
+    .option("--max-tokens <n>", "maximum tokens to generate", "256")
+    .option("--chat", "wrap the prompt in the model's chat template as a user message")
+    .option("--system <text>", "system message (with --chat)")
+    .option("--json", "print one JSON object (prompt_ids, token_ids, text, prompt_tps, decode_tps) instead of streaming");
+  addSamplingOptions(cmd).action(
+    action(async (f: GenerateFlags) => {
+      const maxTokens = num("max-tokens", f.maxTokens, true);
+      if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
+      const sampling = samplingFrom(f);
+      const s = loadSession(f.model!);
+      let messages: ChatMessage[] | null = null;
+      if (f.chat) {
+        messages = [];
+        if (f.system !== undefined) messages.push({ role: "system", content: f.system });
+        messages.push({ role: "user", content: f.prompt! });
+      } else if (f.system !== undefined) {
+        throw new RmlxError("invalid_argument", "--system needs --chat");
+      }
+      const ids = promptIds(s, messages, f.prompt!);
+      const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
+      const r = runGeneration(s, ids, maxTokens, sampling, onText);
+      if (f.json) {
+        const out = {
+          prompt_ids: ids,
+          token_ids: r.tokenIds,
+          text: r.text,
+          finish_reason: r.finishReason,
+          prompt_tps: r.promptTps,
+          decode_tps: r.decodeTps,
+        };
+        process.stdout.write(`${JSON.stringify(out)}\n`);
+      } else {
+        process.stdout.write("\n");
+        process.stderr.write(`${speedLine(r)}\n`);
+      }
+    }),
+  );
 }

@@ -7,6 +7,8 @@ import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import type { Model } from "../../src/models/model.ts";
 import { loadModel } from "../../src/models/registry.ts";
+import { getBackend } from "../../src/backend/index.ts";
+import type { Backend } from "../../src/backend/backend.ts";
 import { RefBackend } from "./ref_backend.ts";
 import { makeTinyModel, type TinySpec } from "./tiny_model.ts";
 
@@ -33,12 +35,27 @@ const specs: (TinySpec & { name: string })[] = [
   { name: "gemma3_text", modelType: "gemma3_text" },
 ];
 
-describe.each(specs)("consistency $name", (spec) => {
-  const be = new RefBackend();
+const cases = specs.flatMap((s) => [
+  { ...s, backend: "ref" },
+  { ...s, backend: "native" },
+]);
+
+const refLogits = new Map<string, Float32Array>();
+
+describe.each(cases)("consistency $name on $backend", (spec) => {
+  const be: Backend = spec.backend === "ref" ? new RefBackend() : getBackend();
   const model = loadModel(be, openModelDir(makeTinyModel(spec)));
   const V = model.vocabSize;
   const fullA = teacherForced(model, A);
   const fullB = teacherForced(model, B);
+
+  test("the reference and native backends agree", () => {
+    if (spec.backend === "ref") refLogits.set(spec.name, fullA);
+    const ref = refLogits.get(spec.name)!;
+    let scale = 0;
+    for (const v of ref) scale = Math.max(scale, Math.abs(v));
+    expect(maxDiff(fullA, ref) / scale).toBeLessThan(1e-4);
+  });
 
   test("logits are finite and not flat", () => {
     expect(fullA.length).toBe(A.length * V);

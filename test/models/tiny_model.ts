@@ -39,6 +39,7 @@ function writeSafetensors(path: string, tensors: Record<string, { shape: number[
 export interface TinySpec {
   modelType: "llama" | "qwen3" | "qwen3_moe" | "gemma3_text";
   layers?: number;
+  vocab?: number;
   extra?: Record<string, unknown>;
 }
 
@@ -48,7 +49,7 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
   const kvHeads = 2;
   const headDim = 16;
   const inter = 48;
-  const V = 96;
+  const V = spec.vocab ?? 96;
   const L = spec.layers ?? 2;
   const r = rng(seed);
   const t: Record<string, { shape: number[]; data: Float32Array }> = {};
