@@ -1,6 +1,6 @@
 // Reads safetensors files through mmap: the header is parsed and checked strictly, tensor bytes stay views into
 // the mapping, so opening a model costs only the pages that are later touched.
-import { statSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync } from "node:fs";
 import { RmlxError } from "../errors.ts";
 
 export type StDType =
@@ -54,6 +54,13 @@ export function numel(shape: readonly number[]): number {
   return n;
 }
 
+/** Bun's typed arrays stop at 4 GiB, and MLX shards reach 5 GB: larger files are mapped in several windows. */
+export const MAX_MAPPING_BYTES = 2 ** 32 - 2 ** 16;
+// Window starts are aligned for every page size in use (4 KiB on x86-64, 16 KiB on Apple Silicon).
+const MAP_ALIGN = 2 ** 16;
+// The format's own limit; it keeps a corrupt length from turning into a huge allocation.
+const HEADER_LIMIT = 100_000_000n;
+
 function bad(path: string, problem: string): never {
   throw new RmlxError("bad_model", `${path}: ${problem}`);
 }
@@ -94,6 +101,40 @@ function checkEntry(path: string, name: string, v: unknown, dataLen: number): Ra
   return { name, dtype: dtype as StDType, shape: [...(shape as number[])], begin, end };
 }
 
+/** Views of every tensor's bytes: one mapping of the whole file, or consecutive windows when it is too large. */
+function mapTensors(
+  path: string,
+  size: number,
+  dataStart: number,
+  sorted: readonly RawEntry[],
+  maxMap: number,
+): Map<string, Uint8Array> {
+  const views = new Map<string, Uint8Array>();
+  if (size <= maxMap) {
+    const buf = Bun.mmap(path, { shared: false });
+    for (const e of sorted) views.set(e.name, buf.subarray(dataStart + e.begin, dataStart + e.end));
+    return views;
+  }
+  let i = 0;
+  while (i < sorted.length) {
+    const winStart = Math.floor((dataStart + sorted[i]!.begin) / MAP_ALIGN) * MAP_ALIGN;
+    let j = i;
+    while (j < sorted.length && dataStart + sorted[j]!.end - winStart <= maxMap) j++;
+    if (j === i) {
+      const e = sorted[i]!;
+      throw new RmlxError("unsupported", `${path}: tensor '${e.name}' of ${e.end - e.begin} bytes is too large to map`);
+    }
+    const winEnd = dataStart + sorted[j - 1]!.end;
+    const win = winEnd > winStart ? Bun.mmap(path, { shared: false, offset: winStart, size: winEnd - winStart }) : new Uint8Array(0);
+    for (let k = i; k < j; k++) {
+      const e = sorted[k]!;
+      views.set(e.name, win.subarray(dataStart + e.begin - winStart, dataStart + e.end - winStart));
+    }
+    i = j;
+  }
+  return views;
+}
+
 export class SafetensorsFile {
   private constructor(
     readonly path: string,
@@ -103,7 +144,8 @@ export class SafetensorsFile {
     readonly size: number,
   ) {}
 
-  static open(path: string): SafetensorsFile {
+  /** `maxMappingBytes` only exists so that tests can exercise windowed mapping with small files. */
+  static open(path: string, maxMappingBytes = MAX_MAPPING_BYTES): SafetensorsFile {
     let size: number;
     try {
       const st = statSync(path);
@@ -114,14 +156,24 @@ export class SafetensorsFile {
       throw new RmlxError("bad_model", `${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? "error"})`);
     }
     if (size < 8) bad(path, `file of ${size} bytes is too short for a safetensors header`);
-    const buf = Bun.mmap(path, { shared: false });
-    const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const headerLen = view.getBigUint64(0, true);
-    if (headerLen > BigInt(size - 8)) bad(path, `header length ${headerLen} runs beyond the end of the file (${size} bytes)`);
-    const hlen = Number(headerLen);
+    const fd = openSync(path, "r");
+    let headerBytes: Uint8Array;
+    try {
+      const prefix = new Uint8Array(8);
+      readSync(fd, prefix, 0, 8, 0);
+      const headerLen = new DataView(prefix.buffer).getBigUint64(0, true);
+      if (headerLen > BigInt(size - 8))
+        bad(path, `header length ${headerLen} runs beyond the end of the file (${size} bytes)`);
+      if (headerLen > HEADER_LIMIT) bad(path, `header length ${headerLen} is over the ${HEADER_LIMIT} byte limit`);
+      headerBytes = new Uint8Array(Number(headerLen));
+      if (readSync(fd, headerBytes, 0, headerBytes.length, 8) !== headerBytes.length) bad(path, "short read of the header");
+    } finally {
+      closeSync(fd);
+    }
+    const hlen = headerBytes.length;
     let header: unknown;
     try {
-      header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(8, 8 + hlen)));
+      header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
     } catch {
       bad(path, "header is not valid JSON");
     }
@@ -151,15 +203,10 @@ export class SafetensorsFile {
         bad(path, `tensors '${prev.name}' [${prev.begin}, ${prev.end}] and '${cur.name}' [${cur.begin}, ${cur.end}] overlap`);
     }
 
+    const views = mapTensors(path, size, dataStart, sorted, maxMappingBytes);
     const tensors = new Map<string, TensorEntry>();
     for (const e of raw) {
-      tensors.set(e.name, {
-        name: e.name,
-        dtype: e.dtype,
-        shape: e.shape,
-        bytes: buf.subarray(dataStart + e.begin, dataStart + e.end),
-        file: path,
-      });
+      tensors.set(e.name, { name: e.name, dtype: e.dtype, shape: e.shape, bytes: views.get(e.name)!, file: path });
     }
     return new SafetensorsFile(path, metadata, tensors, size);
   }

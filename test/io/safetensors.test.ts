@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { closeSync, ftruncateSync, openSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { RmlxError } from "../../src/errors.ts";
 import { SafetensorsFile } from "../../src/io/safetensors.ts";
@@ -123,5 +123,52 @@ describe("SafetensorsFile", () => {
   test("a missing file", () => {
     const p = join(tempDir(), "nope.safetensors");
     expect(() => SafetensorsFile.open(p)).toThrow(`${p}: cannot read (ENOENT)`);
+  });
+});
+
+describe("files larger than one mapping", () => {
+  test("tensors are mapped in windows with the right bytes", () => {
+    const sizes = [70000, 3, 100000, 0, 65536, 131000];
+    const tensors: Record<string, { dtype: "U8"; shape: number[]; data: Uint8Array }> = {};
+    sizes.forEach((n, i) => {
+      const data = new Uint8Array(n);
+      for (let k = 0; k < n; k++) data[k] = (k * 7 + i * 13) & 255;
+      tensors[`t${i}`] = { dtype: "U8", shape: [n], data };
+    });
+    const p = write(safetensorsBytes(tensors));
+    const f = SafetensorsFile.open(p, 200_000);
+    sizes.forEach((n, i) => {
+      const got = f.tensors.get(`t${i}`)!.bytes;
+      expect(got.length).toBe(n);
+      expect(Buffer.from(got).equals(Buffer.from(tensors[`t${i}`]!.data))).toBe(true);
+    });
+  });
+
+  test("a single tensor larger than one mapping is refused", () => {
+    const p = write(safetensorsBytes({ a: { dtype: "U8", shape: [10] }, big: { dtype: "F32", shape: [70000] } }));
+    expect(() => SafetensorsFile.open(p, 200_000)).toThrow(`${p}: tensor 'big' of 280000 bytes is too large to map`);
+  });
+
+  test("a sparse 5 GiB file (MLX shards reach 5 GB)", () => {
+    const half = 2.5 * 2 ** 30;
+    const p = write(
+      rawSafetensors(
+        {
+          a: { dtype: "U8", shape: [half], data_offsets: [0, half] },
+          b: { dtype: "U8", shape: [half], data_offsets: [half, 2 * half] },
+        },
+        0,
+      ),
+    );
+    const headerEnd = statSync(p).size;
+    const fd = openSync(p, "r+");
+    ftruncateSync(fd, headerEnd + 2 * half);
+    writeSync(fd, new Uint8Array([42]), 0, 1, headerEnd + 2 * half - 1);
+    closeSync(fd);
+    const f = SafetensorsFile.open(p);
+    const b = f.tensors.get("b")!.bytes;
+    expect(b.length).toBe(half);
+    expect(b[half - 1]).toBe(42);
+    expect(f.tensors.get("a")!.bytes[0]).toBe(0);
   });
 });
