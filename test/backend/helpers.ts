@@ -1,0 +1,94 @@
+// Shared test helpers: a seeded generator, closeness checks and plain-TS reference ops on row-major arrays.
+import { expect } from "bun:test";
+import { NativeBackend } from "../../src/backend/native/backend.ts";
+
+let shared: NativeBackend | undefined;
+export function backend(): NativeBackend {
+  shared ??= new NativeBackend();
+  return shared;
+}
+
+export function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function randn(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
+  return out;
+}
+
+export function size(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** max |a - b| <= atol + rtol * |b| elementwise, with the worst index in the message. */
+export function expectClose(a: ArrayLike<number>, b: ArrayLike<number>, atol = 1e-5, rtol = 1e-5): void {
+  expect(a.length).toBe(b.length);
+  let worst = -1;
+  let worstExcess = 0;
+  for (let i = 0; i < a.length; i++) {
+    const excess = Math.abs(a[i]! - b[i]!) - (atol + rtol * Math.abs(b[i]!));
+    if (!(excess <= worstExcess)) {
+      worstExcess = Number.isNaN(excess) ? Infinity : excess;
+      worst = i;
+    }
+  }
+  if (worst >= 0) throw new Error(`mismatch at ${worst}: got ${a[worst]}, expected ${b[worst]} (atol ${atol}, rtol ${rtol})`);
+}
+
+/** Index arithmetic for row-major tensors. */
+export function strides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i]!;
+  }
+  return s;
+}
+
+export function unravel(i: number, shape: readonly number[]): number[] {
+  const idx = new Array<number>(shape.length);
+  for (let d = shape.length - 1; d >= 0; d--) {
+    idx[d] = i % shape[d]!;
+    i = Math.floor(i / shape[d]!);
+  }
+  return idx;
+}
+
+/** Elementwise op with numpy broadcasting, computed index by index. */
+export function refBroadcast(
+  a: Float32Array,
+  as: number[],
+  b: Float32Array,
+  bs: number[],
+  f: (x: number, y: number) => number,
+): { data: Float32Array; shape: number[] } {
+  const n = Math.max(as.length, bs.length);
+  const pa = [...Array(n - as.length).fill(1), ...as];
+  const pb = [...Array(n - bs.length).fill(1), ...bs];
+  const shape = pa.map((d, i) => Math.max(d, pb[i]!));
+  const sa = strides(pa);
+  const sb = strides(pb);
+  const out = new Float32Array(size(shape));
+  for (let i = 0; i < out.length; i++) {
+    const idx = unravel(i, shape);
+    let ia = 0;
+    let ib = 0;
+    for (let d = 0; d < n; d++) {
+      ia += (pa[d] === 1 ? 0 : idx[d]!) * sa[d]!;
+      ib += (pb[d] === 1 ? 0 : idx[d]!) * sb[d]!;
+    }
+    out[i] = f(a[ia]!, b[ib]!);
+  }
+  return { data: out, shape };
+}
