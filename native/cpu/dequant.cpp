@@ -73,8 +73,13 @@ void dequant_range_scalar(const WeightMat &m, int64_t n, int64_t k0, int64_t len
   int64_t k = k0, end = k0 + len;
   while (k < end) {
     int64_t g = k / m.group, gend = (g + 1) * m.group < end ? (g + 1) * m.group : end;
-    float s = group_scale(m, n, g), b = group_bias(m, n, g);
-    for (; k < gend; k++) *out++ = s * raw_value(m, row, k) + b;
+    float s = group_scale(m, n, g);
+    if (m.kind == WKind::Affine) {
+      float b = group_bias(m, n, g);
+      for (; k < gend; k++) *out++ = s * raw_value(m, row, k) + b;
+    } else {
+      for (; k < gend; k++) *out++ = s * raw_value(m, row, k);
+    }
   }
 }
 

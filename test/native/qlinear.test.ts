@@ -1,0 +1,83 @@
+// rmlx_qlinear against the float64 reference of test/native/ref.ts, for every mode, bits, group size and
+// scale dtype, rows of x in {1, 3, 17, 64} (both the few-rows and the many-rows kernels), odd N, on every ISA.
+import { afterAll, describe, expect, test } from "bun:test";
+import {
+  availableIsas,
+  dequantAll,
+  matmulRef,
+  qlinear,
+  randomQWeight,
+  randomX,
+  setIsa,
+  worstRelError,
+  type FloatDt,
+  type Mode,
+} from "./ref.ts";
+import { native } from "../../src/backend/native/lib.ts";
+
+const BEST = String(native().rmlx_isa());
+afterAll(() => setIsa(BEST));
+
+// f32 accumulation over K <= 384 terms: the error stays far below 1e-5 of sum |x*w|.
+const TOL = 1e-5;
+const MS = [1, 3, 17, 64];
+
+interface Case {
+  mode: Mode;
+  bits: number;
+  group: number;
+  sb: FloatDt;
+  gs?: number;
+}
+
+const cases: Case[] = [];
+const dts: FloatDt[] = ["f32", "f16", "bf16"];
+let i = 0;
+for (const bits of [2, 3, 4, 5, 6, 8])
+  for (const group of [32, 64, 128]) cases.push({ mode: "affine", bits, group, sb: dts[i++ % 3]! });
+cases.push({ mode: "mxfp4", bits: 4, group: 32, sb: "f32" });
+cases.push({ mode: "mxfp8", bits: 8, group: 32, sb: "f32" });
+cases.push({ mode: "nvfp4", bits: 4, group: 16, sb: "f32" });
+cases.push({ mode: "nvfp4", bits: 4, group: 16, sb: "f32", gs: 1234.5 });
+
+for (const isa of availableIsas()) {
+  describe(`rmlx_qlinear on ${isa}`, () => {
+    for (const c of cases) {
+      test(`${c.mode} bits=${c.bits} group=${c.group} scales=${c.sb}${c.gs ? " global" : ""}`, () => {
+        expect(setIsa(isa)).toBe(0);
+        const K = c.group === 128 ? 384 : 256;
+        const N = 37;
+        const q = randomQWeight(c.bits * 1000 + c.group, c.mode, c.bits, c.group, N, K, c.sb, c.gs ?? 0);
+        const wd = dequantAll(q);
+        for (const M of MS) {
+          const x = randomX(M * 7 + c.bits, M * K);
+          const { y, mag } = matmulRef(x, M, wd, N, K);
+          const got = qlinear(q, x, M);
+          expect(worstRelError(got, y, mag)).toBeLessThan(TOL);
+        }
+      });
+    }
+
+    test("Linear bias is added (f32 bias, M=1 and M=20)", () => {
+      expect(setIsa(isa)).toBe(0);
+      const N = 19, K = 64;
+      const q = randomQWeight(5, "affine", 4, 64, N, K, "bf16");
+      const wd = dequantAll(q);
+      const bias = randomX(99, N);
+      for (const M of [1, 20]) {
+        const x = randomX(M, M * K);
+        const { y, mag } = matmulRef(x, M, wd, N, K, Float64Array.from(bias));
+        expect(worstRelError(qlinear(q, x, M, bias), y, mag)).toBeLessThan(TOL);
+      }
+    });
+
+    test("a larger shape crosses panels and thread splits (M=40, N=200, K=512)", () => {
+      expect(setIsa(isa)).toBe(0);
+      const N = 200, K = 512, M = 40;
+      const q = randomQWeight(77, "mxfp4", 4, 32, N, K);
+      const x = randomX(3, M * K);
+      const { y, mag } = matmulRef(x, M, dequantAll(q), N, K);
+      expect(worstRelError(qlinear(q, x, M), y, mag)).toBeLessThan(TOL);
+    });
+  });
+}
