@@ -1,0 +1,341 @@
+// Continuous batching for one loaded model. Every step gathers all running sequences into ONE batched forward:
+// the next prompt chunk of those still prefilling (within a per-step token budget) and one decode token of the
+// others. Requests wait in a bounded queue; a request is admitted when the KV cache has room for its whole prompt;
+// when decoding runs out of blocks the most recently admitted sequence is preempted (its blocks released, its
+// tokens kept) and recomputed later. With prefix caching, full blocks are shared across requests by the hash of
+// their token prefix, so a prompt that starts like an earlier one skips that part of the prefill.
+import { RmlxError } from "../errors.ts";
+import type { BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
+import { Sequence } from "./kv_cache.ts";
+import type { LogitsProcessor } from "./logits_processor.ts";
+import { blockHash, PrefixCache, ROOT_HASH } from "./prefix_cache.ts";
+import { Sampler } from "./sampler.ts";
+import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
+
+/** Streaming text pieces out of token ids (src/text/detokenizer.ts fits). */
+export interface TokenTextStream {
+  push(tokenId: number): string;
+  flush(): string;
+}
+
+/** Holds back text that may begin a stop string (src/text/stop.ts fits). */
+export interface StopFilter {
+  push(piece: string): { text: string; stop?: string };
+  flush(): string;
+}
+
+/** What the scheduler needs of a loaded model, its tokenizer and its cache. */
+export interface SchedulerModel {
+  readonly cache: KvCache;
+  readonly contextLength: number;
+  readonly eosTokenIds: readonly number[];
+  /** Prompt token ids of a request (chat template applied), and whether they end inside an open reasoning section. */
+  encode(req: GenerateRequest): { ids: number[]; startsInReasoning: boolean };
+  /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major. */
+  forward(step: BuiltStep, logitRows: Int32Array): Float32Array;
+  newDetokenizer(): TokenTextStream;
+  newStopFilter(stops: string[]): StopFilter;
+  /** The raw bytes of one token (for logprobs). */
+  tokenBytes(id: number): Uint8Array;
+  logitsProcessor?(req: GenerateRequest): LogitsProcessor | null;
+}
+
+interface Active {
+  req: GenerateRequest;
+  seq: Sequence;
+  /** Prompt and generated tokens; those past seq.length still have to go through the model. */
+  tokens: number[];
+  promptLen: number;
+  maxTokens: number;
+  generated: number;
+  sampler: Sampler;
+  detok: TokenTextStream;
+  stop: StopFilter;
+  processor: LogitsProcessor | null;
+  /** Chain hash through the blocks already offered to the prefix cache, and how many there are. */
+  hash: bigint;
+  hashedBlocks: number;
+  cachedTokens: number;
+  startsInReasoning: boolean;
+  started: boolean;
+  submitMs: number;
+  admitMs: number;
+  firstTokenMs: number;
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: false });
+
+export class Scheduler {
+  private readonly waiting: Active[] = [];
+  private readonly running: Active[] = [];
+  readonly prefix: PrefixCache | null;
+  /** Prompt tokens served from the prefix cache, over all requests. */
+  cachedTokensTotal = 0;
+
+  constructor(
+    private readonly model: SchedulerModel,
+    private readonly config: EngineConfig,
+    private readonly emit: (ev: EngineEvent) => void,
+  ) {
+    this.prefix = config.prefixCache ? new PrefixCache(model.cache.allocator, model.cache.blockSize) : null;
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+
+  get hasWork(): boolean {
+    return this.running.length > 0 || this.waiting.length > 0;
+  }
+
+  /** Queues a request; bad or unplaceable requests are answered at once with an error event. */
+  submit(req: GenerateRequest): void {
+    try {
+      this.waiting.push(this.prepare(req));
+    } catch (e) {
+      const err = e instanceof RmlxError ? e : new RmlxError("internal", (e as Error).message);
+      this.emit({ type: "error", id: req.id, code: err.code, message: err.message });
+    }
+  }
+
+  private prepare(req: GenerateRequest): Active {
+    if (this.waiting.length >= this.config.maxWaiting) {
+      throw new RmlxError("overloaded", `the queue is full (${this.waiting.length} requests waiting)`);
+    }
+    const sampler = new Sampler(req.sampling);
+    const { ids, startsInReasoning } = this.model.encode(req);
+    const ctx = this.model.contextLength;
+    if (ids.length === 0) throw new RmlxError("invalid_argument", "the prompt is empty");
+    if (ids.length >= ctx) {
+      throw new RmlxError("context_length", `the prompt has ${ids.length} tokens; this model's context is ${ctx} tokens`);
+    }
+    const cache = this.model.cache;
+    const blocks = Math.ceil((ids.length + 1) / cache.blockSize);
+    if (blocks > cache.numBlocks) {
+      throw new RmlxError(
+        "context_length",
+        `the prompt has ${ids.length} tokens; the KV cache budget holds ${cache.capacityTokens} (raise --kv-memory)`,
+      );
+    }
+    return {
+      req,
+      seq: new Sequence(),
+      tokens: [...ids],
+      promptLen: ids.length,
+      maxTokens: Math.max(0, Math.min(req.maxTokens, ctx - ids.length)),
+      generated: 0,
+      sampler,
+      detok: this.model.newDetokenizer(),
+      stop: this.model.newStopFilter(req.stop),
+      processor: this.model.logitsProcessor?.(req) ?? null,
+      hash: ROOT_HASH,
+      hashedBlocks: 0,
+      cachedTokens: 0,
+      startsInReasoning,
+      started: false,
+      submitMs: performance.now(),
+      admitMs: 0,
+      firstTokenMs: 0,
+    };
+  }
+
+  /** Stops a request wherever it is and frees its blocks; no event follows. */
+  cancel(id: string): boolean {
+    for (const list of [this.waiting, this.running]) {
+      const i = list.findIndex((a) => a.req.id === id);
+      if (i < 0) continue;
+      const [a] = list.splice(i, 1);
+      this.model.cache.release(a!.seq);
+      return true;
+    }
+    return false;
+  }
+
+  /** Ends every request with an error event (model unloading, engine shutting down). */
+  abortAll(code: string, message: string): void {
+    for (const a of [...this.running, ...this.waiting]) {
+      this.model.cache.release(a.seq);
+      this.emit({ type: "error", id: a.req.id, code, message });
+    }
+    this.running.length = 0;
+    this.waiting.length = 0;
+  }
+
+  /** Moves waiting requests into the batch while the batch and the cache have room. */
+  private admit(): void {
+    const cache = this.model.cache;
+    while (this.waiting.length > 0 && this.running.length < this.config.maxRunning) {
+      const a = this.waiting[0]!;
+      if (a.seq.length === 0 && a.seq.blocks.length === 0 && this.prefix) {
+        // Keep at least one token to run, so the step yields the logits of the last prompt token.
+        const m = this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize));
+        a.seq.blocks.push(...m.blocks);
+        a.seq.length = m.blocks.length * cache.blockSize;
+        a.hash = m.hash;
+        a.hashedBlocks = m.blocks.length;
+        if (!a.started) a.cachedTokens = a.seq.length;
+      }
+      const need = cache.blocksNeeded(a.seq, a.tokens.length - a.seq.length + 1);
+      // Leave one block of growth per running sequence so that admitting does not force a preemption at once.
+      if (!cache.allocator.ensureFree(need + this.running.length)) {
+        if (this.running.length > 0) {
+          // Wait with nothing held: the matched blocks stay in the prefix cache, free to be evicted.
+          cache.release(a.seq);
+          a.hash = ROOT_HASH;
+          a.hashedBlocks = 0;
+          break;
+        }
+        if (!cache.allocator.ensureFree(need)) {
+          this.waiting.shift();
+          cache.release(a.seq);
+          this.emit({ type: "error", id: a.req.id, code: "overloaded", message: "the KV cache cannot hold this request" });
+          continue;
+        }
+      }
+      this.waiting.shift();
+      cache.reserve(a.seq, a.tokens.length - a.seq.length);
+      if (!a.started) a.admitMs = performance.now();
+      this.running.push(a);
+      if (!a.started) {
+        a.started = true;
+        this.cachedTokensTotal += a.cachedTokens;
+        this.emit({
+          type: "started",
+          id: a.req.id,
+          promptTokens: a.promptLen,
+          cachedTokens: a.cachedTokens,
+          startsInReasoning: a.startsInReasoning,
+        });
+      }
+    }
+  }
+
+  /** Releases the most recently admitted sequence other than `keep` and queues it first for recomputation. */
+  private preempt(keep: Active): boolean {
+    for (let i = this.running.length - 1; i >= 0; i--) {
+      const a = this.running[i]!;
+      if (a === keep) continue;
+      this.running.splice(i, 1);
+      this.model.cache.release(a.seq);
+      a.hash = ROOT_HASH;
+      a.hashedBlocks = 0;
+      this.waiting.unshift(a);
+      return true;
+    }
+    return false;
+  }
+
+  /** Runs one batched forward over everything running; false when there was nothing to do. */
+  step(): boolean {
+    this.admit();
+    if (this.running.length === 0) return false;
+    const cache = this.model.cache;
+    const entries: StepEntry[] = [];
+    const owners: Active[] = [];
+    let budget = this.config.prefillChunk;
+    // Decoding sequences first (one token each), then prompt chunks within the step's token budget.
+    const order = [...this.running].sort((x, y) => x.tokens.length - x.seq.length - (y.tokens.length - y.seq.length));
+    for (const a of order) {
+      if (!this.running.includes(a)) continue;
+      const pending = a.tokens.length - a.seq.length;
+      const n = pending === 1 ? 1 : Math.min(pending, budget);
+      if (n <= 0) continue;
+      if (pending > 1) budget -= n;
+      for (;;) {
+        try {
+          cache.reserve(a.seq, n);
+          break;
+        } catch (e) {
+          if (!(e instanceof RmlxError && e.code === "overloaded") || !this.preempt(a)) throw e;
+        }
+      }
+      entries.push({ seq: a.seq, tokens: Int32Array.from(a.tokens.slice(a.seq.length, a.seq.length + n)) });
+      owners.push(a);
+    }
+    // Entries of sequences preempted while building the step are dropped.
+    for (let i = owners.length - 1; i >= 0; i--) {
+      if (!this.running.includes(owners[i]!)) {
+        owners.splice(i, 1);
+        entries.splice(i, 1);
+      }
+    }
+    if (entries.length === 0) return this.running.length > 0;
+    const built = cache.buildStep(entries);
+    const wanted: number[] = [];
+    for (let i = 0; i < entries.length; i++) {
+      if (owners[i]!.seq.length + entries[i]!.tokens.length === owners[i]!.tokens.length) wanted.push(i);
+    }
+    const logits = this.model.forward(built, Int32Array.from(wanted, (i) => built.lastRows[i]!));
+    cache.advance(entries);
+    for (const a of owners) this.offerBlocks(a);
+    const vocab = wanted.length > 0 ? logits.length / wanted.length : 0;
+    for (let k = 0; k < wanted.length; k++) {
+      this.sampleNext(owners[wanted[k]!]!, logits.subarray(k * vocab, (k + 1) * vocab));
+    }
+    return this.hasWork;
+  }
+
+  /** Offers the sequence's newly filled blocks to the prefix cache. */
+  private offerBlocks(a: Active): void {
+    if (!this.prefix) return;
+    const bs = this.model.cache.blockSize;
+    while ((a.hashedBlocks + 1) * bs <= a.seq.length) {
+      const b = a.hashedBlocks;
+      a.hash = blockHash(a.hash, a.tokens, b * bs, (b + 1) * bs);
+      this.prefix.insert(a.hash, a.seq.blocks[b]!);
+      a.hashedBlocks++;
+    }
+  }
+
+  private sampleNext(a: Active, row: Float32Array): void {
+    const req = a.req;
+    a.processor?.apply(row);
+    const s = a.sampler.sample(row, a.tokens);
+    if (a.generated === 0) a.firstTokenMs = performance.now();
+    a.generated++;
+    const isEos = !req.ignoreEos && this.model.eosTokenIds.includes(s.token);
+    if (isEos || req.stopTokenIds.includes(s.token)) return this.finish(a, "stop", s.token);
+    if (a.processor && !a.processor.accept(s.token)) return this.finish(a, "stop");
+    a.tokens.push(s.token);
+    const piece = a.stop.push(a.detok.push(s.token));
+    const logprobs = req.sampling.logprobs ? [this.logprob(s)] : undefined;
+    this.emit({ type: "delta", id: req.id, text: piece.text, tokenIds: [s.token], logprobs });
+    if (piece.stop !== undefined) return this.finish(a, "stop", piece.stop);
+    if (a.generated >= a.maxTokens) this.finish(a, "length");
+  }
+
+  private logprob(s: { token: number; logprob: number; top: { token: number; logprob: number }[] }): TokenLogprob {
+    const entry = (id: number, lp: number) => {
+      const bytes = this.model.tokenBytes(id);
+      return { token: utf8.decode(bytes), logprob: lp, bytes: [...bytes] };
+    };
+    return { ...entry(s.token, s.logprob), top: s.top.map((t) => entry(t.token, t.logprob)) };
+  }
+
+  private finish(a: Active, reason: FinishReason, stoppedBy?: string | number): void {
+    const tail = a.stop.push(a.detok.flush()).text + a.stop.flush();
+    if (tail) this.emit({ type: "delta", id: a.req.id, text: tail, tokenIds: [] });
+    this.running.splice(this.running.indexOf(a), 1);
+    this.model.cache.release(a.seq);
+    const end = performance.now();
+    const prefillMs = Math.max(1e-3, a.firstTokenMs - a.admitMs);
+    const decodeMs = Math.max(1e-3, end - a.firstTokenMs);
+    this.emit({
+      type: "done",
+      id: a.req.id,
+      finishReason: reason,
+      stoppedBy,
+      usage: { promptTokens: a.promptLen, completionTokens: a.generated, cachedTokens: a.cachedTokens },
+      timing: {
+        queuedMs: a.admitMs - a.submitMs,
+        ttftMs: a.firstTokenMs - a.submitMs,
+        promptTps: ((a.promptLen - a.cachedTokens) * 1000) / prefillMs,
+        decodeTps: a.generated > 1 ? ((a.generated - 1) * 1000) / decodeMs : 0,
+      },
+    });
+  }
+}

@@ -1,0 +1,53 @@
+import { describe, expect, test } from "bun:test";
+import { BlockAllocator } from "../../src/engine/kv_cache.ts";
+import { blockHash, PrefixCache, ROOT_HASH } from "../../src/engine/prefix_cache.ts";
+
+describe("prefix cache", () => {
+  test("a block's key depends on every token before it, not only its own", () => {
+    const a = [1, 2, 3, 4, 5, 6, 7, 8];
+    const b = [9, 2, 3, 4, 5, 6, 7, 8];
+    const ha = blockHash(blockHash(ROOT_HASH, a, 0, 4), a, 4, 8);
+    const hb = blockHash(blockHash(ROOT_HASH, b, 0, 4), b, 4, 8);
+    expect(ha).not.toBe(hb);
+    expect(blockHash(ROOT_HASH, a, 4, 8)).not.toBe(ha);
+    expect(blockHash(blockHash(ROOT_HASH, a, 0, 4), a, 4, 8)).toBe(ha);
+  });
+
+  test("match returns the longest cached chain, retained for the caller", () => {
+    const alloc = new BlockAllocator(8);
+    const cache = new PrefixCache(alloc, 2);
+    const toks = [1, 2, 3, 4, 5, 6];
+    let h = ROOT_HASH;
+    const ids: number[] = [];
+    for (let b = 0; b < 3; b++) {
+      const id = alloc.allocate();
+      ids.push(id);
+      h = blockHash(h, toks, b * 2, b * 2 + 2);
+      cache.insert(h, id);
+      alloc.free(id); // the sequence is done; only the cache holds it
+    }
+    expect(alloc.numUsed).toBe(3);
+    const m = cache.match([1, 2, 3, 4, 9, 9], 3);
+    expect(m.blocks).toEqual(ids.slice(0, 2));
+    expect(m.blocks.map((id) => alloc.refcount(id))).toEqual([2, 2]);
+    expect(cache.match(toks, 2).blocks).toEqual(ids.slice(0, 2));
+    expect(cache.match([7, 7], 1).blocks).toEqual([]);
+  });
+
+  test("when blocks run out, only cache-held blocks are evicted, least recently used first", () => {
+    const alloc = new BlockAllocator(3);
+    const cache = new PrefixCache(alloc, 1);
+    const ids = [alloc.allocate(), alloc.allocate(), alloc.allocate()];
+    ids.forEach((id, i) => cache.insert(BigInt(i + 1), id));
+    alloc.free(ids[0]!);
+    alloc.free(ids[2]!);
+    // ids[1] is still used by a sequence, so it is skipped although older than ids[2].
+    expect(alloc.numFree).toBe(0);
+    const fresh = alloc.allocate();
+    expect(fresh).toBe(ids[0]!);
+    expect(cache.size).toBe(2);
+    const again = alloc.allocate();
+    expect(again).toBe(ids[2]!);
+    expect(() => alloc.allocate()).toThrow(/full/);
+  });
+});

@@ -1,0 +1,256 @@
+import { describe, expect, test } from "bun:test";
+import type { Backend, KvPool } from "../../src/backend/backend.ts";
+import { KvCache, type BuiltStep } from "../../src/engine/kv_cache.ts";
+import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
+import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
+import { StopStrings } from "../../src/text/stop.ts";
+
+const V = 32;
+const EOS = 31;
+
+/** The next token as a function of the whole context: what a real model computes, minus the arithmetic. */
+function nextOf(ctx: ArrayLike<number>): number {
+  let h = 7;
+  for (let i = 0; i < ctx.length; i++) h = (h * 31 + ctx[i]! * (i + 1)) % 1000003;
+  return h % (V - 1); // never EOS on its own
+}
+
+/** Greedy continuation computed directly on the token list: the reference. */
+function reference(prompt: number[], n: number): number[] {
+  const ctx = [...prompt];
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = nextOf(ctx);
+    out.push(t);
+    ctx.push(t);
+  }
+  return out;
+}
+
+/**
+ * A model whose "KV cache" stores the token ids themselves: logits for a row are computed from the context read
+ * back through the step's block table, so any mistake in block tables, prefix sharing or preemption shows up as
+ * a wrong token.
+ */
+class ContextModel implements SchedulerModel {
+  readonly cache: KvCache;
+  readonly store: Int32Array;
+  steps = 0;
+  tokensRun = 0;
+  readonly eosTokenIds = [EOS];
+
+  constructor(
+    numBlocks: number,
+    readonly blockSize = 4,
+    readonly contextLength = 4096,
+  ) {
+    this.store = new Int32Array(numBlocks * blockSize).fill(-1);
+    const store = this.store;
+    const backend = {
+      createKvPool: (nb: number, bs: number, kvHeads: number, headDim: number) =>
+        ({ k: {}, v: {}, numBlocks: nb, blockSize: bs, kvHeads, headDim }) as unknown as KvPool,
+      copyBlock: (_p: KvPool, src: number, dst: number) => store.copyWithin(dst * blockSize, src * blockSize, (src + 1) * blockSize),
+    } as unknown as Backend;
+    this.cache = new KvCache(backend, [{ kvHeads: 1, headDim: 1, window: 0 }], { blockSize, numBlocks });
+  }
+
+  encode(req: GenerateRequest) {
+    return { ids: req.prompt as number[], startsInReasoning: false };
+  }
+
+  forward(step: BuiltStep, logitRows: Int32Array): Float32Array {
+    this.steps++;
+    this.tokensRun += step.tokens.length;
+    const { batch, slots, tokens } = step;
+    for (let t = 0; t < tokens.length; t++) this.store[slots[t]!] = tokens[t]!;
+    const out = new Float32Array(logitRows.length * V);
+    for (let r = 0; r < logitRows.length; r++) {
+      const row = logitRows[r]!;
+      const s = batch.tokenSeq[row]!;
+      const len = batch.positions[row]! + 1;
+      const ctx: number[] = [];
+      for (let p = 0; p < len; p++) {
+        const block = batch.blockTables[s * batch.maxBlocks + Math.floor(p / this.blockSize)]!;
+        ctx.push(this.store[block * this.blockSize + (p % this.blockSize)]!);
+      }
+      if (ctx.includes(-1)) throw new Error("read an unwritten cache slot");
+      out[r * V + nextOf(ctx)] = 10;
+      if (ctx.length > 0 && ctx[ctx.length - 1] === 99) out[r * V + EOS] = 20;
+    }
+    return out;
+  }
+
+  newDetokenizer() {
+    return { push: (id: number) => String.fromCharCode(97 + (id % 26)), flush: () => "" };
+  }
+
+  newStopFilter(stops: string[]) {
+    return new StopStrings(stops);
+  }
+
+  tokenBytes(id: number) {
+    return new TextEncoder().encode(String.fromCharCode(97 + (id % 26)));
+  }
+}
+
+const CONFIG: EngineConfig = { kvMemoryBytes: 0, maxRunning: 8, maxWaiting: 64, prefillChunk: 64, prefixCache: true };
+
+function request(id: string, prompt: number[], maxTokens: number, extra: Partial<GenerateRequest> = {}): GenerateRequest {
+  return { id, model: "m", prompt, maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ...extra };
+}
+
+function harness(model: ContextModel, config: Partial<EngineConfig> = {}) {
+  const events: EngineEvent[] = [];
+  const sched = new Scheduler(model, { ...CONFIG, ...config }, (e) => events.push(e));
+  const run = (limit = 10_000) => {
+    for (let i = 0; i < limit && sched.hasWork; i++) sched.step();
+  };
+  const tokensOf = (id: string) => events.flatMap((e) => (e.type === "delta" && e.id === id ? e.tokenIds : []));
+  const doneOf = (id: string) => events.find((e) => e.type === "done" && e.id === id) as Extract<EngineEvent, { type: "done" }> | undefined;
+  return { sched, events, run, tokensOf, doneOf };
+}
+
+const prompt = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 13 + i * 5) % 30);
+
+describe("scheduler", () => {
+  test("one request decodes the reference continuation and stops at max tokens", () => {
+    const h = harness(new ContextModel(64));
+    h.sched.submit(request("a", prompt(1, 10), 12));
+    h.run();
+    expect(h.tokensOf("a")).toEqual(reference(prompt(1, 10), 12));
+    const done = h.doneOf("a")!;
+    expect(done.finishReason).toBe("length");
+    expect(done.usage).toEqual({ promptTokens: 10, completionTokens: 12, cachedTokens: 0 });
+  });
+
+  test("many requests batched together give each one its own reference output", () => {
+    const model = new ContextModel(256);
+    const h = harness(model, { maxRunning: 5, prefillChunk: 16 });
+    const prompts = Array.from({ length: 12 }, (_, i) => prompt(i + 2, 3 + i * 4));
+    prompts.forEach((p, i) => h.sched.submit(request(`r${i}`, p, 9)));
+    h.run();
+    prompts.forEach((p, i) => expect(h.tokensOf(`r${i}`)).toEqual(reference(p, 9)));
+    // Batched: far fewer steps than running them one after another (each needs >= 9 decode steps).
+    expect(model.steps).toBeLessThan(12 * 9);
+  });
+
+  test("prompt chunks and decode tokens share steps", () => {
+    const model = new ContextModel(256);
+    const h = harness(model, { prefillChunk: 8 });
+    h.sched.submit(request("short", prompt(3, 4), 20));
+    h.sched.step();
+    h.sched.submit(request("long", prompt(4, 64), 2));
+    h.run();
+    // 64 tokens in chunks of 8 take 8 steps, during which the short one keeps decoding.
+    expect(h.tokensOf("short")).toEqual(reference(prompt(3, 4), 20));
+    expect(h.tokensOf("long")).toEqual(reference(prompt(4, 64), 2));
+    expect(model.steps).toBeLessThanOrEqual(21);
+  });
+
+  test("a shared prompt prefix is served from the prefix cache and skips its prefill", () => {
+    const model = new ContextModel(128);
+    const h = harness(model);
+    const shared = prompt(5, 40);
+    h.sched.submit(request("first", [...shared, 1, 2, 3], 4));
+    h.run();
+    const before = model.tokensRun;
+    h.sched.submit(request("second", [...shared, 4, 5], 4));
+    h.run();
+    expect(h.tokensOf("second")).toEqual(reference([...shared, 4, 5], 4));
+    // 40 shared tokens = 10 full blocks of 4.
+    expect(h.doneOf("second")!.usage.cachedTokens).toBe(40);
+    expect(model.tokensRun - before).toBe(2 + 3); // 2 new prompt tokens, then 3 decode steps
+  });
+
+  test("an identical prompt still runs its last token for logits", () => {
+    const model = new ContextModel(128);
+    const h = harness(model);
+    const p = prompt(6, 16);
+    h.sched.submit(request("a", p, 3));
+    h.run();
+    h.sched.submit(request("b", p, 3));
+    h.run();
+    expect(h.tokensOf("b")).toEqual(reference(p, 3));
+    expect(h.doneOf("b")!.usage.cachedTokens).toBe(12);
+  });
+
+  test("without a prefix cache nothing is cached and every block is freed", () => {
+    const model = new ContextModel(64);
+    const h = harness(model, { prefixCache: false });
+    h.sched.submit(request("a", prompt(7, 20), 5));
+    h.run();
+    expect(h.doneOf("a")!.usage.cachedTokens).toBe(0);
+    expect(model.cache.allocator.numUsed).toBe(0);
+  });
+
+  test("a cache too small for every sequence preempts and recomputes, outputs unchanged", () => {
+    // 24 blocks of 4 = 96 tokens; 6 sequences of 10 + 20 tokens need 180.
+    const model = new ContextModel(24);
+    const h = harness(model, { prefixCache: false });
+    const prompts = Array.from({ length: 6 }, (_, i) => prompt(i + 10, 10));
+    prompts.forEach((p, i) => h.sched.submit(request(`p${i}`, p, 20)));
+    h.run();
+    prompts.forEach((p, i) => expect(h.tokensOf(`p${i}`)).toEqual(reference(p, 20)));
+    expect(model.cache.allocator.numUsed).toBe(0);
+  });
+
+  test("prefix-cache blocks are evicted when the cache needs room", () => {
+    const model = new ContextModel(16);
+    const h = harness(model);
+    for (let i = 0; i < 6; i++) {
+      h.sched.submit(request(`e${i}`, prompt(20 + i, 30), 4));
+      h.run();
+      expect(h.tokensOf(`e${i}`)).toEqual(reference(prompt(20 + i, 30), 4));
+    }
+    expect(h.sched.prefix!.size).toBeLessThanOrEqual(16);
+  });
+
+  test("cancel frees the sequence's blocks at once", () => {
+    const model = new ContextModel(64);
+    const h = harness(model, { prefixCache: false });
+    h.sched.submit(request("c", prompt(8, 30), 100));
+    h.sched.step();
+    h.sched.step();
+    expect(model.cache.allocator.numUsed).toBeGreaterThan(0);
+    expect(h.sched.cancel("c")).toBe(true);
+    expect(model.cache.allocator.numUsed).toBe(0);
+    expect(h.sched.hasWork).toBe(false);
+  });
+
+  test("EOS, stop token ids and stop strings end a request", () => {
+    const h = harness(new ContextModel(64));
+    h.sched.submit(request("eos", [1, 2, 99], 10));
+    const ref = reference([5, 6, 7], 10);
+    h.sched.submit(request("tok", [5, 6, 7], 10, { stopTokenIds: [ref[3]!] }));
+    const text = ref.map((t) => String.fromCharCode(97 + (t % 26))).join("");
+    h.sched.submit(request("str", [5, 6, 7], 10, { stop: [text.slice(4, 6)] }));
+    h.run();
+    expect(h.doneOf("eos")!.finishReason).toBe("stop");
+    expect(h.doneOf("eos")!.stoppedBy).toBe(EOS);
+    expect(h.tokensOf("eos")).toEqual([]);
+    expect(h.tokensOf("tok")).toEqual(ref.slice(0, 3));
+    expect(h.doneOf("str")!.stoppedBy).toBe(text.slice(4, 6));
+    const strText = h.events.flatMap((e) => (e.type === "delta" && e.id === "str" ? [e.text] : [])).join("");
+    expect(strText).toBe(text.slice(0, 4));
+  });
+
+  test("a full queue and an over-long prompt are refused at once", () => {
+    const h = harness(new ContextModel(64, 4, 50), { maxWaiting: 1 });
+    h.sched.submit(request("long", prompt(1, 50), 4));
+    h.sched.submit(request("q1", prompt(1, 5), 4));
+    h.sched.submit(request("q2", prompt(1, 5), 4));
+    const errors = h.events.filter((e) => e.type === "error");
+    expect(errors.map((e) => [e.id, (e as { code: string }).code])).toEqual([
+      ["long", "context_length"],
+      ["q2", "overloaded"],
+    ]);
+  });
+
+  test("max tokens are clipped to the context", () => {
+    const h = harness(new ContextModel(64, 4, 20));
+    h.sched.submit(request("a", prompt(2, 15), 100));
+    h.run();
+    expect(h.tokensOf("a").length).toBe(5);
+    expect(h.doneOf("a")!.finishReason).toBe("length");
+  });
+});
