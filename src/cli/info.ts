@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
-import { summarize, unsupportedReason, type ModelSummary } from "../io/summary.ts";
+import { summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 
@@ -37,6 +37,13 @@ export function formatCount(n: number): string {
   return scaled ? `${scaled} (${n.toLocaleString("en-US")})` : String(n);
 }
 
+/** "linear x8, base 1000000, rotary 25% of head_dim" */
+function describeRope(r: RopeSummary): string {
+  const parts = [r.factor !== undefined ? `${r.type} x${r.factor}` : r.type, `base ${r.base}`];
+  if (r.partial_rotary_factor !== undefined) parts.push(`rotary ${r.partial_rotary_factor * 100}% of head_dim`);
+  return parts.join(", ");
+}
+
 function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; reason?: string }): [string, string][] {
   const layers = s.layer_types
     ? `${s.layers} (${Object.entries(s.layer_types)
@@ -56,8 +63,8 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
   ];
   if (s.experts !== undefined) lines.push(["experts", `${s.experts}, ${s.experts_per_token ?? "?"} per token`]);
   lines.push(["vocab_size", String(s.vocab_size)], ["context_length", String(s.context_length)]);
-  lines.push(["rope", `${s.rope.type}, base ${s.rope.base}`]);
-  if (s.local_rope) lines.push(["rope (sliding layers)", `${s.local_rope.type}, base ${s.local_rope.base}`]);
+  lines.push(["rope", describeRope(s.rope)]);
+  if (s.local_rope) lines.push(["rope (sliding layers)", describeRope(s.local_rope)]);
   if (s.sliding_window !== undefined) lines.push(["sliding_window", String(s.sliding_window)]);
   lines.push(
     ["quantization", s.quantization],

@@ -1,5 +1,5 @@
 // What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
-import { familyOf, type LayerType } from "./config.ts";
+import { familyOf, type LayerType, type RopeConfig } from "./config.ts";
 import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
@@ -21,8 +21,8 @@ export interface ModelSummary {
   experts_per_token?: number;
   vocab_size: number;
   context_length: number;
-  rope: { type: string; base: number };
-  local_rope?: { type: string; base: number };
+  rope: RopeSummary;
+  local_rope?: RopeSummary;
   sliding_window?: number;
   /** One line, e.g. "attention/mlp: affine 4-bit g64; embed_tokens: affine 6-bit g64; norms: bf16". */
   quantization: string;
@@ -36,6 +36,20 @@ export interface ModelSummary {
   kv_cache_bytes: Record<string, number>;
   tokenizer: boolean;
   chat_template: boolean;
+}
+
+export interface RopeSummary {
+  type: string;
+  base: number;
+  factor?: number;
+  partial_rotary_factor?: number;
+}
+
+function ropeSummary(r: RopeConfig): RopeSummary {
+  const s: RopeSummary = { type: r.type, base: r.theta };
+  if (r.factor !== undefined) s.factor = r.factor;
+  if (r.partialRotaryFactor !== undefined && r.partialRotaryFactor !== 1) s.partial_rotary_factor = r.partialRotaryFactor;
+  return s;
 }
 
 const CLASS_ORDER = ["attention", "mlp", "router", "embed_tokens", "lm_head", "norms", "bias", "other"];
@@ -148,7 +162,7 @@ export function summarize(md: ModelDir): ModelSummary {
     intermediate_size: c.intermediateSize,
     vocab_size: c.vocabSize,
     context_length: c.contextLength,
-    rope: { type: c.rope.type, base: c.rope.theta },
+    rope: ropeSummary(c.rope),
     quantization: describeClasses(classes),
     quantization_classes: Object.fromEntries([...classes].map(([k, m]) => [k, Object.fromEntries(m)])),
     size_bytes: md.weights.fileBytes,
@@ -164,7 +178,7 @@ export function summarize(md: ModelDir): ModelSummary {
   }
   if (c.numExperts !== undefined) s.experts = c.numExperts;
   if (c.numExpertsPerTok !== undefined) s.experts_per_token = c.numExpertsPerTok;
-  if (c.localRope) s.local_rope = { type: c.localRope.type, base: c.localRope.theta };
+  if (c.localRope) s.local_rope = ropeSummary(c.localRope);
   if (c.slidingWindow !== undefined) s.sliding_window = c.slidingWindow;
   return s;
 }

@@ -85,6 +85,7 @@ describe("summarize", () => {
     const s = summarize(md);
     expect(s.layer_types).toEqual({ sliding_attention: 5, full_attention: 1 });
     expect(s.local_rope).toEqual({ type: "default", base: 10000 });
+    expect(s.rope).toEqual({ type: "default", base: 1000000 });
     expect(unsupportedReason(md, ["gemma3_text"])).toBeNull();
     expect(unsupportedReason(md, ["gemma3"])).toBe("the gemma3_text architecture is not implemented yet");
   });
@@ -123,5 +124,18 @@ describe("tensor classes", () => {
       ["mlp", new Map([["affine 4-bit g64", 3]])],
     ]);
     expect(describeClasses(m)).toBe("attention/mlp: affine 4-bit g64; norms: bf16");
+  });
+});
+
+describe("rope summary", () => {
+  test("scaling factor and partial rotary are reported", () => {
+    const md = openModelDir(
+      writeModelDir(
+        tempDir(),
+        llamaConfig({ model_type: "qwen3_next", partial_rotary_factor: 0.25, rope_scaling: { rope_type: "yarn", factor: 4 } }),
+        llamaTensors(),
+      ),
+    );
+    expect(summarize(md).rope).toEqual({ type: "yarn", base: 10000, factor: 4, partial_rotary_factor: 0.25 });
   });
 });
