@@ -7,6 +7,7 @@ import { Template } from "@huggingface/jinja";
 import type { ChatMessage, ToolSpec } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
+import { foldToolsIntoMessages } from "./tool_prompt.ts";
 
 type Json = Record<string, unknown>;
 
@@ -136,18 +137,33 @@ export class ChatTemplate {
     return this.sources.get(this.pick(withTools))!;
   }
 
+  /** Whether the template renders tools itself; when not, render() folds them into the messages. */
+  supportsTools(): boolean {
+    return /\btools\b/.test(this.source(true));
+  }
+
   render(opts: RenderOptions): string {
     if (!Array.isArray(opts.messages)) throw new RmlxError("invalid_argument", "messages must be a list");
-    const tools = opts.tools && opts.tools.length > 0 ? opts.tools : undefined;
+    let tools = opts.tools && opts.tools.length > 0 ? opts.tools : undefined;
+    let source = opts.messages;
+    const name = this.pick(tools !== undefined);
+    if (tools && !this.supportsTools()) {
+      source = foldToolsIntoMessages(
+        source.map((m) => ({ ...m, content: contentText(m.content) })),
+        tools,
+      );
+      tools = undefined;
+    }
+    const messages = source.map(templateMessage);
     const vars: Json = {
       ...this.tokenVariables,
       ...(opts.kwargs ?? {}),
-      messages: opts.messages.map(templateMessage),
+      messages,
       add_generation_prompt: opts.addGenerationPrompt ?? true,
     };
     if (tools) vars.tools = tools;
     try {
-      return this.templates.get(this.pick(tools !== undefined))!.render(withoutUndefined(vars));
+      return this.templates.get(name)!.render(withoutUndefined(vars));
     } catch (e) {
       if (e instanceof RmlxError) throw e;
       throw new RmlxError("invalid_argument", `chat template: ${(e as Error).message}`);

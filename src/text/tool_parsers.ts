@@ -364,7 +364,8 @@ export function toolParserFor(info: { modelType?: string; chatTemplate?: string 
   const type = (info.modelType ?? "").toLowerCase();
   if (tpl.includes("<tool_call>")) return "hermes";
   if (tpl.includes("<|python_tag|>") || tpl.includes('"parameters": dictionary')) return "llama3_json";
-  if (tpl.includes("tool_code") || type.startsWith("gemma")) return "pythonic";
+  // A template that does not render tools gets them folded into the prompt in the pythonic convention.
+  if (tpl.includes("tool_code") || type.startsWith("gemma") || (tpl.length > 0 && !/\btools\b/.test(tpl))) return "pythonic";
   if (type.startsWith("qwen") || type.startsWith("hermes")) return "hermes";
   if (type.startsWith("llama")) return "llama3_json";
   return undefined;

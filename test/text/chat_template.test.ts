@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import type { ChatMessage, ToolSpec } from "../../src/engine/types.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { ChatTemplate, applyChatTemplate } from "../../src/text/chat_template.ts";
+import { toolInstructions } from "../../src/text/tool_prompt.ts";
 import { loadTokenizer, tokenizerConfig } from "./fixtures.ts";
 
 // Expected prompts are written from the templates' documented turn structure:
@@ -115,6 +116,25 @@ describe("Gemma 3 chat template", () => {
     const { ids } = applyChatTemplate(tok, gemma, { messages });
     expect(ids.filter((id) => id === tok.bosTokenId)).toHaveLength(1);
     expect(ids[0]).toBe(tok.bosTokenId!);
+  });
+
+  test("tools the template cannot render are folded into plain turns in the pythonic convention", () => {
+    expect(gemma.supportsTools()).toBe(false);
+    expect(qwen.supportsTools()).toBe(true);
+    const messages: ChatMessage[] = [
+      { role: "system", content: "Be brief." },
+      { role: "user", content: "Weather in Oslo?" },
+      { role: "assistant", content: null, tool_calls: [{ type: "function", function: { name: "get_weather", arguments: '{"city": "Oslo"}' } }] },
+      { role: "tool", tool_call_id: "c1", content: "3C" },
+    ];
+    expect(gemma.render({ messages, tools: [WEATHER] })).toBe(
+      "<bos><start_of_turn>user\nBe brief.\n\n" +
+        toolInstructions([WEATHER]) +
+        "\n\nWeather in Oslo?<end_of_turn>\n" +
+        '<start_of_turn>model\n[get_weather(city="Oslo")]<end_of_turn>\n' +
+        "<start_of_turn>user\nFunction result:\n3C<end_of_turn>\n<start_of_turn>model\n",
+    );
+    expect(toolInstructions([WEATHER])).toContain('"name": "get_weather"');
   });
 
   test("raise_exception becomes an invalid_argument error", () => {

@@ -8,6 +8,8 @@ import {
   parseToolCalls,
   toolParserFor,
 } from "../../src/text/tool_parsers.ts";
+import { parsePythonCalls } from "../../src/text/pylit.ts";
+import { pythonicCalls } from "../../src/text/tool_prompt.ts";
 import { tokenizerConfig } from "./fixtures.ts";
 
 interface Expected {
@@ -162,15 +164,26 @@ describe("pythonic (Gemma 3) tool calls", () => {
   });
 });
 
+describe("pythonic calls written for prompts", () => {
+  test("pythonicCalls output reads back to the same arguments", () => {
+    const args = { s: 'a "quoted" \\ line\nnext', n: -2.5, b: false, z: null, list: [1, "x", true], obj: { k: [null] } };
+    const text = pythonicCalls([{ type: "function", function: { name: "f", arguments: JSON.stringify(args) } }]);
+    expect(text.startsWith("[f(s=")).toBe(true);
+    expect(parsePythonCalls(text)).toEqual([{ name: "f", args }]);
+  });
+});
+
 describe("choosing the parser", () => {
   test("from real chat templates and model types", () => {
     expect(toolParserFor({ chatTemplate: tokenizerConfig("qwen3").chat_template as string, modelType: "qwen3" })).toBe("hermes");
     expect(toolParserFor({ chatTemplate: tokenizerConfig("gemma3").chat_template as string, modelType: "gemma3_text" })).toBe(
       "pythonic",
     );
+    // Llama 3.0's template renders no tools: they are folded into the prompt in the pythonic convention.
     expect(toolParserFor({ chatTemplate: tokenizerConfig("llama3").chat_template as string, modelType: "llama" })).toBe(
-      "llama3_json",
+      "pythonic",
     );
+    expect(toolParserFor({ modelType: "llama" })).toBe("llama3_json");
     expect(toolParserFor({ chatTemplate: "{{ '<|python_tag|>' }}" })).toBe("llama3_json");
     expect(toolParserFor({ modelType: "mamba" })).toBeUndefined();
   });
