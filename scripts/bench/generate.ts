@@ -1,0 +1,208 @@
+// Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
+// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
+// as a fraction of the bandwidth bound: the weight bytes one decode step reads, over the machine's triad
+// bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
+// values), so the packed words, scales and biases are filled with random bits of a sane range directly.
+//
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b] [--formats bf16,q4]
+import { ptr } from "bun:ffi";
+import { getBackend } from "../../src/backend/index.ts";
+import { native } from "../../src/backend/native/lib.ts";
+import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
+import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { parseConfig } from "../../src/io/config.ts";
+import type { ModelDir } from "../../src/io/model_dir.ts";
+import type { QuantConfig } from "../../src/io/quant_config.ts";
+import type { StDType, TensorEntry } from "../../src/io/safetensors.ts";
+import type { WeightStore } from "../../src/io/weights.ts";
+import { loadModel } from "../../src/models/registry.ts";
+
+const SHAPES: Record<string, Record<string, unknown>> = {
+  "qwen3-0.6b": {
+    model_type: "qwen3",
+    hidden_size: 1024,
+    num_hidden_layers: 28,
+    num_attention_heads: 16,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    intermediate_size: 3072,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+  },
+  "llama-3.2-1b": {
+    model_type: "llama",
+    hidden_size: 2048,
+    num_hidden_layers: 16,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 64,
+    intermediate_size: 8192,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    rope_scaling: { rope_type: "llama3", factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+    tie_word_embeddings: true,
+  },
+};
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 && process.argv[i + 1] ? process.argv[i + 1]! : dflt;
+}
+
+let seed = 0x2545f491;
+function fillRandom(words: Uint32Array): void {
+  let x = seed;
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    words[i] = x >>> 0;
+  }
+  seed = x >>> 0 || 1;
+}
+
+/** bf16 values of magnitude about 2^-12 .. 2^-5 with random signs and mantissas (two per word). */
+function randomBf16(n: number, center = 0): Uint8Array {
+  const words = new Uint32Array(Math.ceil(n / 2));
+  fillRandom(words);
+  const out = new Uint16Array(words.buffer, 0, n);
+  for (let i = 0; i < n; i++) {
+    const r = out[i]!;
+    const exp = 115 + (r & 7);
+    out[i] = (r & 0x8000) | (exp << 7) | ((r >>> 3) & 0x7f);
+  }
+  if (center !== 0) {
+    // norm weights near `center` (1.0 = 0x3f80)
+    for (let i = 0; i < n; i++) out[i] = 0x3f80 + (out[i]! & 0x1f);
+  }
+  return new Uint8Array(out.buffer, 0, n * 2);
+}
+
+class MemStore {
+  readonly tensors = new Map<string, TensorEntry>();
+  totalBytes = 0;
+  constructor(readonly dir: string) {}
+  put(name: string, dtype: StDType, shape: number[], bytes: Uint8Array): void {
+    this.tensors.set(name, { name, dtype, shape, bytes, file: "memory" });
+    this.totalBytes += bytes.byteLength;
+  }
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+  get(name: string): TensorEntry | undefined {
+    return this.tensors.get(name);
+  }
+  require(name: string): TensorEntry {
+    const t = this.tensors.get(name);
+    if (!t) throw new Error(`missing ${name}`);
+    return t;
+  }
+}
+
+function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {
+  const raw = { ...SHAPES[shape]!, architectures: ["Bench"] };
+  const c = parseConfig(raw, `${shape}/config.json`);
+  const store = new MemStore(`${shape}-${format}`);
+  let decodeBytes = 0;
+  const linear = (name: string, out: number, inp: number, countDecode = true) => {
+    if (format === "bf16") {
+      store.put(`${name}.weight`, "BF16", [out, inp], randomBf16(out * inp));
+      if (countDecode) decodeBytes += out * inp * 2;
+      return;
+    }
+    const words = new Uint32Array((out * inp) / 8);
+    fillRandom(words);
+    const groups = inp / 64;
+    store.put(`${name}.weight`, "U32", [out, inp / 8], new Uint8Array(words.buffer));
+    store.put(`${name}.scales`, "BF16", [out, groups], randomBf16(out * groups));
+    store.put(`${name}.biases`, "BF16", [out, groups], randomBf16(out * groups));
+    if (countDecode) decodeBytes += words.byteLength + 4 * out * groups;
+  };
+  const norm = (name: string, n: number) => store.put(name, "BF16", [n], randomBf16(n, 1));
+  const H = c.hiddenSize;
+  // The tied head reads the whole embedding table every decode step.
+  linear("model.embed_tokens", c.vocabSize, H, true);
+  norm("model.norm.weight", H);
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    norm(`${p}.input_layernorm.weight`, H);
+    norm(`${p}.post_attention_layernorm.weight`, H);
+    linear(`${p}.self_attn.q_proj`, c.numHeads * c.headDim, H);
+    linear(`${p}.self_attn.k_proj`, c.numKvHeads * c.headDim, H);
+    linear(`${p}.self_attn.v_proj`, c.numKvHeads * c.headDim, H);
+    linear(`${p}.self_attn.o_proj`, H, c.numHeads * c.headDim);
+    if (c.modelType === "qwen3") {
+      norm(`${p}.self_attn.q_norm.weight`, c.headDim);
+      norm(`${p}.self_attn.k_norm.weight`, c.headDim);
+    }
+    linear(`${p}.mlp.gate_proj`, c.intermediateSize, H);
+    linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
+    linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
+  }
+  const quant: QuantConfig | null =
+    format === "q4" ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() } : null;
+  const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
+  return { md, decodeBytes };
+}
+
+function triadBandwidth(): number {
+  const n = 32 * 1024 * 1024;
+  const out = new Float64Array(1);
+  const st = native().rmlx_bench_triad(n, 5, ptr(out));
+  if (st !== 0) throw new Error("rmlx_bench_triad failed");
+  return (3 * 4 * n) / out[0]!;
+}
+
+function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): void {
+  const be = getBackend();
+  const t0 = performance.now();
+  const { md, decodeBytes } = buildModelDir(shape, format);
+  const model = loadModel(be, md);
+  const buildS = (performance.now() - t0) / 1000;
+  const cache = new KvCache(be, model.layers, { blockSize: 16, numBlocks: Math.ceil((promptLen + gen) / 16) });
+  const seq = new Sequence();
+  const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
+  const tp = performance.now();
+  let r = forwardBatch(model, cache, [{ seq, tokens: prompt }]);
+  const prefillS = (performance.now() - tp) / 1000;
+  const td = performance.now();
+  for (let i = 0; i < gen; i++) {
+    const row = logitsRow(r, 0);
+    let best = 0;
+    for (let j = 1; j < row.length; j++) if (row[j]! > row[best]!) best = j;
+    r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(best) }]);
+  }
+  const decodeS = (performance.now() - td) / 1000;
+  const decodeTps = gen / decodeS;
+  const boundTps = bw / decodeBytes;
+  console.log(
+    [
+      shape.padEnd(13),
+      format.padEnd(5),
+      `prefill ${(promptLen / prefillS).toFixed(1).padStart(8)} tok/s`,
+      `decode ${decodeTps.toFixed(2).padStart(7)} tok/s`,
+      `weights/step ${(decodeBytes / 2 ** 20).toFixed(0).padStart(5)} MiB`,
+      `bound ${boundTps.toFixed(1).padStart(6)} tok/s`,
+      `${((100 * decodeTps) / boundTps).toFixed(1).padStart(5)}% of bound`,
+      `(setup ${buildS.toFixed(1)} s)`,
+    ].join("  "),
+  );
+  cache.dispose();
+}
+
+const promptLen = Number(arg("prompt", "512"));
+const gen = Number(arg("gen", "128"));
+const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
+const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
+const be = getBackend();
+const bw = triadBandwidth();
+console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
+for (const m of models) {
+  if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
+  for (const f of formats) run(m, f, promptLen, gen, bw);
+}
