@@ -69,6 +69,49 @@ describe("rmlx info", () => {
     expect(r.out).toMatch(/runnable: +yes, on native \(cpu/);
   });
 
+  test("gemma3 nested under text_config, and a transformers-5 rope_parameters config", () => {
+    const gemma = writeModelDir(
+      tempDir(),
+      {
+        model_type: "gemma3",
+        architectures: ["Gemma3ForConditionalGeneration"],
+        text_config: { model_type: "gemma3_text", hidden_size: 64, intermediate_size: 128, num_hidden_layers: 12, sliding_window: 256 },
+      },
+      { "language_model.model.norm.weight": { dtype: "BF16", shape: [64] } },
+    );
+    const g = JSON.parse(info("--model", gemma, "--json").out);
+    expect(g).toMatchObject({
+      model_type: "gemma3",
+      layers: 12,
+      layer_types: { sliding_attention: 10, full_attention: 2 },
+      heads: 8,
+      kv_heads: 4,
+      head_dim: 256,
+      sliding_window: 256,
+      rope: { type: "default", base: 1000000 },
+      local_rope: { type: "default", base: 10000 },
+      parameters: 64,
+    });
+    const tf5 = writeModelDir(
+      tempDir(),
+      llamaConfig({
+        rope_theta: undefined,
+        rope_parameters: {
+          rope_type: "llama3",
+          rope_theta: 500000,
+          factor: 32,
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 8192,
+        },
+      }),
+      llamaTensors(),
+    );
+    const r = info("--model", tf5);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^rope: +llama3 x32, base 500000$/m);
+  });
+
   test("an unsupported family is described but not runnable", () => {
     const dir = writeModelDir(tempDir(), { ...llamaConfig(), model_type: "bitnet" }, llamaTensors());
     const j = JSON.parse(info("--model", dir, "--json").out);

@@ -1,7 +1,17 @@
 import { describe, expect, test } from "bun:test";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { describeClasses, kvCacheBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
-import { llamaConfig, llamaModules, llamaParamCount, llamaTensors, tempDir, TINY, writeModelDir, type QuantChoice } from "./helpers.ts";
+import {
+  llamaConfig,
+  llamaModules,
+  llamaParamCount,
+  llamaTensors,
+  tempDir,
+  TINY,
+  writeModelDir,
+  type QuantChoice,
+  type TensorSpec,
+} from "./helpers.ts";
 
 function quantRecipe(path: string): QuantChoice {
   if (path === "model.embed_tokens") return { bits: 6, group: 64 };
@@ -137,5 +147,77 @@ describe("rope summary", () => {
       ),
     );
     expect(summarize(md).rope).toEqual({ type: "yarn", base: 10000, factor: 4, partial_rotary_factor: 0.25 });
+  });
+});
+
+describe("parameter counting beyond dense layers", () => {
+  test("qwen3_moe: stacked 4-bit experts and an 8-bit router", () => {
+    const E = 8;
+    const H = 64;
+    const M = 32;
+    const t: Record<string, TensorSpec> = {
+      "model.embed_tokens.weight": { dtype: "BF16", shape: [256, H] },
+      "model.layers.0.mlp.gate.weight": { dtype: "U32", shape: [E, H / 4] },
+      "model.layers.0.mlp.gate.scales": { dtype: "BF16", shape: [E, 1] },
+      "model.layers.0.mlp.gate.biases": { dtype: "BF16", shape: [E, 1] },
+      "model.layers.0.mlp.switch_mlp.gate_proj.weight": { dtype: "U32", shape: [E, M, H / 8] },
+      "model.layers.0.mlp.switch_mlp.gate_proj.scales": { dtype: "BF16", shape: [E, M, 1] },
+      "model.layers.0.mlp.switch_mlp.gate_proj.biases": { dtype: "BF16", shape: [E, M, 1] },
+      "model.layers.0.mlp.switch_mlp.down_proj.weight": { dtype: "U32", shape: [E, H, M / 8] },
+      "model.layers.0.mlp.switch_mlp.down_proj.scales": { dtype: "BF16", shape: [E, H, 1] },
+      "model.layers.0.mlp.switch_mlp.down_proj.biases": { dtype: "BF16", shape: [E, H, 1] },
+    };
+    // down_proj's input (32) is below the group of 64: a real converter would leave it float; here it carries its own override.
+    const cfg = llamaConfig({
+      model_type: "qwen3_moe",
+      num_hidden_layers: 1,
+      num_experts: E,
+      num_experts_per_tok: 2,
+      moe_intermediate_size: M,
+      quantization: {
+        group_size: 64,
+        bits: 4,
+        "model.layers.0.mlp.gate": { group_size: 64, bits: 8 },
+        "model.layers.0.mlp.switch_mlp.down_proj": { group_size: 32, bits: 4 },
+      },
+    });
+    const s = summarize(openModelDir(writeModelDir(tempDir(), cfg, t)));
+    expect(s.parameters).toBe(256 * H + E * H + E * M * H + E * H * M);
+    expect(s.experts).toBe(E);
+    expect(s.experts_per_token).toBe(2);
+    expect(s.quantization).toBe(
+      "mlp: affine 4-bit g64 (1), affine 4-bit g32 (1); router: affine 8-bit g64; embed_tokens: bf16",
+    );
+  });
+
+  test("bitnet: ternary weights packed four per byte", () => {
+    const t: Record<string, TensorSpec> = {
+      "model.layers.0.self_attn.q_proj.weight": { dtype: "U8", shape: [16, 64] },
+      "model.layers.0.self_attn.q_proj.weight_scale": { dtype: "BF16", shape: [1] },
+      "model.norm.weight": { dtype: "BF16", shape: [64] },
+    };
+    const cfg = llamaConfig({ model_type: "bitnet", num_hidden_layers: 1 });
+    const s = summarize(openModelDir(writeModelDir(tempDir(), cfg, t)));
+    expect(s.parameters).toBe(64 * 64 + 64);
+    expect(s.quantization).toBe("attention: ternary; norms: bf16");
+  });
+
+  test("gemma4: shared-KV layers own no cache, global layers use their own head_dim", () => {
+    const cfg = {
+      model_type: "gemma4_text",
+      hidden_size: 64,
+      num_hidden_layers: 10,
+      intermediate_size: 128,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+      head_dim: 32,
+      global_head_dim: 64,
+      num_kv_shared_layers: 4,
+      sliding_window: 16,
+    };
+    const md = openModelDir(writeModelDir(tempDir(), cfg, { "model.norm.weight": { dtype: "BF16", shape: [64] } }));
+    // Pattern 5: layers 4 and 9 global. Layers 6-9 share earlier caches. Own caches: sliding 0,1,2,3,5; global 4.
+    const tokens = 100;
+    expect(kvCacheBytes(md, tokens)).toBe(5 * 16 * (2 * 1 * 32 * 2) + tokens * (2 * 1 * 64 * 2));
   });
 });
