@@ -17,7 +17,7 @@ import type {
 import { isQuantized } from "../backend.ts";
 import { RmlxError } from "../../errors.ts";
 import { DT, QMODE, check, native } from "./lib.ts";
-import { Arena, bytesAt, collector, nativeAlloc, nativeFree } from "./memory.ts";
+import { Arena, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
 import { BINARY, GLU, OP, ProgramWriter, UNARY } from "./program.ts";
 import { DTYPE_BYTES, Home, NTensor, Node, contiguousStrides, type Emit } from "./tensor.ts";
 
@@ -95,6 +95,17 @@ interface NKvPool extends KvPool {
   readers: Node[];
 }
 
+/**
+ * Gives t memory of its own in a JS ArrayBuffer: the garbage collector sees its size and frees it with the
+ * tensor, so results that leave scopes every step cannot pile up waiting for finalizers.
+ */
+function heapPlace(t: NTensor): void {
+  const buf = new Uint8Array(Math.max(t.nbytes, 1));
+  t.hold = buf;
+  t.addr = ptr(buf);
+  t.home = Home.Heap;
+}
+
 function cpuName(): string {
   try {
     const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
@@ -137,7 +148,7 @@ export class NativeBackend implements Backend {
   private arg(x: Tensor, what: string): NTensor {
     if (!(x instanceof NTensor)) invalid(`${what}: not a tensor of the native backend`);
     if (x.home === Home.Dead || x.root().home === Home.Dead)
-      invalid(`${what}: tensor ${fmt(x.shape)} was freed (used after its scope ended, or disposed)`);
+      invalid(`${what}: tensor ${fmt(x.shape)} is gone (used after its scope ended, disposed, or its eval failed)`);
     return x;
   }
 
@@ -152,9 +163,7 @@ export class NativeBackend implements Backend {
       t.addr = this.arena.alloc(t.nbytes);
       t.home = Home.Arena;
     } else {
-      t.addr = nativeAlloc(t.nbytes);
-      t.home = Home.Heap;
-      collector.register(t, t.addr, t);
+      heapPlace(t);
     }
   }
 
@@ -211,10 +220,7 @@ export class NativeBackend implements Backend {
 
   dispose(x: Tensor): void {
     if (!(x instanceof NTensor) || x.base) return;
-    if (x.home === Home.Heap || x.home === Home.Persistent) {
-      if (x.home === Home.Heap) collector.unregister(x);
-      nativeFree(x.addr);
-    }
+    if (x.home === Home.Persistent) nativeFree(x.addr);
     if (x.home !== Home.Arena) {
       x.home = Home.Dead;
       x.addr = 0;
@@ -257,12 +263,17 @@ export class NativeBackend implements Backend {
     if (w.len > 0) {
       const status = native().rmlx_exec(w.buf, w.len);
       if (status !== 0) {
-        for (const n of order)
+        // A failed program is dropped whole (its results become unusable) so that it cannot fail every later eval.
+        for (const n of order) {
+          n.done = true;
           for (const o of n.outputs) {
-            if (o.home === Home.Heap) collector.unregister(o), nativeFree(o.addr);
-            o.home = Home.Pending;
+            o.hold = null;
+            o.home = Home.Dead;
             o.addr = 0;
+            o.node = null;
           }
+        }
+        this.effects = this.effects.filter((e) => !e.done);
         check(status, "eval");
       }
     }
@@ -401,18 +412,15 @@ export class NativeBackend implements Backend {
         w.reset();
         for (const t of copies) {
           const src = t.address();
-          const addr = nativeAlloc(t.nbytes);
+          t.base = null;
+          t.offset = 0;
+          t.scoped = false;
+          heapPlace(t);
           w.begin(OP.memcpy);
-          w.push(addr);
+          w.push(t.addr);
           w.push(src);
           w.push(t.nbytes);
           w.end();
-          t.base = null;
-          t.offset = 0;
-          t.addr = addr;
-          t.home = Home.Heap;
-          t.scoped = false;
-          collector.register(t, addr, t);
         }
         check(native().rmlx_exec(w.buf, w.len), "scope");
       }

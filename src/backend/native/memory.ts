@@ -22,9 +22,6 @@ export function bytesAt(addr: number, nbytes: number): Uint8Array {
   return new Uint8Array(toArrayBuffer(addr as never, 0, nbytes));
 }
 
-/** Frees single allocations whose tensor object was collected without dispose(). */
-export const collector = new FinalizationRegistry<number>((addr) => nativeFree(addr));
-
 const ALIGN = 64;
 const MIN_BLOCK = 16 << 20;
 

@@ -10,7 +10,7 @@ export const enum Home {
   Pending,
   /** The scope arena: freed when the outermost scope ends. */
   Arena,
-  /** Its own native allocation, freed by dispose() or when the tensor is collected. */
+  /** Its own JS-owned buffer (`hold`), freed when the tensor is collected. */
   Heap,
   /** Its own native allocation, freed only by dispose(). */
   Persistent,
@@ -50,7 +50,7 @@ export class NTensor implements Tensor {
   /** Allocated in the arena (created inside a scope) rather than on its own. */
   scoped = false;
   node: Node | null = null;
-  /** Keeps wrapped caller bytes alive. */
+  /** Keeps the bytes alive: caller memory (fromBytes) or the tensor's own buffer (Heap). */
   hold: Uint8Array | null = null;
 
   constructor(

@@ -1,0 +1,186 @@
+import { describe, expect, test } from "bun:test";
+import type { AttentionBatch, DType } from "../../src/backend/backend.ts";
+import { RmlxError } from "../../src/errors.ts";
+import { backend, expectClose, randn, rng } from "./helpers.ts";
+
+const be = backend();
+const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
+
+/** Naive attention of one query over explicit key/value rows (all f64). */
+function attendRef(q: Float32Array, keys: Float32Array[], vals: Float32Array[], scale: number, softcap: number): number[] {
+  const s = keys.map((k) => {
+    let d = 0;
+    for (let i = 0; i < q.length; i++) d += q[i]! * k[i]!;
+    d *= scale;
+    return softcap > 0 ? softcap * Math.tanh(d / softcap) : d;
+  });
+  const m = Math.max(...s);
+  const e = s.map((v) => Math.exp(v - m));
+  const z = e.reduce((a, b) => a + b, 0);
+  const out = new Array<number>(q.length).fill(0);
+  e.forEach((p, j) => {
+    for (let i = 0; i < q.length; i++) out[i]! += (p / z) * vals[j]![i]!;
+  });
+  return out;
+}
+
+describe("paged attention", () => {
+  const blockSize = 4;
+  const numBlocks = 16;
+  const kvHeads = 2;
+  const heads = 6;
+  const D = 8;
+  const G = heads / kvHeads;
+  // Three sequences: a prefill chunk continuing a cached prompt, a fresh one-token prompt, a long decode.
+  const seqs = [
+    { total: 9, fresh: 3 },
+    { total: 1, fresh: 1 },
+    { total: 14, fresh: 1 },
+  ];
+  const maxBlocks = 4;
+
+  function setup(dtype: DType, seed: number) {
+    const r = rng(seed);
+    const perm = [...Array(numBlocks).keys()].sort(() => r() - 0.5);
+    const blockTables = new Int32Array(seqs.length * maxBlocks).fill(-1);
+    let next = 0;
+    seqs.forEach((s, i) => {
+      for (let b = 0; b < Math.ceil(s.total / blockSize); b++) blockTables[i * maxBlocks + b] = perm[next++]!;
+    });
+    const K = seqs.map((s, i) => randn(s.total * kvHeads * D, seed + 10 + i));
+    const V = seqs.map((s, i) => randn(s.total * kvHeads * D, seed + 20 + i));
+    const pool = be.createKvPool(numBlocks, blockSize, kvHeads, D, dtype);
+    const slotOf = (s: number, p: number) => blockTables[s * maxBlocks + Math.floor(p / blockSize)]! * blockSize + (p % blockSize);
+    return { blockTables, K, V, pool, slotOf };
+  }
+
+  function run(dtype: DType, window: number, softcap: number, tol: number) {
+    const { blockTables, K, V, pool, slotOf } = setup(dtype, 100 + window);
+    // The cached part of each sequence, written in an earlier step.
+    be.scope(() => {
+      seqs.forEach((s, i) => {
+        const n = s.total - s.fresh;
+        if (n === 0) return;
+        const slots = Int32Array.from({ length: n }, (_, p) => slotOf(i, p));
+        be.kvWrite(pool, t(K[i]!.slice(0, n * kvHeads * D), [n, kvHeads, D]), t(V[i]!.slice(0, n * kvHeads * D), [n, kvHeads, D]), slots);
+      });
+    });
+    // This step: the fresh tokens of all sequences, batched.
+    const tokenSeq: number[] = [];
+    const positions: number[] = [];
+    seqs.forEach((s, i) => {
+      for (let p = s.total - s.fresh; p < s.total; p++) {
+        tokenSeq.push(i);
+        positions.push(p);
+      }
+    });
+    const T = tokenSeq.length;
+    const kNew = new Float32Array(T * kvHeads * D);
+    const vNew = new Float32Array(T * kvHeads * D);
+    tokenSeq.forEach((s, j) => {
+      const o = positions[j]! * kvHeads * D;
+      kNew.set(K[s]!.slice(o, o + kvHeads * D), j * kvHeads * D);
+      vNew.set(V[s]!.slice(o, o + kvHeads * D), j * kvHeads * D);
+    });
+    const q = randn(T * heads * D, 7 + window);
+    const batch: AttentionBatch = {
+      blockTables,
+      maxBlocks,
+      seqLens: Int32Array.from(seqs.map((s) => s.total)),
+      tokenSeq: Int32Array.from(tokenSeq),
+      positions: Int32Array.from(positions),
+    };
+    const scale = 1 / Math.sqrt(D);
+    const out = be.scope(() => {
+      const slots = Int32Array.from(tokenSeq.map((s, j) => slotOf(s, positions[j]!)));
+      be.kvWrite(pool, t(kNew, [T, kvHeads, D]), t(vNew, [T, kvHeads, D]), slots);
+      return be.toFloat32(be.pagedAttention(t(q, [T, heads, D]), pool, batch, { scale, window, softcap }));
+    });
+    const ref: number[] = [];
+    for (let j = 0; j < T; j++) {
+      const s = tokenSeq[j]!;
+      const p = positions[j]!;
+      const lo = window > 0 ? Math.max(0, p - window + 1) : 0;
+      for (let h = 0; h < heads; h++) {
+        const kh = Math.floor(h / G);
+        const row = (arr: Float32Array, pos: number) => arr.slice((pos * kvHeads + kh) * D, (pos * kvHeads + kh + 1) * D);
+        const keys: Float32Array[] = [];
+        const vals: Float32Array[] = [];
+        for (let pos = lo; pos <= p; pos++) {
+          keys.push(row(K[s]!, pos));
+          vals.push(row(V[s]!, pos));
+        }
+        ref.push(...attendRef(q.slice((j * heads + h) * D, (j * heads + h + 1) * D), keys, vals, scale, softcap));
+      }
+    }
+    expectClose(out, ref, tol, tol);
+    return { pool, batch, q, T, out };
+  }
+
+  test("several sequences of different lengths, GQA, full causal", () => run("f32", 0, 0, 2e-6));
+  test("sliding window", () => run("f32", 3, 0, 2e-6));
+  test("tanh soft-capping", () => run("f32", 0, 2, 2e-6));
+  test("f16 pool", () => run("f16", 0, 0, 3e-3));
+  test("bf16 pool with a window", () => run("bf16", 5, 0, 2e-2));
+
+  test("copyBlock duplicates a block: attention through the copy is unchanged", () => {
+    const { pool, batch, q, T, out } = run("f32", 0, 0, 2e-6);
+    const used = new Set(batch.blockTables);
+    const free = [...Array(numBlocks).keys()].find((b) => !used.has(b))!;
+    const tables = batch.blockTables.slice();
+    const src = tables[2 * maxBlocks + 1]!;
+    be.copyBlock(pool, src, free);
+    tables[2 * maxBlocks + 1] = free;
+    const again = be.toFloat32(be.pagedAttention(t(q, [T, heads, D]), pool, { ...batch, blockTables: tables }, { scale: 1 / Math.sqrt(D) }));
+    expect([...again]).toEqual([...out]);
+  });
+
+  test("bad batches throw RmlxError, not crash", () => {
+    const { pool, blockTables } = setup("f32", 1);
+    const q = t(randn(heads * D, 1), [1, heads, D]);
+    const base: AttentionBatch = {
+      blockTables,
+      maxBlocks,
+      seqLens: new Int32Array([9, 1, 14]),
+      tokenSeq: new Int32Array([0]),
+      positions: new Int32Array([8]),
+    };
+    const opts = { scale: 0.3 };
+    expect(() => be.toFloat32(be.pagedAttention(q, pool, { ...base, positions: new Int32Array([9]) }, opts))).toThrow(RmlxError);
+    expect(() => be.toFloat32(be.pagedAttention(q, pool, { ...base, tokenSeq: new Int32Array([3]) }, opts))).toThrow(RmlxError);
+    expect(() => be.pagedAttention(q, pool, { ...base, tokenSeq: new Int32Array([0, 1]) }, opts)).toThrow(RmlxError);
+    expect(() => be.pagedAttention(t(randn(5 * D, 1), [1, 5, D]), pool, base, opts)).toThrow(/multiple of 2/);
+    const badTable = blockTables.slice();
+    badTable[2] = 99;
+    expect(() => be.toFloat32(be.pagedAttention(q, pool, { ...base, blockTables: badTable }, opts))).toThrow(RmlxError);
+    expect(() => be.kvWrite(pool, t(randn(D * 2, 1), [1, 2, D]), t(randn(D * 2, 1), [1, 2, D]), new Int32Array([1000]))).not.toThrow();
+    expect(() => be.eval()).toThrow(/slot 1000/);
+  });
+});
+
+describe("sdpa", () => {
+  for (const [B, H, Hkv, L, S, causal] of [
+    [2, 4, 2, 5, 5, true],
+    [1, 4, 1, 3, 7, true],
+    [2, 2, 2, 4, 6, false],
+  ] as [number, number, number, number, number, boolean][])
+    test(`B${B} H${H} Hkv${Hkv} L${L} S${S} causal=${causal}`, () => {
+      const D = 16;
+      const q = randn(B * H * L * D, 1);
+      const k = randn(B * Hkv * S * D, 2);
+      const v = randn(B * Hkv * S * D, 3);
+      const scale = 0.25;
+      const out = be.toFloat32(be.sdpa(t(q, [B, H, L, D]), t(k, [B, Hkv, S, D]), t(v, [B, Hkv, S, D]), scale, causal));
+      const ref: number[] = [];
+      for (let b = 0; b < B; b++)
+        for (let h = 0; h < H; h++)
+          for (let i = 0; i < L; i++) {
+            const kh = Math.floor(h / (H / Hkv));
+            const n = causal ? i + S - L + 1 : S;
+            const rows = (arr: Float32Array) =>
+              [...Array(n).keys()].map((j) => arr.slice(((b * Hkv + kh) * S + j) * D, ((b * Hkv + kh) * S + j + 1) * D));
+            ref.push(...attendRef(q.slice(((b * H + h) * L + i) * D, ((b * H + h) * L + i + 1) * D), rows(k), rows(v), scale, 0));
+          }
+      expectClose(out, ref, 2e-6, 2e-6);
+    });
+});

@@ -1,0 +1,115 @@
+import { describe, expect, test } from "bun:test";
+import { RmlxError } from "../../src/errors.ts";
+import { backend, randn } from "./helpers.ts";
+
+const be = backend();
+const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
+
+describe("scope", () => {
+  test("returned tensors survive, others are freed", () => {
+    const a = t(new Float32Array([1, 2, 3, 4]), [2, 2]);
+    let inner: ReturnType<typeof be.add> | undefined;
+    const out = be.scope(() => {
+      inner = be.add(a, a);
+      const kept = be.mul(inner, a);
+      return { kept, pair: [be.scale(a, 3)] };
+    });
+    expect([...be.toFloat32(out.kept)]).toEqual([2, 8, 18, 32]);
+    expect([...be.toFloat32(out.pair[0]!)]).toEqual([3, 6, 9, 12]);
+    expect(() => be.toFloat32(inner!)).toThrow(RmlxError);
+    expect(() => be.add(inner!, a)).toThrow(/scope/);
+  });
+
+  test("results already computed inside the scope, and views, are moved out", () => {
+    const a = t(new Float32Array([1, 2, 3, 4, 5, 6]), [3, 2]);
+    const [computed, view, row] = be.scope(() => {
+      const c = be.scale(a, 2);
+      be.eval(c);
+      const r = be.add(a, a);
+      return [c, be.reshape(be.scale(a, -1), [6]), be.slice(r, 0, 1, 2)];
+    });
+    // New work in another scope reuses the arena; the moved results must not change.
+    be.scope(() => be.toFloat32(be.scale(be.add(a, a), 100)));
+    expect([...be.toFloat32(computed)]).toEqual([2, 4, 6, 8, 10, 12]);
+    expect([...be.toFloat32(view)]).toEqual([-1, -2, -3, -4, -5, -6]);
+    expect([...be.toFloat32(row)]).toEqual([6, 8]);
+  });
+
+  test("nested scopes free at the outermost end", () => {
+    const a = t(new Float32Array([1, 2]), [2]);
+    const out = be.scope(() => {
+      const x = be.scope(() => be.add(a, a));
+      const y = be.scope(() => be.mul(x, x));
+      return be.add(x, y);
+    });
+    expect([...be.toFloat32(out)]).toEqual([6, 20]);
+  });
+
+  test("a throwing scope still frees and the backend keeps working", () => {
+    const a = t(new Float32Array([1, 2]), [2]);
+    expect(() =>
+      be.scope(() => {
+        be.add(a, a);
+        throw new Error("boom");
+      }),
+    ).toThrow("boom");
+    expect([...be.toFloat32(be.scope(() => be.add(a, a)))]).toEqual([2, 4]);
+  });
+
+  test("10k small steps keep the arena and RSS flat", () => {
+    const w = t(randn(64, 1), [64]);
+    const x0 = t(randn(64, 2), [1, 64]);
+    const pool = be.createKvPool(4, 16, 1, 64, "f32");
+    const step = (i: number) =>
+      be.scope(() => {
+        let h = be.rmsNorm(x0, w, 1e-6);
+        h = be.add(h, be.scale(x0, 0.5));
+        be.kvWrite(pool, be.reshape(h, [1, 1, 64]), be.reshape(h, [1, 1, 64]), new Int32Array([i % 64]));
+        const big = be.mul(be.silu(h), h);
+        return be.toFloat32(big)[0]!;
+      });
+    for (let i = 0; i < 500; i++) step(i);
+    Bun.gc(true);
+    const arena0 = be.arenaBytes;
+    const rss0 = process.memoryUsage().rss;
+    for (let i = 0; i < 10000; i++) step(i);
+    Bun.gc(true);
+    const rss1 = process.memoryUsage().rss;
+    expect(be.arenaBytes).toBe(arena0);
+    expect(rss1 - rss0).toBeLessThan(16 << 20);
+  });
+
+  test("escaping results of 10k steps are reclaimed", () => {
+    const x = t(randn(4096, 3), [1, 4096]);
+    Bun.gc(true);
+    const rss0 = process.memoryUsage().rss;
+    for (let i = 0; i < 10000; i++) {
+      const logits = be.scope(() => be.scale(x, 2));
+      be.toFloat32(logits);
+      if (i % 2) be.dispose(logits);
+    }
+    Bun.gc(true);
+    expect(process.memoryUsage().rss - rss0).toBeLessThan(32 << 20);
+  });
+
+  test("persistent tensors are not freed by scopes; dispose frees them", () => {
+    const p = be.allocPersistent([4], "f32");
+    be.scope(() => {
+      be.kvWrite;
+      return 0;
+    });
+    expect([...be.toFloat32(p)]).toEqual([0, 0, 0, 0]);
+    const viewOut = be.scope(() => be.reshape(p, [2, 2]));
+    expect([...be.toFloat32(viewOut)]).toEqual([0, 0, 0, 0]);
+    be.dispose(p);
+    expect(() => be.toFloat32(p)).toThrow(RmlxError);
+  });
+
+  test("fromBytes wraps caller memory without copying", () => {
+    const bytes = new Uint8Array(new Float32Array([1, 2, 3]).buffer);
+    const w = be.fromBytes(bytes, [3], "f32");
+    new Float32Array(bytes.buffer)[1] = 7;
+    expect([...be.toFloat32(w)]).toEqual([1, 7, 3]);
+    expect(() => be.fromBytes(bytes, [4], "f32")).toThrow(/12 bytes/);
+  });
+});
