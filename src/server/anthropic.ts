@@ -2,7 +2,8 @@ import type { ChatMessage, GenerateRequest, ToolSpec } from "../engine/types.ts"
 import { HttpError } from "./errors.ts";
 import { collect, newId, startGeneration, type ServerContext, type Started } from "./generation.ts";
 import type { ModelEntry } from "./models.ts";
-import { OutputShaper, type Shaped, type ToolCallOut } from "./output.ts";
+import type { ChatOutputParser } from "../text/output.ts";
+import { outputShaper, type Shaped, type ToolCallOut } from "./output.ts";
 import { anthropicSampling } from "./sampling.ts";
 import type { CountTokensBodyT, MessagesBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
@@ -119,19 +120,26 @@ function toolUse(call: ToolCallOut) {
   } catch {
     input = {};
   }
-  return { type: "tool_use", id: call.id.startsWith("toolu_") ? call.id : `toolu_${call.id}`, name: call.function.name, input };
+  return { type: "tool_use", id: `toolu_${call.id.replace(/^call_/, "")}`, name: call.function.name, input };
 }
 
-function shaper(m: ModelEntry, body: MessagesBodyT, started: Started): OutputShaper {
-  const parseTools = (body.tools?.length ?? 0) > 0 && body.tool_choice?.type !== "none";
-  return new OutputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, parseTools });
+function shaper(m: ModelEntry, req: GenerateRequest, started: Started): ChatOutputParser {
+  return outputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, tools: req.tools });
 }
 
 export async function messages(ctx: ServerContext, body: MessagesBodyT): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
-  if (body.stream) return streamMessages(ctx, body, m);
+  if (body.stream) {
+    try {
+      return await streamMessages(ctx, body, m);
+    } catch (e) {
+      ctx.models.release(m);
+      throw e;
+    }
+  }
   try {
-    const r = await collect(ctx, request(body, m), (started) => shaper(m, body, started));
+    const req = request(body, m);
+    const r = await collect(ctx, req, (started) => shaper(m, req, started));
     const content: unknown[] = [];
     if (r.shaped.reasoning) content.push({ type: "thinking", thinking: r.shaped.reasoning, signature: "" });
     if (r.shaped.content) content.push({ type: "text", text: r.shaped.content });
@@ -160,16 +168,11 @@ function anthropicStreamError(err: unknown, send: SseSend): void {
   send({ type: "error", error: { type: e.status === 400 ? "invalid_request_error" : "api_error", message: e.message } }, "error");
 }
 
+/** Streams one message; the caller releases the model if this throws, the stream releases it otherwise. */
 async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry): Promise<Response> {
-  let started: Started;
-  let stream;
-  try {
-    ({ stream, started } = await startGeneration(ctx, request(body, m)));
-  } catch (e) {
-    ctx.models.release(m);
-    throw e;
-  }
-  const sh = shaper(m, body, started);
+  const req = request(body, m);
+  const { stream, started } = await startGeneration(ctx, req);
+  const sh = shaper(m, req, started);
   let released = false;
   const release = () => {
     if (!released) ctx.models.release(m);
@@ -230,7 +233,7 @@ async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelE
           if (e.type === "delta") emit(sh.feed(e.text));
           else if (e.type === "error") throw new HttpError(500, e.message, { code: e.code });
           else if (e.type === "done") {
-            emit(sh.finish());
+            emit(sh.flush());
             if (open === "thinking") ev("content_block_delta", { index, delta: { type: "signature_delta", signature: "" } });
             close();
             ev("message_delta", {

@@ -2,7 +2,8 @@ import type { EngineEvent, GenerateRequest, TokenLogprob } from "../engine/types
 import type { EngineClient, GenerationStream } from "./engine_client.ts";
 import { fromCode, HttpError } from "./errors.ts";
 import type { ModelEntry, ModelManager } from "./models.ts";
-import { mergeShaped, OutputShaper, type Shaped } from "./output.ts";
+import type { ChatOutputParser } from "../text/output.ts";
+import { mergeShaped, type Shaped } from "./output.ts";
 
 export type Started = Extract<EngineEvent, { type: "started" }>;
 export type Done = Extract<EngineEvent, { type: "done" }>;
@@ -45,7 +46,7 @@ export interface Collected {
 export async function collect(
   ctx: ServerContext,
   req: GenerateRequest,
-  shaperFor: (started: Started) => OutputShaper,
+  shaperFor: (started: Started) => ChatOutputParser,
 ): Promise<Collected> {
   const { stream, started } = await startGeneration(ctx, req);
   const shaper = shaperFor(started);
@@ -61,7 +62,7 @@ export async function collect(
       } else if (ev.type === "error") {
         throw fromCode(ev.code, ev.message);
       } else if (ev.type === "done") {
-        shaped = mergeShaped(shaped, shaper.finish());
+        shaped = mergeShaped(shaped, shaper.flush());
         return { started, shaped, tokenIds, logprobs, done: ev };
       }
     }

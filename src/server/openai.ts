@@ -9,7 +9,7 @@ import {
   type Started,
 } from "./generation.ts";
 import type { ModelEntry } from "./models.ts";
-import { OutputShaper, type Shaped, type ToolCallOut } from "./output.ts";
+import { outputShaper, plainShaper, type Shaped, type ToolCallOut } from "./output.ts";
 import { openAISampling, stopList } from "./sampling.ts";
 import type { ChatCompletionBodyT, CompletionBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
@@ -91,8 +91,8 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
   };
 }
 
-function shaperFor(m: ModelEntry, parseTools: boolean) {
-  return (started: Started) => new OutputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, parseTools });
+function shaperFor(m: ModelEntry, req: GenerateRequest) {
+  return (started: Started) => outputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, tools: req.tools });
 }
 
 function chatLogprobs(lps: TokenLogprob[]) {
@@ -122,19 +122,19 @@ function finishReason(reason: string, toolCalls: number): string {
 
 export async function chatCompletions(ctx: ServerContext, body: Body): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
-  const parseTools = (body.tools?.length ?? 0) > 0 && body.tool_choice !== "none";
   const n = body.n ?? 1;
-  if (body.stream) {
-    if (n > 1) {
-      ctx.models.release(m);
-      throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+  try {
+    if (body.stream) {
+      if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+      return await streamChat(ctx, body, m);
     }
-    return streamChat(ctx, body, m, parseTools);
+  } catch (e) {
+    ctx.models.release(m);
+    throw e;
   }
   try {
-    const results = await Promise.all(
-      Array.from({ length: n }, (_, i) => collect(ctx, chatRequest(body, m, i), shaperFor(m, parseTools))),
-    );
+    const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
+    const results = await Promise.all(requests.map((r) => collect(ctx, r, shaperFor(m, r))));
     return Response.json(chatResponse(body, results));
   } finally {
     ctx.models.release(m);
@@ -176,16 +176,11 @@ export function streamError(err: unknown, send: SseSend): void {
   send("[DONE]");
 }
 
-async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, parseTools: boolean): Promise<Response> {
-  let started: Started;
-  let stream;
-  try {
-    ({ stream, started } = await startGeneration(ctx, chatRequest(body, m, 0)));
-  } catch (e) {
-    ctx.models.release(m);
-    throw e;
-  }
-  const shaper = shaperFor(m, parseTools)(started);
+/** Streams one chat completion; the caller releases the model if this throws, the stream releases it otherwise. */
+async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry): Promise<Response> {
+  const req = chatRequest(body, m, 0);
+  const { stream, started } = await startGeneration(ctx, req);
+  const shaper = shaperFor(m, req)(started);
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;
@@ -217,7 +212,7 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, parseTo
           if (ev.type === "delta") emit(send, shaper.feed(ev.text), ev.logprobs);
           else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
           else if (ev.type === "done") {
-            emit(send, shaper.finish(), undefined);
+            emit(send, shaper.flush(), undefined);
             send(chunk({}, finishReason(ev.finishReason, toolIndex)));
             if (includeUsage) {
               send({ id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage: usageOf(started, ev.usage.completionTokens) });
@@ -282,17 +277,17 @@ function completionLogprobs(lps: TokenLogprob[]) {
   };
 }
 
-const plainShaper = () => new OutputShaper({ startsInReasoning: false, parseTools: false });
-
 export async function completions(ctx: ServerContext, body: CompletionBodyT): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
   const n = body.n ?? 1;
-  if (body.stream) {
-    if (n > 1) {
-      ctx.models.release(m);
-      throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+  try {
+    if (body.stream) {
+      if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
+      return await streamCompletion(ctx, body, m);
     }
-    return streamCompletion(ctx, body, m);
+  } catch (e) {
+    ctx.models.release(m);
+    throw e;
   }
   try {
     const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), plainShaper)));
@@ -321,14 +316,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT): Pr
 }
 
 async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry): Promise<Response> {
-  let started: Started;
-  let stream;
-  try {
-    ({ stream, started } = await startGeneration(ctx, completionRequest(body, m, 0)));
-  } catch (e) {
-    ctx.models.release(m);
-    throw e;
-  }
+  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0));
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;

@@ -1,45 +1,37 @@
-import type { LoadedModelInfo } from "../engine/types.ts";
-
-/** A tool call in OpenAI's shape, arguments as a JSON string. */
-export interface ToolCallOut {
-  id: string;
-  type: "function";
-  function: { name: string; arguments: string };
-}
+import type { LoadedModelInfo, ToolSpec } from "../engine/types.ts";
+import { ChatOutputParser, type OutputDelta } from "../text/output.ts";
+import { THINK_TAGS } from "../text/reasoning.ts";
+import type { ToolParserKind } from "../text/tool_parsers.ts";
 
 /** What a piece of model output turned into once reasoning and tool-call markup are taken out. */
-export interface Shaped {
-  reasoning: string;
-  content: string;
-  toolCalls: ToolCallOut[];
-}
+export type Shaped = OutputDelta;
+export type ToolCallOut = Shaped["toolCalls"][number];
 
 export interface ShaperOptions {
   info?: LoadedModelInfo;
   /** The prompt left a reasoning section open, so output starts as reasoning. */
   startsInReasoning: boolean;
-  /** Tools were offered to the model, so its output may hold tool calls. */
-  parseTools: boolean;
+  /** The tools offered to the model (none: its output is not searched for calls). */
+  tools?: ToolSpec[];
 }
 
 /**
- * Splits a stream of generated text into reasoning, visible content and tool calls. Text that might be the start of
- * markup is held back until it is known not to be, so raw markup never reaches the content.
+ * Splits a stream of generated text into reasoning, visible content and tool calls, with the parsers the model's
+ * family uses. Markup is held back until complete, so none of it reaches the content.
  */
-export class OutputShaper {
-  constructor(private readonly opts: ShaperOptions) {}
+export function outputShaper(opts: ShaperOptions): ChatOutputParser {
+  const withTools = (opts.tools?.length ?? 0) > 0 && opts.info?.toolParser !== undefined;
+  return new ChatOutputParser({
+    reasoningTags: opts.info?.reasoning ? THINK_TAGS : undefined,
+    startInReasoning: opts.startsInReasoning,
+    toolParser: withTools ? (opts.info!.toolParser as ToolParserKind) : undefined,
+    tools: opts.tools,
+  });
+}
 
-  feed(text: string): Shaped {
-    return { reasoning: "", content: text, toolCalls: [] };
-  }
-
-  finish(): Shaped {
-    return { reasoning: "", content: "", toolCalls: [] };
-  }
-
-  get options(): ShaperOptions {
-    return this.opts;
-  }
+/** Plain text: for /v1/completions, where output is returned as generated. */
+export function plainShaper(): ChatOutputParser {
+  return new ChatOutputParser({});
 }
 
 export function mergeShaped(a: Shaped, b: Shaped): Shaped {
