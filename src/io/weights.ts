@@ -53,13 +53,12 @@ export class WeightStore {
       }
       files = shardNames.map((s) => SafetensorsFile.open(join(dir, s)));
     } else {
-      const single = join(dir, "model.safetensors");
-      const names = existsSync(single)
-        ? ["model.safetensors"]
-        : readdirSync(dir)
-            .filter((f) => f.endsWith(".safetensors") && statSync(join(dir, f)).isFile())
-            .sort();
-      if (names.length === 0) bad(dir, "no .safetensors weight files");
+      // Only model*.safetensors (or the older weight*.safetensors) are weights: a directory may also hold
+      // adapters or the original consolidated checkpoint.
+      const all = readdirSync(dir).filter((f) => f.endsWith(".safetensors") && statSync(join(dir, f)).isFile());
+      const model = all.filter((f) => f.startsWith("model"));
+      const names = (model.length > 0 ? model : all.filter((f) => f.startsWith("weight"))).sort();
+      if (names.length === 0) bad(dir, "no model*.safetensors weight files");
       files = names.map((f) => SafetensorsFile.open(join(dir, f)));
     }
 

@@ -61,24 +61,33 @@ describe("WeightStore", () => {
     expect(() => WeightStore.open(dir)).toThrow(`${idx}: missing weight_map object`);
   });
 
-  test("loose .safetensors files without an index", () => {
+  test("loose model*.safetensors files without an index; other safetensors files are not weights", () => {
     const dir = tempDir();
-    writeFileSync(join(dir, "b.safetensors"), safetensorsBytes({ y: { dtype: "F32", shape: [2] } }));
-    writeFileSync(join(dir, "a.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
+    writeFileSync(join(dir, "model-2.safetensors"), safetensorsBytes({ y: { dtype: "F32", shape: [2] } }));
+    writeFileSync(join(dir, "model-1.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
+    writeFileSync(join(dir, "adapters.safetensors"), safetensorsBytes({ lora: { dtype: "F32", shape: [3] } }));
+    writeFileSync(join(dir, "consolidated.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
     const w = WeightStore.open(dir);
     expect(w.names()).toEqual(["x", "y"]);
     expect(w.totalBytes).toBe(20);
   });
 
+  test("older weights*.safetensors names", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "weights.00.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
+    expect(WeightStore.open(dir).names()).toEqual(["x"]);
+  });
+
   test("the same tensor in two files", () => {
     const dir = tempDir();
-    writeFileSync(join(dir, "a.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
-    writeFileSync(join(dir, "b.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
+    writeFileSync(join(dir, "model-a.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
+    writeFileSync(join(dir, "model-b.safetensors"), safetensorsBytes({ x: { dtype: "F32", shape: [3] } }));
     expect(() => WeightStore.open(dir)).toThrow("tensor 'x' appears in both");
   });
 
   test("no weight files at all", () => {
     const dir = tempDir();
-    expect(() => WeightStore.open(dir)).toThrow(`${dir}: no .safetensors weight files`);
+    writeFileSync(join(dir, "adapters.safetensors"), safetensorsBytes({ lora: { dtype: "F32", shape: [3] } }));
+    expect(() => WeightStore.open(dir)).toThrow(`${dir}: no model*.safetensors weight files`);
   });
 });
