@@ -41,7 +41,10 @@ function rotl(x: number, k: number): number {
 
 export interface SampledToken {
   token: number;
-  /** Log-probability of the token under the processed logits (after bias and penalties, before filters). */
+  /**
+   * Log-probability of the token under the processed logits (after bias and penalties, before filters);
+   * NaN unless the params ask for logprobs or top alternatives.
+   */
   logprob: number;
   /** The most likely alternatives under the same distribution, best first (when topLogprobs > 0). */
   top: { token: number; logprob: number }[];
@@ -106,19 +109,20 @@ export class Sampler {
       }
     }
     if (max === -Infinity) throw new RmlxError("invalid_argument", "every token is masked (all logits are -inf)");
-    let sum = 0;
-    const probs = this.probs;
-    for (let i = 0; i < V; i++) {
-      const e = Math.exp(x[i]! - max);
-      probs[i] = e;
-      sum += e;
-    }
-    const logZ = max + Math.log(sum);
-    for (let i = 0; i < V; i++) probs[i]! /= sum;
-
-    let token = argmax;
-    if (p.temperature > 0) token = this.draw(x, probs);
     const nTop = p.topLogprobs ?? 0;
+    const wantLogprobs = p.logprobs === true || nTop > 0;
+    const filters = p.topP < 1 || p.minP > 0 || p.topK > 0;
+    if (!wantLogprobs && (p.temperature === 0 || !filters)) {
+      // Nothing needs the distribution at temperature 1: skip a pass of exponentials over the vocabulary.
+      const token = p.temperature > 0 ? this.drawAll(x, max) : argmax;
+      return { token, logprob: NaN, top: [] };
+    }
+    // Unnormalised probabilities exp(x - max): the most likely token has 1, the total is the partition sum.
+    const probs = this.probs;
+    let sum = 0;
+    for (let i = 0; i < V; i++) sum += probs[i] = Math.exp(x[i]! - max);
+    const logZ = max + Math.log(sum);
+    const token = p.temperature > 0 ? this.draw(x, probs, sum) : argmax;
     return { token, logprob: x[token]! - logZ, top: nTop > 0 ? topN(x, nTop, logZ) : [] };
   }
 
@@ -147,29 +151,42 @@ export class Sampler {
     }
   }
 
-  /** Marks the tokens surviving top_p, min_p and top_k (on probs at temperature 1), then draws at the temperature. */
-  private draw(x: Float32Array, probs: Float32Array): number {
+  /**
+   * Marks the tokens surviving top_p, min_p and top_k (on the distribution at temperature 1, probs holding
+   * exp(x - max) with total sum), then draws one at the temperature.
+   */
+  private draw(x: Float32Array, probs: Float32Array, sum: number): number {
     const p = this.params;
     const V = x.length;
     const keep = this.keep;
     keep.fill(1);
-    if (p.topP < 1) keepTopP(probs, p.topP, keep);
+    if (p.topP < 1) keepTopP(probs, p.topP * sum, keep);
     if (p.minP > 0) {
-      // relative to the most likely token, which always survives
-      const floor = p.minP * probs[argmaxOf(x)]!;
-      for (let i = 0; i < V; i++) if (probs[i]! < floor) keep[i] = 0;
+      // relative to the most likely token, whose unnormalised probability is 1
+      for (let i = 0; i < V; i++) if (probs[i]! < p.minP) keep[i] = 0;
     }
     if (p.topK > 0 && p.topK < V) keepTopK(x, p.topK, keep);
-    const invT = 1 / p.temperature;
-    let total = 0;
     let kmax = -Infinity;
     for (let i = 0; i < V; i++) if (keep[i] && x[i]! > kmax) kmax = x[i]!;
+    const invT = 1 / p.temperature;
     const w = probs;
-    for (let i = 0; i < V; i++) {
-      const e = keep[i] ? Math.exp((x[i]! - kmax) * invT) : 0;
-      w[i] = e;
-      total += e;
-    }
+    let total = 0;
+    for (let i = 0; i < V; i++) total += w[i] = keep[i] ? Math.exp((x[i]! - kmax) * invT) : 0;
+    return this.pick(w, total);
+  }
+
+  /** A draw at the temperature over the whole vocabulary (no filters). */
+  private drawAll(x: Float32Array, max: number): number {
+    const invT = 1 / this.params.temperature;
+    const w = this.probs;
+    let total = 0;
+    for (let i = 0; i < x.length; i++) total += w[i] = Math.exp((x[i]! - max) * invT);
+    return this.pick(w, total);
+  }
+
+  /** Index i with probability w[i] / total. */
+  private pick(w: Float32Array, total: number): number {
+    const V = w.length;
     let u = this.rng.next() * total;
     let last = -1;
     for (let i = 0; i < V; i++) {
@@ -182,43 +199,38 @@ export class Sampler {
   }
 }
 
-function argmaxOf(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
-  return best;
+/**
+ * Keeps the smallest set of most likely tokens whose mass reaches `mass` (top_p times the total). One pass
+ * builds a histogram of the mass by the float's top bits (order-preserving for non-negative floats); only the
+ * tokens of the bucket where the cumulative mass crosses the target are sorted.
+ */
+function keepTopP(probs: Float32Array, mass: number, keep: Uint8Array): void {
+  const V = probs.length;
+  const bits = new Uint32Array(probs.buffer, probs.byteOffset, V);
+  const hist = new Float64Array(1 << 13);
+  for (let i = 0; i < V; i++) hist[bits[i]! >>> 19]! += probs[i]!;
+  let cum = 0;
+  let b = hist.length - 1;
+  for (; b > 0; b--) {
+    if (cum + hist[b]! >= mass) break;
+    cum += hist[b]!;
+  }
+  const edge: number[] = [];
+  for (let i = 0; i < V; i++) {
+    const k = bits[i]! >>> 19;
+    if (k < b) keep[i] = 0;
+    else if (k === b) edge.push(i);
+  }
+  edge.sort((i, j) => probs[j]! - probs[i]! || i - j);
+  for (const i of edge) {
+    if (cum >= mass) keep[i] = 0;
+    else cum += probs[i]!;
+  }
 }
 
-/**
- * Keeps the smallest set of most likely tokens whose mass reaches topP. Candidates are found by lowering a
- * probability threshold until the tokens above it hold enough mass, so only those few are sorted.
- */
-function keepTopP(probs: Float32Array, topP: number, keep: Uint8Array): void {
-  const V = probs.length;
-  let pmax = 0;
-  for (let i = 0; i < V; i++) if (probs[i]! > pmax) pmax = probs[i]!;
-  let t = pmax;
-  let cand: number[] = [];
-  for (;;) {
-    t /= 16;
-    cand = [];
-    let mass = 0;
-    for (let i = 0; i < V; i++) {
-      if (probs[i]! >= t) {
-        cand.push(i);
-        mass += probs[i]!;
-      }
-    }
-    if (mass >= topP || t < 1e-30 || cand.length === V) break;
-  }
-  cand.sort((a, b) => probs[b]! - probs[a]! || a - b);
-  const chosen = new Uint8Array(V);
-  let cum = 0;
-  for (const i of cand) {
-    if (cum >= topP) break;
-    chosen[i] = 1;
-    cum += probs[i]!;
-  }
-  for (let i = 0; i < V; i++) if (!chosen[i]) keep[i] = 0;
+/** An unsigned key with the order of the float (negative values included). */
+function orderKey(bits: number): number {
+  return (bits & 0x80000000 ? ~bits : bits | 0x80000000) >>> 0;
 }
 
 /** Keeps the k largest surviving logits (ties broken by lower index). */
@@ -227,9 +239,32 @@ function keepTopK(x: Float32Array, k: number, keep: Uint8Array): void {
   let n = 0;
   for (let i = 0; i < V; i++) n += keep[i]!;
   if (n <= k) return;
-  const best = selectTop(x, keep, k);
-  keep.fill(0);
-  for (const i of best) keep[i] = 1;
+  if (k <= 32) {
+    const best = selectTop(x, keep, k);
+    keep.fill(0);
+    for (const i of best) keep[i] = 1;
+    return;
+  }
+  // Larger k: count surviving tokens per 16-bit key bucket, keep whole buckets above the one where the count
+  // reaches k, and sort only that bucket.
+  const bits = new Uint32Array(x.buffer, x.byteOffset, V);
+  const hist = new Int32Array(1 << 16);
+  for (let i = 0; i < V; i++) if (keep[i]) hist[orderKey(bits[i]!) >>> 16]!++;
+  let above = 0;
+  let b = hist.length - 1;
+  for (; b > 0; b--) {
+    if (above + hist[b]! >= k) break;
+    above += hist[b]!;
+  }
+  const edge: number[] = [];
+  for (let i = 0; i < V; i++) {
+    if (!keep[i]) continue;
+    const key = orderKey(bits[i]!) >>> 16;
+    if (key < b) keep[i] = 0;
+    else if (key === b) edge.push(i);
+  }
+  edge.sort((i, j) => x[j]! - x[i]! || i - j);
+  for (let e = k - above; e < edge.length; e++) keep[edge[e]!] = 0;
 }
 
 /**

@@ -20,7 +20,7 @@ describe("sampler", () => {
   });
 
   test("logprob of the chosen token and top alternatives are log-softmax values", () => {
-    const s = new Sampler(params({ temperature: 0, topLogprobs: 2 }));
+    const s = new Sampler(params({ temperature: 0, logprobs: true, topLogprobs: 2 }));
     const r = s.sample(new Float32Array([0, Math.log(3), -Infinity]));
     expect(r.token).toBe(1);
     expect(r.logprob).toBeCloseTo(Math.log(0.75), 6);
