@@ -155,13 +155,15 @@ export class ChatTemplate {
       tools = undefined;
     }
     const messages = source.map(templateMessage);
+    // transformers always passes tools and documents, as None when absent; templates test `tools is not none`.
     const vars: Json = {
+      documents: null,
       ...this.tokenVariables,
       ...(opts.kwargs ?? {}),
       messages,
+      tools: tools ?? null,
       add_generation_prompt: opts.addGenerationPrompt ?? true,
     };
-    if (tools) vars.tools = tools;
     try {
       return this.templates.get(name)!.render(withoutUndefined(vars));
     } catch (e) {

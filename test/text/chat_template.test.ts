@@ -183,6 +183,14 @@ describe("template selection and helpers", () => {
     );
   });
 
+  test("tools and documents are none when absent, as transformers passes them", () => {
+    const t = ChatTemplate.fromConfig({
+      chat_template: "{% if tools is not none %}T{% endif %}{% if documents is none %}D{% endif %}{% if tools is defined %}d{% endif %}",
+    })!;
+    expect(t.render({ messages: [] })).toBe("Dd");
+    expect(t.render({ messages: [], tools: [WEATHER] })).toBe("TDd");
+  });
+
   test("a template that does not parse is a bad_model error", () => {
     expect(() => ChatTemplate.fromConfig({ chat_template: "{% if %}" })).toThrow(RmlxError);
   });
