@@ -1,0 +1,190 @@
+// Kernel benchmark: the machine's triad bandwidth, then the native products on decode shapes (effective GB/s of
+// weight bytes, scales and biases included, and their fraction of the triad) and on a prefill shape (GFLOP/s),
+// with llama.cpp's ggml CPU kernels timed on the same shapes as the peer (scripts/bench/peer/build_llama.sh
+// builds it into a cache directory; the table says so when it is absent).
+//   bun run bench kernels [--quick] [--no-peer]
+import { ptr } from "bun:ffi";
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { check, DT, native, QMODE } from "../../src/backend/native/lib.ts";
+
+const args = new Set(process.argv.slice(2));
+const quick = args.has("--quick");
+const budget = quick ? 0.25 : 0.6; // seconds of timed repeats per shape
+const lib = native();
+const threads = lib.rmlx_num_threads();
+
+function rand(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = (s / 2 ** 32 - 0.5) * 2;
+  }
+  return a;
+}
+
+function randBytes(n: number, seed: number, mask = 0xff, or = 0): Uint8Array {
+  const a = new Uint8Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = ((s >>> 24) & mask) | or;
+  }
+  return a;
+}
+
+/** Best seconds of fn over repeats filling the time budget (at least 3, after one warm-up). */
+function time(fn: () => void): number {
+  fn();
+  let best = Infinity;
+  let total = 0;
+  for (let i = 0; i < 3 || total < budget; i++) {
+    const t0 = performance.now();
+    fn();
+    const dt = (performance.now() - t0) / 1000;
+    best = Math.min(best, dt);
+    total += dt;
+    if (i > 2000) break;
+  }
+  return best;
+}
+
+function triadGBs(): number {
+  const n = 1 << 24; // three arrays of 64 MiB: far beyond any cache
+  const out = new Float64Array(1);
+  check(lib.rmlx_bench_triad(n, quick ? 5 : 10, ptr(out)), "triad");
+  return (3 * 4 * n) / out[0]! / 1e9;
+}
+
+interface Fmt {
+  name: string;
+  bytes: (N: number, K: number) => number;
+  run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
+}
+
+function affine(bits: number, group = 64): Fmt {
+  return {
+    name: `affine ${bits}-bit g${group}`,
+    bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
+    run: (N, K) => {
+      const w = randBytes((N * K * bits) / 8, bits);
+      const sb = new Uint16Array(rand((N * K) / group, 7).map((v) => 0x3c00 + Math.floor(v * 100)));
+      return (x, y, M) =>
+        check(
+          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(sb), ptr(sb), DT.bf16, QMODE.affine, bits, group, 0,
+            null, 0),
+          "qlinear",
+        );
+    },
+  };
+}
+
+function fp(name: string, mode: number, bits: number, group: number): Fmt {
+  return {
+    name,
+    bytes: (N, K) => (N * K * bits) / 8 + (N * K) / group,
+    run: (N, K) => {
+      const w = randBytes((N * K * bits) / 8, mode, bits === 8 ? 0x77 : 0xff);
+      const s = randBytes((N * K) / group, 3, 0x07, mode === QMODE.nvfp4 ? 0x30 : 0x78);
+      return (x, y, M) =>
+        check(
+          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(s), null, DT.f32, mode, bits, group, 0, null, 0),
+          "qlinear",
+        );
+    },
+  };
+}
+
+const bf16: Fmt = {
+  name: "bf16",
+  bytes: (N, K) => N * K * 2,
+  run: (N, K) => {
+    const w = new Uint16Array(rand(N * K, 5).map((v) => 0x3c00 + Math.floor(v * 200)));
+    return (x, y, M) => check(lib.rmlx_linear(ptr(y), ptr(x), M, K, N, ptr(w), DT.bf16, null), "linear");
+  },
+};
+
+const decodeFormats: Fmt[] = [
+  bf16,
+  affine(4),
+  affine(8),
+  affine(3),
+  affine(6),
+  fp("mxfp4", QMODE.mxfp4, 4, 32),
+  fp("mxfp8", QMODE.mxfp8, 8, 32),
+  fp("nvfp4", QMODE.nvfp4, 4, 16),
+];
+const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32)];
+
+function peerBinary(): string | null {
+  const dir = process.env.RMLX_PEER_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "rmlx-peer");
+  const bin = join(dir, "ggml_matmul");
+  return existsSync(bin) ? bin : null;
+}
+
+function peer(bin: string, type: string, M: number, K: number, N: number): { seconds: number; bytes: number } | null {
+  const p = Bun.spawnSync([bin, type, String(M), String(K), String(N), String(threads), String(budget)]);
+  if (p.exitCode !== 0) return null;
+  const r = JSON.parse(p.stdout.toString().trim());
+  return { seconds: r.seconds, bytes: r.weight_bytes };
+}
+
+const pad = (s: string, n: number) => s.padEnd(n);
+const num = (v: number, d = 1) => v.toFixed(d).padStart(8);
+
+const triad = triadGBs();
+console.log(`rmlx kernels  isa=${lib.rmlx_isa()}  threads=${threads}`);
+console.log(`triad bandwidth: ${triad.toFixed(1)} GB/s (all threads)\n`);
+
+const decodeShapes: [number, number][] = [
+  [4096, 4096],
+  [14336, 4096],
+];
+console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
+console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
+for (const [N, K] of decodeShapes) {
+  const x = rand(K, 1);
+  const y = new Float32Array(N);
+  for (const f of decodeFormats) {
+    const run = f.run(N, K);
+    const t = time(() => run(x, y, 1));
+    const gbs = f.bytes(N, K) / t / 1e9;
+    console.log(`${pad(f.name, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(t * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
+  }
+}
+
+const [PM, PN, PK] = [512, 4096, 4096];
+console.log(`\nprefill ${PM}x${PK} @ ${PN}x${PK}: GFLOP/s`);
+{
+  const x = rand(PM * PK, 2);
+  const y = new Float32Array(PM * PN);
+  for (const f of prefillFormats) {
+    const run = f.run(PN, PK);
+    const t = time(() => run(x, y, PM));
+    console.log(`${pad(f.name, 20)}${num(t * 1e3, 1)} ms${num((2 * PM * PN * PK) / t / 1e9)} GFLOP/s`);
+  }
+}
+
+const bin = args.has("--no-peer") ? null : peerBinary();
+if (!bin) {
+  console.log("\npeer: llama.cpp not built (run scripts/bench/peer/build_llama.sh), skipped");
+} else {
+  console.log(`\npeer: llama.cpp ggml CPU kernels (ggml_mul_mat, ${threads} threads)`);
+  for (const [N, K] of decodeShapes)
+    for (const type of ["bf16", "q4_0", "q8_0", "mxfp4"]) {
+      const r = peer(bin, type, 1, K, N);
+      if (!r) {
+        console.log(`${pad(type, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}  failed`);
+        continue;
+      }
+      const gbs = r.bytes / r.seconds / 1e9;
+      console.log(`${pad(type, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(r.seconds * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
+    }
+  for (const type of ["bf16", "q4_0", "mxfp4"]) {
+    const r = peer(bin, type, PM, PK, PN);
+    if (!r) console.log(`${pad(type, 20)}prefill failed`);
+    else console.log(`${pad(type, 20)}${num(r.seconds * 1e3, 1)} ms${num((2 * PM * PN * PK) / r.seconds / 1e9)} GFLOP/s (prefill)`);
+  }
+}
