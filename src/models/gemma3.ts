@@ -71,6 +71,7 @@ export class Gemma3Model implements Model {
           rope: sliding ? localRope : globalRope,
           normEps: this.eps,
           normOnePlus: true,
+          ...(c.attnLogitSoftcapping ? { softcap: c.attnLogitSoftcapping } : {}),
         },
         mlp: {
           gate: w.linear(`${p}.mlp.gate_proj`),

@@ -29,6 +29,8 @@ export interface AttentionShape {
   normEps: number;
   /** q/k norms use (1 + w) (gemma). */
   normOnePlus: boolean;
+  /** tanh soft-cap of the attention scores (0 = none). */
+  softcap?: number;
 }
 
 /** Self-attention of one layer: projections, optional q/k norms, rope, cache write, paged attention, output. */
@@ -54,6 +56,7 @@ export function attention(
   be.kvWrite(pool, k, v, step.slots);
   const opts: AttentionOptions = { scale: s.scale };
   if (s.window > 0) opts.window = s.window;
+  if (s.softcap) opts.softcap = s.softcap;
   const a = be.pagedAttention(q, pool, step.batch, opts);
   return be.linear(be.reshape(a, [T, s.heads * s.headDim]), w.o, w.oBias);
 }
