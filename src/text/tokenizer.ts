@@ -136,14 +136,16 @@ export class Tokenizer {
   }
 
   encode(text: string, opts: EncodeOptions = {}): number[] {
-    const add = opts.addSpecialTokens ?? true;
+    let add = opts.addSpecialTokens ?? true;
+    const bos = this.bosTokenId;
+    // A text that already starts with the BOS gets no second one, as mlx-lm does for raw prompts.
+    if (add && bos !== undefined && text.startsWith(this.idToString[bos]!)) add = false;
     if (text.length === 0 && !add) return [];
-    const ids = text.length === 0 ? [] : this.hf.encode(text, { add_special_tokens: add }).ids;
-    if (!add || this.bosTokenId === undefined || this.addBos === undefined) return ids;
+    const ids = this.hf.encode(text, { add_special_tokens: add }).ids;
+    if (!add || bos === undefined || this.addBos === undefined) return ids;
     // tokenizer_config's add_bos_token overrides the post-processor, as transformers' Llama tokenizers do.
-    const startsWithBos = ids[0] === this.bosTokenId && !text.startsWith(this.idToString[this.bosTokenId]!);
-    if (this.addBos && ids[0] !== this.bosTokenId) return [this.bosTokenId, ...ids];
-    if (!this.addBos && startsWithBos) return ids.slice(1);
+    if (this.addBos && ids[0] !== bos) return [bos, ...ids];
+    if (!this.addBos && ids[0] === bos) return ids.slice(1);
     return ids;
   }
 

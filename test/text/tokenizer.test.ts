@@ -141,6 +141,8 @@ describe("Llama 3 tokenizer", () => {
     // "Hello" = 9906, "Ġworld" = 1917.
     expect(tok.encode("Hello world")).toEqual([128000, 9906, 1917]);
     expect(tok.encode("Hello world", { addSpecialTokens: false })).toEqual([9906, 1917]);
+    expect(tok.encode("")).toEqual([128000]);
+    expect(tok.encode("<|begin_of_text|>Hello world")).toEqual([128000, 9906, 1917]);
     expect(tok.bosTokenId).toBe(128000);
     expect(tok.eosTokenIds.sort()).toEqual([128001, 128008, 128009]);
   });
