@@ -108,6 +108,8 @@ class HermesParser implements ToolCallParser {
   private static readonly CLOSE = "</tool_call>";
   private buf = "";
   private inCall = false;
+  /** How much of a call's body has been searched for the closing tag already (long arguments stream in). */
+  private searched = 0;
   private calls = 0;
 
   constructor(private readonly opts: ToolParserOptions) {}
@@ -134,9 +136,13 @@ class HermesParser implements ToolCallParser {
         content += this.buf.slice(0, open).trimEnd();
         this.buf = this.buf.slice(open + HermesParser.OPEN.length);
         this.inCall = true;
+        this.searched = 0;
       }
-      const close = this.buf.indexOf(HermesParser.CLOSE);
-      if (close < 0) return { content, toolCalls };
+      const close = this.buf.indexOf(HermesParser.CLOSE, Math.max(0, this.searched - HermesParser.CLOSE.length + 1));
+      if (close < 0) {
+        this.searched = this.buf.length;
+        return { content, toolCalls };
+      }
       const body = this.buf.slice(0, close);
       this.buf = this.buf.slice(close + HermesParser.CLOSE.length);
       this.inCall = false;
