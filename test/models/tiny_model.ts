@@ -3,6 +3,7 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { affineQuantize } from "../../src/quant/affine.ts";
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -12,13 +13,15 @@ function rng(seed: number): () => number {
   };
 }
 
-function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: Float32Array }>): void {
+type Entry = { shape: number[]; data: Float32Array | Uint32Array; dtype?: "F32" | "U32" };
+
+function writeSafetensors(path: string, tensors: Record<string, Entry>): void {
   const header: Record<string, unknown> = {};
   let off = 0;
   const names = Object.keys(tensors);
   for (const n of names) {
     const bytes = tensors[n]!.data.length * 4;
-    header[n] = { dtype: "F32", shape: tensors[n]!.shape, data_offsets: [off, off + bytes] };
+    header[n] = { dtype: tensors[n]!.dtype ?? "F32", shape: tensors[n]!.shape, data_offsets: [off, off + bytes] };
     off += bytes;
   }
   let json = JSON.stringify(header);
@@ -40,6 +43,8 @@ export interface TinySpec {
   modelType: "llama" | "qwen3" | "qwen3_moe" | "gemma3_text";
   layers?: number;
   vocab?: number;
+  /** MLX affine quantization of every Linear and the embeddings, experts stacked as switch_mlp. */
+  quant?: { bits: number; groupSize: number };
   extra?: Record<string, unknown>;
 }
 
@@ -48,11 +53,11 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
   const heads = 4;
   const kvHeads = 2;
   const headDim = 16;
-  const inter = 48;
+  const inter = 64;
   const V = spec.vocab ?? 96;
   const L = spec.layers ?? 2;
   const r = rng(seed);
-  const t: Record<string, { shape: number[]; data: Float32Array }> = {};
+  const t: Record<string, Entry> = {};
   const rand = (name: string, shape: number[], scale = 0.3, offset = 0) => {
     const n = shape.reduce((a, b) => a * b, 1);
     t[name] = { shape, data: Float32Array.from({ length: n }, () => offset + r() * 2 * scale) };
@@ -81,9 +86,9 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
     if (spec.modelType === "qwen3_moe" && i === 0) {
       rand(`${p}.mlp.gate.weight`, [E, H], 0.5);
       for (let e = 0; e < E; e++) {
-        rand(`${p}.mlp.experts.${e}.gate_proj.weight`, [24, H]);
-        rand(`${p}.mlp.experts.${e}.up_proj.weight`, [24, H]);
-        rand(`${p}.mlp.experts.${e}.down_proj.weight`, [H, 24]);
+        rand(`${p}.mlp.experts.${e}.gate_proj.weight`, [32, H]);
+        rand(`${p}.mlp.experts.${e}.up_proj.weight`, [32, H]);
+        rand(`${p}.mlp.experts.${e}.down_proj.weight`, [H, 32]);
       }
     } else {
       rand(`${p}.mlp.gate_proj.weight`, [inter, H]);
@@ -92,6 +97,7 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
     }
   }
   if (spec.modelType === "llama") rand("lm_head.weight", [V, H], 0.5);
+  if (spec.quant) quantizeAll(t, spec.quant.bits, spec.quant.groupSize, L, E);
   const config: Record<string, unknown> = {
     model_type: spec.modelType,
     architectures: ["Tiny"],
@@ -108,9 +114,10 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
     tie_word_embeddings: spec.modelType !== "llama",
     eos_token_id: 1,
     ...(spec.modelType === "qwen3_moe"
-      ? { num_experts: E, num_experts_per_tok: 2, moe_intermediate_size: 24, norm_topk_prob: true, mlp_only_layers: [1], decoder_sparse_step: 1 }
+      ? { num_experts: E, num_experts_per_tok: 2, moe_intermediate_size: 32, norm_topk_prob: true, mlp_only_layers: [1], decoder_sparse_step: 1 }
       : {}),
     ...(gemma ? { sliding_window: 5, layer_types: ["sliding_attention", "full_attention"].slice(0, L), query_pre_attn_scalar: 16, rope_local_base_freq: 10000, rope_theta: 1000000 } : {}),
+    ...(spec.quant ? { quantization: { group_size: spec.quant.groupSize, bits: spec.quant.bits } } : {}),
     ...spec.extra,
   };
   const dir = mkdtempSync(join(tmpdir(), `rmlx-tiny-${spec.modelType}-`));
@@ -118,4 +125,30 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
   writeFileSync(join(dir, "config.json"), JSON.stringify(config));
   writeSafetensors(join(dir, "model.safetensors"), t);
   return dir;
+}
+
+/** Stacks per-expert weights into switch_mlp and quantizes every 2-D/3-D weight whose rows split into groups. */
+function quantizeAll(t: Record<string, Entry>, bits: number, group: number, layers: number, experts: number): void {
+  for (let i = 0; i < layers; i++) {
+    for (const proj of ["gate_proj", "up_proj", "down_proj"]) {
+      const names = Array.from({ length: experts }, (_, e) => `model.layers.${i}.mlp.experts.${e}.${proj}.weight`);
+      if (!t[names[0]!]) continue;
+      const parts = names.map((n) => t[n]!);
+      const data = new Float32Array(parts.reduce((a, p) => a + p.data.length, 0));
+      parts.forEach((p, e) => data.set(p.data as Float32Array, e * p.data.length));
+      for (const n of names) delete t[n];
+      t[`model.layers.${i}.mlp.switch_mlp.${proj}.weight`] = { shape: [experts, ...parts[0]!.shape], data };
+    }
+  }
+  for (const name of Object.keys(t)) {
+    const e = t[name]!;
+    const K = e.shape[e.shape.length - 1]!;
+    if (!name.endsWith(".weight") || e.shape.length < 2 || K % group !== 0 || name.includes("norm")) continue;
+    const q = affineQuantize(e.data as Float32Array, group, bits);
+    const lead = e.shape.slice(0, -1);
+    const base = name.slice(0, -".weight".length);
+    t[name] = { shape: [...lead, (K * bits) / 32], data: q.weight, dtype: "U32" };
+    t[`${base}.scales`] = { shape: [...lead, K / group], data: q.scales };
+    t[`${base}.biases`] = { shape: [...lead, K / group], data: q.biases };
+  }
 }
