@@ -297,7 +297,16 @@ export class NativeBackend implements Backend {
       const total = nIn + top.deps.length;
       let next: Node | null = null;
       while (i < total) {
-        const c = i < nIn ? top.inputs[i]!.root().node : top.deps[i - nIn]!;
+        let c: Node | null;
+        if (i < nIn) {
+          const r = top.inputs[i]!.root();
+          if (r.home === Home.Dead) throw new RmlxError("invalid_argument", `eval: an input ${fmt(r.shape)} is gone (its scope ended)`);
+          c = r.node;
+        } else {
+          c = top.deps[i - nIn]!;
+          // A read recorded in a scope that ended unevaluated never happens: nothing to wait for.
+          if (c.outputs.length > 0 && c.outputs[0]!.home === Home.Dead) c = null;
+        }
         i++;
         if (c && !c.done && c.mark !== pass) {
           next = c;
