@@ -1,0 +1,512 @@
+// The HTTP layer against a stand-in engine (fake_worker.ts): both APIs through their official clients, errors,
+// streaming, cancellation, limits and lifecycle. The real engine is exercised in e2e.test.ts.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
+import OpenAI from "openai";
+import { join } from "node:path";
+import { FAKE_WORKER, fakeModels, metric, removeDir, serve, waitFor, type Served } from "./harness.ts";
+
+const ENV = { RMLX_ENGINE_WORKER: FAKE_WORKER };
+let dir: string;
+let srv: Served;
+let openai: OpenAI;
+let anthropic: Anthropic;
+
+const WEATHER_TOOL = {
+  type: "function" as const,
+  function: { name: "get_weather", description: "Weather in a city", parameters: { type: "object", properties: { city: { type: "string" } } } },
+};
+
+beforeAll(async () => {
+  dir = fakeModels("tiny", "other");
+  srv = await serve(["--model", join(dir, "tiny"), "--model", join(dir, "other"), "--max-waiting", "64"], ENV);
+  openai = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  anthropic = new Anthropic({ baseURL: srv.url, apiKey: "unused", maxRetries: 0 });
+});
+
+afterAll(async () => {
+  await srv?.stop();
+  removeDir(dir);
+});
+
+/** The error a request fails with (the SDKs' promises are thenables, which expect().rejects does not take). */
+async function rejection(p: PromiseLike<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (e) {
+    return e;
+  }
+  throw new Error("the request succeeded");
+}
+
+const post = (path: string, body: string, headers: Record<string, string> = {}) =>
+  fetch(`${srv.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+
+describe("OpenAI API", () => {
+  test("chat completion, non-streaming", async () => {
+    const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "hello" }], temperature: 0 });
+    expect(r.object).toBe("chat.completion");
+    expect(r.choices[0]!.message.content).toBe("Echo: hello");
+    expect(r.choices[0]!.finish_reason).toBe("stop");
+    expect(r.usage!.completion_tokens).toBe("Echo: hello".length);
+    expect(r.usage!.total_tokens).toBe(r.usage!.prompt_tokens + r.usage!.completion_tokens);
+  });
+
+  test("chat completion, streaming with usage", async () => {
+    const stream = await openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "stream me" }],
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    expect(chunks[0]!.choices[0]!.delta.role).toBe("assistant");
+    const text = chunks.map((c) => c.choices[0]?.delta.content ?? "").join("");
+    expect(text).toBe("Echo: stream me");
+    const finish = chunks.find((c) => c.choices[0]?.finish_reason);
+    expect(finish!.choices[0]!.finish_reason).toBe("stop");
+    const last = chunks[chunks.length - 1]!;
+    expect(last.choices).toEqual([]);
+    expect(last.usage!.completion_tokens).toBe(text.length);
+  });
+
+  test("raw stream ends with data: [DONE]", async () => {
+    const r = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }], stream: true }));
+    expect(r.headers.get("content-type")).toContain("text/event-stream");
+    const body = await r.text();
+    expect(body.trimEnd().endsWith("data: [DONE]")).toBe(true);
+    const a = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 9, messages: [{ role: "user", content: "x" }], stream: true }));
+    const events = [...(await a.text()).matchAll(/^event: (\w+)$/gm)].map((m) => m[1]);
+    expect(events.slice(0, 3)).toEqual(["message_start", "ping", "content_block_start"]);
+    expect(events.slice(-3)).toEqual(["content_block_stop", "message_delta", "message_stop"]);
+  });
+
+  test("text completion, plain and streaming", async () => {
+    const r = await openai.completions.create({ model: "tiny", prompt: "abc", max_tokens: 50, temperature: 0 });
+    expect(r.object).toBe("text_completion");
+    expect(r.choices[0]!.text).toBe("Echo: abc");
+    const s = await openai.completions.create({ model: "tiny", prompt: "abc", max_tokens: 50, temperature: 0, stream: true });
+    let text = "";
+    for await (const c of s) text += c.choices[0]?.text ?? "";
+    expect(text).toBe("Echo: abc");
+  });
+
+  test("stop strings cut the text and max_tokens ends with length", async () => {
+    const a = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "hello" }], temperature: 0, stop: ["llo"] });
+    expect(a.choices[0]!.message.content).toBe("Echo: he");
+    expect(a.choices[0]!.finish_reason).toBe("stop");
+    const b = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "hello" }], temperature: 0, max_tokens: 4 });
+    expect(b.choices[0]!.message.content).toBe("Echo");
+    expect(b.choices[0]!.finish_reason).toBe("length");
+  });
+
+  test("the same seed gives the same sample, another seed another", async () => {
+    const ask = (seed: number) =>
+      openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "sample" }], temperature: 1, seed, max_tokens: 16 });
+    const [a, b, c] = await Promise.all([ask(42), ask(42), ask(7)]);
+    expect(a.choices[0]!.message.content).toBe(b.choices[0]!.message.content!);
+    expect(a.choices[0]!.message.content).not.toBe(c.choices[0]!.message.content!);
+  });
+
+  test("n > 1 returns n choices", async () => {
+    const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "n" }], temperature: 0, n: 3 });
+    expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+  });
+
+  test("16 concurrent clients get what each gets alone", async () => {
+    const ask = (i: number) =>
+      openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: `question ${i}` }], temperature: 0 });
+    const alone = [];
+    for (let i = 0; i < 16; i++) alone.push((await ask(i)).choices[0]!.message.content);
+    const together = await Promise.all(Array.from({ length: 16 }, (_, i) => ask(i)));
+    expect(together.map((r) => r.choices[0]!.message.content)).toEqual(alone);
+  });
+
+  test("logprobs with top alternatives", async () => {
+    const r = await openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "lp" }],
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 2,
+    });
+    const lp = r.choices[0]!.logprobs!.content!;
+    expect(lp.map((l) => l.token).join("")).toBe("Echo: lp");
+    expect(lp[0]!.top_logprobs.length).toBe(2);
+  });
+
+  test("tool calls come back structured, without markup, streamed too", async () => {
+    const r = await openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "what is the weather in Paris?" }],
+      tools: [WEATHER_TOOL],
+    });
+    const msg = r.choices[0]!.message;
+    expect(r.choices[0]!.finish_reason).toBe("tool_calls");
+    expect(msg.content ?? "").not.toContain("<tool_call>");
+    expect(msg.tool_calls!.length).toBe(1);
+    const call = msg.tool_calls![0]! as { function: { name: string; arguments: string } };
+    expect(call.function.name).toBe("get_weather");
+    expect(JSON.parse(call.function.arguments)).toEqual({ city: "Paris" });
+
+    const s = await openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "what is the weather in Paris?" }],
+      tools: [WEATHER_TOOL],
+      stream: true,
+    });
+    let content = "";
+    const calls = [];
+    let finish;
+    for await (const c of s) {
+      content += c.choices[0]?.delta.content ?? "";
+      calls.push(...(c.choices[0]?.delta.tool_calls ?? []));
+      finish ??= c.choices[0]?.finish_reason;
+    }
+    expect(content).not.toContain("<tool_call");
+    expect(calls.length).toBe(1);
+    expect(calls[0]!.function!.name).toBe("get_weather");
+    expect(finish).toBe("tool_calls");
+  });
+
+  test("multi-turn with a tool result is accepted", async () => {
+    const r = await openai.chat.completions.create({
+      model: "tiny",
+      temperature: 0,
+      tools: [WEATHER_TOOL],
+      messages: [
+        { role: "user", content: "weather in Paris?" },
+        { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Paris"}' } }] },
+        { role: "tool", tool_call_id: "call_1", content: "sunny" },
+        { role: "user", content: "thanks" },
+      ],
+    });
+    expect(r.choices[0]!.message.content).toBe("Echo: thanks");
+  });
+
+  test("tool_choice none hides the tools; a named unknown tool is a 400", async () => {
+    const r = await openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "weather?" }],
+      tools: [WEATHER_TOOL],
+      tool_choice: "none",
+      temperature: 0,
+    });
+    expect(r.choices[0]!.message.content).toBe("Echo: weather?");
+    const bad = openai.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: "weather?" }],
+      tools: [WEATHER_TOOL],
+      tool_choice: { type: "function", function: { name: "nope" } },
+    });
+    expect(await rejection(bad)).toBeInstanceOf(OpenAI.BadRequestError);
+  });
+
+  test("reasoning goes to reasoning_content", async () => {
+    const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[think]" }] });
+    const msg = r.choices[0]!.message as { content: string; reasoning_content?: string };
+    expect(msg.content).toBe("The answer is 42.");
+    expect(msg.reasoning_content).toBe("Let me think.");
+  });
+
+  test("models list and lookup", async () => {
+    const list = await openai.models.list();
+    expect(list.data.map((m) => m.id).sort()).toEqual(["other", "tiny"]);
+    expect((await openai.models.retrieve("tiny")).id).toBe("tiny");
+    expect(await rejection(openai.models.retrieve("nope"))).toBeInstanceOf(OpenAI.NotFoundError);
+  });
+});
+
+describe("Anthropic API", () => {
+  test("message, non-streaming", async () => {
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 64, temperature: 0, messages: [{ role: "user", content: "hi" }] });
+    expect(r.type).toBe("message");
+    expect(r.content).toEqual([{ type: "text", text: "Echo: hi" }] as never);
+    expect(r.stop_reason).toBe("end_turn");
+    expect(r.usage.output_tokens).toBe("Echo: hi".length);
+  });
+
+  test("message, streaming, as the SDK assembles it", async () => {
+    const stream = anthropic.messages.stream({ model: "tiny", max_tokens: 64, temperature: 0, messages: [{ role: "user", content: "there" }] });
+    const types: string[] = [];
+    stream.on("streamEvent", (e) => types.push(e.type));
+    const msg = await stream.finalMessage();
+    expect(msg.content).toEqual([{ type: "text", text: "Echo: there" }] as never);
+    expect(types[0]).toBe("message_start");
+    expect(types.slice(-2)).toEqual(["message_delta", "message_stop"]);
+    expect(msg.stop_reason).toBe("end_turn");
+  });
+
+  test("stop_sequences and max_tokens", async () => {
+    const a = await anthropic.messages.create({
+      model: "tiny",
+      max_tokens: 64,
+      temperature: 0,
+      stop_sequences: ["ll"],
+      messages: [{ role: "user", content: "hello" }],
+    });
+    expect(a.content).toEqual([{ type: "text", text: "Echo: he" }] as never);
+    expect(a.stop_reason).toBe("stop_sequence");
+    expect(a.stop_sequence).toBe("ll");
+    const b = await anthropic.messages.create({ model: "tiny", max_tokens: 3, temperature: 0, messages: [{ role: "user", content: "hello" }] });
+    expect(b.stop_reason).toBe("max_tokens");
+  });
+
+  test("tool use, then a tool result in the next turn", async () => {
+    const tools = [{ name: "get_weather", description: "Weather", input_schema: { type: "object" as const, properties: { city: { type: "string" } } } }];
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 200, tools, messages: [{ role: "user", content: "weather in Paris?" }] });
+    expect(r.stop_reason).toBe("tool_use");
+    const use = r.content.find((b) => b.type === "tool_use") as { id: string; name: string; input: unknown };
+    expect(use.name).toBe("get_weather");
+    expect(use.input).toEqual({ city: "Paris" });
+    expect(JSON.stringify(r.content)).not.toContain("<tool_call>");
+
+    const s = anthropic.messages.stream({ model: "tiny", max_tokens: 200, tools, messages: [{ role: "user", content: "weather in Paris?" }] });
+    const streamed = await s.finalMessage();
+    expect(streamed.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather", input: { city: "Paris" } });
+
+    const next = await anthropic.messages.create({
+      model: "tiny",
+      max_tokens: 100,
+      temperature: 0,
+      tools,
+      messages: [
+        { role: "user", content: "weather in Paris?" },
+        { role: "assistant", content: [{ type: "tool_use", id: use.id, name: use.name, input: use.input }] },
+        { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "sunny" }, { type: "text", text: "ok" }] },
+      ],
+    });
+    expect(next.content).toEqual([{ type: "text", text: "Echo: ok" }] as never);
+  });
+
+  test("thinking blocks", async () => {
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 200, messages: [{ role: "user", content: "[think]" }] });
+    expect(r.content.map((b) => b.type)).toEqual(["thinking", "text"]);
+    expect((r.content[0] as { thinking: string }).thinking).toBe("Let me think.");
+    const s = anthropic.messages.stream({ model: "tiny", max_tokens: 200, messages: [{ role: "user", content: "[think]" }] });
+    const m = await s.finalMessage();
+    expect(m.content.map((b) => b.type)).toEqual(["thinking", "text"]);
+    expect((m.content[1] as { text: string }).text).toBe("The answer is 42.");
+  });
+
+  test("count_tokens", async () => {
+    const r = await anthropic.messages.countTokens({ model: "tiny", system: "sys", messages: [{ role: "user", content: "hi" }] });
+    // The fake engine renders "<|system|>sys\n<|user|>hi\n<|assistant|>", one token per character.
+    expect(r.input_tokens).toBe("<|system|>sys\n<|user|>hi\n<|assistant|>".length);
+  });
+});
+
+describe("errors", () => {
+  test("malformed JSON is a 400 in each API's format", async () => {
+    const a = await post("/v1/chat/completions", "{not json");
+    expect(a.status).toBe(400);
+    const ab = await a.json();
+    expect(ab.error.type).toBe("invalid_request_error");
+    expect(typeof ab.error.message).toBe("string");
+    const b = await post("/v1/messages", "{not json");
+    expect(b.status).toBe(400);
+    expect(await b.json()).toMatchObject({ type: "error", error: { type: "invalid_request_error" } });
+  });
+
+  test("schema violations are a 400 naming the field", async () => {
+    const r = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [] }));
+    expect(r.status).toBe(400);
+    expect((await r.json()).error.message).toContain("messages");
+    const m = await post("/v1/messages", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }] }));
+    expect(m.status).toBe(400);
+    expect((await m.json()).error.message).toContain("max_tokens");
+  });
+
+  test("unknown model is a 404, unknown route a 404", async () => {
+    expect(await rejection(openai.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(await rejection(anthropic.messages.create({ model: "nope", max_tokens: 5, messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(Anthropic.NotFoundError);
+    const r = await fetch(`${srv.url}/v1/nothing`);
+    expect(r.status).toBe(404);
+    expect((await r.json()).error).toBeDefined();
+  });
+
+  test("a prompt over the context is a clear 400", async () => {
+    const long = "word ".repeat(200);
+    try {
+      await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: long }] });
+      throw new Error("no error");
+    } catch (e) {
+      expect(e).toBeInstanceOf(OpenAI.BadRequestError);
+      expect((e as Error).message).toContain("context");
+    }
+    expect(await rejection(anthropic.messages.create({ model: "tiny", max_tokens: 5, messages: [{ role: "user", content: long }] }))).toBeInstanceOf(Anthropic.BadRequestError);
+  });
+});
+
+describe("engine in its own thread", () => {
+  test("/health and /metrics answer within milliseconds while the engine computes", async () => {
+    const gen = openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[busy]" }] });
+    await Bun.sleep(100);
+    let worst = 0;
+    for (let i = 0; i < 10; i++) {
+      const t0 = performance.now();
+      const h = await fetch(`${srv.url}/health`);
+      const m = await fetch(`${srv.url}/metrics`);
+      worst = Math.max(worst, performance.now() - t0);
+      expect(h.status).toBe(200);
+      expect(m.status).toBe(200);
+      await Bun.sleep(20);
+    }
+    // The engine blocks its thread 40 ms per token; the HTTP side must not wait on that.
+    expect(worst).toBeLessThan(30);
+    expect((await gen).choices[0]!.message.content).toContain("busy");
+  });
+
+  test("a client that disconnects mid-stream cancels its generation and frees its cache", async () => {
+    const ac = new AbortController();
+    const r = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    await reader.read();
+    await reader.read();
+    expect(await metric(srv.url, "rmlx_requests_running")).toBe(1);
+    expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBeGreaterThan(0);
+    ac.abort();
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
+    expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
+  });
+
+  test("metrics count requests, tokens and time to first token", async () => {
+    const text = await (await fetch(`${srv.url}/metrics`)).text();
+    expect(text).toMatch(/rmlx_requests_total\{endpoint="\/v1\/chat\/completions",status="200"\} \d+/);
+    expect(await metric(srv.url, "rmlx_generation_tokens_total")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_time_to_first_token_seconds_count")).toBeGreaterThan(0);
+    expect(text).toContain('rmlx_model_loaded{model="tiny"} 1');
+  });
+
+  test("tokenize and detokenize", async () => {
+    const t = await (await post("/tokenize", JSON.stringify({ model: "tiny", prompt: "abc" }))).json();
+    expect(t.tokens).toEqual([97, 98, 99]);
+    const d = await (await post("/detokenize", JSON.stringify({ model: "tiny", tokens: [104, 105] }))).json();
+    expect(d.prompt).toBe("hi");
+  });
+});
+
+describe("server options", () => {
+  test("--api-key: Bearer or x-api-key on every route but /health", async () => {
+    const dir2 = fakeModels("m");
+    const s = await serve(["--model", join(dir2, "m"), "--api-key", "sekret"], ENV);
+    try {
+      expect((await fetch(`${s.url}/health`)).status).toBe(200);
+      const noKey = await fetch(`${s.url}/v1/models`);
+      expect(noKey.status).toBe(401);
+      expect((await noKey.json()).error.type).toBe("authentication_error");
+      const wrong = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "wrong", maxRetries: 0 });
+      expect(await rejection(wrong.models.list())).toBeInstanceOf(OpenAI.AuthenticationError);
+      const right = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "sekret", maxRetries: 0 });
+      expect((await right.models.list()).data[0]!.id).toBe("m");
+      const a = new Anthropic({ baseURL: s.url, apiKey: "sekret", maxRetries: 0 });
+      const r = await a.messages.create({ model: "m", max_tokens: 20, temperature: 0, messages: [{ role: "user", content: "k" }] });
+      expect(r.content).toEqual([{ type: "text", text: "Echo: k" }] as never);
+      const bad = new Anthropic({ baseURL: s.url, apiKey: "nope", maxRetries: 0 });
+      expect(await rejection(bad.messages.create({ model: "m", max_tokens: 5, messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(Anthropic.AuthenticationError);
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("a full queue answers 429 with Retry-After", async () => {
+    const dir2 = fakeModels("m");
+    const s = await serve(["--model", join(dir2, "m"), "--max-running", "1", "--max-waiting", "0"], ENV);
+    try {
+      const ac = new AbortController();
+      const first = await fetch(`${s.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 100, stream: true }),
+        signal: ac.signal,
+      });
+      expect(first.status).toBe(200);
+      const second = await fetch(`${s.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "x" }] }),
+      });
+      expect(second.status).toBe(429);
+      expect(Number(second.headers.get("retry-after"))).toBeGreaterThan(0);
+      expect((await second.json()).error.message).toContain("queue");
+      ac.abort();
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("/health is 503 while the model loads; idle models are unloaded", async () => {
+    const dir2 = fakeModels("slowload");
+    const s = await serve(["--model", join(dir2, "slowload"), "--idle-unload", "1"], ENV);
+    try {
+      expect((await fetch(`${s.url}/health`)).status).toBe(503);
+      expect(await waitFor(async () => (await fetch(`${s.url}/health`)).status === 200, 3000)).toBe(true);
+      const text = async () => (await fetch(`${s.url}/metrics`)).text();
+      expect(await text()).toContain('rmlx_model_loaded{model="slowload"} 1');
+      expect(await waitFor(async () => (await text()).includes('rmlx_model_loaded{model="slowload"} 0'), 4000)).toBe(true);
+      // Loaded again on the next request.
+      const o = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const r = await o.chat.completions.create({ model: "slowload", messages: [{ role: "user", content: "back" }], temperature: 0 });
+      expect(r.choices[0]!.message.content).toBe("Echo: back");
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("a directory of model directories serves each by name; a broken one fails with its own error", async () => {
+    const dir2 = fakeModels("alpha", "broken");
+    const s = await serve(["--model", dir2], ENV);
+    try {
+      const o = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "x", maxRetries: 0 });
+      expect((await o.models.list()).data.map((m) => m.id).sort()).toEqual(["alpha", "broken"]);
+      const r = await o.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "a" }], temperature: 0 });
+      expect(r.choices[0]!.message.content).toBe("Echo: a");
+      const res = await fetch(`${s.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "broken", messages: [{ role: "user", content: "a" }] }),
+      });
+      expect(res.status).toBe(422);
+      expect((await res.json()).error.message).toContain("cannot load");
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("SIGTERM lets an in-flight stream finish, then exits 0", async () => {
+    const dir2 = fakeModels("m");
+    const s = await serve(["--model", join(dir2, "m")], ENV);
+    const r = await fetch(`${s.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 15, stream: true }),
+    });
+    const body = r.text();
+    await Bun.sleep(50);
+    s.proc.kill("SIGTERM");
+    expect((await body).trimEnd().endsWith("data: [DONE]")).toBe(true);
+    expect(await s.proc.exited).toBe(0);
+    removeDir(dir2);
+  });
+
+  test("no model: one line, exit 2", () => {
+    const p = Bun.spawnSync([process.execPath, join(import.meta.dir, "..", "..", "src/cli/main.ts"), "serve"], {
+      env: { ...process.env, RMLX_MODEL: "" },
+      stderr: "pipe",
+    });
+    expect(p.exitCode).toBe(2);
+    expect(p.stderr.toString().trim().split("\n").length).toBe(1);
+    expect(p.stderr.toString()).toContain("no model");
+  });
+});
