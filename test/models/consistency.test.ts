@@ -2,6 +2,7 @@
 // chunked prefill followed by single-token decode steps, and a batch mixing two sequences of different lengths
 // all give the same logits. Runs on the plain TypeScript reference backend.
 import { describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
 import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
@@ -47,7 +48,10 @@ const refLogits = new Map<string, Float32Array>();
 
 describe.each(cases)("consistency $name on $backend", (spec) => {
   const be: Backend = spec.backend === "ref" ? new RefBackend() : getBackend();
-  const model = loadModel(be, openModelDir(makeTinyModel(spec)));
+  const dir = makeTinyModel(spec);
+  const model = loadModel(be, openModelDir(dir));
+  // the weights stay mapped; the directory is not needed any more
+  rmSync(dir, { recursive: true });
   const V = model.vocabSize;
   const fullA = teacherForced(model, A);
   const fullB = teacherForced(model, B);
