@@ -92,12 +92,25 @@ describe("scope", () => {
     expect(process.memoryUsage().rss - rss0).toBeLessThan(32 << 20);
   });
 
-  test("persistent tensors are not freed by scopes; dispose frees them", () => {
-    const p = be.allocPersistent([4], "f32");
+  test("an attention read left unevaluated in an ended scope does not hold up later pool writes", () => {
+    const pool = be.createKvPool(2, 4, 1, 8, "f32");
+    const batch = { blockTables: new Int32Array([0, 1]), maxBlocks: 2, seqLens: new Int32Array([1]), tokenSeq: new Int32Array([0]), positions: new Int32Array([0]) };
+    const kv = () => t(randn(8, 4), [1, 1, 8]);
     be.scope(() => {
-      be.kvWrite;
+      be.kvWrite(pool, kv(), kv(), new Int32Array([0]));
+      be.pagedAttention(t(randn(8, 5), [1, 1, 8]), pool, batch, { scale: 1 });
       return 0;
     });
+    const v = randn(8, 6);
+    const out = be.scope(() => {
+      be.kvWrite(pool, kv(), t(v, [1, 1, 8]), new Int32Array([0]));
+      return be.toFloat32(be.pagedAttention(t(randn(8, 5), [1, 1, 8]), pool, batch, { scale: 1 }));
+    });
+    expect([...out]).toEqual([...v]);
+  });
+
+  test("persistent tensors are not freed by scopes; dispose frees them", () => {
+    const p = be.allocPersistent([4], "f32");
     expect([...be.toFloat32(p)]).toEqual([0, 0, 0, 0]);
     const viewOut = be.scope(() => be.reshape(p, [2, 2]));
     expect([...be.toFloat32(viewOut)]).toEqual([0, 0, 0, 0]);

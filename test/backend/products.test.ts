@@ -1,0 +1,115 @@
+// Products and lookups through the backend (the kernels themselves are tested with the
+// product library; here: shapes, dtypes, bias handling and routing through the executor).
+import { describe, expect, test } from "bun:test";
+import { RmlxError } from "../../src/errors.ts";
+import { backend, expectClose, randn } from "./helpers.ts";
+
+const be = backend();
+const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
+
+function bf16(x: Float32Array): { bits: Uint16Array; values: Float32Array } {
+  const u = new Uint32Array(x.buffer.slice(0));
+  const bits = new Uint16Array(x.length);
+  const values = new Float32Array(x.length);
+  const vu = new Uint32Array(values.buffer);
+  for (let i = 0; i < x.length; i++) {
+    bits[i] = u[i]! >>> 16;
+    vu[i] = bits[i]! << 16;
+  }
+  return { bits, values };
+}
+
+function linearRef(x: Float32Array, M: number, K: number, w: Float32Array, N: number, bias?: Float32Array): Float32Array {
+  const y = new Float32Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[m * K + k]! * w[n * K + k]!;
+      y[m * N + n] = s + (bias ? bias[n]! : 0);
+    }
+  return y;
+}
+
+describe("linear", () => {
+  const [M, K, N] = [5, 48, 24];
+  const x = randn(M * K, 1);
+  const w = randn(N * K, 2);
+  const b = randn(N, 3);
+  test("f32 weight, leading dims kept", () => {
+    const y = be.linear(t(x, [1, M, K]), t(w, [N, K]));
+    expect([...y.shape]).toEqual([1, M, N]);
+    expectClose(be.toFloat32(y), linearRef(x, M, K, w, N), 1e-5, 1e-5);
+  });
+  test("bf16 weight with a bf16 bias", () => {
+    const wb = bf16(w);
+    const bb = bf16(b);
+    const y = be.linear(t(x, [M, K]), be.fromArray(wb.bits, [N, K], "bf16"), be.fromArray(bb.bits, [N], "bf16"));
+    expectClose(be.toFloat32(y), linearRef(x, M, K, wb.values, N, bb.values), 1e-4, 1e-4);
+  });
+  test("f32 bias on a bf16 weight is added separately", () => {
+    const wb = bf16(w);
+    const y = be.linear(t(x, [M, K]), be.fromArray(wb.bits, [N, K], "bf16"), t(b, [N]));
+    expectClose(be.toFloat32(y), linearRef(x, M, K, wb.values, N, b), 1e-4, 1e-4);
+  });
+  test("mismatched input width throws", () => {
+    expect(() => be.linear(t(x, [M * 2, K / 2]), t(w, [N, K]))).toThrow(RmlxError);
+  });
+});
+
+describe("take", () => {
+  test("rows of a bf16 table for ids of any shape", () => {
+    const [V, D] = [10, 6];
+    const tab = bf16(randn(V * D, 4));
+    const ids = new Int32Array([3, 0, 9, 3]);
+    const out = be.take(be.fromArray(tab.bits, [V, D], "bf16"), be.fromArray(ids, [2, 2], "i32"));
+    expect([...out.shape]).toEqual([2, 2, D]);
+    const ref = [...ids].flatMap((i) => [...tab.values.slice(i * D, i * D + D)]);
+    expect([...be.toFloat32(out)]).toEqual(ref);
+  });
+  test("an id outside the table throws RmlxError", () => {
+    const out = be.take(t(randn(12, 1), [3, 4]), be.fromArray(new Int32Array([3]), [1], "i32"));
+    expect(() => be.toFloat32(out)).toThrow(RmlxError);
+  });
+});
+
+describe("quantized", () => {
+  test("affine 4-bit linear and take agree with dequantize", () => {
+    // MLX affine layout: 8 nibbles per u32, low bits first; w = scale * q + bias per group of 32.
+    const [N, K, group] = [4, 64, 32];
+    const q = Array.from({ length: N * K }, (_, i) => (i * 7 + 3) % 16);
+    const packed = new Uint32Array((N * K) / 8);
+    q.forEach((v, i) => (packed[i >> 3]! |= v << (4 * (i & 7))));
+    const scales = randn((N * K) / group, 5);
+    const biases = randn((N * K) / group, 6);
+    const deq = new Float32Array(N * K);
+    for (let i = 0; i < N * K; i++) deq[i] = scales[Math.floor(i / group)]! * q[i]! + biases[Math.floor(i / group)]!;
+    const qw = {
+      w: be.fromArray(packed, [N, K / 8], "u32"),
+      scales: t(scales, [N, K / group]),
+      biases: t(biases, [N, K / group]),
+      mode: "affine" as const,
+      bits: 4,
+      groupSize: group,
+    };
+    expectClose(be.toFloat32(be.dequantize(qw)), deq, 1e-5, 1e-5);
+    const x = randn(3 * K, 7);
+    expectClose(be.toFloat32(be.linear(t(x, [3, K]), qw)), linearRef(x, 3, K, deq, N), 1e-3, 1e-4);
+    const rows = be.toFloat32(be.take(qw, be.fromArray(new Int32Array([2, 0]), [2], "i32")));
+    expectClose(rows, [...deq.slice(2 * K, 3 * K), ...deq.slice(0, K)], 1e-5, 1e-5);
+  });
+});
+
+describe("gatherMatmul", () => {
+  test("float experts, one input row per token", () => {
+    const [T, topk, E, N, K] = [3, 2, 4, 5, 16];
+    const x = randn(T * K, 8);
+    const w = randn(E * N * K, 9);
+    const idx = new Int32Array([0, 3, 2, 2, 1, 0]);
+    const out = be.gatherMatmul(t(x, [T, K]), t(w, [E, N, K]), be.fromArray(idx, [T, topk], "i32"));
+    expect([...out.shape]).toEqual([T, topk, N]);
+    const ref: number[] = [];
+    for (let p = 0; p < T * topk; p++)
+      ref.push(...linearRef(x.slice(Math.floor(p / topk) * K, Math.floor(p / topk) * K + K), 1, K, w.slice(idx[p]! * N * K, (idx[p]! + 1) * N * K), N));
+    expectClose(be.toFloat32(out), ref, 1e-5, 1e-5);
+  });
+});
