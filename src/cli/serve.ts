@@ -41,7 +41,10 @@ function pick(flag: string | undefined, env: string, dflt: string): string {
 
 function engineWorkerUrl(): string | URL {
   // A replacement engine (one that speaks the same messages) can be named for protocol tests.
-  return process.env.RMLX_ENGINE_WORKER ?? new URL("../engine/worker.ts", import.meta.url);
+  if (process.env.RMLX_ENGINE_WORKER) return process.env.RMLX_ENGINE_WORKER;
+  // In the compiled binary the worker is a second entry point, addressed relative to the bundled source root.
+  if (import.meta.url.includes("$bunfs")) return "./engine/worker.ts";
+  return new URL("../engine/worker.ts", import.meta.url);
 }
 
 export function register(program: Command): void {
