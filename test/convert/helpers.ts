@@ -2,6 +2,7 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { StDType } from "../../src/io/safetensors.ts";
 import { SafetensorsWriter, type WriteEntry } from "../../src/io/safetensors_write.ts";
 import { type FloatDType, encodeFloats } from "../../src/quant/dtype.ts";
 
@@ -25,7 +26,7 @@ export function randomValues(n: number, seed: number, scale = 0.05): Float32Arra
 }
 
 export interface Tensor {
-  dtype: FloatDType | "U32" | "U8" | "I64";
+  dtype: StDType;
   shape: number[];
   values?: Float32Array;
   bytes?: Uint8Array;
