@@ -242,6 +242,8 @@ FLOAT_SPECS = [
             tie_word_embeddings=False,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         ),
+        # transformers 5 writes num_local_experts; published Qwen3 MoE configs (and mlx-lm) use num_experts.
+        "config_renames": {"num_local_experts": "num_experts"},
         "features": ["moe", "moe_top2_renorm", "dense_layer_in_moe", "qk_norm", "untied_lm_head"],
         "seed": 4,
     },
@@ -333,17 +335,20 @@ def build_float_model(spec, out_dir, tok_dir, vocab_size, special_ids):
     )
     config = cfg_cls(**kwargs)
     torch.manual_seed(spec["seed"])
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config).float()
     init_weights(model, spec["seed"], spec.get("zero_centred_norms", False))
     model = model.to(torch.bfloat16)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_pretrained(str(out_dir))
-    if "legacy_rope" in spec:
+    if "legacy_rope" in spec or "config_renames" in spec:
         cfg_path = out_dir / "config.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg.pop("rope_parameters", None)
-        cfg.update(spec["legacy_rope"])
+        if "legacy_rope" in spec:
+            cfg.pop("rope_parameters", None)
+            cfg.update(spec["legacy_rope"])
+        for old, new in spec.get("config_renames", {}).items():
+            cfg[new] = cfg.pop(old)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_dir / f, out_dir / f)
@@ -643,6 +648,20 @@ def check_loaded(model_dir, expected, label):
     for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight"):
         if name in expected and name in sd:
             worst = max(worst, float(np.abs(sd[name] - expected[name]).max()))
+    experts = sorted({n.split(".mlp.experts.")[0] for n in expected if ".mlp.experts." in n})
+    for prefix in experts:
+        fused = f"{prefix}.mlp.experts.gate_up_proj"
+        if fused in sd and f"{prefix}.mlp.experts.0.gate_proj.weight" in expected:
+            n_exp = sd[fused].shape[0]
+            want = np.stack(
+                [
+                    np.concatenate(
+                        [expected[f"{prefix}.mlp.experts.{e}.{p}_proj.weight"] for p in ("gate", "up")], axis=0
+                    )
+                    for e in range(n_exp)
+                ]
+            )
+            worst = max(worst, float(np.abs(sd[fused] - want).max()))
     print(f"[{label}] loaded dequantized weights, max diff on checked tensors {worst}", flush=True)
     if worst != 0.0:
         raise SystemExit(f"[{label}] transformers changed the dequantized weights")
