@@ -1,4 +1,5 @@
-// Reasoning sections: <think> ... </think> in a model's output goes to `reasoning`, the rest to `content`.
+// Reasoning sections: <think> ... </think> (Gemma 4: <|channel>thought ... <channel|>) in a model's output goes to
+// `reasoning`, the rest to `content`.
 // Templates that open the section in the prompt (Qwen3 thinking models, DeepSeek-R1) make the output start inside
 // it, with only the closing tag to come. Whitespace that lays out the tags (the newline after <think>, the blank
 // line after </think>) belongs to neither side, nor does whitespace at the very end of the output.
@@ -16,6 +17,12 @@ export interface ReasoningTags {
 }
 
 export const THINK_TAGS: ReasoningTags = { open: "<think>", close: "</think>" };
+
+/** Gemma 4 writes its reasoning as a "thought" channel. */
+export const GEMMA4_THOUGHT_TAGS: ReasoningTags = { open: "<|channel>thought", close: "<channel|>" };
+
+/** Reasoning markers that some tokenizers mark as special tokens (Gemma 4's); detokenizers must keep them. */
+export const REASONING_MARKERS = ["<|channel>", "<channel|>"];
 
 export interface ReasoningParserOptions {
   tags?: ReasoningTags;
@@ -92,7 +99,9 @@ export function promptOpensReasoning(prompt: string, tags: ReasoningTags = THINK
 /** The reasoning tags a model uses, from its chat template or model type; undefined when it has none. */
 export function reasoningTagsFor(info: { modelType?: string; chatTemplate?: string }): ReasoningTags | undefined {
   const type = (info.modelType ?? "").toLowerCase();
-  if ((info.chatTemplate ?? "").includes(THINK_TAGS.close)) return THINK_TAGS;
+  const tpl = info.chatTemplate ?? "";
+  if (tpl.includes(GEMMA4_THOUGHT_TAGS.close) || type.startsWith("gemma4")) return GEMMA4_THOUGHT_TAGS;
+  if (tpl.includes(THINK_TAGS.close)) return THINK_TAGS;
   if (type.startsWith("qwen3") || type.startsWith("deepseek")) return THINK_TAGS;
   return undefined;
 }

@@ -102,6 +102,9 @@ export class Tokenizer {
     const eosId = eosText === undefined ? undefined : this.stringToId.get(eosText);
     if (eosId !== undefined) eos.add(eosId);
     for (const id of extraEosIds) eos.add(id);
+    // Gemma 4 follows a tool call with <|tool_response>, expecting the result: generation ends there.
+    const toolResponse = this.stringToId.get("<|tool_response>");
+    if (toolResponse !== undefined && this.specialTokenIds.has(toolResponse)) eos.add(toolResponse);
     this.eosTokenIds = [...eos];
   }
 

@@ -5,11 +5,13 @@
 //                several separated by ";".
 //   pythonic     Gemma 3's documented function-calling prompt: the reply is [f(a=1), g(b="x")], optionally in a
 //                ```tool_code fence; a {"name": ..., "parameters": ...} reply, the other common Gemma prompt, too.
+//   gemma4       Gemma 4's native tokens: <|tool_call>call:name{key:<|"|>text<|"|>,n:1}<tool_call|>, several allowed.
 // Every parser streams: feed() returns the text that is safe to show and the calls completed so far; markup
 // (or text that may still turn into markup) is held back, so none of it reaches the content.
 
 import type { ToolSpec } from "../engine/types.ts";
 import { findFirst, partialSuffixLength } from "./holdback.ts";
+import { parseGemma4Call } from "./gemma4_args.ts";
 import { parsePythonCalls } from "./pylit.ts";
 
 export interface ToolCall {
@@ -23,7 +25,16 @@ export interface ToolParseResult {
   toolCalls: ToolCall[];
 }
 
-export type ToolParserKind = "hermes" | "llama3_json" | "pythonic";
+export type ToolParserKind = "hermes" | "llama3_json" | "pythonic" | "gemma4";
+
+const GEMMA4_CALL_OPEN = "<|tool_call>";
+const GEMMA4_CALL_CLOSE = "<tool_call|>";
+
+/**
+ * Markers the parsers read that some tokenizers mark as special tokens (Gemma 4's): a detokenizer that drops
+ * special tokens must keep these, or the calls and reasoning they delimit could not be found.
+ */
+export const TOOL_MARKERS = [GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, '<|"|>'];
 
 export interface ToolCallParser {
   feed(delta: string): ToolParseResult;
@@ -102,27 +113,19 @@ function xmlCall(body: string, tools: ToolSpec[] | undefined): ToolCall | undefi
 
 const NONE: ToolParseResult = { content: "", toolCalls: [] };
 
-/** <tool_call> ... </tool_call> anywhere in the output. */
-class HermesParser implements ToolCallParser {
-  private static readonly OPEN = "<tool_call>";
-  private static readonly CLOSE = "</tool_call>";
+/** Calls between an opening and a closing tag, anywhere in the output. */
+class TaggedParser implements ToolCallParser {
   private buf = "";
   private inCall = false;
   /** How much of a call's body has been searched for the closing tag already (long arguments stream in). */
   private searched = 0;
   private calls = 0;
 
-  constructor(private readonly opts: ToolParserOptions) {}
-
-  private parseBody(body: string): ToolCall | undefined {
-    const t = body.trim();
-    if (t.startsWith("<function=")) return xmlCall(t, this.opts.tools);
-    try {
-      return jsonCall(JSON.parse(t));
-    } catch {
-      return undefined;
-    }
-  }
+  constructor(
+    private readonly open: string,
+    private readonly close: string,
+    private readonly parseBody: (body: string) => ToolCall | undefined,
+  ) {}
 
   feed(delta: string): ToolParseResult {
     this.buf += delta;
@@ -130,30 +133,30 @@ class HermesParser implements ToolCallParser {
     const toolCalls: ToolCall[] = [];
     for (;;) {
       if (!this.inCall) {
-        const open = this.buf.indexOf(HermesParser.OPEN);
+        const open = this.buf.indexOf(this.open);
         if (open < 0) break;
         // Whitespace between text and a call (or between calls) is layout.
         content += this.buf.slice(0, open).trimEnd();
-        this.buf = this.buf.slice(open + HermesParser.OPEN.length);
+        this.buf = this.buf.slice(open + this.open.length);
         this.inCall = true;
         this.searched = 0;
       }
-      const close = this.buf.indexOf(HermesParser.CLOSE, Math.max(0, this.searched - HermesParser.CLOSE.length + 1));
+      const close = this.buf.indexOf(this.close, Math.max(0, this.searched - this.close.length + 1));
       if (close < 0) {
         this.searched = this.buf.length;
         return { content, toolCalls };
       }
       const body = this.buf.slice(0, close);
-      this.buf = this.buf.slice(close + HermesParser.CLOSE.length);
+      this.buf = this.buf.slice(close + this.close.length);
       this.inCall = false;
       const call = this.parseBody(body);
       if (call) {
         toolCalls.push(call);
         this.calls++;
-      } else content += HermesParser.OPEN + body + HermesParser.CLOSE;
+      } else content += this.open + body + this.close;
     }
     // Hold back what may start a tag, and trailing whitespace that may turn out to precede one.
-    const keep = partialSuffixLength(this.buf, [HermesParser.OPEN]);
+    const keep = partialSuffixLength(this.buf, [this.open]);
     const safe = this.buf.slice(0, this.buf.length - keep);
     const trimmed = safe.trimEnd();
     content += trimmed;
@@ -168,9 +171,31 @@ class HermesParser implements ToolCallParser {
       this.inCall = false;
       const call = this.parseBody(rest);
       if (call) return { content: "", toolCalls: [call] };
-      return { content: HermesParser.OPEN + rest, toolCalls: [] };
+      return { content: this.open + rest, toolCalls: [] };
     }
     return { content: this.calls > 0 ? rest.trimEnd() : rest, toolCalls: [] };
+  }
+}
+
+/** Hermes / Qwen: a JSON object, or Qwen3-Coder's XML form, between <tool_call> and </tool_call>. */
+function hermesBody(opts: ToolParserOptions): (body: string) => ToolCall | undefined {
+  return (body) => {
+    const t = body.trim();
+    if (t.startsWith("<function=")) return xmlCall(t, opts.tools);
+    try {
+      return jsonCall(JSON.parse(t));
+    } catch {
+      return undefined;
+    }
+  };
+}
+
+function gemma4Body(body: string): ToolCall | undefined {
+  try {
+    const c = parseGemma4Call(body);
+    return makeCall(c.name, c.args);
+  } catch {
+    return undefined;
   }
 }
 
@@ -348,7 +373,9 @@ class PythonicParser extends ReplyIsCallParser {
 export function createToolParser(kind: ToolParserKind, opts: ToolParserOptions = {}): ToolCallParser {
   switch (kind) {
     case "hermes":
-      return new HermesParser(opts);
+      return new TaggedParser("<tool_call>", "</tool_call>", hermesBody(opts));
+    case "gemma4":
+      return new TaggedParser(GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, gemma4Body);
     case "llama3_json":
       return new Llama3JsonParser(opts);
     case "pythonic":
@@ -368,9 +395,11 @@ export function parseToolCalls(kind: ToolParserKind, text: string, opts: ToolPar
 export function toolParserFor(info: { modelType?: string; chatTemplate?: string }): ToolParserKind | undefined {
   const tpl = info.chatTemplate ?? "";
   const type = (info.modelType ?? "").toLowerCase();
+  if (tpl.includes(GEMMA4_CALL_OPEN)) return "gemma4";
   if (tpl.includes("<tool_call>")) return "hermes";
   if (tpl.includes("<|python_tag|>") || tpl.includes('"parameters": dictionary')) return "llama3_json";
   // A template that does not render tools gets them folded into the prompt in the pythonic convention.
+  if (type.startsWith("gemma4")) return "gemma4";
   if (tpl.includes("tool_code") || type.startsWith("gemma") || (tpl.length > 0 && !/\btools\b/.test(tpl))) return "pythonic";
   if (type.startsWith("qwen") || type.startsWith("hermes")) return "hermes";
   if (type.startsWith("llama")) return "llama3_json";

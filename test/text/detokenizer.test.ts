@@ -73,6 +73,24 @@ describe("Detokenizer on Gemma 3 (sentencepiece with byte fallback)", () => {
     expect(streamed).toBe(tok.decode(ids, { skipSpecialTokens: true }));
   });
 
+  test("special tokens that delimit tool calls and reasoning are kept while others are skipped", () => {
+    // Gemma 4 marks its call and channel markers as special tokens; give a Gemma 3 vocabulary the same ones.
+    const json = tokenizerJson("gemma3");
+    const added = json.added_tokens as Record<string, unknown>[];
+    let next = Math.max(...added.map((t) => t.id as number)) + 1;
+    for (const content of ["<|tool_call>", "<tool_call|>", '<|"|>', "<|channel>", "<channel|>"]) {
+      added.push({ id: next++, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+    }
+    const dir = mkdtempSync(join(tmpdir(), "rmlx-g4-"));
+    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
+    const g4 = Tokenizer.fromFiles(join(dir, "tokenizer.json"), tokenizerConfig("gemma3"));
+    const text = '<|channel>thought\nhm<channel|><|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|><end_of_turn>';
+    const ids = g4.encode(text);
+    expect(ids[0]).toBe(2);
+    const d = new Detokenizer(g4);
+    expect(pushAll(d, ids).join("") + d.flush()).toBe(text.replace("<end_of_turn>", ""));
+  });
+
   test("a decoder that strips the first space (Llama 2 style) strips it once", () => {
     const json = tokenizerJson("gemma3");
     json.decoder = {

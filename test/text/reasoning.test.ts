@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { ReasoningParser, promptOpensReasoning, reasoningTagsFor } from "../../src/text/reasoning.ts";
+import { GEMMA4_THOUGHT_TAGS, ReasoningParser, promptOpensReasoning, reasoningTagsFor } from "../../src/text/reasoning.ts";
 import { ChatTemplate } from "../../src/text/chat_template.ts";
 import { tokenizerConfig } from "./fixtures.ts";
 
@@ -56,6 +56,31 @@ describe("ReasoningParser", () => {
 
   test("angle brackets that are not tags stay where they are", () => {
     check("<think>a<b and </th not yet</think>x < y <thin", { reasoning: "a<b and </th not yet", content: "x < y <thin" });
+  });
+});
+
+describe("Gemma 4 thought channel", () => {
+  test("split streamed one character at a time", () => {
+    const text = "<|channel>thought\nPlan: add.\n<channel|>The sum is 4.";
+    const p = new ReasoningParser({ tags: GEMMA4_THOUGHT_TAGS });
+    let reasoning = "";
+    let content = "";
+    for (const ch of text) {
+      const r = p.feed(ch);
+      reasoning += r.reasoning;
+      content += r.content;
+      expect(r.content).not.toContain("<");
+    }
+    const end = p.flush();
+    expect({ reasoning: reasoning + end.reasoning, content: content + end.content }).toEqual({
+      reasoning: "Plan: add.",
+      content: "The sum is 4.",
+    });
+  });
+
+  test("thinking off closes an empty channel in the prompt; the model type picks the tags", () => {
+    expect(promptOpensReasoning("<|turn>model\n<|channel>thought\n<channel|>", GEMMA4_THOUGHT_TAGS)).toBe(false);
+    expect(reasoningTagsFor({ modelType: "gemma4" })).toEqual(GEMMA4_THOUGHT_TAGS);
   });
 });
 

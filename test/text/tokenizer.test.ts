@@ -112,6 +112,19 @@ describe("Gemma 3 tokenizer (sentencepiece-style with byte fallback)", () => {
   });
 });
 
+describe("Gemma 4 conventions", () => {
+  test("<|tool_response> ends generation when the vocabulary has it as a special token", () => {
+    const json = tokenizerJson("gemma3");
+    const added = json.added_tokens as Record<string, unknown>[];
+    const id = Math.max(...added.map((t) => t.id as number)) + 1;
+    added.push({ id, content: "<|tool_response>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+    const dir = mkdtempSync(join(tmpdir(), "rmlx-g4-"));
+    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
+    const tok = Tokenizer.fromFiles(join(dir, "tokenizer.json"), tokenizerConfig("gemma3"));
+    expect(tok.eosTokenIds.sort((a, b) => a - b)).toEqual([106, id]);
+  });
+});
+
 describe("Llama 3 tokenizer", () => {
   test("adds <|begin_of_text|> through a TemplateProcessing post-processor", () => {
     // The Llama 3.1 repositories' tokenizer.json: byte-level post-processing followed by a BOS template.

@@ -164,6 +164,32 @@ describe("pythonic (Gemma 3) tool calls", () => {
   });
 });
 
+describe("gemma4 tool calls", () => {
+  test("native syntax with <|\"|> strings, bare and quoted keys, nested values", () => {
+    const text =
+      '<|tool_call>call:get_weather{city:<|"|>Paris, FR {x}<|"|>,days:3,metric:true,' +
+      'opts:{<|"|>a b<|"|>:[1,<|"|>x<|"|>,-2.5]},none:null}<tool_call|>';
+    check("gemma4", text, {
+      content: "",
+      calls: [{ name: "get_weather", args: { city: "Paris, FR {x}", days: 3, metric: true, opts: { "a b": [1, "x", -2.5] }, none: null } }],
+    });
+  });
+
+  test("text, then two calls", () => {
+    check("gemma4", "Checking both.\n<|tool_call>call:a{}<tool_call|><|tool_call>call:b{x:1}<tool_call|>", {
+      content: "Checking both.",
+      calls: [
+        { name: "a", args: {} },
+        { name: "b", args: { x: 1 } },
+      ],
+    });
+  });
+
+  test("a malformed call stays visible", () => {
+    check("gemma4", "<|tool_call>call:a{x:<|\"|>open}<tool_call|>", { content: '<|tool_call>call:a{x:<|"|>open}<tool_call|>', calls: [] });
+  });
+});
+
 describe("pythonic calls written for prompts", () => {
   test("pythonicCalls output reads back to the same arguments", () => {
     const args = { s: 'a "quoted" \\ line\nnext', n: -2.5, b: false, z: null, list: [1, "x", true], obj: { k: [null] } };
@@ -185,6 +211,8 @@ describe("choosing the parser", () => {
     );
     expect(toolParserFor({ modelType: "llama" })).toBe("llama3_json");
     expect(toolParserFor({ chatTemplate: "{{ '<|python_tag|>' }}" })).toBe("llama3_json");
+    expect(toolParserFor({ chatTemplate: "{{- '<|tool_call>call:' + function['name'] + '{' -}} tools" })).toBe("gemma4");
+    expect(toolParserFor({ modelType: "gemma4_text" })).toBe("gemma4");
     expect(toolParserFor({ modelType: "mamba" })).toBeUndefined();
   });
 });
