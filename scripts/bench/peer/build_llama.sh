@@ -1,29 +1,51 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's ggml CPU backend, as shipped inside the npm package node-llama-cpp (a git bundle), into a
-# cache directory outside the repository, plus ggml_matmul (our own timing program, beside this script) linked
-# against it. The kernels benchmark runs that program as its peer. Nothing of llama.cpp enters the repository.
-#   usage: scripts/bench/peer/build_llama.sh [cache_dir]    (default: $RMLX_PEER_DIR or ~/.cache/rmlx-peer)
+# Builds the benchmark peer: llama.cpp's CPU backend, from the llama.cpp source that the npm package node-llama-cpp
+# carries as a git bundle, into a cache directory outside the repository. Targets: llama-bench, llama-quantize,
+# test-backend-ops, and ggml_matmul (our own timing program, beside this script) linked against the same ggml.
+# Nothing of llama.cpp enters the repository. Idempotent: a finished build is recognised by a stamp file.
+#   usage: scripts/bench/peer/build_llama.sh [cache_dir]
+#   cache_dir: $RMLX_PEER_DIR, else ~/.cache/rmlx/peer/llama.cpp      parallel jobs: $JOBS, else 2
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-dir="${1:-${RMLX_PEER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rmlx-peer}}"
-jobs="${JOBS:-$(nproc)}"
+dir="${1:-${RMLX_PEER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rmlx/peer/llama.cpp}}"
+jobs="${JOBS:-2}"
+targets=(llama-bench llama-quantize test-backend-ops)
+
+# The stamp names the sources and build options, so a change to either rebuilds.
+options=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF
+  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DGGML_CCACHE=OFF)
+stamp_of() {
+  { git -C "$dir/src" rev-parse HEAD 2>/dev/null; echo "${options[*]}";
+    cat "$here/ggml_matmul.cpp" "$here/build_llama.sh"; } | sha256sum | cut -c1-16
+}
+
 mkdir -p "$dir"
 cd "$dir"
-
-if [ ! -f package/llama/gitRelease.bundle ]; then
-  tarball="$(npm pack node-llama-cpp --silent | tail -n 1)"
-  tar xzf "$tarball" package/llama/gitRelease.bundle package/llama/llama.cpp.info.json
-fi
-if [ ! -d llama.cpp/.git ]; then
-  git clone --quiet package/llama/gitRelease.bundle llama.cpp
+if [ -f .stamp ] && [ "$(cat .stamp)" = "$(stamp_of)" ] && [ -x ggml_matmul ]; then
+  echo "$dir"
+  exit 0
 fi
 
-cmake -S llama.cpp -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF \
-  -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF >/dev/null
-cmake --build build --target ggml-cpu ggml-base -j "$jobs" >/dev/null
+if [ ! -f npm/package/llama/gitRelease.bundle ]; then
+  rm -rf npm && mkdir npm
+  tarball="$(cd npm && npm pack node-llama-cpp --silent 2>/dev/null | tail -n 1)"
+  tar xzf "npm/$tarball" -C npm package/llama/gitRelease.bundle package/llama/llama.cpp.info.json
+  rm -f "npm/$tarball"
+fi
+if [ ! -d src/.git ]; then
+  git -c advice.detachedHead=false clone --quiet npm/package/llama/gitRelease.bundle src
+fi
 
-libs="$(find build -name 'libggml-cpu.a' | head -n 1) $(find build -name 'libggml-base.a' | head -n 1)"
-g++ -O2 -std=c++17 -o ggml_matmul "$here/ggml_matmul.cpp" -Illama.cpp/ggml/include $libs -lpthread -lm
-echo "$dir/ggml_matmul"
+cmake -S src -B build "${options[@]}" >build.log 2>&1 || { tail -n 30 build.log >&2; exit 1; }
+cmake --build build --target "${targets[@]}" -j "$jobs" >>build.log 2>&1 || { tail -n 30 build.log >&2; exit 1; }
+for t in "${targets[@]}"; do ln -sf "build/bin/$t" "$t"; done
+
+# ggml_matmul links the static ggml libraries of this build; OpenMP because the build threads ggml with it.
+libs=()
+for l in ggml ggml-cpu ggml-base; do libs+=("$(find build -name "lib$l.a" | head -n 1)"); done
+g++ -O2 -std=c++17 -o ggml_matmul "$here/ggml_matmul.cpp" -Isrc/ggml/include "${libs[@]}" -fopenmp -lpthread -lm
+
+stamp_of >.stamp
+echo "$dir"

@@ -1,6 +1,6 @@
 // Peer timing for the kernels benchmark: one y = x @ W^T through ggml's CPU backend (llama.cpp's own kernels),
 // W in a ggml type filled from random values, x f32. Prints one JSON line with the best seconds per product.
-//   usage: ggml_matmul <q4_0|q8_0|mxfp4|bf16|f16> M K N threads [budget_seconds]
+//   usage: ggml_matmul <q4_0|q8_0|mxfp4|bf16|f16|f32> M K N threads [budget_seconds]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,7 +13,7 @@
 
 int main(int argc, char **argv) {
   if (argc < 6) {
-    fprintf(stderr, "usage: %s <q4_0|q8_0|mxfp4|bf16|f16> M K N threads [budget_seconds]\n", argv[0]);
+    fprintf(stderr, "usage: %s <q4_0|q8_0|mxfp4|bf16|f16|f32> M K N threads [budget_seconds]\n", argv[0]);
     return 2;
   }
   const char *tname = argv[1];
@@ -23,6 +23,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(tname, "mxfp4")) type = GGML_TYPE_MXFP4;
   else if (!strcmp(tname, "bf16")) type = GGML_TYPE_BF16;
   else if (!strcmp(tname, "f16")) type = GGML_TYPE_F16;
+  else if (!strcmp(tname, "f32")) type = GGML_TYPE_F32;
   else {
     fprintf(stderr, "unknown type %s\n", tname);
     return 2;
@@ -45,7 +46,9 @@ int main(int argc, char **argv) {
   {
     std::vector<float> src((size_t)(N * K));
     for (auto &v : src) v = dist(gen);
-    ggml_quantize_chunk(type, src.data(), a->data, 0, N, K, nullptr);
+    // ggml_quantize_chunk converts to every type but f32, which is a plain copy.
+    if (type == GGML_TYPE_F32) memcpy(a->data, src.data(), src.size() * sizeof(float));
+    else ggml_quantize_chunk(type, src.data(), a->data, 0, N, K, nullptr);
   }
   float *bd = (float *)b->data;
   for (int64_t i = 0; i < M * K; i++) bd[i] = dist(gen) * 50.f;
