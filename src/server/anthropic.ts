@@ -127,7 +127,7 @@ function shaper(m: ModelEntry, req: GenerateRequest, started: Started): ChatOutp
   return outputShaper({ info: m.info, startsInReasoning: started.startsInReasoning ?? false, tools: req.tools });
 }
 
-export async function messages(ctx: ServerContext, body: MessagesBodyT): Promise<Response> {
+export async function messages(ctx: ServerContext, body: MessagesBodyT, signal?: AbortSignal): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
   if (body.stream) {
     try {
@@ -139,7 +139,7 @@ export async function messages(ctx: ServerContext, body: MessagesBodyT): Promise
   }
   try {
     const req = request(body, m);
-    const r = await collect(ctx, req, (started) => shaper(m, req, started));
+    const r = await collect(ctx, req, (started) => shaper(m, req, started), signal);
     const content: unknown[] = [];
     if (r.shaped.reasoning) content.push({ type: "thinking", thinking: r.shaped.reasoning, signature: "" });
     if (r.shaped.content) content.push({ type: "text", text: r.shaped.content });

@@ -31,10 +31,10 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
   };
   /** Runs a handler, turning any failure into the route's own error format. */
   const handle =
-    <B>(fn: (body: B) => Promise<Response> | Response) =>
+    <B>(fn: (body: B, signal: AbortSignal) => Promise<Response> | Response) =>
     async ({ body, request }: { body: B; request: Request }) => {
       try {
-        return record(request, await fn(body));
+        return record(request, await fn(body, request.signal));
       } catch (err) {
         return record(request, errorResponse(flavorOf(new URL(request.url).pathname), err));
       }
@@ -80,12 +80,12 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
         return record(request, errorResponse("openai", err));
       }
     })
-    .post("/v1/chat/completions", handle((b: typeof ChatCompletionBody.static) => chatCompletions(ctx, b)), {
+    .post("/v1/chat/completions", handle((b: typeof ChatCompletionBody.static, signal) => chatCompletions(ctx, b, signal)), {
       body: ChatCompletionBody,
       parse: "json",
     })
-    .post("/v1/completions", handle((b: typeof CompletionBody.static) => completions(ctx, b)), { body: CompletionBody, parse: "json" })
-    .post("/v1/messages", handle((b: typeof MessagesBody.static) => messages(ctx, b)), { body: MessagesBody, parse: "json" })
+    .post("/v1/completions", handle((b: typeof CompletionBody.static, signal) => completions(ctx, b, signal)), { body: CompletionBody, parse: "json" })
+    .post("/v1/messages", handle((b: typeof MessagesBody.static, signal) => messages(ctx, b, signal)), { body: MessagesBody, parse: "json" })
     .post("/v1/messages/count_tokens", handle((b: typeof CountTokensBody.static) => countTokens(ctx, b)), {
       body: CountTokensBody,
       parse: "json",

@@ -42,13 +42,16 @@ export interface Collected {
   done: Done;
 }
 
-/** Runs one generation to its end (non-streaming responses). */
+/** Runs one generation to its end (non-streaming responses); a client that goes away cancels it. */
 export async function collect(
   ctx: ServerContext,
   req: GenerateRequest,
   shaperFor: (started: Started) => ChatOutputParser,
+  signal?: AbortSignal,
 ): Promise<Collected> {
   const { stream, started } = await startGeneration(ctx, req);
+  signal?.addEventListener("abort", () => stream.cancel(), { once: true });
+  if (signal?.aborted) stream.cancel();
   const shaper = shaperFor(started);
   let shaped: Shaped = { reasoning: "", content: "", toolCalls: [] };
   const tokenIds: number[] = [];

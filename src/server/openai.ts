@@ -120,7 +120,7 @@ function finishReason(reason: string, toolCalls: number): string {
   return reason === "length" ? "length" : "stop";
 }
 
-export async function chatCompletions(ctx: ServerContext, body: Body): Promise<Response> {
+export async function chatCompletions(ctx: ServerContext, body: Body, signal?: AbortSignal): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
   const n = body.n ?? 1;
   try {
@@ -134,7 +134,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body): Promise<R
   }
   try {
     const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
-    const results = await Promise.all(requests.map((r) => collect(ctx, r, shaperFor(m, r))));
+    const results = await Promise.all(requests.map((r) => collect(ctx, r, shaperFor(m, r), signal)));
     return Response.json(chatResponse(body, results));
   } finally {
     ctx.models.release(m);
@@ -277,7 +277,7 @@ function completionLogprobs(lps: TokenLogprob[]) {
   };
 }
 
-export async function completions(ctx: ServerContext, body: CompletionBodyT): Promise<Response> {
+export async function completions(ctx: ServerContext, body: CompletionBodyT, signal?: AbortSignal): Promise<Response> {
   const m = await ctx.models.acquire(body.model);
   const n = body.n ?? 1;
   try {
@@ -290,7 +290,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT): Pr
     throw e;
   }
   try {
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), plainShaper)));
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), plainShaper, signal)));
     const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
     let completion = 0;
     const choices = results.map((r, index) => {

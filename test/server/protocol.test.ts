@@ -383,6 +383,20 @@ describe("engine in its own thread", () => {
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
   });
 
+  test("a non-streaming client that goes away cancels its generation too", async () => {
+    const ac = new AbortController();
+    const pending = fetch(`${srv.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }),
+      signal: ac.signal,
+    }).catch(() => null);
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
+    ac.abort();
+    await pending;
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
+  });
+
   test("metrics count requests, tokens and time to first token", async () => {
     const text = await (await fetch(`${srv.url}/metrics`)).text();
     expect(text).toMatch(/rmlx_requests_total\{endpoint="\/v1\/chat\/completions",status="200"\} \d+/);
