@@ -10,7 +10,7 @@
 // (or text that may still turn into markup) is held back, so none of it reaches the content.
 
 import type { ToolSpec } from "../engine/types.ts";
-import { findFirst, partialSuffixLength } from "./holdback.ts";
+import { partialSuffixLength } from "./holdback.ts";
 import { parseGemma4Call } from "./gemma4_args.ts";
 import { parsePythonCalls } from "./pylit.ts";
 
@@ -57,9 +57,8 @@ export function newToolCallId(): string {
   return s;
 }
 
-function makeCall(name: string, args: unknown): ToolCall {
-  const text = typeof args === "string" ? args : JSON.stringify(args ?? {});
-  return { id: newToolCallId(), type: "function", function: { name, arguments: text } };
+function makeCall(name: string, args: Record<string, unknown>): ToolCall {
+  return { id: newToolCallId(), type: "function", function: { name, arguments: JSON.stringify(args) } };
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -70,14 +69,15 @@ function isObject(v: unknown): v is Record<string, unknown> {
 function jsonCall(v: unknown): ToolCall | undefined {
   if (!isObject(v) || typeof v.name !== "string" || v.name.length === 0) return undefined;
   const args = v.arguments ?? v.parameters ?? {};
+  let parsed: unknown = args;
   if (typeof args === "string") {
     try {
-      return makeCall(v.name, JSON.parse(args));
+      parsed = JSON.parse(args);
     } catch {
       return undefined;
     }
   }
-  return isObject(args) ? makeCall(v.name, args) : undefined;
+  return isObject(parsed) ? makeCall(v.name, parsed) : undefined;
 }
 
 function toolParamType(tools: ToolSpec[] | undefined, fn: string, param: string): string | undefined {
