@@ -10,7 +10,8 @@ import { loadSession, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { Detokenizer } from "../../src/text/detokenizer.ts";
 import { makeTinyModel } from "../models/tiny_model.ts";
-import { metric, serve, waitFor, type Served } from "./harness.ts";
+import { existsSync } from "node:fs";
+import { BINARY, metric, serve, waitFor, type Served } from "./harness.ts";
 
 /** Anthropic's temperature (the SDK's types in this version leave it out). */
 const GREEDY = { temperature: 0 } as object;
@@ -163,4 +164,16 @@ describe("end to end on a tiny Qwen3", () => {
       expect((e as Error).message).toContain("context");
     }
   });
+
+  test.skipIf(!existsSync(BINARY))("the compiled binary runs the engine worker it embeds", async () => {
+    const bin = await serve(["--model", dir], {}, true);
+    try {
+      const o = new OpenAI({ baseURL: `${bin.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const ids = promptIds("Hello from the binary");
+      const r = await o.completions.create({ model: name, prompt: ids, max_tokens: 6, temperature: 0 });
+      expect(r.choices[0]!.text).toBe(reference(ids, 6));
+    } finally {
+      expect(await bin.stop()).toBe(0);
+    }
+  }, 60_000);
 });

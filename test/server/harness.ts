@@ -28,8 +28,12 @@ export function removeDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
 }
 
-export async function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
-  const proc = Bun.spawn([process.execPath, join(ROOT, "src/cli/main.ts"), "serve", "--port", "0", ...args], {
+export const BINARY = join(ROOT, "dist", "rmlx");
+
+/** Starts the TypeScript entry with bun, or the compiled binary when `binary` is set. */
+export async function serve(args: string[], env: Record<string, string> = {}, binary = false): Promise<Served> {
+  const cmd = binary ? [BINARY] : [process.execPath, join(ROOT, "src/cli/main.ts")];
+  const proc = Bun.spawn([...cmd, "serve", "--port", "0", ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdin: "ignore",
