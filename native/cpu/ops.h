@@ -86,4 +86,39 @@ int op_copy(void *dst, const void *src, int esize, int ndim, const int64_t *shap
             const int64_t *ds);
 int op_astype(void *dst, const void *src, int64_t n, int sdt, int ddt);
 
+// Row primitives behind the hot kernels, one table per ISA (ops_kern.cpp: portable; ops_kern_avx2.cpp: AVX2+FMA+F16C),
+// chosen by kern() from the active ISA. n is any length; pointers need no alignment.
+struct Kern {
+  float (*dot)(const float *a, const float *b, int64_t n);
+  // y += a * x
+  void (*axpy)(float *y, float a, const float *x, int64_t n);
+  // y *= a
+  void (*scal)(float *y, float a, int64_t n);
+  // y = exp(x - m); returns the sum of y
+  float (*exp_sum)(float *y, const float *x, float m, int64_t n);
+  float (*max)(const float *x, int64_t n);
+  float (*sumsq)(const float *x, int64_t n);
+  // y = x * s * w (w may be null: y = x * s)
+  void (*scale_mul)(float *y, const float *x, float s, const float *w, int64_t n);
+  void (*silu)(float *y, const float *x, int64_t n);
+  void (*sigmoid)(float *y, const float *x, int64_t n);
+  void (*gelu_tanh)(float *y, const float *x, int64_t n);
+  // y = act(g) * u
+  void (*swiglu)(float *y, const float *g, const float *u, int64_t n);
+  void (*geglu)(float *y, const float *g, const float *u, int64_t n);
+  void (*add)(float *y, const float *a, const float *b, int64_t n);
+  void (*sub)(float *y, const float *a, const float *b, int64_t n);
+  void (*mul)(float *y, const float *a, const float *b, int64_t n);
+  void (*f16_to_f32)(float *y, const uint16_t *x, int64_t n);
+  void (*bf16_to_f32)(float *y, const uint16_t *x, int64_t n);
+  void (*f32_to_f16)(uint16_t *y, const float *x, int64_t n);
+  void (*f32_to_bf16)(uint16_t *y, const float *x, int64_t n);
+};
+
+const Kern &kern();
+const Kern &kern_portable();
+namespace avx2 {
+const Kern &kern();
+}
+
 }  // namespace rmlx

@@ -1,6 +1,6 @@
 // KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax.
 #include <algorithm>
-#include <atomic>
+#include <cstring>
 #include <cmath>
 #include <vector>
 
@@ -12,36 +12,15 @@ namespace {
 
 constexpr int64_t kChunk = 32;  // keys scored per softmax update
 
-inline void load_row(float *dst, const void *base, int dt, int64_t off, int64_t n) {
-  if (dt == RMLX_F32) {
-    const float *s = (const float *)base + off;
-    for (int64_t i = 0; i < n; i++) dst[i] = s[i];
-  } else if (dt == RMLX_F16) {
-    const uint16_t *s = (const uint16_t *)base + off;
-    for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
-  } else {
-    const uint16_t *s = (const uint16_t *)base + off;
-    for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
-  }
+inline void load_row(const Kern &k, float *dst, const void *base, int dt, int64_t off, int64_t n) {
+  if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)base + off, n);
+  else k.bf16_to_f32(dst, (const uint16_t *)base + off, n);
 }
 
-inline void store_row(void *base, int dt, int64_t off, const float *src, int64_t n) {
-  if (dt == RMLX_F32) {
-    float *d = (float *)base + off;
-    for (int64_t i = 0; i < n; i++) d[i] = src[i];
-  } else if (dt == RMLX_F16) {
-    uint16_t *d = (uint16_t *)base + off;
-    for (int64_t i = 0; i < n; i++) d[i] = f32_to_f16(src[i]);
-  } else {
-    uint16_t *d = (uint16_t *)base + off;
-    for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
-  }
-}
-
-inline float dot(const float *a, const float *b, int64_t n) {
-  float s = 0.f;
-  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
+inline void store_row(const Kern &k, void *base, int dt, int64_t off, const float *src, int64_t n) {
+  if (dt == RMLX_F32) std::memcpy((float *)base + off, src, n * sizeof(float));
+  else if (dt == RMLX_F16) k.f32_to_f16((uint16_t *)base + off, src, n);
+  else k.f32_to_bf16((uint16_t *)base + off, src, n);
 }
 
 // Attends a group of G query heads (sharing one KV head) over nkeys keys; key j's element offset in the K and V
@@ -56,11 +35,12 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
   float *sc = l + G;                  // [G, kChunk]
   float *kbuf = sc + G * kChunk;      // [kChunk, D]
   float *vbuf = kbuf + kChunk * D;    // [kChunk, D]
+  const Kern &k = kern();
   for (int64_t g = 0; g < G; g++) {
     m[g] = -INFINITY;
     l[g] = 0.f;
-    for (int64_t i = 0; i < D; i++) acc[g * D + i] = 0.f;
   }
+  std::memset(acc, 0, sizeof(float) * G * D);
   for (int64_t j0 = 0; j0 < nkeys; j0 += kChunk) {
     int64_t nj = std::min(kChunk, nkeys - j0);
     const float *krows[kChunk], *vrows[kChunk];
@@ -70,8 +50,8 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
         krows[j] = (const float *)kb + off;
         vrows[j] = (const float *)vb + off;
       } else {
-        load_row(kbuf + j * D, kb, dt, off, D);
-        load_row(vbuf + j * D, vb, dt, off, D);
+        load_row(k, kbuf + j * D, kb, dt, off, D);
+        load_row(k, vbuf + j * D, vb, dt, off, D);
         krows[j] = kbuf + j * D;
         vrows[j] = vbuf + j * D;
       }
@@ -79,30 +59,21 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
     for (int64_t g = 0; g < G; g++) {
       const float *qg = q + g * q_stride;
       float *s = sc + g * kChunk;
-      float mx = m[g];
-      for (int64_t j = 0; j < nj; j++) {
-        float v = dot(qg, krows[j], D) * scale;
-        if (softcap > 0.f) v = softcap * std::tanh(v / softcap);
-        s[j] = v;
-        mx = std::max(mx, v);
-      }
-      float corr = std::exp(m[g] - mx), sum = 0.f;
+      for (int64_t j = 0; j < nj; j++) s[j] = k.dot(qg, krows[j], D) * scale;
+      if (softcap > 0.f)
+        for (int64_t j = 0; j < nj; j++) s[j] = softcap * std::tanh(s[j] / softcap);
+      float mx = std::max(m[g], k.max(s, nj));
+      float sum = k.exp_sum(s, s, mx, nj);
       float *ag = acc + g * D;
-      for (int64_t i = 0; i < D; i++) ag[i] *= corr;
-      for (int64_t j = 0; j < nj; j++) {
-        float p = std::exp(s[j] - mx);
-        sum += p;
-        const float *vr = vrows[j];
-        for (int64_t i = 0; i < D; i++) ag[i] += p * vr[i];
-      }
-      l[g] = l[g] * corr + sum;
+      if (m[g] != mx && l[g] > 0.f) k.scal(ag, std::exp(m[g] - mx), D), l[g] *= std::exp(m[g] - mx);
+      for (int64_t j = 0; j < nj; j++) k.axpy(ag, s[j], vrows[j], D);
+      l[g] += sum;
       m[g] = mx;
     }
   }
   for (int64_t g = 0; g < G; g++) {
     float inv = l[g] > 0.f ? 1.f / l[g] : 0.f;
-    float *o = out + g * out_stride;
-    for (int64_t i = 0; i < D; i++) o[i] = acc[g * D + i] * inv;
+    k.scale_mul(out + g * out_stride, acc + g * D, inv, nullptr, D);
   }
 }
 
@@ -119,10 +90,11 @@ int op_kv_write(void *kpool, void *vpool, int dt, const float *k, const float *v
     if (slots[t] < 0 || slots[t] >= num_slots)
       return fail(RMLX_E_INVALID, "kv_write: slot %d of token %lld outside the pool's %lld slots", slots[t],
                   (long long)t, (long long)num_slots);
+  const Kern &kk = kern();
   parallel_for(T, [&](int64_t b, int64_t e, int) {
     for (int64_t t = b; t < e; t++) {
-      store_row(kpool, dt, (int64_t)slots[t] * row, k + t * row, row);
-      store_row(vpool, dt, (int64_t)slots[t] * row, v + t * row, row);
+      store_row(kk, kpool, dt, (int64_t)slots[t] * row, k + t * row, row);
+      store_row(kk, vpool, dt, (int64_t)slots[t] * row, v + t * row, row);
     }
   }, std::max<int64_t>(1, 8192 / std::max<int64_t>(row, 1)));
   return RMLX_OK;
@@ -152,7 +124,12 @@ int op_paged_attention(const PagedAttnArgs &a) {
     }
   }
   const int64_t row = a.kv_heads * D;
-  parallel_for(a.T * a.kv_heads, [&](int64_t b, int64_t e, int) {
+  // Small steps (few tokens, short contexts) run on the calling thread: waking the pool would cost more.
+  int64_t work = 0;
+  for (int64_t t = 0; t < a.T; t++)
+    work += (a.window > 0 ? std::min<int64_t>(a.window, a.positions[t] + 1) : a.positions[t] + 1) * a.heads * D;
+  const int64_t items = a.T * a.kv_heads;
+  parallel_for(items, [&](int64_t b, int64_t e, int) {
     std::vector<float> scratch(scratch_floats(G, D));
     for (int64_t w = b; w < e; w++) {
       int64_t t = w / a.kv_heads, kh = w % a.kv_heads;
@@ -167,7 +144,7 @@ int op_paged_attention(const PagedAttnArgs &a) {
       attend_group(a.out + qo, D, a.q + qo, D, G, D, a.kpool, a.vpool, a.pool_dt, p - lo + 1, row_of, a.scale,
                    a.softcap, scratch.data());
     }
-  });
+  }, work < (1 << 15) ? items : 1);
   return RMLX_OK;
 }
 
@@ -185,7 +162,7 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
       const int64_t qo = ((b * H + kh * G) * L + i) * D;
       attend_group(out + qo, L * D, q + qo, L * D, G, D, k, v, RMLX_F32, nkeys, row_of, scale, 0.f, scratch.data());
     }
-  });
+  }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;
 }
 

@@ -11,19 +11,12 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task below which threads cost more than they save
 
-inline float apply_bin(int kind, float a, float b) {
-  switch (kind) {
-    case BIN_ADD: return a + b;
-    case BIN_SUB: return a - b;
-    default: return a * b;
-  }
-}
-
 template <int K>
 void bin_row(float *o, const float *a, const float *b, int64_t n, int64_t sa, int64_t sb) {
   auto f = [](float x, float y) { return K == BIN_ADD ? x + y : K == BIN_SUB ? x - y : x * y; };
   if (sa == 1 && sb == 1) {
-    for (int64_t i = 0; i < n; i++) o[i] = f(a[i], b[i]);
+    const Kern &k = kern();
+    (K == BIN_ADD ? k.add : K == BIN_SUB ? k.sub : k.mul)(o, a, b, n);
   } else if (sa == 1 && sb == 0) {
     float y = b[0];
     for (int64_t i = 0; i < n; i++) o[i] = f(a[i], y);
@@ -41,11 +34,6 @@ void bin_row_any(int kind, float *o, const float *a, const float *b, int64_t n, 
   else bin_row<BIN_MUL>(o, a, b, n, sa, sb);
 }
 
-inline float sigmoidf(float x) { return 1.f / (1.f + std::exp(-x)); }
-inline float gelu_tanhf(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.f + std::tanh(k * (x + 0.044715f * x * x * x)));
-}
 
 }  // namespace
 
@@ -78,20 +66,13 @@ int op_binary(int kind, float *out, const float *a, const float *b, int ndim, co
 
 int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
   if (kind < UN_SCALE || kind > UN_SOFTCAP) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
+  const Kern &k = kern();
   parallel_for(n, [&](int64_t b, int64_t e, int) {
     switch (kind) {
-      case UN_SCALE:
-        for (int64_t i = b; i < e; i++) out[i] = x[i] * param;
-        break;
-      case UN_SIGMOID:
-        for (int64_t i = b; i < e; i++) out[i] = sigmoidf(x[i]);
-        break;
-      case UN_SILU:
-        for (int64_t i = b; i < e; i++) out[i] = x[i] * sigmoidf(x[i]);
-        break;
-      case UN_GELU_TANH:
-        for (int64_t i = b; i < e; i++) out[i] = gelu_tanhf(x[i]);
-        break;
+      case UN_SCALE: k.scale_mul(out + b, x + b, param, nullptr, e - b); break;
+      case UN_SIGMOID: k.sigmoid(out + b, x + b, e - b); break;
+      case UN_SILU: k.silu(out + b, x + b, e - b); break;
+      case UN_GELU_TANH: k.gelu_tanh(out + b, x + b, e - b); break;
       default: {
         float inv = 1.f / param;
         for (int64_t i = b; i < e; i++) out[i] = param * std::tanh(x[i] * inv);
@@ -103,32 +84,30 @@ int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
 
 int op_glu(int kind, float *out, const float *gate, const float *up, int64_t n) {
   if (kind != GLU_SWIGLU && kind != GLU_GEGLU) return fail(RMLX_E_INVALID, "glu: bad kind %d", kind);
+  const Kern &k = kern();
   parallel_for(n, [&](int64_t b, int64_t e, int) {
-    if (kind == GLU_SWIGLU)
-      for (int64_t i = b; i < e; i++) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
-    else
-      for (int64_t i = b; i < e; i++) out[i] = gelu_tanhf(gate[i]) * up[i];
+    (kind == GLU_SWIGLU ? k.swiglu : k.geglu)(out + b, gate + b, up + b, e - b);
   }, kGrain);
   return RMLX_OK;
 }
 
 int op_softmax(float *out, const float *x, int64_t outer, int64_t n, int64_t inner) {
   if (n <= 0) return RMLX_OK;
+  const Kern &k = kern();
   parallel_for(outer * inner, [&](int64_t b, int64_t e, int) {
+    std::vector<float> tmp(inner == 1 ? 0 : n);
     for (int64_t r = b; r < e; r++) {
       int64_t o = r / inner, i = r % inner;
       const float *xr = x + o * n * inner + i;
       float *yr = out + o * n * inner + i;
-      float m = -INFINITY;
-      for (int64_t j = 0; j < n; j++) m = std::max(m, xr[j * inner]);
-      float s = 0.f;
-      for (int64_t j = 0; j < n; j++) {
-        float v = std::exp(xr[j * inner] - m);
-        yr[j * inner] = v;
-        s += v;
+      if (inner == 1) {
+        float s = k.exp_sum(yr, xr, k.max(xr, n), n);
+        k.scal(yr, 1.f / s, n);
+        continue;
       }
-      float inv = 1.f / s;
-      for (int64_t j = 0; j < n; j++) yr[j * inner] *= inv;
+      for (int64_t j = 0; j < n; j++) tmp[j] = xr[j * inner];
+      float s = k.exp_sum(tmp.data(), tmp.data(), k.max(tmp.data(), n), n);
+      for (int64_t j = 0; j < n; j++) yr[j * inner] = tmp[j] / s;
     }
   }, std::max<int64_t>(1, kGrain / n));
   return RMLX_OK;

@@ -21,19 +21,19 @@ std::vector<float> to_f32(const void *w, int dt, int64_t n, float add) {
 int op_rmsnorm(float *out, const float *x, const void *w, int wdt, int64_t rows, int64_t n, float eps, bool one_plus) {
   if (w && !is_float_dtype(wdt)) return fail(RMLX_E_UNSUPPORTED, "rms_norm: weight dtype %d", wdt);
   std::vector<float> wf;
-  if (w) wf = to_f32(w, wdt, n, one_plus ? 1.f : 0.f);
-  const float *wp = w ? wf.data() : nullptr;
+  const float *wp = nullptr;
+  if (w && wdt == RMLX_F32 && !one_plus) {
+    wp = (const float *)w;
+  } else if (w) {
+    wf = to_f32(w, wdt, n, one_plus ? 1.f : 0.f);
+    wp = wf.data();
+  }
+  const Kern &k = kern();
   parallel_for(rows, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; r++) {
       const float *xr = x + r * n;
-      float *yr = out + r * n;
-      float ss = 0.f;
-      for (int64_t i = 0; i < n; i++) ss += xr[i] * xr[i];
-      float inv = 1.f / std::sqrt(ss / (float)n + eps);
-      if (wp)
-        for (int64_t i = 0; i < n; i++) yr[i] = xr[i] * inv * wp[i];
-      else
-        for (int64_t i = 0; i < n; i++) yr[i] = xr[i] * inv;
+      float inv = 1.f / std::sqrt(k.sumsq(xr, n) / (float)n + eps);
+      k.scale_mul(out + r * n, xr, inv, wp, n);
     }
   }, std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1)));
   return RMLX_OK;

@@ -66,6 +66,19 @@ int op_astype(void *dst, const void *src, int64_t n, int sdt, int ddt) {
     std::memcpy(dst, src, n * 4);
     return RMLX_OK;
   }
+  const Kern &k = kern();
+  if (ddt == RMLX_F32 && (sdt == RMLX_F16 || sdt == RMLX_BF16)) {
+    parallel_for(n, [&](int64_t b, int64_t e, int) {
+      (sdt == RMLX_F16 ? k.f16_to_f32 : k.bf16_to_f32)((float *)dst + b, (const uint16_t *)src + b, e - b);
+    }, 16384);
+    return RMLX_OK;
+  }
+  if (sdt == RMLX_F32 && (ddt == RMLX_F16 || ddt == RMLX_BF16)) {
+    parallel_for(n, [&](int64_t b, int64_t e, int) {
+      (ddt == RMLX_F16 ? k.f32_to_f16 : k.f32_to_bf16)((uint16_t *)dst + b, (const float *)src + b, e - b);
+    }, 16384);
+    return RMLX_OK;
+  }
   parallel_for(n, [&](int64_t b, int64_t e, int) {
     switch (ddt) {
       case RMLX_F32:

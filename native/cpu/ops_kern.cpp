@@ -1,0 +1,89 @@
+// Portable row primitives and the choice of table for the active ISA.
+#include <cmath>
+
+#include "ops.h"
+
+namespace rmlx {
+namespace {
+
+inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
+// 0.5 * (1 + tanh(y)) == sigmoid(2y), which avoids the cancellation of 1 + tanh for negative inputs.
+inline float gelu(float x) { return x * sigm(1.5957691216057308f * (x + 0.044715f * x * x * x)); }
+
+float dot(const float *a, const float *b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+void axpy(float *y, float a, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+void scal(float *y, float a, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] *= a;
+}
+float exp_sum(float *y, const float *x, float m, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; i++) s += (y[i] = std::exp(x[i] - m));
+  return s;
+}
+float vmax(const float *x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+float sumsq(const float *x, int64_t n) { return dot(x, x, n); }
+void scale_mul(float *y, const float *x, float s, const float *w, int64_t n) {
+  if (w)
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * s * w[i];
+  else
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
+}
+void silu(float *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] * sigm(x[i]);
+}
+void sigmoid(float *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = sigm(x[i]);
+}
+void gelu_tanh(float *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = gelu(x[i]);
+}
+void swiglu(float *y, const float *g, const float *u, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = g[i] * sigm(g[i]) * u[i];
+}
+void geglu(float *y, const float *g, const float *u, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = gelu(g[i]) * u[i];
+}
+void add(float *y, const float *a, const float *b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+void sub(float *y, const float *a, const float *b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] - b[i];
+}
+void mul(float *y, const float *a, const float *b, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] * b[i];
+}
+void h2f(float *y, const uint16_t *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = rmlx::f16_to_f32(x[i]);
+}
+void b2f(float *y, const uint16_t *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = rmlx::bf16_to_f32(x[i]);
+}
+void f2h(uint16_t *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = rmlx::f32_to_f16(x[i]);
+}
+void f2b(uint16_t *y, const float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = rmlx::f32_to_bf16(x[i]);
+}
+
+const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
+                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b};
+
+}  // namespace
+
+const Kern &kern_portable() { return kPortable; }
+
+const Kern &kern() {
+  return active_isa() >= Isa::Avx2 ? avx2::kern() : kPortable;
+}
+
+}  // namespace rmlx
