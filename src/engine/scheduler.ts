@@ -38,6 +38,8 @@ export interface SchedulerModel {
   /** The raw bytes of one token (for logprobs). */
   tokenBytes(id: number): Uint8Array;
   logitsProcessor?(req: GenerateRequest): LogitsProcessor | null;
+  /** Single-token reasoning tags (<think>, </think>), when the model has them: needed for thinking budgets. */
+  readonly reasoningTokens?: { open: number; close: number };
 }
 
 interface Active {
@@ -57,6 +59,9 @@ interface Active {
   hashedBlocks: number;
   cachedTokens: number;
   startsInReasoning: boolean;
+  /** Inside a reasoning section now, and how many tokens it has taken so far. */
+  inReasoning: boolean;
+  reasoningUsed: number;
   started: boolean;
   submitMs: number;
   admitMs: number;
@@ -136,6 +141,8 @@ export class Scheduler {
       hashedBlocks: 0,
       cachedTokens: 0,
       startsInReasoning,
+      inReasoning: startsInReasoning,
+      reasoningUsed: 0,
       started: false,
       submitMs: performance.now(),
       admitMs: 0,
@@ -294,7 +301,8 @@ export class Scheduler {
   private sampleNext(a: Active, row: Float32Array): void {
     const req = a.req;
     a.processor?.apply(row);
-    const s = a.sampler.sample(row, a.tokens);
+    const s = this.overBudget(a) ? this.forcedClose() : a.sampler.sample(row, a.tokens);
+    this.trackReasoning(a, s.token);
     if (a.generated === 0) a.firstTokenMs = performance.now();
     a.generated++;
     const isEos = !req.ignoreEos && this.model.eosTokenIds.includes(s.token);
@@ -306,6 +314,25 @@ export class Scheduler {
     this.emit({ type: "delta", id: req.id, text: piece.text, tokenIds: [s.token], logprobs });
     if (piece.stop !== undefined) return this.finish(a, "stop", piece.stop);
     if (a.generated >= a.maxTokens) this.finish(a, "length");
+  }
+
+  /** The request's thinking budget is spent while its reasoning section is still open. */
+  private overBudget(a: Active): boolean {
+    const budget = a.req.thinkingBudget;
+    return budget !== undefined && this.model.reasoningTokens !== undefined && a.inReasoning && a.reasoningUsed >= budget;
+  }
+
+  /** Ends the reasoning section in place of a sampled token. */
+  private forcedClose(): { token: number; logprob: number; top: { token: number; logprob: number }[] } {
+    return { token: this.model.reasoningTokens!.close, logprob: 0, top: [] };
+  }
+
+  private trackReasoning(a: Active, token: number): void {
+    const tags = this.model.reasoningTokens;
+    if (!tags) return;
+    if (token === tags.open) a.inReasoning = true;
+    else if (token === tags.close) a.inReasoning = false;
+    else if (a.inReasoning) a.reasoningUsed++;
   }
 
   private logprob(s: { token: number; logprob: number; top: { token: number; logprob: number }[] }): TokenLogprob {

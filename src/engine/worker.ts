@@ -4,7 +4,7 @@
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { textModelType } from "../models/registry.ts";
-import { promptOpensReasoning, reasoningTagsFor } from "../text/reasoning.ts";
+import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { StopStrings } from "../text/stop.ts";
 import { toolParserFor } from "../text/tool_parsers.ts";
@@ -46,10 +46,18 @@ function renderChat(s: Session, messages: ChatMessage[], tools: ToolSpec[] | und
   return s.template.render({ messages, tools, addGenerationPrompt, kwargs });
 }
 
+/** The ids of <think> and </think> when each is one token (what thinking budgets need). */
+function thinkTokens(s: Session): { open: number; close: number } | undefined {
+  const open = s.tokenizer.encode(THINK_TAGS.open, { addSpecialTokens: false });
+  const close = s.tokenizer.encode(THINK_TAGS.close, { addSpecialTokens: false });
+  return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
+}
+
 function schedulerModel(s: Session, cache: KvCache, reasoning: boolean): SchedulerModel {
   const backend = s.model.backend;
   let vocab: ConstraintVocab | undefined;
   return {
+    reasoningTokens: reasoning ? thinkTokens(s) : undefined,
     cache,
     contextLength: s.md.config.contextLength,
     eosTokenIds: s.stopTokenIds,

@@ -37,6 +37,9 @@ class ContextModel implements SchedulerModel {
   readonly store: Int32Array;
   steps = 0;
   tokensRun = 0;
+  /** Prompts end inside an open reasoning section, with tags as single tokens. */
+  reasoning = false;
+  reasoningTokens?: { open: number; close: number };
   readonly eosTokenIds = [EOS];
 
   constructor(
@@ -55,7 +58,7 @@ class ContextModel implements SchedulerModel {
   }
 
   encode(req: GenerateRequest) {
-    return { ids: req.prompt as number[], startsInReasoning: false };
+    return { ids: req.prompt as number[], startsInReasoning: this.reasoning };
   }
 
   forward(step: BuiltStep, logitRows: Int32Array): Float32Array {
@@ -244,6 +247,19 @@ describe("scheduler", () => {
       ["long", "context_length"],
       ["q2", "overloaded"],
     ]);
+  });
+
+  test("a thinking budget closes the reasoning section after that many tokens", () => {
+    const model = new ContextModel(64);
+    model.reasoning = true;
+    model.reasoningTokens = { open: 29, close: 30 };
+    const h = harness(model);
+    const p = prompt(9, 6);
+    h.sched.submit(request("t", p, 6, { thinkingBudget: 3 }));
+    h.run();
+    const head = reference(p, 3);
+    const tail = reference([...p, ...head, 30], 2);
+    expect(h.tokensOf("t")).toEqual([...head, 30, ...tail]);
   });
 
   test("max tokens are clipped to the context", () => {
