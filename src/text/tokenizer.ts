@@ -119,7 +119,12 @@ export class Tokenizer {
    * generation_config.json name as eos_token_id (Llama 3 stops on <|eot_id|> as well as <|end_of_text|>).
    */
   static fromFiles(tokenizerJsonPath: string, tokenizerConfig: Record<string, unknown> = {}, extraEosTokenIds: number[] = []): Tokenizer {
-    return new Tokenizer(readJson(tokenizerJsonPath), tokenizerConfig, extraEosTokenIds);
+    return Tokenizer.fromJson(readJson(tokenizerJsonPath), tokenizerConfig, extraEosTokenIds);
+  }
+
+  /** The same from tokenizer.json's parsed content. */
+  static fromJson(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown> = {}, extraEosTokenIds: number[] = []): Tokenizer {
+    return new Tokenizer(tokenizerJson, tokenizerConfig, extraEosTokenIds);
   }
 
   /** Loads a model directory's tokenizer.json and tokenizer_config.json, and its EOS ids from the other configs. */

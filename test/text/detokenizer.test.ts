@@ -1,10 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { Detokenizer } from "../../src/text/detokenizer.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
-import { loadTokenizer, tokenizerConfig, tokenizerJson } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens } from "./fixtures.ts";
 
 function pushAll(d: Detokenizer, ids: number[]): string[] {
   return ids.map((id) => d.push(id));
@@ -75,15 +72,8 @@ describe("Detokenizer on Gemma 3 (sentencepiece with byte fallback)", () => {
 
   test("special tokens that delimit tool calls and reasoning are kept while others are skipped", () => {
     // Gemma 4 marks its call and channel markers as special tokens; give a Gemma 3 vocabulary the same ones.
-    const json = tokenizerJson("gemma3");
-    const added = json.added_tokens as Record<string, unknown>[];
-    let next = Math.max(...added.map((t) => t.id as number)) + 1;
-    for (const content of ["<|tool_call>", "<tool_call|>", '<|"|>', "<|channel>", "<channel|>"]) {
-      added.push({ id: next++, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
-    }
-    const dir = mkdtempSync(join(tmpdir(), "rmlx-g4-"));
-    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
-    const g4 = Tokenizer.fromFiles(join(dir, "tokenizer.json"), tokenizerConfig("gemma3"));
+    const { json } = withSpecialTokens(tokenizerJson("gemma3"), ["<|tool_call>", "<tool_call|>", '<|"|>', "<|channel>", "<channel|>"]);
+    const g4 = Tokenizer.fromJson(json, tokenizerConfig("gemma3"));
     const text = '<|channel>thought\nhm<channel|><|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|><end_of_turn>';
     const ids = g4.encode(text);
     expect(ids[0]).toBe(2);
@@ -92,7 +82,7 @@ describe("Detokenizer on Gemma 3 (sentencepiece with byte fallback)", () => {
   });
 
   test("a decoder that strips the first space (Llama 2 style) strips it once", () => {
-    const json = tokenizerJson("gemma3");
+    const json = { ...tokenizerJson("gemma3") };
     json.decoder = {
       type: "Sequence",
       decoders: [
@@ -102,9 +92,7 @@ describe("Detokenizer on Gemma 3 (sentencepiece with byte fallback)", () => {
         { type: "Strip", content: " ", start: 1, stop: 0 },
       ],
     };
-    const dir = mkdtempSync(join(tmpdir(), "rmlx-spm-"));
-    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
-    const spm = Tokenizer.fromFiles(join(dir, "tokenizer.json"), tokenizerConfig("gemma3"));
+    const spm = Tokenizer.fromJson(json, tokenizerConfig("gemma3"));
     const ids = [spm.tokenToId("▁Hello")!, spm.tokenToId("▁world")!];
     expect(spm.decode(ids)).toBe("Hello world");
     const d = new Detokenizer(spm);

@@ -1,10 +1,10 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RmlxError } from "../../src/errors.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
-import { loadTokenizer, tokenizerConfig, tokenizerJson } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens } from "./fixtures.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
@@ -114,21 +114,16 @@ describe("Gemma 3 tokenizer (sentencepiece-style with byte fallback)", () => {
 
 describe("Gemma 4 conventions", () => {
   test("<|tool_response> ends generation when the vocabulary has it as a special token", () => {
-    const json = tokenizerJson("gemma3");
-    const added = json.added_tokens as Record<string, unknown>[];
-    const id = Math.max(...added.map((t) => t.id as number)) + 1;
-    added.push({ id, content: "<|tool_response>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
-    const dir = mkdtempSync(join(tmpdir(), "rmlx-g4-"));
-    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
-    const tok = Tokenizer.fromFiles(join(dir, "tokenizer.json"), tokenizerConfig("gemma3"));
-    expect(tok.eosTokenIds.sort((a, b) => a - b)).toEqual([106, id]);
+    const { json, ids } = withSpecialTokens(tokenizerJson("gemma3"), ["<|tool_response>"]);
+    const tok = Tokenizer.fromJson(json, tokenizerConfig("gemma3"));
+    expect(tok.eosTokenIds.sort((a, b) => a - b)).toEqual([106, ids[0]!]);
   });
 });
 
 describe("Llama 3 tokenizer", () => {
   test("adds <|begin_of_text|> through a TemplateProcessing post-processor", () => {
     // The Llama 3.1 repositories' tokenizer.json: byte-level post-processing followed by a BOS template.
-    const json = tokenizerJson("llama3");
+    const json = { ...tokenizerJson("llama3") };
     json.post_processor = {
       type: "Sequence",
       processors: [
@@ -158,12 +153,11 @@ describe("Llama 3 tokenizer", () => {
     expect(tok.encode("<|begin_of_text|>Hello world")).toEqual([128000, 9906, 1917]);
     expect(tok.bosTokenId).toBe(128000);
     expect(tok.eosTokenIds.sort()).toEqual([128001, 128008, 128009]);
+    rmSync(dir, { recursive: true });
   });
 
   test("add_bos_token in tokenizer_config overrides the tokenizer.json post-processor", () => {
-    const dir = mkdtempSync(join(tmpdir(), "rmlx-llama3-"));
-    writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(tokenizerJson("llama3")));
-    const tok = Tokenizer.fromFiles(join(dir, "tokenizer.json"), { ...tokenizerConfig("llama3"), add_bos_token: true });
+    const tok = Tokenizer.fromJson(tokenizerJson("llama3"), { ...tokenizerConfig("llama3"), add_bos_token: true });
     expect(tok.encode("Hello world")).toEqual([128000, 9906, 1917]);
     // A BOS the text already starts with is not doubled.
     expect(tok.encode("<|begin_of_text|>Hello world")).toEqual([128000, 9906, 1917]);
