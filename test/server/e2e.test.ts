@@ -138,6 +138,38 @@ describe("end to end on a tiny Qwen3", () => {
     expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
   });
 
+  test("response_format json_object constrains the output to JSON", async () => {
+    const r = await openai.chat.completions.create({
+      model: name,
+      messages: [{ role: "user", content: "Reply in JSON." }],
+      max_tokens: 60,
+      temperature: 0,
+      response_format: { type: "json_object" },
+    });
+    const text = r.choices[0]!.message.content ?? "";
+    expect(text.trimStart().startsWith("{")).toBe(true);
+    if (r.choices[0]!.finish_reason === "stop") expect(typeof JSON.parse(text)).toBe("object");
+  });
+
+  test("logprobs: the greedy token is the most likely alternative", async () => {
+    const r = await openai.chat.completions.create({
+      model: name,
+      messages: [{ role: "user", content: "Name a colour." }],
+      max_tokens: 5,
+      temperature: 0,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const lps = r.choices[0]!.logprobs!.content!;
+    expect(lps.length).toBe(r.usage!.completion_tokens);
+    for (const lp of lps) {
+      expect(lp.logprob).toBeLessThanOrEqual(0);
+      expect(lp.top_logprobs.length).toBe(3);
+      expect(lp.top_logprobs[0]!.logprob).toBeCloseTo(lp.logprob, 5);
+      expect(lp.top_logprobs[0]!.logprob).toBeGreaterThanOrEqual(lp.top_logprobs[1]!.logprob);
+    }
+  });
+
   test("disconnecting mid-stream cancels the generation", async () => {
     const ac = new AbortController();
     const r = await fetch(`${srv.url}/v1/completions`, {
@@ -150,6 +182,14 @@ describe("end to end on a tiny Qwen3", () => {
     await reader.read();
     await reader.read();
     expect(await metric(srv.url, "rmlx_requests_running")).toBe(1);
+    // The engine computes in its own thread: the HTTP side answers at once meanwhile.
+    let worst = 0;
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      expect((await fetch(`${srv.url}/health`)).status).toBe(200);
+      worst = Math.max(worst, performance.now() - t0);
+    }
+    expect(worst).toBeLessThan(100);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 1000)).toBe(true);
   });
