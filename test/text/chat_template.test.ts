@@ -1,9 +1,11 @@
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test, setDefaultTimeout } from "bun:test";
 import type { ChatMessage, ToolSpec } from "../../src/engine/types.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { ChatTemplate, applyChatTemplate } from "../../src/text/chat_template.ts";
 import { toolInstructions } from "../../src/text/tool_prompt.ts";
-import { loadTokenizer, tokenizerConfig } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, TOKENIZER_TIMEOUT_MS } from "./fixtures.ts";
+
+setDefaultTimeout(TOKENIZER_TIMEOUT_MS);
 
 // Expected prompts are written from the templates' documented turn structure:
 // Qwen3 (ChatML): <|im_start|>{role}\n{content}<|im_end|>\n per turn; tools listed in the system turn inside

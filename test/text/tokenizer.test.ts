@@ -1,10 +1,12 @@
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test, setDefaultTimeout } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RmlxError } from "../../src/errors.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
-import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, tokenizerJson, withSpecialTokens, TOKENIZER_TIMEOUT_MS } from "./fixtures.ts";
+
+setDefaultTimeout(TOKENIZER_TIMEOUT_MS);
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 

@@ -1,12 +1,14 @@
 // Our chat rendering and tokenization against transformers' apply_chat_template and encode on the same Qwen3
 // tokenizer files (fixture made by scripts/make_fixtures.py on a machine with transformers).
-import { describe, expect, test } from "bun:test";
+import { describe, expect, test, setDefaultTimeout } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChatMessage, ToolSpec } from "../../src/engine/types.ts";
 import { ChatTemplate, applyChatTemplate } from "../../src/text/chat_template.ts";
 import { Detokenizer } from "../../src/text/detokenizer.ts";
-import { loadTokenizer, tokenizerConfig } from "./fixtures.ts";
+import { loadTokenizer, tokenizerConfig, TOKENIZER_TIMEOUT_MS } from "./fixtures.ts";
+
+setDefaultTimeout(TOKENIZER_TIMEOUT_MS);
 
 const FIXTURE = join(import.meta.dir, "..", "fixtures", "text", "qwen3_chat.json");
 
