@@ -113,6 +113,9 @@ struct Kern {
   void (*bf16_to_f32)(float *y, const uint16_t *x, int64_t n);
   void (*f32_to_f16)(uint16_t *y, const float *x, int64_t n);
   void (*f32_to_bf16)(uint16_t *y, const float *x, int64_t n);
+  // Attention: s[j] = dot(q, k[j]) * scale for j < nj; acc += sum_j p[j] * v[j] (rows of length D).
+  void (*dots)(float *s, const float *q, const float *const *k, int64_t nj, int64_t D, float scale);
+  void (*pv)(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D);
 };
 
 const Kern &kern();

@@ -10,7 +10,7 @@
 namespace rmlx {
 namespace {
 
-constexpr int64_t kChunk = 32;  // keys scored per softmax update
+constexpr int64_t kChunk = 64;  // keys scored per softmax update
 
 inline void load_row(const Kern &k, float *dst, const void *base, int dt, int64_t off, int64_t n) {
   if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)base + off, n);
@@ -59,14 +59,14 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
     for (int64_t g = 0; g < G; g++) {
       const float *qg = q + g * q_stride;
       float *s = sc + g * kChunk;
-      for (int64_t j = 0; j < nj; j++) s[j] = k.dot(qg, krows[j], D) * scale;
+      k.dots(s, qg, krows, nj, D, scale);
       if (softcap > 0.f)
         for (int64_t j = 0; j < nj; j++) s[j] = softcap * std::tanh(s[j] / softcap);
       float mx = std::max(m[g], k.max(s, nj));
       float sum = k.exp_sum(s, s, mx, nj);
       float *ag = acc + g * D;
       if (m[g] != mx && l[g] > 0.f) k.scal(ag, std::exp(m[g] - mx), D), l[g] *= std::exp(m[g] - mx);
-      for (int64_t j = 0; j < nj; j++) k.axpy(ag, s[j], vrows[j], D);
+      k.pv(ag, s, vrows, nj, D);
       l[g] += sum;
       m[g] = mx;
     }

@@ -75,8 +75,15 @@ void f2b(uint16_t *y, const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = rmlx::f32_to_bf16(x[i]);
 }
 
+void dots(float *s, const float *q, const float *const *k, int64_t nj, int64_t D, float scale) {
+  for (int64_t j = 0; j < nj; j++) s[j] = dot(q, k[j], D) * scale;
+}
+void pv(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D) {
+  for (int64_t j = 0; j < nj; j++) axpy(acc, p[j], v[j], D);
+}
+
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
-                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b};
+                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv};
 
 }  // namespace
 

@@ -201,8 +201,68 @@ void f2b(uint16_t *y, const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = rmlx::f32_to_bf16(x[i]);
 }
 
+// Eight keys at a time share each load of q; the eight partial sums are reduced together with hadd.
+void dots(float *s, const float *q, const float *const *k, int64_t nj, int64_t D, float scale) {
+  const int64_t D8 = D & ~(int64_t)7;
+  int64_t j = 0;
+  for (; j + 8 <= nj; j += 8) {
+    __m256 a[8];
+    for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D8; d += 8) {
+      __m256 qv = _mm256_loadu_ps(q + d);
+      for (int u = 0; u < 8; u++) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[j + u] + d), a[u]);
+    }
+    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    if (D8 != D) {
+      alignas(32) float tail[8];
+      for (int u = 0; u < 8; u++) {
+        float t = 0.f;
+        for (int64_t d = D8; d < D; d++) t += q[d] * k[j + u][d];
+        tail[u] = t;
+      }
+      r = _mm256_add_ps(r, _mm256_load_ps(tail));
+    }
+    _mm256_storeu_ps(s + j, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+  }
+  for (; j < nj; j++) s[j] = dot(q, k[j], D) * scale;
+}
+
+// acc stays in registers 32 floats at a time while all nj value rows stream through.
+void pv(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D) {
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
+    __m256 a2 = _mm256_loadu_ps(acc + d + 16), a3 = _mm256_loadu_ps(acc + d + 24);
+    for (int64_t j = 0; j < nj; j++) {
+      __m256 pj = _mm256_set1_ps(p[j]);
+      const float *vr = v[j] + d;
+      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), a0);
+      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), a1);
+      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), a2);
+      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 24), a3);
+    }
+    _mm256_storeu_ps(acc + d, a0);
+    _mm256_storeu_ps(acc + d + 8, a1);
+    _mm256_storeu_ps(acc + d + 16, a2);
+    _mm256_storeu_ps(acc + d + 24, a3);
+  }
+  for (; d + 8 <= D; d += 8) {
+    __m256 a0 = _mm256_loadu_ps(acc + d);
+    for (int64_t j = 0; j < nj; j++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v[j] + d), a0);
+    _mm256_storeu_ps(acc + d, a0);
+  }
+  for (; d < D; d++) {
+    float a = acc[d];
+    for (int64_t j = 0; j < nj; j++) a += p[j] * v[j][d];
+    acc[d] = a;
+  }
+}
+
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
-                    swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b};
+                    swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv};
 
 }  // namespace
 
