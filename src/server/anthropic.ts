@@ -1,6 +1,6 @@
 import type { ChatMessage, GenerateRequest, ToolSpec } from "../engine/types.ts";
 import { HttpError } from "./errors.ts";
-import { collect, newId, startGeneration, type ServerContext, type Started } from "./generation.ts";
+import { collect, newId, startGeneration, withModel, type ServerContext, type Started } from "./generation.ts";
 import type { ModelEntry } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
 import { outputShaper, type Shaped, type ToolCallOut } from "./output.ts";
@@ -255,9 +255,8 @@ async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelE
   );
 }
 
-export async function countTokens(ctx: ServerContext, body: CountTokensBodyT): Promise<Response> {
-  const m = await ctx.models.acquire(body.model);
-  try {
+export function countTokens(ctx: ServerContext, body: CountTokensBodyT): Promise<Response> {
+  return withModel(ctx, body.model, async (m) => {
     const r = await ctx.engine.tokenize({
       model: m.name,
       messages: toChatMessages(body),
@@ -266,7 +265,5 @@ export async function countTokens(ctx: ServerContext, body: CountTokensBodyT): P
       addGenerationPrompt: true,
     });
     return Response.json({ input_tokens: r.tokens.length });
-  } finally {
-    ctx.models.release(m);
-  }
+  });
 }

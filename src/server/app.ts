@@ -2,8 +2,8 @@ import { Elysia } from "elysia";
 import { countTokens, messages } from "./anthropic.ts";
 import { authorized } from "./auth.ts";
 import { errorResponse, flavorOf, HttpError, toHttpError } from "./errors.ts";
-import type { ServerContext } from "./generation.ts";
-import { chatCompletions, completions, modelObject } from "./openai.ts";
+import { withModel, type ServerContext } from "./generation.ts";
+import { chatCompletions, chatMessages, completions, modelObject } from "./openai.ts";
 import { ServerMetrics } from "./prom.ts";
 import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, MessagesBody, TokenizeBody } from "./schemas.ts";
 
@@ -94,33 +94,25 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
       "/tokenize",
       handle(async (b: typeof TokenizeBody.static) => {
         if ((b.prompt === undefined) === (b.messages === undefined)) throw new HttpError(400, "give exactly one of prompt or messages");
-        const m = await ctx.models.acquire(b.model);
-        try {
+        return withModel(ctx, b.model, async (m) => {
           const r = await ctx.engine.tokenize({
             model: m.name,
             text: b.prompt,
-            messages: b.messages?.map((x) => ({ role: x.role, content: typeof x.content === "string" ? x.content : (x.content ?? []).map((p) => p.text ?? "").join("") })),
+            messages: b.messages && chatMessages(b.messages),
             tools: b.tools?.map((t) => ({ type: "function" as const, function: t.function })),
             templateKwargs: b.chat_template_kwargs ?? undefined,
             addGenerationPrompt: b.add_generation_prompt ?? true,
           });
           return Response.json({ tokens: r.tokens, count: r.tokens.length, max_model_len: m.contextLength });
-        } finally {
-          ctx.models.release(m);
-        }
+        });
       }),
       { body: TokenizeBody, parse: "json" },
     )
     .post(
       "/detokenize",
-      handle(async (b: typeof DetokenizeBody.static) => {
-        const m = await ctx.models.acquire(b.model);
-        try {
-          return Response.json({ prompt: await ctx.engine.detokenize(m.name, b.tokens) });
-        } finally {
-          ctx.models.release(m);
-        }
-      }),
+      handle((b: typeof DetokenizeBody.static) =>
+        withModel(ctx, b.model, async (m) => Response.json({ prompt: await ctx.engine.detokenize(m.name, b.tokens) })),
+      ),
       { body: DetokenizeBody, parse: "json" },
     );
 }

@@ -26,8 +26,9 @@ function messageText(content: Body["messages"][number]["content"]): string | nul
   return text;
 }
 
-function chatMessages(body: Body): ChatMessage[] {
-  return body.messages.map((m) => {
+/** OpenAI messages to chat-template messages (text parts joined, developer read as system). */
+export function chatMessages(messages: Body["messages"]): ChatMessage[] {
+  return messages.map((m) => {
     const msg: ChatMessage = { role: m.role === "developer" ? "system" : m.role, content: messageText(m.content) };
     if (m.name) msg.name = m.name;
     if (m.tool_call_id) msg.tool_call_id = m.tool_call_id;
@@ -78,7 +79,7 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
   return {
     id: newId("gen-"),
     model: m.name,
-    messages: chatMessages(body),
+    messages: chatMessages(body.messages),
     tools,
     templateKwargs: body.chat_template_kwargs ?? undefined,
     addGenerationPrompt: true,

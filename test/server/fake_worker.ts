@@ -2,7 +2,7 @@
 // One character is one token (its char code). What it "generates" is decided by the last user message:
 //   contains "weather" with tools given -> a Hermes-style <tool_call> for get_weather
 //   contains "[think]"                  -> a <think> section, then an answer
-//   contains "[busy]"                   -> blocks its thread for 40 ms per token, 50 tokens ("busy busy ...")
+//   contains "[busy]"                   -> blocks its thread for 300 ms per token, 5 tokens ("busy ")
 //   contains "[slow]"                   -> one token every 20 ms until max_tokens
 //   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
 // A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
@@ -41,7 +41,7 @@ function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "
     return { text: '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', mode: "fast" };
   }
   if (last.includes("[think]")) return { text: "<think>\nLet me think.\n</think>\n\nThe answer is 42.", mode: "fast" };
-  if (last.includes("[busy]")) return { text: "busy ".repeat(10), mode: "busy" };
+  if (last.includes("[busy]")) return { text: "busy ", mode: "busy" };
   if (last.includes("[slow]")) return { text: "x".repeat(req.maxTokens), mode: "slow" };
   if (req.sampling.temperature === 0) return { text: `Echo: ${last}`, mode: "fast" };
   const rand = req.sampling.seed !== undefined ? mulberry32(req.sampling.seed) : Math.random;
@@ -86,7 +86,7 @@ async function generate(req: GenerateRequest) {
   for (let i = 0; i < text.length; i++) {
     if (mode === "slow") await Bun.sleep(20);
     else if (mode === "busy") {
-      const until = performance.now() + 40;
+      const until = performance.now() + 300;
       while (performance.now() < until);
       await Bun.sleep(0);
     } else if (i % 8 === 0) await Bun.sleep(0);

@@ -350,20 +350,21 @@ describe("engine in its own thread", () => {
   test("/health and /metrics answer within milliseconds while the engine computes", async () => {
     const gen = openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[busy]" }] });
     await Bun.sleep(100);
-    let worst = 0;
-    for (let i = 0; i < 10; i++) {
+    const times: number[] = [];
+    for (let i = 0; i < 9; i++) {
       const t0 = performance.now();
       const h = await fetch(`${srv.url}/health`);
       const m = await fetch(`${srv.url}/metrics`);
-      worst = Math.max(worst, performance.now() - t0);
+      times.push(performance.now() - t0);
       expect(h.status).toBe(200);
       expect(m.status).toBe(200);
-      await Bun.sleep(20);
+      await Bun.sleep(37);
     }
-    // The engine blocks its thread 40 ms per token; the HTTP side must not wait on that.
-    expect(worst).toBeLessThan(30);
-    expect((await gen).choices[0]!.message.content).toContain("busy");
-  });
+    // The engine blocks its own thread 300 ms per token: were HTTP waiting on it, the median would be ~150 ms.
+    times.sort((a, b) => a - b);
+    expect(times[4]!).toBeLessThan(60);
+    expect((await gen).choices[0]!.message.content).toBe("busy");
+  }, 15_000);
 
   test("a client that disconnects mid-stream cancels its generation and frees its cache", async () => {
     const ac = new AbortController();
@@ -376,7 +377,7 @@ describe("engine in its own thread", () => {
     const reader = r.body!.getReader();
     await reader.read();
     await reader.read();
-    expect(await metric(srv.url, "rmlx_requests_running")).toBe(1);
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBeGreaterThan(0);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
