@@ -32,7 +32,7 @@ serve: build
 	./dist/rmlx serve --port $(PORT)
 
 test: build
-	$(BUN) test $(TEST_ARGS)
+	$(BUN) test --timeout 60000 $(TEST_ARGS)
 
 clean:
 	rm -rf dist native/build
