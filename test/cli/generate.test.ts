@@ -34,18 +34,20 @@ describe("rmlx generate", () => {
   test.skipIf(!haveFixture)("greedy tokens equal the transformers reference where its margin is clear", () => {
     const ref = JSON.parse(readFileSync(join(fixtureDir, "reference.json"), "utf8"));
     const tok = Tokenizer.fromModelDir(fixtureDir);
-    const p = ref.prompts[0];
-    // The prompt travels as text; it must tokenize back to the reference ids for the comparison to hold.
-    const text = tok.decode(p.ids, { skipSpecialTokens: false });
-    expect(tok.encode(text, { addSpecialTokens: false })).toEqual(p.ids);
-    const r = run("generate", "--model", fixtureDir, "--prompt", text, "--max-tokens", "16", "--json");
-    expect(r.code).toBe(0);
-    const j = JSON.parse(r.out);
-    expect(j.prompt_ids).toEqual(p.ids);
-    // generation stops at an EOS, which the reference treats as an ordinary token
-    for (let i = 0; i < j.token_ids.length; i++) {
-      if (p.greedy_margins[i] > 1e-2) expect(j.token_ids[i]).toBe(p.greedy[i]);
-      if (j.token_ids[i] !== p.greedy[i]) break;
+    for (const p of ref.prompts) {
+      // The prompt travels as text; it must tokenize back to the reference ids for the comparison to hold.
+      const text = tok.decode(p.ids, { skipSpecialTokens: false });
+      expect(tok.encode(text, { addSpecialTokens: false })).toEqual(p.ids);
+      const r = run("generate", "--model", fixtureDir, "--prompt", text, "--max-tokens", "16", "--json");
+      expect(r.code).toBe(0);
+      const j = JSON.parse(r.out);
+      expect(j.prompt_ids).toEqual(p.ids);
+      expect(j.token_ids.length).toBeGreaterThan(0);
+      // generation stops at an EOS, which the reference treats as an ordinary token
+      for (let i = 0; i < j.token_ids.length; i++) {
+        if (p.greedy_margins[i] > 1e-3) expect(j.token_ids[i]).toBe(p.greedy[i]);
+        if (j.token_ids[i] !== p.greedy[i]) break;
+      }
     }
   });
 

@@ -18,10 +18,13 @@ import { loadModel } from "../../src/models/registry.ts";
 const ROOT = join(import.meta.dir, "../fixtures/models");
 const INDEX = join(ROOT, "INDEX.json");
 
-/** Relative error tolerance of teacher-forced logits: f32 math on exactly-read weights. */
-const REL_TOL = 2e-3;
-/** Greedy tokens must agree where the reference top-2 margin exceeds this. */
-const CLEAR_MARGIN = 1e-2;
+/**
+ * Relative error tolerance of teacher-forced logits: f32 math on exactly-read weights. Measured on the native
+ * CPU backend: at most 1.6e-6 of the logit scale over all fixtures (absolute 7e-6 on logits of scale ~7).
+ */
+const REL_TOL = 1e-4;
+/** Greedy tokens must agree where the reference top-2 margin exceeds this (100x the worst logit error). */
+const CLEAR_MARGIN = 1e-3;
 
 interface PromptRef {
   kind: string;
