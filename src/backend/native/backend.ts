@@ -22,6 +22,12 @@ import { BINARY, GLU, OP, ProgramWriter, UNARY } from "./program.ts";
 import { DTYPE_BYTES, Home, NTensor, Node, contiguousStrides, type Emit } from "./tensor.ts";
 
 const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
+const NO_ADDRS: number[] = [];
+const NO_INPUTS: NTensor[] = [];
+const NO_NODES: Node[] = [];
+const NO_HOST: (Int32Array | Float32Array)[] = [];
+// Host arrays are copies owned by their node, alive until the program has run; the collector does not move them.
+const hostPtr = (h: Int32Array | Float32Array): number => (h.length ? ptr(h) : 0);
 const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 
 function invalid(msg: string): never {
@@ -87,6 +93,25 @@ function collapse(shape: readonly number[], strides: number[][]): { shape: numbe
   return { shape: s, strides: st };
 }
 
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+const UNIT = [1];
+const ROW_STRIDES = [0, 1];
+
+/** The kernel's view of a broadcasting binary op, with the two common cases (same shape; a row vector) direct. */
+function binaryLayout(x: NTensor, y: NTensor, shape: readonly number[]): { shape: number[]; strides: number[][] } {
+  const n = x.size === y.size ? x.size : 0;
+  if (n > 0 && shape.length >= 1 && sameShape(x.shape, y.shape)) return { shape: [n], strides: [UNIT, UNIT] };
+  const last = shape[shape.length - 1]!;
+  if (y.size === last && last > 0 && sameShape(x.shape, shape) && y.shape[y.shape.length - 1] === last)
+    return { shape: [x.size / last, last], strides: [[last, 1], ROW_STRIDES] };
+  return collapse(shape, [broadcastStrides(x.shape, shape), broadcastStrides(y.shape, shape)]);
+}
+
 interface NKvPool extends KvPool {
   readonly k: NTensor;
   readonly v: NTensor;
@@ -122,7 +147,6 @@ export class NativeBackend implements Backend {
 
   private readonly arena = new Arena();
   private readonly prog = new ProgramWriter();
-  private staging = { addr: 0, size: 0 };
   private depth = 0;
   private scopeTensors: NTensor[] = [];
   private effects: Node[] = [];
@@ -248,18 +272,17 @@ export class NativeBackend implements Backend {
     const order: Node[] = [];
     for (const r of roots) if (r.mark !== pass && !r.done) this.collect(r, pass, order);
 
-    let hostBytes = 0;
-    for (const n of order) {
-      for (const o of n.outputs) if (o.home === Home.Pending) this.place(o);
-      for (const h of n.host) hostBytes += Math.ceil(h.byteLength / 64) * 64;
+    for (let i = 0; i < order.length; i++) {
+      const outs = order[i]!.outputs;
+      for (let j = 0; j < outs.length; j++) if (outs[j]!.home === Home.Pending) this.place(outs[j]!);
     }
-    let hostAddrs: number[][] = [];
-    if (hostBytes > 0) hostAddrs = this.stage(order, hostBytes);
 
     const w = this.prog;
     w.reset();
-    const none: number[] = [];
-    for (let i = 0; i < order.length; i++) order[i]!.emit(w, hostAddrs[i] ?? none);
+    for (let i = 0; i < order.length; i++) {
+      const n = order[i]!;
+      n.emit(w, n.host.length === 0 ? NO_ADDRS : n.host.map(hostPtr));
+    }
     if (w.len > 0) {
       const status = native().rmlx_exec(w.buf, w.len);
       if (status !== 0) {
@@ -277,12 +300,13 @@ export class NativeBackend implements Backend {
         check(status, "eval");
       }
     }
-    for (const n of order) {
+    for (let i = 0; i < order.length; i++) {
+      const n = order[i]!;
       n.done = true;
-      for (const o of n.outputs) o.node = null;
-      n.inputs = [];
-      n.deps = [];
-      n.host = [];
+      for (let j = 0; j < n.outputs.length; j++) n.outputs[j]!.node = null;
+      n.inputs = NO_INPUTS;
+      n.deps = NO_NODES;
+      n.host = NO_HOST;
     }
   }
 
@@ -324,30 +348,6 @@ export class NativeBackend implements Backend {
         order.push(top);
       }
     }
-  }
-
-  /** Copies the host arrays of this eval's nodes into one reused native buffer. */
-  private stage(order: Node[], bytes: number): number[][] {
-    if (this.staging.size < bytes) {
-      nativeFree(this.staging.addr);
-      const size = Math.max(bytes, 2 * this.staging.size, 1 << 16);
-      this.staging = { addr: nativeAlloc(size), size };
-    }
-    const mem = bytesAt(this.staging.addr, bytes);
-    const out: number[][] = new Array(order.length);
-    let off = 0;
-    for (let i = 0; i < order.length; i++) {
-      const n = order[i]!;
-      if (n.host.length === 0) continue;
-      const addrs: number[] = [];
-      for (const h of n.host) {
-        mem.set(new Uint8Array(h.buffer, h.byteOffset, h.byteLength), off);
-        addrs.push(this.staging.addr + off);
-        off += Math.ceil(h.byteLength / 64) * 64;
-      }
-      out[i] = addrs;
-    }
-    return out;
   }
 
   toFloat32(x: Tensor): Float32Array {
@@ -841,9 +841,9 @@ export class NativeBackend implements Backend {
   private binary(kind: number, a: Tensor, b: Tensor, what: string): Tensor {
     const x = this.floatArg(a, what);
     const y = this.floatArg(b, what);
-    const shape = broadcastShapes(x.shape, y.shape, what);
+    const shape = sameShape(x.shape, y.shape) ? x.shape : broadcastShapes(x.shape, y.shape, what);
     const out = this.newTensor(shape, "f32");
-    const c = collapse(shape, [broadcastStrides(x.shape, shape), broadcastStrides(y.shape, shape)]);
+    const c = binaryLayout(x, y, shape);
     this.record([x, y], [out], (w) => {
       if (out.size === 0) return;
       w.begin(OP.binary);
@@ -1258,6 +1258,7 @@ export class NativeBackend implements Backend {
       deps,
     );
     pool.readers.push(n);
+    if (pool.readers.length > 64) pool.readers = pool.readers.filter((r) => !r.done);
     return out;
   }
 

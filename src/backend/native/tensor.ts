@@ -20,8 +20,11 @@ export const enum Home {
   Dead,
 }
 
-/** Writes a node's records; host[i] is the native address of node.host[i], staged for this eval. */
+/** Writes a node's records; host[i] is the native address of node.host[i]. */
 export type Emit = (w: ProgramWriter, host: readonly number[]) => void;
+
+const NO_HOST: (Int32Array | Float32Array)[] = [];
+const NO_DEPS: Node[] = [];
 
 export class Node {
   /** Eval pass that last visited this node (for the topological walk). */
@@ -31,10 +34,10 @@ export class Node {
     public inputs: NTensor[],
     public outputs: NTensor[],
     public emit: Emit,
-    /** Host arrays copied at record time, staged into native memory at eval. */
-    public host: (Int32Array | Float32Array)[] = [],
+    /** Host arrays copied at record time; the kernels read them in place. */
+    public host: (Int32Array | Float32Array)[] = NO_HOST,
     /** Nodes that must run first without being data inputs (KV pool writes before reads). */
-    public deps: Node[] = [],
+    public deps: Node[] = NO_DEPS,
   ) {}
 }
 
