@@ -1,6 +1,7 @@
 import { Command, Option } from "commander";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
+import { defaultDbPath } from "../metrics/store.ts";
 import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
 import { action, EXIT_BAD_INPUT } from "./action.ts";
@@ -16,6 +17,8 @@ interface ServeFlags {
   maxWaiting?: string;
   prefillChunk?: string;
   prefixCache?: boolean;
+  db?: string;
+  metrics?: boolean;
 }
 
 const UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
@@ -61,6 +64,8 @@ export function register(program: Command): void {
     .option("--max-waiting <n>", "most queued requests; more are refused with 429 (env RMLX_MAX_WAITING; default 256)")
     .option("--prefill-chunk <n>", "most prompt tokens per step (env RMLX_PREFILL_CHUNK; default 2048)")
     .addOption(new Option("--no-prefix-cache", "do not reuse KV blocks of shared prompt prefixes (env RMLX_PREFIX_CACHE=0)"))
+    .option("--db <path>", "metrics database each request is recorded in (env RMLX_DB; default ~/.rmlx/metrics.db)")
+    .option("--no-metrics", "record nothing in the metrics database")
     .addHelpText(
       "after",
       "\nModels are addressed by directory name. Defaults: --host 127.0.0.1, --port 8080, --idle-unload 0.\nStops gracefully on SIGINT/SIGTERM.",
@@ -90,6 +95,7 @@ export function register(program: Command): void {
           idleUnloadS: parseInteger(pick(flags.idleUnload, "RMLX_IDLE_UNLOAD", "0"), "--idle-unload", 0),
           engine,
           workerUrl: engineWorkerUrl(),
+          metricsDb: flags.metrics === false ? null : defaultDbPath(flags.db),
         });
         process.stderr.write(`rmlx: serving ${[...models.keys()].join(", ")} on ${server.url}\n`);
         let stopping = false;

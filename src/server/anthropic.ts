@@ -139,7 +139,7 @@ export async function messages(ctx: ServerContext, body: MessagesBodyT, signal?:
   }
   try {
     const req = request(body, m);
-    const r = await collect(ctx, req, (started) => shaper(m, req, started), signal);
+    const r = await collect(ctx, req, "messages", (started) => shaper(m, req, started), signal);
     const content: unknown[] = [];
     if (r.shaped.reasoning) content.push({ type: "thinking", thinking: r.shaped.reasoning, signature: "" });
     if (r.shaped.content) content.push({ type: "text", text: r.shaped.content });
@@ -171,7 +171,7 @@ function anthropicStreamError(err: unknown, send: SseSend): void {
 /** Streams one message; the caller releases the model if this throws, the stream releases it otherwise. */
 async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry): Promise<Response> {
   const req = request(body, m);
-  const { stream, started } = await startGeneration(ctx, req);
+  const { stream, started } = await startGeneration(ctx, req, "messages");
   const sh = shaper(m, req, started);
   let released = false;
   const release = () => {

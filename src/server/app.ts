@@ -24,7 +24,12 @@ const endpointOf = (path: string) => (path.startsWith("/v1/models/") ? "/v1/mode
 
 export function createApp(ctx: ServerContext, opts: AppOptions) {
   const metrics = new ServerMetrics();
-  ctx.engine.onDone = (ev) => metrics.generation(ev.usage, ev.timing.ttftMs);
+  ctx.engine.onEnd = (id, done) => {
+    if (done) {
+      metrics.generation(done.usage, done.timing.ttftMs);
+      ctx.journal?.done(done);
+    } else ctx.journal?.forget(id);
+  };
   const record = (request: Request, res: Response) => {
     metrics.request(endpointOf(new URL(request.url).pathname), res.status);
     return res;

@@ -86,8 +86,8 @@ export class EngineClient {
   private nextRid = 0;
   private dead: Error | null = null;
   stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0 };
-  /** Called for every finished generation (for metrics). */
-  onDone: ((ev: Extract<EngineEvent, { type: "done" }>) => void) | null = null;
+  /** Called once per generation when it ends: with its "done" event, or null (failed or cancelled). */
+  onEnd: ((id: string, done: Extract<EngineEvent, { type: "done" }> | null) => void) | null = null;
 
   constructor(workerUrl: string | URL, config: EngineConfig) {
     this.worker = new Worker(workerUrl);
@@ -123,7 +123,7 @@ export class EngineClient {
         const s = this.streams.get(msg.id);
         this.streams.delete(msg.id);
         s?.push(msg);
-        if (msg.type === "done") this.onDone?.(msg);
+        if (s) this.onEnd?.(msg.id, msg.type === "done" ? msg : null);
         return;
       }
       case "loaded":
@@ -174,7 +174,7 @@ export class EngineClient {
 
   generate(request: GenerateRequest): GenerationStream {
     const stream = new GenerationStream(request.id, (id) => {
-      this.streams.delete(id);
+      if (this.streams.delete(id)) this.onEnd?.(id, null);
       if (!this.dead) this.worker.postMessage({ type: "cancel", id } satisfies ToWorker);
     });
     this.streams.set(request.id, stream);

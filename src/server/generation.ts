@@ -1,5 +1,6 @@
 import type { EngineEvent, GenerateRequest, TokenLogprob } from "../engine/types.ts";
 import type { EngineClient, GenerationStream } from "./engine_client.ts";
+import type { RequestJournal } from "./journal.ts";
 import { fromCode, HttpError } from "./errors.ts";
 import type { ModelEntry, ModelManager } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
@@ -12,6 +13,7 @@ export type Done = Extract<EngineEvent, { type: "done" }>;
 export interface ServerContext {
   engine: EngineClient;
   models: ModelManager;
+  journal?: RequestJournal;
 }
 
 export function newId(prefix: string): string {
@@ -22,7 +24,12 @@ export function newId(prefix: string): string {
  * Sends a request to the engine and waits for its first event, so that a request refused by the engine (prompt too
  * long, queue full) becomes an HTTP error before any response byte is sent.
  */
-export async function startGeneration(ctx: ServerContext, req: GenerateRequest): Promise<{ stream: GenerationStream; started: Started }> {
+export async function startGeneration(
+  ctx: ServerContext,
+  req: GenerateRequest,
+  api: string,
+): Promise<{ stream: GenerationStream; started: Started }> {
+  ctx.journal?.begin(req.id, api, req.model);
   const stream = ctx.engine.generate(req);
   const first = await stream.next();
   if (!first) throw new HttpError(500, "engine ended the request without an answer");
@@ -46,10 +53,11 @@ export interface Collected {
 export async function collect(
   ctx: ServerContext,
   req: GenerateRequest,
+  api: string,
   shaperFor: (started: Started) => ChatOutputParser,
   signal?: AbortSignal,
 ): Promise<Collected> {
-  const { stream, started } = await startGeneration(ctx, req);
+  const { stream, started } = await startGeneration(ctx, req, api);
   signal?.addEventListener("abort", () => stream.cancel(), { once: true });
   if (signal?.aborted) stream.cancel();
   const shaper = shaperFor(started);

@@ -135,7 +135,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   }
   try {
     const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
-    const results = await Promise.all(requests.map((r) => collect(ctx, r, shaperFor(m, r), signal)));
+    const results = await Promise.all(requests.map((r) => collect(ctx, r, "chat", shaperFor(m, r), signal)));
     return Response.json(chatResponse(body, results));
   } finally {
     ctx.models.release(m);
@@ -180,7 +180,7 @@ export function streamError(err: unknown, send: SseSend): void {
 /** Streams one chat completion; the caller releases the model if this throws, the stream releases it otherwise. */
 async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry): Promise<Response> {
   const req = chatRequest(body, m, 0);
-  const { stream, started } = await startGeneration(ctx, req);
+  const { stream, started } = await startGeneration(ctx, req, "chat");
   const shaper = shaperFor(m, req)(started);
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
@@ -291,7 +291,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
     throw e;
   }
   try {
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), plainShaper, signal)));
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), "completions", plainShaper, signal)));
     const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
     let completion = 0;
     const choices = results.map((r, index) => {
@@ -317,7 +317,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
 }
 
 async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry): Promise<Response> {
-  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0));
+  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0), "completions");
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;

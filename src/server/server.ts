@@ -1,6 +1,8 @@
 import type { EngineConfig } from "../engine/types.ts";
+import { MetricsStore } from "../metrics/store.ts";
 import { createApp } from "./app.ts";
 import { EngineClient } from "./engine_client.ts";
+import { RequestJournal } from "./journal.ts";
 import { ModelManager } from "./models.ts";
 
 export interface ServerOptions {
@@ -12,6 +14,8 @@ export interface ServerOptions {
   engine: EngineConfig;
   /** The engine worker's entry module (the real engine unless replaced, e.g. by a test double). */
   workerUrl: string | URL;
+  /** The metrics database each finished request is recorded in; null records nothing. */
+  metricsDb: string | null;
 }
 
 export interface RunningServer {
@@ -23,7 +27,9 @@ export interface RunningServer {
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const engine = new EngineClient(opts.workerUrl, opts.engine);
   const models = new ModelManager(engine, opts.models, opts.idleUnloadS);
-  const app = createApp({ engine, models }, { apiKey: opts.apiKey }).listen({
+  const store = opts.metricsDb === null ? MetricsStore.disabled() : MetricsStore.open(opts.metricsDb);
+  store.startRun({ kind: "serve", model: [...opts.models.keys()].join(",") });
+  const app = createApp({ engine, models, journal: new RequestJournal(store) }, { apiKey: opts.apiKey }).listen({
     hostname: opts.host,
     port: opts.port,
     idleTimeout: 0,
@@ -41,6 +47,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       await Promise.race([closing, Bun.sleep(1000)]);
       models.close();
       await engine.shutdown();
+      store.close();
     },
   };
 }

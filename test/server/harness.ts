@@ -33,7 +33,9 @@ export const BINARY = join(ROOT, "dist", "rmlx");
 /** Starts the TypeScript entry with bun, or the compiled binary when `binary` is set. */
 export async function serve(args: string[], env: Record<string, string> = {}, binary = false): Promise<Served> {
   const cmd = binary ? [BINARY] : [process.execPath, join(ROOT, "src/cli/main.ts")];
-  const proc = Bun.spawn([...cmd, "serve", "--port", "0", ...args], {
+  // Tests never write to the user's metrics database unless they name one.
+  const metrics = args.includes("--db") ? [] : ["--no-metrics"];
+  const proc = Bun.spawn([...cmd, "serve", "--port", "0", ...metrics, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdin: "ignore",

@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
+import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { FAKE_WORKER, fakeModels, metric, removeDir, serve, waitFor, type Served } from "./harness.ts";
 
@@ -518,6 +519,25 @@ describe("server options", () => {
     s.proc.kill("SIGTERM");
     expect((await body).trimEnd().endsWith("data: [DONE]")).toBe(true);
     expect(await s.proc.exited).toBe(0);
+    removeDir(dir2);
+  });
+
+  test("each finished request is recorded in the metrics database", async () => {
+    const dir2 = fakeModels("m");
+    const db = join(dir2, "metrics.db");
+    const s = await serve(["--model", join(dir2, "m"), "--db", db], ENV);
+    const o = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: "x", maxRetries: 0 });
+    await o.chat.completions.create({ model: "m", messages: [{ role: "user", content: "rec" }], temperature: 0 });
+    const a = new Anthropic({ baseURL: s.url, apiKey: "x", maxRetries: 0 });
+    await a.messages.create({ model: "m", max_tokens: 3, ...GREEDY, messages: [{ role: "user", content: "rec" }] });
+    expect(await s.stop()).toBe(0);
+    const sqlite = new Database(db, { readonly: true });
+    const rows = sqlite.query("SELECT api, model, generated_tokens, finish_reason, status FROM requests ORDER BY id").all();
+    sqlite.close();
+    expect(rows).toEqual([
+      { api: "chat", model: "m", generated_tokens: "Echo: rec".length, finish_reason: "stop", status: 200 },
+      { api: "messages", model: "m", generated_tokens: 3, finish_reason: "length", status: 200 },
+    ]);
     removeDir(dir2);
   });
 
