@@ -36,7 +36,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const server = app.server!;
   // With a single model there is nothing to choose: load it now, and /health says 503 until it is ready.
-  if (models.models.size === 1) void models.preload([...models.models.keys()][0]!).catch(() => {});
+  if (models.models.size === 1) {
+    const name = [...models.models.keys()][0]!;
+    void models.preload(name).catch((e: Error) => process.stderr.write(`rmlx: cannot load ${name}: ${e.message}\n`));
+  }
   return {
     url: `http://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${server.port}`,
     async stop(graceMs = 10_000) {

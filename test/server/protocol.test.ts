@@ -439,6 +439,23 @@ describe("server options", () => {
     }
   });
 
+  test("flags win over RMLX_* environment variables, which apply without flags", async () => {
+    const dir2 = fakeModels("m");
+    const env = { ...ENV, RMLX_API_KEY: "from-env" };
+    const auth = (url: string, key: string) => fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+    const withFlag = await serve(["--model", join(dir2, "m"), "--api-key", "from-flag"], env);
+    const withEnv = await serve(["--model", join(dir2, "m")], env);
+    try {
+      expect((await auth(withFlag.url, "from-flag")).status).toBe(200);
+      expect((await auth(withFlag.url, "from-env")).status).toBe(401);
+      expect((await auth(withEnv.url, "from-env")).status).toBe(200);
+    } finally {
+      await withFlag.stop();
+      await withEnv.stop();
+      removeDir(dir2);
+    }
+  });
+
   test("a full queue answers 429 with Retry-After", async () => {
     const dir2 = fakeModels("m");
     const s = await serve(["--model", join(dir2, "m"), "--max-running", "1", "--max-waiting", "0"], ENV);
