@@ -17,7 +17,7 @@ import type {
 import { isQuantized } from "../backend.ts";
 import { RmlxError } from "../../errors.ts";
 import { DT, QMODE, check, native } from "./lib.ts";
-import { Arena, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
+import { Arena, type ArenaMark, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
 import { BINARY, GLU, OP, ProgramWriter, UNARY } from "./program.ts";
 import { DTYPE_BYTES, Home, NTensor, Node, contiguousStrides, type Emit } from "./tensor.ts";
 
@@ -149,6 +149,8 @@ export class NativeBackend implements Backend {
   private readonly prog = new ProgramWriter();
   private depth = 0;
   private scopeTensors: NTensor[] = [];
+  /** Arena tensors in placement (= arena) order since the outermost scope began. */
+  private placed: NTensor[] = [];
   private effects: Node[] = [];
   private pass = 0;
   private freqCache = new Map<string, Float32Array>();
@@ -186,6 +188,7 @@ export class NativeBackend implements Backend {
     if (t.scoped) {
       t.addr = this.arena.alloc(t.nbytes);
       t.home = Home.Arena;
+      this.placed.push(t);
     } else {
       heapPlace(t);
     }
@@ -388,6 +391,7 @@ export class NativeBackend implements Backend {
   }
 
   scope<T>(fn: () => T): T {
+    const mark = { arena: this.arena.mark(), tensors: this.scopeTensors.length, placed: this.placed.length };
     this.depth++;
     let result: T;
     try {
@@ -395,11 +399,70 @@ export class NativeBackend implements Backend {
     } catch (err) {
       this.depth--;
       if (this.depth === 0) this.endScope([]);
+      else this.endInner([], mark);
       throw err;
     }
     this.depth--;
     if (this.depth === 0) this.endScope(collectTensors(result));
+    else this.endInner(collectTensors(result), mark);
     return result;
+  }
+
+  /**
+   * Ends a nested scope: computes what it returns, frees what it created, and packs the arena memory that must
+   * survive (its results, and outer tensors computed meanwhile) down to where the scope began, so that a model
+   * running each layer in its own scope holds about one layer's temporaries at a time.
+   */
+  private endInner(escapes: NTensor[], mark: { arena: ArenaMark; tensors: number; placed: number }): void {
+    const inner = this.scopeTensors;
+    const keep = new Set<NTensor>();
+    for (const t of escapes) {
+      if (t.home === Home.Dead || t.root().home === Home.Dead) continue;
+      keep.add(t);
+      keep.add(t.root());
+    }
+    let failed = true;
+    try {
+      if (keep.size > 0 || this.effects.length > 0) this.eval(...keep);
+      failed = false;
+    } finally {
+      const kept: NTensor[] = [];
+      for (let i = mark.tensors; i < inner.length; i++) {
+        const t = inner[i]!;
+        if (!failed && keep.has(t)) kept.push(t);
+        else {
+          t.home = Home.Dead;
+          t.node = null;
+          t.addr = 0;
+        }
+      }
+      inner.length = mark.tensors;
+      for (const t of kept) inner.push(t);
+      this.effects = this.effects.filter((e) => !e.done && e.inputs.every((i) => i.root().home !== Home.Dead));
+      // Placement order is arena order, and packing the survivors from the mark never moves one past its old
+      // place, so moving them in order (memmove) cannot clobber a survivor not yet moved.
+      const movers: NTensor[] = [];
+      for (let i = mark.placed; i < this.placed.length; i++) {
+        const t = this.placed[i]!;
+        if (t.home === Home.Arena && !t.base) movers.push(t);
+      }
+      this.placed.length = mark.placed;
+      this.arena.release(mark.arena);
+      const w = this.prog;
+      w.reset();
+      for (const t of movers) {
+        const addr = this.arena.alloc(t.nbytes);
+        this.placed.push(t);
+        if (addr === t.addr) continue;
+        w.begin(OP.memcpy);
+        w.push(addr);
+        w.push(t.addr);
+        w.push(t.nbytes);
+        w.end();
+        t.addr = addr;
+      }
+      if (w.len > 0) check(native().rmlx_exec(w.buf, w.len), "scope");
+    }
   }
 
   /** Runs what is still pending that must survive, moves returned tensors out of the arena, frees the rest. */
@@ -441,6 +504,7 @@ export class NativeBackend implements Backend {
         t.addr = 0;
       }
       this.scopeTensors = [];
+      this.placed = [];
       this.effects = this.effects.filter((e) => !e.done && e.inputs.every((i) => i.root().home !== Home.Dead));
       this.arena.reset();
     }

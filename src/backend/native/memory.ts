@@ -22,6 +22,11 @@ export function bytesAt(addr: number, nbytes: number): Uint8Array {
   return new Uint8Array(toArrayBuffer(addr as never, 0, nbytes));
 }
 
+export interface ArenaMark {
+  block: number;
+  offset: number;
+}
+
 const ALIGN = 64;
 const MIN_BLOCK = 16 << 20;
 
@@ -59,6 +64,16 @@ export class Arena {
       this.cur = this.blocks.length - 1;
       this.off = 0;
     }
+  }
+
+  mark(): ArenaMark {
+    return { block: this.cur, offset: this.off };
+  }
+
+  /** Makes everything allocated since the mark reusable. */
+  release(m: ArenaMark): void {
+    this.cur = m.block;
+    this.off = m.offset;
   }
 
   reset(): void {
