@@ -2,6 +2,7 @@
 // and template files.
 import { copyFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { RmlxError } from "../errors.ts";
 import { type WriteEntry, entryBytes } from "../io/safetensors_write.ts";
 
 /** mlx-lm's limit per shard file. */
@@ -83,8 +84,12 @@ export function copySideFiles(srcDir: string, dstDir: string): string[] {
   for (const f of readdirSync(srcDir).sort()) {
     if (!COPIED.some((re) => re.test(f))) continue;
     const p = join(srcDir, f);
-    if (!statSync(p).isFile()) continue;
-    copyFileSync(p, join(dstDir, f));
+    try {
+      if (!statSync(p).isFile()) continue;
+      copyFileSync(p, join(dstDir, f));
+    } catch (err) {
+      throw new RmlxError("bad_model", `${p}: cannot copy (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+    }
     copied.push(f);
   }
   return copied;
