@@ -88,7 +88,10 @@ function weightFiles(dir: string): string[] {
     for (const f of files) if (!existsSync(join(dir, f))) bad(index, `shard '${f}' is missing`);
     return files.map((f) => join(dir, f));
   }
-  const names = readdirSync(dir).filter((f) => f.endsWith(".safetensors") && statSync(join(dir, f)).isFile());
+  // like mlx-lm's model*.safetensors glob: other safetensors beside the weights (references, adapters) are not weights
+  const all = readdirSync(dir).filter((f) => f.endsWith(".safetensors") && statSync(join(dir, f)).isFile());
+  const named = all.filter((f) => f.startsWith("model"));
+  const names = all.includes("model.safetensors") ? ["model.safetensors"] : named.length > 0 ? named : all;
   if (names.length === 0) {
     if (readdirSync(dir).some((f) => f.toLowerCase().endsWith(".gguf")))
       throw new RmlxError("unsupported", `${dir}: GGUF models cannot be converted; give a Hugging Face or MLX safetensors directory`);
