@@ -67,6 +67,8 @@ export interface GenerateRequest {
   ignoreEos?: boolean;
   /** JSON schema constraint ({} with type "object" for plain json_object mode). */
   jsonSchema?: Record<string, unknown>;
+  /** The output must be one call to one of `tools`, in the model's tool-call format (tool_choice required / named). */
+  requireToolCall?: boolean;
   /** Tokens after which generation of a thinking section is forced to end. */
   thinkingBudget?: number;
 }

@@ -7,10 +7,11 @@ import { textModelType } from "../models/registry.ts";
 import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { StopStrings } from "../text/stop.ts";
-import { toolParserFor } from "../text/tool_parsers.ts";
+import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import { KvCache, type BuiltStep } from "./kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
+import { ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
 import { loadSession, type Session } from "./session.ts";
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, LoadedModelInfo, ToolSpec, ToWorker } from "./types.ts";
 
@@ -53,7 +54,7 @@ function thinkTokens(s: Session): { open: number; close: number } | undefined {
   return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
 }
 
-function schedulerModel(s: Session, cache: KvCache, reasoning: boolean): SchedulerModel {
+function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolParser: ToolParserKind | undefined): SchedulerModel {
   const backend = s.model.backend;
   let vocab: ConstraintVocab | undefined;
   return {
@@ -83,9 +84,15 @@ function schedulerModel(s: Session, cache: KvCache, reasoning: boolean): Schedul
     newStopFilter: (stops) => new StopStrings(stops),
     tokenBytes: (id) => s.tokenizer.tokenBytes(id),
     logitsProcessor(req) {
-      if (!req.jsonSchema) return null;
+      const forced = req.requireToolCall && req.tools?.length ? toolParser : undefined;
+      if (!req.jsonSchema && !forced) return null;
       vocab ??= new ConstraintVocab(s.tokenizer.allTokenBytes(), s.tokenizer.specialTokenIds, s.stopTokenIds);
-      return new JsonConstraint(req.jsonSchema, vocab);
+      if (forced === "hermes") {
+        const ids = (text: string) => s.tokenizer.encode(text, { addSpecialTokens: false });
+        return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
+      }
+      if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
+      return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
     },
   };
 }
@@ -96,8 +103,9 @@ function load(name: string, dir: string): void {
   const modelType = textModelType(session.md);
   const chatTemplate = session.template?.source(true);
   const reasoning = reasoningTagsFor({ modelType, chatTemplate }) !== undefined;
-  const info: LoadedModelInfo = { modelType, toolParser: toolParserFor({ modelType, chatTemplate }), reasoning };
-  const scheduler = new Scheduler(schedulerModel(session, cache, reasoning), config, post);
+  const toolParser = toolParserFor({ modelType, chatTemplate });
+  const info: LoadedModelInfo = { modelType, toolParser, reasoning };
+  const scheduler = new Scheduler(schedulerModel(session, cache, reasoning, toolParser), config, post);
   models.set(name, { session, cache, scheduler, info });
   post({ type: "loaded", model: name, contextLength: session.md.config.contextLength, info });
 }

@@ -91,11 +91,14 @@ export function templateKwargs(body: CountTokensBodyT): Record<string, unknown> 
 }
 
 function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
+  const offered = tools(body);
+  const choice = body.tool_choice?.type;
   return {
     id: newId("gen-"),
     model: m.name,
     messages: toChatMessages(body),
-    tools: tools(body),
+    tools: offered,
+    requireToolCall: offered !== undefined && (choice === "any" || choice === "tool"),
     templateKwargs: templateKwargs(body),
     addGenerationPrompt: true,
     maxTokens: body.max_tokens,

@@ -89,6 +89,7 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
     stopTokenIds: body.stop_token_ids ?? [],
     ignoreEos: body.ignore_eos ?? false,
     jsonSchema: jsonSchemaOf(body.response_format),
+    requireToolCall: tools !== undefined && (body.tool_choice === "required" || typeof body.tool_choice === "object"),
   };
 }
 
