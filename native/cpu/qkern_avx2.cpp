@@ -24,16 +24,16 @@ struct V {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  template <int F>
-  static T chunk(const uint8_t *row, int64_t k);
+  template <int F, bool TAIL>
+  static T wchunk(const uint8_t *row, int64_t k);
 };
 }  // namespace
 
 #include "qkern_impl.h"
 
-template <int F>
-V::T V::chunk(const uint8_t *row, int64_t k) {
-  return raw8<F>(row, k);
+template <int F, bool TAIL>
+V::T V::wchunk(const uint8_t *row, int64_t k) {
+  return wraw8<F, TAIL>(row, k);
 }
 
 }  // namespace rmlx::avx2_k

@@ -1,7 +1,8 @@
 // AVX-512 (F, BW, VL, DQ) variant of the product kernels (see qkern_impl.h): 16-lane FMAs and a 12x32
 // micro-tile; weights are decoded with the same 8-lane decoders as AVX2, two at a time.
-// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as maybe-uninitialized.
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -22,16 +23,16 @@ struct V {
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
-  template <int F>
-  static T chunk(const uint8_t *row, int64_t k);
+  template <int F, bool TAIL>
+  static T wchunk(const uint8_t *row, int64_t k);
 };
 }  // namespace
 
 #include "qkern_impl.h"
 
-template <int F>
-V::T V::chunk(const uint8_t *row, int64_t k) {
-  return _mm512_insertf32x8(_mm512_zextps256_ps512(raw8<F>(row, k)), raw8<F>(row, k + 8), 1);
+template <int F, bool TAIL>
+V::T V::wchunk(const uint8_t *row, int64_t k) {
+  return _mm512_insertf32x8(_mm512_zextps256_ps512(wraw8<F, false>(row, k)), wraw8<F, TAIL>(row, k + 8), 1);
 }
 
 }  // namespace rmlx::avx512_k

@@ -49,9 +49,26 @@ static inline __m256i shifted(uint32_t lo, uint32_t hi, __m256i shifts, int blen
   return _mm256_srlv_epi32(v, shifts);
 }
 
+// E4M3 bytes as f16 (sign, then exponent and mantissa under f16's fields: both have subnormals at the bottom
+// of the range, so every byte converts exactly), widened to f32: the value times 2^-8.
+static inline __m256 fp8_raw8_f16(const uint8_t *row, int64_t k) {
+  __m128i b = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(row + k)));  // byte << 8
+  __m128i h = _mm_and_si128(_mm_srai_epi16(b, 1), _mm_set1_epi16((short)0xbfff));
+  return _mm256_cvtph_ps(h);
+}
+
+// E2M1: the table holds mag[i] with bits 28..30 xor-ed by i, so that xor-ing the looked-up value with
+// (code << 28) restores those bits and moves the code's sign bit to the float's.
+static inline __m256 fp4_raw8(const uint8_t *row, int64_t k) {
+  const __m256i tag = _mm256_slli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), 28);
+  const __m256 lut = _mm256_xor_ps(_mm256_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), _mm256_castsi256_ps(tag));
+  __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)ld32(row + k / 2)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+  return _mm256_xor_ps(_mm256_permutevar8x32_ps(lut, v), _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
+}
+
 // Elements [k, k+8) of a row, before scale and bias: quantized codes as floats, fp4/fp8 values, dense values.
 // k is a multiple of 8 for the packed formats. Reads only the bytes of those 8 elements.
-template <int F>
+template <int F, bool TAIL = true>
 static inline __m256 raw8(const uint8_t *row, int64_t k) {
   if constexpr (F == F_F32) {
     return _mm256_loadu_ps((const float *)row + k);
@@ -63,18 +80,9 @@ static inline __m256 raw8(const uint8_t *row, int64_t k) {
   } else if constexpr (F == F_A8) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + k))));
   } else if constexpr (F == F_FP8) {
-    // E4M3 magnitude bits placed under a float's exponent and mantissa give 2^-120 times the value, subnormals
-    // included; the sign goes to bit 31.
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + k)));
-    __m256i mag = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7f)), 20);
-    __m256i sgn = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
-    return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(mag, sgn)), _mm256_set1_ps(0x1p120f));
+    return _mm256_mul_ps(fp8_raw8_f16(row, k), _mm256_set1_ps(256.f));
   } else if constexpr (F == F_FP4) {
-    __m256i idx = _mm256_and_si256(shifted(ld32(row + k / 2), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0),
-                                   _mm256_set1_epi32(15));
-    __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), idx);
-    __m256i sgn = _mm256_and_si256(_mm256_slli_epi32(idx, 28), _mm256_set1_epi32((int)0x80000000u));
-    return _mm256_or_ps(mag, _mm256_castsi256_ps(sgn));
+    return fp4_raw8(row, k);
   } else {
     __m256i v;
     int mask;
@@ -83,8 +91,9 @@ static inline __m256 raw8(const uint8_t *row, int64_t k) {
       std::memcpy(&u, row + k / 4, 2);
       v = shifted(u, 0, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), 0), mask = 3;
     } else if constexpr (F == F_A3) {
+      // 8 values fill 3 bytes; the fourth byte read is masked off and, unless TAIL, still inside the row.
       const uint8_t *p = row + k * 3 / 8;
-      uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+      uint32_t u = TAIL ? (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 : ld32(p);
       v = shifted(u, 0, _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), 0), mask = 7;
     } else if constexpr (F == F_A4) {
       v = shifted(ld32(row + k / 2), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0), mask = 15;
@@ -132,83 +141,175 @@ static void decode_segment(const WeightMat &W, int64_t n, int64_t k0, int64_t le
 
 // ---- few rows of x ----
 
+// Per-row decoding state of the streaming kernel: each row's scales (and biases) are decoded once into small
+// arrays, so the inner loop reads them with a broadcast load whatever the group size.
+struct RowCtx {
+  float *sc, *bi;  // [groups]
+  float *buf;      // [K] a whole dequantized row, for rows the fast decoders cannot take
+  int gshift;      // log2(group)
+};
+
+// Decodes row n's scales into ctx; false when a row needs the generic path (an E8M0 scale too large to take the
+// folded 2^8 of fp8_raw8_f16).
+template <int F>
+static bool row_prep(const WeightMat &W, int64_t n, RowCtx &c) {
+  const int64_t G = W.groups, i0 = n * G;
+  if constexpr (is_affine<F>()) {
+    if (W.sb_dtype == RMLX_F32) {
+      std::memcpy(c.sc, (const float *)W.scales + i0, G * 4);
+      std::memcpy(c.bi, (const float *)W.biases + i0, G * 4);
+    } else {
+      const uint16_t *s = (const uint16_t *)W.scales + i0, *b = (const uint16_t *)W.biases + i0;
+      bool h = W.sb_dtype == RMLX_F16;
+      int64_t g = 0;
+      for (; g + 8 <= G; g += 8) {
+        __m128i s8 = _mm_loadu_si128((const __m128i *)(s + g)), b8 = _mm_loadu_si128((const __m128i *)(b + g));
+        if (h) {
+          _mm256_storeu_ps(c.sc + g, _mm256_cvtph_ps(s8));
+          _mm256_storeu_ps(c.bi + g, _mm256_cvtph_ps(b8));
+        } else {
+          _mm256_storeu_si256((__m256i *)(c.sc + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(s8), 16));
+          _mm256_storeu_si256((__m256i *)(c.bi + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b8), 16));
+        }
+      }
+      for (; g < G; g++) c.sc[g] = load_scalar(W.scales, W.sb_dtype, i0 + g), c.bi[g] = load_scalar(W.biases, W.sb_dtype, i0 + g);
+    }
+  } else if constexpr (F == F_FP8) {
+    // 2^(s-127) * 2^8 has the float bits (s + 8) << 23, for s = 0 too.
+    const uint8_t *s = (const uint8_t *)W.scales + i0;
+    int64_t g = 0;
+    for (; g + 8 <= G; g += 8) {
+      __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + g)));
+      if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(v, _mm256_set1_epi32(246)))) return false;
+      _mm256_storeu_si256((__m256i *)(c.sc + g), _mm256_slli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(8)), 23));
+    }
+    for (; g < G; g++) {
+      if (s[g] > 246) return false;
+      c.sc[g] = e8m0_value(s[g]) * 256.f;
+    }
+  } else if constexpr (F == F_FP4) {
+    const uint8_t *s = (const uint8_t *)W.scales + i0;
+    if (W.kind == WKind::Mxfp4) {
+      // E8M0 byte s -> float bits s << 23; s = 0 is 2^-127, the subnormal 0x00400000.
+      int64_t g = 0;
+      for (; g + 8 <= G; g += 8) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + g)));
+        __m256i z = _mm256_cmpeq_epi32(v, _mm256_setzero_si256());
+        v = _mm256_blendv_epi8(_mm256_slli_epi32(v, 23), _mm256_set1_epi32(0x00400000), z);
+        _mm256_storeu_si256((__m256i *)(c.sc + g), v);
+      }
+      for (; g < G; g++) c.sc[g] = e8m0_value(s[g]);
+    } else {
+      for (int64_t g = 0; g < G; g++) c.sc[g] = kE4M3[s[g]] * W.gfactor;
+    }
+  }
+  return true;
+}
+
+// Weights [k, k+8) before their group's scale (fp8 without the 2^8 that row_prep folds into the scales).
+// TAIL: the chunk may end the row, so nothing past its own bytes may be read.
+template <int F, bool TAIL>
+static inline __m256 wraw8(const uint8_t *row, int64_t k) {
+  if constexpr (F == F_FP8) return fp8_raw8_f16(row, k);
+  else return raw8<F, TAIL>(row, k);
+}
+
+template <int F>
+static inline typename V::T scaled(typename V::T w, typename V::T s, typename V::T b) {
+  if constexpr (is_affine<F>()) return V::fma(w, s, b);
+  else return V::mul(w, s);
+}
+
 // y[m, n] for n in [n0, n1) and MR rows of x. A accumulators per row of x keep enough FMA chains in flight
-// when MR is small.
-template <int F, int MR, int A>
+// when MR is small. PER_GROUP: a group spans whole steps of A vectors, so its scale and bias are loaded once
+// per group; otherwise once per vector.
+template <int F, int MR, int A, bool PER_GROUP>
 static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
-                      const float *bias) {
+                      const float *bias, RowCtx &c) {
   using T = typename V::T;
   constexpr int L = V::L;
   const int64_t K = W.K;
   for (int64_t n = n0; n < n1; n++) {
     const uint8_t *row = W.w + n * W.row_bytes;
+    if (!is_dense<F>() && !row_prep<F>(W, n, c)) {
+      dequant_range_scalar(W, n, 0, K, c.buf);
+      for (int m = 0; m < MR; m++) {
+        float r = 0.f;
+        for (int64_t k = 0; k < K; k++) r += x[m * K + k] * c.buf[k];
+        y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+      }
+      continue;
+    }
     T acc[MR][A];
     for (int m = 0; m < MR; m++)
       for (int a = 0; a < A; a++) acc[m][a] = V::zero();
-    int64_t kend = K;
+    auto step = [&]<bool TAIL>(int64_t k, T s, T b) {
+      for (int a = 0; a < A; a++) {
+        T w = V::template wchunk<F, TAIL>(row, k + a * L);
+        if constexpr (!is_dense<F>()) w = scaled<F>(w, s, b);
+        for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
+      }
+    };
+    int64_t k = 0;
     if constexpr (is_dense<F>()) {
-      kend = K - K % (L * A);
-      for (int64_t k = 0; k < kend; k += L * A) {
-        for (int a = 0; a < A; a++) {
-          T w = V::template chunk<F>(row, k + a * L);
-          for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
-        }
+      for (; k + L * A <= K; k += L * A) step.template operator()<false>(k, V::zero(), V::zero());
+    } else if constexpr (PER_GROUP) {
+      const int64_t G = W.group, last = W.groups - 1;
+      for (int64_t g = 0; g < last; g++) {
+        T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero();
+        for (int64_t e = k + G; k < e; k += L * A) step.template operator()<false>(k, s, b);
       }
+      T s = V::set1(c.sc[last]), b = is_affine<F>() ? V::set1(c.bi[last]) : V::zero();
+      for (; k < K; k += L * A) step.template operator()<true>(k, s, b);
     } else {
-      const int64_t G = W.group;
-      for (int64_t g = 0, k = 0; g < W.groups; g++) {
-        T s = V::set1(group_scale(W, n, g));
-        T b = V::set1(group_bias(W, n, g));
-        for (int64_t e = k + G; k < e; k += L * A) {
-          for (int a = 0; a < A; a++) {
-            T w = V::template chunk<F>(row, k + a * L);
-            w = is_affine<F>() ? V::fma(w, s, b) : V::mul(w, s);
-            for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
-          }
-        }
-      }
+      auto chunk = [&](int64_t kk, int a) {
+        int64_t g = kk >> c.gshift;
+        T w = scaled<F>(V::template wchunk<F, true>(row, kk), V::set1(c.sc[g]),
+                        is_affine<F>() ? V::set1(c.bi[g]) : V::zero());
+        for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + kk), w, acc[m][a]);
+      };
+      for (; k + L * A <= K; k += L * A)
+        for (int a = 0; a < A; a++) chunk(k + a * L, a);
+      for (; k < K; k += L) chunk(k, 0);
     }
     for (int m = 0; m < MR; m++) {
       T t = acc[m][0];
       for (int a = 1; a < A; a++) t = V::add(t, acc[m][a]);
       float r = V::hsum(t);
-      for (int64_t k = kend; k < K; k++) r += x[m * K + k] * raw_value(W, row, k);
+      for (int64_t kk = k; kk < K; kk++) r += x[m * K + kk] * raw_value(W, row, kk);
       y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
     }
   }
 }
 
-template <int F, int MR>
-static void gemv_rows_mr(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
-                         const float *bias) {
-  constexpr int Adef = MR == 1 ? 4 : MR <= 4 ? 2 : 1;
-  if constexpr (is_dense<F>()) {
-    gemv_rows<F, MR, Adef>(y, ldy, x, W, n0, n1, bias);
-  } else {
-    int64_t chunks = W.group / V::L;  // vectors per group
-    if (chunks % Adef == 0) gemv_rows<F, MR, Adef>(y, ldy, x, W, n0, n1, bias);
-    else if (chunks % 2 == 0) gemv_rows<F, MR, 2>(y, ldy, x, W, n0, n1, bias);
-    else gemv_rows<F, MR, 1>(y, ldy, x, W, n0, n1, bias);
-  }
+template <int F, int MR, int A>
+static void gemv_rows_any(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
+                          const float *bias, RowCtx &c) {
+  if (is_dense<F>() || W.group >= V::L * A) gemv_rows<F, MR, A, true>(y, ldy, x, W, n0, n1, bias, c);
+  else gemv_rows<F, MR, A, false>(y, ldy, x, W, n0, n1, bias, c);
 }
 
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
-  const int64_t N = W.N;
+  const int64_t N = W.N, G = W.groups;
+  float *mem = (float *)malloc(sizeof(float) * (size_t)(W.K + 2 * G + 8));
+  if (!mem) return;
+  RowCtx c{mem, mem + G, mem + 2 * G, W.group ? __builtin_ctz((unsigned)W.group) : 0};
   for (int64_t t = t0; t < t1; t++) {
     int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
     for (int64_t m = 0; m < M;) {
       int64_t left = M - m;
       float *ym = y + m * N;
       const float *xm = x + m * W.K;
-      if (left >= 8) gemv_rows_mr<F, 8>(ym, N, xm, W, n0, n1, bias), m += 8;
-      else if (left >= 4) gemv_rows_mr<F, 4>(ym, N, xm, W, n0, n1, bias), m += 4;
-      else if (left >= 2) gemv_rows_mr<F, 2>(ym, N, xm, W, n0, n1, bias), m += 2;
-      else gemv_rows_mr<F, 1>(ym, N, xm, W, n0, n1, bias), m += 1;
+      if (left >= 8) gemv_rows_any<F, 8, 1>(ym, N, xm, W, n0, n1, bias, c), m += 8;
+      else if (left >= 4) gemv_rows_any<F, 4, 2>(ym, N, xm, W, n0, n1, bias, c), m += 4;
+      else if (left >= 2) gemv_rows_any<F, 2, 4>(ym, N, xm, W, n0, n1, bias, c), m += 2;
+      else gemv_rows_any<F, 1, 4>(ym, N, xm, W, n0, n1, bias, c), m += 1;
     }
   }
+  free(mem);
 }
 
 // ---- many rows of x ----

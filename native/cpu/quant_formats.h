@@ -46,6 +46,27 @@ static inline float e4m3_value(uint32_t b) {
   return (b & 0x80) ? -v : v;
 }
 
+// All 256 E4M3 values, for decoding scales by lookup.
+struct E4M3Table {
+  float v[256];
+  constexpr E4M3Table() : v() {
+    for (int b = 0; b < 256; b++) {
+      int e = (b >> 3) & 15, m = b & 7;
+      float x;
+      if ((b & 0x7f) == 0x7f) x = __builtin_nanf("");
+      else if (e == 0) x = (float)m / 512.f;
+      else {
+        x = 1.f + (float)m / 8.f;
+        for (int i = 7; i < e; i++) x *= 2.f;
+        for (int i = e; i < 7; i++) x /= 2.f;
+      }
+      v[b] = (b & 0x80) ? -x : x;
+    }
+  }
+  constexpr float operator[](int i) const { return v[i]; }
+};
+inline constexpr E4M3Table kE4M3{};
+
 // E8M0: 2^(s-127). MLX reads 0 as 2^-127 (a subnormal float) and 255 as infinity.
 static inline float e8m0_value(uint32_t s) {
   uint32_t u = s == 0 ? 0x00400000u : (s << 23);
@@ -61,7 +82,7 @@ static inline float group_scale(const WeightMat &m, int64_t n, int64_t g) {
     case WKind::Affine: return load_scalar(m.scales, m.sb_dtype, i);
     case WKind::Mxfp4:
     case WKind::Mxfp8: return e8m0_value(((const uint8_t *)m.scales)[i]);
-    case WKind::Nvfp4: return e4m3_value(((const uint8_t *)m.scales)[i]) * m.gfactor;
+    case WKind::Nvfp4: return kE4M3[((const uint8_t *)m.scales)[i]] * m.gfactor;
     default: return 1.f;
   }
 }

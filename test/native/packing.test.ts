@@ -148,6 +148,19 @@ const cases: { name: string; p: Packed; want: number[] }[] = [
     want: rep([0, 2 ** -9, 7 * 2 ** -9, 2 ** -6, 1, 448, -(2 ** -9), -448], 4).map((v) => 2 * v),
   },
   {
+    // E8M0 scales 200 (2^73) and 0 (2^-127): far outside what real weights use, still exact.
+    name: "mxfp8 with E8M0 scales 200 and 0",
+    p: {
+      N: 1, K: 64, mode: QMODE.mxfp8, bits: 8, group: 32,
+      w: new Uint32Array(rep([0x08070100, 0xfe817e38], 8)),
+      scales: new Uint8Array([200, 0]), biases: null,
+    },
+    want: [
+      ...rep([0, 2 ** -9, 7 * 2 ** -9, 2 ** -6, 1, 448, -(2 ** -9), -448], 4).map((v) => 2 ** 73 * v),
+      ...rep([0, 2 ** -9, 7 * 2 ** -9, 2 ** -6, 1, 448, -(2 ** -9), -448], 4).map((v) => 2 ** -127 * v),
+    ],
+  },
+  {
     // nvfp4: groups of 16 with E4M3 scales 0x38 (1), 0x7e (448), 0x02 (2^-8) and 0xb0 (-0.5).
     name: "nvfp4 E4M3 scales without a global scale",
     p: {
