@@ -45,11 +45,18 @@ function step(pos: number): Float32Array {
 
 for (let i = 0; i < 2000; i++) step(i % 16);
 const times: number[] = [];
+const cpu0 = process.cpuUsage();
 for (let i = 0; i < steps; i++) {
   const t0 = Bun.nanoseconds();
   step(i % 16);
   times.push(Bun.nanoseconds() - t0);
 }
+const cpu = process.cpuUsage(cpu0);
 times.sort((a, b) => a - b);
 const us = (q: number) => (times[Math.floor(q * (times.length - 1))]! / 1000).toFixed(1);
-console.log(`${be.device}: one-layer tiny step (16 ops, [1, ${D}]): median ${us(0.5)} us, p10 ${us(0.1)} us, p90 ${us(0.9)} us over ${steps} steps`);
+// CPU time per step counts every thread (the pool's spinning too); with RMLX_THREADS=1 it is the step's own cost
+// even on a busy machine, where wall times wander.
+const cpuUs = ((cpu.user + cpu.system) / steps).toFixed(1);
+console.log(
+  `${be.device}: one-layer tiny step (16 ops, [1, ${D}]): wall median ${us(0.5)} us, p10 ${us(0.1)} us, p90 ${us(0.9)} us; CPU ${cpuUs} us/step over ${steps} steps`,
+);
