@@ -5,19 +5,10 @@ import { errorResponse, flavorOf, HttpError, toHttpError } from "./errors.ts";
 import { withModel, type ServerContext } from "./generation.ts";
 import { chatCompletions, chatMessages, completions, modelObject } from "./openai.ts";
 import { ServerMetrics } from "./prom.ts";
-import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, MessagesBody, TokenizeBody } from "./schemas.ts";
+import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, MessagesBody, TokenizeBody, validationMessage } from "./schemas.ts";
 
 export interface AppOptions {
   apiKey?: string;
-}
-
-/** Short, one-line reason for a body that failed its schema (never the whole validator dump). */
-function validationMessage(error: unknown): string {
-  const e = error as { valueError?: { path?: string; message?: string }; all?: { path?: string; summary?: string; message?: string }[] };
-  const first = e.valueError ?? e.all?.[0];
-  if (!first) return "invalid request body";
-  const path = first.path ? first.path.replace(/^\//, "").replaceAll("/", ".") : "";
-  return path ? `invalid request body: ${path}: ${first.message}` : `invalid request body: ${first.message}`;
 }
 
 const endpointOf = (path: string) => (path.startsWith("/v1/models/") ? "/v1/models/{id}" : path);

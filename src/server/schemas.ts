@@ -175,3 +175,58 @@ export type CompletionBodyT = typeof CompletionBody.static;
 export type MessagesBodyT = typeof MessagesBody.static;
 export type CountTokensBodyT = typeof CountTokensBody.static;
 export type TokenizeBodyT = typeof TokenizeBody.static;
+
+interface SchemaLike {
+  type?: string;
+  format?: string;
+  const?: unknown;
+  anyOf?: SchemaLike[];
+  minimum?: number;
+  maximum?: number;
+  exclusiveMinimum?: number;
+  minItems?: number;
+  maxItems?: number;
+  minLength?: number;
+}
+
+function jsonType(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "array";
+  return typeof v;
+}
+
+/** A union's alternatives, nested unions flattened, Elysia's numeric-string coercions left out. */
+function alternatives(schema: SchemaLike): SchemaLike[] {
+  if (!schema.anyOf) return schema.type === "string" && schema.format !== undefined ? [] : [schema];
+  return schema.anyOf.flatMap((a) => alternatives({ ...a, minimum: a.minimum ?? schema.minimum }));
+}
+
+/** What a value should have been, in words, for the alternatives of a union. */
+function expectation(schema: SchemaLike, value: unknown): string {
+  const alts = alternatives(schema);
+  if (alts.every((a) => a.const !== undefined)) return `must be one of ${alts.map((a) => JSON.stringify(a.const)).join(", ")}`;
+  const same = alts.find((a) => (a.type === "integer" ? "number" : a.type) === jsonType(value));
+  if (same) {
+    const lim: string[] = [];
+    if (same.minimum !== undefined) lim.push(`>= ${same.minimum}`);
+    if (same.exclusiveMinimum !== undefined) lim.push(`> ${same.exclusiveMinimum}`);
+    if (same.maximum !== undefined) lim.push(`<= ${same.maximum}`);
+    if (same.minItems !== undefined) lim.push(`at least ${same.minItems} items`);
+    if (same.maxItems !== undefined) lim.push(`at most ${same.maxItems} items`);
+    if (same.type === "integer" && !Number.isInteger(value)) lim.unshift("an integer");
+    if (lim.length > 0) return `must be ${lim.join(", ")}`;
+  }
+  const types = [...new Set(alts.map((a) => a.type ?? "a value"))];
+  return `must be ${types.join(" or ")}, not ${jsonType(value)}`;
+}
+
+/** One line naming the first field that failed its schema and why (never the whole validator dump). */
+export function validationMessage(error: unknown): string {
+  type Issue = { path?: string; message?: string; schema?: SchemaLike; value?: unknown };
+  const e = error as { valueError?: Issue; all?: Issue[] };
+  const first = e.valueError ?? e.all?.[0];
+  if (!first) return "invalid request body";
+  const path = (first.path ?? "").replace(/^\//, "").replaceAll("/", ".");
+  const why = first.schema?.anyOf ? expectation(first.schema, first.value) : (first.message ?? "is invalid");
+  return path ? `invalid request body: ${path}: ${why}` : `invalid request body: ${why}`;
+}
