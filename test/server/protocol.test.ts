@@ -324,6 +324,9 @@ describe("errors", () => {
     const m = await post("/v1/messages", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }] }));
     expect(m.status).toBe(400);
     expect((await jsonOf(m)).error.message).toContain("max_tokens");
+    const t = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }], temperature: 3 }));
+    expect(t.status).toBe(400);
+    expect((await jsonOf(t)).error.message).toBe("invalid request body: temperature: must be >= 0, <= 2");
   });
 
   test("unknown model is a 404, unknown route a 404", async () => {
