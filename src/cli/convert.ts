@@ -93,8 +93,6 @@ export function register(program: Command): void {
       action(async (flags: ConvertFlags) => {
         const mode = parseMode(flags.mode);
         const recipe = flags.recipe === undefined ? undefined : parseRecipe(flags.recipe);
-        if (flags.verify)
-          throw new RmlxError("unsupported", "--verify is not available in this build yet");
         const bits = intFlag("--bits", flags.bits);
         const groupSize = intFlag("--group-size", flags.groupSize);
         const quantize = Boolean(flags.quantize || recipe);
@@ -115,6 +113,15 @@ export function register(program: Command): void {
         };
         const summary = await convert(req, progressBar());
         printSummary(flags.out, summary);
+        if (flags.verify) {
+          // loaded only when asked for: verification needs the compute backend, conversion does not
+          const { verifyConversion } = await import("../convert/verify.ts");
+          const v = verifyConversion(flags.model, flags.out);
+          process.stderr.write(
+            `verify: ${v.prompts} prompts, ${v.positions} positions: KL(source || output) mean ${v.meanKl.toExponential(3)}, ` +
+              `max ${v.maxKl.toExponential(3)}; top-1 agreement ${(v.top1Agreement * 100).toFixed(1)}%\n`,
+          );
+        }
       }),
     );
 }
