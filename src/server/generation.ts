@@ -83,6 +83,31 @@ export async function collect(
   throw new HttpError(500, "engine stream ended without a result");
 }
 
+/** Runs several generations (n > 1) together; when one fails, or the client goes away, all are cancelled. */
+export async function collectAll(
+  ctx: ServerContext,
+  reqs: GenerateRequest[],
+  api: string,
+  shaperFor: (req: GenerateRequest) => (started: Started) => ChatOutputParser,
+  signal?: AbortSignal,
+): Promise<Collected[]> {
+  const ac = new AbortController();
+  const abort = () => ac.abort();
+  signal?.addEventListener("abort", abort, { once: true });
+  try {
+    return await Promise.all(
+      reqs.map((r) =>
+        collect(ctx, r, api, shaperFor(r), ac.signal).catch((e) => {
+          ac.abort();
+          throw e;
+        }),
+      ),
+    );
+  } finally {
+    signal?.removeEventListener("abort", abort);
+  }
+}
+
 /** Holds a model loaded for the duration of `fn`. */
 export async function withModel<T>(ctx: ServerContext, name: string, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
   const m = await ctx.models.acquire(name);

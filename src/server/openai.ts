@@ -1,7 +1,7 @@
 import type { ChatMessage, GenerateRequest, TokenLogprob, ToolSpec } from "../engine/types.ts";
 import { HttpError } from "./errors.ts";
 import {
-  collect,
+  collectAll,
   newId,
   startGeneration,
   type Collected,
@@ -136,7 +136,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   }
   try {
     const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
-    const results = await Promise.all(requests.map((r) => collect(ctx, r, "chat", shaperFor(m, r), signal)));
+    const results = await collectAll(ctx, requests, "chat", (r) => shaperFor(m, r), signal);
     return Response.json(chatResponse(body, results));
   } finally {
     ctx.models.release(m);
@@ -292,7 +292,8 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
     throw e;
   }
   try {
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => collect(ctx, completionRequest(body, m, i), "completions", plainShaper, signal)));
+    const requests = Array.from({ length: n }, (_, i) => completionRequest(body, m, i));
+    const results = await collectAll(ctx, requests, "completions", () => plainShaper, signal);
     const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
     let completion = 0;
     const choices = results.map((r, index) => {
