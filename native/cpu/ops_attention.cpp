@@ -132,7 +132,10 @@ int op_paged_attention(const PagedAttnArgs &a) {
   parallel_for(items, [&](int64_t b, int64_t e, int) {
     std::vector<float> scratch(scratch_floats(G, D));
     for (int64_t w = b; w < e; w++) {
-      int64_t t = w / a.kv_heads, kh = w % a.kv_heads;
+      // Tokens in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
+      // pool hands each thread one contiguous range of items, which this keeps balanced.
+      int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
+      int64_t t = (z & 1) ? a.T - 1 - z / 2 : z / 2;
       int32_t s = a.token_seq[t], p = a.positions[t];
       int64_t lo = a.window > 0 ? std::max<int64_t>(0, p - a.window + 1) : 0;
       const int32_t *tab = a.tables + s * a.max_blocks;

@@ -158,6 +158,33 @@ describe("paged attention", () => {
   });
 });
 
+describe("paged attention, prefill of one long chunk (threaded)", () => {
+  test("matches dense causal attention", () => {
+    const [T, heads, kvHeads, D, blockSize] = [70, 4, 2, 32, 16];
+    const numBlocks = Math.ceil(T / blockSize);
+    const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, "f32");
+    const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
+    const slots = Int32Array.from({ length: T }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+    const k = randn(T * kvHeads * D, 31);
+    const v = randn(T * kvHeads * D, 32);
+    const q = randn(T * heads * D, 33);
+    const positions = Int32Array.from({ length: T }, (_, i) => i);
+    const batch = { blockTables, maxBlocks: numBlocks, seqLens: new Int32Array([T]), tokenSeq: new Int32Array(T), positions };
+    const out = be.scope(() => {
+      be.kvWrite(pool, t(k, [T, kvHeads, D]), t(v, [T, kvHeads, D]), slots);
+      return be.toFloat32(be.pagedAttention(t(q, [T, heads, D]), pool, batch, { scale: 0.2 }));
+    });
+    const ref: number[] = [];
+    for (let i = 0; i < T; i++)
+      for (let h = 0; h < heads; h++) {
+        const kh = Math.floor(h / (heads / kvHeads));
+        const rows = (a: Float32Array) => [...Array(i + 1).keys()].map((j) => a.slice((j * kvHeads + kh) * D, (j * kvHeads + kh + 1) * D));
+        ref.push(...attendRef(q.slice((i * heads + h) * D, (i * heads + h + 1) * D), rows(k), rows(v), 0.2, 0));
+      }
+    expectClose(out, ref, 2e-6, 2e-6);
+  });
+});
+
 describe("sdpa", () => {
   for (const [B, H, Hkv, L, S, causal] of [
     [2, 4, 2, 5, 5, true],
