@@ -236,6 +236,19 @@ export class Scheduler {
     return false;
   }
 
+  /** Room for n more tokens of a, preempting others as needed; false when even that cannot make room. */
+  private reserveOrPreempt(a: Active, n: number): boolean {
+    for (;;) {
+      try {
+        this.model.cache.reserve(a.seq, n);
+        return true;
+      } catch (e) {
+        if (!(e instanceof RmlxError && e.code === "overloaded")) throw e;
+        if (!this.preempt(a)) return false;
+      }
+    }
+  }
+
   /** Runs one batched forward over everything running; false when there was nothing to do. */
   step(): boolean {
     this.admit();
@@ -252,13 +265,10 @@ export class Scheduler {
       const n = pending === 1 ? 1 : Math.min(pending, budget);
       if (n <= 0) continue;
       if (pending > 1) budget -= n;
-      for (;;) {
-        try {
-          cache.reserve(a.seq, n);
-          break;
-        } catch (e) {
-          if (!(e instanceof RmlxError && e.code === "overloaded") || !this.preempt(a)) throw e;
-        }
+      if (!this.reserveOrPreempt(a, n)) {
+        // Alone and still out of blocks: the cache budget ends this sequence as a context limit would.
+        this.finish(a, "length");
+        continue;
       }
       entries.push({ seq: a.seq, tokens: Int32Array.from(a.tokens.slice(a.seq.length, a.seq.length + n)) });
       owners.push(a);

@@ -197,6 +197,19 @@ describe("scheduler", () => {
     expect(model.cache.allocator.numUsed).toBe(0);
   });
 
+  test("a sequence that outgrows the whole cache ends with length, the others go on", () => {
+    // 8 blocks of 4 = 32 tokens: a 10-token prompt asking for 40 more cannot fit even alone.
+    const model = new ContextModel(8);
+    const h = harness(model, { prefixCache: false });
+    h.sched.submit(request("big", prompt(1, 10), 40));
+    h.sched.submit(request("small", prompt(2, 3), 2));
+    h.run();
+    expect(h.doneOf("big")!.finishReason).toBe("length");
+    expect(h.tokensOf("big")).toEqual(reference(prompt(1, 10), h.tokensOf("big").length));
+    expect(h.tokensOf("small")).toEqual(reference(prompt(2, 3), 2));
+    expect(model.cache.allocator.numUsed).toBe(0);
+  });
+
   test("prefix-cache blocks are evicted when the cache needs room", () => {
     const model = new ContextModel(16);
     const h = harness(model);
