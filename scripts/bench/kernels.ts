@@ -1,15 +1,16 @@
 // Kernel benchmark: the machine's triad bandwidth, then the native products on decode shapes (effective GB/s of
 // weight bytes, scales and biases included, and their fraction of the triad) and on a prefill shape (GFLOP/s),
 // with llama.cpp's ggml CPU kernels timed on the same shapes as the peer (scripts/bench/peer/build_llama.sh
-// builds it into a cache directory; the table says so when it is absent).
-//   bun run bench kernels [--quick] [--no-peer]
+// builds it into a cache directory; the table says why when a peer figure is missing).
+//   bun run bench kernels [--quick] [--no-peer] [--only <text>]   (--only: formats whose name contains text)
 import { ptr } from "bun:ffi";
-import { existsSync } from "node:fs";
-import { homedir } from "node:os";
-import { join } from "node:path";
 import { check, DT, native, QMODE } from "../../src/backend/native/lib.ts";
+import { peerMatmul } from "./peer/llama_cpp.ts";
 
-const args = new Set(process.argv.slice(2));
+const argv = process.argv.slice(2);
+const args = new Set(argv);
+const only = argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "";
+const picked = (f: { name: string }) => f.name.includes(only);
 const quick = args.has("--quick");
 const budget = quick ? 0.25 : 0.6; // seconds of timed repeats per shape
 const lib = native();
@@ -118,19 +119,6 @@ const decodeFormats: Fmt[] = [
 ];
 const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32)];
 
-function peerBinary(): string | null {
-  const dir = process.env.RMLX_PEER_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "rmlx-peer");
-  const bin = join(dir, "ggml_matmul");
-  return existsSync(bin) ? bin : null;
-}
-
-function peer(bin: string, type: string, M: number, K: number, N: number): { seconds: number; bytes: number } | null {
-  const p = Bun.spawnSync([bin, type, String(M), String(K), String(N), String(threads), String(budget)]);
-  if (p.exitCode !== 0) return null;
-  const r = JSON.parse(p.stdout.toString().trim());
-  return { seconds: r.seconds, bytes: r.weight_bytes };
-}
-
 const pad = (s: string, n: number) => s.padEnd(n);
 const num = (v: number, d = 1) => v.toFixed(d).padStart(8);
 
@@ -147,7 +135,7 @@ console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);
   const y = new Float32Array(N);
-  for (const f of decodeFormats) {
+  for (const f of decodeFormats.filter(picked)) {
     const run = f.run(N, K);
     const t = time(() => run(x, y, 1));
     const gbs = f.bytes(N, K) / t / 1e9;
@@ -160,31 +148,27 @@ console.log(`\nprefill ${PM}x${PK} @ ${PN}x${PK}: GFLOP/s`);
 {
   const x = rand(PM * PK, 2);
   const y = new Float32Array(PM * PN);
-  for (const f of prefillFormats) {
+  for (const f of prefillFormats.filter(picked)) {
     const run = f.run(PN, PK);
     const t = time(() => run(x, y, PM));
     console.log(`${pad(f.name, 20)}${num(t * 1e3, 1)} ms${num((2 * PM * PN * PK) / t / 1e9)} GFLOP/s`);
   }
 }
 
-const bin = args.has("--no-peer") ? null : peerBinary();
-if (!bin) {
-  console.log("\npeer: llama.cpp not built (run scripts/bench/peer/build_llama.sh), skipped");
+if (args.has("--no-peer")) {
+  console.log("\npeer: skipped (--no-peer)");
 } else {
   console.log(`\npeer: llama.cpp ggml CPU kernels (ggml_mul_mat, ${threads} threads)`);
   for (const [N, K] of decodeShapes)
-    for (const type of ["bf16", "q4_0", "q8_0", "mxfp4"]) {
-      const r = peer(bin, type, 1, K, N);
-      if (!r) {
-        console.log(`${pad(type, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}  failed`);
-        continue;
-      }
-      const gbs = r.bytes / r.seconds / 1e9;
-      console.log(`${pad(type, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(r.seconds * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
+    for (const type of ["bf16", "q4_0", "q8_0", "mxfp4"] as const) {
+      const r = peerMatmul({ m: 1, n: N, k: K }, type, { threads, budgetS: budget });
+      const shape = pad(`1x${K} @ ${N}x${K}`, 18);
+      if (!r.ok) console.log(`${pad(type, 20)}${shape}  ${r.reason}`);
+      else console.log(`${pad(type, 20)}${shape}${num(r.usPerRun / 1e3, 3)}${num(r.weightGBs)}${num((100 * r.weightGBs) / triad, 0)}%`);
     }
-  for (const type of ["bf16", "q4_0", "mxfp4"]) {
-    const r = peer(bin, type, PM, PK, PN);
-    if (!r) console.log(`${pad(type, 20)}prefill failed`);
-    else console.log(`${pad(type, 20)}${num(r.seconds * 1e3, 1)} ms${num((2 * PM * PN * PK) / r.seconds / 1e9)} GFLOP/s (prefill)`);
+  for (const type of ["bf16", "q4_0", "mxfp4"] as const) {
+    const r = peerMatmul({ m: PM, n: PN, k: PK }, type, { threads, budgetS: budget });
+    if (!r.ok) console.log(`${pad(type, 20)}prefill: ${r.reason}`);
+    else console.log(`${pad(type, 20)}${num(r.usPerRun / 1e3, 1)} ms${num(r.gflops)} GFLOP/s (prefill)`);
   }
 }
