@@ -10,7 +10,8 @@
 //   TOPK          vals idx x rows n k
 //   RMSNORM       out x w wdt rows n eps one_plus
 //   LAYERNORM     out x w wdt b bdt rows n eps
-//   ROPE          out x pos T H D dims traditional inv_freq scale mscale
+//   ROPE_TABLE    table pos T half inv_freq scale mscale
+//   ROPE          out x table T H D dims traditional
 //   KV_WRITE      kpool vpool pool_dt k v slots T row num_slots
 //   PAGED_ATTN    out q kpool vpool pool_dt block_size kv_heads head_dim num_blocks tables max_blocks token_seq
 //                 positions seq_lens num_seqs T heads scale window softcap
@@ -114,15 +115,20 @@ int run_record(int op, Reader &r) {
       int64_t rows = r.i64(), n = r.i64();
       return op_layernorm(out, x, w, wdt, b, bdt, rows, n, r.f32());
     }
-    case OP_ROPE: {
-      float *out = r.ptr<float>();
-      const float *x = r.ptr<const float>();
+    case OP_ROPE_TABLE: {
+      float *table = r.ptr<float>();
       const int32_t *pos = r.ptr<const int32_t>();
-      int64_t T = r.i64(), H = r.i64(), D = r.i64(), dims = r.i64();
-      bool trad = r.i32() != 0;
+      int64_t T = r.i64(), half = r.i64();
       const float *freqs = r.ptr<const float>();
       float scale = r.f32(), mscale = r.f32();
-      return op_rope(out, x, pos, T, H, D, dims, trad, freqs, scale, mscale);
+      return op_rope_table(table, pos, T, half, freqs, scale, mscale);
+    }
+    case OP_ROPE: {
+      float *out = r.ptr<float>();
+      const float *x = r.ptr<const float>(), *table = r.ptr<const float>();
+      int64_t T = r.i64(), H = r.i64(), D = r.i64(), dims = r.i64();
+      bool trad = r.i32() != 0;
+      return op_rope(out, x, table, T, H, D, dims, trad);
     }
     case OP_KV_WRITE: {
       void *kp = r.ptr<void>(), *vp = r.ptr<void>();

@@ -25,6 +25,7 @@ enum Op : int {
   OP_COPY = 15,
   OP_ASTYPE = 16,
   OP_MEMCPY = 17,
+  OP_ROPE_TABLE = 18,
   OP_LINEAR = 20,
   OP_QLINEAR = 21,
   OP_GATHER_QLINEAR = 22,
@@ -54,8 +55,11 @@ int op_topk(float *vals, int32_t *idx, const float *x, int64_t rows, int64_t n, 
 int op_rmsnorm(float *out, const float *x, const void *w, int wdt, int64_t rows, int64_t n, float eps, bool one_plus);
 int op_layernorm(float *out, const float *x, const void *w, int wdt, const void *b, int bdt, int64_t rows, int64_t n,
                  float eps);
-int op_rope(float *out, const float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, int64_t dims,
-            bool traditional, const float *inv_freq, float scale, float mscale);
+// table: cos [T, dims/2] then sin [T, dims/2], both times mscale (op_rope_table); shared by every rope of a step.
+int op_rope_table(float *table, const int32_t *pos, int64_t T, int64_t half, const float *inv_freq, float scale,
+                  float mscale);
+int op_rope(float *out, const float *x, const float *table, int64_t T, int64_t H, int64_t D, int64_t dims,
+            bool traditional);
 
 struct PagedAttnArgs {
   float *out;

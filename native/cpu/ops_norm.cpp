@@ -66,19 +66,30 @@ int op_layernorm(float *out, const float *x, const void *w, int wdt, const void 
   return RMLX_OK;
 }
 
-int op_rope(float *out, const float *x, const int32_t *pos, int64_t T, int64_t H, int64_t D, int64_t dims,
-            bool traditional, const float *inv_freq, float scale, float mscale) {
-  if (dims < 2 || dims > D || dims % 2) return fail(RMLX_E_INVALID, "rope: dims %lld for head dim %lld", (long long)dims, (long long)D);
-  int64_t half = dims / 2;
+int op_rope_table(float *table, const int32_t *pos, int64_t T, int64_t half, const float *inv_freq, float scale,
+                  float mscale) {
+  float *cs = table, *sn = table + T * half;
   parallel_for(T, [&](int64_t t0, int64_t t1, int) {
-    std::vector<float> cs(half), sn(half);
     for (int64_t t = t0; t < t1; t++) {
+      // Angles in f32, as transformers and MLX compute them.
       float p = (float)pos[t] * scale;
       for (int64_t i = 0; i < half; i++) {
         float th = p * inv_freq[i];
-        cs[i] = std::cos(th) * mscale;
-        sn[i] = std::sin(th) * mscale;
+        cs[t * half + i] = std::cos(th) * mscale;
+        sn[t * half + i] = std::sin(th) * mscale;
       }
+    }
+  }, std::max<int64_t>(1, 256 / std::max<int64_t>(half, 1)));
+  return RMLX_OK;
+}
+
+int op_rope(float *out, const float *x, const float *table, int64_t T, int64_t H, int64_t D, int64_t dims,
+            bool traditional) {
+  if (dims < 2 || dims > D || dims % 2) return fail(RMLX_E_INVALID, "rope: dims %lld for head dim %lld", (long long)dims, (long long)D);
+  const int64_t half = dims / 2;
+  parallel_for(T, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; t++) {
+      const float *cs = table + t * half, *sn = table + (T + t) * half;
       for (int64_t h = 0; h < H; h++) {
         const float *xr = x + (t * H + h) * D;
         float *yr = out + (t * H + h) * D;
@@ -99,7 +110,7 @@ int op_rope(float *out, const float *x, const int32_t *pos, int64_t T, int64_t H
           for (int64_t i = dims; i < D; i++) yr[i] = xr[i];
       }
     }
-  }, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)));
+  }, std::max<int64_t>(1, 8192 / std::max<int64_t>(H * D, 1)));
   return RMLX_OK;
 }
 

@@ -93,6 +93,12 @@ function collapse(shape: readonly number[], strides: number[][]): { shape: numbe
   return { shape: s, strides: st };
 }
 
+function sameInts(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -154,6 +160,7 @@ export class NativeBackend implements Backend {
   private effects: Node[] = [];
   private pass = 0;
   private freqCache = new Map<string, Float32Array>();
+  private ropeTables: { positions: Int32Array; freqs: Float32Array; scale: number; mscale: number; table: NTensor }[] = [];
 
   constructor() {
     const lib = native();
@@ -1150,6 +1157,40 @@ export class NativeBackend implements Backend {
     return f;
   }
 
+  /**
+   * The cos/sin table of a step's positions, shared by every rope call with equal positions and frequencies (q and
+   * k of all layers). It lives in its own buffer, outside the scopes, so per-layer scopes do not drop it.
+   */
+  private ropeTable(positions: Int32Array, freqs: Float32Array, scale: number, mscale: number): NTensor {
+    for (const e of this.ropeTables)
+      if (e.table.home !== Home.Dead && e.freqs === freqs && e.scale === scale && e.mscale === mscale && sameInts(e.positions, positions))
+        return e.table;
+    const T = positions.length;
+    const half = freqs.length;
+    const table = new NTensor([2, T, half], "f32");
+    const pos = positions.slice();
+    this.record(
+      NO_INPUTS,
+      [table],
+      (p, host) => {
+        if (table.size === 0) return;
+        p.begin(OP.ropeTable);
+        p.push(table.address());
+        p.push(host[0]!);
+        p.push(T);
+        p.push(half);
+        p.push(host[1]!);
+        p.push(scale);
+        p.push(mscale);
+        p.end();
+      },
+      [pos, freqs],
+    );
+    this.ropeTables.unshift({ positions: pos, freqs, scale, mscale, table });
+    if (this.ropeTables.length > 4) this.ropeTables.pop();
+    return table;
+  }
+
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
     const t = this.floatArg(x, "rope");
     if (t.shape.length !== 3) invalid(`rope: input ${fmt(t.shape)} must be [T, H, D]`);
@@ -1157,30 +1198,23 @@ export class NativeBackend implements Backend {
     if (positions.length !== T) invalid(`rope: ${positions.length} positions for ${T} tokens`);
     if (!Number.isInteger(opts.dims) || opts.dims < 2 || opts.dims > D || opts.dims % 2)
       invalid(`rope: dims ${opts.dims} for head dim ${D}`);
-    const freqs = this.invFreq(opts);
+    const table = this.ropeTable(positions, this.invFreq(opts), opts.scale, opts.mscale ?? 1);
     const out = this.newTensor(t.shape, "f32");
-    const mscale = opts.mscale ?? 1;
-    this.record(
-      [t],
-      [out],
-      (p, host) => {
-        if (out.size === 0) return;
-        p.begin(OP.rope);
-        p.push(out.address());
-        p.push(t.address());
-        p.push(host[0]!);
-        p.push(T);
-        p.push(H);
-        p.push(D);
-        p.push(opts.dims);
-        p.push(opts.traditional ? 1 : 0);
-        p.push(host[1]!);
-        p.push(opts.scale);
-        p.push(mscale);
-        p.end();
-      },
-      [positions.slice(), freqs],
-    );
+    const dims = opts.dims;
+    const traditional = opts.traditional ? 1 : 0;
+    this.record([t, table], [out], (p) => {
+      if (out.size === 0) return;
+      p.begin(OP.rope);
+      p.push(out.address());
+      p.push(t.address());
+      p.push(table.address());
+      p.push(T);
+      p.push(H);
+      p.push(D);
+      p.push(dims);
+      p.push(traditional);
+      p.end();
+    });
     return out;
   }
 

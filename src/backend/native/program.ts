@@ -19,6 +19,7 @@ export const OP = {
   copy: 15,
   astype: 16,
   memcpy: 17,
+  ropeTable: 18,
   linear: 20,
   qlinear: 21,
   gatherQlinear: 22,
