@@ -1,6 +1,6 @@
 // Runs one planned job: reads its input a few rows at a time, dequantizes or casts to float, quantizes or not,
 // and writes each piece straight to its place in the output file. Memory stays at one chunk whatever the tensor.
-import { FLOAT_DTYPE_SIZE, type FloatDType, decodeFloats, encodeFloats, roundArrayTo } from "../quant/dtype.ts";
+import { FLOAT_DTYPE_SIZE, type FloatDType, decodeFloats, encodeFloats, roundArrayTo, roundTo } from "../quant/dtype.ts";
 import { affineDequantize, affineQuantize } from "../quant/affine.ts";
 import { fpDequantize, fpQuantize } from "../quant/fp.ts";
 import type { SafetensorsWriter } from "../io/safetensors_write.ts";
@@ -45,6 +45,11 @@ function floatSource(input: Input, reader: TensorReader, dtype: FloatDType): Flo
           const bytes = reader.read(s, local * k * elem, take * k * elem);
           decodeFloats(srcDtype, bytes, out.subarray(done * k, (done + take) * k));
           done += take;
+        }
+        if (input.addOne) {
+          // mlx-lm shifts zero-centred norms by one in the checkpoint's own dtype, before any cast
+          const own: FloatDType = srcDtype === "F64" ? "F32" : srcDtype;
+          for (let i = 0; i < out.length; i++) out[i] = roundTo(own, out[i]! + 1);
         }
         return roundArrayTo(dtype, out);
       },

@@ -8,6 +8,7 @@ import { type WriteEntry, entryBytes } from "../io/safetensors_write.ts";
 import { type FloatDType, isFloatDType } from "../quant/dtype.ts";
 import { type RecipeName, recipePredicate } from "../quant/recipes.ts";
 import { type QSpec, type QuantMode, defaultSpec, validateSpec } from "../quant/spec.ts";
+import { sanitizerFor } from "./sanitize.ts";
 import type { SourceModel, SourceTensor } from "./source.ts";
 
 export interface ConvertOptions {
@@ -24,7 +25,7 @@ export type Input =
   /** Bytes copied as they are. */
   | { kind: "raw"; src: SourceTensor }
   /** Float tensors, stacked along a new first axis when there are several (MoE experts). */
-  | { kind: "float"; srcs: SourceTensor[] }
+  | { kind: "float"; srcs: SourceTensor[]; addOne?: boolean }
   /** A module MLX already quantized. */
   | { kind: "quantized"; weight: SourceTensor; scales: SourceTensor; biases?: SourceTensor; spec: QSpec };
 
@@ -85,15 +86,6 @@ function textConfigValue(config: Record<string, unknown>, key: string): unknown 
   return isObj(config.text_config) ? config.text_config[key] : undefined;
 }
 
-/** Source tensors mlx-lm's sanitize drops: precomputed rotary tables, a tied head, MTP heads, vision towers. */
-function dropped(name: string, tied: boolean, modelType: string): boolean {
-  if (name.includes("rotary_emb.inv_freq")) return true;
-  if (tied && (name === "lm_head.weight" || name === "language_model.lm_head.weight")) return true;
-  if ((modelType === "qwen3_next" || modelType.startsWith("qwen3_5")) && (name.startsWith("mtp.") || name.includes(".mtp.")))
-    return true;
-  return /(^|\.)(vision_tower|multi_modal_projector|visual)\./.test(name);
-}
-
 const EXPERT_RE = /^(.*\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$/;
 
 interface Logical {
@@ -109,6 +101,7 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] 
   const cfg = src.config;
   const tied = textConfigValue(cfg, "tie_word_embeddings") === true;
   const modelType = String(cfg.model_type ?? "");
+  const sanitizer = sanitizerFor(modelType, tied, [...src.tensors.keys()]);
   const out: Logical[] = [];
   const taken = new Set<string>();
 
@@ -137,8 +130,10 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] 
 
   const experts = new Map<string, SourceTensor[]>();
   for (const t of src.tensors.values()) {
-    if (taken.has(t.name) || dropped(t.name, tied, modelType)) continue;
-    const m = EXPERT_RE.exec(t.name);
+    if (taken.has(t.name)) continue;
+    const name = sanitizer.rename(t.name);
+    if (name === null) continue;
+    const m = EXPERT_RE.exec(name);
     if (m && isFloatDType(t.dtype)) {
       const key = `${m[1]}.switch_mlp.${m[3]}.weight`;
       const list = experts.get(key) ?? [];
@@ -148,11 +143,14 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] 
     }
     if (t.dtype === "F8_E4M3" || t.dtype === "F8_E5M2")
       throw new RmlxError("unsupported", `${src.dir}: tensor '${t.name}' is ${t.dtype}; fp8 checkpoints are not supported`);
+    const shape = sanitizer.reshape(name, t.shape);
     if (isFloatDType(t.dtype) || t.dtype === "F64") {
       const dt: FloatDType = t.dtype === "F64" ? "F32" : t.dtype;
-      out.push({ name: t.name, input: { kind: "float", srcs: [t] }, floatDtype: dt, shape: t.shape });
+      const input: Input = { kind: "float", srcs: [t] };
+      if (sanitizer.addOne(name, t.shape)) input.addOne = true;
+      out.push({ name, input, floatDtype: dt, shape });
     } else {
-      out.push({ name: t.name, input: { kind: "raw", src: t }, shape: t.shape });
+      out.push({ name, input: { kind: "raw", src: t }, shape });
     }
   }
   for (const [name, list] of experts) {
@@ -181,13 +179,12 @@ function quantizable(l: Logical): boolean {
   return l.shape.length === 3 && l.name.includes(".switch_mlp.");
 }
 
-/** The model's own predicate: MoE routers and shared-expert gates get 8-bit g64 (mlx-lm's qwen3 MoE families). */
-function routerSpec(path: string, modelType: string, config: Record<string, unknown>): Record<string, number> | null {
-  const moe = ["qwen3_moe", "qwen2_moe", "qwen3_next", "qwen3_5_moe"].includes(modelType) ||
-    (modelType.startsWith("qwen3_5") && Number(textConfigValue(config, "num_experts") ?? 0) > 0);
-  if (!moe) return null;
-  if (path.endsWith("mlp.gate") || path.endsWith("shared_expert_gate")) return { group_size: 64, bits: 8 };
-  return null;
+/** The model's own predicate in mlx-lm: MoE routers (and shared-expert gates) of the Qwen3 MoE families get 8-bit g64. */
+function routerSpec(path: string, modelType: string): Record<string, number> | null {
+  const router =
+    (modelType === "qwen3_moe" && path.endsWith("mlp.gate")) ||
+    (modelType === "qwen3_next" && (path.endsWith("mlp.gate") || path.endsWith("shared_expert_gate")));
+  return router ? { group_size: 64, bits: 8 } : null;
 }
 
 function scaleEntries(path: string, spec: QSpec, scaleDtype: FloatDType, shape: number[]): WriteEntry[] {
@@ -248,7 +245,7 @@ export function makePlan(src: SourceModel, opts: ConvertOptions): Plan {
         spec = recipe(path);
         quantization![path] = { group_size: spec.groupSize, bits: spec.bits, mode: spec.mode };
       } else {
-        const r = routerSpec(path, modelType, cfg);
+        const r = routerSpec(path, modelType);
         if (r) {
           spec = { mode: "affine", bits: r.bits!, groupSize: r.group_size! };
           quantization![path] = r;

@@ -7,7 +7,7 @@ import { WeightStore } from "../../src/io/weights.ts";
 import { affineDequantize, affineQuantize } from "../../src/quant/affine.ts";
 import { decodeFloats, roundArrayTo } from "../../src/quant/dtype.ts";
 import { fpDequantize } from "../../src/quant/fp.ts";
-import { makeHfModel, runCli, tmp, writeTensors } from "./helpers.ts";
+import { makeHfModel, runCli, tmp } from "./helpers.ts";
 
 function floats(t: TensorEntry): Float32Array {
   return decodeFloats(t.dtype as "BF16", t.bytes);
@@ -313,8 +313,7 @@ describe("refusals: one line, exit 2", () => {
 
   test("fp8 checkpoints", () => {
     const d = join(tmp(), "m");
-    makeHfModel(d, { layers: 1 });
-    writeTensors(join(d, "fp8.safetensors"), { "model.layers.0.mlp.extra_proj.weight": { dtype: "F8_E4M3", shape: [4], bytes: new Uint8Array(4) } });
+    makeHfModel(d, { layers: 1, extra: { "model.layers.0.mlp.extra_proj.weight": { dtype: "F8_E4M3", shape: [4], bytes: new Uint8Array(4) } } });
     expectRefusal(runCli("convert", "--model", d, "--out", join(tmp(), "o")), "fp8");
   });
 
