@@ -30,9 +30,26 @@ struct V {
 
 #include "qkern_impl.h"
 
+// 16 weights at once for the common formats; the others join two 8-lane decodes.
 template <int F, bool TAIL>
 V::T V::wchunk(const uint8_t *row, int64_t k) {
-  return _mm512_insertf32x8(_mm512_zextps256_ps512(wraw8<F, false>(row, k)), wraw8<F, TAIL>(row, k + 8), 1);
+  if constexpr (F == F_F32) {
+    return _mm512_loadu_ps((const float *)row + k);
+  } else if constexpr (F == F_F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k)));
+  } else if constexpr (F == F_BF16) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  } else if constexpr (F == F_A8) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
+  } else if constexpr (F == F_A4) {
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + k / 2))),
+                                   _mm256_set1_epi32((int)ld32(row + k / 2 + 4)), 1);
+    const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w, sh), _mm512_set1_epi32(15)));
+  } else {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(wraw8<F, false>(row, k)), wraw8<F, TAIL>(row, k + 8), 1);
+  }
 }
 
 }  // namespace rmlx::avx512_k
