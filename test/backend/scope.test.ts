@@ -82,6 +82,16 @@ describe("scope", () => {
     expect(nested.arena).toBeLessThanOrEqual(16 << 20);
   });
 
+  test("the arena gives memory back once a large step is over", () => {
+    const b = new NativeBackend();
+    const big = b.scope(() => b.toFloat32(b.sum(b.scale(b.zeros([16, 1 << 20], "f32"), 2), 1)));
+    expect(big.length).toBe(16);
+    expect(b.arenaBytes).toBeGreaterThan(64 << 20);
+    const x = b.fromArray(randn(64, 1), [1, 64], "f32");
+    for (let i = 0; i < 40; i++) b.scope(() => b.toFloat32(b.add(x, x)));
+    expect(b.arenaBytes).toBeLessThanOrEqual(16 << 20);
+  });
+
   test("a throwing scope still frees and the backend keeps working", () => {
     const a = t(new Float32Array([1, 2]), [2]);
     expect(() =>

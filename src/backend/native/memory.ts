@@ -30,14 +30,22 @@ export interface ArenaMark {
 const ALIGN = 64;
 const MIN_BLOCK = 16 << 20;
 
+/** Scopes over which the arena's peak use is watched before it gives memory back. */
+const SHRINK_WINDOW = 32;
+
 /**
  * Bump allocator over chained native blocks. reset() makes all of it reusable; when a scope needed more than one
- * block, the blocks are merged into one of the total size so that the next scope fits in a single block.
+ * block, the blocks are merged into one of the total size so that the next scope fits in a single block. When the
+ * last SHRINK_WINDOW scopes all used less than half of it (a long prefill is over), it shrinks to fit them.
  */
 export class Arena {
   private blocks: { addr: number; size: number }[] = [];
   private cur = 0;
   private off = 0;
+  /** Bytes of the blocks before `cur`. */
+  private before = 0;
+  private peak = 0;
+  private peaks: number[] = [];
 
   alloc(nbytes: number): number {
     const need = Math.ceil(Math.max(nbytes, 1) / ALIGN) * ALIGN;
@@ -46,9 +54,11 @@ export class Arena {
       if (b && this.off + need <= b.size) {
         const addr = b.addr + this.off;
         this.off += need;
+        if (this.before + this.off > this.peak) this.peak = this.before + this.off;
         return addr;
       }
       if (b && this.cur + 1 < this.blocks.length) {
+        this.before += b.size;
         this.cur++;
         this.off = 0;
         continue;
@@ -61,6 +71,7 @@ export class Arena {
         throw new RmlxError("native", `out of memory growing the step arena by ${size} bytes: ${(err as Error).message}`);
       }
       this.blocks.push({ addr, size });
+      if (b) this.before += b.size;
       this.cur = this.blocks.length - 1;
       this.off = 0;
     }
@@ -74,16 +85,27 @@ export class Arena {
   release(m: ArenaMark): void {
     this.cur = m.block;
     this.off = m.offset;
+    this.before = 0;
+    for (let i = 0; i < m.block; i++) this.before += this.blocks[i]!.size;
   }
 
   reset(): void {
-    if (this.blocks.length > 1) {
-      const total = this.blocks.reduce((s, b) => s + b.size, 0);
+    this.peaks.push(this.peak);
+    if (this.peaks.length > SHRINK_WINDOW) this.peaks.shift();
+    const capacity = this.capacity;
+    const fit = Math.max(MIN_BLOCK, Math.ceil((Math.max(...this.peaks) * 1.25) / ALIGN) * ALIGN);
+    let size = 0;
+    if (this.blocks.length > 1) size = capacity;
+    if (this.peaks.length === SHRINK_WINDOW && capacity > 2 * fit) size = fit;
+    if (size > 0) {
       for (const b of this.blocks) nativeFree(b.addr);
-      this.blocks = [{ addr: nativeAlloc(total), size: total }];
+      this.blocks = [{ addr: nativeAlloc(size), size }];
+      if (size === fit) this.peaks = [];
     }
     this.cur = 0;
     this.off = 0;
+    this.before = 0;
+    this.peak = 0;
   }
 
   /** Bytes held in native blocks. */
