@@ -83,6 +83,22 @@ describe.each(cases)("consistency $name on $backend", (spec) => {
     }
   });
 
+  test("a fork shares the prefix; writing into the shared partial block copies it first", () => {
+    const cache = new KvCache(be, model.layers, { numBlocks: 8, blockSize: 4 });
+    const sa = new Sequence();
+    forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(0, 6)), logits: "none" }]);
+    const sb = cache.fork(sa);
+    // B continues with its own tokens after A's first 6 (block 1 is half full and shared)
+    const tail = [B[0]!, B[1]!];
+    const rb = forwardBatch(model, cache, [{ seq: sb, tokens: Int32Array.from(tail), logits: "all" }]);
+    const ra = forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(6)), logits: "all" }]);
+    const fullAB = teacherForced(model, [...A.slice(0, 6), ...tail]);
+    expect(maxDiff(rb.logits, fullAB.subarray(6 * V))).toBeLessThan(1e-4);
+    expect(maxDiff(ra.logits, fullA.subarray(6 * V))).toBeLessThan(1e-4);
+    expect(sa.blocks[0]).toBe(sb.blocks[0]!);
+    expect(sa.blocks[1]).not.toBe(sb.blocks[1]!);
+  });
+
   test("two sequences of different lengths in one batch give their own logits", () => {
     const cache = new KvCache(be, model.layers, { numBlocks: 8, blockSize: 4 });
     const sa = new Sequence();
