@@ -1,5 +1,6 @@
 import { createInterface } from "node:readline";
 import type { Command } from "commander";
+import { builtinModelDir } from "../builtin/index.ts";
 import { loadSession } from "../engine/session.ts";
 import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
@@ -16,7 +17,7 @@ export function register(program: Command): void {
   const cmd = program
     .command("chat")
     .description("Chat with a model in the terminal (/reset clears the history, /exit quits)")
-    .requiredOption("--model <dir>", "model directory")
+    .option("--model <dir>", "model directory (default: the built-in model)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
   addSamplingOptions(cmd).action(
@@ -26,7 +27,7 @@ export function register(program: Command): void {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
       }
       const sampling = samplingFrom(f);
-      const s = loadSession(f.model!);
+      const s = loadSession(f.model ?? builtinModelDir());
       if (!s.template) throw new RmlxError("bad_model", `${f.model}: no chat template; use 'rmlx generate' instead`);
       const initial = (): ChatMessage[] => (f.system !== undefined ? [{ role: "system", content: f.system }] : []);
       let history = initial();

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
 import { loadSession, type Session } from "../engine/session.ts";
 import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
+import { builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import { applyChatTemplate } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
@@ -103,7 +104,7 @@ export function register(program: Command): void {
   const cmd = program
     .command("generate")
     .description("Generate text from a prompt (streams to stdout; speeds to stderr)")
-    .requiredOption("--model <dir>", "model directory")
+    .option("--model <dir>", "model directory (default: the built-in model)")
     .requiredOption("--prompt <text>", "prompt text")
     .option("--max-tokens <n>", "maximum tokens to generate", "256")
     .option("--chat", "wrap the prompt in the model's chat template as a user message")
@@ -114,7 +115,7 @@ export function register(program: Command): void {
       const maxTokens = num("max-tokens", f.maxTokens, true);
       if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
       const sampling = samplingFrom(f);
-      const s = loadSession(f.model!);
+      const s = loadSession(f.model ?? builtinModelDir());
       let messages: ChatMessage[] | null = null;
       if (f.chat) {
         messages = [];

@@ -1,10 +1,11 @@
 import { Command, Option } from "commander";
+import { builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
 import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
-import { action, EXIT_BAD_INPUT } from "./action.ts";
+import { action } from "./action.ts";
 
 interface ServeFlags {
   model?: string[];
@@ -54,7 +55,7 @@ export function register(program: Command): void {
   program
     .command("serve")
     .description("Serve OpenAI- and Anthropic-compatible APIs")
-    .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
     .option("-p, --port <n>", "port to listen on (env RMLX_PORT)", undefined)
     .option("--api-key <key>", "require this key as 'Authorization: Bearer' or 'x-api-key' on every route but /health (env RMLX_API_KEY)")
@@ -73,10 +74,7 @@ export function register(program: Command): void {
     .action(
       action(async (flags: ServeFlags) => {
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
-        if (modelPaths.length === 0) {
-          process.stderr.write("rmlx: no model given (use --model DIR) and this build has no built-in default model\n");
-          process.exit(EXIT_BAD_INPUT);
-        }
+        if (modelPaths.length === 0) modelPaths.push(builtinModelDir());
         const models = discoverModels(modelPaths);
         const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
         if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);

@@ -1,0 +1,5 @@
+// A weights file imported with `with { type: "file" }` is its path.
+declare module "*.safetensors" {
+  const path: string;
+  export default path;
+}
