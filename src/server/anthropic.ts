@@ -134,7 +134,7 @@ export async function messages(ctx: ServerContext, body: MessagesBodyT, signal?:
   const m = await ctx.models.acquire(body.model);
   if (body.stream) {
     try {
-      return await streamMessages(ctx, body, m);
+      return await streamMessages(ctx, body, m, signal);
     } catch (e) {
       ctx.models.release(m);
       throw e;
@@ -172,9 +172,9 @@ function anthropicStreamError(err: unknown, send: SseSend): void {
 }
 
 /** Streams one message; the caller releases the model if this throws, the stream releases it otherwise. */
-async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry): Promise<Response> {
+async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
   const req = request(body, m);
-  const { stream, started } = await startGeneration(ctx, req, "messages");
+  const { stream, started } = await startGeneration(ctx, req, "messages", signal);
   const sh = shaper(m, req, started);
   let released = false;
   const release = () => {

@@ -28,9 +28,12 @@ export async function startGeneration(
   ctx: ServerContext,
   req: GenerateRequest,
   api: string,
+  signal?: AbortSignal,
 ): Promise<{ stream: GenerationStream; started: Started }> {
   ctx.journal?.begin(req.id, api, req.model);
   const stream = ctx.engine.generate(req);
+  // A client that leaves while its request still waits in the engine's queue cancels it there.
+  signal?.addEventListener("abort", () => stream.cancel(), { once: true });
   const first = await stream.next();
   if (!first) throw new HttpError(500, "engine ended the request without an answer");
   if (first.type === "error") throw fromCode(first.code, first.message);
@@ -57,9 +60,8 @@ export async function collect(
   shaperFor: (started: Started) => ChatOutputParser,
   signal?: AbortSignal,
 ): Promise<Collected> {
-  const { stream, started } = await startGeneration(ctx, req, api);
-  signal?.addEventListener("abort", () => stream.cancel(), { once: true });
-  if (signal?.aborted) stream.cancel();
+  if (signal?.aborted) throw new HttpError(499, "the client went away");
+  const { stream, started } = await startGeneration(ctx, req, api, signal);
   const shaper = shaperFor(started);
   let shaped: Shaped = { reasoning: "", content: "", toolCalls: [] };
   const tokenIds: number[] = [];

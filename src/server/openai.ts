@@ -128,7 +128,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   try {
     if (body.stream) {
       if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
-      return await streamChat(ctx, body, m);
+      return await streamChat(ctx, body, m, signal);
     }
   } catch (e) {
     ctx.models.release(m);
@@ -179,9 +179,9 @@ export function streamError(err: unknown, send: SseSend): void {
 }
 
 /** Streams one chat completion; the caller releases the model if this throws, the stream releases it otherwise. */
-async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry): Promise<Response> {
+async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
   const req = chatRequest(body, m, 0);
-  const { stream, started } = await startGeneration(ctx, req, "chat");
+  const { stream, started } = await startGeneration(ctx, req, "chat", signal);
   const shaper = shaperFor(m, req)(started);
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
@@ -285,7 +285,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
   try {
     if (body.stream) {
       if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
-      return await streamCompletion(ctx, body, m);
+      return await streamCompletion(ctx, body, m, signal);
     }
   } catch (e) {
     ctx.models.release(m);
@@ -318,8 +318,8 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
   }
 }
 
-async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry): Promise<Response> {
-  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0), "completions");
+async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
+  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0), "completions", signal);
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;

@@ -238,6 +238,29 @@ describe("end to end on a tiny Qwen3", () => {
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 1000)).toBe(true);
   });
 
+  test("a client that leaves while queued is dropped from the queue", async () => {
+    const one = await serve(["--model", dir, "--max-running", "1"]);
+    try {
+      const body = (prompt: string) =>
+        JSON.stringify({ model: name, prompt, max_tokens: 3000, temperature: 0, ignore_eos: true, stream: true });
+      const post = (b: string, signal: AbortSignal) =>
+        fetch(`${one.url}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: b, signal });
+      const a = new AbortController();
+      const first = await post(body("first"), a.signal);
+      await first.body!.getReader().read();
+      const b = new AbortController();
+      const queued = post(body("second"), b.signal).catch(() => null);
+      expect(await waitFor(async () => (await metric(one.url, "rmlx_requests_waiting")) === 1, 2000)).toBe(true);
+      b.abort();
+      await queued;
+      a.abort();
+      const idle = async () => (await metric(one.url, "rmlx_requests_running")) === 0 && (await metric(one.url, "rmlx_requests_waiting")) === 0;
+      expect(await waitFor(idle, 2000)).toBe(true);
+    } finally {
+      await one.stop();
+    }
+  }, 60_000);
+
   test("a prompt longer than the context is a 400 naming the context", async () => {
     const long = Array.from({ length: CONTEXT + 10 }, () => 100);
     try {

@@ -423,7 +423,8 @@ describe("server options", () => {
     const dir2 = fakeModels("m");
     const s = await serve(["--model", join(dir2, "m"), "--api-key", "sekret"], ENV);
     try {
-      expect((await fetch(`${s.url}/health`)).status).toBe(200);
+      // /health needs no key (it says 503 until the model has loaded, 200 after).
+      expect(await waitFor(async () => (await fetch(`${s.url}/health`)).status === 200, 5000)).toBe(true);
       const noKey = await fetch(`${s.url}/v1/models`);
       expect(noKey.status).toBe(401);
       expect((await jsonOf(noKey)).error.type).toBe("authentication_error");
