@@ -1,0 +1,37 @@
+import { expect, test } from "bun:test";
+import { rmSync } from "node:fs";
+import { RmlxError } from "../../src/errors.ts";
+import { openModelDir } from "../../src/io/model_dir.ts";
+import { loadModel, SUPPORTED_MODEL_TYPES } from "../../src/models/registry.ts";
+import { RefBackend } from "./ref_backend.ts";
+import { makeTinyModel } from "./tiny_model.ts";
+
+test("families this build runs", () => {
+  expect([...SUPPORTED_MODEL_TYPES].sort()).toEqual(["gemma3", "gemma3_text", "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"]);
+});
+
+test("a known but unimplemented architecture is RmlxError unsupported, naming it", () => {
+  const dir = makeTinyModel({ modelType: "llama", extra: { model_type: "bitnet" } });
+  try {
+    let err: unknown;
+    try {
+      loadModel(new RefBackend(), openModelDir(dir));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RmlxError);
+    expect((err as RmlxError).code).toBe("unsupported");
+    expect((err as RmlxError).message).toContain("'bitnet'");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a missing tensor is bad_model naming it", () => {
+  const dir = makeTinyModel({ modelType: "qwen3", extra: { num_hidden_layers: 3 } });
+  try {
+    expect(() => loadModel(new RefBackend(), openModelDir(dir))).toThrow(/missing tensor model\.layers\.2\./);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
