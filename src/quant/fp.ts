@@ -20,21 +20,22 @@ function signBit(x: number): boolean {
   return x < 0 || (x === 0 && 1 / x < 0);
 }
 
-/** E2M1 code: nearest of the 8 magnitudes, ties to the even mantissa (the threshold table MLX uses). */
+/** Magnitude code of E2M1 for |x|: nearest of the 8 magnitudes, ties to the even mantissa (MLX's thresholds). */
+function e2m1Magnitude(a: number): number {
+  if (a > 5) return 7;
+  if (a >= 3.5) return 6;
+  if (a > 2.5) return 5;
+  if (a >= 1.75) return 4;
+  if (a > 1.25) return 3;
+  if (a >= 0.75) return 2;
+  if (a > 0.25) return 1;
+  return 0;
+}
+
+/** E2M1 code of x (NaN gives 0x7, as MLX's conversion does). */
 export function toE2M1(x: number): number {
   if (Number.isNaN(x)) return 0x7;
-  const sign = signBit(x) ? 0x8 : 0;
-  const a = Math.abs(x);
-  let c: number;
-  if (a > 5) c = 7;
-  else if (a >= 3.5) c = 6;
-  else if (a > 2.5) c = 5;
-  else if (a >= 1.75) c = 4;
-  else if (a > 1.25) c = 3;
-  else if (a >= 0.75) c = 2;
-  else if (a > 0.25) c = 1;
-  else c = 0;
-  return c | sign;
+  return e2m1Magnitude(Math.abs(x)) | (signBit(x) ? 0x8 : 0);
 }
 
 const E4M3_SATURATE = (543 << 21) >>> 0;
@@ -98,6 +99,7 @@ export function fpQuantize(w: Float32Array, mode: FpMode): FpQuantized {
   const groups = n / groupSize;
   const codes = new Uint8Array(n);
   const scales = new Uint8Array(groups);
+  const bits32 = new Uint32Array(w.buffer, w.byteOffset, n);
   for (let g = 0; g < groups; g++) {
     const base = g * groupSize;
     let amax = 0;
@@ -116,9 +118,19 @@ export function fpQuantize(w: Float32Array, mode: FpMode): FpQuantized {
       scale = fromE8M0(sc);
     }
     scales[g] = sc;
-    for (let j = 0; j < groupSize; j++) {
-      const v = scale === 0 ? 0 : fr(w[base + j]! / scale);
-      codes[base + j] = bits === 4 ? toE2M1(v) : toE4M3(v);
+    if (bits === 4) {
+      for (let j = 0; j < groupSize; j++) {
+        if (scale === 0) {
+          // MLX quantizes +0.0 when the scale is zero, whatever the sign of the value
+          codes[base + j] = 0;
+          continue;
+        }
+        const q = fr(w[base + j]! / scale);
+        // the quotient has the sign of the value (the scale is positive); NaN has no sign in E2M1
+        codes[base + j] = q !== q ? 7 : e2m1Magnitude(Math.abs(q)) | (bits32[base + j]! >>> 31 ? 8 : 0);
+      }
+    } else {
+      for (let j = 0; j < groupSize; j++) codes[base + j] = toE4M3(scale === 0 ? 0 : fr(w[base + j]! / scale));
     }
   }
   return { weight: packCodes(codes, bits), scales };

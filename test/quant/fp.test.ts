@@ -130,3 +130,10 @@ describe("nvfp4", () => {
 test("the E2M1 table is MLX's", () => {
   expect(FP4_VALUES.slice(0, 8)).toEqual([0, 0.5, 1, 1.5, 2, 3, 4, 6]);
 });
+
+test("mxfp4 keeps the sign of negative zero and of small negatives rounded to zero", () => {
+  const w = new Float32Array(32);
+  w.set([6, -0, -0.1, 0.1]);
+  const codes = Array.from(unpackCodes(fpQuantize(w, "mxfp4").weight, 4, 4));
+  expect(codes).toEqual([7, 8, 8, 0]);
+});
