@@ -364,9 +364,10 @@ describe("engine in its own thread", () => {
       expect(m.status).toBe(200);
       await Bun.sleep(37);
     }
-    // The engine blocks its own thread 300 ms per token: were HTTP waiting on it, the median would be ~150 ms.
+    // The engine blocks its own thread 300 ms per token: were HTTP waiting on it, the median would be ~150 ms
+    // (the bound leaves room for a loaded test machine).
     times.sort((a, b) => a - b);
-    expect(times[4]!).toBeLessThan(60);
+    expect(times[4]!).toBeLessThan(100);
     expect((await gen).choices[0]!.message.content).toBe("busy");
   }, 15_000);
 
