@@ -103,30 +103,21 @@ export interface OpsCase {
 export function peerOpsMatmul(type: MatmulType, filter = "m=4096,n=1,k=14336,"): PeerResult<{ cases: OpsCase[] }> {
   const bin = tool("test-backend-ops");
   if (!bin) return notBuilt("test-backend-ops");
-  const r = run([bin, "perf", "-b", "CPU", "-o", "MUL_MAT", "-p", `type_a=${type},type_b=f32,${filter}`, "--output", "csv"]);
+  const r = run([bin, "perf", "-b", "CPU", "-o", "MUL_MAT", "-p", `type_a=${type},type_b=f32,${filter}`]);
   if (!r.ok) return r;
-  const lines = r.out.trim().split("\n").filter((l) => l.trim());
-  const header = lines[0]?.split(",") ?? [];
-  const col = (name: string) => header.indexOf(name);
-  const [iParams, iTime, iFlops] = [col("op_params"), col("time_us"), col("flops")];
-  if (iParams < 0 || iTime < 0) return { ok: false, reason: "test-backend-ops csv: unexpected columns" };
+  // Its csv output leaves the timings out, so read the console lines: "  MUL_MAT(<params>):  <runs> runs - <t> us/run - ...".
   const cases: OpsCase[] = [];
-  for (const line of lines.slice(1)) {
-    // op_params is quoted and holds commas: take it whole, then the numeric columns after it.
-    const quoted = line.match(/"([^"]*)"/);
-    if (!quoted) continue;
-    const params = quoted[1]!;
-    const rest = line.slice(line.indexOf(quoted[0]) + quoted[0].length + 1).split(",");
+  for (const line of r.out.split("\n")) {
+    const hit = line.match(/^\s*MUL_MAT\((.*)\):\s+\d+ runs -\s+([\d.]+) us\/run/);
+    if (!hit) continue;
+    const params = hit[1]!;
     const num = (key: string) => Number(params.match(new RegExp(`(?:^|,)${key}=(\\d+)`))?.[1]);
-    cases.push({
-      case: params,
-      m: num("n"), // test-backend-ops calls the rows of W m and the rows of x n
-      n: num("m"),
-      k: num("k"),
-      usPerRun: Number(rest[iTime - iParams - 1]),
-      gflops: Number(rest[iFlops - iParams - 1]) / 1e9,
-    });
+    // test-backend-ops calls the rows of W m and the rows of x n.
+    const [m, n, k] = [num("n"), num("m"), num("k")];
+    const us = Number(hit[2]);
+    cases.push({ case: params, m, n, k, usPerRun: us, gflops: (2 * m * n * k) / us / 1e3 });
   }
+  if (!cases.length) return { ok: false, reason: `test-backend-ops: no MUL_MAT case matched type_a=${type},${filter}` };
   return { ok: true, cases };
 }
 
