@@ -108,8 +108,8 @@ describe("dist/rmlx alone, fresh HOME, no --model", () => {
         url = /serving .* on (http:\/\/\S+)/.exec(log)?.[1];
       }
       reader.releaseLock();
-      const models = await (await fetch(`${url}/v1/models`)).json();
-      expect(models.data.map((m: { id: string }) => m.id)).toEqual([BUILTIN_MODEL_NAME]);
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+      expect(models.data.map((m) => m.id)).toEqual([BUILTIN_MODEL_NAME]);
       const ref = reference.answers.find((a) => a.question === "What does the command ls do?")!;
       const res = await fetch(`${url}/v1/chat/completions`, {
         method: "POST",
@@ -122,7 +122,7 @@ describe("dist/rmlx alone, fresh HOME, no --model", () => {
         }),
       });
       expect(res.status).toBe(200);
-      const body = await res.json();
+      const body = (await res.json()) as { choices: { message: { content: string }; finish_reason: string }[] };
       expect(body.choices[0].message.content).toBe(ref.text);
       expect(body.choices[0].finish_reason).toBe("stop");
     }, 60_000);
