@@ -24,10 +24,10 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
 }
 
 // Attends a group of G query heads (sharing one KV head) over nkeys keys; key j's element offset in the K and V
-// buffers is given by row_of(j). Scratch must hold (G * (D + kChunk + 2) + 2 * kChunk * D) floats.
-template <class RowOf>
+// buffers comes from successive calls rows() (keys in order). Scratch must hold (G * (D + kChunk + 2) + 2 * kChunk * D) floats.
+template <class Rows>
 void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stride, int64_t G, int64_t D,
-                  const void *kb, const void *vb, int dt, int64_t nkeys, RowOf row_of, float scale, float softcap,
+                  const void *kb, const void *vb, int dt, int64_t nkeys, Rows rows, float scale, float softcap,
                   float *scratch) {
   float *acc = scratch;               // [G, D]
   float *m = acc + G * D;             // [G]
@@ -45,7 +45,7 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
     int64_t nj = std::min(kChunk, nkeys - j0);
     const float *krows[kChunk], *vrows[kChunk];
     for (int64_t j = 0; j < nj; j++) {
-      int64_t off = row_of(j0 + j);
+      int64_t off = rows();
       if (dt == RMLX_F32) {
         krows[j] = (const float *)kb + off;
         vrows[j] = (const float *)vb + off;
@@ -139,12 +139,17 @@ int op_paged_attention(const PagedAttnArgs &a) {
       int32_t s = a.token_seq[t], p = a.positions[t];
       int64_t lo = a.window > 0 ? std::max<int64_t>(0, p - a.window + 1) : 0;
       const int32_t *tab = a.tables + s * a.max_blocks;
-      auto row_of = [&](int64_t j) {
-        int64_t pos = lo + j;
-        return ((int64_t)tab[pos / bs] * bs + pos % bs) * row + kh * D;
+      // Walks the block table once: a division per block, not per key.
+      int64_t blk = lo / bs, within = lo % bs, base = ((int64_t)tab[blk] * bs) * row + kh * D;
+      auto rows = [&]() {
+        if (within == bs) {
+          within = 0;
+          base = ((int64_t)tab[++blk] * bs) * row + kh * D;
+        }
+        return base + (within++) * row;
       };
       const int64_t qo = (t * a.heads + kh * G) * D;
-      attend_group(a.out + qo, D, a.q + qo, D, G, D, a.kpool, a.vpool, a.pool_dt, p - lo + 1, row_of, a.scale,
+      attend_group(a.out + qo, D, a.q + qo, D, G, D, a.kpool, a.vpool, a.pool_dt, p - lo + 1, rows, a.scale,
                    a.softcap, scratch.data());
     }
   }, work < (1 << 15) ? items : 1);
@@ -161,9 +166,14 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
       int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
       int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
       const int64_t kvo = (b * Hkv + kh) * S * D;
-      auto row_of = [&](int64_t j) { return kvo + j * D; };
+      int64_t next = kvo;
+      auto rows = [&]() {
+        int64_t r = next;
+        next += D;
+        return r;
+      };
       const int64_t qo = ((b * H + kh * G) * L + i) * D;
-      attend_group(out + qo, L * D, q + qo, L * D, G, D, k, v, RMLX_F32, nkeys, row_of, scale, 0.f, scratch.data());
+      attend_group(out + qo, L * D, q + qo, L * D, G, D, k, v, RMLX_F32, nkeys, rows, scale, 0.f, scratch.data());
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;

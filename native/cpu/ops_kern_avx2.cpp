@@ -230,35 +230,30 @@ void dots(float *s, const float *q, const float *const *k, int64_t nj, int64_t D
   for (; j < nj; j++) s[j] = dot(q, k[j], D) * scale;
 }
 
-// acc stays in registers 32 floats at a time while all nj value rows stream through.
+// Eight value rows per pass over acc, each row read once: paged rows sit a whole token row apart (often 4 KiB),
+// so re-reading them per slice of D would fight over the same L1 sets.
 void pv(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D) {
-  int64_t d = 0;
-  for (; d + 32 <= D; d += 32) {
-    __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
-    __m256 a2 = _mm256_loadu_ps(acc + d + 16), a3 = _mm256_loadu_ps(acc + d + 24);
-    for (int64_t j = 0; j < nj; j++) {
-      __m256 pj = _mm256_set1_ps(p[j]);
-      const float *vr = v[j] + d;
-      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr), a0);
-      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8), a1);
-      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 16), a2);
-      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 24), a3);
+  const int64_t D8 = D & ~(int64_t)7;
+  int64_t j = 0;
+  for (; j + 8 <= nj; j += 8) {
+    __m256 pj[8];
+    const float *vr[8];
+    for (int u = 0; u < 8; u++) {
+      pj[u] = _mm256_set1_ps(p[j + u]);
+      vr[u] = v[j + u];
     }
-    _mm256_storeu_ps(acc + d, a0);
-    _mm256_storeu_ps(acc + d + 8, a1);
-    _mm256_storeu_ps(acc + d + 16, a2);
-    _mm256_storeu_ps(acc + d + 24, a3);
+    for (int64_t d = 0; d < D8; d += 8) {
+      __m256 a = _mm256_loadu_ps(acc + d);
+      for (int u = 0; u < 8; u++) a = _mm256_fmadd_ps(pj[u], _mm256_loadu_ps(vr[u] + d), a);
+      _mm256_storeu_ps(acc + d, a);
+    }
+    for (int64_t d = D8; d < D; d++) {
+      float a = acc[d];
+      for (int u = 0; u < 8; u++) a += p[j + u] * vr[u][d];
+      acc[d] = a;
+    }
   }
-  for (; d + 8 <= D; d += 8) {
-    __m256 a0 = _mm256_loadu_ps(acc + d);
-    for (int64_t j = 0; j < nj; j++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v[j] + d), a0);
-    _mm256_storeu_ps(acc + d, a0);
-  }
-  for (; d < D; d++) {
-    float a = acc[d];
-    for (int64_t j = 0; j < nj; j++) a += p[j] * v[j][d];
-    acc[d] = a;
-  }
+  for (; j < nj; j++) axpy(acc, p[j], v[j], D);
 }
 
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
