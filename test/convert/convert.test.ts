@@ -1,5 +1,5 @@
 // End to end through the CLI on tiny checkpoints written in the test.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { SafetensorsFile, type TensorEntry } from "../../src/io/safetensors.ts";
@@ -7,7 +7,9 @@ import { WeightStore } from "../../src/io/weights.ts";
 import { affineDequantize, affineQuantize } from "../../src/quant/affine.ts";
 import { decodeFloats, roundArrayTo } from "../../src/quant/dtype.ts";
 import { fpDequantize } from "../../src/quant/fp.ts";
-import { makeHfModel, runCli, tmp } from "./helpers.ts";
+import { makeHfModel, runCli, tmp, cleanupScratch } from "./helpers.ts";
+
+afterAll(cleanupScratch);
 
 function floats(t: TensorEntry): Float32Array {
   return decodeFloats(t.dtype as "BF16", t.bytes);

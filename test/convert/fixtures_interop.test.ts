@@ -1,13 +1,15 @@
 // Two independent implementations of MLX's quantization must agree bit for bit: the fixture generator's numpy
 // reference (scripts/mlx_quant_ref.py) wrote the *_q* fixtures from the float fixtures; converting the same
 // float fixtures here must give the same tensors, byte for byte.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { WeightStore } from "../../src/io/weights.ts";
 import { affineQuantize } from "../../src/quant/affine.ts";
 import { decodeFloats, encodeFloats } from "../../src/quant/dtype.ts";
-import { ROOT, runCli, tmp } from "./helpers.ts";
+import { ROOT, runCli, tmp, cleanupScratch } from "./helpers.ts";
+
+afterAll(cleanupScratch);
 
 const MODELS = join(ROOT, "test", "fixtures", "models");
 

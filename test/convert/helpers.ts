@@ -1,5 +1,5 @@
 // Tiny Hugging Face style checkpoints written with our own safetensors writer, and a runner for the CLI.
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { StDType } from "../../src/io/safetensors.ts";
@@ -10,8 +10,17 @@ export const ROOT = join(import.meta.dir, "..", "..");
 const BUN = join(ROOT, "node_modules", ".bin", "bun");
 const MAIN = join(ROOT, "test", "convert", "convert_cli.ts");
 
-export function tmp(prefix = "rmlx-convert-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+/** Scratch directories of the running test file, all under one root that `cleanupScratch` removes. */
+let scratch: string | undefined;
+
+export function tmp(prefix = "t-"): string {
+  scratch ??= mkdtempSync(join(tmpdir(), "rmlx-convert-"));
+  return mkdtempSync(join(scratch, prefix));
+}
+
+export function cleanupScratch(): void {
+  if (scratch) rmSync(scratch, { recursive: true, force: true });
+  scratch = undefined;
 }
 
 /** Deterministic values: a small LCG, so tests need no fixtures on disk. */

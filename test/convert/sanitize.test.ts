@@ -1,10 +1,12 @@
 // mlx-lm's per-family sanitize steps that convert reproduces.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { WeightStore } from "../../src/io/weights.ts";
 import { decodeFloats } from "../../src/quant/dtype.ts";
-import { type Tensor, randomValues, runCli, tmp, writeTensors } from "./helpers.ts";
+import { type Tensor, randomValues, runCli, tmp, writeTensors, cleanupScratch } from "./helpers.ts";
+
+afterAll(cleanupScratch);
 
 function model(config: Record<string, unknown>, tensors: Record<string, Tensor>): string {
   const dir = join(tmp(), "m");

@@ -5,7 +5,9 @@ import { join } from "node:path";
 import { SafetensorsWriter, type WriteEntry } from "../../src/io/safetensors_write.ts";
 import { WeightStore } from "../../src/io/weights.ts";
 import { encodeFloats } from "../../src/quant/dtype.ts";
-import { BUN, MAIN, makeHfModel, randomValues, runCli, tmp } from "./helpers.ts";
+import { BUN, MAIN, makeHfModel, randomValues, runCli, tmp, cleanupScratch } from "./helpers.ts";
+
+afterAll(cleanupScratch);
 
 const COLS = 8192;
 const ROWS = 2048;

@@ -1,8 +1,10 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { klDivergence, verifyPrompts } from "../../src/convert/verify.ts";
-import { ROOT, runCli, tmp } from "./helpers.ts";
+import { ROOT, runCli, tmp, cleanupScratch } from "./helpers.ts";
+
+afterAll(cleanupScratch);
 
 describe("KL divergence", () => {
   test("zero for identical distributions, the textbook value otherwise", () => {

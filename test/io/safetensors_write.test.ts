@@ -1,9 +1,11 @@
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { SafetensorsFile } from "../../src/io/safetensors.ts";
 import { SafetensorsWriter, buildHeader } from "../../src/io/safetensors_write.ts";
-import { tmp } from "../convert/helpers.ts";
+import { tmp, cleanupScratch } from "../convert/helpers.ts";
+
+afterAll(cleanupScratch);
 
 describe("safetensors writer", () => {
   test("header: sorted keys, compact JSON, metadata first, padded to 8 bytes", () => {
