@@ -155,7 +155,8 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] 
   }
   for (const [name, list] of experts) {
     const first = list[0];
-    if (!first || list.length === 0 || list.some((t) => t === undefined))
+    // a missing expert leaves a hole, which some() and every() would skip
+    if (!first || Array.from(list).includes(undefined as unknown as SourceTensor))
       throw new RmlxError("bad_model", `${src.dir}: experts of ${name} are not numbered 0..${list.length - 1}`);
     for (const t of list) {
       if (t.dtype !== first.dtype || t.shape.join() !== first.shape.join())

@@ -92,3 +92,12 @@ test("a model type whose sanitize is not reproduced is refused", () => {
   expect(r.code).toBe(2);
   expect(r.err).toContain("model_type 'deepseek_v3' cannot be converted yet");
 });
+
+test("a checkpoint missing an expert is refused", () => {
+  const t: Record<string, Tensor> = { "model.embed_tokens.weight": bf([32, 64]) };
+  for (const e of [0, 2]) t[`model.layers.0.mlp.experts.${e}.up_proj.weight`] = bf([64, 64]);
+  const src = model({ model_type: "qwen3_moe", num_hidden_layers: 1 }, t);
+  const r = runCli("convert", "--model", src, "--out", join(tmp(), "o"));
+  expect(r.code).toBe(2);
+  expect(r.err).toContain("are not numbered 0..2");
+});
