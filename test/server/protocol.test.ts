@@ -562,14 +562,4 @@ describe("server options", () => {
     ]);
     removeDir(dir2);
   });
-
-  test("no model: one line, exit 2", () => {
-    const p = Bun.spawnSync([process.execPath, join(import.meta.dir, "..", "..", "src/cli/main.ts"), "serve"], {
-      env: { ...process.env, RMLX_MODEL: "" },
-      stderr: "pipe",
-    });
-    expect(p.exitCode).toBe(2);
-    expect(p.stderr.toString().trim().split("\n").length).toBe(1);
-    expect(p.stderr.toString()).toContain("no model");
-  });
 });
