@@ -18,8 +18,6 @@ export const ROOT_HASH = 0n;
 export class PrefixCache {
   /** hash -> block id; Map order is the LRU order (oldest first). */
   private readonly blocks = new Map<bigint, number>();
-  hits = 0;
-  misses = 0;
 
   constructor(
     private readonly allocator: BlockAllocator,
@@ -50,8 +48,6 @@ export class PrefixCache {
       out.push(id);
       hash = h;
     }
-    if (out.length > 0) this.hits++;
-    else this.misses++;
     return { blocks: out, hash };
   }
 
@@ -76,11 +72,5 @@ export class PrefixCache {
       freed++;
     }
     return freed;
-  }
-
-  /** Drops every entry (their blocks return to the allocator once no sequence uses them). */
-  clear(): void {
-    for (const id of this.blocks.values()) this.allocator.free(id);
-    this.blocks.clear();
   }
 }

@@ -74,8 +74,6 @@ export class Scheduler {
   private readonly waiting: Active[] = [];
   private readonly running: Active[] = [];
   readonly prefix: PrefixCache | null;
-  /** Prompt tokens served from the prefix cache, over all requests. */
-  cachedTokensTotal = 0;
 
   constructor(
     private readonly model: SchedulerModel,
@@ -209,7 +207,6 @@ export class Scheduler {
       this.running.push(a);
       if (!a.started) {
         a.started = true;
-        this.cachedTokensTotal += a.cachedTokens;
         this.emit({
           type: "started",
           id: a.req.id,

@@ -38,10 +38,6 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
     this.wake = null;
   }
 
-  get finished(): boolean {
-    return this.ended && this.queue.length === 0;
-  }
-
   async next(): Promise<EngineEvent | null> {
     while (this.queue.length === 0) {
       if (this.ended) return null;
