@@ -23,7 +23,7 @@ native: $(NATIVE_LIB)
 $(NATIVE_LIB): $(wildcard native/include/*.h native/cpu/*.cpp native/cpu/*.h) native/Makefile
 	$(MAKE) -C native -j$$(nproc)
 
-dist/rmlx: deps $(NATIVE_LIB) $(SRCS)
+dist/rmlx: node_modules/.installed $(NATIVE_LIB) $(SRCS)
 	@mkdir -p dist
 	$(BUN) build --compile --minify-syntax src/cli/main.ts src/engine/worker.ts --outfile dist/rmlx.tmp
 	@mv dist/rmlx.tmp dist/rmlx
