@@ -120,6 +120,11 @@ struct Kern {
   // Attention: s[j] = dot(q, k[j]) * scale for j < nj; acc += sum_j p[j] * v[j] (rows of length D).
   void (*dots)(float *s, const float *q, const float *const *k, int64_t nj, int64_t D, float scale);
   void (*pv)(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D);
+  // The same for R query rows at once (row r: s + r * lds, q + r * ldq, p + r * ldp, acc + r * D), so that each
+  // key and value row is loaded once for all of them.
+  void (*dots_rows)(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
+                    int64_t D, float scale);
+  void (*pv_rows)(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D);
 };
 
 const Kern &kern();

@@ -23,26 +23,31 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
   else k.f32_to_bf16((uint16_t *)base + off, src, n);
 }
 
-// Attends a group of G query heads (sharing one KV head) over nkeys keys; key j's element offset in the K and V
-// buffers comes from successive calls rows() (keys in order). Scratch must hold (G * (D + kChunk + 2) + 2 * kChunk * D) floats.
+constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attended together in a prefill
+
+// Attends R query rows (contiguous [R, D] in qr) over nkeys keys, whose element offsets in the K and V buffers
+// come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
+// writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
+// the heads of one token, each streaming the keys with the single-row kernels, which read memory faster.
+// Scratch: see scratch_floats.
 template <class Rows>
-void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stride, int64_t G, int64_t D,
-                  const void *kb, const void *vb, int dt, int64_t nkeys, Rows rows, float scale, float softcap,
-                  float *scratch) {
-  float *acc = scratch;               // [G, D]
-  float *m = acc + G * D;             // [G]
-  float *l = m + G;                   // [G]
-  float *sc = l + G;                  // [G, kChunk]
-  float *kbuf = sc + G * kChunk;      // [kChunk, D]
-  float *vbuf = kbuf + kChunk * D;    // [kChunk, D]
+void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *lo, const int64_t *hi, int64_t D,
+                 const void *kb, const void *vb, int dt, int64_t nkeys, Rows rows, float scale, float softcap,
+                 bool tiled, float *scratch) {
+  float *acc = scratch;             // [R, D]
+  float *m = acc + R * D;           // [R]
+  float *l = m + R;                 // [R]
+  float *sc = l + R;                // [R, kChunk]
+  float *kbuf = sc + R * kChunk;    // [kChunk, D]
+  float *vbuf = kbuf + kChunk * D;  // [kChunk, D]
   const Kern &k = kern();
-  for (int64_t g = 0; g < G; g++) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
+  for (int64_t r = 0; r < R; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
   }
-  std::memset(acc, 0, sizeof(float) * G * D);
+  std::memset(acc, 0, sizeof(float) * R * D);
   for (int64_t j0 = 0; j0 < nkeys; j0 += kChunk) {
-    int64_t nj = std::min(kChunk, nkeys - j0);
+    const int64_t nj = std::min(kChunk, nkeys - j0);
     const float *krows[kChunk], *vrows[kChunk];
     for (int64_t j = 0; j < nj; j++) {
       int64_t off = rows();
@@ -56,28 +61,42 @@ void attend_group(float *out, int64_t out_stride, const float *q, int64_t q_stri
         vrows[j] = vbuf + j * D;
       }
     }
-    for (int64_t g = 0; g < G; g++) {
-      const float *qg = q + g * q_stride;
-      float *s = sc + g * kChunk;
-      k.dots(s, qg, krows, nj, D, scale);
+    if (tiled) k.dots_rows(sc, kChunk, qr, D, R, krows, nj, D, scale);
+    else
+      for (int64_t r = 0; r < R; r++) k.dots(sc + r * kChunk, qr + r * D, krows, nj, D, scale);
+    for (int64_t r = 0; r < R; r++) {
+      float *s = sc + r * kChunk;
+      // Keys of this chunk the row may see: [a, b).
+      const int64_t a = std::max<int64_t>(lo[r] - j0, 0), b = std::min<int64_t>(hi[r] - j0 + 1, nj);
+      if (a >= b) {
+        std::memset(s, 0, sizeof(float) * nj);
+        continue;
+      }
       if (softcap > 0.f)
-        for (int64_t j = 0; j < nj; j++) s[j] = softcap * std::tanh(s[j] / softcap);
-      float mx = std::max(m[g], k.max(s, nj));
-      float sum = k.exp_sum(s, s, mx, nj);
-      float *ag = acc + g * D;
-      if (m[g] != mx && l[g] > 0.f) k.scal(ag, std::exp(m[g] - mx), D), l[g] *= std::exp(m[g] - mx);
-      k.pv(ag, s, vrows, nj, D);
-      l[g] += sum;
-      m[g] = mx;
+        for (int64_t j = a; j < b; j++) s[j] = softcap * std::tanh(s[j] / softcap);
+      const float mx = std::max(m[r], k.max(s + a, b - a));
+      const float sum = k.exp_sum(s + a, s + a, mx, b - a);
+      for (int64_t j = 0; j < a; j++) s[j] = 0.f;
+      for (int64_t j = b; j < nj; j++) s[j] = 0.f;
+      if (m[r] != mx && l[r] > 0.f) {
+        const float c = std::exp(m[r] - mx);
+        k.scal(acc + r * D, c, D);
+        l[r] *= c;
+      }
+      l[r] += sum;
+      m[r] = mx;
     }
+    if (tiled) k.pv_rows(acc, sc, kChunk, R, vrows, nj, D);
+    else
+      for (int64_t r = 0; r < R; r++) k.pv(acc + r * D, sc + r * kChunk, vrows, nj, D);
   }
-  for (int64_t g = 0; g < G; g++) {
-    float inv = l[g] > 0.f ? 1.f / l[g] : 0.f;
-    k.scale_mul(out + g * out_stride, acc + g * D, inv, nullptr, D);
+  for (int64_t r = 0; r < R; r++) {
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    k.scale_mul(out[r], acc + r * D, inv, nullptr, D);
   }
 }
 
-int64_t scratch_floats(int64_t G, int64_t D) { return G * (D + kChunk + 2) + 2 * kChunk * D; }
+int64_t scratch_floats(int64_t R, int64_t D) { return R * (2 * D + kChunk + 2) + 2 * kChunk * D; }
 
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
 
@@ -123,21 +142,50 @@ int op_paged_attention(const PagedAttnArgs &a) {
                     blk, (long long)a.num_blocks);
     }
   }
+  // Runs of consecutive positions of one sequence (a prefill chunk) are attended kTileTokens at a time, so that
+  // each key and value row loaded serves all their query rows.
+  struct Group {
+    int64_t t0, n;
+  };
+  std::vector<Group> groups;
+  for (int64_t t = 0; t < a.T; t++) {
+    if (!groups.empty()) {
+      Group &g = groups.back();
+      if (g.n < kTileTokens && a.token_seq[t] == a.token_seq[t - 1] && a.positions[t] == a.positions[t - 1] + 1) {
+        g.n++;
+        continue;
+      }
+    }
+    groups.push_back({t, 1});
+  }
   const int64_t row = a.kv_heads * D;
+  auto lo_of = [&](int64_t t) -> int64_t { return a.window > 0 ? std::max<int64_t>(0, a.positions[t] - a.window + 1) : 0; };
   // Small steps (few tokens, short contexts) run on the calling thread: waking the pool would cost more.
   int64_t work = 0;
-  for (int64_t t = 0; t < a.T; t++)
-    work += (a.window > 0 ? std::min<int64_t>(a.window, a.positions[t] + 1) : a.positions[t] + 1) * a.heads * D;
-  const int64_t items = a.T * a.kv_heads;
+  for (int64_t t = 0; t < a.T; t++) work += (a.positions[t] - lo_of(t) + 1) * a.heads * D;
+  const int64_t ng = (int64_t)groups.size(), items = ng * a.kv_heads;
   parallel_for(items, [&](int64_t b, int64_t e, int) {
-    std::vector<float> scratch(scratch_floats(G, D));
+    const int64_t R = kTileTokens * G;
+    std::vector<float> scratch(scratch_floats(R, D));
+    std::vector<float *> outs(R);
+    std::vector<int64_t> rlo(R), rhi(R);
     for (int64_t w = b; w < e; w++) {
-      // Tokens in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
+      // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
       // pool hands each thread one contiguous range of items, which this keeps balanced.
-      int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
-      int64_t t = (z & 1) ? a.T - 1 - z / 2 : z / 2;
-      int32_t s = a.token_seq[t], p = a.positions[t];
-      int64_t lo = a.window > 0 ? std::max<int64_t>(0, p - a.window + 1) : 0;
+      const int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
+      const Group &grp = groups[(z & 1) ? ng - 1 - z / 2 : z / 2];
+      const int64_t t0 = grp.t0, tl = grp.t0 + grp.n - 1;
+      const int32_t s = a.token_seq[t0];
+      const int64_t lo = lo_of(t0), nkeys = a.positions[tl] - lo + 1, nr = grp.n * G;
+      float *qr = scratch.data() + scratch_floats(R, D) - R * D;
+      for (int64_t i = 0; i < grp.n; i++)
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = i * G + g, qo = ((t0 + i) * a.heads + kh * G + g) * D;
+          std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
+          outs[r] = a.out + qo;
+          rlo[r] = lo_of(t0 + i) - lo;
+          rhi[r] = a.positions[t0 + i] - lo;
+        }
       const int32_t *tab = a.tables + s * a.max_blocks;
       // Walks the block table once: a division per block, not per key.
       int64_t blk = lo / bs, within = lo % bs, base = ((int64_t)tab[blk] * bs) * row + kh * D;
@@ -148,9 +196,8 @@ int op_paged_attention(const PagedAttnArgs &a) {
         }
         return base + (within++) * row;
       };
-      const int64_t qo = (t * a.heads + kh * G) * D;
-      attend_group(a.out + qo, D, a.q + qo, D, G, D, a.kpool, a.vpool, a.pool_dt, p - lo + 1, rows, a.scale,
-                   a.softcap, scratch.data());
+      attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, a.kpool, a.vpool, a.pool_dt, nkeys, rows, a.scale,
+                  a.softcap, grp.n > 1, scratch.data());
     }
   }, work < (1 << 15) ? items : 1);
   return RMLX_OK;
@@ -162,18 +209,27 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
   const int64_t G = H / Hkv;
   parallel_for(B * Hkv * L, [&](int64_t b0, int64_t e0, int) {
     std::vector<float> scratch(scratch_floats(G, D));
+    std::vector<float *> outs(G);
+    std::vector<int64_t> rlo(G, 0), rhi(G);
     for (int64_t w = b0; w < e0; w++) {
-      int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
-      int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
+      const int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
+      const int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
       const int64_t kvo = (b * Hkv + kh) * S * D;
+      float *qr = scratch.data() + scratch_floats(G, D) - G * D;
+      for (int64_t g = 0; g < G; g++) {
+        const int64_t qo = ((b * H + kh * G + g) * L + i) * D;
+        std::memcpy(qr + g * D, q + qo, sizeof(float) * D);
+        outs[g] = out + qo;
+        rhi[g] = nkeys - 1;
+      }
       int64_t next = kvo;
       auto rows = [&]() {
         int64_t r = next;
         next += D;
         return r;
       };
-      const int64_t qo = ((b * H + kh * G) * L + i) * D;
-      attend_group(out + qo, L * D, q + qo, L * D, G, D, k, v, RMLX_F32, nkeys, rows, scale, 0.f, scratch.data());
+      attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, k, v, RMLX_F32, nkeys, rows, scale, 0.f, false,
+                  scratch.data());
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;

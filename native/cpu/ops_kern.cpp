@@ -82,8 +82,16 @@ void pv(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D
   for (int64_t j = 0; j < nj; j++) axpy(acc, p[j], v[j], D);
 }
 
+void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
+               int64_t D, float scale) {
+  for (int64_t r = 0; r < R; r++) dots(s + r * lds, q + r * ldq, k, nj, D, scale);
+}
+void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D) {
+  for (int64_t r = 0; r < R; r++) pv(acc + r * D, p + r * ldp, v, nj, D);
+}
+
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
-                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv};
+                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows};
 
 }  // namespace
 

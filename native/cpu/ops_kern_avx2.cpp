@@ -256,8 +256,90 @@ void pv(float *acc, const float *p, const float *const *v, int64_t nj, int64_t D
   for (; j < nj; j++) axpy(acc, p[j], v[j], D);
 }
 
+inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// Blocks of 4 keys x 2 query rows: 6 loads feed 8 FMAs, and the 4 key rows stay in L1 while every row uses them.
+void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
+               int64_t D, float scale) {
+  const int64_t D8 = D & ~(int64_t)7;
+  const __m128 vs = _mm_set1_ps(scale);
+  if (R & 1) {
+    dots(s + (R - 1) * lds, q + (R - 1) * ldq, k, nj, D, scale);
+    R--;
+  }
+  int64_t j = 0;
+  for (; j + 4 <= nj; j += 4) {
+    const float *k0 = k[j], *k1 = k[j + 1], *k2 = k[j + 2], *k3 = k[j + 3];
+    for (int64_t r = 0; r + 2 <= R; r += 2) {
+      const float *q0 = q + r * ldq, *q1 = q0 + ldq;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t d = 0; d < D8; d += 8) {
+        __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+        __m256 x2 = _mm256_loadu_ps(k2 + d), x3 = _mm256_loadu_ps(k3 + d);
+        __m256 u = _mm256_loadu_ps(q0 + d), w = _mm256_loadu_ps(q1 + d);
+        a0 = _mm256_fmadd_ps(u, x0, a0);
+        a1 = _mm256_fmadd_ps(u, x1, a1);
+        a2 = _mm256_fmadd_ps(u, x2, a2);
+        a3 = _mm256_fmadd_ps(u, x3, a3);
+        b0 = _mm256_fmadd_ps(w, x0, b0);
+        b1 = _mm256_fmadd_ps(w, x1, b1);
+        b2 = _mm256_fmadd_ps(w, x2, b2);
+        b3 = _mm256_fmadd_ps(w, x3, b3);
+      }
+      __m128 ra = sum4(a0, a1, a2, a3), rb = sum4(b0, b1, b2, b3);
+      if (D8 != D) {
+        alignas(16) float ta[4], tb[4];
+        for (int u = 0; u < 4; u++) {
+          float x = 0.f, y = 0.f;
+          for (int64_t d = D8; d < D; d++) {
+            x += q0[d] * k[j + u][d];
+            y += q1[d] * k[j + u][d];
+          }
+          ta[u] = x;
+          tb[u] = y;
+        }
+        ra = _mm_add_ps(ra, _mm_load_ps(ta));
+        rb = _mm_add_ps(rb, _mm_load_ps(tb));
+      }
+      _mm_storeu_ps(s + r * lds + j, _mm_mul_ps(ra, vs));
+      _mm_storeu_ps(s + (r + 1) * lds + j, _mm_mul_ps(rb, vs));
+    }
+  }
+  for (; j < nj; j++)
+    for (int64_t r = 0; r < R; r++) s[r * lds + j] = dot(q + r * ldq, k[j], D) * scale;
+}
+
+// Blocks of 4 value rows, kept in L1 while each query row's accumulator takes them.
+void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D) {
+  if (R == 1) return pv(acc, p, v, nj, D);
+  const int64_t D8 = D & ~(int64_t)7;
+  int64_t j = 0;
+  for (; j + 4 <= nj; j += 4) {
+    const float *v0 = v[j], *v1 = v[j + 1], *v2 = v[j + 2], *v3 = v[j + 3];
+    for (int64_t r = 0; r < R; r++) {
+      const float *pr = p + r * ldp + j;
+      float *ar = acc + r * D;
+      __m256 p0 = _mm256_set1_ps(pr[0]), p1 = _mm256_set1_ps(pr[1]), p2 = _mm256_set1_ps(pr[2]), p3 = _mm256_set1_ps(pr[3]);
+      for (int64_t d = 0; d < D8; d += 8) {
+        __m256 a = _mm256_loadu_ps(ar + d);
+        a = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0 + d), a);
+        a = _mm256_fmadd_ps(p1, _mm256_loadu_ps(v1 + d), a);
+        a = _mm256_fmadd_ps(p2, _mm256_loadu_ps(v2 + d), a);
+        a = _mm256_fmadd_ps(p3, _mm256_loadu_ps(v3 + d), a);
+        _mm256_storeu_ps(ar + d, a);
+      }
+      for (int64_t d = D8; d < D; d++) ar[d] += pr[0] * v0[d] + pr[1] * v1[d] + pr[2] * v2[d] + pr[3] * v3[d];
+    }
+  }
+  for (; j < nj; j++)
+    for (int64_t r = 0; r < R; r++) axpy(acc + r * D, p[r * ldp + j], v[j], D);
+}
+
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
-                    swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv};
+                    swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows};
 
 }  // namespace
 

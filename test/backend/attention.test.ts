@@ -158,8 +158,9 @@ describe("paged attention", () => {
   });
 });
 
-describe("paged attention, prefill of one long chunk (threaded)", () => {
-  test("matches dense causal attention", () => {
+describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
+  for (const window of [0, 5, 40, 64])
+    test(`matches dense causal attention, window ${window}`, () => {
     const [T, heads, kvHeads, D, blockSize] = [70, 4, 2, 32, 16];
     const numBlocks = Math.ceil(T / blockSize);
     const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, "f32");
@@ -172,17 +173,19 @@ describe("paged attention, prefill of one long chunk (threaded)", () => {
     const batch = { blockTables, maxBlocks: numBlocks, seqLens: new Int32Array([T]), tokenSeq: new Int32Array(T), positions };
     const out = be.scope(() => {
       be.kvWrite(pool, t(k, [T, kvHeads, D]), t(v, [T, kvHeads, D]), slots);
-      return be.toFloat32(be.pagedAttention(t(q, [T, heads, D]), pool, batch, { scale: 0.2 }));
+      return be.toFloat32(be.pagedAttention(t(q, [T, heads, D]), pool, batch, { scale: 0.2, window }));
     });
     const ref: number[] = [];
     for (let i = 0; i < T; i++)
       for (let h = 0; h < heads; h++) {
         const kh = Math.floor(h / (heads / kvHeads));
-        const rows = (a: Float32Array) => [...Array(i + 1).keys()].map((j) => a.slice((j * kvHeads + kh) * D, (j * kvHeads + kh + 1) * D));
+        const lo = window > 0 ? Math.max(0, i - window + 1) : 0;
+        const rows = (a: Float32Array) =>
+          [...Array(i + 1 - lo).keys()].map((j) => a.slice(((lo + j) * kvHeads + kh) * D, ((lo + j) * kvHeads + kh + 1) * D));
         ref.push(...attendRef(q.slice((i * heads + h) * D, (i * heads + h + 1) * D), rows(k), rows(v), 0.2, 0));
       }
     expectClose(out, ref, 2e-6, 2e-6);
-  });
+    });
 });
 
 describe("sdpa", () => {
