@@ -145,19 +145,20 @@ static void decode_segment(const WeightMat &W, int64_t n, int64_t k0, int64_t le
 // arrays, so the inner loop reads them with a broadcast load whatever the group size.
 struct RowCtx {
   float *sc, *bi;  // [groups]
-  float *buf;      // [K] a whole dequantized row, for rows the fast decoders cannot take
+  float *buf;      // [K] a dequantized row segment, for rows the fast decoders cannot take
   int gshift;      // log2(group)
 };
 
-// Decodes row n's scales into ctx; false when a row needs the generic path (an E8M0 scale too large to take the
+// Decodes the scales of groups [g0, g1) of row n into ctx; false when a row needs the generic path (an E8M0 scale too large to take the
 // folded 2^8 of fp8_raw8_f16).
 template <int F>
-static bool row_prep(const WeightMat &W, int64_t n, RowCtx &c) {
-  const int64_t G = W.groups, i0 = n * G;
+static bool row_prep(const WeightMat &W, int64_t n, int64_t g0, int64_t g1, RowCtx &c) {
+  const int64_t G = g1 - g0, i0 = n * W.groups + g0;
+  float *sc = c.sc + g0, *bi = c.bi + g0;
   if constexpr (is_affine<F>()) {
     if (W.sb_dtype == RMLX_F32) {
-      std::memcpy(c.sc, (const float *)W.scales + i0, G * 4);
-      std::memcpy(c.bi, (const float *)W.biases + i0, G * 4);
+      std::memcpy(sc, (const float *)W.scales + i0, G * 4);
+      std::memcpy(bi, (const float *)W.biases + i0, G * 4);
     } else {
       const uint16_t *s = (const uint16_t *)W.scales + i0, *b = (const uint16_t *)W.biases + i0;
       bool h = W.sb_dtype == RMLX_F16;
@@ -165,14 +166,14 @@ static bool row_prep(const WeightMat &W, int64_t n, RowCtx &c) {
       for (; g + 8 <= G; g += 8) {
         __m128i s8 = _mm_loadu_si128((const __m128i *)(s + g)), b8 = _mm_loadu_si128((const __m128i *)(b + g));
         if (h) {
-          _mm256_storeu_ps(c.sc + g, _mm256_cvtph_ps(s8));
-          _mm256_storeu_ps(c.bi + g, _mm256_cvtph_ps(b8));
+          _mm256_storeu_ps(sc + g, _mm256_cvtph_ps(s8));
+          _mm256_storeu_ps(bi + g, _mm256_cvtph_ps(b8));
         } else {
-          _mm256_storeu_si256((__m256i *)(c.sc + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(s8), 16));
-          _mm256_storeu_si256((__m256i *)(c.bi + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b8), 16));
+          _mm256_storeu_si256((__m256i *)(sc + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(s8), 16));
+          _mm256_storeu_si256((__m256i *)(bi + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b8), 16));
         }
       }
-      for (; g < G; g++) c.sc[g] = load_scalar(W.scales, W.sb_dtype, i0 + g), c.bi[g] = load_scalar(W.biases, W.sb_dtype, i0 + g);
+      for (; g < G; g++) sc[g] = load_scalar(W.scales, W.sb_dtype, i0 + g), bi[g] = load_scalar(W.biases, W.sb_dtype, i0 + g);
     }
   } else if constexpr (F == F_FP8) {
     // 2^(s-127) * 2^8 has the float bits (s + 8) << 23, for s = 0 too.
@@ -181,11 +182,11 @@ static bool row_prep(const WeightMat &W, int64_t n, RowCtx &c) {
     for (; g + 8 <= G; g += 8) {
       __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + g)));
       if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(v, _mm256_set1_epi32(246)))) return false;
-      _mm256_storeu_si256((__m256i *)(c.sc + g), _mm256_slli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(8)), 23));
+      _mm256_storeu_si256((__m256i *)(sc + g), _mm256_slli_epi32(_mm256_add_epi32(v, _mm256_set1_epi32(8)), 23));
     }
     for (; g < G; g++) {
       if (s[g] > 246) return false;
-      c.sc[g] = e8m0_value(s[g]) * 256.f;
+      sc[g] = e8m0_value(s[g]) * 256.f;
     }
   } else if constexpr (F == F_FP4) {
     const uint8_t *s = (const uint8_t *)W.scales + i0;
@@ -196,11 +197,11 @@ static bool row_prep(const WeightMat &W, int64_t n, RowCtx &c) {
         __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + g)));
         __m256i z = _mm256_cmpeq_epi32(v, _mm256_setzero_si256());
         v = _mm256_blendv_epi8(_mm256_slli_epi32(v, 23), _mm256_set1_epi32(0x00400000), z);
-        _mm256_storeu_si256((__m256i *)(c.sc + g), v);
+        _mm256_storeu_si256((__m256i *)(sc + g), v);
       }
-      for (; g < G; g++) c.sc[g] = e8m0_value(s[g]);
+      for (; g < G; g++) sc[g] = e8m0_value(s[g]);
     } else {
-      for (int64_t g = 0; g < G; g++) c.sc[g] = kE4M3[s[g]] * W.gfactor;
+      for (int64_t g = 0; g < G; g++) sc[g] = kE4M3[s[g]] * W.gfactor;
     }
   }
   return true;
@@ -220,23 +221,28 @@ static inline typename V::T scaled(typename V::T w, typename V::T s, typename V:
   else return V::mul(w, s);
 }
 
-// y[m, n] for n in [n0, n1) and MR rows of x. A accumulators per row of x keep enough FMA chains in flight
-// when MR is small. PER_GROUP: a group spans whole steps of A vectors, so its scale and bias are loaded once
-// per group; otherwise once per vector.
+// y[m, n] (+)= x[m, k0:k1] . W[n, k0:k1] for n in [n0, n1) and MR rows of x; the first block of a row writes
+// (with the bias), later ones add. A accumulators per row of x keep enough FMA chains in flight when MR is
+// small. PER_GROUP: a group spans whole steps of A vectors, so its scale and bias are loaded once per group;
+// otherwise once per vector.
 template <int F, int MR, int A, bool PER_GROUP>
 static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
-                      const float *bias, RowCtx &c) {
+                      const float *bias, RowCtx &c, int64_t k0, int64_t k1) {
   using T = typename V::T;
   constexpr int L = V::L;
   const int64_t K = W.K;
+  auto put = [&](int m, int64_t n, float r) {
+    float *o = y + m * ldy + n;
+    *o = k0 == 0 ? r + (bias ? bias[n] : 0.f) : *o + r;
+  };
   for (int64_t n = n0; n < n1; n++) {
     const uint8_t *row = W.w + n * W.row_bytes;
-    if (!is_dense<F>() && !row_prep<F>(W, n, c)) {
-      dequant_range_scalar(W, n, 0, K, c.buf);
+    if (!is_dense<F>() && !row_prep<F>(W, n, k0 >> c.gshift, k1 >> c.gshift, c)) {
+      dequant_range_scalar(W, n, k0, k1 - k0, c.buf);
       for (int m = 0; m < MR; m++) {
         float r = 0.f;
-        for (int64_t k = 0; k < K; k++) r += x[m * K + k] * c.buf[k];
-        y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+        for (int64_t k = k0; k < k1; k++) r += x[m * K + k] * c.buf[k - k0];
+        put(m, n, r);
       }
       continue;
     }
@@ -250,17 +256,21 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
         for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
       }
     };
-    int64_t k = 0;
+    int64_t k = k0;
     if constexpr (is_dense<F>()) {
-      for (; k + L * A <= K; k += L * A) step.template operator()<false>(k, V::zero(), V::zero());
+      for (; k + L * A <= k1; k += L * A) step.template operator()<false>(k, V::zero(), V::zero());
     } else if constexpr (PER_GROUP) {
-      const int64_t G = W.group, last = W.groups - 1;
-      for (int64_t g = 0; g < last; g++) {
+      // Only the row's last group may end at the row's last byte.
+      const int64_t G = W.group, gend = (k1 >> c.gshift) - (k1 == K ? 1 : 0);
+      for (int64_t g = k0 >> c.gshift; g < gend; g++) {
         T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero();
         for (int64_t e = k + G; k < e; k += L * A) step.template operator()<false>(k, s, b);
       }
-      T s = V::set1(c.sc[last]), b = is_affine<F>() ? V::set1(c.bi[last]) : V::zero();
-      for (; k < K; k += L * A) step.template operator()<true>(k, s, b);
+      if (k < k1) {
+        int64_t g = k >> c.gshift;
+        T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero();
+        for (; k < k1; k += L * A) step.template operator()<true>(k, s, b);
+      }
     } else {
       auto chunk = [&](int64_t kk, int a) {
         int64_t g = kk >> c.gshift;
@@ -268,25 +278,34 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
                         is_affine<F>() ? V::set1(c.bi[g]) : V::zero());
         for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + kk), w, acc[m][a]);
       };
-      for (; k + L * A <= K; k += L * A)
+      for (; k + L * A <= k1; k += L * A)
         for (int a = 0; a < A; a++) chunk(k + a * L, a);
-      for (; k < K; k += L) chunk(k, 0);
+      for (; k < k1; k += L) chunk(k, 0);
     }
     for (int m = 0; m < MR; m++) {
       T t = acc[m][0];
       for (int a = 1; a < A; a++) t = V::add(t, acc[m][a]);
       float r = V::hsum(t);
-      for (int64_t kk = k; kk < K; kk++) r += x[m * K + kk] * raw_value(W, row, kk);
-      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+      for (int64_t kk = k; kk < k1; kk++) r += x[m * K + kk] * raw_value(W, row, kk);
+      put(m, n, r);
     }
   }
 }
 
+// Rows [n0, n1) of W against MR rows of x, K in blocks small enough that the block of x stays in L1 while
+// every row of the tile passes over it (the tile's rows stay in L2 between blocks).
 template <int F, int MR, int A>
-static void gemv_rows_any(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
-                          const float *bias, RowCtx &c) {
-  if (is_dense<F>() || W.group >= V::L * A) gemv_rows<F, MR, A, true>(y, ldy, x, W, n0, n1, bias, c);
-  else gemv_rows<F, MR, A, false>(y, ldy, x, W, n0, n1, bias, c);
+static void gemv_block(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
+                       const float *bias, RowCtx &c) {
+  const int64_t K = W.K;
+  const int64_t kblk = (4096 / MR) < 512 ? 512 : 4096 / MR;  // a multiple of every group and of L * A
+  const bool per_group = is_dense<F>() || W.group >= V::L * A;
+  for (int64_t k0 = 0; k0 < K; k0 += kblk) {
+    int64_t k1 = K - k0 <= kblk + kblk / 4 ? K : k0 + kblk;  // no sliver of a block at the end
+    if (per_group) gemv_rows<F, MR, A, true>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
+    else gemv_rows<F, MR, A, false>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
+    if (k1 == K) break;
+  }
 }
 
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
@@ -303,10 +322,10 @@ static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W
       int64_t left = M - m;
       float *ym = y + m * N;
       const float *xm = x + m * W.K;
-      if (left >= 8) gemv_rows_any<F, 8, 1>(ym, N, xm, W, n0, n1, bias, c), m += 8;
-      else if (left >= 4) gemv_rows_any<F, 4, 2>(ym, N, xm, W, n0, n1, bias, c), m += 4;
-      else if (left >= 2) gemv_rows_any<F, 2, 4>(ym, N, xm, W, n0, n1, bias, c), m += 2;
-      else gemv_rows_any<F, 1, 4>(ym, N, xm, W, n0, n1, bias, c), m += 1;
+      if (left >= 8) gemv_block<F, 8, 1>(ym, N, xm, W, n0, n1, bias, c), m += 8;
+      else if (left >= 4) gemv_block<F, 4, 2>(ym, N, xm, W, n0, n1, bias, c), m += 4;
+      else if (left >= 2) gemv_block<F, 2, 4>(ym, N, xm, W, n0, n1, bias, c), m += 2;
+      else gemv_block<F, 1, 4>(ym, N, xm, W, n0, n1, bias, c), m += 1;
     }
   }
   free(mem);

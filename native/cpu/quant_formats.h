@@ -132,7 +132,7 @@ void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMa
 // Work split shared by the dispatcher (which owns the thread pool) and the SIMD variants (which do the work).
 constexpr int64_t kGemvTile = 16;     // rows of W per unit when x has few rows
 constexpr int64_t kPanelRows = 64;    // rows of W per panel when x has many rows
-constexpr int64_t kGemmMinRows = 16;  // from this many rows of x on, panels are decoded once and reused
+constexpr int64_t kGemmMinRows = 32;  // from this many rows of x on, panels are decoded once and reused
 constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few panels to keep every thread busy
 
 // The SIMD variants (qkern_avx2.cpp, qkern_avx512.cpp): each function does a range of the work units above.

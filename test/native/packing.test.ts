@@ -202,7 +202,7 @@ for (const isa of availableIsas()) {
         expect(Array.from(got)).toEqual(c.want.map((v) => Math.fround(v)));
         // The product kernels decode the same way: a one-hot row of x picks each element out.
         const { N, K } = c.p;
-        const M = 20; // many rows: the panel kernel; then 1 row: the streaming kernel
+        const M = 40; // many rows: the panel kernel; then 1 row: the streaming kernel
         for (const rows of [M, 1]) {
           const x = new Float32Array(rows * K);
           for (let m = 0; m < rows; m++) x[m * K + ((m * 7) % K)] = 1;
