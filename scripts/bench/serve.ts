@@ -1,0 +1,353 @@
+// Serving benchmark: a random-weight Qwen3 model directory (real Qwen3 tokenizer) served by `rmlx serve` on a
+// loopback port, driven over HTTP with streamed completions (server-sent events), as clients would:
+//   - 1, 4 and 16 concurrent clients, each generating a fixed number of tokens (ignore_eos): aggregate decode
+//     tokens/s, TTFT p50/p95 per level, and the 16-vs-1 ratio;
+//   - prefix cache: TTFT of a prompt with a long shared prefix seen for the first time (cold) against the same
+//     prefix with a different question (warm);
+//   - JSON-schema constrained decoding: the server's decode step time with and without response_format
+//     json_schema (its per-request timings, read back from the metrics database it writes), and the mask alone,
+//     replayed in this process over the tokens of the constrained answer.
+// Figures go to the metrics database (`rmlx metrics` reads them) unless --no-record.
+//
+//   bun run bench serve [--shape small|0.6b|tiny] [--bits 4|8|0] [--tokens 32] [--levels 1,4,16] [--prompt 32]
+//                       [--prefix 2000] [--json-tokens 32] [--json-pairs 2] [--source] [--no-record] [--smoke]
+// --source runs the server from src/ through bun instead of dist/rmlx; --smoke is a seconds-long run of every
+// part on a tiny shape (what the test suite runs).
+import { Database } from "bun:sqlite";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { ConstraintVocab, JsonConstraint } from "../../src/engine/json_constraint.ts";
+import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
+import { Tokenizer } from "../../src/text/tokenizer.ts";
+import { QWEN3_0_6B, TOKENIZER_DIR, writeRandomQwen3, type Qwen3Shape } from "./model/random_qwen3.ts";
+
+const ROOT = join(import.meta.dir, "../..");
+
+const SHAPES: Record<string, Qwen3Shape> = {
+  "0.6b": QWEN3_0_6B,
+  small: { hiddenSize: 512, layers: 8, heads: 8, kvHeads: 4, headDim: 64, intermediateSize: 1536 },
+  tiny: { hiddenSize: 128, layers: 2, heads: 2, kvHeads: 1, headDim: 64, intermediateSize: 384 },
+};
+
+const argv = process.argv.slice(2);
+const flag = (name: string) => argv.includes(`--${name}`);
+const smoke = flag("smoke");
+function opt(name: string, dflt: string, smokeValue?: string): string {
+  const i = argv.indexOf(`--${name}`);
+  if (i >= 0 && argv[i + 1] !== undefined) return argv[i + 1]!;
+  return smoke && smokeValue !== undefined ? smokeValue : dflt;
+}
+function int(name: string, dflt: number, smokeValue?: number): number {
+  const v = Number(opt(name, String(dflt), smokeValue === undefined ? undefined : String(smokeValue)));
+  if (!Number.isInteger(v) || v < 0) throw new Error(`--${name} must be a non-negative integer`);
+  return v;
+}
+
+const shapeName = opt("shape", "small", "tiny");
+const shape = SHAPES[shapeName];
+if (!shape) throw new Error(`--shape: one of ${Object.keys(SHAPES).join(", ")}`);
+const bits = int("bits", 4) as 0 | 4 | 8;
+if (![0, 4, 8].includes(bits)) throw new Error("--bits: 4, 8 or 0 (bf16)");
+const genTokens = Math.max(2, int("tokens", 32, 4));
+const levels = opt("levels", "1,4,16", "1").split(",").map(Number);
+const promptLen = Math.max(1, int("prompt", 32, 8));
+const prefixLen = int("prefix", 2000, 64);
+const jsonTokens = Math.max(2, int("json-tokens", 32, 4));
+const jsonPairs = Math.max(1, int("json-pairs", 2, 1));
+const record = !flag("no-record");
+
+/** Deterministic token ids below Qwen3's first special token, so prompts never contain control tokens. */
+const FIRST_SPECIAL = 151643;
+let rngState = 0x9e3779b9;
+function randomIds(n: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    rngState ^= rngState << 13;
+    rngState ^= rngState >>> 17;
+    rngState ^= rngState << 5;
+    out.push((rngState >>> 0) % FIRST_SPECIAL);
+  }
+  return out;
+}
+
+function quantile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.max(0, Math.ceil(p * s.length) - 1)]!;
+}
+const median = (xs: number[]) => quantile(xs, 0.5);
+
+interface Server {
+  url: string;
+  stop: () => Promise<void>;
+}
+
+async function startServer(modelDir: string, db: string): Promise<Server> {
+  const binary = join(ROOT, "dist/rmlx");
+  const cmd = flag("source") || !existsSync(binary) ? [process.execPath, join(ROOT, "src/cli/main.ts")] : [binary];
+  const proc = Bun.spawn([...cmd, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", "0", "--db", db], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const reader = proc.stderr.getReader();
+  const dec = new TextDecoder();
+  let log = "";
+  let url: string | undefined;
+  while (!url) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`rmlx serve exited before listening:\n${log}`);
+    log += dec.decode(value);
+    url = /on (http:\/\/\S+)/.exec(log)?.[1];
+  }
+  // Keep draining stderr so the server never blocks on a full pipe.
+  void (async () => {
+    for (;;) if ((await reader.read()).done) return;
+  })();
+  return {
+    url,
+    stop: async () => {
+      proc.kill("SIGTERM");
+      await proc.exited;
+    },
+  };
+}
+
+interface Streamed {
+  sentMs: number;
+  firstMs: number;
+  lastMs: number;
+  tokens: number;
+  promptTokens: number;
+  cachedTokens: number;
+}
+
+/** One streamed /v1/completions request; times are performance.now() of the send and of token chunks' arrival. */
+async function streamCompletion(url: string, model: string, prompt: number[], maxTokens: number): Promise<Streamed> {
+  const sentMs = performance.now();
+  const res = await fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model,
+      prompt,
+      max_tokens: maxTokens,
+      temperature: 0,
+      ignore_eos: true,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+  });
+  if (!res.ok || !res.body) throw new Error(`/v1/completions answered ${res.status}: ${await res.text()}`);
+  const out: Streamed = { sentMs, firstMs: 0, lastMs: 0, tokens: 0, promptTokens: 0, cachedTokens: 0 };
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const bytes of res.body) {
+    const now = performance.now();
+    buf += dec.decode(bytes, { stream: true });
+    let end: number;
+    while ((end = buf.indexOf("\n\n")) >= 0) {
+      const event = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      const data = event.split("\n").find((l) => l.startsWith("data: "))?.slice(6);
+      if (!data || data === "[DONE]") continue;
+      const msg = JSON.parse(data);
+      if (msg.error) throw new Error(`stream error: ${JSON.stringify(msg.error)}`);
+      if (msg.usage) {
+        out.tokens = msg.usage.completion_tokens;
+        out.promptTokens = msg.usage.prompt_tokens;
+        out.cachedTokens = msg.usage.prompt_tokens_details?.cached_tokens ?? 0;
+      }
+      if (msg.choices?.[0] && msg.choices[0].finish_reason == null) {
+        if (out.firstMs === 0) out.firstMs = now;
+        out.lastMs = now;
+      }
+    }
+  }
+  if (out.firstMs === 0 || out.tokens === 0) throw new Error("the stream carried no tokens");
+  return out;
+}
+
+async function chat(url: string, model: string, maxTokens: number, responseFormat?: unknown): Promise<string> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model,
+      messages: [{ role: "user", content: "List people with their name, age and city." }],
+      max_tokens: maxTokens,
+      temperature: 0,
+      ignore_eos: true,
+      ...(responseFormat ? { response_format: responseFormat } : {}),
+    }),
+  });
+  if (!res.ok) throw new Error(`/v1/chat/completions answered ${res.status}: ${await res.text()}`);
+  const body = (await res.json()) as { choices: { message: { content: string | null } }[] };
+  return body.choices[0]!.message.content ?? "";
+}
+
+/** A schema whose answers cannot end within the token budget (minItems), mixing keys, strings and integers. */
+const SCHEMA = {
+  type: "object",
+  properties: {
+    people: {
+      type: "array",
+      minItems: 10000,
+      items: {
+        type: "object",
+        properties: {
+          name: { type: "string", maxLength: 24 },
+          age: { type: "integer" },
+          city: { type: "string", maxLength: 24 },
+        },
+        required: ["name", "age", "city"],
+        additionalProperties: false,
+      },
+    },
+  },
+  required: ["people"],
+  additionalProperties: false,
+};
+
+/** The mask alone, replayed over `text`'s tokens: per-step apply() times in ms (stops where the grammar refuses). */
+function maskReplay(tok: Tokenizer, vocab: ConstraintVocab, text: string): number[] {
+  const c = new JsonConstraint(SCHEMA, vocab);
+  const logits = new Float32Array(tok.vocabSize);
+  const times: number[] = [];
+  for (const id of tok.encode(text, { addSpecialTokens: false })) {
+    logits.fill(0);
+    const t0 = performance.now();
+    c.apply(logits);
+    times.push(performance.now() - t0);
+    if (logits[id] === -Infinity || !c.accept(id)) break;
+  }
+  return times;
+}
+
+const rows: BenchmarkRow[] = [];
+const fmt = (v: number, d = 1) => v.toFixed(d);
+
+const tmp = mkdtempSync(join(tmpdir(), "rmlx-bench-serve-"));
+const modelName = "qwen3-bench";
+const modelDir = join(tmp, modelName);
+const serverDb = join(tmp, "server.db");
+const shapeText = `qwen3 ${shapeName} (h${shape.hiddenSize} l${shape.layers}) ${bits ? `q${bits}` : "bf16"}`;
+let server: Server | undefined;
+try {
+  const t0 = performance.now();
+  const weightBytes = writeRandomQwen3(modelDir, shape, bits);
+  console.log(
+    `model: random-weight ${shapeText}, vocab 151936, ${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights ` +
+      `(written in ${fmt((performance.now() - t0) / 1000)} s); ${cpus().length} CPUs, load average ${loadavg().map((v) => v.toFixed(1)).join(" ")}`,
+  );
+  server = await startServer(modelDir, serverDb);
+  // The first request loads the model; nothing measured waits for that.
+  await streamCompletion(server.url, modelName, randomIds(4), 2);
+
+  console.log(`\nconcurrency: ${promptLen}-token prompts (distinct), ${genTokens} tokens each, greedy, ignore_eos`);
+  console.log(`${"clients".padEnd(8)}${"decode tok/s".padStart(14)}${"overall tok/s".padStart(15)}${"TTFT p50".padStart(11)}${"TTFT p95".padStart(11)}${"wall s".padStart(9)}`);
+  const decodeByLevel = new Map<number, number>();
+  for (const c of levels) {
+    const prompts = Array.from({ length: c }, () => randomIds(promptLen));
+    const start = performance.now();
+    const results = await Promise.all(prompts.map((p) => streamCompletion(server!.url, modelName, p, genTokens)));
+    const end = Math.max(...results.map((r) => r.lastMs));
+    const decodeTokens = results.reduce((s, r) => s + r.tokens - 1, 0);
+    const decodeTps = (decodeTokens * 1000) / (end - Math.min(...results.map((r) => r.firstMs)));
+    const overallTps = (results.reduce((s, r) => s + r.tokens, 0) * 1000) / (end - start);
+    const ttft = results.map((r) => r.firstMs - r.sentMs);
+    decodeByLevel.set(c, decodeTps);
+    console.log(
+      `${String(c).padEnd(8)}${fmt(decodeTps, 2).padStart(14)}${fmt(overallTps, 2).padStart(15)}${`${fmt(median(ttft), 0)} ms`.padStart(11)}` +
+        `${`${fmt(quantile(ttft, 0.95), 0)} ms`.padStart(11)}${fmt((end - start) / 1000).padStart(9)}`,
+    );
+    const sh = `${shapeText}, ${c} clients, ${genTokens} tokens`;
+    rows.push(
+      { name: "serve aggregate decode", shape: sh, figure: decodeTps, unit: "tok/s" },
+      { name: "serve TTFT p50", shape: sh, figure: median(ttft), unit: "ms", higherIsBetter: false },
+      { name: "serve TTFT p95", shape: sh, figure: quantile(ttft, 0.95), unit: "ms", higherIsBetter: false },
+    );
+  }
+  const lo = Math.min(...levels);
+  const hi = Math.max(...levels);
+  if (hi > lo) {
+    const ratio = decodeByLevel.get(hi)! / decodeByLevel.get(lo)!;
+    console.log(`aggregate decode, ${hi} clients vs ${lo}: ${fmt(ratio, 2)}x`);
+    rows.push({ name: `serve decode scaling ${hi} vs ${lo} clients`, shape: shapeText, figure: ratio, unit: "x" });
+  }
+
+  if (prefixLen > 0) {
+    const prefix = randomIds(prefixLen);
+    const cold = await streamCompletion(server.url, modelName, [...prefix, ...randomIds(16)], 1);
+    const warm = await streamCompletion(server.url, modelName, [...prefix, ...randomIds(16)], 1);
+    const coldMs = cold.firstMs - cold.sentMs;
+    const warmMs = warm.firstMs - warm.sentMs;
+    console.log(
+      `\nprefix cache: ${prefixLen}-token shared prefix + 16-token question; TTFT cold ${fmt(coldMs, 0)} ms ` +
+        `(${cold.cachedTokens} of ${cold.promptTokens} prompt tokens cached), warm ${fmt(warmMs, 0)} ms ` +
+        `(${warm.cachedTokens} cached): ${fmt(coldMs / warmMs, 1)}x`,
+    );
+    const sh = `${shapeText}, ${prefixLen}-token prefix`;
+    rows.push(
+      { name: "serve prefix TTFT cold", shape: sh, figure: coldMs, unit: "ms", higherIsBetter: false },
+      { name: "serve prefix TTFT warm", shape: sh, figure: warmMs, unit: "ms", higherIsBetter: false },
+      { name: "serve prefix TTFT gain", shape: sh, figure: coldMs / warmMs, unit: "x" },
+    );
+  }
+
+  // Alternating plain and constrained requests, so that a change in the machine's load hits both alike.
+  const rf = { type: "json_schema", json_schema: { name: "people", schema: SCHEMA } };
+  let jsonText = "";
+  for (let i = 0; i < jsonPairs; i++) {
+    await chat(server.url, modelName, jsonTokens);
+    jsonText = await chat(server.url, modelName, jsonTokens, rf);
+  }
+  await server.stop();
+  server = undefined;
+  // Stopping the server flushed its per-request rows; the chat ones are plain, constrained, plain, ... in order.
+  const db = new Database(serverDb, { readonly: true });
+  const chatRows = db
+    .query("SELECT generated_tokens AS n, decode_tps AS tps FROM requests WHERE api = 'chat' ORDER BY id")
+    .all() as { n: number; tps: number }[];
+  db.close();
+  if (chatRows.length !== 2 * jsonPairs) throw new Error(`expected ${2 * jsonPairs} chat rows in the server's database, found ${chatRows.length}`);
+  const plainMs = median(chatRows.filter((_, i) => i % 2 === 0).map((r) => 1000 / r.tps));
+  const jsonMs = median(chatRows.filter((_, i) => i % 2 === 1).map((r) => 1000 / r.tps));
+  const jsonGenerated = chatRows.filter((_, i) => i % 2 === 1).map((r) => r.n);
+
+  const tok = Tokenizer.fromFiles(join(TOKENIZER_DIR, "tokenizer.json"), await Bun.file(join(TOKENIZER_DIR, "tokenizer_config.json")).json());
+  const tp = performance.now();
+  const vocab = new ConstraintVocab(tok.allTokenBytes(), tok.specialTokenIds, tok.eosTokenIds);
+  const prepMs = performance.now() - tp;
+  const mask = maskReplay(tok, vocab, jsonText);
+  const maskMs = median(mask);
+  const overhead = (100 * (jsonMs - plainMs)) / plainMs;
+  console.log(
+    `\njson_schema decoding (${jsonTokens} tokens, generated ${jsonGenerated.join("/")}; median of ${jsonPairs}): ` +
+      `decode step ${fmt(plainMs)} ms plain, ${fmt(jsonMs)} ms constrained: ${overhead >= 0 ? "+" : ""}${fmt(overhead)}%`,
+  );
+  console.log(
+    `mask alone over the constrained answer's ${mask.length} tokens: median ${fmt(maskMs, 2)} ms, p95 ${fmt(quantile(mask, 0.95), 2)} ms ` +
+      `(${fmt((100 * maskMs) / plainMs)}% of a plain step); vocabulary preparation once per tokenizer ${fmt(prepMs, 0)} ms`,
+  );
+  console.log(`constrained answer: ${JSON.stringify(jsonText.slice(0, 120))}${jsonText.length > 120 ? "..." : ""}`);
+  const sh = `${shapeText}, ${jsonTokens} tokens`;
+  rows.push(
+    { name: "serve decode step plain", shape: sh, figure: plainMs, unit: "ms", higherIsBetter: false },
+    { name: "serve decode step json_schema", shape: sh, figure: jsonMs, unit: "ms", higherIsBetter: false },
+    { name: "serve json_schema step overhead", shape: sh, figure: overhead, unit: "%", higherIsBetter: false },
+    { name: "json mask per step", shape: "qwen3 vocabulary 151936", figure: maskMs, unit: "ms", higherIsBetter: false },
+  );
+
+  if (record) {
+    const store = MetricsStore.open(defaultDbPath());
+    store.startRun({ kind: "bench", backend: "native", device: `${cpus()[0]?.model ?? "cpu"} x${cpus().length}`, model: shapeText });
+    store.recordBenchmarks(rows);
+    const recorded = store.enabled;
+    store.close();
+    if (recorded) console.log(`\n${rows.length} figures recorded in ${store.path}`);
+  }
+} finally {
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+}

@@ -1,0 +1,54 @@
+// The serving benchmark in its seconds-long mode: one client, a few tokens, a tiny random-weight Qwen3 behind a
+// real `rmlx serve`. Checks that every part runs and records its figures, and that the prefix cache served the
+// whole shared prefix (64 tokens: four full 16-token blocks) on the second request.
+import { Database } from "bun:sqlite";
+import { expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dir, "../..");
+
+test("bench serve --smoke runs every part and records its figures", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "rmlx-bench-smoke-"));
+  try {
+    const db = join(dir, "metrics.db");
+    const proc = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/index.ts"), "serve", "--smoke", "--source"], {
+      cwd: ROOT,
+      env: { ...process.env, RMLX_DB: db },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(err).not.toContain("error");
+    expect(code).toBe(0);
+    expect(out).toMatch(/^1 +[\d.]+ +[\d.]+ +\d+ ms +\d+ ms/m);
+    expect(out).toMatch(/TTFT cold \d+ ms \(0 of 80 prompt tokens cached\), warm \d+ ms \(64 cached\)/);
+    expect(out).toMatch(/mask alone over the constrained answer's [1-9]\d* tokens/);
+
+    const store = new Database(db, { readonly: true });
+    const rows = store.query("SELECT name, figure, unit FROM benchmarks").all() as { name: string; figure: number; unit: string }[];
+    const runs = store.query("SELECT kind FROM runs").all() as { kind: string }[];
+    store.close();
+    expect(runs).toEqual([{ kind: "bench" }]);
+    const names = rows.map((r) => r.name).sort();
+    expect(names).toEqual(
+      [
+        "json mask per step",
+        "serve TTFT p50",
+        "serve TTFT p95",
+        "serve aggregate decode",
+        "serve decode step json_schema",
+        "serve decode step plain",
+        "serve json_schema step overhead",
+        "serve prefix TTFT cold",
+        "serve prefix TTFT gain",
+        "serve prefix TTFT warm",
+      ].sort(),
+    );
+    for (const r of rows) expect(Number.isFinite(r.figure)).toBe(true);
+    for (const r of rows.filter((r) => r.unit !== "%")) expect(r.figure).toBeGreaterThan(0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}, 60_000);
