@@ -165,6 +165,16 @@ describe("scope", () => {
     expect(() => be.toFloat32(p)).toThrow(RmlxError);
   });
 
+  test("dispose leaves pending and arena tensors alone", () => {
+    const out = be.scope(() => {
+      const a = be.scale(t(new Float32Array([1, 2]), [2]), 2);
+      const b = be.add(a, a);
+      be.dispose(a);
+      return be.toFloat32(b);
+    });
+    expect([...out]).toEqual([4, 8]);
+  });
+
   test("fromBytes wraps caller memory without copying", () => {
     const bytes = new Uint8Array(new Float32Array([1, 2, 3]).buffer);
     const w = be.fromBytes(bytes, [3], "f32");

@@ -253,14 +253,14 @@ export class NativeBackend implements Backend {
   }
 
   dispose(x: Tensor): void {
+    // Arena memory goes with its scope, and a tensor not yet computed may still feed others: only tensors that own
+    // memory of their own are released here.
     if (!(x instanceof NTensor) || x.base) return;
+    if (x.home !== Home.Heap && x.home !== Home.Persistent && x.home !== Home.External) return;
     if (x.home === Home.Persistent) nativeFree(x.addr);
-    if (x.home !== Home.Arena) {
-      x.home = Home.Dead;
-      x.addr = 0;
-      x.hold = null;
-      x.node = null;
-    }
+    x.home = Home.Dead;
+    x.addr = 0;
+    x.hold = null;
   }
 
   // ---------------------------------------------------------------- evaluation
@@ -550,11 +550,11 @@ export class NativeBackend implements Backend {
     }
     const shape = ax.map((a) => t.shape[a]!);
     const xs = contiguousStrides(t.shape);
-    return this.stridedCopy(t, shape, ax.map((a) => xs[a]!), 0, "transpose");
+    return this.stridedCopy(t, shape, ax.map((a) => xs[a]!), 0);
   }
 
   /** Materialises `shape` elements of x read with the given strides (elements) from byte offset srcOffset. */
-  private stridedCopy(x: NTensor, shape: number[], strides: number[], srcOffset: number, _what: string): NTensor {
+  private stridedCopy(x: NTensor, shape: number[], strides: number[], srcOffset: number): NTensor {
     const out = this.newTensor(shape, x.dtype);
     const c = collapse(shape, [strides, contiguousStrides(shape)]);
     const esize = DTYPE_BYTES[x.dtype];
@@ -587,7 +587,7 @@ export class NativeBackend implements Backend {
     const strides = contiguousStrides(t.shape);
     const offset = s * strides[a]! * DTYPE_BYTES[t.dtype];
     if (prod(t.shape, 0, a) === 1) return this.view(t, shape, offset);
-    return this.stridedCopy(t, shape, strides, offset, "slice");
+    return this.stridedCopy(t, shape, strides, offset);
   }
 
   concatenate(xs: readonly Tensor[], axis: number): Tensor {
