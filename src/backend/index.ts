@@ -1,18 +1,52 @@
-// Chooses the Backend: RMLX_BACKEND=native (the default) or mlx (not built yet).
+// Chooses the Backend: --backend / RMLX_BACKEND = auto (the default), native or mlx. auto takes mlx when libmlxc
+// loads and MLX sees a Metal device, else native; mlx on a machine without Metal runs MLX's own CPU backend.
 import { RmlxError } from "../errors.ts";
 import type { Backend } from "./backend.ts";
+import { MlxBackend } from "./mlx/backend.ts";
+import { probeMlx } from "./mlx/lib.ts";
 import { NativeBackend } from "./native/backend.ts";
 
-let instance: Backend | undefined;
+export type BackendChoice = "auto" | "native" | "mlx";
+export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "native", "mlx"];
 
-/** The process-wide backend, created on first use. */
-export function getBackend(): Backend {
-  if (instance) return instance;
-  const want = (process.env.RMLX_BACKEND ?? "native").trim().toLowerCase();
-  if (want === "mlx") throw new RmlxError("unsupported", "the mlx backend is not available in this build (RMLX_BACKEND=mlx)");
-  if (want !== "native" && want !== "") throw new RmlxError("invalid_argument", `unknown backend '${want}' (RMLX_BACKEND: native or mlx)`);
-  instance = new NativeBackend();
-  return instance;
+const instances = new Map<"native" | "mlx", Backend>();
+
+export function parseBackendChoice(value: string | undefined): BackendChoice {
+  const v = (value ?? "").trim().toLowerCase();
+  if (v === "") return "auto";
+  if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
+  throw new RmlxError("invalid_argument", `unknown backend '${value}' (--backend / RMLX_BACKEND: auto, native or mlx)`);
+}
+
+/** Which backend a choice resolves to here, and why (for `rmlx info`). Loads libmlxc when it has to look. */
+export function resolveBackend(choice?: string): { name: "native" | "mlx"; reason: string } {
+  const c = parseBackendChoice(choice ?? process.env.RMLX_BACKEND);
+  if (c === "native") return { name: "native", reason: "asked for (--backend native)" };
+  const p = probeMlx();
+  if (c === "mlx") {
+    if (!p.ok) throw new RmlxError("unsupported", `the mlx backend is not available: ${p.reason}`);
+    return { name: "mlx", reason: `asked for (--backend mlx); ${p.lib.path}, MLX ${p.lib.version}, ${p.lib.metal ? "Metal" : "CPU only"}` };
+  }
+  if (!p.ok) return { name: "native", reason: `auto: ${p.reason}` };
+  if (!p.lib.metal) return { name: "native", reason: `auto: ${p.lib.path} loads but MLX sees no Metal device` };
+  return { name: "mlx", reason: `auto: ${p.lib.path} (MLX ${p.lib.version}) on a Metal device` };
+}
+
+/** The process-wide backend for a choice (default: RMLX_BACKEND, else auto), created on first use. */
+export function getBackend(choice?: string): Backend {
+  const c = parseBackendChoice(choice ?? process.env.RMLX_BACKEND);
+  let name: "native" | "mlx" = "native";
+  if (c !== "native") {
+    const p = probeMlx();
+    if (c === "mlx" && !p.ok) throw new RmlxError("unsupported", `the mlx backend is not available: ${p.reason}`);
+    if (p.ok && (c === "mlx" || p.lib.metal)) name = "mlx";
+  }
+  let b = instances.get(name);
+  if (!b) {
+    b = name === "mlx" ? new MlxBackend() : new NativeBackend();
+    instances.set(name, b);
+  }
+  return b;
 }
 
 export { NativeBackend };

@@ -1,0 +1,1049 @@
+// The mlx Backend: every op is one or a few mlx-c calls that record into MLX's lazy graph; eval() is one mlx_eval
+// over the requested results and the KV pools written since. Activations are f32 (as on the native backend);
+// weights keep their stored dtype or quantized format and MLX promotes inside its kernels. Handles made inside a
+// scope are freed when it ends: MLX counts references, so a lazy result that leaves the scope keeps the graph it
+// needs alive and the rest goes at once.
+import { read, toArrayBuffer } from "bun:ffi";
+import type {
+  AttentionBatch,
+  AttentionOptions,
+  Backend,
+  DType,
+  KvPool,
+  QuantMode,
+  QuantizedWeight,
+  RopeOptions,
+  Tensor,
+  Weight,
+} from "../backend.ts";
+import { isQuantized } from "../backend.ts";
+import { RmlxError } from "../../errors.ts";
+import { GluKernels, type GluKind } from "./kernels.ts";
+import { MLX_DTYPE, NONE, loadMlx, optFloat, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
+import { MTensor } from "./tensor.ts";
+
+const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
+const TO_MLX: Record<DType, number> = {
+  f32: MLX_DTYPE.f32,
+  f16: MLX_DTYPE.f16,
+  bf16: MLX_DTYPE.bf16,
+  u32: MLX_DTYPE.u32,
+  u8: MLX_DTYPE.u8,
+  i32: MLX_DTYPE.i32,
+};
+const FROM_MLX = new Map<number, DType>([
+  [MLX_DTYPE.f32, "f32"],
+  [MLX_DTYPE.f16, "f16"],
+  [MLX_DTYPE.bf16, "bf16"],
+  [MLX_DTYPE.u32, "u32"],
+  [MLX_DTYPE.u8, "u8"],
+  [MLX_DTYPE.bool, "u8"],
+  [MLX_DTYPE.i32, "i32"],
+]);
+const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
+const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
+const EMPTY = new Uint8Array(8);
+
+function invalid(msg: string): never {
+  throw new RmlxError("invalid_argument", msg);
+}
+
+function normAxis(axis: number, ndim: number, what: string): number {
+  const a = axis < 0 ? axis + ndim : axis;
+  if (!Number.isInteger(a) || a < 0 || a >= ndim) invalid(`${what}: axis ${axis} out of range for rank ${ndim}`);
+  return a;
+}
+
+function checkShape(shape: readonly number[], what: string): void {
+  for (const d of shape) if (!Number.isInteger(d) || d < 0) invalid(`${what}: bad shape ${fmt(shape)}`);
+}
+
+function ints(xs: readonly number[]): Int32Array {
+  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
+}
+
+function handles(hs: readonly number[]): BigUint64Array {
+  const a = new BigUint64Array(Math.max(hs.length, 1));
+  for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
+  return a;
+}
+
+function cstr(s: string): Uint8Array {
+  return new TextEncoder().encode(`${s}\0`);
+}
+
+const MODE_NAMES: Record<QuantMode, Uint8Array> = {
+  affine: cstr("affine"),
+  mxfp4: cstr("mxfp4"),
+  mxfp8: cstr("mxfp8"),
+  nvfp4: cstr("nvfp4"),
+};
+const MASK_NONE = cstr("");
+const MASK_CAUSAL = cstr("causal");
+const MASK_ARRAY = cstr("array");
+
+interface MKvPool extends KvPool {
+  readonly k: MTensor;
+  readonly v: MTensor;
+  readonly mlxPool: true;
+}
+
+/** Handles made inside one op that only its result needs: freed once the result is recorded. */
+class Temps {
+  readonly hs: number[] = [];
+  add(h: number): number {
+    this.hs.push(h);
+    return h;
+  }
+}
+
+export class MlxBackend implements Backend {
+  readonly name = "mlx";
+  readonly device: string;
+  readonly lib: MlxLib;
+
+  private readonly S: MlxSymbols;
+  private readonly stream: number;
+  private readonly glu: GluKernels;
+  private scopes: MTensor[][] = [];
+  private readonly dirtyPools = new Set<MKvPool>();
+  private readonly unscoped = new FinalizationRegistry<number>((h) => {
+    this.S.mlx_array_free(h);
+  });
+  private readonly freqArrays = new WeakMap<Float32Array, number>();
+  private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
+
+  constructor(libPath?: string) {
+    this.lib = loadMlx(libPath);
+    this.S = this.lib.sym;
+    this.stream = Number(this.lib.metal ? this.S.mlx_default_gpu_stream_new() : this.S.mlx_default_cpu_stream_new());
+    this.glu = new GluKernels(this.lib);
+    this.glu.stream = this.stream;
+    this.device = `${this.lib.metal ? "Apple GPU (Metal)" : "CPU"} through MLX ${this.lib.version} (${this.lib.path})`;
+  }
+
+  // ---------------------------------------------------------------- handles
+
+  private fail(what: string, code: "invalid_argument" | "native" = "invalid_argument"): never {
+    const msg = this.lib.takeError().replace(/\s+/g, " ").trim() || "mlx-c reported an error";
+    throw new RmlxError(code, `${what}: ${msg}`);
+  }
+
+  /** The handle an mlx-c call wrote to the out-slot, or an RmlxError with MLX's message. */
+  private res(status: number, what: string): number {
+    if (status !== 0) this.fail(what);
+    return readSlot();
+  }
+
+  private free(h: number): void {
+    if (h) this.S.mlx_array_free(h);
+  }
+
+  private freeAll(t: Temps): void {
+    for (const h of t.hs) this.free(h);
+    t.hs.length = 0;
+  }
+
+  private shapeOf(h: number): number[] {
+    const nd = Number(this.S.mlx_array_ndim(h));
+    if (nd === 0) return [];
+    const p = this.S.mlx_array_shape(h);
+    const out = new Array<number>(nd);
+    for (let i = 0; i < nd; i++) out[i] = read.i32(p!, 4 * i);
+    return out;
+  }
+
+  /** Wraps a fresh handle as a tensor owned by the current scope (or by the garbage collector outside any). */
+  private wrap(h: number): MTensor {
+    const dt = FROM_MLX.get(this.S.mlx_array_dtype(h));
+    if (dt === undefined) {
+      this.free(h);
+      throw new RmlxError("internal", `mlx backend: unexpected dtype ${this.S.mlx_array_dtype(h)}`);
+    }
+    const t = new MTensor(h, this.shapeOf(h), dt);
+    const top = this.scopes[this.scopes.length - 1];
+    if (top) {
+      t.scoped = true;
+      top.push(t);
+    } else {
+      this.unscoped.register(t, h, t);
+    }
+    return t;
+  }
+
+  private arg(x: Tensor, what: string): MTensor {
+    if (!(x instanceof MTensor)) invalid(`${what}: not a tensor of the mlx backend`);
+    if (!x.h) invalid(`${what}: tensor ${fmt(x.shape)} is gone (used after its scope ended or disposed)`);
+    return x;
+  }
+
+  /** A new handle for x as f32 (the caller frees it), so that every activation is f32 as on the native backend. */
+  private f32(x: MTensor, tmp: Temps): number {
+    if (x.dtype === "f32") return x.h;
+    return tmp.add(this.res(this.S.mlx_astype(slotPtr(), x.h, MLX_DTYPE.f32, this.stream), "astype"));
+  }
+
+  private scalar(v: number, tmp: Temps): number {
+    return tmp.add(Number(this.S.mlx_array_new_float32(v)));
+  }
+
+  /**
+   * Runs build with a temp list and wraps the handle it returns (taken out of the temps if it is one; it must
+   * never be an input's own handle), freeing the other temps whatever happens.
+   */
+  private op(build: (tmp: Temps) => number): MTensor {
+    const tmp = new Temps();
+    try {
+      const h = build(tmp);
+      const i = tmp.hs.lastIndexOf(h);
+      if (i >= 0) tmp.hs.splice(i, 1);
+      return this.wrap(h);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  private raw = {
+    reshape: (h: number, shape: readonly number[], tmp: Temps) =>
+      tmp.add(this.res(this.S.mlx_reshape(slotPtr(), h, ints(shape), shape.length, this.stream), "reshape")),
+    transpose: (h: number, axes: readonly number[], tmp: Temps) =>
+      tmp.add(this.res(this.S.mlx_transpose_axes(slotPtr(), h, ints(axes), axes.length, this.stream), "transpose")),
+    take: (h: number, idx: number, axis: number, tmp: Temps) =>
+      tmp.add(this.res(this.S.mlx_take_axis(slotPtr(), h, idx, axis, this.stream), "take")),
+    astype: (h: number, dt: number, tmp: Temps) => tmp.add(this.res(this.S.mlx_astype(slotPtr(), h, dt, this.stream), "astype")),
+    bin: (f: "mlx_add" | "mlx_subtract" | "mlx_multiply" | "mlx_divide" | "mlx_matmul", a: number, b: number, tmp: Temps) =>
+      tmp.add(this.res(this.S[f](slotPtr(), a, b, this.stream), f.slice(4))),
+    un: (f: "mlx_sigmoid" | "mlx_tanh", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](slotPtr(), a, this.stream), f.slice(4))),
+    data: (data: ArrayBufferView, shape: readonly number[], dt: number, tmp: Temps) =>
+      tmp.add(Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, dt))),
+  };
+
+  // ---------------------------------------------------------------- creation and read-back
+
+  fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, "fromArray");
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (data.byteLength !== n * BYTES[dtype]) invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * BYTES[dtype]} bytes)`);
+    const h = Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, TO_MLX[dtype]));
+    if (!h) this.fail("fromArray");
+    return this.wrap(h);
+  }
+
+  fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, "fromBytes");
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (bytes.byteLength !== n * BYTES[dtype]) invalid(`fromBytes: ${bytes.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * BYTES[dtype]} bytes)`);
+    // MLX wraps the bytes without a copy where its allocator can (unified memory, page-aligned) and copies
+    // otherwise; the destructor is mlx_array_free on a null handle, a no-op, since the bytes belong to the mmap.
+    const h = Number(
+      this.S.mlx_array_new_data_managed_payload(bytes.byteLength ? bytes : EMPTY, ints(shape), shape.length, TO_MLX[dtype], null, this.lib.noopDtor),
+    );
+    if (!h) this.fail("fromBytes");
+    const t = new MTensor(h, [...shape], dtype);
+    t.hold = bytes;
+    t.persistent = true;
+    return t;
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, "zeros");
+    return this.wrap(this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "zeros"));
+  }
+
+  allocPersistent(shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, "allocPersistent");
+    const h = this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "allocPersistent");
+    const t = new MTensor(h, [...shape], dtype);
+    t.persistent = true;
+    return t;
+  }
+
+  dispose(x: Tensor): void {
+    if (!(x instanceof MTensor) || !x.h) return;
+    if (!x.persistent && x.scoped) return;
+    this.unscoped.unregister(x);
+    this.free(x.h);
+    x.h = 0;
+    x.hold = null;
+  }
+
+  eval(...tensors: Tensor[]): void {
+    const hs: number[] = [];
+    for (const x of tensors) hs.push(this.arg(x, "eval").h);
+    for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
+    if (hs.length === 0) return;
+    const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
+    try {
+      if (this.S.mlx_eval(vec) !== 0) this.fail("eval", "native");
+      this.dirtyPools.clear();
+    } finally {
+      this.S.mlx_vector_array_free(vec);
+    }
+  }
+
+  /** Evaluates a contiguous copy of x in the given dtype and copies its bytes out. */
+  private readBack(x: MTensor, dt: number, what: string): ArrayBuffer {
+    this.eval();
+    const tmp = new Temps();
+    try {
+      const c = x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp);
+      const h = tmp.add(this.res(this.S.mlx_contiguous(slotPtr(), c, false, this.stream), what));
+      if (this.S.mlx_array_eval(h) !== 0) this.fail(what, "native");
+      const n = Number(this.S.mlx_array_nbytes(h));
+      if (n === 0) return new ArrayBuffer(0);
+      const p = this.S.mlx_array_data_uint8(h);
+      if (!p) this.fail(what, "native");
+      return toArrayBuffer(p, 0, n).slice(0);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  toFloat32(x: Tensor): Float32Array {
+    const t = this.arg(x, "toFloat32");
+    return new Float32Array(this.readBack(t, MLX_DTYPE.f32, "toFloat32"));
+  }
+
+  toInt32(x: Tensor): Int32Array {
+    const t = this.arg(x, "toInt32");
+    if (t.dtype !== "i32" && t.dtype !== "u32" && t.dtype !== "u8") invalid(`toInt32: tensor is ${t.dtype}`);
+    return new Int32Array(this.readBack(t, MLX_DTYPE.i32, "toInt32"));
+  }
+
+  scope<T>(fn: () => T): T {
+    const mine: MTensor[] = [];
+    this.scopes.push(mine);
+    let result: T;
+    try {
+      result = fn();
+    } catch (err) {
+      this.scopes.pop();
+      for (const t of mine) this.releaseScoped(t);
+      throw err;
+    }
+    this.scopes.pop();
+    const keep = new Set(collectTensors(result));
+    const outer = this.scopes[this.scopes.length - 1];
+    for (const t of mine) {
+      if (!keep.has(t)) this.releaseScoped(t);
+      else if (outer) outer.push(t);
+      else {
+        t.scoped = false;
+        this.unscoped.register(t, t.h, t);
+      }
+    }
+    return result;
+  }
+
+  private releaseScoped(t: MTensor): void {
+    this.free(t.h);
+    t.h = 0;
+  }
+
+  // ---------------------------------------------------------------- shape
+
+  reshape(x: Tensor, shape: readonly number[]): Tensor {
+    const t = this.arg(x, "reshape");
+    const s = [...shape];
+    const infer = s.indexOf(-1);
+    const known = s.reduce((a, d, i) => (i === infer ? a : a * d), 1);
+    if (infer >= 0) {
+      if (known === 0 || t.size % known !== 0) invalid(`reshape: cannot reshape ${fmt(t.shape)} to ${fmt(shape)}`);
+      s[infer] = t.size / known;
+    }
+    checkShape(s, "reshape");
+    if (s.reduce((a, b) => a * b, 1) !== t.size) invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
+    return this.wrap(this.res(this.S.mlx_reshape(slotPtr(), t.h, ints(s), s.length, this.stream), "reshape"));
+  }
+
+  transpose(x: Tensor, axes: readonly number[]): Tensor {
+    const t = this.arg(x, "transpose");
+    const nd = t.shape.length;
+    if (axes.length !== nd) invalid(`transpose: ${axes.length} axes for rank ${nd}`);
+    const norm = axes.map((a) => normAxis(a, nd, "transpose"));
+    if (new Set(norm).size !== nd) invalid(`transpose: axes ${fmt(axes)} repeat an axis`);
+    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), nd, this.stream), "transpose"));
+  }
+
+  slice(x: Tensor, axis: number, start: number, end: number): Tensor {
+    const t = this.arg(x, "slice");
+    const nd = t.shape.length;
+    const a = normAxis(axis, nd, "slice");
+    if (!Number.isInteger(start) || !Number.isInteger(end)) invalid(`slice: bounds ${start}:${end} are not integers`);
+    const n = t.shape[a]!;
+    const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + n : v, 0), n);
+    const s0 = clamp(start);
+    const s1 = Math.max(clamp(end), s0);
+    const lo = t.shape.map(() => 0);
+    const hi = [...t.shape];
+    lo[a] = s0;
+    hi[a] = s1;
+    const st = t.shape.map(() => 1);
+    return this.wrap(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), nd, ints(hi), nd, ints(st), nd, this.stream), "slice"));
+  }
+
+  concatenate(xs: readonly Tensor[], axis: number): Tensor {
+    if (xs.length === 0) invalid("concatenate: no tensors");
+    const ts = xs.map((x) => this.arg(x, "concatenate"));
+    const first = ts[0]!;
+    const a = normAxis(axis, first.shape.length, "concatenate");
+    for (const t of ts) {
+      if (t.dtype !== first.dtype) invalid(`concatenate: dtypes ${first.dtype} and ${t.dtype} differ`);
+      if (t.shape.length !== first.shape.length || t.shape.some((d, i) => i !== a && d !== first.shape[i]))
+        invalid(`concatenate: shapes ${ts.map((u) => fmt(u.shape)).join(", ")} differ off axis ${a}`);
+    }
+    const vec = Number(this.S.mlx_vector_array_new_data(handles(ts.map((t) => t.h)), ts.length));
+    try {
+      return this.wrap(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, a, this.stream), "concatenate"));
+    } finally {
+      this.S.mlx_vector_array_free(vec);
+    }
+  }
+
+  astype(x: Tensor, dtype: DType): Tensor {
+    const t = this.arg(x, "astype");
+    return this.wrap(this.res(this.S.mlx_astype(slotPtr(), t.h, TO_MLX[dtype], this.stream), "astype"));
+  }
+
+  // ---------------------------------------------------------------- products
+
+  matmul(a: Tensor, b: Tensor): Tensor {
+    const x = this.arg(a, "matmul");
+    const y = this.arg(b, "matmul");
+    if (x.shape.length < 2 || y.shape.length < 2) invalid(`matmul: operands ${fmt(x.shape)} and ${fmt(y.shape)} need rank >= 2`);
+    if (x.shape[x.shape.length - 1] !== y.shape[y.shape.length - 2])
+      invalid(`matmul: ${fmt(x.shape)} @ ${fmt(y.shape)}: inner dims ${x.shape[x.shape.length - 1]} and ${y.shape[y.shape.length - 2]} differ`);
+    return this.op((tmp) => this.res(this.S.mlx_matmul(slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), "matmul"));
+  }
+
+  linear(x: Tensor, w: Weight, bias?: Tensor): Tensor {
+    if (isQuantized(w)) {
+      const y = this.quantizedMatmul(x, w);
+      return bias ? this.add(y, bias) : y;
+    }
+    const xt = this.arg(x, "linear");
+    const wt = this.arg(w, "linear weight");
+    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
+      invalid(`linear: weight must be a float [out, in] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
+    const [N, K] = wt.shape as [number, number];
+    if (xt.shape[xt.shape.length - 1] !== K) invalid(`linear: input ${fmt(xt.shape)} does not match weight ${fmt(wt.shape)}`);
+    const bt = bias ? this.arg(bias, "linear bias") : null;
+    if (bt && bt.size !== N) invalid(`linear: bias ${fmt(bt.shape)} for ${N} outputs`);
+    return this.op((tmp) => {
+      const wT = this.raw.transpose(wt.h, [1, 0], tmp);
+      const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
+      return bt ? this.res(this.S.mlx_add(slotPtr(), y, this.f32(bt, tmp), this.stream), "linear") : y;
+    });
+  }
+
+  private quantArgs(w: QuantizedWeight, what: string) {
+    const wt = this.arg(w.w, `${what} weight`);
+    const sc = this.arg(w.scales, `${what} scales`);
+    const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
+    if (wt.dtype !== "u32") invalid(`${what}: packed weight must be u32, got ${wt.dtype}`);
+    if (w.mode === "affine" && !bi) invalid(`${what}: affine quantization needs biases`);
+    const nd = wt.shape.length;
+    if (nd < 2) invalid(`${what}: packed weight ${fmt(wt.shape)} needs rank >= 2`);
+    const K = (wt.shape[nd - 1]! * 32) / w.bits;
+    if (!Number.isInteger(K) || K % w.groupSize !== 0) invalid(`${what}: packed weight ${fmt(wt.shape)} with ${w.bits} bits and group ${w.groupSize}`);
+    if (sc.shape[sc.shape.length - 1] !== K / w.groupSize || sc.size * w.groupSize !== (wt.size * 32) / w.bits)
+      invalid(`${what}: scales ${fmt(sc.shape)} do not match weight ${fmt(wt.shape)} (group ${w.groupSize})`);
+    return { wt, sc, bi, K, N: wt.shape[nd - 2]! };
+  }
+
+  /** The factor nvfp4's global scale contributes (MLX's quantized matmuls take none): global / (448 * 6). */
+  private globalFactor(w: QuantizedWeight): number {
+    return w.mode === "nvfp4" && w.globalScale !== undefined ? w.globalScale / (448 * 6) : 1;
+  }
+
+  quantizedMatmul(x: Tensor, w: QuantizedWeight): Tensor {
+    const q = this.quantArgs(w, "quantizedMatmul");
+    if (q.wt.shape.length !== 2) invalid(`quantizedMatmul: weight ${fmt(q.wt.shape)} must be [out, in/pack]`);
+    const xt = this.arg(x, "quantizedMatmul");
+    if (xt.shape[xt.shape.length - 1] !== q.K) invalid(`quantizedMatmul: input ${fmt(xt.shape)} does not match weight of ${q.K} inputs`);
+    const g = this.globalFactor(w);
+    return this.op((tmp) => {
+      const y = tmp.add(
+        this.res(
+          this.S.mlx_quantized_matmul(slotPtr(), this.f32(xt, tmp), q.wt.h, q.sc.h, q.bi ? q.bi.h : null, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], this.stream),
+          "quantizedMatmul",
+        ),
+      );
+      const y32 = this.f32AfterOp(y, tmp);
+      if (g === 1) return y32;
+      return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g, tmp), this.stream), "quantizedMatmul");
+    });
+  }
+
+  /** f32 view of an op's result handle (kernels that follow the weights' dtype return bf16 for bf16 scales). */
+  private f32AfterOp(h: number, tmp: Temps): number {
+    if (this.S.mlx_array_dtype(h) === MLX_DTYPE.f32) return h;
+    return this.raw.astype(h, MLX_DTYPE.f32, tmp);
+  }
+
+  gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
+    const xt = this.arg(x, "gatherMatmul");
+    const it = this.arg(indices, "gatherMatmul indices");
+    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`gatherMatmul: indices must be i32, got ${it.dtype}`);
+    if (it.shape.length !== 2) invalid(`gatherMatmul: indices ${fmt(it.shape)} must be [T, topk]`);
+    const [T, topk] = it.shape as [number, number];
+    const K = xt.shape[xt.shape.length - 1]!;
+    const rows = xt.size / K;
+    let lhs: number[];
+    if (rows === T) lhs = [T, 1, 1, K];
+    else if (rows === T * topk) lhs = [T, topk, 1, K];
+    else invalid(`gatherMatmul: input ${fmt(xt.shape)} has ${rows} rows, expected ${T} or ${T * topk} for indices ${fmt(it.shape)}`);
+    return this.op((tmp) => {
+      const xr = this.raw.reshape(this.f32(xt, tmp), lhs, tmp);
+      const idx = it.dtype === "u32" ? it.h : this.raw.astype(it.h, MLX_DTYPE.u32, tmp);
+      let y: number;
+      let N: number;
+      if (isQuantized(w)) {
+        const q = this.quantArgs(w, "gatherMatmul");
+        if (q.wt.shape.length !== 3) invalid(`gatherMatmul: stacked weight ${fmt(q.wt.shape)} must be [E, out, in/pack]`);
+        if (q.K !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts of ${q.K} inputs`);
+        N = q.N;
+        y = tmp.add(
+          this.res(
+            this.S.mlx_gather_qmm(slotPtr(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
+            "gatherMatmul",
+          ),
+        );
+        const g = this.globalFactor(w);
+        y = this.f32AfterOp(y, tmp);
+        if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g, tmp), tmp);
+      } else {
+        const wt = this.arg(w, "gatherMatmul weight");
+        if (wt.shape.length !== 3 || !FLOAT_DTYPES.includes(wt.dtype))
+          invalid(`gatherMatmul: stacked weight must be float [E, out, in], got ${wt.dtype} ${fmt(wt.shape)}`);
+        if (wt.shape[2] !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts ${fmt(wt.shape)}`);
+        N = wt.shape[1]!;
+        const wT = this.raw.transpose(this.f32(wt, tmp), [0, 2, 1], tmp);
+        y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xr, wT, null, idx, false, this.stream), "gatherMatmul"));
+      }
+      return this.res(this.S.mlx_reshape(slotPtr(), y, ints([T, topk, N]), 3, this.stream), "gatherMatmul");
+    });
+  }
+
+  take(table: Weight, ids: Tensor): Tensor {
+    const it = this.arg(ids, "take ids");
+    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`take: ids must be i32, got ${it.dtype}`);
+    if (isQuantized(table)) {
+      const q = this.quantArgs(table, "take");
+      if (q.wt.shape.length !== 2) invalid(`take: table ${fmt(q.wt.shape)} must be 2-D`);
+      return this.op((tmp) => {
+        const flat = this.raw.reshape(it.h, [it.size], tmp);
+        const w = this.raw.take(q.wt.h, flat, 0, tmp);
+        const s = this.raw.take(q.sc.h, flat, 0, tmp);
+        const b = q.bi ? this.raw.take(q.bi.h, flat, 0, tmp) : 0;
+        const d = this.dequantRaw(table, w, s, b, tmp);
+        return this.res(this.S.mlx_reshape(slotPtr(), d, ints([...it.shape, q.K]), it.shape.length + 1, this.stream), "take");
+      });
+    }
+    const wt = this.arg(table, "take table");
+    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
+      invalid(`take: table must be a float [rows, dim] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
+    return this.op((tmp) => {
+      const r = this.raw.take(wt.h, it.h, 0, tmp);
+      return this.res(this.S.mlx_astype(slotPtr(), r, MLX_DTYPE.f32, this.stream), "take");
+    });
+  }
+
+  /** mx.dequantize to f32 (the nvfp4 global scale as MLX applies it). Returns a temp handle. */
+  private dequantRaw(w: QuantizedWeight, wq: number, sc: number, bi: number, tmp: Temps): number {
+    const gs = w.mode === "nvfp4" && w.globalScale !== undefined ? this.raw.data(Float32Array.of(w.globalScale), [], MLX_DTYPE.f32, tmp) : null;
+    const d = tmp.add(
+      this.res(
+        this.S.mlx_dequantize(slotPtr(), wq, sc, bi || null, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], gs, optInt(MLX_DTYPE.f32), this.stream),
+        "dequantize",
+      ),
+    );
+    return this.f32AfterOp(d, tmp);
+  }
+
+  quantize(w: Tensor, mode: QuantMode, bits: number, groupSize: number): QuantizedWeight {
+    const t = this.arg(w, "quantize");
+    const vec = Number(this.S.mlx_vector_array_new());
+    const slot = new BigUint64Array([BigInt(vec)]);
+    try {
+      if (this.S.mlx_quantize(slot, t.h, optInt(groupSize), optInt(bits), MODE_NAMES[mode], null, this.stream) !== 0) this.fail("quantize");
+      const v = Number(slot[0]);
+      const n = Number(this.S.mlx_vector_array_size(v));
+      const parts: MTensor[] = [];
+      for (let i = 0; i < n; i++) parts.push(this.wrap(this.res(this.S.mlx_vector_array_get(slotPtr(), v, i), "quantize")));
+      return { w: parts[0]!, scales: parts[1]!, ...(parts[2] ? { biases: parts[2] } : {}), mode, bits, groupSize };
+    } finally {
+      this.S.mlx_vector_array_free(Number(slot[0]) || vec);
+    }
+  }
+
+  dequantize(w: QuantizedWeight): Tensor {
+    const q = this.quantArgs(w, "dequantize");
+    return this.op((tmp) => {
+      return this.dequantRaw(w, q.wt.h, q.sc.h, q.bi ? q.bi.h : 0, tmp);
+    });
+  }
+
+  // ---------------------------------------------------------------- elementwise and reductions
+
+  private binary(f: "mlx_add" | "mlx_subtract" | "mlx_multiply", a: Tensor, b: Tensor, what: string): Tensor {
+    const x = this.arg(a, what);
+    const y = this.arg(b, what);
+    const n = Math.max(x.shape.length, y.shape.length);
+    for (let i = 1; i <= n; i++) {
+      const p = x.shape[x.shape.length - i] ?? 1;
+      const q = y.shape[y.shape.length - i] ?? 1;
+      if (p !== q && p !== 1 && q !== 1) invalid(`${what}: shapes ${fmt(x.shape)} and ${fmt(y.shape)} do not broadcast`);
+    }
+    return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what));
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    return this.binary("mlx_add", a, b, "add");
+  }
+
+  sub(a: Tensor, b: Tensor): Tensor {
+    return this.binary("mlx_subtract", a, b, "sub");
+  }
+
+  mul(a: Tensor, b: Tensor): Tensor {
+    return this.binary("mlx_multiply", a, b, "mul");
+  }
+
+  scale(x: Tensor, s: number): Tensor {
+    const t = this.arg(x, "scale");
+    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s, tmp), this.stream), "scale"));
+  }
+
+  sigmoid(x: Tensor): Tensor {
+    const t = this.arg(x, "sigmoid");
+    return this.op((tmp) => this.res(this.S.mlx_sigmoid(slotPtr(), this.f32(t, tmp), this.stream), "sigmoid"));
+  }
+
+  private siluRaw(h: number, tmp: Temps): number {
+    return this.raw.bin("mlx_multiply", h, this.raw.un("mlx_sigmoid", h, tmp), tmp);
+  }
+
+  /** 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as gelu_pytorch_tanh. */
+  private geluRaw(h: number, tmp: Temps): number {
+    const x3 = this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", h, h, tmp), h, tmp);
+    const inner = this.raw.bin("mlx_add", h, this.raw.bin("mlx_multiply", x3, this.scalar(0.044715, tmp), tmp), tmp);
+    const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", inner, this.scalar(Math.sqrt(2 / Math.PI), tmp), tmp), tmp);
+    const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5, tmp), tmp);
+    return this.raw.bin("mlx_add", half, this.raw.bin("mlx_multiply", half, th, tmp), tmp);
+  }
+
+  silu(x: Tensor): Tensor {
+    const t = this.arg(x, "silu");
+    return this.op((tmp) => this.siluRaw(this.f32(t, tmp), tmp));
+  }
+
+  geluTanh(x: Tensor): Tensor {
+    const t = this.arg(x, "geluTanh");
+    return this.op((tmp) => this.geluRaw(this.f32(t, tmp), tmp));
+  }
+
+  softcap(x: Tensor, cap: number): Tensor {
+    if (!(cap > 0)) invalid(`softcap: cap must be > 0, got ${cap}`);
+    const t = this.arg(x, "softcap");
+    return this.op((tmp) => {
+      const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap, tmp), tmp), tmp);
+      return this.res(this.S.mlx_multiply(slotPtr(), th, this.scalar(cap, tmp), this.stream), "softcap");
+    });
+  }
+
+  private gluOp(kind: GluKind, gate: Tensor, up: Tensor): Tensor {
+    const g = this.arg(gate, kind);
+    const u = this.arg(up, kind);
+    const same = g.shape.length === u.shape.length && g.shape.every((d, i) => d === u.shape[i]);
+    if (!same) return this.mul(kind === "swiglu" ? this.silu(g) : this.geluTanh(g), u);
+    return this.op((tmp) => {
+      const gh = this.f32(g, tmp);
+      const uh = this.f32(u, tmp);
+      const fused = this.glu.apply(kind, gh, uh, g.shape);
+      if (fused) return fused;
+      const act = kind === "swiglu" ? this.siluRaw(gh, tmp) : this.geluRaw(gh, tmp);
+      return this.res(this.S.mlx_multiply(slotPtr(), act, uh, this.stream), kind);
+    });
+  }
+
+  swiglu(gate: Tensor, up: Tensor): Tensor {
+    return this.gluOp("swiglu", gate, up);
+  }
+
+  geglu(gate: Tensor, up: Tensor): Tensor {
+    return this.gluOp("geglu", gate, up);
+  }
+
+  softmax(x: Tensor, axis = -1): Tensor {
+    const t = this.arg(x, "softmax");
+    const a = normAxis(axis, t.shape.length, "softmax");
+    return this.op((tmp) => this.res(this.S.mlx_softmax_axis(slotPtr(), this.f32(t, tmp), a, true, this.stream), "softmax"));
+  }
+
+  argmax(x: Tensor): Tensor {
+    const t = this.arg(x, "argmax");
+    if (t.shape.length === 0) invalid("argmax: scalar input");
+    if (t.shape[t.shape.length - 1] === 0) invalid(`argmax: empty last axis in ${fmt(t.shape)}`);
+    return this.op((tmp) => {
+      const i = tmp.add(this.res(this.S.mlx_argmax_axis(slotPtr(), t.h, -1, false, this.stream), "argmax"));
+      return this.res(this.S.mlx_astype(slotPtr(), i, MLX_DTYPE.i32, this.stream), "argmax");
+    });
+  }
+
+  topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
+    const t = this.arg(x, "topk");
+    if (t.shape.length === 0) invalid("topk: scalar input");
+    const nd = t.shape.length;
+    const n = t.shape[nd - 1]!;
+    if (!Number.isInteger(k) || k < 1 || k > n) invalid(`topk: k=${k} out of range for ${fmt(t.shape)}`);
+    // A stable sort of the negated scores: descending, ties in index order as on the native backend.
+    const tmp = new Temps();
+    try {
+      const xf = this.f32(t, tmp);
+      const neg = this.raw.bin("mlx_multiply", xf, this.scalar(-1, tmp), tmp);
+      const order = tmp.add(this.res(this.S.mlx_argsort_axis(slotPtr(), neg, -1, this.stream), "topk"));
+      const lo = t.shape.map(() => 0);
+      const hi = [...t.shape];
+      hi[nd - 1] = k;
+      const top = tmp.add(this.res(this.S.mlx_slice(slotPtr(), order, ints(lo), nd, ints(hi), nd, ints(lo.map(() => 1)), nd, this.stream), "topk"));
+      const values = this.wrap(this.res(this.S.mlx_take_along_axis(slotPtr(), xf, top, -1, this.stream), "topk"));
+      const indices = this.wrap(this.res(this.S.mlx_astype(slotPtr(), top, MLX_DTYPE.i32, this.stream), "topk"));
+      return { values, indices };
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  sum(x: Tensor, axis: number): Tensor {
+    const t = this.arg(x, "sum");
+    const a = normAxis(axis, t.shape.length, "sum");
+    return this.op((tmp) => this.res(this.S.mlx_sum_axis(slotPtr(), this.f32(t, tmp), a, false, this.stream), "sum"));
+  }
+
+  // ---------------------------------------------------------------- normalisation and position
+
+  private normWeight(w: Tensor | null, n: number, what: string): MTensor | null {
+    if (!w) return null;
+    const t = this.arg(w, `${what} weight`);
+    if (!FLOAT_DTYPES.includes(t.dtype)) invalid(`${what}: weight dtype ${t.dtype}`);
+    if (t.size !== n) invalid(`${what}: weight ${fmt(t.shape)} for a last axis of ${n}`);
+    return t;
+  }
+
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus = false): Tensor {
+    const t = this.arg(x, "rmsNorm");
+    if (t.shape.length === 0) invalid("rmsNorm: scalar input");
+    const n = t.shape[t.shape.length - 1]!;
+    const wt = this.normWeight(w, n, "rmsNorm");
+    return this.op((tmp) => {
+      let wh: number | null = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
+      if (wh !== null && onePlus) wh = this.raw.bin("mlx_add", wh, this.scalar(1, tmp), tmp);
+      return this.res(this.S.mlx_fast_rms_norm(slotPtr(), this.f32(t, tmp), wh, eps, this.stream), "rmsNorm");
+    });
+  }
+
+  layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor {
+    const t = this.arg(x, "layerNorm");
+    if (t.shape.length === 0) invalid("layerNorm: scalar input");
+    const n = t.shape[t.shape.length - 1]!;
+    const wt = this.normWeight(w, n, "layerNorm");
+    const bt = this.normWeight(b, n, "layerNorm bias");
+    return this.op((tmp) => {
+      const wh = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
+      const bh = bt ? this.raw.reshape(this.f32(bt, tmp), [n], tmp) : null;
+      return this.res(this.S.mlx_fast_layer_norm(slotPtr(), this.f32(t, tmp), wh, bh, eps, this.stream), "layerNorm");
+    });
+  }
+
+  /** The step's positions as an int32 array, shared by every rope call of the step (q and k of all layers). */
+  private offsetsFor(positions: Int32Array): number {
+    const o = this.offsets;
+    if (o && o.positions === positions && o.copy.length === positions.length && o.copy.every((v, i) => v === positions[i])) return o.h;
+    if (o) this.free(o.h);
+    const copy = positions.slice();
+    const h = Number(this.S.mlx_array_new_data(copy.length ? copy : EMPTY, ints([copy.length]), 1, MLX_DTYPE.i32));
+    this.offsets = { positions, copy, h };
+    return h;
+  }
+
+  /** MLX's rope takes periods (1 / inverse frequency). */
+  private freqsFor(inv: Float32Array): number {
+    let h = this.freqArrays.get(inv);
+    if (h === undefined) {
+      const periods = new Float32Array(inv.length);
+      for (let i = 0; i < inv.length; i++) periods[i] = 1 / inv[i]!;
+      h = Number(this.S.mlx_array_new_data(periods, ints([periods.length]), 1, MLX_DTYPE.f32));
+      this.freqArrays.set(inv, h);
+    }
+    return h;
+  }
+
+  rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
+    const t = this.arg(x, "rope");
+    if (t.shape.length !== 3) invalid(`rope: input ${fmt(t.shape)} must be [T, H, D]`);
+    const [T, H, D] = t.shape as [number, number, number];
+    if (positions.length !== T) invalid(`rope: ${positions.length} positions for ${T} tokens`);
+    if (!Number.isInteger(opts.dims) || opts.dims < 2 || opts.dims > D || opts.dims % 2) invalid(`rope: dims ${opts.dims} for head dim ${D}`);
+    if (opts.freqs && opts.freqs.length !== opts.dims / 2) invalid(`rope: ${opts.freqs.length} freqs for ${opts.dims} dims`);
+    const mscale = opts.mscale ?? 1;
+    return this.op((tmp) => {
+      let h = this.f32(t, tmp);
+      if (mscale !== 1) {
+        // Rotation is linear, so scaling the rotated dims first scales their cos and sin.
+        const m = new Float32Array(D).fill(1).fill(mscale, 0, opts.dims);
+        h = this.raw.bin("mlx_multiply", h, this.raw.data(m, [D], MLX_DTYPE.f32, tmp), tmp);
+      }
+      // One position per token: each token is its own batch entry of a length-1 sequence, offset by its position.
+      const x4 = this.raw.reshape(h, [T, H, 1, D], tmp);
+      const freqs = opts.freqs ? this.freqsFor(opts.freqs) : null;
+      const base = opts.freqs ? NONE : optFloat(opts.base);
+      const r = tmp.add(
+        this.res(
+          this.S.mlx_fast_rope_dynamic(slotPtr(), x4, opts.dims, opts.traditional, base, opts.scale, this.offsetsFor(positions), freqs, this.stream),
+          "rope",
+        ),
+      );
+      return this.res(this.S.mlx_reshape(slotPtr(), r, ints([T, H, D]), 3, this.stream), "rope");
+    });
+  }
+
+  // ---------------------------------------------------------------- attention
+
+  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool {
+    if (!FLOAT_DTYPES.includes(dtype)) invalid(`createKvPool: dtype ${dtype} (f32, f16 or bf16)`);
+    for (const [n, v] of [["numBlocks", numBlocks], ["blockSize", blockSize], ["kvHeads", kvHeads], ["headDim", headDim]] as const)
+      if (!Number.isInteger(v) || v < 1) invalid(`createKvPool: ${n} = ${v}`);
+    const shape = [numBlocks, blockSize, kvHeads, headDim];
+    const pool: MKvPool = {
+      k: this.allocPersistent(shape, dtype) as MTensor,
+      v: this.allocPersistent(shape, dtype) as MTensor,
+      numBlocks,
+      blockSize,
+      kvHeads,
+      headDim,
+      mlxPool: true,
+    };
+    return pool;
+  }
+
+  private pool(p: KvPool, what: string): MKvPool {
+    const pool = p as MKvPool;
+    if (pool.mlxPool !== true) invalid(`${what}: not a KV pool of the mlx backend`);
+    this.arg(pool.k, what);
+    this.arg(pool.v, what);
+    return pool;
+  }
+
+  /** Replaces a pool tensor's handle by an updated copy (MLX reuses the buffer when the old one has no other user). */
+  private swap(t: MTensor, h: number): void {
+    this.free(t.h);
+    t.h = h;
+  }
+
+  kvWrite(p: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void {
+    const pool = this.pool(p, "kvWrite");
+    const kt = this.arg(k, "kvWrite");
+    const vt = this.arg(v, "kvWrite");
+    const { kvHeads, headDim, numBlocks, blockSize } = pool;
+    for (const t of [kt, vt])
+      if (t.shape.length !== 3 || t.shape[1] !== kvHeads || t.shape[2] !== headDim)
+        invalid(`kvWrite: k/v ${fmt(t.shape)} must be [T, ${kvHeads}, ${headDim}]`);
+    const T = kt.shape[0]!;
+    if (vt.shape[0] !== T) invalid(`kvWrite: k ${fmt(kt.shape)} and v ${fmt(vt.shape)} differ`);
+    if (slots.length !== T) invalid(`kvWrite: ${slots.length} slots for ${T} tokens`);
+    const total = numBlocks * blockSize;
+    for (const s of slots) if (!(s >= 0 && s < total)) invalid(`kvWrite: slot ${s} outside the pool's ${total}`);
+    if (T === 0) return;
+    const tmp = new Temps();
+    try {
+      const idx = this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp);
+      const idxVec = Number(this.S.mlx_vector_array_new_data(handles([idx]), 1));
+      try {
+        for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
+          const flat = this.raw.reshape(dst.h, [total, kvHeads, headDim], tmp);
+          const upd = this.raw.reshape(this.raw.astype(src.h, TO_MLX[dst.dtype], tmp), [T, 1, kvHeads, headDim], tmp);
+          const axes = Int32Array.of(0);
+          const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, axes, 1, this.stream), "kvWrite"));
+          const back = this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), 4, this.stream), "kvWrite");
+          this.swap(dst, back);
+        }
+      } finally {
+        this.S.mlx_vector_array_free(idxVec);
+      }
+      this.dirtyPools.add(pool);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  copyBlock(p: KvPool, src: number, dst: number): void {
+    const pool = this.pool(p, "copyBlock");
+    for (const b of [src, dst])
+      if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
+    if (src === dst) return;
+    const tmp = new Temps();
+    try {
+      for (const t of [pool.k, pool.v]) {
+        const lo = [src, 0, 0, 0];
+        const hi = [src + 1, ...t.shape.slice(1)];
+        const one = ints([1, 1, 1, 1]);
+        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), 4, ints(hi), 4, one, 4, this.stream), "copyBlock"));
+        const dlo = [dst, 0, 0, 0];
+        const dhi = [dst + 1, ...t.shape.slice(1)];
+        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints(dlo), 4, ints(dhi), 4, one, 4, this.stream), "copyBlock");
+        this.swap(t, h);
+      }
+      this.dirtyPools.add(pool);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  /**
+   * Gathers each sequence's keys and values from the pool through its block table into a padded batch
+   * [seqs, kvHeads, S, D], its queries into [seqs, heads, Lq, D], and runs one masked attention; the mask carries
+   * causality, the sliding window and the padding.
+   */
+  pagedAttention(q: Tensor, p: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor {
+    const pool = this.pool(p, "pagedAttention");
+    const qt = this.arg(q, "pagedAttention");
+    if (qt.shape.length !== 3 || qt.shape[2] !== pool.headDim)
+      invalid(`pagedAttention: q ${fmt(qt.shape)} must be [T, heads, ${pool.headDim}]`);
+    const [T, H, D] = qt.shape as [number, number, number];
+    if (H % pool.kvHeads !== 0) invalid(`pagedAttention: ${H} heads not a multiple of ${pool.kvHeads} KV heads`);
+    if (batch.tokenSeq.length !== T || batch.positions.length !== T)
+      invalid(`pagedAttention: ${batch.tokenSeq.length} tokenSeq and ${batch.positions.length} positions for ${T} tokens`);
+    const B = batch.seqLens.length;
+    const { maxBlocks } = batch;
+    if (batch.blockTables.length !== B * maxBlocks)
+      invalid(`pagedAttention: block tables of ${batch.blockTables.length} entries for ${B} sequences x ${maxBlocks} blocks`);
+    const bs = pool.blockSize;
+    const kvH = pool.kvHeads;
+
+    const rank = new Int32Array(T);
+    const counts = new Int32Array(B);
+    for (let t = 0; t < T; t++) {
+      const s = batch.tokenSeq[t]!;
+      if (!(s >= 0 && s < B)) invalid(`pagedAttention: token ${t} in sequence ${s} of ${B}`);
+      rank[t] = counts[s]!++;
+    }
+    let Lq = 1;
+    let S = 1;
+    for (let s = 0; s < B; s++) {
+      Lq = Math.max(Lq, counts[s]!);
+      const L = batch.seqLens[s]!;
+      if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
+      S = Math.max(S, L);
+    }
+    const kIdx = new Int32Array(B * S);
+    for (let s = 0; s < B; s++)
+      for (let j = 0; j < batch.seqLens[s]!; j++) {
+        const blk = batch.blockTables[s * maxBlocks + Math.floor(j / bs)]!;
+        if (!(blk >= 0 && blk < pool.numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${pool.numBlocks}`);
+        kIdx[s * S + j] = blk * bs + (j % bs);
+      }
+    const qIdx = new Int32Array(B * Lq);
+    const outIdx = new Int32Array(T);
+    const mask = new Uint8Array(B * Lq * S);
+    for (let r = 0; r < B * Lq; r++) mask[r * S] = 1;
+    const window = opts.window ?? 0;
+    for (let t = 0; t < T; t++) {
+      const s = batch.tokenSeq[t]!;
+      const row = s * Lq + rank[t]!;
+      qIdx[row] = t;
+      outIdx[t] = row;
+      const pos = batch.positions[t]!;
+      const hi = Math.min(pos, batch.seqLens[s]! - 1);
+      const lo = window > 0 ? Math.max(0, pos - window + 1) : 0;
+      mask[row * S] = 0;
+      for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
+    }
+
+    const softcap = opts.softcap ?? 0;
+    return this.op((tmp) => {
+      const gather = (src: MTensor) => {
+        const flat = this.raw.reshape(src.h, [pool.numBlocks * bs, kvH, D], tmp);
+        const rows = this.raw.take(flat, this.raw.data(kIdx, [B * S], MLX_DTYPE.i32, tmp), 0, tmp);
+        const r4 = this.raw.reshape(rows, [B, S, kvH, D], tmp);
+        const f = src.dtype === "f32" ? r4 : this.raw.astype(r4, MLX_DTYPE.f32, tmp);
+        return this.raw.transpose(f, [0, 2, 1, 3], tmp);
+      };
+      const K = gather(pool.k);
+      const V = gather(pool.v);
+      const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
+      const Q = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
+      const M = this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp);
+      let O: number;
+      if (softcap > 0) O = this.cappedAttention(Q, K, V, M, B, H, kvH, Lq, S, D, opts.scale, softcap, tmp);
+      else
+        O = tmp.add(
+          this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, MASK_ARRAY, M, null, this.stream), "pagedAttention"),
+        );
+      const rows = this.raw.reshape(this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
+      return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
+    });
+  }
+
+  /** Attention with tanh soft-capped scores, in plain ops (MLX's fused attention has no soft-cap). */
+  private cappedAttention(Q: number, K: number, V: number, M: number, B: number, H: number, kvH: number, Lq: number, S: number, D: number, scale: number, cap: number, tmp: Temps): number {
+    const rep = H / kvH;
+    const q5 = this.raw.reshape(Q, [B, kvH, rep, Lq, D], tmp);
+    const kT = this.raw.reshape(this.raw.transpose(K, [0, 1, 3, 2], tmp), [B, kvH, 1, D, S], tmp);
+    const v5 = this.raw.reshape(V, [B, kvH, 1, S, D], tmp);
+    let s = this.raw.bin("mlx_matmul", q5, kT, tmp);
+    s = this.raw.bin("mlx_multiply", s, this.scalar(scale / cap, tmp), tmp);
+    s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(cap, tmp), tmp);
+    const m5 = this.raw.reshape(M, [B, 1, 1, Lq, S], tmp);
+    s = tmp.add(this.res(this.S.mlx_where(slotPtr(), m5, s, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+    const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
+    return this.raw.reshape(this.raw.bin("mlx_matmul", pr, v5, tmp), [B, H, Lq, D], tmp);
+  }
+
+  sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor {
+    const qt = this.arg(q, "sdpa");
+    const kt = this.arg(k, "sdpa");
+    const vt = this.arg(v, "sdpa");
+    if (qt.shape.length !== 4 || kt.shape.length !== 4 || vt.shape.length !== 4)
+      invalid(`sdpa: q ${fmt(qt.shape)}, k ${fmt(kt.shape)}, v ${fmt(vt.shape)} must be rank 4`);
+    const [B, H, , D] = qt.shape as [number, number, number, number];
+    const [kB, kH, S, kD] = kt.shape as [number, number, number, number];
+    if (kB !== B || kD !== D || H % kH !== 0 || vt.shape[0] !== B || vt.shape[1] !== kH || vt.shape[2] !== S)
+      invalid(`sdpa: q ${fmt(qt.shape)}, k ${fmt(kt.shape)}, v ${fmt(vt.shape)} are not [B,H,L,D], [B,Hkv,S,D], [B,Hkv,S,D]`);
+    return this.op((tmp) =>
+      this.res(
+        this.S.mlx_fast_scaled_dot_product_attention(
+          slotPtr(),
+          this.f32(qt, tmp),
+          this.f32(kt, tmp),
+          this.f32(vt, tmp),
+          scale,
+          causal ? MASK_CAUSAL : MASK_NONE,
+          null,
+          null,
+          this.stream,
+        ),
+        "sdpa",
+      ),
+    );
+  }
+
+  /** Bytes MLX holds for arrays now (for tests and metrics). */
+  activeMemory(): number {
+    const out = new BigUint64Array(1);
+    this.S.mlx_get_active_memory(out);
+    return Number(out[0]);
+  }
+}
+
+/** Tensors reachable from a scope's result: the value itself, or inside arrays and plain objects. */
+function collectTensors(value: unknown, out: MTensor[] = [], depth = 0): MTensor[] {
+  if (value instanceof MTensor) out.push(value);
+  else if (depth < 6 && value !== null && typeof value === "object") {
+    if (Array.isArray(value)) for (const v of value) collectTensors(v, out, depth + 1);
+    else if (Object.getPrototypeOf(value) === Object.prototype)
+      for (const v of Object.values(value as Record<string, unknown>)) collectTensors(v, out, depth + 1);
+  }
+  return out;
+}
+
