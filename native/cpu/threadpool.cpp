@@ -6,49 +6,71 @@
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <unistd.h>
 
 namespace rmlx {
 namespace {
 
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Chunks are claimed, not assigned: `next` packs the job's generation (high 32 bits) with the next chunk index,
+// so whichever thread is running takes the next chunk. A worker the OS has descheduled therefore never holds a
+// chunk hostage: the caller takes it instead, which matters on a loaded machine where a barrier on a sleeping
+// thread would cost a whole scheduler time slice per op.
 struct Pool {
   std::vector<std::thread> threads;
   std::mutex mu;
   std::condition_variable cv;
-  std::atomic<uint64_t> generation{0};
-  std::atomic<int> remaining{0};
+  std::atomic<uint32_t> generation{0};
+  std::atomic<int> sleepers{0};
+  std::atomic<uint64_t> next{0};
+  std::atomic<int64_t> done{0};
   const std::function<void(int64_t, int64_t, int)> *job = nullptr;
-  int64_t n = 0, chunk = 0;
+  int64_t n = 0, chunk = 0, chunks = 0;
   int nthreads = 1;
 };
 
 Pool *g_pool = nullptr;
 std::once_flag g_once;
 
-void run_chunk(Pool &p, int t) {
-  int64_t b = t * p.chunk, e = b + p.chunk;
-  if (e > p.n) e = p.n;
-  if (b < e) (*p.job)(b, e, t);
+// Claims and runs chunks of job `gen` until none are left. Job fields are read only after a successful claim:
+// the caller cannot start another job while a claimed chunk is unfinished.
+void drain(Pool &p, uint32_t gen, int t) {
+  for (;;) {
+    uint64_t cur = p.next.load(std::memory_order_acquire);
+    if ((uint32_t)(cur >> 32) != gen) return;
+    int64_t idx = (int64_t)(cur & 0xffffffffu);
+    if (idx >= p.chunks) return;
+    if (!p.next.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
+    int64_t b = idx * p.chunk, e = b + p.chunk;
+    if (e > p.n) e = p.n;
+    (*p.job)(b, e, t);
+    p.done.fetch_add(1, std::memory_order_acq_rel);
+  }
 }
 
 void worker(Pool *p, int t) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    uint64_t g;
+    uint32_t g;
     int spins = 0;
     while ((g = p->generation.load(std::memory_order_acquire)) == seen) {
       if (++spins < 20000) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
+        cpu_relax();
         continue;
       }
       std::unique_lock<std::mutex> lk(p->mu);
-      p->cv.wait(lk, [&] { return p->generation.load(std::memory_order_acquire) != seen; });
+      p->sleepers.fetch_add(1);
+      p->cv.wait(lk, [&] { return p->generation.load() != seen; });
+      p->sleepers.fetch_sub(1);
     }
     seen = g;
-    run_chunk(*p, t);
-    p->remaining.fetch_sub(1, std::memory_order_acq_rel);
+    drain(*p, g, t);
   }
 }
 
@@ -87,17 +109,21 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)> &f
   p.job = &fn;
   p.n = n;
   p.chunk = (n + nt - 1) / nt;
-  p.remaining.store(p.nthreads - 1, std::memory_order_release);
-  {
+  p.chunks = (n + p.chunk - 1) / p.chunk;
+  p.done.store(0, std::memory_order_relaxed);
+  uint32_t gen = p.generation.load(std::memory_order_relaxed) + 1;
+  p.next.store((uint64_t)gen << 32, std::memory_order_release);
+  // Sequentially consistent store then load, against the sleeper's increment then load: either the caller sees
+  // the sleeper and wakes it under the lock, or the sleeper sees the new generation and does not wait.
+  p.generation.store(gen);
+  if (p.sleepers.load() > 0) {
     std::lock_guard<std::mutex> lk(p.mu);
-    p.generation.fetch_add(1, std::memory_order_acq_rel);
+    p.cv.notify_all();
   }
-  p.cv.notify_all();
-  run_chunk(p, 0);
-  while (p.remaining.load(std::memory_order_acquire) != 0) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
+  drain(p, gen, 0);
+  for (int spins = 0; p.done.load(std::memory_order_acquire) != p.chunks; spins++) {
+    if (spins < 4000) cpu_relax();
+    else sched_yield();
   }
 }
 
