@@ -5,9 +5,10 @@ import { loadSession } from "../engine/session.ts";
 import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
+import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addSamplingOptions, promptIds, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
-interface ChatFlags extends SamplingFlags {
+interface ChatFlags extends SamplingFlags, BackendFlags {
   model?: string;
   maxTokens: string;
   system?: string;
@@ -20,8 +21,9 @@ export function register(program: Command): void {
     .option("--model <dir>", "model directory (default: the built-in model)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  addSamplingOptions(cmd).action(
+  addSamplingOptions(addBackendOptions(cmd)).action(
     action(async (f: ChatFlags) => {
+      applyBackendFlags(f);
       const maxTokens = Number(f.maxTokens);
       if (!Number.isInteger(maxTokens) || maxTokens < 1) {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);

@@ -6,8 +6,9 @@ import { parseDTypeFlag } from "../quant/dtype.ts";
 import { RECIPES, parseRecipe } from "../quant/recipes.ts";
 import { QUANT_MODES, parseMode } from "../quant/spec.ts";
 import { action } from "./action.ts";
+import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 
-interface ConvertFlags {
+interface ConvertFlags extends BackendFlags {
   model: string;
   out: string;
   quantize?: boolean;
@@ -74,8 +75,7 @@ function printSummary(out: string, s: ConvertSummary): void {
 }
 
 export function register(program: Command): void {
-  program
-    .command("convert")
+  addBackendOptions(program.command("convert"))
     .description("Convert a Hugging Face checkpoint to MLX, or re-quantize / dequantize an MLX model")
     .requiredOption("--model <dir>", "source model directory (Hugging Face safetensors or MLX)")
     .requiredOption("--out <dir>", "output directory")
@@ -114,6 +114,7 @@ export function register(program: Command): void {
         const summary = await convert(req, progressBar());
         printSummary(flags.out, summary);
         if (flags.verify) {
+          applyBackendFlags(flags);
           // loaded only when asked for: verification needs the compute backend, conversion does not
           const { verifyConversion } = await import("../convert/verify.ts");
           const v = verifyConversion(flags.model, flags.out);

@@ -7,8 +7,9 @@ import { RmlxError } from "../errors.ts";
 import { applyChatTemplate } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { action } from "./action.ts";
+import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 
-interface GenerateFlags {
+interface GenerateFlags extends BackendFlags {
   model?: string;
   prompt?: string;
   maxTokens: string;
@@ -110,8 +111,9 @@ export function register(program: Command): void {
     .option("--chat", "wrap the prompt in the model's chat template as a user message")
     .option("--system <text>", "system message (with --chat)")
     .option("--json", "print one JSON object (prompt_ids, token_ids, text, prompt_tps, decode_tps) instead of streaming");
-  addSamplingOptions(cmd).action(
+  addSamplingOptions(addBackendOptions(cmd)).action(
     action(async (f: GenerateFlags) => {
+      applyBackendFlags(f);
       const maxTokens = num("max-tokens", f.maxTokens, true);
       if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
       const sampling = samplingFrom(f);

@@ -4,8 +4,9 @@ import { openModelDir } from "../io/model_dir.ts";
 import { summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
+import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 
-interface InfoOptions {
+interface InfoOptions extends BackendFlags {
   model?: string;
   json?: boolean;
 }
@@ -18,6 +19,13 @@ async function nativeBackendName(): Promise<string> {
   } catch {
     return "native (cpu)";
   }
+}
+
+/** The backend --backend would pick here, and why: "native (cpu avx2); auto: libmlxc not found (...)". */
+async function backendName(): Promise<string> {
+  const { resolveBackend } = await import("../backend/index.ts");
+  const r = resolveBackend();
+  return `${r.name === "native" ? await nativeBackendName() : "mlx"}; ${r.reason}`;
 }
 
 export function formatBytes(n: number): string {
@@ -82,17 +90,17 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
 }
 
 export function register(program: Command): void {
-  program
-    .command("info")
+  addBackendOptions(program.command("info"))
     .description("Describe a model directory: architecture, size, quantization, memory, and whether it can run")
     .requiredOption("-m, --model <dir>", "model directory (config.json and .safetensors files)")
     .option("--json", "print one JSON object instead of aligned lines")
     .action(
       action(async (opts: InfoOptions) => {
         if (!opts.model) throw new RmlxError("invalid_argument", "info needs --model DIR");
+        applyBackendFlags(opts);
         const md = openModelDir(opts.model);
         const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
-        const backend = reason === null ? await nativeBackendName() : null;
+        const backend = reason === null ? await backendName() : null;
         const out = { ...summarize(md), runnable: reason === null, backend, ...(reason ? { reason } : {}) };
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);

@@ -6,8 +6,9 @@ import { defaultDbPath } from "../metrics/store.ts";
 import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
 import { action } from "./action.ts";
+import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 
-interface ServeFlags {
+interface ServeFlags extends BackendFlags {
   model?: string[];
   host?: string;
   port?: string;
@@ -52,8 +53,7 @@ function engineWorkerUrl(): string | URL {
 }
 
 export function register(program: Command): void {
-  program
-    .command("serve")
+  addBackendOptions(program.command("serve"))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
     .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
@@ -73,6 +73,7 @@ export function register(program: Command): void {
     )
     .action(
       action(async (flags: ServeFlags) => {
+        applyBackendFlags(flags);
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
         if (modelPaths.length === 0) modelPaths.push(builtinModelDir());
         const models = discoverModels(modelPaths);
@@ -84,6 +85,8 @@ export function register(program: Command): void {
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
+          backend: process.env.RMLX_BACKEND,
+          mlxLib: process.env.RMLX_MLX_C_LIB,
         };
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),

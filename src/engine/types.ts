@@ -115,6 +115,9 @@ export interface EngineConfig {
   /** Most prompt tokens prefilled in one step, over all sequences. */
   prefillChunk: number;
   prefixCache: boolean;
+  /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
+  backend?: string;
+  mlxLib?: string;
 }
 
 /** Messages from the server to the worker. */

@@ -166,6 +166,8 @@ function handle(msg: ToWorker): void {
   switch (msg.type) {
     case "configure":
       config = msg.config;
+      if (config.backend !== undefined) process.env.RMLX_BACKEND = config.backend;
+      if (config.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = config.mlxLib;
       return;
     case "load":
       try {
