@@ -30,7 +30,8 @@ struct V {
 
 #include "qkern_impl.h"
 
-// 16 weights at once for the common formats; the others join two 8-lane decodes.
+// 16 weights at once for the common formats; the others join two 8-lane decodes. Same values as wraw8 (fp8
+// without its 2^8, fp4 without the scale).
 template <int F, bool TAIL>
 V::T V::wchunk(const uint8_t *row, int64_t k) {
   if constexpr (F == F_F32) {
@@ -47,6 +48,19 @@ V::T V::wchunk(const uint8_t *row, int64_t k) {
                                    _mm256_set1_epi32((int)ld32(row + k / 2 + 4)), 1);
     const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w, sh), _mm512_set1_epi32(15)));
+  } else if constexpr (F == F_FP4) {
+    // A 16-entry permute holds the whole E2M1 table, sign included.
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + k / 2))),
+                                   _mm256_set1_epi32((int)ld32(row + k / 2 + 4)), 1);
+    const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,  //
+                                      -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
+    return _mm512_permutexvar_ps(_mm512_srlv_epi32(w, sh), lut);
+  } else if constexpr (F == F_FP8) {
+    // As fp8_raw8_f16, 16 at a time: the value times 2^-8.
+    __m256i b = _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(row + k))), 8);
+    __m256i h = _mm256_and_si256(_mm256_srai_epi16(b, 1), _mm256_set1_epi16((short)0xbfff));
+    return _mm512_cvtph_ps(h);
   } else {
     return _mm512_insertf32x8(_mm512_castps256_ps512(wraw8<F, false>(row, k)), wraw8<F, TAIL>(row, k + 8), 1);
   }
