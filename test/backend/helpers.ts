@@ -1,10 +1,12 @@
 // Shared test helpers: a seeded generator, closeness checks and plain-TS reference ops on row-major arrays.
 import { expect } from "bun:test";
+import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
 
 let shared: NativeBackend | undefined;
+/** The backend under test: native, or mlx when RMLX_TEST_BACKEND=mlx (test/backend/mlx.test.ts runs the op tests so). */
 export function backend(): NativeBackend {
-  shared ??= new NativeBackend();
+  shared ??= process.env.RMLX_TEST_BACKEND === "mlx" ? (new MlxBackend() as unknown as NativeBackend) : new NativeBackend();
   return shared;
 }
 

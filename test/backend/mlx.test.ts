@@ -1,0 +1,106 @@
+// The mlx backend, whenever libmlxc can be loaded (RMLX_MLX_C_LIB, or the default install locations): the op tests
+// written for the backend interface (hand-computed and formula references) run again with the mlx backend, plus
+// checks of what is particular to it. Without libmlxc every case is skipped with the reason in its name.
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { MlxBackend } from "../../src/backend/mlx/backend.ts";
+import { probeMlx } from "../../src/backend/mlx/lib.ts";
+import { RmlxError } from "../../src/errors.ts";
+import { expectClose, randn } from "./helpers.ts";
+
+const probe = probeMlx();
+const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
+if (!probe.ok) console.warn(`mlx backend tests skipped: ${probe.reason}`);
+const ROOT = join(import.meta.dir, "../..");
+
+/** Op test files of the interface that hold no native-only expectations. */
+const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention"];
+
+async function runWithMlx(files: string[]): Promise<{ code: number; out: string }> {
+  const proc = Bun.spawn([process.execPath, "test", ...files], {
+    cwd: ROOT,
+    env: { ...process.env, RMLX_TEST_BACKEND: "mlx", RMLX_BACKEND: "mlx" },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [o, e] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  return { code: await proc.exited, out: `${o}\n${e}` };
+}
+
+describe(`mlx backend${skipReason}`, () => {
+  test.skipIf(!probe.ok).each(SHARED_OP_TESTS)("the shared %s op tests pass on mlx", async (name) => {
+    const r = await runWithMlx([`test/backend/${name}.test.ts`]);
+    if (r.code !== 0) console.error(r.out.split("\n").filter((l) => /fail|error|Error|expect|mismatch/.test(l)).slice(0, 40).join("\n"));
+    expect(r.code).toBe(0);
+  }, 300_000);
+
+  test.skipIf(!probe.ok)("tensors made in a scope are freed when it ends; returned ones survive", () => {
+    const be = new MlxBackend();
+    let inner: ReturnType<typeof be.add> | undefined;
+    const out = be.scope(() => {
+      const a = be.fromArray(Float32Array.of(1, 2, 3), [3], "f32");
+      inner = be.scale(a, 2);
+      return be.add(inner, a);
+    });
+    expect(Array.from(be.toFloat32(out))).toEqual([3, 6, 9]);
+    expect(() => be.toFloat32(inner!)).toThrow(/gone/);
+  });
+
+  test.skipIf(!probe.ok)("fromBytes reads the caller's bytes (bf16) without a copy of its own", () => {
+    const be = new MlxBackend();
+    // bf16 of 1.5, -2, 0.25: the top 16 bits of their f32 patterns
+    const bytes = new Uint8Array(Uint16Array.of(0x3fc0, 0xc000, 0x3e80).buffer);
+    const t = be.fromBytes(bytes, [3], "bf16");
+    expect(Array.from(be.toFloat32(t))).toEqual([1.5, -2, 0.25]);
+  });
+
+  test.skipIf(!probe.ok)("swiglu and geglu equal their formulas (fused kernel on Metal, plain ops elsewhere)", () => {
+    const be = new MlxBackend();
+    const g = randn(64, 1, 4);
+    const u = randn(64, 2, 2);
+    const G = be.fromArray(g, [8, 8], "f32");
+    const U = be.fromArray(u, [8, 8], "f32");
+    const silu = (x: number) => x / (1 + Math.exp(-x));
+    const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+    expectClose(be.toFloat32(be.swiglu(G, U)), Array.from(g, (x, i) => silu(x) * u[i]!), 1e-5, 1e-5);
+    expectClose(be.toFloat32(be.geglu(G, U)), Array.from(g, (x, i) => gelu(x) * u[i]!), 1e-5, 1e-5);
+  });
+
+  test.skipIf(!probe.ok)("affine 4-bit quantize matches REFERENCE's formula; quantizedMatmul equals x @ dequant(w).T", () => {
+    const be = new MlxBackend();
+    const N = 3;
+    const K = 64;
+    const g = 32;
+    const w = randn(N * K, 7, 1);
+    const q = be.quantize(be.fromArray(w, [N, K], "f32"), "affine", 4, g);
+    const packed = new Uint32Array(be.toInt32(q.w).buffer);
+    const scales = be.toFloat32(q.scales);
+    const biases = be.toFloat32(q.biases!);
+    const deq = new Float32Array(N * K);
+    for (let r = 0; r < N; r++)
+      for (let i = 0; i < K; i++) {
+        const code = (packed[r * (K / 8) + (i >> 3)]! >>> ((i & 7) * 4)) & 15;
+        const gi = r * (K / g) + Math.floor(i / g);
+        deq[r * K + i] = scales[gi]! * code + biases[gi]!;
+      }
+    // Reconstruction within half a step of the group's scale.
+    for (let i = 0; i < w.length; i++) expect(Math.abs(deq[i]! - w[i]!)).toBeLessThanOrEqual(Math.abs(scales[Math.floor(i / g)]!) / 2 + 1e-6);
+    expectClose(be.toFloat32(be.dequantize(q)), deq, 1e-6, 1e-6);
+    const x = randn(2 * K, 9, 1);
+    const want = new Float32Array(2 * N);
+    for (let m = 0; m < 2; m++)
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += x[m * K + k]! * deq[n * K + k]!;
+        want[m * N + n] = s;
+      }
+    expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-4, 1e-4);
+  });
+
+  test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {
+    const be = new MlxBackend();
+    const a = be.fromArray(new Float32Array(6), [2, 3], "f32");
+    expect(() => be.matmul(a, a)).toThrow(RmlxError);
+    expect(() => be.reshape(a, [4, 2])).toThrow(/\[2, 3\]/);
+  });
+});

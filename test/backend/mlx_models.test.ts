@@ -1,0 +1,26 @@
+// The model fixtures (transformers float32 references, test/models/fixtures.test.ts) and the batching consistency
+// tests, run with the mlx backend whenever libmlxc can be loaded: same tolerances, same golden tokens.
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { probeMlx } from "../../src/backend/mlx/lib.ts";
+
+const probe = probeMlx();
+if (!probe.ok) console.warn(`mlx model tests skipped: ${probe.reason}`);
+const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
+
+test.skipIf(!probe.ok).each(["fixtures", "consistency"])(
+  `the %s model tests pass on the mlx backend${skipReason}`,
+  async (name) => {
+    const proc = Bun.spawn([process.execPath, "test", `test/models/${name}.test.ts`], {
+      cwd: join(import.meta.dir, "../.."),
+      env: { ...process.env, RMLX_BACKEND: "mlx", RMLX_TEST_BACKEND: "mlx" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [o, e] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    const code = await proc.exited;
+    if (code !== 0) console.error(`${o}\n${e}`.split("\n").filter((l) => /\(fail\)|error|Error|Expected|Received/.test(l)).slice(0, 60).join("\n"));
+    expect(code).toBe(0);
+  },
+  600_000,
+);
