@@ -1,5 +1,5 @@
 // Bad arguments give RMLX_E_INVALID with a message, never a crash.
-import { ptr } from "bun:ffi";
+import { ptr, type Pointer } from "bun:ffi";
 import { describe, expect, test } from "bun:test";
 import { check, DT, QMODE, native } from "../../src/backend/native/lib.ts";
 import { RmlxError } from "../../src/errors.ts";
@@ -13,11 +13,27 @@ const s = new Float32Array(256);
 const b = new Float32Array(256);
 const u8 = new Uint8Array(256);
 
-function q(over: Partial<Record<string, unknown>> = {}) {
-  const a = {
-    y: ptr(y), x: ptr(x), M: 1, K: 64, N: 4, w: ptr(w), scales: ptr(s), biases: ptr(b) as number | null,
+interface QArgs {
+  y: Pointer | null;
+  x: Pointer | null;
+  M: number;
+  K: number;
+  N: number;
+  w: Pointer | null;
+  scales: Pointer | null;
+  biases: Pointer | null;
+  sb: number;
+  mode: number;
+  bits: number;
+  group: number;
+  gs: number;
+}
+
+function q(over: Partial<QArgs> = {}) {
+  const a: QArgs = {
+    y: ptr(y), x: ptr(x), M: 1, K: 64, N: 4, w: ptr(w), scales: ptr(s), biases: ptr(b),
     sb: DT.f32, mode: QMODE.affine, bits: 4, group: 32, gs: 0, ...over,
-  } as Record<string, never>;
+  };
   return lib.rmlx_qlinear(a.y, a.x, a.M, a.K, a.N, a.w, a.scales, a.biases, a.sb, a.mode, a.bits, a.group, a.gs, null, 0);
 }
 
@@ -27,7 +43,7 @@ function lastError(): string {
 
 describe("rmlx_qlinear argument checks", () => {
   test("valid arguments pass", () => expect(q()).toBe(0));
-  const bad: [string, Partial<Record<string, unknown>>, RegExp][] = [
+  const bad: [string, Partial<QArgs>, RegExp][] = [
     ["bits 7", { bits: 7 }, /bits/],
     ["bits 1", { bits: 1 }, /bits/],
     ["group 48", { group: 48 }, /group/],
