@@ -33,20 +33,8 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   frequencyPenalty: 0,
 };
 
-export interface ChatMessage {
-  role: "system" | "user" | "assistant" | "tool" | string;
-  content: string | null;
-  /** Assistant tool calls in OpenAI shape; the chat template renders them. */
-  tool_calls?: { id?: string; type: "function"; function: { name: string; arguments: string | Record<string, unknown> } }[];
-  tool_call_id?: string;
-  name?: string;
-  reasoning_content?: string;
-}
-
-export interface ToolSpec {
-  type: "function";
-  function: { name: string; description?: string; parameters?: Record<string, unknown> };
-}
+export type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
+import type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
 
 /** What the server asks of the engine. Either a raw prompt (text or ids) or chat messages to template. */
 export interface GenerateRequest {

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Template } from "@huggingface/jinja";
-import type { ChatMessage, ToolSpec } from "../engine/types.ts";
+import type { ChatMessage, ToolSpec } from "./chat_types.ts";
 import { RmlxError } from "../errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { foldToolsIntoMessages } from "./tool_prompt.ts";

@@ -1,7 +1,7 @@
 // A chat reply's text, split as the OpenAI and Anthropic APIs report it: reasoning, visible content and tool
 // calls. Reasoning is taken out first, so that a tool call the model only thinks about is never made.
 
-import type { ToolSpec } from "../engine/types.ts";
+import type { ToolSpec } from "./chat_types.ts";
 import { ReasoningParser, type ReasoningTags, promptOpensReasoning, reasoningTagsFor } from "./reasoning.ts";
 import { type ToolCall, type ToolCallParser, type ToolParserKind, createToolParser, toolParserFor } from "./tool_parsers.ts";
 

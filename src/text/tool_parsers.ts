@@ -9,7 +9,7 @@
 // Every parser streams: feed() returns the text that is safe to show and the calls completed so far; markup
 // (or text that may still turn into markup) is held back, so none of it reaches the content.
 
-import type { ToolSpec } from "../engine/types.ts";
+import type { ToolSpec } from "./chat_types.ts";
 import { partialSuffixLength } from "./holdback.ts";
 import { parseGemma4Call } from "./gemma4_args.ts";
 import { parsePythonCalls } from "./pylit.ts";

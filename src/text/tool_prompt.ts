@@ -3,7 +3,7 @@
 // functions in the prompt and answers a call as a Python-style list, [name(arg=value, ...)], and results come back
 // in a user turn. The pythonic tool parser reads such replies.
 
-import type { ChatMessage, ToolSpec } from "../engine/types.ts";
+import type { ChatMessage, ToolSpec } from "./chat_types.ts";
 
 function pyLiteral(v: unknown): string {
   if (v === null || v === undefined) return "None";
