@@ -14,7 +14,7 @@
 // --source runs the server from src/ through bun instead of dist/rmlx; --smoke is a seconds-long run of every
 // part on a tiny shape (what the test suite runs).
 import { Database } from "bun:sqlite";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConstraintVocab, JsonConstraint } from "../../src/engine/json_constraint.ts";
@@ -79,7 +79,20 @@ const median = (xs: number[]) => quantile(xs, 0.5);
 
 interface Server {
   url: string;
+  /** CPU seconds the server has used so far, all threads (Linux; NaN elsewhere). */
+  cpuSeconds: () => number;
   stop: () => Promise<void>;
+}
+
+/** utime + stime of a process from /proc/<pid>/stat, in seconds (USER_HZ is 100 on Linux). */
+function processCpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 async function startServer(modelDir: string, db: string): Promise<Server> {
@@ -106,6 +119,7 @@ async function startServer(modelDir: string, db: string): Promise<Server> {
   })();
   return {
     url,
+    cpuSeconds: () => processCpuSeconds(proc.pid),
     stop: async () => {
       proc.kill("SIGTERM");
       await proc.exited;
@@ -255,10 +269,15 @@ try {
   await streamCompletion(server.url, modelName, randomIds(4), 2);
 
   console.log(`\nconcurrency: ${promptLen}-token prompts (distinct), ${genTokens} tokens each, greedy, ignore_eos`);
-  console.log(`${"clients".padEnd(8)}${"decode tok/s".padStart(14)}${"overall tok/s".padStart(15)}${"TTFT p50".padStart(11)}${"TTFT p95".padStart(11)}${"wall s".padStart(9)}`);
+  // Server CPU time per generated token does not depend on what else the machine runs, unlike wall time.
+  console.log(
+    `${"clients".padEnd(8)}${"decode tok/s".padStart(14)}${"overall tok/s".padStart(15)}${"TTFT p50".padStart(11)}` +
+      `${"TTFT p95".padStart(11)}${"wall s".padStart(9)}${"CPU ms/token".padStart(14)}`,
+  );
   const decodeByLevel = new Map<number, number>();
   for (const c of levels) {
     const prompts = Array.from({ length: c }, () => randomIds(promptLen));
+    const cpu0 = server.cpuSeconds();
     const start = performance.now();
     const results = await Promise.all(prompts.map((p) => streamCompletion(server!.url, modelName, p, genTokens)));
     const end = Math.max(...results.map((r) => r.lastMs));
@@ -266,10 +285,11 @@ try {
     const decodeTps = (decodeTokens * 1000) / (end - Math.min(...results.map((r) => r.firstMs)));
     const overallTps = (results.reduce((s, r) => s + r.tokens, 0) * 1000) / (end - start);
     const ttft = results.map((r) => r.firstMs - r.sentMs);
+    const cpuPerToken = ((server.cpuSeconds() - cpu0) * 1000) / results.reduce((s, r) => s + r.tokens, 0);
     decodeByLevel.set(c, decodeTps);
     console.log(
       `${String(c).padEnd(8)}${fmt(decodeTps, 2).padStart(14)}${fmt(overallTps, 2).padStart(15)}${`${fmt(median(ttft), 0)} ms`.padStart(11)}` +
-        `${`${fmt(quantile(ttft, 0.95), 0)} ms`.padStart(11)}${fmt((end - start) / 1000).padStart(9)}`,
+        `${`${fmt(quantile(ttft, 0.95), 0)} ms`.padStart(11)}${fmt((end - start) / 1000).padStart(9)}${fmt(cpuPerToken).padStart(14)}`,
     );
     const sh = `${shapeText}, ${c} clients, ${genTokens} tokens`;
     rows.push(
@@ -277,6 +297,7 @@ try {
       { name: "serve TTFT p50", shape: sh, figure: median(ttft), unit: "ms", higherIsBetter: false },
       { name: "serve TTFT p95", shape: sh, figure: quantile(ttft, 0.95), unit: "ms", higherIsBetter: false },
     );
+    if (Number.isFinite(cpuPerToken)) rows.push({ name: "serve CPU per token", shape: sh, figure: cpuPerToken, unit: "ms", higherIsBetter: false });
   }
   const lo = Math.min(...levels);
   const hi = Math.max(...levels);

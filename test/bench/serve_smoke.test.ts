@@ -22,7 +22,7 @@ test("bench serve --smoke runs every part and records its figures", async () => 
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     expect(err).not.toContain("error");
     expect(code).toBe(0);
-    expect(out).toMatch(/^1 +[\d.]+ +[\d.]+ +\d+ ms +\d+ ms/m);
+    expect(out).toMatch(/^1 +[\d.]+ +[\d.]+ +\d+ ms +\d+ ms +[\d.]+ +[\d.]+$/m);
     expect(out).toMatch(/TTFT cold \d+ ms \(0 of 80 prompt tokens cached\), warm \d+ ms \(64 cached\)/);
     expect(out).toMatch(/mask alone over a typical answer's [1-9]\d* tokens/);
 
@@ -36,6 +36,7 @@ test("bench serve --smoke runs every part and records its figures", async () => 
       [
         "json mask mean / plain decode step",
         "json mask per step mean",
+        "serve CPU per token",
         "serve TTFT p50",
         "serve TTFT p95",
         "serve aggregate decode",
