@@ -106,6 +106,9 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)> &f
     return;
   }
   // One job at a time: callers are the executor's single thread.
+  // Close the last job's claims before its fields change: a worker that loaded the old word and then reads the new
+  // chunk count must fail its claim instead of running a chunk of this job early (and counting it twice).
+  p.next.store(((uint64_t)p.generation.load(std::memory_order_relaxed) << 32) | 0xffffffffu, std::memory_order_release);
   p.job = &fn;
   p.n = n;
   p.chunk = (n + nt - 1) / nt;
