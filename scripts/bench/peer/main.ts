@@ -2,6 +2,7 @@
 //   bun scripts/bench/peer/main.ts [--matmul] [--ops] [--generate] [--models qwen3-0.6b,llama-3.2-1b]
 //                                  [--types q4_0,bf16,f16] [--threads N] [--prompt 512] [--gen 128]
 // With none of --matmul/--ops/--generate, all three run.
+import { cpus, loadavg } from "node:os";
 import {
   defaultThreads, type GenerateType, MODELS, type MatmulType, peerDir, peerGenerate, type PeerModel, peerMatmul,
   peerOpsMatmul,
@@ -17,7 +18,10 @@ const all = !flag("matmul") && !flag("ops") && !flag("generate");
 const threads = Number(opt("threads", String(defaultThreads())));
 const f = (v: number, d = 1) => v.toFixed(d).padStart(9);
 
-console.log(`llama.cpp peer in ${peerDir()}, ${threads} threads`);
+// Spinning thread pools (llama.cpp's OpenMP barriers, and ours) collapse when other processes hold the cores, so
+// the load is printed beside the figures.
+const load = () => `load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores`;
+console.log(`llama.cpp peer in ${peerDir()}, ${threads} threads, ${load()}`);
 
 if (all || flag("matmul")) {
   console.log("\nmatmul (ggml_mul_mat): y[m,n] = x[m,k] @ W[n,k]^T");
@@ -68,3 +72,5 @@ if (all || flag("generate")) {
         console.log(`${model.padEnd(15)}${type.padEnd(7)}${f(r.promptTps, 1).padStart(11)}${f(r.decodeTps, 2).padStart(11)}${(r.fileBytes / 2 ** 20).toFixed(0).padStart(7)}`);
     }
 }
+
+console.log(`\n${load()}`);
