@@ -125,6 +125,9 @@ struct Kern {
   void (*dots_rows)(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
                     int64_t D, float scale);
   void (*pv_rows)(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D);
+  // dots and pv reading 16-bit rows (dt: RMLX_F16 or RMLX_BF16) straight from a KV pool.
+  void (*dots16)(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt);
+  void (*pv16)(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt);
 };
 
 const Kern &kern();

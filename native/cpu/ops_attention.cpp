@@ -49,9 +49,15 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   for (int64_t j0 = 0; j0 < nkeys; j0 += kChunk) {
     const int64_t nj = std::min(kChunk, nkeys - j0);
     const float *krows[kChunk], *vrows[kChunk];
+    const uint16_t *k16[kChunk], *v16[kChunk];
+    // Single-row reads of a 16-bit pool convert as they go; tiles convert once into scratch for all their rows.
+    const bool direct16 = dt != RMLX_F32 && !tiled;
     for (int64_t j = 0; j < nj; j++) {
       int64_t off = rows();
-      if (dt == RMLX_F32) {
+      if (direct16) {
+        k16[j] = (const uint16_t *)kb + off;
+        v16[j] = (const uint16_t *)vb + off;
+      } else if (dt == RMLX_F32) {
         krows[j] = (const float *)kb + off;
         vrows[j] = (const float *)vb + off;
       } else {
@@ -62,6 +68,8 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       }
     }
     if (tiled) k.dots_rows(sc, kChunk, qr, D, R, krows, nj, D, scale);
+    else if (direct16)
+      for (int64_t r = 0; r < R; r++) k.dots16(sc + r * kChunk, qr + r * D, k16, nj, D, scale, dt);
     else
       for (int64_t r = 0; r < R; r++) k.dots(sc + r * kChunk, qr + r * D, krows, nj, D, scale);
     for (int64_t r = 0; r < R; r++) {
@@ -87,6 +95,8 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       m[r] = mx;
     }
     if (tiled) k.pv_rows(acc, sc, kChunk, R, vrows, nj, D);
+    else if (direct16)
+      for (int64_t r = 0; r < R; r++) k.pv16(acc + r * D, sc + r * kChunk, v16, nj, D, dt);
     else
       for (int64_t r = 0; r < R; r++) k.pv(acc + r * D, sc + r * kChunk, vrows, nj, D);
   }

@@ -90,8 +90,24 @@ void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *co
   for (int64_t r = 0; r < R; r++) pv(acc + r * D, p + r * ldp, v, nj, D);
 }
 
+inline float ld16(const uint16_t *x, int64_t i, int dt) {
+  return dt == RMLX_F16 ? rmlx::f16_to_f32(x[i]) : rmlx::bf16_to_f32(x[i]);
+}
+void dots16(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt) {
+  for (int64_t j = 0; j < nj; j++) {
+    float a = 0.f;
+    for (int64_t d = 0; d < D; d++) a += q[d] * ld16(k[j], d, dt);
+    s[j] = a * scale;
+  }
+}
+void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt) {
+  for (int64_t j = 0; j < nj; j++)
+    for (int64_t d = 0; d < D; d++) acc[d] += p[j] * ld16(v[j], d, dt);
+}
+
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
-                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows};
+                        swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
+                        dots16, pv16};
 
 }  // namespace
 

@@ -158,6 +158,28 @@ describe("paged attention", () => {
   });
 });
 
+describe("paged attention, 16-bit pools read directly", () => {
+  for (const dtype of ["f16", "bf16"] as const)
+    test(`${dtype}, head dim 12 (not a multiple of 8), one decode token over 21 keys`, () => {
+      const [D, kvHeads, heads, n, blockSize] = [12, 1, 3, 21, 8];
+      const pool = be.createKvPool(4, blockSize, kvHeads, D, dtype);
+      const blockTables = new Int32Array([3, 1, 0, 2]);
+      const slots = Int32Array.from({ length: n }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+      const k = randn(n * D, 41);
+      const v = randn(n * D, 42);
+      const q = randn(heads * D, 43);
+      const batch = { blockTables, maxBlocks: 4, seqLens: new Int32Array([n]), tokenSeq: new Int32Array([0]), positions: new Int32Array([n - 1]) };
+      const out = be.scope(() => {
+        be.kvWrite(pool, t(k, [n, 1, D]), t(v, [n, 1, D]), slots);
+        return be.toFloat32(be.pagedAttention(t(q, [1, heads, D]), pool, batch, { scale: 0.3 }));
+      });
+      const rows = (a: Float32Array) => [...Array(n).keys()].map((j) => a.slice(j * D, j * D + D));
+      const ref: number[] = [];
+      for (let h = 0; h < heads; h++) ref.push(...attendRef(q.slice(h * D, h * D + D), rows(k), rows(v), 0.3, 0));
+      expectClose(out, ref, dtype === "f16" ? 3e-3 : 2e-2, dtype === "f16" ? 3e-3 : 2e-2);
+    });
+});
+
 describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
   for (const window of [0, 5, 40, 64])
     test(`matches dense causal attention, window ${window}`, () => {
