@@ -181,5 +181,9 @@ describe("scope", () => {
     new Float32Array(bytes.buffer)[1] = 7;
     expect([...be.toFloat32(w)]).toEqual([1, 7, 3]);
     expect(() => be.fromBytes(bytes, [4], "f32")).toThrow(/12 bytes/);
+    // Reading back bf16 bytes at an odd offset in the caller's buffer.
+    const file = new Uint8Array(7);
+    file.set([0x80, 0x3f, 0x00, 0xc0], 1);
+    expect([...be.toFloat32(be.fromBytes(file.subarray(1, 5), [2], "bf16"))]).toEqual([1, -2]);
   });
 });

@@ -360,10 +360,19 @@ export class NativeBackend implements Backend {
     }
   }
 
+  /** The bytes of a computed tensor, read in place (JS-owned buffers directly, native memory through a view). */
+  private bytesOf(t: NTensor): Uint8Array {
+    const r = t.root();
+    if (!r.hold) return bytesAt(t.address(), t.nbytes);
+    const b = new Uint8Array(r.hold.buffer, r.hold.byteOffset + (t.base ? t.offset : 0), t.nbytes);
+    // Wider typed views of it need an aligned offset (caller bytes may sit anywhere in a file mapping).
+    return b.byteOffset % 4 === 0 ? b : b.slice();
+  }
+
   toFloat32(x: Tensor): Float32Array {
     const t = this.arg(x, "toFloat32");
     this.eval(t);
-    const b = bytesAt(t.address(), t.nbytes);
+    const b = this.bytesOf(t);
     switch (t.dtype) {
       case "f32":
         return new Float32Array(b.slice().buffer);
@@ -392,7 +401,7 @@ export class NativeBackend implements Backend {
     const t = this.arg(x, "toInt32");
     if (t.dtype !== "i32" && t.dtype !== "u32" && t.dtype !== "u8") invalid(`toInt32: tensor is ${t.dtype}`);
     this.eval(t);
-    const b = bytesAt(t.address(), t.nbytes);
+    const b = this.bytesOf(t);
     if (t.dtype === "u8") return Int32Array.from(b);
     return new Int32Array(b.slice().buffer);
   }
