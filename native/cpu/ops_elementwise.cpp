@@ -34,7 +34,6 @@ void bin_row_any(int kind, float *o, const float *a, const float *b, int64_t n, 
   else bin_row<BIN_MUL>(o, a, b, n, sa, sb);
 }
 
-
 }  // namespace
 
 int op_binary(int kind, float *out, const float *a, const float *b, int ndim, const int64_t *shape, const int64_t *sa,
