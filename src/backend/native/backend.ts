@@ -160,6 +160,7 @@ export class NativeBackend implements Backend {
   private effects: Node[] = [];
   private pass = 0;
   private freqCache = new Map<string, Float32Array>();
+  private lastFreqs: { base: number; dims: number; freqs: Float32Array } | null = null;
   private ropeTables: { positions: Int32Array; freqs: Float32Array; scale: number; mscale: number; table: NTensor }[] = [];
 
   constructor() {
@@ -535,15 +536,21 @@ export class NativeBackend implements Backend {
 
   reshape(x: Tensor, shape: readonly number[]): Tensor {
     const t = this.arg(x, "reshape");
-    const s = [...shape];
-    const infer = s.indexOf(-1);
-    if (infer >= 0) {
-      const rest = prod(s.filter((_, i) => i !== infer));
-      if (rest === 0 || t.size % rest !== 0) invalid(`reshape: cannot reshape ${fmt(t.shape)} to ${fmt(shape)}`);
-      s[infer] = t.size / rest;
+    const s = shape.slice();
+    let infer = -1;
+    let known = 1;
+    for (let i = 0; i < s.length; i++) {
+      const d = s[i]!;
+      if (d === -1 && infer < 0) infer = i;
+      else if (!Number.isInteger(d) || d < 0) invalid(`reshape: bad shape ${fmt(shape)}`);
+      else known *= d;
     }
-    checkShape(s, "reshape");
-    if (prod(s) !== t.size) invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
+    if (infer >= 0) {
+      if (known === 0 || t.size % known !== 0) invalid(`reshape: cannot reshape ${fmt(t.shape)} to ${fmt(shape)}`);
+      s[infer] = t.size / known;
+    } else if (known !== t.size) {
+      invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
+    }
     return this.view(t, s, 0);
   }
 
@@ -708,7 +715,9 @@ export class NativeBackend implements Backend {
       bt = null;
     }
     const M = xt.size / K;
-    const out = this.newTensor([...xt.shape.slice(0, -1), N], "f32");
+    const oshape = xt.shape.slice();
+    oshape[oshape.length - 1] = N;
+    const out = this.newTensor(oshape, "f32");
     const inputs = bt ? [xt, wt, bt] : [xt, wt];
     const biasT = bt;
     this.record(inputs, [out], (p) => {
@@ -1156,6 +1165,8 @@ export class NativeBackend implements Backend {
       if (opts.freqs.length !== opts.dims / 2) invalid(`rope: ${opts.freqs.length} freqs for ${opts.dims} dims`);
       return opts.freqs;
     }
+    const last = this.lastFreqs;
+    if (last && last.base === opts.base && last.dims === opts.dims) return last.freqs;
     const key = `${opts.base}/${opts.dims}`;
     let f = this.freqCache.get(key);
     if (!f) {
@@ -1163,6 +1174,7 @@ export class NativeBackend implements Backend {
       for (let i = 0; i < f.length; i++) f[i] = 1 / Math.pow(opts.base, (2 * i) / opts.dims);
       this.freqCache.set(key, f);
     }
+    this.lastFreqs = { base: opts.base, dims: opts.dims, freqs: f };
     return f;
   }
 

@@ -61,7 +61,7 @@ export class NTensor implements Tensor {
     readonly dtype: DType,
   ) {
     let n = 1;
-    for (const d of shape) n *= d;
+    for (let i = 0; i < shape.length; i++) n *= shape[i]!;
     this.size = n;
     this.nbytes = n * DTYPE_BYTES[dtype];
   }
