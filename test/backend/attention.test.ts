@@ -117,11 +117,21 @@ describe("paged attention", () => {
     return { pool, batch, q, T, out };
   }
 
-  test("several sequences of different lengths, GQA, full causal", () => run("f32", 0, 0, 2e-6));
-  test("sliding window", () => run("f32", 3, 0, 2e-6));
-  test("tanh soft-capping", () => run("f32", 0, 2, 2e-6));
-  test("f16 pool", () => run("f16", 0, 0, 3e-3));
-  test("bf16 pool with a window", () => run("bf16", 5, 0, 2e-2));
+  test("several sequences of different lengths, GQA, full causal", () => {
+    run("f32", 0, 0, 2e-6);
+  });
+  test("sliding window", () => {
+    run("f32", 3, 0, 2e-6);
+  });
+  test("tanh soft-capping", () => {
+    run("f32", 0, 2, 2e-6);
+  });
+  test("f16 pool", () => {
+    run("f16", 0, 0, 3e-3);
+  });
+  test("bf16 pool with a window", () => {
+    run("bf16", 5, 0, 2e-2);
+  });
 
   test("copyBlock duplicates a block: attention through the copy is unchanged", () => {
     const { pool, batch, q, T, out } = run("f32", 0, 0, 2e-6);

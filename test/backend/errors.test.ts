@@ -1,14 +1,14 @@
 // Bad input is an RmlxError("invalid_argument" / "unsupported") with the shapes in the message, at record time,
 // never a crash in native code.
 import { describe, expect, test } from "bun:test";
-import { RmlxError } from "../../src/errors.ts";
+import { type ErrorCode, RmlxError } from "../../src/errors.ts";
 import { backend, randn } from "./helpers.ts";
 
 const be = backend();
 const f = (shape: number[]) => be.fromArray(randn(shape.reduce((a, b) => a * b, 1), 1), shape, "f32");
 const ids = (v: number[], shape = [v.length]) => be.fromArray(Int32Array.from(v), shape, "i32");
 
-function expectError(fn: () => unknown, code: string, pattern?: RegExp): void {
+function expectError(fn: () => unknown, code: ErrorCode, pattern?: RegExp): void {
   let err: unknown;
   try {
     fn();
