@@ -222,7 +222,7 @@ export class NativeBackend implements Backend {
     if (data.byteLength !== t.nbytes)
       invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${t.nbytes} bytes)`);
     this.place(t);
-    bytesAt(t.addr, t.nbytes).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    (t.hold ?? bytesAt(t.addr, t.nbytes)).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     return t;
   }
 

@@ -1,5 +1,5 @@
-// Native memory for tensors: single allocations (persistent tensors, tensors outside any scope) and the arena that
-// holds a scope's temporaries. Addresses are plain numbers (exact for x86-64 user space).
+// Native memory for tensors: single allocations (persistent tensors: KV pools, model state) and the arena that holds
+// a scope's temporaries. Addresses are plain numbers (exact for x86-64 user space).
 import { toArrayBuffer } from "bun:ffi";
 import { RmlxError } from "../../errors.ts";
 import { check, native } from "./lib.ts";
