@@ -10,7 +10,7 @@
 //     replayed in this process over the tokens of a typical answer to the same schema.
 // Figures go to the metrics database (`rmlx metrics` reads them) unless --no-record.
 //
-//   bun run bench serve [--shape small|0.6b|tiny] [--bits 4|8|0] [--tokens 32] [--levels 1,4,16] [--prompt 32]
+//   bun run bench serve [--shape small|0.6b|tiny] [--bits 4|8|0] [--tokens 32] [--levels 1,4,16] [--rounds 3] [--prompt 32]
 //                       [--prefix 2000] [--json-tokens 48] [--json-pairs 3] [--source] [--no-record] [--smoke]
 // --source runs the server from src/ through bun instead of dist/rmlx; --smoke is a seconds-long run of every
 // part on a tiny shape (what the test suite runs).
@@ -53,6 +53,7 @@ if (![0, 4, 8].includes(bits)) throw new Error("--bits: 4, 8 or 0 (bf16)");
 const genTokens = Math.max(2, int("tokens", 32, 4));
 const levels = opt("levels", "1,4,16", "1").split(",").map(Number);
 const promptLen = Math.max(1, int("prompt", 32, 8));
+const rounds = Math.max(1, int("rounds", 3, 1));
 const prefixLen = int("prefix", 2000, 64);
 const jsonTokens = Math.max(2, int("json-tokens", 48, 4));
 const jsonPairs = Math.max(1, int("json-pairs", 3, 1));
@@ -269,29 +270,56 @@ try {
   // The first request loads the model; nothing measured waits for that.
   await streamCompletion(server.url, modelName, randomIds(4), 2);
 
-  console.log(`\nconcurrency: ${promptLen}-token prompts (distinct), ${genTokens} tokens each, greedy, ignore_eos`);
+  console.log(
+    `\nconcurrency: ${promptLen}-token prompts (distinct), ${genTokens} tokens each, greedy, ignore_eos; ` +
+      `${rounds} rounds (medians; TTFT percentiles over all requests)`,
+  );
   // Server CPU time per generated token does not depend on what else the machine runs, unlike wall time.
   console.log(
     `${"clients".padEnd(8)}${"decode tok/s".padStart(14)}${"overall tok/s".padStart(15)}${"TTFT p50".padStart(11)}` +
       `${"TTFT p95".padStart(11)}${"wall s".padStart(9)}${"CPU ms/token".padStart(14)}`,
   );
+  interface Round {
+    decodeTps: number;
+    overallTps: number;
+    wallS: number;
+    ttft: number[];
+    cpuS: number;
+    tokens: number;
+  }
+  const byLevel = new Map<number, Round[]>(levels.map((c) => [c, []]));
+  // Rounds go over every level in turn, so that a change in the machine's load reaches all levels alike.
+  for (let round = 0; round < rounds; round++) {
+    for (const c of levels) {
+      const prompts = Array.from({ length: c }, () => randomIds(promptLen));
+      const cpu0 = server.cpuSeconds();
+      const start = performance.now();
+      const results = await Promise.all(prompts.map((p) => streamCompletion(server!.url, modelName, p, genTokens)));
+      const end = Math.max(...results.map((r) => r.lastMs));
+      const tokens = results.reduce((s, r) => s + r.tokens, 0);
+      byLevel.get(c)!.push({
+        // Each client's own decode rate (first token to last), summed: the batch's decode throughput. A window
+        // over all clients would also count prefill steps of clients admitted later, while earlier ones wait.
+        decodeTps: results.reduce((s, r) => s + ((r.tokens - 1) * 1000) / (r.lastMs - r.firstMs), 0),
+        overallTps: (tokens * 1000) / (end - start),
+        wallS: (end - start) / 1000,
+        ttft: results.map((r) => r.firstMs - r.sentMs),
+        cpuS: server.cpuSeconds() - cpu0,
+        tokens,
+      });
+    }
+  }
   const decodeByLevel = new Map<number, number>();
   for (const c of levels) {
-    const prompts = Array.from({ length: c }, () => randomIds(promptLen));
-    const cpu0 = server.cpuSeconds();
-    const start = performance.now();
-    const results = await Promise.all(prompts.map((p) => streamCompletion(server!.url, modelName, p, genTokens)));
-    const end = Math.max(...results.map((r) => r.lastMs));
-    // Each client's own decode rate (first token to last), summed: the batch's decode throughput. A window over
-    // all clients would also count prefill steps of clients admitted later, while earlier ones wait on them.
-    const decodeTps = results.reduce((s, r) => s + ((r.tokens - 1) * 1000) / (r.lastMs - r.firstMs), 0);
-    const overallTps = (results.reduce((s, r) => s + r.tokens, 0) * 1000) / (end - start);
-    const ttft = results.map((r) => r.firstMs - r.sentMs);
-    const cpuPerToken = ((server.cpuSeconds() - cpu0) * 1000) / results.reduce((s, r) => s + r.tokens, 0);
+    const rs = byLevel.get(c)!;
+    const decodeTps = median(rs.map((r) => r.decodeTps));
+    const ttft = rs.flatMap((r) => r.ttft);
+    const cpuPerToken = (rs.reduce((s, r) => s + r.cpuS, 0) * 1000) / rs.reduce((s, r) => s + r.tokens, 0);
     decodeByLevel.set(c, decodeTps);
     console.log(
-      `${String(c).padEnd(8)}${fmt(decodeTps, 2).padStart(14)}${fmt(overallTps, 2).padStart(15)}${`${fmt(median(ttft), 0)} ms`.padStart(11)}` +
-        `${`${fmt(quantile(ttft, 0.95), 0)} ms`.padStart(11)}${fmt((end - start) / 1000).padStart(9)}${fmt(cpuPerToken).padStart(14)}`,
+      `${String(c).padEnd(8)}${fmt(decodeTps, 2).padStart(14)}${fmt(median(rs.map((r) => r.overallTps)), 2).padStart(15)}` +
+        `${`${fmt(median(ttft), 0)} ms`.padStart(11)}${`${fmt(quantile(ttft, 0.95), 0)} ms`.padStart(11)}` +
+        `${fmt(median(rs.map((r) => r.wallS))).padStart(9)}${fmt(cpuPerToken).padStart(14)}`,
     );
     const sh = `${shapeText}, ${c} clients, ${genTokens} tokens`;
     rows.push(
