@@ -3,7 +3,7 @@
 // drive the model through this function.
 import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import type { KvCache, Sequence } from "./kv_cache.ts";
+import type { BlockNeed, KvCache, Sequence } from "./kv_cache.ts";
 
 export interface BatchEntry {
   seq: Sequence;
@@ -20,11 +20,15 @@ export interface BatchResult {
   firstRow: Int32Array;
 }
 
-/** Blocks the entries need beyond what they hold. */
-export function blocksNeeded(cache: KvCache, entries: readonly BatchEntry[]): number {
-  let n = 0;
-  for (const e of entries) n += cache.blocksNeeded(e.seq, e.tokens.length);
-  return n;
+/** Blocks the entries need beyond what they hold, in each allocator. */
+export function blocksNeeded(cache: KvCache, entries: readonly BatchEntry[]): BlockNeed {
+  const need: BlockNeed = { main: 0, window: 0 };
+  for (const e of entries) {
+    const n = cache.needs(e.seq, e.tokens.length);
+    need.main += n.main;
+    need.window += n.window;
+  }
+  return need;
 }
 
 /**
@@ -34,11 +38,8 @@ export function blocksNeeded(cache: KvCache, entries: readonly BatchEntry[]): nu
 export function forwardBatch(model: Model, cache: KvCache, entries: readonly BatchEntry[]): BatchResult {
   if (entries.length === 0) throw new RmlxError("internal", "forwardBatch needs at least one entry");
   const needed = blocksNeeded(cache, entries);
-  if (!cache.allocator.ensureFree(needed)) {
-    throw new RmlxError(
-      "overloaded",
-      `KV cache is full: the step needs ${needed} more blocks, ${cache.allocator.numFree} free of ${cache.numBlocks}`,
-    );
+  if (!cache.ensureFree(needed)) {
+    throw new RmlxError("overloaded", `KV cache is full: the step needs ${cache.describeShortage(needed)}`);
   }
   for (const e of entries) cache.reserve(e.seq, e.tokens.length);
   const built = cache.buildStep(entries);
@@ -65,13 +66,7 @@ export function forwardBatch(model: Model, cache: KvCache, entries: readonly Bat
   const be = model.backend;
   const logits = be.scope(() =>
     be.toFloat32(
-      model.forward({
-        tokens: built.tokens,
-        batch: built.batch,
-        pools: cache.pools,
-        slots: built.slots,
-        logitRows: Int32Array.from(rows),
-      }),
+      model.forward(cache.forwardStep(built, Int32Array.from(rows))),
     ),
   );
   cache.advance(entries);

@@ -40,9 +40,14 @@ export interface GenerateResult {
   decodeTps: number;
 }
 
-/** A cache just large enough for one sequence of n tokens. */
-export function cacheForTokens(model: Model, n: number, blockSize = 16): KvCache {
-  return new KvCache(model.backend, model.layers, { blockSize, numBlocks: Math.max(1, Math.ceil(n / blockSize)) });
+/** A cache just large enough for one sequence of n tokens prefilled stepTokens at a time. */
+export function cacheForTokens(model: Model, n: number, blockSize = 16, stepTokens = PREFILL_CHUNK): KvCache {
+  return new KvCache(model.backend, model.layers, {
+    blockSize,
+    numBlocks: Math.max(1, Math.ceil(n / blockSize)),
+    windowed: true,
+    sizing: { sequences: 1, stepTokens },
+  });
 }
 
 export function generate(model: Model, cache: KvCache, promptIds: readonly number[], opts: GenerateOptions): GenerateResult {

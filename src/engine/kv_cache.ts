@@ -1,9 +1,19 @@
-// The paged KV cache of one loaded model: one pool per layer, all indexed by the same block ids, a refcounted
-// block allocator (prefix sharing and copy-on-write build on the refcounts), and the construction of a step's
-// AttentionBatch and write slots for sequences that each add some tokens.
+// The paged KV cache of one loaded model: one pool per layer, a refcounted block allocator (prefix sharing and
+// copy-on-write build on the refcounts), and the construction of a step's AttentionBatch and write slots for
+// sequences that each add some tokens.
+//
+// Full-attention layers keep every token: their pools share one block id space (the main allocator), and a
+// sequence's blocks[k] holds its tokens [k*blockSize, (k+1)*blockSize). With `windowed`, sliding-window layers
+// get pools of their own with a second allocator, and a sequence holds there only the blocks its window can
+// still read: a block is given back once every key in it is older than the next query's window. Their block
+// table has the same logical indices; entries of blocks already given back point at a block the sequence still
+// holds, which attention never reads (it starts at the window's first position). A step's new tokens always go
+// into blocks that are held until after the step, so no write of a step overwrites a key another token of the
+// same step reads. A sequence costs the window pools about (window + the tokens of its step) instead of its
+// whole length.
 import type { AttentionBatch, Backend, DType, KvPool } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
-import type { LayerCacheSpec } from "../models/model.ts";
+import type { ForwardStep, LayerCacheSpec } from "../models/model.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
 
@@ -85,17 +95,33 @@ export class BlockAllocator {
 
 /** One sequence's view of the cache: the blocks holding its tokens' K/V, in order, and how many tokens are in. */
 export class Sequence {
+  /** Main-pool blocks, one per logical block from the start. */
   readonly blocks: number[] = [];
+  /** Window-pool blocks of logical blocks windowStart, windowStart + 1, ... (windowed caches only). */
+  readonly windowBlocks: number[] = [];
+  windowStart = 0;
   /** Tokens whose K/V are written. */
   length = 0;
 }
 
+/** How to size the window pools from a memory budget: the most sequences run together and tokens one adds in a step. */
+export interface WindowSizing {
+  sequences: number;
+  stepTokens: number;
+}
+
 export interface KvCacheOptions {
   blockSize?: number;
-  /** Exactly this many blocks, or as many as fit in memoryBytes. */
+  /** Exactly this many main blocks, or as many as fit in memoryBytes. */
   numBlocks?: number;
   memoryBytes?: number;
   dtype?: DType;
+  /**
+   * Sliding-window layers keep only their window, in pools of their own (effective when the model has both
+   * full and sliding layers). Without `sizing` the window pools have as many blocks as the main pools.
+   */
+  windowed?: boolean;
+  sizing?: WindowSizing;
 }
 
 /** One new-tokens entry of a step: the sequence and the tokens it adds. */
@@ -104,20 +130,42 @@ export interface StepEntry {
   tokens: Int32Array;
 }
 
+/** Block tables and write slots of the sliding-window layers of a windowed cache. */
+export interface WindowView {
+  batch: AttentionBatch;
+  slots: Int32Array;
+}
+
 export interface BuiltStep {
   tokens: Int32Array;
   batch: AttentionBatch;
   slots: Int32Array;
   /** Row of the last new token of each entry [entries]. */
   lastRows: Int32Array;
+  window?: WindowView;
+}
+
+/** New blocks a reservation takes from each allocator. */
+export interface BlockNeed {
+  main: number;
+  window: number;
 }
 
 export class KvCache {
   readonly pools: KvPool[];
   readonly allocator: BlockAllocator;
+  /** The window pools' allocator; null when every layer lives in the main pools. */
+  readonly windowAllocator: BlockAllocator | null;
+  /** Largest sliding window of the layers in the window pools (0 when not windowed). */
+  readonly window: number;
   readonly blockSize: number;
   readonly dtype: DType;
+  /** Bytes of one main block across the layers of the main pools. */
   readonly bytesPerBlock: number;
+  /** Bytes of one window block across the layers of the window pools. */
+  readonly windowBytesPerBlock: number;
+  private readonly mainPools: KvPool[];
+  private readonly windowPools: KvPool[];
 
   constructor(
     private readonly backend: Backend,
@@ -126,23 +174,46 @@ export class KvCache {
   ) {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
     this.dtype = opts.dtype ?? "f32";
-    this.bytesPerBlock = KvCache.bytesPerBlock(layers, this.blockSize, this.dtype);
+    const windowed = opts.windowed === true && layers.some((l) => l.window > 0) && layers.some((l) => l.window <= 0);
+    const inWindow = (l: LayerCacheSpec) => windowed && l.window > 0;
+    const mainLayers = layers.filter((l) => !inWindow(l));
+    const windowLayers = layers.filter(inWindow);
+    this.window = windowLayers.reduce((m, l) => Math.max(m, l.window), 0);
+    this.bytesPerBlock = KvCache.bytesPerBlock(mainLayers, this.blockSize, this.dtype);
+    this.windowBytesPerBlock = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
+    const want = windowed && opts.sizing ? this.windowBlocksFor(opts.sizing) : Infinity;
     let numBlocks = opts.numBlocks;
+    let windowBlocks = 0;
     if (numBlocks === undefined) {
       if (opts.memoryBytes === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
-      numBlocks = Math.floor(opts.memoryBytes / this.bytesPerBlock);
+      const per = this.bytesPerBlock + this.windowBytesPerBlock;
+      // Never more window blocks than main ones: a sequence holds at most one window block per main block.
+      const both = Math.floor(opts.memoryBytes / per);
+      if (want < both) {
+        windowBlocks = want;
+        numBlocks = Math.floor((opts.memoryBytes - want * this.windowBytesPerBlock) / this.bytesPerBlock);
+      } else {
+        numBlocks = windowBlocks = both;
+      }
       if (numBlocks < 1) {
         throw new RmlxError(
           "invalid_argument",
-          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${this.bytesPerBlock} bytes)`,
+          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${per} bytes)`,
         );
       }
+    } else {
+      windowBlocks = Math.min(numBlocks, want);
     }
     this.allocator = new BlockAllocator(numBlocks);
-    this.pools = layers.map((l) => backend.createKvPool(numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype));
+    this.windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
+    this.pools = layers.map((l) =>
+      backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
+    );
+    this.mainPools = this.pools.filter((_, i) => !inWindow(layers[i]!));
+    this.windowPools = this.pools.filter((_, i) => inWindow(layers[i]!));
   }
 
-  /** Bytes of K and V for one block across all layers. */
+  /** Bytes of K and V for one block across all the given layers. */
   static bytesPerBlock(layers: readonly LayerCacheSpec[], blockSize: number, dtype: DType): number {
     const elem = DTYPE_BYTES[dtype];
     if (!elem) throw new RmlxError("invalid_argument", `KV cache dtype ${dtype} is not a float type`);
@@ -151,8 +222,17 @@ export class KvCache {
     return perToken * blockSize;
   }
 
+  get windowed(): boolean {
+    return this.windowAllocator !== null;
+  }
+
   get numBlocks(): number {
     return this.allocator.numBlocks;
+  }
+
+  /** Bytes of all pools. */
+  get memoryBytes(): number {
+    return this.numBlocks * this.bytesPerBlock + (this.windowAllocator?.numBlocks ?? 0) * this.windowBytesPerBlock;
   }
 
   /** Capacity in tokens if one sequence had every block. */
@@ -160,39 +240,73 @@ export class KvCache {
     return this.numBlocks * this.blockSize;
   }
 
-  /** New blocks seq needs to add n tokens (counting a copy of a shared, partly filled last block). */
+  /**
+   * The most window blocks one sequence holds during a step of n tokens: the blocks of positions from the first
+   * token's window start (length - window + 1) to the last new token.
+   */
+  windowBlocksPerSequence(n: number): number {
+    return Math.floor((this.window + Math.max(1, n) - 2) / this.blockSize) + 2;
+  }
+
+  /** Window blocks for `sequences` decoding together while one step prefills up to stepTokens over all of them. */
+  windowBlocksFor(s: WindowSizing): number {
+    return s.sequences * (this.windowBlocksPerSequence(1) + 1) + Math.ceil(s.stepTokens / this.blockSize);
+  }
+
+  /** New main blocks seq needs to add n tokens (counting a copy of a shared, partly filled last block). */
   blocksNeeded(seq: Sequence, n: number): number {
     const have = seq.blocks.length;
     const need = Math.ceil((seq.length + n) / this.blockSize);
     let extra = Math.max(0, need - have);
-    if (n > 0 && this.sharedTail(seq)) extra++;
+    if (n > 0 && this.sharedTail(this.allocator, seq.blocks, seq.length, 0)) extra++;
     return extra;
   }
 
   /**
-   * Gives seq room for n more tokens. A partly filled last block that other sequences share is copied first,
-   * so writes never touch shared K/V. All or nothing: on RmlxError("overloaded") seq is unchanged.
+   * New blocks of each allocator that seq needs to add n tokens, of which the window pools hold only the first
+   * windowTokens for now (the rest are reserved by later, smaller steps).
    */
-  reserve(seq: Sequence, n: number): void {
+  needs(seq: Sequence, n: number, windowTokens = n): BlockNeed {
+    return { main: this.blocksNeeded(seq, n), window: this.windowNeeded(seq, Math.min(n, windowTokens)) };
+  }
+
+  /** Makes sure each allocator has the needed blocks plus `spare` free; false when impossible. */
+  ensureFree(need: BlockNeed, spare = 0): boolean {
+    if (!this.allocator.ensureFree(need.main + spare)) return false;
+    return this.windowAllocator === null || this.windowAllocator.ensureFree(need.window + spare);
+  }
+
+  /** "need ... more blocks" for an overloaded error. */
+  describeShortage(need: BlockNeed): string {
+    const main = `${need.main} more blocks, ${this.allocator.numFree} free of ${this.numBlocks}`;
+    const w = this.windowAllocator;
+    return w ? `${main}; ${need.window} more window blocks, ${w.numFree} free of ${w.numBlocks}` : main;
+  }
+
+  /**
+   * Gives seq room for n more tokens (of which the window pools get the first windowTokens). A partly filled
+   * last block that other sequences share is copied first, so writes never touch shared K/V. All or nothing: on
+   * RmlxError("overloaded") seq is unchanged.
+   */
+  reserve(seq: Sequence, n: number, windowTokens = n): void {
     if (n <= 0) return;
-    const needed = this.blocksNeeded(seq, n);
-    if (needed === 0) return;
-    if (!this.allocator.ensureFree(needed)) {
-      throw new RmlxError(
-        "overloaded",
-        `KV cache is full: need ${needed} more blocks, ${this.allocator.numFree} free of ${this.numBlocks}`,
-      );
+    const wn = Math.min(n, windowTokens);
+    const need = this.needs(seq, n, wn);
+    if (need.main === 0 && need.window === 0) return;
+    if (!this.ensureFree(need)) {
+      throw new RmlxError("overloaded", `KV cache is full: need ${this.describeShortage(need)}`);
     }
-    if (this.sharedTail(seq)) {
-      const last = (seq.length / this.blockSize) | 0;
-      const src = seq.blocks[last]!;
-      const dst = this.allocator.allocate();
-      for (const pool of this.pools) this.backend.copyBlock(pool, src, dst);
-      this.allocator.free(src);
-      seq.blocks[last] = dst;
+    const bs = this.blockSize;
+    this.copySharedTail(this.allocator, this.mainPools, seq.blocks, seq.length, 0);
+    const need1 = Math.ceil((seq.length + n) / bs);
+    while (seq.blocks.length < need1) seq.blocks.push(this.allocator.allocate());
+    const wa = this.windowAllocator;
+    if (wa && wn > 0) {
+      if (seq.windowBlocks.length === 0) seq.windowStart = this.firstReadBlock(seq.length);
+      this.copySharedTail(wa, this.windowPools, seq.windowBlocks, seq.length, seq.windowStart);
+      const last = Math.floor((seq.length + wn - 1) / bs);
+      while (seq.windowStart + seq.windowBlocks.length <= last) seq.windowBlocks.push(wa.allocate());
     }
-    const need = Math.ceil((seq.length + n) / this.blockSize);
-    while (seq.blocks.length < need) seq.blocks.push(this.allocator.allocate());
   }
 
   /** A new sequence sharing seq's blocks (each retained once more). */
@@ -202,6 +316,11 @@ export class KvCache {
       this.allocator.retain(b);
       child.blocks.push(b);
     }
+    for (const b of seq.windowBlocks) {
+      this.windowAllocator!.retain(b);
+      child.windowBlocks.push(b);
+    }
+    child.windowStart = seq.windowStart;
     child.length = seq.length;
     return child;
   }
@@ -209,7 +328,10 @@ export class KvCache {
   /** Drops seq's references to its blocks. */
   release(seq: Sequence): void {
     for (const b of seq.blocks) this.allocator.free(b);
+    for (const b of seq.windowBlocks) this.windowAllocator!.free(b);
     seq.blocks.length = 0;
+    seq.windowBlocks.length = 0;
+    seq.windowStart = 0;
     seq.length = 0;
   }
 
@@ -227,6 +349,7 @@ export class KvCache {
    */
   buildStep(entries: readonly StepEntry[]): BuiltStep {
     const bs = this.blockSize;
+    const windowed = this.windowed;
     let total = 0;
     let maxBlocks = 1;
     for (const e of entries) {
@@ -235,6 +358,7 @@ export class KvCache {
       if (e.seq.blocks.length < need) {
         throw new RmlxError("internal", `sequence has ${e.seq.blocks.length} blocks, needs ${need}: reserve first`);
       }
+      if (windowed) this.checkWindowHeld(e.seq, e.tokens.length);
       maxBlocks = Math.max(maxBlocks, need);
     }
     const ns = entries.length;
@@ -245,6 +369,8 @@ export class KvCache {
     const seqLens = new Int32Array(ns);
     const blockTables = new Int32Array(ns * maxBlocks);
     const lastRows = new Int32Array(ns);
+    const wSlots = windowed ? new Int32Array(total) : null;
+    const wTables = windowed ? new Int32Array(ns * maxBlocks) : null;
     let t = 0;
     for (let s = 0; s < ns; s++) {
       const { seq, tokens: toks } = entries[s]!;
@@ -252,27 +378,88 @@ export class KvCache {
       if (n === 0) throw new RmlxError("internal", "a step entry adds no tokens");
       const nb = Math.ceil((seq.length + n) / bs);
       for (let b = 0; b < nb; b++) blockTables[s * maxBlocks + b] = seq.blocks[b]!;
+      if (wTables) {
+        const ws = seq.windowStart;
+        for (let b = 0; b < nb; b++) wTables[s * maxBlocks + b] = seq.windowBlocks[Math.max(0, b - ws)]!;
+      }
       seqLens[s] = seq.length + n;
       tokens.set(toks, t);
       for (let i = 0; i < n; i++, t++) {
         const pos = seq.length + i;
+        const blk = (pos / bs) | 0;
         positions[t] = pos;
         tokenSeq[t] = s;
-        slots[t] = seq.blocks[(pos / bs) | 0]! * bs + (pos % bs);
+        slots[t] = seq.blocks[blk]! * bs + (pos % bs);
+        if (wSlots) wSlots[t] = seq.windowBlocks[blk - seq.windowStart]! * bs + (pos % bs);
       }
       lastRows[s] = t - 1;
     }
-    return { tokens, slots, lastRows, batch: { blockTables, maxBlocks, seqLens, tokenSeq, positions } };
+    const batch = { blockTables, maxBlocks, seqLens, tokenSeq, positions };
+    const built: BuiltStep = { tokens, slots, lastRows, batch };
+    if (wTables && wSlots) built.window = { batch: { ...batch, blockTables: wTables }, slots: wSlots };
+    return built;
   }
 
-  /** Records that each entry's tokens are now in the cache. */
+  /** The model's view of a built step. */
+  forwardStep(built: BuiltStep, logitRows: Int32Array): ForwardStep {
+    const step: ForwardStep = { tokens: built.tokens, batch: built.batch, pools: this.pools, slots: built.slots, logitRows };
+    if (built.window) step.windowed = built.window;
+    return step;
+  }
+
+  /** Records that each entry's tokens are now in the cache; window blocks no later query reads are given back. */
   advance(entries: readonly StepEntry[]): void {
-    for (const e of entries) e.seq.length += e.tokens.length;
+    for (const e of entries) {
+      e.seq.length += e.tokens.length;
+      if (this.windowAllocator) this.dropOutOfWindow(e.seq);
+    }
   }
 
-  private sharedTail(seq: Sequence): boolean {
-    if (seq.length % this.blockSize === 0) return false;
-    const last = seq.blocks[((seq.length / this.blockSize) | 0)];
-    return last !== undefined && this.allocator.refcount(last) > 1;
+  /** Logical block of the first key the next query (at position `length`) reads in a sliding layer. */
+  private firstReadBlock(length: number): number {
+    return Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
+  }
+
+  private dropOutOfWindow(seq: Sequence): void {
+    const first = this.firstReadBlock(seq.length);
+    let k = 0;
+    while (seq.windowStart + k < first && k < seq.windowBlocks.length) this.windowAllocator!.free(seq.windowBlocks[k++]!);
+    if (k === 0) return;
+    seq.windowBlocks.splice(0, k);
+    seq.windowStart = seq.windowBlocks.length === 0 ? first : seq.windowStart + k;
+  }
+
+  private windowNeeded(seq: Sequence, n: number): number {
+    if (this.windowAllocator === null || n <= 0) return 0;
+    const start = seq.windowBlocks.length === 0 ? this.firstReadBlock(seq.length) : seq.windowStart;
+    const last = Math.floor((seq.length + n - 1) / this.blockSize);
+    let extra = Math.max(0, last + 1 - (start + seq.windowBlocks.length));
+    if (this.sharedTail(this.windowAllocator, seq.windowBlocks, seq.length, seq.windowStart)) extra++;
+    return extra;
+  }
+
+  private checkWindowHeld(seq: Sequence, n: number): void {
+    const last = Math.floor((seq.length + n - 1) / this.blockSize);
+    const held = seq.windowStart + seq.windowBlocks.length - 1;
+    if (seq.windowBlocks.length === 0 || seq.windowStart > this.firstReadBlock(seq.length) || held < last) {
+      throw new RmlxError("internal", `sequence holds window blocks ${seq.windowStart}..${held}, the step needs up to ${last}: reserve first`);
+    }
+  }
+
+  /** blocks[i] holds logical block first + i; whether the partly filled block at `length` is shared. */
+  private sharedTail(alloc: BlockAllocator, blocks: readonly number[], length: number, first: number): boolean {
+    if (length % this.blockSize === 0) return false;
+    const last = blocks[((length / this.blockSize) | 0) - first];
+    return last !== undefined && alloc.refcount(last) > 1;
+  }
+
+  private copySharedTail(alloc: BlockAllocator, pools: readonly KvPool[], blocks: number[], length: number, first: number): void {
+    if (!this.sharedTail(alloc, blocks, length, first)) return;
+    const i = ((length / this.blockSize) | 0) - first;
+    const src = blocks[i]!;
+    const dst = alloc.allocate();
+    for (const pool of pools) this.backend.copyBlock(pool, src, dst);
+    alloc.free(src);
+    blocks[i] = dst;
   }
 }

@@ -80,7 +80,9 @@ export class Scheduler {
     private readonly config: EngineConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    this.prefix = config.prefixCache ? new PrefixCache(model.cache.allocator, model.cache.blockSize) : null;
+    // A windowed cache gives back the sliding layers' early blocks, so a cached prefix would lack their K/V.
+    const shareable = config.prefixCache && !model.cache.windowed;
+    this.prefix = shareable ? new PrefixCache(model.cache.allocator, model.cache.blockSize) : null;
   }
 
   get numRunning(): number {
@@ -184,9 +186,12 @@ export class Scheduler {
         a.hashedBlocks = m.blocks.length;
         if (!a.started) a.cachedTokens = a.seq.length;
       }
-      const need = cache.blocksNeeded(a.seq, a.tokens.length - a.seq.length + 1);
+      const pending = a.tokens.length - a.seq.length;
+      // Window pools are reserved one prefill chunk at a time, main pools for the whole prompt.
+      const firstChunk = Math.min(pending, this.config.prefillChunk);
+      const need = cache.needs(a.seq, pending + 1, firstChunk);
       // Leave one block of growth per running sequence so that admitting does not force a preemption at once.
-      if (!cache.allocator.ensureFree(need + this.running.length)) {
+      if (!cache.ensureFree(need, this.running.length)) {
         if (this.running.length > 0) {
           // Wait with nothing held: the matched blocks stay in the prefix cache, free to be evicted.
           cache.release(a.seq);
@@ -194,7 +199,7 @@ export class Scheduler {
           a.hashedBlocks = 0;
           break;
         }
-        if (!cache.allocator.ensureFree(need)) {
+        if (!cache.ensureFree(need)) {
           this.waiting.shift();
           cache.release(a.seq);
           this.emit({ type: "error", id: a.req.id, code: "overloaded", message: "the KV cache cannot hold this request" });
@@ -202,7 +207,7 @@ export class Scheduler {
         }
       }
       this.waiting.shift();
-      cache.reserve(a.seq, a.tokens.length - a.seq.length);
+      cache.reserve(a.seq, pending, firstChunk);
       if (!a.started) a.admitMs = performance.now();
       this.running.push(a);
       if (!a.started) {

@@ -74,11 +74,7 @@ function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolPars
       return { ids: [...ids], startsInReasoning: false };
     },
     forward(step: BuiltStep, logitRows: Int32Array) {
-      return backend.scope(() =>
-        backend.toFloat32(
-          s.model.forward({ tokens: step.tokens, batch: step.batch, pools: cache.pools, slots: step.slots, logitRows }),
-        ),
-      );
+      return backend.scope(() => backend.toFloat32(s.model.forward(cache.forwardStep(step, logitRows))));
     },
     newDetokenizer: () => new Detokenizer(s.tokenizer),
     newStopFilter: (stops) => new StopStrings(stops),
@@ -99,7 +95,11 @@ function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolPars
 
 function load(name: string, dir: string): void {
   const session = loadSession(dir, getBackend());
-  const cache = new KvCache(session.model.backend, session.model.layers, { memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES });
+  const cache = new KvCache(session.model.backend, session.model.layers, {
+    memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
+    windowed: true,
+    sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
+  });
   const modelType = textModelType(session.md);
   const chatTemplate = session.template?.source(true);
   const reasoning = reasoningTagsFor({ modelType, chatTemplate }) !== undefined;

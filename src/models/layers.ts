@@ -53,11 +53,13 @@ export function attention(
   q = be.rope(q, positions, s.rope.opts);
   k = be.rope(k, positions, s.rope.opts);
   const pool = step.pools[layer]!;
-  be.kvWrite(pool, k, v, step.slots);
+  // Sliding layers of a windowed cache keep only their window, in blocks of their own.
+  const view = s.window > 0 && step.windowed ? step.windowed : step;
+  be.kvWrite(pool, k, v, view.slots);
   const opts: AttentionOptions = { scale: s.scale };
   if (s.window > 0) opts.window = s.window;
   if (s.softcap) opts.softcap = s.softcap;
-  const a = be.pagedAttention(q, pool, step.batch, opts);
+  const a = be.pagedAttention(q, pool, view.batch, opts);
   return be.linear(be.reshape(a, [T, s.heads * s.headDim]), w.o, w.oBias);
 }
 

@@ -23,6 +23,11 @@ export interface ForwardStep {
   slots: Int32Array;
   /** Token rows (indices into [0, T)) whose logits are wanted, in output order. */
   logitRows: Int32Array;
+  /**
+   * When present, every layer whose LayerCacheSpec has a window > 0 has its pool among the cache's window pools
+   * and reads and writes through these block tables and slots instead (same tokens, positions and lengths).
+   */
+  windowed?: { batch: AttentionBatch; slots: Int32Array };
 }
 
 export interface Model {
