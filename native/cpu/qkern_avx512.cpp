@@ -44,14 +44,14 @@ V::T V::wchunk(const uint8_t *row, int64_t k) {
   } else if constexpr (F == F_A8) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
   } else if constexpr (F == F_A4) {
-    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + k / 2))),
-                                   _mm256_set1_epi32((int)ld32(row + k / 2 + 4)), 1);
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + (k >> 1)))),
+                                   _mm256_set1_epi32((int)ld32(row + (k >> 1) + 4)), 1);
     const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w, sh), _mm512_set1_epi32(15)));
   } else if constexpr (F == F_FP4) {
     // A 16-entry permute holds the whole E2M1 table, sign included.
-    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + k / 2))),
-                                   _mm256_set1_epi32((int)ld32(row + k / 2 + 4)), 1);
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32((int)ld32(row + (k >> 1)))),
+                                   _mm256_set1_epi32((int)ld32(row + (k >> 1) + 4)), 1);
     const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,  //
                                       -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);

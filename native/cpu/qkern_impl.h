@@ -36,6 +36,25 @@ static inline int fmt_code(const WeightMat &W) {
   return F_F32;
 }
 
+using T8 = __m256;
+
+static inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// sum of a[i] * b[i] for i in [i0, i1), vectorised so that it is no long chain of dependent FMAs.
+static inline float dot_range(const float *a, const float *b, int64_t i0, int64_t i1) {
+  __m256 t = _mm256_setzero_ps();
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) t = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), t);
+  float r = hsum8(t);
+  for (; i < i1; i++) r += a[i] * b[i];
+  return r;
+}
+
 static inline uint32_t ld32(const uint8_t *p) {
   uint32_t u;
   std::memcpy(&u, p, 4);
@@ -62,7 +81,8 @@ static inline __m256 fp8_raw8_f16(const uint8_t *row, int64_t k) {
 static inline __m256 fp4_raw8(const uint8_t *row, int64_t k) {
   const __m256i tag = _mm256_slli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), 28);
   const __m256 lut = _mm256_xor_ps(_mm256_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), _mm256_castsi256_ps(tag));
-  __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)ld32(row + k / 2)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)ld32(row + (k >> 1))), shifts);
   return _mm256_xor_ps(_mm256_permutevar8x32_ps(lut, v), _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
 }
 
@@ -88,21 +108,21 @@ static inline __m256 raw8(const uint8_t *row, int64_t k) {
     int mask;
     if constexpr (F == F_A2) {
       uint16_t u;
-      std::memcpy(&u, row + k / 4, 2);
+      std::memcpy(&u, row + (k >> 2), 2);
       v = shifted(u, 0, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), 0), mask = 3;
     } else if constexpr (F == F_A3) {
       // 8 values fill 3 bytes; the fourth byte read is masked off and, unless TAIL, still inside the row.
-      const uint8_t *p = row + k * 3 / 8;
+      const uint8_t *p = row + ((k * 3) >> 3);
       uint32_t u = TAIL ? (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 : ld32(p);
       v = shifted(u, 0, _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), 0), mask = 7;
     } else if constexpr (F == F_A4) {
-      v = shifted(ld32(row + k / 2), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0), mask = 15;
+      v = shifted(ld32(row + (k >> 1)), 0, _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), 0), mask = 15;
     } else if constexpr (F == F_A5) {
-      const uint8_t *p = row + k * 5 / 8;
+      const uint8_t *p = row + ((k * 5) >> 3);
       v = shifted(ld32(p), ld32(p + 1), _mm256_setr_epi32(0, 5, 10, 15, 20, 25, 22, 27), 2), mask = 31;
     } else {
       static_assert(F == F_A6);
-      const uint8_t *p = row + k * 6 / 8;
+      const uint8_t *p = row + ((k * 6) >> 3);
       v = shifted(ld32(p), ld32(p + 2), _mm256_setr_epi32(0, 6, 12, 18, 24, 14, 20, 26), 3), mask = 63;
     }
     return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(mask)));
@@ -144,13 +164,14 @@ static void decode_segment(const WeightMat &W, int64_t n, int64_t k0, int64_t le
 // Per-row decoding state of the streaming kernel: each row's scales (and biases) are decoded once into small
 // arrays, so the inner loop reads them with a broadcast load whatever the group size.
 struct RowCtx {
-  float *sc, *bi;  // [groups]
-  float *buf;      // [K] a dequantized row segment, for rows the fast decoders cannot take
-  int gshift;      // log2(group)
+  float *sc, *bi;   // [groups]
+  float *buf;       // [K] a dequantized row segment, for rows the fast decoders cannot take
+  int gshift;       // log2(group)
+  const float *xs;  // [rows of x][groups]: sum of x over each group, for the biases of factored rows
 };
 
-// Decodes the scales of groups [g0, g1) of row n into ctx; false when a row needs the generic path (an E8M0 scale too large to take the
-// folded 2^8 of fp8_raw8_f16).
+// Decodes the scales of groups [g0, g1) of row n into ctx; false when a row needs the generic path (an E8M0
+// scale too large to take the folded 2^8 of fp8_raw8_f16).
 template <int F>
 static bool row_prep(const WeightMat &W, int64_t n, int64_t g0, int64_t g1, RowCtx &c) {
   const int64_t G = g1 - g0, i0 = n * W.groups + g0;
@@ -173,7 +194,10 @@ static bool row_prep(const WeightMat &W, int64_t n, int64_t g0, int64_t g1, RowC
           _mm256_storeu_si256((__m256i *)(bi + g), _mm256_slli_epi32(_mm256_cvtepu16_epi32(b8), 16));
         }
       }
-      for (; g < G; g++) sc[g] = load_scalar(W.scales, W.sb_dtype, i0 + g), bi[g] = load_scalar(W.biases, W.sb_dtype, i0 + g);
+      for (; g < G; g++) {
+        sc[g] = load_scalar(W.scales, W.sb_dtype, i0 + g);
+        bi[g] = load_scalar(W.biases, W.sb_dtype, i0 + g);
+      }
     }
   } else if constexpr (F == F_FP8) {
     // 2^(s-127) * 2^8 has the float bits (s + 8) << 23, for s = 0 too.
@@ -225,7 +249,7 @@ static inline typename V::T scaled(typename V::T w, typename V::T s, typename V:
 // (with the bias), later ones add. A accumulators per row of x keep enough FMA chains in flight when MR is
 // small. PER_GROUP: a group spans whole steps of A vectors, so its scale and bias are loaded once per group;
 // otherwise once per vector.
-template <int F, int MR, int A, bool PER_GROUP>
+template <int F, int MR, int A, bool PER_GROUP, bool FACTOR>
 static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W, int64_t n0, int64_t n1,
                       const float *bias, RowCtx &c, int64_t k0, int64_t k1) {
   using T = typename V::T;
@@ -252,13 +276,39 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
     auto step = [&]<bool TAIL>(int64_t k, T s, T b) {
       for (int a = 0; a < A; a++) {
         T w = V::template wchunk<F, TAIL>(row, k + a * L);
-        if constexpr (!is_dense<F>()) w = scaled<F>(w, s, b);
+        if constexpr (!is_dense<F>() && !FACTOR) w = scaled<F>(w, s, b);
         for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
       }
     };
     int64_t k = k0;
     if constexpr (is_dense<F>()) {
       for (; k + L * A <= k1; k += L * A) step.template operator()<false>(k, V::zero(), V::zero());
+    } else if constexpr (PER_GROUP && FACTOR) {
+      // sum_k x (s q + b) = s sum_k x q + b sum_k x: the scale is applied once per group and the bias through
+      // the group sums of x, which leaves one FMA per vector of weights.
+      const int64_t G = W.group, g0 = k0 >> c.gshift, g1 = k1 >> c.gshift;
+      const int64_t gend = g1 - (k1 == K ? 1 : 0);  // only the row's last group may end at its last byte
+      T tot[MR][A];
+      for (int m = 0; m < MR; m++)
+        for (int a = 0; a < A; a++) tot[m][a] = V::zero();
+      auto group = [&]<bool TAIL>(int64_t g) {
+        for (int m = 0; m < MR; m++)
+          for (int a = 0; a < A; a++) acc[m][a] = V::zero();
+        for (int64_t e = k + G; k < e; k += L * A) step.template operator()<TAIL>(k, V::zero(), V::zero());
+        T s = V::set1(c.sc[g]);
+        for (int m = 0; m < MR; m++)
+          for (int a = 0; a < A; a++) tot[m][a] = V::fma(acc[m][a], s, tot[m][a]);
+      };
+      for (int64_t g = g0; g < gend; g++) group.template operator()<false>(g);
+      if (gend < g1) group.template operator()<true>(gend);
+      for (int m = 0; m < MR; m++) {
+        T t = tot[m][0];
+        for (int a = 1; a < A; a++) t = V::add(t, tot[m][a]);
+        float r = V::hsum(t);
+        if constexpr (is_affine<F>()) r += dot_range(c.bi, c.xs + m * W.groups, g0, g1);
+        put(m, n, r);
+      }
+      continue;
     } else if constexpr (PER_GROUP) {
       // Only the row's last group may end at the row's last byte.
       const int64_t G = W.group, gend = (k1 >> c.gshift) - (k1 == K ? 1 : 0);
@@ -300,10 +350,13 @@ static void gemv_block(float *y, int64_t ldy, const float *x, const WeightMat &W
   const int64_t K = W.K;
   const int64_t kblk = (4096 / MR) < 512 ? 512 : 4096 / MR;  // a multiple of every group and of L * A
   const bool per_group = is_dense<F>() || W.group >= V::L * A;
+  // Factoring the scale out pays for one row of x (one FMA per weight vector left); with more rows the
+  // accumulators would not fit the registers. Measured no faster for fp4, whose decode dominates.
+  constexpr bool factor = MR == 1 && !is_dense<F>() && F != F_FP4;
   for (int64_t k0 = 0; k0 < K; k0 += kblk) {
     int64_t k1 = K - k0 <= kblk + kblk / 4 ? K : k0 + kblk;  // no sliver of a block at the end
-    if (per_group) gemv_rows<F, MR, A, true>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
-    else gemv_rows<F, MR, A, false>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
+    if (!per_group) gemv_rows<F, MR, A, false, false>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
+    else gemv_rows<F, MR, A, true, factor>(y, ldy, x, W, n0, n1, bias, c, k0, k1);
     if (k1 == K) break;
   }
 }
@@ -313,15 +366,25 @@ template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
   const int64_t N = W.N, G = W.groups;
-  float *mem = (float *)malloc(sizeof(float) * (size_t)(W.K + 2 * G + 8));
+  float *mem = (float *)malloc(sizeof(float) * (size_t)(W.K + 2 * G + M * G + 8));
   if (!mem) return;
-  RowCtx c{mem, mem + G, mem + 2 * G, W.group ? __builtin_ctz((unsigned)W.group) : 0};
+  float *xs = mem + 2 * G + W.K;
+  RowCtx c{mem, mem + G, mem + 2 * G, W.group ? __builtin_ctz((unsigned)W.group) : 0, xs};
+  if (is_affine<F>())
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t g = 0; g < G; g++) {
+        const float *xg = x + m * W.K + g * W.group;
+        T8 t = _mm256_setzero_ps();
+        for (int64_t i = 0; i < W.group; i += 8) t = _mm256_add_ps(t, _mm256_loadu_ps(xg + i));
+        xs[m * G + g] = hsum8(t);
+      }
   for (int64_t t = t0; t < t1; t++) {
     int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
     for (int64_t m = 0; m < M;) {
       int64_t left = M - m;
       float *ym = y + m * N;
       const float *xm = x + m * W.K;
+      c.xs = xs + m * G;
       if (left >= 8) gemv_block<F, 8, 1>(ym, N, xm, W, n0, n1, bias, c), m += 8;
       else if (left >= 4) gemv_block<F, 4, 2>(ym, N, xm, W, n0, n1, bias, c), m += 4;
       else if (left >= 2) gemv_block<F, 2, 4>(ym, N, xm, W, n0, n1, bias, c), m += 2;
