@@ -407,26 +407,31 @@ export class KvCache {
     return step;
   }
 
-  /** Records that each entry's tokens are now in the cache; window blocks no later query reads are given back. */
-  advance(entries: readonly StepEntry[]): void {
+  /**
+   * Records that each entry's tokens are now in the cache. Window blocks no later query reads are given back,
+   * unless `trim` is false: then the caller may still look at them and calls trimWindow() afterwards.
+   */
+  advance(entries: readonly StepEntry[], trim = true): void {
     for (const e of entries) {
       e.seq.length += e.tokens.length;
-      if (this.windowAllocator) this.dropOutOfWindow(e.seq);
+      if (trim) this.trimWindow(e.seq);
     }
   }
 
-  /** Logical block of the first key the next query (at position `length`) reads in a sliding layer. */
-  private firstReadBlock(length: number): number {
-    return Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
-  }
-
-  private dropOutOfWindow(seq: Sequence): void {
+  /** Gives back the window blocks of seq that no later query reads. */
+  trimWindow(seq: Sequence): void {
+    if (this.windowAllocator === null) return;
     const first = this.firstReadBlock(seq.length);
     let k = 0;
-    while (seq.windowStart + k < first && k < seq.windowBlocks.length) this.windowAllocator!.free(seq.windowBlocks[k++]!);
+    while (seq.windowStart + k < first && k < seq.windowBlocks.length) this.windowAllocator.free(seq.windowBlocks[k++]!);
     if (k === 0) return;
     seq.windowBlocks.splice(0, k);
     seq.windowStart = seq.windowBlocks.length === 0 ? first : seq.windowStart + k;
+  }
+
+  /** Logical block of the first key the next query (at position `length`) reads in a sliding layer. */
+  firstReadBlock(length: number): number {
+    return Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
   }
 
   private windowNeeded(seq: Sequence, n: number): number {

@@ -2,6 +2,11 @@
 // to its end, so two requests that share a prompt prefix share those blocks (through the allocator's refcounts)
 // and the second skips their prefill. The cache holds one reference per block it knows; blocks that only the
 // cache holds are given back least recently used first when the allocator runs out.
+//
+// With a windowed KV cache, an entry may also hold the sliding layers' block of the same logical block (taken
+// while the sequence that filled it still held it). A prefix of m blocks is usable only if the entries cover
+// every sliding-layer block the next query's window reads; window blocks are given back first under pressure
+// on the window pools, which leaves their entries usable only as the early part of a longer prefix.
 import type { BlockAllocator } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -15,60 +20,131 @@ export function blockHash(prev: bigint, tokens: ArrayLike<number>, start: number
 
 export const ROOT_HASH = 0n;
 
+/** The window pools of a windowed KV cache: their allocator, and where the window of a query at `length` starts. */
+export interface WindowPools {
+  allocator: BlockAllocator;
+  /** Logical block of the first key a query at position `length` reads in a sliding layer. */
+  firstReadBlock(length: number): number;
+}
+
+export interface PrefixMatch {
+  blocks: number[];
+  hash: bigint;
+  /** Window-pool blocks of logical blocks windowStart .. blocks.length - 1 (windowed caches only). */
+  windowBlocks: number[];
+  windowStart: number;
+}
+
+interface Entry {
+  block: number;
+  /** Window-pool block, or -1. */
+  window: number;
+}
+
 export class PrefixCache {
-  /** hash -> block id; Map order is the LRU order (oldest first). */
-  private readonly blocks = new Map<bigint, number>();
+  /** hash -> entry; Map order is the LRU order (oldest first). */
+  private readonly entries = new Map<bigint, Entry>();
 
   constructor(
     private readonly allocator: BlockAllocator,
     readonly blockSize: number,
+    private readonly windowPools: WindowPools | null = null,
   ) {
     allocator.setReclaimer((needed) => this.evict(needed));
+    windowPools?.allocator.setReclaimer((needed) => this.evictWindow(needed));
   }
 
   get size(): number {
-    return this.blocks.size;
+    return this.entries.size;
   }
 
   /**
    * The cached blocks that hold a prefix of `tokens`, at most `maxBlocks` of them, each retained once for the
-   * caller (who frees them like its own blocks). Returns the block ids and the chain hash after the last one.
+   * caller (who frees them like its own blocks). Returns the block ids and the chain hash after the last one,
+   * and for a windowed cache the window blocks the next query reads.
    */
-  match(tokens: ArrayLike<number>, maxBlocks: number): { blocks: number[]; hash: bigint } {
-    const out: number[] = [];
-    let hash = ROOT_HASH;
+  match(tokens: ArrayLike<number>, maxBlocks: number): PrefixMatch {
+    const found: Entry[] = [];
+    const hashes: bigint[] = [ROOT_HASH];
     const bs = this.blockSize;
     for (let b = 0; b < maxBlocks && (b + 1) * bs <= tokens.length; b++) {
-      const h = blockHash(hash, tokens, b * bs, (b + 1) * bs);
-      const id = this.blocks.get(h);
-      if (id === undefined) break;
-      this.blocks.delete(h);
-      this.blocks.set(h, id);
-      this.allocator.retain(id);
-      out.push(id);
-      hash = h;
+      const h = blockHash(hashes[b]!, tokens, b * bs, (b + 1) * bs);
+      const e = this.entries.get(h);
+      if (e === undefined) break;
+      found.push(e);
+      hashes.push(h);
     }
-    return { blocks: out, hash };
+    let m = found.length;
+    let windowStart = 0;
+    if (this.windowPools) {
+      // The longest prefix whose last blocks still have their sliding-layer K/V.
+      for (; m > 0; m--) {
+        windowStart = this.windowPools.firstReadBlock(m * bs);
+        let covered = true;
+        for (let k = windowStart; k < m && covered; k++) covered = found[k]!.window >= 0;
+        if (covered) break;
+      }
+      if (m === 0) windowStart = 0;
+    }
+    const blocks: number[] = [];
+    const windowBlocks: number[] = [];
+    for (let k = 0; k < m; k++) {
+      const e = found[k]!;
+      this.entries.delete(hashes[k + 1]!);
+      this.entries.set(hashes[k + 1]!, e);
+      this.allocator.retain(e.block);
+      blocks.push(e.block);
+      if (this.windowPools && k >= windowStart) {
+        this.windowPools.allocator.retain(e.window);
+        windowBlocks.push(e.window);
+      }
+    }
+    return { blocks, hash: hashes[m]!, windowBlocks, windowStart };
   }
 
   /**
-   * Records a block that has just been filled: `hash` is the chain hash through it. A block already known under
-   * this hash is left as is (the sequence keeps its own copy); otherwise the cache takes a reference.
+   * Records a block that has just been filled: `hash` is the chain hash through it, windowBlockId its
+   * sliding-layer block (-1 for none). A block already known under this hash is left as is (the sequence keeps
+   * its own copy), except that an entry whose window block was given back takes the new one.
    */
-  insert(hash: bigint, blockId: number): void {
-    if (this.blocks.has(hash)) return;
+  insert(hash: bigint, blockId: number, windowBlockId = -1): void {
+    const known = this.entries.get(hash);
+    const win = this.windowPools && windowBlockId >= 0 ? windowBlockId : -1;
+    if (known) {
+      if (known.window < 0 && win >= 0) {
+        this.windowPools!.allocator.retain(win);
+        known.window = win;
+      }
+      return;
+    }
     this.allocator.retain(blockId);
-    this.blocks.set(hash, blockId);
+    if (win >= 0) this.windowPools!.allocator.retain(win);
+    this.entries.set(hash, { block: blockId, window: win });
   }
 
   /** Gives back up to `needed` blocks that nothing but the cache holds, least recently used first. */
   evict(needed: number): number {
     let freed = 0;
-    for (const [h, id] of this.blocks) {
+    for (const [h, e] of this.entries) {
       if (freed >= needed) break;
-      if (this.allocator.refcount(id) !== 1) continue;
-      this.blocks.delete(h);
-      this.allocator.free(id);
+      if (this.allocator.refcount(e.block) !== 1) continue;
+      this.entries.delete(h);
+      this.allocator.free(e.block);
+      if (e.window >= 0) this.windowPools!.allocator.free(e.window);
+      freed++;
+    }
+    return freed;
+  }
+
+  /** Gives back up to `needed` window blocks that nothing but the cache holds, least recently used first. */
+  evictWindow(needed: number): number {
+    const wa = this.windowPools!.allocator;
+    let freed = 0;
+    for (const e of this.entries.values()) {
+      if (freed >= needed) break;
+      if (e.window < 0 || wa.refcount(e.window) !== 1) continue;
+      wa.free(e.window);
+      e.window = -1;
       freed++;
     }
     return freed;

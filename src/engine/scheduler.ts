@@ -80,9 +80,11 @@ export class Scheduler {
     private readonly config: EngineConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    // A windowed cache gives back the sliding layers' early blocks, so a cached prefix would lack their K/V.
-    const shareable = config.prefixCache && !model.cache.windowed;
-    this.prefix = shareable ? new PrefixCache(model.cache.allocator, model.cache.blockSize) : null;
+    const cache = model.cache;
+    const windowPools = cache.windowAllocator
+      ? { allocator: cache.windowAllocator, firstReadBlock: (n: number) => cache.firstReadBlock(n) }
+      : null;
+    this.prefix = config.prefixCache ? new PrefixCache(cache.allocator, cache.blockSize, windowPools) : null;
   }
 
   get numRunning(): number {
@@ -181,6 +183,8 @@ export class Scheduler {
         // Keep at least one token to run, so the step yields the logits of the last prompt token.
         const m = this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize));
         a.seq.blocks.push(...m.blocks);
+        a.seq.windowBlocks.push(...m.windowBlocks);
+        a.seq.windowStart = m.windowStart;
         a.seq.length = m.blocks.length * cache.blockSize;
         a.hash = m.hash;
         a.hashedBlocks = m.blocks.length;
@@ -289,8 +293,12 @@ export class Scheduler {
       if (owners[i]!.seq.length + entries[i]!.tokens.length === owners[i]!.tokens.length) wanted.push(i);
     }
     const logits = this.model.forward(built, Int32Array.from(wanted, (i) => built.lastRows[i]!));
-    cache.advance(entries);
-    for (const a of owners) this.offerBlocks(a);
+    // Blocks are offered before the window moves on, so that the prefix cache keeps their sliding-layer K/V.
+    cache.advance(entries, false);
+    for (const a of owners) {
+      this.offerBlocks(a);
+      cache.trimWindow(a.seq);
+    }
     const vocab = wanted.length > 0 ? logits.length / wanted.length : 0;
     for (let k = 0; k < wanted.length; k++) {
       this.sampleNext(owners[wanted[k]!]!, logits.subarray(k * vocab, (k + 1) * vocab));
@@ -305,7 +313,8 @@ export class Scheduler {
     while ((a.hashedBlocks + 1) * bs <= a.seq.length) {
       const b = a.hashedBlocks;
       a.hash = blockHash(a.hash, a.tokens, b * bs, (b + 1) * bs);
-      this.prefix.insert(a.hash, a.seq.blocks[b]!);
+      const w = b - a.seq.windowStart;
+      this.prefix.insert(a.hash, a.seq.blocks[b]!, w >= 0 && w < a.seq.windowBlocks.length ? a.seq.windowBlocks[w]! : -1);
       a.hashedBlocks++;
     }
   }

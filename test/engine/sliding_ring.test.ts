@@ -5,7 +5,8 @@
 //  - the Gemma 3 fixture (window 6, 4 layers) on the reference TypeScript backend and the native one: a long
 //    decode far beyond what the window pools hold gives exactly the logits of the plain cache, and the
 //    transformers reference logits are still matched;
-//  - the scheduler on a windowed cache answers like it does on a plain one, and turns prefix caching off.
+//  - the scheduler on a windowed cache answers like it does on a plain one, with prefix caching reusing the
+//    sliding layers' blocks it kept, and only where they cover the window of the first query after the prefix.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -332,36 +333,79 @@ describe("scheduler on a windowed cache", () => {
     newStopFilter: () => ({ push: (t: string) => ({ text: t }), flush: () => "" }),
     tokenBytes: () => new Uint8Array(0),
   });
-  const config: EngineConfig = { kvMemoryBytes: 0, maxRunning: 3, maxWaiting: 16, prefillChunk: 16, prefixCache: true };
-  const run = (cache: KvCache) => {
+  const base: EngineConfig = { kvMemoryBytes: 0, maxRunning: 3, maxWaiting: 16, prefillChunk: 16, prefixCache: true };
+  const req = (id: string, prompt: number[], maxTokens: number): GenerateRequest => ({
+    id,
+    model: "m",
+    prompt,
+    maxTokens,
+    sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
+    stop: [],
+    stopTokenIds: [],
+  });
+  // Five prompts sharing their first 30 tokens (7 full blocks of 4, 5 windows of 6), then tails of their own.
+  const shared = Array.from({ length: 30 }, (_, i) => (i * 17 + 3) % 400);
+  const prompts = [0, 1, 2, 3, 4].map((s) => [...shared, ...Array.from({ length: 3 + 7 * s }, (_, i) => (s * 31 + i * 13) % 400)]);
+  /** Submits the requests `together` (all at once) or one after another finished; returns tokens and cached counts. */
+  const run = (cache: KvCache, config: EngineConfig, together: boolean) => {
     const events: EngineEvent[] = [];
     const sched = new Scheduler(schedulerModel(cache), config, (e) => events.push(e));
-    const req = (id: string, prompt: number[], maxTokens: number): GenerateRequest => ({
-      id,
-      model: "m",
-      prompt,
-      maxTokens,
-      sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
-      stop: [],
-      stopTokenIds: [],
+    const drain = () => {
+      for (let i = 0; i < 10_000 && sched.hasWork; i++) sched.step();
+    };
+    prompts.forEach((p, i) => {
+      sched.submit(req(`r${i}`, p, 40));
+      if (!together) drain();
     });
-    const prompt = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 31 + i * 17) % 400);
-    for (let i = 0; i < 5; i++) sched.submit(req(`r${i}`, prompt(i, 20 + 9 * i), 40));
-    for (let i = 0; i < 10_000 && sched.hasWork; i++) sched.step();
+    drain();
     const tokens = (id: string) => events.flatMap((e) => (e.type === "delta" && e.id === id ? e.tokenIds : []));
-    return { tokens: [0, 1, 2, 3, 4].map((i) => tokens(`r${i}`)), prefix: sched.prefix };
+    const cached = (id: string) => {
+      const d = events.find((e) => e.type === "done" && e.id === id) as Extract<EngineEvent, { type: "done" }>;
+      return d.usage.cachedTokens;
+    };
+    return { tokens: prompts.map((_, i) => tokens(`r${i}`)), cached: prompts.map((_, i) => cached(`r${i}`)) };
   };
+  const sizing = { sequences: base.maxRunning, stepTokens: base.prefillChunk };
+  const windowed = () => new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4, windowed: true, sizing });
+  const want = run(new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4 }), { ...base, prefixCache: false }, true);
 
-  test("the same greedy tokens as on a plain cache; nothing left held; no prefix caching", () => {
-    const sizing = { sequences: config.maxRunning, stepTokens: config.prefillChunk };
-    const w = new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4, windowed: true, sizing });
-    const p = new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4 });
-    const got = run(w);
-    const want = run(p);
-    expect(got.tokens.map((t) => t.length)).toEqual([40, 40, 40, 40, 40]);
+  test.each([true, false])("the same greedy tokens as a plain cache without prefix caching (submitted together: %p)", (together) => {
+    const w = windowed();
+    const got = run(w, base, together);
+    expect(want.tokens.map((t) => t.length)).toEqual([40, 40, 40, 40, 40]);
     expect(got.tokens).toEqual(want.tokens);
-    expect(got.prefix).toBeNull();
-    expect(want.prefix).not.toBeNull();
-    expect(w.allocator.numUsed + w.windowAllocator!.numUsed).toBe(0);
+    expect(got.cached.some((c) => c > 0)).toBe(true);
+    // nothing but the prefix cache holds blocks now
+    expect(w.windowAllocator!.numUsed).toBeGreaterThan(0);
+    expect(w.windowAllocator!.numUsed).toBeLessThanOrEqual(w.windowAllocator!.numBlocks);
+  });
+
+  test("window pools with room for every cached block: each later request reuses all 7 shared blocks", () => {
+    const w = new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4, windowed: true });
+    const got = run(w, base, false);
+    expect(got.tokens).toEqual(want.tokens);
+    expect(got.cached).toEqual([0, 28, 28, 28, 28]);
+  });
+
+  test.each([
+    [5, 28],
+    [6, 0],
+  ])("with the %i oldest window blocks given back, a match needs the window of its last blocks (cached %i)", (strip, cached) => {
+    const w = new KvCache(be, model.layers, { memoryBytes: 1 << 20, blockSize: 4, windowed: true });
+    const events: EngineEvent[] = [];
+    const sched = new Scheduler(schedulerModel(w), base, (e) => events.push(e));
+    const drain = () => {
+      for (let i = 0; i < 10_000 && sched.hasWork; i++) sched.step();
+    };
+    sched.submit(req("a", prompts[0]!, 4));
+    drain();
+    // blocks 0..8 of "a" are cached in order; the next query after the 7 shared blocks (position 28) reads
+    // positions 23..28, i.e. blocks 5 and 6
+    expect(sched.prefix!.evictWindow(strip)).toBe(strip);
+    sched.submit(req("b", prompts[1]!, 40));
+    drain();
+    const d = events.find((e) => e.type === "done" && e.id === "b") as Extract<EngineEvent, { type: "done" }>;
+    expect(d.usage.cachedTokens).toBe(cached);
+    expect(events.flatMap((e) => (e.type === "delta" && e.id === "b" ? e.tokenIds : []))).toEqual(want.tokens[1]!);
   });
 });
