@@ -10,7 +10,9 @@
 // holds, which attention never reads (it starts at the window's first position). A step's new tokens always go
 // into blocks that are held until after the step, so no write of a step overwrites a key another token of the
 // same step reads. A sequence costs the window pools about (window + the tokens of its step) instead of its
-// whole length.
+// whole length. A memory budget is split so that the window pools hold what `sizing` asks for but never more
+// blocks than the main pools (a sequence never holds more window blocks than main ones): the cache then holds
+// every set of sequences a cache without window pools would, and more tokens when the budget allows.
 import type { AttentionBatch, Backend, DType, KvPool } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { ForwardStep, LayerCacheSpec } from "../models/model.ts";
@@ -248,7 +250,10 @@ export class KvCache {
     return Math.floor((this.window + Math.max(1, n) - 2) / this.blockSize) + 2;
   }
 
-  /** Window blocks for `sequences` decoding together while one step prefills up to stepTokens over all of them. */
+  /**
+   * Window blocks for `sequences` decoding together while one step prefills up to stepTokens over all of them;
+   * one more block each for a copied shared tail or the growth room the scheduler keeps per sequence.
+   */
   windowBlocksFor(s: WindowSizing): number {
     return s.sequences * (this.windowBlocksPerSequence(1) + 1) + Math.ceil(s.stepTokens / this.blockSize);
   }
