@@ -387,6 +387,25 @@ describe("scheduler on a windowed cache", () => {
     expect(got.cached).toEqual([0, 28, 28, 28, 28]);
   });
 
+  test("a budget too small for every request at once: preempted and recomputed, still the same tokens", () => {
+    // main pools of 45 blocks (180 tokens) for 3 running requests of up to 101 tokens each; window pools of 16
+    const budget = 45 * 1024 + 16 * 3072;
+    const w = new KvCache(be, model.layers, { memoryBytes: budget, blockSize: 4, windowed: true, sizing });
+    expect([w.numBlocks, w.windowAllocator!.numBlocks]).toEqual([45, 16]);
+    let releases = 0;
+    const release = w.release.bind(w);
+    w.release = (seq) => {
+      releases++;
+      release(seq);
+    };
+    for (const prefixCache of [false, true]) {
+      releases = 0;
+      const got = run(w, { ...base, prefixCache }, true);
+      expect(got.tokens).toEqual(want.tokens);
+      expect(releases).toBeGreaterThan(prompts.length);
+    }
+  });
+
   test.each([
     [5, 28],
     [6, 0],
