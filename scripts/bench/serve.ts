@@ -253,6 +253,7 @@ function maskReplay(tok: Tokenizer, vocab: ConstraintVocab, text: string): numbe
 
 const rows: BenchmarkRow[] = [];
 const fmt = (v: number, d = 1) => v.toFixed(d);
+const signed = (v: number) => `${v >= 0 ? "+" : ""}${fmt(v)}`;
 
 const tmp = mkdtempSync(join(tmpdir(), "rmlx-bench-serve-"));
 const modelName = "qwen3-bench";
@@ -357,25 +358,39 @@ try {
     );
   }
 
-  // Alternating plain and constrained requests, so that a change in the machine's load hits both alike.
+  // Alternating plain and constrained requests, so that a change in the machine's load hits both alike. One
+  // constrained request first builds the server's vocabulary index (once per tokenizer), outside the figures.
   const rf = { type: "json_schema", json_schema: { name: "people", schema: SCHEMA } };
+  await chat(server.url, modelName, 2, rf);
   let jsonText = "";
+  const cpu = { plain: 0, json: 0 };
   for (let i = 0; i < jsonPairs; i++) {
+    let c0 = server.cpuSeconds();
     await chat(server.url, modelName, jsonTokens);
+    cpu.plain += server.cpuSeconds() - c0;
+    c0 = server.cpuSeconds();
     jsonText = await chat(server.url, modelName, jsonTokens, rf);
+    cpu.json += server.cpuSeconds() - c0;
   }
   await server.stop();
   server = undefined;
-  // Stopping the server flushed its per-request rows; the chat ones are plain, constrained, plain, ... in order.
+  // Stopping the server flushed its per-request rows; the timed chat ones are plain, constrained, plain, ...
   const db = new Database(serverDb, { readonly: true });
-  const chatRows = db
-    .query("SELECT generated_tokens AS n, decode_tps AS tps FROM requests WHERE api = 'chat' ORDER BY id")
-    .all() as { n: number; tps: number }[];
+  const chatRows = (
+    db.query("SELECT generated_tokens AS n, decode_tps AS tps FROM requests WHERE api = 'chat' ORDER BY id").all() as {
+      n: number;
+      tps: number;
+    }[]
+  ).slice(1);
   db.close();
-  if (chatRows.length !== 2 * jsonPairs) throw new Error(`expected ${2 * jsonPairs} chat rows in the server's database, found ${chatRows.length}`);
-  const plainMs = median(chatRows.filter((_, i) => i % 2 === 0).map((r) => 1000 / r.tps));
-  const jsonMs = median(chatRows.filter((_, i) => i % 2 === 1).map((r) => 1000 / r.tps));
-  const jsonGenerated = chatRows.filter((_, i) => i % 2 === 1).map((r) => r.n);
+  if (chatRows.length !== 2 * jsonPairs) throw new Error(`expected ${2 * jsonPairs} timed chat rows in the server's database, found ${chatRows.length}`);
+  const plainRows = chatRows.filter((_, i) => i % 2 === 0);
+  const jsonRows = chatRows.filter((_, i) => i % 2 === 1);
+  const plainMs = median(plainRows.map((r) => 1000 / r.tps));
+  const jsonMs = median(jsonRows.map((r) => 1000 / r.tps));
+  const cpuPlain = (cpu.plain * 1000) / plainRows.reduce((s, r) => s + r.n, 0);
+  const cpuJson = (cpu.json * 1000) / jsonRows.reduce((s, r) => s + r.n, 0);
+  const cpuOverhead = (100 * (cpuJson - cpuPlain)) / cpuPlain;
 
   const tok = Tokenizer.fromFiles(join(TOKENIZER_DIR, "tokenizer.json"), await Bun.file(join(TOKENIZER_DIR, "tokenizer_config.json")).json());
   const tp = performance.now();
@@ -386,8 +401,9 @@ try {
   const maskMean = mask.reduce((a, b) => a + b, 0) / mask.length;
   const overhead = (100 * (jsonMs - plainMs)) / plainMs;
   console.log(
-    `\njson_schema decoding (${jsonTokens} tokens, generated ${jsonGenerated.join("/")}; median of ${jsonPairs}): ` +
-      `decode step ${fmt(plainMs)} ms plain, ${fmt(jsonMs)} ms constrained: ${overhead >= 0 ? "+" : ""}${fmt(overhead)}%`,
+    `\njson_schema decoding (${jsonTokens} tokens, generated ${jsonRows.map((r) => r.n).join("/")}; median of ${jsonPairs}): ` +
+      `decode step ${fmt(plainMs)} ms plain, ${fmt(jsonMs)} ms constrained: ${signed(overhead)}%; ` +
+      `server CPU per request token ${fmt(cpuPlain)} ms plain, ${fmt(cpuJson)} ms constrained: ${signed(cpuOverhead)}%`,
   );
   console.log(
     `mask alone over a typical answer's ${mask.length} tokens: median ${fmt(maskMs, 2)} ms, mean ${fmt(maskMean, 2)} ms, ` +
@@ -400,6 +416,9 @@ try {
     { name: "serve decode step plain", shape: sh, figure: plainMs, unit: "ms", higherIsBetter: false },
     { name: "serve decode step json_schema", shape: sh, figure: jsonMs, unit: "ms", higherIsBetter: false },
     { name: "serve json_schema step overhead", shape: sh, figure: overhead, unit: "%", higherIsBetter: false },
+    ...(Number.isFinite(cpuOverhead)
+      ? [{ name: "serve json_schema CPU overhead", shape: sh, figure: cpuOverhead, unit: "%", higherIsBetter: false }]
+      : []),
     { name: "json mask per step mean", shape: `qwen3 vocabulary, ${mask.length}-token answer`, figure: maskMean, unit: "ms", higherIsBetter: false },
     { name: "json mask mean / plain decode step", shape: sh, figure: (100 * maskMean) / plainMs, unit: "%", higherIsBetter: false },
   );

@@ -42,6 +42,7 @@ test("bench serve --smoke runs every part and records its figures", async () => 
         "serve aggregate decode",
         "serve decode step json_schema",
         "serve decode step plain",
+        "serve json_schema CPU overhead",
         "serve json_schema step overhead",
         "serve prefix TTFT cold",
         "serve prefix TTFT gain",
