@@ -99,6 +99,35 @@ describe("scope", () => {
     expect(b.arenaBytes).toBeLessThanOrEqual(16 << 20);
   });
 
+  test("a forward with one nested scope per layer (cache writes, attention) equals the flat one", () => {
+    const [T, H, D, L] = [6, 2, 8, 3];
+    const x0 = randn(T * H * D, 21);
+    const ws = [...Array(L).keys()].map((i) => randn(H * D * H * D, 30 + i, 0.2));
+    const run = (perLayer: boolean) => {
+      const b = new NativeBackend();
+      const pools = ws.map(() => b.createKvPool(2, 4, H, D, "f32"));
+      const w = ws.map((x) => b.fromArray(x, [H * D, H * D], "f32"));
+      const positions = Int32Array.from({ length: T }, (_, i) => i);
+      const batch = { blockTables: new Int32Array([1, 0]), maxBlocks: 2, seqLens: new Int32Array([T]), tokenSeq: new Int32Array(T), positions };
+      const slots = Int32Array.from({ length: T }, (_, p) => (p < 4 ? 4 + p : p - 4));
+      return b.scope(() => {
+        let h = b.fromArray(x0, [T, H * D], "f32");
+        for (let i = 0; i < L; i++) {
+          const layer = (x: Tensor) => {
+            const kv = b.reshape(b.linear(x, w[i]!), [T, H, D]);
+            b.kvWrite(pools[i]!, kv, b.scale(kv, 0.5), slots);
+            const a = b.pagedAttention(b.reshape(x, [T, H, D]), pools[i]!, batch, { scale: 0.3 });
+            return b.add(x, b.reshape(a, [T, H * D]));
+          };
+          const x = h;
+          h = perLayer ? b.scope(() => layer(x)) : layer(x);
+        }
+        return b.toFloat32(h);
+      });
+    };
+    expect(run(true)).toEqual(run(false));
+  });
+
   test("a throwing scope still frees and the backend keeps working", () => {
     const a = t(new Float32Array([1, 2]), [2]);
     expect(() =>
