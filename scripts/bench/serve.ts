@@ -419,7 +419,7 @@ try {
     ...(Number.isFinite(cpuOverhead)
       ? [{ name: "serve json_schema CPU overhead", shape: sh, figure: cpuOverhead, unit: "%", higherIsBetter: false }]
       : []),
-    { name: "json mask per step mean", shape: `qwen3 vocabulary, ${mask.length}-token answer`, figure: maskMean, unit: "ms", higherIsBetter: false },
+    { name: "json mask per step mean", shape: `qwen3 vocabulary, list-of-people schema, ${mask.length}-token answer`, figure: maskMean, unit: "ms", higherIsBetter: false },
     { name: "json mask mean / plain decode step", shape: sh, figure: (100 * maskMean) / plainMs, unit: "%", higherIsBetter: false },
   );
 
