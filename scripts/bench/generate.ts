@@ -4,7 +4,10 @@
 // bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b] [--formats bf16,q4]
+// The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
+// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16).
+//
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b] [--formats bf16,q4] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -16,6 +19,8 @@ import type { QuantConfig } from "../../src/io/quant_config.ts";
 import type { StDType, TensorEntry } from "../../src/io/safetensors.ts";
 import type { WeightStore } from "../../src/io/weights.ts";
 import { loadModel } from "../../src/models/registry.ts";
+import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
+import { peerGenerate, type PeerModel } from "./peer/llama_cpp.ts";
 
 const SHAPES: Record<string, Record<string, unknown>> = {
   "qwen3-0.6b": {
@@ -158,7 +163,13 @@ function triadBandwidth(): number {
   return (3 * 4 * n) / out[0]!;
 }
 
-function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): void {
+interface Figures {
+  prefillTps: number;
+  decodeTps: number;
+  boundFraction: number;
+}
+
+function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): Figures {
   const be = getBackend();
   const t0 = performance.now();
   const { md, decodeBytes } = buildModelDir(shape, format);
@@ -193,6 +204,7 @@ function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: numbe
     ].join("  "),
   );
   cache.dispose();
+  return { prefillTps: promptLen / prefillS, decodeTps, boundFraction: decodeTps / boundTps };
 }
 
 const promptLen = Number(arg("prompt", "512"));
@@ -202,7 +214,33 @@ const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
+const withPeer = !process.argv.includes("--no-peer");
+const rows: BenchmarkRow[] = [];
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
-  for (const f of formats) run(m, f, promptLen, gen, bw);
+  for (const f of formats) {
+    const ours = run(m, f, promptLen, gen, bw);
+    const peerType = f === "q4" ? "q4_0" : "bf16";
+    const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    const shape = `${m} ${f} p${promptLen} g${gen}`;
+    const peerName = `llama.cpp ${peerType}`;
+    if (peer?.ok) {
+      console.log(
+        `${"".padEnd(13)}  peer  ${peerName}: prefill ${peer.promptTps.toFixed(1)} tok/s, decode ${peer.decodeTps.toFixed(2)} tok/s` +
+          `  -> ours/peer: prefill ${(ours.prefillTps / peer.promptTps).toFixed(2)}x, decode ${(ours.decodeTps / peer.decodeTps).toFixed(2)}x`,
+      );
+    } else if (peer) {
+      console.log(`${"".padEnd(13)}  peer  unavailable: ${peer.reason}`);
+    }
+    const p = peer?.ok ? peer : null;
+    rows.push(
+      { name: "generate prefill", shape, figure: ours.prefillTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.promptTps },
+      { name: "generate decode", shape, figure: ours.decodeTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.decodeTps },
+      { name: "generate decode bound fraction", shape, figure: ours.boundFraction, unit: "fraction" },
+    );
+  }
 }
+const store = MetricsStore.open(defaultDbPath());
+store.startRun({ kind: "bench", backend: be.name, device: be.device });
+store.recordBenchmarks(rows);
+store.close();
