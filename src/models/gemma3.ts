@@ -4,7 +4,7 @@
 import type { Backend, Tensor, Weight } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { attention, embed, gatedMlp, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
 import { ModelWeights, roundToBf16 } from "./weights.ts";
@@ -89,10 +89,13 @@ export class Gemma3Model implements Model {
     let h = be.scale(embed(be, this.embedTable, step.tokens), this.embedScale);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
-      const a = attention(be, be.rmsNorm(h, b.inputNorm, eps, true), b.attn, b.shape, step, i);
-      h = be.add(h, be.rmsNorm(a, b.postAttnNorm, eps, true));
-      const f = gatedMlp(be, be.rmsNorm(h, b.preFfnNorm, eps, true), b.mlp, "gelu_tanh");
-      h = be.add(h, be.rmsNorm(f, b.postFfnNorm, eps, true));
+      const x = h;
+      h = runLayer(be, step, () => {
+        const a = attention(be, be.rmsNorm(x, b.inputNorm, eps, true), b.attn, b.shape, step, i);
+        const y = be.add(x, be.rmsNorm(a, b.postAttnNorm, eps, true));
+        const f = gatedMlp(be, be.rmsNorm(y, b.preFfnNorm, eps, true), b.mlp, "gelu_tanh");
+        return be.add(y, be.rmsNorm(f, b.postFfnNorm, eps, true));
+      });
     }
     h = selectRows(be, h, step.logitRows);
     let logits = be.linear(be.rmsNorm(h, this.finalNorm, eps, true), this.head);

@@ -73,6 +73,18 @@ export interface MlpWeights {
 }
 
 /** down(act(gate(x)) * up(x)), act = silu (SwiGLU) or tanh-GELU (GeGLU). */
+/**
+ * Steps with more tokens than this run each decoder layer in a scope of its own, so that a prefill chunk's
+ * temporaries are freed layer by layer (a 2048-token chunk of a 0.6B model would otherwise hold gigabytes).
+ * The cost is one evaluation per layer, which decode steps (a few tokens each) should not pay.
+ */
+const LAYER_SCOPE_TOKENS = 64;
+
+/** Runs one decoder layer, in its own scope when the step is long. */
+export function runLayer(be: Backend, step: ForwardStep, layer: () => Tensor): Tensor {
+  return step.tokens.length > LAYER_SCOPE_TOKENS ? be.scope(layer) : layer();
+}
+
 export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
   const g = be.linear(x, w.gate, w.gateBias);
   const u = be.linear(x, w.up, w.upBias);

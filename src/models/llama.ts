@@ -3,7 +3,7 @@
 import type { Backend, Tensor, Weight } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { attention, embed, gatedMlp, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
 import { ModelWeights } from "./weights.ts";
@@ -111,9 +111,11 @@ export class LlamaModel implements Model {
     let h = embed(be, this.embedTable, step.tokens);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
-      const a = attention(be, be.rmsNorm(h, b.inputNorm, this.eps), b.attn, b.shape, step, i);
-      h = be.add(h, a);
-      h = be.add(h, this.mlp(i, be.rmsNorm(h, b.postNorm, this.eps)));
+      const x = h;
+      h = runLayer(be, step, () => {
+        const y = be.add(x, attention(be, be.rmsNorm(x, b.inputNorm, this.eps), b.attn, b.shape, step, i));
+        return be.add(y, this.mlp(i, be.rmsNorm(y, b.postNorm, this.eps)));
+      });
     }
     h = selectRows(be, h, step.logitRows);
     return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
