@@ -6,7 +6,7 @@
 // prefix shared by many tokens is stepped once, and a rejected prefix skips every token that starts with it:
 // the walk costs about what a trie would, with flat typed arrays instead of nodes.
 import { compileSchema } from "./json_schema.ts";
-import { type GrammarState, canEnd, inFreeString, initialState, stepByte } from "./json_grammar.ts";
+import { type GrammarState, canEnd, initialState, stepByte, stringRoom } from "./json_grammar.ts";
 
 export interface TokenBytes {
   /** All tokens' bytes, concatenated; token i is blob[offsets[i], offsets[i+1]). */
@@ -84,6 +84,8 @@ export class ConstraintVocab {
   private readonly structural: SortedTokens;
   /** 1 for tokens that are nothing but plain string content. */
   private readonly plain: Uint8Array;
+  /** Characters (UTF-8 lead bytes) of each plain token, for strings with a length bound. */
+  private readonly plainChars: Uint16Array;
 
   constructor(
     readonly bytes: TokenBytes,
@@ -97,13 +99,22 @@ export class ConstraintVocab {
     const usable: number[] = [];
     const structural: number[] = [];
     this.plain = new Uint8Array(this.size);
+    this.plainChars = new Uint16Array(this.size);
     for (let i = 0; i < this.size; i++) {
       if (special.has(i) || offsets[i + 1]! === offsets[i]!) continue;
       usable.push(i);
       let plain = true;
-      for (let k = offsets[i]!; k < offsets[i + 1]! && plain; k++) plain = isPlainStringByte(blob[k]!);
-      if (plain) this.plain[i] = 1;
-      else structural.push(i);
+      let chars = 0;
+      for (let k = offsets[i]!; k < offsets[i + 1]! && plain; k++) {
+        plain = isPlainStringByte(blob[k]!);
+        if ((blob[k]! & 0xc0) !== 0x80) chars++;
+      }
+      if (plain) {
+        this.plain[i] = 1;
+        this.plainChars[i] = Math.min(chars, 0xffff);
+      } else {
+        structural.push(i);
+      }
     }
     this.all = new SortedTokens(usable, bytes);
     this.structural = new SortedTokens(structural, bytes);
@@ -111,8 +122,13 @@ export class ConstraintVocab {
 
   /** Marks in mask (1 = allowed) every token whose bytes the grammar accepts from state. */
   fillMask(state: GrammarState, mask: Uint8Array): void {
-    if (inFreeString(state)) {
+    const room = stringRoom(state);
+    if (room === Infinity) {
       mask.set(this.plain);
+      this.structural.walk(state, this.bytes, mask);
+    } else if (room >= 0) {
+      const plain = this.plain, chars = this.plainChars;
+      for (let i = 0; i < mask.length; i++) mask[i] = plain[i]! & (chars[i]! <= room ? 1 : 0);
       this.structural.walk(state, this.bytes, mask);
     } else {
       mask.fill(0);

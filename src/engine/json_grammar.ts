@@ -54,13 +54,15 @@ export function stepByte(state: GrammarState, b: number): GrammarState {
 }
 
 /**
- * Whether the state is inside a string with no length bound and no escape pending: then every byte but the quote,
- * the backslash and control bytes only extends the string, so tokens made of such bytes need no stepping.
+ * Inside a string with no escape pending, every byte but the quote, the backslash and control bytes only extends
+ * the string, so tokens made of such bytes need no stepping: they fit when their characters fit the length
+ * bound. Returns how many more characters the string may take (Infinity when unbounded), or -1 when the state
+ * is not such a string.
  */
-export function inFreeString(state: GrammarState): boolean {
-  if (state.length !== 1) return false;
+export function stringRoom(state: GrammarState): number {
+  if (state.length !== 1) return -1;
   const f = state[0]!;
-  return f.t === "str" && f.esc === 0 && f.max === Infinity;
+  return f.t === "str" && f.esc === 0 ? f.max - f.len : -1;
 }
 
 /** Whether the text so far is a complete value (the number at the end, if any, may stop here). */
