@@ -44,6 +44,20 @@ export async function startGeneration(
   return { stream, started: first };
 }
 
+/** Starts several generations (n > 1); when one is refused, the ones already started are cancelled. */
+export async function startAll(
+  ctx: ServerContext,
+  reqs: GenerateRequest[],
+  api: string,
+  signal?: AbortSignal,
+): Promise<{ stream: GenerationStream; started: Started }[]> {
+  const settled = await Promise.allSettled(reqs.map((r) => startGeneration(ctx, r, api, signal)));
+  const failed = settled.find((s) => s.status === "rejected");
+  if (!failed) return settled.map((s) => (s as PromiseFulfilledResult<{ stream: GenerationStream; started: Started }>).value);
+  for (const s of settled) if (s.status === "fulfilled") s.value.stream.cancel();
+  throw failed.reason;
+}
+
 export interface Collected {
   started: Started;
   shaped: Shaped;

@@ -3,11 +3,12 @@ import { HttpError } from "./errors.ts";
 import {
   collectAll,
   newId,
-  startGeneration,
+  startAll,
   type Collected,
   type ServerContext,
   type Started,
 } from "./generation.ts";
+import type { GenerationStream } from "./engine_client.ts";
 import type { ModelEntry } from "./models.ts";
 import { outputShaper, plainShaper, type Shaped, type ToolCallOut } from "./output.ts";
 import { openAISampling, stopList } from "./sampling.ts";
@@ -127,8 +128,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   const n = body.n ?? 1;
   try {
     if (body.stream) {
-      if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
-      return await streamChat(ctx, body, m, signal);
+      return await streamChat(ctx, body, m, n, signal);
     }
   } catch (e) {
     ctx.models.release(m);
@@ -178,56 +178,88 @@ export function streamError(err: unknown, send: SseSend): void {
   send("[DONE]");
 }
 
-/** Streams one chat completion; the caller releases the model if this throws, the stream releases it otherwise. */
-async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
-  const req = chatRequest(body, m, 0);
-  const { stream, started } = await startGeneration(ctx, req, "chat", signal);
-  const shaper = shaperFor(m, req)(started);
+/** Streams n chat completions as one event stream; the caller releases the model if this throws, the stream releases it otherwise. */
+async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
+  const reqs = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
+  const gens = await startAll(ctx, reqs, "chat", signal);
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;
-  const chunk = (delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) => ({
+  const chunk = (index: number, delta: Record<string, unknown>, finish: string | null, logprobs: unknown = null) => ({
     id,
     object: "chat.completion.chunk",
     created,
     model: body.model,
-    choices: [{ index: 0, delta, logprobs, finish_reason: finish }],
+    choices: [{ index, delta, logprobs, finish_reason: finish }],
     ...(includeUsage ? { usage: null } : {}),
   });
+  const choice = async (send: SseSend, index: number): Promise<number> => {
+    const { stream, started } = gens[index]!;
+    const shaper = shaperFor(m, reqs[index]!)(started);
+    let toolIndex = 0;
+    const emit = (s: Shaped, logprobs: TokenLogprob[] | undefined) => {
+      const lp = body.logprobs && logprobs?.length ? chatLogprobs(logprobs) : null;
+      if (s.reasoning) send(chunk(index, { reasoning_content: s.reasoning }, null));
+      if (s.content || lp) send(chunk(index, { content: s.content }, null, lp));
+      for (const call of s.toolCalls) send(chunk(index, { tool_calls: [toolCallDelta(call, toolIndex++)] }, null));
+    };
+    send(chunk(index, { role: "assistant", content: "" }, null));
+    for await (const ev of stream) {
+      if (ev.type === "delta") emit(shaper.feed(ev.text), ev.logprobs);
+      else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
+      else if (ev.type === "done") {
+        emit(shaper.flush(), undefined);
+        send(chunk(index, {}, finishReason(ev.finishReason, toolIndex)));
+        return ev.usage.completionTokens;
+      }
+    }
+    throw new HttpError(500, "engine stream ended without a result");
+  };
+  return streamChoices(ctx, m, gens, choice, (completion) => {
+    const usage = usageOf(gens[0]!.started, completion);
+    return includeUsage ? { id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage } : null;
+  });
+}
+
+/**
+ * Runs the choices of a stream side by side, each sending its own chunks, then the usage chunk (if any) and [DONE].
+ * A failing choice, or a client that goes away, cancels every choice.
+ */
+function streamChoices(
+  ctx: ServerContext,
+  m: ModelEntry,
+  gens: { stream: GenerationStream }[],
+  choice: (send: SseSend, index: number) => Promise<number>,
+  usageChunk: (completionTokens: number) => unknown,
+): Response {
   let released = false;
   const release = () => {
     if (!released) ctx.models.release(m);
     released = true;
   };
-  let toolIndex = 0;
-  const emit = (send: SseSend, s: Shaped, logprobs: TokenLogprob[] | undefined) => {
-    const lp = body.logprobs && logprobs?.length ? chatLogprobs(logprobs) : null;
-    if (s.reasoning) send(chunk({ reasoning_content: s.reasoning }, null));
-    if (s.content || lp) send(chunk({ content: s.content }, null, lp));
-    for (const call of s.toolCalls) send(chunk({ tool_calls: [toolCallDelta(call, toolIndex++)] }, null));
+  const cancelAll = () => {
+    for (const g of gens) g.stream.cancel();
   };
   return sseResponse(
     async (send) => {
-      send(chunk({ role: "assistant", content: "" }, null));
       try {
-        for await (const ev of stream) {
-          if (ev.type === "delta") emit(send, shaper.feed(ev.text), ev.logprobs);
-          else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
-          else if (ev.type === "done") {
-            emit(send, shaper.flush(), undefined);
-            send(chunk({}, finishReason(ev.finishReason, toolIndex)));
-            if (includeUsage) {
-              send({ id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage: usageOf(started, ev.usage.completionTokens) });
-            }
-            send("[DONE]");
-          }
-        }
+        const tokens = await Promise.all(
+          gens.map((_, i) =>
+            choice(send, i).catch((e) => {
+              cancelAll();
+              throw e;
+            }),
+          ),
+        );
+        const usage = usageChunk(tokens.reduce((a, b) => a + b, 0));
+        if (usage) send(usage);
+        send("[DONE]");
       } finally {
         release();
       }
     },
     () => {
-      stream.cancel();
+      cancelAll();
       release();
     },
     streamError,
@@ -284,8 +316,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
   const n = body.n ?? 1;
   try {
     if (body.stream) {
-      if (n > 1) throw new HttpError(400, "n > 1 is not supported with stream", { param: "n" });
-      return await streamCompletion(ctx, body, m, signal);
+      return await streamCompletion(ctx, body, m, n, signal);
     }
   } catch (e) {
     ctx.models.release(m);
@@ -318,48 +349,34 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
   }
 }
 
-async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
-  const { stream, started } = await startGeneration(ctx, completionRequest(body, m, 0), "completions", signal);
+async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
+  const gens = await startAll(ctx, Array.from({ length: n }, (_, i) => completionRequest(body, m, i)), "completions", signal);
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;
-  const chunk = (text: string, finish: string | null, logprobs: unknown = null) => ({
+  const chunk = (index: number, text: string, finish: string | null, logprobs: unknown = null) => ({
     id,
     object: "text_completion",
     created,
     model: body.model,
-    choices: [{ index: 0, text, logprobs, finish_reason: finish }],
+    choices: [{ index, text, logprobs, finish_reason: finish }],
   });
-  let released = false;
-  const release = () => {
-    if (!released) ctx.models.release(m);
-    released = true;
-  };
-  return sseResponse(
-    async (send) => {
-      try {
-        for await (const ev of stream) {
-          if (ev.type === "delta") {
-            send(chunk(ev.text, null, body.logprobs != null && ev.logprobs ? completionLogprobs(ev.logprobs) : null));
-          } else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
-          else if (ev.type === "done") {
-            send(chunk("", finishReason(ev.finishReason, 0)));
-            if (includeUsage) {
-              send({ id, object: "text_completion", created, model: body.model, choices: [], usage: usageOf(started, ev.usage.completionTokens) });
-            }
-            send("[DONE]");
-          }
-        }
-      } finally {
-        release();
+  const choice = async (send: SseSend, index: number): Promise<number> => {
+    for await (const ev of gens[index]!.stream) {
+      if (ev.type === "delta") {
+        send(chunk(index, ev.text, null, body.logprobs != null && ev.logprobs ? completionLogprobs(ev.logprobs) : null));
+      } else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
+      else if (ev.type === "done") {
+        send(chunk(index, "", finishReason(ev.finishReason, 0)));
+        return ev.usage.completionTokens;
       }
-    },
-    () => {
-      stream.cancel();
-      release();
-    },
-    streamError,
-  );
+    }
+    throw new HttpError(500, "engine stream ended without a result");
+  };
+  return streamChoices(ctx, m, gens, choice, (completion) => {
+    const usage = usageOf(gens[0]!.started, completion);
+    return includeUsage ? { id, object: "text_completion", created, model: body.model, choices: [], usage } : null;
+  });
 }
 
 export function modelObject(m: ModelEntry) {

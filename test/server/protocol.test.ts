@@ -122,6 +122,39 @@ describe("OpenAI API", () => {
     expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2]);
   });
 
+  test("streaming with n > 1: each choice has its own role chunk, deltas and finish; usage once at the end", async () => {
+    const ask = { model: "tiny", messages: [{ role: "user" as const, content: "sample" }], temperature: 1, seed: 5, max_tokens: 12, n: 3 };
+    const whole = await openai.chat.completions.create(ask);
+    const stream = await openai.chat.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const c of stream) chunks.push(c);
+    const usages = chunks.filter((c) => c.usage);
+    expect(usages.length).toBe(1);
+    expect(chunks[chunks.length - 1]!.usage).toEqual(usages[0]!.usage);
+    for (let i = 0; i < 3; i++) {
+      const mine = chunks.filter((c) => c.choices[0]?.index === i).map((c) => c.choices[0]!);
+      expect(mine[0]!.delta.role).toBe("assistant");
+      expect(mine.filter((c) => c.delta.role).length).toBe(1);
+      expect(mine.filter((c) => c.finish_reason).map((c) => c.finish_reason)).toEqual([whole.choices[i]!.finish_reason]);
+      expect(mine[mine.length - 1]!.finish_reason).toBe(whole.choices[i]!.finish_reason);
+      expect(mine.map((c) => c.delta.content ?? "").join("")).toBe(whole.choices[i]!.message.content!);
+    }
+    expect(usages[0]!.usage!.completion_tokens).toBe(whole.usage!.completion_tokens);
+    expect(usages[0]!.usage!.completion_tokens).toBe(36);
+
+    const text = ["", ""];
+    const finishes: string[] = [];
+    const c = await openai.completions.create({ model: "tiny", prompt: "abc", max_tokens: 50, temperature: 0, n: 2, stream: true });
+    for await (const k of c) {
+      for (const ch of k.choices) {
+        text[ch.index] += ch.text;
+        if (ch.finish_reason) finishes.push(`${ch.index}:${ch.finish_reason}`);
+      }
+    }
+    expect(text).toEqual(["Echo: abc", "Echo: abc"]);
+    expect(finishes.sort()).toEqual(["0:stop", "1:stop"]);
+  });
+
   test("16 concurrent clients get what each gets alone", async () => {
     const ask = (i: number) =>
       openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: `question ${i}` }], temperature: 0 });
@@ -384,6 +417,22 @@ describe("engine in its own thread", () => {
     await reader.read();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBeGreaterThan(0);
+    ac.abort();
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
+    expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
+  });
+
+  test("a client that disconnects from a stream with n > 1 cancels every choice", async () => {
+    const ac = new AbortController();
+    const r = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, n: 3, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    await reader.read();
+    expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 3, 1000)).toBe(true);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
