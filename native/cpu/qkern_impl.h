@@ -245,6 +245,20 @@ static inline typename V::T scaled(typename V::T w, typename V::T s, typename V:
   else return V::mul(w, s);
 }
 
+// 4-bit affine weights decoded as nibble pairs (x permuted to match): fewer instructions per weight than
+// shifting each nibble into place. The ISA opts in through V::kNibblePairs.
+template <int F>
+static constexpr bool nibble_pairs() {
+  return F == F_A4 && V::kNibblePairs;
+}
+
+// xp = x with each run of 2L elements reordered as its L even elements, then its L odd ones.
+static void permute_x_nibbles(float *xp, const float *x, int64_t n) {
+  constexpr int L = V::L;
+  for (int64_t c = 0; c < n; c += 2 * L)
+    for (int j = 0; j < L; j++) xp[c + j] = x[c + 2 * j], xp[c + L + j] = x[c + 2 * j + 1];
+}
+
 // y[m, n] (+)= x[m, k0:k1] . W[n, k0:k1] for n in [n0, n1) and MR rows of x; the first block of a row writes
 // (with the bias), later ones add. A accumulators per row of x keep enough FMA chains in flight when MR is
 // small. PER_GROUP: a group spans whole steps of A vectors, so its scale and bias are loaded once per group;
@@ -254,6 +268,8 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
                       const float *bias, RowCtx &c, int64_t k0, int64_t k1) {
   using T = typename V::T;
   constexpr int L = V::L;
+  constexpr bool NIBBLE_PAIRS = nibble_pairs<F>();
+  constexpr int SPAN = NIBBLE_PAIRS && A < 2 ? 2 * L : A * L;  // weights per step
   const int64_t K = W.K;
   auto put = [&](int m, int64_t n, float r) {
     float *o = y + m * ldy + n;
@@ -274,10 +290,24 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
     for (int m = 0; m < MR; m++)
       for (int a = 0; a < A; a++) acc[m][a] = V::zero();
     auto step = [&]<bool TAIL>(int64_t k, T s, T b) {
-      for (int a = 0; a < A; a++) {
-        T w = V::template wchunk<F, TAIL>(row, k + a * L);
-        if constexpr (!is_dense<F>() && !FACTOR) w = scaled<F>(w, s, b);
-        for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
+      if constexpr (NIBBLE_PAIRS) {
+        // 2L weights from L bytes: low nibbles are the even elements, high nibbles the odd ones, and x was
+        // permuted to match (see permute_x_nibbles).
+        for (int a = 0; a < SPAN / L; a += 2) {
+          T w0, w1;
+          V::nibble_pair(row + ((k + a * L) >> 1), w0, w1);
+          if constexpr (!FACTOR) w0 = scaled<F>(w0, s, b), w1 = scaled<F>(w1, s, b);
+          for (int m = 0; m < MR; m++) {
+            acc[m][a % A] = V::fma(V::loadu(x + m * K + k + a * L), w0, acc[m][a % A]);
+            acc[m][(a + 1) % A] = V::fma(V::loadu(x + m * K + k + (a + 1) * L), w1, acc[m][(a + 1) % A]);
+          }
+        }
+      } else {
+        for (int a = 0; a < A; a++) {
+          T w = V::template wchunk<F, TAIL>(row, k + a * L);
+          if constexpr (!is_dense<F>() && !FACTOR) w = scaled<F>(w, s, b);
+          for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + k + a * L), w, acc[m][a]);
+        }
       }
     };
     int64_t k = k0;
@@ -294,7 +324,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
       auto group = [&]<bool TAIL>(int64_t g) {
         for (int m = 0; m < MR; m++)
           for (int a = 0; a < A; a++) acc[m][a] = V::zero();
-        for (int64_t e = k + G; k < e; k += L * A) step.template operator()<TAIL>(k, V::zero(), V::zero());
+        for (int64_t e = k + G; k < e; k += SPAN) step.template operator()<TAIL>(k, V::zero(), V::zero());
         T s = V::set1(c.sc[g]);
         for (int m = 0; m < MR; m++)
           for (int a = 0; a < A; a++) tot[m][a] = V::fma(acc[m][a], s, tot[m][a]);
@@ -314,12 +344,12 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
       const int64_t G = W.group, gend = (k1 >> c.gshift) - (k1 == K ? 1 : 0);
       for (int64_t g = k0 >> c.gshift; g < gend; g++) {
         T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero();
-        for (int64_t e = k + G; k < e; k += L * A) step.template operator()<false>(k, s, b);
+        for (int64_t e = k + G; k < e; k += SPAN) step.template operator()<false>(k, s, b);
       }
       if (k < k1) {
         int64_t g = k >> c.gshift;
         T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero();
-        for (; k < k1; k += L * A) step.template operator()<true>(k, s, b);
+        for (; k < k1; k += SPAN) step.template operator()<true>(k, s, b);
       }
     } else {
       auto chunk = [&](int64_t kk, int a) {
@@ -366,9 +396,16 @@ template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
   const int64_t N = W.N, G = W.groups;
-  float *mem = (float *)malloc(sizeof(float) * (size_t)(W.K + 2 * G + M * G + 8));
+  const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;
+  const float *x_perm = x;
+  float *mem = (float *)malloc(sizeof(float) * (size_t)(W.K + 2 * G + M * G + xp_len + 8));
   if (!mem) return;
   float *xs = mem + 2 * G + W.K;
+  if (nibble_pairs<F>()) {
+    float *xp = xs + M * G;
+    permute_x_nibbles(xp, x, M * W.K);  // K is a multiple of the group, so of 2L
+    x_perm = xp;
+  }
   RowCtx c{mem, mem + G, mem + 2 * G, W.group ? __builtin_ctz((unsigned)W.group) : 0, xs};
   if (is_affine<F>())
     for (int64_t m = 0; m < M; m++)
@@ -383,7 +420,7 @@ static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W
     for (int64_t m = 0; m < M;) {
       int64_t left = M - m;
       float *ym = y + m * N;
-      const float *xm = x + m * W.K;
+      const float *xm = x_perm + m * W.K;
       c.xs = xs + m * G;
       if (left >= 8) gemv_block<F, 8, 1>(ym, N, xm, W, n0, n1, bias, c), m += 8;
       else if (left >= 4) gemv_block<F, 4, 2>(ym, N, xm, W, n0, n1, bias, c), m += 4;
