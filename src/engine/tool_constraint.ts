@@ -5,6 +5,8 @@
 import { RmlxError } from "../errors.ts";
 import type { ConstraintVocab } from "./json_constraint.ts";
 import { JsonConstraint } from "./json_constraint.ts";
+import { canEnd, initialState, stepByte, type GrammarState } from "./json_grammar.ts";
+import { compileSchema, type SchemaNode } from "./json_schema.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
 import type { ToolSpec } from "./types.ts";
 
@@ -70,5 +72,205 @@ export class ForcedToolCall implements LogitsProcessor {
         return true;
       }
     }
+  }
+}
+
+// Gemma's pythonic convention: the reply is `[name(key=value, ...)]`. There is no tag to force, so the whole call
+// is one byte-level grammar: "[", a declared tool's name, "(", keyword arguments whose names are the tool's
+// parameters (each at most once, the required ones before ")"), each value a JSON text that follows the
+// parameter's schema (JSON literals are Python literals too, and the pythonic parser reads true/false/null), then
+// ")]" and the end. Inside a value the JSON constraint's own mask is used, so long string arguments keep its
+// fast path; elsewhere the vocabulary is walked in byte order, sharing the steps of common prefixes.
+
+interface PyTool {
+  name: string;
+  /** Parameter names, or null when the tool declares none (then any identifier is a name). */
+  params: readonly string[] | null;
+  required: readonly string[];
+  schemas: Map<string, SchemaNode>;
+  raw: Record<string, unknown>;
+}
+
+type PyState =
+  | { k: "open" }
+  | { k: "name"; buf: string }
+  | { k: "key"; tool: PyTool; used: readonly string[]; buf: string; first: boolean }
+  | { k: "value"; tool: PyTool; used: readonly string[]; json: GrammarState }
+  | { k: "after"; tool: PyTool; used: readonly string[] }
+  | { k: "sep"; tool: PyTool; used: readonly string[] }
+  | { k: "close" }
+  | { k: "done" };
+
+const isIdentByte = (b: number, first: boolean) =>
+  (b >= 0x61 && b <= 0x7a) || (b >= 0x41 && b <= 0x5a) || b === 0x5f || (!first && b >= 0x30 && b <= 0x39);
+
+function pyTool(t: ToolSpec): PyTool {
+  const p = t.function.parameters;
+  const props = p && typeof p.properties === "object" && p.properties !== null ? (p.properties as Record<string, unknown>) : null;
+  const required = Array.isArray(p?.required) ? (p.required as unknown[]).filter((r): r is string => typeof r === "string") : [];
+  return { name: t.function.name, params: props ? Object.keys(props) : null, required, schemas: new Map(), raw: props ?? {} };
+}
+
+function paramSchema(tool: PyTool, key: string): SchemaNode {
+  let s = tool.schemas.get(key);
+  if (!s) {
+    s = compileSchema(tool.raw[key] ?? {});
+    tool.schemas.set(key, s);
+  }
+  return s;
+}
+
+function moreParams(tool: PyTool, used: readonly string[]): boolean {
+  return tool.params === null || tool.params.some((p) => !used.includes(p));
+}
+
+function pyStep(st: PyState, b: number, tools: readonly PyTool[]): PyState | null {
+  const c = String.fromCharCode(b);
+  switch (st.k) {
+    case "open":
+      return b === 0x5b ? { k: "name", buf: "" } : null;
+    case "name": {
+      if (b === 0x28) {
+        const tool = tools.find((t) => t.name === st.buf);
+        return tool ? { k: "key", tool, used: [], buf: "", first: true } : null;
+      }
+      const buf = st.buf + c;
+      return b < 0x80 && tools.some((t) => t.name.startsWith(buf)) ? { k: "name", buf } : null;
+    }
+    case "key": {
+      const { tool, used } = st;
+      if (b === 0x3d) {
+        const known = tool.params === null ? st.buf.length > 0 : tool.params.includes(st.buf);
+        return known && !used.includes(st.buf) ? { k: "value", tool, used: [...used, st.buf], json: initialState(paramSchema(tool, st.buf)) } : null;
+      }
+      if (b === 0x29 && st.first && st.buf === "") return tool.required.length === 0 ? { k: "close" } : null;
+      if (!isIdentByte(b, st.buf === "")) return null;
+      const buf = st.buf + c;
+      const fits = tool.params === null || tool.params.some((p) => p.startsWith(buf) && !used.includes(p));
+      return fits ? { ...st, buf } : null;
+    }
+    case "value": {
+      const json = stepByte(st.json, b);
+      if (json.length > 0) return { ...st, json };
+      return canEnd(st.json) ? pyStep({ k: "after", tool: st.tool, used: st.used }, b, tools) : null;
+    }
+    case "after":
+      if (b === 0x2c) return moreParams(st.tool, st.used) ? { k: "sep", tool: st.tool, used: st.used } : null;
+      if (b === 0x29) return st.tool.required.every((r) => st.used.includes(r)) ? { k: "close" } : null;
+      return null;
+    case "sep":
+      if (b === 0x20) return { k: "key", tool: st.tool, used: st.used, buf: "", first: false };
+      return pyStep({ k: "key", tool: st.tool, used: st.used, buf: "", first: false }, b, tools);
+    case "close":
+      return b === 0x5d ? { k: "done" } : null;
+    case "done":
+      return null;
+  }
+}
+
+/** Token ids in byte order with each one's common-prefix length with the previous one, built once per vocabulary. */
+interface ByteOrder {
+  ids: Int32Array;
+  lcp: Int32Array;
+}
+
+const byteOrders = new WeakMap<ConstraintVocab, ByteOrder>();
+
+function byteOrder(vocab: ConstraintVocab): ByteOrder {
+  let order = byteOrders.get(vocab);
+  if (order) return order;
+  const { blob, offsets } = vocab.bytes;
+  const ids: number[] = [];
+  for (let i = 0; i < vocab.size; i++) if (!vocab.special.has(i) && offsets[i + 1]! > offsets[i]!) ids.push(i);
+  const common = (a: number, b: number) => {
+    const a0 = offsets[a]!, b0 = offsets[b]!;
+    const n = Math.min(offsets[a + 1]! - a0, offsets[b + 1]! - b0);
+    let k = 0;
+    while (k < n && blob[a0 + k] === blob[b0 + k]) k++;
+    return k;
+  };
+  ids.sort((a, b) => {
+    const k = common(a, b);
+    const la = offsets[a + 1]! - offsets[a]!, lb = offsets[b + 1]! - offsets[b]!;
+    if (k < la && k < lb) return blob[offsets[a]! + k]! - blob[offsets[b]! + k]!;
+    return la - lb;
+  });
+  const lcp = new Int32Array(ids.length);
+  for (let i = 1; i < ids.length; i++) lcp[i] = common(ids[i - 1]!, ids[i]!);
+  order = { ids: Int32Array.from(ids), lcp };
+  byteOrders.set(vocab, order);
+  return order;
+}
+
+export class ForcedPythonicCall implements LogitsProcessor {
+  private state: PyState = { k: "open" };
+  private readonly tools: PyTool[];
+  private readonly order: ByteOrder;
+  private readonly mask: Uint8Array;
+
+  constructor(
+    tools: readonly ToolSpec[],
+    private readonly vocab: ConstraintVocab,
+  ) {
+    if (tools.length === 0) throw new RmlxError("invalid_argument", "a required tool call needs tools");
+    this.tools = tools.map(pyTool);
+    this.order = byteOrder(vocab);
+    this.mask = new Uint8Array(vocab.size);
+  }
+
+  apply(logits: Float32Array): void {
+    const mask = this.mask;
+    const st = this.state;
+    mask.fill(0);
+    if (st.k === "done") for (const e of this.vocab.eos) mask[e] = 1;
+    else if (st.k === "value") {
+      this.vocab.fillMask(st.json, mask);
+      for (const e of this.vocab.eos) mask[e] = 0;
+      if (canEnd(st.json)) this.walk({ k: "after", tool: st.tool, used: st.used });
+    } else this.walk(st);
+    for (let i = 0; i < logits.length; i++) if (i >= mask.length || mask[i] === 0) logits[i] = -Infinity;
+  }
+
+  /** Marks every token whose bytes the call grammar accepts from `start`. */
+  private walk(start: PyState): void {
+    const { ids, lcp } = this.order;
+    const { blob, offsets } = this.vocab.bytes;
+    const states: PyState[] = [start];
+    let valid = 0;
+    let i = 0;
+    while (i < ids.length) {
+      const id = ids[i]!;
+      const at = offsets[id]!, len = offsets[id + 1]! - at;
+      let d = Math.min(lcp[i]!, valid);
+      let dead = false;
+      for (; d < len; d++) {
+        const next = pyStep(states[d]!, blob[at + d]!, this.tools);
+        if (!next) {
+          dead = true;
+          break;
+        }
+        states[d + 1] = next;
+      }
+      i++;
+      if (dead) {
+        valid = d;
+        // Every following token that shares these d + 1 bytes dies on the same byte.
+        while (i < ids.length && lcp[i]! > d) i++;
+        continue;
+      }
+      valid = len;
+      this.mask[id] = 1;
+    }
+  }
+
+  accept(tokenId: number): boolean {
+    if (this.vocab.eos.includes(tokenId)) return this.state.k === "done";
+    if (this.vocab.special.has(tokenId)) return false;
+    const { blob, offsets } = this.vocab.bytes;
+    let st: PyState | null = this.state;
+    for (let k = offsets[tokenId]!; k < offsets[tokenId + 1]! && st; k++) st = pyStep(st, blob[k]!, this.tools);
+    if (!st) return false;
+    this.state = st;
+    return true;
   }
 }

@@ -11,7 +11,7 @@ import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import { KvCache, type BuiltStep } from "./kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
-import { ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
+import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
 import { loadSession, type Session } from "./session.ts";
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, LoadedModelInfo, ToolSpec, ToWorker } from "./types.ts";
 
@@ -88,6 +88,7 @@ function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolPars
         return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
       }
       if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
+      if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
       return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
     },
   };

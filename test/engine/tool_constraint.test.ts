@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { ConstraintVocab } from "../../src/engine/json_constraint.ts";
-import { ForcedToolCall, toolCallSchema } from "../../src/engine/tool_constraint.ts";
+import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "../../src/engine/tool_constraint.ts";
+import { parseToolCalls } from "../../src/text/tool_parsers.ts";
 import type { ToolSpec } from "../../src/engine/types.ts";
 
 // A byte-level vocabulary: ids 0-255 are single bytes, then the tool-call tags and an end token.
@@ -63,5 +64,113 @@ describe("forced tool call", () => {
     expect([...logits].filter(Number.isFinite).length).toBe(1);
     expect(Number.isFinite(logits[OPEN]!)).toBe(true);
     expect(p.accept(65)).toBe(false);
+  });
+});
+
+describe("forced pythonic call (Gemma)", () => {
+  // Bytes, then a few multi-byte pieces a real vocabulary has, some of which span the call's parts, and an end token.
+  const extra = ["get_weather", "get", "_time", "(city", '="', '")', ")]", "Paris", "utc=", "True", "true", ", ", "[get"];
+  const pyPieces = [...Array.from({ length: 256 }, (_, b) => new Uint8Array([b])), ...extra.map((t) => enc.encode(t)), new Uint8Array(0)];
+  const PY_EOS = pyPieces.length - 1;
+  const pyOffsets = new Int32Array(pyPieces.length + 1);
+  pyPieces.forEach((p, i) => (pyOffsets[i + 1] = pyOffsets[i]! + p.length));
+  const pyBlob = new Uint8Array(pyOffsets[pyPieces.length]!);
+  pyPieces.forEach((p, i) => pyBlob.set(p, pyOffsets[i]!));
+  const pyVocab = new ConstraintVocab({ blob: pyBlob, offsets: pyOffsets }, new Set([PY_EOS]), [PY_EOS]);
+  const idOf = (text: string) => pyPieces.findIndex((p) => new TextDecoder().decode(p) === text && p.length === enc.encode(text).length);
+
+  const PY_TOOLS: ToolSpec[] = [
+    ...TOOLS,
+    { type: "function", function: { name: "get_news", parameters: { type: "object", properties: { topic: { type: "string", maxLength: 12 }, count: { type: "integer" } } } } },
+  ];
+
+  function drive(seed: number): string {
+    const p = new ForcedPythonicCall(PY_TOOLS, pyVocab);
+    let s = seed >>> 0;
+    const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+    const bytes: number[] = [];
+    for (let step = 0; step < 400; step++) {
+      const logits = Float32Array.from({ length: PY_EOS + 1 }, () => rand() * 4);
+      p.apply(logits);
+      let best = 0;
+      for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+      expect(Number.isFinite(logits[best]!)).toBe(true);
+      expect(p.accept(best)).toBe(true);
+      if (best === PY_EOS) return new TextDecoder().decode(Uint8Array.from(bytes));
+      bytes.push(...pyPieces[best]!);
+    }
+    throw new Error("no end within 400 tokens");
+  }
+
+  test("any model output becomes one call to a declared tool, with declared argument names and typed values", () => {
+    const names = new Set<string>();
+    for (let seed = 1; seed <= 12; seed++) {
+      const text = drive(seed);
+      expect(text).toMatch(/^\[[a-z_]+\(.*\)\]$/s);
+      const { toolCalls, content } = parseToolCalls("pythonic", text, { tools: PY_TOOLS });
+      expect(content).toBe("");
+      expect(toolCalls.length).toBe(1);
+      const name = toolCalls[0]!.function.name;
+      const args = JSON.parse(toolCalls[0]!.function.arguments);
+      names.add(name);
+      if (name === "get_weather") {
+        expect(Object.keys(args)).toEqual(["city"]);
+        expect(["Paris", "Rome"]).toContain(args.city);
+      } else if (name === "get_time") {
+        expect(Object.keys(args)).toEqual(["utc"]);
+        expect(typeof args.utc).toBe("boolean");
+      } else {
+        expect(name).toBe("get_news");
+        for (const k of Object.keys(args)) expect(["topic", "count"]).toContain(k);
+        if ("topic" in args) expect(args.topic.length).toBeLessThanOrEqual(12);
+        if ("count" in args) expect(Number.isInteger(args.count)).toBe(true);
+      }
+    }
+    expect(names.size).toBeGreaterThan(1);
+  });
+
+  /** Feeds a text byte by byte; the index of the first refused byte, or -1. */
+  function refusedAt(text: string): number {
+    const p = new ForcedPythonicCall(PY_TOOLS, pyVocab);
+    const bytes = enc.encode(text);
+    for (let i = 0; i < bytes.length; i++) if (!p.accept(bytes[i]!)) return i;
+    return -1;
+  }
+
+  test("names, argument names, values and required arguments are checked", () => {
+    expect(refusedAt('[get_weather(city="Rome")]')).toBe(-1);
+    expect(refusedAt('[get_news(count=3, topic="ai")]')).toBe(-1);
+    expect(refusedAt("[get_news()]")).toBe(-1);
+    expect(refusedAt("[get_wind(")).toBe(6);
+    expect(refusedAt("[get_weather)")).toBe(12);
+    expect(refusedAt('[get_weather(town="Rome")]')).toBe(13);
+    expect(refusedAt('[get_weather(city="Oslo")]')).toBe(19);
+    expect(refusedAt("[get_weather()]")).toBe(13);
+    expect(refusedAt("[get_time(utc=1)]")).toBe(14);
+    expect(refusedAt("[get_news(count=1, count=2)]")).toBe(19);
+    expect(refusedAt('[get_weather(city="Paris",')).toBe(25);
+    expect(refusedAt("get_time(utc=true)")).toBe(0);
+  });
+
+  test("the end token only after the closing bracket; pieces that span parts are allowed", () => {
+    const p = new ForcedPythonicCall(PY_TOOLS, pyVocab);
+    const allowed = () => {
+      const logits = new Float32Array(PY_EOS + 1);
+      p.apply(logits);
+      return new Set([...logits.keys()].filter((i) => Number.isFinite(logits[i]!)));
+    };
+    expect([...allowed()].sort((a, b) => a - b)).toEqual([0x5b, idOf("[get")].sort((a, b) => a - b));
+    for (const piece of ["[get", "_time", "(", "utc="]) expect(p.accept(idOf(piece) >= 0 && piece.length > 1 ? idOf(piece) : piece.charCodeAt(0))).toBe(true);
+    const atValue = allowed();
+    expect(atValue.has(idOf("true"))).toBe(true);
+    expect(atValue.has(idOf("True"))).toBe(false);
+    expect(atValue.has(PY_EOS)).toBe(false);
+    expect(p.accept(idOf("true"))).toBe(true);
+    const afterValue = allowed();
+    expect(afterValue.has(idOf(")]"))).toBe(true);
+    expect(afterValue.has(idOf(", "))).toBe(false);
+    expect(p.accept(idOf(")]"))).toBe(true);
+    expect([...allowed()]).toEqual([PY_EOS]);
+    expect(p.accept(PY_EOS)).toBe(true);
   });
 });
