@@ -3,9 +3,10 @@ import { countTokens, messages } from "./anthropic.ts";
 import { authorized } from "./auth.ts";
 import { errorResponse, flavorOf, HttpError, toHttpError } from "./errors.ts";
 import { withModel, type ServerContext } from "./generation.ts";
+import { embeddings } from "./embeddings.ts";
 import { chatCompletions, chatMessages, completions, modelObject } from "./openai.ts";
 import { ServerMetrics } from "./prom.ts";
-import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, MessagesBody, TokenizeBody, validationMessage } from "./schemas.ts";
+import { ChatCompletionBody, CompletionBody, CountTokensBody, DetokenizeBody, EmbeddingsBody, MessagesBody, TokenizeBody, validationMessage } from "./schemas.ts";
 
 export interface AppOptions {
   apiKey?: string;
@@ -81,6 +82,7 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
       parse: "json",
     })
     .post("/v1/completions", handle((b: typeof CompletionBody.static, signal) => completions(ctx, b, signal)), { body: CompletionBody, parse: "json" })
+    .post("/v1/embeddings", handle((b: typeof EmbeddingsBody.static) => embeddings(ctx, b)), { body: EmbeddingsBody, parse: "json" })
     .post("/v1/messages", handle((b: typeof MessagesBody.static, signal) => messages(ctx, b, signal)), { body: MessagesBody, parse: "json" })
     .post("/v1/messages/count_tokens", handle((b: typeof CountTokensBody.static) => countTokens(ctx, b)), {
       body: CountTokensBody,

@@ -170,6 +170,21 @@ export const DetokenizeBody = t.Object({
   tokens: t.Array(t.Integer({ minimum: 0 })),
 });
 
+/** OpenAI's embeddings request: one or more texts, or token id lists (at most 2048 inputs, none empty). */
+export const EmbeddingsBody = t.Object({
+  model: t.String(),
+  input: t.Union([
+    t.String({ minLength: 1 }),
+    t.Array(t.String({ minLength: 1 }), { minItems: 1, maxItems: 2048 }),
+    t.Array(t.Integer({ minimum: 0 }), { minItems: 1 }),
+    t.Array(t.Array(t.Integer({ minimum: 0 }), { minItems: 1 }), { minItems: 1, maxItems: 2048 }),
+  ]),
+  encoding_format: t.Optional(t.Union([t.Literal("float"), t.Literal("base64")])),
+  dimensions: t.Optional(t.Integer({ minimum: 1 })),
+  user: t.Optional(t.String()),
+});
+
+export type EmbeddingsBodyT = typeof EmbeddingsBody.static;
 export type ChatCompletionBodyT = typeof ChatCompletionBody.static;
 export type CompletionBodyT = typeof CompletionBody.static;
 export type MessagesBodyT = typeof MessagesBody.static;

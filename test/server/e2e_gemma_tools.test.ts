@@ -60,7 +60,7 @@ describe("forced pythonic tool calls through the server", () => {
       model: name,
       max_tokens: 40,
       tool_choice: { type: "any" },
-      tools: [{ name: "get_weather", input_schema: TOOLS[0]!.function.parameters }],
+      tools: [{ name: "get_weather", input_schema: { type: "object", properties: { city: { enum: ["Paris", "Rome"] } }, required: ["city"] } }],
       messages: [{ role: "user", content: "Weather?" }],
     });
     expect(m.stop_reason).toBe("tool_use");

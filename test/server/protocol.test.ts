@@ -251,6 +251,21 @@ describe("OpenAI API", () => {
     expect(msg.reasoning_content).toBe("Let me think.");
   });
 
+  test("embeddings: the route validates its body; a causal LM answers 400 in OpenAI's format", async () => {
+    const e = (await rejection(openai.embeddings.create({ model: "tiny", input: "hello" }))) as InstanceType<typeof OpenAI.APIError>;
+    expect(e.status).toBe(400);
+    expect(e.message).toContain("model 'tiny' does not produce embeddings");
+    const raw = await post("/v1/embeddings", JSON.stringify({ model: "tiny", input: ["a", "b"] }));
+    expect(raw.status).toBe(400);
+    expect((await jsonOf(raw)).error).toMatchObject({ type: "invalid_request_error", param: "model", message: "model 'tiny' does not produce embeddings" });
+    expect((await post("/v1/embeddings", JSON.stringify({ model: "nope", input: "x" }))).status).toBe(404);
+    for (const bad of [{ model: "tiny" }, { model: "tiny", input: 5 }, { model: "tiny", input: "" }, { model: "tiny", input: [] }]) {
+      const r = await post("/v1/embeddings", JSON.stringify(bad));
+      expect(r.status).toBe(400);
+      expect((await jsonOf(r)).error.message).toContain("input");
+    }
+  });
+
   test("models list and lookup", async () => {
     const list = await openai.models.list();
     expect(list.data.map((m) => m.id).sort()).toEqual(["other", "tiny"]);
