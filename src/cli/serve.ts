@@ -3,6 +3,7 @@ import { builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
+import { parseCorsOrigins } from "../server/cors.ts";
 import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
 import { action } from "./action.ts";
@@ -21,6 +22,7 @@ interface ServeFlags extends BackendFlags {
   prefixCache?: boolean;
   db?: string;
   metrics?: boolean;
+  cors?: string;
 }
 
 const UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
@@ -65,6 +67,7 @@ export function register(program: Command): void {
     .option("--max-waiting <n>", "most queued requests; more are refused with 429 (env RMLX_MAX_WAITING; default 256)")
     .option("--prefill-chunk <n>", "most prompt tokens per step (env RMLX_PREFILL_CHUNK; default 2048)")
     .addOption(new Option("--no-prefix-cache", "do not reuse KV blocks of shared prompt prefixes (env RMLX_PREFIX_CACHE=0)"))
+    .option("--cors <origins>", "let browsers call from these origins: '*' or a comma-separated list (env RMLX_CORS; default off)")
     .option("--db <path>", "metrics database each request is recorded in (env RMLX_DB; default ~/.rmlx/metrics.db)")
     .option("--no-metrics", "record nothing in the metrics database")
     .addHelpText(
@@ -97,6 +100,7 @@ export function register(program: Command): void {
           engine,
           workerUrl: engineWorkerUrl(),
           metricsDb: flags.metrics === false ? null : defaultDbPath(flags.db),
+          cors: flags.cors !== undefined || process.env.RMLX_CORS ? parseCorsOrigins(pick(flags.cors, "RMLX_CORS", "")) : undefined,
         });
         process.stderr.write(`rmlx: serving ${[...models.keys()].join(", ")} on ${server.url}\n`);
         let stopping = false;

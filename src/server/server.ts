@@ -1,6 +1,7 @@
 import type { EngineConfig } from "../engine/types.ts";
 import { MetricsStore } from "../metrics/store.ts";
 import { createApp } from "./app.ts";
+import { CorsPolicy } from "./cors.ts";
 import { EngineClient } from "./engine_client.ts";
 import { RequestJournal } from "./journal.ts";
 import { ModelManager } from "./models.ts";
@@ -16,6 +17,8 @@ export interface ServerOptions {
   workerUrl: string | URL;
   /** The metrics database each finished request is recorded in; null records nothing. */
   metricsDb: string | null;
+  /** Origins browsers may call from ('*' for any); none: no CORS headers. */
+  cors?: string[];
 }
 
 export interface RunningServer {
@@ -29,12 +32,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const models = new ModelManager(engine, opts.models, opts.idleUnloadS);
   const store = opts.metricsDb === null ? MetricsStore.disabled() : MetricsStore.open(opts.metricsDb);
   store.startRun({ kind: "serve", model: [...opts.models.keys()].join(",") });
-  const app = createApp({ engine, models, journal: new RequestJournal(store) }, { apiKey: opts.apiKey }).listen({
+  const app = createApp({ engine, models, journal: new RequestJournal(store) }, { apiKey: opts.apiKey });
+  const cors = opts.cors?.length ? new CorsPolicy(opts.cors) : null;
+  const server = Bun.serve({
     hostname: opts.host,
     port: opts.port,
     idleTimeout: 0,
+    fetch: async (req) => (cors ? (cors.preflight(req) ?? cors.apply(req, await app.handle(req))) : app.handle(req)),
   });
-  const server = app.server!;
   // With a single model there is nothing to choose: load it now, and /health says 503 until it is ready.
   if (models.models.size === 1) {
     const name = [...models.models.keys()][0]!;

@@ -484,6 +484,47 @@ describe("engine in its own thread", () => {
 });
 
 describe("server options", () => {
+  test("--cors: allow headers for allowed origins, preflights answered before the API key; off by default", async () => {
+    const plain = await fetch(`${srv.url}/v1/models`, { headers: { origin: "http://app.example" } });
+    expect(plain.headers.get("access-control-allow-origin")).toBeNull();
+    const dir2 = fakeModels("m");
+    const listed = await serve(["--model", join(dir2, "m"), "--api-key", "k", "--cors", "http://app.example, http://localhost:3000"], ENV);
+    const any = await serve(["--model", join(dir2, "m")], { ...ENV, RMLX_CORS: "*" });
+    try {
+      const pre = await fetch(`${listed.url}/v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: { origin: "http://localhost:3000", "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type" },
+      });
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get("access-control-allow-origin")).toBe("http://localhost:3000");
+      expect(pre.headers.get("access-control-allow-methods")).toContain("POST");
+      expect(pre.headers.get("access-control-allow-headers")).toBe("authorization, content-type");
+      const denied = await fetch(`${listed.url}/v1/models`, { method: "OPTIONS", headers: { origin: "http://evil.example", "access-control-request-method": "GET" } });
+      expect(denied.headers.get("access-control-allow-origin")).toBeNull();
+      const ok = await fetch(`${listed.url}/v1/models`, { headers: { origin: "http://app.example", authorization: "Bearer k" } });
+      expect(ok.status).toBe(200);
+      expect(ok.headers.get("access-control-allow-origin")).toBe("http://app.example");
+      expect(ok.headers.get("vary")).toContain("Origin");
+      const unauthorized = await fetch(`${listed.url}/v1/models`, { headers: { origin: "http://app.example" } });
+      expect(unauthorized.status).toBe(401);
+      expect(unauthorized.headers.get("access-control-allow-origin")).toBe("http://app.example");
+      const stream = await fetch(`${any.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { origin: "http://whatever.example", "content-type": "application/json" },
+        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }], stream: true }),
+      });
+      expect(stream.headers.get("access-control-allow-origin")).toBe("*");
+      expect((await stream.text()).trimEnd().endsWith("data: [DONE]")).toBe(true);
+    } finally {
+      await listed.stop();
+      await any.stop();
+      removeDir(dir2);
+    }
+    const bad = Bun.spawnSync([process.execPath, join(import.meta.dir, "../../src/cli/main.ts"), "serve", "--cors", "not an origin"], { env: { ...process.env, ...ENV } });
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr.toString()).toContain("--cors: 'not an origin' is not an origin");
+  });
+
   test("--api-key: Bearer or x-api-key on every route but /health", async () => {
     const dir2 = fakeModels("m");
     const s = await serve(["--model", join(dir2, "m"), "--api-key", "sekret"], ENV);
