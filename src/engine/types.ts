@@ -137,4 +137,14 @@ export type FromWorker =
   | { type: "tokenized"; rid: string; tokens: number[]; text?: string }
   | { type: "detokenized"; rid: string; text: string }
   | { type: "rpc_error"; rid: string; code: string; message: string }
-  | { type: "stats"; running: number; waiting: number; kvUsed: number; kvTotal: number };
+  | {
+      type: "stats";
+      running: number;
+      waiting: number;
+      /** Blocks of the full-attention pools (every layer's, for models without sliding-window layers). */
+      kvUsed: number;
+      kvTotal: number;
+      /** Blocks of the sliding-window layers' own pools (windowed KV caches); absent or 0 when there are none. */
+      kvWindowUsed?: number;
+      kvWindowTotal?: number;
+    };

@@ -126,13 +126,17 @@ function stats(): void {
   let waiting = 0;
   let kvUsed = 0;
   let kvTotal = 0;
+  let kvWindowUsed = 0;
+  let kvWindowTotal = 0;
   for (const m of models.values()) {
     running += m.scheduler.numRunning;
     waiting += m.scheduler.numWaiting;
     kvUsed += m.cache.allocator.numUsed;
     kvTotal += m.cache.numBlocks;
+    kvWindowUsed += m.cache.windowAllocator?.numUsed ?? 0;
+    kvWindowTotal += m.cache.windowAllocator?.numBlocks ?? 0;
   }
-  post({ type: "stats", running, waiting, kvUsed, kvTotal });
+  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal });
 }
 
 let looping = false;

@@ -56,6 +56,8 @@ export interface EngineStats {
   waiting: number;
   kvUsed: number;
   kvTotal: number;
+  kvWindowUsed: number;
+  kvWindowTotal: number;
 }
 
 interface Pending<T> {
@@ -81,7 +83,7 @@ export class EngineClient {
   private readonly unloads = new Map<string, () => void>();
   private nextRid = 0;
   private dead: Error | null = null;
-  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0 };
+  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0 };
   /** Called once per generation when it ends: with its "done" event, or null (failed or cancelled). */
   onEnd: ((id: string, done: Extract<EngineEvent, { type: "done" }> | null) => void) | null = null;
 
@@ -144,7 +146,14 @@ export class EngineClient {
         this.rpcs.delete(msg.rid);
         return;
       case "stats":
-        this.stats = { running: msg.running, waiting: msg.waiting, kvUsed: msg.kvUsed, kvTotal: msg.kvTotal };
+        this.stats = {
+          running: msg.running,
+          waiting: msg.waiting,
+          kvUsed: msg.kvUsed,
+          kvTotal: msg.kvTotal,
+          kvWindowUsed: msg.kvWindowUsed ?? 0,
+          kvWindowTotal: msg.kvWindowTotal ?? 0,
+        };
         return;
     }
   }

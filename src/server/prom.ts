@@ -52,8 +52,14 @@ export class ServerMetrics {
     ]);
     metric("rmlx_requests_running", "gauge", "Sequences in the running batch.", [`rmlx_requests_running ${stats.running}`]);
     metric("rmlx_requests_waiting", "gauge", "Requests queued for admission.", [`rmlx_requests_waiting ${stats.waiting}`]);
-    metric("rmlx_kv_blocks_used", "gauge", "KV cache blocks in use.", [`rmlx_kv_blocks_used ${stats.kvUsed}`]);
-    metric("rmlx_kv_blocks_total", "gauge", "KV cache blocks in the budget.", [`rmlx_kv_blocks_total ${stats.kvTotal}`]);
+    metric("rmlx_kv_blocks_used", "gauge", "KV cache blocks in use (full-attention pools).", [`rmlx_kv_blocks_used ${stats.kvUsed}`]);
+    metric("rmlx_kv_blocks_total", "gauge", "KV cache blocks in the budget (full-attention pools).", [`rmlx_kv_blocks_total ${stats.kvTotal}`]);
+    metric("rmlx_kv_window_blocks_used", "gauge", "KV cache blocks in use in the sliding-window layers' pools.", [
+      `rmlx_kv_window_blocks_used ${stats.kvWindowUsed}`,
+    ]);
+    metric("rmlx_kv_window_blocks_total", "gauge", "KV cache blocks in the sliding-window layers' pools.", [
+      `rmlx_kv_window_blocks_total ${stats.kvWindowTotal}`,
+    ]);
     metric(
       "rmlx_model_loaded",
       "gauge",

@@ -6,7 +6,7 @@ import OpenAI from "openai";
 import { copyFileSync, rmSync } from "node:fs";
 import { basename, join } from "node:path";
 import { makeTinyModel } from "../models/tiny_model.ts";
-import { serve, waitFor, type Served } from "./harness.ts";
+import { metric, serve, waitFor, type Served } from "./harness.ts";
 
 const TOKENIZER_DIR = join(import.meta.dir, "..", "..", "node_modules", "@lenml", "tokenizer-gemma3", "models");
 
@@ -36,6 +36,7 @@ const TOOLS = [
 ];
 
 describe("forced pythonic tool calls through the server", () => {
+
   test("tool_choice required and a named tool give one parsed call, even from a random model", async () => {
     const openai = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x", maxRetries: 0 });
     for (const tool_choice of ["required", { type: "function", function: { name: "get_weather" } }] as const) {
@@ -66,4 +67,10 @@ describe("forced pythonic tool calls through the server", () => {
     expect(m.stop_reason).toBe("tool_use");
     expect(m.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather" });
   }, 60_000);
+
+  // The engine reports its pools after it has stepped, so this runs after the requests above.
+  test("/metrics reports the sliding-window layers' pools next to the full-attention ones", async () => {
+    expect(await metric(srv.url, "rmlx_kv_blocks_total")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_kv_window_blocks_total")).toBeGreaterThan(0);
+  });
 });

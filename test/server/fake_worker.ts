@@ -16,8 +16,18 @@ const running = new Map<string, { tokens: number; cancelled: boolean }>();
 const loaded = new Set<string>();
 
 const post = (m: FromWorker) => self.postMessage(m);
+// A sliding-window pool of its own holds at most WINDOW tokens of each sequence.
+const WINDOW = 8;
 const stats = () =>
-  post({ type: "stats", running: running.size, waiting: 0, kvUsed: [...running.values()].reduce((a, r) => a + r.tokens, 0), kvTotal: 100000 });
+  post({
+    type: "stats",
+    running: running.size,
+    waiting: 0,
+    kvUsed: [...running.values()].reduce((a, r) => a + r.tokens, 0),
+    kvTotal: 100000,
+    kvWindowUsed: [...running.values()].reduce((a, r) => a + Math.min(r.tokens, WINDOW), 0),
+    kvWindowTotal: 4096,
+  });
 
 function render(messages: ChatMessage[], tools: unknown): string {
   return messages.map((m) => `<|${m.role}|>${m.content ?? ""}${m.tool_calls ? JSON.stringify(m.tool_calls) : ""}`).join("\n") +

@@ -448,9 +448,13 @@ describe("engine in its own thread", () => {
     const reader = r.body!.getReader();
     await reader.read();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 3, 1000)).toBe(true);
+    // The stand-in engine's window pool holds 8 tokens of each sequence, and every prompt here is longer.
+    expect(await metric(srv.url, "rmlx_kv_window_blocks_used")).toBe(3 * 8);
+    expect(await metric(srv.url, "rmlx_kv_window_blocks_total")).toBe(4096);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
+    expect(await metric(srv.url, "rmlx_kv_window_blocks_used")).toBe(0);
   });
 
   test("a non-streaming client that goes away cancels its generation too", async () => {
