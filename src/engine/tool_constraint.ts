@@ -104,11 +104,18 @@ type PyState =
 const isIdentByte = (b: number, first: boolean) =>
   (b >= 0x61 && b <= 0x7a) || (b >= 0x41 && b <= 0x5a) || b === 0x5f || (!first && b >= 0x30 && b <= 0x39);
 
-function pyTool(t: ToolSpec): PyTool {
+const PY_NAME = /^[A-Za-z_][\w.]*$/;
+const PY_PARAM = /^[A-Za-z_]\w*$/;
+
+/** A tool as a call of this convention, or null when the call could not be written (its name, or a required
+ * parameter's, is not a Python identifier); parameters with other names are left out. */
+function pyTool(t: ToolSpec): PyTool | null {
   const p = t.function.parameters;
   const props = p && typeof p.properties === "object" && p.properties !== null ? (p.properties as Record<string, unknown>) : null;
   const required = Array.isArray(p?.required) ? (p.required as unknown[]).filter((r): r is string => typeof r === "string") : [];
-  return { name: t.function.name, params: props ? Object.keys(props) : null, required, schemas: new Map(), raw: props ?? {} };
+  if (!PY_NAME.test(t.function.name) || !required.every((r) => PY_PARAM.test(r))) return null;
+  const params = props ? Object.keys(props).filter((k) => PY_PARAM.test(k)) : null;
+  return { name: t.function.name, params, required, schemas: new Map(), raw: props ?? {} };
 }
 
 function paramSchema(tool: PyTool, key: string): SchemaNode {
@@ -212,8 +219,10 @@ export class ForcedPythonicCall implements LogitsProcessor {
     tools: readonly ToolSpec[],
     private readonly vocab: ConstraintVocab,
   ) {
-    if (tools.length === 0) throw new RmlxError("invalid_argument", "a required tool call needs tools");
-    this.tools = tools.map(pyTool);
+    this.tools = tools.map(pyTool).filter((t): t is PyTool => t !== null);
+    if (this.tools.length === 0) {
+      throw new RmlxError("invalid_argument", "a required tool call needs a tool whose name and required parameters are identifiers in this model's call format");
+    }
     this.order = byteOrder(vocab);
     this.mask = new Uint8Array(vocab.size);
   }

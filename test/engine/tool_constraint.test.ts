@@ -152,6 +152,19 @@ describe("forced pythonic call (Gemma)", () => {
     expect(refusedAt("get_time(utc=true)")).toBe(0);
   });
 
+  test("tools whose call could not be written in Python syntax are left out; none left is an error", () => {
+    const odd: ToolSpec[] = [
+      { type: "function", function: { name: "get-time", parameters: { type: "object", properties: {} } } },
+      { type: "function", function: { name: "lookup", parameters: { type: "object", properties: { "user-id": { type: "string" } }, required: ["user-id"] } } },
+      { type: "function", function: { name: "search", parameters: { type: "object", properties: { q: { type: "string" }, "x-y": { type: "string" } } } } },
+    ];
+    const p = new ForcedPythonicCall(odd, pyVocab);
+    for (const b of enc.encode("[search(")) expect(p.accept(b)).toBe(true);
+    expect(p.accept(0x78)).toBe(false);
+    expect(p.accept(0x29)).toBe(true);
+    expect(() => new ForcedPythonicCall(odd.slice(0, 2), pyVocab)).toThrow("identifiers");
+  });
+
   test("the end token only after the closing bracket; pieces that span parts are allowed", () => {
     const p = new ForcedPythonicCall(PY_TOOLS, pyVocab);
     const allowed = () => {
