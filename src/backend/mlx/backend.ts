@@ -19,7 +19,7 @@ import type {
 import { isQuantized } from "../backend.ts";
 import { RmlxError } from "../../errors.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
-import { MLX_DTYPE, NONE, loadMlx, optFloat, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
+import { MLX_DTYPE, NONE, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
 const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -43,6 +43,8 @@ const FROM_MLX = new Map<number, DType>([
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
 const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 const EMPTY = new Uint8Array(8);
+/** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
+const HOST_IDS_MAX = 1 << 16;
 
 function invalid(msg: string): never {
   throw new RmlxError("invalid_argument", msg);
@@ -111,6 +113,8 @@ export class MlxBackend implements Backend {
     this.S.mlx_array_free(h);
   });
   private readonly freqArrays = new WeakMap<Float32Array, number>();
+  private readonly invFreqs = new Map<string, Float32Array>();
+  private pendingError: string | null = null;
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
 
   constructor(libPath?: string) {
@@ -174,6 +178,7 @@ export class MlxBackend implements Backend {
   private arg(x: Tensor, what: string): MTensor {
     if (!(x instanceof MTensor)) invalid(`${what}: not a tensor of the mlx backend`);
     if (!x.h) invalid(`${what}: tensor ${fmt(x.shape)} is gone (used after its scope ended or disposed)`);
+    if (x.error) invalid(x.error);
     return x;
   }
 
@@ -226,7 +231,9 @@ export class MlxBackend implements Backend {
     if (data.byteLength !== n * BYTES[dtype]) invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * BYTES[dtype]} bytes)`);
     const h = Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, TO_MLX[dtype]));
     if (!h) this.fail("fromArray");
-    return this.wrap(h);
+    const t = this.wrap(h);
+    if (dtype === "i32" && n <= HOST_IDS_MAX) t.host = new Int32Array(data.buffer, data.byteOffset, n).slice();
+    return t;
   }
 
   fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
@@ -268,6 +275,11 @@ export class MlxBackend implements Backend {
   }
 
   eval(...tensors: Tensor[]): void {
+    if (this.pendingError) {
+      const e = this.pendingError;
+      this.pendingError = null;
+      invalid(e);
+    }
     const hs: number[] = [];
     for (const x of tensors) hs.push(this.arg(x, "eval").h);
     for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
@@ -531,7 +543,7 @@ export class MlxBackend implements Backend {
     if (isQuantized(table)) {
       const q = this.quantArgs(table, "take");
       if (q.wt.shape.length !== 2) invalid(`take: table ${fmt(q.wt.shape)} must be 2-D`);
-      return this.op((tmp) => {
+      const out = this.op((tmp) => {
         const flat = this.raw.reshape(it.h, [it.size], tmp);
         const w = this.raw.take(q.wt.h, flat, 0, tmp);
         const s = this.raw.take(q.sc.h, flat, 0, tmp);
@@ -539,18 +551,40 @@ export class MlxBackend implements Backend {
         const d = this.dequantRaw(table, w, s, b, tmp);
         return this.res(this.S.mlx_reshape(slotPtr(), d, ints([...it.shape, q.K]), it.shape.length + 1, this.stream), "take");
       });
+      this.checkIds(out, it, q.N);
+      return out;
     }
     const wt = this.arg(table, "take table");
     if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
       invalid(`take: table must be a float [rows, dim] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
-    return this.op((tmp) => {
+    const out = this.op((tmp) => {
       const r = this.raw.take(wt.h, it.h, 0, tmp);
       return this.res(this.S.mlx_astype(slotPtr(), r, MLX_DTYPE.f32, this.stream), "take");
     });
+    this.checkIds(out, it, wt.shape[0]!);
+    return out;
   }
 
-  /** mx.dequantize to f32 (the nvfp4 global scale as MLX applies it). Returns a temp handle. */
+  /** MLX reads out-of-range ids unchecked: ids known on the host are checked, and a bad one poisons the result. */
+  private checkIds(out: MTensor, ids: MTensor, rows: number): void {
+    if (!ids.host) return;
+    for (const id of ids.host)
+      if (!(id >= 0 && id < rows)) {
+        out.error = `take: id ${id} outside a table of ${rows} rows`;
+        return;
+      }
+  }
+
+  /**
+   * mx.dequantize to f32 (the nvfp4 global scale as MLX applies it). Returns a temp handle. Affine scales and
+   * biases are widened first: MLX computes scale * q + bias in their dtype, the native backend and the references
+   * in f32.
+   */
   private dequantRaw(w: QuantizedWeight, wq: number, sc: number, bi: number, tmp: Temps): number {
+    if (w.mode === "affine") {
+      if (this.S.mlx_array_dtype(sc) !== MLX_DTYPE.f32) sc = this.raw.astype(sc, MLX_DTYPE.f32, tmp);
+      if (bi && this.S.mlx_array_dtype(bi) !== MLX_DTYPE.f32) bi = this.raw.astype(bi, MLX_DTYPE.f32, tmp);
+    }
     const gs = w.mode === "nvfp4" && w.globalScale !== undefined ? this.raw.data(Float32Array.of(w.globalScale), [], MLX_DTYPE.f32, tmp) : null;
     const d = tmp.add(
       this.res(
@@ -767,16 +801,41 @@ export class MlxBackend implements Backend {
     return h;
   }
 
-  /** MLX's rope takes periods (1 / inverse frequency). */
+  /**
+   * MLX's rope takes periods and inverts them in f32. Each period is chosen so that its f32 reciprocal is exactly
+   * the wanted f32 inverse frequency: angles then equal position * inv_freq rounded once, as in transformers,
+   * instead of MLX's exp-based default frequencies, which drift by a few ulps (visible at long positions).
+   */
   private freqsFor(inv: Float32Array): number {
     let h = this.freqArrays.get(inv);
     if (h === undefined) {
       const periods = new Float32Array(inv.length);
-      for (let i = 0; i < inv.length; i++) periods[i] = 1 / inv[i]!;
+      const bits = new Uint32Array(periods.buffer);
+      for (let i = 0; i < inv.length; i++) {
+        periods[i] = 1 / inv[i]!;
+        const first = bits[i]!;
+        for (const d of [0, 1, -1, 2, -2]) {
+          bits[i] = first + d;
+          if (Math.fround(1 / periods[i]!) === inv[i]) break;
+          bits[i] = first;
+        }
+      }
       h = Number(this.S.mlx_array_new_data(periods, ints([periods.length]), 1, MLX_DTYPE.f32));
       this.freqArrays.set(inv, h);
     }
     return h;
+  }
+
+  /** f32 inverse frequencies 1 / base^(2i/dims), one array per (base, dims). */
+  private baseFreqs(base: number, dims: number): Float32Array {
+    const key = `${base}/${dims}`;
+    let f = this.invFreqs.get(key);
+    if (!f) {
+      f = new Float32Array(dims / 2);
+      for (let i = 0; i < f.length; i++) f[i] = 1 / Math.pow(base, (2 * i) / dims);
+      this.invFreqs.set(key, f);
+    }
+    return f;
   }
 
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
@@ -796,11 +855,10 @@ export class MlxBackend implements Backend {
       }
       // One position per token: each token is its own batch entry of a length-1 sequence, offset by its position.
       const x4 = this.raw.reshape(h, [T, H, 1, D], tmp);
-      const freqs = opts.freqs ? this.freqsFor(opts.freqs) : null;
-      const base = opts.freqs ? NONE : optFloat(opts.base);
+      const freqs = this.freqsFor(opts.freqs ?? this.baseFreqs(opts.base, opts.dims));
       const r = tmp.add(
         this.res(
-          this.S.mlx_fast_rope_dynamic(slotPtr(), x4, opts.dims, opts.traditional, base, opts.scale, this.offsetsFor(positions), freqs, this.stream),
+          this.S.mlx_fast_rope_dynamic(slotPtr(), x4, opts.dims, opts.traditional, NONE, opts.scale, this.offsetsFor(positions), freqs, this.stream),
           "rope",
         ),
       );
@@ -853,7 +911,12 @@ export class MlxBackend implements Backend {
     if (vt.shape[0] !== T) invalid(`kvWrite: k ${fmt(kt.shape)} and v ${fmt(vt.shape)} differ`);
     if (slots.length !== T) invalid(`kvWrite: ${slots.length} slots for ${T} tokens`);
     const total = numBlocks * blockSize;
-    for (const s of slots) if (!(s >= 0 && s < total)) invalid(`kvWrite: slot ${s} outside the pool's ${total}`);
+    // Like any lazy op, a bad write surfaces at the next eval (and is dropped, leaving the pool as it was).
+    for (const s of slots)
+      if (!(s >= 0 && s < total)) {
+        this.pendingError ??= `kvWrite: slot ${s} outside the pool's ${total} slots`;
+        return;
+      }
     if (T === 0) return;
     const tmp = new Temps();
     try {
@@ -954,6 +1017,7 @@ export class MlxBackend implements Backend {
       qIdx[row] = t;
       outIdx[t] = row;
       const pos = batch.positions[t]!;
+      if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
       const hi = Math.min(pos, batch.seqLens[s]! - 1);
       const lo = window > 0 ? Math.max(0, pos - window + 1) : 0;
       mask[row * S] = 0;

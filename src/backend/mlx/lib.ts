@@ -2,7 +2,7 @@
 // mlx-c passes its handles (mlx_array, mlx_stream, mlx_vector_array, ...) as one-pointer structs by value, which
 // every supported ABI (x86-64 SysV, arm64) passes exactly like a pointer, so they are declared as pointers here;
 // results come back through 8-byte out-slots. Optional scalars ({value; bool has_value}) are 8 bytes and travel
-// in one integer register: they are declared u64 and built by optInt / optFloat.
+// in one integer register: they are declared u64 and built by optInt.
 import { dlopen, FFIType, JSCallback, CString, type Pointer } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { RmlxError } from "../../errors.ts";
@@ -226,12 +226,6 @@ export function readSlot(): number {
 /** mlx_optional_int with a value. */
 export function optInt(v: number): bigint {
   return BigInt(v >>> 0) | (1n << 32n);
-}
-
-/** mlx_optional_float with a value. */
-export function optFloat(v: number): bigint {
-  const b = new Float32Array([v]);
-  return BigInt(new Uint32Array(b.buffer)[0]!) | (1n << 32n);
 }
 
 /** An absent optional. */

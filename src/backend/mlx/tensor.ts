@@ -12,6 +12,10 @@ export class MTensor implements Tensor {
   scoped = false;
   /** Owned by the caller until dispose() (weights, KV pools). */
   persistent = false;
+  /** Host copy of small i32 inputs (ids), so that ops can check ranges MLX does not check. */
+  host: Int32Array | null = null;
+  /** Set on a result whose inputs were found bad: using or reading it throws this (errors surface at eval). */
+  error: string | null = null;
 
   constructor(h: number, shape: readonly number[], dtype: DType) {
     this.h = h;
