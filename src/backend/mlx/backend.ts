@@ -275,13 +275,16 @@ export class MlxBackend implements Backend {
   }
 
   eval(...tensors: Tensor[]): void {
+    this.evalHandles(tensors.map((x) => this.arg(x, "eval").h));
+  }
+
+  /** One mlx_eval of the given handles and of every pool written since the last eval: one per step. */
+  private evalHandles(hs: number[]): void {
     if (this.pendingError) {
       const e = this.pendingError;
       this.pendingError = null;
       invalid(e);
     }
-    const hs: number[] = [];
-    for (const x of tensors) hs.push(this.arg(x, "eval").h);
     for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
@@ -295,12 +298,11 @@ export class MlxBackend implements Backend {
 
   /** Evaluates a contiguous copy of x in the given dtype and copies its bytes out. */
   private readBack(x: MTensor, dt: number, what: string): ArrayBuffer {
-    this.eval();
     const tmp = new Temps();
     try {
       const c = x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp);
       const h = tmp.add(this.res(this.S.mlx_contiguous(slotPtr(), c, false, this.stream), what));
-      if (this.S.mlx_array_eval(h) !== 0) this.fail(what, "native");
+      this.evalHandles([h]);
       const n = Number(this.S.mlx_array_nbytes(h));
       if (n === 0) return new ArrayBuffer(0);
       const p = this.S.mlx_array_data_uint8(h);
