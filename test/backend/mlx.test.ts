@@ -46,12 +46,22 @@ describe(`mlx backend${skipReason}`, () => {
     expect(() => be.toFloat32(inner!)).toThrow(/gone/);
   });
 
-  test.skipIf(!probe.ok)("fromBytes reads the caller's bytes (bf16) without a copy of its own", () => {
+  test.skipIf(!probe.ok)("fromBytes reads tensors at any offset of a shared buffer (views, or a copy when unaligned)", () => {
     const be = new MlxBackend();
-    // bf16 of 1.5, -2, 0.25: the top 16 bits of their f32 patterns
-    const bytes = new Uint8Array(Uint16Array.of(0x3fc0, 0xc000, 0x3e80).buffer);
-    const t = be.fromBytes(bytes, [3], "bf16");
-    expect(Array.from(be.toFloat32(t))).toEqual([1.5, -2, 0.25]);
+    // bf16 of 1.5, -2, 0.25, 3: the top 16 bits of their f32 patterns, little-endian, behind 3 bytes of padding
+    const file = new Uint8Array(3 + 8 + 16);
+    file.set([0xc0, 0x3f, 0x00, 0xc0, 0x80, 0x3e, 0x40, 0x40], 3);
+    const f32 = new Float32Array([0.5, -7, 1e-3, 42]);
+    file.set(new Uint8Array(f32.buffer), 11);
+    const unaligned = be.fromBytes(file.subarray(3, 11), [2, 2], "bf16");
+    expect(Array.from(be.toFloat32(unaligned))).toEqual([1.5, -2, 0.25, 3]);
+    const copy = new Uint8Array(file.length + 1);
+    copy.set(file, 1);
+    const aligned = be.fromBytes(copy.subarray(4, 12), [4], "bf16");
+    expect(Array.from(be.toFloat32(aligned))).toEqual([1.5, -2, 0.25, 3]);
+    const floats = be.fromBytes(copy.subarray(12, 28), [2, 2], "f32");
+    expect([...floats.shape]).toEqual([2, 2]);
+    expect(Array.from(be.toFloat32(floats))).toEqual(Array.from(f32));
   });
 
   test.skipIf(!probe.ok)("swiglu and geglu equal their formulas (fused kernel on Metal, plain ops elsewhere)", () => {

@@ -43,6 +43,7 @@ const FROM_MLX = new Map<number, DType>([
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
 const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 const EMPTY = new Uint8Array(8);
+const MAX_MAPPING = 2 ** 31 - 1;
 /** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
 const HOST_IDS_MAX = 1 << 16;
 
@@ -113,6 +114,10 @@ export class MlxBackend implements Backend {
     this.S.mlx_array_free(h);
   });
   private readonly freqArrays = new WeakMap<Float32Array, number>();
+  private readonly mappings = new WeakMap<ArrayBufferLike, number>();
+  private readonly mappingRelease = new FinalizationRegistry<number>((h) => {
+    this.S.mlx_array_free(h);
+  });
   private readonly invFreqs = new Map<string, Float32Array>();
   private pendingError: string | null = null;
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
@@ -236,16 +241,46 @@ export class MlxBackend implements Backend {
     return t;
   }
 
+  /**
+   * The whole buffer under a weight (the mmapped file or window) as one u8 array, made once: its start is page
+   * aligned, so Metal's allocator can use the pages in place, and each tensor is then a view into it.
+   */
+  private mapping(buf: ArrayBufferLike): number {
+    let h = this.mappings.get(buf);
+    if (h === undefined) {
+      // The destructor is mlx_array_free on a null handle, a no-op: the bytes belong to the mapping.
+      h = Number(this.S.mlx_array_new_data_managed_payload(new Uint8Array(buf), ints([buf.byteLength]), 1, MLX_DTYPE.u8, null, this.lib.noopDtor));
+      if (!h) this.fail("fromBytes");
+      this.mappings.set(buf, h);
+      this.mappingRelease.register(buf, h);
+    }
+    return h;
+  }
+
   fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, "fromBytes");
     const n = shape.reduce((a, b) => a * b, 1);
-    if (bytes.byteLength !== n * BYTES[dtype]) invalid(`fromBytes: ${bytes.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * BYTES[dtype]} bytes)`);
-    // MLX wraps the bytes without a copy where its allocator can (unified memory, page-aligned) and copies
-    // otherwise; the destructor is mlx_array_free on a null handle, a no-op, since the bytes belong to the mmap.
-    const h = Number(
-      this.S.mlx_array_new_data_managed_payload(bytes.byteLength ? bytes : EMPTY, ints(shape), shape.length, TO_MLX[dtype], null, this.lib.noopDtor),
-    );
-    if (!h) this.fail("fromBytes");
+    const item = BYTES[dtype];
+    if (bytes.byteLength !== n * item) invalid(`fromBytes: ${bytes.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * item} bytes)`);
+    let h: number;
+    // MLX shapes and slice bounds are int32: larger mappings fall back to a copy per tensor.
+    if (bytes.byteLength > 0 && bytes.byteOffset % item === 0 && bytes.buffer.byteLength <= MAX_MAPPING) {
+      const tmp = new Temps();
+      try {
+        const base = this.mapping(bytes.buffer);
+        const lo = Int32Array.of(bytes.byteOffset);
+        const hi = Int32Array.of(bytes.byteOffset + bytes.byteLength);
+        const part = tmp.add(this.res(this.S.mlx_slice(slotPtr(), base, lo, 1, hi, 1, Int32Array.of(1), 1, this.stream), "fromBytes"));
+        const typed = tmp.add(this.res(this.S.mlx_view(slotPtr(), part, TO_MLX[dtype], this.stream), "fromBytes"));
+        h = this.res(this.S.mlx_reshape(slotPtr(), typed, ints(shape), shape.length, this.stream), "fromBytes");
+        if (this.S.mlx_array_eval(h) !== 0) this.fail("fromBytes", "native");
+      } finally {
+        this.freeAll(tmp);
+      }
+    } else {
+      h = Number(this.S.mlx_array_new_data(bytes.byteLength ? bytes : EMPTY, ints(shape), shape.length, TO_MLX[dtype]));
+      if (!h) this.fail("fromBytes");
+    }
     const t = new MTensor(h, [...shape], dtype);
     t.hold = bytes;
     t.persistent = true;

@@ -77,6 +77,7 @@ const SYMBOLS = {
   mlx_zeros: { args: [P, P, usize, i32, P], returns: i32 },
   mlx_slice_update: { args: [P, P, P, P, usize, P, usize, P, usize, P], returns: i32 },
   mlx_scatter: { args: [P, P, P, P, P, usize, P], returns: i32 },
+  mlx_view: { args: [P, P, i32, P], returns: i32 },
   mlx_take_axis: { args: [P, P, P, i32, P], returns: i32 },
 
   mlx_matmul: binary,
