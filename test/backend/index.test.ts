@@ -1,26 +1,37 @@
 import { expect, test } from "bun:test";
+import { probeMlx } from "../../src/backend/mlx/lib.ts";
+
+const MISSING_LIB = "/nonexistent/libmlxc.so";
 
 // getBackend caches its instance, so each case runs in a fresh process.
-async function pick(env: string | undefined): Promise<string> {
+async function pick(env: string | undefined, mlxLib = MISSING_LIB): Promise<string> {
   const code = `import { getBackend } from "./src/backend/index.ts";
 try { console.log(getBackend().name); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
   const proc = Bun.spawn([process.execPath, "-e", code], {
     cwd: `${import.meta.dir}/../..`,
-    env: { ...process.env, RMLX_BACKEND: env ?? "" },
+    env: { ...process.env, RMLX_BACKEND: env ?? "", RMLX_MLX_C_LIB: mlxLib },
     stdout: "pipe",
   });
   return (await new Response(proc.stdout).text()).trim();
 }
 
-test("the native backend is the default", async () => {
+test("the native backend is the default where libmlxc is missing", async () => {
   expect(await pick(undefined)).toBe("native");
+  expect(await pick("auto")).toBe("native");
   expect(await pick("native")).toBe("native");
 });
 
-test("RMLX_BACKEND=mlx is a clear unsupported error", async () => {
-  expect(await pick("mlx")).toMatch(/^RmlxError:unsupported:.*mlx/);
+test("RMLX_BACKEND=mlx without libmlxc is a clear unsupported error", async () => {
+  expect(await pick("mlx")).toMatch(/^RmlxError:unsupported:.*mlx.*nonexistent/);
 });
 
 test("an unknown backend name is rejected", async () => {
   expect(await pick("cuda9")).toMatch(/^RmlxError:invalid_argument:.*cuda9/);
+});
+
+const probe = probeMlx();
+test.skipIf(!probe.ok)("with libmlxc: mlx when asked for; auto takes mlx only on a Metal device", async () => {
+  if (!probe.ok) return;
+  expect(await pick("mlx", probe.lib.path)).toBe("mlx");
+  expect(await pick("auto", probe.lib.path)).toBe(probe.lib.metal ? "mlx" : "native");
 });
