@@ -13,8 +13,9 @@ import { MetricsStore, defaultDbPath } from "../metrics/store.ts";
 import { loadModel } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
 
-interface BenchFlags extends BackendFlags {
+interface BenchFlags extends BackendFlags, KvFlags {
   model?: string;
   prompt: string;
   gen: string;
@@ -46,7 +47,7 @@ function median(xs: number[]): number {
 }
 
 export function register(program: Command): void {
-  addBackendOptions(
+  addKvOption(addBackendOptions(
     program
       .command("bench")
       .description("Prompt and generation tokens/s of a model (random prompt, greedy, EOS ignored)")
@@ -57,9 +58,10 @@ export function register(program: Command): void {
       .option("--json", "print one JSON object")
       .option("--db <path>", "metrics database (default: $RMLX_DB or ~/.rmlx/metrics.db)")
       .option("--no-metrics", "do not record the figures"),
-  ).action(
+  )).action(
     action((f: BenchFlags) => {
       applyBackendFlags(f);
+      const kvDtype = kvDtypeFrom(f);
       const promptLen = positiveInt("prompt", f.prompt);
       const gen = positiveInt("gen", f.gen);
       const reps = positiveInt("reps", f.reps);
@@ -81,7 +83,7 @@ export function register(program: Command): void {
       const promptTps: number[] = [];
       const genTps: number[] = [];
       for (let r = 0; r < reps; r++) {
-        const cache = cacheForTokens(model, promptLen + gen);
+        const cache = cacheForTokens(model, promptLen + gen, undefined, undefined, kvDtype);
         const seq = new Sequence();
         const t0 = performance.now();
         let out = forwardBatch(model, cache, [{ seq, tokens: prompt }]);
@@ -100,6 +102,7 @@ export function register(program: Command): void {
       const result = {
         model: dir,
         backend: be.device,
+        kv_dtype: kvDtype,
         prompt_tokens: promptLen,
         generated_tokens: gen,
         reps,
@@ -110,7 +113,7 @@ export function register(program: Command): void {
       if (f.metrics) {
         const store = MetricsStore.open(defaultDbPath(f.db));
         store.startRun({ kind: "bench", backend: be.name, device: be.device, model: dir });
-        const shape = `p${promptLen} g${gen}`;
+        const shape = `p${promptLen} g${gen} kv ${kvDtype}`;
         store.recordBenchmarks([
           { name: `rmlx bench prompt ${md.config.modelType}`, shape, figure: result.prompt_tps, unit: "tok/s" },
           { name: `rmlx bench generation ${md.config.modelType}`, shape, figure: result.generation_tps, unit: "tok/s" },
@@ -123,6 +126,7 @@ export function register(program: Command): void {
       }
       process.stdout.write(
         `model: ${dir}\nbackend: ${be.device}\n` +
+          `kv cache: ${kvDtype}\n` +
           `prompt: ${promptLen} tokens, ${result.prompt_tps.toFixed(1)} tok/s\n` +
           `generation: ${gen} tokens, ${result.generation_tps.toFixed(1)} tok/s\n` +
           `peak memory: ${(result.peak_memory_bytes / 2 ** 30).toFixed(3)} GiB\n`,

@@ -6,9 +6,10 @@ import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
 import { addSamplingOptions, promptIds, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
-interface ChatFlags extends SamplingFlags, BackendFlags {
+interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags {
   model?: string;
   maxTokens: string;
   system?: string;
@@ -21,9 +22,10 @@ export function register(program: Command): void {
     .option("--model <dir>", "model directory (default: the built-in model)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  addSamplingOptions(addBackendOptions(cmd)).action(
+  addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
     action(async (f: ChatFlags) => {
       applyBackendFlags(f);
+      const kvDtype = kvDtypeFrom(f);
       const maxTokens = Number(f.maxTokens);
       if (!Number.isInteger(maxTokens) || maxTokens < 1) {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
@@ -46,7 +48,7 @@ export function register(program: Command): void {
           history.push({ role: "user", content: text });
           // The whole conversation is re-rendered each turn, so the template sees it as transformers would.
           const ids = promptIds(s, history, "");
-          const r = runGeneration(s, ids, maxTokens, sampling, (t) => process.stdout.write(t));
+          const r = runGeneration(s, ids, maxTokens, sampling, (t) => process.stdout.write(t), kvDtype);
           history.push({ role: "assistant", content: r.text });
           process.stdout.write("\n");
           process.stderr.write(`[${speedLine(r)}]\n`);

@@ -8,8 +8,10 @@ import { applyChatTemplate } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import type { DType } from "../backend/backend.ts";
 
-interface GenerateFlags extends BackendFlags {
+interface GenerateFlags extends BackendFlags, KvFlags {
   model?: string;
   prompt?: string;
   maxTokens: string;
@@ -77,9 +79,10 @@ export function runGeneration(
   maxTokens: number,
   sampling: SamplingParams,
   onText?: (t: string) => void,
+  kvDtype: DType = "f32",
 ): GenerateResult {
   const total = Math.min(ids.length + maxTokens, s.model.config.contextLength);
-  const cache = cacheForTokens(s.model, total);
+  const cache = cacheForTokens(s.model, total, undefined, undefined, kvDtype);
   try {
     const opts = {
       maxTokens,
@@ -111,9 +114,10 @@ export function register(program: Command): void {
     .option("--chat", "wrap the prompt in the model's chat template as a user message")
     .option("--system <text>", "system message (with --chat)")
     .option("--json", "print one JSON object (prompt_ids, token_ids, text, prompt_tps, decode_tps) instead of streaming");
-  addSamplingOptions(addBackendOptions(cmd)).action(
+  addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
     action(async (f: GenerateFlags) => {
       applyBackendFlags(f);
+      const kvDtype = kvDtypeFrom(f);
       const maxTokens = num("max-tokens", f.maxTokens, true);
       if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
       const sampling = samplingFrom(f);
@@ -128,7 +132,7 @@ export function register(program: Command): void {
       }
       const ids = promptIds(s, messages, f.prompt!);
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const r = runGeneration(s, ids, maxTokens, sampling, onText);
+      const r = runGeneration(s, ids, maxTokens, sampling, onText, kvDtype);
       if (f.json) {
         const out = {
           prompt_ids: ids,

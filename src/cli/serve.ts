@@ -8,8 +8,9 @@ import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
 
-interface ServeFlags extends BackendFlags {
+interface ServeFlags extends BackendFlags, KvFlags {
   model?: string[];
   host?: string;
   port?: string;
@@ -55,7 +56,7 @@ function engineWorkerUrl(): string | URL {
 }
 
 export function register(program: Command): void {
-  addBackendOptions(program.command("serve"))
+  addKvOption(addBackendOptions(program.command("serve")))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
     .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model)", (v: string, prev: string[] = []) => [...prev, v])
     .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
@@ -87,6 +88,7 @@ export function register(program: Command): void {
           maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
+          kvDtype: kvDtypeFrom(flags) as EngineConfig["kvDtype"],
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,

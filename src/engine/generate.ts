@@ -1,3 +1,4 @@
+import type { DType } from "../backend/backend.ts";
 // Single-request generation (the CLI's generate and chat): chunked prefill, then one decode step per token
 // until an EOS / stop token, a stop string or the token limit; text streams out through the incremental
 // detokenizer with stop strings held back.
@@ -41,9 +42,10 @@ export interface GenerateResult {
 }
 
 /** A cache just large enough for one sequence of n tokens prefilled stepTokens at a time. */
-export function cacheForTokens(model: Model, n: number, blockSize = 16, stepTokens = PREFILL_CHUNK): KvCache {
+export function cacheForTokens(model: Model, n: number, blockSize = 16, stepTokens = PREFILL_CHUNK, dtype: DType = "f32"): KvCache {
   return new KvCache(model.backend, model.layers, {
     blockSize,
+    dtype,
     numBlocks: Math.max(1, Math.ceil(n / blockSize)),
     windowed: true,
     sizing: { sequences: 1, stepTokens },

@@ -103,6 +103,8 @@ export interface EngineConfig {
   /** Most prompt tokens prefilled in one step, over all sequences. */
   prefillChunk: number;
   prefixCache: boolean;
+  /** KV cache element type (f32 default). */
+  kvDtype?: "f32" | "f16" | "bf16";
   /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
   backend?: string;
   mlxLib?: string;
