@@ -46,6 +46,24 @@ describe(`mlx backend${skipReason}`, () => {
     expect(() => be.toFloat32(inner!)).toThrow(/gone/);
   });
 
+  test.skipIf(!probe.ok)("a step's temporaries give their memory back when its scope ends", () => {
+    const be = new MlxBackend();
+    const x = be.fromArray(randn(1 << 16, 3), [256, 256], "f32");
+    be.eval(x);
+    const before = be.activeMemory();
+    for (let step = 0; step < 20; step++) {
+      const s = be.scope(() => {
+        const big = be.matmul(be.silu(x), x);
+        be.eval(big);
+        return be.sum(be.sum(big, 1), 0);
+      });
+      be.eval(s);
+      be.dispose(s);
+    }
+    // 20 steps of about 768 KiB of temporaries each: what stays is at most a few scalars and MLX's rounding
+    expect(be.activeMemory() - before).toBeLessThan(64 * 1024);
+  });
+
   test.skipIf(!probe.ok)("fromBytes reads tensors at any offset of a shared buffer (views, or a copy when unaligned)", () => {
     const be = new MlxBackend();
     // bf16 of 1.5, -2, 0.25, 3: the top 16 bits of their f32 patterns, little-endian, behind 3 bytes of padding

@@ -136,20 +136,15 @@ export interface MlxLib {
 
 /** Where libmlxc is looked for, first match wins. */
 export function mlxLibraryCandidates(explicit?: string): string[] {
-  const out: string[] = [];
   if (explicit) return [explicit];
   const env = process.env.RMLX_MLX_C_LIB;
   if (env) return [env];
-  if (process.platform === "darwin") {
-    out.push("/opt/homebrew/lib/libmlxc.dylib", "/usr/local/lib/libmlxc.dylib", "/opt/homebrew/opt/mlx-c/lib/libmlxc.dylib");
-  } else {
-    out.push("/usr/local/lib/libmlxc.so", "/usr/lib/libmlxc.so", "/usr/lib/x86_64-linux-gnu/libmlxc.so", "/usr/lib/aarch64-linux-gnu/libmlxc.so");
-  }
-  return out;
+  if (process.platform === "darwin")
+    return ["/opt/homebrew/lib/libmlxc.dylib", "/usr/local/lib/libmlxc.dylib", "/opt/homebrew/opt/mlx-c/lib/libmlxc.dylib"];
+  return ["/usr/local/lib/libmlxc.so", "/usr/lib/libmlxc.so", "/usr/lib/x86_64-linux-gnu/libmlxc.so", "/usr/lib/aarch64-linux-gnu/libmlxc.so"];
 }
 
 let loaded: MlxLib | undefined;
-let failure: string | undefined;
 
 /**
  * Opens libmlxc once per process and installs the error handler before any other call: mlx-c's default
@@ -159,16 +154,12 @@ export function loadMlx(explicit?: string): MlxLib {
   if (loaded) return loaded;
   const candidates = mlxLibraryCandidates(explicit);
   const path = candidates.find((p) => existsSync(p));
-  if (!path) {
-    failure = `libmlxc not found (looked in ${candidates.join(", ")}; set RMLX_MLX_C_LIB or --mlx-lib)`;
-    throw new RmlxError("unsupported", failure);
-  }
+  if (!path) throw new RmlxError("unsupported", `libmlxc not found (looked in ${candidates.join(", ")}; set RMLX_MLX_C_LIB or --mlx-lib)`);
   let handle: ReturnType<typeof dlopen<typeof SYMBOLS>>;
   try {
     handle = dlopen(path, SYMBOLS);
   } catch (e) {
-    failure = `cannot load ${path}: ${(e as Error).message.split("\n")[0]}`;
-    throw new RmlxError("unsupported", failure);
+    throw new RmlxError("unsupported", `cannot load ${path}: ${(e as Error).message.split("\n")[0]}`);
   }
   const sym = handle.symbols as unknown as MlxSymbols;
   let lastError = "";
