@@ -139,6 +139,49 @@ describe(`mlx backend${skipReason}`, () => {
     expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-4, 1e-4);
   });
 
+  /** REFERENCE.md's fp4 (E2M1) element, E8M0 and E4M3 scales. */
+  const FP4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+  const fp4 = (n: number) => (n & 8 ? -1 : 1) * FP4[n & 7]!;
+  const e8m0 = (s: number) => 2 ** (s - 127);
+  const e4m3 = (b: number) => {
+    const e = (b >> 3) & 15;
+    const m = b & 7;
+    return (b & 128 ? -1 : 1) * (e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7));
+  };
+
+  for (const [mode, bits, group, scaleOf, globalScale] of [
+    ["mxfp4", 4, 32, e8m0, undefined],
+    ["mxfp8", 8, 32, e8m0, undefined],
+    ["nvfp4", 4, 16, e4m3, undefined],
+    ["nvfp4", 4, 16, e4m3, 1234.5],
+  ] as const)
+    test.skipIf(!probe.ok)(`${mode}${globalScale ? " with a global scale" : ""}: dequantize, take and quantizedMatmul follow REFERENCE's decoding`, () => {
+      const be = new MlxBackend();
+      const [N, K] = [4, 64];
+      const q0 = be.quantize(be.fromArray(randn(N * K, 11, 3), [N, K], "f32"), mode, bits, group);
+      const q = { ...q0, ...(globalScale ? { globalScale } : {}) };
+      const packed = new Uint32Array(be.toInt32(q.w).buffer);
+      const scales = be.toInt32(q.scales);
+      const factor = globalScale ? globalScale / (448 * 6) : 1;
+      const deq = new Float32Array(N * K);
+      const per = 32 / bits;
+      for (let i = 0; i < N * K; i++) {
+        const code = (packed[Math.floor(i / per)]! >>> ((i % per) * bits)) & ((1 << bits) - 1);
+        deq[i] = (bits === 4 ? fp4(code) : e4m3(code)) * scaleOf(scales[Math.floor(i / group)]!) * factor;
+      }
+      expectClose(be.toFloat32(be.dequantize(q)), deq, 1e-6, 1e-6);
+      expectClose(be.toFloat32(be.take(q, be.fromArray(Int32Array.of(3, 1), [2], "i32"))), [...deq.slice(3 * K, 4 * K), ...deq.slice(K, 2 * K)], 1e-6, 1e-6);
+      const x = randn(2 * K, 12, 1);
+      const want = new Float32Array(2 * N);
+      for (let m = 0; m < 2; m++)
+        for (let n = 0; n < N; n++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) s += x[m * K + k]! * deq[n * K + k]!;
+          want[m * N + n] = s;
+        }
+      expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-3, 1e-3);
+    });
+
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {
     const be = new MlxBackend();
     const a = be.fromArray(new Float32Array(6), [2, 3], "f32");
