@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
+import { GluKernels } from "../../src/backend/mlx/kernels.ts";
 import { probeMlx } from "../../src/backend/mlx/lib.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { expectClose, randn } from "./helpers.ts";
@@ -92,6 +93,15 @@ describe(`mlx backend${skipReason}`, () => {
     const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
     expectClose(be.toFloat32(be.swiglu(G, U)), Array.from(g, (x, i) => silu(x) * u[i]!), 1e-5, 1e-5);
     expectClose(be.toFloat32(be.geglu(G, U)), Array.from(g, (x, i) => gelu(x) * u[i]!), 1e-5, 1e-5);
+  });
+
+  test.skipIf(!probe.ok || probe.lib.metal)("without Metal, the fused kernels decline (null) and the caller's plain ops run", () => {
+    if (!probe.ok) return;
+    const kernels = new GluKernels({ ...probe.lib, metal: true });
+    const g = Number(probe.lib.sym.mlx_array_new_data(Float32Array.of(1, 2), Int32Array.of(2), 1, 10));
+    expect(kernels.apply("swiglu", g, g, [2])).toBeNull();
+    expect(kernels.apply("geglu", g, g, [2])).toBeNull();
+    probe.lib.sym.mlx_array_free(g);
   });
 
   test.skipIf(!probe.ok)("affine 4-bit quantize matches REFERENCE's formula; quantizedMatmul equals x @ dequant(w).T", () => {

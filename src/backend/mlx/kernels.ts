@@ -1,7 +1,7 @@
 // Kernels MLX has no single op for, as Metal source embedded in the binary and compiled at run time through
 // mlx_fast_metal_kernel_*. Only Metal builds can create them: elsewhere (and if creation fails) callers get null
 // and compose the same function from plain ops.
-import { ptr } from "bun:ffi";
+import { ptr, read } from "bun:ffi";
 import swigluSource from "../../../metal/swiglu.metal" with { type: "text" };
 import gegluSource from "../../../metal/geglu.metal" with { type: "text" };
 import { MLX_DTYPE, readSlot, slotPtr, type MlxLib } from "./lib.ts";
@@ -9,6 +9,11 @@ import { MLX_DTYPE, readSlot, slotPtr, type MlxLib } from "./lib.ts";
 export type GluKind = "swiglu" | "geglu";
 
 const SOURCES: Record<GluKind, string> = { swiglu: swigluSource, geglu: gegluSource };
+/** act(1.5) * 2 for each kind, what a kernel must compute on its first (probe) launch. */
+const PROBE: Record<GluKind, number> = {
+  swiglu: (1.5 / (1 + Math.exp(-1.5))) * 2,
+  geglu: 0.5 * 1.5 * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (1.5 + 0.044715 * 1.5 ** 3))) * 2,
+};
 const THREADS = 256;
 
 function cstr(s: string): Uint8Array {
@@ -35,12 +40,36 @@ export class GluKernels {
     const { sym } = this.lib;
     const inputs = stringVector(this.lib, ["gate", "up"]);
     const outputs = stringVector(this.lib, ["out"]);
-    const k = Number(sym.mlx_fast_metal_kernel_new(cstr(`rmlx_${kind}`), inputs, outputs, cstr(SOURCES[kind]), cstr(""), true, false));
+    let k = Number(sym.mlx_fast_metal_kernel_new(cstr(`rmlx_${kind}`), inputs, outputs, cstr(SOURCES[kind]), cstr(""), true, false));
     sym.mlx_vector_string_free(inputs);
     sym.mlx_vector_string_free(outputs);
+    // Metal compiles the source at the first evaluation, where a failure would fail a whole step: one probe
+    // launch on a single element checks that it builds and computes what the plain ops would.
+    if (k && !this.probe(kind, k)) {
+      sym.mlx_fast_metal_kernel_free(k);
+      k = 0;
+    }
     this.lib.takeError();
     this.kernels.set(kind, k);
     return k;
+  }
+
+  private probe(kind: GluKind, k: number): boolean {
+    const { sym } = this.lib;
+    const one = Int32Array.of(1);
+    const g = Number(sym.mlx_array_new_data(Float32Array.of(1.5), one, 1, MLX_DTYPE.f32));
+    const u = Number(sym.mlx_array_new_data(Float32Array.of(2), one, 1, MLX_DTYPE.f32));
+    const out = this.launch(k, g, u, [1]);
+    sym.mlx_array_free(g);
+    sym.mlx_array_free(u);
+    if (!out) return false;
+    try {
+      if (sym.mlx_array_eval(out) !== 0) return false;
+      const p = sym.mlx_array_data_uint8(out);
+      return !!p && Math.abs(read.f32(p, 0) - PROBE[kind]) <= 1e-5;
+    } finally {
+      sym.mlx_array_free(out);
+    }
   }
 
   /**
@@ -50,10 +79,13 @@ export class GluKernels {
   apply(kind: GluKind, gate: number, up: number, shape: readonly number[]): number | null {
     if (this.disabled) return null;
     const k = this.kernel(kind);
-    if (!k) {
-      this.disabled = true;
-      return null;
-    }
+    const out = k ? this.launch(k, gate, up, shape) : 0;
+    if (!out) this.disabled = true;
+    return out || null;
+  }
+
+  /** One launch over every element; 0 when MLX refuses it. */
+  private launch(k: number, gate: number, up: number, shape: readonly number[]): number {
     const { sym } = this.lib;
     let size = 1;
     for (const d of shape) size *= d;
@@ -68,13 +100,12 @@ export class GluKernels {
       const outSlot = new BigUint64Array([BigInt(outs)]);
       if (sym.mlx_fast_metal_kernel_apply(outSlot, k, ins, cfg, this.stream) !== 0) {
         this.lib.takeError();
-        this.disabled = true;
-        return null;
+        return 0;
       }
       const vec = Number(outSlot[0]);
       if (sym.mlx_vector_array_get(slotPtr(), vec, 0) !== 0) {
-        this.disabled = true;
-        return null;
+        this.lib.takeError();
+        return 0;
       }
       const out = readSlot();
       if (vec !== outs) sym.mlx_vector_array_free(vec);
