@@ -21,11 +21,11 @@ async function nativeBackendName(): Promise<string> {
   }
 }
 
-/** The backend --backend would pick here, and why: "native (cpu avx2); auto: libmlxc not found (...)". */
-async function backendName(): Promise<string> {
+/** The backend --backend would pick here ("native (cpu avx2)"), and why ("auto: libmlxc not found (...)"). */
+async function chosenBackend(): Promise<{ backend: string; backend_reason: string }> {
   const { resolveBackend } = await import("../backend/index.ts");
   const r = resolveBackend();
-  return `${r.name === "native" ? await nativeBackendName() : "mlx"}; ${r.reason}`;
+  return { backend: r.name === "native" ? await nativeBackendName() : "mlx", backend_reason: r.reason };
 }
 
 export function formatBytes(n: number): string {
@@ -52,7 +52,7 @@ function describeRope(r: RopeSummary): string {
   return parts.join(", ");
 }
 
-function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; reason?: string }): [string, string][] {
+function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; backend_reason?: string; reason?: string }): [string, string][] {
   const layers = s.layer_types
     ? `${s.layers} (${Object.entries(s.layer_types)
         .map(([t, n]) => `${n} ${t.replace("_attention", "")}`)
@@ -84,7 +84,7 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
   lines.push(
     ["tokenizer", s.tokenizer ? "yes" : "no"],
     ["chat template", s.chat_template ? "yes" : "no"],
-    ["runnable", s.runnable ? `yes, on ${s.backend}` : `no: ${s.reason}`],
+    ["runnable", s.runnable ? `yes, on ${s.backend} (${s.backend_reason})` : `no: ${s.reason}`],
   );
   return lines;
 }
@@ -100,8 +100,8 @@ export function register(program: Command): void {
         applyBackendFlags(opts);
         const md = openModelDir(opts.model);
         const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
-        const backend = reason === null ? await backendName() : null;
-        const out = { ...summarize(md), runnable: reason === null, backend, ...(reason ? { reason } : {}) };
+        const chosen = reason === null ? await chosenBackend() : { backend: null };
+        const out = { ...summarize(md), runnable: reason === null, ...chosen, ...(reason ? { reason } : {}) };
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
           return;
