@@ -5,18 +5,11 @@ import type { Backend } from "./backend.ts";
 import { MlxBackend } from "./mlx/backend.ts";
 import { probeMlx } from "./mlx/lib.ts";
 import { NativeBackend } from "./native/backend.ts";
+import { parseBackendChoice } from "./choice.ts";
 
-export type BackendChoice = "auto" | "native" | "mlx";
-export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "native", "mlx"];
+export { BACKEND_CHOICES, parseBackendChoice, type BackendChoice } from "./choice.ts";
 
 const instances = new Map<"native" | "mlx", Backend>();
-
-export function parseBackendChoice(value: string | undefined): BackendChoice {
-  const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return "auto";
-  if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
-  throw new RmlxError("invalid_argument", `unknown backend '${value}' (--backend / RMLX_BACKEND: auto, native or mlx)`);
-}
 
 /** Which backend a choice resolves to here, and why (for `rmlx info`). Loads libmlxc when it has to look. */
 export function resolveBackend(choice?: string): { name: "native" | "mlx"; reason: string } {

@@ -1,7 +1,7 @@
 // --backend and --mlx-lib, shared by every subcommand that computes. They set RMLX_BACKEND / RMLX_MLX_C_LIB for
 // this process (flags override the environment); serve hands the same values to its engine worker.
 import type { Command } from "commander";
-import { parseBackendChoice } from "../backend/index.ts";
+import { parseBackendChoice } from "../backend/choice.ts";
 
 export interface BackendFlags {
   backend?: string;

@@ -8,7 +8,7 @@ import type { Input, Job } from "./plan.ts";
 import type { TensorReader } from "./source.ts";
 
 /** Elements per chunk: a few tens of megabytes of f32 working memory at most. */
-export const CHUNK_ELEMENTS = 1 << 22;
+export const CHUNK_ELEMENTS = 1 << 20;
 const COPY_BYTES = 8 << 20;
 
 export type WriterFor = (tensorName: string) => SafetensorsWriter;
@@ -21,6 +21,23 @@ interface FloatSource {
   /** Source bytes behind `n` rows, for progress. */
   bytesPerRow: number;
 }
+
+/**
+ * The chunk buffers, one pair for the whole process and reused chunk after chunk: garbage at the rate a model
+ * streams through outruns the collector under a tight memory limit (which the collector does not know about).
+ */
+const scratch = {
+  f32: new Float32Array(0),
+  u8: new Uint8Array(0),
+  values(n: number): Float32Array {
+    if (this.f32.length < n) this.f32 = new Float32Array(n);
+    return this.f32.subarray(0, n);
+  },
+  bytes(n: number): Uint8Array {
+    if (this.u8.byteLength < n) this.u8 = new Uint8Array(n);
+    return this.u8;
+  },
+};
 
 function floatSource(input: Input, reader: TensorReader, dtype: FloatDType): FloatSource {
   if (input.kind === "float") {
@@ -35,14 +52,15 @@ function floatSource(input: Input, reader: TensorReader, dtype: FloatDType): Flo
       k,
       bytesPerRow: k * elem,
       read(row0, n) {
-        const out = new Float32Array(n * k);
+        const out = scratch.values(n * k);
+        const raw = scratch.bytes(n * k * elem);
         let done = 0;
         while (done < n) {
           const r = row0 + done;
           const s = srcs[Math.floor(r / rowsEach)]!;
           const local = r % rowsEach;
           const take = Math.min(n - done, rowsEach - local);
-          const bytes = reader.read(s, local * k * elem, take * k * elem);
+          const bytes = reader.read(s, local * k * elem, take * k * elem, raw);
           decodeFloats(srcDtype, bytes, out.subarray(done * k, (done + take) * k));
           done += take;
         }
