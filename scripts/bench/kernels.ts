@@ -2,9 +2,12 @@
 // weight bytes, scales and biases included, and their fraction of the triad) and on a prefill shape (GFLOP/s),
 // with llama.cpp's ggml CPU kernels timed on the same shapes as the peer (scripts/bench/peer/build_llama.sh
 // builds it into a cache directory; the table says why when a peer figure is missing).
-//   bun run bench kernels [--quick] [--no-peer] [--only <text>]   (--only: formats whose name contains text)
+// The figures are recorded in the metrics database (`rmlx metrics bench`), each beside the peer's figure for the
+// same bits per weight where llama.cpp has such a type (bf16, affine 4-bit ~ Q4_0, affine 8-bit ~ Q8_0, mxfp4).
+//   bun run bench kernels [--quick] [--no-peer] [--no-record] [--only <text>]   (--only: formats whose name contains text)
 import { ptr } from "bun:ffi";
 import { check, DT, native, QMODE } from "../../src/backend/native/lib.ts";
+import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
 import { peerMatmul } from "./peer/llama_cpp.ts";
 
 const argv = process.argv.slice(2);
@@ -123,6 +126,11 @@ const pad = (s: string, n: number) => s.padEnd(n);
 const num = (v: number, d = 1) => v.toFixed(d).padStart(8);
 
 const triad = triadGBs();
+/** Our figures by "name|shape", and the peer's by the same key, joined when recorded. */
+const ours = new Map<string, BenchmarkRow>();
+const peers = new Map<string, { name: string; figure: number }>();
+const PEER_OF: Record<string, string> = { bf16: "bf16", "affine 4-bit g64": "q4_0", "affine 8-bit g64": "q8_0", mxfp4: "mxfp4" };
+const OURS_OF = Object.fromEntries(Object.entries(PEER_OF).map(([a, b]) => [b, a]));
 console.log(`rmlx kernels  isa=${lib.rmlx_isa()}  threads=${threads}`);
 console.log(`triad bandwidth: ${triad.toFixed(1)} GB/s (all threads)\n`);
 
@@ -140,6 +148,8 @@ for (const [N, K] of decodeShapes) {
     const t = time(() => run(x, y, 1));
     const gbs = f.bytes(N, K) / t / 1e9;
     console.log(`${pad(f.name, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(t * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
+    const shape = `1x${K} @ ${N}x${K}`;
+    ours.set(`${f.name}|${shape}`, { name: `kernel decode ${f.name}`, shape, figure: gbs, unit: "GB/s" });
   }
 }
 
@@ -151,7 +161,10 @@ console.log(`\nprefill ${PM}x${PK} @ ${PN}x${PK}: GFLOP/s`);
   for (const f of prefillFormats.filter(picked)) {
     const run = f.run(PN, PK);
     const t = time(() => run(x, y, PM));
-    console.log(`${pad(f.name, 20)}${num(t * 1e3, 1)} ms${num((2 * PM * PN * PK) / t / 1e9)} GFLOP/s`);
+    const gflops = (2 * PM * PN * PK) / t / 1e9;
+    console.log(`${pad(f.name, 20)}${num(t * 1e3, 1)} ms${num(gflops)} GFLOP/s`);
+    const shape = `${PM}x${PK} @ ${PN}x${PK}`;
+    ours.set(`${f.name}|${shape}`, { name: `kernel prefill ${f.name}`, shape, figure: gflops, unit: "GFLOP/s" });
   }
 }
 
@@ -164,11 +177,29 @@ if (args.has("--no-peer")) {
       const r = peerMatmul({ m: 1, n: N, k: K }, type, { threads, budgetS: budget });
       const shape = pad(`1x${K} @ ${N}x${K}`, 18);
       if (!r.ok) console.log(`${pad(type, 20)}${shape}  ${r.reason}`);
-      else console.log(`${pad(type, 20)}${shape}${num(r.usPerRun / 1e3, 3)}${num(r.weightGBs)}${num((100 * r.weightGBs) / triad, 0)}%`);
+      else {
+        console.log(`${pad(type, 20)}${shape}${num(r.usPerRun / 1e3, 3)}${num(r.weightGBs)}${num((100 * r.weightGBs) / triad, 0)}%`);
+        peers.set(`${OURS_OF[type]}|1x${K} @ ${N}x${K}`, { name: `llama.cpp ${type}`, figure: r.weightGBs });
+      }
     }
   for (const type of ["bf16", "q4_0", "mxfp4"] as const) {
     const r = peerMatmul({ m: PM, n: PN, k: PK }, type, { threads, budgetS: budget });
     if (!r.ok) console.log(`${pad(type, 20)}prefill: ${r.reason}`);
-    else console.log(`${pad(type, 20)}${num(r.usPerRun / 1e3, 1)} ms${num(r.gflops)} GFLOP/s (prefill)`);
+    else {
+      console.log(`${pad(type, 20)}${num(r.usPerRun / 1e3, 1)} ms${num(r.gflops)} GFLOP/s (prefill)`);
+      peers.set(`${OURS_OF[type]}|${PM}x${PK} @ ${PN}x${PK}`, { name: `llama.cpp ${type}`, figure: r.gflops });
+    }
   }
+}
+
+if (!args.has("--no-record")) {
+  const rows: BenchmarkRow[] = [{ name: "triad bandwidth", shape: `${threads} threads`, figure: triad, unit: "GB/s" }];
+  for (const [key, row] of ours) {
+    const peer = peers.get(key);
+    rows.push(peer ? { ...row, peerName: peer.name, peerFigure: peer.figure } : row);
+  }
+  const store = MetricsStore.open(defaultDbPath());
+  store.startRun({ kind: "bench", backend: "native", device: `${lib.rmlx_isa()}, ${threads} threads` });
+  store.recordBenchmarks(rows);
+  store.close();
 }

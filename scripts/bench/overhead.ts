@@ -2,6 +2,7 @@
 // norms, projections, rope, KV write, paged attention, SwiGLU MLP, residuals), where the kernels cost almost
 // nothing, so the time is recording + encoding + one FFI call + kernel dispatch.
 // Usage: bun scripts/bench/overhead.ts [steps]
+import { defaultDbPath, MetricsStore } from "../../src/metrics/store.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
 
 const steps = Number(process.argv[2] ?? 20000);
@@ -60,3 +61,12 @@ const cpuUs = ((cpu.user + cpu.system) / steps).toFixed(1);
 console.log(
   `${be.device}: one-layer tiny step (16 ops, [1, ${D}]): wall median ${us(0.5)} us, p10 ${us(0.1)} us, p90 ${us(0.9)} us; CPU ${cpuUs} us/step over ${steps} steps`,
 );
+
+if (!process.argv.includes("--no-record")) {
+  const store = MetricsStore.open(defaultDbPath());
+  store.startRun({ kind: "bench", backend: be.name, device: be.device });
+  store.recordBenchmarks([
+    { name: "step overhead (one-layer tiny step, wall median)", shape: `16 ops [1, ${D}]`, figure: times[Math.floor(0.5 * (times.length - 1))]! / 1000, unit: "us", higherIsBetter: false },
+  ]);
+  store.close();
+}
