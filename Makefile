@@ -4,7 +4,7 @@ NATIVE_LIB := native/build/librmlx.so
 SRCS := $(shell find src metal models -type f 2>/dev/null) package.json
 PORT ?= 8080
 
-.PHONY: all build deps native serve test clean
+.PHONY: all build deps native serve test typecheck clean
 
 all: build
 
@@ -31,7 +31,11 @@ dist/rmlx: node_modules/.installed $(NATIVE_LIB) $(SRCS)
 serve: build
 	./dist/rmlx serve --port $(PORT)
 
-test: build
+# TypeScript strict over src, test and scripts (tsc only checks; bun runs the sources).
+typecheck: node_modules/.installed
+	node_modules/.bin/tsc --noEmit -p .
+
+test: build typecheck
 	$(BUN) test --timeout 60000 $(TEST_ARGS)
 
 clean:
