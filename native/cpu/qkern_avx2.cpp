@@ -27,12 +27,6 @@ struct V {
   template <int F, bool TAIL>
   static T wchunk(const uint8_t *row, int64_t k);
   static constexpr bool kNibblePairs = true;
-  // 8 bytes: their low nibbles (as floats) in w0, their high nibbles in w1.
-  static void nibble_pair(const uint8_t *p, T &w0, T &w1) {
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    w0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
-    w1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
-  }
 };
 }  // namespace
 

@@ -26,11 +26,6 @@ struct V {
   template <int F, bool TAIL>
   static T wchunk(const uint8_t *row, int64_t k);
   static constexpr bool kNibblePairs = false;  // not yet measured on an AVX-512 machine
-  static void nibble_pair(const uint8_t *p, T &w0, T &w1) {
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    w0 = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
-    w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-  }
 };
 }  // namespace
 

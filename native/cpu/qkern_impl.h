@@ -245,11 +245,30 @@ static inline typename V::T scaled(typename V::T w, typename V::T s, typename V:
   else return V::mul(w, s);
 }
 
-// 4-bit affine weights decoded as nibble pairs (x permuted to match): fewer instructions per weight than
-// shifting each nibble into place. The ISA opts in through V::kNibblePairs.
+// 4-bit weights (affine and E2M1) decoded as nibble pairs (x permuted to match): fewer instructions per weight
+// than shifting each nibble into place. The ISA opts in through V::kNibblePairs (8-lane decoders only).
 template <int F>
 static constexpr bool nibble_pairs() {
-  return F == F_A4 && V::kNibblePairs;
+  return (F == F_A4 || F == F_FP4) && V::kNibblePairs;
+}
+
+// 8 bytes: their low nibbles decoded in w0, their high nibbles in w1 (codes for affine, values for E2M1).
+template <int F>
+static inline void pair16(const uint8_t *p, T8 &w0, T8 &w1) {
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+  if constexpr (F == F_A4) {
+    w0 = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+    w1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+  } else {
+    static_assert(F == F_FP4);
+    // as fp4_raw8: the permute reads only an index's low 3 bits, and the code shifted to bit 28 (the byte's
+    // other nibble shifted out) restores the table's tag bits and sets the sign.
+    const __m256i tag = _mm256_slli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), 28);
+    const __m256 lut = _mm256_xor_ps(_mm256_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), _mm256_castsi256_ps(tag));
+    __m256i h = _mm256_srli_epi32(v, 4);
+    w0 = _mm256_xor_ps(_mm256_permutevar8x32_ps(lut, v), _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
+    w1 = _mm256_xor_ps(_mm256_permutevar8x32_ps(lut, h), _mm256_castsi256_ps(_mm256_slli_epi32(h, 28)));
+  }
 }
 
 // xp = x with each run of 2L elements reordered as its L even elements, then its L odd ones.
@@ -257,6 +276,31 @@ static void permute_x_nibbles(float *xp, const float *x, int64_t n) {
   constexpr int L = V::L;
   for (int64_t c = 0; c < n; c += 2 * L)
     for (int j = 0; j < L; j++) xp[c + j] = x[c + 2 * j], xp[c + L + j] = x[c + 2 * j + 1];
+}
+
+// One row of x (permuted) against the 4-bit groups [g0, g1) of a row, P byte octets (16 weights) per group, the
+// scale factored out: sum over groups of sc[g] * (x . w). The group is unrolled whole, so its first products
+// start its partial sums (no zeroing) and they meet in FADDs, leaving one FMA per group on the scale.
+template <int F, int P>
+static inline T8 nib_groups(const uint8_t *row, const float *x, const float *sc, int64_t g0, int64_t g1) {
+  static_assert(P == 1 || P == 2 || P == 4 || P == 8);
+  T8 tot = _mm256_setzero_ps();
+  const uint8_t *p = row + g0 * P * 8;
+  const float *xg = x + g0 * P * 16;
+  for (int64_t g = g0; g < g1; g++, p += P * 8, xg += P * 16) {
+    T8 a[4];
+    for (int j = 0; j < P; j++) {
+      T8 w0, w1;
+      pair16<F>(p + 8 * j, w0, w1);
+      T8 x0 = _mm256_loadu_ps(xg + 16 * j), x1 = _mm256_loadu_ps(xg + 16 * j + 8);
+      int i = (2 * j) & 3;
+      if (j < 2) a[i] = _mm256_mul_ps(x0, w0), a[i + 1] = _mm256_mul_ps(x1, w1);
+      else a[i] = _mm256_fmadd_ps(x0, w0, a[i]), a[i + 1] = _mm256_fmadd_ps(x1, w1, a[i + 1]);
+    }
+    T8 s = P == 1 ? _mm256_add_ps(a[0], a[1]) : _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+    tot = _mm256_fmadd_ps(s, _mm256_broadcast_ss(sc + g), tot);
+  }
+  return tot;
 }
 
 // y[m, n] (+)= x[m, k0:k1] . W[n, k0:k1] for n in [n0, n1) and MR rows of x; the first block of a row writes
@@ -295,7 +339,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
         // permuted to match (see permute_x_nibbles).
         for (int a = 0; a < SPAN / L; a += 2) {
           T w0, w1;
-          V::nibble_pair(row + ((k + a * L) >> 1), w0, w1);
+          pair16<F>(row + ((k + a * L) >> 1), w0, w1);
           if constexpr (!FACTOR) w0 = scaled<F>(w0, s, b), w1 = scaled<F>(w1, s, b);
           for (int m = 0; m < MR; m++) {
             acc[m][a % A] = V::fma(V::loadu(x + m * K + k + a * L), w0, acc[m][a % A]);
@@ -311,6 +355,20 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
       }
     };
     int64_t k = k0;
+    if constexpr (MR == 1 && NIBBLE_PAIRS) {
+      // nibble pairs read whole octets, so the row's last group needs no care
+      const int64_t G = W.group, g0 = k0 >> c.gshift, g1 = k1 >> c.gshift;
+      if (G == 16 || G == 32 || G == 64 || G == 128) {
+        T8 t = G == 64   ? nib_groups<F, 4>(row, x, c.sc, g0, g1)
+               : G == 32 ? nib_groups<F, 2>(row, x, c.sc, g0, g1)
+               : G == 16 ? nib_groups<F, 1>(row, x, c.sc, g0, g1)
+                         : nib_groups<F, 8>(row, x, c.sc, g0, g1);
+        float r = hsum8(t);
+        if constexpr (is_affine<F>()) r += dot_range(c.bi, c.xs, g0, g1);
+        put(0, n, r);
+        continue;
+      }
+    }
     if constexpr (is_dense<F>()) {
       for (; k + L * A <= k1; k += L * A) step.template operator()<false>(k, V::zero(), V::zero());
     } else if constexpr (PER_GROUP && FACTOR) {
@@ -352,6 +410,19 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
         for (; k < k1; k += SPAN) step.template operator()<true>(k, s, b);
       }
     } else {
+      if constexpr (NIBBLE_PAIRS) {
+        // groups smaller than a step (at least one octet pair, 2L weights)
+        for (; k < k1; k += 2 * L) {
+          int64_t g = k >> c.gshift;
+          T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero(), w0, w1;
+          pair16<F>(row + (k >> 1), w0, w1);
+          w0 = scaled<F>(w0, s, b), w1 = scaled<F>(w1, s, b);
+          for (int m = 0; m < MR; m++) {
+            acc[m][0] = V::fma(V::loadu(x + m * K + k), w0, acc[m][0]);
+            acc[m][A - 1] = V::fma(V::loadu(x + m * K + k + L), w1, acc[m][A - 1]);
+          }
+        }
+      }
       auto chunk = [&](int64_t kk, int a) {
         int64_t g = kk >> c.gshift;
         T w = scaled<F>(V::template wchunk<F, true>(row, kk), V::set1(c.sc[g]),
