@@ -26,7 +26,7 @@ struct V {
   }
   template <int F, bool TAIL>
   static T wchunk(const uint8_t *row, int64_t k);
-  static constexpr bool kNibblePairs = true;
+  static constexpr bool kLane8Decoders = true;
 };
 }  // namespace
 

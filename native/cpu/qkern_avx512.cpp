@@ -25,7 +25,7 @@ struct V {
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
   template <int F, bool TAIL>
   static T wchunk(const uint8_t *row, int64_t k);
-  static constexpr bool kNibblePairs = false;  // not yet measured on an AVX-512 machine
+  static constexpr bool kLane8Decoders = false;  // not yet measured on an AVX-512 machine
 };
 }  // namespace
 

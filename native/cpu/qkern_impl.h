@@ -256,10 +256,10 @@ static inline typename V::T scaled(typename V::T w, typename V::T s, typename V:
 }
 
 // 4-bit weights (affine and E2M1) decoded as nibble pairs (x permuted to match): fewer instructions per weight
-// than shifting each nibble into place. The ISA opts in through V::kNibblePairs (8-lane decoders only).
+// than shifting each nibble into place. The ISA opts in through V::kLane8Decoders.
 template <int F>
 static constexpr bool nibble_pairs() {
-  return (F == F_A4 || F == F_FP4) && V::kNibblePairs;
+  return (F == F_A4 || F == F_FP4) && V::kLane8Decoders;
 }
 
 // 8 bytes: their low nibbles decoded in w0, their high nibbles in w1 (codes for affine, values for E2M1).
@@ -472,10 +472,85 @@ static void gemv_block(float *y, int64_t ldy, const float *x, const WeightMat &W
   }
 }
 
+// 3- and 6-bit affine weights against one row of x: 24 bytes at a time are spread so that each of the 8 lanes
+// holds 3 of them (C = 8 or 4 codes), then one uniform shift and mask per vector yields the same code of every
+// lane. x is permuted to match: in each run of 8C elements, lane i of vector j is element C * i + j.
+template <int F>
+static constexpr int spread_codes() {
+  return !V::kLane8Decoders ? 0 : F == F_A3 ? 8 : F == F_A6 ? 4 : 0;
+}
+
+static inline __m256i spread24(const uint8_t *p) {
+  __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                      _mm_loadl_epi64((const __m128i *)(p + 16)), 1);
+  b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 1, 2, 3, 3, 4, 5, 6));  // upper half: bytes 12-27
+  const __m256i take3 = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
+  return _mm256_shuffle_epi8(b, take3);
+}
+
+// sum over groups [0, groups) of sc[g] * (x . q) for one row, P spreads per group, partial sums as nib_groups.
+template <int F, int P>
+static inline T8 spread_groups(const uint8_t *p, const float *xg, const float *sc, int64_t groups) {
+  constexpr int C = spread_codes<F>(), BITS = 24 / C;
+  const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
+  T8 tot = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; g++) {
+    T8 a[4];
+    for (int j = 0; j < P; j++, p += 24, xg += 8 * C) {
+      __m256i v = spread24(p);
+      for (int i = 0; i < C; i++) {
+        __m256i q = i == 0 ? v : _mm256_srli_epi32(v, BITS * i);
+        if (i < C - 1) q = _mm256_and_si256(q, mask);  // the last code is alone in the lane's top bits
+        T8 w = _mm256_cvtepi32_ps(q), xv = _mm256_loadu_ps(xg + 8 * i);
+        a[i & 3] = j == 0 && i < 4 ? _mm256_mul_ps(xv, w) : _mm256_fmadd_ps(xv, w, a[i & 3]);
+      }
+    }
+    T8 s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+    tot = _mm256_fmadd_ps(s, _mm256_broadcast_ss(sc + g), tot);
+  }
+  return tot;
+}
+
+// y[0, n] for rows n of the tiles [t0, t1), one row of x, through spread_groups; false when the group size is
+// not one it takes (a multiple of the 8C elements of a spread, at most 4 spreads).
+template <int F>
+static bool gemv_spread(float *y, const float *x, const WeightMat &W, const float *bias, int64_t t0, int64_t t1) {
+  constexpr int C = spread_codes<F>();
+  if constexpr (C == 0) {
+    return false;
+  } else {
+    const int64_t G = W.groups, K = W.K, P = W.group / (8 * C);
+    if (W.group % (8 * C) || P < 1 || P > 4 || P == 3) return false;
+    float *mem = (float *)malloc(sizeof(float) * (size_t)(3 * G + K + 8));
+    if (!mem) return false;
+    float *sc = mem, *bi = mem + G, *xs = mem + 2 * G, *xp = mem + 3 * G;
+    RowCtx c{sc, bi, nullptr, __builtin_ctz((unsigned)W.group), xs};
+    for (int64_t g = 0; g < G; g++) {
+      T8 t = _mm256_setzero_ps();
+      for (int64_t i = 0; i < W.group; i += 8) t = _mm256_add_ps(t, _mm256_loadu_ps(x + g * W.group + i));
+      xs[g] = hsum8(t);
+    }
+    for (int64_t b = 0; b < K; b += 8 * C)
+      for (int i = 0; i < 8; i++)
+        for (int j = 0; j < C; j++) xp[b + 8 * j + i] = x[b + C * i + j];
+    for (int64_t n = t0 * kGemvTile; n < W.N && n < t1 * kGemvTile; n++) {
+      row_prep<F>(W, n, 0, G, c);
+      const uint8_t *row = W.w + n * W.row_bytes;
+      T8 t = P == 1 ? spread_groups<F, 1>(row, xp, sc, G)
+             : P == 2 ? spread_groups<F, 2>(row, xp, sc, G)
+                      : spread_groups<F, 4>(row, xp, sc, G);
+      y[n] = hsum8(t) + dot_range(bi, xs, 0, G) + (bias ? bias[n] : 0.f);
+    }
+    free(mem);
+    return true;
+  }
+}
+
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
+  if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
   const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;
   const float *x_perm = x;
