@@ -55,6 +55,15 @@ static inline float dot_range(const float *a, const float *b, int64_t i0, int64_
   return r;
 }
 
+// Each weight is read once per product, and for a matrix far larger than the caches the hardware prefetchers
+// alone left a one-row product at about 65% of the rate it reaches with a software prefetch this far ahead of
+// the bytes being decoded (measured for 4-bit affine on a 2-core Zen 4; 8 to 32 KiB performed alike).
+static constexpr int64_t kPrefetchBytes = 8192;
+
+static inline void prefetch_ahead(const uint8_t *p) {
+  _mm_prefetch((const char *)p + kPrefetchBytes, _MM_HINT_T0);
+}
+
 static inline uint32_t ld32(const uint8_t *p) {
   uint32_t u;
   std::memcpy(&u, p, 4);
@@ -299,6 +308,7 @@ static inline T8 nib_groups(const uint8_t *row, const float *x, const float *sc,
   const float *xg = x + g0 * P * 16;
   for (int64_t g = g0; g < g1; g++, p += P * 8, xg += P * 16) {
     T8 a[4];
+    prefetch_ahead(p);
     for (int j = 0; j < P; j++) {
       T8 w0, w1;
       pair16<F>(p + 8 * j, w0, w1);
@@ -344,6 +354,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
     for (int m = 0; m < MR; m++)
       for (int a = 0; a < A; a++) acc[m][a] = V::zero();
     auto step = [&]<bool TAIL>(int64_t k, T s, T b) {
+      prefetch_ahead(row + ((k * W.bits) >> 3));
       if constexpr (NIBBLE_PAIRS) {
         // 2L weights from L bytes: low nibbles are the even elements, high nibbles the odd ones, and x was
         // permuted to match (see permute_x_nibbles).
@@ -423,6 +434,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
       if constexpr (NIBBLE_PAIRS) {
         // groups smaller than a step (at least one octet pair, 2L weights)
         for (; k < k1; k += 2 * L) {
+          prefetch_ahead(row + (k >> 1));
           int64_t g = k >> c.gshift;
           T s = V::set1(c.sc[g]), b = is_affine<F>() ? V::set1(c.bi[g]) : V::zero(), w0, w1;
           pair16<F>(row + (k >> 1), w0, w1);
@@ -439,8 +451,10 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
                         is_affine<F>() ? V::set1(c.bi[g]) : V::zero());
         for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + kk), w, acc[m][a]);
       };
-      for (; k + L * A <= k1; k += L * A)
+      for (; k + L * A <= k1; k += L * A) {
+        prefetch_ahead(row + ((k * W.bits) >> 3));
         for (int a = 0; a < A; a++) chunk(k + a * L, a);
+      }
       for (; k < k1; k += L) chunk(k, 0);
     }
     for (int m = 0; m < MR; m++) {
@@ -496,6 +510,7 @@ static inline T8 spread_groups(const uint8_t *p, const float *xg, const float *s
   T8 tot = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
     T8 a[4];
+    prefetch_ahead(p);
     for (int j = 0; j < P; j++, p += 24, xg += 8 * C) {
       __m256i v = spread24(p);
       for (int i = 0; i < C; i++) {
