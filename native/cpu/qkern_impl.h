@@ -143,6 +143,13 @@ static constexpr bool is_dense() {
   return F == F_F32 || F == F_F16 || F == F_BF16;
 }
 
+// Bits per stored weight.
+template <int F>
+static constexpr int64_t bits_of() {
+  constexpr int64_t b[] = {32, 16, 16, 2, 3, 4, 5, 6, 8, 4, 8};
+  return b[F];
+}
+
 template <int F>
 static constexpr bool is_affine() {
   return F >= F_A2 && F <= F_A8;
@@ -354,7 +361,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
     for (int m = 0; m < MR; m++)
       for (int a = 0; a < A; a++) acc[m][a] = V::zero();
     auto step = [&]<bool TAIL>(int64_t k, T s, T b) {
-      if (((k * W.bits) & 511) == 0) prefetch_ahead(row + ((k * W.bits) >> 3));  // once per 64-byte line
+      if (((k * bits_of<F>()) & 511) == 0) prefetch_ahead(row + ((k * bits_of<F>()) >> 3));  // once per line
       if constexpr (NIBBLE_PAIRS) {
         // 2L weights from L bytes: low nibbles are the even elements, high nibbles the odd ones, and x was
         // permuted to match (see permute_x_nibbles).
@@ -452,7 +459,7 @@ static void gemv_rows(float *y, int64_t ldy, const float *x, const WeightMat &W,
         for (int m = 0; m < MR; m++) acc[m][a] = V::fma(V::loadu(x + m * K + kk), w, acc[m][a]);
       };
       for (; k + L * A <= k1; k += L * A) {
-        prefetch_ahead(row + ((k * W.bits) >> 3));
+        prefetch_ahead(row + ((k * bits_of<F>()) >> 3));
         for (int a = 0; a < A; a++) chunk(k + a * L, a);
       }
       for (; k < k1; k += L) chunk(k, 0);
