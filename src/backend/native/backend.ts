@@ -754,7 +754,19 @@ export class NativeBackend implements Backend {
       invalid(`${what}: scales ${fmt(sc.shape)} do not match weight ${fmt(wt.shape)} (group ${w.groupSize})`);
     if (bi && bi.size !== sc.size) invalid(`${what}: biases ${fmt(bi.shape)} do not match scales ${fmt(sc.shape)}`);
     const sbdt = w.mode === "affine" ? DT[sc.dtype] : DT.u8;
-    return { wt, sc, bi, K, N, sbdt, mode: QMODE[w.mode], inputs: bi ? [wt, sc, bi] : [wt, sc] };
+    const mode = QMODE[w.mode];
+    /** The weight's arguments, in the order every quantized entry point of rmlx.h takes them. */
+    const pushWeight = (p: ProgramWriter) => {
+      p.push(wt.address());
+      p.push(sc.address());
+      p.push(bi ? bi.address() : 0);
+      p.push(sbdt);
+      p.push(mode);
+      p.push(w.bits);
+      p.push(w.groupSize);
+      p.push(w.globalScale ?? 0);
+    };
+    return { wt, sc, bi, K, N, pushWeight, inputs: bi ? [wt, sc, bi] : [wt, sc] };
   }
 
   private qlinear(x: Tensor, w: QuantizedWeight, bias?: Tensor): Tensor {
@@ -767,7 +779,6 @@ export class NativeBackend implements Backend {
     if (bt && (bt.size !== q.N || !FLOAT_DTYPES.includes(bt.dtype))) invalid(`linear: bias ${bt.dtype} ${fmt(bt.shape)} for ${q.N} outputs`);
     const M = xt.size / q.K;
     const out = this.newTensor([...xt.shape.slice(0, -1), q.N], "f32");
-    const gs = w.globalScale ?? 0;
     this.record(bt ? [xt, ...q.inputs, bt] : [xt, ...q.inputs], [out], (p) => {
       if (out.size === 0) return;
       p.begin(OP.qlinear);
@@ -776,14 +787,7 @@ export class NativeBackend implements Backend {
       p.push(M);
       p.push(q.K);
       p.push(q.N);
-      p.push(q.wt.address());
-      p.push(q.sc.address());
-      p.push(q.bi ? q.bi.address() : 0);
-      p.push(q.sbdt);
-      p.push(q.mode);
-      p.push(w.bits);
-      p.push(w.groupSize);
-      p.push(gs);
+      q.pushWeight(p);
       p.push(bt ? bt.address() : 0);
       p.push(bt ? DT[bt.dtype] : 0);
       p.end();
@@ -814,7 +818,6 @@ export class NativeBackend implements Backend {
       if (q.K !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts of ${q.K} inputs`);
       const E = q.wt.shape[0]!;
       const out = this.newTensor([T, topk, q.N], "f32");
-      const gs = w.globalScale ?? 0;
       this.record([xt, it, ...q.inputs], [out], (p) => {
         if (out.size === 0) return;
         p.begin(OP.gatherQlinear);
@@ -826,14 +829,7 @@ export class NativeBackend implements Backend {
         p.push(q.N);
         p.push(it.address());
         p.push(E);
-        p.push(q.wt.address());
-        p.push(q.sc.address());
-        p.push(q.bi ? q.bi.address() : 0);
-        p.push(q.sbdt);
-        p.push(q.mode);
-        p.push(w.bits);
-        p.push(w.groupSize);
-        p.push(gs);
+        q.pushWeight(p);
         p.end();
       });
       return out;
@@ -894,7 +890,6 @@ export class NativeBackend implements Backend {
     const N = q.wt.size / q.wt.shape[q.wt.shape.length - 1]!;
     const nrows = rows ? rows.size : N;
     const out = this.newTensor(shape, "f32");
-    const gs = w.globalScale ?? 0;
     this.record(rows ? [rows, ...q.inputs] : q.inputs, [out], (p) => {
       if (out.size === 0) return;
       p.begin(OP.dequantRows);
@@ -903,14 +898,7 @@ export class NativeBackend implements Backend {
       p.push(nrows);
       p.push(N);
       p.push(q.K);
-      p.push(q.wt.address());
-      p.push(q.sc.address());
-      p.push(q.bi ? q.bi.address() : 0);
-      p.push(q.sbdt);
-      p.push(q.mode);
-      p.push(w.bits);
-      p.push(w.groupSize);
-      p.push(gs);
+      q.pushWeight(p);
       p.end();
     });
     return out;
