@@ -94,3 +94,19 @@ export function refBroadcast(
   }
   return { data: out, shape };
 }
+
+/**
+ * bf16 test weights: x truncated to bf16 bits, and the f32 values those bits stand for. Truncation gives exactly
+ * representable weights without relying on the code under test.
+ */
+export function bf16Truncated(x: Float32Array): { bits: Uint16Array; values: Float32Array } {
+  const u = new Uint32Array(x.buffer.slice(0));
+  const bits = new Uint16Array(x.length);
+  const values = new Float32Array(x.length);
+  const vu = new Uint32Array(values.buffer);
+  for (let i = 0; i < x.length; i++) {
+    bits[i] = u[i]! >>> 16;
+    vu[i] = bits[i]! << 16;
+  }
+  return { bits, values };
+}

@@ -1,23 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import type { RopeOptions } from "../../src/backend/backend.ts";
 import { RmlxError } from "../../src/errors.ts";
-import { backend, expectClose, randn } from "./helpers.ts";
+import { backend, bf16Truncated, expectClose, randn } from "./helpers.ts";
 
 const be = backend();
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
 
-function toBf16Bits(x: Float32Array): { bits: Uint16Array; values: Float32Array } {
-  // Truncation gives exactly representable test weights without relying on the code under test.
-  const u = new Uint32Array(x.buffer.slice(0));
-  const bits = new Uint16Array(x.length);
-  const values = new Float32Array(x.length);
-  const vu = new Uint32Array(values.buffer);
-  for (let i = 0; i < x.length; i++) {
-    bits[i] = u[i]! >>> 16;
-    vu[i] = bits[i]! << 16;
-  }
-  return { bits, values };
-}
 
 describe("rmsNorm and layerNorm", () => {
   const rows = 7;
@@ -38,7 +26,7 @@ describe("rmsNorm and layerNorm", () => {
     expectClose(be.toFloat32(be.rmsNorm(t(x, [rows, n]), t(w, [n]), 1e-6)), rmsRef((i) => w[i]!, 1e-6), 1e-5, 1e-5);
   });
   test("bf16 weight, onePlus (Gemma), 3-D input", () => {
-    const { bits, values } = toBf16Bits(w);
+    const { bits, values } = bf16Truncated(w);
     const wt = be.fromArray(bits, [n], "bf16");
     const out = be.rmsNorm(t(x, [1, rows, n]), wt, 1e-5, true);
     expect([...out.shape]).toEqual([1, rows, n]);

@@ -2,22 +2,11 @@
 // product library; here: shapes, dtypes, bias handling and routing through the executor).
 import { describe, expect, test } from "bun:test";
 import { RmlxError } from "../../src/errors.ts";
-import { backend, expectClose, randn } from "./helpers.ts";
+import { backend, bf16Truncated, expectClose, randn } from "./helpers.ts";
 
 const be = backend();
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
 
-function bf16(x: Float32Array): { bits: Uint16Array; values: Float32Array } {
-  const u = new Uint32Array(x.buffer.slice(0));
-  const bits = new Uint16Array(x.length);
-  const values = new Float32Array(x.length);
-  const vu = new Uint32Array(values.buffer);
-  for (let i = 0; i < x.length; i++) {
-    bits[i] = u[i]! >>> 16;
-    vu[i] = bits[i]! << 16;
-  }
-  return { bits, values };
-}
 
 function linearRef(x: Float32Array, M: number, K: number, w: Float32Array, N: number, bias?: Float32Array): Float32Array {
   const y = new Float32Array(M * N);
@@ -41,13 +30,13 @@ describe("linear", () => {
     expectClose(be.toFloat32(y), linearRef(x, M, K, w, N), 1e-5, 1e-5);
   });
   test("bf16 weight with a bf16 bias", () => {
-    const wb = bf16(w);
-    const bb = bf16(b);
+    const wb = bf16Truncated(w);
+    const bb = bf16Truncated(b);
     const y = be.linear(t(x, [M, K]), be.fromArray(wb.bits, [N, K], "bf16"), be.fromArray(bb.bits, [N], "bf16"));
     expectClose(be.toFloat32(y), linearRef(x, M, K, wb.values, N, bb.values), 1e-4, 1e-4);
   });
   test("f32 bias on a bf16 weight is added separately", () => {
-    const wb = bf16(w);
+    const wb = bf16Truncated(w);
     const y = be.linear(t(x, [M, K]), be.fromArray(wb.bits, [N, K], "bf16"), t(b, [N]));
     expectClose(be.toFloat32(y), linearRef(x, M, K, wb.values, N, b), 1e-4, 1e-4);
   });
@@ -59,7 +48,7 @@ describe("linear", () => {
 describe("take", () => {
   test("rows of a bf16 table for ids of any shape", () => {
     const [V, D] = [10, 6];
-    const tab = bf16(randn(V * D, 4));
+    const tab = bf16Truncated(randn(V * D, 4));
     const ids = new Int32Array([3, 0, 9, 3]);
     const out = be.take(be.fromArray(tab.bits, [V, D], "bf16"), be.fromArray(ids, [2, 2], "i32"));
     expect([...out.shape]).toEqual([2, 2, D]);

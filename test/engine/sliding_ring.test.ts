@@ -22,6 +22,7 @@ import { SafetensorsFile } from "../../src/io/safetensors.ts";
 import type { LayerCacheSpec, Model } from "../../src/models/model.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { RefBackend } from "../models/ref_backend.ts";
+import { readF32, relError } from "../models/reference.ts";
 
 function fakeBackend(copies: [number, number][] = []): Backend {
   const be = {
@@ -214,11 +215,6 @@ interface PromptRef {
   greedy: number[];
 }
 
-function readF32(file: SafetensorsFile, key: string): Float32Array {
-  const t = file.tensors.get(key)!;
-  return new Float32Array(new Uint8Array(t.bytes).buffer);
-}
-
 /** Logits of every token of `ids`, fed in prefill chunks of `chunk` and then single decode tokens from `decodeFrom`. */
 function runAll(model: Model, cache: KvCache, ids: number[], chunk: number, decodeFrom: number): Float32Array {
   const V = model.vocabSize;
@@ -232,20 +228,6 @@ function runAll(model: Model, cache: KvCache, ids: number[], chunk: number, deco
   }
   cache.release(seq);
   return out;
-}
-
-function relError(ours: Float32Array, ref: Float32Array, V: number): number {
-  let worst = 0;
-  for (let r = 0; r < ref.length / V; r++) {
-    let scale = 0;
-    let diff = 0;
-    for (let j = r * V; j < (r + 1) * V; j++) {
-      scale = Math.max(scale, Math.abs(ref[j]!));
-      diff = Math.max(diff, Math.abs(ours[j]! - ref[j]!));
-    }
-    worst = Math.max(worst, diff / scale);
-  }
-  return worst;
 }
 
 describe.each(["ref", "native"])("gemma3 fixture on the %s backend", (kind) => {
@@ -283,7 +265,7 @@ describe.each(["ref", "native"])("gemma3 fixture on the %s backend", (kind) => {
   test("both prompts still match the transformers reference through the window pools", () => {
     for (const p of ref.prompts) {
       const got = runAll(model, windowed(), p.ids, 3, p.ids.length);
-      expect(relError(got, readF32(refTensors, p.logits_key), V)).toBeLessThan(1e-4);
+      expect(relError(got, readF32(refTensors, p.logits_key).data, V)).toBeLessThan(1e-4);
     }
   });
 
