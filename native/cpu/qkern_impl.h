@@ -569,10 +569,13 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
   }
 }
 
+#include "qkern_x16_impl.h"
+
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
+  if (x16_takes<F>(W) && x16_tiles<F>(y, x, M, W, bias, t0, t1)) return;
   if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
   const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;

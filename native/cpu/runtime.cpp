@@ -26,6 +26,18 @@ Isa best_isa() {
 
 bool cpu_has(Isa isa) { return (int)isa <= (int)best_isa(); }
 
+namespace {
+int g_gemv_x16 = -1;  // -1: not read from the environment yet
+}
+
+bool gemv_x16_enabled() {
+  if (g_gemv_x16 < 0) {
+    const char *env = getenv("RMLX_GEMV");
+    g_gemv_x16 = env && !strcmp(env, "f32") ? 0 : 1;
+  }
+  return g_gemv_x16 == 1;
+}
+
 Isa active_isa() {
   if (!g_isa_set) {
     g_isa = best_isa();
@@ -83,6 +95,16 @@ int rmlx_set_isa(const char *name) {
   g_isa_set = true;
   return RMLX_OK;
 }
+
+int rmlx_set_gemv_mode(const char *name) {
+  if (!name) return fail(RMLX_E_INVALID, "gemv mode is null");
+  if (!strcmp(name, "x16")) g_gemv_x16 = 1;
+  else if (!strcmp(name, "f32")) g_gemv_x16 = 0;
+  else return fail(RMLX_E_INVALID, "unknown gemv mode '%s' (x16 or f32)", name);
+  return RMLX_OK;
+}
+
+const char *rmlx_gemv_mode(void) { return gemv_x16_enabled() ? "x16" : "f32"; }
 
 const char *rmlx_last_error(void) { return g_err; }
 

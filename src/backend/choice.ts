@@ -11,3 +11,15 @@ export function parseBackendChoice(value: string | undefined): BackendChoice {
   if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
   throw new RmlxError("invalid_argument", `unknown backend '${value}' (--backend / RMLX_BACKEND: auto, native or mlx)`);
 }
+
+/** Arithmetic of the native decode products of affine 4/8-bit and mxfp4 weights (native/cpu/qkern_x16_impl.h). */
+export type GemvMode = "x16" | "f32";
+export const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
+
+/** --gemv / RMLX_GEMV; undefined when unset (the library's default, x16). */
+export function parseGemvMode(value: string | undefined): GemvMode | undefined {
+  const v = (value ?? "").trim().toLowerCase();
+  if (v === "") return undefined;
+  if ((GEMV_MODES as readonly string[]).includes(v)) return v as GemvMode;
+  throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x16 or f32)`);
+}

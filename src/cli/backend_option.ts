@@ -1,21 +1,26 @@
-// --backend and --mlx-lib, shared by every subcommand that computes. They set RMLX_BACKEND / RMLX_MLX_C_LIB for
-// this process (flags override the environment); serve hands the same values to its engine worker.
+// --backend, --mlx-lib and --gemv, shared by every subcommand that computes. They set RMLX_BACKEND /
+// RMLX_MLX_C_LIB / RMLX_GEMV for this process (flags override the environment); serve hands the same values to
+// its engine worker.
 import type { Command } from "commander";
-import { parseBackendChoice } from "../backend/choice.ts";
+import { parseBackendChoice, parseGemvMode } from "../backend/choice.ts";
 
 export interface BackendFlags {
   backend?: string;
   mlxLib?: string;
+  gemv?: string;
 }
 
 export function addBackendOptions(cmd: Command): Command {
   return cmd
     .option("--backend <name>", "compute backend: auto, native or mlx (env RMLX_BACKEND; default auto: mlx when libmlxc loads on a Metal device, else native)")
-    .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)");
+    .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)")
+    .option("--gemv <mode>", "native decode products of 4/8-bit and mxfp4 weights: x16 (x in 16-bit fixed point per weight group, about 1.7x faster) or f32 (exact f32 arithmetic) (env RMLX_GEMV; default x16)");
 }
 
 export function applyBackendFlags(f: BackendFlags): void {
   if (f.backend !== undefined) process.env.RMLX_BACKEND = parseBackendChoice(f.backend);
   else parseBackendChoice(process.env.RMLX_BACKEND);
   if (f.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = f.mlxLib;
+  const gemv = parseGemvMode(f.gemv ?? process.env.RMLX_GEMV);
+  if (gemv) process.env.RMLX_GEMV = gemv;
 }

@@ -92,6 +92,7 @@ export function register(program: Command): void {
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,
+          gemv: process.env.RMLX_GEMV,
         };
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),

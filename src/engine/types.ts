@@ -108,6 +108,8 @@ export interface EngineConfig {
   /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
   backend?: string;
   mlxLib?: string;
+  /** --gemv (x16, f32) of the server process. */
+  gemv?: string;
 }
 
 /** Messages from the server to the worker. */

@@ -174,6 +174,7 @@ function handle(msg: ToWorker): void {
       config = msg.config;
       if (config.backend !== undefined) process.env.RMLX_BACKEND = config.backend;
       if (config.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = config.mlxLib;
+      if (config.gemv !== undefined) process.env.RMLX_GEMV = config.gemv;
       return;
     case "load":
       try {

@@ -35,3 +35,22 @@ test.skipIf(!probe.ok)("with libmlxc: mlx when asked for; auto takes mlx only on
   expect(await pick("mlx", probe.lib.path)).toBe("mlx");
   expect(await pick("auto", probe.lib.path)).toBe(probe.lib.metal ? "mlx" : "native");
 });
+
+// The native library takes RMLX_GEMV as it loads (a Worker's process.env is not the C environment).
+async function gemvMode(env: string): Promise<string> {
+  const code = `import { native } from "./src/backend/native/lib.ts";
+try { console.log(String(native().rmlx_gemv_mode())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
+  const proc = Bun.spawn([process.execPath, "-e", code], {
+    cwd: `${import.meta.dir}/../..`,
+    env: { ...process.env, RMLX_GEMV: env },
+    stdout: "pipe",
+  });
+  return (await new Response(proc.stdout).text()).trim();
+}
+
+test("RMLX_GEMV picks the decode-product arithmetic; x16 is the default; other names are rejected", async () => {
+  expect(await gemvMode("")).toBe("x16");
+  expect(await gemvMode("f32")).toBe("f32");
+  expect(await gemvMode("X16")).toBe("x16");
+  expect(await gemvMode("int8")).toMatch(/^RmlxError:invalid_argument:.*int8/);
+});

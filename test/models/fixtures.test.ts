@@ -4,10 +4,13 @@
 //  - both prompts as ONE batch of two sequences of different lengths give the same logits as alone.
 // The weights are read exactly (bf16, or MLX-quantized and dequantized bit for bit by the reference script)
 // and the math is f32, so the only differences are summation order and the kernels' own rounding.
-import { describe, expect, test } from "bun:test";
+// Everything runs twice: with exact f32 products, and with the x16 products that decode uses by default
+// (x of 4/8-bit and mxfp4 products in 16-bit fixed point), each with its own tolerance.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { getBackend } from "../../src/backend/index.ts";
+import { setGemvMode } from "../../src/backend/native/lib.ts";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
 import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
@@ -26,6 +29,12 @@ const INDEX = join(ROOT, "INDEX.json");
 const REL_TOL = 1e-4;
 /** Greedy tokens must agree where the reference top-2 margin exceeds this (100x the worst logit error). */
 const CLEAR_MARGIN = 1e-3;
+/** The same with x16 products: at most 1.9e-4 of the logit scale was measured; margins 10x the worst error. */
+const X16 = { relTol: 1e-3, clearMargin: 2e-2 };
+const MODES = [
+  { gemv: "f32", relTol: REL_TOL, clearMargin: CLEAR_MARGIN },
+  { gemv: "x16", ...X16 },
+] as const;
 
 interface PromptRef {
   kind: string;
@@ -55,7 +64,12 @@ test.skipIf(index !== null)("model fixtures exist (run scripts/make_fixtures.py)
   expect(index).not.toBeNull();
 });
 
-describe.each(fixtures)("fixture $name", (fx) => {
+const cases = MODES.flatMap((m) => fixtures.map((fx) => ({ ...fx, ...m })));
+
+describe.each(cases)("fixture $name ($gemv products)", (fx) => {
+  const { relTol: REL_TOL, clearMargin: CLEAR_MARGIN } = fx;
+  beforeAll(() => setGemvMode(fx.gemv));
+  afterAll(() => setGemvMode("x16"));
   const dir = join(ROOT, fx.name);
   const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8")) as { prompts: PromptRef[] };
   const refTensors = SafetensorsFile.open(join(dir, "reference.safetensors"));

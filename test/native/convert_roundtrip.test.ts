@@ -2,14 +2,19 @@
 // on every ISA, agree with src/quant's own dequantization in f32 (within one rounding: the kernels may fuse
 // scale*q + bias into one FMA), and a product over them matches the float64 product of those values.
 import { ptr } from "bun:ffi";
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DT, QMODE, native } from "../../src/backend/native/lib.ts";
 import { affineDequantize, affineQuantize } from "../../src/quant/affine.ts";
 import { fpDequantize, fpQuantize, type FpMode } from "../../src/quant/fp.ts";
-import { availableIsas, matmulRef, randomX, setIsa, worstRelError } from "./ref.ts";
+import { availableIsas, matmulRef, randomX, setGemvMode, setIsa, worstRelError } from "./ref.ts";
 
 const BEST = String(native().rmlx_isa());
-afterAll(() => setIsa(BEST));
+// the products here check the formats, in exact f32 arithmetic (the x16 path has tests of its own)
+beforeAll(() => setGemvMode("f32"));
+afterAll(() => {
+  setIsa(BEST);
+  setGemvMode("x16");
+});
 
 const N = 24;
 const K = 256;

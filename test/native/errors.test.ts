@@ -110,6 +110,13 @@ describe("other entry points", () => {
       0)).toBe(0);
   });
 
+  test("rmlx_set_gemv_mode: unknown or null names", () => {
+    expect(lib.rmlx_set_gemv_mode(ptr(Buffer.from("int8\0")))).toBe(INVALID);
+    expect(String(lib.rmlx_last_error())).toContain("int8");
+    expect(lib.rmlx_set_gemv_mode(null)).toBe(INVALID);
+    expect(String(lib.rmlx_gemv_mode())).toBe("x16");
+  });
+
   test("rmlx_bench_triad: bad arguments", () => {
     const out = new Float64Array(1);
     expect(lib.rmlx_bench_triad(0, 1, ptr(out))).toBe(INVALID);

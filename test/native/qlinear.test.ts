@@ -8,7 +8,10 @@ import {
   qlinear,
   randomQWeight,
   randomX,
+  matmulX16Ref,
+  setGemvMode,
   setIsa,
+  takesX16,
   worstRelError,
   type FloatDt,
   type Mode,
@@ -16,10 +19,16 @@ import {
 import { native } from "../../src/backend/native/lib.ts";
 
 const BEST = String(native().rmlx_isa());
-afterAll(() => setIsa(BEST));
+afterAll(() => {
+  setIsa(BEST);
+  setGemvMode("x16");
+});
 
 // f32 accumulation over K <= 384 terms: the error stays far below 1e-5 of sum |x*w|.
 const TOL = 1e-5;
+// x16: each x is off by at most half a step (max|x| of its group / 65534); on these random inputs the worst
+// was 1.3e-5 of sum |x*w| (mxfp4). Its exact rounding is pinned separately against matmulX16Ref.
+const TOL_X16 = 5e-5;
 const MS = [1, 3, 17, 64];
 
 interface Case {
@@ -52,14 +61,18 @@ for (const isa of availableIsas()) {
         for (const M of MS) {
           const x = randomX(M * 7 + c.bits, M * K);
           const { y, mag } = matmulRef(x, M, wd, N, K);
-          const got = qlinear(q, x, M);
-          expect(worstRelError(got, y, mag)).toBeLessThan(TOL);
+          for (const mode of ["f32", "x16"]) {
+            expect(setGemvMode(mode)).toBe(0);
+            const tol = mode === "x16" && takesX16(q) ? TOL_X16 : TOL;
+            expect({ mode, err: worstRelError(qlinear(q, x, M), y, mag) < tol }).toEqual({ mode, err: true });
+          }
         }
       });
     }
 
     test("Linear bias is added (f32 bias, M=1 and M=40)", () => {
       expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("f32")).toBe(0);
       const N = 19, K = 64;
       const q = randomQWeight(5, "affine", 4, 64, N, K, "bf16");
       const wd = dequantAll(q);
@@ -73,11 +86,59 @@ for (const isa of availableIsas()) {
 
     test("a larger shape crosses panels and thread splits (M=40, N=200, K=512)", () => {
       expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("f32")).toBe(0);
       const N = 200, K = 512, M = 40;
       const q = randomQWeight(77, "mxfp4", 4, 32, N, K);
       const x = randomX(3, M * K);
       const { y, mag } = matmulRef(x, M, dequantAll(q), N, K);
       expect(worstRelError(qlinear(q, x, M), y, mag)).toBeLessThan(TOL);
+    });
+  });
+}
+
+// The x16 path against its documented rounding (matmulX16Ref), for every row count a decode batch can have
+// (passes of 4, 2 and 1 rows), biases of the layer included; then what makes it step aside.
+for (const isa of availableIsas().filter((i) => i !== "scalar")) {
+  describe(`x16 decode products on ${isa}`, () => {
+    const xcases: Case[] = [
+      { mode: "affine", bits: 4, group: 32, sb: "bf16" },
+      { mode: "affine", bits: 4, group: 64, sb: "f16" },
+      { mode: "affine", bits: 4, group: 128, sb: "f32" },
+      { mode: "affine", bits: 8, group: 32, sb: "f32" },
+      { mode: "affine", bits: 8, group: 64, sb: "bf16" },
+      { mode: "affine", bits: 8, group: 128, sb: "f16" },
+      { mode: "mxfp4", bits: 4, group: 32, sb: "f32" },
+    ];
+    for (const c of xcases) {
+      test(`${c.mode} bits=${c.bits} group=${c.group} equals x rounded to 16 bits per group`, () => {
+        expect(setIsa(isa)).toBe(0);
+        expect(setGemvMode("x16")).toBe(0);
+        const K = 384, N = 21;
+        const q = randomQWeight(c.bits * 77 + c.group, c.mode, c.bits, c.group, N, K, c.sb);
+        expect(takesX16(q)).toBe(true);
+        const wd = dequantAll(q);
+        const bias = randomX(5, N);
+        for (const M of [1, 2, 3, 5, 31]) {
+          const x = randomX(M + c.group, M * K);
+          // one group of x far larger than the rest, one all zero: steps are per group
+          for (let i = 0; i < c.group; i++) x[i] = x[i]! * 1000;
+          x.fill(0, K - c.group, K);
+          const { mag } = matmulRef(x, M, wd, N, K, Float64Array.from(bias));
+          const want = matmulX16Ref(q, x, M).map((v, i) => v + bias[i % N]!);
+          expect(worstRelError(qlinear(q, x, M, bias), want, mag)).toBeLessThan(2e-6);
+        }
+      });
+    }
+
+    test("x with Inf or NaN takes the f32 path (NaN comes out, as MLX gives)", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      const q = randomQWeight(3, "affine", 4, 64, 8, 128);
+      const x = randomX(1, 128);
+      x[5] = NaN;
+      expect(Array.from(qlinear(q, x, 1)).every(Number.isNaN)).toBe(true);
+      x[5] = Infinity;
+      expect(Array.from(qlinear(q, x, 1)).some((v) => !Number.isFinite(v))).toBe(true);
     });
   });
 }

@@ -232,3 +232,58 @@ export function availableIsas(): string[] {
 export function setIsa(name: string): number {
   return native().rmlx_set_isa(ptr(Buffer.from(`${name}\0`)));
 }
+
+/** Whether the x16 gemv path (native/cpu/qkern_x16_impl.h) takes this weight when x has few rows. */
+export function takesX16(q: QWeight): boolean {
+  if (q.mode === "mxfp4") return q.K % 64 === 0;
+  return q.mode === "affine" && (q.bits === 4 || q.bits === 8) && q.group % 32 === 0;
+}
+
+/**
+ * What the x16 path computes, from its documented rounding, in float64: each group of x (the weight's group)
+ * in steps of max|x| / 32767, values rounded half to even. Affine codes are centred (q - 8, q - 128) and the
+ * centre goes back with the bias against the exact sums of x, so there the rounding errors meet only the
+ * centred codes; mxfp4 values meet the rounded x directly.
+ */
+export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Array {
+  const { N, K, group } = q;
+  const f = Math.fround;
+  const xr = new Float64Array(M * K);
+  for (let b = 0; b < M * K; b += group) {
+    let amax = 0;
+    for (let i = 0; i < group; i++) amax = Math.max(amax, Math.abs(x[b + i]!));
+    const step = f(amax / 32767);
+    const inv = amax > 0 ? f(32767 / amax) : 0;
+    for (let i = 0; i < group; i++) {
+      const v = f(x[b + i]! * inv);
+      let r = Math.round(v);
+      if (Math.abs(v % 1) === 0.5) r = 2 * Math.round(v / 2);
+      xr[b + i] = Math.max(-32768, Math.min(32767, r)) * step;
+    }
+  }
+  const centre = q.mode === "affine" ? (q.bits === 8 ? 128 : 8) : 0;
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) {
+        const w = dequantRef(q, n, k);
+        const xi = x[m * K + k]!;
+        const d = xr[m * K + k]! - xi;
+        if (q.mode === "affine") {
+          const gi = n * (K / group) + Math.floor(k / group);
+          const sc = sbValue(q, q.scales, gi);
+          s += w * xi + (w - sbValue(q, q.biases!, gi) - centre * sc) * d;
+        } else {
+          s += w * (xi + d);
+        }
+      }
+      y[m * N + n] = s;
+    }
+  return y;
+}
+
+/** Sets the gemv arithmetic ("x16" or "f32"); returns the status. */
+export function setGemvMode(name: string): number {
+  return native().rmlx_set_gemv_mode(ptr(Buffer.from(`${name}\0`)));
+}

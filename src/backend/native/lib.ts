@@ -7,6 +7,7 @@ import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import embeddedLib from "../../../native/build/librmlx.so" with { type: "file" };
 import { RmlxError } from "../../errors.ts";
+import { parseGemvMode, type GemvMode } from "../choice.ts";
 
 export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
@@ -20,6 +21,8 @@ const SYMBOLS = {
   rmlx_num_threads: { args: [], returns: i32 },
   rmlx_isa: { args: [], returns: cstring },
   rmlx_set_isa: { args: [P], returns: i32 },
+  rmlx_gemv_mode: { args: [], returns: cstring },
+  rmlx_set_gemv_mode: { args: [P], returns: i32 },
   rmlx_last_error: { args: [], returns: cstring },
   rmlx_alloc: { args: [i64, P], returns: i32 },
   rmlx_free: { args: [P], returns: i32 },
@@ -70,6 +73,9 @@ function open() {
   const abi = lib.symbols.rmlx_abi_version();
   if (abi !== ABI_VERSION) throw new RmlxError("native", `native library ABI ${abi}, expected ${ABI_VERSION}`);
   lib.symbols.rmlx_init(Number(process.env.RMLX_THREADS ?? 0));
+  // read here as well as by the library: a Worker's process.env is its own, not the C environment
+  const gemv = parseGemvMode(process.env.RMLX_GEMV);
+  if (gemv) lib.symbols.rmlx_set_gemv_mode(Buffer.from(`${gemv}\0`));
   return lib.symbols;
 }
 
@@ -79,6 +85,14 @@ let symbols: ReturnType<typeof open> | undefined;
 export function native(): ReturnType<typeof open> {
   symbols ??= open();
   return symbols;
+}
+
+/** Sets the arithmetic of decode-shaped quantized products for the whole process; returns the previous one. */
+export function setGemvMode(mode: GemvMode): GemvMode {
+  const lib = native();
+  const before = String(lib.rmlx_gemv_mode() as unknown as CString) as GemvMode;
+  check(lib.rmlx_set_gemv_mode(Buffer.from(`${mode}\0`)), "gemv mode");
+  return before;
 }
 
 /** Turns a non-zero status into an RmlxError carrying the library's message. */

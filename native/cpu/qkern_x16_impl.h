@@ -1,0 +1,279 @@
+// Decode-shaped products of affine 4- and 8-bit and mxfp4 weights with integer dot products (included by
+// qkern_impl.h inside an ISA namespace; no include guard on purpose).
+//
+// Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
+// decode near 15 GB/s however the decoders were arranged (compute-bound, not memory-bound). Here x is first
+// put in 16-bit fixed point with one step per weight group (step = max|x| of the group / 32767), weights
+// stay integers, and one vpmaddwd does 16 products and half their additions. The sum inside a group is an
+// exact int32; groups meet in f32 after their scale, as on the f32 path.
+//
+// Error: each x differs from its 16-bit value by at most half a step, so |y - y_f32| <= sum over groups of
+// step/2 * sum |w| of the group (about 1.5e-5 of max|x| per weight), far under the bf16 rounding MLX applies
+// to activations on the GPU. rmlx_set_gemv_mode("f32") or RMLX_GEMV=f32 keeps the exact f32 path.
+
+template <int F>
+static constexpr bool x16_format() {
+  return F == F_A4 || F == F_A8 || F == F_FP4;
+}
+
+// Elements per layout block of x16 (the run of x that one step of the kernel reads in its own order).
+template <int F>
+static constexpr int x16_block() {
+  return F == F_A8 ? 16 : F == F_A4 ? 32 : 64;
+}
+
+// mxfp4 codes as small integers: 2 * E2M1 value + 12 (0..24, so bytes widen with zeros); the 12 is taken
+// back through the group sums of x16.
+static constexpr int kFp4Offset = 12;
+
+struct X16 {
+  int16_t *q;    // [M][K] in the kernel's order (x16_order)
+  float *step;   // [M][groups]: the factor from an integer sum to y (step, or step / 2 for mxfp4)
+  float *fix;    // [M][groups]: affine: sum of x (for biases); mxfp4: 6 * step * sum of q (for the offset)
+};
+
+// Natural-order 16-bit values of 32 elements (4 vectors of 8) -> two vectors of 16, ready for the layout.
+static inline void x16_pack32(__m256i i0, __m256i i1, __m256i i2, __m256i i3, __m256i &a, __m256i &b) {
+  a = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+  b = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+}
+
+// 16 natural values of each of a (x[0..15]) and b (x[16..31]) -> lo = even elements, hi = odd elements.
+static inline void x16_deinterleave(__m256i a, __m256i b, __m256i &lo, __m256i &hi) {
+  const __m256i eo = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+  a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(a, eo), 0xD8);
+  b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(b, eo), 0xD8);
+  lo = _mm256_permute2x128_si256(a, b, 0x20);
+  hi = _mm256_permute2x128_si256(a, b, 0x31);
+}
+
+// Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
+// Orders: 8-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and high nibbles
+// of 16 bytes); mxfp4, per 64 elements, the four vectors that unpacking 32 bytes' nibbles gives (see fp4_rows).
+template <int F>
+static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
+  const int64_t K = W.K, G = W.group, NG = W.groups;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i expmask = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  for (int64_t m = 0; m < M; m++) {
+    const float *xm = x + m * K;
+    int16_t *qm = o.q + m * K;
+    for (int64_t g = 0; g < NG; g++) {
+      const float *xg = xm + g * G;
+      __m256 mx = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+      for (int64_t i = 0; i < G; i += 8) {
+        __m256 v = _mm256_loadu_ps(xg + i);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), expmask), expmask));
+        mx = _mm256_max_ps(mx, _mm256_and_ps(v, absmask));
+        sum = _mm256_add_ps(sum, v);
+      }
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+      float step = amax / 32767.f;
+      __m256 inv = _mm256_set1_ps(amax > 0.f ? 32767.f / amax : 0.f);
+      int16_t *qg = qm + g * G;
+      __m256i qsum = _mm256_setzero_si256();
+      for (int64_t i = 0; i < G; i += 32) {
+        __m256i r[4];
+        for (int j = 0; j < 4; j++) {
+          r[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + i + 8 * j), inv));
+          qsum = _mm256_add_epi32(qsum, r[j]);
+        }
+        __m256i a, b;
+        x16_pack32(r[0], r[1], r[2], r[3], a, b);
+        if constexpr (F == F_A4 || F == F_FP4) x16_deinterleave(a, b, a, b);
+        _mm256_storeu_si256((__m256i *)(qg + i), a);
+        _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
+      }
+      // the packs saturate at 32767, which a value rounded from amax * (32767 / amax) may just pass
+      float *st = o.step + m * NG + g, *fx = o.fix + m * NG + g;
+      if constexpr (F == F_FP4) {
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(qsum), _mm256_extracti128_si256(qsum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        *st = step * 0.5f;
+        *fx = 0.5f * kFp4Offset * step * (float)_mm_cvtsi128_si32(s4);
+      } else {
+        *st = step;
+        *fx = hsum8(sum);
+      }
+    }
+    if constexpr (F == F_FP4) {
+      // 64-element blocks: from the 4-bit order of its two halves [lo0 hi0 lo1 hi1] to [a b c d] (fp4_rows)
+      for (int64_t i = 0; i < K; i += 64) {
+        __m256i *p = (__m256i *)(qm + i);
+        __m256i lo0 = _mm256_loadu_si256(p), hi0 = _mm256_loadu_si256(p + 1);
+        __m256i lo1 = _mm256_loadu_si256(p + 2), hi1 = _mm256_loadu_si256(p + 3);
+        _mm256_storeu_si256(p, _mm256_permute2x128_si256(lo0, lo1, 0x20));
+        _mm256_storeu_si256(p + 1, _mm256_permute2x128_si256(lo0, lo1, 0x31));
+        _mm256_storeu_si256(p + 2, _mm256_permute2x128_si256(hi0, hi1, 0x20));
+        _mm256_storeu_si256(p + 3, _mm256_permute2x128_si256(hi0, hi1, 0x31));
+      }
+    }
+  }
+  return _mm256_testz_si256(bad, bad);
+}
+
+static inline __m256i x16_mad(__m256i w, const int16_t *x) {
+  return _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)x));
+}
+
+// sc[g] * step[m][g] for every group, MR rows of x: the factor of each group's integer sum.
+template <int MR>
+static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_t NG, float *out) {
+  for (int m = 0; m < MR; m++) {
+    const float *st = xq.step + (m0 + m) * NG;
+    float *o = out + m * NG;
+    int64_t g = 0;
+    for (; g + 8 <= NG; g += 8) _mm256_storeu_ps(o + g, _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(st + g)));
+    for (; g < NG; g++) o[g] = sc[g] * st[g];
+  }
+}
+
+// Affine 4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1). Codes are centred (q - 8, q - 128):
+// the rounding errors of x are multiplied by the codes, and centred codes are about half as large; the
+// centre comes back through the biases, b + centre * s, against the exact sums of x.
+template <int F, int MR>
+static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                            int64_t n1, const float *bias, RowCtx &c) {
+  const int64_t K = W.K, G = W.group, NG = W.groups;
+  constexpr int64_t CH = F == F_A8 ? 16 : 32;  // weights per 16-byte chunk
+  constexpr float kCentre = F == F_A8 ? 128.f : 8.f;
+  const __m256i low4 = _mm256_set1_epi16(15), centre = _mm256_set1_epi16((short)kCentre);
+  float *scm = c.buf;
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t *row = W.w + n * W.row_bytes, *p = row;
+    row_prep<F>(W, n, 0, NG, c);
+    x16_scales<MR>(c.sc, xq, m0, NG, scm);
+    {
+      int64_t g = 0;
+      for (; g + 8 <= NG; g += 8)
+        _mm256_storeu_ps(c.bi + g, _mm256_fmadd_ps(_mm256_loadu_ps(c.sc + g), _mm256_set1_ps(kCentre),
+                                                   _mm256_loadu_ps(c.bi + g)));
+      for (; g < NG; g++) c.bi[g] += kCentre * c.sc[g];
+    }
+    __m256 tot[MR];
+    for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
+    const int16_t *xg = xq.q + m0 * K;
+    for (int64_t g = 0; g < NG; g++, xg += G) {
+      __m256i acc[MR];
+      for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_si256();
+      for (int64_t e = 0; e < G; e += CH, p += 16) {
+        if (((p - row) & 63) == 0) prefetch_ahead(p);
+        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+        if constexpr (F == F_A8) {
+          v = _mm256_sub_epi16(v, centre);
+          for (int m = 0; m < MR; m++) acc[m] = _mm256_add_epi32(acc[m], x16_mad(v, xg + m * K + e));
+        } else {
+          __m256i lo = _mm256_sub_epi16(_mm256_and_si256(v, low4), centre);
+          __m256i hi = _mm256_sub_epi16(_mm256_srli_epi16(v, 4), centre);
+          for (int m = 0; m < MR; m++) {
+            const int16_t *xe = xg + m * K + e;
+            acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(x16_mad(lo, xe), x16_mad(hi, xe + 16)));
+          }
+        }
+      }
+      for (int m = 0; m < MR; m++)
+        tot[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), _mm256_broadcast_ss(scm + m * NG + g), tot[m]);
+    }
+    for (int m = 0; m < MR; m++) {
+      float r = hsum8(tot[m]) + dot_range(c.bi, xq.fix + (m0 + m) * NG, 0, NG);
+      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// mxfp4 (groups of 32, an even number per row): 32 bytes, two groups, per step. The low and high nibbles of
+// the bytes are looked up as bytes (kFp4Offset + 2 * value), then widened by unpacking with zeros, which
+// works within 128-bit halves: each vector holds group 2i in its low half and group 2i+1 in its high half.
+template <int MR>
+static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                         int64_t n1, const float *bias, RowCtx &c) {
+  const int64_t K = W.K, NG = W.groups;
+  const __m256i lut = _mm256_broadcastsi128_si256(
+      _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m256i low4 = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+  float *scm = c.buf;
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t *row = W.w + n * W.row_bytes, *p = row;
+    row_prep<F_FP4>(W, n, 0, NG, c);
+    x16_scales<MR>(c.sc, xq, m0, NG, scm);
+    __m256 tot[MR];
+    for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
+    const int16_t *xg = xq.q + m0 * K;
+    for (int64_t g = 0; g < NG; g += 2, p += 32, xg += 64) {
+      if (((p - row) & 63) == 0) prefetch_ahead(p);
+      __m256i v = _mm256_loadu_si256((const __m256i *)p);
+      __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low4));
+      __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+      __m256i a = _mm256_unpacklo_epi8(lo, zero), b = _mm256_unpackhi_epi8(lo, zero);
+      __m256i cc = _mm256_unpacklo_epi8(hi, zero), d = _mm256_unpackhi_epi8(hi, zero);
+      for (int m = 0; m < MR; m++) {
+        const int16_t *xe = xg + m * K;
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(x16_mad(a, xe), x16_mad(b, xe + 16)),
+                                     _mm256_add_epi32(x16_mad(cc, xe + 32), x16_mad(d, xe + 48)));
+        const float *sm = scm + m * NG + g;
+        __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(sm)), _mm_broadcast_ss(sm + 1), 1);
+        tot[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, tot[m]);
+      }
+    }
+    for (int m = 0; m < MR; m++) {
+      float r = hsum8(tot[m]) - dot_range(c.sc, xq.fix + (m0 + m) * NG, 0, NG);
+      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+template <int F, int MR>
+static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0, int64_t n1,
+                     const float *bias, RowCtx &c) {
+  if constexpr (F == F_FP4) x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c);
+  else x16_affine_rows<F, MR>(y, ldy, xq, m0, W, n0, n1, bias, c);
+}
+
+// Whether W takes the integer path: mxfp4 only (nvfp4's groups of 16 and global scale stay on f32), groups
+// that whole steps tile, and the f32 path not asked for.
+template <int F>
+static bool x16_takes(const WeightMat &W) {
+  if constexpr (!x16_format<F>()) {
+    return false;
+  } else {
+    if (!gemv_x16_enabled()) return false;
+    if (F == F_FP4) return W.kind == WKind::Mxfp4 && W.group == 32 && W.groups % 2 == 0;
+    return W.group >= 32 && W.group % 32 == 0;
+  }
+}
+
+// y for rows of the tiles [t0, t1), all M rows of x, on the integer path; false when x holds Inf or NaN or
+// memory is short (the caller then takes the f32 path).
+template <int F>
+static bool x16_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                      int64_t t1) {
+  const int64_t N = W.N, K = W.K, NG = W.groups;
+  // q, then step and fix, then the row context: scales, biases, and the per-row factors (4 rows of x)
+  size_t qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
+  char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(2 * M * NG + 6 * NG + 16));
+  if (!mem) return false;
+  float *fm = (float *)(mem + qbytes);
+  X16 xq{(int16_t *)mem, fm, fm + M * NG};
+  if (!x16_prepare<F>(x, M, W, xq)) {
+    free(mem);
+    return false;
+  }
+  float *rc = fm + 2 * M * NG;
+  RowCtx c{rc, rc + NG, rc + 2 * NG, __builtin_ctz((unsigned)W.group), nullptr};
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
+    for (int64_t m = 0; m < M;) {
+      int64_t left = M - m;
+      float *ym = y + m * N;
+      if (left >= 4) x16_rows<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
+      else if (left >= 2) x16_rows<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
+      else x16_rows<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;
+    }
+  }
+  free(mem);
+  return true;
+}
