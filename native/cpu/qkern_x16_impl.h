@@ -3,7 +3,7 @@
 //
 // Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
 // decode near 15 GB/s however the decoders were arranged (compute-bound, not memory-bound). Here x is first
-// put in 16-bit fixed point with one step per weight group (step = max|x| of the group / 32767), weights
+// put in 16-bit fixed point with one step per weight group (step = max|x| of the group / 32639), weights
 // stay integers, and one vpmaddwd does 16 products and half their additions. The sum inside a group is an
 // exact int32; groups meet in f32 after their scale, as on the f32 path.
 //
@@ -22,6 +22,10 @@ static constexpr int x16_block() {
   return F == F_A8 ? 16 : F == F_A4 ? 32 : 64;
 }
 
+// The largest 16-bit value of x: below 32767 so that mxfp4's byte planes (x = 256 xh + xl, both signed bytes)
+// hold every value.
+static constexpr float kX16Max = 32639.f;
+
 // mxfp4 codes as small integers: 2 * E2M1 value + 12 (0..24, so bytes widen with zeros); the 12 is taken
 // back through the group sums of x16.
 static constexpr int kFp4Offset = 12;
@@ -30,6 +34,7 @@ struct X16 {
   int16_t *q;    // [M][K] in the kernel's order (x16_order)
   float *step;   // [M][groups]: the factor from an integer sum to y (step, or step / 2 for mxfp4)
   float *fix;    // [M][groups]: affine: sum of x (for biases); mxfp4: 6 * step * sum of q (for the offset)
+  float *err;    // [M][groups]: affine: sum of (q * step - x), the group's rounding error (see x16_affine_rows)
 };
 
 // Natural-order 16-bit values of 32 elements (4 vectors of 8) -> two vectors of 16, ready for the layout.
@@ -49,7 +54,7 @@ static inline void x16_deinterleave(__m256i a, __m256i b, __m256i &lo, __m256i &
 
 // Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
 // Orders: 8-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and high nibbles
-// of 16 bytes); mxfp4, per 64 elements, the four vectors that unpacking 32 bytes' nibbles gives (see fp4_rows).
+// of 16 bytes); mxfp4, per 64 elements, byte planes (see below).
 template <int F>
 static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   const int64_t K = W.K, G = W.group, NG = W.groups;
@@ -71,15 +76,19 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
       __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
       h = _mm_max_ps(h, _mm_movehl_ps(h, h));
       float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-      float step = amax / 32767.f;
-      __m256 inv = _mm256_set1_ps(amax > 0.f ? 32767.f / amax : 0.f);
+      float step = amax / kX16Max;
+      __m256 inv = _mm256_set1_ps(amax > 0.f ? kX16Max / amax : 0.f);
       int16_t *qg = qm + g * G;
       __m256i qsum = _mm256_setzero_si256();
+      __m256 err = _mm256_setzero_ps(), vstep = _mm256_set1_ps(step);
       for (int64_t i = 0; i < G; i += 32) {
         __m256i r[4];
         for (int j = 0; j < 4; j++) {
-          r[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + i + 8 * j), inv));
+          __m256 v = _mm256_loadu_ps(xg + i + 8 * j);
+          r[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+          r[j] = _mm256_min_epi32(r[j], _mm256_set1_epi32((int)kX16Max));  // amax * (max / amax) may round past
           qsum = _mm256_add_epi32(qsum, r[j]);
+          err = _mm256_add_ps(err, _mm256_fmsub_ps(_mm256_cvtepi32_ps(r[j]), vstep, v));
         }
         __m256i a, b;
         x16_pack32(r[0], r[1], r[2], r[3], a, b);
@@ -87,7 +96,6 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         _mm256_storeu_si256((__m256i *)(qg + i), a);
         _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
       }
-      // the packs saturate at 32767, which a value rounded from amax * (32767 / amax) may just pass
       float *st = o.step + m * NG + g, *fx = o.fix + m * NG + g;
       if constexpr (F == F_FP4) {
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(qsum), _mm256_extracti128_si256(qsum, 1));
@@ -98,18 +106,32 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
       } else {
         *st = step;
         *fx = hsum8(sum);
+        o.err[m * NG + g] = hsum8(err);
       }
     }
     if constexpr (F == F_FP4) {
-      // 64-element blocks: from the 4-bit order of its two halves [lo0 hi0 lo1 hi1] to [a b c d] (fp4_rows)
+      // 64-element blocks, from the 4-bit order of their halves [even0 odd0 even1 odd1] (16 values each) to
+      // byte planes [high bytes of the 32 even | of the 32 odd | low bytes of the even | of the odd]: x = 256 h + l
+      // with l the signed low byte, so that each plane is signed bytes for vpmaddubsw (see x16_fp4_rows).
+      const __m256i lowbyte = _mm256_set1_epi16(0xff);
+      auto planes = [&](__m256i a, __m256i b, __m256i &h, __m256i &l) {
+        __m256i la = _mm256_srai_epi16(_mm256_slli_epi16(a, 8), 8), lb = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
+        __m256i ha = _mm256_srai_epi16(_mm256_sub_epi16(a, la), 8), hb = _mm256_srai_epi16(_mm256_sub_epi16(b, lb), 8);
+        h = _mm256_permute4x64_epi64(_mm256_packs_epi16(ha, hb), 0xD8);
+        l = _mm256_permute4x64_epi64(
+            _mm256_packus_epi16(_mm256_and_si256(a, lowbyte), _mm256_and_si256(b, lowbyte)), 0xD8);
+      };
       for (int64_t i = 0; i < K; i += 64) {
         __m256i *p = (__m256i *)(qm + i);
-        __m256i lo0 = _mm256_loadu_si256(p), hi0 = _mm256_loadu_si256(p + 1);
-        __m256i lo1 = _mm256_loadu_si256(p + 2), hi1 = _mm256_loadu_si256(p + 3);
-        _mm256_storeu_si256(p, _mm256_permute2x128_si256(lo0, lo1, 0x20));
-        _mm256_storeu_si256(p + 1, _mm256_permute2x128_si256(lo0, lo1, 0x31));
-        _mm256_storeu_si256(p + 2, _mm256_permute2x128_si256(hi0, hi1, 0x20));
-        _mm256_storeu_si256(p + 3, _mm256_permute2x128_si256(hi0, hi1, 0x31));
+        __m256i e0 = _mm256_loadu_si256(p), o0 = _mm256_loadu_si256(p + 1);
+        __m256i e1 = _mm256_loadu_si256(p + 2), o1 = _mm256_loadu_si256(p + 3);
+        __m256i he, le, ho, lo;
+        planes(e0, e1, he, le);
+        planes(o0, o1, ho, lo);
+        _mm256_storeu_si256(p, he);
+        _mm256_storeu_si256(p + 1, ho);
+        _mm256_storeu_si256(p + 2, le);
+        _mm256_storeu_si256(p + 3, lo);
       }
     }
   }
@@ -132,46 +154,47 @@ static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_
   }
 }
 
-// Affine 4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1). Codes are centred (q - 8, q - 128):
-// the rounding errors of x are multiplied by the codes, and centred codes are about half as large; the
-// centre comes back through the biases, b + centre * s, against the exact sums of x.
-template <int F, int MR>
+// Affine 4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
+// errors e of x meet the codes q in s * sum(q e); codes centred on c (8 or 128) would halve that, and
+// s * sum((q - c) e) = s * sum(q e) - c * s * sum(e) moves the centring out of the loop: the row subtracts
+// c * (scales . group sums of e).
+template <int F, int MR, int GS>
 static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                             int64_t n1, const float *bias, RowCtx &c) {
-  const int64_t K = W.K, G = W.group, NG = W.groups;
-  constexpr int64_t CH = F == F_A8 ? 16 : 32;  // weights per 16-byte chunk
+  const int64_t K = W.K, NG = W.groups;
+  constexpr int CH = F == F_A8 ? 16 : 32;  // weights per 16-byte chunk
+  constexpr int NCH = GS / CH;             // chunks per group
   constexpr float kCentre = F == F_A8 ? 128.f : 8.f;
-  const __m256i low4 = _mm256_set1_epi16(15), centre = _mm256_set1_epi16((short)kCentre);
+  constexpr int GB = F == F_A8 ? GS : GS / 2;  // bytes per group
+  const __m256i low4 = _mm256_set1_epi16(15);
   float *scm = c.buf;
   for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *row = W.w + n * W.row_bytes, *p = row;
+    const uint8_t *p = W.w + n * W.row_bytes;
     row_prep<F>(W, n, 0, NG, c);
     x16_scales<MR>(c.sc, xq, m0, NG, scm);
-    {
-      int64_t g = 0;
-      for (; g + 8 <= NG; g += 8)
-        _mm256_storeu_ps(c.bi + g, _mm256_fmadd_ps(_mm256_loadu_ps(c.sc + g), _mm256_set1_ps(kCentre),
-                                                   _mm256_loadu_ps(c.bi + g)));
-      for (; g < NG; g++) c.bi[g] += kCentre * c.sc[g];
-    }
     __m256 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
     const int16_t *xg = xq.q + m0 * K;
-    for (int64_t g = 0; g < NG; g++, xg += G) {
+    for (int64_t g = 0; g < NG; g++, xg += GS, p += GB) {
+      if constexpr (GB >= 64) {
+        for (int o = 0; o < GB; o += 64) prefetch_ahead(p + o);
+      } else {
+        if ((g & (64 / GB - 1)) == 0) prefetch_ahead(p);
+      }
       __m256i acc[MR];
-      for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_si256();
-      for (int64_t e = 0; e < G; e += CH, p += 16) {
-        if (((p - row) & 63) == 0) prefetch_ahead(p);
-        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+      for (int j = 0; j < NCH; j++) {
+        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * j)));
         if constexpr (F == F_A8) {
-          v = _mm256_sub_epi16(v, centre);
-          for (int m = 0; m < MR; m++) acc[m] = _mm256_add_epi32(acc[m], x16_mad(v, xg + m * K + e));
-        } else {
-          __m256i lo = _mm256_sub_epi16(_mm256_and_si256(v, low4), centre);
-          __m256i hi = _mm256_sub_epi16(_mm256_srli_epi16(v, 4), centre);
           for (int m = 0; m < MR; m++) {
-            const int16_t *xe = xg + m * K + e;
-            acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(x16_mad(lo, xe), x16_mad(hi, xe + 16)));
+            __m256i t = x16_mad(v, xg + m * K + CH * j);
+            acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
+          }
+        } else {
+          __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_srli_epi16(v, 4);
+          for (int m = 0; m < MR; m++) {
+            const int16_t *xe = xg + m * K + CH * j;
+            __m256i t = _mm256_add_epi32(x16_mad(lo, xe), x16_mad(hi, xe + 16));
+            acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
           }
         }
       }
@@ -179,41 +202,44 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
         tot[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), _mm256_broadcast_ss(scm + m * NG + g), tot[m]);
     }
     for (int m = 0; m < MR; m++) {
-      float r = hsum8(tot[m]) + dot_range(c.bi, xq.fix + (m0 + m) * NG, 0, NG);
+      const float *fx = xq.fix + (m0 + m) * NG, *er = xq.err + (m0 + m) * NG;
+      float r = hsum8(tot[m]) + dot_range(c.bi, fx, 0, NG) - kCentre * dot_range(c.sc, er, 0, NG);
       y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
     }
   }
 }
 
 // mxfp4 (groups of 32, an even number per row): 32 bytes, two groups, per step. The low and high nibbles of
-// the bytes are looked up as bytes (kFp4Offset + 2 * value), then widened by unpacking with zeros, which
-// works within 128-bit halves: each vector holds group 2i in its low half and group 2i+1 in its high half.
+// the bytes are looked up as bytes (kFp4Offset + 2 * value, unsigned), and vpmaddubsw multiplies them with
+// the byte planes of x: 256 * (w . xh) + (w . xl). Its pairs and vpmaddwd's stay within 128-bit halves, so
+// each sum holds group g in its low half and group g + 1 in its high half.
 template <int MR>
 static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                          int64_t n1, const float *bias, RowCtx &c) {
   const int64_t K = W.K, NG = W.groups;
   const __m256i lut = _mm256_broadcastsi128_si256(
       _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
-  const __m256i low4 = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+  const __m256i low4 = _mm256_set1_epi8(15), k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
   float *scm = c.buf;
+  auto plane = [](const int8_t *x) { return _mm256_loadu_si256((const __m256i *)x); };
   for (int64_t n = n0; n < n1; n++) {
     const uint8_t *row = W.w + n * W.row_bytes, *p = row;
     row_prep<F_FP4>(W, n, 0, NG, c);
     x16_scales<MR>(c.sc, xq, m0, NG, scm);
     __m256 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
-    const int16_t *xg = xq.q + m0 * K;
-    for (int64_t g = 0; g < NG; g += 2, p += 32, xg += 64) {
+    const int8_t *xg = (const int8_t *)(xq.q + m0 * K);
+    for (int64_t g = 0; g < NG; g += 2, p += 32, xg += 128) {
       if (((p - row) & 63) == 0) prefetch_ahead(p);
       __m256i v = _mm256_loadu_si256((const __m256i *)p);
       __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low4));
       __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
-      __m256i a = _mm256_unpacklo_epi8(lo, zero), b = _mm256_unpackhi_epi8(lo, zero);
-      __m256i cc = _mm256_unpacklo_epi8(hi, zero), d = _mm256_unpackhi_epi8(hi, zero);
       for (int m = 0; m < MR; m++) {
-        const int16_t *xe = xg + m * K;
-        __m256i s = _mm256_add_epi32(_mm256_add_epi32(x16_mad(a, xe), x16_mad(b, xe + 16)),
-                                     _mm256_add_epi32(x16_mad(cc, xe + 32), x16_mad(d, xe + 48)));
+        const int8_t *xe = xg + 2 * m * K;
+        // |pair| <= 2 * 24 * 128, and two pairs added stay within int16
+        __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe)), _mm256_maddubs_epi16(hi, plane(xe + 32)));
+        __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe + 64)), _mm256_maddubs_epi16(hi, plane(xe + 96)));
+        __m256i s = _mm256_add_epi32(_mm256_madd_epi16(h, k256), _mm256_madd_epi16(l, k1));
         const float *sm = scm + m * NG + g;
         __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(sm)), _mm_broadcast_ss(sm + 1), 1);
         tot[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, tot[m]);
@@ -230,7 +256,9 @@ template <int F, int MR>
 static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0, int64_t n1,
                      const float *bias, RowCtx &c) {
   if constexpr (F == F_FP4) x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c);
-  else x16_affine_rows<F, MR>(y, ldy, xq, m0, W, n0, n1, bias, c);
+  else if (W.group == 32) x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c);
+  else if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c);
+  else x16_affine_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c);
 }
 
 // Whether W takes the integer path: mxfp4 only (nvfp4's groups of 16 and global scale stay on f32), groups
@@ -242,7 +270,7 @@ static bool x16_takes(const WeightMat &W) {
   } else {
     if (!gemv_x16_enabled()) return false;
     if (F == F_FP4) return W.kind == WKind::Mxfp4 && W.group == 32 && W.groups % 2 == 0;
-    return W.group >= 32 && W.group % 32 == 0;
+    return W.group == 32 || W.group == 64 || W.group == 128;
   }
 }
 
@@ -254,15 +282,15 @@ static bool x16_tiles(float *y, const float *x, int64_t M, const WeightMat &W, c
   const int64_t N = W.N, K = W.K, NG = W.groups;
   // q, then step and fix, then the row context: scales, biases, and the per-row factors (4 rows of x)
   size_t qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
-  char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(2 * M * NG + 6 * NG + 16));
+  char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(3 * M * NG + 6 * NG + 16));
   if (!mem) return false;
   float *fm = (float *)(mem + qbytes);
-  X16 xq{(int16_t *)mem, fm, fm + M * NG};
+  X16 xq{(int16_t *)mem, fm, fm + M * NG, fm + 2 * M * NG};
   if (!x16_prepare<F>(x, M, W, xq)) {
     free(mem);
     return false;
   }
-  float *rc = fm + 2 * M * NG;
+  float *rc = fm + 3 * M * NG;
   RowCtx c{rc, rc + NG, rc + 2 * NG, __builtin_ctz((unsigned)W.group), nullptr};
   for (int64_t t = t0; t < t1; t++) {
     int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;

@@ -6,7 +6,7 @@
 // same bits per weight where llama.cpp has such a type (bf16, affine 4-bit ~ Q4_0, affine 8-bit ~ Q8_0, mxfp4).
 //   bun run bench kernels [--quick] [--no-peer] [--no-record] [--only <text>]   (--only: formats whose name contains text)
 import { ptr } from "bun:ffi";
-import { check, DT, native, QMODE } from "../../src/backend/native/lib.ts";
+import { check, DT, native, QMODE, setGemvMode } from "../../src/backend/native/lib.ts";
 import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
 import { peerMatmul } from "./peer/llama_cpp.ts";
 
@@ -64,6 +64,8 @@ function triadGBs(): number {
 
 interface Fmt {
   name: string;
+  /** Decode also timed with exact f32 products (--gemv f32) beside the default x16 ones. */
+  x16?: boolean;
   bytes: (N: number, K: number) => number;
   run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
 }
@@ -71,6 +73,7 @@ interface Fmt {
 function affine(bits: number, group = 64): Fmt {
   return {
     name: `affine ${bits}-bit g${group}`,
+    x16: bits === 4 || bits === 8,
     bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
     run: (N, K) => {
       const w = randBytes((N * K * bits) / 8, bits);
@@ -116,7 +119,7 @@ const decodeFormats: Fmt[] = [
   affine(8),
   affine(3),
   affine(6),
-  fp("mxfp4", QMODE.mxfp4, 4, 32),
+  { ...fp("mxfp4", QMODE.mxfp4, 4, 32), x16: true },
   fp("mxfp8", QMODE.mxfp8, 8, 32),
   fp("nvfp4", QMODE.nvfp4, 4, 16),
 ];
@@ -139,17 +142,23 @@ const decodeShapes: [number, number][] = [
   [14336, 4096],
 ];
 console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
+console.log("(4/8-bit affine and mxfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
 console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);
   const y = new Float32Array(N);
   for (const f of decodeFormats.filter(picked)) {
     const run = f.run(N, K);
-    const t = time(() => run(x, y, 1));
-    const gbs = f.bytes(N, K) / t / 1e9;
-    console.log(`${pad(f.name, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(t * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
-    const shape = `1x${K} @ ${N}x${K}`;
-    ours.set(`${f.name}|${shape}`, { name: `kernel decode ${f.name}`, shape, figure: gbs, unit: "GB/s" });
+    for (const mode of f.x16 ? (["x16", "f32"] as const) : (["x16"] as const)) {
+      setGemvMode(mode);
+      const t = time(() => run(x, y, 1));
+      const gbs = f.bytes(N, K) / t / 1e9;
+      const name = mode === "f32" ? `${f.name} [f32]` : f.name;
+      console.log(`${pad(name, 20)}${pad(`1x${K} @ ${N}x${K}`, 18)}${num(t * 1e3, 3)}${num(gbs)}${num((100 * gbs) / triad, 0)}%`);
+      const shape = `1x${K} @ ${N}x${K}`;
+      ours.set(`${name}|${shape}`, { name: `kernel decode ${name}`, shape, figure: gbs, unit: "GB/s" });
+    }
+    setGemvMode("x16");
   }
 }
 

@@ -1,12 +1,17 @@
 // Packed weights written out by hand from MLX's documented layout (little-endian bit streams, low bits first),
 // decoded by rmlx_dequantize_rows and rmlx_qlinear on every ISA: exact values, so every bit placement counts.
 import { ptr } from "bun:ffi";
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DT, QMODE, native } from "../../src/backend/native/lib.ts";
-import { availableIsas, setIsa } from "./ref.ts";
+import { availableIsas, setGemvMode, setIsa } from "./ref.ts";
 
 const BEST = String(native().rmlx_isa());
-afterAll(() => setIsa(BEST));
+// exact values through one-hot rows of x need exact f32 products (x16 rounds x; qlinear.test.ts covers it)
+beforeAll(() => setGemvMode("f32"));
+afterAll(() => {
+  setIsa(BEST);
+  setGemvMode("x16");
+});
 
 interface Packed {
   N: number;

@@ -241,7 +241,7 @@ export function takesX16(q: QWeight): boolean {
 
 /**
  * What the x16 path computes, from its documented rounding, in float64: each group of x (the weight's group)
- * in steps of max|x| / 32767, values rounded half to even. Affine codes are centred (q - 8, q - 128) and the
+ * in steps of max|x| / 32639, values rounded half to even. Affine codes are centred (q - 8, q - 128) and the
  * centre goes back with the bias against the exact sums of x, so there the rounding errors meet only the
  * centred codes; mxfp4 values meet the rounded x directly.
  */
@@ -252,13 +252,13 @@ export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Arr
   for (let b = 0; b < M * K; b += group) {
     let amax = 0;
     for (let i = 0; i < group; i++) amax = Math.max(amax, Math.abs(x[b + i]!));
-    const step = f(amax / 32767);
-    const inv = amax > 0 ? f(32767 / amax) : 0;
+    const step = f(amax / 32639);
+    const inv = amax > 0 ? f(32639 / amax) : 0;
     for (let i = 0; i < group; i++) {
       const v = f(x[b + i]! * inv);
       let r = Math.round(v);
       if (Math.abs(v % 1) === 0.5) r = 2 * Math.round(v / 2);
-      xr[b + i] = Math.max(-32768, Math.min(32767, r)) * step;
+      xr[b + i] = Math.max(-32639, Math.min(32639, r)) * step;
     }
   }
   const centre = q.mode === "affine" ? (q.bits === 8 ? 128 : 8) : 0;
