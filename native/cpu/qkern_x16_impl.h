@@ -144,14 +144,21 @@ static inline __m256i x16_mad(__m256i w, const int16_t *x) {
 
 // sc[g] * step[m][g] for every group, MR rows of x: the factor of each group's integer sum.
 template <int MR>
-static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_t NG, float *out) {
+static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_t NG, int64_t g0, int64_t g1,
+                              float *out) {
   for (int m = 0; m < MR; m++) {
     const float *st = xq.step + (m0 + m) * NG;
     float *o = out + m * NG;
-    int64_t g = 0;
-    for (; g + 8 <= NG; g += 8) _mm256_storeu_ps(o + g, _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(st + g)));
-    for (; g < NG; g++) o[g] = sc[g] * st[g];
+    int64_t g = g0;
+    for (; g + 8 <= g1; g += 8) _mm256_storeu_ps(o + g, _mm256_mul_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(st + g)));
+    for (; g < g1; g++) o[g] = sc[g] * st[g];
   }
+}
+
+// The row's result for groups [g0, g1): the first block of groups writes it with the layer's bias, later
+// blocks add to it.
+static inline void x16_put(float *o, float r, int64_t g0, const float *bias, int64_t n) {
+  *o = g0 == 0 ? r + (bias ? bias[n] : 0.f) : *o + r;
 }
 
 // Affine 4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
@@ -160,7 +167,7 @@ static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_
 // c * (scales . group sums of e).
 template <int F, int MR, int GS>
 static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
-                            int64_t n1, const float *bias, RowCtx &c) {
+                            int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   const int64_t K = W.K, NG = W.groups;
   constexpr int CH = F == F_A8 ? 16 : 32;  // weights per 16-byte chunk
   constexpr int NCH = GS / CH;             // chunks per group
@@ -169,13 +176,13 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
   const __m256i low4 = _mm256_set1_epi16(15);
   float *scm = c.buf;
   for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *p = W.w + n * W.row_bytes;
-    row_prep<F>(W, n, 0, NG, c);
-    x16_scales<MR>(c.sc, xq, m0, NG, scm);
+    const uint8_t *p = W.w + n * W.row_bytes + g0 * GB;
+    row_prep<F>(W, n, g0, g1, c);
+    x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
     __m256 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
-    const int16_t *xg = xq.q + m0 * K;
-    for (int64_t g = 0; g < NG; g++, xg += GS, p += GB) {
+    const int16_t *xg = xq.q + m0 * K + g0 * GS;
+    for (int64_t g = g0; g < g1; g++, xg += GS, p += GB) {
       if constexpr (GB >= 64) {
         for (int o = 0; o < GB; o += 64) prefetch_ahead(p + o);
       } else {
@@ -203,8 +210,8 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
     }
     for (int m = 0; m < MR; m++) {
       const float *fx = xq.fix + (m0 + m) * NG, *er = xq.err + (m0 + m) * NG;
-      float r = hsum8(tot[m]) + dot_range(c.bi, fx, 0, NG) - kCentre * dot_range(c.sc, er, 0, NG);
-      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+      float r = hsum8(tot[m]) + dot_range(c.bi, fx, g0, g1) - kCentre * dot_range(c.sc, er, g0, g1);
+      x16_put(y + m * ldy + n, r, g0, bias, n);
     }
   }
 }
@@ -215,7 +222,7 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
 // each sum holds group g in its low half and group g + 1 in its high half.
 template <int MR>
 static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
-                         int64_t n1, const float *bias, RowCtx &c) {
+                         int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   const int64_t K = W.K, NG = W.groups;
   const __m256i lut = _mm256_broadcastsi128_si256(
       _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
@@ -223,14 +230,14 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
   float *scm = c.buf;
   auto plane = [](const int8_t *x) { return _mm256_loadu_si256((const __m256i *)x); };
   for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *row = W.w + n * W.row_bytes, *p = row;
-    row_prep<F_FP4>(W, n, 0, NG, c);
-    x16_scales<MR>(c.sc, xq, m0, NG, scm);
+    const uint8_t *p = W.w + n * W.row_bytes + g0 * 16;
+    row_prep<F_FP4>(W, n, g0, g1, c);
+    x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
     __m256 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
-    const int8_t *xg = (const int8_t *)(xq.q + m0 * K);
-    for (int64_t g = 0; g < NG; g += 2, p += 32, xg += 128) {
-      if (((p - row) & 63) == 0) prefetch_ahead(p);
+    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * 32);
+    for (int64_t g = g0; g < g1; g += 2, p += 32, xg += 128) {
+      if ((g & 3) == 0) prefetch_ahead(p);
       __m256i v = _mm256_loadu_si256((const __m256i *)p);
       __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low4));
       __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
@@ -246,19 +253,36 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
       }
     }
     for (int m = 0; m < MR; m++) {
-      float r = hsum8(tot[m]) - dot_range(c.sc, xq.fix + (m0 + m) * NG, 0, NG);
-      y[m * ldy + n] = r + (bias ? bias[n] : 0.f);
+      float r = hsum8(tot[m]) - dot_range(c.sc, xq.fix + (m0 + m) * NG, g0, g1);
+      x16_put(y + m * ldy + n, r, g0, bias, n);
     }
   }
 }
 
 template <int F, int MR>
 static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0, int64_t n1,
+                     const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
+  if constexpr (F == F_FP4) x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  else if (W.group == 32) x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  else if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  else x16_affine_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+}
+
+// Rows [n0, n1) of W, MR rows of x from m, K in blocks of whole groups: the block of MR rows of x (2 bytes
+// each) stays within about 16 KiB of L1 while the tile's rows pass over it (with whole rows of x, 4 rows at
+// once cost as much per row as one on the 14336x4096 shape; with blocks about 0.8x).
+template <int F, int MR>
+static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const WeightMat &W, int64_t n0, int64_t n1,
                      const float *bias, RowCtx &c) {
-  if constexpr (F == F_FP4) x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c);
-  else if (W.group == 32) x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c);
-  else if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c);
-  else x16_affine_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c);
+  const int64_t NG = W.groups;
+  int64_t gblk = (8192 / MR) / W.group;
+  if (F == F_FP4) gblk &= ~(int64_t)1;  // fp4 steps over group pairs
+  if (gblk < 2) gblk = 2;
+  for (int64_t g0 = 0; g0 < NG; g0 += gblk) {
+    int64_t g1 = NG - g0 <= gblk + gblk / 4 ? NG : g0 + gblk;  // no sliver of a block at the end
+    x16_rows<F, MR>(y, ldy, xq, m, W, n0, n1, bias, c, g0, g1);
+    if (g1 == NG) break;
+  }
 }
 
 // Whether W takes the integer path: mxfp4 only (nvfp4's groups of 16 and global scale stay on f32), groups
@@ -297,9 +321,9 @@ static bool x16_tiles(float *y, const float *x, int64_t M, const WeightMat &W, c
     for (int64_t m = 0; m < M;) {
       int64_t left = M - m;
       float *ym = y + m * N;
-      if (left >= 4) x16_rows<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
-      else if (left >= 2) x16_rows<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
-      else x16_rows<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;
+      if (left >= 4) x16_pass<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
+      else if (left >= 2) x16_pass<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
+      else x16_pass<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;
     }
   }
   free(mem);

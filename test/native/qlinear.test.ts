@@ -130,6 +130,23 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       });
     }
 
+    test("long rows are split in blocks of groups (K=4352, 1 to 9 rows, 4-bit g32 and mxfp4)", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      const K = 4352, N = 6;
+      for (const mode of ["affine", "mxfp4"] as const) {
+        const q = randomQWeight(17, mode, 4, 32, N, K, "bf16");
+        const wd = dequantAll(q);
+        const bias = randomX(6, N);
+        for (const M of [1, 2, 4, 9]) {
+          const x = randomX(M, M * K);
+          const { mag } = matmulRef(x, M, wd, N, K, Float64Array.from(bias));
+          const want = matmulX16Ref(q, x, M).map((v, i) => v + bias[i % N]!);
+          expect(worstRelError(qlinear(q, x, M, bias), want, mag)).toBeLessThan(2e-6);
+        }
+      }
+    });
+
     test("x with Inf or NaN takes the f32 path (NaN comes out, as MLX gives)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
