@@ -1,5 +1,6 @@
 // Dense and quantized products: the ISA dispatcher, the scalar kernel (the plain reference the SIMD variants
 // must agree with), and rmlx_linear for f32/f16/bf16 weights.
+#include <cstdlib>
 #include <vector>
 
 #include "quant_formats.h"
@@ -36,9 +37,12 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
   bool wide = isa == Isa::Avx512;
   if (M < kGemmMinRows) {
+    // x is prepared once here (the x16 path), not by each thread
+    void *prepared = (wide ? avx512_k::gemv_prepare : avx2_k::gemv_prepare)(x, M, W);
     auto tiles = wide ? avx512_k::gemv_tiles : avx2_k::gemv_tiles;
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
-                 [&](int64_t b, int64_t e, int) { tiles(y, x, M, W, bias, b, e); });
+                 [&](int64_t b, int64_t e, int) { tiles(y, x, M, W, bias, b, e, prepared); });
+    free(prepared);
     return;
   }
   // Rows of W are the first split; when they are too few to occupy every thread, rows of x are split as well

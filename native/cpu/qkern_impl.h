@@ -574,8 +574,8 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
-                         int64_t t1) {
-  if (x16_takes<F>(W) && x16_tiles<F>(y, x, M, W, bias, t0, t1)) return;
+                         int64_t t1, const void *x16) {
+  if (x16) return x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1);
   if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
   const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;
@@ -720,8 +720,15 @@ static void with_format(const WeightMat &W, Fn &&fn) {
   }
 }
 
-void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0, int64_t t1) {
-  with_format(W, [&]<int F>() { gemv_tiles_f<F>(y, x, M, W, bias, t0, t1); });
+void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
+  void *out = nullptr;
+  with_format(W, [&]<int F>() { out = x16_prepare_all<F>(x, M, W); });
+  return out;
+}
+
+void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0, int64_t t1,
+                const void *prepared) {
+  with_format(W, [&]<int F>() { gemv_tiles_f<F>(y, x, M, W, bias, t0, t1, prepared); });
 }
 
 void gemm_units(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,

@@ -298,34 +298,46 @@ static bool x16_takes(const WeightMat &W) {
   }
 }
 
-// y for rows of the tiles [t0, t1), all M rows of x, on the integer path; false when x holds Inf or NaN or
-// memory is short (the caller then takes the f32 path).
+// x of M rows prepared once for W and shared by every thread: one allocation holding the X16 header and its
+// arrays (free() releases it); null when W does not take the integer path, x holds Inf or NaN, or memory is
+// short (the caller then takes the f32 path).
 template <int F>
-static bool x16_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
-                      int64_t t1) {
-  const int64_t N = W.N, K = W.K, NG = W.groups;
-  // q, then step and fix, then the row context: scales, biases, and the per-row factors (4 rows of x)
-  size_t qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
-  char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(3 * M * NG + 6 * NG + 16));
-  if (!mem) return false;
-  float *fm = (float *)(mem + qbytes);
-  X16 xq{(int16_t *)mem, fm, fm + M * NG, fm + 2 * M * NG};
-  if (!x16_prepare<F>(x, M, W, xq)) {
+static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
+  if (!x16_takes<F>(W)) return nullptr;
+  const int64_t K = W.K, NG = W.groups;
+  size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
+  char *mem = (char *)aligned_alloc(64, head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16));
+  if (!mem) return nullptr;
+  float *fm = (float *)(mem + head + qbytes);
+  X16 *xq = (X16 *)mem;
+  *xq = X16{(int16_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
+  if (!x16_prepare<F>(x, M, W, *xq)) {
     free(mem);
-    return false;
+    return nullptr;
   }
-  float *rc = fm + 3 * M * NG;
-  RowCtx c{rc, rc + NG, rc + 2 * NG, __builtin_ctz((unsigned)W.group), nullptr};
-  for (int64_t t = t0; t < t1; t++) {
-    int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
-    for (int64_t m = 0; m < M;) {
-      int64_t left = M - m;
-      float *ym = y + m * N;
-      if (left >= 4) x16_pass<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
-      else if (left >= 2) x16_pass<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
-      else x16_pass<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;
+  return xq;
+}
+
+// y for rows of the tiles [t0, t1), all M rows of x, on the integer path.
+template <int F>
+static void x16_tiles(float *y, const X16 &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                      int64_t t1) {
+  if constexpr (x16_format<F>()) {
+    const int64_t N = W.N, NG = W.groups;
+    // the row context: scales, biases, and the per-row factors of up to 4 rows of x
+    float *rc = (float *)malloc(sizeof(float) * (size_t)(6 * NG + 16));
+    if (!rc) return;
+    RowCtx c{rc, rc + NG, rc + 2 * NG, __builtin_ctz((unsigned)W.group), nullptr};
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
+      for (int64_t m = 0; m < M;) {
+        int64_t left = M - m;
+        float *ym = y + m * N;
+        if (left >= 4) x16_pass<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
+        else if (left >= 2) x16_pass<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
+        else x16_pass<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;
+      }
     }
+    free(rc);
   }
-  free(mem);
-  return true;
 }

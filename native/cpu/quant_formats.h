@@ -138,8 +138,10 @@ constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few p
 // The SIMD variants (qkern_avx2.cpp, qkern_avx512.cpp): each function does a range of the work units above.
 #define RMLX_DECLARE_QKERN(ns)                                                                                    \
   namespace ns {                                                                                                  \
+  /* x prepared once for the integer decode path, or null (the f32 path); release with free() */                 \
+  void *gemv_prepare(const float *x, int64_t M, const WeightMat &W);                                              \
   void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,          \
-                  int64_t t1);                                                                                    \
+                  int64_t t1, const void *prepared);                                                              \
   void gemm_units(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,     \
                   int64_t mlen, int64_t u0, int64_t u1);                                                          \
   void dequant_rows(float *out, const int32_t *rows, const WeightMat &W, int64_t r0, int64_t r1);                 \
