@@ -1,4 +1,4 @@
-// Decode-shaped products of affine 4- and 8-bit and mxfp4 weights with integer dot products (included by
+// Decode-shaped products of affine 2-, 4- and 8-bit and mxfp4 weights with integer dot products (included by
 // qkern_impl.h inside an ISA namespace; no include guard on purpose).
 //
 // Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
@@ -13,13 +13,7 @@
 
 template <int F>
 static constexpr bool x16_format() {
-  return F == F_A4 || F == F_A8 || F == F_FP4;
-}
-
-// Elements per layout block of x16 (the run of x that one step of the kernel reads in its own order).
-template <int F>
-static constexpr int x16_block() {
-  return F == F_A8 ? 16 : F == F_A4 ? 32 : 64;
+  return F == F_A2 || F == F_A4 || F == F_A8 || F == F_FP4;
 }
 
 // The largest 16-bit value of x: below 32767 so that mxfp4's byte planes (x = 256 xh + xl, both signed bytes)
@@ -54,7 +48,7 @@ static inline void x16_deinterleave(__m256i a, __m256i b, __m256i &lo, __m256i &
 
 // Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
 // Orders: 8-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and high nibbles
-// of 16 bytes); mxfp4, per 64 elements, byte planes (see below).
+// of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; mxfp4, per 64 elements, byte planes.
 template <int F>
 static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   const int64_t K = W.K, G = W.group, NG = W.groups;
@@ -92,7 +86,7 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         }
         __m256i a, b;
         x16_pack32(r[0], r[1], r[2], r[3], a, b);
-        if constexpr (F == F_A4 || F == F_FP4) x16_deinterleave(a, b, a, b);
+        if constexpr (F != F_A8) x16_deinterleave(a, b, a, b);
         _mm256_storeu_si256((__m256i *)(qg + i), a);
         _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
       }
@@ -107,6 +101,22 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         *st = step;
         *fx = hsum8(sum);
         o.err[m * NG + g] = hsum8(err);
+      }
+    }
+    if constexpr (F == F_A2) {
+      // 64-element blocks, from the 4-bit order of their halves [even0 odd0 even1 odd1] to the element 4j + c
+      // for c = 0..3 (the four 2-bit codes of 16 bytes): the evens of the evens, of the odds, and so on.
+      for (int64_t i = 0; i < K; i += 64) {
+        __m256i *p = (__m256i *)(qm + i);
+        __m256i e0 = _mm256_loadu_si256(p), o0 = _mm256_loadu_si256(p + 1);
+        __m256i e1 = _mm256_loadu_si256(p + 2), o1 = _mm256_loadu_si256(p + 3);
+        __m256i c0, c1, c2, c3;
+        x16_deinterleave(e0, e1, c0, c2);
+        x16_deinterleave(o0, o1, c1, c3);
+        _mm256_storeu_si256(p, c0);
+        _mm256_storeu_si256(p + 1, c1);
+        _mm256_storeu_si256(p + 2, c2);
+        _mm256_storeu_si256(p + 3, c3);
       }
     }
     if constexpr (F == F_FP4) {
@@ -161,19 +171,21 @@ static inline void x16_put(float *o, float r, int64_t g0, const float *bias, int
   *o = g0 == 0 ? r + (bias ? bias[n] : 0.f) : *o + r;
 }
 
-// Affine 4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
-// errors e of x meet the codes q in s * sum(q e); codes centred on c (8 or 128) would halve that, and
+// Affine 2/4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
+// errors e of x meet the codes q in s * sum(q e); codes centred on c = (2^bits - 1) / 2 would halve that, and
 // s * sum((q - c) e) = s * sum(q e) - c * s * sum(e) moves the centring out of the loop: the row subtracts
 // c * (scales . group sums of e).
 template <int F, int MR, int GS>
 static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                             int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   const int64_t K = W.K, NG = W.groups;
-  constexpr int CH = F == F_A8 ? 16 : 32;  // weights per 16-byte chunk
-  constexpr int NCH = GS / CH;             // chunks per group
-  constexpr float kCentre = F == F_A8 ? 128.f : 8.f;
-  constexpr int GB = F == F_A8 ? GS : GS / 2;  // bytes per group
-  const __m256i low4 = _mm256_set1_epi16(15);
+  constexpr int BITS = F == F_A8 ? 8 : F == F_A4 ? 4 : 2;
+  constexpr int CH = 128 / BITS;                      // weights per 16-byte chunk
+  constexpr int NCH = GS / CH;                        // chunks per group
+  constexpr float kCentre = ((1 << BITS) - 1) * 0.5f;
+  constexpr int GB = GS * BITS / 8;                   // bytes per group
+  static_assert(NCH >= 1, "a group holds whole 16-byte chunks");
+  const __m256i low4 = _mm256_set1_epi16(15), low2 = _mm256_set1_epi16(3);
   float *scm = c.buf;
   for (int64_t n = n0; n < n1; n++) {
     const uint8_t *p = W.w + n * W.row_bytes + g0 * GB;
@@ -196,11 +208,20 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
             __m256i t = x16_mad(v, xg + m * K + CH * j);
             acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
           }
-        } else {
+        } else if constexpr (F == F_A4) {
           __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_srli_epi16(v, 4);
           for (int m = 0; m < MR; m++) {
             const int16_t *xe = xg + m * K + CH * j;
             __m256i t = _mm256_add_epi32(x16_mad(lo, xe), x16_mad(hi, xe + 16));
+            acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
+          }
+        } else {
+          __m256i c0 = _mm256_and_si256(v, low2), c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), low2);
+          __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low2), c3 = _mm256_srli_epi16(v, 6);
+          for (int m = 0; m < MR; m++) {
+            const int16_t *xe = xg + m * K + CH * j;
+            __m256i t = _mm256_add_epi32(_mm256_add_epi32(x16_mad(c0, xe), x16_mad(c1, xe + 16)),
+                                         _mm256_add_epi32(x16_mad(c2, xe + 32), x16_mad(c3, xe + 48)));
             acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
           }
         }
@@ -262,10 +283,14 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
 template <int F, int MR>
 static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0, int64_t n1,
                      const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
-  if constexpr (F == F_FP4) x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-  else if (W.group == 32) x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-  else if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-  else x16_affine_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  if constexpr (F == F_FP4) {
+    x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  } else {
+    if constexpr (F != F_A2)  // 2-bit chunks are 64 weights
+      if (W.group == 32) return x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    else x16_affine_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  }
 }
 
 // Rows [n0, n1) of W, MR rows of x from m, K in blocks of whole groups: the block of MR rows of x (2 bytes
@@ -286,7 +311,7 @@ static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const Weig
 }
 
 // Whether W takes the integer path: mxfp4 only (nvfp4's groups of 16 and global scale stay on f32), groups
-// that whole steps tile, and the f32 path not asked for.
+// that whole 16-byte chunks tile (2-bit: 64 or 128), and the f32 path not asked for.
 template <int F>
 static bool x16_takes(const WeightMat &W) {
   if constexpr (!x16_format<F>()) {
@@ -294,7 +319,7 @@ static bool x16_takes(const WeightMat &W) {
   } else {
     if (!gemv_x16_enabled()) return false;
     if (F == F_FP4) return W.kind == WKind::Mxfp4 && W.group == 32 && W.groups % 2 == 0;
-    return W.group == 32 || W.group == 64 || W.group == 128;
+    return (W.group == 32 && F != F_A2) || W.group == 64 || W.group == 128;
   }
 }
 

@@ -101,6 +101,8 @@ for (const isa of availableIsas()) {
 for (const isa of availableIsas().filter((i) => i !== "scalar")) {
   describe(`x16 decode products on ${isa}`, () => {
     const xcases: Case[] = [
+      { mode: "affine", bits: 2, group: 64, sb: "bf16" },
+      { mode: "affine", bits: 2, group: 128, sb: "f32" },
       { mode: "affine", bits: 4, group: 32, sb: "bf16" },
       { mode: "affine", bits: 4, group: 64, sb: "f16" },
       { mode: "affine", bits: 4, group: 128, sb: "f32" },

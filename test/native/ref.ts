@@ -236,12 +236,13 @@ export function setIsa(name: string): number {
 /** Whether the x16 gemv path (native/cpu/qkern_x16_impl.h) takes this weight when x has few rows. */
 export function takesX16(q: QWeight): boolean {
   if (q.mode === "mxfp4") return q.K % 64 === 0;
-  return q.mode === "affine" && (q.bits === 4 || q.bits === 8) && q.group % 32 === 0;
+  if (q.mode !== "affine") return false;
+  return q.bits === 2 ? q.group === 64 || q.group === 128 : (q.bits === 4 || q.bits === 8) && q.group % 32 === 0;
 }
 
 /**
  * What the x16 path computes, from its documented rounding, in float64: each group of x (the weight's group)
- * in steps of max|x| / 32639, values rounded half to even. Affine codes are centred (q - 8, q - 128) and the
+ * in steps of max|x| / 32639, values rounded half to even. Affine codes are centred (q - (2^bits - 1) / 2) and the
  * centre goes back with the bias against the exact sums of x, so there the rounding errors meet only the
  * centred codes; mxfp4 values meet the rounded x directly.
  */
@@ -261,7 +262,7 @@ export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Arr
       xr[b + i] = Math.max(-32639, Math.min(32639, r)) * step;
     }
   }
-  const centre = q.mode === "affine" ? (q.bits === 8 ? 128 : 8) : 0;
+  const centre = q.mode === "affine" ? (2 ** q.bits - 1) / 2 : 0;
   const y = new Float64Array(M * N);
   for (let m = 0; m < M; m++)
     for (let n = 0; n < N; n++) {
