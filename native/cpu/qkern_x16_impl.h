@@ -331,7 +331,8 @@ static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   if (!x16_takes<F>(W)) return nullptr;
   const int64_t K = W.K, NG = W.groups;
   size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
-  char *mem = (char *)aligned_alloc(64, head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16));
+  size_t total = (head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16) + 63) & ~(size_t)63;  // C11 asks it
+  char *mem = (char *)aligned_alloc(64, total);
   if (!mem) return nullptr;
   float *fm = (float *)(mem + head + qbytes);
   X16 *xq = (X16 *)mem;
