@@ -20,6 +20,9 @@ static constexpr bool x16_format() {
 // hold every value.
 static constexpr float kX16Max = 32639.f;
 
+// mxfp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (four groups per step).
+static inline bool x16_fp4_wide(const WeightMat &W) { return V::L == 16 && W.groups % 4 == 0; }
+
 // mxfp4 codes as small integers: 2 * E2M1 value + 12 (0..24, so bytes widen with zeros); the 12 is taken
 // back through the group sums of x16.
 static constexpr int kFp4Offset = 12;
@@ -142,6 +145,17 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         _mm256_storeu_si256(p + 1, ho);
         _mm256_storeu_si256(p + 2, le);
         _mm256_storeu_si256(p + 3, lo);
+      }
+      if (x16_fp4_wide(W)) {
+        // 128-element blocks for 512-bit steps: each plane of the two 64-element halves side by side
+        for (int64_t i = 0; i < K; i += 128) {
+          __m256i *p = (__m256i *)(qm + i), t[8];
+          for (int j = 0; j < 8; j++) t[j] = _mm256_loadu_si256(p + j);
+          for (int j = 0; j < 4; j++) {
+            _mm256_storeu_si256(p + 2 * j, t[j]);
+            _mm256_storeu_si256(p + 2 * j + 1, t[4 + j]);
+          }
+        }
       }
     }
   }
@@ -280,10 +294,51 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
   }
 }
 
+// The same with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide): 64 bytes, four groups,
+// per step, one group per 128-bit lane; g0 and g1 are multiples of 4.
+template <int MR>
+static void x16_fp4_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                              int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
+  const int64_t K = W.K, NG = W.groups;
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m512i low4 = _mm512_set1_epi8(15), k256 = _mm512_set1_epi16(256), k1 = _mm512_set1_epi16(1);
+  const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  float *scm = c.buf;
+  auto plane = [](const int8_t *x) { return _mm512_loadu_si512((const void *)x); };
+  for (int64_t n = n0; n < n1; n++) {
+    const uint8_t *p = W.w + n * W.row_bytes + g0 * 16;
+    row_prep<F_FP4>(W, n, g0, g1, c);
+    x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
+    __m512 tot[MR];
+    for (int m = 0; m < MR; m++) tot[m] = _mm512_setzero_ps();
+    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * 32);
+    for (int64_t g = g0; g < g1; g += 4, p += 64, xg += 256) {
+      prefetch_ahead(p);
+      __m512i v = _mm512_loadu_si512((const void *)p);
+      __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, low4));
+      __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+      for (int m = 0; m < MR; m++) {
+        const int8_t *xe = xg + 2 * m * K;
+        __m512i h = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe)), _mm512_maddubs_epi16(hi, plane(xe + 64)));
+        __m512i l = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe + 128)), _mm512_maddubs_epi16(hi, plane(xe + 192)));
+        __m512i s = _mm512_add_epi32(_mm512_madd_epi16(h, k256), _mm512_madd_epi16(l, k1));
+        __m512 f = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_loadu_ps(scm + m * NG + g)));
+        tot[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, tot[m]);
+      }
+    }
+    for (int m = 0; m < MR; m++) {
+      float r = _mm512_reduce_add_ps(tot[m]) - dot_range(c.sc, xq.fix + (m0 + m) * NG, g0, g1);
+      x16_put(y + m * ldy + n, r, g0, bias, n);
+    }
+  }
+}
+
 template <int F, int MR>
 static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0, int64_t n1,
                      const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   if constexpr (F == F_FP4) {
+    if constexpr (V::L == 16)
+      if (x16_fp4_wide(W)) return x16_fp4_rows_wide<MR>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
     x16_fp4_rows<MR>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   } else {
     if constexpr (F != F_A2)  // 2-bit chunks are 64 weights
@@ -301,8 +356,8 @@ static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const Weig
                      const float *bias, RowCtx &c) {
   const int64_t NG = W.groups;
   int64_t gblk = (8192 / MR) / W.group;
-  if (F == F_FP4) gblk &= ~(int64_t)1;  // fp4 steps over group pairs
-  if (gblk < 2) gblk = 2;
+  if (F == F_FP4) gblk &= ~(int64_t)3;  // fp4 steps over 2 or 4 groups
+  if (gblk < 4) gblk = 4;
   for (int64_t g0 = 0; g0 < NG; g0 += gblk) {
     int64_t g1 = NG - g0 <= gblk + gblk / 4 ? NG : g0 + gblk;  // no sliver of a block at the end
     x16_rows<F, MR>(y, ldy, xq, m, W, n0, n1, bias, c, g0, g1);

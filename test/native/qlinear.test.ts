@@ -149,6 +149,19 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       }
     });
 
+    test("mxfp4 rows of 10 groups (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      const K = 320, N = 9;
+      const q = randomQWeight(23, "mxfp4", 4, 32, N, K);
+      const wd = dequantAll(q);
+      for (const M of [1, 3, 6]) {
+        const x = randomX(M + 40, M * K);
+        const { mag } = matmulRef(x, M, wd, N, K);
+        expect(worstRelError(qlinear(q, x, M), matmulX16Ref(q, x, M), mag)).toBeLessThan(2e-6);
+      }
+    });
+
     test("x with Inf or NaN takes the f32 path (NaN comes out, as MLX gives)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
