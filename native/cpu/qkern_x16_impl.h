@@ -1,4 +1,4 @@
-// Decode-shaped products of affine 2-, 4- and 8-bit and mxfp4 weights with integer dot products (included by
+// Decode-shaped products of affine 2-, 4- and 8-bit, mxfp4 and nvfp4 weights with integer dot products (included by
 // qkern_impl.h inside an ISA namespace; no include guard on purpose).
 //
 // Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
@@ -20,8 +20,8 @@ static constexpr bool x16_format() {
 // hold every value.
 static constexpr float kX16Max = 32639.f;
 
-// mxfp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (four groups per step).
-static inline bool x16_fp4_wide(const WeightMat &W) { return V::L == 16 && W.groups % 4 == 0; }
+// fp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (four groups per step).
+static inline bool x16_fp4_wide(const WeightMat &W) { return V::L == 16 && W.K % 128 == 0; }
 
 // mxfp4 codes as small integers: 2 * E2M1 value + 12 (0..24, so bytes widen with zeros); the 12 is taken
 // back through the group sums of x16.
@@ -54,14 +54,16 @@ static inline void x16_deinterleave(__m256i a, __m256i b, __m256i &lo, __m256i &
 // of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; mxfp4, per 64 elements, byte planes.
 template <int F>
 static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
-  const int64_t K = W.K, G = W.group, NG = W.groups;
+  const int64_t K = W.K, WG = W.group, NG = W.groups;
+  // x's own groups: nvfp4's 16-element weight groups share one step per 32 elements of x
+  const int64_t G = WG < 32 ? 32 : WG, NXG = K / G, SUB = G / WG;
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i expmask = _mm256_set1_epi32(0x7f800000);
   __m256i bad = _mm256_setzero_si256();
   for (int64_t m = 0; m < M; m++) {
     const float *xm = x + m * K;
     int16_t *qm = o.q + m * K;
-    for (int64_t g = 0; g < NG; g++) {
+    for (int64_t g = 0; g < NXG; g++) {
       const float *xg = xm + g * G;
       __m256 mx = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
       for (int64_t i = 0; i < G; i += 8) {
@@ -76,7 +78,7 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
       float step = amax / kX16Max;
       __m256 inv = _mm256_set1_ps(amax > 0.f ? kX16Max / amax : 0.f);
       int16_t *qg = qm + g * G;
-      __m256i qsum = _mm256_setzero_si256();
+      __m256i qsum = _mm256_setzero_si256(), qhalf = _mm256_setzero_si256();  // qhalf: the first 16 (nvfp4)
       __m256 err = _mm256_setzero_ps(), vstep = _mm256_set1_ps(step);
       for (int64_t i = 0; i < G; i += 32) {
         __m256i r[4];
@@ -85,6 +87,7 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
           r[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
           r[j] = _mm256_min_epi32(r[j], _mm256_set1_epi32((int)kX16Max));  // amax * (max / amax) may round past
           qsum = _mm256_add_epi32(qsum, r[j]);
+          if (j == 1) qhalf = qsum;
           err = _mm256_add_ps(err, _mm256_fmsub_ps(_mm256_cvtepi32_ps(r[j]), vstep, v));
         }
         __m256i a, b;
@@ -93,13 +96,24 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         _mm256_storeu_si256((__m256i *)(qg + i), a);
         _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
       }
-      float *st = o.step + m * NG + g, *fx = o.fix + m * NG + g;
+      float *st = o.step + m * NG + g * SUB, *fx = o.fix + m * NG + g * SUB;
       if constexpr (F == F_FP4) {
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(qsum), _mm256_extracti128_si256(qsum, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-        *st = step * 0.5f;
-        *fx = 0.5f * kFp4Offset * step * (float)_mm_cvtsi128_si32(s4);
+        auto isum = [](__m256i v) {
+          __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+          s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+          s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+          return (float)_mm_cvtsi128_si32(s4);
+        };
+        const float k = 0.5f * kFp4Offset * step;
+        if (SUB == 2) {
+          float first = isum(qhalf);
+          st[0] = st[1] = step * 0.5f;
+          fx[0] = k * first;
+          fx[1] = k * (isum(qsum) - first);
+        } else {
+          *st = step * 0.5f;
+          *fx = k * isum(qsum);
+        }
       } else {
         *st = step;
         *fx = hsum8(sum);
@@ -251,28 +265,30 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
   }
 }
 
-// mxfp4 (groups of 32, an even number per row): 32 bytes, two groups, per step. The low and high nibbles of
-// the bytes are looked up as bytes (kFp4Offset + 2 * value, unsigned), and vpmaddubsw multiplies them with
-// the byte planes of x: 256 * (w . xh) + (w . xl). Its pairs and vpmaddwd's stay within 128-bit halves, so
-// each sum holds group g in its low half and group g + 1 in its high half.
+// mxfp4 and nvfp4 (rows of whole 64-element blocks): 32 bytes, two groups of 32 or four of 16, per step. The
+// low and high nibbles of the bytes are looked up as bytes (kFp4Offset + 2 * value, unsigned), and vpmaddubsw
+// multiplies them with the byte planes of x: 256 * (w . xh) + (w . xl). Its pairs and vpmaddwd's stay within
+// 128-bit halves and each int32 lane holds 8 weights, so the sum's lanes follow the groups in order: 4 lanes per
+// group of 32, 2 per group of 16.
 template <int MR>
 static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                          int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
-  const int64_t K = W.K, NG = W.groups;
+  const int64_t K = W.K, NG = W.groups, G = W.group, GPS = 64 / G;
   const __m256i lut = _mm256_broadcastsi128_si256(
       _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
   const __m256i low4 = _mm256_set1_epi8(15), k256 = _mm256_set1_epi16(256), k1 = _mm256_set1_epi16(1);
+  const __m256i quads = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
   float *scm = c.buf;
   auto plane = [](const int8_t *x) { return _mm256_loadu_si256((const __m256i *)x); };
   for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *p = W.w + n * W.row_bytes + g0 * 16;
+    const uint8_t *p = W.w + n * W.row_bytes + g0 * G / 2;
     row_prep<F_FP4>(W, n, g0, g1, c);
     x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
     __m256 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
-    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * 32);
-    for (int64_t g = g0; g < g1; g += 2, p += 32, xg += 128) {
-      if ((g & 3) == 0) prefetch_ahead(p);
+    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * G);
+    for (int64_t g = g0; g < g1; g += GPS, p += 32, xg += 128) {
+      if (((g - g0) & (2 * GPS - 1)) == 0) prefetch_ahead(p);
       __m256i v = _mm256_loadu_si256((const __m256i *)p);
       __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low4));
       __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
@@ -283,7 +299,9 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
         __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe + 64)), _mm256_maddubs_epi16(hi, plane(xe + 96)));
         __m256i s = _mm256_add_epi32(_mm256_madd_epi16(h, k256), _mm256_madd_epi16(l, k1));
         const float *sm = scm + m * NG + g;
-        __m256 f = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(sm)), _mm_broadcast_ss(sm + 1), 1);
+        __m256 f = GPS == 2
+                       ? _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(sm)), _mm_broadcast_ss(sm + 1), 1)
+                       : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sm)), quads);
         tot[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, tot[m]);
       }
     }
@@ -294,25 +312,26 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
   }
 }
 
-// The same with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide): 64 bytes, four groups,
-// per step, one group per 128-bit lane; g0 and g1 are multiples of 4.
+// The same with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide): 64 bytes, four groups of
+// 32 or eight of 16, per step; g0 and g1 are multiples of that count.
 template <int MR>
 static void x16_fp4_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                               int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
-  const int64_t K = W.K, NG = W.groups;
+  const int64_t K = W.K, NG = W.groups, G = W.group, GPS = 128 / G;
   const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
   const __m512i low4 = _mm512_set1_epi8(15), k256 = _mm512_set1_epi16(256), k1 = _mm512_set1_epi16(1);
-  const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i lanes = GPS == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                                 : _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
   float *scm = c.buf;
   auto plane = [](const int8_t *x) { return _mm512_loadu_si512((const void *)x); };
   for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *p = W.w + n * W.row_bytes + g0 * 16;
+    const uint8_t *p = W.w + n * W.row_bytes + g0 * G / 2;
     row_prep<F_FP4>(W, n, g0, g1, c);
     x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
     __m512 tot[MR];
     for (int m = 0; m < MR; m++) tot[m] = _mm512_setzero_ps();
-    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * 32);
-    for (int64_t g = g0; g < g1; g += 4, p += 64, xg += 256) {
+    const int8_t *xg = (const int8_t *)(xq.q + m0 * K + g0 * G);
+    for (int64_t g = g0; g < g1; g += GPS, p += 64, xg += 256) {
       prefetch_ahead(p);
       __m512i v = _mm512_loadu_si512((const void *)p);
       __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, low4));
@@ -322,7 +341,9 @@ static void x16_fp4_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, 
         __m512i h = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe)), _mm512_maddubs_epi16(hi, plane(xe + 64)));
         __m512i l = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe + 128)), _mm512_maddubs_epi16(hi, plane(xe + 192)));
         __m512i s = _mm512_add_epi32(_mm512_madd_epi16(h, k256), _mm512_madd_epi16(l, k1));
-        __m512 f = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_loadu_ps(scm + m * NG + g)));
+        const float *sm = scm + m * NG + g;
+        __m512 f = _mm512_permutexvar_ps(lanes, GPS == 4 ? _mm512_castps128_ps512(_mm_loadu_ps(sm))
+                                                         : _mm512_castps256_ps512(_mm256_loadu_ps(sm)));
         tot[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, tot[m]);
       }
     }
@@ -356,8 +377,8 @@ static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const Weig
                      const float *bias, RowCtx &c) {
   const int64_t NG = W.groups;
   int64_t gblk = (8192 / MR) / W.group;
-  if (F == F_FP4) gblk &= ~(int64_t)3;  // fp4 steps over 2 or 4 groups
-  if (gblk < 4) gblk = 4;
+  if (F == F_FP4) gblk &= ~(128 / W.group - 1);  // fp4 steps over up to 128 elements
+  if (gblk < 8) gblk = 8;
   for (int64_t g0 = 0; g0 < NG; g0 += gblk) {
     int64_t g1 = NG - g0 <= gblk + gblk / 4 ? NG : g0 + gblk;  // no sliver of a block at the end
     x16_rows<F, MR>(y, ldy, xq, m, W, n0, n1, bias, c, g0, g1);
@@ -365,15 +386,16 @@ static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const Weig
   }
 }
 
-// Whether W takes the integer path: mxfp4 only (nvfp4's groups of 16 and global scale stay on f32), groups
-// that whole 16-byte chunks tile (2-bit: 64 or 128), and the f32 path not asked for.
+// Whether W takes the integer path: groups that whole 16-byte chunks tile (2-bit: 64 or 128), fp4 rows of whole
+// 64-element blocks, and the f32 path not asked for.
 template <int F>
 static bool x16_takes(const WeightMat &W) {
   if constexpr (!x16_format<F>()) {
     return false;
   } else {
     if (!gemv_x16_enabled()) return false;
-    if (F == F_FP4) return W.kind == WKind::Mxfp4 && W.group == 32 && W.groups % 2 == 0;
+    if (F == F_FP4)
+      return ((W.kind == WKind::Mxfp4 && W.group == 32) || (W.kind == WKind::Nvfp4 && W.group == 16)) && W.K % 64 == 0;
     return (W.group == 32 && F != F_A2) || W.group == 64 || W.group == 128;
   }
 }

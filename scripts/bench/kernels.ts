@@ -122,7 +122,7 @@ const decodeFormats: Fmt[] = [
   affine(6),
   { ...fp("mxfp4", QMODE.mxfp4, 4, 32), x16: true },
   fp("mxfp8", QMODE.mxfp8, 8, 32),
-  fp("nvfp4", QMODE.nvfp4, 4, 16),
+  { ...fp("nvfp4", QMODE.nvfp4, 4, 16), x16: true },
 ];
 const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32)];
 
@@ -143,7 +143,7 @@ const decodeShapes: [number, number][] = [
   [14336, 4096],
 ];
 console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
-console.log("(2/4/8-bit affine and mxfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
+console.log("(2/4/8-bit affine, mxfp4 and nvfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
 console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);

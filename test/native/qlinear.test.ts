@@ -110,13 +110,15 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       { mode: "affine", bits: 8, group: 64, sb: "bf16" },
       { mode: "affine", bits: 8, group: 128, sb: "f16" },
       { mode: "mxfp4", bits: 4, group: 32, sb: "f32" },
+      { mode: "nvfp4", bits: 4, group: 16, sb: "f32" },
+      { mode: "nvfp4", bits: 4, group: 16, sb: "f32", gs: 1234.5 },
     ];
     for (const c of xcases) {
-      test(`${c.mode} bits=${c.bits} group=${c.group} equals x rounded to 16 bits per group`, () => {
+      test(`${c.mode} bits=${c.bits} group=${c.group}${c.gs ? " global" : ""} equals x rounded to 16 bits per group`, () => {
         expect(setIsa(isa)).toBe(0);
         expect(setGemvMode("x16")).toBe(0);
         const K = 384, N = 21;
-        const q = randomQWeight(c.bits * 77 + c.group, c.mode, c.bits, c.group, N, K, c.sb);
+        const q = randomQWeight(c.bits * 77 + c.group, c.mode, c.bits, c.group, N, K, c.sb, c.gs ?? 0);
         expect(takesX16(q)).toBe(true);
         const wd = dequantAll(q);
         const bias = randomX(5, N);
@@ -132,12 +134,12 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       });
     }
 
-    test("long rows are split in blocks of groups (K=4352, 1 to 9 rows, 4-bit g32 and mxfp4)", () => {
+    test("long rows are split in blocks of groups (K=4352, 1 to 9 rows, 4-bit g32, mxfp4, nvfp4)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
       const K = 4352, N = 6;
-      for (const mode of ["affine", "mxfp4"] as const) {
-        const q = randomQWeight(17, mode, 4, 32, N, K, "bf16");
+      for (const mode of ["affine", "mxfp4", "nvfp4"] as const) {
+        const q = randomQWeight(17, mode, 4, mode === "nvfp4" ? 16 : 32, N, K, mode === "affine" ? "bf16" : "f32");
         const wd = dequantAll(q);
         const bias = randomX(6, N);
         for (const M of [1, 2, 4, 9]) {
@@ -149,16 +151,18 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       }
     });
 
-    test("mxfp4 rows of 10 groups (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
+    test("fp4 rows of 320 elements (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
       const K = 320, N = 9;
-      const q = randomQWeight(23, "mxfp4", 4, 32, N, K);
-      const wd = dequantAll(q);
-      for (const M of [1, 3, 6]) {
-        const x = randomX(M + 40, M * K);
-        const { mag } = matmulRef(x, M, wd, N, K);
-        expect(worstRelError(qlinear(q, x, M), matmulX16Ref(q, x, M), mag)).toBeLessThan(2e-6);
+      for (const [mode, group] of [["mxfp4", 32], ["nvfp4", 16]] as const) {
+        const q = randomQWeight(23, mode, 4, group, N, K);
+        const wd = dequantAll(q);
+        for (const M of [1, 3, 6]) {
+          const x = randomX(M + 40, M * K);
+          const { mag } = matmulRef(x, M, wd, N, K);
+          expect(worstRelError(qlinear(q, x, M), matmulX16Ref(q, x, M), mag)).toBeLessThan(2e-6);
+        }
       }
     });
 

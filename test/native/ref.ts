@@ -235,14 +235,14 @@ export function setIsa(name: string): number {
 
 /** Whether the x16 gemv path (native/cpu/qkern_x16_impl.h) takes this weight when x has few rows. */
 export function takesX16(q: QWeight): boolean {
-  if (q.mode === "mxfp4") return q.K % 64 === 0;
+  if (q.mode === "mxfp4" || q.mode === "nvfp4") return q.K % 64 === 0;
   if (q.mode !== "affine") return false;
   return q.bits === 2 ? q.group === 64 || q.group === 128 : (q.bits === 4 || q.bits === 8) && q.group % 32 === 0;
 }
 
 /**
- * What the x16 path computes, from its documented rounding, in float64: each group of x (the weight's group)
- * in steps of max|x| / 32639, values rounded half to even. Affine codes are centred (q - (2^bits - 1) / 2) and the
+ * What the x16 path computes, from its documented rounding, in float64: each group of x (the weight's group,
+ * at least 32 elements) in steps of max|x| / 32639, values rounded half to even. Affine codes are centred (q - (2^bits - 1) / 2) and the
  * centre goes back with the bias against the exact sums of x, so there the rounding errors meet only the
  * centred codes; mxfp4 values meet the rounded x directly.
  */
@@ -250,12 +250,13 @@ export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Arr
   const { N, K, group } = q;
   const f = Math.fround;
   const xr = new Float64Array(M * K);
-  for (let b = 0; b < M * K; b += group) {
+  const xg = Math.max(group, 32);
+  for (let b = 0; b < M * K; b += xg) {
     let amax = 0;
-    for (let i = 0; i < group; i++) amax = Math.max(amax, Math.abs(x[b + i]!));
+    for (let i = 0; i < xg; i++) amax = Math.max(amax, Math.abs(x[b + i]!));
     const step = f(amax / 32639);
     const inv = amax > 0 ? f(32639 / amax) : 0;
-    for (let i = 0; i < group; i++) {
+    for (let i = 0; i < xg; i++) {
       const v = f(x[b + i]! * inv);
       let r = Math.round(v);
       if (Math.abs(v % 1) === 0.5) r = 2 * Math.round(v / 2);
