@@ -49,6 +49,17 @@ static inline void x16_deinterleave(__m256i a, __m256i b, __m256i &lo, __m256i &
   hi = _mm256_permute2x128_si256(a, b, 0x31);
 }
 
+// Rewrites each 64-element block of a row of x16 in the 4-bit order [even0 odd0 even1 odd1] (16 values each)
+// through fn, which returns the block's four new vectors.
+template <typename Fn>
+static inline void x16_regroup64(int16_t *q, int64_t K, Fn fn) {
+  for (int64_t i = 0; i < K; i += 64) {
+    __m256i *p = (__m256i *)(q + i), out[4];
+    fn(_mm256_loadu_si256(p), _mm256_loadu_si256(p + 1), _mm256_loadu_si256(p + 2), _mm256_loadu_si256(p + 3), out);
+    for (int j = 0; j < 4; j++) _mm256_storeu_si256(p + j, out[j]);
+  }
+}
+
 // Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
 // Orders: 8-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and high nibbles
 // of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; mxfp4, per 64 elements, byte planes.
@@ -121,45 +132,29 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
       }
     }
     if constexpr (F == F_A2) {
-      // 64-element blocks, from the 4-bit order of their halves [even0 odd0 even1 odd1] to the element 4j + c
-      // for c = 0..3 (the four 2-bit codes of 16 bytes): the evens of the evens, of the odds, and so on.
-      for (int64_t i = 0; i < K; i += 64) {
-        __m256i *p = (__m256i *)(qm + i);
-        __m256i e0 = _mm256_loadu_si256(p), o0 = _mm256_loadu_si256(p + 1);
-        __m256i e1 = _mm256_loadu_si256(p + 2), o1 = _mm256_loadu_si256(p + 3);
-        __m256i c0, c1, c2, c3;
-        x16_deinterleave(e0, e1, c0, c2);
-        x16_deinterleave(o0, o1, c1, c3);
-        _mm256_storeu_si256(p, c0);
-        _mm256_storeu_si256(p + 1, c1);
-        _mm256_storeu_si256(p + 2, c2);
-        _mm256_storeu_si256(p + 3, c3);
-      }
+      // from the 4-bit order of each 64-element block to the element 4j + c for c = 0..3 (the four 2-bit codes
+      // of 16 bytes): the evens of the evens, of the odds, and so on
+      x16_regroup64(qm, K, [](__m256i e0, __m256i o0, __m256i e1, __m256i o1, __m256i out[4]) {
+        x16_deinterleave(e0, e1, out[0], out[2]);
+        x16_deinterleave(o0, o1, out[1], out[3]);
+      });
     }
     if constexpr (F == F_FP4) {
-      // 64-element blocks, from the 4-bit order of their halves [even0 odd0 even1 odd1] (16 values each) to
-      // byte planes [high bytes of the 32 even | of the 32 odd | low bytes of the even | of the odd]: x = 256 h + l
-      // with l the signed low byte, so that each plane is signed bytes for vpmaddubsw (see x16_fp4_rows).
-      const __m256i lowbyte = _mm256_set1_epi16(0xff);
-      auto planes = [&](__m256i a, __m256i b, __m256i &h, __m256i &l) {
-        __m256i la = _mm256_srai_epi16(_mm256_slli_epi16(a, 8), 8), lb = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
-        __m256i ha = _mm256_srai_epi16(_mm256_sub_epi16(a, la), 8), hb = _mm256_srai_epi16(_mm256_sub_epi16(b, lb), 8);
-        h = _mm256_permute4x64_epi64(_mm256_packs_epi16(ha, hb), 0xD8);
-        l = _mm256_permute4x64_epi64(
-            _mm256_packus_epi16(_mm256_and_si256(a, lowbyte), _mm256_and_si256(b, lowbyte)), 0xD8);
-      };
-      for (int64_t i = 0; i < K; i += 64) {
-        __m256i *p = (__m256i *)(qm + i);
-        __m256i e0 = _mm256_loadu_si256(p), o0 = _mm256_loadu_si256(p + 1);
-        __m256i e1 = _mm256_loadu_si256(p + 2), o1 = _mm256_loadu_si256(p + 3);
-        __m256i he, le, ho, lo;
-        planes(e0, e1, he, le);
-        planes(o0, o1, ho, lo);
-        _mm256_storeu_si256(p, he);
-        _mm256_storeu_si256(p + 1, ho);
-        _mm256_storeu_si256(p + 2, le);
-        _mm256_storeu_si256(p + 3, lo);
-      }
+      // from the 4-bit order of each 64-element block to byte planes [high bytes of the 32 even | of the 32 odd |
+      // low bytes of the even | of the odd]: x = 256 h + l with l the signed low byte, so that each plane is
+      // signed bytes for vpmaddubsw (see x16_fp4_rows)
+      x16_regroup64(qm, K, [](__m256i e0, __m256i o0, __m256i e1, __m256i o1, __m256i out[4]) {
+        auto planes = [](__m256i a, __m256i b, __m256i &h, __m256i &l) {
+          const __m256i lowbyte = _mm256_set1_epi16(0xff);
+          __m256i la = _mm256_srai_epi16(_mm256_slli_epi16(a, 8), 8), lb = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
+          __m256i ha = _mm256_srai_epi16(_mm256_sub_epi16(a, la), 8), hb = _mm256_srai_epi16(_mm256_sub_epi16(b, lb), 8);
+          h = _mm256_permute4x64_epi64(_mm256_packs_epi16(ha, hb), 0xD8);
+          l = _mm256_permute4x64_epi64(
+              _mm256_packus_epi16(_mm256_and_si256(a, lowbyte), _mm256_and_si256(b, lowbyte)), 0xD8);
+        };
+        planes(e0, e1, out[0], out[2]);
+        planes(o0, o1, out[1], out[3]);
+      });
       if (x16_fp4_wide(W)) {
         // 128-element blocks for 512-bit steps: each plane of the two 64-element halves side by side
         for (int64_t i = 0; i < K; i += 128) {

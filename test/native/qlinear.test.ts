@@ -15,6 +15,7 @@ import {
   worstRelError,
   type FloatDt,
   type Mode,
+  type QWeight,
 } from "./ref.ts";
 import { native } from "../../src/backend/native/lib.ts";
 
@@ -98,6 +99,12 @@ for (const isa of availableIsas()) {
 
 // The x16 path against its documented rounding (matmulX16Ref), for every row count a decode batch can have
 // (passes of 4, 2 and 1 rows), biases of the layer included; then what makes it step aside.
+function expectX16(q: QWeight, x: Float32Array, M: number, bias?: Float32Array) {
+  const { mag } = matmulRef(x, M, dequantAll(q), q.N, q.K, bias ? Float64Array.from(bias) : undefined);
+  const want = matmulX16Ref(q, x, M).map((v, i) => v + (bias ? bias[i % q.N]! : 0));
+  expect(worstRelError(qlinear(q, x, M, bias ?? null), want, mag)).toBeLessThan(2e-6);
+}
+
 for (const isa of availableIsas().filter((i) => i !== "scalar")) {
   describe(`x16 decode products on ${isa}`, () => {
     const xcases: Case[] = [
@@ -120,16 +127,13 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
         const K = 384, N = 21;
         const q = randomQWeight(c.bits * 77 + c.group, c.mode, c.bits, c.group, N, K, c.sb, c.gs ?? 0);
         expect(takesX16(q)).toBe(true);
-        const wd = dequantAll(q);
         const bias = randomX(5, N);
         for (const M of [1, 2, 3, 5, 31]) {
           const x = randomX(M + c.group, M * K);
           // one group of x far larger than the rest, one all zero: steps are per group
           for (let i = 0; i < c.group; i++) x[i] = x[i]! * 1000;
           x.fill(0, K - c.group, K);
-          const { mag } = matmulRef(x, M, wd, N, K, Float64Array.from(bias));
-          const want = matmulX16Ref(q, x, M).map((v, i) => v + bias[i % N]!);
-          expect(worstRelError(qlinear(q, x, M, bias), want, mag)).toBeLessThan(2e-6);
+          expectX16(q, x, M, bias);
         }
       });
     }
@@ -140,14 +144,8 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       const K = 4352, N = 6;
       for (const mode of ["affine", "mxfp4", "nvfp4"] as const) {
         const q = randomQWeight(17, mode, 4, mode === "nvfp4" ? 16 : 32, N, K, mode === "affine" ? "bf16" : "f32");
-        const wd = dequantAll(q);
         const bias = randomX(6, N);
-        for (const M of [1, 2, 4, 9]) {
-          const x = randomX(M, M * K);
-          const { mag } = matmulRef(x, M, wd, N, K, Float64Array.from(bias));
-          const want = matmulX16Ref(q, x, M).map((v, i) => v + bias[i % N]!);
-          expect(worstRelError(qlinear(q, x, M, bias), want, mag)).toBeLessThan(2e-6);
-        }
+        for (const M of [1, 2, 4, 9]) expectX16(q, randomX(M, M * K), M, bias);
       }
     });
 
@@ -157,12 +155,7 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       const K = 320, N = 9;
       for (const [mode, group] of [["mxfp4", 32], ["nvfp4", 16]] as const) {
         const q = randomQWeight(23, mode, 4, group, N, K);
-        const wd = dequantAll(q);
-        for (const M of [1, 3, 6]) {
-          const x = randomX(M + 40, M * K);
-          const { mag } = matmulRef(x, M, wd, N, K);
-          expect(worstRelError(qlinear(q, x, M), matmulX16Ref(q, x, M), mag)).toBeLessThan(2e-6);
-        }
+        for (const M of [1, 3, 6]) expectX16(q, randomX(M + 40, M * K), M);
       }
     });
 
