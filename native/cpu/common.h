@@ -11,7 +11,7 @@ enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 Isa active_isa();
 bool cpu_has(Isa isa);
-// Whether few-row products of 2/4/8-bit affine, mxfp4 and nvfp4 weights put x in 16-bit fixed point (qkern_x16_impl.h).
+// Whether few-row products of affine, mxfp4 and nvfp4 weights put x in 16-bit fixed point (qkern_x16_impl.h).
 bool gemv_x16_enabled();
 
 // Records a message for rmlx_last_error() and returns the code, so that kernels can `return fail(...)`.

@@ -1,4 +1,4 @@
-// Decode-shaped products of affine 2-, 4- and 8-bit, mxfp4 and nvfp4 weights with integer dot products (included by
+// Decode-shaped products of affine (2-8 bit), mxfp4 and nvfp4 weights with integer dot products (included by
 // qkern_impl.h inside an ISA namespace; no include guard on purpose).
 //
 // Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
@@ -13,7 +13,14 @@
 
 template <int F>
 static constexpr bool x16_format() {
-  return F == F_A2 || F == F_A4 || F == F_A8 || F == F_FP4;
+  return is_affine<F>() || F == F_FP4;
+}
+
+// Affine widths whose codes straddle bytes (3, 5, 6 bits): 16 codes (2 * bits bytes) per step, in x's natural
+// order (see x16_odd_codes).
+template <int F>
+static constexpr bool x16_odd() {
+  return F == F_A3 || F == F_A5 || F == F_A6;
 }
 
 // The largest 16-bit value of x: below 32767 so that mxfp4's byte planes (x = 256 xh + xl, both signed bytes)
@@ -103,7 +110,7 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         }
         __m256i a, b;
         x16_pack32(r[0], r[1], r[2], r[3], a, b);
-        if constexpr (F != F_A8) x16_deinterleave(a, b, a, b);
+        if constexpr (F == F_A2 || F == F_A4 || F == F_FP4) x16_deinterleave(a, b, a, b);
         _mm256_storeu_si256((__m256i *)(qg + i), a);
         _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
       }
@@ -194,7 +201,40 @@ static inline void x16_put(float *o, float r, int64_t g0, const float *bias, int
   *o = g0 == 0 ? r + (bias ? bias[n] : 0.f) : *o + r;
 }
 
-// Affine 2/4/8-bit: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
+// 16 codes of BITS (3, 5 or 6) from the 2 * BITS bytes at p, one per int16 lane in order. Every code lies within
+// the two bytes at its first bit, so a byte shuffle puts those two bytes in its lane (the 16 bytes are in both
+// 128-bit halves), a multiply by 2^(16 - BITS - offset) moves the code to the lane's top bits and a shift
+// brings it down: AVX2 has no per-lane 16-bit shift. `last` is where the weights end: a read of 16 bytes that
+// would pass it goes through a copy.
+template <int BITS>
+static inline __m256i x16_odd_codes(const uint8_t *p, const uint8_t *last) {
+  struct Tables {
+    int8_t shuf[32];
+    int16_t mul[16];
+  };
+  static constexpr Tables t = [] {
+    Tables r{};
+    for (int j = 0; j < 16; j++) {
+      int bit = j * BITS, byte = bit >> 3, off = bit & 7, lane = j & 7;
+      r.shuf[(j >> 3) * 16 + 2 * lane] = (int8_t)byte;
+      r.shuf[(j >> 3) * 16 + 2 * lane + 1] = (int8_t)(byte + 1);
+      r.mul[j] = (int16_t)(1 << (16 - BITS - off));
+    }
+    return r;
+  }();
+  __m128i b;
+  if (p + 16 <= last) {
+    b = _mm_loadu_si128((const __m128i *)p);
+  } else {
+    alignas(16) uint8_t tmp[16] = {};
+    std::memcpy(tmp, p, 2 * BITS);
+    b = _mm_load_si128((const __m128i *)tmp);
+  }
+  __m256i v = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(b), _mm256_loadu_si256((const __m256i *)t.shuf));
+  return _mm256_srli_epi16(_mm256_mullo_epi16(v, _mm256_loadu_si256((const __m256i *)t.mul)), 16 - BITS);
+}
+
+// Affine weights: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
 // errors e of x meet the codes q in s * sum(q e); codes centred on c = (2^bits - 1) / 2 would halve that, and
 // s * sum((q - c) e) = s * sum(q e) - c * s * sum(e) moves the centring out of the loop: the row subtracts
 // c * (scales . group sums of e).
@@ -202,14 +242,16 @@ template <int F, int MR, int GS>
 static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                             int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   const int64_t K = W.K, NG = W.groups;
-  constexpr int BITS = F == F_A8 ? 8 : F == F_A4 ? 4 : 2;
-  constexpr int CH = 128 / BITS;                      // weights per 16-byte chunk
+  constexpr int BITS = (int)bits_of<F>();
+  constexpr int CH = x16_odd<F>() ? 16 : 128 / BITS;  // weights per chunk (16 bytes, or 2 * BITS bytes)
+  constexpr int CB = CH * BITS / 8;                   // bytes per chunk
   constexpr int NCH = GS / CH;                        // chunks per group
   constexpr float kCentre = ((1 << BITS) - 1) * 0.5f;
   constexpr int GB = GS * BITS / 8;                   // bytes per group
   static_assert(NCH >= 1, "a group holds whole 16-byte chunks");
   const __m256i low4 = _mm256_set1_epi16(15), low2 = _mm256_set1_epi16(3);
   float *scm = c.buf;
+  const uint8_t *last = W.w + W.N * W.row_bytes;
   for (int64_t n = n0; n < n1; n++) {
     const uint8_t *p = W.w + n * W.row_bytes + g0 * GB;
     row_prep<F>(W, n, g0, g1, c);
@@ -221,12 +263,14 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
       if constexpr (GB >= 64) {
         for (int o = 0; o < GB; o += 64) prefetch_ahead(p + o);
       } else {
-        if ((g & (64 / GB - 1)) == 0) prefetch_ahead(p);
+        if (((g * GB) & 63) < GB) prefetch_ahead(p);  // the group starts the row's next 64 bytes
       }
       __m256i acc[MR];
       for (int j = 0; j < NCH; j++) {
-        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 * j)));
-        if constexpr (F == F_A8) {
+        __m256i v;
+        if constexpr (x16_odd<F>()) v = x16_odd_codes<BITS>(p + CB * j, last);
+        else v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + CB * j)));
+        if constexpr (F == F_A8 || x16_odd<F>()) {
           for (int m = 0; m < MR; m++) {
             __m256i t = x16_mad(v, xg + m * K + CH * j);
             acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
@@ -381,7 +425,7 @@ static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const Weig
   }
 }
 
-// Whether W takes the integer path: groups that whole 16-byte chunks tile (2-bit: 64 or 128), fp4 rows of whole
+// Whether W takes the integer path: groups that whole chunks tile (2-bit: 64 or 128), fp4 rows of whole
 // 64-element blocks, and the f32 path not asked for.
 template <int F>
 static bool x16_takes(const WeightMat &W) {

@@ -50,7 +50,7 @@ int rmlx_num_threads(void);
 const char *rmlx_isa(void);
 /* Forces an ISA variant ("avx512", "avx2", "scalar"); fails if the CPU lacks it. For tests and benchmarks. */
 int rmlx_set_isa(const char *name);
-/* Arithmetic of few-row (decode) products of affine 2/4/8-bit, mxfp4 and nvfp4 weights: "x16" (default) puts each
+/* Arithmetic of few-row (decode) products of affine, mxfp4 and nvfp4 weights: "x16" (default) puts each
    weight group's slice of x in 16-bit fixed point and sums exact integer products; "f32" keeps x in f32.
    RMLX_GEMV=f32 in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);

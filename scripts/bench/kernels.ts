@@ -73,7 +73,7 @@ interface Fmt {
 function affine(bits: number, group = 64): Fmt {
   return {
     name: `affine ${bits}-bit g${group}`,
-    x16: bits === 2 || bits === 4 || bits === 8,
+    x16: true,
     bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
     run: (N, K) => {
       const w = randBytes((N * K * bits) / 8, bits);
@@ -119,6 +119,7 @@ const decodeFormats: Fmt[] = [
   affine(8),
   affine(2),
   affine(3),
+  affine(5),
   affine(6),
   { ...fp("mxfp4", QMODE.mxfp4, 4, 32), x16: true },
   fp("mxfp8", QMODE.mxfp8, 8, 32),
@@ -143,7 +144,7 @@ const decodeShapes: [number, number][] = [
   [14336, 4096],
 ];
 console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
-console.log("(2/4/8-bit affine, mxfp4 and nvfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
+console.log("(affine, mxfp4 and nvfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
 console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);

@@ -110,6 +110,11 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
     const xcases: Case[] = [
       { mode: "affine", bits: 2, group: 64, sb: "bf16" },
       { mode: "affine", bits: 2, group: 128, sb: "f32" },
+      { mode: "affine", bits: 3, group: 32, sb: "f16" },
+      { mode: "affine", bits: 3, group: 128, sb: "bf16" },
+      { mode: "affine", bits: 5, group: 64, sb: "f32" },
+      { mode: "affine", bits: 6, group: 32, sb: "bf16" },
+      { mode: "affine", bits: 6, group: 128, sb: "f16" },
       { mode: "affine", bits: 4, group: 32, sb: "bf16" },
       { mode: "affine", bits: 4, group: 64, sb: "f16" },
       { mode: "affine", bits: 4, group: 128, sb: "f32" },

@@ -237,7 +237,7 @@ export function setIsa(name: string): number {
 export function takesX16(q: QWeight): boolean {
   if (q.mode === "mxfp4" || q.mode === "nvfp4") return q.K % 64 === 0;
   if (q.mode !== "affine") return false;
-  return q.bits === 2 ? q.group === 64 || q.group === 128 : (q.bits === 4 || q.bits === 8) && q.group % 32 === 0;
+  return q.bits === 2 ? q.group === 64 || q.group === 128 : q.group % 32 === 0;
 }
 
 /**
