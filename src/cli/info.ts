@@ -11,11 +11,15 @@ interface InfoOptions extends BackendFlags {
   json?: boolean;
 }
 
-/** "native (cpu avx2)"; the ISA is left out when the native library cannot be loaded, since info needs no compute. */
+/**
+ * "native (cpu avx2, x16 decode products)"; the ISA and the --gemv mode are left out when the native library
+ * cannot be loaded, since info needs no compute.
+ */
 async function nativeBackendName(): Promise<string> {
   try {
     const { native } = await import("../backend/native/lib.ts");
-    return `native (cpu ${String(native().rmlx_isa())})`;
+    const lib = native();
+    return `native (cpu ${String(lib.rmlx_isa())}, ${String(lib.rmlx_gemv_mode())} decode products)`;
   } catch {
     return "native (cpu)";
   }

@@ -50,7 +50,13 @@ describe("rmlx info", () => {
       runnable: true,
     });
     expect(j.size_bytes).toBeGreaterThan(0);
-    expect(j.backend).toMatch(/^native \(cpu/);
+    expect(j.backend).toMatch(/^native \(cpu \w+, x16 decode products\)$/);
+  });
+
+  test("--gemv f32 shows in the backend line", () => {
+    const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
+    const j = JSON.parse(info("-m", dir, "--json", "--gemv", "f32").out);
+    expect(j.backend).toMatch(/, f32 decode products\)$/);
   });
 
   test("human output: aligned key: value lines", () => {
