@@ -575,7 +575,7 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1, const void *x16) {
-  if (x16) return x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1);
+  if (x16 && x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1)) return;
   if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
   const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;

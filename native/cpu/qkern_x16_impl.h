@@ -468,20 +468,26 @@ static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   return xq;
 }
 
-// y for rows of the tiles [t0, t1), all M rows of x, on the integer path.
+// y for rows of the tiles [t0, t1), all M rows of x, on the integer path; false when memory is short (the
+// caller then takes the f32 path).
 template <int F>
-static void x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+static bool x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                       int64_t t1) {
-  if constexpr (x16_format<F>()) {
+  if constexpr (!x16_format<F>()) {
+    return false;
+  } else {
     const int64_t N = W.N, NG = W.groups;
-    // Each thread reads its own copy of x's integers: reading the buffer the dispatcher wrote made these
-    // products 10-25% slower on a 2-core Zen 4 (measured A/B), the copy costs 2 bytes per element of x.
+    // A small x (one or a few rows) is read from a copy of its own by each thread: reading the buffer the
+    // dispatcher wrote made these products 10-25% slower on a 2-core Zen 4 (measured A/B with one row). A large
+    // one is read where it is, the copy would cost more than it saves.
     // Then the row context: scales, biases, and the per-row factors of up to 4 rows of x.
-    size_t qbytes = ((size_t)(M * W.K) * 2 + 63) & ~(size_t)63;
+    const size_t xbytes = (size_t)(M * W.K) * 2;
+    const bool copy = xbytes <= 64 * 1024;
+    size_t qbytes = copy ? (xbytes + 63) & ~(size_t)63 : 0;
     char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(6 * NG + 16));
-    if (!mem) return;
-    std::memcpy(mem, shared.q, (size_t)(M * W.K) * 2);
-    const X16 xq{(int16_t *)mem, shared.step, shared.fix, shared.err};
+    if (!mem) return false;
+    if (copy) std::memcpy(mem, shared.q, xbytes);
+    const X16 xq{copy ? (int16_t *)mem : shared.q, shared.step, shared.fix, shared.err};
     float *rc = (float *)(mem + qbytes);
     RowCtx c{rc, rc + NG, rc + 2 * NG, __builtin_ctz((unsigned)W.group), nullptr};
     for (int64_t t = t0; t < t1; t++) {
@@ -495,5 +501,6 @@ static void x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W
       }
     }
     free(mem);
+    return true;
   }
 }
