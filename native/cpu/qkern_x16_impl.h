@@ -3,13 +3,14 @@
 //
 // Why: with x in f32 every weight costs a widening, a conversion and an FMA, and on 2 cores that kept 4-bit
 // decode near 15 GB/s however the decoders were arranged (compute-bound, not memory-bound). Here x is first
-// put in 16-bit fixed point with one step per weight group (step = max|x| of the group / 32639), weights
-// stay integers, and one vpmaddwd does 16 products and half their additions. The sum inside a group is an
-// exact int32; groups meet in f32 after their scale, as on the f32 path.
+// put in 16-bit fixed point with one step per weight group (step = max|x| of the group / 32639; nvfp4: per 32
+// elements), weights stay integers, and vpmaddwd (vpmaddubsw for fp4) does 16 products and half their
+// additions per instruction. The sum inside a group is an exact int32; groups meet in f32 after their scale,
+// as on the f32 path.
 //
 // Error: each x differs from its 16-bit value by at most half a step, so |y - y_f32| <= sum over groups of
-// step/2 * sum |w| of the group (about 1.5e-5 of max|x| per weight), far under the bf16 rounding MLX applies
-// to activations on the GPU. rmlx_set_gemv_mode("f32") or RMLX_GEMV=f32 keeps the exact f32 path.
+// step/2 * sum |code - centre| * |scale| (about 1.5e-5 of max|x| per weight), far under the bf16 rounding MLX
+// applies to activations on the GPU. rmlx_set_gemv_mode("f32") or RMLX_GEMV=f32 keeps the exact f32 path.
 
 template <int F>
 static constexpr bool x16_format() {
@@ -27,17 +28,17 @@ static constexpr bool x16_odd() {
 // hold every value.
 static constexpr float kX16Max = 32639.f;
 
-// fp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (four groups per step).
+// fp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (128 elements per step).
 static inline bool x16_fp4_wide(const WeightMat &W) { return V::L == 16 && W.K % 128 == 0; }
 
-// mxfp4 codes as small integers: 2 * E2M1 value + 12 (0..24, so bytes widen with zeros); the 12 is taken
+// fp4 codes as small integers: 2 * E2M1 value + 12 (0..24, unsigned bytes for vpmaddubsw); the 12 is taken
 // back through the group sums of x16.
 static constexpr int kFp4Offset = 12;
 
 struct X16 {
-  int16_t *q;    // [M][K] in the kernel's order (x16_order)
-  float *step;   // [M][groups]: the factor from an integer sum to y (step, or step / 2 for mxfp4)
-  float *fix;    // [M][groups]: affine: sum of x (for biases); mxfp4: 6 * step * sum of q (for the offset)
+  int16_t *q;    // [M][K] in the kernels' order (see x16_prepare)
+  float *step;   // [M][groups]: the factor from an integer sum to y (step, or step / 2 for fp4)
+  float *fix;    // [M][groups]: affine: sum of x (for biases); fp4: 6 * step * sum of q (for the offset)
   float *err;    // [M][groups]: affine: sum of (q * step - x), the group's rounding error (see x16_affine_rows)
 };
 
@@ -68,8 +69,9 @@ static inline void x16_regroup64(int16_t *q, int64_t K, Fn fn) {
 }
 
 // Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
-// Orders: 8-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and high nibbles
-// of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; mxfp4, per 64 elements, byte planes.
+// Orders: 8, 3, 5 and 6-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and
+// high nibbles of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; fp4, per 64 (or, for 512-bit
+// steps, 128) elements, byte planes.
 template <int F>
 static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   const int64_t K = W.K, WG = W.group, NG = W.groups;
