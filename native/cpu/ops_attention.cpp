@@ -24,16 +24,18 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
 }
 
 constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attended together in a prefill
+constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
 // Attends R query rows (contiguous [R, D] in qr) over nkeys keys, whose element offsets in the K and V buffers
 // come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
 // writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
 // the heads of one token, each streaming the keys with the single-row kernels, which read memory faster.
-// Scratch: see scratch_floats.
+// part_ml: null, or where a part of a split key range leaves its running max and sum per row ([R] each); out[r]
+// then gets the unnormalized sum of the part (see merge_parts). Scratch: see scratch_floats.
 template <class Rows>
 void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *lo, const int64_t *hi, int64_t D,
                  const void *kb, const void *vb, int dt, int64_t nkeys, Rows rows, float scale, float softcap,
-                 bool tiled, float *scratch) {
+                 bool tiled, float *scratch, float *part_ml = nullptr) {
   float *acc = scratch;             // [R, D]
   float *m = acc + R * D;           // [R]
   float *l = m + R;                 // [R]
@@ -118,9 +120,32 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       for (int64_t r = 0; r < R; r++) k.pv(acc + r * D, sc + r * kChunk, vrows, nj, D);
   }
   for (int64_t r = 0; r < R; r++) {
+    if (part_ml) {
+      part_ml[r] = m[r];
+      part_ml[R + r] = l[r];
+      std::memcpy(out[r], acc + r * D, sizeof(float) * D);
+      continue;
+    }
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
     k.scale_mul(out[r], acc + r * D, inv, nullptr, D);
   }
+}
+
+// out = the softmax-weighted sum over S parts of one row's keys, each given as (max, sum, unnormalized acc).
+void merge_parts(float *out, const float *m, const float *l, const float *const *acc, int64_t S, int64_t D) {
+  float mx = -INFINITY;
+  for (int64_t p = 0; p < S; p++) mx = std::max(mx, m[p]);
+  float total = 0.f;
+  std::memset(out, 0, sizeof(float) * D);
+  if (mx == -INFINITY) return;
+  for (int64_t p = 0; p < S; p++) {
+    if (l[p] <= 0.f) continue;
+    const float c = std::exp(m[p] - mx);
+    total += l[p] * c;
+    for (int64_t d = 0; d < D; d++) out[d] += acc[p][d] * c;
+  }
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int64_t d = 0; d < D; d++) out[d] *= inv;
 }
 
 int64_t scratch_floats(int64_t R, int64_t D) { return R * (2 * D + kChunk + 2) + 2 * kChunk * D; }
@@ -191,28 +216,49 @@ int op_paged_attention(const PagedAttnArgs &a) {
   int64_t work = 0;
   for (int64_t t = 0; t < a.T; t++) work += (a.positions[t] - lo_of(t) + 1) * a.heads * D;
   const int64_t ng = (int64_t)groups.size(), items = ng * a.kv_heads;
-  parallel_for(items, [&](int64_t b, int64_t e, int) {
+  // A decode step with fewer (sequence, KV head) items than threads splits each item's keys into parts, whose
+  // partial softmax sums are merged after: otherwise one sequence on a 16-thread machine with 8 KV heads keeps
+  // half the threads idle while the rest stream the whole cache.
+  int64_t longest = 0;
+  for (const Group &g : groups) longest = std::max(longest, a.positions[g.t0 + g.n - 1] - lo_of(g.t0) + 1);
+  int64_t parts = 1;
+  if ((int64_t)groups.size() == a.T && items < pool_size())
+    parts = std::max<int64_t>(1, std::min<int64_t>((pool_size() + items - 1) / items, longest / kMinPartKeys));
+  std::vector<float> part_acc, part_ml;
+  if (parts > 1) {
+    part_acc.resize((size_t)(items * parts * G * D));
+    part_ml.resize((size_t)(items * parts * 2 * G));
+  }
+  parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
     const int64_t R = kTileTokens * G;
     std::vector<float> scratch(scratch_floats(R, D));
     std::vector<float *> outs(R);
     std::vector<int64_t> rlo(R), rhi(R);
-    for (int64_t w = b; w < e; w++) {
+    for (int64_t u = b; u < e; u++) {
+      const int64_t w = u / parts, part = u % parts;
       // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
       // pool hands each thread one contiguous range of items, which this keeps balanced.
       const int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
       const Group &grp = groups[(z & 1) ? ng - 1 - z / 2 : z / 2];
       const int64_t t0 = grp.t0, tl = grp.t0 + grp.n - 1;
       const int32_t s = a.token_seq[t0];
-      const int64_t lo = lo_of(t0), nkeys = a.positions[tl] - lo + 1, nr = grp.n * G;
+      const int64_t all = a.positions[tl] - lo_of(t0) + 1, len = (all + parts - 1) / parts;
+      // this part's keys: [lo, lo + nkeys) of the sequence
+      const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * G;
       float *qr = scratch.data() + scratch_floats(R, D) - R * D;
       for (int64_t i = 0; i < grp.n; i++)
         for (int64_t g = 0; g < G; g++) {
           const int64_t r = i * G + g, qo = ((t0 + i) * a.heads + kh * G + g) * D;
           std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
-          outs[r] = a.out + qo;
-          rlo[r] = lo_of(t0 + i) - lo;
+          outs[r] = parts > 1 ? part_acc.data() + (u * G + g) * D : a.out + qo;
+          rlo[r] = std::max<int64_t>(0, lo_of(t0 + i) - lo);
           rhi[r] = a.positions[t0 + i] - lo;
         }
+      float *ml = parts > 1 ? part_ml.data() + u * 2 * G : nullptr;
+      if (nkeys <= 0) {  // a part past the end of a shorter sequence
+        for (int64_t g = 0; g < G; g++) ml[g] = -INFINITY, ml[G + g] = 0.f;
+        continue;
+      }
       const int32_t *tab = a.tables + s * a.max_blocks;
       // Walks the block table once: a division per block, not per key.
       int64_t blk = lo / bs, within = lo % bs, base = ((int64_t)tab[blk] * bs) * row + kh * D;
@@ -224,9 +270,26 @@ int op_paged_attention(const PagedAttnArgs &a) {
         return base + (within++) * row;
       };
       attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, a.kpool, a.vpool, a.pool_dt, nkeys, rows, a.scale,
-                  a.softcap, grp.n > 1, scratch.data());
+                  a.softcap, grp.n > 1, scratch.data(), ml);
     }
-  }, work < (1 << 15) ? items : 1);
+  }, work < (1 << 15) ? items * parts : 1);
+  if (parts > 1) {
+    std::vector<float> m((size_t)parts), l((size_t)parts);
+    std::vector<const float *> acc((size_t)parts);
+    for (int64_t w = 0; w < items; w++) {
+      const int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
+      const int64_t t0 = groups[(z & 1) ? ng - 1 - z / 2 : z / 2].t0;
+      for (int64_t g = 0; g < G; g++) {
+        for (int64_t p = 0; p < parts; p++) {
+          const int64_t u = w * parts + p;
+          m[(size_t)p] = part_ml[(size_t)(u * 2 * G + g)];
+          l[(size_t)p] = part_ml[(size_t)(u * 2 * G + G + g)];
+          acc[(size_t)p] = part_acc.data() + (u * G + g) * D;
+        }
+        merge_parts(a.out + ((t0 * a.heads) + kh * G + g) * D, m.data(), l.data(), acc.data(), parts, D);
+      }
+    }
+  }
   return RMLX_OK;
 }
 

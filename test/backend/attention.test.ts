@@ -190,6 +190,32 @@ describe("paged attention, 16-bit pools read directly", () => {
     });
 });
 
+// One sequence and one KV head: fewer (sequence, head) items than threads, so the native backend splits the keys
+// into parts whose partial softmax sums are merged (at least 256 keys a part, so 1500 keys make up to 5).
+describe("paged attention, one decode token over a long cache (keys split across threads)", () => {
+  for (const [dtype, window, tol] of [["f32", 0, 2e-5], ["f32", 700, 2e-5], ["f16", 0, 3e-3]] as const)
+    test(`${dtype} pool, window ${window}`, () => {
+      const [D, heads, n, blockSize] = [32, 2, 1500, 16];
+      const blocks = Math.ceil(n / blockSize);
+      const pool = be.createKvPool(blocks, blockSize, 1, D, dtype);
+      const blockTables = Int32Array.from({ length: blocks }, (_, i) => (i * 37) % blocks);
+      const slots = Int32Array.from({ length: n }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+      const k = randn(n * D, 51);
+      const v = randn(n * D, 52);
+      const q = randn(heads * D, 53).map((x) => x * 3);
+      const batch = { blockTables, maxBlocks: blocks, seqLens: new Int32Array([n]), tokenSeq: new Int32Array([0]), positions: new Int32Array([n - 1]) };
+      const out = be.scope(() => {
+        be.kvWrite(pool, t(k, [n, 1, D]), t(v, [n, 1, D]), slots);
+        return be.toFloat32(be.pagedAttention(t(q, [1, heads, D]), pool, batch, { scale: 0.2, window }));
+      });
+      const lo = window > 0 ? n - window : 0;
+      const rows = (a: Float32Array) => [...Array(n - lo).keys()].map((j) => a.slice((lo + j) * D, (lo + j + 1) * D));
+      const ref: number[] = [];
+      for (let h = 0; h < heads; h++) ref.push(...attendRef(q.slice(h * D, h * D + D), rows(k), rows(v), 0.2, 0));
+      expectClose(out, ref, tol, tol);
+    });
+});
+
 describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
   for (const window of [0, 5, 40, 64])
     test(`matches dense causal attention, window ${window}`, () => {
