@@ -44,7 +44,7 @@ describe("dist/rmlx alone in an empty directory", () => {
     expect(r.code).toBe(0);
     const j = JSON.parse(r.out);
     expect(j).toMatchObject({ model_type: "llama", parameters: llamaParamCount(), layers: 2, runnable: true });
-    expect(j.backend).toMatch(/^native \(cpu [a-z0-9_]+\)$/);
+    expect(j.backend).toMatch(/^native \(cpu [a-z0-9_]+, (x16|f32) decode products\)$/);
     expect(readdirSync(join(cache, "rmlx")).some((f) => /^librmlx-[0-9a-f]+\.so$/.test(f))).toBe(true);
     expect(readdirSync(work)).toEqual(["rmlx"]);
   });
