@@ -7,7 +7,8 @@
 
 namespace rmlx {
 
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+// Ordered: each level has everything of the ones below it.
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
 
 Isa active_isa();
 bool cpu_has(Isa isa);

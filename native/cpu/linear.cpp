@@ -35,11 +35,11 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
 void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
-  bool wide = isa == Isa::Avx512;
+  const bool vnni = isa == Isa::Avx512Vnni, wide = isa >= Isa::Avx512;
   if (M < kGemmMinRows) {
     // x is prepared once here (the x16 path), not by each thread
-    void *prepared = (wide ? avx512_k::gemv_prepare : avx2_k::gemv_prepare)(x, M, W);
-    auto tiles = wide ? avx512_k::gemv_tiles : avx2_k::gemv_tiles;
+    void *prepared = (vnni ? avx512vnni_k::gemv_prepare : wide ? avx512_k::gemv_prepare : avx2_k::gemv_prepare)(x, M, W);
+    auto tiles = vnni ? avx512vnni_k::gemv_tiles : wide ? avx512_k::gemv_tiles : avx2_k::gemv_tiles;
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
                  [&](int64_t b, int64_t e, int) { tiles(y, x, M, W, bias, b, e, prepared); });
     free(prepared);
@@ -47,7 +47,7 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   }
   // Rows of W are the first split; when they are too few to occupy every thread, rows of x are split as well
   // (each such unit decodes its panels again, a small cost next to its products).
-  auto units = wide ? avx512_k::gemm_units : avx2_k::gemm_units;
+  auto units = vnni ? avx512vnni_k::gemm_units : wide ? avx512_k::gemm_units : avx2_k::gemm_units;
   int64_t panels = (W.N + kPanelRows - 1) / kPanelRows;
   int64_t mchunks = panels >= 4 * pool_size() ? 1 : (M + kMChunk - 1) / kMChunk;
   int64_t mlen = (M + mchunks - 1) / mchunks;
@@ -66,7 +66,9 @@ void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMa
         8);
     return;
   }
-  auto fn = isa == Isa::Avx512 ? avx512_k::dequant_rows : avx2_k::dequant_rows;
+  auto fn = isa == Isa::Avx512Vnni ? avx512vnni_k::dequant_rows
+            : isa == Isa::Avx512    ? avx512_k::dequant_rows
+                                    : avx2_k::dequant_rows;
   parallel_for(nrows, [&](int64_t b, int64_t e, int) { fn(out, rows, W, b, e); }, 8);
 }
 

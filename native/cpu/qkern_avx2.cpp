@@ -27,6 +27,7 @@ struct V {
   template <int F, bool TAIL>
   static T wchunk(const uint8_t *row, int64_t k);
   static constexpr bool kLane8Decoders = true;
+  static constexpr bool kVnni = false;
 };
 }  // namespace
 

@@ -184,6 +184,12 @@ static inline __m256i x16_mad(__m256i w, const int16_t *x) {
   return _mm256_madd_epi16(w, _mm256_loadu_si256((const __m256i *)x));
 }
 
+// acc + the pairwise products of w and x: one vpdpwssd where the ISA has VNNI.
+static inline __m256i x16_mad_add(__m256i acc, __m256i w, const int16_t *x) {
+  if constexpr (V::kVnni) return _mm256_dpwssd_epi32(acc, w, _mm256_loadu_si256((const __m256i *)x));
+  else return _mm256_add_epi32(acc, x16_mad(w, x));
+}
+
 // sc[g] * step[m][g] for every group, MR rows of x: the factor of each group's integer sum.
 template <int MR>
 static inline void x16_scales(const float *sc, const X16 &xq, int64_t m0, int64_t NG, int64_t g0, int64_t g1,
@@ -272,7 +278,28 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
         __m256i v;
         if constexpr (x16_odd<F>()) v = x16_odd_codes<BITS>(p + CB * j, last);
         else v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + CB * j)));
-        if constexpr (F == F_A8 || x16_odd<F>()) {
+        if constexpr (V::kVnni) {
+          // one accumulating instruction per 16 products
+          if (j == 0)
+            for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_si256();
+          if constexpr (F == F_A8 || x16_odd<F>()) {
+            for (int m = 0; m < MR; m++) acc[m] = x16_mad_add(acc[m], v, xg + m * K + CH * j);
+          } else if constexpr (F == F_A4) {
+            __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_srli_epi16(v, 4);
+            for (int m = 0; m < MR; m++) {
+              const int16_t *xe = xg + m * K + CH * j;
+              acc[m] = x16_mad_add(x16_mad_add(acc[m], lo, xe), hi, xe + 16);
+            }
+          } else {
+            __m256i c0 = _mm256_and_si256(v, low2), c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), low2);
+            __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low2), c3 = _mm256_srli_epi16(v, 6);
+            for (int m = 0; m < MR; m++) {
+              const int16_t *xe = xg + m * K + CH * j;
+              acc[m] = x16_mad_add(x16_mad_add(acc[m], c0, xe), c1, xe + 16);
+              acc[m] = x16_mad_add(x16_mad_add(acc[m], c2, xe + 32), c3, xe + 48);
+            }
+          }
+        } else if constexpr (F == F_A8 || x16_odd<F>()) {
           for (int m = 0; m < MR; m++) {
             __m256i t = x16_mad(v, xg + m * K + CH * j);
             acc[m] = j == 0 ? t : _mm256_add_epi32(acc[m], t);
@@ -336,10 +363,19 @@ static void x16_fp4_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const
       __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
       for (int m = 0; m < MR; m++) {
         const int8_t *xe = xg + 2 * m * K;
-        // |pair| <= 2 * 24 * 128, and two pairs added stay within int16
-        __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe)), _mm256_maddubs_epi16(hi, plane(xe + 32)));
-        __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe + 64)), _mm256_maddubs_epi16(hi, plane(xe + 96)));
-        __m256i s = _mm256_add_epi32(_mm256_madd_epi16(h, k256), _mm256_madd_epi16(l, k1));
+        __m256i s;
+        if constexpr (V::kVnni) {
+          // vpdpbusd sums four byte products straight into int32
+          const __m256i z = _mm256_setzero_si256();
+          __m256i h = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(z, lo, plane(xe)), hi, plane(xe + 32));
+          __m256i l = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(z, lo, plane(xe + 64)), hi, plane(xe + 96));
+          s = _mm256_add_epi32(_mm256_slli_epi32(h, 8), l);
+        } else {
+          // |pair| <= 2 * 24 * 128, and two pairs added stay within int16
+          __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe)), _mm256_maddubs_epi16(hi, plane(xe + 32)));
+          __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(lo, plane(xe + 64)), _mm256_maddubs_epi16(hi, plane(xe + 96)));
+          s = _mm256_add_epi32(_mm256_madd_epi16(h, k256), _mm256_madd_epi16(l, k1));
+        }
         const float *sm = scm + m * NG + g;
         __m256 f;
         if constexpr (GPS == 2)
@@ -383,9 +419,17 @@ static void x16_fp4_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, 
       __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
       for (int m = 0; m < MR; m++) {
         const int8_t *xe = xg + 2 * m * K;
-        __m512i h = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe)), _mm512_maddubs_epi16(hi, plane(xe + 64)));
-        __m512i l = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe + 128)), _mm512_maddubs_epi16(hi, plane(xe + 192)));
-        __m512i s = _mm512_add_epi32(_mm512_madd_epi16(h, k256), _mm512_madd_epi16(l, k1));
+        __m512i s;
+        if constexpr (V::kVnni) {
+          const __m512i z = _mm512_setzero_si512();
+          __m512i h = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, lo, plane(xe)), hi, plane(xe + 64));
+          __m512i l = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, lo, plane(xe + 128)), hi, plane(xe + 192));
+          s = _mm512_add_epi32(_mm512_slli_epi32(h, 8), l);
+        } else {
+          __m512i h = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe)), _mm512_maddubs_epi16(hi, plane(xe + 64)));
+          __m512i l = _mm512_add_epi16(_mm512_maddubs_epi16(lo, plane(xe + 128)), _mm512_maddubs_epi16(hi, plane(xe + 192)));
+          s = _mm512_add_epi32(_mm512_madd_epi16(h, k256), _mm512_madd_epi16(l, k1));
+        }
         const float *sm = scm + m * NG + g;
         __m512 f;
         if constexpr (GPS == 4) f = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_loadu_ps(sm)));

@@ -135,7 +135,8 @@ constexpr int64_t kPanelRows = 64;    // rows of W per panel when x has many row
 constexpr int64_t kGemmMinRows = 32;  // from this many rows of x on, panels are decoded once and reused
 constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few panels to keep every thread busy
 
-// The SIMD variants (qkern_avx2.cpp, qkern_avx512.cpp): each function does a range of the work units above.
+// The SIMD variants (qkern_avx2.cpp, qkern_avx512.cpp, qkern_avx512vnni.cpp): each function does a range of the
+// work units above.
 #define RMLX_DECLARE_QKERN(ns)                                                                                    \
   namespace ns {                                                                                                  \
   /* x prepared once for the integer decode path, or null (the f32 path); release with free() */                 \
@@ -148,6 +149,7 @@ constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few p
   }
 RMLX_DECLARE_QKERN(avx2_k)
 RMLX_DECLARE_QKERN(avx512_k)
+RMLX_DECLARE_QKERN(avx512vnni_k)
 #undef RMLX_DECLARE_QKERN
 
 }  // namespace rmlx

@@ -17,7 +17,7 @@ Isa best_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq"))
-    return Isa::Avx512;
+    return __builtin_cpu_supports("avx512vnni") ? Isa::Avx512Vnni : Isa::Avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     return Isa::Avx2;
   return Isa::Scalar;
@@ -43,7 +43,10 @@ Isa active_isa() {
     g_isa = best_isa();
     const char *env = getenv("RMLX_ISA");
     if (env && *env) {
-      Isa want = !strcmp(env, "avx512") ? Isa::Avx512 : !strcmp(env, "avx2") ? Isa::Avx2 : Isa::Scalar;
+      Isa want = !strcmp(env, "avx512vnni") ? Isa::Avx512Vnni
+                 : !strcmp(env, "avx512") ? Isa::Avx512
+                 : !strcmp(env, "avx2")   ? Isa::Avx2
+                                          : Isa::Scalar;
       if (cpu_has(want)) g_isa = want;
     }
     g_isa_set = true;
@@ -77,6 +80,7 @@ int rmlx_num_threads(void) { return pool_size(); }
 
 const char *rmlx_isa(void) {
   switch (active_isa()) {
+    case Isa::Avx512Vnni: return "avx512vnni";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "scalar";
@@ -86,7 +90,8 @@ const char *rmlx_isa(void) {
 int rmlx_set_isa(const char *name) {
   if (!name) return fail(RMLX_E_INVALID, "isa name is null");
   Isa want;
-  if (!strcmp(name, "avx512")) want = Isa::Avx512;
+  if (!strcmp(name, "avx512vnni")) want = Isa::Avx512Vnni;
+  else if (!strcmp(name, "avx512")) want = Isa::Avx512;
   else if (!strcmp(name, "avx2")) want = Isa::Avx2;
   else if (!strcmp(name, "scalar")) want = Isa::Scalar;
   else return fail(RMLX_E_INVALID, "unknown isa '%s'", name);

@@ -46,9 +46,10 @@ int rmlx_abi_version(void);
 /* Starts the thread pool with n threads (0 = one per online core). Idempotent. */
 int rmlx_init(int nthreads);
 int rmlx_num_threads(void);
-/* Name of the ISA variant in use: "avx512", "avx2" or "scalar". */
+/* Name of the ISA variant in use: "avx512vnni", "avx512", "avx2" or "scalar". */
 const char *rmlx_isa(void);
-/* Forces an ISA variant ("avx512", "avx2", "scalar"); fails if the CPU lacks it. For tests and benchmarks. */
+/* Forces an ISA variant ("avx512vnni", "avx512", "avx2", "scalar"); fails if the CPU lacks it. For tests and
+   benchmarks. */
 int rmlx_set_isa(const char *name);
 /* Arithmetic of few-row (decode) products of affine, mxfp4 and nvfp4 weights: "x16" (default) puts each
    weight group's slice of x in 16-bit fixed point and sums exact integer products; "f32" keeps x in f32.

@@ -224,7 +224,7 @@ export function availableIsas(): string[] {
   const lib = native();
   const best = String(lib.rmlx_isa());
   const out: string[] = [];
-  for (const isa of ["scalar", "avx2", "avx512"]) if (setIsa(isa) === 0) out.push(isa);
+  for (const isa of ["scalar", "avx2", "avx512", "avx512vnni"]) if (setIsa(isa) === 0) out.push(isa);
   setIsa(best);
   return out;
 }
