@@ -24,4 +24,12 @@ describe("rmlx binary", () => {
   test("an unknown command exits 2", () => {
     expect(run("frobnicate").code).toBe(2);
   });
+
+  test("an unknown --gemv mode is one line and exit 2, for serve and generate alike", () => {
+    for (const cmd of [["serve", "--port", "0"], ["generate", "--prompt", "hi"]]) {
+      const r = run(...cmd, "--gemv", "int8");
+      expect(r.code).toBe(2);
+      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemv mode 'int8' (--gemv / RMLX_GEMV: x16 or f32)"]);
+    }
+  });
 });
