@@ -17,6 +17,7 @@ import type {
   Weight,
 } from "../backend.ts";
 import { isQuantized } from "../backend.ts";
+import { checkShape, collectTensors, fmt, invalid, normAxis } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
 import { MLX_DTYPE, NONE, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
@@ -41,25 +42,10 @@ const FROM_MLX = new Map<number, DType>([
   [MLX_DTYPE.i32, "i32"],
 ]);
 const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
-const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 const EMPTY = new Uint8Array(8);
 const MAX_MAPPING = 2 ** 31 - 1;
 /** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
 const HOST_IDS_MAX = 1 << 16;
-
-function invalid(msg: string): never {
-  throw new RmlxError("invalid_argument", msg);
-}
-
-function normAxis(axis: number, ndim: number, what: string): number {
-  const a = axis < 0 ? axis + ndim : axis;
-  if (!Number.isInteger(a) || a < 0 || a >= ndim) invalid(`${what}: axis ${axis} out of range for rank ${ndim}`);
-  return a;
-}
-
-function checkShape(shape: readonly number[], what: string): void {
-  for (const d of shape) if (!Number.isInteger(d) || d < 0) invalid(`${what}: bad shape ${fmt(shape)}`);
-}
 
 function ints(xs: readonly number[]): Int32Array {
   return xs.length ? Int32Array.from(xs) : new Int32Array(1);
@@ -371,7 +357,7 @@ export class MlxBackend implements Backend {
       throw err;
     }
     this.scopes.pop();
-    const keep = new Set(collectTensors(result));
+    const keep = new Set(collectTensors(result, MTensor));
     const outer = this.scopes[this.scopes.length - 1];
     for (const t of mine) {
       if (!keep.has(t)) this.releaseScoped(t);
@@ -1135,16 +1121,5 @@ export class MlxBackend implements Backend {
     this.S.mlx_get_active_memory(out);
     return Number(out[0]);
   }
-}
-
-/** Tensors reachable from a scope's result: the value itself, or inside arrays and plain objects. */
-function collectTensors(value: unknown, out: MTensor[] = [], depth = 0): MTensor[] {
-  if (value instanceof MTensor) out.push(value);
-  else if (depth < 6 && value !== null && typeof value === "object") {
-    if (Array.isArray(value)) for (const v of value) collectTensors(v, out, depth + 1);
-    else if (Object.getPrototypeOf(value) === Object.prototype)
-      for (const v of Object.values(value as Record<string, unknown>)) collectTensors(v, out, depth + 1);
-  }
-  return out;
 }
 

@@ -15,6 +15,7 @@ import type {
   Weight,
 } from "../backend.ts";
 import { isQuantized } from "../backend.ts";
+import { checkShape, collectTensors, fmt, invalid, normAxis } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { DT, QMODE, check, native } from "./lib.ts";
 import { Arena, type ArenaMark, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
@@ -28,21 +29,6 @@ const NO_NODES: Node[] = [];
 const NO_HOST: (Int32Array | Float32Array)[] = [];
 // Host arrays are copies owned by their node, alive until the program has run; the collector does not move them.
 const hostPtr = (h: Int32Array | Float32Array): number => (h.length ? ptr(h) : 0);
-const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
-
-function invalid(msg: string): never {
-  throw new RmlxError("invalid_argument", msg);
-}
-
-function normAxis(axis: number, ndim: number, what: string): number {
-  const a = axis < 0 ? axis + ndim : axis;
-  if (!Number.isInteger(a) || a < 0 || a >= ndim) invalid(`${what}: axis ${axis} out of range for rank ${ndim}`);
-  return a;
-}
-
-function checkShape(shape: readonly number[], what: string): void {
-  for (const d of shape) if (!Number.isInteger(d) || d < 0) invalid(`${what}: bad shape ${fmt(shape)}`);
-}
 
 function prod(xs: readonly number[], from = 0, to = xs.length): number {
   let n = 1;
@@ -420,8 +406,8 @@ export class NativeBackend implements Backend {
       throw err;
     }
     this.depth--;
-    if (this.depth === 0) this.endScope(collectTensors(result));
-    else this.endInner(collectTensors(result), mark);
+    if (this.depth === 0) this.endScope(collectTensors(result, NTensor));
+    else this.endInner(collectTensors(result, NTensor), mark);
     return result;
   }
 
@@ -1399,17 +1385,6 @@ export class NativeBackend implements Backend {
     });
     return out;
   }
-}
-
-/** Tensors reachable from a scope's result: the value itself, or inside arrays and plain objects. */
-function collectTensors(value: unknown, out: NTensor[] = [], depth = 0): NTensor[] {
-  if (value instanceof NTensor) out.push(value);
-  else if (depth < 6 && value !== null && typeof value === "object") {
-    if (Array.isArray(value)) for (const v of value) collectTensors(v, out, depth + 1);
-    else if (Object.getPrototypeOf(value) === Object.prototype)
-      for (const v of Object.values(value as Record<string, unknown>)) collectTensors(v, out, depth + 1);
-  }
-  return out;
 }
 
 function f16ToF32(h: number): number {
