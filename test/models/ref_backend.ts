@@ -13,6 +13,7 @@ import type {
   Weight,
 } from "../../src/backend/backend.ts";
 import { isQuantized } from "../../src/backend/backend.ts";
+import { bf16ToNumber, f16ToNumber } from "../native/ref.ts";
 
 class RT implements Tensor {
   constructor(
@@ -27,20 +28,6 @@ class RT implements Tensor {
 
 const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
-function bf16ToF32(u: number): number {
-  const b = new Uint32Array([u << 16]);
-  return new Float32Array(b.buffer)[0]!;
-}
-
-function f16ToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
-}
-
 function floats(t: Tensor): Float32Array {
   const r = t as RT;
   if (r.f) return r.f;
@@ -50,8 +37,8 @@ function floats(t: Tensor): Float32Array {
   const out = new Float32Array(n);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   if (r.dtype === "f32") for (let k = 0; k < n; k++) out[k] = dv.getFloat32(4 * k, true);
-  else if (r.dtype === "bf16") for (let k = 0; k < n; k++) out[k] = bf16ToF32(dv.getUint16(2 * k, true));
-  else if (r.dtype === "f16") for (let k = 0; k < n; k++) out[k] = f16ToF32(dv.getUint16(2 * k, true));
+  else if (r.dtype === "bf16") for (let k = 0; k < n; k++) out[k] = bf16ToNumber(dv.getUint16(2 * k, true));
+  else if (r.dtype === "f16") for (let k = 0; k < n; k++) out[k] = f16ToNumber(dv.getUint16(2 * k, true));
   else throw new Error(`ref: no float view of ${r.dtype}`);
   r.f = out;
   return out;

@@ -17,6 +17,7 @@ import type {
 import { isQuantized } from "../backend.ts";
 import { checkShape, collectTensors, fmt, invalid, normAxis } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
+import { decodeFloats } from "../../quant/dtype.ts";
 import { DT, QMODE, check, native } from "./lib.ts";
 import { Arena, type ArenaMark, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
 import { BINARY, GLU, OP, ProgramWriter, UNARY } from "./program.ts";
@@ -363,18 +364,9 @@ export class NativeBackend implements Backend {
     switch (t.dtype) {
       case "f32":
         return new Float32Array(b.slice().buffer);
-      case "f16": {
-        const h = new Uint16Array(b.buffer, b.byteOffset, t.size);
-        const out = new Float32Array(t.size);
-        for (let i = 0; i < h.length; i++) out[i] = f16ToF32(h[i]!);
-        return out;
-      }
-      case "bf16": {
-        const h = new Uint16Array(b.buffer, b.byteOffset, t.size);
-        const u = new Uint32Array(t.size);
-        for (let i = 0; i < h.length; i++) u[i] = h[i]! << 16;
-        return new Float32Array(u.buffer);
-      }
+      case "f16":
+      case "bf16":
+        return decodeFloats(t.dtype === "f16" ? "F16" : "BF16", b.subarray(0, t.size * 2));
       case "i32":
         return Float32Array.from(new Int32Array(b.buffer, b.byteOffset, t.size));
       case "u32":
@@ -1385,13 +1377,4 @@ export class NativeBackend implements Backend {
     });
     return out;
   }
-}
-
-function f16ToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const m = h & 0x3ff;
-  if (e === 0) return s * m * 2 ** -24;
-  if (e === 31) return m ? NaN : s * Infinity;
-  return s * (1 + m / 1024) * 2 ** (e - 15);
 }
