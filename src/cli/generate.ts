@@ -11,21 +11,6 @@ import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backe
 import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
 import type { DType } from "../backend/backend.ts";
 
-interface GenerateFlags extends BackendFlags, KvFlags {
-  model?: string;
-  prompt?: string;
-  maxTokens: string;
-  temp: string;
-  topP: string;
-  topK: string;
-  minP: string;
-  repetitionPenalty: string;
-  seed?: string;
-  chat?: boolean;
-  system?: string;
-  json?: boolean;
-}
-
 export interface SamplingFlags {
   temp: string;
   topP: string;
@@ -33,6 +18,15 @@ export interface SamplingFlags {
   minP: string;
   repetitionPenalty: string;
   seed?: string;
+}
+
+interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags {
+  model?: string;
+  prompt?: string;
+  maxTokens: string;
+  chat?: boolean;
+  system?: string;
+  json?: boolean;
 }
 
 function num(name: string, v: string, integer = false): number {
