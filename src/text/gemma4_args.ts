@@ -2,27 +2,11 @@
 // (no escaping inside), keys are bare or enclosed the same way, and other values are numbers, true/false/null,
 // {...} objects and [...] lists.
 
+import { TextReader } from "./text_reader.ts";
+
 const QUOTE = '<|"|>';
 
-class Reader {
-  pos = 0;
-  constructor(readonly s: string) {}
-
-  fail(what: string): never {
-    throw new SyntaxError(`${what} at offset ${this.pos}`);
-  }
-
-  ws(): void {
-    while (this.pos < this.s.length && /\s/.test(this.s[this.pos]!)) this.pos++;
-  }
-
-  eat(t: string): boolean {
-    this.ws();
-    if (!this.s.startsWith(t, this.pos)) return false;
-    this.pos += t.length;
-    return true;
-  }
-
+class Reader extends TextReader {
   quoted(): string {
     const end = this.s.indexOf(QUOTE, this.pos);
     if (end < 0) this.fail("unterminated string");

@@ -2,36 +2,14 @@
 // [get_weather(city="Paris", days=3), get_time(tz='UTC')]: names with keyword arguments whose values are
 // Python literals (strings, numbers, True/False/None, lists, tuples, dicts).
 
+import { TextReader } from "./text_reader.ts";
+
 export interface PyCall {
   name: string;
   args: Record<string, unknown>;
 }
 
-class PyReader {
-  pos = 0;
-  constructor(readonly s: string) {}
-
-  fail(what: string): never {
-    throw new SyntaxError(`${what} at offset ${this.pos}`);
-  }
-
-  ws(): void {
-    while (this.pos < this.s.length && /\s/.test(this.s[this.pos]!)) this.pos++;
-  }
-
-  eat(ch: string): boolean {
-    this.ws();
-    if (this.s.startsWith(ch, this.pos)) {
-      this.pos += ch.length;
-      return true;
-    }
-    return false;
-  }
-
-  expect(ch: string): void {
-    if (!this.eat(ch)) this.fail(`expected "${ch}"`);
-  }
-
+class PyReader extends TextReader {
   ident(): string {
     this.ws();
     const m = /^[A-Za-z_][\w.]*/.exec(this.s.slice(this.pos));
