@@ -1,22 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import type { Backend, KvPool } from "../../src/backend/backend.ts";
 import { BlockAllocator, KvCache, Sequence } from "../../src/engine/kv_cache.ts";
 import { RmlxError } from "../../src/errors.ts";
-
-// The cache only needs pool creation, block copies and disposal from a backend; record the copies.
-function fakeBackend(copies: [number, number][]): Backend {
-  const be = {
-    createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number): KvPool {
-      const t = { shape: [numBlocks, blockSize, kvHeads, headDim], dtype: "f32" as const };
-      return { k: t, v: t, numBlocks, blockSize, kvHeads, headDim };
-    },
-    copyBlock(_pool: KvPool, src: number, dst: number) {
-      copies.push([src, dst]);
-    },
-    dispose() {},
-  };
-  return be as unknown as Backend;
-}
+import { fakeBackend } from "./fake_backend.ts";
 
 const LAYERS = [
   { kvHeads: 2, headDim: 8, window: 0 },
