@@ -2,6 +2,7 @@
 import { expect } from "bun:test";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
+import { mulberry32 } from "../rng.ts";
 
 let shared: NativeBackend | undefined;
 /** The backend under test: native, or mlx when RMLX_TEST_BACKEND=mlx (test/backend/mlx.test.ts runs the op tests so). */
@@ -10,16 +11,7 @@ export function backend(): NativeBackend {
   return shared;
 }
 
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = mulberry32;
 
 export function randn(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);

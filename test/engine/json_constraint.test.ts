@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { ConstraintVocab, JsonConstraint } from "../../src/engine/json_constraint.ts";
+import { mulberry32 } from "../rng.ts";
 
 // A synthetic vocabulary: every printable ASCII byte, a few multi-byte UTF-8 pieces, and multi-character
 // tokens like real BPE vocabularies have (some of which cross JSON structure boundaries).
@@ -21,15 +22,6 @@ function vocab(): ConstraintVocab {
   return new ConstraintVocab({ blob, offsets }, new Set([EOS, SPECIAL]), [EOS]);
 }
 const V = vocab();
-
-function mulberry32(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Samples uniformly among allowed tokens (biased towards ending once possible) until EOS. */
 function sample(schema: unknown, seed: number, maxTokens = 400): string {

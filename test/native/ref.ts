@@ -2,20 +2,14 @@
 // documented definitions (bit streams, E2M1/E4M3/E8M0 tables), in float64.
 import { ptr } from "bun:ffi";
 import { DT, native } from "../../src/backend/native/lib.ts";
+import { mulberry32 } from "../rng.ts";
 
 export type Mode = "affine" | "mxfp4" | "mxfp8" | "nvfp4";
 export type FloatDt = "f32" | "f16" | "bf16";
 
 /** Deterministic generator (mulberry32) so failures reproduce. */
 export function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   return { next, normal: () => Math.sqrt(-2 * Math.log(next() + 1e-12)) * Math.cos(2 * Math.PI * next()) };
 }
 

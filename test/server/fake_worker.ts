@@ -7,6 +7,7 @@
 //   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
 // A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, ToWorker } from "../../src/engine/types.ts";
+import { mulberry32 } from "../rng.ts";
 
 declare const self: Worker;
 
@@ -34,16 +35,6 @@ function render(messages: ChatMessage[], tools: unknown): string {
     (tools ? `\n<|tools|>${JSON.stringify(tools)}` : "") + "\n<|assistant|>";
 }
 
-function mulberry32(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "busy" } {
   const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? String(req.prompt ?? "");
