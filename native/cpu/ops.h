@@ -7,6 +7,19 @@
 
 namespace rmlx {
 
+// Element offsets under two sets of strides (sa, sb) of row r of a tensor whose row dimensions are shape[0..nd):
+// the row index is taken apart from the innermost of those dimensions out.
+static inline void row_offsets(int64_t r, int nd, const int64_t *shape, const int64_t *sa, const int64_t *sb,
+                               int64_t &oa, int64_t &ob) {
+  oa = ob = 0;
+  for (int d = nd - 1; d >= 0; d--) {
+    int64_t i = r % shape[d];
+    r /= shape[d];
+    oa += i * sa[d];
+    ob += i * sb[d];
+  }
+}
+
 enum Op : int {
   OP_BINARY = 1,
   OP_UNARY = 2,

@@ -50,13 +50,8 @@ int op_binary(int kind, float *out, const float *a, const float *b, int ndim, co
   for (int d = 0; d < ndim - 1; d++) rows *= shape[d];
   parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; r++) {
-      int64_t rem = r, oa = 0, ob = 0;
-      for (int d = ndim - 2; d >= 0; d--) {
-        int64_t i = rem % shape[d];
-        rem /= shape[d];
-        oa += i * sa[d];
-        ob += i * sb[d];
-      }
+      int64_t oa, ob;
+      row_offsets(r, ndim - 1, shape, sa, sb, oa, ob);
       bin_row_any(kind, out + r * inner, a + oa, b + ob, inner, isa, isb);
     }
   }, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)));

@@ -13,13 +13,8 @@ void copy_rows(T *dst, const T *src, int ndim, const int64_t *shape, const int64
                int64_t r1) {
   int64_t n = shape[ndim - 1], si = ss[ndim - 1], di = ds[ndim - 1];
   for (int64_t r = r0; r < r1; r++) {
-    int64_t rem = r, so = 0, dof = 0;
-    for (int d = ndim - 2; d >= 0; d--) {
-      int64_t i = rem % shape[d];
-      rem /= shape[d];
-      so += i * ss[d];
-      dof += i * ds[d];
-    }
+    int64_t so, dof;
+    row_offsets(r, ndim - 1, shape, ss, ds, so, dof);
     const T *s = src + so;
     T *o = dst + dof;
     if (si == 1 && di == 1) std::memcpy(o, s, n * sizeof(T));
