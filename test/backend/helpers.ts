@@ -39,6 +39,18 @@ export function expectClose(a: ArrayLike<number>, b: ArrayLike<number>, atol = 1
   if (worst >= 0) throw new Error(`mismatch at ${worst}: got ${a[worst]}, expected ${b[worst]} (atol ${atol}, rtol ${rtol})`);
 }
 
+/** y[M, N] = x[M, K] @ w[N, K]^T (+ bias), as MLX's linear layers compute it. */
+export function linearRef(x: Float32Array, M: number, K: number, w: Float32Array, N: number, bias?: Float32Array): Float32Array {
+  const y = new Float32Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[m * K + k]! * w[n * K + k]!;
+      y[m * N + n] = s + (bias ? bias[n]! : 0);
+    }
+  return y;
+}
+
 /** Index arithmetic for row-major tensors. */
 export function strides(shape: readonly number[]): number[] {
   const s = new Array<number>(shape.length);

@@ -7,7 +7,7 @@ import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { GluKernels } from "../../src/backend/mlx/kernels.ts";
 import { probeMlx } from "../../src/backend/mlx/lib.ts";
 import { RmlxError } from "../../src/errors.ts";
-import { expectClose, randn } from "./helpers.ts";
+import { expectClose, linearRef, randn } from "./helpers.ts";
 
 const probe = probeMlx();
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
@@ -139,13 +139,7 @@ describe(`mlx backend${skipReason}`, () => {
     }
     expectClose(be.toFloat32(be.dequantize(q)), deq, 1e-6, 1e-6);
     const x = randn(2 * K, 9, 1);
-    const want = new Float32Array(2 * N);
-    for (let m = 0; m < 2; m++)
-      for (let n = 0; n < N; n++) {
-        let s = 0;
-        for (let k = 0; k < K; k++) s += x[m * K + k]! * deq[n * K + k]!;
-        want[m * N + n] = s;
-      }
+    const want = linearRef(x, 2, K, deq, N);
     expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-4, 1e-4);
   });
 
@@ -182,13 +176,7 @@ describe(`mlx backend${skipReason}`, () => {
       expectClose(be.toFloat32(be.dequantize(q)), deq, 1e-6, 1e-6);
       expectClose(be.toFloat32(be.take(q, be.fromArray(Int32Array.of(3, 1), [2], "i32"))), [...deq.slice(3 * K, 4 * K), ...deq.slice(K, 2 * K)], 1e-6, 1e-6);
       const x = randn(2 * K, 12, 1);
-      const want = new Float32Array(2 * N);
-      for (let m = 0; m < 2; m++)
-        for (let n = 0; n < N; n++) {
-          let s = 0;
-          for (let k = 0; k < K; k++) s += x[m * K + k]! * deq[n * K + k]!;
-          want[m * N + n] = s;
-        }
+      const want = linearRef(x, 2, K, deq, N);
       expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-3, 1e-3);
     });
 

@@ -2,22 +2,10 @@
 // product library; here: shapes, dtypes, bias handling and routing through the executor).
 import { describe, expect, test } from "bun:test";
 import { RmlxError } from "../../src/errors.ts";
-import { backend, bf16Truncated, expectClose, randn } from "./helpers.ts";
+import { backend, bf16Truncated, expectClose, linearRef, randn } from "./helpers.ts";
 
 const be = backend();
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
-
-
-function linearRef(x: Float32Array, M: number, K: number, w: Float32Array, N: number, bias?: Float32Array): Float32Array {
-  const y = new Float32Array(M * N);
-  for (let m = 0; m < M; m++)
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += x[m * K + k]! * w[n * K + k]!;
-      y[m * N + n] = s + (bias ? bias[n]! : 0);
-    }
-  return y;
-}
 
 describe("linear", () => {
   const [M, K, N] = [5, 48, 24];
