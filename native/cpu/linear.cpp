@@ -32,27 +32,44 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
 
 }  // namespace scalar_k
 
+namespace {
+
+// The SIMD variant's entry points for an ISA other than scalar, picked in one place.
+struct SimdKernels {
+  decltype(&avx2_k::gemv_prepare) gemv_prepare;
+  decltype(&avx2_k::gemv_tiles) gemv_tiles;
+  decltype(&avx2_k::gemm_units) gemm_units;
+  decltype(&avx2_k::dequant_rows) dequant_rows;
+};
+
+#define RMLX_SIMD_KERNELS(ns) SimdKernels{ns::gemv_prepare, ns::gemv_tiles, ns::gemm_units, ns::dequant_rows}
+const SimdKernels kAvx2 = RMLX_SIMD_KERNELS(avx2_k), kAvx512 = RMLX_SIMD_KERNELS(avx512_k),
+                  kAvx512Vnni = RMLX_SIMD_KERNELS(avx512vnni_k);
+#undef RMLX_SIMD_KERNELS
+
+const SimdKernels &simd(Isa isa) { return isa == Isa::Avx512Vnni ? kAvx512Vnni : isa == Isa::Avx512 ? kAvx512 : kAvx2; }
+
+}  // namespace
+
 void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
-  const bool vnni = isa == Isa::Avx512Vnni, wide = isa >= Isa::Avx512;
+  const SimdKernels &k = simd(isa);
   if (M < kGemmMinRows) {
     // x is prepared once here (the x16 path), not by each thread
-    void *prepared = (vnni ? avx512vnni_k::gemv_prepare : wide ? avx512_k::gemv_prepare : avx2_k::gemv_prepare)(x, M, W);
-    auto tiles = vnni ? avx512vnni_k::gemv_tiles : wide ? avx512_k::gemv_tiles : avx2_k::gemv_tiles;
+    void *prepared = k.gemv_prepare(x, M, W);
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
-                 [&](int64_t b, int64_t e, int) { tiles(y, x, M, W, bias, b, e, prepared); });
+                 [&](int64_t b, int64_t e, int) { k.gemv_tiles(y, x, M, W, bias, b, e, prepared); });
     free(prepared);
     return;
   }
   // Rows of W are the first split; when they are too few to occupy every thread, rows of x are split as well
   // (each such unit decodes its panels again, a small cost next to its products).
-  auto units = vnni ? avx512vnni_k::gemm_units : wide ? avx512_k::gemm_units : avx2_k::gemm_units;
   int64_t panels = (W.N + kPanelRows - 1) / kPanelRows;
   int64_t mchunks = panels >= 4 * pool_size() ? 1 : (M + kMChunk - 1) / kMChunk;
   int64_t mlen = (M + mchunks - 1) / mchunks;
   mchunks = (M + mlen - 1) / mlen;
-  parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { units(y, x, M, W, bias, mchunks, mlen, b, e); });
+  parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { k.gemm_units(y, x, M, W, bias, mchunks, mlen, b, e); });
 }
 
 void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMat &W) {
@@ -66,9 +83,7 @@ void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMa
         8);
     return;
   }
-  auto fn = isa == Isa::Avx512Vnni ? avx512vnni_k::dequant_rows
-            : isa == Isa::Avx512    ? avx512_k::dequant_rows
-                                    : avx2_k::dequant_rows;
+  auto fn = simd(isa).dequant_rows;
   parallel_for(nrows, [&](int64_t b, int64_t e, int) { fn(out, rows, W, b, e); }, 8);
 }
 
