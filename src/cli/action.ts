@@ -24,9 +24,3 @@ export function reportAndExit(err: unknown): never {
   if (process.env.RMLX_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
   process.exit(1);
 }
-
-/** For subcommands that exist in the CLI but are not built yet. */
-export function notYet(what: string): never {
-  process.stderr.write(`rmlx: '${what}' is not implemented in this build yet\n`);
-  process.exit(EXIT_BAD_INPUT);
-}

@@ -42,12 +42,3 @@ export function validateSpec(q: QSpec): void {
   if (q.groupSize !== p.groupSize)
     throw new RmlxError("invalid_argument", `${q.mode} requires group size ${p.groupSize}, not ${q.groupSize}`);
 }
-
-export function sameSpec(a: QSpec, b: QSpec): boolean {
-  return a.mode === b.mode && a.bits === b.bits && a.groupSize === b.groupSize;
-}
-
-/** The config.json form of a spec, as mlx-lm writes it. */
-export function specJson(q: QSpec): { group_size: number; bits: number; mode: QuantMode } {
-  return { group_size: q.groupSize, bits: q.bits, mode: q.mode };
-}
