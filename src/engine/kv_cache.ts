@@ -15,7 +15,7 @@
 // every set of sequences a cache without window pools would, and more tokens when the budget allows.
 import type { AttentionBatch, Backend, DType, KvPool } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
-import type { ForwardStep, LayerCacheSpec } from "../models/model.ts";
+import type { ForwardStep, LayerCacheSpec, SpaceView } from "../models/model.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
 
@@ -132,19 +132,10 @@ export interface StepEntry {
   tokens: Int32Array;
 }
 
-/** Block tables and write slots of the sliding-window layers of a windowed cache. */
-export interface WindowView {
-  batch: AttentionBatch;
-  slots: Int32Array;
-}
-
-export interface BuiltStep {
-  tokens: Int32Array;
-  batch: AttentionBatch;
-  slots: Int32Array;
+/** A step's tokens and views before the caller says which rows it wants logits for. */
+export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed"> {
   /** Row of the last new token of each entry [entries]. */
   lastRows: Int32Array;
-  window?: WindowView;
 }
 
 /** New blocks a reservation takes from each allocator. */
@@ -400,16 +391,14 @@ export class KvCache {
       lastRows[s] = t - 1;
     }
     const batch = { blockTables, maxBlocks, seqLens, tokenSeq, positions };
-    const built: BuiltStep = { tokens, slots, lastRows, batch };
-    if (wTables && wSlots) built.window = { batch: { ...batch, blockTables: wTables }, slots: wSlots };
-    return built;
+    const view: SpaceView | undefined = wTables && wSlots ? { batch: { ...batch, blockTables: wTables }, slots: wSlots } : undefined;
+    return { tokens, slots, lastRows, batch, windowed: view };
   }
 
   /** The model's view of a built step. */
   forwardStep(built: BuiltStep, logitRows: Int32Array): ForwardStep {
-    const step: ForwardStep = { tokens: built.tokens, batch: built.batch, pools: this.pools, slots: built.slots, logitRows };
-    if (built.window) step.windowed = built.window;
-    return step;
+    const { tokens, batch, slots, windowed } = built;
+    return { tokens, batch, slots, windowed, pools: this.pools, logitRows };
   }
 
   /**

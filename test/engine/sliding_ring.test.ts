@@ -168,7 +168,7 @@ describe("windowed reads and writes, simulated", () => {
       const entries: StepEntry[] = live.map((l, i) => ({ seq: l.seq, tokens: new Int32Array(i === big ? 1 + rand(maxStep) : 1) }));
       for (const e of entries) c.reserve(e.seq, e.tokens.length);
       const built = c.buildStep(entries);
-      const w = built.window!;
+      const w = built.windowed!;
       for (let t = 0; t < built.tokens.length; t++) {
         const s = w.batch.tokenSeq[t]!;
         owner.set(w.slots[t]!, `${live[s]!.id}:${w.batch.positions[t]}`);
