@@ -3,7 +3,7 @@
 // drive the model through this function.
 import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import type { BlockNeed, KvCache, Sequence } from "./kv_cache.ts";
+import type { KvCache, Sequence } from "./kv_cache.ts";
 
 export interface BatchEntry {
   seq: Sequence;
@@ -20,28 +20,13 @@ export interface BatchResult {
   firstRow: Int32Array;
 }
 
-/** Blocks the entries need beyond what they hold, in each allocator. */
-export function blocksNeeded(cache: KvCache, entries: readonly BatchEntry[]): BlockNeed {
-  const need: BlockNeed = { main: 0, window: 0 };
-  for (const e of entries) {
-    const n = cache.needs(e.seq, e.tokens.length);
-    need.main += n.main;
-    need.window += n.window;
-  }
-  return need;
-}
-
 /**
  * Reserves cache room for every entry (all or nothing: RmlxError("overloaded") leaves the sequences as they
  * were), runs the step inside a backend scope, reads back the wanted logits and advances the sequences.
  */
 export function forwardBatch(model: Model, cache: KvCache, entries: readonly BatchEntry[]): BatchResult {
   if (entries.length === 0) throw new RmlxError("internal", "forwardBatch needs at least one entry");
-  const needed = blocksNeeded(cache, entries);
-  if (!cache.ensureFree(needed)) {
-    throw new RmlxError("overloaded", `KV cache is full: the step needs ${cache.describeShortage(needed)}`);
-  }
-  for (const e of entries) cache.reserve(e.seq, e.tokens.length);
+  cache.reserveStep(entries);
   const built = cache.buildStep(entries);
 
   const rows: number[] = [];

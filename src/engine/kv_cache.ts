@@ -1,21 +1,16 @@
-// The paged KV cache of one loaded model: one pool per layer, a refcounted block allocator (prefix sharing and
-// copy-on-write build on the refcounts), and the construction of a step's AttentionBatch and write slots for
-// sequences that each add some tokens.
-//
-// Full-attention layers keep every token: their pools share one block id space (the main allocator), and a
-// sequence's blocks[k] holds its tokens [k*blockSize, (k+1)*blockSize). With `windowed`, sliding-window layers
-// get pools of their own with a second allocator, and a sequence holds there only the blocks its window can
-// still read: a block is given back once every key in it is older than the next query's window. Their block
-// table has the same logical indices; entries of blocks already given back point at a block the sequence still
-// holds, which attention never reads (it starts at the window's first position). A step's new tokens always go
-// into blocks that are held until after the step, so no write of a step overwrites a key another token of the
-// same step reads. A sequence costs the window pools about (window + the tokens of its step) instead of its
-// whole length. A memory budget is split so that the window pools hold what `sizing` asks for but never more
-// blocks than the main pools (a sequence never holds more window blocks than main ones): the cache then holds
-// every set of sequences a cache without window pools would, and more tokens when the budget allows.
+// The paged KV cache of one loaded model: one pool per layer, and the block tables and write slots of a step in
+// which each sequence adds some tokens. Three rules:
+//  1. A block space is a set of pools sharing one refcounted block allocator: the full-attention layers' main
+//     space, and with `windowed` a space of the sliding-window layers. Each method works on every space alike.
+//  2. A sequence holds in a space the logical blocks from the first one its next query reads up to its last:
+//     from block 0 in the main space, from its window's first block in a sliding space. Table entries before that
+//     block point at a block it holds, and attention never reads them.
+//  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
+//     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
 import type { AttentionBatch, Backend, DType, KvPool } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
-import type { ForwardStep, LayerCacheSpec } from "../models/model.ts";
+import type { ForwardStep, LayerCacheSpec, SpaceView } from "../models/model.ts";
+import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
 
@@ -95,18 +90,196 @@ export class BlockAllocator {
   }
 }
 
-/** One sequence's view of the cache: the blocks holding its tokens' K/V, in order, and how many tokens are in. */
-export class Sequence {
-  /** Main-pool blocks, one per logical block from the start. */
-  readonly blocks: number[] = [];
-  /** Window-pool blocks of logical blocks windowStart, windowStart + 1, ... (windowed caches only). */
-  readonly windowBlocks: number[] = [];
-  windowStart = 0;
-  /** Tokens whose K/V are written. */
-  length = 0;
+/** The blocks a sequence holds in one space: ids[i] holds logical block first + i. */
+export interface Held {
+  first: number;
+  ids: number[];
 }
 
-/** How to size the window pools from a memory budget: the most sequences run together and tokens one adds in a step. */
+// A sequence's state is keyed by a symbol this module keeps to itself, so that only the cache changes it.
+const state = Symbol("sequence state");
+
+/** Where the main space and the sliding-window space sit among a cache's spaces and a sequence's holdings. */
+const MAIN = 0;
+const WINDOW = 1;
+
+interface SequenceState {
+  /** Tokens whose K/V are written. */
+  length: number;
+  /** Per space, in the cache's order. */
+  held: Held[];
+  /** Chain hash through the first `offered` blocks, the ones already offered to a prefix cache. */
+  hash: bigint;
+  offered: number;
+}
+
+/** One sequence's view of the cache: the blocks holding its tokens' K/V, and how many tokens are in. */
+export class Sequence {
+  readonly [state]: SequenceState = { length: 0, held: [], hash: ROOT_HASH, offered: 0 };
+
+  get length(): number {
+    return this[state].length;
+  }
+
+  /** Main-space blocks, one per logical block from the start. */
+  get blocks(): readonly number[] {
+    return this[state].held[MAIN]?.ids ?? [];
+  }
+
+  /** Sliding-space blocks of logical blocks windowStart, windowStart + 1, ... (windowed caches only). */
+  get windowBlocks(): readonly number[] {
+    return this[state].held[WINDOW]?.ids ?? [];
+  }
+
+  get windowStart(): number {
+    return this[state].held[WINDOW]?.first ?? 0;
+  }
+}
+
+/** One new-tokens entry of a step: the sequence and the tokens it adds. */
+export interface StepEntry {
+  seq: Sequence;
+  tokens: Int32Array;
+}
+
+/**
+ * A set of pools sharing one block allocator, and which logical blocks a sequence holds there: all of them
+ * (window 0), or those from the first one the next query's window reads.
+ */
+export class BlockSpace {
+  constructor(
+    private readonly backend: Backend,
+    /** Position among the cache's spaces and in each sequence's holdings. */
+    readonly index: number,
+    readonly allocator: BlockAllocator,
+    readonly pools: readonly KvPool[],
+    readonly blockSize: number,
+    /** Largest sliding window of its layers in tokens; 0 for full attention. */
+    readonly window: number,
+    /** Bytes of one block across its pools. */
+    readonly bytesPerBlock: number,
+  ) {}
+
+  /** Logical block of the first key a query at position `length` reads: where a sequence's held blocks start. */
+  firstHeld(length: number): number {
+    return this.window === 0 ? 0 : Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
+  }
+
+  /**
+   * New blocks seq needs to add n tokens, of which the next step writes stepTokens (counting a copy of a shared,
+   * partly filled last block).
+   */
+  needed(seq: Sequence, n: number, stepTokens: number): number {
+    const k = this.ahead(n, stepTokens);
+    if (k <= 0) return 0;
+    const length = seq[state].length;
+    const h = this.heldBy(seq);
+    const first = h.ids.length === 0 ? this.firstHeld(length) : h.first;
+    const last = Math.floor((length + k - 1) / this.blockSize);
+    return Math.max(0, last + 1 - (first + h.ids.length)) + (this.sharedTail(h, length) ? 1 : 0);
+  }
+
+  /** Takes the blocks needed() counts; the caller has made sure that the allocator has them free. */
+  reserve(seq: Sequence, n: number, stepTokens: number): void {
+    const k = this.ahead(n, stepTokens);
+    if (k <= 0) return;
+    const length = seq[state].length;
+    const h = this.heldBy(seq);
+    if (h.ids.length === 0) h.first = this.firstHeld(length);
+    if (this.sharedTail(h, length)) {
+      const i = Math.floor(length / this.blockSize) - h.first;
+      const copy = this.allocator.allocate();
+      for (const pool of this.pools) this.backend.copyBlock(pool, h.ids[i]!, copy);
+      this.allocator.free(h.ids[i]!);
+      h.ids[i] = copy;
+    }
+    const last = Math.floor((length + k - 1) / this.blockSize);
+    while (h.first + h.ids.length <= last) h.ids.push(this.allocator.allocate());
+  }
+
+  /** Makes `to` hold what `from` holds, each block retained once more. */
+  share(from: Sequence, to: Sequence): void {
+    const src = this.heldBy(from);
+    const dst = this.heldBy(to);
+    dst.first = src.first;
+    for (const b of src.ids) {
+      this.allocator.retain(b);
+      dst.ids.push(b);
+    }
+  }
+
+  release(seq: Sequence): void {
+    const h = this.heldBy(seq);
+    for (const b of h.ids) this.allocator.free(b);
+    h.ids.length = 0;
+    h.first = 0;
+  }
+
+  /** Gives back the blocks of seq that no later query reads. */
+  trim(seq: Sequence): void {
+    const h = this.heldBy(seq);
+    const first = this.firstHeld(seq[state].length);
+    let k = 0;
+    while (h.first + k < first && k < h.ids.length) this.allocator.free(h.ids[k++]!);
+    if (k === 0) return;
+    h.ids.splice(0, k);
+    h.first = h.ids.length === 0 ? first : h.first + k;
+  }
+
+  /** seq's block of logical block b, or -1 when it holds none there. */
+  blockAt(seq: Sequence, b: number): number {
+    const h = this.heldBy(seq);
+    return h.ids[b - h.first] ?? -1;
+  }
+
+  /**
+   * The step's block tables and write slots here; positions, lengths and the order of tokens are every space's.
+   * Throws unless each sequence holds every block its tokens read or write.
+   */
+  view(entries: readonly StepEntry[], shared: Omit<AttentionBatch, "blockTables">, total: number): SpaceView {
+    const bs = this.blockSize;
+    const { maxBlocks, seqLens, tokenSeq, positions } = shared;
+    const blockTables = new Int32Array(entries.length * maxBlocks);
+    const slots = new Int32Array(total);
+    let t = 0;
+    for (let s = 0; s < entries.length; s++) {
+      const seq = entries[s]!.seq;
+      const { first, ids } = this.heldBy(seq);
+      const start = seq[state].length;
+      const end = seqLens[s]!;
+      const last = Math.floor((end - 1) / bs);
+      if (ids.length === 0 || first > this.firstHeld(start) || first + ids.length <= last) {
+        const held = `${first}..${first + ids.length - 1}`;
+        throw new RmlxError("internal", `sequence holds blocks ${held}, the step needs up to ${last}: reserve first`);
+      }
+      const row = s * maxBlocks;
+      for (let b = 0; b < first; b++) blockTables[row + b] = ids[0]!;
+      // One set() copies a JS array into the table much faster than a loop does.
+      const n = last + 1 - first;
+      blockTables.set(ids.length === n ? ids : ids.slice(0, n), row + first);
+      for (let pos = start; pos < end; pos++, t++) slots[t] = ids[((pos / bs) | 0) - first]! * bs + (pos % bs);
+    }
+    return { batch: { blockTables, maxBlocks, seqLens, tokenSeq, positions }, slots };
+  }
+
+  /** Of n tokens to come, the ones to hold blocks for now: a sliding space leaves those past the next step to later steps. */
+  private ahead(n: number, stepTokens: number): number {
+    return this.window === 0 ? n : Math.min(n, stepTokens);
+  }
+
+  private heldBy(seq: Sequence): Held {
+    return (seq[state].held[this.index] ??= { first: 0, ids: [] });
+  }
+
+  /** Whether the partly filled block that the token at `length` goes into is shared. */
+  private sharedTail(h: Held, length: number): boolean {
+    if (length % this.blockSize === 0) return false;
+    const last = h.ids[Math.floor(length / this.blockSize) - h.first];
+    return last !== undefined && this.allocator.refcount(last) > 1;
+  }
+}
+
+/** How to size the sliding space from a memory budget: the most sequences run together and tokens one adds in a step. */
 export interface WindowSizing {
   sequences: number;
   stepTokens: number;
@@ -119,55 +292,37 @@ export interface KvCacheOptions {
   memoryBytes?: number;
   dtype?: DType;
   /**
-   * Sliding-window layers keep only their window, in pools of their own (effective when the model has both
-   * full and sliding layers). Without `sizing` the window pools have as many blocks as the main pools.
+   * Sliding-window layers keep only their window, in a space of their own (effective when the model has both
+   * full and sliding layers). Without `sizing` that space has as many blocks as the main one.
    */
   windowed?: boolean;
   sizing?: WindowSizing;
 }
 
-/** One new-tokens entry of a step: the sequence and the tokens it adds. */
-export interface StepEntry {
-  seq: Sequence;
-  tokens: Int32Array;
-}
-
-/** Block tables and write slots of the sliding-window layers of a windowed cache. */
-export interface WindowView {
-  batch: AttentionBatch;
-  slots: Int32Array;
-}
-
-export interface BuiltStep {
-  tokens: Int32Array;
-  batch: AttentionBatch;
-  slots: Int32Array;
+/** A step's tokens and views before the caller says which rows it wants logits for. */
+export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed"> {
   /** Row of the last new token of each entry [entries]. */
   lastRows: Int32Array;
-  window?: WindowView;
 }
 
-/** New blocks a reservation takes from each allocator. */
-export interface BlockNeed {
-  main: number;
-  window: number;
+/** New blocks a reservation takes from each space, in the cache's order. */
+export type BlockNeed = readonly number[];
+
+/** A prefix cache to offer a step's filled blocks to, and each entry's whole token list so far. */
+export interface PrefixOffer {
+  prefix: PrefixCache;
+  tokens: readonly ArrayLike<number>[];
 }
 
 export class KvCache {
+  /** One pool per layer, in layer order. */
   readonly pools: KvPool[];
-  readonly allocator: BlockAllocator;
-  /** The window pools' allocator; null when every layer lives in the main pools. */
-  readonly windowAllocator: BlockAllocator | null;
-  /** Largest sliding window of the layers in the window pools (0 when not windowed). */
+  /** The main space, then the sliding layers' space of a windowed cache. */
+  readonly spaces: readonly BlockSpace[];
+  /** Largest sliding window of the layers in the sliding space (0 when not windowed). */
   readonly window: number;
   readonly blockSize: number;
   readonly dtype: DType;
-  /** Bytes of one main block across the layers of the main pools. */
-  readonly bytesPerBlock: number;
-  /** Bytes of one window block across the layers of the window pools. */
-  readonly windowBytesPerBlock: number;
-  private readonly mainPools: KvPool[];
-  private readonly windowPools: KvPool[];
 
   constructor(
     private readonly backend: Backend,
@@ -178,22 +333,23 @@ export class KvCache {
     this.dtype = opts.dtype ?? "f32";
     const windowed = opts.windowed === true && layers.some((l) => l.window > 0) && layers.some((l) => l.window <= 0);
     const inWindow = (l: LayerCacheSpec) => windowed && l.window > 0;
-    const mainLayers = layers.filter((l) => !inWindow(l));
     const windowLayers = layers.filter(inWindow);
     this.window = windowLayers.reduce((m, l) => Math.max(m, l.window), 0);
-    this.bytesPerBlock = KvCache.bytesPerBlock(mainLayers, this.blockSize, this.dtype);
-    this.windowBytesPerBlock = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
+    const mainBytes = KvCache.bytesPerBlock(layers.filter((l) => !inWindow(l)), this.blockSize, this.dtype);
+    const windowBytes = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
+    // The sliding space gets what `sizing` asks for but never more blocks than the main one (a sequence holds at
+    // most one sliding block per main block): the cache then holds every set of sequences that a cache without
+    // a sliding space would, and more tokens when the budget allows.
     const want = windowed && opts.sizing ? this.windowBlocksFor(opts.sizing) : Infinity;
     let numBlocks = opts.numBlocks;
     let windowBlocks = 0;
     if (numBlocks === undefined) {
       if (opts.memoryBytes === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
-      const per = this.bytesPerBlock + this.windowBytesPerBlock;
-      // Never more window blocks than main ones: a sequence holds at most one window block per main block.
+      const per = mainBytes + windowBytes;
       const both = Math.floor(opts.memoryBytes / per);
       if (want < both) {
         windowBlocks = want;
-        numBlocks = Math.floor((opts.memoryBytes - want * this.windowBytesPerBlock) / this.bytesPerBlock);
+        numBlocks = Math.floor((opts.memoryBytes - want * windowBytes) / mainBytes);
       } else {
         numBlocks = windowBlocks = both;
       }
@@ -206,13 +362,17 @@ export class KvCache {
     } else {
       windowBlocks = Math.min(numBlocks, want);
     }
-    this.allocator = new BlockAllocator(numBlocks);
-    this.windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
+    const allocator = new BlockAllocator(numBlocks);
+    const windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
     this.pools = layers.map((l) =>
       backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
     );
-    this.mainPools = this.pools.filter((_, i) => !inWindow(layers[i]!));
-    this.windowPools = this.pools.filter((_, i) => inWindow(layers[i]!));
+    const poolsWhere = (sliding: boolean) => this.pools.filter((_, i) => inWindow(layers[i]!) === sliding);
+    const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
+    if (windowAllocator) {
+      spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
+    }
+    this.spaces = spaces;
   }
 
   /** Bytes of K and V for one block across all the given layers. */
@@ -225,7 +385,16 @@ export class KvCache {
   }
 
   get windowed(): boolean {
-    return this.windowAllocator !== null;
+    return this.spaces.length > WINDOW;
+  }
+
+  get allocator(): BlockAllocator {
+    return this.spaces[MAIN]!.allocator;
+  }
+
+  /** The sliding space's allocator; null when every layer lives in the main space. */
+  get windowAllocator(): BlockAllocator | null {
+    return this.spaces[WINDOW]?.allocator ?? null;
   }
 
   get numBlocks(): number {
@@ -234,7 +403,7 @@ export class KvCache {
 
   /** Bytes of all pools. */
   get memoryBytes(): number {
-    return this.numBlocks * this.bytesPerBlock + (this.windowAllocator?.numBlocks ?? 0) * this.windowBytesPerBlock;
+    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numBlocks * sp.bytesPerBlock, 0);
   }
 
   /** Capacity in tokens if one sequence had every block. */
@@ -243,7 +412,7 @@ export class KvCache {
   }
 
   /**
-   * The most window blocks one sequence holds during a step of n tokens: the blocks of positions from the first
+   * The most sliding blocks one sequence holds during a step of n tokens: the blocks of positions from the first
    * token's window start (length - window + 1) to the last new token.
    */
   windowBlocksPerSequence(n: number): number {
@@ -251,93 +420,84 @@ export class KvCache {
   }
 
   /**
-   * Window blocks for `sequences` decoding together while one step prefills up to stepTokens over all of them;
+   * Sliding blocks for `sequences` decoding together while one step prefills up to stepTokens over all of them;
    * one more block each for a copied shared tail or the growth room the scheduler keeps per sequence.
    */
   windowBlocksFor(s: WindowSizing): number {
     return s.sequences * (this.windowBlocksPerSequence(1) + 1) + Math.ceil(s.stepTokens / this.blockSize);
   }
 
-  /** New main blocks seq needs to add n tokens (counting a copy of a shared, partly filled last block). */
-  blocksNeeded(seq: Sequence, n: number): number {
-    const have = seq.blocks.length;
-    const need = Math.ceil((seq.length + n) / this.blockSize);
-    let extra = Math.max(0, need - have);
-    if (n > 0 && this.sharedTail(this.allocator, seq.blocks, seq.length, 0)) extra++;
-    return extra;
-  }
-
   /**
-   * New blocks of each allocator that seq needs to add n tokens, of which the window pools hold only the first
-   * windowTokens for now (the rest are reserved by later, smaller steps).
+   * New blocks of each space that seq needs to add n tokens, of which the next step writes stepTokens: a sliding
+   * space holds blocks for those only (the rest are reserved by later, smaller steps).
    */
-  needs(seq: Sequence, n: number, windowTokens = n): BlockNeed {
-    return { main: this.blocksNeeded(seq, n), window: this.windowNeeded(seq, Math.min(n, windowTokens)) };
+  needs(seq: Sequence, n: number, stepTokens = n): BlockNeed {
+    return this.spaces.map((sp) => sp.needed(seq, n, stepTokens));
   }
 
-  /** Makes sure each allocator has the needed blocks plus `spare` free; false when impossible. */
+  /** Makes sure each space has the needed blocks plus `spare` free; false when impossible. */
   ensureFree(need: BlockNeed, spare = 0): boolean {
-    if (!this.allocator.ensureFree(need.main + spare)) return false;
-    return this.windowAllocator === null || this.windowAllocator.ensureFree(need.window + spare);
-  }
-
-  /** "need ... more blocks" for an overloaded error. */
-  describeShortage(need: BlockNeed): string {
-    const main = `${need.main} more blocks, ${this.allocator.numFree} free of ${this.numBlocks}`;
-    const w = this.windowAllocator;
-    return w ? `${main}; ${need.window} more window blocks, ${w.numFree} free of ${w.numBlocks}` : main;
+    return this.spaces.every((sp, i) => sp.allocator.ensureFree(need[i]! + spare));
   }
 
   /**
-   * Gives seq room for n more tokens (of which the window pools get the first windowTokens). A partly filled
-   * last block that other sequences share is copied first, so writes never touch shared K/V. All or nothing: on
+   * Gives seq room for n more tokens, of which the next step writes stepTokens (see needs()). All or nothing: on
    * RmlxError("overloaded") seq is unchanged.
    */
-  reserve(seq: Sequence, n: number, windowTokens = n): void {
-    if (n <= 0) return;
-    const wn = Math.min(n, windowTokens);
-    const need = this.needs(seq, n, wn);
-    if (need.main === 0 && need.window === 0) return;
+  reserve(seq: Sequence, n: number, stepTokens = n): void {
+    if (n <= 0 || this.holdsRoom(seq, n, stepTokens)) return;
+    const need = this.needs(seq, n, stepTokens);
     if (!this.ensureFree(need)) {
       throw new RmlxError("overloaded", `KV cache is full: need ${this.describeShortage(need)}`);
     }
-    const bs = this.blockSize;
-    this.copySharedTail(this.allocator, this.mainPools, seq.blocks, seq.length, 0);
-    const need1 = Math.ceil((seq.length + n) / bs);
-    while (seq.blocks.length < need1) seq.blocks.push(this.allocator.allocate());
-    const wa = this.windowAllocator;
-    if (wa && wn > 0) {
-      if (seq.windowBlocks.length === 0) seq.windowStart = this.firstReadBlock(seq.length);
-      this.copySharedTail(wa, this.windowPools, seq.windowBlocks, seq.length, seq.windowStart);
-      const last = Math.floor((seq.length + wn - 1) / bs);
-      while (seq.windowStart + seq.windowBlocks.length <= last) seq.windowBlocks.push(wa.allocate());
+    for (const sp of this.spaces) sp.reserve(seq, n, stepTokens);
+  }
+
+  /** Room for every entry's tokens, all or nothing: on RmlxError("overloaded") no sequence has changed. */
+  reserveStep(entries: readonly StepEntry[]): void {
+    const need = this.spaces.map(() => 0);
+    for (const e of entries) {
+      this.needs(e.seq, e.tokens.length).forEach((k, i) => {
+        need[i]! += k;
+      });
     }
+    if (!this.ensureFree(need)) {
+      throw new RmlxError("overloaded", `KV cache is full: the step needs ${this.describeShortage(need)}`);
+    }
+    for (const e of entries) this.reserve(e.seq, e.tokens.length);
+  }
+
+  /** Starts an empty seq with a prefix cache's match: its blocks (retained for seq), their tokens and hash. */
+  adopt(seq: Sequence, m: PrefixMatch): void {
+    const st = seq[state];
+    if (st.length > 0 || st.held.some((h) => h.ids.length > 0)) {
+      throw new RmlxError("internal", "only an empty sequence can start with a cached prefix");
+    }
+    st.held = m.held;
+    st.length = m.blocks * this.blockSize;
+    st.hash = m.hash;
+    st.offered = m.blocks;
   }
 
   /** A new sequence sharing seq's blocks (each retained once more). */
   fork(seq: Sequence): Sequence {
     const child = new Sequence();
-    for (const b of seq.blocks) {
-      this.allocator.retain(b);
-      child.blocks.push(b);
-    }
-    for (const b of seq.windowBlocks) {
-      this.windowAllocator!.retain(b);
-      child.windowBlocks.push(b);
-    }
-    child.windowStart = seq.windowStart;
-    child.length = seq.length;
+    for (const sp of this.spaces) sp.share(seq, child);
+    const from = seq[state];
+    const to = child[state];
+    to.length = from.length;
+    to.hash = from.hash;
+    to.offered = from.offered;
     return child;
   }
 
-  /** Drops seq's references to its blocks. */
+  /** Drops seq's references to its blocks; it is empty afterwards. */
   release(seq: Sequence): void {
-    for (const b of seq.blocks) this.allocator.free(b);
-    for (const b of seq.windowBlocks) this.windowAllocator!.free(b);
-    seq.blocks.length = 0;
-    seq.windowBlocks.length = 0;
-    seq.windowStart = 0;
-    seq.length = 0;
+    for (const sp of this.spaces) sp.release(seq);
+    const st = seq[state];
+    st.length = 0;
+    st.hash = ROOT_HASH;
+    st.offered = 0;
   }
 
   /** Frees the device memory of the pools; the cache is unusable afterwards. */
@@ -349,127 +509,81 @@ export class KvCache {
   }
 
   /**
-   * The AttentionBatch and write slots for entries that each add their tokens after the ones already cached.
+   * The block tables and write slots for entries that each add their tokens after the ones already cached.
    * Blocks must already be reserved. Lengths are not advanced: call advance() once the step has run.
    */
   buildStep(entries: readonly StepEntry[]): BuiltStep {
-    const bs = this.blockSize;
-    const windowed = this.windowed;
     let total = 0;
     let maxBlocks = 1;
     for (const e of entries) {
-      total += e.tokens.length;
-      const need = Math.ceil((e.seq.length + e.tokens.length) / bs);
-      if (e.seq.blocks.length < need) {
-        throw new RmlxError("internal", `sequence has ${e.seq.blocks.length} blocks, needs ${need}: reserve first`);
-      }
-      if (windowed) this.checkWindowHeld(e.seq, e.tokens.length);
-      maxBlocks = Math.max(maxBlocks, need);
+      const n = e.tokens.length;
+      if (n === 0) throw new RmlxError("internal", "a step entry adds no tokens");
+      total += n;
+      maxBlocks = Math.max(maxBlocks, Math.ceil((e.seq.length + n) / this.blockSize));
     }
     const ns = entries.length;
     const tokens = new Int32Array(total);
-    const slots = new Int32Array(total);
     const positions = new Int32Array(total);
     const tokenSeq = new Int32Array(total);
     const seqLens = new Int32Array(ns);
-    const blockTables = new Int32Array(ns * maxBlocks);
     const lastRows = new Int32Array(ns);
-    const wSlots = windowed ? new Int32Array(total) : null;
-    const wTables = windowed ? new Int32Array(ns * maxBlocks) : null;
     let t = 0;
     for (let s = 0; s < ns; s++) {
       const { seq, tokens: toks } = entries[s]!;
-      const n = toks.length;
-      if (n === 0) throw new RmlxError("internal", "a step entry adds no tokens");
-      const nb = Math.ceil((seq.length + n) / bs);
-      for (let b = 0; b < nb; b++) blockTables[s * maxBlocks + b] = seq.blocks[b]!;
-      if (wTables) {
-        const ws = seq.windowStart;
-        for (let b = 0; b < nb; b++) wTables[s * maxBlocks + b] = seq.windowBlocks[Math.max(0, b - ws)]!;
-      }
-      seqLens[s] = seq.length + n;
+      const start = seq.length;
+      seqLens[s] = start + toks.length;
       tokens.set(toks, t);
-      for (let i = 0; i < n; i++, t++) {
-        const pos = seq.length + i;
-        const blk = (pos / bs) | 0;
+      for (let pos = start; pos < seqLens[s]!; pos++, t++) {
         positions[t] = pos;
         tokenSeq[t] = s;
-        slots[t] = seq.blocks[blk]! * bs + (pos % bs);
-        if (wSlots) wSlots[t] = seq.windowBlocks[blk - seq.windowStart]! * bs + (pos % bs);
       }
       lastRows[s] = t - 1;
     }
-    const batch = { blockTables, maxBlocks, seqLens, tokenSeq, positions };
-    const built: BuiltStep = { tokens, slots, lastRows, batch };
-    if (wTables && wSlots) built.window = { batch: { ...batch, blockTables: wTables }, slots: wSlots };
-    return built;
+    const shared = { maxBlocks, seqLens, tokenSeq, positions };
+    const views = this.spaces.map((sp) => sp.view(entries, shared, total));
+    return { tokens, lastRows, batch: views[MAIN]!.batch, slots: views[MAIN]!.slots, windowed: views[WINDOW] };
   }
 
   /** The model's view of a built step. */
   forwardStep(built: BuiltStep, logitRows: Int32Array): ForwardStep {
-    const step: ForwardStep = { tokens: built.tokens, batch: built.batch, pools: this.pools, slots: built.slots, logitRows };
-    if (built.window) step.windowed = built.window;
-    return step;
+    const { tokens, batch, slots, windowed } = built;
+    return { tokens, batch, slots, windowed, pools: this.pools, logitRows };
   }
 
   /**
-   * Records that each entry's tokens are now in the cache. Window blocks no later query reads are given back,
-   * unless `trim` is false: then the caller may still look at them and calls trimWindow() afterwards.
+   * Records that each entry's tokens are now in the cache and gives back the blocks no later query reads. With
+   * `offer`, the blocks the step filled go to the prefix cache first, so that it keeps their sliding-layer K/V.
    */
-  advance(entries: readonly StepEntry[], trim = true): void {
-    for (const e of entries) {
-      e.seq.length += e.tokens.length;
-      if (trim) this.trimWindow(e.seq);
+  advance(entries: readonly StepEntry[], offer?: PrefixOffer): void {
+    for (let i = 0; i < entries.length; i++) {
+      const { seq, tokens } = entries[i]!;
+      seq[state].length += tokens.length;
+      if (offer) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
+      for (const sp of this.spaces) sp.trim(seq);
     }
   }
 
-  /** Gives back the window blocks of seq that no later query reads. */
-  trimWindow(seq: Sequence): void {
-    if (this.windowAllocator === null) return;
-    const first = this.firstReadBlock(seq.length);
-    let k = 0;
-    while (seq.windowStart + k < first && k < seq.windowBlocks.length) this.windowAllocator.free(seq.windowBlocks[k++]!);
-    if (k === 0) return;
-    seq.windowBlocks.splice(0, k);
-    seq.windowStart = seq.windowBlocks.length === 0 ? first : seq.windowStart + k;
-  }
-
-  /** Logical block of the first key the next query (at position `length`) reads in a sliding layer. */
-  firstReadBlock(length: number): number {
-    return Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
-  }
-
-  private windowNeeded(seq: Sequence, n: number): number {
-    if (this.windowAllocator === null || n <= 0) return 0;
-    const start = seq.windowBlocks.length === 0 ? this.firstReadBlock(seq.length) : seq.windowStart;
-    const last = Math.floor((seq.length + n - 1) / this.blockSize);
-    let extra = Math.max(0, last + 1 - (start + seq.windowBlocks.length));
-    if (this.sharedTail(this.windowAllocator, seq.windowBlocks, seq.length, seq.windowStart)) extra++;
-    return extra;
-  }
-
-  private checkWindowHeld(seq: Sequence, n: number): void {
-    const last = Math.floor((seq.length + n - 1) / this.blockSize);
-    const held = seq.windowStart + seq.windowBlocks.length - 1;
-    if (seq.windowBlocks.length === 0 || seq.windowStart > this.firstReadBlock(seq.length) || held < last) {
-      throw new RmlxError("internal", `sequence holds window blocks ${seq.windowStart}..${held}, the step needs up to ${last}: reserve first`);
+  /** Offers the blocks seq has filled since its last offer, with their block in every space. */
+  private offerFilled(seq: Sequence, tokens: ArrayLike<number>, prefix: PrefixCache): void {
+    const st = seq[state];
+    const bs = this.blockSize;
+    while ((st.offered + 1) * bs <= st.length) {
+      const b = st.offered++;
+      st.hash = blockHash(st.hash, tokens, b * bs, (b + 1) * bs);
+      prefix.insert(st.hash, this.spaces.map((sp) => sp.blockAt(seq, b)));
     }
   }
 
-  /** blocks[i] holds logical block first + i; whether the partly filled block at `length` is shared. */
-  private sharedTail(alloc: BlockAllocator, blocks: readonly number[], length: number, first: number): boolean {
-    if (length % this.blockSize === 0) return false;
-    const last = blocks[((length / this.blockSize) | 0) - first];
-    return last !== undefined && alloc.refcount(last) > 1;
+  /** Whether seq needs no new block anywhere for n tokens: most decode steps, which thus allocate nothing here. */
+  private holdsRoom(seq: Sequence, n: number, stepTokens: number): boolean {
+    for (const sp of this.spaces) if (sp.needed(seq, n, stepTokens) > 0) return false;
+    return true;
   }
 
-  private copySharedTail(alloc: BlockAllocator, pools: readonly KvPool[], blocks: number[], length: number, first: number): void {
-    if (!this.sharedTail(alloc, blocks, length, first)) return;
-    const i = ((length / this.blockSize) | 0) - first;
-    const src = blocks[i]!;
-    const dst = alloc.allocate();
-    for (const pool of pools) this.backend.copyBlock(pool, src, dst);
-    alloc.free(src);
-    blocks[i] = dst;
+  /** "need ... more blocks" for an overloaded error. */
+  private describeShortage(need: BlockNeed): string {
+    const one = (sp: BlockSpace, i: number) =>
+      `${need[i]} more ${sp.window > 0 ? "window " : ""}blocks, ${sp.allocator.numFree} free of ${sp.allocator.numBlocks}`;
+    return this.spaces.map(one).join("; ");
   }
 }

@@ -1,13 +1,12 @@
-// Automatic prefix caching: a full KV block is keyed by a hash of every token from the start of the sequence up
-// to its end, so two requests that share a prompt prefix share those blocks (through the allocator's refcounts)
-// and the second skips their prefill. The cache holds one reference per block it knows; blocks that only the
-// cache holds are given back least recently used first when the allocator runs out.
-//
-// With a windowed KV cache, an entry may also hold the sliding layers' block of the same logical block (taken
-// while the sequence that filled it still held it). A prefix of m blocks is usable only if the entries cover
-// every sliding-layer block the next query's window reads; window blocks are given back first under pressure
-// on the window pools, which leaves their entries usable only as the early part of a longer prefix.
-import type { BlockAllocator } from "./kv_cache.ts";
+// Automatic prefix caching. Three rules:
+//  1. A full block is keyed by a chain hash of every token from the start of the sequence to its end, so requests
+//     that share a prompt prefix share those blocks (through the allocators' refcounts) and skip their prefill.
+//  2. An entry holds one reference to its block in each space of the KV cache. The main space's block is the
+//     entry; a sliding space's block can be given back alone. Under pressure on a space, blocks only the cache
+//     holds go back least recently used first.
+//  3. A prefix of m blocks is usable when its entries still have every block that a sequence of m blocks holds
+//     in each space: all m in the main space, those the next query's window reads in a sliding one.
+import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
 export function blockHash(prev: bigint, tokens: ArrayLike<number>, start: number, end: number): bigint {
@@ -20,38 +19,34 @@ export function blockHash(prev: bigint, tokens: ArrayLike<number>, start: number
 
 export const ROOT_HASH = 0n;
 
-/** The window pools of a windowed KV cache: their allocator, and where the window of a query at `length` starts. */
-export interface WindowPools {
-  allocator: BlockAllocator;
-  /** Logical block of the first key a query at position `length` reads in a sliding layer. */
-  firstReadBlock(length: number): number;
+/** What the prefix cache needs of a space of the KV cache (BlockSpace fits); the main space comes first. */
+export interface CachedSpace {
+  readonly allocator: BlockAllocator;
+  /** Logical block of the first key a query at position `length` reads: where a sequence's held blocks start. */
+  firstHeld(length: number): number;
 }
 
 export interface PrefixMatch {
-  blocks: number[];
+  /** Whole blocks matched: they hold the first blocks * blockSize tokens. */
+  blocks: number;
+  /** Chain hash through them. */
   hash: bigint;
-  /** Window-pool blocks of logical blocks windowStart .. blocks.length - 1 (windowed caches only). */
-  windowBlocks: number[];
-  windowStart: number;
+  /** Per space, the blocks that a sequence of that many blocks holds there, each retained once for the caller. */
+  held: Held[];
 }
 
-interface Entry {
-  block: number;
-  /** Window-pool block, or -1. */
-  window: number;
-}
+/** A cached block's id in each space; -1 where it was given back (never in the main space). */
+type Entry = number[];
 
 export class PrefixCache {
   /** hash -> entry; Map order is the LRU order (oldest first). */
   private readonly entries = new Map<bigint, Entry>();
 
   constructor(
-    private readonly allocator: BlockAllocator,
+    private readonly spaces: readonly CachedSpace[],
     readonly blockSize: number,
-    private readonly windowPools: WindowPools | null = null,
   ) {
-    allocator.setReclaimer((needed) => this.evict(needed));
-    windowPools?.allocator.setReclaimer((needed) => this.evictWindow(needed));
+    spaces.forEach((space, s) => space.allocator.setReclaimer((needed) => this.evict(s, needed)));
   }
 
   get size(): number {
@@ -59,9 +54,8 @@ export class PrefixCache {
   }
 
   /**
-   * The cached blocks that hold a prefix of `tokens`, at most `maxBlocks` of them, each retained once for the
-   * caller (who frees them like its own blocks). Returns the block ids and the chain hash after the last one,
-   * and for a windowed cache the window blocks the next query reads.
+   * The cached blocks that hold the longest usable prefix of `tokens`, at most `maxBlocks` of them, retained for
+   * the caller (who frees them like its own blocks), and the chain hash after the last one.
    */
   match(tokens: ArrayLike<number>, maxBlocks: number): PrefixMatch {
     const found: Entry[] = [];
@@ -75,78 +69,62 @@ export class PrefixCache {
       hashes.push(h);
     }
     let m = found.length;
-    let windowStart = 0;
-    if (this.windowPools) {
-      // The longest prefix whose last blocks still have their sliding-layer K/V.
-      for (; m > 0; m--) {
-        windowStart = this.windowPools.firstReadBlock(m * bs);
-        let covered = true;
-        for (let k = windowStart; k < m && covered; k++) covered = found[k]!.window >= 0;
-        if (covered) break;
-      }
-      if (m === 0) windowStart = 0;
-    }
-    const blocks: number[] = [];
-    const windowBlocks: number[] = [];
+    while (m > 0 && !this.usable(found, m)) m--;
     for (let k = 0; k < m; k++) {
-      const e = found[k]!;
       this.entries.delete(hashes[k + 1]!);
-      this.entries.set(hashes[k + 1]!, e);
-      this.allocator.retain(e.block);
-      blocks.push(e.block);
-      if (this.windowPools && k >= windowStart) {
-        this.windowPools.allocator.retain(e.window);
-        windowBlocks.push(e.window);
-      }
+      this.entries.set(hashes[k + 1]!, found[k]!);
     }
-    return { blocks, hash: hashes[m]!, windowBlocks, windowStart };
+    const held = this.spaces.map((space, s) => {
+      const first = space.firstHeld(m * bs);
+      const ids = found.slice(first, m).map((e) => e[s]!);
+      for (const id of ids) space.allocator.retain(id);
+      return { first, ids };
+    });
+    return { blocks: m, hash: hashes[m]!, held };
   }
 
   /**
-   * Records a block that has just been filled: `hash` is the chain hash through it, windowBlockId its
-   * sliding-layer block (-1 for none). A block already known under this hash is left as is (the sequence keeps
-   * its own copy), except that an entry whose window block was given back takes the new one.
+   * Records a block that has just been filled: `hash` is the chain hash through it, ids its block in each space
+   * (-1 for none). A block already known under this hash is left as is (the sequence keeps its own copy), except
+   * that where the entry's block was given back it takes the new one.
    */
-  insert(hash: bigint, blockId: number, windowBlockId = -1): void {
+  insert(hash: bigint, ids: readonly number[]): void {
     const known = this.entries.get(hash);
-    const win = this.windowPools && windowBlockId >= 0 ? windowBlockId : -1;
-    if (known) {
-      if (known.window < 0 && win >= 0) {
-        this.windowPools!.allocator.retain(win);
-        known.window = win;
-      }
-      return;
-    }
-    this.allocator.retain(blockId);
-    if (win >= 0) this.windowPools!.allocator.retain(win);
-    this.entries.set(hash, { block: blockId, window: win });
+    const entry = known ?? ids.map(() => -1);
+    ids.forEach((id, s) => {
+      if (id < 0 || entry[s]! >= 0) return;
+      this.spaces[s]!.allocator.retain(id);
+      entry[s] = id;
+    });
+    if (!known) this.entries.set(hash, entry);
   }
 
-  /** Gives back up to `needed` blocks that nothing but the cache holds, least recently used first. */
-  evict(needed: number): number {
+  /**
+   * Gives back up to `needed` blocks of space s that nothing but the cache holds, least recently used first:
+   * whole entries for the main space, only their block there for the others.
+   */
+  evict(s: number, needed: number): number {
+    const allocator = this.spaces[s]!.allocator;
     let freed = 0;
     for (const [h, e] of this.entries) {
       if (freed >= needed) break;
-      if (this.allocator.refcount(e.block) !== 1) continue;
-      this.entries.delete(h);
-      this.allocator.free(e.block);
-      if (e.window >= 0) this.windowPools!.allocator.free(e.window);
+      if (e[s]! < 0 || allocator.refcount(e[s]!) !== 1) continue;
+      if (s === 0) {
+        this.entries.delete(h);
+        e.forEach((id, k) => {
+          if (id >= 0) this.spaces[k]!.allocator.free(id);
+        });
+      } else {
+        allocator.free(e[s]!);
+        e[s] = -1;
+      }
       freed++;
     }
     return freed;
   }
 
-  /** Gives back up to `needed` window blocks that nothing but the cache holds, least recently used first. */
-  evictWindow(needed: number): number {
-    const wa = this.windowPools!.allocator;
-    let freed = 0;
-    for (const e of this.entries.values()) {
-      if (freed >= needed) break;
-      if (e.window < 0 || wa.refcount(e.window) !== 1) continue;
-      wa.free(e.window);
-      e.window = -1;
-      freed++;
-    }
-    return freed;
+  /** Whether the first m entries found still have, in every space, each block a sequence of m blocks holds there. */
+  private usable(found: readonly Entry[], m: number): boolean {
+    return this.spaces.every((space, s) => found.slice(space.firstHeld(m * this.blockSize), m).every((e) => e[s]! >= 0));
   }
 }

@@ -8,7 +8,7 @@ import { RmlxError } from "../errors.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
 import { Sequence } from "./kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { blockHash, PrefixCache, ROOT_HASH } from "./prefix_cache.ts";
+import { PrefixCache } from "./prefix_cache.ts";
 import { Sampler } from "./sampler.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
@@ -54,9 +54,6 @@ interface Active {
   detok: TokenTextStream;
   stop: StopFilter;
   processor: LogitsProcessor | null;
-  /** Chain hash through the blocks already offered to the prefix cache, and how many there are. */
-  hash: bigint;
-  hashedBlocks: number;
   cachedTokens: number;
   startsInReasoning: boolean;
   /** Inside a reasoning section now, and how many tokens it has taken so far. */
@@ -80,11 +77,7 @@ export class Scheduler {
     private readonly config: EngineConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    const cache = model.cache;
-    const windowPools = cache.windowAllocator
-      ? { allocator: cache.windowAllocator, firstReadBlock: (n: number) => cache.firstReadBlock(n) }
-      : null;
-    this.prefix = config.prefixCache ? new PrefixCache(cache.allocator, cache.blockSize, windowPools) : null;
+    this.prefix = config.prefixCache ? new PrefixCache(model.cache.spaces, model.cache.blockSize) : null;
   }
 
   get numRunning(): number {
@@ -139,8 +132,6 @@ export class Scheduler {
       detok: this.model.newDetokenizer(),
       stop: this.model.newStopFilter(req.stop),
       processor: this.model.logitsProcessor?.(req) ?? null,
-      hash: ROOT_HASH,
-      hashedBlocks: 0,
       cachedTokens: 0,
       startsInReasoning,
       inReasoning: startsInReasoning,
@@ -179,19 +170,13 @@ export class Scheduler {
     const cache = this.model.cache;
     while (this.waiting.length > 0 && this.running.length < this.config.maxRunning) {
       const a = this.waiting[0]!;
-      if (a.seq.length === 0 && a.seq.blocks.length === 0 && this.prefix) {
+      if (this.prefix) {
         // Keep at least one token to run, so the step yields the logits of the last prompt token.
-        const m = this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize));
-        a.seq.blocks.push(...m.blocks);
-        a.seq.windowBlocks.push(...m.windowBlocks);
-        a.seq.windowStart = m.windowStart;
-        a.seq.length = m.blocks.length * cache.blockSize;
-        a.hash = m.hash;
-        a.hashedBlocks = m.blocks.length;
+        cache.adopt(a.seq, this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize)));
         if (!a.started) a.cachedTokens = a.seq.length;
       }
       const pending = a.tokens.length - a.seq.length;
-      // Window pools are reserved one prefill chunk at a time, main pools for the whole prompt.
+      // The sliding space is reserved one prefill chunk at a time, the main space for the whole prompt.
       const firstChunk = Math.min(pending, this.config.prefillChunk);
       const need = cache.needs(a.seq, pending + 1, firstChunk);
       // Leave one block of growth per running sequence so that admitting does not force a preemption at once.
@@ -199,8 +184,6 @@ export class Scheduler {
         if (this.running.length > 0) {
           // Wait with nothing held: the matched blocks stay in the prefix cache, free to be evicted.
           cache.release(a.seq);
-          a.hash = ROOT_HASH;
-          a.hashedBlocks = 0;
           break;
         }
         if (!cache.ensureFree(need)) {
@@ -234,8 +217,6 @@ export class Scheduler {
       if (a === keep) continue;
       this.running.splice(i, 1);
       this.model.cache.release(a.seq);
-      a.hash = ROOT_HASH;
-      a.hashedBlocks = 0;
       this.waiting.unshift(a);
       return true;
     }
@@ -293,30 +274,12 @@ export class Scheduler {
       if (owners[i]!.seq.length + entries[i]!.tokens.length === owners[i]!.tokens.length) wanted.push(i);
     }
     const logits = this.model.forward(built, Int32Array.from(wanted, (i) => built.lastRows[i]!));
-    // Blocks are offered before the window moves on, so that the prefix cache keeps their sliding-layer K/V.
-    cache.advance(entries, false);
-    for (const a of owners) {
-      this.offerBlocks(a);
-      cache.trimWindow(a.seq);
-    }
+    cache.advance(entries, this.prefix ? { prefix: this.prefix, tokens: owners.map((a) => a.tokens) } : undefined);
     const vocab = wanted.length > 0 ? logits.length / wanted.length : 0;
     for (let k = 0; k < wanted.length; k++) {
       this.sampleNext(owners[wanted[k]!]!, logits.subarray(k * vocab, (k + 1) * vocab));
     }
     return this.hasWork;
-  }
-
-  /** Offers the sequence's newly filled blocks to the prefix cache. */
-  private offerBlocks(a: Active): void {
-    if (!this.prefix) return;
-    const bs = this.model.cache.blockSize;
-    while ((a.hashedBlocks + 1) * bs <= a.seq.length) {
-      const b = a.hashedBlocks;
-      a.hash = blockHash(a.hash, a.tokens, b * bs, (b + 1) * bs);
-      const w = b - a.seq.windowStart;
-      this.prefix.insert(a.hash, a.seq.blocks[b]!, w >= 0 && w < a.seq.windowBlocks.length ? a.seq.windowBlocks[w]! : -1);
-      a.hashedBlocks++;
-    }
   }
 
   private sampleNext(a: Active, row: Float32Array): void {

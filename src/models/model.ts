@@ -12,22 +12,30 @@ export interface LayerCacheSpec {
   window: number;
 }
 
-export interface ForwardStep {
-  /** Token ids of the step, all sequences concatenated [T]. */
-  tokens: Int32Array;
+/**
+ * A step as the layers of one block space (the pools that share block ids) see it: where each token's K/V is
+ * written and which blocks each sequence reads.
+ */
+export interface SpaceView {
   /** Block tables, lengths after this step's writes, token -> sequence, positions. */
   batch: AttentionBatch;
+  /** Cache slot (block * blockSize + offset) each token's K/V is written to [T]; the same for every layer of the space. */
+  slots: Int32Array;
+}
+
+/** The main space's view is the step's own: every layer reads and writes through it unless `windowed` says otherwise. */
+export interface ForwardStep extends SpaceView {
+  /** Token ids of the step, all sequences concatenated [T]. */
+  tokens: Int32Array;
   /** One pool per layer, in layer order. */
   pools: readonly KvPool[];
-  /** Cache slot (block * blockSize + offset) each token's K/V is written to [T]; the same for every layer. */
-  slots: Int32Array;
   /** Token rows (indices into [0, T)) whose logits are wanted, in output order. */
   logitRows: Int32Array;
   /**
-   * When present, every layer whose LayerCacheSpec has a window > 0 has its pool among the cache's window pools
-   * and reads and writes through these block tables and slots instead (same tokens, positions and lengths).
+   * When present, every layer whose LayerCacheSpec has a window > 0 has its pool in the cache's sliding-window
+   * space and reads and writes through this view instead (same tokens, positions and lengths).
    */
-  windowed?: { batch: AttentionBatch; slots: Int32Array };
+  windowed?: SpaceView;
 }
 
 export interface Model {

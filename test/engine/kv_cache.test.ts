@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { BlockAllocator, KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { PrefixCache } from "../../src/engine/prefix_cache.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { fakeBackend } from "./fake_backend.ts";
 
@@ -115,11 +116,11 @@ describe("KvCache", () => {
     const c = new KvCache(fakeBackend(copies), LAYERS, { numBlocks: 8, blockSize: 4 });
     const a = new Sequence();
     c.reserve(a, 6);
-    a.length = 6;
+    c.advance([{ seq: a, tokens: new Int32Array(6) }]);
     const b = c.fork(a);
     expect(c.allocator.refcount(0)).toBe(2);
     expect(c.allocator.refcount(1)).toBe(2);
-    expect(c.blocksNeeded(b, 1)).toBe(1);
+    expect(c.needs(b, 1)).toEqual([1]);
     c.reserve(b, 1);
     // block 1 (partly filled, shared) copied to a fresh block for b, once per layer pool
     expect(copies).toEqual([
@@ -132,11 +133,41 @@ describe("KvCache", () => {
     // a full shared block is never copied
     const d = new Sequence();
     c.reserve(d, 4);
-    d.length = 4;
+    c.advance([{ seq: d, tokens: new Int32Array(4) }]);
     const e = c.fork(d);
     copies.length = 0;
     c.reserve(e, 1);
     expect(copies.length).toBe(0);
     expect(e.blocks.length).toBe(2);
+  });
+
+  test("advance offers each filled block to a prefix cache once; adopt starts a sequence with a match", () => {
+    const c = new KvCache(fakeBackend([]), LAYERS, { numBlocks: 8, blockSize: 4 });
+    const prefix = new PrefixCache(c.spaces, c.blockSize);
+    const tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    const a = new Sequence();
+    for (const [from, to] of [
+      [0, 6],
+      [6, 10],
+    ] as const) {
+      const e = [{ seq: a, tokens: Int32Array.from(tokens.slice(from, to)) }];
+      c.reserve(a, e[0]!.tokens.length);
+      c.advance(e, { prefix, tokens: [tokens] });
+    }
+    expect(prefix.size).toBe(2);
+    expect(a.blocks.map((b) => c.allocator.refcount(b))).toEqual([2, 2, 1]);
+
+    const b = new Sequence();
+    c.adopt(b, prefix.match([...tokens.slice(0, 8), 42], 2));
+    expect(b.length).toBe(8);
+    expect(b.blocks).toEqual(a.blocks.slice(0, 2));
+    expect(() => c.adopt(b, prefix.match([], 0))).toThrow(RmlxError);
+    // b's blocks are offered already: its next filled block is the only new entry
+    const e = [{ seq: b, tokens: Int32Array.of(42, 43, 44, 45) }];
+    c.reserve(b, 4);
+    c.advance(e, { prefix, tokens: [[...tokens.slice(0, 8), 42, 43, 44, 45]] });
+    expect(prefix.size).toBe(3);
+    c.release(b);
+    expect(b.length).toBe(0);
   });
 });

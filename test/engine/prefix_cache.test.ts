@@ -2,6 +2,9 @@ import { describe, expect, test } from "bun:test";
 import { BlockAllocator } from "../../src/engine/kv_cache.ts";
 import { blockHash, PrefixCache, ROOT_HASH } from "../../src/engine/prefix_cache.ts";
 
+/** One space that keeps every block, as a KV cache's main space does. */
+const keepAll = (allocator: BlockAllocator) => [{ allocator, firstHeld: () => 0 }];
+
 describe("prefix cache", () => {
   test("a block's key depends on every token before it, not only its own", () => {
     const a = [1, 2, 3, 4, 5, 6, 7, 8];
@@ -15,7 +18,7 @@ describe("prefix cache", () => {
 
   test("match returns the longest cached chain, retained for the caller", () => {
     const alloc = new BlockAllocator(8);
-    const cache = new PrefixCache(alloc, 2);
+    const cache = new PrefixCache(keepAll(alloc), 2);
     const toks = [1, 2, 3, 4, 5, 6];
     let h = ROOT_HASH;
     const ids: number[] = [];
@@ -23,22 +26,22 @@ describe("prefix cache", () => {
       const id = alloc.allocate();
       ids.push(id);
       h = blockHash(h, toks, b * 2, b * 2 + 2);
-      cache.insert(h, id);
+      cache.insert(h, [id]);
       alloc.free(id); // the sequence is done; only the cache holds it
     }
     expect(alloc.numUsed).toBe(3);
     const m = cache.match([1, 2, 3, 4, 9, 9], 3);
-    expect(m.blocks).toEqual(ids.slice(0, 2));
-    expect(m.blocks.map((id) => alloc.refcount(id))).toEqual([2, 2]);
-    expect(cache.match(toks, 2).blocks).toEqual(ids.slice(0, 2));
-    expect(cache.match([7, 7], 1).blocks).toEqual([]);
+    expect(m.held[0]!.ids).toEqual(ids.slice(0, 2));
+    expect(m.held[0]!.ids.map((id) => alloc.refcount(id))).toEqual([2, 2]);
+    expect(cache.match(toks, 2).held[0]!.ids).toEqual(ids.slice(0, 2));
+    expect(cache.match([7, 7], 1).held[0]!.ids).toEqual([]);
   });
 
   test("when blocks run out, only cache-held blocks are evicted, least recently used first", () => {
     const alloc = new BlockAllocator(3);
-    const cache = new PrefixCache(alloc, 1);
+    const cache = new PrefixCache(keepAll(alloc), 1);
     const ids = [alloc.allocate(), alloc.allocate(), alloc.allocate()];
-    ids.forEach((id, i) => cache.insert(BigInt(i + 1), id));
+    ids.forEach((id, i) => cache.insert(BigInt(i + 1), [id]));
     alloc.free(ids[0]!);
     alloc.free(ids[2]!);
     // ids[1] is still used by a sequence, so it is skipped although older than ids[2].

@@ -51,8 +51,7 @@ describe("windowed KvCache bookkeeping", () => {
     // 2 sequences x (3 + 1) + 8 / 4
     expect(c.pools.map((p) => p.numBlocks)).toEqual([100, 10, 10]);
     // per token: 2 (k, v) x 2 heads x 8 dims x 4 bytes = 128 per layer; blocks of 4 tokens
-    expect(c.bytesPerBlock).toBe(512);
-    expect(c.windowBytesPerBlock).toBe(1024);
+    expect(c.spaces.map((s) => s.bytesPerBlock)).toEqual([512, 1024]);
     expect(c.memoryBytes).toBe(100 * 512 + 10 * 1024);
 
     const budget = 100 * 512 + 10 * 1024 + 700;
@@ -113,7 +112,7 @@ describe("windowed KvCache bookkeeping", () => {
     const c = new KvCache(fakeBackend(copies), LAYERS, { numBlocks: 16, blockSize: 4, windowed: true });
     const a = new Sequence();
     c.reserve(a, 6);
-    a.length = 6;
+    c.advance([{ seq: a, tokens: new Int32Array(6) }]);
     const b = c.fork(a);
     expect(b.windowBlocks).toEqual(a.windowBlocks);
     c.reserve(b, 1);
@@ -168,7 +167,7 @@ describe("windowed reads and writes, simulated", () => {
       const entries: StepEntry[] = live.map((l, i) => ({ seq: l.seq, tokens: new Int32Array(i === big ? 1 + rand(maxStep) : 1) }));
       for (const e of entries) c.reserve(e.seq, e.tokens.length);
       const built = c.buildStep(entries);
-      const w = built.window!;
+      const w = built.windowed!;
       for (let t = 0; t < built.tokens.length; t++) {
         const s = w.batch.tokenSeq[t]!;
         owner.set(w.slots[t]!, `${live[s]!.id}:${w.batch.positions[t]}`);
@@ -389,7 +388,7 @@ describe("scheduler on a windowed cache", () => {
     drain();
     // blocks 0..8 of "a" are cached in order; the next query after the 7 shared blocks (position 28) reads
     // positions 23..28, i.e. blocks 5 and 6
-    expect(sched.prefix!.evictWindow(strip)).toBe(strip);
+    expect(sched.prefix!.evict(1, strip)).toBe(strip);
     sched.submit(req("b", prompts[1]!, 40));
     drain();
     const d = events.find((e) => e.type === "done" && e.id === "b") as Extract<EngineEvent, { type: "done" }>;
