@@ -82,7 +82,7 @@ export function generate(model: Model, cache: KvCache, promptIds: readonly numbe
     for (let i = 0; i < promptIds.length; i += chunk) {
       const part = Int32Array.from(promptIds.slice(i, i + chunk));
       const last = i + chunk >= promptIds.length;
-      const r = forwardBatch(model, cache, [{ seq, tokens: part, logits: last ? "last" : "none" }]);
+      const r = forwardBatch(model, cache, [{ seq, tokens: part }], last ? "last" : "none");
       if (last) row = logitsRow(r, 0);
     }
     let next = sampler.sample(row!, history);

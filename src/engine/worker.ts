@@ -8,6 +8,7 @@ import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reas
 import { Detokenizer } from "../text/detokenizer.ts";
 import { StopStrings } from "../text/stop.ts";
 import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
+import { runStep } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import { KvCache, type BuiltStep } from "./kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
@@ -55,7 +56,6 @@ function thinkTokens(s: Session): { open: number; close: number } | undefined {
 }
 
 function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolParser: ToolParserKind | undefined): SchedulerModel {
-  const backend = s.model.backend;
   let vocab: ConstraintVocab | undefined;
   return {
     reasoningTokens: reasoning ? thinkTokens(s) : undefined,
@@ -73,9 +73,7 @@ function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolPars
       if (bad !== undefined) throw new RmlxError("invalid_argument", `prompt token ${bad} is outside the vocabulary (${s.model.vocabSize})`);
       return { ids: [...ids], startsInReasoning: false };
     },
-    forward(step: BuiltStep, logitRows: Int32Array) {
-      return backend.scope(() => backend.toFloat32(s.model.forward(cache.forwardStep(step, logitRows))));
-    },
+    forward: (step: BuiltStep, logitRows: Int32Array) => runStep(s.model, cache, step, logitRows),
     newDetokenizer: () => new Detokenizer(s.tokenizer),
     newStopFilter: (stops) => new StopStrings(stops),
     tokenBytes: (id) => s.tokenizer.tokenBytes(id),
