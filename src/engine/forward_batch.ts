@@ -1,7 +1,7 @@
 // Running the model over the paged cache. runStep is the one place a built step meets the model: the Scheduler
 // (through its SchedulerModel, for the server's worker and the CLI alike) and forwardBatch both go through it.
 // forwardBatch is the unscheduled form for callers that place the tokens themselves and may want the logits of
-// every token: conversion checks and the model tests' teacher forcing.
+// every token: conversion checks, the model tests' teacher forcing and the step benchmarks of scripts/bench.
 import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
 import type { BlockNeed, BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
