@@ -1,12 +1,13 @@
 // `rmlx bench`: prompt and generation speed of one model directory, in the manner of mlx_lm.benchmark: a random
-// prompt of -p tokens, then -g greedy tokens with EOS ignored, repeated --reps times; medians reported.
+// prompt of -p tokens, then -g greedy decode steps with EOS ignored, repeated --reps times; medians reported. The
+// request runs on the engine's Scheduler in this process, so the figures include what serving a request costs.
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
 import { getBackend } from "../backend/index.ts";
 import { builtinModelDir } from "../builtin/index.ts";
-import { forwardBatch, logitsRow } from "../engine/forward_batch.ts";
-import { cacheForTokens } from "../engine/generate.ts";
-import { Sequence } from "../engine/kv_cache.ts";
+import { cacheForTokens, generate } from "../engine/generate.ts";
+import { tokenModel } from "../engine/session.ts";
+import { DEFAULT_SAMPLING } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import { MetricsStore, defaultDbPath } from "../metrics/store.ts";
@@ -74,30 +75,25 @@ export function register(program: Command): void {
       }
       // A fixed pseudo-random prompt: the same tokens on every run and machine.
       let x = 0x9e3779b9;
-      const prompt = Int32Array.from({ length: promptLen }, () => {
+      const prompt = Array.from({ length: promptLen }, () => {
         x ^= x << 13;
         x ^= x >>> 17;
         x ^= x << 5;
         return (x >>> 0) % model.vocabSize;
       });
+      // -g decode steps: the token sampled after the last one is never fed back.
+      const request = { prompt, maxTokens: gen + 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
       const promptTps: number[] = [];
       const genTps: number[] = [];
       for (let r = 0; r < reps; r++) {
-        const cache = cacheForTokens(model, promptLen + gen, undefined, undefined, kvDtype);
-        const seq = new Sequence();
-        const t0 = performance.now();
-        let out = forwardBatch(model, cache, [{ seq, tokens: prompt }]);
-        const t1 = performance.now();
-        for (let i = 0; i < gen; i++) {
-          const row = logitsRow(out, 0);
-          let best = 0;
-          for (let j = 1; j < row.length; j++) if (row[j]! > row[best]!) best = j;
-          out = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(best) }]);
+        const cache = cacheForTokens(model, promptLen + gen, kvDtype);
+        try {
+          const out = generate(tokenModel(model, cache), request);
+          promptTps.push(out.promptTps);
+          genTps.push(out.decodeTps);
+        } finally {
+          cache.dispose();
         }
-        const t2 = performance.now();
-        cache.dispose();
-        promptTps.push(promptLen / ((t1 - t0) / 1000));
-        genTps.push(gen / ((t2 - t1) / 1000));
       }
       const result = {
         model: dir,

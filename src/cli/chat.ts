@@ -7,7 +7,7 @@ import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
-import { addSamplingOptions, promptIds, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
+import { addSamplingOptions, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
 interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags {
   model?: string;
@@ -47,8 +47,7 @@ export function register(program: Command): void {
         } else if (text.length > 0) {
           history.push({ role: "user", content: text });
           // The whole conversation is re-rendered each turn, so the template sees it as transformers would.
-          const ids = promptIds(s, history, "");
-          const r = runGeneration(s, ids, maxTokens, sampling, (t) => process.stdout.write(t), kvDtype);
+          const r = runGeneration(s, { messages: history }, maxTokens, sampling, (t) => process.stdout.write(t), kvDtype);
           history.push({ role: "assistant", content: r.text });
           process.stdout.write("\n");
           process.stderr.write(`[${speedLine(r)}]\n`);

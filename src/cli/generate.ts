@@ -1,15 +1,15 @@
+// `rmlx generate`: one prompt, its reply streamed to stdout, speeds on stderr. The request runs on the engine's
+// Scheduler in this process, the loop the server runs.
 import type { Command } from "commander";
-import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
-import { loadSession, type Session } from "../engine/session.ts";
-import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
+import type { DType } from "../backend/backend.ts";
 import { builtinModelDir } from "../builtin/index.ts";
+import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
+import { encodePrompt, loadSession, sessionModel, type Session } from "../engine/session.ts";
+import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
-import { applyChatTemplate } from "../text/chat_template.ts";
-import { Detokenizer } from "../text/detokenizer.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
-import type { DType } from "../backend/backend.ts";
 
 export interface SamplingFlags {
   temp: string;
@@ -60,32 +60,26 @@ export function addSamplingOptions(cmd: Command): Command {
     .option("--seed <s>", "random seed for reproducible sampling");
 }
 
-/** Prompt token ids: the raw text (with the tokenizer's BOS convention), or the chat template's rendering. */
-export function promptIds(s: Session, messages: ChatMessage[] | null, text: string): number[] {
-  if (!messages) return s.tokenizer.encode(text);
-  if (!s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
-  return applyChatTemplate(s.tokenizer, s.template, { messages, addGenerationPrompt: true }).ids;
-}
+/** A prompt: chat messages through the model's template, or raw text with the tokenizer's BOS convention. */
+export type CliPrompt = { messages: ChatMessage[] } | { prompt: string };
 
+/** The prompt's ids and the reply, through a cache sized for the prompt and maxTokens. */
 export function runGeneration(
   s: Session,
-  ids: number[],
+  prompt: CliPrompt,
   maxTokens: number,
   sampling: SamplingParams,
   onText?: (t: string) => void,
   kvDtype: DType = "f32",
-): GenerateResult {
-  const total = Math.min(ids.length + maxTokens, s.model.config.contextLength);
-  const cache = cacheForTokens(s.model, total, undefined, undefined, kvDtype);
+): GenerateResult & { promptIds: number[] } {
+  if ("messages" in prompt && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
+  const request = { ...prompt, maxTokens, sampling, stop: [], stopTokenIds: [] };
+  // Encoded here once, because the cache is sized by the prompt's length.
+  const encoded = encodePrompt(s, request);
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + maxTokens, s.model.config.contextLength), kvDtype);
   try {
-    const opts = {
-      maxTokens,
-      sampling,
-      stopTokenIds: s.stopTokenIds,
-      detokenizer: new Detokenizer(s.tokenizer),
-      ...(onText ? { onText } : {}),
-    };
-    return generate(s.model, cache, ids, opts);
+    const model = { ...sessionModel(s, cache), encode: () => encoded };
+    return { promptIds: encoded.ids, ...generate(model, request, onText ? { onText } : {}) };
   } finally {
     cache.dispose();
   }
@@ -124,12 +118,11 @@ export function register(program: Command): void {
       } else if (f.system !== undefined) {
         throw new RmlxError("invalid_argument", "--system needs --chat");
       }
-      const ids = promptIds(s, messages, f.prompt!);
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const r = runGeneration(s, ids, maxTokens, sampling, onText, kvDtype);
+      const r = runGeneration(s, messages ? { messages } : { prompt: f.prompt! }, maxTokens, sampling, onText, kvDtype);
       if (f.json) {
         const out = {
-          prompt_ids: ids,
+          prompt_ids: r.promptIds,
           token_ids: r.tokenIds,
           text: r.text,
           finish_reason: r.finishReason,

@@ -52,7 +52,7 @@ function argmax(row: ArrayLike<number>): number {
 function allLogits(model: Model, ids: Int32Array): Float32Array {
   const blockSize = 16;
   const cache = new KvCache(model.backend, model.layers, { numBlocks: Math.ceil(ids.length / blockSize) + 1, blockSize });
-  return forwardBatch(model, cache, [{ seq: new Sequence(), tokens: ids, logits: "all" }]).logits;
+  return forwardBatch(model, cache, [{ seq: new Sequence(), tokens: ids }], "all").logits;
 }
 
 export function verifyConversion(srcDir: string, outDir: string): VerifyReport {

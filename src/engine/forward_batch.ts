@@ -1,61 +1,41 @@
-// One batched forward: any set of sequences, each adding some tokens (a prefill chunk or one decode token),
-// run as a single model step over the paged cache. The CLI's generate loop and the server's scheduler both
-// drive the model through this function.
+// Running the model over the paged cache. runStep is the one place a built step meets the model: the Scheduler
+// (through its SchedulerModel, for the server's worker and the CLI alike) and forwardBatch both go through it.
+// forwardBatch is the unscheduled form for callers that place the tokens themselves and may want the logits of
+// every token: conversion checks, the model tests' teacher forcing and the step benchmarks of scripts/bench.
 import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import type { KvCache, Sequence } from "./kv_cache.ts";
+import type { BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
 
-export interface BatchEntry {
-  seq: Sequence;
-  tokens: Int32Array;
-  /** Which of this entry's new tokens need logits: its last (default), all of them, or none. */
-  logits?: "last" | "all" | "none";
+/** Runs one built step and returns f32 logits [logitRows.length, vocab], row-major; tensors end with the step. */
+export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Float32Array {
+  const be = model.backend;
+  return be.scope(() => be.toFloat32(model.forward(cache.forwardStep(built, logitRows))));
 }
 
+/** Which new tokens of each entry need logits: the last one (its next-token row), all of them, or none. */
+export type LogitsWanted = "last" | "all" | "none";
+
 export interface BatchResult {
-  /** f32 [rows, vocab], row-major. */
+  /** f32 [rows, vocab], row-major: one row per entry with "last", one per token with "all", none with "none". */
   logits: Float32Array;
   vocab: number;
-  /** Per entry: its first row in logits, or -1 when it asked for none. With "last", that row is its only one. */
-  firstRow: Int32Array;
 }
 
 /**
  * Reserves cache room for every entry (all or nothing: RmlxError("overloaded") leaves the sequences as they
- * were), runs the step inside a backend scope, reads back the wanted logits and advances the sequences.
+ * were), runs the step, and advances the sequences.
  */
-export function forwardBatch(model: Model, cache: KvCache, entries: readonly BatchEntry[]): BatchResult {
+export function forwardBatch(model: Model, cache: KvCache, entries: readonly StepEntry[], wanted: LogitsWanted = "last"): BatchResult {
   if (entries.length === 0) throw new RmlxError("internal", "forwardBatch needs at least one entry");
   cache.reserveStep(entries);
   const built = cache.buildStep(entries);
-
-  const rows: number[] = [];
-  const firstRow = new Int32Array(entries.length).fill(-1);
-  let start = 0;
-  for (let s = 0; s < entries.length; s++) {
-    const e = entries[s]!;
-    const mode = e.logits ?? "last";
-    if (mode === "all") {
-      firstRow[s] = rows.length;
-      for (let i = 0; i < e.tokens.length; i++) rows.push(start + i);
-    } else if (mode === "last") {
-      firstRow[s] = rows.length;
-      rows.push(built.lastRows[s]!);
-    }
-    start += e.tokens.length;
-  }
-  // A step always computes at least one row of logits: its evaluation is what runs the cache writes.
-  const wanted = rows.length;
-  if (wanted === 0) rows.push(built.lastRows[entries.length - 1]!);
-
-  const be = model.backend;
-  const logits = be.scope(() =>
-    be.toFloat32(
-      model.forward(cache.forwardStep(built, Int32Array.from(rows))),
-    ),
-  );
+  let rows: Int32Array;
+  if (wanted === "all") rows = Int32Array.from({ length: built.tokens.length }, (_, i) => i);
+  else if (wanted === "last") rows = built.lastRows;
+  else rows = new Int32Array(0);
+  const logits = runStep(model, cache, built, rows);
   cache.advance(entries);
-  return { logits: wanted === 0 ? new Float32Array(0) : logits, vocab: model.vocabSize, firstRow };
+  return { logits, vocab: model.vocabSize };
 }
 
 /** Row r of a result's logits (a view, no copy). */

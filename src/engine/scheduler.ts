@@ -12,6 +12,9 @@ import { PrefixCache } from "./prefix_cache.ts";
 import { Sampler } from "./sampler.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
+/** The engine settings a scheduler reads (the CLI's in-process runs have no others). */
+export type SchedulerConfig = Pick<EngineConfig, "maxRunning" | "maxWaiting" | "prefillChunk" | "prefixCache">;
+
 /** Streaming text pieces out of token ids (src/text/detokenizer.ts fits). */
 export interface TokenTextStream {
   push(tokenId: number): string;
@@ -74,7 +77,7 @@ export class Scheduler {
 
   constructor(
     private readonly model: SchedulerModel,
-    private readonly config: EngineConfig,
+    private readonly config: SchedulerConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
     this.prefix = config.prefixCache ? new PrefixCache(model.cache.spaces, model.cache.blockSize) : null;

@@ -1,12 +1,24 @@
-// A loaded model with its tokenizer and chat template: what the CLI's generate and chat need.
+// A loaded model with its tokenizer and chat template, and the SchedulerModel over it: the server's worker and the
+// CLI's generate and chat hand their requests to a Scheduler through this one adapter, so prompts are encoded,
+// steps run and text is made the same way in both.
 import { getBackend } from "../backend/index.ts";
 import type { Backend } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import { openModelDir, type ModelDir } from "../io/model_dir.ts";
 import type { Model } from "../models/model.ts";
-import { loadModel } from "../models/registry.ts";
-import { ChatTemplate } from "../text/chat_template.ts";
+import { loadModel, textModelType } from "../models/registry.ts";
+import { applyChatTemplate, ChatTemplate } from "../text/chat_template.ts";
+import { Detokenizer } from "../text/detokenizer.ts";
+import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
+import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
+import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
+import { runStep } from "./forward_batch.ts";
+import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
+import type { KvCache } from "./kv_cache.ts";
+import type { SchedulerModel } from "./scheduler.ts";
+import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
+import type { ChatMessage, GenerateRequest } from "./types.ts";
 
 export interface Session {
   md: ModelDir;
@@ -15,6 +27,8 @@ export interface Session {
   template?: ChatTemplate;
   /** EOS ids of the model's configs and its tokenizer. */
   stopTokenIds: number[];
+  /** What the model's type and chat template tell about its output. */
+  info: { modelType: string; reasoning: boolean; toolParser?: ToolParserKind };
 }
 
 export function loadSession(dir: string, backend: Backend = getBackend()): Session {
@@ -24,7 +38,96 @@ export function loadSession(dir: string, backend: Backend = getBackend()): Sessi
   const model = loadModel(backend, md);
   const template = ChatTemplate.fromModelDir(dir, md.tokenizerConfig ?? {});
   const stopTokenIds = [...new Set([...md.config.eosTokenIds, ...tokenizer.eosTokenIds])];
-  const s: Session = { md, model, tokenizer, stopTokenIds };
+  const modelType = textModelType(md);
+  const chatTemplate = template?.source(true);
+  const info = {
+    modelType,
+    reasoning: reasoningTagsFor({ modelType, chatTemplate }) !== undefined,
+    toolParser: toolParserFor({ modelType, chatTemplate }),
+  };
+  const s: Session = { md, model, tokenizer, stopTokenIds, info };
   if (template) s.template = template;
   return s;
+}
+
+type ChatPrompt = Pick<GenerateRequest, "tools" | "templateKwargs" | "addGenerationPrompt"> & { messages: ChatMessage[] };
+
+/** Messages through the model's chat template: the prompt text and its ids. */
+export function renderChat(s: Session, req: ChatPrompt): { text: string; ids: number[] } {
+  if (!s.template) throw new RmlxError("invalid_argument", "this model has no chat template; send a plain prompt to /v1/completions");
+  const { messages, tools, templateKwargs: kwargs, addGenerationPrompt } = req;
+  return applyChatTemplate(s.tokenizer, s.template, { messages, tools, kwargs, addGenerationPrompt });
+}
+
+type Prompt = Pick<GenerateRequest, "prompt" | "messages" | "tools" | "templateKwargs" | "addGenerationPrompt">;
+
+/** Prompt token ids of a request (chat template applied), and whether they end inside an open reasoning section. */
+export function encodePrompt(s: Session, req: Prompt): { ids: number[]; startsInReasoning: boolean } {
+  if (req.messages) {
+    const { text, ids } = renderChat(s, { ...req, messages: req.messages });
+    return { ids, startsInReasoning: s.info.reasoning && promptOpensReasoning(text) };
+  }
+  if (typeof req.prompt === "string") return { ids: s.tokenizer.encode(req.prompt), startsInReasoning: false };
+  return { ids: checkedIds(req.prompt ?? [], s.model.vocabSize), startsInReasoning: false };
+}
+
+function checkedIds(ids: readonly number[], vocab: number): number[] {
+  const bad = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+  if (bad !== undefined) throw new RmlxError("invalid_argument", `prompt token ${bad} is outside the vocabulary (${vocab})`);
+  return [...ids];
+}
+
+/** The ids of <think> and </think> when each is one token (what thinking budgets need). */
+function thinkTokens(s: Session): { open: number; close: number } | undefined {
+  const open = s.tokenizer.encode(THINK_TAGS.open, { addSpecialTokens: false });
+  const close = s.tokenizer.encode(THINK_TAGS.close, { addSpecialTokens: false });
+  return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
+}
+
+const NO_TEXT = { push: () => "", flush: () => "" };
+
+/**
+ * A bare model as a SchedulerModel: prompts are token ids, output is token ids with no text and no EOS of its
+ * own. What the bench runs, which needs no tokenizer.
+ */
+export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
+  return {
+    cache,
+    contextLength: model.config.contextLength,
+    eosTokenIds: [],
+    encode(req) {
+      if (typeof req.prompt === "string" || req.messages) throw new RmlxError("invalid_argument", "without a tokenizer the prompt must be token ids");
+      return { ids: checkedIds(req.prompt ?? [], model.vocabSize), startsInReasoning: false };
+    },
+    forward: (step, logitRows) => runStep(model, cache, step, logitRows),
+    newDetokenizer: () => NO_TEXT,
+    newStopFilter: (stops) => new StopStrings(stops),
+    tokenBytes: () => new Uint8Array(0),
+  };
+}
+
+/** A session as a SchedulerModel: chat templates, text, EOS, JSON and tool-call constraints, thinking budgets. */
+export function sessionModel(s: Session, cache: KvCache): SchedulerModel {
+  const { reasoning, toolParser } = s.info;
+  let vocab: ConstraintVocab | undefined;
+  return {
+    ...tokenModel(s.model, cache),
+    reasoningTokens: reasoning ? thinkTokens(s) : undefined,
+    eosTokenIds: s.stopTokenIds,
+    encode: (req) => encodePrompt(s, req),
+    newDetokenizer: () => new Detokenizer(s.tokenizer),
+    tokenBytes: (id) => s.tokenizer.tokenBytes(id),
+    logitsProcessor(req) {
+      const forced = req.requireToolCall && req.tools?.length ? toolParser : undefined;
+      if (!req.jsonSchema && !forced) return null;
+      vocab ??= new ConstraintVocab(s.tokenizer.allTokenBytes(), s.tokenizer.specialTokenIds, s.stopTokenIds);
+      if (forced === "hermes") {
+        const ids = (text: string) => s.tokenizer.encode(text, { addSpecialTokens: false });
+        return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
+      }
+      if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
+      if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
+      return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
+    },
+  };
 }

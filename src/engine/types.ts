@@ -1,5 +1,6 @@
-// The contract between the HTTP server (src/server/) and the engine worker (src/engine/worker.ts).
-// Everything here is structured-clone safe: it crosses a Bun Worker boundary as postMessage data.
+// The contract between the HTTP server (src/server/) and the engine worker (src/engine/worker.ts), also spoken by
+// the CLI's in-process runs (src/engine/generate.ts). Everything here is structured-clone safe: it crosses a Bun
+// Worker boundary as postMessage data.
 
 export interface SamplingParams {
   /** 0 = greedy. */
@@ -45,7 +46,7 @@ export interface GenerateRequest {
   tools?: ToolSpec[];
   /** Extra variables for the chat template (enable_thinking, ...). */
   templateKwargs?: Record<string, unknown>;
-  /** Text appended after the rendered template (an assistant prefill). */
+  /** Whether the template opens the assistant's turn after the messages (its add_generation_prompt; default true). */
   addGenerationPrompt?: boolean;
   maxTokens: number;
   sampling: SamplingParams;

@@ -3,17 +3,10 @@
 // worker yields to its event loop, which is where new requests and cancellations come in.
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
-import { textModelType } from "../models/registry.ts";
-import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
-import { Detokenizer } from "../text/detokenizer.ts";
-import { StopStrings } from "../text/stop.ts";
-import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
-import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
-import { KvCache, type BuiltStep } from "./kv_cache.ts";
-import { Scheduler, type SchedulerModel } from "./scheduler.ts";
-import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
-import { loadSession, type Session } from "./session.ts";
-import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, LoadedModelInfo, ToolSpec, ToWorker } from "./types.ts";
+import { KvCache } from "./kv_cache.ts";
+import { Scheduler } from "./scheduler.ts";
+import { loadSession, renderChat, sessionModel, type Session } from "./session.ts";
+import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
 
 declare const self: Worker;
 
@@ -25,7 +18,6 @@ interface Loaded {
   session: Session;
   cache: KvCache;
   scheduler: Scheduler;
-  info: LoadedModelInfo;
 }
 
 const models = new Map<string, Loaded>();
@@ -42,58 +34,6 @@ function errorOf(e: unknown): { code: string; message: string } {
   return { code: "internal", message: e instanceof Error ? e.message : String(e) };
 }
 
-function renderChat(s: Session, messages: ChatMessage[], tools: ToolSpec[] | undefined, kwargs: Record<string, unknown> | undefined, addGenerationPrompt: boolean): string {
-  if (!s.template) throw new RmlxError("invalid_argument", "this model has no chat template; send a plain prompt to /v1/completions");
-  return s.template.render({ messages, tools, addGenerationPrompt, kwargs });
-}
-
-/** The ids of <think> and </think> when each is one token (what thinking budgets need). */
-function thinkTokens(s: Session): { open: number; close: number } | undefined {
-  const open = s.tokenizer.encode(THINK_TAGS.open, { addSpecialTokens: false });
-  const close = s.tokenizer.encode(THINK_TAGS.close, { addSpecialTokens: false });
-  return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
-}
-
-function schedulerModel(s: Session, cache: KvCache, reasoning: boolean, toolParser: ToolParserKind | undefined): SchedulerModel {
-  const backend = s.model.backend;
-  let vocab: ConstraintVocab | undefined;
-  return {
-    reasoningTokens: reasoning ? thinkTokens(s) : undefined,
-    cache,
-    contextLength: s.md.config.contextLength,
-    eosTokenIds: s.stopTokenIds,
-    encode(req: GenerateRequest) {
-      if (req.messages) {
-        const text = renderChat(s, req.messages, req.tools, req.templateKwargs, req.addGenerationPrompt ?? true);
-        return { ids: s.tokenizer.encode(text, { addSpecialTokens: false }), startsInReasoning: reasoning && promptOpensReasoning(text) };
-      }
-      if (typeof req.prompt === "string") return { ids: s.tokenizer.encode(req.prompt), startsInReasoning: false };
-      const ids = req.prompt ?? [];
-      const bad = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= s.model.vocabSize);
-      if (bad !== undefined) throw new RmlxError("invalid_argument", `prompt token ${bad} is outside the vocabulary (${s.model.vocabSize})`);
-      return { ids: [...ids], startsInReasoning: false };
-    },
-    forward(step: BuiltStep, logitRows: Int32Array) {
-      return backend.scope(() => backend.toFloat32(s.model.forward(cache.forwardStep(step, logitRows))));
-    },
-    newDetokenizer: () => new Detokenizer(s.tokenizer),
-    newStopFilter: (stops) => new StopStrings(stops),
-    tokenBytes: (id) => s.tokenizer.tokenBytes(id),
-    logitsProcessor(req) {
-      const forced = req.requireToolCall && req.tools?.length ? toolParser : undefined;
-      if (!req.jsonSchema && !forced) return null;
-      vocab ??= new ConstraintVocab(s.tokenizer.allTokenBytes(), s.tokenizer.specialTokenIds, s.stopTokenIds);
-      if (forced === "hermes") {
-        const ids = (text: string) => s.tokenizer.encode(text, { addSpecialTokens: false });
-        return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
-      }
-      if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
-      if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
-      return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
-    },
-  };
-}
-
 function load(name: string, dir: string): void {
   const session = loadSession(dir, getBackend());
   const cache = new KvCache(session.model.backend, session.model.layers, {
@@ -102,14 +42,13 @@ function load(name: string, dir: string): void {
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
   });
-  const modelType = textModelType(session.md);
-  const chatTemplate = session.template?.source(true);
-  const reasoning = reasoningTagsFor({ modelType, chatTemplate }) !== undefined;
-  const toolParser = toolParserFor({ modelType, chatTemplate });
-  const info: LoadedModelInfo = { modelType, toolParser, reasoning };
-  const scheduler = new Scheduler(schedulerModel(session, cache, reasoning, toolParser), config, post);
-  models.set(name, { session, cache, scheduler, info });
-  post({ type: "loaded", model: name, contextLength: session.md.config.contextLength, info });
+  const scheduler = new Scheduler(sessionModel(session, cache), config, post);
+  models.set(name, { session, cache, scheduler });
+  postLoaded(name, session);
+}
+
+function postLoaded(name: string, s: Session): void {
+  post({ type: "loaded", model: name, contextLength: s.md.config.contextLength, info: s.info });
 }
 
 function unload(name: string): void {
@@ -178,8 +117,9 @@ function handle(msg: ToWorker): void {
       return;
     case "load":
       try {
-        if (!models.has(msg.model)) load(msg.model, msg.dir);
-        else post({ type: "loaded", model: msg.model, contextLength: models.get(msg.model)!.session.md.config.contextLength, info: models.get(msg.model)!.info });
+        const m = models.get(msg.model);
+        if (m) postLoaded(msg.model, m.session);
+        else load(msg.model, msg.dir);
       } catch (e) {
         post({ type: "load_error", model: msg.model, ...errorOf(e) });
       }
@@ -211,8 +151,8 @@ function handle(msg: ToWorker): void {
         if (!m) throw new RmlxError("not_found", `model '${msg.model}' is not loaded`);
         const s = m.session;
         if (msg.messages) {
-          const text = renderChat(s, msg.messages, msg.tools, msg.templateKwargs, msg.addGenerationPrompt ?? true);
-          post({ type: "tokenized", rid: msg.rid, tokens: s.tokenizer.encode(text, { addSpecialTokens: false }), text });
+          const { text, ids } = renderChat(s, { ...msg, messages: msg.messages });
+          post({ type: "tokenized", rid: msg.rid, tokens: ids, text });
         } else {
           post({ type: "tokenized", rid: msg.rid, tokens: s.tokenizer.encode(msg.text ?? "") });
         }

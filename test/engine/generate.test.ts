@@ -1,14 +1,17 @@
-// The generate loop with a scripted model: its logits put all mass on the next token of a fixed script, so the
-// expected outputs (stop tokens, stop strings, limits, prefill chunks) follow by hand.
+// The in-process generate run (the Scheduler driven to the end) with a scripted model: its logits put all mass on
+// the next token of a fixed script, so the expected outputs (stop tokens, stop strings, limits, prefill chunks)
+// follow by hand.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Tensor } from "../../src/backend/backend.ts";
 import { generate } from "../../src/engine/generate.ts";
 import { KvCache } from "../../src/engine/kv_cache.ts";
-import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
+import { tokenModel } from "../../src/engine/session.ts";
+import { DEFAULT_SAMPLING, type GenerateRequest } from "../../src/engine/types.ts";
 import type { ModelConfig } from "../../src/io/config.ts";
 import type { ForwardStep, Model } from "../../src/models/model.ts";
 import { Detokenizer } from "../../src/text/detokenizer.ts";
+import { StopStrings } from "../../src/text/stop.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
 import { RefBackend } from "../models/ref_backend.ts";
 
@@ -47,17 +50,27 @@ describe("generate", () => {
   const ids = (s: string) => tok.encode(s, { addSpecialTokens: false });
   const greedy = { ...DEFAULT_SAMPLING, temperature: 0 };
   const cacheFor = (m: Model) => new KvCache(m.backend, m.layers, { numBlocks: 64, blockSize: 16 });
+  /** The scripted model with the Qwen3 tokenizer's text. */
+  const withText = (m: Model) => ({
+    ...tokenModel(m, cacheFor(m)),
+    newDetokenizer: () => new Detokenizer(tok),
+    newStopFilter: (stops: string[]) => new StopStrings(stops),
+  });
+  const request = (prompt: number[], maxTokens: number, extra: Partial<GenerateRequest> = {}) => ({
+    prompt,
+    maxTokens,
+    sampling: greedy,
+    stop: [],
+    stopTokenIds: [],
+    ...extra,
+  });
 
   test("stops on a stop token without emitting it; prefill runs in chunks", () => {
     const body = ids("Hello world, this is fine.");
     const m = new ScriptedModel(151936, [...body, 151645], 10);
     const prompt = Array.from({ length: 10 }, (_, i) => 100 + i);
     let streamed = "";
-    const r = generate(m, cacheFor(m), prompt, {
-      maxTokens: 100,
-      sampling: greedy,
-      stopTokenIds: [151645],
-      detokenizer: new Detokenizer(tok),
+    const r = generate(withText(m), request(prompt, 100, { stopTokenIds: [151645] }), {
       onText: (t) => (streamed += t),
       prefillChunk: 4,
     });
@@ -74,12 +87,7 @@ describe("generate", () => {
   test("a stop string cuts the text before it", () => {
     const body = ids("The answer is 42. END of story");
     const m = new ScriptedModel(151936, body, 3);
-    const r = generate(m, cacheFor(m), [1, 2, 3], {
-      maxTokens: 100,
-      sampling: greedy,
-      stopStrings: ["END"],
-      detokenizer: new Detokenizer(tok),
-    });
+    const r = generate(withText(m), request([1, 2, 3], 100, { stop: ["END"] }));
     expect(r.text).toBe("The answer is 42. ");
     expect(r.finishReason).toBe("stop");
     expect(r.stoppedBy).toBe("END");
@@ -88,7 +96,7 @@ describe("generate", () => {
   test("max tokens ends with length; the cache is released", () => {
     const m = new ScriptedModel(1000, [5, 6, 7, 8, 9, 10], 2);
     const cache = cacheFor(m);
-    const r = generate(m, cache, [1, 2], { maxTokens: 3, sampling: greedy });
+    const r = generate(tokenModel(m, cache), request([1, 2], 3));
     expect(r.tokenIds).toEqual([5, 6, 7]);
     expect(r.finishReason).toBe("length");
     expect(cache.allocator.numFree).toBe(cache.numBlocks);
@@ -98,6 +106,6 @@ describe("generate", () => {
   test("a prompt at the context length is rejected", () => {
     const m = new ScriptedModel(1000, [5], 2);
     (m.config as { contextLength: number }).contextLength = 2;
-    expect(() => generate(m, cacheFor(m), [1, 2], { maxTokens: 3, sampling: greedy })).toThrow(/context/);
+    expect(() => generate(tokenModel(m, cacheFor(m)), request([1, 2], 3))).toThrow(/context/);
   });
 });

@@ -208,7 +208,7 @@ function runAll(model: Model, cache: KvCache, ids: number[], chunk: number, deco
   const seq = new Sequence();
   for (let i = 0; i < ids.length; ) {
     const n = i < decodeFrom ? Math.min(chunk, decodeFrom - i) : 1;
-    const r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(ids.slice(i, i + n)), logits: "all" }]);
+    const r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(ids.slice(i, i + n)) }], "all");
     out.set(r.logits, i * V);
     i += n;
   }

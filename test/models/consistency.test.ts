@@ -31,7 +31,7 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 
 function teacherForced(model: Model, ids: number[]): Float32Array {
   const cache = new KvCache(model.backend, model.layers, { numBlocks: 8, blockSize: 4 });
-  const r = forwardBatch(model, cache, [{ seq: new Sequence(), tokens: Int32Array.from(ids), logits: "all" }]);
+  const r = forwardBatch(model, cache, [{ seq: new Sequence(), tokens: Int32Array.from(ids) }], "all");
   return r.logits;
 }
 
@@ -81,7 +81,7 @@ describe.each(cases)("consistency $name on $backend", (spec) => {
   test("chunked prefill then decode matches the teacher-forced step", () => {
     const cache = new KvCache(be, model.layers, { numBlocks: 8, blockSize: 4 });
     const seq = new Sequence();
-    let r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(A.slice(0, 3)), logits: "none" }]);
+    let r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(A.slice(0, 3)) }], "none");
     r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(A.slice(3, 6)) }]);
     expect(maxDiff(logitsRow(r, 0), fullA.subarray(5 * V, 6 * V))).toBeLessThan(1e-4);
     for (let i = 6; i < A.length; i++) {
@@ -93,12 +93,12 @@ describe.each(cases)("consistency $name on $backend", (spec) => {
   test("a fork shares the prefix; writing into the shared partial block copies it first", () => {
     const cache = new KvCache(be, model.layers, { numBlocks: 8, blockSize: 4 });
     const sa = new Sequence();
-    forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(0, 6)), logits: "none" }]);
+    forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(0, 6)) }], "none");
     const sb = cache.fork(sa);
     // B continues with its own tokens after A's first 6 (block 1 is half full and shared)
     const tail = [B[0]!, B[1]!];
-    const rb = forwardBatch(model, cache, [{ seq: sb, tokens: Int32Array.from(tail), logits: "all" }]);
-    const ra = forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(6)), logits: "all" }]);
+    const rb = forwardBatch(model, cache, [{ seq: sb, tokens: Int32Array.from(tail) }], "all");
+    const ra = forwardBatch(model, cache, [{ seq: sa, tokens: Int32Array.from(A.slice(6)) }], "all");
     const fullAB = teacherForced(model, [...A.slice(0, 6), ...tail]);
     expect(maxDiff(rb.logits, fullAB.subarray(6 * V))).toBeLessThan(1e-4);
     expect(maxDiff(ra.logits, fullA.subarray(6 * V))).toBeLessThan(1e-4);
@@ -111,9 +111,9 @@ describe.each(cases)("consistency $name on $backend", (spec) => {
     const sa = new Sequence();
     const sb = new Sequence();
     const r = forwardBatch(model, cache, [
-      { seq: sa, tokens: Int32Array.from(A.slice(0, 8)), logits: "all" },
-      { seq: sb, tokens: Int32Array.from(B), logits: "all" },
-    ]);
+      { seq: sa, tokens: Int32Array.from(A.slice(0, 8)) },
+      { seq: sb, tokens: Int32Array.from(B) },
+    ], "all");
     expect(maxDiff(r.logits.subarray(0, 8 * V), fullA.subarray(0, 8 * V))).toBeLessThan(1e-4);
     expect(maxDiff(r.logits.subarray(8 * V), fullB)).toBeLessThan(1e-4);
     // next: A continues with 3 tokens while B decodes one

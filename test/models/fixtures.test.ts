@@ -85,7 +85,7 @@ describe.each(cases)("fixture $name ($gemv products)", (fx) => {
     for (const p of ref.prompts) {
       const want = readF32(refTensors, p.logits_key);
       const V = want.shape[1]!;
-      const r = forwardBatch(model, cacheFor(model), [{ seq: new Sequence(), tokens: Int32Array.from(p.ids), logits: "all" }]);
+      const r = forwardBatch(model, cacheFor(model), [{ seq: new Sequence(), tokens: Int32Array.from(p.ids) }], "all");
       const err = relError(r.logits, want.data, V);
       expect(err).toBeLessThan(REL_TOL);
     }
@@ -110,9 +110,9 @@ describe.each(cases)("fixture $name ($gemv products)", (fx) => {
     if (!a || !b) return;
     const cache = cacheFor(model);
     const r = forwardBatch(model, cache, [
-      { seq: new Sequence(), tokens: Int32Array.from(a.ids), logits: "all" },
-      { seq: new Sequence(), tokens: Int32Array.from(b.ids), logits: "all" },
-    ]);
+      { seq: new Sequence(), tokens: Int32Array.from(a.ids) },
+      { seq: new Sequence(), tokens: Int32Array.from(b.ids) },
+    ], "all");
     const V = model.vocabSize;
     const wantA = readF32(refTensors, a.logits_key).data;
     const wantB = readF32(refTensors, b.logits_key).data;

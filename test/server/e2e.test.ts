@@ -1,14 +1,15 @@
 // The real engine behind the server: a tiny random Qwen3 (real Qwen3 tokenizer and chat template) served by
-// `rmlx serve`, checked against the single-sequence generate loop run in this process on the same token ids.
+// `rmlx serve`, checked against the same engine run in this process, one sequence alone, on the same token ids:
+// this checks batching and the server around the engine; the model's numbers are checked against transformers by
+// the fixture tests.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 import { copyFileSync, rmSync } from "node:fs";
 import { basename, join } from "node:path";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
-import { loadSession, type Session } from "../../src/engine/session.ts";
+import { loadSession, sessionModel, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
-import { Detokenizer } from "../../src/text/detokenizer.ts";
 import { makeTinyModel } from "../models/tiny_model.ts";
 import { existsSync } from "node:fs";
 import { BINARY, metric, serve, waitFor, type Served } from "./harness.ts";
@@ -43,16 +44,12 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Greedy text for prompt ids from the CLI's single-sequence loop, the reference the server must match. */
+/** Greedy text for prompt ids from the CLI's in-process run of one sequence alone, the reference the server must match. */
 function reference(ids: number[], maxTokens: number): string {
   const cache = cacheForTokens(session.model, ids.length + maxTokens + 1);
   try {
-    return generate(session.model, cache, ids, {
-      maxTokens,
-      sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
-      stopTokenIds: session.stopTokenIds,
-      detokenizer: new Detokenizer(session.tokenizer),
-    }).text;
+    const sampling = { ...DEFAULT_SAMPLING, temperature: 0 };
+    return generate(sessionModel(session, cache), { prompt: ids, maxTokens, sampling, stop: [], stopTokenIds: [] }).text;
   } finally {
     cache.dispose();
   }
