@@ -4,7 +4,7 @@
 import type { Backend, Tensor, Weight } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionParams, type AttentionWeights, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
 import { ModelWeights, roundToBf16 } from "./weights.ts";
@@ -15,7 +15,7 @@ interface Gemma3Block {
   preFfnNorm: Tensor;
   postFfnNorm: Tensor;
   attn: AttentionWeights;
-  shape: AttentionShape;
+  attnParams: AttentionParams;
   mlp: MlpWeights;
 }
 
@@ -62,7 +62,7 @@ export class Gemma3Model implements Model {
           qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
           kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
         },
-        shape: {
+        attnParams: {
           heads: c.numHeads,
           kvHeads: c.numKvHeads,
           headDim: c.headDim,
@@ -80,7 +80,7 @@ export class Gemma3Model implements Model {
         },
       });
     }
-    this.layers = this.blocks.map((b) => ({ kvHeads: b.shape.kvHeads, headDim: b.shape.headDim, window: b.shape.window }));
+    this.layers = this.blocks.map((b) => ({ kvHeads: b.attnParams.kvHeads, headDim: b.attnParams.headDim, window: b.attnParams.window }));
   }
 
   forward(step: ForwardStep): Tensor {
@@ -91,7 +91,7 @@ export class Gemma3Model implements Model {
       const b = this.blocks[i]!;
       const x = h;
       h = runLayer(be, step, () => {
-        const a = attention(be, be.rmsNorm(x, b.inputNorm, eps, true), b.attn, b.shape, step, i);
+        const a = attention(be, be.rmsNorm(x, b.inputNorm, eps, true), b.attn, b.attnParams, step, i);
         const y = be.add(x, be.rmsNorm(a, b.postAttnNorm, eps, true));
         const f = gatedMlp(be, be.rmsNorm(y, b.preFfnNorm, eps, true), b.mlp, "gelu_tanh");
         return be.add(y, be.rmsNorm(f, b.postFfnNorm, eps, true));

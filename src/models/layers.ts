@@ -18,7 +18,8 @@ export interface AttentionWeights {
   kNorm?: Tensor;
 }
 
-export interface AttentionShape {
+/** Everything about one layer's attention but its weights: sizes, score scale, window, rope and the q/k norms' form. */
+export interface AttentionParams {
   heads: number;
   kvHeads: number;
   headDim: number;
@@ -38,7 +39,7 @@ export function attention(
   be: Backend,
   x: Tensor,
   w: AttentionWeights,
-  s: AttentionShape,
+  s: AttentionParams,
   step: ForwardStep,
   layer: number,
 ): Tensor {
@@ -73,6 +74,13 @@ export interface MlpWeights {
 }
 
 /** down(act(gate(x)) * up(x)), act = silu (SwiGLU) or tanh-GELU (GeGLU). */
+export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
+  const g = be.linear(x, w.gate, w.gateBias);
+  const u = be.linear(x, w.up, w.upBias);
+  const h = act === "silu" ? be.swiglu(g, u) : be.geglu(g, u);
+  return be.linear(h, w.down, w.downBias);
+}
+
 /**
  * Steps with more tokens than this run each decoder layer in a scope of its own, so that a prefill chunk's
  * temporaries are freed layer by layer (a 2048-token chunk of a 0.6B model would otherwise hold gigabytes).
@@ -83,13 +91,6 @@ const LAYER_SCOPE_TOKENS = 64;
 /** Runs one decoder layer, in its own scope when the step is long. */
 export function runLayer(be: Backend, step: ForwardStep, layer: () => Tensor): Tensor {
   return step.tokens.length > LAYER_SCOPE_TOKENS ? be.scope(layer) : layer();
-}
-
-export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
-  const g = be.linear(x, w.gate, w.gateBias);
-  const u = be.linear(x, w.up, w.upBias);
-  const h = act === "silu" ? be.swiglu(g, u) : be.geglu(g, u);
-  return be.linear(h, w.down, w.downBias);
 }
 
 /** The rows of h [T, D] whose logits the step wants. */

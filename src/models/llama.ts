@@ -3,7 +3,7 @@
 import type { Backend, Tensor, Weight } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionParams, type AttentionWeights, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
 import { ModelWeights } from "./weights.ts";
@@ -12,7 +12,7 @@ export interface LlamaBlock {
   inputNorm: Tensor;
   postNorm: Tensor;
   attn: AttentionWeights;
-  shape: AttentionShape;
+  attnParams: AttentionParams;
 }
 
 export class LlamaModel implements Model {
@@ -48,7 +48,7 @@ export class LlamaModel implements Model {
         inputNorm: this.w.tensor(`${p}.input_layernorm.weight`),
         postNorm: this.w.tensor(`${p}.post_attention_layernorm.weight`),
         attn: this.attentionWeights(`${p}.self_attn`),
-        shape: {
+        attnParams: {
           heads: c.numHeads,
           kvHeads: c.numKvHeads,
           headDim: c.headDim,
@@ -61,7 +61,7 @@ export class LlamaModel implements Model {
       });
       this.mlps.push(this.isDenseLayer(i) ? this.mlpWeights(`${p}.mlp`) : null);
     }
-    this.layers = this.blocks.map((b) => ({ kvHeads: b.shape.kvHeads, headDim: b.shape.headDim, window: b.shape.window }));
+    this.layers = this.blocks.map((b) => ({ kvHeads: b.attnParams.kvHeads, headDim: b.attnParams.headDim, window: b.attnParams.window }));
   }
 
   /** Mistral slides every layer over sliding_window; Llama and Qwen2 (use_sliding_window off) never do. */
@@ -113,7 +113,7 @@ export class LlamaModel implements Model {
       const b = this.blocks[i]!;
       const x = h;
       h = runLayer(be, step, () => {
-        const y = be.add(x, attention(be, be.rmsNorm(x, b.inputNorm, this.eps), b.attn, b.shape, step, i));
+        const y = be.add(x, attention(be, be.rmsNorm(x, b.inputNorm, this.eps), b.attn, b.attnParams, step, i));
         return be.add(y, this.mlp(i, be.rmsNorm(y, b.postNorm, this.eps)));
       });
     }
