@@ -2,7 +2,10 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { RmlxError } from "../../src/errors.ts";
-import { loadConfig, parseConfig } from "../../src/io/config.ts";
+import { ConfigReader, loadConfig, parseConfig } from "../../src/io/config.ts";
+import { gemma3Args } from "../../src/models/gemma3.ts";
+import { qwen3MoeArgs } from "../../src/models/qwen3_moe.ts";
+import { familyFor } from "../../src/models/registry.ts";
 import { llamaConfig, tempDir } from "./helpers.ts";
 
 const SRC = "m/config.json";
@@ -185,9 +188,9 @@ describe("parseConfig", () => {
       rope: { type: "linear", theta: 1000000, factor: 8 },
       localRope: { type: "default", theta: 10000 },
       slidingWindow: 1024,
-      queryPreAttnScalar: 256,
       eosTokenIds: [1, 106],
     });
+    expect(gemma3Args(c, SRC).queryPreAttnScalar).toBe(256);
     // Every sixth layer (5, 11, 17, 23, 29) is global.
     const full = c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []));
     expect(full).toEqual([5, 11, 17, 23, 29]);
@@ -223,7 +226,7 @@ describe("parseConfig", () => {
     expect(c.layerTypes).toEqual(layerTypes as never);
     expect(c.rope).toEqual({ type: "linear", theta: 1000000, factor: 8 });
     expect(c.localRope).toEqual({ type: "default", theta: 10000 });
-    expect(c.finalLogitSoftcapping).toBeUndefined();
+    expect(gemma3Args(c, SRC).finalLogitSoftcapping).toBeUndefined();
   });
 
   test("gemma4 text: proportional global rope with partial rotary", () => {
@@ -246,7 +249,7 @@ describe("parseConfig", () => {
     );
     expect(c.rope).toEqual({ type: "proportional", theta: 1000000, partialRotaryFactor: 0.25 });
     expect(c.localRope).toEqual({ type: "default", theta: 10000 });
-    expect(c.finalLogitSoftcapping).toBe(30);
+    expect(new ConfigReader(c.raw, familyFor("gemma4")!.configDefaults!, SRC).optNum("final_logit_softcapping")).toBe(30);
     // sliding_window_pattern 5: layers 4 and 9 global.
     expect(c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []))).toEqual([4, 9]);
   });
@@ -266,9 +269,8 @@ describe("parseConfig", () => {
       },
       SRC,
     );
-    expect(c).toMatchObject({
-      numExperts: 128,
-      numExpertsPerTok: 8,
+    expect(c).toMatchObject({ numExperts: 128, numExpertsPerTok: 8 });
+    expect(qwen3MoeArgs(c, SRC)).toMatchObject({
       moeIntermediateSize: 768,
       normTopkProb: true,
       decoderSparseStep: 1,
