@@ -107,6 +107,9 @@ class MemStore {
     if (!t) throw new Error(`missing ${name}`);
     return t;
   }
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
 }
 
 function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {

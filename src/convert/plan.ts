@@ -1,14 +1,17 @@
 // What a conversion writes, decided from the source headers and config alone before any data moves: mlx-lm's
 // weight names after sanitize, which modules get quantized and how, every output tensor's dtype and shape, and
 // the quantization block of the new config.json.
+import { join } from "node:path";
 import { RmlxError } from "../errors.ts";
+import { textConfigOf } from "../io/config.ts";
 import { parseQuantConfig, type QuantConfig } from "../io/quant_config.ts";
 import type { StDType } from "../io/safetensors.ts";
 import { type WriteEntry, entryBytes } from "../io/safetensors_write.ts";
 import { type FloatDType, isFloatDType } from "../quant/dtype.ts";
 import { type RecipeName, recipePredicate } from "../quant/recipes.ts";
 import { type QSpec, type QuantMode, defaultSpec, validateSpec } from "../quant/spec.ts";
-import { sanitizerFor } from "./sanitize.ts";
+import type { Family, Sanitizer } from "../models/family.ts";
+import { CONVERTIBLE_MODEL_TYPES, checkpointSanitizer, familyFor } from "../models/registry.ts";
 import type { SourceModel, SourceTensor } from "./source.ts";
 
 export interface ConvertOptions {
@@ -86,7 +89,31 @@ function textConfigValue(config: Record<string, unknown>, key: string): unknown 
   return isObj(config.text_config) ? config.text_config[key] : undefined;
 }
 
-const EXPERT_RE = /^(.*\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$/;
+/** What convert takes from the checkpoint's family: the sanitize that loading uses too, and mlx-lm's layout. */
+interface FamilyRules {
+  sanitizer: Sanitizer;
+  /** Where mlx-lm keeps the text model's weights for this model_type ("" but for multimodal wrappers). */
+  prefix: string;
+  quantOverride: NonNullable<Family["quantOverride"]>;
+}
+
+function familyRules(src: SourceModel): FamilyRules {
+  const source = join(src.dir, "config.json");
+  const text = textConfigOf(src.config, source);
+  const type = typeof text.model_type === "string" ? text.model_type : "";
+  const family = familyFor(type);
+  const sanitizer = family && checkpointSanitizer(family, text, [...src.tensors.keys()], source);
+  if (!family || !sanitizer)
+    throw new RmlxError(
+      "unsupported",
+      `model_type '${type || "(missing)"}' cannot be converted yet (supported: ${CONVERTIBLE_MODEL_TYPES.join(", ")})`,
+    );
+  return {
+    sanitizer,
+    prefix: family.nested?.[String(src.config.model_type)] ?? "",
+    quantOverride: family.quantOverride ?? (() => null),
+  };
+}
 
 interface Logical {
   name: string;
@@ -96,12 +123,12 @@ interface Logical {
   shape: number[];
 }
 
-/** Group source tensors into logical tensors with their mlx-lm names. */
-function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] {
-  const cfg = src.config;
-  const tied = textConfigValue(cfg, "tie_word_embeddings") === true;
-  const modelType = String(cfg.model_type ?? "");
-  const sanitizer = sanitizerFor(modelType, tied, [...src.tensors.keys()]);
+/**
+ * Group source tensors into logical tensors with their mlx-lm names. Modules MLX already quantized keep their
+ * stored names, which MLX wrote.
+ */
+function logicalTensors(src: SourceModel, quant: QuantConfig | null, rules: FamilyRules): Logical[] {
+  const { sanitizer, prefix } = rules;
   const out: Logical[] = [];
   const taken = new Set<string>();
 
@@ -131,23 +158,23 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null): Logical[] 
   const experts = new Map<string, SourceTensor[]>();
   for (const t of src.tensors.values()) {
     if (taken.has(t.name)) continue;
-    const name = sanitizer.rename(t.name);
-    if (name === null) continue;
-    const m = EXPERT_RE.exec(name);
-    if (m && isFloatDType(t.dtype)) {
-      const key = `${m[1]}.switch_mlp.${m[3]}.weight`;
-      const list = experts.get(key) ?? [];
-      list[Number(m[2])] = t;
-      experts.set(key, list);
-      continue;
-    }
+    const r = sanitizer.rename(t.name);
+    if (r === null) continue;
     if (t.dtype === "F8_E4M3" || t.dtype === "F8_E5M2")
       throw new RmlxError("unsupported", `${src.dir}: tensor '${t.name}' is ${t.dtype}; fp8 checkpoints are not supported`);
-    const shape = sanitizer.reshape(name, t.shape);
+    const name = prefix + r.name;
+    if (r.expert !== undefined) {
+      if (!isFloatDType(t.dtype)) throw new RmlxError("bad_model", `${src.dir}: expert tensor '${t.name}' is ${t.dtype}, not a float`);
+      const list = experts.get(name) ?? [];
+      list[r.expert] = t;
+      experts.set(name, list);
+      continue;
+    }
+    const shape = sanitizer.reshape?.(r.name, t.shape) ?? [...t.shape];
     if (isFloatDType(t.dtype) || t.dtype === "F64") {
       const dt: FloatDType = t.dtype === "F64" ? "F32" : t.dtype;
       const input: Input = { kind: "float", srcs: [t] };
-      if (sanitizer.addOne(name, t.shape)) input.addOne = true;
+      if (sanitizer.addOne?.(r.name, t.shape)) input.addOne = true;
       out.push({ name, input, floatDtype: dt, shape });
     } else {
       out.push({ name, input: { kind: "raw", src: t }, shape });
@@ -180,14 +207,6 @@ function quantizable(l: Logical): boolean {
   return l.shape.length === 3 && l.name.includes(".switch_mlp.");
 }
 
-/** The model's own predicate in mlx-lm: MoE routers (and shared-expert gates) of the Qwen3 MoE families get 8-bit g64. */
-function routerSpec(path: string, modelType: string): Record<string, number> | null {
-  const router =
-    (modelType === "qwen3_moe" && path.endsWith("mlp.gate")) ||
-    (modelType === "qwen3_next" && (path.endsWith("mlp.gate") || path.endsWith("shared_expert_gate")));
-  return router ? { group_size: 64, bits: 8 } : null;
-}
-
 function scaleEntries(path: string, spec: QSpec, scaleDtype: FloatDType, shape: number[]): WriteEntry[] {
   const rows = shape.slice(0, -1);
   const k = shape[shape.length - 1]!;
@@ -214,11 +233,11 @@ export function makePlan(src: SourceModel, opts: ConvertOptions): Plan {
   if (opts.quantize && opts.dequantize) throw new RmlxError("invalid_argument", "choose either --quantize or --dequantize, not both");
   if (opts.recipe && opts.mode !== "affine") throw new RmlxError("invalid_argument", "recipes only support affine quantization");
   const target = targetDtype(cfg, opts.dtype);
-  const modelType = String(cfg.model_type ?? "");
   const global = defaultSpec(opts.mode, opts.bits, opts.groupSize);
   if (opts.quantize) validateSpec(global);
 
-  const logical = logicalTensors(src, quant);
+  const rules = familyRules(src);
+  const logical = logicalTensors(src, quant, rules);
   const modulePaths = logical.filter(quantizable).map((l) => l.name.slice(0, -".weight".length));
   const numLayers = Number(textConfigValue(cfg, "num_hidden_layers") ?? 0);
   const recipe = opts.recipe ? recipePredicate(opts.recipe, modulePaths, numLayers, global.groupSize) : undefined;
@@ -246,10 +265,10 @@ export function makePlan(src: SourceModel, opts: ConvertOptions): Plan {
         spec = recipe(path);
         quantization![path] = { group_size: spec.groupSize, bits: spec.bits, mode: spec.mode };
       } else {
-        const r = routerSpec(path, modelType);
-        if (r) {
-          spec = { mode: "affine", bits: r.bits!, groupSize: r.group_size! };
-          quantization![path] = r;
+        const o = rules.quantOverride(path);
+        if (o) {
+          spec = { mode: "affine", ...o };
+          quantization![path] = { group_size: o.groupSize, bits: o.bits };
         }
       }
       if (spec && k % spec.groupSize === 0) {

@@ -1,5 +1,7 @@
-// config.json -> ModelConfig. Reads both the legacy keys (rope_theta, rope_scaling) and the transformers-5 form
-// (rope_parameters, possibly one entry per layer type), and configs that nest the language model under text_config.
+// config.json -> ModelConfig: what every decoder's config says (sizes, rope, layer kinds, vocabulary, eos). Reads
+// both the legacy keys (rope_theta, rope_scaling) and the transformers-5 form (rope_parameters, possibly one entry
+// per layer type), and configs that nest the language model under text_config. What a family adds (its own args,
+// the values its configs leave out) lives in its file under src/models/.
 import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { RmlxError } from "../errors.ts";
@@ -20,8 +22,6 @@ export interface RopeConfig {
   mscaleAllDim?: number;
   attentionFactor?: number;
   partialRotaryFactor?: number;
-  shortFactor?: number[];
-  longFactor?: number[];
 }
 
 export type LayerType = "full_attention" | "sliding_attention" | "linear_attention";
@@ -48,85 +48,26 @@ export interface ModelConfig {
   /** One entry per layer, from layer_types or derived from sliding_window_pattern / full_attention_interval. */
   layerTypes?: LayerType[];
   slidingWindow?: number;
-  attentionBias?: boolean;
-  mlpBias?: boolean;
   numExperts?: number;
   numExpertsPerTok?: number;
-  moeIntermediateSize?: number;
-  normTopkProb?: boolean;
-  decoderSparseStep?: number;
-  mlpOnlyLayers?: number[];
-  queryPreAttnScalar?: number;
-  finalLogitSoftcapping?: number;
-  attnLogitSoftcapping?: number;
   eosTokenIds: number[];
   bosTokenId?: number;
-  torchDtype?: string;
   /** The text config as read: top-level keys overlaid by text_config's when the config nests one. */
   raw: Record<string, unknown>;
 }
 
-/** model_type values this parser understands (outer or text_config model_type). */
-export const KNOWN_MODEL_TYPES: ReadonlySet<string> = new Set([
-  "llama",
-  "mistral",
-  "qwen2",
-  "qwen3",
-  "qwen3_moe",
-  "gemma3",
-  "gemma3_text",
-  "gemma4",
-  "gemma4_text",
-  "qwen3_next",
-  "qwen3_5",
-  "qwen3_5_text",
-  "qwen3_5_moe",
-  "qwen3_5_moe_text",
-  "bitnet",
-]);
+/**
+ * What parsing needs from the model registry: whether a model_type is known at all, and the config.json values its
+ * family's published configs leave out. The registry (src/models/registry.ts) sits above io and hands its lookup
+ * over as it loads.
+ */
+export type ConfigFamilies = (modelType: string) => { defaults: Readonly<Record<string, unknown>> } | undefined;
 
-/** The family a model_type belongs to: the text model of a multimodal wrapper shares its family. */
-export function familyOf(modelType: string): string {
-  return modelType.endsWith("_text") ? modelType.slice(0, -"_text".length) : modelType;
+let families: ConfigFamilies | undefined;
+
+export function setConfigFamilies(lookup: ConfigFamilies): void {
+  families = lookup;
 }
-
-// Values the published configs of these families leave out and the reference implementations assume.
-const FAMILY_DEFAULTS: Record<string, Record<string, unknown>> = {
-  gemma3: {
-    num_attention_heads: 8,
-    num_key_value_heads: 4,
-    head_dim: 256,
-    rms_norm_eps: 1e-6,
-    vocab_size: 262208,
-    rope_theta: 1_000_000,
-    rope_local_base_freq: 10_000,
-    query_pre_attn_scalar: 256,
-    sliding_window: 512,
-    sliding_window_pattern: 6,
-    max_position_embeddings: 131072,
-    tie_word_embeddings: true,
-  },
-  gemma4: {
-    num_attention_heads: 8,
-    num_key_value_heads: 1,
-    head_dim: 256,
-    rms_norm_eps: 1e-6,
-    vocab_size: 262144,
-    sliding_window: 512,
-    sliding_window_pattern: 5,
-    max_position_embeddings: 131072,
-    final_logit_softcapping: 30,
-    tie_word_embeddings: true,
-    rope_parameters: {
-      full_attention: { rope_type: "proportional", rope_theta: 1_000_000, partial_rotary_factor: 1 },
-      sliding_attention: { rope_type: "default", rope_theta: 10_000 },
-    },
-  },
-  qwen3_next: { full_attention_interval: 4, partial_rotary_factor: 0.25 },
-  qwen3_5: { full_attention_interval: 4 },
-  qwen3_5_moe: { full_attention_interval: 4 },
-  qwen2: { attention_bias: true },
-};
 
 const ROPE_TYPES: Record<string, RopeType> = {
   default: "default",
@@ -147,10 +88,11 @@ function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-class Reader {
+/** Typed reads of a config's keys, falling back on a family's defaults; errors name the file. */
+export class ConfigReader {
   constructor(
     readonly raw: Record<string, unknown>,
-    readonly defaults: Record<string, unknown>,
+    readonly defaults: Readonly<Record<string, unknown>>,
     readonly source: string,
   ) {}
 
@@ -162,6 +104,11 @@ class Reader {
     // An explicit null means "none" (e.g. final_logit_softcapping: null); only an absent key takes the default.
     const v = this.raw[key];
     return v === undefined ? this.defaults[key] : v === null ? undefined : v;
+  }
+
+  /** Whether the config or the defaults name the key (an explicit null counts). */
+  has(key: string): boolean {
+    return this.raw[key] !== undefined || this.defaults[key] !== undefined;
   }
 
   optNum(key: string): number | undefined {
@@ -191,23 +138,15 @@ class Reader {
   }
 }
 
-function numField(r: Reader, obj: Record<string, unknown>, key: string, where: string): number | undefined {
+function numField(r: ConfigReader, obj: Record<string, unknown>, key: string, where: string): number | undefined {
   const v = obj[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "number" || !Number.isFinite(v)) r.bad(`${where}.${key} is not a number`);
   return v;
 }
 
-function numList(r: Reader, obj: Record<string, unknown>, key: string, where: string): number[] | undefined {
-  const v = obj[key];
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || !v.every((x) => typeof x === "number" && Number.isFinite(x)))
-    r.bad(`${where}.${key} is not a list of numbers`);
-  return v as number[];
-}
-
 /** One rope block (rope_scaling or a rope_parameters entry); thetaFallback covers a legacy top-level rope_theta. */
-function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFallback: number | undefined): RopeConfig {
+function parseRope(r: ConfigReader, p: Record<string, unknown>, where: string, thetaFallback: number | undefined): RopeConfig {
   const typeName = p.rope_type ?? p.type ?? "default";
   if (typeof typeName !== "string") r.bad(`${where}.rope_type is not a string`);
   const type = ROPE_TYPES[typeName];
@@ -230,10 +169,6 @@ function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFa
     const v = numField(r, p, key, where);
     if (v !== undefined) (rope as unknown as Record<string, number>)[k] = v;
   }
-  const shortFactor = numList(r, p, "short_factor", where);
-  const longFactor = numList(r, p, "long_factor", where);
-  if (shortFactor) rope.shortFactor = shortFactor;
-  if (longFactor) rope.longFactor = longFactor;
 
   if (rope.originalMaxPositionEmbeddings === undefined && (type === "yarn" || type === "longrope" || type === "llama3")) {
     const omp = r.optInt("original_max_position_embeddings");
@@ -248,14 +183,10 @@ function parseRope(r: Reader, p: Record<string, unknown>, where: string, thetaFa
     need("highFreqFactor", "high_freq_factor");
     need("originalMaxPositionEmbeddings", "original_max_position_embeddings");
   }
-  if (type === "longrope") {
-    need("shortFactor", "short_factor");
-    need("longFactor", "long_factor");
-  }
   return rope;
 }
 
-function parseRopes(r: Reader, family: string): { rope: RopeConfig; localRope?: RopeConfig } {
+function parseRopes(r: ConfigReader): { rope: RopeConfig; localRope?: RopeConfig } {
   const partial = r.optNum("partial_rotary_factor");
   const withPartial = (rope: RopeConfig): RopeConfig =>
     partial !== undefined && rope.partialRotaryFactor === undefined ? { ...rope, partialRotaryFactor: partial } : rope;
@@ -278,11 +209,13 @@ function parseRopes(r: Reader, family: string): { rope: RopeConfig; localRope?: 
   const scaling = r.raw.rope_scaling;
   if (scaling !== undefined && scaling !== null && !isObj(scaling)) r.bad("rope_scaling is not an object");
   const rope = withPartial(parseRope(r, scaling ?? {}, "rope_scaling", legacyTheta));
-  const localTheta = family === "gemma3" ? r.optNum("rope_local_base_freq") : undefined;
+  // gemma3's legacy key for the sliding layers' rope base
+  const localTheta = r.optNum("rope_local_base_freq");
   return localTheta !== undefined ? { rope, localRope: { type: "default", theta: localTheta } } : { rope };
 }
 
-function parseLayerTypes(r: Reader, family: string, numLayers: number): LayerType[] | undefined {
+/** layer_types, or the legacy keys that imply it (the same rule in every transformers config that has them). */
+function parseLayerTypes(r: ConfigReader, numLayers: number): LayerType[] | undefined {
   const lt = r.raw.layer_types;
   if (lt !== undefined && lt !== null) {
     if (!Array.isArray(lt) || lt.length !== numLayers)
@@ -290,12 +223,12 @@ function parseLayerTypes(r: Reader, family: string, numLayers: number): LayerTyp
     for (const t of lt) if (typeof t !== "string" || !LAYER_TYPES.has(t)) r.bad(`unknown layer type '${String(t)}'`);
     return lt as LayerType[];
   }
-  if (family === "gemma3" || family === "gemma4") {
+  if (r.has("sliding_window_pattern")) {
     const pattern = r.int("sliding_window_pattern");
     if (pattern < 1) r.bad("sliding_window_pattern must be at least 1");
     return Array.from({ length: numLayers }, (_, i) => ((i + 1) % pattern === 0 ? "full_attention" : "sliding_attention"));
   }
-  if (family === "qwen3_next" || family === "qwen3_5" || family === "qwen3_5_moe") {
+  if (r.has("full_attention_interval")) {
     const every = r.int("full_attention_interval");
     if (every < 1) r.bad("full_attention_interval must be at least 1");
     return Array.from({ length: numLayers }, (_, i) => ((i + 1) % every === 0 ? "full_attention" : "linear_attention"));
@@ -303,7 +236,7 @@ function parseLayerTypes(r: Reader, family: string, numLayers: number): LayerTyp
   return undefined;
 }
 
-function tokenIds(r: Reader, key: string): number[] {
+function tokenIds(r: ConfigReader, key: string): number[] {
   const v = r.get(key);
   if (v === undefined || v === null) return [];
   const list = Array.isArray(v) ? v : [v];
@@ -311,28 +244,34 @@ function tokenIds(r: Reader, key: string): number[] {
   return list as number[];
 }
 
-export function parseConfig(raw: unknown, source: string): ModelConfig {
-  if (!isObj(raw)) throw new RmlxError("bad_model", `${source}: not a JSON object`);
-  const modelType = raw.model_type;
-  if (typeof modelType !== "string" || modelType === "")
-    throw new RmlxError("bad_model", `${source}: missing model_type`);
+/**
+ * The text model's config: the top-level keys overlaid by text_config's when the config nests one, without the
+ * other modalities' sub-configs.
+ */
+export function textConfigOf(raw: Record<string, unknown>, source: string): Record<string, unknown> {
   const textConfig = raw.text_config;
   if (textConfig !== undefined && textConfig !== null && !isObj(textConfig))
     throw new RmlxError("bad_model", `${source}: text_config is not an object`);
-  const textType = typeof textConfig?.model_type === "string" ? textConfig.model_type : modelType;
-  if (!KNOWN_MODEL_TYPES.has(modelType) || !KNOWN_MODEL_TYPES.has(textType))
-    throw new RmlxError(
-      "unsupported",
-      `${source}: unknown architecture '${KNOWN_MODEL_TYPES.has(modelType) ? textType : modelType}'`,
-    );
-
   const merged: Record<string, unknown> = { ...raw };
   delete merged.text_config;
   delete merged.vision_config;
   delete merged.audio_config;
   if (textConfig) Object.assign(merged, textConfig);
-  const family = familyOf(textType);
-  const r = new Reader(merged, FAMILY_DEFAULTS[family] ?? {}, source);
+  return merged;
+}
+
+export function parseConfig(raw: unknown, source: string): ModelConfig {
+  if (!isObj(raw)) throw new RmlxError("bad_model", `${source}: not a JSON object`);
+  const modelType = raw.model_type;
+  if (typeof modelType !== "string" || modelType === "")
+    throw new RmlxError("bad_model", `${source}: missing model_type`);
+  const merged = textConfigOf(raw, source);
+  const textType = typeof merged.model_type === "string" ? merged.model_type : modelType;
+  if (!families) throw new RmlxError("internal", "no model families known: load src/models/registry.ts before parsing configs");
+  const family = families(textType);
+  if (!families(modelType) || !family)
+    throw new RmlxError("unsupported", `${source}: unknown architecture '${families(modelType) ? textType : modelType}'`);
+  const r = new ConfigReader(merged, family.defaults, source);
 
   const architectures = raw.architectures;
   const architecture = Array.isArray(architectures) && typeof architectures[0] === "string" ? architectures[0] : "";
@@ -345,8 +284,8 @@ export function parseConfig(raw: unknown, source: string): ModelConfig {
   const headDim = r.optInt("head_dim") ?? hiddenSize / numHeads;
   if (!Number.isInteger(headDim) || headDim === 0) r.bad("head_dim missing and hidden_size not divisible by heads");
 
-  const layerTypes = parseLayerTypes(r, family, numLayers);
-  const { rope, localRope } = parseRopes(r, family);
+  const layerTypes = parseLayerTypes(r, numLayers);
+  const { rope, localRope } = parseRopes(r);
   const useSliding = r.optBool("use_sliding_window");
   const slidingWindow = useSliding === false ? undefined : r.optInt("sliding_window");
 
@@ -372,29 +311,11 @@ export function parseConfig(raw: unknown, source: string): ModelConfig {
   if (slidingWindow !== undefined) cfg.slidingWindow = slidingWindow;
   const bos = tokenIds(r, "bos_token_id");
   if (bos.length > 0) cfg.bosTokenId = bos[0];
-
-  const optional: [keyof ModelConfig, unknown][] = [
-    ["attentionBias", r.optBool("attention_bias")],
-    ["mlpBias", r.optBool("mlp_bias")],
-    ["numExperts", r.optInt("num_experts") ?? r.optInt("num_local_experts")],
-    ["numExpertsPerTok", r.optInt("num_experts_per_tok") ?? r.optInt("top_k_experts")],
-    ["moeIntermediateSize", r.optInt("moe_intermediate_size")],
-    ["normTopkProb", r.optBool("norm_topk_prob")],
-    ["decoderSparseStep", r.optInt("decoder_sparse_step")],
-    ["queryPreAttnScalar", r.optNum("query_pre_attn_scalar")],
-    ["finalLogitSoftcapping", r.optNum("final_logit_softcapping")],
-    ["attnLogitSoftcapping", r.optNum("attn_logit_softcapping")],
-  ];
-  for (const [k, v] of optional) if (v !== undefined) (cfg as unknown as Record<string, unknown>)[k] = v;
-
-  const mlpOnly = r.get("mlp_only_layers");
-  if (mlpOnly !== undefined) {
-    if (!Array.isArray(mlpOnly) || !mlpOnly.every((x) => Number.isInteger(x) && x >= 0 && x < numLayers))
-      r.bad("mlp_only_layers is not a list of layer indices");
-    cfg.mlpOnlyLayers = mlpOnly as number[];
-  }
-  const dtype = r.get("torch_dtype") ?? r.get("dtype");
-  if (typeof dtype === "string") cfg.torchDtype = dtype;
+  // The spellings of the mixture-of-experts sizes across transformers' families.
+  const numExperts = r.optInt("num_experts") ?? r.optInt("num_local_experts");
+  const numExpertsPerTok = r.optInt("num_experts_per_tok") ?? r.optInt("top_k_experts");
+  if (numExperts !== undefined) cfg.numExperts = numExperts;
+  if (numExpertsPerTok !== undefined) cfg.numExpertsPerTok = numExpertsPerTok;
   return cfg;
 }
 

@@ -1,5 +1,5 @@
 // What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
-import { familyOf, type LayerType, type RopeConfig } from "./config.ts";
+import type { LayerType, RopeConfig } from "./config.ts";
 import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
@@ -122,21 +122,23 @@ export function describeClasses(classes: Map<string, Map<string, number>>): stri
   return [...groups.entries()].map(([desc, cls]) => `${cls.join("/")}: ${desc}`).join("; ");
 }
 
-/** f16 K and V for one sequence of `tokens` tokens, sliding layers capped at the window, linear-attention layers none. */
+/**
+ * f16 K and V for one sequence of `tokens` tokens, sliding layers capped at the window, linear-attention layers none.
+ * Reads the keys gemma4 has for caches its last layers share and for global layers of their own shape.
+ */
 export function kvCacheBytes(md: ModelDir, tokens: number): number {
   const c = md.config;
   const raw = c.raw;
-  const gemma4 = familyOf(c.modelType) === "gemma4";
-  const shared = gemma4 && typeof raw.num_kv_shared_layers === "number" ? raw.num_kv_shared_layers : 0;
+  const shared = typeof raw.num_kv_shared_layers === "number" ? raw.num_kv_shared_layers : 0;
   let total = 0;
   for (let i = 0; i < c.numLayers; i++) {
     const type: LayerType = c.layerTypes?.[i] ?? "full_attention";
     if (type === "linear_attention") continue;
-    // gemma4's last layers reuse an earlier layer's cache.
+    // The last layers reuse an earlier layer's cache.
     if (i >= c.numLayers - shared) continue;
     let headDim = c.headDim;
     let kvHeads = c.numKvHeads;
-    if (gemma4 && type === "full_attention") {
+    if (type === "full_attention") {
       if (typeof raw.global_head_dim === "number") headDim = raw.global_head_dim;
       if (raw.attention_k_eq_v === true && typeof raw.num_global_key_value_heads === "number")
         kvHeads = raw.num_global_key_value_heads;

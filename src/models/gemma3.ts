@@ -1,25 +1,64 @@
 // Gemma 3 (text): RMSNorm as x * (1 + w) everywhere (q/k norms included), four norms per block (input,
 // post-attention, pre- and post-feedforward), GeGLU with tanh GELU, embeddings times sqrt(hidden) rounded to
-// bf16, scores scaled by query_pre_attn_scalar^-0.5, and sliding-window layers with their own rope base.
+// bf16, scores scaled by query_pre_attn_scalar^-0.5, and sliding-window layers with their own rope base. The
+// multimodal checkpoint (model_type gemma3) nests this text model under text_config and language_model.*.
 import type { Backend, Tensor, Weight } from "../backend/backend.ts";
-import type { ModelConfig } from "../io/config.ts";
+import { ConfigReader, type ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionShape, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import { textModelSanitizer, type Family } from "./family.ts";
+import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionParams, type AttentionWeights, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
-import { ModelWeights, roundToBf16 } from "./weights.ts";
+import { roundToBf16, type ModelWeights } from "./weights.ts";
 
-interface Gemma3Block {
+/** What its published configs leave out (gemma-3-4b-it's text_config states six keys) and the references assume. */
+const DEFAULTS = {
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  vocab_size: 262208,
+  rope_theta: 1_000_000,
+  rope_local_base_freq: 10_000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 512,
+  sliding_window_pattern: 6,
+  max_position_embeddings: 131072,
+  tie_word_embeddings: true,
+} as const;
+
+export interface Gemma3Args {
+  queryPreAttnScalar: number;
+  slidingWindow: number;
+  attnLogitSoftcapping?: number;
+  finalLogitSoftcapping?: number;
+}
+
+export function gemma3Args(c: ModelConfig, source: string): Gemma3Args {
+  const r = new ConfigReader(c.raw, DEFAULTS, source);
+  const args: Gemma3Args = {
+    queryPreAttnScalar: r.optNum("query_pre_attn_scalar") ?? c.headDim,
+    // config.ts leaves slidingWindow unset for sliding_window: null; the sliding layers still need one
+    slidingWindow: c.slidingWindow ?? DEFAULTS.sliding_window,
+  };
+  const attnCap = r.optNum("attn_logit_softcapping");
+  const finalCap = r.optNum("final_logit_softcapping");
+  if (attnCap !== undefined) args.attnLogitSoftcapping = attnCap;
+  if (finalCap !== undefined) args.finalLogitSoftcapping = finalCap;
+  return args;
+}
+
+interface Block {
   inputNorm: Tensor;
   postAttnNorm: Tensor;
   preFfnNorm: Tensor;
   postFfnNorm: Tensor;
   attn: AttentionWeights;
-  shape: AttentionShape;
+  attnParams: AttentionParams;
   mlp: MlpWeights;
 }
 
-export class Gemma3Model implements Model {
+class Gemma3Model implements Model {
   readonly config: ModelConfig;
   readonly layers: LayerCacheSpec[];
   readonly vocabSize: number;
@@ -28,14 +67,16 @@ export class Gemma3Model implements Model {
   private readonly embedScale: number;
   private readonly head: Weight;
   private readonly finalNorm: Tensor;
-  private readonly blocks: Gemma3Block[] = [];
+  private readonly finalSoftcap: number | undefined;
+  private readonly blocks: Block[] = [];
 
   constructor(
     readonly backend: Backend,
     md: ModelDir,
+    w: ModelWeights,
   ) {
     const c = md.config;
-    const w = new ModelWeights(backend, md);
+    const args = gemma3Args(c, `${md.dir}/config.json`);
     this.config = c;
     this.eps = c.rmsNormEps;
     this.vocabSize = c.vocabSize;
@@ -43,9 +84,11 @@ export class Gemma3Model implements Model {
     this.embedScale = roundToBf16(Math.sqrt(c.hiddenSize));
     this.head = w.optLinear("lm_head") ?? this.embedTable;
     this.finalNorm = w.tensor("model.norm.weight");
+    this.finalSoftcap = args.finalLogitSoftcapping;
     const globalRope = ropeSetup(c.rope, c.headDim, c.contextLength);
-    const localRope = ropeSetup(c.localRope ?? { type: "default", theta: 10_000 }, c.headDim, c.contextLength);
-    const scale = 1 / Math.sqrt(c.queryPreAttnScalar ?? c.headDim);
+    const localRopeConfig = c.localRope ?? { type: "default", theta: DEFAULTS.rope_local_base_freq };
+    const localRope = ropeSetup(localRopeConfig, c.headDim, c.contextLength);
+    const scale = 1 / Math.sqrt(args.queryPreAttnScalar);
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
       const sliding = (c.layerTypes?.[i] ?? "full_attention") === "sliding_attention";
@@ -62,16 +105,16 @@ export class Gemma3Model implements Model {
           qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
           kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
         },
-        shape: {
+        attnParams: {
           heads: c.numHeads,
           kvHeads: c.numKvHeads,
           headDim: c.headDim,
           scale,
-          window: sliding ? (c.slidingWindow ?? 512) : 0,
+          window: sliding ? args.slidingWindow : 0,
           rope: sliding ? localRope : globalRope,
           normEps: this.eps,
           normOnePlus: true,
-          ...(c.attnLogitSoftcapping ? { softcap: c.attnLogitSoftcapping } : {}),
+          ...(args.attnLogitSoftcapping ? { softcap: args.attnLogitSoftcapping } : {}),
         },
         mlp: {
           gate: w.linear(`${p}.mlp.gate_proj`),
@@ -80,7 +123,7 @@ export class Gemma3Model implements Model {
         },
       });
     }
-    this.layers = this.blocks.map((b) => ({ kvHeads: b.shape.kvHeads, headDim: b.shape.headDim, window: b.shape.window }));
+    this.layers = this.blocks.map((b) => ({ kvHeads: b.attnParams.kvHeads, headDim: b.attnParams.headDim, window: b.attnParams.window }));
   }
 
   forward(step: ForwardStep): Tensor {
@@ -91,7 +134,7 @@ export class Gemma3Model implements Model {
       const b = this.blocks[i]!;
       const x = h;
       h = runLayer(be, step, () => {
-        const a = attention(be, be.rmsNorm(x, b.inputNorm, eps, true), b.attn, b.shape, step, i);
+        const a = attention(be, be.rmsNorm(x, b.inputNorm, eps, true), b.attn, b.attnParams, step, i);
         const y = be.add(x, be.rmsNorm(a, b.postAttnNorm, eps, true));
         const f = gatedMlp(be, be.rmsNorm(y, b.preFfnNorm, eps, true), b.mlp, "gelu_tanh");
         return be.add(y, be.rmsNorm(f, b.postFfnNorm, eps, true));
@@ -99,12 +142,15 @@ export class Gemma3Model implements Model {
     }
     h = selectRows(be, h, step.logitRows);
     let logits = be.linear(be.rmsNorm(h, this.finalNorm, eps, true), this.head);
-    const cap = this.config.finalLogitSoftcapping;
-    if (cap) logits = be.softcap(logits, cap);
+    if (this.finalSoftcap) logits = be.softcap(logits, this.finalSoftcap);
     return logits;
   }
 }
 
-export function loadGemma3(backend: Backend, md: ModelDir): Model {
-  return new Gemma3Model(backend, md);
-}
+export const gemma3: Family = {
+  modelTypes: ["gemma3_text", "gemma3"],
+  configDefaults: DEFAULTS,
+  sanitize: textModelSanitizer,
+  nested: { gemma3: "language_model." },
+  load: (backend, md, w) => new Gemma3Model(backend, md, w),
+};

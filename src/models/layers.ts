@@ -1,8 +1,10 @@
-// Building blocks the decoder families share: attention over the paged cache, gated MLPs, row selection and
-// the output head. Each family file composes these in the order its reference implementation does.
+// Building blocks the decoder families share: attention over the paged cache, gated MLPs, embeddings, row
+// selection, and the loading of the attention and MLP modules most families name alike. Each family file composes
+// these in the order its reference implementation does.
 import type { AttentionOptions, Backend, Tensor, Weight } from "../backend/backend.ts";
 import type { ForwardStep } from "./model.ts";
 import { checkPositions, type RopeSetup } from "./rope.ts";
+import type { ModelWeights } from "./weights.ts";
 
 export interface AttentionWeights {
   q: Weight;
@@ -18,7 +20,8 @@ export interface AttentionWeights {
   kNorm?: Tensor;
 }
 
-export interface AttentionShape {
+/** Everything about one layer's attention but its weights: sizes, score scale, window, rope and the q/k norms' form. */
+export interface AttentionParams {
   heads: number;
   kvHeads: number;
   headDim: number;
@@ -38,7 +41,7 @@ export function attention(
   be: Backend,
   x: Tensor,
   w: AttentionWeights,
-  s: AttentionShape,
+  s: AttentionParams,
   step: ForwardStep,
   layer: number,
 ): Tensor {
@@ -73,6 +76,41 @@ export interface MlpWeights {
 }
 
 /** down(act(gate(x)) * up(x)), act = silu (SwiGLU) or tanh-GELU (GeGLU). */
+export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
+  const g = be.linear(x, w.gate, w.gateBias);
+  const u = be.linear(x, w.up, w.upBias);
+  const h = act === "silu" ? be.swiglu(g, u) : be.geglu(g, u);
+  return be.linear(h, w.down, w.downBias);
+}
+
+/** q/k/v/o_proj of a self_attn module, with the biases the checkpoint stores (qwen2's q/k/v, llama's attention_bias). */
+export function attentionWeights(w: ModelWeights, p: string): AttentionWeights {
+  const a: AttentionWeights = {
+    q: w.linear(`${p}.q_proj`),
+    k: w.linear(`${p}.k_proj`),
+    v: w.linear(`${p}.v_proj`),
+    o: w.linear(`${p}.o_proj`),
+  };
+  const biases = { qBias: "q_proj", kBias: "k_proj", vBias: "v_proj", oBias: "o_proj" } as const;
+  for (const [k, mod] of Object.entries(biases)) {
+    const b = w.optTensor(`${p}.${mod}.bias`);
+    if (b) a[k as keyof typeof biases] = b;
+  }
+  return a;
+}
+
+/** gate/up/down_proj of an MLP module, with the biases the checkpoint stores (llama's mlp_bias). */
+export function mlpWeights(w: ModelWeights, p: string): MlpWeights {
+  const m: MlpWeights = { gate: w.linear(`${p}.gate_proj`), up: w.linear(`${p}.up_proj`), down: w.linear(`${p}.down_proj`) };
+  const gb = w.optTensor(`${p}.gate_proj.bias`);
+  const ub = w.optTensor(`${p}.up_proj.bias`);
+  const db = w.optTensor(`${p}.down_proj.bias`);
+  if (gb) m.gateBias = gb;
+  if (ub) m.upBias = ub;
+  if (db) m.downBias = db;
+  return m;
+}
+
 /**
  * Steps with more tokens than this run each decoder layer in a scope of its own, so that a prefill chunk's
  * temporaries are freed layer by layer (a 2048-token chunk of a 0.6B model would otherwise hold gigabytes).
@@ -83,13 +121,6 @@ const LAYER_SCOPE_TOKENS = 64;
 /** Runs one decoder layer, in its own scope when the step is long. */
 export function runLayer(be: Backend, step: ForwardStep, layer: () => Tensor): Tensor {
   return step.tokens.length > LAYER_SCOPE_TOKENS ? be.scope(layer) : layer();
-}
-
-export function gatedMlp(be: Backend, x: Tensor, w: MlpWeights, act: "silu" | "gelu_tanh"): Tensor {
-  const g = be.linear(x, w.gate, w.gateBias);
-  const u = be.linear(x, w.up, w.upBias);
-  const h = act === "silu" ? be.swiglu(g, u) : be.geglu(g, u);
-  return be.linear(h, w.down, w.downBias);
 }
 
 /** The rows of h [T, D] whose logits the step wants. */

@@ -1,20 +1,99 @@
-// Qwen3: the Llama layout with an explicit head_dim and a per-head RMSNorm on q and k before rope.
-import type { Backend } from "../backend/backend.ts";
+// Qwen3: the Llama layout with an explicit head_dim and a per-head RMSNorm on q and k before rope; pre-norm
+// decoder blocks of GQA attention and a SwiGLU MLP, tied or separate output head.
+import type { Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import type { AttentionWeights } from "./layers.ts";
-import { LlamaModel } from "./llama.ts";
-import type { Model } from "./model.ts";
+import { textModelSanitizer, type Family } from "./family.ts";
+import {
+  attention,
+  attentionWeights,
+  embed,
+  gatedMlp,
+  mlpWeights,
+  runLayer,
+  selectRows,
+  type AttentionParams,
+  type AttentionWeights,
+  type MlpWeights,
+} from "./layers.ts";
+import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
+import { ropeSetup } from "./rope.ts";
+import type { ModelWeights } from "./weights.ts";
 
-export class Qwen3Model extends LlamaModel {
-  protected override attentionWeights(p: string): AttentionWeights {
-    return {
-      ...super.attentionWeights(p),
-      qNorm: this.w.tensor(`${p}.q_norm.weight`),
-      kNorm: this.w.tensor(`${p}.k_norm.weight`),
+interface Block {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  attn: AttentionWeights;
+  mlp: MlpWeights;
+}
+
+class Qwen3Model implements Model {
+  readonly config: ModelConfig;
+  readonly layers: LayerCacheSpec[];
+  readonly vocabSize: number;
+  private readonly eps: number;
+  private readonly embedTable: Weight;
+  private readonly head: Weight;
+  private readonly finalNorm: Tensor;
+  private readonly attn: AttentionParams;
+  private readonly blocks: Block[] = [];
+
+  constructor(
+    readonly backend: Backend,
+    md: ModelDir,
+    w: ModelWeights,
+  ) {
+    const c = md.config;
+    this.config = c;
+    this.eps = c.rmsNormEps;
+    this.embedTable = w.linear("model.embed_tokens");
+    this.vocabSize = c.vocabSize;
+    this.head = w.optLinear("lm_head") ?? this.embedTable;
+    this.finalNorm = w.tensor("model.norm.weight");
+    this.attn = {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      scale: 1 / Math.sqrt(c.headDim),
+      window: 0,
+      rope: ropeSetup(c.rope, c.headDim, c.contextLength),
+      normEps: this.eps,
+      normOnePlus: false,
     };
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `model.layers.${i}`;
+      this.blocks.push({
+        inputNorm: w.tensor(`${p}.input_layernorm.weight`),
+        postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
+        attn: {
+          ...attentionWeights(w, `${p}.self_attn`),
+          qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
+          kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
+        },
+        mlp: mlpWeights(w, `${p}.mlp`),
+      });
+    }
+    this.layers = this.blocks.map(() => ({ kvHeads: c.numKvHeads, headDim: c.headDim, window: 0 }));
+  }
+
+  forward(step: ForwardStep): Tensor {
+    const be = this.backend;
+    let h = embed(be, this.embedTable, step.tokens);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const b = this.blocks[i]!;
+      const x = h;
+      h = runLayer(be, step, () => {
+        const y = be.add(x, attention(be, be.rmsNorm(x, b.inputNorm, this.eps), b.attn, this.attn, step, i));
+        return be.add(y, gatedMlp(be, be.rmsNorm(y, b.postNorm, this.eps), b.mlp, "silu"));
+      });
+    }
+    h = selectRows(be, h, step.logitRows);
+    return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
   }
 }
 
-export function loadQwen3(backend: Backend, md: ModelDir): Model {
-  return new Qwen3Model(backend, md);
-}
+export const qwen3: Family = {
+  modelTypes: ["qwen3"],
+  sanitize: textModelSanitizer,
+  load: (backend, md, w) => new Qwen3Model(backend, md, w),
+};

@@ -1,12 +1,52 @@
-// Qwen3-MoE: Qwen3 attention; the feed-forward of most layers is a softmax-routed mixture of SwiGLU experts
-// (top-k, renormalised when norm_topk_prob). A layer stays dense when listed in mlp_only_layers or off the
-// decoder_sparse_step stride. Experts load from MLX's stacked switch_mlp tensors, transformers' one-by-one
-// experts.{e}.* tensors, or fused experts.gate_up_proj / experts.down_proj.
-import type { Backend, Tensor, Weight } from "../backend/backend.ts";
+// Qwen3-MoE: Qwen3's attention (q/k norms before rope); the feed-forward of most layers is a softmax-routed mixture
+// of SwiGLU experts (top-k, renormalised when norm_topk_prob). A layer stays dense when listed in mlp_only_layers
+// or off the decoder_sparse_step stride. Experts are read stacked ([E, out, in]: MLX's switch_mlp, or transformers'
+// one-by-one experts.{e}.* stacked by sanitize) or as transformers-5's fused experts.gate_up_proj / down_proj.
+import { isQuantized, type Backend, type Tensor, type Weight } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
+import { ConfigReader, type ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import type { Model } from "./model.ts";
-import { Qwen3Model } from "./qwen3.ts";
+import { stackedExpert, textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
+import {
+  attention,
+  attentionWeights,
+  embed,
+  gatedMlp,
+  mlpWeights,
+  runLayer,
+  selectRows,
+  type AttentionParams,
+  type AttentionWeights,
+  type MlpWeights,
+} from "./layers.ts";
+import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
+import { ropeSetup } from "./rope.ts";
+import type { ModelWeights } from "./weights.ts";
+
+export interface Qwen3MoeArgs {
+  numExperts: number;
+  numExpertsPerTok: number;
+  moeIntermediateSize: number;
+  normTopkProb: boolean;
+  decoderSparseStep: number;
+  mlpOnlyLayers: number[];
+}
+
+export function qwen3MoeArgs(c: ModelConfig, source: string): Qwen3MoeArgs {
+  const r: ConfigReader = new ConfigReader(c.raw, {}, source);
+  if (!c.numExperts || !c.numExpertsPerTok) r.bad("qwen3_moe needs num_experts and num_experts_per_tok");
+  const mlpOnly = r.get("mlp_only_layers") ?? [];
+  if (!Array.isArray(mlpOnly) || !mlpOnly.every((x) => Number.isInteger(x) && x >= 0 && x < c.numLayers))
+    r.bad("mlp_only_layers is not a list of layer indices");
+  return {
+    numExperts: c.numExperts,
+    numExpertsPerTok: c.numExpertsPerTok,
+    moeIntermediateSize: r.optInt("moe_intermediate_size") ?? c.intermediateSize,
+    normTopkProb: r.optBool("norm_topk_prob") ?? false,
+    decoderSparseStep: r.optInt("decoder_sparse_step") ?? 1,
+    mlpOnlyLayers: mlpOnly as number[],
+  };
+}
 
 interface MoeWeights {
   router: Weight;
@@ -15,102 +55,150 @@ interface MoeWeights {
   up?: Weight;
   gateUp?: Weight;
   down: Weight;
-  intermediate: number;
 }
 
-export class Qwen3MoeModel extends Qwen3Model {
-  private readonly moe: (MoeWeights | null)[];
-  private readonly topK: number;
-  private readonly normTopk: boolean;
+interface Block {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  attn: AttentionWeights;
+  mlp: { dense: MlpWeights } | { moe: MoeWeights };
+}
 
-  constructor(backend: Backend, md: ModelDir) {
-    super(backend, md);
-    const c = this.config;
-    if (!c.numExperts || !c.numExpertsPerTok) {
-      throw new RmlxError("bad_model", `${md.dir}/config.json: qwen3_moe needs num_experts and num_experts_per_tok`);
-    }
-    this.topK = c.numExpertsPerTok;
-    this.normTopk = c.normTopkProb ?? false;
-    this.moe = [];
-    for (let i = 0; i < c.numLayers; i++) {
-      this.moe.push(this.isDenseLayer(i) ? null : this.moeWeights(`model.layers.${i}.mlp`));
-    }
-  }
-
-  protected override isDenseLayer(i: number): boolean {
-    const c = this.config;
-    const step = c.decoderSparseStep ?? 1;
-    const sparse = (c.numExperts ?? 0) > 0 && !(c.mlpOnlyLayers ?? []).includes(i) && (i + 1) % step === 0;
-    return !sparse;
-  }
-
-  private moeWeights(p: string): MoeWeights {
-    const w = this.w;
-    const E = this.config.numExperts!;
-    const I = this.config.moeIntermediateSize ?? this.config.intermediateSize;
-    const router = w.linear(`${p}.gate`);
-    if (w.has(`${p}.switch_mlp.gate_proj.weight`)) {
-      return {
+function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeWeights {
+  const router = w.linear(`${p}.gate`);
+  const m: MoeWeights = w.has(`${p}.experts.gate_up_proj`)
+    ? { router, gateUp: w.tensor(`${p}.experts.gate_up_proj`), down: w.tensor(`${p}.experts.down_proj`) }
+    : {
         router,
         gate: w.linear(`${p}.switch_mlp.gate_proj`),
         up: w.linear(`${p}.switch_mlp.up_proj`),
         down: w.linear(`${p}.switch_mlp.down_proj`),
-        intermediate: I,
       };
-    }
-    if (w.has(`${p}.experts.gate_up_proj`)) {
-      return {
-        router,
-        gateUp: w.tensor(`${p}.experts.gate_up_proj`),
-        down: w.tensor(`${p}.experts.down_proj`),
-        intermediate: I,
-      };
-    }
-    const each = (name: string) => Array.from({ length: E }, (_, e) => `${p}.experts.${e}.${name}`);
-    return {
-      router,
-      gate: w.stackExperts(each("gate_proj")),
-      up: w.stackExperts(each("up_proj")),
-      down: w.stackExperts(each("down_proj")),
-      intermediate: I,
+  // The gathers index experts by the router's choice: a short stack would be read past its end.
+  for (const s of [m.gate, m.up, m.gateUp, m.down]) {
+    const rows = s && (isQuantized(s) ? s.w : s).shape[0];
+    if (rows !== undefined && rows !== args.numExperts)
+      throw new RmlxError("bad_model", `${w.md.dir}: ${p} stores ${rows} experts where config.json has ${args.numExperts}`);
+  }
+  return m;
+}
+
+/** The sparse feed-forward: route each token to its top-k experts and sum their SwiGLU outputs by weight. */
+function moe(be: Backend, x: Tensor, m: MoeWeights, args: Qwen3MoeArgs): Tensor {
+  const T = x.shape[0]!;
+  const k = args.numExpertsPerTok;
+  const I = args.moeIntermediateSize;
+  const logits = be.linear(x, m.router);
+  // Renormalised top-k probabilities are the softmax over the top-k logits.
+  let weights: Tensor;
+  let indices: Tensor;
+  if (args.normTopkProb) {
+    const top = be.topk(logits, k);
+    weights = be.softmax(top.values, -1);
+    indices = top.indices;
+  } else {
+    const top = be.topk(be.softmax(logits, -1), k);
+    weights = top.values;
+    indices = top.indices;
+  }
+  let g: Tensor;
+  let u: Tensor;
+  if (m.gateUp) {
+    const gu = be.gatherMatmul(x, m.gateUp, indices);
+    g = be.slice(gu, 2, 0, I);
+    u = be.slice(gu, 2, I, 2 * I);
+  } else {
+    g = be.gatherMatmul(x, m.gate!, indices);
+    u = be.gatherMatmul(x, m.up!, indices);
+  }
+  const h = be.reshape(be.swiglu(g, u), [T * k, I]);
+  const d = be.gatherMatmul(h, m.down, indices);
+  return be.sum(be.mul(d, be.reshape(weights, [T, k, 1])), 1);
+}
+
+class Qwen3MoeModel implements Model {
+  readonly config: ModelConfig;
+  readonly layers: LayerCacheSpec[];
+  readonly vocabSize: number;
+  private readonly args: Qwen3MoeArgs;
+  private readonly eps: number;
+  private readonly embedTable: Weight;
+  private readonly head: Weight;
+  private readonly finalNorm: Tensor;
+  private readonly attn: AttentionParams;
+  private readonly blocks: Block[] = [];
+
+  constructor(
+    readonly backend: Backend,
+    md: ModelDir,
+    w: ModelWeights,
+  ) {
+    const c = md.config;
+    const args = qwen3MoeArgs(c, `${md.dir}/config.json`);
+    this.config = c;
+    this.args = args;
+    this.eps = c.rmsNormEps;
+    this.embedTable = w.linear("model.embed_tokens");
+    this.vocabSize = c.vocabSize;
+    this.head = w.optLinear("lm_head") ?? this.embedTable;
+    this.finalNorm = w.tensor("model.norm.weight");
+    this.attn = {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      scale: 1 / Math.sqrt(c.headDim),
+      window: 0,
+      rope: ropeSetup(c.rope, c.headDim, c.contextLength),
+      normEps: this.eps,
+      normOnePlus: false,
     };
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `model.layers.${i}`;
+      const sparse = !args.mlpOnlyLayers.includes(i) && (i + 1) % args.decoderSparseStep === 0;
+      this.blocks.push({
+        inputNorm: w.tensor(`${p}.input_layernorm.weight`),
+        postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
+        attn: {
+          ...attentionWeights(w, `${p}.self_attn`),
+          qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
+          kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
+        },
+        mlp: sparse ? { moe: moeWeights(w, `${p}.mlp`, args) } : { dense: mlpWeights(w, `${p}.mlp`) },
+      });
+    }
+    this.layers = this.blocks.map(() => ({ kvHeads: c.numKvHeads, headDim: c.headDim, window: 0 }));
   }
 
-  protected override mlp(i: number, x: Tensor): Tensor {
-    const m = this.moe[i];
-    if (!m) return super.mlp(i, x);
+  forward(step: ForwardStep): Tensor {
     const be = this.backend;
-    const T = x.shape[0]!;
-    const k = this.topK;
-    const logits = be.linear(x, m.router);
-    // Renormalised top-k probabilities are the softmax over the top-k logits.
-    let weights: Tensor;
-    let indices: Tensor;
-    if (this.normTopk) {
-      const top = be.topk(logits, k);
-      weights = be.softmax(top.values, -1);
-      indices = top.indices;
-    } else {
-      const top = be.topk(be.softmax(logits, -1), k);
-      weights = top.values;
-      indices = top.indices;
+    let h = embed(be, this.embedTable, step.tokens);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const b = this.blocks[i]!;
+      const x = h;
+      h = runLayer(be, step, () => {
+        const y = be.add(x, attention(be, be.rmsNorm(x, b.inputNorm, this.eps), b.attn, this.attn, step, i));
+        const n = be.rmsNorm(y, b.postNorm, this.eps);
+        return be.add(y, "moe" in b.mlp ? moe(be, n, b.mlp.moe, this.args) : gatedMlp(be, n, b.mlp.dense, "silu"));
+      });
     }
-    let g: Tensor;
-    let u: Tensor;
-    if (m.gateUp) {
-      const gu = be.gatherMatmul(x, m.gateUp, indices);
-      g = be.slice(gu, 2, 0, m.intermediate);
-      u = be.slice(gu, 2, m.intermediate, 2 * m.intermediate);
-    } else {
-      g = be.gatherMatmul(x, m.gate!, indices);
-      u = be.gatherMatmul(x, m.up!, indices);
-    }
-    const h = be.reshape(be.swiglu(g, u), [T * k, m.intermediate]);
-    const d = be.gatherMatmul(h, m.down, indices);
-    return be.sum(be.mul(d, be.reshape(weights, [T, k, 1])), 1);
+    h = selectRows(be, h, step.logitRows);
+    return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
   }
 }
 
-export function loadQwen3Moe(backend: Backend, md: ModelDir): Model {
-  return new Qwen3MoeModel(backend, md);
+/** mlx-lm's qwen3_moe sanitize: a tied head dropped, one-by-one experts stacked into switch_mlp. */
+function sanitize({ tied }: SanitizeContext): Sanitizer {
+  return {
+    rename(name) {
+      const n = textModelName(name, tied);
+      return n === null ? null : stackedExpert(n);
+    },
+  };
 }
+
+export const qwen3Moe: Family = {
+  modelTypes: ["qwen3_moe"],
+  sanitize,
+  quantOverride: (path) => (path.endsWith("mlp.gate") ? { bits: 8, groupSize: 64 } : null),
+  load: (backend, md, w) => new Qwen3MoeModel(backend, md, w),
+};

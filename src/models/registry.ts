@@ -1,27 +1,66 @@
-// model_type -> loader. A multimodal wrapper's text model (gemma3 with text_config) loads by the text
-// config's model_type.
+// The one list of model types: each family's entry (exported by its file) says which model_types it reads, what
+// their configs leave out, how its checkpoint names map to mlx-lm's, and how it runs. A multimodal wrapper's text
+// model (gemma3 with text_config) loads by the text config's model_type.
 import type { Backend } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
+import { ConfigReader, setConfigFamilies } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
-import { loadGemma3 } from "./gemma3.ts";
-import { loadLlama } from "./llama.ts";
+import type { Family, Sanitizer } from "./family.ts";
+import { gemma3 } from "./gemma3.ts";
+import { gemma4 } from "./gemma4.ts";
+import { llama, mistral } from "./llama.ts";
 import type { Model } from "./model.ts";
-import { loadQwen3 } from "./qwen3.ts";
-import { loadQwen3Moe } from "./qwen3_moe.ts";
+import { qwen2Moe } from "./qwen2_moe.ts";
+import { qwen3 } from "./qwen3.ts";
+import { qwen3_5 } from "./qwen3_5.ts";
+import { qwen3Moe } from "./qwen3_moe.ts";
+import { qwen3Next } from "./qwen3_next.ts";
+import { ModelWeights } from "./weights.ts";
 
-type Loader = (backend: Backend, md: ModelDir) => Model;
+const FAMILIES: readonly Family[] = [
+  llama,
+  mistral,
+  qwen2Moe,
+  qwen3,
+  qwen3Moe,
+  qwen3Next,
+  qwen3_5,
+  gemma3,
+  gemma4,
+  // known so that `rmlx info` describes it; ternary weights need kernels of their own
+  { modelTypes: ["bitnet"] },
+];
 
-const LOADERS: Record<string, Loader> = {
-  llama: loadLlama,
-  mistral: loadLlama,
-  qwen2: loadLlama,
-  qwen3: loadQwen3,
-  qwen3_moe: loadQwen3Moe,
-  gemma3: loadGemma3,
-  gemma3_text: loadGemma3,
-};
+const BY_TYPE = new Map(FAMILIES.flatMap((f) => f.modelTypes.map((t) => [t, f] as const)));
 
-export const SUPPORTED_MODEL_TYPES: readonly string[] = Object.keys(LOADERS);
+export function familyFor(modelType: string): Family | undefined {
+  return BY_TYPE.get(modelType);
+}
+
+// config.json parsing sits below this module and asks it which model_types exist and what their configs leave out.
+setConfigFamilies((modelType) => {
+  const f = familyFor(modelType);
+  return f && { defaults: f.configDefaults ?? {} };
+});
+
+export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.load ? f.modelTypes : []));
+
+export const CONVERTIBLE_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.sanitize ? f.modelTypes : []));
+
+/**
+ * The family's sanitizer for a checkpoint, from its text config (config.ts's textConfigOf) and stored names: the
+ * one mapping behind both loading and converting. Null while the family has none.
+ */
+export function checkpointSanitizer(
+  family: Family,
+  textConfig: Record<string, unknown>,
+  names: readonly string[],
+  source: string,
+): Sanitizer | null {
+  if (!family.sanitize) return null;
+  const tied = new ConfigReader(textConfig, family.configDefaults ?? {}, source).optBool("tie_word_embeddings") ?? false;
+  return family.sanitize({ tied, names });
+}
 
 /** The model_type that decides the architecture: text_config's when the config nests one. */
 export function textModelType(md: ModelDir): string {
@@ -31,12 +70,13 @@ export function textModelType(md: ModelDir): string {
 
 export function loadModel(backend: Backend, md: ModelDir): Model {
   const type = textModelType(md);
-  const loader = Object.hasOwn(LOADERS, type) ? LOADERS[type] : undefined;
-  if (!loader) {
+  const family = familyFor(type);
+  const sanitizer = family?.load && checkpointSanitizer(family, md.config.raw, md.weights.names(), `${md.dir}/config.json`);
+  if (!family?.load || !sanitizer) {
     throw new RmlxError(
       "unsupported",
       `${md.dir}: architecture '${type}' is not supported by this build (supported: ${SUPPORTED_MODEL_TYPES.join(", ")})`,
     );
   }
-  return loader(backend, md);
+  return family.load(backend, md, new ModelWeights(backend, md, sanitizer));
 }

@@ -1,104 +1,123 @@
-// A model's view of its checkpoint: tensors by mlx-lm's canonical names (with the prefixes that multimodal and
-// transformers-5 checkpoints add resolved), wrapped as backend tensors without copying, and Linear / embedding
-// weights as float or MLX-quantized per the quantization config.
-import type { Backend, DType, QuantizedWeight, Tensor, Weight } from "../backend/backend.ts";
+// A model's view of its checkpoint: tensors by mlx-lm's names (stored names mapped by the family's sanitize, the
+// same mapping convert applies), wrapped as backend tensors without copying, and Linear / embedding weights as
+// float or MLX-quantized per the quantization config.
+import { isQuantized, type Backend, type DType, type QuantizedWeight, type Tensor, type Weight } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { quantSpecFor } from "../io/quant_config.ts";
 import type { StDType, TensorEntry } from "../io/safetensors.ts";
+import type { Sanitizer } from "./family.ts";
 
 const DTYPES: Partial<Record<StDType, DType>> = { F32: "f32", F16: "f16", BF16: "bf16", U32: "u32", U8: "u8", I32: "i32" };
 
-/** Where a text model's weights may live besides the canonical "model." / "lm_head." names. */
-const ALIASES: [string, string[]][] = [
-  ["model.", ["language_model.model.", "model.language_model."]],
-  ["lm_head.", ["language_model.lm_head."]],
-];
-
 export class ModelWeights {
   private readonly cache = new Map<string, Tensor>();
+  /** mlx-lm name -> stored name. */
+  private readonly stored = new Map<string, string>();
+  /** mlx-lm name of a stacked expert tensor -> the stored name of each expert. */
+  private readonly experts = new Map<string, string[]>();
+  /** Buffers built at load time (stacked experts) that tensors wrap without owning. */
+  private readonly keepAlive: Uint8Array[] = [];
 
   constructor(
     readonly backend: Backend,
     readonly md: ModelDir,
-  ) {}
-
-  /** The stored name for a canonical name, or undefined. */
-  resolve(name: string): string | undefined {
-    const w = this.md.weights;
-    if (w.has(name)) return name;
-    for (const [prefix, alts] of ALIASES) {
-      if (!name.startsWith(prefix)) continue;
-      for (const alt of alts) {
-        const n = alt + name.slice(prefix.length);
-        if (w.has(n)) return n;
+    sanitizer: Sanitizer,
+  ) {
+    for (const name of md.weights.names()) {
+      const r = sanitizer.rename(name);
+      if (r === null) continue;
+      if (r.expert !== undefined) {
+        const parts = this.experts.get(r.name) ?? [];
+        parts[r.expert] = name;
+        this.experts.set(r.name, parts);
+        continue;
       }
+      const other = this.stored.get(r.name);
+      if (other !== undefined) throw new RmlxError("bad_model", `${md.dir}: tensors ${other} and ${name} are both ${r.name}`);
+      this.stored.set(r.name, name);
     }
-    return undefined;
   }
 
   has(name: string): boolean {
-    return this.resolve(name) !== undefined;
+    return this.stored.has(name) || this.experts.has(name);
   }
 
-  private entry(name: string): TensorEntry {
-    const stored = this.resolve(name);
+  private storedName(name: string): string {
+    const stored = this.stored.get(name);
     if (stored === undefined) throw new RmlxError("bad_model", `${this.md.dir}: missing tensor ${name}`);
-    return this.md.weights.require(stored);
+    return stored;
   }
 
-  /** The stored tensor, wrapped without copying (one wrapper per name, so tied weights share it). */
+  /** The tensor, wrapped without copying (one wrapper per stored tensor, so tied weights share it). */
   tensor(name: string): Tensor {
-    const e = this.entry(name);
-    const hit = this.cache.get(e.name);
+    return this.wrap(this.storedName(name));
+  }
+
+  private wrap(stored: string): Tensor {
+    const hit = this.cache.get(stored);
     if (hit) return hit;
+    const e = this.md.weights.require(stored);
     const t = this.backend.fromBytes(e.bytes, e.shape, dtypeOf(e, this.md.dir));
-    this.cache.set(e.name, t);
+    this.cache.set(stored, t);
     return t;
   }
 
   optTensor(name: string): Tensor | undefined {
-    return this.has(name) ? this.tensor(name) : undefined;
+    return this.stored.has(name) ? this.tensor(name) : undefined;
   }
 
-  /** A Linear or embedding module's weight (path without ".weight"), float or quantized. */
+  /**
+   * A Linear or embedding module's weight (path without ".weight"), float or quantized; experts stored one by one
+   * come back stacked.
+   */
   linear(path: string): Weight {
-    const stored = this.resolve(`${path}.weight`);
-    if (stored === undefined) throw new RmlxError("bad_model", `${this.md.dir}: missing tensor ${path}.weight`);
-    const storedPath = stored.slice(0, -".weight".length);
-    const spec = quantSpecFor(this.md.quant, storedPath, this.md.weights);
-    if (!spec) {
-      const t = this.tensor(stored);
-      if (t.dtype !== "f32" && t.dtype !== "f16" && t.dtype !== "bf16") {
-        throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is ${t.dtype} but no quantization is configured for it`);
-      }
-      return t;
-    }
-    const q: QuantizedWeight = {
-      w: this.tensor(stored),
-      scales: this.tensor(`${storedPath}.scales`),
-      mode: spec.mode,
-      bits: spec.bits,
-      groupSize: spec.groupSize,
-      ...(spec.mode === "affine" ? { biases: this.tensor(`${storedPath}.biases`) } : {}),
-      ...(this.md.weights.has(`${storedPath}.global_scale`) ? { globalScale: this.scalar(`${storedPath}.global_scale`) } : {}),
-    };
-    return q;
+    const experts = this.experts.get(`${path}.weight`);
+    if (experts) return this.stackExperts(path, experts);
+    return this.storedLinear(this.storedName(`${path}.weight`).slice(0, -".weight".length));
   }
 
   optLinear(path: string): Weight | undefined {
     return this.has(`${path}.weight`) ? this.linear(path) : undefined;
   }
 
+  /** The module stored at storedPath; its quantization is looked up under the stored path. */
+  private storedLinear(storedPath: string): Weight {
+    const stored = `${storedPath}.weight`;
+    const spec = quantSpecFor(this.md.quant, storedPath, this.md.weights);
+    if (!spec) {
+      const t = this.wrap(stored);
+      if (t.dtype !== "f32" && t.dtype !== "f16" && t.dtype !== "bf16") {
+        throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is ${t.dtype} but no quantization is configured for it`);
+      }
+      return t;
+    }
+    const q: QuantizedWeight = {
+      w: this.wrap(stored),
+      scales: this.wrap(`${storedPath}.scales`),
+      mode: spec.mode,
+      bits: spec.bits,
+      groupSize: spec.groupSize,
+      ...(spec.mode === "affine" ? { biases: this.wrap(`${storedPath}.biases`) } : {}),
+      ...(this.md.weights.has(`${storedPath}.global_scale`) ? { globalScale: this.scalar(`${storedPath}.global_scale`) } : {}),
+    };
+    return q;
+  }
+
   /**
-   * Experts stored one by one (paths[e] + ".weight" [out, in], as transformers saves them) stacked into one
-   * [E, out, in] weight. This is the one place weights are copied: the kernels read stacked experts only.
+   * Experts stored one by one (weights[e] the stored name of expert e's [out, in] weight, as transformers saves
+   * them) stacked into one [E, out, in] weight. This is the one place weights are copied: the kernels read stacked
+   * experts only.
    */
-  stackExperts(paths: readonly string[]): Weight {
-    const first = this.linear(paths[0]!);
-    const parts = paths.map((p) => this.linear(p));
+  private stackExperts(path: string, weights: readonly string[]): Weight {
+    // a missing expert leaves a hole, which map() would skip
+    if (Array.from(weights).includes(undefined as unknown as string))
+      throw new RmlxError("bad_model", `${this.md.dir}: experts of ${path} are not numbered 0..${weights.length - 1}`);
+    const paths = weights.map((w) => w.slice(0, -".weight".length));
+    const parts = paths.map((p) => this.storedLinear(p));
+    const first = parts[0]!;
     const stack = (name: (i: number) => string): Tensor => {
-      const entries = paths.map((_, i) => this.entry(name(i)));
+      const entries = paths.map((_, i) => this.md.weights.require(name(i)));
       const e0 = entries[0]!;
       const bytes = new Uint8Array(entries.reduce((n, e) => n + e.bytes.byteLength, 0));
       let off = 0;
@@ -113,9 +132,9 @@ export class ModelWeights {
       return this.backend.fromBytes(bytes, [paths.length, ...e0.shape], dtypeOf(e0, this.md.dir));
     };
     const w = stack((i) => `${paths[i]}.weight`);
-    if (!isQ(first)) return w;
+    if (!isQuantized(first)) return w;
     for (const p of parts) {
-      if (!isQ(p) || p.bits !== first.bits || p.groupSize !== first.groupSize || p.mode !== first.mode) {
+      if (!isQuantized(p) || p.bits !== first.bits || p.groupSize !== first.groupSize || p.mode !== first.mode) {
         throw new RmlxError("bad_model", `${this.md.dir}: experts of ${paths[0]} are quantized differently`);
       }
     }
@@ -129,18 +148,11 @@ export class ModelWeights {
     };
   }
 
-  /** Buffers built at load time (stacked experts) that tensors wrap without owning. */
-  private readonly keepAlive: Uint8Array[] = [];
-
   private scalar(name: string): number {
-    const e = this.entry(name);
+    const e = this.md.weights.require(name);
     if (e.dtype !== "F32" || e.bytes.byteLength !== 4) throw new RmlxError("bad_model", `${this.md.dir}: ${name} is not an f32 scalar`);
     return new DataView(e.bytes.buffer, e.bytes.byteOffset, 4).getFloat32(0, true);
   }
-}
-
-function isQ(w: Weight): w is QuantizedWeight {
-  return (w as QuantizedWeight).scales !== undefined;
 }
 
 function dtypeOf(e: TensorEntry, dir: string): DType {

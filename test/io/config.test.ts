@@ -2,7 +2,10 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { RmlxError } from "../../src/errors.ts";
-import { loadConfig, parseConfig } from "../../src/io/config.ts";
+import { ConfigReader, loadConfig, parseConfig } from "../../src/io/config.ts";
+import { gemma3Args } from "../../src/models/gemma3.ts";
+import { qwen3MoeArgs } from "../../src/models/qwen3_moe.ts";
+import { familyFor } from "../../src/models/registry.ts";
 import { llamaConfig, tempDir } from "./helpers.ts";
 
 const SRC = "m/config.json";
@@ -78,8 +81,6 @@ describe("parseConfig", () => {
       rope: { type: "default", theta: 1000000 },
       eosTokenIds: [151645],
       bosTokenId: 151643,
-      attentionBias: false,
-      torchDtype: "bfloat16",
     });
     expect(c.slidingWindow).toBeUndefined();
     expect(c.layerTypes).toBeUndefined();
@@ -134,7 +135,7 @@ describe("parseConfig", () => {
       originalMaxPositionEmbeddings: 4096,
     });
     const su = parseConfig(llamaConfig({ rope_scaling: { type: "su", short_factor: [1, 1], long_factor: [2, 3] } }), SRC);
-    expect(su.rope).toMatchObject({ type: "longrope", shortFactor: [1, 1], longFactor: [2, 3] });
+    expect(su.rope).toMatchObject({ type: "longrope" });
   });
 
   test("rope errors", () => {
@@ -187,10 +188,9 @@ describe("parseConfig", () => {
       rope: { type: "linear", theta: 1000000, factor: 8 },
       localRope: { type: "default", theta: 10000 },
       slidingWindow: 1024,
-      queryPreAttnScalar: 256,
       eosTokenIds: [1, 106],
-      torchDtype: "bfloat16",
     });
+    expect(gemma3Args(c, SRC).queryPreAttnScalar).toBe(256);
     // Every sixth layer (5, 11, 17, 23, 29) is global.
     const full = c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []));
     expect(full).toEqual([5, 11, 17, 23, 29]);
@@ -226,7 +226,7 @@ describe("parseConfig", () => {
     expect(c.layerTypes).toEqual(layerTypes as never);
     expect(c.rope).toEqual({ type: "linear", theta: 1000000, factor: 8 });
     expect(c.localRope).toEqual({ type: "default", theta: 10000 });
-    expect(c.finalLogitSoftcapping).toBeUndefined();
+    expect(gemma3Args(c, SRC).finalLogitSoftcapping).toBeUndefined();
   });
 
   test("gemma4 text: proportional global rope with partial rotary", () => {
@@ -249,7 +249,7 @@ describe("parseConfig", () => {
     );
     expect(c.rope).toEqual({ type: "proportional", theta: 1000000, partialRotaryFactor: 0.25 });
     expect(c.localRope).toEqual({ type: "default", theta: 10000 });
-    expect(c.finalLogitSoftcapping).toBe(30);
+    expect(new ConfigReader(c.raw, familyFor("gemma4")!.configDefaults!, SRC).optNum("final_logit_softcapping")).toBe(30);
     // sliding_window_pattern 5: layers 4 and 9 global.
     expect(c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []))).toEqual([4, 9]);
   });
@@ -269,9 +269,8 @@ describe("parseConfig", () => {
       },
       SRC,
     );
-    expect(c).toMatchObject({
-      numExperts: 128,
-      numExpertsPerTok: 8,
+    expect(c).toMatchObject({ numExperts: 128, numExpertsPerTok: 8 });
+    expect(qwen3MoeArgs(c, SRC)).toMatchObject({
       moeIntermediateSize: 768,
       normTopkProb: true,
       decoderSparseStep: 1,
@@ -334,12 +333,11 @@ describe("parseConfig", () => {
     expect(c.rope).toEqual({ type: "default", theta: 10000000, partialRotaryFactor: 0.25 });
   });
 
-  test("mistral keeps its sliding window; qwen2 defaults to q/k/v biases", () => {
+  test("mistral keeps its sliding window; qwen2 drops it when use_sliding_window is off", () => {
     const m = parseConfig({ ...llamaConfig(), model_type: "mistral", sliding_window: 4096 }, SRC);
     expect(m.slidingWindow).toBe(4096);
     const q = parseConfig({ ...llamaConfig(), model_type: "qwen2", sliding_window: 32768, use_sliding_window: false }, SRC);
     expect(q.slidingWindow).toBeUndefined();
-    expect(q.attentionBias).toBe(true);
   });
 
   test("bitnet", () => {

@@ -1,6 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openModelDir } from "../../src/io/model_dir.ts";
+// config parsing learns the model families from the registry
+import "../../src/models/registry.ts";
 import { llamaConfig, llamaTensors, tempDir, writeModelDir } from "./helpers.ts";
 
 describe("openModelDir", () => {

@@ -1,5 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { openModelDir } from "../../src/io/model_dir.ts";
+// config parsing learns the model families from the registry
+import "../../src/models/registry.ts";
 import { describeClasses, kvCacheBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
 import {
   llamaConfig,
