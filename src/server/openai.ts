@@ -41,10 +41,15 @@ export function chatMessages(messages: Body["messages"]): ChatMessage[] {
   });
 }
 
+/** tool_choice as sent; null, like an absent field, means "auto". */
+function toolChoice(body: Body): NonNullable<Body["tool_choice"]> {
+  return body.tool_choice ?? "auto";
+}
+
 /** The tools the template sees, per tool_choice: none hides them, a named choice offers only that one. */
 function chatTools(body: Body): ToolSpec[] | undefined {
   const tools = body.tools ?? [];
-  const choice = body.tool_choice ?? "auto";
+  const choice = toolChoice(body);
   if (tools.length === 0) {
     if (typeof choice === "object" || choice === "required") throw new HttpError(400, "tool_choice needs tools", { param: "tool_choice" });
     return undefined;
@@ -75,6 +80,7 @@ function maxTokensOf(requested: number | null | undefined, m: ModelEntry): numbe
 
 function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest {
   const tools = chatTools(body);
+  const choice = toolChoice(body);
   const sampling = openAISampling(body, { logprobs: body.logprobs ?? false, top: body.logprobs ? (body.top_logprobs ?? 0) : 0 });
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
   return {
@@ -90,7 +96,7 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
     stopTokenIds: body.stop_token_ids ?? [],
     ignoreEos: body.ignore_eos ?? false,
     jsonSchema: jsonSchemaOf(body.response_format),
-    requireToolCall: tools !== undefined && (body.tool_choice === "required" || typeof body.tool_choice === "object"),
+    requireToolCall: tools !== undefined && (choice === "required" || typeof choice === "object"),
   };
 }
 

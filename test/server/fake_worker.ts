@@ -1,6 +1,9 @@
 // A stand-in engine speaking the worker protocol of src/engine/types.ts, for protocol tests of the HTTP server.
 // One character is one token (its char code). What it "generates" is decided by the last user message:
-//   contains "weather" with tools given -> a Hermes-style <tool_call> for get_weather
+//   contains "weather" with tools given,
+//   or a tool call is required            -> a Hermes-style <tool_call> for get_weather (else the first tool)
+//   contains "[prompt]"                   -> the rendered prompt
+//   contains "[request]"                  -> what the server asked for: template kwargs, thinking budget, constraints
 //   contains "[think]"                  -> a <think> section, then an answer
 //   contains "[busy]"                   -> blocks its thread for 300 ms per token, 5 tokens ("busy ")
 //   contains "[slow]"                   -> one token every 20 ms until max_tokens
@@ -38,8 +41,14 @@ function render(messages: ChatMessage[], tools: unknown): string {
 
 function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "busy" } {
   const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? String(req.prompt ?? "");
-  if (req.tools?.length && last.includes("weather")) {
-    return { text: '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', mode: "fast" };
+  if (req.tools?.length && (last.includes("weather") || req.requireToolCall)) {
+    const name = req.tools.find((t) => t.function.name === "get_weather")?.function.name ?? req.tools[0]!.function.name;
+    return { text: `<tool_call>\n{"name": "${name}", "arguments": {"city": "Paris"}}\n</tool_call>`, mode: "fast" };
+  }
+  if (last.includes("[prompt]")) return { text: render(req.messages ?? [], req.tools), mode: "fast" };
+  if (last.includes("[request]")) {
+    const { templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens } = req;
+    return { text: JSON.stringify({ templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens }), mode: "fast" };
   }
   if (last.includes("[think]")) return { text: "<think>\nLet me think.\n</think>\n\nThe answer is 42.", mode: "fast" };
   if (last.includes("[busy]")) return { text: "busy ", mode: "busy" };

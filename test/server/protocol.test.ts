@@ -244,6 +244,17 @@ describe("OpenAI API", () => {
     expect(await rejection(bad)).toBeInstanceOf(OpenAI.BadRequestError);
   });
 
+  test("tool_choice null means auto: the tools are offered, no call is forced", async () => {
+    const ask = (tool_choice: unknown) =>
+      post("/v1/chat/completions", JSON.stringify({ model: "tiny", temperature: 0, tools: [WEATHER_TOOL], tool_choice, messages: [{ role: "user", content: "[request]" }] }));
+    const auto = await jsonOf(await ask(null));
+    expect(JSON.parse(auto.choices[0].message.content).requireToolCall).toBe(false);
+    expect(auto.choices[0].finish_reason).toBe("stop");
+    const required = await jsonOf(await ask("required"));
+    expect(required.choices[0].message.tool_calls.length).toBe(1);
+    expect(required.choices[0].finish_reason).toBe("tool_calls");
+  });
+
   test("reasoning goes to reasoning_content", async () => {
     const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[think]" }] });
     const msg = r.choices[0]!.message as { content: string; reasoning_content?: string };
