@@ -8,22 +8,72 @@ import { anthropicSampling } from "./sampling.ts";
 import type { CountTokensBodyT, MessagesBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
 
-type Block = Exclude<MessagesBodyT["messages"][number]["content"], string>[number];
+type Message = MessagesBodyT["messages"][number];
+type Block = Exclude<Extract<Message, { role: "user" | "assistant" }>["content"], string>[number];
+type InnerBlock = Exclude<NonNullable<Block["content"]>, string>[number];
 
-function blockText(content: Block["content"]): string {
+/** Images cannot be served by the text-only models rmlx runs: a clear refusal rather than a silent drop. */
+function noImages(where: string): never {
+  throw new HttpError(400, `image content (in ${where}) is not supported: the models rmlx serves read text only`);
+}
+
+/**
+ * A document block as the text the model reads: a plain-text source, or a content source's text blocks; PDFs,
+ * URLs and uploaded files would need fetching or parsing that rmlx does not do.
+ */
+function documentText(b: { title?: string | null; source?: unknown }): string {
+  const src = (b.source ?? {}) as { type?: unknown; data?: unknown; content?: unknown };
+  let body: string;
+  if (src.type === "text" && typeof src.data === "string") body = src.data;
+  else if (src.type === "content" && typeof src.content === "string") body = src.content;
+  else if (src.type === "content" && Array.isArray(src.content)) body = innerText(src.content as InnerBlock[], "a document");
+  else throw new HttpError(400, `document source type '${String(src.type)}' is not supported: send the document as text (source type 'text' or 'content')`);
+  return b.title ? `${b.title}\n\n${body}` : body;
+}
+
+/** The text of blocks nested in a tool_result or a document. */
+function innerText(blocks: InnerBlock[], where: string): string {
+  const parts: string[] = [];
+  for (const c of blocks) {
+    if (c.type === "text") parts.push(c.text ?? "");
+    else if (c.type === "document") parts.push(documentText(c));
+    else if (c.type === "search_result") parts.push(searchResultText(c));
+    else if (c.type === "image") noImages(where);
+    else throw new HttpError(400, `content block type '${c.type}' is not supported in ${where}`);
+  }
+  return parts.join("\n\n");
+}
+
+function searchResultText(b: { title?: string | null; source?: unknown; content?: unknown }): string {
+  const blocks = Array.isArray(b.content) ? (b.content as InnerBlock[]) : [];
+  const head = [b.title, typeof b.source === "string" ? b.source : undefined].filter(Boolean).join("\n");
+  const body = innerText(blocks, "a search result");
+  return head ? `${head}\n\n${body}` : body;
+}
+
+function toolResultText(content: Block["content"]): string {
   if (content === undefined) return "";
   if (typeof content === "string") return content;
-  return content.map((c) => c.text ?? "").join("");
+  return innerText(content, "a tool_result");
+}
+
+/** The system prompt: the top-level one, then every system entry of messages, in order. */
+function systemPrompt(body: CountTokensBodyT): string {
+  const texts: string[] = [];
+  const add = (s: string | { text: string }[]) => texts.push(typeof s === "string" ? s : s.map((b) => b.text).join("\n"));
+  if (body.system !== undefined) add(body.system);
+  for (const m of body.messages) if (m.role === "system") add(m.content);
+  return texts.filter((t) => t.length > 0).join("\n");
 }
 
 /** Anthropic content blocks to chat-template messages: tool_use becomes tool_calls, tool_result a "tool" message. */
 export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
   const out: ChatMessage[] = [];
-  if (body.system !== undefined) {
-    const text = typeof body.system === "string" ? body.system : body.system.map((b) => b.text).join("\n");
-    if (text) out.push({ role: "system", content: text });
-  }
+  // Chat templates take one system message, first: system entries inside messages join it.
+  const system = systemPrompt(body);
+  if (system) out.push({ role: "system", content: system });
   for (const m of body.messages) {
+    if (m.role === "system") continue;
     if (typeof m.content === "string") {
       out.push({ role: m.role, content: m.content });
       continue;
@@ -47,16 +97,25 @@ export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
       continue;
     }
     let text: string | null = null;
+    let passageLast = false;
     const flush = () => {
       if (text !== null) out.push({ role: "user", content: text });
       text = null;
     };
+    // A document or search result is a passage of its own, set apart from the text around it.
+    const add = (s: string, passage: boolean) => {
+      text = text === null ? s : text + (passage || passageLast ? "\n\n" : "") + s;
+      passageLast = passage;
+    };
     for (const b of m.content) {
-      if (b.type === "text") text = (text ?? "") + (b.text ?? "");
+      if (b.type === "text") add(b.text ?? "", false);
+      else if (b.type === "document") add(documentText(b), true);
+      else if (b.type === "search_result") add(searchResultText(b), true);
+      else if (b.type === "image") noImages("a user message");
       else if (b.type === "tool_result") {
         flush();
         if (!b.tool_use_id) throw new HttpError(400, "tool_result blocks need a tool_use_id");
-        out.push({ role: "tool", tool_call_id: b.tool_use_id, content: blockText(b.content) });
+        out.push({ role: "tool", tool_call_id: b.tool_use_id, content: toolResultText(b.content) });
       } else throw new HttpError(400, `content block type '${b.type}' is not supported`);
     }
     flush();
@@ -65,6 +124,16 @@ export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
 }
 
 function tools(body: CountTokensBodyT): ToolSpec[] | undefined {
+  if (body.mcp_servers?.length) {
+    throw new HttpError(400, "mcp_servers is not supported: rmlx does not call remote MCP servers; give their tools as client tools");
+  }
+  // Server tools are checked even when tool_choice hides the tools: the request asked for something rmlx cannot run.
+  body.tools?.forEach((tl, i) => {
+    if (tl.type && tl.type !== "custom") {
+      throw new HttpError(400, `tools.${i}: server tool '${tl.name}' (type '${tl.type}') is not supported: rmlx runs client tools only (a name and an input_schema)`);
+    }
+    if (!tl.input_schema) throw new HttpError(400, `tools.${i}: tool '${tl.name}' needs an input_schema`);
+  });
   if (!body.tools?.length) {
     if (body.tool_choice && body.tool_choice.type !== "auto" && body.tool_choice.type !== "none") {
       throw new HttpError(400, "tool_choice needs tools");
@@ -85,9 +154,20 @@ function tools(body: CountTokensBodyT): ToolSpec[] | undefined {
   return specs;
 }
 
+/** The chat template's thinking switch: every thinking type but "disabled" turns it on. */
 export function templateKwargs(body: CountTokensBodyT): Record<string, unknown> | undefined {
   if (!body.thinking) return undefined;
-  return { enable_thinking: body.thinking.type === "enabled" };
+  return { enable_thinking: body.thinking.type !== "disabled" };
+}
+
+/**
+ * Tokens the reasoning section may take (the engine ends it there, on models whose think tags are tokens).
+ * Adaptive thinking names no budget: half of max_tokens keeps room for the reply after it.
+ */
+function thinkingBudget(body: MessagesBodyT): number | undefined {
+  if (body.thinking?.type === "enabled") return body.thinking.budget_tokens;
+  if (body.thinking?.type === "adaptive") return Math.floor(body.max_tokens / 2);
+  return undefined;
 }
 
 function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
@@ -105,7 +185,8 @@ function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
     sampling: anthropicSampling(body),
     stop: body.stop_sequences ?? [],
     stopTokenIds: [],
-    thinkingBudget: body.thinking?.type === "enabled" ? body.thinking.budget_tokens : undefined,
+    thinkingBudget: thinkingBudget(body),
+    jsonSchema: (body.output_config?.format ?? body.output_format)?.schema,
   };
 }
 

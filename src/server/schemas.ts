@@ -98,6 +98,18 @@ export const CompletionBody = t.Object({
   response_format: opt(ResponseFormat),
 });
 
+/**
+ * A block nested in a tool_result or a document's content source. Only the fields rmlx reads are declared; the
+ * rest of what a client sends (citations, cache_control, ...) is not an error.
+ */
+const AnthropicInnerBlock = t.Object({
+  type: t.String(),
+  text: t.Optional(t.String()),
+  title: opt(t.String()),
+  source: t.Optional(Json),
+  content: t.Optional(Json),
+});
+
 const AnthropicBlock = t.Object({
   type: t.String(),
   text: t.Optional(t.String()),
@@ -105,24 +117,32 @@ const AnthropicBlock = t.Object({
   name: t.Optional(t.String()),
   input: t.Optional(Json),
   tool_use_id: t.Optional(t.String()),
-  content: t.Optional(t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.Optional(t.String()) }))])),
+  content: t.Optional(t.Union([t.String(), t.Array(AnthropicInnerBlock)])),
   is_error: t.Optional(t.Boolean()),
   thinking: t.Optional(t.String()),
   signature: t.Optional(t.String()),
   source: t.Optional(Json),
+  title: opt(t.String()),
   cache_control: t.Optional(Json),
 });
 
-const AnthropicMessage = t.Object({
-  role: t.Union([t.Literal("user"), t.Literal("assistant")]),
-  content: t.Union([t.String(), t.Array(AnthropicBlock)]),
-});
+const AnthropicSystemBlock = t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) });
 
+// Clients such as Claude Code send system entries inside messages too.
+const AnthropicMessage = t.Union([
+  t.Object({
+    role: t.Union([t.Literal("user"), t.Literal("assistant")]),
+    content: t.Union([t.String(), t.Array(AnthropicBlock)]),
+  }),
+  t.Object({ role: t.Literal("system"), content: t.Union([t.String(), t.Array(AnthropicSystemBlock)]) }),
+]);
+
+/** A client tool has an input_schema; a server tool (web search, code execution, ...) has a versioned type instead. */
 const AnthropicTool = t.Object({
   name: t.String({ minLength: 1 }),
   description: t.Optional(t.String()),
-  input_schema: t.Record(t.String(), Json),
-  type: t.Optional(t.String()),
+  input_schema: t.Optional(t.Record(t.String(), Json)),
+  type: opt(t.String()),
   cache_control: t.Optional(Json),
 });
 
@@ -132,7 +152,14 @@ const AnthropicToolChoice = t.Object({
   disable_parallel_tool_use: t.Optional(t.Boolean()),
 });
 
-const AnthropicSystem = t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) }))]);
+const AnthropicSystem = t.Union([t.String(), t.Array(AnthropicSystemBlock)]);
+
+const AnthropicThinking = t.Object({
+  type: t.Union([t.Literal("enabled"), t.Literal("disabled"), t.Literal("adaptive"), t.Literal("between_tools")]),
+  budget_tokens: t.Optional(t.Integer({ minimum: 0 })),
+});
+
+const AnthropicOutputFormat = t.Object({ type: t.Literal("json_schema"), schema: t.Record(t.String(), Json) });
 
 const anthropicPrompt = {
   model: t.String(),
@@ -140,9 +167,13 @@ const anthropicPrompt = {
   system: t.Optional(AnthropicSystem),
   tools: t.Optional(t.Array(AnthropicTool)),
   tool_choice: t.Optional(AnthropicToolChoice),
-  thinking: t.Optional(t.Object({ type: t.Union([t.Literal("enabled"), t.Literal("disabled")]), budget_tokens: t.Optional(t.Integer({ minimum: 0 })) })),
+  thinking: t.Optional(AnthropicThinking),
+  /** Remote MCP servers the API itself would call: declared so that a request naming some can be refused clearly. */
+  mcp_servers: opt(t.Array(Json)),
 };
 
+// Fields of the Messages API that change nothing here are accepted and ignored: metadata, service_tier, container,
+// context_management, speed, inference_geo, diagnostics, cache_control, and any the API adds later.
 export const MessagesBody = t.Object({
   ...anthropicPrompt,
   max_tokens: t.Integer({ minimum: 1 }),
@@ -151,7 +182,9 @@ export const MessagesBody = t.Object({
   temperature: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   top_p: t.Optional(t.Number({ exclusiveMinimum: 0, maximum: 1 })),
   top_k: t.Optional(t.Integer({ minimum: 0 })),
-  metadata: t.Optional(Json),
+  output_config: opt(t.Object({ format: opt(AnthropicOutputFormat), effort: opt(t.String()) })),
+  /** The beta spelling of output_config.format. */
+  output_format: opt(AnthropicOutputFormat),
 });
 
 export const CountTokensBody = t.Object(anthropicPrompt);

@@ -357,6 +357,117 @@ describe("Anthropic API", () => {
     expect((m.content[1] as { text: string }).text).toBe("The answer is 42.");
   });
 
+  test("system entries inside messages join the system prompt, in order", async () => {
+    const r = await anthropic.messages.create({
+      model: "tiny",
+      max_tokens: 300,
+      ...GREEDY,
+      system: [{ type: "text", text: "first" }],
+      messages: [
+        { role: "system", content: "second" },
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "hello" },
+        { role: "system", content: [{ type: "text", text: "third" }] },
+        { role: "user", content: "[prompt]" },
+      ],
+    });
+    expect(r.content).toEqual([
+      { type: "text", text: "<|system|>first\nsecond\nthird\n<|user|>hi\n<|assistant|>hello\n<|user|>[prompt]\n<|assistant|>" },
+    ] as never);
+    const counted = await anthropic.messages.countTokens({ model: "tiny", messages: [{ role: "system", content: "s" }, { role: "user", content: "x" }] });
+    expect(counted.input_tokens).toBe("<|system|>s\n<|user|>x\n<|assistant|>".length);
+  });
+
+  test("thinking: adaptive and between_tools turn the template's switch on; adaptive gets half of max_tokens as budget", async () => {
+    const ask = async (thinking: object) => {
+      const r = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 400, thinking, ...GREEDY, messages: [{ role: "user", content: "[request]" }] }));
+      expect(r.status).toBe(200);
+      return JSON.parse((await jsonOf(r)).content[0].text);
+    };
+    expect(await ask({ type: "adaptive" })).toMatchObject({ templateKwargs: { enable_thinking: true }, thinkingBudget: 200 });
+    expect(await ask({ type: "adaptive", display: "summarized" })).toMatchObject({ templateKwargs: { enable_thinking: true } });
+    expect(await ask({ type: "between_tools" })).toMatchObject({ templateKwargs: { enable_thinking: true } });
+    expect(await ask({ type: "enabled", budget_tokens: 64 })).toMatchObject({ templateKwargs: { enable_thinking: true }, thinkingBudget: 64 });
+    const off = await ask({ type: "disabled" });
+    expect(off.templateKwargs).toEqual({ enable_thinking: false });
+    expect(off.thinkingBudget).toBeUndefined();
+  });
+
+  test("the Messages API's other request fields are accepted; output_config.format constrains the output", async () => {
+    const body = {
+      model: "tiny",
+      max_tokens: 400,
+      temperature: 0,
+      top_k: 5,
+      top_p: 0.9,
+      stop_sequences: ["never"],
+      metadata: { user_id: "u1" },
+      service_tier: "auto",
+      container: "container_1",
+      context_management: { edits: [{ type: "clear_tool_uses_20250919" }] },
+      mcp_servers: [],
+      speed: "standard",
+      inference_geo: "us",
+      diagnostics: { previous_message_id: null },
+      cache_control: { type: "ephemeral" },
+      output_config: { effort: "high", format: { type: "json_schema", schema: { type: "object" } } },
+      system: [{ type: "text", text: "sys", cache_control: { type: "ephemeral", ttl: "1h" } }],
+      tools: [{ name: "get_time", type: "custom", input_schema: { type: "object" }, cache_control: { type: "ephemeral" }, strict: true, defer_loading: false, eager_input_streaming: true }],
+      messages: [{ role: "user", content: [{ type: "text", text: "[request]", cache_control: { type: "ephemeral" }, citations: null }] }],
+    };
+    const r = await post("/v1/messages", JSON.stringify(body));
+    expect(r.status).toBe(200);
+    expect(JSON.parse((await jsonOf(r)).content[0].text)).toMatchObject({ jsonSchema: { type: "object" }, requireToolCall: false });
+    const beta = await post("/v1/messages", JSON.stringify({ ...body, output_config: undefined, output_format: { type: "json_schema", schema: { type: "array" } } }));
+    expect(JSON.parse((await jsonOf(beta)).content[0].text).jsonSchema).toEqual({ type: "array" });
+  });
+
+  test("documents with text sources are read as text; images are refused clearly, in a tool_result too", async () => {
+    const ask = (content: unknown[]) => post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 400, ...GREEDY, messages: [{ role: "user", content }] }));
+    const doc = await ask([
+      { type: "document", title: "Notes", source: { type: "text", media_type: "text/plain", data: "alpha" }, citations: { enabled: true } },
+      { type: "document", source: { type: "content", content: [{ type: "text", text: "beta" }] } },
+      { type: "text", text: "[prompt]" },
+    ]);
+    expect(doc.status).toBe(200);
+    expect((await jsonOf(doc)).content[0].text).toBe("<|user|>Notes\n\nalpha\n\nbeta\n\n[prompt]\n<|assistant|>");
+    const pdf = await ask([{ type: "document", source: { type: "base64", media_type: "application/pdf", data: "JVBERi0=" } }]);
+    expect(pdf.status).toBe(400);
+    expect((await jsonOf(pdf)).error.message).toContain("document source type 'base64' is not supported");
+    const image = { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } };
+    for (const content of [
+      [image, { type: "text", text: "what is this?" }],
+      [{ type: "tool_result", tool_use_id: "toolu_1", content: [{ type: "text", text: "screenshot:" }, image] }],
+    ]) {
+      const r = await ask(content);
+      expect(r.status).toBe(400);
+      expect(await jsonOf(r)).toMatchObject({ type: "error", error: { type: "invalid_request_error" } });
+    }
+    const inResult = await ask([{ type: "tool_result", tool_use_id: "toolu_1", content: [image] }]);
+    expect((await jsonOf(inResult)).error.message).toContain("image content (in a tool_result) is not supported");
+  });
+
+  test("server tools and remote MCP servers are refused with a 400 naming them", async () => {
+    const ask = (extra: object) =>
+      post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 10, messages: [{ role: "user", content: "x" }], ...extra }));
+    for (const tool of [
+      { type: "web_search_20250305", name: "web_search", max_uses: 3 },
+      { type: "bash_20250124", name: "bash" },
+      { type: "text_editor_20250728", name: "str_replace_based_edit_tool" },
+    ]) {
+      const r = await ask({ tools: [{ name: "ok", input_schema: { type: "object" } }, tool] });
+      expect(r.status).toBe(400);
+      const e = await jsonOf(r);
+      expect(e.error.type).toBe("invalid_request_error");
+      expect(e.error.message).toContain(`tools.1: server tool '${tool.name}' (type '${tool.type}') is not supported`);
+    }
+    const noSchema = await ask({ tools: [{ name: "bare" }] });
+    expect((await jsonOf(noSchema)).error.message).toContain("tool 'bare' needs an input_schema");
+    const mcp = await ask({ mcp_servers: [{ type: "url", url: "https://mcp.example/sse", name: "ex" }] });
+    expect(mcp.status).toBe(400);
+    expect((await jsonOf(mcp)).error.message).toContain("mcp_servers is not supported");
+  });
+
   test("count_tokens", async () => {
     const r = await anthropic.messages.countTokens({ model: "tiny", system: "sys", messages: [{ role: "user", content: "hi" }] });
     // The fake engine renders "<|system|>sys\n<|user|>hi\n<|assistant|>", one token per character.
