@@ -190,6 +190,15 @@ function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
   };
 }
 
+/** Prompt tokens as Anthropic counts them: input_tokens is the uncached part, so the three add up to the prompt. */
+function inputUsage(started: Started) {
+  return {
+    input_tokens: started.promptTokens - started.cachedTokens,
+    cache_creation_input_tokens: 0,
+    cache_read_input_tokens: started.cachedTokens,
+  };
+}
+
 function stopReason(reason: string, stoppedBy: string | number | undefined, stops: string[], toolCalls: number) {
   if (toolCalls > 0) return { stop_reason: "tool_use", stop_sequence: null };
   if (reason === "length") return { stop_reason: "max_tokens", stop_sequence: null };
@@ -235,12 +244,7 @@ export async function messages(ctx: ServerContext, body: MessagesBodyT, signal?:
       model: body.model,
       content,
       ...stopReason(r.done.finishReason, r.done.stoppedBy, body.stop_sequences ?? [], r.shaped.toolCalls.length),
-      usage: {
-        input_tokens: r.started.promptTokens,
-        output_tokens: r.done.usage.completionTokens,
-        cache_read_input_tokens: r.started.cachedTokens,
-        cache_creation_input_tokens: 0,
-      },
+      usage: { ...inputUsage(r.started), output_tokens: r.done.usage.completionTokens },
     });
   } finally {
     ctx.models.release(m);
@@ -274,7 +278,7 @@ async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelE
           content: [],
           stop_reason: null,
           stop_sequence: null,
-          usage: { input_tokens: started.promptTokens, output_tokens: 0, cache_read_input_tokens: started.cachedTokens },
+          usage: { ...inputUsage(started), output_tokens: 0 },
         },
       });
       ev("ping", {});
@@ -322,7 +326,7 @@ async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelE
             close();
             ev("message_delta", {
               delta: stopReason(e.finishReason, e.stoppedBy, body.stop_sequences ?? [], toolCalls),
-              usage: { output_tokens: e.usage.completionTokens },
+              usage: { ...inputUsage(started), output_tokens: e.usage.completionTokens },
             });
             ev("message_stop", {});
           }

@@ -142,6 +142,35 @@ describe("end to end on a tiny Qwen3", () => {
     expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
   });
 
+  test("a Claude Code style request (system entries in messages, adaptive thinking): usage adds up to the prompt, the cached part apart", async () => {
+    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
+    const system = "You are a coding agent working in a repository. ".repeat(120);
+    const ask = (question: string) => ({
+      model: name,
+      max_tokens: 8,
+      ...GREEDY,
+      system: [{ type: "text" as const, text: system, cache_control: { type: "ephemeral" as const } }],
+      thinking: { type: "adaptive" as const },
+      metadata: { user_id: "session-1" },
+      messages: [
+        { role: "system" as const, content: "Environment: linux." },
+        { role: "user" as const, content: [{ type: "text" as const, text: question, cache_control: { type: "ephemeral" as const } }] },
+      ],
+    });
+    const count = async (question: string) => {
+      const { max_tokens: _, ...body } = ask(question);
+      return (await a.messages.countTokens(body)).input_tokens;
+    };
+    const first = await a.messages.create(ask("First?"));
+    expect(first.usage.input_tokens + first.usage.cache_read_input_tokens! + first.usage.cache_creation_input_tokens!).toBe(await count("First?"));
+    const second = await a.messages.stream(ask("And the other one?")).finalMessage();
+    const u = second.usage;
+    const prompt = await count("And the other one?");
+    expect(u.cache_read_input_tokens!).toBeGreaterThan(prompt - 64);
+    expect(u.input_tokens).toBeLessThan(64);
+    expect(u.input_tokens + u.cache_read_input_tokens! + u.cache_creation_input_tokens!).toBe(prompt);
+  }, 60_000);
+
   test("response_format json_object constrains the output to JSON", async () => {
     const r = await openai.chat.completions.create({
       model: name,

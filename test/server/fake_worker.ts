@@ -8,6 +8,7 @@
 //   contains "[busy]"                   -> blocks its thread for 300 ms per token, 5 tokens ("busy ")
 //   contains "[slow]"                   -> one token every 20 ms until max_tokens
 //   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
+// A prompt containing "[cached]" reports its first half as read from the prefix cache.
 // A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, ToWorker } from "../../src/engine/types.ts";
 import { mulberry32 } from "../rng.ts";
@@ -72,7 +73,8 @@ async function generate(req: GenerateRequest) {
   const state = { tokens: prompt.length, cancelled: false };
   running.set(req.id, state);
   const t0 = performance.now();
-  post({ type: "started", id: req.id, promptTokens: prompt.length, cachedTokens: 0, startsInReasoning: false });
+  const cachedTokens = prompt.includes("[cached]") ? Math.floor(prompt.length / 2) : 0;
+  post({ type: "started", id: req.id, promptTokens: prompt.length, cachedTokens, startsInReasoning: false });
   stats();
   let { text, mode } = script(req);
   let finishReason: "stop" | "length" = "stop";
@@ -120,7 +122,7 @@ async function generate(req: GenerateRequest) {
     id: req.id,
     finishReason,
     stoppedBy,
-    usage: { promptTokens: prompt.length, completionTokens: text.length, cachedTokens: 0 },
+    usage: { promptTokens: prompt.length, completionTokens: text.length, cachedTokens },
     timing: { queuedMs: 0, ttftMs: ttft, decodeTps: 1000, promptTps: 1000 },
   });
   stats();

@@ -468,6 +468,20 @@ describe("Anthropic API", () => {
     expect((await jsonOf(mcp)).error.message).toContain("mcp_servers is not supported");
   });
 
+  test("usage: input_tokens is the uncached part of the prompt, streaming and not", async () => {
+    const messages = [{ role: "user" as const, content: "[cached] tell me" }];
+    const prompt = "<|user|>[cached] tell me\n<|assistant|>".length;
+    const cached = Math.floor(prompt / 2);
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 50, ...GREEDY, messages });
+    expect(r.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached, cache_creation_input_tokens: 0 });
+    const s = await anthropic.messages.stream({ model: "tiny", max_tokens: 50, ...GREEDY, messages }).finalMessage();
+    expect(s.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached, cache_creation_input_tokens: 0 });
+    const raw = await (await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 50, ...GREEDY, messages, stream: true }))).text();
+    const events = raw.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)));
+    expect(events.find((e) => e.type === "message_start").message.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached });
+    expect(events.find((e) => e.type === "message_delta").usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached });
+  });
+
   test("count_tokens", async () => {
     const r = await anthropic.messages.countTokens({ model: "tiny", system: "sys", messages: [{ role: "user", content: "hi" }] });
     // The fake engine renders "<|system|>sys\n<|user|>hi\n<|assistant|>", one token per character.
