@@ -184,6 +184,31 @@ describe("end to end on a tiny Qwen3", () => {
     if (r.choices[0]!.finish_reason === "stop") expect(typeof JSON.parse(text)).toBe("object");
   });
 
+  test("json_schema strings are well-formed UTF-8 within maxLength, from a random model sampling its whole vocabulary", async () => {
+    const schema = {
+      type: "object",
+      properties: { word: { type: "string", minLength: 1, maxLength: 4 } },
+      required: ["word"],
+      additionalProperties: false,
+    };
+    for (const seed of [1, 2, 3, 4]) {
+      const r = await openai.chat.completions.create({
+        model: name,
+        messages: [{ role: "user", content: "One word in JSON." }],
+        max_tokens: 40,
+        temperature: 1,
+        seed,
+        response_format: { type: "json_schema", json_schema: { name: "w", schema } },
+      });
+      expect(r.choices[0]!.finish_reason).toBe("stop");
+      const text = r.choices[0]!.message.content ?? "";
+      expect(text).not.toContain("\uFFFD");
+      const word: string = JSON.parse(text).word;
+      expect([...word].length).toBeGreaterThanOrEqual(1);
+      expect([...word].length).toBeLessThanOrEqual(4);
+    }
+  }, 60_000);
+
   test("tool_choice required / a named tool force one well-formed call, even from a random model", async () => {
     const tools = [
       {
