@@ -200,8 +200,9 @@ function inputUsage(started: Started) {
 }
 
 function stopReason(reason: string, stoppedBy: string | number | undefined, stops: string[], toolCalls: number) {
-  if (toolCalls > 0) return { stop_reason: "tool_use", stop_sequence: null };
+  // As in OpenAI's finish_reason: a reply cut by max_tokens says so, tool calls or not.
   if (reason === "length") return { stop_reason: "max_tokens", stop_sequence: null };
+  if (toolCalls > 0) return { stop_reason: "tool_use", stop_sequence: null };
   if (typeof stoppedBy === "string" && stops.includes(stoppedBy)) return { stop_reason: "stop_sequence", stop_sequence: stoppedBy };
   return { stop_reason: "end_turn", stop_sequence: null };
 }
@@ -321,7 +322,7 @@ async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelE
           if (e.type === "delta") emit(sh.feed(e.text));
           else if (e.type === "error") throw new HttpError(500, e.message, { code: e.code });
           else if (e.type === "done") {
-            emit(sh.flush());
+            emit(sh.flush(e.finishReason === "length"));
             if (open === "thinking") ev("content_block_delta", { index, delta: { type: "signature_delta", signature: "" } });
             close();
             ev("message_delta", {

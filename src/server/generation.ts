@@ -89,7 +89,7 @@ export async function collect(
       } else if (ev.type === "error") {
         throw fromCode(ev.code, ev.message);
       } else if (ev.type === "done") {
-        shaped = mergeShaped(shaped, shaper.flush());
+        shaped = mergeShaped(shaped, shaper.flush(ev.finishReason === "length"));
         return { started, shaped, tokenIds, logprobs, done: ev };
       }
     }

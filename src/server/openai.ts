@@ -125,8 +125,9 @@ function usageOf(started: Started, completionTokens: number) {
 }
 
 function finishReason(reason: string, toolCalls: number): string {
-  if (toolCalls > 0) return "tool_calls";
-  return reason === "length" ? "length" : "stop";
+  // The length limit is reported even after complete calls: the reply was cut, perhaps inside another one.
+  if (reason === "length") return "length";
+  return toolCalls > 0 ? "tool_calls" : "stop";
 }
 
 export async function chatCompletions(ctx: ServerContext, body: Body, signal?: AbortSignal): Promise<Response> {
@@ -214,7 +215,7 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
       if (ev.type === "delta") emit(shaper.feed(ev.text), ev.logprobs);
       else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
       else if (ev.type === "done") {
-        emit(shaper.flush(), undefined);
+        emit(shaper.flush(ev.finishReason === "length"), undefined);
         send(chunk(index, {}, finishReason(ev.finishReason, toolIndex)));
         return ev.usage.completionTokens;
       }

@@ -249,6 +249,33 @@ describe("end to end on a tiny Qwen3", () => {
     expect(m.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather" });
   }, 60_000);
 
+  test("a forced call cut off by max_tokens leaves no markup behind and says length", async () => {
+    const parameters = { type: "object", properties: { city: { type: "string" } }, required: ["city"] };
+    const r = await openai.chat.completions.create({
+      model: name,
+      messages: [{ role: "user", content: "Weather in Rome?" }],
+      tools: [{ type: "function", function: { name: "get_weather", parameters } }],
+      tool_choice: "required",
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(r.choices[0]!.finish_reason).toBe("length");
+    expect(r.choices[0]!.message.content ?? "").not.toContain("<tool_call");
+    expect(r.choices[0]!.message.content ?? "").not.toContain("{");
+    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
+    const m = await a.messages
+      .stream({
+        model: name,
+        max_tokens: 6,
+        tool_choice: { type: "tool", name: "get_weather" },
+        tools: [{ name: "get_weather", input_schema: parameters as never }],
+        messages: [{ role: "user", content: "Weather?" }],
+      })
+      .finalMessage();
+    expect(m.stop_reason).toBe("max_tokens");
+    expect(JSON.stringify(m.content)).not.toContain("tool_call");
+  }, 60_000);
+
   test("logprobs: the greedy token is the most likely alternative", async () => {
     const r = await openai.chat.completions.create({
       model: name,

@@ -255,6 +255,30 @@ describe("OpenAI API", () => {
     expect(required.choices[0].finish_reason).toBe("tool_calls");
   });
 
+  test("a forced call cut off by max_tokens: no markup in the content, finish_reason length", async () => {
+    const ask = { model: "tiny", messages: [{ role: "user" as const, content: "hi" }], tools: [WEATHER_TOOL], tool_choice: "required" as const, max_tokens: 30 };
+    const r = await openai.chat.completions.create(ask);
+    expect(r.choices[0]!.finish_reason).toBe("length");
+    expect(r.choices[0]!.message.content ?? "").toBe("");
+    expect(r.choices[0]!.message.tool_calls ?? []).toEqual([]);
+    const s = await openai.chat.completions.create({ ...ask, stream: true });
+    let content = "";
+    let finish;
+    for await (const c of s) {
+      content += c.choices[0]?.delta.content ?? "";
+      expect(c.choices[0]?.delta.tool_calls).toBeUndefined();
+      finish ??= c.choices[0]?.finish_reason;
+    }
+    expect(content).toBe("");
+    expect(finish).toBe("length");
+    // Cut inside the closing tag, the call itself is whole: it is returned, and the limit still reported.
+    const whole = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>';
+    const late = await openai.chat.completions.create({ ...ask, max_tokens: whole.length - 3 });
+    expect(late.choices[0]!.finish_reason).toBe("length");
+    expect(late.choices[0]!.message.content ?? "").toBe("");
+    expect(late.choices[0]!.message.tool_calls!.length).toBe(1);
+  });
+
   test("reasoning goes to reasoning_content", async () => {
     const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[think]" }] });
     const msg = r.choices[0]!.message as { content: string; reasoning_content?: string };
@@ -345,6 +369,22 @@ describe("Anthropic API", () => {
       ],
     });
     expect(next.content).toEqual([{ type: "text", text: "Echo: ok" }] as never);
+  });
+
+  test("a forced tool_use cut off by max_tokens: no markup in any block, stop_reason max_tokens", async () => {
+    const ask = {
+      model: "tiny",
+      max_tokens: 30,
+      tools: [{ name: "get_weather", input_schema: { type: "object" as const, properties: { city: { type: "string" } } } }],
+      tool_choice: { type: "any" as const },
+      messages: [{ role: "user" as const, content: "hi" }],
+    };
+    const r = await anthropic.messages.create(ask);
+    expect(r.stop_reason).toBe("max_tokens");
+    expect(r.content).toEqual([]);
+    const s = await anthropic.messages.stream(ask).finalMessage();
+    expect(s.stop_reason).toBe("max_tokens");
+    expect(s.content).toEqual([]);
   });
 
   test("thinking blocks", async () => {
