@@ -16,11 +16,9 @@ const endpointOf = (path: string) => (path.startsWith("/v1/models/") ? "/v1/mode
 
 export function createApp(ctx: ServerContext, opts: AppOptions) {
   const metrics = new ServerMetrics();
-  ctx.engine.onEnd = (id, done) => {
-    if (done) {
-      metrics.generation(done.usage, done.timing.ttftMs);
-      ctx.journal?.done(done);
-    } else ctx.journal?.forget(id);
+  ctx.engine.onEnd = (id, end) => {
+    if (end.kind === "done") metrics.generation(end.done.usage, end.done.timing.ttftMs);
+    ctx.journal?.end(id, end);
   };
   const record = (request: Request, res: Response) => {
     metrics.request(endpointOf(new URL(request.url).pathname), res.status);

@@ -847,4 +847,64 @@ describe("server options", () => {
     ]);
     removeDir(dir2);
   });
+
+  test("cancelled and refused requests are recorded too: status 499 with what they generated, or their error status", async () => {
+    const dir2 = fakeModels("m");
+    const db = join(dir2, "metrics.db");
+    const s = await serve(["--model", join(dir2, "m"), "--db", db], ENV);
+    const running = async () => (await metric(s.url, "rmlx_requests_running")) === 0;
+    // A stream whose client leaves after a few tokens.
+    const ac = new AbortController();
+    const r = await fetch(`${s.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    for (let i = 0; i < 4; i++) await reader.read();
+    ac.abort();
+    expect(await waitFor(running, 1000)).toBe(true);
+    // A non-streaming client that leaves while its reply is generated.
+    const ac2 = new AbortController();
+    const pending = fetch(`${s.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }),
+      signal: ac2.signal,
+    }).catch(() => null);
+    await Bun.sleep(100);
+    ac2.abort();
+    await pending;
+    expect(await waitFor(running, 1000)).toBe(true);
+    // A prompt over the context, refused by the engine.
+    const long = await fetch(`${s.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", prompt: "x".repeat(600) }),
+    });
+    expect(long.status).toBe(400);
+    expect(await s.stop()).toBe(0);
+    const sqlite = new Database(db, { readonly: true });
+    const rows = sqlite.query("SELECT api, prompt_tokens, generated_tokens, ttft_ms, finish_reason, status FROM requests ORDER BY id").all() as {
+      api: string;
+      prompt_tokens: number;
+      generated_tokens: number;
+      ttft_ms: number | null;
+      finish_reason: string;
+      status: number;
+    }[];
+    sqlite.close();
+    expect(rows.map((row) => [row.api, row.finish_reason, row.status])).toEqual([
+      ["chat", "cancelled", 499],
+      ["messages", "cancelled", 499],
+      ["completions", "error", 400],
+    ]);
+    for (const row of rows.slice(0, 2)) {
+      expect(row.prompt_tokens).toBeGreaterThan(0);
+      expect(row.generated_tokens).toBeGreaterThan(0);
+      expect(row.ttft_ms).toBeGreaterThan(0);
+    }
+    removeDir(dir2);
+  });
 });
