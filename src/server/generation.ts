@@ -124,8 +124,8 @@ export async function collectAll(
   }
 }
 
-/** Holds a model loaded for the duration of `fn`. */
-export async function withModel<T>(ctx: ServerContext, name: string, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
+/** Holds the model a request asks for (see ModelManager.resolve) loaded for the duration of `fn`. */
+export async function withModel<T>(ctx: ServerContext, name: string | null | undefined, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
   const m = await ctx.models.acquire(name);
   try {
     return await fn(m);

@@ -115,12 +115,14 @@ function chatLogprobs(lps: TokenLogprob[]) {
   };
 }
 
-function usageOf(started: Started, completionTokens: number) {
+/** Usage over one or more prompts (each counted once, however many choices it has) and all their completions. */
+function usageOf(prompts: Started[], completionTokens: number) {
+  const promptTokens = prompts.reduce((a, s) => a + s.promptTokens, 0);
   return {
-    prompt_tokens: started.promptTokens,
+    prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
-    total_tokens: started.promptTokens + completionTokens,
-    prompt_tokens_details: { cached_tokens: started.cachedTokens },
+    total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: prompts.reduce((a, s) => a + s.cachedTokens, 0) },
   };
 }
 
@@ -144,13 +146,13 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   try {
     const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
     const results = await collectAll(ctx, requests, "chat", (r) => shaperFor(m, r), signal);
-    return Response.json(chatResponse(body, results));
+    return Response.json(chatResponse(body, m, results));
   } finally {
     ctx.models.release(m);
   }
 }
 
-function chatResponse(body: Body, results: Collected[]) {
+function chatResponse(body: Body, m: ModelEntry, results: Collected[]) {
   const first = results[0]!;
   let completion = 0;
   const choices = results.map((r, index) => {
@@ -172,9 +174,9 @@ function chatResponse(body: Body, results: Collected[]) {
     id: newId("chatcmpl-"),
     object: "chat.completion",
     created: Math.floor(Date.now() / 1000),
-    model: body.model,
+    model: m.name,
     choices,
-    usage: usageOf(first.started, completion),
+    usage: usageOf([first.started], completion),
   };
 }
 
@@ -196,7 +198,7 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
     id,
     object: "chat.completion.chunk",
     created,
-    model: body.model,
+    model: m.name,
     choices: [{ index, delta, logprobs, finish_reason: finish }],
     ...(includeUsage ? { usage: null } : {}),
   });
@@ -223,8 +225,8 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
     throw new HttpError(500, "engine stream ended without a result");
   };
   return streamChoices(ctx, m, gens, choice, (completion) => {
-    const usage = usageOf(gens[0]!.started, completion);
-    return includeUsage ? { id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage } : null;
+    const usage = usageOf([gens[0]!.started], completion);
+    return includeUsage ? { id, object: "chat.completion.chunk", created, model: m.name, choices: [], usage } : null;
   });
 }
 
@@ -277,14 +279,15 @@ function toolCallDelta(call: ToolCallOut, index: number) {
   return { index, id: call.id, type: "function", function: { name: call.function.name, arguments: call.function.arguments } };
 }
 
-function completionPrompt(body: CompletionBodyT): string | number[] {
+/** The prompts of a request: one text or token list, or a list of them (a choice, or n, for each). */
+function completionPrompts(body: CompletionBodyT): (string | number[])[] {
   const p = body.prompt;
-  if (typeof p === "string") return p;
-  if (typeof p[0] === "string") return p[0] as string;
-  return p as number[];
+  if (typeof p === "string") return [p];
+  if (p.every((x) => typeof x === "number")) return [p as number[]];
+  return p as (string | number[])[];
 }
 
-function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number): GenerateRequest {
+function completionRequest(body: CompletionBodyT, m: ModelEntry, prompt: string | number[], index: number): GenerateRequest {
   const top = body.logprobs ?? 0;
   const sampling = openAISampling(body, { logprobs: body.logprobs != null, top });
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
@@ -294,7 +297,7 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number):
   return {
     id: newId("gen-"),
     model: m.name,
-    prompt: completionPrompt(body),
+    prompt,
     maxTokens: body.max_tokens ?? 16,
     sampling,
     stop: stopList(body.stop),
@@ -302,6 +305,14 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number):
     ignoreEos: body.ignore_eos ?? false,
   };
 }
+
+/** Requests for every prompt's n choices, in OpenAI's order: choice index = prompt index * n + choice. */
+function completionRequests(body: CompletionBodyT, m: ModelEntry, n: number): GenerateRequest[] {
+  return completionPrompts(body).flatMap((prompt, p) => Array.from({ length: n }, (_, i) => completionRequest(body, m, prompt, p * n + i)));
+}
+
+/** Each prompt's first "started" event, for usage: a prompt's n choices share it. */
+const promptStarts = (started: Started[], n: number) => started.filter((_, i) => i % n === 0);
 
 function completionLogprobs(lps: TokenLogprob[]) {
   const offsets: number[] = [];
@@ -330,12 +341,13 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
     throw e;
   }
   try {
-    const requests = Array.from({ length: n }, (_, i) => completionRequest(body, m, i));
-    const results = await collectAll(ctx, requests, "completions", () => plainShaper, signal);
-    const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
+    const prompts = completionPrompts(body);
+    const results = await collectAll(ctx, completionRequests(body, m, n), "completions", () => plainShaper, signal);
     let completion = 0;
     const choices = results.map((r, index) => {
       completion += r.done.usage.completionTokens;
+      const prompt = prompts[Math.floor(index / n)]!;
+      const prefix = body.echo && typeof prompt === "string" ? prompt : "";
       return {
         index,
         text: prefix + r.shaped.content,
@@ -347,9 +359,9 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
       id: newId("cmpl-"),
       object: "text_completion",
       created: Math.floor(Date.now() / 1000),
-      model: body.model,
+      model: m.name,
       choices,
-      usage: usageOf(results[0]!.started, completion),
+      usage: usageOf(promptStarts(results.map((r) => r.started), n), completion),
     });
   } finally {
     ctx.models.release(m);
@@ -357,7 +369,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
 }
 
 async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
-  const gens = await startAll(ctx, Array.from({ length: n }, (_, i) => completionRequest(body, m, i)), "completions", signal);
+  const gens = await startAll(ctx, completionRequests(body, m, n), "completions", signal);
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;
@@ -365,7 +377,7 @@ async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: Mo
     id,
     object: "text_completion",
     created,
-    model: body.model,
+    model: m.name,
     choices: [{ index, text, logprobs, finish_reason: finish }],
   });
   const choice = async (send: SseSend, index: number): Promise<number> => {
@@ -381,8 +393,8 @@ async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: Mo
     throw new HttpError(500, "engine stream ended without a result");
   };
   return streamChoices(ctx, m, gens, choice, (completion) => {
-    const usage = usageOf(gens[0]!.started, completion);
-    return includeUsage ? { id, object: "text_completion", created, model: body.model, choices: [], usage } : null;
+    const usage = usageOf(promptStarts(gens.map((g) => g.started), n), completion);
+    return includeUsage ? { id, object: "text_completion", created, model: m.name, choices: [], usage } : null;
   });
 }
 

@@ -73,8 +73,11 @@ const openAISampling = {
   user: opt(t.String()),
 };
 
+/** Optional: with one model served, any name or none selects it (ModelManager.resolve). */
+const Model = opt(t.String());
+
 export const ChatCompletionBody = t.Object({
-  model: t.String(),
+  model: Model,
   messages: t.Array(ChatMessage, { minItems: 1 }),
   ...openAISampling,
   max_completion_tokens: opt(t.Integer({ minimum: 1 })),
@@ -88,9 +91,19 @@ export const ChatCompletionBody = t.Object({
   reasoning_effort: opt(t.String()),
 });
 
+/** Most prompts in one /v1/completions request (each gets its own choices). */
+const MAX_PROMPTS = 256;
+
+const TokenIds = t.Array(t.Integer({ minimum: 0 }), { minItems: 1 });
+
 export const CompletionBody = t.Object({
-  model: t.String(),
-  prompt: t.Union([t.String(), t.Array(t.String(), { minItems: 1, maxItems: 1 }), t.Array(t.Integer({ minimum: 0 }), { minItems: 1 })]),
+  model: Model,
+  prompt: t.Union([
+    t.String(),
+    TokenIds,
+    t.Array(t.String(), { minItems: 1, maxItems: MAX_PROMPTS }),
+    t.Array(TokenIds, { minItems: 1, maxItems: MAX_PROMPTS }),
+  ]),
   ...openAISampling,
   logprobs: opt(t.Integer({ minimum: 0, maximum: 20 })),
   echo: opt(t.Boolean()),
@@ -162,7 +175,7 @@ const AnthropicThinking = t.Object({
 const AnthropicOutputFormat = t.Object({ type: t.Literal("json_schema"), schema: t.Record(t.String(), Json) });
 
 const anthropicPrompt = {
-  model: t.String(),
+  model: t.Optional(t.String()),
   messages: t.Array(AnthropicMessage, { minItems: 1 }),
   system: t.Optional(AnthropicSystem),
   tools: t.Optional(t.Array(AnthropicTool)),
@@ -190,7 +203,7 @@ export const MessagesBody = t.Object({
 export const CountTokensBody = t.Object(anthropicPrompt);
 
 export const TokenizeBody = t.Object({
-  model: t.String(),
+  model: Model,
   prompt: t.Optional(t.String()),
   messages: t.Optional(t.Array(ChatMessage, { minItems: 1 })),
   tools: opt(t.Array(OpenAITool)),
@@ -199,13 +212,13 @@ export const TokenizeBody = t.Object({
 });
 
 export const DetokenizeBody = t.Object({
-  model: t.String(),
+  model: Model,
   tokens: t.Array(t.Integer({ minimum: 0 })),
 });
 
 /** OpenAI's embeddings request: one or more texts, or token id lists (at most 2048 inputs, none empty). */
 export const EmbeddingsBody = t.Object({
-  model: t.String(),
+  model: Model,
   input: t.Union([
     t.String({ minLength: 1 }),
     t.Array(t.String({ minLength: 1 }), { minItems: 1, maxItems: 2048 }),

@@ -83,6 +83,19 @@ describe("end to end on a tiny Qwen3", () => {
     expect(((msg.reasoning_content ?? "") + (msg.content ?? "")).replace(/\s+/g, "")).toBe(reference(tok.tokens, 10).replace(/<\/?think>|\s+/g, ""));
   });
 
+  test("a list of prompts on /completions (no /v1, no model): one choice per prompt, each the generate loop's", async () => {
+    const prompts = ["The capital of France", "Once upon a time"];
+    const r = await fetch(`${srv.url}/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: prompts, max_tokens: 6, temperature: 0 }),
+    });
+    const body = await jsonOf(r);
+    expect(body.model).toBe(name);
+    expect(body.choices.map((c: { index: number; text: string }) => [c.index, c.text])).toEqual(prompts.map((p, i) => [i, reference(promptIds(p), 6)]));
+    expect(body.usage.prompt_tokens).toBe(prompts.reduce((a, p) => a + promptIds(p).length, 0));
+  });
+
   test("16 concurrent clients get exactly what each gets alone", async () => {
     const prompts = Array.from({ length: 16 }, (_, i) => `Request number ${i}: ${"lorem ipsum ".repeat(i + 1)}`);
     const ask = (p: string) => openai.completions.create({ model: name, prompt: p, max_tokens: 8, temperature: 0 });
@@ -146,7 +159,8 @@ describe("end to end on a tiny Qwen3", () => {
     const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
     const system = "You are a coding agent working in a repository. ".repeat(120);
     const ask = (question: string) => ({
-      model: name,
+      // Claude Code's own model name: the single served model answers it.
+      model: "claude-sonnet-4-5-20250929",
       max_tokens: 8,
       ...GREEDY,
       system: [{ type: "text" as const, text: system, cache_control: { type: "ephemeral" as const } }],

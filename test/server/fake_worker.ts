@@ -41,7 +41,8 @@ function render(messages: ChatMessage[], tools: unknown): string {
 
 
 function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "busy" } {
-  const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? String(req.prompt ?? "");
+  const prompt = typeof req.prompt === "string" ? req.prompt : String.fromCharCode(...(req.prompt ?? []));
+  const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? prompt;
   if (req.tools?.length && (last.includes("weather") || req.requireToolCall)) {
     const name = req.tools.find((t) => t.function.name === "get_weather")?.function.name ?? req.tools[0]!.function.name;
     return { text: `<tool_call>\n{"name": "${name}", "arguments": {"city": "Paris"}}\n</tool_call>`, mode: "fast" };

@@ -908,3 +908,137 @@ describe("server options", () => {
     removeDir(dir2);
   });
 });
+
+describe("llama-server habits", () => {
+  test("the OpenAI routes answer without /v1; a single model answers requests naming no model or another one", async () => {
+    const dir2 = fakeModels("m");
+    const s = await serve(["--model", join(dir2, "m")], ENV);
+    const at = (path: string, body: unknown) =>
+      fetch(`${s.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    try {
+      const chat = await jsonOf(await at("/chat/completions", { messages: [{ role: "user", content: "hi" }], temperature: 0 }));
+      expect(chat.model).toBe("m");
+      expect(chat.choices[0].message.content).toBe("Echo: hi");
+      const text = await jsonOf(await at("/completions", { prompt: "abc", max_tokens: 20, temperature: 0 }));
+      expect(text.choices[0].text).toBe("Echo: abc");
+      expect((await jsonOf(await fetch(`${s.url}/models`))).data.map((m: { id: string }) => m.id)).toEqual(["m"]);
+      expect((await jsonOf(await fetch(`${s.url}/models/m`))).id).toBe("m");
+      expect((await fetch(`${s.url}/models/nope`)).status).toBe(404);
+      const emb = await at("/embeddings", { input: "x" });
+      expect(emb.status).toBe(400);
+      expect((await jsonOf(emb)).error.message).toContain("model 'm' does not produce embeddings");
+      const tok = await jsonOf(await at("/tokenize", { prompt: "ab" }));
+      expect(tok.tokens).toEqual([97, 98]);
+      // Claude Code and other clients send names of their own.
+      const o = new OpenAI({ baseURL: s.url, apiKey: "x", maxRetries: 0 });
+      const r = await o.chat.completions.create({ model: "gpt-4o", messages: [{ role: "user", content: "yo" }], temperature: 0 });
+      expect(r.model).toBe("m");
+      expect(r.choices[0]!.message.content).toBe("Echo: yo");
+      const a = new Anthropic({ baseURL: s.url, apiKey: "x", maxRetries: 0 });
+      const msg = await a.messages.create({ model: "claude-sonnet-4-5-20250929", max_tokens: 50, ...GREEDY, messages: [{ role: "user", content: "cc" }] });
+      expect(msg.model).toBe("m");
+      expect(msg.content).toEqual([{ type: "text", text: "Echo: cc" }] as never);
+      expect((await a.messages.countTokens({ model: "claude-haiku-4-5", messages: [{ role: "user", content: "x" }] })).input_tokens).toBeGreaterThan(0);
+      const noModel = await at("/v1/messages", { max_tokens: 50, temperature: 0, messages: [{ role: "user", content: "none" }] });
+      expect((await jsonOf(noModel)).content[0].text).toBe("Echo: none");
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("with several models, a request must name one: none is a 400 naming them, an unknown one a 404", async () => {
+    const r = await post("/v1/chat/completions", JSON.stringify({ messages: [{ role: "user", content: "x" }] }));
+    expect(r.status).toBe(400);
+    expect((await jsonOf(r)).error).toMatchObject({ param: "model", message: "model is required: this server serves tiny, other" });
+    const a = await post("/v1/messages", JSON.stringify({ max_tokens: 5, messages: [{ role: "user", content: "x" }] }));
+    expect(a.status).toBe(400);
+    expect((await jsonOf(a)).error.type).toBe("invalid_request_error");
+    expect((await post("/chat/completions", JSON.stringify({ model: "nope", messages: [{ role: "user", content: "x" }] }))).status).toBe(404);
+  });
+
+  test("--strict-model-names (or RMLX_STRICT_MODEL_NAMES=1) keeps to the served names", async () => {
+    const dir2 = fakeModels("m");
+    const flag = await serve(["--model", join(dir2, "m"), "--strict-model-names"], ENV);
+    const env = await serve(["--model", join(dir2, "m")], { ...ENV, RMLX_STRICT_MODEL_NAMES: "1" });
+    try {
+      for (const s of [flag, env]) {
+        const ask = (model?: string) =>
+          fetch(`${s.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }] }),
+          });
+        expect((await ask("m")).status).toBe(200);
+        expect((await ask("gpt-4o")).status).toBe(404);
+        expect((await ask()).status).toBe(400);
+      }
+    } finally {
+      await flag.stop();
+      await env.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("--alias names the models in --model order (or RMLX_ALIAS, comma-separated); misuse is refused at start", async () => {
+    const dir2 = fakeModels("a", "b");
+    const names = async (s: Served) => (await jsonOf(await fetch(`${s.url}/v1/models`))).data.map((m: { id: string }) => m.id).sort();
+    const one = await serve(["--model", join(dir2, "a"), "--alias", "qwen3:8b", "--strict-model-names"], ENV);
+    const two = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "first", "--alias", "second"], ENV);
+    const partial = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "first"], ENV);
+    const env = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b")], { ...ENV, RMLX_ALIAS: "x,y" });
+    const flagWins = await serve(["--model", join(dir2, "a"), "--alias", "flag"], { ...ENV, RMLX_ALIAS: "env" });
+    try {
+      expect(await names(one)).toEqual(["qwen3:8b"]);
+      const o = new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const r = await o.chat.completions.create({ model: "qwen3:8b", messages: [{ role: "user", content: "al" }], temperature: 0 });
+      expect(r.model).toBe("qwen3:8b");
+      expect(await rejection(o.chat.completions.create({ model: "a", messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(OpenAI.NotFoundError);
+      expect(await names(two)).toEqual(["first", "second"]);
+      expect(await names(partial)).toEqual(["b", "first"]);
+      expect(await names(env)).toEqual(["x", "y"]);
+      expect(await names(flagWins)).toEqual(["flag"]);
+    } finally {
+      for (const s of [one, two, partial, env, flagWins]) await s.stop();
+    }
+    const start = (...args: string[]) =>
+      Bun.spawnSync([process.execPath, join(import.meta.dir, "../../src/cli/main.ts"), "serve", "--no-metrics", ...args], { env: { ...process.env, ...ENV } });
+    const folder = start("--model", dir2, "--alias", "x");
+    expect(folder.exitCode).toBe(2);
+    expect(folder.stderr.toString()).toContain("is a folder of models, not one model directory");
+    const many = start("--model", join(dir2, "a"), "--alias", "x", "--alias", "y");
+    expect(many.exitCode).toBe(2);
+    expect(many.stderr.toString()).toContain("2 aliases for 1 --model arguments");
+    const clash = start("--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "b");
+    expect(clash.exitCode).toBe(2);
+    expect(clash.stderr.toString()).toContain("two models are named 'b'");
+    removeDir(dir2);
+  });
+
+  test("/v1/completions with a list of prompts: n choices per prompt in order, usage summed, streaming too", async () => {
+    const ask = { model: "tiny", prompt: ["abc", "de"], max_tokens: 50, temperature: 0, n: 2 };
+    const r = await openai.completions.create(ask);
+    expect(r.choices.map((c) => [c.index, c.text])).toEqual([
+      [0, "Echo: abc"],
+      [1, "Echo: abc"],
+      [2, "Echo: de"],
+      [3, "Echo: de"],
+    ]);
+    expect(r.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 2 * "Echo: abc".length + 2 * "Echo: de".length });
+    const ids = await openai.completions.create({ model: "tiny", prompt: [[104, 105], [121, 111]], max_tokens: 50, temperature: 0, echo: true });
+    expect(ids.choices.map((c) => c.text)).toEqual(["Echo: hi", "Echo: yo"]);
+    const echoed = await openai.completions.create({ model: "tiny", prompt: ["a", "b"], max_tokens: 50, temperature: 0, echo: true });
+    expect(echoed.choices.map((c) => c.text)).toEqual(["aEcho: a", "bEcho: b"]);
+    const s = await openai.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+    const text = ["", "", "", ""];
+    let usage;
+    for await (const c of s) {
+      for (const ch of c.choices) text[ch.index] += ch.text;
+      if (c.usage) usage = c.usage;
+    }
+    expect(text).toEqual(["Echo: abc", "Echo: abc", "Echo: de", "Echo: de"]);
+    expect(usage).toEqual(r.usage);
+    const empty = await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: [] }));
+    expect(empty.status).toBe(400);
+  });
+});
