@@ -1,5 +1,5 @@
 import { Command, Option } from "commander";
-import { builtinModelDir } from "../builtin/index.ts";
+import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
@@ -60,7 +60,7 @@ function engineWorkerUrl(): string | URL {
 export function register(program: Command): void {
   addKvOption(addBackendOptions(program.command("serve")))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
-    .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])
     .option(
       "--alias <name>",
       "serve a model under this name instead of its directory's; repeatable: the i-th --alias names the i-th --model, which must be one model directory (env RMLX_ALIAS, ','-separated)",
@@ -90,8 +90,11 @@ export function register(program: Command): void {
       action(async (flags: ServeFlags) => {
         applyBackendFlags(flags);
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
-        if (modelPaths.length === 0) modelPaths.push(builtinModelDir());
         const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
+        if (modelPaths.length === 0) {
+          modelPaths.push(builtinModelDir());
+          if (aliases.length === 0) aliases.push(BUILTIN_MODEL_NAME);
+        }
         const models = discoverModels(modelPaths, aliases);
         const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
         if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);
