@@ -8,8 +8,7 @@ import { anthropicSampling } from "./sampling.ts";
 import type { CountTokensBodyT, MessagesBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
 
-type Message = MessagesBodyT["messages"][number];
-type Block = Exclude<Extract<Message, { role: "user" | "assistant" }>["content"], string>[number];
+type Block = Exclude<MessagesBodyT["messages"][number]["content"], string>[number];
 type InnerBlock = Exclude<NonNullable<Block["content"]>, string>[number];
 
 /** Images cannot be served by the text-only models rmlx runs: a clear refusal rather than a silent drop. */
@@ -60,7 +59,12 @@ function toolResultText(content: Block["content"]): string {
 /** The system prompt: the top-level one, then every system entry of messages, in order. */
 function systemPrompt(body: CountTokensBodyT): string {
   const texts: string[] = [];
-  const add = (s: string | { text: string }[]) => texts.push(typeof s === "string" ? s : s.map((b) => b.text).join("\n"));
+  const add = (s: string | { type: string; text?: string }[]) => {
+    if (typeof s === "string") return texts.push(s);
+    const bad = s.find((b) => b.type !== "text");
+    if (bad) throw new HttpError(400, `content block type '${bad.type}' is not supported in a system prompt`);
+    texts.push(s.map((b) => b.text ?? "").join("\n"));
+  };
   if (body.system !== undefined) add(body.system);
   for (const m of body.messages) if (m.role === "system") add(m.content);
   return texts.filter((t) => t.length > 0).join("\n");

@@ -141,14 +141,11 @@ const AnthropicBlock = t.Object({
 
 const AnthropicSystemBlock = t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) });
 
-// Clients such as Claude Code send system entries inside messages too.
-const AnthropicMessage = t.Union([
-  t.Object({
-    role: t.Union([t.Literal("user"), t.Literal("assistant")]),
-    content: t.Union([t.String(), t.Array(AnthropicBlock)]),
-  }),
-  t.Object({ role: t.Literal("system"), content: t.Union([t.String(), t.Array(AnthropicSystemBlock)]) }),
-]);
+const AnthropicMessage = t.Object({
+  // Clients such as Claude Code send system entries inside messages too.
+  role: t.Union([t.Literal("user"), t.Literal("assistant"), t.Literal("system")]),
+  content: t.Union([t.String(), t.Array(AnthropicBlock)]),
+});
 
 /** A client tool has an input_schema; a server tool (web search, code execution, ...) has a versioned type instead. */
 const AnthropicTool = t.Object({

@@ -551,6 +551,11 @@ describe("errors", () => {
     const t = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }], temperature: 3 }));
     expect(t.status).toBe(400);
     expect((await jsonOf(t)).error.message).toBe("invalid request body: temperature: must be >= 0, <= 2");
+    const role = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 5, messages: [{ role: "bot", content: "x" }] }));
+    expect((await jsonOf(role)).error.message).toBe('invalid request body: messages.0.role: must be one of "user", "assistant", "system"');
+    const sys = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 5, messages: [{ role: "system", content: [{ type: "image" }] }, { role: "user", content: "x" }] }));
+    expect(sys.status).toBe(400);
+    expect((await jsonOf(sys)).error.message).toBe("content block type 'image' is not supported in a system prompt");
   });
 
   test("unknown model is a 404, unknown route a 404", async () => {
