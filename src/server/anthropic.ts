@@ -17,20 +17,34 @@ function noImages(where: string): never {
 }
 
 /**
+ * Blocks nested where the request schema leaves the shape open (a document's content source, a search result's
+ * content): checked here, so that a malformed one is a 400 rather than a failure further on.
+ */
+function nestedBlocks(v: unknown, where: string): InnerBlock[] {
+  const isBlock = (b: unknown) => b !== null && typeof b === "object" && typeof (b as { type?: unknown }).type === "string";
+  if (Array.isArray(v) && v.every(isBlock)) return v as InnerBlock[];
+  throw new HttpError(400, `the content of ${where} must be a list of content blocks`);
+}
+
+/**
  * A document block as the text the model reads: a plain-text source, or a content source's text blocks; PDFs,
  * URLs and uploaded files would need fetching or parsing that rmlx does not do.
  */
 function documentText(b: { title?: string | null; source?: unknown }): string {
   const src = (b.source ?? {}) as { type?: unknown; data?: unknown; content?: unknown };
   let body: string;
-  if (src.type === "text" && typeof src.data === "string") body = src.data;
-  else if (src.type === "content" && typeof src.content === "string") body = src.content;
-  else if (src.type === "content" && Array.isArray(src.content)) body = innerText(src.content as InnerBlock[], "a document");
-  else throw new HttpError(400, `document source type '${String(src.type)}' is not supported: send the document as text (source type 'text' or 'content')`);
+  if (src.type === "text") {
+    if (typeof src.data !== "string") throw new HttpError(400, "a text document source needs its text as data");
+    body = src.data;
+  } else if (src.type === "content") {
+    body = typeof src.content === "string" ? src.content : innerText(nestedBlocks(src.content, "a document"), "a document");
+  } else {
+    throw new HttpError(400, `document source type '${String(src.type)}' is not supported: send the document as text (source type 'text' or 'content')`);
+  }
   return b.title ? `${b.title}\n\n${body}` : body;
 }
 
-/** The text of blocks nested in a tool_result or a document. */
+/** The text of blocks nested in a tool_result, a document or a search result. */
 function innerText(blocks: InnerBlock[], where: string): string {
   const parts: string[] = [];
   for (const c of blocks) {
@@ -44,9 +58,8 @@ function innerText(blocks: InnerBlock[], where: string): string {
 }
 
 function searchResultText(b: { title?: string | null; source?: unknown; content?: unknown }): string {
-  const blocks = Array.isArray(b.content) ? (b.content as InnerBlock[]) : [];
   const head = [b.title, typeof b.source === "string" ? b.source : undefined].filter(Boolean).join("\n");
-  const body = innerText(blocks, "a search result");
+  const body = innerText(nestedBlocks(b.content ?? [], "a search result"), "a search result");
   return head ? `${head}\n\n${body}` : body;
 }
 

@@ -471,6 +471,14 @@ describe("Anthropic API", () => {
     ]);
     expect(doc.status).toBe(200);
     expect((await jsonOf(doc)).content[0].text).toBe("<|user|>Notes\n\nalpha\n\nbeta\n\n[prompt]\n<|assistant|>");
+    const found = await ask([
+      { type: "search_result", title: "Doc", source: "https://d.example", content: [{ type: "text", text: "gamma" }] },
+      { type: "text", text: "[prompt]" },
+    ]);
+    expect((await jsonOf(found)).content[0].text).toBe("<|user|>Doc\nhttps://d.example\n\ngamma\n\n[prompt]\n<|assistant|>");
+    const malformed = await ask([{ type: "document", source: { type: "content", content: [null] } }]);
+    expect(malformed.status).toBe(400);
+    expect((await jsonOf(malformed)).error.message).toBe("the content of a document must be a list of content blocks");
     const pdf = await ask([{ type: "document", source: { type: "base64", media_type: "application/pdf", data: "JVBERi0=" } }]);
     expect(pdf.status).toBe(400);
     expect((await jsonOf(pdf)).error.message).toContain("document source type 'base64' is not supported");
