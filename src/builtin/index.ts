@@ -11,8 +11,14 @@ import weights from "../../models/default/model.safetensors" with { type: "file"
 import tokenizer from "../../models/default/tokenizer.json" with { type: "file" };
 import tokenizerConfig from "../../models/default/tokenizer_config.json" with { type: "file" };
 
-/** The name the built-in model is served under (the directory's name, as for any --model directory). */
-export const BUILTIN_MODEL_NAME = "default";
+/**
+ * The name the built-in model is served under. Not its directory's name, "default": clients such as Claude Code
+ * take "default" (like "sonnet" or "opus") as an alias of their own and would never send it.
+ */
+export const BUILTIN_MODEL_NAME = "rmlx-default";
+
+/** The directory the model is extracted to, named as in the repository. */
+const DIR_NAME = "default";
 
 // resolveJsonModule types a JSON import as its content; imported as a file it is the file's path.
 const FILES: Record<string, string> = {
@@ -42,13 +48,13 @@ function extract(): string {
   for (const [name, data] of contents) hasher.update(name).update(data);
   const hash = hasher.digest("hex").slice(0, 16);
   const root = join(cacheBase(), hash);
-  const dir = join(root, BUILTIN_MODEL_NAME);
+  const dir = join(root, DIR_NAME);
   if (contents.every(([name]) => existsSync(join(dir, name)))) return dir;
   // Written beside the target and renamed into place, so that a concurrent start never sees half a model.
   const tmp = `${root}.${process.pid}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(join(tmp, BUILTIN_MODEL_NAME), { recursive: true });
-  for (const [name, data] of contents) writeFileSync(join(tmp, BUILTIN_MODEL_NAME, name), data);
+  mkdirSync(join(tmp, DIR_NAME), { recursive: true });
+  for (const [name, data] of contents) writeFileSync(join(tmp, DIR_NAME, name), data);
   rmSync(root, { recursive: true, force: true });
   try {
     renameSync(tmp, root);

@@ -1,5 +1,5 @@
 import { Command, Option } from "commander";
-import { builtinModelDir } from "../builtin/index.ts";
+import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
@@ -12,6 +12,8 @@ import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags {
   model?: string[];
+  alias?: string[];
+  strictModelNames?: boolean;
   host?: string;
   port?: string;
   apiKey?: string;
@@ -58,7 +60,16 @@ function engineWorkerUrl(): string | URL {
 export function register(program: Command): void {
   addKvOption(addBackendOptions(program.command("serve")))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
-    .option("-m, --model <dir>", "model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model)", (v: string, prev: string[] = []) => [...prev, v])
+    .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])
+    .option(
+      "--alias <name>",
+      "serve a model under this name instead of its directory's; repeatable: the i-th --alias names the i-th --model, which must be one model directory (env RMLX_ALIAS, ','-separated)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option(
+      "--strict-model-names",
+      "answer only requests naming a served model (404 otherwise); by default a single served model answers any name, or none (env RMLX_STRICT_MODEL_NAMES=1)",
+    )
     .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
     .option("-p, --port <n>", "port to listen on (env RMLX_PORT)", undefined)
     .option("--api-key <key>", "require this key as 'Authorization: Bearer' or 'x-api-key' on every route but /health (env RMLX_API_KEY)")
@@ -73,14 +84,18 @@ export function register(program: Command): void {
     .option("--no-metrics", "record nothing in the metrics database")
     .addHelpText(
       "after",
-      "\nModels are addressed by directory name. Defaults: --host 127.0.0.1, --port 8080, --idle-unload 0.\nStops gracefully on SIGINT/SIGTERM.",
+      "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n(/v1/chat/completions and /chat/completions, ...). Defaults: --host 127.0.0.1, --port 8080, --idle-unload 0.\nStops gracefully on SIGINT/SIGTERM.",
     )
     .action(
       action(async (flags: ServeFlags) => {
         applyBackendFlags(flags);
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
-        if (modelPaths.length === 0) modelPaths.push(builtinModelDir());
-        const models = discoverModels(modelPaths);
+        const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
+        if (modelPaths.length === 0) {
+          modelPaths.push(builtinModelDir());
+          if (aliases.length === 0) aliases.push(BUILTIN_MODEL_NAME);
+        }
+        const models = discoverModels(modelPaths, aliases);
         const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
         if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);
         const engine: EngineConfig = {
@@ -99,6 +114,7 @@ export function register(program: Command): void {
           port,
           apiKey: flags.apiKey ?? process.env.RMLX_API_KEY ?? undefined,
           models,
+          strictModelNames: flags.strictModelNames ?? process.env.RMLX_STRICT_MODEL_NAMES === "1",
           idleUnloadS: parseInteger(pick(flags.idleUnload, "RMLX_IDLE_UNLOAD", "0"), "--idle-unload", 0),
           engine,
           workerUrl: engineWorkerUrl(),

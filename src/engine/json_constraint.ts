@@ -6,7 +6,7 @@
 // prefix shared by many tokens is stepped once, and a rejected prefix skips every token that starts with it:
 // the walk costs about what a trie would, with flat typed arrays instead of nodes.
 import { compileSchema } from "./json_schema.ts";
-import { type GrammarState, canEnd, initialState, stepByte, stringRoom } from "./json_grammar.ts";
+import { type GrammarState, canEnd, initialState, stepByte, stringRoom, utf8Step } from "./json_grammar.ts";
 
 export interface TokenBytes {
   /** All tokens' bytes, concatenated; token i is blob[offsets[i], offsets[i+1]). */
@@ -77,14 +77,32 @@ class SortedTokens {
 
 const isPlainStringByte = (b: number) => b >= 0x20 && b !== 0x22 && b !== 0x5c;
 
+/**
+ * The characters a token adds inside a string when it starts between two characters, or -1 when it cannot go
+ * there without stepping: a quote, backslash or control byte, or bytes that are not well-formed UTF-8 (its last
+ * character may be cut short: the next token finishes it).
+ */
+function plainChars(blob: Uint8Array, start: number, end: number): number {
+  let chars = 0;
+  let u8 = 0;
+  for (let k = start; k < end; k++) {
+    const b = blob[k]!;
+    if (!isPlainStringByte(b)) return -1;
+    if (u8 === 0) chars++;
+    u8 = utf8Step(u8, b);
+    if (u8 < 0) return -1;
+  }
+  return chars;
+}
+
 export class ConstraintVocab {
   readonly size: number;
   private readonly all: SortedTokens;
   /** Tokens with a quote, backslash or control byte: the only ones to step inside a free string. */
   private readonly structural: SortedTokens;
-  /** 1 for tokens that are nothing but plain string content. */
+  /** 1 for tokens that only extend a string, from between two characters (see plainChars). */
   private readonly plain: Uint8Array;
-  /** Characters (UTF-8 lead bytes) of each plain token, for strings with a length bound. */
+  /** Characters of each plain token, for strings with a length bound. */
   private readonly plainChars: Uint16Array;
 
   constructor(
@@ -103,18 +121,17 @@ export class ConstraintVocab {
     for (let i = 0; i < this.size; i++) {
       if (special.has(i) || offsets[i + 1]! === offsets[i]!) continue;
       usable.push(i);
-      let plain = true;
-      let chars = 0;
-      for (let k = offsets[i]!; k < offsets[i + 1]! && plain; k++) {
-        plain = isPlainStringByte(blob[k]!);
-        if ((blob[k]! & 0xc0) !== 0x80) chars++;
-      }
-      if (plain) {
+      const chars = plainChars(blob, offsets[i]!, offsets[i + 1]!);
+      if (chars >= 0) {
         this.plain[i] = 1;
         this.plainChars[i] = Math.min(chars, 0xffff);
-      } else {
-        structural.push(i);
+        continue;
       }
+      // Tokens of string bytes that are not well-formed from a character boundary (a stray continuation byte,
+      // say) can never follow one, so the fast path leaves them out; mid-character states walk every token.
+      let stringBytes = true;
+      for (let k = offsets[i]!; k < offsets[i + 1]! && stringBytes; k++) stringBytes = isPlainStringByte(blob[k]!);
+      if (!stringBytes) structural.push(i);
     }
     this.all = new SortedTokens(usable, bytes);
     this.structural = new SortedTokens(structural, bytes);

@@ -10,13 +10,24 @@ export type SchemaNode =
   | { k: "array"; items: SchemaNode; min: number; max: number }
   | { k: "string"; minLength: number; maxLength: number }
   | { k: "number"; integer: boolean }
-  /** One of these exact JSON texts (const, enum, true/false/null). */
+  /** One of these exact JSON texts (const, enum, true/false/null), one char per UTF-8 byte (see byteString). */
   | { k: "literal"; options: string[] }
   | { k: "union"; options: SchemaNode[] };
 
 const ANY: SchemaNode = { k: "any" };
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+const utf8 = new TextEncoder();
+
+/** Text as the byte-level recognizer compares it: one char per UTF-8 byte. */
+export function byteString(text: string): string {
+  let s = "";
+  for (const b of utf8.encode(text)) s += String.fromCharCode(b);
+  return s;
+}
+
+const jsonText = (v: unknown) => byteString(JSON.stringify(v as Json));
 
 export function compileSchema(schema: unknown): SchemaNode {
   if (schema === undefined || schema === null) return ANY;
@@ -49,10 +60,10 @@ export function compileSchema(schema: unknown): SchemaNode {
     const cached = seen.get(o);
     if (cached) return cached;
     if (typeof o.$ref === "string") return build(resolveRef(o.$ref), depth + 1);
-    if ("const" in o) return { k: "literal", options: [JSON.stringify(o.const as Json)] };
+    if ("const" in o) return { k: "literal", options: [jsonText(o.const)] };
     if (Array.isArray(o.enum)) {
       if (o.enum.length === 0) throw new RmlxError("invalid_argument", "json_schema: empty enum");
-      return { k: "literal", options: o.enum.map((v) => JSON.stringify(v as Json)) };
+      return { k: "literal", options: o.enum.map(jsonText) };
     }
     const alts = (o.anyOf ?? o.oneOf) as unknown[] | undefined;
     if (Array.isArray(alts)) {

@@ -2,10 +2,12 @@
 // tables are never loaded into JavaScript.
 import type { Database } from "bun:sqlite";
 import { RmlxError } from "../errors.ts";
+import { CLIENT_CLOSED_STATUS } from "./store.ts";
 
 export interface ModelSummary {
   model: string;
   requests: number;
+  /** Requests answered with an error status; those whose client went away are not errors of the server. */
   errors: number;
   promptTokens: number;
   generatedTokens: number;
@@ -46,8 +48,8 @@ function percentile(db: Database, column: string, model: string, since: number, 
 export function summary(db: Database, since: number): ModelSummary[] {
   const rows = db
     .query(
-      `SELECT model, count(*) AS requests, sum(status >= 400) AS errors, sum(prompt_tokens) AS prompt,
-              sum(generated_tokens) AS generated, sum(cached_tokens) AS cached
+      `SELECT model, count(*) AS requests, sum(status >= 400 AND status != ${CLIENT_CLOSED_STATUS}) AS errors,
+              sum(prompt_tokens) AS prompt, sum(generated_tokens) AS generated, sum(cached_tokens) AS cached
        FROM requests WHERE started_at >= ? GROUP BY model ORDER BY model`,
     )
     .all(since) as { model: string; requests: number; errors: number; prompt: number; generated: number; cached: number }[];

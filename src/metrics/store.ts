@@ -16,6 +16,9 @@ export interface RunInfo {
   quantization?: string;
 }
 
+/** The status of a request whose client went away before it finished (nginx's 499, "client closed request"). */
+export const CLIENT_CLOSED_STATUS = 499;
+
 export interface RequestRow {
   requestId?: string;
   model: string;

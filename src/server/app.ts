@@ -12,15 +12,16 @@ export interface AppOptions {
   apiKey?: string;
 }
 
-const endpointOf = (path: string) => (path.startsWith("/v1/models/") ? "/v1/models/{id}" : path);
+const endpointOf = (path: string) => path.replace(/^((?:\/v1)?\/models\/).+$/, "$1{id}");
+
+/** The OpenAI routes are served under /v1 and, as llama-server does, without it. */
+const OPENAI_PREFIXES = ["/v1", ""];
 
 export function createApp(ctx: ServerContext, opts: AppOptions) {
   const metrics = new ServerMetrics();
-  ctx.engine.onEnd = (id, done) => {
-    if (done) {
-      metrics.generation(done.usage, done.timing.ttftMs);
-      ctx.journal?.done(done);
-    } else ctx.journal?.forget(id);
+  ctx.engine.onEnd = (id, end) => {
+    if (end.kind === "done") metrics.generation(end.done.usage, end.done.timing.ttftMs);
+    ctx.journal?.end(id, end);
   };
   const record = (request: Request, res: Response) => {
     metrics.request(endpointOf(new URL(request.url).pathname), res.status);
@@ -37,7 +38,7 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
       }
     };
 
-  return new Elysia()
+  const app = new Elysia()
     .onRequest(({ request }) => {
       const path = new URL(request.url).pathname;
       if (!opts.apiKey || path === "/health" || authorized(request.headers, opts.apiKey)) return;
@@ -51,7 +52,27 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
       else if (code === "NOT_FOUND") e = new HttpError(404, `no route ${request.method} ${path}`, { code: "not_found" });
       else e = toHttpError(error);
       return record(request, errorResponse(flavorOf(path), e));
-    })
+    });
+  for (const prefix of OPENAI_PREFIXES) {
+    app
+      .get(`${prefix}/models`, ({ request }) =>
+        record(request, Response.json({ object: "list", data: [...ctx.models.models.values()].map(modelObject) })),
+      )
+      .get(`${prefix}/models/*`, ({ params, request }) => {
+        try {
+          return record(request, Response.json(modelObject(ctx.models.get(decodeURIComponent(params["*"])))));
+        } catch (err) {
+          return record(request, errorResponse("openai", err));
+        }
+      })
+      .post(`${prefix}/chat/completions`, handle((b: typeof ChatCompletionBody.static, signal) => chatCompletions(ctx, b, signal)), {
+        body: ChatCompletionBody,
+        parse: "json",
+      })
+      .post(`${prefix}/completions`, handle((b: typeof CompletionBody.static, signal) => completions(ctx, b, signal)), { body: CompletionBody, parse: "json" })
+      .post(`${prefix}/embeddings`, handle((b: typeof EmbeddingsBody.static) => embeddings(ctx, b)), { body: EmbeddingsBody, parse: "json" });
+  }
+  return app
     .get("/health", () => {
       const loading = ctx.models.loading;
       return Response.json({ status: loading ? "loading" : "ok" }, { status: loading ? 503 : 200 });
@@ -67,22 +88,6 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
           { headers: { "content-type": "text/plain; version=0.0.4" } },
         ),
     )
-    .get("/v1/models", ({ request }) =>
-      record(request, Response.json({ object: "list", data: [...ctx.models.models.values()].map(modelObject) })),
-    )
-    .get("/v1/models/*", ({ params, request }) => {
-      try {
-        return record(request, Response.json(modelObject(ctx.models.get(decodeURIComponent(params["*"])))));
-      } catch (err) {
-        return record(request, errorResponse("openai", err));
-      }
-    })
-    .post("/v1/chat/completions", handle((b: typeof ChatCompletionBody.static, signal) => chatCompletions(ctx, b, signal)), {
-      body: ChatCompletionBody,
-      parse: "json",
-    })
-    .post("/v1/completions", handle((b: typeof CompletionBody.static, signal) => completions(ctx, b, signal)), { body: CompletionBody, parse: "json" })
-    .post("/v1/embeddings", handle((b: typeof EmbeddingsBody.static) => embeddings(ctx, b)), { body: EmbeddingsBody, parse: "json" })
     .post("/v1/messages", handle((b: typeof MessagesBody.static, signal) => messages(ctx, b, signal)), { body: MessagesBody, parse: "json" })
     .post("/v1/messages/count_tokens", handle((b: typeof CountTokensBody.static) => countTokens(ctx, b)), {
       body: CountTokensBody,

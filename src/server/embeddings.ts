@@ -7,6 +7,6 @@ import type { EmbeddingsBodyT } from "./schemas.ts";
  * trained as sentence embeddings, so a known model is refused rather than answered with vectors of no use.
  */
 export function embeddings(ctx: ServerContext, body: EmbeddingsBodyT): Response {
-  const m = ctx.models.get(body.model);
+  const m = ctx.models.resolve(body.model);
   throw new HttpError(400, `model '${m.name}' does not produce embeddings`, { param: "model", code: "model_not_supported" });
 }

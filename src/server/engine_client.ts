@@ -10,11 +10,29 @@ import type {
   ToWorker,
 } from "../engine/types.ts";
 
+type DoneEvent = Extract<EngineEvent, { type: "done" }>;
+
+/** What a generation had done when it ended without its "done" event. */
+export interface Progress {
+  promptTokens: number;
+  cachedTokens: number;
+  generatedTokens: number;
+  /** Date.now() at the first generated token, if there was one. */
+  firstTokenAt?: number;
+}
+
+/** How a generation ended: finished, cancelled (its client went away, or the server stopped), or failed. */
+export type GenerationEnd =
+  | { kind: "done"; done: DoneEvent }
+  | { kind: "cancelled"; progress: Progress }
+  | { kind: "failed"; code: string; progress: Progress };
+
 /** One generation's events, in order; ends after its "done" or "error" event. */
 export class GenerationStream implements AsyncIterable<EngineEvent> {
   private readonly queue: EngineEvent[] = [];
   private wake: (() => void) | null = null;
   private ended = false;
+  readonly progress: Progress = { promptTokens: 0, cachedTokens: 0, generatedTokens: 0 };
 
   constructor(
     readonly id: string,
@@ -23,6 +41,13 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
 
   push(ev: EngineEvent): void {
     if (this.ended) return;
+    if (ev.type === "started") {
+      this.progress.promptTokens = ev.promptTokens;
+      this.progress.cachedTokens = ev.cachedTokens;
+    } else if (ev.type === "delta" && ev.tokenIds.length > 0) {
+      this.progress.firstTokenAt ??= Date.now();
+      this.progress.generatedTokens += ev.tokenIds.length;
+    }
     this.queue.push(ev);
     if (ev.type === "done" || ev.type === "error") this.ended = true;
     this.wake?.();
@@ -84,8 +109,8 @@ export class EngineClient {
   private nextRid = 0;
   private dead: Error | null = null;
   stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0 };
-  /** Called once per generation when it ends: with its "done" event, or null (failed or cancelled). */
-  onEnd: ((id: string, done: Extract<EngineEvent, { type: "done" }> | null) => void) | null = null;
+  /** Called once per generation when it ends. */
+  onEnd: ((id: string, end: GenerationEnd) => void) | null = null;
 
   constructor(workerUrl: string | URL, config: EngineConfig) {
     this.worker = new Worker(workerUrl);
@@ -121,7 +146,7 @@ export class EngineClient {
         const s = this.streams.get(msg.id);
         this.streams.delete(msg.id);
         s?.push(msg);
-        if (s) this.onEnd?.(msg.id, msg.type === "done" ? msg : null);
+        if (s) this.onEnd?.(msg.id, msg.type === "done" ? { kind: "done", done: msg } : { kind: "failed", code: msg.code, progress: s.progress });
         return;
       }
       case "loaded":
@@ -179,7 +204,7 @@ export class EngineClient {
 
   generate(request: GenerateRequest): GenerationStream {
     const stream = new GenerationStream(request.id, (id) => {
-      if (this.streams.delete(id)) this.onEnd?.(id, null);
+      if (this.streams.delete(id)) this.onEnd?.(id, { kind: "cancelled", progress: stream.progress });
       if (!this.dead) this.worker.postMessage({ type: "cancel", id } satisfies ToWorker);
     });
     this.streams.set(request.id, stream);

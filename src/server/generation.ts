@@ -89,7 +89,7 @@ export async function collect(
       } else if (ev.type === "error") {
         throw fromCode(ev.code, ev.message);
       } else if (ev.type === "done") {
-        shaped = mergeShaped(shaped, shaper.flush());
+        shaped = mergeShaped(shaped, shaper.flush(ev.finishReason === "length"));
         return { started, shaped, tokenIds, logprobs, done: ev };
       }
     }
@@ -124,8 +124,8 @@ export async function collectAll(
   }
 }
 
-/** Holds a model loaded for the duration of `fn`. */
-export async function withModel<T>(ctx: ServerContext, name: string, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
+/** Holds the model a request asks for (see ModelManager.resolve) loaded for the duration of `fn`. */
+export async function withModel<T>(ctx: ServerContext, name: string | null | undefined, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
   const m = await ctx.models.acquire(name);
   try {
     return await fn(m);

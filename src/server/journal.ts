@@ -1,5 +1,6 @@
-import type { EngineEvent } from "../engine/types.ts";
-import type { MetricsStore } from "../metrics/store.ts";
+import { CLIENT_CLOSED_STATUS, type MetricsStore } from "../metrics/store.ts";
+import type { GenerationEnd } from "./engine_client.ts";
+import { fromCode } from "./errors.ts";
 
 interface Open {
   api: string;
@@ -7,7 +8,10 @@ interface Open {
   startedAt: number;
 }
 
-/** Writes one row per finished generation into the metrics store (read back by `rmlx metrics`). */
+/**
+ * Writes one row per generation into the metrics store (read back by `rmlx metrics`): finished ones with status
+ * 200, cancelled ones with CLIENT_CLOSED_STATUS and what they had generated, failed ones with their HTTP status.
+ */
 export class RequestJournal {
   private readonly open = new Map<string, Open>();
 
@@ -17,29 +21,35 @@ export class RequestJournal {
     if (this.store.enabled) this.open.set(id, { api, model, startedAt: Date.now() });
   }
 
-  /** A generation that ended without "done" (cancelled, refused, failed). */
-  forget(id: string): void {
-    this.open.delete(id);
-  }
-
-  done(ev: Extract<EngineEvent, { type: "done" }>): void {
-    const o = this.open.get(ev.id);
+  end(id: string, end: GenerationEnd): void {
+    const o = this.open.get(id);
     if (!o) return;
-    this.open.delete(ev.id);
+    this.open.delete(id);
+    const row = { requestId: id, model: o.model, api: o.api, startedAt: o.startedAt, endedAt: Date.now() };
+    if (end.kind === "done") {
+      const ev = end.done;
+      this.store.recordRequest({
+        ...row,
+        promptTokens: ev.usage.promptTokens,
+        cachedTokens: ev.usage.cachedTokens,
+        generatedTokens: ev.usage.completionTokens,
+        ttftMs: ev.timing.ttftMs,
+        decodeTps: ev.timing.decodeTps,
+        promptTps: ev.timing.promptTps,
+        finishReason: ev.finishReason,
+        status: 200,
+      });
+      return;
+    }
+    const p = end.progress;
     this.store.recordRequest({
-      requestId: ev.id,
-      model: o.model,
-      api: o.api,
-      startedAt: o.startedAt,
-      endedAt: Date.now(),
-      promptTokens: ev.usage.promptTokens,
-      cachedTokens: ev.usage.cachedTokens,
-      generatedTokens: ev.usage.completionTokens,
-      ttftMs: ev.timing.ttftMs,
-      decodeTps: ev.timing.decodeTps,
-      promptTps: ev.timing.promptTps,
-      finishReason: ev.finishReason,
-      status: 200,
+      ...row,
+      promptTokens: p.promptTokens,
+      cachedTokens: p.cachedTokens,
+      generatedTokens: p.generatedTokens,
+      ttftMs: p.firstTokenAt === undefined ? undefined : p.firstTokenAt - o.startedAt,
+      finishReason: end.kind === "cancelled" ? "cancelled" : "error",
+      status: end.kind === "cancelled" ? CLIENT_CLOSED_STATUS : fromCode(end.code, "").status,
     });
   }
 }

@@ -3,6 +3,7 @@ import { basename, join, resolve } from "node:path";
 import { RmlxError } from "../errors.ts";
 import type { LoadedModelInfo } from "../engine/types.ts";
 import type { EngineClient } from "./engine_client.ts";
+import { HttpError } from "./errors.ts";
 
 export interface ModelEntry {
   name: string;
@@ -22,31 +23,34 @@ function isModelDir(dir: string): boolean {
 }
 
 /**
- * Turns --model arguments into named model directories: a model directory is served under its basename; a directory
- * without config.json is a folder of model directories, each served under its own name.
+ * Turns --model arguments into named model directories: a model directory is served under its basename, or under
+ * the alias given in the same place (the i-th alias names the i-th --model, which must then be one model); a
+ * directory without config.json is a folder of model directories, each served under its own name.
  */
-export function discoverModels(paths: string[]): Map<string, string> {
+export function discoverModels(paths: string[], aliases: readonly string[] = []): Map<string, string> {
+  if (aliases.length > paths.length) {
+    throw new RmlxError("invalid_argument", `--alias: ${aliases.length} aliases for ${paths.length} --model arguments; give at most one per --model, in the same order`);
+  }
   const found = new Map<string, string>();
-  const add = (dir: string) => {
-    const name = basename(dir);
+  const add = (dir: string, name = basename(dir)) => {
     const prev = found.get(name);
     if (prev && prev !== dir) throw new RmlxError("invalid_argument", `two models are named '${name}': ${prev} and ${dir}`);
     found.set(name, dir);
   };
-  for (const p of paths) {
+  paths.forEach((p, i) => {
+    const alias = aliases[i];
+    if (alias !== undefined && alias.trim() === "") throw new RmlxError("invalid_argument", "--alias: a name must not be empty");
     const dir = resolve(p);
     if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new RmlxError("invalid_argument", `model directory not found: ${p}`);
-    if (isModelDir(dir)) {
-      add(dir);
-      continue;
-    }
+    if (isModelDir(dir)) return add(dir, alias);
+    if (alias !== undefined) throw new RmlxError("invalid_argument", `--alias '${alias}': ${p} is a folder of models, not one model directory`);
     const subs = readdirSync(dir)
       .map((n) => join(dir, n))
       .filter((d) => statSync(d).isDirectory() && isModelDir(d))
       .sort();
     if (subs.length === 0) throw new RmlxError("invalid_argument", `${p} holds no model (no config.json in it or its subdirectories)`);
     for (const d of subs) add(d);
-  }
+  });
   return found;
 }
 
@@ -59,6 +63,8 @@ export class ModelManager {
     private readonly engine: EngineClient,
     dirs: Map<string, string>,
     private readonly idleUnloadS: number,
+    /** Only a served name selects a model (--strict-model-names). */
+    private readonly strictNames = false,
   ) {
     const now = Math.floor(Date.now() / 1000);
     for (const [name, dir] of dirs) {
@@ -81,9 +87,22 @@ export class ModelManager {
     return m;
   }
 
-  /** Loads the model if needed and marks it in use; pair every call with release(). */
-  async acquire(name: string): Promise<ModelEntry> {
-    const m = this.get(name);
+  /**
+   * The model a request asks for. With a single model served, it answers whatever name a client sends, or none:
+   * clients such as Claude Code send names of their own (claude-sonnet-4-5, ...), and llama-server's habit is to
+   * leave the model out. --strict-model-names keeps to the served names.
+   */
+  resolve(name: string | null | undefined): ModelEntry {
+    const m = name ? this.models.get(name) : undefined;
+    if (m) return m;
+    if (!this.strictNames && this.models.size === 1) return this.models.values().next().value!;
+    if (!name) throw new HttpError(400, `model is required: this server serves ${[...this.models.keys()].join(", ")}`, { param: "model" });
+    return this.get(name);
+  }
+
+  /** Loads the model a request asks for (see resolve) if needed and marks it in use; pair every call with release(). */
+  async acquire(name: string | null | undefined): Promise<ModelEntry> {
+    const m = this.resolve(name);
     m.active++;
     m.lastUsed = Date.now();
     try {

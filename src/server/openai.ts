@@ -41,10 +41,15 @@ export function chatMessages(messages: Body["messages"]): ChatMessage[] {
   });
 }
 
+/** tool_choice as sent; null, like an absent field, means "auto". */
+function toolChoice(body: Body): NonNullable<Body["tool_choice"]> {
+  return body.tool_choice ?? "auto";
+}
+
 /** The tools the template sees, per tool_choice: none hides them, a named choice offers only that one. */
 function chatTools(body: Body): ToolSpec[] | undefined {
   const tools = body.tools ?? [];
-  const choice = body.tool_choice ?? "auto";
+  const choice = toolChoice(body);
   if (tools.length === 0) {
     if (typeof choice === "object" || choice === "required") throw new HttpError(400, "tool_choice needs tools", { param: "tool_choice" });
     return undefined;
@@ -75,6 +80,7 @@ function maxTokensOf(requested: number | null | undefined, m: ModelEntry): numbe
 
 function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest {
   const tools = chatTools(body);
+  const choice = toolChoice(body);
   const sampling = openAISampling(body, { logprobs: body.logprobs ?? false, top: body.logprobs ? (body.top_logprobs ?? 0) : 0 });
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
   return {
@@ -90,7 +96,7 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
     stopTokenIds: body.stop_token_ids ?? [],
     ignoreEos: body.ignore_eos ?? false,
     jsonSchema: jsonSchemaOf(body.response_format),
-    requireToolCall: tools !== undefined && (body.tool_choice === "required" || typeof body.tool_choice === "object"),
+    requireToolCall: tools !== undefined && (choice === "required" || typeof choice === "object"),
   };
 }
 
@@ -109,18 +115,21 @@ function chatLogprobs(lps: TokenLogprob[]) {
   };
 }
 
-function usageOf(started: Started, completionTokens: number) {
+/** Usage over one or more prompts (each counted once, however many choices it has) and all their completions. */
+function usageOf(prompts: Started[], completionTokens: number) {
+  const promptTokens = prompts.reduce((a, s) => a + s.promptTokens, 0);
   return {
-    prompt_tokens: started.promptTokens,
+    prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
-    total_tokens: started.promptTokens + completionTokens,
-    prompt_tokens_details: { cached_tokens: started.cachedTokens },
+    total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: prompts.reduce((a, s) => a + s.cachedTokens, 0) },
   };
 }
 
 function finishReason(reason: string, toolCalls: number): string {
-  if (toolCalls > 0) return "tool_calls";
-  return reason === "length" ? "length" : "stop";
+  // The length limit is reported even after complete calls: the reply was cut, perhaps inside another one.
+  if (reason === "length") return "length";
+  return toolCalls > 0 ? "tool_calls" : "stop";
 }
 
 export async function chatCompletions(ctx: ServerContext, body: Body, signal?: AbortSignal): Promise<Response> {
@@ -137,13 +146,13 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
   try {
     const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
     const results = await collectAll(ctx, requests, "chat", (r) => shaperFor(m, r), signal);
-    return Response.json(chatResponse(body, results));
+    return Response.json(chatResponse(body, m, results));
   } finally {
     ctx.models.release(m);
   }
 }
 
-function chatResponse(body: Body, results: Collected[]) {
+function chatResponse(body: Body, m: ModelEntry, results: Collected[]) {
   const first = results[0]!;
   let completion = 0;
   const choices = results.map((r, index) => {
@@ -165,9 +174,9 @@ function chatResponse(body: Body, results: Collected[]) {
     id: newId("chatcmpl-"),
     object: "chat.completion",
     created: Math.floor(Date.now() / 1000),
-    model: body.model,
+    model: m.name,
     choices,
-    usage: usageOf(first.started, completion),
+    usage: usageOf([first.started], completion),
   };
 }
 
@@ -189,7 +198,7 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
     id,
     object: "chat.completion.chunk",
     created,
-    model: body.model,
+    model: m.name,
     choices: [{ index, delta, logprobs, finish_reason: finish }],
     ...(includeUsage ? { usage: null } : {}),
   });
@@ -208,7 +217,7 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
       if (ev.type === "delta") emit(shaper.feed(ev.text), ev.logprobs);
       else if (ev.type === "error") throw new HttpError(500, ev.message, { code: ev.code });
       else if (ev.type === "done") {
-        emit(shaper.flush(), undefined);
+        emit(shaper.flush(ev.finishReason === "length"), undefined);
         send(chunk(index, {}, finishReason(ev.finishReason, toolIndex)));
         return ev.usage.completionTokens;
       }
@@ -216,8 +225,8 @@ async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: numb
     throw new HttpError(500, "engine stream ended without a result");
   };
   return streamChoices(ctx, m, gens, choice, (completion) => {
-    const usage = usageOf(gens[0]!.started, completion);
-    return includeUsage ? { id, object: "chat.completion.chunk", created, model: body.model, choices: [], usage } : null;
+    const usage = usageOf([gens[0]!.started], completion);
+    return includeUsage ? { id, object: "chat.completion.chunk", created, model: m.name, choices: [], usage } : null;
   });
 }
 
@@ -270,14 +279,15 @@ function toolCallDelta(call: ToolCallOut, index: number) {
   return { index, id: call.id, type: "function", function: { name: call.function.name, arguments: call.function.arguments } };
 }
 
-function completionPrompt(body: CompletionBodyT): string | number[] {
+/** The prompts of a request: one text or token list, or a list of them (a choice, or n, for each). */
+function completionPrompts(body: CompletionBodyT): (string | number[])[] {
   const p = body.prompt;
-  if (typeof p === "string") return p;
-  if (typeof p[0] === "string") return p[0] as string;
-  return p as number[];
+  if (typeof p === "string") return [p];
+  if (p.every((x) => typeof x === "number")) return [p as number[]];
+  return p as (string | number[])[];
 }
 
-function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number): GenerateRequest {
+function completionRequest(body: CompletionBodyT, m: ModelEntry, prompt: string | number[], index: number): GenerateRequest {
   const top = body.logprobs ?? 0;
   const sampling = openAISampling(body, { logprobs: body.logprobs != null, top });
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
@@ -287,7 +297,7 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number):
   return {
     id: newId("gen-"),
     model: m.name,
-    prompt: completionPrompt(body),
+    prompt,
     maxTokens: body.max_tokens ?? 16,
     sampling,
     stop: stopList(body.stop),
@@ -295,6 +305,14 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, index: number):
     ignoreEos: body.ignore_eos ?? false,
   };
 }
+
+/** Requests for every prompt's n choices, in OpenAI's order: choice index = prompt index * n + choice. */
+function completionRequests(body: CompletionBodyT, m: ModelEntry, n: number): GenerateRequest[] {
+  return completionPrompts(body).flatMap((prompt, p) => Array.from({ length: n }, (_, i) => completionRequest(body, m, prompt, p * n + i)));
+}
+
+/** Each prompt's first "started" event, for usage: a prompt's n choices share it. */
+const promptStarts = (started: Started[], n: number) => started.filter((_, i) => i % n === 0);
 
 function completionLogprobs(lps: TokenLogprob[]) {
   const offsets: number[] = [];
@@ -323,12 +341,13 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
     throw e;
   }
   try {
-    const requests = Array.from({ length: n }, (_, i) => completionRequest(body, m, i));
-    const results = await collectAll(ctx, requests, "completions", () => plainShaper, signal);
-    const prefix = body.echo && typeof completionPrompt(body) === "string" ? (completionPrompt(body) as string) : "";
+    const prompts = completionPrompts(body);
+    const results = await collectAll(ctx, completionRequests(body, m, n), "completions", () => plainShaper, signal);
     let completion = 0;
     const choices = results.map((r, index) => {
       completion += r.done.usage.completionTokens;
+      const prompt = prompts[Math.floor(index / n)]!;
+      const prefix = body.echo && typeof prompt === "string" ? prompt : "";
       return {
         index,
         text: prefix + r.shaped.content,
@@ -340,9 +359,9 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
       id: newId("cmpl-"),
       object: "text_completion",
       created: Math.floor(Date.now() / 1000),
-      model: body.model,
+      model: m.name,
       choices,
-      usage: usageOf(results[0]!.started, completion),
+      usage: usageOf(promptStarts(results.map((r) => r.started), n), completion),
     });
   } finally {
     ctx.models.release(m);
@@ -350,7 +369,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
 }
 
 async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
-  const gens = await startAll(ctx, Array.from({ length: n }, (_, i) => completionRequest(body, m, i)), "completions", signal);
+  const gens = await startAll(ctx, completionRequests(body, m, n), "completions", signal);
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;
@@ -358,7 +377,7 @@ async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: Mo
     id,
     object: "text_completion",
     created,
-    model: body.model,
+    model: m.name,
     choices: [{ index, text, logprobs, finish_reason: finish }],
   });
   const choice = async (send: SseSend, index: number): Promise<number> => {
@@ -374,8 +393,8 @@ async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: Mo
     throw new HttpError(500, "engine stream ended without a result");
   };
   return streamChoices(ctx, m, gens, choice, (completion) => {
-    const usage = usageOf(gens[0]!.started, completion);
-    return includeUsage ? { id, object: "text_completion", created, model: body.model, choices: [], usage } : null;
+    const usage = usageOf(promptStarts(gens.map((g) => g.started), n), completion);
+    return includeUsage ? { id, object: "text_completion", created, model: m.name, choices: [], usage } : null;
   });
 }
 

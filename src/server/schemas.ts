@@ -73,8 +73,11 @@ const openAISampling = {
   user: opt(t.String()),
 };
 
+/** Optional: with one model served, any name or none selects it (ModelManager.resolve). */
+const Model = opt(t.String());
+
 export const ChatCompletionBody = t.Object({
-  model: t.String(),
+  model: Model,
   messages: t.Array(ChatMessage, { minItems: 1 }),
   ...openAISampling,
   max_completion_tokens: opt(t.Integer({ minimum: 1 })),
@@ -88,14 +91,36 @@ export const ChatCompletionBody = t.Object({
   reasoning_effort: opt(t.String()),
 });
 
+/** Most prompts in one /v1/completions request (each gets its own choices). */
+const MAX_PROMPTS = 256;
+
+const TokenIds = t.Array(t.Integer({ minimum: 0 }), { minItems: 1 });
+
 export const CompletionBody = t.Object({
-  model: t.String(),
-  prompt: t.Union([t.String(), t.Array(t.String(), { minItems: 1, maxItems: 1 }), t.Array(t.Integer({ minimum: 0 }), { minItems: 1 })]),
+  model: Model,
+  prompt: t.Union([
+    t.String(),
+    TokenIds,
+    t.Array(t.String(), { minItems: 1, maxItems: MAX_PROMPTS }),
+    t.Array(TokenIds, { minItems: 1, maxItems: MAX_PROMPTS }),
+  ]),
   ...openAISampling,
   logprobs: opt(t.Integer({ minimum: 0, maximum: 20 })),
   echo: opt(t.Boolean()),
   suffix: opt(t.String()),
   response_format: opt(ResponseFormat),
+});
+
+/**
+ * A block nested in a tool_result or a document's content source. Only the fields rmlx reads are declared; the
+ * rest of what a client sends (citations, cache_control, ...) is not an error.
+ */
+const AnthropicInnerBlock = t.Object({
+  type: t.String(),
+  text: t.Optional(t.String()),
+  title: opt(t.String()),
+  source: t.Optional(Json),
+  content: t.Optional(Json),
 });
 
 const AnthropicBlock = t.Object({
@@ -105,24 +130,29 @@ const AnthropicBlock = t.Object({
   name: t.Optional(t.String()),
   input: t.Optional(Json),
   tool_use_id: t.Optional(t.String()),
-  content: t.Optional(t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.Optional(t.String()) }))])),
+  content: t.Optional(t.Union([t.String(), t.Array(AnthropicInnerBlock)])),
   is_error: t.Optional(t.Boolean()),
   thinking: t.Optional(t.String()),
   signature: t.Optional(t.String()),
   source: t.Optional(Json),
+  title: opt(t.String()),
   cache_control: t.Optional(Json),
 });
 
+const AnthropicSystemBlock = t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) });
+
 const AnthropicMessage = t.Object({
-  role: t.Union([t.Literal("user"), t.Literal("assistant")]),
+  // Clients such as Claude Code send system entries inside messages too.
+  role: t.Union([t.Literal("user"), t.Literal("assistant"), t.Literal("system")]),
   content: t.Union([t.String(), t.Array(AnthropicBlock)]),
 });
 
+/** A client tool has an input_schema; a server tool (web search, code execution, ...) has a versioned type instead. */
 const AnthropicTool = t.Object({
   name: t.String({ minLength: 1 }),
   description: t.Optional(t.String()),
-  input_schema: t.Record(t.String(), Json),
-  type: t.Optional(t.String()),
+  input_schema: t.Optional(t.Record(t.String(), Json)),
+  type: opt(t.String()),
   cache_control: t.Optional(Json),
 });
 
@@ -132,17 +162,28 @@ const AnthropicToolChoice = t.Object({
   disable_parallel_tool_use: t.Optional(t.Boolean()),
 });
 
-const AnthropicSystem = t.Union([t.String(), t.Array(t.Object({ type: t.String(), text: t.String(), cache_control: t.Optional(Json) }))]);
+const AnthropicSystem = t.Union([t.String(), t.Array(AnthropicSystemBlock)]);
+
+const AnthropicThinking = t.Object({
+  type: t.Union([t.Literal("enabled"), t.Literal("disabled"), t.Literal("adaptive"), t.Literal("between_tools")]),
+  budget_tokens: t.Optional(t.Integer({ minimum: 0 })),
+});
+
+const AnthropicOutputFormat = t.Object({ type: t.Literal("json_schema"), schema: t.Record(t.String(), Json) });
 
 const anthropicPrompt = {
-  model: t.String(),
+  model: t.Optional(t.String()),
   messages: t.Array(AnthropicMessage, { minItems: 1 }),
   system: t.Optional(AnthropicSystem),
   tools: t.Optional(t.Array(AnthropicTool)),
   tool_choice: t.Optional(AnthropicToolChoice),
-  thinking: t.Optional(t.Object({ type: t.Union([t.Literal("enabled"), t.Literal("disabled")]), budget_tokens: t.Optional(t.Integer({ minimum: 0 })) })),
+  thinking: t.Optional(AnthropicThinking),
+  /** Remote MCP servers the API itself would call: declared so that a request naming some can be refused clearly. */
+  mcp_servers: opt(t.Array(Json)),
 };
 
+// Fields of the Messages API that change nothing here are accepted and ignored: metadata, service_tier, container,
+// context_management, speed, inference_geo, diagnostics, cache_control, and any the API adds later.
 export const MessagesBody = t.Object({
   ...anthropicPrompt,
   max_tokens: t.Integer({ minimum: 1 }),
@@ -151,13 +192,15 @@ export const MessagesBody = t.Object({
   temperature: t.Optional(t.Number({ minimum: 0, maximum: 1 })),
   top_p: t.Optional(t.Number({ exclusiveMinimum: 0, maximum: 1 })),
   top_k: t.Optional(t.Integer({ minimum: 0 })),
-  metadata: t.Optional(Json),
+  output_config: opt(t.Object({ format: opt(AnthropicOutputFormat), effort: opt(t.String()) })),
+  /** The beta spelling of output_config.format. */
+  output_format: opt(AnthropicOutputFormat),
 });
 
 export const CountTokensBody = t.Object(anthropicPrompt);
 
 export const TokenizeBody = t.Object({
-  model: t.String(),
+  model: Model,
   prompt: t.Optional(t.String()),
   messages: t.Optional(t.Array(ChatMessage, { minItems: 1 })),
   tools: opt(t.Array(OpenAITool)),
@@ -166,13 +209,13 @@ export const TokenizeBody = t.Object({
 });
 
 export const DetokenizeBody = t.Object({
-  model: t.String(),
+  model: Model,
   tokens: t.Array(t.Integer({ minimum: 0 })),
 });
 
 /** OpenAI's embeddings request: one or more texts, or token id lists (at most 2048 inputs, none empty). */
 export const EmbeddingsBody = t.Object({
-  model: t.String(),
+  model: Model,
   input: t.Union([
     t.String({ minLength: 1 }),
     t.Array(t.String({ minLength: 1 }), { minItems: 1, maxItems: 2048 }),

@@ -11,6 +11,8 @@ export interface ServerOptions {
   port: number;
   apiKey?: string;
   models: Map<string, string>;
+  /** Only served names select a model; otherwise a single served model answers any name or none. */
+  strictModelNames?: boolean;
   idleUnloadS: number;
   engine: EngineConfig;
   /** The engine worker's entry module (the real engine unless replaced, e.g. by a test double). */
@@ -29,7 +31,7 @@ export interface RunningServer {
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const engine = new EngineClient(opts.workerUrl, opts.engine);
-  const models = new ModelManager(engine, opts.models, opts.idleUnloadS);
+  const models = new ModelManager(engine, opts.models, opts.idleUnloadS, opts.strictModelNames);
   const store = opts.metricsDb === null ? MetricsStore.disabled() : MetricsStore.open(opts.metricsDb);
   store.startRun({ kind: "serve", model: [...opts.models.keys()].join(",") });
   const app = createApp({ engine, models, journal: new RequestJournal(store) }, { apiKey: opts.apiKey });

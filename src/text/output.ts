@@ -35,16 +35,17 @@ export class ChatOutputParser {
     return this.content(r.reasoning, r.content, false);
   }
 
-  flush(): OutputDelta {
+  /** The end of the reply; `truncated` when the length limit cut it (see ToolCallParser.flush). */
+  flush(truncated = false): OutputDelta {
     const r = this.reasoning ? this.reasoning.flush() : { reasoning: "", content: "" };
-    return this.content(r.reasoning, r.content, true);
+    return this.content(r.reasoning, r.content, true, truncated);
   }
 
-  private content(reasoning: string, content: string, end: boolean): OutputDelta {
+  private content(reasoning: string, content: string, end: boolean, truncated = false): OutputDelta {
     if (!this.tools) return { reasoning, content, toolCalls: [] };
     const a = content.length > 0 ? this.tools.feed(content) : { content: "", toolCalls: [] };
     if (!end) return { reasoning, content: a.content, toolCalls: a.toolCalls };
-    const b = this.tools.flush();
+    const b = this.tools.flush(truncated);
     return { reasoning, content: a.content + b.content, toolCalls: [...a.toolCalls, ...b.toolCalls] };
   }
 }

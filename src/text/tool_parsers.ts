@@ -38,8 +38,11 @@ export const TOOL_MARKERS = [GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, '<|"|>'];
 
 export interface ToolCallParser {
   feed(delta: string): ToolParseResult;
-  /** The end of the stream: releases held text, or completes a call the model did not close. */
-  flush(): ToolParseResult;
+  /**
+   * The end of the stream: releases held text, or completes a call the model did not close. When the length limit
+   * cut the reply (`truncated`), markup that did not become a call is dropped rather than shown as text.
+   */
+  flush(truncated?: boolean): ToolParseResult;
 }
 
 export interface ToolParserOptions {
@@ -164,16 +167,18 @@ class TaggedParser implements ToolCallParser {
     return { content, toolCalls };
   }
 
-  flush(): ToolParseResult {
+  flush(truncated = false): ToolParseResult {
     const rest = this.buf;
     this.buf = "";
     if (this.inCall) {
       this.inCall = false;
-      const call = this.parseBody(rest);
+      // The body may be whole with its closing tag cut short.
+      const call = this.parseBody(rest.slice(0, rest.length - partialSuffixLength(rest, [this.close])));
       if (call) return { content: "", toolCalls: [call] };
-      return { content: this.open + rest, toolCalls: [] };
+      return { content: truncated ? "" : this.open + rest, toolCalls: [] };
     }
-    return { content: this.calls > 0 ? rest.trimEnd() : rest, toolCalls: [] };
+    const text = truncated ? rest.slice(0, rest.length - partialSuffixLength(rest, [this.open])) : rest;
+    return { content: this.calls > 0 ? text.trimEnd() : text, toolCalls: [] };
   }
 }
 
@@ -259,7 +264,7 @@ abstract class ReplyIsCallParser implements ToolCallParser {
     return out;
   }
 
-  flush(): ToolParseResult {
+  flush(truncated = false): ToolParseResult {
     if (this.mode === "text") return NONE;
     const t = this.buf.replace(this.separators, "");
     if (this.mode === "call") {
@@ -269,7 +274,8 @@ abstract class ReplyIsCallParser implements ToolCallParser {
         return { content: "", toolCalls: calls };
       }
     }
-    const content = this.calls > 0 ? t : this.buf;
+    // What is held is (or may be) the start of a call: cut off by the length limit, it is no content.
+    const content = truncated ? "" : this.calls > 0 ? t : this.buf;
     this.buf = "";
     return { content, toolCalls: [] };
   }

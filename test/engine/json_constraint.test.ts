@@ -1,6 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { ConstraintVocab, JsonConstraint } from "../../src/engine/json_constraint.ts";
+import { Tokenizer } from "../../src/text/tokenizer.ts";
 import { mulberry32 } from "../rng.ts";
+import { tokenizerDir } from "../text/fixtures.ts";
 
 // A synthetic vocabulary: every printable ASCII byte, a few multi-byte UTF-8 pieces, and multi-character
 // tokens like real BPE vocabularies have (some of which cross JSON structure boundaries).
@@ -134,4 +136,123 @@ describe("JSON constrained decoding", () => {
     expect(() => new JsonConstraint({ $ref: "#/nope" }, V)).toThrow("does not resolve");
     expect(() => new JsonConstraint({ type: "object", required: ["a"], additionalProperties: false }, V)).toThrow("required property");
   });
+});
+
+describe("UTF-8 inside strings", () => {
+  // One token per byte, so that every byte sequence can be offered.
+  const BYTE_EOS = 256;
+  const bytesVocab = (() => {
+    const offsets = Int32Array.from({ length: 258 }, (_, i) => Math.min(i, 256));
+    const blob = Uint8Array.from({ length: 256 }, (_, b) => b);
+    return new ConstraintVocab({ blob, offsets }, new Set([BYTE_EOS]), [BYTE_EOS]);
+  })();
+  /** Whether the bytes (after a leading quote) are accepted, and whether the value is then complete. */
+  const run = (schema: unknown, text: string | number[]) => {
+    const c = new JsonConstraint(schema, bytesVocab);
+    const bytes = typeof text === "string" ? [...new TextEncoder().encode(text)] : text;
+    const accepted = bytes.every((b) => c.accept(b));
+    return { accepted, complete: accepted && c.complete };
+  };
+  const str = { type: "string" };
+  const q = 0x22;
+
+  test("well-formed sequences pass; stray, overlong, surrogate and out-of-range bytes do not", () => {
+    expect(run(str, '"aé日😀"').complete).toBe(true);
+    for (const bad of [
+      [q, 0x80], // a continuation byte with no lead
+      [q, 0xc0, 0x80], // overlong NUL
+      [q, 0xc3, q], // a lead byte cut short by the closing quote
+      [q, 0xe0, 0x80, 0x80], // overlong three-byte form
+      [q, 0xed, 0xa0, 0x80], // a UTF-16 surrogate encoded in UTF-8
+      [q, 0xf4, 0x90, 0x80, 0x80], // past U+10FFFF
+      [q, 0xf8],
+      [q, 0xff],
+    ]) {
+      expect(run(str, bad).accepted).toBe(false);
+    }
+    // A token may end inside a character: the next one finishes it.
+    expect(run(str, [q, 0xe6, 0x97]).accepted).toBe(true);
+    expect(run(str, [q, 0xe6, 0x97, 0xa5, q]).complete).toBe(true);
+  });
+
+  test("\\u escapes: surrogates only in pairs", () => {
+    expect(run(str, '"\\ud83d\\ude00"').complete).toBe(true);
+    expect(run(str, '"\\u00e9\\u65e5"').complete).toBe(true);
+    expect(run(str, '"\\ude00').accepted).toBe(false);
+    expect(run(str, '"\\ud83d"').accepted).toBe(false);
+    expect(run(str, '"\\ud83dx').accepted).toBe(false);
+    expect(run(str, '"\\ud83d\\n').accepted).toBe(false);
+    expect(run(str, '"\\ud83d\\u0041').accepted).toBe(false);
+  });
+
+  test("minLength and maxLength count code points", () => {
+    const two = { type: "string", minLength: 2, maxLength: 2 };
+    expect(run(two, '"日本"').complete).toBe(true);
+    expect(run(two, '"😀😀"').complete).toBe(true);
+    expect(run(two, '"\\ud83d\\ude00\\u00e9"').complete).toBe(true);
+    expect(run(two, '"日本語').accepted).toBe(false);
+    expect(run(two, '"日"').accepted).toBe(false);
+    expect(run(two, '"ab\\').accepted).toBe(false);
+    // Keys and enum literals are bytes too.
+    expect(run({ enum: ["café", "naïve"] }, '"naïve"').complete).toBe(true);
+    expect(run({ type: "object", properties: { "é": { type: "integer" } }, required: ["é"] }, '{"é":1}').complete).toBe(true);
+    expect(run({ type: "object" }, [0x7b, q, 0xff]).accepted).toBe(false);
+  });
+});
+
+describe("UTF-8 with a real tokenizer (Qwen3's byte-level BPE)", () => {
+  const tok = Tokenizer.fromModelDir(tokenizerDir("qwen3"));
+  const eos = tok.eosTokenIds;
+  const vocab = new ConstraintVocab(tok.allTokenBytes(), tok.specialTokenIds, eos);
+  const { blob, offsets } = tok.allTokenBytes();
+  // Tokens with bytes past ASCII: pieces of characters among them, the ones that broke maxLength.
+  const nonAscii = new Uint8Array(vocab.size);
+  for (let i = 0; i < vocab.size; i++) for (let k = offsets[i]!; k < offsets[i + 1]!; k++) if (blob[k]! >= 0x80) nonAscii[i] = 1;
+
+  /** Samples among allowed tokens, mostly non-ASCII ones while there are any, until an end token. */
+  function sample(schema: unknown, seed: number): Uint8Array {
+    const c = new JsonConstraint(schema, vocab);
+    const rand = mulberry32(seed);
+    const logits = new Float32Array(vocab.size);
+    const out: number[] = [];
+    for (let step = 0; step < 300; step++) {
+      logits.fill(0);
+      c.apply(logits);
+      const allowed: number[] = [];
+      for (let i = 0; i < logits.length; i++) if (logits[i] === 0) allowed.push(i);
+      expect(allowed.length).toBeGreaterThan(0);
+      const ends = allowed.filter((i) => eos.includes(i) || (offsets[i + 1]! - offsets[i]! <= 2 && blob[offsets[i]!] === 0x22));
+      const wide = allowed.filter((i) => nonAscii[i]);
+      const r = rand();
+      const pool = step > 12 && ends.length > 0 && r < 0.3 ? ends : wide.length > 0 && r < 0.85 ? wide : allowed;
+      const id = pool[Math.floor(rand() * pool.length)]!;
+      expect(c.accept(id)).toBe(true);
+      if (eos.includes(id)) return Uint8Array.from(out);
+      for (let k = offsets[id]!; k < offsets[id + 1]!; k++) out.push(blob[k]!);
+    }
+    throw new Error("no end within 300 tokens");
+  }
+
+  test("strings are well-formed UTF-8 and within their lengths in code points", () => {
+    const schema = {
+      type: "object",
+      properties: { short: { type: "string", maxLength: 5 }, pair: { type: "string", minLength: 2, maxLength: 3 }, free: { type: "string" } },
+      required: ["short", "pair", "free"],
+      additionalProperties: false,
+    };
+    const fatal = new TextDecoder("utf-8", { fatal: true });
+    let wideChars = 0;
+    for (let seed = 1; seed <= 12; seed++) {
+      const v = JSON.parse(fatal.decode(sample(schema, seed)));
+      expect([...v.short].length).toBeLessThanOrEqual(5);
+      expect([...v.pair].length).toBeGreaterThanOrEqual(2);
+      expect([...v.pair].length).toBeLessThanOrEqual(3);
+      for (const s of [v.short, v.pair, v.free] as string[]) {
+        expect(s).not.toContain("\uFFFD");
+        wideChars += [...s].filter((ch) => ch.codePointAt(0)! >= 0x80).length;
+      }
+    }
+    // The walk did go through characters of several bytes, split across tokens or not.
+    expect(wideChars).toBeGreaterThan(20);
+  }, 60_000);
 });

@@ -3,6 +3,9 @@ import { ConstraintVocab } from "../../src/engine/json_constraint.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "../../src/engine/tool_constraint.ts";
 import { parseToolCalls } from "../../src/text/tool_parsers.ts";
 import type { ToolSpec } from "../../src/engine/types.ts";
+import { Tokenizer } from "../../src/text/tokenizer.ts";
+import { mulberry32 } from "../rng.ts";
+import { tokenizerDir } from "../text/fixtures.ts";
 
 // A byte-level vocabulary: ids 0-255 are single bytes, then the tool-call tags and an end token.
 const OPEN = 256;
@@ -186,4 +189,61 @@ describe("forced pythonic call (Gemma)", () => {
     expect([...allowed()]).toEqual([PY_EOS]);
     expect(p.accept(PY_EOS)).toBe(true);
   });
+});
+
+describe("forced calls with a real tokenizer: string arguments are well-formed UTF-8 within their lengths", () => {
+  const tok = Tokenizer.fromModelDir(tokenizerDir("qwen3"));
+  const eos = tok.eosTokenIds;
+  const realVocab = new ConstraintVocab(tok.allTokenBytes(), tok.specialTokenIds, eos);
+  const { blob: b, offsets: o } = tok.allTokenBytes();
+  const nonAscii = new Uint8Array(realVocab.size);
+  for (let i = 0; i < realVocab.size; i++) for (let k = o[i]!; k < o[i + 1]!; k++) if (b[k]! >= 0x80) nonAscii[i] = 1;
+  const NOTE: ToolSpec[] = [
+    { type: "function", function: { name: "note", parameters: { type: "object", properties: { title: { type: "string", maxLength: 6 } }, required: ["title"] } } },
+  ];
+
+  /** Prefers non-ASCII tokens (pieces of characters) whenever one is allowed, and closing quotes after a while. */
+  function drive(p: ForcedToolCall | ForcedPythonicCall, seed: number): Uint8Array {
+    const rand = mulberry32(seed);
+    const out: number[] = [];
+    for (let step = 0; step < 200; step++) {
+      const logits = new Float32Array(realVocab.size);
+      p.apply(logits);
+      const allowed: number[] = [];
+      for (let i = 0; i < logits.length; i++) if (logits[i] !== -Infinity) allowed.push(i);
+      const wide = allowed.filter((i) => nonAscii[i]);
+      const quote = allowed.filter((i) => o[i + 1]! - o[i]! === 1 && b[o[i]!] === 0x22);
+      const r = rand();
+      const pool = step > 10 && quote.length > 0 && r < 0.3 ? quote : wide.length > 0 && r < 0.9 ? wide : allowed;
+      const id = pool[Math.floor(rand() * pool.length)]!;
+      expect(p.accept(id)).toBe(true);
+      if (eos.includes(id)) return Uint8Array.from(out);
+      for (let k = o[id]!; k < o[id + 1]!; k++) out.push(b[k]!);
+    }
+    throw new Error("no end within 200 tokens");
+  }
+
+  const fatal = new TextDecoder("utf-8", { fatal: true });
+  const ids = (text: string) => tok.encode(text, { addSpecialTokens: false });
+
+  test("Hermes format", () => {
+    for (let seed = 1; seed <= 8; seed++) {
+      const p = new ForcedToolCall(toolCallSchema(NOTE, "arguments"), realVocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
+      const text = fatal.decode(drive(p, seed));
+      const { toolCalls, content } = parseToolCalls("hermes", text, { tools: NOTE });
+      expect(content).toBe("");
+      const title: string = JSON.parse(toolCalls[0]!.function.arguments).title;
+      expect([...title].length).toBeLessThanOrEqual(6);
+      expect(title).not.toContain("\uFFFD");
+    }
+  }, 60_000);
+
+  test("pythonic format", () => {
+    for (let seed = 1; seed <= 8; seed++) {
+      const text = fatal.decode(drive(new ForcedPythonicCall(NOTE, realVocab), seed));
+      const { toolCalls } = parseToolCalls("pythonic", text, { tools: NOTE });
+      const title: string = JSON.parse(toolCalls[0]!.function.arguments).title;
+      expect([...title].length).toBeLessThanOrEqual(6);
+    }
+  }, 60_000);
 });

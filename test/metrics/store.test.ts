@@ -3,7 +3,7 @@ import { Database } from "bun:sqlite";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MetricsStore, type RequestRow } from "../../src/metrics/store.ts";
+import { CLIENT_CLOSED_STATUS, MetricsStore, type RequestRow } from "../../src/metrics/store.ts";
 import { benchAt, latestBench, parseSince, regressions, summary } from "../../src/metrics/queries.ts";
 import { sparkline, table } from "../../src/metrics/format.ts";
 
@@ -32,6 +32,19 @@ describe("metrics store", () => {
     expect(m!.ttftP50).toBe(50);
     expect(m!.ttftP95).toBe(95);
     expect(m!.cacheHitRate).toBeCloseTo(0.5, 6);
+    db.close();
+  });
+
+  test("the summary's errors leave out requests whose client went away", () => {
+    const path = join(dir, "errors.db");
+    const s = MetricsStore.open(path);
+    s.startRun({ kind: "serve", model: "m" });
+    for (const status of [200, 200, CLIENT_CLOSED_STATUS, 400, 500]) s.recordRequest(row({ status }));
+    s.close();
+    const db = new Database(path, { readonly: true });
+    const [m] = summary(db, 0);
+    expect(m!.requests).toBe(5);
+    expect(m!.errors).toBe(2);
     db.close();
   });
 

@@ -80,6 +80,19 @@ describe("end to end on a tiny Qwen3", () => {
     expect(((msg.reasoning_content ?? "") + (msg.content ?? "")).replace(/\s+/g, "")).toBe(reference(tok.tokens, 10).replace(/<\/?think>|\s+/g, ""));
   });
 
+  test("a list of prompts on /completions (no /v1, no model): one choice per prompt, each the generate loop's", async () => {
+    const prompts = ["The capital of France", "Once upon a time"];
+    const r = await fetch(`${srv.url}/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: prompts, max_tokens: 6, temperature: 0 }),
+    });
+    const body = await jsonOf(r);
+    expect(body.model).toBe(name);
+    expect(body.choices.map((c: { index: number; text: string }) => [c.index, c.text])).toEqual(prompts.map((p, i) => [i, reference(promptIds(p), 6)]));
+    expect(body.usage.prompt_tokens).toBe(prompts.reduce((a, p) => a + promptIds(p).length, 0));
+  });
+
   test("16 concurrent clients get exactly what each gets alone", async () => {
     const prompts = Array.from({ length: 16 }, (_, i) => `Request number ${i}: ${"lorem ipsum ".repeat(i + 1)}`);
     const ask = (p: string) => openai.completions.create({ model: name, prompt: p, max_tokens: 8, temperature: 0 });
@@ -139,6 +152,36 @@ describe("end to end on a tiny Qwen3", () => {
     expect(["end_turn", "max_tokens"]).toContain(m.stop_reason!);
   });
 
+  test("a Claude Code style request (system entries in messages, adaptive thinking): usage adds up to the prompt, the cached part apart", async () => {
+    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
+    const system = "You are a coding agent working in a repository. ".repeat(120);
+    const ask = (question: string) => ({
+      // Claude Code's own model name: the single served model answers it.
+      model: "claude-sonnet-4-5-20250929",
+      max_tokens: 8,
+      ...GREEDY,
+      system: [{ type: "text" as const, text: system, cache_control: { type: "ephemeral" as const } }],
+      thinking: { type: "adaptive" as const },
+      metadata: { user_id: "session-1" },
+      messages: [
+        { role: "system" as const, content: "Environment: linux." },
+        { role: "user" as const, content: [{ type: "text" as const, text: question, cache_control: { type: "ephemeral" as const } }] },
+      ],
+    });
+    const count = async (question: string) => {
+      const { max_tokens: _, ...body } = ask(question);
+      return (await a.messages.countTokens(body)).input_tokens;
+    };
+    const first = await a.messages.create(ask("First?"));
+    expect(first.usage.input_tokens + first.usage.cache_read_input_tokens! + first.usage.cache_creation_input_tokens!).toBe(await count("First?"));
+    const second = await a.messages.stream(ask("And the other one?")).finalMessage();
+    const u = second.usage;
+    const prompt = await count("And the other one?");
+    expect(u.cache_read_input_tokens!).toBeGreaterThan(prompt - 64);
+    expect(u.input_tokens).toBeLessThan(64);
+    expect(u.input_tokens + u.cache_read_input_tokens! + u.cache_creation_input_tokens!).toBe(prompt);
+  }, 60_000);
+
   test("response_format json_object constrains the output to JSON", async () => {
     const r = await openai.chat.completions.create({
       model: name,
@@ -151,6 +194,31 @@ describe("end to end on a tiny Qwen3", () => {
     expect(text.trimStart().startsWith("{")).toBe(true);
     if (r.choices[0]!.finish_reason === "stop") expect(typeof JSON.parse(text)).toBe("object");
   });
+
+  test("json_schema strings are well-formed UTF-8 within maxLength, from a random model sampling its whole vocabulary", async () => {
+    const schema = {
+      type: "object",
+      properties: { word: { type: "string", minLength: 1, maxLength: 4 } },
+      required: ["word"],
+      additionalProperties: false,
+    };
+    for (const seed of [1, 2, 3, 4]) {
+      const r = await openai.chat.completions.create({
+        model: name,
+        messages: [{ role: "user", content: "One word in JSON." }],
+        max_tokens: 40,
+        temperature: 1,
+        seed,
+        response_format: { type: "json_schema", json_schema: { name: "w", schema } },
+      });
+      expect(r.choices[0]!.finish_reason).toBe("stop");
+      const text = r.choices[0]!.message.content ?? "";
+      expect(text).not.toContain("\uFFFD");
+      const word: string = JSON.parse(text).word;
+      expect([...word].length).toBeGreaterThanOrEqual(1);
+      expect([...word].length).toBeLessThanOrEqual(4);
+    }
+  }, 60_000);
 
   test("tool_choice required / a named tool force one well-formed call, even from a random model", async () => {
     const tools = [
@@ -190,6 +258,33 @@ describe("end to end on a tiny Qwen3", () => {
     });
     expect(m.stop_reason).toBe("tool_use");
     expect(m.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather" });
+  }, 60_000);
+
+  test("a forced call cut off by max_tokens leaves no markup behind and says length", async () => {
+    const parameters = { type: "object", properties: { city: { type: "string" } }, required: ["city"] };
+    const r = await openai.chat.completions.create({
+      model: name,
+      messages: [{ role: "user", content: "Weather in Rome?" }],
+      tools: [{ type: "function", function: { name: "get_weather", parameters } }],
+      tool_choice: "required",
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(r.choices[0]!.finish_reason).toBe("length");
+    expect(r.choices[0]!.message.content ?? "").not.toContain("<tool_call");
+    expect(r.choices[0]!.message.content ?? "").not.toContain("{");
+    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
+    const m = await a.messages
+      .stream({
+        model: name,
+        max_tokens: 6,
+        tool_choice: { type: "tool", name: "get_weather" },
+        tools: [{ name: "get_weather", input_schema: parameters as never }],
+        messages: [{ role: "user", content: "Weather?" }],
+      })
+      .finalMessage();
+    expect(m.stop_reason).toBe("max_tokens");
+    expect(JSON.stringify(m.content)).not.toContain("tool_call");
   }, 60_000);
 
   test("logprobs: the greedy token is the most likely alternative", async () => {

@@ -1,10 +1,14 @@
 // A stand-in engine speaking the worker protocol of src/engine/types.ts, for protocol tests of the HTTP server.
 // One character is one token (its char code). What it "generates" is decided by the last user message:
-//   contains "weather" with tools given -> a Hermes-style <tool_call> for get_weather
+//   contains "weather" with tools given,
+//   or a tool call is required            -> a Hermes-style <tool_call> for get_weather (else the first tool)
+//   contains "[prompt]"                   -> the rendered prompt
+//   contains "[request]"                  -> what the server asked for: template kwargs, thinking budget, constraints
 //   contains "[think]"                  -> a <think> section, then an answer
 //   contains "[busy]"                   -> blocks its thread for 300 ms per token, 5 tokens ("busy ")
 //   contains "[slow]"                   -> one token every 20 ms until max_tokens
 //   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
+// A prompt containing "[cached]" reports its first half as read from the prefix cache.
 // A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, ToWorker } from "../../src/engine/types.ts";
 import { mulberry32 } from "../rng.ts";
@@ -37,9 +41,16 @@ function render(messages: ChatMessage[], tools: unknown): string {
 
 
 function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "busy" } {
-  const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? String(req.prompt ?? "");
-  if (req.tools?.length && last.includes("weather")) {
-    return { text: '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>', mode: "fast" };
+  const prompt = typeof req.prompt === "string" ? req.prompt : String.fromCharCode(...(req.prompt ?? []));
+  const last = [...(req.messages ?? [])].reverse().find((m) => m.role === "user")?.content ?? prompt;
+  if (req.tools?.length && (last.includes("weather") || req.requireToolCall)) {
+    const name = req.tools.find((t) => t.function.name === "get_weather")?.function.name ?? req.tools[0]!.function.name;
+    return { text: `<tool_call>\n{"name": "${name}", "arguments": {"city": "Paris"}}\n</tool_call>`, mode: "fast" };
+  }
+  if (last.includes("[prompt]")) return { text: render(req.messages ?? [], req.tools), mode: "fast" };
+  if (last.includes("[request]")) {
+    const { templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens } = req;
+    return { text: JSON.stringify({ templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens }), mode: "fast" };
   }
   if (last.includes("[think]")) return { text: "<think>\nLet me think.\n</think>\n\nThe answer is 42.", mode: "fast" };
   if (last.includes("[busy]")) return { text: "busy ", mode: "busy" };
@@ -63,7 +74,8 @@ async function generate(req: GenerateRequest) {
   const state = { tokens: prompt.length, cancelled: false };
   running.set(req.id, state);
   const t0 = performance.now();
-  post({ type: "started", id: req.id, promptTokens: prompt.length, cachedTokens: 0, startsInReasoning: false });
+  const cachedTokens = prompt.includes("[cached]") ? Math.floor(prompt.length / 2) : 0;
+  post({ type: "started", id: req.id, promptTokens: prompt.length, cachedTokens, startsInReasoning: false });
   stats();
   let { text, mode } = script(req);
   let finishReason: "stop" | "length" = "stop";
@@ -111,7 +123,7 @@ async function generate(req: GenerateRequest) {
     id: req.id,
     finishReason,
     stoppedBy,
-    usage: { promptTokens: prompt.length, completionTokens: text.length, cachedTokens: 0 },
+    usage: { promptTokens: prompt.length, completionTokens: text.length, cachedTokens },
     timing: { queuedMs: 0, ttftMs: ttft, decodeTps: 1000, promptTps: 1000 },
   });
   stats();

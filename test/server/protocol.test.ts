@@ -244,6 +244,41 @@ describe("OpenAI API", () => {
     expect(await rejection(bad)).toBeInstanceOf(OpenAI.BadRequestError);
   });
 
+  test("tool_choice null means auto: the tools are offered, no call is forced", async () => {
+    const ask = (tool_choice: unknown) =>
+      post("/v1/chat/completions", JSON.stringify({ model: "tiny", temperature: 0, tools: [WEATHER_TOOL], tool_choice, messages: [{ role: "user", content: "[request]" }] }));
+    const auto = await jsonOf(await ask(null));
+    expect(JSON.parse(auto.choices[0].message.content).requireToolCall).toBe(false);
+    expect(auto.choices[0].finish_reason).toBe("stop");
+    const required = await jsonOf(await ask("required"));
+    expect(required.choices[0].message.tool_calls.length).toBe(1);
+    expect(required.choices[0].finish_reason).toBe("tool_calls");
+  });
+
+  test("a forced call cut off by max_tokens: no markup in the content, finish_reason length", async () => {
+    const ask = { model: "tiny", messages: [{ role: "user" as const, content: "hi" }], tools: [WEATHER_TOOL], tool_choice: "required" as const, max_tokens: 30 };
+    const r = await openai.chat.completions.create(ask);
+    expect(r.choices[0]!.finish_reason).toBe("length");
+    expect(r.choices[0]!.message.content ?? "").toBe("");
+    expect(r.choices[0]!.message.tool_calls ?? []).toEqual([]);
+    const s = await openai.chat.completions.create({ ...ask, stream: true });
+    let content = "";
+    let finish;
+    for await (const c of s) {
+      content += c.choices[0]?.delta.content ?? "";
+      expect(c.choices[0]?.delta.tool_calls).toBeUndefined();
+      finish ??= c.choices[0]?.finish_reason;
+    }
+    expect(content).toBe("");
+    expect(finish).toBe("length");
+    // Cut inside the closing tag, the call itself is whole: it is returned, and the limit still reported.
+    const whole = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>';
+    const late = await openai.chat.completions.create({ ...ask, max_tokens: whole.length - 3 });
+    expect(late.choices[0]!.finish_reason).toBe("length");
+    expect(late.choices[0]!.message.content ?? "").toBe("");
+    expect(late.choices[0]!.message.tool_calls!.length).toBe(1);
+  });
+
   test("reasoning goes to reasoning_content", async () => {
     const r = await openai.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: "[think]" }] });
     const msg = r.choices[0]!.message as { content: string; reasoning_content?: string };
@@ -336,6 +371,22 @@ describe("Anthropic API", () => {
     expect(next.content).toEqual([{ type: "text", text: "Echo: ok" }] as never);
   });
 
+  test("a forced tool_use cut off by max_tokens: no markup in any block, stop_reason max_tokens", async () => {
+    const ask = {
+      model: "tiny",
+      max_tokens: 30,
+      tools: [{ name: "get_weather", input_schema: { type: "object" as const, properties: { city: { type: "string" } } } }],
+      tool_choice: { type: "any" as const },
+      messages: [{ role: "user" as const, content: "hi" }],
+    };
+    const r = await anthropic.messages.create(ask);
+    expect(r.stop_reason).toBe("max_tokens");
+    expect(r.content).toEqual([]);
+    const s = await anthropic.messages.stream(ask).finalMessage();
+    expect(s.stop_reason).toBe("max_tokens");
+    expect(s.content).toEqual([]);
+  });
+
   test("thinking blocks", async () => {
     const r = await anthropic.messages.create({ model: "tiny", max_tokens: 200, messages: [{ role: "user", content: "[think]" }] });
     expect(r.content.map((b) => b.type)).toEqual(["thinking", "text"]);
@@ -344,6 +395,139 @@ describe("Anthropic API", () => {
     const m = await s.finalMessage();
     expect(m.content.map((b) => b.type)).toEqual(["thinking", "text"]);
     expect((m.content[1] as { text: string }).text).toBe("The answer is 42.");
+  });
+
+  test("system entries inside messages join the system prompt, in order", async () => {
+    const r = await anthropic.messages.create({
+      model: "tiny",
+      max_tokens: 300,
+      ...GREEDY,
+      system: [{ type: "text", text: "first" }],
+      messages: [
+        { role: "system", content: "second" },
+        { role: "user", content: "hi" },
+        { role: "assistant", content: "hello" },
+        { role: "system", content: [{ type: "text", text: "third" }] },
+        { role: "user", content: "[prompt]" },
+      ],
+    });
+    expect(r.content).toEqual([
+      { type: "text", text: "<|system|>first\nsecond\nthird\n<|user|>hi\n<|assistant|>hello\n<|user|>[prompt]\n<|assistant|>" },
+    ] as never);
+    const counted = await anthropic.messages.countTokens({ model: "tiny", messages: [{ role: "system", content: "s" }, { role: "user", content: "x" }] });
+    expect(counted.input_tokens).toBe("<|system|>s\n<|user|>x\n<|assistant|>".length);
+  });
+
+  test("thinking: adaptive and between_tools turn the template's switch on; adaptive gets half of max_tokens as budget", async () => {
+    const ask = async (thinking: object) => {
+      const r = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 400, thinking, ...GREEDY, messages: [{ role: "user", content: "[request]" }] }));
+      expect(r.status).toBe(200);
+      return JSON.parse((await jsonOf(r)).content[0].text);
+    };
+    expect(await ask({ type: "adaptive" })).toMatchObject({ templateKwargs: { enable_thinking: true }, thinkingBudget: 200 });
+    expect(await ask({ type: "adaptive", display: "summarized" })).toMatchObject({ templateKwargs: { enable_thinking: true } });
+    expect(await ask({ type: "between_tools" })).toMatchObject({ templateKwargs: { enable_thinking: true } });
+    expect(await ask({ type: "enabled", budget_tokens: 64 })).toMatchObject({ templateKwargs: { enable_thinking: true }, thinkingBudget: 64 });
+    const off = await ask({ type: "disabled" });
+    expect(off.templateKwargs).toEqual({ enable_thinking: false });
+    expect(off.thinkingBudget).toBeUndefined();
+  });
+
+  test("the Messages API's other request fields are accepted; output_config.format constrains the output", async () => {
+    const body = {
+      model: "tiny",
+      max_tokens: 400,
+      temperature: 0,
+      top_k: 5,
+      top_p: 0.9,
+      stop_sequences: ["never"],
+      metadata: { user_id: "u1" },
+      service_tier: "auto",
+      container: "container_1",
+      context_management: { edits: [{ type: "clear_tool_uses_20250919" }] },
+      mcp_servers: [],
+      speed: "standard",
+      inference_geo: "us",
+      diagnostics: { previous_message_id: null },
+      cache_control: { type: "ephemeral" },
+      output_config: { effort: "high", format: { type: "json_schema", schema: { type: "object" } } },
+      system: [{ type: "text", text: "sys", cache_control: { type: "ephemeral", ttl: "1h" } }],
+      tools: [{ name: "get_time", type: "custom", input_schema: { type: "object" }, cache_control: { type: "ephemeral" }, strict: true, defer_loading: false, eager_input_streaming: true }],
+      messages: [{ role: "user", content: [{ type: "text", text: "[request]", cache_control: { type: "ephemeral" }, citations: null }] }],
+    };
+    const r = await post("/v1/messages", JSON.stringify(body));
+    expect(r.status).toBe(200);
+    expect(JSON.parse((await jsonOf(r)).content[0].text)).toMatchObject({ jsonSchema: { type: "object" }, requireToolCall: false });
+    const beta = await post("/v1/messages", JSON.stringify({ ...body, output_config: undefined, output_format: { type: "json_schema", schema: { type: "array" } } }));
+    expect(JSON.parse((await jsonOf(beta)).content[0].text).jsonSchema).toEqual({ type: "array" });
+  });
+
+  test("documents with text sources are read as text; images are refused clearly, in a tool_result too", async () => {
+    const ask = (content: unknown[]) => post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 400, ...GREEDY, messages: [{ role: "user", content }] }));
+    const doc = await ask([
+      { type: "document", title: "Notes", source: { type: "text", media_type: "text/plain", data: "alpha" }, citations: { enabled: true } },
+      { type: "document", source: { type: "content", content: [{ type: "text", text: "beta" }] } },
+      { type: "text", text: "[prompt]" },
+    ]);
+    expect(doc.status).toBe(200);
+    expect((await jsonOf(doc)).content[0].text).toBe("<|user|>Notes\n\nalpha\n\nbeta\n\n[prompt]\n<|assistant|>");
+    const found = await ask([
+      { type: "search_result", title: "Doc", source: "https://d.example", content: [{ type: "text", text: "gamma" }] },
+      { type: "text", text: "[prompt]" },
+    ]);
+    expect((await jsonOf(found)).content[0].text).toBe("<|user|>Doc\nhttps://d.example\n\ngamma\n\n[prompt]\n<|assistant|>");
+    const malformed = await ask([{ type: "document", source: { type: "content", content: [null] } }]);
+    expect(malformed.status).toBe(400);
+    expect((await jsonOf(malformed)).error.message).toBe("the content of a document must be a list of content blocks");
+    const pdf = await ask([{ type: "document", source: { type: "base64", media_type: "application/pdf", data: "JVBERi0=" } }]);
+    expect(pdf.status).toBe(400);
+    expect((await jsonOf(pdf)).error.message).toContain("document source type 'base64' is not supported");
+    const image = { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } };
+    for (const content of [
+      [image, { type: "text", text: "what is this?" }],
+      [{ type: "tool_result", tool_use_id: "toolu_1", content: [{ type: "text", text: "screenshot:" }, image] }],
+    ]) {
+      const r = await ask(content);
+      expect(r.status).toBe(400);
+      expect(await jsonOf(r)).toMatchObject({ type: "error", error: { type: "invalid_request_error" } });
+    }
+    const inResult = await ask([{ type: "tool_result", tool_use_id: "toolu_1", content: [image] }]);
+    expect((await jsonOf(inResult)).error.message).toContain("image content (in a tool_result) is not supported");
+  });
+
+  test("server tools and remote MCP servers are refused with a 400 naming them", async () => {
+    const ask = (extra: object) =>
+      post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 10, messages: [{ role: "user", content: "x" }], ...extra }));
+    for (const tool of [
+      { type: "web_search_20250305", name: "web_search", max_uses: 3 },
+      { type: "bash_20250124", name: "bash" },
+      { type: "text_editor_20250728", name: "str_replace_based_edit_tool" },
+    ]) {
+      const r = await ask({ tools: [{ name: "ok", input_schema: { type: "object" } }, tool] });
+      expect(r.status).toBe(400);
+      const e = await jsonOf(r);
+      expect(e.error.type).toBe("invalid_request_error");
+      expect(e.error.message).toContain(`tools.1: server tool '${tool.name}' (type '${tool.type}') is not supported`);
+    }
+    const noSchema = await ask({ tools: [{ name: "bare" }] });
+    expect((await jsonOf(noSchema)).error.message).toContain("tool 'bare' needs an input_schema");
+    const mcp = await ask({ mcp_servers: [{ type: "url", url: "https://mcp.example/sse", name: "ex" }] });
+    expect(mcp.status).toBe(400);
+    expect((await jsonOf(mcp)).error.message).toContain("mcp_servers is not supported");
+  });
+
+  test("usage: input_tokens is the uncached part of the prompt, streaming and not", async () => {
+    const messages = [{ role: "user" as const, content: "[cached] tell me" }];
+    const prompt = "<|user|>[cached] tell me\n<|assistant|>".length;
+    const cached = Math.floor(prompt / 2);
+    const r = await anthropic.messages.create({ model: "tiny", max_tokens: 50, ...GREEDY, messages });
+    expect(r.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached, cache_creation_input_tokens: 0 });
+    const s = await anthropic.messages.stream({ model: "tiny", max_tokens: 50, ...GREEDY, messages }).finalMessage();
+    expect(s.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached, cache_creation_input_tokens: 0 });
+    const raw = await (await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 50, ...GREEDY, messages, stream: true }))).text();
+    const events = raw.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)));
+    expect(events.find((e) => e.type === "message_start").message.usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached });
+    expect(events.find((e) => e.type === "message_delta").usage).toMatchObject({ input_tokens: prompt - cached, cache_read_input_tokens: cached });
   });
 
   test("count_tokens", async () => {
@@ -375,6 +559,11 @@ describe("errors", () => {
     const t = await post("/v1/chat/completions", JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "x" }], temperature: 3 }));
     expect(t.status).toBe(400);
     expect((await jsonOf(t)).error.message).toBe("invalid request body: temperature: must be >= 0, <= 2");
+    const role = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 5, messages: [{ role: "bot", content: "x" }] }));
+    expect((await jsonOf(role)).error.message).toBe('invalid request body: messages.0.role: must be one of "user", "assistant", "system"');
+    const sys = await post("/v1/messages", JSON.stringify({ model: "tiny", max_tokens: 5, messages: [{ role: "system", content: [{ type: "image" }] }, { role: "user", content: "x" }] }));
+    expect(sys.status).toBe(400);
+    expect((await jsonOf(sys)).error.message).toBe("content block type 'image' is not supported in a system prompt");
   });
 
   test("unknown model is a 404, unknown route a 404", async () => {
@@ -670,5 +859,199 @@ describe("server options", () => {
       { api: "messages", model: "m", generated_tokens: 3, finish_reason: "length", status: 200 },
     ]);
     removeDir(dir2);
+  });
+
+  test("cancelled and refused requests are recorded too: status 499 with what they generated, or their error status", async () => {
+    const dir2 = fakeModels("m");
+    const db = join(dir2, "metrics.db");
+    const s = await serve(["--model", join(dir2, "m"), "--db", db], ENV);
+    const running = async () => (await metric(s.url, "rmlx_requests_running")) === 0;
+    // A stream whose client leaves after a few tokens.
+    const ac = new AbortController();
+    const r = await fetch(`${s.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }),
+      signal: ac.signal,
+    });
+    const reader = r.body!.getReader();
+    for (let i = 0; i < 4; i++) await reader.read();
+    ac.abort();
+    expect(await waitFor(running, 1000)).toBe(true);
+    // A non-streaming client that leaves while its reply is generated.
+    const ac2 = new AbortController();
+    const pending = fetch(`${s.url}/v1/messages`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }),
+      signal: ac2.signal,
+    }).catch(() => null);
+    await Bun.sleep(100);
+    ac2.abort();
+    await pending;
+    expect(await waitFor(running, 1000)).toBe(true);
+    // A prompt over the context, refused by the engine.
+    const long = await fetch(`${s.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", prompt: "x".repeat(600) }),
+    });
+    expect(long.status).toBe(400);
+    expect(await s.stop()).toBe(0);
+    const sqlite = new Database(db, { readonly: true });
+    const rows = sqlite.query("SELECT api, prompt_tokens, generated_tokens, ttft_ms, finish_reason, status FROM requests ORDER BY id").all() as {
+      api: string;
+      prompt_tokens: number;
+      generated_tokens: number;
+      ttft_ms: number | null;
+      finish_reason: string;
+      status: number;
+    }[];
+    sqlite.close();
+    expect(rows.map((row) => [row.api, row.finish_reason, row.status])).toEqual([
+      ["chat", "cancelled", 499],
+      ["messages", "cancelled", 499],
+      ["completions", "error", 400],
+    ]);
+    for (const row of rows.slice(0, 2)) {
+      expect(row.prompt_tokens).toBeGreaterThan(0);
+      expect(row.generated_tokens).toBeGreaterThan(0);
+      expect(row.ttft_ms).toBeGreaterThan(0);
+    }
+    removeDir(dir2);
+  });
+});
+
+describe("llama-server habits", () => {
+  test("the OpenAI routes answer without /v1; a single model answers requests naming no model or another one", async () => {
+    const dir2 = fakeModels("m");
+    const s = await serve(["--model", join(dir2, "m")], ENV);
+    const at = (path: string, body: unknown) =>
+      fetch(`${s.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    try {
+      const chat = await jsonOf(await at("/chat/completions", { messages: [{ role: "user", content: "hi" }], temperature: 0 }));
+      expect(chat.model).toBe("m");
+      expect(chat.choices[0].message.content).toBe("Echo: hi");
+      const text = await jsonOf(await at("/completions", { prompt: "abc", max_tokens: 20, temperature: 0 }));
+      expect(text.choices[0].text).toBe("Echo: abc");
+      expect((await jsonOf(await fetch(`${s.url}/models`))).data.map((m: { id: string }) => m.id)).toEqual(["m"]);
+      expect((await jsonOf(await fetch(`${s.url}/models/m`))).id).toBe("m");
+      expect((await fetch(`${s.url}/models/nope`)).status).toBe(404);
+      const emb = await at("/embeddings", { input: "x" });
+      expect(emb.status).toBe(400);
+      expect((await jsonOf(emb)).error.message).toContain("model 'm' does not produce embeddings");
+      const tok = await jsonOf(await at("/tokenize", { prompt: "ab" }));
+      expect(tok.tokens).toEqual([97, 98]);
+      // Claude Code and other clients send names of their own.
+      const o = new OpenAI({ baseURL: s.url, apiKey: "x", maxRetries: 0 });
+      const r = await o.chat.completions.create({ model: "gpt-4o", messages: [{ role: "user", content: "yo" }], temperature: 0 });
+      expect(r.model).toBe("m");
+      expect(r.choices[0]!.message.content).toBe("Echo: yo");
+      const a = new Anthropic({ baseURL: s.url, apiKey: "x", maxRetries: 0 });
+      const msg = await a.messages.create({ model: "claude-sonnet-4-5-20250929", max_tokens: 50, ...GREEDY, messages: [{ role: "user", content: "cc" }] });
+      expect(msg.model).toBe("m");
+      expect(msg.content).toEqual([{ type: "text", text: "Echo: cc" }] as never);
+      expect((await a.messages.countTokens({ model: "claude-haiku-4-5", messages: [{ role: "user", content: "x" }] })).input_tokens).toBeGreaterThan(0);
+      const noModel = await at("/v1/messages", { max_tokens: 50, temperature: 0, messages: [{ role: "user", content: "none" }] });
+      expect((await jsonOf(noModel)).content[0].text).toBe("Echo: none");
+    } finally {
+      await s.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("with several models, a request must name one: none is a 400 naming them, an unknown one a 404", async () => {
+    const r = await post("/v1/chat/completions", JSON.stringify({ messages: [{ role: "user", content: "x" }] }));
+    expect(r.status).toBe(400);
+    expect((await jsonOf(r)).error).toMatchObject({ param: "model", message: "model is required: this server serves tiny, other" });
+    const a = await post("/v1/messages", JSON.stringify({ max_tokens: 5, messages: [{ role: "user", content: "x" }] }));
+    expect(a.status).toBe(400);
+    expect((await jsonOf(a)).error.type).toBe("invalid_request_error");
+    expect((await post("/chat/completions", JSON.stringify({ model: "nope", messages: [{ role: "user", content: "x" }] }))).status).toBe(404);
+  });
+
+  test("--strict-model-names (or RMLX_STRICT_MODEL_NAMES=1) keeps to the served names", async () => {
+    const dir2 = fakeModels("m");
+    const flag = await serve(["--model", join(dir2, "m"), "--strict-model-names"], ENV);
+    const env = await serve(["--model", join(dir2, "m")], { ...ENV, RMLX_STRICT_MODEL_NAMES: "1" });
+    try {
+      for (const s of [flag, env]) {
+        const ask = (model?: string) =>
+          fetch(`${s.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }] }),
+          });
+        expect((await ask("m")).status).toBe(200);
+        expect((await ask("gpt-4o")).status).toBe(404);
+        expect((await ask()).status).toBe(400);
+      }
+    } finally {
+      await flag.stop();
+      await env.stop();
+      removeDir(dir2);
+    }
+  });
+
+  test("--alias names the models in --model order (or RMLX_ALIAS, comma-separated); misuse is refused at start", async () => {
+    const dir2 = fakeModels("a", "b");
+    const names = async (s: Served) => (await jsonOf(await fetch(`${s.url}/v1/models`))).data.map((m: { id: string }) => m.id).sort();
+    const one = await serve(["--model", join(dir2, "a"), "--alias", "qwen3:8b", "--strict-model-names"], ENV);
+    const two = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "first", "--alias", "second"], ENV);
+    const partial = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "first"], ENV);
+    const env = await serve(["--model", join(dir2, "a"), "--model", join(dir2, "b")], { ...ENV, RMLX_ALIAS: "x,y" });
+    const flagWins = await serve(["--model", join(dir2, "a"), "--alias", "flag"], { ...ENV, RMLX_ALIAS: "env" });
+    try {
+      expect(await names(one)).toEqual(["qwen3:8b"]);
+      const o = new OpenAI({ baseURL: `${one.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const r = await o.chat.completions.create({ model: "qwen3:8b", messages: [{ role: "user", content: "al" }], temperature: 0 });
+      expect(r.model).toBe("qwen3:8b");
+      expect(await rejection(o.chat.completions.create({ model: "a", messages: [{ role: "user", content: "x" }] }))).toBeInstanceOf(OpenAI.NotFoundError);
+      expect(await names(two)).toEqual(["first", "second"]);
+      expect(await names(partial)).toEqual(["b", "first"]);
+      expect(await names(env)).toEqual(["x", "y"]);
+      expect(await names(flagWins)).toEqual(["flag"]);
+    } finally {
+      for (const s of [one, two, partial, env, flagWins]) await s.stop();
+    }
+    const start = (...args: string[]) =>
+      Bun.spawnSync([process.execPath, join(import.meta.dir, "../../src/cli/main.ts"), "serve", "--no-metrics", ...args], { env: { ...process.env, ...ENV } });
+    const folder = start("--model", dir2, "--alias", "x");
+    expect(folder.exitCode).toBe(2);
+    expect(folder.stderr.toString()).toContain("is a folder of models, not one model directory");
+    const many = start("--model", join(dir2, "a"), "--alias", "x", "--alias", "y");
+    expect(many.exitCode).toBe(2);
+    expect(many.stderr.toString()).toContain("2 aliases for 1 --model arguments");
+    const clash = start("--model", join(dir2, "a"), "--model", join(dir2, "b"), "--alias", "b");
+    expect(clash.exitCode).toBe(2);
+    expect(clash.stderr.toString()).toContain("two models are named 'b'");
+    removeDir(dir2);
+  });
+
+  test("/v1/completions with a list of prompts: n choices per prompt in order, usage summed, streaming too", async () => {
+    const ask = { model: "tiny", prompt: ["abc", "de"], max_tokens: 50, temperature: 0, n: 2 };
+    const r = await openai.completions.create(ask);
+    expect(r.choices.map((c) => [c.index, c.text])).toEqual([
+      [0, "Echo: abc"],
+      [1, "Echo: abc"],
+      [2, "Echo: de"],
+      [3, "Echo: de"],
+    ]);
+    expect(r.usage).toMatchObject({ prompt_tokens: 5, completion_tokens: 2 * "Echo: abc".length + 2 * "Echo: de".length });
+    const ids = await openai.completions.create({ model: "tiny", prompt: [[104, 105], [121, 111]], max_tokens: 50, temperature: 0, echo: true });
+    expect(ids.choices.map((c) => c.text)).toEqual(["Echo: hi", "Echo: yo"]);
+    const echoed = await openai.completions.create({ model: "tiny", prompt: ["a", "b"], max_tokens: 50, temperature: 0, echo: true });
+    expect(echoed.choices.map((c) => c.text)).toEqual(["aEcho: a", "bEcho: b"]);
+    const s = await openai.completions.create({ ...ask, stream: true, stream_options: { include_usage: true } });
+    const text = ["", "", "", ""];
+    let usage;
+    for await (const c of s) {
+      for (const ch of c.choices) text[ch.index] += ch.text;
+      if (c.usage) usage = c.usage;
+    }
+    expect(text).toEqual(["Echo: abc", "Echo: abc", "Echo: de", "Echo: de"]);
+    expect(usage).toEqual(r.usage);
+    const empty = await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: [] }));
+    expect(empty.status).toBe(400);
   });
 });

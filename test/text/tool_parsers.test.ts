@@ -216,3 +216,38 @@ describe("choosing the parser", () => {
     expect(toolParserFor({ modelType: "mamba" })).toBeUndefined();
   });
 });
+
+describe("a reply cut off by the length limit", () => {
+  /** Streams the text a character at a time, then flushes as truncated. */
+  const cut = (kind: ToolParserKind, text: string) => {
+    const p = createToolParser(kind);
+    let content = "";
+    const calls: ToolCall[] = [];
+    for (const ch of text) {
+      const r = p.feed(ch);
+      content += r.content;
+      calls.push(...r.toolCalls);
+    }
+    const end = p.flush(true);
+    return { content: content + end.content, calls: shape([...calls, ...end.toolCalls]) };
+  };
+  const call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>';
+
+  test("a call cut in its body leaves no markup; complete calls before it stay", () => {
+    expect(cut("hermes", call.slice(0, 30))).toEqual({ content: "", calls: [] });
+    expect(cut("hermes", `Checking.\n${call}\n${call.slice(0, 25)}`)).toEqual({ content: "Checking.", calls: [{ name: "get_weather", args: { city: "Paris" } }] });
+    expect(cut("hermes", "Let me look.<tool_c")).toEqual({ content: "Let me look.", calls: [] });
+    // Left open by a model that stopped on its own, the markup stays visible.
+    expect(parseToolCalls("hermes", call.slice(0, 30)).content).toBe(call.slice(0, 30));
+  });
+
+  test("a call whose body is whole but closing tag cut short is a call", () => {
+    expect(cut("hermes", call.slice(0, -4))).toEqual({ content: "", calls: [{ name: "get_weather", args: { city: "Paris" } }] });
+  });
+
+  test("conventions without tags: the held start of a call is dropped", () => {
+    expect(cut("llama3_json", '{"name": "get_weather", "parameters": {"ci')).toEqual({ content: "", calls: [] });
+    expect(cut("pythonic", '[get_weather(city="Par')).toEqual({ content: "", calls: [] });
+    expect(cut("pythonic", "Plain text cut short")).toEqual({ content: "Plain text cut short", calls: [] });
+  });
+});
