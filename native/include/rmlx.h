@@ -99,9 +99,13 @@ int rmlx_take_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, in
                    const void *w, int w_dtype);
 
 /* ---- the lazy executor (native/cpu/exec.cpp) ----
- * Runs a recorded step in one call. prog is a sequence of op records encoded as doubles
- * (pointers and integers are exact in a double on x86-64 user space); the encoding is private to
- * native/cpu/exec.cpp and src/backend/native/program.ts, which must change together. */
+ * Runs a recorded step in one call. prog is nwords doubles: a sequence of records [op, nwords of the record,
+ * fields...] (pointers and integers are exact in a double on x86-64 user space), run in order; the first record
+ * that fails stops the program and its status is returned.
+ * This program format is part of the ABI, as much as the functions here: each op's code and fields, in order, are
+ * declared once in the op list, src/backend/native/oplist.ts, from which scripts/gen_oplist.ts generates the
+ * TypeScript encoders and the C++ decoder (native/cpu/oplist_gen.h). A change to an op's code or fields changes
+ * the ABI and RMLX_ABI_VERSION with it. */
 int rmlx_exec(const double *prog, int64_t nwords);
 
 /* ---- benchmarks ---- */
