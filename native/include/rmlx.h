@@ -43,7 +43,9 @@ extern "C" {
 
 /* ---- runtime ---- */
 int rmlx_abi_version(void);
-/* Starts the thread pool with n threads (0 = one per online core). Idempotent. */
+/* Starts the thread pool with n threads (0 = one per online core). Idempotent. RMLX_ISA in the environment, if
+   set, forces an ISA variant as rmlx_set_isa does: RMLX_E_INVALID when it names none, RMLX_E_UNSUPPORTED when
+   the CPU lacks it (the library is then not started). Without it, the best variant the CPU has. */
 int rmlx_init(int nthreads);
 int rmlx_num_threads(void);
 /* Name of the ISA variant in use: "avx512vnni", "avx512", "avx2" or "scalar". */
