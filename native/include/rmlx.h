@@ -64,7 +64,8 @@ const char *rmlx_last_error(void);
 int rmlx_alloc(int64_t nbytes, void **out);
 int rmlx_free(void *p);
 
-/* ---- dense and quantized products (native/cpu/matmul*, qmm*) ----
+/* ---- dense and quantized products (native/cpu/linear.cpp, qlinear.cpp, gather.cpp, dequant.cpp; SIMD kernels in
+ * qkern_*) ----
  * y[M,N] = x[M,K] @ W^T, W stored row-major [N,K] (a Linear's weight); optional bias[N] (same dtype as W).
  * w_dtype: RMLX_F32 / RMLX_F16 / RMLX_BF16. */
 int rmlx_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N,
