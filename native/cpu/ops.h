@@ -1,5 +1,5 @@
-// The op codes of a recorded step and the kernels the executor calls for them. The record layout of each op is
-// documented in exec.cpp and must match src/backend/native/program.ts.
+// The kernels the executor (exec.cpp) calls for the records of a step; the records themselves are declared in the
+// op list (src/backend/native/oplist.ts) and generated into oplist_gen.h.
 #pragma once
 #include <cstdint>
 
@@ -19,37 +19,6 @@ static inline void row_offsets(int64_t r, int nd, const int64_t *shape, const in
     ob += i * sb[d];
   }
 }
-
-enum Op : int {
-  OP_BINARY = 1,
-  OP_UNARY = 2,
-  OP_GLU = 3,
-  OP_SOFTMAX = 4,
-  OP_SUM = 5,
-  OP_ARGMAX = 6,
-  OP_TOPK = 7,
-  OP_RMSNORM = 8,
-  OP_LAYERNORM = 9,
-  OP_ROPE = 10,
-  OP_KV_WRITE = 11,
-  OP_PAGED_ATTN = 12,
-  OP_SDPA = 13,
-  OP_MATMUL = 14,
-  OP_COPY = 15,
-  OP_ASTYPE = 16,
-  OP_MEMCPY = 17,
-  OP_ROPE_TABLE = 18,
-  OP_LINEAR = 20,
-  OP_QLINEAR = 21,
-  OP_GATHER_QLINEAR = 22,
-  OP_GATHER_LINEAR = 23,
-  OP_DEQUANT_ROWS = 24,
-  OP_TAKE_ROWS = 25,
-};
-
-enum BinaryKind : int { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2 };
-enum UnaryKind : int { UN_SCALE = 0, UN_SIGMOID = 1, UN_SILU = 2, UN_GELU_TANH = 3, UN_SOFTCAP = 4 };
-enum GluKind : int { GLU_SWIGLU = 0, GLU_GEGLU = 1 };
 
 constexpr int kMaxDims = 8;
 
@@ -74,23 +43,11 @@ int op_rope_table(float *table, const int32_t *pos, int64_t T, int64_t half, con
 int op_rope(float *out, const float *x, const float *table, int64_t T, int64_t H, int64_t D, int64_t dims,
             bool traditional);
 
-struct PagedAttnArgs {
-  float *out;
-  const float *q;
-  const void *kpool, *vpool;
-  int pool_dt;
-  int64_t block_size, kv_heads, head_dim, num_blocks;
-  const int32_t *tables;
-  int64_t max_blocks;
-  const int32_t *token_seq, *positions, *seq_lens;
-  int64_t num_seqs, T, heads;
-  float scale;
-  int64_t window;
-  float softcap;
-};
+// Paged attention takes its record (oplist_gen.h) whole: twenty fields are clearer by name than by position.
+struct PagedAttentionRecord;
 int op_kv_write(void *kpool, void *vpool, int pool_dt, const float *k, const float *v, const int32_t *slots,
                 int64_t T, int64_t row, int64_t num_slots);
-int op_paged_attention(const PagedAttnArgs &a);
+int op_paged_attention(const PagedAttentionRecord &a);
 int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Hkv, int64_t L,
             int64_t S, int64_t D, float scale, bool causal);
 

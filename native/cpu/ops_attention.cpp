@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "ops.h"
+#include "oplist_gen.h"
 #include "threadpool.h"
 
 namespace rmlx {
@@ -171,7 +171,7 @@ int op_kv_write(void *kpool, void *vpool, int dt, const float *k, const float *v
   return RMLX_OK;
 }
 
-int op_paged_attention(const PagedAttnArgs &a) {
+int op_paged_attention(const PagedAttentionRecord &a) {
   if (!pool_dtype_ok(a.pool_dt)) return fail(RMLX_E_UNSUPPORTED, "paged_attention: pool dtype %d", a.pool_dt);
   if (a.kv_heads < 1 || a.heads % a.kv_heads)
     return fail(RMLX_E_INVALID, "paged_attention: %lld heads not a multiple of %lld kv heads", (long long)a.heads,

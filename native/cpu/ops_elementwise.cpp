@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "ops.h"
+#include "oplist_gen.h"
 #include "threadpool.h"
 
 namespace rmlx {
@@ -13,10 +13,10 @@ constexpr int64_t kGrain = 16384;  // elements per task below which threads cost
 
 template <int K>
 void bin_row(float *o, const float *a, const float *b, int64_t n, int64_t sa, int64_t sb) {
-  auto f = [](float x, float y) { return K == BIN_ADD ? x + y : K == BIN_SUB ? x - y : x * y; };
+  auto f = [](float x, float y) { return K == BINARY_ADD ? x + y : K == BINARY_SUB ? x - y : x * y; };
   if (sa == 1 && sb == 1) {
     const Kern &k = kern();
-    (K == BIN_ADD ? k.add : K == BIN_SUB ? k.sub : k.mul)(o, a, b, n);
+    (K == BINARY_ADD ? k.add : K == BINARY_SUB ? k.sub : k.mul)(o, a, b, n);
   } else if (sa == 1 && sb == 0) {
     float y = b[0];
     for (int64_t i = 0; i < n; i++) o[i] = f(a[i], y);
@@ -29,16 +29,16 @@ void bin_row(float *o, const float *a, const float *b, int64_t n, int64_t sa, in
 }
 
 void bin_row_any(int kind, float *o, const float *a, const float *b, int64_t n, int64_t sa, int64_t sb) {
-  if (kind == BIN_ADD) bin_row<BIN_ADD>(o, a, b, n, sa, sb);
-  else if (kind == BIN_SUB) bin_row<BIN_SUB>(o, a, b, n, sa, sb);
-  else bin_row<BIN_MUL>(o, a, b, n, sa, sb);
+  if (kind == BINARY_ADD) bin_row<BINARY_ADD>(o, a, b, n, sa, sb);
+  else if (kind == BINARY_SUB) bin_row<BINARY_SUB>(o, a, b, n, sa, sb);
+  else bin_row<BINARY_MUL>(o, a, b, n, sa, sb);
 }
 
 }  // namespace
 
 int op_binary(int kind, float *out, const float *a, const float *b, int ndim, const int64_t *shape, const int64_t *sa,
               const int64_t *sb) {
-  if (kind < BIN_ADD || kind > BIN_MUL) return fail(RMLX_E_INVALID, "binary: bad kind %d", kind);
+  if (kind < BINARY_ADD || kind > BINARY_MUL) return fail(RMLX_E_INVALID, "binary: bad kind %d", kind);
   int64_t inner = shape[ndim - 1], isa = sa[ndim - 1], isb = sb[ndim - 1];
   if (ndim == 1) {
     parallel_for(inner, [&](int64_t b0, int64_t e0, int) {
@@ -59,14 +59,14 @@ int op_binary(int kind, float *out, const float *a, const float *b, int ndim, co
 }
 
 int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
-  if (kind < UN_SCALE || kind > UN_SOFTCAP) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
+  if (kind < UNARY_SCALE || kind > UNARY_SOFTCAP) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
   const Kern &k = kern();
   parallel_for(n, [&](int64_t b, int64_t e, int) {
     switch (kind) {
-      case UN_SCALE: k.scale_mul(out + b, x + b, param, nullptr, e - b); break;
-      case UN_SIGMOID: k.sigmoid(out + b, x + b, e - b); break;
-      case UN_SILU: k.silu(out + b, x + b, e - b); break;
-      case UN_GELU_TANH: k.gelu_tanh(out + b, x + b, e - b); break;
+      case UNARY_SCALE: k.scale_mul(out + b, x + b, param, nullptr, e - b); break;
+      case UNARY_SIGMOID: k.sigmoid(out + b, x + b, e - b); break;
+      case UNARY_SILU: k.silu(out + b, x + b, e - b); break;
+      case UNARY_GELU_TANH: k.gelu_tanh(out + b, x + b, e - b); break;
       default: {
         float inv = 1.f / param;
         for (int64_t i = b; i < e; i++) out[i] = param * std::tanh(x[i] * inv);

@@ -1,17 +1,18 @@
-// The SIMD product kernels, written once and compiled per ISA: qkern_avx2.cpp and qkern_avx512.cpp include this
-// file inside their own namespace after defining `V`, the vector type of their width (lanes V::L, micro-tile
-// rows V::MR). Weights are decoded 8 values at a time into __m256 (AVX-512VL runs the same decoders), so both
-// variants read every format identically. Included only by ISA files; it has no include guard on purpose.
+// The SIMD product kernels, written once and compiled per ISA: qkern_avx2.cpp and qkern_avx512_body.h (shared by
+// the AVX-512 and AVX512-VNNI variants) include this file inside their own namespace after defining `V`, the
+// vector type of their width (lanes V::L, micro-tile rows V::MR). Weights are decoded 8 values at a time into
+// __m256 (AVX-512VL runs the same decoders), so every variant reads every format identically. Included only by
+// ISA files; it has no include guard on purpose.
 //
 // Two shapes of work:
-// Work is split by the caller (linear.cpp runs the thread pool), so that no std:: template is instantiated
-// here with this file's ISA flags.
-//
 //  - few rows of x (decode): memory-bound. Each weight row is streamed once, decoded in registers and dotted with
 //    up to 8 rows of x at once; rows of W are split across threads.
 //  - many rows of x (prefill): compute-bound. A panel of W (NB rows x KB columns) is decoded to f32 once into a
 //    thread-local buffer, laid out for an FMA micro-kernel of V::MR rows x 2*V::L columns, and reused by every
 //    row of x.
+//
+// Work is split by the caller (linear.cpp runs the thread pool), so that no std:: template is instantiated
+// here with this file's ISA flags.
 
 enum : int { F_F32, F_F16, F_BF16, F_A2, F_A3, F_A4, F_A5, F_A6, F_A8, F_FP4, F_FP8 };
 

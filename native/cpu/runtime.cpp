@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "common.h"
 #include "threadpool.h"
@@ -12,6 +13,10 @@ namespace {
 thread_local char g_err[512] = "";
 Isa g_isa = Isa::Scalar;
 bool g_isa_set = false;
+
+// Indexed by Isa.
+constexpr const char *kIsaNames[] = {"scalar", "avx2", "avx512", "avx512vnni"};
+constexpr int kIsaCount = sizeof kIsaNames / sizeof kIsaNames[0];
 
 Isa best_isa() {
   __builtin_cpu_init();
@@ -41,18 +46,26 @@ bool gemv_x16_enabled() {
 Isa active_isa() {
   if (!g_isa_set) {
     g_isa = best_isa();
-    const char *env = getenv("RMLX_ISA");
-    if (env && *env) {
-      Isa want = !strcmp(env, "avx512vnni") ? Isa::Avx512Vnni
-                 : !strcmp(env, "avx512") ? Isa::Avx512
-                 : !strcmp(env, "avx2")   ? Isa::Avx2
-                                          : Isa::Scalar;
-      if (cpu_has(want)) g_isa = want;
-    }
     g_isa_set = true;
   }
   return g_isa;
 }
+
+namespace {
+// Makes the variant `name` the one in use; `source` says where the name came from, for the messages.
+int select_isa(const char *name, const char *source) {
+  for (int i = 0; i < kIsaCount; i++) {
+    if (strcmp(name, kIsaNames[i])) continue;
+    if (!cpu_has((Isa)i)) return fail(RMLX_E_UNSUPPORTED, "%s%s: this CPU does not support %s", source, name, name);
+    g_isa = (Isa)i;
+    g_isa_set = true;
+    return RMLX_OK;
+  }
+  std::string names;
+  for (int i = kIsaCount - 1; i >= 0; i--) names += std::string(kIsaNames[i]) + (i ? ", " : "");
+  return fail(RMLX_E_INVALID, "%s%s is not one of %s", source, name, names.c_str());
+}
+}  // namespace
 
 int fail(int code, const char *fmt, ...) {
   va_list ap;
@@ -71,34 +84,24 @@ extern "C" {
 int rmlx_abi_version(void) { return RMLX_ABI_VERSION; }
 
 int rmlx_init(int nthreads) {
+  // A name that fell back silently would mislabel every figure measured under it.
+  const char *env = getenv("RMLX_ISA");
+  if (env && *env) {
+    int st = select_isa(env, "RMLX_ISA=");
+    if (st != RMLX_OK) return st;
+  }
+  active_isa();  // decided here, before kernels on pool threads ask
   pool_start(nthreads);
-  active_isa();
   return RMLX_OK;
 }
 
 int rmlx_num_threads(void) { return pool_size(); }
 
-const char *rmlx_isa(void) {
-  switch (active_isa()) {
-    case Isa::Avx512Vnni: return "avx512vnni";
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    default: return "scalar";
-  }
-}
+const char *rmlx_isa(void) { return kIsaNames[(int)active_isa()]; }
 
 int rmlx_set_isa(const char *name) {
   if (!name) return fail(RMLX_E_INVALID, "isa name is null");
-  Isa want;
-  if (!strcmp(name, "avx512vnni")) want = Isa::Avx512Vnni;
-  else if (!strcmp(name, "avx512")) want = Isa::Avx512;
-  else if (!strcmp(name, "avx2")) want = Isa::Avx2;
-  else if (!strcmp(name, "scalar")) want = Isa::Scalar;
-  else return fail(RMLX_E_INVALID, "unknown isa '%s'", name);
-  if (!cpu_has(want)) return fail(RMLX_E_UNSUPPORTED, "this CPU does not support %s", name);
-  g_isa = want;
-  g_isa_set = true;
-  return RMLX_OK;
+  return select_isa(name, "isa ");
 }
 
 int rmlx_set_gemv_mode(const char *name) {

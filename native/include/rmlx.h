@@ -43,7 +43,9 @@ extern "C" {
 
 /* ---- runtime ---- */
 int rmlx_abi_version(void);
-/* Starts the thread pool with n threads (0 = one per online core). Idempotent. */
+/* Starts the thread pool with n threads (0 = one per online core). Idempotent. RMLX_ISA in the environment, if
+   set, forces an ISA variant as rmlx_set_isa does: RMLX_E_INVALID when it names none, RMLX_E_UNSUPPORTED when
+   the CPU lacks it (the library is then not started). Without it, the best variant the CPU has. */
 int rmlx_init(int nthreads);
 int rmlx_num_threads(void);
 /* Name of the ISA variant in use: "avx512vnni", "avx512", "avx2" or "scalar". */
@@ -62,7 +64,8 @@ const char *rmlx_last_error(void);
 int rmlx_alloc(int64_t nbytes, void **out);
 int rmlx_free(void *p);
 
-/* ---- dense and quantized products (native/cpu/matmul*, qmm*) ----
+/* ---- dense and quantized products (native/cpu/linear.cpp, qlinear.cpp, gather.cpp, dequant.cpp; SIMD kernels in
+ * qkern_*) ----
  * y[M,N] = x[M,K] @ W^T, W stored row-major [N,K] (a Linear's weight); optional bias[N] (same dtype as W).
  * w_dtype: RMLX_F32 / RMLX_F16 / RMLX_BF16. */
 int rmlx_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N,
@@ -99,9 +102,13 @@ int rmlx_take_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, in
                    const void *w, int w_dtype);
 
 /* ---- the lazy executor (native/cpu/exec.cpp) ----
- * Runs a recorded step in one call. prog is a sequence of op records encoded as doubles
- * (pointers and integers are exact in a double on x86-64 user space); the encoding is private to
- * native/cpu/exec.cpp and src/backend/native/program.ts, which must change together. */
+ * Runs a recorded step in one call. prog is nwords doubles: a sequence of records [op, nwords of the record,
+ * fields...] (pointers and integers are exact in a double on x86-64 user space), run in order; the first record
+ * that fails stops the program and its status is returned.
+ * This program format is part of the ABI, as much as the functions here: each op's code and fields, in order, are
+ * declared once in the op list, src/backend/native/oplist.ts, from which scripts/gen_oplist.ts generates the
+ * TypeScript encoders and the C++ decoder (native/cpu/oplist_gen.h). A change to an op's code or fields changes
+ * the ABI and RMLX_ABI_VERSION with it. */
 int rmlx_exec(const double *prog, int64_t nwords);
 
 /* ---- benchmarks ---- */

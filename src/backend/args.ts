@@ -1,6 +1,18 @@
-// What both backends check and walk the same way: argument errors, axes and shapes, and the tensors a scope's
-// result keeps alive.
+// What both backends check and walk the same way: argument errors, axes and shapes, the checks of each op's
+// arguments against each other, and the tensors a scope's result keeps alive. Each backend first makes sure an
+// argument is one of its own live tensors; the checks here see only shapes, dtypes and sizes.
 import { RmlxError } from "../errors.ts";
+import { QUANT_MODES } from "../quant/spec.ts";
+import type { AttentionBatch, DType, KvPool, QuantizedWeight, RopeOptions } from "./backend.ts";
+
+export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
+
+/** A backend's tensor as the checks see it. */
+export interface Sized {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly size: number;
+}
 
 export const fmt = (s: readonly number[]) => `[${s.join(", ")}]`;
 
@@ -27,4 +39,215 @@ export function collectTensors<T>(value: unknown, cls: abstract new (...args: ne
       for (const v of Object.values(value as Record<string, unknown>)) collectTensors(v, cls, out, depth + 1);
   }
   return out;
+}
+
+// ---------------------------------------------------------------- shape
+// The checks of ops that run in every step return at most one number, so that none allocates.
+
+/** The shape a and b broadcast to (right-aligned, as in MLX). */
+export function broadcastShapes(a: readonly number[], b: readonly number[], what: string): number[] {
+  const n = Math.max(a.length, b.length);
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) invalid(`${what}: shapes ${fmt(a)} and ${fmt(b)} do not broadcast`);
+    out[i] = x === 1 ? y : x;
+  }
+  return out;
+}
+
+/** transpose's axes, normalised. */
+export function transposeAxes(shape: readonly number[], axes: readonly number[]): number[] {
+  const nd = shape.length;
+  if (axes.length !== nd) invalid(`transpose: ${axes.length} axes for rank ${nd}`);
+  const ax = axes.map((a) => normAxis(a, nd, "transpose"));
+  if (new Set(ax).size !== nd) invalid(`transpose: axes ${fmt(axes)} repeat an axis`);
+  return ax;
+}
+
+/** slice's axis, normalised, for integer bounds. */
+export function sliceAxis(shape: readonly number[], axis: number, start: number, end: number): number {
+  const a = normAxis(axis, shape.length, "slice");
+  if (!Number.isInteger(start) || !Number.isInteger(end)) invalid(`slice: bounds ${start}:${end} are not integers`);
+  return a;
+}
+
+/** A slice bound within [0, n]; negative bounds count from the end, as in Python. */
+export function clampBound(v: number, n: number): number {
+  return Math.min(n, Math.max(0, v < 0 ? v + n : v));
+}
+
+/** concatenate's axis, normalised, for parts that agree in dtype and off the axis in shape. */
+export function concatAxis(ts: readonly Sized[], axis: number): number {
+  if (ts.length === 0) invalid("concatenate: no tensors");
+  const first = ts[0]!;
+  const nd = first.shape.length;
+  const a = normAxis(axis, nd, "concatenate");
+  for (const t of ts) {
+    if (t.dtype !== first.dtype) invalid(`concatenate: dtypes ${first.dtype} and ${t.dtype} differ`);
+    if (t.shape.length !== nd || t.shape.some((d, i) => i !== a && d !== first.shape[i]))
+      invalid(`concatenate: shapes ${ts.map((u) => fmt(u.shape)).join(", ")} differ off axis ${a}`);
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------- products
+
+/** A float Linear's weight, [out, in], against its input and bias. */
+export function checkLinear(x: Sized, w: Sized, bias: Sized | null): void {
+  if (w.shape.length !== 2 || !FLOAT_DTYPES.includes(w.dtype))
+    invalid(`linear: weight must be a float [out, in] matrix, got ${w.dtype} ${fmt(w.shape)}`);
+  const N = w.shape[0]!;
+  if (x.shape[x.shape.length - 1] !== w.shape[1]) invalid(`linear: input ${fmt(x.shape)} does not match weight ${fmt(w.shape)}`);
+  if (bias && bias.size !== N) invalid(`linear: bias ${fmt(bias.shape)} for ${N} outputs`);
+}
+
+/** A quantized weight's parts checked against each other; returns its input width (its output width is w's [-2]). */
+export function checkQuantized(what: string, q: QuantizedWeight, w: Sized, scales: Sized, biases: Sized | null): number {
+  if (w.dtype !== "u32") invalid(`${what}: packed weight must be u32, got ${w.dtype}`);
+  if (!QUANT_MODES.includes(q.mode)) throw new RmlxError("unsupported", `${what}: quantization mode ${q.mode}`);
+  if (q.mode === "affine" && !biases) invalid(`${what}: affine quantization needs biases`);
+  const nd = w.shape.length;
+  if (nd < 2) invalid(`${what}: packed weight ${fmt(w.shape)} needs rank >= 2`);
+  const K = (w.shape[nd - 1]! * 32) / q.bits;
+  if (!Number.isInteger(K) || K % q.groupSize !== 0)
+    invalid(`${what}: packed weight ${fmt(w.shape)} with ${q.bits} bits and group ${q.groupSize}`);
+  if (scales.shape[scales.shape.length - 1] !== K / q.groupSize || scales.size * q.groupSize !== (w.size * 32) / q.bits)
+    invalid(`${what}: scales ${fmt(scales.shape)} do not match weight ${fmt(w.shape)} (group ${q.groupSize})`);
+  if (biases && biases.size !== scales.size) invalid(`${what}: biases ${fmt(biases.shape)} do not match scales ${fmt(scales.shape)}`);
+  return K;
+}
+
+/** quantizedMatmul's weight (checked by checkQuantized) against its input. */
+export function checkQuantizedMatmul(x: Sized, w: Sized, K: number): void {
+  if (w.shape.length !== 2) invalid(`quantizedMatmul: weight ${fmt(w.shape)} must be [out, in/pack]`);
+  if (x.shape[x.shape.length - 1] !== K) invalid(`quantizedMatmul: input ${fmt(x.shape)} does not match weight of ${K} inputs`);
+}
+
+/**
+ * gatherMatmul's [T, topk] indices against its input, which holds one row per (token, expert) pair (returns 1) or
+ * one per token (returns topk): the divisor that maps a pair to its row.
+ */
+export function checkGather(x: Sized, indices: Sized): number {
+  if (indices.dtype !== "i32" && indices.dtype !== "u32") invalid(`gatherMatmul: indices must be i32, got ${indices.dtype}`);
+  if (indices.shape.length !== 2) invalid(`gatherMatmul: indices ${fmt(indices.shape)} must be [T, topk]`);
+  const [T, topk] = indices.shape as [number, number];
+  const rows = x.size / x.shape[x.shape.length - 1]!;
+  if (rows === T * topk) return 1;
+  if (rows !== T) invalid(`gatherMatmul: input ${fmt(x.shape)} has ${rows} rows, expected ${T} or ${T * topk} for indices ${fmt(indices.shape)}`);
+  return topk;
+}
+
+/**
+ * gatherMatmul's stacked experts against an input of width K: [E, out, in] floats, or (quantK given: the width
+ * checkQuantized found) a quantized [E, out, in/pack]. Returns the experts' output width.
+ */
+export function checkExperts(x: Sized, w: Sized, K: number, quantK?: number): number {
+  if (quantK !== undefined) {
+    if (w.shape.length !== 3) invalid(`gatherMatmul: stacked weight ${fmt(w.shape)} must be [E, out, in/pack]`);
+    if (quantK !== K) invalid(`gatherMatmul: input ${fmt(x.shape)} does not match experts of ${quantK} inputs`);
+    return w.shape[1]!;
+  }
+  if (w.shape.length !== 3 || !FLOAT_DTYPES.includes(w.dtype))
+    invalid(`gatherMatmul: stacked weight must be float [E, out, in], got ${w.dtype} ${fmt(w.shape)}`);
+  if (w.shape[2] !== K) invalid(`gatherMatmul: input ${fmt(x.shape)} does not match experts ${fmt(w.shape)}`);
+  return w.shape[1]!;
+}
+
+export function checkTakeIds(ids: Sized): void {
+  if (ids.dtype !== "i32" && ids.dtype !== "u32") invalid(`take: ids must be i32, got ${ids.dtype}`);
+}
+
+/** take's table: a 2-D quantized weight, or a float [rows, dim] matrix. */
+export function checkTable(table: Sized, quantized: boolean): void {
+  if (quantized) {
+    if (table.shape.length !== 2) invalid(`take: table ${fmt(table.shape)} must be 2-D`);
+  } else if (table.shape.length !== 2 || !FLOAT_DTYPES.includes(table.dtype)) {
+    invalid(`take: table must be a float [rows, dim] matrix, got ${table.dtype} ${fmt(table.shape)}`);
+  }
+}
+
+// ---------------------------------------------------------------- elementwise and reductions
+
+export function checkSoftcap(cap: number): void {
+  if (!(cap > 0)) invalid(`softcap: cap must be > 0, got ${cap}`);
+}
+
+/** The length of argmax's (last) axis. */
+export function checkArgmax(shape: readonly number[]): number {
+  if (shape.length === 0) invalid("argmax: scalar input");
+  const n = shape[shape.length - 1]!;
+  if (n === 0) invalid(`argmax: empty last axis in ${fmt(shape)}`);
+  return n;
+}
+
+/** The length of topk's (last) axis. */
+export function checkTopk(shape: readonly number[], k: number): number {
+  if (shape.length === 0) invalid("topk: scalar input");
+  const n = shape[shape.length - 1]!;
+  if (!Number.isInteger(k) || k < 1 || k > n) invalid(`topk: k=${k} out of range for ${fmt(shape)}`);
+  return n;
+}
+
+// ---------------------------------------------------------------- normalisation and position
+
+/** The length of a norm's (last) axis. */
+export function normAxisLength(shape: readonly number[], what: string): number {
+  if (shape.length === 0) invalid(`${what}: scalar input`);
+  return shape[shape.length - 1]!;
+}
+
+/** A norm's weight or bias: float, one value per element of the last axis (n). */
+export function checkNormWeight(w: Sized, n: number, what: string): void {
+  if (!FLOAT_DTYPES.includes(w.dtype)) invalid(`${what}: weight dtype ${w.dtype}`);
+  if (w.size !== n) invalid(`${what}: weight ${fmt(w.shape)} for a last axis of ${n}`);
+}
+
+/** rope's [T, H, D] input against its positions and options. */
+export function checkRope(x: Sized, positions: Int32Array, opts: RopeOptions): void {
+  if (x.shape.length !== 3) invalid(`rope: input ${fmt(x.shape)} must be [T, H, D]`);
+  const T = x.shape[0]!;
+  const D = x.shape[2]!;
+  if (positions.length !== T) invalid(`rope: ${positions.length} positions for ${T} tokens`);
+  if (!Number.isInteger(opts.dims) || opts.dims < 2 || opts.dims > D || opts.dims % 2) invalid(`rope: dims ${opts.dims} for head dim ${D}`);
+  if (opts.freqs && opts.freqs.length !== opts.dims / 2) invalid(`rope: ${opts.freqs.length} freqs for ${opts.dims} dims`);
+}
+
+// ---------------------------------------------------------------- attention
+
+export function checkKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): void {
+  if (!FLOAT_DTYPES.includes(dtype)) invalid(`createKvPool: dtype ${dtype} (f32, f16 or bf16)`);
+  for (const [n, v] of [["numBlocks", numBlocks], ["blockSize", blockSize], ["kvHeads", kvHeads], ["headDim", headDim]] as const)
+    if (!Number.isInteger(v) || v < 1) invalid(`createKvPool: ${n} = ${v}`);
+}
+
+/** kvWrite's k and v ([T, kvHeads, headDim] each) against the pool and the slots; returns T. */
+export function checkKvWrite(pool: KvPool, k: Sized, v: Sized, slots: Int32Array): number {
+  const { kvHeads, headDim } = pool;
+  for (const t of [k, v])
+    if (t.shape.length !== 3 || t.shape[1] !== kvHeads || t.shape[2] !== headDim)
+      invalid(`kvWrite: k/v ${fmt(t.shape)} must be [T, ${kvHeads}, ${headDim}]`);
+  const T = k.shape[0]!;
+  if (v.shape[0] !== T) invalid(`kvWrite: k ${fmt(k.shape)} and v ${fmt(v.shape)} differ`);
+  if (slots.length !== T) invalid(`kvWrite: ${slots.length} slots for ${T} tokens`);
+  return T;
+}
+
+export function checkCopyBlock(pool: KvPool, src: number, dst: number): void {
+  for (const b of [src, dst])
+    if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
+}
+
+/** pagedAttention's [T, heads, headDim] queries against the pool and the batch. */
+export function checkPagedAttention(q: Sized, pool: KvPool, batch: AttentionBatch): void {
+  if (q.shape.length !== 3 || q.shape[2] !== pool.headDim) invalid(`pagedAttention: q ${fmt(q.shape)} must be [T, heads, ${pool.headDim}]`);
+  const T = q.shape[0]!;
+  const H = q.shape[1]!;
+  if (H % pool.kvHeads !== 0) invalid(`pagedAttention: ${H} heads not a multiple of ${pool.kvHeads} KV heads`);
+  const numSeqs = batch.seqLens.length;
+  if (batch.tokenSeq.length !== T || batch.positions.length !== T)
+    invalid(`pagedAttention: ${batch.tokenSeq.length} tokenSeq and ${batch.positions.length} positions for ${T} tokens`);
+  if (!Number.isInteger(batch.maxBlocks) || batch.maxBlocks < 1 || batch.blockTables.length !== numSeqs * batch.maxBlocks)
+    invalid(`pagedAttention: block tables of ${batch.blockTables.length} entries for ${numSeqs} sequences x ${batch.maxBlocks} blocks`);
 }

@@ -8,6 +8,9 @@
 //    block tables, because the server batches sequences of different lengths into one step.
 
 export type DType = "f32" | "f16" | "bf16" | "u32" | "u8" | "i32";
+
+/** Bytes per element of each dtype. */
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
 export type QuantMode = "affine" | "mxfp4" | "mxfp8" | "nvfp4";
 
 export interface Tensor {

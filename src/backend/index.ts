@@ -27,13 +27,7 @@ export function resolveBackend(choice?: string): { name: "native" | "mlx"; reaso
 
 /** The process-wide backend for a choice (default: RMLX_BACKEND, else auto), created on first use. */
 export function getBackend(choice?: string): Backend {
-  const c = parseBackendChoice(choice ?? process.env.RMLX_BACKEND);
-  let name: "native" | "mlx" = "native";
-  if (c !== "native") {
-    const p = probeMlx();
-    if (c === "mlx" && !p.ok) throw new RmlxError("unsupported", `the mlx backend is not available: ${p.reason}`);
-    if (p.ok && (c === "mlx" || p.lib.metal)) name = "mlx";
-  }
+  const { name } = resolveBackend(choice);
   let b = instances.get(name);
   if (!b) {
     b = name === "mlx" ? new MlxBackend() : new NativeBackend();

@@ -4,26 +4,54 @@
 // scope are freed when it ends: MLX counts references, so a lazy result that leaves the scope keeps the graph it
 // needs alive and the rest goes at once.
 import { read, toArrayBuffer } from "bun:ffi";
-import type {
-  AttentionBatch,
-  AttentionOptions,
-  Backend,
-  DType,
-  KvPool,
-  QuantMode,
-  QuantizedWeight,
-  RopeOptions,
-  Tensor,
-  Weight,
+import {
+  type AttentionBatch,
+  type AttentionOptions,
+  type Backend,
+  DTYPE_BYTES,
+  type DType,
+  type KvPool,
+  type QuantMode,
+  type QuantizedWeight,
+  type RopeOptions,
+  type Tensor,
+  type Weight,
+  isQuantized,
 } from "../backend.ts";
-import { isQuantized } from "../backend.ts";
-import { checkShape, collectTensors, fmt, invalid, normAxis } from "../args.ts";
+import {
+  broadcastShapes,
+  checkArgmax,
+  clampBound,
+  checkCopyBlock,
+  checkExperts,
+  checkGather,
+  checkKvPool,
+  checkKvWrite,
+  checkLinear,
+  checkNormWeight,
+  checkPagedAttention,
+  checkQuantized,
+  checkQuantizedMatmul,
+  checkRope,
+  checkShape,
+  checkSoftcap,
+  checkTable,
+  checkTakeIds,
+  checkTopk,
+  collectTensors,
+  concatAxis,
+  fmt,
+  invalid,
+  normAxis,
+  normAxisLength,
+  sliceAxis,
+  transposeAxes,
+} from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
-import { MLX_DTYPE, NONE, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
+import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
-const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 const TO_MLX: Record<DType, number> = {
   f32: MLX_DTYPE.f32,
   f16: MLX_DTYPE.f16,
@@ -41,7 +69,6 @@ const FROM_MLX = new Map<number, DType>([
   [MLX_DTYPE.bool, "u8"],
   [MLX_DTYPE.i32, "i32"],
 ]);
-const BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
 const EMPTY = new Uint8Array(8);
 const MAX_MAPPING = 2 ** 31 - 1;
 /** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
@@ -55,10 +82,6 @@ function handles(hs: readonly number[]): BigUint64Array {
   const a = new BigUint64Array(Math.max(hs.length, 1));
   for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
   return a;
-}
-
-function cstr(s: string): Uint8Array {
-  return new TextEncoder().encode(`${s}\0`);
 }
 
 const MODE_NAMES: Record<QuantMode, Uint8Array> = {
@@ -219,7 +242,7 @@ export class MlxBackend implements Backend {
   fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, "fromArray");
     const n = shape.reduce((a, b) => a * b, 1);
-    if (data.byteLength !== n * BYTES[dtype]) invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * BYTES[dtype]} bytes)`);
+    if (data.byteLength !== n * DTYPE_BYTES[dtype]) invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * DTYPE_BYTES[dtype]} bytes)`);
     const h = Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, TO_MLX[dtype]));
     if (!h) this.fail("fromArray");
     const t = this.wrap(h);
@@ -246,7 +269,7 @@ export class MlxBackend implements Backend {
   fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, "fromBytes");
     const n = shape.reduce((a, b) => a * b, 1);
-    const item = BYTES[dtype];
+    const item = DTYPE_BYTES[dtype];
     if (bytes.byteLength !== n * item) invalid(`fromBytes: ${bytes.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * item} bytes)`);
     let h: number;
     // MLX shapes and slice bounds are int32: larger mappings fall back to a copy per tensor.
@@ -393,40 +416,25 @@ export class MlxBackend implements Backend {
 
   transpose(x: Tensor, axes: readonly number[]): Tensor {
     const t = this.arg(x, "transpose");
-    const nd = t.shape.length;
-    if (axes.length !== nd) invalid(`transpose: ${axes.length} axes for rank ${nd}`);
-    const norm = axes.map((a) => normAxis(a, nd, "transpose"));
-    if (new Set(norm).size !== nd) invalid(`transpose: axes ${fmt(axes)} repeat an axis`);
-    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), nd, this.stream), "transpose"));
+    const norm = transposeAxes(t.shape, axes);
+    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), norm.length, this.stream), "transpose"));
   }
 
   slice(x: Tensor, axis: number, start: number, end: number): Tensor {
     const t = this.arg(x, "slice");
     const nd = t.shape.length;
-    const a = normAxis(axis, nd, "slice");
-    if (!Number.isInteger(start) || !Number.isInteger(end)) invalid(`slice: bounds ${start}:${end} are not integers`);
-    const n = t.shape[a]!;
-    const clamp = (v: number) => Math.min(Math.max(v < 0 ? v + n : v, 0), n);
-    const s0 = clamp(start);
-    const s1 = Math.max(clamp(end), s0);
+    const a = sliceAxis(t.shape, axis, start, end);
     const lo = t.shape.map(() => 0);
     const hi = [...t.shape];
-    lo[a] = s0;
-    hi[a] = s1;
+    lo[a] = clampBound(start, t.shape[a]!);
+    hi[a] = Math.max(lo[a]!, clampBound(end, t.shape[a]!));
     const st = t.shape.map(() => 1);
     return this.wrap(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), nd, ints(hi), nd, ints(st), nd, this.stream), "slice"));
   }
 
   concatenate(xs: readonly Tensor[], axis: number): Tensor {
-    if (xs.length === 0) invalid("concatenate: no tensors");
     const ts = xs.map((x) => this.arg(x, "concatenate"));
-    const first = ts[0]!;
-    const a = normAxis(axis, first.shape.length, "concatenate");
-    for (const t of ts) {
-      if (t.dtype !== first.dtype) invalid(`concatenate: dtypes ${first.dtype} and ${t.dtype} differ`);
-      if (t.shape.length !== first.shape.length || t.shape.some((d, i) => i !== a && d !== first.shape[i]))
-        invalid(`concatenate: shapes ${ts.map((u) => fmt(u.shape)).join(", ")} differ off axis ${a}`);
-    }
+    const a = concatAxis(ts, axis);
     const vec = Number(this.S.mlx_vector_array_new_data(handles(ts.map((t) => t.h)), ts.length));
     try {
       return this.wrap(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, a, this.stream), "concatenate"));
@@ -458,12 +466,8 @@ export class MlxBackend implements Backend {
     }
     const xt = this.arg(x, "linear");
     const wt = this.arg(w, "linear weight");
-    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
-      invalid(`linear: weight must be a float [out, in] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
-    const [N, K] = wt.shape as [number, number];
-    if (xt.shape[xt.shape.length - 1] !== K) invalid(`linear: input ${fmt(xt.shape)} does not match weight ${fmt(wt.shape)}`);
     const bt = bias ? this.arg(bias, "linear bias") : null;
-    if (bt && bt.size !== N) invalid(`linear: bias ${fmt(bt.shape)} for ${N} outputs`);
+    checkLinear(xt, wt, bt);
     return this.op((tmp) => {
       const wT = this.raw.transpose(wt.h, [1, 0], tmp);
       const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
@@ -475,15 +479,8 @@ export class MlxBackend implements Backend {
     const wt = this.arg(w.w, `${what} weight`);
     const sc = this.arg(w.scales, `${what} scales`);
     const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
-    if (wt.dtype !== "u32") invalid(`${what}: packed weight must be u32, got ${wt.dtype}`);
-    if (w.mode === "affine" && !bi) invalid(`${what}: affine quantization needs biases`);
-    const nd = wt.shape.length;
-    if (nd < 2) invalid(`${what}: packed weight ${fmt(wt.shape)} needs rank >= 2`);
-    const K = (wt.shape[nd - 1]! * 32) / w.bits;
-    if (!Number.isInteger(K) || K % w.groupSize !== 0) invalid(`${what}: packed weight ${fmt(wt.shape)} with ${w.bits} bits and group ${w.groupSize}`);
-    if (sc.shape[sc.shape.length - 1] !== K / w.groupSize || sc.size * w.groupSize !== (wt.size * 32) / w.bits)
-      invalid(`${what}: scales ${fmt(sc.shape)} do not match weight ${fmt(wt.shape)} (group ${w.groupSize})`);
-    return { wt, sc, bi, K, N: wt.shape[nd - 2]! };
+    const K = checkQuantized(what, w, wt, sc, bi);
+    return { wt, sc, bi, K, N: wt.shape[wt.shape.length - 2]! };
   }
 
   /** The factor nvfp4's global scale contributes (MLX's quantized matmuls take none): global / (448 * 6). */
@@ -493,9 +490,8 @@ export class MlxBackend implements Backend {
 
   quantizedMatmul(x: Tensor, w: QuantizedWeight): Tensor {
     const q = this.quantArgs(w, "quantizedMatmul");
-    if (q.wt.shape.length !== 2) invalid(`quantizedMatmul: weight ${fmt(q.wt.shape)} must be [out, in/pack]`);
     const xt = this.arg(x, "quantizedMatmul");
-    if (xt.shape[xt.shape.length - 1] !== q.K) invalid(`quantizedMatmul: input ${fmt(xt.shape)} does not match weight of ${q.K} inputs`);
+    checkQuantizedMatmul(xt, q.wt, q.K);
     const g = this.globalFactor(w);
     return this.op((tmp) => {
       const y = tmp.add(
@@ -519,15 +515,10 @@ export class MlxBackend implements Backend {
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const xt = this.arg(x, "gatherMatmul");
     const it = this.arg(indices, "gatherMatmul indices");
-    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`gatherMatmul: indices must be i32, got ${it.dtype}`);
-    if (it.shape.length !== 2) invalid(`gatherMatmul: indices ${fmt(it.shape)} must be [T, topk]`);
+    const perPair = checkGather(xt, it) === 1;
     const [T, topk] = it.shape as [number, number];
     const K = xt.shape[xt.shape.length - 1]!;
-    const rows = xt.size / K;
-    let lhs: number[];
-    if (rows === T) lhs = [T, 1, 1, K];
-    else if (rows === T * topk) lhs = [T, topk, 1, K];
-    else invalid(`gatherMatmul: input ${fmt(xt.shape)} has ${rows} rows, expected ${T} or ${T * topk} for indices ${fmt(it.shape)}`);
+    const lhs = perPair ? [T, topk, 1, K] : [T, 1, 1, K];
     return this.op((tmp) => {
       const xr = this.raw.reshape(this.f32(xt, tmp), lhs, tmp);
       const idx = it.dtype === "u32" ? it.h : this.raw.astype(it.h, MLX_DTYPE.u32, tmp);
@@ -535,9 +526,7 @@ export class MlxBackend implements Backend {
       let N: number;
       if (isQuantized(w)) {
         const q = this.quantArgs(w, "gatherMatmul");
-        if (q.wt.shape.length !== 3) invalid(`gatherMatmul: stacked weight ${fmt(q.wt.shape)} must be [E, out, in/pack]`);
-        if (q.K !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts of ${q.K} inputs`);
-        N = q.N;
+        N = checkExperts(xt, q.wt, K, q.K);
         y = tmp.add(
           this.res(
             this.S.mlx_gather_qmm(slotPtr(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
@@ -549,10 +538,7 @@ export class MlxBackend implements Backend {
         if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g, tmp), tmp);
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
-        if (wt.shape.length !== 3 || !FLOAT_DTYPES.includes(wt.dtype))
-          invalid(`gatherMatmul: stacked weight must be float [E, out, in], got ${wt.dtype} ${fmt(wt.shape)}`);
-        if (wt.shape[2] !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts ${fmt(wt.shape)}`);
-        N = wt.shape[1]!;
+        N = checkExperts(xt, wt, K);
         const wT = this.raw.transpose(this.f32(wt, tmp), [0, 2, 1], tmp);
         y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xr, wT, null, idx, false, this.stream), "gatherMatmul"));
       }
@@ -562,10 +548,10 @@ export class MlxBackend implements Backend {
 
   take(table: Weight, ids: Tensor): Tensor {
     const it = this.arg(ids, "take ids");
-    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`take: ids must be i32, got ${it.dtype}`);
+    checkTakeIds(it);
     if (isQuantized(table)) {
       const q = this.quantArgs(table, "take");
-      if (q.wt.shape.length !== 2) invalid(`take: table ${fmt(q.wt.shape)} must be 2-D`);
+      checkTable(q.wt, true);
       const out = this.op((tmp) => {
         const flat = this.raw.reshape(it.h, [it.size], tmp);
         const w = this.raw.take(q.wt.h, flat, 0, tmp);
@@ -578,8 +564,7 @@ export class MlxBackend implements Backend {
       return out;
     }
     const wt = this.arg(table, "take table");
-    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
-      invalid(`take: table must be a float [rows, dim] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
+    checkTable(wt, false);
     const out = this.op((tmp) => {
       const r = this.raw.take(wt.h, it.h, 0, tmp);
       return this.res(this.S.mlx_astype(slotPtr(), r, MLX_DTYPE.f32, this.stream), "take");
@@ -646,12 +631,7 @@ export class MlxBackend implements Backend {
   private binary(f: "mlx_add" | "mlx_subtract" | "mlx_multiply", a: Tensor, b: Tensor, what: string): Tensor {
     const x = this.arg(a, what);
     const y = this.arg(b, what);
-    const n = Math.max(x.shape.length, y.shape.length);
-    for (let i = 1; i <= n; i++) {
-      const p = x.shape[x.shape.length - i] ?? 1;
-      const q = y.shape[y.shape.length - i] ?? 1;
-      if (p !== q && p !== 1 && q !== 1) invalid(`${what}: shapes ${fmt(x.shape)} and ${fmt(y.shape)} do not broadcast`);
-    }
+    broadcastShapes(x.shape, y.shape, what);
     return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what));
   }
 
@@ -701,7 +681,7 @@ export class MlxBackend implements Backend {
   }
 
   softcap(x: Tensor, cap: number): Tensor {
-    if (!(cap > 0)) invalid(`softcap: cap must be > 0, got ${cap}`);
+    checkSoftcap(cap);
     const t = this.arg(x, "softcap");
     return this.op((tmp) => {
       const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap, tmp), tmp), tmp);
@@ -740,8 +720,7 @@ export class MlxBackend implements Backend {
 
   argmax(x: Tensor): Tensor {
     const t = this.arg(x, "argmax");
-    if (t.shape.length === 0) invalid("argmax: scalar input");
-    if (t.shape[t.shape.length - 1] === 0) invalid(`argmax: empty last axis in ${fmt(t.shape)}`);
+    checkArgmax(t.shape);
     return this.op((tmp) => {
       const i = tmp.add(this.res(this.S.mlx_argmax_axis(slotPtr(), t.h, -1, false, this.stream), "argmax"));
       return this.res(this.S.mlx_astype(slotPtr(), i, MLX_DTYPE.i32, this.stream), "argmax");
@@ -750,10 +729,8 @@ export class MlxBackend implements Backend {
 
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
     const t = this.arg(x, "topk");
-    if (t.shape.length === 0) invalid("topk: scalar input");
+    checkTopk(t.shape, k);
     const nd = t.shape.length;
-    const n = t.shape[nd - 1]!;
-    if (!Number.isInteger(k) || k < 1 || k > n) invalid(`topk: k=${k} out of range for ${fmt(t.shape)}`);
     // A stable sort of the negated scores: descending, ties in index order as on the native backend.
     const tmp = new Temps();
     try {
@@ -783,15 +760,13 @@ export class MlxBackend implements Backend {
   private normWeight(w: Tensor | null, n: number, what: string): MTensor | null {
     if (!w) return null;
     const t = this.arg(w, `${what} weight`);
-    if (!FLOAT_DTYPES.includes(t.dtype)) invalid(`${what}: weight dtype ${t.dtype}`);
-    if (t.size !== n) invalid(`${what}: weight ${fmt(t.shape)} for a last axis of ${n}`);
+    checkNormWeight(t, n, what);
     return t;
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus = false): Tensor {
     const t = this.arg(x, "rmsNorm");
-    if (t.shape.length === 0) invalid("rmsNorm: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
+    const n = normAxisLength(t.shape, "rmsNorm");
     const wt = this.normWeight(w, n, "rmsNorm");
     return this.op((tmp) => {
       let wh: number | null = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
@@ -802,8 +777,7 @@ export class MlxBackend implements Backend {
 
   layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor {
     const t = this.arg(x, "layerNorm");
-    if (t.shape.length === 0) invalid("layerNorm: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
+    const n = normAxisLength(t.shape, "layerNorm");
     const wt = this.normWeight(w, n, "layerNorm");
     const bt = this.normWeight(b, n, "layerNorm bias");
     return this.op((tmp) => {
@@ -863,11 +837,8 @@ export class MlxBackend implements Backend {
 
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
     const t = this.arg(x, "rope");
-    if (t.shape.length !== 3) invalid(`rope: input ${fmt(t.shape)} must be [T, H, D]`);
+    checkRope(t, positions, opts);
     const [T, H, D] = t.shape as [number, number, number];
-    if (positions.length !== T) invalid(`rope: ${positions.length} positions for ${T} tokens`);
-    if (!Number.isInteger(opts.dims) || opts.dims < 2 || opts.dims > D || opts.dims % 2) invalid(`rope: dims ${opts.dims} for head dim ${D}`);
-    if (opts.freqs && opts.freqs.length !== opts.dims / 2) invalid(`rope: ${opts.freqs.length} freqs for ${opts.dims} dims`);
     const mscale = opts.mscale ?? 1;
     return this.op((tmp) => {
       let h = this.f32(t, tmp);
@@ -892,9 +863,7 @@ export class MlxBackend implements Backend {
   // ---------------------------------------------------------------- attention
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool {
-    if (!FLOAT_DTYPES.includes(dtype)) invalid(`createKvPool: dtype ${dtype} (f32, f16 or bf16)`);
-    for (const [n, v] of [["numBlocks", numBlocks], ["blockSize", blockSize], ["kvHeads", kvHeads], ["headDim", headDim]] as const)
-      if (!Number.isInteger(v) || v < 1) invalid(`createKvPool: ${n} = ${v}`);
+    checkKvPool(numBlocks, blockSize, kvHeads, headDim, dtype);
     const shape = [numBlocks, blockSize, kvHeads, headDim];
     const pool: MKvPool = {
       k: this.allocPersistent(shape, dtype) as MTensor,
@@ -927,12 +896,7 @@ export class MlxBackend implements Backend {
     const kt = this.arg(k, "kvWrite");
     const vt = this.arg(v, "kvWrite");
     const { kvHeads, headDim, numBlocks, blockSize } = pool;
-    for (const t of [kt, vt])
-      if (t.shape.length !== 3 || t.shape[1] !== kvHeads || t.shape[2] !== headDim)
-        invalid(`kvWrite: k/v ${fmt(t.shape)} must be [T, ${kvHeads}, ${headDim}]`);
-    const T = kt.shape[0]!;
-    if (vt.shape[0] !== T) invalid(`kvWrite: k ${fmt(kt.shape)} and v ${fmt(vt.shape)} differ`);
-    if (slots.length !== T) invalid(`kvWrite: ${slots.length} slots for ${T} tokens`);
+    const T = checkKvWrite(pool, kt, vt, slots);
     const total = numBlocks * blockSize;
     // Like any lazy op, a bad write surfaces at the next eval (and is dropped, leaving the pool as it was).
     for (const s of slots)
@@ -965,8 +929,7 @@ export class MlxBackend implements Backend {
 
   copyBlock(p: KvPool, src: number, dst: number): void {
     const pool = this.pool(p, "copyBlock");
-    for (const b of [src, dst])
-      if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
+    checkCopyBlock(pool, src, dst);
     if (src === dst) return;
     const tmp = new Temps();
     try {
@@ -994,16 +957,11 @@ export class MlxBackend implements Backend {
   pagedAttention(q: Tensor, p: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor {
     const pool = this.pool(p, "pagedAttention");
     const qt = this.arg(q, "pagedAttention");
-    if (qt.shape.length !== 3 || qt.shape[2] !== pool.headDim)
-      invalid(`pagedAttention: q ${fmt(qt.shape)} must be [T, heads, ${pool.headDim}]`);
-    const [T, H, D] = qt.shape as [number, number, number];
-    if (H % pool.kvHeads !== 0) invalid(`pagedAttention: ${H} heads not a multiple of ${pool.kvHeads} KV heads`);
-    if (batch.tokenSeq.length !== T || batch.positions.length !== T)
-      invalid(`pagedAttention: ${batch.tokenSeq.length} tokenSeq and ${batch.positions.length} positions for ${T} tokens`);
+    checkPagedAttention(qt, pool, batch);
+    const [T, H] = qt.shape as [number, number, number];
+    const D = pool.headDim;
     const B = batch.seqLens.length;
     const { maxBlocks } = batch;
-    if (batch.blockTables.length !== B * maxBlocks)
-      invalid(`pagedAttention: block tables of ${batch.blockTables.length} entries for ${B} sequences x ${maxBlocks} blocks`);
     const bs = pool.blockSize;
     const kvH = pool.kvHeads;
 

@@ -4,7 +4,7 @@
 import { ptr, read } from "bun:ffi";
 import swigluSource from "../../../metal/swiglu.metal" with { type: "text" };
 import gegluSource from "../../../metal/geglu.metal" with { type: "text" };
-import { MLX_DTYPE, readSlot, slotPtr, type MlxLib } from "./lib.ts";
+import { MLX_DTYPE, cstr, readSlot, slotPtr, type MlxLib } from "./lib.ts";
 
 export type GluKind = "swiglu" | "geglu";
 
@@ -15,10 +15,6 @@ const PROBE: Record<GluKind, number> = {
   geglu: 0.5 * 1.5 * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (1.5 + 0.044715 * 1.5 ** 3))) * 2,
 };
 const THREADS = 256;
-
-function cstr(s: string): Uint8Array {
-  return new TextEncoder().encode(`${s}\0`);
-}
 
 function stringVector(lib: MlxLib, names: string[]): number {
   const bufs = names.map(cstr);

@@ -28,6 +28,11 @@ export const MLX_DTYPE = {
   bf16: 12,
 } as const;
 
+/** A NUL-terminated UTF-8 copy of s, for the const char * parameters of mlx-c. */
+export function cstr(s: string): Uint8Array {
+  return new TextEncoder().encode(`${s}\0`);
+}
+
 const unary = { args: [P, P, P], returns: i32 } as const;
 const binary = { args: [P, P, P, P], returns: i32 } as const;
 

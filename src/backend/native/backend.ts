@@ -1,127 +1,104 @@
-// The native Backend: ops record nodes; eval() orders the nodes a result needs, places their outputs (scope arena
-// or single allocations), encodes them as one program and runs it with one rmlx_exec call.
+// The native Backend: each op checks its arguments, works out its output's shape and records a node whose emit
+// writes the op's record through its typed encoder (oplist_gen.ts). graph.ts runs what was recorded, scope.ts
+// decides where results live and when they die.
 import { readFileSync } from "node:fs";
 import { ptr } from "bun:ffi";
-import type {
-  AttentionBatch,
-  AttentionOptions,
-  Backend,
-  DType,
-  KvPool,
-  QuantMode,
-  QuantizedWeight,
-  RopeOptions,
-  Tensor,
-  Weight,
+import {
+  type AttentionBatch,
+  type AttentionOptions,
+  type Backend,
+  DTYPE_BYTES,
+  type DType,
+  type KvPool,
+  type QuantMode,
+  type QuantizedWeight,
+  type RopeOptions,
+  type Tensor,
+  type Weight,
+  isQuantized,
 } from "../backend.ts";
-import { isQuantized } from "../backend.ts";
-import { checkShape, collectTensors, fmt, invalid, normAxis } from "../args.ts";
+import {
+  broadcastShapes,
+  checkArgmax,
+  clampBound,
+  checkCopyBlock,
+  checkExperts,
+  checkGather,
+  checkKvPool,
+  checkKvWrite,
+  checkLinear,
+  checkNormWeight,
+  checkPagedAttention,
+  checkQuantized,
+  checkQuantizedMatmul,
+  checkRope,
+  checkShape,
+  checkSoftcap,
+  checkTable,
+  checkTakeIds,
+  checkTopk,
+  concatAxis,
+  FLOAT_DTYPES,
+  fmt,
+  invalid,
+  normAxis,
+  normAxisLength,
+  sliceAxis,
+  transposeAxes,
+} from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { decodeFloats } from "../../quant/dtype.ts";
-import { DT, QMODE, check, native } from "./lib.ts";
-import { Arena, type ArenaMark, bytesAt, nativeAlloc, nativeFree } from "./memory.ts";
-import { BINARY, GLU, OP, ProgramWriter, UNARY } from "./program.ts";
-import { DTYPE_BYTES, Home, NTensor, Node, contiguousStrides, type Emit } from "./tensor.ts";
+import { Graph, type Shared } from "./graph.ts";
+import { binaryLayout, broadcastStrides, collapse, contiguousStrides, prod, sameShape } from "./layout.ts";
+import { DT, QMODE, native } from "./lib.ts";
+import { bytesAt, bytesOf, nativeAlloc, nativeFree } from "./memory.ts";
+import * as encode from "./oplist_gen.ts";
+import { BINARY, type BinaryKind, GLU, type GluKind, UNARY, type UnaryKind } from "./oplist_gen.ts";
+import { RopeTables } from "./rope.ts";
+import { Scopes } from "./scope.ts";
+import { Home, NTensor } from "./tensor.ts";
 
-const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
-const NO_ADDRS: number[] = [];
-const NO_INPUTS: NTensor[] = [];
-const NO_NODES: Node[] = [];
-const NO_HOST: (Int32Array | Float32Array)[] = [];
-// Host arrays are copies owned by their node, alive until the program has run; the collector does not move them.
-const hostPtr = (h: Int32Array | Float32Array): number => (h.length ? ptr(h) : 0);
-
-function prod(xs: readonly number[], from = 0, to = xs.length): number {
-  let n = 1;
-  for (let i = from; i < to; i++) n *= xs[i]!;
-  return n;
-}
-
-/** Broadcast strides of `shape` against `out` (right-aligned, 0 on broadcast dims). */
-function broadcastStrides(shape: readonly number[], out: readonly number[]): number[] {
-  const cs = contiguousStrides(shape);
-  const r = new Array<number>(out.length).fill(0);
-  const off = out.length - shape.length;
-  for (let i = 0; i < shape.length; i++) r[off + i] = shape[i] === 1 && out[off + i] !== 1 ? 0 : cs[i]!;
-  return r;
-}
-
-function broadcastShapes(a: readonly number[], b: readonly number[], what: string): number[] {
-  const n = Math.max(a.length, b.length);
-  const out = new Array<number>(n);
-  for (let i = 0; i < n; i++) {
-    const x = a[a.length - n + i] ?? 1;
-    const y = b[b.length - n + i] ?? 1;
-    if (x !== y && x !== 1 && y !== 1) invalid(`${what}: shapes ${fmt(a)} and ${fmt(b)} do not broadcast`);
-    out[i] = x === 1 ? y : x;
-  }
-  return out;
-}
-
-/** Drops unit dims and merges dims that are contiguous in every operand, so most ops reach the kernel as 1-2 dims. */
-function collapse(shape: readonly number[], strides: number[][]): { shape: number[]; strides: number[][] } {
-  const s: number[] = [];
-  const st: number[][] = strides.map(() => []);
-  for (let i = 0; i < shape.length; i++) {
-    if (shape[i] === 1) continue;
-    const last = s.length - 1;
-    if (last >= 0 && strides.every((x, k) => st[k]![last] === x[i]! * shape[i]!)) {
-      s[last]! *= shape[i]!;
-      for (let k = 0; k < strides.length; k++) st[k]![last] = strides[k]![i]!;
-      continue;
-    }
-    s.push(shape[i]!);
-    for (let k = 0; k < strides.length; k++) st[k]!.push(strides[k]![i]!);
-  }
-  if (s.length === 0) {
-    s.push(1);
-    for (const x of st) x.push(1);
-  }
-  return { shape: s, strides: st };
-}
-
-function sameInts(a: Int32Array, b: Int32Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-const UNIT = [1];
-const ROW_STRIDES = [0, 1];
-
-/** The kernel's view of a broadcasting binary op, with the two common cases (same shape; a row vector) direct. */
-function binaryLayout(x: NTensor, y: NTensor, shape: readonly number[]): { shape: number[]; strides: number[][] } {
-  const n = x.size === y.size ? x.size : 0;
-  if (n > 0 && shape.length >= 1 && sameShape(x.shape, y.shape)) return { shape: [n], strides: [UNIT, UNIT] };
-  const last = shape[shape.length - 1]!;
-  if (y.size === last && last > 0 && sameShape(x.shape, shape) && y.shape[y.shape.length - 1] === last)
-    return { shape: [x.size / last, last], strides: [[last, 1], ROW_STRIDES] };
-  return collapse(shape, [broadcastStrides(x.shape, shape), broadcastStrides(y.shape, shape)]);
-}
-
-interface NKvPool extends KvPool {
+interface NKvPool extends KvPool, Shared {
   readonly k: NTensor;
   readonly v: NTensor;
-  /** The last recorded write to this pool and the reads recorded since, so that writes and reads stay ordered. */
-  lastWrite: Node | null;
-  readers: Node[];
 }
 
-/**
- * Gives t memory of its own in a JS ArrayBuffer: the garbage collector sees its size and frees it with the
- * tensor, so results that leave scopes every step cannot pile up waiting for finalizers.
- */
-function heapPlace(t: NTensor): void {
-  const buf = new Uint8Array(Math.max(t.nbytes, 1));
-  t.hold = buf;
-  t.addr = ptr(buf);
-  t.home = Home.Heap;
+/** A checked quantized weight, which is also its records' QuantWeight fields (addresses read as they are written). */
+class NQuant implements encode.QuantWeight {
+  readonly sbdt: number;
+  readonly mode: number;
+  readonly bits: number;
+  readonly group: number;
+  readonly gscale: number;
+  readonly inputs: NTensor[];
+
+  constructor(
+    q: QuantizedWeight,
+    readonly wt: NTensor,
+    private readonly sc: NTensor,
+    private readonly bi: NTensor | null,
+    readonly N: number,
+    readonly K: number,
+  ) {
+    this.sbdt = q.mode === "affine" ? DT[sc.dtype] : DT.u8;
+    this.mode = QMODE[q.mode];
+    this.bits = q.bits;
+    this.group = q.groupSize;
+    this.gscale = q.globalScale ?? 0;
+    this.inputs = bi ? [wt, sc, bi] : [wt, sc];
+  }
+
+  get w(): number {
+    return this.wt.address();
+  }
+
+  get scales(): number {
+    return this.sc.address();
+  }
+
+  get biases(): number {
+    return this.bi ? this.bi.address() : 0;
+  }
 }
 
 function cpuName(): string {
@@ -138,38 +115,20 @@ export class NativeBackend implements Backend {
   readonly name = "native";
   readonly device: string;
 
-  private readonly arena = new Arena();
-  private readonly prog = new ProgramWriter();
-  private depth = 0;
-  private scopeTensors: NTensor[] = [];
-  /** Arena tensors in placement (= arena) order since the outermost scope began. */
-  private placed: NTensor[] = [];
-  private effects: Node[] = [];
-  private pass = 0;
-  private freqCache = new Map<string, Float32Array>();
-  private lastFreqs: { base: number; dims: number; freqs: Float32Array } | null = null;
-  private ropeTables: { positions: Int32Array; freqs: Float32Array; scale: number; mscale: number; table: NTensor }[] = [];
+  private readonly graph: Graph = new Graph((t) => this.scopes.place(t));
+  private readonly scopes = new Scopes(this.graph);
+  private readonly ropeTables = new RopeTables(this.graph);
 
   constructor() {
     const lib = native();
     this.device = `${cpuName()} (${String(lib.rmlx_isa())}, ${lib.rmlx_num_threads()} threads)`;
   }
 
-  // ---------------------------------------------------------------- tensors and memory
-
-  private newTensor(shape: readonly number[], dtype: DType): NTensor {
-    const t = new NTensor(shape, dtype);
-    if (this.depth > 0) {
-      t.scoped = true;
-      this.scopeTensors.push(t);
-    }
-    return t;
-  }
+  // ---------------------------------------------------------------- tensors
 
   private arg(x: Tensor, what: string): NTensor {
     if (!(x instanceof NTensor)) invalid(`${what}: not a tensor of the native backend`);
-    if (x.home === Home.Dead || x.root().home === Home.Dead)
-      invalid(`${what}: tensor ${fmt(x.shape)} is gone (used after its scope ended, disposed, or its eval failed)`);
+    if (x.dead()) invalid(`${what}: tensor ${fmt(x.shape)} is gone (used after its scope ended, disposed, or its eval failed)`);
     return x;
   }
 
@@ -178,37 +137,23 @@ export class NativeBackend implements Backend {
     return t.dtype === "f32" ? t : (this.astype(t, "f32") as NTensor);
   }
 
-  /** Gives a computed root tensor its memory now (leaves: fromArray, zeros). */
-  private place(t: NTensor): void {
-    if (t.scoped) {
-      t.addr = this.arena.alloc(t.nbytes);
-      t.home = Home.Arena;
-      this.placed.push(t);
-    } else {
-      heapPlace(t);
-    }
-  }
-
-  private record(inputs: NTensor[], outputs: NTensor[], emit: Emit, host?: (Int32Array | Float32Array)[], deps?: Node[]): Node {
-    const n = new Node(inputs, outputs, emit, host, deps);
-    for (const o of outputs) o.node = n;
-    return n;
+  private out(shape: readonly number[], dtype: DType = "f32"): NTensor {
+    return this.scopes.newTensor(shape, dtype);
   }
 
   private view(x: NTensor, shape: readonly number[], byteOffset: number): NTensor {
-    const t = this.newTensor(shape, x.dtype);
-    const r = x.root();
-    t.base = r;
+    const t = this.out(shape, x.dtype);
+    t.base = x.root();
     t.offset = (x.base ? x.offset : 0) + byteOffset;
     return t;
   }
 
   fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, "fromArray");
-    const t = this.newTensor(shape, dtype);
+    const t = this.out(shape, dtype);
     if (data.byteLength !== t.nbytes)
       invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${t.nbytes} bytes)`);
-    this.place(t);
+    this.scopes.place(t);
     (t.hold ?? bytesAt(t.addr, t.nbytes)).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     return t;
   }
@@ -226,8 +171,8 @@ export class NativeBackend implements Backend {
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, "zeros");
-    const t = this.newTensor(shape, dtype);
-    this.place(t);
+    const t = this.out(shape, dtype);
+    this.scopes.place(t);
     if (t.scoped) bytesAt(t.addr, t.nbytes).fill(0);
     return t;
   }
@@ -251,116 +196,16 @@ export class NativeBackend implements Backend {
     x.hold = null;
   }
 
-  // ---------------------------------------------------------------- evaluation
+  // ---------------------------------------------------------------- evaluation, read-back, scopes
 
   eval(...tensors: Tensor[]): void {
-    const roots: Node[] = [];
-    for (const x of tensors) {
-      const t = this.arg(x, "eval").root();
-      if (t.node && !t.node.done) roots.push(t.node);
-    }
-    for (const e of this.effects) if (!e.done) roots.push(e);
-    if (roots.length === 0) return;
-    this.run(roots);
-    this.effects = this.effects.filter((e) => !e.done);
-  }
-
-  private run(roots: Node[]): void {
-    const pass = ++this.pass;
-    const order: Node[] = [];
-    for (const r of roots) if (r.mark !== pass && !r.done) this.collect(r, pass, order);
-
-    for (let i = 0; i < order.length; i++) {
-      const outs = order[i]!.outputs;
-      for (let j = 0; j < outs.length; j++) if (outs[j]!.home === Home.Pending) this.place(outs[j]!);
-    }
-
-    const w = this.prog;
-    w.reset();
-    for (let i = 0; i < order.length; i++) {
-      const n = order[i]!;
-      n.emit(w, n.host.length === 0 ? NO_ADDRS : n.host.map(hostPtr));
-    }
-    if (w.len > 0) {
-      const status = native().rmlx_exec(w.buf, w.len);
-      if (status !== 0) {
-        // A failed program is dropped whole (its results become unusable) so that it cannot fail every later eval.
-        for (const n of order) {
-          n.done = true;
-          for (const o of n.outputs) {
-            o.hold = null;
-            o.home = Home.Dead;
-            o.addr = 0;
-            o.node = null;
-          }
-        }
-        this.effects = this.effects.filter((e) => !e.done);
-        check(status, "eval");
-      }
-    }
-    for (let i = 0; i < order.length; i++) {
-      const n = order[i]!;
-      n.done = true;
-      for (let j = 0; j < n.outputs.length; j++) n.outputs[j]!.node = null;
-      n.inputs = NO_INPUTS;
-      n.deps = NO_NODES;
-      n.host = NO_HOST;
-    }
-  }
-
-  private collect(start: Node, pass: number, order: Node[]): void {
-    const stack: Node[] = [start];
-    const pos: number[] = [0];
-    start.mark = pass;
-    while (stack.length > 0) {
-      const top = stack[stack.length - 1]!;
-      let i = pos[pos.length - 1]!;
-      const nIn = top.inputs.length;
-      const total = nIn + top.deps.length;
-      let next: Node | null = null;
-      while (i < total) {
-        let c: Node | null;
-        if (i < nIn) {
-          const r = top.inputs[i]!.root();
-          if (r.home === Home.Dead) throw new RmlxError("invalid_argument", `eval: an input ${fmt(r.shape)} is gone (its scope ended)`);
-          c = r.node;
-        } else {
-          c = top.deps[i - nIn]!;
-          // A read recorded in a scope that ended unevaluated never happens: nothing to wait for.
-          if (c.outputs.length > 0 && c.outputs[0]!.home === Home.Dead) c = null;
-        }
-        i++;
-        if (c && !c.done && c.mark !== pass) {
-          next = c;
-          break;
-        }
-      }
-      pos[pos.length - 1] = i;
-      if (next) {
-        next.mark = pass;
-        stack.push(next);
-        pos.push(0);
-      } else {
-        stack.pop();
-        pos.pop();
-        order.push(top);
-      }
-    }
-  }
-
-  /** The bytes of a computed tensor, read in place (JS-owned buffers directly, native memory through a view). */
-  private bytesOf(t: NTensor): Uint8Array {
-    const r = t.root();
-    if (!r.hold) return bytesAt(t.address(), t.nbytes);
-    const b = new Uint8Array(r.hold.buffer, r.hold.byteOffset + (t.base ? t.offset : 0), t.nbytes);
-    // Wider typed views of it need an aligned offset (caller bytes may sit anywhere in a file mapping).
-    return b.byteOffset % 4 === 0 ? b : b.slice();
+    this.graph.eval(tensors.map((x) => this.arg(x, "eval").root()));
   }
 
   toFloat32(x: Tensor): Float32Array {
     const t = this.arg(x, "toFloat32");
     this.eval(t);
-    const b = this.bytesOf(t);
+    const b = bytesOf(t);
     switch (t.dtype) {
       case "f32":
         return new Float32Array(b.slice().buffer);
@@ -380,134 +225,18 @@ export class NativeBackend implements Backend {
     const t = this.arg(x, "toInt32");
     if (t.dtype !== "i32" && t.dtype !== "u32" && t.dtype !== "u8") invalid(`toInt32: tensor is ${t.dtype}`);
     this.eval(t);
-    const b = this.bytesOf(t);
+    const b = bytesOf(t);
     if (t.dtype === "u8") return Int32Array.from(b);
     return new Int32Array(b.slice().buffer);
   }
 
   scope<T>(fn: () => T): T {
-    const mark = { arena: this.arena.mark(), tensors: this.scopeTensors.length, placed: this.placed.length };
-    this.depth++;
-    let result: T;
-    try {
-      result = fn();
-    } catch (err) {
-      this.depth--;
-      if (this.depth === 0) this.endScope([]);
-      else this.endInner([], mark);
-      throw err;
-    }
-    this.depth--;
-    if (this.depth === 0) this.endScope(collectTensors(result, NTensor));
-    else this.endInner(collectTensors(result, NTensor), mark);
-    return result;
-  }
-
-  /**
-   * Ends a nested scope: computes what it returns, frees what it created, and packs the arena memory that must
-   * survive (its results, and outer tensors computed meanwhile) down to where the scope began, so that a model
-   * running each layer in its own scope holds about one layer's temporaries at a time.
-   */
-  private endInner(escapes: NTensor[], mark: { arena: ArenaMark; tensors: number; placed: number }): void {
-    const inner = this.scopeTensors;
-    const keep = new Set<NTensor>();
-    for (const t of escapes) {
-      if (t.home === Home.Dead || t.root().home === Home.Dead) continue;
-      keep.add(t);
-      keep.add(t.root());
-    }
-    let failed = true;
-    try {
-      if (keep.size > 0 || this.effects.length > 0) this.eval(...keep);
-      failed = false;
-    } finally {
-      const kept: NTensor[] = [];
-      for (let i = mark.tensors; i < inner.length; i++) {
-        const t = inner[i]!;
-        if (!failed && keep.has(t)) kept.push(t);
-        else {
-          t.home = Home.Dead;
-          t.node = null;
-          t.addr = 0;
-        }
-      }
-      inner.length = mark.tensors;
-      for (const t of kept) inner.push(t);
-      this.effects = this.effects.filter((e) => !e.done && e.inputs.every((i) => i.root().home !== Home.Dead));
-      // Placement order is arena order, and packing the survivors from the mark never moves one past its old
-      // place, so moving them in order (memmove) cannot clobber a survivor not yet moved.
-      const movers: NTensor[] = [];
-      for (let i = mark.placed; i < this.placed.length; i++) {
-        const t = this.placed[i]!;
-        if (t.home === Home.Arena && !t.base) movers.push(t);
-      }
-      this.placed.length = mark.placed;
-      this.arena.release(mark.arena);
-      const w = this.prog;
-      w.reset();
-      for (const t of movers) {
-        const addr = this.arena.alloc(t.nbytes);
-        this.placed.push(t);
-        if (addr === t.addr) continue;
-        w.begin(OP.memcpy);
-        w.push(addr);
-        w.push(t.addr);
-        w.push(t.nbytes);
-        w.end();
-        t.addr = addr;
-      }
-      if (w.len > 0) check(native().rmlx_exec(w.buf, w.len), "scope");
-    }
-  }
-
-  /** Runs what is still pending that must survive, moves returned tensors out of the arena, frees the rest. */
-  private endScope(escapes: NTensor[]): void {
-    const keep = new Set<NTensor>();
-    const copies: NTensor[] = [];
-    try {
-      for (const t of escapes) {
-        if (keep.has(t) || t.home === Home.Dead || t.root().home === Home.Dead) continue;
-        keep.add(t);
-        const r = t.root();
-        if (!r.scoped) continue;
-        if (t === r && r.home === Home.Pending) r.scoped = false;
-        else copies.push(t);
-      }
-      this.eval(...keep);
-      if (copies.length > 0) {
-        const w = this.prog;
-        w.reset();
-        for (const t of copies) {
-          const src = t.address();
-          t.base = null;
-          t.offset = 0;
-          t.scoped = false;
-          heapPlace(t);
-          w.begin(OP.memcpy);
-          w.push(t.addr);
-          w.push(src);
-          w.push(t.nbytes);
-          w.end();
-        }
-        check(native().rmlx_exec(w.buf, w.len), "scope");
-      }
-    } finally {
-      for (const t of this.scopeTensors) {
-        if (keep.has(t)) continue;
-        t.home = Home.Dead;
-        t.node = null;
-        t.addr = 0;
-      }
-      this.scopeTensors = [];
-      this.placed = [];
-      this.effects = this.effects.filter((e) => !e.done && e.inputs.every((i) => i.root().home !== Home.Dead));
-      this.arena.reset();
-    }
+    return this.scopes.scope(fn);
   }
 
   /** Bytes held by the step arena (for tests and metrics). */
   get arenaBytes(): number {
-    return this.arena.capacity;
+    return this.scopes.arenaBytes;
   }
 
   // ---------------------------------------------------------------- shape
@@ -534,48 +263,33 @@ export class NativeBackend implements Backend {
 
   transpose(x: Tensor, axes: readonly number[]): Tensor {
     const t = this.arg(x, "transpose");
-    const nd = t.shape.length;
-    if (axes.length !== nd) invalid(`transpose: ${axes.length} axes for rank ${nd}`);
-    const seen = new Set<number>();
-    const ax = axes.map((a) => normAxis(a, nd, "transpose"));
-    for (const a of ax) {
-      if (seen.has(a)) invalid(`transpose: axes ${fmt(axes)} repeat an axis`);
-      seen.add(a);
-    }
-    const shape = ax.map((a) => t.shape[a]!);
+    const ax = transposeAxes(t.shape, axes);
     const xs = contiguousStrides(t.shape);
-    return this.stridedCopy(t, shape, ax.map((a) => xs[a]!), 0);
+    return this.stridedCopy(
+      t,
+      ax.map((a) => t.shape[a]!),
+      ax.map((a) => xs[a]!),
+      0,
+    );
   }
 
   /** Materialises `shape` elements of x read with the given strides (elements) from byte offset srcOffset. */
   private stridedCopy(x: NTensor, shape: number[], strides: number[], srcOffset: number): NTensor {
-    const out = this.newTensor(shape, x.dtype);
+    const out = this.out(shape, x.dtype);
     const c = collapse(shape, [strides, contiguousStrides(shape)]);
     const esize = DTYPE_BYTES[x.dtype];
-    this.record([x], [out], (w) => {
+    this.graph.record([x], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.copy);
-      w.push(out.address());
-      w.push(x.address() + srcOffset);
-      w.push(esize);
-      w.push(c.shape.length);
-      w.pushAll(c.shape);
-      w.pushAll(c.strides[0]!);
-      w.pushAll(c.strides[1]!);
-      w.end();
+      encode.copy(w, out.address(), x.address() + srcOffset, esize, c.shape, c.strides[0]!, c.strides[1]!);
     });
     return out;
   }
 
   slice(x: Tensor, axis: number, start: number, end: number): Tensor {
     const t = this.arg(x, "slice");
-    const nd = t.shape.length;
-    const a = normAxis(axis, nd, "slice");
-    const n = t.shape[a]!;
-    const clamp = (v: number) => Math.min(n, Math.max(0, v < 0 ? v + n : v));
-    if (!Number.isInteger(start) || !Number.isInteger(end)) invalid(`slice: bounds ${start}:${end} are not integers`);
-    const s = clamp(start);
-    const e = Math.max(s, clamp(end));
+    const a = sliceAxis(t.shape, axis, start, end);
+    const s = clampBound(start, t.shape[a]!);
+    const e = Math.max(s, clampBound(end, t.shape[a]!));
     const shape = [...t.shape];
     shape[a] = e - s;
     const strides = contiguousStrides(t.shape);
@@ -585,39 +299,22 @@ export class NativeBackend implements Backend {
   }
 
   concatenate(xs: readonly Tensor[], axis: number): Tensor {
-    if (xs.length === 0) invalid("concatenate: no tensors");
     const ts = xs.map((x) => this.arg(x, "concatenate"));
+    const a = concatAxis(ts, axis);
     const first = ts[0]!;
-    const nd = first.shape.length;
-    const a = normAxis(axis, nd, "concatenate");
-    let total = 0;
-    for (const t of ts) {
-      if (t.dtype !== first.dtype) invalid(`concatenate: dtypes ${first.dtype} and ${t.dtype} differ`);
-      if (t.shape.length !== nd || t.shape.some((d, i) => i !== a && d !== first.shape[i]))
-        invalid(`concatenate: shapes ${ts.map((u) => fmt(u.shape)).join(", ")} differ off axis ${a}`);
-      total += t.shape[a]!;
-    }
     const shape = [...first.shape];
-    shape[a] = total;
-    const out = this.newTensor(shape, first.dtype);
+    shape[a] = ts.reduce((s, t) => s + t.shape[a]!, 0);
+    const out = this.out(shape, first.dtype);
     const os = contiguousStrides(shape);
     const esize = DTYPE_BYTES[first.dtype];
     const parts = ts.map((t, i) => {
       const before = ts.slice(0, i).reduce((s, u) => s + u.shape[a]!, 0);
       return { t, off: before * os[a]! * esize, c: collapse(t.shape, [contiguousStrides(t.shape), os]) };
     });
-    this.record(ts, [out], (w) => {
+    this.graph.record(ts, [out], (w) => {
       for (const p of parts) {
         if (p.t.size === 0) continue;
-        w.begin(OP.copy);
-        w.push(out.address() + p.off);
-        w.push(p.t.address());
-        w.push(esize);
-        w.push(p.c.shape.length);
-        w.pushAll(p.c.shape);
-        w.pushAll(p.c.strides[0]!);
-        w.pushAll(p.c.strides[1]!);
-        w.end();
+        encode.copy(w, out.address() + p.off, p.t.address(), esize, p.c.shape, p.c.strides[0]!, p.c.strides[1]!);
       }
     });
     return out;
@@ -627,16 +324,10 @@ export class NativeBackend implements Backend {
     const t = this.arg(x, "astype");
     if (t.dtype === dtype) return t;
     if (dtype === "u32" || dtype === "u8") throw new RmlxError("unsupported", `astype: to ${dtype} is not supported`);
-    const out = this.newTensor(t.shape, dtype);
-    this.record([t], [out], (w) => {
+    const out = this.out(t.shape, dtype);
+    this.graph.record([t], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.astype);
-      w.push(out.address());
-      w.push(t.address());
-      w.push(t.size);
-      w.push(DT[t.dtype]);
-      w.push(DT[dtype]);
-      w.end();
+      encode.astype(w, out.address(), t.address(), t.size, DT[t.dtype], DT[dtype]);
     });
     return out;
   }
@@ -657,21 +348,10 @@ export class NativeBackend implements Backend {
     const bshape = broadcastShapes(ba, bb, "matmul");
     const sa = broadcastStrides(ba, bshape).map((s) => s * M * K);
     const sb = broadcastStrides(bb, bshape).map((s) => s * K * N);
-    const out = this.newTensor([...bshape, M, N], "f32");
-    this.record([x, y], [out], (w) => {
+    const out = this.out([...bshape, M, N]);
+    this.graph.record([x, y], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.matmul);
-      w.push(out.address());
-      w.push(x.address());
-      w.push(y.address());
-      w.push(M);
-      w.push(K);
-      w.push(N);
-      w.push(bshape.length);
-      w.pushAll(bshape);
-      w.pushAll(sa);
-      w.pushAll(sb);
-      w.end();
+      encode.matmul(w, out.address(), x.address(), y.address(), M, K, N, bshape, sa, sb);
     });
     return out;
   }
@@ -680,95 +360,42 @@ export class NativeBackend implements Backend {
     if (isQuantized(w)) return this.qlinear(x, w, bias);
     const xt = this.floatArg(x, "linear");
     const wt = this.arg(w, "linear weight");
-    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
-      invalid(`linear: weight must be a float [out, in] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
+    const bt = bias ? this.arg(bias, "linear bias") : null;
+    checkLinear(xt, wt, bt);
     const [N, K] = wt.shape as [number, number];
-    const xK = xt.shape[xt.shape.length - 1];
-    if (xK !== K) invalid(`linear: input ${fmt(xt.shape)} does not match weight ${fmt(wt.shape)}`);
-    let bt: NTensor | null = bias ? this.arg(bias, "linear bias") : null;
-    if (bt && bt.size !== N) invalid(`linear: bias ${fmt(bt.shape)} for ${N} outputs`);
-    let separateBias: NTensor | null = null;
-    if (bt && bt.dtype !== wt.dtype) {
-      separateBias = bt;
-      bt = null;
-    }
+    // rmlx_linear's bias has W's dtype; another is added on its own.
+    const fused = bt && bt.dtype === wt.dtype ? bt : null;
     const M = xt.size / K;
     const oshape = xt.shape.slice();
     oshape[oshape.length - 1] = N;
-    const out = this.newTensor(oshape, "f32");
-    const inputs = bt ? [xt, wt, bt] : [xt, wt];
-    const biasT = bt;
-    this.record(inputs, [out], (p) => {
+    const out = this.out(oshape);
+    this.graph.record(fused ? [xt, wt, fused] : [xt, wt], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.linear);
-      p.push(out.address());
-      p.push(xt.address());
-      p.push(M);
-      p.push(K);
-      p.push(N);
-      p.push(wt.address());
-      p.push(DT[wt.dtype]);
-      p.push(biasT ? biasT.address() : 0);
-      p.end();
+      encode.linear(p, out.address(), xt.address(), M, K, N, wt.address(), DT[wt.dtype], fused ? fused.address() : 0);
     });
-    return separateBias ? this.add(out, separateBias) : out;
+    return bt && !fused ? this.add(out, bt) : out;
   }
 
-  private quantArgs(w: QuantizedWeight, what: string) {
+  private quant(w: QuantizedWeight, what: string): NQuant {
     const wt = this.arg(w.w, `${what} weight`);
     const sc = this.arg(w.scales, `${what} scales`);
     const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
-    if (wt.dtype !== "u32") invalid(`${what}: packed weight must be u32, got ${wt.dtype}`);
-    if (!(w.mode in QMODE)) throw new RmlxError("unsupported", `${what}: quantization mode ${w.mode}`);
-    if (w.mode === "affine" && !bi) invalid(`${what}: affine quantization needs biases`);
-    const nd = wt.shape.length;
-    if (nd < 2) invalid(`${what}: packed weight ${fmt(wt.shape)} needs rank >= 2`);
-    const K = (wt.shape[nd - 1]! * 32) / w.bits;
-    const N = wt.shape[nd - 2]!;
-    if (!Number.isInteger(K) || K % w.groupSize !== 0)
-      invalid(`${what}: packed weight ${fmt(wt.shape)} with ${w.bits} bits and group ${w.groupSize}`);
-    const groups = K / w.groupSize;
-    if (sc.shape[sc.shape.length - 1] !== groups || sc.size * w.groupSize !== wt.size * (32 / w.bits))
-      invalid(`${what}: scales ${fmt(sc.shape)} do not match weight ${fmt(wt.shape)} (group ${w.groupSize})`);
-    if (bi && bi.size !== sc.size) invalid(`${what}: biases ${fmt(bi.shape)} do not match scales ${fmt(sc.shape)}`);
-    const sbdt = w.mode === "affine" ? DT[sc.dtype] : DT.u8;
-    const mode = QMODE[w.mode];
-    /** The weight's arguments, in the order every quantized entry point of rmlx.h takes them. */
-    const pushWeight = (p: ProgramWriter) => {
-      p.push(wt.address());
-      p.push(sc.address());
-      p.push(bi ? bi.address() : 0);
-      p.push(sbdt);
-      p.push(mode);
-      p.push(w.bits);
-      p.push(w.groupSize);
-      p.push(w.globalScale ?? 0);
-    };
-    return { wt, sc, bi, K, N, pushWeight, inputs: bi ? [wt, sc, bi] : [wt, sc] };
+    const K = checkQuantized(what, w, wt, sc, bi);
+    return new NQuant(w, wt, sc, bi, wt.shape[wt.shape.length - 2]!, K);
   }
 
   private qlinear(x: Tensor, w: QuantizedWeight, bias?: Tensor): Tensor {
     const xt = this.floatArg(x, "quantizedMatmul");
-    const q = this.quantArgs(w, "quantizedMatmul");
-    if (q.wt.shape.length !== 2) invalid(`quantizedMatmul: weight ${fmt(q.wt.shape)} must be [out, in/pack]`);
-    const xK = xt.shape[xt.shape.length - 1];
-    if (xK !== q.K) invalid(`quantizedMatmul: input ${fmt(xt.shape)} does not match weight of ${q.K} inputs`);
+    const q = this.quant(w, "quantizedMatmul");
+    checkQuantizedMatmul(xt, q.wt, q.K);
     const bt = bias ? this.arg(bias, "linear bias") : null;
     if (bt && (bt.size !== q.N || !FLOAT_DTYPES.includes(bt.dtype))) invalid(`linear: bias ${bt.dtype} ${fmt(bt.shape)} for ${q.N} outputs`);
-    const M = xt.size / q.K;
-    const out = this.newTensor([...xt.shape.slice(0, -1), q.N], "f32");
-    this.record(bt ? [xt, ...q.inputs, bt] : [xt, ...q.inputs], [out], (p) => {
+    const { N, K } = q;
+    const M = xt.size / K;
+    const out = this.out([...xt.shape.slice(0, -1), N]);
+    this.graph.record(bt ? [xt, ...q.inputs, bt] : [xt, ...q.inputs], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.qlinear);
-      p.push(out.address());
-      p.push(xt.address());
-      p.push(M);
-      p.push(q.K);
-      p.push(q.N);
-      q.pushWeight(p);
-      p.push(bt ? bt.address() : 0);
-      p.push(bt ? DT[bt.dtype] : 0);
-      p.end();
+      encode.qlinear(p, out.address(), xt.address(), M, K, N, q, bt ? bt.address() : 0, bt ? DT[bt.dtype] : 0);
     });
     return out;
   }
@@ -780,104 +407,60 @@ export class NativeBackend implements Backend {
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const xt = this.floatArg(x, "gatherMatmul");
     const it = this.arg(indices, "gatherMatmul indices");
-    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`gatherMatmul: indices must be i32, got ${it.dtype}`);
-    if (it.shape.length !== 2) invalid(`gatherMatmul: indices ${fmt(it.shape)} must be [T, topk]`);
+    const xdiv = checkGather(xt, it);
     const [T, topk] = it.shape as [number, number];
-    const P = T * topk;
     const K = xt.shape[xt.shape.length - 1]!;
-    const rows = xt.size / K;
-    let xdiv: number;
-    if (rows === P) xdiv = 1;
-    else if (rows === T) xdiv = topk;
-    else invalid(`gatherMatmul: input ${fmt(xt.shape)} has ${rows} rows, expected ${T} or ${P} for indices ${fmt(it.shape)}`);
+    const P = T * topk;
     if (isQuantized(w)) {
-      const q = this.quantArgs(w, "gatherMatmul");
-      if (q.wt.shape.length !== 3) invalid(`gatherMatmul: stacked weight ${fmt(q.wt.shape)} must be [E, out, in/pack]`);
-      if (q.K !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts of ${q.K} inputs`);
+      const q = this.quant(w, "gatherMatmul");
+      const N = checkExperts(xt, q.wt, K, q.K);
       const E = q.wt.shape[0]!;
-      const out = this.newTensor([T, topk, q.N], "f32");
-      this.record([xt, it, ...q.inputs], [out], (p) => {
+      const out = this.out([T, topk, N]);
+      this.graph.record([xt, it, ...q.inputs], [out], (p) => {
         if (out.size === 0) return;
-        p.begin(OP.gatherQlinear);
-        p.push(out.address());
-        p.push(xt.address());
-        p.push(P);
-        p.push(xdiv);
-        p.push(K);
-        p.push(q.N);
-        p.push(it.address());
-        p.push(E);
-        q.pushWeight(p);
-        p.end();
+        encode.gatherQlinear(p, out.address(), xt.address(), P, xdiv, K, N, it.address(), E, q);
       });
       return out;
     }
     const wt = this.arg(w, "gatherMatmul weight");
-    if (wt.shape.length !== 3 || !FLOAT_DTYPES.includes(wt.dtype))
-      invalid(`gatherMatmul: stacked weight must be float [E, out, in], got ${wt.dtype} ${fmt(wt.shape)}`);
-    const [E, N, WK] = wt.shape as [number, number, number];
-    if (WK !== K) invalid(`gatherMatmul: input ${fmt(xt.shape)} does not match experts ${fmt(wt.shape)}`);
-    const out = this.newTensor([T, topk, N], "f32");
-    this.record([xt, it, wt], [out], (p) => {
+    const N = checkExperts(xt, wt, K);
+    const E = wt.shape[0]!;
+    const out = this.out([T, topk, N]);
+    this.graph.record([xt, it, wt], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.gatherLinear);
-      p.push(out.address());
-      p.push(xt.address());
-      p.push(P);
-      p.push(xdiv);
-      p.push(K);
-      p.push(N);
-      p.push(it.address());
-      p.push(E);
-      p.push(wt.address());
-      p.push(DT[wt.dtype]);
-      p.end();
+      encode.gatherLinear(p, out.address(), xt.address(), P, xdiv, K, N, it.address(), E, wt.address(), DT[wt.dtype]);
     });
     return out;
   }
 
   take(table: Weight, ids: Tensor): Tensor {
     const it = this.arg(ids, "take ids");
-    if (it.dtype !== "i32" && it.dtype !== "u32") invalid(`take: ids must be i32, got ${it.dtype}`);
+    checkTakeIds(it);
     if (isQuantized(table)) {
-      const q = this.quantArgs(table, "take");
-      if (q.wt.shape.length !== 2) invalid(`take: table ${fmt(q.wt.shape)} must be 2-D`);
-      return this.dequantRows(q, table, it, [...it.shape, q.K]);
+      const q = this.quant(table, "take");
+      checkTable(q.wt, true);
+      return this.dequantRows(q, it, [...it.shape, q.K]);
     }
     const wt = this.arg(table, "take table");
-    if (wt.shape.length !== 2 || !FLOAT_DTYPES.includes(wt.dtype))
-      invalid(`take: table must be a float [rows, dim] matrix, got ${wt.dtype} ${fmt(wt.shape)}`);
+    checkTable(wt, false);
     const [N, K] = wt.shape as [number, number];
-    const out = this.newTensor([...it.shape, K], "f32");
-    this.record([it, wt], [out], (p) => {
+    const out = this.out([...it.shape, K]);
+    this.graph.record([it, wt], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.takeRows);
-      p.push(out.address());
-      p.push(it.address());
-      p.push(it.size);
-      p.push(N);
-      p.push(K);
-      p.push(wt.address());
-      p.push(DT[wt.dtype]);
-      p.end();
+      encode.takeRows(p, out.address(), it.address(), it.size, N, K, wt.address(), DT[wt.dtype]);
     });
     return out;
   }
 
-  private dequantRows(q: ReturnType<NativeBackend["quantArgs"]>, w: QuantizedWeight, rows: NTensor | null, shape: number[]): NTensor {
+  /** Rows of the dequantized weight as f32: the given rows, or (rows null) all of them in order. */
+  private dequantRows(q: NQuant, rows: NTensor | null, shape: number[]): NTensor {
     const N = q.wt.size / q.wt.shape[q.wt.shape.length - 1]!;
     const nrows = rows ? rows.size : N;
-    const out = this.newTensor(shape, "f32");
-    this.record(rows ? [rows, ...q.inputs] : q.inputs, [out], (p) => {
+    const K = q.K;
+    const out = this.out(shape);
+    this.graph.record(rows ? [rows, ...q.inputs] : q.inputs, [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.dequantRows);
-      p.push(out.address());
-      p.push(rows ? rows.address() : 0);
-      p.push(nrows);
-      p.push(N);
-      p.push(q.K);
-      q.pushWeight(p);
-      p.end();
+      encode.dequantRows(p, out.address(), rows ? rows.address() : 0, nrows, N, K, q);
     });
     return out;
   }
@@ -887,30 +470,21 @@ export class NativeBackend implements Backend {
   }
 
   dequantize(w: QuantizedWeight): Tensor {
-    const q = this.quantArgs(w, "dequantize");
-    return this.dequantRows(q, w, null, [...q.wt.shape.slice(0, -1), q.K]);
+    const q = this.quant(w, "dequantize");
+    return this.dequantRows(q, null, [...q.wt.shape.slice(0, -1), q.K]);
   }
 
   // ---------------------------------------------------------------- elementwise and reductions
 
-  private binary(kind: number, a: Tensor, b: Tensor, what: string): Tensor {
+  private binary(kind: BinaryKind, a: Tensor, b: Tensor, what: string): Tensor {
     const x = this.floatArg(a, what);
     const y = this.floatArg(b, what);
     const shape = sameShape(x.shape, y.shape) ? x.shape : broadcastShapes(x.shape, y.shape, what);
-    const out = this.newTensor(shape, "f32");
+    const out = this.out(shape);
     const c = binaryLayout(x, y, shape);
-    this.record([x, y], [out], (w) => {
+    this.graph.record([x, y], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.binary);
-      w.push(kind);
-      w.push(out.address());
-      w.push(x.address());
-      w.push(y.address());
-      w.push(c.shape.length);
-      w.pushAll(c.shape);
-      w.pushAll(c.strides[0]!);
-      w.pushAll(c.strides[1]!);
-      w.end();
+      encode.binary(w, kind, out.address(), x.address(), y.address(), c.shape, c.strides[0]!, c.strides[1]!);
     });
     return out;
   }
@@ -927,18 +501,12 @@ export class NativeBackend implements Backend {
     return this.binary(BINARY.mul, a, b, "mul");
   }
 
-  private unary(kind: number, x: Tensor, param: number, what: string): Tensor {
+  private unary(kind: UnaryKind, x: Tensor, param: number, what: string): Tensor {
     const t = this.floatArg(x, what);
-    const out = this.newTensor(t.shape, "f32");
-    this.record([t], [out], (w) => {
+    const out = this.out(t.shape);
+    this.graph.record([t], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.unary);
-      w.push(kind);
-      w.push(out.address());
-      w.push(t.address());
-      w.push(t.size);
-      w.push(param);
-      w.end();
+      encode.unary(w, kind, out.address(), t.address(), t.size, param);
     });
     return out;
   }
@@ -960,27 +528,18 @@ export class NativeBackend implements Backend {
   }
 
   softcap(x: Tensor, cap: number): Tensor {
-    if (!(cap > 0)) invalid(`softcap: cap must be > 0, got ${cap}`);
+    checkSoftcap(cap);
     return this.unary(UNARY.softcap, x, cap, "softcap");
   }
 
-  private glu(kind: number, gate: Tensor, up: Tensor, what: string): Tensor {
+  private glu(kind: GluKind, gate: Tensor, up: Tensor, what: string): Tensor {
     const g = this.floatArg(gate, what);
     const u = this.floatArg(up, what);
-    if (g.shape.length !== u.shape.length || g.shape.some((d, i) => d !== u.shape[i])) {
-      const act = kind === GLU.swiglu ? this.silu(g) : this.geluTanh(g);
-      return this.mul(act, u);
-    }
-    const out = this.newTensor(g.shape, "f32");
-    this.record([g, u], [out], (w) => {
+    if (!sameShape(g.shape, u.shape)) return this.mul(kind === GLU.swiglu ? this.silu(g) : this.geluTanh(g), u);
+    const out = this.out(g.shape);
+    this.graph.record([g, u], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.glu);
-      w.push(kind);
-      w.push(out.address());
-      w.push(g.address());
-      w.push(u.address());
-      w.push(g.size);
-      w.end();
+      encode.glu(w, kind, out.address(), g.address(), u.address(), g.size);
     });
     return out;
   }
@@ -993,7 +552,8 @@ export class NativeBackend implements Backend {
     return this.glu(GLU.geglu, gate, up, "geglu");
   }
 
-  private axisReduce(op: number, x: Tensor, axis: number, keep: boolean, what: string): Tensor {
+  /** softmax or sum over one axis, as the middle axis of [outer, n, inner]. */
+  private axisReduce(enc: typeof encode.softmax, x: Tensor, axis: number, keep: boolean, what: string): Tensor {
     const t = this.floatArg(x, what);
     const nd = t.shape.length;
     if (nd === 0) invalid(`${what}: scalar input`);
@@ -1001,66 +561,43 @@ export class NativeBackend implements Backend {
     const outer = prod(t.shape, 0, a);
     const n = t.shape[a]!;
     const inner = prod(t.shape, a + 1);
-    const shape = keep ? t.shape : t.shape.filter((_, i) => i !== a);
-    const out = this.newTensor(shape, "f32");
-    this.record([t], [out], (w) => {
+    const out = this.out(keep ? t.shape : t.shape.filter((_, i) => i !== a));
+    this.graph.record([t], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(op);
-      w.push(out.address());
-      w.push(t.address());
-      w.push(outer);
-      w.push(n);
-      w.push(inner);
-      w.end();
+      enc(w, out.address(), t.address(), outer, n, inner);
     });
     return out;
   }
 
   softmax(x: Tensor, axis = -1): Tensor {
-    return this.axisReduce(OP.softmax, x, axis, true, "softmax");
+    return this.axisReduce(encode.softmax, x, axis, true, "softmax");
   }
 
   sum(x: Tensor, axis: number): Tensor {
-    return this.axisReduce(OP.sum, x, axis, false, "sum");
+    return this.axisReduce(encode.sum, x, axis, false, "sum");
   }
 
   argmax(x: Tensor): Tensor {
     const t = this.floatArg(x, "argmax");
-    if (t.shape.length === 0) invalid("argmax: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
-    if (n === 0) invalid(`argmax: empty last axis in ${fmt(t.shape)}`);
-    const out = this.newTensor(t.shape.slice(0, -1), "i32");
-    this.record([t], [out], (w) => {
+    const n = checkArgmax(t.shape);
+    const out = this.out(t.shape.slice(0, -1), "i32");
+    this.graph.record([t], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.argmax);
-      w.push(out.address());
-      w.push(t.address());
-      w.push(out.size);
-      w.push(n);
-      w.end();
+      encode.argmax(w, out.address(), t.address(), out.size, n);
     });
     return out;
   }
 
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
     const t = this.floatArg(x, "topk");
-    if (t.shape.length === 0) invalid("topk: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
-    if (!Number.isInteger(k) || k < 1 || k > n) invalid(`topk: k=${k} out of range for ${fmt(t.shape)}`);
+    const n = checkTopk(t.shape, k);
     const shape = [...t.shape.slice(0, -1), k];
-    const values = this.newTensor(shape, "f32");
-    const indices = this.newTensor(shape, "i32");
+    const values = this.out(shape);
+    const indices = this.out(shape, "i32");
     const rows = t.size / n;
-    this.record([t], [values, indices], (w) => {
+    this.graph.record([t], [values, indices], (w) => {
       if (values.size === 0) return;
-      w.begin(OP.topk);
-      w.push(values.address());
-      w.push(indices.address());
-      w.push(t.address());
-      w.push(rows);
-      w.push(n);
-      w.push(k);
-      w.end();
+      encode.topk(w, values.address(), indices.address(), t.address(), rows, n, k);
     });
     return { values, indices };
   }
@@ -1070,137 +607,53 @@ export class NativeBackend implements Backend {
   private normWeight(w: Tensor | null, n: number, what: string): NTensor | null {
     if (!w) return null;
     const t = this.arg(w, what);
-    if (!FLOAT_DTYPES.includes(t.dtype)) invalid(`${what}: weight dtype ${t.dtype}`);
-    if (t.size !== n) invalid(`${what}: weight ${fmt(t.shape)} for a last axis of ${n}`);
+    checkNormWeight(t, n, what);
     return t;
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus = false): Tensor {
     const t = this.floatArg(x, "rmsNorm");
-    if (t.shape.length === 0) invalid("rmsNorm: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
+    const n = normAxisLength(t.shape, "rmsNorm");
     const wt = this.normWeight(w, n, "rmsNorm");
-    const out = this.newTensor(t.shape, "f32");
+    const out = this.out(t.shape);
     const rows = n ? t.size / n : 0;
-    this.record(wt ? [t, wt] : [t], [out], (p) => {
+    this.graph.record(wt ? [t, wt] : [t], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.rmsNorm);
-      p.push(out.address());
-      p.push(t.address());
-      p.push(wt ? wt.address() : 0);
-      p.push(wt ? DT[wt.dtype] : 0);
-      p.push(rows);
-      p.push(n);
-      p.push(eps);
-      p.push(onePlus ? 1 : 0);
-      p.end();
+      encode.rmsNorm(p, out.address(), t.address(), wt ? wt.address() : 0, wt ? DT[wt.dtype] : 0, rows, n, eps, onePlus);
     });
     return out;
   }
 
   layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor {
     const t = this.floatArg(x, "layerNorm");
-    if (t.shape.length === 0) invalid("layerNorm: scalar input");
-    const n = t.shape[t.shape.length - 1]!;
+    const n = normAxisLength(t.shape, "layerNorm");
     const wt = this.normWeight(w, n, "layerNorm");
     const bt = this.normWeight(b, n, "layerNorm bias");
-    const out = this.newTensor(t.shape, "f32");
+    const out = this.out(t.shape);
     const rows = n ? t.size / n : 0;
     const inputs = [t];
     if (wt) inputs.push(wt);
     if (bt) inputs.push(bt);
-    this.record(inputs, [out], (p) => {
+    this.graph.record(inputs, [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.layerNorm);
-      p.push(out.address());
-      p.push(t.address());
-      p.push(wt ? wt.address() : 0);
-      p.push(wt ? DT[wt.dtype] : 0);
-      p.push(bt ? bt.address() : 0);
-      p.push(bt ? DT[bt.dtype] : 0);
-      p.push(rows);
-      p.push(n);
-      p.push(eps);
-      p.end();
+      const wa = wt ? wt.address() : 0;
+      const ba = bt ? bt.address() : 0;
+      encode.layerNorm(p, out.address(), t.address(), wa, wt ? DT[wt.dtype] : 0, ba, bt ? DT[bt.dtype] : 0, rows, n, eps);
     });
     return out;
   }
 
-  private invFreq(opts: RopeOptions): Float32Array {
-    if (opts.freqs) {
-      if (opts.freqs.length !== opts.dims / 2) invalid(`rope: ${opts.freqs.length} freqs for ${opts.dims} dims`);
-      return opts.freqs;
-    }
-    const last = this.lastFreqs;
-    if (last && last.base === opts.base && last.dims === opts.dims) return last.freqs;
-    const key = `${opts.base}/${opts.dims}`;
-    let f = this.freqCache.get(key);
-    if (!f) {
-      f = new Float32Array(opts.dims / 2);
-      for (let i = 0; i < f.length; i++) f[i] = 1 / Math.pow(opts.base, (2 * i) / opts.dims);
-      this.freqCache.set(key, f);
-    }
-    this.lastFreqs = { base: opts.base, dims: opts.dims, freqs: f };
-    return f;
-  }
-
-  /**
-   * The cos/sin table of a step's positions, shared by every rope call with equal positions and frequencies (q and
-   * k of all layers). It lives in its own buffer, outside the scopes, so per-layer scopes do not drop it.
-   */
-  private ropeTable(positions: Int32Array, freqs: Float32Array, scale: number, mscale: number): NTensor {
-    for (const e of this.ropeTables)
-      if (e.table.home !== Home.Dead && e.freqs === freqs && e.scale === scale && e.mscale === mscale && sameInts(e.positions, positions))
-        return e.table;
-    const T = positions.length;
-    const half = freqs.length;
-    const table = new NTensor([2, T, half], "f32");
-    const pos = positions.slice();
-    this.record(
-      NO_INPUTS,
-      [table],
-      (p, host) => {
-        if (table.size === 0) return;
-        p.begin(OP.ropeTable);
-        p.push(table.address());
-        p.push(host[0]!);
-        p.push(T);
-        p.push(half);
-        p.push(host[1]!);
-        p.push(scale);
-        p.push(mscale);
-        p.end();
-      },
-      [pos, freqs],
-    );
-    this.ropeTables.unshift({ positions: pos, freqs, scale, mscale, table });
-    if (this.ropeTables.length > 4) this.ropeTables.pop();
-    return table;
-  }
-
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
     const t = this.floatArg(x, "rope");
-    if (t.shape.length !== 3) invalid(`rope: input ${fmt(t.shape)} must be [T, H, D]`);
+    checkRope(t, positions, opts);
     const [T, H, D] = t.shape as [number, number, number];
-    if (positions.length !== T) invalid(`rope: ${positions.length} positions for ${T} tokens`);
-    if (!Number.isInteger(opts.dims) || opts.dims < 2 || opts.dims > D || opts.dims % 2)
-      invalid(`rope: dims ${opts.dims} for head dim ${D}`);
-    const table = this.ropeTable(positions, this.invFreq(opts), opts.scale, opts.mscale ?? 1);
-    const out = this.newTensor(t.shape, "f32");
+    const table = this.ropeTables.table(positions, this.ropeTables.invFreq(opts), opts.scale, opts.mscale ?? 1);
+    const out = this.out(t.shape);
     const dims = opts.dims;
-    const traditional = opts.traditional ? 1 : 0;
-    this.record([t, table], [out], (p) => {
+    const traditional = opts.traditional;
+    this.graph.record([t, table], [out], (p) => {
       if (out.size === 0) return;
-      p.begin(OP.rope);
-      p.push(out.address());
-      p.push(t.address());
-      p.push(table.address());
-      p.push(T);
-      p.push(H);
-      p.push(D);
-      p.push(dims);
-      p.push(traditional);
-      p.end();
+      encode.rope(p, out.address(), t.address(), table.address(), T, H, D, dims, traditional);
     });
     return out;
   }
@@ -1208,9 +661,7 @@ export class NativeBackend implements Backend {
   // ---------------------------------------------------------------- attention
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool {
-    if (!FLOAT_DTYPES.includes(dtype)) invalid(`createKvPool: dtype ${dtype} (f32, f16 or bf16)`);
-    for (const [n, v] of [["numBlocks", numBlocks], ["blockSize", blockSize], ["kvHeads", kvHeads], ["headDim", headDim]] as const)
-      if (!Number.isInteger(v) || v < 1) invalid(`createKvPool: ${n} = ${v}`);
+    checkKvPool(numBlocks, blockSize, kvHeads, headDim, dtype);
     const shape = [numBlocks, blockSize, kvHeads, headDim];
     const pool: NKvPool = {
       k: this.allocPersistent(shape, dtype) as NTensor,
@@ -1233,46 +684,20 @@ export class NativeBackend implements Backend {
     return pool;
   }
 
-  /** Records a write to the pool, ordered after earlier writes and reads of it. */
-  private poolWrite(pool: NKvPool, inputs: NTensor[], emit: Emit, host?: Int32Array[]): void {
-    const deps: Node[] = [];
-    if (pool.lastWrite && !pool.lastWrite.done) deps.push(pool.lastWrite);
-    for (const r of pool.readers) if (!r.done) deps.push(r);
-    const n = this.record(inputs, [], emit, host, deps);
-    pool.lastWrite = n;
-    pool.readers = [];
-    this.effects.push(n);
-  }
-
   kvWrite(p: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void {
     const pool = this.pool(p, "kvWrite");
     const kt = this.floatArg(k, "kvWrite");
     const vt = this.floatArg(v, "kvWrite");
-    const { kvHeads, headDim } = pool;
-    for (const t of [kt, vt])
-      if (t.shape.length !== 3 || t.shape[1] !== kvHeads || t.shape[2] !== headDim)
-        invalid(`kvWrite: k/v ${fmt(t.shape)} must be [T, ${kvHeads}, ${headDim}]`);
-    const T = kt.shape[0]!;
-    if (vt.shape[0] !== T) invalid(`kvWrite: k ${fmt(kt.shape)} and v ${fmt(vt.shape)} differ`);
-    if (slots.length !== T) invalid(`kvWrite: ${slots.length} slots for ${T} tokens`);
+    const T = checkKvWrite(pool, kt, vt, slots);
     if (T === 0) return;
-    const row = kvHeads * headDim;
+    const row = pool.kvHeads * pool.headDim;
     const numSlots = pool.numBlocks * pool.blockSize;
-    this.poolWrite(
+    this.graph.write(
       pool,
       [kt, vt],
       (w, host) => {
-        w.begin(OP.kvWrite);
-        w.push(pool.k.address());
-        w.push(pool.v.address());
-        w.push(DT[pool.k.dtype]);
-        w.push(kt.address());
-        w.push(vt.address());
-        w.push(host[0]!);
-        w.push(T);
-        w.push(row);
-        w.push(numSlots);
-        w.end();
+        const { k, v } = pool;
+        encode.kvWrite(w, k.address(), v.address(), DT[k.dtype], kt.address(), vt.address(), host[0]!, T, row, numSlots);
       },
       [slots.slice()],
     );
@@ -1280,70 +705,58 @@ export class NativeBackend implements Backend {
 
   copyBlock(p: KvPool, src: number, dst: number): void {
     const pool = this.pool(p, "copyBlock");
-    for (const b of [src, dst])
-      if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
+    checkCopyBlock(pool, src, dst);
     if (src === dst) return;
     const bytes = pool.blockSize * pool.kvHeads * pool.headDim * DTYPE_BYTES[pool.k.dtype];
-    this.poolWrite(pool, [], (w) => {
-      for (const t of [pool.k, pool.v]) {
-        w.begin(OP.memcpy);
-        w.push(t.address() + dst * bytes);
-        w.push(t.address() + src * bytes);
-        w.push(bytes);
-        w.end();
-      }
+    this.graph.write(pool, [], (w) => {
+      for (const t of [pool.k, pool.v]) encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
     });
   }
 
   pagedAttention(q: Tensor, p: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor {
     const pool = this.pool(p, "pagedAttention");
     const qt = this.floatArg(q, "pagedAttention");
-    if (qt.shape.length !== 3 || qt.shape[2] !== pool.headDim)
-      invalid(`pagedAttention: q ${fmt(qt.shape)} must be [T, heads, ${pool.headDim}]`);
+    checkPagedAttention(qt, pool, batch);
     const [T, H] = qt.shape as [number, number, number];
-    if (H % pool.kvHeads !== 0) invalid(`pagedAttention: ${H} heads not a multiple of ${pool.kvHeads} KV heads`);
+    const { maxBlocks } = batch;
     const numSeqs = batch.seqLens.length;
-    if (batch.tokenSeq.length !== T || batch.positions.length !== T)
-      invalid(`pagedAttention: ${batch.tokenSeq.length} tokenSeq and ${batch.positions.length} positions for ${T} tokens`);
-    if (!Number.isInteger(batch.maxBlocks) || batch.maxBlocks < 1 || batch.blockTables.length !== numSeqs * batch.maxBlocks)
-      invalid(`pagedAttention: block tables of ${batch.blockTables.length} entries for ${numSeqs} sequences x ${batch.maxBlocks} blocks`);
+    const scale = opts.scale;
     const window = opts.window ?? 0;
     const softcap = opts.softcap ?? 0;
-    const out = this.newTensor(qt.shape, "f32");
-    const deps = pool.lastWrite && !pool.lastWrite.done ? [pool.lastWrite] : [];
-    const n = this.record(
+    const out = this.out(qt.shape);
+    this.graph.read(
+      pool,
       [qt, pool.k, pool.v],
       [out],
       (w, host) => {
         if (out.size === 0) return;
-        w.begin(OP.pagedAttention);
-        w.push(out.address());
-        w.push(qt.address());
-        w.push(pool.k.address());
-        w.push(pool.v.address());
-        w.push(DT[pool.k.dtype]);
-        w.push(pool.blockSize);
-        w.push(pool.kvHeads);
-        w.push(pool.headDim);
-        w.push(pool.numBlocks);
-        w.push(host[0]!);
-        w.push(batch.maxBlocks);
-        w.push(host[1]!);
-        w.push(host[2]!);
-        w.push(host[3]!);
-        w.push(numSeqs);
-        w.push(T);
-        w.push(H);
-        w.push(opts.scale);
-        w.push(window);
-        w.push(softcap);
-        w.end();
+        const { k, v, blockSize, kvHeads, headDim, numBlocks } = pool;
+        encode.pagedAttention(
+          w,
+          out.address(),
+          qt.address(),
+          k.address(),
+          v.address(),
+          DT[k.dtype],
+          blockSize,
+          kvHeads,
+          headDim,
+          numBlocks,
+          host[0]!,
+          maxBlocks,
+          host[1]!,
+          host[2]!,
+          host[3]!,
+          numSeqs,
+          T,
+          H,
+          scale,
+          window,
+          softcap,
+        );
       },
       [batch.blockTables.slice(), batch.tokenSeq.slice(), batch.positions.slice(), batch.seqLens.slice()],
-      deps,
     );
-    pool.readers.push(n);
-    if (pool.readers.length > 64) pool.readers = pool.readers.filter((r) => !r.done);
     return out;
   }
 
@@ -1357,23 +770,10 @@ export class NativeBackend implements Backend {
     const [B2, Hkv, S, D2] = kt.shape as [number, number, number, number];
     if (B2 !== B || D2 !== D || H % Hkv !== 0 || vt.shape.some((d, i) => d !== kt.shape[i]))
       invalid(`sdpa: q ${fmt(qt.shape)}, k ${fmt(kt.shape)}, v ${fmt(vt.shape)} are not [B,H,L,D], [B,Hkv,S,D], [B,Hkv,S,D]`);
-    const out = this.newTensor(qt.shape, "f32");
-    this.record([qt, kt, vt], [out], (w) => {
+    const out = this.out(qt.shape);
+    this.graph.record([qt, kt, vt], [out], (w) => {
       if (out.size === 0) return;
-      w.begin(OP.sdpa);
-      w.push(out.address());
-      w.push(qt.address());
-      w.push(kt.address());
-      w.push(vt.address());
-      w.push(B);
-      w.push(H);
-      w.push(Hkv);
-      w.push(L);
-      w.push(S);
-      w.push(D);
-      w.push(scale);
-      w.push(causal ? 1 : 0);
-      w.end();
+      encode.sdpa(w, out.address(), qt.address(), kt.address(), vt.address(), B, H, Hkv, L, S, D, scale, causal);
     });
     return out;
   }

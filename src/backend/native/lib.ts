@@ -72,7 +72,9 @@ function open() {
   }
   const abi = lib.symbols.rmlx_abi_version();
   if (abi !== ABI_VERSION) throw new RmlxError("native", `native library ABI ${abi}, expected ${ABI_VERSION}`);
-  lib.symbols.rmlx_init(Number(process.env.RMLX_THREADS ?? 0));
+  // RMLX_ISA is read by the library itself; a bad value fails here, before any kernel runs.
+  const status = lib.symbols.rmlx_init(Number(process.env.RMLX_THREADS ?? 0));
+  if (status !== 0) throw statusError(status, String(lib.symbols.rmlx_last_error() as unknown as CString));
   // read here as well as by the library: a Worker's process.env is its own, not the C environment
   const gemv = parseGemvMode(process.env.RMLX_GEMV);
   if (gemv) lib.symbols.rmlx_set_gemv_mode(Buffer.from(`${gemv}\0`));
@@ -95,10 +97,12 @@ export function setGemvMode(mode: GemvMode): GemvMode {
   return before;
 }
 
+function statusError(status: number, msg: string): RmlxError {
+  return new RmlxError(status === 1 ? "invalid_argument" : status === 2 ? "unsupported" : "native", msg);
+}
+
 /** Turns a non-zero status into an RmlxError carrying the library's message. */
 export function check(status: number, what: string): void {
   if (status === 0) return;
-  const msg = String(native().rmlx_last_error() as unknown as CString);
-  const code = status === 1 ? "invalid_argument" : status === 2 ? "unsupported" : "native";
-  throw new RmlxError(code, `${what}: ${msg}`);
+  throw statusError(status, `${what}: ${String(native().rmlx_last_error() as unknown as CString)}`);
 }

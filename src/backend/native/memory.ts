@@ -1,8 +1,10 @@
-// Native memory for tensors: single allocations (persistent tensors: KV pools, model state) and the arena that holds
-// a scope's temporaries. Addresses are plain numbers (exact for x86-64 user space).
-import { toArrayBuffer } from "bun:ffi";
+// Memory for tensors: single native allocations (persistent tensors: KV pools, model state), JS-owned buffers for
+// results that outlive the scopes, and the arena that holds a scope's temporaries. Addresses are plain numbers
+// (exact for x86-64 user space).
+import { ptr, toArrayBuffer } from "bun:ffi";
 import { RmlxError } from "../../errors.ts";
 import { check, native } from "./lib.ts";
+import { Home, type NTensor } from "./tensor.ts";
 
 const outPtr = new BigUint64Array(1);
 
@@ -20,6 +22,26 @@ export function nativeFree(addr: number): void {
 export function bytesAt(addr: number, nbytes: number): Uint8Array {
   if (nbytes === 0) return new Uint8Array(0);
   return new Uint8Array(toArrayBuffer(addr as never, 0, nbytes));
+}
+
+/**
+ * Gives t memory of its own in a JS ArrayBuffer: the garbage collector sees its size and frees it with the
+ * tensor, so results that leave scopes every step cannot pile up waiting for finalizers.
+ */
+export function heapPlace(t: NTensor): void {
+  const buf = new Uint8Array(Math.max(t.nbytes, 1));
+  t.hold = buf;
+  t.addr = ptr(buf);
+  t.home = Home.Heap;
+}
+
+/** The bytes of a computed tensor, read in place (JS-owned buffers directly, native memory through a view). */
+export function bytesOf(t: NTensor): Uint8Array {
+  const r = t.root();
+  if (!r.hold) return bytesAt(t.address(), t.nbytes);
+  const b = new Uint8Array(r.hold.buffer, r.hold.byteOffset + (t.base ? t.offset : 0), t.nbytes);
+  // Wider typed views of it need an aligned offset (caller bytes may sit anywhere in a file mapping).
+  return b.byteOffset % 4 === 0 ? b : b.slice();
 }
 
 export interface ArenaMark {

@@ -1,8 +1,6 @@
-// Tensors and recorded nodes of the native backend.
-import type { DType, Tensor } from "../backend.ts";
-import type { ProgramWriter } from "./program.ts";
-
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, bf16: 2, u32: 4, u8: 1, i32: 4 };
+// The native backend's tensor: shape, dtype, where its bytes live, and the recorded node that computes it.
+import { DTYPE_BYTES, type DType, type Tensor } from "../backend.ts";
+import type { Node } from "./graph.ts";
 
 /** Where a tensor's bytes live once it has some. */
 export const enum Home {
@@ -18,27 +16,6 @@ export const enum Home {
   External,
   /** Freed: using the tensor is an error. */
   Dead,
-}
-
-/** Writes a node's records; host[i] is the native address of node.host[i]. */
-export type Emit = (w: ProgramWriter, host: readonly number[]) => void;
-
-const NO_HOST: (Int32Array | Float32Array)[] = [];
-const NO_DEPS: Node[] = [];
-
-export class Node {
-  /** Eval pass that last visited this node (for the topological walk). */
-  mark = 0;
-  done = false;
-  constructor(
-    public inputs: NTensor[],
-    public outputs: NTensor[],
-    public emit: Emit,
-    /** Host arrays copied at record time; the kernels read them in place. */
-    public host: (Int32Array | Float32Array)[] = NO_HOST,
-    /** Nodes that must run first without being data inputs (KV pool writes before reads). */
-    public deps: Node[] = NO_DEPS,
-  ) {}
 }
 
 export class NTensor implements Tensor {
@@ -75,14 +52,9 @@ export class NTensor implements Tensor {
   address(): number {
     return this.base ? this.base.addr + this.offset : this.addr;
   }
-}
 
-export function contiguousStrides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i]!;
+  /** Whether its memory is freed (a view dies with its base). */
+  dead(): boolean {
+    return this.home === Home.Dead || (this.base !== null && this.base.home === Home.Dead);
   }
-  return s;
 }

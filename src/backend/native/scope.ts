@@ -1,0 +1,159 @@
+// Tensor lifetimes of the native backend: what a scope creates lives in one arena and dies when the scope ends,
+// except what the scope returns.
+import type { DType } from "../backend.ts";
+import { collectTensors } from "../args.ts";
+import * as encode from "./oplist_gen.ts";
+import type { Graph } from "./graph.ts";
+import { Arena, type ArenaMark, heapPlace } from "./memory.ts";
+import { Home, NTensor } from "./tensor.ts";
+
+interface Mark {
+  arena: ArenaMark;
+  tensors: number;
+  placed: number;
+}
+
+export class Scopes {
+  private readonly arena = new Arena();
+  private depth = 0;
+  /** Tensors created inside the open scopes, in creation order. */
+  private tensors: NTensor[] = [];
+  /** Arena tensors in placement (= arena) order since the outermost scope began. */
+  private placed: NTensor[] = [];
+
+  constructor(private readonly graph: Graph) {}
+
+  newTensor(shape: readonly number[], dtype: DType): NTensor {
+    const t = new NTensor(shape, dtype);
+    if (this.depth > 0) {
+      t.scoped = true;
+      this.tensors.push(t);
+    }
+    return t;
+  }
+
+  /** Gives a root tensor its memory now: the arena inside a scope, a buffer of its own outside. */
+  place(t: NTensor): void {
+    if (t.scoped) {
+      t.addr = this.arena.alloc(t.nbytes);
+      t.home = Home.Arena;
+      this.placed.push(t);
+    } else {
+      heapPlace(t);
+    }
+  }
+
+  scope<T>(fn: () => T): T {
+    const mark: Mark = { arena: this.arena.mark(), tensors: this.tensors.length, placed: this.placed.length };
+    this.depth++;
+    let result: T;
+    try {
+      result = fn();
+    } catch (err) {
+      this.depth--;
+      if (this.depth === 0) this.endScope([]);
+      else this.endInner([], mark);
+      throw err;
+    }
+    this.depth--;
+    if (this.depth === 0) this.endScope(collectTensors(result, NTensor));
+    else this.endInner(collectTensors(result, NTensor), mark);
+    return result;
+  }
+
+  /**
+   * Ends a nested scope: computes what it returns, frees what it created, and packs the arena memory that must
+   * survive (its results, and outer tensors computed meanwhile) down to where the scope began, so that a model
+   * running each layer in its own scope holds about one layer's temporaries at a time.
+   */
+  private endInner(escapes: NTensor[], mark: Mark): void {
+    const inner = this.tensors;
+    const keep = new Set<NTensor>();
+    for (const t of escapes) {
+      if (t.dead()) continue;
+      keep.add(t);
+      keep.add(t.root());
+    }
+    let failed = true;
+    try {
+      if (keep.size > 0 || this.graph.hasEffects) this.graph.eval([...keep].map((t) => t.root()));
+      failed = false;
+    } finally {
+      const kept: NTensor[] = [];
+      for (let i = mark.tensors; i < inner.length; i++) {
+        const t = inner[i]!;
+        if (!failed && keep.has(t)) kept.push(t);
+        else {
+          t.home = Home.Dead;
+          t.node = null;
+          t.addr = 0;
+        }
+      }
+      inner.length = mark.tensors;
+      for (const t of kept) inner.push(t);
+      this.graph.dropDeadEffects();
+      // Placement order is arena order, and packing the survivors from the mark never moves one past its old
+      // place, so moving them in order (memmove) cannot clobber a survivor not yet moved.
+      const movers: NTensor[] = [];
+      for (let i = mark.placed; i < this.placed.length; i++) {
+        const t = this.placed[i]!;
+        if (t.home === Home.Arena && !t.base) movers.push(t);
+      }
+      this.placed.length = mark.placed;
+      this.arena.release(mark.arena);
+      this.graph.exec((w) => {
+        for (const t of movers) {
+          const addr = this.arena.alloc(t.nbytes);
+          this.placed.push(t);
+          if (addr === t.addr) continue;
+          encode.memcpy(w, addr, t.addr, t.nbytes);
+          t.addr = addr;
+        }
+      }, "scope");
+    }
+  }
+
+  /** Runs what is still pending that must survive, moves returned tensors out of the arena, frees the rest. */
+  private endScope(escapes: NTensor[]): void {
+    const keep = new Set<NTensor>();
+    const copies: NTensor[] = [];
+    try {
+      for (const t of escapes) {
+        if (keep.has(t) || t.dead()) continue;
+        keep.add(t);
+        const r = t.root();
+        if (!r.scoped) continue;
+        if (t === r && r.home === Home.Pending) r.scoped = false;
+        else copies.push(t);
+      }
+      this.graph.eval([...keep].map((t) => t.root()));
+      if (copies.length > 0)
+        this.graph.exec((w) => {
+          for (const t of copies) {
+            const src = t.address();
+            t.base = null;
+            t.offset = 0;
+            t.scoped = false;
+            heapPlace(t);
+            encode.memcpy(w, t.addr, src, t.nbytes);
+          }
+        }, "scope");
+    } finally {
+      for (const t of this.tensors) {
+        if (keep.has(t)) continue;
+        t.home = Home.Dead;
+        t.node = null;
+        t.addr = 0;
+      }
+      this.tensors = [];
+      this.placed = [];
+      this.graph.dropDeadEffects();
+      this.arena.reset();
+    }
+  }
+
+  /** Bytes held by the arena. */
+  get arenaBytes(): number {
+    return this.arena.capacity;
+  }
+}
