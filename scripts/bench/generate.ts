@@ -12,7 +12,7 @@ import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { parseConfig } from "../../src/io/config.ts";
 import type { ModelDir } from "../../src/io/model_dir.ts";
 import type { QuantConfig } from "../../src/io/quant_config.ts";

@@ -11,7 +11,7 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { getBackend } from "../../src/backend/index.ts";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
 import { loadModel } from "../../src/models/registry.ts";

@@ -2,7 +2,7 @@
 // model's next-token distributions moved, as KL(source || converted) per position, plus top-1 agreement.
 import { getBackend } from "../backend/index.ts";
 import { forwardBatch } from "../engine/forward_batch.ts";
-import { KvCache, Sequence } from "../engine/kv_cache.ts";
+import { KvCache, Sequence } from "../engine/kv/kv_cache.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import type { Model } from "../models/model.ts";
 import { loadModel } from "../models/registry.ts";

@@ -4,7 +4,7 @@
 // every token: conversion checks, the model tests' teacher forcing and the step benchmarks of scripts/bench.
 import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import type { BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
+import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 
 /** Runs one built step and returns f32 logits [logitRows.length, vocab], row-major; tensors end with the step. */
 export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Float32Array {

@@ -3,7 +3,7 @@
 import type { DType } from "../backend/backend.ts";
 import { RmlxError, type ErrorCode } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import { KvCache } from "./kv_cache.ts";
+import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";
 

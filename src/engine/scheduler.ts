@@ -5,10 +5,10 @@
 // tokens kept) and recomputed later. With prefix caching, full blocks are shared across requests by the hash of
 // their token prefix, so a prompt that starts like an earlier one skips that part of the prefill.
 import { RmlxError } from "../errors.ts";
-import type { BuiltStep, KvCache, StepEntry } from "./kv_cache.ts";
-import { Sequence } from "./kv_cache.ts";
+import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
+import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { PrefixCache } from "./prefix_cache.ts";
+import { PrefixCache } from "./kv/prefix_cache.ts";
 import { Sampler } from "./sampler.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 

@@ -15,7 +15,7 @@ import { Tokenizer } from "../text/tokenizer.ts";
 import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { runStep } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
-import type { KvCache } from "./kv_cache.ts";
+import type { KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
 import type { ChatMessage, GenerateRequest } from "./types.ts";

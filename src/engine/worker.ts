@@ -3,7 +3,7 @@
 // worker yields to its event loop, which is where new requests and cancellations come in.
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
-import { KvCache } from "./kv_cache.ts";
+import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler } from "./scheduler.ts";
 import { loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";

@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Tensor } from "../../src/backend/backend.ts";
 import { generate } from "../../src/engine/generate.ts";
-import { KvCache } from "../../src/engine/kv_cache.ts";
+import { KvCache } from "../../src/engine/kv/kv_cache.ts";
 import { tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING, type GenerateRequest } from "../../src/engine/types.ts";
 import type { ModelConfig } from "../../src/io/config.ts";

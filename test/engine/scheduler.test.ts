@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { Backend, KvPool } from "../../src/backend/backend.ts";
-import { KvCache, type BuiltStep } from "../../src/engine/kv_cache.ts";
+import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
 import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
 import { StopStrings } from "../../src/text/stop.ts";

@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import type { Model } from "../../src/models/model.ts";
 import { loadModel } from "../../src/models/registry.ts";

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { getBackend } from "../../src/backend/index.ts";
 import { setGemvMode } from "../../src/backend/native/lib.ts";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv_cache.ts";
+import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { SafetensorsFile } from "../../src/io/safetensors.ts";
 import type { Model } from "../../src/models/model.ts";

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { getBackend } from "../../src/backend/index.ts";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens } from "../../src/engine/generate.ts";
-import { Sequence } from "../../src/engine/kv_cache.ts";
+import { Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { setGemvMode } from "../../src/backend/native/lib.ts";
 import { loadModel } from "../../src/models/registry.ts";

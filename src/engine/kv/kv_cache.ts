@@ -7,14 +7,13 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
-import type { AttentionBatch, Backend, DType, KvPool } from "../backend/backend.ts";
-import { RmlxError } from "../errors.ts";
-import type { ForwardStep, LayerCacheSpec, SpaceView } from "../models/model.ts";
+import { FLOAT_DTYPES } from "../../backend/args.ts";
+import { type AttentionBatch, type Backend, type DType, DTYPE_BYTES, type KvPool } from "../../backend/backend.ts";
+import { RmlxError } from "../../errors.ts";
+import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
 import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
-
-const DTYPE_BYTES: Partial<Record<DType, number>> = { f32: 4, f16: 2, bf16: 2 };
 
 /**
  * Fixed pool of block ids with reference counts. A block is free when its count is 0. When the free list is
@@ -377,10 +376,9 @@ export class KvCache {
 
   /** Bytes of K and V for one block across all the given layers. */
   static bytesPerBlock(layers: readonly LayerCacheSpec[], blockSize: number, dtype: DType): number {
-    const elem = DTYPE_BYTES[dtype];
-    if (!elem) throw new RmlxError("invalid_argument", `KV cache dtype ${dtype} is not a float type`);
+    if (!FLOAT_DTYPES.includes(dtype)) throw new RmlxError("invalid_argument", `KV cache dtype ${dtype} is not a float type`);
     let perToken = 0;
-    for (const l of layers) perToken += 2 * l.kvHeads * l.headDim * elem;
+    for (const l of layers) perToken += 2 * l.kvHeads * l.headDim * DTYPE_BYTES[dtype];
     return perToken * blockSize;
   }
 

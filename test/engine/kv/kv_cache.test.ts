@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { BlockAllocator, KvCache, Sequence } from "../../src/engine/kv_cache.ts";
-import { PrefixCache } from "../../src/engine/prefix_cache.ts";
-import { RmlxError } from "../../src/errors.ts";
+import { BlockAllocator, KvCache, Sequence } from "../../../src/engine/kv/kv_cache.ts";
+import { PrefixCache } from "../../../src/engine/kv/prefix_cache.ts";
+import { RmlxError } from "../../../src/errors.ts";
 import { fakeBackend } from "./fake_backend.ts";
 
 const LAYERS = [

@@ -10,20 +10,20 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Backend } from "../../src/backend/backend.ts";
-import { getBackend } from "../../src/backend/index.ts";
-import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence, type StepEntry } from "../../src/engine/kv_cache.ts";
-import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
-import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
-import { RmlxError } from "../../src/errors.ts";
+import type { Backend } from "../../../src/backend/backend.ts";
+import { getBackend } from "../../../src/backend/index.ts";
+import { forwardBatch, logitsRow } from "../../../src/engine/forward_batch.ts";
+import { KvCache, Sequence, type StepEntry } from "../../../src/engine/kv/kv_cache.ts";
+import { Scheduler, type SchedulerModel } from "../../../src/engine/scheduler.ts";
+import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../../src/engine/types.ts";
+import { RmlxError } from "../../../src/errors.ts";
 import { fakeBackend } from "./fake_backend.ts";
-import { openModelDir } from "../../src/io/model_dir.ts";
-import { SafetensorsFile } from "../../src/io/safetensors.ts";
-import type { LayerCacheSpec, Model } from "../../src/models/model.ts";
-import { loadModel } from "../../src/models/registry.ts";
-import { RefBackend } from "../models/ref_backend.ts";
-import { readF32, relError } from "../models/reference.ts";
+import { openModelDir } from "../../../src/io/model_dir.ts";
+import { SafetensorsFile } from "../../../src/io/safetensors.ts";
+import type { LayerCacheSpec, Model } from "../../../src/models/model.ts";
+import { loadModel } from "../../../src/models/registry.ts";
+import { RefBackend } from "../../models/ref_backend.ts";
+import { readF32, relError } from "../../models/reference.ts";
 
 // One full layer, two sliding layers of window 6 (the cache keeps the largest window for all of them).
 const LAYERS: LayerCacheSpec[] = [

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { BlockAllocator } from "../../src/engine/kv_cache.ts";
-import { blockHash, PrefixCache, ROOT_HASH } from "../../src/engine/prefix_cache.ts";
+import { BlockAllocator } from "../../../src/engine/kv/kv_cache.ts";
+import { blockHash, PrefixCache, ROOT_HASH } from "../../../src/engine/kv/prefix_cache.ts";
 
 /** One space that keeps every block, as a KV cache's main space does. */
 const keepAll = (allocator: BlockAllocator) => [{ allocator, firstHeld: () => 0 }];

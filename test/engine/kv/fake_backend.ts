@@ -1,5 +1,5 @@
 // A backend with only what the KV cache needs from one: pool creation, block copies (recorded) and disposal.
-import type { Backend, KvPool } from "../../src/backend/backend.ts";
+import type { Backend, KvPool } from "../../../src/backend/backend.ts";
 
 export function fakeBackend(copies: [number, number][] = []): Backend {
   const be = {
