@@ -1,4 +1,5 @@
 import { Command, Option } from "commander";
+import { native } from "../backend/native/lib.ts";
 import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
@@ -89,6 +90,9 @@ export function register(program: Command): void {
     .action(
       action(async (flags: ServeFlags) => {
         applyBackendFlags(flags);
+        // The engine worker loads the native library only with its first model; a bad RMLX_ISA must stop the
+        // server here instead, before it answers as if it could compute.
+        if (process.env.RMLX_ISA && process.env.RMLX_BACKEND !== "mlx") native();
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
         const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
         if (modelPaths.length === 0) {

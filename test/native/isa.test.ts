@@ -41,3 +41,14 @@ test("the CLI reports an unknown RMLX_ISA in one line and exits 2", () => {
   expect(p.exitCode).toBe(2);
   expect(p.stderr.toString().trim().split("\n")).toEqual(["rmlx: RMLX_ISA=avx9 is not one of avx512vnni, avx512, avx2, scalar"]);
 });
+
+test("rmlx serve refuses an unknown RMLX_ISA before it listens", () => {
+  const p = Bun.spawnSync([join(ROOT, "dist", "rmlx"), "serve", "--port", "0"], {
+    env: { ...process.env, RMLX_ISA: "avx9" },
+    stdout: "pipe",
+    stderr: "pipe",
+    timeout: 20_000,
+  });
+  expect(p.exitCode).toBe(2);
+  expect(p.stderr.toString().trim().split("\n")).toEqual(["rmlx: RMLX_ISA=avx9 is not one of avx512vnni, avx512, avx2, scalar"]);
+});
