@@ -302,6 +302,7 @@ class Gemma4Model implements Model {
     const c = md.config;
     const source = `${md.dir}/config.json`;
     const r: ConfigReader = new ConfigReader(c.raw, DEFAULTS, source);
+    const geometry = layerGeometry(c, r);
     this.config = c;
     this.eps = c.rmsNormEps;
     this.hidden = c.hiddenSize;
@@ -337,7 +338,6 @@ class Gemma4Model implements Model {
       this.moe = { numExperts, topK, intermediate };
     }
 
-    const geometry = layerGeometry(c, r);
     const ropes = new Map<string, RopeSetup>();
     const ropeFor = (g: LayerGeometry) => {
       const key = `${g.sliding}/${g.headDim}`;
