@@ -57,7 +57,7 @@ export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
         flush();
         if (!b.tool_use_id) throw new HttpError(400, "tool_result blocks need a tool_use_id");
         out.push({ role: "tool", tool_call_id: b.tool_use_id, content: blockText(b.content) });
-      } else throw new HttpError(400, `content block type '${b.type}' is not supported`);
+      } else throw new HttpError(400, `content block type '${b.type}' is not supported: this build serves text only`);
     }
     flush();
   }
