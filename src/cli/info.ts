@@ -83,6 +83,10 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
     ["size on disk", formatBytes(s.size_bytes)],
     ["memory: weights", formatBytes(s.weights_bytes)],
   );
+  if (s.per_layer_embeddings) {
+    const p = s.per_layer_embeddings;
+    lines.push(["memory: per-layer embeddings", `${formatBytes(p.bytes)} (${formatCount(p.parameters)} parameters, part of the weights)`]);
+  }
   for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
     lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (f16, one sequence)`]);
   lines.push(

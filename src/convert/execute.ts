@@ -47,8 +47,9 @@ function floatSource(input: Input, reader: TensorReader, dtype: FloatDType): Flo
     const elem = first.nbytes / Math.max(1, first.shape.reduce((a, b) => a * b, 1));
     const rowsEach = first.shape.length === 0 ? 1 : first.shape.slice(0, -1).reduce((a, b) => a * b, 1);
     const srcDtype = first.dtype as FloatDType | "F64";
+    const sel = input.rows;
     return {
-      rows: rowsEach * srcs.length,
+      rows: sel ? (rowsEach / sel.period) * sel.count : rowsEach * srcs.length,
       k,
       bytesPerRow: k * elem,
       read(row0, n) {
@@ -57,9 +58,19 @@ function floatSource(input: Input, reader: TensorReader, dtype: FloatDType): Flo
         let done = 0;
         while (done < n) {
           const r = row0 + done;
-          const s = srcs[Math.floor(r / rowsEach)]!;
-          const local = r % rowsEach;
-          const take = Math.min(n - done, rowsEach - local);
+          let s: (typeof srcs)[number];
+          let local: number;
+          let take: number;
+          if (sel) {
+            // A run of consecutive source rows, up to the end of this period's selected rows.
+            s = first;
+            local = Math.floor(r / sel.count) * sel.period + sel.offset + (r % sel.count);
+            take = Math.min(n - done, sel.count - (r % sel.count));
+          } else {
+            s = srcs[Math.floor(r / rowsEach)]!;
+            local = r % rowsEach;
+            take = Math.min(n - done, rowsEach - local);
+          }
           const bytes = reader.read(s, local * k * elem, take * k * elem, raw);
           decodeFloats(srcDtype, bytes, out.subarray(done * k, (done + take) * k));
           done += take;

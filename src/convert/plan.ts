@@ -27,10 +27,29 @@ export interface ConvertOptions {
 export type Input =
   /** Bytes copied as they are. */
   | { kind: "raw"; src: SourceTensor }
-  /** Float tensors, stacked along a new first axis when there are several (MoE experts). */
-  | { kind: "float"; srcs: SourceTensor[]; addOne?: boolean }
+  /**
+   * Float tensors, stacked along a new first axis when there are several (MoE experts); with `rows`, a range of
+   * one tensor's rows (a part of a split tensor).
+   */
+  | { kind: "float"; srcs: SourceTensor[]; addOne?: boolean; rows?: RowSelect }
   /** A module MLX already quantized. */
   | { kind: "quantized"; weight: SourceTensor; scales: SourceTensor; biases?: SourceTensor; spec: QSpec };
+
+/**
+ * Rows of a tensor (every axis but the last flattened) taken in runs: output row r is source row
+ * floor(r / count) * period + offset + r % count.
+ */
+export interface RowSelect {
+  period: number;
+  offset: number;
+  count: number;
+}
+
+/** The rows of a split part: [start, end) along `axis` of a tensor of this shape. */
+function rowSelect(shape: readonly number[], axis: number, start: number, end: number): RowSelect {
+  const inner = shape.slice(axis + 1, -1).reduce((a, b) => a * b, 1);
+  return { period: shape[axis]! * inner, offset: start * inner, count: (end - start) * inner };
+}
 
 export type Output =
   | { kind: "raw"; name: string; dtype: StDType; shape: number[] }
@@ -137,6 +156,11 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null, rules: Fami
     const path = t.name.slice(0, -".scales".length);
     const w = src.tensors.get(`${path}.weight`);
     if (!w || w.dtype !== "U32") continue;
+    if (sanitizer.rename(w.name) === null) {
+      // a quantized module sanitize drops (a tower of a multimodal snapshot, a tied head, unused k/v weights)
+      for (const n of [w.name, t.name, `${path}.biases`]) taken.add(n);
+      continue;
+    }
     const ov = quant?.overrides.get(path);
     const spec = ov ? ov : quant?.global;
     if (!spec) throw new RmlxError("bad_model", `${src.dir}: ${path} is quantized but config.json has no quantization`);
@@ -170,6 +194,19 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null, rules: Fami
       experts.set(name, list);
       continue;
     }
+    const parts = sanitizer.split?.(r.name, t.shape);
+    if (parts) {
+      if (!isFloatDType(t.dtype)) throw new RmlxError("bad_model", `${src.dir}: tensor '${t.name}' is ${t.dtype}, not a float`);
+      for (const part of parts) {
+        if (part.axis < 0 || part.axis >= t.shape.length - 1 || part.start < 0 || part.end > t.shape[part.axis]! || part.start >= part.end)
+          throw new RmlxError("internal", `${t.name}: split part ${part.name} is outside the tensor`);
+        const shape = [...t.shape];
+        shape[part.axis] = part.end - part.start;
+        const input: Input = { kind: "float", srcs: [t], rows: rowSelect(t.shape, part.axis, part.start, part.end) };
+        out.push({ name: prefix + part.name, input, floatDtype: t.dtype, shape });
+      }
+      continue;
+    }
     const shape = sanitizer.reshape?.(r.name, t.shape) ?? [...t.shape];
     if (isFloatDType(t.dtype) || t.dtype === "F64") {
       const dt: FloatDType = t.dtype === "F64" ? "F32" : t.dtype;
@@ -199,12 +236,12 @@ function logicalTensors(src: SourceModel, quant: QuantConfig | null, rules: Fami
   return out.sort((a, b) => naturalCompare(a.name, b.name));
 }
 
-/** Modules mlx-lm's quantize visits: Linear and Embedding weights (2-D) and stacked experts (3-D switch_mlp). */
+/** Modules mlx-lm's quantize visits: Linear and Embedding weights (2-D) and stacked experts (3-D switch_mlp / switch_glu). */
 function quantizable(l: Logical): boolean {
   if (!l.name.endsWith(".weight") || l.floatDtype === undefined) return false;
   if (/norm|conv1d/.test(l.name)) return false;
   if (l.shape.length === 2) return true;
-  return l.shape.length === 3 && l.name.includes(".switch_mlp.");
+  return l.shape.length === 3 && /\.switch_(mlp|glu)\./.test(l.name);
 }
 
 function scaleEntries(path: string, spec: QSpec, scaleDtype: FloatDType, shape: number[]): WriteEntry[] {

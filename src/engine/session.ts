@@ -9,10 +9,11 @@ import type { Model } from "../models/model.ts";
 import { loadModel, textModelType } from "../models/registry.ts";
 import { applyChatTemplate, ChatTemplate } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
-import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
+import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS, type ReasoningTags } from "../text/reasoning.ts";
 import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
-import { toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
+import { GEMMA4_CALL_CLOSE, GEMMA4_CALL_OPEN, GEMMA4_QUOTE, toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
+import { ForcedGemma4Call } from "./gemma4_tool_call.ts";
 import { runStep } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { KvCache } from "./kv/kv_cache.ts";
@@ -28,7 +29,7 @@ export interface Session {
   /** EOS ids of the model's configs and its tokenizer. */
   stopTokenIds: number[];
   /** What the model's type and chat template tell about its output. */
-  info: { modelType: string; reasoning: boolean; toolParser?: ToolParserKind };
+  info: { modelType: string; reasoning: boolean; reasoningTags?: ReasoningTags; toolParser?: ToolParserKind };
 }
 
 export function loadSession(dir: string, backend: Backend = getBackend()): Session {
@@ -40,9 +41,11 @@ export function loadSession(dir: string, backend: Backend = getBackend()): Sessi
   const stopTokenIds = [...new Set([...md.config.eosTokenIds, ...tokenizer.eosTokenIds])];
   const modelType = textModelType(md);
   const chatTemplate = template?.source(true);
-  const info = {
+  const reasoningTags = reasoningTagsFor({ modelType, chatTemplate });
+  const info: Session["info"] = {
     modelType,
-    reasoning: reasoningTagsFor({ modelType, chatTemplate }) !== undefined,
+    reasoning: reasoningTags !== undefined,
+    ...(reasoningTags && reasoningTags !== THINK_TAGS ? { reasoningTags } : {}),
     toolParser: toolParserFor({ modelType, chatTemplate }),
   };
   const s: Session = { md, model, tokenizer, stopTokenIds, info };
@@ -65,7 +68,7 @@ type Prompt = Pick<GenerateRequest, "prompt" | "messages" | "tools" | "templateK
 export function encodePrompt(s: Session, req: Prompt): { ids: number[]; startsInReasoning: boolean } {
   if (req.messages) {
     const { text, ids } = renderChat(s, { ...req, messages: req.messages });
-    return { ids, startsInReasoning: s.info.reasoning && promptOpensReasoning(text) };
+    return { ids, startsInReasoning: s.info.reasoning && promptOpensReasoning(text, s.info.reasoningTags ?? THINK_TAGS) };
   }
   if (typeof req.prompt === "string") return { ids: s.tokenizer.encode(req.prompt), startsInReasoning: false };
   return { ids: checkedIds(req.prompt ?? [], s.model.vocabSize), startsInReasoning: false };
@@ -77,10 +80,11 @@ function checkedIds(ids: readonly number[], vocab: number): number[] {
   return [...ids];
 }
 
-/** The ids of <think> and </think> when each is one token (what thinking budgets need). */
+/** The ids of the reasoning tags (<think> and </think>) when each is one token (what thinking budgets need). */
 function thinkTokens(s: Session): { open: number; close: number } | undefined {
-  const open = s.tokenizer.encode(THINK_TAGS.open, { addSpecialTokens: false });
-  const close = s.tokenizer.encode(THINK_TAGS.close, { addSpecialTokens: false });
+  const tags = s.info.reasoningTags ?? THINK_TAGS;
+  const open = s.tokenizer.encode(tags.open, { addSpecialTokens: false });
+  const close = s.tokenizer.encode(tags.close, { addSpecialTokens: false });
   return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
 }
 
@@ -127,6 +131,14 @@ export function sessionModel(s: Session, cache: KvCache): SchedulerModel {
       }
       if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
       if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
+      if (forced === "gemma4") {
+        const one = (text: string) => {
+          const ids = s.tokenizer.encode(text, { addSpecialTokens: false });
+          if (ids.length !== 1) throw new RmlxError("invalid_argument", `a required tool call needs ${text} to be one token of this model`);
+          return ids[0]!;
+        };
+        return new ForcedGemma4Call(req.tools!, vocab, { open: one(GEMMA4_CALL_OPEN), close: one(GEMMA4_CALL_CLOSE), quote: one(GEMMA4_QUOTE) });
+      }
       return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
     },
   };

@@ -176,14 +176,14 @@ function pyStep(st: PyState, b: number, tools: readonly PyTool[]): PyState | nul
 }
 
 /** Token ids in byte order with each one's common-prefix length with the previous one, built once per vocabulary. */
-interface ByteOrder {
+export interface ByteOrder {
   ids: Int32Array;
   lcp: Int32Array;
 }
 
 const byteOrders = new WeakMap<ConstraintVocab, ByteOrder>();
 
-function byteOrder(vocab: ConstraintVocab): ByteOrder {
+export function byteOrder(vocab: ConstraintVocab): ByteOrder {
   let order = byteOrders.get(vocab);
   if (order) return order;
   const { blob, offsets } = vocab.bytes;

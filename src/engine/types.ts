@@ -131,6 +131,8 @@ export interface LoadedModelInfo {
   toolParser?: string;
   /** Whether the chat template knows reasoning sections (<think> ... </think>). */
   reasoning?: boolean;
+  /** The markers of those sections when they are not <think> and </think> (Gemma 4's thought channel). */
+  reasoningTags?: { open: string; close: string };
 }
 
 /** Messages from the worker to the server. */

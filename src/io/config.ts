@@ -57,16 +57,45 @@ export interface ModelConfig {
 }
 
 /**
+ * One layer's KV cache as its family lays it out: K/V heads and head size, sliding window (0 = full attention),
+ * and `source`, the earlier layer whose cache it reads instead of keeping one (Gemma 4's KV-shared layers).
+ */
+export interface LayerKvLayout {
+  kvHeads: number;
+  headDim: number;
+  window: number;
+  source?: number;
+}
+
+/** What a family adds to parsing: the values its configs leave out, and what only it knows about them. */
+export interface FamilyConfigRules {
+  defaults: Readonly<Record<string, unknown>>;
+  /** Checks and fixes the family applies to the parsed config, as its reference implementation does. */
+  adjust?: (cfg: ModelConfig, r: ConfigReader) => void;
+  /**
+   * Per-layer KV geometry when layers differ in more than window (Gemma 4: global layers of their own head size,
+   * layers that share an earlier layer's cache); null for a layer that keeps no KV (linear attention).
+   */
+  kvLayout?: (cfg: ModelConfig) => (LayerKvLayout | null)[];
+}
+
+/**
  * What parsing needs from the model registry: whether a model_type is known at all, and the config.json values its
  * family's published configs leave out. The registry (src/models/registry.ts) sits above io and hands its lookup
  * over as it loads.
  */
-export type ConfigFamilies = (modelType: string) => { defaults: Readonly<Record<string, unknown>> } | undefined;
+export type ConfigFamilies = (modelType: string) => FamilyConfigRules | undefined;
 
 let families: ConfigFamilies | undefined;
 
 export function setConfigFamilies(lookup: ConfigFamilies): void {
   families = lookup;
+}
+
+/** The family rules of a parsed config's text model (undefined before the registry is loaded). */
+export function configFamily(cfg: ModelConfig): FamilyConfigRules | undefined {
+  const t = cfg.raw.model_type;
+  return families?.(typeof t === "string" ? t : cfg.modelType);
 }
 
 const ROPE_TYPES: Record<string, RopeType> = {
@@ -150,7 +179,7 @@ function parseRope(r: ConfigReader, p: Record<string, unknown>, where: string, t
   const typeName = p.rope_type ?? p.type ?? "default";
   if (typeof typeName !== "string") r.bad(`${where}.rope_type is not a string`);
   const type = ROPE_TYPES[typeName];
-  if (!type) throw new RmlxError("unsupported", `${r.source}: unknown rope type '${typeName}'`);
+  if (!type) throw new RmlxError("unsupported", `${r.source}: unknown rope type '${typeName}' (${where}.rope_type)`);
   const theta = numField(r, p, "rope_theta", where) ?? thetaFallback ?? 10_000;
   const rope: RopeConfig = { type, theta };
   const fields: [keyof RopeConfig, string][] = [
@@ -316,6 +345,7 @@ export function parseConfig(raw: unknown, source: string): ModelConfig {
   const numExpertsPerTok = r.optInt("num_experts_per_tok") ?? r.optInt("top_k_experts");
   if (numExperts !== undefined) cfg.numExperts = numExperts;
   if (numExpertsPerTok !== undefined) cfg.numExpertsPerTok = numExpertsPerTok;
+  family.adjust?.(cfg, r);
   return cfg;
 }
 

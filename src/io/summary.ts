@@ -1,5 +1,5 @@
 // What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
-import type { LayerType, RopeConfig } from "./config.ts";
+import { configFamily, type LayerKvLayout, type LayerType, type ModelConfig, type RopeConfig } from "./config.ts";
 import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
@@ -34,6 +34,8 @@ export interface ModelSummary {
   weights_bytes: number;
   /** f16 KV cache bytes for one sequence of this many tokens. */
   kv_cache_bytes: Record<string, number>;
+  /** Gemma 4's per-layer embedding table: a large share of the weights, read a few rows per token. */
+  per_layer_embeddings?: { parameters: number; bytes: number };
   tokenizer: boolean;
   chat_template: boolean;
 }
@@ -52,7 +54,7 @@ function ropeSummary(r: RopeConfig): RopeSummary {
   return s;
 }
 
-const CLASS_ORDER = ["attention", "mlp", "router", "embed_tokens", "lm_head", "norms", "bias", "other"];
+const CLASS_ORDER = ["attention", "mlp", "router", "embed_tokens", "embed_tokens_per_layer", "lm_head", "norms", "bias", "other"];
 
 /** The tensor class a parameter name belongs to, for the quantization summary. */
 export function tensorClass(name: string): string {
@@ -62,6 +64,7 @@ export function tensorClass(name: string): string {
   if (leaf === "bias") return "bias";
   if (/norm/.test(module) || /norm/.test(leaf)) return "norms";
   if (parts.includes("embed_tokens") || module === "wte") return "embed_tokens";
+  if (parts.includes("embed_tokens_per_layer")) return "embed_tokens_per_layer";
   if (parts.includes("lm_head")) return "lm_head";
   if (parts.includes("router") || module === "gate" || module === "shared_expert_gate") return "router";
   if (parts.some((p) => p === "self_attn" || p === "attn" || p === "attention" || p === "linear_attn")) return "attention";
@@ -122,31 +125,46 @@ export function describeClasses(classes: Map<string, Map<string, number>>): stri
   return [...groups.entries()].map(([desc, cls]) => `${cls.join("/")}: ${desc}`).join("; ");
 }
 
+/** Each layer's KV as the config's common sizes say: sliding layers keep their window, linear-attention layers none. */
+function plainKvLayout(c: ModelConfig): (LayerKvLayout | null)[] {
+  return Array.from({ length: c.numLayers }, (_, i) => {
+    const type: LayerType = c.layerTypes?.[i] ?? "full_attention";
+    if (type === "linear_attention") return null;
+    return { kvHeads: c.numKvHeads, headDim: c.headDim, window: type === "sliding_attention" ? (c.slidingWindow ?? 0) : 0 };
+  });
+}
+
 /**
- * f16 K and V for one sequence of `tokens` tokens, sliding layers capped at the window, linear-attention layers none.
- * Reads the keys gemma4 has for caches its last layers share and for global layers of their own shape.
+ * f16 K and V for one sequence of `tokens` tokens, as the family lays its caches out (Gemma 4: global layers of
+ * their own head size, the last layers reading an earlier layer's cache): sliding layers capped at the window,
+ * layers sharing another's cache and linear-attention layers none.
  */
 export function kvCacheBytes(md: ModelDir, tokens: number): number {
   const c = md.config;
-  const raw = c.raw;
-  const shared = typeof raw.num_kv_shared_layers === "number" ? raw.num_kv_shared_layers : 0;
+  const layout = configFamily(c)?.kvLayout?.(c) ?? plainKvLayout(c);
   let total = 0;
-  for (let i = 0; i < c.numLayers; i++) {
-    const type: LayerType = c.layerTypes?.[i] ?? "full_attention";
-    if (type === "linear_attention") continue;
-    // The last layers reuse an earlier layer's cache.
-    if (i >= c.numLayers - shared) continue;
-    let headDim = c.headDim;
-    let kvHeads = c.numKvHeads;
-    if (type === "full_attention") {
-      if (typeof raw.global_head_dim === "number") headDim = raw.global_head_dim;
-      if (raw.attention_k_eq_v === true && typeof raw.num_global_key_value_heads === "number")
-        kvHeads = raw.num_global_key_value_heads;
-    }
-    const len = type === "sliding_attention" && c.slidingWindow ? Math.min(tokens, c.slidingWindow) : tokens;
-    total += 2 * kvHeads * headDim * 2 * len;
+  for (const l of layout) {
+    if (!l || l.source !== undefined) continue;
+    const len = l.window > 0 ? Math.min(tokens, l.window) : tokens;
+    total += 2 * l.kvHeads * l.headDim * 2 * len;
   }
   return total;
+}
+
+/** Parameters and bytes of the per-layer embedding table (weights and their quantization scales), if there is one. */
+function perLayerEmbeddings(md: ModelDir): { parameters: number; bytes: number } | undefined {
+  const { weights, quant } = md;
+  let parameters = 0;
+  let bytes = 0;
+  for (const t of weights.entries()) {
+    if (!/(^|\.)embed_tokens_per_layer\./.test(t.name)) continue;
+    bytes += t.bytes.byteLength;
+    const base = baseOf(t.name);
+    if (!t.name.endsWith(".weight")) continue;
+    const spec = weights.has(`${base}.scales`) ? quantSpecFor(quant, base, weights) : null;
+    parameters += logicalParams(t, spec?.bits, false);
+  }
+  return bytes > 0 ? { parameters, bytes } : undefined;
 }
 
 export function summarize(md: ModelDir): ModelSummary {
@@ -182,6 +200,8 @@ export function summarize(md: ModelDir): ModelSummary {
   if (c.numExpertsPerTok !== undefined) s.experts_per_token = c.numExpertsPerTok;
   if (c.localRope) s.local_rope = ropeSummary(c.localRope);
   if (c.slidingWindow !== undefined) s.sliding_window = c.slidingWindow;
+  const ple = perLayerEmbeddings(md);
+  if (ple) s.per_layer_embeddings = ple;
   return s;
 }
 

@@ -1,6 +1,7 @@
 // What a registry entry says about a model family, and the sanitize steps families share. A family file exports
 // its entry; src/models/registry.ts lists the entries.
 import type { Backend } from "../backend/backend.ts";
+import type { ConfigReader, FamilyConfigRules } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import type { Model } from "./model.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -26,6 +27,19 @@ export interface Sanitizer {
   addOne?(name: string, shape: readonly number[]): boolean;
   /** The shape mlx-lm gives a tensor (conv1d weights move their kernel axis last). */
   reshape?(name: string, shape: readonly number[]): number[];
+  /**
+   * A tensor (by its mlx-lm name) that convert writes as several, each a range of rows along one axis: a fused
+   * [E, 2I, H] gate_up stack becomes mlx-lm's gate and up stacks. Loading reads the fused tensor as it is.
+   */
+  split?(name: string, shape: readonly number[]): SplitPart[] | null;
+}
+
+/** Part of a split tensor: rows [start, end) of `axis` (an axis before the last), under a name of its own. */
+export interface SplitPart {
+  name: string;
+  axis: number;
+  start: number;
+  end: number;
 }
 
 export interface SanitizeContext {
@@ -33,6 +47,8 @@ export interface SanitizeContext {
   tied: boolean;
   /** Every stored tensor name (some fixes apply only to one checkpoint layout). */
   names: readonly string[];
+  /** The text model's config.json (text_config's keys over the top level's), with the family's defaults. */
+  config: ConfigReader;
 }
 
 export interface Family {
@@ -46,6 +62,9 @@ export interface Family {
   readonly nested?: Readonly<Record<string, string>>;
   /** mlx-lm's quant_predicate: modules quantized differently from the global choice (routers at 8 bits). */
   readonly quantOverride?: (path: string) => { bits: number; groupSize: number } | null;
+  /** Checks and fixes of the parsed config (see FamilyConfigRules), and per-layer KV geometry for `rmlx info`. */
+  readonly adjustConfig?: FamilyConfigRules["adjust"];
+  readonly kvLayout?: FamilyConfigRules["kvLayout"];
   /** The forward pass over weights named by sanitize; absent while the family is known but not implemented. */
   readonly load?: (backend: Backend, md: ModelDir, w: ModelWeights) => Model;
 }

@@ -10,6 +10,12 @@ export interface LayerCacheSpec {
   headDim: number;
   /** Sliding window in tokens; 0 = full attention. */
   window: number;
+  /**
+   * The earlier layer whose K/V this layer reads instead of keeping its own (Gemma 4's KV-shared layers): same
+   * sizes and window as that layer. The cache allocates it no pool (pools[i] is the source's), and the model
+   * writes nothing for it.
+   */
+  kvSource?: number;
 }
 
 /**

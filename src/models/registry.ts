@@ -40,7 +40,7 @@ export function familyFor(modelType: string): Family | undefined {
 // config.json parsing sits below this module and asks it which model_types exist and what their configs leave out.
 setConfigFamilies((modelType) => {
   const f = familyFor(modelType);
-  return f && { defaults: f.configDefaults ?? {} };
+  return f && { defaults: f.configDefaults ?? {}, adjust: f.adjustConfig, kvLayout: f.kvLayout };
 });
 
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.load ? f.modelTypes : []));
@@ -58,8 +58,9 @@ export function checkpointSanitizer(
   source: string,
 ): Sanitizer | null {
   if (!family.sanitize) return null;
-  const tied = new ConfigReader(textConfig, family.configDefaults ?? {}, source).optBool("tie_word_embeddings") ?? false;
-  return family.sanitize({ tied, names });
+  const config = new ConfigReader(textConfig, family.configDefaults ?? {}, source);
+  const tied = config.optBool("tie_word_embeddings") ?? false;
+  return family.sanitize({ tied, names, config });
 }
 
 /** The model_type that decides the architecture: text_config's when the config nests one. */

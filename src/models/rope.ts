@@ -65,8 +65,26 @@ function yarn(rope: RopeConfig, dims: number, contextLength: number): { inv: Flo
   return { inv, mscale };
 }
 
+/**
+ * Gemma 4's proportional rope (transformers' _compute_proportional_rope_parameters): the first
+ * floor(partial_rotary_factor * head_dim / 2) frequencies are theta^(-2i/head_dim) / factor, with the exponent over
+ * the whole head dim, and the rest are 0, so that rotate-half over the whole head turns pairs (i, i + head_dim/2)
+ * of the first ones only and leaves every other dim as it is.
+ */
+function proportional(rope: RopeConfig, headDim: number): RopeSetup {
+  if (headDim < 2 || headDim % 2 !== 0) throw new RmlxError("bad_model", `proportional rope needs an even head_dim (got ${headDim})`);
+  const factor = rope.factor ?? 1;
+  const angles = Math.floor(((rope.partialRotaryFactor ?? 1) * headDim) / 2);
+  if (angles < 1 || angles > headDim / 2)
+    throw new RmlxError("bad_model", `proportional rope: partial_rotary_factor ${rope.partialRotaryFactor} rotates no dims of head_dim ${headDim}`);
+  const inv = new Float64Array(headDim / 2);
+  for (let i = 0; i < angles; i++) inv[i] = 1 / Math.pow(rope.theta, (2 * i) / headDim) / factor;
+  return { opts: { dims: headDim, traditional: false, base: rope.theta, scale: 1, freqs: Float32Array.from(inv) }, maxPosition: Number.MAX_SAFE_INTEGER };
+}
+
 /** Rope options for a layer with this head dim; contextLength is config.json's max_position_embeddings. */
 export function ropeSetup(rope: RopeConfig, headDim: number, contextLength: number): RopeSetup {
+  if (rope.type === "proportional") return proportional(rope, headDim);
   const dims = Math.floor(headDim * (rope.partialRotaryFactor ?? 1));
   if (dims < 2 || dims % 2 !== 0 || dims > headDim) {
     throw new RmlxError("bad_model", `rotary dims ${dims} (head_dim ${headDim}) must be even and at most head_dim`);

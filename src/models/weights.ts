@@ -148,6 +148,18 @@ export class ModelWeights {
     };
   }
 
+  /** The value of a one-element float tensor (by its mlx-lm name), read on the host at load time. */
+  value(name: string): number {
+    const stored = this.storedName(name);
+    const e = this.md.weights.require(stored);
+    if (e.shape.reduce((a, b) => a * b, 1) !== 1) throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is not a single value`);
+    const v = new DataView(e.bytes.buffer, e.bytes.byteOffset, e.bytes.byteLength);
+    if (e.dtype === "F32") return v.getFloat32(0, true);
+    if (e.dtype === "BF16") return new Float32Array(new Uint32Array([v.getUint16(0, true) << 16]).buffer)[0]!;
+    if (e.dtype === "F16") return halfToFloat(v.getUint16(0, true));
+    throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is ${e.dtype}, not a float`);
+  }
+
   private scalar(name: string): number {
     const e = this.md.weights.require(name);
     if (e.dtype !== "F32" || e.bytes.byteLength !== 4) throw new RmlxError("bad_model", `${this.md.dir}: ${name} is not an f32 scalar`);
@@ -167,4 +179,13 @@ export function roundToBf16(x: number): number {
   const u = new Uint32Array(f.buffer);
   u[0] = ((u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16) << 16;
   return f[0]!;
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 0x1f) return frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }

@@ -13,7 +13,7 @@ type InnerBlock = Exclude<NonNullable<Block["content"]>, string>[number];
 
 /** Images cannot be served by the text-only models rmlx runs: a clear refusal rather than a silent drop. */
 function noImages(where: string): never {
-  throw new HttpError(400, `image content (in ${where}) is not supported: the models rmlx serves read text only`);
+  throw new HttpError(400, `image content (in ${where}) is not supported: this build serves text only`);
 }
 
 /**
@@ -133,7 +133,7 @@ export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
         flush();
         if (!b.tool_use_id) throw new HttpError(400, "tool_result blocks need a tool_use_id");
         out.push({ role: "tool", tool_call_id: b.tool_use_id, content: toolResultText(b.content) });
-      } else throw new HttpError(400, `content block type '${b.type}' is not supported`);
+      } else throw new HttpError(400, `content block type '${b.type}' is not supported: this build serves text only`);
     }
     flush();
   }

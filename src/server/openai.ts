@@ -21,7 +21,7 @@ function messageText(content: Body["messages"][number]["content"]): string | nul
   if (content == null || typeof content === "string") return content ?? null;
   let text = "";
   for (const part of content) {
-    if (part.type !== "text") throw new HttpError(400, `content part type '${part.type}' is not supported`, { param: "messages" });
+    if (part.type !== "text") throw new HttpError(400, `content part type '${part.type}' is not supported: this build serves text only`, { param: "messages" });
     text += part.text ?? "";
   }
   return text;

@@ -22,7 +22,7 @@ export interface ShaperOptions {
 export function outputShaper(opts: ShaperOptions): ChatOutputParser {
   const withTools = (opts.tools?.length ?? 0) > 0 && opts.info?.toolParser !== undefined;
   return new ChatOutputParser({
-    reasoningTags: opts.info?.reasoning ? THINK_TAGS : undefined,
+    reasoningTags: opts.info?.reasoning ? (opts.info.reasoningTags ?? THINK_TAGS) : undefined,
     startInReasoning: opts.startsInReasoning,
     toolParser: withTools ? (opts.info!.toolParser as ToolParserKind) : undefined,
     tools: opts.tools,

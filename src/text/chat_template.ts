@@ -82,6 +82,41 @@ function templateMessage(m: ChatMessage): Json {
   return out;
 }
 
+/** A tool message's content as a tool result: a JSON object or list as such, anything else as text. */
+function toolResult(content: unknown): unknown {
+  if (typeof content !== "string") return content ?? "";
+  try {
+    const v = JSON.parse(content);
+    return v !== null && typeof v === "object" ? v : content;
+  } catch {
+    return content;
+  }
+}
+
+/**
+ * Gemma 4's first templates read tool results from the calling assistant message's `tool_responses` ({name,
+ * response}) and render them inside the model's turn, right after its calls; OpenAI clients send them as "tool"
+ * messages after it. Each tool message that follows an assistant message with calls moves there, named after the
+ * call it answers (by tool_call_id, else by position).
+ */
+function attachToolResponses(messages: Json[]): Json[] {
+  const out: Json[] = [];
+  for (const m of messages) {
+    const prev = out[out.length - 1];
+    const calls = prev?.role === "assistant" && Array.isArray(prev.tool_calls) ? (prev.tool_calls as Json[]) : [];
+    if (m.role !== "tool" || calls.length === 0) {
+      out.push(m);
+      continue;
+    }
+    const responses = (prev!.tool_responses as Json[] | undefined) ?? [];
+    const call = calls.find((c) => c.id !== undefined && c.id === m.tool_call_id) ?? calls[responses.length];
+    const name = m.name ?? (call?.function as Json | undefined)?.name ?? "unknown";
+    responses.push({ name, response: toolResult(m.content) });
+    prev!.tool_responses = responses;
+  }
+  return out;
+}
+
 export class ChatTemplate {
   private readonly templates: Map<string, Template>;
   private readonly sources: Map<string, string>;
@@ -154,7 +189,9 @@ export class ChatTemplate {
       );
       tools = undefined;
     }
-    const messages = source.map(templateMessage);
+    let messages = source.map(templateMessage);
+    const text = this.sources.get(name)!;
+    if (text.includes("tool_responses") && !text.includes("tool_call_id")) messages = attachToolResponses(messages);
     // transformers always passes tools and documents, as None when absent; templates test `tools is not none`.
     const vars: Json = {
       documents: null,

@@ -27,14 +27,16 @@ export interface ToolParseResult {
 
 export type ToolParserKind = "hermes" | "llama3_json" | "pythonic" | "gemma4";
 
-const GEMMA4_CALL_OPEN = "<|tool_call>";
-const GEMMA4_CALL_CLOSE = "<tool_call|>";
+export const GEMMA4_CALL_OPEN = "<|tool_call>";
+export const GEMMA4_CALL_CLOSE = "<tool_call|>";
+/** Gemma 4's string quote, a token of its own. */
+export const GEMMA4_QUOTE = '<|"|>';
 
 /**
  * Markers the parsers read that some tokenizers mark as special tokens (Gemma 4's): a detokenizer that drops
  * special tokens must keep these, or the calls and reasoning they delimit could not be found.
  */
-export const TOOL_MARKERS = [GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, '<|"|>'];
+export const TOOL_MARKERS = [GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, GEMMA4_QUOTE];
 
 export interface ToolCallParser {
   feed(delta: string): ToolParseResult;

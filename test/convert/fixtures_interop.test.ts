@@ -27,6 +27,7 @@ const CASES: Case[] = [
   { name: "qwen3_q3", base: "qwen3", flags: ["-q", "--bits", "3", "--group-size", "32"] },
   { name: "qwen3_moe_q4", base: "qwen3_moe", flags: ["-q"] },
   { name: "llama_gqa_mxfp4", base: "llama_gqa", flags: ["-q", "--mode", "mxfp4"], skip: /^model\.embed_tokens\./ },
+  { name: "gemma4_e_mxfp8", base: "gemma4_e", flags: ["-q", "--mode", "mxfp8"] },
 ];
 
 describe("agreement with the fixture generator's quantizer", () => {

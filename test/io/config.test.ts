@@ -141,7 +141,7 @@ describe("parseConfig", () => {
   test("rope errors", () => {
     const unknown = parseError(llamaConfig({ rope_scaling: { rope_type: "wavelet", factor: 2 } }));
     expect(unknown.code).toBe("unsupported");
-    expect(unknown.message).toBe(`${SRC}: unknown rope type 'wavelet'`);
+    expect(unknown.message).toBe(`${SRC}: unknown rope type 'wavelet' (rope_scaling.rope_type)`);
     expect(parseError(llamaConfig({ rope_scaling: { rope_type: "llama3", factor: 8 } })).message).toBe(
       `${SRC}: rope_scaling: llama3 rope needs low_freq_factor`,
     );
@@ -249,9 +249,10 @@ describe("parseConfig", () => {
     );
     expect(c.rope).toEqual({ type: "proportional", theta: 1000000, partialRotaryFactor: 0.25 });
     expect(c.localRope).toEqual({ type: "default", theta: 10000 });
-    expect(new ConfigReader(c.raw, familyFor("gemma4")!.configDefaults!, SRC).optNum("final_logit_softcapping")).toBe(30);
-    // sliding_window_pattern 5: layers 4 and 9 global.
-    expect(c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []))).toEqual([4, 9]);
+    // transformers' defaults: no soft-cap unless the config has one; five sliding layers to one full, and the last
+    // layer always full.
+    expect(new ConfigReader(c.raw, familyFor("gemma4")!.configDefaults!, SRC).optNum("final_logit_softcapping")).toBeUndefined();
+    expect(c.layerTypes!.flatMap((t, i) => (t === "full_attention" ? [i] : []))).toEqual([5, 9]);
   });
 
   test("qwen3_moe fields", () => {

@@ -218,7 +218,8 @@ describe("parameter counting beyond dense layers", () => {
       sliding_window: 16,
     };
     const md = openModelDir(writeModelDir(tempDir(), cfg, { "model.norm.weight": { dtype: "BF16", shape: [64] } }));
-    // Pattern 5: layers 4 and 9 global. Layers 6-9 share earlier caches. Own caches: sliding 0,1,2,3,5; global 4.
+    // transformers' default pattern: layer 5 global, and the last (9) forced global. Layers 6-9 share earlier
+    // caches. Own caches: sliding 0-4; global 5.
     const tokens = 100;
     expect(kvCacheBytes(md, tokens)).toBe(5 * 16 * (2 * 1 * 32 * 2) + tokens * (2 * 1 * 64 * 2));
   });

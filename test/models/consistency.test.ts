@@ -41,6 +41,7 @@ const specs: (TinySpec & { name: string })[] = [
   { name: "qwen3", modelType: "qwen3" },
   { name: "qwen3_moe", modelType: "qwen3_moe" },
   { name: "gemma3_text", modelType: "gemma3_text" },
+  { name: "gemma4_text", modelType: "gemma4_text", layers: 3 },
   { name: "llama affine 4-bit g32", modelType: "llama", quant: { bits: 4, groupSize: 32 } },
   { name: "qwen3 affine 3-bit g32", modelType: "qwen3", quant: { bits: 3, groupSize: 32 } },
   { name: "qwen3_moe affine 8-bit g32", modelType: "qwen3_moe", quant: { bits: 8, groupSize: 32 } },

@@ -40,7 +40,7 @@ function writeSafetensors(path: string, tensors: Record<string, Entry>): void {
 }
 
 export interface TinySpec {
-  modelType: "llama" | "qwen3" | "qwen3_moe" | "gemma3_text";
+  modelType: "llama" | "qwen3" | "qwen3_moe" | "gemma3_text" | "gemma4_text";
   layers?: number;
   vocab?: number;
   /** MLX affine quantization of every Linear and the embeddings, experts stacked as switch_mlp. */
@@ -62,8 +62,10 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
     const n = shape.reduce((a, b) => a * b, 1);
     t[name] = { shape, data: Float32Array.from({ length: n }, () => offset + r() * 2 * scale) };
   };
-  const gemma = spec.modelType === "gemma3_text";
-  const normOffset = gemma ? 0 : 1;
+  const gemma4 = spec.modelType === "gemma4_text";
+  const gemma = spec.modelType === "gemma3_text" || gemma4;
+  // Gemma 3 stores norm weights around 0 (used as 1 + w), Gemma 4 as they are.
+  const normOffset = spec.modelType === "gemma3_text" ? 0 : 1;
   rand("model.embed_tokens.weight", [V, H], 0.5);
   rand("model.norm.weight", [H], 0.1, normOffset);
   const E = 4;
@@ -80,8 +82,8 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
       rand(`${p}.self_attn.k_norm.weight`, [headDim], 0.1, normOffset);
     }
     if (gemma) {
-      rand(`${p}.pre_feedforward_layernorm.weight`, [H], 0.1);
-      rand(`${p}.post_feedforward_layernorm.weight`, [H], 0.1);
+      rand(`${p}.pre_feedforward_layernorm.weight`, [H], 0.1, normOffset);
+      rand(`${p}.post_feedforward_layernorm.weight`, [H], 0.1, normOffset);
     }
     if (spec.modelType === "qwen3_moe" && i === 0) {
       rand(`${p}.mlp.gate.weight`, [E, H], 0.5);
@@ -116,7 +118,20 @@ export function makeTinyModel(spec: TinySpec, seed = 1): string {
     ...(spec.modelType === "qwen3_moe"
       ? { num_experts: E, num_experts_per_tok: 2, moe_intermediate_size: 32, norm_topk_prob: true, mlp_only_layers: [1], decoder_sparse_step: 1 }
       : {}),
-    ...(gemma ? { sliding_window: 5, layer_types: ["sliding_attention", "full_attention"].slice(0, L), query_pre_attn_scalar: 16, rope_local_base_freq: 10000, rope_theta: 1000000 } : {}),
+    ...(spec.modelType === "gemma3_text" ? { sliding_window: 5, layer_types: ["sliding_attention", "full_attention"].slice(0, L), query_pre_attn_scalar: 16, rope_local_base_freq: 10000, rope_theta: 1000000 } : {}),
+    ...(gemma4
+      ? {
+          sliding_window: 5,
+          layer_types: Array.from({ length: L }, (_, i) => (i % 2 === 1 ? "full_attention" : "sliding_attention")),
+          global_head_dim: headDim,
+          hidden_size_per_layer_input: 0,
+          final_logit_softcapping: 30,
+          rope_parameters: {
+            sliding_attention: { rope_type: "default", rope_theta: 10000 },
+            full_attention: { rope_type: "proportional", partial_rotary_factor: 0.25, rope_theta: 1000000 },
+          },
+        }
+      : {}),
     ...(spec.quant ? { quantization: { group_size: spec.quant.groupSize, bits: spec.quant.bits } } : {}),
     ...spec.extra,
   };

@@ -278,6 +278,18 @@ export class BlockSpace {
   }
 }
 
+/** A layer may read only an earlier layer's K/V that it could have kept itself: same sizes, same window. */
+function checkKvSources(layers: readonly LayerCacheSpec[]): void {
+  layers.forEach((l, i) => {
+    if (l.kvSource === undefined) return;
+    const src = layers[l.kvSource];
+    if (!Number.isInteger(l.kvSource) || l.kvSource >= i || !src || src.kvSource !== undefined)
+      throw new RmlxError("internal", `layer ${i} reads the KV of layer ${l.kvSource}, which is not an earlier layer with a cache of its own`);
+    if (src.kvHeads !== l.kvHeads || src.headDim !== l.headDim || src.window !== l.window)
+      throw new RmlxError("internal", `layer ${i} reads the KV of layer ${l.kvSource}, whose sizes or window differ`);
+  });
+}
+
 /** How to size the sliding space from a memory budget: the most sequences run together and tokens one adds in a step. */
 export interface WindowSizing {
   sequences: number;
@@ -330,11 +342,14 @@ export class KvCache {
   ) {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
     this.dtype = opts.dtype ?? "f32";
-    const windowed = opts.windowed === true && layers.some((l) => l.window > 0) && layers.some((l) => l.window <= 0);
+    checkKvSources(layers);
+    // Layers reading another layer's K/V (kvSource) hold no pool, take no memory and are not in any space.
+    const own = layers.filter((l) => l.kvSource === undefined);
+    const windowed = opts.windowed === true && own.some((l) => l.window > 0) && own.some((l) => l.window <= 0);
     const inWindow = (l: LayerCacheSpec) => windowed && l.window > 0;
-    const windowLayers = layers.filter(inWindow);
+    const windowLayers = own.filter(inWindow);
     this.window = windowLayers.reduce((m, l) => Math.max(m, l.window), 0);
-    const mainBytes = KvCache.bytesPerBlock(layers.filter((l) => !inWindow(l)), this.blockSize, this.dtype);
+    const mainBytes = KvCache.bytesPerBlock(own.filter((l) => !inWindow(l)), this.blockSize, this.dtype);
     const windowBytes = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
     // The sliding space gets what `sizing` asks for but never more blocks than the main one (a sequence holds at
     // most one sliding block per main block): the cache then holds every set of sequences that a cache without
@@ -363,10 +378,17 @@ export class KvCache {
     }
     const allocator = new BlockAllocator(numBlocks);
     const windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
-    this.pools = layers.map((l) =>
-      backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
-    );
-    const poolsWhere = (sliding: boolean) => this.pools.filter((_, i) => inWindow(layers[i]!) === sliding);
+    const pools: KvPool[] = [];
+    for (const l of layers) {
+      pools.push(
+        l.kvSource !== undefined
+          ? pools[l.kvSource]!
+          : backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
+      );
+    }
+    this.pools = pools;
+    const poolsWhere = (sliding: boolean) =>
+      this.pools.filter((_, i) => layers[i]!.kvSource === undefined && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
     if (windowAllocator) {
       spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
@@ -500,7 +522,7 @@ export class KvCache {
 
   /** Frees the device memory of the pools; the cache is unusable afterwards. */
   dispose(): void {
-    for (const p of this.pools) {
+    for (const p of new Set(this.pools)) {
       this.backend.dispose(p.k);
       this.backend.dispose(p.v);
     }
