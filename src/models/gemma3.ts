@@ -2,11 +2,22 @@
 // post-attention, pre- and post-feedforward), GeGLU with tanh GELU, embeddings times sqrt(hidden) rounded to
 // bf16, scores scaled by query_pre_attn_scalar^-0.5, and sliding-window layers with their own rope base. The
 // multimodal checkpoint (model_type gemma3) nests this text model under text_config and language_model.*.
-import type { Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { Backend, Tensor } from "../backend/backend.ts";
 import { ConfigReader, type ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { textModelSanitizer, type Family } from "./family.ts";
-import { attention, embed, gatedMlp, runLayer, selectRows, type AttentionParams, type AttentionWeights, type MlpWeights } from "./layers.ts";
+import {
+  attention,
+  embed,
+  gatedMlp,
+  runLayer,
+  selectRows,
+  stackEnds,
+  type AttentionParams,
+  type AttentionWeights,
+  type MlpWeights,
+  type StackEnds,
+} from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { ropeSetup } from "./rope.ts";
 import { roundToBf16, type ModelWeights } from "./weights.ts";
@@ -63,10 +74,8 @@ class Gemma3Model implements Model {
   readonly layers: LayerCacheSpec[];
   readonly vocabSize: number;
   private readonly eps: number;
-  private readonly embedTable: Weight;
+  private readonly ends: StackEnds;
   private readonly embedScale: number;
-  private readonly head: Weight;
-  private readonly finalNorm: Tensor;
   private readonly finalSoftcap: number | undefined;
   private readonly blocks: Block[] = [];
 
@@ -80,10 +89,8 @@ class Gemma3Model implements Model {
     this.config = c;
     this.eps = c.rmsNormEps;
     this.vocabSize = c.vocabSize;
-    this.embedTable = w.linear("model.embed_tokens");
+    this.ends = stackEnds(w);
     this.embedScale = roundToBf16(Math.sqrt(c.hiddenSize));
-    this.head = w.optLinear("lm_head") ?? this.embedTable;
-    this.finalNorm = w.tensor("model.norm.weight");
     this.finalSoftcap = args.finalLogitSoftcapping;
     const globalRope = ropeSetup(c.rope, c.headDim, c.contextLength);
     const localRopeConfig = c.localRope ?? { type: "default", theta: DEFAULTS.rope_local_base_freq };
@@ -129,7 +136,7 @@ class Gemma3Model implements Model {
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
     const eps = this.eps;
-    let h = be.scale(embed(be, this.embedTable, step.tokens), this.embedScale);
+    let h = be.scale(embed(be, this.ends.embed, step.tokens), this.embedScale);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;
@@ -141,7 +148,7 @@ class Gemma3Model implements Model {
       });
     }
     h = selectRows(be, h, step.logitRows);
-    let logits = be.linear(be.rmsNorm(h, this.finalNorm, eps, true), this.head);
+    let logits = be.linear(be.rmsNorm(h, this.ends.norm, eps, true), this.ends.head);
     if (this.finalSoftcap) logits = be.softcap(logits, this.finalSoftcap);
     return logits;
   }

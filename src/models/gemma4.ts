@@ -20,7 +20,7 @@ import { RmlxError } from "../errors.ts";
 import { ConfigReader, type LayerKvLayout, type ModelConfig, type RopeConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
-import { embed, gatedMlp, mlpWeights, runLayer, selectRows, type MlpWeights } from "./layers.ts";
+import { embed, gatedMlp, mlpWeights, runLayer, selectRows, stackEnds, type MlpWeights, type StackEnds } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -283,10 +283,8 @@ class Gemma4Model implements Model {
   readonly vocabSize: number;
   private readonly eps: number;
   private readonly hidden: number;
-  private readonly embedTable: Weight;
+  private readonly ends: StackEnds;
   private readonly embedScale: number;
-  private readonly head: Weight;
-  private readonly finalNorm: Tensor;
   private readonly finalSoftcap: number | undefined;
   private readonly moe: Moe | undefined;
   private readonly ple:
@@ -307,10 +305,8 @@ class Gemma4Model implements Model {
     this.eps = c.rmsNormEps;
     this.hidden = c.hiddenSize;
     this.vocabSize = c.vocabSize;
-    this.embedTable = w.linear("model.embed_tokens");
+    this.ends = stackEnds(w);
     this.embedScale = embedScale(c.hiddenSize);
-    this.head = w.optLinear("lm_head") ?? this.embedTable;
-    this.finalNorm = w.tensor("model.norm.weight");
     this.finalSoftcap = r.optNum("final_logit_softcapping") || undefined;
 
     const pleDim = r.optInt("hidden_size_per_layer_input") ?? 0;
@@ -444,7 +440,7 @@ class Gemma4Model implements Model {
     const be = this.backend;
     const eps = this.eps;
     const T = step.tokens.length;
-    let h = be.scale(embed(be, this.embedTable, step.tokens), this.embedScale);
+    let h = be.scale(embed(be, this.ends.embed, step.tokens), this.embedScale);
     const ple = this.ple ? this.perLayerInputs(h, step.tokens) : undefined;
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
@@ -464,7 +460,7 @@ class Gemma4Model implements Model {
       });
     }
     h = selectRows(be, h, step.logitRows);
-    const logits = be.linear(be.rmsNorm(h, this.finalNorm, eps), this.head);
+    const logits = be.linear(be.rmsNorm(h, this.ends.norm, eps), this.ends.head);
     return this.finalSoftcap ? be.softcap(logits, this.finalSoftcap) : logits;
   }
 }

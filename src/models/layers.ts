@@ -2,8 +2,9 @@
 // selection, and the loading of the attention and MLP modules most families name alike. Each family file composes
 // these in the order its reference implementation does.
 import type { AttentionOptions, Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { ModelConfig } from "../io/config.ts";
 import type { ForwardStep } from "./model.ts";
-import { checkPositions, type RopeSetup } from "./rope.ts";
+import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
 
 export interface AttentionWeights {
@@ -137,4 +138,31 @@ export function selectRows(be: Backend, h: Tensor, rows: Int32Array): Tensor {
 /** Token embeddings for the step's ids. */
 export function embed(be: Backend, table: Weight, tokens: Int32Array): Tensor {
   return be.take(table, be.fromArray(tokens, [tokens.length], "i32"));
+}
+
+/** The two ends of a decoder stack: the token embeddings, and the final norm before the output head. */
+export interface StackEnds {
+  embed: Weight;
+  /** The embedding table itself when tied (sanitize drops a tied checkpoint's stored head) or when none is stored. */
+  head: Weight;
+  norm: Tensor;
+}
+
+export function stackEnds(w: ModelWeights): StackEnds {
+  const table = w.linear("model.embed_tokens");
+  return { embed: table, head: w.optLinear("lm_head") ?? table, norm: w.tensor("model.norm.weight") };
+}
+
+/** Attention of the Llama/Qwen layout: scores scaled by 1/sqrt(head_dim), the config's rope, plain-weight q/k norms. */
+export function gqaParams(c: ModelConfig, window: number): AttentionParams {
+  return {
+    heads: c.numHeads,
+    kvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    scale: 1 / Math.sqrt(c.headDim),
+    window,
+    rope: ropeSetup(c.rope, c.headDim, c.contextLength),
+    normEps: c.rmsNormEps,
+    normOnePlus: false,
+  };
 }

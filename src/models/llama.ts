@@ -1,7 +1,7 @@
 // Llama and its close relatives: pre-norm decoder blocks of GQA attention with rope and a SwiGLU MLP, attention
 // and MLP biases where the checkpoint stores them (qwen2's q/k/v), tied or separate output head. Mistral is the
 // same model with every layer sliding over sliding_window; Llama and Qwen2 never slide.
-import type { Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { Backend, Tensor } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { textModelSanitizer, type Family } from "./family.ts";
@@ -10,15 +10,17 @@ import {
   attentionWeights,
   embed,
   gatedMlp,
+  gqaParams,
   mlpWeights,
   runLayer,
   selectRows,
+  stackEnds,
   type AttentionParams,
   type AttentionWeights,
   type MlpWeights,
+  type StackEnds,
 } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
-import { ropeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
 
 interface Block {
@@ -33,9 +35,7 @@ class LlamaModel implements Model {
   readonly layers: LayerCacheSpec[];
   readonly vocabSize: number;
   private readonly eps: number;
-  private readonly embedTable: Weight;
-  private readonly head: Weight;
-  private readonly finalNorm: Tensor;
+  private readonly ends: StackEnds;
   private readonly attn: AttentionParams;
   private readonly blocks: Block[] = [];
 
@@ -49,21 +49,9 @@ class LlamaModel implements Model {
     const c = md.config;
     this.config = c;
     this.eps = c.rmsNormEps;
-    this.embedTable = w.linear("model.embed_tokens");
+    this.ends = stackEnds(w);
     this.vocabSize = c.vocabSize;
-    // A tied checkpoint's stored head is dropped by sanitize; an untied one without a head reuses the embeddings.
-    this.head = w.optLinear("lm_head") ?? this.embedTable;
-    this.finalNorm = w.tensor("model.norm.weight");
-    this.attn = {
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      scale: 1 / Math.sqrt(c.headDim),
-      window,
-      rope: ropeSetup(c.rope, c.headDim, c.contextLength),
-      normEps: this.eps,
-      normOnePlus: false,
-    };
+    this.attn = gqaParams(c, window);
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
       this.blocks.push({
@@ -78,7 +66,7 @@ class LlamaModel implements Model {
 
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
-    let h = embed(be, this.embedTable, step.tokens);
+    let h = embed(be, this.ends.embed, step.tokens);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;
@@ -88,7 +76,7 @@ class LlamaModel implements Model {
       });
     }
     h = selectRows(be, h, step.logitRows);
-    return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
+    return be.linear(be.rmsNorm(h, this.ends.norm, this.eps), this.ends.head);
   }
 }
 

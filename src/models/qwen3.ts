@@ -1,6 +1,6 @@
 // Qwen3: the Llama layout with an explicit head_dim and a per-head RMSNorm on q and k before rope; pre-norm
 // decoder blocks of GQA attention and a SwiGLU MLP, tied or separate output head.
-import type { Backend, Tensor, Weight } from "../backend/backend.ts";
+import type { Backend, Tensor } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { textModelSanitizer, type Family } from "./family.ts";
@@ -9,15 +9,17 @@ import {
   attentionWeights,
   embed,
   gatedMlp,
+  gqaParams,
   mlpWeights,
   runLayer,
   selectRows,
+  stackEnds,
   type AttentionParams,
   type AttentionWeights,
   type MlpWeights,
+  type StackEnds,
 } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
-import { ropeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
 
 interface Block {
@@ -32,9 +34,7 @@ class Qwen3Model implements Model {
   readonly layers: LayerCacheSpec[];
   readonly vocabSize: number;
   private readonly eps: number;
-  private readonly embedTable: Weight;
-  private readonly head: Weight;
-  private readonly finalNorm: Tensor;
+  private readonly ends: StackEnds;
   private readonly attn: AttentionParams;
   private readonly blocks: Block[] = [];
 
@@ -46,20 +46,9 @@ class Qwen3Model implements Model {
     const c = md.config;
     this.config = c;
     this.eps = c.rmsNormEps;
-    this.embedTable = w.linear("model.embed_tokens");
+    this.ends = stackEnds(w);
     this.vocabSize = c.vocabSize;
-    this.head = w.optLinear("lm_head") ?? this.embedTable;
-    this.finalNorm = w.tensor("model.norm.weight");
-    this.attn = {
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      scale: 1 / Math.sqrt(c.headDim),
-      window: 0,
-      rope: ropeSetup(c.rope, c.headDim, c.contextLength),
-      normEps: this.eps,
-      normOnePlus: false,
-    };
+    this.attn = gqaParams(c, 0);
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
       this.blocks.push({
@@ -78,7 +67,7 @@ class Qwen3Model implements Model {
 
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
-    let h = embed(be, this.embedTable, step.tokens);
+    let h = embed(be, this.ends.embed, step.tokens);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;
@@ -88,7 +77,7 @@ class Qwen3Model implements Model {
       });
     }
     h = selectRows(be, h, step.logitRows);
-    return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
+    return be.linear(be.rmsNorm(h, this.ends.norm, this.eps), this.ends.head);
   }
 }
 

@@ -12,15 +12,17 @@ import {
   attentionWeights,
   embed,
   gatedMlp,
+  gqaParams,
   mlpWeights,
   runLayer,
   selectRows,
+  stackEnds,
   type AttentionParams,
   type AttentionWeights,
   type MlpWeights,
+  type StackEnds,
 } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
-import { ropeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
 
 export interface Qwen3MoeArgs {
@@ -122,9 +124,7 @@ class Qwen3MoeModel implements Model {
   readonly vocabSize: number;
   private readonly args: Qwen3MoeArgs;
   private readonly eps: number;
-  private readonly embedTable: Weight;
-  private readonly head: Weight;
-  private readonly finalNorm: Tensor;
+  private readonly ends: StackEnds;
   private readonly attn: AttentionParams;
   private readonly blocks: Block[] = [];
 
@@ -138,20 +138,9 @@ class Qwen3MoeModel implements Model {
     this.config = c;
     this.args = args;
     this.eps = c.rmsNormEps;
-    this.embedTable = w.linear("model.embed_tokens");
+    this.ends = stackEnds(w);
     this.vocabSize = c.vocabSize;
-    this.head = w.optLinear("lm_head") ?? this.embedTable;
-    this.finalNorm = w.tensor("model.norm.weight");
-    this.attn = {
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      scale: 1 / Math.sqrt(c.headDim),
-      window: 0,
-      rope: ropeSetup(c.rope, c.headDim, c.contextLength),
-      normEps: this.eps,
-      normOnePlus: false,
-    };
+    this.attn = gqaParams(c, 0);
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
       const sparse = !args.mlpOnlyLayers.includes(i) && (i + 1) % args.decoderSparseStep === 0;
@@ -171,7 +160,7 @@ class Qwen3MoeModel implements Model {
 
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
-    let h = embed(be, this.embedTable, step.tokens);
+    let h = embed(be, this.ends.embed, step.tokens);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;
@@ -182,7 +171,7 @@ class Qwen3MoeModel implements Model {
       });
     }
     h = selectRows(be, h, step.logitRows);
-    return be.linear(be.rmsNorm(h, this.finalNorm, this.eps), this.head);
+    return be.linear(be.rmsNorm(h, this.ends.norm, this.eps), this.ends.head);
   }
 }
 
