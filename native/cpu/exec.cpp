@@ -31,6 +31,8 @@ int run_op(const KvWriteRecord &r) {
 }
 
 int run_op(const PagedAttentionRecord &r) { return op_paged_attention(r); }
+int run_op(const PagedAttentionPageRecord &r) { return op_paged_attention_page(r); }
+int run_op(const KvWritePageRecord &r) { return op_kv_write_page(r); }
 
 int run_op(const SdpaRecord &r) {
   return op_sdpa(r.out, r.q, r.k, r.v, r.B, r.H, r.Hkv, r.L, r.S, r.D, r.scale, r.causal);

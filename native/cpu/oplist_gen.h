@@ -33,6 +33,8 @@ enum Op : int {
   OP_GATHER_LINEAR = 23,
   OP_DEQUANT_ROWS = 24,
   OP_TAKE_ROWS = 25,
+  OP_KV_WRITE_PAGE = 40,
+  OP_PAGED_ATTENTION_PAGE = 41,
 };
 
 enum BinaryKind : int { BINARY_ADD = 0, BINARY_SUB = 1, BINARY_MUL = 2 };
@@ -48,6 +50,16 @@ struct QuantWeight {
   int bits;
   int group;
   float gscale;
+};
+
+struct KvPage {
+  void *data;
+  void *scales;
+  void *biases;
+  int dt;
+  int mode;
+  int bits;
+  int group;
 };
 
 struct BinaryRecord {
@@ -306,6 +318,40 @@ struct TakeRowsRecord {
   int wdt;
 };
 
+struct KvWritePageRecord {
+  KvPage kpage;
+  KvPage vpage;
+  const float *k;
+  const float *v;
+  const int32_t *slots;
+  int64_t T;
+  int64_t kv_heads;
+  int64_t head_dim;
+  int64_t num_slots;
+};
+
+struct PagedAttentionPageRecord {
+  float *out;
+  const float *q;
+  KvPage kpage;
+  KvPage vpage;
+  int64_t block_size;
+  int64_t kv_heads;
+  int64_t head_dim;
+  int64_t num_blocks;
+  const int32_t *tables;
+  int64_t max_blocks;
+  const int32_t *token_seq;
+  const int32_t *positions;
+  const int32_t *seq_lens;
+  int64_t num_seqs;
+  int64_t T;
+  int64_t heads;
+  float scale;
+  int64_t window;
+  float softcap;
+};
+
 // Each runs one decoded record (exec.cpp).
 int run_op(const BinaryRecord &r);
 int run_op(const UnaryRecord &r);
@@ -331,6 +377,8 @@ int run_op(const GatherQlinearRecord &r);
 int run_op(const GatherLinearRecord &r);
 int run_op(const DequantRowsRecord &r);
 int run_op(const TakeRowsRecord &r);
+int run_op(const KvWritePageRecord &r);
+int run_op(const PagedAttentionPageRecord &r);
 
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);
@@ -669,6 +717,68 @@ inline int exec_record(const double *rec, int64_t len) {
       r.K = (int64_t)*p++;
       r.w = (const void *)(uintptr_t)(int64_t)*p++;
       r.wdt = (int)*p++;
+      return run_op(r);
+    }
+    case OP_KV_WRITE_PAGE: {
+      if (len != 23) return wrong_length("kvWritePage", len, 23);
+      KvWritePageRecord r;
+      r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.dt = (int)*p++;
+      r.kpage.mode = (int)*p++;
+      r.kpage.bits = (int)*p++;
+      r.kpage.group = (int)*p++;
+      r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.dt = (int)*p++;
+      r.vpage.mode = (int)*p++;
+      r.vpage.bits = (int)*p++;
+      r.vpage.group = (int)*p++;
+      r.k = (const float *)(uintptr_t)(int64_t)*p++;
+      r.v = (const float *)(uintptr_t)(int64_t)*p++;
+      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.T = (int64_t)*p++;
+      r.kv_heads = (int64_t)*p++;
+      r.head_dim = (int64_t)*p++;
+      r.num_slots = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_PAGED_ATTENTION_PAGE: {
+      if (len != 33) return wrong_length("pagedAttentionPage", len, 33);
+      PagedAttentionPageRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.q = (const float *)(uintptr_t)(int64_t)*p++;
+      r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+      r.kpage.dt = (int)*p++;
+      r.kpage.mode = (int)*p++;
+      r.kpage.bits = (int)*p++;
+      r.kpage.group = (int)*p++;
+      r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+      r.vpage.dt = (int)*p++;
+      r.vpage.mode = (int)*p++;
+      r.vpage.bits = (int)*p++;
+      r.vpage.group = (int)*p++;
+      r.block_size = (int64_t)*p++;
+      r.kv_heads = (int64_t)*p++;
+      r.head_dim = (int64_t)*p++;
+      r.num_blocks = (int64_t)*p++;
+      r.tables = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.max_blocks = (int64_t)*p++;
+      r.token_seq = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.positions = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.seq_lens = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.num_seqs = (int64_t)*p++;
+      r.T = (int64_t)*p++;
+      r.heads = (int64_t)*p++;
+      r.scale = (float)*p++;
+      r.window = (int64_t)*p++;
+      r.softcap = (float)*p++;
       return run_op(r);
     }
     default: return fail(RMLX_E_INVALID, "rmlx_exec: unknown op code %d", (int)rec[0]);

@@ -48,6 +48,11 @@ struct PagedAttentionRecord;
 int op_kv_write(void *kpool, void *vpool, int pool_dt, const float *k, const float *v, const int32_t *slots,
                 int64_t T, int64_t row, int64_t num_slots);
 int op_paged_attention(const PagedAttentionRecord &a);
+// The same over pools of any KV page format (float or packed codes, see KvPage in the op list).
+struct PagedAttentionPageRecord;
+struct KvWritePageRecord;
+int op_paged_attention_page(const PagedAttentionPageRecord &a);
+int op_kv_write_page(const KvWritePageRecord &a);
 int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t B, int64_t H, int64_t Hkv, int64_t L,
             int64_t S, int64_t D, float scale, bool causal);
 

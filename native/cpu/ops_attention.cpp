@@ -1,21 +1,20 @@
-// KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax.
+// KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax. Pools hold
+// float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales); attention reads the packed
+// rows in place, decoding one chunk of keys at a time into scratch, so no dequantized copy of the cache exists.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
 #include <vector>
 
+#include "common.h"
 #include "oplist_gen.h"
+#include "quant_formats.h"
 #include "threadpool.h"
 
 namespace rmlx {
 namespace {
 
 constexpr int64_t kChunk = 64;  // keys scored per softmax update
-
-inline void load_row(const Kern &k, float *dst, const void *base, int dt, int64_t off, int64_t n) {
-  if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)base + off, n);
-  else k.bf16_to_f32(dst, (const uint16_t *)base + off, n);
-}
 
 inline void store_row(const Kern &k, void *base, int dt, int64_t off, const float *src, int64_t n) {
   if (dt == RMLX_F32) std::memcpy((float *)base + off, src, n * sizeof(float));
@@ -26,6 +25,159 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
 constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attended together in a prefill
 constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
+enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2 };
+
+// One side (K or V) of a pool. Offsets are in elements of the logical [slot, kvHead, D] array; a packed side keeps
+// row off / D at data + (off / D) * vbytes, its group scales (and biases) at (off / D) * ngroups.
+struct KvSide {
+  const char *data = nullptr;
+  const uint16_t *scales = nullptr;
+  const uint16_t *biases = nullptr;
+  int dt = RMLX_F32, mode = KV_FLOAT, bits = 0;
+  int64_t group = 0, D = 0, esize = 4, vbytes = 0, ngroups = 0;
+
+  static KvSide flt(const void *p, int dt, int64_t D) {
+    KvSide s;
+    s.data = (const char *)p;
+    s.dt = dt;
+    s.D = D;
+    s.esize = dt == RMLX_F32 ? 4 : 2;
+    s.vbytes = D * s.esize;
+    return s;
+  }
+
+  static KvSide of(const KvPage &p, int64_t D) {
+    if (p.mode == KV_FLOAT) return flt(p.data, p.dt, D);
+    KvSide s;
+    s.data = (const char *)p.data;
+    s.scales = (const uint16_t *)p.scales;
+    s.biases = (const uint16_t *)p.biases;
+    s.mode = p.mode;
+    s.bits = p.mode == KV_FP8 ? 8 : p.bits;
+    s.group = p.group;
+    s.D = D;
+    s.vbytes = D * s.bits / 8;
+    s.ngroups = D / p.group;
+    return s;
+  }
+
+  bool packed() const { return mode != KV_FLOAT; }
+  const char *row(int64_t off) const { return packed() ? data + (off / D) * vbytes : data + off * esize; }
+
+  void prefetch(int64_t off) const {
+    const char *p = row(off);
+    for (int64_t b = 0; b < vbytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+    if (packed()) __builtin_prefetch(scales + (off / D) * ngroups, 0, 2);
+    if (biases) __builtin_prefetch(biases + (off / D) * ngroups, 0, 2);
+  }
+
+  // dst[0..D) = the row at off as f32.
+  void load(const Kern &k, float *dst, int64_t off) const {
+    if (mode == KV_FLOAT) {
+      if (dt == RMLX_F32) std::memcpy(dst, data + off * 4, sizeof(float) * D);
+      else if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)(data + off * 2), D);
+      else k.bf16_to_f32(dst, (const uint16_t *)(data + off * 2), D);
+      return;
+    }
+    const int64_t v = off / D;
+    const uint8_t *c = (const uint8_t *)data + v * vbytes;
+    const uint16_t *sc = scales + v * ngroups;
+    const uint16_t *bi = biases ? biases + v * ngroups : nullptr;
+    for (int64_t g = 0; g < ngroups; g++) {
+      const float s = f16_to_f32(sc[g]), b = bi ? f16_to_f32(bi[g]) : 0.f;
+      if (mode == KV_FP8) decode_fp8(dst + g * group, c + g * group, s, group);
+      else if (bits == 8) decode_u8(dst + g * group, c + g * group, s, b, group);
+      else decode_u4(dst + g * group, c + g * group / 2, s, b, group);
+    }
+  }
+
+  // Codes to floats; the loops are kept free of aliasing so that they vectorize.
+  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_u8(float *__restrict o, const uint8_t *__restrict c, float s, float b, int64_t n) {
+    for (int64_t j = 0; j < n; j++) o[j] = s * (float)(int32_t)c[j] + b;
+  }
+  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_u4(float *__restrict o, const uint8_t *__restrict c, float s, float b, int64_t n) {
+    float lo[128], hi[128];
+    const int64_t h = n / 2;
+    for (int64_t j = 0; j < h; j++) {
+      lo[j] = s * (float)(int32_t)(c[j] & 15) + b;
+      hi[j] = s * (float)(int32_t)(c[j] >> 4) + b;
+    }
+    for (int64_t j = 0; j < h; j++) {
+      o[2 * j] = lo[j];
+      o[2 * j + 1] = hi[j];
+    }
+  }
+  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_fp8(float *__restrict o, const uint8_t *__restrict c, float s, int64_t n) {
+    for (int64_t j = 0; j < n; j++) o[j] = kE4M3[c[j]] * s;
+  }
+};
+
+// E4M3 ("fn") code of x, rounded to nearest even, saturating at 448; the sign of a zero result is kept.
+uint8_t e4m3_encode(float x) {
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  float a = std::fabs(x);
+  if (!(a == a)) return 0x7f;
+  if (a >= 448.f) return sign | 0x7e;
+  if (a < 0.015625f) return sign | (uint8_t)std::nearbyint(a * 512.f);  // subnormals step 2^-9; 8 is 2^-6
+  int ex;
+  std::frexp(a, &ex);
+  int e = ex - 1;
+  int m = (int)std::nearbyint((std::ldexp(a, -e) - 1.f) * 8.f);
+  if (m == 8) {
+    e++;
+    m = 0;
+  }
+  int code = ((e + 7) << 3) | m;
+  if (code > 0x7e) code = 0x7e;
+  return sign | (uint8_t)code;
+}
+
+// Packs one row x[0..D) into a packed side's row v (see KvSide), MLX's affine rule with the scale and bias rounded
+// to f16 before the codes are taken, so that the codes fit the stored scale.
+void pack_row(const KvSide &s, int64_t v, const float *x) {
+  uint8_t *c = (uint8_t *)s.data + v * s.vbytes;
+  uint16_t *sc = (uint16_t *)s.scales + v * s.ngroups;
+  const int64_t G = s.group;
+  for (int64_t g = 0; g < s.ngroups; g++) {
+    const float *xg = x + g * G;
+    if (s.mode == KV_FP8) {
+      float amax = 0.f;
+      for (int64_t j = 0; j < G; j++) amax = std::max(amax, std::fabs(xg[j]));
+      const uint16_t hs = f32_to_f16(std::min(amax / 448.f, 65504.f));
+      const float st = f16_to_f32(hs);
+      sc[g] = hs;
+      const float inv = st > 0.f ? 1.f / st : 0.f;
+      for (int64_t j = 0; j < G; j++) c[g * G + j] = e4m3_encode(xg[j] * inv);
+      continue;
+    }
+    float mn = xg[0], mx = xg[0];
+    for (int64_t j = 1; j < G; j++) mn = std::min(mn, xg[j]), mx = std::max(mx, xg[j]);
+    const int levels = (1 << s.bits) - 1;
+    float scale = std::max((mx - mn) / levels, 1e-7f);
+    const bool side = std::fabs(mn) > std::fabs(mx);
+    scale = side ? scale : -scale;
+    const float edge = side ? mn : mx;
+    const float q0 = std::nearbyint(edge / scale);
+    float bias = 0.f;
+    if (q0 != 0.f) {
+      scale = edge / q0;
+      bias = edge;
+    }
+    const uint16_t hs = f32_to_f16(std::clamp(scale, -65504.f, 65504.f)), hb = f32_to_f16(std::clamp(bias, -65504.f, 65504.f));
+    sc[g] = hs;
+    ((uint16_t *)s.biases)[v * s.ngroups + g] = hb;
+    const float fs = f16_to_f32(hs), fb = f16_to_f32(hb);
+    const float inv = fs != 0.f ? 1.f / fs : 0.f;
+    auto code = [&](float w) { return (uint32_t)std::clamp(std::nearbyint((w - fb) * inv), 0.f, (float)levels); };
+    if (s.bits == 8) {
+      for (int64_t j = 0; j < G; j++) c[g * G + j] = (uint8_t)code(xg[j]);
+    } else {
+      uint8_t *cg = c + g * G / 2;
+      for (int64_t j = 0; j < G / 2; j++) cg[j] = (uint8_t)(code(xg[2 * j]) | (code(xg[2 * j + 1]) << 4));
+    }
+  }
+}
+
 // Attends R query rows (contiguous [R, D] in qr) over nkeys keys, whose element offsets in the K and V buffers
 // come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
 // writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
@@ -34,7 +186,7 @@ constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split deco
 // then gets the unnormalized sum of the part (see merge_parts). Scratch: see scratch_floats.
 template <class Rows>
 void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *lo, const int64_t *hi, int64_t D,
-                 const void *kb, const void *vb, int dt, int64_t nkeys, Rows rows, float scale, float softcap,
+                 const KvSide &K, const KvSide &V, int64_t nkeys, Rows rows, float scale, float softcap,
                  bool tiled, float *scratch, float *part_ml = nullptr) {
   float *acc = scratch;             // [R, D]
   float *m = acc + R * D;           // [R]
@@ -51,18 +203,18 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   // Key offsets are taken one chunk ahead, and that chunk's K and V rows are prefetched into L2 while this one is
   // scored: a token row of the pool is often a whole page away from the next, so the hardware prefetchers,
   // which stay within a page, leave every row to a demand miss (decode attention read 7-8 GB/s per core).
-  const int64_t esize = dt == RMLX_F32 ? 4 : 2, rowbytes = D * esize;
   int64_t offs[2][kChunk];
   auto take = [&](int64_t *o, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
       o[j] = rows();
-      const char *kp = (const char *)kb + o[j] * esize, *vp = (const char *)vb + o[j] * esize;
-      for (int64_t b = 0; b < rowbytes; b += 64) {
-        __builtin_prefetch(kp + b, 0, 2);
-        __builtin_prefetch(vp + b, 0, 2);
-      }
+      K.prefetch(o[j]);
+      V.prefetch(o[j]);
     }
   };
+  // 16-bit float rows are read in place by the single-row kernels; f32 rows in place by all; packed rows (and
+  // 16-bit rows of a tile) are decoded once per chunk into scratch.
+  const bool same = !K.packed() && !V.packed() && K.dt == V.dt;
+  const int dt = K.dt;
   take(offs[0], std::min(kChunk, nkeys));
   for (int64_t j0 = 0, c = 0; j0 < nkeys; j0 += kChunk, c ^= 1) {
     const int64_t nj = std::min(kChunk, nkeys - j0);
@@ -70,18 +222,18 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     const float *krows[kChunk], *vrows[kChunk];
     const uint16_t *k16[kChunk], *v16[kChunk];
     // Single-row reads of a 16-bit pool convert as they go; tiles convert once into scratch for all their rows.
-    const bool direct16 = dt != RMLX_F32 && !tiled;
+    const bool direct16 = same && dt != RMLX_F32 && !tiled;
     for (int64_t j = 0; j < nj; j++) {
       int64_t off = offs[c][j];
       if (direct16) {
-        k16[j] = (const uint16_t *)kb + off;
-        v16[j] = (const uint16_t *)vb + off;
-      } else if (dt == RMLX_F32) {
-        krows[j] = (const float *)kb + off;
-        vrows[j] = (const float *)vb + off;
+        k16[j] = (const uint16_t *)K.data + off;
+        v16[j] = (const uint16_t *)V.data + off;
+      } else if (same && dt == RMLX_F32) {
+        krows[j] = (const float *)K.data + off;
+        vrows[j] = (const float *)V.data + off;
       } else {
-        load_row(k, kbuf + j * D, kb, dt, off, D);
-        load_row(k, vbuf + j * D, vb, dt, off, D);
+        K.load(k, kbuf + j * D, off);
+        V.load(k, vbuf + j * D, off);
         krows[j] = kbuf + j * D;
         vrows[j] = vbuf + j * D;
       }
@@ -171,8 +323,17 @@ int op_kv_write(void *kpool, void *vpool, int dt, const float *k, const float *v
   return RMLX_OK;
 }
 
-int op_paged_attention(const PagedAttentionRecord &a) {
-  if (!pool_dtype_ok(a.pool_dt)) return fail(RMLX_E_UNSUPPORTED, "paged_attention: pool dtype %d", a.pool_dt);
+namespace {
+
+bool page_ok(const KvPage &p, int64_t D) {
+  if (p.mode == KV_FLOAT) return pool_dtype_ok(p.dt);
+  if (p.mode != KV_AFFINE && p.mode != KV_FP8) return false;
+  if (p.mode == KV_AFFINE && p.bits != 4 && p.bits != 8) return false;
+  return p.group >= 2 && p.group <= 256 && p.group % 2 == 0 && D % p.group == 0 && p.data && p.scales && (p.mode == KV_FP8 || p.biases);
+}
+
+template <class Rec>
+int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
   if (a.kv_heads < 1 || a.heads % a.kv_heads)
     return fail(RMLX_E_INVALID, "paged_attention: %lld heads not a multiple of %lld kv heads", (long long)a.heads,
                 (long long)a.kv_heads);
@@ -269,8 +430,8 @@ int op_paged_attention(const PagedAttentionRecord &a) {
         }
         return base + (within++) * row;
       };
-      attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, a.kpool, a.vpool, a.pool_dt, nkeys, rows, a.scale,
-                  a.softcap, grp.n > 1, scratch.data(), ml);
+      attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
+                  scratch.data(), ml);
     }
   }, work < (1 << 15) ? items * parts : 1);
   if (parts > 1) {
@@ -290,6 +451,46 @@ int op_paged_attention(const PagedAttentionRecord &a) {
       }
     }
   }
+  return RMLX_OK;
+}
+
+}  // namespace
+
+int op_paged_attention(const PagedAttentionRecord &a) {
+  if (!pool_dtype_ok(a.pool_dt)) return fail(RMLX_E_UNSUPPORTED, "paged_attention: pool dtype %d", a.pool_dt);
+  return paged_attention(a, KvSide::flt(a.kpool, a.pool_dt, a.head_dim), KvSide::flt(a.vpool, a.pool_dt, a.head_dim));
+}
+
+int op_paged_attention_page(const PagedAttentionPageRecord &a) {
+  if (!page_ok(a.kpage, a.head_dim) || !page_ok(a.vpage, a.head_dim))
+    return fail(RMLX_E_UNSUPPORTED, "paged_attention: KV page format (modes %d/%d, bits %d/%d, group %d/%d, head_dim %lld)",
+                a.kpage.mode, a.vpage.mode, a.kpage.bits, a.vpage.bits, a.kpage.group, a.vpage.group,
+                (long long)a.head_dim);
+  return paged_attention(a, KvSide::of(a.kpage, a.head_dim), KvSide::of(a.vpage, a.head_dim));
+}
+
+int op_kv_write_page(const KvWritePageRecord &a) {
+  const int64_t D = a.head_dim, H = a.kv_heads, row = H * D;
+  if (!page_ok(a.kpage, D) || !page_ok(a.vpage, D))
+    return fail(RMLX_E_UNSUPPORTED, "kv_write: KV page format (modes %d/%d, bits %d/%d, group %d/%d, head_dim %lld)",
+                a.kpage.mode, a.vpage.mode, a.kpage.bits, a.vpage.bits, a.kpage.group, a.vpage.group, (long long)D);
+  for (int64_t t = 0; t < a.T; t++)
+    if (a.slots[t] < 0 || a.slots[t] >= a.num_slots)
+      return fail(RMLX_E_INVALID, "kv_write: slot %d of token %lld outside the pool's %lld slots", a.slots[t],
+                  (long long)t, (long long)a.num_slots);
+  const KvSide K = KvSide::of(a.kpage, D), V = KvSide::of(a.vpage, D);
+  const Kern &kk = kern();
+  auto put = [&](const KvSide &s, const KvPage &p, int64_t slot, const float *x) {
+    if (!s.packed()) store_row(kk, p.data, p.dt, slot * row, x, row);
+    else
+      for (int64_t h = 0; h < H; h++) pack_row(s, slot * H + h, x + h * D);
+  };
+  parallel_for(a.T, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; t++) {
+      put(K, a.kpage, a.slots[t], a.k + t * row);
+      put(V, a.vpage, a.slots[t], a.v + t * row);
+    }
+  }, std::max<int64_t>(1, 2048 / std::max<int64_t>(row, 1)));
   return RMLX_OK;
 }
 
@@ -318,8 +519,8 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
         next += D;
         return r;
       };
-      attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, k, v, RMLX_F32, nkeys, rows, scale, 0.f, false,
-                  scratch.data());
+      attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
+                  nkeys, rows, scale, 0.f, false, scratch.data());
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;

@@ -3,7 +3,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+
+#include <sys/mman.h>
 
 #include "common.h"
 #include "threadpool.h"
@@ -17,6 +21,12 @@ bool g_isa_set = false;
 // Indexed by Isa.
 constexpr const char *kIsaNames[] = {"scalar", "avx2", "avx512", "avx512vnni"};
 constexpr int kIsaCount = sizeof kIsaNames / sizeof kIsaNames[0];
+
+// Large allocations (KV pools, big arenas) are anonymous mappings: the kernel hands out zero pages on first touch,
+// so a pool sized for the whole --kv-memory budget is resident only as far as blocks have been written.
+constexpr size_t kMapMin = (size_t)1 << 20;
+std::mutex g_map_mu;
+std::unordered_map<void *, size_t> g_mapped;
 
 Isa best_isa() {
   __builtin_cpu_init();
@@ -119,6 +129,14 @@ const char *rmlx_last_error(void) { return g_err; }
 int rmlx_alloc(int64_t nbytes, void **out) {
   if (!out || nbytes < 0) return fail(RMLX_E_INVALID, "rmlx_alloc: bad arguments");
   size_t n = ((size_t)(nbytes > 0 ? nbytes : 1) + 63) & ~(size_t)63;
+  if (n >= kMapMin) {
+    void *m = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) return fail(RMLX_E_NOMEM, "out of memory mapping %lld bytes", (long long)nbytes);
+    std::lock_guard<std::mutex> lock(g_map_mu);
+    g_mapped[m] = n;
+    *out = m;
+    return RMLX_OK;
+  }
   void *p = aligned_alloc(64, n);
   if (!p) return fail(RMLX_E_NOMEM, "out of memory allocating %lld bytes", (long long)nbytes);
   memset(p, 0, n);
@@ -127,6 +145,16 @@ int rmlx_alloc(int64_t nbytes, void **out) {
 }
 
 int rmlx_free(void *p) {
+  if (!p) return RMLX_OK;
+  {
+    std::lock_guard<std::mutex> lock(g_map_mu);
+    auto it = g_mapped.find(p);
+    if (it != g_mapped.end()) {
+      munmap(p, it->second);
+      g_mapped.erase(it);
+      return RMLX_OK;
+    }
+  }
   free(p);
   return RMLX_OK;
 }

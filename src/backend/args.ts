@@ -3,7 +3,8 @@
 // argument is one of its own live tensors; the checks here see only shapes, dtypes and sizes.
 import { RmlxError } from "../errors.ts";
 import { QUANT_MODES } from "../quant/spec.ts";
-import type { AttentionBatch, DType, KvPool, QuantizedWeight, RopeOptions } from "./backend.ts";
+import type { AttentionBatch, DType, KvFormat, KvPool, QuantizedWeight, RopeOptions } from "./backend.ts";
+import { floatKvFormat, kvElementProblem } from "./backend.ts";
 
 export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 
@@ -216,8 +217,14 @@ export function checkRope(x: Sized, positions: Int32Array, opts: RopeOptions): v
 
 // ---------------------------------------------------------------- attention
 
-export function checkKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): void {
-  if (!FLOAT_DTYPES.includes(dtype)) invalid(`createKvPool: dtype ${dtype} (f32, f16 or bf16)`);
+export function checkKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): void {
+  const f = typeof format === "string" ? floatKvFormat(format) : format;
+  for (const e of [f.k, f.v]) {
+    if (e.kind === "float" && !FLOAT_DTYPES.includes(e.dtype)) invalid(`createKvPool: dtype ${e.dtype} (f32, f16 or bf16)`);
+    if (e.kind === "affine" && e.bits !== 4 && e.bits !== 8) invalid(`createKvPool: affine KV bits ${e.bits} (4 or 8)`);
+    const why = kvElementProblem(e, headDim);
+    if (why) invalid(`createKvPool: ${why}`);
+  }
   for (const [n, v] of [["numBlocks", numBlocks], ["blockSize", blockSize], ["kvHeads", kvHeads], ["headDim", headDim]] as const)
     if (!Number.isInteger(v) || v < 1) invalid(`createKvPool: ${n} = ${v}`);
 }

@@ -73,7 +73,58 @@ export interface AttentionOptions {
   softcap?: number;
 }
 
-/** A paged KV pool for one layer: [numBlocks, blockSize, kvHeads, headDim] for keys and values. */
+/**
+ * How one side (keys or values) of a KV pool stores a row of headDim values:
+ *  - float: the row in dtype (f32, f16 or bf16);
+ *  - affine: MLX's affine quantization along headDim (mx.quantize layout: codes packed least significant bits
+ *    first, one scale and one bias per `group` values), with f16 scales and biases;
+ *  - fp8: one E4M3 byte per value and one f16 scale per group (value = e4m3 * scale).
+ */
+export type KvElement =
+  | { readonly kind: "float"; readonly dtype: DType }
+  | { readonly kind: "affine"; readonly bits: 4 | 8; readonly group: number }
+  | { readonly kind: "fp8"; readonly group: number };
+
+/** The storage of a KV pool: keys and values may differ (e.g. 8-bit keys, 4-bit values). */
+export interface KvFormat {
+  readonly k: KvElement;
+  readonly v: KvElement;
+}
+
+/** A float format of both sides. */
+export function floatKvFormat(dtype: DType): KvFormat {
+  const e: KvElement = { kind: "float", dtype };
+  return { k: e, v: e };
+}
+
+/** Bytes of one stored row of headDim values (codes, scales and biases). */
+export function kvElementBytes(e: KvElement, headDim: number): number {
+  if (e.kind === "float") return headDim * DTYPE_BYTES[e.dtype];
+  const groups = headDim / e.group;
+  if (e.kind === "fp8") return headDim + 2 * groups;
+  return (headDim * e.bits) / 8 + 4 * groups;
+}
+
+/** Why a side cannot store rows of headDim values, or null when it can. */
+export function kvElementProblem(e: KvElement, headDim: number): string | null {
+  if (e.kind === "float") return null;
+  if (!Number.isInteger(e.group) || e.group < 2 || headDim % e.group !== 0) {
+    return `head_dim ${headDim} is not a multiple of the group size ${e.group}`;
+  }
+  return null;
+}
+
+/** Whether a format keeps both sides as floats of one dtype (the plain pool layout). */
+export function plainKvDtype(f: KvFormat): DType | null {
+  return f.k.kind === "float" && f.v.kind === "float" && f.k.dtype === f.v.dtype ? f.k.dtype : null;
+}
+
+/**
+ * A paged KV pool for one layer. Float sides: k / v [numBlocks, blockSize, kvHeads, headDim] in their dtype.
+ * Packed sides (format affine or fp8) are the only copy of their values: k / v hold the codes, u8
+ * [numBlocks, blockSize, kvHeads, headDim * bits / 8], and kScales / kBiases (vScales / vBiases) f16
+ * [numBlocks, blockSize, kvHeads, headDim / group] (no biases for fp8).
+ */
 export interface KvPool {
   readonly k: Tensor;
   readonly v: Tensor;
@@ -81,6 +132,12 @@ export interface KvPool {
   readonly blockSize: number;
   readonly kvHeads: number;
   readonly headDim: number;
+  /** Absent: both sides float in k.dtype. */
+  readonly format?: KvFormat;
+  readonly kScales?: Tensor;
+  readonly kBiases?: Tensor;
+  readonly vScales?: Tensor;
+  readonly vBiases?: Tensor;
 }
 
 export interface Backend {
@@ -165,7 +222,8 @@ export interface Backend {
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor;
 
   // ---- attention over a paged KV cache ----
-  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool;
+  /** A pool in a float dtype (both sides) or a KvFormat; a backend throws for a format it cannot store. */
+  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool;
   /** Writes k, v [T, kvHeads, headDim] into the pool at slot indices (block * blockSize + offset) [T]. */
   kvWrite(pool: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void;
   /** q [T, heads, headDim] attends causally (GQA: heads / kvHeads queries per KV head) -> [T, heads, headDim]. */

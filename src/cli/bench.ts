@@ -14,7 +14,7 @@ import { MetricsStore, defaultDbPath } from "../metrics/store.ts";
 import { loadModel } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 
 interface BenchFlags extends BackendFlags, KvFlags {
   model?: string;
@@ -62,7 +62,7 @@ export function register(program: Command): void {
   )).action(
     action((f: BenchFlags) => {
       applyBackendFlags(f);
-      const kvDtype = kvDtypeFrom(f);
+      const kvQuant = kvCodecFrom(f);
       const promptLen = positiveInt("prompt", f.prompt);
       const gen = positiveInt("gen", f.gen);
       const reps = positiveInt("reps", f.reps);
@@ -83,10 +83,12 @@ export function register(program: Command): void {
       });
       // -g decode steps: the token sampled after the last one is never fed back.
       const request = { prompt, maxTokens: gen + 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
+      let kvBytesPerToken = 0;
       const promptTps: number[] = [];
       const genTps: number[] = [];
       for (let r = 0; r < reps; r++) {
-        const cache = cacheForTokens(model, promptLen + gen, kvDtype);
+        const cache = cacheForTokens(model, promptLen + gen, kvQuant);
+        kvBytesPerToken = cache.bytesPerToken;
         try {
           const out = generate(tokenModel(model, cache), request);
           promptTps.push(out.promptTps);
@@ -98,18 +100,21 @@ export function register(program: Command): void {
       const result = {
         model: dir,
         backend: be.device,
-        kv_dtype: kvDtype,
+        kv_quant: kvQuant,
+        kv_dtype: kvQuant,
+        kv_bytes_per_token: kvBytesPerToken,
         prompt_tokens: promptLen,
         generated_tokens: gen,
         reps,
         prompt_tps: median(promptTps),
         generation_tps: median(genTps),
         peak_memory_bytes: peakRss(),
+        peak_rss_bytes: peakRss(),
       };
       if (f.metrics) {
         const store = MetricsStore.open(defaultDbPath(f.db));
         store.startRun({ kind: "bench", backend: be.name, device: be.device, model: dir });
-        const shape = `p${promptLen} g${gen} kv ${kvDtype}`;
+        const shape = `p${promptLen} g${gen} kv ${kvQuant}`;
         store.recordBenchmarks([
           { name: `rmlx bench prompt ${md.config.modelType}`, shape, figure: result.prompt_tps, unit: "tok/s" },
           { name: `rmlx bench generation ${md.config.modelType}`, shape, figure: result.generation_tps, unit: "tok/s" },
@@ -122,7 +127,7 @@ export function register(program: Command): void {
       }
       process.stdout.write(
         `model: ${dir}\nbackend: ${be.device}\n` +
-          `kv cache: ${kvDtype}\n` +
+          `kv cache: ${kvQuant}, ${kvBytesPerToken} bytes per token\n` +
           `prompt: ${promptLen} tokens, ${result.prompt_tps.toFixed(1)} tok/s\n` +
           `generation: ${gen} tokens, ${result.generation_tps.toFixed(1)} tok/s\n` +
           `peak memory: ${(result.peak_memory_bytes / 2 ** 30).toFixed(3)} GiB\n`,

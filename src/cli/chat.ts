@@ -6,7 +6,7 @@ import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { addSamplingOptions, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
 interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags {
@@ -25,7 +25,7 @@ export function register(program: Command): void {
   addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
     action(async (f: ChatFlags) => {
       applyBackendFlags(f);
-      const kvDtype = kvDtypeFrom(f);
+      const kvQuant = kvCodecFrom(f);
       const maxTokens = Number(f.maxTokens);
       if (!Number.isInteger(maxTokens) || maxTokens < 1) {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
@@ -47,7 +47,7 @@ export function register(program: Command): void {
         } else if (text.length > 0) {
           history.push({ role: "user", content: text });
           // The whole conversation is re-rendered each turn, so the template sees it as transformers would.
-          const r = runGeneration(s, { messages: history }, maxTokens, sampling, (t) => process.stdout.write(t), kvDtype);
+          const r = runGeneration(s, { messages: history }, maxTokens, sampling, (t) => process.stdout.write(t), kvQuant);
           history.push({ role: "assistant", content: r.text });
           process.stdout.write("\n");
           process.stderr.write(`[${speedLine(r)}]\n`);

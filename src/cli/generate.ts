@@ -1,7 +1,6 @@
 // `rmlx generate`: one prompt, its reply streamed to stdout, speeds on stderr. The request runs on the engine's
 // Scheduler in this process, the loop the server runs.
 import type { Command } from "commander";
-import type { DType } from "../backend/backend.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
 import { encodePrompt, loadSession, sessionModel, type Session } from "../engine/session.ts";
@@ -9,7 +8,7 @@ import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engi
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 
 export interface SamplingFlags {
   temp: string;
@@ -70,13 +69,13 @@ export function runGeneration(
   maxTokens: number,
   sampling: SamplingParams,
   onText?: (t: string) => void,
-  kvDtype: DType = "f32",
+  kvQuant = "f32",
 ): GenerateResult & { promptIds: number[] } {
   if ("messages" in prompt && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
   const request = { ...prompt, maxTokens, sampling, stop: [], stopTokenIds: [] };
   // Encoded here once, because the cache is sized by the prompt's length.
   const encoded = encodePrompt(s, request);
-  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + maxTokens, s.model.config.contextLength), kvDtype);
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + maxTokens, s.model.config.contextLength), kvQuant);
   try {
     const model = { ...sessionModel(s, cache), encode: () => encoded };
     return { promptIds: encoded.ids, ...generate(model, request, onText ? { onText } : {}) };
@@ -105,7 +104,7 @@ export function register(program: Command): void {
   addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
     action(async (f: GenerateFlags) => {
       applyBackendFlags(f);
-      const kvDtype = kvDtypeFrom(f);
+      const kvQuant = kvCodecFrom(f);
       const maxTokens = num("max-tokens", f.maxTokens, true);
       if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
       const sampling = samplingFrom(f);
@@ -119,7 +118,7 @@ export function register(program: Command): void {
         throw new RmlxError("invalid_argument", "--system needs --chat");
       }
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const r = runGeneration(s, messages ? { messages } : { prompt: f.prompt! }, maxTokens, sampling, onText, kvDtype);
+      const r = runGeneration(s, messages ? { messages } : { prompt: f.prompt! }, maxTokens, sampling, onText, kvQuant);
       if (f.json) {
         const out = {
           prompt_ids: r.promptIds,

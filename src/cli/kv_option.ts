@@ -1,26 +1,33 @@
-// --kv-dtype, shared by the subcommands that hold a KV cache. f32 keeps attention exact against f32 references;
-// f16 and bf16 halve the cache and the bytes each decode step reads from it (MLX keeps the cache in the model's
-// dtype, usually bf16).
+// --kv-quant, shared by the subcommands that hold a KV cache: how the paged cache stores keys and values (see
+// src/engine/kv/codec.ts). f32 keeps attention exact against f32 references; f16 and bf16 halve the cache; q8
+// (8.5 bits a value), k8v4 (6.5), q4 (4.5) and fp8 (8.25) store packed pages that attention reads in place.
+// --kv-dtype (f32, f16, bf16) is the older spelling of the float codecs.
 import type { Command } from "commander";
-import type { DType } from "../backend/backend.ts";
+import { KV_CODEC_NAMES, parseKvCodec } from "../engine/kv/codec.ts";
 import { RmlxError } from "../errors.ts";
 
-const KV_DTYPES = ["f32", "f16", "bf16"] as const;
-export type KvDtype = (typeof KV_DTYPES)[number];
-
 export interface KvFlags {
+  kvQuant?: string;
   kvDtype?: string;
 }
 
 export function addKvOption(cmd: Command): Command {
-  return cmd.option("--kv-dtype <type>", "KV cache element type: f32, f16 or bf16 (env RMLX_KV_DTYPE; default f32)");
+  return cmd
+    .option(
+      "--kv-quant <codec>",
+      `KV cache codec: ${KV_CODEC_NAMES.join(", ")}; q8/q4/k8v4/fp8 take a group suffix g32 or g64, e.g. q4g32 (env RMLX_KV_QUANT; default f32)`,
+    )
+    .option("--kv-dtype <type>", "older spelling of --kv-quant f32, f16 or bf16 (env RMLX_KV_DTYPE)");
 }
 
-/** The flag, else RMLX_KV_DTYPE, else f32. */
-export function kvDtypeFrom(f: KvFlags): DType {
-  const v = f.kvDtype ?? process.env.RMLX_KV_DTYPE ?? "f32";
-  if (!(KV_DTYPES as readonly string[]).includes(v)) {
-    throw new RmlxError("invalid_argument", `--kv-dtype must be one of ${KV_DTYPES.join(", ")} (got '${v}')`);
+/** The codec name: --kv-quant, else --kv-dtype, else RMLX_KV_QUANT, else RMLX_KV_DTYPE, else f32. Checked here. */
+export function kvCodecFrom(f: KvFlags): string {
+  if (f.kvQuant !== undefined && f.kvDtype !== undefined && f.kvQuant !== f.kvDtype) {
+    throw new RmlxError("invalid_argument", `--kv-quant ${f.kvQuant} and --kv-dtype ${f.kvDtype} disagree: give one`);
   }
-  return v as KvDtype;
+  const v = f.kvQuant ?? f.kvDtype ?? process.env.RMLX_KV_QUANT ?? process.env.RMLX_KV_DTYPE ?? "f32";
+  if (f.kvQuant === undefined && f.kvDtype !== undefined && !["f32", "f16", "bf16"].includes(f.kvDtype)) {
+    throw new RmlxError("invalid_argument", `--kv-dtype must be one of f32, f16, bf16 (got '${f.kvDtype}'); see --kv-quant`);
+  }
+  return parseKvCodec(v).name;
 }

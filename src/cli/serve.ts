@@ -9,7 +9,7 @@ import { discoverModels } from "../server/models.ts";
 import { startServer } from "../server/server.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags {
   model?: string[];
@@ -107,7 +107,7 @@ export function register(program: Command): void {
           maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
-          kvDtype: kvDtypeFrom(flags) as EngineConfig["kvDtype"],
+          kvQuant: kvCodecFrom(flags),
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,

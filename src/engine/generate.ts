@@ -1,8 +1,8 @@
 // One request run to its end in this process, on the same Scheduler the server's worker steps: the CLI's
 // generate, chat and bench. The scheduler's events are gathered into one result; text streams out as it comes.
-import type { DType } from "../backend/backend.ts";
 import { RmlxError, type ErrorCode } from "../errors.ts";
 import type { Model } from "../models/model.ts";
+import type { KvCodec } from "./kv/codec.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";
@@ -31,11 +31,11 @@ export interface GenerateOptions {
 }
 
 /** A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time. */
-export function cacheForTokens(model: Model, n: number, dtype: DType = "f32"): KvCache {
+export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = "f32"): KvCache {
   const blockSize = 16;
   return new KvCache(model.backend, model.layers, {
     blockSize,
-    dtype,
+    codec,
     numBlocks: Math.max(1, Math.ceil(n / blockSize)),
     windowed: true,
     sizing: { sequences: 1, stepTokens: PREFILL_CHUNK },

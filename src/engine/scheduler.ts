@@ -80,7 +80,7 @@ export class Scheduler {
     private readonly config: SchedulerConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    this.prefix = config.prefixCache ? new PrefixCache(model.cache.spaces, model.cache.blockSize) : null;
+    this.prefix = config.prefixCache ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash) : null;
   }
 
   get numRunning(): number {

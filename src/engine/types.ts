@@ -104,8 +104,8 @@ export interface EngineConfig {
   /** Most prompt tokens prefilled in one step, over all sequences. */
   prefillChunk: number;
   prefixCache: boolean;
-  /** KV cache element type (f32 default). */
-  kvDtype?: "f32" | "f16" | "bf16";
+  /** KV cache codec name (src/engine/kv/codec.ts; f32 default). */
+  kvQuant?: string;
   /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
   backend?: string;
   mlxLib?: string;

@@ -38,7 +38,7 @@ function load(name: string, dir: string): void {
   const session = loadSession(dir, getBackend());
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
-    dtype: config.kvDtype ?? "f32",
+    codec: config.kvQuant ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
   });

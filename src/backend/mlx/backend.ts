@@ -10,7 +10,9 @@ import {
   type Backend,
   DTYPE_BYTES,
   type DType,
+  type KvFormat,
   type KvPool,
+  plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
@@ -862,8 +864,11 @@ export class MlxBackend implements Backend {
 
   // ---------------------------------------------------------------- attention
 
-  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool {
-    checkKvPool(numBlocks, blockSize, kvHeads, headDim, dtype);
+  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
+    checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
+    const dtype = typeof format === "string" ? format : plainKvDtype(format);
+    // Packed KV pages (q8, q4, k8v4, fp8) are not wired to mlx_quantize / quantized matmuls yet.
+    if (dtype === null) throw new RmlxError("unsupported", "the mlx backend stores KV pages as f32, f16 or bf16 only for now");
     const shape = [numBlocks, blockSize, kvHeads, headDim];
     const pool: MKvPool = {
       k: this.allocPersistent(shape, dtype) as MTensor,

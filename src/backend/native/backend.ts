@@ -9,7 +9,11 @@ import {
   type Backend,
   DTYPE_BYTES,
   type DType,
+  floatKvFormat,
+  type KvElement,
+  type KvFormat,
   type KvPool,
+  plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
@@ -61,6 +65,26 @@ import { Home, NTensor } from "./tensor.ts";
 interface NKvPool extends KvPool, Shared {
   readonly k: NTensor;
   readonly v: NTensor;
+  readonly format: KvFormat;
+  /** Every tensor of the pool (codes, scales, biases of both sides). */
+  readonly parts: NTensor[];
+  /** Both sides float of one dtype: the plain ops serve it. */
+  readonly plain: boolean;
+}
+
+const KV_MODE = { float: 0, affine: 1, fp8: 2 } as const;
+
+/** The op list's KvPage of one side of a pool. */
+function kvPage(e: KvElement, data: NTensor, scales?: NTensor, biases?: NTensor): encode.KvPage {
+  return {
+    data: data.address(),
+    scales: scales ? scales.address() : 0,
+    biases: biases ? biases.address() : 0,
+    dt: e.kind === "float" ? DT[e.dtype] : DT.u8,
+    mode: KV_MODE[e.kind],
+    bits: e.kind === "affine" ? e.bits : e.kind === "fp8" ? 8 : 0,
+    group: e.kind === "float" ? 0 : e.group,
+  };
 }
 
 /** A checked quantized weight, which is also its records' QuantWeight fields (addresses read as they are written). */
@@ -660,12 +684,33 @@ export class NativeBackend implements Backend {
 
   // ---------------------------------------------------------------- attention
 
-  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, dtype: DType): KvPool {
-    checkKvPool(numBlocks, blockSize, kvHeads, headDim, dtype);
-    const shape = [numBlocks, blockSize, kvHeads, headDim];
+  createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
+    checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
+    const f = typeof format === "string" ? floatKvFormat(format) : format;
+    const lead = [numBlocks, blockSize, kvHeads];
+    const side = (e: KvElement) => {
+      if (e.kind === "float") return { data: this.allocPersistent([...lead, headDim], e.dtype) as NTensor };
+      const bits = e.kind === "fp8" ? 8 : e.bits;
+      const groups = headDim / e.group;
+      return {
+        data: this.allocPersistent([...lead, (headDim * bits) / 8], "u8") as NTensor,
+        scales: this.allocPersistent([...lead, groups], "f16") as NTensor,
+        biases: e.kind === "affine" ? (this.allocPersistent([...lead, groups], "f16") as NTensor) : undefined,
+      };
+    };
+    const k = side(f.k);
+    const v = side(f.v);
+    const parts = [k.data, k.scales, k.biases, v.data, v.scales, v.biases].filter((t): t is NTensor => t !== undefined);
     const pool: NKvPool = {
-      k: this.allocPersistent(shape, dtype) as NTensor,
-      v: this.allocPersistent(shape, dtype) as NTensor,
+      k: k.data,
+      v: v.data,
+      kScales: k.scales,
+      kBiases: k.biases,
+      vScales: v.scales,
+      vBiases: v.biases,
+      format: f,
+      parts,
+      plain: plainKvDtype(f) !== null,
       numBlocks,
       blockSize,
       kvHeads,
@@ -676,11 +721,18 @@ export class NativeBackend implements Backend {
     return pool;
   }
 
+  /** The KvPage records of a pool's two sides. */
+  private pages(pool: NKvPool): [encode.KvPage, encode.KvPage] {
+    const p = pool as NKvPool & { kScales?: NTensor; kBiases?: NTensor; vScales?: NTensor; vBiases?: NTensor };
+    return [kvPage(pool.format.k, pool.k, p.kScales, p.kBiases), kvPage(pool.format.v, pool.v, p.vScales, p.vBiases)];
+  }
+
   private pool(p: KvPool, what: string): NKvPool {
     const pool = p as NKvPool;
-    if (!(pool.k instanceof NTensor) || !Array.isArray(pool.readers)) invalid(`${what}: not a KV pool of the native backend`);
-    this.arg(pool.k, what);
-    this.arg(pool.v, what);
+    if (!(pool.k instanceof NTensor) || !Array.isArray(pool.readers) || !Array.isArray(pool.parts)) {
+      invalid(`${what}: not a KV pool of the native backend`);
+    }
+    for (const t of pool.parts) this.arg(t, what);
     return pool;
   }
 
@@ -697,7 +749,12 @@ export class NativeBackend implements Backend {
       [kt, vt],
       (w, host) => {
         const { k, v } = pool;
-        encode.kvWrite(w, k.address(), v.address(), DT[k.dtype], kt.address(), vt.address(), host[0]!, T, row, numSlots);
+        if (pool.plain) {
+          encode.kvWrite(w, k.address(), v.address(), DT[k.dtype], kt.address(), vt.address(), host[0]!, T, row, numSlots);
+        } else {
+          const [kp, vp] = this.pages(pool);
+          encode.kvWritePage(w, kp, vp, kt.address(), vt.address(), host[0]!, T, pool.kvHeads, pool.headDim, numSlots);
+        }
       },
       [slots.slice()],
     );
@@ -707,9 +764,11 @@ export class NativeBackend implements Backend {
     const pool = this.pool(p, "copyBlock");
     checkCopyBlock(pool, src, dst);
     if (src === dst) return;
-    const bytes = pool.blockSize * pool.kvHeads * pool.headDim * DTYPE_BYTES[pool.k.dtype];
     this.graph.write(pool, [], (w) => {
-      for (const t of [pool.k, pool.v]) encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
+      for (const t of pool.parts) {
+        const bytes = t.nbytes / pool.numBlocks;
+        encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
+      }
     });
   }
 
@@ -726,11 +785,37 @@ export class NativeBackend implements Backend {
     const out = this.out(qt.shape);
     this.graph.read(
       pool,
-      [qt, pool.k, pool.v],
+      [qt, ...pool.parts],
       [out],
       (w, host) => {
         if (out.size === 0) return;
         const { k, v, blockSize, kvHeads, headDim, numBlocks } = pool;
+        if (!pool.plain) {
+          const [kp, vp] = this.pages(pool);
+          encode.pagedAttentionPage(
+            w,
+            out.address(),
+            qt.address(),
+            kp,
+            vp,
+            blockSize,
+            kvHeads,
+            headDim,
+            numBlocks,
+            host[0]!,
+            maxBlocks,
+            host[1]!,
+            host[2]!,
+            host[3]!,
+            numSeqs,
+            T,
+            H,
+            scale,
+            window,
+            softcap,
+          );
+          return;
+        }
         encode.pagedAttention(
           w,
           out.address(),

@@ -56,6 +56,17 @@ const QUANT_WEIGHT: Field = {
   },
 };
 
+/**
+ * One side (keys or values) of a paged KV pool, as the KV entry points take it. mode KV_FLOAT: `data` holds f32,
+ * f16 or bf16 rows (dt); KV_AFFINE: MLX affine codes of `bits` (4 or 8) along head_dim, LSB first, with an f16
+ * scale and bias per `group` values; KV_FP8: E4M3 bytes with an f16 scale per group. Rows are [slot, kvHead].
+ */
+const KV_PAGE: Field = {
+  kind: "group",
+  name: "KvPage",
+  fields: { data: ptr("void"), scales: ptr("void"), biases: ptr("void"), dt: i32, mode: i32, bits: i32, group: i32 },
+};
+
 const AXIS_REDUCE: Fields = { out: OUT, x: IN, outer: i64, n: i64, inner: i64 };
 
 export const OPS = {
@@ -146,4 +157,32 @@ export const OPS = {
   },
   dequantRows: { code: 24, fields: { out: OUT, rows: IDS, nrows: i64, N: i64, K: i64, weight: QUANT_WEIGHT } },
   takeRows: { code: 25, fields: { out: OUT, rows: IDS, nrows: i64, N: i64, K: i64, w: ptr("const void"), wdt: i32 } },
+  kvWritePage: {
+    code: 40,
+    fields: { kpage: KV_PAGE, vpage: KV_PAGE, k: IN, v: IN, slots: IDS, T: i64, kvHeads: i64, headDim: i64, numSlots: i64 },
+  },
+  pagedAttentionPage: {
+    code: 41,
+    fields: {
+      out: OUT,
+      q: IN,
+      kpage: KV_PAGE,
+      vpage: KV_PAGE,
+      blockSize: i64,
+      kvHeads: i64,
+      headDim: i64,
+      numBlocks: i64,
+      tables: IDS,
+      maxBlocks: i64,
+      tokenSeq: IDS,
+      positions: IDS,
+      seqLens: IDS,
+      numSeqs: i64,
+      T: i64,
+      heads: i64,
+      scale: f32,
+      window: i64,
+      softcap: f32,
+    },
+  },
 } as const satisfies Record<string, OpDecl>;

@@ -23,6 +23,16 @@ export interface QuantWeight {
   readonly gscale: number;
 }
 
+export interface KvPage {
+  readonly data: number;
+  readonly scales: number;
+  readonly biases: number;
+  readonly dt: number;
+  readonly mode: number;
+  readonly bits: number;
+  readonly group: number;
+}
+
 export function binary(
   prog: ProgramWriter,
   kind: BinaryKind,
@@ -532,4 +542,98 @@ export function takeRows(
   buf[at + 4] = K;
   buf[at + 5] = w;
   buf[at + 6] = wdt;
+}
+
+export function kvWritePage(
+  prog: ProgramWriter,
+  kpage: KvPage,
+  vpage: KvPage,
+  k: number,
+  v: number,
+  slots: number,
+  T: number,
+  kvHeads: number,
+  headDim: number,
+  numSlots: number,
+): void {
+  const at = prog.open(40, 23);
+  const buf = prog.buf;
+  buf[at] = kpage.data;
+  buf[at + 1] = kpage.scales;
+  buf[at + 2] = kpage.biases;
+  buf[at + 3] = kpage.dt;
+  buf[at + 4] = kpage.mode;
+  buf[at + 5] = kpage.bits;
+  buf[at + 6] = kpage.group;
+  buf[at + 7] = vpage.data;
+  buf[at + 8] = vpage.scales;
+  buf[at + 9] = vpage.biases;
+  buf[at + 10] = vpage.dt;
+  buf[at + 11] = vpage.mode;
+  buf[at + 12] = vpage.bits;
+  buf[at + 13] = vpage.group;
+  buf[at + 14] = k;
+  buf[at + 15] = v;
+  buf[at + 16] = slots;
+  buf[at + 17] = T;
+  buf[at + 18] = kvHeads;
+  buf[at + 19] = headDim;
+  buf[at + 20] = numSlots;
+}
+
+export function pagedAttentionPage(
+  prog: ProgramWriter,
+  out: number,
+  q: number,
+  kpage: KvPage,
+  vpage: KvPage,
+  blockSize: number,
+  kvHeads: number,
+  headDim: number,
+  numBlocks: number,
+  tables: number,
+  maxBlocks: number,
+  tokenSeq: number,
+  positions: number,
+  seqLens: number,
+  numSeqs: number,
+  T: number,
+  heads: number,
+  scale: number,
+  window: number,
+  softcap: number,
+): void {
+  const at = prog.open(41, 33);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = q;
+  buf[at + 2] = kpage.data;
+  buf[at + 3] = kpage.scales;
+  buf[at + 4] = kpage.biases;
+  buf[at + 5] = kpage.dt;
+  buf[at + 6] = kpage.mode;
+  buf[at + 7] = kpage.bits;
+  buf[at + 8] = kpage.group;
+  buf[at + 9] = vpage.data;
+  buf[at + 10] = vpage.scales;
+  buf[at + 11] = vpage.biases;
+  buf[at + 12] = vpage.dt;
+  buf[at + 13] = vpage.mode;
+  buf[at + 14] = vpage.bits;
+  buf[at + 15] = vpage.group;
+  buf[at + 16] = blockSize;
+  buf[at + 17] = kvHeads;
+  buf[at + 18] = headDim;
+  buf[at + 19] = numBlocks;
+  buf[at + 20] = tables;
+  buf[at + 21] = maxBlocks;
+  buf[at + 22] = tokenSeq;
+  buf[at + 23] = positions;
+  buf[at + 24] = seqLens;
+  buf[at + 25] = numSeqs;
+  buf[at + 26] = T;
+  buf[at + 27] = heads;
+  buf[at + 28] = scale;
+  buf[at + 29] = window;
+  buf[at + 30] = softcap;
 }

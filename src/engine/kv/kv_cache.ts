@@ -7,10 +7,10 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
-import { FLOAT_DTYPES } from "../../backend/args.ts";
-import { type AttentionBatch, type Backend, type DType, DTYPE_BYTES, type KvPool } from "../../backend/backend.ts";
+import type { AttentionBatch, Backend, DType, KvPool } from "../../backend/backend.ts";
 import { RmlxError } from "../../errors.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
+import { codecRootHash, type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "./codec.ts";
 import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
@@ -301,7 +301,10 @@ export interface KvCacheOptions {
   /** Exactly this many main blocks, or as many as fit in memoryBytes. */
   numBlocks?: number;
   memoryBytes?: number;
+  /** A float element type: the codec of that name. */
   dtype?: DType;
+  /** How pages store K and V (see codec.ts); overrides dtype. Default f32. */
+  codec?: KvCodec | string;
   /**
    * Sliding-window layers keep only their window, in a space of their own (effective when the model has both
    * full and sliding layers). Without `sizing` that space has as many blocks as the main one.
@@ -333,7 +336,10 @@ export class KvCache {
   /** Largest sliding window of the layers in the sliding space (0 when not windowed). */
   readonly window: number;
   readonly blockSize: number;
-  readonly dtype: DType;
+  /** How every layer's pages store K and V (sliding-window layers too). */
+  readonly codec: KvCodec;
+  /** First hash of the prefix-cache chain of this codec's blocks. */
+  readonly rootHash: bigint;
 
   constructor(
     private readonly backend: Backend,
@@ -341,16 +347,21 @@ export class KvCache {
     opts: KvCacheOptions = {},
   ) {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
-    this.dtype = opts.dtype ?? "f32";
+    this.codec = kvCodec(opts.codec ?? opts.dtype ?? "f32");
+    this.rootHash = codecRootHash(this.codec);
     checkKvSources(layers);
     // Layers reading another layer's K/V (kvSource) hold no pool, take no memory and are not in any space.
     const own = layers.filter((l) => l.kvSource === undefined);
+    for (const l of own) {
+      const why = kvCodecProblem(this.codec, l.headDim);
+      if (why) throw new RmlxError("invalid_argument", why);
+    }
     const windowed = opts.windowed === true && own.some((l) => l.window > 0) && own.some((l) => l.window <= 0);
     const inWindow = (l: LayerCacheSpec) => windowed && l.window > 0;
     const windowLayers = own.filter(inWindow);
     this.window = windowLayers.reduce((m, l) => Math.max(m, l.window), 0);
-    const mainBytes = KvCache.bytesPerBlock(own.filter((l) => !inWindow(l)), this.blockSize, this.dtype);
-    const windowBytes = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
+    const mainBytes = KvCache.bytesPerBlock(own.filter((l) => !inWindow(l)), this.blockSize, this.codec);
+    const windowBytes = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.codec) : 0;
     // The sliding space gets what `sizing` asks for but never more blocks than the main one (a sequence holds at
     // most one sliding block per main block): the cache then holds every set of sequences that a cache without
     // a sliding space would, and more tokens when the budget allows.
@@ -383,7 +394,13 @@ export class KvCache {
       pools.push(
         l.kvSource !== undefined
           ? pools[l.kvSource]!
-          : backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
+          : backend.createKvPool(
+              inWindow(l) ? windowBlocks : numBlocks,
+              this.blockSize,
+              l.kvHeads,
+              l.headDim,
+              kvLayerFormat(this.codec, l.headDim),
+            ),
       );
     }
     this.pools = pools;
@@ -397,11 +414,18 @@ export class KvCache {
   }
 
   /** Bytes of K and V for one block across all the given layers. */
-  static bytesPerBlock(layers: readonly LayerCacheSpec[], blockSize: number, dtype: DType): number {
-    if (!FLOAT_DTYPES.includes(dtype)) throw new RmlxError("invalid_argument", `KV cache dtype ${dtype} is not a float type`);
-    let perToken = 0;
-    for (const l of layers) perToken += 2 * l.kvHeads * l.headDim * DTYPE_BYTES[dtype];
-    return perToken * blockSize;
+  static bytesPerBlock(layers: readonly LayerCacheSpec[], blockSize: number, codec: KvCodec | DType): number {
+    return kvBytesPerToken(kvCodec(codec), layers) * blockSize;
+  }
+
+  /** Bytes of K and V per token over all layers (a sliding layer's tokens leave its window, but count here). */
+  get bytesPerToken(): number {
+    return kvBytesPerToken(this.codec, this.layers.filter((l) => l.kvSource === undefined));
+  }
+
+  /** Bytes of the blocks in use now (held by sequences or the prefix cache). */
+  get usedBytes(): number {
+    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numUsed * sp.bytesPerBlock, 0);
   }
 
   get windowed(): boolean {
@@ -589,7 +613,7 @@ export class KvCache {
     const bs = this.blockSize;
     while ((st.offered + 1) * bs <= st.length) {
       const b = st.offered++;
-      st.hash = blockHash(st.hash, tokens, b * bs, (b + 1) * bs);
+      st.hash = blockHash(b === 0 ? this.rootHash : st.hash, tokens, b * bs, (b + 1) * bs);
       prefix.insert(st.hash, this.spaces.map((sp) => sp.blockAt(seq, b)));
     }
   }

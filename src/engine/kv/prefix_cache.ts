@@ -45,6 +45,8 @@ export class PrefixCache {
   constructor(
     private readonly spaces: readonly CachedSpace[],
     readonly blockSize: number,
+    /** First hash of every chain: the KV codec's (codecRootHash), so that blocks of different codecs never match. */
+    readonly root: bigint = ROOT_HASH,
   ) {
     spaces.forEach((space, s) => space.allocator.setReclaimer((needed) => this.evict(s, needed)));
   }
@@ -59,7 +61,7 @@ export class PrefixCache {
    */
   match(tokens: ArrayLike<number>, maxBlocks: number): PrefixMatch {
     const found: Entry[] = [];
-    const hashes: bigint[] = [ROOT_HASH];
+    const hashes: bigint[] = [this.root];
     const bs = this.blockSize;
     for (let b = 0; b < maxBlocks && (b + 1) * bs <= tokens.length; b++) {
       const h = blockHash(hashes[b]!, tokens, b * bs, (b + 1) * bs);

@@ -193,7 +193,7 @@ describe("windowed reads and writes, simulated", () => {
   });
 });
 
-const GEMMA3 = join(import.meta.dir, "../fixtures/models/gemma3");
+const GEMMA3 = join(import.meta.dir, "../../fixtures/models/gemma3");
 
 interface PromptRef {
   ids: number[];

@@ -1,0 +1,182 @@
+// Packed KV pools (affine 8/4-bit, FP8): the codes written are within the format's error of the values, and
+// paged attention over the packed pool equals attention over a float pool holding the decoded values, for decode
+// steps (split into parts on long contexts), prefill chunks and sliding windows. Prefix-sharing copies whole
+// packed blocks.
+import { describe, expect, test } from "bun:test";
+import type { AttentionBatch, KvElement, KvFormat, KvPool } from "../../src/backend/backend.ts";
+import { kvElementBytes } from "../../src/backend/backend.ts";
+import { bytesOf } from "../../src/backend/native/memory.ts";
+import type { NTensor } from "../../src/backend/native/tensor.ts";
+import { e4m3, f16ToNumber } from "../native/ref.ts";
+import { backend, expectClose, randn } from "./helpers.ts";
+
+const be = backend();
+const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
+
+const affine = (bits: 4 | 8, group = 64): KvElement => ({ kind: "affine", bits, group });
+const FORMATS: Record<string, KvFormat> = {
+  q8: { k: affine(8), v: affine(8) },
+  q4: { k: affine(4), v: affine(4) },
+  q4g32: { k: affine(4, 32), v: affine(4, 32) },
+  k8v4: { k: affine(8), v: affine(4) },
+  fp8: { k: { kind: "fp8", group: 64 }, v: { kind: "fp8", group: 64 } },
+  k8vf16: { k: affine(8), v: { kind: "float", dtype: "f16" } },
+};
+
+/** The decoded rows [slots * kvHeads, D] of one side of a packed pool, read from its bytes. */
+function decodeSide(e: KvElement, data: KvPool["k"], scales: KvPool["k"] | undefined, biases: KvPool["k"] | undefined, rows: number, D: number): Float32Array {
+  const out = new Float32Array(rows * D);
+  if (e.kind === "float") return be.toFloat32(data);
+  const codes = bytesOf(data as NTensor);
+  const sb = bytesOf(scales as NTensor);
+  const sc = new Uint16Array(sb.buffer, sb.byteOffset, sb.length / 2);
+  const bb = biases ? bytesOf(biases as NTensor) : null;
+  const bi = bb ? new Uint16Array(bb.buffer, bb.byteOffset, bb.length / 2) : null;
+  const groups = D / e.group;
+  const bits = e.kind === "fp8" ? 8 : e.bits;
+  const vbytes = (D * bits) / 8;
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < D; i++) {
+      const g = Math.floor(i / e.group);
+      const s = f16ToNumber(sc[r * groups + g]!);
+      if (e.kind === "fp8") {
+        out[r * D + i] = e4m3(codes[r * vbytes + i]!) * s;
+      } else {
+        const c = bits === 8 ? codes[r * vbytes + i]! : (codes[r * vbytes + (i >> 1)]! >> ((i & 1) * 4)) & 15;
+        out[r * D + i] = s * c + f16ToNumber(bi![r * groups + g]!);
+      }
+    }
+  }
+  return out;
+}
+
+function decodePool(pool: KvPool): { k: Float32Array; v: Float32Array } {
+  be.eval();
+  const rows = pool.numBlocks * pool.blockSize * pool.kvHeads;
+  const f = pool.format!;
+  return {
+    k: decodeSide(f.k, pool.k, pool.kScales, pool.kBiases, rows, pool.headDim),
+    v: decodeSide(f.v, pool.v, pool.vScales, pool.vBiases, rows, pool.headDim),
+  };
+}
+
+/** Largest allowed |decoded - value| for a group of values x. */
+function bound(e: KvElement, x: Float32Array): number {
+  let mn = Infinity;
+  let mx = -Infinity;
+  for (const v of x) (mn = Math.min(mn, v)), (mx = Math.max(mx, v));
+  if (e.kind === "fp8") return Math.max(Math.abs(mn), Math.abs(mx)) / 16 + 1e-6;
+  if (e.kind === "float") return 1e-3 * Math.max(Math.abs(mn), Math.abs(mx));
+  // MLX's rule makes zero exact by stretching the scale up to half a step at the edge, so the far end of the
+  // group may clamp by up to one step.
+  const step = (mx - mn) / (2 ** e.bits - 1);
+  return 1.01 * step + 2e-3 * Math.max(Math.abs(mn), Math.abs(mx));
+}
+
+describe("packed KV pools", () => {
+  const blockSize = 16;
+  const numBlocks = 64;
+  const kvHeads = 2;
+  const heads = 4;
+  const D = 64;
+  // A decode over 600 keys (split into parts), a prefill chunk of 7 tokens after 40 cached, a 1-token prompt.
+  const seqs = [
+    { total: 600, fresh: 1 },
+    { total: 47, fresh: 7 },
+    { total: 1, fresh: 1 },
+  ];
+  const maxBlocks = Math.ceil(600 / blockSize);
+
+  for (const [name, format] of Object.entries(FORMATS)) {
+    for (const window of [0, 24]) {
+      test(`${name}${window ? " windowed" : ""}: attention over the packed pool equals attention over its decoded values`, () => {
+        const tables = new Int32Array(seqs.length * maxBlocks).fill(0);
+        let next = numBlocks - 1;
+        seqs.forEach((s, i) => {
+          for (let b = 0; b < Math.ceil(s.total / blockSize); b++) tables[i * maxBlocks + b] = next--;
+        });
+        const slotOf = (s: number, p: number) => tables[s * maxBlocks + Math.floor(p / blockSize)]! * blockSize + (p % blockSize);
+        const packed = be.createKvPool(numBlocks, blockSize, kvHeads, D, format);
+        const K = seqs.map((s, i) => randn(s.total * kvHeads * D, 7 + i, 3));
+        const V = seqs.map((s, i) => randn(s.total * kvHeads * D, 17 + i, 2));
+        be.scope(() => {
+          seqs.forEach((s, i) => {
+            const slots = Int32Array.from({ length: s.total }, (_, p) => slotOf(i, p));
+            be.kvWrite(packed, t(K[i]!, [s.total, kvHeads, D]), t(V[i]!, [s.total, kvHeads, D]), slots);
+          });
+        });
+        const dec = decodePool(packed);
+        // The codes hold every value within the format's error.
+        seqs.forEach((s, i) => {
+          for (let p = 0; p < s.total; p++) {
+            for (let h = 0; h < kvHeads; h++) {
+              const row = slotOf(i, p) * kvHeads + h;
+              for (const [side, src, e] of [["k", K, format.k], ["v", V, format.v]] as const) {
+                const group = e.kind === "float" ? D : e.group;
+                for (let g0 = 0; g0 < D; g0 += group) {
+                  const x = src[i]!.subarray((p * kvHeads + h) * D + g0, (p * kvHeads + h) * D + g0 + group);
+                  const got = dec[side].subarray(row * D + g0, row * D + g0 + group);
+                  const b = bound(e, x);
+                  for (let j = 0; j < group; j++) if (!(Math.abs(got[j]! - x[j]!) <= b)) throw new Error(`${side} row ${row} value ${g0 + j}: ${got[j]} vs ${x[j]} (bound ${b})`);
+                }
+              }
+            }
+          }
+        });
+        // A float pool with the decoded values.
+        const plain = be.createKvPool(numBlocks, blockSize, kvHeads, D, "f32");
+        be.scope(() => {
+          const all = Int32Array.from({ length: numBlocks * blockSize }, (_, i) => i);
+          be.kvWrite(plain, t(dec.k, [numBlocks * blockSize, kvHeads, D]), t(dec.v, [numBlocks * blockSize, kvHeads, D]), all);
+        });
+        const tokenSeq: number[] = [];
+        const positions: number[] = [];
+        seqs.forEach((s, i) => {
+          for (let p = s.total - s.fresh; p < s.total; p++) tokenSeq.push(i), positions.push(p);
+        });
+        const batch: AttentionBatch = {
+          blockTables: tables,
+          maxBlocks,
+          seqLens: Int32Array.from(seqs.map((s) => s.total)),
+          tokenSeq: Int32Array.from(tokenSeq),
+          positions: Int32Array.from(positions),
+        };
+        const q = randn(tokenSeq.length * heads * D, 99, 0.5);
+        const opts = { scale: 1 / Math.sqrt(D), window };
+        const got = be.scope(() => be.toFloat32(be.pagedAttention(t(q, [tokenSeq.length, heads, D]), packed, batch, opts)));
+        const want = be.scope(() => be.toFloat32(be.pagedAttention(t(q, [tokenSeq.length, heads, D]), plain, batch, opts)));
+        expectClose(got, want, 2e-5, 2e-4);
+        // Decode steps alone (one token per sequence) take the single-row path.
+        const dBatch: AttentionBatch = { ...batch, tokenSeq: Int32Array.from([0, 1, 2]), positions: Int32Array.from(seqs.map((s) => s.total - 1)) };
+        const q1 = randn(3 * heads * D, 5, 0.5);
+        const g1 = be.scope(() => be.toFloat32(be.pagedAttention(t(q1, [3, heads, D]), packed, dBatch, opts)));
+        const w1 = be.scope(() => be.toFloat32(be.pagedAttention(t(q1, [3, heads, D]), plain, dBatch, opts)));
+        expectClose(g1, w1, 2e-5, 2e-4);
+        for (const p of [packed, plain]) for (const x of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (x) be.dispose(x);
+      });
+    }
+  }
+
+  test("copyBlock copies codes, scales and biases of both sides", () => {
+    const pool = be.createKvPool(4, 16, kvHeads, D, FORMATS.k8v4!);
+    const K = randn(16 * kvHeads * D, 1);
+    const V = randn(16 * kvHeads * D, 2);
+    be.scope(() => be.kvWrite(pool, t(K, [16, kvHeads, D]), t(V, [16, kvHeads, D]), Int32Array.from({ length: 16 }, (_, i) => 16 + i)));
+    be.copyBlock(pool, 1, 3);
+    const dec = decodePool(pool);
+    const n = 16 * kvHeads * D;
+    expect(Array.from(dec.k.subarray(3 * n, 4 * n))).toEqual(Array.from(dec.k.subarray(n, 2 * n)));
+    expect(Array.from(dec.v.subarray(3 * n, 4 * n))).toEqual(Array.from(dec.v.subarray(n, 2 * n)));
+    expect(dec.k.subarray(n, 2 * n).some((x) => x !== 0)).toBe(true);
+  });
+
+  test("bytes per row: q8 g64 is 8.5 bits per value, q4 4.5, fp8 8.25", () => {
+    expect(kvElementBytes(affine(8), 128) * 8 / 128).toBe(8.5);
+    expect(kvElementBytes(affine(4), 128) * 8 / 128).toBe(4.5);
+    expect(kvElementBytes({ kind: "fp8", group: 64 }, 128) * 8 / 128).toBe(8.25);
+  });
+
+  test("a head_dim the group does not divide is refused", () => {
+    expect(() => be.createKvPool(2, 16, 1, 80, FORMATS.q8!)).toThrow(/head_dim 80 is not a multiple of the group size 64/);
+  });
+});

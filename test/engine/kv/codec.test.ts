@@ -1,0 +1,74 @@
+// KV codecs: names, per-layer formats, bytes per token against f16, prefix-cache roots, the KV cache over packed
+// pages (greedy decode of the built-in model), and a pool that is resident only where blocks were written.
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { getBackend } from "../../../src/backend/index.ts";
+import { builtinModelDir } from "../../../src/builtin/index.ts";
+import { codecRootHash, kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../../src/engine/kv/codec.ts";
+import { KvCache } from "../../../src/engine/kv/kv_cache.ts";
+import { meanNll, teacherForcedLogProbs } from "../../../src/engine/kv/quality.ts";
+import { openModelDir } from "../../../src/io/model_dir.ts";
+import { loadModel } from "../../../src/models/registry.ts";
+
+const qwen06 = Array.from({ length: 28 }, () => ({ kvHeads: 8, headDim: 128 }));
+const ratio = (c: string) => kvBytesPerToken(parseKvCodec(c), qwen06) / kvBytesPerToken(parseKvCodec("f16"), qwen06);
+
+describe("KV codecs", () => {
+  test("names, canonical forms and clear errors", () => {
+    expect(parseKvCodec("Q8").name).toBe("q8");
+    expect(parseKvCodec("q4g32").format.k).toEqual({ kind: "affine", bits: 4, group: 32 });
+    expect(parseKvCodec("k8v4").format.v).toEqual({ kind: "affine", bits: 4, group: 64 });
+    expect(() => parseKvCodec("q9")).toThrow(/unknown KV codec 'q9'/);
+    expect(() => parseKvCodec("turbo3")).toThrow(/not implemented yet/);
+    expect(kvCodecProblem(parseKvCodec("q8g64"), 32)).toMatch(/q8g64 cannot store head_dim 32/);
+    expect(kvCodecProblem(parseKvCodec("q8"), 16)).toMatch(/cannot store head_dim 16/);
+    // Without a group suffix, a head_dim of 32 takes groups of 32.
+    expect(kvLayerFormat(parseKvCodec("q8"), 32).k).toEqual({ kind: "affine", bits: 8, group: 32 });
+  });
+
+  test("bytes per token against f16 meet the targets (Qwen3-0.6B shape)", () => {
+    expect(ratio("q8")).toBeLessThanOrEqual(0.55);
+    expect(ratio("q4")).toBeLessThanOrEqual(0.3);
+    expect(ratio("k8v4")).toBeLessThanOrEqual(0.42);
+    expect(ratio("fp8")).toBeLessThanOrEqual(0.55);
+  });
+
+  test("prefix-cache chains of different codecs start from different roots", () => {
+    const roots = ["f32", "f16", "q8", "q4", "k8v4", "fp8"].map((c) => codecRootHash(parseKvCodec(c)));
+    expect(new Set(roots).size).toBe(roots.length);
+  });
+
+  test("a cache refuses a codec a layer's head_dim cannot take", () => {
+    const be = getBackend();
+    expect(() => new KvCache(be, [{ kvHeads: 1, headDim: 48, window: 0 } as never], { numBlocks: 2, codec: "q8" })).toThrow(
+      /KV codec q8 cannot store head_dim 48/,
+    );
+  });
+
+  test("built-in model: NLL change against f32 KV is under 0.1% for q8 and under 1% for q4", () => {
+    const ref = JSON.parse(readFileSync(join(import.meta.dir, "../../fixtures/default_model_reference.json"), "utf8")) as {
+      answers: { prompt_ids: number[]; tokens: number[] }[];
+    };
+    const ids = ref.answers.flatMap((a) => [...a.prompt_ids, ...a.tokens]);
+    const model = loadModel(getBackend(), openModelDir(builtinModelDir()));
+    const base = meanNll(teacherForcedLogProbs(model, ids, "f32"), ids);
+    const change = (c: string) => Math.abs(meanNll(teacherForcedLogProbs(model, ids, c), ids) / base - 1);
+    expect(change("q8")).toBeLessThan(0.001);
+    expect(change("q4")).toBeLessThan(0.01);
+    expect(change("k8v4")).toBeLessThan(0.01);
+  });
+
+  test("a pool is resident only as far as blocks are written", () => {
+    const be = getBackend();
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+    const before = rss();
+    const cache = new KvCache(be, Array.from({ length: 4 }, () => ({ kvHeads: 8, headDim: 128, window: 0 }) as never), {
+      memoryBytes: 512 << 20,
+      codec: "q8",
+    });
+    expect(cache.memoryBytes).toBeGreaterThan(400 << 20);
+    expect(rss() - before).toBeLessThan(32 << 20);
+    cache.dispose();
+  });
+});
