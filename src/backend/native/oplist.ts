@@ -146,4 +146,46 @@ export const OPS = {
   },
   dequantRows: { code: 24, fields: { out: OUT, rows: IDS, nrows: i64, N: i64, K: i64, weight: QUANT_WEIGHT } },
   takeRows: { code: 25, fields: { out: OUT, rows: IDS, nrows: i64, N: i64, K: i64, w: ptr("const void"), wdt: i32 } },
+  // Linear-attention layers (Gated DeltaNet): per-sequence state lives in slots of a state pool, read and updated
+  // in place. seqStart [numSeqs + 1] delimits each sequence's tokens, slots [numSeqs] names its state slot, fresh
+  // [numSeqs] (0/1) starts it from zeros.
+  causalConv1d: {
+    code: 70,
+    fields: {
+      out: OUT,
+      x: IN,
+      w: IN,
+      state: ptr("float"),
+      seqStart: IDS,
+      slots: IDS,
+      fresh: IDS,
+      numSeqs: i64,
+      C: i64,
+      K: i64,
+      numSlots: i64,
+    },
+  },
+  gatedDelta: {
+    code: 71,
+    fields: {
+      out: OUT,
+      q: IN,
+      k: IN,
+      v: IN,
+      g: IN,
+      beta: IN,
+      state: ptr("float"),
+      seqStart: IDS,
+      slots: IDS,
+      fresh: IDS,
+      numSeqs: i64,
+      Hk: i64,
+      Hv: i64,
+      Dk: i64,
+      Dv: i64,
+      numSlots: i64,
+      chunk: i64,
+    },
+  },
+  stateCopy: { code: 72, fields: { state: ptr("float"), slotSize: i64, numSlots: i64, src: i64, dst: i64 } },
 } as const satisfies Record<string, OpDecl>;
