@@ -39,7 +39,7 @@ enum Op : int {
 };
 
 enum BinaryKind : int { BINARY_ADD = 0, BINARY_SUB = 1, BINARY_MUL = 2 };
-enum UnaryKind : int { UNARY_SCALE = 0, UNARY_SIGMOID = 1, UNARY_SILU = 2, UNARY_GELU_TANH = 3, UNARY_SOFTCAP = 4 };
+enum UnaryKind : int { UNARY_SCALE = 0, UNARY_SIGMOID = 1, UNARY_SILU = 2, UNARY_GELU_TANH = 3, UNARY_SOFTCAP = 4, UNARY_SOFTPLUS = 5 };
 enum GluKind : int { GLU_SWIGLU = 0, GLU_GEGLU = 1 };
 
 struct QuantWeight {

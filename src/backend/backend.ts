@@ -174,6 +174,8 @@ export interface Backend {
   scale(x: Tensor, s: number): Tensor;
   sigmoid(x: Tensor): Tensor;
   silu(x: Tensor): Tensor;
+  /** log(1 + exp(x)). */
+  softplus(x: Tensor): Tensor;
   /** GELU, tanh approximation (gelu_pytorch_tanh). */
   geluTanh(x: Tensor): Tensor;
   /** silu(gate) * up. */

@@ -932,6 +932,9 @@ export class MlxBackend implements Backend {
   createStatePool(): StatePool {
     throw new RmlxError("unsupported", "the mlx backend has no linear-attention (Gated DeltaNet) ops yet; use the native backend");
   }
+  softplus(): Tensor {
+    throw new RmlxError("unsupported", "softplus: not on the mlx backend yet");
+  }
   causalConv1d(): Tensor {
     throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
   }

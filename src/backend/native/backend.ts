@@ -531,6 +531,10 @@ export class NativeBackend implements Backend {
     return this.unary(UNARY.sigmoid, x, 0, "sigmoid");
   }
 
+  softplus(x: Tensor): Tensor {
+    return this.unary(UNARY.softplus, x, 0, "softplus");
+  }
+
   silu(x: Tensor): Tensor {
     return this.unary(UNARY.silu, x, 0, "silu");
   }

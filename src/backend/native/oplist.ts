@@ -65,7 +65,7 @@ export const OPS = {
   },
   unary: {
     code: 2,
-    fields: { kind: kinds({ scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4 }), out: OUT, x: IN, n: i64, param: f32 },
+    fields: { kind: kinds({ scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4, softplus: 5 }), out: OUT, x: IN, n: i64, param: f32 },
   },
   glu: { code: 3, fields: { kind: kinds({ swiglu: 0, geglu: 1 }), out: OUT, gate: IN, up: IN, n: i64 } },
   softmax: { code: 4, fields: AXIS_REDUCE },

@@ -6,7 +6,7 @@ import { type ProgramWriter, put } from "./program.ts";
 export const BINARY = { add: 0, sub: 1, mul: 2 } as const;
 export type BinaryKind = (typeof BINARY)[keyof typeof BINARY];
 
-export const UNARY = { scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4 } as const;
+export const UNARY = { scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4, softplus: 5 } as const;
 export type UnaryKind = (typeof UNARY)[keyof typeof UNARY];
 
 export const GLU = { swiglu: 0, geglu: 1 } as const;

@@ -7,6 +7,7 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
+import { StateSlots } from "./state_slots.ts";
 import { FLOAT_DTYPES } from "../../backend/args.ts";
 import { type AttentionBatch, type Backend, type DType, DTYPE_BYTES, type KvPool } from "../../backend/backend.ts";
 import { RmlxError } from "../../errors.ts";
@@ -296,10 +297,17 @@ export interface KvCacheOptions {
    */
   windowed?: boolean;
   sizing?: WindowSizing;
+  /**
+   * Recurrent-state slots of a model with linear-attention layers: the most sequences that run at once (default:
+   * sizing's sequences, else 16). Their memory comes out of memoryBytes first.
+   */
+  stateSlots?: number;
 }
 
+const DEFAULT_STATE_SLOTS = 16;
+
 /** A step's tokens and views before the caller says which rows it wants logits for. */
-export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed"> {
+export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed" | "recurrent"> {
   /** Row of the last new token of each entry [entries]. */
   lastRows: Int32Array;
 }
@@ -322,6 +330,8 @@ export class KvCache {
   readonly window: number;
   readonly blockSize: number;
   readonly dtype: DType;
+  /** Per-sequence recurrent state of linear-attention layers; null when the model has none. */
+  readonly states: StateSlots<Sequence> | null;
 
   constructor(
     private readonly backend: Backend,
@@ -330,11 +340,15 @@ export class KvCache {
   ) {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
     this.dtype = opts.dtype ?? "f32";
+    this.states = layers.some((l) => l.state)
+      ? new StateSlots<Sequence>(backend, layers, opts.stateSlots ?? opts.sizing?.sequences ?? DEFAULT_STATE_SLOTS)
+      : null;
+    const budget = opts.memoryBytes === undefined ? undefined : opts.memoryBytes - (this.states?.memoryBytes ?? 0);
     const windowed = opts.windowed === true && layers.some((l) => l.window > 0) && layers.some((l) => l.window <= 0);
     const inWindow = (l: LayerCacheSpec) => windowed && l.window > 0;
     const windowLayers = layers.filter(inWindow);
     this.window = windowLayers.reduce((m, l) => Math.max(m, l.window), 0);
-    const mainBytes = KvCache.bytesPerBlock(layers.filter((l) => !inWindow(l)), this.blockSize, this.dtype);
+    const mainBytes = KvCache.bytesPerBlock(layers.filter((l) => !inWindow(l) && !l.state), this.blockSize, this.dtype);
     const windowBytes = windowed ? KvCache.bytesPerBlock(windowLayers, this.blockSize, this.dtype) : 0;
     // The sliding space gets what `sizing` asks for but never more blocks than the main one (a sequence holds at
     // most one sliding block per main block): the cache then holds every set of sequences that a cache without
@@ -343,19 +357,20 @@ export class KvCache {
     let numBlocks = opts.numBlocks;
     let windowBlocks = 0;
     if (numBlocks === undefined) {
-      if (opts.memoryBytes === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
+      if (budget === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
       const per = mainBytes + windowBytes;
-      const both = Math.floor(opts.memoryBytes / per);
+      const both = Math.floor(Math.max(0, budget) / per);
       if (want < both) {
         windowBlocks = want;
-        numBlocks = Math.floor((opts.memoryBytes - want * windowBytes) / mainBytes);
+        numBlocks = Math.floor((budget - want * windowBytes) / mainBytes);
       } else {
         numBlocks = windowBlocks = both;
       }
       if (numBlocks < 1) {
         throw new RmlxError(
           "invalid_argument",
-          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${per} bytes)`,
+          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${per} bytes)` +
+            (this.states ? ` after ${this.states.memoryBytes} bytes of recurrent state for ${this.states.numSlots} sequences` : ""),
         );
       }
     } else {
@@ -363,10 +378,13 @@ export class KvCache {
     }
     const allocator = new BlockAllocator(numBlocks);
     const windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
+    // A linear-attention layer keeps no K/V: its entry is a one-slot placeholder that no step reads or writes.
     this.pools = layers.map((l) =>
-      backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
+      l.state
+        ? backend.createKvPool(1, 1, 1, 1, this.dtype)
+        : backend.createKvPool(inWindow(l) ? windowBlocks : numBlocks, this.blockSize, l.kvHeads, l.headDim, this.dtype),
     );
-    const poolsWhere = (sliding: boolean) => this.pools.filter((_, i) => inWindow(layers[i]!) === sliding);
+    const poolsWhere = (sliding: boolean) => this.pools.filter((_, i) => !layers[i]!.state && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
     if (windowAllocator) {
       spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
@@ -378,7 +396,7 @@ export class KvCache {
   static bytesPerBlock(layers: readonly LayerCacheSpec[], blockSize: number, dtype: DType): number {
     if (!FLOAT_DTYPES.includes(dtype)) throw new RmlxError("invalid_argument", `KV cache dtype ${dtype} is not a float type`);
     let perToken = 0;
-    for (const l of layers) perToken += 2 * l.kvHeads * l.headDim * DTYPE_BYTES[dtype];
+    for (const l of layers) if (!l.state) perToken += 2 * l.kvHeads * l.headDim * DTYPE_BYTES[dtype];
     return perToken * blockSize;
   }
 
@@ -399,9 +417,9 @@ export class KvCache {
     return this.allocator.numBlocks;
   }
 
-  /** Bytes of all pools. */
+  /** Bytes of all pools and recurrent state. */
   get memoryBytes(): number {
-    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numBlocks * sp.bytesPerBlock, 0);
+    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numBlocks * sp.bytesPerBlock, this.states?.memoryBytes ?? 0);
   }
 
   /** Capacity in tokens if one sequence had every block. */
@@ -443,6 +461,7 @@ export class KvCache {
    * RmlxError("overloaded") seq is unchanged.
    */
   reserve(seq: Sequence, n: number, stepTokens = n): void {
+    if (n > 0 && this.states) this.states.take(seq);
     if (n <= 0 || this.holdsRoom(seq, n, stepTokens)) return;
     const need = this.needs(seq, n, stepTokens);
     if (!this.ensureFree(need)) {
@@ -462,6 +481,9 @@ export class KvCache {
     if (!this.ensureFree(need)) {
       throw new RmlxError("overloaded", `KV cache is full: the step needs ${this.describeShortage(need)}`);
     }
+    if (this.states && this.states.needed(entries.map((e) => e.seq)) > this.states.numFree) {
+      throw new RmlxError("overloaded", `recurrent state is full: ${this.states.numFree} of ${this.states.numSlots} sequence slots free`);
+    }
     for (const e of entries) this.reserve(e.seq, e.tokens.length);
   }
 
@@ -471,6 +493,7 @@ export class KvCache {
     if (st.length > 0 || st.held.some((h) => h.ids.length > 0)) {
       throw new RmlxError("internal", "only an empty sequence can start with a cached prefix");
     }
+    if (this.states && m.blocks > 0) throw new RmlxError("internal", "a model with recurrent state cannot start from a cached prefix");
     st.held = m.held;
     st.length = m.blocks * this.blockSize;
     st.hash = m.hash;
@@ -481,6 +504,7 @@ export class KvCache {
   fork(seq: Sequence): Sequence {
     const child = new Sequence();
     for (const sp of this.spaces) sp.share(seq, child);
+    this.states?.fork(seq, child);
     const from = seq[state];
     const to = child[state];
     to.length = from.length;
@@ -492,6 +516,7 @@ export class KvCache {
   /** Drops seq's references to its blocks; it is empty afterwards. */
   release(seq: Sequence): void {
     for (const sp of this.spaces) sp.release(seq);
+    this.states?.release(seq);
     const st = seq[state];
     st.length = 0;
     st.hash = ROOT_HASH;
@@ -504,6 +529,7 @@ export class KvCache {
       this.backend.dispose(p.k);
       this.backend.dispose(p.v);
     }
+    this.states?.dispose();
   }
 
   /**
@@ -539,13 +565,19 @@ export class KvCache {
     }
     const shared = { maxBlocks, seqLens, tokenSeq, positions };
     const views = this.spaces.map((sp) => sp.view(entries, shared, total));
-    return { tokens, lastRows, batch: views[MAIN]!.batch, slots: views[MAIN]!.slots, windowed: views[WINDOW] };
+    const recurrent = this.states?.view(entries.map((e) => ({ seq: e.seq, tokens: e.tokens, fresh: e.seq.length === 0 })));
+    return { tokens, lastRows, batch: views[MAIN]!.batch, slots: views[MAIN]!.slots, windowed: views[WINDOW], recurrent };
   }
 
   /** The model's view of a built step. */
   forwardStep(built: BuiltStep, logitRows: Int32Array): ForwardStep {
-    const { tokens, batch, slots, windowed } = built;
-    return { tokens, batch, slots, windowed, pools: this.pools, logitRows };
+    const { tokens, batch, slots, windowed, recurrent } = built;
+    const step: ForwardStep = { tokens, batch, slots, windowed, pools: this.pools, logitRows };
+    if (recurrent && this.states) {
+      step.recurrent = recurrent;
+      step.states = this.states.pools;
+    }
+    return step;
   }
 
   /**
@@ -556,7 +588,7 @@ export class KvCache {
     for (let i = 0; i < entries.length; i++) {
       const { seq, tokens } = entries[i]!;
       seq[state].length += tokens.length;
-      if (offer) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
+      if (offer && !this.states) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
       for (const sp of this.spaces) sp.trim(seq);
     }
   }
