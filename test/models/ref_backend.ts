@@ -330,6 +330,9 @@ export class RefBackend implements Backend {
   sigmoid(x: Tensor): Tensor {
     return unary(x, (v) => 1 / (1 + Math.exp(-v)));
   }
+  softplus(x: Tensor): Tensor {
+    return unary(x, (v) => Math.log1p(Math.exp(v)));
+  }
   silu(x: Tensor): Tensor {
     return unary(x, silu);
   }
