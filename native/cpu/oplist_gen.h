@@ -35,10 +35,13 @@ enum Op : int {
   OP_TAKE_ROWS = 25,
   OP_KV_WRITE_PAGE = 40,
   OP_PAGED_ATTENTION_PAGE = 41,
+  OP_CAUSAL_CONV1D = 70,
+  OP_GATED_DELTA = 71,
+  OP_STATE_COPY = 72,
 };
 
 enum BinaryKind : int { BINARY_ADD = 0, BINARY_SUB = 1, BINARY_MUL = 2 };
-enum UnaryKind : int { UNARY_SCALE = 0, UNARY_SIGMOID = 1, UNARY_SILU = 2, UNARY_GELU_TANH = 3, UNARY_SOFTCAP = 4 };
+enum UnaryKind : int { UNARY_SCALE = 0, UNARY_SIGMOID = 1, UNARY_SILU = 2, UNARY_GELU_TANH = 3, UNARY_SOFTCAP = 4, UNARY_SOFTPLUS = 5 };
 enum GluKind : int { GLU_SWIGLU = 0, GLU_GEGLU = 1 };
 
 struct QuantWeight {
@@ -352,6 +355,48 @@ struct PagedAttentionPageRecord {
   float softcap;
 };
 
+struct CausalConv1dRecord {
+  float *out;
+  const float *x;
+  const float *w;
+  float *state;
+  const int32_t *seq_start;
+  const int32_t *slots;
+  const int32_t *fresh;
+  int64_t num_seqs;
+  int64_t C;
+  int64_t K;
+  int64_t num_slots;
+};
+
+struct GatedDeltaRecord {
+  float *out;
+  const float *q;
+  const float *k;
+  const float *v;
+  const float *g;
+  const float *beta;
+  float *state;
+  const int32_t *seq_start;
+  const int32_t *slots;
+  const int32_t *fresh;
+  int64_t num_seqs;
+  int64_t Hk;
+  int64_t Hv;
+  int64_t Dk;
+  int64_t Dv;
+  int64_t num_slots;
+  int64_t chunk;
+};
+
+struct StateCopyRecord {
+  float *state;
+  int64_t slot_size;
+  int64_t num_slots;
+  int64_t src;
+  int64_t dst;
+};
+
 // Each runs one decoded record (exec.cpp).
 int run_op(const BinaryRecord &r);
 int run_op(const UnaryRecord &r);
@@ -379,6 +424,9 @@ int run_op(const DequantRowsRecord &r);
 int run_op(const TakeRowsRecord &r);
 int run_op(const KvWritePageRecord &r);
 int run_op(const PagedAttentionPageRecord &r);
+int run_op(const CausalConv1dRecord &r);
+int run_op(const GatedDeltaRecord &r);
+int run_op(const StateCopyRecord &r);
 
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);
@@ -779,6 +827,54 @@ inline int exec_record(const double *rec, int64_t len) {
       r.scale = (float)*p++;
       r.window = (int64_t)*p++;
       r.softcap = (float)*p++;
+      return run_op(r);
+    }
+    case OP_CAUSAL_CONV1D: {
+      if (len != 13) return wrong_length("causalConv1d", len, 13);
+      CausalConv1dRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.x = (const float *)(uintptr_t)(int64_t)*p++;
+      r.w = (const float *)(uintptr_t)(int64_t)*p++;
+      r.state = (float *)(uintptr_t)(int64_t)*p++;
+      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.num_seqs = (int64_t)*p++;
+      r.C = (int64_t)*p++;
+      r.K = (int64_t)*p++;
+      r.num_slots = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_GATED_DELTA: {
+      if (len != 19) return wrong_length("gatedDelta", len, 19);
+      GatedDeltaRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.q = (const float *)(uintptr_t)(int64_t)*p++;
+      r.k = (const float *)(uintptr_t)(int64_t)*p++;
+      r.v = (const float *)(uintptr_t)(int64_t)*p++;
+      r.g = (const float *)(uintptr_t)(int64_t)*p++;
+      r.beta = (const float *)(uintptr_t)(int64_t)*p++;
+      r.state = (float *)(uintptr_t)(int64_t)*p++;
+      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.num_seqs = (int64_t)*p++;
+      r.Hk = (int64_t)*p++;
+      r.Hv = (int64_t)*p++;
+      r.Dk = (int64_t)*p++;
+      r.Dv = (int64_t)*p++;
+      r.num_slots = (int64_t)*p++;
+      r.chunk = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_STATE_COPY: {
+      if (len != 7) return wrong_length("stateCopy", len, 7);
+      StateCopyRecord r;
+      r.state = (float *)(uintptr_t)(int64_t)*p++;
+      r.slot_size = (int64_t)*p++;
+      r.num_slots = (int64_t)*p++;
+      r.src = (int64_t)*p++;
+      r.dst = (int64_t)*p++;
       return run_op(r);
     }
     default: return fail(RMLX_E_INVALID, "rmlx_exec: unknown op code %d", (int)rec[0]);

@@ -59,7 +59,7 @@ int op_binary(int kind, float *out, const float *a, const float *b, int ndim, co
 }
 
 int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
-  if (kind < UNARY_SCALE || kind > UNARY_SOFTCAP) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
+  if (kind < UNARY_SCALE || kind > UNARY_SOFTPLUS) return fail(RMLX_E_INVALID, "unary: bad kind %d", kind);
   const Kern &k = kern();
   parallel_for(n, [&](int64_t b, int64_t e, int) {
     switch (kind) {
@@ -67,6 +67,10 @@ int op_unary(int kind, float *out, const float *x, int64_t n, float param) {
       case UNARY_SIGMOID: k.sigmoid(out + b, x + b, e - b); break;
       case UNARY_SILU: k.silu(out + b, x + b, e - b); break;
       case UNARY_GELU_TANH: k.gelu_tanh(out + b, x + b, e - b); break;
+      case UNARY_SOFTPLUS:
+        // log(1 + e^x), exact for large x where e^x overflows
+        for (int64_t i = b; i < e; i++) out[i] = x[i] > 20.f ? x[i] : std::log1p(std::exp(x[i]));
+        break;
       default: {
         float inv = 1.f / param;
         for (int64_t i = b; i < e; i++) out[i] = param * std::tanh(x[i] * inv);

@@ -3,7 +3,7 @@
 // argument is one of its own live tensors; the checks here see only shapes, dtypes and sizes.
 import { RmlxError } from "../errors.ts";
 import { QUANT_MODES } from "../quant/spec.ts";
-import type { AttentionBatch, DType, KvFormat, KvPool, QuantizedWeight, RopeOptions } from "./backend.ts";
+import type { AttentionBatch, DType, KvFormat, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec } from "./backend.ts";
 import { floatKvFormat, kvElementProblem } from "./backend.ts";
 
 export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -257,4 +257,49 @@ export function checkPagedAttention(q: Sized, pool: KvPool, batch: AttentionBatc
     invalid(`pagedAttention: ${batch.tokenSeq.length} tokenSeq and ${batch.positions.length} positions for ${T} tokens`);
   if (!Number.isInteger(batch.maxBlocks) || batch.maxBlocks < 1 || batch.blockTables.length !== numSeqs * batch.maxBlocks)
     invalid(`pagedAttention: block tables of ${batch.blockTables.length} entries for ${numSeqs} sequences x ${batch.maxBlocks} blocks`);
+}
+
+/** createStatePool's sizes. */
+export function checkStateSpec(numSlots: number, s: StateSpec): void {
+  const dims = { numSlots, convDim: s.convDim, kernel: s.kernel, keyHeads: s.keyHeads, valueHeads: s.valueHeads, keyDim: s.keyDim, valueDim: s.valueDim };
+  for (const [n, v] of Object.entries(dims)) if (!Number.isInteger(v) || v < 1) invalid(`createStatePool: ${n} = ${v}`);
+  if (s.valueHeads % s.keyHeads !== 0) invalid(`createStatePool: ${s.valueHeads} value heads over ${s.keyHeads} key heads`);
+}
+
+/** A recurrent batch against its pool and a step of T tokens; returns the number of sequences. */
+export function checkRecurrentBatch(what: string, pool: StatePool, b: RecurrentBatch, T: number): number {
+  const n = b.slots.length;
+  if (b.seqStart.length !== n + 1 || b.fresh.length !== n) invalid(`${what}: seqStart must have ${n + 1} and fresh ${n} entries`);
+  if (b.seqStart[0] !== 0 || b.seqStart[n] !== T) invalid(`${what}: seqStart must run from 0 to the step's ${T} tokens`);
+  const seen = new Set<number>();
+  for (let i = 0; i < n; i++) {
+    const s = b.slots[i]!;
+    if (!Number.isInteger(s) || s < 0 || s >= pool.numSlots) invalid(`${what}: slot ${s} outside the pool's ${pool.numSlots}`);
+    if (seen.has(s)) invalid(`${what}: slot ${s} used by two sequences of one step`);
+    seen.add(s);
+    if (b.seqStart[i + 1]! < b.seqStart[i]!) invalid(`${what}: sequence ${i} has a negative token count`);
+  }
+  return n;
+}
+
+/** causalConv1d's x [T, convDim] and w [convDim, kernel] or [convDim, kernel, 1]. */
+export function checkCausalConv(x: Sized, w: Sized, pool: StatePool): void {
+  if (x.shape.length !== 2 || x.shape[1] !== pool.convDim) invalid(`causalConv1d: x ${fmt(x.shape)} must be [T, ${pool.convDim}]`);
+  const ok = w.shape[0] === pool.convDim && w.shape[1] === pool.kernel && (w.shape.length === 2 || (w.shape.length === 3 && w.shape[2] === 1));
+  if (!ok) invalid(`causalConv1d: weight ${fmt(w.shape)} must be [${pool.convDim}, ${pool.kernel}] or [${pool.convDim}, ${pool.kernel}, 1]`);
+}
+
+/** gatedDelta's operands; returns T. */
+export function checkGatedDelta(q: Sized, k: Sized, v: Sized, g: Sized, beta: Sized, pool: StatePool): number {
+  const T = q.shape[0]!;
+  const want: [string, Sized, number[]][] = [
+    ["q", q, [T, pool.keyHeads, pool.keyDim]],
+    ["k", k, [T, pool.keyHeads, pool.keyDim]],
+    ["v", v, [T, pool.valueHeads, pool.valueDim]],
+    ["g", g, [T, pool.valueHeads]],
+    ["beta", beta, [T, pool.valueHeads]],
+  ];
+  for (const [n, t, s] of want)
+    if (t.shape.length !== s.length || t.shape.some((d, i) => d !== s[i])) invalid(`gatedDelta: ${n} ${fmt(t.shape)} must be ${fmt(s)}`);
+  return T;
 }

@@ -140,6 +140,39 @@ export interface KvPool {
   readonly vBiases?: Tensor;
 }
 
+/** What one linear-attention (Gated DeltaNet) layer keeps per sequence. */
+export interface StateSpec {
+  /** Channels of the depthwise causal conv (q, k and v together). */
+  convDim: number;
+  /** Conv kernel size; the state keeps the last kernel - 1 inputs. */
+  kernel: number;
+  /** Key heads and value heads (each value head reads key head h / (valueHeads / keyHeads)). */
+  keyHeads: number;
+  valueHeads: number;
+  keyDim: number;
+  valueDim: number;
+}
+
+/**
+ * The recurrent state of one linear-attention layer for numSlots sequences, f32: conv [numSlots, kernel - 1,
+ * convDim] (the last inputs, oldest first) and delta [numSlots, valueHeads, valueDim, keyDim] (mlx-lm's layout).
+ */
+export interface StatePool extends StateSpec {
+  readonly conv: Tensor;
+  readonly delta: Tensor;
+  readonly numSlots: number;
+}
+
+/** Which state slot each sequence of a step uses, and where its tokens are (each sequence's tokens contiguous). */
+export interface RecurrentBatch {
+  /** Token offset of each sequence [numSeqs + 1]. */
+  seqStart: Int32Array;
+  /** State slot of each sequence [numSeqs]. */
+  slots: Int32Array;
+  /** 1 where the sequence starts from a zero state (its first token is at position 0) [numSeqs]. */
+  fresh: Int32Array;
+}
+
 export interface Backend {
   readonly name: string;
   /** A short description of the device (CPU model and ISA, GPU name). */
@@ -198,6 +231,8 @@ export interface Backend {
   scale(x: Tensor, s: number): Tensor;
   sigmoid(x: Tensor): Tensor;
   silu(x: Tensor): Tensor;
+  /** log(1 + exp(x)). */
+  softplus(x: Tensor): Tensor;
   /** GELU, tanh approximation (gelu_pytorch_tanh). */
   geluTanh(x: Tensor): Tensor;
   /** silu(gate) * up. */
@@ -232,4 +267,21 @@ export interface Backend {
   sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor;
   /** Copies one block of every layer's pool to another (copy-on-write of shared prefix blocks). */
   copyBlock(pool: KvPool, src: number, dst: number): void;
+
+  // ---- linear attention over per-sequence recurrent state ----
+  createStatePool(numSlots: number, spec: StateSpec): StatePool;
+  /**
+   * Depthwise causal conv1d without bias, x [T, convDim], w [convDim, kernel] (or [convDim, kernel, 1]): each
+   * sequence's tokens follow the inputs its slot carries (zeros when fresh); the slot then keeps its last ones.
+   */
+  causalConv1d(x: Tensor, w: Tensor, pool: StatePool, batch: RecurrentBatch): Tensor;
+  /**
+   * The gated delta rule, f32, per sequence and value head over its slot's state S [valueDim, keyDim]:
+   * S = exp(g) S; u = beta (v - S k); S += u k^T; out = S q. q, k [T, keyHeads, keyDim] (normalised and scaled by
+   * the caller), v [T, valueHeads, valueDim], g (log-decay, <= 0) and beta [T, valueHeads] -> [T, valueHeads,
+   * valueDim]. chunk > 0 runs runs of several tokens in that chunked form (same result up to rounding).
+   */
+  gatedDelta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, pool: StatePool, batch: RecurrentBatch, chunk?: number): Tensor;
+  /** Copies one slot's state (conv and delta) to another. */
+  copyStateSlot(pool: StatePool, src: number, dst: number): void;
 }

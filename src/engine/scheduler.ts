@@ -80,7 +80,11 @@ export class Scheduler {
     private readonly config: SchedulerConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    this.prefix = config.prefixCache ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash) : null;
+    // A hybrid's recurrent state cannot be cut back to a shared prefix: prefix reuse is off for such models.
+    this.prefix =
+      config.prefixCache && !model.cache.states
+        ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash)
+        : null;
   }
 
   get numRunning(): number {

@@ -1,7 +1,7 @@
 // The model contract: a model is a pure forward pass over a paged KV cache that someone else owns.
 // The engine builds a ForwardStep for any set of sequences (prefill chunks and decode tokens mixed) and gets
 // logits for the rows it asks for; the model never allocates cache blocks or knows about requests.
-import type { AttentionBatch, Backend, KvPool, Tensor } from "../backend/backend.ts";
+import type { AttentionBatch, Backend, KvPool, RecurrentBatch, StatePool, StateSpec, Tensor } from "../backend/backend.ts";
 import type { ModelConfig } from "../io/config.ts";
 
 /** What the cache must hold for one layer. */
@@ -16,6 +16,11 @@ export interface LayerCacheSpec {
    * writes nothing for it.
    */
   kvSource?: number;
+  /**
+   * A linear-attention layer: no K/V (kvHeads and headDim 0) but a recurrent state per sequence, kept in a slot of
+   * the cache's state pool for this layer.
+   */
+  state?: StateSpec;
 }
 
 /**
@@ -42,6 +47,10 @@ export interface ForwardStep extends SpaceView {
    * space and reads and writes through this view instead (same tokens, positions and lengths).
    */
   windowed?: SpaceView;
+  /** Linear-attention layers: each sequence's state slot and token range (present when any layer has a state). */
+  recurrent?: RecurrentBatch;
+  /** One entry per layer: the state pool of a linear-attention layer, null for the others. */
+  states?: readonly (StatePool | null)[];
 }
 
 export interface Model {

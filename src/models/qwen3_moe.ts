@@ -50,7 +50,7 @@ export function qwen3MoeArgs(c: ModelConfig, source: string): Qwen3MoeArgs {
   };
 }
 
-interface MoeWeights {
+export interface MoeWeights {
   router: Weight;
   /** Either separate gate and up stacks, or one fused [E, 2I, D] stack (gate rows first). */
   gate?: Weight;
@@ -66,7 +66,7 @@ interface Block {
   mlp: { dense: MlpWeights } | { moe: MoeWeights };
 }
 
-function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeWeights {
+export function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeWeights {
   const router = w.linear(`${p}.gate`);
   const m: MoeWeights = w.has(`${p}.experts.gate_up_proj`)
     ? { router, gateUp: w.tensor(`${p}.experts.gate_up_proj`), down: w.tensor(`${p}.experts.down_proj`) }
@@ -86,7 +86,7 @@ function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeWeights 
 }
 
 /** The sparse feed-forward: route each token to its top-k experts and sum their SwiGLU outputs by weight. */
-function moe(be: Backend, x: Tensor, m: MoeWeights, args: Qwen3MoeArgs): Tensor {
+export function moe(be: Backend, x: Tensor, m: MoeWeights, args: Qwen3MoeArgs): Tensor {
   const T = x.shape[0]!;
   const k = args.numExpertsPerTok;
   const I = args.moeIntermediateSize;

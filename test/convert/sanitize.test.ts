@@ -52,11 +52,11 @@ describe("qwen3_next", () => {
     expect(f("model.layers.0.linear_attn.norm.weight")).toEqual(Array(16).fill(1));
   });
 
-  test("conv1d weights move the kernel axis last; A_log keeps f32; MTP heads are dropped", () => {
+  test("conv1d weights move the kernel axis last; A_log keeps f32; MTP heads are kept (for speculative decoding)", () => {
     const ws = WeightStore.open(out);
     expect(ws.require("model.layers.0.linear_attn.conv1d.weight").shape).toEqual([8, 4, 1]);
     expect(ws.require("model.layers.0.linear_attn.A_log").dtype).toBe("F32");
-    expect(ws.names().some((n) => n.startsWith("mtp."))).toBe(false);
+    expect(ws.names().some((n) => n.startsWith("mtp."))).toBe(true);
     expect(ws.require("model.layers.0.mlp.switch_mlp.up_proj.weight").shape).toEqual([E, 64, 8]);
   });
 

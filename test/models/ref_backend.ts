@@ -9,6 +9,7 @@ import type {
   KvPool,
   QuantizedWeight,
   RopeOptions,
+  StatePool,
   Tensor,
   Weight,
 } from "../../src/backend/backend.ts";
@@ -329,6 +330,9 @@ export class RefBackend implements Backend {
   sigmoid(x: Tensor): Tensor {
     return unary(x, (v) => 1 / (1 + Math.exp(-v)));
   }
+  softplus(x: Tensor): Tensor {
+    return unary(x, (v) => Math.log1p(Math.exp(v)));
+  }
   silu(x: Tensor): Tensor {
     return unary(x, silu);
   }
@@ -492,6 +496,18 @@ export class RefBackend implements Backend {
   }
   sdpa(): Tensor {
     throw new Error("ref: sdpa not implemented");
+  }
+  createStatePool(): StatePool {
+    throw new Error("ref: linear attention not implemented (the native ops are tested against float64 in test/backend)");
+  }
+  causalConv1d(): Tensor {
+    throw new Error("ref: causalConv1d not implemented");
+  }
+  gatedDelta(): Tensor {
+    throw new Error("ref: gatedDelta not implemented");
+  }
+  copyStateSlot(): void {
+    throw new Error("ref: copyStateSlot not implemented");
   }
   copyBlock(pool: KvPool, src: number, dst: number): void {
     const n = pool.blockSize * pool.kvHeads * pool.headDim;

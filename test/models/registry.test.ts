@@ -7,7 +7,22 @@ import { RefBackend } from "./ref_backend.ts";
 import { makeTinyModel } from "./tiny_model.ts";
 
 test("families this build runs", () => {
-  expect([...SUPPORTED_MODEL_TYPES].sort()).toEqual(["gemma3", "gemma3_text", "gemma4", "gemma4_text", "llama", "mistral", "qwen2", "qwen3", "qwen3_moe"]);
+  expect([...SUPPORTED_MODEL_TYPES].sort()).toEqual([
+    "gemma3",
+    "gemma3_text",
+    "gemma4",
+    "gemma4_text",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_5_moe_text",
+    "qwen3_5_text",
+    "qwen3_moe",
+    "qwen3_next",
+  ]);
 });
 
 test("a known but unimplemented architecture is RmlxError unsupported, naming it", () => {

@@ -16,6 +16,7 @@ import {
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
+  type StatePool,
   type Tensor,
   type Weight,
   isQuantized,
@@ -930,6 +931,23 @@ export class MlxBackend implements Backend {
     } finally {
       this.freeAll(tmp);
     }
+  }
+
+  // Linear attention (Gated DeltaNet) is not mapped onto mlx ops yet: hybrid models run on the native backend.
+  createStatePool(): StatePool {
+    throw new RmlxError("unsupported", "the mlx backend has no linear-attention (Gated DeltaNet) ops yet; use the native backend");
+  }
+  softplus(): Tensor {
+    throw new RmlxError("unsupported", "softplus: not on the mlx backend yet");
+  }
+  causalConv1d(): Tensor {
+    throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
+  }
+  gatedDelta(): Tensor {
+    throw new RmlxError("unsupported", "gatedDelta: not on the mlx backend yet");
+  }
+  copyStateSlot(): void {
+    throw new RmlxError("unsupported", "copyStateSlot: not on the mlx backend yet");
   }
 
   copyBlock(p: KvPool, src: number, dst: number): void {

@@ -16,7 +16,10 @@ import {
   plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
+  type RecurrentBatch,
   type RopeOptions,
+  type StatePool,
+  type StateSpec,
   type Tensor,
   type Weight,
   isQuantized,
@@ -25,7 +28,11 @@ import {
   broadcastShapes,
   checkArgmax,
   clampBound,
+  checkCausalConv,
   checkCopyBlock,
+  checkGatedDelta,
+  checkRecurrentBatch,
+  checkStateSpec,
   checkExperts,
   checkGather,
   checkKvPool,
@@ -61,6 +68,11 @@ import { BINARY, type BinaryKind, GLU, type GluKind, UNARY, type UnaryKind } fro
 import { RopeTables } from "./rope.ts";
 import { Scopes } from "./scope.ts";
 import { Home, NTensor } from "./tensor.ts";
+
+interface NStatePool extends StatePool, Shared {
+  readonly conv: NTensor;
+  readonly delta: NTensor;
+}
 
 interface NKvPool extends KvPool, Shared {
   readonly k: NTensor;
@@ -543,6 +555,10 @@ export class NativeBackend implements Backend {
     return this.unary(UNARY.sigmoid, x, 0, "sigmoid");
   }
 
+  softplus(x: Tensor): Tensor {
+    return this.unary(UNARY.softplus, x, 0, "softplus");
+  }
+
   silu(x: Tensor): Tensor {
     return this.unary(UNARY.silu, x, 0, "silu");
   }
@@ -768,6 +784,87 @@ export class NativeBackend implements Backend {
       for (const t of pool.parts) {
         const bytes = t.nbytes / pool.numBlocks;
         encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- linear attention
+
+  createStatePool(numSlots: number, spec: StateSpec): StatePool {
+    checkStateSpec(numSlots, spec);
+    const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = spec;
+    const pool: NStatePool = {
+      convDim,
+      kernel,
+      keyHeads,
+      valueHeads,
+      keyDim,
+      valueDim,
+      numSlots,
+      conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as NTensor,
+      delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as NTensor,
+      lastWrite: null,
+      readers: [],
+    };
+    return pool;
+  }
+
+  private statePool(p: StatePool, what: string): NStatePool {
+    const pool = p as NStatePool;
+    if (!(pool.conv instanceof NTensor) || !Array.isArray(pool.readers)) invalid(`${what}: not a state pool of the native backend`);
+    this.arg(pool.conv, what);
+    this.arg(pool.delta, what);
+    return pool;
+  }
+
+  causalConv1d(x: Tensor, w: Tensor, p: StatePool, batch: RecurrentBatch): Tensor {
+    const pool = this.statePool(p, "causalConv1d");
+    const xt = this.floatArg(x, "causalConv1d");
+    const wt = this.floatArg(w, "causalConv1d");
+    checkCausalConv(xt, wt, pool);
+    const T = xt.shape[0]!;
+    const numSeqs = checkRecurrentBatch("causalConv1d", pool, batch, T);
+    const out = this.out(xt.shape);
+    this.graph.update(
+      pool,
+      [xt, wt],
+      [out],
+      (e, host) => {
+        const C = pool.convDim;
+        encode.causalConv1d(e, out.address(), xt.address(), wt.address(), pool.conv.address(), host[0]!, host[1]!, host[2]!, numSeqs, C, pool.kernel, pool.numSlots);
+      },
+      [batch.seqStart.slice(), batch.slots.slice(), batch.fresh.slice()],
+    );
+    return out;
+  }
+
+  gatedDelta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, p: StatePool, batch: RecurrentBatch, chunk = 64): Tensor {
+    const pool = this.statePool(p, "gatedDelta");
+    const [qt, kt, vt, gt, bt] = [q, k, v, g, beta].map((t) => this.floatArg(t, "gatedDelta")) as [NTensor, NTensor, NTensor, NTensor, NTensor];
+    const T = checkGatedDelta(qt, kt, vt, gt, bt, pool);
+    const numSeqs = checkRecurrentBatch("gatedDelta", pool, batch, T);
+    if (!Number.isInteger(chunk) || chunk < 0) invalid(`gatedDelta: chunk ${chunk}`);
+    const out = this.out([T, pool.valueHeads, pool.valueDim]);
+    this.graph.update(
+      pool,
+      [qt, kt, vt, gt, bt],
+      [out],
+      (e, host) => {
+        encode.gatedDelta(e, out.address(), qt.address(), kt.address(), vt.address(), gt.address(), bt.address(), pool.delta.address(), host[0]!, host[1]!, host[2]!, numSeqs, pool.keyHeads, pool.valueHeads, pool.keyDim, pool.valueDim, pool.numSlots, chunk);
+      },
+      [batch.seqStart.slice(), batch.slots.slice(), batch.fresh.slice()],
+    );
+    return out;
+  }
+
+  copyStateSlot(p: StatePool, src: number, dst: number): void {
+    const pool = this.statePool(p, "copyStateSlot");
+    for (const s of [src, dst]) if (!Number.isInteger(s) || s < 0 || s >= pool.numSlots) invalid(`copyStateSlot: slot ${s} outside the pool's ${pool.numSlots}`);
+    if (src === dst) return;
+    this.graph.write(pool, [], (e) => {
+      for (const t of [pool.conv, pool.delta]) {
+        const size = t.size / pool.numSlots;
+        encode.stateCopy(e, t.address(), size, pool.numSlots, src, dst);
       }
     });
   }

@@ -65,6 +65,20 @@ export class Graph {
     this.effects.push(n);
   }
 
+  /**
+   * Records an op that reads and writes shared memory in place and also has outputs (a recurrent state update):
+   * ordered like a write, and run by the next eval whether or not its outputs are asked for.
+   */
+  update(s: Shared, inputs: NTensor[], outputs: NTensor[], emit: Emit, host: HostArray[]): void {
+    const deps: Node[] = [];
+    if (s.lastWrite && !s.lastWrite.done) deps.push(s.lastWrite);
+    for (const r of s.readers) if (!r.done) deps.push(r);
+    const n = this.record(inputs, outputs, emit, host, deps);
+    s.lastWrite = n;
+    s.readers = [];
+    this.effects.push(n);
+  }
+
   /** Records a read of shared memory, ordered after its last write. */
   read(s: Shared, inputs: NTensor[], outputs: NTensor[], emit: Emit, host: HostArray[]): void {
     const deps = s.lastWrite && !s.lastWrite.done ? [s.lastWrite] : NO_NODES;

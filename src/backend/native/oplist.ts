@@ -76,7 +76,7 @@ export const OPS = {
   },
   unary: {
     code: 2,
-    fields: { kind: kinds({ scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4 }), out: OUT, x: IN, n: i64, param: f32 },
+    fields: { kind: kinds({ scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4, softplus: 5 }), out: OUT, x: IN, n: i64, param: f32 },
   },
   glu: { code: 3, fields: { kind: kinds({ swiglu: 0, geglu: 1 }), out: OUT, gate: IN, up: IN, n: i64 } },
   softmax: { code: 4, fields: AXIS_REDUCE },
@@ -185,4 +185,46 @@ export const OPS = {
       softcap: f32,
     },
   },
+  // Linear-attention layers (Gated DeltaNet): per-sequence state lives in slots of a state pool, read and updated
+  // in place. seqStart [numSeqs + 1] delimits each sequence's tokens, slots [numSeqs] names its state slot, fresh
+  // [numSeqs] (0/1) starts it from zeros.
+  causalConv1d: {
+    code: 70,
+    fields: {
+      out: OUT,
+      x: IN,
+      w: IN,
+      state: ptr("float"),
+      seqStart: IDS,
+      slots: IDS,
+      fresh: IDS,
+      numSeqs: i64,
+      C: i64,
+      K: i64,
+      numSlots: i64,
+    },
+  },
+  gatedDelta: {
+    code: 71,
+    fields: {
+      out: OUT,
+      q: IN,
+      k: IN,
+      v: IN,
+      g: IN,
+      beta: IN,
+      state: ptr("float"),
+      seqStart: IDS,
+      slots: IDS,
+      fresh: IDS,
+      numSeqs: i64,
+      Hk: i64,
+      Hv: i64,
+      Dk: i64,
+      Dv: i64,
+      numSlots: i64,
+      chunk: i64,
+    },
+  },
+  stateCopy: { code: 72, fields: { state: ptr("float"), slotSize: i64, numSlots: i64, src: i64, dst: i64 } },
 } as const satisfies Record<string, OpDecl>;

@@ -6,7 +6,7 @@ import { type ProgramWriter, put } from "./program.ts";
 export const BINARY = { add: 0, sub: 1, mul: 2 } as const;
 export type BinaryKind = (typeof BINARY)[keyof typeof BINARY];
 
-export const UNARY = { scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4 } as const;
+export const UNARY = { scale: 0, sigmoid: 1, silu: 2, geluTanh: 3, softcap: 4, softplus: 5 } as const;
 export type UnaryKind = (typeof UNARY)[keyof typeof UNARY];
 
 export const GLU = { swiglu: 0, geglu: 1 } as const;
@@ -636,4 +636,91 @@ export function pagedAttentionPage(
   buf[at + 28] = scale;
   buf[at + 29] = window;
   buf[at + 30] = softcap;
+}
+
+export function causalConv1d(
+  prog: ProgramWriter,
+  out: number,
+  x: number,
+  w: number,
+  state: number,
+  seqStart: number,
+  slots: number,
+  fresh: number,
+  numSeqs: number,
+  C: number,
+  K: number,
+  numSlots: number,
+): void {
+  const at = prog.open(70, 13);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = x;
+  buf[at + 2] = w;
+  buf[at + 3] = state;
+  buf[at + 4] = seqStart;
+  buf[at + 5] = slots;
+  buf[at + 6] = fresh;
+  buf[at + 7] = numSeqs;
+  buf[at + 8] = C;
+  buf[at + 9] = K;
+  buf[at + 10] = numSlots;
+}
+
+export function gatedDelta(
+  prog: ProgramWriter,
+  out: number,
+  q: number,
+  k: number,
+  v: number,
+  g: number,
+  beta: number,
+  state: number,
+  seqStart: number,
+  slots: number,
+  fresh: number,
+  numSeqs: number,
+  Hk: number,
+  Hv: number,
+  Dk: number,
+  Dv: number,
+  numSlots: number,
+  chunk: number,
+): void {
+  const at = prog.open(71, 19);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = q;
+  buf[at + 2] = k;
+  buf[at + 3] = v;
+  buf[at + 4] = g;
+  buf[at + 5] = beta;
+  buf[at + 6] = state;
+  buf[at + 7] = seqStart;
+  buf[at + 8] = slots;
+  buf[at + 9] = fresh;
+  buf[at + 10] = numSeqs;
+  buf[at + 11] = Hk;
+  buf[at + 12] = Hv;
+  buf[at + 13] = Dk;
+  buf[at + 14] = Dv;
+  buf[at + 15] = numSlots;
+  buf[at + 16] = chunk;
+}
+
+export function stateCopy(
+  prog: ProgramWriter,
+  state: number,
+  slotSize: number,
+  numSlots: number,
+  src: number,
+  dst: number,
+): void {
+  const at = prog.open(72, 7);
+  const buf = prog.buf;
+  buf[at] = state;
+  buf[at + 1] = slotSize;
+  buf[at + 2] = numSlots;
+  buf[at + 3] = src;
+  buf[at + 4] = dst;
 }

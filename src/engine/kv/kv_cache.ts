@@ -8,6 +8,7 @@
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
 import type { AttentionBatch, Backend, DType, KvPool } from "../../backend/backend.ts";
+import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
 import { codecRootHash, type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "./codec.ts";
@@ -311,10 +312,17 @@ export interface KvCacheOptions {
    */
   windowed?: boolean;
   sizing?: WindowSizing;
+  /**
+   * Recurrent-state slots of a model with linear-attention layers: the most sequences that run at once (default:
+   * sizing's sequences, else 16). Their memory comes out of memoryBytes first.
+   */
+  stateSlots?: number;
 }
 
+const DEFAULT_STATE_SLOTS = 16;
+
 /** A step's tokens and views before the caller says which rows it wants logits for. */
-export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed"> {
+export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed" | "recurrent"> {
   /** Row of the last new token of each entry [entries]. */
   lastRows: Int32Array;
 }
@@ -340,6 +348,8 @@ export class KvCache {
   readonly codec: KvCodec;
   /** First hash of the prefix-cache chain of this codec's blocks. */
   readonly rootHash: bigint;
+  /** Per-sequence recurrent state of linear-attention layers; null when the model has none. */
+  readonly states: StateSlots<Sequence> | null;
 
   constructor(
     private readonly backend: Backend,
@@ -350,8 +360,13 @@ export class KvCache {
     this.codec = kvCodec(opts.codec ?? opts.dtype ?? "f32");
     this.rootHash = codecRootHash(this.codec);
     checkKvSources(layers);
-    // Layers reading another layer's K/V (kvSource) hold no pool, take no memory and are not in any space.
-    const own = layers.filter((l) => l.kvSource === undefined);
+    this.states = layers.some((l) => l.state)
+      ? new StateSlots<Sequence>(backend, layers, opts.stateSlots ?? opts.sizing?.sequences ?? DEFAULT_STATE_SLOTS)
+      : null;
+    const budget = opts.memoryBytes === undefined ? undefined : opts.memoryBytes - (this.states?.memoryBytes ?? 0);
+    // Layers that read another layer's K/V (kvSource) and linear-attention layers (state) keep no K/V of their own:
+    // no pool memory, and they are in no block space.
+    const own = layers.filter((l) => l.kvSource === undefined && !l.state);
     for (const l of own) {
       const why = kvCodecProblem(this.codec, l.headDim);
       if (why) throw new RmlxError("invalid_argument", why);
@@ -369,19 +384,20 @@ export class KvCache {
     let numBlocks = opts.numBlocks;
     let windowBlocks = 0;
     if (numBlocks === undefined) {
-      if (opts.memoryBytes === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
+      if (budget === undefined) throw new RmlxError("invalid_argument", "KV cache needs numBlocks or memoryBytes");
       const per = mainBytes + windowBytes;
-      const both = Math.floor(opts.memoryBytes / per);
+      const both = Math.floor(Math.max(0, budget) / per);
       if (want < both) {
         windowBlocks = want;
-        numBlocks = Math.floor((opts.memoryBytes - want * windowBytes) / mainBytes);
+        numBlocks = Math.floor((budget - want * windowBytes) / mainBytes);
       } else {
         numBlocks = windowBlocks = both;
       }
       if (numBlocks < 1) {
         throw new RmlxError(
           "invalid_argument",
-          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${per} bytes)`,
+          `KV memory budget of ${opts.memoryBytes} bytes is below one block (${per} bytes)` +
+            (this.states ? ` after ${this.states.memoryBytes} bytes of recurrent state for ${this.states.numSlots} sequences` : ""),
         );
       }
     } else {
@@ -391,21 +407,17 @@ export class KvCache {
     const windowAllocator = windowed ? new BlockAllocator(windowBlocks) : null;
     const pools: KvPool[] = [];
     for (const l of layers) {
-      pools.push(
-        l.kvSource !== undefined
-          ? pools[l.kvSource]!
-          : backend.createKvPool(
-              inWindow(l) ? windowBlocks : numBlocks,
-              this.blockSize,
-              l.kvHeads,
-              l.headDim,
-              kvLayerFormat(this.codec, l.headDim),
-            ),
-      );
+      if (l.kvSource !== undefined) pools.push(pools[l.kvSource]!);
+      // A linear-attention layer's entry is a one-slot placeholder that no step reads or writes.
+      else if (l.state) pools.push(backend.createKvPool(1, 1, 1, 1, "f32"));
+      else {
+        const blocks = inWindow(l) ? windowBlocks : numBlocks;
+        pools.push(backend.createKvPool(blocks, this.blockSize, l.kvHeads, l.headDim, kvLayerFormat(this.codec, l.headDim)));
+      }
     }
     this.pools = pools;
     const poolsWhere = (sliding: boolean) =>
-      this.pools.filter((_, i) => layers[i]!.kvSource === undefined && inWindow(layers[i]!) === sliding);
+      this.pools.filter((_, i) => layers[i]!.kvSource === undefined && !layers[i]!.state && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
     if (windowAllocator) {
       spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
@@ -420,7 +432,7 @@ export class KvCache {
 
   /** Bytes of K and V per token over all layers (a sliding layer's tokens leave its window, but count here). */
   get bytesPerToken(): number {
-    return kvBytesPerToken(this.codec, this.layers.filter((l) => l.kvSource === undefined));
+    return kvBytesPerToken(this.codec, this.layers.filter((l) => l.kvSource === undefined && !l.state));
   }
 
   /** Bytes of the blocks in use now (held by sequences or the prefix cache). */
@@ -445,9 +457,9 @@ export class KvCache {
     return this.allocator.numBlocks;
   }
 
-  /** Bytes of all pools. */
+  /** Bytes of all pools and recurrent state. */
   get memoryBytes(): number {
-    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numBlocks * sp.bytesPerBlock, 0);
+    return this.spaces.reduce((sum, sp) => sum + sp.allocator.numBlocks * sp.bytesPerBlock, this.states?.memoryBytes ?? 0);
   }
 
   /** Capacity in tokens if one sequence had every block. */
@@ -489,6 +501,7 @@ export class KvCache {
    * RmlxError("overloaded") seq is unchanged.
    */
   reserve(seq: Sequence, n: number, stepTokens = n): void {
+    if (n > 0 && this.states) this.states.take(seq);
     if (n <= 0 || this.holdsRoom(seq, n, stepTokens)) return;
     const need = this.needs(seq, n, stepTokens);
     if (!this.ensureFree(need)) {
@@ -508,6 +521,9 @@ export class KvCache {
     if (!this.ensureFree(need)) {
       throw new RmlxError("overloaded", `KV cache is full: the step needs ${this.describeShortage(need)}`);
     }
+    if (this.states && this.states.needed(entries.map((e) => e.seq)) > this.states.numFree) {
+      throw new RmlxError("overloaded", `recurrent state is full: ${this.states.numFree} of ${this.states.numSlots} sequence slots free`);
+    }
     for (const e of entries) this.reserve(e.seq, e.tokens.length);
   }
 
@@ -517,6 +533,7 @@ export class KvCache {
     if (st.length > 0 || st.held.some((h) => h.ids.length > 0)) {
       throw new RmlxError("internal", "only an empty sequence can start with a cached prefix");
     }
+    if (this.states && m.blocks > 0) throw new RmlxError("internal", "a model with recurrent state cannot start from a cached prefix");
     st.held = m.held;
     st.length = m.blocks * this.blockSize;
     st.hash = m.hash;
@@ -527,6 +544,7 @@ export class KvCache {
   fork(seq: Sequence): Sequence {
     const child = new Sequence();
     for (const sp of this.spaces) sp.share(seq, child);
+    this.states?.fork(seq, child);
     const from = seq[state];
     const to = child[state];
     to.length = from.length;
@@ -538,6 +556,7 @@ export class KvCache {
   /** Drops seq's references to its blocks; it is empty afterwards. */
   release(seq: Sequence): void {
     for (const sp of this.spaces) sp.release(seq);
+    this.states?.release(seq);
     const st = seq[state];
     st.length = 0;
     st.hash = ROOT_HASH;
@@ -550,6 +569,7 @@ export class KvCache {
       this.backend.dispose(p.k);
       this.backend.dispose(p.v);
     }
+    this.states?.dispose();
   }
 
   /**
@@ -585,13 +605,19 @@ export class KvCache {
     }
     const shared = { maxBlocks, seqLens, tokenSeq, positions };
     const views = this.spaces.map((sp) => sp.view(entries, shared, total));
-    return { tokens, lastRows, batch: views[MAIN]!.batch, slots: views[MAIN]!.slots, windowed: views[WINDOW] };
+    const recurrent = this.states?.view(entries.map((e) => ({ seq: e.seq, tokens: e.tokens, fresh: e.seq.length === 0 })));
+    return { tokens, lastRows, batch: views[MAIN]!.batch, slots: views[MAIN]!.slots, windowed: views[WINDOW], recurrent };
   }
 
   /** The model's view of a built step. */
   forwardStep(built: BuiltStep, logitRows: Int32Array): ForwardStep {
-    const { tokens, batch, slots, windowed } = built;
-    return { tokens, batch, slots, windowed, pools: this.pools, logitRows };
+    const { tokens, batch, slots, windowed, recurrent } = built;
+    const step: ForwardStep = { tokens, batch, slots, windowed, pools: this.pools, logitRows };
+    if (recurrent && this.states) {
+      step.recurrent = recurrent;
+      step.states = this.states.pools;
+    }
+    return step;
   }
 
   /**
@@ -602,7 +628,7 @@ export class KvCache {
     for (let i = 0; i < entries.length; i++) {
       const { seq, tokens } = entries[i]!;
       seq[state].length += tokens.length;
-      if (offer) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
+      if (offer && !this.states) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
       for (const sp of this.spaces) sp.trim(seq);
     }
   }
