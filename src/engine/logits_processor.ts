@@ -11,3 +11,30 @@ export interface LogitsProcessor {
 
 /** Builds the processor a request needs, or null when it needs none. */
 export type LogitsProcessorFactory = (req: GenerateRequest) => LogitsProcessor | null;
+
+/**
+ * A constraint that starts where the reasoning section ends. Templates that open the section in the prompt (Qwen3.5,
+ * the Qwen3 thinking models) make the output begin as reasoning, which the reply's JSON or tool call must not be
+ * written into: until the closing tag is sampled (or forced by a thinking budget) the model writes freely, except
+ * that it may not end there.
+ */
+export class AfterReasoning implements LogitsProcessor {
+  private inside = true;
+
+  constructor(
+    private readonly inner: LogitsProcessor,
+    private readonly close: number,
+    private readonly eos: readonly number[],
+  ) {}
+
+  apply(logits: Float32Array): void {
+    if (!this.inside) return this.inner.apply(logits);
+    for (const e of this.eos) if (e < logits.length) logits[e] = -Infinity;
+  }
+
+  accept(tokenId: number): boolean {
+    if (!this.inside) return this.inner.accept(tokenId);
+    if (tokenId === this.close) this.inside = false;
+    return !this.eos.includes(tokenId);
+  }
+}

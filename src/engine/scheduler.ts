@@ -40,7 +40,8 @@ export interface SchedulerModel {
   newStopFilter(stops: string[]): StopFilter;
   /** The raw bytes of one token (for logprobs). */
   tokenBytes(id: number): Uint8Array;
-  logitsProcessor?(req: GenerateRequest): LogitsProcessor | null;
+  /** The request's output constraint; `startsInReasoning`: its prompt left a reasoning section open. */
+  logitsProcessor?(req: GenerateRequest, prompt: { startsInReasoning: boolean }): LogitsProcessor | null;
   /** Single-token reasoning tags (<think>, </think>), when the model has them: needed for thinking budgets. */
   readonly reasoningTokens?: { open: number; close: number };
 }
@@ -138,7 +139,7 @@ export class Scheduler {
       sampler,
       detok: this.model.newDetokenizer(),
       stop: this.model.newStopFilter(req.stop),
-      processor: this.model.logitsProcessor?.(req) ?? null,
+      processor: this.model.logitsProcessor?.(req, { startsInReasoning }) ?? null,
       cachedTokens: 0,
       startsInReasoning,
       inReasoning: startsInReasoning,

@@ -18,7 +18,9 @@ import { runStep } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
+import { AfterReasoning, type LogitsProcessor } from "./logits_processor.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
+import { ForcedXmlCall } from "./xml_tool_call.ts";
 import type { ChatMessage, GenerateRequest } from "./types.ts";
 
 export interface Session {
@@ -121,25 +123,33 @@ export function sessionModel(s: Session, cache: KvCache): SchedulerModel {
     encode: (req) => encodePrompt(s, req),
     newDetokenizer: () => new Detokenizer(s.tokenizer),
     tokenBytes: (id) => s.tokenizer.tokenBytes(id),
-    logitsProcessor(req) {
+    logitsProcessor(req, prompt) {
       const forced = req.requireToolCall && req.tools?.length ? toolParser : undefined;
       if (!req.jsonSchema && !forced) return null;
       vocab ??= new ConstraintVocab(s.tokenizer.allTokenBytes(), s.tokenizer.specialTokenIds, s.stopTokenIds);
-      if (forced === "hermes") {
-        const ids = (text: string) => s.tokenizer.encode(text, { addSpecialTokens: false });
-        return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
-      }
-      if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
-      if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
-      if (forced === "gemma4") {
-        const one = (text: string) => {
-          const ids = s.tokenizer.encode(text, { addSpecialTokens: false });
-          if (ids.length !== 1) throw new RmlxError("invalid_argument", `a required tool call needs ${text} to be one token of this model`);
-          return ids[0]!;
-        };
-        return new ForcedGemma4Call(req.tools!, vocab, { open: one(GEMMA4_CALL_OPEN), close: one(GEMMA4_CALL_CLOSE), quote: one(GEMMA4_QUOTE) });
-      }
-      return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
+      const inner = constraintFor(s, req, forced, vocab);
+      if (!inner) return null;
+      // The reply's call or JSON comes after the reasoning the prompt opened, not inside it.
+      const tags = prompt?.startsInReasoning ? thinkTokens(s) : undefined;
+      return tags ? new AfterReasoning(inner, tags.close, s.stopTokenIds) : inner;
     },
   };
+}
+
+/** The constraint a request's tool_choice or response_format asks for, in the model's own call format. */
+function constraintFor(s: Session, req: GenerateRequest, forced: ToolParserKind | undefined, vocab: ConstraintVocab): LogitsProcessor | null {
+  const ids = (text: string) => s.tokenizer.encode(text, { addSpecialTokens: false });
+  if (forced === "hermes") return new ForcedToolCall(toolCallSchema(req.tools!, "arguments"), vocab, ids("<tool_call>\n"), ids("\n</tool_call>"));
+  if (forced === "qwen3_coder") return new ForcedXmlCall(req.tools!, vocab);
+  if (forced === "llama3_json") return new ForcedToolCall(toolCallSchema(req.tools!, "parameters"), vocab, [], []);
+  if (forced === "pythonic") return new ForcedPythonicCall(req.tools!, vocab);
+  if (forced === "gemma4") {
+    const one = (text: string) => {
+      const t = ids(text);
+      if (t.length !== 1) throw new RmlxError("invalid_argument", `a required tool call needs ${text} to be one token of this model`);
+      return t[0]!;
+    };
+    return new ForcedGemma4Call(req.tools!, vocab, { open: one(GEMMA4_CALL_OPEN), close: one(GEMMA4_CALL_CLOSE), quote: one(GEMMA4_QUOTE) });
+  }
+  return req.jsonSchema ? new JsonConstraint(req.jsonSchema, vocab) : null;
 }

@@ -1,6 +1,9 @@
 // Tool calls in a model's output, turned into OpenAI-shaped calls. One parser per convention:
 //   hermes       Qwen 2.5/3, Hermes and most ChatML models: <tool_call>{"name": ..., "arguments": {...}}</tool_call>,
-//                several allowed; Qwen3-Coder and Qwen3.5 write the body as <function=name><parameter=k>v</parameter></function>.
+//                several allowed (an XML body, as below, is read too).
+//   qwen3_coder  Qwen3-Coder and Qwen3.5/3.6: <tool_call>\n<function=name>\n<parameter=k>\nvalue\n</parameter>\n
+//                </function>\n</tool_call>, values as text typed by the tool's schema; a <function=...> block
+//                written without the <tool_call> wrapper counts too, and a JSON body is read as hermes would.
 //   llama3_json  Llama 3.1+: the reply is {"name": ..., "parameters": {...}}, optionally after <|python_tag|>,
 //                several separated by ";".
 //   pythonic     Gemma 3's documented function-calling prompt: the reply is [f(a=1), g(b="x")], optionally in a
@@ -10,7 +13,7 @@
 // (or text that may still turn into markup) is held back, so none of it reaches the content.
 
 import type { ToolSpec } from "./chat_types.ts";
-import { partialSuffixLength } from "./holdback.ts";
+import { findFirst, partialSuffixLength } from "./holdback.ts";
 import { parseGemma4Call } from "./gemma4_args.ts";
 import { parsePythonCalls } from "./pylit.ts";
 
@@ -25,7 +28,12 @@ export interface ToolParseResult {
   toolCalls: ToolCall[];
 }
 
-export type ToolParserKind = "hermes" | "llama3_json" | "pythonic" | "gemma4";
+export type ToolParserKind = "hermes" | "qwen3_coder" | "llama3_json" | "pythonic" | "gemma4";
+
+export const QWEN_CALL_OPEN = "<tool_call>";
+export const QWEN_CALL_CLOSE = "</tool_call>";
+export const XML_FUNCTION_OPEN = "<function=";
+export const XML_FUNCTION_CLOSE = "</function>";
 
 export const GEMMA4_CALL_OPEN = "<|tool_call>";
 export const GEMMA4_CALL_CLOSE = "<tool_call|>";
@@ -85,83 +93,144 @@ function jsonCall(v: unknown): ToolCall | undefined {
   return isObject(parsed) ? makeCall(v.name, parsed) : undefined;
 }
 
-function toolParamType(tools: ToolSpec[] | undefined, fn: string, param: string): string | undefined {
+/** The JSON-schema types a tool declares for one of its parameters (several for `type: [..]` or anyOf). */
+function toolParamTypes(tools: ToolSpec[] | undefined, fn: string, param: string): string[] {
   const spec = tools?.find((t) => t.function?.name === fn)?.function.parameters;
   const props = isObject(spec) && isObject(spec.properties) ? spec.properties : undefined;
   const p = props?.[param];
-  return isObject(p) && typeof p.type === "string" ? p.type : undefined;
+  if (!isObject(p)) return [];
+  const types: string[] = [];
+  const add = (s: unknown) => {
+    if (!isObject(s)) return;
+    if (typeof s.type === "string") types.push(s.type);
+    else if (Array.isArray(s.type)) for (const t of s.type) if (typeof t === "string") types.push(t);
+    if (Array.isArray(s.enum) && s.type === undefined) {
+      for (const e of s.enum) types.push(e === null ? "null" : typeof e === "string" ? "string" : typeof e === "boolean" ? "boolean" : "number");
+    }
+    for (const k of ["anyOf", "oneOf"]) if (Array.isArray(s[k])) for (const x of s[k] as unknown[]) add(x);
+  };
+  add(p);
+  return types;
 }
 
-/** <function=name><parameter=k>v</parameter>...</function>; values are text unless the schema or their form says otherwise. */
+const jsonOr = (raw: string): unknown => {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+};
+
+/**
+ * One XML-style parameter value as the tool's schema types it. The templates write strings as they are and
+ * objects and lists as JSON, but other values through Jinja's `string` filter, which in Python gives True, False
+ * and None: those are read too. A value that fits none of its declared types stays text.
+ */
+function xmlValue(raw: string, types: string[]): unknown {
+  const t = raw.trim();
+  const want = (k: string) => types.length === 0 || types.includes(k);
+  if (types.includes("string") && !(types.includes("null") && /^(null|None)$/.test(t))) return raw;
+  if (want("null") && /^(null|None)$/.test(t)) return null;
+  if (want("boolean") && /^(true|false|True|False)$/.test(t)) return t.toLowerCase() === "true";
+  if ((want("integer") || want("number")) && /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(t)) {
+    const n = Number(t);
+    if (Number.isFinite(n) && (want("number") || Number.isInteger(n))) return n;
+  }
+  if (want("object") || want("array")) {
+    const v = jsonOr(t);
+    if (v !== undefined && (types.length === 0 || (Array.isArray(v) ? want("array") : isObject(v) ? want("object") : false))) return v;
+  }
+  // Undeclared parameters: any JSON text is taken as such, the rest is text.
+  if (types.length === 0) {
+    const v = jsonOr(t);
+    if (v !== undefined) return v;
+  }
+  return raw;
+}
+
+/**
+ * <function=name><parameter=k>v</parameter>...</function>. A parameter left without its closing tag ends where
+ * the next one, or the function, begins (models trained on this format sometimes skip it).
+ */
 function xmlCall(body: string, tools: ToolSpec[] | undefined): ToolCall | undefined {
-  const fm = /^<function=([^>\s]+)>([\s\S]*?)<\/function>$/.exec(body);
+  const fm = /^<function=([^>\s]+)>([\s\S]*?)(?:<\/function>)?$/.exec(body);
   if (!fm) return undefined;
   const name = fm[1]!;
+  const inner = fm[2]!;
   const args: Record<string, unknown> = {};
-  const re = /<parameter=([^>\s]+)>([\s\S]*?)<\/parameter>/g;
-  for (const m of fm[2]!.matchAll(re)) {
+  const re = /<parameter=([^>\s]+)>([\s\S]*?)(?:<\/parameter>|(?=<parameter=)|$)/g;
+  let rest = inner;
+  for (const m of inner.matchAll(re)) {
     // The template writes each value on its own lines: one newline either side is layout, not value.
     const raw = m[2]!.replace(/^\n/, "").replace(/\n$/, "");
-    const type = toolParamType(tools, name, m[1]!);
-    let value: unknown = raw;
-    if (type !== "string") {
-      try {
-        value = JSON.parse(raw);
-      } catch {
-        value = raw;
-      }
-    }
-    args[m[1]!] = value;
+    args[m[1]!] = xmlValue(raw, toolParamTypes(tools, name, m[1]!));
+    rest = rest.replace(m[0], "");
   }
+  // Anything but layout outside the parameters means this is not a call.
+  if (rest.trim().length > 0) return undefined;
   return makeCall(name, args);
 }
 
 const NONE: ToolParseResult = { content: "", toolCalls: [] };
 
-/** Calls between an opening and a closing tag, anywhere in the output. */
+interface TagPair {
+  open: string;
+  close: string;
+  /** The tags are part of the body the parser reads (Qwen3-Coder's bare <function=...> blocks). */
+  inBody?: boolean;
+}
+
+/** Calls between an opening and a closing tag, anywhere in the output; a convention may have several pairs. */
 class TaggedParser implements ToolCallParser {
   private buf = "";
-  private inCall = false;
+  private pair: TagPair | undefined;
   /** How much of a call's body has been searched for the closing tag already (long arguments stream in). */
   private searched = 0;
   private calls = 0;
+  private readonly opens: string[];
 
   constructor(
-    private readonly open: string,
-    private readonly close: string,
+    private readonly pairs: readonly TagPair[],
     private readonly parseBody: (body: string) => ToolCall | undefined,
-  ) {}
+  ) {
+    this.opens = pairs.map((p) => p.open);
+  }
+
+  private body(pair: TagPair, inner: string): string {
+    return pair.inBody ? pair.open + inner + pair.close : inner;
+  }
 
   feed(delta: string): ToolParseResult {
     this.buf += delta;
     let content = "";
     const toolCalls: ToolCall[] = [];
     for (;;) {
-      if (!this.inCall) {
-        const open = this.buf.indexOf(this.open);
-        if (open < 0) break;
+      if (!this.pair) {
+        const open = findFirst(this.buf, this.opens);
+        if (!open) break;
         // Whitespace between text and a call (or between calls) is layout.
-        content += this.buf.slice(0, open).trimEnd();
-        this.buf = this.buf.slice(open + this.open.length);
-        this.inCall = true;
+        content += this.buf.slice(0, open.index).trimEnd();
+        this.buf = this.buf.slice(open.index + open.marker.length);
+        this.pair = this.pairs.find((p) => p.open === open.marker)!;
         this.searched = 0;
       }
-      const close = this.buf.indexOf(this.close, Math.max(0, this.searched - this.close.length + 1));
-      if (close < 0) {
+      const { open, close } = this.pair;
+      const at = this.buf.indexOf(close, Math.max(0, this.searched - close.length + 1));
+      if (at < 0) {
         this.searched = this.buf.length;
         return { content, toolCalls };
       }
-      const body = this.buf.slice(0, close);
-      this.buf = this.buf.slice(close + this.close.length);
-      this.inCall = false;
-      const call = this.parseBody(body);
+      const inner = this.buf.slice(0, at);
+      this.buf = this.buf.slice(at + close.length);
+      const call = this.parseBody(this.body(this.pair, inner));
+      this.pair = undefined;
       if (call) {
         toolCalls.push(call);
         this.calls++;
-      } else content += this.open + body + this.close;
+      } else content += open + inner + close;
     }
     // Hold back what may start a tag, and trailing whitespace that may turn out to precede one.
-    const keep = partialSuffixLength(this.buf, [this.open]);
+    const keep = partialSuffixLength(this.buf, this.opens);
     const safe = this.buf.slice(0, this.buf.length - keep);
     const trimmed = safe.trimEnd();
     content += trimmed;
@@ -172,14 +241,16 @@ class TaggedParser implements ToolCallParser {
   flush(truncated = false): ToolParseResult {
     const rest = this.buf;
     this.buf = "";
-    if (this.inCall) {
-      this.inCall = false;
+    const pair = this.pair;
+    if (pair) {
+      this.pair = undefined;
       // The body may be whole with its closing tag cut short.
-      const call = this.parseBody(rest.slice(0, rest.length - partialSuffixLength(rest, [this.close])));
+      const inner = rest.slice(0, rest.length - partialSuffixLength(rest, [pair.close]));
+      const call = this.parseBody(pair.inBody ? pair.open + inner : inner);
       if (call) return { content: "", toolCalls: [call] };
-      return { content: truncated ? "" : this.open + rest, toolCalls: [] };
+      return { content: truncated ? "" : pair.open + rest, toolCalls: [] };
     }
-    const text = truncated ? rest.slice(0, rest.length - partialSuffixLength(rest, [this.open])) : rest;
+    const text = truncated ? rest.slice(0, rest.length - partialSuffixLength(rest, this.opens)) : rest;
     return { content: this.calls > 0 ? text.trimEnd() : text, toolCalls: [] };
   }
 }
@@ -381,9 +452,17 @@ class PythonicParser extends ReplyIsCallParser {
 export function createToolParser(kind: ToolParserKind, opts: ToolParserOptions = {}): ToolCallParser {
   switch (kind) {
     case "hermes":
-      return new TaggedParser("<tool_call>", "</tool_call>", hermesBody(opts));
+      return new TaggedParser([{ open: QWEN_CALL_OPEN, close: QWEN_CALL_CLOSE }], hermesBody(opts));
+    case "qwen3_coder":
+      return new TaggedParser(
+        [
+          { open: QWEN_CALL_OPEN, close: QWEN_CALL_CLOSE },
+          { open: XML_FUNCTION_OPEN, close: XML_FUNCTION_CLOSE, inBody: true },
+        ],
+        hermesBody(opts),
+      );
     case "gemma4":
-      return new TaggedParser(GEMMA4_CALL_OPEN, GEMMA4_CALL_CLOSE, gemma4Body);
+      return new TaggedParser([{ open: GEMMA4_CALL_OPEN, close: GEMMA4_CALL_CLOSE }], gemma4Body);
     case "llama3_json":
       return new Llama3JsonParser(opts);
     case "pythonic":
@@ -404,11 +483,14 @@ export function toolParserFor(info: { modelType?: string; chatTemplate?: string 
   const tpl = info.chatTemplate ?? "";
   const type = (info.modelType ?? "").toLowerCase();
   if (tpl.includes(GEMMA4_CALL_OPEN)) return "gemma4";
-  if (tpl.includes("<tool_call>")) return "hermes";
+  // Qwen3-Coder and Qwen3.5/3.6 teach the XML form inside the same <tool_call> tags as Hermes' JSON.
+  if (tpl.includes(QWEN_CALL_OPEN) && tpl.includes(XML_FUNCTION_OPEN)) return "qwen3_coder";
+  if (tpl.includes(QWEN_CALL_OPEN)) return "hermes";
   if (tpl.includes("<|python_tag|>") || tpl.includes('"parameters": dictionary')) return "llama3_json";
   // A template that does not render tools gets them folded into the prompt in the pythonic convention.
   if (type.startsWith("gemma4")) return "gemma4";
   if (tpl.includes("tool_code") || type.startsWith("gemma") || (tpl.length > 0 && !/\btools\b/.test(tpl))) return "pythonic";
+  if (type.startsWith("qwen3_5") || type.startsWith("qwen3_coder")) return "qwen3_coder";
   if (type.startsWith("qwen") || type.startsWith("hermes")) return "hermes";
   if (type.startsWith("llama")) return "llama3_json";
   return undefined;

@@ -103,6 +103,72 @@ describe("hermes (Qwen) tool calls", () => {
   });
 });
 
+describe("qwen3_coder (Qwen3-Coder, Qwen3.5) tool calls", () => {
+  const weather = tools(["get_weather", { city: "string", days: "integer", hourly: "boolean", temp: "number", opts: "object", tags: "array" }]);
+
+  test("two calls after text; values typed by the schema (Python-style booleans too); layout dropped", () => {
+    const text =
+      "Let me check.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n2\n</parameter>\n" +
+      '<parameter=hourly>\nFalse\n</parameter>\n<parameter=temp>\n-1.5\n</parameter>\n<parameter=opts>\n{"a": [1, 2]}\n</parameter>\n' +
+      '<parameter=tags>\n["x"]\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_weather>\n<parameter=city>\n42\n</parameter>\n</function>\n</tool_call>';
+    const pieces = check(
+      "qwen3_coder",
+      text,
+      {
+        content: "Let me check.",
+        calls: [
+          { name: "get_weather", args: { city: "New York", days: 2, hourly: false, temp: -1.5, opts: { a: [1, 2] }, tags: ["x"] } },
+          { name: "get_weather", args: { city: "42" } },
+        ],
+      },
+      { tools: weather },
+    );
+    for (const p of pieces) expect(p).not.toContain("<");
+  });
+
+  test("string values keep their inner newlines and spacing; only the layout newline each side goes", () => {
+    check(
+      "qwen3_coder",
+      "<tool_call>\n<function=get_weather>\n<parameter=city>\n  two\n\nlines \n</parameter>\n</function>\n</tool_call>",
+      { content: "", calls: [{ name: "get_weather", args: { city: "  two\n\nlines " } }] },
+      { tools: weather },
+    );
+  });
+
+  test("a <function=...> block without the <tool_call> wrapper, and a parameter left unclosed", () => {
+    check(
+      "qwen3_coder",
+      "Sure.\n<function=get_weather>\n<parameter=city>\nOslo\n<parameter=days>\n1\n</function>",
+      { content: "Sure.", calls: [{ name: "get_weather", args: { city: "Oslo", days: 1 } }] },
+      { tools: weather },
+    );
+  });
+
+  test("values that do not fit their type stay text; undeclared parameters are JSON when they parse", () => {
+    check(
+      "qwen3_coder",
+      "<tool_call>\n<function=f>\n<parameter=n>\nmany\n</parameter>\n<parameter=x>\n[1]\n</parameter>\n<parameter=y>\nhi\n</parameter>\n</function>\n</tool_call>",
+      { content: "", calls: [{ name: "f", args: { n: "many", x: [1], y: "hi" } }] },
+      { tools: tools(["f", { n: "integer" }]) },
+    );
+  });
+
+  test("a JSON body in the same tags is read as Hermes would; a body that is neither stays text", () => {
+    check("qwen3_coder", '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>', { content: "", calls: [{ name: "f", args: { a: 1 } }] });
+    check("qwen3_coder", "<tool_call>\n<function=f>\nstray text\n</function>\n</tool_call>", {
+      content: "<tool_call>\n<function=f>\nstray text\n</function>\n</tool_call>",
+      calls: [],
+    });
+  });
+
+  test("cut off by the length limit inside a call: no markup shown", () => {
+    const p = createToolParser("qwen3_coder");
+    const a = p.feed("Ok.\n<tool_call>\n<function=get_weather>\n<parameter=ci");
+    const b = p.flush(true);
+    expect(a.content + b.content).toBe("Ok.");
+  });
+});
+
 describe("llama3_json tool calls", () => {
   test("a bare JSON call", () => {
     check("llama3_json", '{"name": "get_weather", "parameters": {"city": "Paris"}}', {
@@ -202,6 +268,8 @@ describe("pythonic calls written for prompts", () => {
 describe("choosing the parser", () => {
   test("from real chat templates and model types", () => {
     expect(toolParserFor({ chatTemplate: tokenizerConfig("qwen3").chat_template as string, modelType: "qwen3" })).toBe("hermes");
+    // Qwen3-Coder / Qwen3.5 templates teach the XML body inside the same tags.
+    expect(toolParserFor({ chatTemplate: "<tool_call>\\n<function=example>\\n<parameter=x> {{ tools }}", modelType: "qwen3_moe" })).toBe("qwen3_coder");
     expect(toolParserFor({ chatTemplate: tokenizerConfig("gemma3").chat_template as string, modelType: "gemma3_text" })).toBe(
       "pythonic",
     );
