@@ -87,8 +87,25 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
     const p = s.per_layer_embeddings;
     lines.push(["memory: per-layer embeddings", `${formatBytes(p.bytes)} (${formatCount(p.parameters)} parameters, part of the weights)`]);
   }
+  // Hybrids keep KV only in their full-attention layers; their linear-attention layers hold a fixed-size state.
+  const full = s.recurrent_state_bytes !== undefined ? (s.layer_types?.full_attention ?? 0) : undefined;
+  const kvNote = full !== undefined ? `f16, one sequence, ${full} full-attention layer${full === 1 ? "" : "s"}` : "f16, one sequence";
   for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (f16, one sequence)`]);
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${kvNote})`]);
+  if (s.recurrent_state_bytes !== undefined) {
+    const linear = s.layer_types?.linear_attention ?? 0;
+    lines.push([
+      "memory: recurrent state",
+      `${formatBytes(s.recurrent_state_bytes)} per sequence (f32, ${linear} linear-attention layer${linear === 1 ? "" : "s"}, any context length)`,
+    ]);
+  }
+  if (s.mtp) {
+    const n = s.mtp.layers;
+    lines.push([
+      "mtp head",
+      `${n} layer${n === 1 ? "" : "s"}, ${formatCount(s.mtp.parameters)} parameters, ${formatBytes(s.mtp.bytes)} (in the totals above; not used for decoding)`,
+    ]);
+  }
   lines.push(
     ["tokenizer", s.tokenizer ? "yes" : "no"],
     ["chat template", s.chat_template ? "yes" : "no"],

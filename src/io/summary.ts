@@ -34,6 +34,13 @@ export interface ModelSummary {
   weights_bytes: number;
   /** f16 KV cache bytes for one sequence of this many tokens. */
   kv_cache_bytes: Record<string, number>;
+  /**
+   * Recurrent state of the linear-attention (Gated DeltaNet) layers for one sequence: their conv inputs and
+   * delta-rule state, f32 as the state slots hold it; the same at any context length.
+   */
+  recurrent_state_bytes?: number;
+  /** Multi-token-prediction weights (`mtp.*`) the checkpoint carries: counted in the totals, not used to decode. */
+  mtp?: { layers: number; parameters: number; bytes: number };
   /** Gemma 4's per-layer embedding table: a large share of the weights, read a few rows per token. */
   per_layer_embeddings?: { parameters: number; bytes: number };
   tokenizer: boolean;
@@ -151,6 +158,47 @@ export function kvCacheBytes(md: ModelDir, tokens: number): number {
   return total;
 }
 
+/**
+ * Bytes of one sequence's Gated DeltaNet state over all linear-attention layers: per layer (K - 1) conv inputs of
+ * 2·Hk·Dk + Hv·Dv values and an Hv × Dk × Dv delta-rule state, all f32. Undefined for models without such layers.
+ */
+export function recurrentStateBytes(c: ModelConfig): number | undefined {
+  const linear = c.layerTypes?.filter((t) => t === "linear_attention").length ?? 0;
+  if (linear === 0) return undefined;
+  const num = (k: string, d?: number) => (typeof c.raw[k] === "number" ? (c.raw[k] as number) : d);
+  const hk = num("linear_num_key_heads");
+  const hv = num("linear_num_value_heads");
+  const dk = num("linear_key_head_dim");
+  const dv = num("linear_value_head_dim");
+  const kernel = num("linear_conv_kernel_dim", 4)!;
+  if (hk === undefined || hv === undefined || dk === undefined || dv === undefined) return undefined;
+  const convDim = 2 * hk * dk + hv * dv;
+  return linear * 4 * (Math.max(1, kernel - 1) * convDim + hv * dk * dv);
+}
+
+/** The `mtp.*` tensors: decoder layers (by index, else as the config states), logical parameters and bytes. */
+function mtpWeights(md: ModelDir): { layers: number; parameters: number; bytes: number } | undefined {
+  const { weights, quant } = md;
+  const layers = new Set<string>();
+  let parameters = 0;
+  let bytes = 0;
+  for (const t of weights.entries()) {
+    if (!/(^|\.)mtp\./.test(t.name)) continue;
+    bytes += t.bytes.byteLength;
+    const layer = /(?:^|\.)mtp\.layers\.(\d+)\./.exec(t.name);
+    if (layer) layers.add(layer[1]!);
+    const base = baseOf(t.name);
+    const leaf = t.name.slice(base.length + 1);
+    const quantized = weights.has(`${base}.scales`);
+    if (quantized && (leaf === "scales" || leaf === "biases")) continue;
+    const spec = quantized && leaf === "weight" ? quantSpecFor(quant, base, weights) : null;
+    parameters += logicalParams(t, spec?.bits, false);
+  }
+  if (bytes === 0) return undefined;
+  const stated = md.config.raw.mtp_num_hidden_layers;
+  return { layers: layers.size > 0 ? layers.size : typeof stated === "number" ? stated : 0, parameters, bytes };
+}
+
 /** Parameters and bytes of the per-layer embedding table (weights and their quantization scales), if there is one. */
 function perLayerEmbeddings(md: ModelDir): { parameters: number; bytes: number } | undefined {
   const { weights, quant } = md;
@@ -200,6 +248,10 @@ export function summarize(md: ModelDir): ModelSummary {
   if (c.numExpertsPerTok !== undefined) s.experts_per_token = c.numExpertsPerTok;
   if (c.localRope) s.local_rope = ropeSummary(c.localRope);
   if (c.slidingWindow !== undefined) s.sliding_window = c.slidingWindow;
+  const state = recurrentStateBytes(c);
+  if (state !== undefined) s.recurrent_state_bytes = state;
+  const mtp = mtpWeights(md);
+  if (mtp) s.mtp = mtp;
   const ple = perLayerEmbeddings(md);
   if (ple) s.per_layer_embeddings = ple;
   return s;

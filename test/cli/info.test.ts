@@ -118,6 +118,19 @@ describe("rmlx info", () => {
     expect(r.out).toMatch(/^rope: +llama3 x32, base 500000$/m);
   });
 
+  test("a Qwen3.5 hybrid: KV for the full-attention layers only, recurrent state, MTP weights", () => {
+    const dir = join(import.meta.dir, "..", "fixtures", "models", "hybrid", "qwen3_5_vl");
+    const r = info("--model", dir);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^layers: +4 \(2 linear, 2 full\)$/m);
+    expect(r.out).toMatch(/^memory: KV cache @ 4k: +2\.00 MiB \(f16, one sequence, 2 full-attention layers\)$/m);
+    expect(r.out).toMatch(/^memory: recurrent state: +11\.00 KiB per sequence \(f32, 2 linear-attention layers, any context length\)$/m);
+    expect(r.out).toMatch(/^mtp head: +1 layer, 24\.83K \(24,832\) parameters, 48\.50 KiB \(in the totals above; not used for decoding\)$/m);
+    const j = JSON.parse(info("--model", dir, "--json").out);
+    expect(j.recurrent_state_bytes).toBe(11264);
+    expect(j.mtp).toEqual({ layers: 1, parameters: 24832, bytes: 49664 });
+  });
+
   test("an unsupported family is described but not runnable", () => {
     const dir = writeModelDir(tempDir(), { ...llamaConfig(), model_type: "bitnet" }, llamaTensors());
     const j = JSON.parse(info("--model", dir, "--json").out);

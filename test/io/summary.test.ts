@@ -2,7 +2,9 @@ import { describe, expect, test } from "bun:test";
 import { openModelDir } from "../../src/io/model_dir.ts";
 // config parsing learns the model families from the registry
 import "../../src/models/registry.ts";
-import { describeClasses, kvCacheBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
+import { describeClasses, kvCacheBytes, recurrentStateBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   llamaConfig,
   llamaModules,
@@ -222,5 +224,46 @@ describe("parameter counting beyond dense layers", () => {
     // caches. Own caches: sliding 0-4; global 5.
     const tokens = 100;
     expect(kvCacheBytes(md, tokens)).toBe(5 * 16 * (2 * 1 * 32 * 2) + tokens * (2 * 1 * 64 * 2));
+  });
+
+  describe("hybrids (Qwen3.5): KV in the full-attention layers only, recurrent state, MTP weights", () => {
+    const HYBRID = join(import.meta.dir, "..", "fixtures", "models", "hybrid");
+    // The fixtures: 4 layers (linear, full, linear, full); full attention 2 KV heads x 32; Gated DeltaNet
+    // Hk 2 x Dk 16, Hv 4 x Dv 16, conv kernel 4 -> conv_dim 2*2*16 + 4*16 = 128.
+    const kvPerToken = 2 * (2 * 32 * 2 * 2);
+    const statePerLayer = 4 * (3 * 128 + 4 * 16 * 16);
+
+    test("a text checkpoint without MTP weights", () => {
+      const s = summarize(openModelDir(join(HYBRID, "qwen3_5_moe")));
+      expect(s.layer_types).toEqual({ linear_attention: 2, full_attention: 2 });
+      expect(s.kv_cache_bytes).toEqual({ "4096": kvPerToken * 4096, "32768": kvPerToken * 32768 });
+      expect(s.recurrent_state_bytes).toBe(2 * statePerLayer);
+      expect(s.mtp).toBeUndefined();
+    });
+
+    test("a checkpoint that keeps its mtp.* tensors (nested text_config)", () => {
+      const s = summarize(openModelDir(join(HYBRID, "qwen3_5_vl")));
+      expect(s.recurrent_state_bytes).toBe(2 * statePerLayer);
+      // mtp.fc [64, 128], one layer's input norm [64] and q_proj [256, 64], and three norms [64], all bf16.
+      const params = 64 * 128 + 64 + 256 * 64 + 3 * 64;
+      expect(s.mtp).toEqual({ layers: 1, parameters: params, bytes: 2 * params });
+    });
+
+    test("layer types from full_attention_interval when the config does not list them", () => {
+      const dir = tempDir();
+      for (const f of ["model.safetensors", "tokenizer.json"]) copyFileSync(join(HYBRID, "qwen3_5_dense", f), join(dir, f));
+      const cfg = JSON.parse(readFileSync(join(HYBRID, "qwen3_5_dense", "config.json"), "utf8"));
+      delete cfg.layer_types;
+      cfg.full_attention_interval = 4;
+      writeFileSync(join(dir, "config.json"), JSON.stringify(cfg));
+      const md = openModelDir(dir);
+      expect(kvCacheBytes(md, 10)).toBe(10 * kvPerToken / 2);
+      expect(recurrentStateBytes(md.config)).toBe(3 * statePerLayer);
+      expect(summarize(md).layer_types).toEqual({ linear_attention: 3, full_attention: 1 });
+    });
+
+    test("models without linear-attention layers report no recurrent state", () => {
+      expect(summarize(openModelDir(writeModelDir(tempDir(), llamaConfig(), llamaTensors()))).recurrent_state_bytes).toBeUndefined();
+    });
   });
 });
