@@ -82,6 +82,25 @@ export function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeW
     if (rows !== undefined && rows !== args.numExperts)
       throw new RmlxError("bad_model", `${w.md.dir}: ${p} stores ${rows} experts where config.json has ${args.numExperts}`);
   }
+  // Each expert's projections must be the sizes config.json gives, or the kernels would read them wrongly.
+  const H = w.md.config.hiddenSize;
+  const I = args.moeIntermediateSize;
+  const E = args.numExperts;
+  const fused = m.gateUp !== undefined;
+  const check = (name: string, s: Weight | undefined, out: number, inp: number) => {
+    if (!s) return;
+    const t = isQuantized(s) ? s.w : s;
+    const logicalIn = isQuantized(s) ? (t.shape[2]! * 32) / s.bits : t.shape[2];
+    if (t.shape.length !== 3 || t.shape[1] !== out || logicalIn !== inp) {
+      const shape = isQuantized(s) ? `[${t.shape[0]}, ${t.shape[1]}, ${logicalIn}] (unpacked)` : `[${t.shape.join(", ")}]`;
+      throw new RmlxError("bad_model", `${w.md.dir}: ${p}.${name} is ${shape}, expected [${E}, ${out}, ${inp}] (moe_intermediate_size ${I}, hidden_size ${H})`);
+    }
+  };
+  const stack = fused ? "experts" : "switch_mlp";
+  check(`${stack}.gate_up_proj`, m.gateUp, 2 * I, H);
+  check(`${stack}.gate_proj`, m.gate, I, H);
+  check(`${stack}.up_proj`, m.up, I, H);
+  check(`${stack}.down_proj`, m.down, H, I);
   return m;
 }
 
