@@ -4,10 +4,17 @@
 // bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
 //
-// The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
-// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16).
+// The hybrid row (qwen3.5-0.8b, Qwen3.5-0.8B's shapes: 18 Gated DeltaNet layers and 6 gated full-attention ones)
+// runs at several context lengths (--contexts, default 512 and 8192): a prompt of that length, then the decode
+// steps. Its bound counts what a decode step must move besides the weights: the recurrent state of the linear
+// layers (f32, read and written) and the full-attention layers' KV up to that length. Decode speed barely depends
+// on context for the linear layers, so the 512 / 8k ratio shows what the full-attention layers cost.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b] [--formats bf16,q4] [--no-peer]
+// The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
+// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid.
+//
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b]
+//                                 [--formats bf16,q4] [--contexts 512,8192] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -52,7 +59,31 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     rope_scaling: { rope_type: "llama3", factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
     tie_word_embeddings: true,
   },
+  "qwen3.5-0.8b": {
+    model_type: "qwen3_5_text",
+    hidden_size: 1024,
+    num_hidden_layers: 24,
+    num_attention_heads: 8,
+    num_key_value_heads: 2,
+    head_dim: 256,
+    intermediate_size: 3584,
+    vocab_size: 248320,
+    max_position_embeddings: 262144,
+    rms_norm_eps: 1e-6,
+    rope_parameters: { rope_type: "default", rope_theta: 10000000, partial_rotary_factor: 0.25 },
+    partial_rotary_factor: 0.25,
+    full_attention_interval: 4,
+    linear_num_key_heads: 16,
+    linear_key_head_dim: 128,
+    linear_num_value_heads: 16,
+    linear_value_head_dim: 128,
+    linear_conv_kernel_dim: 4,
+    tie_word_embeddings: true,
+  },
 };
+
+/** Shapes measured at several context lengths, with no peer. */
+const HYBRIDS = new Set(["qwen3.5-0.8b"]);
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -113,7 +144,7 @@ class MemStore {
 }
 
 function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {
-  const raw = { ...SHAPES[shape]!, architectures: ["Bench"] };
+  const raw: Record<string, unknown> = { ...SHAPES[shape]!, architectures: ["Bench"] };
   const c = parseConfig(raw, `${shape}/config.json`);
   const store = new MemStore(`${shape}-${format}`);
   let decodeBytes = 0;
@@ -136,10 +167,43 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
   // The tied head reads the whole embedding table every decode step.
   linear("model.embed_tokens", c.vocabSize, H, true);
   norm("model.norm.weight", H);
+  const int = (k: string) => raw[k] as number;
   for (let i = 0; i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
     norm(`${p}.input_layernorm.weight`, H);
     norm(`${p}.post_attention_layernorm.weight`, H);
+    if (c.modelType === "qwen3_5_text") {
+      if (c.layerTypes?.[i] === "linear_attention") {
+        // Gated DeltaNet in transformers' layout: conv1d [C, 1, K]; A_log f32; the rest like any Linear.
+        const a = `${p}.linear_attn`;
+        const hk = int("linear_num_key_heads"), dk = int("linear_key_head_dim");
+        const hv = int("linear_num_value_heads"), dv = int("linear_value_head_dim"), k = int("linear_conv_kernel_dim");
+        const convDim = 2 * hk * dk + hv * dv;
+        linear(`${a}.in_proj_qkv`, convDim, H);
+        linear(`${a}.in_proj_z`, hv * dv, H);
+        linear(`${a}.in_proj_b`, hv, H);
+        linear(`${a}.in_proj_a`, hv, H);
+        linear(`${a}.out_proj`, H, hv * dv);
+        store.put(`${a}.conv1d.weight`, "BF16", [convDim, 1, k], randomBf16(convDim * k));
+        store.put(`${a}.A_log`, "F32", [hv], new Uint8Array(new Float32Array(hv).fill(-1).buffer));
+        store.put(`${a}.dt_bias`, "BF16", [hv], randomBf16(hv));
+        norm(`${a}.norm.weight`, dv);
+        decodeBytes += convDim * k * 2;
+      } else {
+        // Gated attention: q_proj gives the query and its gate.
+        const a = `${p}.self_attn`;
+        linear(`${a}.q_proj`, 2 * c.numHeads * c.headDim, H);
+        linear(`${a}.k_proj`, c.numKvHeads * c.headDim, H);
+        linear(`${a}.v_proj`, c.numKvHeads * c.headDim, H);
+        linear(`${a}.o_proj`, H, c.numHeads * c.headDim);
+        norm(`${a}.q_norm.weight`, c.headDim);
+        norm(`${a}.k_norm.weight`, c.headDim);
+      }
+      linear(`${p}.mlp.gate_proj`, c.intermediateSize, H);
+      linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
+      linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
+      continue;
+    }
     linear(`${p}.self_attn.q_proj`, c.numHeads * c.headDim, H);
     linear(`${p}.self_attn.k_proj`, c.numKvHeads * c.headDim, H);
     linear(`${p}.self_attn.v_proj`, c.numKvHeads * c.headDim, H);
@@ -178,11 +242,14 @@ function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: numbe
   const { md, decodeBytes } = buildModelDir(shape, format);
   const model = loadModel(be, md);
   const buildS = (performance.now() - t0) / 1000;
-  const cache = new KvCache(be, model.layers, { blockSize: 16, numBlocks: Math.ceil((promptLen + gen) / 16) });
+  const cache = new KvCache(be, model.layers, { blockSize: 16, numBlocks: Math.ceil((promptLen + gen) / 16), sizing: { sequences: 1, stepTokens: promptLen } });
   const seq = new Sequence();
   const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
   const tp = performance.now();
-  let r = forwardBatch(model, cache, [{ seq, tokens: prompt }]);
+  // Long prompts go through in chunks, as the scheduler would run them.
+  const CHUNK = 2048;
+  let r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(0, Math.min(CHUNK, promptLen)) }]);
+  for (let at = CHUNK; at < promptLen; at += CHUNK) r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(at, Math.min(at + CHUNK, promptLen)) }]);
   const prefillS = (performance.now() - tp) / 1000;
   const td = performance.now();
   for (let i = 0; i < gen; i++) {
@@ -193,14 +260,21 @@ function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: numbe
   }
   const decodeS = (performance.now() - td) / 1000;
   const decodeTps = gen / decodeS;
-  const boundTps = bw / decodeBytes;
+  // Hybrids: the recurrent state is read and written every step, and the full-attention layers read their KV
+  // (at the mean context of the decode steps).
+  const hybrid = HYBRIDS.has(shape);
+  const stateBytes = hybrid ? 2 * (cache.states?.bytesPerSlot ?? 0) : 0;
+  const kvBytes = hybrid ? cache.bytesPerToken * (promptLen + gen / 2) : 0;
+  const stepBytes = decodeBytes + stateBytes + kvBytes;
+  const boundTps = bw / stepBytes;
+  const extra = hybrid ? ` + state ${(stateBytes / 2 ** 20).toFixed(0)} + KV ${(kvBytes / 2 ** 20).toFixed(0)} MiB` : "";
   console.log(
     [
-      shape.padEnd(13),
+      (hybrid ? `${shape} @${promptLen}` : shape).padEnd(13),
       format.padEnd(5),
       `prefill ${(promptLen / prefillS).toFixed(1).padStart(8)} tok/s`,
       `decode ${decodeTps.toFixed(2).padStart(7)} tok/s`,
-      `weights/step ${(decodeBytes / 2 ** 20).toFixed(0).padStart(5)} MiB`,
+      `weights/step ${(decodeBytes / 2 ** 20).toFixed(0).padStart(5)} MiB${extra}`,
       `bound ${boundTps.toFixed(1).padStart(6)} tok/s`,
       `${((100 * decodeTps) / boundTps).toFixed(1).padStart(5)}% of bound`,
       `(setup ${buildS.toFixed(1)} s)`,
@@ -219,9 +293,26 @@ const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
 const withPeer = !process.argv.includes("--no-peer");
 const rows: BenchmarkRow[] = [];
+const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
   for (const f of formats) {
+    if (HYBRIDS.has(m)) {
+      const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
+      for (const { ctx, figures } of at) {
+        const shape = `${m} ${f} p${ctx} g${gen}`;
+        rows.push(
+          { name: "generate prefill", shape, figure: figures.prefillTps, unit: "tok/s" },
+          { name: "generate decode", shape, figure: figures.decodeTps, unit: "tok/s" },
+          { name: "generate decode bound fraction", shape, figure: figures.boundFraction, unit: "fraction" },
+        );
+      }
+      if (at.length > 1) {
+        const first = at[0]!, last = at[at.length - 1]!;
+        console.log(`${"".padEnd(13)}  decode @${last.ctx} / @${first.ctx}: ${(last.figures.decodeTps / first.figures.decodeTps).toFixed(2)}x`);
+      }
+      continue;
+    }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
     const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
