@@ -14,7 +14,7 @@ export function parseBackendChoice(value: string | undefined): BackendChoice {
 
 /** Arithmetic of the native decode products of affine, mxfp4 and nvfp4 weights (native/cpu/qkern_x16_impl.h). */
 export type GemvMode = "x16" | "f32";
-export const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
+const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
 
 /** --gemv / RMLX_GEMV; undefined when unset (the library's default, x16). */
 export function parseGemvMode(value: string | undefined): GemvMode | undefined {

@@ -32,7 +32,7 @@ async function chosenBackend(): Promise<{ backend: string; backend_reason: strin
   return { backend: r.name === "native" ? await nativeBackendName() : "mlx", backend_reason: r.reason };
 }
 
-export function formatBytes(n: number): string {
+function formatBytes(n: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let v = n;
   let u = 0;
@@ -43,7 +43,7 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]}`;
 }
 
-export function formatCount(n: number): string {
+function formatCount(n: number): string {
   const scaled =
     n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(2)}K` : "";
   return scaled ? `${scaled} (${n.toLocaleString("en-US")})` : String(n);

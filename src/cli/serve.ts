@@ -32,7 +32,7 @@ interface ServeFlags extends BackendFlags, KvFlags {
 const UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
 
 /** "4GiB", "512m", "1e9" -> bytes. */
-export function parseBytes(text: string, what: string): number {
+function parseBytes(text: string, what: string): number {
   const m = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$/i.exec(text);
   const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
   if (!m || unit === undefined) throw new RmlxError("invalid_argument", `${what}: '${text}' is not a size (e.g. 4GiB, 512MB)`);

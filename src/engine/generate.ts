@@ -7,7 +7,7 @@ import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";
 
-export const PREFILL_CHUNK = 2048;
+const PREFILL_CHUNK = 2048;
 
 export interface GenerateResult {
   /** Generated tokens, without the stop token that ended them. */

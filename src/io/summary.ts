@@ -4,7 +4,7 @@ import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
 
-export const KV_CONTEXTS = [4096, 32768] as const;
+const KV_CONTEXTS = [4096, 32768] as const;
 
 export interface ModelSummary {
   model_type: string;

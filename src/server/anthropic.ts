@@ -84,7 +84,7 @@ function systemPrompt(body: CountTokensBodyT): string {
 }
 
 /** Anthropic content blocks to chat-template messages: tool_use becomes tool_calls, tool_result a "tool" message. */
-export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
+function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
   const out: ChatMessage[] = [];
   // Chat templates take one system message, first: system entries inside messages join it.
   const system = systemPrompt(body);

@@ -181,7 +181,7 @@ function chatResponse(body: Body, m: ModelEntry, results: Collected[]) {
 }
 
 /** Sends an error as the last event of a stream whose headers are already out. */
-export function streamError(err: unknown, send: SseSend): void {
+function streamError(err: unknown, send: SseSend): void {
   const e = err instanceof HttpError ? err : new HttpError(500, err instanceof Error ? err.message : String(err));
   send({ error: { message: e.message, type: e.status === 400 ? "invalid_request_error" : "server_error", param: null, code: e.extra.code ?? null } });
   send("[DONE]");
