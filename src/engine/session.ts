@@ -7,7 +7,7 @@ import { RmlxError } from "../errors.ts";
 import { openModelDir, type ModelDir } from "../io/model_dir.ts";
 import type { Model } from "../models/model.ts";
 import { loadModel, textModelType } from "../models/registry.ts";
-import { applyChatTemplate, ChatTemplate } from "../text/chat_template.ts";
+import { applyChatTemplate, ChatTemplate, type ChatTemplateSource } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS } from "../text/reasoning.ts";
 import { StopStrings } from "../text/stop.ts";
@@ -18,7 +18,7 @@ import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { KvCache } from "./kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
-import type { ChatMessage, GenerateRequest } from "./types.ts";
+import type { ChatMessage, GenerateRequest, SamplingDefaults } from "./types.ts";
 
 export interface Session {
   md: ModelDir;
@@ -27,16 +27,43 @@ export interface Session {
   template?: ChatTemplate;
   /** EOS ids of the model's configs and its tokenizer. */
   stopTokenIds: number[];
-  /** What the model's type and chat template tell about its output. */
-  info: { modelType: string; reasoning: boolean; toolParser?: ToolParserKind };
+  /** What the model's type and chat template tell about its output, and its generation_config's sampling. */
+  info: { modelType: string; reasoning: boolean; toolParser?: ToolParserKind; sampling: SamplingDefaults };
 }
 
-export function loadSession(dir: string, backend: Backend = getBackend()): Session {
+export interface SessionOptions {
+  /** A chat template used instead of the model's own (--chat-template). */
+  chatTemplate?: ChatTemplateSource;
+}
+
+const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+
+/**
+ * The sampling values of generation_config.json that vLLM reads (temperature, top_p, top_k, min_p,
+ * repetition_penalty), out-of-range ones left out; do_sample false means greedy, as in transformers.
+ */
+export function samplingDefaults(gen: Record<string, unknown> | undefined): SamplingDefaults {
+  const out: SamplingDefaults = {};
+  if (!gen) return out;
+  if (gen.do_sample === false) return { temperature: 0 };
+  const { temperature, top_p: topP, top_k: topK, min_p: minP, repetition_penalty: rep } = gen;
+  if (finite(temperature) && temperature >= 0) out.temperature = temperature;
+  if (finite(topP) && topP > 0 && topP <= 1) out.topP = topP;
+  if (finite(topK) && Number.isInteger(topK)) out.topK = Math.max(0, topK);
+  if (finite(minP) && minP >= 0 && minP <= 1) out.minP = minP;
+  if (finite(rep) && rep > 0) out.repetitionPenalty = rep;
+  return out;
+}
+
+export function loadSession(dir: string, backend: Backend = getBackend(), opts: SessionOptions = {}): Session {
   const md = openModelDir(dir);
   if (!md.tokenizerJson) throw new RmlxError("bad_model", `${dir}: no tokenizer.json`);
   const tokenizer = Tokenizer.fromModelDir(dir);
   const model = loadModel(backend, md);
-  const template = ChatTemplate.fromModelDir(dir, md.tokenizerConfig ?? {});
+  const template =
+    opts.chatTemplate !== undefined
+      ? new ChatTemplate(opts.chatTemplate, md.tokenizerConfig ?? {})
+      : ChatTemplate.fromModelDir(dir, md.tokenizerConfig ?? {});
   const stopTokenIds = [...new Set([...md.config.eosTokenIds, ...tokenizer.eosTokenIds])];
   const modelType = textModelType(md);
   const chatTemplate = template?.source(true);
@@ -44,6 +71,7 @@ export function loadSession(dir: string, backend: Backend = getBackend()): Sessi
     modelType,
     reasoning: reasoningTagsFor({ modelType, chatTemplate }) !== undefined,
     toolParser: toolParserFor({ modelType, chatTemplate }),
+    sampling: samplingDefaults(md.generationConfig),
   };
   const s: Session = { md, model, tokenizer, stopTokenIds, info };
   if (template) s.template = template;

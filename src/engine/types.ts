@@ -34,8 +34,21 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   frequencyPenalty: 0,
 };
 
+/**
+ * Sampling values that stand in where a request names none: a model's generation_config.json, or the server's
+ * --temp / --top-p / --top-k / --min-p flags (which win over the model's).
+ */
+export interface SamplingDefaults {
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+}
+
 export type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
 import type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
+import type { ChatTemplateSource } from "../text/chat_template.ts";
 
 /** What the server asks of the engine. Either a raw prompt (text or ids) or chat messages to template. */
 export interface GenerateRequest {
@@ -111,6 +124,10 @@ export interface EngineConfig {
   mlxLib?: string;
   /** --gemv (x16, f32) of the server process. */
   gemv?: string;
+  /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
+  contextLength?: number;
+  /** --chat-template: a chat template used instead of the one each model ships. */
+  chatTemplate?: ChatTemplateSource;
 }
 
 /** Messages from the server to the worker. */
@@ -131,6 +148,8 @@ export interface LoadedModelInfo {
   toolParser?: string;
   /** Whether the chat template knows reasoning sections (<think> ... </think>). */
   reasoning?: boolean;
+  /** Sampling defaults of the model's generation_config.json. */
+  sampling?: SamplingDefaults;
 }
 
 /** Messages from the worker to the server. */

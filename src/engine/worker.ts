@@ -18,6 +18,7 @@ interface Loaded {
   session: Session;
   cache: KvCache;
   scheduler: Scheduler;
+  contextLength: number;
 }
 
 const models = new Map<string, Loaded>();
@@ -35,20 +36,23 @@ function errorOf(e: unknown): { code: string; message: string } {
 }
 
 function load(name: string, dir: string): void {
-  const session = loadSession(dir, getBackend());
+  const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate });
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
     dtype: config.kvDtype ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
   });
-  const scheduler = new Scheduler(sessionModel(session, cache), config, post);
-  models.set(name, { session, cache, scheduler });
-  postLoaded(name, session);
+  const full = sessionModel(session, cache);
+  // --ctx-size caps the context below the model's own.
+  const model = config.contextLength ? { ...full, contextLength: Math.min(full.contextLength, config.contextLength) } : full;
+  const scheduler = new Scheduler(model, config, post);
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
+  postLoaded(name, models.get(name)!);
 }
 
-function postLoaded(name: string, s: Session): void {
-  post({ type: "loaded", model: name, contextLength: s.md.config.contextLength, info: s.info });
+function postLoaded(name: string, m: Loaded): void {
+  post({ type: "loaded", model: name, contextLength: m.contextLength, info: m.session.info });
 }
 
 function unload(name: string): void {
@@ -118,7 +122,7 @@ function handle(msg: ToWorker): void {
     case "load":
       try {
         const m = models.get(msg.model);
-        if (m) postLoaded(msg.model, m.session);
+        if (m) postLoaded(msg.model, m);
         else load(msg.model, msg.dir);
       } catch (e) {
         post({ type: "load_error", model: msg.model, ...errorOf(e) });
