@@ -1,16 +1,14 @@
 import { createInterface } from "node:readline";
 import type { Command } from "commander";
-import { builtinModelDir } from "../builtin/index.ts";
-import { loadSession } from "../engine/session.ts";
 import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvDtypeFrom, type KvFlags } from "./kv_option.ts";
+import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 import { addSamplingOptions, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
-interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags {
-  model?: string;
+interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags {
   maxTokens: string;
   system?: string;
 }
@@ -19,10 +17,9 @@ export function register(program: Command): void {
   const cmd = program
     .command("chat")
     .description("Chat with a model in the terminal (/reset clears the history, /exit quits)")
-    .option("--model <dir>", "model directory (default: the built-in model)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
+  addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd)))).action(
     action(async (f: ChatFlags) => {
       applyBackendFlags(f);
       const kvDtype = kvDtypeFrom(f);
@@ -31,8 +28,8 @@ export function register(program: Command): void {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
       }
       const sampling = samplingFrom(f);
-      const s = loadSession(f.model ?? builtinModelDir());
-      if (!s.template) throw new RmlxError("bad_model", `${f.model}: no chat template; use 'rmlx generate' instead`);
+      const { session: s, contextLength, dir } = openModel(f);
+      if (!s.template) throw new RmlxError("bad_model", `${dir}: no chat template; use 'rmlx generate --raw' instead`);
       const initial = (): ChatMessage[] => (f.system !== undefined ? [{ role: "system", content: f.system }] : []);
       let history = initial();
       const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
@@ -47,7 +44,7 @@ export function register(program: Command): void {
         } else if (text.length > 0) {
           history.push({ role: "user", content: text });
           // The whole conversation is re-rendered each turn, so the template sees it as transformers would.
-          const r = runGeneration(s, { messages: history }, maxTokens, sampling, (t) => process.stdout.write(t), kvDtype);
+          const r = await runGeneration(s, { messages: history }, { maxTokens, sampling, contextLength, kvDtype, onText: (t) => process.stdout.write(t) });
           history.push({ role: "assistant", content: r.text });
           process.stdout.write("\n");
           process.stderr.write(`[${speedLine(r)}]\n`);
