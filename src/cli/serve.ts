@@ -38,7 +38,13 @@ interface ServeFlags extends BackendFlags, KvFlags {
   ctxSize?: string;
   chatTemplate?: string;
   logLevel?: string;
+  promptOverflow?: string;
   verbose?: boolean;
+}
+
+function parsePromptOverflow(v: string): "error" | "truncate" {
+  if (v === "error" || v === "truncate") return v;
+  throw new RmlxError("invalid_argument", `--prompt-overflow must be error or truncate (got '${v}')`);
 }
 
 /** --temp, --top-p, --top-k, --min-p, --max-tokens (or their RMLX_* variables): only those given. */
@@ -91,6 +97,10 @@ export function register(program: Command): void {
     .option("--min-p <p>", "min_p of requests that name none, 0 = off (env RMLX_MIN_P; default: generation_config.json, else off)")
     .option("--max-tokens <n>", "max_tokens of OpenAI requests that name none (env RMLX_MAX_TOKENS; default: the rest of the context; 16 on /v1/completions)")
     .option("--ctx-size <n>", "most tokens of context per sequence, below each model's own limit (env RMLX_CTX_SIZE; default: the model's)")
+    .option(
+      "--prompt-overflow <policy>",
+      "a prompt longer than the context: error (a 400) or truncate (cut its middle, keeping its start and its newest messages; logged) (env RMLX_PROMPT_OVERFLOW; default: truncate for the built-in model, whose context is 1024 tokens, error otherwise)",
+    )
     .option("--chat-template <file>", "a chat template (Jinja, or JSON with chat_template) used instead of each model's own (env RMLX_CHAT_TEMPLATE)")
     .option("--idle-unload <s>", "unload a model after this many idle seconds, 0 = never (env RMLX_IDLE_UNLOAD; default 0)")
     .option("--kv-memory <size>", "KV cache budget per model, e.g. 2GiB (env RMLX_KV_MEMORY; default 1GiB)")
@@ -119,7 +129,8 @@ export function register(program: Command): void {
         const log = new Logger(flags.verbose ? "debug" : parseLogLevel(pick(flags.logLevel, "RMLX_LOG_LEVEL", "info")));
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
         const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
-        if (modelPaths.length === 0) {
+        const builtin = modelPaths.length === 0;
+        if (builtin) {
           modelPaths.push(builtinModelDir());
           if (aliases.length === 0) aliases.push(BUILTIN_MODEL_NAME);
         }
@@ -139,6 +150,8 @@ export function register(program: Command): void {
           mlxLib: process.env.RMLX_MLX_C_LIB,
           gemv: process.env.RMLX_GEMV,
         };
+        // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).
+        engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));
         if (ctxSize !== undefined) engine.contextLength = parseInteger(ctxSize, "--ctx-size", 1);
         if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
         const server = await startServer({

@@ -105,6 +105,71 @@ function checkedIds(ids: readonly number[], vocab: number): number[] {
   return [...ids];
 }
 
+/**
+ * A prompt too long for the context, with its middle cut out: its first tokens (the template's opening, the start
+ * of the system prompt) and its last (the newest messages and the assistant's turn) stay, `budget` in all.
+ */
+export function cutPromptMiddle(ids: number[], budget: number): number[] {
+  if (ids.length <= budget) return ids;
+  const head = Math.min(256, Math.floor(budget / 4));
+  return [...ids.slice(0, head), ...ids.slice(ids.length - (budget - head))];
+}
+
+/**
+ * A request's prompt made to fit the context (--prompt-overflow truncate). A chat loses, until it leaves room for
+ * min(maxTokens, a quarter of the context) tokens of reply: its older turns, oldest first (the newest user turn and
+ * what follows it stay whole); then the tool definitions; then the end of its system message; a prompt still too
+ * long (or a raw one) loses its middle tokens. `truncatedFrom` is the whole prompt's length when anything went.
+ */
+export function encodeToFit(
+  s: Session,
+  req: Prompt & { maxTokens: number },
+  contextLength: number,
+): { ids: number[]; startsInReasoning: boolean; truncatedFrom?: number } {
+  const whole = encodePrompt(s, req);
+  if (whole.ids.length < contextLength) return whole;
+  const budget = contextLength - Math.max(1, Math.min(req.maxTokens, Math.floor(contextLength / 4)));
+  let last = whole;
+  if (req.messages) {
+    let messages = [...req.messages];
+    let tools = req.tools;
+    const tryFit = () => {
+      last = encodePrompt(s, { ...req, messages, tools });
+      return last.ids.length <= budget;
+    };
+    // Older turns: from the first message after the leading system ones up to the next user message.
+    for (;;) {
+      const first = messages.findIndex((m) => m.role !== "system");
+      const next = messages.findIndex((m, i) => i > first && m.role === "user");
+      if (first < 0 || next < 0) break;
+      messages.splice(first, next - first);
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+    if (tools?.length) {
+      tools = undefined;
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+    // The system message, cut to the longest start that fits (found by bisection over its characters).
+    const system = messages[0]?.role === "system" ? messages[0] : undefined;
+    if (system) {
+      const sys = String(system.content ?? "");
+      const rest = messages.slice(1);
+      const withSystem = (n: number) => (messages = n > 0 ? [{ ...system, content: sys.slice(0, n) }, ...rest] : rest);
+      let lo = 0;
+      let hi = sys.length;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        withSystem(mid);
+        if (tryFit()) lo = mid;
+        else hi = mid - 1;
+      }
+      withSystem(lo);
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+  }
+  return { ...last, ids: cutPromptMiddle(last.ids, budget), truncatedFrom: whole.ids.length };
+}
+
 /** The ids of <think> and </think> when each is one token (what thinking budgets need). */
 function thinkTokens(s: Session): { open: number; close: number } | undefined {
   const open = s.tokenizer.encode(THINK_TAGS.open, { addSpecialTokens: false });

@@ -92,6 +92,8 @@ export type EngineEvent =
       cachedTokens: number;
       /** The rendered prompt ends inside an open reasoning section (e.g. "<think>\n"), so output starts as reasoning. */
       startsInReasoning?: boolean;
+      /** The prompt's length before its middle was cut to fit the context (--prompt-overflow truncate). */
+      truncatedFrom?: number;
     }
   /** Text is complete UTF-8 characters only, with stop strings already cut. */
   | { type: "delta"; id: string; text: string; tokenIds: number[]; logprobs?: TokenLogprob[] }
@@ -126,6 +128,8 @@ export interface EngineConfig {
   gemv?: string;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
   contextLength?: number;
+  /** A prompt longer than the context: refused (error, the default) or cut in the middle to fit (truncate). */
+  promptOverflow?: "error" | "truncate";
   /** --chat-template: a chat template used instead of the one each model ships. */
   chatTemplate?: ChatTemplateSource;
 }

@@ -5,7 +5,7 @@ import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv_cache.ts";
 import { Scheduler } from "./scheduler.ts";
-import { loadSession, renderChat, sessionModel, type Session } from "./session.ts";
+import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
 
 declare const self: Worker;
@@ -25,8 +25,18 @@ const models = new Map<string, Loaded>();
 /** Which model each live request runs on, for cancellation. */
 const owners = new Map<string, string>();
 
+/** Prompt lengths before a cut (--prompt-overflow truncate), told with the request's "started" event. */
+const truncated = new Map<string, number>();
+
 function post(msg: FromWorker): void {
-  if (msg.type === "done" || msg.type === "error") owners.delete(msg.id);
+  if (msg.type === "started" && truncated.has(msg.id)) {
+    msg.truncatedFrom = truncated.get(msg.id);
+    truncated.delete(msg.id);
+  }
+  if (msg.type === "done" || msg.type === "error") {
+    owners.delete(msg.id);
+    truncated.delete(msg.id);
+  }
   self.postMessage(msg);
 }
 
@@ -45,7 +55,15 @@ function load(name: string, dir: string): void {
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
-  const model = config.contextLength ? { ...full, contextLength: Math.min(full.contextLength, config.contextLength) } : full;
+  const contextLength = Math.min(full.contextLength, config.contextLength || Infinity);
+  const model = { ...full, contextLength };
+  if (config.promptOverflow === "truncate") {
+    model.encode = (req) => {
+      const { truncatedFrom, ...e } = encodeToFit(session, req, contextLength);
+      if (truncatedFrom !== undefined) truncated.set(req.id, truncatedFrom);
+      return e;
+    };
+  }
   const scheduler = new Scheduler(model, config, post);
   models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
   postLoaded(name, models.get(name)!);
@@ -145,6 +163,7 @@ function handle(msg: ToWorker): void {
     case "cancel": {
       const name = owners.get(msg.id);
       owners.delete(msg.id);
+      truncated.delete(msg.id);
       if (name) models.get(name)?.scheduler.cancel(msg.id);
       stats();
       return;

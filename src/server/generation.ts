@@ -4,7 +4,7 @@ import type { RequestJournal } from "./journal.ts";
 import { fromCode, HttpError } from "./errors.ts";
 import type { ModelEntry, ModelManager } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
-import { noteGeneration } from "./log.ts";
+import { noteGeneration, type Logger } from "./log.ts";
 import type { ServerDefaults } from "./sampling.ts";
 import { mergeShaped, type Shaped } from "./output.ts";
 
@@ -18,6 +18,7 @@ export interface ServerContext {
   journal?: RequestJournal;
   /** --temp, --top-p, --top-k, --min-p, --max-tokens. */
   defaults?: ServerDefaults;
+  log?: Logger;
 }
 
 export function newId(prefix: string): string {
@@ -45,6 +46,13 @@ export async function startGeneration(
   if (first.type !== "started") {
     stream.cancel();
     throw new HttpError(500, `engine answered with '${first.type}' before 'started'`);
+  }
+  if (first.truncatedFrom !== undefined) {
+    const m = ctx.models.models.get(req.model);
+    ctx.log?.warn(
+      `${req.model}: a prompt of ${first.truncatedFrom} tokens was cut to ${first.promptTokens} to fit the context of ` +
+        `${m?.contextLength} tokens (older turns, then tools, then the end of the system message; --prompt-overflow error refuses instead)`,
+    );
   }
   return { stream, started: first };
 }

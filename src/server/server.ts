@@ -69,7 +69,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ready.catch(() => {});
   const store = opts.metricsDb === null ? MetricsStore.disabled() : MetricsStore.open(opts.metricsDb);
   store.startRun({ kind: "serve", model: [...opts.models.keys()].join(",") });
-  const app = createApp({ engine, models, journal: new RequestJournal(store), defaults: opts.defaults }, { apiKey: opts.apiKey });
+  const app = createApp({ engine, models, journal: new RequestJournal(store), defaults: opts.defaults, log }, { apiKey: opts.apiKey });
   const cors = opts.cors?.length ? new CorsPolicy(opts.cors) : null;
   handle = async (req) => (cors ? (cors.preflight(req) ?? cors.apply(req, await app.handle(req))) : app.handle(req));
   return {

@@ -218,6 +218,7 @@ describe("sampling defaults", () => {
       ["--temp", "hot", "rmlx: --temp: 'hot' is not a number"],
       ["--top-p", "1.5", "rmlx: --top-p: 1.5 is out of range (between 0 and 1)"],
       ["--chat-template", "/nonexistent/template.jinja", "rmlx: --chat-template: cannot read /nonexistent/template.jinja: ENOENT"],
+      ["--prompt-overflow", "cut", "rmlx: --prompt-overflow must be error or truncate (got 'cut')"],
     ]) {
       const bad = await serveFails([flag!, value!]);
       expect(bad.code).toBe(2);
