@@ -99,7 +99,7 @@ export function register(program: Command): void {
     .option("--ctx-size <n>", "most tokens of context per sequence, below each model's own limit (env RMLX_CTX_SIZE; default: the model's)")
     .option(
       "--prompt-overflow <policy>",
-      "a prompt longer than the context: error (a 400) or truncate (cut its middle, keeping its start and its newest messages; logged) (env RMLX_PROMPT_OVERFLOW; default: truncate for the built-in model, whose context is 1024 tokens, error otherwise)",
+      "a prompt longer than the context: error (a 400) or truncate (drop older turns, then tools, then the end of the system message, keeping the newest user turn; logged) (env RMLX_PROMPT_OVERFLOW; default: truncate for the built-in model, whose context is 1024 tokens, error otherwise)",
     )
     .option("--chat-template <file>", "a chat template (Jinja, or JSON with chat_template) used instead of each model's own (env RMLX_CHAT_TEMPLATE)")
     .option("--idle-unload <s>", "unload a model after this many idle seconds, 0 = never (env RMLX_IDLE_UNLOAD; default 0)")
