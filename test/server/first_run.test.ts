@@ -50,7 +50,8 @@ describe("--chat-template and --ctx-size on the real engine", () => {
   const template = join(dir, "plain.jinja");
   beforeAll(async () => {
     writeFileSync(template, "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}");
-    s = await serve([...KV, "--chat-template", template, "--ctx-size", "200"]);
+    // --prompt-overflow error: the built-in model would otherwise cut a long prompt to fit.
+    s = await serve([...KV, "--chat-template", template, "--ctx-size", "200", "--prompt-overflow", "error"]);
   }, 60_000);
   afterAll(async () => {
     await s?.stop();
