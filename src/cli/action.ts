@@ -1,7 +1,7 @@
 import { RmlxError } from "../errors.ts";
 
 /** Exit code for bad input (files, flags, models): one line on stderr, never a stack trace. */
-const EXIT_BAD_INPUT = 2;
+export const EXIT_BAD_INPUT = 2;
 
 /** Wraps a subcommand's action so that every failure becomes one line on stderr and a non-zero exit. */
 export function action<A extends unknown[]>(fn: (...args: A) => Promise<void> | void): (...args: A) => Promise<void> {

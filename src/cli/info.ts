@@ -1,14 +1,28 @@
 import type { Command } from "commander";
-import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import { summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { kvBytesPerToken, parseKvCodec, type KvCodec } from "../engine/kv/codec.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { builtinModelDir } from "../builtin/index.ts";
 
-interface InfoOptions extends BackendFlags {
+interface InfoOptions extends BackendFlags, KvFlags {
   model?: string;
   json?: boolean;
+  verbose?: boolean;
+}
+
+/** The KV estimates of summarize() (f16) in the codec the engine would use here. */
+function kvInCodec(bytes: Record<string, number>, codec: KvCodec, headDim: number): Record<string, number> {
+  const perF16Byte = kvBytesPerToken(codec, [{ kvHeads: 1, headDim }]) / (2 * headDim * 2);
+  return Object.fromEntries(Object.entries(bytes).map(([tokens, n]) => [tokens, Math.round(n * perF16Byte)]));
+}
+
+/** "libmlxc not found (looked in a, b, c; set ...)" keeps its list of places for -v. */
+function brief(reason: string, verbose: boolean): string {
+  return verbose ? reason : reason.replace(/ \(looked in [^)]*\)/, " (-v lists where)");
 }
 
 /**
@@ -56,7 +70,9 @@ function describeRope(r: RopeSummary): string {
   return parts.join(", ");
 }
 
-function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; backend_reason?: string; reason?: string }): [string, string][] {
+type InfoOut = ModelSummary & { kv_cache_dtype: string; runnable: boolean; backend: string | null; backend_reason?: string; reason?: string };
+
+function humanLines(s: InfoOut): [string, string][] {
   const layers = s.layer_types
     ? `${s.layers} (${Object.entries(s.layer_types)
         .map(([t, n]) => `${n} ${t.replace("_attention", "")}`)
@@ -88,7 +104,7 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
     lines.push(["memory: per-layer embeddings", `${formatBytes(p.bytes)} (${formatCount(p.parameters)} parameters, part of the weights)`]);
   }
   for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (f16, one sequence)`]);
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${s.kv_cache_dtype}, one sequence)`]);
   lines.push(
     ["tokenizer", s.tokenizer ? "yes" : "no"],
     ["chat template", s.chat_template ? "yes" : "no"],
@@ -98,18 +114,28 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
 }
 
 export function register(program: Command): void {
-  addBackendOptions(program.command("info"))
+  addKvOption(addBackendOptions(program.command("info")))
     .description("Describe a model directory: architecture, size, quantization, memory, and whether it can run")
-    .requiredOption("-m, --model <dir>", "model directory (config.json and .safetensors files)")
+    .option("-m, --model <dir>", "model directory: config.json and .safetensors files (default: the built-in model)")
     .option("--json", "print one JSON object instead of aligned lines")
+    .option("-v, --verbose", "say more: where libmlxc was looked for")
     .action(
       action(async (opts: InfoOptions) => {
-        if (!opts.model) throw new RmlxError("invalid_argument", "info needs --model DIR");
         applyBackendFlags(opts);
-        const md = openModelDir(opts.model);
+        const codec = parseKvCodec(kvCodecFrom(opts));
+        const md = openModelDir(opts.model ?? builtinModelDir());
         const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
         const chosen = reason === null ? await chosenBackend() : { backend: null };
-        const out = { ...summarize(md), runnable: reason === null, ...chosen, ...(reason ? { reason } : {}) };
+        if ("backend_reason" in chosen) chosen.backend_reason = brief(chosen.backend_reason, Boolean(opts.verbose));
+        const summary = summarize(md);
+        const out: InfoOut = {
+          ...summary,
+          kv_cache_bytes: kvInCodec(summary.kv_cache_bytes, codec, md.config.headDim),
+          kv_cache_dtype: codec.name,
+          runnable: reason === null,
+          ...chosen,
+          ...(reason ? { reason } : {}),
+        };
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
           return;

@@ -788,7 +788,7 @@ describe("server options", () => {
 
   test("/health is 503 while the model loads; idle models are unloaded", async () => {
     const dir2 = fakeModels("slowload");
-    const s = await serve(["--model", join(dir2, "slowload"), "--idle-unload", "1"], ENV);
+    const s = await serve(["--model", join(dir2, "slowload"), "--idle-unload", "1"], ENV, false, true);
     try {
       expect((await fetch(`${s.url}/health`)).status).toBe(503);
       expect(await waitFor(async () => (await fetch(`${s.url}/health`)).status === 200, 3000)).toBe(true);
