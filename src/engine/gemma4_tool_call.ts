@@ -10,7 +10,7 @@ import type { ConstraintVocab } from "./json_constraint.ts";
 import { canEnd, initialState, stepByte, type GrammarState } from "./json_grammar.ts";
 import { compileSchema } from "./json_schema.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { byteOrder, type ByteOrder } from "./tool_constraint.ts";
+import { byteOrder, markAccepted, type ByteOrder } from "./tool_constraint.ts";
 import type { ToolSpec } from "./types.ts";
 
 /** The special tokens of the syntax. */
@@ -248,36 +248,9 @@ export class ForcedGemma4Call implements LogitsProcessor {
     for (let i = 0; i < logits.length; i++) if (i >= mask.length || mask[i] === 0) logits[i] = -Infinity;
   }
 
-  /** Marks every token whose bytes the grammar accepts from `start` (tokens in byte order share common prefixes' steps). */
+  /** Marks every token whose bytes the grammar accepts from `start`. */
   private walk(start: State): void {
-    const { ids, lcp } = this.order;
-    const { blob, offsets } = this.vocab.bytes;
-    const states: State[] = [start];
-    let valid = 0;
-    let i = 0;
-    while (i < ids.length) {
-      const id = ids[i]!;
-      const at = offsets[id]!;
-      const len = offsets[id + 1]! - at;
-      let d = Math.min(lcp[i]!, valid);
-      let dead = false;
-      for (; d < len; d++) {
-        const next = step(states[d]!, blob[at + d]!, this.tools);
-        if (!next) {
-          dead = true;
-          break;
-        }
-        states[d + 1] = next;
-      }
-      i++;
-      if (dead) {
-        valid = d;
-        while (i < ids.length && lcp[i]! > d) i++;
-        continue;
-      }
-      valid = len;
-      this.mask[id] = 1;
-    }
+    markAccepted(this.order, this.vocab.bytes, start, (st, b) => step(st, b, this.tools), this.mask);
   }
 
   accept(tokenId: number): boolean {

@@ -3,7 +3,7 @@
 // body goes through the JSON-schema constraint with a schema that admits only the offered tools' names, each
 // with its own parameters; then the model's end-of-sequence token is the only choice left.
 import { RmlxError } from "../errors.ts";
-import type { ConstraintVocab } from "./json_constraint.ts";
+import type { ConstraintVocab, TokenBytes } from "./json_constraint.ts";
 import { JsonConstraint } from "./json_constraint.ts";
 import { canEnd, initialState, stepByte, type GrammarState } from "./json_grammar.ts";
 import { compileSchema, type SchemaNode } from "./json_schema.ts";
@@ -209,6 +209,46 @@ export function byteOrder(vocab: ConstraintVocab): ByteOrder {
   return order;
 }
 
+/**
+ * Sets mask[id] = 1 for every token whose bytes `step` accepts one after another from `start` (null: rejected).
+ * One state is kept per byte depth, so a prefix shared by neighbours in byte order is stepped once, and a
+ * rejected prefix skips every following token that starts with it.
+ */
+export function markAccepted<S>(
+  { ids, lcp }: ByteOrder,
+  { blob, offsets }: TokenBytes,
+  start: S,
+  step: (state: S, byte: number) => S | null,
+  mask: Uint8Array,
+): void {
+  const states: S[] = [start];
+  let valid = 0;
+  let i = 0;
+  while (i < ids.length) {
+    const id = ids[i]!;
+    const at = offsets[id]!, len = offsets[id + 1]! - at;
+    let d = Math.min(lcp[i]!, valid);
+    let dead = false;
+    for (; d < len; d++) {
+      const next = step(states[d]!, blob[at + d]!);
+      if (!next) {
+        dead = true;
+        break;
+      }
+      states[d + 1] = next;
+    }
+    i++;
+    if (dead) {
+      valid = d;
+      // Every following token that shares these d + 1 bytes dies on the same byte.
+      while (i < ids.length && lcp[i]! > d) i++;
+      continue;
+    }
+    valid = len;
+    mask[id] = 1;
+  }
+}
+
 export class ForcedPythonicCall implements LogitsProcessor {
   private state: PyState = { k: "open" };
   private readonly tools: PyTool[];
@@ -242,34 +282,7 @@ export class ForcedPythonicCall implements LogitsProcessor {
 
   /** Marks every token whose bytes the call grammar accepts from `start`. */
   private walk(start: PyState): void {
-    const { ids, lcp } = this.order;
-    const { blob, offsets } = this.vocab.bytes;
-    const states: PyState[] = [start];
-    let valid = 0;
-    let i = 0;
-    while (i < ids.length) {
-      const id = ids[i]!;
-      const at = offsets[id]!, len = offsets[id + 1]! - at;
-      let d = Math.min(lcp[i]!, valid);
-      let dead = false;
-      for (; d < len; d++) {
-        const next = pyStep(states[d]!, blob[at + d]!, this.tools);
-        if (!next) {
-          dead = true;
-          break;
-        }
-        states[d + 1] = next;
-      }
-      i++;
-      if (dead) {
-        valid = d;
-        // Every following token that shares these d + 1 bytes dies on the same byte.
-        while (i < ids.length && lcp[i]! > d) i++;
-        continue;
-      }
-      valid = len;
-      this.mask[id] = 1;
-    }
+    markAccepted(this.order, this.vocab.bytes, start, (st, b) => pyStep(st, b, this.tools), this.mask);
   }
 
   accept(tokenId: number): boolean {
