@@ -10,7 +10,6 @@ import type { ConstraintVocab } from "./json_constraint.ts";
 import { canEnd, initialState, stepByte, type GrammarState } from "./json_grammar.ts";
 import { compileSchema } from "./json_schema.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { byteOrder, markAccepted, type ByteOrder } from "./tool_constraint.ts";
 import type { ToolSpec } from "./types.ts";
 
 /** The special tokens of the syntax. */
@@ -214,7 +213,6 @@ function inFreeString(st: State): boolean {
 export class ForcedGemma4Call implements LogitsProcessor {
   private state: State = { k: "open" };
   private readonly tools: Tool[];
-  private readonly order: ByteOrder;
   private readonly mask: Uint8Array;
   private readonly specials: readonly [number, Sym][];
 
@@ -226,7 +224,6 @@ export class ForcedGemma4Call implements LogitsProcessor {
     this.tools = tools.map(tool).filter((t): t is Tool => t !== null);
     if (this.tools.length === 0)
       throw new RmlxError("invalid_argument", "a required tool call needs a tool whose name and required parameters fit Gemma 4's call syntax");
-    this.order = byteOrder(vocab);
     this.mask = new Uint8Array(vocab.size);
     this.specials = [
       [ids.open, OPEN],
@@ -242,7 +239,7 @@ export class ForcedGemma4Call implements LogitsProcessor {
     if (st.k === "end") for (const e of this.vocab.eos) mask[e] = 1;
     else if (inFreeString(st)) {
       // free text up to the closing quote: every token with bytes
-      for (const id of this.order.ids) mask[id] = 1;
+      for (const id of this.vocab.all.ids) mask[id] = 1;
     } else this.walk(st);
     for (const [id, sym] of this.specials) if (st.k !== "end" && step(st, sym, this.tools)) mask[id] = 1;
     for (let i = 0; i < logits.length; i++) if (i >= mask.length || mask[i] === 0) logits[i] = -Infinity;
@@ -250,7 +247,7 @@ export class ForcedGemma4Call implements LogitsProcessor {
 
   /** Marks every token whose bytes the grammar accepts from `start`. */
   private walk(start: State): void {
-    markAccepted(this.order, this.vocab.bytes, start, (st, b) => step(st, b, this.tools), this.mask);
+    this.vocab.all.walk(start, (st, b) => step(st, b, this.tools), this.vocab.bytes, this.mask);
   }
 
   accept(tokenId: number): boolean {
