@@ -78,6 +78,16 @@ export async function serve(args: string[], env: Record<string, string> = {}, bi
   };
 }
 
+/** Serves one model folder (with `args`) and waits until /health says it has loaded. */
+export async function serveModel(dir: string, args: string[]): Promise<Served> {
+  const srv = await serve(["--model", dir, ...args]);
+  if (!(await waitFor(async () => (await fetch(`${srv.url}/health`)).status === 200, 30_000))) {
+    await srv.stop();
+    throw new Error(`${dir} did not load within 30 s: ${srv.stderr()}`);
+  }
+  return srv;
+}
+
 /** Reads a Prometheus gauge or counter without labels. */
 export async function metric(url: string, name: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
