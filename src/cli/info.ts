@@ -87,8 +87,14 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
     const p = s.per_layer_embeddings;
     lines.push(["memory: per-layer embeddings", `${formatBytes(p.bytes)} (${formatCount(p.parameters)} parameters, part of the weights)`]);
   }
-  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (f16, one sequence)`]);
+  // One line per context: each --kv-quant codec's cache for one sequence ("n/a": the codec cannot take head_dim).
+  for (const tokens of Object.keys(s.kv_cache_bytes)) {
+    const perCodec = Object.entries(s.kv_cache_bytes_by_codec).map(([codec, by]) => {
+      const b = by[tokens];
+      return `${codec} ${b === null || b === undefined ? "n/a" : formatBytes(b)}`;
+    });
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${perCodec.join(", ")} (one sequence)`]);
+  }
   lines.push(
     ["tokenizer", s.tokenizer ? "yes" : "no"],
     ["chat template", s.chat_template ? "yes" : "no"],
