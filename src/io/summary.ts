@@ -163,6 +163,20 @@ export function kvCacheBytes(md: ModelDir, tokens: number, codec: KvCodec = pars
   return total;
 }
 
+/**
+ * Why a KV codec cannot hold this model's cache (a layer with a cache of its own whose head_dim the codec's group
+ * does not divide), or null. The same layout as kvCacheBytes, from the config alone.
+ */
+export function kvCodecProblemFor(c: ModelConfig, codec: KvCodec): string | null {
+  const layout = configFamily(c)?.kvLayout?.(c) ?? plainKvLayout(c);
+  for (const l of layout) {
+    if (!l || l.source !== undefined) continue;
+    const why = kvCodecProblem(codec, l.headDim);
+    if (why) return why;
+  }
+  return null;
+}
+
 /** Parameters and bytes of the per-layer embedding table (weights and their quantization scales), if there is one. */
 function perLayerEmbeddings(md: ModelDir): { parameters: number; bytes: number } | undefined {
   const { weights, quant } = md;
