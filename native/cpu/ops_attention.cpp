@@ -1,6 +1,8 @@
 // KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax. Pools hold
 // float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales); attention reads the packed
-// rows in place, decoding one chunk of keys at a time into scratch, so no dequantized copy of the cache exists.
+// rows in place: decode steps score the codes directly and decode value rows into the accumulators (Kern::pk_dots,
+// pk_pv); prefill tiles decode one chunk of keys at a time into scratch, shared by all their query rows. No
+// dequantized copy of the cache exists.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
