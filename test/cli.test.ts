@@ -64,4 +64,17 @@ describe("rmlx binary", () => {
     // -p is a prompt (generate: its text, bench: its length); serve's port is --port alone.
     expect([...meaning.get("-p")!]).toEqual(["--prompt"]);
   });
+
+  test("serve: a KV codec a model's head_dim cannot take is one line and exit 2, before it listens", () => {
+    const gemma = join(import.meta.dir, "fixtures/models/gemma3");
+    const r = run("serve", "-m", gemma, "--port", "0", "--no-metrics", "--kv-quant", "q8");
+    expect(r.code).toBe(2);
+    expect(r.err.trim().split("\n")).toEqual([
+      "rmlx: --kv-quant q8: model 'gemma3': KV codec q8 cannot store head_dim 16: head_dim 16 is not a multiple of the group size 64 (f32, f16 and bf16 take any head_dim)",
+    ]);
+    // A folder of models: the first one that cannot take the codec is named.
+    const env = run("serve", "-m", join(import.meta.dir, "fixtures/models"), "--port", "0", "--no-metrics", "--kv-quant", "fp8");
+    expect(env.code).toBe(2);
+    expect(env.err).toMatch(/^rmlx: --kv-quant fp8: model '\w+': KV codec fp8 cannot store head_dim 16/);
+  });
 });

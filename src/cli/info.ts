@@ -103,8 +103,16 @@ function humanLines(s: InfoOut): [string, string][] {
     const p = s.per_layer_embeddings;
     lines.push(["memory: per-layer embeddings", `${formatBytes(p.bytes)} (${formatCount(p.parameters)} parameters, part of the weights)`]);
   }
-  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${s.kv_cache_dtype}, one sequence)`]);
+  // The codec in use here first, then every --kv-quant codec's size ("n/a": the codec cannot take head_dim).
+  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes)) {
+    const others = Object.entries(s.kv_cache_bytes_by_codec)
+      .filter(([codec]) => codec !== s.kv_cache_dtype)
+      .map(([codec, by]) => {
+        const b = by[tokens];
+        return `${codec} ${b === null || b === undefined ? "n/a" : formatBytes(b)}`;
+      });
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${s.kv_cache_dtype}, one sequence); ${others.join(", ")}`]);
+  }
   lines.push(
     ["tokenizer", s.tokenizer ? "yes" : "no"],
     ["chat template", s.chat_template ? "yes" : "no"],

@@ -5,6 +5,9 @@ import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
 import { parseCorsOrigins } from "../server/cors.ts";
+import { loadConfig } from "../io/config.ts";
+import { kvCodecProblemFor } from "../io/summary.ts";
+import { parseKvCodec } from "../engine/kv/codec.ts";
 import { discoverModels } from "../server/models.ts";
 import { LOG_LEVELS, Logger, parseLogLevel } from "../server/log.ts";
 import type { ServerDefaults } from "../server/sampling.ts";
@@ -139,6 +142,18 @@ export function register(program: Command): void {
           if (aliases.length === 0) aliases.push(BUILTIN_MODEL_NAME);
         }
         const models = discoverModels(modelPaths, aliases);
+        const kvQuant = kvCodecFrom(flags);
+        // A codec some model's head_dim cannot take stops the server here, not at that model's first request.
+        for (const [name, dir] of models) {
+          let config;
+          try {
+            config = loadConfig(dir);
+          } catch {
+            continue;  // an unreadable config is reported when the model loads
+          }
+          const why = kvCodecProblemFor(config, parseKvCodec(kvQuant));
+          if (why) throw new RmlxError("invalid_argument", `--kv-quant ${kvQuant}: model '${name}': ${why} (f32, f16 and bf16 take any head_dim)`);
+        }
         const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
         if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);
         const ctxSize = pick(flags.ctxSize, "RMLX_CTX_SIZE");
@@ -148,7 +163,7 @@ export function register(program: Command): void {
           maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
-          kvQuant: kvCodecFrom(flags),
+          kvQuant,
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,

@@ -177,4 +177,7 @@ export type FromWorker =
       /** Blocks of the sliding-window layers' own pools (windowed KV caches); absent or 0 when there are none. */
       kvWindowUsed?: number;
       kvWindowTotal?: number;
+      /** Bytes of the KV blocks in use (in the cache's codec, every pool), and of the whole KV budget. */
+      kvUsedBytes?: number;
+      kvTotalBytes?: number;
     };

@@ -90,6 +90,8 @@ function stats(): void {
   let kvTotal = 0;
   let kvWindowUsed = 0;
   let kvWindowTotal = 0;
+  let kvUsedBytes = 0;
+  let kvTotalBytes = 0;
   for (const m of models.values()) {
     running += m.scheduler.numRunning;
     waiting += m.scheduler.numWaiting;
@@ -97,8 +99,10 @@ function stats(): void {
     kvTotal += m.cache.numBlocks;
     kvWindowUsed += m.cache.windowAllocator?.numUsed ?? 0;
     kvWindowTotal += m.cache.windowAllocator?.numBlocks ?? 0;
+    kvUsedBytes += m.cache.usedBytes;
+    kvTotalBytes += m.cache.memoryBytes;
   }
-  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal });
+  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes });
 }
 
 let looping = false;

@@ -101,6 +101,8 @@ export interface EngineStats {
   kvTotal: number;
   kvWindowUsed: number;
   kvWindowTotal: number;
+  kvUsedBytes: number;
+  kvTotalBytes: number;
 }
 
 interface Pending<T> {
@@ -126,7 +128,7 @@ export class EngineClient {
   private readonly unloads = new Map<string, () => void>();
   private nextRid = 0;
   private dead: Error | null = null;
-  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0 };
+  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0, kvUsedBytes: 0, kvTotalBytes: 0 };
   /** Called once per generation when it ends. */
   onEnd: ((id: string, end: GenerationEnd) => void) | null = null;
 
@@ -196,6 +198,8 @@ export class EngineClient {
           kvTotal: msg.kvTotal,
           kvWindowUsed: msg.kvWindowUsed ?? 0,
           kvWindowTotal: msg.kvWindowTotal ?? 0,
+          kvUsedBytes: msg.kvUsedBytes ?? 0,
+          kvTotalBytes: msg.kvTotalBytes ?? 0,
         };
         return;
     }

@@ -43,5 +43,7 @@ describe("forced pythonic tool calls through the server", () => {
   test("/metrics reports the sliding-window layers' pools next to the full-attention ones", async () => {
     expect(await metric(srv.url, "rmlx_kv_blocks_total")).toBeGreaterThan(0);
     expect(await metric(srv.url, "rmlx_kv_window_blocks_total")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_total")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_used")).toBeGreaterThanOrEqual(0);
   });
 });

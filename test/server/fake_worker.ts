@@ -38,6 +38,9 @@ const stats = () =>
     kvTotal: 100000,
     kvWindowUsed: [...running.values()].reduce((a, r) => a + Math.min(r.tokens, WINDOW), 0),
     kvWindowTotal: 4096,
+    // 64 bytes per token of KV
+    kvUsedBytes: 64 * [...running.values()].reduce((a, r) => a + r.tokens, 0),
+    kvTotalBytes: 64 * 100000,
   });
 
 function generationConfig(dir: string): Record<string, unknown> | undefined {

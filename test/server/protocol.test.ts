@@ -620,9 +620,12 @@ describe("engine in its own thread", () => {
     await reader.read();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_used")).toBe(64 * (await metric(srv.url, "rmlx_kv_blocks_used")));
+    expect(await metric(srv.url, "rmlx_kv_bytes_total")).toBe(64 * 100000);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_used")).toBe(0);
   });
 
   test("a client that disconnects from a stream with n > 1 cancels every choice", async () => {

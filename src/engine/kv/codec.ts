@@ -80,7 +80,7 @@ export function kvCodecProblem(codec: KvCodec, headDim: number): string | null {
 }
 
 /** Bytes of K and V of one token of one layer. */
-function kvCodecBytes(codec: KvCodec, kvHeads: number, headDim: number): number {
+export function kvCodecBytes(codec: KvCodec, kvHeads: number, headDim: number): number {
   const f = kvLayerFormat(codec, headDim);
   return kvHeads * (kvElementBytes(f.k, headDim) + kvElementBytes(f.v, headDim));
 }
