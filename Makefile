@@ -25,7 +25,7 @@ $(NATIVE_LIB): $(wildcard native/include/*.h native/cpu/*.cpp native/cpu/*.h) na
 
 dist/rmlx: node_modules/.installed $(NATIVE_LIB) $(SRCS)
 	@mkdir -p dist
-	$(BUN) build --compile --minify-syntax src/cli/main.ts src/engine/worker.ts --outfile dist/rmlx.tmp
+	$(BUN) build --compile --minify-syntax --bytecode src/cli/main.ts src/engine/worker.ts --outfile dist/rmlx.tmp
 	@mv dist/rmlx.tmp dist/rmlx
 
 serve: build

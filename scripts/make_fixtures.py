@@ -387,16 +387,22 @@ def router_gap_hooks(model, top_k):
 
 def compute_references(model_dir, prompts, label, dequant_dir=None):
     """Teacher-forced logits and a greedy continuation per prompt, from the float32 model."""
-    import transformers
-
     model, torch, dev = load_reference_model(dequant_dir or model_dir)
     cfg = model.config
     print(f"[{label}] reloaded: rope {getattr(cfg, 'rope_parameters', None)}", flush=True)
     top_k = getattr(cfg, "num_experts_per_tok", None)
     gaps, handles = router_gap_hooks(model, top_k) if top_k else ([], [])
-    tensors = {}
-    out_prompts = []
-    agree = True
+    fields = {"vocab_size": cfg.vocab_size, "eos_token_id": cfg.eos_token_id}
+    return write_references(model_dir, model, torch, dev, prompts, label, fields, gaps, handles)
+
+
+def write_references(model_dir, model, torch, dev, prompts, label, fields, gaps, handles):
+    """Runs the loaded float32 model on each prompt (teacher-forced logits, then GREEDY_STEPS greedy tokens by
+    full forwards, cross-checked against transformers' generate) and writes reference.safetensors and
+    reference.json, with `fields` describing the model. `handles` are the router hooks that fill `gaps`."""
+    import transformers
+
+    tensors, out_prompts, agree = {}, [], True
     with torch.no_grad():
         for i, p in enumerate(prompts):
             ids = torch.tensor([p["ids"]], device=dev)
@@ -440,7 +446,7 @@ def compute_references(model_dir, prompts, label, dequant_dir=None):
             out_prompts.append(entry)
             print(
                 f"[{label}] prompt {i}: L={len(p['ids'])} logit std {float(logits.std()):.3f} "
-                f"greedy {greedy} min margin {min(margins):.4g}",
+                f"max {float(logits.abs().max()):.3f} greedy {greedy} min margin {min(margins):.4g}",
                 flush=True,
             )
     for h in handles:
@@ -451,8 +457,7 @@ def compute_references(model_dir, prompts, label, dequant_dir=None):
         "torch_version": torch.__version__,
         "reference_dtype": "float32",
         "attn_implementation": "eager",
-        "vocab_size": cfg.vocab_size,
-        "eos_token_id": cfg.eos_token_id,
+        **fields,
         "greedy_rule": "argmax of the raw float32 logits, full forward each step, no processors; "
         "eos is an ordinary token (never masked, never stops)",
         "hf_generate_agrees": agree,
@@ -506,6 +511,17 @@ QUANT_SPECS = [
 ]
 
 
+def split_gate_up(arr, switch):
+    """Fused experts' gate_up_proj [E, 2I, H] -> the MLX switch layer `switch`'s gate_proj and up_proj."""
+    half = arr.shape[1] // 2
+    return {f"{switch}.gate_proj.weight": arr[:, :half], f"{switch}.up_proj.weight": arr[:, half:]}
+
+
+def join_gate_up(mlx, switch):
+    """Inverse of split_gate_up."""
+    return np.concatenate([mlx[f"{switch}.gate_proj.weight"], mlx[f"{switch}.up_proj.weight"]], axis=1)
+
+
 def to_mlx_names(hf):
     """Hugging Face tensors -> MLX names: experts stacked into switch_mlp, as mlx-lm's sanitize does."""
     out = {}
@@ -517,10 +533,7 @@ def to_mlx_names(hf):
             prefix = ".".join(parts[:-4])
             experts.setdefault((prefix, parts[-2]), {})[int(parts[-3])] = arr
         elif name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len(".experts.gate_up_proj")]
-            half = arr.shape[1] // 2
-            out[f"{prefix}.switch_mlp.gate_proj.weight"] = arr[:, :half]
-            out[f"{prefix}.switch_mlp.up_proj.weight"] = arr[:, half:]
+            out.update(split_gate_up(arr, name[: -len(".experts.gate_up_proj")] + ".switch_mlp"))
         elif name.endswith("mlp.experts.down_proj"):
             out[name[: -len(".experts.down_proj")] + ".switch_mlp.down_proj.weight"] = arr
         else:
@@ -539,10 +552,7 @@ def to_hf_names(mlx, hf_names):
             prefix = ".".join(parts[:-4])
             out[name] = mlx[f"{prefix}.switch_mlp.{parts[-2]}.weight"][int(parts[-3])]
         elif name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len(".experts.gate_up_proj")]
-            out[name] = np.concatenate(
-                [mlx[f"{prefix}.switch_mlp.gate_proj.weight"], mlx[f"{prefix}.switch_mlp.up_proj.weight"]], axis=1
-            )
+            out[name] = join_gate_up(mlx, name[: -len(".experts.gate_up_proj")] + ".switch_mlp")
         elif name.endswith("mlp.experts.down_proj"):
             out[name] = mlx[name[: -len(".experts.down_proj")] + ".switch_mlp.down_proj.weight"]
         else:
@@ -553,6 +563,13 @@ def to_hf_names(mlx, hf_names):
 def quantizable(name, arr, group_size):
     """mlx-lm quantizes Linear, Embedding and SwitchLinear weights whose input dim fits the group."""
     return name.endswith(".weight") and arr.ndim >= 2 and "norm" not in name and arr.shape[-1] % group_size == 0
+
+
+# Microscaling formats: E8M0 scale per group of 32, elements in a small float format.
+MX_FORMATS = {
+    "mxfp4": (mq.mxfp4_quantize, mq.mxfp4_dequantize),
+    "mxfp8": (mq.mxfp8_quantize, mq.mxfp8_dequantize),
+}
 
 
 def quantize_mlx(mlx_float, quant, overrides):
@@ -568,10 +585,11 @@ def quantize_mlx(mlx_float, quant, overrides):
                 tensors[f"{path}.scales"] = mq.bf16_tensor(scales)
                 tensors[f"{path}.biases"] = mq.bf16_tensor(biases)
                 deq[name] = mq.affine_dequantize(packed, scales, biases, gs, bits)
-            elif mode == "mxfp4":
-                packed, scale_bits = mq.mxfp4_quantize(arr, gs)
+            elif mode in MX_FORMATS:
+                quantize, dequantize = MX_FORMATS[mode]
+                packed, scale_bits = quantize(arr, gs)
                 tensors[f"{path}.scales"] = mq.u8_tensor(scale_bits)
-                deq[name] = mq.mxfp4_dequantize(packed, scale_bits, gs)
+                deq[name] = dequantize(packed, scale_bits, gs)
             else:
                 raise ValueError(f"mode {mode} not supported here")
             tensors[name] = mq.u32_tensor(packed)
@@ -603,17 +621,21 @@ def write_mlx_weights(out_dir, tensors, shards, n_params):
     return [g for g in sorted(set(weight_map.values()))]
 
 
-def build_quant_variant(spec, models_dir):
+def build_quant_variant(
+    spec, models_dir, to_mlx=to_mlx_names, to_hf=to_hf_names, router_weight="mlp.gate.weight", mlx_config=dict
+):
     """Write the MLX-layout quantized model; return a temp dir holding the dequantized float32
-    weights in Hugging Face layout, for the reference run."""
+    weights in Hugging Face layout, for the reference run. `to_mlx` / `to_hf` map tensor names between
+    the layouts, `router_weight` ends the names of the routers that router_override applies to, and
+    `mlx_config` makes the MLX config.json (before its quantization keys) from the float model's."""
     base_dir = models_dir / spec["base"]
     out_dir = models_dir / spec["name"]
     hf, _ = mq.read_safetensors(base_dir / "model.safetensors")
-    mlx_float = to_mlx_names(hf)
+    mlx_float = to_mlx(hf)
     overrides = dict(spec.get("overrides", {}))
     if "router_override" in spec:
         for name in sorted(mlx_float):
-            if name.endswith("mlp.gate.weight"):
+            if name.endswith(router_weight):
                 overrides[name[: -len(".weight")]] = dict(spec["router_override"])
     tensors, deq = quantize_mlx(mlx_float, spec["quantization"], overrides)
 
@@ -622,7 +644,7 @@ def build_quant_variant(spec, models_dir):
     out_dir.mkdir(parents=True)
     n_params = int(sum(a.size for a in hf.values()))
     files = write_mlx_weights(out_dir, tensors, spec.get("shards", 1), n_params)
-    config = json.loads((base_dir / "config.json").read_text())
+    config = mlx_config(json.loads((base_dir / "config.json").read_text()))
     qconf = dict(spec["quantization"])
     qconf.update(overrides)
     config["quantization"] = qconf
@@ -635,7 +657,7 @@ def build_quant_variant(spec, models_dir):
 
     deq_dir = Path(tempfile.mkdtemp(prefix=f"{spec['name']}_deq_"))
     shutil.copy(base_dir / "config.json", deq_dir / "config.json")
-    hf_deq = to_hf_names(deq, list(hf))
+    hf_deq = to_hf(deq, list(hf))
     mq.write_safetensors(deq_dir / "model.safetensors", {n: mq.f32_tensor(a) for n, a in hf_deq.items()}, {"format": "pt"})
     return out_dir, deq_dir, hf_deq
 
@@ -826,36 +848,27 @@ def build_qwen3_chat(tok_dir, out_path):
 # ---------------------------------------------------------------- main
 
 
+def index_entry(models_dir, name, features, layout, base=None):
+    """A fixture's INDEX.json entry, from its written config.json."""
+    cfg = json.loads((models_dir / name / "config.json").read_text())
+    e = {
+        "name": name,
+        "family": cfg["model_type"],
+        "architecture": cfg["architectures"][0],
+        "layout": layout,
+        "dtype": "bfloat16",
+    }
+    if base:
+        e["base"] = base
+    e.update(quantization=cfg.get("quantization"), features=features)
+    return e
+
+
 def write_index(models_dir, specs, qspecs, prompts):
-    entries = []
-    for s in specs:
-        cfg = json.loads((models_dir / s["name"] / "config.json").read_text())
-        entries.append(
-            {
-                "name": s["name"],
-                "family": cfg["model_type"],
-                "architecture": cfg["architectures"][0],
-                "layout": "huggingface",
-                "dtype": "bfloat16",
-                "quantization": None,
-                "features": s["features"],
-            }
-        )
+    entries = [index_entry(models_dir, s["name"], s["features"], "huggingface") for s in specs]
     for q in qspecs:
-        cfg = json.loads((models_dir / q["name"] / "config.json").read_text())
         base = next(s for s in specs if s["name"] == q["base"])
-        entries.append(
-            {
-                "name": q["name"],
-                "family": cfg["model_type"],
-                "architecture": cfg["architectures"][0],
-                "layout": "mlx",
-                "dtype": "bfloat16",
-                "base": q["base"],
-                "quantization": cfg["quantization"],
-                "features": base["features"] + q["features"],
-            }
-        )
+        entries.append(index_entry(models_dir, q["name"], base["features"] + q["features"], "mlx", q["base"]))
     index = {
         "prompts": [{"kind": p["kind"], "length": len(p["ids"])} for p in prompts],
         "greedy_steps": GREEDY_STEPS,

@@ -373,135 +373,16 @@ def router_gap_hooks(model, top_k):
 
 
 def compute_references(model_dir, prompts, label, conditional=False, ref_dir=None):
-    import transformers
-
     model, torch, dev = load_reference(ref_dir or model_dir, conditional)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     print(f"[{label}] reloaded: layer_types {cfg.layer_types}, rope {cfg.rope_parameters}", flush=True)
     top_k = getattr(cfg, "top_k_experts", None) if getattr(cfg, "enable_moe_block", False) else None
     gaps, handles = router_gap_hooks(model, top_k) if top_k else ([], [])
-    tensors, out_prompts, agree = {}, [], True
-    with torch.no_grad():
-        for i, p in enumerate(prompts):
-            ids = torch.tensor([p["ids"]], device=dev)
-            logits = model(input_ids=ids, use_cache=False).logits[0].float()
-            if not torch.isfinite(logits).all():
-                raise SystemExit(f"[{label}] non-finite logits")
-            tensors[f"logits_{i}"] = mq.f32_tensor(logits.cpu().numpy())
-            seq = list(p["ids"])
-            greedy, margins, step_logits = [], [], []
-            for _ in range(mf.GREEDY_STEPS):
-                lg = model(input_ids=torch.tensor([seq], device=dev), use_cache=False).logits[0, -1].float()
-                top = torch.topk(lg, 2)
-                greedy.append(int(top.indices[0]))
-                margins.append(float(top.values[0] - top.values[1]))
-                step_logits.append(lg.cpu().numpy())
-                seq.append(greedy[-1])
-            tensors[f"greedy_logits_{i}"] = mq.f32_tensor(np.stack(step_logits))
-            gc = copy.deepcopy(model.generation_config)
-            gc.eos_token_id = None
-            gc.do_sample = False
-            gc.max_new_tokens = mf.GREEDY_STEPS
-            gc.min_new_tokens = None
-            gc.temperature, gc.top_p, gc.top_k, gc.repetition_penalty = None, None, None, None
-            try:
-                gen = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
-                hf_tokens = gen[0, len(p["ids"]) :].tolist()
-            except Exception as e:  # a library quirk must not stop the fixture build
-                print(f"[{label}] generate failed: {e!r}", flush=True)
-                hf_tokens = None
-            if hf_tokens != greedy:
-                agree = False
-                print(f"[{label}] prompt {i}: generate {hf_tokens} vs loop {greedy}", flush=True)
-            entry = dict(p)
-            entry.update(logits_key=f"logits_{i}", greedy=greedy, greedy_margins=margins, greedy_logits_key=f"greedy_logits_{i}")
-            out_prompts.append(entry)
-            print(
-                f"[{label}] prompt {i}: L={len(p['ids'])} logit std {float(logits.std()):.3f} max {float(logits.abs().max()):.3f} "
-                f"greedy {greedy} min margin {min(margins):.4g}",
-                flush=True,
-            )
-    for h in handles:
-        h.remove()
-    mq.write_safetensors(model_dir / "reference.safetensors", tensors)
-    ref = {
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "reference_class": type(model).__name__,
-        "reference_dtype": "float32",
-        "attn_implementation": "eager",
-        "vocab_size": cfg.vocab_size,
-        "greedy_rule": "argmax of the raw float32 logits, full forward each step, no processors; "
-        "eos is an ordinary token (never masked, never stops)",
-        "hf_generate_agrees": agree,
-        "prompts": out_prompts,
-    }
-    if gaps:
-        ref["router_min_gap"] = min(gaps)
-        print(f"[{label}] router min top-k gap {min(gaps):.4g}", flush=True)
-    (model_dir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
-    del model
-    return ref
+    fields = {"reference_class": type(model).__name__, "vocab_size": cfg.vocab_size}
+    return mf.write_references(model_dir, model, torch, dev, prompts, label, fields, gaps, handles)
 
 
 # ---------------------------------------------------------------- MLX quantized variants
-
-E4M3_MAX = 448.0
-
-
-def e4m3_table():
-    """Values of the 256 FP8 E4M3 codes (bias 7, no infinities, 0x7f/0xff NaN)."""
-    vals = np.zeros(256, dtype=np.float64)
-    for c in range(256):
-        s = -1.0 if c & 0x80 else 1.0
-        e = (c >> 3) & 0xF
-        m = c & 0x7
-        if e == 0xF and m == 0x7:
-            vals[c] = np.nan
-        elif e == 0:
-            vals[c] = s * (m / 8.0) * 2.0**-6
-        else:
-            vals[c] = s * (1 + m / 8.0) * 2.0 ** (e - 7)
-    return vals
-
-
-E4M3 = e4m3_table()
-E4M3_POS = E4M3[:0x7F]  # codes 0..126, increasing
-
-
-def e4m3_encode(x):
-    """Nearest E4M3 code (ties to the even code), saturating at 448; the sign kept for values that round to 0."""
-    x = np.asarray(x, dtype=np.float64)
-    a = np.minimum(np.abs(x), E4M3_MAX)
-    hi = np.clip(np.searchsorted(E4M3_POS, a, side="left"), 0, 126)
-    lo = np.clip(hi - 1, 0, 126)
-    dlo = np.abs(a - E4M3_POS[lo])
-    dhi = np.abs(E4M3_POS[hi] - a)
-    code = np.where(dlo < dhi, lo, np.where(dhi < dlo, hi, np.where(lo % 2 == 0, lo, hi)))
-    return (code | np.where(np.signbit(x), 0x80, 0)).astype(np.uint8)
-
-
-def mxfp8_quantize(w, group_size=32):
-    w = np.asarray(w, dtype=np.float32)
-    g = w.reshape(*w.shape[:-1], w.shape[-1] // group_size, group_size)
-    absmax = np.abs(g).max(axis=-1, keepdims=True)
-    scale_bits = mq.e8m0_encode(absmax / E4M3_MAX)
-    scale = mq.e8m0_decode(scale_bits)
-    codes = e4m3_encode(g * (1.0 / scale.astype(np.float32)))
-    codes = codes.reshape(*w.shape[:-1], w.shape[-1])
-    packed = codes.reshape(*w.shape[:-1], w.shape[-1] // 4, 4).astype(np.uint32)
-    words = packed[..., 0] | (packed[..., 1] << 8) | (packed[..., 2] << 16) | (packed[..., 3] << 24)
-    return words.astype(np.uint32), scale_bits.reshape(*w.shape[:-1], w.shape[-1] // group_size).astype(np.uint8)
-
-
-def mxfp8_dequantize(words, scale_bits, group_size=32):
-    codes = np.stack([(words >> (8 * i)) & 0xFF for i in range(4)], axis=-1).reshape(*words.shape[:-1], -1)
-    vals = E4M3[codes.astype(np.int64)].astype(np.float32)
-    k = vals.shape[-1]
-    scale = mq.e8m0_decode(scale_bits).astype(np.float32)
-    g = vals.reshape(*vals.shape[:-1], k // group_size, group_size) * scale[..., None]
-    return g.reshape(*vals.shape[:-1], k).astype(np.float32)
-
 
 def to_mlx(hf, layout):
     """Hugging Face Gemma4ForCausalLM tensors (model.*) -> an MLX snapshot's names: mlx-lm's text model keeps
@@ -510,10 +391,7 @@ def to_mlx(hf, layout):
     prefix = "language_model." if layout == "mlx_vlm" else ""
     for name, arr in hf.items():
         if name.endswith(".experts.gate_up_proj"):
-            base = name[: -len(".gate_up_proj")]
-            half = arr.shape[1] // 2
-            out[f"{prefix}{base}.switch_glu.gate_proj.weight"] = arr[:, :half]
-            out[f"{prefix}{base}.switch_glu.up_proj.weight"] = arr[:, half:]
+            out.update(mf.split_gate_up(arr, f"{prefix}{name[: -len('.gate_up_proj')]}.switch_glu"))
         elif name.endswith(".experts.down_proj"):
             out[f"{prefix}{name[: -len('.down_proj')]}.switch_glu.down_proj.weight"] = arr
         else:
@@ -526,10 +404,7 @@ def from_mlx(mlx, hf_names, layout):
     out = {}
     for name in hf_names:
         if name.endswith(".experts.gate_up_proj"):
-            base = prefix + name[: -len(".gate_up_proj")]
-            out[name] = np.concatenate(
-                [mlx[f"{base}.switch_glu.gate_proj.weight"], mlx[f"{base}.switch_glu.up_proj.weight"]], axis=1
-            )
+            out[name] = mf.join_gate_up(mlx, f"{prefix}{name[: -len('.gate_up_proj')]}.switch_glu")
         elif name.endswith(".experts.down_proj"):
             out[name] = mlx[f"{prefix}{name[: -len('.down_proj')]}.switch_glu.down_proj.weight"]
         else:
@@ -537,75 +412,32 @@ def from_mlx(mlx, hf_names, layout):
     return out
 
 
-def quantize_tensors(mlx_float, quant, overrides):
-    tensors, deq = {}, {}
-    for name, arr in mlx_float.items():
-        path = name[: -len(".weight")] if name.endswith(".weight") else None
-        params = overrides.get(path, quant) if path else None
-        if params and mf.quantizable(name, arr, params["group_size"]):
-            gs, bits, mode = params["group_size"], params["bits"], params.get("mode", "affine")
-            if mode == "affine":
-                packed, scales, biases = mq.affine_quantize(arr, gs, bits)
-                tensors[f"{path}.scales"] = mq.bf16_tensor(scales)
-                tensors[f"{path}.biases"] = mq.bf16_tensor(biases)
-                deq[name] = mq.affine_dequantize(packed, scales, biases, gs, bits)
-            elif mode == "mxfp8":
-                packed, scale_bits = mxfp8_quantize(arr, gs)
-                tensors[f"{path}.scales"] = mq.u8_tensor(scale_bits)
-                deq[name] = mxfp8_dequantize(packed, scale_bits, gs)
-            else:
-                raise ValueError(f"mode {mode} not supported here")
-            tensors[name] = mq.u32_tensor(packed)
-        else:
-            tensors[name] = mq.bf16_tensor(arr)
-            deq[name] = arr
-    return tensors, deq
+def mlx_config(base_cfg, layout):
+    """The MLX snapshot's config.json: mlx-lm keeps the text model's; mlx-vlm nests it as text_config."""
+    if layout != "mlx_vlm":
+        return dict(base_cfg)
+    text = {k: v for k, v in base_cfg.items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
+    return {
+        "architectures": ["Gemma4ForConditionalGeneration"],
+        "model_type": "gemma4",
+        "text_config": text,
+        "tie_word_embeddings": True,
+        "eos_token_id": base_cfg.get("eos_token_id"),
+        "vision_config": None,
+        "audio_config": None,
+    }
 
 
 def build_quant_variant(spec, models_dir):
-    base_dir = models_dir / spec["base"]
-    out_dir = models_dir / spec["name"]
-    hf, _ = mq.read_safetensors(base_dir / "model.safetensors")
-    mlx_float = to_mlx(hf, spec["layout"])
-    overrides = {}
-    if "router_override" in spec:
-        for name in sorted(mlx_float):
-            if name.endswith("router.proj.weight"):
-                overrides[name[: -len(".weight")]] = dict(spec["router_override"])
-    tensors, deq = quantize_tensors(mlx_float, spec["quantization"], overrides)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    n_params = int(sum(a.size for a in hf.values()))
-    files = mf.write_mlx_weights(out_dir, tensors, 1, n_params)
-    base_cfg = json.loads((base_dir / "config.json").read_text())
-    qconf = dict(spec["quantization"])
-    qconf.update(overrides)
-    if spec["layout"] == "mlx_vlm":
-        text = {k: v for k, v in base_cfg.items() if k not in ("architectures", "transformers_version", "dtype", "torch_dtype")}
-        config = {
-            "architectures": ["Gemma4ForConditionalGeneration"],
-            "model_type": "gemma4",
-            "text_config": text,
-            "tie_word_embeddings": True,
-            "eos_token_id": base_cfg.get("eos_token_id"),
-            "vision_config": None,
-            "audio_config": None,
-        }
-    else:
-        config = dict(base_cfg)
-    config["quantization"] = qconf
-    config["quantization_config"] = copy.deepcopy(qconf)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (base_dir / f).exists():
-            shutil.copy(base_dir / f, out_dir / f)
-    print(f"[{spec['name']}] wrote {files}: {sorted(tensors)}; quantization {qconf}", flush=True)
-    deq_dir = Path(tempfile.mkdtemp(prefix=f"{spec['name']}_deq_"))
-    shutil.copy(base_dir / "config.json", deq_dir / "config.json")
-    hf_deq = from_mlx(deq, list(hf), spec["layout"])
-    mq.write_safetensors(deq_dir / "model.safetensors", {n: mq.f32_tensor(a) for n, a in hf_deq.items()}, {"format": "pt"})
-    return out_dir, deq_dir, hf_deq
+    layout = spec["layout"]
+    return mf.build_quant_variant(
+        spec,
+        models_dir,
+        to_mlx=lambda hf: to_mlx(hf, layout),
+        to_hf=lambda mlx, hf_names: from_mlx(mlx, hf_names, layout),
+        router_weight="router.proj.weight",
+        mlx_config=lambda cfg: mlx_config(cfg, layout),
+    )
 
 
 def check_loaded(deq_dir, expected, label):
@@ -623,22 +455,6 @@ def check_loaded(deq_dir, expected, label):
 
 
 # ---------------------------------------------------------------- main
-
-
-def index_entry(models_dir, name, features, layout, quantization=None, base=None):
-    cfg = json.loads((models_dir / name / "config.json").read_text())
-    e = {
-        "name": name,
-        "family": cfg["model_type"],
-        "architecture": cfg["architectures"][0],
-        "layout": layout,
-        "dtype": "bfloat16",
-        "quantization": quantization,
-        "features": features,
-    }
-    if base:
-        e["base"] = base
-    return e
 
 
 def main():
@@ -663,7 +479,7 @@ def main():
             build_gemma4(spec, models_dir / spec["name"], tok_dir, vocab, special_ids)
             compute_references(models_dir / spec["name"], prompts, spec["name"], conditional=spec.get("conditional", False))
             layout = "huggingface_conditional_generation" if spec.get("conditional") else "huggingface"
-            entries.append(index_entry(models_dir, spec["name"], spec["features"], layout))
+            entries.append(mf.index_entry(models_dir, spec["name"], spec["features"], layout))
         except SystemExit:
             raise
         except Exception as e:
@@ -681,8 +497,7 @@ def main():
             compute_references(out_dir, prompts, q["name"], ref_dir=deq_dir)
             shutil.rmtree(deq_dir)
             base = next(s for s in SPECS if s["name"] == q["base"])
-            cfg = json.loads((out_dir / "config.json").read_text())
-            entries.append(index_entry(models_dir, q["name"], base["features"] + q["features"], q["layout"], cfg["quantization"], q["base"]))
+            entries.append(mf.index_entry(models_dir, q["name"], base["features"] + q["features"], q["layout"], q["base"]))
         except Exception as e:
             import traceback
 

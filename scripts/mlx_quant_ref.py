@@ -160,6 +160,67 @@ def mxfp4_dequantize(packed, scale_bits, group_size=32):
     return (g * e8m0_decode(scale_bits)[..., None]).reshape(codes.shape).astype(np.float32)
 
 
+E4M3_MAX = 448.0
+
+
+def e4m3_table():
+    """Values of the 256 FP8 E4M3 codes (bias 7, no infinities, 0x7f/0xff NaN)."""
+    vals = np.zeros(256, dtype=np.float64)
+    for c in range(256):
+        s = -1.0 if c & 0x80 else 1.0
+        e = (c >> 3) & 0xF
+        m = c & 0x7
+        if e == 0xF and m == 0x7:
+            vals[c] = np.nan
+        elif e == 0:
+            vals[c] = s * (m / 8.0) * 2.0**-6
+        else:
+            vals[c] = s * (1 + m / 8.0) * 2.0 ** (e - 7)
+    return vals
+
+
+E4M3 = e4m3_table()
+E4M3_POS = E4M3[:0x7F]  # codes 0..126, increasing
+
+
+def e4m3_encode(x):
+    """Nearest E4M3 code (ties to the even code), saturating at 448; the sign kept for values that round to 0."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.minimum(np.abs(x), E4M3_MAX)
+    hi = np.clip(np.searchsorted(E4M3_POS, a, side="left"), 0, 126)
+    lo = np.clip(hi - 1, 0, 126)
+    dlo = np.abs(a - E4M3_POS[lo])
+    dhi = np.abs(E4M3_POS[hi] - a)
+    code = np.where(dlo < dhi, lo, np.where(dhi < dlo, hi, np.where(lo % 2 == 0, lo, hi)))
+    return (code | np.where(np.signbit(x), 0x80, 0)).astype(np.uint8)
+
+
+def mxfp8_quantize(w, group_size=32):
+    """MLX mxfp8: per group of 32 an E8M0 scale from absmax/448, elements E4M3, four to a uint32 (lowest first).
+
+    Returns (packed uint32 [..., K/4], scales uint8 [..., K/32]).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    g = w.reshape(*w.shape[:-1], w.shape[-1] // group_size, group_size)
+    absmax = np.abs(g).max(axis=-1, keepdims=True)
+    scale_bits = e8m0_encode(absmax / E4M3_MAX)
+    scale = e8m0_decode(scale_bits)
+    codes = e4m3_encode(g * (1.0 / scale.astype(np.float32)))
+    codes = codes.reshape(*w.shape[:-1], w.shape[-1])
+    packed = codes.reshape(*w.shape[:-1], w.shape[-1] // 4, 4).astype(np.uint32)
+    words = packed[..., 0] | (packed[..., 1] << 8) | (packed[..., 2] << 16) | (packed[..., 3] << 24)
+    return words.astype(np.uint32), scale_bits.reshape(*w.shape[:-1], w.shape[-1] // group_size).astype(np.uint8)
+
+
+def mxfp8_dequantize(words, scale_bits, group_size=32):
+    codes = np.stack([(words >> (8 * i)) & 0xFF for i in range(4)], axis=-1).reshape(*words.shape[:-1], -1)
+    vals = E4M3[codes.astype(np.int64)].astype(np.float32)
+    k = vals.shape[-1]
+    scale = e8m0_decode(scale_bits).astype(np.float32)
+    g = vals.reshape(*vals.shape[:-1], k // group_size, group_size) * scale[..., None]
+    return g.reshape(*vals.shape[:-1], k).astype(np.float32)
+
+
 # ---------------------------------------------------------------- safetensors
 
 _DTYPES = {"F32": np.float32, "U32": np.uint32, "U8": np.uint8, "I32": np.int32, "I64": np.int64, "F16": np.float16}

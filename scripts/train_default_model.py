@@ -383,6 +383,10 @@ def main():
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     model.save_pretrained(str(args.out))
+    # Greedy unless a request asks otherwise: the model recites what it memorised. save_pretrained leaves
+    # do_sample out (False is transformers' default), and servers read it from the file.
+    gen_path = Path(args.out) / "generation_config.json"
+    gen_path.write_text(json.dumps({"do_sample": False, **json.loads(gen_path.read_text())}, indent=2) + "\n")
     template_problems = check_chat_template(args.out, tok)
     del model
 

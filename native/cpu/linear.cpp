@@ -56,7 +56,7 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
   const SimdKernels &k = simd(isa);
   if (M < kGemmMinRows) {
-    // x is prepared once here (the x16 path), not by each thread
+    // x is prepared once here (the x16 and mxfp8 decode kernels), not by each thread
     void *prepared = k.gemv_prepare(x, M, W);
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
                  [&](int64_t b, int64_t e, int) { k.gemv_tiles(y, x, M, W, bias, b, e, prepared); });

@@ -65,6 +65,25 @@ int op_copy(void *dst, const void *src, int esize, int ndim, const int64_t *shap
             const int64_t *ds);
 int op_astype(void *dst, const void *src, int64_t n, int sdt, int ddt);
 
+// Packed KV rows as the fused attention kernels read them: key j's codes, f16 group scales and (affine) f16 group
+// biases. mode: PK_AFFINE (bits 8 or 4: value = scale * code + bias) or PK_FP8 (E4M3 code * scale).
+enum : int { PK_AFFINE = 1, PK_FP8 = 2 };
+struct PkRows {
+  const uint8_t *const *codes;
+  const uint16_t *const *scales;
+  const uint16_t *const *biases;
+  int mode, bits;
+  int64_t group;
+};
+
+// Nibble order of a 4-bit row, the order in which 16 bytes (32 values) unpack into four vectors of 8 without a
+// shuffle: position p of each block of 32 holds the value in byte (p / 8 % 2) * 8 + p % 8 of the block, low nibble
+// (the even value) for p < 16, high nibble (the odd value) after. Returns the element index of position p.
+inline int64_t pk_nibble_pos(int64_t p) {
+  const int64_t b = p & ~(int64_t)31, i = (p >> 3) & 3, k = p & 7;
+  return b + 2 * ((i & 1) * 8 + k) + (i >> 1);
+}
+
 // Row primitives behind the hot kernels, one table per ISA (ops_kern.cpp: portable; ops_kern_avx2.cpp: AVX2+FMA+F16C),
 // chosen by kern() from the active ISA. n is any length; pointers need no alignment.
 struct Kern {
@@ -103,6 +122,16 @@ struct Kern {
   // dots and pv reading 16-bit rows (dt: RMLX_F16 or RMLX_BF16) straight from a KV pool.
   void (*dots16)(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt);
   void (*pv16)(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt);
+  // Attention read straight from packed KV rows (PkRows), for R query rows (row r: q + r * D, s + r * lds,
+  // p + r * ldp, acc + r * D). pk_dots: s = q . k, where q already carries the softmax scale and qsum[r * ngroups + g]
+  // is the sum of q row r over group g (affine: q . (s c + b) = s (q . c) + b sum(q)). pk_pv: acc += sum_j p[j] v[j].
+  // 4-bit rows are taken in nibble order (pk_nibble_pos): q and acc must be in that order too. Group a multiple of 32.
+  void (*pk_dots)(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj,
+                  int64_t D);
+  void (*pk_pv)(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D);
+  // dst[0..D) = one packed row as f32, in element order (any group that divides D).
+  void (*pk_decode)(float *dst, const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, int mode,
+                    int bits, int64_t group, int64_t D);
 };
 
 const Kern &kern();

@@ -1,6 +1,8 @@
 // KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax. Pools hold
 // float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales); attention reads the packed
-// rows in place, decoding one chunk of keys at a time into scratch, so no dequantized copy of the cache exists.
+// rows in place: decode steps score the codes directly and decode value rows into the accumulators (Kern::pk_dots,
+// pk_pv); prefill tiles decode one chunk of keys at a time into scratch, shared by all their query rows. No
+// dequantized copy of the cache exists.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
@@ -27,8 +29,8 @@ constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split deco
 
 enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2 };
 
-// One side (K or V) of a pool. Offsets are in elements of the logical [slot, kvHead, D] array; a packed side keeps
-// row off / D at data + (off / D) * vbytes, its group scales (and biases) at (off / D) * ngroups.
+// One side (K or V) of a pool. Rows are indexed v = slot * kvHeads + kvHead (the logical [slot, kvHead, D] array);
+// a packed side keeps row v at data + v * vbytes, its group scales (and biases) at v * ngroups.
 struct KvSide {
   const char *data = nullptr;
   const uint16_t *scales = nullptr;
@@ -62,54 +64,32 @@ struct KvSide {
   }
 
   bool packed() const { return mode != KV_FLOAT; }
-  const char *row(int64_t off) const { return packed() ? data + (off / D) * vbytes : data + off * esize; }
+  const char *row(int64_t v) const { return data + v * vbytes; }
 
-  void prefetch(int64_t off) const {
-    const char *p = row(off);
+  void prefetch(int64_t v) const {
+    const char *p = row(v);
     for (int64_t b = 0; b < vbytes; b += 64) __builtin_prefetch(p + b, 0, 2);
-    if (packed()) __builtin_prefetch(scales + (off / D) * ngroups, 0, 2);
-    if (biases) __builtin_prefetch(biases + (off / D) * ngroups, 0, 2);
+    if (packed()) __builtin_prefetch(scales + v * ngroups, 0, 2);
+    if (biases) __builtin_prefetch(biases + v * ngroups, 0, 2);
   }
 
-  // dst[0..D) = the row at off as f32.
-  void load(const Kern &k, float *dst, int64_t off) const {
+  // dst[0..D) = row v as f32.
+  void load(const Kern &k, float *dst, int64_t v) const {
     if (mode == KV_FLOAT) {
-      if (dt == RMLX_F32) std::memcpy(dst, data + off * 4, sizeof(float) * D);
-      else if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)(data + off * 2), D);
-      else k.bf16_to_f32(dst, (const uint16_t *)(data + off * 2), D);
+      if (dt == RMLX_F32) std::memcpy(dst, row(v), sizeof(float) * D);
+      else if (dt == RMLX_F16) k.f16_to_f32(dst, (const uint16_t *)row(v), D);
+      else k.bf16_to_f32(dst, (const uint16_t *)row(v), D);
       return;
     }
-    const int64_t v = off / D;
-    const uint8_t *c = (const uint8_t *)data + v * vbytes;
-    const uint16_t *sc = scales + v * ngroups;
-    const uint16_t *bi = biases ? biases + v * ngroups : nullptr;
-    for (int64_t g = 0; g < ngroups; g++) {
-      const float s = f16_to_f32(sc[g]), b = bi ? f16_to_f32(bi[g]) : 0.f;
-      if (mode == KV_FP8) decode_fp8(dst + g * group, c + g * group, s, group);
-      else if (bits == 8) decode_u8(dst + g * group, c + g * group, s, b, group);
-      else decode_u4(dst + g * group, c + g * group / 2, s, b, group);
-    }
+    k.pk_decode(dst, (const uint8_t *)row(v), gscales(v), gbiases(v), mode, bits, group, D);
   }
 
-  // Codes to floats; the loops are kept free of aliasing so that they vectorize.
-  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_u8(float *__restrict o, const uint8_t *__restrict c, float s, float b, int64_t n) {
-    for (int64_t j = 0; j < n; j++) o[j] = s * (float)(int32_t)c[j] + b;
-  }
-  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_u4(float *__restrict o, const uint8_t *__restrict c, float s, float b, int64_t n) {
-    float lo[128], hi[128];
-    const int64_t h = n / 2;
-    for (int64_t j = 0; j < h; j++) {
-      lo[j] = s * (float)(int32_t)(c[j] & 15) + b;
-      hi[j] = s * (float)(int32_t)(c[j] >> 4) + b;
-    }
-    for (int64_t j = 0; j < h; j++) {
-      o[2 * j] = lo[j];
-      o[2 * j + 1] = hi[j];
-    }
-  }
-  __attribute__((target_clones("avx512f", "avx2", "default"))) static void decode_fp8(float *__restrict o, const uint8_t *__restrict c, float s, int64_t n) {
-    for (int64_t j = 0; j < n; j++) o[j] = kE4M3[c[j]] * s;
-  }
+  // The fused kernels' view of a row (see PkRows): codes, group scales, biases.
+  const uint8_t *codes(int64_t v) const { return (const uint8_t *)row(v); }
+  const uint16_t *gscales(int64_t v) const { return scales + v * ngroups; }
+  const uint16_t *gbiases(int64_t v) const { return biases ? biases + v * ngroups : nullptr; }
+  // Whether the fused packed kernels take this side (groups of whole 32-value blocks).
+  bool fusable() const { return packed() && group % 32 == 0 && ngroups <= 64; }
 };
 
 // E4M3 ("fn") code of x, rounded to nearest even, saturating at 448; the sign of a zero result is kept.
@@ -178,8 +158,8 @@ void pack_row(const KvSide &s, int64_t v, const float *x) {
   }
 }
 
-// Attends R query rows (contiguous [R, D] in qr) over nkeys keys, whose element offsets in the K and V buffers
-// come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
+// Attends R query rows (contiguous [R, D] in qr) over nkeys keys, whose row indices in the K and V sides (see
+// KvSide) come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
 // writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
 // the heads of one token, each streaming the keys with the single-row kernels, which read memory faster.
 // part_ml: null, or where a part of a split key range leaves its running max and sum per row ([R] each); out[r]
@@ -211,10 +191,30 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       V.prefetch(o[j]);
     }
   };
-  // 16-bit float rows are read in place by the single-row kernels; f32 rows in place by all; packed rows (and
-  // 16-bit rows of a tile) are decoded once per chunk into scratch.
+  // 16-bit float rows are read in place by the single-row kernels; f32 rows in place by all; packed rows are read in
+  // place by the fused packed kernels (single rows) or decoded once per chunk into scratch (tiles, which share each
+  // decoded row among all their query rows; odd group sizes); 16-bit rows of a tile are converted likewise.
   const bool same = !K.packed() && !V.packed() && K.dt == V.dt;
   const int dt = K.dt;
+  const bool fused = !tiled && K.fusable() && V.fusable();
+  // Fused: q rows times the softmax scale (in nibble order for 4-bit keys), and their sums per key group.
+  float *qp = vbuf + kChunk * D;  // [R, D]
+  float *qsum = qp + R * D;       // [R, K.ngroups]
+  const bool knib = K.bits == 4, vnib = V.bits == 4;
+  if (fused) {
+    for (int64_t r = 0; r < R; r++) {
+      float *o = qp + r * D;
+      for (int64_t d = 0; d < D; d++) o[d] = qr[r * D + (knib ? pk_nibble_pos(d) : d)] * scale;
+      for (int64_t g = 0; g < K.ngroups; g++) {
+        float t = 0.f;
+        for (int64_t d = g * K.group; d < (g + 1) * K.group; d++) t += o[d];
+        qsum[r * K.ngroups + g] = t;
+      }
+    }
+  }
+  const uint8_t *kc[kChunk], *vc[kChunk];
+  const uint16_t *ks[kChunk], *kb[kChunk], *vs[kChunk], *vb[kChunk];
+  const PkRows kp{kc, ks, kb, K.mode, K.bits, K.group}, vp{vc, vs, vb, V.mode, V.bits, V.group};
   take(offs[0], std::min(kChunk, nkeys));
   for (int64_t j0 = 0, c = 0; j0 < nkeys; j0 += kChunk, c ^= 1) {
     const int64_t nj = std::min(kChunk, nkeys - j0);
@@ -224,13 +224,16 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     // Single-row reads of a 16-bit pool convert as they go; tiles convert once into scratch for all their rows.
     const bool direct16 = same && dt != RMLX_F32 && !tiled;
     for (int64_t j = 0; j < nj; j++) {
-      int64_t off = offs[c][j];
-      if (direct16) {
-        k16[j] = (const uint16_t *)K.data + off;
-        v16[j] = (const uint16_t *)V.data + off;
+      const int64_t off = offs[c][j];  // a row index
+      if (fused) {
+        kc[j] = K.codes(off), ks[j] = K.gscales(off), kb[j] = K.gbiases(off);
+        vc[j] = V.codes(off), vs[j] = V.gscales(off), vb[j] = V.gbiases(off);
+      } else if (direct16) {
+        k16[j] = (const uint16_t *)K.row(off);
+        v16[j] = (const uint16_t *)V.row(off);
       } else if (same && dt == RMLX_F32) {
-        krows[j] = (const float *)K.data + off;
-        vrows[j] = (const float *)V.data + off;
+        krows[j] = (const float *)K.row(off);
+        vrows[j] = (const float *)V.row(off);
       } else {
         K.load(k, kbuf + j * D, off);
         V.load(k, vbuf + j * D, off);
@@ -238,7 +241,8 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
         vrows[j] = vbuf + j * D;
       }
     }
-    if (tiled) k.dots_rows(sc, kChunk, qr, D, R, krows, nj, D, scale);
+    if (fused) k.pk_dots(sc, kChunk, qp, qsum, R, kp, nj, D);
+    else if (tiled) k.dots_rows(sc, kChunk, qr, D, R, krows, nj, D, scale);
     else if (direct16)
       for (int64_t r = 0; r < R; r++) k.dots16(sc + r * kChunk, qr + r * D, k16, nj, D, scale, dt);
     else
@@ -265,12 +269,19 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       l[r] += sum;
       m[r] = mx;
     }
-    if (tiled) k.pv_rows(acc, sc, kChunk, R, vrows, nj, D);
+    if (fused) k.pk_pv(acc, sc, kChunk, R, vp, nj, D);
+    else if (tiled) k.pv_rows(acc, sc, kChunk, R, vrows, nj, D);
     else if (direct16)
       for (int64_t r = 0; r < R; r++) k.pv16(acc + r * D, sc + r * kChunk, v16, nj, D, dt);
     else
       for (int64_t r = 0; r < R; r++) k.pv(acc + r * D, sc + r * kChunk, vrows, nj, D);
   }
+  if (fused && vnib)  // accumulators back from nibble order to element order
+    for (int64_t r = 0; r < R; r++) {
+      float *a = acc + r * D;
+      std::memcpy(kbuf, a, sizeof(float) * D);
+      for (int64_t p = 0; p < D; p++) a[pk_nibble_pos(p)] = kbuf[p];
+    }
   for (int64_t r = 0; r < R; r++) {
     if (part_ml) {
       part_ml[r] = m[r];
@@ -300,7 +311,7 @@ void merge_parts(float *out, const float *m, const float *l, const float *const 
   for (int64_t d = 0; d < D; d++) out[d] *= inv;
 }
 
-int64_t scratch_floats(int64_t R, int64_t D) { return R * (2 * D + kChunk + 2) + 2 * kChunk * D; }
+int64_t scratch_floats(int64_t R, int64_t D) { return R * (4 * D + kChunk + 2) + 2 * kChunk * D; }
 
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
 
@@ -371,7 +382,6 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
     }
     groups.push_back({t, 1});
   }
-  const int64_t row = a.kv_heads * D;
   auto lo_of = [&](int64_t t) -> int64_t { return a.window > 0 ? std::max<int64_t>(0, a.positions[t] - a.window + 1) : 0; };
   // Small steps (few tokens, short contexts) run on the calling thread: waking the pool would cost more.
   int64_t work = 0;
@@ -422,13 +432,13 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       }
       const int32_t *tab = a.tables + s * a.max_blocks;
       // Walks the block table once: a division per block, not per key.
-      int64_t blk = lo / bs, within = lo % bs, base = ((int64_t)tab[blk] * bs) * row + kh * D;
+      int64_t blk = lo / bs, within = lo % bs, base = ((int64_t)tab[blk] * bs) * a.kv_heads + kh;
       auto rows = [&]() {
         if (within == bs) {
           within = 0;
-          base = ((int64_t)tab[++blk] * bs) * row + kh * D;
+          base = ((int64_t)tab[++blk] * bs) * a.kv_heads + kh;
         }
-        return base + (within++) * row;
+        return base + (within++) * a.kv_heads;
       };
       attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
                   scratch.data(), ml);
@@ -513,12 +523,8 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
         outs[g] = out + qo;
         rhi[g] = nkeys - 1;
       }
-      int64_t next = kvo;
-      auto rows = [&]() {
-        int64_t r = next;
-        next += D;
-        return r;
-      };
+      int64_t next = kvo / D;
+      auto rows = [&]() { return next++; };
       attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
                   nkeys, rows, scale, 0.f, false, scratch.data());
     }

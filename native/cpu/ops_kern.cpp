@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "ops.h"
+#include "quant_formats.h"
 
 namespace rmlx {
 namespace {
@@ -105,9 +106,70 @@ void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int6
     for (int64_t d = 0; d < D; d++) acc[d] += p[j] * ld16(v[j], d, dt);
 }
 
+// The code at position e of a packed row (nibble order for 4 bits, see pk_nibble_pos), as a float; FP8 codes as
+// their E4M3 value.
+inline float pk_code(const uint8_t *c, int mode, int bits, int64_t e) {
+  if (mode == PK_FP8) return kE4M3[c[e]];
+  if (bits == 8) return (float)c[e];
+  const int64_t b = e & ~(int64_t)31, i = (e >> 3) & 3, k = e & 7;
+  const uint8_t byte = c[b / 2 + (i & 1) * 8 + k];
+  return (float)(i >> 1 ? byte >> 4 : byte & 15);
+}
+
+void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t G = k.group, ng = D / G;
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *c = k.codes[j];
+    for (int64_t r = 0; r < R; r++) {
+      const float *qr = q + r * D;
+      float tot = 0.f;
+      for (int64_t g = 0; g < ng; g++) {
+        float a = 0.f;
+        for (int64_t e = g * G; e < (g + 1) * G; e++) a += qr[e] * pk_code(c, k.mode, k.bits, e);
+        tot += a * rmlx::f16_to_f32(k.scales[j][g]);
+        if (k.mode == PK_AFFINE) tot += rmlx::f16_to_f32(k.biases[j][g]) * qsum[r * ng + g];
+      }
+      s[r * lds + j] = tot;
+    }
+  }
+}
+
+void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  const int64_t G = v.group, ng = D / G;
+  for (int64_t j = 0; j < nj; j++) {
+    const uint8_t *c = v.codes[j];
+    for (int64_t g = 0; g < ng; g++) {
+      const float sc = rmlx::f16_to_f32(v.scales[j][g]), b = v.mode == PK_AFFINE ? rmlx::f16_to_f32(v.biases[j][g]) : 0.f;
+      for (int64_t r = 0; r < R; r++) {
+        const float pj = p[r * ldp + j];
+        float *ar = acc + r * D;
+        for (int64_t e = g * G; e < (g + 1) * G; e++) ar[e] += pj * (sc * pk_code(c, v.mode, v.bits, e) + b);
+      }
+    }
+  }
+}
+
+void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint16_t *biases, int mode, int bits,
+               int64_t G, int64_t D) {
+  for (int64_t g = 0; g < D / G; g++) {
+    const float s = rmlx::f16_to_f32(scales[g]), b = mode == PK_AFFINE ? rmlx::f16_to_f32(biases[g]) : 0.f;
+    float *o = dst + g * G;
+    if (mode == PK_FP8)
+      for (int64_t j = 0; j < G; j++) o[j] = kE4M3[c[g * G + j]] * s;
+    else if (bits == 8)
+      for (int64_t j = 0; j < G; j++) o[j] = s * (float)c[g * G + j] + b;
+    else
+      for (int64_t j = 0; j < G / 2; j++) {
+        const uint8_t x = c[g * G / 2 + j];
+        o[2 * j] = s * (float)(x & 15) + b;
+        o[2 * j + 1] = s * (float)(x >> 4) + b;
+      }
+  }
+}
+
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                         swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                        dots16, pv16};
+                        dots16, pv16, pk_dots, pk_pv, pk_decode};
 
 }  // namespace
 

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "ops.h"
 
@@ -417,9 +418,182 @@ void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int6
   else pv16_t<false>(acc, p, v, nj, D);
 }
 
+// ---- packed KV rows (see PkRows in ops.h)
+
+enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2 };
+
+// 8 codes of a packed row from position e (a multiple of 8; nibble order for 4 bits) as floats. E4M3 codes come
+// out as 2^-8 times their value: the 7 magnitude bits shifted into an f16's exponent and mantissa make an f16 whose
+// exponent bias is 8 higher, subnormals included (the caller folds 256 into the scale; the NaN code reads 480).
+// Sign-extending the byte to 16 bits and shifting by 7 puts the sign in bit 15 (and a copy in bit 14, masked off).
+template <int Kind>
+inline __m256 dec8(const uint8_t *c, int64_t e) {
+  if (Kind == PK_U8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + e))));
+  if (Kind == PK_E4M3) {
+    const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(c + e)));
+    return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16((short)0xbf80)));
+  }
+  const int64_t i = (e >> 3) & 3;
+  __m128i b = _mm_loadl_epi64((const __m128i *)(c + (e >> 5) * 16 + (i & 1) * 8));
+  if (i >> 1) b = _mm_srli_epi16(b, 4);
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(15))));
+}
+
+constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
+
+// NR query rows against every key, two keys at a time (each q load serves both, and two rows' misses are in flight
+// together): per group, two accumulators per row and key over the group's codes, then one FMA by the group scale;
+// the affine bias term is b * sum(q) per group, from qsum.
+template <int Kind, int NR>
+void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t G = k.group, ng = D / G;
+  auto keys = [&](int64_t j, auto kb) {
+    constexpr int B = decltype(kb)::value;
+    __m256 tot[NR][B];
+    float bsum[NR][B];
+    for (int r = 0; r < NR; r++)
+      for (int u = 0; u < B; u++) tot[r][u] = _mm256_setzero_ps(), bsum[r][u] = 0.f;
+    for (int64_t g = 0; g < ng; g++) {
+      __m256 a[NR][B][2];
+      for (int r = 0; r < NR; r++)
+        for (int u = 0; u < B; u++) a[r][u][0] = a[r][u][1] = _mm256_setzero_ps();
+      for (int64_t e = g * G; e < (g + 1) * G; e += 16)
+        for (int i = 0; i < 2; i++) {
+          __m256 x[B];
+          for (int u = 0; u < B; u++) x[u] = dec8<Kind>(k.codes[j + u], e + 8 * i);
+          for (int r = 0; r < NR; r++) {
+            const __m256 qv = _mm256_loadu_ps(q + r * D + e + 8 * i);
+            for (int u = 0; u < B; u++) a[r][u][i] = _mm256_fmadd_ps(qv, x[u], a[r][u][i]);
+          }
+        }
+      for (int u = 0; u < B; u++) {
+        const __m256 sv = _mm256_set1_ps(_cvtsh_ss(k.scales[j + u][g]) * pk_mul(Kind));
+        for (int r = 0; r < NR; r++) tot[r][u] = _mm256_fmadd_ps(_mm256_add_ps(a[r][u][0], a[r][u][1]), sv, tot[r][u]);
+        if (Kind != PK_E4M3) {
+          const float b = _cvtsh_ss(k.biases[j + u][g]);
+          for (int r = 0; r < NR; r++) bsum[r][u] += b * qsum[r * ng + g];
+        }
+      }
+    }
+    for (int r = 0; r < NR; r++)
+      for (int u = 0; u < B; u++) s[r * lds + j + u] = hsum(tot[r][u]) + bsum[r][u];
+  };
+  int64_t j = 0;
+  for (; j + 2 <= nj; j += 2) keys(j, std::integral_constant<int, 2>{});
+  if (j < nj) keys(j, std::integral_constant<int, 1>{});
+}
+
+// acc += p v for NR rows, keys four at a time: per group the weights p[j] * scale[j] are broadcast once and each
+// block of 8 accumulators takes the four keys' decoded codes; sum_j p[j] * bias[j] of each group is added after.
+template <int Kind, int NR, int KB>
+void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
+  const int64_t G = v.group, ng = D / G;
+  float bacc[NR][64];
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g++) bacc[r][g] = 0.f;
+  auto block = [&](int64_t j, auto kb) {
+    constexpr int B = decltype(kb)::value;
+    for (int64_t g = 0; g < ng; g++) {
+      __m256 w[NR][B];
+      for (int u = 0; u < B; u++) {
+        const float sc = _cvtsh_ss(v.scales[j + u][g]) * pk_mul(Kind);
+        for (int r = 0; r < NR; r++) w[r][u] = _mm256_set1_ps(p[r * ldp + j + u] * sc);
+        if (Kind != PK_E4M3) {
+          const float b = _cvtsh_ss(v.biases[j + u][g]);
+          for (int r = 0; r < NR; r++) bacc[r][g] += p[r * ldp + j + u] * b;
+        }
+      }
+      for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
+        __m256 a[NR];
+        for (int r = 0; r < NR; r++) a[r] = _mm256_loadu_ps(acc + r * D + e);
+        for (int u = 0; u < B; u++) {
+          const __m256 x = dec8<Kind>(v.codes[j + u], e);
+          for (int r = 0; r < NR; r++) a[r] = _mm256_fmadd_ps(w[r][u], x, a[r]);
+        }
+        for (int r = 0; r < NR; r++) _mm256_storeu_ps(acc + r * D + e, a[r]);
+      }
+    }
+  };
+  int64_t j = 0;
+  for (; j + KB <= nj; j += KB) block(j, std::integral_constant<int, KB>{});
+  for (; j < nj; j++) block(j, std::integral_constant<int, 1>{});
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g++) {
+        const __m256 b = _mm256_set1_ps(bacc[r][g]);
+        for (int64_t e = g * G; e < (g + 1) * G; e += 8)
+          _mm256_storeu_ps(acc + r * D + e, _mm256_add_ps(_mm256_loadu_ps(acc + r * D + e), b));
+      }
+}
+
+template <int Kind>
+void pk_dots_k(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t ng = D / k.group;
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_dots_t<Kind, 2>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+  if (r < R) pk_dots_t<Kind, 1>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+}
+
+template <int Kind>
+void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_pv_t<Kind, 2, 4>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  if (r < R) pk_pv_t<Kind, 1, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+}
+
+int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
+
+void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  if (D / k.group > 64 || k.group % 32) return kern_portable().pk_dots(s, lds, q, qsum, R, k, nj, D);
+  switch (pk_kind(k)) {
+    case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
+    case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
+    default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
+  }
+}
+
+void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  if (D / v.group > 64 || v.group % 32) return kern_portable().pk_pv(acc, p, ldp, R, v, nj, D);
+  switch (pk_kind(v)) {
+    case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
+    case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
+    default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
+  }
+}
+
+// One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
+void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint16_t *biases, int mode, int bits,
+               int64_t G, int64_t D) {
+  if (G % 32) return kern_portable().pk_decode(dst, c, scales, biases, mode, bits, G, D);
+  for (int64_t g = 0; g < D / G; g++) {
+    const float sf = _cvtsh_ss(scales[g]);
+    float *o = dst + g * G;
+    if (mode == PK_FP8) {
+      const __m256 s = _mm256_set1_ps(sf * 256.f);
+      for (int64_t e = 0; e < G; e += 8) _mm256_storeu_ps(o + e, _mm256_mul_ps(dec8<PK_E4M3>(c + g * G, e), s));
+      continue;
+    }
+    const __m256 s = _mm256_set1_ps(sf), b = _mm256_set1_ps(_cvtsh_ss(biases[g]));
+    if (bits == 8) {
+      for (int64_t e = 0; e < G; e += 8) _mm256_storeu_ps(o + e, _mm256_fmadd_ps(dec8<PK_U8>(c + g * G, e), s, b));
+      continue;
+    }
+    const uint8_t *cg = c + g * G / 2;
+    for (int64_t e = 0; e < G; e += 32) {
+      const __m128i x = _mm_loadu_si128((const __m128i *)(cg + e / 2)), m = _mm_set1_epi8(15);
+      const __m128i lo = _mm_and_si128(x, m), hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+      const __m128i v0 = _mm_unpacklo_epi8(lo, hi), v1 = _mm_unpackhi_epi8(lo, hi);
+      const __m128i parts[4] = {v0, _mm_srli_si128(v0, 8), v1, _mm_srli_si128(v1, 8)};
+      for (int i = 0; i < 4; i++)
+        _mm256_storeu_ps(o + e + 8 * i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i])), s, b));
+    }
+  }
+}
+
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                     swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                    dots16, pv16};
+                    dots16, pv16, pk_dots, pk_pv, pk_decode};
 
 }  // namespace
 

@@ -571,12 +571,17 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
 }
 
 #include "qkern_x16_impl.h"
+#include "qkern_fp8_impl.h"
 
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1, const void *x16) {
-  if (x16 && x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1)) return;
+  if constexpr (F == F_FP8) {
+    if (x16 && fp8_tiles(y, (const float *)x16, x, M, W, bias, t0, t1)) return;
+  } else {
+    if (x16 && x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1)) return;
+  }
   if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
   const int64_t xp_len = nibble_pairs<F>() ? M * W.K : 0;
@@ -723,7 +728,10 @@ static void with_format(const WeightMat &W, Fn &&fn) {
 
 void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
   void *out = nullptr;
-  with_format(W, [&]<int F>() { out = x16_prepare_all<F>(x, M, W); });
+  with_format(W, [&]<int F>() {
+    if constexpr (F == F_FP8) out = fp8_prepare_all(x, M, W);
+    else out = x16_prepare_all<F>(x, M, W);
+  });
   return out;
 }
 

@@ -139,7 +139,7 @@ constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few p
 // work units above.
 #define RMLX_DECLARE_QKERN(ns)                                                                                    \
   namespace ns {                                                                                                  \
-  /* x prepared once for the integer decode path, or null (the f32 path); release with free() */                 \
+  /* x prepared once for the x16 or mxfp8 decode kernels, or null (the f32 path); release with free() */     \
   void *gemv_prepare(const float *x, int64_t M, const WeightMat &W);                                              \
   void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,          \
                   int64_t t1, const void *prepared);                                                              \

@@ -53,8 +53,9 @@ const char *rmlx_isa(void);
 /* Forces an ISA variant ("avx512vnni", "avx512", "avx2", "scalar"); fails if the CPU lacks it. For tests and
    benchmarks. */
 int rmlx_set_isa(const char *name);
-/* Arithmetic of few-row (decode) products of affine, mxfp4 and nvfp4 weights: "x16" (default) puts each
-   weight group's slice of x in 16-bit fixed point and sums exact integer products; "f32" keeps x in f32.
+/* Arithmetic of few-row (decode) products of quantized weights: "x16" (default) puts each weight group's slice
+   of x in 16-bit fixed point and sums exact integer products (affine, mxfp4, nvfp4), and decodes mxfp8 codes
+   through f16 conversion into exact f32 sums; "f32" keeps the plain f32 kernels for every format.
    RMLX_GEMV=f32 in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);

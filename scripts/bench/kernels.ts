@@ -64,7 +64,7 @@ function triadGBs(): number {
 
 interface Fmt {
   name: string;
-  /** Decode also timed with exact f32 products (--gemv f32) beside the default x16 ones. */
+  /** Decode also timed with --gemv f32 (the f32 path's kernels) beside the default decode kernels. */
   x16?: boolean;
   bytes: (N: number, K: number) => number;
   run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
@@ -122,7 +122,7 @@ const decodeFormats: Fmt[] = [
   affine(5),
   affine(6),
   { ...fp("mxfp4", QMODE.mxfp4, 4, 32), x16: true },
-  fp("mxfp8", QMODE.mxfp8, 8, 32),
+  { ...fp("mxfp8", QMODE.mxfp8, 8, 32), x16: true },
   { ...fp("nvfp4", QMODE.nvfp4, 4, 16), x16: true },
 ];
 const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32)];
@@ -144,7 +144,7 @@ const decodeShapes: [number, number][] = [
   [14336, 4096],
 ];
 console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
-console.log("(affine, mxfp4 and nvfp4 use x16 products by default; their [f32] rows are the exact f32 path)");
+console.log("(affine, mxfp4 and nvfp4 use x16 products by default, mxfp8 its own exact decode kernels; [f32] rows: --gemv f32)");
 console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);
@@ -190,6 +190,39 @@ for (const [N, K] of decodeShapes) {
       });
     }
     console.log(`${pad(f.name, 20)}${cells.join("")}`);
+  }
+}
+
+// Per-layer embeddings (Gemma 4 E2B: embed_tokens_per_layer [262144, 35 layers x 256]) are read one row per token:
+// a direct dequantization of that row (rmlx_dequantize_rows), timed for 1 and 8 random rows of a table of 8192
+// rows (the cost of a row does not depend on the table's height).
+{
+  const [rowsN, K] = [8192, 35 * 256];
+  console.log(`\nper-layer embedding rows (${rowsN}x${K} table, random rows): time per call, effective GB/s`);
+  const tables = [
+    { name: "mxfp8", bits: 8, group: 32, mode: QMODE.mxfp8, sb: DT.f32 },
+    { name: "affine 4-bit g64", bits: 4, group: 64, mode: QMODE.affine, sb: DT.bf16 },
+  ];
+  for (const t of tables.filter(picked)) {
+    const w = randBytes((rowsN * K * t.bits) / 8, 11, t.bits === 8 ? 0x77 : 0xff);
+    const ng = (rowsN * K) / t.group;
+    const sc = t.mode === QMODE.affine ? new Uint16Array(ng).fill(0x3c00) : randBytes(ng, 3, 0x07, 0x78);
+    const cells: string[] = [];
+    for (const n of [1, 8]) {
+      const rows = Int32Array.from({ length: n }, (_, i) => ((i + 1) * 2654435761) % rowsN);
+      const out = new Float32Array(n * K);
+      const run = () =>
+        check(
+          lib.rmlx_dequantize_rows(ptr(out), ptr(rows), n, rowsN, K, ptr(w), ptr(sc),
+            t.mode === QMODE.affine ? ptr(sc) : null, t.sb, t.mode, t.bits, t.group, 0),
+          "dequantize_rows",
+        );
+      const s = time(run);
+      const bytes = n * ((K * t.bits) / 8 + (K / t.group) * (t.mode === QMODE.affine ? 4 : 1));
+      cells.push(`${n} row${n > 1 ? "s" : ""} ${(s * 1e6).toFixed(1)}us ${(bytes / s / 1e9).toFixed(1)}GB/s`);
+      ours.set(`ple ${t.name}|${n}x${K}`, { name: `kernel ple rows ${t.name}`, shape: `${n} of ${rowsN}x${K}`, figure: s * 1e6, unit: "us", higherIsBetter: false });
+    }
+    console.log(`${pad(t.name, 20)}${cells.join("   ")}`);
   }
 }
 

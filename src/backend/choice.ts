@@ -12,9 +12,9 @@ export function parseBackendChoice(value: string | undefined): BackendChoice {
   throw new RmlxError("invalid_argument", `unknown backend '${value}' (--backend / RMLX_BACKEND: auto, native or mlx)`);
 }
 
-/** Arithmetic of the native decode products of affine, mxfp4 and nvfp4 weights (native/cpu/qkern_x16_impl.h). */
+/** Arithmetic of the native decode products of quantized weights (native/cpu/qkern_x16_impl.h, qkern_fp8_impl.h). */
 export type GemvMode = "x16" | "f32";
-export const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
+const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
 
 /** --gemv / RMLX_GEMV; undefined when unset (the library's default, x16). */
 export function parseGemvMode(value: string | undefined): GemvMode | undefined {

@@ -44,9 +44,11 @@ function cacheBase(): string {
 
 function extract(): string {
   const contents = Object.entries(FILES).map(([name, path]) => [name, readFileSync(path)] as const);
-  const hasher = new Bun.CryptoHasher("sha256");
-  for (const [name, data] of contents) hasher.update(name).update(data);
-  const hash = hasher.digest("hex").slice(0, 16);
+  // A fast non-cryptographic hash: it only has to tell builds apart, and sha256 of the weights cost more than
+  // the rest of this function at every start.
+  let h = 0n;
+  for (const [name, data] of contents) h = Bun.hash.wyhash(data, Bun.hash.wyhash(name, h));
+  const hash = h.toString(16).padStart(16, "0");
   const root = join(cacheBase(), hash);
   const dir = join(root, DIR_NAME);
   if (contents.every(([name]) => existsSync(join(dir, name)))) return dir;

@@ -52,7 +52,7 @@ export function register(program: Command): void {
     program
       .command("bench")
       .description("Prompt and generation tokens/s of a model (random prompt, greedy, EOS ignored)")
-      .option("--model <dir>", "model directory (default: the built-in model)")
+      .option("-m, --model <dir>", "model directory (default: the built-in model)")
       .option("-p, --prompt <n>", "prompt tokens", "512")
       .option("-g, --gen <n>", "generated tokens", "128")
       .option("--reps <n>", "repetitions (medians are reported)", "3")

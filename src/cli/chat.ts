@@ -1,28 +1,60 @@
+// `rmlx chat`: a conversation in the terminal. Each turn re-renders the whole history through the model's chat
+// template and runs it on the engine's Scheduler in this process. Ctrl-C stops a reply (twice at the prompt quits);
+// when the history outgrows the context, the oldest turns are dropped with a notice.
 import { createInterface } from "node:readline";
+import { basename } from "node:path";
 import type { Command } from "commander";
-import { builtinModelDir } from "../builtin/index.ts";
-import { loadSession } from "../engine/session.ts";
+import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
+import { encodePrompt, type Session } from "../engine/session.ts";
 import type { ChatMessage } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 import { addSamplingOptions, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
-interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags {
-  model?: string;
+interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags {
   maxTokens: string;
   system?: string;
+}
+
+const HELP = `Commands:
+  /help          this list
+  /reset         forget the conversation (the system message stays)
+  /system TEXT   set the system message (/system alone removes it)
+  /exit, /quit   leave (so do Ctrl-D, and Ctrl-C twice at the prompt)
+Ctrl-C during a reply stops the reply.
+`;
+
+/**
+ * Drops the oldest turns (a user message and the replies after it) until the prompt leaves `reserve` tokens of
+ * the context for the reply; the system message and the newest user message stay. Returns how many turns went,
+ * or null when even the newest message alone does not fit.
+ */
+export function fitHistory(history: ChatMessage[], promptTokens: (m: ChatMessage[]) => number, contextLength: number, reserve: number): number | null {
+  let dropped = 0;
+  while (promptTokens(history) + reserve > contextLength) {
+    const first = history.findIndex((m) => m.role !== "system");
+    const next = history.findIndex((m, i) => i > first && m.role === "user");
+    if (first < 0 || next < 0) return null;
+    history.splice(first, next - first);
+    dropped++;
+  }
+  return dropped;
+}
+
+function modelName(dir: string): string {
+  return dir === builtinModelDir() ? `${BUILTIN_MODEL_NAME} (the built-in model)` : basename(dir);
 }
 
 export function register(program: Command): void {
   const cmd = program
     .command("chat")
-    .description("Chat with a model in the terminal (/reset clears the history, /exit quits)")
-    .option("--model <dir>", "model directory (default: the built-in model)")
+    .description("Chat with a model in the terminal (/help lists the commands; Ctrl-C stops a reply)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
+  addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd)))).action(
     action(async (f: ChatFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
@@ -31,30 +63,100 @@ export function register(program: Command): void {
         throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
       }
       const sampling = samplingFrom(f);
-      const s = loadSession(f.model ?? builtinModelDir());
-      if (!s.template) throw new RmlxError("bad_model", `${f.model}: no chat template; use 'rmlx generate' instead`);
-      const initial = (): ChatMessage[] => (f.system !== undefined ? [{ role: "system", content: f.system }] : []);
-      let history = initial();
-      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
-      rl.setPrompt(">> ");
-      rl.prompt();
-      for await (const line of rl) {
-        const text = line.trim();
-        if (text === "/exit" || text === "/quit") break;
-        if (text === "/reset") {
-          history = initial();
-          process.stdout.write("(history cleared)\n");
-        } else if (text.length > 0) {
-          history.push({ role: "user", content: text });
-          // The whole conversation is re-rendered each turn, so the template sees it as transformers would.
-          const r = runGeneration(s, { messages: history }, maxTokens, sampling, (t) => process.stdout.write(t), kvQuant);
-          history.push({ role: "assistant", content: r.text });
-          process.stdout.write("\n");
-          process.stderr.write(`[${speedLine(r)}]\n`);
-        }
-        rl.prompt();
-      }
-      rl.close();
+      const { session: s, contextLength, dir } = openModel(f);
+      if (!s.template) throw new RmlxError("bad_model", `${dir}: no chat template; use 'rmlx generate --raw' instead`);
+      await chatLoop(s, { name: modelName(dir), contextLength, maxTokens, run: { sampling, kvQuant }, system: f.system });
     }),
   );
+}
+
+interface ChatSettings {
+  name: string;
+  contextLength: number;
+  maxTokens: number;
+  run: Pick<Parameters<typeof runGeneration>[2], "sampling" | "kvQuant">;
+  system: string | undefined;
+}
+
+async function chatLoop(s: Session, o: ChatSettings): Promise<void> {
+  const out = (text: string) => process.stdout.write(text);
+  let system = o.system;
+  let history: ChatMessage[] = [];
+  const withSystem = (h: ChatMessage[]): ChatMessage[] => (system !== undefined ? [{ role: "system", content: system }, ...h] : [...h]);
+  const promptTokens = (messages: ChatMessage[]) => encodePrompt(s, { messages }).ids.length;
+  // Room kept for the reply when old turns must go.
+  const reserve = Math.min(o.maxTokens, Math.floor(o.contextLength / 2));
+
+  out(`rmlx chat: ${o.name}, context ${o.contextLength} tokens. Type a message, or /help.\n`);
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: Boolean(process.stdin.isTTY) });
+  rl.setPrompt(">> ");
+
+  // Piped input may end while a reply runs: the lines already read are still answered, with no prompt after.
+  let closed = false;
+  rl.on("close", () => (closed = true));
+  const prompt = () => closed || rl.prompt();
+
+  let reply: AbortController | null = null;
+  let armed = false;
+  let quit = false;
+  const interrupt = () => {
+    if (reply) return reply.abort();
+    if (armed) {
+      quit = true;
+      out("\n");
+      rl.close();
+      return;
+    }
+    armed = true;
+    out("\n(Ctrl-C again or /exit to quit)\n");
+    prompt();
+  };
+  rl.on("SIGINT", interrupt);
+  process.on("SIGINT", interrupt);
+
+  prompt();
+  for await (const line of rl) {
+    armed = false;
+    const text = line.trim();
+    const [command, ...rest] = text.split(/\s+/);
+    if (command === "/exit" || command === "/quit") break;
+    if (command === "/help") out(HELP);
+    else if (command === "/reset") {
+      history = [];
+      out("(history cleared)\n");
+    } else if (command === "/system") {
+      const value = text.slice("/system".length).trim();
+      system = value === "" ? undefined : value;
+      out(system === undefined ? "(system message removed)\n" : "(system message set)\n");
+    } else if (command?.startsWith("/") && !command.includes("/", 1)) {
+      out(`(unknown command ${command}; /help lists them)\n`);
+    } else if (text.length > 0) {
+      history.push({ role: "user", content: line });
+      const all = withSystem(history);
+      const dropped = fitHistory(all, promptTokens, o.contextLength, reserve);
+      if (dropped === null) {
+        history.pop();
+        out(`(that message does not fit the context of ${o.contextLength} tokens with room for a reply; shorten it or raise --ctx-size)\n`);
+      } else {
+        if (dropped > 0) {
+          history = system !== undefined ? all.slice(1) : all;
+          out(`(dropped the ${dropped === 1 ? "oldest turn" : `${dropped} oldest turns`} to fit the context of ${o.contextLength} tokens)\n`);
+        }
+        reply = new AbortController();
+        try {
+          const run = { ...o.run, maxTokens: o.maxTokens, contextLength: o.contextLength, onText: out, signal: reply.signal };
+          const r = await runGeneration(s, { messages: withSystem(history) }, run);
+          history.push({ role: "assistant", content: r.text });
+          out(r.finishReason === "cancelled" ? "\n(stopped)\n" : "\n");
+          process.stderr.write(`[${speedLine(r)}]\n`);
+        } finally {
+          reply = null;
+        }
+      }
+    }
+    if (quit) break;
+    prompt();
+  }
+  process.off("SIGINT", interrupt);
+  rl.close();
 }

@@ -77,7 +77,7 @@ function printSummary(out: string, s: ConvertSummary): void {
 export function register(program: Command): void {
   addBackendOptions(program.command("convert"))
     .description("Convert a Hugging Face checkpoint to MLX, or re-quantize / dequantize an MLX model")
-    .requiredOption("--model <dir>", "source model directory (Hugging Face safetensors or MLX)")
+    .requiredOption("-m, --model <dir>", "source model directory (Hugging Face safetensors or MLX)")
     .requiredOption("--out <dir>", "output directory")
     .option("-q, --quantize", "quantize Linear, Embedding and expert weights")
     .option("--bits <n>", "bits per weight (affine: 2, 3, 4, 5, 6, 8; default per mode)")

@@ -1,14 +1,15 @@
-// `rmlx generate`: one prompt, its reply streamed to stdout, speeds on stderr. The request runs on the engine's
-// Scheduler in this process, the loop the server runs.
+// `rmlx generate`: one prompt, through the model's chat template when it has one (--raw: as plain text), its reply
+// streamed to stdout, speeds on stderr. The request runs on the engine's Scheduler in this process, the loop the
+// server runs.
 import type { Command } from "commander";
-import { builtinModelDir } from "../builtin/index.ts";
-import { cacheForTokens, generate, type GenerateResult } from "../engine/generate.ts";
-import { encodePrompt, loadSession, sessionModel, type Session } from "../engine/session.ts";
+import { cacheForTokens, generateAsync, type GenerateResult } from "../engine/generate.ts";
+import { encodePrompt, sessionModel, type Session } from "../engine/session.ts";
 import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 
 export interface SamplingFlags {
   temp: string;
@@ -19,11 +20,11 @@ export interface SamplingFlags {
   seed?: string;
 }
 
-interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags {
-  model?: string;
-  prompt?: string;
+interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags {
+  prompt: string;
   maxTokens: string;
   chat?: boolean;
+  raw?: boolean;
   system?: string;
   json?: boolean;
 }
@@ -62,23 +63,32 @@ export function addSamplingOptions(cmd: Command): Command {
 /** A prompt: chat messages through the model's template, or raw text with the tokenizer's BOS convention. */
 export type CliPrompt = { messages: ChatMessage[] } | { prompt: string };
 
-/** The prompt's ids and the reply, through a cache sized for the prompt and maxTokens. */
-export function runGeneration(
-  s: Session,
-  prompt: CliPrompt,
-  maxTokens: number,
-  sampling: SamplingParams,
-  onText?: (t: string) => void,
-  kvQuant = "f32",
-): GenerateResult & { promptIds: number[] } {
-  if ("messages" in prompt && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
-  const request = { ...prompt, maxTokens, sampling, stop: [], stopTokenIds: [] };
+export interface RunOptions {
+  maxTokens: number;
+  sampling: SamplingParams;
+  /** The context to stay within (the model's, or less with --ctx-size). */
+  contextLength: number;
+  /** The KV codec (--kv-quant). */
+  kvQuant?: string;
+  onText?: (t: string) => void;
+  /** Stops the reply where it is (chat's Ctrl-C); the result then has finishReason "cancelled". */
+  signal?: AbortSignal;
+}
+
+/** The prompt's ids (chat template applied) and the reply, through a cache sized for the prompt and maxTokens. */
+export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions): Promise<GenerateResult & { promptIds: number[] }> {
+  if ("messages" in prompt && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run with --raw)`);
+  const request = { ...prompt, maxTokens: o.maxTokens, sampling: o.sampling, stop: [], stopTokenIds: [] };
   // Encoded here once, because the cache is sized by the prompt's length.
   const encoded = encodePrompt(s, request);
-  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + maxTokens, s.model.config.contextLength), kvQuant);
+  if (encoded.ids.length >= o.contextLength) {
+    throw new RmlxError("context_length", `the prompt has ${encoded.ids.length} tokens; the context is ${o.contextLength} tokens`);
+  }
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32");
   try {
-    const model = { ...sessionModel(s, cache), encode: () => encoded };
-    return { promptIds: encoded.ids, ...generate(model, request, onText ? { onText } : {}) };
+    const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded };
+    const opts = { ...(o.onText ? { onText: o.onText } : {}), ...(o.signal ? { signal: o.signal } : {}) };
+    return { promptIds: encoded.ids, ...(await generateAsync(model, request, opts)) };
   } finally {
     cache.dispose();
   }
@@ -91,34 +101,43 @@ export function speedLine(r: GenerateResult): string {
   );
 }
 
+/** --prompt's text; "-" reads it from stdin. */
+async function promptText(p: string): Promise<string> {
+  if (p !== "-") return p;
+  const text = await new Response(Bun.stdin.stream()).text();
+  return text.replace(/\r?\n$/, "");
+}
+
 export function register(program: Command): void {
   const cmd = program
     .command("generate")
     .description("Generate text from a prompt (streams to stdout; speeds to stderr)")
-    .option("--model <dir>", "model directory (default: the built-in model)")
-    .requiredOption("--prompt <text>", "prompt text")
+    .requiredOption("-p, --prompt <text>", "prompt text; - reads it from stdin")
     .option("--max-tokens <n>", "maximum tokens to generate", "256")
-    .option("--chat", "wrap the prompt in the model's chat template as a user message")
-    .option("--system <text>", "system message (with --chat)")
-    .option("--json", "print one JSON object (prompt_ids, token_ids, text, prompt_tps, decode_tps) instead of streaming");
-  addKvOption(addSamplingOptions(addBackendOptions(cmd))).action(
+    .option("--raw", "send the prompt as plain text, without the model's chat template")
+    .option("--chat", "wrap the prompt in the model's chat template as a user message (the default when the model has one)")
+    .option("--system <text>", "system message (with the chat template)")
+    .option("--json", "print one JSON object (prompt_ids, token_ids, text, finish_reason, prompt_tps, decode_tps) instead of streaming");
+  addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd)))).action(
     action(async (f: GenerateFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
       const maxTokens = num("max-tokens", f.maxTokens, true);
       if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
       const sampling = samplingFrom(f);
-      const s = loadSession(f.model ?? builtinModelDir());
-      let messages: ChatMessage[] | null = null;
-      if (f.chat) {
-        messages = [];
-        if (f.system !== undefined) messages.push({ role: "system", content: f.system });
-        messages.push({ role: "user", content: f.prompt! });
-      } else if (f.system !== undefined) {
-        throw new RmlxError("invalid_argument", "--system needs --chat");
+      if (f.raw && f.chat) throw new RmlxError("invalid_argument", "--raw and --chat contradict each other");
+      if (f.raw && f.system !== undefined) throw new RmlxError("invalid_argument", "--system needs the chat template (leave out --raw)");
+      const text = await promptText(f.prompt);
+      const { session: s, contextLength } = openModel(f);
+      if (f.chat && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
+      if (!s.template && f.system !== undefined) throw new RmlxError("bad_model", `${s.md.dir}: no chat template, so no --system`);
+      let prompt: CliPrompt = { prompt: text };
+      if (s.template && !f.raw) {
+        const messages: ChatMessage[] = f.system !== undefined ? [{ role: "system", content: f.system }] : [];
+        prompt = { messages: [...messages, { role: "user", content: text }] };
       }
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const r = runGeneration(s, messages ? { messages } : { prompt: f.prompt! }, maxTokens, sampling, onText, kvQuant);
+      const r = await runGeneration(s, prompt, { maxTokens, sampling, contextLength, kvQuant, ...(onText ? { onText } : {}) });
       if (f.json) {
         const out = {
           prompt_ids: r.promptIds,

@@ -1,14 +1,28 @@
 import type { Command } from "commander";
-import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import { summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { kvBytesPerToken, parseKvCodec, type KvCodec } from "../engine/kv/codec.ts";
+import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { builtinModelDir } from "../builtin/index.ts";
 
-interface InfoOptions extends BackendFlags {
+interface InfoOptions extends BackendFlags, KvFlags {
   model?: string;
   json?: boolean;
+  verbose?: boolean;
+}
+
+/** The KV estimates of summarize() (f16) in the codec the engine would use here. */
+function kvInCodec(bytes: Record<string, number>, codec: KvCodec, headDim: number): Record<string, number> {
+  const perF16Byte = kvBytesPerToken(codec, [{ kvHeads: 1, headDim }]) / (2 * headDim * 2);
+  return Object.fromEntries(Object.entries(bytes).map(([tokens, n]) => [tokens, Math.round(n * perF16Byte)]));
+}
+
+/** "libmlxc not found (looked in a, b, c; set ...)" keeps its list of places for -v. */
+function brief(reason: string, verbose: boolean): string {
+  return verbose ? reason : reason.replace(/ \(looked in [^)]*\)/, " (-v lists where)");
 }
 
 /**
@@ -32,7 +46,7 @@ async function chosenBackend(): Promise<{ backend: string; backend_reason: strin
   return { backend: r.name === "native" ? await nativeBackendName() : "mlx", backend_reason: r.reason };
 }
 
-export function formatBytes(n: number): string {
+function formatBytes(n: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let v = n;
   let u = 0;
@@ -43,7 +57,7 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]}`;
 }
 
-export function formatCount(n: number): string {
+function formatCount(n: number): string {
   const scaled =
     n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(2)}K` : "";
   return scaled ? `${scaled} (${n.toLocaleString("en-US")})` : String(n);
@@ -56,7 +70,9 @@ function describeRope(r: RopeSummary): string {
   return parts.join(", ");
 }
 
-function humanLines(s: ModelSummary & { runnable: boolean; backend: string | null; backend_reason?: string; reason?: string }): [string, string][] {
+type InfoOut = ModelSummary & { kv_cache_dtype: string; runnable: boolean; backend: string | null; backend_reason?: string; reason?: string };
+
+function humanLines(s: InfoOut): [string, string][] {
   const layers = s.layer_types
     ? `${s.layers} (${Object.entries(s.layer_types)
         .map(([t, n]) => `${n} ${t.replace("_attention", "")}`)
@@ -89,9 +105,17 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
   }
   // Hybrids keep KV only in their full-attention layers; their linear-attention layers hold a fixed-size state.
   const full = s.recurrent_state_bytes !== undefined ? (s.layer_types?.full_attention ?? 0) : undefined;
-  const kvNote = full !== undefined ? `f16, one sequence, ${full} full-attention layer${full === 1 ? "" : "s"}` : "f16, one sequence";
-  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes))
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${kvNote})`]);
+  const kvNote = full !== undefined ? `, ${full} full-attention layer${full === 1 ? "" : "s"}` : "";
+  // The codec in use here first, then every --kv-quant codec's size ("n/a": the codec cannot take head_dim).
+  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes)) {
+    const others = Object.entries(s.kv_cache_bytes_by_codec)
+      .filter(([codec]) => codec !== s.kv_cache_dtype)
+      .map(([codec, by]) => {
+        const b = by[tokens];
+        return `${codec} ${b === null || b === undefined ? "n/a" : formatBytes(b)}`;
+      });
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${s.kv_cache_dtype}, one sequence${kvNote}); ${others.join(", ")}`]);
+  }
   if (s.recurrent_state_bytes !== undefined) {
     const linear = s.layer_types?.linear_attention ?? 0;
     lines.push([
@@ -115,18 +139,28 @@ function humanLines(s: ModelSummary & { runnable: boolean; backend: string | nul
 }
 
 export function register(program: Command): void {
-  addBackendOptions(program.command("info"))
+  addKvOption(addBackendOptions(program.command("info")))
     .description("Describe a model directory: architecture, size, quantization, memory, and whether it can run")
-    .requiredOption("-m, --model <dir>", "model directory (config.json and .safetensors files)")
+    .option("-m, --model <dir>", "model directory: config.json and .safetensors files (default: the built-in model)")
     .option("--json", "print one JSON object instead of aligned lines")
+    .option("-v, --verbose", "say more: where libmlxc was looked for")
     .action(
       action(async (opts: InfoOptions) => {
-        if (!opts.model) throw new RmlxError("invalid_argument", "info needs --model DIR");
         applyBackendFlags(opts);
-        const md = openModelDir(opts.model);
+        const codec = parseKvCodec(kvCodecFrom(opts));
+        const md = openModelDir(opts.model ?? builtinModelDir());
         const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
         const chosen = reason === null ? await chosenBackend() : { backend: null };
-        const out = { ...summarize(md), runnable: reason === null, ...chosen, ...(reason ? { reason } : {}) };
+        if ("backend_reason" in chosen) chosen.backend_reason = brief(chosen.backend_reason, Boolean(opts.verbose));
+        const summary = summarize(md);
+        const out: InfoOut = {
+          ...summary,
+          kv_cache_bytes: kvInCodec(summary.kv_cache_bytes, codec, md.config.headDim),
+          kv_cache_dtype: codec.name,
+          runnable: reason === null,
+          ...chosen,
+          ...(reason ? { reason } : {}),
+        };
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
           return;

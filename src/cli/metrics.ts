@@ -29,6 +29,8 @@ function out(s: string): void {
 }
 
 const tty = () => Boolean(process.stdout.isTTY);
+/** The terminal's width, so that tables fit it (undefined when piped). */
+const cols = () => (process.stdout.isTTY ? process.stdout.columns : undefined);
 const pct = (v: number | null) => (v === null ? null : `${(v * 100).toFixed(1)}%`);
 
 export function register(program: Command): void {
@@ -59,6 +61,7 @@ export function register(program: Command): void {
                 sparkline(tpsTrend(db, r.model, since)),
               ]),
               tty(),
+              cols(),
             ),
           );
         });
@@ -70,7 +73,7 @@ export function register(program: Command): void {
     .description("Recent requests, newest first")
     .option("--since <when>", "a duration (24h, 7d) or a date", "24h")
     .option("--limit <n>", "at most this many rows", "50")
-    .option("--model <name>", "only this model")
+    .option("-m, --model <name>", "only this model")
     .option("--json", "one JSON array")
     .option("--csv", "comma-separated values")
     .action(
@@ -85,7 +88,7 @@ export function register(program: Command): void {
             new Date(r.started_at * 1000).toISOString().replace("T", " ").slice(0, 19), r.model, r.api, r.status,
             r.prompt_tokens, r.cached_tokens, r.generated_tokens, r.ttft_ms, r.decode_tps, r.finish_reason,
           ]);
-          out(o.csv ? csv(headers, cells) : table(headers, cells, tty()));
+          out(o.csv ? csv(headers, cells) : table(headers, cells, tty(), cols()));
         });
       }),
     );
@@ -106,6 +109,7 @@ export function register(program: Command): void {
               ["benchmark", "shape", "figure", "unit", "peer", "peer figure", "ratio", "version"],
               rows.map((r): Cell[] => [r.name, r.shape, r.figure, r.unit, r.peer_name, r.peer_figure, ratio(r)?.toFixed(2), r.version]),
               tty(),
+              cols(),
             ),
           );
         });
@@ -132,6 +136,7 @@ export function register(program: Command): void {
                 return [name, shape, x?.figure, y?.figure, (x ?? y)!.unit, change];
               }),
               tty(),
+              cols(),
             ),
           );
         });
@@ -154,6 +159,7 @@ export function register(program: Command): void {
             ["benchmark", "baseline", "current", "unit", "worse by"],
             found.map((r): Cell[] => [r.key.replace("|", " "), r.baseline, r.current, r.unit, `${r.worsePct.toFixed(1)}%`]),
             tty(),
+            cols(),
           ),
         );
         process.exitCode = 1;

@@ -5,11 +5,18 @@ import { RmlxError } from "../errors.ts";
 import type { EngineConfig } from "../engine/types.ts";
 import { defaultDbPath } from "../metrics/store.ts";
 import { parseCorsOrigins } from "../server/cors.ts";
+import { loadConfig } from "../io/config.ts";
+import { kvCodecProblemFor } from "../io/summary.ts";
+import { parseKvCodec } from "../engine/kv/codec.ts";
 import { discoverModels } from "../server/models.ts";
+import { LOG_LEVELS, Logger, parseLogLevel } from "../server/log.ts";
+import type { ServerDefaults } from "../server/sampling.ts";
 import { startServer } from "../server/server.ts";
+import { readChatTemplateFile } from "../text/chat_template.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags {
   model?: string[];
@@ -27,36 +34,50 @@ interface ServeFlags extends BackendFlags, KvFlags {
   db?: string;
   metrics?: boolean;
   cors?: string;
+  temp?: string;
+  topP?: string;
+  topK?: string;
+  minP?: string;
+  maxTokens?: string;
+  ctxSize?: string;
+  chatTemplate?: string;
+  logLevel?: string;
+  promptOverflow?: string;
+  verbose?: boolean;
 }
 
-const UNITS: Record<string, number> = { "": 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
-
-/** "4GiB", "512m", "1e9" -> bytes. */
-export function parseBytes(text: string, what: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$/i.exec(text);
-  const unit = m ? UNITS[m[2]!.toLowerCase()] : undefined;
-  if (!m || unit === undefined) throw new RmlxError("invalid_argument", `${what}: '${text}' is not a size (e.g. 4GiB, 512MB)`);
-  return Math.floor(Number(m[1]) * unit);
+function parsePromptOverflow(v: string): "error" | "truncate" {
+  if (v === "error" || v === "truncate") return v;
+  throw new RmlxError("invalid_argument", `--prompt-overflow must be error or truncate (got '${v}')`);
 }
 
-function parseInteger(text: string, what: string, min: number): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min) throw new RmlxError("invalid_argument", `${what}: '${text}' is not an integer >= ${min}`);
-  return n;
-}
-
-/** Flags win over RMLX_* environment variables, which win over defaults. */
-function pick(flag: string | undefined, env: string, dflt: string): string {
-  return flag ?? process.env[env] ?? dflt;
+/** --temp, --top-p, --top-k, --min-p, --max-tokens (or their RMLX_* variables): only those given. */
+function serverDefaults(f: ServeFlags): ServerDefaults {
+  const d: ServerDefaults = {};
+  const temp = pick(f.temp, "RMLX_TEMP");
+  if (temp !== undefined) d.temperature = parseNumber(temp, "--temp", 0, 2);
+  const topP = pick(f.topP, "RMLX_TOP_P");
+  if (topP !== undefined) d.topP = parseNumber(topP, "--top-p", 0, 1);
+  const topK = pick(f.topK, "RMLX_TOP_K");
+  if (topK !== undefined) d.topK = parseInteger(topK, "--top-k", 0);
+  const minP = pick(f.minP, "RMLX_MIN_P");
+  if (minP !== undefined) d.minP = parseNumber(minP, "--min-p", 0, 1);
+  const maxTokens = pick(f.maxTokens, "RMLX_MAX_TOKENS");
+  if (maxTokens !== undefined) d.maxTokens = parseInteger(maxTokens, "--max-tokens", 1);
+  return d;
 }
 
 function engineWorkerUrl(): string | URL {
   // A replacement engine (one that speaks the same messages) can be named for protocol tests.
   if (process.env.RMLX_ENGINE_WORKER) return process.env.RMLX_ENGINE_WORKER;
-  // In the compiled binary the worker is a second entry point, addressed relative to the bundled source root.
-  if (import.meta.url.includes("$bunfs")) return "./engine/worker.ts";
+  // In the compiled binary the worker is a second entry point, addressed relative to the bundled source root
+  // (import.meta.url keeps the source path in a bytecode build, so the entry point's path tells).
+  if (import.meta.url.includes("$bunfs") || Bun.main.startsWith("/$bunfs/")) return "./engine/worker.ts";
   return new URL("../engine/worker.ts", import.meta.url);
 }
+
+/** performance.now() counts from the start of the process. */
+const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 
 export function register(program: Command): void {
   addKvOption(addBackendOptions(program.command("serve")))
@@ -71,10 +92,21 @@ export function register(program: Command): void {
       "--strict-model-names",
       "answer only requests naming a served model (404 otherwise); by default a single served model answers any name, or none (env RMLX_STRICT_MODEL_NAMES=1)",
     )
-    .option("--host <addr>", "address to listen on (env RMLX_HOST)", undefined)
-    .option("-p, --port <n>", "port to listen on (env RMLX_PORT)", undefined)
+    .option("--host <addr>", "address to listen on (env RMLX_HOST; default 127.0.0.1)")
+    .option("--port <n>", "port to listen on, 0 for any free one (env RMLX_PORT; default 8080; no short form: -p is a prompt elsewhere)")
     .option("--api-key <key>", "require this key as 'Authorization: Bearer' or 'x-api-key' on every route but /health (env RMLX_API_KEY)")
-    .option("--idle-unload <s>", "unload a model after this many idle seconds, 0 = never (env RMLX_IDLE_UNLOAD)")
+    .option("--temp <t>", "temperature of requests that name none (env RMLX_TEMP; default: the model's generation_config.json, else 1)")
+    .option("--top-p <p>", "top_p of requests that name none (env RMLX_TOP_P; default: generation_config.json, else 1)")
+    .option("--top-k <k>", "top_k of requests that name none, 0 = off (env RMLX_TOP_K; default: generation_config.json, else off)")
+    .option("--min-p <p>", "min_p of requests that name none, 0 = off (env RMLX_MIN_P; default: generation_config.json, else off)")
+    .option("--max-tokens <n>", "max_tokens of OpenAI requests that name none (env RMLX_MAX_TOKENS; default: the rest of the context; 16 on /v1/completions)")
+    .option("--ctx-size <n>", "most tokens of context per sequence, below each model's own limit (env RMLX_CTX_SIZE; default: the model's)")
+    .option(
+      "--prompt-overflow <policy>",
+      "a prompt longer than the context: error (a 400) or truncate (drop older turns, then tools, then the end of the system message, keeping the newest user turn; logged) (env RMLX_PROMPT_OVERFLOW; default: truncate for the built-in model, whose context is 1024 tokens, error otherwise)",
+    )
+    .option("--chat-template <file>", "a chat template (Jinja, or JSON with chat_template) used instead of each model's own (env RMLX_CHAT_TEMPLATE)")
+    .option("--idle-unload <s>", "unload a model after this many idle seconds, 0 = never (env RMLX_IDLE_UNLOAD; default 0)")
     .option("--kv-memory <size>", "KV cache budget per model, e.g. 2GiB (env RMLX_KV_MEMORY; default 1GiB)")
     .option("--max-running <n>", "most sequences in one batch (env RMLX_MAX_RUNNING; default 32)")
     .option("--max-waiting <n>", "most queued requests; more are refused with 429 (env RMLX_MAX_WAITING; default 256)")
@@ -83,9 +115,17 @@ export function register(program: Command): void {
     .option("--cors <origins>", "let browsers call from these origins: '*' or a comma-separated list (env RMLX_CORS; default off)")
     .option("--db <path>", "metrics database each request is recorded in (env RMLX_DB; default ~/.rmlx/metrics.db)")
     .option("--no-metrics", "record nothing in the metrics database")
+    .option(
+      "--log-level <level>",
+      `what is logged on stderr: ${LOG_LEVELS.join(", ")}; info (the default) logs start-up and the ready line, debug also one line per request, trace also request bodies (env RMLX_LOG_LEVEL)`,
+    )
+    .option("-v, --verbose", "log one line per request (--log-level debug)")
     .addHelpText(
       "after",
-      "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n(/v1/chat/completions and /chat/completions, ...). Defaults: --host 127.0.0.1, --port 8080, --idle-unload 0.\nStops gracefully on SIGINT/SIGTERM.",
+      "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n" +
+        "(/v1/chat/completions and /chat/completions, ...). A request's own sampling fields win over --temp and the\n" +
+        "others, which win over the model's generation_config.json. Prints 'rmlx: ready: ...' when /health answers 200.\n" +
+        "Stops gracefully on SIGINT/SIGTERM.",
     )
     .action(
       action(async (flags: ServeFlags) => {
@@ -93,26 +133,46 @@ export function register(program: Command): void {
         // The engine worker loads the native library only with its first model; a bad RMLX_ISA must stop the
         // server here instead, before it answers as if it could compute.
         if (process.env.RMLX_ISA && process.env.RMLX_BACKEND !== "mlx") native();
+        const log = new Logger(flags.verbose ? "debug" : parseLogLevel(pick(flags.logLevel, "RMLX_LOG_LEVEL", "info")));
         const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
         const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
-        if (modelPaths.length === 0) {
+        const builtin = modelPaths.length === 0;
+        if (builtin) {
           modelPaths.push(builtinModelDir());
           if (aliases.length === 0) aliases.push(BUILTIN_MODEL_NAME);
         }
         const models = discoverModels(modelPaths, aliases);
+        const kvQuant = kvCodecFrom(flags);
+        // A codec some model's head_dim cannot take stops the server here, not at that model's first request.
+        for (const [name, dir] of models) {
+          let config;
+          try {
+            config = loadConfig(dir);
+          } catch {
+            continue;  // an unreadable config is reported when the model loads
+          }
+          const why = kvCodecProblemFor(config, parseKvCodec(kvQuant));
+          if (why) throw new RmlxError("invalid_argument", `--kv-quant ${kvQuant}: model '${name}': ${why} (f32, f16 and bf16 take any head_dim)`);
+        }
         const port = parseInteger(pick(flags.port, "RMLX_PORT", "8080"), "--port", 0);
         if (port > 65535) throw new RmlxError("invalid_argument", `--port: ${port} is not a port`);
+        const ctxSize = pick(flags.ctxSize, "RMLX_CTX_SIZE");
+        const templateFile = pick(flags.chatTemplate, "RMLX_CHAT_TEMPLATE");
         const engine: EngineConfig = {
           kvMemoryBytes: parseBytes(pick(flags.kvMemory, "RMLX_KV_MEMORY", "1GiB"), "--kv-memory"),
           maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
-          kvQuant: kvCodecFrom(flags),
+          kvQuant,
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,
           gemv: process.env.RMLX_GEMV,
         };
+        // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).
+        engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));
+        if (ctxSize !== undefined) engine.contextLength = parseInteger(ctxSize, "--ctx-size", 1);
+        if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),
           port,
@@ -124,18 +184,29 @@ export function register(program: Command): void {
           workerUrl: engineWorkerUrl(),
           metricsDb: flags.metrics === false ? null : defaultDbPath(flags.db),
           cors: flags.cors !== undefined || process.env.RMLX_CORS ? parseCorsOrigins(pick(flags.cors, "RMLX_CORS", "")) : undefined,
+          defaults: serverDefaults(flags),
+          log,
         });
-        process.stderr.write(`rmlx: serving ${[...models.keys()].join(", ")} on ${server.url}\n`);
         let stopping = false;
         const stop = async () => {
           if (stopping) return;
           stopping = true;
-          process.stderr.write("rmlx: shutting down\n");
+          log.info("shutting down");
           await server.stop();
           process.exit(0);
         };
         process.on("SIGINT", stop);
         process.on("SIGTERM", stop);
+        const names = [...models.keys()];
+        if (names.length === 1) log.info(`loading ${names[0]} from ${models.get(names[0]!)}; listening on ${server.url}`);
+        try {
+          await server.ready;
+        } catch (e) {
+          // The only model cannot be served: say why and stop, rather than answer every request with the error.
+          throw new RmlxError(e instanceof RmlxError ? e.code : "bad_model", `cannot load ${names[0]}: ${(e as Error).message}`);
+        }
+        const loaded = names.length === 1 ? "" : " (each loads on first use)";
+        log.info(`ready: serving ${names.join(", ")} on ${server.url}${loaded} after ${seconds(performance.now())}`);
       }),
     );
 }

@@ -8,7 +8,7 @@ import type { Input, Job } from "./plan.ts";
 import type { TensorReader } from "./source.ts";
 
 /** Elements per chunk: a few tens of megabytes of f32 working memory at most. */
-export const CHUNK_ELEMENTS = 1 << 20;
+const CHUNK_ELEMENTS = 1 << 20;
 const COPY_BYTES = 8 << 20;
 
 export type WriterFor = (tensorName: string) => SafetensorsWriter;

@@ -80,7 +80,7 @@ function isObj(v: unknown): v is Record<string, unknown> {
 }
 
 /** Numeric-aware name order, so that layer 10 follows layer 9 (shards then hold neighbouring layers). */
-export function naturalCompare(a: string, b: string): number {
+function naturalCompare(a: string, b: string): number {
   const ra = a.split(/(\d+)/);
   const rb = b.split(/(\d+)/);
   for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
@@ -94,7 +94,7 @@ export function naturalCompare(a: string, b: string): number {
 }
 
 /** The dtype float parameters are saved in: the flag, else the config's torch_dtype, else each tensor's own. */
-export function targetDtype(config: Record<string, unknown>, flag?: FloatDType): FloatDType | undefined {
+function targetDtype(config: Record<string, unknown>, flag?: FloatDType): FloatDType | undefined {
   if (flag) return flag;
   const text = isObj(config.text_config) ? config.text_config : {};
   for (const v of [config.torch_dtype, config.dtype, text.torch_dtype, text.dtype]) {

@@ -10,7 +10,6 @@ import type { ConstraintVocab } from "./json_constraint.ts";
 import { canEnd, initialState, stepByte, type GrammarState } from "./json_grammar.ts";
 import { compileSchema } from "./json_schema.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { byteOrder, type ByteOrder } from "./tool_constraint.ts";
 import type { ToolSpec } from "./types.ts";
 
 /** The special tokens of the syntax. */
@@ -214,7 +213,6 @@ function inFreeString(st: State): boolean {
 export class ForcedGemma4Call implements LogitsProcessor {
   private state: State = { k: "open" };
   private readonly tools: Tool[];
-  private readonly order: ByteOrder;
   private readonly mask: Uint8Array;
   private readonly specials: readonly [number, Sym][];
 
@@ -226,7 +224,6 @@ export class ForcedGemma4Call implements LogitsProcessor {
     this.tools = tools.map(tool).filter((t): t is Tool => t !== null);
     if (this.tools.length === 0)
       throw new RmlxError("invalid_argument", "a required tool call needs a tool whose name and required parameters fit Gemma 4's call syntax");
-    this.order = byteOrder(vocab);
     this.mask = new Uint8Array(vocab.size);
     this.specials = [
       [ids.open, OPEN],
@@ -242,42 +239,15 @@ export class ForcedGemma4Call implements LogitsProcessor {
     if (st.k === "end") for (const e of this.vocab.eos) mask[e] = 1;
     else if (inFreeString(st)) {
       // free text up to the closing quote: every token with bytes
-      for (const id of this.order.ids) mask[id] = 1;
+      for (const id of this.vocab.all.ids) mask[id] = 1;
     } else this.walk(st);
     for (const [id, sym] of this.specials) if (st.k !== "end" && step(st, sym, this.tools)) mask[id] = 1;
     for (let i = 0; i < logits.length; i++) if (i >= mask.length || mask[i] === 0) logits[i] = -Infinity;
   }
 
-  /** Marks every token whose bytes the grammar accepts from `start` (tokens in byte order share common prefixes' steps). */
+  /** Marks every token whose bytes the grammar accepts from `start`. */
   private walk(start: State): void {
-    const { ids, lcp } = this.order;
-    const { blob, offsets } = this.vocab.bytes;
-    const states: State[] = [start];
-    let valid = 0;
-    let i = 0;
-    while (i < ids.length) {
-      const id = ids[i]!;
-      const at = offsets[id]!;
-      const len = offsets[id + 1]! - at;
-      let d = Math.min(lcp[i]!, valid);
-      let dead = false;
-      for (; d < len; d++) {
-        const next = step(states[d]!, blob[at + d]!, this.tools);
-        if (!next) {
-          dead = true;
-          break;
-        }
-        states[d + 1] = next;
-      }
-      i++;
-      if (dead) {
-        valid = d;
-        while (i < ids.length && lcp[i]! > d) i++;
-        continue;
-      }
-      valid = len;
-      this.mask[id] = 1;
-    }
+    this.vocab.all.walk(start, (st, b) => step(st, b, this.tools), this.vocab.bytes, this.mask);
   }
 
   accept(tokenId: number): boolean {

@@ -7,7 +7,7 @@ import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";
 
-export const PREFILL_CHUNK = 2048;
+const PREFILL_CHUNK = 2048;
 
 export interface GenerateResult {
   /** Generated tokens, without the stop token that ended them. */
@@ -42,16 +42,23 @@ export function cacheForTokens(model: Model, n: number, codec: KvCodec | string 
   });
 }
 
-/** Runs one request to its end; an error the scheduler reports is thrown. */
-export function generate(model: SchedulerModel, request: Omit<GenerateRequest, "id" | "model">, opts: GenerateOptions = {}): GenerateResult {
+/** One request on a scheduler of its own, its events gathered into a result. */
+function startRun(model: SchedulerModel, request: Omit<GenerateRequest, "id" | "model">, opts: GenerateOptions) {
   const tokenIds: number[] = [];
   let text = "";
+  let promptTokens = 0;
+  const submittedAt = performance.now();
+  let firstTokenAt: number | undefined;
   let result: GenerateResult | undefined;
   let failure: RmlxError | undefined;
   const config = { maxRunning: 1, maxWaiting: 1, prefillChunk: opts.prefillChunk ?? PREFILL_CHUNK, prefixCache: false };
   const scheduler = new Scheduler(model, config, (ev) => {
     switch (ev.type) {
+      case "started":
+        promptTokens = ev.promptTokens;
+        return;
       case "delta":
+        if (ev.tokenIds.length > 0) firstTokenAt ??= performance.now();
         tokenIds.push(...ev.tokenIds);
         if (ev.text.length > 0) {
           text += ev.text;
@@ -75,14 +82,55 @@ export function generate(model: SchedulerModel, request: Omit<GenerateRequest, "
     }
   });
   scheduler.submit({ ...request, id: "generate", model: "" });
-  try {
-    while (scheduler.step());
-  } catch (e) {
-    // The caller may keep using the cache: give the request's blocks back before the error goes up.
-    scheduler.abortAll("internal", "generation failed");
-    throw e;
+  return {
+    /** One step; false once the request has ended. An error the step throws gives the request's blocks back first. */
+    step(): boolean {
+      try {
+        return scheduler.step();
+      } catch (e) {
+        // The caller may keep using the cache: give the request's blocks back before the error goes up.
+        scheduler.abortAll("internal", "generation failed");
+        throw e;
+      }
+    },
+    /** Stops the request where it is: what it made so far, finishReason "cancelled". */
+    cancel(): GenerateResult {
+      scheduler.cancel("generate");
+      const now = performance.now();
+      const perS = (n: number, ms: number) => (ms > 0 ? (n * 1000) / ms : 0);
+      const promptTps = firstTokenAt === undefined ? 0 : perS(promptTokens, firstTokenAt - submittedAt);
+      const decodeTps = firstTokenAt === undefined ? 0 : perS(tokenIds.length - 1, now - firstTokenAt);
+      return { tokenIds, text, finishReason: "cancelled", promptTokens, promptTps, decodeTps };
+    },
+    result(): GenerateResult {
+      if (failure) throw failure;
+      if (!result) throw new RmlxError("internal", "the scheduler ended without finishing the request");
+      return result;
+    },
+  };
+}
+
+/** Runs one request to its end; an error the scheduler reports is thrown. */
+export function generate(model: SchedulerModel, request: Omit<GenerateRequest, "id" | "model">, opts: GenerateOptions = {}): GenerateResult {
+  const run = startRun(model, request, opts);
+  while (run.step());
+  return run.result();
+}
+
+/**
+ * As generate(), but yielding to the event loop between steps, so that `signal` can stop the request (Ctrl-C in
+ * `rmlx chat`): a stopped request returns what it made so far, with finishReason "cancelled".
+ */
+export async function generateAsync(
+  model: SchedulerModel,
+  request: Omit<GenerateRequest, "id" | "model">,
+  opts: GenerateOptions & { signal?: AbortSignal } = {},
+): Promise<GenerateResult> {
+  const run = startRun(model, request, opts);
+  for (;;) {
+    if (opts.signal?.aborted) return run.cancel();
+    if (!run.step()) break;
+    await new Promise<void>((r) => setImmediate(r));
   }
-  if (failure) throw failure;
-  if (!result) throw new RmlxError("internal", "the scheduler ended without finishing the request");
-  return result;
+  return run.result();
 }

@@ -15,7 +15,7 @@ export interface TokenBytes {
 }
 
 /** Token ids sorted by their bytes, with each one's common-prefix length with the previous one. */
-class SortedTokens {
+export class SortedTokens {
   readonly ids: Int32Array;
   readonly lcp: Int32Array;
 
@@ -42,10 +42,13 @@ class SortedTokens {
     }
   }
 
-  /** Sets mask[id] = 1 for every token of the list whose bytes the grammar accepts from state. */
-  walk(state: GrammarState, { blob, offsets }: TokenBytes, mask: Uint8Array): void {
+  /**
+   * Sets mask[id] = 1 for every token of the list whose bytes `step` accepts one after another from `state`
+   * (null: rejected). One state is kept per byte depth, so a prefix shared by neighbours is stepped once.
+   */
+  walk<S>(state: S, step: (state: S, byte: number) => S | null, { blob, offsets }: TokenBytes, mask: Uint8Array): void {
     const sorted = this.ids, lcp = this.lcp, n = sorted.length;
-    const states: GrammarState[] = [state];
+    const states: S[] = [state];
     let valid = 0; // states[0..valid] hold the states after the current path's first `valid` bytes
     let i = 0;
     while (i < n) {
@@ -54,8 +57,8 @@ class SortedTokens {
       let d = Math.min(lcp[i]!, valid);
       let dead = false;
       for (; d < len; d++) {
-        const next = stepByte(states[d]!, blob[start + d]!);
-        if (next.length === 0) {
+        const next = step(states[d]!, blob[start + d]!);
+        if (next === null) {
           dead = true;
           break;
         }
@@ -73,6 +76,12 @@ class SortedTokens {
       i++;
     }
   }
+}
+
+/** The JSON grammar's step for SortedTokens.walk: no state left is a rejection. */
+function stepJson(state: GrammarState, b: number): GrammarState | null {
+  const next = stepByte(state, b);
+  return next.length === 0 ? null : next;
 }
 
 const isPlainStringByte = (b: number) => b >= 0x20 && b !== 0x22 && b !== 0x5c;
@@ -97,7 +106,8 @@ function plainChars(blob: Uint8Array, start: number, end: number): number {
 
 export class ConstraintVocab {
   readonly size: number;
-  private readonly all: SortedTokens;
+  /** Every token with bytes that is not special, in byte order. */
+  readonly all: SortedTokens;
   /** Tokens with a quote, backslash or control byte: the only ones to step inside a free string. */
   private readonly structural: SortedTokens;
   /** 1 for tokens that only extend a string, from between two characters (see plainChars). */
@@ -142,14 +152,14 @@ export class ConstraintVocab {
     const room = stringRoom(state);
     if (room === Infinity) {
       mask.set(this.plain);
-      this.structural.walk(state, this.bytes, mask);
+      this.structural.walk(state, stepJson, this.bytes, mask);
     } else if (room >= 0) {
       const plain = this.plain, chars = this.plainChars;
       for (let i = 0; i < mask.length; i++) mask[i] = plain[i]! & (chars[i]! <= room ? 1 : 0);
-      this.structural.walk(state, this.bytes, mask);
+      this.structural.walk(state, stepJson, this.bytes, mask);
     } else {
       mask.fill(0);
-      this.all.walk(state, this.bytes, mask);
+      this.all.walk(state, stepJson, this.bytes, mask);
     }
     if (canEnd(state)) for (const e of this.eos) mask[e] = 1;
   }

@@ -1,6 +1,5 @@
 // The hook through which a request's output is constrained (JSON schema / grammar masks): called on each row of
 // logits before sampling, then told which token was sampled.
-import type { GenerateRequest } from "./types.ts";
 
 export interface LogitsProcessor {
   /** Adjusts one row of logits in place (e.g. -Infinity on tokens the constraint forbids). */
@@ -8,9 +7,6 @@ export interface LogitsProcessor {
   /** Advances by the sampled token; false when the token breaks the constraint (generation then stops). */
   accept(tokenId: number): boolean;
 }
-
-/** Builds the processor a request needs, or null when it needs none. */
-export type LogitsProcessorFactory = (req: GenerateRequest) => LogitsProcessor | null;
 
 /**
  * A constraint that starts where the reasoning section ends. Templates that open the section in the prompt (Qwen3.5,

@@ -50,7 +50,7 @@ export interface SampledToken {
   top: { token: number; logprob: number }[];
 }
 
-export function validateSampling(p: SamplingParams): void {
+function validateSampling(p: SamplingParams): void {
   const bad = (msg: string): never => {
     throw new RmlxError("invalid_argument", msg);
   };

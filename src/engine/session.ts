@@ -7,7 +7,7 @@ import { RmlxError } from "../errors.ts";
 import { openModelDir, type ModelDir } from "../io/model_dir.ts";
 import type { Model } from "../models/model.ts";
 import { loadModel, textModelType } from "../models/registry.ts";
-import { applyChatTemplate, ChatTemplate } from "../text/chat_template.ts";
+import { applyChatTemplate, ChatTemplate, type ChatTemplateSource } from "../text/chat_template.ts";
 import { Detokenizer } from "../text/detokenizer.ts";
 import { promptOpensReasoning, reasoningTagsFor, THINK_TAGS, type ReasoningTags } from "../text/reasoning.ts";
 import { StopStrings } from "../text/stop.ts";
@@ -21,7 +21,7 @@ import type { SchedulerModel } from "./scheduler.ts";
 import { AfterReasoning, type LogitsProcessor } from "./logits_processor.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
 import { ForcedXmlCall } from "./xml_tool_call.ts";
-import type { ChatMessage, GenerateRequest } from "./types.ts";
+import type { ChatMessage, GenerateRequest, SamplingDefaults } from "./types.ts";
 
 export interface Session {
   md: ModelDir;
@@ -30,16 +30,49 @@ export interface Session {
   template?: ChatTemplate;
   /** EOS ids of the model's configs and its tokenizer. */
   stopTokenIds: number[];
-  /** What the model's type and chat template tell about its output. */
-  info: { modelType: string; reasoning: boolean; reasoningTags?: ReasoningTags; toolParser?: ToolParserKind };
+  /** What the model's type and chat template tell about its output, and its generation_config's sampling. */
+  info: {
+    modelType: string;
+    reasoning: boolean;
+    reasoningTags?: ReasoningTags;
+    toolParser?: ToolParserKind;
+    sampling: SamplingDefaults;
+  };
 }
 
-export function loadSession(dir: string, backend: Backend = getBackend()): Session {
+export interface SessionOptions {
+  /** A chat template used instead of the model's own (--chat-template). */
+  chatTemplate?: ChatTemplateSource;
+}
+
+const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
+
+/**
+ * The sampling values of generation_config.json that vLLM reads (temperature, top_p, top_k, min_p,
+ * repetition_penalty), out-of-range ones left out; do_sample false means greedy, as in transformers.
+ */
+export function samplingDefaults(gen: Record<string, unknown> | undefined): SamplingDefaults {
+  const out: SamplingDefaults = {};
+  if (!gen) return out;
+  if (gen.do_sample === false) return { temperature: 0 };
+  const { temperature, top_p: topP, top_k: topK, min_p: minP, repetition_penalty: rep } = gen;
+  if (finite(temperature) && temperature >= 0) out.temperature = temperature;
+  if (finite(topP) && topP > 0 && topP <= 1) out.topP = topP;
+  if (finite(topK) && Number.isInteger(topK)) out.topK = Math.max(0, topK);
+  if (finite(minP) && minP >= 0 && minP <= 1) out.minP = minP;
+  if (finite(rep) && rep > 0) out.repetitionPenalty = rep;
+  return out;
+}
+
+export function loadSession(dir: string, backend: Backend = getBackend(), opts: SessionOptions = {}): Session {
   const md = openModelDir(dir);
   if (!md.tokenizerJson) throw new RmlxError("bad_model", `${dir}: no tokenizer.json`);
   const tokenizer = Tokenizer.fromModelDir(dir);
   const model = loadModel(backend, md);
-  const template = ChatTemplate.fromModelDir(dir, md.tokenizerConfig ?? {});
+  const template =
+    opts.chatTemplate !== undefined
+      ? new ChatTemplate(opts.chatTemplate, md.tokenizerConfig ?? {})
+      : ChatTemplate.fromModelDir(dir, md.tokenizerConfig ?? {});
   const stopTokenIds = [...new Set([...md.config.eosTokenIds, ...tokenizer.eosTokenIds])];
   const modelType = textModelType(md);
   const chatTemplate = template?.source(true);
@@ -49,6 +82,7 @@ export function loadSession(dir: string, backend: Backend = getBackend()): Sessi
     reasoning: reasoningTags !== undefined,
     ...(reasoningTags && reasoningTags !== THINK_TAGS ? { reasoningTags } : {}),
     toolParser: toolParserFor({ modelType, chatTemplate }),
+    sampling: samplingDefaults(md.generationConfig),
   };
   const s: Session = { md, model, tokenizer, stopTokenIds, info };
   if (template) s.template = template;
@@ -80,6 +114,71 @@ function checkedIds(ids: readonly number[], vocab: number): number[] {
   const bad = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
   if (bad !== undefined) throw new RmlxError("invalid_argument", `prompt token ${bad} is outside the vocabulary (${vocab})`);
   return [...ids];
+}
+
+/**
+ * A prompt too long for the context, with its middle cut out: its first tokens (the template's opening, the start
+ * of the system prompt) and its last (the newest messages and the assistant's turn) stay, `budget` in all.
+ */
+export function cutPromptMiddle(ids: number[], budget: number): number[] {
+  if (ids.length <= budget) return ids;
+  const head = Math.min(256, Math.floor(budget / 4));
+  return [...ids.slice(0, head), ...ids.slice(ids.length - (budget - head))];
+}
+
+/**
+ * A request's prompt made to fit the context (--prompt-overflow truncate). A chat loses, until it leaves room for
+ * min(maxTokens, a quarter of the context) tokens of reply: its older turns, oldest first (the newest user turn and
+ * what follows it stay whole); then the tool definitions; then the end of its system message; a prompt still too
+ * long (or a raw one) loses its middle tokens. `truncatedFrom` is the whole prompt's length when anything went.
+ */
+export function encodeToFit(
+  s: Session,
+  req: Prompt & { maxTokens: number },
+  contextLength: number,
+): { ids: number[]; startsInReasoning: boolean; truncatedFrom?: number } {
+  const whole = encodePrompt(s, req);
+  if (whole.ids.length < contextLength) return whole;
+  const budget = contextLength - Math.max(1, Math.min(req.maxTokens, Math.floor(contextLength / 4)));
+  let last = whole;
+  if (req.messages) {
+    let messages = [...req.messages];
+    let tools = req.tools;
+    const tryFit = () => {
+      last = encodePrompt(s, { ...req, messages, tools });
+      return last.ids.length <= budget;
+    };
+    // Older turns: from the first message after the leading system ones up to the next user message.
+    for (;;) {
+      const first = messages.findIndex((m) => m.role !== "system");
+      const next = messages.findIndex((m, i) => i > first && m.role === "user");
+      if (first < 0 || next < 0) break;
+      messages.splice(first, next - first);
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+    if (tools?.length) {
+      tools = undefined;
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+    // The system message, cut to the longest start that fits (found by bisection over its characters).
+    const system = messages[0]?.role === "system" ? messages[0] : undefined;
+    if (system) {
+      const sys = String(system.content ?? "");
+      const rest = messages.slice(1);
+      const withSystem = (n: number) => (messages = n > 0 ? [{ ...system, content: sys.slice(0, n) }, ...rest] : rest);
+      let lo = 0;
+      let hi = sys.length;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        withSystem(mid);
+        if (tryFit()) lo = mid;
+        else hi = mid - 1;
+      }
+      withSystem(lo);
+      if (tryFit()) return { ...last, truncatedFrom: whole.ids.length };
+    }
+  }
+  return { ...last, ids: cutPromptMiddle(last.ids, budget), truncatedFrom: whole.ids.length };
 }
 
 /** The ids of the reasoning tags (<think> and </think>) when each is one token (what thinking budgets need). */

@@ -175,44 +175,9 @@ function pyStep(st: PyState, b: number, tools: readonly PyTool[]): PyState | nul
   }
 }
 
-/** Token ids in byte order with each one's common-prefix length with the previous one, built once per vocabulary. */
-export interface ByteOrder {
-  ids: Int32Array;
-  lcp: Int32Array;
-}
-
-const byteOrders = new WeakMap<ConstraintVocab, ByteOrder>();
-
-export function byteOrder(vocab: ConstraintVocab): ByteOrder {
-  let order = byteOrders.get(vocab);
-  if (order) return order;
-  const { blob, offsets } = vocab.bytes;
-  const ids: number[] = [];
-  for (let i = 0; i < vocab.size; i++) if (!vocab.special.has(i) && offsets[i + 1]! > offsets[i]!) ids.push(i);
-  const common = (a: number, b: number) => {
-    const a0 = offsets[a]!, b0 = offsets[b]!;
-    const n = Math.min(offsets[a + 1]! - a0, offsets[b + 1]! - b0);
-    let k = 0;
-    while (k < n && blob[a0 + k] === blob[b0 + k]) k++;
-    return k;
-  };
-  ids.sort((a, b) => {
-    const k = common(a, b);
-    const la = offsets[a + 1]! - offsets[a]!, lb = offsets[b + 1]! - offsets[b]!;
-    if (k < la && k < lb) return blob[offsets[a]! + k]! - blob[offsets[b]! + k]!;
-    return la - lb;
-  });
-  const lcp = new Int32Array(ids.length);
-  for (let i = 1; i < ids.length; i++) lcp[i] = common(ids[i - 1]!, ids[i]!);
-  order = { ids: Int32Array.from(ids), lcp };
-  byteOrders.set(vocab, order);
-  return order;
-}
-
 export class ForcedPythonicCall implements LogitsProcessor {
   private state: PyState = { k: "open" };
   private readonly tools: PyTool[];
-  private readonly order: ByteOrder;
   private readonly mask: Uint8Array;
 
   constructor(
@@ -223,7 +188,6 @@ export class ForcedPythonicCall implements LogitsProcessor {
     if (this.tools.length === 0) {
       throw new RmlxError("invalid_argument", "a required tool call needs a tool whose name and required parameters are identifiers in this model's call format");
     }
-    this.order = byteOrder(vocab);
     this.mask = new Uint8Array(vocab.size);
   }
 
@@ -242,34 +206,7 @@ export class ForcedPythonicCall implements LogitsProcessor {
 
   /** Marks every token whose bytes the call grammar accepts from `start`. */
   private walk(start: PyState): void {
-    const { ids, lcp } = this.order;
-    const { blob, offsets } = this.vocab.bytes;
-    const states: PyState[] = [start];
-    let valid = 0;
-    let i = 0;
-    while (i < ids.length) {
-      const id = ids[i]!;
-      const at = offsets[id]!, len = offsets[id + 1]! - at;
-      let d = Math.min(lcp[i]!, valid);
-      let dead = false;
-      for (; d < len; d++) {
-        const next = pyStep(states[d]!, blob[at + d]!, this.tools);
-        if (!next) {
-          dead = true;
-          break;
-        }
-        states[d + 1] = next;
-      }
-      i++;
-      if (dead) {
-        valid = d;
-        // Every following token that shares these d + 1 bytes dies on the same byte.
-        while (i < ids.length && lcp[i]! > d) i++;
-        continue;
-      }
-      valid = len;
-      this.mask[id] = 1;
-    }
+    this.vocab.all.walk(start, (st, b) => pyStep(st, b, this.tools), this.vocab.bytes, this.mask);
   }
 
   accept(tokenId: number): boolean {

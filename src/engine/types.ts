@@ -34,8 +34,21 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   frequencyPenalty: 0,
 };
 
+/**
+ * Sampling values that stand in where a request names none: a model's generation_config.json, or the server's
+ * --temp / --top-p / --top-k / --min-p flags (which win over the model's).
+ */
+export interface SamplingDefaults {
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+}
+
 export type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
 import type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
+import type { ChatTemplateSource } from "../text/chat_template.ts";
 
 /** What the server asks of the engine. Either a raw prompt (text or ids) or chat messages to template. */
 export interface GenerateRequest {
@@ -79,6 +92,8 @@ export type EngineEvent =
       cachedTokens: number;
       /** The rendered prompt ends inside an open reasoning section (e.g. "<think>\n"), so output starts as reasoning. */
       startsInReasoning?: boolean;
+      /** The prompt's length before its middle was cut to fit the context (--prompt-overflow truncate). */
+      truncatedFrom?: number;
     }
   /** Text is complete UTF-8 characters only, with stop strings already cut. */
   | { type: "delta"; id: string; text: string; tokenIds: number[]; logprobs?: TokenLogprob[] }
@@ -111,6 +126,12 @@ export interface EngineConfig {
   mlxLib?: string;
   /** --gemv (x16, f32) of the server process. */
   gemv?: string;
+  /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
+  contextLength?: number;
+  /** A prompt longer than the context: refused (error, the default) or cut in the middle to fit (truncate). */
+  promptOverflow?: "error" | "truncate";
+  /** --chat-template: a chat template used instead of the one each model ships. */
+  chatTemplate?: ChatTemplateSource;
 }
 
 /** Messages from the server to the worker. */
@@ -133,6 +154,8 @@ export interface LoadedModelInfo {
   reasoning?: boolean;
   /** The markers of those sections when they are not <think> and </think> (Gemma 4's thought channel). */
   reasoningTags?: { open: string; close: string };
+  /** Sampling defaults of the model's generation_config.json. */
+  sampling?: SamplingDefaults;
 }
 
 /** Messages from the worker to the server. */
@@ -154,4 +177,7 @@ export type FromWorker =
       /** Blocks of the sliding-window layers' own pools (windowed KV caches); absent or 0 when there are none. */
       kvWindowUsed?: number;
       kvWindowTotal?: number;
+      /** Bytes of the KV blocks in use (in the cache's codec, every pool), and of the whole KV budget. */
+      kvUsedBytes?: number;
+      kvTotalBytes?: number;
     };

@@ -5,7 +5,7 @@ import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler } from "./scheduler.ts";
-import { loadSession, renderChat, sessionModel, type Session } from "./session.ts";
+import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
 
 declare const self: Worker;
@@ -18,14 +18,25 @@ interface Loaded {
   session: Session;
   cache: KvCache;
   scheduler: Scheduler;
+  contextLength: number;
 }
 
 const models = new Map<string, Loaded>();
 /** Which model each live request runs on, for cancellation. */
 const owners = new Map<string, string>();
 
+/** Prompt lengths before a cut (--prompt-overflow truncate), told with the request's "started" event. */
+const truncated = new Map<string, number>();
+
 function post(msg: FromWorker): void {
-  if (msg.type === "done" || msg.type === "error") owners.delete(msg.id);
+  if (msg.type === "started" && truncated.has(msg.id)) {
+    msg.truncatedFrom = truncated.get(msg.id);
+    truncated.delete(msg.id);
+  }
+  if (msg.type === "done" || msg.type === "error") {
+    owners.delete(msg.id);
+    truncated.delete(msg.id);
+  }
   self.postMessage(msg);
 }
 
@@ -35,20 +46,31 @@ function errorOf(e: unknown): { code: string; message: string } {
 }
 
 function load(name: string, dir: string): void {
-  const session = loadSession(dir, getBackend());
+  const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate });
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
     codec: config.kvQuant ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
   });
-  const scheduler = new Scheduler(sessionModel(session, cache), config, post);
-  models.set(name, { session, cache, scheduler });
-  postLoaded(name, session);
+  const full = sessionModel(session, cache);
+  // --ctx-size caps the context below the model's own.
+  const contextLength = Math.min(full.contextLength, config.contextLength || Infinity);
+  const model = { ...full, contextLength };
+  if (config.promptOverflow === "truncate") {
+    model.encode = (req) => {
+      const { truncatedFrom, ...e } = encodeToFit(session, req, contextLength);
+      if (truncatedFrom !== undefined) truncated.set(req.id, truncatedFrom);
+      return e;
+    };
+  }
+  const scheduler = new Scheduler(model, config, post);
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
+  postLoaded(name, models.get(name)!);
 }
 
-function postLoaded(name: string, s: Session): void {
-  post({ type: "loaded", model: name, contextLength: s.md.config.contextLength, info: s.info });
+function postLoaded(name: string, m: Loaded): void {
+  post({ type: "loaded", model: name, contextLength: m.contextLength, info: m.session.info });
 }
 
 function unload(name: string): void {
@@ -68,6 +90,8 @@ function stats(): void {
   let kvTotal = 0;
   let kvWindowUsed = 0;
   let kvWindowTotal = 0;
+  let kvUsedBytes = 0;
+  let kvTotalBytes = 0;
   for (const m of models.values()) {
     running += m.scheduler.numRunning;
     waiting += m.scheduler.numWaiting;
@@ -75,8 +99,10 @@ function stats(): void {
     kvTotal += m.cache.numBlocks;
     kvWindowUsed += m.cache.windowAllocator?.numUsed ?? 0;
     kvWindowTotal += m.cache.windowAllocator?.numBlocks ?? 0;
+    kvUsedBytes += m.cache.usedBytes;
+    kvTotalBytes += m.cache.memoryBytes;
   }
-  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal });
+  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes });
 }
 
 let looping = false;
@@ -118,7 +144,7 @@ function handle(msg: ToWorker): void {
     case "load":
       try {
         const m = models.get(msg.model);
-        if (m) postLoaded(msg.model, m.session);
+        if (m) postLoaded(msg.model, m);
         else load(msg.model, msg.dir);
       } catch (e) {
         post({ type: "load_error", model: msg.model, ...errorOf(e) });
@@ -141,6 +167,7 @@ function handle(msg: ToWorker): void {
     case "cancel": {
       const name = owners.get(msg.id);
       owners.delete(msg.id);
+      truncated.delete(msg.id);
       if (name) models.get(name)?.scheduler.cancel(msg.id);
       stats();
       return;

@@ -10,7 +10,6 @@ import type { ConstraintVocab } from "./json_constraint.ts";
 import { canEnd, initialState, stepByte, utf8Step, type GrammarState } from "./json_grammar.ts";
 import { compileSchema } from "./json_schema.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { byteOrder, type ByteOrder } from "./tool_constraint.ts";
 import type { ToolSpec } from "./types.ts";
 
 const HEAD = "<tool_call>\n<function=";
@@ -174,7 +173,6 @@ function step(st: State, b: number, tools: readonly Tool[]): State | null {
 export class ForcedXmlCall implements LogitsProcessor {
   private state: State = { k: "lead", n: 0 };
   private readonly tools: Tool[];
-  private readonly order: ByteOrder;
   private readonly mask: Uint8Array;
   /**
    * 1 for tokens of well-formed UTF-8 without a ">": from between two characters of unbounded free text they only
@@ -193,13 +191,12 @@ export class ForcedXmlCall implements LogitsProcessor {
     if (this.tools.length === 0) {
       throw new RmlxError("invalid_argument", "a required tool call needs a tool whose name and required parameters fit this model's call format");
     }
-    this.order = byteOrder(vocab);
     this.mask = new Uint8Array(vocab.size);
     this.plain = new Uint8Array(vocab.size);
     const stepped: number[] = [];
     const nl: number[] = [];
     const { blob, offsets } = vocab.bytes;
-    for (const id of this.order.ids) {
+    for (const id of this.vocab.all.ids) {
       const bytes = blob.subarray(offsets[id]!, offsets[id + 1]!);
       let u8 = 0;
       for (const b of bytes) if ((u8 = b === GT ? -1 : utf8Step(u8, b)) < 0) break;
@@ -220,7 +217,7 @@ export class ForcedXmlCall implements LogitsProcessor {
       if (st.u8 === 0 && st.value.max === Infinity) {
         mask.set(this.plain);
         for (const id of this.stepped) if (this.stepToken(st, id)) mask[id] = 1;
-      } else for (const id of this.order.ids) if (this.stepToken(st, id)) mask[id] = 1;
+      } else for (const id of this.vocab.all.ids) if (this.stepToken(st, id)) mask[id] = 1;
     } else if (st.k === "value" && st.value.v === "json") {
       this.vocab.fillMask(st.value.g, mask);
       for (const e of this.vocab.eos) mask[e] = 0;
@@ -242,37 +239,9 @@ export class ForcedXmlCall implements LogitsProcessor {
     return st;
   }
 
-  /** Marks every token whose bytes the grammar accepts from `start` (tokens in byte order share common prefixes' steps). */
+  /** Marks every token whose bytes the grammar accepts from `start`. */
   private walk(start: State): void {
-    const { ids, lcp } = this.order;
-    const { blob, offsets } = this.vocab.bytes;
-    const states: State[] = [start];
-    let valid = 0;
-    let i = 0;
-    while (i < ids.length) {
-      const id = ids[i]!;
-      const at = offsets[id]!;
-      const len = offsets[id + 1]! - at;
-      let d = Math.min(lcp[i]!, valid);
-      let dead = false;
-      for (; d < len; d++) {
-        const next = step(states[d]!, blob[at + d]!, this.tools);
-        if (!next) {
-          dead = true;
-          break;
-        }
-        states[d + 1] = next;
-      }
-      i++;
-      if (dead) {
-        valid = d;
-        // Every following token that shares these d + 1 bytes dies on the same byte.
-        while (i < ids.length && lcp[i]! > d) i++;
-        continue;
-      }
-      valid = len;
-      this.mask[id] = 1;
-    }
+    this.vocab.all.walk(start, (st, b) => step(st, b, this.tools), this.vocab.bytes, this.mask);
   }
 
   accept(tokenId: number): boolean {

@@ -55,7 +55,7 @@ export function numel(shape: readonly number[]): number {
 }
 
 /** Bun's typed arrays stop at 4 GiB, and MLX shards reach 5 GB: larger files are mapped in several windows. */
-export const MAX_MAPPING_BYTES = 2 ** 32 - 2 ** 16;
+const MAX_MAPPING_BYTES = 2 ** 32 - 2 ** 16;
 // Window starts are aligned for every page size in use (4 KiB on x86-64, 16 KiB on Apple Silicon).
 const MAP_ALIGN = 2 ** 16;
 // The format's own limit; it keeps a corrupt length from turning into a huge allocation.

@@ -1,10 +1,13 @@
 // What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
+import { kvCodecBytes, kvCodecProblem, parseKvCodec, type KvCodec } from "../engine/kv/codec.ts";
 import { configFamily, type LayerKvLayout, type LayerType, type ModelConfig, type RopeConfig } from "./config.ts";
 import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
 import { numel, type TensorEntry } from "./safetensors.ts";
 
-export const KV_CONTEXTS = [4096, 32768] as const;
+const KV_CONTEXTS = [4096, 32768] as const;
+/** The KV codecs whose cache size `rmlx info` reports (bf16 is the size of f16, f32 twice it). */
+export const INFO_KV_CODECS = ["f16", "q8", "fp8", "k8v4", "q4"] as const;
 
 export interface ModelSummary {
   model_type: string;
@@ -41,6 +44,11 @@ export interface ModelSummary {
   recurrent_state_bytes?: number;
   /** Multi-token-prediction weights (`mtp.*`) the checkpoint carries: counted in the totals, not used to decode. */
   mtp?: { layers: number; parameters: number; bytes: number };
+  /**
+   * KV cache bytes for one sequence, per --kv-quant codec (INFO_KV_CODECS) and number of tokens; null where the
+   * codec cannot store a layer's head_dim.
+   */
+  kv_cache_bytes_by_codec: Record<string, Record<string, number | null>>;
   /** Gemma 4's per-layer embedding table: a large share of the weights, read a few rows per token. */
   per_layer_embeddings?: { parameters: number; bytes: number };
   tokenizer: boolean;
@@ -142,18 +150,22 @@ function plainKvLayout(c: ModelConfig): (LayerKvLayout | null)[] {
 }
 
 /**
- * f16 K and V for one sequence of `tokens` tokens, as the family lays its caches out (Gemma 4: global layers of
- * their own head size, the last layers reading an earlier layer's cache): sliding layers capped at the window,
- * layers sharing another's cache and linear-attention layers none.
+ * K and V for one sequence of `tokens` tokens in a KV codec (f16 unless named), as the family lays its caches out
+ * (Gemma 4: global layers of their own head size, the last layers reading an earlier layer's cache): sliding layers
+ * capped at the window, layers sharing another's cache and linear-attention layers none. null when the codec
+ * cannot store some layer's head_dim.
  */
-export function kvCacheBytes(md: ModelDir, tokens: number): number {
+export function kvCacheBytes(md: ModelDir, tokens: number): number;
+export function kvCacheBytes(md: ModelDir, tokens: number, codec: KvCodec): number | null;
+export function kvCacheBytes(md: ModelDir, tokens: number, codec: KvCodec = parseKvCodec("f16")): number | null {
   const c = md.config;
   const layout = configFamily(c)?.kvLayout?.(c) ?? plainKvLayout(c);
   let total = 0;
   for (const l of layout) {
     if (!l || l.source !== undefined) continue;
+    if (kvCodecProblem(codec, l.headDim)) return null;
     const len = l.window > 0 ? Math.min(tokens, l.window) : tokens;
-    total += 2 * l.kvHeads * l.headDim * 2 * len;
+    total += kvCodecBytes(codec, l.kvHeads, l.headDim) * len;
   }
   return total;
 }
@@ -199,6 +211,20 @@ function mtpWeights(md: ModelDir): { layers: number; parameters: number; bytes: 
   return { layers: layers.size > 0 ? layers.size : typeof stated === "number" ? stated : 0, parameters, bytes };
 }
 
+/**
+ * Why a KV codec cannot hold this model's cache (a layer with a cache of its own whose head_dim the codec's group
+ * does not divide), or null. The same layout as kvCacheBytes, from the config alone.
+ */
+export function kvCodecProblemFor(c: ModelConfig, codec: KvCodec): string | null {
+  const layout = configFamily(c)?.kvLayout?.(c) ?? plainKvLayout(c);
+  for (const l of layout) {
+    if (!l || l.source !== undefined) continue;
+    const why = kvCodecProblem(codec, l.headDim);
+    if (why) return why;
+  }
+  return null;
+}
+
 /** Parameters and bytes of the per-layer embedding table (weights and their quantization scales), if there is one. */
 function perLayerEmbeddings(md: ModelDir): { parameters: number; bytes: number } | undefined {
   const { weights, quant } = md;
@@ -236,6 +262,9 @@ export function summarize(md: ModelDir): ModelSummary {
     size_bytes: md.weights.fileBytes,
     weights_bytes: md.weights.totalBytes,
     kv_cache_bytes: Object.fromEntries(KV_CONTEXTS.map((n) => [String(n), kvCacheBytes(md, n)])),
+    kv_cache_bytes_by_codec: Object.fromEntries(
+      INFO_KV_CODECS.map((name) => [name, Object.fromEntries(KV_CONTEXTS.map((n) => [String(n), kvCacheBytes(md, n, parseKvCodec(name))]))]),
+    ),
     tokenizer: md.tokenizerJson !== undefined,
     chat_template: md.chatTemplate !== undefined,
   };

@@ -8,8 +8,11 @@ import type { ModelDir } from "../io/model_dir.ts";
 import { textModelSanitizer, type Family } from "./family.ts";
 import {
   attention,
+  attentionWeights,
   embed,
   gatedMlp,
+  mlpWeights,
+  qkNorms,
   runLayer,
   selectRows,
   stackEnds,
@@ -104,14 +107,7 @@ class Gemma3Model implements Model {
         postAttnNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
         preFfnNorm: w.tensor(`${p}.pre_feedforward_layernorm.weight`),
         postFfnNorm: w.tensor(`${p}.post_feedforward_layernorm.weight`),
-        attn: {
-          q: w.linear(`${p}.self_attn.q_proj`),
-          k: w.linear(`${p}.self_attn.k_proj`),
-          v: w.linear(`${p}.self_attn.v_proj`),
-          o: w.linear(`${p}.self_attn.o_proj`),
-          qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
-          kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
-        },
+        attn: { ...attentionWeights(w, `${p}.self_attn`), ...qkNorms(w, `${p}.self_attn`) },
         attnParams: {
           heads: c.numHeads,
           kvHeads: c.numKvHeads,
@@ -123,11 +119,7 @@ class Gemma3Model implements Model {
           normOnePlus: true,
           ...(args.attnLogitSoftcapping ? { softcap: args.attnLogitSoftcapping } : {}),
         },
-        mlp: {
-          gate: w.linear(`${p}.mlp.gate_proj`),
-          up: w.linear(`${p}.mlp.up_proj`),
-          down: w.linear(`${p}.mlp.down_proj`),
-        },
+        mlp: mlpWeights(w, `${p}.mlp`),
       });
     }
     this.layers = this.blocks.map((b) => ({ kvHeads: b.attnParams.kvHeads, headDim: b.attnParams.headDim, window: b.attnParams.window }));

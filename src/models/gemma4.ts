@@ -20,7 +20,19 @@ import { RmlxError } from "../errors.ts";
 import { ConfigReader, type LayerKvLayout, type ModelConfig, type RopeConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
-import { embed, gatedMlp, mlpWeights, runLayer, selectRows, stackEnds, type MlpWeights, type StackEnds } from "./layers.ts";
+import {
+  embed,
+  expertStacks,
+  gatedMlp,
+  mixExperts,
+  mlpWeights,
+  runLayer,
+  selectRows,
+  stackEnds,
+  type ExpertStacks,
+  type MlpWeights,
+  type StackEnds,
+} from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -187,15 +199,10 @@ interface AttentionWeights {
   oBias?: Tensor;
 }
 
-interface MoeWeights {
+interface MoeWeights extends ExpertStacks {
   proj: Weight;
   scale: Tensor;
   perExpertScale: Tensor;
-  /** Either mlx-lm's separate gate and up stacks, or transformers' fused [E, 2I, D] stack (gate rows first). */
-  gate?: Weight;
-  up?: Weight;
-  gateUp?: Weight;
-  down: Weight;
   preNorm2: Tensor;
   postNorm1: Tensor;
   postNorm2: Tensor;
@@ -256,21 +263,7 @@ function moeWeights(w: ModelWeights, p: string, moe: Moe): MoeWeights {
     postNorm1: w.tensor(`${p}.post_feedforward_layernorm_1.weight`),
     postNorm2: w.tensor(`${p}.post_feedforward_layernorm_2.weight`),
   };
-  const m: MoeWeights = w.has(`${p}.experts.gate_up_proj`)
-    ? { ...base, gateUp: w.tensor(`${p}.experts.gate_up_proj`), down: w.tensor(`${p}.experts.down_proj`) }
-    : {
-        ...base,
-        gate: w.linear(`${p}.experts.switch_glu.gate_proj`),
-        up: w.linear(`${p}.experts.switch_glu.up_proj`),
-        down: w.linear(`${p}.experts.switch_glu.down_proj`),
-      };
-  // The gathers index experts by the router's choice: a short stack would be read past its end.
-  for (const s of [m.gate, m.up, m.gateUp, m.down]) {
-    const rows = s && (isQuantized(s) ? s.w : s).shape[0];
-    if (rows !== undefined && rows !== moe.numExperts)
-      throw new RmlxError("bad_model", `${w.md.dir}: ${p} stores ${rows} experts where config.json has ${moe.numExperts}`);
-  }
-  return m;
+  return { ...base, ...expertStacks(w, p, `${p}.experts.switch_glu`, moe.numExperts) };
 }
 
 function weightRows(wt: Weight): number {
@@ -421,19 +414,7 @@ class Gemma4Model implements Model {
     const top = be.topk(scores, k);
     const perExpert = be.reshape(be.take(be.reshape(m.perExpertScale, [E, 1]), top.indices), [T, k]);
     const weights = be.mul(be.softmax(top.values, -1), perExpert);
-    const x = be.rmsNorm(h, m.preNorm2, this.eps);
-    let g: Tensor;
-    let u: Tensor;
-    if (m.gateUp) {
-      const gu = be.gatherMatmul(x, m.gateUp, top.indices);
-      g = be.slice(gu, 2, 0, I);
-      u = be.slice(gu, 2, I, 2 * I);
-    } else {
-      g = be.gatherMatmul(x, m.gate!, top.indices);
-      u = be.gatherMatmul(x, m.up!, top.indices);
-    }
-    const d = be.gatherMatmul(be.reshape(be.geglu(g, u), [T * k, I]), m.down, top.indices);
-    return be.sum(be.mul(d, be.reshape(weights, [T, k, 1])), 1);
+    return mixExperts(be, be.rmsNorm(h, m.preNorm2, this.eps), m, top.indices, weights, I, "gelu_tanh");
   }
 
   forward(step: ForwardStep): Tensor {

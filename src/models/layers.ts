@@ -1,7 +1,8 @@
-// Building blocks the decoder families share: attention over the paged cache, gated MLPs, embeddings, row
-// selection, and the loading of the attention and MLP modules most families name alike. Each family file composes
-// these in the order its reference implementation does.
-import type { AttentionOptions, Backend, Tensor, Weight } from "../backend/backend.ts";
+// Building blocks the decoder families share: attention over the paged cache, gated MLPs, mixtures of experts,
+// embeddings, row selection, and the loading of the modules most families name alike (attention, MLP, pre-norm
+// block, expert stacks). Each family file composes these in the order its reference implementation does.
+import { isQuantized, type AttentionOptions, type Backend, type Tensor, type Weight } from "../backend/backend.ts";
+import { RmlxError } from "../errors.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ForwardStep } from "./model.ts";
 import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
@@ -110,6 +111,84 @@ export function mlpWeights(w: ModelWeights, p: string): MlpWeights {
   if (ub) m.upBias = ub;
   if (db) m.downBias = db;
   return m;
+}
+
+/** Per-head RMSNorm weights of a self_attn module's q and k (qwen3, gemma3). */
+export function qkNorms(w: ModelWeights, p: string): { qNorm: Tensor; kNorm: Tensor } {
+  return { qNorm: w.tensor(`${p}.q_norm.weight`), kNorm: w.tensor(`${p}.k_norm.weight`) };
+}
+
+/** A pre-norm decoder block's norms and attention (the Llama layout): one norm before attention, one before the feed-forward. */
+export interface PreNormWeights {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  attn: AttentionWeights;
+}
+
+/** input_layernorm, post_attention_layernorm and self_attn of layer module p; qkNorm: with q/k norms (qwen3). */
+export function preNormWeights(w: ModelWeights, p: string, qkNorm: boolean): PreNormWeights {
+  const inputNorm = w.tensor(`${p}.input_layernorm.weight`);
+  const postNorm = w.tensor(`${p}.post_attention_layernorm.weight`);
+  const attn = attentionWeights(w, `${p}.self_attn`);
+  return { inputNorm, postNorm, attn: qkNorm ? { ...attn, ...qkNorms(w, `${p}.self_attn`) } : attn };
+}
+
+/** A mixture's expert stacks [E, out, in]: separate gate and up stacks, or one fused [E, 2I, D] stack (gate rows first). */
+export interface ExpertStacks {
+  gate?: Weight;
+  up?: Weight;
+  gateUp?: Weight;
+  down: Weight;
+}
+
+/**
+ * transformers' fused `${p}.experts.gate_up_proj` / `down_proj` when stored, else mlx-lm's `${switchPath}.{gate,up,down}_proj`;
+ * each must hold numExperts experts (the gathers index them by the router's choice: a short stack would be read past its end).
+ */
+export function expertStacks(w: ModelWeights, p: string, switchPath: string, numExperts: number): ExpertStacks {
+  const m: ExpertStacks = w.has(`${p}.experts.gate_up_proj`)
+    ? { gateUp: w.tensor(`${p}.experts.gate_up_proj`), down: w.tensor(`${p}.experts.down_proj`) }
+    : {
+        gate: w.linear(`${switchPath}.gate_proj`),
+        up: w.linear(`${switchPath}.up_proj`),
+        down: w.linear(`${switchPath}.down_proj`),
+      };
+  for (const s of [m.gate, m.up, m.gateUp, m.down]) {
+    const rows = s && (isQuantized(s) ? s.w : s).shape[0];
+    if (rows !== undefined && rows !== numExperts)
+      throw new RmlxError("bad_model", `${w.md.dir}: ${p} stores ${rows} experts where config.json has ${numExperts}`);
+  }
+  return m;
+}
+
+/**
+ * The chosen experts' gated MLPs summed by weight: x [T, D], indices and weights [T, k], I the experts'
+ * intermediate size.
+ */
+export function mixExperts(
+  be: Backend,
+  x: Tensor,
+  m: ExpertStacks,
+  indices: Tensor,
+  weights: Tensor,
+  I: number,
+  act: "silu" | "gelu_tanh",
+): Tensor {
+  const T = x.shape[0]!;
+  const k = indices.shape[1]!;
+  let g: Tensor;
+  let u: Tensor;
+  if (m.gateUp) {
+    const gu = be.gatherMatmul(x, m.gateUp, indices);
+    g = be.slice(gu, 2, 0, I);
+    u = be.slice(gu, 2, I, 2 * I);
+  } else {
+    g = be.gatherMatmul(x, m.gate!, indices);
+    u = be.gatherMatmul(x, m.up!, indices);
+  }
+  const h = be.reshape(act === "silu" ? be.swiglu(g, u) : be.geglu(g, u), [T * k, I]);
+  const d = be.gatherMatmul(h, m.down, indices);
+  return be.sum(be.mul(d, be.reshape(weights, [T, k, 1])), 1);
 }
 
 /**

@@ -7,26 +7,23 @@ import type { ModelDir } from "../io/model_dir.ts";
 import { textModelSanitizer, type Family } from "./family.ts";
 import {
   attention,
-  attentionWeights,
   embed,
   gatedMlp,
   gqaParams,
   mlpWeights,
+  preNormWeights,
   runLayer,
   selectRows,
   stackEnds,
   type AttentionParams,
-  type AttentionWeights,
   type MlpWeights,
+  type PreNormWeights,
   type StackEnds,
 } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import type { ModelWeights } from "./weights.ts";
 
-interface Block {
-  inputNorm: Tensor;
-  postNorm: Tensor;
-  attn: AttentionWeights;
+interface Block extends PreNormWeights {
   mlp: MlpWeights;
 }
 
@@ -54,12 +51,7 @@ class LlamaModel implements Model {
     this.attn = gqaParams(c, window);
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
-      this.blocks.push({
-        inputNorm: w.tensor(`${p}.input_layernorm.weight`),
-        postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
-        attn: attentionWeights(w, `${p}.self_attn`),
-        mlp: mlpWeights(w, `${p}.mlp`),
-      });
+      this.blocks.push({ ...preNormWeights(w, p, false), mlp: mlpWeights(w, `${p}.mlp`) });
     }
     this.layers = this.blocks.map(() => ({ kvHeads: c.numKvHeads, headDim: c.headDim, window }));
   }

@@ -9,17 +9,20 @@ import type { ModelDir } from "../io/model_dir.ts";
 import { stackedExpert, textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
 import {
   attention,
-  attentionWeights,
   embed,
+  expertStacks,
   gatedMlp,
   gqaParams,
+  mixExperts,
   mlpWeights,
+  preNormWeights,
   runLayer,
   selectRows,
   stackEnds,
   type AttentionParams,
-  type AttentionWeights,
+  type ExpertStacks,
   type MlpWeights,
+  type PreNormWeights,
   type StackEnds,
 } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
@@ -50,38 +53,17 @@ export function qwen3MoeArgs(c: ModelConfig, source: string): Qwen3MoeArgs {
   };
 }
 
-export interface MoeWeights {
+export interface MoeWeights extends ExpertStacks {
   router: Weight;
-  /** Either separate gate and up stacks, or one fused [E, 2I, D] stack (gate rows first). */
-  gate?: Weight;
-  up?: Weight;
-  gateUp?: Weight;
-  down: Weight;
 }
 
-interface Block {
-  inputNorm: Tensor;
-  postNorm: Tensor;
-  attn: AttentionWeights;
+interface Block extends PreNormWeights {
   mlp: { dense: MlpWeights } | { moe: MoeWeights };
 }
 
 export function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeWeights {
   const router = w.linear(`${p}.gate`);
-  const m: MoeWeights = w.has(`${p}.experts.gate_up_proj`)
-    ? { router, gateUp: w.tensor(`${p}.experts.gate_up_proj`), down: w.tensor(`${p}.experts.down_proj`) }
-    : {
-        router,
-        gate: w.linear(`${p}.switch_mlp.gate_proj`),
-        up: w.linear(`${p}.switch_mlp.up_proj`),
-        down: w.linear(`${p}.switch_mlp.down_proj`),
-      };
-  // The gathers index experts by the router's choice: a short stack would be read past its end.
-  for (const s of [m.gate, m.up, m.gateUp, m.down]) {
-    const rows = s && (isQuantized(s) ? s.w : s).shape[0];
-    if (rows !== undefined && rows !== args.numExperts)
-      throw new RmlxError("bad_model", `${w.md.dir}: ${p} stores ${rows} experts where config.json has ${args.numExperts}`);
-  }
+  const m: MoeWeights = { router, ...expertStacks(w, p, `${p}.switch_mlp`, args.numExperts) };
   // Each expert's projections must be the sizes config.json gives, or the kernels would read them wrongly.
   const H = w.md.config.hiddenSize;
   const I = args.moeIntermediateSize;
@@ -106,9 +88,7 @@ export function moeWeights(w: ModelWeights, p: string, args: Qwen3MoeArgs): MoeW
 
 /** The sparse feed-forward: route each token to its top-k experts and sum their SwiGLU outputs by weight. */
 export function moe(be: Backend, x: Tensor, m: MoeWeights, args: Qwen3MoeArgs): Tensor {
-  const T = x.shape[0]!;
   const k = args.numExpertsPerTok;
-  const I = args.moeIntermediateSize;
   const logits = be.linear(x, m.router);
   // Renormalised top-k probabilities are the softmax over the top-k logits.
   let weights: Tensor;
@@ -122,19 +102,7 @@ export function moe(be: Backend, x: Tensor, m: MoeWeights, args: Qwen3MoeArgs): 
     weights = top.values;
     indices = top.indices;
   }
-  let g: Tensor;
-  let u: Tensor;
-  if (m.gateUp) {
-    const gu = be.gatherMatmul(x, m.gateUp, indices);
-    g = be.slice(gu, 2, 0, I);
-    u = be.slice(gu, 2, I, 2 * I);
-  } else {
-    g = be.gatherMatmul(x, m.gate!, indices);
-    u = be.gatherMatmul(x, m.up!, indices);
-  }
-  const h = be.reshape(be.swiglu(g, u), [T * k, I]);
-  const d = be.gatherMatmul(h, m.down, indices);
-  return be.sum(be.mul(d, be.reshape(weights, [T, k, 1])), 1);
+  return mixExperts(be, x, m, indices, weights, args.moeIntermediateSize, "silu");
 }
 
 class Qwen3MoeModel implements Model {
@@ -164,13 +132,7 @@ class Qwen3MoeModel implements Model {
       const p = `model.layers.${i}`;
       const sparse = !args.mlpOnlyLayers.includes(i) && (i + 1) % args.decoderSparseStep === 0;
       this.blocks.push({
-        inputNorm: w.tensor(`${p}.input_layernorm.weight`),
-        postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
-        attn: {
-          ...attentionWeights(w, `${p}.self_attn`),
-          qNorm: w.tensor(`${p}.self_attn.q_norm.weight`),
-          kNorm: w.tensor(`${p}.self_attn.k_norm.weight`),
-        },
+        ...preNormWeights(w, p, true),
         mlp: sparse ? { moe: moeWeights(w, `${p}.mlp`, args) } : { dense: mlpWeights(w, `${p}.mlp`) },
       });
     }

@@ -31,7 +31,7 @@ export function f32ToBf16Bits(x: number): number {
   return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-export function bf16BitsToF32(h: number): number {
+function bf16BitsToF32(h: number): number {
   return bitsF32(h << 16);
 }
 

@@ -2,7 +2,7 @@
 // bits [32k, 32k+32). For 2/4/8 bits this is "32/b codes per word, lowest first"; for 3/5/6 codes straddle bytes
 // and words, exactly as MLX's byte-wise packing of 8 (or 4) codes into 3, 5 (or 3) bytes lays them out.
 
-export function packedWords(count: number, bits: number): number {
+function packedWords(count: number, bits: number): number {
   return (count * bits) / 32;
 }
 

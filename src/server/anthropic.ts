@@ -4,7 +4,7 @@ import { collect, newId, startGeneration, withModel, type ServerContext, type St
 import type { ModelEntry } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
 import { outputShaper, type Shaped, type ToolCallOut } from "./output.ts";
-import { anthropicSampling } from "./sampling.ts";
+import { anthropicSampling, defaultsFor } from "./sampling.ts";
 import type { CountTokensBodyT, MessagesBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
 
@@ -84,7 +84,7 @@ function systemPrompt(body: CountTokensBodyT): string {
 }
 
 /** Anthropic content blocks to chat-template messages: tool_use becomes tool_calls, tool_result a "tool" message. */
-export function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
+function toChatMessages(body: CountTokensBodyT): ChatMessage[] {
   const out: ChatMessage[] = [];
   // Chat templates take one system message, first: system entries inside messages join it.
   const system = systemPrompt(body);
@@ -187,7 +187,7 @@ function thinkingBudget(body: MessagesBodyT): number | undefined {
   return undefined;
 }
 
-function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
+function request(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry): GenerateRequest {
   const offered = tools(body);
   const choice = body.tool_choice?.type;
   return {
@@ -199,7 +199,7 @@ function request(body: MessagesBodyT, m: ModelEntry): GenerateRequest {
     templateKwargs: templateKwargs(body),
     addGenerationPrompt: true,
     maxTokens: body.max_tokens,
-    sampling: anthropicSampling(body),
+    sampling: anthropicSampling(body, defaultsFor(ctx.defaults, m)),
     stop: body.stop_sequences ?? [],
     stopTokenIds: [],
     thinkingBudget: thinkingBudget(body),
@@ -249,7 +249,7 @@ export async function messages(ctx: ServerContext, body: MessagesBodyT, signal?:
     }
   }
   try {
-    const req = request(body, m);
+    const req = request(ctx, body, m);
     const r = await collect(ctx, req, "messages", (started) => shaper(m, req, started), signal);
     const content: unknown[] = [];
     if (r.shaped.reasoning) content.push({ type: "thinking", thinking: r.shaped.reasoning, signature: "" });
@@ -276,7 +276,7 @@ function anthropicStreamError(err: unknown, send: SseSend): void {
 
 /** Streams one message; the caller releases the model if this throws, the stream releases it otherwise. */
 async function streamMessages(ctx: ServerContext, body: MessagesBodyT, m: ModelEntry, signal?: AbortSignal): Promise<Response> {
-  const req = request(body, m);
+  const req = request(ctx, body, m);
   const { stream, started } = await startGeneration(ctx, req, "messages", signal);
   const sh = shaper(m, req, started);
   let released = false;

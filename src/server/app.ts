@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { VERSION } from "../version.ts";
 import { countTokens, messages } from "./anthropic.ts";
 import { authorized } from "./auth.ts";
 import { errorResponse, flavorOf, HttpError, toHttpError } from "./errors.ts";
@@ -72,7 +73,12 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
       .post(`${prefix}/completions`, handle((b: typeof CompletionBody.static, signal) => completions(ctx, b, signal)), { body: CompletionBody, parse: "json" })
       .post(`${prefix}/embeddings`, handle((b: typeof EmbeddingsBody.static) => embeddings(ctx, b)), { body: EmbeddingsBody, parse: "json" });
   }
+  // What answers a bare GET or HEAD of the server (clients such as Claude Code probe it before their first request).
+  const root = ({ request }: { request: Request }) =>
+    record(request, Response.json({ name: "rmlx", version: VERSION, models: [...ctx.models.models.keys()], health: "/health" }));
   return app
+    .get("/", root)
+    .head("/", root)
     .get("/health", () => {
       const loading = ctx.models.loading;
       return Response.json({ status: loading ? "loading" : "ok" }, { status: loading ? 503 : 200 });

@@ -32,12 +32,26 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
   private readonly queue: EngineEvent[] = [];
   private wake: (() => void) | null = null;
   private ended = false;
+  private resolveEnded!: () => void;
   readonly progress: Progress = { promptTokens: 0, cachedTokens: 0, generatedTokens: 0 };
+  /** Resolves when the generation has ended: done, failed or cancelled. */
+  readonly whenEnded = new Promise<void>((r) => (this.resolveEnded = r));
+  private endReason: string | undefined;
 
   constructor(
     readonly id: string,
     private readonly onCancel: (id: string) => void,
   ) {}
+
+  /** How it ended: the engine's finish reason, "error" or "cancelled"; undefined while it runs. */
+  get finishReason(): string | undefined {
+    return this.endReason;
+  }
+
+  private finish(reason: string): void {
+    this.endReason ??= reason;
+    this.resolveEnded();
+  }
 
   push(ev: EngineEvent): void {
     if (this.ended) return;
@@ -49,7 +63,10 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
       this.progress.generatedTokens += ev.tokenIds.length;
     }
     this.queue.push(ev);
-    if (ev.type === "done" || ev.type === "error") this.ended = true;
+    if (ev.type === "done" || ev.type === "error") {
+      this.ended = true;
+      this.finish(ev.type === "done" ? ev.finishReason : "error");
+    }
     this.wake?.();
     this.wake = null;
   }
@@ -58,6 +75,7 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
   cancel(): void {
     if (this.ended) return;
     this.ended = true;
+    this.finish("cancelled");
     this.onCancel(this.id);
     this.wake?.();
     this.wake = null;
@@ -83,6 +101,8 @@ export interface EngineStats {
   kvTotal: number;
   kvWindowUsed: number;
   kvWindowTotal: number;
+  kvUsedBytes: number;
+  kvTotalBytes: number;
 }
 
 interface Pending<T> {
@@ -108,7 +128,7 @@ export class EngineClient {
   private readonly unloads = new Map<string, () => void>();
   private nextRid = 0;
   private dead: Error | null = null;
-  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0 };
+  stats: EngineStats = { running: 0, waiting: 0, kvUsed: 0, kvTotal: 0, kvWindowUsed: 0, kvWindowTotal: 0, kvUsedBytes: 0, kvTotalBytes: 0 };
   /** Called once per generation when it ends. */
   onEnd: ((id: string, end: GenerationEnd) => void) | null = null;
 
@@ -178,6 +198,8 @@ export class EngineClient {
           kvTotal: msg.kvTotal,
           kvWindowUsed: msg.kvWindowUsed ?? 0,
           kvWindowTotal: msg.kvWindowTotal ?? 0,
+          kvUsedBytes: msg.kvUsedBytes ?? 0,
+          kvTotalBytes: msg.kvTotalBytes ?? 0,
         };
         return;
     }

@@ -45,7 +45,7 @@ const ANTHROPIC_TYPE: Record<number, string> = {
 };
 
 /** Seconds a client is told to wait after a 429. */
-export const RETRY_AFTER_S = 1;
+const RETRY_AFTER_S = 1;
 
 export function toHttpError(err: unknown): HttpError {
   if (err instanceof HttpError) return err;
@@ -63,7 +63,7 @@ export function fromCode(code: string, message: string): HttpError {
   return new HttpError(status, message, { code });
 }
 
-export function errorBody(flavor: ApiFlavor, e: HttpError): Record<string, unknown> {
+function errorBody(flavor: ApiFlavor, e: HttpError): Record<string, unknown> {
   if (flavor === "anthropic") {
     return { type: "error", error: { type: ANTHROPIC_TYPE[e.status] ?? "api_error", message: e.message } };
   }

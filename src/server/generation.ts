@@ -4,6 +4,8 @@ import type { RequestJournal } from "./journal.ts";
 import { fromCode, HttpError } from "./errors.ts";
 import type { ModelEntry, ModelManager } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
+import { noteGeneration, type Logger } from "./log.ts";
+import type { ServerDefaults } from "./sampling.ts";
 import { mergeShaped, type Shaped } from "./output.ts";
 
 export type Started = Extract<EngineEvent, { type: "started" }>;
@@ -14,6 +16,9 @@ export interface ServerContext {
   engine: EngineClient;
   models: ModelManager;
   journal?: RequestJournal;
+  /** --temp, --top-p, --top-k, --min-p, --max-tokens. */
+  defaults?: ServerDefaults;
+  log?: Logger;
 }
 
 export function newId(prefix: string): string {
@@ -32,6 +37,7 @@ export async function startGeneration(
 ): Promise<{ stream: GenerationStream; started: Started }> {
   ctx.journal?.begin(req.id, api, req.model);
   const stream = ctx.engine.generate(req);
+  noteGeneration(req.model, stream);
   // A client that leaves while its request still waits in the engine's queue cancels it there.
   signal?.addEventListener("abort", () => stream.cancel(), { once: true });
   const first = await stream.next();
@@ -40,6 +46,13 @@ export async function startGeneration(
   if (first.type !== "started") {
     stream.cancel();
     throw new HttpError(500, `engine answered with '${first.type}' before 'started'`);
+  }
+  if (first.truncatedFrom !== undefined) {
+    const m = ctx.models.models.get(req.model);
+    ctx.log?.warn(
+      `${req.model}: a prompt of ${first.truncatedFrom} tokens was cut to ${first.promptTokens} to fit the context of ` +
+        `${m?.contextLength} tokens (older turns, then tools, then the end of the system message; --prompt-overflow error refuses instead)`,
+    );
   }
   return { stream, started: first };
 }

@@ -11,7 +11,7 @@ import {
 import type { GenerationStream } from "./engine_client.ts";
 import type { ModelEntry } from "./models.ts";
 import { outputShaper, plainShaper, type Shaped, type ToolCallOut } from "./output.ts";
-import { openAISampling, stopList } from "./sampling.ts";
+import { defaultsFor, openAISampling, stopList } from "./sampling.ts";
 import type { ChatCompletionBodyT, CompletionBodyT } from "./schemas.ts";
 import { sseResponse, type SseSend } from "./sse.ts";
 
@@ -73,15 +73,11 @@ function jsonSchemaOf(rf: Body["response_format"]): Record<string, unknown> | un
   return rf.json_schema?.schema ?? { type: "object" };
 }
 
-function maxTokensOf(requested: number | null | undefined, m: ModelEntry): number {
-  // No limit asked for: the engine stops at the end of the context.
-  return requested ?? m.contextLength;
-}
-
-function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest {
+function chatRequest(ctx: ServerContext, body: Body, m: ModelEntry, index: number): GenerateRequest {
   const tools = chatTools(body);
   const choice = toolChoice(body);
-  const sampling = openAISampling(body, { logprobs: body.logprobs ?? false, top: body.logprobs ? (body.top_logprobs ?? 0) : 0 });
+  const top = body.logprobs ? (body.top_logprobs ?? 0) : 0;
+  const sampling = openAISampling(body, { logprobs: body.logprobs ?? false, top }, defaultsFor(ctx.defaults, m));
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
   return {
     id: newId("gen-"),
@@ -90,7 +86,8 @@ function chatRequest(body: Body, m: ModelEntry, index: number): GenerateRequest 
     tools,
     templateKwargs: body.chat_template_kwargs ?? undefined,
     addGenerationPrompt: true,
-    maxTokens: maxTokensOf(body.max_completion_tokens ?? body.max_tokens, m),
+    // No limit asked for and no --max-tokens: the engine stops at the end of the context.
+    maxTokens: body.max_completion_tokens ?? body.max_tokens ?? ctx.defaults?.maxTokens ?? m.contextLength,
     sampling,
     stop: stopList(body.stop),
     stopTokenIds: body.stop_token_ids ?? [],
@@ -144,7 +141,7 @@ export async function chatCompletions(ctx: ServerContext, body: Body, signal?: A
     throw e;
   }
   try {
-    const requests = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
+    const requests = Array.from({ length: n }, (_, i) => chatRequest(ctx, body, m, i));
     const results = await collectAll(ctx, requests, "chat", (r) => shaperFor(m, r), signal);
     return Response.json(chatResponse(body, m, results));
   } finally {
@@ -181,7 +178,7 @@ function chatResponse(body: Body, m: ModelEntry, results: Collected[]) {
 }
 
 /** Sends an error as the last event of a stream whose headers are already out. */
-export function streamError(err: unknown, send: SseSend): void {
+function streamError(err: unknown, send: SseSend): void {
   const e = err instanceof HttpError ? err : new HttpError(500, err instanceof Error ? err.message : String(err));
   send({ error: { message: e.message, type: e.status === 400 ? "invalid_request_error" : "server_error", param: null, code: e.extra.code ?? null } });
   send("[DONE]");
@@ -189,7 +186,7 @@ export function streamError(err: unknown, send: SseSend): void {
 
 /** Streams n chat completions as one event stream; the caller releases the model if this throws, the stream releases it otherwise. */
 async function streamChat(ctx: ServerContext, body: Body, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
-  const reqs = Array.from({ length: n }, (_, i) => chatRequest(body, m, i));
+  const reqs = Array.from({ length: n }, (_, i) => chatRequest(ctx, body, m, i));
   const gens = await startAll(ctx, reqs, "chat", signal);
   const id = newId("chatcmpl-");
   const created = Math.floor(Date.now() / 1000);
@@ -287,9 +284,9 @@ function completionPrompts(body: CompletionBodyT): (string | number[])[] {
   return p as (string | number[])[];
 }
 
-function completionRequest(body: CompletionBodyT, m: ModelEntry, prompt: string | number[], index: number): GenerateRequest {
+function completionRequest(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, prompt: string | number[], index: number): GenerateRequest {
   const top = body.logprobs ?? 0;
-  const sampling = openAISampling(body, { logprobs: body.logprobs != null, top });
+  const sampling = openAISampling(body, { logprobs: body.logprobs != null, top }, defaultsFor(ctx.defaults, m));
   if (index > 0 && sampling.seed !== undefined) sampling.seed += index;
   if (body.response_format && body.response_format.type !== "text") {
     throw new HttpError(400, "response_format is only supported on /v1/chat/completions", { param: "response_format" });
@@ -298,7 +295,8 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, prompt: string 
     id: newId("gen-"),
     model: m.name,
     prompt,
-    maxTokens: body.max_tokens ?? 16,
+    // OpenAI's default for legacy completions, unless --max-tokens says otherwise.
+    maxTokens: body.max_tokens ?? ctx.defaults?.maxTokens ?? 16,
     sampling,
     stop: stopList(body.stop),
     stopTokenIds: body.stop_token_ids ?? [],
@@ -307,8 +305,8 @@ function completionRequest(body: CompletionBodyT, m: ModelEntry, prompt: string 
 }
 
 /** Requests for every prompt's n choices, in OpenAI's order: choice index = prompt index * n + choice. */
-function completionRequests(body: CompletionBodyT, m: ModelEntry, n: number): GenerateRequest[] {
-  return completionPrompts(body).flatMap((prompt, p) => Array.from({ length: n }, (_, i) => completionRequest(body, m, prompt, p * n + i)));
+function completionRequests(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, n: number): GenerateRequest[] {
+  return completionPrompts(body).flatMap((prompt, p) => Array.from({ length: n }, (_, i) => completionRequest(ctx, body, m, prompt, p * n + i)));
 }
 
 /** Each prompt's first "started" event, for usage: a prompt's n choices share it. */
@@ -342,7 +340,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
   }
   try {
     const prompts = completionPrompts(body);
-    const results = await collectAll(ctx, completionRequests(body, m, n), "completions", () => plainShaper, signal);
+    const results = await collectAll(ctx, completionRequests(ctx, body, m, n), "completions", () => plainShaper, signal);
     let completion = 0;
     const choices = results.map((r, index) => {
       completion += r.done.usage.completionTokens;
@@ -369,7 +367,7 @@ export async function completions(ctx: ServerContext, body: CompletionBodyT, sig
 }
 
 async function streamCompletion(ctx: ServerContext, body: CompletionBodyT, m: ModelEntry, n: number, signal?: AbortSignal): Promise<Response> {
-  const gens = await startAll(ctx, completionRequests(body, m, n), "completions", signal);
+  const gens = await startAll(ctx, completionRequests(ctx, body, m, n), "completions", signal);
   const id = newId("cmpl-");
   const created = Math.floor(Date.now() / 1000);
   const includeUsage = body.stream_options?.include_usage ?? false;

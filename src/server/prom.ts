@@ -60,6 +60,12 @@ export class ServerMetrics {
     metric("rmlx_kv_window_blocks_total", "gauge", "KV cache blocks in the sliding-window layers' pools.", [
       `rmlx_kv_window_blocks_total ${stats.kvWindowTotal}`,
     ]);
+    metric("rmlx_kv_bytes_used", "gauge", "Bytes of the KV cache blocks in use, in the cache's --kv-quant codec (all pools).", [
+      `rmlx_kv_bytes_used ${stats.kvUsedBytes}`,
+    ]);
+    metric("rmlx_kv_bytes_total", "gauge", "Bytes of the KV cache budget (all pools, recurrent state slots included).", [
+      `rmlx_kv_bytes_total ${stats.kvTotalBytes}`,
+    ]);
     metric(
       "rmlx_model_loaded",
       "gauge",

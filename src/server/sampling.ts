@@ -1,5 +1,20 @@
-import { DEFAULT_SAMPLING, type SamplingParams } from "../engine/types.ts";
+import { DEFAULT_SAMPLING, type SamplingDefaults, type SamplingParams } from "../engine/types.ts";
 import { HttpError } from "./errors.ts";
+import type { ModelEntry } from "./models.ts";
+
+/** The server's --temp, --top-p, --top-k, --min-p and --max-tokens: defaults for requests that leave them out. */
+export interface ServerDefaults extends SamplingDefaults {
+  maxTokens?: number;
+}
+
+/**
+ * What stands in for a sampling field a request leaves out: the server's flag, else the model's
+ * generation_config.json, else the built-in default (temperature 1, top_p 1, top_k and min_p off).
+ */
+export function defaultsFor(server: ServerDefaults | undefined, m: ModelEntry): SamplingDefaults {
+  const { maxTokens: _, ...flags } = server ?? {};
+  return { ...m.info?.sampling, ...flags };
+}
 
 type Maybe<T> = T | null | undefined;
 
@@ -26,17 +41,21 @@ function logitBias(bias: Maybe<Record<string, number>>): Record<number, number> 
   return out;
 }
 
-export function openAISampling(body: OpenAISamplingFields, logprobs: { logprobs: boolean; top: number }): SamplingParams {
+export function openAISampling(
+  body: OpenAISamplingFields,
+  logprobs: { logprobs: boolean; top: number },
+  defaults: SamplingDefaults = {},
+): SamplingParams {
   return {
     ...DEFAULT_SAMPLING,
-    temperature: body.temperature ?? DEFAULT_SAMPLING.temperature,
-    topP: body.top_p ?? DEFAULT_SAMPLING.topP,
+    temperature: body.temperature ?? defaults.temperature ?? DEFAULT_SAMPLING.temperature,
+    topP: body.top_p ?? defaults.topP ?? DEFAULT_SAMPLING.topP,
     // vLLM's convention: -1 also means "off".
-    topK: Math.max(0, body.top_k ?? 0),
-    minP: body.min_p ?? 0,
+    topK: Math.max(0, body.top_k ?? defaults.topK ?? DEFAULT_SAMPLING.topK),
+    minP: body.min_p ?? defaults.minP ?? DEFAULT_SAMPLING.minP,
     presencePenalty: body.presence_penalty ?? 0,
     frequencyPenalty: body.frequency_penalty ?? 0,
-    repetitionPenalty: body.repetition_penalty ?? 1,
+    repetitionPenalty: body.repetition_penalty ?? defaults.repetitionPenalty ?? DEFAULT_SAMPLING.repetitionPenalty,
     logitBias: logitBias(body.logit_bias),
     seed: body.seed ?? undefined,
     logprobs: logprobs.logprobs,
@@ -44,12 +63,14 @@ export function openAISampling(body: OpenAISamplingFields, logprobs: { logprobs:
   };
 }
 
-export function anthropicSampling(body: { temperature?: number; top_p?: number; top_k?: number }): SamplingParams {
+export function anthropicSampling(body: { temperature?: number; top_p?: number; top_k?: number }, defaults: SamplingDefaults = {}): SamplingParams {
   return {
     ...DEFAULT_SAMPLING,
-    temperature: body.temperature ?? 1,
-    topP: body.top_p ?? 1,
-    topK: body.top_k ?? 0,
+    temperature: body.temperature ?? defaults.temperature ?? DEFAULT_SAMPLING.temperature,
+    topP: body.top_p ?? defaults.topP ?? DEFAULT_SAMPLING.topP,
+    topK: body.top_k ?? defaults.topK ?? DEFAULT_SAMPLING.topK,
+    minP: defaults.minP ?? DEFAULT_SAMPLING.minP,
+    repetitionPenalty: defaults.repetitionPenalty ?? DEFAULT_SAMPLING.repetitionPenalty,
   };
 }
 

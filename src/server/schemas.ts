@@ -232,7 +232,6 @@ export type ChatCompletionBodyT = typeof ChatCompletionBody.static;
 export type CompletionBodyT = typeof CompletionBody.static;
 export type MessagesBodyT = typeof MessagesBody.static;
 export type CountTokensBodyT = typeof CountTokensBody.static;
-export type TokenizeBodyT = typeof TokenizeBody.static;
 
 interface SchemaLike {
   type?: string;

@@ -1,7 +1,7 @@
 const enc = new TextEncoder();
 
 /** One server-sent event: `event:` line only when named (Anthropic names every event, OpenAI none). */
-export function sseEvent(data: unknown, event?: string): Uint8Array {
+function sseEvent(data: unknown, event?: string): Uint8Array {
   const body = typeof data === "string" ? data : JSON.stringify(data);
   return enc.encode(event ? `event: ${event}\ndata: ${body}\n\n` : `data: ${body}\n\n`);
 }

@@ -117,13 +117,47 @@ function attachToolResponses(messages: Json[]): Json[] {
   return out;
 }
 
+/** A chat template as models ship it: one Jinja text, or tokenizer_config's list of named templates. */
+export type ChatTemplateSource = string | { name: string; template: string }[];
+
+/**
+ * A chat template file given in place of a model's own (--chat-template): Jinja text, or a JSON file with a
+ * chat_template entry (chat_template.json, tokenizer_config.json). Checked here, so a bad file fails at once.
+ */
+export function readChatTemplateFile(path: string): ChatTemplateSource {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new RmlxError("invalid_argument", `--chat-template: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let source: ChatTemplateSource = text;
+  if (path.endsWith(".json")) {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new RmlxError("invalid_argument", `--chat-template: ${path} is not valid JSON: ${(e as Error).message}`);
+    }
+    const v = json && typeof json === "object" ? (json as Json).chat_template : undefined;
+    if (typeof v !== "string" && !Array.isArray(v)) throw new RmlxError("invalid_argument", `--chat-template: ${path} has no chat_template`);
+    source = v as ChatTemplateSource;
+  }
+  try {
+    new ChatTemplate(source);
+  } catch (e) {
+    throw new RmlxError("invalid_argument", `--chat-template: ${path}: ${(e as Error).message}`);
+  }
+  return source;
+}
+
 export class ChatTemplate {
   private readonly templates: Map<string, Template>;
   private readonly sources: Map<string, string>;
   private readonly tokenVariables: Json;
 
   /** source: one template, or tokenizer_config's list of named templates. */
-  constructor(source: string | { name: string; template: string }[], specialTokens: Json = {}) {
+  constructor(source: ChatTemplateSource, specialTokens: Json = {}) {
     this.templates = new Map();
     this.sources = new Map();
     const named = typeof source === "string" ? [{ name: "default", template: source }] : source;
@@ -149,7 +183,7 @@ export class ChatTemplate {
     if (typeof source !== "string" && !Array.isArray(source)) {
       throw new RmlxError("bad_model", "chat_template must be a string or a list of {name, template}");
     }
-    return new ChatTemplate(source as string | { name: string; template: string }[], tokenizerConfig);
+    return new ChatTemplate(source as ChatTemplateSource, tokenizerConfig);
   }
 
   /** The template a model directory ships: chat_template.jinja, else tokenizer_config.json's chat_template. */

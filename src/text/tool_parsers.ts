@@ -63,7 +63,7 @@ export interface ToolParserOptions {
 
 const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-export function newToolCallId(): string {
+function newToolCallId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(24));
   let s = "call_";
   for (const b of bytes) s += ID_ALPHABET[b % ID_ALPHABET.length];

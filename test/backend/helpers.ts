@@ -2,6 +2,7 @@
 import { expect } from "bun:test";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
+import { contiguousStrides } from "../../src/backend/native/layout.ts";
 import { mulberry32 } from "../rng.ts";
 
 let shared: NativeBackend | undefined;
@@ -52,15 +53,7 @@ export function linearRef(x: Float32Array, M: number, K: number, w: Float32Array
 }
 
 /** Index arithmetic for row-major tensors. */
-export function strides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i]!;
-  }
-  return s;
-}
+export const strides = contiguousStrides;
 
 export function unravel(i: number, shape: readonly number[]): number[] {
   const idx = new Array<number>(shape.length);

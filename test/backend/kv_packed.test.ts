@@ -7,10 +7,12 @@ import type { AttentionBatch, KvElement, KvFormat, KvPool } from "../../src/back
 import { kvElementBytes } from "../../src/backend/backend.ts";
 import { bytesOf } from "../../src/backend/native/memory.ts";
 import type { NTensor } from "../../src/backend/native/tensor.ts";
-import { e4m3, f16ToNumber } from "../native/ref.ts";
+import { native } from "../../src/backend/native/lib.ts";
+import { availableIsas, e4m3, f16ToNumber, setIsa } from "../native/ref.ts";
 import { backend, expectClose, randn } from "./helpers.ts";
 
 const be = backend();
+const BEST = String(native().rmlx_isa());
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
 
 const affine = (bits: 4 | 8, group = 64): KvElement => ({ kind: "affine", bits, group });
@@ -155,6 +157,45 @@ describe("packed KV pools", () => {
         for (const p of [packed, plain]) for (const x of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (x) be.dispose(x);
       });
     }
+  }
+
+  // Decode steps read packed rows in place (scores on the codes, values decoded into the accumulators): every
+  // query-heads-per-KV-head count (the kernels take rows in pairs), head_dim 64, 128 and 256, on every ISA.
+  for (const isa of availableIsas()) {
+    test(`decode over packed rows equals attention over their decoded values (${isa})`, () => {
+      expect(setIsa(isa)).toBe(0);
+      try {
+        for (const [name, format] of Object.entries(FORMATS)) {
+          for (const [G, hd, total] of [[1, 128, 300], [2, 64, 77], [3, 128, 129], [5, 256, 40], [4, 96, 65]] as const) {
+            if (format.k.kind !== "float" && hd % format.k.group) continue;
+            const kvh = 2;
+            const nb = Math.ceil(total / blockSize) + 1;
+            const pool = be.createKvPool(nb, blockSize, kvh, hd, format);
+            const tables = Int32Array.from({ length: nb }, (_, i) => nb - 1 - i);
+            const slots = Int32Array.from({ length: total }, (_, p) => tables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+            be.scope(() => be.kvWrite(pool, t(randn(total * kvh * hd, 3, 3), [total, kvh, hd]), t(randn(total * kvh * hd, 4, 2), [total, kvh, hd]), slots));
+            const dec = decodePool(pool);
+            const plain = be.createKvPool(nb, blockSize, kvh, hd, "f32");
+            const all = Int32Array.from({ length: nb * blockSize }, (_, i) => i);
+            be.scope(() => be.kvWrite(plain, t(dec.k, [nb * blockSize, kvh, hd]), t(dec.v, [nb * blockSize, kvh, hd]), all));
+            const batch: AttentionBatch = { blockTables: tables, maxBlocks: nb, seqLens: Int32Array.of(total), tokenSeq: Int32Array.of(0), positions: Int32Array.of(total - 1) };
+            const q = randn(G * kvh * hd, 11, 0.5);
+            for (const opts of [{ scale: 1 / Math.sqrt(hd) }, { scale: 0.3, window: 33, softcap: 5 }]) {
+              const got = be.scope(() => be.toFloat32(be.pagedAttention(t(q, [1, G * kvh, hd]), pool, batch, opts)));
+              const want = be.scope(() => be.toFloat32(be.pagedAttention(t(q, [1, G * kvh, hd]), plain, batch, opts)));
+              try {
+                expectClose(got, want, 2e-5, 2e-4);
+              } catch (e) {
+                throw new Error(`${name} G=${G} head_dim ${hd}: ${(e as Error).message}`);
+              }
+            }
+            for (const p of [pool, plain]) for (const x of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (x) be.dispose(x);
+          }
+        }
+      } finally {
+        setIsa(BEST);
+      }
+    });
   }
 
   test("copyBlock copies codes, scales and biases of both sides", () => {

@@ -1,15 +1,22 @@
 // `rmlx generate` end to end through the compiled binary (make build first): JSON output, greedy tokens against
-// the transformers reference of a fixture model, and one-line errors with exit code 2.
+// the transformers reference of a fixture model, the chat template by default (--raw without), the prompt from
+// stdin, and one-line errors with exit code 2.
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { encodePrompt, loadSession } from "../../src/engine/session.ts";
+import type { ChatMessage } from "../../src/engine/types.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
 
 const BIN = join(import.meta.dir, "../../dist/rmlx");
 const FIXTURES = join(import.meta.dir, "../fixtures/models");
 
 function run(...args: string[]) {
-  const p = Bun.spawnSync([BIN, ...args], { stdout: "pipe", stderr: "pipe" });
+  return runWith(undefined, ...args);
+}
+
+function runWith(stdin: string | undefined, ...args: string[]) {
+  const p = Bun.spawnSync([BIN, ...args], { stdout: "pipe", stderr: "pipe", stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin) });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
@@ -18,7 +25,7 @@ const haveFixture = existsSync(join(fixtureDir, "reference.json"));
 
 describe("rmlx generate", () => {
   test.skipIf(!haveFixture)("--json: prompt ids, token ids, text and speeds", () => {
-    const r = run("generate", "--model", fixtureDir, "--prompt", "hi", "--max-tokens", "8", "--json");
+    const r = run("generate", "--model", fixtureDir, "--prompt", "hi", "--max-tokens", "8", "--json", "--raw");
     expect(r.err).toBe("");
     expect(r.code).toBe(0);
     const j = JSON.parse(r.out);
@@ -38,7 +45,7 @@ describe("rmlx generate", () => {
       // The prompt travels as text; it must tokenize back to the reference ids for the comparison to hold.
       const text = tok.decode(p.ids, { skipSpecialTokens: false });
       expect(tok.encode(text, { addSpecialTokens: false })).toEqual(p.ids);
-      const r = run("generate", "--model", fixtureDir, "--prompt", text, "--max-tokens", "16", "--json");
+      const r = run("generate", "--model", fixtureDir, "--prompt", text, "--max-tokens", "16", "--json", "--raw");
       expect(r.code).toBe(0);
       const j = JSON.parse(r.out);
       expect(j.prompt_ids).toEqual(p.ids);
@@ -56,6 +63,31 @@ describe("rmlx generate", () => {
     const r = run("generate", "--model", fixtureDir, "--prompt", "hello", "--max-tokens", "4");
     expect(r.code).toBe(0);
     expect(r.err).toMatch(/prompt: \d+ tokens, [\d.]+ tok\/s; generation: \d+ tokens, [\d.]+ tok\/s/);
+  });
+
+  test.skipIf(!haveFixture)("the chat template applies when the model has one; --raw sends plain text; --chat is still taken", () => {
+    const session = loadSession(fixtureDir);
+    const templated = (messages: ChatMessage[]) => encodePrompt(session, { messages }).ids;
+    const ids = (...args: string[]) => JSON.parse(run("generate", "-m", fixtureDir, "--max-tokens", "1", "--json", ...args).out).prompt_ids;
+    expect(ids("-p", "hi")).toEqual(templated([{ role: "user", content: "hi" }]));
+    expect(ids("-p", "hi", "--chat")).toEqual(templated([{ role: "user", content: "hi" }]));
+    expect(ids("-p", "hi", "--system", "be brief")).toEqual(templated([{ role: "system", content: "be brief" }, { role: "user", content: "hi" }]));
+    expect(ids("-p", "hi", "--raw")).toEqual(session.tokenizer.encode("hi"));
+    const both = run("generate", "-m", fixtureDir, "-p", "hi", "--raw", "--system", "x");
+    expect(both.code).toBe(2);
+    expect(both.err).toBe("rmlx: --system needs the chat template (leave out --raw)\n");
+  });
+
+  test.skipIf(!haveFixture)("--prompt - reads the prompt from stdin", () => {
+    const r = runWith("a prompt\nof two lines\n", "generate", "-m", fixtureDir, "-p", "-", "--raw", "--max-tokens", "1", "--json");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).prompt_ids).toEqual(Tokenizer.fromModelDir(fixtureDir).encode("a prompt\nof two lines"));
+  });
+
+  test("the built-in model by default, its chat template applied: the README's answer", () => {
+    const r = run("generate", "-p", "What is the package ripgrep?", "--max-tokens", "64");
+    expect(r.code).toBe(0);
+    expect(r.out).toBe("ripgrep is a Debian package in the utils section: recursively searches directories for a regex pattern.\n");
   });
 
   test("bad input: one line on stderr, exit 2", () => {

@@ -196,10 +196,36 @@ describe("rmlx info", () => {
       expectBadInput(info("--model", d), "model.safetensors.index.json", "shard 'model-00001-of-00002.safetensors'", "missing");
     });
 
-    test("no --model", () => {
-      const r = info();
+    test("an unknown flag: one line naming info's --help", () => {
+      const r = info("--modle", "x");
       expect(r.code).toBe(2);
-      expect(r.err).toContain("--model");
+      expect(r.err).toBe("rmlx: unknown option '--modle'; did you mean --model? (see 'rmlx info --help')\n");
     });
+  });
+
+  test("no --model: the built-in model", () => {
+    const j = JSON.parse(info("--json").out);
+    expect(j).toMatchObject({ model_type: "qwen3", parameters: 8_917_760, chat_template: true, runnable: true });
+  });
+
+  test("the KV estimate is in the KV type the engine uses: f32 by default, --kv-dtype or RMLX_KV_DTYPE otherwise", () => {
+    const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
+    // f32 K and V: 2 layers * 2 kv heads * 16 dims * 2 (K, V) * 4 bytes = 512 bytes per token.
+    const f32 = JSON.parse(info("-m", dir, "--json").out);
+    expect(f32.kv_cache_dtype).toBe("f32");
+    expect(f32.kv_cache_bytes).toEqual({ "4096": 512 * 4096, "32768": 512 * 32768 });
+    expect(JSON.parse(info("-m", dir, "--json", "--kv-dtype", "bf16").out).kv_cache_bytes["4096"]).toBe(256 * 4096);
+    const p = Bun.spawnSync([process.execPath, MAIN, "info", "-m", dir], { stdout: "pipe", env: { ...process.env, RMLX_KV_DTYPE: "f16" } });
+    expect(p.stdout.toString()).toMatch(/memory: KV cache @ 4k: +1\.00 MiB \(f16, one sequence\)/);
+    expect(info("-m", dir).out).toMatch(/memory: KV cache @ 4k: +2\.00 MiB \(f32, one sequence\)/);
+  });
+
+  test("where libmlxc was looked for is shown with -v only", () => {
+    const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
+    const env = { ...process.env, RMLX_MLX_C_LIB: "/nonexistent/libmlxc.so" };
+    const run = (...a: string[]) => Bun.spawnSync([process.execPath, MAIN, "info", "-m", dir, ...a], { stdout: "pipe", env }).stdout.toString();
+    expect(run()).toMatch(/runnable: +yes, on native .*\(auto: libmlxc not found \(-v lists where\)\)\n/);
+    expect(run()).not.toContain("/nonexistent");
+    expect(run("-v")).toContain("looked in /nonexistent/libmlxc.so");
   });
 });

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { openModelDir } from "../../src/io/model_dir.ts";
 // config parsing learns the model families from the registry
 import "../../src/models/registry.ts";
+import { parseKvCodec } from "../../src/engine/kv/codec.ts";
 import { describeClasses, kvCacheBytes, recurrentStateBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
 import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -48,6 +49,9 @@ describe("summarize", () => {
     expect(s.quantization).toBe("attention/mlp/embed_tokens/lm_head/norms: bf16");
     // f16 K and V: 2 layers * 2 kv heads * 16 dims * 2 (K, V) * 2 bytes = 256 bytes per token.
     expect(s.kv_cache_bytes).toEqual({ "4096": 256 * 4096, "32768": 256 * 32768 });
+    // head_dim 16: no group of 32 or 64 divides it, so the packed codecs cannot store it.
+    expect(s.kv_cache_bytes_by_codec.f16).toEqual(s.kv_cache_bytes);
+    expect(s.kv_cache_bytes_by_codec.q8).toEqual({ "4096": null, "32768": null });
     expect(s).toMatchObject({ layers: 2, heads: 4, kv_heads: 2, head_dim: 16, vocab_size: 256, context_length: 2048 });
     expect(s.rope).toEqual({ type: "default", base: 10000 });
   });
@@ -96,6 +100,14 @@ describe("summarize", () => {
     // Per token per layer: 2 * 1 head * 32 dims * 2 bytes = 128 bytes. Layers 0-4 sliding, layer 5 global.
     expect(kvCacheBytes(md, 4096)).toBe(5 * 512 * 128 + 4096 * 128);
     expect(kvCacheBytes(md, 100)).toBe(6 * 100 * 128);
+    // Per codec (head_dim 32 takes groups of 32): q8 stores 32 codes + 1 f16 scale + 1 f16 bias per row = 36 bytes,
+    // q4 20, fp8 34 (no bias), k8v4 36 + 20; K and V of 1 head per layer.
+    expect(kvCacheBytes(md, 4096, parseKvCodec("q8"))).toBe((5 * 512 + 4096) * 72);
+    expect(kvCacheBytes(md, 4096, parseKvCodec("q4"))).toBe((5 * 512 + 4096) * 40);
+    expect(kvCacheBytes(md, 4096, parseKvCodec("fp8"))).toBe((5 * 512 + 4096) * 68);
+    expect(kvCacheBytes(md, 4096, parseKvCodec("k8v4"))).toBe((5 * 512 + 4096) * 56);
+    expect(kvCacheBytes(md, 4096, parseKvCodec("q4g64"))).toBeNull();
+    expect(summarize(md).kv_cache_bytes_by_codec.q4!["4096"]).toBe((5 * 512 + 4096) * 40);
     const s = summarize(md);
     expect(s.layer_types).toEqual({ sliding_attention: 5, full_attention: 1 });
     expect(s.local_rope).toEqual({ type: "default", base: 10000 });
@@ -111,6 +123,7 @@ describe("summarize", () => {
     expect(unsupportedReason(qn, ["llama"])).toBe("the qwen3_next architecture is not implemented yet");
     // Linear-attention layers keep no KV cache.
     expect(kvCacheBytes(qn, 10)).toBe(10 * 2 * TINY.kvHeads * TINY.headDim * 2);
+    expect(kvCacheBytes(qn, 10, parseKvCodec("f32"))).toBe(10 * 2 * TINY.kvHeads * TINY.headDim * 4);
     const bitnet = openModelDir(
       writeModelDir(tempDir(), { ...llamaConfig(), model_type: "llama", quantization_config: { quant_method: "awq" } }, llamaTensors()),
     );

@@ -14,10 +14,9 @@ import { setGemvMode } from "../../src/backend/native/lib.ts";
 import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
 import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
-import { SafetensorsFile } from "../../src/io/safetensors.ts";
 import type { Model } from "../../src/models/model.ts";
 import { loadModel } from "../../src/models/registry.ts";
-import { readF32, relError } from "./reference.ts";
+import { fixtureReference, relError } from "./reference.ts";
 
 const ROOT = join(import.meta.dir, "../fixtures/models");
 const INDEX = join(ROOT, "INDEX.json");
@@ -35,14 +34,6 @@ const MODES = [
   { gemv: "f32", relTol: REL_TOL, clearMargin: CLEAR_MARGIN },
   { gemv: "x16", ...X16 },
 ] as const;
-
-interface PromptRef {
-  kind: string;
-  ids: number[];
-  logits_key: string;
-  greedy: number[];
-  greedy_margins: number[];
-}
 
 interface Fixture {
   name: string;
@@ -71,8 +62,7 @@ describe.each(cases)("fixture $name ($gemv products)", (fx) => {
   beforeAll(() => setGemvMode(fx.gemv));
   afterAll(() => setGemvMode("x16"));
   const dir = join(ROOT, fx.name);
-  const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8")) as { prompts: PromptRef[] };
-  const refTensors = SafetensorsFile.open(join(dir, "reference.safetensors"));
+  const ref = fixtureReference(dir);
   let model: Model;
   const cacheFor = (m: Model) => new KvCache(m.backend, m.layers, { numBlocks: 64, blockSize: 16 });
 
@@ -83,7 +73,7 @@ describe.each(cases)("fixture $name ($gemv products)", (fx) => {
 
   test("teacher-forced logits match the reference", () => {
     for (const p of ref.prompts) {
-      const want = readF32(refTensors, p.logits_key);
+      const want = ref.logits(p.logits_key);
       const V = want.shape[1]!;
       const r = forwardBatch(model, cacheFor(model), [{ seq: new Sequence(), tokens: Int32Array.from(p.ids) }], "all");
       const err = relError(r.logits, want.data, V);
@@ -114,8 +104,8 @@ describe.each(cases)("fixture $name ($gemv products)", (fx) => {
       { seq: new Sequence(), tokens: Int32Array.from(b.ids) },
     ], "all");
     const V = model.vocabSize;
-    const wantA = readF32(refTensors, a.logits_key).data;
-    const wantB = readF32(refTensors, b.logits_key).data;
+    const wantA = ref.logits(a.logits_key).data;
+    const wantB = ref.logits(b.logits_key).data;
     expect(relError(r.logits.subarray(0, a.ids.length * V), wantA, V)).toBeLessThan(REL_TOL);
     expect(relError(r.logits.subarray(a.ids.length * V), wantB, V)).toBeLessThan(REL_TOL);
   });

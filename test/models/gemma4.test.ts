@@ -18,7 +18,7 @@ import { WeightStore } from "../../src/io/weights.ts";
 import type { Model } from "../../src/models/model.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { cleanupScratch, tmp, writeTensors } from "../convert/helpers.ts";
-import { readF32, relError } from "./reference.ts";
+import { fixtureReference, relError } from "./reference.ts";
 
 // Exact f32 products: the tolerances below are those of f32 math (x16 products are the generic fixture test's).
 beforeAll(() => setGemvMode("f32"));
@@ -30,20 +30,7 @@ afterAll(() => {
 const ROOT = join(import.meta.dir, "../fixtures/models");
 const REL_TOL = 1e-4;
 
-interface PromptRef {
-  kind: string;
-  ids: number[];
-  logits_key: string;
-  greedy: number[];
-  greedy_margins: number[];
-}
-
-function reference(name: string): { prompts: PromptRef[]; logits: (key: string) => { shape: number[]; data: Float32Array } } {
-  const dir = join(ROOT, name);
-  const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8")) as { prompts: PromptRef[] };
-  const file = SafetensorsFile.open(join(dir, "reference.safetensors"));
-  return { prompts: ref.prompts, logits: (key) => readF32(file, key) };
-}
+const reference = (name: string) => fixtureReference(join(ROOT, name));
 
 const load = (dir: string): Model => loadModel(getBackend(), openModelDir(dir));
 

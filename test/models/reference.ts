@@ -1,5 +1,23 @@
 // Reading the transformers references of test/fixtures/models and comparing logits with them.
-import type { SafetensorsFile } from "../../src/io/safetensors.ts";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { SafetensorsFile } from "../../src/io/safetensors.ts";
+
+/** One prompt of a fixture's reference.json. */
+export interface PromptRef {
+  kind: string;
+  ids: number[];
+  logits_key: string;
+  greedy: number[];
+  greedy_margins: number[];
+}
+
+/** A fixture folder's reference: its prompts, and the F32 tensors of reference.safetensors by key. */
+export function fixtureReference(dir: string): { prompts: PromptRef[]; logits: (key: string) => { shape: number[]; data: Float32Array } } {
+  const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8")) as { prompts: PromptRef[] };
+  const file = SafetensorsFile.open(join(dir, "reference.safetensors"));
+  return { prompts: ref.prompts, logits: (key) => readF32(file, key) };
+}
 
 /** An F32 reference tensor, copied out of the mapping. */
 export function readF32(file: SafetensorsFile, key: string): { shape: number[]; data: Float32Array } {

@@ -176,3 +176,57 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
     });
   });
 }
+
+// mxfp8 decode products (native/cpu/qkern_fp8_impl.h): exact products, f32 sums, so held to the f32 tolerance
+// on both gemv modes, for every row count a decode batch can have (passes of 8, 4, 2 and 1 rows), odd N, group
+// counts odd and split in blocks, the layer's bias, and rows whose scale byte sends them to the scalar
+// dequantizer (above 246) or to the bottom of the range (0).
+for (const isa of availableIsas().filter((i) => i !== "scalar")) {
+  describe(`mxfp8 decode products on ${isa}`, () => {
+    const check = (q: QWeight, Ms: number[], seed: number) => {
+      const wd = dequantAll(q);
+      const bias = randomX(seed + 1, q.N);
+      for (const M of Ms) {
+        const x = randomX(seed + M, M * q.K);
+        for (let i = 0; i < 32; i++) x[i] = x[i]! * 1000; // one group of x far larger than the rest
+        const { y, mag } = matmulRef(x, M, wd, q.N, q.K, Float64Array.from(bias));
+        for (const mode of ["x16", "f32"]) {
+          expect(setGemvMode(mode)).toBe(0);
+          expect({ M, mode, err: worstRelError(qlinear(q, x, M, bias), y, mag) < TOL }).toEqual({ M, mode, err: true });
+        }
+      }
+    };
+    const ALL = Array.from({ length: 31 }, (_, i) => i + 1);
+
+    test("1 to 31 rows, K = 96 and 416 (odd group counts), N = 37", () => {
+      expect(setIsa(isa)).toBe(0);
+      for (const K of [96, 416]) check(randomQWeight(K + 8, "mxfp8", 8, 32, 37, K), ALL, K);
+    });
+
+    test("long rows are split in blocks of groups (K = 4352; 1, 2, 5, 8, 13, 31 rows)", () => {
+      expect(setIsa(isa)).toBe(0);
+      check(randomQWeight(41, "mxfp8", 8, 32, 11, 4352), [1, 2, 5, 8, 13, 31], 9);
+    });
+
+    test("scale bytes 0 and 247 (that row through the scalar dequantizer) beside ordinary rows", () => {
+      expect(setIsa(isa)).toBe(0);
+      const N = 9, K = 160;
+      const q = randomQWeight(12, "mxfp8", 8, 32, N, K);
+      const s = q.scales as Uint8Array;
+      s.fill(0, 0, K / 32); // row 0: every group 2^-127
+      s[3 * (K / 32) + 2] = 247; // row 3, one group 2^120, its elements below 2^-2 so that nothing overflows f32
+      const b = new Uint8Array(q.w.buffer);
+      for (let i = 3 * K + 64; i < 3 * K + 96; i++) b[i] = b[i]! & 0xa7;
+      check(q, [1, 3, 9], 70);
+    });
+
+    test("x with NaN gives NaN, as on the f32 path", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      const q = randomQWeight(3, "mxfp8", 8, 32, 8, 128);
+      const x = randomX(1, 128);
+      x[70] = NaN;
+      expect(Array.from(qlinear(q, x, 1)).every(Number.isNaN)).toBe(true);
+    });
+  });
+}

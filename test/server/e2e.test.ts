@@ -12,6 +12,7 @@ import { loadSession, sessionModel, type Session } from "../../src/engine/sessio
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { makeTinyModel } from "../models/tiny_model.ts";
 import { existsSync } from "node:fs";
+import { anthropicForcedCall, FORCED_CHOICES, forcedCall, WEATHER_TOOL } from "./forced_calls.ts";
 import { BINARY, metric, serve, waitFor, type Served } from "./harness.ts";
 
 /** Anthropic's temperature (the SDK's types in this version leave it out). */
@@ -221,43 +222,12 @@ describe("end to end on a tiny Qwen3", () => {
   }, 60_000);
 
   test("tool_choice required / a named tool force one well-formed call, even from a random model", async () => {
-    const tools = [
-      {
-        type: "function" as const,
-        function: {
-          name: "get_weather",
-          parameters: { type: "object", properties: { city: { enum: ["Paris", "Rome"] } }, required: ["city"] },
-        },
-      },
-      { type: "function" as const, function: { name: "get_time", parameters: { type: "object", properties: {} } } },
-    ];
-    for (const tool_choice of ["required", { type: "function", function: { name: "get_weather" } }] as const) {
-      const r = await openai.chat.completions.create({
-        model: name,
-        messages: [{ role: "user", content: "Weather in Rome?" }],
-        tools,
-        tool_choice,
-        max_tokens: 60,
-        temperature: 0,
-      });
-      const calls = r.choices[0]!.message.tool_calls as { function: { name: string; arguments: string } }[];
-      expect(r.choices[0]!.finish_reason).toBe("tool_calls");
-      expect(calls.length).toBe(1);
-      if (typeof tool_choice === "object") expect(calls[0]!.function.name).toBe("get_weather");
-      const args = JSON.parse(calls[0]!.function.arguments);
-      if (calls[0]!.function.name === "get_weather") expect(["Paris", "Rome"]).toContain(args.city);
-      else expect(args).toEqual({});
+    const tools = [WEATHER_TOOL, { type: "function" as const, function: { name: "get_time", parameters: { type: "object", properties: {} } } }];
+    for (const tool_choice of FORCED_CHOICES) {
+      const { call, args } = await forcedCall(openai, name, tools, tool_choice, 60);
+      if (call.function.name !== "get_weather") expect(args).toEqual({});
     }
-    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
-    const m = await a.messages.create({
-      model: name,
-      max_tokens: 60,
-      tool_choice: { type: "tool", name: "get_weather" },
-      tools: [{ name: "get_weather", input_schema: { type: "object", properties: { city: { enum: ["Paris", "Rome"] } }, required: ["city"] } }],
-      messages: [{ role: "user", content: "Weather?" }],
-    });
-    expect(m.stop_reason).toBe("tool_use");
-    expect(m.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather" });
+    await anthropicForcedCall(srv.url, name, { type: "tool", name: "get_weather" }, 60);
   }, 60_000);
 
   test("a forced call cut off by max_tokens leaves no markup behind and says length", async () => {

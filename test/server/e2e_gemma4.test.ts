@@ -8,7 +8,8 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { makeTinyModel } from "../models/tiny_model.ts";
 import { GEMMA4_TEST_TEMPLATE } from "../text/gemma4_template.ts";
-import { serve, waitFor, type Served } from "./harness.ts";
+import { anthropicForcedCall, FORCED_CHOICES, forcedCall, WEATHER_TOOL } from "./forced_calls.ts";
+import { serveModel, type Served } from "./harness.ts";
 
 const TOKENIZER_DIR = join(import.meta.dir, "..", "..", "node_modules", "@lenml", "tokenizer-gemma3", "models");
 const MARKERS = ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", '<|"|>', "<|tool_response>", "<tool_response|>"];
@@ -30,8 +31,7 @@ beforeAll(async () => {
   cfg.chat_template = GEMMA4_TEST_TEMPLATE;
   writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(cfg));
   name = basename(dir);
-  srv = await serve(["--model", dir, "--kv-memory", "128MiB", "--prefill-chunk", "512"]);
-  expect(await waitFor(async () => (await fetch(`${srv.url}/health`)).status === 200, 30_000)).toBe(true);
+  srv = await serveModel(dir, ["--kv-memory", "128MiB", "--prefill-chunk", "512"]);
 }, 60_000);
 
 afterAll(async () => {
@@ -40,40 +40,24 @@ afterAll(async () => {
 });
 
 const TOOLS = [
-  {
-    type: "function" as const,
-    function: { name: "get_weather", parameters: { type: "object", properties: { city: { enum: ["Paris", "Rome"] } }, required: ["city"] } },
-  },
+  WEATHER_TOOL,
   { type: "function" as const, function: { name: "get_time", parameters: { type: "object", properties: { utc: { type: "boolean" } } } } },
 ];
 
 describe("Gemma 4 through the server", () => {
   test("tool_choice required and a named tool give one call in Gemma 4's syntax, parsed; tool results render back", async () => {
     const openai = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x", maxRetries: 0 });
-    for (const tool_choice of ["required", { type: "function", function: { name: "get_weather" } }] as const) {
-      const r = await openai.chat.completions.create({
-        model: name,
-        messages: [{ role: "user", content: "Weather in Rome?" }],
-        tools: TOOLS,
-        tool_choice,
-        max_tokens: 40,
-        temperature: 0,
-      });
-      const choice = r.choices[0]!;
-      expect(choice.finish_reason).toBe("tool_calls");
-      expect(choice.message.content ?? "").toBe("");
-      const calls = choice.message.tool_calls as { id: string; function: { name: string; arguments: string } }[];
-      expect(calls.length).toBe(1);
-      if (typeof tool_choice === "object") expect(calls[0]!.function.name).toBe("get_weather");
-      const args = JSON.parse(calls[0]!.function.arguments);
-      if (calls[0]!.function.name === "get_weather") expect(args).toEqual({ city: expect.stringMatching(/^(Paris|Rome)$/) });
+    for (const tool_choice of FORCED_CHOICES) {
+      const { completion: r, call, args } = await forcedCall(openai, name, TOOLS, tool_choice, 40);
+      expect(r.choices[0]!.message.content ?? "").toBe("");
+      if (call.function.name === "get_weather") expect(args).toEqual({ city: expect.stringMatching(/^(Paris|Rome)$/) });
       // The call and a result go back in; the model continues in the turn that called.
       const next = await openai.chat.completions.create({
         model: name,
         messages: [
           { role: "user", content: "Weather in Rome?" },
-          { role: "assistant", content: null, tool_calls: [{ id: calls[0]!.id, type: "function", function: calls[0]!.function }] },
-          { role: "tool", tool_call_id: calls[0]!.id, content: '{"temperature": 21}' },
+          { role: "assistant", content: null, tool_calls: [{ id: call.id, type: "function", function: call.function }] },
+          { role: "tool", tool_call_id: call.id, content: '{"temperature": 21}' },
         ],
         tools: TOOLS,
         max_tokens: 3,
@@ -81,16 +65,8 @@ describe("Gemma 4 through the server", () => {
       });
       expect(next.usage!.prompt_tokens).toBeGreaterThan(r.usage!.prompt_tokens);
     }
-    const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
-    const m = await a.messages.create({
-      model: name,
-      max_tokens: 40,
-      tool_choice: { type: "tool", name: "get_weather" },
-      tools: [{ name: "get_weather", input_schema: { type: "object", properties: { city: { enum: ["Paris", "Rome"] } }, required: ["city"] } }],
-      messages: [{ role: "user", content: "Weather?" }],
-    });
-    expect(m.stop_reason).toBe("tool_use");
-    expect(m.content.find((b) => b.type === "tool_use")).toMatchObject({ name: "get_weather", input: { city: expect.stringMatching(/^(Paris|Rome)$/) } });
+    const use = await anthropicForcedCall(srv.url, name, { type: "tool", name: "get_weather" }, 40);
+    expect(use.input).toEqual({ city: expect.stringMatching(/^(Paris|Rome)$/) });
   }, 60_000);
 
   test("the prompt of a tool result carries it in Gemma 4's form", async () => {

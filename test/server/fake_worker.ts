@@ -9,13 +9,19 @@
 //   contains "[slow]"                   -> one token every 20 ms until max_tokens
 //   otherwise, greedy                   -> "Echo: " + the message; sampled: letters from a PRNG seeded by `seed`
 // A prompt containing "[cached]" reports its first half as read from the prefix cache.
-// A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms.
+// A load directory whose name contains "broken" fails to load; one containing "slowload" takes 500 ms. A
+// generation_config.json in it gives the model's sampling defaults, as with the real engine; --ctx-size caps the
+// context of 512.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { samplingDefaults } from "../../src/engine/session.ts";
 import type { ChatMessage, EngineConfig, FromWorker, GenerateRequest, ToWorker } from "../../src/engine/types.ts";
 import { mulberry32 } from "../rng.ts";
 
 declare const self: Worker;
 
 const CONTEXT = 512;
+const context = () => Math.min(CONTEXT, config.contextLength ?? CONTEXT);
 let config: EngineConfig = { kvMemoryBytes: 0, maxRunning: 32, maxWaiting: 256, prefillChunk: 2048, prefixCache: true };
 const running = new Map<string, { tokens: number; cancelled: boolean }>();
 const loaded = new Set<string>();
@@ -32,7 +38,15 @@ const stats = () =>
     kvTotal: 100000,
     kvWindowUsed: [...running.values()].reduce((a, r) => a + Math.min(r.tokens, WINDOW), 0),
     kvWindowTotal: 4096,
+    // 64 bytes per token of KV
+    kvUsedBytes: 64 * [...running.values()].reduce((a, r) => a + r.tokens, 0),
+    kvTotalBytes: 64 * 100000,
   });
+
+function generationConfig(dir: string): Record<string, unknown> | undefined {
+  const path = join(dir, "generation_config.json");
+  return existsSync(path) ? JSON.parse(readFileSync(path, "utf8")) : undefined;
+}
 
 function render(messages: ChatMessage[], tools: unknown): string {
   return messages.map((m) => `<|${m.role}|>${m.content ?? ""}${m.tool_calls ? JSON.stringify(m.tool_calls) : ""}`).join("\n") +
@@ -49,8 +63,8 @@ function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "
   }
   if (last.includes("[prompt]")) return { text: render(req.messages ?? [], req.tools), mode: "fast" };
   if (last.includes("[request]")) {
-    const { templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens } = req;
-    return { text: JSON.stringify({ templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens }), mode: "fast" };
+    const { templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens, sampling } = req;
+    return { text: JSON.stringify({ templateKwargs, thinkingBudget, requireToolCall, jsonSchema, maxTokens, sampling }), mode: "fast" };
   }
   if (last.includes("[think]")) return { text: "<think>\nLet me think.\n</think>\n\nThe answer is 42.", mode: "fast" };
   if (last.includes("[busy]")) return { text: "busy ", mode: "busy" };
@@ -65,8 +79,8 @@ function script(req: GenerateRequest): { text: string; mode: "fast" | "slow" | "
 async function generate(req: GenerateRequest) {
   if (!loaded.has(req.model)) return post({ type: "error", id: req.id, code: "not_found", message: `model ${req.model} is not loaded` });
   const prompt = req.messages ? render(req.messages, req.tools) : typeof req.prompt === "string" ? req.prompt : String.fromCharCode(...(req.prompt ?? []));
-  if (prompt.length >= CONTEXT) {
-    return post({ type: "error", id: req.id, code: "context_length", message: `prompt is ${prompt.length} tokens, the context is ${CONTEXT}` });
+  if (prompt.length >= context()) {
+    return post({ type: "error", id: req.id, code: "context_length", message: `prompt is ${prompt.length} tokens, the context is ${context()}` });
   }
   if (running.size >= config.maxRunning + config.maxWaiting) {
     return post({ type: "error", id: req.id, code: "overloaded", message: "too many requests queued" });
@@ -89,7 +103,7 @@ async function generate(req: GenerateRequest) {
     }
   }
   text = text.slice(0, cut);
-  const limit = Math.min(req.maxTokens, CONTEXT - prompt.length);
+  const limit = Math.min(req.maxTokens, context() - prompt.length);
   if (text.length > limit) {
     text = text.slice(0, limit);
     finishReason = "length";
@@ -139,7 +153,12 @@ self.onmessage = async (e: MessageEvent<ToWorker>) => {
       if (m.dir.includes("slowload")) await Bun.sleep(500);
       if (m.dir.includes("broken")) return post({ type: "load_error", model: m.model, code: "bad_model", message: `cannot load ${m.dir}` });
       loaded.add(m.model);
-      return post({ type: "loaded", model: m.model, contextLength: CONTEXT, info: { modelType: "fake", toolParser: "hermes", reasoning: true } });
+      return post({
+        type: "loaded",
+        model: m.model,
+        contextLength: context(),
+        info: { modelType: "fake", toolParser: "hermes", reasoning: true, sampling: samplingDefaults(generationConfig(m.dir)) },
+      });
     case "unload":
       loaded.delete(m.model);
       return post({ type: "unloaded", model: m.model });

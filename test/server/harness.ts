@@ -30,8 +30,11 @@ export function removeDir(dir: string): void {
 
 export const BINARY = join(ROOT, "dist", "rmlx");
 
-/** Starts the TypeScript entry with bun, or the compiled binary when `binary` is set. */
-export async function serve(args: string[], env: Record<string, string> = {}, binary = false): Promise<Served> {
+/**
+ * Starts the TypeScript entry with bun, or the compiled binary when `binary` is set, and returns once the server
+ * says it is ready (/health 200), or with `listening`, as soon as it listens (a single model may still load).
+ */
+export async function serve(args: string[], env: Record<string, string> = {}, binary = false, listening = false): Promise<Served> {
   const cmd = binary ? [BINARY] : [process.execPath, join(ROOT, "src/cli/main.ts")];
   // Tests never write to the user's metrics database unless they name one.
   const metrics = args.includes("--db") ? [] : ["--no-metrics"];
@@ -51,7 +54,7 @@ export async function serve(args: string[], env: Record<string, string> = {}, bi
     const { value, done } = await reader.read();
     if (done) break;
     err += dec.decode(value);
-    url = /on (http:\/\/\S+)/.exec(err)?.[1];
+    url = (listening ? /(?:listening|ready: serving .*) on (http:\/\/\S+)/ : /ready: serving .* on (http:\/\/\S+)/).exec(err)?.[1];
   }
   if (!url) {
     proc.kill();
@@ -73,6 +76,16 @@ export async function serve(args: string[], env: Record<string, string> = {}, bi
       return await proc.exited;
     },
   };
+}
+
+/** Serves one model folder (with `args`) and waits until /health says it has loaded. */
+export async function serveModel(dir: string, args: string[]): Promise<Served> {
+  const srv = await serve(["--model", dir, ...args]);
+  if (!(await waitFor(async () => (await fetch(`${srv.url}/health`)).status === 200, 30_000))) {
+    await srv.stop();
+    throw new Error(`${dir} did not load within 30 s: ${srv.stderr()}`);
+  }
+  return srv;
 }
 
 /** Reads a Prometheus gauge or counter without labels. */

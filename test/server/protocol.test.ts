@@ -46,6 +46,10 @@ async function rejection(p: PromiseLike<unknown>): Promise<unknown> {
   throw new Error("the request succeeded");
 }
 
+/** POSTs `body` as JSON to a server's `path`. */
+const postJson = (url: string, path: string, body: unknown, signal?: AbortSignal) =>
+  fetch(`${url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body), signal });
+
 const post = (path: string, body: string, headers: Record<string, string> = {}) =>
   fetch(`${srv.url}${path}`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
 
@@ -610,30 +614,23 @@ describe("engine in its own thread", () => {
 
   test("a client that disconnects mid-stream cancels its generation and frees its cache", async () => {
     const ac = new AbortController();
-    const r = await fetch(`${srv.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }),
-      signal: ac.signal,
-    });
+    const r = await postJson(srv.url, "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }, ac.signal);
     const reader = r.body!.getReader();
     await reader.read();
     await reader.read();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBeGreaterThan(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_used")).toBe(64 * (await metric(srv.url, "rmlx_kv_blocks_used")));
+    expect(await metric(srv.url, "rmlx_kv_bytes_total")).toBe(64 * 100000);
     ac.abort();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 0, 500)).toBe(true);
     expect(await metric(srv.url, "rmlx_kv_blocks_used")).toBe(0);
+    expect(await metric(srv.url, "rmlx_kv_bytes_used")).toBe(0);
   });
 
   test("a client that disconnects from a stream with n > 1 cancels every choice", async () => {
     const ac = new AbortController();
-    const r = await fetch(`${srv.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, n: 3, stream: true }),
-      signal: ac.signal,
-    });
+    const r = await postJson(srv.url, "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, n: 3, stream: true }, ac.signal);
     const reader = r.body!.getReader();
     await reader.read();
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 3, 1000)).toBe(true);
@@ -648,12 +645,7 @@ describe("engine in its own thread", () => {
 
   test("a non-streaming client that goes away cancels its generation too", async () => {
     const ac = new AbortController();
-    const pending = fetch(`${srv.url}/v1/messages`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tiny", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }),
-      signal: ac.signal,
-    }).catch(() => null);
+    const pending = postJson(srv.url, "/v1/messages", { model: "tiny", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }, ac.signal).catch(() => null);
     expect(await waitFor(async () => (await metric(srv.url, "rmlx_requests_running")) === 1, 1000)).toBe(true);
     ac.abort();
     await pending;
@@ -764,18 +756,9 @@ describe("server options", () => {
     const s = await serve(["--model", join(dir2, "m"), "--max-running", "1", "--max-waiting", "0"], ENV);
     try {
       const ac = new AbortController();
-      const first = await fetch(`${s.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 100, stream: true }),
-        signal: ac.signal,
-      });
+      const first = await postJson(s.url, "/v1/chat/completions", { model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 100, stream: true }, ac.signal);
       expect(first.status).toBe(200);
-      const second = await fetch(`${s.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "x" }] }),
-      });
+      const second = await postJson(s.url, "/v1/chat/completions", { model: "m", messages: [{ role: "user", content: "x" }] });
       expect(second.status).toBe(429);
       expect(Number(second.headers.get("retry-after"))).toBeGreaterThan(0);
       expect((await jsonOf(second)).error.message).toContain("queue");
@@ -788,7 +771,7 @@ describe("server options", () => {
 
   test("/health is 503 while the model loads; idle models are unloaded", async () => {
     const dir2 = fakeModels("slowload");
-    const s = await serve(["--model", join(dir2, "slowload"), "--idle-unload", "1"], ENV);
+    const s = await serve(["--model", join(dir2, "slowload"), "--idle-unload", "1"], ENV, false, true);
     try {
       expect((await fetch(`${s.url}/health`)).status).toBe(503);
       expect(await waitFor(async () => (await fetch(`${s.url}/health`)).status === 200, 3000)).toBe(true);
@@ -813,11 +796,7 @@ describe("server options", () => {
       expect((await o.models.list()).data.map((m) => m.id).sort()).toEqual(["alpha", "broken"]);
       const r = await o.chat.completions.create({ model: "alpha", messages: [{ role: "user", content: "a" }], temperature: 0 });
       expect(r.choices[0]!.message.content).toBe("Echo: a");
-      const res = await fetch(`${s.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "broken", messages: [{ role: "user", content: "a" }] }),
-      });
+      const res = await postJson(s.url, "/v1/chat/completions", { model: "broken", messages: [{ role: "user", content: "a" }] });
       expect(res.status).toBe(422);
       expect((await jsonOf(res)).error.message).toContain("cannot load");
     } finally {
@@ -829,11 +808,7 @@ describe("server options", () => {
   test("SIGTERM lets an in-flight stream finish, then exits 0", async () => {
     const dir2 = fakeModels("m");
     const s = await serve(["--model", join(dir2, "m")], ENV);
-    const r = await fetch(`${s.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 15, stream: true }),
-    });
+    const r = await postJson(s.url, "/v1/chat/completions", { model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 15, stream: true });
     const body = r.text();
     await Bun.sleep(50);
     s.proc.kill("SIGTERM");
@@ -868,34 +843,20 @@ describe("server options", () => {
     const running = async () => (await metric(s.url, "rmlx_requests_running")) === 0;
     // A stream whose client leaves after a few tokens.
     const ac = new AbortController();
-    const r = await fetch(`${s.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }),
-      signal: ac.signal,
-    });
+    const r = await postJson(s.url, "/v1/chat/completions", { model: "m", messages: [{ role: "user", content: "[slow]" }], max_tokens: 400, stream: true }, ac.signal);
     const reader = r.body!.getReader();
     for (let i = 0; i < 4; i++) await reader.read();
     ac.abort();
     expect(await waitFor(running, 1000)).toBe(true);
     // A non-streaming client that leaves while its reply is generated.
     const ac2 = new AbortController();
-    const pending = fetch(`${s.url}/v1/messages`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "m", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }),
-      signal: ac2.signal,
-    }).catch(() => null);
+    const pending = postJson(s.url, "/v1/messages", { model: "m", max_tokens: 400, messages: [{ role: "user", content: "[slow]" }] }, ac2.signal).catch(() => null);
     await Bun.sleep(100);
     ac2.abort();
     await pending;
     expect(await waitFor(running, 1000)).toBe(true);
     // A prompt over the context, refused by the engine.
-    const long = await fetch(`${s.url}/v1/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "m", prompt: "x".repeat(600) }),
-    });
+    const long = await postJson(s.url, "/v1/completions", { model: "m", prompt: "x".repeat(600) });
     expect(long.status).toBe(400);
     expect(await s.stop()).toBe(0);
     const sqlite = new Database(db, { readonly: true });
@@ -926,8 +887,7 @@ describe("llama-server habits", () => {
   test("the OpenAI routes answer without /v1; a single model answers requests naming no model or another one", async () => {
     const dir2 = fakeModels("m");
     const s = await serve(["--model", join(dir2, "m")], ENV);
-    const at = (path: string, body: unknown) =>
-      fetch(`${s.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const at = (path: string, body: unknown) => postJson(s.url, path, body);
     try {
       const chat = await jsonOf(await at("/chat/completions", { messages: [{ role: "user", content: "hi" }], temperature: 0 }));
       expect(chat.model).toBe("m");
@@ -977,11 +937,7 @@ describe("llama-server habits", () => {
     try {
       for (const s of [flag, env]) {
         const ask = (model?: string) =>
-          fetch(`${s.url}/v1/chat/completions`, {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: JSON.stringify({ model, messages: [{ role: "user", content: "x" }] }),
-          });
+          postJson(s.url, "/v1/chat/completions", { model, messages: [{ role: "user", content: "x" }] });
         expect((await ask("m")).status).toBe(200);
         expect((await ask("gpt-4o")).status).toBe(404);
         expect((await ask()).status).toBe(400);

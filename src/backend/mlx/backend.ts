@@ -21,35 +21,8 @@ import {
   type Weight,
   isQuantized,
 } from "../backend.ts";
-import {
-  broadcastShapes,
-  checkArgmax,
-  clampBound,
-  checkCopyBlock,
-  checkExperts,
-  checkGather,
-  checkKvPool,
-  checkKvWrite,
-  checkLinear,
-  checkNormWeight,
-  checkPagedAttention,
-  checkQuantized,
-  checkQuantizedMatmul,
-  checkRope,
-  checkShape,
-  checkSoftcap,
-  checkTable,
-  checkTakeIds,
-  checkTopk,
-  collectTensors,
-  concatAxis,
-  fmt,
-  invalid,
-  normAxis,
-  normAxisLength,
-  sliceAxis,
-  transposeAxes,
-} from "../args.ts";
+import * as args from "../args.ts";
+import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
@@ -243,7 +216,7 @@ export class MlxBackend implements Backend {
   // ---------------------------------------------------------------- creation and read-back
 
   fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor {
-    checkShape(shape, "fromArray");
+    args.checkShape(shape, "fromArray");
     const n = shape.reduce((a, b) => a * b, 1);
     if (data.byteLength !== n * DTYPE_BYTES[dtype]) invalid(`fromArray: ${data.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * DTYPE_BYTES[dtype]} bytes)`);
     const h = Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, TO_MLX[dtype]));
@@ -270,7 +243,7 @@ export class MlxBackend implements Backend {
   }
 
   fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
-    checkShape(shape, "fromBytes");
+    args.checkShape(shape, "fromBytes");
     const n = shape.reduce((a, b) => a * b, 1);
     const item = DTYPE_BYTES[dtype];
     if (bytes.byteLength !== n * item) invalid(`fromBytes: ${bytes.byteLength} bytes for ${dtype} ${fmt(shape)} (${n * item} bytes)`);
@@ -300,12 +273,12 @@ export class MlxBackend implements Backend {
   }
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
-    checkShape(shape, "zeros");
+    args.checkShape(shape, "zeros");
     return this.wrap(this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "zeros"));
   }
 
   allocPersistent(shape: readonly number[], dtype: DType): Tensor {
-    checkShape(shape, "allocPersistent");
+    args.checkShape(shape, "allocPersistent");
     const h = this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "allocPersistent");
     const t = new MTensor(h, [...shape], dtype);
     t.persistent = true;
@@ -383,7 +356,7 @@ export class MlxBackend implements Backend {
       throw err;
     }
     this.scopes.pop();
-    const keep = new Set(collectTensors(result, MTensor));
+    const keep = new Set(args.collectTensors(result, MTensor));
     const outer = this.scopes[this.scopes.length - 1];
     for (const t of mine) {
       if (!keep.has(t)) this.releaseScoped(t);
@@ -412,32 +385,32 @@ export class MlxBackend implements Backend {
       if (known === 0 || t.size % known !== 0) invalid(`reshape: cannot reshape ${fmt(t.shape)} to ${fmt(shape)}`);
       s[infer] = t.size / known;
     }
-    checkShape(s, "reshape");
+    args.checkShape(s, "reshape");
     if (s.reduce((a, b) => a * b, 1) !== t.size) invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
     return this.wrap(this.res(this.S.mlx_reshape(slotPtr(), t.h, ints(s), s.length, this.stream), "reshape"));
   }
 
   transpose(x: Tensor, axes: readonly number[]): Tensor {
     const t = this.arg(x, "transpose");
-    const norm = transposeAxes(t.shape, axes);
+    const norm = args.transposeAxes(t.shape, axes);
     return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), norm.length, this.stream), "transpose"));
   }
 
   slice(x: Tensor, axis: number, start: number, end: number): Tensor {
     const t = this.arg(x, "slice");
     const nd = t.shape.length;
-    const a = sliceAxis(t.shape, axis, start, end);
+    const a = args.sliceAxis(t.shape, axis, start, end);
     const lo = t.shape.map(() => 0);
     const hi = [...t.shape];
-    lo[a] = clampBound(start, t.shape[a]!);
-    hi[a] = Math.max(lo[a]!, clampBound(end, t.shape[a]!));
+    lo[a] = args.clampBound(start, t.shape[a]!);
+    hi[a] = Math.max(lo[a]!, args.clampBound(end, t.shape[a]!));
     const st = t.shape.map(() => 1);
     return this.wrap(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), nd, ints(hi), nd, ints(st), nd, this.stream), "slice"));
   }
 
   concatenate(xs: readonly Tensor[], axis: number): Tensor {
     const ts = xs.map((x) => this.arg(x, "concatenate"));
-    const a = concatAxis(ts, axis);
+    const a = args.concatAxis(ts, axis);
     const vec = Number(this.S.mlx_vector_array_new_data(handles(ts.map((t) => t.h)), ts.length));
     try {
       return this.wrap(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, a, this.stream), "concatenate"));
@@ -470,7 +443,7 @@ export class MlxBackend implements Backend {
     const xt = this.arg(x, "linear");
     const wt = this.arg(w, "linear weight");
     const bt = bias ? this.arg(bias, "linear bias") : null;
-    checkLinear(xt, wt, bt);
+    args.checkLinear(xt, wt, bt);
     return this.op((tmp) => {
       const wT = this.raw.transpose(wt.h, [1, 0], tmp);
       const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
@@ -482,7 +455,7 @@ export class MlxBackend implements Backend {
     const wt = this.arg(w.w, `${what} weight`);
     const sc = this.arg(w.scales, `${what} scales`);
     const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
-    const K = checkQuantized(what, w, wt, sc, bi);
+    const K = args.checkQuantized(what, w, wt, sc, bi);
     return { wt, sc, bi, K, N: wt.shape[wt.shape.length - 2]! };
   }
 
@@ -494,7 +467,7 @@ export class MlxBackend implements Backend {
   quantizedMatmul(x: Tensor, w: QuantizedWeight): Tensor {
     const q = this.quantArgs(w, "quantizedMatmul");
     const xt = this.arg(x, "quantizedMatmul");
-    checkQuantizedMatmul(xt, q.wt, q.K);
+    args.checkQuantizedMatmul(xt, q.wt, q.K);
     const g = this.globalFactor(w);
     return this.op((tmp) => {
       const y = tmp.add(
@@ -518,7 +491,7 @@ export class MlxBackend implements Backend {
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const xt = this.arg(x, "gatherMatmul");
     const it = this.arg(indices, "gatherMatmul indices");
-    const perPair = checkGather(xt, it) === 1;
+    const perPair = args.checkGather(xt, it) === 1;
     const [T, topk] = it.shape as [number, number];
     const K = xt.shape[xt.shape.length - 1]!;
     const lhs = perPair ? [T, topk, 1, K] : [T, 1, 1, K];
@@ -529,7 +502,7 @@ export class MlxBackend implements Backend {
       let N: number;
       if (isQuantized(w)) {
         const q = this.quantArgs(w, "gatherMatmul");
-        N = checkExperts(xt, q.wt, K, q.K);
+        N = args.checkExperts(xt, q.wt, K, q.K);
         y = tmp.add(
           this.res(
             this.S.mlx_gather_qmm(slotPtr(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
@@ -541,7 +514,7 @@ export class MlxBackend implements Backend {
         if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g, tmp), tmp);
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
-        N = checkExperts(xt, wt, K);
+        N = args.checkExperts(xt, wt, K);
         const wT = this.raw.transpose(this.f32(wt, tmp), [0, 2, 1], tmp);
         y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xr, wT, null, idx, false, this.stream), "gatherMatmul"));
       }
@@ -551,10 +524,10 @@ export class MlxBackend implements Backend {
 
   take(table: Weight, ids: Tensor): Tensor {
     const it = this.arg(ids, "take ids");
-    checkTakeIds(it);
+    args.checkTakeIds(it);
     if (isQuantized(table)) {
       const q = this.quantArgs(table, "take");
-      checkTable(q.wt, true);
+      args.checkTable(q.wt, true);
       const out = this.op((tmp) => {
         const flat = this.raw.reshape(it.h, [it.size], tmp);
         const w = this.raw.take(q.wt.h, flat, 0, tmp);
@@ -567,7 +540,7 @@ export class MlxBackend implements Backend {
       return out;
     }
     const wt = this.arg(table, "take table");
-    checkTable(wt, false);
+    args.checkTable(wt, false);
     const out = this.op((tmp) => {
       const r = this.raw.take(wt.h, it.h, 0, tmp);
       return this.res(this.S.mlx_astype(slotPtr(), r, MLX_DTYPE.f32, this.stream), "take");
@@ -634,7 +607,7 @@ export class MlxBackend implements Backend {
   private binary(f: "mlx_add" | "mlx_subtract" | "mlx_multiply", a: Tensor, b: Tensor, what: string): Tensor {
     const x = this.arg(a, what);
     const y = this.arg(b, what);
-    broadcastShapes(x.shape, y.shape, what);
+    args.broadcastShapes(x.shape, y.shape, what);
     return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what));
   }
 
@@ -684,7 +657,7 @@ export class MlxBackend implements Backend {
   }
 
   softcap(x: Tensor, cap: number): Tensor {
-    checkSoftcap(cap);
+    args.checkSoftcap(cap);
     const t = this.arg(x, "softcap");
     return this.op((tmp) => {
       const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap, tmp), tmp), tmp);
@@ -717,13 +690,13 @@ export class MlxBackend implements Backend {
 
   softmax(x: Tensor, axis = -1): Tensor {
     const t = this.arg(x, "softmax");
-    const a = normAxis(axis, t.shape.length, "softmax");
+    const a = args.normAxis(axis, t.shape.length, "softmax");
     return this.op((tmp) => this.res(this.S.mlx_softmax_axis(slotPtr(), this.f32(t, tmp), a, true, this.stream), "softmax"));
   }
 
   argmax(x: Tensor): Tensor {
     const t = this.arg(x, "argmax");
-    checkArgmax(t.shape);
+    args.checkArgmax(t.shape);
     return this.op((tmp) => {
       const i = tmp.add(this.res(this.S.mlx_argmax_axis(slotPtr(), t.h, -1, false, this.stream), "argmax"));
       return this.res(this.S.mlx_astype(slotPtr(), i, MLX_DTYPE.i32, this.stream), "argmax");
@@ -732,7 +705,7 @@ export class MlxBackend implements Backend {
 
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {
     const t = this.arg(x, "topk");
-    checkTopk(t.shape, k);
+    args.checkTopk(t.shape, k);
     const nd = t.shape.length;
     // A stable sort of the negated scores: descending, ties in index order as on the native backend.
     const tmp = new Temps();
@@ -754,7 +727,7 @@ export class MlxBackend implements Backend {
 
   sum(x: Tensor, axis: number): Tensor {
     const t = this.arg(x, "sum");
-    const a = normAxis(axis, t.shape.length, "sum");
+    const a = args.normAxis(axis, t.shape.length, "sum");
     return this.op((tmp) => this.res(this.S.mlx_sum_axis(slotPtr(), this.f32(t, tmp), a, false, this.stream), "sum"));
   }
 
@@ -763,13 +736,13 @@ export class MlxBackend implements Backend {
   private normWeight(w: Tensor | null, n: number, what: string): MTensor | null {
     if (!w) return null;
     const t = this.arg(w, `${what} weight`);
-    checkNormWeight(t, n, what);
+    args.checkNormWeight(t, n, what);
     return t;
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus = false): Tensor {
     const t = this.arg(x, "rmsNorm");
-    const n = normAxisLength(t.shape, "rmsNorm");
+    const n = args.normAxisLength(t.shape, "rmsNorm");
     const wt = this.normWeight(w, n, "rmsNorm");
     return this.op((tmp) => {
       let wh: number | null = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
@@ -780,7 +753,7 @@ export class MlxBackend implements Backend {
 
   layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor {
     const t = this.arg(x, "layerNorm");
-    const n = normAxisLength(t.shape, "layerNorm");
+    const n = args.normAxisLength(t.shape, "layerNorm");
     const wt = this.normWeight(w, n, "layerNorm");
     const bt = this.normWeight(b, n, "layerNorm bias");
     return this.op((tmp) => {
@@ -840,7 +813,7 @@ export class MlxBackend implements Backend {
 
   rope(x: Tensor, positions: Int32Array, opts: RopeOptions): Tensor {
     const t = this.arg(x, "rope");
-    checkRope(t, positions, opts);
+    args.checkRope(t, positions, opts);
     const [T, H, D] = t.shape as [number, number, number];
     const mscale = opts.mscale ?? 1;
     return this.op((tmp) => {
@@ -866,7 +839,7 @@ export class MlxBackend implements Backend {
   // ---------------------------------------------------------------- attention
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
-    checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
+    args.checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
     const dtype = typeof format === "string" ? format : plainKvDtype(format);
     // Packed KV pages (q8, q4, k8v4, fp8) are not wired to mlx_quantize / quantized matmuls yet.
     if (dtype === null) throw new RmlxError("unsupported", "the mlx backend stores KV pages as f32, f16 or bf16 only for now");
@@ -902,7 +875,7 @@ export class MlxBackend implements Backend {
     const kt = this.arg(k, "kvWrite");
     const vt = this.arg(v, "kvWrite");
     const { kvHeads, headDim, numBlocks, blockSize } = pool;
-    const T = checkKvWrite(pool, kt, vt, slots);
+    const T = args.checkKvWrite(pool, kt, vt, slots);
     const total = numBlocks * blockSize;
     // Like any lazy op, a bad write surfaces at the next eval (and is dropped, leaving the pool as it was).
     for (const s of slots)
@@ -952,7 +925,7 @@ export class MlxBackend implements Backend {
 
   copyBlock(p: KvPool, src: number, dst: number): void {
     const pool = this.pool(p, "copyBlock");
-    checkCopyBlock(pool, src, dst);
+    args.checkCopyBlock(pool, src, dst);
     if (src === dst) return;
     const tmp = new Temps();
     try {
@@ -980,7 +953,7 @@ export class MlxBackend implements Backend {
   pagedAttention(q: Tensor, p: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor {
     const pool = this.pool(p, "pagedAttention");
     const qt = this.arg(q, "pagedAttention");
-    checkPagedAttention(qt, pool, batch);
+    args.checkPagedAttention(qt, pool, batch);
     const [T, H] = qt.shape as [number, number, number];
     const D = pool.headDim;
     const B = batch.seqLens.length;

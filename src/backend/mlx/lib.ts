@@ -140,7 +140,7 @@ export interface MlxLib {
 }
 
 /** Where libmlxc is looked for, first match wins. */
-export function mlxLibraryCandidates(explicit?: string): string[] {
+function mlxLibraryCandidates(explicit?: string): string[] {
   if (explicit) return [explicit];
   const env = process.env.RMLX_MLX_C_LIB;
   if (env) return [env];

@@ -14,7 +14,7 @@ import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.
 import { codecRootHash, type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "./codec.ts";
 import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
-export const DEFAULT_BLOCK_SIZE = 16;
+const DEFAULT_BLOCK_SIZE = 16;
 
 /**
  * Fixed pool of block ids with reference counts. A block is free when its count is 0. When the free list is

@@ -8,7 +8,7 @@ import { RmlxError } from "../../errors.ts";
 import type { LayerCacheSpec } from "../../models/model.ts";
 
 /** Bytes of one sequence's state in one layer. */
-export function stateBytes(s: StateSpec): number {
+function stateBytes(s: StateSpec): number {
   return 4 * (Math.max(1, s.kernel - 1) * s.convDim + s.valueHeads * s.valueDim * s.keyDim);
 }
 
