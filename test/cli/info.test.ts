@@ -123,7 +123,8 @@ describe("rmlx info", () => {
     const r = info("--model", dir);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^layers: +4 \(2 linear, 2 full\)$/m);
-    expect(r.out).toMatch(/^memory: KV cache @ 4k: +2\.00 MiB \(f16, one sequence, 2 full-attention layers\)$/m);
+    // f32 is the engine's default KV codec; f16 is half of it.
+    expect(r.out).toMatch(/^memory: KV cache @ 4k: +4\.00 MiB \(f32, one sequence, 2 full-attention layers\); f16 2\.00 MiB, /m);
     expect(r.out).toMatch(/^memory: recurrent state: +11\.00 KiB per sequence \(f32, 2 linear-attention layers, any context length\)$/m);
     expect(r.out).toMatch(/^mtp head: +1 layer, 24\.83K \(24,832\) parameters, 48\.50 KiB \(in the totals above; not used for decoding\)$/m);
     const j = JSON.parse(info("--model", dir, "--json").out);
