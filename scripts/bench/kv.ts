@@ -15,6 +15,7 @@ import { getBackend } from "../../src/backend/index.ts";
 import { builtinModelDir } from "../../src/builtin/index.ts";
 import { kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../src/engine/kv/codec.ts";
 import { argmaxChanges, meanKl, meanNll, teacherForcedLogProbs } from "../../src/engine/kv/quality.ts";
+import { logSoftmax } from "../../src/engine/logprobs.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { SafetensorsFile } from "../../src/io/safetensors.ts";
 import { loadModel } from "../../src/models/registry.ts";
@@ -88,16 +89,6 @@ for (const { name } of index.fixtures) {
     cells.push(`${c} ${vsF32.toExponential(1)} (${vsRef.toExponential(1)})`);
   }
   log(`  ${name.padEnd(18)} ${cells.join("  ")}`);
-}
-
-function logSoftmax(x: Float32Array): Float32Array {
-  let m = -Infinity;
-  for (const v of x) if (v > m) m = v;
-  let z = 0;
-  for (const v of x) z += Math.exp(v - m);
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = x[i]! - m - Math.log(z);
-  return out;
 }
 
 // (c) Qwen3-0.6B-shaped cache.

@@ -3,6 +3,7 @@
 import { getBackend } from "../backend/index.ts";
 import { forwardBatch } from "../engine/forward_batch.ts";
 import { KvCache, Sequence } from "../engine/kv/kv_cache.ts";
+import { klDivergence, logSoftmax } from "../engine/logprobs.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import type { Model } from "../models/model.ts";
 import { loadModel } from "../models/registry.ts";
@@ -20,27 +21,6 @@ export function verifyPrompts(vocab: number, count = 3, length = 24): Int32Array
   return Array.from({ length: count }, (_, p) =>
     Int32Array.from({ length }, (_, i) => (i * 7919 + p * 104729 + 13 * (p + 1)) % vocab),
   );
-}
-
-function logSoftmax(row: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of row) if (v > max) max = v;
-  let sum = 0;
-  for (const v of row) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  const out = new Float64Array(row.length);
-  for (let i = 0; i < row.length; i++) out[i] = row[i]! - lse;
-  return out;
-}
-
-/** KL(p || q) from log-probabilities. */
-export function klDivergence(logP: Float64Array, logQ: Float64Array): number {
-  let kl = 0;
-  for (let i = 0; i < logP.length; i++) {
-    const p = Math.exp(logP[i]!);
-    if (p > 0) kl += p * (logP[i]! - logQ[i]!);
-  }
-  return Math.max(0, kl);
 }
 
 function argmax(row: ArrayLike<number>): number {

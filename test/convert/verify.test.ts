@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { klDivergence, verifyPrompts } from "../../src/convert/verify.ts";
+import { verifyPrompts } from "../../src/convert/verify.ts";
+import { klDivergence } from "../../src/engine/logprobs.ts";
 import { ROOT, runCli, tmp, cleanupScratch } from "./helpers.ts";
 
 afterAll(cleanupScratch);

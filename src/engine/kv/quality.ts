@@ -3,15 +3,16 @@
 // ones), compared between two codecs as a mean NLL and a mean KL divergence.
 import type { Model } from "../../models/model.ts";
 import { forwardBatch } from "../forward_batch.ts";
+import { klDivergence, logSoftmax } from "../logprobs.ts";
 import type { KvCodec } from "./codec.ts";
 import { KvCache, Sequence } from "./kv_cache.ts";
 
 /** Log-softmax rows [n, vocab] of the logits at every position of ids, run `chunk` tokens per step. */
-export function teacherForcedLogProbs(model: Model, ids: ArrayLike<number>, codec: KvCodec | string, chunk = 64): Float32Array[] {
+export function teacherForcedLogProbs(model: Model, ids: ArrayLike<number>, codec: KvCodec | string, chunk = 64): Float64Array[] {
   const blockSize = 16;
   const cache = new KvCache(model.backend, model.layers, { blockSize, codec, numBlocks: Math.ceil(ids.length / blockSize) + 1 });
   const seq = new Sequence();
-  const rows: Float32Array[] = [];
+  const rows: Float64Array[] = [];
   try {
     const all = Int32Array.from(ids);
     for (let s = 0; s < all.length; s += chunk) {
@@ -25,19 +26,8 @@ export function teacherForcedLogProbs(model: Model, ids: ArrayLike<number>, code
   return rows;
 }
 
-function logSoftmax(x: Float32Array): Float32Array {
-  let m = -Infinity;
-  for (const v of x) if (v > m) m = v;
-  let z = 0;
-  for (const v of x) z += Math.exp(v - m);
-  const lz = m + Math.log(z);
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = x[i]! - lz;
-  return out;
-}
-
 /** Mean negative log-likelihood of ids[i + 1] given ids[..i], over i >= from. */
-export function meanNll(logProbs: readonly Float32Array[], ids: ArrayLike<number>, from = 0): number {
+export function meanNll(logProbs: readonly Float64Array[], ids: ArrayLike<number>, from = 0): number {
   let sum = 0;
   let n = 0;
   for (let i = from; i + 1 < ids.length; i++) {
@@ -48,26 +38,19 @@ export function meanNll(logProbs: readonly Float32Array[], ids: ArrayLike<number
 }
 
 /** Mean KL(p || q) of the next-token distributions, over rows >= from. */
-export function meanKl(p: readonly Float32Array[], q: readonly Float32Array[], from = 0): number {
+export function meanKl(p: readonly Float64Array[], q: readonly Float64Array[], from = 0): number {
   let sum = 0;
   let n = 0;
   for (let i = from; i < p.length; i++) {
-    const a = p[i]!;
-    const b = q[i]!;
-    let kl = 0;
-    for (let j = 0; j < a.length; j++) {
-      const pa = Math.exp(a[j]!);
-      if (pa > 0) kl += pa * (a[j]! - b[j]!);
-    }
-    sum += kl;
+    sum += klDivergence(p[i]!, q[i]!);
     n++;
   }
   return sum / Math.max(n, 1);
 }
 
 /** Rows whose argmax differs. */
-export function argmaxChanges(p: readonly Float32Array[], q: readonly Float32Array[]): number {
-  const am = (x: Float32Array) => x.reduce((best, v, i) => (v > x[best]! ? i : best), 0);
+export function argmaxChanges(p: readonly Float64Array[], q: readonly Float64Array[]): number {
+  const am = (x: Float64Array) => x.reduce((best, v, i) => (v > x[best]! ? i : best), 0);
   let n = 0;
   for (let i = 0; i < p.length; i++) if (am(p[i]!) !== am(q[i]!)) n++;
   return n;
