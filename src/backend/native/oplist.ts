@@ -67,6 +67,25 @@ const KV_PAGE: Field = {
   fields: { data: ptr("void"), scales: ptr("void"), biases: ptr("void"), dt: i32, mode: i32, bits: i32, group: i32 },
 };
 
+/** What paged attention reads after the pools, whatever their format: the cache's shape and the step's batch. */
+const PAGED_ATTENTION: Fields = {
+  blockSize: i64,
+  kvHeads: i64,
+  headDim: i64,
+  numBlocks: i64,
+  tables: IDS,
+  maxBlocks: i64,
+  tokenSeq: IDS,
+  positions: IDS,
+  seqLens: IDS,
+  numSeqs: i64,
+  T: i64,
+  heads: i64,
+  scale: f32,
+  window: i64,
+  softcap: f32,
+};
+
 const AXIS_REDUCE: Fields = { out: OUT, x: IN, outer: i64, n: i64, inner: i64 };
 
 export const OPS = {
@@ -104,21 +123,7 @@ export const OPS = {
       kpool: ptr("const void"),
       vpool: ptr("const void"),
       poolDt: i32,
-      blockSize: i64,
-      kvHeads: i64,
-      headDim: i64,
-      numBlocks: i64,
-      tables: IDS,
-      maxBlocks: i64,
-      tokenSeq: IDS,
-      positions: IDS,
-      seqLens: IDS,
-      numSeqs: i64,
-      T: i64,
-      heads: i64,
-      scale: f32,
-      window: i64,
-      softcap: f32,
+      ...PAGED_ATTENTION,
     },
   },
   sdpa: {
@@ -168,21 +173,7 @@ export const OPS = {
       q: IN,
       kpage: KV_PAGE,
       vpage: KV_PAGE,
-      blockSize: i64,
-      kvHeads: i64,
-      headDim: i64,
-      numBlocks: i64,
-      tables: IDS,
-      maxBlocks: i64,
-      tokenSeq: IDS,
-      positions: IDS,
-      seqLens: IDS,
-      numSeqs: i64,
-      T: i64,
-      heads: i64,
-      scale: f32,
-      window: i64,
-      softcap: f32,
+      ...PAGED_ATTENTION,
     },
   },
   // Linear-attention layers (Gated DeltaNet): per-sequence state lives in slots of a state pool, read and updated
