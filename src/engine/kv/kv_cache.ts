@@ -336,6 +336,14 @@ export interface PrefixOffer {
   tokens: readonly ArrayLike<number>[];
 }
 
+/**
+ * Whether a layer keeps K/V of its own. Layers that read another layer's (kvSource) and linear-attention layers
+ * (state) hold no pool memory and are in no block space.
+ */
+function holdsKv(l: LayerCacheSpec): boolean {
+  return l.kvSource === undefined && !l.state;
+}
+
 export class KvCache {
   /** One pool per layer, in layer order. */
   readonly pools: KvPool[];
@@ -364,9 +372,7 @@ export class KvCache {
       ? new StateSlots<Sequence>(backend, layers, opts.stateSlots ?? opts.sizing?.sequences ?? DEFAULT_STATE_SLOTS)
       : null;
     const budget = opts.memoryBytes === undefined ? undefined : opts.memoryBytes - (this.states?.memoryBytes ?? 0);
-    // Layers that read another layer's K/V (kvSource) and linear-attention layers (state) keep no K/V of their own:
-    // no pool memory, and they are in no block space.
-    const own = layers.filter((l) => l.kvSource === undefined && !l.state);
+    const own = layers.filter(holdsKv);
     for (const l of own) {
       const why = kvCodecProblem(this.codec, l.headDim);
       if (why) throw new RmlxError("invalid_argument", why);
@@ -417,7 +423,7 @@ export class KvCache {
     }
     this.pools = pools;
     const poolsWhere = (sliding: boolean) =>
-      this.pools.filter((_, i) => layers[i]!.kvSource === undefined && !layers[i]!.state && inWindow(layers[i]!) === sliding);
+      this.pools.filter((_, i) => holdsKv(layers[i]!) && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
     if (windowAllocator) {
       spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
@@ -432,7 +438,7 @@ export class KvCache {
 
   /** Bytes of K and V per token over all layers (a sliding layer's tokens leave its window, but count here). */
   get bytesPerToken(): number {
-    return kvBytesPerToken(this.codec, this.layers.filter((l) => l.kvSource === undefined && !l.state));
+    return kvBytesPerToken(this.codec, this.layers.filter(holdsKv));
   }
 
   /** Bytes of the blocks in use now (held by sequences or the prefix cache). */
