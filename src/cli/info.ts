@@ -1,10 +1,10 @@
 import type { Command } from "commander";
 import { openModelDir } from "../io/model_dir.ts";
-import { summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
+import { kvCacheBytes, summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { kvBytesPerToken, parseKvCodec, type KvCodec } from "../engine/kv/codec.ts";
+import { parseKvCodec } from "../engine/kv/codec.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 
@@ -12,12 +12,6 @@ interface InfoOptions extends BackendFlags, KvFlags {
   model?: string;
   json?: boolean;
   verbose?: boolean;
-}
-
-/** The KV estimates of summarize() (f16) in the codec the engine would use here. */
-function kvInCodec(bytes: Record<string, number>, codec: KvCodec, headDim: number): Record<string, number> {
-  const perF16Byte = kvBytesPerToken(codec, [{ kvHeads: 1, headDim }]) / (2 * headDim * 2);
-  return Object.fromEntries(Object.entries(bytes).map(([tokens, n]) => [tokens, Math.round(n * perF16Byte)]));
 }
 
 /** "libmlxc not found (looked in a, b, c; set ...)" keeps its list of places for -v. */
@@ -70,7 +64,7 @@ function describeRope(r: RopeSummary): string {
   return parts.join(", ");
 }
 
-type InfoOut = ModelSummary & { kv_cache_dtype: string; runnable: boolean; backend: string | null; backend_reason?: string; reason?: string };
+type InfoOut = Omit<ModelSummary, "kv_cache_bytes"> & { kv_cache_bytes: Record<string, number | null>; kv_cache_dtype: string; runnable: boolean; backend: string | null; backend_reason?: string; reason?: string };
 
 function humanLines(s: InfoOut): [string, string][] {
   const layers = s.layer_types
@@ -108,13 +102,11 @@ function humanLines(s: InfoOut): [string, string][] {
   const kvNote = full !== undefined ? `, ${full} full-attention layer${full === 1 ? "" : "s"}` : "";
   // The codec in use here first, then every --kv-quant codec's size ("n/a": the codec cannot take head_dim).
   for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes)) {
+    const size = (b: number | null | undefined) => (b === null || b === undefined ? "n/a" : formatBytes(b));
     const others = Object.entries(s.kv_cache_bytes_by_codec)
       .filter(([codec]) => codec !== s.kv_cache_dtype)
-      .map(([codec, by]) => {
-        const b = by[tokens];
-        return `${codec} ${b === null || b === undefined ? "n/a" : formatBytes(b)}`;
-      });
-    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${formatBytes(bytes)} (${s.kv_cache_dtype}, one sequence${kvNote}); ${others.join(", ")}`]);
+      .map(([codec, by]) => `${codec} ${size(by[tokens])}`);
+    lines.push([`memory: KV cache @ ${Number(tokens) / 1024}k`, `${size(bytes)} (${s.kv_cache_dtype}, one sequence${kvNote}); ${others.join(", ")}`]);
   }
   if (s.recurrent_state_bytes !== undefined) {
     const linear = s.layer_types?.linear_attention ?? 0;
@@ -155,7 +147,8 @@ export function register(program: Command): void {
         const summary = summarize(md);
         const out: InfoOut = {
           ...summary,
-          kv_cache_bytes: kvInCodec(summary.kv_cache_bytes, codec, md.config.headDim),
+          // The codec the engine would use here; null where it cannot take a layer's head_dim.
+          kv_cache_bytes: Object.fromEntries(Object.keys(summary.kv_cache_bytes).map((t) => [t, kvCacheBytes(md, Number(t), codec)])),
           kv_cache_dtype: codec.name,
           runnable: reason === null,
           ...chosen,
