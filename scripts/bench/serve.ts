@@ -50,7 +50,7 @@ const shape = SHAPES[shapeName];
 if (!shape) throw new Error(`--shape: one of ${Object.keys(SHAPES).join(", ")}`);
 const bits = int("bits", 4) as 0 | 4 | 8;
 if (![0, 4, 8].includes(bits)) throw new Error("--bits: 4, 8 or 0 (bf16)");
-const genTokens = Math.max(2, int("tokens", 32, 4));
+const genTokens = Math.max(2, int("tokens", 32, 16));
 const levels = opt("levels", "1,4,16", "1").split(",").map(Number);
 if (levels.some((c) => !Number.isInteger(c) || c < 1)) throw new Error("--levels: client counts such as 1,4,16");
 const promptLen = Math.max(1, int("prompt", 32, 8));
