@@ -3,9 +3,11 @@
 // request runs on the engine's Scheduler in this process, so the figures include what serving a request costs.
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
+import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/index.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 import { cacheForTokens, generate } from "../engine/generate.ts";
+import type { SchedulerModel } from "../engine/scheduler.ts";
 import { tokenModel } from "../engine/session.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
@@ -40,6 +42,34 @@ function peakRss(): number {
   } catch {
     return 0;
   }
+}
+
+/**
+ * Wraps a model's forward to measure the host's share of each decode step: the time from the end of one decode
+ * step to the end of the next (sampling, detokenizing, building and recording the step, reading the logits) less
+ * the time the backend spent computing. Prefill steps are left out. undefined where the backend cannot tell.
+ */
+function hostTime(be: Backend, m: SchedulerModel): { model: SchedulerModel; perStep: () => number | undefined } {
+  if (be.computeMs === undefined) return { model: m, perStep: () => undefined };
+  let last = -1;
+  let total = 0;
+  let steps = 0;
+  const model: SchedulerModel = {
+    ...m,
+    forward(step, rows) {
+      const c0 = be.computeMs!;
+      const logits = m.forward(step, rows);
+      const now = performance.now();
+      const decode = step.tokens.length === rows.length;
+      if (decode && last >= 0) {
+        total += now - last - (be.computeMs! - c0);
+        steps++;
+      }
+      last = decode ? now : -1;
+      return logits;
+    },
+  };
+  return { model, perStep: () => (steps > 0 ? total / steps : undefined) };
 }
 
 function median(xs: number[]): number {
@@ -86,13 +116,17 @@ export function register(program: Command): void {
       let kvBytesPerToken = 0;
       const promptTps: number[] = [];
       const genTps: number[] = [];
+      const hostMs: number[] = [];
       for (let r = 0; r < reps; r++) {
         const cache = cacheForTokens(model, promptLen + gen, kvQuant);
         kvBytesPerToken = cache.bytesPerToken;
         try {
-          const out = generate(tokenModel(model, cache), request);
+          const sm = tokenModel(model, cache);
+          const host = hostTime(be, sm);
+          const out = generate(host.model, request);
           promptTps.push(out.promptTps);
           genTps.push(out.decodeTps);
+          if (host.perStep() !== undefined) hostMs.push(host.perStep()!);
         } finally {
           cache.dispose();
         }
@@ -108,6 +142,7 @@ export function register(program: Command): void {
         reps,
         prompt_tps: median(promptTps),
         generation_tps: median(genTps),
+        host_ms_per_step: hostMs.length > 0 ? median(hostMs) : null,
         peak_memory_bytes: peakRss(),
         peak_rss_bytes: peakRss(),
       };
@@ -130,6 +165,7 @@ export function register(program: Command): void {
           `kv cache: ${kvQuant}, ${kvBytesPerToken} bytes per token\n` +
           `prompt: ${promptLen} tokens, ${result.prompt_tps.toFixed(1)} tok/s\n` +
           `generation: ${gen} tokens, ${result.generation_tps.toFixed(1)} tok/s\n` +
+          (result.host_ms_per_step !== null ? `host time per decode step: ${result.host_ms_per_step.toFixed(3)} ms\n` : "") +
           `peak memory: ${(result.peak_memory_bytes / 2 ** 30).toFixed(3)} GiB\n`,
       );
     }),
