@@ -3,11 +3,10 @@
 // request runs on the engine's Scheduler in this process, so the figures include what serving a request costs.
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
-import type { Backend } from "../backend/backend.ts";
 import { getBackend } from "../backend/index.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 import { cacheForTokens, generate } from "../engine/generate.ts";
-import type { SchedulerModel } from "../engine/scheduler.ts";
+import { hostTimer } from "../engine/host_time.ts";
 import { tokenModel } from "../engine/session.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
@@ -42,34 +41,6 @@ function peakRss(): number {
   } catch {
     return 0;
   }
-}
-
-/**
- * Wraps a model's forward to measure the host's share of each decode step: the time from the end of one decode
- * step to the end of the next (sampling, detokenizing, building and recording the step, reading the logits) less
- * the time the backend spent computing. Prefill steps are left out. undefined where the backend cannot tell.
- */
-function hostTime(be: Backend, m: SchedulerModel): { model: SchedulerModel; perStep: () => number | undefined } {
-  if (be.computeMs === undefined) return { model: m, perStep: () => undefined };
-  let last = -1;
-  let total = 0;
-  let steps = 0;
-  const model: SchedulerModel = {
-    ...m,
-    forward(step, rows) {
-      const c0 = be.computeMs!;
-      const logits = m.forward(step, rows);
-      const now = performance.now();
-      const decode = step.tokens.length === rows.length;
-      if (decode && last >= 0) {
-        total += now - last - (be.computeMs! - c0);
-        steps++;
-      }
-      last = decode ? now : -1;
-      return logits;
-    },
-  };
-  return { model, perStep: () => (steps > 0 ? total / steps : undefined) };
 }
 
 function median(xs: number[]): number {
@@ -121,8 +92,7 @@ export function register(program: Command): void {
         const cache = cacheForTokens(model, promptLen + gen, kvQuant);
         kvBytesPerToken = cache.bytesPerToken;
         try {
-          const sm = tokenModel(model, cache);
-          const host = hostTime(be, sm);
+          const host = hostTimer(be, tokenModel(model, cache));
           const out = generate(host.model, request);
           promptTps.push(out.promptTps);
           genTps.push(out.decodeTps);
