@@ -84,7 +84,40 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     linear_conv_kernel_dim: 4,
     tie_word_embeddings: true,
   },
+  // Gemma 4 E2B: per-layer embeddings (a 262144 x 8960 table read one row per token), the last 20 layers reading
+  // the K/V of layers 13 and 14 (with MLPs twice as wide), sliding layers of head_dim 256 and full layers of 512.
+  "gemma-4-e2b": {
+    model_type: "gemma4_text",
+    hidden_size: 1536,
+    num_hidden_layers: 35,
+    num_attention_heads: 8,
+    num_key_value_heads: 1,
+    head_dim: 256,
+    global_head_dim: 512,
+    intermediate_size: 6144,
+    use_double_wide_mlp: true,
+    vocab_size: 262144,
+    hidden_size_per_layer_input: 256,
+    vocab_size_per_layer_input: 262144,
+    num_kv_shared_layers: 20,
+    sliding_window: 512,
+    layer_types: Array.from({ length: 35 }, (_, i) => (i % 5 === 4 ? "full_attention" : "sliding_attention")),
+    final_logit_softcapping: 30,
+    hidden_activation: "gelu_pytorch_tanh",
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-6,
+    rope_parameters: {
+      full_attention: { rope_type: "proportional", rope_theta: 1000000, partial_rotary_factor: 0.25 },
+      sliding_attention: { rope_type: "default", rope_theta: 10000 },
+    },
+    tie_word_embeddings: true,
+  },
 };
+
+/** Shapes too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB): 4-bit only. */
+const QUANTIZED_ONLY = new Set(["gemma-4-e2b"]);
+/** Shapes without a GGUF layout in the peer's random-model writer. */
+const NO_PEER = new Set(["qwen3.5-0.8b", "gemma-4-e2b"]);
 
 /** Shapes measured at several context lengths, with no peer. */
 const HYBRIDS = new Set(["qwen3.5-0.8b"]);
@@ -172,7 +205,10 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
   linear("model.embed_tokens", c.vocabSize, H, true);
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
-  for (let i = 0; i < c.numLayers; i++) {
+  if (c.modelType === "gemma4_text") {
+    buildGemma4(raw, c.numLayers, H, linear, norm, (bytes) => (decodeBytes += bytes), store);
+  }
+  for (let i = 0; c.modelType !== "gemma4_text" && i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
     norm(`${p}.input_layernorm.weight`, H);
     norm(`${p}.post_attention_layernorm.weight`, H);
@@ -224,6 +260,51 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
     format === "q4" ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() } : null;
   const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
   return { md, decodeBytes };
+}
+
+/** Gemma 4's tensors beside the embedding and final norm (mlx-lm names); countDecode adds bytes a step reads. */
+function buildGemma4(
+  raw: Record<string, unknown>,
+  L: number,
+  H: number,
+  linear: (name: string, out: number, inp: number, countDecode?: boolean) => void,
+  norm: (name: string, n: number) => void,
+  countDecode: (bytes: number) => void,
+  store: MemStore,
+): void {
+  const int = (k: string) => raw[k] as number;
+  const P = int("hidden_size_per_layer_input");
+  const shared = int("num_kv_shared_layers");
+  // The PLE table is read one row per token: only that row counts (4-bit g64: codes, scales and biases).
+  linear("model.embed_tokens_per_layer", int("vocab_size_per_layer_input"), L * P, false);
+  countDecode((L * P * 4.5) / 8);
+  linear("model.per_layer_model_projection", L * P, H);
+  norm("model.per_layer_projection_norm.weight", P);
+  const types = raw.layer_types as string[];
+  for (let i = 0; i < L; i++) {
+    const p = `model.layers.${i}`;
+    const full = types[i] === "full_attention";
+    const hd = full ? int("global_head_dim") : int("head_dim");
+    const ownKv = i < L - shared;
+    for (const n of ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm", "post_per_layer_input_norm"]) {
+      norm(`${p}.${n}.weight`, H);
+    }
+    linear(`${p}.self_attn.q_proj`, int("num_attention_heads") * hd, H);
+    linear(`${p}.self_attn.o_proj`, H, int("num_attention_heads") * hd);
+    norm(`${p}.self_attn.q_norm.weight`, hd);
+    if (ownKv) {
+      linear(`${p}.self_attn.k_proj`, int("num_key_value_heads") * hd, H);
+      linear(`${p}.self_attn.v_proj`, int("num_key_value_heads") * hd, H);
+      norm(`${p}.self_attn.k_norm.weight`, hd);
+    }
+    const I = int("intermediate_size") * (!ownKv && raw.use_double_wide_mlp ? 2 : 1);
+    linear(`${p}.mlp.gate_proj`, I, H);
+    linear(`${p}.mlp.up_proj`, I, H);
+    linear(`${p}.mlp.down_proj`, H, I);
+    linear(`${p}.per_layer_input_gate`, P, H);
+    linear(`${p}.per_layer_projection`, H, P);
+    store.put(`${p}.layer_scalar`, "BF16", [1], new Uint8Array(new Uint16Array([0x3f80]).buffer));
+  }
 }
 
 function triadBandwidth(): number {
@@ -296,6 +377,7 @@ const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
   for (const f of formats) {
+    if (f === "bf16" && QUANTIZED_ONLY.has(m)) continue;
     if (HYBRIDS.has(m)) {
       const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
       for (const { ctx, figures } of at) {
@@ -314,7 +396,7 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    const peer = withPeer && !NO_PEER.has(m) ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {
