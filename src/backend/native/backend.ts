@@ -23,6 +23,7 @@ import {
   type Tensor,
   type Weight,
   isQuantized,
+  kvBlockBytes,
 } from "../backend.ts";
 import {
   broadcastShapes,
@@ -30,6 +31,7 @@ import {
   clampBound,
   checkCausalConv,
   checkCopyBlock,
+  checkKvBlockIo,
   checkGatedDelta,
   checkRecurrentBatch,
   checkStateSpec,
@@ -786,6 +788,41 @@ export class NativeBackend implements Backend {
         encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
       }
     });
+  }
+
+  readKvBlock(p: KvPool, block: number): Uint8Array {
+    const pool = this.pool(p, "readKvBlock");
+    checkKvBlockIo("readKvBlock", pool, block);
+    this.graph.eval([]);
+    const out = new Uint8Array(kvBlockBytes(pool));
+    let at = 0;
+    for (const t of pool.parts) {
+      const bytes = t.nbytes / pool.numBlocks;
+      out.set(bytesAt(t.address() + block * bytes, bytes), at);
+      at += bytes;
+    }
+    return out;
+  }
+
+  writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
+    const pool = this.pool(p, "writeKvBlock");
+    checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    // The node keeps its own copy (whole i32 words) until the program has run.
+    const host = new Int32Array(Math.ceil(bytes.byteLength / 4));
+    new Uint8Array(host.buffer).set(bytes);
+    this.graph.write(
+      pool,
+      [],
+      (w, addrs) => {
+        let at = 0;
+        for (const t of pool.parts) {
+          const n = t.nbytes / pool.numBlocks;
+          encode.memcpy(w, t.address() + block * n, addrs[0]! + at, n);
+          at += n;
+        }
+      },
+      [host],
+    );
   }
 
   // ---------------------------------------------------------------- linear attention
