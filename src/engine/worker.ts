@@ -4,6 +4,7 @@
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv/kv_cache.ts";
+import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
@@ -19,6 +20,7 @@ interface Loaded {
   cache: KvCache;
   scheduler: Scheduler;
   contextLength: number;
+  tier: SsdTier | null;
 }
 
 const models = new Map<string, Loaded>();
@@ -56,7 +58,8 @@ function load(name: string, dir: string): void {
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
   const contextLength = Math.min(full.contextLength, config.contextLength || Infinity);
-  const model = { ...full, contextLength };
+  const tier = ssdTierFor(name, dir, cache);
+  const model = { ...full, contextLength, ...(tier ? { prefixTier: tier } : {}) };
   if (config.promptOverflow === "truncate") {
     model.encode = (req) => {
       const { truncatedFrom, ...e } = encodeToFit(session, req, contextLength);
@@ -65,8 +68,27 @@ function load(name: string, dir: string): void {
     };
   }
   const scheduler = new Scheduler(model, config, post);
-  models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier });
   postLoaded(name, models.get(name)!);
+}
+
+/** The model's SSD tier under --kv-ssd; none without a prefix cache, or for a model with recurrent state. */
+function ssdTierFor(name: string, dir: string, cache: KvCache): SsdTier | null {
+  const ssd = config.kvSsd;
+  if (!ssd || !config.prefixCache) return null;
+  const warn = (m: string) => process.stderr.write(`rmlx: warning: ${m}\n`);
+  if (cache.states) {
+    warn(`${name}: the SSD tier is off for models with recurrent state (their prefix entries need state snapshots)`);
+    return null;
+  }
+  return new SsdTier(cache, { dir: ssd.dir, budgetBytes: ssd.budgetBytes, modelId: modelIdentity(dir), warn: (m) => warn(`${name}: ${m}`) });
+}
+
+/** Offers a model's RAM prefix entries to its SSD tier and waits until they are written. */
+async function keepPrefixes(m: Loaded): Promise<void> {
+  if (!m.tier) return;
+  m.scheduler.prefix?.keepAll();
+  await m.tier.store.close();
 }
 
 function postLoaded(name: string, m: Loaded): void {
@@ -77,6 +99,9 @@ function unload(name: string): void {
   const m = models.get(name);
   if (m) {
     m.scheduler.abortAll("not_found", `model '${name}' was unloaded`);
+    // The blocks are copied out before the pools go; the files are written after.
+    m.scheduler.prefix?.keepAll();
+    void m.tier?.store.close();
     m.cache.dispose();
     models.delete(name);
   }
@@ -203,7 +228,8 @@ function handle(msg: ToWorker): void {
     }
     case "shutdown":
       for (const m of models.values()) m.scheduler.abortAll("cancelled", "the server is shutting down");
-      process.exit(0);
+      void Promise.all([...models.values()].map(keepPrefixes)).finally(() => process.exit(0));
+      return;
   }
 }
 

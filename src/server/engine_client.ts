@@ -16,6 +16,8 @@ type DoneEvent = Extract<EngineEvent, { type: "done" }>;
 export interface Progress {
   promptTokens: number;
   cachedTokens: number;
+  /** Of cachedTokens, those read back from the SSD tier. */
+  cachedDiskTokens?: number;
   generatedTokens: number;
   /** Date.now() at the first generated token, if there was one. */
   firstTokenAt?: number;
@@ -58,6 +60,7 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
     if (ev.type === "started") {
       this.progress.promptTokens = ev.promptTokens;
       this.progress.cachedTokens = ev.cachedTokens;
+      if (ev.cachedDiskTokens) this.progress.cachedDiskTokens = ev.cachedDiskTokens;
     } else if (ev.type === "delta" && ev.tokenIds.length > 0) {
       this.progress.firstTokenAt ??= Date.now();
       this.progress.generatedTokens += ev.tokenIds.length;
