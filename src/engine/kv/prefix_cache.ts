@@ -6,8 +6,8 @@
 //     holds go back least recently used first.
 //  3. A prefix of m blocks is usable when its entries still have every block that a sequence of m blocks holds
 //     in each space: all m in the main space, those the next query's window reads in a sliding one.
-//  4. With a tier below (an SSD), an entry leaving RAM is offered to it first, and a match that runs out of RAM
-//     entries goes on with the blocks the tier gives back.
+//  4. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
+//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back.
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -162,6 +162,8 @@ export class PrefixCache {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
       } else {
+        // The tier keeps the whole entry while it still has this block: restored, it is usable again.
+        this.tier?.keep(h, e);
         allocator.free(e[s]!);
         e[s] = -1;
       }
