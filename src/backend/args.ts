@@ -246,7 +246,7 @@ export function checkCopyBlock(pool: KvPool, src: number, dst: number): void {
     if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
 }
 
-/** A block of the pool, and for a write its bytes: exactly kvBlockBytes(pool) of them. */
+/** A block of the pool, and the bytes written or read into: exactly kvBlockBytes(pool) of them. */
 export function checkKvBlockIo(what: string, pool: KvPool, block: number, bytes?: Uint8Array): void {
   if (!Number.isInteger(block) || block < 0 || block >= pool.numBlocks) invalid(`${what}: block ${block} outside the pool's ${pool.numBlocks}`);
   const want = kvBlockBytes(pool);

@@ -276,9 +276,9 @@ export interface Backend {
   /**
    * One block of a pool as bytes (what an SSD tier keeps), after every recorded write to the pool: keys, then
    * values; each side its codes [blockSize, kvHeads, row], then for a packed side its scales and biases
-   * [blockSize, kvHeads, groups] (kvBlockBytes(pool) in all).
+   * [blockSize, kvHeads, groups] (kvBlockBytes(pool) in all). With `out` (that many bytes), into it.
    */
-  readKvBlock(pool: KvPool, block: number): Uint8Array;
+  readKvBlock(pool: KvPool, block: number, out?: Uint8Array): Uint8Array;
   /** Overwrites one block of a pool with bytes laid out as readKvBlock gives them (recorded like kvWrite). */
   writeKvBlock(pool: KvPool, block: number, bytes: Uint8Array): void;
 

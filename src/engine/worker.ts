@@ -81,7 +81,13 @@ function ssdTierFor(name: string, dir: string, cache: KvCache): SsdTier | null {
     warn(`${name}: the SSD tier is off for models with recurrent state (their prefix entries need state snapshots)`);
     return null;
   }
-  return new SsdTier(cache, { dir: ssd.dir, budgetBytes: ssd.budgetBytes, modelId: modelIdentity(dir), warn: (m) => warn(`${name}: ${m}`) });
+  try {
+    return new SsdTier(cache, { dir: ssd.dir, budgetBytes: ssd.budgetBytes, modelId: modelIdentity(dir), warn: (m) => warn(`${name}: ${m}`) });
+  } catch (e) {
+    // An unreadable index or directory costs the tier, not the model.
+    warn(`${name}: the SSD tier in ${ssd.dir} is off: ${(e as Error).message}`);
+    return null;
+  }
 }
 
 /** Offers a model's RAM prefix entries to its SSD tier and waits until they are written. */

@@ -955,10 +955,10 @@ export class MlxBackend implements Backend {
     }
   }
 
-  readKvBlock(p: KvPool, block: number): Uint8Array {
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
     const pool = this.pool(p, "readKvBlock");
-    args.checkKvBlockIo("readKvBlock", pool, block);
-    const out = new Uint8Array(kvBlockBytes(pool));
+    args.checkKvBlockIo("readKvBlock", pool, block, into);
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
     const tmp = new Temps();
     try {
       let at = 0;

@@ -790,11 +790,11 @@ export class NativeBackend implements Backend {
     });
   }
 
-  readKvBlock(p: KvPool, block: number): Uint8Array {
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
     const pool = this.pool(p, "readKvBlock");
-    checkKvBlockIo("readKvBlock", pool, block);
+    checkKvBlockIo("readKvBlock", pool, block, into);
     this.graph.eval([]);
-    const out = new Uint8Array(kvBlockBytes(pool));
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
     let at = 0;
     for (const t of pool.parts) {
       const bytes = t.nbytes / pool.numBlocks;
@@ -807,6 +807,17 @@ export class NativeBackend implements Backend {
   writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
     const pool = this.pool(p, "writeKvBlock");
     checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    this.graph.eval([]);
+    if (pool.readers.every((r) => r.done)) {
+      // Nothing recorded reads the pool still: the bytes go straight in, without a program per block.
+      let at = 0;
+      for (const t of pool.parts) {
+        const n = t.nbytes / pool.numBlocks;
+        bytesAt(t.address() + block * n, n).set(bytes.subarray(at, at + n));
+        at += n;
+      }
+      return;
+    }
     // The node keeps its own copy (whole i32 words) until the program has run.
     const host = new Int32Array(Math.ceil(bytes.byteLength / 4));
     new Uint8Array(host.buffer).set(bytes);

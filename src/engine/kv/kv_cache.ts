@@ -165,14 +165,19 @@ export class BlockSpace {
     return this.window === 0 ? 0 : Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
   }
 
-  /** Block `id` of every pool of the space as bytes (each pool's readKvBlock, in pool order): bytesPerBlock of them. */
-  readBlock(id: number): Uint8Array {
-    const out = new Uint8Array(this.bytesPerBlock);
+  /**
+   * Block `id` of every pool of the space as bytes (each pool's readKvBlock, in pool order): bytesPerBlock of them,
+   * into `out` when given.
+   */
+  readBlock(id: number, out: Uint8Array = new Uint8Array(this.bytesPerBlock)): Uint8Array {
+    if (out.byteLength !== this.bytesPerBlock) {
+      throw new RmlxError("internal", `a block of this space has ${this.bytesPerBlock} bytes, not ${out.byteLength}`);
+    }
     let at = 0;
     for (const pool of this.pools) {
-      const b = this.backend.readKvBlock(pool, id);
-      out.set(b, at);
-      at += b.byteLength;
+      const n = kvBlockBytes(pool);
+      this.backend.readKvBlock(pool, id, out.subarray(at, at + n));
+      at += n;
     }
     return out;
   }

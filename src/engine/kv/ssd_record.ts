@@ -20,27 +20,52 @@ export interface BlockRecord {
   extra: Uint8Array;
 }
 
-/** The file's bytes of a record of the block `hash` in namespace `ns`. */
-export function encodeRecord(ns: bigint, hash: bigint, rec: BlockRecord): Uint8Array {
-  const n = rec.spaces.length;
-  const body = rec.spaces.reduce((s, b) => s + (b?.byteLength ?? 0), 0) + rec.extra.byteLength;
+/** A record being written in place: its file's bytes, and views into them where each space's bytes go. */
+export interface RecordDraft {
+  bytes: Uint8Array;
+  /** Per space, the bytes to fill (null for a space of size 0). */
+  spaces: (Uint8Array | null)[];
+  /** Writes the checksum once every space is filled; `bytes` is then the file. */
+  seal(): Uint8Array;
+}
+
+/**
+ * The file of block `hash` in namespace `ns` with `sizes` bytes per space (0 where given back) and `extra`, each
+ * space's bytes to be filled in place (a block copied out of the pools once, not once more into a record).
+ */
+export function draftRecord(ns: bigint, hash: bigint, sizes: readonly number[], extra: Uint8Array): RecordDraft {
+  const n = sizes.length;
   const head = FIXED + 4 * n;
-  const out = new Uint8Array(head + body + 4);
-  const dv = new DataView(out.buffer);
-  out.set(MAGIC, 0);
+  const body = sizes.reduce((a, b) => a + b, 0) + extra.byteLength;
+  const bytes = new Uint8Array(head + body + 4);
+  const dv = new DataView(bytes.buffer);
+  bytes.set(MAGIC, 0);
   dv.setUint32(8, n, true);
-  dv.setUint32(12, rec.extra.byteLength, true);
+  dv.setUint32(12, extra.byteLength, true);
   dv.setBigUint64(16, BigInt.asUintN(64, ns), true);
   dv.setBigUint64(24, BigInt.asUintN(64, hash), true);
   let at = head;
-  rec.spaces.forEach((b, i) => {
-    dv.setUint32(FIXED + 4 * i, b?.byteLength ?? 0, true);
-    if (b) out.set(b, at);
-    at += b?.byteLength ?? 0;
+  const spaces = sizes.map((size, i) => {
+    dv.setUint32(FIXED + 4 * i, size, true);
+    const view = size === 0 ? null : bytes.subarray(at, at + size);
+    at += size;
+    return view;
   });
-  out.set(rec.extra, at);
-  dv.setUint32(out.length - 4, Bun.hash.crc32(out.subarray(0, out.length - 4)) >>> 0, true);
-  return out;
+  bytes.set(extra, at);
+  const seal = () => {
+    dv.setUint32(bytes.length - 4, Bun.hash.crc32(bytes.subarray(0, bytes.length - 4)) >>> 0, true);
+    return bytes;
+  };
+  return { bytes, spaces, seal };
+}
+
+/** The file's bytes of a record of the block `hash` in namespace `ns`. */
+export function encodeRecord(ns: bigint, hash: bigint, rec: BlockRecord): Uint8Array {
+  const d = draftRecord(ns, hash, rec.spaces.map((b) => b?.byteLength ?? 0), rec.extra);
+  rec.spaces.forEach((b, i) => {
+    if (b) d.spaces[i]!.set(b);
+  });
+  return d.seal();
 }
 
 /** The record in a file's bytes, or why they are not a sound record of block `hash` in namespace `ns`. */

@@ -3,13 +3,13 @@
 //   DIR/blocks/<ns>/<hash>.kvb   one block record each (ssd_record.ts)
 //   DIR/tmp/                     files being written; each is renamed into blocks/ once whole
 // Records to write wait in a queue that an async writer drains between engine steps, so a step never waits on the
-// disk; a record asked for while still queued is served from the queue. A write that fails (a full disk) stops
-// spilling with one warning; what is on disk still serves.
-import { mkdirSync, readFileSync, rmSync, unlinkSync } from "node:fs";
+// disk; a record asked for while still queued is served from the queue. A write or index update that fails (a
+// full disk) stops spilling with one warning; what is on disk still serves, and no failure reaches the caller.
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, rmSync, unlinkSync } from "node:fs";
 import { rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { SsdIndex } from "./ssd_index.ts";
-import { type BlockRecord, decodeRecord, encodeRecord } from "./ssd_record.ts";
+import { type BlockRecord, decodeRecord, draftRecord, type RecordDraft } from "./ssd_record.ts";
 
 export interface SsdStoreOptions {
   dir: string;
@@ -35,6 +35,8 @@ export interface SsdStoreStats {
 
 const hex = (h: bigint) => BigInt.asUintN(64, h).toString(16).padStart(16, "0");
 const DEFAULT_MAX_QUEUED = 512 * 1024 ** 2;
+/** Bytes of a record beyond its blocks (header and checksum), near enough for the queue's limit. */
+const FIXED_GUESS = 128;
 /** Records written between two yields to the event loop. */
 const WRITE_BATCH = 8;
 
@@ -52,6 +54,10 @@ export class SsdStore {
   private readonly queue = new Map<bigint, Uint8Array>();
   private queuedBytes = 0;
   private writer: Promise<void> | null = null;
+  /** Blocks used since the index last heard of it: their stamps are written with the next batch. */
+  private readonly touched = new Set<bigint>();
+  /** Where files are read: reused, so that a long restored prefix does not allocate per block. */
+  private readBuf = new Uint8Array(0);
   private stopped = false;
   private warnedCorrupt = false;
   private readonly warn: (msg: string) => void;
@@ -84,29 +90,42 @@ export class SsdStore {
     return !this.stopped;
   }
 
-  /** Queues a block's record for writing; a block already held is only marked as used. */
-  put(hash: bigint, rec: BlockRecord): void {
-    if (this.onDisk.has(hash)) return this.touch([hash]);
-    if (this.stopped || this.queue.has(hash)) return;
-    const bytes = encodeRecord(this.opts.ns, hash, rec);
-    if (this.queuedBytes + bytes.byteLength > (this.opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED)) {
-      this.stats.skipped++;
-      return;
+  /**
+   * A record of block `hash` to fill in place and hand to put(): `sizes` bytes per space (0 where none); null when
+   * the block is held already (it is marked as used), queued, or spilling has stopped.
+   */
+  draft(hash: bigint, sizes: readonly number[], extra: Uint8Array): RecordDraft | null {
+    if (this.onDisk.has(hash)) {
+      this.touch([hash]);
+      return null;
     }
-    this.queue.set(hash, bytes);
-    this.queuedBytes += bytes.byteLength;
-    this.writer ??= this.drain().finally(() => {
-      this.writer = null;
-    });
+    if (this.stopped || this.queue.has(hash)) return null;
+    const bytes = FIXED_GUESS + sizes.reduce((a, b) => a + b, 0) + extra.byteLength;
+    if (this.queuedBytes + bytes > (this.opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED)) {
+      this.stats.skipped++;
+      return null;
+    }
+    return draftRecord(this.opts.ns, hash, sizes, extra);
   }
 
-  /** The block's record, or null when there is none or its file is unsound (then it is deleted). */
+  /** Queues a block's sealed record (draft()'s, or encodeRecord's) for writing. */
+  put(hash: bigint, bytes: Uint8Array): void {
+    if (this.stopped || this.queue.has(hash) || this.onDisk.has(hash)) return;
+    this.queue.set(hash, bytes);
+    this.queuedBytes += bytes.byteLength;
+    this.startWriter();
+  }
+
+  /**
+   * The block's record, or null when there is none or its file is unsound (then it is deleted). Its bytes are
+   * valid until the next read.
+   */
   read(hash: bigint): BlockRecord | null {
     let bytes = this.queue.get(hash);
     if (!bytes) {
       if (!this.onDisk.has(hash)) return null;
       try {
-        bytes = readFileSync(this.path(hash));
+        bytes = this.readFile(this.path(hash));
       } catch {
         // Evicted by another namespace's writes since this one listed it.
         this.forget(hash);
@@ -138,10 +157,13 @@ export class SsdStore {
     }
   }
 
-  /** Marks blocks as used now (least recently used blocks leave first when the budget is reached). */
+  /**
+   * Marks blocks as used now (least recently used blocks leave first when the budget is reached); the index hears
+   * of it with the writer's next batch, not on the caller's path.
+   */
   touch(hashes: readonly bigint[]): void {
-    const held = hashes.filter((h) => this.onDisk.has(h));
-    if (held.length > 0) this.index.touch(this.nsHex, held.map(hex));
+    for (const h of hashes) if (this.onDisk.has(h)) this.touched.add(h);
+    if (this.touched.size > 0) this.startWriter();
   }
 
   /** Resolves when every queued record is written (or spilling has stopped). */
@@ -154,19 +176,71 @@ export class SsdStore {
     this.index.close();
   }
 
+  private startWriter(): void {
+    this.writer ??= this.drain().finally(() => {
+      this.writer = null;
+    });
+  }
+
+  /** A whole file into the reused read buffer. */
+  private readFile(path: string): Uint8Array {
+    const fd = openSync(path, "r");
+    try {
+      const size = fstatSync(fd).size;
+      if (this.readBuf.byteLength < size) this.readBuf = new Uint8Array(Math.max(size, 2 * this.readBuf.byteLength));
+      const out = this.readBuf.subarray(0, size);
+      let at = 0;
+      while (at < size) {
+        const n = readSync(fd, out, at, size - at, at);
+        if (n === 0) break;
+        at += n;
+      }
+      return out.subarray(0, at);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   private path(hash: bigint): string {
     return join(this.blockDir, `${hex(hash)}.kvb`);
   }
 
   private forget(hash: bigint): void {
     this.onDisk.delete(hash);
-    this.index.remove(this.nsHex, hex(hash));
+    this.safely(() => this.index.remove(this.nsHex, hex(hash)));
+  }
+
+  /** Runs an index update; a failure stops spilling (see fail) instead of reaching the engine. */
+  private safely(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /** Stops spilling, with one warning. */
+  private fail(e: unknown): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    const err = e as NodeJS.ErrnoException;
+    const why = err?.code === "ENOSPC" ? "the disk is full" : (err?.message ?? String(e));
+    this.warn(`SSD tier: writing to ${this.opts.dir} failed (${why}); no more blocks are spilled, serving goes on`);
   }
 
   private async drain(): Promise<void> {
+    // Starts after the caller's step: touches of a whole match go to the index as one batch.
+    await new Promise<void>((r) => setImmediate(r));
     let n = 0;
-    while (this.queue.size > 0 && !this.stopped) {
-      const [hash, bytes] = this.queue.entries().next().value as [bigint, Uint8Array];
+    while (!this.stopped && (this.touched.size > 0 || this.queue.size > 0)) {
+      if (this.touched.size > 0) {
+        const hashes = [...this.touched].map(hex);
+        this.touched.clear();
+        this.safely(() => this.index.touch(this.nsHex, hashes));
+      }
+      const next = this.queue.entries().next();
+      if (next.done) continue;
+      const [hash, bytes] = next.value;
       await this.write(hash, bytes);
       this.queue.delete(hash);
       this.queuedBytes -= bytes.byteLength;
@@ -176,34 +250,32 @@ export class SsdStore {
       this.stats.skipped += this.queue.size;
       this.queue.clear();
       this.queuedBytes = 0;
+      this.touched.clear();
     }
   }
 
   /** Writes one record: its index row first, so that a crash leaves at most a row without a file (a miss). */
   private async write(hash: bigint, bytes: Uint8Array): Promise<void> {
-    const victims = this.index.makeRoom(bytes.byteLength, this.opts.budgetBytes);
-    if (victims === null) {
-      this.stats.skipped++;
-      return;
-    }
-    for (const v of victims) {
-      if (v.ns === this.nsHex) this.onDisk.delete(BigInt(`0x${v.hash}`));
-      rmSync(join(this.opts.dir, "blocks", v.ns, `${v.hash}.kvb`), { force: true });
-    }
     const tmp = join(this.tmpDir, `${process.pid}-${++tmpSeq}.tmp`);
     try {
+      const victims = this.index.makeRoom(bytes.byteLength, this.opts.budgetBytes);
+      if (victims === null) {
+        this.stats.skipped++;
+        return;
+      }
+      for (const v of victims) {
+        if (v.ns === this.nsHex) this.onDisk.delete(BigInt(`0x${v.hash}`));
+        rmSync(join(this.opts.dir, "blocks", v.ns, `${v.hash}.kvb`), { force: true });
+      }
       this.index.put(this.nsHex, hex(hash), bytes.byteLength);
       await this.writeFile(tmp, bytes);
       await rename(tmp, this.path(hash));
       this.onDisk.add(hash);
       this.stats.written++;
     } catch (e) {
-      this.index.remove(this.nsHex, hex(hash));
+      this.safely(() => this.index.remove(this.nsHex, hex(hash)));
       await unlink(tmp).catch(() => {});
-      this.stopped = true;
-      const err = e as NodeJS.ErrnoException;
-      const why = err.code === "ENOSPC" ? "the disk is full" : (err.message ?? String(e));
-      this.warn(`SSD tier: writing to ${this.opts.dir} failed (${why}); no more blocks are spilled, serving goes on`);
+      this.fail(e);
     }
   }
 }

@@ -47,10 +47,13 @@ export class SsdTier implements PrefixTier {
   }
 
   keep(hash: bigint, ids: readonly number[]): void {
-    if (this.store.has(hash)) return this.store.touch([hash]);
-    if (!this.store.spilling) return;
-    const spaces = ids.map((id, s) => (id < 0 ? null : this.cache.spaces[s]!.readBlock(id)));
-    this.store.put(hash, { spaces, extra: NO_EXTRA });
+    const spaces = this.cache.spaces;
+    const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), NO_EXTRA);
+    if (!d) return;
+    ids.forEach((id, s) => {
+      if (id >= 0) spaces[s]!.readBlock(id, d.spaces[s]!);
+    });
+    this.store.put(hash, d.seal());
   }
 
   has(hash: bigint): boolean {

@@ -59,11 +59,13 @@ describe("block records", () => {
 
 describe("SSD store", () => {
   const rec = (seed: number) => ({ spaces: [bytes(1000, seed)], extra: new Uint8Array(0) });
+  /** Puts block `hash` of the store's namespace with the record of `seed`. */
+  const put = (s: SsdStore, ns: bigint, hash: bigint, seed: number) => s.put(hash, encodeRecord(ns, hash, rec(seed)));
 
   test("what one store wrote, a new one on the same directory reads; a queued record is served before it is written", async () => {
     const dir = freshDir();
     const a = new SsdStore({ dir, budgetBytes: 1e6, ns: 1n });
-    a.put(10n, rec(1));
+    put(a, 1n, 10n, 1);
     expect(a.has(10n)).toBe(true);
     expect([...a.read(10n)!.spaces[0]!]).toEqual([...rec(1).spaces[0]]);
     await a.close();
@@ -81,13 +83,14 @@ describe("SSD store", () => {
     const size = encodeRecord(1n, 1n, rec(0)).byteLength;
     const a = new SsdStore({ dir, budgetBytes: 3 * size, ns: 1n });
     const b = new SsdStore({ dir, budgetBytes: 3 * size, ns: 2n });
-    a.put(1n, rec(1));
-    a.put(2n, rec(2));
+    put(a, 1n, 1n, 1);
+    put(a, 1n, 2n, 2);
     await a.flush();
-    b.put(1n, rec(3));
+    put(b, 2n, 1n, 3);
     await b.flush();
     a.touch([1n]);
-    b.put(2n, rec(4));
+    await a.flush();
+    put(b, 2n, 2n, 4);
     await b.flush();
     // a's block 2 was the least recently used one.
     expect(a.read(2n)).toBeNull();
@@ -101,8 +104,8 @@ describe("SSD store", () => {
     const dir = freshDir();
     const q = quiet();
     const s = new SsdStore({ dir, budgetBytes: 1e6, ns: 1n, warn: q.warn });
-    s.put(1n, rec(1));
-    s.put(2n, rec(2));
+    put(s, 1n, 1n, 1);
+    put(s, 1n, 2n, 2);
     await s.flush();
     const [f1, f2] = files(dir).sort().map((f) => join(dir, "blocks", f));
     const b1 = readFileSync(f1!);
@@ -128,12 +131,12 @@ describe("SSD store", () => {
       return Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }));
     };
     const s = new SsdStore({ dir, budgetBytes: 1e6, ns: 1n, warn: q.warn, writeFile });
-    s.put(1n, rec(1));
+    put(s, 1n, 1n, 1);
     await s.flush();
     full = true;
-    for (let i = 2n; i < 6n; i++) s.put(i, rec(Number(i)));
+    for (let i = 2n; i < 6n; i++) put(s, 1n, i, Number(i));
     await s.flush();
-    s.put(9n, rec(9));
+    put(s, 1n, 9n, 9);
     await s.flush();
     expect(q.warnings).toEqual([expect.stringContaining("the disk is full")]);
     expect(s.spilling).toBe(false);
