@@ -21,8 +21,6 @@ export interface SsdStoreOptions {
   warn?: (msg: string) => void;
   /** Writes a whole file; tests replace it with one that fails as a full disk does. */
   writeFile?: (path: string, bytes: Uint8Array) => Promise<unknown>;
-  /** Most bytes of records waiting to be written; a spill beyond it is skipped. */
-  maxQueuedBytes?: number;
 }
 
 export interface SsdStoreStats {
@@ -34,7 +32,8 @@ export interface SsdStoreStats {
 }
 
 const hex = (h: bigint) => BigInt.asUintN(64, h).toString(16).padStart(16, "0");
-const DEFAULT_MAX_QUEUED = 512 * 1024 ** 2;
+/** Most bytes of records waiting to be written; a spill beyond it is skipped (the disk cannot keep up). */
+const MAX_QUEUED_BYTES = 512 * 1024 ** 2;
 /** Bytes of a record beyond its blocks (header and checksum), near enough for the queue's limit. */
 const FIXED_GUESS = 128;
 /** Records written between two yields to the event loop. */
@@ -80,11 +79,6 @@ export class SsdStore {
     return this.queue.has(hash) || this.onDisk.has(hash);
   }
 
-  /** Blocks of this namespace on disk or queued. */
-  get size(): number {
-    return new Set([...this.onDisk, ...this.queue.keys()]).size;
-  }
-
   /** Whether spilling has stopped after a failed write. */
   get spilling(): boolean {
     return !this.stopped;
@@ -101,7 +95,7 @@ export class SsdStore {
     }
     if (this.stopped || this.queue.has(hash)) return null;
     const bytes = FIXED_GUESS + sizes.reduce((a, b) => a + b, 0) + extra.byteLength;
-    if (this.queuedBytes + bytes > (this.opts.maxQueuedBytes ?? DEFAULT_MAX_QUEUED)) {
+    if (this.queuedBytes + bytes > MAX_QUEUED_BYTES) {
       this.stats.skipped++;
       return null;
     }
