@@ -29,15 +29,21 @@ export interface RecordDraft {
   seal(): Uint8Array;
 }
 
+/** Bytes of the file of a record with `sizes` bytes per space and `extra` bytes of payload. */
+export function recordBytes(sizes: readonly number[], extra: number): number {
+  return FIXED + 4 * sizes.length + sizes.reduce((a, b) => a + b, 0) + extra + 4;
+}
+
 /**
  * The file of block `hash` in namespace `ns` with `sizes` bytes per space (0 where given back) and `extra`, each
- * space's bytes to be filled in place (a block copied out of the pools once, not once more into a record).
+ * space's bytes to be filled in place (a block copied out of the pools once, not once more into a record). `reuse`,
+ * when it has the file's size, is written over instead of a new buffer.
  */
-export function draftRecord(ns: bigint, hash: bigint, sizes: readonly number[], extra: Uint8Array): RecordDraft {
+export function draftRecord(ns: bigint, hash: bigint, sizes: readonly number[], extra: Uint8Array, reuse?: Uint8Array): RecordDraft {
   const n = sizes.length;
   const head = FIXED + 4 * n;
-  const body = sizes.reduce((a, b) => a + b, 0) + extra.byteLength;
-  const bytes = new Uint8Array(head + body + 4);
+  const size = recordBytes(sizes, extra.byteLength);
+  const bytes = reuse?.byteLength === size ? reuse : new Uint8Array(size);
   const dv = new DataView(bytes.buffer);
   bytes.set(MAGIC, 0);
   dv.setUint32(8, n, true);

@@ -9,7 +9,7 @@ import { closeSync, fstatSync, mkdirSync, openSync, readSync, rmSync, unlinkSync
 import { rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { SsdIndex } from "./ssd_index.ts";
-import { type BlockRecord, decodeRecord, draftRecord, type RecordDraft } from "./ssd_record.ts";
+import { type BlockRecord, decodeRecord, draftRecord, type RecordDraft, recordBytes } from "./ssd_record.ts";
 
 export interface SsdStoreOptions {
   dir: string;
@@ -34,8 +34,8 @@ export interface SsdStoreStats {
 const hex = (h: bigint) => BigInt.asUintN(64, h).toString(16).padStart(16, "0");
 /** Most bytes of records waiting to be written; a spill beyond it is skipped (the disk cannot keep up). */
 const MAX_QUEUED_BYTES = 512 * 1024 ** 2;
-/** Bytes of a record beyond its blocks (header and checksum), near enough for the queue's limit. */
-const FIXED_GUESS = 128;
+/** Written records' buffers kept for the next spills, so that a steady stream of evictions allocates nothing. */
+const SPARE_BUFFERS = 32;
 /** Records written between two yields to the event loop. */
 const WRITE_BATCH = 8;
 
@@ -57,6 +57,7 @@ export class SsdStore {
   private readonly touched = new Set<bigint>();
   /** Where files are read: reused, so that a long restored prefix does not allocate per block. */
   private readBuf = new Uint8Array(0);
+  private readonly spare: Uint8Array[] = [];
   private stopped = false;
   private warnedCorrupt = false;
   private readonly warn: (msg: string) => void;
@@ -94,12 +95,13 @@ export class SsdStore {
       return null;
     }
     if (this.stopped || this.queue.has(hash)) return null;
-    const bytes = FIXED_GUESS + sizes.reduce((a, b) => a + b, 0) + extra.byteLength;
+    const bytes = recordBytes(sizes, extra.byteLength);
     if (this.queuedBytes + bytes > MAX_QUEUED_BYTES) {
       this.stats.skipped++;
       return null;
     }
-    return draftRecord(this.opts.ns, hash, sizes, extra);
+    const i = this.spare.findIndex((b) => b.byteLength === bytes);
+    return draftRecord(this.opts.ns, hash, sizes, extra, i < 0 ? undefined : this.spare.splice(i, 1)[0]);
   }
 
   /** Queues a block's sealed record (draft()'s, or encodeRecord's) for writing. */
@@ -238,6 +240,7 @@ export class SsdStore {
       await this.write(hash, bytes);
       this.queue.delete(hash);
       this.queuedBytes -= bytes.byteLength;
+      if (this.spare.length < SPARE_BUFFERS) this.spare.push(bytes);
       if (++n % WRITE_BATCH === 0) await new Promise<void>((r) => setImmediate(r));
     }
     if (this.stopped) {
