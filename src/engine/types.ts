@@ -185,4 +185,13 @@ export type FromWorker =
       /** Bytes of the KV blocks in use (in the cache's codec, every pool), and of the whole KV budget. */
       kvUsedBytes?: number;
       kvTotalBytes?: number;
+      /** Blocks the SSD tier wrote, read back, dropped as unsound and skipped, since the worker started. */
+      ssd?: SsdCounts;
     };
+
+export interface SsdCounts {
+  written: number;
+  loaded: number;
+  dropped: number;
+  skipped: number;
+}

@@ -7,7 +7,7 @@ import { KvCache } from "./kv/kv_cache.ts";
 import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
-import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
+import type { EngineConfig, FromWorker, SsdCounts, ToWorker } from "./types.ts";
 
 declare const self: Worker;
 
@@ -24,6 +24,15 @@ interface Loaded {
 }
 
 const models = new Map<string, Loaded>();
+/** SSD tier counts of models unloaded since the start, so that the server's counters never go back. */
+const retiredSsd: SsdCounts = { written: 0, loaded: 0, dropped: 0, skipped: 0 };
+
+function addSsd(to: SsdCounts, from: SsdCounts): void {
+  to.written += from.written;
+  to.loaded += from.loaded;
+  to.dropped += from.dropped;
+  to.skipped += from.skipped;
+}
 /** Which model each live request runs on, for cancellation. */
 const owners = new Map<string, string>();
 
@@ -107,7 +116,8 @@ function unload(name: string): void {
     m.scheduler.abortAll("not_found", `model '${name}' was unloaded`);
     // The blocks are copied out before the pools go; the files are written after.
     m.scheduler.prefix?.keepAll();
-    void m.tier?.store.close();
+    const tier = m.tier;
+    if (tier) void tier.store.close().finally(() => addSsd(retiredSsd, tier.store.stats));
     m.cache.dispose();
     models.delete(name);
   }
@@ -123,7 +133,9 @@ function stats(): void {
   let kvWindowTotal = 0;
   let kvUsedBytes = 0;
   let kvTotalBytes = 0;
+  const ssd = { ...retiredSsd };
   for (const m of models.values()) {
+    if (m.tier) addSsd(ssd, m.tier.store.stats);
     running += m.scheduler.numRunning;
     waiting += m.scheduler.numWaiting;
     kvUsed += m.cache.allocator.numUsed;
@@ -133,7 +145,7 @@ function stats(): void {
     kvUsedBytes += m.cache.usedBytes;
     kvTotalBytes += m.cache.memoryBytes;
   }
-  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes });
+  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes, ...(config.kvSsd ? { ssd } : {}) });
 }
 
 let looping = false;

@@ -7,6 +7,7 @@ import type {
   GenerateRequest,
   LoadedModelInfo,
   ToolSpec,
+  SsdCounts,
   ToWorker,
 } from "../engine/types.ts";
 
@@ -106,6 +107,8 @@ export interface EngineStats {
   kvWindowTotal: number;
   kvUsedBytes: number;
   kvTotalBytes: number;
+  /** The SSD tier's block counts (--kv-ssd), absent without one. */
+  ssd?: SsdCounts;
 }
 
 interface Pending<T> {
@@ -203,6 +206,7 @@ export class EngineClient {
           kvWindowTotal: msg.kvWindowTotal ?? 0,
           kvUsedBytes: msg.kvUsedBytes ?? 0,
           kvTotalBytes: msg.kvTotalBytes ?? 0,
+          ...(msg.ssd ? { ssd: msg.ssd } : {}),
         };
         return;
     }

@@ -69,6 +69,15 @@ export class ServerMetrics {
     metric("rmlx_kv_bytes_total", "gauge", "Bytes of the KV cache budget (all pools, recurrent state slots included).", [
       `rmlx_kv_bytes_total ${stats.kvTotalBytes}`,
     ]);
+    if (stats.ssd) {
+      const ssd = stats.ssd;
+      metric(
+        "rmlx_kv_ssd_blocks_total",
+        "counter",
+        "Prefix-cache blocks of the SSD tier (--kv-ssd): written to disk, loaded back, dropped as corrupt or foreign, skipped (budget, queue or a failed write).",
+        (["written", "loaded", "dropped", "skipped"] as const).map((k) => `rmlx_kv_ssd_blocks_total{event="${k}"} ${ssd[k]}`),
+      );
+    }
     metric(
       "rmlx_model_loaded",
       "gauge",

@@ -106,6 +106,8 @@ describe("rmlx serve --kv-ssd", () => {
     expect(warmAnthropic.text).toBe(coldAnthropic.text);
     expect(warmAnthropic.read).toBeGreaterThan(cold.prompt - 64);
     expect(await counter(again.url, "rmlx_prompt_tokens_cached_total", 'tier="disk"')).toBeGreaterThanOrEqual(warm.cached);
+    expect(await counter(again.url, "rmlx_kv_ssd_blocks_total", 'event="loaded"')).toBeGreaterThanOrEqual(warm.cached / 16);
+    expect(await counter(again.url, "rmlx_kv_ssd_blocks_total", 'event="dropped"')).toBe(0);
     expect(await again.stop()).toBe(0);
 
     const d = new Database(db, { readonly: true });
