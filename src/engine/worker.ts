@@ -26,6 +26,8 @@ interface Loaded {
 const models = new Map<string, Loaded>();
 /** SSD tier counts of models unloaded since the start, so that the server's counters never go back. */
 const retiredSsd: SsdCounts = { written: 0, loaded: 0, dropped: 0, skipped: 0 };
+/** Tiers of unloaded models still writing their last blocks. */
+const closingTiers = new Set<SsdTier>();
 
 function addSsd(to: SsdCounts, from: SsdCounts): void {
   to.written += from.written;
@@ -117,7 +119,13 @@ function unload(name: string): void {
     // The blocks are copied out before the pools go; the files are written after.
     m.scheduler.prefix?.keepAll();
     const tier = m.tier;
-    if (tier) void tier.store.close().finally(() => addSsd(retiredSsd, tier.store.stats));
+    if (tier) {
+      closingTiers.add(tier);
+      void tier.store.close().finally(() => {
+        closingTiers.delete(tier);
+        addSsd(retiredSsd, tier.store.stats);
+      });
+    }
     m.cache.dispose();
     models.delete(name);
   }
@@ -134,6 +142,7 @@ function stats(): void {
   let kvUsedBytes = 0;
   let kvTotalBytes = 0;
   const ssd = { ...retiredSsd };
+  for (const t of closingTiers) addSsd(ssd, t.store.stats);
   for (const m of models.values()) {
     if (m.tier) addSsd(ssd, m.tier.store.stats);
     running += m.scheduler.numRunning;
