@@ -114,6 +114,12 @@ export function kvElementProblem(e: KvElement, headDim: number): string | null {
   return null;
 }
 
+/** Bytes of one block of a pool, both sides (what readKvBlock returns). */
+export function kvBlockBytes(pool: KvPool): number {
+  const f = pool.format ?? floatKvFormat(pool.k.dtype);
+  return pool.blockSize * pool.kvHeads * (kvElementBytes(f.k, pool.headDim) + kvElementBytes(f.v, pool.headDim));
+}
+
 /** Whether a format keeps both sides as floats of one dtype (the plain pool layout). */
 export function plainKvDtype(f: KvFormat): DType | null {
   return f.k.kind === "float" && f.v.kind === "float" && f.k.dtype === f.v.dtype ? f.k.dtype : null;
@@ -276,6 +282,14 @@ export interface Backend {
   sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor;
   /** Copies one block of every layer's pool to another (copy-on-write of shared prefix blocks). */
   copyBlock(pool: KvPool, src: number, dst: number): void;
+  /**
+   * One block of a pool as bytes (what an SSD tier keeps), after every recorded write to the pool: keys, then
+   * values; each side its codes [blockSize, kvHeads, row], then for a packed side its scales and biases
+   * [blockSize, kvHeads, groups] (kvBlockBytes(pool) in all). With `out` (that many bytes), into it.
+   */
+  readKvBlock(pool: KvPool, block: number, out?: Uint8Array): Uint8Array;
+  /** Overwrites one block of a pool with bytes laid out as readKvBlock gives them (recorded like kvWrite). */
+  writeKvBlock(pool: KvPool, block: number, bytes: Uint8Array): void;
 
   // ---- linear attention over per-sequence recurrent state ----
   createStatePool(numSlots: number, spec: StateSpec): StatePool;

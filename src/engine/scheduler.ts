@@ -8,7 +8,7 @@ import { RmlxError } from "../errors.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { PrefixCache } from "./kv/prefix_cache.ts";
+import { PrefixCache, type PrefixTier } from "./kv/prefix_cache.ts";
 import { Sampler, type SampledToken } from "./sampler.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
@@ -47,6 +47,8 @@ export interface SchedulerModel {
    * <channel|>), when the model has them: needed for thinking budgets.
    */
   readonly reasoningTokens?: { open: readonly number[]; close: readonly number[] };
+  /** Where prefix-cache entries go when they leave RAM (an SSD tier), if anywhere. */
+  readonly prefixTier?: PrefixTier;
 }
 
 interface Active {
@@ -62,6 +64,8 @@ interface Active {
   stop: StopFilter;
   processor: LogitsProcessor | null;
   cachedTokens: number;
+  /** Of the cached tokens, those whose blocks came back from the prefix cache's tier. */
+  tierTokens: number;
   startsInReasoning: boolean;
   /** Inside a reasoning section now, and how many tokens it has taken so far. */
   inReasoning: boolean;
@@ -89,7 +93,7 @@ export class Scheduler {
     // A hybrid's recurrent state cannot be cut back to a shared prefix: prefix reuse is off for such models.
     this.prefix =
       config.prefixCache && !model.cache.states
-        ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash)
+        ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash, model.prefixTier ?? null)
         : null;
   }
 
@@ -146,6 +150,7 @@ export class Scheduler {
       stop: this.model.newStopFilter(req.stop),
       processor: this.model.logitsProcessor?.(req, { startsInReasoning }) ?? null,
       cachedTokens: 0,
+      tierTokens: 0,
       startsInReasoning,
       inReasoning: startsInReasoning,
       reasoningUsed: 0,
@@ -186,8 +191,13 @@ export class Scheduler {
       const a = this.waiting[0]!;
       if (this.prefix) {
         // Keep at least one token to run, so the step yields the logits of the last prompt token.
-        cache.adopt(a.seq, this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize)));
-        if (!a.started) a.cachedTokens = a.seq.length;
+        const m = this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize));
+        cache.adopt(a.seq, m);
+        if (!a.started) {
+          a.cachedTokens = a.seq.length;
+          // Blocks restored on an earlier try that had to wait are in RAM by now: they still count as the tier's.
+          a.tierTokens = Math.min(a.cachedTokens, Math.max(a.tierTokens, m.fromTier * cache.blockSize));
+        }
       }
       const pending = a.tokens.length - a.seq.length;
       // The sliding space is reserved one prefill chunk at a time, the main space for the whole prompt.
@@ -218,6 +228,7 @@ export class Scheduler {
           id: a.req.id,
           promptTokens: a.promptLen,
           cachedTokens: a.cachedTokens,
+          ...(a.tierTokens > 0 ? { cachedDiskTokens: a.tierTokens } : {}),
           startsInReasoning: a.startsInReasoning,
         });
       }
@@ -361,7 +372,12 @@ export class Scheduler {
       id: a.req.id,
       finishReason: reason,
       stoppedBy,
-      usage: { promptTokens: a.promptLen, completionTokens: a.generated, cachedTokens: a.cachedTokens },
+      usage: {
+        promptTokens: a.promptLen,
+        completionTokens: a.generated,
+        cachedTokens: a.cachedTokens,
+        ...(a.tierTokens > 0 ? { cachedDiskTokens: a.tierTokens } : {}),
+      },
       timing: {
         queuedMs: a.admitMs - a.submitMs,
         ttftMs: a.firstTokenMs - a.submitMs,

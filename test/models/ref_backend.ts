@@ -516,4 +516,20 @@ export class RefBackend implements Backend {
       a.copyWithin(dst * n, src * n, (src + 1) * n);
     }
   }
+  readKvBlock(pool: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const n = pool.blockSize * pool.kvHeads * pool.headDim;
+    const out = new Float32Array(2 * n);
+    out.set(floats(pool.k).subarray(block * n, (block + 1) * n), 0);
+    out.set(floats(pool.v).subarray(block * n, (block + 1) * n), n);
+    const bytes = new Uint8Array(out.buffer);
+    if (!into) return bytes;
+    into.set(bytes);
+    return into;
+  }
+  writeKvBlock(pool: KvPool, block: number, bytes: Uint8Array): void {
+    const n = pool.blockSize * pool.kvHeads * pool.headDim;
+    const src = new Float32Array(bytes.slice().buffer);
+    floats(pool.k).set(src.subarray(0, n), block * n);
+    floats(pool.v).set(src.subarray(n, 2 * n), block * n);
+  }
 }

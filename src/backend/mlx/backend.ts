@@ -12,6 +12,7 @@ import {
   type DType,
   type KvFormat,
   type KvPool,
+  kvBlockBytes,
   plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
@@ -320,7 +321,16 @@ export class MlxBackend implements Backend {
   private readBack(x: MTensor, dt: number, what: string): ArrayBuffer {
     const tmp = new Temps();
     try {
-      const c = x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp);
+      return this.bytesOfHandle(x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp), what);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  /** Evaluates a contiguous copy of an array handle and copies its bytes out. */
+  private bytesOfHandle(c: number, what: string): ArrayBuffer {
+    const tmp = new Temps();
+    try {
       const h = tmp.add(this.res(this.S.mlx_contiguous(slotPtr(), c, false, this.stream), what));
       this.evalHandles([h]);
       const n = Number(this.S.mlx_array_nbytes(h));
@@ -941,6 +951,47 @@ export class MlxBackend implements Backend {
         const dlo = [dst, 0, 0, 0];
         const dhi = [dst + 1, ...t.shape.slice(1)];
         const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints(dlo), 4, ints(dhi), 4, one, 4, this.stream), "copyBlock");
+        this.swap(t, h);
+      }
+      this.dirtyPools.add(pool);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const pool = this.pool(p, "readKvBlock");
+    args.checkKvBlockIo("readKvBlock", pool, block, into);
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
+    const tmp = new Temps();
+    try {
+      let at = 0;
+      for (const t of [pool.k, pool.v]) {
+        const one = ints([1, 1, 1, 1]);
+        const h = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
+        const bytes = new Uint8Array(this.bytesOfHandle(h, "readKvBlock"));
+        out.set(bytes, at);
+        at += bytes.byteLength;
+      }
+    } finally {
+      this.freeAll(tmp);
+    }
+    return out;
+  }
+
+  writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
+    const pool = this.pool(p, "writeKvBlock");
+    args.checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    const tmp = new Temps();
+    try {
+      let at = 0;
+      for (const t of [pool.k, pool.v]) {
+        const shape = [1, ...t.shape.slice(1)];
+        const n = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+        const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
+        at += n;
+        const one = ints([1, 1, 1, 1]);
+        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, src, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "writeKvBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);

@@ -23,6 +23,7 @@ import {
   type Tensor,
   type Weight,
   isQuantized,
+  kvBlockBytes,
 } from "../backend.ts";
 import {
   broadcastShapes,
@@ -30,6 +31,7 @@ import {
   clampBound,
   checkCausalConv,
   checkCopyBlock,
+  checkKvBlockIo,
   checkGatedDelta,
   checkRecurrentBatch,
   checkStateSpec,
@@ -795,6 +797,52 @@ export class NativeBackend implements Backend {
         encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
       }
     });
+  }
+
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const pool = this.pool(p, "readKvBlock");
+    checkKvBlockIo("readKvBlock", pool, block, into);
+    this.graph.eval([]);
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
+    let at = 0;
+    for (const t of pool.parts) {
+      const bytes = t.nbytes / pool.numBlocks;
+      out.set(bytesAt(t.address() + block * bytes, bytes), at);
+      at += bytes;
+    }
+    return out;
+  }
+
+  writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
+    const pool = this.pool(p, "writeKvBlock");
+    checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    this.graph.eval([]);
+    if (pool.readers.every((r) => r.done)) {
+      // Nothing recorded reads the pool still: the bytes go straight in, without a program per block.
+      let at = 0;
+      for (const t of pool.parts) {
+        const n = t.nbytes / pool.numBlocks;
+        bytesAt(t.address() + block * n, n).set(bytes.subarray(at, at + n));
+        at += n;
+      }
+      return;
+    }
+    // The node keeps its own copy (whole i32 words) until the program has run.
+    const host = new Int32Array(Math.ceil(bytes.byteLength / 4));
+    new Uint8Array(host.buffer).set(bytes);
+    this.graph.write(
+      pool,
+      [],
+      (w, addrs) => {
+        let at = 0;
+        for (const t of pool.parts) {
+          const n = t.nbytes / pool.numBlocks;
+          encode.memcpy(w, t.address() + block * n, addrs[0]! + at, n);
+          at += n;
+        }
+      },
+      [host],
+    );
   }
 
   // ---------------------------------------------------------------- linear attention

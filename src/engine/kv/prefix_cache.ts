@@ -6,6 +6,8 @@
 //     holds go back least recently used first.
 //  3. A prefix of m blocks is usable when its entries still have every block that a sequence of m blocks holds
 //     in each space: all m in the main space, those the next query's window reads in a sliding one.
+//  4. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
+//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back.
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -29,6 +31,8 @@ export interface CachedSpace {
 export interface PrefixMatch {
   /** Whole blocks matched: they hold the first blocks * blockSize tokens. */
   blocks: number;
+  /** Of those, the ones the tier gave back for this match. */
+  fromTier: number;
   /** Chain hash through them. */
   hash: bigint;
   /** Per space, the blocks that a sequence of that many blocks holds there, each retained once for the caller. */
@@ -37,6 +41,16 @@ export interface PrefixMatch {
 
 /** A cached block's id in each space; -1 where it was given back (never in the main space). */
 type Entry = number[];
+
+/** Where entries go when they leave RAM, and come back from (src/engine/kv/ssd_tier.ts). */
+export interface PrefixTier {
+  /** An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place. */
+  keep(hash: bigint, ids: readonly number[]): void;
+  /** Whether the tier may hold the block of this chain hash. */
+  has(hash: bigint): boolean;
+  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none), or null. */
+  restore(hash: bigint): number[] | null;
+}
 
 export class PrefixCache {
   /** hash -> entry; Map order is the LRU order (oldest first). */
@@ -47,6 +61,7 @@ export class PrefixCache {
     readonly blockSize: number,
     /** First hash of every chain: the KV codec's (codecRootHash), so that blocks of different codecs never match. */
     readonly root: bigint = ROOT_HASH,
+    private readonly tier: PrefixTier | null = null,
   ) {
     spaces.forEach((space, s) => space.allocator.setReclaimer((needed) => this.evict(s, needed)));
   }
@@ -63,13 +78,28 @@ export class PrefixCache {
     const found: Entry[] = [];
     const hashes: bigint[] = [this.root];
     const bs = this.blockSize;
+    const restored = new Set<Entry>();
+    // Once blocks come back from the tier, the entries found are held so that making room cannot evict them.
+    let pinning = false;
     for (let b = 0; b < maxBlocks && (b + 1) * bs <= tokens.length; b++) {
       const h = blockHash(hashes[b]!, tokens, b * bs, (b + 1) * bs);
-      const e = this.entries.get(h);
+      let e = this.entries.get(h);
+      if (e === undefined && this.tier?.has(h)) {
+        if (!pinning) for (const f of found) this.hold(f, 1);
+        pinning = true;
+        const ids = this.tier.restore(h);
+        if (ids) {
+          e = ids;
+          this.entries.set(h, e);
+          restored.add(e);
+        }
+      }
       if (e === undefined) break;
       found.push(e);
       hashes.push(h);
+      if (pinning) this.hold(e, 1);
     }
+    if (pinning) for (const f of found) this.hold(f, -1);
     let m = found.length;
     while (m > 0 && !this.usable(found, m)) m--;
     for (let k = 0; k < m; k++) {
@@ -82,7 +112,21 @@ export class PrefixCache {
       for (const id of ids) space.allocator.retain(id);
       return { first, ids };
     });
-    return { blocks: m, hash: hashes[m]!, held };
+    return { blocks: m, fromTier: found.slice(0, m).filter((e) => restored.has(e)).length, hash: hashes[m]!, held };
+  }
+
+  /** Offers every entry to the tier, keeping them (a graceful shutdown). */
+  keepAll(): void {
+    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e);
+  }
+
+  /** Takes (+1) or drops (-1) one more reference to each block of an entry. */
+  private hold(e: Entry, by: 1 | -1): void {
+    e.forEach((id, s) => {
+      if (id < 0) return;
+      if (by > 0) this.spaces[s]!.allocator.retain(id);
+      else this.spaces[s]!.allocator.free(id);
+    });
   }
 
   /**
@@ -112,11 +156,14 @@ export class PrefixCache {
       if (freed >= needed) break;
       if (e[s]! < 0 || allocator.refcount(e[s]!) !== 1) continue;
       if (s === 0) {
+        this.tier?.keep(h, e);
         this.entries.delete(h);
         e.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
       } else {
+        // The tier keeps the whole entry while it still has this block: restored, it is usable again.
+        this.tier?.keep(h, e);
         allocator.free(e[s]!);
         e[s] = -1;
       }
