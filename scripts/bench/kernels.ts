@@ -70,9 +70,10 @@ interface Fmt {
   run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
 }
 
-function affine(bits: number, group = 64): Fmt {
+/** scaleType: the dtype of scales and biases (MLX writes the model's float dtype: bf16, or f16 as Bonsai's). */
+function affine(bits: number, group = 64, scaleType: "bf16" | "f16" = "bf16"): Fmt {
   return {
-    name: `affine ${bits}-bit g${group}`,
+    name: `affine ${bits}-bit g${group}${scaleType === "f16" ? " f16" : ""}`,
     x16: true,
     bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
     run: (N, K) => {
@@ -80,7 +81,7 @@ function affine(bits: number, group = 64): Fmt {
       const sb = new Uint16Array(rand((N * K) / group, 7).map((v) => 0x3c00 + Math.floor(v * 100)));
       return (x, y, M) =>
         check(
-          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(sb), ptr(sb), DT.bf16, QMODE.affine, bits, group, 0,
+          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(sb), ptr(sb), DT[scaleType], QMODE.affine, bits, group, 0,
             null, 0),
           "qlinear",
         );
@@ -118,6 +119,7 @@ const decodeFormats: Fmt[] = [
   affine(4),
   affine(8),
   affine(2),
+  affine(2, 128, "f16"),
   affine(3),
   affine(5),
   affine(6),
