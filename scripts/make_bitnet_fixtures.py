@@ -142,7 +142,8 @@ def write_bitnet_variant(float_dir, out_dir, qconf, packed, scale_of, metadata, 
                 rng = np.random.default_rng(len(tensors))
                 tensors[f"{path}.rms_norm.weight"] = mq.bf16_tensor(1.0 + mf.NORM_STD * rng.standard_normal(arr.shape[1]))
         else:
-            tensors[name] = mq.bf16_tensor(arr)
+            # the float tensors of the ternary forms are stored as f32 (holding the float model's bf16 values)
+            tensors[name] = mq.f32_tensor(arr)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -152,6 +153,7 @@ def write_bitnet_variant(float_dir, out_dir, qconf, packed, scale_of, metadata, 
         mf.write_mlx_weights(out_dir, tensors, shards, int(sum(a.size for a in hf.values())))
     cfg = json.loads((float_dir / "config.json").read_text())
     cfg["quantization_config"] = qconf
+    cfg["dtype"] = "float32"
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (float_dir / f).exists():
