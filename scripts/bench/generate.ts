@@ -1,5 +1,5 @@
 // Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
-// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
+// MLX affine 4-bit g64, and of bitnet-b1.58-2B-4T with its ternary linears (bf16 tied embeddings): prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
 // as a fraction of the bandwidth bound: the weight bytes one decode step reads, over the machine's triad
 // bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
@@ -11,10 +11,10 @@
 // on context for the linear layers, so the 512 / 8k ratio shows what the full-attention layers cost.
 //
 // The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
-// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid.
+// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid or BitNet.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b]
-//                                 [--formats bf16,q4] [--contexts 512,8192] [--no-peer]
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b]
+//                                 [--formats bf16,q4,ternary] [--contexts 512,8192] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -80,7 +80,27 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     linear_conv_kernel_dim: 4,
     tie_word_embeddings: true,
   },
+  // bitnet-b1.58-2B-4T's published shape: ternary linears packed as the checkpoint stores them, bf16 tied embeddings
+  "bitnet-2b": {
+    model_type: "bitnet",
+    hidden_size: 2560,
+    num_hidden_layers: 30,
+    num_attention_heads: 20,
+    num_key_value_heads: 5,
+    head_dim: 128,
+    intermediate_size: 6912,
+    vocab_size: 128256,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    tie_word_embeddings: true,
+    quantization_config: { quant_method: "bitnet", linear_class: "autobitlinear", quantization_mode: "offline" },
+  },
 };
+
+type Format = "bf16" | "q4" | "ternary";
+/** The formats a shape runs in: BitNet's linears are ternary by design. */
+const FORMATS_OF: Record<string, readonly Format[]> = { "bitnet-2b": ["ternary"] };
 
 /** Shapes measured at several context lengths, with no peer. */
 const HYBRIDS = new Set(["qwen3.5-0.8b"]);
@@ -143,15 +163,25 @@ class MemStore {
   }
 }
 
-function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {
+function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeBytes: number } {
   const raw: Record<string, unknown> = { ...SHAPES[shape]!, architectures: ["Bench"] };
   const c = parseConfig(raw, `${shape}/config.json`);
   const store = new MemStore(`${shape}-${format}`);
   let decodeBytes = 0;
   const linear = (name: string, out: number, inp: number, countDecode = true) => {
-    if (format === "bf16") {
+    if (format === "bf16" || (format === "ternary" && name === "model.embed_tokens")) {
       store.put(`${name}.weight`, "BF16", [out, inp], randomBf16(out * inp));
       if (countDecode) decodeBytes += out * inp * 2;
+      return;
+    }
+    if (format === "ternary") {
+      // codes 0 or 1 in each 2-bit field: valid ternary codes (3 is none) from random bits
+      const packed = new Uint8Array((out / 4) * inp);
+      fillRandom(new Uint32Array(packed.buffer));
+      for (let i = 0; i < packed.length; i++) packed[i] = packed[i]! & 0x55;
+      store.put(`${name}.weight`, "U8", [out / 4, inp], packed);
+      store.put(`${name}.weight_scale`, "BF16", [1], new Uint8Array(new Uint16Array([0x3c00]).buffer));
+      if (countDecode) decodeBytes += packed.byteLength;
       return;
     }
     const words = new Uint32Array((out * inp) / 8);
@@ -212,12 +242,20 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
       norm(`${p}.self_attn.q_norm.weight`, c.headDim);
       norm(`${p}.self_attn.k_norm.weight`, c.headDim);
     }
+    if (c.modelType === "bitnet") {
+      norm(`${p}.self_attn.attn_sub_norm.weight`, H);
+      norm(`${p}.mlp.ffn_sub_norm.weight`, c.intermediateSize);
+    }
     linear(`${p}.mlp.gate_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
   }
   const quant: QuantConfig | null =
-    format === "q4" ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() } : null;
+    format === "q4"
+      ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() }
+      : format === "ternary"
+        ? { global: null, overrides: new Map(), legacyMethod: "bitnet" }
+        : null;
   const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
   return { md, decodeBytes };
 }
@@ -236,7 +274,7 @@ interface Figures {
   boundFraction: number;
 }
 
-function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): Figures {
+function run(shape: string, format: Format, promptLen: number, gen: number, bw: number): Figures {
   const be = getBackend();
   const t0 = performance.now();
   const { md, decodeBytes } = buildModelDir(shape, format);
@@ -287,7 +325,7 @@ function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: numbe
 const promptLen = Number(arg("prompt", "512"));
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
-const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
+const formats = arg("formats", "bf16,q4,ternary").split(",") as Format[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
@@ -296,7 +334,7 @@ const rows: BenchmarkRow[] = [];
 const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
-  for (const f of formats) {
+  for (const f of formats.filter((f) => (FORMATS_OF[m] ?? ["bf16", "q4"]).includes(f))) {
     if (HYBRIDS.has(m)) {
       const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
       for (const { ctx, figures } of at) {
@@ -315,7 +353,8 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    // the peer's random GGUFs have no BitNet layout
+    const peer = withPeer && f !== "ternary" ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {
