@@ -1,5 +1,6 @@
 // Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
-// MLX affine 4-bit g64, and of bitnet-b1.58-2B-4T with its ternary linears (bf16 tied embeddings): prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
+// MLX affine 4-bit g64; of bitnet-b1.58-2B-4T with its ternary linears (bf16 tied embeddings); and of Qwen3-8B in
+// MLX affine 2-bit g128 with f16 scales (Ternary Bonsai 8B's format): prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
 // as a fraction of the bandwidth bound: the weight bytes one decode step reads, over the machine's triad
 // bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
@@ -13,8 +14,8 @@
 // The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
 // per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid or BitNet.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b]
-//                                 [--formats bf16,q4,ternary] [--contexts 512,8192] [--no-peer]
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b,qwen3-8b]
+//                                 [--formats bf16,q4,q2,ternary] [--contexts 512,8192] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -96,11 +97,31 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     tie_word_embeddings: true,
     quantization_config: { quant_method: "bitnet", linear_class: "autobitlinear", quantization_mode: "offline" },
   },
+  // Qwen3-8B's shape (untied head), for Ternary Bonsai 8B's format: MLX affine 2-bit g128 with f16 scales
+  "qwen3-8b": {
+    model_type: "qwen3",
+    hidden_size: 4096,
+    num_hidden_layers: 36,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    intermediate_size: 12288,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: false,
+  },
 };
 
-type Format = "bf16" | "q4" | "ternary";
-/** The formats a shape runs in: BitNet's linears are ternary by design. */
-const FORMATS_OF: Record<string, readonly Format[]> = { "bitnet-2b": ["ternary"] };
+type Format = "bf16" | "q4" | "q2" | "ternary";
+/** The formats a shape runs in: BitNet's linears are ternary by design, the 8B shape is there for Bonsai's 2-bit. */
+const FORMATS_OF: Record<string, readonly Format[]> = { "bitnet-2b": ["ternary"], "qwen3-8b": ["q2"] };
+/** Affine formats: bits, group size, and the dtype of scales and biases. */
+const AFFINE: Partial<Record<Format, { bits: number; group: number; sb: StDType }>> = {
+  q4: { bits: 4, group: 64, sb: "BF16" },
+  q2: { bits: 2, group: 128, sb: "F16" },
+};
 
 /** Shapes measured at several context lengths, with no peer. */
 const HYBRIDS = new Set(["qwen3.5-0.8b"]);
@@ -137,6 +158,13 @@ function randomBf16(n: number, center = 0): Uint8Array {
     for (let i = 0; i < n; i++) out[i] = 0x3f80 + (out[i]! & 0x1f);
   }
   return new Uint8Array(out.buffer, 0, n * 2);
+}
+
+function bf16ToF16(bytes: Uint8Array): Uint8Array {
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  const f = new Float16Array(h.length);
+  for (let i = 0; i < h.length; i++) f[i] = new Float32Array(new Uint32Array([h[i]! << 16]).buffer)[0]!;
+  return new Uint8Array(f.buffer);
 }
 
 class MemStore {
@@ -184,18 +212,22 @@ function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeByt
       if (countDecode) decodeBytes += packed.byteLength;
       return;
     }
-    const words = new Uint32Array((out * inp) / 8);
+    const { bits, group, sb } = AFFINE[format]!;
+    const words = new Uint32Array((out * inp * bits) / 32);
     fillRandom(words);
-    const groups = inp / 64;
-    store.put(`${name}.weight`, "U32", [out, inp / 8], new Uint8Array(words.buffer));
-    store.put(`${name}.scales`, "BF16", [out, groups], randomBf16(out * groups));
-    store.put(`${name}.biases`, "BF16", [out, groups], randomBf16(out * groups));
+    const groups = inp / group;
+    // f16 scales hold the same random bf16 magnitudes, converted
+    const side = () => (sb === "BF16" ? randomBf16(out * groups) : bf16ToF16(randomBf16(out * groups)));
+    store.put(`${name}.weight`, "U32", [out, (inp * bits) / 32], new Uint8Array(words.buffer));
+    store.put(`${name}.scales`, sb, [out, groups], side());
+    store.put(`${name}.biases`, sb, [out, groups], side());
     if (countDecode) decodeBytes += words.byteLength + 4 * out * groups;
   };
   const norm = (name: string, n: number) => store.put(name, "BF16", [n], randomBf16(n, 1));
   const H = c.hiddenSize;
-  // The tied head reads the whole embedding table every decode step.
-  linear("model.embed_tokens", c.vocabSize, H, true);
+  // The head reads its whole table every decode step: the embeddings when tied (a lookup reads one row of them).
+  linear("model.embed_tokens", c.vocabSize, H, c.tieWordEmbeddings);
+  if (!c.tieWordEmbeddings) linear("lm_head", c.vocabSize, H);
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
   for (let i = 0; i < c.numLayers; i++) {
@@ -250,9 +282,10 @@ function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeByt
     linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
   }
+  const affine = AFFINE[format];
   const quant: QuantConfig | null =
-    format === "q4"
-      ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() }
+    affine
+      ? { global: { mode: "affine", bits: affine.bits, groupSize: affine.group }, overrides: new Map() }
       : format === "ternary"
         ? { global: null, overrides: new Map(), legacyMethod: "bitnet" }
         : null;
@@ -325,7 +358,7 @@ function run(shape: string, format: Format, promptLen: number, gen: number, bw: 
 const promptLen = Number(arg("prompt", "512"));
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
-const formats = arg("formats", "bf16,q4,ternary").split(",") as Format[];
+const formats = arg("formats", "bf16,q4,q2,ternary").split(",") as Format[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
@@ -353,8 +386,8 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    // the peer's random GGUFs have no BitNet layout
-    const peer = withPeer && f !== "ternary" ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    // the peer's random GGUFs have no BitNet layout, and no 2-bit type of MLX's layout
+    const peer = withPeer && (f === "bf16" || f === "q4") ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {
