@@ -162,9 +162,9 @@ function randomBf16(n: number, center = 0): Uint8Array {
 
 function bf16ToF16(bytes: Uint8Array): Uint8Array {
   const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-  const f = new Float16Array(h.length);
-  for (let i = 0; i < h.length; i++) f[i] = new Float32Array(new Uint32Array([h[i]! << 16]).buffer)[0]!;
-  return new Uint8Array(f.buffer);
+  const bits = new Uint32Array(h.length);
+  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
+  return new Uint8Array(Float16Array.from(new Float32Array(bits.buffer)).buffer);
 }
 
 class MemStore {
