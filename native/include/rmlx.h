@@ -111,6 +111,12 @@ int rmlx_take_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, in
 int rmlx_sample(const float *x, int64_t V, const double *params, float *probs, uint8_t *keep, int32_t *top,
                 double *out);
 
+/* Ternary Linear (BitNet b1.58, native/cpu/ternary.cpp): w uint8 [N/4, K], byte (r, k) holding the codes t + 1 of
+ * rows r + i*N/4 in bits 2i..2i+1 (transformers' packing; N % 4 == 0). Each row of x is quantized to int8 with
+ * s = 127 / max(max|x|, 1e-5); y = dot / (scale * s) when divide, else dot / s * scale. */
+int rmlx_ternary_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *w, float scale,
+                        int divide);
+
 /* ---- the lazy executor (native/cpu/exec.cpp) ----
  * Runs a recorded step in one call. prog is nwords doubles: a sequence of records [op, nwords of the record,
  * fields...] (pointers and integers are exact in a double on x86-64 user space), run in order; the first record

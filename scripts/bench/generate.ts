@@ -1,9 +1,11 @@
 // Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
-// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps, through the engine's own
-// path (scheduler, sampler, KV cache: what `rmlx bench` and the server run), with an f16 KV cache (--kv-quant).
-// Decode speed is also given as a fraction of the bandwidth bound: the weight bytes and the KV bytes one decode
-// step reads, over the machine's triad bandwidth (rmlx_bench_triad); and the host's time per decode step (the
-// step's time outside the native computation). Random weights cost the same as trained ones (the kernels do not look at the
+// MLX affine 4-bit g64; of bitnet-b1.58-2B-4T with its ternary linears (bf16 tied embeddings); of Qwen3-8B in
+// MLX affine 2-bit g128 with f16 scales (Ternary Bonsai 8B's format); and of Gemma 4 E2B in 4-bit: prefill of a
+// 512-token prompt, then 128 greedy decode steps, through the engine's own path (scheduler, sampler, KV cache:
+// what `rmlx bench` and the server run), with an f16 KV cache (--kv-quant). Decode speed is also given as a
+// fraction of the bandwidth bound: the weight bytes and the KV bytes one decode step reads, over the machine's
+// triad bandwidth (rmlx_bench_triad); and the host's time per decode step (the step's time outside the native
+// computation). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
 //
 // The hybrid row (qwen3.5-0.8b, Qwen3.5-0.8B's shapes: 18 Gated DeltaNet layers and 6 gated full-attention ones)
@@ -13,10 +15,11 @@
 // on context for the linear layers, so the 512 / 8k ratio shows what the full-attention layers cost.
 //
 // The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
-// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid.
+// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid or BitNet.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b]
-//                                 [--formats bf16,q4] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128]
+//        [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b,qwen3-8b,gemma-4-e2b]
+//        [--formats bf16,q4,q2,ternary] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -112,10 +115,53 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     },
     tie_word_embeddings: true,
   },
+  // bitnet-b1.58-2B-4T's published shape: ternary linears packed as the checkpoint stores them, bf16 tied embeddings
+  "bitnet-2b": {
+    model_type: "bitnet",
+    hidden_size: 2560,
+    num_hidden_layers: 30,
+    num_attention_heads: 20,
+    num_key_value_heads: 5,
+    head_dim: 128,
+    intermediate_size: 6912,
+    vocab_size: 128256,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    tie_word_embeddings: true,
+    quantization_config: { quant_method: "bitnet", linear_class: "autobitlinear", quantization_mode: "offline" },
+  },
+  // Qwen3-8B's shape (untied head), for Ternary Bonsai 8B's format: MLX affine 2-bit g128 with f16 scales
+  "qwen3-8b": {
+    model_type: "qwen3",
+    hidden_size: 4096,
+    num_hidden_layers: 36,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    intermediate_size: 12288,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: false,
+  },
 };
 
-/** Shapes too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB): 4-bit only. */
-const QUANTIZED_ONLY = new Set(["gemma-4-e2b"]);
+type Format = "bf16" | "q4" | "q2" | "ternary";
+/** The formats a shape runs in: BitNet's linears are ternary by design, the 8B shape is there for Bonsai's 2-bit. */
+const FORMATS_OF: Record<string, readonly Format[]> = {
+  "bitnet-2b": ["ternary"],
+  "qwen3-8b": ["q2"],
+  // too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB)
+  "gemma-4-e2b": ["q4"],
+};
+/** Affine formats: bits, group size, and the dtype of scales and biases. */
+const AFFINE: Partial<Record<Format, { bits: number; group: number; sb: StDType }>> = {
+  q4: { bits: 4, group: 64, sb: "BF16" },
+  q2: { bits: 2, group: 128, sb: "F16" },
+};
+
 /** Shapes without a GGUF layout in the peer's random-model writer. */
 const NO_PEER = new Set(["qwen3.5-0.8b", "gemma-4-e2b"]);
 
@@ -156,6 +202,13 @@ function randomBf16(n: number, center = 0): Uint8Array {
   return new Uint8Array(out.buffer, 0, n * 2);
 }
 
+function bf16ToF16(bytes: Uint8Array): Uint8Array {
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  const bits = new Uint32Array(h.length);
+  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
+  return new Uint8Array(Float16Array.from(new Float32Array(bits.buffer)).buffer);
+}
+
 class MemStore {
   readonly tensors = new Map<string, TensorEntry>();
   totalBytes = 0;
@@ -180,29 +233,43 @@ class MemStore {
   }
 }
 
-function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {
+function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeBytes: number } {
   const raw: Record<string, unknown> = { ...SHAPES[shape]!, architectures: ["Bench"] };
   const c = parseConfig(raw, `${shape}/config.json`);
   const store = new MemStore(`${shape}-${format}`);
   let decodeBytes = 0;
   const linear = (name: string, out: number, inp: number, countDecode = true) => {
-    if (format === "bf16") {
+    if (format === "bf16" || (format === "ternary" && name === "model.embed_tokens")) {
       store.put(`${name}.weight`, "BF16", [out, inp], randomBf16(out * inp));
       if (countDecode) decodeBytes += out * inp * 2;
       return;
     }
-    const words = new Uint32Array((out * inp) / 8);
+    if (format === "ternary") {
+      // codes 0 or 1 in each 2-bit field: valid ternary codes (3 is none) from random bits
+      const packed = new Uint8Array((out / 4) * inp);
+      fillRandom(new Uint32Array(packed.buffer));
+      for (let i = 0; i < packed.length; i++) packed[i] = packed[i]! & 0x55;
+      store.put(`${name}.weight`, "U8", [out / 4, inp], packed);
+      store.put(`${name}.weight_scale`, "BF16", [1], new Uint8Array(new Uint16Array([0x3c00]).buffer));
+      if (countDecode) decodeBytes += packed.byteLength;
+      return;
+    }
+    const { bits, group, sb } = AFFINE[format]!;
+    const words = new Uint32Array((out * inp * bits) / 32);
     fillRandom(words);
-    const groups = inp / 64;
-    store.put(`${name}.weight`, "U32", [out, inp / 8], new Uint8Array(words.buffer));
-    store.put(`${name}.scales`, "BF16", [out, groups], randomBf16(out * groups));
-    store.put(`${name}.biases`, "BF16", [out, groups], randomBf16(out * groups));
+    const groups = inp / group;
+    // f16 scales hold the same random bf16 magnitudes, converted
+    const side = () => (sb === "BF16" ? randomBf16(out * groups) : bf16ToF16(randomBf16(out * groups)));
+    store.put(`${name}.weight`, "U32", [out, (inp * bits) / 32], new Uint8Array(words.buffer));
+    store.put(`${name}.scales`, sb, [out, groups], side());
+    store.put(`${name}.biases`, sb, [out, groups], side());
     if (countDecode) decodeBytes += words.byteLength + 4 * out * groups;
   };
   const norm = (name: string, n: number) => store.put(name, "BF16", [n], randomBf16(n, 1));
   const H = c.hiddenSize;
-  // The tied head reads the whole embedding table every decode step.
-  linear("model.embed_tokens", c.vocabSize, H, true);
+  // The head reads its whole table every decode step: the embeddings when tied (a lookup reads one row of them).
+  linear("model.embed_tokens", c.vocabSize, H, c.tieWordEmbeddings);
+  if (!c.tieWordEmbeddings) linear("lm_head", c.vocabSize, H);
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
   if (c.modelType === "gemma4_text") {
@@ -252,12 +319,21 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
       norm(`${p}.self_attn.q_norm.weight`, c.headDim);
       norm(`${p}.self_attn.k_norm.weight`, c.headDim);
     }
+    if (c.modelType === "bitnet") {
+      norm(`${p}.self_attn.attn_sub_norm.weight`, H);
+      norm(`${p}.mlp.ffn_sub_norm.weight`, c.intermediateSize);
+    }
     linear(`${p}.mlp.gate_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
   }
+  const affine = AFFINE[format];
   const quant: QuantConfig | null =
-    format === "q4" ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() } : null;
+    affine
+      ? { global: { mode: "affine", bits: affine.bits, groupSize: affine.group }, overrides: new Map() }
+      : format === "ternary"
+        ? { global: null, overrides: new Map(), legacyMethod: "bitnet" }
+        : null;
   const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
   return { md, decodeBytes };
 }
@@ -322,7 +398,7 @@ interface Figures {
   hostMs: number;
 }
 
-function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): Figures {
+function run(shape: string, format: Format, promptLen: number, gen: number, bw: number): Figures {
   const be = getBackend();
   const t0 = performance.now();
   const { md, decodeBytes } = buildModelDir(shape, format);
@@ -367,7 +443,7 @@ const promptLen = Number(arg("prompt", "512"));
 const KV_CODEC = arg("kv-quant", "f16");
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
-const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
+const formats = arg("formats", "bf16,q4,q2,ternary").split(",") as Format[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
@@ -376,8 +452,7 @@ const rows: BenchmarkRow[] = [];
 const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
-  for (const f of formats) {
-    if (f === "bf16" && QUANTIZED_ONLY.has(m)) continue;
+  for (const f of formats.filter((f) => (FORMATS_OF[m] ?? ["bf16", "q4"]).includes(f))) {
     if (HYBRIDS.has(m)) {
       const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
       for (const { ctx, figures } of at) {
@@ -396,7 +471,8 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    const peer = withPeer && !NO_PEER.has(m) ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    // the peer's random GGUFs have no BitNet, Gemma 4 or hybrid layout, and no 2-bit type of MLX's layout
+    const peer = withPeer && !NO_PEER.has(m) && (f === "bf16" || f === "q4") ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {

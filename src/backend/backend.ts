@@ -33,6 +33,17 @@ export interface QuantizedWeight {
 /** A Linear / embedding weight: float [out, in] or quantized. */
 export type Weight = Tensor | QuantizedWeight;
 
+/**
+ * A BitNet b1.58 Linear's weight: ternary values t in {-1, 0, 1} packed as transformers stores them, uint8
+ * [out/4, in], byte (r, k) holding the codes t + 1 of rows r + i*out/4 in bits 2i..2i+1.
+ */
+export interface TernaryWeight {
+  readonly packed: Tensor;
+  /** Multiplies the product (AutoBitLinear, online quantization), or divides it when `divide` (BitLinear). */
+  readonly scale: number;
+  readonly divide: boolean;
+}
+
 export function isQuantized(w: Weight): w is QuantizedWeight {
   return (w as QuantizedWeight).scales !== undefined;
 }
@@ -233,6 +244,11 @@ export interface Backend {
    * Returns [T, topk, N]: each token's row through each of its experts (mx.gather_qmm with rhs_indices).
    */
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor;
+  /**
+   * x [..., K] through a ternary Linear [N, K], as BitNet's linears compute it: each row of x quantized to int8
+   * (s = 127 / max|x|, round half to even), integer products, then / s and the weight's scale.
+   */
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor;
   /** Embedding lookup: rows of table (float or quantized) [V, D] for ids i32 [...] -> [..., D] f32. */
   take(table: Weight, ids: Tensor): Tensor;
   quantize(w: Tensor, mode: QuantMode, bits: number, groupSize: number): QuantizedWeight;
@@ -254,6 +270,8 @@ export interface Backend {
   swiglu(gate: Tensor, up: Tensor): Tensor;
   /** geluTanh(gate) * up. */
   geglu(gate: Tensor, up: Tensor): Tensor;
+  /** relu(gate)^2 * up (BitNet's MLP). */
+  relu2Mul(gate: Tensor, up: Tensor): Tensor;
   /** cap * tanh(x / cap). */
   softcap(x: Tensor, cap: number): Tensor;
   softmax(x: Tensor, axis?: number): Tensor;

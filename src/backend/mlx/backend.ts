@@ -19,6 +19,7 @@ import {
   type RopeOptions,
   type StatePool,
   type Tensor,
+  type TernaryWeight,
   type Weight,
   isQuantized,
 } from "../backend.ts";
@@ -930,6 +931,14 @@ export class MlxBackend implements Backend {
   causalConv1d(): Tensor {
     throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
   }
+  ternaryLinear(_x: Tensor, _w: TernaryWeight): Tensor {
+    throw new RmlxError("unsupported", "ternaryLinear: BitNet's ternary weights are not on the mlx backend yet (use --backend native)");
+  }
+
+  relu2Mul(_gate: Tensor, _up: Tensor): Tensor {
+    throw new RmlxError("unsupported", "relu2Mul: BitNet's MLP is not on the mlx backend yet (use --backend native)");
+  }
+
   gatedDelta(): Tensor {
     throw new RmlxError("unsupported", "gatedDelta: not on the mlx backend yet");
   }

@@ -16,6 +16,7 @@ import {
   plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
+  type TernaryWeight,
   type RecurrentBatch,
   type RopeOptions,
   type StatePool,
@@ -451,6 +452,22 @@ export class NativeBackend implements Backend {
     return this.qlinear(x, w);
   }
 
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor {
+    const xt = this.floatArg(x, "ternaryLinear");
+    const wt = this.arg(w.packed, "ternaryLinear weight");
+    if (wt.dtype !== "u8" || wt.shape.length !== 2) invalid(`ternaryLinear: weight ${wt.dtype} ${fmt(wt.shape)} is not packed uint8 [out/4, in]`);
+    const [R, K] = wt.shape as [number, number];
+    if (xt.shape[xt.shape.length - 1] !== K) invalid(`ternaryLinear: x ${fmt(xt.shape)} against weight ${fmt(wt.shape)}`);
+    const N = 4 * R;
+    const M = xt.size / K;
+    const out = this.out([...xt.shape.slice(0, -1), N]);
+    this.graph.record([xt, wt], [out], (p) => {
+      if (out.size === 0) return;
+      encode.ternaryLinear(p, out.address(), xt.address(), M, K, N, wt.address(), w.scale, w.divide);
+    });
+    return out;
+  }
+
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const xt = this.floatArg(x, "gatherMatmul");
     const it = this.arg(indices, "gatherMatmul indices");
@@ -601,6 +618,18 @@ export class NativeBackend implements Backend {
 
   geglu(gate: Tensor, up: Tensor): Tensor {
     return this.glu(GLU.geglu, gate, up, "geglu");
+  }
+
+  relu2Mul(gate: Tensor, up: Tensor): Tensor {
+    const g = this.floatArg(gate, "relu2Mul");
+    const u = this.floatArg(up, "relu2Mul");
+    if (!sameShape(g.shape, u.shape)) invalid(`relu2Mul: gate ${fmt(g.shape)} and up ${fmt(u.shape)} differ`);
+    const out = this.out(g.shape);
+    this.graph.record([g, u], [out], (p) => {
+      if (out.size === 0) return;
+      encode.relu2Mul(p, out.address(), g.address(), u.address(), g.size);
+    });
+    return out;
   }
 
   /** softmax or sum over one axis, as the middle axis of [outer, n, inner]. */

@@ -35,6 +35,7 @@ const SYMBOLS = {
   rmlx_gather_linear: { args: [P, P, i64, i64, i64, i64, P, i64, P, i32], returns: i32 },
   rmlx_dequantize_rows: { args: [P, P, i64, i64, i64, P, P, P, i32, i32, i32, i32, f32], returns: i32 },
   rmlx_take_rows: { args: [P, P, i64, i64, i64, P, i32], returns: i32 },
+  rmlx_ternary_linear: { args: [P, P, i64, i64, i64, P, f32, i32], returns: i32 },
   rmlx_exec: { args: [P, i64], returns: i32 },
   rmlx_sample: { args: [P, i64, P, P, P, P, P], returns: i32 },
   rmlx_bench_triad: { args: [i64, i32, P], returns: i32 },
