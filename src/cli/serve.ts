@@ -1,4 +1,6 @@
 import { Command, Option } from "commander";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { native } from "../backend/native/lib.ts";
 import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
@@ -16,9 +18,11 @@ import { readChatTemplateFile } from "../text/chat_template.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { draftSettings, type DraftFlags } from "./draft_option.ts";
+import { DEFAULT_DRAFT_TOKENS } from "../engine/draft_model.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
-interface ServeFlags extends BackendFlags, KvFlags {
+interface ServeFlags extends BackendFlags, KvFlags, DraftFlags {
   model?: string[];
   alias?: string[];
   strictModelNames?: boolean;
@@ -120,6 +124,8 @@ export function register(program: Command): void {
       `what is logged on stderr: ${LOG_LEVELS.join(", ")}; info (the default) logs start-up and the ready line, debug also one line per request, trace also request bodies (env RMLX_LOG_LEVEL)`,
     )
     .option("-v, --verbose", "log one line per request (--log-level debug)")
+    .option("--draft-model <dir>", "a smaller model with the same tokenizer that proposes tokens for each served model to verify (env RMLX_DRAFT_MODEL)")
+    .option("--draft-tokens <k>", `most tokens the draft proposes a step; fewer, or none, while they are rarely kept (env RMLX_DRAFT_TOKENS; default ${DEFAULT_DRAFT_TOKENS})`)
     .addHelpText(
       "after",
       "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n" +
@@ -173,6 +179,12 @@ export function register(program: Command): void {
         engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));
         if (ctxSize !== undefined) engine.contextLength = parseInteger(ctxSize, "--ctx-size", 1);
         if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
+        const draft = draftSettings(flags);
+        if (draft) {
+          if (!existsSync(join(draft.dir, "config.json"))) throw new RmlxError("invalid_argument", `--draft-model ${draft.dir}: no config.json there`);
+          engine.draftModel = draft.dir;
+          engine.draftTokens = draft.tokens;
+        }
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),
           port,

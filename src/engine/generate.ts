@@ -21,6 +21,8 @@ export interface GenerateResult {
   promptTps: number;
   /** Tokens per second of the decode steps after the first token. */
   decodeTps: number;
+  /** With a draft model: tokens it proposed and how many the target kept. */
+  speculative?: { draftTokens: number; acceptedTokens: number };
 }
 
 export interface GenerateOptions {
@@ -75,6 +77,7 @@ function startRun(model: SchedulerModel, request: Omit<GenerateRequest, "id" | "
           decodeTps: ev.timing.decodeTps,
         };
         if (ev.stoppedBy !== undefined) result.stoppedBy = ev.stoppedBy;
+        if (ev.speculative) result.speculative = ev.speculative;
         return;
       case "error":
         failure = new RmlxError(ev.code as ErrorCode, ev.message);

@@ -5,6 +5,8 @@ import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler } from "./scheduler.ts";
+import { DEFAULT_DRAFT_TOKENS, loadDraft, speculatorFor } from "./draft_model.ts";
+import type { Speculator } from "./speculative.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
 
@@ -19,6 +21,7 @@ interface Loaded {
   cache: KvCache;
   scheduler: Scheduler;
   contextLength: number;
+  speculator?: Speculator;
 }
 
 const models = new Map<string, Loaded>();
@@ -64,8 +67,15 @@ function load(name: string, dir: string): void {
       return e;
     };
   }
-  const scheduler = new Scheduler(model, config, post);
-  models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
+  let speculator;
+  try {
+    speculator = config.draftModel ? speculatorFor(loadDraft(session, config.draftModel), config.draftTokens ?? DEFAULT_DRAFT_TOKENS, cache.capacityTokens, config.maxRunning) : undefined;
+  } catch (e) {
+    cache.dispose();
+    throw e;
+  }
+  const scheduler = new Scheduler({ ...model, speculator }, config, post);
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, speculator });
   postLoaded(name, models.get(name)!);
 }
 
@@ -78,6 +88,7 @@ function unload(name: string): void {
   if (m) {
     m.scheduler.abortAll("not_found", `model '${name}' was unloaded`);
     m.cache.dispose();
+    m.speculator?.dispose();
     models.delete(name);
   }
   post({ type: "unloaded", model: name });

@@ -43,4 +43,8 @@ export const MIGRATIONS: readonly string[] = [
      higher_is_better INTEGER NOT NULL DEFAULT 1
    );
    CREATE INDEX benchmarks_name ON benchmarks(name, shape, created_at);`,
+  // Speculative decoding: tokens a draft model proposed for the request and how many the model kept (NULL
+  // without a draft model, and in rows written before this migration).
+  `ALTER TABLE requests ADD COLUMN draft_tokens INTEGER;
+   ALTER TABLE requests ADD COLUMN accepted_tokens INTEGER;`,
 ];

@@ -1,0 +1,31 @@
+// --draft-model and --draft-tokens, shared by generate and chat (serve reads the same flags into its engine
+// config): speculative decoding with a smaller model of the same tokenizer.
+import type { Command } from "commander";
+import { DEFAULT_DRAFT_TOKENS, type DraftModel, loadDraft } from "../engine/draft_model.ts";
+import type { Session } from "../engine/session.ts";
+import { parseInteger, pick } from "./parse.ts";
+
+export interface DraftFlags {
+  draftModel?: string;
+  draftTokens?: string;
+}
+
+export function addDraftOptions(cmd: Command): Command {
+  return cmd
+    .option("--draft-model <dir>", "a smaller model with the same tokenizer that proposes tokens for this one to verify (env RMLX_DRAFT_MODEL)")
+    .option("--draft-tokens <k>", `most tokens the draft proposes a step; fewer, or none, while they are rarely kept (env RMLX_DRAFT_TOKENS; default ${DEFAULT_DRAFT_TOKENS})`);
+}
+
+/** The draft directory and token count of the flags and environment, checked; undefined without a draft. */
+export function draftSettings(f: DraftFlags): { dir: string; tokens: number } | undefined {
+  const dir = pick(f.draftModel, "RMLX_DRAFT_MODEL");
+  const k = pick(f.draftTokens, "RMLX_DRAFT_TOKENS");
+  const tokens = k === undefined ? DEFAULT_DRAFT_TOKENS : parseInteger(k, "--draft-tokens", 1);
+  return dir === undefined ? undefined : { dir, tokens };
+}
+
+/** The draft model loaded for `target`, or undefined without --draft-model. */
+export function draftFrom(f: DraftFlags, target: Session): { model: DraftModel; tokens: number } | undefined {
+  const d = draftSettings(f);
+  return d && { model: loadDraft(target, d.dir), tokens: d.tokens };
+}
