@@ -43,7 +43,13 @@ export function loadDraft(target: Session, dir: string): DraftModel {
       `${where}: the target (${target.info.modelType}) keeps recurrent state that cannot be cut back past rejected draft tokens; speculative decoding needs an attention-only target`,
     );
   }
-  const session = loadSession(dir, target.model.backend);
+  let session: Session;
+  try {
+    session = loadSession(dir, target.model.backend);
+  } catch (e) {
+    if (e instanceof RmlxError) throw new RmlxError(e.code, `--draft-model: ${e.message}`);
+    throw e;
+  }
   const why = vocabularyMismatch(target.tokenizer, session.tokenizer);
   if (why) throw new RmlxError("invalid_argument", `${where}: its tokenizer is not the target's (${why})`);
   if (session.model.layers.some((l) => l.state)) {
