@@ -76,7 +76,7 @@ export interface RunOptions {
   /** Stops the reply where it is (chat's Ctrl-C); the result then has finishReason "cancelled". */
   signal?: AbortSignal;
   /** A draft model proposing tokens (--draft-model), and the most it proposes a step. */
-  draft?: { model: DraftModel; tokens: number };
+  draft?: { model: DraftModel; tokens: number; fixed: boolean };
 }
 
 /** The prompt's ids (chat template applied) and the reply, through a cache sized for the prompt and maxTokens. */
@@ -89,7 +89,7 @@ export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions
     throw new RmlxError("context_length", `the prompt has ${encoded.ids.length} tokens; the context is ${o.contextLength} tokens`);
   }
   const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32");
-  const speculator = o.draft ? speculatorFor(o.draft.model, o.draft.tokens, cache.capacityTokens, 1) : undefined;
+  const speculator = o.draft ? speculatorFor(o.draft.model, o.draft.tokens, cache.capacityTokens, 1, o.draft.fixed) : undefined;
   try {
     const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded, speculator };
     const opts = { ...(o.onText ? { onText: o.onText } : {}), ...(o.signal ? { signal: o.signal } : {}) };

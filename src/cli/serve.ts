@@ -18,8 +18,7 @@ import { readChatTemplateFile } from "../text/chat_template.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
-import { draftSettings, type DraftFlags } from "./draft_option.ts";
-import { DEFAULT_DRAFT_TOKENS } from "../engine/draft_model.ts";
+import { DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags, DraftFlags {
@@ -125,7 +124,8 @@ export function register(program: Command): void {
     )
     .option("-v, --verbose", "log one line per request (--log-level debug)")
     .option("--draft-model <dir>", "a smaller model with the same tokenizer that proposes tokens for each served model to verify (env RMLX_DRAFT_MODEL)")
-    .option("--draft-tokens <k>", `most tokens the draft proposes a step; fewer, or none, while they are rarely kept (env RMLX_DRAFT_TOKENS; default ${DEFAULT_DRAFT_TOKENS})`)
+    .option("--draft-tokens <k>", DRAFT_TOKENS_HELP)
+    .option("--draft-policy <p>", DRAFT_POLICY_HELP)
     .addHelpText(
       "after",
       "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n" +
@@ -184,6 +184,7 @@ export function register(program: Command): void {
           if (!existsSync(join(draft.dir, "config.json"))) throw new RmlxError("invalid_argument", `--draft-model ${draft.dir}: no config.json there`);
           engine.draftModel = draft.dir;
           engine.draftTokens = draft.tokens;
+          engine.draftFixed = draft.fixed;
         }
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),

@@ -117,6 +117,8 @@ const FIRST_BACKOFF = 8;
 const MAX_BACKOFF = 256;
 /** Most catch-up tokens the draft runs in one forward (its prompt, on a sequence's first round). */
 const CATCH_UP_CHUNK = 1024;
+/** The acceptance a draft would need to be worth probing. */
+const OPTIMISTIC = 0.9;
 /** The extra cost of one verified token against a plain step, until measured. */
 const GUESS_EXTRA = 0.1;
 
@@ -172,6 +174,30 @@ export class Speculator {
     if (Number.isNaN(this.plainMs)) return 0;
     if (generated < st.offUntil) return 0;
     const a = (st.kept + PRIOR_KEPT) / (st.kept + st.rejected + PRIOR_KEPT + PRIOR_REJECTED);
+    const best = this.bestK(a, most, batch);
+    if (best > 0) {
+      st.probing = false;
+      st.backoff = FIRST_BACKOFF;
+      return best;
+    }
+    if (this.bestK(OPTIMISTIC, most, batch) === 0) {
+      // Too costly a draft even if it were nearly always right: no probing either, until the costs change.
+      st.offUntil = generated + MAX_BACKOFF;
+      return 0;
+    }
+    if (!st.probing && st.offUntil > 0) {
+      // The back-off is over: one short round to see whether the acceptance has changed.
+      st.probing = true;
+      return Math.min(2, most);
+    }
+    st.probing = false;
+    st.offUntil = generated + st.backoff;
+    st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
+    return 0;
+  }
+
+  /** The k in 1..most with the most expected tokens per unit of time above plain decoding's 1; 0 when none. */
+  private bestK(a: number, most: number, batch: number): number {
     const draftCost = (Number.isNaN(this.draftMs) ? this.costGuess * this.plainMs : this.draftMs) / this.plainMs;
     const extraCost = (Number.isNaN(this.extraMs) ? GUESS_EXTRA * this.plainMs : this.extraMs) / this.plainMs;
     let best = 0;
@@ -183,20 +209,7 @@ export class Speculator {
         bestGain = gain;
       }
     }
-    if (best > 0) {
-      st.probing = false;
-      st.backoff = FIRST_BACKOFF;
-      return best;
-    }
-    if (!st.probing && st.offUntil > 0) {
-      // The back-off is over: one short round to see whether the acceptance has changed.
-      st.probing = true;
-      return Math.min(2, most);
-    }
-    st.probing = false;
-    st.offUntil = generated + st.backoff;
-    st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
-    return 0;
+    return best;
   }
 
   /**

@@ -138,6 +138,8 @@ export interface EngineConfig {
   draftModel?: string;
   /** --draft-tokens: the most tokens the draft proposes a step. */
   draftTokens?: number;
+  /** --draft-policy fixed: always propose draftTokens instead of adapting. */
+  draftFixed?: boolean;
 }
 
 /** Messages from the server to the worker. */

@@ -69,7 +69,7 @@ function load(name: string, dir: string): void {
   }
   let speculator;
   try {
-    speculator = config.draftModel ? speculatorFor(loadDraft(session, config.draftModel), config.draftTokens ?? DEFAULT_DRAFT_TOKENS, cache.capacityTokens, config.maxRunning) : undefined;
+    speculator = config.draftModel ? speculatorFor(loadDraft(session, config.draftModel), config.draftTokens ?? DEFAULT_DRAFT_TOKENS, cache.capacityTokens, config.maxRunning, config.draftFixed) : undefined;
   } catch (e) {
     cache.dispose();
     throw e;
