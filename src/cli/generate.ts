@@ -88,7 +88,7 @@ export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions
   if (encoded.ids.length >= o.contextLength) {
     throw new RmlxError("context_length", `the prompt has ${encoded.ids.length} tokens; the context is ${o.contextLength} tokens`);
   }
-  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32");
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32", o.draft ? 2 : 1);
   const speculator = o.draft ? speculatorFor(o.draft.model, o.draft.tokens, cache.capacityTokens, 1, o.draft.fixed) : undefined;
   try {
     const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded, speculator };

@@ -37,12 +37,6 @@ export interface DraftModel {
 /** Loads a draft model for `target`; one-line errors for a pair that cannot work. */
 export function loadDraft(target: Session, dir: string): DraftModel {
   const where = `--draft-model ${dir}`;
-  if (target.model.layers.some((l) => l.state)) {
-    throw new RmlxError(
-      "invalid_argument",
-      `${where}: the target (${target.info.modelType}) keeps recurrent state that cannot be cut back past rejected draft tokens; speculative decoding needs an attention-only target`,
-    );
-  }
   let session: Session;
   try {
     session = loadSession(dir, target.model.backend);

@@ -32,8 +32,11 @@ export interface GenerateOptions {
   prefillChunk?: number;
 }
 
-/** A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time. */
-export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = "f32"): KvCache {
+/**
+ * A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time; stateSlots:
+ * recurrent-state slots of a hybrid model (2 with a draft model: one for the snapshot a verification step keeps).
+ */
+export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = "f32", stateSlots = 1): KvCache {
   const blockSize = 16;
   return new KvCache(model.backend, model.layers, {
     blockSize,
@@ -41,6 +44,7 @@ export function cacheForTokens(model: Model, n: number, codec: KvCodec | string 
     numBlocks: Math.max(1, Math.ceil(n / blockSize)),
     windowed: true,
     sizing: { sequences: 1, stepTokens: PREFILL_CHUNK },
+    stateSlots,
   });
 }
 

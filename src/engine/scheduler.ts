@@ -79,6 +79,8 @@ export class Scheduler {
   private readonly running: Active[] = [];
   readonly prefix: PrefixCache | null;
   private readonly spec: Speculator | null;
+  /** Recurrent-state snapshots of the sequences verifying drafts this step (hybrid models). */
+  private readonly snapshots = new Map<Active, number>();
 
   constructor(
     private readonly model: SchedulerModel,
@@ -171,6 +173,8 @@ export class Scheduler {
 
   /** Ends every request with an error event (model unloading, engine shutting down). */
   abortAll(code: string, message: string): void {
+    for (const snap of this.snapshots.values()) this.model.cache.states?.dropSnapshot(snap);
+    this.snapshots.clear();
     for (const a of [...this.running, ...this.waiting]) {
       this.model.cache.release(a.seq);
       this.spec?.release(a);
@@ -309,7 +313,16 @@ export class Scheduler {
     // A speculating entry keeps its last token and the accepted proposals; the blocks past them go back.
     const kept = entries.map((e, i) => (verdicts[i] ? { seq: e.seq, tokens: e.tokens.subarray(0, verdicts[i].accepted + 1) } : e));
     const offerTokens = owners.map((a, i) => (verdicts[i] ? [...a.tokens, ...verdicts[i].tokens.slice(0, verdicts[i].accepted)] : a.tokens));
-    cache.advance(kept, this.prefix ? { prefix: this.prefix, tokens: offerTokens } : undefined);
+    const rerun = this.restoreRejected(owners, verdicts, drafts);
+    const advanced = kept.filter((_, i) => !rerun.has(i));
+    const offer = this.prefix ? { prefix: this.prefix, tokens: offerTokens.filter((_, i) => !rerun.has(i)) } : undefined;
+    cache.advance(advanced, offer);
+    if (rerun.size > 0) {
+      // The recurrent state went back to before the step: run the kept tokens again (no logits needed).
+      const again = [...rerun].map((i) => kept[i]!);
+      this.model.forward(cache.buildStep(again), new Int32Array(0));
+      cache.advance(again);
+    }
     for (let i = 0; i < entries.length; i++) {
       const a = owners[i]!;
       const v = verdicts[i];
@@ -322,6 +335,27 @@ export class Scheduler {
       }
     }
     return this.hasWork;
+  }
+
+  /**
+   * Hybrid models: each speculating sequence's state snapshot goes back in place where the target rejected a
+   * proposal (the step's state has absorbed tokens that are not kept), and is dropped where it kept them all.
+   * Returns the entries whose kept tokens must run again.
+   */
+  private restoreRejected(owners: Active[], verdicts: (Verdict | null)[], drafts: (Draft | null)[]): Set<number> {
+    const rerun = new Set<number>();
+    const states = this.model.cache.states;
+    if (!states) return rerun;
+    verdicts.forEach((v, i) => {
+      const a = owners[i]!;
+      const snap = this.snapshots.get(a);
+      if (!v || snap === undefined) return;
+      this.snapshots.delete(a);
+      if (v.accepted === drafts[i]!.tokens.length) return states.dropSnapshot(snap);
+      states.restore(a.seq, snap);
+      rerun.add(i);
+    });
+    return rerun;
   }
 
   /** Whether a request may speculate: constrained, logprob and thinking-budget requests run plain steps. */
@@ -354,13 +388,24 @@ export class Scheduler {
         if (e instanceof RmlxError && e.code === "overloaded") continue;
         throw e;
       }
+      const states = this.model.cache.states;
+      if (states) {
+        const snap = states.snapshot(a.seq);
+        if (snap === undefined) continue;
+        this.snapshots.set(a, snap);
+      }
       items.push({ key: a, tokens: a.tokens, k });
       at.push(i);
     }
     if (items.length === 0) return out;
     spec.propose(items, (key) => (key as Active).req.sampling).forEach((d, j) => {
-      if (!d || d.tokens.length === 0) return;
       const i = at[j]!;
+      if (!d || d.tokens.length === 0) {
+        const snap = this.snapshots.get(owners[i]!);
+        if (snap !== undefined) this.model.cache.states!.dropSnapshot(snap);
+        this.snapshots.delete(owners[i]!);
+        return;
+      }
       out[i] = d;
       entries[i] = { seq: entries[i]!.seq, tokens: Int32Array.from([entries[i]!.tokens[0]!, ...d.tokens]) };
     });

@@ -55,6 +55,8 @@ function load(name: string, dir: string): void {
     codec: config.kvQuant ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
+    // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
+    stateSlots: config.draftModel ? 2 * config.maxRunning : config.maxRunning,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.

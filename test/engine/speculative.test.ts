@@ -17,7 +17,9 @@ import { encodePrompt, loadSession, sessionModel, type Session } from "../../src
 import { DEFAULT_SAMPLING, type EngineEvent, type GenerateRequest, type SamplingParams } from "../../src/engine/types.ts";
 
 const ROOT = join(import.meta.dir, "../fixtures/models");
-const FIXTURES = (JSON.parse(readFileSync(join(ROOT, "INDEX.json"), "utf8")) as { fixtures: { name: string }[] }).fixtures.map((f) => f.name);
+const names = (index: string) => (JSON.parse(readFileSync(index, "utf8")) as { fixtures: { name: string }[] }).fixtures.map((f) => f.name);
+const HYBRIDS = names(join(ROOT, "hybrid/INDEX.json")).map((n) => `hybrid/${n}`);
+const FIXTURES = [...names(join(ROOT, "INDEX.json")), ...HYBRIDS];
 const PROMPTS = (name: string) =>
   (JSON.parse(readFileSync(join(ROOT, name, "reference.json"), "utf8")) as { prompts: { ids: number[] }[] }).prompts.map((p) => p.ids);
 const GREEDY: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0 };
@@ -35,7 +37,7 @@ function session(dir: string): Session {
 
 /** One greedy request run alone: plainly, or with `draft` proposing k tokens every step. */
 function run(target: Session, prompt: number[], draft?: DraftModel, k = 3, maxTokens = GEN, sampling = GREEDY) {
-  const cache = cacheForTokens(target.model, prompt.length + maxTokens + 8);
+  const cache = cacheForTokens(target.model, prompt.length + maxTokens + 8, "f32", 2);
   const speculator = draft ? speculatorFor(draft, k, cache.capacityTokens, 1, true) : undefined;
   try {
     const model = { ...sessionModel(target, cache), speculator };
@@ -48,7 +50,7 @@ function run(target: Session, prompt: number[], draft?: DraftModel, k = 3, maxTo
 
 /** Requests run together on one scheduler (batch of all of them); their tokens by request. */
 function runBatch(target: Session, reqs: Omit<GenerateRequest, "model" | "stop" | "stopTokenIds">[], draft?: DraftModel, k = 3, prefixCache = false) {
-  const cache = new KvCache(target.model.backend, target.model.layers, { blockSize: 16, numBlocks: 256, windowed: true, sizing: { sequences: 8, stepTokens: 512 } });
+  const cache = new KvCache(target.model.backend, target.model.layers, { blockSize: 16, numBlocks: 256, windowed: true, sizing: { sequences: 8, stepTokens: 512 }, stateSlots: 128 });
   const speculator = draft ? speculatorFor(draft, k, cache.capacityTokens, 8, true) : undefined;
   const out = new Map<string, number[]>();
   const done = new Map<string, Extract<EngineEvent, { type: "done" }>>();
@@ -73,16 +75,17 @@ describe("speculative decoding, greedy", () => {
   beforeAll(async () => {
     builtinQ3 = join(tmp, "builtin_q3");
     await convert({ model: builtinModelDir(), out: builtinQ3, force: true, quantize: true, mode: "affine", bits: 3, groupSize: 64, dequantize: false });
-  });
+   }, 60_000);
 
   for (const name of FIXTURES) {
     test(`${name}: equal to plain decoding alone, with itself, a 3-bit qwen3 and a llama as draft`, () => {
       const target = session(join(ROOT, name));
-      for (const draftName of [name, "qwen3_q3", "llama_gqa"]) {
+      // A hybrid cannot be a draft: its state cannot be cut back.
+      for (const draftName of [...(HYBRIDS.includes(name) ? [] : [name]), "qwen3_q3", "llama_gqa"]) {
         const draft = loadDraft(target, join(ROOT, draftName));
         for (const prompt of PROMPTS(name)) {
           const plain = run(target, prompt).tokenIds;
-          for (const k of [1, 3, 6]) {
+          for (const k of [1, 4]) {
             const r = run(target, prompt, draft, k);
             expect(r.tokenIds).toEqual(plain);
             expect(r.speculative!.draftTokens).toBeGreaterThan(0);
@@ -90,7 +93,7 @@ describe("speculative decoding, greedy", () => {
           }
         }
       }
-    });
+    }, 60_000);
   }
 
   test("the built-in model with a 3-bit copy of itself: equal, and many proposals kept", () => {
@@ -104,9 +107,9 @@ describe("speculative decoding, greedy", () => {
       expect(r.tokenIds).toEqual(plain.tokenIds);
       expect(r.speculative!.acceptedTokens / r.speculative!.draftTokens).toBeGreaterThan(0.25);
     }
-  });
+  }, 60_000);
 
-  for (const name of ["qwen3", "gemma3", "gemma4_kv"]) {
+  for (const name of ["qwen3", "gemma3", "gemma4_kv", "hybrid/qwen3_5_dense", "hybrid/qwen3_next"]) {
     test(`${name}: in one batch with sequences that do not speculate, per-sequence draft lengths, prefix cache on`, () => {
       const target = session(join(ROOT, name));
       const draft = loadDraft(target, join(ROOT, "qwen3_q3"));
@@ -127,12 +130,11 @@ describe("speculative decoding, greedy", () => {
         expect(done.get("b")!.speculative!.draftTokens).toBe(0);
         expect(done.get("a")!.speculative!.draftTokens).toBeGreaterThan(0);
       }
-    });
+    }, 60_000);
   }
 
-  test("a target or draft with recurrent state, or another tokenizer, is refused with one line", () => {
+  test("a draft with recurrent state, or of another tokenizer, is refused with one line", () => {
     const hybrid = join(ROOT, "hybrid/qwen3_5_dense");
-    expect(() => loadDraft(session(hybrid), join(ROOT, "qwen3"))).toThrow(/recurrent state that cannot be cut back/);
     expect(() => loadDraft(session(join(ROOT, "qwen3")), hybrid)).toThrow(/linear-attention layers/);
     expect(() => loadDraft(session(builtinModelDir()), join(ROOT, "qwen3"))).toThrow(/its tokenizer is not the target's \(403 tokens against the target's 4096\)/);
   });

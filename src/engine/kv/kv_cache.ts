@@ -582,14 +582,14 @@ export class KvCache {
   /**
    * Cuts seq back to its first `length` tokens (the K/V of rejected speculative tokens), giving back the blocks
    * past them. Blocks offered to a prefix cache are never cut, nor a sliding window already trimmed past the new
-   * end; a model with recurrent state cannot be cut back at all.
+   * end; a model with recurrent state cannot be cut back at all (only its blocks past its length given back).
    */
   truncate(seq: Sequence, length: number): void {
     const st = seq[state];
     if (!Number.isInteger(length) || length < 0 || length > st.length) {
       throw new RmlxError("internal", `cannot truncate a sequence of ${st.length} tokens to ${length}`);
     }
-    if (this.states) throw new RmlxError("internal", "a model with recurrent state cannot be cut back");
+    if (this.states && length < st.length) throw new RmlxError("internal", "a model with recurrent state cannot be cut back");
     if (length < st.offered * this.blockSize) throw new RmlxError("internal", "cannot cut into blocks shared with the prefix cache");
     for (const sp of this.spaces) {
       if (sp.window > 0 && sp.blockAt(seq, sp.firstHeld(length)) < 0 && length > 0) {
