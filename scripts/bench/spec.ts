@@ -36,6 +36,9 @@ const MODES: Mode[] = ["plain", "adaptive", "fixed"];
 
 interface Run {
   tps: number;
+  /** The speculator's measured draft step and extra verified token, over its plain step. */
+  draftCost: number;
+  extraCost: number;
   draftTokens: number;
   acceptedTokens: number;
   tokens: number[];
@@ -48,7 +51,8 @@ function runOnce(target: Session, prompt: number[], mode: Mode, draft: DraftMode
     const model = { ...sessionModel(target, cache), speculator };
     const r = generate(model, { prompt, maxTokens: GEN, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true });
     const s = r.speculative ?? { draftTokens: 0, acceptedTokens: 0 };
-    return { tps: r.decodeTps, ...s, tokens: r.tokenIds };
+    const c = speculator?.costs;
+    return { tps: r.decodeTps, ...s, tokens: r.tokenIds, draftCost: c ? c.draftMs / c.plainMs : NaN, extraCost: c ? c.extraMs / c.plainMs : NaN };
   } finally {
     speculator?.dispose();
     cache.dispose();
@@ -61,6 +65,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 function measure(name: string, target: Session, draft: DraftModel, prompts: number[][]) {
   const tps = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
   const counts = new Map<Mode, { d: number; a: number }>(MODES.map((m) => [m, { d: 0, a: 0 }]));
+  const costs: { draft: number[]; extra: number[] } = { draft: [], extra: [] };
   for (const prompt of prompts) runOnce(target, prompt, "fixed", draft); // warm-up: pages, caches
   for (let rep = 0; rep < REPS; rep++) {
     for (const prompt of prompts) {
@@ -71,6 +76,10 @@ function measure(name: string, target: Session, draft: DraftModel, prompts: numb
         const c = counts.get(mode)!;
         c.d += r.draftTokens;
         c.a += r.acceptedTokens;
+        if (mode === "fixed") {
+          costs.draft.push(r.draftCost);
+          costs.extra.push(r.extraCost);
+        }
         if (mode === "plain") plainTokens = r.tokens;
         else if (r.tokens.join() !== plainTokens!.join()) throw new Error(`${name} ${mode}: output differs from plain decoding`);
       }
@@ -80,7 +89,7 @@ function measure(name: string, target: Session, draft: DraftModel, prompts: numb
   return MODES.map((mode) => {
     const t = median(tps.get(mode)!);
     const c = counts.get(mode)!;
-    return { mode, tps: t, speedup: t / plain, acceptance: c.d > 0 ? c.a / c.d : NaN, proposed: c.d };
+    return { mode, tps: t, speedup: t / plain, acceptance: c.d > 0 ? c.a / c.d : NaN, proposed: c.d, draftCost: median(costs.draft), extraCost: median(costs.extra) };
   });
 }
 
@@ -95,6 +104,8 @@ try {
       console.log(`${name.padEnd(28)} ${r.mode.padEnd(8)} ${r.tps.toFixed(1).padStart(6)}  ${r.speedup.toFixed(2).padStart(6)}x  ${acc.padStart(10)}  ${String(r.proposed).padStart(8)}`);
       if (r.mode !== "plain") rows.push({ name: "spec_speedup", shape: `${name} ${r.mode} k${K}`, figure: r.speedup, unit: "x" });
     }
+    const r = res[0]!;
+    console.log(`${"".padEnd(28)} costs measured with fixed K, in plain steps: a draft step ${r.draftCost.toFixed(2)}, an extra verified token ${r.extraCost.toFixed(2)}`);
   };
   if (CASES.includes("builtin")) {
     const dir = join(tmp, `builtin_q${DRAFT_BITS}`);

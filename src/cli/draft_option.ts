@@ -14,7 +14,7 @@ export interface DraftFlags {
 
 export const DRAFT_TOKENS_HELP = `most tokens the draft proposes a step (env RMLX_DRAFT_TOKENS; default ${DEFAULT_DRAFT_TOKENS})`;
 export const DRAFT_POLICY_HELP =
-  "adaptive: propose as many as pay off, given each sequence's acceptance and the measured costs, none when speculation does not pay; fixed: always --draft-tokens (env RMLX_DRAFT_POLICY; default adaptive)";
+  "adaptive: propose as many as pay off, given each sequence's acceptance and the measured costs, none when speculation does not pay; fixed: always --draft-tokens after a first plain step (env RMLX_DRAFT_POLICY; default adaptive)";
 
 export function addDraftOptions(cmd: Command): Command {
   return cmd

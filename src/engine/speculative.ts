@@ -136,7 +136,7 @@ export class Speculator {
     readonly maxDraft: number,
     /** The draft's cost per step against the target's, until measured (e.g. the ratio of their weight bytes). */
     private readonly costGuess: number,
-    /** Always propose maxDraft (within the room left) instead of adapting: for tests and benchmarks. */
+    /** After the first plain step, always propose maxDraft (within the room left) instead of adapting. */
     private readonly fixed = false,
   ) {
     if (!Number.isInteger(maxDraft) || maxDraft < 1) throw new RmlxError("invalid_argument", `draft tokens must be an integer >= 1 (got ${maxDraft})`);
@@ -168,10 +168,9 @@ export class Speculator {
   plan(key: object, params: SamplingParams, length: number, generated: number, room: number, batch: number): number {
     const st = this.stateOf(key, params);
     const most = Math.min(this.maxDraft, room - 1, this.draft.config.contextLength - length);
-    if (most < 1) return 0;
-    if (this.fixed) return most;
     // A plain step is measured before anything is proposed.
-    if (Number.isNaN(this.plainMs)) return 0;
+    if (most < 1 || Number.isNaN(this.plainMs)) return 0;
+    if (this.fixed) return most;
     if (generated < st.offUntil) return 0;
     const a = (st.kept + PRIOR_KEPT) / (st.kept + st.rejected + PRIOR_KEPT + PRIOR_REJECTED);
     const best = this.bestK(a, most, batch);
@@ -302,6 +301,11 @@ export class Speculator {
   observeStep(ms: number, drafted: number): void {
     if (drafted === 0) this.plainMs = ema(this.plainMs, ms);
     else if (!Number.isNaN(this.plainMs)) this.extraMs = ema(this.extraMs, Math.max(0, ms - this.plainMs) / drafted);
+  }
+
+  /** The measured costs (milliseconds, NaN until measured): a plain decode step, a draft step, one extra verified token. */
+  get costs(): { plainMs: number; draftMs: number; extraMs: number } {
+    return { plainMs: this.plainMs, draftMs: this.draftMs, extraMs: this.extraMs };
   }
 
   counts(key: object): SpecCounts {
