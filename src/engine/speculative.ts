@@ -224,6 +224,8 @@ export class Speculator {
       const st = this.stateOf(item.key, params(item.key));
       const behind = item.tokens.length - st.seq.length;
       if (behind < 1) throw new RmlxError("internal", "the draft is ahead of its sequence");
+      // A target with a larger (padded) vocabulary may emit an id the draft has no embedding for.
+      for (let t = st.seq.length; t < item.tokens.length; t++) if (item.tokens[t]! >= this.draft.vocabSize) return;
       try {
         cache.reserve(st.seq, behind + item.k - 1);
       } catch (e) {
