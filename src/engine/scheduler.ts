@@ -372,6 +372,7 @@ export class Scheduler {
   private speculate(entries: StepEntry[], owners: Active[]): (Draft | null)[] {
     const spec = this.spec!;
     const out: (Draft | null)[] = entries.map(() => null);
+    if (!spec.beginStep()) return out;
     const decoding = (i: number) => entries[i]!.tokens.length === 1 && owners[i]!.tokens.length - owners[i]!.seq.length === 1;
     let batch = 0;
     for (let i = 0; i < entries.length; i++) if (decoding(i)) batch++;

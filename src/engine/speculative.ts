@@ -110,9 +110,11 @@ export interface ProposeItem {
   k: number;
 }
 
-const DECAY = 0.8;
-const PRIOR_KEPT = 1.5;
+const DECAY = 0.9;
+const PRIOR_KEPT = 0.5;
 const PRIOR_REJECTED = 0.5;
+/** One step in this many runs plain, so that the baseline the costs are measured against follows the load. */
+const CALIBRATE_EVERY = 16;
 const FIRST_BACKOFF = 8;
 const MAX_BACKOFF = 256;
 /** Most catch-up tokens the draft runs in one forward (its prompt, on a sequence's first round). */
@@ -128,6 +130,7 @@ export class Speculator {
   private plainMs = NaN;
   private draftMs = NaN;
   private extraMs = NaN;
+  private steps = 0;
 
   constructor(
     readonly draft: Model,
@@ -159,6 +162,11 @@ export class Speculator {
       this.seqs.set(key, st);
     }
     return st;
+  }
+
+  /** Called once a step before plan(): false for a step that runs plain to measure the baseline again. */
+  beginStep(): boolean {
+    return this.steps++ % CALIBRATE_EVERY !== CALIBRATE_EVERY - 1;
   }
 
   /**
