@@ -69,9 +69,13 @@ function load(name: string, dir: string): void {
       return e;
     };
   }
-  let speculator;
+  let speculator: Speculator | undefined;
   try {
-    speculator = config.draftModel ? speculatorFor(loadDraft(session, config.draftModel), config.draftTokens ?? DEFAULT_DRAFT_TOKENS, cache.capacityTokens, config.maxRunning, config.draftFixed) : undefined;
+    if (config.draftModel) {
+      const draft = loadDraft(session, config.draftModel);
+      const k = config.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+      speculator = speculatorFor(draft, k, cache.capacityTokens, config.maxRunning, config.draftFixed);
+    }
   } catch (e) {
     cache.dispose();
     throw e;
