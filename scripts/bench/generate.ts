@@ -1,7 +1,9 @@
 // Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
-// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
-// as a fraction of the bandwidth bound: the weight bytes one decode step reads, over the machine's triad
-// bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
+// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps, through the engine's own
+// path (scheduler, sampler, KV cache: what `rmlx bench` and the server run), with an f16 KV cache (--kv-quant).
+// Decode speed is also given as a fraction of the bandwidth bound: the weight bytes and the KV bytes one decode
+// step reads, over the machine's triad bandwidth (rmlx_bench_triad); and the host's time per decode step (the
+// step's time outside the native computation). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
 //
 // The hybrid row (qwen3.5-0.8b, Qwen3.5-0.8B's shapes: 18 Gated DeltaNet layers and 6 gated full-attention ones)
@@ -14,12 +16,14 @@
 // per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid.
 //
 //   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b]
-//                                 [--formats bf16,q4] [--contexts 512,8192] [--no-peer]
+//                                 [--formats bf16,q4] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
-import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { cacheForTokens, generate } from "../../src/engine/generate.ts";
+import { hostTimer } from "../../src/engine/host_time.ts";
+import { tokenModel } from "../../src/engine/session.ts";
+import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { parseConfig } from "../../src/io/config.ts";
 import type { ModelDir } from "../../src/io/model_dir.ts";
 import type { QuantConfig } from "../../src/io/quant_config.ts";
@@ -80,7 +84,40 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     linear_conv_kernel_dim: 4,
     tie_word_embeddings: true,
   },
+  // Gemma 4 E2B: per-layer embeddings (a 262144 x 8960 table read one row per token), the last 20 layers reading
+  // the K/V of layers 13 and 14 (with MLPs twice as wide), sliding layers of head_dim 256 and full layers of 512.
+  "gemma-4-e2b": {
+    model_type: "gemma4_text",
+    hidden_size: 1536,
+    num_hidden_layers: 35,
+    num_attention_heads: 8,
+    num_key_value_heads: 1,
+    head_dim: 256,
+    global_head_dim: 512,
+    intermediate_size: 6144,
+    use_double_wide_mlp: true,
+    vocab_size: 262144,
+    hidden_size_per_layer_input: 256,
+    vocab_size_per_layer_input: 262144,
+    num_kv_shared_layers: 20,
+    sliding_window: 512,
+    layer_types: Array.from({ length: 35 }, (_, i) => (i % 5 === 4 ? "full_attention" : "sliding_attention")),
+    final_logit_softcapping: 30,
+    hidden_activation: "gelu_pytorch_tanh",
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-6,
+    rope_parameters: {
+      full_attention: { rope_type: "proportional", rope_theta: 1000000, partial_rotary_factor: 0.25 },
+      sliding_attention: { rope_type: "default", rope_theta: 10000 },
+    },
+    tie_word_embeddings: true,
+  },
 };
+
+/** Shapes too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB): 4-bit only. */
+const QUANTIZED_ONLY = new Set(["gemma-4-e2b"]);
+/** Shapes without a GGUF layout in the peer's random-model writer. */
+const NO_PEER = new Set(["qwen3.5-0.8b", "gemma-4-e2b"]);
 
 /** Shapes measured at several context lengths, with no peer. */
 const HYBRIDS = new Set(["qwen3.5-0.8b"]);
@@ -168,7 +205,10 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
   linear("model.embed_tokens", c.vocabSize, H, true);
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
-  for (let i = 0; i < c.numLayers; i++) {
+  if (c.modelType === "gemma4_text") {
+    buildGemma4(raw, c.numLayers, H, linear, norm, (bytes) => (decodeBytes += bytes), store);
+  }
+  for (let i = 0; c.modelType !== "gemma4_text" && i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
     norm(`${p}.input_layernorm.weight`, H);
     norm(`${p}.post_attention_layernorm.weight`, H);
@@ -222,6 +262,51 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
   return { md, decodeBytes };
 }
 
+/** Gemma 4's tensors beside the embedding and final norm (mlx-lm names); countDecode adds bytes a step reads. */
+function buildGemma4(
+  raw: Record<string, unknown>,
+  L: number,
+  H: number,
+  linear: (name: string, out: number, inp: number, countDecode?: boolean) => void,
+  norm: (name: string, n: number) => void,
+  countDecode: (bytes: number) => void,
+  store: MemStore,
+): void {
+  const int = (k: string) => raw[k] as number;
+  const P = int("hidden_size_per_layer_input");
+  const shared = int("num_kv_shared_layers");
+  // The PLE table is read one row per token: only that row counts (4-bit g64: codes, scales and biases).
+  linear("model.embed_tokens_per_layer", int("vocab_size_per_layer_input"), L * P, false);
+  countDecode((L * P * 4.5) / 8);
+  linear("model.per_layer_model_projection", L * P, H);
+  norm("model.per_layer_projection_norm.weight", P);
+  const types = raw.layer_types as string[];
+  for (let i = 0; i < L; i++) {
+    const p = `model.layers.${i}`;
+    const full = types[i] === "full_attention";
+    const hd = full ? int("global_head_dim") : int("head_dim");
+    const ownKv = i < L - shared;
+    for (const n of ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm", "post_per_layer_input_norm"]) {
+      norm(`${p}.${n}.weight`, H);
+    }
+    linear(`${p}.self_attn.q_proj`, int("num_attention_heads") * hd, H);
+    linear(`${p}.self_attn.o_proj`, H, int("num_attention_heads") * hd);
+    norm(`${p}.self_attn.q_norm.weight`, hd);
+    if (ownKv) {
+      linear(`${p}.self_attn.k_proj`, int("num_key_value_heads") * hd, H);
+      linear(`${p}.self_attn.v_proj`, int("num_key_value_heads") * hd, H);
+      norm(`${p}.self_attn.k_norm.weight`, hd);
+    }
+    const I = int("intermediate_size") * (!ownKv && raw.use_double_wide_mlp ? 2 : 1);
+    linear(`${p}.mlp.gate_proj`, I, H);
+    linear(`${p}.mlp.up_proj`, I, H);
+    linear(`${p}.mlp.down_proj`, H, I);
+    linear(`${p}.per_layer_input_gate`, P, H);
+    linear(`${p}.per_layer_projection`, H, P);
+    store.put(`${p}.layer_scalar`, "BF16", [1], new Uint8Array(new Uint16Array([0x3f80]).buffer));
+  }
+}
+
 function triadBandwidth(): number {
   const n = 32 * 1024 * 1024;
   const out = new Float64Array(1);
@@ -234,6 +319,7 @@ interface Figures {
   prefillTps: number;
   decodeTps: number;
   boundFraction: number;
+  hostMs: number;
 }
 
 function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): Figures {
@@ -242,49 +328,43 @@ function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: numbe
   const { md, decodeBytes } = buildModelDir(shape, format);
   const model = loadModel(be, md);
   const buildS = (performance.now() - t0) / 1000;
-  const cache = new KvCache(be, model.layers, { blockSize: 16, numBlocks: Math.ceil((promptLen + gen) / 16), sizing: { sequences: 1, stepTokens: promptLen } });
-  const seq = new Sequence();
-  const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
-  const tp = performance.now();
-  // Long prompts go through in chunks, as the scheduler would run them.
-  const CHUNK = 2048;
-  let r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(0, Math.min(CHUNK, promptLen)) }]);
-  for (let at = CHUNK; at < promptLen; at += CHUNK) r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(at, Math.min(at + CHUNK, promptLen)) }]);
-  const prefillS = (performance.now() - tp) / 1000;
-  const td = performance.now();
-  for (let i = 0; i < gen; i++) {
-    const row = logitsRow(r, 0);
-    let best = 0;
-    for (let j = 1; j < row.length; j++) if (row[j]! > row[best]!) best = j;
-    r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(best) }]);
-  }
-  const decodeS = (performance.now() - td) / 1000;
-  const decodeTps = gen / decodeS;
-  // Hybrids: the recurrent state is read and written every step, and the full-attention layers read their KV
-  // (at the mean context of the decode steps).
+  const cache = cacheForTokens(model, promptLen + gen + 1, KV_CODEC);
+  const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
+  // The engine's own path, as `rmlx bench` and the server run a request: the scheduler (chunked prefill, one
+  // batched step per token), the sampler, the KV cache in the codec that counts. gen decode steps follow the
+  // first token.
+  const request = { prompt, maxTokens: gen + 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
+  const host = hostTimer(be, tokenModel(model, cache));
+  const out = generate(host.model, request);
+  const decodeTps = out.decodeTps;
+  // A decode step reads every weight once and the KV of the whole context (at the mean context of the decode
+  // steps); hybrids also read and write their recurrent state.
   const hybrid = HYBRIDS.has(shape);
   const stateBytes = hybrid ? 2 * (cache.states?.bytesPerSlot ?? 0) : 0;
-  const kvBytes = hybrid ? cache.bytesPerToken * (promptLen + gen / 2) : 0;
+  const kvBytes = cache.bytesPerToken * (promptLen + gen / 2);
   const stepBytes = decodeBytes + stateBytes + kvBytes;
   const boundTps = bw / stepBytes;
-  const extra = hybrid ? ` + state ${(stateBytes / 2 ** 20).toFixed(0)} + KV ${(kvBytes / 2 ** 20).toFixed(0)} MiB` : "";
+  const extra = `${hybrid ? ` + state ${(stateBytes / 2 ** 20).toFixed(0)}` : ""} + KV ${(kvBytes / 2 ** 20).toFixed(0)} MiB`;
   console.log(
     [
       (hybrid ? `${shape} @${promptLen}` : shape).padEnd(13),
       format.padEnd(5),
-      `prefill ${(promptLen / prefillS).toFixed(1).padStart(8)} tok/s`,
+      `prefill ${out.promptTps.toFixed(1).padStart(8)} tok/s`,
       `decode ${decodeTps.toFixed(2).padStart(7)} tok/s`,
       `weights/step ${(decodeBytes / 2 ** 20).toFixed(0).padStart(5)} MiB${extra}`,
       `bound ${boundTps.toFixed(1).padStart(6)} tok/s`,
       `${((100 * decodeTps) / boundTps).toFixed(1).padStart(5)}% of bound`,
+      `host ${(host.perStep() ?? NaN).toFixed(2)} ms/step`,
       `(setup ${buildS.toFixed(1)} s)`,
     ].join("  "),
   );
   cache.dispose();
-  return { prefillTps: promptLen / prefillS, decodeTps, boundFraction: decodeTps / boundTps };
+  return { prefillTps: out.promptTps, decodeTps, boundFraction: decodeTps / boundTps, hostMs: host.perStep() ?? NaN };
 }
 
 const promptLen = Number(arg("prompt", "512"));
+/** The KV codec of the bound and of the runs: f16 by default, the cheapest lossless-enough choice peers make too. */
+const KV_CODEC = arg("kv-quant", "f16");
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
 const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
@@ -297,6 +377,7 @@ const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
   for (const f of formats) {
+    if (f === "bf16" && QUANTIZED_ONLY.has(m)) continue;
     if (HYBRIDS.has(m)) {
       const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
       for (const { ctx, figures } of at) {
@@ -315,7 +396,7 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    const peer = withPeer && !NO_PEER.has(m) ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {
@@ -331,6 +412,7 @@ for (const m of models) {
       { name: "generate prefill", shape, figure: ours.prefillTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.promptTps },
       { name: "generate decode", shape, figure: ours.decodeTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.decodeTps },
       { name: "generate decode bound fraction", shape, figure: ours.boundFraction, unit: "fraction" },
+      { name: "generate host time per decode step", shape, figure: ours.hostMs, unit: "ms" },
     );
   }
 }

@@ -177,6 +177,12 @@ export interface Backend {
   readonly name: string;
   /** A short description of the device (CPU model and ISA, GPU name). */
   readonly device: string;
+  /**
+   * Milliseconds this backend has spent computing (native: inside its one call per evaluation), so that host
+   * overhead per step can be told apart; undefined where the backend cannot tell (the mlx backend evaluates
+   * asynchronously).
+   */
+  readonly computeMs?: number;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */
@@ -186,8 +192,11 @@ export interface Backend {
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** Runs everything recorded that the given tensors depend on. */
   eval(...tensors: Tensor[]): void;
-  /** Evaluates and copies out as f32 (any float dtype) or i32. */
-  toFloat32(t: Tensor): Float32Array;
+  /**
+   * Evaluates and copies out as f32 (any float dtype) or i32. With `out` long enough, the values go into it and a
+   * view of it is returned, so a per-step read-back (the logits) allocates nothing.
+   */
+  toFloat32(t: Tensor, out?: Float32Array): Float32Array;
   toInt32(t: Tensor): Int32Array;
   /**
    * Runs fn; every tensor created inside is freed when it returns, except those returned (in an array or

@@ -9,7 +9,7 @@ import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
 import { PrefixCache } from "./kv/prefix_cache.ts";
-import { Sampler } from "./sampler.ts";
+import { Sampler, type SampledToken } from "./sampler.ts";
 import { type Draft, type ProposeItem, type Speculator, type Verdict, verifyDraft } from "./speculative.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
@@ -35,7 +35,7 @@ export interface SchedulerModel {
   readonly eosTokenIds: readonly number[];
   /** Prompt token ids of a request (chat template applied), and whether they end inside an open reasoning section. */
   encode(req: GenerateRequest): { ids: number[]; startsInReasoning: boolean };
-  /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major. */
+  /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major, valid until the next. */
   forward(step: BuiltStep, logitRows: Int32Array): Float32Array;
   newDetokenizer(): TokenTextStream;
   newStopFilter(stops: string[]): StopFilter;
@@ -43,8 +43,11 @@ export interface SchedulerModel {
   tokenBytes(id: number): Uint8Array;
   /** The request's output constraint; `startsInReasoning`: its prompt left a reasoning section open. */
   logitsProcessor?(req: GenerateRequest, prompt: { startsInReasoning: boolean }): LogitsProcessor | null;
-  /** Single-token reasoning tags (<think>, </think>), when the model has them: needed for thinking budgets. */
-  readonly reasoningTokens?: { open: number; close: number };
+  /**
+   * The token ids of the reasoning tags (<think> and </think>; Gemma 4's two-token <|channel>thought and
+   * <channel|>), when the model has them: needed for thinking budgets.
+   */
+  readonly reasoningTokens?: { open: readonly number[]; close: readonly number[] };
   /** A draft model that proposes tokens for the target to verify (speculative decoding). */
   readonly speculator?: Speculator;
 }
@@ -66,6 +69,8 @@ interface Active {
   /** Inside a reasoning section now, and how many tokens it has taken so far. */
   inReasoning: boolean;
   reasoningUsed: number;
+  /** Tokens of a closing tag still to be emitted after a thinking budget ran out, in place of sampled ones. */
+  forced: number[];
   started: boolean;
   submitMs: number;
   admitMs: number;
@@ -151,6 +156,7 @@ export class Scheduler {
       startsInReasoning,
       inReasoning: startsInReasoning,
       reasoningUsed: 0,
+      forced: [],
       started: false,
       submitMs: performance.now(),
       admitMs: 0,
@@ -308,7 +314,8 @@ export class Scheduler {
     const logits = this.model.forward(built, Int32Array.from(rows));
     if (this.spec && decodeOnly) this.spec.observeStep(performance.now() - t0, drafted);
     const vocab = rows.length > 0 ? logits.length / rows.length : 0;
-    const row = (r: number) => logits.subarray(r * vocab, (r + 1) * vocab);
+    let rowData = logits;
+    const row = (r: number) => rowData.subarray(r * vocab, (r + 1) * vocab);
     const verdicts = drafts.map((d, i) => (d ? this.verify(owners[i]!, d, firstRow[i]!, row) : null));
     // A speculating entry keeps its last token and the accepted proposals; the blocks past them go back.
     const kept = entries.map((e, i) => (verdicts[i] ? { seq: e.seq, tokens: e.tokens.subarray(0, verdicts[i].accepted + 1) } : e));
@@ -318,7 +325,9 @@ export class Scheduler {
     const offer = this.prefix ? { prefix: this.prefix, tokens: offerTokens.filter((_, i) => !rerun.has(i)) } : undefined;
     cache.advance(advanced, offer);
     if (rerun.size > 0) {
-      // The recurrent state went back to before the step: run the kept tokens again (no logits needed).
+      // The recurrent state went back to before the step: run the kept tokens again (no logits needed; the
+      // step's logits are kept apart first, since a forward may reuse their buffer).
+      rowData = logits.slice();
       const again = [...rerun].map((i) => kept[i]!);
       this.model.forward(cache.buildStep(again), new Int32Array(0));
       cache.advance(again);
@@ -425,11 +434,11 @@ export class Scheduler {
 
   private sampleNext(a: Active, row: Float32Array): void {
     a.processor?.apply(row);
-    this.take(a, this.overBudget(a) ? this.forcedClose() : a.sampler.sample(row, a.tokens));
+    this.take(a, a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : a.sampler.sample(row, a.tokens));
   }
 
   /** Appends a chosen token to a's output; false when it ended the request. */
-  private take(a: Active, s: { token: number; logprob: number; top: { token: number; logprob: number }[] }): boolean {
+  private take(a: Active, s: SampledToken): boolean {
     const req = a.req;
     this.trackReasoning(a, s.token);
     if (a.generated === 0) a.firstTokenMs = performance.now();
@@ -452,17 +461,24 @@ export class Scheduler {
     return budget !== undefined && this.model.reasoningTokens !== undefined && a.inReasoning && a.reasoningUsed >= budget;
   }
 
-  /** Ends the reasoning section in place of a sampled token. */
-  private forcedClose(): { token: number; logprob: number; top: { token: number; logprob: number }[] } {
-    return { token: this.model.reasoningTokens!.close, logprob: 0, top: [] };
+  /** The next token of a forced close of the reasoning section, in place of a sampled token. */
+  private forcedClose(a: Active): SampledToken {
+    if (a.forced.length === 0) a.forced = [...this.model.reasoningTokens!.close];
+    return { token: a.forced.shift()!, logprob: 0, top: [] };
   }
 
+  /** Follows the reasoning section over the tokens so far (the newest, `token`, not yet in a.tokens). */
   private trackReasoning(a: Active, token: number): void {
     const tags = this.model.reasoningTokens;
     if (!tags) return;
-    if (token === tags.open) a.inReasoning = true;
-    else if (token === tags.close) a.inReasoning = false;
-    else if (a.inReasoning) a.reasoningUsed++;
+    if (endsWith(a.tokens, token, tags.open)) {
+      a.inReasoning = true;
+      a.reasoningUsed = 0;
+    } else if (endsWith(a.tokens, token, tags.close)) {
+      a.inReasoning = false;
+    } else if (a.inReasoning) {
+      a.reasoningUsed++;
+    }
   }
 
   private logprob(s: { token: number; logprob: number; top: { token: number; logprob: number }[] }): TokenLogprob {
@@ -499,4 +515,12 @@ export class Scheduler {
     });
     return false;
   }
+}
+
+/** Whether tokens followed by `last` end with the tag's ids. */
+function endsWith(tokens: readonly number[], last: number, tag: readonly number[]): boolean {
+  const n = tag.length;
+  if (n === 0 || tag[n - 1] !== last || tokens.length < n - 1) return false;
+  for (let i = 0; i < n - 1; i++) if (tokens[tokens.length - (n - 1) + i] !== tag[i]) return false;
+  return true;
 }

@@ -333,9 +333,13 @@ export class MlxBackend implements Backend {
     }
   }
 
-  toFloat32(x: Tensor): Float32Array {
+  toFloat32(x: Tensor, out?: Float32Array): Float32Array {
     const t = this.arg(x, "toFloat32");
-    return new Float32Array(this.readBack(t, MLX_DTYPE.f32, "toFloat32"));
+    const values = new Float32Array(this.readBack(t, MLX_DTYPE.f32, "toFloat32"));
+    if (!out || out.length < values.length) return values;
+    const view = out.subarray(0, values.length);
+    view.set(values);
+    return view;
   }
 
   toInt32(x: Tensor): Int32Array {

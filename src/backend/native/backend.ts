@@ -238,10 +238,15 @@ export class NativeBackend implements Backend {
     this.graph.eval(tensors.map((x) => this.arg(x, "eval").root()));
   }
 
-  toFloat32(x: Tensor): Float32Array {
+  toFloat32(x: Tensor, out?: Float32Array): Float32Array {
     const t = this.arg(x, "toFloat32");
     this.eval(t);
     const b = bytesOf(t);
+    if (out && out.length >= t.size && t.dtype === "f32") {
+      const view = out.subarray(0, t.size);
+      view.set(new Float32Array(b.buffer, b.byteOffset, t.size));
+      return view;
+    }
     switch (t.dtype) {
       case "f32":
         return new Float32Array(b.slice().buffer);
@@ -268,6 +273,10 @@ export class NativeBackend implements Backend {
 
   scope<T>(fn: () => T): T {
     return this.scopes.scope(fn);
+  }
+
+  get computeMs(): number {
+    return this.graph.execMs;
   }
 
   /** Bytes held by the step arena (for tests and metrics). */
