@@ -108,6 +108,8 @@ export type EngineEvent =
       stoppedBy?: string | number;
       usage: { promptTokens: number; completionTokens: number; cachedTokens: number; cachedDiskTokens?: number };
       timing: { queuedMs: number; ttftMs: number; decodeTps: number; promptTps: number };
+      /** With a draft model: tokens it proposed for this request and how many of them the target kept. */
+      speculative?: { draftTokens: number; acceptedTokens: number };
     }
   | { type: "error"; id: string; code: string; message: string };
 
@@ -137,6 +139,12 @@ export interface EngineConfig {
   promptOverflow?: "error" | "truncate";
   /** --chat-template: a chat template used instead of the one each model ships. */
   chatTemplate?: ChatTemplateSource;
+  /** --draft-model: a model directory whose proposals every loaded model verifies (speculative decoding). */
+  draftModel?: string;
+  /** --draft-tokens: the most tokens the draft proposes a step. */
+  draftTokens?: number;
+  /** --draft-policy fixed: always propose draftTokens instead of adapting. */
+  draftFixed?: boolean;
 }
 
 /** Messages from the server to the worker. */

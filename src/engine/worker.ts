@@ -6,6 +6,8 @@ import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
+import { DEFAULT_DRAFT_TOKENS, loadDraft, speculatorFor } from "./draft_model.ts";
+import type { Speculator } from "./speculative.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, SsdCounts, ToWorker } from "./types.ts";
 
@@ -21,6 +23,7 @@ interface Loaded {
   scheduler: Scheduler;
   contextLength: number;
   tier: SsdTier | null;
+  speculator?: Speculator;
 }
 
 const models = new Map<string, Loaded>();
@@ -65,6 +68,8 @@ function load(name: string, dir: string): void {
     codec: config.kvQuant ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
+    // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
+    stateSlots: config.draftModel ? 2 * config.maxRunning : config.maxRunning,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
@@ -78,8 +83,20 @@ function load(name: string, dir: string): void {
       return e;
     };
   }
-  const scheduler = new Scheduler(model, config, post);
-  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier });
+  let speculator: Speculator | undefined;
+  try {
+    if (config.draftModel) {
+      const draft = loadDraft(session, config.draftModel);
+      const k = config.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+      speculator = speculatorFor(draft, k, cache.capacityTokens, config.maxRunning, config.draftFixed);
+    }
+  } catch (e) {
+    if (tier) void tier.store.close();
+    cache.dispose();
+    throw e;
+  }
+  const scheduler = new Scheduler({ ...model, speculator }, config, post);
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier, speculator });
   postLoaded(name, models.get(name)!);
 }
 
@@ -127,6 +144,7 @@ function unload(name: string): void {
       });
     }
     m.cache.dispose();
+    m.speculator?.dispose();
     models.delete(name);
   }
   post({ type: "unloaded", model: name });
