@@ -140,3 +140,29 @@ export function readEmbeddingSpec(dir: string): EmbeddingSpec {
   }
   return spec;
 }
+
+/** An embedding model as `rmlx info` describes it. */
+export interface EmbeddingSummary {
+  pooling: Pooling;
+  /** Width of the embedding: the last Dense layer's, or the encoder's hidden size. */
+  dimension: number;
+  normalize: boolean;
+  /** The widths through the Dense layers, hidden size first (empty without Dense layers). */
+  dense: number[];
+  prompts: string[];
+  max_seq_length?: number;
+}
+
+export function summarizeEmbedding(dir: string, hiddenSize: number): EmbeddingSummary {
+  const spec = readEmbeddingSpec(dir);
+  const dense = spec.dense.length ? [hiddenSize, ...spec.dense.map((d) => d.outFeatures)] : [];
+  const s: EmbeddingSummary = {
+    pooling: spec.pooling,
+    dimension: dense.length ? dense[dense.length - 1]! : hiddenSize,
+    normalize: spec.normalize,
+    dense,
+    prompts: Object.keys(spec.prompts),
+  };
+  if (spec.maxSeqLength !== undefined) s.max_seq_length = spec.maxSeqLength;
+  return s;
+}
