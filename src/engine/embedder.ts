@@ -14,6 +14,12 @@ import { Tokenizer } from "../text/tokenizer.ts";
 
 const FLOAT: Record<string, DType> = { F32: "f32", F16: "f16", BF16: "bf16" };
 
+/**
+ * Most tokens of one step: a request with more runs as several steps of whole inputs, so that the activations of
+ * 2048 long inputs are never held at once (a step's cost is its tokens either way).
+ */
+const STEP_TOKENS = 8192;
+
 interface DenseLayer {
   spec: DenseSpec;
   w: Tensor;
@@ -120,16 +126,27 @@ export class Embedder {
     return end !== undefined && ids[ids.length - 1] !== end ? [...ids, end] : ids;
   }
 
-  /** One embedding per input, in input order: every input in one batched step. */
+  /** One embedding per input, in input order: the inputs in one batched step (several when they exceed STEP_TOKENS). */
   embed(inputs: readonly (readonly number[])[]): Float32Array[] {
-    if (inputs.length === 0) return [];
-    const be = this.encoder.backend;
     const vocab = this.encoder.config.vocabSize;
     for (const ids of inputs) {
       if (ids.length === 0) throw new RmlxError("invalid_argument", "an input has no tokens");
       const bad = ids.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
       if (bad !== undefined) throw new RmlxError("invalid_argument", `token ${bad} is outside the vocabulary (0..${vocab - 1})`);
     }
+    const out: Float32Array[] = [];
+    for (let i = 0; i < inputs.length; ) {
+      let j = i + 1;
+      let tokens = inputs[i]!.length;
+      while (j < inputs.length && tokens + inputs[j]!.length <= STEP_TOKENS) tokens += inputs[j++]!.length;
+      out.push(...this.step(inputs.slice(i, j)));
+      i = j;
+    }
+    return out;
+  }
+
+  private step(inputs: readonly (readonly number[])[]): Float32Array[] {
+    const be = this.encoder.backend;
     const batch = encoderBatch(inputs);
     const B = inputs.length;
     const rows = be.scope(() => {

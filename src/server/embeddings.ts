@@ -4,7 +4,6 @@
 import { l2normalize } from "../engine/embedder.ts";
 import { HttpError } from "./errors.ts";
 import { withModel, type ServerContext } from "./generation.ts";
-import { checkUse } from "./models.ts";
 import type { EmbeddingsBodyT } from "./schemas.ts";
 
 /** The request's inputs as a list: one string or one id list becomes a list of one. */
@@ -20,7 +19,6 @@ function base64Of(v: Float32Array): string {
 }
 
 export async function embeddings(ctx: ServerContext, body: EmbeddingsBodyT): Promise<Response> {
-  checkUse(ctx.models.resolve(body.model), "embed");
   return withModel(
     ctx,
     body.model,

@@ -44,6 +44,22 @@ describe("embedding fixtures against sentence-transformers", () => {
     expect(FIXTURES).toEqual(["bert_max", "bert_mean", "gemma3_dense", "qwen3_last", "roberta_cls"]);
   });
 
+  test("a request of more tokens than one step holds runs as several steps, with the same results", () => {
+    const e = Embedder.load(join(ROOT, "bert_mean"));
+    const ids = Array.from({ length: 128 }, (_, i) => 5 + (i % 300));
+    const inputs = Array.from({ length: 70 }, (_, k) => ids.map((t, i) => (i === 1 ? 5 + k : t)));
+    const all = e.embed(inputs);
+    expect(all.length).toBe(70);
+    for (const k of [0, 63, 64, 69]) expect(cosine(all[k]!, e.embed([inputs[k]!])[0]!)).toBeGreaterThan(0.999999);
+  });
+
+  test("bad inputs are refused with the reason", () => {
+    const e = Embedder.load(join(ROOT, "qwen3_last"));
+    expect(() => e.embed([[1, 2], []])).toThrow("an input has no tokens");
+    expect(() => e.embed([[1, 320]])).toThrow("token 320 is outside the vocabulary (0..319)");
+    expect(() => e.tokenize("x", "nope")).toThrow("prompt 'nope' is not one of this model's prompts (document, query)");
+  });
+
   for (const name of FIXTURES) {
     const dir = join(ROOT, name);
     const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8")) as Reference;
