@@ -7,7 +7,8 @@
 // Qwen3-0.6B shape in bf16, which runs one sequence of `--tokens` tokens per run (embeddings/s = its tokens/s over
 // --tokens). llama.cpp's BERT is left out: the peer's GGUF writer knows the llama and qwen3 architectures only.
 //
-//   bun scripts/bench/embed.ts [--inputs 32] [--tokens 128] [--reps 5] [--models bert-base,qwen3-embedding-0.6b] [--no-peer]
+//   bun scripts/bench/embed.ts [--inputs 32] [--tokens 128] [--reps 5] [--models bert-base,qwen3-embedding-0.6b]
+//                              [--formats f32,bf16,q8] [--no-peer]
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +26,7 @@ const INPUTS = Number(arg("inputs", "32"));
 const TOKENS = Number(arg("tokens", "128"));
 const REPS = Number(arg("reps", "5"));
 const MODELS = arg("models", "bert-base,qwen3-embedding-0.6b").split(",");
+const FORMATS = arg("formats", "f32,bf16,q8").split(",");
 const PEER = !process.argv.includes("--no-peer");
 
 interface Variant {
@@ -82,7 +84,7 @@ function inputs(vocab: number): number[][] {
 
 console.log(`embed: ${INPUTS} inputs x ${TOKENS} tokens per batch, median of ${REPS} runs, ${defaultThreads()} threads`);
 console.log("model                 format  rmlx emb/s  rmlx tok/s  ms/batch  peer emb/s  rmlx/peer");
-for (const v of VARIANTS.filter((x) => MODELS.includes(x.model))) {
+for (const v of VARIANTS.filter((x) => MODELS.includes(x.model) && FORMATS.includes(x.format))) {
   const e = Embedder.load(modelDir(v));
   // exactly TOKENS ids per input, the end token last where the pooling needs one
   const batch = inputs(v.vocab).map((ids) => (e.withEnd(ids).length > TOKENS ? e.withEnd(ids.slice(0, TOKENS - 1)) : ids));
