@@ -12,7 +12,9 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { getBackend } from "../../src/backend/index.ts";
 import { Embedder } from "../../src/engine/embedder.ts";
+import { defaultDbPath, MetricsStore, type BenchmarkRow } from "../../src/metrics/store.ts";
 import { BERT_BASE, writeRandomBert, writeSentenceTransformers } from "./model/random_bert.ts";
 import { QWEN3_0_6B, writeRandomQwen3 } from "./model/random_qwen3.ts";
 import { defaultThreads, peerEmbed } from "./peer/llama_cpp.ts";
@@ -82,6 +84,7 @@ function inputs(vocab: number): number[][] {
   );
 }
 
+const rows: BenchmarkRow[] = [];
 console.log(`embed: ${INPUTS} inputs x ${TOKENS} tokens per batch, median of ${REPS} runs, ${defaultThreads()} threads`);
 console.log("model                 format  rmlx emb/s  rmlx tok/s  ms/batch  peer emb/s  rmlx/peer");
 for (const v of VARIANTS.filter((x) => MODELS.includes(x.model) && FORMATS.includes(x.format))) {
@@ -99,10 +102,14 @@ for (const v of VARIANTS.filter((x) => MODELS.includes(x.model) && FORMATS.inclu
   const embPerS = INPUTS / s;
   let peerCol = "-";
   let ratio = "-";
+  const row: BenchmarkRow = { name: "embed", shape: `${v.model} ${v.format} ${INPUTS}x${TOKENS}`, figure: embPerS, unit: "emb/s" };
+  rows.push(row);
   if (PEER && v.peer) {
     const p = v.peer();
     if (p.ok) {
       const peerEmb = p.promptTps / TOKENS;
+      row.peerName = "llama.cpp llama-bench -embd 1 bf16";
+      row.peerFigure = peerEmb;
       peerCol = peerEmb.toFixed(2);
       ratio = (embPerS / peerEmb).toFixed(2);
     } else {
@@ -114,3 +121,8 @@ for (const v of VARIANTS.filter((x) => MODELS.includes(x.model) && FORMATS.inclu
     `${v.model.padEnd(21)} ${v.format.padEnd(7)} ${embPerS.toFixed(2).padStart(10)}  ${(embPerS * TOKENS).toFixed(0).padStart(10)}  ${(s * 1000).toFixed(0).padStart(8)}  ${peerCol.padStart(10)}  ${ratio.padStart(9)}`,
   );
 }
+const be = getBackend();
+const store = MetricsStore.open(defaultDbPath());
+store.startRun({ kind: "bench", backend: be.name, device: be.device });
+store.recordBenchmarks(rows);
+store.close();
