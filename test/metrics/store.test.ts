@@ -73,7 +73,7 @@ describe("metrics store", () => {
   });
 
   test("a database of the first schema gains the speculative columns and keeps its rows", () => {
-    const path = join(dir, "v1.db");
+    const path = join(dir, "v1-draft.db");
     const old = new Database(path, { create: true });
     old.exec(MIGRATIONS[0]!);
     old.exec("PRAGMA user_version = 1");
