@@ -7,7 +7,7 @@ import { defaultDbPath } from "../metrics/store.ts";
 import { parseCorsOrigins } from "../server/cors.ts";
 import { loadConfig } from "../io/config.ts";
 import { kvCodecProblemFor } from "../io/summary.ts";
-import { parseKvCodec } from "../engine/kv/codec.ts";
+import { parseKvCodec } from "../quant/kv_codec.ts";
 import { discoverModels } from "../server/models.ts";
 import { LOG_LEVELS, Logger, parseLogLevel } from "../server/log.ts";
 import type { ServerDefaults } from "../server/sampling.ts";

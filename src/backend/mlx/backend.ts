@@ -10,9 +10,7 @@ import {
   type Backend,
   DTYPE_BYTES,
   type DType,
-  type KvFormat,
   type KvPool,
-  plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
@@ -22,6 +20,7 @@ import {
   isQuantized,
 } from "../backend.ts";
 import * as args from "../args.ts";
+import { type KvFormat, plainKvDtype } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
