@@ -147,8 +147,8 @@ describe("turbo KV pools", () => {
   });
 
   // The rotation of a Gaussian row with equal channel scales is isotropic, so the mean squared error relative to
-  // |x|^2 is sphereDistortion (the stored scale is a least-squares fit of the levels to the row, which for such rows
-  // is within a percent of the rms the expectation assumes, and can only lower the error). Rows with a few outlier channels (every 17th 20x larger), which a per-group affine
+  // |x|^2 is sphereDistortion (the stored scale is a least-squares fit of the levels to the row, which from head_dim
+  // 64 is within a percent of the rms the expectation assumes, and can only lower the error). Rows with a few outlier channels (every 17th 20x larger), which a per-group affine
   // code handles badly, rotate into coordinates with lighter tails than a Gaussian's and cost no more.
   const roundTrip = (bits: 3 | 4, D: number, chan: (d: number) => number): number => {
     const rows = 1024;
@@ -165,12 +165,16 @@ describe("turbo KV pools", () => {
     return err / norm;
   };
   for (const bits of [4, 3] as const) {
-    for (const D of [64, 128, 256]) {
+    for (const D of [16, 32, 64, 128, 256]) {
       test(`turbo${bits} head_dim ${D}: round-trip error is the Lloyd-Max quantizer's expected error`, () => {
         const want = sphereDistortion(CODEBOOK[bits].levels, D);
         expect(want).toBeLessThan(CODEBOOK[bits].distortion);
-        expect(Math.abs(roundTrip(bits, D, () => 1.5) / want - 1)).toBeLessThan(0.04);
-        expect(roundTrip(bits, D, (d) => (d % 17 === 3 ? 20 : 1))).toBeLessThan(1.04 * want);
+        // The least-squares scale gains more on short rows: from head_dim 64 the expectation holds within 4%.
+        const rel = roundTrip(bits, D, () => 1.5) / want;
+        expect(rel).toBeLessThan(1.04);
+        expect(rel).toBeGreaterThan(D >= 64 ? 0.96 : 0.8);
+        // (A row of 16 has a single outlier, which rotates into two clusters rather than a bell.)
+        if (D >= 64) expect(roundTrip(bits, D, (d) => (d % 17 === 3 ? 20 : 1))).toBeLessThan(1.04 * want);
       });
     }
   }
@@ -189,7 +193,7 @@ describe("turbo KV pools", () => {
       test(`turbo${bits}: paged attention equals float64 attention over the decoded pool (${isa})`, () => {
         expect(setIsa(isa)).toBe(0);
         try {
-          for (const D of [64, 128]) {
+          for (const D of [16, 64, 128]) {
             const maxBlocks = Math.ceil(700 / blockSize);
             const numBlocks = seqs.reduce((n, s) => n + Math.ceil(s.total / blockSize), 1);
             const tables = new Int32Array(seqs.length * maxBlocks);
