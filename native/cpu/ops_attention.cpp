@@ -1,12 +1,15 @@
 // KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax. Pools hold
-// float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales); attention reads the packed
-// rows in place: decode steps score the codes directly and decode value rows into the accumulators (Kern::pk_dots,
-// pk_pv); prefill tiles decode one chunk of keys at a time into scratch, shared by all their query rows. No
-// dequantized copy of the cache exists.
+// float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales; turbo: rotated Lloyd-Max
+// codes with an f16 scale per row); attention reads the packed rows in place: decode steps score affine and FP8
+// codes directly and decode value rows into the accumulators (Kern::pk_dots, pk_pv); turbo rows and prefill tiles
+// are decoded one chunk of keys at a time into scratch, shared by all their query rows. No dequantized copy of the
+// cache exists.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
 #include <vector>
+
+#include <immintrin.h>
 
 #include "common.h"
 #include "oplist_gen.h"
@@ -27,7 +30,150 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
 constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attended together in a prefill
 constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
-enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2 };
+enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2, KV_TURBO = 3 };
+
+// Turbo rows (KV_TURBO): a head's row x of D values (D a power of two) is rotated, y = H S x / sqrt(D) with S a
+// fixed diagonal of random signs and H the Walsh-Hadamard matrix (an orthogonal map, so q . k = Rq . Rk); y's
+// coordinates are then close to Gaussian with variance |x|^2 / D. Each y[i] / rms(y) is stored as the index of the
+// nearest level of the Lloyd-Max quantizer of a unit Gaussian (levels below, from scripts/turbo_codebook.ts), and
+// the row's f16 scale r is the least-squares fit of those levels to y (about rms(y), the row's norm / sqrt(D)), 4 bits (two per byte, low nibble first) or 3 bits (8 values in 3 bytes, a 24-bit
+// little-endian word, value j at bits 3j..3j+2). Attention rotates the query rows, scores and sums values in the
+// rotated space, and rotates the output back (R^-1 = S H / sqrt(D)).
+constexpr float kTurbo3[8] = {-2.151945705f, -1.343909279f, -0.756005281f, -0.245094179f,
+                              0.245094179f,  0.756005281f,  1.343909279f,  2.151945705f};
+constexpr float kTurbo4[16] = {-2.732589579f, -2.069017236f, -1.618046395f, -1.256231206f, -0.942340464f, -0.656759124f,
+                               -0.388048303f, -0.128395031f, 0.128395031f,  0.388048303f,  0.656759124f,  0.942340464f,
+                               1.256231206f,  1.618046395f,  2.069017236f,  2.732589579f};
+constexpr int64_t kTurboMaxD = 1024;
+
+bool turbo_dim_ok(int64_t D) { return D >= 8 && D <= kTurboMaxD && (D & (D - 1)) == 0; }
+
+// S: the sign of element d is the top bit of splitmix64's output for the d-th step from the seed "rmlx"; the same
+// signs serve every head and layer.
+const float *turbo_signs() {
+  static const std::vector<float> signs = [] {
+    std::vector<float> s((size_t)kTurboMaxD);
+    for (int64_t d = 0; d < kTurboMaxD; d++) {
+      uint64_t z = 0x726d6c78ull + (uint64_t)(d + 1) * 0x9e3779b97f4a7c15ull;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      s[(size_t)d] = (z >> 63) ? -1.f : 1.f;
+    }
+    return s;
+  }();
+  return signs.data();
+}
+
+// x <- H x (unnormalised).
+void fwht(float *x, int64_t n) {
+  for (int64_t h = 1; h < n; h *= 2)
+    for (int64_t i = 0; i < n; i += 2 * h)
+      for (int64_t j = i; j < i + h; j++) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+}
+
+// x <- R x = H S x / sqrt(D).
+void turbo_rotate(float *x, int64_t D) {
+  const float *s = turbo_signs();
+  for (int64_t d = 0; d < D; d++) x[d] *= s[d];
+  fwht(x, D);
+  const float n = 1.f / std::sqrt((float)D);
+  for (int64_t d = 0; d < D; d++) x[d] *= n;
+}
+
+// x <- R^-1 x = S H x / sqrt(D).
+void turbo_unrotate(float *x, int64_t D) {
+  const float *s = turbo_signs();
+  fwht(x, D);
+  const float n = 1.f / std::sqrt((float)D);
+  for (int64_t d = 0; d < D; d++) x[d] *= s[d] * n;
+}
+
+// turbo_decode with AVX2: the levels times r live in registers and each 8 codes become 8 values by a lane
+// permute (4 bits: two permutes, blended on the code's top bit), with no table lookups through memory.
+__attribute__((target("avx2,fma"))) void turbo_decode_avx2(float *dst, const uint8_t *c, float r, int bits, int64_t D) {
+  const __m256 rv = _mm256_set1_ps(r);
+  if (bits == 4) {
+    const __m256 lo = _mm256_mul_ps(_mm256_loadu_ps(kTurbo4), rv), hi = _mm256_mul_ps(_mm256_loadu_ps(kTurbo4 + 8), rv);
+    const __m256i shift = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4), m = _mm256_set1_epi32(15);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (int64_t e = 0; e < D; e += 8) {
+      int32_t w;
+      std::memcpy(&w, c + e / 2, 4);
+      const __m256i b = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(w), dup));
+      const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, shift), m);
+      const __m256 top = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+      _mm256_storeu_ps(dst + e, _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), top));
+    }
+    return;
+  }
+  const __m256 lv = _mm256_mul_ps(_mm256_loadu_ps(kTurbo3), rv);
+  const __m256i shift = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21), m = _mm256_set1_epi32(7);
+  for (int64_t b = 0; b < D / 8; b++) {
+    const int32_t w = c[3 * b] | c[3 * b + 1] << 8 | c[3 * b + 2] << 16;
+    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w), shift), m);
+    _mm256_storeu_ps(dst + 8 * b, _mm256_permutevar8x32_ps(lv, idx));
+  }
+}
+
+// dst[0..D) = the rotated row's decoded values, level * r.
+void turbo_decode(float *dst, const uint8_t *c, uint16_t hr, int bits, int64_t D) {
+  const float r = f16_to_f32(hr);
+  if (&kern() != &kern_portable()) return turbo_decode_avx2(dst, c, r, bits, D);
+  if (bits == 4) {
+    float lv[16];
+    for (int i = 0; i < 16; i++) lv[i] = kTurbo4[i] * r;
+    for (int64_t j = 0; j < D / 2; j++) {
+      dst[2 * j] = lv[c[j] & 15];
+      dst[2 * j + 1] = lv[c[j] >> 4];
+    }
+    return;
+  }
+  float lv[8];
+  for (int i = 0; i < 8; i++) lv[i] = kTurbo3[i] * r;
+  for (int64_t b = 0; b < D / 8; b++) {
+    const uint32_t w = c[3 * b] | (uint32_t)c[3 * b + 1] << 8 | (uint32_t)c[3 * b + 2] << 16;
+    for (int j = 0; j < 8; j++) dst[8 * b + j] = lv[(w >> (3 * j)) & 7];
+  }
+}
+
+// Codes of row x (see KV_TURBO) into c and its f16 scale into *hr.
+void turbo_encode(uint8_t *c, uint16_t *hr, const float *x, int bits, int64_t D) {
+  float y[kTurboMaxD];
+  std::memcpy(y, x, sizeof(float) * D);
+  turbo_rotate(y, D);
+  double ss = 0;
+  for (int64_t d = 0; d < D; d++) ss += (double)y[d] * y[d];
+  const float rms = (float)std::sqrt(ss / D), inv = rms > 0.f ? 1.f / rms : 0.f;
+  const float *lv = bits == 4 ? kTurbo4 : kTurbo3;
+  const int n = 1 << bits;
+  auto code = [&](float v) {
+    int k = 0;  // the nearest level: past every boundary (midpoint of two levels) below v
+    for (int i = 1; i < n; i++) k += v * inv > 0.5f * (lv[i - 1] + lv[i]);
+    return (uint32_t)k;
+  };
+  // The stored scale is the least-squares fit of the chosen levels to y (not rms itself): it removes the error's
+  // component along the decoded row.
+  double yc = 0, cc = 0;
+  for (int64_t d = 0; d < D; d++) {
+    const double c = lv[code(y[d])];
+    yc += c * y[d], cc += c * c;
+  }
+  *hr = f32_to_f16(std::min((float)(cc > 0 ? yc / cc : 0.), 65504.f));
+  if (bits == 4) {
+    for (int64_t j = 0; j < D / 2; j++) c[j] = (uint8_t)(code(y[2 * j]) | code(y[2 * j + 1]) << 4);
+    return;
+  }
+  for (int64_t b = 0; b < D / 8; b++) {
+    uint32_t w = 0;
+    for (int j = 0; j < 8; j++) w |= code(y[8 * b + j]) << (3 * j);
+    c[3 * b] = (uint8_t)w, c[3 * b + 1] = (uint8_t)(w >> 8), c[3 * b + 2] = (uint8_t)(w >> 16);
+  }
+}
 
 // One side (K or V) of a pool. Rows are indexed v = slot * kvHeads + kvHead (the logical [slot, kvHead, D] array);
 // a packed side keeps row v at data + v * vbytes, its group scales (and biases) at v * ngroups.
@@ -56,10 +202,10 @@ struct KvSide {
     s.biases = (const uint16_t *)p.biases;
     s.mode = p.mode;
     s.bits = p.mode == KV_FP8 ? 8 : p.bits;
-    s.group = p.group;
+    s.group = p.mode == KV_TURBO ? D : p.group;  // turbo: one scale per row
     s.D = D;
     s.vbytes = D * s.bits / 8;
-    s.ngroups = D / p.group;
+    s.ngroups = D / s.group;
     return s;
   }
 
@@ -81,7 +227,8 @@ struct KvSide {
       else k.bf16_to_f32(dst, (const uint16_t *)row(v), D);
       return;
     }
-    k.pk_decode(dst, (const uint8_t *)row(v), gscales(v), gbiases(v), mode, bits, group, D);
+    if (mode == KV_TURBO) turbo_decode(dst, (const uint8_t *)row(v), scales[v], bits, D);
+    else k.pk_decode(dst, (const uint8_t *)row(v), gscales(v), gbiases(v), mode, bits, group, D);
   }
 
   // The fused kernels' view of a row (see PkRows): codes, group scales, biases.
@@ -89,7 +236,7 @@ struct KvSide {
   const uint16_t *gscales(int64_t v) const { return scales + v * ngroups; }
   const uint16_t *gbiases(int64_t v) const { return biases ? biases + v * ngroups : nullptr; }
   // Whether the fused packed kernels take this side (groups of whole 32-value blocks).
-  bool fusable() const { return packed() && group % 32 == 0 && ngroups <= 64; }
+  bool fusable() const { return packed() && mode != KV_TURBO && group % 32 == 0 && ngroups <= 64; }
 };
 
 // E4M3 ("fn") code of x, rounded to nearest even, saturating at 448; the sign of a zero result is kept.
@@ -117,6 +264,7 @@ uint8_t e4m3_encode(float x) {
 void pack_row(const KvSide &s, int64_t v, const float *x) {
   uint8_t *c = (uint8_t *)s.data + v * s.vbytes;
   uint16_t *sc = (uint16_t *)s.scales + v * s.ngroups;
+  if (s.mode == KV_TURBO) return turbo_encode(c, sc, x, s.bits, s.D);
   const int64_t G = s.group;
   for (int64_t g = 0; g < s.ngroups; g++) {
     const float *xg = x + g * G;
@@ -201,6 +349,12 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   float *qp = vbuf + kChunk * D;  // [R, D]
   float *qsum = qp + R * D;       // [R, K.ngroups]
   const bool knib = K.bits == 4, vnib = V.bits == 4;
+  // Turbo keys are scored in the rotated space: the query rows are rotated once into qp (unused when not fused).
+  if (K.mode == KV_TURBO) {
+    std::memcpy(qp, qr, sizeof(float) * R * D);
+    for (int64_t r = 0; r < R; r++) turbo_rotate(qp + r * D, D);
+    qr = qp;
+  }
   if (fused) {
     for (int64_t r = 0; r < R; r++) {
       float *o = qp + r * D;
@@ -282,6 +436,8 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       std::memcpy(kbuf, a, sizeof(float) * D);
       for (int64_t p = 0; p < D; p++) a[pk_nibble_pos(p)] = kbuf[p];
     }
+  if (V.mode == KV_TURBO)  // sums of rotated value rows, rotated back (a linear map, so parts merge after it)
+    for (int64_t r = 0; r < R; r++) turbo_unrotate(acc + r * D, D);
   for (int64_t r = 0; r < R; r++) {
     if (part_ml) {
       part_ml[r] = m[r];
@@ -338,6 +494,7 @@ namespace {
 
 bool page_ok(const KvPage &p, int64_t D) {
   if (p.mode == KV_FLOAT) return pool_dtype_ok(p.dt);
+  if (p.mode == KV_TURBO) return (p.bits == 3 || p.bits == 4) && turbo_dim_ok(D) && p.data && p.scales;
   if (p.mode != KV_AFFINE && p.mode != KV_FP8) return false;
   if (p.mode == KV_AFFINE && p.bits != 4 && p.bits != 8) return false;
   return p.group >= 2 && p.group <= 256 && p.group % 2 == 0 && D % p.group == 0 && p.data && p.scales && (p.mode == KV_FP8 || p.biases);

@@ -441,46 +441,68 @@ inline __m256 dec8(const uint8_t *c, int64_t e) {
 
 constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
 
-// NR query rows against every key, two keys at a time (each q load serves both, and two rows' misses are in flight
-// together): per group, two accumulators per row and key over the group's codes, then one FMA by the group scale;
-// the affine bias term is b * sum(q) per group, from qsum.
+// Lane u: the sum of the 8 lanes of v[u].
+inline __m128 hsum4(const __m256 *v) {
+  const __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+}
+
+// Lane u: the f16 p[j + u][g] as a float.
+inline __m128 f16x4(const uint16_t *const *p, int64_t j, int64_t g) {
+  return _mm_cvtph_ps(_mm_setr_epi16((short)p[j][g], (short)p[j + 1][g], (short)p[j + 2][g], (short)p[j + 3][g], 0, 0, 0, 0));
+}
+
+// NR query rows against every key, four keys a pass: each q load serves four keys, and the NR * 4 accumulator
+// chains keep the FMA units busy. Per group the four keys' sums are reduced together into one vector (lane = key),
+// scaled by the keys' group scales at once; the affine bias term is b * sum(q) per group, from qsum. The next
+// pass's code rows are prefetched into L1 (the chunk ahead is already in L2, see attend_rows).
 template <int Kind, int NR>
 void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
-  const int64_t G = k.group, ng = D / G;
-  auto keys = [&](int64_t j, auto kb) {
-    constexpr int B = decltype(kb)::value;
-    __m256 tot[NR][B];
-    float bsum[NR][B];
-    for (int r = 0; r < NR; r++)
-      for (int u = 0; u < B; u++) tot[r][u] = _mm256_setzero_ps(), bsum[r][u] = 0.f;
+  const int64_t G = k.group, ng = D / G, rb = Kind == PK_U4 ? D / 2 : D;
+  const __m128 mul = _mm_set1_ps(pk_mul(Kind));
+  int64_t j = 0;
+  for (; j + 4 <= nj; j += 4) {
+    if (j + 8 <= nj)
+      for (int u = 4; u < 8; u++)
+        for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)k.codes[j + u] + b, _MM_HINT_T0);
+    __m128 tot[NR];
+    for (int r = 0; r < NR; r++) tot[r] = _mm_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-      __m256 a[NR][B][2];
+      __m256 a[NR][4];
       for (int r = 0; r < NR; r++)
-        for (int u = 0; u < B; u++) a[r][u][0] = a[r][u][1] = _mm256_setzero_ps();
-      for (int64_t e = g * G; e < (g + 1) * G; e += 16)
-        for (int i = 0; i < 2; i++) {
-          __m256 x[B];
-          for (int u = 0; u < B; u++) x[u] = dec8<Kind>(k.codes[j + u], e + 8 * i);
-          for (int r = 0; r < NR; r++) {
-            const __m256 qv = _mm256_loadu_ps(q + r * D + e + 8 * i);
-            for (int u = 0; u < B; u++) a[r][u][i] = _mm256_fmadd_ps(qv, x[u], a[r][u][i]);
-          }
-        }
-      for (int u = 0; u < B; u++) {
-        const __m256 sv = _mm256_set1_ps(_cvtsh_ss(k.scales[j + u][g]) * pk_mul(Kind));
-        for (int r = 0; r < NR; r++) tot[r][u] = _mm256_fmadd_ps(_mm256_add_ps(a[r][u][0], a[r][u][1]), sv, tot[r][u]);
-        if (Kind != PK_E4M3) {
-          const float b = _cvtsh_ss(k.biases[j + u][g]);
-          for (int r = 0; r < NR; r++) bsum[r][u] += b * qsum[r * ng + g];
+        for (int u = 0; u < 4; u++) a[r][u] = _mm256_setzero_ps();
+      for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
+        __m256 x[4];
+        for (int u = 0; u < 4; u++) x[u] = dec8<Kind>(k.codes[j + u], e);
+        for (int r = 0; r < NR; r++) {
+          const __m256 qv = _mm256_loadu_ps(q + r * D + e);
+          for (int u = 0; u < 4; u++) a[r][u] = _mm256_fmadd_ps(qv, x[u], a[r][u]);
         }
       }
+      const __m128 sv = _mm_mul_ps(f16x4(k.scales, j, g), mul);
+      for (int r = 0; r < NR; r++) tot[r] = _mm_fmadd_ps(hsum4(a[r]), sv, tot[r]);
+      if (Kind != PK_E4M3) {
+        const __m128 bv = f16x4(k.biases, j, g);
+        for (int r = 0; r < NR; r++) tot[r] = _mm_fmadd_ps(bv, _mm_set1_ps(qsum[r * ng + g]), tot[r]);
+      }
     }
-    for (int r = 0; r < NR; r++)
-      for (int u = 0; u < B; u++) s[r * lds + j + u] = hsum(tot[r][u]) + bsum[r][u];
-  };
-  int64_t j = 0;
-  for (; j + 2 <= nj; j += 2) keys(j, std::integral_constant<int, 2>{});
-  if (j < nj) keys(j, std::integral_constant<int, 1>{});
+    for (int r = 0; r < NR; r++) _mm_storeu_ps(s + r * lds + j, tot[r]);
+  }
+  for (; j < nj; j++) {
+    float tot[NR] = {};
+    for (int64_t g = 0; g < ng; g++) {
+      __m256 a[NR];
+      for (int r = 0; r < NR; r++) a[r] = _mm256_setzero_ps();
+      for (int64_t e = g * G; e < (g + 1) * G; e += 8) {
+        const __m256 x = dec8<Kind>(k.codes[j], e);
+        for (int r = 0; r < NR; r++) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + e), x, a[r]);
+      }
+      const float sc = _cvtsh_ss(k.scales[j][g]) * pk_mul(Kind);
+      const float b = Kind != PK_E4M3 ? _cvtsh_ss(k.biases[j][g]) : 0.f;
+      for (int r = 0; r < NR; r++) tot[r] += hsum(a[r]) * sc + (Kind != PK_E4M3 ? b * qsum[r * ng + g] : 0.f);
+    }
+    for (int r = 0; r < NR; r++) s[r * lds + j] = tot[r];
+  }
 }
 
 // acc += p v for NR rows, keys four at a time: per group the weights p[j] * scale[j] are broadcast once and each
@@ -494,13 +516,17 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
       for (int64_t g = 0; g < ng; g++) bacc[r][g] = 0.f;
   auto block = [&](int64_t j, auto kb) {
     constexpr int B = decltype(kb)::value;
+    // The rows' pointers in locals: read through v, the compiler reloads them after every store to acc.
+    const uint8_t *cp[B];
+    const uint16_t *sp[B], *bp[B];
+    for (int u = 0; u < B; u++) cp[u] = v.codes[j + u], sp[u] = v.scales[j + u], bp[u] = v.biases[j + u];
     for (int64_t g = 0; g < ng; g++) {
       __m256 w[NR][B];
       for (int u = 0; u < B; u++) {
-        const float sc = _cvtsh_ss(v.scales[j + u][g]) * pk_mul(Kind);
+        const float sc = _cvtsh_ss(sp[u][g]) * pk_mul(Kind);
         for (int r = 0; r < NR; r++) w[r][u] = _mm256_set1_ps(p[r * ldp + j + u] * sc);
         if (Kind != PK_E4M3) {
-          const float b = _cvtsh_ss(v.biases[j + u][g]);
+          const float b = _cvtsh_ss(bp[u][g]);
           for (int r = 0; r < NR; r++) bacc[r][g] += p[r * ldp + j + u] * b;
         }
       }
@@ -508,7 +534,7 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
         __m256 a[NR];
         for (int r = 0; r < NR; r++) a[r] = _mm256_loadu_ps(acc + r * D + e);
         for (int u = 0; u < B; u++) {
-          const __m256 x = dec8<Kind>(v.codes[j + u], e);
+          const __m256 x = dec8<Kind>(cp[u], e);
           for (int r = 0; r < NR; r++) a[r] = _mm256_fmadd_ps(w[r][u], x, a[r]);
         }
         for (int r = 0; r < NR; r++) _mm256_storeu_ps(acc + r * D + e, a[r]);

@@ -5,10 +5,8 @@
 // Several codecs (comma-separated, e.g. f16,q8,q4) are timed in alternation, `rounds` times each (calls per round),
 // and each reports the median and the range of its per-round times: on a shared machine A/B in one process is the
 // comparison to trust.
-import type { DType, KvFormat } from "../../src/backend/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
-import { kvLayerFormat, parseKvCodec } from "../../src/engine/kv/codec.ts";
-import { kvElementBytes } from "../../src/backend/backend.ts";
+import { type KvFormat, kvElementBytes, kvLayerFormat, parseKvCodec } from "../../src/quant/kv_codec.ts";
 
 const ctx = Number(process.argv[2] ?? 4096);
 const T = Number(process.argv[3] ?? 1);
@@ -29,14 +27,13 @@ const positions = Int32Array.from({ length: T }, (_, i) => ctx + i);
 const batch = { blockTables, maxBlocks: numBlocks, seqLens: new Int32Array([total]), tokenSeq: new Int32Array(T), positions };
 
 const runs = codecs.map((name) => {
-  const format: DType | KvFormat = ["f32", "f16", "bf16"].includes(name) ? (name as DType) : kvLayerFormat(parseKvCodec(name), D);
+  const format: KvFormat = kvLayerFormat(parseKvCodec(name), D);
   const pool = be.createKvPool(numBlocks, BS, KVH, D, format);
   be.scope(() => {
     be.kvWrite(pool, be.fromArray(rand(total * KVH * D, 1), [total, KVH, D], "f32"), be.fromArray(rand(total * KVH * D, 2), [total, KVH, D], "f32"), slots);
     return 0;
   });
-  const f = typeof format === "string" ? { k: { kind: "float" as const, dtype: format }, v: { kind: "float" as const, dtype: format } } : format;
-  const kvBytes = total * KVH * (kvElementBytes(f.k, D) + kvElementBytes(f.v, D));
+  const kvBytes = total * KVH * (kvElementBytes(format.k, D) + kvElementBytes(format.v, D));
   const call = () => be.scope(() => be.eval(be.pagedAttention(q, pool, batch, { scale: 1 / Math.sqrt(D) })));
   for (let i = 0; i < 3; i++) call();
   return { name, call, kvBytes, wall: [] as number[], cpu: [] as number[] };

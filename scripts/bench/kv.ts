@@ -13,7 +13,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { getBackend } from "../../src/backend/index.ts";
 import { builtinModelDir } from "../../src/builtin/index.ts";
-import { kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../src/engine/kv/codec.ts";
+import { kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../src/quant/kv_codec.ts";
 import { argmaxChanges, meanKl, meanNll, teacherForcedLogProbs } from "../../src/engine/kv/quality.ts";
 import { logSoftmax } from "../../src/engine/logprobs.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
@@ -26,7 +26,7 @@ const opt = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1]! : dflt;
 };
-const CODECS = opt("codecs", "f16,bf16,q8,fp8,k8v4,q4,q4g32").split(",");
+const CODECS = opt("codecs", "f16,bf16,q8,fp8,k8v4,q4,q4g32,turbo4,turbo3").split(",");
 const CONTEXTS = opt("contexts", "4096,16384").split(",").map(Number);
 const REPS = Number(opt("reps", "5"));
 const JSON_OUT = args.includes("--json");

@@ -3,8 +3,9 @@
 // argument is one of its own live tensors; the checks here see only shapes, dtypes and sizes.
 import { RmlxError } from "../errors.ts";
 import { QUANT_MODES } from "../quant/spec.ts";
-import type { AttentionBatch, DType, VarlenAttentionOptions, KvFormat, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec } from "./backend.ts";
-import { floatKvFormat, kvBlockBytes, kvElementProblem } from "./backend.ts";
+import { floatKvFormat, type KvFloatDType, type KvFormat, kvElementProblem } from "../quant/kv_codec.ts";
+import type { AttentionBatch, DType, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec, VarlenAttentionOptions } from "./backend.ts";
+import { kvBlockBytes } from "./backend.ts";
 
 export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 
@@ -217,11 +218,18 @@ export function checkRope(x: Sized, positions: Int32Array, opts: RopeOptions): v
 
 // ---------------------------------------------------------------- attention
 
+/** A pool's format given as a float dtype (checked by checkKvPool) or a KvFormat. */
+export function kvPoolFormat(format: DType | KvFormat): KvFormat {
+  return typeof format === "string" ? floatKvFormat(format as KvFloatDType) : format;
+}
+
 export function checkKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): void {
-  const f = typeof format === "string" ? floatKvFormat(format) : format;
+  if (typeof format === "string" && !FLOAT_DTYPES.includes(format)) invalid(`createKvPool: dtype ${format} (f32, f16 or bf16)`);
+  const f = kvPoolFormat(format);
   for (const e of [f.k, f.v]) {
     if (e.kind === "float" && !FLOAT_DTYPES.includes(e.dtype)) invalid(`createKvPool: dtype ${e.dtype} (f32, f16 or bf16)`);
     if (e.kind === "affine" && e.bits !== 4 && e.bits !== 8) invalid(`createKvPool: affine KV bits ${e.bits} (4 or 8)`);
+    if (e.kind === "turbo" && e.bits !== 3 && e.bits !== 4) invalid(`createKvPool: turbo KV bits ${e.bits} (3 or 4)`);
     const why = kvElementProblem(e, headDim);
     if (why) invalid(`createKvPool: ${why}`);
   }

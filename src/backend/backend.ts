@@ -7,6 +7,8 @@
 //  - rope takes one position per token (not a scalar offset), and attention reads a paged KV pool through
 //    block tables, because the server batches sequences of different lengths into one step.
 
+import { floatKvFormat, type KvFloatDType, type KvFormat, kvElementBytes } from "../quant/kv_codec.ts";
+
 export type DType = "f32" | "f16" | "bf16" | "u32" | "u8" | "i32";
 
 /** Bytes per element of each dtype. */
@@ -97,62 +99,17 @@ export interface AttentionOptions {
 }
 
 /**
- * How one side (keys or values) of a KV pool stores a row of headDim values:
- *  - float: the row in dtype (f32, f16 or bf16);
- *  - affine: MLX's affine quantization along headDim (mx.quantize layout: codes packed least significant bits
- *    first, one scale and one bias per `group` values), with f16 scales and biases;
- *  - fp8: one E4M3 byte per value and one f16 scale per group (value = e4m3 * scale).
- */
-export type KvElement =
-  | { readonly kind: "float"; readonly dtype: DType }
-  | { readonly kind: "affine"; readonly bits: 4 | 8; readonly group: number }
-  | { readonly kind: "fp8"; readonly group: number };
-
-/** The storage of a KV pool: keys and values may differ (e.g. 8-bit keys, 4-bit values). */
-export interface KvFormat {
-  readonly k: KvElement;
-  readonly v: KvElement;
-}
-
-/** A float format of both sides. */
-export function floatKvFormat(dtype: DType): KvFormat {
-  const e: KvElement = { kind: "float", dtype };
-  return { k: e, v: e };
-}
-
-/** Bytes of one stored row of headDim values (codes, scales and biases). */
-export function kvElementBytes(e: KvElement, headDim: number): number {
-  if (e.kind === "float") return headDim * DTYPE_BYTES[e.dtype];
-  const groups = headDim / e.group;
-  if (e.kind === "fp8") return headDim + 2 * groups;
-  return (headDim * e.bits) / 8 + 4 * groups;
-}
-
-/** Why a side cannot store rows of headDim values, or null when it can. */
-export function kvElementProblem(e: KvElement, headDim: number): string | null {
-  if (e.kind === "float") return null;
-  if (!Number.isInteger(e.group) || e.group < 2 || headDim % e.group !== 0) {
-    return `head_dim ${headDim} is not a multiple of the group size ${e.group}`;
-  }
-  return null;
-}
-
 /** Bytes of one block of a pool, both sides (what readKvBlock returns). */
 export function kvBlockBytes(pool: KvPool): number {
-  const f = pool.format ?? floatKvFormat(pool.k.dtype);
+  const f = pool.format ?? floatKvFormat(pool.k.dtype as KvFloatDType);
   return pool.blockSize * pool.kvHeads * (kvElementBytes(f.k, pool.headDim) + kvElementBytes(f.v, pool.headDim));
-}
-
-/** Whether a format keeps both sides as floats of one dtype (the plain pool layout). */
-export function plainKvDtype(f: KvFormat): DType | null {
-  return f.k.kind === "float" && f.v.kind === "float" && f.k.dtype === f.v.dtype ? f.k.dtype : null;
 }
 
 /**
  * A paged KV pool for one layer. Float sides: k / v [numBlocks, blockSize, kvHeads, headDim] in their dtype.
- * Packed sides (format affine or fp8) are the only copy of their values: k / v hold the codes, u8
+ * Packed sides (format affine, fp8 or turbo) are the only copy of their values: k / v hold the codes, u8
  * [numBlocks, blockSize, kvHeads, headDim * bits / 8], and kScales / kBiases (vScales / vBiases) f16
- * [numBlocks, blockSize, kvHeads, headDim / group] (no biases for fp8).
+ * [numBlocks, blockSize, kvHeads, headDim / group] (no biases for fp8; turbo: one scale per row, see KvElement).
  */
 export interface KvPool {
   readonly k: Tensor;

@@ -6,7 +6,7 @@ import { bert } from "../models/bert.ts";
 import { ENCODER_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { parseKvCodec } from "../engine/kv/codec.ts";
+import { parseKvCodec } from "../quant/kv_codec.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 

@@ -1,9 +1,10 @@
 // --kv-quant, shared by the subcommands that hold a KV cache: how the paged cache stores keys and values (see
-// src/engine/kv/codec.ts). f32 keeps attention exact against f32 references; f16 and bf16 halve the cache; q8
-// (8.5 bits a value), k8v4 (6.5), q4 (4.5) and fp8 (8.25) store packed pages that attention reads in place.
+// src/quant/kv_codec.ts). f32 keeps attention exact against f32 references; f16 and bf16 halve the cache; q8
+// (8.5 bits a value), k8v4 (6.5), q4 (4.5), fp8 (8.25), turbo4 (4.125 at head_dim 128) and turbo3 (3.125) store
+// packed pages that attention reads in place; the turbo codecs need a power-of-two head_dim.
 // --kv-dtype (f32, f16, bf16) is the older spelling of the float codecs.
 import type { Command } from "commander";
-import { KV_CODEC_NAMES, parseKvCodec } from "../engine/kv/codec.ts";
+import { KV_CODEC_NAMES, parseKvCodec } from "../quant/kv_codec.ts";
 import { RmlxError } from "../errors.ts";
 
 export interface KvFlags {
@@ -15,7 +16,7 @@ export function addKvOption(cmd: Command): Command {
   return cmd
     .option(
       "--kv-quant <codec>",
-      `KV cache codec: ${KV_CODEC_NAMES.join(", ")}; q8/q4/k8v4/fp8 take a group suffix g32 or g64, e.g. q4g32 (env RMLX_KV_QUANT; default f32)`,
+      `KV cache codec: ${KV_CODEC_NAMES.join(", ")}; q8/q4/k8v4/fp8 take a group suffix g32 or g64, e.g. q4g32; turbo4/turbo3 need a power-of-two head_dim (env RMLX_KV_QUANT; default f32)`,
     )
     .option("--kv-dtype <type>", "older spelling of --kv-quant f32, f16 or bf16 (env RMLX_KV_DTYPE)");
 }

@@ -9,7 +9,7 @@ import { defaultDbPath } from "../metrics/store.ts";
 import { parseCorsOrigins } from "../server/cors.ts";
 import { loadConfig } from "../io/config.ts";
 import { kvCodecProblemFor } from "../io/summary.ts";
-import { parseKvCodec } from "../engine/kv/codec.ts";
+import { parseKvCodec } from "../quant/kv_codec.ts";
 import { lockSsdDir } from "../engine/kv/ssd_lock.ts";
 import { clearSsdTmp } from "../engine/kv/ssd_store.ts";
 import { discoverModels } from "../server/models.ts";

@@ -2,7 +2,7 @@
 // generate, chat and bench. The scheduler's events are gathered into one result; text streams out as it comes.
 import { RmlxError, type ErrorCode } from "../errors.ts";
 import type { Model } from "../models/model.ts";
-import type { KvCodec } from "./kv/codec.ts";
+import type { KvCodec } from "../quant/kv_codec.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";

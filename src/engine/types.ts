@@ -124,7 +124,7 @@ export interface EngineConfig {
   /** Most prompt tokens prefilled in one step, over all sequences. */
   prefillChunk: number;
   prefixCache: boolean;
-  /** KV cache codec name (src/engine/kv/codec.ts; f32 default). */
+  /** KV cache codec name (src/quant/kv_codec.ts; f32 default). */
   kvQuant?: string;
   /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
   backend?: string;

@@ -1,5 +1,5 @@
 // What `rmlx info` reports about a model directory, computed from its files alone (no backend involved).
-import { kvCodecBytes, kvCodecProblem, parseKvCodec, type KvCodec } from "../engine/kv/codec.ts";
+import { kvCodecBytes, kvCodecProblem, parseKvCodec, type KvCodec } from "../quant/kv_codec.ts";
 import { configFamily, type LayerKvLayout, type LayerType, type ModelConfig, type RopeConfig } from "./config.ts";
 import type { ModelDir } from "./model_dir.ts";
 import { describeSpec, quantSpecFor } from "./quant_config.ts";
@@ -7,7 +7,7 @@ import { numel, type TensorEntry } from "./safetensors.ts";
 
 const KV_CONTEXTS = [4096, 32768] as const;
 /** The KV codecs whose cache size `rmlx info` reports (bf16 is the size of f16, f32 twice it). */
-export const INFO_KV_CODECS = ["f16", "q8", "fp8", "k8v4", "q4"] as const;
+export const INFO_KV_CODECS = ["f16", "q8", "fp8", "k8v4", "q4", "turbo4", "turbo3"] as const;
 
 export interface ModelSummary {
   model_type: string;

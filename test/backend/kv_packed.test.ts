@@ -3,8 +3,8 @@
 // steps (split into parts on long contexts), prefill chunks and sliding windows. Prefix-sharing copies whole
 // packed blocks, and block reads and writes (an SSD tier's) move them as bytes.
 import { describe, expect, test } from "bun:test";
-import type { AttentionBatch, KvElement, KvFormat, KvPool } from "../../src/backend/backend.ts";
-import { kvElementBytes } from "../../src/backend/backend.ts";
+import type { AttentionBatch, KvPool } from "../../src/backend/backend.ts";
+import { type KvElement, type KvFormat, kvElementBytes } from "../../src/quant/kv_codec.ts";
 import { bytesOf } from "../../src/backend/native/memory.ts";
 import type { NTensor } from "../../src/backend/native/tensor.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -15,8 +15,10 @@ const be = backend();
 const BEST = String(native().rmlx_isa());
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
 
-const affine = (bits: 4 | 8, group = 64): KvElement => ({ kind: "affine", bits, group });
-const FORMATS: Record<string, KvFormat> = {
+/** The grouped formats (turbo rows are tested in kv_turbo.test.ts). */
+type Grouped = Exclude<KvElement, { kind: "turbo" }>;
+const affine = (bits: 4 | 8, group = 64): Grouped => ({ kind: "affine", bits, group });
+const FORMATS: Record<string, { k: Grouped; v: Grouped }> = {
   q8: { k: affine(8), v: affine(8) },
   q4: { k: affine(4), v: affine(4) },
   q4g32: { k: affine(4, 32), v: affine(4, 32) },
@@ -26,7 +28,7 @@ const FORMATS: Record<string, KvFormat> = {
 };
 
 /** The decoded rows [slots * kvHeads, D] of one side of a packed pool, read from its bytes. */
-function decodeSide(e: KvElement, data: KvPool["k"], scales: KvPool["k"] | undefined, biases: KvPool["k"] | undefined, rows: number, D: number): Float32Array {
+function decodeSide(e: Grouped, data: KvPool["k"], scales: KvPool["k"] | undefined, biases: KvPool["k"] | undefined, rows: number, D: number): Float32Array {
   const out = new Float32Array(rows * D);
   if (e.kind === "float") return be.toFloat32(data);
   const codes = bytesOf(data as NTensor);
@@ -55,7 +57,7 @@ function decodeSide(e: KvElement, data: KvPool["k"], scales: KvPool["k"] | undef
 function decodePool(pool: KvPool): { k: Float32Array; v: Float32Array } {
   be.eval();
   const rows = pool.numBlocks * pool.blockSize * pool.kvHeads;
-  const f = pool.format!;
+  const f = pool.format as { k: Grouped; v: Grouped };
   return {
     k: decodeSide(f.k, pool.k, pool.kScales, pool.kBiases, rows, pool.headDim),
     v: decodeSide(f.v, pool.v, pool.vScales, pool.vBiases, rows, pool.headDim),
@@ -63,7 +65,7 @@ function decodePool(pool: KvPool): { k: Float32Array; v: Float32Array } {
 }
 
 /** Largest allowed |decoded - value| for a group of values x. */
-function bound(e: KvElement, x: Float32Array): number {
+function bound(e: Grouped, x: Float32Array): number {
   let mn = Infinity;
   let mx = -Infinity;
   for (const v of x) (mn = Math.min(mn, v)), (mx = Math.max(mx, v));

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { openModelDir } from "../../src/io/model_dir.ts";
 // config parsing learns the model families from the registry
 import "../../src/models/registry.ts";
-import { parseKvCodec } from "../../src/engine/kv/codec.ts";
+import { parseKvCodec } from "../../src/quant/kv_codec.ts";
 import { describeClasses, kvCacheBytes, recurrentStateBytes, summarize, tensorClass, unsupportedReason } from "../../src/io/summary.ts";
 import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";

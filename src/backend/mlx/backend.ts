@@ -10,10 +10,8 @@ import {
   type Backend,
   DTYPE_BYTES,
   type DType,
-  type KvFormat,
   type KvPool,
   kvBlockBytes,
-  plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
@@ -25,6 +23,7 @@ import {
   type VarlenAttentionOptions,
 } from "../backend.ts";
 import * as args from "../args.ts";
+import { type KvFormat, plainKvDtype } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
@@ -868,7 +867,7 @@ export class MlxBackend implements Backend {
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
     args.checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
     const dtype = typeof format === "string" ? format : plainKvDtype(format);
-    // Packed KV pages (q8, q4, k8v4, fp8) are not wired to mlx_quantize / quantized matmuls yet.
+    // Packed KV pages (q8, q4, k8v4, fp8, turbo4, turbo3) are not wired to mlx_quantize / quantized matmuls yet.
     if (dtype === null) throw new RmlxError("unsupported", "the mlx backend stores KV pages as f32, f16 or bf16 only for now");
     const shape = [numBlocks, blockSize, kvHeads, headDim];
     const pool: MKvPool = {

@@ -9,11 +9,7 @@ import {
   type Backend,
   DTYPE_BYTES,
   type DType,
-  floatKvFormat,
-  type KvElement,
-  type KvFormat,
   type KvPool,
-  plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type TernaryWeight,
@@ -27,6 +23,7 @@ import {
   isQuantized,
   kvBlockBytes,
 } from "../backend.ts";
+import { type KvElement, type KvFormat, kvElementBits, kvElementGroups, plainKvDtype } from "../../quant/kv_codec.ts";
 import {
   broadcastShapes,
   checkArgmax,
@@ -40,6 +37,7 @@ import {
   checkExperts,
   checkGather,
   checkKvPool,
+  kvPoolFormat,
   checkKvWrite,
   checkLinear,
   checkNormWeight,
@@ -89,7 +87,7 @@ interface NKvPool extends KvPool, Shared {
   readonly plain: boolean;
 }
 
-const KV_MODE = { float: 0, affine: 1, fp8: 2 } as const;
+const KV_MODE = { float: 0, affine: 1, fp8: 2, turbo: 3 } as const;
 
 /** The op list's KvPage of one side of a pool. */
 function kvPage(e: KvElement, data: NTensor, scales?: NTensor, biases?: NTensor): encode.KvPage {
@@ -99,8 +97,8 @@ function kvPage(e: KvElement, data: NTensor, scales?: NTensor, biases?: NTensor)
     biases: biases ? biases.address() : 0,
     dt: e.kind === "float" ? DT[e.dtype] : DT.u8,
     mode: KV_MODE[e.kind],
-    bits: e.kind === "affine" ? e.bits : e.kind === "fp8" ? 8 : 0,
-    group: e.kind === "float" ? 0 : e.group,
+    bits: e.kind === "float" ? 0 : kvElementBits(e),
+    group: e.kind === "affine" || e.kind === "fp8" ? e.group : 0,
   };
 }
 
@@ -753,14 +751,13 @@ export class NativeBackend implements Backend {
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
     checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
-    const f = typeof format === "string" ? floatKvFormat(format) : format;
+    const f = kvPoolFormat(format);
     const lead = [numBlocks, blockSize, kvHeads];
     const side = (e: KvElement) => {
       if (e.kind === "float") return { data: this.allocPersistent([...lead, headDim], e.dtype) as NTensor };
-      const bits = e.kind === "fp8" ? 8 : e.bits;
-      const groups = headDim / e.group;
+      const groups = kvElementGroups(e, headDim);
       return {
-        data: this.allocPersistent([...lead, (headDim * bits) / 8], "u8") as NTensor,
+        data: this.allocPersistent([...lead, (headDim * kvElementBits(e)) / 8], "u8") as NTensor,
         scales: this.allocPersistent([...lead, groups], "f16") as NTensor,
         biases: e.kind === "affine" ? (this.allocPersistent([...lead, groups], "f16") as NTensor) : undefined,
       };

@@ -59,7 +59,9 @@ const QUANT_WEIGHT: Field = {
 /**
  * One side (keys or values) of a paged KV pool, as the KV entry points take it. mode KV_FLOAT: `data` holds f32,
  * f16 or bf16 rows (dt); KV_AFFINE: MLX affine codes of `bits` (4 or 8) along head_dim, LSB first, with an f16
- * scale and bias per `group` values; KV_FP8: E4M3 bytes with an f16 scale per group. Rows are [slot, kvHead].
+ * scale and bias per `group` values; KV_FP8: E4M3 bytes with an f16 scale per group; KV_TURBO: Lloyd-Max codes of
+ * `bits` (4 or 3) of the row rotated by a fixed randomised Hadamard transform, with one f16 scale per row (group
+ * unused; see ops_attention.cpp). Rows are [slot, kvHead].
  */
 const KV_PAGE: Field = {
   kind: "group",

@@ -11,7 +11,8 @@ import { type AttentionBatch, type Backend, type DType, type KvPool, kvBlockByte
 import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
-import { codecRootHash, type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "./codec.ts";
+import { type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "../../quant/kv_codec.ts";
+import { codecRootHash } from "./codec.ts";
 import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
 const DEFAULT_BLOCK_SIZE = 16;

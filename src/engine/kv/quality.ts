@@ -4,7 +4,7 @@
 import type { Model } from "../../models/model.ts";
 import { forwardBatch } from "../forward_batch.ts";
 import { klDivergence, logSoftmax } from "../logprobs.ts";
-import type { KvCodec } from "./codec.ts";
+import type { KvCodec } from "../../quant/kv_codec.ts";
 import { KvCache, Sequence } from "./kv_cache.ts";
 
 /** Log-softmax rows [n, vocab] of the logits at every position of ids, run `chunk` tokens per step. */

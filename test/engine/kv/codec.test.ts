@@ -5,7 +5,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { getBackend } from "../../../src/backend/index.ts";
 import { builtinModelDir } from "../../../src/builtin/index.ts";
-import { codecRootHash, kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../../src/engine/kv/codec.ts";
+import { codecRootHash } from "../../../src/engine/kv/codec.ts";
+import { kvBytesPerToken, kvCodecProblem, kvLayerFormat, parseKvCodec } from "../../../src/quant/kv_codec.ts";
 import { KvCache } from "../../../src/engine/kv/kv_cache.ts";
 import { meanNll, teacherForcedLogProbs } from "../../../src/engine/kv/quality.ts";
 import { openModelDir } from "../../../src/io/model_dir.ts";
@@ -20,7 +21,9 @@ describe("KV codecs", () => {
     expect(parseKvCodec("q4g32").format.k).toEqual({ kind: "affine", bits: 4, group: 32 });
     expect(parseKvCodec("k8v4").format.v).toEqual({ kind: "affine", bits: 4, group: 64 });
     expect(() => parseKvCodec("q9")).toThrow(/unknown KV codec 'q9'/);
-    expect(() => parseKvCodec("turbo3")).toThrow(/not implemented yet/);
+    expect(parseKvCodec("Turbo3").format.k).toEqual({ kind: "turbo", bits: 3 });
+    expect(() => parseKvCodec("turbo3g32")).toThrow(/unknown KV codec 'turbo3g32'/);
+    expect(kvCodecProblem(parseKvCodec("turbo4"), 80)).toMatch(/turbo4 cannot store head_dim 80: the Hadamard rotation needs a power-of-two head_dim/);
     expect(kvCodecProblem(parseKvCodec("q8g64"), 32)).toMatch(/q8g64 cannot store head_dim 32/);
     expect(kvCodecProblem(parseKvCodec("q8"), 16)).toMatch(/cannot store head_dim 16/);
     // Without a group suffix, a head_dim of 32 takes groups of 32.
@@ -32,10 +35,12 @@ describe("KV codecs", () => {
     expect(ratio("q4")).toBeLessThanOrEqual(0.3);
     expect(ratio("k8v4")).toBeLessThanOrEqual(0.42);
     expect(ratio("fp8")).toBeLessThanOrEqual(0.55);
+    expect(ratio("turbo4")).toBeLessThanOrEqual(0.3);
+    expect(ratio("turbo3")).toBeLessThanOrEqual(0.22);
   });
 
   test("prefix-cache chains of different codecs start from different roots", () => {
-    const roots = ["f32", "f16", "q8", "q4", "k8v4", "fp8"].map((c) => codecRootHash(parseKvCodec(c)));
+    const roots = ["f32", "f16", "q8", "q4", "k8v4", "fp8", "turbo4", "turbo3"].map((c) => codecRootHash(parseKvCodec(c)));
     expect(new Set(roots).size).toBe(roots.length);
   });
 
@@ -44,9 +49,12 @@ describe("KV codecs", () => {
     expect(() => new KvCache(be, [{ kvHeads: 1, headDim: 48, window: 0 } as never], { numBlocks: 2, codec: "q8" })).toThrow(
       /KV codec q8 cannot store head_dim 48/,
     );
+    expect(() => new KvCache(be, [{ kvHeads: 1, headDim: 48, window: 0 } as never], { numBlocks: 2, codec: "turbo4" })).toThrow(
+      /KV codec turbo4 cannot store head_dim 48: the Hadamard rotation needs a power-of-two head_dim/,
+    );
   });
 
-  test("built-in model: NLL change against f32 KV is under 0.1% for q8 and under 1% for q4", () => {
+  test("built-in model: NLL change against f32 KV is under 0.1% for q8 and under 1% for q4 and turbo4", () => {
     const ref = JSON.parse(readFileSync(join(import.meta.dir, "../../fixtures/default_model_reference.json"), "utf8")) as {
       answers: { prompt_ids: number[]; tokens: number[] }[];
     };
@@ -57,6 +65,7 @@ describe("KV codecs", () => {
     expect(change("q8")).toBeLessThan(0.001);
     expect(change("q4")).toBeLessThan(0.01);
     expect(change("k8v4")).toBeLessThan(0.01);
+    expect(change("turbo4")).toBeLessThan(0.01);
   });
 
   test("a pool is resident only as far as blocks are written", () => {
