@@ -418,82 +418,111 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
 // thus serves a unit's groups (up to four) at once, and its conversion and the FMA with the groups' factors are
 // paid once a unit instead of once a group. The unpacked codes serve MR rows of x: a batch pays the decode once
 // a step, then 2 * CPB vpdpwssd a row. The biases' and the centring's terms join the same accumulators.
-template <int F, int MR, int GS>
+// NR rows of W at once (1, or 2 for up to 4 rows of x and 4 or 8-bit codes, where the registers hold both rows'
+// codes): each load of x then feeds NR products, halving the loads that limit the 8-row pass. c.buf holds 8 * NG
+// factors, then the second row's scales and biases (x16_tiles).
+template <int F, int MR, int GS, int NR>
 static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
-                                 int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
+                                 int64_t n1, const float *bias, RowCtx &c0, int64_t g0, int64_t g1) {
   constexpr int BITS = (int)bits_of<F>(), CPB = x16_cpb<F>(), SE = 64 * CPB, NV = 2 * CPB;
   constexpr int LPG = GS / (16 * CPB);  // chunks a group
   constexpr int U = x16_wide_steps<F>(GS), UE = U * SE;
   constexpr int GPU = UE / GS;          // groups a unit
+  static_assert(NR == 1 || MR * NR <= 8, "the second row's factors follow the first's in c.buf");
   const int64_t K = W.K, NG = W.groups;
   const __m512i z = _mm512_setzero_si512(), mask = _mm512_set1_epi8((char)((1 << BITS) - 1));
   const __m512i quarters = GPU == 4   ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
                            : GPU == 2 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
                                       : _mm512_setzero_si512();
-  float *scm = c.buf;
-  for (int64_t n = n0; n < n1; n++) {
-    const uint8_t *p = W.w + n * W.row_bytes + g0 * GS * BITS / 8;
-    row_prep<F>(W, n, g0, g1, c);
-    x16_scales<MR>(c.sc, xq, m0, NG, g0, g1, scm);
-    __m512 tot[MR];
-    for (int m = 0; m < MR; m++) tot[m] = _mm512_setzero_ps();
+  RowCtx cs[NR] = {c0};
+  if constexpr (NR == 2) cs[1] = RowCtx{c0.buf + 8 * NG, c0.buf + 9 * NG, c0.buf + MR * NG, c0.gshift, nullptr};
+  for (int64_t n = n0; n < n1; n += NR) {
+    const uint8_t *p[NR];
+    __m512 tot[NR][MR];
+    for (int r = 0; r < NR; r++) {
+      p[r] = W.w + (n + r) * W.row_bytes + g0 * GS * BITS / 8;
+      row_prep<F>(W, n + r, g0, g1, cs[r]);
+      x16_scales<MR>(cs[r].sc, xq, m0, NG, g0, g1, cs[r].buf);
+      for (int m = 0; m < MR; m++) tot[r][m] = _mm512_setzero_ps();
+    }
     const int16_t *xg = xq.q + m0 * K + g0 * GS;
-    for (int64_t g = g0; g < g1; g += GPU, xg += UE, p += 64 * U) {
-      prefetch_ahead(p);
-      if constexpr (U == 2) prefetch_ahead(p + 64);
-      __m512i st[U];
-      if constexpr (U == 1) {
-        st[0] = _mm512_loadu_si512((const void *)p);
-      } else {
-        const __m512i a = _mm512_loadu_si512((const void *)p), b = _mm512_loadu_si512((const void *)(p + 64));
-        if constexpr (LPG == 2) {
-          st[0] = _mm512_shuffle_i64x2(a, b, 0x88);  // chunks 0 2 4 6
-          st[1] = _mm512_shuffle_i64x2(a, b, 0xDD);  // chunks 1 3 5 7
-        } else if constexpr (LPG == 4) {
-          st[0] = _mm512_shuffle_i64x2(a, b, 0x44);  // chunks 0 1 4 5
-          st[1] = _mm512_shuffle_i64x2(a, b, 0xEE);  // chunks 2 3 6 7
+    for (int64_t g = g0; g < g1; g += GPU, xg += UE) {
+      __m512i st[NR][U];
+      for (int r = 0; r < NR; r++, p[r - 1] += 64 * U) {
+        prefetch_ahead(p[r]);
+        if constexpr (U == 2) prefetch_ahead(p[r] + 64);
+        if constexpr (U == 1) {
+          st[r][0] = _mm512_loadu_si512((const void *)p[r]);
         } else {
-          st[0] = a, st[1] = b;
+          const __m512i a = _mm512_loadu_si512((const void *)p[r]), b = _mm512_loadu_si512((const void *)(p[r] + 64));
+          if constexpr (LPG == 2) {
+            st[r][0] = _mm512_shuffle_i64x2(a, b, 0x88);  // chunks 0 2 4 6
+            st[r][1] = _mm512_shuffle_i64x2(a, b, 0xDD);  // chunks 1 3 5 7
+          } else if constexpr (LPG == 4) {
+            st[r][0] = _mm512_shuffle_i64x2(a, b, 0x44);  // chunks 0 1 4 5
+            st[r][1] = _mm512_shuffle_i64x2(a, b, 0xEE);  // chunks 2 3 6 7
+          } else {
+            st[r][0] = a, st[r][1] = b;
+          }
         }
       }
-      __m512i acc[MR];
+      __m512i acc[NR][MR];
       for (int s = 0; s < U; s++) {
-        __m512i w[NV];
-        for (int j = 0; j < CPB; j++) {
-          __m512i cj = j == 0 ? st[s] : _mm512_srli_epi16(st[s], BITS * j);
-          if constexpr (BITS < 8) cj = _mm512_and_si512(cj, mask);
-          w[2 * j] = _mm512_unpacklo_epi8(cj, z);
-          w[2 * j + 1] = _mm512_unpackhi_epi8(cj, z);
-        }
+        __m512i w[NR][NV];
+        for (int r = 0; r < NR; r++)
+          for (int j = 0; j < CPB; j++) {
+            __m512i cj = j == 0 ? st[r][s] : _mm512_srli_epi16(st[r][s], BITS * j);
+            if constexpr (BITS < 8) cj = _mm512_and_si512(cj, mask);
+            w[r][2 * j] = _mm512_unpacklo_epi8(cj, z);
+            w[r][2 * j + 1] = _mm512_unpackhi_epi8(cj, z);
+          }
         for (int m = 0; m < MR; m++) {
           const int16_t *xe = xg + m * K + s * SE;
           for (int i = 0; i < NV; i++) {
             const __m512i xv = _mm512_loadu_si512((const void *)(xe + 32 * i));
-            if (s == 0 && i == 0) acc[m] = _mm512_madd_epi16(w[i], xv);
-            else if constexpr (V::kVnni) acc[m] = _mm512_dpwssd_epi32(acc[m], w[i], xv);
-            else acc[m] = _mm512_add_epi32(acc[m], _mm512_madd_epi16(w[i], xv));
+            for (int r = 0; r < NR; r++) {
+              if (s == 0 && i == 0) acc[r][m] = _mm512_madd_epi16(w[r][i], xv);
+              else if constexpr (V::kVnni) acc[r][m] = _mm512_dpwssd_epi32(acc[r][m], w[r][i], xv);
+              else acc[r][m] = _mm512_add_epi32(acc[r][m], _mm512_madd_epi16(w[r][i], xv));
+            }
           }
         }
       }
-      for (int m = 0; m < MR; m++) {
-        const float *sm = scm + m * NG + g;
-        __m512 f;
-        if constexpr (GPU == 1) f = _mm512_set1_ps(*sm);
-        else f = _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(_mm_loadu_ps(sm)));
-        tot[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), f, tot[m]);
-      }
+      for (int r = 0; r < NR; r++)
+        for (int m = 0; m < MR; m++) {
+          const float *sm = cs[r].buf + m * NG + g;
+          __m512 f;
+          if constexpr (GPU == 1) f = _mm512_set1_ps(*sm);
+          else f = _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(_mm_loadu_ps(sm)));
+          tot[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][m]), f, tot[r][m]);
+        }
     }
     // biases against the exact sums of x, scales against the centred rounding errors (x16_prepare)
-    for (int64_t g = g0; g < g1; g += 16) {
-      const __mmask16 k = g1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (g1 - g)) - 1);
-      const __m512 bi = _mm512_maskz_loadu_ps(k, c.bi + g), sc = _mm512_maskz_loadu_ps(k, c.sc + g);
-      for (int m = 0; m < MR; m++) {
-        const float *fx = xq.fix + (m0 + m) * NG + g, *er = xq.err + (m0 + m) * NG + g;
-        tot[m] = _mm512_fmadd_ps(bi, _mm512_maskz_loadu_ps(k, fx), tot[m]);
-        tot[m] = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(k, er), tot[m]);
+    for (int r = 0; r < NR; r++) {
+      for (int64_t g = g0; g < g1; g += 16) {
+        const __mmask16 k = g1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (g1 - g)) - 1);
+        const __m512 bi = _mm512_maskz_loadu_ps(k, cs[r].bi + g), sc = _mm512_maskz_loadu_ps(k, cs[r].sc + g);
+        for (int m = 0; m < MR; m++) {
+          const float *fx = xq.fix + (m0 + m) * NG + g, *er = xq.err + (m0 + m) * NG + g;
+          tot[r][m] = _mm512_fmadd_ps(bi, _mm512_maskz_loadu_ps(k, fx), tot[r][m]);
+          tot[r][m] = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(k, er), tot[r][m]);
+        }
       }
+      for (int m = 0; m < MR; m++) x16_put(y + m * ldy + n + r, _mm512_reduce_add_ps(tot[r][m]), g0, bias, n + r);
     }
-    for (int m = 0; m < MR; m++) x16_put(y + m * ldy + n, _mm512_reduce_add_ps(tot[m]), g0, bias, n);
+  }
+}
+
+// The wide kernel over rows [n0, n1): pairs of rows where NR = 2 applies, the odd row alone.
+template <int F, int MR, int GS>
+static void x16_affine_wide_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                                 int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
+  if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
+    const int64_t n2 = n0 + ((n1 - n0) & ~(int64_t)1);
+    x16_affine_rows_wide<F, MR, GS, 2>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
+    if (n2 < n1) x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n2, n1, bias, c, g0, g1);
+  } else {
+    x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   }
 }
 
@@ -622,9 +651,9 @@ static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const Wei
     if constexpr (x16_wide_format<F>())
       if (x16_affine_wide<F>(W)) {
         if constexpr (F != F_A2)
-          if (W.group == 32) return x16_affine_rows_wide<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-        if (W.group == 64) return x16_affine_rows_wide<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-        return x16_affine_rows_wide<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+          if (W.group == 32) return x16_affine_wide_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+        if (W.group == 64) return x16_affine_wide_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+        return x16_affine_wide_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
       }
     if constexpr (MR > 4) return;  // only the wide kernels take more than 4 rows at once (x16_tiles)
     if constexpr (F != F_A2)  // 2-bit chunks are 64 weights
@@ -700,11 +729,12 @@ static bool x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W
     // A small x (one or a few rows) is read from a copy of its own by each thread: reading the buffer the
     // dispatcher wrote made these products 10-25% slower on a 2-core Zen 4 (measured A/B with one row). A large
     // one is read where it is, the copy would cost more than it saves.
-    // Then the row context: scales, biases, and the per-row factors of up to 8 rows of x.
+    // Then the row context: scales, biases, the per-row factors of up to 8 rows of x, and a second row's scales
+    // and biases (x16_affine_rows_wide).
     const size_t xbytes = (size_t)(M * W.K) * 2;
     const bool copy = xbytes <= 64 * 1024;
     size_t qbytes = copy ? (xbytes + 63) & ~(size_t)63 : 0;
-    char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(10 * NG + 16));
+    char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(12 * NG + 16));
     if (!mem) return false;
     if (copy) std::memcpy(mem, shared.q, xbytes);
     const X16 xq{copy ? (int16_t *)mem : shared.q, shared.step, shared.fix, shared.err};
@@ -716,7 +746,7 @@ static bool x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W
         int64_t left = M - m;
         float *ym = y + m * N;
         if constexpr (x16_wide_format<F>())
-          if (left >= 8 && x16_affine_wide<F>(W)) {
+          if (left >= 8 && x16_cpb<F>() > 2 && x16_affine_wide<F>(W)) {
             x16_pass<F, 8>(ym, N, xq, m, W, n0, n1, bias, c), m += 8;
             continue;
           }
