@@ -6,6 +6,10 @@
 //     holds go back least recently used first.
 //  3. A prefix of m blocks is usable when its entries still have every block that a sequence of m blocks holds
 //     in each space: all m in the main space, those the next query's window reads in a sliding one.
+//  4. A model with recurrent state (linear-attention layers) can start only where the cache also keeps that state:
+//     an entry may carry a snapshot of it taken right after its block, and a prefix is usable only if its last
+//     entry has one. A snapshot is charged as many main-space blocks as its bytes fill, held by its entry and given
+//     back with it, so snapshots and K/V share one memory budget.
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -33,10 +37,17 @@ export interface PrefixMatch {
   hash: bigint;
   /** Per space, the blocks that a sequence of that many blocks holds there, each retained once for the caller. */
   held: Held[];
+  /** The recurrent state after the last matched block (models with recurrent state, when blocks > 0). */
+  snapshot?: Uint8Array;
 }
 
-/** A cached block's id in each space; -1 where it was given back (never in the main space). */
-type Entry = number[];
+interface Entry {
+  /** The cached block's id in each space; -1 where it was given back (never in the main space). */
+  ids: number[];
+  /** Recurrent state right after this block, and the main-space blocks charged for its memory. */
+  snapshot: Uint8Array | null;
+  charged: number[];
+}
 
 export class PrefixCache {
   /** hash -> entry; Map order is the LRU order (oldest first). */
@@ -47,6 +58,8 @@ export class PrefixCache {
     readonly blockSize: number,
     /** First hash of every chain: the KV codec's (codecRootHash), so that blocks of different codecs never match. */
     readonly root: bigint = ROOT_HASH,
+    /** Main-space blocks a snapshot is charged; 0 for a model without recurrent state (no snapshots needed). */
+    readonly snapshotBlocks = 0,
   ) {
     spaces.forEach((space, s) => space.allocator.setReclaimer((needed) => this.evict(s, needed)));
   }
@@ -71,18 +84,19 @@ export class PrefixCache {
       hashes.push(h);
     }
     let m = found.length;
-    while (m > 0 && !this.usable(found, m)) m--;
+    while (m > 0 && !(this.usable(found, m) && (this.snapshotBlocks === 0 || found[m - 1]!.snapshot))) m--;
     for (let k = 0; k < m; k++) {
       this.entries.delete(hashes[k + 1]!);
       this.entries.set(hashes[k + 1]!, found[k]!);
     }
     const held = this.spaces.map((space, s) => {
       const first = space.firstHeld(m * bs);
-      const ids = found.slice(first, m).map((e) => e[s]!);
+      const ids = found.slice(first, m).map((e) => e.ids[s]!);
       for (const id of ids) space.allocator.retain(id);
       return { first, ids };
     });
-    return { blocks: m, hash: hashes[m]!, held };
+    const snapshot = this.snapshotBlocks > 0 && m > 0 ? found[m - 1]!.snapshot! : undefined;
+    return { blocks: m, hash: hashes[m]!, held, ...(snapshot ? { snapshot } : {}) };
   }
 
   /**
@@ -92,41 +106,66 @@ export class PrefixCache {
    */
   insert(hash: bigint, ids: readonly number[]): void {
     const known = this.entries.get(hash);
-    const entry = known ?? ids.map(() => -1);
+    const entry = known ?? { ids: ids.map(() => -1), snapshot: null, charged: [] };
     ids.forEach((id, s) => {
-      if (id < 0 || entry[s]! >= 0) return;
+      if (id < 0 || entry.ids[s]! >= 0) return;
       this.spaces[s]!.allocator.retain(id);
-      entry[s] = id;
+      entry.ids[s] = id;
     });
     if (!known) this.entries.set(hash, entry);
   }
 
+  /** Whether the block under `hash` is cached and still lacks a snapshot (so that taking one is worth it). */
+  wantsSnapshot(hash: bigint): boolean {
+    const e = this.entries.get(hash);
+    return this.snapshotBlocks > 0 && e !== undefined && e.snapshot === null;
+  }
+
   /**
-   * Gives back up to `needed` blocks of space s that nothing but the cache holds, least recently used first:
-   * whole entries for the main space, only their block there for the others.
+   * Gives the block under `hash` the recurrent state right after it, charging its memory to the main space
+   * (evicting other entries first when needed); false when the budget cannot hold it or the block is not cached.
+   */
+  attachSnapshot(hash: bigint, snapshot: Uint8Array): boolean {
+    if (!this.wantsSnapshot(hash)) return false;
+    const allocator = this.spaces[0]!.allocator;
+    // Keep the entry being given the snapshot out of the eviction this may cause.
+    const entry = this.entries.get(hash)!;
+    this.entries.delete(hash);
+    const room = allocator.ensureFree(this.snapshotBlocks);
+    this.entries.set(hash, entry);
+    if (!room) return false;
+    for (let i = 0; i < this.snapshotBlocks; i++) entry.charged.push(allocator.allocate());
+    entry.snapshot = snapshot;
+    return true;
+  }
+
+  /**
+   * Gives back at least `needed` blocks of space s that nothing but the cache holds where it can, least recently
+   * used first: whole entries (and the blocks charged for their snapshots) for the main space, only their block
+   * there for the others. Returns how many it freed.
    */
   evict(s: number, needed: number): number {
     const allocator = this.spaces[s]!.allocator;
-    let freed = 0;
+    const before = allocator.numFree;
     for (const [h, e] of this.entries) {
-      if (freed >= needed) break;
-      if (e[s]! < 0 || allocator.refcount(e[s]!) !== 1) continue;
+      if (allocator.numFree - before >= needed) break;
+      if (e.ids[s]! < 0 || allocator.refcount(e.ids[s]!) !== 1) continue;
       if (s === 0) {
         this.entries.delete(h);
-        e.forEach((id, k) => {
+        e.ids.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
+        for (const id of e.charged) allocator.free(id);
       } else {
-        allocator.free(e[s]!);
-        e[s] = -1;
+        allocator.free(e.ids[s]!);
+        e.ids[s] = -1;
       }
-      freed++;
     }
-    return freed;
+    return allocator.numFree - before;
   }
 
   /** Whether the first m entries found still have, in every space, each block a sequence of m blocks holds there. */
   private usable(found: readonly Entry[], m: number): boolean {
-    return this.spaces.every((space, s) => found.slice(space.firstHeld(m * this.blockSize), m).every((e) => e[s]! >= 0));
+    return this.spaces.every((space, s) => found.slice(space.firstHeld(m * this.blockSize), m).every((e) => e.ids[s]! >= 0));
   }
 }
