@@ -141,27 +141,40 @@ export class PrefixCache {
 
   /**
    * Gives back at least `needed` blocks of space s that nothing but the cache holds where it can, least recently
-   * used first: whole entries (and the blocks charged for their snapshots) for the main space, only their block
-   * there for the others. Returns how many it freed.
+   * used first: whole entries (and the blocks charged for their snapshots) for the main space, or only the
+   * snapshot of an entry whose block a sequence still holds; only their block for the other spaces. Returns how
+   * many it freed.
    */
   evict(s: number, needed: number): number {
     const allocator = this.spaces[s]!.allocator;
     const before = allocator.numFree;
     for (const [h, e] of this.entries) {
       if (allocator.numFree - before >= needed) break;
-      if (e.ids[s]! < 0 || allocator.refcount(e.ids[s]!) !== 1) continue;
+      if (e.ids[s]! < 0) continue;
+      if (allocator.refcount(e.ids[s]!) !== 1) {
+        // A block a sequence still holds stays, but its snapshot can go: snapshots never hold a sequence back.
+        if (s === 0 && e.snapshot) this.dropSnapshot(e);
+        continue;
+      }
       if (s === 0) {
         this.entries.delete(h);
         e.ids.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
-        for (const id of e.charged) allocator.free(id);
+        this.dropSnapshot(e);
       } else {
         allocator.free(e.ids[s]!);
         e.ids[s] = -1;
       }
     }
     return allocator.numFree - before;
+  }
+
+  private dropSnapshot(e: Entry): void {
+    const allocator = this.spaces[0]!.allocator;
+    for (const id of e.charged) allocator.free(id);
+    e.charged.length = 0;
+    e.snapshot = null;
   }
 
   /** Whether the first m entries found still have, in every space, each block a sequence of m blocks holds there. */

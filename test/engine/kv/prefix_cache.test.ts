@@ -87,6 +87,20 @@ describe("prefix cache", () => {
     expect(cache.match(toks, 3).blocks).toBe(0);
   });
 
+  test("a snapshot whose block a sequence still holds is given back alone under pressure", () => {
+    const alloc = new BlockAllocator(4);
+    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, 2);
+    const id = alloc.allocate();
+    cache.insert(5n, [id]);
+    expect(cache.attachSnapshot(5n, Uint8Array.of(1))).toBe(true);
+    expect(alloc.numFree).toBe(1);
+    // The sequence holding the block needs two more: the snapshot goes, the block stays cached.
+    expect(alloc.ensureFree(2)).toBe(true);
+    expect(cache.size).toBe(1);
+    expect(cache.wantsSnapshot(5n)).toBe(true);
+    expect(alloc.refcount(id)).toBe(2);
+  });
+
   test("a snapshot the budget cannot hold is not kept", () => {
     const alloc = new BlockAllocator(2);
     const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, 2);
