@@ -74,6 +74,12 @@ int run_op(const DequantRowsRecord &r) {
                               q.group, q.gscale);
 }
 
+int run_op(const TernaryLinearRecord &r) {
+  return op_ternary_linear(r.y, r.x, r.M, r.K, r.N, r.w, r.scale, r.divide);
+}
+
+int run_op(const Relu2MulRecord &r) { return op_relu2_mul(r.out, r.gate, r.up, r.n); }
+
 int run_op(const TakeRowsRecord &r) { return rmlx_take_rows(r.out, r.rows, r.nrows, r.N, r.K, r.w, r.wdt); }
 
 }  // namespace rmlx

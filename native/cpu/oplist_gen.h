@@ -38,6 +38,8 @@ enum Op : int {
   OP_CAUSAL_CONV1D = 70,
   OP_GATED_DELTA = 71,
   OP_STATE_COPY = 72,
+  OP_TERNARY_LINEAR = 80,
+  OP_RELU2_MUL = 81,
 };
 
 enum BinaryKind : int { BINARY_ADD = 0, BINARY_SUB = 1, BINARY_MUL = 2 };
@@ -397,6 +399,24 @@ struct StateCopyRecord {
   int64_t dst;
 };
 
+struct TernaryLinearRecord {
+  float *y;
+  const float *x;
+  int64_t M;
+  int64_t K;
+  int64_t N;
+  const uint8_t *w;
+  float scale;
+  bool divide;
+};
+
+struct Relu2MulRecord {
+  float *out;
+  const float *gate;
+  const float *up;
+  int64_t n;
+};
+
 // Each runs one decoded record (exec.cpp).
 int run_op(const BinaryRecord &r);
 int run_op(const UnaryRecord &r);
@@ -427,6 +447,8 @@ int run_op(const PagedAttentionPageRecord &r);
 int run_op(const CausalConv1dRecord &r);
 int run_op(const GatedDeltaRecord &r);
 int run_op(const StateCopyRecord &r);
+int run_op(const TernaryLinearRecord &r);
+int run_op(const Relu2MulRecord &r);
 
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);
@@ -875,6 +897,28 @@ inline int exec_record(const double *rec, int64_t len) {
       r.num_slots = (int64_t)*p++;
       r.src = (int64_t)*p++;
       r.dst = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_TERNARY_LINEAR: {
+      if (len != 10) return wrong_length("ternaryLinear", len, 10);
+      TernaryLinearRecord r;
+      r.y = (float *)(uintptr_t)(int64_t)*p++;
+      r.x = (const float *)(uintptr_t)(int64_t)*p++;
+      r.M = (int64_t)*p++;
+      r.K = (int64_t)*p++;
+      r.N = (int64_t)*p++;
+      r.w = (const uint8_t *)(uintptr_t)(int64_t)*p++;
+      r.scale = (float)*p++;
+      r.divide = *p++ != 0;
+      return run_op(r);
+    }
+    case OP_RELU2_MUL: {
+      if (len != 6) return wrong_length("relu2Mul", len, 6);
+      Relu2MulRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.gate = (const float *)(uintptr_t)(int64_t)*p++;
+      r.up = (const float *)(uintptr_t)(int64_t)*p++;
+      r.n = (int64_t)*p++;
       return run_op(r);
     }
     default: return fail(RMLX_E_INVALID, "rmlx_exec: unknown op code %d", (int)rec[0]);

@@ -27,6 +27,11 @@ int op_binary(int kind, float *out, const float *a, const float *b, int ndim, co
               const int64_t *sa, const int64_t *sb);
 int op_unary(int kind, float *out, const float *x, int64_t n, float param);
 int op_glu(int kind, float *out, const float *gate, const float *up, int64_t n);
+// relu(gate)^2 * up (BitNet's MLP).
+int op_relu2_mul(float *out, const float *gate, const float *up, int64_t n);
+// Ternary Linear (rmlx_ternary_linear).
+int op_ternary_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *w, float scale,
+                      bool divide);
 
 // Reductions over the middle axis of [outer, n, inner].
 int op_softmax(float *out, const float *x, int64_t outer, int64_t n, int64_t inner);

@@ -18,7 +18,7 @@ extern "C" {
 
 #pragma GCC visibility push(default)
 
-#define RMLX_ABI_VERSION 1
+#define RMLX_ABI_VERSION 2
 
 /* status codes */
 #define RMLX_OK 0
@@ -101,6 +101,21 @@ int rmlx_dequantize_rows(float *out, const int32_t *rows, int64_t nrows, int64_t
 /* out[r, :] = W[rows[r], :] as f32 for a float table W [N, K] in w_dtype (embedding lookup). */
 int rmlx_take_rows(float *out, const int32_t *rows, int64_t nrows, int64_t N, int64_t K,
                    const void *w, int w_dtype);
+
+/* ---- sampling (native/cpu/sample.cpp) ----
+ * Picks the next token from one row x[V] of processed logits (bias and penalties already applied).
+ * params: [temperature, top_p, top_k, min_p, u, n_top, want_logprobs]; u is uniform in [0, 1), used only when
+ * temperature > 0. probs (V floats) and keep (V bytes) are scratch owned by the caller. out: [token, logprob,
+ * logZ] (logprob and logZ NaN unless want_logprobs or n_top > 0); top: the n_top most likely ids, best first.
+ * RMLX_E_INVALID when every logit is -inf. */
+int rmlx_sample(const float *x, int64_t V, const double *params, float *probs, uint8_t *keep, int32_t *top,
+                double *out);
+
+/* Ternary Linear (BitNet b1.58, native/cpu/ternary.cpp): w uint8 [N/4, K], byte (r, k) holding the codes t + 1 of
+ * rows r + i*N/4 in bits 2i..2i+1 (transformers' packing; N % 4 == 0). Each row of x is quantized to int8 with
+ * s = 127 / max(max|x|, 1e-5); y = dot / (scale * s) when divide, else dot / s * scale. */
+int rmlx_ternary_linear(float *y, const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *w, float scale,
+                        int divide);
 
 /* ---- the lazy executor (native/cpu/exec.cpp) ----
  * Runs a recorded step in one call. prog is nwords doubles: a sequence of records [op, nwords of the record,

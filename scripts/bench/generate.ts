@@ -1,7 +1,11 @@
 // Generation speed on random-weight models with the shapes of Qwen3-0.6B and Llama-3.2-1B, in bf16 and in
-// MLX affine 4-bit g64: prefill of a 512-token prompt, then 128 greedy decode steps. Decode speed is also given
-// as a fraction of the bandwidth bound: the weight bytes one decode step reads, over the machine's triad
-// bandwidth (rmlx_bench_triad). Random weights cost the same as trained ones (the kernels do not look at the
+// MLX affine 4-bit g64; of bitnet-b1.58-2B-4T with its ternary linears (bf16 tied embeddings); of Qwen3-8B in
+// MLX affine 2-bit g128 with f16 scales (Ternary Bonsai 8B's format); and of Gemma 4 E2B in 4-bit: prefill of a
+// 512-token prompt, then 128 greedy decode steps, through the engine's own path (scheduler, sampler, KV cache:
+// what `rmlx bench` and the server run), with an f16 KV cache (--kv-quant). Decode speed is also given as a
+// fraction of the bandwidth bound: the weight bytes and the KV bytes one decode step reads, over the machine's
+// triad bandwidth (rmlx_bench_triad); and the host's time per decode step (the step's time outside the native
+// computation). Random weights cost the same as trained ones (the kernels do not look at the
 // values), so the packed words, scales and biases are filled with random bits of a sane range directly.
 //
 // The hybrid row (qwen3.5-0.8b, Qwen3.5-0.8B's shapes: 18 Gated DeltaNet layers and 6 gated full-attention ones)
@@ -11,15 +15,18 @@
 // on context for the linear layers, so the 512 / 8k ratio shows what the full-attention layers cost.
 //
 // The peer, in the same run: llama.cpp's llama-bench on random-weight GGUFs of the same shapes at the same bits
-// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid.
+// per weight (Q4_0 and MLX affine 4-bit g64 both spend 4.5 bits per weight; bf16 against bf16); none for the hybrid or BitNet.
 //
-//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128] [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b]
-//                                 [--formats bf16,q4] [--contexts 512,8192] [--no-peer]
+//   bun scripts/bench/generate.ts [--prompt 512] [--gen 128]
+//        [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b,qwen3-8b,gemma-4-e2b]
+//        [--formats bf16,q4,q2,ternary] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
-import { forwardBatch, logitsRow } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { cacheForTokens, generate } from "../../src/engine/generate.ts";
+import { hostTimer } from "../../src/engine/host_time.ts";
+import { tokenModel } from "../../src/engine/session.ts";
+import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { parseConfig } from "../../src/io/config.ts";
 import type { ModelDir } from "../../src/io/model_dir.ts";
 import type { QuantConfig } from "../../src/io/quant_config.ts";
@@ -80,7 +87,83 @@ const SHAPES: Record<string, Record<string, unknown>> = {
     linear_conv_kernel_dim: 4,
     tie_word_embeddings: true,
   },
+  // Gemma 4 E2B: per-layer embeddings (a 262144 x 8960 table read one row per token), the last 20 layers reading
+  // the K/V of layers 13 and 14 (with MLPs twice as wide), sliding layers of head_dim 256 and full layers of 512.
+  "gemma-4-e2b": {
+    model_type: "gemma4_text",
+    hidden_size: 1536,
+    num_hidden_layers: 35,
+    num_attention_heads: 8,
+    num_key_value_heads: 1,
+    head_dim: 256,
+    global_head_dim: 512,
+    intermediate_size: 6144,
+    use_double_wide_mlp: true,
+    vocab_size: 262144,
+    hidden_size_per_layer_input: 256,
+    vocab_size_per_layer_input: 262144,
+    num_kv_shared_layers: 20,
+    sliding_window: 512,
+    layer_types: Array.from({ length: 35 }, (_, i) => (i % 5 === 4 ? "full_attention" : "sliding_attention")),
+    final_logit_softcapping: 30,
+    hidden_activation: "gelu_pytorch_tanh",
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-6,
+    rope_parameters: {
+      full_attention: { rope_type: "proportional", rope_theta: 1000000, partial_rotary_factor: 0.25 },
+      sliding_attention: { rope_type: "default", rope_theta: 10000 },
+    },
+    tie_word_embeddings: true,
+  },
+  // bitnet-b1.58-2B-4T's published shape: ternary linears packed as the checkpoint stores them, bf16 tied embeddings
+  "bitnet-2b": {
+    model_type: "bitnet",
+    hidden_size: 2560,
+    num_hidden_layers: 30,
+    num_attention_heads: 20,
+    num_key_value_heads: 5,
+    head_dim: 128,
+    intermediate_size: 6912,
+    vocab_size: 128256,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    tie_word_embeddings: true,
+    quantization_config: { quant_method: "bitnet", linear_class: "autobitlinear", quantization_mode: "offline" },
+  },
+  // Qwen3-8B's shape (untied head), for Ternary Bonsai 8B's format: MLX affine 2-bit g128 with f16 scales
+  "qwen3-8b": {
+    model_type: "qwen3",
+    hidden_size: 4096,
+    num_hidden_layers: 36,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    intermediate_size: 12288,
+    vocab_size: 151936,
+    max_position_embeddings: 40960,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: false,
+  },
 };
+
+type Format = "bf16" | "q4" | "q2" | "ternary";
+/** The formats a shape runs in: BitNet's linears are ternary by design, the 8B shape is there for Bonsai's 2-bit. */
+const FORMATS_OF: Record<string, readonly Format[]> = {
+  "bitnet-2b": ["ternary"],
+  "qwen3-8b": ["q2"],
+  // too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB)
+  "gemma-4-e2b": ["q4"],
+};
+/** Affine formats: bits, group size, and the dtype of scales and biases. */
+const AFFINE: Partial<Record<Format, { bits: number; group: number; sb: StDType }>> = {
+  q4: { bits: 4, group: 64, sb: "BF16" },
+  q2: { bits: 2, group: 128, sb: "F16" },
+};
+
+/** Shapes without a GGUF layout in the peer's random-model writer. */
+const NO_PEER = new Set(["qwen3.5-0.8b", "gemma-4-e2b"]);
 
 /** Shapes measured at several context lengths, with no peer. */
 const HYBRIDS = new Set(["qwen3.5-0.8b"]);
@@ -119,6 +202,13 @@ function randomBf16(n: number, center = 0): Uint8Array {
   return new Uint8Array(out.buffer, 0, n * 2);
 }
 
+function bf16ToF16(bytes: Uint8Array): Uint8Array {
+  const h = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  const bits = new Uint32Array(h.length);
+  for (let i = 0; i < h.length; i++) bits[i] = h[i]! << 16;
+  return new Uint8Array(Float16Array.from(new Float32Array(bits.buffer)).buffer);
+}
+
 class MemStore {
   readonly tensors = new Map<string, TensorEntry>();
   totalBytes = 0;
@@ -143,32 +233,49 @@ class MemStore {
   }
 }
 
-function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; decodeBytes: number } {
+function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeBytes: number } {
   const raw: Record<string, unknown> = { ...SHAPES[shape]!, architectures: ["Bench"] };
   const c = parseConfig(raw, `${shape}/config.json`);
   const store = new MemStore(`${shape}-${format}`);
   let decodeBytes = 0;
   const linear = (name: string, out: number, inp: number, countDecode = true) => {
-    if (format === "bf16") {
+    if (format === "bf16" || (format === "ternary" && name === "model.embed_tokens")) {
       store.put(`${name}.weight`, "BF16", [out, inp], randomBf16(out * inp));
       if (countDecode) decodeBytes += out * inp * 2;
       return;
     }
-    const words = new Uint32Array((out * inp) / 8);
+    if (format === "ternary") {
+      // codes 0 or 1 in each 2-bit field: valid ternary codes (3 is none) from random bits
+      const packed = new Uint8Array((out / 4) * inp);
+      fillRandom(new Uint32Array(packed.buffer));
+      for (let i = 0; i < packed.length; i++) packed[i] = packed[i]! & 0x55;
+      store.put(`${name}.weight`, "U8", [out / 4, inp], packed);
+      store.put(`${name}.weight_scale`, "BF16", [1], new Uint8Array(new Uint16Array([0x3c00]).buffer));
+      if (countDecode) decodeBytes += packed.byteLength;
+      return;
+    }
+    const { bits, group, sb } = AFFINE[format]!;
+    const words = new Uint32Array((out * inp * bits) / 32);
     fillRandom(words);
-    const groups = inp / 64;
-    store.put(`${name}.weight`, "U32", [out, inp / 8], new Uint8Array(words.buffer));
-    store.put(`${name}.scales`, "BF16", [out, groups], randomBf16(out * groups));
-    store.put(`${name}.biases`, "BF16", [out, groups], randomBf16(out * groups));
+    const groups = inp / group;
+    // f16 scales hold the same random bf16 magnitudes, converted
+    const side = () => (sb === "BF16" ? randomBf16(out * groups) : bf16ToF16(randomBf16(out * groups)));
+    store.put(`${name}.weight`, "U32", [out, (inp * bits) / 32], new Uint8Array(words.buffer));
+    store.put(`${name}.scales`, sb, [out, groups], side());
+    store.put(`${name}.biases`, sb, [out, groups], side());
     if (countDecode) decodeBytes += words.byteLength + 4 * out * groups;
   };
   const norm = (name: string, n: number) => store.put(name, "BF16", [n], randomBf16(n, 1));
   const H = c.hiddenSize;
-  // The tied head reads the whole embedding table every decode step.
-  linear("model.embed_tokens", c.vocabSize, H, true);
+  // The head reads its whole table every decode step: the embeddings when tied (a lookup reads one row of them).
+  linear("model.embed_tokens", c.vocabSize, H, c.tieWordEmbeddings);
+  if (!c.tieWordEmbeddings) linear("lm_head", c.vocabSize, H);
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
-  for (let i = 0; i < c.numLayers; i++) {
+  if (c.modelType === "gemma4_text") {
+    buildGemma4(raw, c.numLayers, H, linear, norm, (bytes) => (decodeBytes += bytes), store);
+  }
+  for (let i = 0; c.modelType !== "gemma4_text" && i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
     norm(`${p}.input_layernorm.weight`, H);
     norm(`${p}.post_attention_layernorm.weight`, H);
@@ -212,14 +319,68 @@ function buildModelDir(shape: string, format: "bf16" | "q4"): { md: ModelDir; de
       norm(`${p}.self_attn.q_norm.weight`, c.headDim);
       norm(`${p}.self_attn.k_norm.weight`, c.headDim);
     }
+    if (c.modelType === "bitnet") {
+      norm(`${p}.self_attn.attn_sub_norm.weight`, H);
+      norm(`${p}.mlp.ffn_sub_norm.weight`, c.intermediateSize);
+    }
     linear(`${p}.mlp.gate_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.up_proj`, c.intermediateSize, H);
     linear(`${p}.mlp.down_proj`, H, c.intermediateSize);
   }
+  const affine = AFFINE[format];
   const quant: QuantConfig | null =
-    format === "q4" ? { global: { mode: "affine", bits: 4, groupSize: 64 }, overrides: new Map() } : null;
+    affine
+      ? { global: { mode: "affine", bits: affine.bits, groupSize: affine.group }, overrides: new Map() }
+      : format === "ternary"
+        ? { global: null, overrides: new Map(), legacyMethod: "bitnet" }
+        : null;
   const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
   return { md, decodeBytes };
+}
+
+/** Gemma 4's tensors beside the embedding and final norm (mlx-lm names); countDecode adds bytes a step reads. */
+function buildGemma4(
+  raw: Record<string, unknown>,
+  L: number,
+  H: number,
+  linear: (name: string, out: number, inp: number, countDecode?: boolean) => void,
+  norm: (name: string, n: number) => void,
+  countDecode: (bytes: number) => void,
+  store: MemStore,
+): void {
+  const int = (k: string) => raw[k] as number;
+  const P = int("hidden_size_per_layer_input");
+  const shared = int("num_kv_shared_layers");
+  // The PLE table is read one row per token: only that row counts (4-bit g64: codes, scales and biases).
+  linear("model.embed_tokens_per_layer", int("vocab_size_per_layer_input"), L * P, false);
+  countDecode((L * P * 4.5) / 8);
+  linear("model.per_layer_model_projection", L * P, H);
+  norm("model.per_layer_projection_norm.weight", P);
+  const types = raw.layer_types as string[];
+  for (let i = 0; i < L; i++) {
+    const p = `model.layers.${i}`;
+    const full = types[i] === "full_attention";
+    const hd = full ? int("global_head_dim") : int("head_dim");
+    const ownKv = i < L - shared;
+    for (const n of ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm", "post_per_layer_input_norm"]) {
+      norm(`${p}.${n}.weight`, H);
+    }
+    linear(`${p}.self_attn.q_proj`, int("num_attention_heads") * hd, H);
+    linear(`${p}.self_attn.o_proj`, H, int("num_attention_heads") * hd);
+    norm(`${p}.self_attn.q_norm.weight`, hd);
+    if (ownKv) {
+      linear(`${p}.self_attn.k_proj`, int("num_key_value_heads") * hd, H);
+      linear(`${p}.self_attn.v_proj`, int("num_key_value_heads") * hd, H);
+      norm(`${p}.self_attn.k_norm.weight`, hd);
+    }
+    const I = int("intermediate_size") * (!ownKv && raw.use_double_wide_mlp ? 2 : 1);
+    linear(`${p}.mlp.gate_proj`, I, H);
+    linear(`${p}.mlp.up_proj`, I, H);
+    linear(`${p}.mlp.down_proj`, H, I);
+    linear(`${p}.per_layer_input_gate`, P, H);
+    linear(`${p}.per_layer_projection`, H, P);
+    store.put(`${p}.layer_scalar`, "BF16", [1], new Uint8Array(new Uint16Array([0x3f80]).buffer));
+  }
 }
 
 function triadBandwidth(): number {
@@ -234,60 +395,55 @@ interface Figures {
   prefillTps: number;
   decodeTps: number;
   boundFraction: number;
+  hostMs: number;
 }
 
-function run(shape: string, format: "bf16" | "q4", promptLen: number, gen: number, bw: number): Figures {
+function run(shape: string, format: Format, promptLen: number, gen: number, bw: number): Figures {
   const be = getBackend();
   const t0 = performance.now();
   const { md, decodeBytes } = buildModelDir(shape, format);
   const model = loadModel(be, md);
   const buildS = (performance.now() - t0) / 1000;
-  const cache = new KvCache(be, model.layers, { blockSize: 16, numBlocks: Math.ceil((promptLen + gen) / 16), sizing: { sequences: 1, stepTokens: promptLen } });
-  const seq = new Sequence();
-  const prompt = Int32Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
-  const tp = performance.now();
-  // Long prompts go through in chunks, as the scheduler would run them.
-  const CHUNK = 2048;
-  let r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(0, Math.min(CHUNK, promptLen)) }]);
-  for (let at = CHUNK; at < promptLen; at += CHUNK) r = forwardBatch(model, cache, [{ seq, tokens: prompt.subarray(at, Math.min(at + CHUNK, promptLen)) }]);
-  const prefillS = (performance.now() - tp) / 1000;
-  const td = performance.now();
-  for (let i = 0; i < gen; i++) {
-    const row = logitsRow(r, 0);
-    let best = 0;
-    for (let j = 1; j < row.length; j++) if (row[j]! > row[best]!) best = j;
-    r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(best) }]);
-  }
-  const decodeS = (performance.now() - td) / 1000;
-  const decodeTps = gen / decodeS;
-  // Hybrids: the recurrent state is read and written every step, and the full-attention layers read their KV
-  // (at the mean context of the decode steps).
+  const cache = cacheForTokens(model, promptLen + gen + 1, KV_CODEC);
+  const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % model.vocabSize);
+  // The engine's own path, as `rmlx bench` and the server run a request: the scheduler (chunked prefill, one
+  // batched step per token), the sampler, the KV cache in the codec that counts. gen decode steps follow the
+  // first token.
+  const request = { prompt, maxTokens: gen + 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
+  const host = hostTimer(be, tokenModel(model, cache));
+  const out = generate(host.model, request);
+  const decodeTps = out.decodeTps;
+  // A decode step reads every weight once and the KV of the whole context (at the mean context of the decode
+  // steps); hybrids also read and write their recurrent state.
   const hybrid = HYBRIDS.has(shape);
   const stateBytes = hybrid ? 2 * (cache.states?.bytesPerSlot ?? 0) : 0;
-  const kvBytes = hybrid ? cache.bytesPerToken * (promptLen + gen / 2) : 0;
+  const kvBytes = cache.bytesPerToken * (promptLen + gen / 2);
   const stepBytes = decodeBytes + stateBytes + kvBytes;
   const boundTps = bw / stepBytes;
-  const extra = hybrid ? ` + state ${(stateBytes / 2 ** 20).toFixed(0)} + KV ${(kvBytes / 2 ** 20).toFixed(0)} MiB` : "";
+  const extra = `${hybrid ? ` + state ${(stateBytes / 2 ** 20).toFixed(0)}` : ""} + KV ${(kvBytes / 2 ** 20).toFixed(0)} MiB`;
   console.log(
     [
       (hybrid ? `${shape} @${promptLen}` : shape).padEnd(13),
       format.padEnd(5),
-      `prefill ${(promptLen / prefillS).toFixed(1).padStart(8)} tok/s`,
+      `prefill ${out.promptTps.toFixed(1).padStart(8)} tok/s`,
       `decode ${decodeTps.toFixed(2).padStart(7)} tok/s`,
       `weights/step ${(decodeBytes / 2 ** 20).toFixed(0).padStart(5)} MiB${extra}`,
       `bound ${boundTps.toFixed(1).padStart(6)} tok/s`,
       `${((100 * decodeTps) / boundTps).toFixed(1).padStart(5)}% of bound`,
+      `host ${(host.perStep() ?? NaN).toFixed(2)} ms/step`,
       `(setup ${buildS.toFixed(1)} s)`,
     ].join("  "),
   );
   cache.dispose();
-  return { prefillTps: promptLen / prefillS, decodeTps, boundFraction: decodeTps / boundTps };
+  return { prefillTps: out.promptTps, decodeTps, boundFraction: decodeTps / boundTps, hostMs: host.perStep() ?? NaN };
 }
 
 const promptLen = Number(arg("prompt", "512"));
+/** The KV codec of the bound and of the runs: f16 by default, the cheapest lossless-enough choice peers make too. */
+const KV_CODEC = arg("kv-quant", "f16");
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
-const formats = arg("formats", "bf16,q4").split(",") as ("bf16" | "q4")[];
+const formats = arg("formats", "bf16,q4,q2,ternary").split(",") as Format[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
@@ -296,7 +452,7 @@ const rows: BenchmarkRow[] = [];
 const contexts = arg("contexts", "512,8192").split(",").map(Number);
 for (const m of models) {
   if (!SHAPES[m]) throw new Error(`unknown model shape ${m} (${Object.keys(SHAPES).join(", ")})`);
-  for (const f of formats) {
+  for (const f of formats.filter((f) => (FORMATS_OF[m] ?? ["bf16", "q4"]).includes(f))) {
     if (HYBRIDS.has(m)) {
       const at = contexts.map((ctx) => ({ ctx, figures: run(m, f, ctx, gen, bw) }));
       for (const { ctx, figures } of at) {
@@ -315,7 +471,8 @@ for (const m of models) {
     }
     const ours = run(m, f, promptLen, gen, bw);
     const peerType = f === "q4" ? "q4_0" : "bf16";
-    const peer = withPeer ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
+    // the peer's random GGUFs have no BitNet, Gemma 4 or hybrid layout, and no 2-bit type of MLX's layout
+    const peer = withPeer && !NO_PEER.has(m) && (f === "bf16" || f === "q4") ? peerGenerate(m as PeerModel, peerType, { prompt: promptLen, gen }) : null;
     const shape = `${m} ${f} p${promptLen} g${gen}`;
     const peerName = `llama.cpp ${peerType}`;
     if (peer?.ok) {
@@ -331,6 +488,7 @@ for (const m of models) {
       { name: "generate prefill", shape, figure: ours.prefillTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.promptTps },
       { name: "generate decode", shape, figure: ours.decodeTps, unit: "tok/s", peerName: p ? peerName : undefined, peerFigure: p?.decodeTps },
       { name: "generate decode bound fraction", shape, figure: ours.boundFraction, unit: "fraction" },
+      { name: "generate host time per decode step", shape, figure: ours.hostMs, unit: "ms" },
     );
   }
 }

@@ -3,7 +3,8 @@
 // with llama.cpp's ggml CPU kernels timed on the same shapes as the peer (scripts/bench/peer/build_llama.sh
 // builds it into a cache directory; the table says why when a peer figure is missing).
 // The figures are recorded in the metrics database (`rmlx metrics bench`), each beside the peer's figure for the
-// same bits per weight where llama.cpp has such a type (bf16, affine 4-bit ~ Q4_0, affine 8-bit ~ Q8_0, mxfp4).
+// same bits per weight where llama.cpp has such a type (bf16, affine 4-bit ~ Q4_0, affine 8-bit ~ Q8_0, mxfp4,
+// BitNet's ternary ~ TQ2_0; TQ1_0, 1.69 bits per weight, is shown beside it).
 //   bun run bench kernels [--quick] [--no-peer] [--no-record] [--only <text>]   (--only: formats whose name contains text)
 import { ptr } from "bun:ffi";
 import { check, DT, native, QMODE, setGemvMode } from "../../src/backend/native/lib.ts";
@@ -70,9 +71,10 @@ interface Fmt {
   run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
 }
 
-function affine(bits: number, group = 64): Fmt {
+/** scaleType: the dtype of scales and biases (MLX writes the model's float dtype: bf16, or f16 as Bonsai's). */
+function affine(bits: number, group = 64, scaleType: "bf16" | "f16" = "bf16"): Fmt {
   return {
-    name: `affine ${bits}-bit g${group}`,
+    name: `affine ${bits}-bit g${group}${scaleType === "f16" ? " f16" : ""}`,
     x16: true,
     bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
     run: (N, K) => {
@@ -80,7 +82,7 @@ function affine(bits: number, group = 64): Fmt {
       const sb = new Uint16Array(rand((N * K) / group, 7).map((v) => 0x3c00 + Math.floor(v * 100)));
       return (x, y, M) =>
         check(
-          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(sb), ptr(sb), DT.bf16, QMODE.affine, bits, group, 0,
+          lib.rmlx_qlinear(ptr(y), ptr(x), M, K, N, ptr(w), ptr(sb), ptr(sb), DT[scaleType], QMODE.affine, bits, group, 0,
             null, 0),
           "qlinear",
         );
@@ -113,19 +115,32 @@ const bf16: Fmt = {
   },
 };
 
+/** BitNet b1.58's linears: 2-bit codes four output rows to a byte, x quantized to int8 per row inside the product. */
+const ternary: Fmt = {
+  name: "ternary (bitnet)",
+  bytes: (N, K) => (N * K) / 4,
+  run: (N, K) => {
+    const w = randBytes((N * K) / 4, 9, 0xff);
+    for (let i = 0; i < w.length; i++) if ((w[i]! & 3) === 3) w[i] = w[i]! ^ 1;
+    return (x, y, M) => check(lib.rmlx_ternary_linear(ptr(y), ptr(x), M, K, N, ptr(w), 0.02, 0), "ternary_linear");
+  },
+};
+
 const decodeFormats: Fmt[] = [
   bf16,
   affine(4),
   affine(8),
   affine(2),
+  affine(2, 128, "f16"),
   affine(3),
   affine(5),
   affine(6),
   { ...fp("mxfp4", QMODE.mxfp4, 4, 32), x16: true },
   { ...fp("mxfp8", QMODE.mxfp8, 8, 32), x16: true },
   { ...fp("nvfp4", QMODE.nvfp4, 4, 16), x16: true },
+  ternary,
 ];
-const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32)];
+const prefillFormats: Fmt[] = [bf16, affine(4), fp("mxfp4", QMODE.mxfp4, 4, 32), ternary];
 
 const pad = (s: string, n: number) => s.padEnd(n);
 const num = (v: number, d = 1) => v.toFixed(d).padStart(8);
@@ -134,7 +149,14 @@ const triad = triadGBs();
 /** Our figures by "name|shape", and the peer's by the same key, joined when recorded. */
 const ours = new Map<string, BenchmarkRow>();
 const peers = new Map<string, { name: string; figure: number }>();
-const PEER_OF: Record<string, string> = { bf16: "bf16", "affine 4-bit g64": "q4_0", "affine 8-bit g64": "q8_0", mxfp4: "mxfp4" };
+// ternary: llama.cpp's TQ2_0 (2.06 bits per weight, 2-bit codes with a scale per 256) is the like of BitNet's packing
+const PEER_OF: Record<string, string> = {
+  bf16: "bf16",
+  "affine 4-bit g64": "q4_0",
+  "affine 8-bit g64": "q8_0",
+  mxfp4: "mxfp4",
+  "ternary (bitnet)": "tq2_0",
+};
 const OURS_OF = Object.fromEntries(Object.entries(PEER_OF).map(([a, b]) => [b, a]));
 console.log(`rmlx kernels  isa=${lib.rmlx_isa()}  threads=${threads}`);
 console.log(`triad bandwidth: ${triad.toFixed(1)} GB/s (all threads)\n`);
@@ -246,16 +268,16 @@ if (args.has("--no-peer")) {
 } else {
   console.log(`\npeer: llama.cpp ggml CPU kernels (ggml_mul_mat, ${threads} threads)`);
   for (const [N, K] of decodeShapes)
-    for (const type of ["bf16", "q4_0", "q8_0", "mxfp4"] as const) {
+    for (const type of ["bf16", "q4_0", "q8_0", "mxfp4", "tq2_0", "tq1_0"] as const) {
       const r = peerMatmul({ m: 1, n: N, k: K }, type, { threads, budgetS: budget });
       const shape = pad(`1x${K} @ ${N}x${K}`, 18);
       if (!r.ok) console.log(`${pad(type, 20)}${shape}  ${r.reason}`);
       else {
         console.log(`${pad(type, 20)}${shape}${num(r.usPerRun / 1e3, 3)}${num(r.weightGBs)}${num((100 * r.weightGBs) / triad, 0)}%`);
-        peers.set(`${OURS_OF[type]}|1x${K} @ ${N}x${K}`, { name: `llama.cpp ${type}`, figure: r.weightGBs });
+        if (OURS_OF[type]) peers.set(`${OURS_OF[type]}|1x${K} @ ${N}x${K}`, { name: `llama.cpp ${type}`, figure: r.weightGBs });
       }
     }
-  for (const type of ["bf16", "q4_0", "mxfp4"] as const) {
+  for (const type of ["bf16", "q4_0", "mxfp4", "tq2_0"] as const) {
     const r = peerMatmul({ m: PM, n: PN, k: PK }, type, { threads, budgetS: budget });
     if (!r.ok) console.log(`${pad(type, 20)}prefill: ${r.reason}`);
     else {

@@ -3,8 +3,9 @@
 //   - 1, 4 and 16 concurrent clients, each generating a fixed number of tokens (ignore_eos): aggregate decode
 //     tokens/s (the clients' decode rates summed), overall tokens/s (all tokens over the wall time, prefill
 //     included), TTFT p50/p95 per level, and the 16-vs-1 ratio of aggregate decode;
-//   - prefix cache: TTFT of a prompt with a long shared prefix seen for the first time (cold) against the same
-//     prefix with a different question (warm);
+//   - prefix cache: TTFT of a prompt with a long shared prefix seen for the first time (cold), against the same
+//     prefix with a different question (a RAM hit), and again with a third question after the server has been
+//     restarted (a hit on the prefix cache's SSD tier, --kv-ssd, which the server writes at shutdown);
 //   - JSON-schema constrained decoding: the server's decode step time with and without response_format
 //     json_schema (its per-request timings, read back from the metrics database it writes), and the mask alone,
 //     replayed in this process over the tokens of a typical answer to the same schema.
@@ -98,10 +99,10 @@ function processCpuSeconds(pid: number): number {
   }
 }
 
-async function startServer(modelDir: string, db: string): Promise<Server> {
+async function startServer(modelDir: string, db: string, ssd: string): Promise<Server> {
   const binary = join(ROOT, "dist/rmlx");
   const cmd = flag("source") || !existsSync(binary) ? [process.execPath, join(ROOT, "src/cli/main.ts")] : [binary];
-  const proc = Bun.spawn([...cmd, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", "0", "--db", db], {
+  const proc = Bun.spawn([...cmd, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", "0", "--db", db, "--kv-ssd", ssd], {
     stdin: "ignore",
     stdout: "ignore",
     stderr: "pipe",
@@ -137,6 +138,14 @@ interface Streamed {
   tokens: number;
   promptTokens: number;
   cachedTokens: number;
+  /** Of cachedTokens, those read back from the SSD tier (from /metrics; 0 unless the caller fills it in). */
+  diskTokens: number;
+}
+
+/** The prefix-cache tokens the server has read back from its SSD tier so far (/metrics). */
+async function diskCachedTokens(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return Number(/^rmlx_prompt_tokens_cached_total\{tier="disk"\} (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
 }
 
 /** One streamed /v1/completions request; times are performance.now() of the send and of token chunks' arrival. */
@@ -156,7 +165,7 @@ async function streamCompletion(url: string, model: string, prompt: number[], ma
     }),
   });
   if (!res.ok || !res.body) throw new Error(`/v1/completions answered ${res.status}: ${await res.text()}`);
-  const out: Streamed = { sentMs, firstMs: 0, lastMs: 0, tokens: 0, promptTokens: 0, cachedTokens: 0 };
+  const out: Streamed = { sentMs, firstMs: 0, lastMs: 0, tokens: 0, promptTokens: 0, cachedTokens: 0, diskTokens: 0 };
   const dec = new TextDecoder();
   let buf = "";
   for await (const bytes of res.body) {
@@ -259,6 +268,7 @@ const tmp = mkdtempSync(join(tmpdir(), "rmlx-bench-serve-"));
 const modelName = "qwen3-bench";
 const modelDir = join(tmp, modelName);
 const serverDb = join(tmp, "server.db");
+const ssdDir = join(tmp, "kv-ssd");
 const shapeText = `qwen3 ${shapeName} (h${shape.hiddenSize} l${shape.layers}) ${bits ? `q${bits}` : "bf16"}`;
 let server: Server | undefined;
 try {
@@ -268,7 +278,7 @@ try {
     `model: random-weight ${shapeText}, vocab 151936, ${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights ` +
       `(written in ${fmt((performance.now() - t0) / 1000)} s); ${cpus().length} CPUs, load average ${loadavg().map((v) => v.toFixed(1)).join(" ")}`,
   );
-  server = await startServer(modelDir, serverDb);
+  server = await startServer(modelDir, serverDb, ssdDir);
   // The first request loads the model; nothing measured waits for that.
   await streamCompletion(server.url, modelName, randomIds(4), 2);
 
@@ -343,18 +353,27 @@ try {
     const prefix = randomIds(prefixLen);
     const cold = await streamCompletion(server.url, modelName, [...prefix, ...randomIds(16)], 1);
     const warm = await streamCompletion(server.url, modelName, [...prefix, ...randomIds(16)], 1);
-    const coldMs = cold.firstMs - cold.sentMs;
-    const warmMs = warm.firstMs - warm.sentMs;
+    // A graceful stop writes the RAM prefix cache to the SSD tier; the new server has nothing in RAM.
+    await server.stop();
+    server = await startServer(modelDir, serverDb, ssdDir);
+    await streamCompletion(server.url, modelName, randomIds(4), 2);
+    const disk = await streamCompletion(server.url, modelName, [...prefix, ...randomIds(16)], 1);
+    disk.diskTokens = await diskCachedTokens(server.url);
+    const [coldMs, warmMs, diskMs] = [cold, warm, disk].map((r) => r.firstMs - r.sentMs) as [number, number, number];
     console.log(
       `\nprefix cache: ${prefixLen}-token shared prefix + 16-token question; TTFT cold ${fmt(coldMs, 0)} ms ` +
-        `(${cold.cachedTokens} of ${cold.promptTokens} prompt tokens cached), warm ${fmt(warmMs, 0)} ms ` +
-        `(${warm.cachedTokens} cached): ${fmt(coldMs / warmMs, 1)}x`,
+        `(${cold.cachedTokens} of ${cold.promptTokens} prompt tokens cached), RAM hit ${fmt(warmMs, 0)} ms ` +
+        `(${warm.cachedTokens} cached): ${fmt(coldMs / warmMs, 1)}x; after a restart, SSD hit ${fmt(diskMs, 0)} ms ` +
+        `(${disk.cachedTokens} cached, ${disk.diskTokens} from disk): ${fmt(coldMs / diskMs, 1)}x`,
     );
+    if (disk.diskTokens !== disk.cachedTokens || disk.cachedTokens === 0) throw new Error("after the restart the prefix was not read back from the SSD tier");
     const sh = `${shapeText}, ${prefixLen}-token prefix`;
     rows.push(
       { name: "serve prefix TTFT cold", shape: sh, figure: coldMs, unit: "ms", higherIsBetter: false },
       { name: "serve prefix TTFT warm", shape: sh, figure: warmMs, unit: "ms", higherIsBetter: false },
       { name: "serve prefix TTFT gain", shape: sh, figure: coldMs / warmMs, unit: "x" },
+      { name: "serve prefix TTFT ssd after restart", shape: sh, figure: diskMs, unit: "ms", higherIsBetter: false },
+      { name: "serve prefix TTFT ssd gain", shape: sh, figure: coldMs / diskMs, unit: "x" },
     );
   }
 

@@ -4,7 +4,7 @@
 import { RmlxError } from "../errors.ts";
 import { QUANT_MODES } from "../quant/spec.ts";
 import type { AttentionBatch, DType, KvFormat, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec } from "./backend.ts";
-import { floatKvFormat, kvElementProblem } from "./backend.ts";
+import { floatKvFormat, kvBlockBytes, kvElementProblem } from "./backend.ts";
 
 export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
 
@@ -244,6 +244,13 @@ export function checkKvWrite(pool: KvPool, k: Sized, v: Sized, slots: Int32Array
 export function checkCopyBlock(pool: KvPool, src: number, dst: number): void {
   for (const b of [src, dst])
     if (!Number.isInteger(b) || b < 0 || b >= pool.numBlocks) invalid(`copyBlock: block ${b} outside the pool's ${pool.numBlocks}`);
+}
+
+/** A block of the pool, and the bytes written or read into: exactly kvBlockBytes(pool) of them. */
+export function checkKvBlockIo(what: string, pool: KvPool, block: number, bytes?: Uint8Array): void {
+  if (!Number.isInteger(block) || block < 0 || block >= pool.numBlocks) invalid(`${what}: block ${block} outside the pool's ${pool.numBlocks}`);
+  const want = kvBlockBytes(pool);
+  if (bytes && bytes.byteLength !== want) invalid(`${what}: ${bytes.byteLength} bytes for a block of ${want}`);
 }
 
 /** pagedAttention's [T, heads, headDim] queries against the pool and the batch. */

@@ -33,6 +33,17 @@ export interface QuantizedWeight {
 /** A Linear / embedding weight: float [out, in] or quantized. */
 export type Weight = Tensor | QuantizedWeight;
 
+/**
+ * A BitNet b1.58 Linear's weight: ternary values t in {-1, 0, 1} packed as transformers stores them, uint8
+ * [out/4, in], byte (r, k) holding the codes t + 1 of rows r + i*out/4 in bits 2i..2i+1.
+ */
+export interface TernaryWeight {
+  readonly packed: Tensor;
+  /** Multiplies the product (AutoBitLinear, online quantization), or divides it when `divide` (BitLinear). */
+  readonly scale: number;
+  readonly divide: boolean;
+}
+
 export function isQuantized(w: Weight): w is QuantizedWeight {
   return (w as QuantizedWeight).scales !== undefined;
 }
@@ -114,6 +125,12 @@ export function kvElementProblem(e: KvElement, headDim: number): string | null {
   return null;
 }
 
+/** Bytes of one block of a pool, both sides (what readKvBlock returns). */
+export function kvBlockBytes(pool: KvPool): number {
+  const f = pool.format ?? floatKvFormat(pool.k.dtype);
+  return pool.blockSize * pool.kvHeads * (kvElementBytes(f.k, pool.headDim) + kvElementBytes(f.v, pool.headDim));
+}
+
 /** Whether a format keeps both sides as floats of one dtype (the plain pool layout). */
 export function plainKvDtype(f: KvFormat): DType | null {
   return f.k.kind === "float" && f.v.kind === "float" && f.k.dtype === f.v.dtype ? f.k.dtype : null;
@@ -177,6 +194,12 @@ export interface Backend {
   readonly name: string;
   /** A short description of the device (CPU model and ISA, GPU name). */
   readonly device: string;
+  /**
+   * Milliseconds this backend has spent computing (native: inside its one call per evaluation), so that host
+   * overhead per step can be told apart; undefined where the backend cannot tell (the mlx backend evaluates
+   * asynchronously).
+   */
+  readonly computeMs?: number;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */
@@ -186,8 +209,11 @@ export interface Backend {
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** Runs everything recorded that the given tensors depend on. */
   eval(...tensors: Tensor[]): void;
-  /** Evaluates and copies out as f32 (any float dtype) or i32. */
-  toFloat32(t: Tensor): Float32Array;
+  /**
+   * Evaluates and copies out as f32 (any float dtype) or i32. With `out` long enough, the values go into it and a
+   * view of it is returned, so a per-step read-back (the logits) allocates nothing.
+   */
+  toFloat32(t: Tensor, out?: Float32Array): Float32Array;
   toInt32(t: Tensor): Int32Array;
   /**
    * Runs fn; every tensor created inside is freed when it returns, except those returned (in an array or
@@ -218,6 +244,11 @@ export interface Backend {
    * Returns [T, topk, N]: each token's row through each of its experts (mx.gather_qmm with rhs_indices).
    */
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor;
+  /**
+   * x [..., K] through a ternary Linear [N, K], as BitNet's linears compute it: each row of x quantized to int8
+   * (s = 127 / max|x|, round half to even), integer products, then / s and the weight's scale.
+   */
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor;
   /** Embedding lookup: rows of table (float or quantized) [V, D] for ids i32 [...] -> [..., D] f32. */
   take(table: Weight, ids: Tensor): Tensor;
   quantize(w: Tensor, mode: QuantMode, bits: number, groupSize: number): QuantizedWeight;
@@ -239,6 +270,8 @@ export interface Backend {
   swiglu(gate: Tensor, up: Tensor): Tensor;
   /** geluTanh(gate) * up. */
   geglu(gate: Tensor, up: Tensor): Tensor;
+  /** relu(gate)^2 * up (BitNet's MLP). */
+  relu2Mul(gate: Tensor, up: Tensor): Tensor;
   /** cap * tanh(x / cap). */
   softcap(x: Tensor, cap: number): Tensor;
   softmax(x: Tensor, axis?: number): Tensor;
@@ -267,6 +300,14 @@ export interface Backend {
   sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor;
   /** Copies one block of every layer's pool to another (copy-on-write of shared prefix blocks). */
   copyBlock(pool: KvPool, src: number, dst: number): void;
+  /**
+   * One block of a pool as bytes (what an SSD tier keeps), after every recorded write to the pool: keys, then
+   * values; each side its codes [blockSize, kvHeads, row], then for a packed side its scales and biases
+   * [blockSize, kvHeads, groups] (kvBlockBytes(pool) in all). With `out` (that many bytes), into it.
+   */
+  readKvBlock(pool: KvPool, block: number, out?: Uint8Array): Uint8Array;
+  /** Overwrites one block of a pool with bytes laid out as readKvBlock gives them (recorded like kvWrite). */
+  writeKvBlock(pool: KvPool, block: number, bytes: Uint8Array): void;
 
   // ---- linear attention over per-sequence recurrent state ----
   createStatePool(numSlots: number, spec: StateSpec): StatePool;

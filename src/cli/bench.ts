@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { getBackend } from "../backend/index.ts";
 import { builtinModelDir } from "../builtin/index.ts";
 import { cacheForTokens, generate } from "../engine/generate.ts";
+import { hostTimer } from "../engine/host_time.ts";
 import { tokenModel } from "../engine/session.ts";
 import { DEFAULT_SAMPLING } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
@@ -86,13 +87,16 @@ export function register(program: Command): void {
       let kvBytesPerToken = 0;
       const promptTps: number[] = [];
       const genTps: number[] = [];
+      const hostMs: number[] = [];
       for (let r = 0; r < reps; r++) {
         const cache = cacheForTokens(model, promptLen + gen, kvQuant);
         kvBytesPerToken = cache.bytesPerToken;
         try {
-          const out = generate(tokenModel(model, cache), request);
+          const host = hostTimer(be, tokenModel(model, cache));
+          const out = generate(host.model, request);
           promptTps.push(out.promptTps);
           genTps.push(out.decodeTps);
+          if (host.perStep() !== undefined) hostMs.push(host.perStep()!);
         } finally {
           cache.dispose();
         }
@@ -108,6 +112,7 @@ export function register(program: Command): void {
         reps,
         prompt_tps: median(promptTps),
         generation_tps: median(genTps),
+        host_ms_per_step: hostMs.length > 0 ? median(hostMs) : null,
         peak_memory_bytes: peakRss(),
         peak_rss_bytes: peakRss(),
       };
@@ -130,6 +135,7 @@ export function register(program: Command): void {
           `kv cache: ${kvQuant}, ${kvBytesPerToken} bytes per token\n` +
           `prompt: ${promptLen} tokens, ${result.prompt_tps.toFixed(1)} tok/s\n` +
           `generation: ${gen} tokens, ${result.generation_tps.toFixed(1)} tok/s\n` +
+          (result.host_ms_per_step !== null ? `host time per decode step: ${result.host_ms_per_step.toFixed(3)} ms\n` : "") +
           `peak memory: ${(result.peak_memory_bytes / 2 ** 30).toFixed(3)} GiB\n`,
       );
     }),

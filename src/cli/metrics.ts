@@ -42,7 +42,7 @@ export function register(program: Command): void {
 
   metrics
     .command("summary")
-    .description("Per model: requests, p50/p95 TTFT and decode tokens/s, prefix-cache hit rate")
+    .description("Per model: requests, p50/p95 TTFT and decode tokens/s, prefix-cache hit rate (and its SSD tier's part)")
     .option("--since <when>", "a duration (24h, 7d) or a date", "24h")
     .option("--json", "one JSON array")
     .action(
@@ -52,12 +52,12 @@ export function register(program: Command): void {
           const rows = summary(db, since);
           if (o.json) return out(JSON.stringify(rows, null, 2) + "\n");
           if (rows.length === 0) return out(`no requests since ${new Date(since * 1000).toISOString()}\n`);
-          const headers = ["model", "requests", "errors", "ttft p50 ms", "ttft p95 ms", "tok/s p50", "tok/s p95", "cache hit", "trend (tok/s)"];
+          const headers = ["model", "requests", "errors", "ttft p50 ms", "ttft p95 ms", "tok/s p50", "tok/s p95", "cache hit", "from ssd", "trend (tok/s)"];
           out(
             table(
               headers,
               rows.map((r): Cell[] => [
-                r.model, r.requests, r.errors, r.ttftP50, r.ttftP95, r.tpsP50, r.tpsP95, pct(r.cacheHitRate),
+                r.model, r.requests, r.errors, r.ttftP50, r.ttftP95, r.tpsP50, r.tpsP95, pct(r.cacheHitRate), pct(r.diskHitRate),
                 sparkline(tpsTrend(db, r.model, since)),
               ]),
               tty(),

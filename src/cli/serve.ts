@@ -1,4 +1,5 @@
 import { Command, Option } from "commander";
+import { resolve } from "node:path";
 import { native } from "../backend/native/lib.ts";
 import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
@@ -8,6 +9,8 @@ import { parseCorsOrigins } from "../server/cors.ts";
 import { loadConfig } from "../io/config.ts";
 import { kvCodecProblemFor } from "../io/summary.ts";
 import { parseKvCodec } from "../engine/kv/codec.ts";
+import { lockSsdDir } from "../engine/kv/ssd_lock.ts";
+import { clearSsdTmp } from "../engine/kv/ssd_store.ts";
 import { discoverModels } from "../server/models.ts";
 import { LOG_LEVELS, Logger, parseLogLevel } from "../server/log.ts";
 import type { ServerDefaults } from "../server/sampling.ts";
@@ -31,6 +34,8 @@ interface ServeFlags extends BackendFlags, KvFlags {
   maxWaiting?: string;
   prefillChunk?: string;
   prefixCache?: boolean;
+  kvSsd?: string;
+  kvSsdBudget?: string;
   db?: string;
   metrics?: boolean;
   cors?: string;
@@ -76,6 +81,25 @@ function engineWorkerUrl(): string | URL {
   return new URL("../engine/worker.ts", import.meta.url);
 }
 
+const DEFAULT_SSD_BUDGET = "16GiB";
+
+/** --kv-ssd and --kv-ssd-budget: the directory, locked for this process (until exit), and its budget. */
+function ssdTier(f: ServeFlags, prefixCache: boolean): { dir: string; budgetBytes: number } | undefined {
+  const dir = pick(f.kvSsd, "RMLX_KV_SSD");
+  const budget = pick(f.kvSsdBudget, "RMLX_KV_SSD_BUDGET");
+  if (dir === undefined || dir === "") {
+    if (budget !== undefined && f.kvSsdBudget !== undefined) throw new RmlxError("invalid_argument", "--kv-ssd-budget needs --kv-ssd");
+    return undefined;
+  }
+  if (!prefixCache) throw new RmlxError("invalid_argument", "--kv-ssd needs the prefix cache (drop --no-prefix-cache)");
+  const budgetBytes = parseBytes(budget ?? DEFAULT_SSD_BUDGET, "--kv-ssd-budget");
+  const abs = resolve(dir);
+  const release = lockSsdDir(abs);
+  process.on("exit", release);
+  clearSsdTmp(abs);
+  return { dir: abs, budgetBytes };
+}
+
 /** performance.now() counts from the start of the process. */
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 
@@ -112,6 +136,11 @@ export function register(program: Command): void {
     .option("--max-waiting <n>", "most queued requests; more are refused with 429 (env RMLX_MAX_WAITING; default 256)")
     .option("--prefill-chunk <n>", "most prompt tokens per step (env RMLX_PREFILL_CHUNK; default 2048)")
     .addOption(new Option("--no-prefix-cache", "do not reuse KV blocks of shared prompt prefixes (env RMLX_PREFIX_CACHE=0)"))
+    .option(
+      "--kv-ssd <dir>",
+      "keep prefix-cache blocks leaving RAM (and, at shutdown, those in RAM) in this directory, and reuse them across restarts; one server per directory (env RMLX_KV_SSD; default off; not for models with recurrent state)",
+    )
+    .option("--kv-ssd-budget <size>", `most bytes of blocks in the --kv-ssd directory, over all models; least recently used go first (env RMLX_KV_SSD_BUDGET; default ${DEFAULT_SSD_BUDGET})`)
     .option("--cors <origins>", "let browsers call from these origins: '*' or a comma-separated list (env RMLX_CORS; default off)")
     .option("--db <path>", "metrics database each request is recorded in (env RMLX_DB; default ~/.rmlx/metrics.db)")
     .option("--no-metrics", "record nothing in the metrics database")
@@ -172,6 +201,8 @@ export function register(program: Command): void {
         // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).
         engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));
         if (ctxSize !== undefined) engine.contextLength = parseInteger(ctxSize, "--ctx-size", 1);
+        const kvSsd = ssdTier(flags, engine.prefixCache);
+        if (kvSsd) engine.kvSsd = kvSsd;
         if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),

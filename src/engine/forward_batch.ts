@@ -6,10 +6,14 @@ import { RmlxError } from "../errors.ts";
 import type { Model } from "../models/model.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 
-/** Runs one built step and returns f32 logits [logitRows.length, vocab], row-major; tensors end with the step. */
-export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Float32Array {
+/**
+ * Runs one built step and returns f32 logits [logitRows.length, vocab], row-major; tensors end with the step.
+ * With `out` long enough the logits are written into it (a view of it is returned): steps that reuse one buffer
+ * allocate nothing per step for them.
+ */
+export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array, out?: Float32Array): Float32Array {
   const be = model.backend;
-  return be.scope(() => be.toFloat32(model.forward(cache.forwardStep(built, logitRows))));
+  return be.scope(() => be.toFloat32(model.forward(cache.forwardStep(built, logitRows)), out));
 }
 
 /** Which new tokens of each entry need logits: the last one (its next-token row), all of them, or none. */

@@ -1,9 +1,29 @@
 // Token sampling in mlx-lm's order: logit bias, repetition penalty (multiplicative, sign-aware), presence and
 // frequency penalties (additive), over the last `repetitionContext` tokens; then the filters top_p, min_p,
 // top_k on the distribution at temperature 1; then a draw at the temperature (0 = argmax).
-// Everything works on typed arrays over the whole vocabulary, once per token.
+// The work over the whole vocabulary runs in the native library (rmlx_sample) wherever it loads; the same steps
+// in TypeScript below serve where it does not (the mlx backend on macOS) and are the reference its tests compare to.
+import { ptr } from "bun:ffi";
+import { native } from "../backend/native/lib.ts";
 import { RmlxError } from "../errors.ts";
 import type { SamplingParams } from "./types.ts";
+
+type NativeLib = ReturnType<typeof native>;
+let nativeLib: NativeLib | null | undefined;
+
+/** The native library when it loads on this machine, else null (asked once). */
+function nativeSampler(): NativeLib | null {
+  if (nativeLib === undefined) {
+    try {
+      nativeLib = native();
+    } catch {
+      nativeLib = null;
+    }
+  }
+  return nativeLib;
+}
+
+const ALL_MASKED = "every token is masked (all logits are -inf)";
 
 /** Deterministic PRNG (xoshiro128**), seeded through splitmix32 so that nearby seeds diverge. */
 export class Rng {
@@ -73,10 +93,17 @@ export class Sampler {
   private logits = new Float32Array(0);
   private probs = new Float32Array(0);
   private keep = new Uint8Array(0);
+  private readonly nativeArgs = new Float64Array(7);
+  private readonly nativeOut = new Float64Array(3);
+  private nativeTop = new Int32Array(0);
   private readonly biasIds: Int32Array;
   private readonly biasValues: Float32Array;
 
-  constructor(readonly params: SamplingParams) {
+  /** jsOnly: the TypeScript steps even where the native library loads (tests compare the two). */
+  constructor(
+    readonly params: SamplingParams,
+    private readonly jsOnly = false,
+  ) {
     validateSampling(params);
     this.rng = new Rng(params.seed ?? (Math.random() * 4294967296) >>> 0);
     const entries = Object.entries(params.logitBias ?? {});
@@ -89,17 +116,46 @@ export class Sampler {
    * last repetitionContext are used by the penalties. The row is not modified.
    */
   sample(row: Float32Array, history: ArrayLike<number> = []): SampledToken {
-    const p = this.params;
     const V = row.length;
-    if (this.logits.length !== V) {
+    if (this.probs.length !== V) {
       this.logits = new Float32Array(V);
       this.probs = new Float32Array(V);
       this.keep = new Uint8Array(V);
     }
-    const x = this.logits;
-    x.set(row);
-    this.applyProcessors(x, history);
+    let x = row;
+    if (this.hasProcessors(history)) {
+      x = this.logits;
+      x.set(row);
+      this.applyProcessors(x, history);
+    }
+    const lib = this.jsOnly ? null : nativeSampler();
+    return lib ? this.sampleNative(lib, x) : this.sampleJs(x);
+  }
 
+  private sampleNative(lib: NativeLib, x: Float32Array): SampledToken {
+    const p = this.params;
+    const nTop = Math.min(p.topLogprobs ?? 0, x.length);
+    if (this.nativeTop.length < nTop) this.nativeTop = new Int32Array(nTop);
+    const a = this.nativeArgs;
+    a[0] = p.temperature;
+    a[1] = p.topP;
+    a[2] = p.topK;
+    a[3] = p.minP;
+    a[4] = p.temperature > 0 ? this.rng.next() : 0;
+    a[5] = nTop;
+    a[6] = p.logprobs === true ? 1 : 0;
+    const out = this.nativeOut;
+    const status = lib.rmlx_sample(ptr(x), x.length, ptr(a), ptr(this.probs), ptr(this.keep), nTop > 0 ? ptr(this.nativeTop) : null, ptr(out));
+    if (status !== 0) throw new RmlxError("invalid_argument", ALL_MASKED);
+    const logZ = out[2]!;
+    const top: { token: number; logprob: number }[] = [];
+    for (let i = 0; i < nTop; i++) top.push({ token: this.nativeTop[i]!, logprob: x[this.nativeTop[i]!]! - logZ });
+    return { token: out[0]!, logprob: out[1]!, top };
+  }
+
+  private sampleJs(x: Float32Array): SampledToken {
+    const p = this.params;
+    const V = x.length;
     let max = -Infinity;
     let argmax = 0;
     for (let i = 0; i < V; i++) {
@@ -108,7 +164,7 @@ export class Sampler {
         argmax = i;
       }
     }
-    if (max === -Infinity) throw new RmlxError("invalid_argument", "every token is masked (all logits are -inf)");
+    if (max === -Infinity) throw new RmlxError("invalid_argument", ALL_MASKED);
     const nTop = p.topLogprobs ?? 0;
     const wantLogprobs = p.logprobs === true || nTop > 0;
     const filters = p.topP < 1 || p.minP > 0 || p.topK > 0;
@@ -124,6 +180,14 @@ export class Sampler {
     const logZ = max + Math.log(sum);
     const token = p.temperature > 0 ? this.draw(x, probs, sum) : argmax;
     return { token, logprob: x[token]! - logZ, top: nTop > 0 ? topN(x, nTop, logZ) : [] };
+  }
+
+  /** Whether bias or penalties change this row (they need a copy of it). */
+  private hasProcessors(history: ArrayLike<number>): boolean {
+    const p = this.params;
+    if (this.biasIds.length > 0) return true;
+    const penalties = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+    return penalties && p.repetitionContext > 0 && history.length > 0;
   }
 
   /** Bias and penalties, in place. */

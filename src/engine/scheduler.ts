@@ -10,8 +10,8 @@ import { RmlxError } from "../errors.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
-import { PrefixCache } from "./kv/prefix_cache.ts";
-import { Sampler } from "./sampler.ts";
+import { PrefixCache, type PrefixTier } from "./kv/prefix_cache.ts";
+import { Sampler, type SampledToken } from "./sampler.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
 /** The engine settings a scheduler reads (the CLI's in-process runs have no others). */
@@ -36,7 +36,7 @@ export interface SchedulerModel {
   readonly eosTokenIds: readonly number[];
   /** Prompt token ids of a request (chat template applied), and whether they end inside an open reasoning section. */
   encode(req: GenerateRequest): { ids: number[]; startsInReasoning: boolean };
-  /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major. */
+  /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major, valid until the next. */
   forward(step: BuiltStep, logitRows: Int32Array): Float32Array;
   newDetokenizer(): TokenTextStream;
   newStopFilter(stops: string[]): StopFilter;
@@ -44,8 +44,13 @@ export interface SchedulerModel {
   tokenBytes(id: number): Uint8Array;
   /** The request's output constraint; `startsInReasoning`: its prompt left a reasoning section open. */
   logitsProcessor?(req: GenerateRequest, prompt: { startsInReasoning: boolean }): LogitsProcessor | null;
-  /** Single-token reasoning tags (<think>, </think>), when the model has them: needed for thinking budgets. */
-  readonly reasoningTokens?: { open: number; close: number };
+  /**
+   * The token ids of the reasoning tags (<think> and </think>; Gemma 4's two-token <|channel>thought and
+   * <channel|>), when the model has them: needed for thinking budgets.
+   */
+  readonly reasoningTokens?: { open: readonly number[]; close: readonly number[] };
+  /** Where prefix-cache entries go when they leave RAM (an SSD tier), if anywhere. */
+  readonly prefixTier?: PrefixTier;
 }
 
 interface Active {
@@ -61,10 +66,14 @@ interface Active {
   stop: StopFilter;
   processor: LogitsProcessor | null;
   cachedTokens: number;
+  /** Of the cached tokens, those whose blocks came back from the prefix cache's tier. */
+  tierTokens: number;
   startsInReasoning: boolean;
   /** Inside a reasoning section now, and how many tokens it has taken so far. */
   inReasoning: boolean;
   reasoningUsed: number;
+  /** Tokens of a closing tag still to be emitted after a thinking budget ran out, in place of sampled ones. */
+  forced: number[];
   started: boolean;
   submitMs: number;
   admitMs: number;
@@ -84,7 +93,9 @@ export class Scheduler {
     private readonly emit: (ev: EngineEvent) => void,
   ) {
     const cache = model.cache;
-    this.prefix = config.prefixCache ? new PrefixCache(cache.spaces, cache.blockSize, cache.rootHash, cache.snapshotBlocks) : null;
+    this.prefix = config.prefixCache
+      ? new PrefixCache(cache.spaces, cache.blockSize, cache.rootHash, model.prefixTier ?? null, cache.snapshotBlocks)
+      : null;
   }
 
   get numRunning(): number {
@@ -140,9 +151,11 @@ export class Scheduler {
       stop: this.model.newStopFilter(req.stop),
       processor: this.model.logitsProcessor?.(req, { startsInReasoning }) ?? null,
       cachedTokens: 0,
+      tierTokens: 0,
       startsInReasoning,
       inReasoning: startsInReasoning,
       reasoningUsed: 0,
+      forced: [],
       started: false,
       submitMs: performance.now(),
       admitMs: 0,
@@ -179,8 +192,13 @@ export class Scheduler {
       const a = this.waiting[0]!;
       if (this.prefix) {
         // Keep at least one token to run, so the step yields the logits of the last prompt token.
-        cache.adopt(a.seq, this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize)));
-        if (!a.started) a.cachedTokens = a.seq.length;
+        const m = this.prefix.match(a.tokens, Math.floor((a.tokens.length - 1) / cache.blockSize));
+        cache.adopt(a.seq, m);
+        if (!a.started) {
+          a.cachedTokens = a.seq.length;
+          // Blocks restored on an earlier try that had to wait are in RAM by now: they still count as the tier's.
+          a.tierTokens = Math.min(a.cachedTokens, Math.max(a.tierTokens, m.fromTier * cache.blockSize));
+        }
       }
       const pending = a.tokens.length - a.seq.length;
       // The sliding space is reserved one prefill chunk at a time, the main space for the whole prompt.
@@ -211,6 +229,7 @@ export class Scheduler {
           id: a.req.id,
           promptTokens: a.promptLen,
           cachedTokens: a.cachedTokens,
+          ...(a.tierTokens > 0 ? { cachedDiskTokens: a.tierTokens } : {}),
           startsInReasoning: a.startsInReasoning,
         });
       }
@@ -312,7 +331,7 @@ export class Scheduler {
   private sampleNext(a: Active, row: Float32Array): void {
     const req = a.req;
     a.processor?.apply(row);
-    const s = this.overBudget(a) ? this.forcedClose() : a.sampler.sample(row, a.tokens);
+    const s = a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : a.sampler.sample(row, a.tokens);
     this.trackReasoning(a, s.token);
     if (a.generated === 0) a.firstTokenMs = performance.now();
     a.generated++;
@@ -333,17 +352,24 @@ export class Scheduler {
     return budget !== undefined && this.model.reasoningTokens !== undefined && a.inReasoning && a.reasoningUsed >= budget;
   }
 
-  /** Ends the reasoning section in place of a sampled token. */
-  private forcedClose(): { token: number; logprob: number; top: { token: number; logprob: number }[] } {
-    return { token: this.model.reasoningTokens!.close, logprob: 0, top: [] };
+  /** The next token of a forced close of the reasoning section, in place of a sampled token. */
+  private forcedClose(a: Active): SampledToken {
+    if (a.forced.length === 0) a.forced = [...this.model.reasoningTokens!.close];
+    return { token: a.forced.shift()!, logprob: 0, top: [] };
   }
 
+  /** Follows the reasoning section over the tokens so far (the newest, `token`, not yet in a.tokens). */
   private trackReasoning(a: Active, token: number): void {
     const tags = this.model.reasoningTokens;
     if (!tags) return;
-    if (token === tags.open) a.inReasoning = true;
-    else if (token === tags.close) a.inReasoning = false;
-    else if (a.inReasoning) a.reasoningUsed++;
+    if (endsWith(a.tokens, token, tags.open)) {
+      a.inReasoning = true;
+      a.reasoningUsed = 0;
+    } else if (endsWith(a.tokens, token, tags.close)) {
+      a.inReasoning = false;
+    } else if (a.inReasoning) {
+      a.reasoningUsed++;
+    }
   }
 
   private logprob(s: { token: number; logprob: number; top: { token: number; logprob: number }[] }): TokenLogprob {
@@ -367,7 +393,12 @@ export class Scheduler {
       id: a.req.id,
       finishReason: reason,
       stoppedBy,
-      usage: { promptTokens: a.promptLen, completionTokens: a.generated, cachedTokens: a.cachedTokens },
+      usage: {
+        promptTokens: a.promptLen,
+        completionTokens: a.generated,
+        cachedTokens: a.cachedTokens,
+        ...(a.tierTokens > 0 ? { cachedDiskTokens: a.tierTokens } : {}),
+      },
       timing: {
         queuedMs: a.admitMs - a.submitMs,
         ttftMs: a.firstTokenMs - a.submitMs,
@@ -376,4 +407,12 @@ export class Scheduler {
       },
     });
   }
+}
+
+/** Whether tokens followed by `last` end with the tag's ids. */
+function endsWith(tokens: readonly number[], last: number, tag: readonly number[]): boolean {
+  const n = tag.length;
+  if (n === 0 || tag[n - 1] !== last || tokens.length < n - 1) return false;
+  for (let i = 0; i < n - 1; i++) if (tokens[tokens.length - (n - 1) + i] !== tag[i]) return false;
+  return true;
 }

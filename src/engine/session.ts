@@ -182,11 +182,11 @@ export function encodeToFit(
 }
 
 /** The ids of the reasoning tags (<think> and </think>) when each is one token (what thinking budgets need). */
-function thinkTokens(s: Session): { open: number; close: number } | undefined {
+function thinkTokens(s: Session): { open: number[]; close: number[] } | undefined {
   const tags = s.info.reasoningTags ?? THINK_TAGS;
   const open = s.tokenizer.encode(tags.open, { addSpecialTokens: false });
   const close = s.tokenizer.encode(tags.close, { addSpecialTokens: false });
-  return open.length === 1 && close.length === 1 ? { open: open[0]!, close: close[0]! } : undefined;
+  return open.length > 0 && close.length > 0 ? { open, close } : undefined;
 }
 
 const NO_TEXT = { push: () => "", flush: () => "" };
@@ -196,6 +196,8 @@ const NO_TEXT = { push: () => "", flush: () => "" };
  * own. What the bench runs, which needs no tokenizer.
  */
 export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
+  // One logits buffer for every step: the scheduler samples from a step's rows before it runs the next.
+  let logits = new Float32Array(0);
   return {
     cache,
     contextLength: model.config.contextLength,
@@ -204,7 +206,11 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
       if (typeof req.prompt === "string" || req.messages) throw new RmlxError("invalid_argument", "without a tokenizer the prompt must be token ids");
       return { ids: checkedIds(req.prompt ?? [], model.vocabSize), startsInReasoning: false };
     },
-    forward: (step, logitRows) => runStep(model, cache, step, logitRows),
+    forward(step, logitRows) {
+      const need = logitRows.length * model.vocabSize;
+      if (logits.length < need) logits = new Float32Array(need);
+      return runStep(model, cache, step, logitRows, logits);
+    },
     newDetokenizer: () => NO_TEXT,
     newStopFilter: (stops) => new StopStrings(stops),
     tokenBytes: () => new Uint8Array(0),
@@ -230,7 +236,7 @@ export function sessionModel(s: Session, cache: KvCache): SchedulerModel {
       if (!inner) return null;
       // The reply's call or JSON comes after the reasoning the prompt opened, not inside it.
       const tags = prompt?.startsInReasoning ? thinkTokens(s) : undefined;
-      return tags ? new AfterReasoning(inner, tags.close, s.stopTokenIds) : inner;
+      return tags ? new AfterReasoning(inner, tags.close[tags.close.length - 1]!, s.stopTokenIds) : inner;
     },
   };
 }

@@ -89,7 +89,10 @@ export type EngineEvent =
       type: "started";
       id: string;
       promptTokens: number;
+      /** Prompt tokens whose K/V came from the prefix cache, from RAM or from its SSD tier. */
       cachedTokens: number;
+      /** Of cachedTokens, those read back from the SSD tier. */
+      cachedDiskTokens?: number;
       /** The rendered prompt ends inside an open reasoning section (e.g. "<think>\n"), so output starts as reasoning. */
       startsInReasoning?: boolean;
       /** The prompt's length before its middle was cut to fit the context (--prompt-overflow truncate). */
@@ -103,7 +106,7 @@ export type EngineEvent =
       finishReason: FinishReason;
       /** The stop string or token that ended it, if any. */
       stoppedBy?: string | number;
-      usage: { promptTokens: number; completionTokens: number; cachedTokens: number };
+      usage: { promptTokens: number; completionTokens: number; cachedTokens: number; cachedDiskTokens?: number };
       timing: { queuedMs: number; ttftMs: number; decodeTps: number; promptTps: number };
     }
   | { type: "error"; id: string; code: string; message: string };
@@ -128,6 +131,8 @@ export interface EngineConfig {
   gemv?: string;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
   contextLength?: number;
+  /** --kv-ssd and --kv-ssd-budget: the SSD tier of the prefix cache (its directory is locked by the server). */
+  kvSsd?: { dir: string; budgetBytes: number };
   /** A prompt longer than the context: refused (error, the default) or cut in the middle to fit (truncate). */
   promptOverflow?: "error" | "truncate";
   /** --chat-template: a chat template used instead of the one each model ships. */
@@ -180,4 +185,13 @@ export type FromWorker =
       /** Bytes of the KV blocks in use (in the cache's codec, every pool), and of the whole KV budget. */
       kvUsedBytes?: number;
       kvTotalBytes?: number;
+      /** Blocks the SSD tier wrote, read back, dropped as unsound and skipped, since the worker started. */
+      ssd?: SsdCounts;
     };
+
+export interface SsdCounts {
+  written: number;
+  loaded: number;
+  dropped: number;
+  skipped: number;
+}

@@ -4,9 +4,10 @@
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
 import { KvCache } from "./kv/kv_cache.ts";
+import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
-import type { EngineConfig, FromWorker, ToWorker } from "./types.ts";
+import type { EngineConfig, FromWorker, SsdCounts, ToWorker } from "./types.ts";
 
 declare const self: Worker;
 
@@ -19,9 +20,21 @@ interface Loaded {
   cache: KvCache;
   scheduler: Scheduler;
   contextLength: number;
+  tier: SsdTier | null;
 }
 
 const models = new Map<string, Loaded>();
+/** SSD tier counts of models unloaded since the start, so that the server's counters never go back. */
+const retiredSsd: SsdCounts = { written: 0, loaded: 0, dropped: 0, skipped: 0 };
+/** Tiers of unloaded models still writing their last blocks. */
+const closingTiers = new Set<SsdTier>();
+
+function addSsd(to: SsdCounts, from: SsdCounts): void {
+  to.written += from.written;
+  to.loaded += from.loaded;
+  to.dropped += from.dropped;
+  to.skipped += from.skipped;
+}
 /** Which model each live request runs on, for cancellation. */
 const owners = new Map<string, string>();
 
@@ -56,7 +69,8 @@ function load(name: string, dir: string): void {
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
   const contextLength = Math.min(full.contextLength, config.contextLength || Infinity);
-  const model = { ...full, contextLength };
+  const tier = ssdTierFor(name, dir, cache);
+  const model = { ...full, contextLength, ...(tier ? { prefixTier: tier } : {}) };
   if (config.promptOverflow === "truncate") {
     model.encode = (req) => {
       const { truncatedFrom, ...e } = encodeToFit(session, req, contextLength);
@@ -65,8 +79,33 @@ function load(name: string, dir: string): void {
     };
   }
   const scheduler = new Scheduler(model, config, post);
-  models.set(name, { session, cache, scheduler, contextLength: model.contextLength });
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier });
   postLoaded(name, models.get(name)!);
+}
+
+/** The model's SSD tier under --kv-ssd; none without a prefix cache, or for a model with recurrent state. */
+function ssdTierFor(name: string, dir: string, cache: KvCache): SsdTier | null {
+  const ssd = config.kvSsd;
+  if (!ssd || !config.prefixCache) return null;
+  const warn = (m: string) => process.stderr.write(`rmlx: warning: ${m}\n`);
+  if (cache.states) {
+    warn(`${name}: the SSD tier is off for models with recurrent state (their prefix entries need state snapshots)`);
+    return null;
+  }
+  try {
+    return new SsdTier(cache, { dir: ssd.dir, budgetBytes: ssd.budgetBytes, modelId: modelIdentity(dir), warn: (m) => warn(`${name}: ${m}`) });
+  } catch (e) {
+    // An unreadable index or directory costs the tier, not the model.
+    warn(`${name}: the SSD tier in ${ssd.dir} is off: ${(e as Error).message}`);
+    return null;
+  }
+}
+
+/** Offers a model's RAM prefix entries to its SSD tier and waits until they are written. */
+async function keepPrefixes(m: Loaded): Promise<void> {
+  if (!m.tier) return;
+  m.scheduler.prefix?.keepAll();
+  await m.tier.store.close();
 }
 
 function postLoaded(name: string, m: Loaded): void {
@@ -77,6 +116,16 @@ function unload(name: string): void {
   const m = models.get(name);
   if (m) {
     m.scheduler.abortAll("not_found", `model '${name}' was unloaded`);
+    // The blocks are copied out before the pools go; the files are written after.
+    m.scheduler.prefix?.keepAll();
+    const tier = m.tier;
+    if (tier) {
+      closingTiers.add(tier);
+      void tier.store.close().finally(() => {
+        closingTiers.delete(tier);
+        addSsd(retiredSsd, tier.store.stats);
+      });
+    }
     m.cache.dispose();
     models.delete(name);
   }
@@ -92,7 +141,10 @@ function stats(): void {
   let kvWindowTotal = 0;
   let kvUsedBytes = 0;
   let kvTotalBytes = 0;
+  const ssd = { ...retiredSsd };
+  for (const t of closingTiers) addSsd(ssd, t.store.stats);
   for (const m of models.values()) {
+    if (m.tier) addSsd(ssd, m.tier.store.stats);
     running += m.scheduler.numRunning;
     waiting += m.scheduler.numWaiting;
     kvUsed += m.cache.allocator.numUsed;
@@ -102,7 +154,7 @@ function stats(): void {
     kvUsedBytes += m.cache.usedBytes;
     kvTotalBytes += m.cache.memoryBytes;
   }
-  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes });
+  post({ type: "stats", running, waiting, kvUsed, kvTotal, kvWindowUsed, kvWindowTotal, kvUsedBytes, kvTotalBytes, ...(config.kvSsd ? { ssd } : {}) });
 }
 
 let looping = false;
@@ -203,7 +255,8 @@ function handle(msg: ToWorker): void {
     }
     case "shutdown":
       for (const m of models.values()) m.scheduler.abortAll("cancelled", "the server is shutting down");
-      process.exit(0);
+      void Promise.all([...models.values()].map(keepPrefixes)).finally(() => process.exit(0));
+      return;
   }
 }
 

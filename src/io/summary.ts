@@ -293,7 +293,8 @@ export function summarize(md: ModelDir): ModelSummary {
 export function unsupportedReason(md: ModelDir, supported: readonly string[]): string | null {
   const textType = typeof md.config.raw.model_type === "string" ? md.config.raw.model_type : md.config.modelType;
   if (!supported.includes(textType)) return `the ${textType} architecture is not implemented yet`;
-  if (md.quant?.legacyMethod && !md.quant.global)
+  // BitNet's own family runs its ternary checkpoints as they are
+  if (md.quant?.legacyMethod && !md.quant.global && !(md.quant.legacyMethod === "bitnet" && textType === "bitnet"))
     return `${md.quant.legacyMethod} checkpoints must first be converted with 'rmlx convert'`;
   return null;
 }

@@ -18,6 +18,15 @@ export interface ModelSummary {
   tpsP95: number | null;
   /** Cached prompt tokens over all prompt tokens. */
   cacheHitRate: number | null;
+  /** Of the cached prompt tokens, those read back from the SSD tier. */
+  cachedDiskTokens: number;
+  /** Prompt tokens read back from the SSD tier over all prompt tokens. */
+  diskHitRate: number | null;
+}
+
+/** Whether a table has a column: a database written by an older rmlx and opened read-only may lack newer ones. */
+function hasColumn(db: Database, table: string, column: string): boolean {
+  return (db.query(`PRAGMA table_info(${table})`).all() as { name: string }[]).some((c) => c.name === column);
 }
 
 /** Parses "24h", "7d", "30m", "90s" or an ISO date into epoch seconds. */
@@ -46,13 +55,15 @@ function percentile(db: Database, column: string, model: string, since: number, 
 }
 
 export function summary(db: Database, since: number): ModelSummary[] {
+  const disk = hasColumn(db, "requests", "cached_disk_tokens") ? "sum(cached_disk_tokens)" : "0";
   const rows = db
     .query(
       `SELECT model, count(*) AS requests, sum(status >= 400 AND status != ${CLIENT_CLOSED_STATUS}) AS errors,
-              sum(prompt_tokens) AS prompt, sum(generated_tokens) AS generated, sum(cached_tokens) AS cached
+              sum(prompt_tokens) AS prompt, sum(generated_tokens) AS generated, sum(cached_tokens) AS cached,
+              ${disk} AS disk
        FROM requests WHERE started_at >= ? GROUP BY model ORDER BY model`,
     )
-    .all(since) as { model: string; requests: number; errors: number; prompt: number; generated: number; cached: number }[];
+    .all(since) as { model: string; requests: number; errors: number; prompt: number; generated: number; cached: number; disk: number }[];
   return rows.map((r) => ({
     model: r.model,
     requests: r.requests,
@@ -65,6 +76,8 @@ export function summary(db: Database, since: number): ModelSummary[] {
     tpsP50: percentile(db, "decode_tps", r.model, since, 0.5),
     tpsP95: percentile(db, "decode_tps", r.model, since, 0.95),
     cacheHitRate: r.prompt > 0 ? r.cached / r.prompt : null,
+    cachedDiskTokens: r.disk,
+    diskHitRate: r.prompt > 0 ? r.disk / r.prompt : null,
   }));
 }
 

@@ -43,4 +43,6 @@ export const MIGRATIONS: readonly string[] = [
      higher_is_better INTEGER NOT NULL DEFAULT 1
    );
    CREATE INDEX benchmarks_name ON benchmarks(name, shape, created_at);`,
+  // Prompt tokens read back from the prefix cache's SSD tier (a part of cached_tokens); older rows have 0.
+  `ALTER TABLE requests ADD COLUMN cached_disk_tokens INTEGER NOT NULL DEFAULT 0;`,
 ];

@@ -26,7 +26,10 @@ export interface RequestRow {
   startedAt: number;
   endedAt: number;
   promptTokens: number;
+  /** Prompt tokens from the prefix cache, RAM and SSD tier together. */
   cachedTokens: number;
+  /** Of cachedTokens, those read back from the SSD tier. */
+  cachedDiskTokens?: number;
   generatedTokens: number;
   ttftMs?: number;
   decodeTps?: number;
@@ -131,14 +134,14 @@ export class MetricsStore {
     this.guard(() => {
       const insert = this.db!.query(
         `INSERT INTO requests (run_id, request_id, model, api, started_at, ended_at, prompt_tokens, cached_tokens,
-           generated_tokens, ttft_ms, decode_tps, prompt_tps, finish_reason, status)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           cached_disk_tokens, generated_tokens, ttft_ms, decode_tps, prompt_tps, finish_reason, status)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       );
       this.db!.transaction(() => {
         for (const r of rows) {
           insert.run(
             this.runId, r.requestId ?? null, r.model, r.api, r.startedAt / 1000, r.endedAt / 1000, r.promptTokens,
-            r.cachedTokens, r.generatedTokens, r.ttftMs ?? null, r.decodeTps ?? null, r.promptTps ?? null,
+            r.cachedTokens, r.cachedDiskTokens ?? 0, r.generatedTokens, r.ttftMs ?? null, r.decodeTps ?? null, r.promptTps ?? null,
             r.finishReason ?? null, r.status,
           );
         }

@@ -53,19 +53,28 @@ export function attention(
   const v = be.reshape(be.linear(x, w.v, w.vBias), [T, s.kvHeads, s.headDim]);
   if (w.qNorm) q = be.rmsNorm(q, w.qNorm, s.normEps, s.normOnePlus);
   if (w.kNorm) k = be.rmsNorm(k, w.kNorm, s.normEps, s.normOnePlus);
+  return be.linear(attend(be, q, k, v, s, step, layer), w.o, w.oBias);
+}
+
+/**
+ * The middle of self-attention: rope on q [T, heads, headDim] and k [T, kvHeads, headDim], their cache write with
+ * v, and paged attention; returns the heads' outputs [T, heads * headDim] before the output projection.
+ */
+export function attend(be: Backend, q: Tensor, k: Tensor, v: Tensor, s: AttentionParams, step: ForwardStep, layer: number): Tensor {
+  const T = q.shape[0]!;
   const positions = step.batch.positions;
   checkPositions(s.rope, positions);
-  q = be.rope(q, positions, s.rope.opts);
-  k = be.rope(k, positions, s.rope.opts);
+  const qr = be.rope(q, positions, s.rope.opts);
+  const kr = be.rope(k, positions, s.rope.opts);
   const pool = step.pools[layer]!;
   // Sliding layers of a windowed cache keep only their window, in blocks of their own.
   const view = s.window > 0 && step.windowed ? step.windowed : step;
-  be.kvWrite(pool, k, v, view.slots);
+  be.kvWrite(pool, kr, v, view.slots);
   const opts: AttentionOptions = { scale: s.scale };
   if (s.window > 0) opts.window = s.window;
   if (s.softcap) opts.softcap = s.softcap;
-  const a = be.pagedAttention(q, pool, view.batch, opts);
-  return be.linear(be.reshape(a, [T, s.heads * s.headDim]), w.o, w.oBias);
+  const a = be.pagedAttention(qr, pool, view.batch, opts);
+  return be.reshape(a, [T, s.heads * s.headDim]);
 }
 
 export interface MlpWeights {

@@ -5,6 +5,7 @@ import type { Backend } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import { ConfigReader, setConfigFamilies } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
+import { bitnet } from "./bitnet.ts";
 import type { Family, Sanitizer } from "./family.ts";
 import { gemma3 } from "./gemma3.ts";
 import { gemma4 } from "./gemma4.ts";
@@ -27,8 +28,7 @@ const FAMILIES: readonly Family[] = [
   qwen3_5,
   gemma3,
   gemma4,
-  // known so that `rmlx info` describes it; ternary weights need kernels of their own
-  { modelTypes: ["bitnet"] },
+  bitnet,
 ];
 
 const BY_TYPE = new Map(FAMILIES.flatMap((f) => f.modelTypes.map((t) => [t, f] as const)));

@@ -63,6 +63,11 @@ export class ModelWeights {
     return t;
   }
 
+  /** The stored entry behind a tensor (by its mlx-lm name), for weights a family transforms at load time. */
+  entry(name: string): TensorEntry {
+    return this.md.weights.require(this.storedName(name));
+  }
+
   optTensor(name: string): Tensor | undefined {
     return this.stored.has(name) ? this.tensor(name) : undefined;
   }

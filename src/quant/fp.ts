@@ -1,6 +1,8 @@
 // MLX's floating-point block formats: mxfp4 (E2M1 codes, E8M0 scale per 32), mxfp8 (E4M3 codes, E8M0 scale per
-// 32), nvfp4 (E2M1 codes, E4M3 scale per 16). Quantization follows MLX's f32 kernels: scale = absmax/maxval in f32,
-// encoded to the scale format and decoded back, codes from value/scale.
+// 32), nvfp4 (E2M1 codes, E4M3 scale per 16). Quantization follows MLX's GPU kernels (Metal from MLX 0.32.1, and
+// CUDA): scale = absmax/maxval in f32, encoded to the scale format and decoded back, codes from value * (1/scale) with
+// the reciprocal rounded to f32. For the power-of-two mx scales that equals value/scale; for nvfp4's E4M3 scales it
+// differs from the quotient at a few E2M1 tie points.
 import { type FloatDType, bitsF32, f32Bits, roundTo } from "./dtype.ts";
 import { packCodes, unpackCodes } from "./pack.ts";
 
@@ -118,6 +120,7 @@ export function fpQuantize(w: Float32Array, mode: FpMode): FpQuantized {
       scale = fromE8M0(sc);
     }
     scales[g] = sc;
+    const inv = scale === 0 ? 0 : fr(1 / scale);
     if (bits === 4) {
       for (let j = 0; j < groupSize; j++) {
         if (scale === 0) {
@@ -125,12 +128,12 @@ export function fpQuantize(w: Float32Array, mode: FpMode): FpQuantized {
           codes[base + j] = 0;
           continue;
         }
-        const q = fr(w[base + j]! / scale);
+        const q = fr(w[base + j]! * inv);
         // the quotient has the sign of the value (the scale is positive); NaN has no sign in E2M1
         codes[base + j] = q !== q ? 7 : e2m1Magnitude(Math.abs(q)) | (bits32[base + j]! >>> 31 ? 8 : 0);
       }
     } else {
-      for (let j = 0; j < groupSize; j++) codes[base + j] = toE4M3(scale === 0 ? 0 : fr(w[base + j]! / scale));
+      for (let j = 0; j < groupSize; j++) codes[base + j] = toE4M3(fr(w[base + j]! * inv));
     }
   }
   return { weight: packCodes(codes, bits), scales };

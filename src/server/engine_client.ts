@@ -7,6 +7,7 @@ import type {
   GenerateRequest,
   LoadedModelInfo,
   ToolSpec,
+  SsdCounts,
   ToWorker,
 } from "../engine/types.ts";
 
@@ -16,6 +17,8 @@ type DoneEvent = Extract<EngineEvent, { type: "done" }>;
 export interface Progress {
   promptTokens: number;
   cachedTokens: number;
+  /** Of cachedTokens, those read back from the SSD tier. */
+  cachedDiskTokens?: number;
   generatedTokens: number;
   /** Date.now() at the first generated token, if there was one. */
   firstTokenAt?: number;
@@ -58,6 +61,7 @@ export class GenerationStream implements AsyncIterable<EngineEvent> {
     if (ev.type === "started") {
       this.progress.promptTokens = ev.promptTokens;
       this.progress.cachedTokens = ev.cachedTokens;
+      if (ev.cachedDiskTokens) this.progress.cachedDiskTokens = ev.cachedDiskTokens;
     } else if (ev.type === "delta" && ev.tokenIds.length > 0) {
       this.progress.firstTokenAt ??= Date.now();
       this.progress.generatedTokens += ev.tokenIds.length;
@@ -103,6 +107,8 @@ export interface EngineStats {
   kvWindowTotal: number;
   kvUsedBytes: number;
   kvTotalBytes: number;
+  /** The SSD tier's block counts (--kv-ssd), absent without one. */
+  ssd?: SsdCounts;
 }
 
 interface Pending<T> {
@@ -200,6 +206,7 @@ export class EngineClient {
           kvWindowTotal: msg.kvWindowTotal ?? 0,
           kvUsedBytes: msg.kvUsedBytes ?? 0,
           kvTotalBytes: msg.kvTotalBytes ?? 0,
+          ...(msg.ssd ? { ssd: msg.ssd } : {}),
         };
         return;
     }

@@ -7,6 +7,7 @@ export class ServerMetrics {
   private readonly requests = new Map<string, number>();
   promptTokens = 0;
   cachedTokens = 0;
+  cachedDiskTokens = 0;
   generationTokens = 0;
   private readonly ttftCounts = new Array<number>(TTFT_BUCKETS_S.length).fill(0);
   private ttftSum = 0;
@@ -17,9 +18,10 @@ export class ServerMetrics {
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
   }
 
-  generation(usage: { promptTokens: number; completionTokens: number; cachedTokens: number }, ttftMs: number): void {
+  generation(usage: { promptTokens: number; completionTokens: number; cachedTokens: number; cachedDiskTokens?: number }, ttftMs: number): void {
     this.promptTokens += usage.promptTokens;
     this.cachedTokens += usage.cachedTokens;
+    this.cachedDiskTokens += usage.cachedDiskTokens ?? 0;
     this.generationTokens += usage.completionTokens;
     if (usage.completionTokens === 0) return;
     const s = ttftMs / 1000;
@@ -40,8 +42,9 @@ export class ServerMetrics {
       [...this.requests].map(([k, v]) => `rmlx_requests_total{${k}} ${v}`),
     );
     metric("rmlx_prompt_tokens_total", "counter", "Prompt tokens processed.", [`rmlx_prompt_tokens_total ${this.promptTokens}`]);
-    metric("rmlx_prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", [
-      `rmlx_prompt_tokens_cached_total ${this.cachedTokens}`,
+    metric("rmlx_prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache, by where their blocks were: RAM or the SSD tier.", [
+      `rmlx_prompt_tokens_cached_total{tier="ram"} ${this.cachedTokens - this.cachedDiskTokens}`,
+      `rmlx_prompt_tokens_cached_total{tier="disk"} ${this.cachedDiskTokens}`,
     ]);
     metric("rmlx_generation_tokens_total", "counter", "Tokens generated.", [`rmlx_generation_tokens_total ${this.generationTokens}`]);
     metric("rmlx_time_to_first_token_seconds", "histogram", "Time from request to first generated token.", [
@@ -66,6 +69,15 @@ export class ServerMetrics {
     metric("rmlx_kv_bytes_total", "gauge", "Bytes of the KV cache budget (all pools, recurrent state slots included).", [
       `rmlx_kv_bytes_total ${stats.kvTotalBytes}`,
     ]);
+    if (stats.ssd) {
+      const ssd = stats.ssd;
+      metric(
+        "rmlx_kv_ssd_blocks_total",
+        "counter",
+        "Prefix-cache blocks of the SSD tier (--kv-ssd): written to disk, loaded back, dropped as corrupt or foreign, skipped (budget, queue or a failed write).",
+        (["written", "loaded", "dropped", "skipped"] as const).map((k) => `rmlx_kv_ssd_blocks_total{event="${k}"} ${ssd[k]}`),
+      );
+    }
     metric(
       "rmlx_model_loaded",
       "gauge",

@@ -82,7 +82,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       engine.cancelAll();
       await Promise.race([closing, Bun.sleep(1000)]);
       models.close();
-      await engine.shutdown();
+      // The worker writes the prefix cache's RAM blocks to the SSD tier before it exits.
+      await engine.shutdown(opts.engine.kvSsd ? 120_000 : undefined);
       store.close();
     },
   };

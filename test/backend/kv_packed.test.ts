@@ -1,7 +1,7 @@
 // Packed KV pools (affine 8/4-bit, FP8): the codes written are within the format's error of the values, and
 // paged attention over the packed pool equals attention over a float pool holding the decoded values, for decode
 // steps (split into parts on long contexts), prefill chunks and sliding windows. Prefix-sharing copies whole
-// packed blocks.
+// packed blocks, and block reads and writes (an SSD tier's) move them as bytes.
 import { describe, expect, test } from "bun:test";
 import type { AttentionBatch, KvElement, KvFormat, KvPool } from "../../src/backend/backend.ts";
 import { kvElementBytes } from "../../src/backend/backend.ts";
@@ -209,6 +209,32 @@ describe("packed KV pools", () => {
     expect(Array.from(dec.k.subarray(3 * n, 4 * n))).toEqual(Array.from(dec.k.subarray(n, 2 * n)));
     expect(Array.from(dec.v.subarray(3 * n, 4 * n))).toEqual(Array.from(dec.v.subarray(n, 2 * n)));
     expect(dec.k.subarray(n, 2 * n).some((x) => x !== 0)).toBe(true);
+  });
+
+  for (const name of ["k8v4", "fp8", "k8vf16"]) {
+    test(`readKvBlock / writeKvBlock move a ${name} block whole: into another pool it decodes to the same values`, () => {
+      const f = FORMATS[name]!;
+      const a = be.createKvPool(3, 16, kvHeads, D, f);
+      const b = be.createKvPool(5, 16, kvHeads, D, f);
+      const K = randn(16 * kvHeads * D, 3);
+      const V = randn(16 * kvHeads * D, 4);
+      be.scope(() => be.kvWrite(a, t(K, [16, kvHeads, D]), t(V, [16, kvHeads, D]), Int32Array.from({ length: 16 }, (_, i) => 32 + i)));
+      const bytes = be.readKvBlock(a, 2);
+      expect(bytes.byteLength).toBe(16 * kvHeads * (kvElementBytes(f.k, D) + kvElementBytes(f.v, D)));
+      be.writeKvBlock(b, 4, bytes);
+      const [da, db] = [decodePool(a), decodePool(b)];
+      const n = 16 * kvHeads * D;
+      expect(Array.from(db.k.subarray(4 * n, 5 * n))).toEqual(Array.from(da.k.subarray(2 * n, 3 * n)));
+      expect(Array.from(db.v.subarray(4 * n, 5 * n))).toEqual(Array.from(da.v.subarray(2 * n, 3 * n)));
+      expect(db.k.subarray(4 * n, 5 * n).some((x) => x !== 0)).toBe(true);
+      expect(Array.from(be.readKvBlock(b, 4))).toEqual(Array.from(bytes));
+    });
+  }
+
+  test("block reads and writes outside the pool or of the wrong size are refused", () => {
+    const pool = be.createKvPool(2, 16, kvHeads, D, FORMATS.q4!);
+    expect(() => be.readKvBlock(pool, 2)).toThrow(/block 2 outside the pool's 2/);
+    expect(() => be.writeKvBlock(pool, 0, new Uint8Array(7))).toThrow(/7 bytes for a block of/);
   });
 
   test("bytes per row: q8 g64 is 8.5 bits per value, q4 4.5, fp8 8.25", () => {

@@ -1,6 +1,7 @@
 // The serving benchmark in its seconds-long mode: one client, a few tokens, a tiny random-weight Qwen3 behind a
 // real `rmlx serve`. Checks that every part runs and records its figures, and that the prefix cache served the
-// whole shared prefix (64 tokens: four full 16-token blocks) on the second request.
+// whole shared prefix (64 tokens: four full 16-token blocks) on the second request, and from its SSD tier on the
+// third, after a restart.
 import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -23,7 +24,7 @@ test("bench serve --smoke runs every part and records its figures", async () => 
     expect(err).not.toContain("error");
     expect(code).toBe(0);
     expect(out).toMatch(/^1 +[\d.]+ +[\d.]+ +\d+ ms +\d+ ms +[\d.]+ +[\d.]+$/m);
-    expect(out).toMatch(/TTFT cold \d+ ms \(0 of 80 prompt tokens cached\), warm \d+ ms \(64 cached\)/);
+    expect(out).toMatch(/TTFT cold \d+ ms \(0 of 80 prompt tokens cached\), RAM hit \d+ ms \(64 cached\): [\d.]+x; after a restart, SSD hit \d+ ms \(64 cached, 64 from disk\)/);
     expect(out).toMatch(/mask alone over a typical answer's [1-9]\d* tokens/);
 
     const store = new Database(db, { readonly: true });
@@ -47,6 +48,8 @@ test("bench serve --smoke runs every part and records its figures", async () => 
         "serve prefix TTFT cold",
         "serve prefix TTFT gain",
         "serve prefix TTFT warm",
+        "serve prefix TTFT ssd after restart",
+        "serve prefix TTFT ssd gain",
       ].sort(),
     );
     for (const r of rows) expect(Number.isFinite(r.figure)).toBe(true);
@@ -54,4 +57,4 @@ test("bench serve --smoke runs every part and records its figures", async () => 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}, 60_000);
+}, 120_000);

@@ -132,11 +132,11 @@ describe("rmlx info", () => {
     expect(j.mtp).toEqual({ layers: 1, parameters: 24832, bytes: 49664 });
   });
 
-  test("an unsupported family is described but not runnable", () => {
-    const dir = writeModelDir(tempDir(), { ...llamaConfig(), model_type: "bitnet" }, llamaTensors());
+  test("a checkpoint this build cannot run is described but not runnable", () => {
+    const dir = writeModelDir(tempDir(), { ...llamaConfig(), quantization_config: { quant_method: "awq" } }, llamaTensors());
     const j = JSON.parse(info("--model", dir, "--json").out);
     expect(j.runnable).toBe(false);
-    expect(j.reason).toContain("bitnet");
+    expect(j.reason).toContain("awq");
   });
 
   describe("bad input", () => {

@@ -127,3 +127,53 @@ describe("sampler", () => {
     expect(Math.abs(sum / 10000 - 0.5)).toBeLessThan(0.02);
   });
 });
+
+describe("sampler: native and TypeScript steps agree", () => {
+  // Logits with a realistic spread (a few strong tokens over a long tail), a vocabulary of Qwen's size, some masked.
+  function row(V: number, seed: number): Float32Array {
+    const r = new Rng(seed);
+    const x = new Float32Array(V);
+    for (let i = 0; i < V; i++) x[i] = (r.next() - 0.5) * 8 + (r.next() < 0.001 ? 12 : 0);
+    for (let i = 0; i < V; i += 97) x[i] = -Infinity;
+    return x;
+  }
+  const cases: Partial<SamplingParams>[] = [
+    { temperature: 0 },
+    { temperature: 0, logprobs: true, topLogprobs: 5 },
+    { temperature: 1 },
+    { temperature: 0.7, topP: 0.9 },
+    { temperature: 0.6, topK: 20 },
+    { temperature: 1.2, topK: 400 },
+    { temperature: 0.8, minP: 0.05 },
+    { temperature: 1, topP: 0.95, topK: 50, minP: 0.02, logprobs: true, topLogprobs: 3 },
+    { temperature: 1, repetitionPenalty: 1.3, presencePenalty: 0.5, logitBias: { 5: 4, 17: -100 } },
+  ];
+  for (const c of cases) {
+    test(JSON.stringify(c), () => {
+      const nat = new Sampler(params({ ...c, seed: 11 }));
+      const js = new Sampler(params({ ...c, seed: 11 }), true);
+      for (let k = 0; k < 30; k++) {
+        const x = row(151936, 100 + k);
+        const history = [5, 17, 42, 42, 1000];
+        const a = nat.sample(x, history);
+        const b = js.sample(x, history);
+        expect(a.token).toBe(b.token);
+        if (Number.isNaN(b.logprob)) expect(a.logprob).toBeNaN();
+        else expect(Math.abs(a.logprob - b.logprob)).toBeLessThan(1e-4);
+        expect(a.top.map((t) => t.token)).toEqual(b.top.map((t) => t.token));
+      }
+    });
+  }
+
+  test("a masked token is never drawn, and an all-masked row is an error in both", () => {
+    const x = new Float32Array(1000).fill(-Infinity);
+    x[3] = -200;
+    x[700] = -200.5;
+    const s = new Sampler(params({ temperature: 5, seed: 2 }));
+    for (let i = 0; i < 200; i++) expect([3, 700]).toContain(s.sample(x).token);
+    for (const jsOnly of [false, true]) {
+      const t = new Sampler(params({ temperature: 1 }), jsOnly);
+      expect(() => t.sample(new Float32Array(8).fill(-Infinity))).toThrow(RmlxError);
+    }
+  });
+});

@@ -39,7 +39,7 @@ class ContextModel implements SchedulerModel {
   tokensRun = 0;
   /** Prompts end inside an open reasoning section, with tags as single tokens. */
   reasoning = false;
-  reasoningTokens?: { open: number; close: number };
+  reasoningTokens?: { open: number[]; close: number[] };
   readonly eosTokenIds = [EOS];
 
   constructor(
@@ -265,7 +265,7 @@ describe("scheduler", () => {
   test("a thinking budget closes the reasoning section after that many tokens", () => {
     const model = new ContextModel(64);
     model.reasoning = true;
-    model.reasoningTokens = { open: 29, close: 30 };
+    model.reasoningTokens = { open: [29], close: [30] };
     const h = harness(model);
     const p = prompt(9, 6);
     h.sched.submit(request("t", p, 6, { thinkingBudget: 3 }));
@@ -273,6 +273,19 @@ describe("scheduler", () => {
     const head = reference(p, 3);
     const tail = reference([...p, ...head, 30], 2);
     expect(h.tokensOf("t")).toEqual([...head, 30, ...tail]);
+  });
+
+  test("a thinking budget works with a two-token opening tag and a two-token closing tag", () => {
+    const model = new ContextModel(64);
+    model.reasoning = true;
+    model.reasoningTokens = { open: [25, 26], close: [28, 29] };
+    const h = harness(model);
+    const p = [...prompt(9, 6), 25, 26];
+    h.sched.submit(request("t", p, 7, { thinkingBudget: 2 }));
+    h.run();
+    const head = reference(p, 2);
+    const tail = reference([...p, ...head, 28, 29], 3);
+    expect(h.tokensOf("t")).toEqual([...head, 28, 29, ...tail]);
   });
 
   test("max tokens are clipped to the context", () => {

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { CLIENT_CLOSED_STATUS, MetricsStore, type RequestRow } from "../../src/metrics/store.ts";
 import { benchAt, latestBench, parseSince, regressions, summary } from "../../src/metrics/queries.ts";
 import { sparkline, table } from "../../src/metrics/format.ts";
+import { MIGRATIONS } from "../../src/metrics/schema.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "rmlx-metrics-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,17 +22,40 @@ describe("metrics store", () => {
     const s = MetricsStore.open(path);
     expect(s.enabled).toBe(true);
     s.startRun({ kind: "serve", model: "m" });
-    for (let i = 1; i <= 100; i++) s.recordRequest(row({ ttftMs: i, decodeTps: 1000 - i, cachedTokens: i % 2 ? 10 : 0 }));
+    for (let i = 1; i <= 100; i++) s.recordRequest(row({ ttftMs: i, decodeTps: 1000 - i, cachedTokens: i % 2 ? 10 : 0, cachedDiskTokens: i % 2 ? 4 : 0 }));
     s.close();
     const db = new Database(path, { readonly: true });
     expect((db.query("SELECT count(*) AS n FROM requests").get() as { n: number }).n).toBe(100);
-    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(1);
+    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(2);
     const [m] = summary(db, 0);
     expect(m!.requests).toBe(100);
     // nearest-rank over 1..100: index floor(99 * p)
     expect(m!.ttftP50).toBe(50);
     expect(m!.ttftP95).toBe(95);
     expect(m!.cacheHitRate).toBeCloseTo(0.5, 6);
+    expect(m!.diskHitRate).toBeCloseTo(0.2, 6);
+    db.close();
+  });
+
+  test("a database of the first schema is migrated in place and keeps its rows; read-only it still summarises", () => {
+    const path = join(dir, "v1.db");
+    const old = new Database(path, { create: true });
+    old.exec(MIGRATIONS[0]!);
+    old.exec("PRAGMA user_version = 1");
+    old.query("INSERT INTO requests (model, api, started_at, ended_at, prompt_tokens, cached_tokens, status) VALUES ('m', 'openai', 1, 2, 10, 5, 200)").run();
+    old.close();
+    const ro = new Database(path, { readonly: true });
+    expect(summary(ro, 0)[0]!.diskHitRate).toBe(0);
+    ro.close();
+    const s = MetricsStore.open(path);
+    s.recordRequest(row({ cachedTokens: 10, cachedDiskTokens: 10 }));
+    s.close();
+    const db = new Database(path, { readonly: true });
+    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(MIGRATIONS.length);
+    const [m] = summary(db, 0);
+    expect(m!.requests).toBe(2);
+    expect(m!.cachedTokens).toBe(15);
+    expect(m!.cachedDiskTokens).toBe(10);
     db.close();
   });
 

@@ -11,6 +11,7 @@ import type {
   RopeOptions,
   StatePool,
   Tensor,
+  TernaryWeight,
   Weight,
 } from "../../src/backend/backend.ts";
 import { isQuantized } from "../../src/backend/backend.ts";
@@ -280,6 +281,36 @@ export class RefBackend implements Backend {
   quantizedMatmul(x: Tensor, w: QuantizedWeight): Tensor {
     return this.linear(x, w);
   }
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor {
+    // transformers' BitLinear: per row s = 127 / max(max|x|, 1e-5), q = clamp(round half even (x*s)), in f32
+    const raw = (w.packed as RT).raw!;
+    const [R, K] = w.packed.shape as [number, number];
+    const N = 4 * R;
+    const X = floats(x);
+    const M = X.length / K;
+    const fr = Math.fround;
+    const out = new Float32Array(M * N);
+    for (let m = 0; m < M; m++) {
+      let amax = 0;
+      for (let k = 0; k < K; k++) amax = Math.max(amax, Math.abs(X[m * K + k]!));
+      const s = fr(127 / Math.max(amax, fr(1e-5)));
+      const q = new Int32Array(K);
+      for (let k = 0; k < K; k++) {
+        const v = fr(X[m * K + k]! * s);
+        const f = Math.floor(v);
+        const r = v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v);
+        q[k] = Math.min(127, Math.max(-128, r));
+      }
+      for (let n = 0; n < N; n++) {
+        const row = n % R;
+        const shift = 2 * Math.floor(n / R);
+        let d = 0;
+        for (let k = 0; k < K; k++) d += (((raw[row * K + k]! >> shift) & 3) - 1) * q[k]!;
+        out[m * N + n] = w.divide ? fr(d / fr(w.scale * s)) : fr(fr(d / s) * w.scale);
+      }
+    }
+    return F([...x.shape.slice(0, -1), N], out);
+  }
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const W = weightF(w);
     const [, N, K] = W.shape as [number, number, number];
@@ -344,6 +375,9 @@ export class RefBackend implements Backend {
   }
   geglu(g: Tensor, u: Tensor): Tensor {
     return binary(g, u, (a, b) => gelu(a) * b);
+  }
+  relu2Mul(g: Tensor, u: Tensor): Tensor {
+    return binary(g, u, (a, b) => Math.max(a, 0) ** 2 * b);
   }
   softcap(x: Tensor, cap: number): Tensor {
     return unary(x, (v) => cap * Math.tanh(v / cap));
@@ -524,5 +558,21 @@ export class RefBackend implements Backend {
       const a = floats(t);
       a.copyWithin(dst * n, src * n, (src + 1) * n);
     }
+  }
+  readKvBlock(pool: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const n = pool.blockSize * pool.kvHeads * pool.headDim;
+    const out = new Float32Array(2 * n);
+    out.set(floats(pool.k).subarray(block * n, (block + 1) * n), 0);
+    out.set(floats(pool.v).subarray(block * n, (block + 1) * n), n);
+    const bytes = new Uint8Array(out.buffer);
+    if (!into) return bytes;
+    into.set(bytes);
+    return into;
+  }
+  writeKvBlock(pool: KvPool, block: number, bytes: Uint8Array): void {
+    const n = pool.blockSize * pool.kvHeads * pool.headDim;
+    const src = new Float32Array(bytes.slice().buffer);
+    floats(pool.k).set(src.subarray(0, n), block * n);
+    floats(pool.v).set(src.subarray(n, 2 * n), block * n);
   }
 }

@@ -8,6 +8,7 @@ import { makeTinyModel } from "./tiny_model.ts";
 
 test("families this build runs", () => {
   expect([...SUPPORTED_MODEL_TYPES].sort()).toEqual([
+    "bitnet",
     "gemma3",
     "gemma3_text",
     "gemma4",
@@ -25,8 +26,8 @@ test("families this build runs", () => {
   ]);
 });
 
-test("a known but unimplemented architecture is RmlxError unsupported, naming it", () => {
-  const dir = makeTinyModel({ modelType: "llama", extra: { model_type: "bitnet" } });
+test("an architecture this build does not run is RmlxError unsupported, naming it", () => {
+  const dir = makeTinyModel({ modelType: "llama", extra: { model_type: "gpt_neox" } });
   try {
     let err: unknown;
     try {
@@ -36,7 +37,7 @@ test("a known but unimplemented architecture is RmlxError unsupported, naming it
     }
     expect(err).toBeInstanceOf(RmlxError);
     expect((err as RmlxError).code).toBe("unsupported");
-    expect((err as RmlxError).message).toContain("'bitnet'");
+    expect((err as RmlxError).message).toContain("'gpt_neox'");
   } finally {
     rmSync(dir, { recursive: true });
   }

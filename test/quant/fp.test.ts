@@ -119,6 +119,17 @@ describe("nvfp4", () => {
     expect(Array.from(back.subarray(16, 19))).toEqual([6.75, 1.125, -2.25]);
   });
 
+  test("codes come from value * (1/scale) with the reciprocal in f32, as MLX's GPU kernels compute them", () => {
+    // absmax 5.625 gives scale 0.9375 (0x37); f32(1/0.9375) is 1.0666667 rounded up, so each value below lands just
+    // above a round-down tie of E2M1 (1.25, 2.5, 5) or on a round-up one (0.75) where value/scale lands on or below it.
+    // value/scale would give codes 2, 4, 6, 1, 10 (1, 2, 4, 0.5, -1); the product gives 3, 5, 7, 2, 11.
+    const w = new Float32Array(16);
+    w.set([5.625, 1.171875, 2.34375, 4.6875, 0.7031249403953552, -1.171875]);
+    const q = fpQuantize(w, "nvfp4");
+    expect(Array.from(q.scales)).toEqual([0x37]);
+    expect(codesOf(q.weight, 4, 16).slice(0, 6)).toEqual([7, 3, 5, 7, 2, 11]);
+  });
+
   test("tiny groups get a zero scale and zero codes", () => {
     const w = new Float32Array(16).fill(1e-6);
     const q = fpQuantize(w, "nvfp4");

@@ -1,6 +1,6 @@
 // `rmlx serve` start-up and options against the stand-in engine (fake_worker.ts): the ready line, per-request log
 // lines, one-line failures (a model that cannot load, a port in use), sampling defaults (request > server flag >
-// generation_config.json > built-in), --max-tokens and --ctx-size.
+// generation_config.json > built-in), --max-tokens, --ctx-size and --kv-ssd's checks.
 import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -223,6 +223,28 @@ describe("sampling defaults", () => {
       const bad = await serveFails([flag!, value!]);
       expect(bad.code).toBe(2);
       expect(bad.err).toBe(`${message}\n`);
+    }
+  });
+});
+
+describe("--kv-ssd start-up", () => {
+  test("--kv-ssd: a budget without a directory, a bad size, no prefix cache or an unusable directory are one line", async () => {
+    const dir = fakeModels("m");
+    try {
+      const ssd = join(dir, "kv");
+      for (const [args, message] of [
+        [["--kv-ssd-budget", "1GiB"], "rmlx: --kv-ssd-budget needs --kv-ssd"],
+        [["--kv-ssd", ssd, "--kv-ssd-budget", "lots"], "rmlx: --kv-ssd-budget: 'lots' is not a size (e.g. 4GiB, 512MB)"],
+        [["--kv-ssd", ssd, "--no-prefix-cache"], "rmlx: --kv-ssd needs the prefix cache (drop --no-prefix-cache)"],
+        [["--kv-ssd", join(dir, "m", "config.json", "kv")], `rmlx: --kv-ssd ${join(dir, "m", "config.json", "kv")}: ENOTDIR`],
+      ] as const) {
+        const bad = await serveFails(["--model", join(dir, "m"), ...args]);
+        expect(bad.code).toBe(2);
+        expect(bad.err.split("\n").length).toBe(2);
+        expect(bad.err).toStartWith(message);
+      }
+    } finally {
+      removeDir(dir);
     }
   });
 });

@@ -1,6 +1,6 @@
 // Peer timing for the kernels benchmark: one y = x @ W^T through ggml's CPU backend (llama.cpp's own kernels),
 // W in a ggml type filled from random values, x f32. Prints one JSON line with the best seconds per product.
-//   usage: ggml_matmul <q4_0|q8_0|mxfp4|bf16|f16|f32> M K N threads [budget_seconds]
+//   usage: ggml_matmul <q4_0|q8_0|mxfp4|tq1_0|tq2_0|bf16|f16|f32> M K N threads [budget_seconds]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,7 +13,7 @@
 
 int main(int argc, char **argv) {
   if (argc < 6) {
-    fprintf(stderr, "usage: %s <q4_0|q8_0|mxfp4|bf16|f16|f32> M K N threads [budget_seconds]\n", argv[0]);
+    fprintf(stderr, "usage: %s <q4_0|q8_0|mxfp4|tq1_0|tq2_0|bf16|f16|f32> M K N threads [budget_seconds]\n", argv[0]);
     return 2;
   }
   const char *tname = argv[1];
@@ -21,6 +21,8 @@ int main(int argc, char **argv) {
   if (!strcmp(tname, "q4_0")) type = GGML_TYPE_Q4_0;
   else if (!strcmp(tname, "q8_0")) type = GGML_TYPE_Q8_0;
   else if (!strcmp(tname, "mxfp4")) type = GGML_TYPE_MXFP4;
+  else if (!strcmp(tname, "tq1_0")) type = GGML_TYPE_TQ1_0;
+  else if (!strcmp(tname, "tq2_0")) type = GGML_TYPE_TQ2_0;
   else if (!strcmp(tname, "bf16")) type = GGML_TYPE_BF16;
   else if (!strcmp(tname, "f16")) type = GGML_TYPE_F16;
   else if (!strcmp(tname, "f32")) type = GGML_TYPE_F32;

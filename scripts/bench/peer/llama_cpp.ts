@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { MODELS, type PeerModel, writeRandomModel } from "./random_gguf.ts";
 
 export type PeerResult<T> = ({ ok: true } & T) | { ok: false; reason: string };
-export type MatmulType = "q4_0" | "q8_0" | "mxfp4" | "bf16" | "f16" | "f32";
+export type MatmulType = "q4_0" | "q8_0" | "mxfp4" | "tq1_0" | "tq2_0" | "bf16" | "f16" | "f32";
 export type GenerateType = "q4_0" | "bf16" | "f16";
 export { MODELS, type PeerModel };
 

@@ -12,12 +12,14 @@ import {
   type DType,
   type KvFormat,
   type KvPool,
+  kvBlockBytes,
   plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
   type RopeOptions,
   type StatePool,
   type Tensor,
+  type TernaryWeight,
   type Weight,
   isQuantized,
 } from "../backend.ts";
@@ -320,7 +322,16 @@ export class MlxBackend implements Backend {
   private readBack(x: MTensor, dt: number, what: string): ArrayBuffer {
     const tmp = new Temps();
     try {
-      const c = x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp);
+      return this.bytesOfHandle(x.dtype === FROM_MLX.get(dt) ? x.h : this.raw.astype(x.h, dt, tmp), what);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  /** Evaluates a contiguous copy of an array handle and copies its bytes out. */
+  private bytesOfHandle(c: number, what: string): ArrayBuffer {
+    const tmp = new Temps();
+    try {
       const h = tmp.add(this.res(this.S.mlx_contiguous(slotPtr(), c, false, this.stream), what));
       this.evalHandles([h]);
       const n = Number(this.S.mlx_array_nbytes(h));
@@ -333,9 +344,13 @@ export class MlxBackend implements Backend {
     }
   }
 
-  toFloat32(x: Tensor): Float32Array {
+  toFloat32(x: Tensor, out?: Float32Array): Float32Array {
     const t = this.arg(x, "toFloat32");
-    return new Float32Array(this.readBack(t, MLX_DTYPE.f32, "toFloat32"));
+    const values = new Float32Array(this.readBack(t, MLX_DTYPE.f32, "toFloat32"));
+    if (!out || out.length < values.length) return values;
+    const view = out.subarray(0, values.length);
+    view.set(values);
+    return view;
   }
 
   toInt32(x: Tensor): Int32Array {
@@ -916,6 +931,14 @@ export class MlxBackend implements Backend {
   causalConv1d(): Tensor {
     throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
   }
+  ternaryLinear(_x: Tensor, _w: TernaryWeight): Tensor {
+    throw new RmlxError("unsupported", "ternaryLinear: BitNet's ternary weights are not on the mlx backend yet (use --backend native)");
+  }
+
+  relu2Mul(_gate: Tensor, _up: Tensor): Tensor {
+    throw new RmlxError("unsupported", "relu2Mul: BitNet's MLP is not on the mlx backend yet (use --backend native)");
+  }
+
   gatedDelta(): Tensor {
     throw new RmlxError("unsupported", "gatedDelta: not on the mlx backend yet");
   }
@@ -946,6 +969,47 @@ export class MlxBackend implements Backend {
         const dlo = [dst, 0, 0, 0];
         const dhi = [dst + 1, ...t.shape.slice(1)];
         const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints(dlo), 4, ints(dhi), 4, one, 4, this.stream), "copyBlock");
+        this.swap(t, h);
+      }
+      this.dirtyPools.add(pool);
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const pool = this.pool(p, "readKvBlock");
+    args.checkKvBlockIo("readKvBlock", pool, block, into);
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
+    const tmp = new Temps();
+    try {
+      let at = 0;
+      for (const t of [pool.k, pool.v]) {
+        const one = ints([1, 1, 1, 1]);
+        const h = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
+        const bytes = new Uint8Array(this.bytesOfHandle(h, "readKvBlock"));
+        out.set(bytes, at);
+        at += bytes.byteLength;
+      }
+    } finally {
+      this.freeAll(tmp);
+    }
+    return out;
+  }
+
+  writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
+    const pool = this.pool(p, "writeKvBlock");
+    args.checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    const tmp = new Temps();
+    try {
+      let at = 0;
+      for (const t of [pool.k, pool.v]) {
+        const shape = [1, ...t.shape.slice(1)];
+        const n = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+        const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
+        at += n;
+        const one = ints([1, 1, 1, 1]);
+        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, src, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "writeKvBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);

@@ -16,6 +16,7 @@ import {
   plainKvDtype,
   type QuantMode,
   type QuantizedWeight,
+  type TernaryWeight,
   type RecurrentBatch,
   type RopeOptions,
   type StatePool,
@@ -23,6 +24,7 @@ import {
   type Tensor,
   type Weight,
   isQuantized,
+  kvBlockBytes,
 } from "../backend.ts";
 import {
   broadcastShapes,
@@ -30,6 +32,7 @@ import {
   clampBound,
   checkCausalConv,
   checkCopyBlock,
+  checkKvBlockIo,
   checkGatedDelta,
   checkRecurrentBatch,
   checkStateSpec,
@@ -238,10 +241,15 @@ export class NativeBackend implements Backend {
     this.graph.eval(tensors.map((x) => this.arg(x, "eval").root()));
   }
 
-  toFloat32(x: Tensor): Float32Array {
+  toFloat32(x: Tensor, out?: Float32Array): Float32Array {
     const t = this.arg(x, "toFloat32");
     this.eval(t);
     const b = bytesOf(t);
+    if (out && out.length >= t.size && t.dtype === "f32") {
+      const view = out.subarray(0, t.size);
+      view.set(new Float32Array(b.buffer, b.byteOffset, t.size));
+      return view;
+    }
     switch (t.dtype) {
       case "f32":
         return new Float32Array(b.slice().buffer);
@@ -268,6 +276,10 @@ export class NativeBackend implements Backend {
 
   scope<T>(fn: () => T): T {
     return this.scopes.scope(fn);
+  }
+
+  get computeMs(): number {
+    return this.graph.execMs;
   }
 
   /** Bytes held by the step arena (for tests and metrics). */
@@ -440,6 +452,22 @@ export class NativeBackend implements Backend {
     return this.qlinear(x, w);
   }
 
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor {
+    const xt = this.floatArg(x, "ternaryLinear");
+    const wt = this.arg(w.packed, "ternaryLinear weight");
+    if (wt.dtype !== "u8" || wt.shape.length !== 2) invalid(`ternaryLinear: weight ${wt.dtype} ${fmt(wt.shape)} is not packed uint8 [out/4, in]`);
+    const [R, K] = wt.shape as [number, number];
+    if (xt.shape[xt.shape.length - 1] !== K) invalid(`ternaryLinear: x ${fmt(xt.shape)} against weight ${fmt(wt.shape)}`);
+    const N = 4 * R;
+    const M = xt.size / K;
+    const out = this.out([...xt.shape.slice(0, -1), N]);
+    this.graph.record([xt, wt], [out], (p) => {
+      if (out.size === 0) return;
+      encode.ternaryLinear(p, out.address(), xt.address(), M, K, N, wt.address(), w.scale, w.divide);
+    });
+    return out;
+  }
+
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
     const xt = this.floatArg(x, "gatherMatmul");
     const it = this.arg(indices, "gatherMatmul indices");
@@ -590,6 +618,18 @@ export class NativeBackend implements Backend {
 
   geglu(gate: Tensor, up: Tensor): Tensor {
     return this.glu(GLU.geglu, gate, up, "geglu");
+  }
+
+  relu2Mul(gate: Tensor, up: Tensor): Tensor {
+    const g = this.floatArg(gate, "relu2Mul");
+    const u = this.floatArg(up, "relu2Mul");
+    if (!sameShape(g.shape, u.shape)) invalid(`relu2Mul: gate ${fmt(g.shape)} and up ${fmt(u.shape)} differ`);
+    const out = this.out(g.shape);
+    this.graph.record([g, u], [out], (p) => {
+      if (out.size === 0) return;
+      encode.relu2Mul(p, out.address(), g.address(), u.address(), g.size);
+    });
+    return out;
   }
 
   /** softmax or sum over one axis, as the middle axis of [outer, n, inner]. */
@@ -786,6 +826,52 @@ export class NativeBackend implements Backend {
         encode.memcpy(w, t.address() + dst * bytes, t.address() + src * bytes, bytes);
       }
     });
+  }
+
+  readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
+    const pool = this.pool(p, "readKvBlock");
+    checkKvBlockIo("readKvBlock", pool, block, into);
+    this.graph.eval([]);
+    const out = into ?? new Uint8Array(kvBlockBytes(pool));
+    let at = 0;
+    for (const t of pool.parts) {
+      const bytes = t.nbytes / pool.numBlocks;
+      out.set(bytesAt(t.address() + block * bytes, bytes), at);
+      at += bytes;
+    }
+    return out;
+  }
+
+  writeKvBlock(p: KvPool, block: number, bytes: Uint8Array): void {
+    const pool = this.pool(p, "writeKvBlock");
+    checkKvBlockIo("writeKvBlock", pool, block, bytes);
+    this.graph.eval([]);
+    if (pool.readers.every((r) => r.done)) {
+      // Nothing recorded reads the pool still: the bytes go straight in, without a program per block.
+      let at = 0;
+      for (const t of pool.parts) {
+        const n = t.nbytes / pool.numBlocks;
+        bytesAt(t.address() + block * n, n).set(bytes.subarray(at, at + n));
+        at += n;
+      }
+      return;
+    }
+    // The node keeps its own copy (whole i32 words) until the program has run.
+    const host = new Int32Array(Math.ceil(bytes.byteLength / 4));
+    new Uint8Array(host.buffer).set(bytes);
+    this.graph.write(
+      pool,
+      [],
+      (w, addrs) => {
+        let at = 0;
+        for (const t of pool.parts) {
+          const n = t.nbytes / pool.numBlocks;
+          encode.memcpy(w, t.address() + block * n, addrs[0]! + at, n);
+          at += n;
+        }
+      },
+      [host],
+    );
   }
 
   // ---------------------------------------------------------------- linear attention

@@ -41,6 +41,8 @@ export interface Shared {
 
 export class Graph {
   private readonly prog = new ProgramWriter();
+  /** Milliseconds spent inside rmlx_exec so far: the computation, as against the host's recording and reading. */
+  execMs = 0;
   /** Recorded writes to shared memory, run by the next eval whatever it asks for. */
   private effects: Node[] = [];
   private pass = 0;
@@ -123,7 +125,9 @@ export class Graph {
       n.emit(w, n.host.length === 0 ? NO_ADDRS : n.host.map(hostPtr));
     }
     if (w.len > 0) {
+      const t0 = performance.now();
       const status = native().rmlx_exec(w.buf, w.len);
+      this.execMs += performance.now() - t0;
       if (status !== 0) {
         // A failed program is dropped whole (its results become unusable) so that it cannot fail every later eval.
         for (const n of order) {

@@ -11,7 +11,7 @@ import { parseGemvMode, type GemvMode } from "../choice.ts";
 
 export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
-const ABI_VERSION = 1;
+const ABI_VERSION = 2;
 
 const { ptr: P, i32, i64, f32, cstring } = FFIType;
 
@@ -35,7 +35,9 @@ const SYMBOLS = {
   rmlx_gather_linear: { args: [P, P, i64, i64, i64, i64, P, i64, P, i32], returns: i32 },
   rmlx_dequantize_rows: { args: [P, P, i64, i64, i64, P, P, P, i32, i32, i32, i32, f32], returns: i32 },
   rmlx_take_rows: { args: [P, P, i64, i64, i64, P, i32], returns: i32 },
+  rmlx_ternary_linear: { args: [P, P, i64, i64, i64, P, f32, i32], returns: i32 },
   rmlx_exec: { args: [P, i64], returns: i32 },
+  rmlx_sample: { args: [P, i64, P, P, P, P, P], returns: i32 },
   rmlx_bench_triad: { args: [i64, i32, P], returns: i32 },
 } as const;
 

@@ -218,4 +218,11 @@ export const OPS = {
     },
   },
   stateCopy: { code: 72, fields: { state: ptr("float"), slotSize: i64, numSlots: i64, src: i64, dst: i64 } },
+  // BitNet b1.58: a Linear of ternary weights (2-bit codes, four output rows to a byte) against x quantized to int8
+  // per row, and its MLP's relu(gate)^2 * up.
+  ternaryLinear: {
+    code: 80,
+    fields: { y: OUT, x: IN, M: i64, K: i64, N: i64, w: ptr("const uint8_t"), scale: f32, divide: bool },
+  },
+  relu2Mul: { code: 81, fields: { out: OUT, gate: IN, up: IN, n: i64 } },
 } as const satisfies Record<string, OpDecl>;

@@ -724,3 +724,35 @@ export function stateCopy(
   buf[at + 3] = src;
   buf[at + 4] = dst;
 }
+
+export function ternaryLinear(
+  prog: ProgramWriter,
+  y: number,
+  x: number,
+  M: number,
+  K: number,
+  N: number,
+  w: number,
+  scale: number,
+  divide: boolean,
+): void {
+  const at = prog.open(80, 10);
+  const buf = prog.buf;
+  buf[at] = y;
+  buf[at + 1] = x;
+  buf[at + 2] = M;
+  buf[at + 3] = K;
+  buf[at + 4] = N;
+  buf[at + 5] = w;
+  buf[at + 6] = scale;
+  buf[at + 7] = divide ? 1 : 0;
+}
+
+export function relu2Mul(prog: ProgramWriter, out: number, gate: number, up: number, n: number): void {
+  const at = prog.open(81, 6);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = gate;
+  buf[at + 2] = up;
+  buf[at + 3] = n;
+}

@@ -7,7 +7,7 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
-import type { AttentionBatch, Backend, DType, KvPool } from "../../backend/backend.ts";
+import { type AttentionBatch, type Backend, type DType, type KvPool, kvBlockBytes } from "../../backend/backend.ts";
 import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
@@ -165,6 +165,42 @@ export class BlockSpace {
   /** Logical block of the first key a query at position `length` reads: where a sequence's held blocks start. */
   firstHeld(length: number): number {
     return this.window === 0 ? 0 : Math.floor(Math.max(0, length - this.window + 1) / this.blockSize);
+  }
+
+  /**
+   * Block `id` of every pool of the space as bytes (each pool's readKvBlock, in pool order): bytesPerBlock of them,
+   * into `out` when given.
+   */
+  readBlock(id: number, out: Uint8Array = new Uint8Array(this.bytesPerBlock)): Uint8Array {
+    if (out.byteLength !== this.bytesPerBlock) {
+      throw new RmlxError("internal", `a block of this space has ${this.bytesPerBlock} bytes, not ${out.byteLength}`);
+    }
+    let at = 0;
+    for (const pool of this.pools) {
+      const n = kvBlockBytes(pool);
+      this.backend.readKvBlock(pool, id, out.subarray(at, at + n));
+      at += n;
+    }
+    return out;
+  }
+
+  /** Overwrites block `id` of every pool with bytes that readBlock gave. */
+  writeBlock(id: number, bytes: Uint8Array): void {
+    if (bytes.byteLength !== this.bytesPerBlock) {
+      throw new RmlxError("internal", `a block of this space has ${this.bytesPerBlock} bytes, not ${bytes.byteLength}`);
+    }
+    let at = 0;
+    for (const pool of this.pools) {
+      const n = kvBlockBytes(pool);
+      this.backend.writeKvBlock(pool, id, bytes.subarray(at, at + n));
+      at += n;
+    }
+  }
+
+  /** What decides the meaning of a block's bytes: window, and each pool's heads, head_dim and format. */
+  get layout(): string {
+    const pool = (p: KvPool) => `${p.kvHeads}x${p.headDim}:${JSON.stringify(p.format ?? p.k.dtype)}`;
+    return `w${this.window}[${this.pools.map(pool).join(",")}]`;
   }
 
   /**
@@ -436,6 +472,11 @@ export class KvCache {
       spaces.push(new BlockSpace(backend, WINDOW, windowAllocator, poolsWhere(true), this.blockSize, this.window, windowBytes));
     }
     this.spaces = spaces;
+  }
+
+  /** What decides the meaning of a block's bytes in each space: block size, and each space's layout. */
+  get layout(): string {
+    return `bs${this.blockSize}|${this.spaces.map((sp) => sp.layout).join("|")}`;
   }
 
   /** Bytes of K and V for one block across all the given layers. */

@@ -1,4 +1,4 @@
-// Automatic prefix caching. Three rules:
+// Automatic prefix caching. Five rules:
 //  1. A full block is keyed by a chain hash of every token from the start of the sequence to its end, so requests
 //     that share a prompt prefix share those blocks (through the allocators' refcounts) and skip their prefill.
 //  2. An entry holds one reference to its block in each space of the KV cache. The main space's block is the
@@ -10,6 +10,9 @@
 //     an entry may carry a snapshot of it taken right after its block, and a prefix is usable only if its last
 //     entry has one. A snapshot is charged as many main-space blocks as its bytes fill, held by its entry and given
 //     back with it, so snapshots and K/V share one memory budget.
+//  5. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
+//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back. The tier keeps
+//     K/V only: an entry it gives back has no snapshot.
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -33,6 +36,8 @@ export interface CachedSpace {
 export interface PrefixMatch {
   /** Whole blocks matched: they hold the first blocks * blockSize tokens. */
   blocks: number;
+  /** Of those, the ones the tier gave back for this match. */
+  fromTier: number;
   /** Chain hash through them. */
   hash: bigint;
   /** Per space, the blocks that a sequence of that many blocks holds there, each retained once for the caller. */
@@ -49,6 +54,16 @@ interface Entry {
   charged: number[];
 }
 
+/** Where entries go when they leave RAM, and come back from (src/engine/kv/ssd_tier.ts). */
+export interface PrefixTier {
+  /** An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place. */
+  keep(hash: bigint, ids: readonly number[]): void;
+  /** Whether the tier may hold the block of this chain hash. */
+  has(hash: bigint): boolean;
+  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none), or null. */
+  restore(hash: bigint): number[] | null;
+}
+
 export class PrefixCache {
   /** hash -> entry; Map order is the LRU order (oldest first). */
   private readonly entries = new Map<bigint, Entry>();
@@ -58,6 +73,7 @@ export class PrefixCache {
     readonly blockSize: number,
     /** First hash of every chain: the KV codec's (codecRootHash), so that blocks of different codecs never match. */
     readonly root: bigint = ROOT_HASH,
+    private readonly tier: PrefixTier | null = null,
     /** Main-space blocks a snapshot is charged; 0 for a model without recurrent state (no snapshots needed). */
     readonly snapshotBlocks = 0,
   ) {
@@ -76,13 +92,28 @@ export class PrefixCache {
     const found: Entry[] = [];
     const hashes: bigint[] = [this.root];
     const bs = this.blockSize;
+    const restored = new Set<Entry>();
+    // Once blocks come back from the tier, the entries found are held so that making room cannot evict them.
+    let pinning = false;
     for (let b = 0; b < maxBlocks && (b + 1) * bs <= tokens.length; b++) {
       const h = blockHash(hashes[b]!, tokens, b * bs, (b + 1) * bs);
-      const e = this.entries.get(h);
+      let e = this.entries.get(h);
+      if (e === undefined && this.tier?.has(h)) {
+        if (!pinning) for (const f of found) this.hold(f, 1);
+        pinning = true;
+        const ids = this.tier.restore(h);
+        if (ids) {
+          e = { ids, snapshot: null, charged: [] };
+          this.entries.set(h, e);
+          restored.add(e);
+        }
+      }
       if (e === undefined) break;
       found.push(e);
       hashes.push(h);
+      if (pinning) this.hold(e, 1);
     }
+    if (pinning) for (const f of found) this.hold(f, -1);
     let m = found.length;
     while (m > 0 && !(this.usable(found, m) && (this.snapshotBlocks === 0 || found[m - 1]!.snapshot))) m--;
     for (let k = 0; k < m; k++) {
@@ -96,7 +127,22 @@ export class PrefixCache {
       return { first, ids };
     });
     const snapshot = this.snapshotBlocks > 0 && m > 0 ? found[m - 1]!.snapshot! : undefined;
-    return { blocks: m, hash: hashes[m]!, held, ...(snapshot ? { snapshot } : {}) };
+    const fromTier = found.slice(0, m).filter((e) => restored.has(e)).length;
+    return { blocks: m, fromTier, hash: hashes[m]!, held, ...(snapshot ? { snapshot } : {}) };
+  }
+
+  /** Offers every entry to the tier, keeping them (a graceful shutdown). */
+  keepAll(): void {
+    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e.ids);
+  }
+
+  /** Takes (+1) or drops (-1) one more reference to each block of an entry. */
+  private hold(e: Entry, by: 1 | -1): void {
+    e.ids.forEach((id, s) => {
+      if (id < 0) return;
+      if (by > 0) this.spaces[s]!.allocator.retain(id);
+      else this.spaces[s]!.allocator.free(id);
+    });
   }
 
   /**
@@ -157,12 +203,15 @@ export class PrefixCache {
         continue;
       }
       if (s === 0) {
+        this.tier?.keep(h, e.ids);
         this.entries.delete(h);
         e.ids.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
         this.dropSnapshot(e);
       } else {
+        // The tier keeps the whole entry while it still has this block: restored, it is usable again.
+        this.tier?.keep(h, e.ids);
         allocator.free(e.ids[s]!);
         e.ids[s] = -1;
       }

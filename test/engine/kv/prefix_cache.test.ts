@@ -56,7 +56,7 @@ describe("prefix cache", () => {
 
   test("with recurrent state a prefix ends only on an entry with a snapshot, charged blocks and all", () => {
     const alloc = new BlockAllocator(8);
-    const cache = new PrefixCache(keepAll(alloc), 2, ROOT_HASH, 2);
+    const cache = new PrefixCache(keepAll(alloc), 2, ROOT_HASH, null, 2);
     const toks = [1, 2, 3, 4, 5, 6, 7];
     const hashes: bigint[] = [];
     let h = ROOT_HASH;
@@ -89,7 +89,7 @@ describe("prefix cache", () => {
 
   test("a snapshot whose block a sequence still holds is given back alone under pressure", () => {
     const alloc = new BlockAllocator(4);
-    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, 2);
+    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, null, 2);
     const id = alloc.allocate();
     cache.insert(5n, [id]);
     expect(cache.attachSnapshot(5n, Uint8Array.of(1))).toBe(true);
@@ -103,7 +103,7 @@ describe("prefix cache", () => {
 
   test("a snapshot the budget cannot hold is not kept", () => {
     const alloc = new BlockAllocator(2);
-    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, 2);
+    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, null, 2);
     const id = alloc.allocate();
     cache.insert(5n, [id]);
     // The block is still held by its sequence: neither it nor its entry can make room.

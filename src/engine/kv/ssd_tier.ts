@@ -1,0 +1,88 @@
+// The SSD tier of one model's prefix cache: entries leaving RAM are copied out of the KV pools (in the codec in
+// use, as the pools hold them) into block files, and a later match that runs out of RAM entries reads them back
+// into fresh blocks instead of prefilling those tokens again. Files are namespaced by the model's identity (its
+// config and weight files), the cache's layout and codec, so that no block is ever served to another model or
+// layout; within a namespace the chain hash (which starts from the codec's root) names the block.
+//
+// Models with recurrent state (hybrids) do not use this tier: their prefix entries need a state snapshot per
+// block, which a record can carry as its `extra` payload once the RAM prefix cache keeps such snapshots.
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import type { KvCache } from "./kv_cache.ts";
+import type { PrefixTier } from "./prefix_cache.ts";
+import { SsdStore, type SsdStoreOptions } from "./ssd_store.ts";
+
+const NO_EXTRA = new Uint8Array(0);
+
+/**
+ * What identifies a model's weights on disk: its config.json and the name, size and modification time of each
+ * weight file. A model converted again, or edited, gets a namespace of its own.
+ */
+export function modelIdentity(dir: string): string {
+  const parts = [readFileSync(join(dir, "config.json"), "utf8")];
+  for (const name of readdirSync(dir).sort()) {
+    if (!name.endsWith(".safetensors")) continue;
+    const st = statSync(join(dir, name));
+    parts.push(`${name}:${st.size}:${st.mtimeMs}`);
+  }
+  return parts.join("\n");
+}
+
+/** The namespace of a model's blocks: its identity, the cache's layout and codec. */
+export function ssdNamespace(modelId: string, cache: KvCache): bigint {
+  return BigInt(Bun.hash.wyhash(`${modelId}\n${cache.layout}\n${cache.codec.name}`, 0x73736474n));
+}
+
+export type SsdTierOptions = Omit<SsdStoreOptions, "ns"> & { modelId: string };
+
+export class SsdTier implements PrefixTier {
+  readonly store: SsdStore;
+
+  constructor(
+    private readonly cache: KvCache,
+    opts: SsdTierOptions,
+  ) {
+    const { modelId, ...rest } = opts;
+    this.store = new SsdStore({ ...rest, ns: ssdNamespace(modelId, cache) });
+  }
+
+  keep(hash: bigint, ids: readonly number[]): void {
+    const spaces = this.cache.spaces;
+    const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), NO_EXTRA);
+    if (!d) return;
+    ids.forEach((id, s) => {
+      if (id >= 0) spaces[s]!.readBlock(id, d.spaces[s]!);
+    });
+    this.store.put(hash, d.seal());
+  }
+
+  has(hash: bigint): boolean {
+    return this.store.has(hash);
+  }
+
+  restore(hash: bigint): number[] | null {
+    const rec = this.store.read(hash);
+    if (!rec) return null;
+    const spaces = this.cache.spaces;
+    const fits = rec.spaces.length === spaces.length && rec.spaces[0] !== null && rec.spaces.every((b, s) => !b || b.byteLength === spaces[s]!.bytesPerBlock);
+    if (!fits) {
+      this.store.drop(hash, "its block sizes are not this cache's");
+      return null;
+    }
+    const ids = spaces.map(() => -1);
+    for (let s = 0; s < spaces.length; s++) {
+      const bytes = rec.spaces[s];
+      const allocator = spaces[s]!.allocator;
+      if (!bytes) continue;
+      // Without room in the main space there is nothing to restore; a sliding space's block may stay given back.
+      if (!allocator.ensureFree(1)) {
+        if (s === 0) return null;
+        continue;
+      }
+      ids[s] = allocator.allocate();
+      spaces[s]!.writeBlock(ids[s]!, bytes);
+    }
+    this.store.touch([hash]);
+    return ids;
+  }
+}

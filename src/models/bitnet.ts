@@ -1,0 +1,219 @@
+// BitNet b1.58 (BitNetForCausalLM): the Llama layout with an RMSNorm on the heads' outputs before o_proj
+// (attn_sub_norm) and on the MLP's product before down_proj (ffn_sub_norm), and a squared-ReLU gate. Its linears
+// take every form transformers runs:
+//  - no quantization_config: plain float (or MLX-quantized) Linears, computed as stored;
+//  - quant_method "bitnet" with packed weights (uint8 [out/4, in], four output blocks per byte) and a weight_scale:
+//    linear_class "bitlinear" divides by the scale, "autobitlinear" multiplies by it;
+//  - quantization_mode "online" with autobitlinear: float master weights, ternarised here at load time as
+//    transformers' WeightQuant does (absmean per tensor);
+//  - use_rms_norm: an RMSNorm of its own inside each converted linear, before its input is quantized.
+// Converted linears quantize their input to int8 per token (absmax), as transformers does, so tokens match it
+// (mlx-lm keeps float activations). lm_head and modules_to_not_convert stay plain. MLX snapshots (mlx-lm) store the
+// same tensors.
+import type { Backend, Tensor, TernaryWeight, Weight } from "../backend/backend.ts";
+import { RmlxError } from "../errors.ts";
+import type { ModelConfig } from "../io/config.ts";
+import type { ModelDir } from "../io/model_dir.ts";
+import { decodeFloats, isFloatDType } from "../quant/dtype.ts";
+import { textModelSanitizer, type Family } from "./family.ts";
+import { attend, embed, gqaParams, runLayer, selectRows, stackEnds, type AttentionParams, type StackEnds } from "./layers.ts";
+import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
+import type { ModelWeights } from "./weights.ts";
+
+/** What quantization_config says about the linears (transformers' BitNetQuantConfig and its defaults). */
+interface BitnetScheme {
+  linearClass: "bitlinear" | "autobitlinear";
+  online: boolean;
+  /** Eps of the per-linear RMSNorm, or null without one. */
+  normEps: number | null;
+  notConverted: string[];
+}
+
+/** One linear as BitNet runs it: float, or ternary with int8 activations (after its own norm, if any). */
+type BitLinear = { float: Weight } | { ternary: TernaryWeight; norm?: Tensor; normEps: number };
+
+/** Each projection's module under model.layers.N. */
+const MODULE = {
+  q_proj: "self_attn",
+  k_proj: "self_attn",
+  v_proj: "self_attn",
+  o_proj: "self_attn",
+  gate_proj: "mlp",
+  up_proj: "mlp",
+  down_proj: "mlp",
+} as const;
+type Projection = keyof typeof MODULE;
+
+interface Block {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  attnSubNorm: Tensor;
+  ffnSubNorm: Tensor;
+  lin: Record<Projection, BitLinear>;
+}
+
+function bad(md: ModelDir, problem: string): never {
+  throw new RmlxError("bad_model", `${md.dir}/config.json: ${problem}`);
+}
+
+function scheme(md: ModelDir): BitnetScheme | null {
+  const qc = md.config.raw.quantization_config;
+  if (typeof qc !== "object" || qc === null || (qc as Record<string, unknown>).quant_method !== "bitnet") return null;
+  const o = qc as Record<string, unknown>;
+  const linearClass = o.linear_class ?? "bitlinear";
+  if (linearClass !== "bitlinear" && linearClass !== "autobitlinear")
+    bad(md, `quantization_config.linear_class '${String(linearClass)}' is neither bitlinear nor autobitlinear`);
+  const mode = o.quantization_mode ?? "offline";
+  if (mode !== "offline" && mode !== "online") bad(md, `quantization_config.quantization_mode '${String(mode)}' is neither offline nor online`);
+  const eps = o.rms_norm_eps ?? 1e-6;
+  if (typeof eps !== "number") bad(md, "quantization_config.rms_norm_eps is not a number");
+  const skip = o.modules_to_not_convert ?? [];
+  if (!Array.isArray(skip) || skip.some((s) => typeof s !== "string")) bad(md, "quantization_config.modules_to_not_convert is not a list of names");
+  return {
+    linearClass,
+    // transformers quantizes master weights online only through AutoBitLinear; BitLinear always reads packed weights
+    online: mode === "online" && linearClass === "autobitlinear",
+    normEps: o.use_rms_norm === true ? eps : null,
+    notConverted: skip as string[],
+  };
+}
+
+/** [out, in] of a projection, from the config. */
+function projShape(c: ModelConfig, p: Projection): [number, number] {
+  const q = c.numHeads * c.headDim;
+  const kv = c.numKvHeads * c.headDim;
+  const shapes: Record<Projection, [number, number]> = {
+    q_proj: [q, c.hiddenSize],
+    k_proj: [kv, c.hiddenSize],
+    v_proj: [kv, c.hiddenSize],
+    o_proj: [c.hiddenSize, q],
+    gate_proj: [c.intermediateSize, c.hiddenSize],
+    up_proj: [c.intermediateSize, c.hiddenSize],
+    down_proj: [c.hiddenSize, c.intermediateSize],
+  };
+  return shapes[p];
+}
+
+/** transformers' WeightQuant, f32: s = 1 / max(mean|W|, 1e-5), t = clamp(round half even (W*s), -1, 1), packed. */
+export function ternarise(values: Float32Array, out: number, inDim: number): { packed: Uint8Array; scale: number } {
+  const fr = Math.fround;
+  let sum = 0;
+  for (let i = 0; i < values.length; i++) sum += Math.abs(values[i]!);
+  const s = fr(1 / Math.max(fr(sum / values.length), fr(1e-5)));
+  const rows = out / 4;
+  const packed = new Uint8Array(rows * inDim);
+  for (let n = 0; n < out; n++) {
+    const r = n % rows;
+    const shift = 2 * Math.floor(n / rows);
+    for (let k = 0; k < inDim; k++) {
+      const v = fr(values[n * inDim + k]! * s);
+      let t = Math.round(v);
+      if (t - v === 0.5 && t % 2 !== 0) t -= 1;
+      packed[r * inDim + k]! |= (Math.max(-1, Math.min(1, t)) + 1) << shift;
+    }
+  }
+  // the ternary weights are t / s, each rounded to f32
+  return { packed, scale: fr(1 / s) };
+}
+
+class BitnetModel implements Model {
+  readonly config: ModelConfig;
+  readonly layers: LayerCacheSpec[];
+  readonly vocabSize: number;
+  private readonly eps: number;
+  private readonly ends: StackEnds;
+  private readonly attn: AttentionParams;
+  private readonly blocks: Block[] = [];
+  /** Packed codes made at load time (online quantization), which the tensors wrap without owning. */
+  private readonly keepAlive: Uint8Array[] = [];
+
+  constructor(
+    readonly backend: Backend,
+    private readonly md: ModelDir,
+    private readonly w: ModelWeights,
+  ) {
+    const c = md.config;
+    this.config = c;
+    this.eps = c.rmsNormEps;
+    this.vocabSize = c.vocabSize;
+    if (c.numHeads * c.headDim !== c.hiddenSize)
+      bad(md, `attn_sub_norm needs num_attention_heads * head_dim (${c.numHeads * c.headDim}) = hidden_size (${c.hiddenSize})`);
+    this.ends = stackEnds(w);
+    this.attn = gqaParams(c, 0);
+    const sch = scheme(md);
+    for (let i = 0; i < c.numLayers; i++) {
+      const p = `model.layers.${i}`;
+      const lin = {} as Record<Projection, BitLinear>;
+      for (const proj of Object.keys(MODULE) as Projection[]) lin[proj] = this.bitLinear(`${p}.${MODULE[proj]}.${proj}`, projShape(c, proj), sch);
+      this.blocks.push({
+        inputNorm: w.tensor(`${p}.input_layernorm.weight`),
+        postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
+        attnSubNorm: w.tensor(`${p}.self_attn.attn_sub_norm.weight`),
+        ffnSubNorm: w.tensor(`${p}.mlp.ffn_sub_norm.weight`),
+        lin,
+      });
+    }
+    this.layers = this.blocks.map(() => ({ kvHeads: c.numKvHeads, headDim: c.headDim, window: 0 }));
+  }
+
+  private bitLinear(path: string, [out, inDim]: [number, number], sch: BitnetScheme | null): BitLinear {
+    const w = this.w;
+    if (!sch || sch.notConverted.some((m) => path.includes(m))) return { float: w.linear(path) };
+    const e = w.entry(`${path}.weight`);
+    let ternary: TernaryWeight;
+    if (sch.online) {
+      if (!isFloatDType(e.dtype)) throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} is ${e.dtype}; online quantization reads float master weights`);
+      if (e.shape.join() !== `${out},${inDim}`)
+        throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} is [${e.shape.join(", ")}] where config.json gives [${out}, ${inDim}]`);
+      if (out % 4) throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} has ${out} rows, which do not pack four to a byte`);
+      const t = ternarise(decodeFloats(e.dtype, e.bytes), out, inDim);
+      this.keepAlive.push(t.packed);
+      ternary = { packed: this.backend.fromBytes(t.packed, [out / 4, inDim], "u8"), scale: t.scale, divide: false };
+    } else {
+      if (e.dtype !== "U8" || e.shape.join() !== `${out / 4},${inDim}`)
+        throw new RmlxError(
+          "bad_model",
+          `${this.md.dir}: ${e.name} is ${e.dtype} [${e.shape.join(", ")}] where config.json's [${out}, ${inDim}] packs to uint8 [${out / 4}, ${inDim}]`,
+        );
+      ternary = { packed: w.tensor(`${path}.weight`), scale: w.value(`${path}.weight_scale`), divide: sch.linearClass === "bitlinear" };
+    }
+    if (sch.normEps === null) return { ternary, normEps: 0 };
+    return { ternary, norm: w.tensor(`${path}.rms_norm.weight`), normEps: sch.normEps };
+  }
+
+  private apply(x: Tensor, l: BitLinear): Tensor {
+    const be = this.backend;
+    if ("float" in l) return be.linear(x, l.float);
+    return be.ternaryLinear(l.norm ? be.rmsNorm(x, l.norm, l.normEps) : x, l.ternary);
+  }
+
+  forward(step: ForwardStep): Tensor {
+    const be = this.backend;
+    const s = this.attn;
+    let h = embed(be, this.ends.embed, step.tokens);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const b = this.blocks[i]!;
+      const x = h;
+      h = runLayer(be, step, () => {
+        const T = x.shape[0]!;
+        const a = be.rmsNorm(x, b.inputNorm, this.eps);
+        const q = be.reshape(this.apply(a, b.lin.q_proj), [T, s.heads, s.headDim]);
+        const k = be.reshape(this.apply(a, b.lin.k_proj), [T, s.kvHeads, s.headDim]);
+        const v = be.reshape(this.apply(a, b.lin.v_proj), [T, s.kvHeads, s.headDim]);
+        const heads = be.rmsNorm(attend(be, q, k, v, s, step, i), b.attnSubNorm, this.eps);
+        const y = be.add(x, this.apply(heads, b.lin.o_proj));
+        const m = be.rmsNorm(y, b.postNorm, this.eps);
+        const f = be.relu2Mul(this.apply(m, b.lin.gate_proj), this.apply(m, b.lin.up_proj));
+        return be.add(y, this.apply(be.rmsNorm(f, b.ffnSubNorm, this.eps), b.lin.down_proj));
+      });
+    }
+    h = selectRows(be, h, step.logitRows);
+    return be.linear(be.rmsNorm(h, this.ends.norm, this.eps), this.ends.head);
+  }
+}
+
+export const bitnet: Family = {
+  modelTypes: ["bitnet"],
+  sanitize: textModelSanitizer,
+  load: (backend, md, w) => new BitnetModel(backend, md, w),
+};
