@@ -11,8 +11,8 @@
 //     entry has one. A snapshot is charged as many main-space blocks as its bytes fill, held by its entry and given
 //     back with it, so snapshots and K/V share one memory budget.
 //  5. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
-//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back. The tier keeps
-//     K/V only: an entry it gives back has no snapshot.
+//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back. A snapshot goes
+//     with its entry and comes back charged like a new one (dropped when the budget cannot take it).
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -56,12 +56,15 @@ interface Entry {
 
 /** Where entries go when they leave RAM, and come back from (src/engine/kv/ssd_tier.ts). */
 export interface PrefixTier {
-  /** An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place. */
-  keep(hash: bigint, ids: readonly number[]): void;
+  /**
+   * An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place, and
+   * the recurrent-state snapshot after it, if any.
+   */
+  keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void;
   /** Whether the tier may hold the block of this chain hash. */
   has(hash: bigint): boolean;
-  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none), or null. */
-  restore(hash: bigint): number[] | null;
+  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none) and its snapshot, or null. */
+  restore(hash: bigint): { ids: number[]; snapshot: Uint8Array | null } | null;
 }
 
 export class PrefixCache {
@@ -101,9 +104,10 @@ export class PrefixCache {
       if (e === undefined && this.tier?.has(h)) {
         if (!pinning) for (const f of found) this.hold(f, 1);
         pinning = true;
-        const ids = this.tier.restore(h);
-        if (ids) {
-          e = { ids, snapshot: null, charged: [] };
+        const back = this.tier.restore(h);
+        if (back) {
+          e = { ids: back.ids, snapshot: null, charged: [] };
+          if (back.snapshot) this.charge(e, back.snapshot);
           this.entries.set(h, e);
           restored.add(e);
         }
@@ -133,7 +137,7 @@ export class PrefixCache {
 
   /** Offers every entry to the tier, keeping them (a graceful shutdown). */
   keepAll(): void {
-    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e.ids);
+    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e.ids, e.snapshot);
   }
 
   /** Takes (+1) or drops (-1) one more reference to each block of an entry. */
@@ -173,15 +177,21 @@ export class PrefixCache {
    */
   attachSnapshot(hash: bigint, snapshot: Uint8Array): boolean {
     if (!this.wantsSnapshot(hash)) return false;
-    const allocator = this.spaces[0]!.allocator;
     // Keep the entry being given the snapshot out of the eviction this may cause.
     const entry = this.entries.get(hash)!;
     this.entries.delete(hash);
-    const room = allocator.ensureFree(this.snapshotBlocks);
+    const kept = this.charge(entry, snapshot);
     this.entries.set(hash, entry);
-    if (!room) return false;
-    for (let i = 0; i < this.snapshotBlocks; i++) entry.charged.push(allocator.allocate());
-    entry.snapshot = snapshot;
+    return kept;
+  }
+
+  /** Gives an entry not in the map a snapshot with its charged blocks; false when the budget cannot take them. */
+  private charge(e: Entry, snapshot: Uint8Array): boolean {
+    if (this.snapshotBlocks === 0) return false;
+    const allocator = this.spaces[0]!.allocator;
+    if (!allocator.ensureFree(this.snapshotBlocks)) return false;
+    for (let i = 0; i < this.snapshotBlocks; i++) e.charged.push(allocator.allocate());
+    e.snapshot = snapshot;
     return true;
   }
 
@@ -203,7 +213,7 @@ export class PrefixCache {
         continue;
       }
       if (s === 0) {
-        this.tier?.keep(h, e.ids);
+        this.tier?.keep(h, e.ids, e.snapshot);
         this.entries.delete(h);
         e.ids.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
@@ -211,7 +221,7 @@ export class PrefixCache {
         this.dropSnapshot(e);
       } else {
         // The tier keeps the whole entry while it still has this block: restored, it is usable again.
-        this.tier?.keep(h, e.ids);
+        this.tier?.keep(h, e.ids, e.snapshot);
         allocator.free(e.ids[s]!);
         e.ids[s] = -1;
       }
