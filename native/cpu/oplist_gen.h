@@ -40,6 +40,8 @@ enum Op : int {
   OP_STATE_COPY = 72,
   OP_TERNARY_LINEAR = 80,
   OP_RELU2_MUL = 81,
+  OP_GELU_ERF = 90,
+  OP_VARLEN_ATTENTION = 91,
 };
 
 enum BinaryKind : int { BINARY_ADD = 0, BINARY_SUB = 1, BINARY_MUL = 2 };
@@ -417,6 +419,28 @@ struct Relu2MulRecord {
   int64_t n;
 };
 
+struct GeluErfRecord {
+  float *out;
+  const float *x;
+  int64_t n;
+};
+
+struct VarlenAttentionRecord {
+  float *out;
+  const float *q;
+  const float *k;
+  const float *v;
+  const int32_t *seq_start;
+  int64_t num_seqs;
+  int64_t T;
+  int64_t heads;
+  int64_t kv_heads;
+  int64_t D;
+  float scale;
+  bool causal;
+  int64_t window;
+};
+
 // Each runs one decoded record (exec.cpp).
 int run_op(const BinaryRecord &r);
 int run_op(const UnaryRecord &r);
@@ -449,6 +473,8 @@ int run_op(const GatedDeltaRecord &r);
 int run_op(const StateCopyRecord &r);
 int run_op(const TernaryLinearRecord &r);
 int run_op(const Relu2MulRecord &r);
+int run_op(const GeluErfRecord &r);
+int run_op(const VarlenAttentionRecord &r);
 
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);
@@ -919,6 +945,32 @@ inline int exec_record(const double *rec, int64_t len) {
       r.gate = (const float *)(uintptr_t)(int64_t)*p++;
       r.up = (const float *)(uintptr_t)(int64_t)*p++;
       r.n = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_GELU_ERF: {
+      if (len != 5) return wrong_length("geluErf", len, 5);
+      GeluErfRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.x = (const float *)(uintptr_t)(int64_t)*p++;
+      r.n = (int64_t)*p++;
+      return run_op(r);
+    }
+    case OP_VARLEN_ATTENTION: {
+      if (len != 15) return wrong_length("varlenAttention", len, 15);
+      VarlenAttentionRecord r;
+      r.out = (float *)(uintptr_t)(int64_t)*p++;
+      r.q = (const float *)(uintptr_t)(int64_t)*p++;
+      r.k = (const float *)(uintptr_t)(int64_t)*p++;
+      r.v = (const float *)(uintptr_t)(int64_t)*p++;
+      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+      r.num_seqs = (int64_t)*p++;
+      r.T = (int64_t)*p++;
+      r.heads = (int64_t)*p++;
+      r.kv_heads = (int64_t)*p++;
+      r.D = (int64_t)*p++;
+      r.scale = (float)*p++;
+      r.causal = *p++ != 0;
+      r.window = (int64_t)*p++;
       return run_op(r);
     }
     default: return fail(RMLX_E_INVALID, "rmlx_exec: unknown op code %d", (int)rec[0]);

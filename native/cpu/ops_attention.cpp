@@ -533,3 +533,69 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
 }
 
 }  // namespace rmlx
+
+namespace rmlx {
+
+// Each sequence of a padding-free batch attends to its own tokens only (encoders: no cache). Work items are a KV
+// head and up to kTileTokens consecutive queries of one sequence, which share every key load; a query's key
+// range [lo, hi] is its sequence's tokens, cut to the causal prefix and to the window.
+int run_op(const VarlenAttentionRecord &a) {
+  const int64_t H = a.heads, Hkv = a.kv_heads, D = a.D;
+  if (Hkv < 1 || H % Hkv)
+    return fail(RMLX_E_INVALID, "varlen_attention: %lld heads not a multiple of %lld", (long long)H, (long long)Hkv);
+  if (a.seq_start[0] != 0 || a.seq_start[a.num_seqs] != a.T)
+    return fail(RMLX_E_INVALID, "varlen_attention: sequences cover [%d, %d), not the step's %lld tokens", a.seq_start[0],
+                a.seq_start[a.num_seqs], (long long)a.T);
+  struct Tile {
+    int64_t t0, n, s0, len;
+  };
+  std::vector<Tile> tiles;
+  for (int64_t s = 0; s < a.num_seqs; s++) {
+    const int64_t s0 = a.seq_start[s], len = a.seq_start[s + 1] - s0;
+    if (len < 0) return fail(RMLX_E_INVALID, "varlen_attention: sequence %lld has a negative length", (long long)s);
+    for (int64_t i = 0; i < len; i += kTileTokens) tiles.push_back({s0 + i, std::min(kTileTokens, len - i), s0, len});
+  }
+  const int64_t G = H / Hkv, items = (int64_t)tiles.size() * Hkv, W = a.window;
+  parallel_for(items, [&](int64_t b, int64_t e, int) {
+    const int64_t R = kTileTokens * G;
+    std::vector<float> scratch(scratch_floats(R, D));
+    std::vector<float *> outs(R);
+    std::vector<int64_t> rlo(R), rhi(R);
+    for (int64_t u = b; u < e; u++) {
+      const Tile &tl = tiles[u / Hkv];
+      const int64_t kh = u % Hkv;
+      float *qr = scratch.data() + scratch_floats(R, D) - R * D;
+      int64_t first = tl.len, last = -1;
+      for (int64_t i = 0; i < tl.n; i++) {
+        const int64_t li = tl.t0 - tl.s0 + i;
+        int64_t lo = 0, hi = a.causal ? li : tl.len - 1;
+        if (W > 0) {
+          lo = std::max<int64_t>(0, li - W + 1);
+          if (!a.causal) hi = std::min<int64_t>(tl.len - 1, li + W - 1);
+        }
+        first = std::min(first, lo);
+        last = std::max(last, hi);
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = i * G + g, qo = ((tl.t0 + i) * H + kh * G + g) * D;
+          std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
+          outs[r] = a.out + qo;
+          rlo[r] = lo;
+          rhi[r] = hi;
+        }
+      }
+      // keys [first, last] of the sequence; the rows' ranges become relative to the first
+      for (int64_t r = 0; r < tl.n * G; r++) rlo[r] -= first, rhi[r] -= first;
+      int64_t next = (tl.s0 + first) * Hkv + kh;
+      auto rows = [&]() {
+        const int64_t row = next;
+        next += Hkv;
+        return row;
+      };
+      attend_rows(outs.data(), qr, tl.n * G, rlo.data(), rhi.data(), D, KvSide::flt(a.k, RMLX_F32, D),
+                  KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch.data());
+    }
+  }, a.T * H * D < (1 << 15) ? items : 1);
+  return RMLX_OK;
+}
+
+}  // namespace rmlx

@@ -159,3 +159,15 @@ int op_topk(float *vals, int32_t *idx, const float *x, int64_t rows, int64_t n, 
 }
 
 }  // namespace rmlx
+
+namespace rmlx {
+
+// x * Phi(x) with the exact normal CDF (BERT's "gelu"): 0.5 x (1 + erf(x / sqrt 2)).
+int run_op(const GeluErfRecord &r) {
+  parallel_for(r.n, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; i++) r.out[i] = 0.5f * r.x[i] * (1.f + std::erf(r.x[i] * 0.70710678118654752f));
+  }, 4096);
+  return RMLX_OK;
+}
+
+}  // namespace rmlx

@@ -3,7 +3,7 @@
 // argument is one of its own live tensors; the checks here see only shapes, dtypes and sizes.
 import { RmlxError } from "../errors.ts";
 import { QUANT_MODES } from "../quant/spec.ts";
-import type { AttentionBatch, DType, KvFormat, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec } from "./backend.ts";
+import type { AttentionBatch, DType, VarlenAttentionOptions, KvFormat, KvPool, QuantizedWeight, RecurrentBatch, RopeOptions, StatePool, StateSpec } from "./backend.ts";
 import { floatKvFormat, kvBlockBytes, kvElementProblem } from "./backend.ts";
 
 export const FLOAT_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -309,4 +309,20 @@ export function checkGatedDelta(q: Sized, k: Sized, v: Sized, g: Sized, beta: Si
   for (const [n, t, s] of want)
     if (t.shape.length !== s.length || t.shape.some((d, i) => d !== s[i])) invalid(`gatedDelta: ${n} ${fmt(t.shape)} must be ${fmt(s)}`);
   return T;
+}
+
+/** q [T, H, D], k and v [T, Hkv, D] with H a multiple of Hkv; seqStart rising from 0 to T; returns the sequences' count. */
+export function checkVarlenAttention(q: Sized, k: Sized, v: Sized, seqStart: Int32Array, opts: VarlenAttentionOptions): number {
+  const what = "varlenAttention";
+  if (q.shape.length !== 3 || k.shape.length !== 3 || v.shape.length !== 3) invalid(`${what}: q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)} must be rank 3`);
+  const [T, H, D] = q.shape as [number, number, number];
+  const [kT, Hkv, kD] = k.shape as [number, number, number];
+  if (kT !== T || kD !== D || Hkv < 1 || H % Hkv !== 0 || v.shape.some((d, i) => d !== k.shape[i]))
+    invalid(`${what}: q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)} are not [T,H,D], [T,Hkv,D], [T,Hkv,D]`);
+  const n = seqStart.length - 1;
+  if (n < 1 || seqStart[0] !== 0 || seqStart[n] !== T) invalid(`${what}: seqStart must run from 0 to ${T}`);
+  for (let i = 0; i < n; i++) if (seqStart[i + 1]! < seqStart[i]!) invalid(`${what}: seqStart falls at ${i + 1}`);
+  const w = opts.window ?? 0;
+  if (!Number.isInteger(w) || w < 0) invalid(`${what}: window ${w}`);
+  return n;
 }

@@ -76,6 +76,18 @@ export interface AttentionBatch {
   positions: Int32Array;
 }
 
+/** Attention of an encoder step (no cache): each sequence of a padding-free batch over its own tokens. */
+export interface VarlenAttentionOptions {
+  scale: number;
+  /** true: a token sees its sequence's tokens up to itself (decoder-only encoders such as Qwen3-Embedding). */
+  causal: boolean;
+  /**
+   * Window in tokens, 0 = none. Causal: keys in (i - window, i]; bidirectional: keys j with |i - j| < window
+   * (Gemma 3 with use_bidirectional_attention, whose sliding layers transformers gives such a window).
+   */
+  window?: number;
+}
+
 export interface AttentionOptions {
   scale: number;
   /** Sliding window in tokens (a query at position p sees keys in (p - window, p]); 0 = full causal. */
@@ -266,6 +278,8 @@ export interface Backend {
   softplus(x: Tensor): Tensor;
   /** GELU, tanh approximation (gelu_pytorch_tanh). */
   geluTanh(x: Tensor): Tensor;
+  /** GELU with the exact normal CDF, 0.5 x (1 + erf(x / sqrt 2)) (BERT's "gelu"). */
+  gelu(x: Tensor): Tensor;
   /** silu(gate) * up. */
   swiglu(gate: Tensor, up: Tensor): Tensor;
   /** geluTanh(gate) * up. */
@@ -298,6 +312,11 @@ export interface Backend {
   pagedAttention(q: Tensor, pool: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor;
   /** Dense mx.fast.scaled_dot_product_attention: q [B,H,L,D], k/v [B,Hkv,S,D]; causal aligns the last query with the last key. */
   sdpa(q: Tensor, k: Tensor, v: Tensor, scale: number, causal: boolean): Tensor;
+  /**
+   * Encoder attention without a cache: q [T, heads, headDim], k and v [T, kvHeads, headDim] of a padding-free
+   * batch whose sequence i holds tokens [seqStart[i], seqStart[i + 1]) -> [T, heads, headDim].
+   */
+  varlenAttention(q: Tensor, k: Tensor, v: Tensor, seqStart: Int32Array, opts: VarlenAttentionOptions): Tensor;
   /** Copies one block of every layer's pool to another (copy-on-write of shared prefix blocks). */
   copyBlock(pool: KvPool, src: number, dst: number): void;
   /**

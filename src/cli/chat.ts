@@ -11,10 +11,11 @@ import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 import { addSamplingOptions, runGeneration, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
 
-interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags {
+interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags, DraftFlags {
   maxTokens: string;
   system?: string;
 }
@@ -54,7 +55,7 @@ export function register(program: Command): void {
     .description("Chat with a model in the terminal (/help lists the commands; Ctrl-C stops a reply)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd)))).action(
+  addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))).action(
     action(async (f: ChatFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
@@ -65,7 +66,8 @@ export function register(program: Command): void {
       const sampling = samplingFrom(f);
       const { session: s, contextLength, dir } = openModel(f);
       if (!s.template) throw new RmlxError("bad_model", `${dir}: no chat template; use 'rmlx generate --raw' instead`);
-      await chatLoop(s, { name: modelName(dir), contextLength, maxTokens, run: { sampling, kvQuant }, system: f.system });
+      const draft = draftFrom(f, s);
+      await chatLoop(s, { name: modelName(dir), contextLength, maxTokens, run: { sampling, kvQuant, draft }, system: f.system });
     }),
   );
 }
@@ -74,7 +76,7 @@ interface ChatSettings {
   name: string;
   contextLength: number;
   maxTokens: number;
-  run: Pick<Parameters<typeof runGeneration>[2], "sampling" | "kvQuant">;
+  run: Pick<Parameters<typeof runGeneration>[2], "sampling" | "kvQuant" | "draft">;
   system: string | undefined;
 }
 

@@ -3,12 +3,14 @@
 // server runs.
 import type { Command } from "commander";
 import { cacheForTokens, generateAsync, type GenerateResult } from "../engine/generate.ts";
+import { type DraftModel, speculatorFor } from "../engine/draft_model.ts";
 import { encodePrompt, sessionModel, type Session } from "../engine/session.ts";
 import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 
 export interface SamplingFlags {
@@ -20,7 +22,7 @@ export interface SamplingFlags {
   seed?: string;
 }
 
-interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags {
+interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags, DraftFlags {
   prompt: string;
   maxTokens: string;
   chat?: boolean;
@@ -73,6 +75,8 @@ export interface RunOptions {
   onText?: (t: string) => void;
   /** Stops the reply where it is (chat's Ctrl-C); the result then has finishReason "cancelled". */
   signal?: AbortSignal;
+  /** A draft model proposing tokens (--draft-model), and the most it proposes a step. */
+  draft?: { model: DraftModel; tokens: number; fixed: boolean };
 }
 
 /** The prompt's ids (chat template applied) and the reply, through a cache sized for the prompt and maxTokens. */
@@ -84,21 +88,34 @@ export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions
   if (encoded.ids.length >= o.contextLength) {
     throw new RmlxError("context_length", `the prompt has ${encoded.ids.length} tokens; the context is ${o.contextLength} tokens`);
   }
-  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32");
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? "f32", o.draft ? 2 : 1);
+  const speculator = o.draft ? speculatorFor(o.draft.model, o.draft.tokens, cache.capacityTokens, 1, o.draft.fixed) : undefined;
   try {
-    const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded };
+    const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded, speculator };
     const opts = { ...(o.onText ? { onText: o.onText } : {}), ...(o.signal ? { signal: o.signal } : {}) };
     return { promptIds: encoded.ids, ...(await generateAsync(model, request, opts)) };
   } finally {
+    speculator?.dispose();
     cache.dispose();
   }
 }
 
 export function speedLine(r: GenerateResult): string {
+  const spec = r.speculative;
   return (
     `prompt: ${r.promptTokens} tokens, ${r.promptTps.toFixed(1)} tok/s; ` +
-    `generation: ${r.tokenIds.length} tokens, ${r.decodeTps.toFixed(1)} tok/s`
+    `generation: ${r.tokenIds.length} tokens, ${r.decodeTps.toFixed(1)} tok/s` +
+    (spec ? `; draft: ${spec.acceptedTokens} of ${spec.draftTokens} tokens accepted` : "")
   );
+}
+
+/** generate --json's speculative figures; acceptance_rate is 0 when nothing was proposed. */
+function speculativeJson(c: { draftTokens: number; acceptedTokens: number }) {
+  return {
+    acceptance_rate: c.draftTokens > 0 ? c.acceptedTokens / c.draftTokens : 0,
+    draft_tokens: c.draftTokens,
+    accepted_tokens: c.acceptedTokens,
+  };
 }
 
 /** --prompt's text; "-" reads it from stdin. */
@@ -118,7 +135,7 @@ export function register(program: Command): void {
     .option("--chat", "wrap the prompt in the model's chat template as a user message (the default when the model has one)")
     .option("--system <text>", "system message (with the chat template)")
     .option("--json", "print one JSON object (prompt_ids, token_ids, text, finish_reason, prompt_tps, decode_tps) instead of streaming");
-  addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd)))).action(
+  addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))).action(
     action(async (f: GenerateFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
@@ -137,7 +154,8 @@ export function register(program: Command): void {
         prompt = { messages: [...messages, { role: "user", content: text }] };
       }
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const r = await runGeneration(s, prompt, { maxTokens, sampling, contextLength, kvQuant, ...(onText ? { onText } : {}) });
+      const draft = draftFrom(f, s);
+      const r = await runGeneration(s, prompt, { maxTokens, sampling, contextLength, kvQuant, draft, ...(onText ? { onText } : {}) });
       if (f.json) {
         const out = {
           prompt_ids: r.promptIds,
@@ -146,6 +164,7 @@ export function register(program: Command): void {
           finish_reason: r.finishReason,
           prompt_tps: r.promptTps,
           decode_tps: r.decodeTps,
+          ...(r.speculative ? speculativeJson(r.speculative) : {}),
         };
         process.stdout.write(`${JSON.stringify(out)}\n`);
       } else {

@@ -1,7 +1,9 @@
 import type { Command } from "commander";
 import { openModelDir } from "../io/model_dir.ts";
 import { kvCacheBytes, summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
-import { SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
+import { isEmbeddingDir, summarizeEmbedding, type EmbeddingSummary } from "../io/sentence_transformers.ts";
+import { bert } from "../models/bert.ts";
+import { ENCODER_MODEL_TYPES, SUPPORTED_MODEL_TYPES } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { parseKvCodec } from "../engine/kv/codec.ts";
@@ -64,7 +66,25 @@ function describeRope(r: RopeSummary): string {
   return parts.join(", ");
 }
 
-type InfoOut = Omit<ModelSummary, "kv_cache_bytes"> & { kv_cache_bytes: Record<string, number | null>; kv_cache_dtype: string; runnable: boolean; backend: string | null; backend_reason?: string; reason?: string };
+type InfoOut = Omit<ModelSummary, "kv_cache_bytes"> & {
+  kv_cache_bytes: Record<string, number | null>;
+  kv_cache_dtype: string;
+  runnable: boolean;
+  backend: string | null;
+  backend_reason?: string;
+  reason?: string;
+  /** Present for a sentence-transformers embedding model. */
+  embedding?: EmbeddingSummary;
+};
+
+/** "embedding model, mean pooling, dimension 768 (Dense 768->3072->768), normalized; prompts: query, document" */
+function describeEmbedding(e: EmbeddingSummary): string {
+  const dense = e.dense.length ? ` (Dense ${e.dense.join("->")})` : "";
+  const parts = [`embedding model, ${e.pooling} pooling, dimension ${e.dimension}${dense}`, e.normalize ? "normalized" : "not normalized"];
+  if (e.max_seq_length !== undefined) parts.push(`max ${e.max_seq_length} tokens`);
+  const prompts = e.prompts.length ? `; prompts: ${e.prompts.join(", ")}` : "";
+  return `${parts.join(", ")}${prompts}`;
+}
 
 function humanLines(s: InfoOut): [string, string][] {
   const layers = s.layer_types
@@ -73,6 +93,7 @@ function humanLines(s: InfoOut): [string, string][] {
         .join(", ")})`
     : String(s.layers);
   const lines: [string, string][] = [
+    ...(s.embedding ? [["kind", describeEmbedding(s.embedding)] as [string, string]] : []),
     ["architecture", s.architecture || "(not stated)"],
     ["model_type", s.model_type],
     ["parameters", formatCount(s.parameters)],
@@ -85,7 +106,8 @@ function humanLines(s: InfoOut): [string, string][] {
   ];
   if (s.experts !== undefined) lines.push(["experts", `${s.experts}, ${s.experts_per_token ?? "?"} per token`]);
   lines.push(["vocab_size", String(s.vocab_size)], ["context_length", String(s.context_length)]);
-  lines.push(["rope", describeRope(s.rope)]);
+  // BERT-family encoders learn absolute positions: no rope
+  if (!bert.modelTypes.includes(s.model_type)) lines.push(["rope", describeRope(s.rope)]);
   if (s.local_rope) lines.push(["rope (sliding layers)", describeRope(s.local_rope)]);
   if (s.sliding_window !== undefined) lines.push(["sliding_window", String(s.sliding_window)]);
   lines.push(
@@ -101,7 +123,8 @@ function humanLines(s: InfoOut): [string, string][] {
   const full = s.recurrent_state_bytes !== undefined ? (s.layer_types?.full_attention ?? 0) : undefined;
   const kvNote = full !== undefined ? `, ${full} full-attention layer${full === 1 ? "" : "s"}` : "";
   // The codec in use here first, then every --kv-quant codec's size ("n/a": the codec cannot take head_dim).
-  for (const [tokens, bytes] of Object.entries(s.kv_cache_bytes)) {
+  // an embedding model keeps no KV cache: each request runs once over its inputs
+  for (const [tokens, bytes] of s.embedding ? [] : Object.entries(s.kv_cache_bytes)) {
     const size = (b: number | null | undefined) => (b === null || b === undefined ? "n/a" : formatBytes(b));
     const others = Object.entries(s.kv_cache_bytes_by_codec)
       .filter(([codec]) => codec !== s.kv_cache_dtype)
@@ -141,7 +164,18 @@ export function register(program: Command): void {
         applyBackendFlags(opts);
         const codec = parseKvCodec(kvCodecFrom(opts));
         const md = openModelDir(opts.model ?? builtinModelDir());
-        const reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
+        let embedding: EmbeddingSummary | undefined;
+        let reason: string | null;
+        if (isEmbeddingDir(md.dir)) {
+          try {
+            embedding = summarizeEmbedding(md.dir, md.config.hiddenSize);
+            reason = unsupportedReason(md, ENCODER_MODEL_TYPES);
+          } catch (e) {
+            reason = (e as Error).message;
+          }
+        } else {
+          reason = unsupportedReason(md, SUPPORTED_MODEL_TYPES);
+        }
         const chosen = reason === null ? await chosenBackend() : { backend: null };
         if ("backend_reason" in chosen) chosen.backend_reason = brief(chosen.backend_reason, Boolean(opts.verbose));
         const summary = summarize(md);
@@ -153,6 +187,7 @@ export function register(program: Command): void {
           runnable: reason === null,
           ...chosen,
           ...(reason ? { reason } : {}),
+          ...(embedding ? { embedding } : {}),
         };
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);

@@ -1,5 +1,6 @@
 import { Command, Option } from "commander";
-import { resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { native } from "../backend/native/lib.ts";
 import { BUILTIN_MODEL_NAME, builtinModelDir } from "../builtin/index.ts";
 import { RmlxError } from "../errors.ts";
@@ -19,9 +20,10 @@ import { readChatTemplateFile } from "../text/chat_template.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
-interface ServeFlags extends BackendFlags, KvFlags {
+interface ServeFlags extends BackendFlags, KvFlags, DraftFlags {
   model?: string[];
   alias?: string[];
   strictModelNames?: boolean;
@@ -149,6 +151,9 @@ export function register(program: Command): void {
       `what is logged on stderr: ${LOG_LEVELS.join(", ")}; info (the default) logs start-up and the ready line, debug also one line per request, trace also request bodies (env RMLX_LOG_LEVEL)`,
     )
     .option("-v, --verbose", "log one line per request (--log-level debug)")
+    .option("--draft-model <dir>", "a smaller model with the same tokenizer that proposes tokens for each served model to verify (env RMLX_DRAFT_MODEL)")
+    .option("--draft-tokens <k>", DRAFT_TOKENS_HELP)
+    .option("--draft-policy <p>", DRAFT_POLICY_HELP)
     .addHelpText(
       "after",
       "\nModels are addressed by directory name, or by --alias. The OpenAI routes answer with and without /v1\n" +
@@ -204,6 +209,13 @@ export function register(program: Command): void {
         const kvSsd = ssdTier(flags, engine.prefixCache);
         if (kvSsd) engine.kvSsd = kvSsd;
         if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
+        const draft = draftSettings(flags);
+        if (draft) {
+          if (!existsSync(join(draft.dir, "config.json"))) throw new RmlxError("invalid_argument", `--draft-model ${draft.dir}: no config.json there`);
+          engine.draftModel = draft.dir;
+          engine.draftTokens = draft.tokens;
+          engine.draftFixed = draft.fixed;
+        }
         const server = await startServer({
           host: pick(flags.host, "RMLX_HOST", "127.0.0.1"),
           port,

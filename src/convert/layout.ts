@@ -1,6 +1,6 @@
 // The output directory's files besides tensor data: shard assignment, the index, config.json, copied tokenizer
 // and template files.
-import { copyFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { RmlxError } from "../errors.ts";
 import { type WriteEntry, entryBytes } from "../io/safetensors_write.ts";
@@ -77,16 +77,26 @@ const COPIED = [
   /\.tiktoken$/,
   /^tiktoken\.model$/,
   /\.py$/,
+  // sentence-transformers: the pipeline after the encoder
+  /^modules\.json$/,
+  /^config_sentence_transformers\.json$/,
+  /^sentence_bert_config\.json$/,
 ];
+
+/** sentence-transformers' module folders (1_Pooling, 2_Dense, 3_Normalize, ...): copied whole, Dense weights kept as they are. */
+const MODULE_DIR = /^\d+_[A-Za-z]+$/;
 
 export function copySideFiles(srcDir: string, dstDir: string): string[] {
   const copied: string[] = [];
   for (const f of readdirSync(srcDir).sort()) {
-    if (!COPIED.some((re) => re.test(f))) continue;
     const p = join(srcDir, f);
+    const dir = MODULE_DIR.test(f);
+    if (!dir && !COPIED.some((re) => re.test(f))) continue;
     try {
-      if (!statSync(p).isFile()) continue;
-      copyFileSync(p, join(dstDir, f));
+      const st = statSync(p);
+      if (dir && st.isDirectory()) cpSync(p, join(dstDir, f), { recursive: true });
+      else if (!dir && st.isFile()) copyFileSync(p, join(dstDir, f));
+      else continue;
     } catch (err) {
       throw new RmlxError("bad_model", `${p}: cannot copy (${(err as NodeJS.ErrnoException).code ?? "error"})`);
     }

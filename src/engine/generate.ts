@@ -21,6 +21,8 @@ export interface GenerateResult {
   promptTps: number;
   /** Tokens per second of the decode steps after the first token. */
   decodeTps: number;
+  /** With a draft model: tokens it proposed and how many the target kept. */
+  speculative?: { draftTokens: number; acceptedTokens: number };
 }
 
 export interface GenerateOptions {
@@ -30,8 +32,11 @@ export interface GenerateOptions {
   prefillChunk?: number;
 }
 
-/** A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time. */
-export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = "f32"): KvCache {
+/**
+ * A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time; stateSlots:
+ * recurrent-state slots of a hybrid model (2 with a draft model: one for the snapshot a verification step keeps).
+ */
+export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = "f32", stateSlots = 1): KvCache {
   const blockSize = 16;
   return new KvCache(model.backend, model.layers, {
     blockSize,
@@ -39,6 +44,7 @@ export function cacheForTokens(model: Model, n: number, codec: KvCodec | string 
     numBlocks: Math.max(1, Math.ceil(n / blockSize)),
     windowed: true,
     sizing: { sequences: 1, stepTokens: PREFILL_CHUNK },
+    stateSlots,
   });
 }
 
@@ -75,6 +81,7 @@ function startRun(model: SchedulerModel, request: Omit<GenerateRequest, "id" | "
           decodeTps: ev.timing.decodeTps,
         };
         if (ev.stoppedBy !== undefined) result.stoppedBy = ev.stoppedBy;
+        if (ev.speculative) result.speculative = ev.speculative;
         return;
       case "error":
         failure = new RmlxError(ev.code as ErrorCode, ev.message);

@@ -182,6 +182,47 @@ export class Sampler {
     return { token, logprob: x[token]! - logZ, top: nTop > 0 ? topN(x, nTop, logZ) : [] };
   }
 
+  /**
+   * The distribution sample() draws from at a temperature above 0 (bias, penalties, filters, temperature),
+   * normalised into out (length of row). What speculative decoding compares a draft's proposal against.
+   */
+  distribution(row: Float32Array, history: ArrayLike<number>, out: Float32Array): void {
+    const p = this.params;
+    if (!(p.temperature > 0)) throw new RmlxError("internal", "a greedy sampler has no distribution to draw from");
+    const V = row.length;
+    if (this.probs.length !== V) {
+      this.logits = new Float32Array(V);
+      this.probs = new Float32Array(V);
+      this.keep = new Uint8Array(V);
+    }
+    const x = this.logits;
+    x.set(row);
+    this.applyProcessors(x, history);
+    let max = -Infinity;
+    for (let i = 0; i < V; i++) if (x[i]! > max) max = x[i]!;
+    if (max === -Infinity) throw new RmlxError("invalid_argument", ALL_MASKED);
+    let total: number;
+    if (p.topP < 1 || p.minP > 0 || p.topK > 0) {
+      let sum = 0;
+      for (let i = 0; i < V; i++) sum += this.probs[i] = Math.exp(x[i]! - max);
+      total = this.filteredWeights(x, this.probs, sum);
+    } else {
+      total = this.allWeights(x, max);
+    }
+    const inv = 1 / total;
+    for (let i = 0; i < V; i++) out[i] = this.probs[i]! * inv;
+  }
+
+  /** A uniform draw in [0, 1) from this sampler's generator. */
+  uniform(): number {
+    return this.rng.next();
+  }
+
+  /** Index i with probability w[i] / total, from this sampler's generator. */
+  pickWeighted(w: Float32Array, total: number): number {
+    return this.pick(w, total);
+  }
+
   /** Whether bias or penalties change this row (they need a copy of it). */
   private hasProcessors(history: ArrayLike<number>): boolean {
     const p = this.params;
@@ -220,6 +261,11 @@ export class Sampler {
    * exp(x - max) with total sum), then draws one at the temperature.
    */
   private draw(x: Float32Array, probs: Float32Array, sum: number): number {
+    return this.pick(probs, this.filteredWeights(x, probs, sum));
+  }
+
+  /** The weights draw() picks from, written over probs; returns their total. */
+  private filteredWeights(x: Float32Array, probs: Float32Array, sum: number): number {
     const p = this.params;
     const V = x.length;
     const keep = this.keep;
@@ -236,16 +282,21 @@ export class Sampler {
     const w = probs;
     let total = 0;
     for (let i = 0; i < V; i++) total += w[i] = keep[i] ? Math.exp((x[i]! - kmax) * invT) : 0;
-    return this.pick(w, total);
+    return total;
   }
 
   /** A draw at the temperature over the whole vocabulary (no filters). */
   private drawAll(x: Float32Array, max: number): number {
+    return this.pick(this.probs, this.allWeights(x, max));
+  }
+
+  /** The weights drawAll() picks from, written into probs; returns their total. */
+  private allWeights(x: Float32Array, max: number): number {
     const invT = 1 / this.params.temperature;
     const w = this.probs;
     let total = 0;
     for (let i = 0; i < x.length; i++) total += w[i] = Math.exp((x[i]! - max) * invT);
-    return this.pick(w, total);
+    return total;
   }
 
   /** Index i with probability w[i] / total. */

@@ -12,6 +12,7 @@ import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
 import { PrefixCache, type PrefixTier } from "./kv/prefix_cache.ts";
 import { Sampler, type SampledToken } from "./sampler.ts";
+import { type Draft, type ProposeItem, type Speculator, type Verdict, verifyDraft } from "./speculative.ts";
 import type { EngineConfig, EngineEvent, FinishReason, GenerateRequest, TokenLogprob } from "./types.ts";
 
 /** The engine settings a scheduler reads (the CLI's in-process runs have no others). */
@@ -51,6 +52,8 @@ export interface SchedulerModel {
   readonly reasoningTokens?: { open: readonly number[]; close: readonly number[] };
   /** Where prefix-cache entries go when they leave RAM (an SSD tier), if anywhere. */
   readonly prefixTier?: PrefixTier;
+  /** A draft model that proposes tokens for the target to verify (speculative decoding). */
+  readonly speculator?: Speculator;
 }
 
 interface Active {
@@ -86,6 +89,9 @@ export class Scheduler {
   private readonly waiting: Active[] = [];
   private readonly running: Active[] = [];
   readonly prefix: PrefixCache | null;
+  private readonly spec: Speculator | null;
+  /** Recurrent-state snapshots of the sequences verifying drafts this step (hybrid models). */
+  private readonly snapshots = new Map<Active, number>();
 
   constructor(
     private readonly model: SchedulerModel,
@@ -96,6 +102,7 @@ export class Scheduler {
     this.prefix = config.prefixCache
       ? new PrefixCache(cache.spaces, cache.blockSize, cache.rootHash, model.prefixTier ?? null, cache.snapshotBlocks)
       : null;
+    this.spec = model.speculator ?? null;
   }
 
   get numRunning(): number {
@@ -170,6 +177,7 @@ export class Scheduler {
       if (i < 0) continue;
       const [a] = list.splice(i, 1);
       this.model.cache.release(a!.seq);
+      this.spec?.release(a!);
       return true;
     }
     return false;
@@ -177,8 +185,11 @@ export class Scheduler {
 
   /** Ends every request with an error event (model unloading, engine shutting down). */
   abortAll(code: string, message: string): void {
+    for (const snap of this.snapshots.values()) this.model.cache.states?.dropSnapshot(snap);
+    this.snapshots.clear();
     for (const a of [...this.running, ...this.waiting]) {
       this.model.cache.release(a.seq);
+      this.spec?.release(a);
       this.emit({ type: "error", id: a.req.id, code, message });
     }
     this.running.length = 0;
@@ -243,6 +254,7 @@ export class Scheduler {
       if (a === keep) continue;
       this.running.splice(i, 1);
       this.model.cache.release(a.seq);
+      this.spec?.releaseKv(a);
       this.waiting.unshift(a);
       return true;
     }
@@ -297,17 +309,55 @@ export class Scheduler {
       }
     }
     if (entries.length === 0) return this.running.length > 0;
+    const drafts = this.spec ? this.speculate(entries, owners) : [];
     const built = cache.buildStep(entries);
-    const wanted: number[] = [];
+    // Logit rows: the last token of each entry that ends its pending tokens, every token of a speculating one.
+    const rows: number[] = [];
+    const firstRow: number[] = [];
+    const hasRow: boolean[] = [];
+    let decodeOnly = true;
+    let drafted = 0;
     for (let i = 0; i < entries.length; i++) {
-      if (owners[i]!.seq.length + entries[i]!.tokens.length === owners[i]!.tokens.length) wanted.push(i);
+      const k = drafts[i]?.tokens.length ?? 0;
+      drafted += k;
+      if (entries[i]!.tokens.length !== k + 1) decodeOnly = false;
+      firstRow[i] = rows.length;
+      hasRow[i] = owners[i]!.seq.length + entries[i]!.tokens.length - k === owners[i]!.tokens.length;
+      if (hasRow[i]) for (let r = built.lastRows[i]! - k; r <= built.lastRows[i]!; r++) rows.push(r);
     }
-    const logits = this.model.forward(built, Int32Array.from(wanted, (i) => built.lastRows[i]!));
-    const snapshot = cache.states ? prefilling : undefined;
-    cache.advance(entries, this.prefix ? { prefix: this.prefix, tokens: owners.map((a) => a.tokens), snapshot } : undefined);
-    const vocab = wanted.length > 0 ? logits.length / wanted.length : 0;
-    for (let k = 0; k < wanted.length; k++) {
-      this.sampleNext(owners[wanted[k]!]!, logits.subarray(k * vocab, (k + 1) * vocab));
+    const t0 = performance.now();
+    const logits = this.model.forward(built, Int32Array.from(rows));
+    if (this.spec && decodeOnly) this.spec.observeStep(performance.now() - t0, drafted);
+    const vocab = rows.length > 0 ? logits.length / rows.length : 0;
+    let rowData = logits;
+    const row = (r: number) => rowData.subarray(r * vocab, (r + 1) * vocab);
+    const verdicts = drafts.map((d, i) => (d ? this.verify(owners[i]!, d, firstRow[i]!, row) : null));
+    // A speculating entry keeps its last token and the accepted proposals; the blocks past them go back.
+    const kept = entries.map((e, i) => (verdicts[i] ? { seq: e.seq, tokens: e.tokens.subarray(0, verdicts[i].accepted + 1) } : e));
+    const offerTokens = owners.map((a, i) => (verdicts[i] ? [...a.tokens, ...verdicts[i].tokens.slice(0, verdicts[i].accepted)] : a.tokens));
+    const rerun = this.restoreRejected(owners, verdicts, drafts);
+    const advanced = kept.filter((_, i) => !rerun.has(i));
+    const snapshot = cache.states ? prefilling.filter((_, i) => !rerun.has(i)) : undefined;
+    const offer = this.prefix ? { prefix: this.prefix, tokens: offerTokens.filter((_, i) => !rerun.has(i)), snapshot } : undefined;
+    cache.advance(advanced, offer);
+    if (rerun.size > 0) {
+      // The recurrent state went back to before the step: run the kept tokens again (no logits needed; the
+      // step's logits are kept apart first, since a forward may reuse their buffer).
+      rowData = logits.slice();
+      const again = [...rerun].map((i) => kept[i]!);
+      this.model.forward(cache.buildStep(again), new Int32Array(0));
+      cache.advance(again);
+    }
+    for (let i = 0; i < entries.length; i++) {
+      const a = owners[i]!;
+      const v = verdicts[i];
+      if (v) {
+        cache.truncate(a.seq, a.seq.length);
+        this.spec!.settle(a, a.tokens.length + v.accepted, drafts[i]!.tokens.length, v.accepted);
+        for (const token of v.tokens) if (!this.take(a, { token, logprob: NaN, top: [] })) break;
+      } else if (hasRow[i]) {
+        this.sampleNext(a, row(firstRow[i]!));
+      }
     }
     return this.hasWork;
   }
@@ -328,10 +378,100 @@ export class Scheduler {
     return start < last && stop > last ? last : stop;
   }
 
+  /**
+   * Hybrid models: each speculating sequence's state snapshot goes back in place where the target rejected a
+   * proposal (the step's state has absorbed tokens that are not kept), and is dropped where it kept them all.
+   * Returns the entries whose kept tokens must run again.
+   */
+  private restoreRejected(owners: Active[], verdicts: (Verdict | null)[], drafts: (Draft | null)[]): Set<number> {
+    const rerun = new Set<number>();
+    const states = this.model.cache.states;
+    if (!states) return rerun;
+    verdicts.forEach((v, i) => {
+      const a = owners[i]!;
+      const snap = this.snapshots.get(a);
+      if (!v || snap === undefined) return;
+      this.snapshots.delete(a);
+      if (v.accepted === drafts[i]!.tokens.length) return states.dropSnapshot(snap);
+      states.restore(a.seq, snap);
+      rerun.add(i);
+    });
+    return rerun;
+  }
+
+  /** Whether a request may speculate: constrained, logprob and thinking-budget requests run plain steps. */
+  private speculable(a: Active): boolean {
+    const p = a.req.sampling;
+    if (a.processor || p.logprobs || (p.topLogprobs ?? 0) > 0) return false;
+    return !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+  }
+
+  /**
+   * Draft tokens for the decoding entries whose sequences speculate this step, appended to their entries (the
+   * target's cache gets room for them first); the drafts by entry, null where there are none.
+   */
+  private speculate(entries: StepEntry[], owners: Active[]): (Draft | null)[] {
+    const spec = this.spec!;
+    const out: (Draft | null)[] = entries.map(() => null);
+    if (!spec.beginStep()) return out;
+    const decoding = (i: number) => entries[i]!.tokens.length === 1 && owners[i]!.tokens.length - owners[i]!.seq.length === 1;
+    let batch = 0;
+    for (let i = 0; i < entries.length; i++) if (decoding(i)) batch++;
+    const items: ProposeItem[] = [];
+    const at: number[] = [];
+    for (let i = 0; i < entries.length; i++) {
+      const a = owners[i]!;
+      if (!decoding(i) || !this.speculable(a)) continue;
+      const k = spec.plan(a, a.req.sampling, a.tokens.length, a.generated, a.maxTokens - a.generated, batch);
+      if (k === 0) continue;
+      try {
+        this.model.cache.reserve(a.seq, k + 1);
+      } catch (e) {
+        if (e instanceof RmlxError && e.code === "overloaded") continue;
+        throw e;
+      }
+      const states = this.model.cache.states;
+      if (states) {
+        const snap = states.snapshot(a.seq);
+        if (snap === undefined) continue;
+        this.snapshots.set(a, snap);
+      }
+      items.push({ key: a, tokens: a.tokens, k });
+      at.push(i);
+    }
+    if (items.length === 0) return out;
+    spec.propose(items, (key) => (key as Active).req.sampling).forEach((d, j) => {
+      const i = at[j]!;
+      if (!d || d.tokens.length === 0) {
+        const snap = this.snapshots.get(owners[i]!);
+        if (snap !== undefined) this.model.cache.states!.dropSnapshot(snap);
+        this.snapshots.delete(owners[i]!);
+        return;
+      }
+      out[i] = d;
+      entries[i] = { seq: entries[i]!.seq, tokens: Int32Array.from([entries[i]!.tokens[0]!, ...d.tokens]) };
+    });
+    return out;
+  }
+
+  /** The target's verdict on a's draft, from its logit rows first .. first + k. */
+  private verify(a: Active, d: Draft, first: number, row: (r: number) => Float32Array): Verdict {
+    const k = d.tokens.length;
+    const history = new Int32Array(a.tokens.length + k);
+    history.set(a.tokens);
+    history.set(d.tokens, a.tokens.length);
+    const rows = Array.from({ length: k + 1 }, (_, j) => row(first + j));
+    return verifyDraft(a.sampler, rows, history, a.tokens.length, d);
+  }
+
   private sampleNext(a: Active, row: Float32Array): void {
-    const req = a.req;
     a.processor?.apply(row);
-    const s = a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : a.sampler.sample(row, a.tokens);
+    this.take(a, a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : a.sampler.sample(row, a.tokens));
+  }
+
+  /** Appends a chosen token to a's output; false when it ended the request. */
+  private take(a: Active, s: SampledToken): boolean {
+    const req = a.req;
     this.trackReasoning(a, s.token);
     if (a.generated === 0) a.firstTokenMs = performance.now();
     a.generated++;
@@ -343,7 +483,8 @@ export class Scheduler {
     const logprobs = req.sampling.logprobs ? [this.logprob(s)] : undefined;
     this.emit({ type: "delta", id: req.id, text: piece.text, tokenIds: [s.token], logprobs });
     if (piece.stop !== undefined) return this.finish(a, "stop", piece.stop);
-    if (a.generated >= a.maxTokens) this.finish(a, "length");
+    if (a.generated >= a.maxTokens) return this.finish(a, "length");
+    return true;
   }
 
   /** The request's thinking budget is spent while its reasoning section is still open. */
@@ -380,11 +521,13 @@ export class Scheduler {
     return { ...entry(s.token, s.logprob), top: s.top.map((t) => entry(t.token, t.logprob)) };
   }
 
-  private finish(a: Active, reason: FinishReason, stoppedBy?: string | number): void {
+  private finish(a: Active, reason: FinishReason, stoppedBy?: string | number): false {
     const tail = a.stop.push(a.detok.flush()).text + a.stop.flush();
     if (tail) this.emit({ type: "delta", id: a.req.id, text: tail, tokenIds: [] });
     this.running.splice(this.running.indexOf(a), 1);
     this.model.cache.release(a.seq);
+    const speculative = this.spec?.counts(a);
+    this.spec?.release(a);
     const end = performance.now();
     const prefillMs = Math.max(1e-3, a.firstTokenMs - a.admitMs);
     const decodeMs = Math.max(1e-3, end - a.firstTokenMs);
@@ -405,7 +548,9 @@ export class Scheduler {
         promptTps: ((a.promptLen - a.cachedTokens) * 1000) / prefillMs,
         decodeTps: a.generated > 1 ? ((a.generated - 1) * 1000) / decodeMs : 0,
       },
+      ...(speculative ? { speculative } : {}),
     });
+    return false;
   }
 }
 

@@ -108,6 +108,8 @@ export type EngineEvent =
       stoppedBy?: string | number;
       usage: { promptTokens: number; completionTokens: number; cachedTokens: number; cachedDiskTokens?: number };
       timing: { queuedMs: number; ttftMs: number; decodeTps: number; promptTps: number };
+      /** With a draft model: tokens it proposed for this request and how many of them the target kept. */
+      speculative?: { draftTokens: number; acceptedTokens: number };
     }
   | { type: "error"; id: string; code: string; message: string };
 
@@ -137,6 +139,12 @@ export interface EngineConfig {
   promptOverflow?: "error" | "truncate";
   /** --chat-template: a chat template used instead of the one each model ships. */
   chatTemplate?: ChatTemplateSource;
+  /** --draft-model: a model directory whose proposals every loaded model verifies (speculative decoding). */
+  draftModel?: string;
+  /** --draft-tokens: the most tokens the draft proposes a step. */
+  draftTokens?: number;
+  /** --draft-policy fixed: always propose draftTokens instead of adapting. */
+  draftFixed?: boolean;
 }
 
 /** Messages from the server to the worker. */
@@ -148,7 +156,27 @@ export type ToWorker =
   | { type: "cancel"; id: string }
   | { type: "tokenize"; rid: string; model: string; text?: string; messages?: ChatMessage[]; tools?: ToolSpec[]; templateKwargs?: Record<string, unknown>; addGenerationPrompt?: boolean }
   | { type: "detokenize"; rid: string; model: string; tokens: number[] }
+  | { type: "embed"; rid: string; model: string; request: EmbedRequest }
   | { type: "shutdown" };
+
+/** Inputs of an embeddings request: texts (the model's prompt, if any, goes before each) or token ids. */
+export interface EmbedRequest {
+  inputs: (string | number[])[];
+  /** A prompt of config_sentence_transformers.json by name; the model's default_prompt_name when absent. */
+  promptName?: string;
+  /** Cut an input longer than the model's limit to fit instead of refusing it. */
+  truncate: boolean;
+}
+
+/** What an embedding model is, for the server and `rmlx info`. */
+export interface EmbeddingModelInfo {
+  pooling: string;
+  normalize: boolean;
+  dimension: number;
+  /** Most tokens of one input. */
+  maxTokens: number;
+  prompts: string[];
+}
 
 /** What the server needs to know about a loaded model to shape its output. */
 export interface LoadedModelInfo {
@@ -161,6 +189,8 @@ export interface LoadedModelInfo {
   reasoningTags?: { open: string; close: string };
   /** Sampling defaults of the model's generation_config.json. */
   sampling?: SamplingDefaults;
+  /** Present for an embedding model. */
+  embedding?: EmbeddingModelInfo;
 }
 
 /** Messages from the worker to the server. */
@@ -171,6 +201,7 @@ export type FromWorker =
   | { type: "unloaded"; model: string }
   | { type: "tokenized"; rid: string; tokens: number[]; text?: string }
   | { type: "detokenized"; rid: string; text: string }
+  | { type: "embedded"; rid: string; embeddings: Float32Array[]; promptTokens: number }
   | { type: "rpc_error"; rid: string; code: string; message: string }
   | {
       type: "stats";

@@ -3,9 +3,14 @@
 // worker yields to its event loop, which is where new requests and cancellations come in.
 import { getBackend } from "../backend/index.ts";
 import { RmlxError } from "../errors.ts";
+import { isEmbeddingDir } from "../io/sentence_transformers.ts";
+import { runEmbedRequest } from "./embed_request.ts";
+import { Embedder } from "./embedder.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
+import { DEFAULT_DRAFT_TOKENS, loadDraft, speculatorFor } from "./draft_model.ts";
+import type { Speculator } from "./speculative.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, SsdCounts, ToWorker } from "./types.ts";
 
@@ -21,6 +26,7 @@ interface Loaded {
   scheduler: Scheduler;
   contextLength: number;
   tier: SsdTier | null;
+  speculator?: Speculator;
 }
 
 const models = new Map<string, Loaded>();
@@ -35,6 +41,8 @@ function addSsd(to: SsdCounts, from: SsdCounts): void {
   to.dropped += from.dropped;
   to.skipped += from.skipped;
 }
+/** Embedding models: no cache and no scheduler; a request runs as one batch when it comes. */
+const embedders = new Map<string, Embedder>();
 /** Which model each live request runs on, for cancellation. */
 const owners = new Map<string, string>();
 
@@ -58,13 +66,27 @@ function errorOf(e: unknown): { code: string; message: string } {
   return { code: "internal", message: e instanceof Error ? e.message : String(e) };
 }
 
+function loadEmbedder(name: string, dir: string): void {
+  const e = Embedder.load(dir, getBackend());
+  embedders.set(name, e);
+  postEmbedderLoaded(name, e);
+}
+
+function postEmbedderLoaded(name: string, e: Embedder): void {
+  const { pooling, normalize, dimension, maxTokens, prompts } = e.info;
+  post({ type: "loaded", model: name, contextLength: maxTokens, info: { modelType: e.info.modelType, embedding: { pooling, normalize, dimension, maxTokens, prompts } } });
+}
+
 function load(name: string, dir: string): void {
+  if (isEmbeddingDir(dir)) return loadEmbedder(name, dir);
   const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate });
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
     codec: config.kvQuant ?? "f32",
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
+    // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
+    stateSlots: config.draftModel ? 2 * config.maxRunning : config.maxRunning,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
@@ -78,8 +100,20 @@ function load(name: string, dir: string): void {
       return e;
     };
   }
-  const scheduler = new Scheduler(model, config, post);
-  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier });
+  let speculator: Speculator | undefined;
+  try {
+    if (config.draftModel) {
+      const draft = loadDraft(session, config.draftModel);
+      const k = config.draftTokens ?? DEFAULT_DRAFT_TOKENS;
+      speculator = speculatorFor(draft, k, cache.capacityTokens, config.maxRunning, config.draftFixed);
+    }
+  } catch (e) {
+    if (tier) void tier.store.close();
+    cache.dispose();
+    throw e;
+  }
+  const scheduler = new Scheduler({ ...model, speculator }, config, post);
+  models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier, speculator });
   postLoaded(name, models.get(name)!);
 }
 
@@ -109,6 +143,7 @@ function postLoaded(name: string, m: Loaded): void {
 }
 
 function unload(name: string): void {
+  embedders.delete(name);
   const m = models.get(name);
   if (m) {
     m.scheduler.abortAll("not_found", `model '${name}' was unloaded`);
@@ -123,6 +158,7 @@ function unload(name: string): void {
       });
     }
     m.cache.dispose();
+    m.speculator?.dispose();
     models.delete(name);
   }
   post({ type: "unloaded", model: name });
@@ -192,7 +228,9 @@ function handle(msg: ToWorker): void {
     case "load":
       try {
         const m = models.get(msg.model);
+        const e = embedders.get(msg.model);
         if (m) postLoaded(msg.model, m);
+        else if (e) postEmbedderLoaded(msg.model, e);
         else load(msg.model, msg.dir);
       } catch (e) {
         post({ type: "load_error", model: msg.model, ...errorOf(e) });
@@ -220,7 +258,27 @@ function handle(msg: ToWorker): void {
       stats();
       return;
     }
+    case "embed": {
+      const e = embedders.get(msg.model);
+      try {
+        if (!e) throw new RmlxError(models.has(msg.model) ? "invalid_argument" : "not_found", `model '${msg.model}' is not a loaded embedding model`);
+        post({ type: "embedded", rid: msg.rid, ...runEmbedRequest(e, msg.request) });
+      } catch (e) {
+        post({ type: "rpc_error", rid: msg.rid, ...errorOf(e) });
+      }
+      return;
+    }
     case "tokenize": {
+      const em = embedders.get(msg.model);
+      if (em) {
+        try {
+          if (msg.messages) throw new RmlxError("invalid_argument", `model '${msg.model}' is an embedding model: it has no chat template`);
+          post({ type: "tokenized", rid: msg.rid, tokens: em.tokenize(msg.text ?? "") });
+        } catch (e) {
+          post({ type: "rpc_error", rid: msg.rid, ...errorOf(e) });
+        }
+        return;
+      }
       const m = models.get(msg.model);
       try {
         if (!m) throw new RmlxError("not_found", `model '${msg.model}' is not loaded`);
@@ -238,7 +296,12 @@ function handle(msg: ToWorker): void {
     }
     case "detokenize": {
       const m = models.get(msg.model);
+      const em = embedders.get(msg.model);
       try {
+        if (em) {
+          post({ type: "detokenized", rid: msg.rid, text: em.tokenizer.decode(msg.tokens) });
+          return;
+        }
         if (!m) throw new RmlxError("not_found", `model '${msg.model}' is not loaded`);
         const vocab = m.session.model.vocabSize;
         const bad = msg.tokens.find((t) => t >= vocab);

@@ -45,4 +45,8 @@ export const MIGRATIONS: readonly string[] = [
    CREATE INDEX benchmarks_name ON benchmarks(name, shape, created_at);`,
   // Prompt tokens read back from the prefix cache's SSD tier (a part of cached_tokens); older rows have 0.
   `ALTER TABLE requests ADD COLUMN cached_disk_tokens INTEGER NOT NULL DEFAULT 0;`,
+  // Speculative decoding: tokens a draft model proposed for the request and how many the model kept (NULL
+  // without a draft model, and in rows written before this migration).
+  `ALTER TABLE requests ADD COLUMN draft_tokens INTEGER;
+   ALTER TABLE requests ADD COLUMN accepted_tokens INTEGER;`,
 ];

@@ -36,6 +36,9 @@ export interface RequestRow {
   promptTps?: number;
   finishReason?: string;
   status: number;
+  /** With a draft model: tokens it proposed and how many were kept. */
+  draftTokens?: number;
+  acceptedTokens?: number;
 }
 
 export interface BenchmarkRow {
@@ -134,15 +137,16 @@ export class MetricsStore {
     this.guard(() => {
       const insert = this.db!.query(
         `INSERT INTO requests (run_id, request_id, model, api, started_at, ended_at, prompt_tokens, cached_tokens,
-           cached_disk_tokens, generated_tokens, ttft_ms, decode_tps, prompt_tps, finish_reason, status)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           cached_disk_tokens, generated_tokens, ttft_ms, decode_tps, prompt_tps, finish_reason, status, draft_tokens,
+           accepted_tokens)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       );
       this.db!.transaction(() => {
         for (const r of rows) {
           insert.run(
             this.runId, r.requestId ?? null, r.model, r.api, r.startedAt / 1000, r.endedAt / 1000, r.promptTokens,
             r.cachedTokens, r.cachedDiskTokens ?? 0, r.generatedTokens, r.ttftMs ?? null, r.decodeTps ?? null, r.promptTps ?? null,
-            r.finishReason ?? null, r.status,
+            r.finishReason ?? null, r.status, r.draftTokens ?? null, r.acceptedTokens ?? null,
           );
         }
       })();

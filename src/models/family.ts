@@ -3,6 +3,7 @@
 import type { Backend } from "../backend/backend.ts";
 import type { ConfigReader, FamilyConfigRules } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
+import type { Encoder } from "./encoder.ts";
 import type { Model } from "./model.ts";
 import type { ModelWeights } from "./weights.ts";
 
@@ -67,6 +68,8 @@ export interface Family {
   readonly kvLayout?: FamilyConfigRules["kvLayout"];
   /** The forward pass over weights named by sanitize; absent while the family is known but not implemented. */
   readonly load?: (backend: Backend, md: ModelDir, w: ModelWeights) => Model;
+  /** The stack as an encoder of embedding models (sentence-transformers checkpoints); absent where none runs. */
+  readonly loadEncoder?: (backend: Backend, md: ModelDir, w: ModelWeights) => Encoder;
 }
 
 const VISION = /(^|\.)(vision_tower|multi_modal_projector|visual)\./;
@@ -99,6 +102,19 @@ export function textModelSanitizer({ tied }: SanitizeContext): Sanitizer {
   return {
     rename(name) {
       const n = textModelName(name, tied);
+      return n === null ? null : { name: n };
+    },
+  };
+}
+
+/** Names of a bare text model (embed_tokens.*, layers.*, norm.*, as sentence-transformers saves Qwen3Model) under model.*. */
+const BARE = /^(embed_tokens|layers|norm)\./;
+
+/** textModelSanitizer that also reads a bare text model's checkpoint (Qwen3-Embedding, EmbeddingGemma). */
+export function bareTextModelSanitizer(ctx: SanitizeContext): Sanitizer {
+  return {
+    rename(name) {
+      const n = textModelName(BARE.test(name) ? `model.${name}` : name, ctx.tied);
       return n === null ? null : { name: n };
     },
   };

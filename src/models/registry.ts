@@ -5,7 +5,9 @@ import type { Backend } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import { ConfigReader, setConfigFamilies } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
+import { bert } from "./bert.ts";
 import { bitnet } from "./bitnet.ts";
+import type { Encoder } from "./encoder.ts";
 import type { Family, Sanitizer } from "./family.ts";
 import { gemma3 } from "./gemma3.ts";
 import { gemma4 } from "./gemma4.ts";
@@ -29,6 +31,7 @@ const FAMILIES: readonly Family[] = [
   gemma3,
   gemma4,
   bitnet,
+  bert,
 ];
 
 const BY_TYPE = new Map(FAMILIES.flatMap((f) => f.modelTypes.map((t) => [t, f] as const)));
@@ -44,6 +47,8 @@ setConfigFamilies((modelType) => {
 });
 
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.load ? f.modelTypes : []));
+
+export const ENCODER_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.loadEncoder ? f.modelTypes : []));
 
 export const CONVERTIBLE_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => (f.sanitize ? f.modelTypes : []));
 
@@ -80,4 +85,18 @@ export function loadModel(backend: Backend, md: ModelDir): Model {
     );
   }
   return family.load(backend, md, new ModelWeights(backend, md, sanitizer));
+}
+
+/** The model's stack as the encoder of an embedding model. */
+export function loadEncoder(backend: Backend, md: ModelDir): Encoder {
+  const type = textModelType(md);
+  const family = familyFor(type);
+  const sanitizer = family?.loadEncoder && checkpointSanitizer(family, md.config.raw, md.weights.names(), `${md.dir}/config.json`);
+  if (!family?.loadEncoder || !sanitizer) {
+    throw new RmlxError(
+      "unsupported",
+      `${md.dir}: architecture '${type}' is not supported as an embedding model by this build (supported: ${ENCODER_MODEL_TYPES.join(", ")})`,
+    );
+  }
+  return family.loadEncoder(backend, md, new ModelWeights(backend, md, sanitizer));
 }

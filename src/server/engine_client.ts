@@ -1,6 +1,7 @@
 import { RmlxError } from "../errors.ts";
 import type {
   ChatMessage,
+  EmbedRequest,
   EngineConfig,
   EngineEvent,
   FromWorker,
@@ -189,6 +190,7 @@ export class EngineClient {
         return;
       case "tokenized":
       case "detokenized":
+      case "embedded":
         this.rpcs.get(msg.rid)?.resolve(msg);
         this.rpcs.delete(msg.rid);
         return;
@@ -253,6 +255,13 @@ export class EngineClient {
     const msg = await this.rpc(rid, { type: "detokenize", rid, model, tokens });
     if (msg.type !== "detokenized") throw new RmlxError("internal", "engine answered detokenize with the wrong message");
     return msg.text;
+  }
+
+  async embed(model: string, request: EmbedRequest): Promise<{ embeddings: Float32Array[]; promptTokens: number }> {
+    const rid = `e${this.nextRid++}`;
+    const msg = await this.rpc(rid, { type: "embed", rid, model, request });
+    if (msg.type !== "embedded") throw new RmlxError("internal", "engine answered embed with the wrong message");
+    return { embeddings: msg.embeddings, promptTokens: msg.promptTokens };
   }
 
   private rpc(rid: string, msg: ToWorker): Promise<FromWorker> {

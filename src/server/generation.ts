@@ -2,7 +2,7 @@ import type { EngineEvent, GenerateRequest, TokenLogprob } from "../engine/types
 import type { EngineClient, GenerationStream } from "./engine_client.ts";
 import type { RequestJournal } from "./journal.ts";
 import { fromCode, HttpError } from "./errors.ts";
-import type { ModelEntry, ModelManager } from "./models.ts";
+import type { ModelEntry, ModelManager, ModelUse } from "./models.ts";
 import type { ChatOutputParser } from "../text/output.ts";
 import { noteGeneration, type Logger } from "./log.ts";
 import type { ServerDefaults } from "./sampling.ts";
@@ -138,8 +138,8 @@ export async function collectAll(
 }
 
 /** Holds the model a request asks for (see ModelManager.resolve) loaded for the duration of `fn`. */
-export async function withModel<T>(ctx: ServerContext, name: string | null | undefined, fn: (m: ModelEntry) => Promise<T>): Promise<T> {
-  const m = await ctx.models.acquire(name);
+export async function withModel<T>(ctx: ServerContext, name: string | null | undefined, fn: (m: ModelEntry) => Promise<T>, use: ModelUse = "any"): Promise<T> {
+  const m = await ctx.models.acquire(name, use);
   try {
     return await fn(m);
   } finally {

@@ -39,6 +39,7 @@ export class RequestJournal {
         promptTps: ev.timing.promptTps,
         finishReason: ev.finishReason,
         status: 200,
+        ...(ev.speculative ? { draftTokens: ev.speculative.draftTokens, acceptedTokens: ev.speculative.acceptedTokens } : {}),
       });
       return;
     }

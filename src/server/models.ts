@@ -3,6 +3,7 @@ import { basename, join, resolve } from "node:path";
 import { RmlxError } from "../errors.ts";
 import type { LoadedModelInfo } from "../engine/types.ts";
 import type { EngineClient } from "./engine_client.ts";
+import { isEmbeddingDir } from "../io/sentence_transformers.ts";
 import { HttpError } from "./errors.ts";
 
 export interface ModelEntry {
@@ -16,7 +17,12 @@ export interface ModelEntry {
   lastUsed: number;
   loading?: Promise<void>;
   createdS: number;
+  /** A sentence-transformers directory: it answers /v1/embeddings, and only that. */
+  embedding: boolean;
 }
+
+/** What a request wants of a model: text generation, embeddings, or either (tokenize, detokenize). */
+export type ModelUse = "generate" | "embed" | "any";
 
 function isModelDir(dir: string): boolean {
   return existsSync(join(dir, "config.json"));
@@ -68,7 +74,7 @@ export class ModelManager {
   ) {
     const now = Math.floor(Date.now() / 1000);
     for (const [name, dir] of dirs) {
-      this.models.set(name, { name, dir, state: "unloaded", contextLength: 0, active: 0, lastUsed: 0, createdS: now });
+      this.models.set(name, { name, dir, state: "unloaded", contextLength: 0, active: 0, lastUsed: 0, createdS: now, embedding: isEmbeddingDir(dir) });
     }
     if (idleUnloadS > 0) {
       this.timer = setInterval(() => this.unloadIdle(), Math.min(1000, idleUnloadS * 250));
@@ -100,9 +106,13 @@ export class ModelManager {
     return this.get(name);
   }
 
-  /** Loads the model a request asks for (see resolve) if needed and marks it in use; pair every call with release(). */
-  async acquire(name: string | null | undefined): Promise<ModelEntry> {
+  /**
+   * Loads the model a request asks for (see resolve) if needed and marks it in use; pair every call with release().
+   * A model that cannot serve the use is refused with a 400 that says why.
+   */
+  async acquire(name: string | null | undefined, use: ModelUse = "generate"): Promise<ModelEntry> {
     const m = this.resolve(name);
+    checkUse(m, use);
     m.active++;
     m.lastUsed = Date.now();
     try {
@@ -155,5 +165,21 @@ export class ModelManager {
 
   close(): void {
     if (this.timer) clearInterval(this.timer);
+  }
+}
+
+export function checkUse(m: ModelEntry, use: ModelUse): void {
+  if (use === "generate" && m.embedding) {
+    throw new HttpError(400, `model '${m.name}' is an embedding model: it answers /v1/embeddings, not text generation`, {
+      param: "model",
+      code: "model_not_supported",
+    });
+  }
+  if (use === "embed" && !m.embedding) {
+    throw new HttpError(
+      400,
+      `model '${m.name}' does not produce embeddings: it is a causal language model, not a sentence-transformers embedding model (a directory with modules.json or 1_Pooling/)`,
+      { param: "model", code: "model_not_supported" },
+    );
   }
 }

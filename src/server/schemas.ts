@@ -225,6 +225,10 @@ export const EmbeddingsBody = t.Object({
   encoding_format: t.Optional(t.Union([t.Literal("float"), t.Literal("base64")])),
   dimensions: t.Optional(t.Integer({ minimum: 1 })),
   user: t.Optional(t.String()),
+  /** rmlx's: cut an input longer than the model's limit instead of refusing it (vLLM's truncate_prompt_tokens, llama.cpp's truncate). */
+  truncate: t.Optional(t.Boolean()),
+  /** rmlx's: one of the model's prompts (config_sentence_transformers.json), e.g. "query"; its default prompt when absent. */
+  prompt_name: t.Optional(t.String()),
 });
 
 export type EmbeddingsBodyT = typeof EmbeddingsBody.static;

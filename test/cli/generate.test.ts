@@ -23,6 +23,35 @@ function runWith(stdin: string | undefined, ...args: string[]) {
 const fixtureDir = join(FIXTURES, "qwen3");
 const haveFixture = existsSync(join(fixtureDir, "reference.json"));
 
+describe("rmlx generate --draft-model", () => {
+  test.skipIf(!haveFixture)("--json reports acceptance; the tokens are those without a draft", () => {
+    const args = ["generate", "--model", fixtureDir, "--prompt", "hi", "--max-tokens", "12", "--json", "--raw"];
+    const plain = JSON.parse(run(...args).out);
+    const r = run(...args, "--draft-model", join(FIXTURES, "qwen3_q3"), "--draft-tokens", "3", "--draft-policy", "fixed");
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.token_ids).toEqual(plain.token_ids);
+    expect(j.draft_tokens).toBeGreaterThan(0);
+    expect(j.accepted_tokens).toBeLessThanOrEqual(j.draft_tokens);
+    expect(j.acceptance_rate).toBeCloseTo(j.accepted_tokens / j.draft_tokens, 9);
+    expect(plain.draft_tokens).toBeUndefined();
+  });
+
+  test.skipIf(!haveFixture)("a draft of another tokenizer, a hybrid draft, a bad policy: one line, exit 2", () => {
+    const other = run("generate", "--prompt", "hi", "--draft-model", fixtureDir);
+    expect(other.code).toBe(2);
+    expect(other.err).toMatch(/^rmlx: --draft-model .*qwen3: its tokenizer is not the target's \(403 tokens against the target's 4096\)\n$/);
+    const hybrid = run("generate", "--model", fixtureDir, "--prompt", "hi", "--draft-model", join(FIXTURES, "hybrid/qwen3_5_dense"));
+    expect(hybrid.code).toBe(2);
+    expect(hybrid.err.trim().split("\n")).toHaveLength(1);
+    expect(hybrid.err).toMatch(/linear-attention layers cannot be cut back/);
+    const policy = run("generate", "--model", fixtureDir, "--prompt", "hi", "--draft-model", fixtureDir, "--draft-policy", "eager");
+    expect(policy.code).toBe(2);
+    expect(policy.err).toBe("rmlx: --draft-policy must be adaptive or fixed (got 'eager')\n");
+  });
+});
+
 describe("rmlx generate", () => {
   test.skipIf(!haveFixture)("--json: prompt ids, token ids, text and speeds", () => {
     const r = run("generate", "--model", fixtureDir, "--prompt", "hi", "--max-tokens", "8", "--json", "--raw");

@@ -132,6 +132,21 @@ describe("rmlx info", () => {
     expect(j.mtp).toEqual({ layers: 1, parameters: 24832, bytes: 49664 });
   });
 
+  test("an embedding model: its kind, pooling, dimension and Dense layers; no KV cache lines", () => {
+    const emb = join(import.meta.dir, "..", "fixtures", "embeddings");
+    const g = info("--model", join(emb, "gemma3_dense"));
+    expect(g.code).toBe(0);
+    expect(g.out).toMatch(/^kind: +embedding model, mean pooling, dimension 32 \(Dense 32->128->32\), normalized; prompts: Clustering, document, query$/m);
+    expect(g.out).toMatch(/^runnable: +yes/m);
+    expect(g.out).not.toContain("KV cache");
+    const r = JSON.parse(info("--model", join(emb, "roberta_cls"), "--json").out);
+    expect(r.embedding).toMatchObject({ pooling: "cls", dimension: 32, normalize: false, dense: [] });
+    expect(r.runnable).toBe(true);
+    const b = info("--model", join(emb, "bert_mean"));
+    expect(b.out).toMatch(/^kind: +embedding model, mean pooling, dimension 32, normalized/m);
+    expect(b.out).not.toMatch(/^rope:/m);
+  });
+
   test("a checkpoint this build cannot run is described but not runnable", () => {
     const dir = writeModelDir(tempDir(), { ...llamaConfig(), quantization_config: { quant_method: "awq" } }, llamaTensors());
     const j = JSON.parse(info("--model", dir, "--json").out);

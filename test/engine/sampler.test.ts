@@ -128,6 +128,43 @@ describe("sampler", () => {
   });
 });
 
+describe("sampler distribution (what speculative decoding verifies against)", () => {
+  const logits = Float32Array.from([2, 1, 0.5, 3, -1, 2.5, 0, 1.5]);
+
+  test("top_k and temperature: softmax at T over the k best, zero elsewhere", () => {
+    const s = new Sampler({ ...DEFAULT_SAMPLING, temperature: 0.7, topK: 3 });
+    const p = new Float32Array(logits.length);
+    s.distribution(logits, [], p);
+    const best = [3, 5, 0];
+    const w = best.map((i) => Math.exp(logits[i]! / 0.7));
+    const z = w.reduce((a, b) => a + b, 0);
+    for (let i = 0; i < logits.length; i++) {
+      const j = best.indexOf(i);
+      expect(p[i]!).toBeCloseTo(j < 0 ? 0 : w[j]! / z, 6);
+    }
+  });
+
+  test("top_p, penalties and bias shape it as they shape sample()", () => {
+    const params = { ...DEFAULT_SAMPLING, temperature: 1.3, topP: 0.8, repetitionPenalty: 1.5, logitBias: { 4: 3 } };
+    const history = [3, 3, 5];
+    const p = new Float32Array(logits.length);
+    new Sampler(params).distribution(logits, history, p);
+    expect(p.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
+    const s = new Sampler({ ...params, seed: 7 });
+    const counts = new Float64Array(logits.length);
+    const n = 20000;
+    for (let i = 0; i < n; i++) counts[s.sample(logits, history).token]! += 1;
+    for (let i = 0; i < logits.length; i++) {
+      if (p[i] === 0) expect(counts[i]).toBe(0);
+      else expect(Math.abs(counts[i]! / n - p[i]!)).toBeLessThan(0.015);
+    }
+  });
+
+  test("a greedy sampler has no distribution", () => {
+    expect(() => new Sampler({ ...DEFAULT_SAMPLING, temperature: 0 }).distribution(logits, [], new Float32Array(8))).toThrow(RmlxError);
+  });
+});
+
 describe("sampler: native and TypeScript steps agree", () => {
   // Logits with a realistic spread (a few strong tokens over a long tail), a vocabulary of Qwen's size, some masked.
   function row(V: number, seed: number): Float32Array {

@@ -26,7 +26,7 @@ describe("metrics store", () => {
     s.close();
     const db = new Database(path, { readonly: true });
     expect((db.query("SELECT count(*) AS n FROM requests").get() as { n: number }).n).toBe(100);
-    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(2);
+    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(MIGRATIONS.length);
     const [m] = summary(db, 0);
     expect(m!.requests).toBe(100);
     // nearest-rank over 1..100: index floor(99 * p)
@@ -69,6 +69,25 @@ describe("metrics store", () => {
     const [m] = summary(db, 0);
     expect(m!.requests).toBe(5);
     expect(m!.errors).toBe(2);
+    db.close();
+  });
+
+  test("a database of the first schema gains the speculative columns and keeps its rows", () => {
+    const path = join(dir, "v1.db");
+    const old = new Database(path, { create: true });
+    old.exec(MIGRATIONS[0]!);
+    old.exec("PRAGMA user_version = 1");
+    old.query("INSERT INTO requests (model, api, started_at, ended_at, status) VALUES ('m', 'openai', 1, 2, 200)").run();
+    old.close();
+    const s = MetricsStore.open(path);
+    s.recordRequest(row({ draftTokens: 12, acceptedTokens: 9 }));
+    s.close();
+    const db = new Database(path, { readonly: true });
+    const rows = db.query("SELECT draft_tokens, accepted_tokens FROM requests ORDER BY id").all();
+    expect(rows).toEqual([
+      { draft_tokens: null, accepted_tokens: null },
+      { draft_tokens: 12, accepted_tokens: 9 },
+    ]);
     db.close();
   });
 

@@ -12,9 +12,11 @@ import type {
   StatePool,
   Tensor,
   TernaryWeight,
+  VarlenAttentionOptions,
   Weight,
 } from "../../src/backend/backend.ts";
 import { isQuantized } from "../../src/backend/backend.ts";
+import { composedVarlenAttention } from "../../src/backend/varlen.ts";
 import { bf16ToNumber, f16ToNumber } from "../native/ref.ts";
 
 class RT implements Tensor {
@@ -26,6 +28,24 @@ class RT implements Tensor {
     public i?: Int32Array,
     public raw?: Uint8Array,
   ) {}
+}
+
+/** erf by its Maclaurin series near 0 and its continued fraction beyond, both to double precision. */
+function erf(x: number): number {
+  const a = Math.abs(x);
+  if (a < 2.5) {
+    let term = a;
+    let sum = a;
+    for (let n = 1; n < 80; n++) {
+      term *= (-a * a) / n;
+      sum += term / (2 * n + 1);
+    }
+    return Math.sign(x) * ((2 / Math.sqrt(Math.PI)) * sum);
+  }
+  let f = 0;
+  for (let n = 60; n >= 1; n--) f = n / 2 / (a + f);
+  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / (a + f);
+  return Math.sign(x) * (1 - erfc);
 }
 
 const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
@@ -367,6 +387,9 @@ export class RefBackend implements Backend {
   silu(x: Tensor): Tensor {
     return unary(x, silu);
   }
+  gelu(x: Tensor): Tensor {
+    return unary(x, (v) => 0.5 * v * (1 + erf(v * Math.SQRT1_2)));
+  }
   geluTanh(x: Tensor): Tensor {
     return unary(x, gelu);
   }
@@ -530,6 +553,9 @@ export class RefBackend implements Backend {
   }
   sdpa(): Tensor {
     throw new Error("ref: sdpa not implemented");
+  }
+  varlenAttention(q: Tensor, k: Tensor, v: Tensor, seqStart: Int32Array, opts: VarlenAttentionOptions): Tensor {
+    return composedVarlenAttention(this, q, k, v, seqStart, opts);
   }
   createStatePool(): StatePool {
     throw new Error("ref: linear attention not implemented (the native ops are tested against float64 in test/backend)");

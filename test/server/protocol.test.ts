@@ -290,13 +290,17 @@ describe("OpenAI API", () => {
     expect(msg.reasoning_content).toBe("Let me think.");
   });
 
-  test("embeddings: the route validates its body; a causal LM answers 400 in OpenAI's format", async () => {
+  test("embeddings: the route validates its body; a causal LM answers 400 in OpenAI's format, saying why", async () => {
     const e = (await rejection(openai.embeddings.create({ model: "tiny", input: "hello" }))) as InstanceType<typeof OpenAI.APIError>;
     expect(e.status).toBe(400);
     expect(e.message).toContain("model 'tiny' does not produce embeddings");
     const raw = await post("/v1/embeddings", JSON.stringify({ model: "tiny", input: ["a", "b"] }));
     expect(raw.status).toBe(400);
-    expect((await jsonOf(raw)).error).toMatchObject({ type: "invalid_request_error", param: "model", message: "model 'tiny' does not produce embeddings" });
+    expect((await jsonOf(raw)).error).toMatchObject({
+      type: "invalid_request_error",
+      param: "model",
+      message: expect.stringContaining("model 'tiny' does not produce embeddings: it is a causal language model"),
+    });
     expect((await post("/v1/embeddings", JSON.stringify({ model: "nope", input: "x" }))).status).toBe(404);
     for (const bad of [{ model: "tiny" }, { model: "tiny", input: 5 }, { model: "tiny", input: "" }, { model: "tiny", input: [] }]) {
       const r = await post("/v1/embeddings", JSON.stringify(bad));

@@ -192,3 +192,26 @@ export function peerGenerate(
   if (!p || !g) return { ok: false, reason: "llama-bench: expected rows missing from its output" };
   return { ok: true, promptTps: p.avg_ts, decodeTps: g.avg_ts, fileBytes: Bun.file(file.path).size, threads };
 }
+
+/**
+ * llama-bench in embedding mode (-embd 1) on the random-weight GGUF of `model`: tokens/s of one `prompt`-token
+ * sequence run through the stack with its embeddings kept, one sequence per run. One warm-up and `reps` timed runs.
+ */
+export function peerEmbed(
+  model: PeerModel,
+  type: GenerateType,
+  opts: { prompt?: number; threads?: number; reps?: number } = {},
+): PeerResult<{ promptTps: number; threads: number }> {
+  const bin = tool("llama-bench");
+  if (!bin) return notBuilt("llama-bench");
+  if (!(model in MODELS)) return { ok: false, reason: `unknown peer model ${model}` };
+  const { prompt = 128, reps = 3 } = opts;
+  const threads = opts.threads ?? defaultThreads();
+  const file = peerModelFile(model, type, threads);
+  if (!file.ok) return file;
+  const r = llamaBench(bin, ["-m", file.path, "-t", String(threads), "-r", String(reps), "-p", String(prompt), "-n", "0", "-embd", "1"]);
+  if (!r.ok) return r;
+  const row = r.rows.find((x) => x.n_prompt === prompt && x.n_gen === 0);
+  if (!row) return { ok: false, reason: "llama-bench: expected row missing from its output" };
+  return { ok: true, promptTps: row.avg_ts, threads };
+}

@@ -22,10 +22,12 @@ import {
   type TernaryWeight,
   type Weight,
   isQuantized,
+  type VarlenAttentionOptions,
 } from "../backend.ts";
 import * as args from "../args.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
+import { composedVarlenAttention } from "../varlen.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
@@ -210,7 +212,7 @@ export class MlxBackend implements Backend {
     astype: (h: number, dt: number, tmp: Temps) => tmp.add(this.res(this.S.mlx_astype(slotPtr(), h, dt, this.stream), "astype")),
     bin: (f: "mlx_add" | "mlx_subtract" | "mlx_multiply" | "mlx_divide" | "mlx_matmul", a: number, b: number, tmp: Temps) =>
       tmp.add(this.res(this.S[f](slotPtr(), a, b, this.stream), f.slice(4))),
-    un: (f: "mlx_sigmoid" | "mlx_tanh", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](slotPtr(), a, this.stream), f.slice(4))),
+    un: (f: "mlx_sigmoid" | "mlx_tanh" | "mlx_erf", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](slotPtr(), a, this.stream), f.slice(4))),
     data: (data: ArrayBufferView, shape: readonly number[], dt: number, tmp: Temps) =>
       tmp.add(Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, dt))),
   };
@@ -664,6 +666,16 @@ export class MlxBackend implements Backend {
   silu(x: Tensor): Tensor {
     const t = this.arg(x, "silu");
     return this.op((tmp) => this.siluRaw(this.f32(t, tmp), tmp));
+  }
+
+  gelu(x: Tensor): Tensor {
+    const t = this.arg(x, "gelu");
+    return this.op((tmp) => {
+      const h = this.f32(t, tmp);
+      const e = this.raw.un("mlx_erf", this.raw.bin("mlx_multiply", h, this.scalar(Math.SQRT1_2, tmp), tmp), tmp);
+      const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5, tmp), tmp);
+      return this.raw.bin("mlx_add", half, this.raw.bin("mlx_multiply", half, e, tmp), tmp);
+    });
   }
 
   geluTanh(x: Tensor): Tensor {
@@ -1140,6 +1152,11 @@ export class MlxBackend implements Backend {
         "sdpa",
       ),
     );
+  }
+
+  varlenAttention(q: Tensor, k: Tensor, v: Tensor, seqStart: Int32Array, opts: VarlenAttentionOptions): Tensor {
+    args.checkVarlenAttention(this.arg(q, "varlenAttention"), this.arg(k, "varlenAttention"), this.arg(v, "varlenAttention"), seqStart, opts);
+    return composedVarlenAttention(this, q, k, v, seqStart, opts);
   }
 
   /** Bytes MLX holds for arrays now (for tests and metrics). */

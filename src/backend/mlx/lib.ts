@@ -99,6 +99,7 @@ const SYMBOLS = {
   mlx_where: { args: [P, P, P, P, P], returns: i32 },
   mlx_sigmoid: unary,
   mlx_tanh: unary,
+  mlx_erf: unary,
   mlx_softmax_axis: { args: [P, P, i32, bool, P], returns: i32 },
   mlx_argmax_axis: { args: [P, P, i32, bool, P], returns: i32 },
   mlx_argsort_axis: { args: [P, P, i32, P], returns: i32 },

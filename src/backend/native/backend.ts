@@ -22,6 +22,7 @@ import {
   type StatePool,
   type StateSpec,
   type Tensor,
+  type VarlenAttentionOptions,
   type Weight,
   isQuantized,
   kvBlockBytes,
@@ -51,6 +52,7 @@ import {
   checkTable,
   checkTakeIds,
   checkTopk,
+  checkVarlenAttention,
   concatAxis,
   FLOAT_DTYPES,
   fmt,
@@ -591,6 +593,15 @@ export class NativeBackend implements Backend {
     return this.unary(UNARY.silu, x, 0, "silu");
   }
 
+  gelu(x: Tensor): Tensor {
+    const t = this.floatArg(x, "gelu");
+    const out = this.out(t.shape);
+    this.graph.record([t], [out], (w) => {
+      if (out.size > 0) encode.geluErf(w, out.address(), t.address(), t.size);
+    });
+    return out;
+  }
+
   geluTanh(x: Tensor): Tensor {
     return this.unary(UNARY.geluTanh, x, 0, "geluTanh");
   }
@@ -1083,6 +1094,23 @@ export class NativeBackend implements Backend {
       if (out.size === 0) return;
       encode.sdpa(w, out.address(), qt.address(), kt.address(), vt.address(), B, H, Hkv, L, S, D, scale, causal);
     });
+    return out;
+  }
+
+  varlenAttention(q: Tensor, k: Tensor, v: Tensor, seqStart: Int32Array, opts: VarlenAttentionOptions): Tensor {
+    const [qt, kt, vt] = [q, k, v].map((t) => this.floatArg(t, "varlenAttention")) as [NTensor, NTensor, NTensor];
+    const numSeqs = checkVarlenAttention(qt, kt, vt, seqStart, opts);
+    const [T, H, D] = qt.shape as [number, number, number];
+    const out = this.out(qt.shape);
+    this.graph.record(
+      [qt, kt, vt],
+      [out],
+      (w, host) => {
+        if (out.size === 0) return;
+        encode.varlenAttention(w, out.address(), qt.address(), kt.address(), vt.address(), host[0]!, numSeqs, T, H, kt.shape[1]!, D, opts.scale, opts.causal, opts.window ?? 0);
+      },
+      [seqStart.slice()],
+    );
     return out;
   }
 }

@@ -225,4 +225,26 @@ export const OPS = {
     fields: { y: OUT, x: IN, M: i64, K: i64, N: i64, w: ptr("const uint8_t"), scale: f32, divide: bool },
   },
   relu2Mul: { code: 81, fields: { out: OUT, gate: IN, up: IN, n: i64 } },
+  // Encoders (embedding models): the exact (erf) GELU of BERT, and attention over each sequence of a
+  // padding-free batch by itself, q [T, heads, D] and k, v [T, kvHeads, D] with seqStart [numSeqs + 1]; causal or
+  // bidirectional, optionally within a window (causal: keys in (i - window, i]; bidirectional: |i - j| < window).
+  geluErf: { code: 90, fields: { out: OUT, x: IN, n: i64 } },
+  varlenAttention: {
+    code: 91,
+    fields: {
+      out: OUT,
+      q: IN,
+      k: IN,
+      v: IN,
+      seqStart: IDS,
+      numSeqs: i64,
+      T: i64,
+      heads: i64,
+      kvHeads: i64,
+      D: i64,
+      scale: f32,
+      causal: bool,
+      window: i64,
+    },
+  },
 } as const satisfies Record<string, OpDecl>;

@@ -756,3 +756,44 @@ export function relu2Mul(prog: ProgramWriter, out: number, gate: number, up: num
   buf[at + 2] = up;
   buf[at + 3] = n;
 }
+
+export function geluErf(prog: ProgramWriter, out: number, x: number, n: number): void {
+  const at = prog.open(90, 5);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = x;
+  buf[at + 2] = n;
+}
+
+export function varlenAttention(
+  prog: ProgramWriter,
+  out: number,
+  q: number,
+  k: number,
+  v: number,
+  seqStart: number,
+  numSeqs: number,
+  T: number,
+  heads: number,
+  kvHeads: number,
+  D: number,
+  scale: number,
+  causal: boolean,
+  window: number,
+): void {
+  const at = prog.open(91, 15);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = q;
+  buf[at + 2] = k;
+  buf[at + 3] = v;
+  buf[at + 4] = seqStart;
+  buf[at + 5] = numSeqs;
+  buf[at + 6] = T;
+  buf[at + 7] = heads;
+  buf[at + 8] = kvHeads;
+  buf[at + 9] = D;
+  buf[at + 10] = scale;
+  buf[at + 11] = causal ? 1 : 0;
+  buf[at + 12] = window;
+}

@@ -264,6 +264,16 @@ export class BlockSpace {
     h.first = h.ids.length === 0 ? first : h.first + k;
   }
 
+  /**
+   * Gives back the blocks of seq past the one holding token `length - 1` (speculative tokens that were not kept).
+   * Those blocks were written by seq alone (rule 3) and never offered to a prefix cache, so nothing else reads them.
+   */
+  dropTail(seq: Sequence, length: number): void {
+    const h = this.heldBy(seq);
+    const keep = Math.max(0, Math.ceil(length / this.blockSize) - h.first);
+    while (h.ids.length > keep) this.allocator.free(h.ids.pop()!);
+  }
+
   /** seq's block of logical block b, or -1 when it holds none there. */
   blockAt(seq: Sequence, b: number): number {
     const h = this.heldBy(seq);
@@ -635,6 +645,27 @@ export class KvCache {
     st.restore = null;
   }
 
+  /**
+   * Cuts seq back to its first `length` tokens (the K/V of rejected speculative tokens), giving back the blocks
+   * past them. Blocks offered to a prefix cache are never cut, nor a sliding window already trimmed past the new
+   * end; a model with recurrent state cannot be cut back at all (only its blocks past its length given back).
+   */
+  truncate(seq: Sequence, length: number): void {
+    const st = seq[state];
+    if (!Number.isInteger(length) || length < 0 || length > st.length) {
+      throw new RmlxError("internal", `cannot truncate a sequence of ${st.length} tokens to ${length}`);
+    }
+    if (this.states && length < st.length) throw new RmlxError("internal", "a model with recurrent state cannot be cut back");
+    if (length < st.offered * this.blockSize) throw new RmlxError("internal", "cannot cut into blocks shared with the prefix cache");
+    for (const sp of this.spaces) {
+      if (sp.window > 0 && sp.blockAt(seq, sp.firstHeld(length)) < 0 && length > 0) {
+        throw new RmlxError("internal", "cannot cut back past a trimmed sliding window");
+      }
+    }
+    st.length = length;
+    for (const sp of this.spaces) sp.dropTail(seq, length);
+  }
+
   /** Frees the device memory of the pools; the cache is unusable afterwards. */
   dispose(): void {
     for (const p of new Set(this.pools)) {
@@ -713,7 +744,7 @@ export class KvCache {
   private offerSnapshot(seq: Sequence, prefix: PrefixCache): void {
     const st = seq[state];
     if (!this.states || st.length === 0 || st.offered * this.blockSize !== st.length) return;
-    if (prefix.wantsSnapshot(st.hash)) prefix.attachSnapshot(st.hash, this.states.snapshot(seq));
+    if (prefix.wantsSnapshot(st.hash)) prefix.attachSnapshot(st.hash, this.states.exportState(seq));
   }
 
   /** Offers the blocks seq has filled since its last offer, with their block in every space. */

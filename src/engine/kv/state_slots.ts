@@ -94,8 +94,8 @@ export class StateSlots<Seq extends object> {
     return slot;
   }
 
-  /** A snapshot of seq's state as of its last step. */
-  snapshot(seq: Seq): Uint8Array {
+  /** A snapshot payload of seq's state as of its last step (what the prefix cache keeps). */
+  exportState(seq: Seq): Uint8Array {
     const slot = this.bySeq.get(seq);
     if (slot === undefined) throw new RmlxError("internal", "a snapshot of a sequence that holds no state slot");
     const out = new Uint8Array(this.snapshotBytes);
@@ -140,6 +140,34 @@ export class StateSlots<Seq extends object> {
     if (src === undefined) return;
     const dst = this.take(to);
     for (const p of this.pools) if (p) this.backend.copyStateSlot(p, src, dst);
+  }
+
+  /**
+   * A copy of seq's state in a free slot (speculative decoding keeps it across a verification step, whose
+   * rejected tokens the state cannot give back); undefined when seq has no state yet or no slot is free.
+   */
+  snapshot(seq: Seq): number | undefined {
+    const src = this.bySeq.get(seq);
+    const dst = this.free.pop();
+    if (src === undefined || dst === undefined) {
+      if (dst !== undefined) this.free.push(dst);
+      return undefined;
+    }
+    for (const p of this.pools) if (p) this.backend.copyStateSlot(p, src, dst);
+    return dst;
+  }
+
+  /** Puts a snapshot back as seq's state, and frees the snapshot's slot. */
+  restore(seq: Seq, snapshot: number): void {
+    const slot = this.bySeq.get(seq);
+    if (slot === undefined) throw new RmlxError("internal", "restoring the state of a sequence that holds no slot");
+    for (const p of this.pools) if (p) this.backend.copyStateSlot(p, snapshot, slot);
+    this.free.push(snapshot);
+  }
+
+  /** Frees a snapshot's slot. */
+  dropSnapshot(snapshot: number): void {
+    this.free.push(snapshot);
   }
 
   /** The recurrent view of a step: each entry's slot (taken beforehand), token range and whether it starts fresh. */

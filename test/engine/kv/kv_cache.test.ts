@@ -170,4 +170,40 @@ describe("KvCache", () => {
     c.release(b);
     expect(b.length).toBe(0);
   });
+
+  test("truncate cuts a sequence back and gives back the blocks past it, never into prefix-cache blocks", () => {
+    const c = new KvCache(fakeBackend([]), [{ kvHeads: 2, headDim: 8, window: 0 }], { numBlocks: 8, blockSize: 4 });
+    const prefix = new PrefixCache(c.spaces, c.blockSize);
+    const tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+    const a = new Sequence();
+    const e = [{ seq: a, tokens: Int32Array.from(tokens) }];
+    c.reserve(a, tokens.length);
+    c.advance(e, { prefix, tokens: [tokens] });
+    expect(a.blocks.length).toBe(3);
+    const free = c.allocator.numFree;
+    c.truncate(a, 9);
+    expect(a.length).toBe(9);
+    expect(a.blocks.length).toBe(3);
+    c.truncate(a, 8);
+    expect(a.blocks.length).toBe(2);
+    expect(c.allocator.numFree).toBe(free + 1);
+    // Blocks 0 and 1 are in the prefix cache: cutting into them would change what it hands out.
+    expect(() => c.truncate(a, 7)).toThrow(/prefix cache/);
+    expect(() => c.truncate(a, 9)).toThrow(RmlxError);
+    c.release(a);
+  });
+
+  test("truncate keeps a sliding window it can still read, and refuses one already trimmed", () => {
+    const c = new KvCache(fakeBackend([]), LAYERS, { numBlocks: 8, blockSize: 4, windowed: true });
+    const a = new Sequence();
+    const e = [{ seq: a, tokens: Int32Array.from({ length: 14 }, (_, i) => i) }];
+    c.reserve(a, 14);
+    c.advance(e);
+    // Window 4 at length 14: the next query reads keys 11..14, in logical block 2 onwards.
+    expect(a.windowStart).toBe(2);
+    c.truncate(a, 12);
+    expect(a.length).toBe(12);
+    expect(() => c.truncate(a, 6)).toThrow(/trimmed sliding window/);
+    c.release(a);
+  });
 });

@@ -1,0 +1,342 @@
+// Speculative decoding with a draft model. Each step, a decoding sequence may have the draft propose k tokens
+// (k draft forwards, batched over the sequences that speculate); the target then runs its last token and the k
+// proposals in one step and keeps the longest prefix it agrees with, plus one token of its own. Greedy: a
+// proposal is kept when it is the target's argmax, so the output is the target's alone. Sampled: rejection
+// sampling (keep d with probability min(1, p(d)/q(d)), else draw from the normalised max(0, p - q)), with the
+// request's temperature, filters and penalties applied to both distributions, which keeps the target's
+// distribution exactly. The draft's KV is cut back past the tokens the target did not keep.
+//
+// How many tokens to propose is decided per sequence from its recent acceptance and the measured cost of draft
+// steps and of the extra verified tokens, against plain decode steps: the k that maximises expected tokens per
+// unit of time, 0 (a plain step) when no k beats plain decoding. A sequence that stops speculating tries again
+// after a back-off that doubles while speculation keeps not paying.
+import { RmlxError } from "../errors.ts";
+import type { Model } from "../models/model.ts";
+import { runStep } from "./forward_batch.ts";
+import { type KvCache, Sequence, type StepEntry } from "./kv/kv_cache.ts";
+import { Sampler } from "./sampler.ts";
+import type { SamplingParams } from "./types.ts";
+
+/** A draft's proposal for one sequence. */
+export interface Draft {
+  tokens: number[];
+  /** The draft distribution each token was drawn from (over the draft's vocabulary); empty when greedy. */
+  probs: Float32Array[];
+}
+
+/** What the target kept of a draft: the kept proposals, then one token of its own. */
+export interface Verdict {
+  tokens: number[];
+  accepted: number;
+}
+
+/** Draft tokens and how many the target kept, over a request. */
+export interface SpecCounts {
+  draftTokens: number;
+  acceptedTokens: number;
+}
+
+/**
+ * The target's verdict on a draft. rows[i] is the target's logits after the sequence's tokens and the first i
+ * proposals (draft.tokens.length + 1 rows); history holds the sequence's tokens (base of them) then the proposals.
+ */
+export function verifyDraft(sampler: Sampler, rows: readonly Float32Array[], history: Int32Array, base: number, draft: Draft): Verdict {
+  const k = draft.tokens.length;
+  const greedy = !(sampler.params.temperature > 0);
+  const out: number[] = [];
+  let p: Float32Array | null = null;
+  for (let i = 0; i < k; i++) {
+    const row = rows[i]!;
+    const seen = history.subarray(0, base + i);
+    const d = draft.tokens[i]!;
+    if (greedy) {
+      const t = sampler.sample(row, seen).token;
+      out.push(t);
+      if (t !== d) return { tokens: out, accepted: i };
+      continue;
+    }
+    if (p === null || p.length !== row.length) p = new Float32Array(row.length);
+    sampler.distribution(row, seen, p);
+    const q = draft.probs[i]!;
+    const pd = d < p.length ? p[d]! : 0;
+    const qd = q[d]!;
+    // u < p/q, written without the division; qd > 0 since d was drawn from q.
+    if (sampler.uniform() * qd < pd) {
+      out.push(d);
+      continue;
+    }
+    let total = 0;
+    for (let t = 0; t < p.length; t++) {
+      const r = p[t]! - (t < q.length ? q[t]! : 0);
+      total += p[t] = r > 0 ? r : 0;
+    }
+    // p <= q everywhere would mean p == q, where rejection has probability 0; rounding can still land here.
+    if (total > 0) out.push(sampler.pickWeighted(p, total));
+    else out.push(sampler.sample(row, seen).token);
+    return { tokens: out, accepted: i };
+  }
+  out.push(sampler.sample(rows[k]!, history.subarray(0, base + k)).token);
+  return { tokens: out, accepted: k };
+}
+
+/** Exponential moving average; NaN until the first sample. */
+function ema(prev: number, x: number, w = 0.2): number {
+  return Number.isNaN(prev) ? x : prev + w * (x - prev);
+}
+
+/** Expected tokens of a round that proposes k, each kept with probability a until the first rejection. */
+export function expectedTokens(a: number, k: number): number {
+  return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);
+}
+
+interface SeqSpec {
+  seq: Sequence;
+  /** Draws the draft's tokens (its own generator, the request's sampling). */
+  sampler: Sampler;
+  /** Decayed counts of kept proposals and of rejections (at most one a round). */
+  kept: number;
+  rejected: number;
+  /** Tokens generated when speculation may be tried again, and the back-off after that. */
+  offUntil: number;
+  backoff: number;
+  probing: boolean;
+  counts: SpecCounts;
+}
+
+/** A sequence to propose for: its tokens (prompt and generated; the target has all but the last in its KV). */
+export interface ProposeItem {
+  key: object;
+  tokens: readonly number[];
+  k: number;
+}
+
+const DECAY = 0.9;
+const PRIOR_KEPT = 0.5;
+const PRIOR_REJECTED = 0.5;
+/** One step in this many runs plain, so that the baseline the costs are measured against follows the load. */
+const CALIBRATE_EVERY = 16;
+const FIRST_BACKOFF = 8;
+const MAX_BACKOFF = 256;
+/** Most catch-up tokens the draft runs in one forward (its prompt, on a sequence's first round). */
+const CATCH_UP_CHUNK = 1024;
+/** The acceptance a draft would need to be worth probing. */
+const OPTIMISTIC = 0.9;
+/** The extra cost of one verified token against a plain step, until measured. */
+const GUESS_EXTRA = 0.1;
+
+export class Speculator {
+  private readonly seqs = new Map<object, SeqSpec>();
+  /** Measured (EMA) milliseconds: a plain decode-only target step, a draft step, one extra verified token. */
+  private plainMs = NaN;
+  private draftMs = NaN;
+  private extraMs = NaN;
+  private steps = 0;
+
+  constructor(
+    readonly draft: Model,
+    readonly cache: KvCache,
+    /** Most tokens proposed a round (--draft-tokens). */
+    readonly maxDraft: number,
+    /** The draft's cost per step against the target's, until measured (e.g. the ratio of their weight bytes). */
+    private readonly costGuess: number,
+    /** After the first plain step, always propose maxDraft (within the room left) instead of adapting. */
+    private readonly fixed = false,
+  ) {
+    if (!Number.isInteger(maxDraft) || maxDraft < 1) throw new RmlxError("invalid_argument", `draft tokens must be an integer >= 1 (got ${maxDraft})`);
+  }
+
+  private stateOf(key: object, params: SamplingParams): SeqSpec {
+    let st = this.seqs.get(key);
+    if (!st) {
+      const seed = params.seed === undefined ? undefined : (params.seed ^ 0x5bd1e995) >>> 0;
+      st = {
+        seq: new Sequence(),
+        sampler: new Sampler({ ...params, seed, logprobs: false, topLogprobs: 0 }),
+        kept: 0,
+        rejected: 0,
+        offUntil: 0,
+        backoff: FIRST_BACKOFF,
+        probing: false,
+        counts: { draftTokens: 0, acceptedTokens: 0 },
+      };
+      this.seqs.set(key, st);
+    }
+    return st;
+  }
+
+  /** Called once a step before plan(): false for a step that runs plain to measure the baseline again. */
+  beginStep(): boolean {
+    return this.steps++ % CALIBRATE_EVERY !== CALIBRATE_EVERY - 1;
+  }
+
+  /**
+   * Tokens to propose for key this step (0: a plain step). length: its tokens so far; room: tokens it may still
+   * generate; batch: sequences decoding in the step.
+   */
+  plan(key: object, params: SamplingParams, length: number, generated: number, room: number, batch: number): number {
+    const st = this.stateOf(key, params);
+    const most = Math.min(this.maxDraft, room - 1, this.draft.config.contextLength - length);
+    // A plain step is measured before anything is proposed.
+    if (most < 1 || Number.isNaN(this.plainMs)) return 0;
+    if (this.fixed) return most;
+    if (generated < st.offUntil) return 0;
+    const a = (st.kept + PRIOR_KEPT) / (st.kept + st.rejected + PRIOR_KEPT + PRIOR_REJECTED);
+    const best = this.bestK(a, most, batch);
+    if (best > 0) {
+      st.probing = false;
+      st.backoff = FIRST_BACKOFF;
+      return best;
+    }
+    if (this.bestK(OPTIMISTIC, most, batch) === 0) {
+      // Too costly a draft even if it were nearly always right: no probing either, until the costs change.
+      st.offUntil = generated + MAX_BACKOFF;
+      return 0;
+    }
+    if (!st.probing && st.offUntil > 0) {
+      // The back-off is over: one short round to see whether the acceptance has changed.
+      st.probing = true;
+      return Math.min(2, most);
+    }
+    st.probing = false;
+    st.offUntil = generated + st.backoff;
+    st.backoff = Math.min(MAX_BACKOFF, st.backoff * 2);
+    return 0;
+  }
+
+  /** The k in 1..most with the most expected tokens per unit of time above plain decoding's 1; 0 when none. */
+  private bestK(a: number, most: number, batch: number): number {
+    const draftCost = (Number.isNaN(this.draftMs) ? this.costGuess * this.plainMs : this.draftMs) / this.plainMs;
+    const extraCost = (Number.isNaN(this.extraMs) ? GUESS_EXTRA * this.plainMs : this.extraMs) / this.plainMs;
+    let best = 0;
+    let bestGain = 1;
+    for (let k = 1; k <= most; k++) {
+      const gain = expectedTokens(a, k) / (1 + k * (draftCost + batch * extraCost));
+      if (gain > bestGain) {
+        best = k;
+        bestGain = gain;
+      }
+    }
+    return best;
+  }
+
+  /**
+   * Runs the draft over the items (first what its KV lacks of their tokens, then one forward per proposed token)
+   * and returns their proposals; null for an item the draft's KV has no room for.
+   */
+  propose(items: readonly ProposeItem[], params: (key: object) => SamplingParams): (Draft | null)[] {
+    const t0 = performance.now();
+    const cache = this.cache;
+    const live: { item: ProposeItem; st: SeqSpec; draft: Draft; last: number }[] = [];
+    const out: (Draft | null)[] = items.map(() => null);
+    items.forEach((item, i) => {
+      const st = this.stateOf(item.key, params(item.key));
+      const behind = item.tokens.length - st.seq.length;
+      if (behind < 1) throw new RmlxError("internal", "the draft is ahead of its sequence");
+      // A target with a larger (padded) vocabulary may emit an id the draft has no embedding for.
+      for (let t = st.seq.length; t < item.tokens.length; t++) if (item.tokens[t]! >= this.draft.vocabSize) return;
+      try {
+        cache.reserve(st.seq, behind + item.k - 1);
+      } catch (e) {
+        if (e instanceof RmlxError && e.code === "overloaded") return;
+        throw e;
+      }
+      const draft: Draft = { tokens: [], probs: [] };
+      out[i] = draft;
+      live.push({ item, st, draft, last: -1 });
+    });
+    // Long catch-ups (a sequence's prompt) in chunks that need no logits, so the first proposal step is short.
+    for (;;) {
+      const entries: StepEntry[] = [];
+      for (const l of live) {
+        const behind = l.item.tokens.length - l.st.seq.length;
+        if (behind > CATCH_UP_CHUNK) {
+          const from = l.st.seq.length;
+          entries.push({ seq: l.st.seq, tokens: Int32Array.from(l.item.tokens.slice(from, from + Math.min(CATCH_UP_CHUNK, behind - 1))) });
+        }
+      }
+      if (entries.length === 0) break;
+      runStep(this.draft, cache, cache.buildStep(entries), new Int32Array(0));
+      cache.advance(entries);
+    }
+    let steps = 0;
+    for (let j = 0; ; j++) {
+      const active = live.filter((l) => l.item.k > j);
+      if (active.length === 0) break;
+      const entries = active.map((l) => {
+        const from = l.st.seq.length;
+        const toks = j === 0 ? Int32Array.from(l.item.tokens.slice(from)) : Int32Array.of(l.last);
+        return { seq: l.st.seq, tokens: toks };
+      });
+      const built = cache.buildStep(entries);
+      const logits = runStep(this.draft, cache, built, built.lastRows);
+      cache.advance(entries);
+      steps++;
+      const vocab = logits.length / active.length;
+      active.forEach((l, r) => {
+        const row = logits.subarray(r * vocab, (r + 1) * vocab);
+        const history = [...l.item.tokens, ...l.draft.tokens];
+        const s = l.st.sampler;
+        let token: number;
+        if (s.params.temperature > 0) {
+          const q = new Float32Array(vocab);
+          s.distribution(row, history, q);
+          token = s.pickWeighted(q, 1);
+          l.draft.probs.push(q);
+        } else {
+          token = s.sample(row, history).token;
+        }
+        l.draft.tokens.push(token);
+        l.last = token;
+      });
+    }
+    if (steps > 0) this.draftMs = ema(this.draftMs, (performance.now() - t0) / steps);
+    return out;
+  }
+
+  /**
+   * After the target's verdict: the draft keeps the K/V of the first `valid` tokens of the sequence; the
+   * acceptance counts move.
+   */
+  settle(key: object, valid: number, proposed: number, accepted: number): void {
+    const st = this.seqs.get(key);
+    if (!st) return;
+    if (st.seq.length > valid) this.cache.truncate(st.seq, valid);
+    st.kept = st.kept * DECAY + accepted;
+    st.rejected = st.rejected * DECAY + (accepted < proposed ? 1 : 0);
+    st.counts.draftTokens += proposed;
+    st.counts.acceptedTokens += accepted;
+  }
+
+  /** A target step's forward time: decode-only steps, with `drafted` proposals verified in all. */
+  observeStep(ms: number, drafted: number): void {
+    if (drafted === 0) this.plainMs = ema(this.plainMs, ms);
+    else if (!Number.isNaN(this.plainMs)) this.extraMs = ema(this.extraMs, Math.max(0, ms - this.plainMs) / drafted);
+  }
+
+  /** The measured costs (milliseconds, NaN until measured): a plain decode step, a draft step, one extra verified token. */
+  get costs(): { plainMs: number; draftMs: number; extraMs: number } {
+    return { plainMs: this.plainMs, draftMs: this.draftMs, extraMs: this.extraMs };
+  }
+
+  counts(key: object): SpecCounts {
+    return { ...(this.seqs.get(key)?.counts ?? { draftTokens: 0, acceptedTokens: 0 }) };
+  }
+
+  /** The draft's blocks of a sequence go back (preempted: they are recomputed with it). */
+  releaseKv(key: object): void {
+    const st = this.seqs.get(key);
+    if (st) this.cache.release(st.seq);
+  }
+
+  /** Forgets a finished or cancelled sequence. */
+  release(key: object): void {
+    this.releaseKv(key);
+    this.seqs.delete(key);
+  }
+
+  dispose(): void {
+    for (const st of this.seqs.values()) this.cache.release(st.seq);
+    this.seqs.clear();
+    this.cache.dispose();
+  }
+}
