@@ -137,6 +137,10 @@ struct Kern {
   // dst[0..D) = one packed row as f32, in element order (any group that divides D).
   void (*pk_decode)(float *dst, const uint8_t *codes, const uint16_t *scales, const uint16_t *biases, int mode,
                     int bits, int64_t group, int64_t D);
+  // One gated delta-rule token over a state S [Dv, Dk] (row j: value dim j), each row read once from memory:
+  // u_j = beta (v_j - decay S_j . k); S_j = decay S_j + u_j k; out_j = S_j . q.
+  void (*delta_step)(float *S, const float *k, const float *q, const float *v, float decay, float beta, float *out,
+                     int64_t Dv, int64_t Dk);
 };
 
 const Kern &kern();

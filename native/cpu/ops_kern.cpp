@@ -167,9 +167,24 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
   }
 }
 
+void delta_step(float *S, const float *k, const float *q, const float *v, float decay, float beta, float *out,
+                int64_t Dv, int64_t Dk) {
+  for (int64_t j = 0; j < Dv; j++) {
+    float *row = S + j * Dk;
+    const float u = beta * (v[j] - decay * dot(row, k, Dk));
+    float o = 0.f;
+    for (int64_t d = 0; d < Dk; d++) {
+      const float r = decay * row[d] + u * k[d];
+      row[d] = r;
+      o += r * q[d];
+    }
+    out[j] = o;
+  }
+}
+
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                         swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                        dots16, pv16, pk_dots, pk_pv, pk_decode};
+                        dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step};
 
 }  // namespace
 

@@ -617,9 +617,62 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
   }
 }
 
+// Two rows at a time share the loads of k and q; pass 1 (S . k) brings the rows into L1 for pass 2.
+void delta_step(float *S, const float *k, const float *q, const float *v, float decay, float beta, float *out,
+                int64_t Dv, int64_t Dk) {
+  const int64_t D8 = Dk & ~(int64_t)7;
+  const __m256 vd = _mm256_set1_ps(decay);
+  int64_t j = 0;
+  for (; j + 2 <= Dv; j += 2) {
+    float *r0 = S + j * Dk, *r1 = r0 + Dk;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (int64_t d = 0; d < D8; d += 8) {
+      const __m256 kv = _mm256_loadu_ps(k + d);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + d), kv, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + d), kv, a1);
+    }
+    float s0 = hsum(a0), s1 = hsum(a1);
+    for (int64_t d = D8; d < Dk; d++) {
+      s0 += r0[d] * k[d];
+      s1 += r1[d] * k[d];
+    }
+    const float u0 = beta * (v[j] - decay * s0), u1 = beta * (v[j + 1] - decay * s1);
+    const __m256 vu0 = _mm256_set1_ps(u0), vu1 = _mm256_set1_ps(u1);
+    __m256 o0 = _mm256_setzero_ps(), o1 = o0;
+    for (int64_t d = 0; d < D8; d += 8) {
+      const __m256 kv = _mm256_loadu_ps(k + d), qv = _mm256_loadu_ps(q + d);
+      const __m256 n0 = _mm256_fmadd_ps(vu0, kv, _mm256_mul_ps(vd, _mm256_loadu_ps(r0 + d)));
+      const __m256 n1 = _mm256_fmadd_ps(vu1, kv, _mm256_mul_ps(vd, _mm256_loadu_ps(r1 + d)));
+      _mm256_storeu_ps(r0 + d, n0);
+      _mm256_storeu_ps(r1 + d, n1);
+      o0 = _mm256_fmadd_ps(n0, qv, o0);
+      o1 = _mm256_fmadd_ps(n1, qv, o1);
+    }
+    float p0 = hsum(o0), p1 = hsum(o1);
+    for (int64_t d = D8; d < Dk; d++) {
+      r0[d] = decay * r0[d] + u0 * k[d];
+      r1[d] = decay * r1[d] + u1 * k[d];
+      p0 += r0[d] * q[d];
+      p1 += r1[d] * q[d];
+    }
+    out[j] = p0;
+    out[j + 1] = p1;
+  }
+  for (; j < Dv; j++) {
+    float *row = S + j * Dk;
+    const float u = beta * (v[j] - decay * dot(row, k, Dk));
+    float o = 0.f;
+    for (int64_t d = 0; d < Dk; d++) {
+      row[d] = decay * row[d] + u * k[d];
+      o += row[d] * q[d];
+    }
+    out[j] = o;
+  }
+}
+
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                     swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                    dots16, pv16, pk_dots, pk_pv, pk_decode};
+                    dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step};
 
 }  // namespace
 

@@ -578,7 +578,7 @@ template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1, const void *x16) {
   if constexpr (F == F_FP8) {
-    if (x16 && fp8_tiles(y, (const float *)x16, x, M, W, bias, t0, t1)) return;
+    if (x16 && fp8_tiles(y, x16, x, M, W, bias, t0, t1)) return;
   } else {
     if (x16 && x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1)) return;
   }

@@ -31,6 +31,74 @@ static constexpr float kX16Max = 32639.f;
 // fp4 rows of whole 128-element blocks take 512-bit steps where the ISA has them (128 elements per step).
 static inline bool x16_fp4_wide(const WeightMat &W) { return V::L == 16 && W.K % 128 == 0; }
 
+// Affine 2, 4 and 8-bit rows take 512-bit steps where the ISA has them (x16_affine_rows_wide). A step is 64
+// bytes; its four 128-bit chunks are the unit of layout (16 bytes: 16 * CPB elements, CPB codes a byte, never
+// more than one group). Where a group spans two or more chunks, two steps form one unit: their chunks are
+// exchanged (vshufi64x2) so that each 128-bit lane holds chunks of a single group in both steps.
+template <int F>
+static constexpr int x16_cpb() {
+  return 8 / (int)bits_of<F>();
+}
+template <int F>
+static constexpr bool x16_wide_format() {
+  return V::L == 16 && (F == F_A2 || F == F_A4 || F == F_A8);
+}
+// Steps a unit for groups of GS: two where a group spans two chunks or more.
+template <int F>
+static constexpr int x16_wide_steps(int64_t GS) {
+  return GS / (16 * x16_cpb<F>()) >= 2 ? 2 : 1;
+}
+template <int F>
+static inline bool x16_affine_wide(const WeightMat &W) {
+  if constexpr (!x16_wide_format<F>()) return false;
+  else return W.K % (64 * x16_cpb<F>() * x16_wide_steps<F>(W.group)) == 0;
+}
+
+// Which chunk (of the unit's 4 * U in memory order) step s' of a unit puts in its lane k: a group spans LPG
+// chunks, and the lane must keep one group over both steps.
+static constexpr int x16_wide_chunk(int lpg, int s, int k) {
+  if (lpg == 2) return 2 * k + s;                   // groups of chunks {0,1} {2,3} {4,5} {6,7}: lane k, group k
+  if (lpg == 4) return (k >> 1) * 4 + 2 * s + (k & 1);  // {0-3} {4-7}: lanes 0-1 group 0, lanes 2-3 group 1
+  return 4 * s + k;                                 // one chunk a group (U = 1), or one group a unit
+}
+
+// A row of x16 in natural order -> the order of x16_affine_rows_wide: per unit (U steps), per step s', word
+// vector v = 2j + h (code j of the bytes, h: the low or high 8 bytes of each 128-bit lane, as vpunpcklbw /
+// vpunpckhbw take them), word 8k + i of it = the element of byte 8h + i of chunk x16_wide_chunk(s', k), code j.
+template <int CPB, int LPG, int U>
+static void x16_wide_order(int16_t *q, int64_t K) {
+  constexpr int SE = 64 * CPB, UE = U * SE;
+  struct Idx {
+    int16_t src[UE];
+  };
+  static constexpr Idx t = [] {
+    Idx r{};
+    for (int st = 0; st < U; st++)
+      for (int v = 0; v < 2 * CPB; v++)
+        for (int w = 0; w < 32; w++) {
+          int j = v >> 1, h = v & 1, k = w >> 3, i = w & 7;
+          int chunk = x16_wide_chunk(LPG, st, k);
+          r.src[st * SE + v * 32 + w] = (int16_t)((16 * chunk + 8 * h + i) * CPB + j);
+        }
+    return r;
+  }();
+  alignas(64) int16_t tmp[UE];
+  for (int64_t b = 0; b < K; b += UE) {
+    std::memcpy(tmp, q + b, sizeof tmp);
+    for (int e = 0; e < UE; e++) q[b + e] = tmp[t.src[e]];
+  }
+}
+
+template <int F>
+static void x16_wide_order_for(int16_t *q, const WeightMat &W) {
+  constexpr int CPB = x16_cpb<F>();
+  const int64_t lpg = W.group / (16 * CPB);
+  if (lpg == 1) x16_wide_order<CPB, 1, 1>(q, W.K);
+  else if (lpg == 2) x16_wide_order<CPB, 2, 2>(q, W.K);
+  else if (lpg == 4) x16_wide_order<CPB, 4, 2>(q, W.K);
+  else x16_wide_order<CPB, 8, 2>(q, W.K);
+}
+
 // fp4 codes as small integers: 2 * E2M1 value + 12 (0..24, unsigned bytes for vpmaddubsw); the 12 is taken
 // back through the group sums of x16.
 static constexpr int kFp4Offset = 12;
@@ -39,7 +107,8 @@ struct X16 {
   int16_t *q;    // [M][K] in the kernels' order (see x16_prepare)
   float *step;   // [M][groups]: the factor from an integer sum to y (step, or step / 2 for fp4)
   float *fix;    // [M][groups]: affine: sum of x (for biases); fp4: 6 * step * sum of q (for the offset)
-  float *err;    // [M][groups]: affine: sum of (q * step - x), the group's rounding error (see x16_affine_rows)
+  float *err;    // [M][groups]: affine: -c * sum of (q * step - x), the group's rounding error times minus the
+                 // codes' centre c (see x16_affine_rows)
 };
 
 // Natural-order 16-bit values of 32 elements (4 vectors of 8) -> two vectors of 16, ready for the layout.
@@ -77,6 +146,7 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   const int64_t K = W.K, WG = W.group, NG = W.groups;
   // x's own groups: nvfp4's 16-element weight groups share one step per 32 elements of x
   const int64_t G = WG < 32 ? 32 : WG, NXG = K / G, SUB = G / WG;
+  constexpr float kCentre = (float)((1ll << bits_of<F>()) - 1) * 0.5f;  // affine (see x16_affine_rows)
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i expmask = _mm256_set1_epi32(0x7f800000);
   __m256i bad = _mm256_setzero_si256();
@@ -112,7 +182,8 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
         }
         __m256i a, b;
         x16_pack32(r[0], r[1], r[2], r[3], a, b);
-        if constexpr (F == F_A2 || F == F_A4 || F == F_FP4) x16_deinterleave(a, b, a, b);
+        if constexpr (F == F_A2 || F == F_A4 || F == F_FP4)
+          if (!x16_affine_wide<F>(W)) x16_deinterleave(a, b, a, b);
         _mm256_storeu_si256((__m256i *)(qg + i), a);
         _mm256_storeu_si256((__m256i *)(qg + i + 16), b);
       }
@@ -137,7 +208,13 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
       } else {
         *st = step;
         *fx = hsum8(sum);
-        o.err[m * NG + g] = hsum8(err);
+        o.err[m * NG + g] = -kCentre * hsum8(err);
+      }
+    }
+    if constexpr (x16_wide_format<F>()) {
+      if (x16_affine_wide<F>(W)) {
+        x16_wide_order_for<F>(qm, W);
+        continue;
       }
     }
     if constexpr (F == F_A2) {
@@ -244,8 +321,8 @@ static inline __m256i x16_odd_codes(const uint8_t *p, const uint8_t *last) {
 
 // Affine weights: MR rows of x (from row m0) against W's rows [n0, n1), groups of GS weights. The rounding
 // errors e of x meet the codes q in s * sum(q e); codes centred on c = (2^bits - 1) / 2 would halve that, and
-// s * sum((q - c) e) = s * sum(q e) - c * s * sum(e) moves the centring out of the loop: the row subtracts
-// c * (scales . group sums of e).
+// s * sum((q - c) e) = s * sum(q e) - c * s * sum(e) moves the centring out of the loop: the row adds
+// scales . (-c * group sums of e), which x16_prepare stores.
 template <int F, int MR, int GS>
 static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                             int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
@@ -254,7 +331,6 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
   constexpr int CH = x16_odd<F>() ? 16 : 128 / BITS;  // weights per chunk (16 bytes, or 2 * BITS bytes)
   constexpr int CB = CH * BITS / 8;                   // bytes per chunk
   constexpr int NCH = GS / CH;                        // chunks per group
-  constexpr float kCentre = ((1 << BITS) - 1) * 0.5f;
   constexpr int GB = GS * BITS / 8;                   // bytes per group
   static_assert(NCH >= 1, "a group holds whole 16-byte chunks");
   const __m256i low4 = _mm256_set1_epi16(15), low2 = _mm256_set1_epi16(3);
@@ -329,9 +405,124 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
     }
     for (int m = 0; m < MR; m++) {
       const float *fx = xq.fix + (m0 + m) * NG, *er = xq.err + (m0 + m) * NG;
-      float r = hsum8(tot[m]) + dot_range(c.bi, fx, g0, g1) - kCentre * dot_range(c.sc, er, g0, g1);
+      float r = hsum8(tot[m]) + dot_range(c.bi, fx, g0, g1) + dot_range(c.sc, er, g0, g1);
       x16_put(y + m * ldy + n, r, g0, bias, n);
     }
+  }
+}
+
+// The same for 2, 4 and 8-bit codes with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide),
+// rows of whole units (x16_affine_wide). A step's bytes are split into their codes and widened to words with
+// vpunpcklbw / vpunpckhbw against zero, which keep each 128-bit lane's bytes in that lane, so int32 lane 4k + i of
+// every product sums elements of the chunks in lane k only, one group (x16_wide_chunk). One integer accumulator
+// thus serves a unit's groups (up to four) at once, and its conversion and the FMA with the groups' factors are
+// paid once a unit instead of once a group. The unpacked codes serve MR rows of x: a batch pays the decode once
+// a step, then 2 * CPB vpdpwssd a row. The biases' and the centring's terms join the same accumulators.
+// NR rows of W at once (1, or 2 for up to 4 rows of x and 4 or 8-bit codes, where the registers hold both rows'
+// codes): each load of x then feeds NR products, halving the loads that limit the 8-row pass. c.buf holds 8 * NG
+// factors, then the second row's scales and biases (x16_tiles).
+template <int F, int MR, int GS, int NR>
+static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                                 int64_t n1, const float *bias, RowCtx &c0, int64_t g0, int64_t g1) {
+  constexpr int BITS = (int)bits_of<F>(), CPB = x16_cpb<F>(), SE = 64 * CPB, NV = 2 * CPB;
+  constexpr int LPG = GS / (16 * CPB);  // chunks a group
+  constexpr int U = x16_wide_steps<F>(GS), UE = U * SE;
+  constexpr int GPU = UE / GS;          // groups a unit
+  static_assert(NR == 1 || MR * NR <= 8, "the second row's factors follow the first's in c.buf");
+  const int64_t K = W.K, NG = W.groups;
+  const __m512i z = _mm512_setzero_si512(), mask = _mm512_set1_epi8((char)((1 << BITS) - 1));
+  const __m512i quarters = GPU == 4   ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                           : GPU == 2 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                                      : _mm512_setzero_si512();
+  RowCtx cs[NR] = {c0};
+  if constexpr (NR == 2) cs[1] = RowCtx{c0.buf + 8 * NG, c0.buf + 9 * NG, c0.buf + MR * NG, c0.gshift, nullptr};
+  for (int64_t n = n0; n < n1; n += NR) {
+    const uint8_t *p[NR];
+    __m512 tot[NR][MR];
+    for (int r = 0; r < NR; r++) {
+      p[r] = W.w + (n + r) * W.row_bytes + g0 * GS * BITS / 8;
+      row_prep<F>(W, n + r, g0, g1, cs[r]);
+      x16_scales<MR>(cs[r].sc, xq, m0, NG, g0, g1, cs[r].buf);
+      for (int m = 0; m < MR; m++) tot[r][m] = _mm512_setzero_ps();
+    }
+    const int16_t *xg = xq.q + m0 * K + g0 * GS;
+    for (int64_t g = g0; g < g1; g += GPU, xg += UE) {
+      __m512i st[NR][U];
+      for (int r = 0; r < NR; r++, p[r - 1] += 64 * U) {
+        prefetch_ahead(p[r]);
+        if constexpr (U == 2) prefetch_ahead(p[r] + 64);
+        if constexpr (U == 1) {
+          st[r][0] = _mm512_loadu_si512((const void *)p[r]);
+        } else {
+          const __m512i a = _mm512_loadu_si512((const void *)p[r]), b = _mm512_loadu_si512((const void *)(p[r] + 64));
+          if constexpr (LPG == 2) {
+            st[r][0] = _mm512_shuffle_i64x2(a, b, 0x88);  // chunks 0 2 4 6
+            st[r][1] = _mm512_shuffle_i64x2(a, b, 0xDD);  // chunks 1 3 5 7
+          } else if constexpr (LPG == 4) {
+            st[r][0] = _mm512_shuffle_i64x2(a, b, 0x44);  // chunks 0 1 4 5
+            st[r][1] = _mm512_shuffle_i64x2(a, b, 0xEE);  // chunks 2 3 6 7
+          } else {
+            st[r][0] = a, st[r][1] = b;
+          }
+        }
+      }
+      __m512i acc[NR][MR];
+      for (int s = 0; s < U; s++) {
+        __m512i w[NR][NV];
+        for (int r = 0; r < NR; r++)
+          for (int j = 0; j < CPB; j++) {
+            __m512i cj = j == 0 ? st[r][s] : _mm512_srli_epi16(st[r][s], BITS * j);
+            if constexpr (BITS < 8) cj = _mm512_and_si512(cj, mask);
+            w[r][2 * j] = _mm512_unpacklo_epi8(cj, z);
+            w[r][2 * j + 1] = _mm512_unpackhi_epi8(cj, z);
+          }
+        for (int m = 0; m < MR; m++) {
+          const int16_t *xe = xg + m * K + s * SE;
+          for (int i = 0; i < NV; i++) {
+            const __m512i xv = _mm512_loadu_si512((const void *)(xe + 32 * i));
+            for (int r = 0; r < NR; r++) {
+              if (s == 0 && i == 0) acc[r][m] = _mm512_madd_epi16(w[r][i], xv);
+              else if constexpr (V::kVnni) acc[r][m] = _mm512_dpwssd_epi32(acc[r][m], w[r][i], xv);
+              else acc[r][m] = _mm512_add_epi32(acc[r][m], _mm512_madd_epi16(w[r][i], xv));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < NR; r++)
+        for (int m = 0; m < MR; m++) {
+          const float *sm = cs[r].buf + m * NG + g;
+          __m512 f;
+          if constexpr (GPU == 1) f = _mm512_set1_ps(*sm);
+          else f = _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(_mm_loadu_ps(sm)));
+          tot[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][m]), f, tot[r][m]);
+        }
+    }
+    // biases against the exact sums of x, scales against the centred rounding errors (x16_prepare)
+    for (int r = 0; r < NR; r++) {
+      for (int64_t g = g0; g < g1; g += 16) {
+        const __mmask16 k = g1 - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (g1 - g)) - 1);
+        const __m512 bi = _mm512_maskz_loadu_ps(k, cs[r].bi + g), sc = _mm512_maskz_loadu_ps(k, cs[r].sc + g);
+        for (int m = 0; m < MR; m++) {
+          const float *fx = xq.fix + (m0 + m) * NG + g, *er = xq.err + (m0 + m) * NG + g;
+          tot[r][m] = _mm512_fmadd_ps(bi, _mm512_maskz_loadu_ps(k, fx), tot[r][m]);
+          tot[r][m] = _mm512_fmadd_ps(sc, _mm512_maskz_loadu_ps(k, er), tot[r][m]);
+        }
+      }
+      for (int m = 0; m < MR; m++) x16_put(y + m * ldy + n + r, _mm512_reduce_add_ps(tot[r][m]), g0, bias, n + r);
+    }
+  }
+}
+
+// The wide kernel over rows [n0, n1): pairs of rows where NR = 2 applies, the odd row alone.
+template <int F, int MR, int GS>
+static void x16_affine_wide_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
+                                 int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
+  if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
+    const int64_t n2 = n0 + ((n1 - n0) & ~(int64_t)1);
+    x16_affine_rows_wide<F, MR, GS, 2>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
+    if (n2 < n1) x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n2, n1, bias, c, g0, g1);
+  } else {
+    x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   }
 }
 
@@ -457,6 +648,14 @@ static void x16_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const Wei
     if (W.group == 32) x16_fp4_rows<MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
     else x16_fp4_rows<MR, 16>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   } else {
+    if constexpr (x16_wide_format<F>())
+      if (x16_affine_wide<F>(W)) {
+        if constexpr (F != F_A2)
+          if (W.group == 32) return x16_affine_wide_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+        if (W.group == 64) return x16_affine_wide_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+        return x16_affine_wide_rows<F, MR, 128>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+      }
+    if constexpr (MR > 4) return;  // only the wide kernels take more than 4 rows at once (x16_tiles)
     if constexpr (F != F_A2)  // 2-bit chunks are 64 weights
       if (W.group == 32) return x16_affine_rows<F, MR, 32>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
     if (W.group == 64) x16_affine_rows<F, MR, 64>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
@@ -471,7 +670,10 @@ template <int F, int MR>
 static void x16_pass(float *y, int64_t ldy, const X16 &xq, int64_t m, const WeightMat &W, int64_t n0, int64_t n1,
                      const float *bias, RowCtx &c) {
   const int64_t NG = W.groups;
-  int64_t gblk = (8192 / MR) / W.group;
+  // the wide kernels' blocks are twice as long: their per-row costs (scales, biases, the final sums) weigh more
+  // against their shorter steps (16 rows of 4-bit 1024x4096 with 8 rows a pass: 0.81 ms against 0.86 ms with
+  // 8192-element blocks and 1.1 ms with 4096, Zen 5)
+  int64_t gblk = ((x16_affine_wide<F>(W) ? 16384 : 8192) / MR) / W.group;
   if (F == F_FP4) gblk &= ~(128 / W.group - 1);  // fp4 steps over up to 128 elements
   if (gblk < 8) gblk = 8;
   for (int64_t g0 = 0; g0 < NG; g0 += gblk) {
@@ -528,11 +730,12 @@ static bool x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W
     // A small x (one or a few rows) is read from a copy of its own by each thread: reading the buffer the
     // dispatcher wrote made these products 10-25% slower on a 2-core Zen 4 (measured A/B with one row). A large
     // one is read where it is, the copy would cost more than it saves.
-    // Then the row context: scales, biases, and the per-row factors of up to 4 rows of x.
+    // Then the row context: scales, biases, the per-row factors of up to 8 rows of x, and a second row's scales
+    // and biases (x16_affine_rows_wide).
     const size_t xbytes = (size_t)(M * W.K) * 2;
     const bool copy = xbytes <= 64 * 1024;
     size_t qbytes = copy ? (xbytes + 63) & ~(size_t)63 : 0;
-    char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(6 * NG + 16));
+    char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)(12 * NG + 16));
     if (!mem) return false;
     if (copy) std::memcpy(mem, shared.q, xbytes);
     const X16 xq{copy ? (int16_t *)mem : shared.q, shared.step, shared.fix, shared.err};
@@ -543,6 +746,11 @@ static bool x16_tiles(float *y, const X16 &shared, int64_t M, const WeightMat &W
       for (int64_t m = 0; m < M;) {
         int64_t left = M - m;
         float *ym = y + m * N;
+        if constexpr (x16_wide_format<F>())
+          if (left >= 8 && x16_cpb<F>() > 2 && x16_affine_wide<F>(W)) {
+            x16_pass<F, 8>(ym, N, xq, m, W, n0, n1, bias, c), m += 8;
+            continue;
+          }
         if (left >= 4) x16_pass<F, 4>(ym, N, xq, m, W, n0, n1, bias, c), m += 4;
         else if (left >= 2) x16_pass<F, 2>(ym, N, xq, m, W, n0, n1, bias, c), m += 2;
         else x16_pass<F, 1>(ym, N, xq, m, W, n0, n1, bias, c), m += 1;

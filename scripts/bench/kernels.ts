@@ -166,7 +166,7 @@ const decodeShapes: [number, number][] = [
   [14336, 4096],
 ];
 console.log("decode (M=1): effective GB/s of weight bytes (scales and biases included), fraction of triad");
-console.log("(affine, mxfp4 and nvfp4 use x16 products by default, mxfp8 its own exact decode kernels; [f32] rows: --gemv f32)");
+console.log("(affine, mxfp4 and nvfp4 use x16 products by default, mxfp8 bf16 or exact f32 decode kernels; [f32] rows: --gemv f32)");
 console.log(`${pad("format", 20)}${pad("shape", 18)}${"ms".padStart(8)}${"GB/s".padStart(8)}${"triad".padStart(8)}`);
 for (const [N, K] of decodeShapes) {
   const x = rand(K, 1);
@@ -191,17 +191,20 @@ for (const [N, K] of decodeShapes) {
 {
   const [N, K] = [14336, 4096];
   const rowsList = [1, 4, 8, 16, 31];
-  console.log(`\nbatched decode 14336x4096: time per row of x, and its ratio to one row alone (lower is better)`);
-  console.log(`${pad("format", 20)}${rowsList.map((m) => `M=${m}`.padStart(14)).join("")}`);
+  console.log(`\nbatched decode 14336x4096: time per row of x, and its ratio to one row alone (lower is better); last: the`);
+  console.log(`whole product of 16 rows as a multiple of one row's`);
+  console.log(`${pad("format", 20)}${rowsList.map((m) => `M=${m}`.padStart(14)).join("")}${"16 rows".padStart(10)}`);
   for (const f of decodeFormats.filter(picked).filter((f) => f.name !== "bf16")) {
     const run = f.run(N, K);
     const cells: string[] = [];
     let one = 0;
+    let sixteen = 0;
     for (const M of rowsList) {
       const x = rand(M * K, 3);
       const y = new Float32Array(M * N);
       const perRow = time(() => run(x, y, M)) / M;
       if (M === 1) one = perRow;
+      if (M === 16) sixteen = (perRow * 16) / one;
       cells.push(`${(perRow * 1e6).toFixed(0)}us ${(perRow / one).toFixed(2)}x`.padStart(14));
       ours.set(`${f.name}|${M}x${K} @ ${N}x${K}`, {
         name: `kernel batched decode ${f.name} per row`,
@@ -211,7 +214,7 @@ for (const [N, K] of decodeShapes) {
         higherIsBetter: false,
       });
     }
-    console.log(`${pad(f.name, 20)}${cells.join("")}`);
+    console.log(`${pad(f.name, 20)}${cells.join("")}${`${sixteen.toFixed(2)}x`.padStart(10)}`);
   }
 }
 

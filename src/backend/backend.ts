@@ -301,4 +301,10 @@ export interface Backend {
   gatedDelta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, pool: StatePool, batch: RecurrentBatch, chunk?: number): Tensor;
   /** Copies one slot's state (conv and delta) to another. */
   copyStateSlot(pool: StatePool, src: number, dst: number): void;
+  /** Bytes of one slot's state: its conv inputs, then its delta-rule state (the layout of readStateSlot). */
+  stateSlotBytes(pool: StatePool): number;
+  /** Copies one slot's state out, as of the last recorded step: conv [kernel - 1, convDim] then delta, f32. */
+  readStateSlot(pool: StatePool, slot: number, out: Uint8Array): void;
+  /** Sets one slot's state from bytes laid out as readStateSlot gives them. */
+  writeStateSlot(pool: StatePool, slot: number, data: Uint8Array): void;
 }

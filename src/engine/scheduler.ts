@@ -3,7 +3,9 @@
 // others. Requests wait in a bounded queue; a request is admitted when the KV cache has room for its whole prompt;
 // when decoding runs out of blocks the most recently admitted sequence is preempted (its blocks released, its
 // tokens kept) and recomputed later. With prefix caching, full blocks are shared across requests by the hash of
-// their token prefix, so a prompt that starts like an earlier one skips that part of the prefill.
+// their token prefix, so a prompt that starts like an earlier one skips that part of the prefill. A hybrid model's
+// recurrent state is kept with them as snapshots at the ends of prompt chunks: its chunks end on block boundaries,
+// and one of them where the last whole block before the prompt's last token ends, the furthest a repeat can reuse.
 import { RmlxError } from "../errors.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
@@ -96,11 +98,10 @@ export class Scheduler {
     private readonly config: SchedulerConfig,
     private readonly emit: (ev: EngineEvent) => void,
   ) {
-    // A hybrid's recurrent state cannot be cut back to a shared prefix: prefix reuse is off for such models.
-    this.prefix =
-      config.prefixCache && !model.cache.states
-        ? new PrefixCache(model.cache.spaces, model.cache.blockSize, model.cache.rootHash, model.prefixTier ?? null)
-        : null;
+    const cache = model.cache;
+    this.prefix = config.prefixCache
+      ? new PrefixCache(cache.spaces, cache.blockSize, cache.rootHash, model.prefixTier ?? null, cache.snapshotBlocks)
+      : null;
     this.spec = model.speculator ?? null;
   }
 
@@ -280,13 +281,14 @@ export class Scheduler {
     const cache = this.model.cache;
     const entries: StepEntry[] = [];
     const owners: Active[] = [];
+    const prefilling: boolean[] = [];
     let budget = this.config.prefillChunk;
     // Decoding sequences first (one token each), then prompt chunks within the step's token budget.
     const order = [...this.running].sort((x, y) => x.tokens.length - x.seq.length - (y.tokens.length - y.seq.length));
     for (const a of order) {
       if (!this.running.includes(a)) continue;
       const pending = a.tokens.length - a.seq.length;
-      const n = pending === 1 ? 1 : Math.min(pending, budget);
+      const n = pending === 1 ? 1 : this.chunkEnd(a, Math.min(pending, budget)) - a.seq.length;
       if (n <= 0) continue;
       if (pending > 1) budget -= n;
       if (!this.reserveOrPreempt(a, n)) {
@@ -296,12 +298,14 @@ export class Scheduler {
       }
       entries.push({ seq: a.seq, tokens: Int32Array.from(a.tokens.slice(a.seq.length, a.seq.length + n)) });
       owners.push(a);
+      prefilling.push(pending > 1);
     }
     // Entries of sequences preempted while building the step are dropped.
     for (let i = owners.length - 1; i >= 0; i--) {
       if (!this.running.includes(owners[i]!)) {
         owners.splice(i, 1);
         entries.splice(i, 1);
+        prefilling.splice(i, 1);
       }
     }
     if (entries.length === 0) return this.running.length > 0;
@@ -333,7 +337,8 @@ export class Scheduler {
     const offerTokens = owners.map((a, i) => (verdicts[i] ? [...a.tokens, ...verdicts[i].tokens.slice(0, verdicts[i].accepted)] : a.tokens));
     const rerun = this.restoreRejected(owners, verdicts, drafts);
     const advanced = kept.filter((_, i) => !rerun.has(i));
-    const offer = this.prefix ? { prefix: this.prefix, tokens: offerTokens.filter((_, i) => !rerun.has(i)) } : undefined;
+    const snapshot = cache.states ? prefilling.filter((_, i) => !rerun.has(i)) : undefined;
+    const offer = this.prefix ? { prefix: this.prefix, tokens: offerTokens.filter((_, i) => !rerun.has(i)), snapshot } : undefined;
     cache.advance(advanced, offer);
     if (rerun.size > 0) {
       // The recurrent state went back to before the step: run the kept tokens again (no logits needed; the
@@ -355,6 +360,22 @@ export class Scheduler {
       }
     }
     return this.hasWork;
+  }
+
+  /**
+   * Where a's prompt chunk of n tokens ends. With a prefix cache, a hybrid's chunk ends on a block boundary (unless
+   * that leaves nothing, or it is the last) and never runs past the last whole block before the final token, so
+   * that its recurrent state can be kept there.
+   */
+  private chunkEnd(a: Active, n: number): number {
+    const start = a.seq.length;
+    const end = start + n;
+    if (!this.prefix || !this.model.cache.states) return end;
+    const bs = this.model.cache.blockSize;
+    const aligned = Math.floor(end / bs) * bs;
+    const stop = end < a.tokens.length && aligned > start ? aligned : end;
+    const last = Math.floor((a.tokens.length - 1) / bs) * bs;
+    return start < last && stop > last ? last : stop;
   }
 
   /**

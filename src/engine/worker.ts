@@ -117,15 +117,11 @@ function load(name: string, dir: string): void {
   postLoaded(name, models.get(name)!);
 }
 
-/** The model's SSD tier under --kv-ssd; none without a prefix cache, or for a model with recurrent state. */
+/** The model's SSD tier under --kv-ssd; none without a prefix cache. */
 function ssdTierFor(name: string, dir: string, cache: KvCache): SsdTier | null {
   const ssd = config.kvSsd;
   if (!ssd || !config.prefixCache) return null;
   const warn = (m: string) => process.stderr.write(`rmlx: warning: ${m}\n`);
-  if (cache.states) {
-    warn(`${name}: the SSD tier is off for models with recurrent state (their prefix entries need state snapshots)`);
-    return null;
-  }
   try {
     return new SsdTier(cache, { dir: ssd.dir, budgetBytes: ssd.budgetBytes, modelId: modelIdentity(dir), warn: (m) => warn(`${name}: ${m}`) });
   } catch (e) {

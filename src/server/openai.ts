@@ -73,6 +73,17 @@ function jsonSchemaOf(rf: Body["response_format"]): Record<string, unknown> | un
   return rf.json_schema?.schema ?? { type: "object" };
 }
 
+/**
+ * The chat template's variables: OpenAI's reasoning_effort is passed as is (templates such as gpt-oss's read it)
+ * and turns thinking off for "none", on otherwise (enable_thinking, Qwen3 / Qwen3.5 style); chat_template_kwargs
+ * given explicitly win.
+ */
+function chatTemplateKwargs(body: Body): Record<string, unknown> | undefined {
+  const effort = body.reasoning_effort;
+  if (effort === undefined) return body.chat_template_kwargs ?? undefined;
+  return { reasoning_effort: effort, enable_thinking: effort !== "none", ...body.chat_template_kwargs };
+}
+
 function chatRequest(ctx: ServerContext, body: Body, m: ModelEntry, index: number): GenerateRequest {
   const tools = chatTools(body);
   const choice = toolChoice(body);
@@ -84,7 +95,7 @@ function chatRequest(ctx: ServerContext, body: Body, m: ModelEntry, index: numbe
     model: m.name,
     messages: chatMessages(body.messages),
     tools,
-    templateKwargs: body.chat_template_kwargs ?? undefined,
+    templateKwargs: chatTemplateKwargs(body),
     addGenerationPrompt: true,
     // No limit asked for and no --max-tokens: the engine stops at the end of the context.
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? ctx.defaults?.maxTokens ?? m.contextLength,

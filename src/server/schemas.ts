@@ -88,7 +88,7 @@ export const ChatCompletionBody = t.Object({
   parallel_tool_calls: opt(t.Boolean()),
   response_format: opt(ResponseFormat),
   chat_template_kwargs: opt(t.Record(t.String(), Json)),
-  reasoning_effort: opt(t.String()),
+  reasoning_effort: opt(t.Union(["none", "minimal", "low", "medium", "high", "xhigh"].map((e) => t.Literal(e)))),
 });
 
 /** Most prompts in one /v1/completions request (each gets its own choices). */

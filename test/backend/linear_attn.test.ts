@@ -160,3 +160,32 @@ test("copyStateSlot copies a sequence's state; bad slots are named", () => {
   expect(() => be.causalConv1d(f32(new Float32Array(SPEC.convDim), [1, SPEC.convDim]), f32(new Float32Array(SPEC.convDim * 4), [SPEC.convDim, 4]), pool, bad)).toThrow(/slot 7/);
   expect(() => be.causalConv1d(f32(new Float32Array(SPEC.convDim), [1, SPEC.convDim]), f32(new Float32Array(SPEC.convDim * 3), [SPEC.convDim, 3]), pool, batch)).toThrow(/weight \[12, 3\] must be \[12, 4\]/);
 });
+
+test("a slot's state read out as bytes and written into another slot is the same state", () => {
+  const pool = be.createStatePool(3, SPEC);
+  const T = 5;
+  const batch: RecurrentBatch = { seqStart: Int32Array.of(0, T), slots: Int32Array.of(1), fresh: Int32Array.of(1) };
+  const { convDim, valueHeads: H, keyHeads: HK, keyDim: DK, valueDim: DV } = SPEC;
+  be.scope(() => {
+    be.causalConv1d(f32(rn(T * convDim, 1), [T, convDim]), f32(rn(convDim * 4, 1), [convDim, 4]), pool, batch);
+    const out = be.gatedDelta(f32(rn(T * HK * DK, 0.3), [T, HK, DK]), f32(rn(T * HK * DK, 0.3), [T, HK, DK]), f32(rn(T * H * DV, 1), [T, H, DV]), f32(new Float32Array(T * H).fill(-0.1), [T, H]), f32(new Float32Array(T * H).fill(0.5), [T, H]), pool, batch);
+    be.toFloat32(out);
+  });
+  const bytes = be.stateSlotBytes(pool);
+  expect(bytes).toBe(4 * (3 * convDim + H * DV * DK));
+  const snap = new Uint8Array(bytes);
+  be.readStateSlot(pool, 1, snap);
+  be.writeStateSlot(pool, 2, snap);
+  const conv = be.toFloat32(pool.conv);
+  const delta = be.toFloat32(pool.delta);
+  const c = 3 * convDim;
+  const d = H * DV * DK;
+  expect(Array.from(conv.subarray(2 * c, 3 * c))).toEqual(Array.from(conv.subarray(c, 2 * c)));
+  expect(Array.from(delta.subarray(2 * d, 3 * d))).toEqual(Array.from(delta.subarray(d, 2 * d)));
+  expect(delta.subarray(d, 2 * d).some((x) => x !== 0)).toBe(true);
+  expect(Array.from(new Float32Array(snap.buffer, c * 4, d))).toEqual(Array.from(delta.subarray(d, 2 * d)));
+  expect(() => be.readStateSlot(pool, 3, snap)).toThrow(/slot 3/);
+  expect(() => be.writeStateSlot(pool, 0, snap.subarray(4))).toThrow(/bytes for a slot of/);
+  be.dispose(pool.conv);
+  be.dispose(pool.delta);
+});

@@ -569,6 +569,15 @@ export class RefBackend implements Backend {
   copyStateSlot(): void {
     throw new Error("ref: copyStateSlot not implemented");
   }
+  stateSlotBytes(): number {
+    throw new Error("ref: stateSlotBytes not implemented");
+  }
+  readStateSlot(): void {
+    throw new Error("ref: readStateSlot not implemented");
+  }
+  writeStateSlot(): void {
+    throw new Error("ref: writeStateSlot not implemented");
+  }
   copyBlock(pool: KvPool, src: number, dst: number): void {
     const n = pool.blockSize * pool.kvHeads * pool.headDim;
     for (const t of [pool.k, pool.v]) {

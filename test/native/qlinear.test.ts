@@ -154,6 +154,28 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       }
     });
 
+    test("affine 2, 4 and 8-bit rows of whole 512-bit units (the AVX-512 variants' wide kernels), 1 to 17 rows, blocks", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      // [bits, group, K]: every unit shape (one or two steps, one to four groups), and K = 4608 split in blocks
+      const shapes: [number, number, number][] = [
+        [2, 64, 512], [2, 128, 1024], [4, 32, 256], [4, 64, 512], [4, 128, 256], [4, 64, 4608],
+        [8, 32, 256], [8, 64, 128], [8, 128, 512],
+      ];
+      const N = 5;
+      for (const [bits, group, K] of shapes) {
+        const q = randomQWeight(bits * 31 + group + K, "affine", bits, group, N, K, (["f32", "f16", "bf16"] as const)[bits % 3]!);
+        expect(takesX16(q)).toBe(true);
+        const bias = randomX(group, N);
+        for (const M of K > 1024 ? [1, 9] : [1, 8, 9, 17]) {
+          const x = randomX(M + bits + K, M * K);
+          for (let i = 0; i < group; i++) x[i] = x[i]! * 1000;
+          x.fill(0, K - group, K);
+          expectX16(q, x, M, bias);
+        }
+      }
+    });
+
     test("fp4 rows of 320 elements (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
@@ -177,7 +199,8 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
   });
 }
 
-// mxfp8 decode products (native/cpu/qkern_fp8_impl.h): exact products, f32 sums, so held to the f32 tolerance
+// mxfp8 decode products (native/cpu/qkern_fp8_impl.h): exact products, f32 sums (the bf16 kernels: x split in two
+// bf16 parts, off by at most 2^-18 of each |x|), so held to the f32 tolerance
 // on both gemv modes, for every row count a decode batch can have (passes of 8, 4, 2 and 1 rows), odd N, group
 // counts odd and split in blocks, the layer's bias, and rows whose scale byte sends them to the scalar
 // dequantizer (above 246) or to the bottom of the range (0).
@@ -198,9 +221,9 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
     };
     const ALL = Array.from({ length: 31 }, (_, i) => i + 1);
 
-    test("1 to 31 rows, K = 96 and 416 (odd group counts), N = 37", () => {
+    test("1 to 31 rows, K = 96 and 416 (odd group counts), 448 (bf16 products where the CPU has them), N = 37", () => {
       expect(setIsa(isa)).toBe(0);
-      for (const K of [96, 416]) check(randomQWeight(K + 8, "mxfp8", 8, 32, 37, K), ALL, K);
+      for (const K of [96, 416, 448]) check(randomQWeight(K + 8, "mxfp8", 8, 32, 37, K), ALL, K);
     });
 
     test("long rows are split in blocks of groups (K = 4352; 1, 2, 5, 8, 13, 31 rows)", () => {
@@ -210,14 +233,16 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
 
     test("scale bytes 0 and 247 (that row through the scalar dequantizer) beside ordinary rows", () => {
       expect(setIsa(isa)).toBe(0);
-      const N = 9, K = 160;
-      const q = randomQWeight(12, "mxfp8", 8, 32, N, K);
-      const s = q.scales as Uint8Array;
-      s.fill(0, 0, K / 32); // row 0: every group 2^-127
-      s[3 * (K / 32) + 2] = 247; // row 3, one group 2^120, its elements below 2^-2 so that nothing overflows f32
-      const b = new Uint8Array(q.w.buffer);
-      for (let i = 3 * K + 64; i < 3 * K + 96; i++) b[i] = b[i]! & 0xa7;
-      check(q, [1, 3, 9], 70);
+      for (const K of [160, 192]) {
+        const N = 9;
+        const q = randomQWeight(12, "mxfp8", 8, 32, N, K);
+        const s = q.scales as Uint8Array;
+        s.fill(0, 0, K / 32); // row 0: every group 2^-127
+        s[3 * (K / 32) + 2] = 247; // row 3, one group 2^120, its elements below 2^-2 so that nothing overflows f32
+        const b = new Uint8Array(q.w.buffer);
+        for (let i = 3 * K + 64; i < 3 * K + 96; i++) b[i] = b[i]! & 0xa7;
+        check(q, [1, 3, 9], 70);
+      }
     });
 
     test("x with NaN gives NaN, as on the f32 path", () => {

@@ -89,6 +89,32 @@ describe("Qwen3.5 chat through the server", () => {
     expect(usageOff).toBeGreaterThan(usageOn);
   }, 60_000);
 
+  test("reasoning_effort: none turns thinking off, any other effort on; chat_template_kwargs win; an unknown effort is a 400", async () => {
+    const ask = (effort: string, kw?: Record<string, unknown>) =>
+      openai().chat.completions.create({
+        model: name,
+        messages: [{ role: "user", content: "Hello there" }],
+        max_tokens: 6,
+        temperature: 0,
+        reasoning_effort: effort,
+        ...(kw ? { chat_template_kwargs: kw } : {}),
+      } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const off = (await ask("none")).choices[0]!.message as Msg;
+    expect(off.reasoning_content).toBeUndefined();
+    expect(off.content?.length ?? 0).toBeGreaterThan(0);
+    for (const effort of ["minimal", "low", "high"]) {
+      expect(((await ask(effort)).choices[0]!.message as Msg).reasoning_content?.length ?? 0).toBeGreaterThan(0);
+    }
+    expect(((await ask("high", { enable_thinking: false })).choices[0]!.message as Msg).reasoning_content).toBeUndefined();
+    const bad = await fetch(`${srv.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: name, messages: [{ role: "user", content: "Hi" }], reasoning_effort: "extreme" }),
+    });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(await bad.json())).toContain("reasoning_effort");
+  }, 60_000);
+
   test("Anthropic thinking with a budget: a thinking block, then the reply; disabled: no thinking block", async () => {
     const a = new Anthropic({ baseURL: srv.url, apiKey: "x", maxRetries: 0 });
     const m = await a.messages.create({

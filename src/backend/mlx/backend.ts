@@ -956,6 +956,15 @@ export class MlxBackend implements Backend {
   copyStateSlot(): void {
     throw new RmlxError("unsupported", "copyStateSlot: not on the mlx backend yet");
   }
+  stateSlotBytes(): number {
+    throw new RmlxError("unsupported", "stateSlotBytes: not on the mlx backend yet");
+  }
+  readStateSlot(): void {
+    throw new RmlxError("unsupported", "readStateSlot: not on the mlx backend yet");
+  }
+  writeStateSlot(): void {
+    throw new RmlxError("unsupported", "writeStateSlot: not on the mlx backend yet");
+  }
 
   copyBlock(p: KvPool, src: number, dst: number): void {
     const pool = this.pool(p, "copyBlock");

@@ -963,6 +963,46 @@ export class NativeBackend implements Backend {
     });
   }
 
+  stateSlotBytes(p: StatePool): number {
+    const pool = this.statePool(p, "stateSlotBytes");
+    return (pool.conv.nbytes + pool.delta.nbytes) / pool.numSlots;
+  }
+
+  readStateSlot(p: StatePool, slot: number, out: Uint8Array): void {
+    const pool = this.statePool(p, "readStateSlot");
+    const [convBytes, deltaBytes] = this.stateSlotParts(pool, slot, out.byteLength, "readStateSlot");
+    // Every recorded state update runs first: the slot is read as of the last step.
+    this.graph.eval([]);
+    out.set(bytesAt(pool.conv.address() + slot * convBytes, convBytes), 0);
+    out.set(bytesAt(pool.delta.address() + slot * deltaBytes, deltaBytes), convBytes);
+  }
+
+  writeStateSlot(p: StatePool, slot: number, data: Uint8Array): void {
+    const pool = this.statePool(p, "writeStateSlot");
+    const [convBytes, deltaBytes] = this.stateSlotParts(pool, slot, data.byteLength, "writeStateSlot");
+    // A copy the node owns until it has run, so the caller may reuse its buffer.
+    const copy = new Float32Array((convBytes + deltaBytes) / 4);
+    new Uint8Array(copy.buffer).set(data);
+    this.graph.write(
+      pool,
+      [],
+      (e, host) => {
+        encode.memcpy(e, pool.conv.address() + slot * convBytes, host[0]!, convBytes);
+        encode.memcpy(e, pool.delta.address() + slot * deltaBytes, host[0]! + convBytes, deltaBytes);
+      },
+      [copy],
+    );
+  }
+
+  /** Bytes of one slot's conv and delta state, after checking the slot and the caller's buffer. */
+  private stateSlotParts(pool: NStatePool, slot: number, nbytes: number, what: string): [number, number] {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= pool.numSlots) invalid(`${what}: slot ${slot} outside the pool's ${pool.numSlots}`);
+    const convBytes = pool.conv.nbytes / pool.numSlots;
+    const deltaBytes = pool.delta.nbytes / pool.numSlots;
+    if (nbytes !== convBytes + deltaBytes) invalid(`${what}: ${nbytes} bytes for a slot of ${convBytes + deltaBytes}`);
+    return [convBytes, deltaBytes];
+  }
+
   pagedAttention(q: Tensor, p: KvPool, batch: AttentionBatch, opts: AttentionOptions): Tensor {
     const pool = this.pool(p, "pagedAttention");
     const qt = this.floatArg(q, "pagedAttention");

@@ -112,11 +112,13 @@ interface SequenceState {
   /** Chain hash through the first `offered` blocks, the ones already offered to a prefix cache. */
   hash: bigint;
   offered: number;
+  /** The recurrent state of an adopted prefix, written into the state slot the sequence takes next. */
+  restore: Uint8Array | null;
 }
 
 /** One sequence's view of the cache: the blocks holding its tokens' K/V, and how many tokens are in. */
 export class Sequence {
-  readonly [state]: SequenceState = { length: 0, held: [], hash: ROOT_HASH, offered: 0 };
+  readonly [state]: SequenceState = { length: 0, held: [], hash: ROOT_HASH, offered: 0, restore: null };
 
   get length(): number {
     return this[state].length;
@@ -381,6 +383,11 @@ export type BlockNeed = readonly number[];
 export interface PrefixOffer {
   prefix: PrefixCache;
   tokens: readonly ArrayLike<number>[];
+  /**
+   * Per entry, whether to keep its recurrent state in the prefix cache when the step ends it on a block boundary
+   * (models with linear-attention layers; the scheduler asks for it at the ends of prompt chunks).
+   */
+  snapshot?: readonly boolean[];
 }
 
 /**
@@ -488,6 +495,12 @@ export class KvCache {
     return kvBytesPerToken(kvCodec(codec), layers) * blockSize;
   }
 
+  /** Main-space blocks a snapshot of one sequence's recurrent state is charged in a prefix cache; 0 without state. */
+  get snapshotBlocks(): number {
+    if (!this.states) return 0;
+    return Math.ceil(this.states.snapshotBytes / Math.max(1, this.spaces[MAIN]!.bytesPerBlock));
+  }
+
   /** Bytes of K and V per token over all layers (a sliding layer's tokens leave its window, but count here). */
   get bytesPerToken(): number {
     return kvBytesPerToken(this.codec, this.layers.filter(holdsKv));
@@ -559,7 +572,11 @@ export class KvCache {
    * RmlxError("overloaded") seq is unchanged.
    */
   reserve(seq: Sequence, n: number, stepTokens = n): void {
-    if (n > 0 && this.states) this.states.take(seq);
+    if (n > 0 && this.states) {
+      const st = seq[state];
+      this.states.take(seq, st.restore ?? undefined);
+      st.restore = null;
+    }
     if (n <= 0 || this.holdsRoom(seq, n, stepTokens)) return;
     const need = this.needs(seq, n, stepTokens);
     if (!this.ensureFree(need)) {
@@ -585,14 +602,20 @@ export class KvCache {
     for (const e of entries) this.reserve(e.seq, e.tokens.length);
   }
 
-  /** Starts an empty seq with a prefix cache's match: its blocks (retained for seq), their tokens and hash. */
+  /**
+   * Starts an empty seq with a prefix cache's match: its blocks (retained for seq), their tokens and hash, and with
+   * recurrent state the snapshot its state slot starts from.
+   */
   adopt(seq: Sequence, m: PrefixMatch): void {
     const st = seq[state];
     if (st.length > 0 || st.held.some((h) => h.ids.length > 0)) {
       throw new RmlxError("internal", "only an empty sequence can start with a cached prefix");
     }
-    if (this.states && m.blocks > 0) throw new RmlxError("internal", "a model with recurrent state cannot start from a cached prefix");
+    if (this.states && m.blocks > 0 && !m.snapshot) {
+      throw new RmlxError("internal", "a model with recurrent state can start only from a prefix with a state snapshot");
+    }
     st.held = m.held;
+    st.restore = m.blocks > 0 ? (m.snapshot ?? null) : null;
     st.length = m.blocks * this.blockSize;
     st.hash = m.hash;
     st.offered = m.blocks;
@@ -608,6 +631,7 @@ export class KvCache {
     to.length = from.length;
     to.hash = from.hash;
     to.offered = from.offered;
+    to.restore = from.restore;
     return child;
   }
 
@@ -619,6 +643,7 @@ export class KvCache {
     st.length = 0;
     st.hash = ROOT_HASH;
     st.offered = 0;
+    st.restore = null;
   }
 
   /**
@@ -701,15 +726,26 @@ export class KvCache {
 
   /**
    * Records that each entry's tokens are now in the cache and gives back the blocks no later query reads. With
-   * `offer`, the blocks the step filled go to the prefix cache first, so that it keeps their sliding-layer K/V.
+   * `offer`, the blocks the step filled go to the prefix cache first, so that it keeps their sliding-layer K/V,
+   * and with recurrent state the state at the end of the step where offer.snapshot asks for it.
    */
   advance(entries: readonly StepEntry[], offer?: PrefixOffer): void {
     for (let i = 0; i < entries.length; i++) {
       const { seq, tokens } = entries[i]!;
       seq[state].length += tokens.length;
-      if (offer && !this.states) this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
+      if (offer) {
+        this.offerFilled(seq, offer.tokens[i]!, offer.prefix);
+        if (offer.snapshot?.[i]) this.offerSnapshot(seq, offer.prefix);
+      }
       for (const sp of this.spaces) sp.trim(seq);
     }
+  }
+
+  /** Gives the prefix cache seq's recurrent state when seq ends on the boundary of a block it has just offered. */
+  private offerSnapshot(seq: Sequence, prefix: PrefixCache): void {
+    const st = seq[state];
+    if (!this.states || st.length === 0 || st.offered * this.blockSize !== st.length) return;
+    if (prefix.wantsSnapshot(st.hash)) prefix.attachSnapshot(st.hash, this.states.exportState(seq));
   }
 
   /** Offers the blocks seq has filled since its last offer, with their block in every space. */

@@ -1,4 +1,4 @@
-// Automatic prefix caching. Three rules:
+// Automatic prefix caching. Five rules:
 //  1. A full block is keyed by a chain hash of every token from the start of the sequence to its end, so requests
 //     that share a prompt prefix share those blocks (through the allocators' refcounts) and skip their prefill.
 //  2. An entry holds one reference to its block in each space of the KV cache. The main space's block is the
@@ -6,8 +6,13 @@
 //     holds go back least recently used first.
 //  3. A prefix of m blocks is usable when its entries still have every block that a sequence of m blocks holds
 //     in each space: all m in the main space, those the next query's window reads in a sliding one.
-//  4. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
-//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back.
+//  4. A model with recurrent state (linear-attention layers) can start only where the cache also keeps that state:
+//     an entry may carry a snapshot of it taken right after its block, and a prefix is usable only if its last
+//     entry has one. A snapshot is charged as many main-space blocks as its bytes fill, held by its entry and given
+//     back with it, so snapshots and K/V share one memory budget.
+//  5. With a tier below (an SSD), an entry leaving RAM, or giving back a sliding space's block, is offered to it
+//     first, and a match that runs out of RAM entries goes on with the blocks the tier gives back. A snapshot goes
+//     with its entry and comes back charged like a new one (dropped when the budget cannot take it).
 import type { BlockAllocator, Held } from "./kv_cache.ts";
 
 /** Chain hash of one block: the previous block's hash and this block's tokens. */
@@ -37,19 +42,29 @@ export interface PrefixMatch {
   hash: bigint;
   /** Per space, the blocks that a sequence of that many blocks holds there, each retained once for the caller. */
   held: Held[];
+  /** The recurrent state after the last matched block (models with recurrent state, when blocks > 0). */
+  snapshot?: Uint8Array;
 }
 
-/** A cached block's id in each space; -1 where it was given back (never in the main space). */
-type Entry = number[];
+interface Entry {
+  /** The cached block's id in each space; -1 where it was given back (never in the main space). */
+  ids: number[];
+  /** Recurrent state right after this block, and the main-space blocks charged for its memory. */
+  snapshot: Uint8Array | null;
+  charged: number[];
+}
 
 /** Where entries go when they leave RAM, and come back from (src/engine/kv/ssd_tier.ts). */
 export interface PrefixTier {
-  /** An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place. */
-  keep(hash: bigint, ids: readonly number[]): void;
+  /**
+   * An entry leaving RAM (or kept at shutdown): its block in each space, -1 where none, K/V still in place, and
+   * the recurrent-state snapshot after it, if any.
+   */
+  keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void;
   /** Whether the tier may hold the block of this chain hash. */
   has(hash: bigint): boolean;
-  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none), or null. */
-  restore(hash: bigint): number[] | null;
+  /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none) and its snapshot, or null. */
+  restore(hash: bigint): { ids: number[]; snapshot: Uint8Array | null } | null;
 }
 
 export class PrefixCache {
@@ -62,6 +77,8 @@ export class PrefixCache {
     /** First hash of every chain: the KV codec's (codecRootHash), so that blocks of different codecs never match. */
     readonly root: bigint = ROOT_HASH,
     private readonly tier: PrefixTier | null = null,
+    /** Main-space blocks a snapshot is charged; 0 for a model without recurrent state (no snapshots needed). */
+    readonly snapshotBlocks = 0,
   ) {
     spaces.forEach((space, s) => space.allocator.setReclaimer((needed) => this.evict(s, needed)));
   }
@@ -87,9 +104,10 @@ export class PrefixCache {
       if (e === undefined && this.tier?.has(h)) {
         if (!pinning) for (const f of found) this.hold(f, 1);
         pinning = true;
-        const ids = this.tier.restore(h);
-        if (ids) {
-          e = ids;
+        const back = this.tier.restore(h);
+        if (back) {
+          e = { ids: back.ids, snapshot: null, charged: [] };
+          if (back.snapshot) this.charge(e, back.snapshot);
           this.entries.set(h, e);
           restored.add(e);
         }
@@ -101,28 +119,30 @@ export class PrefixCache {
     }
     if (pinning) for (const f of found) this.hold(f, -1);
     let m = found.length;
-    while (m > 0 && !this.usable(found, m)) m--;
+    while (m > 0 && !(this.usable(found, m) && (this.snapshotBlocks === 0 || found[m - 1]!.snapshot))) m--;
     for (let k = 0; k < m; k++) {
       this.entries.delete(hashes[k + 1]!);
       this.entries.set(hashes[k + 1]!, found[k]!);
     }
     const held = this.spaces.map((space, s) => {
       const first = space.firstHeld(m * bs);
-      const ids = found.slice(first, m).map((e) => e[s]!);
+      const ids = found.slice(first, m).map((e) => e.ids[s]!);
       for (const id of ids) space.allocator.retain(id);
       return { first, ids };
     });
-    return { blocks: m, fromTier: found.slice(0, m).filter((e) => restored.has(e)).length, hash: hashes[m]!, held };
+    const snapshot = this.snapshotBlocks > 0 && m > 0 ? found[m - 1]!.snapshot! : undefined;
+    const fromTier = found.slice(0, m).filter((e) => restored.has(e)).length;
+    return { blocks: m, fromTier, hash: hashes[m]!, held, ...(snapshot ? { snapshot } : {}) };
   }
 
   /** Offers every entry to the tier, keeping them (a graceful shutdown). */
   keepAll(): void {
-    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e);
+    if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e.ids, e.snapshot);
   }
 
   /** Takes (+1) or drops (-1) one more reference to each block of an entry. */
   private hold(e: Entry, by: 1 | -1): void {
-    e.forEach((id, s) => {
+    e.ids.forEach((id, s) => {
       if (id < 0) return;
       if (by > 0) this.spaces[s]!.allocator.retain(id);
       else this.spaces[s]!.allocator.free(id);
@@ -136,44 +156,88 @@ export class PrefixCache {
    */
   insert(hash: bigint, ids: readonly number[]): void {
     const known = this.entries.get(hash);
-    const entry = known ?? ids.map(() => -1);
+    const entry = known ?? { ids: ids.map(() => -1), snapshot: null, charged: [] };
     ids.forEach((id, s) => {
-      if (id < 0 || entry[s]! >= 0) return;
+      if (id < 0 || entry.ids[s]! >= 0) return;
       this.spaces[s]!.allocator.retain(id);
-      entry[s] = id;
+      entry.ids[s] = id;
     });
     if (!known) this.entries.set(hash, entry);
   }
 
+  /** Whether the block under `hash` is cached and still lacks a snapshot (so that taking one is worth it). */
+  wantsSnapshot(hash: bigint): boolean {
+    const e = this.entries.get(hash);
+    return this.snapshotBlocks > 0 && e !== undefined && e.snapshot === null;
+  }
+
   /**
-   * Gives back up to `needed` blocks of space s that nothing but the cache holds, least recently used first:
-   * whole entries for the main space, only their block there for the others.
+   * Gives the block under `hash` the recurrent state right after it, charging its memory to the main space
+   * (evicting other entries first when needed); false when the budget cannot hold it or the block is not cached.
+   */
+  attachSnapshot(hash: bigint, snapshot: Uint8Array): boolean {
+    if (!this.wantsSnapshot(hash)) return false;
+    // Keep the entry being given the snapshot out of the eviction this may cause.
+    const entry = this.entries.get(hash)!;
+    this.entries.delete(hash);
+    const kept = this.charge(entry, snapshot);
+    this.entries.set(hash, entry);
+    return kept;
+  }
+
+  /** Gives an entry not in the map a snapshot with its charged blocks; false when the budget cannot take them. */
+  private charge(e: Entry, snapshot: Uint8Array): boolean {
+    if (this.snapshotBlocks === 0) return false;
+    const allocator = this.spaces[0]!.allocator;
+    if (!allocator.ensureFree(this.snapshotBlocks)) return false;
+    for (let i = 0; i < this.snapshotBlocks; i++) e.charged.push(allocator.allocate());
+    e.snapshot = snapshot;
+    return true;
+  }
+
+  /**
+   * Gives back at least `needed` blocks of space s that nothing but the cache holds where it can, least recently
+   * used first: whole entries (and the blocks charged for their snapshots) for the main space, or only the
+   * snapshot of an entry whose block a sequence still holds; only their block for the other spaces. Returns how
+   * many it freed.
    */
   evict(s: number, needed: number): number {
     const allocator = this.spaces[s]!.allocator;
-    let freed = 0;
+    const before = allocator.numFree;
     for (const [h, e] of this.entries) {
-      if (freed >= needed) break;
-      if (e[s]! < 0 || allocator.refcount(e[s]!) !== 1) continue;
+      if (allocator.numFree - before >= needed) break;
+      if (e.ids[s]! < 0) continue;
+      if (allocator.refcount(e.ids[s]!) !== 1) {
+        // A block a sequence still holds stays, but its snapshot can go: snapshots never hold a sequence back.
+        if (s === 0 && e.snapshot) this.dropSnapshot(e);
+        continue;
+      }
       if (s === 0) {
-        this.tier?.keep(h, e);
+        this.tier?.keep(h, e.ids, e.snapshot);
         this.entries.delete(h);
-        e.forEach((id, k) => {
+        e.ids.forEach((id, k) => {
           if (id >= 0) this.spaces[k]!.allocator.free(id);
         });
+        this.dropSnapshot(e);
       } else {
         // The tier keeps the whole entry while it still has this block: restored, it is usable again.
-        this.tier?.keep(h, e);
-        allocator.free(e[s]!);
-        e[s] = -1;
+        this.tier?.keep(h, e.ids, e.snapshot);
+        allocator.free(e.ids[s]!);
+        e.ids[s] = -1;
       }
-      freed++;
     }
-    return freed;
+    return allocator.numFree - before;
+  }
+
+  private dropSnapshot(e: Entry): void {
+    const allocator = this.spaces[0]!.allocator;
+    for (const id of e.charged) allocator.free(id);
+    e.charged.length = 0;
+    e.snapshot = null;
   }
 
   /** Whether the first m entries found still have, in every space, each block a sequence of m blocks holds there. */
   private usable(found: readonly Entry[], m: number): boolean {
-    return this.spaces.every((space, s) => found.slice(space.firstHeld(m * this.blockSize), m).every((e) => e[s]! >= 0));
+    return this.spaces.every((space, s) => found.slice(space.firstHeld(m * this.blockSize), m).every((e) => e.ids[s]! >= 0));
   }
 }

@@ -4,8 +4,8 @@
 // config and weight files), the cache's layout and codec, so that no block is ever served to another model or
 // layout; within a namespace the chain hash (which starts from the codec's root) names the block.
 //
-// Models with recurrent state (hybrids) do not use this tier: their prefix entries need a state snapshot per
-// block, which a record can carry as its `extra` payload once the RAM prefix cache keeps such snapshots.
+// A hybrid's entry carries the recurrent-state snapshot taken after its block (if any) as the record's `extra`
+// payload; the namespace's model identity fixes the state's layout, which the snapshot's own header repeats.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { KvCache } from "./kv_cache.ts";
@@ -46,9 +46,9 @@ export class SsdTier implements PrefixTier {
     this.store = new SsdStore({ ...rest, ns: ssdNamespace(modelId, cache) });
   }
 
-  keep(hash: bigint, ids: readonly number[]): void {
+  keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void {
     const spaces = this.cache.spaces;
-    const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), NO_EXTRA);
+    const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), snapshot ?? NO_EXTRA);
     if (!d) return;
     ids.forEach((id, s) => {
       if (id >= 0) spaces[s]!.readBlock(id, d.spaces[s]!);
@@ -60,7 +60,7 @@ export class SsdTier implements PrefixTier {
     return this.store.has(hash);
   }
 
-  restore(hash: bigint): number[] | null {
+  restore(hash: bigint): { ids: number[]; snapshot: Uint8Array | null } | null {
     const rec = this.store.read(hash);
     if (!rec) return null;
     const spaces = this.cache.spaces;
@@ -83,6 +83,8 @@ export class SsdTier implements PrefixTier {
       spaces[s]!.writeBlock(ids[s]!, bytes);
     }
     this.store.touch([hash]);
-    return ids;
+    // The record's bytes sit in a buffer the next read reuses: the snapshot gets its own copy.
+    const snapshot = rec.extra.byteLength > 0 && this.cache.states ? rec.extra.slice() : null;
+    return { ids, snapshot };
   }
 }

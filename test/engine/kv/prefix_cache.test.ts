@@ -53,4 +53,61 @@ describe("prefix cache", () => {
     expect(again).toBe(ids[2]!);
     expect(() => alloc.allocate()).toThrow(/full/);
   });
+
+  test("with recurrent state a prefix ends only on an entry with a snapshot, charged blocks and all", () => {
+    const alloc = new BlockAllocator(8);
+    const cache = new PrefixCache(keepAll(alloc), 2, ROOT_HASH, null, 2);
+    const toks = [1, 2, 3, 4, 5, 6, 7];
+    const hashes: bigint[] = [];
+    let h = ROOT_HASH;
+    for (let b = 0; b < 3; b++) {
+      h = blockHash(h, toks, b * 2, b * 2 + 2);
+      hashes.push(h);
+      const id = alloc.allocate();
+      cache.insert(h, [id]);
+      alloc.free(id);
+    }
+    expect(cache.match(toks, 3).blocks).toBe(0);
+    const snap = Uint8Array.of(1, 2, 3);
+    expect(cache.wantsSnapshot(hashes[1]!)).toBe(true);
+    expect(cache.attachSnapshot(hashes[1]!, snap)).toBe(true);
+    expect(cache.wantsSnapshot(hashes[1]!)).toBe(false);
+    expect(cache.attachSnapshot(99n, snap)).toBe(false);
+    // Three blocks and the two charged for the snapshot.
+    expect(alloc.numUsed).toBe(5);
+    const m = cache.match(toks, 3);
+    expect(m.blocks).toBe(2);
+    expect(m.snapshot).toBe(snap);
+    for (const id of m.held[0]!.ids) alloc.free(id);
+    // Least recently used first: the unmatched third block, the first, then the second with its charged blocks.
+    expect(cache.evict(0, 2)).toBe(2);
+    expect(alloc.numUsed).toBe(3);
+    expect(cache.evict(0, 1)).toBe(3);
+    expect(alloc.numUsed).toBe(0);
+    expect(cache.match(toks, 3).blocks).toBe(0);
+  });
+
+  test("a snapshot whose block a sequence still holds is given back alone under pressure", () => {
+    const alloc = new BlockAllocator(4);
+    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, null, 2);
+    const id = alloc.allocate();
+    cache.insert(5n, [id]);
+    expect(cache.attachSnapshot(5n, Uint8Array.of(1))).toBe(true);
+    expect(alloc.numFree).toBe(1);
+    // The sequence holding the block needs two more: the snapshot goes, the block stays cached.
+    expect(alloc.ensureFree(2)).toBe(true);
+    expect(cache.size).toBe(1);
+    expect(cache.wantsSnapshot(5n)).toBe(true);
+    expect(alloc.refcount(id)).toBe(2);
+  });
+
+  test("a snapshot the budget cannot hold is not kept", () => {
+    const alloc = new BlockAllocator(2);
+    const cache = new PrefixCache(keepAll(alloc), 1, ROOT_HASH, null, 2);
+    const id = alloc.allocate();
+    cache.insert(5n, [id]);
+    // The block is still held by its sequence: neither it nor its entry can make room.
+    expect(cache.attachSnapshot(5n, Uint8Array.of(1))).toBe(false);
+    expect(alloc.numUsed).toBe(1);
+  });
 });

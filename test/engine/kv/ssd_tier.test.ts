@@ -204,7 +204,8 @@ function serve(model: Model, modelDir: string, dir: string, opts: { codec?: stri
 
 const prompt = (n: number, seed: number) => Array.from({ length: n }, (_, i) => (seed * 37 + i * 11) % 300);
 
-for (const [name, codec] of [["qwen3", "f32"], ["qwen3", "q8"], ["gemma3", "f16"]] as const) {
+// The hybrid's records carry the recurrent-state snapshot of their block as the extra payload.
+for (const [name, codec] of [["qwen3", "f32"], ["qwen3", "q8"], ["gemma3", "f16"], ["hybrid/qwen3_5_dense", "f32"]] as const) {
   describe(`SSD tier end to end: ${name}, ${codec} pages`, () => {
     const modelDir = join(FIXTURES, name);
     const model = loadModel(getBackend(), openModelDir(modelDir));
