@@ -182,10 +182,13 @@ export class Speculator {
     if (generated < st.offUntil) return 0;
     const a = (st.kept + PRIOR_KEPT) / (st.kept + st.rejected + PRIOR_KEPT + PRIOR_REJECTED);
     const best = this.bestK(a, most, batch);
+    // Until the draft has been right once for this sequence, a round proposes one token: a draft that never
+    // agrees then costs one proposal a round instead of k.
+    const trusted = st.counts.acceptedTokens > 0;
     if (best > 0) {
       st.probing = false;
       st.backoff = FIRST_BACKOFF;
-      return best;
+      return trusted ? best : 1;
     }
     if (this.bestK(OPTIMISTIC, most, batch) === 0) {
       // Too costly a draft even if it were nearly always right: no probing either, until the costs change.
@@ -195,7 +198,7 @@ export class Speculator {
     if (!st.probing && st.offUntil > 0) {
       // The back-off is over: one short round to see whether the acceptance has changed.
       st.probing = true;
-      return Math.min(2, most);
+      return trusted ? Math.min(2, most) : 1;
     }
     st.probing = false;
     st.offUntil = generated + st.backoff;
