@@ -27,6 +27,14 @@ interface Block extends PreNormWeights {
   mlp: MlpWeights;
 }
 
+/** The decoder stack's weights: q/k-normed attention and a SwiGLU MLP per layer (the model and the encoder alike). */
+function qwen3Blocks(w: ModelWeights, numLayers: number): Block[] {
+  return Array.from({ length: numLayers }, (_, i) => {
+    const p = `model.layers.${i}`;
+    return { ...preNormWeights(w, p, true), mlp: mlpWeights(w, `${p}.mlp`) };
+  });
+}
+
 class Qwen3Model implements Model {
   readonly config: ModelConfig;
   readonly layers: LayerCacheSpec[];
@@ -34,7 +42,7 @@ class Qwen3Model implements Model {
   private readonly eps: number;
   private readonly ends: StackEnds;
   private readonly attn: AttentionParams;
-  private readonly blocks: Block[] = [];
+  private readonly blocks: Block[];
 
   constructor(
     readonly backend: Backend,
@@ -47,10 +55,7 @@ class Qwen3Model implements Model {
     this.ends = stackEnds(w);
     this.vocabSize = c.vocabSize;
     this.attn = gqaParams(c, 0);
-    for (let i = 0; i < c.numLayers; i++) {
-      const p = `model.layers.${i}`;
-      this.blocks.push({ ...preNormWeights(w, p, true), mlp: mlpWeights(w, `${p}.mlp`) });
-    }
+    this.blocks = qwen3Blocks(w, c.numLayers);
     this.layers = this.blocks.map(() => ({ kvHeads: c.numKvHeads, headDim: c.headDim, window: 0 }));
   }
 
@@ -79,7 +84,7 @@ class Qwen3Encoder implements Encoder {
   private readonly embed: Weight;
   private readonly norm: Tensor;
   private readonly attn: AttentionParams;
-  private readonly blocks: Block[] = [];
+  private readonly blocks: Block[];
 
   constructor(
     readonly backend: Backend,
@@ -94,10 +99,7 @@ class Qwen3Encoder implements Encoder {
     this.embed = w.linear("model.embed_tokens");
     this.norm = w.tensor("model.norm.weight");
     this.attn = gqaParams(c, 0);
-    for (let i = 0; i < c.numLayers; i++) {
-      const p = `model.layers.${i}`;
-      this.blocks.push({ ...preNormWeights(w, p, true), mlp: mlpWeights(w, `${p}.mlp`) });
-    }
+    this.blocks = qwen3Blocks(w, c.numLayers);
   }
 
   encode(batch: EncoderBatch): Tensor {
