@@ -19,7 +19,7 @@
 //
 //   bun scripts/bench/generate.ts [--prompt 512] [--gen 128]
 //        [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b,qwen3-8b,gemma-4-e2b]
-//        [--formats bf16,q4,q2,ternary] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
+//        [--formats bf16,q4,q2,ternary,mxfp8] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
 import { ptr } from "bun:ffi";
 import { getBackend } from "../../src/backend/index.ts";
 import { native } from "../../src/backend/native/lib.ts";
@@ -148,13 +148,13 @@ const SHAPES: Record<string, Record<string, unknown>> = {
   },
 };
 
-type Format = "bf16" | "q4" | "q2" | "ternary";
+type Format = "bf16" | "q4" | "q2" | "ternary" | "mxfp8";
 /** The formats a shape runs in: BitNet's linears are ternary by design, the 8B shape is there for Bonsai's 2-bit. */
 const FORMATS_OF: Record<string, readonly Format[]> = {
   "bitnet-2b": ["ternary"],
   "qwen3-8b": ["q2"],
   // too large in bf16 for a benchmark machine's memory (the E2B PLE table alone is 4.7 GB)
-  "gemma-4-e2b": ["q4"],
+  "gemma-4-e2b": ["q4", "mxfp8"],
 };
 /** Affine formats: bits, group size, and the dtype of scales and biases. */
 const AFFINE: Partial<Record<Format, { bits: number; group: number; sb: StDType }>> = {
@@ -254,6 +254,18 @@ function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeByt
       if (countDecode) decodeBytes += packed.byteLength;
       return;
     }
+    if (format === "mxfp8") {
+      // E4M3 codes below the NaN pattern, E8M0 scales of 2^-15 .. 2^-8 per 32 values (how Gemma 4 snapshots ship)
+      const codes = new Uint8Array(out * inp);
+      fillRandom(new Uint32Array(codes.buffer));
+      for (let i = 0; i < codes.length; i++) codes[i] = codes[i]! & 0xf7;
+      const scales = new Uint8Array((out * inp) / 32);
+      for (let i = 0; i < scales.length; i++) scales[i] = 112 + (codes[i]! & 7);
+      store.put(`${name}.weight`, "U32", [out, inp / 4], codes);
+      store.put(`${name}.scales`, "U8", [out, inp / 32], scales);
+      if (countDecode) decodeBytes += codes.byteLength + scales.byteLength;
+      return;
+    }
     const { bits, group, sb } = AFFINE[format]!;
     const words = new Uint32Array((out * inp * bits) / 32);
     fillRandom(words);
@@ -273,7 +285,7 @@ function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeByt
   norm("model.norm.weight", H);
   const int = (k: string) => raw[k] as number;
   if (c.modelType === "gemma4_text") {
-    buildGemma4(raw, c.numLayers, H, linear, norm, (bytes) => (decodeBytes += bytes), store);
+    buildGemma4(raw, c.numLayers, H, format === "mxfp8" ? 8.25 : 4.5, linear, norm, (bytes) => (decodeBytes += bytes), store);
   }
   for (let i = 0; c.modelType !== "gemma4_text" && i < c.numLayers; i++) {
     const p = `model.layers.${i}`;
@@ -333,7 +345,9 @@ function buildModelDir(shape: string, format: Format): { md: ModelDir; decodeByt
       ? { global: { mode: "affine", bits: affine.bits, groupSize: affine.group }, overrides: new Map() }
       : format === "ternary"
         ? { global: null, overrides: new Map(), legacyMethod: "bitnet" }
-        : null;
+        : format === "mxfp8"
+          ? { global: { mode: "mxfp8", bits: 8, groupSize: 32 }, overrides: new Map() }
+          : null;
   const md: ModelDir = { dir: store.dir, config: c, quant, weights: store as unknown as WeightStore };
   return { md, decodeBytes };
 }
@@ -343,6 +357,7 @@ function buildGemma4(
   raw: Record<string, unknown>,
   L: number,
   H: number,
+  bitsPerWeight: number,
   linear: (name: string, out: number, inp: number, countDecode?: boolean) => void,
   norm: (name: string, n: number) => void,
   countDecode: (bytes: number) => void,
@@ -351,9 +366,9 @@ function buildGemma4(
   const int = (k: string) => raw[k] as number;
   const P = int("hidden_size_per_layer_input");
   const shared = int("num_kv_shared_layers");
-  // The PLE table is read one row per token: only that row counts (4-bit g64: codes, scales and biases).
+  // The PLE table is read one row per token: only that row counts (codes and their scales, biases).
   linear("model.embed_tokens_per_layer", int("vocab_size_per_layer_input"), L * P, false);
-  countDecode((L * P * 4.5) / 8);
+  countDecode((L * P * bitsPerWeight) / 8);
   linear("model.per_layer_model_projection", L * P, H);
   norm("model.per_layer_projection_norm.weight", P);
   const types = raw.layer_types as string[];
@@ -443,7 +458,7 @@ const promptLen = Number(arg("prompt", "512"));
 const KV_CODEC = arg("kv-quant", "f16");
 const gen = Number(arg("gen", "128"));
 const models = arg("models", Object.keys(SHAPES).join(",")).split(",");
-const formats = arg("formats", "bf16,q4,q2,ternary").split(",") as Format[];
+const formats = arg("formats", "bf16,q4,q2,ternary,mxfp8").split(",") as Format[];
 const be = getBackend();
 const bw = triadBandwidth();
 console.log(`backend ${be.device}; triad bandwidth ${(bw / 1e9).toFixed(1)} GB/s; prompt ${promptLen}, generate ${gen}`);
