@@ -21,10 +21,13 @@
 //        [--models qwen3-0.6b,llama-3.2-1b,qwen3.5-0.8b,bitnet-2b,qwen3-8b,gemma-4-e2b]
 //        [--formats bf16,q4,q2,ternary,mxfp8] [--contexts 512,8192] [--kv-quant f16] [--no-peer]
 import { ptr } from "bun:ffi";
+import type { Backend } from "../../src/backend/backend.ts";
 import { getBackend } from "../../src/backend/index.ts";
+import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { native } from "../../src/backend/native/lib.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
-import { hostTimer } from "../../src/engine/host_time.ts";
+import { decodeStepMeter, hostTimer, type StepMeter } from "../../src/engine/host_time.ts";
+import type { SchedulerModel } from "../../src/engine/scheduler.ts";
 import { tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { parseConfig } from "../../src/io/config.ts";
@@ -406,6 +409,12 @@ function triadBandwidth(): number {
   return (3 * 4 * n) / out[0]!;
 }
 
+/** mlx-c calls per decode step, where the mlx backend counts them (RMLX_MLX_COUNT_CALLS=1). */
+function mlxCallCounter(be: Backend, m: SchedulerModel): StepMeter {
+  if (!(be instanceof MlxBackend) || process.env.RMLX_MLX_COUNT_CALLS !== "1") return { model: m, perStep: () => undefined };
+  return decodeStepMeter(m, () => be.lib.calls());
+}
+
 interface Figures {
   prefillTps: number;
   decodeTps: number;
@@ -425,8 +434,9 @@ function run(shape: string, format: Format, promptLen: number, gen: number, bw: 
   // batched step per token), the sampler, the KV cache in the codec that counts. gen decode steps follow the
   // first token.
   const request = { prompt, maxTokens: gen + 1, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
-  const host = hostTimer(be, tokenModel(model, cache));
-  const out = generate(host.model, request);
+  const host = hostTimer(model.backend, tokenModel(model, cache));
+  const calls = mlxCallCounter(model.backend, host.model);
+  const out = generate(calls.model, request);
   const decodeTps = out.decodeTps;
   // A decode step reads every weight once and the KV of the whole context (at the mean context of the decode
   // steps); hybrids also read and write their recurrent state.
@@ -446,6 +456,7 @@ function run(shape: string, format: Format, promptLen: number, gen: number, bw: 
       `bound ${boundTps.toFixed(1).padStart(6)} tok/s`,
       `${((100 * decodeTps) / boundTps).toFixed(1).padStart(5)}% of bound`,
       `host ${(host.perStep() ?? NaN).toFixed(2)} ms/step`,
+      ...(calls.perStep() !== undefined ? [`mlx-c calls ${calls.perStep()!.toFixed(0)}/step (${(calls.perStep()! / model.layers.length).toFixed(0)}/layer)`] : []),
       `(setup ${buildS.toFixed(1)} s)`,
     ].join("  "),
   );

@@ -164,11 +164,16 @@ export interface Backend {
   /** A short description of the device (CPU model and ISA, GPU name). */
   readonly device: string;
   /**
-   * Milliseconds this backend has spent computing (native: inside its one call per evaluation), so that host
-   * overhead per step can be told apart; undefined where the backend cannot tell (the mlx backend evaluates
-   * asynchronously).
+   * Milliseconds this backend has spent computing (native: inside its one call per evaluation; mlx: inside
+   * mlx_eval, which returns when the device is done), so that host overhead per step can be told apart; undefined
+   * where the backend cannot tell.
    */
   readonly computeMs?: number;
+  /**
+   * The backend to run a model whose activations are computed in dtype (--compute-dtype): the mlx backend keeps
+   * one instance per dtype; the native backend computes in f32 whatever the model's dtype and has none.
+   */
+  withComputeDtype?(dtype: DType): Backend;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */

@@ -23,3 +23,15 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
   if ((GEMV_MODES as readonly string[]).includes(v)) return v as GemvMode;
   throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x16 or f32)`);
 }
+
+/** What activations are computed in: the model's own dtype (as mlx-lm does) or f32 (exact, what the references use). */
+export type ComputeDtypeMode = "model" | "f32";
+const COMPUTE_DTYPE_MODES: readonly ComputeDtypeMode[] = ["model", "f32"];
+
+/** --compute-dtype / RMLX_COMPUTE_DTYPE; "model" when unset. */
+export function parseComputeDtype(value: string | undefined): ComputeDtypeMode {
+  const v = (value ?? "").trim().toLowerCase();
+  if (v === "") return "model";
+  if ((COMPUTE_DTYPE_MODES as readonly string[]).includes(v)) return v as ComputeDtypeMode;
+  throw new RmlxError("invalid_argument", `unknown compute dtype '${value}' (--compute-dtype / RMLX_COMPUTE_DTYPE: model or f32)`);
+}

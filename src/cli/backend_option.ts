@@ -1,20 +1,22 @@
-// --backend, --mlx-lib and --gemv, shared by every subcommand that computes. They set RMLX_BACKEND /
-// RMLX_MLX_C_LIB / RMLX_GEMV for this process (flags override the environment); serve hands the same values to
+// --backend, --mlx-lib, --gemv and --compute-dtype, shared by every subcommand that computes. They set
+// RMLX_BACKEND / RMLX_MLX_C_LIB / RMLX_GEMV / RMLX_COMPUTE_DTYPE for this process (flags override the environment); serve hands the same values to
 // its engine worker.
 import type { Command } from "commander";
-import { parseBackendChoice, parseGemvMode } from "../backend/choice.ts";
+import { parseBackendChoice, parseComputeDtype, parseGemvMode } from "../backend/choice.ts";
 
 export interface BackendFlags {
   backend?: string;
   mlxLib?: string;
   gemv?: string;
+  computeDtype?: string;
 }
 
 export function addBackendOptions(cmd: Command): Command {
   return cmd
     .option("--backend <name>", "compute backend: auto, native or mlx (env RMLX_BACKEND; default auto: mlx when libmlxc loads on a Metal device, else native)")
     .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)")
-    .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes) or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)");
+    .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes) or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)")
+    .option("--compute-dtype <mode>", "activations on the mlx backend: model (the dtype of the model's weights, bf16 for most, as mlx-lm computes) or f32 (exact; what the reference tests use); the native backend computes in f32 either way (env RMLX_COMPUTE_DTYPE; default model)");
 }
 
 export function applyBackendFlags(f: BackendFlags): void {
@@ -23,4 +25,5 @@ export function applyBackendFlags(f: BackendFlags): void {
   if (f.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = f.mlxLib;
   const gemv = parseGemvMode(f.gemv ?? process.env.RMLX_GEMV);
   if (gemv) process.env.RMLX_GEMV = gemv;
+  process.env.RMLX_COMPUTE_DTYPE = parseComputeDtype(f.computeDtype ?? process.env.RMLX_COMPUTE_DTYPE);
 }

@@ -92,7 +92,7 @@ export function register(program: Command): void {
         const cache = cacheForTokens(model, promptLen + gen, kvQuant);
         kvBytesPerToken = cache.bytesPerToken;
         try {
-          const host = hostTimer(be, tokenModel(model, cache));
+          const host = hostTimer(model.backend, tokenModel(model, cache));
           const out = generate(host.model, request);
           promptTps.push(out.promptTps);
           genTps.push(out.decodeTps);

@@ -202,6 +202,7 @@ export function register(program: Command): void {
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,
           gemv: process.env.RMLX_GEMV,
+          computeDtype: process.env.RMLX_COMPUTE_DTYPE,
         };
         // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).
         engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));

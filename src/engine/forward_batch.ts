@@ -16,6 +16,15 @@ export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRow
   return be.scope(() => be.toFloat32(model.forward(cache.forwardStep(built, logitRows)), out));
 }
 
+/**
+ * Runs one built step and returns the argmax of each logits row, i32 [logitRows.length]: computed where the logits
+ * are, so that only token ids come back (greedy decoding on the mlx backend).
+ */
+export function runStepArgmax(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Int32Array {
+  const be = model.backend;
+  return be.scope(() => be.toInt32(be.argmax(model.forward(cache.forwardStep(built, logitRows)))));
+}
+
 /** Which new tokens of each entry need logits: the last one (its next-token row), all of them, or none. */
 export type LogitsWanted = "last" | "all" | "none";
 

@@ -111,6 +111,13 @@ export class Sampler {
     this.biasValues = new Float32Array(entries.map(([, v]) => v));
   }
 
+  /** Whether this sampler only ever takes the argmax: temperature 0, no bias, no penalties, no logprobs. */
+  get greedyOnly(): boolean {
+    const p = this.params;
+    const penalties = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+    return p.temperature === 0 && this.biasIds.length === 0 && !penalties && !p.logprobs && !(p.topLogprobs ?? 0);
+  }
+
   /**
    * Picks the next token from one row of logits. history: the tokens so far (prompt and generated); only the
    * last repetitionContext are used by the penalties. The row is not modified.

@@ -39,6 +39,11 @@ export interface SchedulerModel {
   encode(req: GenerateRequest): { ids: number[]; startsInReasoning: boolean };
   /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major, valid until the next. */
   forward(step: BuiltStep, logitRows: Int32Array): Float32Array;
+  /**
+   * The same step, returning only the argmax of each logits row (ties to the lowest id): where a backend can
+   * pick greedy tokens without copying the logits out. Used when every row of a step is plain greedy.
+   */
+  forwardArgmax?(step: BuiltStep, logitRows: Int32Array): Int32Array;
   newDetokenizer(): TokenTextStream;
   newStopFilter(stops: string[]): StopFilter;
   /** The raw bytes of one token (for logprobs). */
@@ -55,6 +60,8 @@ export interface SchedulerModel {
   /** A draft model that proposes tokens for the target to verify (speculative decoding). */
   readonly speculator?: Speculator;
 }
+
+const NO_LOGITS = new Float32Array(0);
 
 interface Active {
   req: GenerateRequest;
@@ -326,7 +333,9 @@ export class Scheduler {
       if (hasRow[i]) for (let r = built.lastRows[i]! - k; r <= built.lastRows[i]!; r++) rows.push(r);
     }
     const t0 = performance.now();
-    const logits = this.model.forward(built, Int32Array.from(rows));
+    const greedy = this.model.forwardArgmax && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.greedyOnly));
+    const greedyIds = greedy ? this.model.forwardArgmax!(built, Int32Array.from(rows)) : null;
+    const logits = greedyIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
     if (this.spec && decodeOnly) this.spec.observeStep(performance.now() - t0, drafted);
     const vocab = rows.length > 0 ? logits.length / rows.length : 0;
     let rowData = logits;
@@ -355,6 +364,8 @@ export class Scheduler {
         cache.truncate(a.seq, a.seq.length);
         this.spec!.settle(a, a.tokens.length + v.accepted, drafts[i]!.tokens.length, v.accepted);
         for (const token of v.tokens) if (!this.take(a, { token, logprob: NaN, top: [] })) break;
+      } else if (greedyIds && hasRow[i]) {
+        this.takeSampled(a, { token: greedyIds[firstRow[i]!]!, logprob: NaN, top: [] });
       } else if (hasRow[i]) {
         this.sampleNext(a, row(firstRow[i]!));
       }
@@ -467,6 +478,11 @@ export class Scheduler {
   private sampleNext(a: Active, row: Float32Array): void {
     a.processor?.apply(row);
     this.take(a, a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : a.sampler.sample(row, a.tokens));
+  }
+
+  /** Takes a token picked on the device, unless a forced close of the reasoning section comes first. */
+  private takeSampled(a: Active, s: SampledToken): void {
+    this.take(a, a.forced.length > 0 || this.overBudget(a) ? this.forcedClose(a) : s);
   }
 
   /** Appends a chosen token to a's output; false when it ended the request. */

@@ -14,9 +14,9 @@ import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { GEMMA4_CALL_CLOSE, GEMMA4_CALL_OPEN, GEMMA4_QUOTE, toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ForcedGemma4Call } from "./gemma4_tool_call.ts";
-import { runStep } from "./forward_batch.ts";
+import { runStep, runStepArgmax } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
-import type { KvCache } from "./kv/kv_cache.ts";
+import type { BuiltStep, KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
 import { AfterReasoning, type LogitsProcessor } from "./logits_processor.ts";
 import { ForcedPythonicCall, ForcedToolCall, toolCallSchema } from "./tool_constraint.ts";
@@ -211,6 +211,8 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
       if (logits.length < need) logits = new Float32Array(need);
       return runStep(model, cache, step, logitRows, logits);
     },
+    // The native sampler reads the logits where they already are; the mlx backend would copy them out first.
+    ...(model.backend.name === "mlx" ? { forwardArgmax: (step: BuiltStep, logitRows: Int32Array) => runStepArgmax(model, cache, step, logitRows) } : {}),
     newDetokenizer: () => NO_TEXT,
     newStopFilter: (stops) => new StopStrings(stops),
     tokenBytes: () => new Uint8Array(0),

@@ -131,6 +131,8 @@ export interface EngineConfig {
   mlxLib?: string;
   /** --gemv (x16, f32) of the server process. */
   gemv?: string;
+  /** --compute-dtype (model, f32) of the server process. */
+  computeDtype?: string;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
   contextLength?: number;
   /** --kv-ssd and --kv-ssd-budget: the SSD tier of the prefix cache (its directory is locked by the server). */

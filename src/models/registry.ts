@@ -7,6 +7,7 @@ import { ConfigReader, setConfigFamilies } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { bert } from "./bert.ts";
 import { bitnet } from "./bitnet.ts";
+import { backendForModel } from "./compute_dtype.ts";
 import type { Encoder } from "./encoder.ts";
 import type { Family, Sanitizer } from "./family.ts";
 import { gemma3 } from "./gemma3.ts";
@@ -84,7 +85,8 @@ export function loadModel(backend: Backend, md: ModelDir): Model {
       `${md.dir}: architecture '${type}' is not supported by this build (supported: ${SUPPORTED_MODEL_TYPES.join(", ")})`,
     );
   }
-  return family.load(backend, md, new ModelWeights(backend, md, sanitizer));
+  const be = backendForModel(backend, md);
+  return family.load(be, md, new ModelWeights(be, md, sanitizer));
 }
 
 /** The model's stack as the encoder of an embedding model. */
@@ -98,5 +100,6 @@ export function loadEncoder(backend: Backend, md: ModelDir): Encoder {
       `${md.dir}: architecture '${type}' is not supported as an embedding model by this build (supported: ${ENCODER_MODEL_TYPES.join(", ")})`,
     );
   }
-  return family.loadEncoder(backend, md, new ModelWeights(backend, md, sanitizer));
+  const be = backendForModel(backend, md);
+  return family.loadEncoder(be, md, new ModelWeights(be, md, sanitizer));
 }

@@ -1,6 +1,8 @@
 // The mlx Backend: every op is one or a few mlx-c calls that record into MLX's lazy graph; eval() is one mlx_eval
-// over the requested results and the KV pools written since. Activations are f32 (as on the native backend);
-// weights keep their stored dtype or quantized format and MLX promotes inside its kernels. Handles made inside a
+// over the requested results and the KV pools written since. Activations are in one compute dtype per instance:
+// f32 (as on the native backend, what the reference tests use) or the model's own dtype, as mlx-lm computes, so
+// that a bf16 weight meets a bf16 activation and is never widened on a step (withComputeDtype gives the instance
+// for a model); weights keep their stored dtype or quantized format. Handles made inside a
 // scope are freed when it ends: MLX counts references, so a lazy result that leaves the scope keeps the graph it
 // needs alive and the rest goes at once.
 import { read, toArrayBuffer } from "bun:ffi";
@@ -108,15 +110,45 @@ export class MlxBackend implements Backend {
   });
   private readonly invFreqs = new Map<string, Float32Array>();
   private pendingError: string | null = null;
+  private evalMs = 0;
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
 
-  constructor(libPath?: string) {
+  /** The dtype every activation is computed in (inputs of another float dtype are cast to it first). */
+  readonly computeDtype: "f32" | "f16" | "bf16";
+  private readonly adt: number;
+  private readonly siblings: Map<string, MlxBackend>;
+  /** Scalars in the compute dtype, made once: a scalar op costs one call instead of three. */
+  private readonly scalars = new Map<number, number>();
+
+  constructor(libPath?: string, computeDtype: "f32" | "f16" | "bf16" = "f32", siblings?: Map<string, MlxBackend>) {
+    this.computeDtype = computeDtype;
+    this.adt = TO_MLX[computeDtype];
+    this.siblings = siblings ?? new Map([[computeDtype, this]]);
     this.lib = loadMlx(libPath);
     this.S = this.lib.sym;
     this.stream = Number(this.lib.metal ? this.S.mlx_default_gpu_stream_new() : this.S.mlx_default_cpu_stream_new());
     this.glu = new GluKernels(this.lib);
     this.glu.stream = this.stream;
     this.device = `${this.lib.metal ? "Apple GPU (Metal)" : "CPU"} through MLX ${this.lib.version} (${this.lib.path})`;
+  }
+
+  /**
+   * The backend that computes activations in dtype (one instance per dtype, sharing the library): a model gets
+   * the one for its own dtype, or f32 with --compute-dtype f32. Tensors belong to the instance that made them.
+   */
+  withComputeDtype(dtype: DType): MlxBackend {
+    if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") invalid(`withComputeDtype: ${dtype} is not a float dtype`);
+    let b = this.siblings.get(dtype);
+    if (!b) {
+      b = new MlxBackend(this.lib.path, dtype, this.siblings);
+      this.siblings.set(dtype, b);
+    }
+    return b;
+  }
+
+  /** Milliseconds spent inside mlx_eval (computing, or waiting for the device), for the host share of a step. */
+  get computeMs(): number {
+    return this.evalMs;
   }
 
   // ---------------------------------------------------------------- handles
@@ -175,14 +207,30 @@ export class MlxBackend implements Backend {
     return x;
   }
 
-  /** A new handle for x as f32 (the caller frees it), so that every activation is f32 as on the native backend. */
+  /** x's handle in the compute dtype (a new handle the caller frees when a cast was needed). */
   private f32(x: MTensor, tmp: Temps): number {
-    if (x.dtype === "f32") return x.h;
-    return tmp.add(this.res(this.S.mlx_astype(slotPtr(), x.h, MLX_DTYPE.f32, this.stream), "astype"));
+    if (x.dtype === this.computeDtype) return x.h;
+    return tmp.add(this.res(this.S.mlx_astype(slotPtr(), x.h, this.adt, this.stream), "astype"));
   }
 
-  private scalar(v: number, tmp: Temps): number {
-    return tmp.add(Number(this.S.mlx_array_new_float32(v)));
+  /**
+   * A scalar in the compute dtype, kept for the life of the backend (a strong f32 scalar would promote a bf16
+   * stream back to f32, which MLX's weak Python scalars never do). The temps argument is unused: nothing to free.
+   */
+  private scalar(v: number, _tmp: Temps): number {
+    let h = this.scalars.get(v);
+    if (h === undefined) {
+      const f = Number(this.S.mlx_array_new_float32(v));
+      if (this.adt === MLX_DTYPE.f32) h = f;
+      else {
+        h = this.res(this.S.mlx_astype(slotPtr(), f, this.adt, this.stream), "scalar");
+        this.free(f);
+        if (this.S.mlx_array_eval(h) !== 0) this.fail("scalar", "native");
+      }
+      if (this.scalars.size < 1024) this.scalars.set(v, h);
+      else this.unscoped.register({}, h);
+    }
+    return h;
   }
 
   /**
@@ -312,7 +360,10 @@ export class MlxBackend implements Backend {
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
-      if (this.S.mlx_eval(vec) !== 0) this.fail("eval", "native");
+      const t0 = performance.now();
+      const st = this.S.mlx_eval(vec);
+      this.evalMs += performance.now() - t0;
+      if (st !== 0) this.fail("eval", "native");
       this.dirtyPools.clear();
     } finally {
       this.S.mlx_vector_array_free(vec);
@@ -498,10 +549,10 @@ export class MlxBackend implements Backend {
     });
   }
 
-  /** f32 view of an op's result handle (kernels that follow the weights' dtype return bf16 for bf16 scales). */
+  /** An op's result handle in the compute dtype (kernels that follow the weights' dtype return bf16 for bf16 scales). */
   private f32AfterOp(h: number, tmp: Temps): number {
-    if (this.S.mlx_array_dtype(h) === MLX_DTYPE.f32) return h;
-    return this.raw.astype(h, MLX_DTYPE.f32, tmp);
+    if (this.S.mlx_array_dtype(h) === this.adt) return h;
+    return this.raw.astype(h, this.adt, tmp);
   }
 
   gatherMatmul(x: Tensor, w: Weight, indices: Tensor): Tensor {
@@ -559,7 +610,8 @@ export class MlxBackend implements Backend {
     args.checkTable(wt, false);
     const out = this.op((tmp) => {
       const r = this.raw.take(wt.h, it.h, 0, tmp);
-      return this.res(this.S.mlx_astype(slotPtr(), r, MLX_DTYPE.f32, this.stream), "take");
+      if (wt.dtype === this.computeDtype) return r;
+      return this.res(this.S.mlx_astype(slotPtr(), r, this.adt, this.stream), "take");
     });
     this.checkIds(out, it, wt.shape[0]!);
     return out;
@@ -576,19 +628,19 @@ export class MlxBackend implements Backend {
   }
 
   /**
-   * mx.dequantize to f32 (the nvfp4 global scale as MLX applies it). Returns a temp handle. Affine scales and
-   * biases are widened first: MLX computes scale * q + bias in their dtype, the native backend and the references
-   * in f32.
+   * mx.dequantize to the compute dtype (the nvfp4 global scale as MLX applies it). Returns a temp handle. In f32,
+   * affine scales and biases are widened first: MLX computes scale * q + bias in their dtype, the native backend
+   * and the references in f32; in the model's dtype it is computed as mlx-lm does.
    */
   private dequantRaw(w: QuantizedWeight, wq: number, sc: number, bi: number, tmp: Temps): number {
-    if (w.mode === "affine") {
+    if (w.mode === "affine" && this.adt === MLX_DTYPE.f32) {
       if (this.S.mlx_array_dtype(sc) !== MLX_DTYPE.f32) sc = this.raw.astype(sc, MLX_DTYPE.f32, tmp);
       if (bi && this.S.mlx_array_dtype(bi) !== MLX_DTYPE.f32) bi = this.raw.astype(bi, MLX_DTYPE.f32, tmp);
     }
     const gs = w.mode === "nvfp4" && w.globalScale !== undefined ? this.raw.data(Float32Array.of(w.globalScale), [], MLX_DTYPE.f32, tmp) : null;
     const d = tmp.add(
       this.res(
-        this.S.mlx_dequantize(slotPtr(), wq, sc, bi || null, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], gs, optInt(MLX_DTYPE.f32), this.stream),
+        this.S.mlx_dequantize(slotPtr(), wq, sc, bi || null, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], gs, optInt(this.adt), this.stream),
         "dequantize",
       ),
     );
@@ -699,7 +751,7 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const gh = this.f32(g, tmp);
       const uh = this.f32(u, tmp);
-      const fused = this.glu.apply(kind, gh, uh, g.shape);
+      const fused = this.adt === MLX_DTYPE.f32 ? this.glu.apply(kind, gh, uh, g.shape) : null;
       if (fused) return fused;
       const act = kind === "swiglu" ? this.siluRaw(gh, tmp) : this.geluRaw(gh, tmp);
       return this.res(this.S.mlx_multiply(slotPtr(), act, uh, this.stream), kind);
@@ -847,7 +899,7 @@ export class MlxBackend implements Backend {
       if (mscale !== 1) {
         // Rotation is linear, so scaling the rotated dims first scales their cos and sin.
         const m = new Float32Array(D).fill(1).fill(mscale, 0, opts.dims);
-        h = this.raw.bin("mlx_multiply", h, this.raw.data(m, [D], MLX_DTYPE.f32, tmp), tmp);
+        h = this.raw.bin("mlx_multiply", h, this.raw.astype(this.raw.data(m, [D], MLX_DTYPE.f32, tmp), this.adt, tmp), tmp);
       }
       // One position per token: each token is its own batch entry of a length-1 sequence, offset by its position.
       const x4 = this.raw.reshape(h, [T, H, 1, D], tmp);
@@ -1091,7 +1143,7 @@ export class MlxBackend implements Backend {
         const flat = this.raw.reshape(src.h, [pool.numBlocks * bs, kvH, D], tmp);
         const rows = this.raw.take(flat, this.raw.data(kIdx, [B * S], MLX_DTYPE.i32, tmp), 0, tmp);
         const r4 = this.raw.reshape(rows, [B, S, kvH, D], tmp);
-        const f = src.dtype === "f32" ? r4 : this.raw.astype(r4, MLX_DTYPE.f32, tmp);
+        const f = src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
         return this.raw.transpose(f, [0, 2, 1, 3], tmp);
       };
       const K = gather(pool.k);

@@ -138,6 +138,19 @@ export interface MlxLib {
   takeError(): string;
   /** mlx_array_free as a C function pointer (a destructor that does nothing for a null payload). */
   readonly noopDtor: number;
+  /** mlx-c calls made so far; counted only when RMLX_MLX_COUNT_CALLS=1 (benchmarks), else always 0. */
+  calls(): number;
+}
+
+/** The same symbols, each counting its calls into counter[0]. */
+function countingSymbols(sym: MlxSymbols, counter: Float64Array): MlxSymbols {
+  const out: Record<string, Fn> = {};
+  for (const [name, fn] of Object.entries(sym) as [string, Fn][])
+    out[name] = (...a: unknown[]) => {
+      counter[0]!++;
+      return fn(...a);
+    };
+  return out as unknown as MlxSymbols;
 }
 
 /** Where libmlxc is looked for, first match wins. */
@@ -167,7 +180,9 @@ export function loadMlx(explicit?: string): MlxLib {
   } catch (e) {
     throw new RmlxError("unsupported", `cannot load ${path}: ${(e as Error).message.split("\n")[0]}`);
   }
-  const sym = handle.symbols as unknown as MlxSymbols;
+  const counter = new Float64Array(1);
+  const raw = handle.symbols as unknown as MlxSymbols;
+  const sym = process.env.RMLX_MLX_COUNT_CALLS === "1" ? countingSymbols(raw, counter) : raw;
   let lastError = "";
   const onError = new JSCallback(
     (msg: Pointer | null) => {
@@ -195,7 +210,8 @@ export function loadMlx(explicit?: string): MlxLib {
       lastError = "";
       return e;
     },
-    noopDtor: Number((sym.mlx_array_free as unknown as { ptr: number }).ptr),
+    noopDtor: Number((raw.mlx_array_free as unknown as { ptr: number }).ptr),
+    calls: () => counter[0]!,
   };
   return loaded;
 }
