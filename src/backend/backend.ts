@@ -7,6 +7,7 @@
 //  - rope takes one position per token (not a scalar offset), and attention reads a paged KV pool through
 //    block tables, because the server batches sequences of different lengths into one step.
 
+import type { ComputeDtypeMode } from "./choice.ts";
 import { floatKvFormat, type KvFloatDType, type KvFormat, kvElementBytes } from "../quant/kv_codec.ts";
 
 export type DType = "f32" | "f16" | "bf16" | "u32" | "u8" | "i32";
@@ -170,10 +171,10 @@ export interface Backend {
    */
   readonly computeMs?: number;
   /**
-   * The backend to run a model whose activations are computed in dtype (--compute-dtype): the mlx backend keeps
-   * one instance per dtype; the native backend computes in f32 whatever the model's dtype and has none.
+   * The backend to run a model whose float weights are in modelDtype under --compute-dtype mode: the mlx backend
+   * keeps one instance per activation dtype; the native backend computes in f32 whatever the model and has none.
    */
-  withComputeDtype?(dtype: DType): Backend;
+  forModel?(modelDtype: DType, mode: ComputeDtypeMode): Backend;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */

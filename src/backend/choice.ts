@@ -24,14 +24,18 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
   throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x16 or f32)`);
 }
 
-/** What activations are computed in: the model's own dtype (as mlx-lm does) or f32 (exact, what the references use). */
-export type ComputeDtypeMode = "model" | "f32";
-const COMPUTE_DTYPE_MODES: readonly ComputeDtypeMode[] = ["model", "f32"];
+/**
+ * What activations are computed in on the mlx backend: the model's own dtype (as mlx-lm does), f32 (exact, what
+ * the references use), or auto: the model's dtype on a Metal device, f32 on MLX's CPU build (whose quantized
+ * products add up in the activation dtype and whose bf16 arithmetic is emulated: slower and less exact there).
+ */
+export type ComputeDtypeMode = "auto" | "model" | "f32";
+const COMPUTE_DTYPE_MODES: readonly ComputeDtypeMode[] = ["auto", "model", "f32"];
 
-/** --compute-dtype / RMLX_COMPUTE_DTYPE; "model" when unset. */
+/** --compute-dtype / RMLX_COMPUTE_DTYPE; "auto" when unset. */
 export function parseComputeDtype(value: string | undefined): ComputeDtypeMode {
   const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return "model";
+  if (v === "") return "auto";
   if ((COMPUTE_DTYPE_MODES as readonly string[]).includes(v)) return v as ComputeDtypeMode;
-  throw new RmlxError("invalid_argument", `unknown compute dtype '${value}' (--compute-dtype / RMLX_COMPUTE_DTYPE: model or f32)`);
+  throw new RmlxError("invalid_argument", `unknown compute dtype '${value}' (--compute-dtype / RMLX_COMPUTE_DTYPE: auto, model or f32)`);
 }

@@ -1,7 +1,7 @@
-// Which backend instance computes a model: with --compute-dtype model (the default) the float dtype that holds
-// most of the model's float bytes (bf16 for most checkpoints and for the scales of MLX's quantized snapshots),
-// so that the mlx backend never widens a weight on a step; with f32, f32. The native backend computes in f32
-// either way.
+// Which backend instance computes a model: where activations follow the model's dtype (--compute-dtype; see
+// ComputeDtypeMode), the float dtype that holds most of the model's float bytes (bf16 for most checkpoints and for
+// the scales of MLX's quantized snapshots), so that the mlx backend never widens a weight on a step. The native
+// backend computes in f32 either way.
 import type { Backend, DType } from "../backend/backend.ts";
 import { parseComputeDtype } from "../backend/choice.ts";
 import type { ModelDir } from "../io/model_dir.ts";
@@ -11,7 +11,8 @@ const FLOATS: Partial<Record<string, DType>> = { F32: "f32", F16: "f16", BF16: "
 /** The float dtype with the most bytes among the model's tensors (f32 when it has none). */
 export function modelFloatDtype(md: ModelDir): DType {
   const bytes = new Map<DType, number>();
-  for (const e of md.weights.entries()) {
+  for (const name of md.weights.names()) {
+    const e = md.weights.require(name);
     const dt = FLOATS[e.dtype];
     if (dt) bytes.set(dt, (bytes.get(dt) ?? 0) + e.bytes.byteLength);
   }
@@ -26,7 +27,6 @@ export function modelFloatDtype(md: ModelDir): DType {
 }
 
 export function backendForModel(backend: Backend, md: ModelDir): Backend {
-  if (!backend.withComputeDtype) return backend;
-  const mode = parseComputeDtype(process.env.RMLX_COMPUTE_DTYPE);
-  return backend.withComputeDtype(mode === "f32" ? "f32" : modelFloatDtype(md));
+  if (!backend.forModel) return backend;
+  return backend.forModel(modelFloatDtype(md), parseComputeDtype(process.env.RMLX_COMPUTE_DTYPE));
 }

@@ -5,7 +5,13 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { GluKernels } from "../../src/backend/mlx/kernels.ts";
-import { probeMlx } from "../../src/backend/mlx/lib.ts";
+import { probeMlx, readSlot, slotPtr } from "../../src/backend/mlx/lib.ts";
+import { ptr, read } from "bun:ffi";
+import { forwardBatch } from "../../src/engine/forward_batch.ts";
+import { cacheForTokens } from "../../src/engine/generate.ts";
+import { Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { openModelDir } from "../../src/io/model_dir.ts";
+import { loadModel } from "../../src/models/registry.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { expectClose, linearRef, randn } from "./helpers.ts";
 
@@ -20,7 +26,7 @@ const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "atten
 async function runWithMlx(files: string[]): Promise<{ code: number; out: string }> {
   const proc = Bun.spawn([process.execPath, "test", ...files], {
     cwd: ROOT,
-    env: { ...process.env, RMLX_TEST_BACKEND: "mlx", RMLX_BACKEND: "mlx" },
+    env: { ...process.env, RMLX_TEST_BACKEND: "mlx", RMLX_BACKEND: "mlx", RMLX_MLX_VERIFY: "1" },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -179,6 +185,64 @@ describe(`mlx backend${skipReason}`, () => {
       const want = linearRef(x, 2, K, deq, N);
       expectClose(be.toFloat32(be.quantizedMatmul(be.fromArray(x, [2, K], "f32"), q)), want, 1e-3, 1e-3);
     });
+
+  test.skipIf(!probe.ok)("out-slots read back what the last call wrote, in a hot loop (Bun's JIT once read stale values)", () => {
+    const be = new MlxBackend();
+    const a = be.fromArray(Float32Array.of(1, 2), [2], "f32") as unknown as { h: number };
+    const S = be.lib.sym;
+    const stream = Number(S.mlx_default_cpu_stream_new());
+    let stale = 0;
+    for (let i = 0; i < 300_000; i++) {
+      const slot = slotPtr();
+      if (S.mlx_add(slot, a.h, a.h, stream) !== 0) throw new Error("mlx_add failed");
+      const h = readSlot();
+      if (h === 0 || h !== Number(read.u64(ptr(slot), 0))) stale++;
+      S.mlx_array_free(h);
+    }
+    S.mlx_stream_free(stream);
+    expect(stale).toBe(0);
+  }, 120_000);
+
+  test.skipIf(!probe.ok)("a bf16 model computes in bf16 with --compute-dtype model: no weight or cache is converted on a step", () => {
+    const prev = process.env.RMLX_COMPUTE_DTYPE;
+    process.env.RMLX_COMPUTE_DTYPE = "model";
+    try {
+      const base = new MlxBackend();
+      const model = loadModel(base, openModelDir(join(ROOT, "models/default")));
+      const be = model.backend as MlxBackend;
+      expect(be.computeDtype).toBe("bf16");
+      const cache = cacheForTokens(model, 64, "bf16");
+      const seq = new Sequence();
+      forwardBatch(model, cache, [{ seq, tokens: Int32Array.from({ length: 8 }, (_, i) => i + 3) }]);
+      const S = (be as unknown as { S: Record<string, (...a: unknown[]) => unknown> }).S;
+      const astype = S.mlx_astype!;
+      let casts = 0;
+      S.mlx_astype = (...a: unknown[]) => {
+        casts++;
+        return astype(...a);
+      };
+      try {
+        const r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(11) }]);
+        expect(r.logits.every(Number.isFinite)).toBe(true);
+      } finally {
+        S.mlx_astype = astype;
+      }
+      // the step's only casts: the logits to f32 for the read-back
+      expect(casts).toBeLessThanOrEqual(1);
+      cache.dispose();
+    } finally {
+      if (prev === undefined) delete process.env.RMLX_COMPUTE_DTYPE;
+      else process.env.RMLX_COMPUTE_DTYPE = prev;
+    }
+  });
+
+  test.skipIf(!probe.ok)("--compute-dtype auto follows the model on Metal and computes in f32 on MLX's CPU build", () => {
+    const be = new MlxBackend();
+    expect(be.forModel("bf16", "auto").computeDtype).toBe(be.lib.metal ? "bf16" : "f32");
+    expect(be.forModel("bf16", "model").computeDtype).toBe("bf16");
+    expect(be.forModel("bf16", "f32").computeDtype).toBe("f32");
+    expect(be.forModel("f16", "model")).toBe(be.forModel("f16", "model"));
+  });
 
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {
     const be = new MlxBackend();

@@ -8,12 +8,12 @@ const probe = probeMlx();
 if (!probe.ok) console.warn(`mlx model tests skipped: ${probe.reason}`);
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
 
-test.skipIf(!probe.ok).each(["fixtures", "consistency"])(
+test.skipIf(!probe.ok).each(["fixtures", "consistency", "gemma4"])(
   `the %s model tests pass on the mlx backend${skipReason}`,
   async (name) => {
     const proc = Bun.spawn([process.execPath, "test", `test/models/${name}.test.ts`], {
       cwd: join(import.meta.dir, "../.."),
-      env: { ...process.env, RMLX_BACKEND: "mlx", RMLX_TEST_BACKEND: "mlx" },
+      env: { ...process.env, RMLX_BACKEND: "mlx", RMLX_TEST_BACKEND: "mlx", RMLX_COMPUTE_DTYPE: "f32", RMLX_MLX_VERIFY: "1" },
       stdout: "pipe",
       stderr: "pipe",
     });

@@ -25,6 +25,7 @@ import {
   type VarlenAttentionOptions,
 } from "../backend.ts";
 import * as args from "../args.ts";
+import type { ComputeDtypeMode } from "../choice.ts";
 import { type KvFormat, plainKvDtype } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
@@ -51,6 +52,7 @@ const FROM_MLX = new Map<number, DType>([
   [MLX_DTYPE.i32, "i32"],
 ]);
 const EMPTY = new Uint8Array(8);
+const VERIFY = process.env.RMLX_MLX_VERIFY === "1";
 const MAX_MAPPING = 2 ** 31 - 1;
 /** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
 const HOST_IDS_MAX = 1 << 16;
@@ -109,6 +111,7 @@ export class MlxBackend implements Backend {
     this.S.mlx_array_free(h);
   });
   private readonly invFreqs = new Map<string, Float32Array>();
+  private readonly normCache = new WeakMap<MTensor, { plain?: number; plus?: number }>();
   private pendingError: string | null = null;
   private evalMs = 0;
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
@@ -132,10 +135,12 @@ export class MlxBackend implements Backend {
     this.device = `${this.lib.metal ? "Apple GPU (Metal)" : "CPU"} through MLX ${this.lib.version} (${this.lib.path})`;
   }
 
-  /**
-   * The backend that computes activations in dtype (one instance per dtype, sharing the library): a model gets
-   * the one for its own dtype, or f32 with --compute-dtype f32. Tensors belong to the instance that made them.
-   */
+  forModel(modelDtype: DType, mode: ComputeDtypeMode): MlxBackend {
+    const own = mode === "model" || (mode === "auto" && this.lib.metal);
+    return this.withComputeDtype(own ? modelDtype : "f32");
+  }
+
+  /** The instance that computes activations in dtype (one per dtype, sharing the library and its caches). */
   withComputeDtype(dtype: DType): MlxBackend {
     if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") invalid(`withComputeDtype: ${dtype} is not a float dtype`);
     let b = this.siblings.get(dtype);
@@ -182,14 +187,29 @@ export class MlxBackend implements Backend {
     return out;
   }
 
-  /** Wraps a fresh handle as a tensor owned by the current scope (or by the garbage collector outside any). */
-  private wrap(h: number): MTensor {
-    const dt = FROM_MLX.get(this.S.mlx_array_dtype(h));
-    if (dt === undefined) {
-      this.free(h);
-      throw new RmlxError("internal", `mlx backend: unexpected dtype ${this.S.mlx_array_dtype(h)}`);
+  /**
+   * Wraps a fresh handle as a tensor owned by the current scope (or by the garbage collector outside any). Ops that
+   * know their result's shape and dtype pass them, which saves three mlx-c calls a result (RMLX_MLX_VERIFY=1
+   * checks them against MLX's, for the tests).
+   */
+  private wrap(h: number, shape?: readonly number[], dtype?: DType): MTensor {
+    let dt = dtype;
+    if (dt === undefined || VERIFY) {
+      const got = FROM_MLX.get(this.S.mlx_array_dtype(h));
+      if (got === undefined) {
+        this.free(h);
+        throw new RmlxError("internal", `mlx backend: unexpected dtype ${this.S.mlx_array_dtype(h)}`);
+      }
+      if (dt !== undefined && dt !== got) throw new RmlxError("internal", `mlx backend: result is ${got}, expected ${dt}`);
+      dt = got;
     }
-    const t = new MTensor(h, this.shapeOf(h), dt);
+    let sh = shape;
+    if (sh === undefined || VERIFY) {
+      const got = this.shapeOf(h);
+      if (sh !== undefined && fmt(sh) !== fmt(got)) throw new RmlxError("internal", `mlx backend: result is ${fmt(got)}, expected ${fmt(sh)}`);
+      sh = got;
+    }
+    const t = new MTensor(h, sh, dt);
     const top = this.scopes[this.scopes.length - 1];
     if (top) {
       t.scoped = true;
@@ -237,13 +257,13 @@ export class MlxBackend implements Backend {
    * Runs build with a temp list and wraps the handle it returns (taken out of the temps if it is one; it must
    * never be an input's own handle), freeing the other temps whatever happens.
    */
-  private op(build: (tmp: Temps) => number): MTensor {
+  private op(build: (tmp: Temps) => number, shape?: readonly number[], dtype?: DType): MTensor {
     const tmp = new Temps();
     try {
       const h = build(tmp);
       const i = tmp.hs.lastIndexOf(h);
       if (i >= 0) tmp.hs.splice(i, 1);
-      return this.wrap(h);
+      return this.wrap(h, shape, dtype);
     } finally {
       this.freeAll(tmp);
     }
@@ -454,13 +474,13 @@ export class MlxBackend implements Backend {
     }
     args.checkShape(s, "reshape");
     if (s.reduce((a, b) => a * b, 1) !== t.size) invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
-    return this.wrap(this.res(this.S.mlx_reshape(slotPtr(), t.h, ints(s), s.length, this.stream), "reshape"));
+    return this.wrap(this.res(this.S.mlx_reshape(slotPtr(), t.h, ints(s), s.length, this.stream), "reshape"), s, t.dtype);
   }
 
   transpose(x: Tensor, axes: readonly number[]): Tensor {
     const t = this.arg(x, "transpose");
     const norm = args.transposeAxes(t.shape, axes);
-    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), norm.length, this.stream), "transpose"));
+    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), norm.length, this.stream), "transpose"), norm.map((a) => t.shape[a]!), t.dtype);
   }
 
   slice(x: Tensor, axis: number, start: number, end: number): Tensor {
@@ -535,6 +555,8 @@ export class MlxBackend implements Backend {
     const q = this.quantArgs(w, "quantizedMatmul");
     const xt = this.arg(x, "quantizedMatmul");
     args.checkQuantizedMatmul(xt, q.wt, q.K);
+    // MLX's CPU kernel divides by the row count: an empty x (a step that wants no logits rows) is answered here.
+    if (xt.size === 0) return this.zeros([...xt.shape.slice(0, -1), q.N], this.computeDtype);
     const g = this.globalFactor(w);
     return this.op((tmp) => {
       const y = tmp.add(
@@ -546,7 +568,7 @@ export class MlxBackend implements Backend {
       const y32 = this.f32AfterOp(y, tmp);
       if (g === 1) return y32;
       return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g, tmp), this.stream), "quantizedMatmul");
-    });
+    }, [...xt.shape.slice(0, -1), q.N], this.computeDtype);
   }
 
   /** An op's result handle in the compute dtype (kernels that follow the weights' dtype return bf16 for bf16 scales). */
@@ -675,8 +697,8 @@ export class MlxBackend implements Backend {
   private binary(f: "mlx_add" | "mlx_subtract" | "mlx_multiply", a: Tensor, b: Tensor, what: string): Tensor {
     const x = this.arg(a, what);
     const y = this.arg(b, what);
-    args.broadcastShapes(x.shape, y.shape, what);
-    return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what));
+    const shape = args.broadcastShapes(x.shape, y.shape, what);
+    return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what), shape, this.computeDtype);
   }
 
   add(a: Tensor, b: Tensor): Tensor {
@@ -693,12 +715,12 @@ export class MlxBackend implements Backend {
 
   scale(x: Tensor, s: number): Tensor {
     const t = this.arg(x, "scale");
-    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s, tmp), this.stream), "scale"));
+    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s, tmp), this.stream), "scale"), t.shape, this.computeDtype);
   }
 
   sigmoid(x: Tensor): Tensor {
     const t = this.arg(x, "sigmoid");
-    return this.op((tmp) => this.res(this.S.mlx_sigmoid(slotPtr(), this.f32(t, tmp), this.stream), "sigmoid"));
+    return this.op((tmp) => this.res(this.S.mlx_sigmoid(slotPtr(), this.f32(t, tmp), this.stream), "sigmoid"), t.shape, this.computeDtype);
   }
 
   private siluRaw(h: number, tmp: Temps): number {
@@ -716,7 +738,7 @@ export class MlxBackend implements Backend {
 
   silu(x: Tensor): Tensor {
     const t = this.arg(x, "silu");
-    return this.op((tmp) => this.siluRaw(this.f32(t, tmp), tmp));
+    return this.op((tmp) => this.siluRaw(this.f32(t, tmp), tmp), t.shape, this.computeDtype);
   }
 
   gelu(x: Tensor): Tensor {
@@ -755,7 +777,7 @@ export class MlxBackend implements Backend {
       if (fused) return fused;
       const act = kind === "swiglu" ? this.siluRaw(gh, tmp) : this.geluRaw(gh, tmp);
       return this.res(this.S.mlx_multiply(slotPtr(), act, uh, this.stream), kind);
-    });
+    }, g.shape, this.computeDtype);
   }
 
   swiglu(gate: Tensor, up: Tensor): Tensor {
@@ -769,7 +791,7 @@ export class MlxBackend implements Backend {
   softmax(x: Tensor, axis = -1): Tensor {
     const t = this.arg(x, "softmax");
     const a = args.normAxis(axis, t.shape.length, "softmax");
-    return this.op((tmp) => this.res(this.S.mlx_softmax_axis(slotPtr(), this.f32(t, tmp), a, true, this.stream), "softmax"));
+    return this.op((tmp) => this.res(this.S.mlx_softmax_axis(slotPtr(), this.f32(t, tmp), a, true, this.stream), "softmax"), t.shape, this.computeDtype);
   }
 
   argmax(x: Tensor): Tensor {
@@ -818,15 +840,40 @@ export class MlxBackend implements Backend {
     return t;
   }
 
+  /**
+   * A norm weight as the fast norms take it: [n] in the compute dtype, plus one where asked. Made once per
+   * persistent weight (the model's norms), so that a step spends no calls on it; per call for other tensors.
+   */
+  private normWeightHandle(w: MTensor, n: number, onePlus: boolean, tmp: Temps): number {
+    const build = (into: Temps) => {
+      const h = this.raw.reshape(this.f32(w, into), [n], into);
+      return onePlus ? this.raw.bin("mlx_add", h, this.scalar(1, into), into) : h;
+    };
+    if (!w.persistent) return build(tmp);
+    const key = onePlus ? "plus" : "plain";
+    const entry = this.normCache.get(w) ?? {};
+    let h = entry[key];
+    if (h === undefined) {
+      const own = new Temps();
+      h = build(own);
+      own.hs.splice(own.hs.lastIndexOf(h), 1);
+      this.freeAll(own);
+      if (this.S.mlx_array_eval(h) !== 0) this.fail("rmsNorm", "native");
+      entry[key] = h;
+      this.normCache.set(w, entry);
+      this.unscoped.register(entry, h);
+    }
+    return h;
+  }
+
   rmsNorm(x: Tensor, w: Tensor | null, eps: number, onePlus = false): Tensor {
     const t = this.arg(x, "rmsNorm");
     const n = args.normAxisLength(t.shape, "rmsNorm");
     const wt = this.normWeight(w, n, "rmsNorm");
     return this.op((tmp) => {
-      let wh: number | null = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
-      if (wh !== null && onePlus) wh = this.raw.bin("mlx_add", wh, this.scalar(1, tmp), tmp);
+      const wh = wt ? this.normWeightHandle(wt, n, onePlus, tmp) : null;
       return this.res(this.S.mlx_fast_rms_norm(slotPtr(), this.f32(t, tmp), wh, eps, this.stream), "rmsNorm");
-    });
+    }, t.shape, this.computeDtype);
   }
 
   layerNorm(x: Tensor, w: Tensor | null, b: Tensor | null, eps: number): Tensor {
@@ -911,7 +958,7 @@ export class MlxBackend implements Backend {
         ),
       );
       return this.res(this.S.mlx_reshape(slotPtr(), r, ints([T, H, D]), 3, this.stream), "rope");
-    });
+    }, t.shape, this.computeDtype);
   }
 
   // ---------------------------------------------------------------- attention
@@ -969,7 +1016,8 @@ export class MlxBackend implements Backend {
       try {
         for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
           const flat = this.raw.reshape(dst.h, [total, kvHeads, headDim], tmp);
-          const upd = this.raw.reshape(this.raw.astype(src.h, TO_MLX[dst.dtype], tmp), [T, 1, kvHeads, headDim], tmp);
+          const cast = src.dtype === dst.dtype ? src.h : this.raw.astype(src.h, TO_MLX[dst.dtype], tmp);
+          const upd = this.raw.reshape(cast, [T, 1, kvHeads, headDim], tmp);
           const axes = Int32Array.of(0);
           const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, axes, 1, this.stream), "kvWrite"));
           const back = this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), 4, this.stream), "kvWrite");
@@ -1121,9 +1169,10 @@ export class MlxBackend implements Backend {
       }
     const qIdx = new Int32Array(B * Lq);
     const outIdx = new Int32Array(T);
-    const mask = new Uint8Array(B * Lq * S);
-    for (let r = 0; r < B * Lq; r++) mask[r * S] = 1;
     const window = opts.window ?? 0;
+    // One sequence whose step tokens are its last ones, no window: MLX's own causal mask (none for one query),
+    // queries and outputs in place; otherwise a mask array carries causality, the window and the padding.
+    let simple = B === 1 && window === 0 && T === S - (batch.positions[0] ?? 0);
     for (let t = 0; t < T; t++) {
       const s = batch.tokenSeq[t]!;
       const row = s * Lq + rank[t]!;
@@ -1131,10 +1180,21 @@ export class MlxBackend implements Backend {
       outIdx[t] = row;
       const pos = batch.positions[t]!;
       if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
-      const hi = Math.min(pos, batch.seqLens[s]! - 1);
-      const lo = window > 0 ? Math.max(0, pos - window + 1) : 0;
-      mask[row * S] = 0;
-      for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
+      if (row !== t || pos !== S - T + t) simple = false;
+    }
+    let mask: Uint8Array | null = null;
+    if (!simple) {
+      mask = new Uint8Array(B * Lq * S);
+      for (let r = 0; r < B * Lq; r++) mask[r * S] = 1;
+      for (let t = 0; t < T; t++) {
+        const s = batch.tokenSeq[t]!;
+        const row = s * Lq + rank[t]!;
+        const pos = batch.positions[t]!;
+        const hi = Math.min(pos, batch.seqLens[s]! - 1);
+        const lo = window > 0 ? Math.max(0, pos - window + 1) : 0;
+        mask[row * S] = 0;
+        for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
+      }
     }
 
     const softcap = opts.softcap ?? 0;
@@ -1148,18 +1208,29 @@ export class MlxBackend implements Backend {
       };
       const K = gather(pool.k);
       const V = gather(pool.v);
-      const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
+      const qh = this.f32(qt, tmp);
+      const qRows = simple ? qh : this.raw.take(qh, this.raw.data(qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
       const Q = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
-      const M = this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp);
       let O: number;
-      if (softcap > 0) O = this.cappedAttention(Q, K, V, M, B, H, kvH, Lq, S, D, opts.scale, softcap, tmp);
-      else
-        O = tmp.add(
-          this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, MASK_ARRAY, M, null, this.stream), "pagedAttention"),
-        );
+      if (softcap > 0) {
+        const M = mask ? this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp) : this.causalMask(Lq, S, tmp);
+        O = this.cappedAttention(Q, K, V, M, B, H, kvH, Lq, S, D, opts.scale, softcap, tmp);
+      } else {
+        const M = mask ? this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp) : null;
+        const mode = mask ? MASK_ARRAY : Lq === 1 ? MASK_NONE : MASK_CAUSAL;
+        O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, mode, M, null, this.stream), "pagedAttention"));
+      }
       const rows = this.raw.reshape(this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
+      if (simple) return rows;
       return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
-    });
+    }, [T, H, D], this.computeDtype);
+  }
+
+  /** [1, 1, Lq, S] bool: query i sees keys up to S - Lq + i (the last query aligned with the last key). */
+  private causalMask(Lq: number, S: number, tmp: Temps): number {
+    const m = new Uint8Array(Lq * S);
+    for (let i = 0; i < Lq; i++) m.fill(1, i * S, S - Lq + i + 1 + i * S);
+    return this.raw.data(m, [1, 1, Lq, S], MLX_DTYPE.bool, tmp);
   }
 
   /** Attention with tanh soft-capped scores, in plain ops (MLX's fused attention has no soft-cap). */
