@@ -1011,6 +1011,24 @@ export class MlxBackend implements Backend {
     if (T === 0) return;
     const tmp = new Temps();
     try {
+      // Slots in a row within one block (a decode token; a prompt chunk's block): a slice update a side, no indices.
+      const first = slots[0]!;
+      const blk = Math.floor(first / blockSize);
+      let run = Math.floor((first + T - 1) / blockSize) === blk;
+      for (let i = 1; run && i < T; i++) run = slots[i] === first + i;
+      if (run) {
+        const off = first - blk * blockSize;
+        const lo = ints([blk, off, 0, 0]);
+        const hi = ints([blk + 1, off + T, kvHeads, headDim]);
+        const one = ints([1, 1, 1, 1]);
+        for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
+          const cast = src.dtype === dst.dtype ? src.h : this.raw.astype(src.h, TO_MLX[dst.dtype], tmp);
+          const upd = this.raw.reshape(cast, [1, T, kvHeads, headDim], tmp);
+          this.swap(dst, this.res(this.S.mlx_slice_update(slotPtr(), dst.h, upd, lo, 4, hi, 4, one, 4, this.stream), "kvWrite"));
+        }
+        this.dirtyPools.add(pool);
+        return;
+      }
       const idx = this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp);
       const idxVec = Number(this.S.mlx_vector_array_new_data(handles([idx]), 1));
       try {
@@ -1199,10 +1217,10 @@ export class MlxBackend implements Backend {
 
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
+      const idx = this.raw.data(kIdx, [B, S], MLX_DTYPE.i32, tmp);
       const gather = (src: MTensor) => {
         const flat = this.raw.reshape(src.h, [pool.numBlocks * bs, kvH, D], tmp);
-        const rows = this.raw.take(flat, this.raw.data(kIdx, [B * S], MLX_DTYPE.i32, tmp), 0, tmp);
-        const r4 = this.raw.reshape(rows, [B, S, kvH, D], tmp);
+        const r4 = this.raw.take(flat, idx, 0, tmp);
         const f = src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
         return this.raw.transpose(f, [0, 2, 1, 3], tmp);
       };
