@@ -8,7 +8,7 @@ import type { ModelDir } from "../io/model_dir.ts";
 import { bert } from "./bert.ts";
 import { bitnet } from "./bitnet.ts";
 import type { Encoder } from "./encoder.ts";
-import type { Family, Sanitizer } from "./family.ts";
+import type { Family, ModelOptions, Sanitizer } from "./family.ts";
 import { gemma3 } from "./gemma3.ts";
 import { gemma4 } from "./gemma4.ts";
 import { llama, mistral } from "./llama.ts";
@@ -74,7 +74,7 @@ export function textModelType(md: ModelDir): string {
   return typeof t === "string" ? t : md.config.modelType;
 }
 
-export function loadModel(backend: Backend, md: ModelDir): Model {
+export function loadModel(backend: Backend, md: ModelDir, opts: ModelOptions = {}): Model {
   const type = textModelType(md);
   const family = familyFor(type);
   const sanitizer = family?.load && checkpointSanitizer(family, md.config.raw, md.weights.names(), `${md.dir}/config.json`);
@@ -84,7 +84,7 @@ export function loadModel(backend: Backend, md: ModelDir): Model {
       `${md.dir}: architecture '${type}' is not supported by this build (supported: ${SUPPORTED_MODEL_TYPES.join(", ")})`,
     );
   }
-  return family.load(backend, md, new ModelWeights(backend, md, sanitizer));
+  return family.load(backend, md, new ModelWeights(backend, md, sanitizer), opts);
 }
 
 /** The model's stack as the encoder of an embedding model. */
