@@ -128,24 +128,40 @@ export function ternarise(values: Float32Array, out: number, inDim: number): { p
  */
 export function ternaryCodesWeight(be: Backend, packed: Uint8Array, out: number, inDim: number, keep: (bytes: Uint8Array) => void): Weight {
   const rows = out / 4;
-  const code = (n: number, k: number) => (packed[(n % rows) * inDim + k]! >> (2 * Math.floor(n / rows))) & 3;
   const group = [128, 64, 32].find((g) => inDim % g === 0);
   if (group === undefined) {
     const values = new Float32Array(out * inDim);
-    for (let n = 0; n < out; n++) for (let k = 0; k < inDim; k++) values[n * inDim + k] = code(n, k) - 1;
+    for (let n = 0; n < out; n++) {
+      const src = (n % rows) * inDim;
+      const shift = 2 * Math.floor(n / rows);
+      for (let k = 0; k < inDim; k++) values[n * inDim + k] = ((packed[src + k]! >> shift) & 3) - 1;
+    }
     const bytes = new Uint8Array(values.buffer);
     keep(bytes);
     return be.fromBytes(bytes, [out, inDim], "f32");
   }
-  // 16 codes a word, the first in the lowest bits
+  // 16 codes a word, the first in the lowest bits; each packed byte feeds the same word of its four rows.
   const perRow = inDim / 16;
+  const block = rows * perRow;
   const words = new Uint32Array(out * perRow);
-  for (let n = 0; n < out; n++)
-    for (let j = 0; j < perRow; j++) {
-      let word = 0;
-      for (let c = 15; c >= 0; c--) word = (word << 2) | code(n, 16 * j + c);
-      words[n * perRow + j] = word;
+  let at = 0;
+  for (let j = 0; j < block; j++) {
+    let w0 = 0;
+    let w1 = 0;
+    let w2 = 0;
+    let w3 = 0;
+    for (let c = 0; c < 32; c += 2) {
+      const b = packed[at++]!;
+      w0 |= (b & 3) << c;
+      w1 |= ((b >> 2) & 3) << c;
+      w2 |= ((b >> 4) & 3) << c;
+      w3 |= (b >> 6) << c;
     }
+    words[j] = w0;
+    words[j + block] = w1;
+    words[j + 2 * block] = w2;
+    words[j + 3 * block] = w3;
+  }
   const groups = (out * inDim) / group;
   // bf16 1 and -1
   const scales = new Uint16Array(groups).fill(0x3f80);
