@@ -244,11 +244,14 @@ class BitnetModel implements Model {
     }
     const keep = (b: Uint8Array) => this.keepAlive.push(b);
     let form: { ternary: TernaryWeight } | { codes: Weight; factor: number };
-    if (this.activations === "float") form = { codes: ternaryCodesWeight(this.backend, packed, out, inDim, keep), factor: divide ? 1 / scale : scale };
-    else if (sch.online) {
+    if (this.activations === "float") {
+      form = { codes: ternaryCodesWeight(this.backend, packed, out, inDim, keep), factor: divide ? 1 / scale : scale };
+    } else if (sch.online) {
       keep(packed);
       form = { ternary: { packed: this.backend.fromBytes(packed, [out / 4, inDim], "u8"), scale, divide } };
-    } else form = { ternary: { packed: w.tensor(`${path}.weight`), scale, divide } };
+    } else {
+      form = { ternary: { packed: w.tensor(`${path}.weight`), scale, divide } };
+    }
     if (sch.normEps === null) return { ...form, normEps: 0 };
     return { ...form, norm: w.tensor(`${path}.rms_norm.weight`), normEps: sch.normEps };
   }
