@@ -15,9 +15,10 @@ import { MetricsStore, defaultDbPath } from "../metrics/store.ts";
 import { loadModel } from "../models/registry.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 
-interface BenchFlags extends BackendFlags, KvFlags {
+interface BenchFlags extends BackendFlags, KvFlags, BitnetFlags {
   model?: string;
   prompt: string;
   gen: string;
@@ -49,7 +50,7 @@ function median(xs: number[]): number {
 }
 
 export function register(program: Command): void {
-  addKvOption(addBackendOptions(
+  addBitnetOption(addKvOption(addBackendOptions(
     program
       .command("bench")
       .description("Prompt and generation tokens/s of a model (random prompt, greedy, EOS ignored)")
@@ -60,7 +61,7 @@ export function register(program: Command): void {
       .option("--json", "print one JSON object")
       .option("--db <path>", "metrics database (default: $RMLX_DB or ~/.rmlx/metrics.db)")
       .option("--no-metrics", "do not record the figures"),
-  )).action(
+  ))).action(
     action((f: BenchFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
@@ -70,7 +71,7 @@ export function register(program: Command): void {
       const dir = f.model ?? builtinModelDir();
       const be = getBackend();
       const md = openModelDir(dir);
-      const model = loadModel(be, md);
+      const model = loadModel(be, md, modelOptionsFrom(f));
       if (promptLen + gen > md.config.contextLength) {
         throw new RmlxError("context_length", `-p + -g = ${promptLen + gen} tokens; the model's context is ${md.config.contextLength}`);
       }

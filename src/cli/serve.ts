@@ -19,11 +19,12 @@ import { startServer } from "../server/server.ts";
 import { readChatTemplateFile } from "../text/chat_template.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
-interface ServeFlags extends BackendFlags, KvFlags, DraftFlags {
+interface ServeFlags extends BackendFlags, KvFlags, DraftFlags, BitnetFlags {
   model?: string[];
   alias?: string[];
   strictModelNames?: boolean;
@@ -106,7 +107,7 @@ function ssdTier(f: ServeFlags, prefixCache: boolean): { dir: string; budgetByte
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 
 export function register(program: Command): void {
-  addKvOption(addBackendOptions(program.command("serve")))
+  addBitnetOption(addKvOption(addBackendOptions(program.command("serve"))))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
     .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])
     .option(
@@ -203,6 +204,7 @@ export function register(program: Command): void {
           mlxLib: process.env.RMLX_MLX_C_LIB,
           gemv: process.env.RMLX_GEMV,
           computeDtype: process.env.RMLX_COMPUTE_DTYPE,
+          modelOptions: modelOptionsFrom(flags),
         };
         // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).
         engine.promptOverflow = parsePromptOverflow(pick(flags.promptOverflow, "RMLX_PROMPT_OVERFLOW", builtin ? "truncate" : "error"));

@@ -5,6 +5,7 @@ import { getBackend } from "../backend/index.ts";
 import type { Backend } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import { openModelDir, type ModelDir } from "../io/model_dir.ts";
+import type { ModelOptions } from "../models/family.ts";
 import type { Model } from "../models/model.ts";
 import { loadModel, textModelType } from "../models/registry.ts";
 import { applyChatTemplate, ChatTemplate, type ChatTemplateSource } from "../text/chat_template.ts";
@@ -43,6 +44,8 @@ export interface Session {
 export interface SessionOptions {
   /** A chat template used instead of the model's own (--chat-template). */
   chatTemplate?: ChatTemplateSource;
+  /** How to run the checkpoint where its files leave a choice (--bitnet-activations). */
+  modelOptions?: ModelOptions;
 }
 
 const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
@@ -68,7 +71,7 @@ export function loadSession(dir: string, backend: Backend = getBackend(), opts: 
   const md = openModelDir(dir);
   if (!md.tokenizerJson) throw new RmlxError("bad_model", `${dir}: no tokenizer.json`);
   const tokenizer = Tokenizer.fromModelDir(dir);
-  const model = loadModel(backend, md);
+  const model = loadModel(backend, md, opts.modelOptions);
   const template =
     opts.chatTemplate !== undefined
       ? new ChatTemplate(opts.chatTemplate, md.tokenizerConfig ?? {})

@@ -49,6 +49,7 @@ export interface SamplingDefaults {
 export type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
 import type { ChatMessage, ToolSpec } from "../text/chat_types.ts";
 import type { ChatTemplateSource } from "../text/chat_template.ts";
+import type { ModelOptions } from "../models/family.ts";
 
 /** What the server asks of the engine. Either a raw prompt (text or ids) or chat messages to template. */
 export interface GenerateRequest {
@@ -141,6 +142,8 @@ export interface EngineConfig {
   promptOverflow?: "error" | "truncate";
   /** --chat-template: a chat template used instead of the one each model ships. */
   chatTemplate?: ChatTemplateSource;
+  /** --bitnet-activations: how each model is run where its checkpoint leaves a choice. */
+  modelOptions?: ModelOptions;
   /** --draft-model: a model directory whose proposals every loaded model verifies (speculative decoding). */
   draftModel?: string;
   /** --draft-tokens: the most tokens the draft proposes a step. */

@@ -79,7 +79,7 @@ function postEmbedderLoaded(name: string, e: Embedder): void {
 
 function load(name: string, dir: string): void {
   if (isEmbeddingDir(dir)) return loadEmbedder(name, dir);
-  const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate });
+  const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate, modelOptions: config.modelOptions });
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
     codec: config.kvQuant ?? "f32",

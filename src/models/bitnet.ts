@@ -7,15 +7,16 @@
 //  - quantization_mode "online" with autobitlinear: float master weights, ternarised here at load time as
 //    transformers' WeightQuant does (absmean per tensor);
 //  - use_rms_norm: an RMSNorm of its own inside each converted linear, before its input is quantized.
-// Converted linears quantize their input to int8 per token (absmax), as transformers does, so tokens match it
-// (mlx-lm keeps float activations). lm_head and modules_to_not_convert stay plain. MLX snapshots (mlx-lm) store the
-// same tensors.
+// Converted linears quantize their input to int8 per token (absmax), as transformers does, so tokens match it;
+// with the bitnetActivations option "float" they take float activations as mlx-lm does (x @ (t * scale)^T, the
+// codes repacked at load into MLX's affine 2-bit format). lm_head and modules_to_not_convert stay plain. MLX
+// snapshots (mlx-lm) store the same tensors.
 import type { Backend, Tensor, TernaryWeight, Weight } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { decodeFloats, isFloatDType } from "../quant/dtype.ts";
-import { textModelSanitizer, type Family } from "./family.ts";
+import { textModelSanitizer, type BitnetActivations, type Family, type ModelOptions } from "./family.ts";
 import { attend, embed, gqaParams, runLayer, selectRows, stackEnds, type AttentionParams, type StackEnds } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -29,8 +30,11 @@ interface BitnetScheme {
   notConverted: string[];
 }
 
-/** One linear as BitNet runs it: float, or ternary with int8 activations (after its own norm, if any). */
-type BitLinear = { float: Weight } | { ternary: TernaryWeight; norm?: Tensor; normEps: number };
+/**
+ * One linear as BitNet runs it: float; ternary with int8 activations; or ternary codes as a weight of the values t
+ * times `factor`, with float activations. The ternary forms apply their own norm first, if any.
+ */
+type BitLinear = { float: Weight } | ({ ternary: TernaryWeight } | { codes: Weight; factor: number }) & { norm?: Tensor; normEps: number };
 
 /** Each projection's module under model.layers.N. */
 const MODULE = {
@@ -116,6 +120,64 @@ export function ternarise(values: Float32Array, out: number, inDim: number): { p
   return { packed, scale: fr(1 / s) };
 }
 
+/**
+ * Packed codes (uint8 [out/4, in], as transformers packs them) repacked as a Linear weight of the values t: MLX's
+ * affine 2-bit format with scale 1 and bias -1, so that code t + 1 decodes to exactly t (2.25 bits a weight at
+ * group 128, against 2 packed), or f32 [out, in] where no group size divides in_features. The arrays it makes are
+ * handed to `keep`: the tensors read them in place.
+ */
+export function ternaryCodesWeight(be: Backend, packed: Uint8Array, out: number, inDim: number, keep: (bytes: Uint8Array) => void): Weight {
+  const rows = out / 4;
+  const group = [128, 64, 32].find((g) => inDim % g === 0);
+  if (group === undefined) {
+    const values = new Float32Array(out * inDim);
+    for (let n = 0; n < out; n++) {
+      const src = (n % rows) * inDim;
+      const shift = 2 * Math.floor(n / rows);
+      for (let k = 0; k < inDim; k++) values[n * inDim + k] = ((packed[src + k]! >> shift) & 3) - 1;
+    }
+    const bytes = new Uint8Array(values.buffer);
+    keep(bytes);
+    return be.fromBytes(bytes, [out, inDim], "f32");
+  }
+  // 16 codes a word, the first in the lowest bits; each packed byte feeds the same word of its four rows.
+  const perRow = inDim / 16;
+  const block = rows * perRow;
+  const words = new Uint32Array(out * perRow);
+  let at = 0;
+  for (let j = 0; j < block; j++) {
+    let w0 = 0;
+    let w1 = 0;
+    let w2 = 0;
+    let w3 = 0;
+    for (let c = 0; c < 32; c += 2) {
+      const b = packed[at++]!;
+      w0 |= (b & 3) << c;
+      w1 |= ((b >> 2) & 3) << c;
+      w2 |= ((b >> 4) & 3) << c;
+      w3 |= (b >> 6) << c;
+    }
+    words[j] = w0;
+    words[j + block] = w1;
+    words[j + 2 * block] = w2;
+    words[j + 3 * block] = w3;
+  }
+  const groups = (out * inDim) / group;
+  // bf16 1 and -1
+  const scales = new Uint16Array(groups).fill(0x3f80);
+  const biases = new Uint16Array(groups).fill(0xbf80);
+  const parts = [words, scales, biases].map((a) => new Uint8Array(a.buffer));
+  for (const p of parts) keep(p);
+  return {
+    w: be.fromBytes(parts[0]!, [out, perRow], "u32"),
+    scales: be.fromBytes(parts[1]!, [out, inDim / group], "bf16"),
+    biases: be.fromBytes(parts[2]!, [out, inDim / group], "bf16"),
+    mode: "affine",
+    bits: 2,
+    groupSize: group,
+  };
+}
+
 class BitnetModel implements Model {
   readonly config: ModelConfig;
   readonly layers: LayerCacheSpec[];
@@ -124,13 +186,14 @@ class BitnetModel implements Model {
   private readonly ends: StackEnds;
   private readonly attn: AttentionParams;
   private readonly blocks: Block[] = [];
-  /** Packed codes made at load time (online quantization), which the tensors wrap without owning. */
+  /** Arrays made at load time (online quantization, float activations), which the tensors wrap without owning. */
   private readonly keepAlive: Uint8Array[] = [];
 
   constructor(
     readonly backend: Backend,
     private readonly md: ModelDir,
     private readonly w: ModelWeights,
+    private readonly activations: BitnetActivations,
   ) {
     const c = md.config;
     this.config = c;
@@ -160,31 +223,44 @@ class BitnetModel implements Model {
     const w = this.w;
     if (!sch || sch.notConverted.some((m) => path.includes(m))) return { float: w.linear(path) };
     const e = w.entry(`${path}.weight`);
-    let ternary: TernaryWeight;
+    let packed: Uint8Array;
+    let scale: number;
+    let divide = false;
     if (sch.online) {
       if (!isFloatDType(e.dtype)) throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} is ${e.dtype}; online quantization reads float master weights`);
       if (e.shape.join() !== `${out},${inDim}`)
         throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} is [${e.shape.join(", ")}] where config.json gives [${out}, ${inDim}]`);
       if (out % 4) throw new RmlxError("bad_model", `${this.md.dir}: ${e.name} has ${out} rows, which do not pack four to a byte`);
-      const t = ternarise(decodeFloats(e.dtype, e.bytes), out, inDim);
-      this.keepAlive.push(t.packed);
-      ternary = { packed: this.backend.fromBytes(t.packed, [out / 4, inDim], "u8"), scale: t.scale, divide: false };
+      ({ packed, scale } = ternarise(decodeFloats(e.dtype, e.bytes), out, inDim));
     } else {
       if (e.dtype !== "U8" || e.shape.join() !== `${out / 4},${inDim}`)
         throw new RmlxError(
           "bad_model",
           `${this.md.dir}: ${e.name} is ${e.dtype} [${e.shape.join(", ")}] where config.json's [${out}, ${inDim}] packs to uint8 [${out / 4}, ${inDim}]`,
         );
-      ternary = { packed: w.tensor(`${path}.weight`), scale: w.value(`${path}.weight_scale`), divide: sch.linearClass === "bitlinear" };
+      packed = e.bytes;
+      scale = w.value(`${path}.weight_scale`);
+      divide = sch.linearClass === "bitlinear";
     }
-    if (sch.normEps === null) return { ternary, normEps: 0 };
-    return { ternary, norm: w.tensor(`${path}.rms_norm.weight`), normEps: sch.normEps };
+    const keep = (b: Uint8Array) => this.keepAlive.push(b);
+    let form: { ternary: TernaryWeight } | { codes: Weight; factor: number };
+    if (this.activations === "float") {
+      form = { codes: ternaryCodesWeight(this.backend, packed, out, inDim, keep), factor: divide ? 1 / scale : scale };
+    } else if (sch.online) {
+      keep(packed);
+      form = { ternary: { packed: this.backend.fromBytes(packed, [out / 4, inDim], "u8"), scale, divide } };
+    } else {
+      form = { ternary: { packed: w.tensor(`${path}.weight`), scale, divide } };
+    }
+    if (sch.normEps === null) return { ...form, normEps: 0 };
+    return { ...form, norm: w.tensor(`${path}.rms_norm.weight`), normEps: sch.normEps };
   }
 
   private apply(x: Tensor, l: BitLinear): Tensor {
     const be = this.backend;
     if ("float" in l) return be.linear(x, l.float);
-    return be.ternaryLinear(l.norm ? be.rmsNorm(x, l.norm, l.normEps) : x, l.ternary);
+    const input = l.norm ? be.rmsNorm(x, l.norm, l.normEps) : x;
+    return "codes" in l ? be.scale(be.linear(input, l.codes), l.factor) : be.ternaryLinear(input, l.ternary);
   }
 
   forward(step: ForwardStep): Tensor {
@@ -215,5 +291,5 @@ class BitnetModel implements Model {
 export const bitnet: Family = {
   modelTypes: ["bitnet"],
   sanitize: textModelSanitizer,
-  load: (backend, md, w) => new BitnetModel(backend, md, w),
+  load: (backend, md, w, opts: ModelOptions) => new BitnetModel(backend, md, w, opts.bitnetActivations ?? "int8"),
 };

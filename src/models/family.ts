@@ -52,6 +52,16 @@ export interface SanitizeContext {
   config: ConfigReader;
 }
 
+/** BitNet's ternary linears: int8 activations per token as transformers computes them, or float ones as mlx-lm does. */
+export type BitnetActivations = "int8" | "float";
+export const BITNET_ACTIVATIONS: readonly BitnetActivations[] = ["int8", "float"];
+
+/** Choices of how to run a checkpoint that its files leave open (command-line and server settings). */
+export interface ModelOptions {
+  /** Default int8, so that tokens match transformers. */
+  bitnetActivations?: BitnetActivations;
+}
+
 export interface Family {
   /** The model_type values of its checkpoints: the text model's, and a multimodal wrapper's. */
   readonly modelTypes: readonly string[];
@@ -67,7 +77,7 @@ export interface Family {
   readonly adjustConfig?: FamilyConfigRules["adjust"];
   readonly kvLayout?: FamilyConfigRules["kvLayout"];
   /** The forward pass over weights named by sanitize; absent while the family is known but not implemented. */
-  readonly load?: (backend: Backend, md: ModelDir, w: ModelWeights) => Model;
+  readonly load?: (backend: Backend, md: ModelDir, w: ModelWeights, opts: ModelOptions) => Model;
   /** The stack as an encoder of embedding models (sentence-transformers checkpoints); absent where none runs. */
   readonly loadEncoder?: (backend: Backend, md: ModelDir, w: ModelWeights) => Encoder;
 }

@@ -9,7 +9,7 @@ import { bert } from "./bert.ts";
 import { bitnet } from "./bitnet.ts";
 import { backendForModel } from "./compute_dtype.ts";
 import type { Encoder } from "./encoder.ts";
-import type { Family, Sanitizer } from "./family.ts";
+import type { Family, ModelOptions, Sanitizer } from "./family.ts";
 import { gemma3 } from "./gemma3.ts";
 import { gemma4 } from "./gemma4.ts";
 import { llama, mistral } from "./llama.ts";
@@ -75,7 +75,7 @@ export function textModelType(md: ModelDir): string {
   return typeof t === "string" ? t : md.config.modelType;
 }
 
-export function loadModel(backend: Backend, md: ModelDir): Model {
+export function loadModel(backend: Backend, md: ModelDir, opts: ModelOptions = {}): Model {
   const type = textModelType(md);
   const family = familyFor(type);
   const sanitizer = family?.load && checkpointSanitizer(family, md.config.raw, md.weights.names(), `${md.dir}/config.json`);
@@ -86,7 +86,7 @@ export function loadModel(backend: Backend, md: ModelDir): Model {
     );
   }
   const be = backendForModel(backend, md);
-  return family.load(be, md, new ModelWeights(be, md, sanitizer));
+  return family.load(be, md, new ModelWeights(be, md, sanitizer), opts);
 }
 
 /** The model's stack as the encoder of an embedding model. */

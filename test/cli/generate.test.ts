@@ -133,3 +133,27 @@ describe("rmlx generate", () => {
     expect(badTopP.err.trim().split("\n").length).toBe(1);
   });
 });
+
+describe("rmlx generate --bitnet-activations", () => {
+  const bitnet = join(FIXTURES, "bitnet/bitnet_autobitlinear");
+  const haveBitnet = existsSync(join(bitnet, "reference.json"));
+  const args = ["generate", "--model", bitnet, "--prompt", "hi", "--max-tokens", "8", "--json", "--raw"];
+
+  test.skipIf(!haveBitnet)("int8 is the default; the flag and RMLX_BITNET_ACTIVATIONS choose float alike", () => {
+    const plain = run(...args);
+    expect(plain.err).toBe("");
+    const int8 = JSON.parse(run(...args, "--bitnet-activations", "int8").out);
+    expect(int8.token_ids).toEqual(JSON.parse(plain.out).token_ids);
+    const flag = run(...args, "--bitnet-activations", "float");
+    expect(flag.err).toBe("");
+    expect(flag.code).toBe(0);
+    const p = Bun.spawnSync([BIN, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, RMLX_BITNET_ACTIVATIONS: "float" } });
+    expect(JSON.parse(p.stdout.toString()).token_ids).toEqual(JSON.parse(flag.out).token_ids);
+  });
+
+  test("another value: one line, exit 2", () => {
+    const r = run(...args, "--bitnet-activations", "fp8");
+    expect(r.code).toBe(2);
+    expect(r.err).toBe("rmlx: --bitnet-activations must be int8 or float (got 'fp8')\n");
+  });
+});

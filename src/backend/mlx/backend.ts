@@ -83,6 +83,9 @@ interface MKvPool extends KvPool {
   readonly mlxPool: true;
 }
 
+/** A ternary weight's codes as MLX multiplies them (see ternaryForm). */
+type TernaryForm = { w: MTensor; scales: MTensor; biases: MTensor; groupSize: number } | { t: MTensor };
+
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
   readonly hs: number[] = [];
@@ -106,6 +109,7 @@ export class MlxBackend implements Backend {
     this.S.mlx_array_free(h);
   });
   private readonly freqArrays = new WeakMap<Float32Array, number>();
+  private readonly ternaryForms = new WeakMap<TernaryWeight, TernaryForm>();
   private readonly mappings = new WeakMap<ArrayBufferLike, number>();
   private readonly mappingRelease = new FinalizationRegistry<number>((h) => {
     this.S.mlx_array_free(h);
@@ -1060,12 +1064,105 @@ export class MlxBackend implements Backend {
   causalConv1d(): Tensor {
     throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
   }
-  ternaryLinear(_x: Tensor, _w: TernaryWeight): Tensor {
-    throw new RmlxError("unsupported", "ternaryLinear: BitNet's ternary weights are not on the mlx backend yet (use --backend native)");
+  /** A result handle taken out of the temps, evaluated, and kept as long as the tensor that wraps it. */
+  private cached(h: number, tmp: Temps): MTensor {
+    const i = tmp.hs.lastIndexOf(h);
+    if (i >= 0) tmp.hs.splice(i, 1);
+    const dt = FROM_MLX.get(this.S.mlx_array_dtype(h))!;
+    const t = new MTensor(h, this.shapeOf(h), dt);
+    t.persistent = true;
+    this.unscoped.register(t, h, t);
+    if (this.S.mlx_array_eval(h) !== 0) this.fail("ternaryLinear", "native");
+    return t;
   }
 
-  relu2Mul(_gate: Tensor, _up: Tensor): Tensor {
-    throw new RmlxError("unsupported", "relu2Mul: BitNet's MLP is not on the mlx backend yet (use --backend native)");
+  /**
+   * The codes of a packed ternary weight in a form MLX multiplies, made on the device at its first use: MLX's
+   * affine 2-bit words with scale 1 and bias -1, so that each code t + 1 decodes to exactly t (2.25 bits a weight
+   * at group 128), or, where no group size divides in_features, the values t as f32 [out, in].
+   */
+  private ternaryForm(w: TernaryWeight, packed: MTensor): TernaryForm {
+    const have = this.ternaryForms.get(w);
+    if (have) return have;
+    const [R, K] = packed.shape as [number, number];
+    const N = 4 * R;
+    const tmp = new Temps();
+    try {
+      // Shifting each byte by 0, 2, 4 and 6 stacks the four blocks of output rows in order: row i*R + r.
+      // (Operands are made before each call that writes the shared out-slot.)
+      const shifts = this.raw.data(Uint8Array.of(0, 2, 4, 6), [4, 1, 1], MLX_DTYPE.u8, tmp);
+      const bytes = this.raw.reshape(packed.h, [1, R, K], tmp);
+      const shifted = tmp.add(this.res(this.S.mlx_right_shift(slotPtr(), bytes, shifts, this.stream), "ternaryLinear"));
+      const mask = this.raw.data(Uint8Array.of(3), [], MLX_DTYPE.u8, tmp);
+      const codes = this.raw.reshape(tmp.add(this.res(this.S.mlx_bitwise_and(slotPtr(), shifted, mask, this.stream), "ternaryLinear")), [N, K], tmp);
+      const group = [128, 64, 32].find((g) => K % g === 0);
+      let form: TernaryForm;
+      if (group === undefined) {
+        form = { t: this.cached(this.raw.bin("mlx_subtract", this.raw.astype(codes, MLX_DTYPE.f32, tmp), this.scalar(1, tmp), tmp), tmp) };
+      } else {
+        // A 2-bit word holds 16 codes of a row, the first in its lowest bits: times 4^j, summed, places code j.
+        const places = this.raw.data(Uint32Array.from({ length: 16 }, (_, j) => 4 ** j), [16], MLX_DTYPE.u32, tmp);
+        const wide = this.raw.astype(this.raw.reshape(codes, [N, K / 16, 16], tmp), MLX_DTYPE.u32, tmp);
+        const placed = this.raw.bin("mlx_multiply", wide, places, tmp);
+        const words = tmp.add(this.res(this.S.mlx_sum_axis(slotPtr(), placed, -1, false, this.stream), "ternaryLinear"));
+        const groups = (N * K) / group;
+        // bf16 1 and -1
+        const scales = this.raw.data(new Uint16Array(groups).fill(0x3f80), [N, K / group], MLX_DTYPE.bf16, tmp);
+        const biases = this.raw.data(new Uint16Array(groups).fill(0xbf80), [N, K / group], MLX_DTYPE.bf16, tmp);
+        form = { w: this.cached(words, tmp), scales: this.cached(scales, tmp), biases: this.cached(biases, tmp), groupSize: group };
+      }
+      this.ternaryForms.set(w, form);
+      return form;
+    } finally {
+      this.freeAll(tmp);
+    }
+  }
+
+  ternaryLinear(x: Tensor, w: TernaryWeight): Tensor {
+    const xt = this.arg(x, "ternaryLinear");
+    const wt = this.arg(w.packed, "ternaryLinear weight");
+    if (wt.dtype !== "u8" || wt.shape.length !== 2 || wt.size === 0) invalid(`ternaryLinear: weight ${wt.dtype} ${fmt(wt.shape)} is not packed uint8 [out/4, in]`);
+    if (xt.shape[xt.shape.length - 1] !== wt.shape[1]) invalid(`ternaryLinear: x ${fmt(xt.shape)} against weight ${fmt(wt.shape)}`);
+    // MLX has no max over an empty axis: no rows in, no rows out.
+    if (xt.size === 0) return this.zeros([...xt.shape.slice(0, -1), 4 * wt.shape[0]!], "f32");
+    const form = this.ternaryForm(w, wt);
+    return this.op((tmp) => {
+      const xf = this.f32(xt, tmp);
+      const absx = tmp.add(this.res(this.S.mlx_abs(slotPtr(), xf, this.stream), "ternaryLinear"));
+      const amax = tmp.add(this.res(this.S.mlx_max_axis(slotPtr(), absx, -1, true, this.stream), "ternaryLinear"));
+      const eps = this.scalar(1e-5, tmp);
+      const floor = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), amax, eps, this.stream), "ternaryLinear"));
+      const s = this.raw.bin("mlx_divide", this.scalar(127, tmp), floor, tmp);
+      // |x * s| rounds to at most 127 (max|x| * s is 127 within two roundings), so no clamp is needed; rint
+      // rounds half to even on every MLX device.
+      const xs = this.raw.bin("mlx_multiply", xf, s, tmp);
+      const xq = tmp.add(this.res(this.S.mlx_round(slotPtr(), xs, 0, this.stream), "ternaryLinear"));
+      // Integer operands and every partial sum below 2^24 (|xq| <= 127 over in_features terms): exact in f32.
+      const dots =
+        "t" in form
+          ? this.raw.bin("mlx_matmul", xq, this.raw.transpose(form.t.h, [1, 0], tmp), tmp)
+          : tmp.add(
+              this.res(
+                this.S.mlx_quantized_matmul(slotPtr(), xq, form.w.h, form.scales.h, form.biases.h, true, optInt(form.groupSize), optInt(2), MODE_NAMES.affine, this.stream),
+                "ternaryLinear",
+              ),
+            );
+      const scale = this.scalar(w.scale, tmp);
+      if (w.divide) return this.raw.bin("mlx_divide", dots, this.raw.bin("mlx_multiply", s, scale, tmp), tmp);
+      return this.raw.bin("mlx_multiply", this.raw.bin("mlx_divide", dots, s, tmp), scale, tmp);
+    });
+  }
+
+  relu2Mul(gate: Tensor, up: Tensor): Tensor {
+    const g = this.arg(gate, "relu2Mul");
+    const u = this.arg(up, "relu2Mul");
+    if (g.shape.length !== u.shape.length || g.shape.some((d, i) => d !== u.shape[i])) invalid(`relu2Mul: gate ${fmt(g.shape)} and up ${fmt(u.shape)} differ`);
+    return this.op((tmp) => {
+      const gf = this.f32(g, tmp);
+      const zero = this.scalar(0, tmp);
+      const r = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), gf, zero, this.stream), "relu2Mul"));
+      return this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", r, r, tmp), this.f32(u, tmp), tmp);
+    });
   }
 
   gatedDelta(): Tensor {
