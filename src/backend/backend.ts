@@ -171,10 +171,11 @@ export interface Backend {
    */
   readonly computeMs?: number;
   /**
-   * The backend to run a model whose float weights are in modelDtype under --compute-dtype mode: the mlx backend
-   * keeps one instance per activation dtype; the native backend computes in f32 whatever the model and has none.
+   * The backend to run a model whose float weights are in modelDtype under --compute-dtype mode, or undefined for
+   * this one: the mlx backend keeps one instance per activation dtype; the native backend computes in f32 whatever
+   * the model and has none.
    */
-  forModel?(modelDtype: DType, mode: ComputeDtypeMode): Backend;
+  forModel?(modelDtype: DType, mode: ComputeDtypeMode): Backend | undefined;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */

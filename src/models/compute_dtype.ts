@@ -28,5 +28,5 @@ export function modelFloatDtype(md: ModelDir): DType {
 
 export function backendForModel(backend: Backend, md: ModelDir): Backend {
   if (!backend.forModel) return backend;
-  return backend.forModel(modelFloatDtype(md), parseComputeDtype(process.env.RMLX_COMPUTE_DTYPE));
+  return backend.forModel(modelFloatDtype(md), parseComputeDtype(process.env.RMLX_COMPUTE_DTYPE)) ?? backend;
 }

@@ -238,10 +238,11 @@ describe(`mlx backend${skipReason}`, () => {
 
   test.skipIf(!probe.ok)("--compute-dtype auto follows the model on Metal and computes in f32 on MLX's CPU build", () => {
     const be = new MlxBackend();
-    expect(be.forModel("bf16", "auto").computeDtype).toBe(be.lib.metal ? "bf16" : "f32");
-    expect(be.forModel("bf16", "model").computeDtype).toBe("bf16");
-    expect(be.forModel("bf16", "f32").computeDtype).toBe("f32");
-    expect(be.forModel("f16", "model")).toBe(be.forModel("f16", "model"));
+    const dtype = (b: MlxBackend | undefined) => (b ?? be).computeDtype;
+    expect(dtype(be.forModel("bf16", "auto"))).toBe(be.lib.metal ? "bf16" : "f32");
+    expect(dtype(be.forModel("bf16", "model"))).toBe("bf16");
+    expect(be.forModel("bf16", "f32")).toBeUndefined();
+    expect(be.forModel("f16", "model")).toBe(be.forModel("f16", "model")!);
   });
 
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {

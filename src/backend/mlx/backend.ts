@@ -139,9 +139,10 @@ export class MlxBackend implements Backend {
     this.device = `${this.lib.metal ? "Apple GPU (Metal)" : "CPU"} through MLX ${this.lib.version} (${this.lib.path})`;
   }
 
-  forModel(modelDtype: DType, mode: ComputeDtypeMode): MlxBackend {
+  forModel(modelDtype: DType, mode: ComputeDtypeMode): MlxBackend | undefined {
     const own = mode === "model" || (mode === "auto" && this.lib.metal);
-    return this.withComputeDtype(own ? modelDtype : "f32");
+    const dt = own ? modelDtype : "f32";
+    return dt === this.computeDtype ? undefined : this.withComputeDtype(dt);
   }
 
   /** The instance that computes activations in dtype (one per dtype, sharing the library and its caches). */
