@@ -23,7 +23,7 @@ import {
   type VarlenAttentionOptions,
 } from "../backend.ts";
 import * as args from "../args.ts";
-import { type KvFormat, plainKvDtype } from "../../quant/kv_codec.ts";
+import { type KvElement, type KvFormat } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
@@ -73,11 +73,43 @@ const MASK_NONE = cstr("");
 const MASK_CAUSAL = cstr("causal");
 const MASK_ARRAY = cstr("array");
 
+/** The formats a side of an mlx pool can take: MLX's quantize has no FP8-with-f16-scale or rotated codes. */
+type MKvElement = Extract<KvElement, { kind: "float" } | { kind: "affine" }>;
+
+/** One side (keys or values) of a pool: float rows, or affine codes (u8) with their f16 scales and biases. */
+interface MKvSide {
+  readonly e: MKvElement;
+  readonly data: MTensor;
+  readonly scales?: MTensor;
+  readonly biases?: MTensor;
+}
+
 interface MKvPool extends KvPool {
   readonly k: MTensor;
   readonly v: MTensor;
+  readonly format: KvFormat;
+  readonly sides: readonly [MKvSide, MKvSide];
+  /** Every tensor of the pool, in the order readKvBlock lays them out. */
+  readonly parts: readonly MTensor[];
   readonly mlxPool: true;
 }
+
+/**
+ * Where a paged-attention step's rows go: B sequences padded to Lq queries and S keys; kIdx [B * S] the pool slot
+ * of each key, qIdx [B * Lq] the step token of each query row, outIdx [T] the row of each token, mask [B, Lq, S].
+ */
+interface PagedGather {
+  readonly B: number;
+  readonly Lq: number;
+  readonly S: number;
+  readonly kIdx: Int32Array;
+  readonly qIdx: Int32Array;
+  readonly outIdx: Int32Array;
+  readonly mask: Uint8Array;
+}
+
+/** The group sizes mx.quantize takes. */
+const MLX_QUANT_GROUPS = [32, 64, 128];
 
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
@@ -308,7 +340,7 @@ export class MlxBackend implements Backend {
       this.pendingError = null;
       invalid(e);
     }
-    for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
+    for (const p of this.dirtyPools) for (const t of p.parts) hs.push(t.h);
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
@@ -866,13 +898,35 @@ export class MlxBackend implements Backend {
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
     args.checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
-    const dtype = typeof format === "string" ? format : plainKvDtype(format);
-    // Packed KV pages (q8, q4, k8v4, fp8, turbo4, turbo3) are not wired to mlx_quantize / quantized matmuls yet.
-    if (dtype === null) throw new RmlxError("unsupported", "the mlx backend stores KV pages as f32, f16 or bf16 only for now");
-    const shape = [numBlocks, blockSize, kvHeads, headDim];
+    const f = args.kvPoolFormat(format);
+    const lead = [numBlocks, blockSize, kvHeads];
+    const alloc = (last: number, dt: DType) => this.allocPersistent([...lead, last], dt) as MTensor;
+    const side = (e: KvElement): MKvSide => {
+      if (e.kind === "float") return { e, data: alloc(headDim, e.dtype) };
+      if (e.kind !== "affine") {
+        const name = e.kind === "fp8" ? "fp8" : `turbo${e.bits}`;
+        throw new RmlxError(
+          "unsupported",
+          `the mlx backend cannot store ${name} KV pages: it stores f32, f16, bf16 and MLX's affine codes (q8, q4, k8v4, groups of 32 or 64); use --backend native for ${name}`,
+        );
+      }
+      if (!MLX_QUANT_GROUPS.includes(e.group)) {
+        throw new RmlxError("unsupported", `the mlx backend quantizes KV pages in groups of ${MLX_QUANT_GROUPS.join(", ")} (mx.quantize), not ${e.group}`);
+      }
+      const groups = headDim / e.group;
+      return { e, data: alloc((headDim * e.bits) / 8, "u8"), scales: alloc(groups, "f16"), biases: alloc(groups, "f16") };
+    };
+    const k = side(f.k);
+    const v = side(f.v);
+    const parts = [k, v].flatMap((x) => [x.data, x.scales, x.biases].filter((t): t is MTensor => t !== undefined));
     const pool: MKvPool = {
-      k: this.allocPersistent(shape, dtype) as MTensor,
-      v: this.allocPersistent(shape, dtype) as MTensor,
+      k: k.data,
+      v: v.data,
+      ...(k.scales ? { kScales: k.scales, kBiases: k.biases } : {}),
+      ...(v.scales ? { vScales: v.scales, vBiases: v.biases } : {}),
+      format: f,
+      sides: [k, v],
+      parts,
       numBlocks,
       blockSize,
       kvHeads,
@@ -885,8 +939,7 @@ export class MlxBackend implements Backend {
   private pool(p: KvPool, what: string): MKvPool {
     const pool = p as MKvPool;
     if (pool.mlxPool !== true) invalid(`${what}: not a KV pool of the mlx backend`);
-    this.arg(pool.k, what);
-    this.arg(pool.v, what);
+    for (const t of pool.parts) this.arg(t, what);
     return pool;
   }
 
@@ -894,6 +947,37 @@ export class MlxBackend implements Backend {
   private swap(t: MTensor, h: number): void {
     this.free(t.h);
     t.h = h;
+  }
+
+  /** Scatters rows upd [T, 1, ...row] into a pool tensor [numBlocks, blockSize, ...row] at the slots in idxVec. */
+  private scatterSlots(dst: MTensor, upd: number, idxVec: number, tmp: Temps): void {
+    const [nb, bs, ...row] = dst.shape as [number, number, ...number[]];
+    const flat = this.raw.reshape(dst.h, [nb * bs, ...row], tmp);
+    const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, Int32Array.of(0), 1, this.stream), "kvWrite"));
+    this.swap(dst, this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), dst.shape.length, this.stream), "kvWrite"));
+  }
+
+  /**
+   * mx.quantize (affine) of rows x [R, D] f32: codes as bytes [R, D * bits / 8] (MLX's uint32 words viewed as
+   * little-endian bytes: the first value of each byte in its low bits, as the native layout has them), scales and
+   * biases [R, D / group] rounded to f16. MLX takes the codes against the f32 scale and bias, before that rounding.
+   */
+  private quantizeRows(x: number, e: Extract<KvElement, { kind: "affine" }>, tmp: Temps): { codes: number; scales: number; biases: number } {
+    const vec = Number(this.S.mlx_vector_array_new());
+    const slot = new BigUint64Array([BigInt(vec)]);
+    try {
+      if (this.S.mlx_quantize(slot, x, optInt(e.group), optInt(e.bits), MODE_NAMES.affine, null, this.stream) !== 0) this.fail("kvWrite");
+      const v = Number(slot[0]);
+      const part = (i: number) => tmp.add(this.res(this.S.mlx_vector_array_get(slotPtr(), v, i), "kvWrite"));
+      const [w, sc, bi] = [part(0), part(1), part(2)];
+      return {
+        codes: tmp.add(this.res(this.S.mlx_view(slotPtr(), w, MLX_DTYPE.u8, this.stream), "kvWrite")),
+        scales: this.raw.astype(sc, MLX_DTYPE.f16, tmp),
+        biases: this.raw.astype(bi, MLX_DTYPE.f16, tmp),
+      };
+    } finally {
+      this.S.mlx_vector_array_free(Number(slot[0]) || vec);
+    }
   }
 
   kvWrite(p: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void {
@@ -915,13 +999,17 @@ export class MlxBackend implements Backend {
       const idx = this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp);
       const idxVec = Number(this.S.mlx_vector_array_new_data(handles([idx]), 1));
       try {
-        for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
-          const flat = this.raw.reshape(dst.h, [total, kvHeads, headDim], tmp);
-          const upd = this.raw.reshape(this.raw.astype(src.h, TO_MLX[dst.dtype], tmp), [T, 1, kvHeads, headDim], tmp);
-          const axes = Int32Array.of(0);
-          const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, axes, 1, this.stream), "kvWrite"));
-          const back = this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), 4, this.stream), "kvWrite");
-          this.swap(dst, back);
+        for (const [side, src] of [[pool.sides[0], kt], [pool.sides[1], vt]] as const) {
+          const rows = (h: number, last: number) => this.raw.reshape(h, [T, 1, kvHeads, last], tmp);
+          if (side.e.kind === "float") {
+            this.scatterSlots(side.data, rows(this.raw.astype(src.h, TO_MLX[side.data.dtype], tmp), headDim), idxVec, tmp);
+            continue;
+          }
+          const q = this.quantizeRows(this.raw.reshape(this.f32(src, tmp), [T * kvHeads, headDim], tmp), side.e, tmp);
+          const groups = headDim / side.e.group;
+          this.scatterSlots(side.data, rows(q.codes, (headDim * side.e.bits) / 8), idxVec, tmp);
+          this.scatterSlots(side.scales!, rows(q.scales, groups), idxVec, tmp);
+          this.scatterSlots(side.biases!, rows(q.biases, groups), idxVec, tmp);
         }
       } finally {
         this.S.mlx_vector_array_free(idxVec);
@@ -972,14 +1060,11 @@ export class MlxBackend implements Backend {
     if (src === dst) return;
     const tmp = new Temps();
     try {
-      for (const t of [pool.k, pool.v]) {
-        const lo = [src, 0, 0, 0];
-        const hi = [src + 1, ...t.shape.slice(1)];
+      for (const t of pool.parts) {
+        const rest = t.shape.slice(1);
         const one = ints([1, 1, 1, 1]);
-        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), 4, ints(hi), 4, one, 4, this.stream), "copyBlock"));
-        const dlo = [dst, 0, 0, 0];
-        const dhi = [dst + 1, ...t.shape.slice(1)];
-        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints(dlo), 4, ints(dhi), 4, one, 4, this.stream), "copyBlock");
+        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([src, 0, 0, 0]), 4, ints([src + 1, ...rest]), 4, one, 4, this.stream), "copyBlock"));
+        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints([dst, 0, 0, 0]), 4, ints([dst + 1, ...rest]), 4, one, 4, this.stream), "copyBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -994,14 +1079,21 @@ export class MlxBackend implements Backend {
     const out = into ?? new Uint8Array(kvBlockBytes(pool));
     const tmp = new Temps();
     try {
-      let at = 0;
-      for (const t of [pool.k, pool.v]) {
-        const one = ints([1, 1, 1, 1]);
+      // One evaluation of the block's parts, flattened to bytes and joined in the documented order.
+      const one = ints([1, 1, 1, 1]);
+      const bytes = pool.parts.map((t) => {
         const h = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
-        const bytes = new Uint8Array(this.bytesOfHandle(h, "readKvBlock"));
-        out.set(bytes, at);
-        at += bytes.byteLength;
+        const flat = this.raw.reshape(h, [-1], tmp);
+        return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(slotPtr(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
+      });
+      const vec = Number(this.S.mlx_vector_array_new_data(handles(bytes), bytes.length));
+      let joined: number;
+      try {
+        joined = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 0, this.stream), "readKvBlock"));
+      } finally {
+        this.S.mlx_vector_array_free(vec);
       }
+      out.set(new Uint8Array(this.bytesOfHandle(joined, "readKvBlock")));
     } finally {
       this.freeAll(tmp);
     }
@@ -1014,7 +1106,7 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       let at = 0;
-      for (const t of [pool.k, pool.v]) {
+      for (const t of pool.parts) {
         const shape = [1, ...t.shape.slice(1)];
         const n = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
         const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
@@ -1085,6 +1177,7 @@ export class MlxBackend implements Backend {
       for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
     }
 
+    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, kIdx, qIdx, outIdx, mask }, opts);
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
       const gather = (src: MTensor) => {
@@ -1107,6 +1200,64 @@ export class MlxBackend implements Backend {
         );
       const rows = this.raw.reshape(this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
       return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
+    });
+  }
+
+  /**
+   * Attention over a pool with a packed side, the way mlx-lm attends over its quantized cache: scores =
+   * quantized_matmul(q * scale, K codes, transposed), soft-cap, mask, precise softmax, then quantized_matmul(p, V
+   * codes). Each sequence's rows (codes, scales, biases) are gathered through its block table straight into
+   * [seqs, kvHeads, S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA
+   * without copies), so no key or value is ever held as floats.
+   */
+  private packedAttention(qt: MTensor, pool: MKvPool, g: PagedGather, opts: AttentionOptions): Tensor {
+    const { B, Lq, S } = g;
+    const [T, H] = qt.shape as [number, number, number];
+    const D = pool.headDim;
+    const kvH = pool.kvHeads;
+    const rep = H / kvH;
+    const rowIdx = new Int32Array(B * kvH * S);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < kvH; h++)
+        for (let j = 0; j < S; j++) rowIdx[(b * kvH + h) * S + j] = g.kIdx[b * S + j]! * kvH + h;
+    const softcap = opts.softcap ?? 0;
+    return this.op((tmp) => {
+      const idx = this.raw.data(rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
+      const gather = (t: MTensor) => {
+        const last = t.shape[3]!;
+        const rows = this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, last], tmp), idx, 0, tmp);
+        return this.raw.reshape(rows, [B, kvH, S, last], tmp);
+      };
+      // x [B, kvH, R, *] times one side's rows: keys transposed (x [.., D] -> [.., S]), values not ([.., S] -> [.., D]).
+      const product = (x: number, side: MKvSide, keys: boolean): number => {
+        if (side.e.kind === "float") {
+          let f = gather(side.data);
+          if (side.data.dtype !== "f32") f = this.raw.astype(f, MLX_DTYPE.f32, tmp);
+          return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(f, [0, 1, 3, 2], tmp) : f, tmp);
+        }
+        const words = tmp.add(this.res(this.S.mlx_view(slotPtr(), gather(side.data), MLX_DTYPE.u32, this.stream), "pagedAttention"));
+        const y = tmp.add(
+          this.res(
+            this.S.mlx_quantized_matmul(slotPtr(), x, words, gather(side.scales!), gather(side.biases!), keys, optInt(side.e.group), optInt(side.e.bits), MODE_NAMES.affine, this.stream),
+            "pagedAttention",
+          ),
+        );
+        return this.f32AfterOp(y, tmp);
+      };
+      const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(g.qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
+      const q4 = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
+      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep * Lq, D], tmp), this.scalar(opts.scale, tmp), tmp);
+      let s = product(Q, pool.sides[0], true);
+      if (softcap > 0) {
+        s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap, tmp), tmp);
+        s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
+      }
+      const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
+      s = tmp.add(this.res(this.S.mlx_where(slotPtr(), M, this.raw.reshape(s, [B, kvH, rep, Lq, S], tmp), this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+      const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
+      const O = product(this.raw.reshape(pr, [B, kvH, rep * Lq, S], tmp), pool.sides[1], false);
+      const rows = this.raw.reshape(this.raw.transpose(this.raw.reshape(O, [B, H, Lq, D], tmp), [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
+      return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(g.outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     });
   }
 
