@@ -1235,10 +1235,14 @@ export class MlxBackend implements Backend {
           if (side.data.dtype !== "f32") f = this.raw.astype(f, MLX_DTYPE.f32, tmp);
           return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(f, [0, 1, 3, 2], tmp) : f, tmp);
         }
-        const words = tmp.add(this.res(this.S.mlx_view(slotPtr(), gather(side.data), MLX_DTYPE.u32, this.stream), "pagedAttention"));
+        // Inputs first: a call's out-slot must be taken after every op that makes its arguments.
+        const codes = gather(side.data);
+        const scales = gather(side.scales!);
+        const biases = gather(side.biases!);
+        const words = tmp.add(this.res(this.S.mlx_view(slotPtr(), codes, MLX_DTYPE.u32, this.stream), "pagedAttention"));
         const y = tmp.add(
           this.res(
-            this.S.mlx_quantized_matmul(slotPtr(), x, words, gather(side.scales!), gather(side.biases!), keys, optInt(side.e.group), optInt(side.e.bits), MODE_NAMES.affine, this.stream),
+            this.S.mlx_quantized_matmul(slotPtr(), x, words, scales, biases, keys, optInt(side.e.group), optInt(side.e.bits), MODE_NAMES.affine, this.stream),
             "pagedAttention",
           ),
         );
@@ -1253,7 +1257,8 @@ export class MlxBackend implements Backend {
         s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
       }
       const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
-      s = tmp.add(this.res(this.S.mlx_where(slotPtr(), M, this.raw.reshape(s, [B, kvH, rep, Lq, S], tmp), this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+      const s5 = this.raw.reshape(s, [B, kvH, rep, Lq, S], tmp);
+      s = tmp.add(this.res(this.S.mlx_where(slotPtr(), M, s5, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
       const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
       const O = product(this.raw.reshape(pr, [B, kvH, rep * Lq, S], tmp), pool.sides[1], false);
       const rows = this.raw.reshape(this.raw.transpose(this.raw.reshape(O, [B, H, Lq, D], tmp), [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
