@@ -95,14 +95,15 @@ interface MKvPool extends KvPool {
 }
 
 /**
- * Where a paged-attention step's rows go: B sequences padded to Lq queries and S keys; kIdx [B * S] the pool slot
- * of each key, qIdx [B * Lq] the step token of each query row, outIdx [T] the row of each token, mask [B, Lq, S].
+ * Where a paged-attention step's rows go: B sequences padded to Lq queries and S keys; rowIdx [B * kvHeads * S] the
+ * pool row (slot * kvHeads + head) of each key of each KV head, qIdx [B * Lq] the step token of each query row,
+ * outIdx [T] the row of each token, mask [B, Lq, S].
  */
 interface PagedGather {
   readonly B: number;
   readonly Lq: number;
   readonly S: number;
-  readonly kIdx: Int32Array;
+  readonly rowIdx: Int32Array;
   readonly qIdx: Int32Array;
   readonly outIdx: Int32Array;
   readonly mask: Uint8Array;
@@ -1152,12 +1153,14 @@ export class MlxBackend implements Backend {
       if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
       S = Math.max(S, L);
     }
-    const kIdx = new Int32Array(B * S);
+    // Keys are gathered as pool rows (slot * kvHeads + head) straight into [seqs, kvHeads, S] order: MLX's CPU
+    // attention runs many times slower on the strided view a [seqs, S, kvHeads] gather would give after a transpose.
+    const rowIdx = new Int32Array(B * kvH * S);
     for (let s = 0; s < B; s++)
       for (let j = 0; j < batch.seqLens[s]!; j++) {
         const blk = batch.blockTables[s * maxBlocks + Math.floor(j / bs)]!;
         if (!(blk >= 0 && blk < pool.numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${pool.numBlocks}`);
-        kIdx[s * S + j] = blk * bs + (j % bs);
+        for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
       }
     const qIdx = new Int32Array(B * Lq);
     const outIdx = new Int32Array(T);
@@ -1177,15 +1180,14 @@ export class MlxBackend implements Backend {
       for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
     }
 
-    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, kIdx, qIdx, outIdx, mask }, opts);
+    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, rowIdx, qIdx, outIdx, mask }, opts);
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
+      const idx = this.raw.data(rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
       const gather = (src: MTensor) => {
-        const flat = this.raw.reshape(src.h, [pool.numBlocks * bs, kvH, D], tmp);
-        const rows = this.raw.take(flat, this.raw.data(kIdx, [B * S], MLX_DTYPE.i32, tmp), 0, tmp);
-        const r4 = this.raw.reshape(rows, [B, S, kvH, D], tmp);
-        const f = src.dtype === "f32" ? r4 : this.raw.astype(r4, MLX_DTYPE.f32, tmp);
-        return this.raw.transpose(f, [0, 2, 1, 3], tmp);
+        const rows = this.raw.take(this.raw.reshape(src.h, [pool.numBlocks * bs * kvH, D], tmp), idx, 0, tmp);
+        const r4 = this.raw.reshape(rows, [B, kvH, S, D], tmp);
+        return src.dtype === "f32" ? r4 : this.raw.astype(r4, MLX_DTYPE.f32, tmp);
       };
       const K = gather(pool.k);
       const V = gather(pool.v);
@@ -1206,8 +1208,8 @@ export class MlxBackend implements Backend {
   /**
    * Attention over a pool with a packed side, the way mlx-lm attends over its quantized cache: scores =
    * quantized_matmul(q * scale, K codes, transposed), soft-cap, mask, precise softmax, then quantized_matmul(p, V
-   * codes). Each sequence's rows (codes, scales, biases) are gathered through its block table straight into
-   * [seqs, kvHeads, S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA
+   * codes). Each sequence's rows (codes, scales, biases) are gathered through its block table into [seqs, kvHeads,
+   * S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA
    * without copies), so no key or value is ever held as floats.
    */
   private packedAttention(qt: MTensor, pool: MKvPool, g: PagedGather, opts: AttentionOptions): Tensor {
@@ -1216,13 +1218,9 @@ export class MlxBackend implements Backend {
     const D = pool.headDim;
     const kvH = pool.kvHeads;
     const rep = H / kvH;
-    const rowIdx = new Int32Array(B * kvH * S);
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < kvH; h++)
-        for (let j = 0; j < S; j++) rowIdx[(b * kvH + h) * S + j] = g.kIdx[b * S + j]! * kvH + h;
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
-      const idx = this.raw.data(rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
+      const idx = this.raw.data(g.rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
       const gather = (t: MTensor) => {
         const last = t.shape[3]!;
         const rows = this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, last], tmp), idx, 0, tmp);
