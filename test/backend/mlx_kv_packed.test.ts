@@ -142,6 +142,32 @@ describe(`packed KV pages: mlx against native${skipReason}`, () => {
     });
   }
 
+  test.skipIf(!probe.ok)("a long prefill chunk attends in runs of query positions (bounded scores) and still agrees with native", () => {
+    const f = parseKvCodec("k8v4g32").format;
+    const nat = new NativeBackend();
+    const mlx = new MlxBackend();
+    // 8 heads over 4096 keys: 128 KiB of scores per query position, so 520 positions take two runs (512 and 8).
+    const [kvh, H, total, fresh, D] = [2, 8, 4096, 520, 32];
+    const nb = total / blockSize;
+    const slots = Int32Array.from({ length: total }, (_, i) => i);
+    const src = nat.createKvPool(nb, blockSize, kvh, D, f);
+    const dst = mlx.createKvPool(nb, blockSize, kvh, D, f);
+    nat.scope(() => nat.kvWrite(src, nat.fromArray(randn(total * kvh * D, 61, 3), [total, kvh, D], "f32"), nat.fromArray(randn(total * kvh * D, 62, 2), [total, kvh, D], "f32"), slots));
+    for (let b = 0; b < nb; b++) mlx.writeKvBlock(dst, b, nat.readKvBlock(src, b));
+    const batch: AttentionBatch = {
+      blockTables: Int32Array.from({ length: nb }, (_, i) => i),
+      maxBlocks: nb,
+      seqLens: Int32Array.of(total),
+      tokenSeq: new Int32Array(fresh),
+      positions: Int32Array.from({ length: fresh }, (_, i) => total - fresh + i),
+    };
+    const q = randn(fresh * H * D, 63, 0.5);
+    const opts = { scale: 0.2, window: 700, softcap: 4 };
+    const run = (be: Backend, pool: KvPool) => be.scope(() => be.toFloat32(be.pagedAttention(be.fromArray(q, [fresh, H, D], "f32"), pool, batch, opts)));
+    expectClose(run(mlx, dst), run(nat, src), 2e-5, 2e-4);
+    for (const [be, p] of [[nat, src], [mlx, dst]] as const) for (const t of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (t) be.dispose(t);
+  });
+
   test.skipIf(!probe.ok)("mlx pages decode to within one step of the values written (MLX's rounding, f16 scales)", () => {
     const mlx = new MlxBackend();
     const f = parseKvCodec("q4").format;

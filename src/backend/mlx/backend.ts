@@ -109,6 +109,12 @@ interface PagedGather {
   readonly mask: Uint8Array;
 }
 
+/**
+ * Bytes of f32 scores one product of packed attention may hold: a prefill chunk over a long context attends in
+ * runs of query positions of about this many scores (the full [seqs, heads, Lq, S] matrix can reach gigabytes).
+ */
+const SCORE_BYTES = 64 << 20;
+
 /** The group sizes mx.quantize takes. */
 const MLX_QUANT_GROUPS = [32, 64, 128];
 
@@ -1219,6 +1225,8 @@ export class MlxBackend implements Backend {
     const kvH = pool.kvHeads;
     const rep = H / kvH;
     const softcap = opts.softcap ?? 0;
+    // Query positions per product, so that a long prefill chunk never holds more than about SCORE_BYTES of scores.
+    const chunk = Math.max(1, Math.min(Lq, Math.floor(SCORE_BYTES / (B * H * S * 4))));
     return this.op((tmp) => {
       const idx = this.raw.data(g.rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
       const gather = (t: MTensor) => {
@@ -1226,39 +1234,62 @@ export class MlxBackend implements Backend {
         const rows = this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, last], tmp), idx, 0, tmp);
         return this.raw.reshape(rows, [B, kvH, S, last], tmp);
       };
-      // x [B, kvH, R, *] times one side's rows: keys transposed (x [.., D] -> [.., S]), values not ([.., S] -> [.., D]).
-      const product = (x: number, side: MKvSide, keys: boolean): number => {
-        if (side.e.kind === "float") {
-          let f = gather(side.data);
-          if (side.data.dtype !== "f32") f = this.raw.astype(f, MLX_DTYPE.f32, tmp);
-          return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(f, [0, 1, 3, 2], tmp) : f, tmp);
-        }
-        // Inputs first: a call's out-slot must be taken after every op that makes its arguments.
-        const codes = gather(side.data);
+      // One side's rows [B, kvH, S, *], gathered once for every chunk: floats as f32, codes as MLX's uint32 words.
+      const operand = (side: MKvSide) => {
+        const data = gather(side.data);
+        if (side.e.kind === "float") return { e: side.e, data: side.data.dtype === "f32" ? data : this.raw.astype(data, MLX_DTYPE.f32, tmp), scales: 0, biases: 0 };
         const scales = gather(side.scales!);
         const biases = gather(side.biases!);
-        const words = tmp.add(this.res(this.S.mlx_view(slotPtr(), codes, MLX_DTYPE.u32, this.stream), "pagedAttention"));
+        return { e: side.e, data: tmp.add(this.res(this.S.mlx_view(slotPtr(), data, MLX_DTYPE.u32, this.stream), "pagedAttention")), scales, biases };
+      };
+      // x [B, kvH, R, *] times one side's rows: keys transposed (x [.., D] -> [.., S]), values not ([.., S] -> [.., D]).
+      const product = (x: number, o: ReturnType<typeof operand>, keys: boolean): number => {
+        if (o.e.kind === "float") return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(o.data, [0, 1, 3, 2], tmp) : o.data, tmp);
         const y = tmp.add(
           this.res(
-            this.S.mlx_quantized_matmul(slotPtr(), x, words, scales, biases, keys, optInt(side.e.group), optInt(side.e.bits), MODE_NAMES.affine, this.stream),
+            this.S.mlx_quantized_matmul(slotPtr(), x, o.data, o.scales, o.biases, keys, optInt(o.e.group), optInt(o.e.bits), MODE_NAMES.affine, this.stream),
             "pagedAttention",
           ),
         );
         return this.f32AfterOp(y, tmp);
       };
+      // x[..., lo:hi, ...] along axis of a tensor of this shape.
+      const part = (x: number, shape: number[], axis: number, lo: number, hi: number) => {
+        const start = shape.map((_, i) => (i === axis ? lo : 0));
+        const stop = shape.map((d, i) => (i === axis ? hi : d));
+        const n = shape.length;
+        return tmp.add(this.res(this.S.mlx_slice(slotPtr(), x, ints(start), n, ints(stop), n, ints(shape.map(() => 1)), n, this.stream), "pagedAttention"));
+      };
+      const K = operand(pool.sides[0]);
+      const V = operand(pool.sides[1]);
       const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(g.qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
       const q4 = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
-      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep * Lq, D], tmp), this.scalar(opts.scale, tmp), tmp);
-      let s = product(Q, pool.sides[0], true);
-      if (softcap > 0) {
-        s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap, tmp), tmp);
-        s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
-      }
+      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep, Lq, D], tmp), this.scalar(opts.scale, tmp), tmp);
       const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
-      const s5 = this.raw.reshape(s, [B, kvH, rep, Lq, S], tmp);
-      s = tmp.add(this.res(this.S.mlx_where(slotPtr(), M, s5, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
-      const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
-      const O = product(this.raw.reshape(pr, [B, kvH, rep * Lq, S], tmp), pool.sides[1], false);
+      const outs: number[] = [];
+      for (let lo = 0; lo < Lq; lo += chunk) {
+        const c = Math.min(chunk, Lq - lo);
+        const q = c === Lq ? Q : part(Q, [B, kvH, rep, Lq, D], 3, lo, lo + c);
+        const m = c === Lq ? M : part(M, [B, 1, 1, Lq, S], 3, lo, lo + c);
+        let s = product(this.raw.reshape(q, [B, kvH, rep * c, D], tmp), K, true);
+        if (softcap > 0) {
+          s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap, tmp), tmp);
+          s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
+        }
+        const s5 = this.raw.reshape(s, [B, kvH, rep, c, S], tmp);
+        const masked = tmp.add(this.res(this.S.mlx_where(slotPtr(), m, s5, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+        const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), masked, -1, true, this.stream), "pagedAttention"));
+        outs.push(this.raw.reshape(product(this.raw.reshape(pr, [B, kvH, rep * c, S], tmp), V, false), [B, kvH, rep, c, D], tmp));
+      }
+      let O = outs[0]!;
+      if (outs.length > 1) {
+        const vec = Number(this.S.mlx_vector_array_new_data(handles(outs), outs.length));
+        try {
+          O = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 3, this.stream), "pagedAttention"));
+        } finally {
+          this.S.mlx_vector_array_free(vec);
+        }
+      }
       const rows = this.raw.reshape(this.raw.transpose(this.raw.reshape(O, [B, H, Lq, D], tmp), [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
       return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(g.outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     });
