@@ -1215,8 +1215,8 @@ export class MlxBackend implements Backend {
    * Attention over a pool with a packed side, the way mlx-lm attends over its quantized cache: scores =
    * quantized_matmul(q * scale, K codes, transposed), soft-cap, mask, precise softmax, then quantized_matmul(p, V
    * codes). Each sequence's rows (codes, scales, biases) are gathered through its block table into [seqs, kvHeads,
-   * S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA
-   * without copies), so no key or value is ever held as floats.
+   * S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA without copies), so
+   * no key or value is ever held as floats. Long prefill chunks run in runs of query positions (SCORE_BYTES).
    */
   private packedAttention(qt: MTensor, pool: MKvPool, g: PagedGather, opts: AttentionOptions): Tensor {
     const { B, Lq, S } = g;
