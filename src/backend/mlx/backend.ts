@@ -26,7 +26,7 @@ import {
 } from "../backend.ts";
 import * as args from "../args.ts";
 import type { ComputeDtypeMode } from "../choice.ts";
-import { type KvFormat, plainKvDtype } from "../../quant/kv_codec.ts";
+import { type KvElement, type KvFormat } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
@@ -77,14 +77,53 @@ const MASK_NONE = cstr("");
 const MASK_CAUSAL = cstr("causal");
 const MASK_ARRAY = cstr("array");
 
+/** The formats a side of an mlx pool can take: MLX's quantize has no FP8-with-f16-scale or rotated codes. */
+type MKvElement = Extract<KvElement, { kind: "float" } | { kind: "affine" }>;
+
+/** One side (keys or values) of a pool: float rows, or affine codes (u8) with their f16 scales and biases. */
+interface MKvSide {
+  readonly e: MKvElement;
+  readonly data: MTensor;
+  readonly scales?: MTensor;
+  readonly biases?: MTensor;
+}
+
 interface MKvPool extends KvPool {
   readonly k: MTensor;
   readonly v: MTensor;
+  readonly format: KvFormat;
+  readonly sides: readonly [MKvSide, MKvSide];
+  /** Every tensor of the pool, in the order readKvBlock lays them out. */
+  readonly parts: readonly MTensor[];
   readonly mlxPool: true;
 }
 
 /** A ternary weight's codes as MLX multiplies them (see ternaryForm). */
 type TernaryForm = { w: MTensor; scales: MTensor; biases: MTensor; groupSize: number } | { t: MTensor };
+
+/**
+ * Where a paged-attention step's rows go: B sequences padded to Lq queries and S keys; rowIdx [B * kvHeads * S] the
+ * pool row (slot * kvHeads + head) of each key of each KV head, qIdx [B * Lq] the step token of each query row,
+ * outIdx [T] the row of each token, mask [B, Lq, S].
+ */
+interface PagedGather {
+  readonly B: number;
+  readonly Lq: number;
+  readonly S: number;
+  readonly rowIdx: Int32Array;
+  readonly qIdx: Int32Array;
+  readonly outIdx: Int32Array;
+  readonly mask: Uint8Array;
+}
+
+/**
+ * Bytes of f32 scores one product of packed attention may hold: a prefill chunk over a long context attends in
+ * runs of query positions of about this many scores (the full [seqs, heads, Lq, S] matrix can reach gigabytes).
+ */
+const SCORE_BYTES = 64 << 20;
+
+/** The group sizes mx.quantize takes. */
+const MLX_QUANT_GROUPS = [32, 64, 128];
 
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
@@ -381,7 +420,7 @@ export class MlxBackend implements Backend {
       this.pendingError = null;
       invalid(e);
     }
-    for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
+    for (const p of this.dirtyPools) for (const t of p.parts) hs.push(t.h);
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
@@ -970,13 +1009,35 @@ export class MlxBackend implements Backend {
 
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
     args.checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
-    const dtype = typeof format === "string" ? format : plainKvDtype(format);
-    // Packed KV pages (q8, q4, k8v4, fp8, turbo4, turbo3) are not wired to mlx_quantize / quantized matmuls yet.
-    if (dtype === null) throw new RmlxError("unsupported", "the mlx backend stores KV pages as f32, f16 or bf16 only for now");
-    const shape = [numBlocks, blockSize, kvHeads, headDim];
+    const f = args.kvPoolFormat(format);
+    const lead = [numBlocks, blockSize, kvHeads];
+    const alloc = (last: number, dt: DType) => this.allocPersistent([...lead, last], dt) as MTensor;
+    const side = (e: KvElement): MKvSide => {
+      if (e.kind === "float") return { e, data: alloc(headDim, e.dtype) };
+      if (e.kind !== "affine") {
+        const name = e.kind === "fp8" ? "fp8" : `turbo${e.bits}`;
+        throw new RmlxError(
+          "unsupported",
+          `the mlx backend cannot store ${name} KV pages: it stores f32, f16, bf16 and MLX's affine codes (q8, q4, k8v4, groups of 32 or 64); use --backend native for ${name}`,
+        );
+      }
+      if (!MLX_QUANT_GROUPS.includes(e.group)) {
+        throw new RmlxError("unsupported", `the mlx backend quantizes KV pages in groups of ${MLX_QUANT_GROUPS.join(", ")} (mx.quantize), not ${e.group}`);
+      }
+      const groups = headDim / e.group;
+      return { e, data: alloc((headDim * e.bits) / 8, "u8"), scales: alloc(groups, "f16"), biases: alloc(groups, "f16") };
+    };
+    const k = side(f.k);
+    const v = side(f.v);
+    const parts = [k, v].flatMap((x) => [x.data, x.scales, x.biases].filter((t): t is MTensor => t !== undefined));
     const pool: MKvPool = {
-      k: this.allocPersistent(shape, dtype) as MTensor,
-      v: this.allocPersistent(shape, dtype) as MTensor,
+      k: k.data,
+      v: v.data,
+      ...(k.scales ? { kScales: k.scales, kBiases: k.biases } : {}),
+      ...(v.scales ? { vScales: v.scales, vBiases: v.biases } : {}),
+      format: f,
+      sides: [k, v],
+      parts,
       numBlocks,
       blockSize,
       kvHeads,
@@ -989,8 +1050,7 @@ export class MlxBackend implements Backend {
   private pool(p: KvPool, what: string): MKvPool {
     const pool = p as MKvPool;
     if (pool.mlxPool !== true) invalid(`${what}: not a KV pool of the mlx backend`);
-    this.arg(pool.k, what);
-    this.arg(pool.v, what);
+    for (const t of pool.parts) this.arg(t, what);
     return pool;
   }
 
@@ -998,6 +1058,37 @@ export class MlxBackend implements Backend {
   private swap(t: MTensor, h: number): void {
     this.free(t.h);
     t.h = h;
+  }
+
+  /** Scatters rows upd [T, 1, ...row] into a pool tensor [numBlocks, blockSize, ...row] at the slots in idxVec. */
+  private scatterSlots(dst: MTensor, upd: number, idxVec: number, tmp: Temps): void {
+    const [nb, bs, ...row] = dst.shape as [number, number, ...number[]];
+    const flat = this.raw.reshape(dst.h, [nb * bs, ...row], tmp);
+    const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, Int32Array.of(0), 1, this.stream), "kvWrite"));
+    this.swap(dst, this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), dst.shape.length, this.stream), "kvWrite"));
+  }
+
+  /**
+   * mx.quantize (affine) of rows x [R, D] f32: codes as bytes [R, D * bits / 8] (MLX's uint32 words viewed as
+   * little-endian bytes: the first value of each byte in its low bits, as the native layout has them), scales and
+   * biases [R, D / group] rounded to f16. MLX takes the codes against the f32 scale and bias, before that rounding.
+   */
+  private quantizeRows(x: number, e: Extract<KvElement, { kind: "affine" }>, tmp: Temps): { codes: number; scales: number; biases: number } {
+    const vec = Number(this.S.mlx_vector_array_new());
+    const slot = new BigUint64Array([BigInt(vec)]);
+    try {
+      if (this.S.mlx_quantize(slot, x, optInt(e.group), optInt(e.bits), MODE_NAMES.affine, null, this.stream) !== 0) this.fail("kvWrite");
+      const v = Number(slot[0]);
+      const part = (i: number) => tmp.add(this.res(this.S.mlx_vector_array_get(slotPtr(), v, i), "kvWrite"));
+      const [w, sc, bi] = [part(0), part(1), part(2)];
+      return {
+        codes: tmp.add(this.res(this.S.mlx_view(slotPtr(), w, MLX_DTYPE.u8, this.stream), "kvWrite")),
+        scales: this.raw.astype(sc, MLX_DTYPE.f16, tmp),
+        biases: this.raw.astype(bi, MLX_DTYPE.f16, tmp),
+      };
+    } finally {
+      this.S.mlx_vector_array_free(Number(slot[0]) || vec);
+    }
   }
 
   kvWrite(p: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void {
@@ -1016,38 +1107,37 @@ export class MlxBackend implements Backend {
     if (T === 0) return;
     const tmp = new Temps();
     try {
-      // Slots in a row within one block (a decode token; a prompt chunk's block): a slice update a side, no indices.
+      // Slots in a row within one block (a decode token; a prompt chunk's block): slice updates, no index array.
       const first = slots[0]!;
       const blk = Math.floor(first / blockSize);
       let run = Math.floor((first + T - 1) / blockSize) === blk;
       for (let i = 1; run && i < T; i++) run = slots[i] === first + i;
-      if (run) {
+      const idxVec = run ? 0 : Number(this.S.mlx_vector_array_new_data(handles([this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp)]), 1));
+      // Writes rows [T * kvHeads, last] (or [T, kvHeads, last]) of one pool tensor at the step's slots.
+      const put = (dst: MTensor, rows: number, last: number) => {
+        if (!run) return this.scatterSlots(dst, this.raw.reshape(rows, [T, 1, kvHeads, last], tmp), idxVec, tmp);
         const off = first - blk * blockSize;
+        const upd = this.raw.reshape(rows, [1, T, kvHeads, last], tmp);
         const lo = ints([blk, off, 0, 0]);
-        const hi = ints([blk + 1, off + T, kvHeads, headDim]);
-        const one = ints([1, 1, 1, 1]);
-        for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
-          const cast = src.dtype === dst.dtype ? src.h : this.raw.astype(src.h, TO_MLX[dst.dtype], tmp);
-          const upd = this.raw.reshape(cast, [1, T, kvHeads, headDim], tmp);
-          this.swap(dst, this.res(this.S.mlx_slice_update(slotPtr(), dst.h, upd, lo, 4, hi, 4, one, 4, this.stream), "kvWrite"));
-        }
-        this.dirtyPools.add(pool);
-        return;
-      }
-      const idx = this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp);
-      const idxVec = Number(this.S.mlx_vector_array_new_data(handles([idx]), 1));
+        const hi = ints([blk + 1, off + T, kvHeads, last]);
+        this.swap(dst, this.res(this.S.mlx_slice_update(slotPtr(), dst.h, upd, lo, 4, hi, 4, ints([1, 1, 1, 1]), 4, this.stream), "kvWrite"));
+      };
       try {
-        for (const [dst, src] of [[pool.k, kt], [pool.v, vt]] as const) {
-          const flat = this.raw.reshape(dst.h, [total, kvHeads, headDim], tmp);
-          const cast = src.dtype === dst.dtype ? src.h : this.raw.astype(src.h, TO_MLX[dst.dtype], tmp);
-          const upd = this.raw.reshape(cast, [T, 1, kvHeads, headDim], tmp);
-          const axes = Int32Array.of(0);
-          const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, axes, 1, this.stream), "kvWrite"));
-          const back = this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), 4, this.stream), "kvWrite");
-          this.swap(dst, back);
+        for (const [side, src] of [[pool.sides[0], kt], [pool.sides[1], vt]] as const) {
+          if (side.e.kind === "float") {
+            put(side.data, src.dtype === side.data.dtype ? src.h : this.raw.astype(src.h, TO_MLX[side.data.dtype], tmp), headDim);
+            continue;
+          }
+          // Quantized from f32 whatever the compute dtype, so that scales and biases are the codec's.
+          const x32 = src.dtype === "f32" ? src.h : this.raw.astype(src.h, MLX_DTYPE.f32, tmp);
+          const q = this.quantizeRows(this.raw.reshape(x32, [T * kvHeads, headDim], tmp), side.e, tmp);
+          const groups = headDim / side.e.group;
+          put(side.data, q.codes, (headDim * side.e.bits) / 8);
+          put(side.scales!, q.scales, groups);
+          put(side.biases!, q.biases, groups);
         }
       } finally {
-        this.S.mlx_vector_array_free(idxVec);
+        if (idxVec) this.S.mlx_vector_array_free(idxVec);
       }
       this.dirtyPools.add(pool);
     } finally {
@@ -1188,14 +1278,11 @@ export class MlxBackend implements Backend {
     if (src === dst) return;
     const tmp = new Temps();
     try {
-      for (const t of [pool.k, pool.v]) {
-        const lo = [src, 0, 0, 0];
-        const hi = [src + 1, ...t.shape.slice(1)];
+      for (const t of pool.parts) {
+        const rest = t.shape.slice(1);
         const one = ints([1, 1, 1, 1]);
-        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), 4, ints(hi), 4, one, 4, this.stream), "copyBlock"));
-        const dlo = [dst, 0, 0, 0];
-        const dhi = [dst + 1, ...t.shape.slice(1)];
-        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints(dlo), 4, ints(dhi), 4, one, 4, this.stream), "copyBlock");
+        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([src, 0, 0, 0]), 4, ints([src + 1, ...rest]), 4, one, 4, this.stream), "copyBlock"));
+        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints([dst, 0, 0, 0]), 4, ints([dst + 1, ...rest]), 4, one, 4, this.stream), "copyBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -1210,14 +1297,21 @@ export class MlxBackend implements Backend {
     const out = into ?? new Uint8Array(kvBlockBytes(pool));
     const tmp = new Temps();
     try {
-      let at = 0;
-      for (const t of [pool.k, pool.v]) {
-        const one = ints([1, 1, 1, 1]);
+      // One evaluation of the block's parts, flattened to bytes and joined in the documented order.
+      const one = ints([1, 1, 1, 1]);
+      const bytes = pool.parts.map((t) => {
         const h = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
-        const bytes = new Uint8Array(this.bytesOfHandle(h, "readKvBlock"));
-        out.set(bytes, at);
-        at += bytes.byteLength;
+        const flat = this.raw.reshape(h, [-1], tmp);
+        return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(slotPtr(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
+      });
+      const vec = Number(this.S.mlx_vector_array_new_data(handles(bytes), bytes.length));
+      let joined: number;
+      try {
+        joined = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 0, this.stream), "readKvBlock"));
+      } finally {
+        this.S.mlx_vector_array_free(vec);
       }
+      out.set(new Uint8Array(this.bytesOfHandle(joined, "readKvBlock")));
     } finally {
       this.freeAll(tmp);
     }
@@ -1230,7 +1324,7 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       let at = 0;
-      for (const t of [pool.k, pool.v]) {
+      for (const t of pool.parts) {
         const shape = [1, ...t.shape.slice(1)];
         const n = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
         const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
@@ -1276,12 +1370,14 @@ export class MlxBackend implements Backend {
       if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
       S = Math.max(S, L);
     }
-    const kIdx = new Int32Array(B * S);
+    // Keys are gathered as pool rows (slot * kvHeads + head) straight into [seqs, kvHeads, S] order: MLX's CPU
+    // attention runs many times slower on the strided view a [seqs, S, kvHeads] gather would give after a transpose.
+    const rowIdx = new Int32Array(B * kvH * S);
     for (let s = 0; s < B; s++)
       for (let j = 0; j < batch.seqLens[s]!; j++) {
         const blk = batch.blockTables[s * maxBlocks + Math.floor(j / bs)]!;
         if (!(blk >= 0 && blk < pool.numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${pool.numBlocks}`);
-        kIdx[s * S + j] = blk * bs + (j % bs);
+        for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
       }
     const qIdx = new Int32Array(B * Lq);
     const outIdx = new Int32Array(T);
@@ -1298,9 +1394,8 @@ export class MlxBackend implements Backend {
       if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
       if (row !== t || pos !== S - T + t) simple = false;
     }
-    let mask: Uint8Array | null = null;
-    if (!simple) {
-      mask = new Uint8Array(B * Lq * S);
+    const buildMask = () => {
+      const mask = new Uint8Array(B * Lq * S);
       for (let r = 0; r < B * Lq; r++) mask[r * S] = 1;
       for (let t = 0; t < T; t++) {
         const s = batch.tokenSeq[t]!;
@@ -1311,16 +1406,18 @@ export class MlxBackend implements Backend {
         mask[row * S] = 0;
         for (let j = lo; j <= hi; j++) mask[row * S + j] = 1;
       }
-    }
+      return mask;
+    };
 
+    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, rowIdx, qIdx, outIdx, mask: buildMask() }, opts);
+    const mask = simple ? null : buildMask();
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
-      const idx = this.raw.data(kIdx, [B, S], MLX_DTYPE.i32, tmp);
+      const idx = this.raw.data(rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
       const gather = (src: MTensor) => {
-        const flat = this.raw.reshape(src.h, [pool.numBlocks * bs, kvH, D], tmp);
-        const r4 = this.raw.take(flat, idx, 0, tmp);
-        const f = src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
-        return this.raw.transpose(f, [0, 2, 1, 3], tmp);
+        const rows = this.raw.take(this.raw.reshape(src.h, [pool.numBlocks * bs * kvH, D], tmp), idx, 0, tmp);
+        const r4 = this.raw.reshape(rows, [B, kvH, S, D], tmp);
+        return src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
       };
       const K = gather(pool.k);
       const V = gather(pool.v);
@@ -1347,6 +1444,90 @@ export class MlxBackend implements Backend {
     const m = new Uint8Array(Lq * S);
     for (let i = 0; i < Lq; i++) m.fill(1, i * S, S - Lq + i + 1 + i * S);
     return this.raw.data(m, [1, 1, Lq, S], MLX_DTYPE.bool, tmp);
+  }
+
+  /**
+   * Attention over a pool with a packed side, the way mlx-lm attends over its quantized cache: scores =
+   * quantized_matmul(q * scale, K codes, transposed), soft-cap, mask, precise softmax, then quantized_matmul(p, V
+   * codes). Each sequence's rows (codes, scales, biases) are gathered through its block table into [seqs, kvHeads,
+   * S, row] order, and a KV head's query heads share its rows as the rows of one product (GQA without copies), so
+   * no key or value is ever held as floats. Long prefill chunks run in runs of query positions (SCORE_BYTES).
+   */
+  private packedAttention(qt: MTensor, pool: MKvPool, g: PagedGather, opts: AttentionOptions): Tensor {
+    const { B, Lq, S } = g;
+    const [T, H] = qt.shape as [number, number, number];
+    const D = pool.headDim;
+    const kvH = pool.kvHeads;
+    const rep = H / kvH;
+    const softcap = opts.softcap ?? 0;
+    // Query positions per product, so that a long prefill chunk never holds more than about SCORE_BYTES of scores.
+    const chunk = Math.max(1, Math.min(Lq, Math.floor(SCORE_BYTES / (B * H * S * 4))));
+    return this.op((tmp) => {
+      const idx = this.raw.data(g.rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
+      const gather = (t: MTensor) => {
+        const last = t.shape[3]!;
+        const rows = this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, last], tmp), idx, 0, tmp);
+        return this.raw.reshape(rows, [B, kvH, S, last], tmp);
+      };
+      // One side's rows [B, kvH, S, *], gathered once for every chunk: floats as f32, codes as MLX's uint32 words.
+      const operand = (side: MKvSide) => {
+        const data = gather(side.data);
+        if (side.e.kind === "float") return { e: side.e, data: side.data.dtype === this.computeDtype ? data : this.raw.astype(data, this.adt, tmp), scales: 0, biases: 0 };
+        const scales = gather(side.scales!);
+        const biases = gather(side.biases!);
+        return { e: side.e, data: tmp.add(this.res(this.S.mlx_view(slotPtr(), data, MLX_DTYPE.u32, this.stream), "pagedAttention")), scales, biases };
+      };
+      // x [B, kvH, R, *] times one side's rows: keys transposed (x [.., D] -> [.., S]), values not ([.., S] -> [.., D]).
+      const product = (x: number, o: ReturnType<typeof operand>, keys: boolean): number => {
+        if (o.e.kind === "float") return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(o.data, [0, 1, 3, 2], tmp) : o.data, tmp);
+        const y = tmp.add(
+          this.res(
+            this.S.mlx_quantized_matmul(slotPtr(), x, o.data, o.scales, o.biases, keys, optInt(o.e.group), optInt(o.e.bits), MODE_NAMES.affine, this.stream),
+            "pagedAttention",
+          ),
+        );
+        return this.f32AfterOp(y, tmp);
+      };
+      // x[..., lo:hi, ...] along axis of a tensor of this shape.
+      const part = (x: number, shape: number[], axis: number, lo: number, hi: number) => {
+        const start = shape.map((_, i) => (i === axis ? lo : 0));
+        const stop = shape.map((d, i) => (i === axis ? hi : d));
+        const n = shape.length;
+        return tmp.add(this.res(this.S.mlx_slice(slotPtr(), x, ints(start), n, ints(stop), n, ints(shape.map(() => 1)), n, this.stream), "pagedAttention"));
+      };
+      const K = operand(pool.sides[0]);
+      const V = operand(pool.sides[1]);
+      const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(g.qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
+      const q4 = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
+      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep, Lq, D], tmp), this.scalar(opts.scale, tmp), tmp);
+      const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
+      const outs: number[] = [];
+      for (let lo = 0; lo < Lq; lo += chunk) {
+        const c = Math.min(chunk, Lq - lo);
+        const q = c === Lq ? Q : part(Q, [B, kvH, rep, Lq, D], 3, lo, lo + c);
+        const m = c === Lq ? M : part(M, [B, 1, 1, Lq, S], 3, lo, lo + c);
+        let s = product(this.raw.reshape(q, [B, kvH, rep * c, D], tmp), K, true);
+        if (softcap > 0) {
+          s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap, tmp), tmp);
+          s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
+        }
+        const s5 = this.raw.reshape(s, [B, kvH, rep, c, S], tmp);
+        const masked = tmp.add(this.res(this.S.mlx_where(slotPtr(), m, s5, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+        const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), masked, -1, true, this.stream), "pagedAttention"));
+        outs.push(this.raw.reshape(product(this.raw.reshape(pr, [B, kvH, rep * c, S], tmp), V, false), [B, kvH, rep, c, D], tmp));
+      }
+      let O = outs[0]!;
+      if (outs.length > 1) {
+        const vec = Number(this.S.mlx_vector_array_new_data(handles(outs), outs.length));
+        try {
+          O = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 3, this.stream), "pagedAttention"));
+        } finally {
+          this.S.mlx_vector_array_free(vec);
+        }
+      }
+      const rows = this.raw.reshape(this.raw.transpose(this.raw.reshape(O, [B, H, Lq, D], tmp), [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
+      return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(g.outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
+    }, [T, H, D], this.computeDtype);
   }
 
   /** Attention with tanh soft-capped scores, in plain ops (MLX's fused attention has no soft-cap). */

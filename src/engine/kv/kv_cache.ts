@@ -669,10 +669,7 @@ export class KvCache {
 
   /** Frees the device memory of the pools; the cache is unusable afterwards. */
   dispose(): void {
-    for (const p of new Set(this.pools)) {
-      this.backend.dispose(p.k);
-      this.backend.dispose(p.v);
-    }
+    for (const p of new Set(this.pools)) for (const t of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (t) this.backend.dispose(t);
     this.states?.dispose();
   }
 
