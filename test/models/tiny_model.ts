@@ -183,6 +183,8 @@ export interface TinyHybridSpec {
   drop?: string[];
   /** Copy tokenizer.json and tokenizer_config.json from this directory (its vocabulary must be 448 tokens). */
   tokenizerFrom?: string;
+  /** max_position_embeddings (default 512). */
+  contextLength?: number;
 }
 
 /**
@@ -301,7 +303,7 @@ export function makeTinyHybrid(spec: TinyHybridSpec, seed = 1): { dir: string; t
     head_dim: hd,
     intermediate_size: inter,
     vocab_size: V,
-    max_position_embeddings: 512,
+    max_position_embeddings: spec.contextLength ?? 512,
     rms_norm_eps: 1e-6,
     partial_rotary_factor: 0.25,
     rope_parameters: { rope_type: "default", rope_theta: 10000, partial_rotary_factor: 0.25 },
