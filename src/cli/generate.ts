@@ -3,7 +3,7 @@
 // server runs.
 import type { Command } from "commander";
 import { cacheForTokens, generateAsync, type GenerateResult } from "../engine/generate.ts";
-import { type DraftModel, speculatorFor } from "../engine/draft_model.ts";
+import { type DraftSource, speculatorFor } from "../engine/draft_model.ts";
 import { encodePrompt, sessionModel, type Session } from "../engine/session.ts";
 import { DEFAULT_SAMPLING, type ChatMessage, type SamplingParams } from "../engine/types.ts";
 import { RmlxError } from "../errors.ts";
@@ -75,8 +75,8 @@ export interface RunOptions {
   onText?: (t: string) => void;
   /** Stops the reply where it is (chat's Ctrl-C); the result then has finishReason "cancelled". */
   signal?: AbortSignal;
-  /** A draft model proposing tokens (--draft-model), and the most it proposes a step. */
-  draft?: { model: DraftModel; tokens: number; fixed: boolean };
+  /** A draft proposing tokens (--draft-model, or --draft-kind mtp), and the most it proposes a step. */
+  draft?: { model: DraftSource; tokens: number; fixed: boolean };
 }
 
 /** The prompt's ids (chat template applied) and the reply, through a cache sized for the prompt and maxTokens. */

@@ -142,7 +142,7 @@ function humanLines(s: InfoOut): [string, string][] {
     const n = s.mtp.layers;
     lines.push([
       "mtp head",
-      `${n} layer${n === 1 ? "" : "s"}, ${formatCount(s.mtp.parameters)} parameters, ${formatBytes(s.mtp.bytes)} (in the totals above; not used for decoding)`,
+      `${n} layer${n === 1 ? "" : "s"}, ${formatCount(s.mtp.parameters)} parameters, ${formatBytes(s.mtp.bytes)} (in the totals above; drafts with --draft-kind mtp)`,
     ]);
   }
   lines.push(

@@ -21,7 +21,7 @@ import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
-import { DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
+import { DRAFT_KIND_HELP, DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags, DraftFlags, BitnetFlags {
@@ -153,6 +153,7 @@ export function register(program: Command): void {
     )
     .option("-v, --verbose", "log one line per request (--log-level debug)")
     .option("--draft-model <dir>", "a smaller model with the same tokenizer that proposes tokens for each served model to verify (env RMLX_DRAFT_MODEL)")
+    .option("--draft-kind <kind>", DRAFT_KIND_HELP)
     .option("--draft-tokens <k>", DRAFT_TOKENS_HELP)
     .option("--draft-policy <p>", DRAFT_POLICY_HELP)
     .addHelpText(
@@ -214,8 +215,12 @@ export function register(program: Command): void {
         if (templateFile !== undefined) engine.chatTemplate = readChatTemplateFile(templateFile);
         const draft = draftSettings(flags);
         if (draft) {
-          if (!existsSync(join(draft.dir, "config.json"))) throw new RmlxError("invalid_argument", `--draft-model ${draft.dir}: no config.json there`);
-          engine.draftModel = draft.dir;
+          if (draft.kind === "model") {
+            if (!existsSync(join(draft.dir, "config.json"))) throw new RmlxError("invalid_argument", `--draft-model ${draft.dir}: no config.json there`);
+            engine.draftModel = draft.dir;
+          } else {
+            engine.draftMtp = true;
+          }
           engine.draftTokens = draft.tokens;
           engine.draftFixed = draft.fixed;
         }

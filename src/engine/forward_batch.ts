@@ -17,6 +17,26 @@ export function runStep(model: Model, cache: KvCache, built: BuiltStep, logitRow
 }
 
 /**
+ * runStep that also returns the post-norm hidden states of hiddenRows [rows, hiddenSize] (models with
+ * forwardHidden: what a multi-token-prediction head reads).
+ */
+export function runStepHidden(
+  model: Model,
+  cache: KvCache,
+  built: BuiltStep,
+  logitRows: Int32Array,
+  hiddenRows: Int32Array,
+  out?: Float32Array,
+): { logits: Float32Array; hidden: Float32Array } {
+  if (!model.forwardHidden) throw new RmlxError("internal", "this model does not give its hidden states");
+  const be = model.backend;
+  return be.scope(() => {
+    const f = model.forwardHidden!(cache.forwardStep(built, logitRows), hiddenRows);
+    return { logits: be.toFloat32(f.logits, out), hidden: be.toFloat32(f.hidden) };
+  });
+}
+
+/**
  * Runs one built step and returns the argmax of each logits row, i32 [logitRows.length]: computed where the logits
  * are, so that only token ids come back (greedy decoding on the mlx backend).
  */

@@ -44,6 +44,11 @@ export interface SchedulerModel {
    * pick greedy tokens without copying the logits out. Used when every row of a step is plain greedy.
    */
   forwardArgmax?(step: BuiltStep, logitRows: Int32Array): Int32Array;
+  /**
+   * The same step, also returning the post-norm hidden states of hiddenRows [rows, hiddenSize] (valid until the
+   * next step): what a drafter on the model's multi-token-prediction head reads.
+   */
+  forwardHidden?(step: BuiltStep, logitRows: Int32Array, hiddenRows: Int32Array): { logits: Float32Array; hidden: Float32Array };
   newDetokenizer(): TokenTextStream;
   newStopFilter(stops: string[]): StopFilter;
   /** The raw bytes of one token (for logprobs). */
@@ -57,7 +62,7 @@ export interface SchedulerModel {
   readonly reasoningTokens?: { open: readonly number[]; close: readonly number[] };
   /** Where prefix-cache entries go when they leave RAM (an SSD tier), if anywhere. */
   readonly prefixTier?: PrefixTier;
-  /** A draft model that proposes tokens for the target to verify (speculative decoding). */
+  /** A drafter that proposes tokens for the target to verify (speculative decoding). */
   readonly speculator?: Speculator;
 }
 
@@ -332,15 +337,45 @@ export class Scheduler {
       hasRow[i] = owners[i]!.seq.length + entries[i]!.tokens.length - k === owners[i]!.tokens.length;
       if (hasRow[i]) for (let r = built.lastRows[i]! - k; r <= built.lastRows[i]!; r++) rows.push(r);
     }
+    // A drafter on the model's own MTP head reads the target's hidden state of every token of the sequences
+    // that may speculate.
+    const hiddenRows: number[] = [];
+    const firstHidden: number[] = [];
+    if (this.spec?.wantsHidden && this.model.forwardHidden) {
+      for (let i = 0; i < entries.length; i++) {
+        firstHidden[i] = -1;
+        if (!this.speculable(owners[i]!)) continue;
+        firstHidden[i] = hiddenRows.length;
+        for (let r = built.lastRows[i]! - entries[i]!.tokens.length + 1; r <= built.lastRows[i]!; r++) hiddenRows.push(r);
+      }
+    }
     const t0 = performance.now();
-    const greedy = this.model.forwardArgmax && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.greedyOnly));
-    const greedyIds = greedy ? this.model.forwardArgmax!(built, Int32Array.from(rows)) : null;
-    const logits = greedyIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
+    let logits: Float32Array;
+    let hidden: Float32Array = NO_LOGITS;
+    let greedyIds: Int32Array | null = null;
+    if (hiddenRows.length > 0) {
+      ({ logits, hidden } = this.model.forwardHidden!(built, Int32Array.from(rows), Int32Array.from(hiddenRows)));
+    } else {
+      const greedy = this.model.forwardArgmax && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.greedyOnly));
+      greedyIds = greedy ? this.model.forwardArgmax!(built, Int32Array.from(rows)) : null;
+      logits = greedyIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
+    }
     if (this.spec && decodeOnly) this.spec.observeStep(performance.now() - t0, drafted);
     const vocab = rows.length > 0 ? logits.length / rows.length : 0;
     let rowData = logits;
     const row = (r: number) => rowData.subarray(r * vocab, (r + 1) * vocab);
     const verdicts = drafts.map((d, i) => (d ? this.verify(owners[i]!, d, firstRow[i]!, row) : null));
+    if (hiddenRows.length > 0) {
+      // The hidden states of the tokens the target keeps: all of an entry's, or a speculating one's last token
+      // and the accepted proposals.
+      const H = hidden.length / hiddenRows.length;
+      for (let i = 0; i < entries.length; i++) {
+        const h = firstHidden[i]!;
+        if (h < 0) continue;
+        const n = verdicts[i] ? verdicts[i]!.accepted + 1 : entries[i]!.tokens.length;
+        this.spec!.observe(owners[i]!, owners[i]!.seq.length, hidden.subarray(h * H, (h + n) * H), n, owners[i]!.tokens);
+      }
+    }
     // A speculating entry keeps its last token and the accepted proposals; the blocks past them go back.
     const kept = entries.map((e, i) => (verdicts[i] ? { seq: e.seq, tokens: e.tokens.subarray(0, verdicts[i].accepted + 1) } : e));
     const offerTokens = owners.map((a, i) => (verdicts[i] ? [...a.tokens, ...verdicts[i].tokens.slice(0, verdicts[i].accepted)] : a.tokens));

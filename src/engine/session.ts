@@ -15,7 +15,7 @@ import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { GEMMA4_CALL_CLOSE, GEMMA4_CALL_OPEN, GEMMA4_QUOTE, toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ForcedGemma4Call } from "./gemma4_tool_call.ts";
-import { runStep, runStepArgmax } from "./forward_batch.ts";
+import { runStep, runStepArgmax, runStepHidden } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { BuiltStep, KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
@@ -214,6 +214,15 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
       if (logits.length < need) logits = new Float32Array(need);
       return runStep(model, cache, step, logitRows, logits);
     },
+    ...(model.forwardHidden
+      ? {
+          forwardHidden(step: BuiltStep, logitRows: Int32Array, hiddenRows: Int32Array) {
+            const need = logitRows.length * model.vocabSize;
+            if (logits.length < need) logits = new Float32Array(need);
+            return runStepHidden(model, cache, step, logitRows, hiddenRows, logits);
+          },
+        }
+      : {}),
     // The native sampler reads the logits where they already are; the mlx backend would copy them out first.
     ...(model.backend.name === "mlx" ? { forwardArgmax: (step: BuiltStep, logitRows: Int32Array) => runStepArgmax(model, cache, step, logitRows) } : {}),
     newDetokenizer: () => NO_TEXT,

@@ -1,19 +1,17 @@
-// Speculative decoding with a draft model. Each step, a decoding sequence may have the draft propose k tokens
-// (k draft forwards, batched over the sequences that speculate); the target then runs its last token and the k
+// Speculative decoding with a drafter: a draft model, or the target's own multi-token-prediction head (see
+// draft_model.ts). Each step, a decoding sequence may have the drafter propose k tokens
+// (k drafter forwards, batched over the sequences that speculate); the target then runs its last token and the k
 // proposals in one step and keeps the longest prefix it agrees with, plus one token of its own. Greedy: a
 // proposal is kept when it is the target's argmax, so the output is the target's alone. Sampled: rejection
 // sampling (keep d with probability min(1, p(d)/q(d)), else draw from the normalised max(0, p - q)), with the
 // request's temperature, filters and penalties applied to both distributions, which keeps the target's
-// distribution exactly. The draft's KV is cut back past the tokens the target did not keep.
+// distribution exactly. The drafter's KV is cut back past the tokens the target did not keep.
 //
 // How many tokens to propose is decided per sequence from its recent acceptance and the measured cost of draft
 // steps and of the extra verified tokens, against plain decode steps: the k that maximises expected tokens per
 // unit of time, 0 (a plain step) when no k beats plain decoding. A sequence that stops speculating tries again
 // after a back-off that doubles while speculation keeps not paying.
 import { RmlxError } from "../errors.ts";
-import type { Model } from "../models/model.ts";
-import { runStep } from "./forward_batch.ts";
-import { type KvCache, Sequence, type StepEntry } from "./kv/kv_cache.ts";
 import { Sampler } from "./sampler.ts";
 import type { SamplingParams } from "./types.ts";
 
@@ -89,8 +87,38 @@ export function expectedTokens(a: number, k: number): number {
   return a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a);
 }
 
+/**
+ * What runs a Speculator's proposals, keeping per-sequence state (its own KV cache) keyed by the scheduler's
+ * sequence objects.
+ */
+export interface Drafter {
+  /** Longest sequence it can propose for. */
+  readonly contextLength: number;
+  /** Whether it reads the target's post-norm hidden states (observe). */
+  readonly wantsHidden: boolean;
+  /**
+   * Gets key ready to propose up to k tokens after `tokens` (the target holds all but the last in its KV):
+   * cache room for them; false when it cannot propose for key this round.
+   */
+  prepare(key: object, tokens: readonly number[], k: number): boolean;
+  /**
+   * One forward for each item, logits [items.length, vocab] row-major: the first of a round (last null) runs
+   * what the drafter lacks of the item's tokens, a later one the item's previous proposal.
+   */
+  forward(items: readonly { key: object; tokens: readonly number[]; last: number | null }[]): Float32Array;
+  /** After the target's verdict: key's sequence holds `valid` tokens in the target's KV. */
+  settle(key: object, valid: number): void;
+  /**
+   * The target's post-norm hidden states [rows, hiddenSize] of key's tokens start .. start + rows - 1, from a
+   * step that ran them; `tokens` are key's tokens so far.
+   */
+  observe?(key: object, start: number, hidden: Float32Array, rows: number, tokens: readonly number[]): void;
+  /** Drops key's KV (the target's was released too: key will be recomputed), keeping nothing of it. */
+  release(key: object): void;
+  dispose(): void;
+}
+
 interface SeqSpec {
-  seq: Sequence;
   /** Draws the draft's tokens (its own generator, the request's sampling). */
   sampler: Sampler;
   /** Decayed counts of kept proposals and of rejections (at most one a round). */
@@ -117,8 +145,6 @@ const PRIOR_REJECTED = 0.5;
 const CALIBRATE_EVERY = 16;
 const FIRST_BACKOFF = 8;
 const MAX_BACKOFF = 256;
-/** Most catch-up tokens the draft runs in one forward (its prompt, on a sequence's first round). */
-const CATCH_UP_CHUNK = 1024;
 /** The acceptance a draft would need to be worth probing. */
 const OPTIMISTIC = 0.9;
 /** The extra cost of one verified token against a plain step, until measured. */
@@ -133,8 +159,7 @@ export class Speculator {
   private steps = 0;
 
   constructor(
-    readonly draft: Model,
-    readonly cache: KvCache,
+    readonly drafter: Drafter,
     /** Most tokens proposed a round (--draft-tokens). */
     readonly maxDraft: number,
     /** The draft's cost per step against the target's, until measured (e.g. the ratio of their weight bytes). */
@@ -150,7 +175,6 @@ export class Speculator {
     if (!st) {
       const seed = params.seed === undefined ? undefined : (params.seed ^ 0x5bd1e995) >>> 0;
       st = {
-        seq: new Sequence(),
         sampler: new Sampler({ ...params, seed, logprobs: false, topLogprobs: 0 }),
         kept: 0,
         rejected: 0,
@@ -175,7 +199,7 @@ export class Speculator {
    */
   plan(key: object, params: SamplingParams, length: number, generated: number, room: number, batch: number): number {
     const st = this.stateOf(key, params);
-    const most = Math.min(this.maxDraft, room - 1, this.draft.config.contextLength - length);
+    const most = Math.min(this.maxDraft, room - 1, this.drafter.contextLength - length);
     // A plain step is measured before anything is proposed.
     if (most < 1 || Number.isNaN(this.plainMs)) return 0;
     if (this.fixed) return most;
@@ -222,57 +246,36 @@ export class Speculator {
     return best;
   }
 
+  /** Whether the drafter reads the target's hidden states: the scheduler then hands them over (observe). */
+  get wantsHidden(): boolean {
+    return this.drafter.wantsHidden;
+  }
+
+  /** The target's post-norm hidden states of key's tokens start .. start + rows - 1 (see Drafter.observe). */
+  observe(key: object, start: number, hidden: Float32Array, rows: number, tokens: readonly number[]): void {
+    this.drafter.observe?.(key, start, hidden, rows, tokens);
+  }
+
   /**
-   * Runs the draft over the items (first what its KV lacks of their tokens, then one forward per proposed token)
-   * and returns their proposals; null for an item the draft's KV has no room for.
+   * Runs the drafter over the items (first what it lacks of their tokens, then one forward per proposed token)
+   * and returns their proposals; null for an item it cannot propose for this round.
    */
   propose(items: readonly ProposeItem[], params: (key: object) => SamplingParams): (Draft | null)[] {
     const t0 = performance.now();
-    const cache = this.cache;
     const live: { item: ProposeItem; st: SeqSpec; draft: Draft; last: number }[] = [];
     const out: (Draft | null)[] = items.map(() => null);
     items.forEach((item, i) => {
       const st = this.stateOf(item.key, params(item.key));
-      const behind = item.tokens.length - st.seq.length;
-      if (behind < 1) throw new RmlxError("internal", "the draft is ahead of its sequence");
-      // A target with a larger (padded) vocabulary may emit an id the draft has no embedding for.
-      for (let t = st.seq.length; t < item.tokens.length; t++) if (item.tokens[t]! >= this.draft.vocabSize) return;
-      try {
-        cache.reserve(st.seq, behind + item.k - 1);
-      } catch (e) {
-        if (e instanceof RmlxError && e.code === "overloaded") return;
-        throw e;
-      }
+      if (!this.drafter.prepare(item.key, item.tokens, item.k)) return;
       const draft: Draft = { tokens: [], probs: [] };
       out[i] = draft;
       live.push({ item, st, draft, last: -1 });
     });
-    // Long catch-ups (a sequence's prompt) in chunks that need no logits, so the first proposal step is short.
-    for (;;) {
-      const entries: StepEntry[] = [];
-      for (const l of live) {
-        const behind = l.item.tokens.length - l.st.seq.length;
-        if (behind > CATCH_UP_CHUNK) {
-          const from = l.st.seq.length;
-          entries.push({ seq: l.st.seq, tokens: Int32Array.from(l.item.tokens.slice(from, from + Math.min(CATCH_UP_CHUNK, behind - 1))) });
-        }
-      }
-      if (entries.length === 0) break;
-      runStep(this.draft, cache, cache.buildStep(entries), new Int32Array(0));
-      cache.advance(entries);
-    }
     let steps = 0;
     for (let j = 0; ; j++) {
       const active = live.filter((l) => l.item.k > j);
       if (active.length === 0) break;
-      const entries = active.map((l) => {
-        const from = l.st.seq.length;
-        const toks = j === 0 ? Int32Array.from(l.item.tokens.slice(from)) : Int32Array.of(l.last);
-        return { seq: l.st.seq, tokens: toks };
-      });
-      const built = cache.buildStep(entries);
-      const logits = runStep(this.draft, cache, built, built.lastRows);
-      cache.advance(entries);
+      const logits = this.drafter.forward(active.map((l) => ({ key: l.item.key, tokens: l.item.tokens, last: j === 0 ? null : l.last })));
       steps++;
       const vocab = logits.length / active.length;
       active.forEach((l, r) => {
@@ -303,7 +306,7 @@ export class Speculator {
   settle(key: object, valid: number, proposed: number, accepted: number): void {
     const st = this.seqs.get(key);
     if (!st) return;
-    if (st.seq.length > valid) this.cache.truncate(st.seq, valid);
+    this.drafter.settle(key, valid);
     st.kept = st.kept * DECAY + accepted;
     st.rejected = st.rejected * DECAY + (accepted < proposed ? 1 : 0);
     st.counts.draftTokens += proposed;
@@ -325,10 +328,9 @@ export class Speculator {
     return { ...(this.seqs.get(key)?.counts ?? { draftTokens: 0, acceptedTokens: 0 }) };
   }
 
-  /** The draft's blocks of a sequence go back (preempted: they are recomputed with it). */
+  /** The drafter's blocks of a sequence go back (preempted: they are recomputed with it). */
   releaseKv(key: object): void {
-    const st = this.seqs.get(key);
-    if (st) this.cache.release(st.seq);
+    this.drafter.release(key);
   }
 
   /** Forgets a finished or cancelled sequence. */
@@ -338,8 +340,7 @@ export class Speculator {
   }
 
   dispose(): void {
-    for (const st of this.seqs.values()) this.cache.release(st.seq);
     this.seqs.clear();
-    this.cache.dispose();
+    this.drafter.dispose();
   }
 }

@@ -146,6 +146,8 @@ export interface EngineConfig {
   modelOptions?: ModelOptions;
   /** --draft-model: a model directory whose proposals every loaded model verifies (speculative decoding). */
   draftModel?: string;
+  /** --draft-kind mtp: every loaded model drafts with its own multi-token-prediction head. */
+  draftMtp?: boolean;
   /** --draft-tokens: the most tokens the draft proposes a step. */
   draftTokens?: number;
   /** --draft-policy fixed: always propose draftTokens instead of adapting. */

@@ -9,7 +9,7 @@ import { Embedder } from "./embedder.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
-import { DEFAULT_DRAFT_TOKENS, loadDraft, speculatorFor } from "./draft_model.ts";
+import { DEFAULT_DRAFT_TOKENS, loadDraft, loadMtpDraft, speculatorFor } from "./draft_model.ts";
 import type { Speculator } from "./speculative.ts";
 import { encodeToFit, loadSession, renderChat, sessionModel, type Session } from "./session.ts";
 import type { EngineConfig, FromWorker, SsdCounts, ToWorker } from "./types.ts";
@@ -86,7 +86,7 @@ function load(name: string, dir: string): void {
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
     // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
-    stateSlots: config.draftModel ? 2 * config.maxRunning : config.maxRunning,
+    stateSlots: config.draftModel || config.draftMtp ? 2 * config.maxRunning : config.maxRunning,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
@@ -102,8 +102,8 @@ function load(name: string, dir: string): void {
   }
   let speculator: Speculator | undefined;
   try {
-    if (config.draftModel) {
-      const draft = loadDraft(session, config.draftModel);
+    if (config.draftModel || config.draftMtp) {
+      const draft = config.draftMtp ? loadMtpDraft(session) : loadDraft(session, config.draftModel!);
       const k = config.draftTokens ?? DEFAULT_DRAFT_TOKENS;
       speculator = speculatorFor(draft, k, cache.capacityTokens, config.maxRunning, config.draftFixed);
     }

@@ -42,7 +42,7 @@ export interface ModelSummary {
    * delta-rule state, f32 as the state slots hold it; the same at any context length.
    */
   recurrent_state_bytes?: number;
-  /** Multi-token-prediction weights (`mtp.*`) the checkpoint carries: counted in the totals, not used to decode. */
+  /** Multi-token-prediction weights (`mtp.*`) the checkpoint carries (counted in the totals; --draft-kind mtp drafts with them). */
   mtp?: { layers: number; parameters: number; bytes: number };
   /**
    * KV cache bytes for one sequence, per --kv-quant codec (INFO_KV_CODECS) and number of tokens; null where the

@@ -61,4 +61,32 @@ export interface Model {
   readonly vocabSize: number;
   /** Records the forward pass; returns f32 logits [logitRows.length, vocabSize] (lazy, not yet evaluated). */
   forward(step: ForwardStep): Tensor;
+  /**
+   * The same forward, also returning the hidden states after the final norm of `hiddenRows` [rows, hiddenSize]:
+   * what a multi-token-prediction head reads. Only models that can have such a head implement it.
+   */
+  forwardHidden?(step: ForwardStep, hiddenRows: Int32Array): { logits: Tensor; hidden: Tensor };
+  /**
+   * The model's multi-token-prediction head (Qwen3.5 / Qwen3-Next `mtp.*`), loaded on first call; RmlxError
+   * ("invalid_argument") when the checkpoint has none or only part of one. Absent for families without such heads.
+   */
+  mtpHead?(): MtpHead;
+}
+
+/**
+ * A multi-token-prediction head: from the trunk's post-norm hidden state at position t and the token at t + 1,
+ * one decoder layer over a KV cache of its own predicts the token at t + 2 through the trunk's output head.
+ */
+export interface MtpHead {
+  /** Its cache's layers (one full-attention layer). */
+  readonly layers: readonly LayerCacheSpec[];
+  readonly hiddenSize: number;
+  /** Bytes of its weights and of the output head it shares, against the whole model's. */
+  readonly weightBytes: number;
+  /**
+   * step.tokens are the tokens at t + 1, hidden [T, hiddenSize] the post-norm hidden states at t, positions the
+   * RoPE positions (those of the tokens at t + 1). Returns f32 logits [logitRows, vocab] and the head's own
+   * post-norm hidden states of those rows (the hidden input of a next, chained proposal).
+   */
+  forward(step: ForwardStep, hidden: Tensor, positions: Int32Array): { logits: Tensor; hidden: Tensor };
 }

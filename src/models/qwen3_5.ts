@@ -13,7 +13,7 @@ import { ConfigReader, type ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { stackedExpert, textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
 import { embed, gatedMlp, mlpWeights, runLayer, selectRows, type MlpWeights } from "./layers.ts";
-import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
+import type { ForwardStep, LayerCacheSpec, Model, MtpHead } from "./model.ts";
 import { moe, moeWeights, type MoeWeights, type Qwen3MoeArgs } from "./qwen3_moe.ts";
 import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
 import type { ModelWeights } from "./weights.ts";
@@ -32,14 +32,14 @@ const SHIFTED_NORMS = [
 
 /**
  * The sanitize of both families: the text model lifted out of the multimodal wrappers, the vision tower dropped,
- * experts stacked, MTP weights kept (for speculative decoding later); on a checkpoint in transformers' layout,
+ * experts stacked, MTP weights kept (the built-in drafter of --draft-kind mtp); on a checkpoint in transformers' layout,
  * convert shifts the zero-centred norms and moves the conv kernel axis last, as mlx-lm does.
  */
 export function hybridSanitize({ tied, names }: SanitizeContext): Sanitizer {
   const hfLayout = !names.some((n) => n.startsWith("language_model.") || n.includes(".switch_mlp."));
   return {
     rename(name) {
-      if (name.startsWith("mtp.")) return { name };
+      if (name.startsWith("mtp.")) return stackedExpert(name);
       const n = textModelName(name, tied);
       return n === null ? null : stackedExpert(n);
     },
@@ -151,13 +151,14 @@ class HybridModel implements Model {
   private readonly finalNorm: Tensor;
   private readonly rope: RopeSetup;
   private readonly blocks: Block[] = [];
-  /** The MTP head's tensor names (kept for speculative decoding; not run). */
+  /** The MTP head's tensor names. */
   readonly mtpTensors: string[];
+  private mtp: MtpHead | undefined;
 
   constructor(
     readonly backend: Backend,
-    md: ModelDir,
-    w: ModelWeights,
+    private readonly md: ModelDir,
+    private readonly w: ModelWeights,
     fused: boolean,
     moeModel: boolean,
   ) {
@@ -177,17 +178,8 @@ class HybridModel implements Model {
     let layout: "hf" | "mlx" | undefined;
     for (let i = 0; i < c.numLayers; i++) {
       const p = `model.layers.${i}`;
-      const ffn: Ffn = {};
-      const sparse = args.moe && !args.moe.mlpOnlyLayers.includes(i) && (i + 1) % args.moe.decoderSparseStep === 0;
-      if (sparse) {
-        ffn.moe = moeWeights(w, `${p}.mlp`, args.moe!);
-        if (w.has(`${p}.mlp.shared_expert.gate_proj.weight`) || w.has(`${p}.mlp.shared_expert.gate_proj.scales`)) {
-          ffn.shared = mlpWeights(w, `${p}.mlp.shared_expert`);
-          ffn.sharedGate = w.linear(`${p}.mlp.shared_expert_gate`);
-        }
-      } else {
-        ffn.dense = mlpWeights(w, `${p}.mlp`);
-      }
+      const sparse = args.moe !== null && !args.moe.mlpOnlyLayers.includes(i) && (i + 1) % args.moe.decoderSparseStep === 0;
+      const ffn = this.ffnWeights(`${p}.mlp`, sparse);
       const block: Block = {
         inputNorm: w.tensor(`${p}.input_layernorm.weight`),
         postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
@@ -224,15 +216,7 @@ class HybridModel implements Model {
         }
         block.linear = lw;
       } else {
-        const a = `${p}.self_attn`;
-        block.full = {
-          q: w.linear(`${a}.q_proj`),
-          k: w.linear(`${a}.k_proj`),
-          v: w.linear(`${a}.v_proj`),
-          o: w.linear(`${a}.o_proj`),
-          qNorm: w.tensor(`${a}.q_norm.weight`),
-          kNorm: w.tensor(`${a}.k_norm.weight`),
-        };
+        block.full = fullWeights(w, `${p}.self_attn`);
       }
       this.blocks.push(block);
     }
@@ -242,11 +226,22 @@ class HybridModel implements Model {
     );
   }
 
+  private ffnWeights(p: string, sparse: boolean): Ffn {
+    const w = this.w;
+    if (!sparse) return { dense: mlpWeights(w, p) };
+    const ffn: Ffn = { moe: moeWeights(w, p, this.args.moe!) };
+    if (w.has(`${p}.shared_expert.gate_proj.weight`) || w.has(`${p}.shared_expert.gate_proj.scales`)) {
+      ffn.shared = mlpWeights(w, `${p}.shared_expert`);
+      ffn.sharedGate = w.linear(`${p}.shared_expert_gate`);
+    }
+    return ffn;
+  }
+
   private norm(x: Tensor, w: Tensor): Tensor {
     return this.backend.rmsNorm(x, w, this.eps, this.onePlus);
   }
 
-  private fullAttention(x: Tensor, w: FullWeights, step: ForwardStep, layer: number): Tensor {
+  private fullAttention(x: Tensor, w: FullWeights, step: ForwardStep, layer: number, positions = step.batch.positions): Tensor {
     const be = this.backend;
     const c = this.config;
     const T = x.shape[0]!;
@@ -259,7 +254,6 @@ class HybridModel implements Model {
     const v = be.reshape(be.linear(x, w.v), [T, c.numKvHeads, D]);
     q = be.rmsNorm(q, w.qNorm, this.eps, this.onePlus);
     k = be.rmsNorm(k, w.kNorm, this.eps, this.onePlus);
-    const positions = step.batch.positions;
     checkPositions(this.rope, positions);
     q = be.rope(q, positions, this.rope.opts);
     k = be.rope(k, positions, this.rope.opts);
@@ -322,22 +316,107 @@ class HybridModel implements Model {
     return y;
   }
 
-  forward(step: ForwardStep): Tensor {
+  private block(x: Tensor, b: Block, step: ForwardStep, i: number, positions?: Int32Array): Tensor {
     const be = this.backend;
-    let h = embed(be, this.embedTable, step.tokens);
-    for (let i = 0; i < this.blocks.length; i++) {
-      const b = this.blocks[i]!;
-      const x = h;
-      h = runLayer(be, step, () => {
-        const n = this.norm(x, b.inputNorm);
-        const mixed = b.linear ? this.linearAttention(n, b.linear, step, i) : this.fullAttention(n, b.full!, step, i);
-        const y = be.add(x, mixed);
-        return be.add(y, this.ffn(this.norm(y, b.postNorm), b.ffn));
-      });
-    }
-    h = selectRows(be, h, step.logitRows);
-    return be.linear(this.norm(h, this.finalNorm), this.head);
+    const n = this.norm(x, b.inputNorm);
+    const mixed = b.linear ? this.linearAttention(n, b.linear, step, i) : this.fullAttention(n, b.full!, step, i, positions);
+    const y = be.add(x, mixed);
+    return be.add(y, this.ffn(this.norm(y, b.postNorm), b.ffn));
   }
+
+  /** The last layer's output for every token of the step, before the final norm. */
+  private trunk(step: ForwardStep): Tensor {
+    let h = embed(this.backend, this.embedTable, step.tokens);
+    for (let i = 0; i < this.blocks.length; i++) {
+      const x = h;
+      h = runLayer(this.backend, step, () => this.block(x, this.blocks[i]!, step, i));
+    }
+    return h;
+  }
+
+  forward(step: ForwardStep): Tensor {
+    const h = selectRows(this.backend, this.trunk(step), step.logitRows);
+    return this.backend.linear(this.norm(h, this.finalNorm), this.head);
+  }
+
+  forwardHidden(step: ForwardStep, hiddenRows: Int32Array): { logits: Tensor; hidden: Tensor } {
+    const be = this.backend;
+    const h = this.trunk(step);
+    const logits = be.linear(this.norm(selectRows(be, h, step.logitRows), this.finalNorm), this.head);
+    return { logits, hidden: this.norm(selectRows(be, h, hiddenRows), this.finalNorm) };
+  }
+
+  mtpHead(): MtpHead {
+    this.mtp ??= this.loadMtp();
+    return this.mtp;
+  }
+
+  /**
+   * mtp.*: fc [H, 2H] over the normed embedding of the token at t + 1 and the normed trunk hidden state at t,
+   * one full-attention layer of the trunk's kind (dense or MoE feed-forward), a final norm, the shared head.
+   */
+  private loadMtp(): MtpHead {
+    const w = this.w;
+    const dir = this.md.dir;
+    if (this.mtpTensors.length === 0) throw new RmlxError("invalid_argument", `${dir}: the checkpoint has no MTP head (no mtp.* weights)`);
+    const layers = new Set(this.mtpTensors.map((n) => /^mtp\.layers\.(\d+)\./.exec(n)?.[1]).filter((x) => x !== undefined));
+    const stated = this.config.raw.mtp_num_hidden_layers;
+    if (layers.size > 1 || (typeof stated === "number" && stated > 1)) {
+      throw new RmlxError("invalid_argument", `${dir}: an MTP head of ${Math.max(layers.size, Number(stated))} layers is not supported (one layer is)`);
+    }
+    let parts;
+    try {
+      const p = "mtp.layers.0";
+      const sparse = this.args.moe !== null && (w.has(`${p}.mlp.gate.weight`) || w.has(`${p}.mlp.gate.scales`));
+      parts = {
+        fc: w.linear("mtp.fc"),
+        embNorm: w.tensor("mtp.pre_fc_norm_embedding.weight"),
+        hiddenNorm: w.tensor("mtp.pre_fc_norm_hidden.weight"),
+        norm: w.tensor("mtp.norm.weight"),
+        block: {
+          inputNorm: w.tensor(`${p}.input_layernorm.weight`),
+          postNorm: w.tensor(`${p}.post_attention_layernorm.weight`),
+          full: fullWeights(w, `${p}.self_attn`),
+          ffn: this.ffnWeights(`${p}.mlp`, sparse),
+        } satisfies Block,
+      };
+    } catch (e) {
+      if (e instanceof RmlxError) throw new RmlxError("invalid_argument", `the MTP head is incomplete: ${e.message}`);
+      throw e;
+    }
+    const c = this.config;
+    const H = c.hiddenSize;
+    const fcIn = isQuantized(parts.fc) ? (parts.fc.w.shape[1]! * 32) / parts.fc.bits : parts.fc.shape[1];
+    if (outRows(parts.fc) !== H || fcIn !== 2 * H) throw new RmlxError("invalid_argument", `${dir}: mtp.fc is [${outRows(parts.fc)}, ${fcIn}], expected [${H}, ${2 * H}]`);
+    const stored = (prefix: string) =>
+      this.md.weights.names().reduce((n, name) => (name.startsWith(prefix) ? n + this.md.weights.require(name).bytes.byteLength : n), 0);
+    const headName = w.has("lm_head.weight") ? "lm_head." : "model.embed_tokens.";
+    let headBytes = 0;
+    for (const s of ["weight", "scales", "biases"]) if (w.has(`${headName}${s}`)) headBytes += w.entry(`${headName}${s}`).bytes.byteLength;
+    const be = this.backend;
+    return {
+      layers: [{ kvHeads: c.numKvHeads, headDim: c.headDim, window: 0 }],
+      hiddenSize: H,
+      weightBytes: stored("mtp.") + headBytes,
+      forward: (step, hidden, positions) => {
+        const e = this.norm(embed(be, this.embedTable, step.tokens), parts.embNorm);
+        const x = be.linear(be.concatenate([e, this.norm(hidden, parts.hiddenNorm)], 1), parts.fc);
+        const out = this.norm(selectRows(be, this.block(x, parts.block, step, 0, positions), step.logitRows), parts.norm);
+        return { logits: be.linear(out, this.head), hidden: out };
+      },
+    };
+  }
+}
+
+function fullWeights(w: ModelWeights, a: string): FullWeights {
+  return {
+    q: w.linear(`${a}.q_proj`),
+    k: w.linear(`${a}.k_proj`),
+    v: w.linear(`${a}.v_proj`),
+    o: w.linear(`${a}.o_proj`),
+    qNorm: w.tensor(`${a}.q_norm.weight`),
+    kNorm: w.tensor(`${a}.k_norm.weight`),
+  };
 }
 
 export function loadHybrid(backend: Backend, md: ModelDir, w: ModelWeights, fused: boolean, moeModel: boolean): Model {

@@ -1,18 +1,24 @@
 // `rmlx generate` end to end through the compiled binary (make build first): JSON output, greedy tokens against
 // the transformers reference of a fixture model, the chat template by default (--raw without), the prompt from
-// stdin, and one-line errors with exit code 2.
+// stdin, speculative decoding with a draft model or the model's own MTP head, and one-line errors with exit code 2.
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { encodePrompt, loadSession } from "../../src/engine/session.ts";
 import type { ChatMessage } from "../../src/engine/types.ts";
 import { Tokenizer } from "../../src/text/tokenizer.ts";
+import { makeTinyHybrid, type TinyHybridSpec } from "../models/tiny_model.ts";
 
 const BIN = join(import.meta.dir, "../../dist/rmlx");
 const FIXTURES = join(import.meta.dir, "../fixtures/models");
 
 function run(...args: string[]) {
   return runWith(undefined, ...args);
+}
+
+function runEnv(env: Record<string, string>, ...args: string[]) {
+  const p = Bun.spawnSync([BIN, ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore", env: { ...process.env, ...env } });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
 function runWith(stdin: string | undefined, ...args: string[]) {
@@ -49,6 +55,41 @@ describe("rmlx generate --draft-model", () => {
     const policy = run("generate", "--model", fixtureDir, "--prompt", "hi", "--draft-model", fixtureDir, "--draft-policy", "eager");
     expect(policy.code).toBe(2);
     expect(policy.err).toBe("rmlx: --draft-policy must be adaptive or fixed (got 'eager')\n");
+  });
+});
+
+describe("rmlx generate --draft-kind mtp", () => {
+  const hybridTokenizer = join(FIXTURES, "hybrid/qwen3_5_dense");
+  const have = existsSync(join(hybridTokenizer, "tokenizer.json"));
+
+  test.skipIf(!have)("the model's own MTP head drafts: the tokens are those without it, --json reports acceptance", () => {
+    for (const spec of [{ mtp: { kind: "random" } }, { moe: true, mtp: { kind: "random" } }, { trunkMix: 0, mtp: { kind: "copy", mix: 0.3 } }] satisfies TinyHybridSpec[]) {
+      const { dir } = makeTinyHybrid({ ...spec, tokenizerFrom: hybridTokenizer });
+      try {
+        const args = ["generate", "--model", dir, "--prompt", "one two three four", "--max-tokens", "24", "--json", "--raw"];
+        const plain = JSON.parse(run(...args).out);
+        for (const policy of ["fixed", "adaptive"]) {
+          const r = runEnv({ RMLX_DRAFT_KIND: "mtp" }, ...args, "--draft-tokens", "3", "--draft-policy", policy);
+          expect(r.err).toBe("");
+          expect(r.code).toBe(0);
+          const j = JSON.parse(r.out);
+          expect(j.token_ids).toEqual(plain.token_ids);
+          if (policy === "fixed") expect(j.draft_tokens).toBeGreaterThan(0);
+          if (spec.mtp.kind === "copy" && policy === "fixed") expect(j.accepted_tokens).toBeGreaterThan(0);
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+
+  test.skipIf(!have)("a model without an MTP head, or with --draft-model too: one line, exit 2", () => {
+    const none = run("generate", "--model", hybridTokenizer, "--prompt", "hi", "--draft-kind", "mtp");
+    expect(none.code).toBe(2);
+    expect(none.err).toMatch(/^rmlx: --draft-kind mtp: .*qwen3_5_dense: the checkpoint has no MTP head \(no mtp\.\* weights\)\n$/);
+    const both = run("generate", "--model", hybridTokenizer, "--prompt", "hi", "--draft-kind", "mtp", "--draft-model", fixtureDir);
+    expect(both.code).toBe(2);
+    expect(both.err).toBe("rmlx: --draft-kind mtp drafts with the model's own MTP head: leave out --draft-model\n");
   });
 });
 

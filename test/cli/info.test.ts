@@ -126,7 +126,7 @@ describe("rmlx info", () => {
     // f32 is the engine's default KV codec; f16 is half of it.
     expect(r.out).toMatch(/^memory: KV cache @ 4k: +4\.00 MiB \(f32, one sequence, 2 full-attention layers\); f16 2\.00 MiB, /m);
     expect(r.out).toMatch(/^memory: recurrent state: +11\.00 KiB per sequence \(f32, 2 linear-attention layers, any context length\)$/m);
-    expect(r.out).toMatch(/^mtp head: +1 layer, 24\.83K \(24,832\) parameters, 48\.50 KiB \(in the totals above; not used for decoding\)$/m);
+    expect(r.out).toMatch(/^mtp head: +1 layer, 24\.83K \(24,832\) parameters, 48\.50 KiB \(in the totals above; drafts with --draft-kind mtp\)$/m);
     const j = JSON.parse(info("--model", dir, "--json").out);
     expect(j.recurrent_state_bytes).toBe(11264);
     expect(j.mtp).toEqual({ layers: 1, parameters: 24832, bytes: 49664 });
