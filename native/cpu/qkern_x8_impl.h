@@ -50,6 +50,7 @@ struct X8Vec<8> {
   static I lane_groups(const int *g) { return _mm256_setr_epi32(g[0], g[0], g[0], g[0], g[1], g[1], g[1], g[1]); }
   static F cvt_fma(I acc, F f, F tot) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), f, tot); }
   static float hsum(F v) { return hsum8(v); }
+  static F add8(F a, __m256 b) { return _mm256_add_ps(a, b); }
 };
 
 #ifdef __AVX512F__
@@ -83,6 +84,7 @@ struct X8Vec<16> {
   }
   static F cvt_fma(I acc, F f, F tot) { return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), f, tot); }
   static float hsum(F v) { return _mm512_reduce_add_ps(v); }
+  static F add8(F a, __m256 b) { return _mm512_add_ps(a, _mm512_zextps256_ps512(b)); }
 };
 #endif
 
@@ -133,28 +135,46 @@ struct X8 {
   float *err;   // [M][groups]: -c * sum of (q * step - x) (the centring, see the top of this file)
 };
 
+// The CPB code planes of one chunk (16 * CPB int8 values of x in natural order): byte i of plane j is element
+// CPB * i + j.
+template <int CPB>
+static inline void x8_planes(const int8_t *src, __m128i *out) {
+  if constexpr (CPB == 1) {
+    out[0] = _mm_loadu_si128((const __m128i *)src);
+  } else if constexpr (CPB == 2) {
+    const __m256i eo = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+    __m256i v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)src), eo), 0xD8);
+    out[0] = _mm256_castsi256_si128(v);
+    out[1] = _mm256_extracti128_si256(v, 1);
+  } else {
+    static_assert(CPB == 4);
+    // per 128-bit lane, dword j = the lane's elements j, 4 + j, 8 + j, 12 + j; then dword pairs across lanes
+    const __m256i q = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    const __m256i pairs = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i a = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)src), q), pairs);
+    __m256i b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(src + 32)), q), pairs);
+    __m256i lo = _mm256_unpacklo_epi64(a, b), hi = _mm256_unpackhi_epi64(a, b);
+    out[0] = _mm256_castsi256_si128(lo);
+    out[1] = _mm256_castsi256_si128(hi);
+    out[2] = _mm256_extracti128_si256(lo, 1);
+    out[3] = _mm256_extracti128_si256(hi, 1);
+  }
+}
+
 // A row of int8 x in natural order -> per unit of U steps, per step s and code plane j, byte 16k + i = the
 // element of byte i of chunk kU + s, code j.
 template <int CPB, int U>
 static void x8_order(int8_t *q, int64_t K) {
-  constexpr int UE = U * XV::NL * 16 * CPB;
-  struct Idx {
-    int16_t src[UE];
-  };
-  static constexpr Idx t = [] {
-    Idx r{};
-    for (int s = 0; s < U; s++)
-      for (int j = 0; j < CPB; j++)
-        for (int b = 0; b < 16 * XV::NL; b++) {
-          int k = b >> 4, i = b & 15, chunk = k * U + s;
-          r.src[(s * CPB + j) * 16 * XV::NL + b] = (int16_t)((16 * chunk + i) * CPB + j);
-        }
-    return r;
-  }();
+  constexpr int NL = XV::NL, CE = 16 * CPB, UE = U * NL * CE;
   alignas(64) int8_t tmp[UE];
   for (int64_t b = 0; b < K; b += UE) {
     std::memcpy(tmp, q + b, sizeof tmp);
-    for (int e = 0; e < UE; e++) q[b + e] = tmp[t.src[e]];
+    for (int c = 0; c < U * NL; c++) {
+      __m128i pl[CPB];
+      x8_planes<CPB>(tmp + c * CE, pl);
+      const int s = c % U, k = c / U;
+      for (int j = 0; j < CPB; j++) _mm_storeu_si128((__m128i *)(q + b + (s * CPB + j) * 16 * NL + 16 * k), pl[j]);
+    }
   }
 }
 
@@ -214,11 +234,30 @@ static bool x8_fill_f(X8 &o, const float *x, int64_t m0, int64_t m1, const Weigh
   return _mm256_testz_si256(bad, bad);
 }
 
-// Per-thread state of a tile: NR rows' scales and biases, and their factors scale * step for MR rows of x.
+// Per-thread state of a tile: its rows' scales and biases, and the factors scale * step of NR rows for MR rows
+// of x.
 struct X8Ctx {
-  float *sc[2], *bi[2];
-  float *fac[2];  // [MR][groups] each, padded so that a vector load past the last group stays inside
+  float *sc, *bi;  // [kGemvTile][groups], row n of W at n - n0
+  int64_t n0;
+  float *fac[2];   // [MR][groups] each, padded so that a vector load past the last group stays inside
 };
+
+// sum over groups [g0, g1) of bi[g] * fx[g] + sc[g] * er[g], as 8 partial sums
+static inline __m256 x8_terms(const float *bi, const float *fx, const float *sc, const float *er, int64_t g0,
+                              int64_t g1) {
+  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  int64_t g = g0;
+  for (; g + 8 <= g1; g += 8) {
+    a = _mm256_fmadd_ps(_mm256_loadu_ps(bi + g), _mm256_loadu_ps(fx + g), a);
+    b = _mm256_fmadd_ps(_mm256_loadu_ps(sc + g), _mm256_loadu_ps(er + g), b);
+  }
+  if (g < g1) {
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(g1 - g)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    a = _mm256_fmadd_ps(_mm256_maskload_ps(bi + g, k), _mm256_maskload_ps(fx + g, k), a);
+    b = _mm256_fmadd_ps(_mm256_maskload_ps(sc + g, k), _mm256_maskload_ps(er + g, k), b);
+  }
+  return _mm256_add_ps(a, b);
+}
 
 // MR rows of x (from m0) against W's rows [n0, n1), NR at a time (n1 - n0 a multiple of NR), groups [g0, g1)
 // of GS weights (whole units). Each unit: U steps of weight bytes per row of W, their CPB code planes, then per
@@ -241,11 +280,11 @@ static void x8_rows(float *y, int64_t ldy, const X8 &xq, int64_t m0, const Weigh
   for (int64_t n = n0; n < n1; n += NR) {
     const uint8_t *p[NR];
     Fv tot[NR][MR];
+    const float *sc[NR], *bi[NR];
     for (int r = 0; r < NR; r++) {
       p[r] = W.w + (n + r) * W.row_bytes + g0 * GS * BITS / 8;
-      RowCtx rc{c.sc[r], c.bi[r], nullptr, 0, nullptr};
-      row_prep<F>(W, n + r, g0, g1, rc);
-      x16_scales<MR>(c.sc[r], X16{nullptr, xq.step, nullptr, nullptr}, m0, NG, g0, g1, c.fac[r]);
+      sc[r] = c.sc + (n + r - c.n0) * NG, bi[r] = c.bi + (n + r - c.n0) * NG;
+      x16_scales<MR>(sc[r], X16{nullptr, xq.step, nullptr, nullptr}, m0, NG, g0, g1, c.fac[r]);
       for (int m = 0; m < MR; m++) tot[r][m] = XV::fzero();
     }
     const int8_t *xg = xq.q + m0 * K + g0 * GS;
@@ -289,7 +328,7 @@ static void x8_rows(float *y, int64_t ldy, const X8 &xq, int64_t m0, const Weigh
     for (int r = 0; r < NR; r++)
       for (int m = 0; m < MR; m++) {
         const float *fx = xq.fix + (m0 + m) * NG, *er = xq.err + (m0 + m) * NG;
-        float v = XV::hsum(tot[r][m]) + dot_range(c.bi[r], fx, g0, g1) + dot_range(c.sc[r], er, g0, g1);
+        float v = XV::hsum(XV::add8(tot[r][m], x8_terms(bi[r], fx, sc[r], er, g0, g1)));
         x16_put(y + m * ldy + n + r, v, g0, bias, n + r);
       }
   }
@@ -349,14 +388,21 @@ static bool x8_tiles(float *y, const X8 &shared, int64_t M, const WeightMat &W, 
   const size_t xbytes = (size_t)(M * W.K);
   const bool copy = xbytes <= 64 * 1024;
   const size_t qbytes = copy ? (xbytes + 63) & ~(size_t)63 : 0, fpad = 16;
-  char *mem = (char *)aligned_alloc(64, qbytes + sizeof(float) * (size_t)((4 + 2 * kX8Mr) * NG + 2 * fpad));
+  char *mem = (char *)aligned_alloc(
+      64, qbytes + sizeof(float) * (size_t)((2 * kGemvTile + 2 * kX8Mr) * NG + 2 * fpad));
   if (!mem) return false;
   if (copy) std::memcpy(mem, shared.q, xbytes);
   const X8 xq{copy ? (int8_t *)mem : shared.q, shared.step, shared.fix, shared.err};
-  float *f = (float *)(mem + qbytes);
-  X8Ctx c{{f, f + NG}, {f + 2 * NG, f + 3 * NG}, {f + 4 * NG, f + (4 + kX8Mr) * NG + fpad}};
+  float *f = (float *)(mem + qbytes), *fac = f + 2 * kGemvTile * NG;
+  X8Ctx c{f, f + kGemvTile * NG, 0, {fac, fac + kX8Mr * NG + fpad}};
   for (int64_t t = t0; t < t1; t++) {
     int64_t n0 = t * kGemvTile, n1 = n0 + kGemvTile < N ? n0 + kGemvTile : N;
+    // the tile's scales and biases once for every pass over its rows
+    c.n0 = n0;
+    for (int64_t n = n0; n < n1; n++) {
+      RowCtx rc{c.sc + (n - n0) * NG, c.bi + (n - n0) * NG, nullptr, 0, nullptr};
+      row_prep<F>(W, n, 0, NG, rc);
+    }
     for (int64_t m = 0; m < M;) {
       int64_t left = M - m;
       float *ym = y + m * N;
