@@ -29,7 +29,7 @@ describe("rmlx binary", () => {
     for (const cmd of [["serve", "--port", "0"], ["generate", "--prompt", "hi"]]) {
       const r = run(...cmd, "--gemv", "int8");
       expect(r.code).toBe(2);
-      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemv mode 'int8' (--gemv / RMLX_GEMV: x16 or f32)"]);
+      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemv mode 'int8' (--gemv / RMLX_GEMV: x8, x16 or f32)"]);
     }
   });
 

@@ -14,6 +14,9 @@ Isa active_isa();
 bool cpu_has(Isa isa);
 // Whether few-row products of affine, mxfp4 and nvfp4 weights put x in 16-bit fixed point (qkern_x16_impl.h).
 bool gemv_x16_enabled();
+// Whether products of affine 2, 4 and 8-bit weights with several rows of x (batched decode, prefill) put x in
+// 8 bits per group instead (qkern_x8_impl.h); one row keeps x16.
+bool gemv_x8_enabled();
 
 // Records a message for rmlx_last_error() and returns the code, so that kernels can `return fail(...)`.
 int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,5 +1,6 @@
 // Dense and quantized products: the ISA dispatcher, the scalar kernel (the plain reference the SIMD variants
 // must agree with), and rmlx_linear for f32/f16/bf16 weights.
+#include <atomic>
 #include <cstdlib>
 #include <vector>
 
@@ -37,12 +38,14 @@ namespace {
 // The SIMD variant's entry points for an ISA other than scalar, picked in one place.
 struct SimdKernels {
   decltype(&avx2_k::gemv_prepare) gemv_prepare;
+  decltype(&avx2_k::x8_alloc) x8_alloc;
+  decltype(&avx2_k::x8_fill) x8_fill;
   decltype(&avx2_k::gemv_tiles) gemv_tiles;
   decltype(&avx2_k::gemm_units) gemm_units;
   decltype(&avx2_k::dequant_rows) dequant_rows;
 };
 
-#define RMLX_SIMD_KERNELS(ns) SimdKernels{ns::gemv_prepare, ns::gemv_tiles, ns::gemm_units, ns::dequant_rows}
+#define RMLX_SIMD_KERNELS(ns) SimdKernels{ns::gemv_prepare, ns::x8_alloc, ns::x8_fill, ns::gemv_tiles, ns::gemm_units, ns::dequant_rows}
 const SimdKernels kAvx2 = RMLX_SIMD_KERNELS(avx2_k), kAvx512 = RMLX_SIMD_KERNELS(avx512_k),
                   kAvx512Vnni = RMLX_SIMD_KERNELS(avx512vnni_k);
 #undef RMLX_SIMD_KERNELS
@@ -55,9 +58,19 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   Isa isa = active_isa();
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
   const SimdKernels &k = simd(isa);
-  if (M < kGemmMinRows) {
-    // x is prepared once here (the x16 and mxfp8 decode kernels), not by each thread
-    void *prepared = k.gemv_prepare(x, M, W);
+  // x is prepared once here (the x8, x16 and mxfp8 kernels), not by each thread; the x8 kernels take prefill
+  // shapes too
+  void *prepared = k.x8_alloc(M, W);
+  if (prepared) {
+    std::atomic<bool> ok{true};
+    parallel_for(M, [&](int64_t b, int64_t e, int) {
+      if (!k.x8_fill(prepared, x, b, e, W)) ok = false;
+    }, 8);
+    if (!ok) free(prepared), prepared = nullptr;
+  } else if (M < kGemmMinRows) {
+    prepared = k.gemv_prepare(x, M, W);
+  }
+  if (prepared || M < kGemmMinRows) {
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
                  [&](int64_t b, int64_t e, int) { k.gemv_tiles(y, x, M, W, bias, b, e, prepared); });
     free(prepared);

@@ -571,16 +571,24 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
 }
 
 #include "qkern_x16_impl.h"
+#include "qkern_x8_impl.h"
 #include "qkern_fp8_impl.h"
 
 // Tiles [t0, t1) of kGemvTile rows of W, all M rows of x: each tile stays in cache while blocks of x pass.
 template <int F>
 static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
-                         int64_t t1, const void *x16) {
+                         int64_t t1, const void *prepared) {
   if constexpr (F == F_FP8) {
-    if (x16 && fp8_tiles(y, x16, x, M, W, bias, t0, t1)) return;
+    if (prepared && fp8_tiles(y, prepared, x, M, W, bias, t0, t1)) return;
+  } else if constexpr (x8_format<F>()) {
+    // what was prepared follows from the same test (x8_alloc, else gemv_prepare)
+    if (prepared && x8_takes<F>(W, M)) {
+      if (x8_tiles<F>(y, *(const X8 *)prepared, M, W, bias, t0, t1)) return;
+    } else if (prepared && x16_tiles<F>(y, *(const X16 *)prepared, M, W, bias, t0, t1)) {
+      return;
+    }
   } else {
-    if (x16 && x16_tiles<F>(y, *(const X16 *)x16, M, W, bias, t0, t1)) return;
+    if (prepared && x16_tiles<F>(y, *(const X16 *)prepared, M, W, bias, t0, t1)) return;
   }
   if (M == 1 && gemv_spread<F>(y, x, W, bias, t0, t1)) return;
   const int64_t N = W.N, G = W.groups;
@@ -730,9 +738,23 @@ void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
   void *out = nullptr;
   with_format(W, [&]<int F>() {
     if constexpr (F == F_FP8) out = fp8_prepare_all(x, M, W);
-    else out = x16_prepare_all<F>(x, M, W);
+    else if (!x8_takes<F>(W, M)) out = x16_prepare_all<F>(x, M, W);  // else x8_alloc's, or nothing
   });
   return out;
+}
+
+void *x8_alloc(int64_t M, const WeightMat &W) {
+  void *out = nullptr;
+  with_format(W, [&]<int F>() { out = x8_alloc_f<F>(M, W); });
+  return out;
+}
+
+bool x8_fill(void *prepared, const float *x, int64_t m0, int64_t m1, const WeightMat &W) {
+  bool ok = false;
+  with_format(W, [&]<int F>() {
+    if constexpr (x8_format<F>()) ok = x8_fill_f<F>(*(X8 *)prepared, x, m0, m1, W);
+  });
+  return ok;
 }
 
 void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0, int64_t t1,

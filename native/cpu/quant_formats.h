@@ -141,6 +141,10 @@ constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few p
   namespace ns {                                                                                                  \
   /* x prepared once for the x16 or mxfp8 decode kernels, or null (the f32 path); release with free() */     \
   void *gemv_prepare(const float *x, int64_t M, const WeightMat &W);                                              \
+  /* x8 products (qkern_x8_impl.h): room for M rows of x prepared for W, or null where W or M does not take   \
+     them; x8_fill quantizes rows [m0, m1) into it, false when they hold Inf or NaN */                         \
+  void *x8_alloc(int64_t M, const WeightMat &W);                                                                  \
+  bool x8_fill(void *prepared, const float *x, int64_t m0, int64_t m1, const WeightMat &W);                      \
   void gemv_tiles(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t t0,          \
                   int64_t t1, const void *prepared);                                                              \
   void gemm_units(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,     \

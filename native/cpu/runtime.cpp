@@ -42,16 +42,24 @@ Isa best_isa() {
 bool cpu_has(Isa isa) { return (int)isa <= (int)best_isa(); }
 
 namespace {
-int g_gemv_x16 = -1;  // -1: not read from the environment yet
-}
+enum GemvMode : int { kGemvUnread = -1, kGemvF32, kGemvX16, kGemvX8 };
+constexpr const char *kGemvNames[] = {"f32", "x16", "x8"};
+constexpr GemvMode kGemvDefault = kGemvX16;
+int g_gemv = kGemvUnread;
 
-bool gemv_x16_enabled() {
-  if (g_gemv_x16 < 0) {
+int gemv_mode() {
+  if (g_gemv == kGemvUnread) {
     const char *env = getenv("RMLX_GEMV");
-    g_gemv_x16 = env && !strcmp(env, "f32") ? 0 : 1;
+    g_gemv = kGemvDefault;
+    for (int i = 0; env && i < 3; i++)
+      if (!strcmp(env, kGemvNames[i])) g_gemv = i;
   }
-  return g_gemv_x16 == 1;
+  return g_gemv;
 }
+}  // namespace
+
+bool gemv_x16_enabled() { return gemv_mode() != kGemvF32; }
+bool gemv_x8_enabled() { return gemv_mode() == kGemvX8; }
 
 Isa active_isa() {
   if (!g_isa_set) {
@@ -116,13 +124,15 @@ int rmlx_set_isa(const char *name) {
 
 int rmlx_set_gemv_mode(const char *name) {
   if (!name) return fail(RMLX_E_INVALID, "gemv mode is null");
-  if (!strcmp(name, "x16")) g_gemv_x16 = 1;
-  else if (!strcmp(name, "f32")) g_gemv_x16 = 0;
-  else return fail(RMLX_E_INVALID, "unknown gemv mode '%s' (x16 or f32)", name);
-  return RMLX_OK;
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(name, kGemvNames[i])) {
+      g_gemv = i;
+      return RMLX_OK;
+    }
+  return fail(RMLX_E_INVALID, "unknown gemv mode '%s' (x8, x16 or f32)", name);
 }
 
-const char *rmlx_gemv_mode(void) { return gemv_x16_enabled() ? "x16" : "f32"; }
+const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
 
 const char *rmlx_last_error(void) { return g_err; }
 

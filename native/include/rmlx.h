@@ -56,9 +56,11 @@ int rmlx_set_isa(const char *name);
 /* Arithmetic of few-row (decode) products of quantized weights: "x16" (default) puts each weight group's slice
    of x in 16-bit fixed point and sums exact integer products (affine, mxfp4, nvfp4); mxfp8 codes become exact
    bf16 weights dotted with x split in two bf16 parts (x off by at most 2^-18 of |x|) where the CPU has
-   AVX512-BF16 and VBMI, else f16-converted weights in exact f32 sums; "f32" keeps the plain f32 kernels for every
-   format.
-   RMLX_GEMV=f32 in the environment sets the default. */
+   AVX512-BF16 and VBMI, else f16-converted weights in exact f32 sums; "x8" is x16 except that products of affine
+   2 and 4-bit weights (8-bit where the CPU has AVX512-VNNI) with 2 or more rows of x, prefill included, put x in
+   int8 per weight group (step max|x| / 127) and sum integer products (vpdpbusd / vpmaddubsw), about 1/254 of
+   max|x| per weight off; "f32" keeps the plain f32 kernels for every format.
+   RMLX_GEMV=f32 (or x8, x16) in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);
 const char *rmlx_last_error(void);

@@ -67,6 +67,8 @@ interface Fmt {
   name: string;
   /** Decode also timed with --gemv f32 (the f32 path's kernels) beside the default decode kernels. */
   x16?: boolean;
+  /** Batched decode and prefill also timed with --gemv x8 (x of several rows in int8 per group). */
+  x8?: boolean;
   bytes: (N: number, K: number) => number;
   run: (N: number, K: number) => (x: Float32Array, y: Float32Array, M: number) => void;
 }
@@ -76,6 +78,7 @@ function affine(bits: number, group = 64, scaleType: "bf16" | "f16" = "bf16"): F
   return {
     name: `affine ${bits}-bit g${group}${scaleType === "f16" ? " f16" : ""}`,
     x16: true,
+    x8: bits === 2 || bits === 4 || bits === 8,
     bytes: (N, K) => (N * K * bits) / 8 + 2 * 2 * (N * K) / group,
     run: (N, K) => {
       const w = randBytes((N * K * bits) / 8, bits);
@@ -196,25 +199,30 @@ for (const [N, K] of decodeShapes) {
   console.log(`${pad("format", 20)}${rowsList.map((m) => `M=${m}`.padStart(14)).join("")}${"16 rows".padStart(10)}`);
   for (const f of decodeFormats.filter(picked).filter((f) => f.name !== "bf16")) {
     const run = f.run(N, K);
-    const cells: string[] = [];
-    let one = 0;
-    let sixteen = 0;
-    for (const M of rowsList) {
-      const x = rand(M * K, 3);
-      const y = new Float32Array(M * N);
-      const perRow = time(() => run(x, y, M)) / M;
-      if (M === 1) one = perRow;
-      if (M === 16) sixteen = (perRow * 16) / one;
-      cells.push(`${(perRow * 1e6).toFixed(0)}us ${(perRow / one).toFixed(2)}x`.padStart(14));
-      ours.set(`${f.name}|${M}x${K} @ ${N}x${K}`, {
-        name: `kernel batched decode ${f.name} per row`,
-        shape: `${M}x${K} @ ${N}x${K}`,
-        figure: perRow * 1e6,
-        unit: "us",
-        higherIsBetter: false,
-      });
+    for (const mode of f.x8 ? (["x16", "x8"] as const) : (["x16"] as const)) {
+      setGemvMode(mode);
+      const name = mode === "x8" ? `${f.name} [x8]` : f.name;
+      const cells: string[] = [];
+      let one = 0;
+      let sixteen = 0;
+      for (const M of rowsList) {
+        const x = rand(M * K, 3);
+        const y = new Float32Array(M * N);
+        const perRow = time(() => run(x, y, M)) / M;
+        if (M === 1) one = perRow;
+        if (M === 16) sixteen = (perRow * 16) / one;
+        cells.push(`${(perRow * 1e6).toFixed(0)}us ${(perRow / one).toFixed(2)}x`.padStart(14));
+        ours.set(`${name}|${M}x${K} @ ${N}x${K}`, {
+          name: `kernel batched decode ${name} per row`,
+          shape: `${M}x${K} @ ${N}x${K}`,
+          figure: perRow * 1e6,
+          unit: "us",
+          higherIsBetter: false,
+        });
+      }
+      console.log(`${pad(name, 20)}${cells.join("")}${`${sixteen.toFixed(2)}x`.padStart(10)}`);
     }
-    console.log(`${pad(f.name, 20)}${cells.join("")}${`${sixteen.toFixed(2)}x`.padStart(10)}`);
+    setGemvMode("x16");
   }
 }
 
@@ -252,17 +260,22 @@ for (const [N, K] of decodeShapes) {
 }
 
 const [PM, PN, PK] = [512, 4096, 4096];
-console.log(`\nprefill ${PM}x${PK} @ ${PN}x${PK}: GFLOP/s`);
+console.log(`\nprefill ${PM}x${PK} @ ${PN}x${PK}: GFLOP/s ([x8]: --gemv x8, x in int8 per group; else f32 GEMM)`);
 {
   const x = rand(PM * PK, 2);
   const y = new Float32Array(PM * PN);
   for (const f of prefillFormats.filter(picked)) {
     const run = f.run(PN, PK);
-    const t = time(() => run(x, y, PM));
-    const gflops = (2 * PM * PN * PK) / t / 1e9;
-    console.log(`${pad(f.name, 20)}${num(t * 1e3, 1)} ms${num(gflops)} GFLOP/s`);
-    const shape = `${PM}x${PK} @ ${PN}x${PK}`;
-    ours.set(`${f.name}|${shape}`, { name: `kernel prefill ${f.name}`, shape, figure: gflops, unit: "GFLOP/s" });
+    for (const mode of f.x8 ? (["x16", "x8"] as const) : (["x16"] as const)) {
+      setGemvMode(mode);
+      const name = mode === "x8" ? `${f.name} [x8]` : f.name;
+      const t = time(() => run(x, y, PM));
+      const gflops = (2 * PM * PN * PK) / t / 1e9;
+      console.log(`${pad(name, 20)}${num(t * 1e3, 1)} ms${num(gflops)} GFLOP/s`);
+      const shape = `${PM}x${PK} @ ${PN}x${PK}`;
+      ours.set(`${name}|${shape}`, { name: `kernel prefill ${name}`, shape, figure: gflops, unit: "GFLOP/s" });
+    }
+    setGemvMode("x16");
   }
 }
 

@@ -13,15 +13,15 @@ export function parseBackendChoice(value: string | undefined): BackendChoice {
 }
 
 /** Arithmetic of the native decode products of quantized weights (native/cpu/qkern_x16_impl.h, qkern_fp8_impl.h). */
-export type GemvMode = "x16" | "f32";
-const GEMV_MODES: readonly GemvMode[] = ["x16", "f32"];
+export type GemvMode = "x8" | "x16" | "f32";
+const GEMV_MODES: readonly GemvMode[] = ["x8", "x16", "f32"];
 
 /** --gemv / RMLX_GEMV; undefined when unset (the library's default, x16). */
 export function parseGemvMode(value: string | undefined): GemvMode | undefined {
   const v = (value ?? "").trim().toLowerCase();
   if (v === "") return undefined;
   if ((GEMV_MODES as readonly string[]).includes(v)) return v as GemvMode;
-  throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x16 or f32)`);
+  throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x8, x16 or f32)`);
 }
 
 /**

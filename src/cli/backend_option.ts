@@ -15,7 +15,7 @@ export function addBackendOptions(cmd: Command): Command {
   return cmd
     .option("--backend <name>", "compute backend: auto, native or mlx (env RMLX_BACKEND; default auto: mlx when libmlxc loads on a Metal device, else native)")
     .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)")
-    .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes) or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)")
+    .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes); x8: as x16, but affine 2/4-bit (8-bit with AVX512-VNNI) products with several rows of x, batched decode and prefill, put x in int8 per weight group, coarser by 128x; or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)")
     .option("--compute-dtype <mode>", "activations on the mlx backend: model (the dtype of the model's weights, bf16 for most, as mlx-lm computes), f32 (exact; what the reference tests use) or auto (model on a Metal device, f32 on MLX's CPU build, where bf16 is slower and its quantized products add up in bf16); the native backend computes in f32 either way (env RMLX_COMPUTE_DTYPE; default auto)");
 }
 

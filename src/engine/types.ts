@@ -130,7 +130,7 @@ export interface EngineConfig {
   /** --backend (auto, native, mlx) and --mlx-lib of the server process: the worker has an environment of its own. */
   backend?: string;
   mlxLib?: string;
-  /** --gemv (x16, f32) of the server process. */
+  /** --gemv (x8, x16, f32) of the server process. */
   gemv?: string;
   /** --compute-dtype (model, f32) of the server process. */
   computeDtype?: string;

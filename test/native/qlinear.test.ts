@@ -9,10 +9,12 @@ import {
   randomQWeight,
   randomX,
   matmulX16Ref,
+  matmulX8Ref,
   setGemvMode,
   setIsa,
   takesX16,
   worstRelError,
+  x8Bound,
   type FloatDt,
   type Mode,
   type QWeight,
@@ -20,9 +22,10 @@ import {
 import { native } from "../../src/backend/native/lib.ts";
 
 const BEST = String(native().rmlx_isa());
+const DEFAULT_GEMV = String(native().rmlx_gemv_mode());
 afterAll(() => {
   setIsa(BEST);
-  setGemvMode("x16");
+  setGemvMode(DEFAULT_GEMV);
 });
 
 // f32 accumulation over K <= 384 terms: the error stays far below 1e-5 of sum |x*w|.
@@ -195,6 +198,105 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       expect(Array.from(qlinear(q, x, 1)).every(Number.isNaN)).toBe(true);
       x[5] = Infinity;
       expect(Array.from(qlinear(q, x, 1)).some((v) => !Number.isFinite(v))).toBe(true);
+    });
+  });
+}
+
+// The x8 path (native/cpu/qkern_x8_impl.h): affine 2 and 4-bit weights, 8-bit where the CPU has VNNI, with 2 or
+// more rows of x (batched decode and prefill), x rounded to int8 per weight group. Held to its documented
+// rounding (matmulX8Ref) within f32 summation error, and to the bound that rounding implies against the exact
+// float64 product; one row keeps the x16 path.
+function takesX8(q: QWeight, isa: string, M: number): boolean {
+  if (q.mode !== "affine" || M < 2) return false;
+  if (q.bits === 8 && isa !== "avx512vnni") return false;
+  if (q.bits === 2 ? q.group === 32 : q.bits !== 4 && q.bits !== 8) return false;
+  const cpb = 8 / q.bits, lanes = isa === "avx2" ? 2 : 4;
+  const unit = (q.group / (16 * cpb) >= 2 ? 2 : 1) * lanes * 16 * cpb;
+  return q.K % unit === 0;
+}
+
+function expectX8(q: QWeight, x: Float32Array, M: number, isa: string, bias?: Float32Array) {
+  const exact = matmulRef(x, M, dequantAll(q), q.N, q.K, bias ? Float64Array.from(bias) : undefined);
+  const got = qlinear(q, x, M, bias ?? null);
+  if (!takesX8(q, isa, M)) {
+    // the x16 path below the prefill shapes (32 rows), the f32 GEMM from there
+    if (M >= 32) {
+      expect({ M, f32: worstRelError(got, exact.y, exact.mag) < TOL }).toEqual({ M, f32: true });
+      return;
+    }
+    const want = matmulX16Ref(q, x, M).map((v, i) => v + (bias ? bias[i % q.N]! : 0));
+    expect({ M, x16: worstRelError(got, want, exact.mag) < 2e-6 }).toEqual({ M, x16: true });
+    return;
+  }
+  const want = matmulX8Ref(q, x, M).map((v, i) => v + (bias ? bias[i % q.N]! : 0));
+  expect({ M, rounding: worstRelError(got, want, exact.mag) < 2e-6 }).toEqual({ M, rounding: true });
+  const bound = x8Bound(q, x, M);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++)
+    worst = Math.max(worst, Math.abs(got[i]! - exact.y[i]!) - bound[i]! - 1e-5 * exact.mag[i]!);
+  expect({ M, beyondBound: worst <= 0 }).toEqual({ M, beyondBound: true });
+}
+
+for (const isa of availableIsas().filter((i) => i !== "scalar")) {
+  describe(`x8 products on ${isa}`, () => {
+    const xcases: Case[] = [
+      { mode: "affine", bits: 2, group: 64, sb: "bf16" },
+      { mode: "affine", bits: 2, group: 128, sb: "f16" },
+      { mode: "affine", bits: 4, group: 32, sb: "bf16" },
+      { mode: "affine", bits: 4, group: 64, sb: "f16" },
+      { mode: "affine", bits: 4, group: 128, sb: "f32" },
+      { mode: "affine", bits: 8, group: 32, sb: "f32" },
+      { mode: "affine", bits: 8, group: 64, sb: "bf16" },
+      { mode: "affine", bits: 8, group: 128, sb: "f16" },
+    ];
+    for (const c of xcases) {
+      test(`affine bits=${c.bits} group=${c.group}: 1 to 40 rows (decode passes, the prefill GEMM), the layer's bias`, () => {
+        expect(setIsa(isa)).toBe(0);
+        expect(setGemvMode("x8")).toBe(0);
+        const K = 512, N = 21;
+        const q = randomQWeight(c.bits * 91 + c.group, c.mode, c.bits, c.group, N, K, c.sb);
+        const bias = randomX(8, N);
+        for (const M of [1, 2, 3, 5, 9, 33, 40]) {
+          const x = randomX(M + c.group + 1, M * K);
+          // one group of x far larger than the rest, one all zero: steps are per group
+          for (let i = 0; i < c.group; i++) x[i] = x[i]! * 1000;
+          x.fill(0, K - c.group, K);
+          expectX8(q, x, M, isa, bias);
+        }
+      });
+    }
+
+    test("long rows are split in blocks of groups (K = 8704; 6 and 33 rows)", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x8")).toBe(0);
+      const K = 8704, N = 5;
+      for (const [bits, group] of [[4, 64], [8, 128], [2, 128]] as const) {
+        const q = randomQWeight(bits + group, "affine", bits, group, N, K, "bf16");
+        for (const M of [6, 33]) expectX8(q, randomX(M + bits, M * K), M, isa, randomX(3, N));
+      }
+    });
+
+    test("K not a whole number of units, 3-bit codes: the x16 path", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x8")).toBe(0);
+      for (const [bits, group, K] of [[4, 64, 320], [3, 64, 512]] as const) {
+        const q = randomQWeight(bits * 7, "affine", bits, group, 7, K, "bf16");
+        expect(takesX8(q, isa, 3)).toBe(false);
+        expectX8(q, randomX(11, 3 * K), 3, isa);
+      }
+    });
+
+    test("x with Inf or NaN takes the f32 path (NaN comes out, as MLX gives), decode and prefill shapes", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x8")).toBe(0);
+      const q = randomQWeight(3, "affine", 4, 64, 8, 512);
+      for (const M of [2, 40]) {
+        const x = randomX(1, M * 512);
+        x[M * 512 - 5] = NaN;
+        const y = qlinear(q, x, M);
+        expect(Array.from(y.subarray((M - 1) * 8)).every(Number.isNaN)).toBe(true);
+        expect(Array.from(y.subarray(0, 8)).every(Number.isFinite)).toBe(true);
+      }
     });
   });
 }

@@ -87,8 +87,8 @@ function sbValue(q: QWeight, arr: Uint16Array | Float32Array | Uint8Array, i: nu
   return bf16ToNumber(arr[i]!);
 }
 
-/** Element k of row n: code read from the row's little-endian bit stream, then scaled as the mode says. */
-export function dequantRef(q: QWeight, n: number, k: number): number {
+/** The code of element k of row n, read from the row's little-endian bit stream. */
+export function codeRef(q: QWeight, n: number, k: number): number {
   const rowBytes = (q.K * q.bits) / 8;
   const bytes = new Uint8Array(q.w.buffer, q.w.byteOffset, q.w.byteLength);
   let code = 0;
@@ -96,6 +96,12 @@ export function dequantRef(q: QWeight, n: number, k: number): number {
     const bit = k * q.bits + b;
     code |= ((bytes[n * rowBytes + (bit >> 3)]! >> (bit & 7)) & 1) << b;
   }
+  return code;
+}
+
+/** Element k of row n: code read from the row's little-endian bit stream, then scaled as the mode says. */
+export function dequantRef(q: QWeight, n: number, k: number): number {
+  const code = codeRef(q, n, k);
   const gi = n * (q.K / q.group) + Math.floor(k / q.group);
   switch (q.mode) {
     case "affine":
@@ -241,6 +247,18 @@ export function takesX16(q: QWeight): boolean {
  * centred codes; mxfp4 values meet the rounded x directly.
  */
 export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Array {
+  return matmulRoundedRef(q, x, M, 32639);
+}
+
+/**
+ * What the x8 path computes (native/cpu/qkern_x8_impl.h): as matmulX16Ref with steps of max|x| / 127 per
+ * group of x (the weight's group), int8 values in [-127, 127].
+ */
+export function matmulX8Ref(q: QWeight, x: Float32Array, M: number): Float64Array {
+  return matmulRoundedRef(q, x, M, 127);
+}
+
+function matmulRoundedRef(q: QWeight, x: Float32Array, M: number, levels: number): Float64Array {
   const { N, K, group } = q;
   const f = Math.fround;
   const xr = new Float64Array(M * K);
@@ -248,13 +266,13 @@ export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Arr
   for (let b = 0; b < M * K; b += xg) {
     let amax = 0;
     for (let i = 0; i < xg; i++) amax = Math.max(amax, Math.abs(x[b + i]!));
-    const step = f(amax / 32639);
-    const inv = amax > 0 ? f(32639 / amax) : 0;
+    const step = f(amax / levels);
+    const inv = amax > 0 ? f(levels / amax) : 0;
     for (let i = 0; i < xg; i++) {
       const v = f(x[b + i]! * inv);
       let r = Math.round(v);
       if (Math.abs(v % 1) === 0.5) r = 2 * Math.round(v / 2);
-      xr[b + i] = Math.max(-32639, Math.min(32639, r)) * step;
+      xr[b + i] = Math.max(-levels, Math.min(levels, r)) * step;
     }
   }
   const centre = q.mode === "affine" ? (2 ** q.bits - 1) / 2 : 0;
@@ -277,6 +295,30 @@ export function matmulX16Ref(q: QWeight, x: Float32Array, M: number): Float64Arr
       y[m * N + n] = s;
     }
   return y;
+}
+
+/**
+ * The bound on |y - exact| that rounding x to 8 bits per group implies for affine weights: each x moves by at
+ * most half a step (max|x| of its group / 254) and meets the centred code, so per output the sum over groups of
+ * |scale| * max|x| / 254 * sum |q - (2^bits - 1) / 2|.
+ */
+export function x8Bound(q: QWeight, x: Float32Array, M: number): Float64Array {
+  const { N, K, group } = q;
+  const centre = (2 ** q.bits - 1) / 2;
+  const out = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let b = 0;
+      for (let g = 0; g < K / group; g++) {
+        let amax = 0;
+        for (let i = 0; i < group; i++) amax = Math.max(amax, Math.abs(x[m * K + g * group + i]!));
+        let codes = 0;
+        for (let i = 0; i < group; i++) codes += Math.abs(codeRef(q, n, g * group + i) - centre);
+        b += Math.abs(sbValue(q, q.scales, n * (K / group) + g)) * (amax / 254) * codes;
+      }
+      out[m * N + n] = b;
+    }
+  return out;
 }
 
 /** Sets the gemv arithmetic ("x16" or "f32"); returns the status. */
