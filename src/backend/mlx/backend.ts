@@ -14,8 +14,10 @@ import {
   kvBlockBytes,
   type QuantMode,
   type QuantizedWeight,
+  type RecurrentBatch,
   type RopeOptions,
   type StatePool,
+  type StateSpec,
   type Tensor,
   type TernaryWeight,
   type Weight,
@@ -28,6 +30,7 @@ import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
+import { type Graph, LinearAttention } from "./linear_attn.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
@@ -79,6 +82,12 @@ interface MKvPool extends KvPool {
   readonly mlxPool: true;
 }
 
+interface MStatePool extends StatePool {
+  readonly conv: MTensor;
+  readonly delta: MTensor;
+  readonly mlxState: true;
+}
+
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
   readonly hs: number[] = [];
@@ -98,6 +107,7 @@ export class MlxBackend implements Backend {
   private readonly glu: GluKernels;
   private scopes: MTensor[][] = [];
   private readonly dirtyPools = new Set<MKvPool>();
+  private readonly dirtyStates = new Set<MStatePool>();
   private readonly unscoped = new FinalizationRegistry<number>((h) => {
     this.S.mlx_array_free(h);
   });
@@ -309,11 +319,13 @@ export class MlxBackend implements Backend {
       invalid(e);
     }
     for (const p of this.dirtyPools) hs.push(p.k.h, p.v.h);
+    for (const p of this.dirtyStates) if (p.conv.h && p.delta.h) hs.push(p.conv.h, p.delta.h);
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
       if (this.S.mlx_eval(vec) !== 0) this.fail("eval", "native");
       this.dirtyPools.clear();
+      this.dirtyStates.clear();
     } finally {
       this.S.mlx_vector_array_free(vec);
     }
@@ -932,15 +944,75 @@ export class MlxBackend implements Backend {
     }
   }
 
-  // Linear attention (Gated DeltaNet) is not mapped onto mlx ops yet: hybrid models run on the native backend.
-  createStatePool(): StatePool {
-    throw new RmlxError("unsupported", "the mlx backend has no linear-attention (Gated DeltaNet) ops yet; use the native backend");
+  // Linear attention (Gated DeltaNet): the graphs are built in linear_attn.ts; here the pools, checks and handles.
+  private linearAttn: LinearAttention | null = null;
+
+  private la(): LinearAttention {
+    return (this.linearAttn ??= new LinearAttention(this.S, this.stream, (status, what) => this.res(status, what)));
   }
-  softplus(): Tensor {
-    throw new RmlxError("unsupported", "softplus: not on the mlx backend yet");
+
+  /** Runs build over a fresh graph, whose temps are freed whatever happens. */
+  private withGraph<T>(what: string, build: (G: Graph) => T): T {
+    const G = this.la().graph(what);
+    try {
+      return build(G);
+    } finally {
+      G.free();
+    }
   }
-  causalConv1d(): Tensor {
-    throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
+
+  createStatePool(numSlots: number, spec: StateSpec): StatePool {
+    args.checkStateSpec(numSlots, spec);
+    const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = spec;
+    const pool: MStatePool = {
+      convDim,
+      kernel,
+      keyHeads,
+      valueHeads,
+      keyDim,
+      valueDim,
+      numSlots,
+      // One row even for a kernel of 1 (which carries nothing), as on the native backend: the same slot bytes.
+      conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as MTensor,
+      delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as MTensor,
+      mlxState: true,
+    };
+    return pool;
+  }
+
+  private statePool(p: StatePool, what: string): MStatePool {
+    const pool = p as MStatePool;
+    if (pool.mlxState !== true) invalid(`${what}: not a state pool of the mlx backend`);
+    this.arg(pool.conv, what);
+    this.arg(pool.delta, what);
+    return pool;
+  }
+
+  /** Points a state tensor at its updated array (a kept result of G), evaluated with the next step. */
+  private setState(G: Graph, pool: MStatePool, t: MTensor, h: number): void {
+    if (h === t.h) return;
+    this.swap(t, G.keep(h));
+    this.dirtyStates.add(pool);
+  }
+
+  softplus(x: Tensor): Tensor {
+    const t = this.arg(x, "softplus");
+    return this.withGraph("softplus", (G) => this.wrap(G.keep(this.la().softplus(G, t.h))));
+  }
+
+  causalConv1d(x: Tensor, w: Tensor, p: StatePool, batch: RecurrentBatch): Tensor {
+    const pool = this.statePool(p, "causalConv1d");
+    const xt = this.arg(x, "causalConv1d");
+    const wt = this.arg(w, "causalConv1d weight");
+    args.checkCausalConv(xt, wt, pool);
+    const T = xt.shape[0]!;
+    args.checkRecurrentBatch("causalConv1d", pool, batch, T);
+    return this.withGraph("causalConv1d", (G) => {
+      const r = this.la().causalConv1d(G, xt.h, wt.h, pool.conv.h, pool, batch, T);
+      const out = this.wrap(G.keep(r.out));
+      this.setState(G, pool, pool.conv, r.conv);
+      return out;
+    });
   }
   ternaryLinear(_x: Tensor, _w: TernaryWeight): Tensor {
     throw new RmlxError("unsupported", "ternaryLinear: BitNet's ternary weights are not on the mlx backend yet (use --backend native)");
@@ -950,20 +1022,76 @@ export class MlxBackend implements Backend {
     throw new RmlxError("unsupported", "relu2Mul: BitNet's MLP is not on the mlx backend yet (use --backend native)");
   }
 
-  gatedDelta(): Tensor {
-    throw new RmlxError("unsupported", "gatedDelta: not on the mlx backend yet");
+  gatedDelta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, p: StatePool, batch: RecurrentBatch, chunk = 64): Tensor {
+    const pool = this.statePool(p, "gatedDelta");
+    const [qt, kt, vt, gt, bt] = ([[q, "q"], [k, "k"], [v, "v"], [g, "g"], [beta, "beta"]] as const).map(([t, n]) => this.arg(t, `gatedDelta ${n}`));
+    const T = args.checkGatedDelta(qt!, kt!, vt!, gt!, bt!, pool);
+    args.checkRecurrentBatch("gatedDelta", pool, batch, T);
+    if (!Number.isInteger(chunk) || chunk < 0) invalid(`gatedDelta: chunk ${chunk}`);
+    return this.withGraph("gatedDelta", (G) => {
+      const r = this.la().gatedDelta(G, qt!.h, kt!.h, vt!.h, gt!.h, bt!.h, pool.delta.h, pool, batch, T, chunk);
+      const out = this.wrap(G.keep(r.out));
+      this.setState(G, pool, pool.delta, r.delta);
+      return out;
+    });
   }
-  copyStateSlot(): void {
-    throw new RmlxError("unsupported", "copyStateSlot: not on the mlx backend yet");
+
+  private checkSlot(pool: MStatePool, slot: number, what: string): void {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= pool.numSlots) invalid(`${what}: slot ${slot} outside the pool's ${pool.numSlots}`);
   }
-  stateSlotBytes(): number {
-    throw new RmlxError("unsupported", "stateSlotBytes: not on the mlx backend yet");
+
+  copyStateSlot(p: StatePool, src: number, dst: number): void {
+    const pool = this.statePool(p, "copyStateSlot");
+    for (const s of [src, dst]) this.checkSlot(pool, s, "copyStateSlot");
+    if (src === dst) return;
+    this.withGraph("copyStateSlot", (G) => {
+      for (const t of [pool.conv, pool.delta]) this.setState(G, pool, t, G.copyRow(t.h, t.shape, src, dst));
+    });
   }
-  readStateSlot(): void {
-    throw new RmlxError("unsupported", "readStateSlot: not on the mlx backend yet");
+
+  stateSlotBytes(p: StatePool): number {
+    const pool = this.statePool(p, "stateSlotBytes");
+    return ((pool.conv.size + pool.delta.size) / pool.numSlots) * 4;
   }
-  writeStateSlot(): void {
-    throw new RmlxError("unsupported", "writeStateSlot: not on the mlx backend yet");
+
+  /** Bytes of one slot's conv and delta state, after checking the slot and the caller's buffer. */
+  private stateSlotParts(pool: MStatePool, slot: number, nbytes: number, what: string): [number, number] {
+    this.checkSlot(pool, slot, what);
+    const convBytes = (pool.conv.size / pool.numSlots) * 4;
+    const deltaBytes = (pool.delta.size / pool.numSlots) * 4;
+    if (nbytes !== convBytes + deltaBytes) invalid(`${what}: ${nbytes} bytes for a slot of ${convBytes + deltaBytes}`);
+    return [convBytes, deltaBytes];
+  }
+
+  readStateSlot(p: StatePool, slot: number, out: Uint8Array): void {
+    const pool = this.statePool(p, "readStateSlot");
+    const [convBytes] = this.stateSlotParts(pool, slot, out.byteLength, "readStateSlot");
+    this.withGraph("readStateSlot", (G) => {
+      let at = 0;
+      for (const t of [pool.conv, pool.delta]) {
+        const lo = t.shape.map((_, i) => (i === 0 ? slot : 0));
+        const hi = t.shape.map((d, i) => (i === 0 ? slot + 1 : d));
+        out.set(new Uint8Array(this.bytesOfHandle(G.slice(t.h, lo, hi), "readStateSlot")), at);
+        at = convBytes;
+      }
+    });
+  }
+
+  writeStateSlot(p: StatePool, slot: number, data: Uint8Array): void {
+    const pool = this.statePool(p, "writeStateSlot");
+    const [convBytes] = this.stateSlotParts(pool, slot, data.byteLength, "writeStateSlot");
+    this.withGraph("writeStateSlot", (G) => {
+      const parts: [MTensor, Uint8Array][] = [
+        [pool.conv, data.slice(0, convBytes)],
+        [pool.delta, data.slice(convBytes)],
+      ];
+      for (const [t, bytes] of parts) {
+        const shape = [1, ...t.shape.slice(1)];
+        const lo = t.shape.map((_, i) => (i === 0 ? slot : 0));
+        const hi = t.shape.map((d, i) => (i === 0 ? slot + 1 : d));
+        this.setState(G, pool, t, G.updateSlice(t.h, G.data(bytes, shape, MLX_DTYPE.f32), lo, hi));
+      }
+    });
   }
 
   copyBlock(p: KvPool, src: number, dst: number): void {

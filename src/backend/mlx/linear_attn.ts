@@ -1,0 +1,474 @@
+// Gated DeltaNet (linear attention) as plain MLX ops: the depthwise causal conv1d over each sequence's carried
+// inputs, and the gated delta rule over each sequence's f32 state. Sequences are laid out as one padded batch
+// (their lengths are known on the host), so the op count of a step depends on its longest run, not on how many
+// sequences it holds. Padded steps of the delta rule get g = 0 and beta = 0: the state is neither decayed nor
+// written there, and their outputs are dropped.
+import type { RecurrentBatch, StateSpec } from "../backend.ts";
+import { MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
+
+type Res = (status: number, what: string) => number;
+
+function ints(xs: readonly number[]): Int32Array {
+  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
+}
+
+function handleVec(hs: readonly number[]): BigUint64Array {
+  const a = new BigUint64Array(Math.max(hs.length, 1));
+  for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
+  return a;
+}
+
+/**
+ * The mlx-c calls of one op over raw handles: each result is a temp, freed by free() unless taken out by keep()
+ * (MLX counts references, so a kept result holds the graph it needs).
+ */
+export class Graph {
+  private readonly hs: number[] = [];
+
+  constructor(
+    private readonly S: MlxSymbols,
+    private readonly stream: number,
+    private readonly res: Res,
+    private readonly what: string,
+  ) {}
+
+  private add(status: number): number {
+    const h = this.res(status, this.what);
+    this.hs.push(h);
+    return h;
+  }
+
+  /** Takes a result out of the temps: the caller owns it from now on. */
+  keep(h: number): number {
+    const i = this.hs.lastIndexOf(h);
+    if (i >= 0) this.hs.splice(i, 1);
+    return h;
+  }
+
+  free(): void {
+    for (const h of this.hs) this.S.mlx_array_free(h);
+    this.hs.length = 0;
+  }
+
+  data(values: Float32Array | Int32Array | Uint8Array, shape: readonly number[], dtype: number): number {
+    const h = Number(this.S.mlx_array_new_data(values.byteLength ? values : new Uint8Array(8), ints(shape), shape.length, dtype));
+    if (!h) this.res(1, this.what);
+    this.hs.push(h);
+    return h;
+  }
+
+  scalar(v: number): number {
+    const h = Number(this.S.mlx_array_new_float32(v));
+    this.hs.push(h);
+    return h;
+  }
+
+  zeros(shape: readonly number[]): number {
+    return this.add(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, MLX_DTYPE.f32, this.stream));
+  }
+
+  f32(h: number): number {
+    return this.S.mlx_array_dtype(h) === MLX_DTYPE.f32 ? h : this.add(this.S.mlx_astype(slotPtr(), h, MLX_DTYPE.f32, this.stream));
+  }
+
+  reshape(h: number, shape: readonly number[]): number {
+    return this.add(this.S.mlx_reshape(slotPtr(), h, ints(shape), shape.length, this.stream));
+  }
+
+  transpose(h: number, axes: readonly number[]): number {
+    return this.add(this.S.mlx_transpose_axes(slotPtr(), h, ints(axes), axes.length, this.stream));
+  }
+
+  /** Rows of h along axis 0 at host indices. */
+  rows(h: number, idx: Int32Array): number {
+    return this.add(this.S.mlx_take_axis(slotPtr(), h, this.data(idx, [idx.length], MLX_DTYPE.i32), 0, this.stream));
+  }
+
+  /** h[lo:hi] along every axis (hi per axis). */
+  slice(h: number, lo: readonly number[], hi: readonly number[]): number {
+    const n = lo.length;
+    return this.add(this.S.mlx_slice(slotPtr(), h, ints(lo), n, ints(hi), n, ints(lo.map(() => 1)), n, this.stream));
+  }
+
+  mul(a: number, b: number): number {
+    return this.add(this.S.mlx_multiply(slotPtr(), a, b, this.stream));
+  }
+
+  add2(a: number, b: number): number {
+    return this.add(this.S.mlx_add(slotPtr(), a, b, this.stream));
+  }
+
+  sub(a: number, b: number): number {
+    return this.add(this.S.mlx_subtract(slotPtr(), a, b, this.stream));
+  }
+
+  matmul(a: number, b: number): number {
+    return this.add(this.S.mlx_matmul(slotPtr(), a, b, this.stream));
+  }
+
+  exp(a: number): number {
+    return this.add(this.S.mlx_exp(slotPtr(), a, this.stream));
+  }
+
+  logaddexp(a: number, b: number): number {
+    return this.add(this.S.mlx_logaddexp(slotPtr(), a, b, this.stream));
+  }
+
+  where(cond: number, a: number, b: number): number {
+    return this.add(this.S.mlx_where(slotPtr(), cond, a, b, this.stream));
+  }
+
+  cumsum(a: number, axis: number): number {
+    return this.add(this.S.mlx_cumsum(slotPtr(), a, axis, false, true, this.stream));
+  }
+
+  sum(a: number, axis: number): number {
+    return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, false, this.stream));
+  }
+
+  asStrided(a: number, shape: readonly number[], strides: readonly number[]): number {
+    return this.add(this.S.mlx_as_strided(slotPtr(), a, ints(shape), shape.length, BigInt64Array.from(strides.map(BigInt)), strides.length, 0, this.stream));
+  }
+
+  concat(hs: readonly number[], axis: number): number {
+    if (hs.length === 1) return hs[0]!;
+    const vec = Number(this.S.mlx_vector_array_new_data(handleVec(hs), hs.length));
+    try {
+      return this.add(this.S.mlx_concatenate_axis(slotPtr(), vec, axis, this.stream));
+    } finally {
+      this.S.mlx_vector_array_free(vec);
+    }
+  }
+
+  /** h cut into n equal parts along axis (h itself when n is 1). */
+  split(h: number, n: number, axis: number): number[] {
+    if (n === 1) return [h];
+    const vec = this.res(this.S.mlx_split(slotPtr(), h, n, axis, this.stream), this.what);
+    try {
+      const parts: number[] = [];
+      for (let i = 0; i < n; i++) parts.push(this.add(this.S.mlx_vector_array_get(slotPtr(), vec, i)));
+      return parts;
+    } finally {
+      this.S.mlx_vector_array_free(vec);
+    }
+  }
+
+  /** a with its rows (axis 0) at host indices replaced by updates [n, 1, ...a.shape[1:]]. */
+  scatterRows(a: number, idx: Int32Array, updates: number): number {
+    const ih = this.data(idx, [idx.length], MLX_DTYPE.i32);
+    const vec = Number(this.S.mlx_vector_array_new_data(handleVec([ih]), 1));
+    try {
+      return this.add(this.S.mlx_scatter(slotPtr(), a, vec, updates, Int32Array.of(0), 1, this.stream));
+    } finally {
+      this.S.mlx_vector_array_free(vec);
+    }
+  }
+
+  /** a[src] copied over a[dst] along axis 0 (shape a's shape). */
+  copyRow(a: number, shape: readonly number[], src: number, dst: number): number {
+    const lo = (r: number) => [r, ...shape.slice(1).map(() => 0)];
+    const hi = (r: number) => [r + 1, ...shape.slice(1)];
+    return this.updateSlice(a, this.slice(a, lo(src), hi(src)), lo(dst), hi(dst));
+  }
+
+  updateSlice(a: number, part: number, lo: readonly number[], hi: readonly number[]): number {
+    const n = lo.length;
+    return this.add(this.S.mlx_slice_update(slotPtr(), a, part, ints(lo), n, ints(hi), n, ints(lo.map(() => 1)), n, this.stream));
+  }
+}
+
+/** Host-side layout of a padded batch: gather indices, padding mask, the rows of its real tokens, and its slots. */
+interface Layout {
+  B: number;
+  L: number;
+  /** Source token of each padded row [B * L] (0 for padding). */
+  idx: Int32Array;
+  /** 1 for real rows, 0 for padding [B * L]. */
+  valid: Float32Array;
+  /** Whether the padded batch is the step's tokens as they are (no gather, no padding). */
+  identity: boolean;
+  /** Padded row of each real token, in the group's token order. */
+  outRows: Int32Array;
+  /** Step token index of each real token, in the group's token order. */
+  tokens: Int32Array;
+  slots: Int32Array;
+  /** Whether the sequence starts from a zero state [B], and whether any does. */
+  fresh: Uint8Array;
+  anyFresh: boolean;
+  lens: Int32Array;
+}
+
+/** The padded batch of the given sequences, each padded to L tokens. */
+function layout(batch: RecurrentBatch, seqs: readonly number[], L: number, T: number): Layout {
+  const B = seqs.length;
+  const idx = new Int32Array(B * L);
+  const valid = new Float32Array(B * L);
+  const lens = new Int32Array(B);
+  const slots = new Int32Array(B);
+  const fresh = new Uint8Array(B);
+  let n = 0;
+  for (let b = 0; b < B; b++) {
+    const s = seqs[b]!;
+    lens[b] = batch.seqStart[s + 1]! - batch.seqStart[s]!;
+    slots[b] = batch.slots[s]!;
+    fresh[b] = batch.fresh[s] ? 1 : 0;
+    n += lens[b]!;
+  }
+  const outRows = new Int32Array(n);
+  const tokens = new Int32Array(n);
+  let identity = B * L === T;
+  let at = 0;
+  for (let b = 0; b < B; b++) {
+    const t0 = batch.seqStart[seqs[b]!]!;
+    for (let t = 0; t < L; t++) {
+      const r = b * L + t;
+      if (t < lens[b]!) {
+        idx[r] = t0 + t;
+        valid[r] = 1;
+        outRows[at] = r;
+        tokens[at++] = t0 + t;
+        if (t0 + t !== r) identity = false;
+      } else identity = false;
+    }
+  }
+  return { B, L, idx, valid, identity, outRows, tokens, slots, fresh, anyFresh: fresh.some((f) => f === 1), lens };
+}
+
+/** The sequences a step must touch: those with tokens, and fresh ones (their state is zeroed even without). */
+function activeSeqs(batch: RecurrentBatch): number[] {
+  const out: number[] = [];
+  for (let s = 0; s < batch.slots.length; s++) if (batch.seqStart[s + 1]! > batch.seqStart[s]! || batch.fresh[s]) out.push(s);
+  return out;
+}
+
+function maxLen(batch: RecurrentBatch, seqs: number[]): number {
+  let L = 0;
+  for (const s of seqs) L = Math.max(L, batch.seqStart[s + 1]! - batch.seqStart[s]!);
+  return L;
+}
+
+interface DeltaInputs {
+  q: number;
+  k: number;
+  v: number;
+  g: number;
+  beta: number;
+}
+
+export class LinearAttention {
+  /** Host-made constants per chunk size: identity, strict-lower mask, and the masks of the inverse's levels. */
+  private readonly chunkConsts = new Map<number, { eye: number; strict: number; levels: number[] }>();
+  private readonly zero: number;
+  private readonly negInf: number;
+
+  constructor(
+    private readonly S: MlxSymbols,
+    private readonly stream: number,
+    private readonly res: Res,
+  ) {
+    this.zero = Number(S.mlx_array_new_float32(0));
+    this.negInf = Number(S.mlx_array_new_float32(-Infinity));
+  }
+
+  graph(what: string): Graph {
+    return new Graph(this.S, this.stream, this.res, what);
+  }
+
+  /** log(1 + exp(x)) without overflow: logaddexp(x, 0). */
+  softplus(G: Graph, x: number): number {
+    return G.logaddexp(G.f32(x), this.zero);
+  }
+
+  /** The slots' states (or carried inputs) gathered, zeroed where the sequence is fresh. */
+  private carried(G: Graph, pool: number, lay: Layout, rank: number): number {
+    const h = G.rows(pool, lay.slots);
+    if (!lay.anyFresh) return h;
+    const keep = G.data(Uint8Array.from(lay.fresh, (f) => 1 - f), [lay.B, ...new Array<number>(rank - 1).fill(1)], MLX_DTYPE.bool);
+    return G.where(keep, h, this.zero);
+  }
+
+  /**
+   * The slots' carried inputs (zeroed where fresh) followed by each sequence's tokens, as one padded window
+   * [B, P + L, C]; the conv reads it through a strided view [B, L, K, C]. Padding sits after each sequence's
+   * tokens, so it reaches neither a real output nor the K - 1 inputs the slot keeps.
+   */
+  causalConv1d(G: Graph, x: number, w: number, conv: number, spec: StateSpec, batch: RecurrentBatch, T: number): { out: number; conv: number } {
+    const { convDim: C, kernel: K } = spec;
+    const P = K - 1;
+    const seqs = activeSeqs(batch);
+    const L = maxLen(batch, seqs);
+    if (seqs.length === 0 || (L === 0 && P === 0)) return { out: G.zeros([T, C]), conv };
+    const lay = layout(batch, seqs, L, T);
+    const { B } = lay;
+    const xf = G.f32(x);
+    let window = G.reshape(lay.identity ? xf : G.rows(xf, lay.idx), [B, L, C]);
+    if (P > 0) window = G.concat([this.carried(G, conv, lay, 3), window], 1);
+    let out: number;
+    if (L === 0) out = G.zeros([T, C]);
+    else {
+      const taps = G.transpose(G.reshape(G.f32(w), [C, K]), [1, 0]);
+      const y = L === 1 ? G.sum(G.mul(window, taps), 1) : G.sum(G.mul(G.asStrided(window, [B, L, K, C], [(P + L) * C, C, C, 1]), taps), 2);
+      const flat = G.reshape(y, [B * L, C]);
+      out = lay.identity ? flat : G.rows(flat, lay.outRows);
+    }
+    if (P === 0) return { out, conv };
+    // Each slot keeps the inputs at window rows [n, n + P) of its sequence (n its token count).
+    let tail: number;
+    if (lay.lens.every((n) => n === L)) tail = G.slice(window, [0, L, 0], [B, L + P, C]);
+    else {
+      const idx = new Int32Array(B * P);
+      for (let b = 0; b < B; b++) for (let p = 0; p < P; p++) idx[b * P + p] = b * (P + L) + lay.lens[b]! + p;
+      tail = G.rows(G.reshape(window, [B * (P + L), C]), idx);
+    }
+    return { out, conv: G.scatterRows(conv, lay.slots, G.reshape(tail, [B, 1, P, C])) };
+  }
+
+  /**
+   * The gated delta rule over the slots' states [numSlots, Hv, Dv, Dk]. Sequences of one token (decode) run one
+   * recurrent step together; longer runs run in the chunked form when chunk > 0 (step by step when it is 0) as a
+   * second padded batch. Returns the outputs [T, Hv, Dv] in token order and the updated state.
+   */
+  gatedDelta(G: Graph, q: number, k: number, v: number, g: number, beta: number, delta: number, spec: StateSpec, batch: RecurrentBatch, T: number, chunk: number): { out: number; delta: number } {
+    const { valueHeads: Hv, valueDim: Dv } = spec;
+    const seqs = activeSeqs(batch);
+    const len = (s: number) => batch.seqStart[s + 1]! - batch.seqStart[s]!;
+    const groups = chunk === 0 ? [seqs] : [seqs.filter((s) => len(s) <= 1), seqs.filter((s) => len(s) > 1)];
+    const x: DeltaInputs = { q: G.f32(q), k: G.f32(k), v: G.f32(v), g: G.f32(g), beta: G.f32(beta) };
+    const outs: number[] = [];
+    const order: Int32Array[] = [];
+    for (const grp of groups) {
+      if (grp.length === 0) continue;
+      const L = maxLen(batch, grp);
+      // Chunks of min(chunk, L): the same result up to rounding, without padding a short run to a whole chunk.
+      const C = chunk > 0 && L > 1 ? Math.min(chunk, L) : 0;
+      const lay = layout(batch, grp, C ? Math.ceil(L / C) * C : L, T);
+      const S0 = this.carried(G, delta, lay, 4);
+      const r = C ? this.chunked(G, x, S0, lay, spec, C) : this.recurrent(G, x, S0, lay, spec);
+      delta = G.scatterRows(delta, lay.slots, r.state);
+      if (lay.tokens.length === 0) continue;
+      outs.push(lay.identity ? r.rows : G.rows(r.rows, lay.outRows));
+      order.push(lay.tokens);
+    }
+    if (outs.length === 0) return { out: G.zeros([T, Hv, Dv]), delta };
+    if (outs.length === 1 && order[0]!.every((t, i) => t === i)) return { out: outs[0]!, delta };
+    // Each token's row in the groups' outputs, concatenated.
+    const at = new Int32Array(T);
+    let n = 0;
+    for (const toks of order) for (const t of toks) at[t] = n++;
+    return { out: G.rows(G.concat(outs, 0), at), delta };
+  }
+
+  /** A padded input [B * L, ...]: the step's rows as they are, or gathered (padding reads row 0). */
+  private gather(G: Graph, h: number, lay: Layout): number {
+    return lay.identity ? h : G.rows(h, lay.idx);
+  }
+
+  /** g or beta gathered with 0 on padding: padded steps neither decay nor write the state. */
+  private gatherMasked(G: Graph, h: number, lay: Layout): number {
+    if (lay.identity) return h;
+    return G.mul(G.rows(h, lay.idx), G.data(lay.valid, [lay.B * lay.L, 1], MLX_DTYPE.f32));
+  }
+
+  /**
+   * Token by token over the padded batch, S [B, 1, Hk, rep, Dv, Dk]: S = exp(g) S; u = beta (v - S k);
+   * S += u k^T; o = S q. Returns the padded outputs [B * L, Hv, Dv] and the state [B, 1, Hv, Dv, Dk].
+   */
+  private recurrent(G: Graph, x: DeltaInputs, S0: number, lay: Layout, spec: StateSpec): { rows: number; state: number } {
+    const { keyHeads: Hk, valueHeads: Hv, keyDim: Dk, valueDim: Dv } = spec;
+    const rep = Hv / Hk;
+    const { B, L } = lay;
+    const k = this.gather(G, x.k, lay);
+    const qs = G.split(G.reshape(this.gather(G, x.q, lay), [B, L, Hk, 1, Dk, 1]), L, 1);
+    const kCol = G.split(G.reshape(k, [B, L, Hk, 1, Dk, 1]), L, 1);
+    const kRow = G.split(G.reshape(k, [B, L, Hk, 1, 1, Dk]), L, 1);
+    const vs = G.split(G.reshape(this.gather(G, x.v, lay), [B, L, Hk, rep, Dv, 1]), L, 1);
+    const decays = G.split(G.exp(G.reshape(this.gatherMasked(G, x.g, lay), [B, L, Hk, rep, 1, 1])), L, 1);
+    const betas = G.split(G.reshape(this.gatherMasked(G, x.beta, lay), [B, L, Hk, rep, 1, 1]), L, 1);
+    let S = G.reshape(S0, [B, 1, Hk, rep, Dv, Dk]);
+    const outs: number[] = [];
+    for (let t = 0; t < L; t++) {
+      S = G.mul(S, decays[t]!);
+      const u = G.mul(G.sub(vs[t]!, G.matmul(S, kCol[t]!)), betas[t]!);
+      S = G.add2(S, G.mul(u, kRow[t]!));
+      outs.push(G.matmul(S, qs[t]!));
+    }
+    return { rows: G.reshape(G.concat(outs, 1), [B * L, Hv, Dv]), state: G.reshape(S, [B, 1, Hv, Dv, Dk]) };
+  }
+
+  private consts(C: number) {
+    let c = this.chunkConsts.get(C);
+    if (!c) {
+      const mk = (f: (i: number, j: number) => boolean, dtype: number) => {
+        const a = dtype === MLX_DTYPE.bool ? new Uint8Array(C * C) : new Float32Array(C * C);
+        for (let i = 0; i < C; i++) for (let j = 0; j < C; j++) a[i * C + j] = f(i, j) ? 1 : 0;
+        return Number(this.S.mlx_array_new_data(a, Int32Array.of(C, C), 2, dtype));
+      };
+      const levels: number[] = [];
+      for (let s = 1; s < C; s *= 2) {
+        const blk = (i: number, w: number) => Math.floor(i / w);
+        levels.push(mk((i, j) => i > j && blk(i, 2 * s) === blk(j, 2 * s) && blk(i, s) !== blk(j, s), MLX_DTYPE.f32));
+      }
+      c = { eye: mk((i, j) => i === j, MLX_DTYPE.f32), strict: mk((i, j) => i > j, MLX_DTYPE.bool), levels };
+      this.chunkConsts.set(C, c);
+    }
+    return c;
+  }
+
+  /**
+   * The chunked form over chunks of C tokens, all chunks of all sequences at once except the state's pass
+   * from chunk to chunk. With G the within-chunk cumulative log-decay and D_ij = exp(G_i - G_j) for j <= i, a
+   * chunk's writes solve (I + A) u = beta (v - exp(G) S k), A the strictly lower beta_i (k_i . k_j) D_ij, so
+   * u = U - W S with U = T (beta v), W = T (beta exp(G) k), T = (I + A)^-1; the outputs are o = exp(G) S q +
+   * (Q K^T * D) u, and the state moves once per chunk: S <- exp(G_C) S + sum_j exp(G_C - G_j) k_j u_j^T. S is
+   * [Dk, Dv] per head here (the pool holds its transpose).
+   *
+   * T comes from doubling block inverses: with Y the inverse of the block diagonal of (I + A) in blocks of s and
+   * O the blocks just below it within blocks of 2s, Y <- Y - Y O Y (Y O is nilpotent of order 2 there). That is
+   * block forward substitution, stable where a power series of A would cancel huge terms (similar keys).
+   */
+  private chunked(G: Graph, x: DeltaInputs, S0: number, lay: Layout, spec: StateSpec, C: number): { rows: number; state: number } {
+    const { keyHeads: Hk, valueHeads: Hv, keyDim: Dk, valueDim: Dv } = spec;
+    const rep = Hv / Hk;
+    const { B } = lay;
+    const N = lay.L / C;
+    // [B, N, C, Hk, rep, d] -> [B, Hk, rep, N, C, d]; and the swap of the last two axes
+    const heads = [0, 3, 4, 1, 2, 5];
+    const tr = [0, 1, 2, 3, 5, 4];
+    const Q = G.transpose(G.reshape(this.gather(G, x.q, lay), [B, N, C, Hk, 1, Dk]), heads);
+    const K = G.transpose(G.reshape(this.gather(G, x.k, lay), [B, N, C, Hk, 1, Dk]), heads);
+    const V = G.transpose(G.reshape(this.gather(G, x.v, lay), [B, N, C, Hk, rep, Dv]), heads);
+    const gc = G.transpose(G.reshape(this.gatherMasked(G, x.g, lay), [B, N, C, Hk, rep, 1]), heads);
+    const bc = G.transpose(G.reshape(this.gatherMasked(G, x.beta, lay), [B, N, C, Hk, rep, 1]), heads);
+    const { eye, strict, levels } = this.consts(C);
+
+    const Gc = G.cumsum(gc, 4);
+    // exp(G_i - G_j) below the diagonal only: above it the exponent is positive and would overflow
+    const Dst = G.exp(G.where(strict, G.sub(Gc, G.transpose(Gc, tr)), this.negInf));
+    const KT = G.transpose(K, tr);
+    const A = G.mul(G.mul(G.matmul(K, KT), Dst), bc);
+    let Y = G.sub(eye, G.mul(A, levels[0]!));
+    for (let l = 1; l < levels.length; l++) Y = G.sub(Y, G.matmul(G.matmul(Y, G.mul(A, levels[l]!)), Y));
+    const eG = G.exp(Gc);
+    const U = G.matmul(Y, G.mul(V, bc));
+    const W = G.matmul(Y, G.mul(G.mul(K, bc), eG));
+    const intra = G.mul(G.matmul(Q, KT), G.add2(Dst, eye));
+    const Gl = G.slice(Gc, [0, 0, 0, 0, C - 1, 0], [B, Hk, rep, N, C, 1]);
+    const KdT = G.transpose(G.mul(K, G.exp(G.sub(Gl, Gc))), tr);
+
+    const Ws = G.split(W, N, 3);
+    const Us = G.split(U, N, 3);
+    const Qs = G.split(G.mul(Q, eG), N, 3);
+    const Is = G.split(intra, N, 3);
+    const Ks = G.split(KdT, N, 3);
+    const Es = G.split(G.exp(Gl), N, 3);
+    let S = G.transpose(G.reshape(S0, [B, Hk, rep, 1, Dv, Dk]), tr);
+    const outs: number[] = [];
+    for (let n = 0; n < N; n++) {
+      const Vn = G.sub(Us[n]!, G.matmul(Ws[n]!, S));
+      outs.push(G.add2(G.matmul(Qs[n]!, S), G.matmul(Is[n]!, Vn)));
+      S = G.add2(G.mul(S, Es[n]!), G.matmul(Ks[n]!, Vn));
+    }
+    const rows = G.reshape(G.transpose(G.concat(outs, 3), heads), [B * lay.L, Hv, Dv]);
+    return { rows, state: G.reshape(G.transpose(S, tr), [B, 1, Hv, Dv, Dk]) };
+  }
+}
