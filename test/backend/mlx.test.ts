@@ -15,7 +15,7 @@ if (!probe.ok) console.warn(`mlx backend tests skipped: ${probe.reason}`);
 const ROOT = join(import.meta.dir, "../..");
 
 /** Op test files of the interface that hold no native-only expectations. */
-const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention"];
+const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention", "linear_attn"];
 
 async function runWithMlx(files: string[]): Promise<{ code: number; out: string }> {
   const proc = Bun.spawn([process.execPath, "test", ...files], {

@@ -1,5 +1,6 @@
-// The model fixtures (transformers float32 references, test/models/fixtures.test.ts) and the batching consistency
-// tests, run with the mlx backend whenever libmlxc can be loaded: same tolerances, same golden tokens.
+// The model fixtures (transformers float32 references: test/models/fixtures.test.ts, and hybrid_fixtures.test.ts for
+// the Gated DeltaNet hybrids) and the batching consistency tests, run with the mlx backend whenever libmlxc can be
+// loaded: same tolerances, same golden tokens.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { probeMlx } from "../../src/backend/mlx/lib.ts";
@@ -8,7 +9,7 @@ const probe = probeMlx();
 if (!probe.ok) console.warn(`mlx model tests skipped: ${probe.reason}`);
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
 
-test.skipIf(!probe.ok).each(["fixtures", "consistency"])(
+test.skipIf(!probe.ok).each(["fixtures", "consistency", "hybrid_fixtures"])(
   `the %s model tests pass on the mlx backend${skipReason}`,
   async (name) => {
     const proc = Bun.spawn([process.execPath, "test", `test/models/${name}.test.ts`], {
