@@ -8,6 +8,9 @@ import { MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
 
 type Res = (status: number, what: string) => number;
 
+/** Runs up to this long go step by step even where the chunked form is asked for. */
+const STEPWISE_MAX = 4;
+
 function ints(xs: readonly number[]): Int32Array {
   return xs.length ? Int32Array.from(xs) : new Int32Array(1);
 }
@@ -325,27 +328,34 @@ export class LinearAttention {
 
   /**
    * The gated delta rule over the slots' states [numSlots, Hv, Dv, Dk]. Sequences of one token (decode) run one
-   * recurrent step together; longer runs run in the chunked form when chunk > 0 (step by step when it is 0) as a
-   * second padded batch. Returns the outputs [T, Hv, Dv] in token order and the updated state.
+   * recurrent step together; short runs go step by step as a second padded batch, and longer ones as a third, in
+   * the chunked form when chunk > 0 (step by step when it is 0). Returns the outputs [T, Hv, Dv] in token order and
+   * the updated state.
    */
   gatedDelta(G: Graph, q: number, k: number, v: number, g: number, beta: number, delta: number, spec: StateSpec, batch: RecurrentBatch, T: number, chunk: number): { out: number; delta: number } {
     const { valueHeads: Hv, valueDim: Dv } = spec;
     const seqs = activeSeqs(batch);
     const len = (s: number) => batch.seqStart[s + 1]! - batch.seqStart[s]!;
-    const groups = chunk === 0 ? [seqs] : [seqs.filter((s) => len(s) <= 1), seqs.filter((s) => len(s) > 1)];
+    // Padding a sequence costs a pass over its state per padded token: decode, short and long runs apart.
+    const groups = [seqs.filter((s) => len(s) <= 1), seqs.filter((s) => len(s) > 1 && len(s) <= STEPWISE_MAX), seqs.filter((s) => len(s) > STEPWISE_MAX)];
     const x: DeltaInputs = { q: G.f32(q), k: G.f32(k), v: G.f32(v), g: G.f32(g), beta: G.f32(beta) };
     const outs: number[] = [];
     const order: Int32Array[] = [];
     for (const grp of groups) {
       if (grp.length === 0) continue;
       const L = maxLen(batch, grp);
-      // Chunks of min(chunk, L): the same result up to rounding, without padding a short run to a whole chunk.
-      const C = chunk > 0 && L > 1 ? Math.min(chunk, L) : 0;
+      // Chunks of min(chunk, L), the same result up to rounding without padding a short run to a whole chunk.
+      // Runs of a few tokens (speculative verification) take fewer ops step by step: 7 per token against about 50.
+      const C = chunk > 0 && L > STEPWISE_MAX ? Math.min(chunk, L) : 0;
       const lay = layout(batch, grp, C ? Math.ceil(L / C) * C : L, T);
       const S0 = this.carried(G, delta, lay, 4);
+      if (L === 0) {
+        // fresh sequences without tokens: only their zeroed states
+        delta = G.scatterRows(delta, lay.slots, G.reshape(S0, [lay.B, 1, Hv, Dv, spec.keyDim]));
+        continue;
+      }
       const r = C ? this.chunked(G, x, S0, lay, spec, C) : this.recurrent(G, x, S0, lay, spec);
       delta = G.scatterRows(delta, lay.slots, r.state);
-      if (lay.tokens.length === 0) continue;
       outs.push(lay.identity ? r.rows : G.rows(r.rows, lay.outRows));
       order.push(lay.tokens);
     }
