@@ -30,7 +30,7 @@ import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
-import { type Graph, LinearAttention } from "./linear_attn.ts";
+import { type Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
@@ -85,6 +85,9 @@ interface MKvPool extends KvPool {
 interface MStatePool extends StatePool {
   readonly conv: MTensor;
   readonly delta: MTensor;
+  /** The rows the last ops wrote, which steps read instead of the pool (see LastRows). */
+  readonly convRows: LastRows;
+  readonly deltaRows: LastRows;
   readonly mlxState: true;
 }
 
@@ -946,9 +949,15 @@ export class MlxBackend implements Backend {
 
   // Linear attention (Gated DeltaNet): the graphs are built in linear_attn.ts; here the pools, checks and handles.
   private linearAttn: LinearAttention | null = null;
+  private readonly lastRowsRelease = new FinalizationRegistry<LastRows>((rows) => rows.clear());
 
   private la(): LinearAttention {
-    return (this.linearAttn ??= new LinearAttention(this.S, this.stream, (status, what) => this.res(status, what)));
+    return (this.linearAttn ??= new LinearAttention(
+      this.S,
+      this.stream,
+      (status, what) => this.res(status, what),
+      (h) => this.evalHandles([h]),
+    ));
   }
 
   /** Runs build over a fresh graph, whose temps are freed whatever happens. */
@@ -975,8 +984,12 @@ export class MlxBackend implements Backend {
       // One row even for a kernel of 1 (which carries nothing), as on the native backend: the same slot bytes.
       conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as MTensor,
       delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as MTensor,
+      convRows: new LastRows(this.S),
+      deltaRows: new LastRows(this.S),
       mlxState: true,
     };
+    this.lastRowsRelease.register(pool, pool.convRows);
+    this.lastRowsRelease.register(pool, pool.deltaRows);
     return pool;
   }
 
@@ -988,11 +1001,23 @@ export class MlxBackend implements Backend {
     return pool;
   }
 
+  private rowsOf(t: MTensor, last: LastRows): PoolRows {
+    return { pool: t.h, rowShape: t.shape.slice(1), last };
+  }
+
   /** Points a state tensor at its updated array (a kept result of G), evaluated with the next step. */
   private setState(G: Graph, pool: MStatePool, t: MTensor, h: number): void {
     if (h === t.h) return;
     this.swap(t, G.keep(h));
     this.dirtyStates.add(pool);
+  }
+
+  /** An op's result as a tensor, after its state writes are recorded. */
+  private finishStateOp(G: Graph, pool: MStatePool, t: MTensor, last: LastRows, r: StateOp): Tensor {
+    const out = this.wrap(G.keep(r.out));
+    this.setState(G, pool, t, r.pool);
+    if (r.written.length) last.replace(G, r.written);
+    return out;
   }
 
   softplus(x: Tensor): Tensor {
@@ -1008,10 +1033,8 @@ export class MlxBackend implements Backend {
     const T = xt.shape[0]!;
     args.checkRecurrentBatch("causalConv1d", pool, batch, T);
     return this.withGraph("causalConv1d", (G) => {
-      const r = this.la().causalConv1d(G, xt.h, wt.h, pool.conv.h, pool, batch, T);
-      const out = this.wrap(G.keep(r.out));
-      this.setState(G, pool, pool.conv, r.conv);
-      return out;
+      const r = this.la().causalConv1d(G, xt.h, wt.h, this.rowsOf(pool.conv, pool.convRows), pool, batch, T);
+      return this.finishStateOp(G, pool, pool.conv, pool.convRows, r);
     });
   }
   ternaryLinear(_x: Tensor, _w: TernaryWeight): Tensor {
@@ -1029,10 +1052,8 @@ export class MlxBackend implements Backend {
     args.checkRecurrentBatch("gatedDelta", pool, batch, T);
     if (!Number.isInteger(chunk) || chunk < 0) invalid(`gatedDelta: chunk ${chunk}`);
     return this.withGraph("gatedDelta", (G) => {
-      const r = this.la().gatedDelta(G, qt!.h, kt!.h, vt!.h, gt!.h, bt!.h, pool.delta.h, pool, batch, T, chunk);
-      const out = this.wrap(G.keep(r.out));
-      this.setState(G, pool, pool.delta, r.delta);
-      return out;
+      const r = this.la().gatedDelta(G, qt!.h, kt!.h, vt!.h, gt!.h, bt!.h, this.rowsOf(pool.delta, pool.deltaRows), pool, batch, T, chunk);
+      return this.finishStateOp(G, pool, pool.delta, pool.deltaRows, r);
     });
   }
 
@@ -1045,7 +1066,11 @@ export class MlxBackend implements Backend {
     for (const s of [src, dst]) this.checkSlot(pool, s, "copyStateSlot");
     if (src === dst) return;
     this.withGraph("copyStateSlot", (G) => {
-      for (const t of [pool.conv, pool.delta]) this.setState(G, pool, t, G.copyRow(t.h, t.shape, src, dst));
+      for (const [t, last] of this.stateParts(pool)) {
+        const rows = G.reshape(this.la().current(G, this.rowsOf(t, last), Int32Array.of(src), null), [1, 1, ...t.shape.slice(1)]);
+        this.setState(G, pool, t, G.scatterRows(t.h, Int32Array.of(dst), rows));
+        last.set(G, dst, rows);
+      }
     });
   }
 
@@ -1068,10 +1093,9 @@ export class MlxBackend implements Backend {
     const [convBytes] = this.stateSlotParts(pool, slot, out.byteLength, "readStateSlot");
     this.withGraph("readStateSlot", (G) => {
       let at = 0;
-      for (const t of [pool.conv, pool.delta]) {
-        const lo = t.shape.map((_, i) => (i === 0 ? slot : 0));
-        const hi = t.shape.map((d, i) => (i === 0 ? slot + 1 : d));
-        out.set(new Uint8Array(this.bytesOfHandle(G.slice(t.h, lo, hi), "readStateSlot")), at);
+      for (const [t, last] of this.stateParts(pool)) {
+        const rows = this.la().current(G, this.rowsOf(t, last), Int32Array.of(slot), null);
+        out.set(new Uint8Array(this.bytesOfHandle(rows, "readStateSlot")), at);
         at = convBytes;
       }
     });
@@ -1081,17 +1105,20 @@ export class MlxBackend implements Backend {
     const pool = this.statePool(p, "writeStateSlot");
     const [convBytes] = this.stateSlotParts(pool, slot, data.byteLength, "writeStateSlot");
     this.withGraph("writeStateSlot", (G) => {
-      const parts: [MTensor, Uint8Array][] = [
-        [pool.conv, data.slice(0, convBytes)],
-        [pool.delta, data.slice(convBytes)],
-      ];
-      for (const [t, bytes] of parts) {
-        const shape = [1, ...t.shape.slice(1)];
-        const lo = t.shape.map((_, i) => (i === 0 ? slot : 0));
-        const hi = t.shape.map((d, i) => (i === 0 ? slot + 1 : d));
-        this.setState(G, pool, t, G.updateSlice(t.h, G.data(bytes, shape, MLX_DTYPE.f32), lo, hi));
-      }
+      const bytes = [data.slice(0, convBytes), data.slice(convBytes)];
+      this.stateParts(pool).forEach(([t, last], i) => {
+        const rows = G.data(bytes[i]!, [1, 1, ...t.shape.slice(1)], MLX_DTYPE.f32);
+        this.setState(G, pool, t, G.scatterRows(t.h, Int32Array.of(slot), rows));
+        last.set(G, slot, rows);
+      });
     });
+  }
+
+  private stateParts(pool: MStatePool): [MTensor, LastRows][] {
+    return [
+      [pool.conv, pool.convRows],
+      [pool.delta, pool.deltaRows],
+    ];
   }
 
   copyBlock(p: KvPool, src: number, dst: number): void {

@@ -166,18 +166,6 @@ export class Graph {
       this.S.mlx_vector_array_free(vec);
     }
   }
-
-  /** a[src] copied over a[dst] along axis 0 (shape a's shape). */
-  copyRow(a: number, shape: readonly number[], src: number, dst: number): number {
-    const lo = (r: number) => [r, ...shape.slice(1).map(() => 0)];
-    const hi = (r: number) => [r + 1, ...shape.slice(1)];
-    return this.updateSlice(a, this.slice(a, lo(src), hi(src)), lo(dst), hi(dst));
-  }
-
-  updateSlice(a: number, part: number, lo: readonly number[], hi: readonly number[]): number {
-    const n = lo.length;
-    return this.add(this.S.mlx_slice_update(slotPtr(), a, part, ints(lo), n, ints(hi), n, ints(lo.map(() => 1)), n, this.stream));
-  }
 }
 
 /** Host-side layout of a padded batch: gather indices, padding mask, the rows of its real tokens, and its slots. */
@@ -250,6 +238,78 @@ function maxLen(batch: RecurrentBatch, seqs: number[]): number {
   return L;
 }
 
+/** A handle of rows [n, 1, ...row] some slots hold, freed when the last of them lets go. */
+interface Held {
+  h: number;
+  n: number;
+  refs: number;
+}
+
+/** Rows [n, 1, ...row] an op wrote for the slots it names. */
+export interface Written {
+  slots: Int32Array;
+  h: number;
+}
+
+/**
+ * The rows each slot of one pool tensor was last given, as the lazy arrays that computed them. Ops read a slot
+ * from here rather than from the pool: MLX updates an array in place only when nothing else holds its buffer,
+ * and a gather from the pool in the same evaluation holds it until its task has run, so reading the pool while
+ * scattering into it would copy the whole pool at every step. The pool itself is written by every op too, so a
+ * slot missing here is read from it.
+ */
+export class LastRows {
+  private bySlot = new Map<number, { held: Held; row: number }>();
+
+  constructor(private readonly S: MlxSymbols) {}
+
+  get(slot: number): { held: Held; row: number } | undefined {
+    return this.bySlot.get(slot);
+  }
+
+  /** The slots an op wrote, each set of rows taken out of G's temps; slots it did not write go back to the pool. */
+  replace(G: Graph, written: readonly Written[]): void {
+    const next = new Map<number, { held: Held; row: number }>();
+    for (const w of written) {
+      const held: Held = { h: G.keep(w.h), n: w.slots.length, refs: w.slots.length };
+      w.slots.forEach((s, row) => next.set(s, { held, row }));
+    }
+    const old = this.bySlot;
+    this.bySlot = next;
+    for (const e of old.values()) this.unref(e.held);
+  }
+
+  /** One slot given new rows [1, 1, ...row] (a copy or a restore); the others keep theirs. */
+  set(G: Graph, slot: number, h: number): void {
+    const old = this.bySlot.get(slot);
+    this.bySlot.set(slot, { held: { h: G.keep(h), n: 1, refs: 1 }, row: 0 });
+    if (old) this.unref(old.held);
+  }
+
+  clear(): void {
+    for (const e of this.bySlot.values()) this.unref(e.held);
+    this.bySlot.clear();
+  }
+
+  private unref(held: Held): void {
+    if (--held.refs === 0) this.S.mlx_array_free(held.h);
+  }
+}
+
+/** An op's result, its pool's updated array, and the rows it wrote (for LastRows). */
+export interface StateOp {
+  out: number;
+  pool: number;
+  written: Written[];
+}
+
+/** One pool tensor [numSlots, ...row] as the ops see it: its current array and the rows its slots last got. */
+export interface PoolRows {
+  pool: number;
+  readonly rowShape: readonly number[];
+  readonly last: LastRows;
+}
+
 interface DeltaInputs {
   q: number;
   k: number;
@@ -268,6 +328,8 @@ export class LinearAttention {
     private readonly S: MlxSymbols,
     private readonly stream: number,
     private readonly res: Res,
+    /** Evaluates an array at once (rows read from a pool, so that no read of it is in flight when it is written). */
+    private readonly evalNow: (h: number) => void,
   ) {
     this.zero = Number(S.mlx_array_new_float32(0));
     this.negInf = Number(S.mlx_array_new_float32(-Infinity));
@@ -282,12 +344,44 @@ export class LinearAttention {
     return G.logaddexp(G.f32(x), this.zero);
   }
 
-  /** The slots' states (or carried inputs) gathered, zeroed where the sequence is fresh. */
-  private carried(G: Graph, pool: number, lay: Layout, rank: number): number {
-    const h = G.rows(pool, lay.slots);
-    if (!lay.anyFresh) return h;
-    const keep = G.data(Uint8Array.from(lay.fresh, (f) => 1 - f), [lay.B, ...new Array<number>(rank - 1).fill(1)], MLX_DTYPE.bool);
-    return G.where(keep, h, this.zero);
+  /**
+   * The current rows [B, ...row] of the given slots, zeros where fresh: the rows an op last wrote for them (as they
+   * are when one op wrote all of them in this order, the decode steady state), else gathered from the pool.
+   */
+  current(G: Graph, pr: PoolRows, slots: Int32Array, fresh: Uint8Array | null): number {
+    const B = slots.length;
+    const row = pr.rowShape;
+    const isFresh = (b: number) => fresh !== null && fresh[b] === 1;
+    const anyFresh = fresh !== null && fresh.some((f) => f === 1);
+    const first = pr.last.get(slots[0]!);
+    if (!anyFresh && first && first.held.n === B && Array.from(slots).every((s, b) => pr.last.get(s)?.held === first.held && pr.last.get(s)?.row === b))
+      return G.reshape(first.held.h, [B, ...row]);
+    const sources = new Map<number, { idx: number[]; at: number[]; pool: boolean }>();
+    for (let b = 0; b < B; b++) {
+      if (isFresh(b)) continue;
+      const e = pr.last.get(slots[b]!);
+      const h = e ? e.held.h : pr.pool;
+      let src = sources.get(h);
+      if (!src) sources.set(h, (src = { idx: [], at: [], pool: !e }));
+      src.idx.push(e ? e.row : slots[b]!);
+      src.at.push(b);
+    }
+    if (sources.size === 0) return G.zeros([B, ...row]);
+    const parts: number[] = [];
+    const pos = new Int32Array(B);
+    let m = 0;
+    for (const [h, src] of sources) {
+      const part = G.reshape(G.rows(h, Int32Array.from(src.idx)), [src.idx.length, ...row]);
+      if (src.pool) this.evalNow(part);
+      parts.push(part);
+      src.at.forEach((b, j) => (pos[b] = m + j));
+      m += src.idx.length;
+    }
+    let x = G.concat(parts, 0);
+    if (anyFresh || pos.some((p, b) => p !== b)) x = G.rows(x, pos);
+    if (!anyFresh) return x;
+    const keep = G.data(Uint8Array.from(fresh!, (f) => 1 - f), [B, ...row.map(() => 1)], MLX_DTYPE.bool);
+    return G.where(keep, x, this.zero);
   }
 
   /**
@@ -295,17 +389,17 @@ export class LinearAttention {
    * [B, P + L, C]; the conv reads it through a strided view [B, L, K, C]. Padding sits after each sequence's
    * tokens, so it reaches neither a real output nor the K - 1 inputs the slot keeps.
    */
-  causalConv1d(G: Graph, x: number, w: number, conv: number, spec: StateSpec, batch: RecurrentBatch, T: number): { out: number; conv: number } {
+  causalConv1d(G: Graph, x: number, w: number, conv: PoolRows, spec: StateSpec, batch: RecurrentBatch, T: number): StateOp {
     const { convDim: C, kernel: K } = spec;
     const P = K - 1;
     const seqs = activeSeqs(batch);
     const L = maxLen(batch, seqs);
-    if (seqs.length === 0 || (L === 0 && P === 0)) return { out: G.zeros([T, C]), conv };
+    if (seqs.length === 0 || (L === 0 && P === 0)) return { out: G.zeros([T, C]), pool: conv.pool, written: [] };
     const lay = layout(batch, seqs, L, T);
     const { B } = lay;
     const xf = G.f32(x);
     let window = G.reshape(lay.identity ? xf : G.rows(xf, lay.idx), [B, L, C]);
-    if (P > 0) window = G.concat([this.carried(G, conv, lay, 3), window], 1);
+    if (P > 0) window = G.concat([this.current(G, conv, lay.slots, lay.anyFresh ? lay.fresh : null), window], 1);
     let out: number;
     if (L === 0) out = G.zeros([T, C]);
     else {
@@ -314,7 +408,7 @@ export class LinearAttention {
       const flat = G.reshape(y, [B * L, C]);
       out = lay.identity ? flat : G.rows(flat, lay.outRows);
     }
-    if (P === 0) return { out, conv };
+    if (P === 0) return { out, pool: conv.pool, written: [] };
     // Each slot keeps the inputs at window rows [n, n + P) of its sequence (n its token count).
     let tail: number;
     if (lay.lens.every((n) => n === L)) tail = G.slice(window, [0, L, 0], [B, L + P, C]);
@@ -323,7 +417,8 @@ export class LinearAttention {
       for (let b = 0; b < B; b++) for (let p = 0; p < P; p++) idx[b * P + p] = b * (P + L) + lay.lens[b]! + p;
       tail = G.rows(G.reshape(window, [B * (P + L), C]), idx);
     }
-    return { out, conv: G.scatterRows(conv, lay.slots, G.reshape(tail, [B, 1, P, C])) };
+    const rows = G.reshape(tail, [B, 1, P, C]);
+    return { out, pool: G.scatterRows(conv.pool, lay.slots, rows), written: [{ slots: lay.slots, h: rows }] };
   }
 
   /**
@@ -332,40 +427,47 @@ export class LinearAttention {
    * the chunked form when chunk > 0 (step by step when it is 0). Returns the outputs [T, Hv, Dv] in token order and
    * the updated state.
    */
-  gatedDelta(G: Graph, q: number, k: number, v: number, g: number, beta: number, delta: number, spec: StateSpec, batch: RecurrentBatch, T: number, chunk: number): { out: number; delta: number } {
+  gatedDelta(G: Graph, q: number, k: number, v: number, g: number, beta: number, delta: PoolRows, spec: StateSpec, batch: RecurrentBatch, T: number, chunk: number): StateOp {
     const { valueHeads: Hv, valueDim: Dv } = spec;
     const seqs = activeSeqs(batch);
     const len = (s: number) => batch.seqStart[s + 1]! - batch.seqStart[s]!;
     // Padding a sequence costs a pass over its state per padded token: decode, short and long runs apart.
     const groups = [seqs.filter((s) => len(s) <= 1), seqs.filter((s) => len(s) > 1 && len(s) <= STEPWISE_MAX), seqs.filter((s) => len(s) > STEPWISE_MAX)];
     const x: DeltaInputs = { q: G.f32(q), k: G.f32(k), v: G.f32(v), g: G.f32(g), beta: G.f32(beta) };
+    // Every group's state is read before any is written back.
+    const plans = groups
+      .filter((grp) => grp.length > 0)
+      .map((grp) => {
+        const L = maxLen(batch, grp);
+        // Chunks of min(chunk, L), the same result up to rounding without padding a short run to a whole chunk.
+        // Runs of a few tokens (speculative verification) take fewer ops step by step: 7 per token against about 50.
+        const C = chunk > 0 && L > STEPWISE_MAX ? Math.min(chunk, L) : 0;
+        const lay = layout(batch, grp, C ? Math.ceil(L / C) * C : L, T);
+        return { L, C, lay, S0: this.current(G, delta, lay.slots, lay.anyFresh ? lay.fresh : null) };
+      });
     const outs: number[] = [];
     const order: Int32Array[] = [];
-    for (const grp of groups) {
-      if (grp.length === 0) continue;
-      const L = maxLen(batch, grp);
-      // Chunks of min(chunk, L), the same result up to rounding without padding a short run to a whole chunk.
-      // Runs of a few tokens (speculative verification) take fewer ops step by step: 7 per token against about 50.
-      const C = chunk > 0 && L > STEPWISE_MAX ? Math.min(chunk, L) : 0;
-      const lay = layout(batch, grp, C ? Math.ceil(L / C) * C : L, T);
-      const S0 = this.carried(G, delta, lay, 4);
-      if (L === 0) {
-        // fresh sequences without tokens: only their zeroed states
-        delta = G.scatterRows(delta, lay.slots, G.reshape(S0, [lay.B, 1, Hv, Dv, spec.keyDim]));
-        continue;
+    const written: Written[] = [];
+    let pool = delta.pool;
+    for (const { L, C, lay, S0 } of plans) {
+      let state: number;
+      if (L === 0) state = G.reshape(S0, [lay.B, 1, Hv, Dv, spec.keyDim]);
+      else {
+        const r = C ? this.chunked(G, x, S0, lay, spec, C) : this.recurrent(G, x, S0, lay, spec);
+        state = r.state;
+        outs.push(lay.identity ? r.rows : G.rows(r.rows, lay.outRows));
+        order.push(lay.tokens);
       }
-      const r = C ? this.chunked(G, x, S0, lay, spec, C) : this.recurrent(G, x, S0, lay, spec);
-      delta = G.scatterRows(delta, lay.slots, r.state);
-      outs.push(lay.identity ? r.rows : G.rows(r.rows, lay.outRows));
-      order.push(lay.tokens);
+      pool = G.scatterRows(pool, lay.slots, state);
+      written.push({ slots: lay.slots, h: state });
     }
-    if (outs.length === 0) return { out: G.zeros([T, Hv, Dv]), delta };
-    if (outs.length === 1 && order[0]!.every((t, i) => t === i)) return { out: outs[0]!, delta };
+    if (outs.length === 0) return { out: G.zeros([T, Hv, Dv]), pool, written };
+    if (outs.length === 1 && order[0]!.every((t, i) => t === i)) return { out: outs[0]!, pool, written };
     // Each token's row in the groups' outputs, concatenated.
     const at = new Int32Array(T);
     let n = 0;
     for (const toks of order) for (const t of toks) at[t] = n++;
-    return { out: G.rows(G.concat(outs, 0), at), delta };
+    return { out: G.rows(G.concat(outs, 0), at), pool, written };
   }
 
   /** A padded input [B * L, ...]: the step's rows as they are, or gathered (padding reads row 0). */
