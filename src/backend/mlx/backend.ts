@@ -1068,7 +1068,7 @@ export class MlxBackend implements Backend {
     this.withGraph("copyStateSlot", (G) => {
       for (const [t, last] of this.stateParts(pool)) {
         const rows = G.reshape(this.la().current(G, this.rowsOf(t, last), Int32Array.of(src), null), [1, 1, ...t.shape.slice(1)]);
-        this.setState(G, pool, t, G.scatterRows(t.h, Int32Array.of(dst), rows));
+        this.setState(G, pool, t, G.writeRows(t.h, t.shape.slice(1), Int32Array.of(dst), rows));
         last.set(G, dst, rows);
       }
     });
@@ -1108,7 +1108,7 @@ export class MlxBackend implements Backend {
       const bytes = [data.slice(0, convBytes), data.slice(convBytes)];
       this.stateParts(pool).forEach(([t, last], i) => {
         const rows = G.data(bytes[i]!, [1, 1, ...t.shape.slice(1)], MLX_DTYPE.f32);
-        this.setState(G, pool, t, G.scatterRows(t.h, Int32Array.of(slot), rows));
+        this.setState(G, pool, t, G.writeRows(t.h, t.shape.slice(1), Int32Array.of(slot), rows));
         last.set(G, slot, rows);
       });
     });

@@ -156,15 +156,24 @@ export class Graph {
     }
   }
 
-  /** a with its rows (axis 0) at host indices replaced by updates [n, 1, ...a.shape[1:]]. */
-  scatterRows(a: number, idx: Int32Array, updates: number): number {
-    const ih = this.data(idx, [idx.length], MLX_DTYPE.i32);
-    const vec = Number(this.S.mlx_vector_array_new_data(handleVec([ih]), 1));
-    try {
-      return this.add(this.S.mlx_scatter(slotPtr(), a, vec, updates, Int32Array.of(0), 1, this.stream));
-    } finally {
-      this.S.mlx_vector_array_free(vec);
+  /**
+   * a [slots, ...row] with the rows at host indices replaced by updates [n, 1, ...row]: one slice_update per run
+   * of consecutive slots (MLX's CPU scatter addresses each element on its own, several times slower than a copy).
+   */
+  writeRows(a: number, rowShape: readonly number[], slots: Int32Array, updates: number): number {
+    const n = slots.length;
+    const rows = this.reshape(updates, [n, ...rowShape]);
+    const rest = rowShape.map(() => 0);
+    for (let b0 = 0; b0 < n; ) {
+      let b1 = b0 + 1;
+      while (b1 < n && slots[b1] === slots[b1 - 1]! + 1) b1++;
+      const part = b0 === 0 && b1 === n ? rows : this.slice(rows, [b0, ...rest], [b1, ...rowShape]);
+      const lo = [slots[b0]!, ...rest];
+      const hi = [slots[b0]! + b1 - b0, ...rowShape];
+      a = this.add(this.S.mlx_slice_update(slotPtr(), a, part, ints(lo), lo.length, ints(hi), hi.length, ints(lo.map(() => 1)), lo.length, this.stream));
+      b0 = b1;
     }
+    return a;
   }
 }
 
@@ -255,7 +264,7 @@ export interface Written {
  * The rows each slot of one pool tensor was last given, as the lazy arrays that computed them. Ops read a slot
  * from here rather than from the pool: MLX updates an array in place only when nothing else holds its buffer,
  * and a gather from the pool in the same evaluation holds it until its task has run, so reading the pool while
- * scattering into it would copy the whole pool at every step. The pool itself is written by every op too, so a
+ * writing into it would copy the whole pool at every step. The pool itself is written by every op too, so a
  * slot missing here is read from it.
  */
 export class LastRows {
@@ -418,7 +427,7 @@ export class LinearAttention {
       tail = G.rows(G.reshape(window, [B * (P + L), C]), idx);
     }
     const rows = G.reshape(tail, [B, 1, P, C]);
-    return { out, pool: G.scatterRows(conv.pool, lay.slots, rows), written: [{ slots: lay.slots, h: rows }] };
+    return { out, pool: G.writeRows(conv.pool, conv.rowShape, lay.slots, rows), written: [{ slots: lay.slots, h: rows }] };
   }
 
   /**
@@ -458,7 +467,7 @@ export class LinearAttention {
         outs.push(lay.identity ? r.rows : G.rows(r.rows, lay.outRows));
         order.push(lay.tokens);
       }
-      pool = G.scatterRows(pool, lay.slots, state);
+      pool = G.writeRows(pool, delta.rowShape, lay.slots, state);
       written.push({ slots: lay.slots, h: state });
     }
     if (outs.length === 0) return { out: G.zeros([T, Hv, Dv]), pool, written };
