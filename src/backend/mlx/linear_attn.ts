@@ -87,10 +87,10 @@ export class Graph {
     return this.add(this.S.mlx_take_axis(slotPtr(), h, this.data(idx, [idx.length], MLX_DTYPE.i32), 0, this.stream));
   }
 
-  /** h[lo:hi] along every axis (hi per axis). */
-  slice(h: number, lo: readonly number[], hi: readonly number[]): number {
+  /** h[lo:hi:step] along every axis (step 1 unless given). */
+  slice(h: number, lo: readonly number[], hi: readonly number[], step?: readonly number[]): number {
     const n = lo.length;
-    return this.add(this.S.mlx_slice(slotPtr(), h, ints(lo), n, ints(hi), n, ints(lo.map(() => 1)), n, this.stream));
+    return this.add(this.S.mlx_slice(slotPtr(), h, ints(lo), n, ints(hi), n, ints(step ?? lo.map(() => 1)), n, this.stream));
   }
 
   mul(a: number, b: number): number {
@@ -129,8 +129,9 @@ export class Graph {
     return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, false, this.stream));
   }
 
-  asStrided(a: number, shape: readonly number[], strides: readonly number[]): number {
-    return this.add(this.S.mlx_as_strided(slotPtr(), a, ints(shape), shape.length, BigInt64Array.from(strides.map(BigInt)), strides.length, 0, this.stream));
+  /** A view of a's elements (row-major, a copied first if it is not) at the given element strides and offset. */
+  asStrided(a: number, shape: readonly number[], strides: readonly number[], offset = 0): number {
+    return this.add(this.S.mlx_as_strided(slotPtr(), a, ints(shape), shape.length, BigInt64Array.from(strides.map(BigInt)), strides.length, offset, this.stream));
   }
 
   concat(hs: readonly number[], axis: number): number {
@@ -328,10 +329,14 @@ interface DeltaInputs {
 }
 
 export class LinearAttention {
-  /** Host-made constants per chunk size: identity, strict-lower mask, and the masks of the inverse's levels. */
-  private readonly chunkConsts = new Map<number, { eye: number; strict: number; levels: number[] }>();
+  /** Host-made constants per chunk size: identity and strict-lower mask. */
+  private readonly chunkConsts = new Map<number, { eye: number; strict: number }>();
   private readonly zero: number;
   private readonly negInf: number;
+  private readonly minusOne: number;
+  /** [[1, 0], [0, 1]] and [[0, 0], [1, 0]]: the first diagonal blocks of the inverse are eye2 + a lower2. */
+  private readonly eye2: number;
+  private readonly lower2: number;
 
   constructor(
     private readonly S: MlxSymbols,
@@ -342,6 +347,9 @@ export class LinearAttention {
   ) {
     this.zero = Number(S.mlx_array_new_float32(0));
     this.negInf = Number(S.mlx_array_new_float32(-Infinity));
+    this.minusOne = Number(S.mlx_array_new_float32(-1));
+    this.eye2 = Number(S.mlx_array_new_data(Float32Array.of(1, 0, 0, 1), Int32Array.of(2, 2), 2, MLX_DTYPE.f32));
+    this.lower2 = Number(S.mlx_array_new_data(Float32Array.of(0, 0, 1, 0), Int32Array.of(2, 2), 2, MLX_DTYPE.f32));
   }
 
   graph(what: string): Graph {
@@ -448,9 +456,10 @@ export class LinearAttention {
       .filter((grp) => grp.length > 0)
       .map((grp) => {
         const L = maxLen(batch, grp);
-        // Chunks of min(chunk, L), the same result up to rounding without padding a short run to a whole chunk.
+        // Chunks of a power of two (for unitLowerInverse) up to chunk, and no longer than the run needs: the same
+        // result up to rounding.
         // Runs of a few tokens (speculative verification) take fewer ops step by step: 7 per token against about 50.
-        const C = chunk > 0 && L > STEPWISE_MAX ? Math.min(chunk, L) : 0;
+        const C = chunk > 0 && L > STEPWISE_MAX ? Math.min(2 ** Math.floor(Math.log2(chunk)), 2 ** Math.ceil(Math.log2(L))) : 0;
         const lay = layout(batch, grp, C ? Math.ceil(L / C) * C : L, T);
         return { L, C, lay, S0: this.current(G, delta, lay.slots, lay.anyFresh ? lay.fresh : null) };
       });
@@ -524,15 +533,34 @@ export class LinearAttention {
         for (let i = 0; i < C; i++) for (let j = 0; j < C; j++) a[i * C + j] = f(i, j) ? 1 : 0;
         return Number(this.S.mlx_array_new_data(a, Int32Array.of(C, C), 2, dtype));
       };
-      const levels: number[] = [];
-      for (let s = 1; s < C; s *= 2) {
-        const blk = (i: number, w: number) => Math.floor(i / w);
-        levels.push(mk((i, j) => i > j && blk(i, 2 * s) === blk(j, 2 * s) && blk(i, s) !== blk(j, s), MLX_DTYPE.f32));
-      }
-      c = { eye: mk((i, j) => i === j, MLX_DTYPE.f32), strict: mk((i, j) => i > j, MLX_DTYPE.bool), levels };
+      c = { eye: mk((i, j) => i === j, MLX_DTYPE.f32), strict: mk((i, j) => i > j, MLX_DTYPE.bool) };
       this.chunkConsts.set(C, c);
     }
     return c;
+  }
+
+  /**
+   * (I + A)^-1 for M strictly lower A [.., C, C] (C a power of two, at least 2) as [M, 1, C, C], by doubling the diagonal
+   * blocks of the inverse: where Y_a and Y_b invert two neighbouring diagonal blocks of size s and O is the block
+   * below the first, the block of 2s they form inverts to [[Y_a, 0], [-Y_b O Y_a, Y_b]]. That is block forward
+   * substitution (stable where a power series of A would cancel huge terms, as on similar keys), and only the
+   * blocks are multiplied: about C^3 / 3 per matrix in all.
+   */
+  private unitLowerInverse(G: Graph, A: number, M: number, C: number): number {
+    // -A row-major, so that the blocks below the diagonal are strided views of it
+    const neg = G.mul(A, this.minusOne);
+    const first = G.asStrided(neg, [M, C / 2, 1, 1], [C * C, 2 * C + 2, 1, 1], C);
+    let Y = G.add2(this.eye2, G.mul(first, this.lower2));
+    for (let s = 2; s < C; s *= 2) {
+      const nb = C / s;
+      const Ya = G.slice(Y, [0, 0, 0, 0], [M, nb, s, s], [1, 2, 1, 1]);
+      const Yb = G.slice(Y, [0, 1, 0, 0], [M, nb, s, s], [1, 2, 1, 1]);
+      const O = G.asStrided(neg, [M, nb / 2, s, s], [C * C, 2 * s * C + 2 * s, C, 1], s * C);
+      const low = G.matmul(G.matmul(Yb, O), Ya);
+      const top = G.concat([Ya, G.zeros([M, nb / 2, s, s])], 3);
+      Y = G.concat([top, G.concat([low, Yb], 3)], 2);
+    }
+    return Y;
   }
 
   /**
@@ -543,9 +571,7 @@ export class LinearAttention {
    * (Q K^T * D) u, and the state moves once per chunk: S <- exp(G_C) S + sum_j exp(G_C - G_j) k_j u_j^T. S is
    * [Dk, Dv] per head here (the pool holds its transpose).
    *
-   * T comes from doubling block inverses: with Y the inverse of the block diagonal of (I + A) in blocks of s and
-   * O the blocks just below it within blocks of 2s, Y <- Y - Y O Y (Y O is nilpotent of order 2 there). That is
-   * block forward substitution, stable where a power series of A would cancel huge terms (similar keys).
+   * T comes from unitLowerInverse (C is a power of two).
    */
   private chunked(G: Graph, x: DeltaInputs, S0: number, lay: Layout, spec: StateSpec, C: number): { rows: number; state: number } {
     const { keyHeads: Hk, valueHeads: Hv, keyDim: Dk, valueDim: Dv } = spec;
@@ -560,15 +586,14 @@ export class LinearAttention {
     const V = G.transpose(G.reshape(this.gather(G, x.v, lay), [B, N, C, Hk, rep, Dv]), heads);
     const gc = G.transpose(G.reshape(this.gatherMasked(G, x.g, lay), [B, N, C, Hk, rep, 1]), heads);
     const bc = G.transpose(G.reshape(this.gatherMasked(G, x.beta, lay), [B, N, C, Hk, rep, 1]), heads);
-    const { eye, strict, levels } = this.consts(C);
+    const { eye, strict } = this.consts(C);
 
     const Gc = G.cumsum(gc, 4);
     // exp(G_i - G_j) below the diagonal only: above it the exponent is positive and would overflow
     const Dst = G.exp(G.where(strict, G.sub(Gc, G.transpose(Gc, tr)), this.negInf));
     const KT = G.transpose(K, tr);
     const A = G.mul(G.mul(G.matmul(K, KT), Dst), bc);
-    let Y = G.sub(eye, G.mul(A, levels[0]!));
-    for (let l = 1; l < levels.length; l++) Y = G.sub(Y, G.matmul(G.matmul(Y, G.mul(A, levels[l]!)), Y));
+    const Y = G.reshape(this.unitLowerInverse(G, A, B * Hv * N, C), [B, Hk, rep, N, C, C]);
     const eG = G.exp(Gc);
     const U = G.matmul(Y, G.mul(V, bc));
     const W = G.matmul(Y, G.mul(G.mul(K, bc), eG));
