@@ -1,8 +1,8 @@
 // Gated DeltaNet (linear attention) as plain MLX ops: the depthwise causal conv1d over each sequence's carried
-// inputs, and the gated delta rule over each sequence's f32 state. Sequences are laid out as one padded batch
-// (their lengths are known on the host), so the op count of a step depends on its longest run, not on how many
-// sequences it holds. Padded steps of the delta rule get g = 0 and beta = 0: the state is neither decayed nor
-// written there, and their outputs are dropped.
+// inputs, and the gated delta rule over each sequence's f32 state. Sequences are laid out as padded batches (their
+// lengths are known on the host; the delta rule keeps decode, short runs and long runs apart), so the op count of
+// a step depends on its longest run, not on how many sequences it holds. Padded steps of the delta rule get g = 0
+// and beta = 0: the state is neither decayed nor written there, and their outputs are dropped.
 import type { RecurrentBatch, StateSpec } from "../backend.ts";
 import { MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
 
@@ -55,6 +55,7 @@ export class Graph {
 
   data(values: Float32Array | Int32Array | Uint8Array, shape: readonly number[], dtype: number): number {
     const h = Number(this.S.mlx_array_new_data(values.byteLength ? values : new Uint8Array(8), ints(shape), shape.length, dtype));
+    // a null handle: report mlx-c's error
     if (!h) this.res(1, this.what);
     this.hs.push(h);
     return h;
