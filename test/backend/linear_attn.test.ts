@@ -90,8 +90,8 @@ describe.each([
   { name: "chunked (chunk 64)", chunk: 64 },
   { name: "recurrent", chunk: 0 },
 ])("gated delta rule and causal conv, $name", ({ chunk }) => {
-  test("match the float64 reference over two steps of mixed lengths", () => {
-        const s = SPEC;
+  test("match the float64 reference over three steps of mixed lengths", () => {
+    const s = SPEC;
     const pool = be.createStatePool(6, s);
     const w = rn(s.convDim * s.kernel, 0.5);
     // slot per sequence; lengths per step (the second step continues each sequence's state)
@@ -99,6 +99,7 @@ describe.each([
     const steps = [
       [1, 37, 70, 5],
       [1, 1, 19, 40],
+      [3, 2, 0, 4],
     ];
     const refs = slotOf.map(() => freshRef(s));
     steps.forEach((lens, stepIdx) => {
@@ -144,6 +145,57 @@ describe.each([
     be.dispose(pool.conv);
     be.dispose(pool.delta);
   });
+});
+
+test.each([16, 64])("chunked form (chunk %d) with one key repeated, beta near 1 and no decay stays on the reference", (chunk) => {
+  // Within a chunk the writes then solve a system whose matrix has ones (times beta) below the diagonal: a form
+  // that sums powers of it cancels terms of order C choose C/2.
+  const s = SPEC;
+  const T = 64;
+  const pool = be.createStatePool(1, s);
+  const batch: RecurrentBatch = { seqStart: Int32Array.of(0, T), slots: Int32Array.of(0), fresh: Int32Array.of(1) };
+  const key = l2rows(rn(s.keyHeads * s.keyDim, 1), s.keyDim, 1);
+  const k = new Float32Array(T * key.length);
+  for (let t = 0; t < T; t++) k.set(key, t * key.length);
+  const q = l2rows(rn(T * s.keyHeads * s.keyDim, 1), s.keyDim, 1 / Math.sqrt(s.keyDim));
+  const v = rn(T * s.valueHeads * s.valueDim, 1);
+  const g = new Float32Array(T * s.valueHeads);
+  const beta = new Float32Array(T * s.valueHeads).fill(0.999);
+  const got = be.scope(() =>
+    be.toFloat32(
+      be.gatedDelta(f32(q, [T, s.keyHeads, s.keyDim]), f32(k, [T, s.keyHeads, s.keyDim]), f32(v, [T, s.valueHeads, s.valueDim]), f32(g, [T, s.valueHeads]), f32(beta, [T, s.valueHeads]), pool, batch, chunk),
+    ),
+  );
+  const want = refDelta(freshRef(s), q, k, v, g, beta, s, T);
+  expect(maxDiff(got, want)).toBeLessThan(2e-5);
+  be.dispose(pool.conv);
+  be.dispose(pool.delta);
+});
+
+test("a fresh sequence without tokens in a step has its slot zeroed; the others' slots are untouched", () => {
+  const pool = be.createStatePool(3, SPEC);
+  const { convDim, valueHeads: H, keyHeads: HK, keyDim: DK, valueDim: DV } = SPEC;
+  const run = (batch: RecurrentBatch, T: number) =>
+    be.scope(() => {
+      be.causalConv1d(f32(rn(T * convDim, 1), [T, convDim]), f32(rn(convDim * 4, 1), [convDim, 4]), pool, batch);
+      const g = f32(new Float32Array(T * H).fill(-0.1), [T, H]);
+      const beta = f32(new Float32Array(T * H).fill(0.5), [T, H]);
+      be.toFloat32(be.gatedDelta(f32(rn(T * HK * DK, 0.3), [T, HK, DK]), f32(rn(T * HK * DK, 0.3), [T, HK, DK]), f32(rn(T * H * DV, 1), [T, H, DV]), g, beta, pool, batch));
+    });
+  run({ seqStart: Int32Array.of(0, 4, 7), slots: Int32Array.of(0, 2), fresh: Int32Array.of(1, 1) }, 7);
+  const before = [be.toFloat32(pool.conv), be.toFloat32(pool.delta)];
+  run({ seqStart: Int32Array.of(0, 0), slots: Int32Array.of(2), fresh: Int32Array.of(1) }, 0);
+  const after = [be.toFloat32(pool.conv), be.toFloat32(pool.delta)];
+  const c = 3 * convDim;
+  const d = H * DV * DK;
+  expect(before[0]!.subarray(2 * c).some((x) => x !== 0)).toBe(true);
+  expect(before[1]!.subarray(2 * d).some((x) => x !== 0)).toBe(true);
+  expect(after[0]!.subarray(2 * c).every((x) => x === 0)).toBe(true);
+  expect(after[1]!.subarray(2 * d).every((x) => x === 0)).toBe(true);
+  expect(Array.from(after[0]!.subarray(0, c))).toEqual(Array.from(before[0]!.subarray(0, c)));
+  expect(Array.from(after[1]!.subarray(0, d))).toEqual(Array.from(before[1]!.subarray(0, d)));
+  be.dispose(pool.conv);
+  be.dispose(pool.delta);
 });
 
 test("copyStateSlot copies a sequence's state; bad slots are named", () => {

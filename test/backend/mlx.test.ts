@@ -21,7 +21,7 @@ if (!probe.ok) console.warn(`mlx backend tests skipped: ${probe.reason}`);
 const ROOT = join(import.meta.dir, "../..");
 
 /** Op test files of the interface that hold no native-only expectations. */
-const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention", "ternary", "kv_packed"];
+const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention", "ternary", "kv_packed", "linear_attn"];
 
 async function runWithMlx(files: string[]): Promise<{ code: number; out: string }> {
   const proc = Bun.spawn([process.execPath, "test", ...files], {
@@ -243,6 +243,30 @@ describe(`mlx backend${skipReason}`, () => {
     expect(dtype(be.forModel("bf16", "model"))).toBe("bf16");
     expect(be.forModel("bf16", "f32")).toBeUndefined();
     expect(be.forModel("f16", "model")).toBe(be.forModel("f16", "model")!);
+  });
+
+  test.skipIf(!probe.ok)("recurrent steps update the state pools in place: no copy of a whole pool per step", () => {
+    // MLX reuses an array's buffer for its update only when nothing else reads that buffer in the same
+    // evaluation; the pool's data pointer shows whether a step copied the pool.
+    const be = new MlxBackend();
+    const spec = { convDim: 24, kernel: 4, keyHeads: 2, valueHeads: 4, keyDim: 8, valueDim: 8 };
+    const pool = be.createStatePool(8, spec);
+    const data = (t: unknown) => Number(probe.ok && probe.lib.sym.mlx_array_data_uint8((t as { h: number }).h));
+    const f32 = (n: number, shape: number[], seed: number) => be.fromArray(randn(n, seed, 0.3), shape, "f32");
+    const pointers: number[][] = [];
+    for (let step = 0; step < 5; step++) {
+      const lens = step === 0 ? [3, 2] : [1, 1];
+      const T = lens[0]! + lens[1]!;
+      const batch = { seqStart: Int32Array.of(0, lens[0]!, T), slots: Int32Array.of(5, 2), fresh: Int32Array.of(step === 0 ? 1 : 0, step === 0 ? 1 : 0) };
+      be.scope(() => {
+        const c = be.causalConv1d(f32(T * 24, [T, 24], step), f32(24 * 4, [24, 4], 99), pool, batch);
+        const o = be.gatedDelta(f32(T * 16, [T, 2, 8], step + 10), f32(T * 16, [T, 2, 8], step + 20), f32(T * 32, [T, 4, 8], step + 30), be.fromArray(new Float32Array(T * 4).fill(-0.1), [T, 4], "f32"), be.fromArray(new Float32Array(T * 4).fill(0.5), [T, 4], "f32"), pool, batch);
+        be.eval(c, o);
+        return null;
+      });
+      pointers.push([data(pool.conv), data(pool.delta)]);
+    }
+    for (const p of pointers.slice(1)) expect(p).toEqual(pointers[0]!);
   });
 
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {

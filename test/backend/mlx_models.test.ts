@@ -1,7 +1,8 @@
-// The model fixtures (transformers float32 references, test/models/fixtures.test.ts, gemma4.test.ts and the ternary
-// ones of bitnet_fixtures.test.ts, with bitnet_float.test.ts for BitNet's float activations), the batching
-// consistency tests and greedy decoding over an 8-bit KV cache (kv_greedy), run with the mlx backend whenever
-// libmlxc can be loaded: same tolerances, same golden tokens.
+// The model fixtures (transformers float32 references: test/models/fixtures.test.ts, gemma4.test.ts,
+// hybrid_fixtures.test.ts for the Gated DeltaNet hybrids and the ternary ones of bitnet_fixtures.test.ts, with
+// bitnet_float.test.ts for BitNet's float activations), the batching consistency tests and greedy decoding over an
+// 8-bit KV cache (kv_greedy), run with the mlx backend whenever libmlxc can be loaded: same tolerances, same golden
+// tokens.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { probeMlx } from "../../src/backend/mlx/lib.ts";
@@ -10,7 +11,7 @@ const probe = probeMlx();
 if (!probe.ok) console.warn(`mlx model tests skipped: ${probe.reason}`);
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
 
-test.skipIf(!probe.ok).each(["fixtures", "consistency", "gemma4", "bitnet_fixtures", "bitnet_float", "kv_greedy"])(
+test.skipIf(!probe.ok).each(["fixtures", "consistency", "gemma4", "hybrid_fixtures", "bitnet_fixtures", "bitnet_float", "kv_greedy"])(
   `the %s model tests pass on the mlx backend${skipReason}`,
   async (name) => {
     const proc = Bun.spawn([process.execPath, "test", `test/models/${name}.test.ts`], {

@@ -4,8 +4,9 @@
 // departs at a step whose reference top-2 margin is below the codec's bound. Measured: q8 departs only where the
 // reference margin is at most 2.5e-2 (qwen3 prompt 1 step 10, 2.4e-2; qwen3_5_dense prompt 2 step 7, 2.5e-3;
 // qwen3_5_moe_vl prompt 1 step 14, 1.0e-2), fp8 where it is at most 7.1e-2. Fixtures whose head_dim (16) the group
-// size cannot divide are skipped. On the mlx backend (affine codes only, no linear attention yet) fp8 and the hybrid
-// fixtures are skipped.
+// size cannot divide are skipped. On the mlx backend (affine codes only) fp8 is skipped, and so is hybrid/qwen3_5_moe:
+// MLX's quantize takes codes against the unrounded scale, which moves logits by about 2e-2 against native's pages,
+// enough to flip an expert choice at a routing near-tie (prompt 2, step 6: logits move by 1.07 there, teacher-forced).
 import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -39,7 +40,7 @@ const MLX = getBackend().name === "mlx";
 describe.each(Object.entries(MARGIN))("greedy decoding over a %s KV cache", (codec, margin) => {
   for (const name of names) {
     const dir = join(ROOT, name);
-    const why = !MLX ? "" : codec === "fp8" ? "no fp8 KV codec" : name.startsWith("hybrid/") ? "no linear attention" : "";
+    const why = !MLX ? "" : codec === "fp8" ? "no fp8 KV codec" : name === "hybrid/qwen3_5_moe" ? "an expert-routing near-tie under MLX's KV rounding" : "";
     test.skipIf(why !== "")(`${name}${why ? ` (skipped: ${why} on the mlx backend)` : ""}: equals transformers' tokens until a step whose reference margin is below ${margin}`, () => {
       const model = loadModel(getBackend(), openModelDir(dir));
       if (model.layers.some((l) => kvCodecProblem(parseKvCodec(codec), l.headDim))) return;

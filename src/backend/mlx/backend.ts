@@ -16,8 +16,10 @@ import {
   kvBlockBytes,
   type QuantMode,
   type QuantizedWeight,
+  type RecurrentBatch,
   type RopeOptions,
   type StatePool,
+  type StateSpec,
   type Tensor,
   type TernaryWeight,
   type Weight,
@@ -31,6 +33,7 @@ import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
+import { type Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
@@ -125,6 +128,15 @@ const SCORE_BYTES = 64 << 20;
 /** The group sizes mx.quantize takes. */
 const MLX_QUANT_GROUPS = [32, 64, 128];
 
+interface MStatePool extends StatePool {
+  readonly conv: MTensor;
+  readonly delta: MTensor;
+  /** The rows the last ops wrote, which steps read instead of the pool (see LastRows). */
+  readonly convRows: LastRows;
+  readonly deltaRows: LastRows;
+  readonly mlxState: true;
+}
+
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
   readonly hs: number[] = [];
@@ -144,6 +156,7 @@ export class MlxBackend implements Backend {
   private readonly glu: GluKernels;
   private scopes: MTensor[][] = [];
   private readonly dirtyPools = new Set<MKvPool>();
+  private readonly dirtyStates = new Set<MStatePool>();
   private readonly unscoped = new FinalizationRegistry<number>((h) => {
     this.S.mlx_array_free(h);
   });
@@ -421,6 +434,7 @@ export class MlxBackend implements Backend {
       invalid(e);
     }
     for (const p of this.dirtyPools) for (const t of p.parts) hs.push(t.h);
+    for (const p of this.dirtyStates) if (p.conv.h && p.delta.h) hs.push(p.conv.h, p.delta.h);
     if (hs.length === 0) return;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
@@ -429,6 +443,7 @@ export class MlxBackend implements Backend {
       this.evalMs += performance.now() - t0;
       if (st !== 0) this.fail("eval", "native");
       this.dirtyPools.clear();
+      this.dirtyStates.clear();
     } finally {
       this.S.mlx_vector_array_free(vec);
     }
@@ -1145,15 +1160,95 @@ export class MlxBackend implements Backend {
     }
   }
 
-  // Linear attention (Gated DeltaNet) is not mapped onto mlx ops yet: hybrid models run on the native backend.
-  createStatePool(): StatePool {
-    throw new RmlxError("unsupported", "the mlx backend has no linear-attention (Gated DeltaNet) ops yet; use the native backend");
+  // Linear attention (Gated DeltaNet): the graphs are built in linear_attn.ts; here the pools, checks and handles.
+  private linearAttn: LinearAttention | null = null;
+  private readonly lastRowsRelease = new FinalizationRegistry<LastRows>((rows) => rows.clear());
+
+  private la(): LinearAttention {
+    return (this.linearAttn ??= new LinearAttention(
+      this.S,
+      this.stream,
+      (status, what) => this.res(status, what),
+      (h) => this.evalHandles([h]),
+    ));
   }
-  softplus(): Tensor {
-    throw new RmlxError("unsupported", "softplus: not on the mlx backend yet");
+
+  /** Runs build over a fresh graph, whose temps are freed whatever happens. */
+  private withGraph<T>(what: string, build: (G: Graph) => T): T {
+    const G = this.la().graph(what);
+    try {
+      return build(G);
+    } finally {
+      G.free();
+    }
   }
-  causalConv1d(): Tensor {
-    throw new RmlxError("unsupported", "causalConv1d: not on the mlx backend yet");
+
+  createStatePool(numSlots: number, spec: StateSpec): StatePool {
+    args.checkStateSpec(numSlots, spec);
+    const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = spec;
+    const pool: MStatePool = {
+      convDim,
+      kernel,
+      keyHeads,
+      valueHeads,
+      keyDim,
+      valueDim,
+      numSlots,
+      // One row even for a kernel of 1 (which carries nothing), as on the native backend: the same slot bytes.
+      conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as MTensor,
+      delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as MTensor,
+      convRows: new LastRows(this.S),
+      deltaRows: new LastRows(this.S),
+      mlxState: true,
+    };
+    this.lastRowsRelease.register(pool, pool.convRows);
+    this.lastRowsRelease.register(pool, pool.deltaRows);
+    return pool;
+  }
+
+  private statePool(p: StatePool, what: string): MStatePool {
+    const pool = p as MStatePool;
+    if (pool.mlxState !== true) invalid(`${what}: not a state pool of the mlx backend`);
+    this.arg(pool.conv, what);
+    this.arg(pool.delta, what);
+    return pool;
+  }
+
+  private rowsOf(t: MTensor, last: LastRows): PoolRows {
+    return { pool: t.h, rowShape: t.shape.slice(1), last };
+  }
+
+  /** Points a state tensor at its updated array (a kept result of G), evaluated with the next step. */
+  private setState(G: Graph, pool: MStatePool, t: MTensor, h: number): void {
+    if (h === t.h) return;
+    this.swap(t, G.keep(h));
+    this.dirtyStates.add(pool);
+  }
+
+  /** An op's result as a tensor, after its state writes are recorded. */
+  private finishStateOp(G: Graph, pool: MStatePool, t: MTensor, last: LastRows, r: StateOp): Tensor {
+    const out = this.wrap(G.keep(r.out));
+    this.setState(G, pool, t, r.pool);
+    if (r.written.length) last.replace(G, r.written);
+    return out;
+  }
+
+  softplus(x: Tensor): Tensor {
+    const t = this.arg(x, "softplus");
+    return this.withGraph("softplus", (G) => this.wrap(G.keep(this.la().softplus(G, t.h))));
+  }
+
+  causalConv1d(x: Tensor, w: Tensor, p: StatePool, batch: RecurrentBatch): Tensor {
+    const pool = this.statePool(p, "causalConv1d");
+    const xt = this.arg(x, "causalConv1d");
+    const wt = this.arg(w, "causalConv1d weight");
+    args.checkCausalConv(xt, wt, pool);
+    const T = xt.shape[0]!;
+    args.checkRecurrentBatch("causalConv1d", pool, batch, T);
+    return this.withGraph("causalConv1d", (G) => {
+      const r = this.la().causalConv1d(G, xt.h, wt.h, this.rowsOf(pool.conv, pool.convRows), pool, batch, T);
+      return this.finishStateOp(G, pool, pool.conv, pool.convRows, r);
+    });
   }
   /** A result handle taken out of the temps, evaluated, and kept as long as the tensor that wraps it. */
   private cached(h: number, tmp: Temps): MTensor {
@@ -1256,20 +1351,80 @@ export class MlxBackend implements Backend {
     });
   }
 
-  gatedDelta(): Tensor {
-    throw new RmlxError("unsupported", "gatedDelta: not on the mlx backend yet");
+  gatedDelta(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, p: StatePool, batch: RecurrentBatch, chunk = 64): Tensor {
+    const pool = this.statePool(p, "gatedDelta");
+    const [qt, kt, vt, gt, bt] = ([[q, "q"], [k, "k"], [v, "v"], [g, "g"], [beta, "beta"]] as const).map(([t, n]) => this.arg(t, `gatedDelta ${n}`));
+    const T = args.checkGatedDelta(qt!, kt!, vt!, gt!, bt!, pool);
+    args.checkRecurrentBatch("gatedDelta", pool, batch, T);
+    if (!Number.isInteger(chunk) || chunk < 0) invalid(`gatedDelta: chunk ${chunk}`);
+    return this.withGraph("gatedDelta", (G) => {
+      const r = this.la().gatedDelta(G, qt!.h, kt!.h, vt!.h, gt!.h, bt!.h, this.rowsOf(pool.delta, pool.deltaRows), pool, batch, T, chunk);
+      return this.finishStateOp(G, pool, pool.delta, pool.deltaRows, r);
+    });
   }
-  copyStateSlot(): void {
-    throw new RmlxError("unsupported", "copyStateSlot: not on the mlx backend yet");
+
+  private checkSlot(pool: MStatePool, slot: number, what: string): void {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= pool.numSlots) invalid(`${what}: slot ${slot} outside the pool's ${pool.numSlots}`);
   }
-  stateSlotBytes(): number {
-    throw new RmlxError("unsupported", "stateSlotBytes: not on the mlx backend yet");
+
+  copyStateSlot(p: StatePool, src: number, dst: number): void {
+    const pool = this.statePool(p, "copyStateSlot");
+    for (const s of [src, dst]) this.checkSlot(pool, s, "copyStateSlot");
+    if (src === dst) return;
+    this.withGraph("copyStateSlot", (G) => {
+      for (const [t, last] of this.stateParts(pool)) {
+        const rows = G.reshape(this.la().current(G, this.rowsOf(t, last), Int32Array.of(src), null), [1, 1, ...t.shape.slice(1)]);
+        this.setState(G, pool, t, G.writeRows(t.h, t.shape.slice(1), Int32Array.of(dst), rows));
+        last.set(G, dst, rows);
+      }
+    });
   }
-  readStateSlot(): void {
-    throw new RmlxError("unsupported", "readStateSlot: not on the mlx backend yet");
+
+  stateSlotBytes(p: StatePool): number {
+    const pool = this.statePool(p, "stateSlotBytes");
+    return ((pool.conv.size + pool.delta.size) / pool.numSlots) * 4;
   }
-  writeStateSlot(): void {
-    throw new RmlxError("unsupported", "writeStateSlot: not on the mlx backend yet");
+
+  /** Bytes of one slot's conv and delta state, after checking the slot and the caller's buffer. */
+  private stateSlotParts(pool: MStatePool, slot: number, nbytes: number, what: string): [number, number] {
+    this.checkSlot(pool, slot, what);
+    const convBytes = (pool.conv.size / pool.numSlots) * 4;
+    const deltaBytes = (pool.delta.size / pool.numSlots) * 4;
+    if (nbytes !== convBytes + deltaBytes) invalid(`${what}: ${nbytes} bytes for a slot of ${convBytes + deltaBytes}`);
+    return [convBytes, deltaBytes];
+  }
+
+  readStateSlot(p: StatePool, slot: number, out: Uint8Array): void {
+    const pool = this.statePool(p, "readStateSlot");
+    const [convBytes] = this.stateSlotParts(pool, slot, out.byteLength, "readStateSlot");
+    this.withGraph("readStateSlot", (G) => {
+      let at = 0;
+      for (const [t, last] of this.stateParts(pool)) {
+        const rows = this.la().current(G, this.rowsOf(t, last), Int32Array.of(slot), null);
+        out.set(new Uint8Array(this.bytesOfHandle(rows, "readStateSlot")), at);
+        at = convBytes;
+      }
+    });
+  }
+
+  writeStateSlot(p: StatePool, slot: number, data: Uint8Array): void {
+    const pool = this.statePool(p, "writeStateSlot");
+    const [convBytes] = this.stateSlotParts(pool, slot, data.byteLength, "writeStateSlot");
+    this.withGraph("writeStateSlot", (G) => {
+      const bytes = [data.slice(0, convBytes), data.slice(convBytes)];
+      this.stateParts(pool).forEach(([t, last], i) => {
+        const rows = G.data(bytes[i]!, [1, 1, ...t.shape.slice(1)], MLX_DTYPE.f32);
+        this.setState(G, pool, t, G.writeRows(t.h, t.shape.slice(1), Int32Array.of(slot), rows));
+        last.set(G, slot, rows);
+      });
+    });
+  }
+
+  private stateParts(pool: MStatePool): [MTensor, LastRows][] {
+    return [
+      [pool.conv, pool.convRows],
+      [pool.delta, pool.deltaRows],
+    ];
   }
 
   copyBlock(p: KvPool, src: number, dst: number): void {

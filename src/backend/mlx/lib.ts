@@ -84,6 +84,8 @@ const SYMBOLS = {
   mlx_scatter: { args: [P, P, P, P, P, usize, P], returns: i32 },
   mlx_view: { args: [P, P, i32, P], returns: i32 },
   mlx_take_axis: { args: [P, P, P, i32, P], returns: i32 },
+  mlx_as_strided: { args: [P, P, P, usize, P, usize, usize, P], returns: i32 },
+  mlx_split: { args: [P, P, i32, i32, P], returns: i32 },
 
   mlx_matmul: binary,
   mlx_quantized_matmul: { args: [P, P, P, P, P, bool, u64, u64, cstring, P], returns: i32 },
@@ -106,6 +108,9 @@ const SYMBOLS = {
   mlx_sigmoid: unary,
   mlx_tanh: unary,
   mlx_erf: unary,
+  mlx_exp: unary,
+  mlx_logaddexp: binary,
+  mlx_cumsum: { args: [P, P, i32, bool, bool, P], returns: i32 },
   mlx_softmax_axis: { args: [P, P, i32, bool, P], returns: i32 },
   mlx_argmax_axis: { args: [P, P, i32, bool, P], returns: i32 },
   mlx_argsort_axis: { args: [P, P, i32, P], returns: i32 },
