@@ -1,0 +1,293 @@
+// AVX-512 (F, BW, VL, DQ) attention over packed KV rows (Kern::pk_dots, pk_pv, pk_decode); every other row
+// primitive is the AVX2 one. Codes are decoded 32 at a time into two 16-lane vectors, which halves the decode and
+// FMA instructions of the 8-lane kernels; group scales and biases are converted to f32 once per 64 keys, so the
+// per-key work in the loops is one broadcast FMA per group.
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "ops.h"
+
+namespace rmlx {
+namespace avx512 {
+namespace {
+
+enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2 };
+
+constexpr int64_t kKeys = 64;    // keys whose scales are converted at once
+constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels take (ops_attention: fusable)
+
+int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
+
+// 32 codes of a packed row from position e (a multiple of 32) as floats, positions e..e+15 in lo, the next 16 in
+// hi. 4-bit rows in nibble order (pk_nibble_pos): a block's 16 low nibbles, then its 16 high nibbles. E4M3 codes as
+// 2^-8 times their value: the 7 magnitude bits shifted into an f16's exponent and mantissa give an f16 whose exponent
+// bias is 8 higher, subnormals included; sign-extending the byte and shifting by 7 puts the sign in bit 15 (and a
+// copy in bit 14, masked off). The caller folds 256 into the scale.
+template <int Kind>
+inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
+  if constexpr (Kind == PK_U8) {
+    lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + e))));
+    hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + e + 16))));
+  } else if constexpr (Kind == PK_U4) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)(c + e / 2)), m = _mm_set1_epi8(15);
+    lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
+    hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
+  } else {
+    const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(c + e)));
+    const __m512i h = _mm512_and_si512(_mm512_slli_epi16(b, 7), _mm512_set1_epi16((short)0xbf80));
+    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+  }
+}
+
+constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
+
+// Group scales (times pk_mul) and biases of keys [j0, j0 + n) as f32, transposed: sf[g * kKeys + j - j0].
+template <int Kind>
+void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, int64_t ng) {
+  const __m512 mul = _mm512_set1_ps(pk_mul(Kind));
+  for (int64_t j = 0; j < n; j++) {
+    const uint16_t *s = x.scales[j0 + j], *b = x.biases[j0 + j];
+    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+      const __mmask16 m = ng - g0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g0)) - 1);
+      alignas(64) float t[16], u[16];
+      _mm512_store_ps(t, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g0)), mul));
+      if (Kind != PK_E4M3) _mm512_store_ps(u, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g0)));
+      for (int64_t g = g0; g < ng && g < g0 + 16; g++) {
+        sf[g * kKeys + j] = t[g - g0];
+        if (Kind != PK_E4M3) bf[g * kKeys + j] = u[g - g0];
+      }
+    }
+  }
+}
+
+// Lane u: the sum of the 16 lanes of a[u].
+inline __m128 hsum4(const __m512 *a) {
+  const __m512 v01 = _mm512_add_ps(_mm512_shuffle_f32x4(a[0], a[1], 0x44), _mm512_shuffle_f32x4(a[0], a[1], 0xee));
+  const __m512 v23 = _mm512_add_ps(_mm512_shuffle_f32x4(a[2], a[3], 0x44), _mm512_shuffle_f32x4(a[2], a[3], 0xee));
+  // 128-bit lane u: four partial sums of a[u]
+  const __m512 w = _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88), _mm512_shuffle_f32x4(v01, v23, 0xdd));
+  const __m512 t = _mm512_add_ps(w, _mm512_shuffle_ps(w, w, 0x4e));
+  const __m512 u = _mm512_add_ps(t, _mm512_shuffle_ps(t, t, 0xb1));
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), u));
+}
+
+// Scores of NR query rows against U keys from j (U 4 or 1; keys j - j0 of the converted scales): per group the
+// dot products stay 16-lane vectors, which take their key's group scale by one FMA each; the lanes are summed once
+// per key at the end. The affine bias term is added by the caller.
+template <int Kind, int NR, int U>
+inline void score_keys(float *s, int64_t lds, const float *q, const PkRows &k, int64_t j, const float *sf, int64_t D) {
+  const int64_t G = k.group, ng = D / G;
+  const uint8_t *cp[U];
+  for (int u = 0; u < U; u++) cp[u] = k.codes[j + u];
+  __m512 tot[NR][U];
+  for (int r = 0; r < NR; r++)
+    for (int u = 0; u < U; u++) tot[r][u] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; g++) {
+    __m512 a[NR][U];
+    for (int r = 0; r < NR; r++)
+      for (int u = 0; u < U; u++) a[r][u] = _mm512_setzero_ps();
+    for (int64_t e = g * G; e < (g + 1) * G; e += 32) {
+      __m512 lo[U], hi[U];
+      for (int u = 0; u < U; u++) dec32<Kind>(cp[u], e, lo[u], hi[u]);
+      for (int r = 0; r < NR; r++) {
+        const __m512 q0 = _mm512_loadu_ps(q + r * D + e), q1 = _mm512_loadu_ps(q + r * D + e + 16);
+        for (int u = 0; u < U; u++) a[r][u] = _mm512_fmadd_ps(q1, hi[u], _mm512_fmadd_ps(q0, lo[u], a[r][u]));
+      }
+    }
+    for (int u = 0; u < U; u++) {
+      const __m512 sv = _mm512_set1_ps(sf[g * kKeys + u]);
+      for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(a[r][u], sv, tot[r][u]);
+    }
+  }
+  for (int r = 0; r < NR; r++) {
+    if constexpr (U == 4) _mm_storeu_ps(s + r * lds + j, hsum4(tot[r]));
+    else s[r * lds + j] = _mm512_reduce_add_ps(tot[r][0]);
+  }
+}
+
+template <int Kind, int NR>
+void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t G = k.group, ng = D / G, rb = Kind == PK_U4 ? D / 2 : D;
+  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
+    const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
+    load_scales<Kind>(sf, bf, k, j0, n, ng);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      // The next pass's code rows into L1 (the chunk ahead is already on its way to L2, see attend_rows).
+      if (j + 8 <= n)
+        for (int u = 4; u < 8; u++)
+          for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)k.codes[j0 + j + u] + b, _MM_HINT_T0);
+      score_keys<Kind, NR, 4>(s, lds, q, k, j0 + j, sf + j, D);
+    }
+    for (; j < n; j++) score_keys<Kind, NR, 1>(s, lds, q, k, j0 + j, sf + j, D);
+    if (Kind != PK_E4M3)  // + b[j][g] * sum(q over g), 16 keys a vector
+      for (int r = 0; r < NR; r++)
+        for (int64_t i = 0; i < n; i += 16) {
+          const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+          float *sr = s + r * lds + j0 + i;
+          __m512 a = _mm512_maskz_loadu_ps(m, sr);
+          for (int64_t g = 0; g < ng; g++)
+            a = _mm512_fmadd_ps(_mm512_maskz_load_ps(m, bf + g * kKeys + i), _mm512_set1_ps(qsum[r * ng + g]), a);
+          _mm512_mask_storeu_ps(sr, m, a);
+        }
+  }
+}
+
+// acc += p v for NR rows, KB keys a block: per group each key's weight p[j] * scale[j] is broadcast once and every
+// 16 accumulators take the block's decoded codes; sum_j p[j] * bias[j] of each group is added at the end.
+template <int Kind, int NR, int KB>
+void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
+  const int64_t G = v.group, ng = D / G;
+  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  float bsum[NR][kGroups];  // sum_j p[j] * bias[j][g]
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g++) bsum[r][g] = 0.f;
+  for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
+    const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
+    load_scales<Kind>(sf, bf, v, j0, n, ng);
+    auto block = [&](int64_t j, auto kb) {
+      constexpr int B = decltype(kb)::value;
+      // The rows' pointers in locals: read through v, the compiler reloads them after every store to acc.
+      const uint8_t *cp[B];
+      for (int u = 0; u < B; u++) cp[u] = v.codes[j0 + j + u];
+      for (int64_t g = 0; g < ng; g++) {
+        __m512 w[NR][B];
+        for (int u = 0; u < B; u++)
+          for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j0 + j + u] * sf[g * kKeys + j + u]);
+        for (int64_t e = g * G; e < (g + 1) * G; e += 32) {
+          __m512 a[NR][2];
+          for (int r = 0; r < NR; r++) {
+            a[r][0] = _mm512_loadu_ps(acc + r * D + e);
+            a[r][1] = _mm512_loadu_ps(acc + r * D + e + 16);
+          }
+          for (int u = 0; u < B; u++) {
+            __m512 lo, hi;
+            dec32<Kind>(cp[u], e, lo, hi);
+            for (int r = 0; r < NR; r++) {
+              a[r][0] = _mm512_fmadd_ps(w[r][u], lo, a[r][0]);
+              a[r][1] = _mm512_fmadd_ps(w[r][u], hi, a[r][1]);
+            }
+          }
+          for (int r = 0; r < NR; r++) {
+            _mm512_storeu_ps(acc + r * D + e, a[r][0]);
+            _mm512_storeu_ps(acc + r * D + e + 16, a[r][1]);
+          }
+        }
+      }
+    };
+    int64_t j = 0;
+    for (; j + KB <= n; j += KB) block(j, std::integral_constant<int, KB>{});
+    for (; j < n; j++) block(j, std::integral_constant<int, 1>{});
+    if (Kind != PK_E4M3)
+      for (int r = 0; r < NR; r++)
+        for (int64_t g = 0; g < ng; g++) {
+          __m512 t = _mm512_setzero_ps();
+          for (int64_t i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+            t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + r * ldp + j0 + i), _mm512_maskz_load_ps(m, bf + g * kKeys + i), t);
+          }
+          bsum[r][g] += _mm512_reduce_add_ps(t);
+        }
+  }
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g++) {
+        const __m512 bv = _mm512_set1_ps(bsum[r][g]);
+        for (int64_t e = g * G; e < (g + 1) * G; e += 16)
+          _mm512_storeu_ps(acc + r * D + e, _mm512_add_ps(_mm512_loadu_ps(acc + r * D + e), bv));
+      }
+}
+
+template <int Kind>
+void pk_dots_k(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t ng = D / k.group;
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_dots_t<Kind, 2>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+  if (r < R) pk_dots_t<Kind, 1>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+}
+
+template <int Kind>
+void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_pv_t<Kind, 2, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  if (r < R) pk_pv_t<Kind, 1, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+}
+
+void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  if (D / k.group > kGroups || k.group % 32) return kern_portable().pk_dots(s, lds, q, qsum, R, k, nj, D);
+  switch (pk_kind(k)) {
+    case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
+    case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
+    default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
+  }
+}
+
+void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  if (D / v.group > kGroups || v.group % 32) return kern_portable().pk_pv(acc, p, ldp, R, v, nj, D);
+  switch (pk_kind(v)) {
+    case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
+    case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
+    default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
+  }
+}
+
+// One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
+void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint16_t *biases, int mode, int bits,
+               int64_t G, int64_t D) {
+  if (G % 32) return kern_portable().pk_decode(dst, c, scales, biases, mode, bits, G, D);
+  for (int64_t g = 0; g < D / G; g++) {
+    const float sf = _cvtsh_ss(scales[g]);
+    float *o = dst + g * G;
+    __m512 lo, hi;
+    if (mode == PK_FP8) {
+      const __m512 s = _mm512_set1_ps(sf * 256.f);
+      for (int64_t e = 0; e < G; e += 32) {
+        dec32<PK_E4M3>(c + g * G, e, lo, hi);
+        _mm512_storeu_ps(o + e, _mm512_mul_ps(lo, s));
+        _mm512_storeu_ps(o + e + 16, _mm512_mul_ps(hi, s));
+      }
+      continue;
+    }
+    const __m512 s = _mm512_set1_ps(sf), b = _mm512_set1_ps(_cvtsh_ss(biases[g]));
+    if (bits == 8) {
+      for (int64_t e = 0; e < G; e += 32) {
+        dec32<PK_U8>(c + g * G, e, lo, hi);
+        _mm512_storeu_ps(o + e, _mm512_fmadd_ps(lo, s, b));
+        _mm512_storeu_ps(o + e + 16, _mm512_fmadd_ps(hi, s, b));
+      }
+      continue;
+    }
+    const uint8_t *cg = c + g * G / 2;
+    for (int64_t e = 0; e < G; e += 32) {
+      const __m128i x = _mm_loadu_si128((const __m128i *)(cg + e / 2)), m = _mm_set1_epi8(15);
+      const __m128i l4 = _mm_and_si128(x, m), h4 = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+      const __m512 v0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(l4, h4)));
+      const __m512 v1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(l4, h4)));
+      _mm512_storeu_ps(o + e, _mm512_fmadd_ps(v0, s, b));
+      _mm512_storeu_ps(o + e + 16, _mm512_fmadd_ps(v1, s, b));
+    }
+  }
+}
+
+}  // namespace
+
+const Kern &kern() {
+  static const Kern table = [] {
+    Kern t = avx2::kern();
+    t.pk_dots = pk_dots;
+    t.pk_pv = pk_pv;
+    t.pk_decode = pk_decode;
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace avx512
+}  // namespace rmlx
