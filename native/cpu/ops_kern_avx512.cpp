@@ -46,21 +46,18 @@ inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
 
 constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
 
-// Group scales (times pk_mul) and biases of keys [j0, j0 + n) as f32, transposed: sf[g * kKeys + j - j0].
+// Group scales (times pk_mul) and biases of keys [j0, j0 + n) as f32, key j's at sf[(j - j0) * ngp] with ngp = ng
+// rounded up to 16: one masked load, conversion and store per 16 groups of a key, the lanes past ng zero.
 template <int Kind>
 void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, int64_t ng) {
   const __m512 mul = _mm512_set1_ps(pk_mul(Kind));
+  const int64_t ngp = (ng + 15) & ~(int64_t)15;
   for (int64_t j = 0; j < n; j++) {
     const uint16_t *s = x.scales[j0 + j], *b = x.biases[j0 + j];
-    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
-      const __mmask16 m = ng - g0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g0)) - 1);
-      alignas(64) float t[16], u[16];
-      _mm512_store_ps(t, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g0)), mul));
-      if (Kind != PK_E4M3) _mm512_store_ps(u, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g0)));
-      for (int64_t g = g0; g < ng && g < g0 + 16; g++) {
-        sf[g * kKeys + j] = t[g - g0];
-        if (Kind != PK_E4M3) bf[g * kKeys + j] = u[g - g0];
-      }
+    for (int64_t g = 0; g < ng; g += 16) {
+      const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+      _mm512_store_ps(sf + j * ngp + g, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)), mul));
+      if (Kind != PK_E4M3) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
     }
   }
 }
@@ -76,12 +73,14 @@ inline __m128 hsum4(const __m512 *a) {
   return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), u));
 }
 
-// Scores of NR query rows against U keys from j (U 4 or 1; keys j - j0 of the converted scales): per group the
-// dot products stay 16-lane vectors, which take their key's group scale by one FMA each; the lanes are summed once
-// per key at the end. The affine bias term is added by the caller.
+// Scores of NR query rows against U keys from j (U 4 or 1; sf, bf: the keys' converted scales and biases, see
+// load_scales): per group the dot products stay 16-lane vectors, which take their key's group scale by one FMA
+// each; the affine bias term sum_g b[g] * sum(q over g) joins as the lane-wise product of the biases and qs (row
+// r's group sums, 16 groups a vector); the lanes are summed once per key at the end.
 template <int Kind, int NR, int U>
-inline void score_keys(float *s, int64_t lds, const float *q, const PkRows &k, int64_t j, const float *sf, int64_t D) {
-  const int64_t G = k.group, ng = D / G;
+inline void score_keys(float *s, int64_t lds, const float *q, const __m512 (*qs)[kGroups / 16], const PkRows &k,
+                       int64_t j, const float *sf, const float *bf, int64_t D) {
+  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15;
   const uint8_t *cp[U];
   for (int u = 0; u < U; u++) cp[u] = k.codes[j + u];
   __m512 tot[NR][U];
@@ -100,10 +99,16 @@ inline void score_keys(float *s, int64_t lds, const float *q, const PkRows &k, i
       }
     }
     for (int u = 0; u < U; u++) {
-      const __m512 sv = _mm512_set1_ps(sf[g * kKeys + u]);
+      const __m512 sv = _mm512_set1_ps(sf[u * ngp + g]);
       for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(a[r][u], sv, tot[r][u]);
     }
   }
+  if (Kind != PK_E4M3)
+    for (int64_t g = 0; g < ng; g += 16)
+      for (int u = 0; u < U; u++) {
+        const __m512 bv = _mm512_load_ps(bf + u * ngp + g);
+        for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(bv, qs[r][g / 16], tot[r][u]);
+      }
   for (int r = 0; r < NR; r++) {
     if constexpr (U == 4) _mm_storeu_ps(s + r * lds + j, hsum4(tot[r]));
     else s[r * lds + j] = _mm512_reduce_add_ps(tot[r][0]);
@@ -112,8 +117,15 @@ inline void score_keys(float *s, int64_t lds, const float *q, const PkRows &k, i
 
 template <int Kind, int NR>
 void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
-  const int64_t G = k.group, ng = D / G, rb = Kind == PK_U4 ? D / 2 : D;
+  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15, rb = Kind == PK_U4 ? D / 2 : D;
   alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  __m512 qs[NR][kGroups / 16];
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+        qs[r][g / 16] = _mm512_maskz_loadu_ps(m, qsum + r * ng + g);
+      }
   for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
     const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
     load_scales<Kind>(sf, bf, k, j0, n, ng);
@@ -123,19 +135,9 @@ void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const P
       if (j + 8 <= n)
         for (int u = 4; u < 8; u++)
           for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)k.codes[j0 + j + u] + b, _MM_HINT_T0);
-      score_keys<Kind, NR, 4>(s, lds, q, k, j0 + j, sf + j, D);
+      score_keys<Kind, NR, 4>(s, lds, q, qs, k, j0 + j, sf + j * ngp, bf + j * ngp, D);
     }
-    for (; j < n; j++) score_keys<Kind, NR, 1>(s, lds, q, k, j0 + j, sf + j, D);
-    if (Kind != PK_E4M3)  // + b[j][g] * sum(q over g), 16 keys a vector
-      for (int r = 0; r < NR; r++)
-        for (int64_t i = 0; i < n; i += 16) {
-          const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-          float *sr = s + r * lds + j0 + i;
-          __m512 a = _mm512_maskz_loadu_ps(m, sr);
-          for (int64_t g = 0; g < ng; g++)
-            a = _mm512_fmadd_ps(_mm512_maskz_load_ps(m, bf + g * kKeys + i), _mm512_set1_ps(qsum[r * ng + g]), a);
-          _mm512_mask_storeu_ps(sr, m, a);
-        }
+    for (; j < n; j++) score_keys<Kind, NR, 1>(s, lds, q, qs, k, j0 + j, sf + j * ngp, bf + j * ngp, D);
   }
 }
 
@@ -143,12 +145,12 @@ void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const P
 // 16 accumulators take the block's decoded codes; sum_j p[j] * bias[j] of each group is added at the end.
 template <int Kind, int NR, int KB>
 void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
-  const int64_t G = v.group, ng = D / G;
+  const int64_t G = v.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15;
   alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
-  float bsum[NR][kGroups];  // sum_j p[j] * bias[j][g]
+  __m512 bsum[NR][kGroups / 16];  // lane g % 16 of bsum[r][g / 16]: sum_j p[j] * bias[j][g]
   if (Kind != PK_E4M3)
     for (int r = 0; r < NR; r++)
-      for (int64_t g = 0; g < ng; g++) bsum[r][g] = 0.f;
+      for (int64_t i = 0; i < ngp / 16; i++) bsum[r][i] = _mm512_setzero_ps();
   for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
     const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
     load_scales<Kind>(sf, bf, v, j0, n, ng);
@@ -160,7 +162,7 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
       for (int64_t g = 0; g < ng; g++) {
         __m512 w[NR][B];
         for (int u = 0; u < B; u++)
-          for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j0 + j + u] * sf[g * kKeys + j + u]);
+          for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j0 + j + u] * sf[(j + u) * ngp + g]);
         for (int64_t e = g * G; e < (g + 1) * G; e += 32) {
           __m512 a[NR][2];
           for (int r = 0; r < NR; r++) {
@@ -186,23 +188,22 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
     for (; j + KB <= n; j += KB) block(j, std::integral_constant<int, KB>{});
     for (; j < n; j++) block(j, std::integral_constant<int, 1>{});
     if (Kind != PK_E4M3)
-      for (int r = 0; r < NR; r++)
-        for (int64_t g = 0; g < ng; g++) {
-          __m512 t = _mm512_setzero_ps();
-          for (int64_t i = 0; i < n; i += 16) {
-            const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-            t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p + r * ldp + j0 + i), _mm512_maskz_load_ps(m, bf + g * kKeys + i), t);
-          }
-          bsum[r][g] += _mm512_reduce_add_ps(t);
+      for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < ngp / 16; i++) {
+          const __m512 bv = _mm512_load_ps(bf + j * ngp + 16 * i);
+          for (int r = 0; r < NR; r++) bsum[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j0 + j]), bv, bsum[r][i]);
         }
   }
   if (Kind != PK_E4M3)
-    for (int r = 0; r < NR; r++)
+    for (int r = 0; r < NR; r++) {
+      alignas(64) float b[kGroups];
+      for (int64_t i = 0; i < ngp / 16; i++) _mm512_store_ps(b + 16 * i, bsum[r][i]);
       for (int64_t g = 0; g < ng; g++) {
-        const __m512 bv = _mm512_set1_ps(bsum[r][g]);
+        const __m512 bv = _mm512_set1_ps(b[g]);
         for (int64_t e = g * G; e < (g + 1) * G; e += 16)
           _mm512_storeu_ps(acc + r * D + e, _mm512_add_ps(_mm512_loadu_ps(acc + r * D + e), bv));
       }
+    }
 }
 
 template <int Kind>
