@@ -22,11 +22,24 @@ constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels ta
 
 int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
 
+// 16 E4M3 codes as their values, with integer operations only (a conversion through f16 costs more here): the
+// sign-extended byte shifted left by 20 puts the sign in bit 31 (copies in 27-30, masked off) and the exponent and
+// mantissa in f32's low exponent bits and top mantissa bits; adding 120 to the exponent makes the normal codes exact.
+// A subnormal code (exponent 0, value m 2^-9) then reads 2^-7 (1 + m / 8), and 2 x -+ 2^-6 corrects it. The NaN
+// code reads 480.
+inline __m512 e4m3x16(__m128i b) {
+  const __m512i t = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
+  const __m512 x = _mm512_castsi512_ps(
+      _mm512_add_epi32(_mm512_and_si512(t, _mm512_set1_epi32((int)0x87f00000)), _mm512_set1_epi32(120 << 23)));
+  const __mmask16 sub = _mm512_testn_epi32_mask(t, _mm512_set1_epi32(0x07800000));
+  // +-2^-6 with x's sign: (x & sign bit) | bits of 2^-6
+  const __m512 c = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000),
+                                                                 _mm512_set1_epi32(0x3c800000), 0xea));
+  return _mm512_mask_fmsub_ps(x, sub, _mm512_set1_ps(2.f), c);
+}
+
 // 32 codes of a packed row from position e (a multiple of 32) as floats, positions e..e+15 in lo, the next 16 in
-// hi. 4-bit rows in nibble order (pk_nibble_pos): a block's 16 low nibbles, then its 16 high nibbles. E4M3 codes as
-// 2^-8 times their value: the 7 magnitude bits shifted into an f16's exponent and mantissa give an f16 whose exponent
-// bias is 8 higher, subnormals included; sign-extending the byte and shifting by 7 puts the sign in bit 15 (and a
-// copy in bit 14, masked off). The caller folds 256 into the scale.
+// hi. 4-bit rows in nibble order (pk_nibble_pos): a block's 16 low nibbles, then its 16 high nibbles.
 template <int Kind>
 inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
   if constexpr (Kind == PK_U8) {
@@ -37,26 +50,21 @@ inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
     lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
     hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
   } else {
-    const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(c + e)));
-    const __m512i h = _mm512_and_si512(_mm512_slli_epi16(b, 7), _mm512_set1_epi16((short)0xbf80));
-    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+    lo = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e)));
+    hi = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e + 16)));
   }
 }
 
-constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
-
-// Group scales (times pk_mul) and biases of keys [j0, j0 + n) as f32, key j's at sf[(j - j0) * ngp] with ngp = ng
+// Group scales and biases of keys [j0, j0 + n) as f32, key j's at sf[(j - j0) * ngp] with ngp = ng
 // rounded up to 16: one masked load, conversion and store per 16 groups of a key, the lanes past ng zero.
 template <int Kind>
 void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, int64_t ng) {
-  const __m512 mul = _mm512_set1_ps(pk_mul(Kind));
   const int64_t ngp = (ng + 15) & ~(int64_t)15;
   for (int64_t j = 0; j < n; j++) {
     const uint16_t *s = x.scales[j0 + j], *b = x.biases[j0 + j];
     for (int64_t g = 0; g < ng; g += 16) {
       const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
-      _mm512_store_ps(sf + j * ngp + g, _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)), mul));
+      _mm512_store_ps(sf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)));
       if (Kind != PK_E4M3) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
     }
   }
@@ -248,7 +256,7 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
     float *o = dst + g * G;
     __m512 lo, hi;
     if (mode == PK_FP8) {
-      const __m512 s = _mm512_set1_ps(sf * 256.f);
+      const __m512 s = _mm512_set1_ps(sf);
       for (int64_t e = 0; e < G; e += 32) {
         dec32<PK_E4M3>(c + g * G, e, lo, hi);
         _mm512_storeu_ps(o + e, _mm512_mul_ps(lo, s));
