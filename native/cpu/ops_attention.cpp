@@ -313,9 +313,10 @@ void pack_row(const KvSide &s, int64_t v, const float *x) {
 // KvSide) come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
 // writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
 // the heads of one token, each streaming the keys with the single-row kernels, which read memory faster.
-// nh (not tiled): the rows are nh KV heads' R / nh query rows each, head h reading row rows() + h of each key: the
-// KV heads of a token are consecutive rows of a pool, so one walk over the keys reads each token's K and V rows of
-// all heads at once, whole cache lines of codes and of group scales, rather than one head's slice per walk.
+// nh: the rows are nh KV heads' R / nh query rows each (a head's rows consecutive), head h reading row rows() + h
+// of each key: the KV heads of a token are consecutive rows of a pool, so one walk over the keys reads each token's
+// K and V rows of all heads at once, whole cache lines of codes and of group scales, rather than one head's slice
+// per walk (which left decode attention bound by memory latency).
 // part_ml: null, or where a part of a split key range leaves its running max and sum per row ([R] each); out[r]
 // then gets the unnormalized sum of the part (see merge_parts). Scratch: see scratch_floats.
 template <class Rows>
@@ -555,11 +556,15 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
   // Small steps (few tokens, short contexts) run on the calling thread: waking the pool would cost more.
   int64_t work = 0;
   for (int64_t t = 0; t < a.T; t++) work += (a.positions[t] - lo_of(t) + 1) * a.heads * D;
-  // A decode step (one token per group) attends each sequence's keys for all KV heads in one walk (attend_rows:
-  // nh), reading whole token rows; prefill tiles take one KV head an item.
+  // An item is a group with its KV heads kh..kh + nh - 1, whose keys it walks once (attend_rows: nh), reading
+  // whole token rows. All heads go together unless a prefill has fewer groups than threads: then the heads split
+  // into the fewest runs that give every thread an item (a decode step splits its keys instead, below).
   const bool decode = (int64_t)groups.size() == a.T;
-  const int64_t nh = decode ? a.kv_heads : 1, hgroups = a.kv_heads / nh, RG = nh * G;  // RG: decode rows an item
-  const int64_t ng = (int64_t)groups.size(), items = ng * hgroups;
+  const int64_t ng = (int64_t)groups.size();
+  int64_t hgroups = 1;  // runs of heads per group
+  if (!decode)
+    while (hgroups < a.kv_heads && (a.kv_heads % hgroups || ng * hgroups < pool_size())) hgroups++;
+  const int64_t nh = a.kv_heads / hgroups, RG = nh * G, items = ng * hgroups;  // RG: an item's query rows a token
   // A decode step with fewer items than threads splits each item's keys into parts, whose partial softmax sums are
   // merged after: otherwise one sequence on a 16-thread machine keeps all but one thread idle.
   int64_t longest = 0;
@@ -573,7 +578,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
     part_ml.resize((size_t)(items * parts * 2 * RG));
   }
   parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
-    const int64_t R = std::max(kTileTokens, nh) * G;
+    const int64_t R = kTileTokens * RG;
     std::vector<float> scratch(scratch_floats(R, D));
     std::vector<float *> outs(R);
     std::vector<int64_t> rlo(R), rhi(R);
@@ -581,7 +586,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       const int64_t w = u / parts, part = u % parts;
       // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
       // pool hands each thread one contiguous range of items, which this keeps balanced.
-      const int64_t z = w / hgroups, kh = (w % hgroups) * nh;
+      const int64_t z = w / hgroups, kh = w % hgroups * nh;
       const Group &grp = groups[(z & 1) ? ng - 1 - z / 2 : z / 2];
       const int64_t t0 = grp.t0, tl = grp.t0 + grp.n - 1;
       const int32_t s = a.token_seq[t0];
@@ -589,9 +594,9 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       // this part's keys: [lo, lo + nkeys) of the sequence
       const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * RG;
       float *qr = scratch.data() + scratch_floats(R, D) - R * D;
-      // Row r: token i, head kh + h, query g of the head (a decode group is one token: i = 0, h from 0 to nh).
+      // Row r: KV head kh + h, token i, query r % G of the head; a head's rows are consecutive (attend_rows: nh).
       for (int64_t r = 0; r < nr; r++) {
-        const int64_t i = r / RG, hg = r % RG, qo = ((t0 + i) * a.heads + kh * G + hg) * D;
+        const int64_t h = r / (grp.n * G), i = r / G % grp.n, qo = ((t0 + i) * a.heads + (kh + h) * G + r % G) * D;
         std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
         outs[r] = parts > 1 ? part_acc.data() + (u * RG + r) * D : a.out + qo;
         rlo[r] = std::max<int64_t>(0, lo_of(t0 + i) - lo);
@@ -620,8 +625,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
     std::vector<float> m((size_t)parts), l((size_t)parts);
     std::vector<const float *> acc((size_t)parts);
     for (int64_t w = 0; w < items; w++) {
-      const int64_t z = w / hgroups, kh = (w % hgroups) * nh;
-      const int64_t t0 = groups[(z & 1) ? ng - 1 - z / 2 : z / 2].t0;
+      const int64_t t0 = groups[(w & 1) ? ng - 1 - w / 2 : w / 2].t0;
       for (int64_t r = 0; r < RG; r++) {
         for (int64_t p = 0; p < parts; p++) {
           const int64_t u = w * parts + p;
@@ -629,7 +633,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
           l[(size_t)p] = part_ml[(size_t)(u * 2 * RG + RG + r)];
           acc[(size_t)p] = part_acc.data() + (u * RG + r) * D;
         }
-        merge_parts(a.out + ((t0 * a.heads) + kh * G + r) * D, m.data(), l.data(), acc.data(), parts, D);
+        merge_parts(a.out + ((t0 * a.heads) + r) * D, m.data(), l.data(), acc.data(), parts, D);
       }
     }
   }
