@@ -89,8 +89,8 @@ inline int64_t pk_nibble_pos(int64_t p) {
   return b + 2 * ((i & 1) * 8 + k) + (i >> 1);
 }
 
-// Row primitives behind the hot kernels, one table per ISA (ops_kern.cpp: portable; ops_kern_avx2.cpp: AVX2+FMA+F16C),
-// chosen by kern() from the active ISA. n is any length; pointers need no alignment.
+// Row primitives behind the hot kernels, one table per ISA (ops_kern.cpp: portable; ops_kern_avx2.cpp: AVX2+FMA+F16C;
+// ops_kern_avx512.cpp: the AVX2 table with AVX-512 packed-KV kernels), chosen by kern() from the active ISA. n is any length; pointers need no alignment.
 struct Kern {
   float (*dot)(const float *a, const float *b, int64_t n);
   // y += a * x
@@ -146,6 +146,9 @@ struct Kern {
 const Kern &kern();
 const Kern &kern_portable();
 namespace avx2 {
+const Kern &kern();
+}
+namespace avx512 {
 const Kern &kern();
 }
 

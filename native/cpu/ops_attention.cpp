@@ -212,11 +212,14 @@ struct KvSide {
   bool packed() const { return mode != KV_FLOAT; }
   const char *row(int64_t v) const { return data + v * vbytes; }
 
-  void prefetch(int64_t v) const {
+  // Rows v..v + n - 1 (consecutive in memory), with their scales and biases.
+  void prefetch(int64_t v, int64_t n) const {
     const char *p = row(v);
-    for (int64_t b = 0; b < vbytes; b += 64) __builtin_prefetch(p + b, 0, 2);
-    if (packed()) __builtin_prefetch(scales + v * ngroups, 0, 2);
-    if (biases) __builtin_prefetch(biases + v * ngroups, 0, 2);
+    for (int64_t b = 0; b < n * vbytes; b += 64) __builtin_prefetch(p + b, 0, 2);
+    if (!packed()) return;
+    for (int64_t b = 0; b < n * ngroups * 2; b += 64) __builtin_prefetch((const char *)(scales + v * ngroups) + b, 0, 2);
+    if (biases)
+      for (int64_t b = 0; b < n * ngroups * 2; b += 64) __builtin_prefetch((const char *)(biases + v * ngroups) + b, 0, 2);
   }
 
   // dst[0..D) = row v as f32.
@@ -310,12 +313,16 @@ void pack_row(const KvSide &s, int64_t v, const float *x) {
 // KvSide) come from successive calls rows() (keys in order); row r sees keys lo[r]..hi[r] (inclusive, in key order) and
 // writes its result to out[r]. tiled: the rows come from several tokens and share key loads (prefill); otherwise
 // the heads of one token, each streaming the keys with the single-row kernels, which read memory faster.
+// nh: the rows are nh KV heads' R / nh query rows each (a head's rows consecutive), head h reading row rows() + h
+// of each key: the KV heads of a token are consecutive rows of a pool, so one walk over the keys reads each token's
+// K and V rows of all heads at once, whole cache lines of codes and of group scales, rather than one head's slice
+// per walk (which left decode attention bound by memory latency).
 // part_ml: null, or where a part of a split key range leaves its running max and sum per row ([R] each); out[r]
 // then gets the unnormalized sum of the part (see merge_parts). Scratch: see scratch_floats.
 template <class Rows>
 void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *lo, const int64_t *hi, int64_t D,
                  const KvSide &K, const KvSide &V, int64_t nkeys, Rows rows, float scale, float softcap,
-                 bool tiled, float *scratch, float *part_ml = nullptr) {
+                 bool tiled, float *scratch, float *part_ml = nullptr, int64_t nh = 1) {
   float *acc = scratch;             // [R, D]
   float *m = acc + R * D;           // [R]
   float *l = m + R;                 // [R]
@@ -335,8 +342,8 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   auto take = [&](int64_t *o, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
       o[j] = rows();
-      K.prefetch(o[j]);
-      V.prefetch(o[j]);
+      K.prefetch(o[j], nh);
+      V.prefetch(o[j], nh);
     }
   };
   // 16-bit float rows are read in place by the single-row kernels; f32 rows in place by all; packed rows are read in
@@ -370,6 +377,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   const uint16_t *ks[kChunk], *kb[kChunk], *vs[kChunk], *vb[kChunk];
   const PkRows kp{kc, ks, kb, K.mode, K.bits, K.group}, vp{vc, vs, vb, V.mode, V.bits, V.group};
   take(offs[0], std::min(kChunk, nkeys));
+  const int64_t Rh = R / nh;  // query rows per KV head
   for (int64_t j0 = 0, c = 0; j0 < nkeys; j0 += kChunk, c ^= 1) {
     const int64_t nj = std::min(kChunk, nkeys - j0);
     if (j0 + kChunk < nkeys) take(offs[c ^ 1], std::min(kChunk, nkeys - j0 - kChunk));
@@ -377,58 +385,63 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     const uint16_t *k16[kChunk], *v16[kChunk];
     // Single-row reads of a 16-bit pool convert as they go; tiles convert once into scratch for all their rows.
     const bool direct16 = same && dt != RMLX_F32 && !tiled;
-    for (int64_t j = 0; j < nj; j++) {
-      const int64_t off = offs[c][j];  // a row index
-      if (fused) {
-        kc[j] = K.codes(off), ks[j] = K.gscales(off), kb[j] = K.gbiases(off);
-        vc[j] = V.codes(off), vs[j] = V.gscales(off), vb[j] = V.gbiases(off);
-      } else if (direct16) {
-        k16[j] = (const uint16_t *)K.row(off);
-        v16[j] = (const uint16_t *)V.row(off);
-      } else if (same && dt == RMLX_F32) {
-        krows[j] = (const float *)K.row(off);
-        vrows[j] = (const float *)V.row(off);
-      } else {
-        K.load(k, kbuf + j * D, off);
-        V.load(k, vbuf + j * D, off);
-        krows[j] = kbuf + j * D;
-        vrows[j] = vbuf + j * D;
+    for (int64_t h = 0; h < nh; h++) {
+      const int64_t r0 = h * Rh;  // this head's rows: [r0, r0 + Rh)
+      for (int64_t j = 0; j < nj; j++) {
+        const int64_t off = offs[c][j] + h;  // a row index
+        if (fused) {
+          kc[j] = K.codes(off), ks[j] = K.gscales(off), kb[j] = K.gbiases(off);
+          vc[j] = V.codes(off), vs[j] = V.gscales(off), vb[j] = V.gbiases(off);
+        } else if (direct16) {
+          k16[j] = (const uint16_t *)K.row(off);
+          v16[j] = (const uint16_t *)V.row(off);
+        } else if (same && dt == RMLX_F32) {
+          krows[j] = (const float *)K.row(off);
+          vrows[j] = (const float *)V.row(off);
+        } else {
+          K.load(k, kbuf + j * D, off);
+          V.load(k, vbuf + j * D, off);
+          krows[j] = kbuf + j * D;
+          vrows[j] = vbuf + j * D;
+        }
       }
+      float *sh = sc + r0 * kChunk, *ah = acc + r0 * D;
+      const float *qh = qr + r0 * D;
+      if (fused) k.pk_dots(sh, kChunk, qp + r0 * D, qsum + r0 * K.ngroups, Rh, kp, nj, D);
+      else if (tiled) k.dots_rows(sh, kChunk, qh, D, Rh, krows, nj, D, scale);
+      else if (direct16)
+        for (int64_t r = 0; r < Rh; r++) k.dots16(sh + r * kChunk, qh + r * D, k16, nj, D, scale, dt);
+      else
+        for (int64_t r = 0; r < Rh; r++) k.dots(sh + r * kChunk, qh + r * D, krows, nj, D, scale);
+      for (int64_t r = r0; r < r0 + Rh; r++) {
+        float *s = sc + r * kChunk;
+        // Keys of this chunk the row may see: [a, b).
+        const int64_t a = std::max<int64_t>(lo[r] - j0, 0), b = std::min<int64_t>(hi[r] - j0 + 1, nj);
+        if (a >= b) {
+          std::memset(s, 0, sizeof(float) * nj);
+          continue;
+        }
+        if (softcap > 0.f)
+          for (int64_t j = a; j < b; j++) s[j] = softcap * std::tanh(s[j] / softcap);
+        const float mx = std::max(m[r], k.max(s + a, b - a));
+        const float sum = k.exp_sum(s + a, s + a, mx, b - a);
+        for (int64_t j = 0; j < a; j++) s[j] = 0.f;
+        for (int64_t j = b; j < nj; j++) s[j] = 0.f;
+        if (m[r] != mx && l[r] > 0.f) {
+          const float c = std::exp(m[r] - mx);
+          k.scal(acc + r * D, c, D);
+          l[r] *= c;
+        }
+        l[r] += sum;
+        m[r] = mx;
+      }
+      if (fused) k.pk_pv(ah, sh, kChunk, Rh, vp, nj, D);
+      else if (tiled) k.pv_rows(ah, sh, kChunk, Rh, vrows, nj, D);
+      else if (direct16)
+        for (int64_t r = 0; r < Rh; r++) k.pv16(ah + r * D, sh + r * kChunk, v16, nj, D, dt);
+      else
+        for (int64_t r = 0; r < Rh; r++) k.pv(ah + r * D, sh + r * kChunk, vrows, nj, D);
     }
-    if (fused) k.pk_dots(sc, kChunk, qp, qsum, R, kp, nj, D);
-    else if (tiled) k.dots_rows(sc, kChunk, qr, D, R, krows, nj, D, scale);
-    else if (direct16)
-      for (int64_t r = 0; r < R; r++) k.dots16(sc + r * kChunk, qr + r * D, k16, nj, D, scale, dt);
-    else
-      for (int64_t r = 0; r < R; r++) k.dots(sc + r * kChunk, qr + r * D, krows, nj, D, scale);
-    for (int64_t r = 0; r < R; r++) {
-      float *s = sc + r * kChunk;
-      // Keys of this chunk the row may see: [a, b).
-      const int64_t a = std::max<int64_t>(lo[r] - j0, 0), b = std::min<int64_t>(hi[r] - j0 + 1, nj);
-      if (a >= b) {
-        std::memset(s, 0, sizeof(float) * nj);
-        continue;
-      }
-      if (softcap > 0.f)
-        for (int64_t j = a; j < b; j++) s[j] = softcap * std::tanh(s[j] / softcap);
-      const float mx = std::max(m[r], k.max(s + a, b - a));
-      const float sum = k.exp_sum(s + a, s + a, mx, b - a);
-      for (int64_t j = 0; j < a; j++) s[j] = 0.f;
-      for (int64_t j = b; j < nj; j++) s[j] = 0.f;
-      if (m[r] != mx && l[r] > 0.f) {
-        const float c = std::exp(m[r] - mx);
-        k.scal(acc + r * D, c, D);
-        l[r] *= c;
-      }
-      l[r] += sum;
-      m[r] = mx;
-    }
-    if (fused) k.pk_pv(acc, sc, kChunk, R, vp, nj, D);
-    else if (tiled) k.pv_rows(acc, sc, kChunk, R, vrows, nj, D);
-    else if (direct16)
-      for (int64_t r = 0; r < R; r++) k.pv16(acc + r * D, sc + r * kChunk, v16, nj, D, dt);
-    else
-      for (int64_t r = 0; r < R; r++) k.pv(acc + r * D, sc + r * kChunk, vrows, nj, D);
   }
   if (fused && vnib)  // accumulators back from nibble order to element order
     for (int64_t r = 0; r < R; r++) {
@@ -543,22 +556,29 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
   // Small steps (few tokens, short contexts) run on the calling thread: waking the pool would cost more.
   int64_t work = 0;
   for (int64_t t = 0; t < a.T; t++) work += (a.positions[t] - lo_of(t) + 1) * a.heads * D;
-  const int64_t ng = (int64_t)groups.size(), items = ng * a.kv_heads;
-  // A decode step with fewer (sequence, KV head) items than threads splits each item's keys into parts, whose
-  // partial softmax sums are merged after: otherwise one sequence on a 16-thread machine with 8 KV heads keeps
-  // half the threads idle while the rest stream the whole cache.
+  // An item is a group with its KV heads kh..kh + nh - 1, whose keys it walks once (attend_rows: nh), reading
+  // whole token rows. All heads go together unless a prefill has fewer groups than threads: then the heads split
+  // into the fewest runs that give every thread an item (a decode step splits its keys instead, below).
+  const bool decode = (int64_t)groups.size() == a.T;
+  const int64_t ng = (int64_t)groups.size();
+  int64_t hgroups = 1;  // runs of heads per group
+  if (!decode)
+    while (hgroups < a.kv_heads && (a.kv_heads % hgroups || ng * hgroups < pool_size())) hgroups++;
+  const int64_t nh = a.kv_heads / hgroups, RG = nh * G, items = ng * hgroups;  // RG: an item's query rows a token
+  // A decode step with fewer items than threads splits each item's keys into parts, whose partial softmax sums are
+  // merged after: otherwise one sequence on a 16-thread machine keeps all but one thread idle.
   int64_t longest = 0;
   for (const Group &g : groups) longest = std::max(longest, a.positions[g.t0 + g.n - 1] - lo_of(g.t0) + 1);
   int64_t parts = 1;
-  if ((int64_t)groups.size() == a.T && items < pool_size())
+  if (decode && items < pool_size())
     parts = std::max<int64_t>(1, std::min<int64_t>((pool_size() + items - 1) / items, longest / kMinPartKeys));
   std::vector<float> part_acc, part_ml;
   if (parts > 1) {
-    part_acc.resize((size_t)(items * parts * G * D));
-    part_ml.resize((size_t)(items * parts * 2 * G));
+    part_acc.resize((size_t)(items * parts * RG * D));
+    part_ml.resize((size_t)(items * parts * 2 * RG));
   }
   parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
-    const int64_t R = kTileTokens * G;
+    const int64_t R = kTileTokens * RG;
     std::vector<float> scratch(scratch_floats(R, D));
     std::vector<float *> outs(R);
     std::vector<int64_t> rlo(R), rhi(R);
@@ -566,25 +586,25 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       const int64_t w = u / parts, part = u % parts;
       // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
       // pool hands each thread one contiguous range of items, which this keeps balanced.
-      const int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
+      const int64_t z = w / hgroups, kh = w % hgroups * nh;
       const Group &grp = groups[(z & 1) ? ng - 1 - z / 2 : z / 2];
       const int64_t t0 = grp.t0, tl = grp.t0 + grp.n - 1;
       const int32_t s = a.token_seq[t0];
       const int64_t all = a.positions[tl] - lo_of(t0) + 1, len = (all + parts - 1) / parts;
       // this part's keys: [lo, lo + nkeys) of the sequence
-      const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * G;
+      const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * RG;
       float *qr = scratch.data() + scratch_floats(R, D) - R * D;
-      for (int64_t i = 0; i < grp.n; i++)
-        for (int64_t g = 0; g < G; g++) {
-          const int64_t r = i * G + g, qo = ((t0 + i) * a.heads + kh * G + g) * D;
-          std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
-          outs[r] = parts > 1 ? part_acc.data() + (u * G + g) * D : a.out + qo;
-          rlo[r] = std::max<int64_t>(0, lo_of(t0 + i) - lo);
-          rhi[r] = a.positions[t0 + i] - lo;
-        }
-      float *ml = parts > 1 ? part_ml.data() + u * 2 * G : nullptr;
+      // Row r: KV head kh + h, token i, query r % G of the head; a head's rows are consecutive (attend_rows: nh).
+      for (int64_t r = 0; r < nr; r++) {
+        const int64_t h = r / (grp.n * G), i = r / G % grp.n, qo = ((t0 + i) * a.heads + (kh + h) * G + r % G) * D;
+        std::memcpy(qr + r * D, a.q + qo, sizeof(float) * D);
+        outs[r] = parts > 1 ? part_acc.data() + (u * RG + r) * D : a.out + qo;
+        rlo[r] = std::max<int64_t>(0, lo_of(t0 + i) - lo);
+        rhi[r] = a.positions[t0 + i] - lo;
+      }
+      float *ml = parts > 1 ? part_ml.data() + u * 2 * RG : nullptr;
       if (nkeys <= 0) {  // a part past the end of a shorter sequence
-        for (int64_t g = 0; g < G; g++) ml[g] = -INFINITY, ml[G + g] = 0.f;
+        for (int64_t r = 0; r < RG; r++) ml[r] = -INFINITY, ml[RG + r] = 0.f;
         continue;
       }
       const int32_t *tab = a.tables + s * a.max_blocks;
@@ -598,23 +618,22 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
         return base + (within++) * a.kv_heads;
       };
       attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
-                  scratch.data(), ml);
+                  scratch.data(), ml, nh);
     }
   }, work < (1 << 15) ? items * parts : 1);
   if (parts > 1) {
     std::vector<float> m((size_t)parts), l((size_t)parts);
     std::vector<const float *> acc((size_t)parts);
     for (int64_t w = 0; w < items; w++) {
-      const int64_t z = w / a.kv_heads, kh = w % a.kv_heads;
-      const int64_t t0 = groups[(z & 1) ? ng - 1 - z / 2 : z / 2].t0;
-      for (int64_t g = 0; g < G; g++) {
+      const int64_t t0 = groups[(w & 1) ? ng - 1 - w / 2 : w / 2].t0;
+      for (int64_t r = 0; r < RG; r++) {
         for (int64_t p = 0; p < parts; p++) {
           const int64_t u = w * parts + p;
-          m[(size_t)p] = part_ml[(size_t)(u * 2 * G + g)];
-          l[(size_t)p] = part_ml[(size_t)(u * 2 * G + G + g)];
-          acc[(size_t)p] = part_acc.data() + (u * G + g) * D;
+          m[(size_t)p] = part_ml[(size_t)(u * 2 * RG + r)];
+          l[(size_t)p] = part_ml[(size_t)(u * 2 * RG + RG + r)];
+          acc[(size_t)p] = part_acc.data() + (u * RG + r) * D;
         }
-        merge_parts(a.out + ((t0 * a.heads) + kh * G + g) * D, m.data(), l.data(), acc.data(), parts, D);
+        merge_parts(a.out + ((t0 * a.heads) + r) * D, m.data(), l.data(), acc.data(), parts, D);
       }
     }
   }

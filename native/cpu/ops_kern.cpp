@@ -191,7 +191,8 @@ const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul
 const Kern &kern_portable() { return kPortable; }
 
 const Kern &kern() {
-  return active_isa() >= Isa::Avx2 ? avx2::kern() : kPortable;
+  const Isa isa = active_isa();
+  return isa >= Isa::Avx512 ? avx512::kern() : isa >= Isa::Avx2 ? avx2::kern() : kPortable;
 }
 
 }  // namespace rmlx

@@ -202,6 +202,55 @@ describe("packed KV pools", () => {
     });
   }
 
+  // Every E4M3 code (the NaN codes aside, which no write stores), subnormals and both zeros included, decoded by the
+  // kernels of every ISA: the codes of a fresh pool are overwritten with all 254, then decode steps and a prefill
+  // chunk over them equal attention over the values the format defines (ref.ts e4m3).
+  for (const isa of availableIsas()) {
+    test(`fp8: attention over every E4M3 code equals attention over the code values (${isa})`, () => {
+      expect(setIsa(isa)).toBe(0);
+      try {
+        const hd = 128;
+        const nb = 4;
+        const total = nb * blockSize;
+        const pool = be.createKvPool(nb, blockSize, 1, hd, FORMATS.fp8!);
+        const slots = Int32Array.from({ length: total }, (_, i) => i);
+        be.scope(() => be.kvWrite(pool, t(randn(total * hd, 5, 2), [total, 1, hd]), t(randn(total * hd, 6, 2), [total, 1, hd]), slots));
+        be.eval();
+        // Even slots: the subnormal and smallest normal codes of both signs, at scale 256 (values up to 15); odd
+        // slots: every code, at scale 2^-6 (values up to 7).
+        for (const [side, sc, shift] of [[pool.k, pool.kScales, 0], [pool.v, pool.vScales, 77]] as const) {
+          const codes = bytesOf(side as NTensor);
+          for (let i = 0; i < codes.length; i++) {
+            const c = Math.floor(i / hd) % 2 ? (i * 7 + shift) % 256 : ((i + shift) % 24) | ((i >> 5) & 1 ? 0x80 : 0);
+            codes[i] = (c & 0x7f) === 0x7f ? c - 1 : c;
+          }
+          const sb = bytesOf(sc as NTensor);
+          const scales = new Uint16Array(sb.buffer, sb.byteOffset, sb.length / 2);
+          for (let r = 0; r < scales.length; r++) scales[r] = Math.floor(r / (hd / 64)) % 2 ? 0x2400 : 0x5c00;
+        }
+        const dec = decodePool(pool);
+        const plain = be.createKvPool(nb, blockSize, 1, hd, "f32");
+        be.scope(() => be.kvWrite(plain, t(dec.k, [total, 1, hd]), t(dec.v, [total, 1, hd]), slots));
+        const tables = Int32Array.from({ length: nb }, (_, i) => i);
+        for (const T of [1, 5]) {
+          const batch: AttentionBatch = {
+            blockTables: tables,
+            maxBlocks: nb,
+            seqLens: Int32Array.of(total),
+            tokenSeq: new Int32Array(T),
+            positions: Int32Array.from({ length: T }, (_, i) => total - T + i),
+          };
+          const q = randn(T * 2 * hd, 12 + T, 0.5);
+          const run = (p: KvPool) => be.scope(() => be.toFloat32(be.pagedAttention(t(q, [T, 2, hd]), p, batch, { scale: 1 / Math.sqrt(hd) })));
+          expectClose(run(pool), run(plain), 2e-5, 2e-4);
+        }
+        for (const p of [pool, plain]) for (const x of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (x) be.dispose(x);
+      } finally {
+        setIsa(BEST);
+      }
+    });
+  }
+
   test("copyBlock copies codes, scales and biases of both sides", () => {
     const pool = be.createKvPool(4, 16, kvHeads, D, FORMATS.k8v4!);
     const K = randn(16 * kvHeads * D, 1);

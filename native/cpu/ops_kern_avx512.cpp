@@ -1,0 +1,302 @@
+// AVX-512 (F, BW, VL, DQ) attention over packed KV rows (Kern::pk_dots, pk_pv, pk_decode); every other row
+// primitive is the AVX2 one. Codes are decoded 32 at a time into two 16-lane vectors, which halves the decode and
+// FMA instructions of the 8-lane kernels; group scales and biases are converted to f32 once per 64 keys, so the
+// per-key work in the loops is one broadcast FMA per group.
+// GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "ops.h"
+
+namespace rmlx {
+namespace avx512 {
+namespace {
+
+enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2 };
+
+constexpr int64_t kKeys = 64;    // keys whose scales are converted at once
+constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels take (ops_attention: fusable)
+
+int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
+
+// 16 E4M3 codes as their values, with integer operations only (a conversion through f16 costs more here): the
+// sign-extended byte shifted left by 20 puts the sign in bit 31 (copies in 27-30, masked off) and the exponent and
+// mantissa in f32's low exponent bits and top mantissa bits; adding 120 to the exponent makes the normal codes exact.
+// A subnormal code (exponent 0, value m 2^-9) then reads 2^-7 (1 + m / 8), and 2 x -+ 2^-6 corrects it. The NaN
+// code reads 480.
+inline __m512 e4m3x16(__m128i b) {
+  const __m512i t = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
+  const __m512 x = _mm512_castsi512_ps(
+      _mm512_add_epi32(_mm512_and_si512(t, _mm512_set1_epi32((int)0x87f00000)), _mm512_set1_epi32(120 << 23)));
+  const __mmask16 sub = _mm512_testn_epi32_mask(t, _mm512_set1_epi32(0x07800000));
+  // +-2^-6 with x's sign: (x & sign bit) | bits of 2^-6
+  const __m512 c = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000),
+                                                                 _mm512_set1_epi32(0x3c800000), 0xea));
+  return _mm512_mask_fmsub_ps(x, sub, _mm512_set1_ps(2.f), c);
+}
+
+// 32 codes of a packed row from position e (a multiple of 32) as floats, positions e..e+15 in lo, the next 16 in
+// hi. 4-bit rows in nibble order (pk_nibble_pos): a block's 16 low nibbles, then its 16 high nibbles.
+template <int Kind>
+inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
+  if constexpr (Kind == PK_U8) {
+    lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + e))));
+    hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + e + 16))));
+  } else if constexpr (Kind == PK_U4) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)(c + e / 2)), m = _mm_set1_epi8(15);
+    lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
+    hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
+  } else {
+    lo = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e)));
+    hi = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e + 16)));
+  }
+}
+
+// Group scales and biases of keys [j0, j0 + n) as f32, key j's at sf[(j - j0) * ngp] with ngp = ng
+// rounded up to 16: one masked load, conversion and store per 16 groups of a key, the lanes past ng zero.
+template <int Kind>
+void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, int64_t ng) {
+  const int64_t ngp = (ng + 15) & ~(int64_t)15;
+  for (int64_t j = 0; j < n; j++) {
+    const uint16_t *s = x.scales[j0 + j], *b = x.biases[j0 + j];
+    for (int64_t g = 0; g < ng; g += 16) {
+      const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+      _mm512_store_ps(sf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)));
+      if (Kind != PK_E4M3) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
+    }
+  }
+}
+
+// Lane u: the sum of the 16 lanes of a[u].
+inline __m128 hsum4(const __m512 *a) {
+  const __m512 v01 = _mm512_add_ps(_mm512_shuffle_f32x4(a[0], a[1], 0x44), _mm512_shuffle_f32x4(a[0], a[1], 0xee));
+  const __m512 v23 = _mm512_add_ps(_mm512_shuffle_f32x4(a[2], a[3], 0x44), _mm512_shuffle_f32x4(a[2], a[3], 0xee));
+  // 128-bit lane u: four partial sums of a[u]
+  const __m512 w = _mm512_add_ps(_mm512_shuffle_f32x4(v01, v23, 0x88), _mm512_shuffle_f32x4(v01, v23, 0xdd));
+  const __m512 t = _mm512_add_ps(w, _mm512_shuffle_ps(w, w, 0x4e));
+  const __m512 u = _mm512_add_ps(t, _mm512_shuffle_ps(t, t, 0xb1));
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), u));
+}
+
+// Scores of NR query rows against U keys from j (U 4 or 1; sf, bf: the keys' converted scales and biases, see
+// load_scales): per group the dot products stay 16-lane vectors, which take their key's group scale by one FMA
+// each; the affine bias term sum_g b[g] * sum(q over g) joins as the lane-wise product of the biases and qs (row
+// r's group sums, 16 groups a vector); the lanes are summed once per key at the end.
+template <int Kind, int NR, int U>
+inline void score_keys(float *s, int64_t lds, const float *q, const __m512 (*qs)[kGroups / 16], const PkRows &k,
+                       int64_t j, const float *sf, const float *bf, int64_t D) {
+  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15;
+  const uint8_t *cp[U];
+  for (int u = 0; u < U; u++) cp[u] = k.codes[j + u];
+  __m512 tot[NR][U];
+  for (int r = 0; r < NR; r++)
+    for (int u = 0; u < U; u++) tot[r][u] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; g++) {
+    __m512 a[NR][U];
+    for (int r = 0; r < NR; r++)
+      for (int u = 0; u < U; u++) a[r][u] = _mm512_setzero_ps();
+    for (int64_t e = g * G; e < (g + 1) * G; e += 32) {
+      __m512 lo[U], hi[U];
+      for (int u = 0; u < U; u++) dec32<Kind>(cp[u], e, lo[u], hi[u]);
+      for (int r = 0; r < NR; r++) {
+        const __m512 q0 = _mm512_loadu_ps(q + r * D + e), q1 = _mm512_loadu_ps(q + r * D + e + 16);
+        for (int u = 0; u < U; u++) a[r][u] = _mm512_fmadd_ps(q1, hi[u], _mm512_fmadd_ps(q0, lo[u], a[r][u]));
+      }
+    }
+    for (int u = 0; u < U; u++) {
+      const __m512 sv = _mm512_set1_ps(sf[u * ngp + g]);
+      for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(a[r][u], sv, tot[r][u]);
+    }
+  }
+  if (Kind != PK_E4M3)
+    for (int64_t g = 0; g < ng; g += 16)
+      for (int u = 0; u < U; u++) {
+        const __m512 bv = _mm512_load_ps(bf + u * ngp + g);
+        for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(bv, qs[r][g / 16], tot[r][u]);
+      }
+  for (int r = 0; r < NR; r++) {
+    if constexpr (U == 4) _mm_storeu_ps(s + r * lds + j, hsum4(tot[r]));
+    else s[r * lds + j] = _mm512_reduce_add_ps(tot[r][0]);
+  }
+}
+
+template <int Kind, int NR>
+void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15, rb = Kind == PK_U4 ? D / 2 : D;
+  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  __m512 qs[NR][kGroups / 16];
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
+        qs[r][g / 16] = _mm512_maskz_loadu_ps(m, qsum + r * ng + g);
+      }
+  for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
+    const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
+    load_scales<Kind>(sf, bf, k, j0, n, ng);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      // The next pass's code rows into L1 (the chunk ahead is already on its way to L2, see attend_rows).
+      if (j + 8 <= n)
+        for (int u = 4; u < 8; u++)
+          for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)k.codes[j0 + j + u] + b, _MM_HINT_T0);
+      score_keys<Kind, NR, 4>(s, lds, q, qs, k, j0 + j, sf + j * ngp, bf + j * ngp, D);
+    }
+    for (; j < n; j++) score_keys<Kind, NR, 1>(s, lds, q, qs, k, j0 + j, sf + j * ngp, bf + j * ngp, D);
+  }
+}
+
+// acc += p v for NR rows, KB keys a block: per group each key's weight p[j] * scale[j] is broadcast once and every
+// 16 accumulators take the block's decoded codes; sum_j p[j] * bias[j] of each group is added at the end.
+template <int Kind, int NR, int KB>
+void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
+  const int64_t G = v.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15;
+  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  __m512 bsum[NR][kGroups / 16];  // lane g % 16 of bsum[r][g / 16]: sum_j p[j] * bias[j][g]
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++)
+      for (int64_t i = 0; i < ngp / 16; i++) bsum[r][i] = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
+    const int64_t n = nj - j0 < kKeys ? nj - j0 : kKeys;
+    load_scales<Kind>(sf, bf, v, j0, n, ng);
+    auto block = [&](int64_t j, auto kb) {
+      constexpr int B = decltype(kb)::value;
+      // The rows' pointers in locals: read through v, the compiler reloads them after every store to acc.
+      const uint8_t *cp[B];
+      for (int u = 0; u < B; u++) cp[u] = v.codes[j0 + j + u];
+      for (int64_t g = 0; g < ng; g++) {
+        __m512 w[NR][B];
+        for (int u = 0; u < B; u++)
+          for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j0 + j + u] * sf[(j + u) * ngp + g]);
+        for (int64_t e = g * G; e < (g + 1) * G; e += 32) {
+          __m512 a[NR][2];
+          for (int r = 0; r < NR; r++) {
+            a[r][0] = _mm512_loadu_ps(acc + r * D + e);
+            a[r][1] = _mm512_loadu_ps(acc + r * D + e + 16);
+          }
+          for (int u = 0; u < B; u++) {
+            __m512 lo, hi;
+            dec32<Kind>(cp[u], e, lo, hi);
+            for (int r = 0; r < NR; r++) {
+              a[r][0] = _mm512_fmadd_ps(w[r][u], lo, a[r][0]);
+              a[r][1] = _mm512_fmadd_ps(w[r][u], hi, a[r][1]);
+            }
+          }
+          for (int r = 0; r < NR; r++) {
+            _mm512_storeu_ps(acc + r * D + e, a[r][0]);
+            _mm512_storeu_ps(acc + r * D + e + 16, a[r][1]);
+          }
+        }
+      }
+    };
+    int64_t j = 0;
+    for (; j + KB <= n; j += KB) block(j, std::integral_constant<int, KB>{});
+    for (; j < n; j++) block(j, std::integral_constant<int, 1>{});
+    if (Kind != PK_E4M3)
+      for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < ngp / 16; i++) {
+          const __m512 bv = _mm512_load_ps(bf + j * ngp + 16 * i);
+          for (int r = 0; r < NR; r++) bsum[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j0 + j]), bv, bsum[r][i]);
+        }
+  }
+  if (Kind != PK_E4M3)
+    for (int r = 0; r < NR; r++) {
+      alignas(64) float b[kGroups];
+      for (int64_t i = 0; i < ngp / 16; i++) _mm512_store_ps(b + 16 * i, bsum[r][i]);
+      for (int64_t g = 0; g < ng; g++) {
+        const __m512 bv = _mm512_set1_ps(b[g]);
+        for (int64_t e = g * G; e < (g + 1) * G; e += 16)
+          _mm512_storeu_ps(acc + r * D + e, _mm512_add_ps(_mm512_loadu_ps(acc + r * D + e), bv));
+      }
+    }
+}
+
+template <int Kind>
+void pk_dots_k(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  const int64_t ng = D / k.group;
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_dots_t<Kind, 2>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+  if (r < R) pk_dots_t<Kind, 1>(s + r * lds, lds, q + r * D, qsum + r * ng, k, nj, D);
+}
+
+template <int Kind>
+void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pk_pv_t<Kind, 2, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  if (r < R) pk_pv_t<Kind, 1, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+}
+
+void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
+  if (D / k.group > kGroups || k.group % 32) return kern_portable().pk_dots(s, lds, q, qsum, R, k, nj, D);
+  switch (pk_kind(k)) {
+    case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
+    case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
+    default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
+  }
+}
+
+void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
+  if (D / v.group > kGroups || v.group % 32) return kern_portable().pk_pv(acc, p, ldp, R, v, nj, D);
+  switch (pk_kind(v)) {
+    case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
+    case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
+    default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
+  }
+}
+
+// One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
+void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint16_t *biases, int mode, int bits,
+               int64_t G, int64_t D) {
+  if (G % 32) return kern_portable().pk_decode(dst, c, scales, biases, mode, bits, G, D);
+  for (int64_t g = 0; g < D / G; g++) {
+    const float sf = _cvtsh_ss(scales[g]);
+    float *o = dst + g * G;
+    __m512 lo, hi;
+    if (mode == PK_FP8) {
+      const __m512 s = _mm512_set1_ps(sf);
+      for (int64_t e = 0; e < G; e += 32) {
+        dec32<PK_E4M3>(c + g * G, e, lo, hi);
+        _mm512_storeu_ps(o + e, _mm512_mul_ps(lo, s));
+        _mm512_storeu_ps(o + e + 16, _mm512_mul_ps(hi, s));
+      }
+      continue;
+    }
+    const __m512 s = _mm512_set1_ps(sf), b = _mm512_set1_ps(_cvtsh_ss(biases[g]));
+    if (bits == 8) {
+      for (int64_t e = 0; e < G; e += 32) {
+        dec32<PK_U8>(c + g * G, e, lo, hi);
+        _mm512_storeu_ps(o + e, _mm512_fmadd_ps(lo, s, b));
+        _mm512_storeu_ps(o + e + 16, _mm512_fmadd_ps(hi, s, b));
+      }
+      continue;
+    }
+    const uint8_t *cg = c + g * G / 2;
+    for (int64_t e = 0; e < G; e += 32) {
+      const __m128i x = _mm_loadu_si128((const __m128i *)(cg + e / 2)), m = _mm_set1_epi8(15);
+      const __m128i l4 = _mm_and_si128(x, m), h4 = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+      const __m512 v0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(l4, h4)));
+      const __m512 v1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(l4, h4)));
+      _mm512_storeu_ps(o + e, _mm512_fmadd_ps(v0, s, b));
+      _mm512_storeu_ps(o + e + 16, _mm512_fmadd_ps(v1, s, b));
+    }
+  }
+}
+
+}  // namespace
+
+const Kern &kern() {
+  static const Kern table = [] {
+    Kern t = avx2::kern();
+    t.pk_dots = pk_dots;
+    t.pk_pv = pk_pv;
+    t.pk_decode = pk_decode;
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace avx512
+}  // namespace rmlx
