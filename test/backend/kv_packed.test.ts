@@ -7,6 +7,8 @@ import { describe, expect, test } from "bun:test";
 import type { AttentionBatch, KvPool } from "../../src/backend/backend.ts";
 import { type KvElement, kvElementBytes } from "../../src/quant/kv_codec.ts";
 import { native } from "../../src/backend/native/lib.ts";
+import { bytesOf } from "../../src/backend/native/memory.ts";
+import type { NTensor } from "../../src/backend/native/tensor.ts";
 import { availableIsas, e4m3, setIsa } from "../native/ref.ts";
 import { backend, expectClose, randn } from "./helpers.ts";
 
@@ -205,7 +207,8 @@ describe("packed KV pools", () => {
   // Every E4M3 code (the NaN codes aside, which no write stores), subnormals and both zeros included, decoded by the
   // kernels of every ISA: the codes of a fresh pool are overwritten with all 254, then decode steps and a prefill
   // chunk over them equal attention over the values the format defines (ref.ts e4m3).
-  for (const isa of availableIsas()) {
+  // Native only: the codes are overwritten in the pool's memory (the mlx backend has no FP8 codec).
+  for (const isa of MLX ? [] : availableIsas()) {
     test(`fp8: attention over every E4M3 code equals attention over the code values (${isa})`, () => {
       expect(setIsa(isa)).toBe(0);
       try {
