@@ -205,10 +205,10 @@ export class Speculator {
     if (this.fixed) return most;
     if (generated < st.offUntil) return 0;
     const a = (st.kept + PRIOR_KEPT) / (st.kept + st.rejected + PRIOR_KEPT + PRIOR_REJECTED);
-    const best = this.bestK(a, most, batch);
-    // Until the draft has been right once for this sequence, a round proposes one token: a draft that never
-    // agrees then costs one proposal a round instead of k.
+    // Until the draft has been right once for this sequence, a round proposes one token, and after a wrong one
+    // the sequence waits out a back-off: a draft that never agrees costs one proposal per back-off.
     const trusted = st.counts.acceptedTokens > 0;
+    const best = trusted || st.counts.draftTokens === 0 ? this.bestK(a, most, batch) : 0;
     if (best > 0) {
       st.probing = false;
       st.backoff = FIRST_BACKOFF;
