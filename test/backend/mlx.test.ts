@@ -195,8 +195,9 @@ describe(`mlx backend${skipReason}`, () => {
     for (let i = 0; i < 300_000; i++) {
       const slot = slotPtr();
       if (S.mlx_add(slot, a.h, a.h, stream) !== 0) throw new Error("mlx_add failed");
+      const written = Number(read.u64(ptr(slot), 0));
       const h = readSlot();
-      if (h === 0 || h !== Number(read.u64(ptr(slot), 0))) stale++;
+      if (h === 0 || h !== written) stale++;
       S.mlx_array_free(h);
     }
     S.mlx_stream_free(stream);
@@ -234,6 +235,14 @@ describe(`mlx backend${skipReason}`, () => {
       if (prev === undefined) delete process.env.RMLX_COMPUTE_DTYPE;
       else process.env.RMLX_COMPUTE_DTYPE = prev;
     }
+  });
+
+  test.skipIf(!probe.ok)("an op whose operands are made inside its own argument list gets an array of its own", () => {
+    const be = new MlxBackend().withComputeDtype("bf16");
+    const x = be.fromArray(Float32Array.of(1, 2, 3, 4), [4], "f32");
+    // scale() makes its bf16 scalar on first use inside the multiply's arguments; the scalar must stay a scalar
+    expect(Array.from(be.toFloat32(be.scale(x, 0.375)))).toEqual([0.375, 0.75, 1.125, 1.5]);
+    expect(Array.from(be.toFloat32(be.scale(be.fromArray(Float32Array.of(8, 16), [2], "f32"), 0.375)))).toEqual([3, 6]);
   });
 
   test.skipIf(!probe.ok)("--compute-dtype auto follows the model on Metal and computes in f32 on MLX's CPU build", () => {

@@ -663,8 +663,12 @@ export class MlxBackend implements Backend {
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
         N = args.checkExperts(xt, wt, K);
-        const wT = this.raw.transpose(this.f32(wt, tmp), [0, 2, 1], tmp);
-        y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xr, wT, null, idx, false, this.stream), "gatherMatmul"));
+        // MLX's CPU gather_mm takes f32 only: there a 16-bit compute dtype multiplies in f32 and casts back.
+        const wide = !this.lib.metal && this.adt !== MLX_DTYPE.f32;
+        const wT = this.raw.transpose(wide ? this.raw.astype(wt.h, MLX_DTYPE.f32, tmp) : this.f32(wt, tmp), [0, 2, 1], tmp);
+        const xw = wide ? this.raw.astype(xr, MLX_DTYPE.f32, tmp) : xr;
+        y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xw, wT, null, idx, false, this.stream), "gatherMatmul"));
+        if (wide) y = this.raw.astype(y, this.adt, tmp);
       }
       return this.res(this.S.mlx_reshape(slotPtr(), y, ints([T, topk, N]), 3, this.stream), "gatherMatmul");
     });

@@ -244,8 +244,15 @@ export function slotPtr(): BigUint64Array {
   return slot;
 }
 
+/**
+ * The handle the last call wrote, taken out of the slot: mlx-c assigns into whatever array a non-null out-slot
+ * holds, so a call whose operands were built inside its own argument list (after its slotPtr()) would otherwise
+ * overwrite the operand's array with its result.
+ */
 export function readSlot(): number {
-  return Number(slot[0]);
+  const h = Number(slot[0]);
+  slot[0] = 0n;
+  return h;
 }
 
 /** mlx_optional_int with a value. */
