@@ -245,6 +245,18 @@ describe(`mlx backend${skipReason}`, () => {
     expect(Array.from(be.toFloat32(be.scale(be.fromArray(Float32Array.of(8, 16), [2], "f32"), 0.375)))).toEqual([3, 6]);
   });
 
+  test.skipIf(!probe.ok)("float MoE experts multiply in a 16-bit compute dtype too (MLX's CPU gather_mm takes f32 only)", () => {
+    const be = new MlxBackend();
+    const half = be.withComputeDtype("bf16");
+    const [E, N, K, T] = [3, 4, 8, 2];
+    const w = randn(E * N * K, 21, 0.5);
+    const x = randn(T * K, 22, 0.5);
+    const idx = Int32Array.of(2, 0, 1, 2);
+    const run = (b: MlxBackend) =>
+      b.toFloat32(b.gatherMatmul(b.fromArray(x, [T, K], "f32"), b.astype(b.fromArray(w, [E, N, K], "f32"), "bf16"), b.fromArray(idx, [T, 2], "i32")));
+    expectClose(run(half), run(be), 3e-2, 3e-2);
+  });
+
   test.skipIf(!probe.ok)("--compute-dtype auto follows the model on Metal and computes in f32 on MLX's CPU build", () => {
     const be = new MlxBackend();
     const dtype = (b: MlxBackend | undefined) => (b ?? be).computeDtype;
