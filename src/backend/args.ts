@@ -281,6 +281,21 @@ export function checkStateSpec(numSlots: number, s: StateSpec): void {
   if (s.valueHeads % s.keyHeads !== 0) invalid(`createStatePool: ${s.valueHeads} value heads over ${s.keyHeads} key heads`);
 }
 
+/**
+ * The checked spec's own fields (a state pool carries them) and the shapes of its two f32 tensors: conv [numSlots,
+ * kernel - 1, convDim], one row even for a kernel of 1 (which carries nothing), and delta [numSlots, valueHeads,
+ * valueDim, keyDim]; every backend lays slots out so, which keeps their bytes interchangeable.
+ */
+export function statePoolLayout(numSlots: number, s: StateSpec): { spec: StateSpec & { numSlots: number }; conv: number[]; delta: number[] } {
+  checkStateSpec(numSlots, s);
+  const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = s;
+  return {
+    spec: { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim, numSlots },
+    conv: [numSlots, Math.max(1, kernel - 1), convDim],
+    delta: [numSlots, valueHeads, valueDim, keyDim],
+  };
+}
+
 /** A recurrent batch against its pool and a step of T tokens; returns the number of sequences. */
 export function checkRecurrentBatch(what: string, pool: StatePool, b: RecurrentBatch, T: number): number {
   const n = b.slots.length;

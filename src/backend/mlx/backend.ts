@@ -1188,19 +1188,11 @@ export class MlxBackend implements Backend {
   }
 
   createStatePool(numSlots: number, spec: StateSpec): StatePool {
-    args.checkStateSpec(numSlots, spec);
-    const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = spec;
+    const layout = args.statePoolLayout(numSlots, spec);
     const pool: MStatePool = {
-      convDim,
-      kernel,
-      keyHeads,
-      valueHeads,
-      keyDim,
-      valueDim,
-      numSlots,
-      // One row even for a kernel of 1 (which carries nothing), as on the native backend: the same slot bytes.
-      conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as MTensor,
-      delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as MTensor,
+      ...layout.spec,
+      conv: this.allocPersistent(layout.conv, "f32") as MTensor,
+      delta: this.allocPersistent(layout.delta, "f32") as MTensor,
       convRows: new LastRows(this.S),
       deltaRows: new LastRows(this.S),
       mlxState: true,

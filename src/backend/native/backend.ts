@@ -33,7 +33,7 @@ import {
   checkKvBlockIo,
   checkGatedDelta,
   checkRecurrentBatch,
-  checkStateSpec,
+  statePoolLayout,
   checkExperts,
   checkGather,
   checkKvPool,
@@ -885,18 +885,11 @@ export class NativeBackend implements Backend {
   // ---------------------------------------------------------------- linear attention
 
   createStatePool(numSlots: number, spec: StateSpec): StatePool {
-    checkStateSpec(numSlots, spec);
-    const { convDim, kernel, keyHeads, valueHeads, keyDim, valueDim } = spec;
+    const layout = statePoolLayout(numSlots, spec);
     const pool: NStatePool = {
-      convDim,
-      kernel,
-      keyHeads,
-      valueHeads,
-      keyDim,
-      valueDim,
-      numSlots,
-      conv: this.allocPersistent([numSlots, Math.max(1, kernel - 1), convDim], "f32") as NTensor,
-      delta: this.allocPersistent([numSlots, valueHeads, valueDim, keyDim], "f32") as NTensor,
+      ...layout.spec,
+      conv: this.allocPersistent(layout.conv, "f32") as NTensor,
+      delta: this.allocPersistent(layout.delta, "f32") as NTensor,
       lastWrite: null,
       readers: [],
     };
