@@ -15,6 +15,7 @@ import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
 import { encodePrompt, loadSession, sessionModel, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING, type EngineEvent, type GenerateRequest, type SamplingParams } from "../../src/engine/types.ts";
+import { expectTargetDistribution } from "./distribution.ts";
 
 const ROOT = join(import.meta.dir, "../fixtures/models");
 const names = (index: string) => (JSON.parse(readFileSync(index, "utf8")) as { fixtures: { name: string }[] }).fixtures.map((f) => f.name);
@@ -193,36 +194,6 @@ describe("speculative decoding, sampled", () => {
         observed.set(key, (observed.get(key) ?? 0) + 1);
       }
     }
-    for (const key of observed.keys()) expect(expected.has(key)).toBe(true);
-    // Cells expected fewer than 5 times are pooled.
-    let chi = 0;
-    let cells = 0;
-    let poolE = 0;
-    let poolO = 0;
-    let tv = 0;
-    for (const [key, p] of expected) {
-      const e = p * N;
-      const o = observed.get(key) ?? 0;
-      tv += Math.abs(o / N - p) / 2;
-      if (e < 5) {
-        poolE += e;
-        poolO += o;
-        continue;
-      }
-      chi += (o - e) ** 2 / e;
-      cells++;
-    }
-    if (poolE > 0) {
-      chi += (poolO - poolE) ** 2 / poolE;
-      cells++;
-    }
-    // The 0.999 quantile of chi-square with cells - 1 degrees of freedom (Wilson-Hilferty).
-    const df = cells - 1;
-    const z = 3.0902;
-    const critical = df * (1 - 2 / (9 * df) + z * Math.sqrt(2 / (9 * df))) ** 3;
-    expect(cells).toBeGreaterThan(10);
-    expect(chi).toBeLessThan(critical);
-    // Sampling noise alone gives a total variation near 0.04 at this N over 27 cells.
-    expect(tv).toBeLessThan(0.08);
+    expectTargetDistribution(expected, observed, N);
   }, 120_000);
 });
