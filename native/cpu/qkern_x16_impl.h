@@ -137,6 +137,24 @@ static inline void x16_regroup64(int16_t *q, int64_t K, Fn fn) {
   }
 }
 
+// One group of x (G a multiple of 8) as both activation quantizers read it: its largest |x| (returned), its sum,
+// and any Inf or NaN lane or-ed into `bad`.
+static inline float x_group_scan(const float *xg, int64_t G, __m256 &sum, __m256i &bad) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i expmask = _mm256_set1_epi32(0x7f800000);
+  __m256 mx = _mm256_setzero_ps();
+  sum = _mm256_setzero_ps();
+  for (int64_t i = 0; i < G; i += 8) {
+    __m256 v = _mm256_loadu_ps(xg + i);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), expmask), expmask));
+    mx = _mm256_max_ps(mx, _mm256_and_ps(v, absmask));
+    sum = _mm256_add_ps(sum, v);
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
 // Quantizes M rows of x for W's groups into X16; false when x holds Inf or NaN (the f32 path keeps them).
 // Orders: 8, 3, 5 and 6-bit natural; 4-bit, per 32 elements, the 16 even ones then the 16 odd ones (low and
 // high nibbles of 16 bytes); 2-bit, per 64 elements, the four codes of 16 bytes; fp4, per 64 (or, for 512-bit
@@ -147,24 +165,14 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   // x's own groups: nvfp4's 16-element weight groups share one step per 32 elements of x
   const int64_t G = WG < 32 ? 32 : WG, NXG = K / G, SUB = G / WG;
   constexpr float kCentre = (float)((1ll << bits_of<F>()) - 1) * 0.5f;  // affine (see x16_affine_rows)
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256i expmask = _mm256_set1_epi32(0x7f800000);
   __m256i bad = _mm256_setzero_si256();
   for (int64_t m = 0; m < M; m++) {
     const float *xm = x + m * K;
     int16_t *qm = o.q + m * K;
     for (int64_t g = 0; g < NXG; g++) {
       const float *xg = xm + g * G;
-      __m256 mx = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
-      for (int64_t i = 0; i < G; i += 8) {
-        __m256 v = _mm256_loadu_ps(xg + i);
-        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), expmask), expmask));
-        mx = _mm256_max_ps(mx, _mm256_and_ps(v, absmask));
-        sum = _mm256_add_ps(sum, v);
-      }
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+      __m256 sum;
+      float amax = x_group_scan(xg, G, sum, bad);
       float step = amax / kX16Max;
       __m256 inv = _mm256_set1_ps(amax > 0.f ? kX16Max / amax : 0.f);
       int16_t *qg = qm + g * G;

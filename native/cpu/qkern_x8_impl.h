@@ -190,8 +190,6 @@ template <int F>
 static bool x8_fill_f(X8 &o, const float *x, int64_t m0, int64_t m1, const WeightMat &W) {
   const int64_t K = W.K, G = W.group, NG = W.groups;
   constexpr float kCentre = (float)((1 << bits_of<F>()) - 1) * 0.5f;
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256i expmask = _mm256_set1_epi32(0x7f800000);
   const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
   __m256i bad = _mm256_setzero_si256();
   for (int64_t m = m0; m < m1; m++) {
@@ -199,16 +197,8 @@ static bool x8_fill_f(X8 &o, const float *x, int64_t m0, int64_t m1, const Weigh
     int8_t *qm = o.q + m * K;
     for (int64_t g = 0; g < NG; g++) {
       const float *xg = xm + g * G;
-      __m256 mx = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
-      for (int64_t i = 0; i < G; i += 8) {
-        __m256 v = _mm256_loadu_ps(xg + i);
-        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), expmask), expmask));
-        mx = _mm256_max_ps(mx, _mm256_and_ps(v, absmask));
-        sum = _mm256_add_ps(sum, v);
-      }
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+      __m256 sum;
+      float amax = x_group_scan(xg, G, sum, bad);
       float step = amax / 127.f;
       __m256 inv = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f), vstep = _mm256_set1_ps(step);
       __m256 err = _mm256_setzero_ps();
