@@ -292,9 +292,9 @@ export class MlxBackend implements Backend {
 
   /**
    * A scalar in the compute dtype, kept for the life of the backend (a strong f32 scalar would promote a bf16
-   * stream back to f32, which MLX's weak Python scalars never do). The temps argument is unused: nothing to free.
+   * stream back to f32, which MLX's weak Python scalars never do).
    */
-  private scalar(v: number, _tmp: Temps): number {
+  private scalar(v: number): number {
     let h = this.scalars.get(v);
     if (h === undefined) {
       const f = Number(this.S.mlx_array_new_float32(v));
@@ -626,7 +626,7 @@ export class MlxBackend implements Backend {
       );
       const y32 = this.f32AfterOp(y, tmp);
       if (g === 1) return y32;
-      return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g, tmp), this.stream), "quantizedMatmul");
+      return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g), this.stream), "quantizedMatmul");
     }, [...xt.shape.slice(0, -1), q.N], this.computeDtype);
   }
 
@@ -659,7 +659,7 @@ export class MlxBackend implements Backend {
         );
         const g = this.globalFactor(w);
         y = this.f32AfterOp(y, tmp);
-        if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g, tmp), tmp);
+        if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g), tmp);
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
         N = args.checkExperts(xt, wt, K);
@@ -778,7 +778,7 @@ export class MlxBackend implements Backend {
 
   scale(x: Tensor, s: number): Tensor {
     const t = this.arg(x, "scale");
-    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s, tmp), this.stream), "scale"), t.shape, this.computeDtype);
+    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s), this.stream), "scale"), t.shape, this.computeDtype);
   }
 
   sigmoid(x: Tensor): Tensor {
@@ -793,9 +793,9 @@ export class MlxBackend implements Backend {
   /** 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as gelu_pytorch_tanh. */
   private geluRaw(h: number, tmp: Temps): number {
     const x3 = this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", h, h, tmp), h, tmp);
-    const inner = this.raw.bin("mlx_add", h, this.raw.bin("mlx_multiply", x3, this.scalar(0.044715, tmp), tmp), tmp);
-    const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", inner, this.scalar(Math.sqrt(2 / Math.PI), tmp), tmp), tmp);
-    const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5, tmp), tmp);
+    const inner = this.raw.bin("mlx_add", h, this.raw.bin("mlx_multiply", x3, this.scalar(0.044715), tmp), tmp);
+    const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", inner, this.scalar(Math.sqrt(2 / Math.PI)), tmp), tmp);
+    const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5), tmp);
     return this.raw.bin("mlx_add", half, this.raw.bin("mlx_multiply", half, th, tmp), tmp);
   }
 
@@ -808,8 +808,8 @@ export class MlxBackend implements Backend {
     const t = this.arg(x, "gelu");
     return this.op((tmp) => {
       const h = this.f32(t, tmp);
-      const e = this.raw.un("mlx_erf", this.raw.bin("mlx_multiply", h, this.scalar(Math.SQRT1_2, tmp), tmp), tmp);
-      const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5, tmp), tmp);
+      const e = this.raw.un("mlx_erf", this.raw.bin("mlx_multiply", h, this.scalar(Math.SQRT1_2), tmp), tmp);
+      const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5), tmp);
       return this.raw.bin("mlx_add", half, this.raw.bin("mlx_multiply", half, e, tmp), tmp);
     });
   }
@@ -823,8 +823,8 @@ export class MlxBackend implements Backend {
     args.checkSoftcap(cap);
     const t = this.arg(x, "softcap");
     return this.op((tmp) => {
-      const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap, tmp), tmp), tmp);
-      return this.res(this.S.mlx_multiply(slotPtr(), th, this.scalar(cap, tmp), this.stream), "softcap");
+      const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap), tmp), tmp);
+      return this.res(this.S.mlx_multiply(slotPtr(), th, this.scalar(cap), this.stream), "softcap");
     });
   }
 
@@ -874,7 +874,7 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       const xf = this.f32(t, tmp);
-      const neg = this.raw.bin("mlx_multiply", xf, this.scalar(-1, tmp), tmp);
+      const neg = this.raw.bin("mlx_multiply", xf, this.scalar(-1), tmp);
       const order = tmp.add(this.res(this.S.mlx_argsort_axis(slotPtr(), neg, -1, this.stream), "topk"));
       const lo = t.shape.map(() => 0);
       const hi = [...t.shape];
@@ -910,7 +910,7 @@ export class MlxBackend implements Backend {
   private normWeightHandle(w: MTensor, n: number, onePlus: boolean, tmp: Temps): number {
     const build = (into: Temps) => {
       const h = this.raw.reshape(this.f32(w, into), [n], into);
-      return onePlus ? this.raw.bin("mlx_add", h, this.scalar(1, into), into) : h;
+      return onePlus ? this.raw.bin("mlx_add", h, this.scalar(1), into) : h;
     };
     if (!w.persistent) return build(tmp);
     const key = onePlus ? "plus" : "plain";
@@ -1280,7 +1280,7 @@ export class MlxBackend implements Backend {
       const group = [128, 64, 32].find((g) => K % g === 0);
       let form: TernaryForm;
       if (group === undefined) {
-        form = { t: this.cached(this.raw.bin("mlx_subtract", this.raw.astype(codes, MLX_DTYPE.f32, tmp), this.scalar(1, tmp), tmp), tmp) };
+        form = { t: this.cached(this.raw.bin("mlx_subtract", this.raw.astype(codes, MLX_DTYPE.f32, tmp), this.scalar(1), tmp), tmp) };
       } else {
         // A 2-bit word holds 16 codes of a row, the first in its lowest bits: times 4^j, summed, places code j.
         const places = this.raw.data(Uint32Array.from({ length: 16 }, (_, j) => 4 ** j), [16], MLX_DTYPE.u32, tmp);
@@ -1312,9 +1312,9 @@ export class MlxBackend implements Backend {
       const xf = this.f32(xt, tmp);
       const absx = tmp.add(this.res(this.S.mlx_abs(slotPtr(), xf, this.stream), "ternaryLinear"));
       const amax = tmp.add(this.res(this.S.mlx_max_axis(slotPtr(), absx, -1, true, this.stream), "ternaryLinear"));
-      const eps = this.scalar(1e-5, tmp);
+      const eps = this.scalar(1e-5);
       const floor = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), amax, eps, this.stream), "ternaryLinear"));
-      const s = this.raw.bin("mlx_divide", this.scalar(127, tmp), floor, tmp);
+      const s = this.raw.bin("mlx_divide", this.scalar(127), floor, tmp);
       // |x * s| rounds to at most 127 (max|x| * s is 127 within two roundings), so no clamp is needed; rint
       // rounds half to even on every MLX device.
       const xs = this.raw.bin("mlx_multiply", xf, s, tmp);
@@ -1329,7 +1329,7 @@ export class MlxBackend implements Backend {
                 "ternaryLinear",
               ),
             );
-      const scale = this.scalar(w.scale, tmp);
+      const scale = this.scalar(w.scale);
       if (w.divide) return this.raw.bin("mlx_divide", dots, this.raw.bin("mlx_multiply", s, scale, tmp), tmp);
       return this.raw.bin("mlx_multiply", this.raw.bin("mlx_divide", dots, s, tmp), scale, tmp);
     });
@@ -1341,7 +1341,7 @@ export class MlxBackend implements Backend {
     if (g.shape.length !== u.shape.length || g.shape.some((d, i) => d !== u.shape[i])) invalid(`relu2Mul: gate ${fmt(g.shape)} and up ${fmt(u.shape)} differ`);
     return this.op((tmp) => {
       const gf = this.f32(g, tmp);
-      const zero = this.scalar(0, tmp);
+      const zero = this.scalar(0);
       const r = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), gf, zero, this.stream), "relu2Mul"));
       return this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", r, r, tmp), this.f32(u, tmp), tmp);
     });
@@ -1650,7 +1650,7 @@ export class MlxBackend implements Backend {
       const V = operand(pool.sides[1]);
       const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(g.qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
       const q4 = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
-      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep, Lq, D], tmp), this.scalar(opts.scale, tmp), tmp);
+      const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep, Lq, D], tmp), this.scalar(opts.scale), tmp);
       const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
       const outs: number[] = [];
       for (let lo = 0; lo < Lq; lo += chunk) {
@@ -1659,11 +1659,11 @@ export class MlxBackend implements Backend {
         const m = c === Lq ? M : part(M, [B, 1, 1, Lq, S], 3, lo, lo + c);
         let s = product(this.raw.reshape(q, [B, kvH, rep * c, D], tmp), K, true);
         if (softcap > 0) {
-          s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap, tmp), tmp);
-          s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap, tmp), tmp);
+          s = this.raw.bin("mlx_multiply", s, this.scalar(1 / softcap), tmp);
+          s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap), tmp);
         }
         const s5 = this.raw.reshape(s, [B, kvH, rep, c, S], tmp);
-        const masked = tmp.add(this.res(this.S.mlx_where(slotPtr(), m, s5, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+        const masked = tmp.add(this.res(this.S.mlx_where(slotPtr(), m, s5, this.scalar(-Infinity), this.stream), "pagedAttention"));
         const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), masked, -1, true, this.stream), "pagedAttention"));
         outs.push(this.raw.reshape(product(this.raw.reshape(pr, [B, kvH, rep * c, S], tmp), V, false), [B, kvH, rep, c, D], tmp));
       }
@@ -1688,10 +1688,10 @@ export class MlxBackend implements Backend {
     const kT = this.raw.reshape(this.raw.transpose(K, [0, 1, 3, 2], tmp), [B, kvH, 1, D, S], tmp);
     const v5 = this.raw.reshape(V, [B, kvH, 1, S, D], tmp);
     let s = this.raw.bin("mlx_matmul", q5, kT, tmp);
-    s = this.raw.bin("mlx_multiply", s, this.scalar(scale / cap, tmp), tmp);
-    s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(cap, tmp), tmp);
+    s = this.raw.bin("mlx_multiply", s, this.scalar(scale / cap), tmp);
+    s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(cap), tmp);
     const m5 = this.raw.reshape(M, [B, 1, 1, Lq, S], tmp);
-    s = tmp.add(this.res(this.S.mlx_where(slotPtr(), m5, s, this.scalar(-Infinity, tmp), this.stream), "pagedAttention"));
+    s = tmp.add(this.res(this.S.mlx_where(slotPtr(), m5, s, this.scalar(-Infinity), this.stream), "pagedAttention"));
     const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
     return this.raw.reshape(this.raw.bin("mlx_matmul", pr, v5, tmp), [B, H, Lq, D], tmp);
   }
