@@ -441,6 +441,15 @@ inline __m256 dec8(const uint8_t *c, int64_t e) {
 
 constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
 
+// How many keys ahead the packed loops pull code rows into L1 (see the AVX-512 kernels: the chunk-ahead prefetch
+// of attend_rows reaches L2 only in part).
+constexpr int64_t kAhead = 16;
+
+inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
+  for (int64_t u = j; u < j + n; u++)
+    for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)x.codes[u] + b, _MM_HINT_T0);
+}
+
 // Lane u: the sum of the 8 lanes of v[u].
 inline __m128 hsum4(const __m256 *v) {
   const __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
@@ -455,16 +464,14 @@ inline __m128 f16x4(const uint16_t *const *p, int64_t j, int64_t g) {
 // NR query rows against every key, four keys a pass: each q load serves four keys, and the NR * 4 accumulator
 // chains keep the FMA units busy. Per group the four keys' sums are reduced together into one vector (lane = key),
 // scaled by the keys' group scales at once; the affine bias term is b * sum(q) per group, from qsum. The next
-// pass's code rows are prefetched into L1 (the chunk ahead is already in L2, see attend_rows).
+// code rows kAhead keys on are prefetched into L1.
 template <int Kind, int NR>
 void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
   const int64_t G = k.group, ng = D / G, rb = Kind == PK_U4 ? D / 2 : D;
   const __m128 mul = _mm_set1_ps(pk_mul(Kind));
   int64_t j = 0;
   for (; j + 4 <= nj; j += 4) {
-    if (j + 8 <= nj)
-      for (int u = 4; u < 8; u++)
-        for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)k.codes[j + u] + b, _MM_HINT_T0);
+    if (j + kAhead + 4 <= nj) prefetch_codes(k, j + kAhead, 4, rb);
     __m128 tot[NR];
     for (int r = 0; r < NR; r++) tot[r] = _mm_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
@@ -520,6 +527,7 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
     const uint8_t *cp[B];
     const uint16_t *sp[B], *bp[B];
     for (int u = 0; u < B; u++) cp[u] = v.codes[j + u], sp[u] = v.scales[j + u], bp[u] = v.biases[j + u];
+    if (j + kAhead + B <= nj) prefetch_codes(v, j + kAhead, B, Kind == PK_U4 ? D / 2 : D);
     for (int64_t g = 0; g < ng; g++) {
       __m256 w[NR][B];
       for (int u = 0; u < B; u++) {
