@@ -71,8 +71,17 @@ int op_copy(void *dst, const void *src, int esize, int ndim, const int64_t *shap
 int op_astype(void *dst, const void *src, int64_t n, int sdt, int ddt);
 
 // Packed KV rows as the fused attention kernels read them: key j's codes, f16 group scales and (affine) f16 group
-// biases. mode: PK_AFFINE (bits 8 or 4: value = scale * code + bias) or PK_FP8 (E4M3 code * scale).
-enum : int { PK_AFFINE = 1, PK_FP8 = 2 };
+// biases. mode: PK_AFFINE (bits 8 or 4: value = scale * code + bias), PK_FP8 (E4M3 code * scale) or PK_TURBO
+// (bits 4 or 3: Lloyd-Max level of the code * the row's scale, one group of D; see KV_TURBO in ops_attention).
+enum : int { PK_AFFINE = 1, PK_FP8 = 2, PK_TURBO = 3 };
+
+// Lloyd-Max levels of a unit Gaussian for the turbo codes (from scripts/turbo_codebook.ts).
+inline constexpr float kTurbo3[8] = {-2.151945705f, -1.343909279f, -0.756005281f, -0.245094179f,
+                                     0.245094179f,  0.756005281f,  1.343909279f,  2.151945705f};
+inline constexpr float kTurbo4[16] = {-2.732589579f, -2.069017236f, -1.618046395f, -1.256231206f,
+                                      -0.942340464f, -0.656759124f, -0.388048303f, -0.128395031f,
+                                      0.128395031f,  0.388048303f,  0.656759124f,  0.942340464f,
+                                      1.256231206f,  1.618046395f,  2.069017236f,  2.732589579f};
 struct PkRows {
   const uint8_t *const *codes;
   const uint16_t *const *scales;
@@ -141,6 +150,8 @@ struct Kern {
   // u_j = beta (v_j - decay S_j . k); S_j = decay S_j + u_j k; out_j = S_j . q.
   void (*delta_step)(float *S, const float *k, const float *q, const float *v, float decay, float beta, float *out,
                      int64_t Dv, int64_t Dk);
+  // Whether pk_dots and pk_pv take PK_TURBO rows; otherwise attention decodes turbo rows into scratch first.
+  bool pk_turbo;
 };
 
 const Kern &kern();

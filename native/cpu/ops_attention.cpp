@@ -31,19 +31,15 @@ constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attend
 constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
 enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2, KV_TURBO = 3 };
+static_assert((int)KV_AFFINE == PK_AFFINE && (int)KV_FP8 == PK_FP8 && (int)KV_TURBO == PK_TURBO, "PkRows takes the pool modes as they are");
 
 // Turbo rows (KV_TURBO): a head's row x of D values (D a power of two) is rotated, y = H S x / sqrt(D) with S a
 // fixed diagonal of random signs and H the Walsh-Hadamard matrix (an orthogonal map, so q . k = Rq . Rk); y's
 // coordinates are then close to Gaussian with variance |x|^2 / D. Each y[i] / rms(y) is stored as the index of the
-// nearest level of the Lloyd-Max quantizer of a unit Gaussian (levels below, from scripts/turbo_codebook.ts), and
+// nearest level of the Lloyd-Max quantizer of a unit Gaussian (kTurbo3 / kTurbo4 in ops.h), and
 // the row's f16 scale r is the least-squares fit of those levels to y (about rms(y), the row's norm / sqrt(D)), 4 bits (two per byte, low nibble first) or 3 bits (8 values in 3 bytes, a 24-bit
 // little-endian word, value j at bits 3j..3j+2). Attention rotates the query rows, scores and sums values in the
 // rotated space, and rotates the output back (R^-1 = S H / sqrt(D)).
-constexpr float kTurbo3[8] = {-2.151945705f, -1.343909279f, -0.756005281f, -0.245094179f,
-                              0.245094179f,  0.756005281f,  1.343909279f,  2.151945705f};
-constexpr float kTurbo4[16] = {-2.732589579f, -2.069017236f, -1.618046395f, -1.256231206f, -0.942340464f, -0.656759124f,
-                               -0.388048303f, -0.128395031f, 0.128395031f,  0.388048303f,  0.656759124f,  0.942340464f,
-                               1.256231206f,  1.618046395f,  2.069017236f,  2.732589579f};
 constexpr int64_t kTurboMaxD = 1024;
 
 bool turbo_dim_ok(int64_t D) { return D >= 8 && D <= kTurboMaxD && (D & (D - 1)) == 0; }
@@ -239,7 +235,9 @@ struct KvSide {
   const uint16_t *gscales(int64_t v) const { return scales + v * ngroups; }
   const uint16_t *gbiases(int64_t v) const { return biases ? biases + v * ngroups : nullptr; }
   // Whether the fused packed kernels take this side (groups of whole 32-value blocks).
-  bool fusable() const { return packed() && mode != KV_TURBO && group % 32 == 0 && ngroups <= 64; }
+  bool fusable(const Kern &k) const {
+    return packed() && (mode != KV_TURBO || k.pk_turbo) && group % 32 == 0 && ngroups <= 64;
+  }
 };
 
 // E4M3 ("fn") code of x, rounded to nearest even, saturating at 448; the sign of a zero result is kept.
@@ -334,7 +332,6 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     m[r] = -INFINITY;
     l[r] = 0.f;
   }
-  std::memset(acc, 0, sizeof(float) * R * D);
   // Key offsets are taken one chunk ahead, and that chunk's K and V rows are prefetched into L2 while this one is
   // scored: a token row of the pool is often a whole page away from the next, so the hardware prefetchers,
   // which stay within a page, leave every row to a demand miss (decode attention read 7-8 GB/s per core).
@@ -351,16 +348,18 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   // decoded row among all their query rows; odd group sizes); 16-bit rows of a tile are converted likewise.
   const bool same = !K.packed() && !V.packed() && K.dt == V.dt;
   const int dt = K.dt;
-  const bool fused = !tiled && K.fusable() && V.fusable();
+  const bool fused = !tiled && K.fusable(k) && V.fusable(k);
   // Fused: q rows times the softmax scale (in nibble order for 4-bit keys), and their sums per key group.
   float *qp = vbuf + kChunk * D;  // [R, D]
   float *qsum = qp + R * D;       // [R, K.ngroups]
   const bool knib = K.bits == 4, vnib = V.bits == 4;
-  // Turbo keys are scored in the rotated space: the query rows are rotated once into qp (unused when not fused).
+  // Turbo keys are scored in the rotated space: the query rows are rotated once, into qp when not fused (unused
+  // then), else into acc (cleared below), from which the fused rows are taken into qp.
   if (K.mode == KV_TURBO) {
-    std::memcpy(qp, qr, sizeof(float) * R * D);
-    for (int64_t r = 0; r < R; r++) turbo_rotate(qp + r * D, D);
-    qr = qp;
+    float *rq = fused ? acc : qp;
+    std::memcpy(rq, qr, sizeof(float) * R * D);
+    for (int64_t r = 0; r < R; r++) turbo_rotate(rq + r * D, D);
+    qr = rq;
   }
   if (fused) {
     for (int64_t r = 0; r < R; r++) {
@@ -373,6 +372,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       }
     }
   }
+  std::memset(acc, 0, sizeof(float) * R * D);
   const uint8_t *kc[kChunk], *vc[kChunk];
   const uint16_t *ks[kChunk], *kb[kChunk], *vs[kChunk], *vb[kChunk];
   const PkRows kp{kc, ks, kb, K.mode, K.bits, K.group}, vp{vc, vs, vb, V.mode, V.bits, V.group};

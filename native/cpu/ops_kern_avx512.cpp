@@ -15,7 +15,12 @@ namespace rmlx {
 namespace avx512 {
 namespace {
 
-enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2 };
+enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2, PK_T4 = 3, PK_T3 = 4 };
+
+constexpr bool has_bias(int Kind) { return Kind == PK_U8 || Kind == PK_U4; }
+constexpr int64_t row_bytes(int Kind, int64_t D) {
+  return Kind == PK_U4 || Kind == PK_T4 ? D / 2 : Kind == PK_T3 ? D * 3 / 8 : D;
+}
 
 constexpr int64_t kKeys = 64;    // keys whose scales are converted at once
 constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels take (ops_attention: fusable)
@@ -30,7 +35,10 @@ inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
     for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)x.codes[u] + b, _MM_HINT_T0);
 }
 
-int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
+int pk_kind(const PkRows &x) {
+  if (x.mode == PK_TURBO) return x.bits == 4 ? PK_T4 : PK_T3;
+  return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
+}
 
 // 16 E4M3 codes as their values, with integer operations only (a conversion through f16 costs more here): the
 // sign-extended byte shifted left by 20 puts the sign in bit 31 (copies in 27-30, masked off) and the exponent and
@@ -48,6 +56,36 @@ inline __m512 e4m3x16(__m128i b) {
   return _mm512_mask_fmsub_ps(x, sub, _mm512_set1_ps(2.f), c);
 }
 
+// Where code i of 32 turbo3 codes (12 bytes, code i at bits 3i..3i+2) lies: the byte holding its low bit, and
+// the shift within the dword read from there.
+struct T3Ctl {
+  alignas(64) uint8_t bytes[2][64];  // per half of 16 codes: lane i's 4 bytes, for a byte shuffle
+  alignas(64) int32_t shift[2][16];
+};
+constexpr T3Ctl make_t3ctl() {
+  T3Ctl c{};
+  for (int i = 0; i < 32; i++) {
+    for (int k = 0; k < 4; k++) c.bytes[i / 16][i % 16 * 4 + k] = (uint8_t)(3 * i / 8 + k);
+    c.shift[i / 16][i % 16] = 3 * i % 8;
+  }
+  return c;
+}
+constexpr T3Ctl kT3 = make_t3ctl();
+
+// 32 turbo3 codes as their levels: the 12 bytes, copied into each 128-bit lane, are shuffled so that lane i holds
+// the dword at its code's byte, shifted right to the code. The permute reads only the low 4 bits of an index and
+// the table holds the 8 levels twice, so the next code's bit above needs no mask. The load is masked to the 12
+// bytes, which never faults past the end of the pool.
+inline void t3x32(const uint8_t *p, __m512 &lo, __m512 &hi) {
+  const __m512i x = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(0x0fff, p));
+  const __m256 l8 = _mm256_loadu_ps(kTurbo3);
+  const __m512 lv = _mm512_insertf32x8(_mm512_castps256_ps512(l8), l8, 1);
+  for (int h = 0; h < 2; h++) {
+    const __m512i w = _mm512_shuffle_epi8(x, _mm512_load_si512((const void *)kT3.bytes[h]));
+    (h ? hi : lo) = _mm512_permutexvar_ps(_mm512_srlv_epi32(w, _mm512_load_si512((const void *)kT3.shift[h])), lv);
+  }
+}
+
 // 32 codes of a packed row from position e (a multiple of 32) as floats, positions e..e+15 in lo, the next 16 in
 // hi. 4-bit rows in nibble order (pk_nibble_pos): a block's 16 low nibbles, then its 16 high nibbles.
 template <int Kind>
@@ -59,6 +97,13 @@ inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
     const __m128i b = _mm_loadu_si128((const __m128i *)(c + e / 2)), m = _mm_set1_epi8(15);
     lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, m)));
     hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
+  } else if constexpr (Kind == PK_T4) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)(c + e / 2));
+    const __m512 lv = _mm512_loadu_ps(kTurbo4);
+    lo = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(b), lv);
+    hi = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(b, 4)), lv);
+  } else if constexpr (Kind == PK_T3) {
+    t3x32(c + e / 8 * 3, lo, hi);
   } else {
     lo = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e)));
     hi = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e + 16)));
@@ -75,7 +120,7 @@ void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, i
     for (int64_t g = 0; g < ng; g += 16) {
       const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
       _mm512_store_ps(sf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)));
-      if (Kind != PK_E4M3) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
+      if (has_bias(Kind)) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
     }
   }
 }
@@ -121,7 +166,7 @@ inline void score_keys(float *s, int64_t lds, const float *q, const __m512 (*qs)
       for (int r = 0; r < NR; r++) tot[r][u] = _mm512_fmadd_ps(a[r][u], sv, tot[r][u]);
     }
   }
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int64_t g = 0; g < ng; g += 16)
       for (int u = 0; u < U; u++) {
         const __m512 bv = _mm512_load_ps(bf + u * ngp + g);
@@ -135,10 +180,10 @@ inline void score_keys(float *s, int64_t lds, const float *q, const __m512 (*qs)
 
 template <int Kind, int NR>
 void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
-  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15, rb = Kind == PK_U4 ? D / 2 : D;
-  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  const int64_t G = k.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15, rb = row_bytes(Kind, D);
+  alignas(64) float sf[kGroups * kKeys], bf[has_bias(Kind) ? kGroups * kKeys : 1];
   __m512 qs[NR][kGroups / 16];
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int r = 0; r < NR; r++)
       for (int64_t g = 0; g < ng; g += 16) {
         const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
@@ -161,9 +206,9 @@ void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const P
 template <int Kind, int NR, int KB>
 void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
   const int64_t G = v.group, ng = D / G, ngp = (ng + 15) & ~(int64_t)15;
-  alignas(64) float sf[kGroups * kKeys], bf[Kind == PK_E4M3 ? 1 : kGroups * kKeys];
+  alignas(64) float sf[kGroups * kKeys], bf[has_bias(Kind) ? kGroups * kKeys : 1];
   __m512 bsum[NR][kGroups / 16];  // lane g % 16 of bsum[r][g / 16]: sum_j p[j] * bias[j][g]
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int r = 0; r < NR; r++)
       for (int64_t i = 0; i < ngp / 16; i++) bsum[r][i] = _mm512_setzero_ps();
   for (int64_t j0 = 0; j0 < nj; j0 += kKeys) {
@@ -174,7 +219,7 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
       // The rows' pointers in locals: read through v, the compiler reloads them after every store to acc.
       const uint8_t *cp[B];
       for (int u = 0; u < B; u++) cp[u] = v.codes[j0 + j + u];
-      if (j + kAhead + B <= n) prefetch_codes(v, j0 + j + kAhead, B, Kind == PK_U4 ? D / 2 : D);
+      if (j + kAhead + B <= n) prefetch_codes(v, j0 + j + kAhead, B, row_bytes(Kind, D));
       for (int64_t g = 0; g < ng; g++) {
         __m512 w[NR][B];
         for (int u = 0; u < B; u++)
@@ -203,14 +248,14 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
     int64_t j = 0;
     for (; j + KB <= n; j += KB) block(j, std::integral_constant<int, KB>{});
     for (; j < n; j++) block(j, std::integral_constant<int, 1>{});
-    if (Kind != PK_E4M3)
+    if (has_bias(Kind))
       for (int64_t j = 0; j < n; j++)
         for (int64_t i = 0; i < ngp / 16; i++) {
           const __m512 bv = _mm512_load_ps(bf + j * ngp + 16 * i);
           for (int r = 0; r < NR; r++) bsum[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j0 + j]), bv, bsum[r][i]);
         }
   }
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int r = 0; r < NR; r++) {
       alignas(64) float b[kGroups];
       for (int64_t i = 0; i < ngp / 16; i++) _mm512_store_ps(b + 16 * i, bsum[r][i]);
@@ -242,6 +287,8 @@ void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R
   switch (pk_kind(k)) {
     case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
     case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
+    case PK_T4: return pk_dots_k<PK_T4>(s, lds, q, qsum, R, k, nj, D);
+    case PK_T3: return pk_dots_k<PK_T3>(s, lds, q, qsum, R, k, nj, D);
     default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
   }
 }
@@ -251,6 +298,8 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
   switch (pk_kind(v)) {
     case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
     case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
+    case PK_T4: return pk_pv_k<PK_T4>(acc, p, ldp, R, v, nj, D);
+    case PK_T3: return pk_pv_k<PK_T3>(acc, p, ldp, R, v, nj, D);
     default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
   }
 }
@@ -300,6 +349,7 @@ const Kern &kern() {
     Kern t = avx2::kern();
     t.pk_dots = pk_dots;
     t.pk_pv = pk_pv;
+    t.pk_turbo = true;
     t.pk_decode = pk_decode;
     return t;
   }();
