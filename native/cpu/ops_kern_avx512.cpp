@@ -40,21 +40,17 @@ int pk_kind(const PkRows &x) {
   return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
 }
 
-// 16 E4M3 codes as their values, with integer operations only (a conversion through f16 costs more here): the
-// sign-extended byte shifted left by 20 puts the sign in bit 31 (copies in 27-30, masked off) and the exponent and
-// mantissa in f32's low exponent bits and top mantissa bits; adding 120 to the exponent makes the normal codes exact.
-// A subnormal code (exponent 0, value m 2^-9) then reads 2^-7 (1 + m / 8), and 2 x -+ 2^-6 corrects it. The NaN
-// code reads 480.
-inline __m512 e4m3x16(__m128i b) {
-  const __m512i t = _mm512_slli_epi32(_mm512_cvtepi8_epi32(b), 20);
-  const __m512 x = _mm512_castsi512_ps(
-      _mm512_add_epi32(_mm512_and_si512(t, _mm512_set1_epi32((int)0x87f00000)), _mm512_set1_epi32(120 << 23)));
-  const __mmask16 sub = _mm512_testn_epi32_mask(t, _mm512_set1_epi32(0x07800000));
-  // +-2^-6 with x's sign: (x & sign bit) | bits of 2^-6
-  const __m512 c = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000),
-                                                                 _mm512_set1_epi32(0x3c800000), 0xea));
-  return _mm512_mask_fmsub_ps(x, sub, _mm512_set1_ps(2.f), c);
+// 32 E4M3 codes as f16 values 2^-8 times theirs (the caller's scales carry the 256): the sign-extended byte
+// shifted left by 7 puts the sign in bit 15 (and a copy in 14, masked off), the exponent in the low 4 bits of f16's
+// exponent and the 3 mantissa bits at the top of f16's; with f16's exponent bias 8 above E4M3's, normal and
+// subnormal codes alike read exactly 2^-8 their value. The NaN code reads 480.
+inline void e4m3x32(const uint8_t *c, __m512 &lo, __m512 &hi) {
+  const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)c)), 7),
+                                     _mm512_set1_epi16((short)0xbf80));
+  lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+  hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
+constexpr float kE4M3Mul = 256.f;
 
 // Where code i of 32 turbo3 codes (12 bytes, code i at bits 3i..3i+2) lies: the byte holding its low bit, and
 // the shift within the dword read from there.
@@ -105,8 +101,7 @@ inline void dec32(const uint8_t *c, int64_t e, __m512 &lo, __m512 &hi) {
   } else if constexpr (Kind == PK_T3) {
     t3x32(c + e / 8 * 3, lo, hi);
   } else {
-    lo = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e)));
-    hi = e4m3x16(_mm_loadu_si128((const __m128i *)(c + e + 16)));
+    e4m3x32(c + e, lo, hi);
   }
 }
 
@@ -119,7 +114,8 @@ void load_scales(float *sf, float *bf, const PkRows &x, int64_t j0, int64_t n, i
     const uint16_t *s = x.scales[j0 + j], *b = x.biases[j0 + j];
     for (int64_t g = 0; g < ng; g += 16) {
       const __mmask16 m = ng - g >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (ng - g)) - 1);
-      _mm512_store_ps(sf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)));
+      const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g));
+      _mm512_store_ps(sf + j * ngp + g, Kind == PK_E4M3 ? _mm512_mul_ps(sv, _mm512_set1_ps(kE4M3Mul)) : sv);
       if (has_bias(Kind)) _mm512_store_ps(bf + j * ngp + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + g)));
     }
   }
@@ -313,7 +309,7 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
     float *o = dst + g * G;
     __m512 lo, hi;
     if (mode == PK_FP8) {
-      const __m512 s = _mm512_set1_ps(sf);
+      const __m512 s = _mm512_set1_ps(sf * kE4M3Mul);
       for (int64_t e = 0; e < G; e += 32) {
         dec32<PK_E4M3>(c + g * G, e, lo, hi);
         _mm512_storeu_ps(o + e, _mm512_mul_ps(lo, s));
