@@ -447,7 +447,8 @@ constexpr int64_t kAhead = 16;
 
 inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
   for (int64_t u = j; u < j + n; u++)
-    for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)x.codes[u] + b, _MM_HINT_T0);
+    for (uintptr_t a = (uintptr_t)x.codes[u] & ~(uintptr_t)63; a < (uintptr_t)x.codes[u] + rb; a += 64)
+      _mm_prefetch((const char *)a, _MM_HINT_T0);
 }
 
 // Lane u: the sum of the 8 lanes of v[u].

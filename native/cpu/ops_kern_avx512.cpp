@@ -29,10 +29,11 @@ constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels ta
 // 1.1x; 8 and 24 measured between).
 constexpr int64_t kAhead = 16;
 
-// Code rows [j, j + n) of x into L1.
+// Code rows [j, j + n) of x into L1, every line a row touches (a 3-bit row of 48 bytes may span two).
 inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
   for (int64_t u = j; u < j + n; u++)
-    for (int64_t b = 0; b < rb; b += 64) _mm_prefetch((const char *)x.codes[u] + b, _MM_HINT_T0);
+    for (uintptr_t a = (uintptr_t)x.codes[u] & ~(uintptr_t)63; a < (uintptr_t)x.codes[u] + rb; a += 64)
+      _mm_prefetch((const char *)a, _MM_HINT_T0);
 }
 
 int pk_kind(const PkRows &x) {
