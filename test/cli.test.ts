@@ -33,6 +33,14 @@ describe("rmlx binary", () => {
     }
   });
 
+  test("an unknown --gemm mode is one line and exit 2, for serve and generate alike", () => {
+    for (const cmd of [["serve", "--port", "0"], ["generate", "--prompt", "hi"]]) {
+      const r = run(...cmd, "--gemm", "int8");
+      expect(r.code).toBe(2);
+      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemm mode 'int8' (--gemm / RMLX_GEMM: bf16 or f32)"]);
+    }
+  });
+
   const COMMANDS = ["serve", "info", "convert", "metrics", "generate", "chat", "bench"];
 
   test("an unknown flag or a missing option is one line naming the command's --help, exit 2", () => {

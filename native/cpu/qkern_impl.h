@@ -686,10 +686,140 @@ static void micro_any(int mr, const float *x, int64_t ldx, const float *bp, int 
   }
 }
 
+// ---- many rows of x, bf16 products (RMLX_GEMM=bf16 on AVX512-BF16; instantiated by the AVX-512 variants only) ----
+// x and the decoded panel are rounded to bf16 (nearest even) and multiplied by vdpbf16ps, which takes two k per
+// lane: 32 products an instruction against an f32 FMA's 16, with f32 sums.
+
+static inline bool gemm_bf16_cpu() {
+  if constexpr (V::L != 16) {
+    return false;
+  } else {
+    static const bool has = __builtin_cpu_supports("avx512bf16");
+    return has;
+  }
+}
+
+// o[0, n rounded up to even) = x[0, n) as bf16, the odd tail padded with a zero.
+template <int = 0>
+__attribute__((target("avx512bf16"))) static void to_bf16(uint16_t *o, const float *x, int n) {
+  int i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512((void *)(o + i), (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const int r = n - i, re = (r + 1) & ~1;
+    const __mmask16 m0 = (__mmask16)(r >= 16 ? 0xffff : (1u << r) - 1);
+    const __mmask16 m1 = (__mmask16)(r <= 16 ? 0 : r >= 32 ? 0xffff : (1u << (r - 16)) - 1);
+    const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + i + 16), _mm512_maskz_loadu_ps(m0, x + i));
+    _mm512_mask_storeu_epi16(o + i, (__mmask32)(re >= 32 ? 0xffffffffu : (1u << re) - 1), h);
+  }
+}
+
+// Panel for columns [k0, k0 + kl) in bf16 pairs: NB/TW sub-panels, each [kp][TW] dwords (kp = kl / 2 rounded up),
+// dword (p, c) holding row s * TW + c's elements k0 + 2p and k0 + 2p + 1.
+template <int F>
+__attribute__((target("avx512bf16"))) static void pack_panel_bf16(uint32_t *bp, float *tmp, uint16_t *row,
+                                                                  const WeightMat &W, int64_t n0, int nr, int64_t k0,
+                                                                  int kl) {
+  const int kp = (kl + 1) / 2;
+  for (int r = 0; r < NB; r++) {
+    uint32_t *dst = bp + (int64_t)(r / TW) * kp * TW + r % TW;
+    if (r < nr) {
+      decode_segment<F>(W, n0 + r, k0, kl, tmp);
+      to_bf16(row, tmp, kl);
+      const uint32_t *pr = (const uint32_t *)row;
+      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = pr[p];
+    } else {
+      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = 0;
+    }
+  }
+}
+
+// c[MRR, ncols] += x[MRR, 2 kp] @ bp[2 kp, TW], x as bf16 pairs (row i at xb + i * ldx dwords).
+template <int MRR>
+__attribute__((target("avx512bf16"))) static void micro_bf16(const uint32_t *xb, int64_t ldx, const uint32_t *bp,
+                                                             int kp, float *c, int64_t ldc, int ncols) {
+  __m512 acc[MRR][2];
+  for (int i = 0; i < MRR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int p = 0; p < kp; p++) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * TW));
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + p * TW + 16));
+    for (int i = 0; i < MRR; i++) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32((int)xb[i * ldx + p]);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
+    }
+  }
+  if (ncols == TW) {
+    for (int i = 0; i < MRR; i++) {
+      _mm512_storeu_ps(c + i * ldc, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc), acc[i][0]));
+      _mm512_storeu_ps(c + i * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16), acc[i][1]));
+    }
+  } else {
+    alignas(64) float t[TW];
+    for (int i = 0; i < MRR; i++) {
+      _mm512_storeu_ps(t, acc[i][0]);
+      _mm512_storeu_ps(t + 16, acc[i][1]);
+      for (int j = 0; j < ncols; j++) c[i * ldc + j] += t[j];
+    }
+  }
+}
+
+template <int MRR = V::MR>
+__attribute__((target("avx512bf16"))) static void micro_bf16_any(int mr, const uint32_t *xb, int64_t ldx,
+                                                                 const uint32_t *bp, int kp, float *c, int64_t ldc,
+                                                                 int ncols) {
+  if constexpr (MRR >= 1) {
+    if (mr == MRR) return micro_bf16<MRR>(xb, ldx, bp, kp, c, ldc, ncols);
+    micro_bf16_any<MRR - 1>(mr, xb, ldx, bp, kp, c, ldc, ncols);
+  }
+}
+
+// gemm_units_f with bf16 products: per unit and block of KB columns, the panel and the unit's rows of x are
+// rounded once and every micro-tile reads them.
+template <int F>
+__attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, const float *x, int64_t M,
+                                                                  const WeightMat &W, const float *bias,
+                                                                  int64_t mchunks, int64_t mlen, int64_t u0,
+                                                                  int64_t u1) {
+  const int64_t N = W.N, K = W.K;
+  constexpr int KP = KB / 2;
+  uint32_t *bp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * NB * KP);
+  float *tmp = (float *)aligned_alloc(64, sizeof(float) * KB + 64 + sizeof(uint16_t) * (KB + 64));
+  uint32_t *xb = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * (size_t)mlen * KP + 64);
+  if (bp && tmp && xb) {
+    uint16_t *row = (uint16_t *)(tmp + KB + 16);
+    for (int64_t u = u0; u < u1; u++) {
+      int64_t n0 = (u / mchunks) * NB, m0 = (u % mchunks) * mlen;
+      int64_t m1 = m0 + mlen < M ? m0 + mlen : M;
+      int nr = (int)(N - n0 < NB ? N - n0 : NB);
+      for (int64_t m = m0; m < m1; m++)
+        for (int j = 0; j < nr; j++) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.f;
+      for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        int kl = (int)(K - k0 < KB ? K - k0 : KB), kp = (kl + 1) / 2;
+        pack_panel_bf16<F>(bp, tmp, row, W, n0, nr, k0, kl);
+        for (int64_t m = m0; m < m1; m++) to_bf16((uint16_t *)(xb + (m - m0) * kp), x + m * K + k0, kl);
+        for (int64_t m = m0; m < m1; m += V::MR) {
+          int mr = (int)(m1 - m < V::MR ? m1 - m : V::MR);
+          for (int s = 0; s * TW < nr; s++) {
+            int nc = nr - s * TW < TW ? nr - s * TW : TW;
+            micro_bf16_any(mr, xb + (m - m0) * kp, kp, bp + (int64_t)s * kp * TW, kp, y + m * N + n0 + s * TW, N, nc);
+          }
+        }
+      }
+    }
+  }
+  free(bp);
+  free(tmp);
+  free(xb);
+}
+
 // Units [u0, u1) of work, unit u = (panel u / mchunks, block u % mchunks of mlen rows of x).
 template <int F>
 static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,
                          int64_t mlen, int64_t u0, int64_t u1) {
+  if constexpr (V::L == 16) {
+    if (gemm_bf16_enabled() && gemm_bf16_cpu()) return gemm_units_bf16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
+  }
   const int64_t N = W.N, K = W.K;
   float *bp = (float *)aligned_alloc(64, sizeof(float) * (NB * KB + KB));
   if (!bp) return;

@@ -59,6 +59,25 @@ int gemv_mode() {
 }  // namespace
 
 bool gemv_x16_enabled() { return gemv_mode() != kGemvF32; }
+
+namespace {
+enum GemmMode : int { kGemmUnread = -1, kGemmF32, kGemmBf16 };
+constexpr const char *kGemmNames[] = {"f32", "bf16"};
+int g_gemm = kGemmUnread;
+}  // namespace
+
+// bf16 needs AVX512-BF16 and an AVX-512 variant in use; elsewhere the mode reads f32.
+bool gemm_bf16_enabled() {
+  if (g_gemm == kGemmUnread) {
+    const char *env = getenv("RMLX_GEMM");
+    g_gemm = env && !strcmp(env, "bf16") ? kGemmBf16 : kGemmF32;
+  }
+  static const bool cpu = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+  }();
+  return g_gemm == kGemmBf16 && cpu && (int)active_isa() >= (int)Isa::Avx512;
+}
 bool gemv_x8_enabled() { return gemv_mode() == kGemvX8; }
 
 Isa active_isa() {
@@ -133,6 +152,18 @@ int rmlx_set_gemv_mode(const char *name) {
 }
 
 const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
+
+int rmlx_set_gemm_mode(const char *name) {
+  if (!name) return fail(RMLX_E_INVALID, "gemm mode is null");
+  for (int i = 0; i < 2; i++)
+    if (!strcmp(name, kGemmNames[i])) {
+      g_gemm = i;
+      return RMLX_OK;
+    }
+  return fail(RMLX_E_INVALID, "unknown gemm mode '%s' (bf16 or f32)", name);
+}
+
+const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : kGemmF32]; }
 
 const char *rmlx_last_error(void) { return g_err; }
 

@@ -63,6 +63,12 @@ int rmlx_set_isa(const char *name);
    RMLX_GEMV=f32 (or x8, x16) in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);
+/* Arithmetic of prefill-shaped products (many rows of x) that the x8 kernels do not take: "f32" (exact, the
+   default) or "bf16": x and the decoded weights rounded to bf16 (nearest even) for AVX512-BF16 dot products with
+   f32 sums, twice the f32 FMA rate. RMLX_GEMM sets the default; rmlx_gemm_mode() names the mode in effect, f32
+   where the CPU or the ISA variant in use has no AVX512-BF16. */
+int rmlx_set_gemm_mode(const char *name);
+const char *rmlx_gemm_mode(void);
 const char *rmlx_last_error(void);
 
 /* ---- memory (64-byte aligned, zero-filled) ---- */

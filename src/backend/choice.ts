@@ -24,6 +24,18 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
   throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x8, x16 or f32)`);
 }
 
+/** Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, or bf16 dot products. */
+export type GemmMode = "bf16" | "f32";
+const GEMM_MODES: readonly GemmMode[] = ["bf16", "f32"];
+
+/** --gemm / RMLX_GEMM; undefined when unset (the library's default, f32). */
+export function parseGemmMode(value: string | undefined): GemmMode | undefined {
+  const v = (value ?? "").trim().toLowerCase();
+  if (v === "") return undefined;
+  if ((GEMM_MODES as readonly string[]).includes(v)) return v as GemmMode;
+  throw new RmlxError("invalid_argument", `unknown gemm mode '${value}' (--gemm / RMLX_GEMM: bf16 or f32)`);
+}
+
 /**
  * What activations are computed in on the mlx backend: the model's own dtype (as mlx-lm does), f32 (exact, what
  * the references use), or auto: the model's dtype on a Metal device, f32 on MLX's CPU build (whose quantized

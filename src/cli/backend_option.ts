@@ -1,13 +1,14 @@
-// --backend, --mlx-lib, --gemv and --compute-dtype, shared by every subcommand that computes. They set
-// RMLX_BACKEND / RMLX_MLX_C_LIB / RMLX_GEMV / RMLX_COMPUTE_DTYPE for this process (flags override the environment); serve hands the same values to
+// --backend, --mlx-lib, --gemv, --gemm and --compute-dtype, shared by every subcommand that computes. They set
+// RMLX_BACKEND / RMLX_MLX_C_LIB / RMLX_GEMV / RMLX_GEMM / RMLX_COMPUTE_DTYPE for this process (flags override the environment); serve hands the same values to
 // its engine worker.
 import type { Command } from "commander";
-import { parseBackendChoice, parseComputeDtype, parseGemvMode } from "../backend/choice.ts";
+import { parseBackendChoice, parseComputeDtype, parseGemmMode, parseGemvMode } from "../backend/choice.ts";
 
 export interface BackendFlags {
   backend?: string;
   mlxLib?: string;
   gemv?: string;
+  gemm?: string;
   computeDtype?: string;
 }
 
@@ -16,6 +17,7 @@ export function addBackendOptions(cmd: Command): Command {
     .option("--backend <name>", "compute backend: auto, native or mlx (env RMLX_BACKEND; default auto: mlx when libmlxc loads on a Metal device, else native)")
     .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)")
     .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes); x8: as x16, but affine 2/4-bit (8-bit with AVX512-VNNI) products with several rows of x, batched decode and prefill, put x in int8 per weight group, coarser by 128x; or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)")
+    .option("--gemm <mode>", "native prefill products (many rows of x): f32 (exact) or bf16 (x and the decoded weights rounded to bf16 for AVX512-BF16 dot products, about 1.4x faster prompt processing, each product off by about 2^-9 of its terms; f32 where the CPU has no AVX512-BF16) (env RMLX_GEMM; default f32)")
     .option("--compute-dtype <mode>", "activations on the mlx backend: model (the dtype of the model's weights, bf16 for most, as mlx-lm computes), f32 (exact; what the reference tests use) or auto (model on a Metal device, f32 on MLX's CPU build, where bf16 is slower and its quantized products add up in bf16); the native backend computes in f32 either way (env RMLX_COMPUTE_DTYPE; default auto)");
 }
 
@@ -25,5 +27,7 @@ export function applyBackendFlags(f: BackendFlags): void {
   if (f.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = f.mlxLib;
   const gemv = parseGemvMode(f.gemv ?? process.env.RMLX_GEMV);
   if (gemv) process.env.RMLX_GEMV = gemv;
+  const gemm = parseGemmMode(f.gemm ?? process.env.RMLX_GEMM);
+  if (gemm) process.env.RMLX_GEMM = gemm;
   process.env.RMLX_COMPUTE_DTYPE = parseComputeDtype(f.computeDtype ?? process.env.RMLX_COMPUTE_DTYPE);
 }

@@ -204,6 +204,7 @@ export function register(program: Command): void {
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,
           gemv: process.env.RMLX_GEMV,
+          gemm: process.env.RMLX_GEMM,
           computeDtype: process.env.RMLX_COMPUTE_DTYPE,
           modelOptions: modelOptionsFrom(flags),
         };

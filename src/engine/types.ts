@@ -132,6 +132,8 @@ export interface EngineConfig {
   mlxLib?: string;
   /** --gemv (x8, x16, f32) of the server process. */
   gemv?: string;
+  /** --gemm (bf16, f32) of the server process. */
+  gemm?: string;
   /** --compute-dtype (model, f32) of the server process. */
   computeDtype?: string;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */

@@ -224,6 +224,7 @@ function handle(msg: ToWorker): void {
       if (config.backend !== undefined) process.env.RMLX_BACKEND = config.backend;
       if (config.mlxLib !== undefined) process.env.RMLX_MLX_C_LIB = config.mlxLib;
       if (config.gemv !== undefined) process.env.RMLX_GEMV = config.gemv;
+      if (config.gemm !== undefined) process.env.RMLX_GEMM = config.gemm;
       if (config.computeDtype !== undefined) process.env.RMLX_COMPUTE_DTYPE = config.computeDtype;
       return;
     case "load":

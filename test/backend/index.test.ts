@@ -48,6 +48,25 @@ try { console.log(String(native().rmlx_gemv_mode())); } catch (e) { console.log(
   return (await new Response(proc.stdout).text()).trim();
 }
 
+async function gemmMode(env: string): Promise<string> {
+  const code = `import { native } from "./src/backend/native/lib.ts";
+try { console.log(String(native().rmlx_gemm_mode())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
+  const proc = Bun.spawn([process.execPath, "-e", code], {
+    cwd: `${import.meta.dir}/../..`,
+    env: { ...process.env, RMLX_GEMM: env },
+    stdout: "pipe",
+  });
+  return (await new Response(proc.stdout).text()).trim();
+}
+
+test("RMLX_GEMM picks the prefill-product arithmetic; f32 is the default; other names are rejected", async () => {
+  expect(await gemmMode("")).toBe("f32");
+  expect(await gemmMode("f32")).toBe("f32");
+  // bf16 where the CPU has AVX512-BF16, else f32
+  expect(["bf16", "f32"]).toContain(await gemmMode("BF16"));
+  expect(await gemmMode("int8")).toMatch(/^RmlxError:invalid_argument:.*int8/);
+});
+
 test("RMLX_GEMV picks the decode-product arithmetic; x16 is the default; other names are rejected", async () => {
   expect(await gemvMode("")).toBe("x16");
   expect(await gemvMode("f32")).toBe("f32");

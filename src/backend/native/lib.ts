@@ -7,7 +7,7 @@ import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import embeddedLib from "../../../native/build/librmlx.so" with { type: "file" };
 import { RmlxError } from "../../errors.ts";
-import { parseGemvMode, type GemvMode } from "../choice.ts";
+import { parseGemmMode, parseGemvMode, type GemmMode, type GemvMode } from "../choice.ts";
 
 export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
@@ -23,6 +23,8 @@ const SYMBOLS = {
   rmlx_set_isa: { args: [P], returns: i32 },
   rmlx_gemv_mode: { args: [], returns: cstring },
   rmlx_set_gemv_mode: { args: [P], returns: i32 },
+  rmlx_gemm_mode: { args: [], returns: cstring },
+  rmlx_set_gemm_mode: { args: [P], returns: i32 },
   rmlx_last_error: { args: [], returns: cstring },
   rmlx_alloc: { args: [i64, P], returns: i32 },
   rmlx_free: { args: [P], returns: i32 },
@@ -80,6 +82,8 @@ function open() {
   // read here as well as by the library: a Worker's process.env is its own, not the C environment
   const gemv = parseGemvMode(process.env.RMLX_GEMV);
   if (gemv) lib.symbols.rmlx_set_gemv_mode(Buffer.from(`${gemv}\0`));
+  const gemm = parseGemmMode(process.env.RMLX_GEMM);
+  if (gemm) lib.symbols.rmlx_set_gemm_mode(Buffer.from(`${gemm}\0`));
   return lib.symbols;
 }
 
@@ -96,6 +100,17 @@ export function setGemvMode(mode: GemvMode): GemvMode {
   const lib = native();
   const before = String(lib.rmlx_gemv_mode() as unknown as CString) as GemvMode;
   check(lib.rmlx_set_gemv_mode(Buffer.from(`${mode}\0`)), "gemv mode");
+  return before;
+}
+
+/**
+ * Sets the arithmetic of prefill-shaped products for the whole process; returns the previous mode in effect
+ * (bf16 reads f32 where the CPU has no AVX512-BF16).
+ */
+export function setGemmMode(mode: GemmMode): GemmMode {
+  const lib = native();
+  const before = String(lib.rmlx_gemm_mode() as unknown as CString) as GemmMode;
+  check(lib.rmlx_set_gemm_mode(Buffer.from(`${mode}\0`)), "gemm mode");
   return before;
 }
 
