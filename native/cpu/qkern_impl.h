@@ -774,35 +774,40 @@ __attribute__((target("avx512bf16"))) static void micro_bf16_any(int mr, const u
   }
 }
 
-// gemm_units_f with bf16 products: per unit and block of KB columns, the panel and the unit's rows of x are
-// rounded once and every micro-tile reads them.
+// gemm_units_f with bf16 products: a unit's rows of x are rounded once for all of K (units of the same rows of
+// x, as when every unit takes all of them, share that copy), and each panel once per block of KB columns.
 template <int F>
 __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, const float *x, int64_t M,
                                                                   const WeightMat &W, const float *bias,
                                                                   int64_t mchunks, int64_t mlen, int64_t u0,
                                                                   int64_t u1) {
-  const int64_t N = W.N, K = W.K;
+  const int64_t N = W.N, K = W.K, ldx = (K + 1) / 2;  // dwords per row of the rounded x
   constexpr int KP = KB / 2;
   uint32_t *bp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * NB * KP);
   float *tmp = (float *)aligned_alloc(64, sizeof(float) * KB + 64 + sizeof(uint16_t) * (KB + 64));
-  uint32_t *xb = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * (size_t)mlen * KP + 64);
+  uint32_t *xb = (uint32_t *)aligned_alloc(64, ((sizeof(uint32_t) * (size_t)(mlen * ldx)) + 63) & ~(size_t)63);
   if (bp && tmp && xb) {
     uint16_t *row = (uint16_t *)(tmp + KB + 16);
+    int64_t xb_m0 = -1;  // the first row of x that xb holds
     for (int64_t u = u0; u < u1; u++) {
       int64_t n0 = (u / mchunks) * NB, m0 = (u % mchunks) * mlen;
       int64_t m1 = m0 + mlen < M ? m0 + mlen : M;
       int nr = (int)(N - n0 < NB ? N - n0 : NB);
+      if (m0 != xb_m0) {
+        for (int64_t m = m0; m < m1; m++) to_bf16((uint16_t *)(xb + (m - m0) * ldx), x + m * K, (int)K);
+        xb_m0 = m0;
+      }
       for (int64_t m = m0; m < m1; m++)
         for (int j = 0; j < nr; j++) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.f;
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         int kl = (int)(K - k0 < KB ? K - k0 : KB), kp = (kl + 1) / 2;
         pack_panel_bf16<F>(bp, tmp, row, W, n0, nr, k0, kl);
-        for (int64_t m = m0; m < m1; m++) to_bf16((uint16_t *)(xb + (m - m0) * kp), x + m * K + k0, kl);
         for (int64_t m = m0; m < m1; m += V::MR) {
           int mr = (int)(m1 - m < V::MR ? m1 - m : V::MR);
           for (int s = 0; s * TW < nr; s++) {
             int nc = nr - s * TW < TW ? nr - s * TW : TW;
-            micro_bf16_any(mr, xb + (m - m0) * kp, kp, bp + (int64_t)s * kp * TW, kp, y + m * N + n0 + s * TW, N, nc);
+            micro_bf16_any(mr, xb + (m - m0) * ldx + k0 / 2, ldx, bp + (int64_t)s * kp * TW, kp,
+                           y + m * N + n0 + s * TW, N, nc);
           }
         }
       }
