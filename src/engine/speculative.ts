@@ -315,7 +315,10 @@ export class Speculator {
 
   /** A target step's forward time: decode-only steps, with `drafted` proposals verified in all. */
   observeStep(ms: number, drafted: number): void {
-    if (drafted === 0) this.plainMs = ema(this.plainMs, ms);
+    // The baseline follows faster steps at once and slower ones by the average: the first plain steps of a
+    // request can take several times a steady one (114 ms against 13 measured), and against such a baseline
+    // the first verifications looked free, so a draft that never agreed kept being probed.
+    if (drafted === 0) this.plainMs = ms < this.plainMs ? ms : ema(this.plainMs, ms);
     else if (!Number.isNaN(this.plainMs)) this.extraMs = ema(this.extraMs, Math.max(0, ms - this.plainMs) / drafted);
   }
 
