@@ -1,7 +1,7 @@
-// AVX-512 (F, BW, VL, DQ) attention over packed KV rows (Kern::pk_dots, pk_pv, pk_decode); every other row
-// primitive is the AVX2 one. Codes are decoded 32 at a time into two 16-lane vectors, which halves the decode and
-// FMA instructions of the 8-lane kernels; group scales and biases are converted to f32 once per 64 keys, so the
-// per-key work in the loops is one broadcast FMA per group.
+// AVX-512 (F, BW, VL, DQ) attention over packed KV rows (Kern::pk_dots, pk_pv, pk_decode) and over float rows in
+// prefill tiles (dots_rows, pv_rows); every other row primitive is the AVX2 one. Codes are decoded 32 at a time
+// into two 16-lane vectors, which halves the decode and FMA instructions of the 8-lane kernels; group scales and
+// biases are converted to f32 once per 64 keys, so the per-key work in the loops is one broadcast FMA per group.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -301,6 +301,78 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
   }
 }
 
+// Prefill tiles over float rows (Kern::dots_rows, pv_rows) for head dims that are a multiple of 16; the AVX2
+// kernels take the rest. dots: NR query rows against 4 keys a pass, each key load serving every row, sums kept as
+// 16-lane vectors and reduced once per key. pv: 2 rows and 8 keys a pass, each value load serving both rows and
+// each accumulator load and store 8 keys.
+template <int NR>
+void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float *const *k, int64_t nj, int64_t D,
+                 float scale) {
+  const __m128 vs = _mm_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 4 <= nj; j += 4) {
+    __m512 a[NR][4];
+    for (int r = 0; r < NR; r++)
+      for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      __m512 x[4];
+      for (int u = 0; u < 4; u++) x[u] = _mm512_loadu_ps(k[j + u] + d);
+      for (int r = 0; r < NR; r++) {
+        const __m512 qv = _mm512_loadu_ps(q + r * ldq + d);
+        for (int u = 0; u < 4; u++) a[r][u] = _mm512_fmadd_ps(qv, x[u], a[r][u]);
+      }
+    }
+    for (int r = 0; r < NR; r++) _mm_storeu_ps(s + r * lds + j, _mm_mul_ps(hsum4(a[r]), vs));
+  }
+  for (; j < nj; j++)
+    for (int r = 0; r < NR; r++) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + d), _mm512_loadu_ps(k[j] + d), a);
+      s[r * lds + j] = _mm512_reduce_add_ps(a) * scale;
+    }
+}
+
+void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
+               int64_t D, float scale) {
+  if (D % 16) return avx2::kern().dots_rows(s, lds, q, ldq, R, k, nj, D, scale);
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) dots_rows_t<4>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+  for (; r + 2 <= R; r += 2) dots_rows_t<2>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+  if (r < R) dots_rows_t<1>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+}
+
+template <int NR>
+void pv_rows_t(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D) {
+  auto block = [&](int64_t j, auto kb) {
+    constexpr int B = decltype(kb)::value;
+    const float *vp[B];
+    __m512 w[NR][B];
+    for (int u = 0; u < B; u++) {
+      vp[u] = v[j + u];
+      for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j + u]);
+    }
+    for (int64_t d = 0; d < D; d += 16) {
+      __m512 a[NR];
+      for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + r * D + d);
+      for (int u = 0; u < B; u++) {
+        const __m512 x = _mm512_loadu_ps(vp[u] + d);
+        for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(w[r][u], x, a[r]);
+      }
+      for (int r = 0; r < NR; r++) _mm512_storeu_ps(acc + r * D + d, a[r]);
+    }
+  };
+  int64_t j = 0;
+  for (; j + 8 <= nj; j += 8) block(j, std::integral_constant<int, 8>{});
+  for (; j < nj; j++) block(j, std::integral_constant<int, 1>{});
+}
+
+void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D) {
+  if (D % 16) return avx2::kern().pv_rows(acc, p, ldp, R, v, nj, D);
+  int64_t r = 0;
+  for (; r + 2 <= R; r += 2) pv_rows_t<2>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  if (r < R) pv_rows_t<1>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+}
+
 // One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
 void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint16_t *biases, int mode, int bits,
                int64_t G, int64_t D) {
@@ -347,6 +419,8 @@ const Kern &kern() {
     t.pk_dots = pk_dots;
     t.pk_pv = pk_pv;
     t.pk_turbo = true;
+    t.dots_rows = dots_rows;
+    t.pv_rows = pv_rows;
     t.pk_decode = pk_decode;
     return t;
   }();

@@ -217,9 +217,11 @@ describe("paged attention, one decode token over a long cache (keys split across
 });
 
 describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
+  // [heads, kvHeads, D]: two query rows a KV head and token; three (odd row counts) at a head dim of 48
+  for (const [heads, kvHeads, D] of [[4, 2, 32], [3, 1, 48]] as const)
   for (const window of [0, 5, 40, 64])
-    test(`matches dense causal attention, window ${window}`, () => {
-    const [T, heads, kvHeads, D, blockSize] = [70, 4, 2, 32, 16];
+    test(`matches dense causal attention, window ${window}, ${heads} heads over ${kvHeads}, head dim ${D}`, () => {
+    const [T, blockSize] = [70, 16];
     const numBlocks = Math.ceil(T / blockSize);
     const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, "f32");
     const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
