@@ -169,7 +169,9 @@ const char *rmlx_last_error(void) { return g_err; }
 
 int rmlx_alloc(int64_t nbytes, void **out) {
   if (!out || nbytes < 0) return fail(RMLX_E_INVALID, "rmlx_alloc: bad arguments");
-  size_t n = ((size_t)(nbytes > 0 ? nbytes : 1) + 63) & ~(size_t)63;
+  // 64 bytes past the end are always readable: kernels may load a whole vector where a row ends short of one
+  // (a turbo3 KV row of 48 bytes is read 16 bytes at a time from byte 36).
+  size_t n = (((size_t)(nbytes > 0 ? nbytes : 1) + 63) & ~(size_t)63) + 64;
   if (n >= kMapMin) {
     void *m = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) return fail(RMLX_E_NOMEM, "out of memory mapping %lld bytes", (long long)nbytes);
