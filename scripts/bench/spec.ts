@@ -4,7 +4,8 @@
 //  - qwen3-0.6b: a random-weight model of Qwen3-0.6B's shape (4-bit) with a small random-weight draft of the same
 //    vocabulary. Random weights rarely agree, so the adaptive policy should switch speculation off (about 1.0x).
 // Each case runs plain decoding, the adaptive policy (what --draft-model does) and a fixed K (every step
-// proposes K), alternating over the repetitions; figures are medians and bests (the least disturbed run, on a
+// proposes K), alternating over the repetitions, each mode on one speculator for all its runs as a server keeps one
+// for all its requests (the first run of a mode is the one a fresh server's first request sees); figures are medians and bests (the least disturbed run, on a
 // shared machine) of decode tokens per second, speedups are ratios to plain decoding of the same run, acceptance
 // is kept draft tokens over proposed ones.
 //
@@ -15,6 +16,7 @@ import { join } from "node:path";
 import { builtinModelDir } from "../../src/builtin/index.ts";
 import { convert } from "../../src/convert/convert.ts";
 import { loadDraft, speculatorFor, type DraftModel } from "../../src/engine/draft_model.ts";
+import type { Speculator } from "../../src/engine/speculative.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
 import { encodePrompt, loadSession, sessionModel, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
@@ -45,9 +47,8 @@ interface Run {
   tokens: number[];
 }
 
-function runOnce(target: Session, prompt: number[], mode: Mode, draft: DraftModel): Run {
+function runOnce(target: Session, prompt: number[], speculator: Speculator | undefined): Run {
   const cache = cacheForTokens(target.model, prompt.length + GEN + 8);
-  const speculator = mode === "plain" ? undefined : speculatorFor(draft, K, cache.capacityTokens, 1, mode === "fixed");
   try {
     const model = { ...sessionModel(target, cache), speculator };
     const r = generate(model, { prompt, maxTokens: GEN, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true });
@@ -55,7 +56,6 @@ function runOnce(target: Session, prompt: number[], mode: Mode, draft: DraftMode
     const c = speculator?.costs;
     return { tps: r.decodeTps, ...s, tokens: r.tokenIds, draftCost: c ? c.draftMs / c.plainMs : NaN, extraCost: c ? c.extraMs / c.plainMs : NaN };
   } finally {
-    speculator?.dispose();
     cache.dispose();
   }
 }
@@ -67,24 +67,36 @@ function measure(name: string, target: Session, draft: DraftModel, prompts: numb
   const tps = new Map<Mode, number[]>(MODES.map((m) => [m, []]));
   const counts = new Map<Mode, { d: number; a: number }>(MODES.map((m) => [m, { d: 0, a: 0 }]));
   const costs: { draft: number[]; extra: number[] } = { draft: [], extra: [] };
-  for (const prompt of prompts) runOnce(target, prompt, "fixed", draft); // warm-up: pages, caches
-  for (let rep = 0; rep < REPS; rep++) {
-    for (const prompt of prompts) {
-      let plainTokens: number[] | undefined;
-      for (const mode of MODES) {
-        const r = runOnce(target, prompt, mode, draft);
-        tps.get(mode)!.push(r.tps);
-        const c = counts.get(mode)!;
-        c.d += r.draftTokens;
-        c.a += r.acceptedTokens;
-        if (mode === "fixed") {
-          costs.draft.push(r.draftCost);
-          costs.extra.push(r.extraCost);
+  // One speculator a mode for all the runs, as a server keeps one for all its requests (the adaptive policy
+  // learns across them); the warm-up runs on a speculator of its own.
+  const probe = cacheForTokens(target.model, Math.max(...prompts.map((p) => p.length)) + GEN + 8);
+  const capacity = probe.capacityTokens;
+  probe.dispose();
+  const specs = new Map<Mode, Speculator | undefined>(MODES.map((m) => [m, m === "plain" ? undefined : speculatorFor(draft, K, capacity, 1, m === "fixed")]));
+  const warm = speculatorFor(draft, K, capacity, 1, true);
+  try {
+    for (const prompt of prompts) runOnce(target, prompt, warm); // warm-up: pages, caches
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const prompt of prompts) {
+        let plainTokens: number[] | undefined;
+        for (const mode of MODES) {
+          const r = runOnce(target, prompt, specs.get(mode));
+          tps.get(mode)!.push(r.tps);
+          const c = counts.get(mode)!;
+          c.d += r.draftTokens;
+          c.a += r.acceptedTokens;
+          if (mode === "fixed") {
+            costs.draft.push(r.draftCost);
+            costs.extra.push(r.extraCost);
+          }
+          if (mode === "plain") plainTokens = r.tokens;
+          else if (r.tokens.join() !== plainTokens!.join()) throw new Error(`${name} ${mode}: output differs from plain decoding`);
         }
-        if (mode === "plain") plainTokens = r.tokens;
-        else if (r.tokens.join() !== plainTokens!.join()) throw new Error(`${name} ${mode}: output differs from plain decoding`);
       }
     }
+  } finally {
+    warm.dispose();
+    for (const sp of specs.values()) sp?.dispose();
   }
   const plain = median(tps.get("plain")!);
   const plainBest = Math.max(...tps.get("plain")!);

@@ -10,7 +10,10 @@
 // How many tokens to propose is decided per sequence from its recent acceptance and the measured cost of draft
 // steps and of the extra verified tokens, against plain decode steps: the k that maximises expected tokens per
 // unit of time, 0 (a plain step) when no k beats plain decoding. A sequence that stops speculating tries again
-// after a back-off that doubles while speculation keeps not paying.
+// after a back-off that doubles while speculation keeps not paying. Across sequences: while the draft has been
+// right for none of the last ones that it proposed for, a new sequence waits a back-off of its own (doubling
+// with each such sequence) before its first proposal, so a draft that never agrees stops costing every request
+// its first probes; one accepted token anywhere clears it.
 import { RmlxError } from "../errors.ts";
 import { Sampler } from "./sampler.ts";
 import type { SamplingParams } from "./types.ts";
@@ -157,6 +160,8 @@ export class Speculator {
   private draftMs = NaN;
   private extraMs = NaN;
   private steps = 0;
+  /** Tokens a new sequence waits before its first proposal: 0, or doubling while sequences end unhelped. */
+  private pairBackoff = 0;
 
   constructor(
     readonly drafter: Drafter,
@@ -178,7 +183,7 @@ export class Speculator {
         sampler: new Sampler({ ...params, seed, logprobs: false, topLogprobs: 0 }),
         kept: 0,
         rejected: 0,
-        offUntil: 0,
+        offUntil: this.pairBackoff,
         backoff: FIRST_BACKOFF,
         probing: false,
         counts: { draftTokens: 0, acceptedTokens: 0 },
@@ -311,6 +316,7 @@ export class Speculator {
     st.rejected = st.rejected * DECAY + (accepted < proposed ? 1 : 0);
     st.counts.draftTokens += proposed;
     st.counts.acceptedTokens += accepted;
+    if (accepted > 0) this.pairBackoff = 0;
   }
 
   /** A target step's forward time: decode-only steps, with `drafted` proposals verified in all. */
@@ -338,6 +344,9 @@ export class Speculator {
 
   /** Forgets a finished or cancelled sequence. */
   release(key: object): void {
+    const st = this.seqs.get(key);
+    if (st && st.counts.draftTokens > 0 && st.counts.acceptedTokens === 0)
+      this.pairBackoff = Math.min(MAX_BACKOFF, Math.max(FIRST_BACKOFF, 2 * this.pairBackoff));
     this.releaseKv(key);
     this.seqs.delete(key);
   }

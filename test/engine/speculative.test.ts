@@ -15,6 +15,7 @@ import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
 import { encodePrompt, loadSession, sessionModel, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING, type EngineEvent, type GenerateRequest, type SamplingParams } from "../../src/engine/types.ts";
+import { type Drafter, Speculator } from "../../src/engine/speculative.ts";
 import { expectTargetDistribution } from "./distribution.ts";
 
 const ROOT = join(import.meta.dir, "../fixtures/models");
@@ -196,4 +197,48 @@ describe("speculative decoding, sampled", () => {
     }
     expectTargetDistribution(expected, observed, N);
   }, 120_000);
+});
+
+describe("adaptive policy across sequences", () => {
+  // A drafter that is never run here: the policy's decisions are driven through plan / settle / release.
+  const idle: Drafter = {
+    contextLength: 4096,
+    wantsHidden: false,
+    prepare: () => true,
+    forward: () => new Float32Array(0),
+    settle: () => {},
+    release: () => {},
+    dispose: () => {},
+  };
+  const plan = (sp: Speculator, key: object, generated: number) => sp.plan(key, GREEDY, 40 + generated, generated, 100, 1);
+
+  test("after a sequence whose draft was never right, the next waits before its first proposal; an accepted token clears that", () => {
+    const sp = new Speculator(idle, 4, 0.05);
+    sp.observeStep(10, 0);
+    const a = {};
+    expect(plan(sp, a, 1)).toBe(1); // untried draft: one token
+    sp.settle(a, 41, 1, 0);
+    sp.release(a);
+    const b = {};
+    expect(plan(sp, b, 1)).toBe(0);
+    expect(plan(sp, b, 7)).toBe(0);
+    expect(plan(sp, b, 8)).toBe(1);
+    sp.settle(b, 50, 1, 0);
+    sp.release(b);
+    const c = {};
+    expect(plan(sp, c, 15)).toBe(0); // the wait doubled
+    expect(plan(sp, c, 16)).toBe(1);
+    sp.settle(c, 58, 1, 1); // right once
+    sp.release(c);
+    expect(plan(sp, {}, 1)).toBeGreaterThan(0);
+  });
+
+  test("a sequence that ends without proposing leaves the wait as it was", () => {
+    const sp = new Speculator(idle, 4, 0.05);
+    sp.observeStep(10, 0);
+    const a = {};
+    plan(sp, a, 1);
+    sp.release(a); // proposed nothing (its drafts were not settled)
+    expect(plan(sp, {}, 1)).toBe(1);
+  });
 });
