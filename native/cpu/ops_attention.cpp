@@ -1,9 +1,9 @@
 // KV pool writes, paged attention and dense scaled-dot-product attention, with an f32 online softmax. Pools hold
 // float rows or packed codes (affine 8/4-bit, FP8 E4M3, each with f16 group scales; turbo: rotated Lloyd-Max
-// codes with an f16 scale per row); attention reads the packed rows in place: decode steps score affine and FP8
-// codes directly and decode value rows into the accumulators (Kern::pk_dots, pk_pv); turbo rows and prefill tiles
-// are decoded one chunk of keys at a time into scratch, shared by all their query rows. No dequantized copy of the
-// cache exists.
+// codes with an f16 scale per row); attention reads the packed rows in place: decode steps score the codes directly
+// and decode value rows into the accumulators (Kern::pk_dots, pk_pv; turbo rows where the kernels take them,
+// Kern::pk_turbo); prefill tiles, and turbo rows elsewhere, are decoded one chunk of keys at a time into scratch,
+// shared by all their query rows. No dequantized copy of the cache exists.
 #include <algorithm>
 #include <cstring>
 #include <cmath>
@@ -31,7 +31,8 @@ constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attend
 constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
 enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2, KV_TURBO = 3 };
-static_assert((int)KV_AFFINE == PK_AFFINE && (int)KV_FP8 == PK_FP8 && (int)KV_TURBO == PK_TURBO, "PkRows takes the pool modes as they are");
+static_assert((int)KV_AFFINE == PK_AFFINE && (int)KV_FP8 == PK_FP8 && (int)KV_TURBO == PK_TURBO,
+              "PkRows takes the pool modes as they are");
 
 // Turbo rows (KV_TURBO): a head's row x of D values (D a power of two) is rotated, y = H S x / sqrt(D) with S a
 // fixed diagonal of random signs and H the Walsh-Hadamard matrix (an orthogonal map, so q . k = Rq . Rk); y's
