@@ -134,7 +134,7 @@ function ssdTierFor(name: string, dir: string, cache: KvCache): SsdTier | null {
 /** Offers a model's RAM prefix entries to its SSD tier and waits until they are written. */
 async function keepPrefixes(m: Loaded): Promise<void> {
   if (!m.tier) return;
-  m.scheduler.prefix?.keepAll();
+  await m.scheduler.prefix?.keepAllPaced();
   await m.tier.store.close();
 }
 

@@ -61,6 +61,11 @@ export interface PrefixTier {
    * the recurrent-state snapshot after it, if any.
    */
   keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void;
+  /**
+   * keep() for a graceful shutdown, which has time: waits until the tier can take the entry rather than letting
+   * a full write queue skip it.
+   */
+  keepPaced?(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): Promise<void>;
   /** Whether the tier may hold the block of this chain hash. */
   has(hash: bigint): boolean;
   /** The block of this chain hash in fresh blocks of each space (refcount 1, -1 where none) and its snapshot, or null. */
@@ -135,9 +140,22 @@ export class PrefixCache {
     return { blocks: m, fromTier, hash: hashes[m]!, held, ...(snapshot ? { snapshot } : {}) };
   }
 
-  /** Offers every entry to the tier, keeping them (a graceful shutdown). */
+  /** Offers every entry to the tier, keeping them (a model unloaded: its pools go right after). */
   keepAll(): void {
     if (this.tier) for (const [h, e] of this.entries) this.tier.keep(h, e.ids, e.snapshot);
+  }
+
+  /**
+   * keepAll for a graceful shutdown: each entry waits for room in the tier's write queue instead of being skipped
+   * when the queue is full (the entries are offered oldest first, so a skip lost the most recent prefixes).
+   */
+  async keepAllPaced(): Promise<void> {
+    const tier = this.tier;
+    if (!tier) return;
+    for (const [h, e] of this.entries) {
+      if (tier.keepPaced) await tier.keepPaced(h, e.ids, e.snapshot);
+      else tier.keep(h, e.ids, e.snapshot);
+    }
   }
 
   /** Takes (+1) or drops (-1) one more reference to each block of an entry. */

@@ -19,6 +19,8 @@ export interface SsdStoreOptions {
   ns: bigint;
   /** One line for the server log. */
   warn?: (msg: string) => void;
+  /** Most bytes of records waiting to be written (default MAX_QUEUED_BYTES); tests make it small. */
+  maxQueuedBytes?: number;
   /** Writes a whole file; tests replace it with one that fails as a full disk does. */
   writeFile?: (path: string, bytes: Uint8Array) => Promise<unknown>;
 }
@@ -96,7 +98,8 @@ export class SsdStore {
     }
     if (this.stopped || this.queue.has(hash)) return null;
     const bytes = recordBytes(sizes, extra.byteLength);
-    if (this.queuedBytes + bytes > MAX_QUEUED_BYTES) {
+    // An empty queue takes any one record, so that no record is too large ever to be written.
+    if (this.queuedBytes > 0 && this.queuedBytes + bytes > (this.opts.maxQueuedBytes ?? MAX_QUEUED_BYTES)) {
       this.stats.skipped++;
       return null;
     }
@@ -160,6 +163,15 @@ export class SsdStore {
   touch(hashes: readonly bigint[]): void {
     for (const h of hashes) if (this.onDisk.has(h)) this.touched.add(h);
     if (this.touched.size > 0) this.startWriter();
+  }
+
+  /**
+   * Resolves once a record of these sizes would be queued rather than skipped for a full queue: at once when it
+   * fits, else after the writer has drained the queue.
+   */
+  async roomFor(sizes: readonly number[], extraBytes: number): Promise<void> {
+    const most = this.opts.maxQueuedBytes ?? MAX_QUEUED_BYTES;
+    if (this.queuedBytes > 0 && this.queuedBytes + recordBytes(sizes, extraBytes) > most) await this.flush();
   }
 
   /** Resolves when every queued record is written (or spilling has stopped). */

@@ -46,6 +46,12 @@ export class SsdTier implements PrefixTier {
     this.store = new SsdStore({ ...rest, ns: ssdNamespace(modelId, cache) });
   }
 
+  async keepPaced(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): Promise<void> {
+    const spaces = this.cache.spaces;
+    await this.store.roomFor(ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), snapshot?.byteLength ?? 0);
+    this.keep(hash, ids, snapshot);
+  }
+
   keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void {
     const spaces = this.cache.spaces;
     const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), snapshot ?? NO_EXTRA);

@@ -172,7 +172,7 @@ const FIXTURES = join(import.meta.dir, "../../fixtures/models");
 const BLOCK = 16;
 
 /** A scheduler over a fresh cache of a fixture model, with an SSD tier on dir. */
-function serve(model: Model, modelDir: string, dir: string, opts: { codec?: string; numBlocks?: number; warn?: (m: string) => void; writeFile?: (p: string, b: Uint8Array) => Promise<unknown> } = {}) {
+function serve(model: Model, modelDir: string, dir: string, opts: { codec?: string; numBlocks?: number; warn?: (m: string) => void; writeFile?: (p: string, b: Uint8Array) => Promise<unknown>; maxQueuedBytes?: number } = {}) {
   const cache = new KvCache(model.backend, model.layers, {
     blockSize: BLOCK,
     numBlocks: opts.numBlocks ?? 24,
@@ -180,7 +180,7 @@ function serve(model: Model, modelDir: string, dir: string, opts: { codec?: stri
     windowed: true,
     sizing: { sequences: 2, stepTokens: 64 },
   });
-  const tier = new SsdTier(cache, { dir, budgetBytes: 1e9, modelId: modelIdentity(modelDir), warn: opts.warn, writeFile: opts.writeFile });
+  const tier = new SsdTier(cache, { dir, budgetBytes: 1e9, modelId: modelIdentity(modelDir), warn: opts.warn, writeFile: opts.writeFile, maxQueuedBytes: opts.maxQueuedBytes });
   const events: EngineEvent[] = [];
   const sched = new Scheduler({ ...tokenModel(model, cache), prefixTier: tier }, { maxRunning: 2, maxWaiting: 16, prefillChunk: 64, prefixCache: true }, (e) => events.push(e));
   let n = 0;
@@ -195,7 +195,7 @@ function serve(model: Model, modelDir: string, dir: string, opts: { codec?: stri
   };
   /** A graceful shutdown: RAM blocks to disk, then wait for the writer. */
   const stop = async () => {
-    sched.prefix!.keepAll();
+    await sched.prefix!.keepAllPaced();
     await tier.store.close();
     cache.dispose();
   };
@@ -237,6 +237,18 @@ for (const [name, codec] of [["qwen3", "f32"], ["qwen3", "q8"], ["gemma3", "f16"
       expect(restarted).toEqual({ tokens: reference.tokens, cached: full, disk: full });
       // Now in RAM as well: a RAM hit.
       expect(b.run(p)).toEqual({ tokens: reference.tokens, cached: full, disk: 0 });
+      await b.stop();
+    });
+
+    test("a graceful shutdown writes every RAM block though they exceed the write queue; a restart serves all of them", async () => {
+      const dir = freshDir();
+      // A queue of about one block's record: without pacing, all but the first block would be skipped.
+      const a = serve(model, modelDir, dir, { codec, numBlocks: 64, maxQueuedBytes: 1 });
+      const first = a.run(p);
+      await a.stop();
+      expect(a.tier.store.stats.skipped).toBe(0);
+      const b = serve(model, modelDir, dir, { codec, numBlocks: 64 });
+      expect(b.run(p)).toEqual({ tokens: first.tokens, cached: full, disk: full });
       await b.stop();
     });
 
