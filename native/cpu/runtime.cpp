@@ -116,6 +116,19 @@ int fail(int code, const char *fmt, ...) {
 
 using namespace rmlx;
 
+namespace {
+// slot = the index of name among names, or a clear error naming the knob and its choices.
+int set_mode(const char *name, const char *const *names, int count, int &slot, const char *what, const char *choices) {
+  if (!name) return fail(RMLX_E_INVALID, "%s mode is null", what);
+  for (int i = 0; i < count; i++)
+    if (!strcmp(name, names[i])) {
+      slot = i;
+      return RMLX_OK;
+    }
+  return fail(RMLX_E_INVALID, "unknown %s mode '%s' (%s)", what, name, choices);
+}
+}  // namespace
+
 extern "C" {
 
 int rmlx_abi_version(void) { return RMLX_ABI_VERSION; }
@@ -141,27 +154,11 @@ int rmlx_set_isa(const char *name) {
   return select_isa(name, "isa ");
 }
 
-int rmlx_set_gemv_mode(const char *name) {
-  if (!name) return fail(RMLX_E_INVALID, "gemv mode is null");
-  for (int i = 0; i < 3; i++)
-    if (!strcmp(name, kGemvNames[i])) {
-      g_gemv = i;
-      return RMLX_OK;
-    }
-  return fail(RMLX_E_INVALID, "unknown gemv mode '%s' (x8, x16 or f32)", name);
-}
+int rmlx_set_gemv_mode(const char *name) { return set_mode(name, kGemvNames, 3, g_gemv, "gemv", "x8, x16 or f32"); }
 
 const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
 
-int rmlx_set_gemm_mode(const char *name) {
-  if (!name) return fail(RMLX_E_INVALID, "gemm mode is null");
-  for (int i = 0; i < 2; i++)
-    if (!strcmp(name, kGemmNames[i])) {
-      g_gemm = i;
-      return RMLX_OK;
-    }
-  return fail(RMLX_E_INVALID, "unknown gemm mode '%s' (bf16 or f32)", name);
-}
+int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 2, g_gemm, "gemm", "bf16 or f32"); }
 
 const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : kGemmF32]; }
 

@@ -36,28 +36,20 @@ test.skipIf(!probe.ok)("with libmlxc: mlx when asked for; auto takes mlx only on
   expect(await pick("auto", probe.lib.path)).toBe(probe.lib.metal ? "mlx" : "native");
 });
 
-// The native library takes RMLX_GEMV as it loads (a Worker's process.env is not the C environment).
-async function gemvMode(env: string): Promise<string> {
+// The native library takes RMLX_GEMV and RMLX_GEMM as it loads (a Worker's process.env is not the C environment).
+async function libMode(env: "RMLX_GEMV" | "RMLX_GEMM", value: string): Promise<string> {
+  const read = env === "RMLX_GEMV" ? "rmlx_gemv_mode" : "rmlx_gemm_mode";
   const code = `import { native } from "./src/backend/native/lib.ts";
-try { console.log(String(native().rmlx_gemv_mode())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
+try { console.log(String(native().${read}())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
   const proc = Bun.spawn([process.execPath, "-e", code], {
     cwd: `${import.meta.dir}/../..`,
-    env: { ...process.env, RMLX_GEMV: env },
+    env: { ...process.env, [env]: value },
     stdout: "pipe",
   });
   return (await new Response(proc.stdout).text()).trim();
 }
-
-async function gemmMode(env: string): Promise<string> {
-  const code = `import { native } from "./src/backend/native/lib.ts";
-try { console.log(String(native().rmlx_gemm_mode())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
-  const proc = Bun.spawn([process.execPath, "-e", code], {
-    cwd: `${import.meta.dir}/../..`,
-    env: { ...process.env, RMLX_GEMM: env },
-    stdout: "pipe",
-  });
-  return (await new Response(proc.stdout).text()).trim();
-}
+const gemvMode = (value: string) => libMode("RMLX_GEMV", value);
+const gemmMode = (value: string) => libMode("RMLX_GEMM", value);
 
 test("RMLX_GEMM picks the prefill-product arithmetic; f32 is the default; other names are rejected", async () => {
   expect(await gemmMode("")).toBe("f32");
