@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "ops.h"
@@ -420,7 +421,12 @@ void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int6
 
 // ---- packed KV rows (see PkRows in ops.h)
 
-enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2 };
+enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2, PK_T4 = 3, PK_T3 = 4 };
+
+constexpr bool has_bias(int Kind) { return Kind == PK_U8 || Kind == PK_U4; }
+constexpr int64_t row_bytes(int Kind, int64_t D) {
+  return Kind == PK_U4 || Kind == PK_T4 ? D / 2 : Kind == PK_T3 ? D * 3 / 8 : D;
+}
 
 // 8 codes of a packed row from position e (a multiple of 8; nibble order for 4 bits) as floats. E4M3 codes come
 // out as 2^-8 times their value: the 7 magnitude bits shifted into an f16's exponent and mantissa make an f16 whose
@@ -433,10 +439,23 @@ inline __m256 dec8(const uint8_t *c, int64_t e) {
     const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(c + e)));
     return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16((short)0xbf80)));
   }
+  if (Kind == PK_T3) {
+    // 8 codes in a 24-bit little-endian word, code i at bits 3i..3i+2; the permute reads only an index's low 3
+    // bits. The 4-byte load reads one byte past a row, which rmlx_alloc leaves readable at a pool's end.
+    int32_t w;
+    std::memcpy(&w, c + e / 8 * 3, 4);
+    const __m256i idx = _mm256_srlv_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(kTurbo3), idx);
+  }
   const int64_t i = (e >> 3) & 3;
   __m128i b = _mm_loadl_epi64((const __m128i *)(c + (e >> 5) * 16 + (i & 1) * 8));
   if (i >> 1) b = _mm_srli_epi16(b, 4);
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(15))));
+  const __m256i idx = _mm256_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(15)));
+  if (Kind == PK_T4)  // 16 levels: two 8-entry permutes, blended on the code's top bit
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(kTurbo4), idx),
+                            _mm256_permutevar8x32_ps(_mm256_loadu_ps(kTurbo4 + 8), idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+  return _mm256_cvtepi32_ps(idx);
 }
 
 constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
@@ -468,7 +487,7 @@ inline __m128 f16x4(const uint16_t *const *p, int64_t j, int64_t g) {
 // code rows kAhead keys on are prefetched into L1.
 template <int Kind, int NR>
 void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const PkRows &k, int64_t nj, int64_t D) {
-  const int64_t G = k.group, ng = D / G, rb = Kind == PK_U4 ? D / 2 : D;
+  const int64_t G = k.group, ng = D / G, rb = row_bytes(Kind, D);
   const __m128 mul = _mm_set1_ps(pk_mul(Kind));
   int64_t j = 0;
   for (; j + 4 <= nj; j += 4) {
@@ -489,7 +508,7 @@ void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const P
       }
       const __m128 sv = _mm_mul_ps(f16x4(k.scales, j, g), mul);
       for (int r = 0; r < NR; r++) tot[r] = _mm_fmadd_ps(hsum4(a[r]), sv, tot[r]);
-      if (Kind != PK_E4M3) {
+      if (has_bias(Kind)) {
         const __m128 bv = f16x4(k.biases, j, g);
         for (int r = 0; r < NR; r++) tot[r] = _mm_fmadd_ps(bv, _mm_set1_ps(qsum[r * ng + g]), tot[r]);
       }
@@ -506,8 +525,8 @@ void pk_dots_t(float *s, int64_t lds, const float *q, const float *qsum, const P
         for (int r = 0; r < NR; r++) a[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + e), x, a[r]);
       }
       const float sc = _cvtsh_ss(k.scales[j][g]) * pk_mul(Kind);
-      const float b = Kind != PK_E4M3 ? _cvtsh_ss(k.biases[j][g]) : 0.f;
-      for (int r = 0; r < NR; r++) tot[r] += hsum(a[r]) * sc + (Kind != PK_E4M3 ? b * qsum[r * ng + g] : 0.f);
+      const float b = has_bias(Kind) ? _cvtsh_ss(k.biases[j][g]) : 0.f;
+      for (int r = 0; r < NR; r++) tot[r] += hsum(a[r]) * sc + (has_bias(Kind) ? b * qsum[r * ng + g] : 0.f);
     }
     for (int r = 0; r < NR; r++) s[r * lds + j] = tot[r];
   }
@@ -519,7 +538,7 @@ template <int Kind, int NR, int KB>
 void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t nj, int64_t D) {
   const int64_t G = v.group, ng = D / G;
   float bacc[NR][64];
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int r = 0; r < NR; r++)
       for (int64_t g = 0; g < ng; g++) bacc[r][g] = 0.f;
   auto block = [&](int64_t j, auto kb) {
@@ -528,13 +547,13 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
     const uint8_t *cp[B];
     const uint16_t *sp[B], *bp[B];
     for (int u = 0; u < B; u++) cp[u] = v.codes[j + u], sp[u] = v.scales[j + u], bp[u] = v.biases[j + u];
-    if (j + kAhead + B <= nj) prefetch_codes(v, j + kAhead, B, Kind == PK_U4 ? D / 2 : D);
+    if (j + kAhead + B <= nj) prefetch_codes(v, j + kAhead, B, row_bytes(Kind, D));
     for (int64_t g = 0; g < ng; g++) {
       __m256 w[NR][B];
       for (int u = 0; u < B; u++) {
         const float sc = _cvtsh_ss(sp[u][g]) * pk_mul(Kind);
         for (int r = 0; r < NR; r++) w[r][u] = _mm256_set1_ps(p[r * ldp + j + u] * sc);
-        if (Kind != PK_E4M3) {
+        if (has_bias(Kind)) {
           const float b = _cvtsh_ss(bp[u][g]);
           for (int r = 0; r < NR; r++) bacc[r][g] += p[r * ldp + j + u] * b;
         }
@@ -553,7 +572,7 @@ void pk_pv_t(float *acc, const float *p, int64_t ldp, const PkRows &v, int64_t n
   int64_t j = 0;
   for (; j + KB <= nj; j += KB) block(j, std::integral_constant<int, KB>{});
   for (; j < nj; j++) block(j, std::integral_constant<int, 1>{});
-  if (Kind != PK_E4M3)
+  if (has_bias(Kind))
     for (int r = 0; r < NR; r++)
       for (int64_t g = 0; g < ng; g++) {
         const __m256 b = _mm256_set1_ps(bacc[r][g]);
@@ -577,13 +596,18 @@ void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v
   if (r < R) pk_pv_t<Kind, 1, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
 }
 
-int pk_kind(const PkRows &x) { return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4; }
+int pk_kind(const PkRows &x) {
+  if (x.mode == PK_TURBO) return x.bits == 4 ? PK_T4 : PK_T3;
+  return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
+}
 
 void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
   if (D / k.group > 64 || k.group % 32) return kern_portable().pk_dots(s, lds, q, qsum, R, k, nj, D);
   switch (pk_kind(k)) {
     case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
     case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
+    case PK_T4: return pk_dots_k<PK_T4>(s, lds, q, qsum, R, k, nj, D);
+    case PK_T3: return pk_dots_k<PK_T3>(s, lds, q, qsum, R, k, nj, D);
     default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
   }
 }
@@ -593,6 +617,8 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
   switch (pk_kind(v)) {
     case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
     case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
+    case PK_T4: return pk_pv_k<PK_T4>(acc, p, ldp, R, v, nj, D);
+    case PK_T3: return pk_pv_k<PK_T3>(acc, p, ldp, R, v, nj, D);
     default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
   }
 }
@@ -681,7 +707,7 @@ void delta_step(float *S, const float *k, const float *q, const float *v, float 
 
 const Kern kAvx2 = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                     swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                    dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step, false};
+                    dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step, true};
 
 }  // namespace
 
