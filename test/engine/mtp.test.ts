@@ -17,7 +17,7 @@ import { loadSession, sessionModel, type Session } from "../../src/engine/sessio
 import { type Drafter, Speculator } from "../../src/engine/speculative.ts";
 import { DEFAULT_SAMPLING, type EngineEvent, type GenerateRequest, type SamplingParams } from "../../src/engine/types.ts";
 import { makeTinyHybrid, type TinyHybridSpec } from "../models/tiny_model.ts";
-import { expectTargetDistribution } from "./distribution.ts";
+import { expectTargetDistribution, targetJointDistribution } from "./distribution.ts";
 
 const FIXTURES = join(import.meta.dir, "../fixtures/models");
 const TOKENIZER = join(FIXTURES, "hybrid/qwen3_5_dense");
@@ -343,14 +343,6 @@ describe("--draft-kind mtp, the head's forward", () => {
   });
 });
 
-/** Softmax at temperature t over the k largest logits of row (ties to the lower id): the target alone. */
-function topKDistribution(row: Float32Array, k: number, t: number): Map<number, number> {
-  const ids = [...row.keys()].sort((i, j) => row[j]! - row[i]! || i - j).slice(0, k);
-  const w = ids.map((i) => Math.exp((row[i]! - row[ids[0]!]!) / t));
-  const z = w.reduce((x, y) => x + y, 0);
-  return new Map(ids.map((id, j) => [id, w[j]! / z]));
-}
-
 describe("--draft-kind mtp, sampled", () => {
   const T = 1;
   const K = 3;
@@ -359,18 +351,7 @@ describe("--draft-kind mtp, sampled", () => {
     const { session } = tiny({ trunkMix: 0.5, mtp: { kind: "copy", mix: 0.3 } }, 5);
     const mtp = loadMtpDraft(session);
     const prompt = PROMPTS[0]!;
-    const cache = cacheForTokens(session.model, prompt.length + 8);
-    const next = (ids: number[]) => {
-      const seq = new Sequence();
-      const r = forwardBatch(session.model, cache, [{ seq, tokens: Int32Array.from(ids) }]);
-      cache.release(seq);
-      return topKDistribution(r.logits, K, T);
-    };
-    const expected = new Map<string, number>();
-    for (const [a, pa] of next(prompt))
-      for (const [b, pb] of next([...prompt, a]))
-        for (const [c, pc] of next([...prompt, a, b])) expected.set(`${a},${b},${c}`, pa * pb * pc);
-    cache.dispose();
+    const expected = targetJointDistribution(session.model, prompt, K, T);
 
     const sampling = { ...DEFAULT_SAMPLING, temperature: T, topK: K };
     const observed = new Map<string, number>();

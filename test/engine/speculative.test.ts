@@ -10,13 +10,12 @@ import { builtinModelDir } from "../../src/builtin/index.ts";
 import { convert } from "../../src/convert/convert.ts";
 import { loadDraft, speculatorFor, type DraftModel } from "../../src/engine/draft_model.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
-import { forwardBatch } from "../../src/engine/forward_batch.ts";
-import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { KvCache } from "../../src/engine/kv/kv_cache.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
 import { encodePrompt, loadSession, sessionModel, type Session } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING, type EngineEvent, type GenerateRequest, type SamplingParams } from "../../src/engine/types.ts";
 import { type Drafter, Speculator } from "../../src/engine/speculative.ts";
-import { expectTargetDistribution } from "./distribution.ts";
+import { expectTargetDistribution, targetJointDistribution } from "./distribution.ts";
 
 const ROOT = join(import.meta.dir, "../fixtures/models");
 const names = (index: string) => (JSON.parse(readFileSync(index, "utf8")) as { fixtures: { name: string }[] }).fixtures.map((f) => f.name);
@@ -142,14 +141,6 @@ describe("speculative decoding, greedy", () => {
   });
 });
 
-/** Softmax at temperature t over the k largest logits of row (ties to the lower id): the target alone. */
-function topKDistribution(row: Float32Array, k: number, t: number): Map<number, number> {
-  const ids = [...row.keys()].sort((i, j) => row[j]! - row[i]! || i - j).slice(0, k);
-  const w = ids.map((i) => Math.exp((row[i]! - row[ids[0]!]!) / t));
-  const z = w.reduce((x, y) => x + y, 0);
-  return new Map(ids.map((id, j) => [id, w[j]! / z]));
-}
-
 describe("speculative decoding, sampled", () => {
   // A random-weight fixture at temperature 1 and top_k 3: every one of the 27 sequences of three tokens is likely.
   // Drafts: a 3-bit copy (close to the target) and an unrelated random model (far from it: many rejections,
@@ -162,19 +153,8 @@ describe("speculative decoding, sampled", () => {
     const draft = loadDraft(target, join(ROOT, draftName));
     const prompt = PROMPTS("qwen3")[1]!;
 
-    // The exact joint distribution of (t1, t2, t3) under the target alone, from its logits after each prefix.
-    const cache = cacheForTokens(target.model, prompt.length + 8);
-    const next = (ids: number[]) => {
-      const seq = new Sequence();
-      const r = forwardBatch(target.model, cache, [{ seq, tokens: Int32Array.from(ids) }]);
-      cache.release(seq);
-      return topKDistribution(r.logits, K, T);
-    };
-    const expected = new Map<string, number>();
-    for (const [a, pa] of next(prompt))
-      for (const [b, pb] of next([...prompt, a]))
-        for (const [c, pc] of next([...prompt, a, b])) expected.set(`${a},${b},${c}`, pa * pb * pc);
-    cache.dispose();
+    // The exact joint distribution of (t1, t2, t3) under the target alone.
+    const expected = targetJointDistribution(target.model, prompt, K, T);
 
     // maxTokens 4: t1 comes from the prompt's step, then one round proposes two tokens, so t2 and t3 are both
     // verified proposals or residual draws.
