@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "ops.h"
+#include "pk_kinds.h"
 
 namespace rmlx {
 namespace avx2 {
@@ -419,14 +420,7 @@ void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int6
   else pv16_t<false>(acc, p, v, nj, D);
 }
 
-// ---- packed KV rows (see PkRows in ops.h)
-
-enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2, PK_T4 = 3, PK_T3 = 4 };
-
-constexpr bool has_bias(int Kind) { return Kind == PK_U8 || Kind == PK_U4; }
-constexpr int64_t row_bytes(int Kind, int64_t D) {
-  return Kind == PK_U4 || Kind == PK_T4 ? D / 2 : Kind == PK_T3 ? D * 3 / 8 : D;
-}
+// ---- packed KV rows (see PkRows in ops.h, the row kinds in pk_kinds.h)
 
 // 8 codes of a packed row from position e (a multiple of 8; nibble order for 4 bits) as floats. E4M3 codes come
 // out as 2^-8 times their value: the 7 magnitude bits shifted into an f16's exponent and mantissa make an f16 whose
@@ -458,17 +452,7 @@ inline __m256 dec8(const uint8_t *c, int64_t e) {
   return _mm256_cvtepi32_ps(idx);
 }
 
-constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? 256.f : 1.f; }
-
-// How many keys ahead the packed loops pull code rows into L1 (see the AVX-512 kernels: the chunk-ahead prefetch
-// of attend_rows reaches L2 only in part).
-constexpr int64_t kAhead = 16;
-
-inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
-  for (int64_t u = j; u < j + n; u++)
-    for (uintptr_t a = (uintptr_t)x.codes[u] & ~(uintptr_t)63; a < (uintptr_t)x.codes[u] + rb; a += 64)
-      _mm_prefetch((const char *)a, _MM_HINT_T0);
-}
+constexpr float pk_mul(int Kind) { return Kind == PK_E4M3 ? kE4M3Mul : 1.f; }
 
 // Lane u: the sum of the 8 lanes of v[u].
 inline __m128 hsum4(const __m256 *v) {
@@ -594,11 +578,6 @@ void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v
   int64_t r = 0;
   for (; r + 2 <= R; r += 2) pk_pv_t<Kind, 2, 4>(acc + r * D, p + r * ldp, ldp, v, nj, D);
   if (r < R) pk_pv_t<Kind, 1, 8>(acc + r * D, p + r * ldp, ldp, v, nj, D);
-}
-
-int pk_kind(const PkRows &x) {
-  if (x.mode == PK_TURBO) return x.bits == 4 ? PK_T4 : PK_T3;
-  return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
 }
 
 void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {

@@ -10,36 +10,14 @@
 #include <type_traits>
 
 #include "ops.h"
+#include "pk_kinds.h"
 
 namespace rmlx {
 namespace avx512 {
 namespace {
 
-enum { PK_U8 = 0, PK_U4 = 1, PK_E4M3 = 2, PK_T4 = 3, PK_T3 = 4 };
-
-constexpr bool has_bias(int Kind) { return Kind == PK_U8 || Kind == PK_U4; }
-constexpr int64_t row_bytes(int Kind, int64_t D) {
-  return Kind == PK_U4 || Kind == PK_T4 ? D / 2 : Kind == PK_T3 ? D * 3 / 8 : D;
-}
-
 constexpr int64_t kKeys = 64;    // keys whose scales are converted at once
 constexpr int64_t kGroups = 64;  // the most groups per row the fused kernels take (ops_attention: fusable)
-// How many keys ahead the loops pull code rows into L1. The chunk-ahead prefetch of attend_rows reaches L2 only in
-// part, and the loads then waited on memory (at 16k keys a 4-key distance left q8 decode 1.4x f16's time, 16 about
-// 1.1x; 8 and 24 measured between).
-constexpr int64_t kAhead = 16;
-
-// Code rows [j, j + n) of x into L1, every line a row touches (a 3-bit row of 48 bytes may span two).
-inline void prefetch_codes(const PkRows &x, int64_t j, int64_t n, int64_t rb) {
-  for (int64_t u = j; u < j + n; u++)
-    for (uintptr_t a = (uintptr_t)x.codes[u] & ~(uintptr_t)63; a < (uintptr_t)x.codes[u] + rb; a += 64)
-      _mm_prefetch((const char *)a, _MM_HINT_T0);
-}
-
-int pk_kind(const PkRows &x) {
-  if (x.mode == PK_TURBO) return x.bits == 4 ? PK_T4 : PK_T3;
-  return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
-}
 
 // 32 E4M3 codes as f16 values 2^-8 times theirs (the caller's scales carry the 256): the sign-extended byte
 // shifted left by 7 puts the sign in bit 15 (and a copy in 14, masked off), the exponent in the low 4 bits of f16's
@@ -51,7 +29,6 @@ inline void e4m3x32(const uint8_t *c, __m512 &lo, __m512 &hi) {
   lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
   hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
-constexpr float kE4M3Mul = 256.f;
 
 // Where code i of 32 turbo3 codes (12 bytes, code i at bits 3i..3i+2) lies: the byte holding its low bit, and
 // the shift within the dword read from there.
