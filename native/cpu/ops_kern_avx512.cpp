@@ -258,24 +258,12 @@ void pk_pv_k(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v
 
 void pk_dots(float *s, int64_t lds, const float *q, const float *qsum, int64_t R, const PkRows &k, int64_t nj, int64_t D) {
   if (D / k.group > kGroups || k.group % 32) return kern_portable().pk_dots(s, lds, q, qsum, R, k, nj, D);
-  switch (pk_kind(k)) {
-    case PK_U8: return pk_dots_k<PK_U8>(s, lds, q, qsum, R, k, nj, D);
-    case PK_U4: return pk_dots_k<PK_U4>(s, lds, q, qsum, R, k, nj, D);
-    case PK_T4: return pk_dots_k<PK_T4>(s, lds, q, qsum, R, k, nj, D);
-    case PK_T3: return pk_dots_k<PK_T3>(s, lds, q, qsum, R, k, nj, D);
-    default: return pk_dots_k<PK_E4M3>(s, lds, q, qsum, R, k, nj, D);
-  }
+  with_pk_kind(k, [&]<int Kind>() { pk_dots_k<Kind>(s, lds, q, qsum, R, k, nj, D); });
 }
 
 void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, int64_t nj, int64_t D) {
   if (D / v.group > kGroups || v.group % 32) return kern_portable().pk_pv(acc, p, ldp, R, v, nj, D);
-  switch (pk_kind(v)) {
-    case PK_U8: return pk_pv_k<PK_U8>(acc, p, ldp, R, v, nj, D);
-    case PK_U4: return pk_pv_k<PK_U4>(acc, p, ldp, R, v, nj, D);
-    case PK_T4: return pk_pv_k<PK_T4>(acc, p, ldp, R, v, nj, D);
-    case PK_T3: return pk_pv_k<PK_T3>(acc, p, ldp, R, v, nj, D);
-    default: return pk_pv_k<PK_E4M3>(acc, p, ldp, R, v, nj, D);
-  }
+  with_pk_kind(v, [&]<int Kind>() { pk_pv_k<Kind>(acc, p, ldp, R, v, nj, D); });
 }
 
 // Prefill tiles over float rows (Kern::dots_rows, pv_rows) for head dims that are a multiple of 16; the AVX2

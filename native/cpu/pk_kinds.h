@@ -16,6 +16,18 @@ inline int pk_kind(const PkRows &x) {
   return x.mode == PK_FP8 ? PK_E4M3 : x.bits == 8 ? PK_U8 : PK_U4;
 }
 
+// fn.template operator()<Kind>() for x's kind: each kernel template instantiated once per kind.
+template <class Fn>
+inline void with_pk_kind(const PkRows &x, Fn &&fn) {
+  switch (pk_kind(x)) {
+    case PK_U8: return fn.template operator()<PK_U8>();
+    case PK_U4: return fn.template operator()<PK_U4>();
+    case PK_T4: return fn.template operator()<PK_T4>();
+    case PK_T3: return fn.template operator()<PK_T3>();
+    default: return fn.template operator()<PK_E4M3>();
+  }
+}
+
 // Affine codes carry a bias per group (value = scale * code + bias); E4M3 and turbo codes a scale only.
 constexpr bool has_bias(int Kind) { return Kind == PK_U8 || Kind == PK_U4; }
 
