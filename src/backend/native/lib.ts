@@ -7,7 +7,7 @@ import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import embeddedLib from "../../../native/build/librmlx.so" with { type: "file" };
 import { RmlxError } from "../../errors.ts";
-import { parseGemmMode, parseGemvMode, type GemmMode, type GemvMode } from "../choice.ts";
+import { parseGemmMode, parseGemvMode, type GemvMode } from "../choice.ts";
 
 export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
@@ -100,17 +100,6 @@ export function setGemvMode(mode: GemvMode): GemvMode {
   const lib = native();
   const before = String(lib.rmlx_gemv_mode() as unknown as CString) as GemvMode;
   check(lib.rmlx_set_gemv_mode(Buffer.from(`${mode}\0`)), "gemv mode");
-  return before;
-}
-
-/**
- * Sets the arithmetic of prefill-shaped products for the whole process; returns the previous mode in effect
- * (bf16 reads f32 where the CPU has no AVX512-BF16).
- */
-export function setGemmMode(mode: GemmMode): GemmMode {
-  const lib = native();
-  const before = String(lib.rmlx_gemm_mode() as unknown as CString) as GemmMode;
-  check(lib.rmlx_set_gemm_mode(Buffer.from(`${mode}\0`)), "gemm mode");
   return before;
 }
 
