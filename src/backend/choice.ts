@@ -2,14 +2,23 @@
 // or the backends' modules (a conversion under a tight memory limit has no room for them).
 import { RmlxError } from "../errors.ts";
 
+/**
+ * value (a flag's or its environment variable's) as one of choices, case and surrounding space ignored;
+ * undefined when empty; otherwise one line naming the flag, the variable and the choices.
+ */
+function parseChoice<T extends string>(value: string | undefined, choices: readonly T[], what: string, flag: string, env: string): T | undefined {
+  const v = (value ?? "").trim().toLowerCase();
+  if (v === "") return undefined;
+  if ((choices as readonly string[]).includes(v)) return v as T;
+  const list = `${choices.slice(0, -1).join(", ")} or ${choices[choices.length - 1]}`;
+  throw new RmlxError("invalid_argument", `unknown ${what} '${value}' (${flag} / ${env}: ${list})`);
+}
+
 export type BackendChoice = "auto" | "native" | "mlx";
 export const BACKEND_CHOICES: readonly BackendChoice[] = ["auto", "native", "mlx"];
 
 export function parseBackendChoice(value: string | undefined): BackendChoice {
-  const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return "auto";
-  if ((BACKEND_CHOICES as readonly string[]).includes(v)) return v as BackendChoice;
-  throw new RmlxError("invalid_argument", `unknown backend '${value}' (--backend / RMLX_BACKEND: auto, native or mlx)`);
+  return parseChoice(value, BACKEND_CHOICES, "backend", "--backend", "RMLX_BACKEND") ?? "auto";
 }
 
 /** Arithmetic of the native decode products of quantized weights (native/cpu/qkern_x16_impl.h, qkern_fp8_impl.h). */
@@ -18,10 +27,7 @@ const GEMV_MODES: readonly GemvMode[] = ["x8", "x16", "f32"];
 
 /** --gemv / RMLX_GEMV; undefined when unset (the library's default, x16). */
 export function parseGemvMode(value: string | undefined): GemvMode | undefined {
-  const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return undefined;
-  if ((GEMV_MODES as readonly string[]).includes(v)) return v as GemvMode;
-  throw new RmlxError("invalid_argument", `unknown gemv mode '${value}' (--gemv / RMLX_GEMV: x8, x16 or f32)`);
+  return parseChoice(value, GEMV_MODES, "gemv mode", "--gemv", "RMLX_GEMV");
 }
 
 /** Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, or bf16 dot products. */
@@ -30,10 +36,7 @@ const GEMM_MODES: readonly GemmMode[] = ["bf16", "f32"];
 
 /** --gemm / RMLX_GEMM; undefined when unset (the library's default, f32). */
 export function parseGemmMode(value: string | undefined): GemmMode | undefined {
-  const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return undefined;
-  if ((GEMM_MODES as readonly string[]).includes(v)) return v as GemmMode;
-  throw new RmlxError("invalid_argument", `unknown gemm mode '${value}' (--gemm / RMLX_GEMM: bf16 or f32)`);
+  return parseChoice(value, GEMM_MODES, "gemm mode", "--gemm", "RMLX_GEMM");
 }
 
 /**
@@ -46,8 +49,5 @@ const COMPUTE_DTYPE_MODES: readonly ComputeDtypeMode[] = ["auto", "model", "f32"
 
 /** --compute-dtype / RMLX_COMPUTE_DTYPE; "auto" when unset. */
 export function parseComputeDtype(value: string | undefined): ComputeDtypeMode {
-  const v = (value ?? "").trim().toLowerCase();
-  if (v === "") return "auto";
-  if ((COMPUTE_DTYPE_MODES as readonly string[]).includes(v)) return v as ComputeDtypeMode;
-  throw new RmlxError("invalid_argument", `unknown compute dtype '${value}' (--compute-dtype / RMLX_COMPUTE_DTYPE: auto, model or f32)`);
+  return parseChoice(value, COMPUTE_DTYPE_MODES, "compute dtype", "--compute-dtype", "RMLX_COMPUTE_DTYPE") ?? "auto";
 }
