@@ -98,8 +98,7 @@ export class SsdStore {
     }
     if (this.stopped || this.queue.has(hash)) return null;
     const bytes = recordBytes(sizes, extra.byteLength);
-    // An empty queue takes any one record, so that no record is too large ever to be written.
-    if (this.queuedBytes > 0 && this.queuedBytes + bytes > (this.opts.maxQueuedBytes ?? MAX_QUEUED_BYTES)) {
+    if (!this.queueTakes(bytes)) {
       this.stats.skipped++;
       return null;
     }
@@ -170,8 +169,15 @@ export class SsdStore {
    * fits, else after the writer has drained the queue.
    */
   async roomFor(sizes: readonly number[], extraBytes: number): Promise<void> {
-    const most = this.opts.maxQueuedBytes ?? MAX_QUEUED_BYTES;
-    if (this.queuedBytes > 0 && this.queuedBytes + recordBytes(sizes, extraBytes) > most) await this.flush();
+    if (!this.queueTakes(recordBytes(sizes, extraBytes))) await this.flush();
+  }
+
+  /**
+   * Whether the write queue takes a record of this many bytes now; an empty one takes any, so that no record is
+   * too large ever to be written.
+   */
+  private queueTakes(bytes: number): boolean {
+    return this.queuedBytes === 0 || this.queuedBytes + bytes <= (this.opts.maxQueuedBytes ?? MAX_QUEUED_BYTES);
   }
 
   /** Resolves when every queued record is written (or spilling has stopped). */

@@ -47,19 +47,23 @@ export class SsdTier implements PrefixTier {
   }
 
   async keepPaced(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): Promise<void> {
-    const spaces = this.cache.spaces;
-    await this.store.roomFor(ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), snapshot?.byteLength ?? 0);
+    await this.store.roomFor(this.sizesOf(ids), snapshot?.byteLength ?? 0);
     this.keep(hash, ids, snapshot);
   }
 
   keep(hash: bigint, ids: readonly number[], snapshot: Uint8Array | null): void {
     const spaces = this.cache.spaces;
-    const d = this.store.draft(hash, ids.map((id, s) => (id < 0 ? 0 : spaces[s]!.bytesPerBlock)), snapshot ?? NO_EXTRA);
+    const d = this.store.draft(hash, this.sizesOf(ids), snapshot ?? NO_EXTRA);
     if (!d) return;
     ids.forEach((id, s) => {
       if (id >= 0) spaces[s]!.readBlock(id, d.spaces[s]!);
     });
     this.store.put(hash, d.seal());
+  }
+
+  /** A record's space sizes for an entry's blocks: a block's bytes in each space that has one, 0 elsewhere. */
+  private sizesOf(ids: readonly number[]): number[] {
+    return ids.map((id, s) => (id < 0 ? 0 : this.cache.spaces[s]!.bytesPerBlock));
   }
 
   has(hash: bigint): boolean {
