@@ -690,15 +690,6 @@ static void micro_any(int mr, const float *x, int64_t ldx, const float *bp, int 
 // x and the decoded panel are rounded to bf16 (nearest even) and multiplied by vdpbf16ps, which takes two k per
 // lane: 32 products an instruction against an f32 FMA's 16, with f32 sums.
 
-static inline bool gemm_bf16_cpu() {
-  if constexpr (V::L != 16) {
-    return false;
-  } else {
-    static const bool has = __builtin_cpu_supports("avx512bf16");
-    return has;
-  }
-}
-
 // o[0, n rounded up to even) = x[0, n) as bf16, the odd tail padded with a zero.
 template <int = 0>
 __attribute__((target("avx512bf16"))) static void to_bf16(uint16_t *o, const float *x, int n) {
@@ -823,7 +814,8 @@ template <int F>
 static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,
                          int64_t mlen, int64_t u0, int64_t u1) {
   if constexpr (V::L == 16) {
-    if (gemm_bf16_enabled() && gemm_bf16_cpu()) return gemm_units_bf16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
+    // gemm_bf16_enabled() checks the CPU's AVX512-BF16 and that an AVX-512 variant is in use.
+    if (gemm_bf16_enabled()) return gemm_units_bf16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
   }
   const int64_t N = W.N, K = W.K;
   float *bp = (float *)aligned_alloc(64, sizeof(float) * (NB * KB + KB));
