@@ -18,8 +18,11 @@ bool gemv_x16_enabled();
 // 8 bits per group instead (qkern_x8_impl.h); one row keeps x16.
 bool gemv_x8_enabled();
 // Whether prefill-shaped products (many rows of x) round x and the decoded weights to bf16 for AVX512-BF16 dot
-// products (rmlx_set_gemm_mode, RMLX_GEMM=bf16), twice the f32 FMA rate; f32 (the default) keeps them exact.
+// products (rmlx_set_gemm_mode, RMLX_GEMM=bf16), twice the f32 FMA rate.
 bool gemm_bf16_enabled();
+// Whether prefill-shaped products of affine 4 and 8-bit weights put x in 16-bit fixed point per group for integer
+// dot products (qkern_gemm_x16_impl.h; rmlx_set_gemm_mode, RMLX_GEMM=x16); f32 (the default) keeps them exact.
+bool gemm_x16_enabled();
 
 // Records a message for rmlx_last_error() and returns the code, so that kernels can `return fail(...)`.
 int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -809,6 +809,8 @@ __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, cons
   free(xb);
 }
 
+#include "qkern_gemm_x16_impl.h"
+
 // Units [u0, u1) of work, unit u = (panel u / mchunks, block u % mchunks of mlen rows of x).
 template <int F>
 static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias, int64_t mchunks,
@@ -816,6 +818,10 @@ static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W
   if constexpr (V::L == 16) {
     // gemm_bf16_enabled() checks the CPU's AVX512-BF16 and that an AVX-512 variant is in use.
     if (gemm_bf16_enabled()) return gemm_units_bf16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
+  }
+  if constexpr (gx16_format<F>()) {
+    if (gemm_x16_enabled() && gx16_takes(W)) u0 = gemm_units_x16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
+    if (u0 == u1) return;
   }
   const int64_t N = W.N, K = W.K;
   float *bp = (float *)aligned_alloc(64, sizeof(float) * (NB * KB + KB));

@@ -61,23 +61,33 @@ int gemv_mode() {
 bool gemv_x16_enabled() { return gemv_mode() != kGemvF32; }
 
 namespace {
-enum GemmMode : int { kGemmUnread = -1, kGemmF32, kGemmBf16 };
-constexpr const char *kGemmNames[] = {"f32", "bf16"};
+enum GemmMode : int { kGemmUnread = -1, kGemmF32, kGemmBf16, kGemmX16 };
+constexpr const char *kGemmNames[] = {"f32", "bf16", "x16"};
+constexpr GemmMode kGemmDefault = kGemmF32;
 int g_gemm = kGemmUnread;
-}  // namespace
 
-// bf16 needs AVX512-BF16 and an AVX-512 variant in use; elsewhere the mode reads f32.
-bool gemm_bf16_enabled() {
+int gemm_mode() {
   if (g_gemm == kGemmUnread) {
     const char *env = getenv("RMLX_GEMM");
-    g_gemm = env && !strcmp(env, "bf16") ? kGemmBf16 : kGemmF32;
+    g_gemm = kGemmDefault;
+    for (int i = 0; env && i < 3; i++)
+      if (!strcmp(env, kGemmNames[i])) g_gemm = i;
   }
+  return g_gemm;
+}
+
+bool cpu_bf16() {
   static const bool cpu = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16");
   }();
-  return g_gemm == kGemmBf16 && cpu && (int)active_isa() >= (int)Isa::Avx512;
+  return cpu;
 }
+}  // namespace
+
+// bf16 needs AVX512-BF16 and x16 an AVX-512 variant in use; bf16 elsewhere reads x16, x16 elsewhere f32.
+bool gemm_bf16_enabled() { return gemm_mode() == kGemmBf16 && cpu_bf16() && (int)active_isa() >= (int)Isa::Avx512; }
+bool gemm_x16_enabled() { return gemm_mode() != kGemmF32 && !gemm_bf16_enabled() && (int)active_isa() >= (int)Isa::Avx512; }
 bool gemv_x8_enabled() { return gemv_mode() == kGemvX8; }
 
 Isa active_isa() {
@@ -158,9 +168,9 @@ int rmlx_set_gemv_mode(const char *name) { return set_mode(name, kGemvNames, 3, 
 
 const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
 
-int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 2, g_gemm, "gemm", "bf16 or f32"); }
+int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 3, g_gemm, "gemm", "x16, bf16 or f32"); }
 
-const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : kGemmF32]; }
+const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : gemm_x16_enabled() ? kGemmX16 : kGemmF32]; }
 
 const char *rmlx_last_error(void) { return g_err; }
 

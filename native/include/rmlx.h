@@ -64,9 +64,12 @@ int rmlx_set_isa(const char *name);
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);
 /* Arithmetic of prefill-shaped products (many rows of x) that the x8 kernels do not take: "f32" (exact, the
-   default) or "bf16": x and the decoded weights rounded to bf16 (nearest even) for AVX512-BF16 dot products with
-   f32 sums, twice the f32 FMA rate. RMLX_GEMM sets the default; rmlx_gemm_mode() names the mode in effect, f32
-   where the CPU or the ISA variant in use has no AVX512-BF16. */
+   default); "x16": affine 4 and 8-bit weights on the AVX-512 variants take 16-bit integer dot products, x in
+   16-bit fixed point per weight group (step max|x| / 32639) as the one-row x16 kernels put it, exact int32 sums
+   (other formats, and other variants, f32); "bf16": x and the decoded weights rounded to bf16 (nearest even) for
+   AVX512-BF16 dot products with f32 sums, twice the f32 FMA rate (x16 where the CPU has no AVX512-BF16).
+   RMLX_GEMM sets the default; rmlx_gemm_mode() names the mode in effect (f32 where the ISA variant in use has
+   neither). */
 int rmlx_set_gemm_mode(const char *name);
 const char *rmlx_gemm_mode(void);
 const char *rmlx_last_error(void);

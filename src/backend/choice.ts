@@ -30,9 +30,12 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
   return parseChoice(value, GEMV_MODES, "gemv mode", "--gemv", "RMLX_GEMV");
 }
 
-/** Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, or bf16 dot products. */
-export type GemmMode = "bf16" | "f32";
-const GEMM_MODES: readonly GemmMode[] = ["bf16", "f32"];
+/**
+ * Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, x16 (integer products for
+ * affine 4 and 8-bit weights at the one-row kernels' precision, f32 for the rest) or bf16 dot products.
+ */
+export type GemmMode = "x16" | "bf16" | "f32";
+const GEMM_MODES: readonly GemmMode[] = ["x16", "bf16", "f32"];
 
 /** --gemm / RMLX_GEMM; undefined when unset (the library's default, f32). */
 export function parseGemmMode(value: string | undefined): GemmMode | undefined {

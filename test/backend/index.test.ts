@@ -54,8 +54,10 @@ const gemmMode = (value: string) => libMode("RMLX_GEMM", value);
 test("RMLX_GEMM picks the prefill-product arithmetic; f32 is the default; other names are rejected", async () => {
   expect(await gemmMode("")).toBe("f32");
   expect(await gemmMode("f32")).toBe("f32");
-  // bf16 where the CPU has AVX512-BF16, else f32
-  expect(["bf16", "f32"]).toContain(await gemmMode("BF16"));
+  // bf16 where the CPU has AVX512-BF16, else x16 on AVX-512, else f32
+  expect(["bf16", "x16", "f32"]).toContain(await gemmMode("BF16"));
+  // x16 on the AVX-512 variants, else f32
+  expect(["x16", "f32"]).toContain(await gemmMode("x16"));
   expect(await gemmMode("int8")).toMatch(/^RmlxError:invalid_argument:.*int8/);
 });
 

@@ -1,7 +1,7 @@
 // The bf16 prefill products (rmlx_set_gemm_mode("bf16"), native/cpu/qkern_impl.h): x and the decoded weights are
 // rounded to bf16 (nearest even) and multiplied exactly with f32 sums, so the result is held, within f32
 // summation error, to the float64 product of those rounded values, on the AVX-512 variants of a CPU with
-// AVX512-BF16. Elsewhere the mode reads f32 and the products stay exact.
+// AVX512-BF16. Elsewhere the mode reads x16 on AVX-512 (gemm_x16.test.ts), f32 on the other variants.
 import { ptr } from "bun:ffi";
 import { afterAll, describe, expect, test } from "bun:test";
 import { DT, native } from "../../src/backend/native/lib.ts";
@@ -10,6 +10,7 @@ import {
   bf16ToNumber,
   dequantAll,
   matmulRef,
+  matmulX16Ref,
   numberToBf16,
   qlinear,
   randomQWeight,
@@ -52,6 +53,7 @@ for (const isa of availableIsas()) {
     test("bf16 weights: K odd, across column blocks, partial tiles, with bias", () => {
       const mode = gemmModeOn(isa);
       if (isa !== "avx512" && isa !== "avx512vnni") expect(mode).toBe("f32");
+      else expect(["bf16", "x16"]).toContain(mode);
       for (const [M, K, N] of [[40, 67, 29], [45, 600, 70], [33, 256, 64]] as const) {
         const w = Uint16Array.from(randomX(K + N, N * K), numberToBf16);
         const wv = Float64Array.from(w, bf16ToNumber);
@@ -75,8 +77,9 @@ for (const isa of availableIsas()) {
         const wd = dequantAll(q);
         const x = randomX(bits + K, M * K);
         const exact = matmulRef(x, M, wd, N, K);
-        const want = mode === "bf16" ? matmulRef(roundX(x), M, wd.map((v) => toBf16(Math.fround(v))), N, K) : exact;
-        expect({ bits, group, err: worstRelError(qlinear(q, x, M), want.y, exact.mag) < TOL }).toEqual({ bits, group, err: true });
+        const want =
+          mode === "bf16" ? matmulRef(roundX(x), M, wd.map((v) => toBf16(Math.fround(v))), N, K).y : mode === "x16" ? matmulX16Ref(q, x, M) : exact.y;
+        expect({ bits, group, err: worstRelError(qlinear(q, x, M), want, exact.mag) < TOL }).toEqual({ bits, group, err: true });
       }
     });
 
