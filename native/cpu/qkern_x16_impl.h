@@ -99,6 +99,33 @@ static void x16_wide_order_for(int16_t *q, const WeightMat &W) {
   else x16_wide_order<CPB, 8, 2>(q, W.K);
 }
 
+// 4-bit rows on AVX512-VNNI skip the widening of codes to words: each step's x (in the order above) becomes byte
+// planes, x = 256 h + l with l the signed low byte (|x| <= 32639 keeps h within a signed byte), and vpdpbusd
+// multiplies the code bytes (unsigned) with each plane. Per step and code j: 64 bytes of h, then 64 of l, byte
+// 16k + i the element of weight byte i of lane k's chunk: vpacksswb of the two word vectors 2j and 2j + 1 puts
+// bytes 0-7 and 8-15 of each 128-bit lane in that order.
+template <int F>
+static constexpr bool x16_planes() {
+  return F == F_A4 && V::L == 16 && V::kVnni;
+}
+
+#if defined(__AVX512BW__)
+static void x16_a4_planes(int16_t *q, int64_t K) {
+  for (int64_t b = 0; b < K; b += 128) {
+    __m512i *p = (__m512i *)(q + b), v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm512_loadu_si512((const void *)(p + i));
+    for (int j = 0; j < 2; j++) {
+      const __m512i la = _mm512_srai_epi16(_mm512_slli_epi16(v[2 * j], 8), 8);
+      const __m512i lb = _mm512_srai_epi16(_mm512_slli_epi16(v[2 * j + 1], 8), 8);
+      const __m512i ha = _mm512_srai_epi16(_mm512_sub_epi16(v[2 * j], la), 8);
+      const __m512i hb = _mm512_srai_epi16(_mm512_sub_epi16(v[2 * j + 1], lb), 8);
+      _mm512_storeu_si512((void *)(p + 2 * j), _mm512_packs_epi16(ha, hb));
+      _mm512_storeu_si512((void *)(p + 2 * j + 1), _mm512_packs_epi16(la, lb));
+    }
+  }
+}
+#endif
+
 // fp4 codes as small integers: 2 * E2M1 value + 12 (0..24, unsigned bytes for vpmaddubsw); the 12 is taken
 // back through the group sums of x16.
 static constexpr int kFp4Offset = 12;
@@ -222,6 +249,9 @@ static bool x16_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
     if constexpr (x16_wide_format<F>()) {
       if (x16_affine_wide<F>(W)) {
         x16_wide_order_for<F>(qm, W);
+#if defined(__AVX512BW__)
+        if constexpr (x16_planes<F>()) x16_a4_planes(qm, K);
+#endif
         continue;
       }
     }
@@ -420,7 +450,8 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
 }
 
 // The same for 2, 4 and 8-bit codes with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide),
-// rows of whole units (x16_affine_wide). A step's bytes are split into their codes and widened to words with
+// rows of whole units (x16_affine_wide). A step's bytes are split into their codes (4-bit with VNNI: multiplied as
+// bytes with x's byte planes, see x16_planes) and widened to words with
 // vpunpcklbw / vpunpckhbw against zero, which keep each 128-bit lane's bytes in that lane, so int32 lane 4k + i of
 // every product sums elements of the chunks in lane k only, one group (x16_wide_chunk). One integer accumulator
 // thus serves a unit's groups (up to four) at once, and its conversion and the FMA with the groups' factors are
@@ -475,23 +506,48 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
         }
       }
       __m512i acc[NR][MR];
-      for (int s = 0; s < U; s++) {
-        __m512i w[NR][NV];
-        for (int r = 0; r < NR; r++)
-          for (int j = 0; j < CPB; j++) {
-            __m512i cj = j == 0 ? st[r][s] : _mm512_srli_epi16(st[r][s], BITS * j);
-            if constexpr (BITS < 8) cj = _mm512_and_si512(cj, mask);
-            w[r][2 * j] = _mm512_unpacklo_epi8(cj, z);
-            w[r][2 * j + 1] = _mm512_unpackhi_epi8(cj, z);
+      if constexpr (x16_planes<F>()) {
+        __m512i ah[NR][MR], al[NR][MR];
+        for (int s = 0; s < U; s++) {
+          __m512i w[NR][2];
+          for (int r = 0; r < NR; r++) {
+            w[r][0] = _mm512_and_si512(st[r][s], mask);
+            w[r][1] = _mm512_and_si512(_mm512_srli_epi16(st[r][s], 4), mask);
           }
-        for (int m = 0; m < MR; m++) {
-          const int16_t *xe = xg + m * K + s * SE;
-          for (int i = 0; i < NV; i++) {
-            const __m512i xv = _mm512_loadu_si512((const void *)(xe + 32 * i));
-            for (int r = 0; r < NR; r++) {
-              if (s == 0 && i == 0) acc[r][m] = _mm512_madd_epi16(w[r][i], xv);
-              else if constexpr (V::kVnni) acc[r][m] = _mm512_dpwssd_epi32(acc[r][m], w[r][i], xv);
-              else acc[r][m] = _mm512_add_epi32(acc[r][m], _mm512_madd_epi16(w[r][i], xv));
+          for (int m = 0; m < MR; m++) {
+            const int8_t *xb = (const int8_t *)(xg + m * K + s * SE);
+            for (int j = 0; j < 2; j++) {
+              const __m512i xh = _mm512_loadu_si512((const void *)(xb + 128 * j));
+              const __m512i xl = _mm512_loadu_si512((const void *)(xb + 128 * j + 64));
+              for (int r = 0; r < NR; r++) {
+                if (s == 0 && j == 0) ah[r][m] = al[r][m] = z;
+                ah[r][m] = _mm512_dpbusd_epi32(ah[r][m], w[r][j], xh);
+                al[r][m] = _mm512_dpbusd_epi32(al[r][m], w[r][j], xl);
+              }
+            }
+          }
+        }
+        for (int r = 0; r < NR; r++)
+          for (int m = 0; m < MR; m++) acc[r][m] = _mm512_add_epi32(_mm512_slli_epi32(ah[r][m], 8), al[r][m]);
+      } else {
+        for (int s = 0; s < U; s++) {
+          __m512i w[NR][NV];
+          for (int r = 0; r < NR; r++)
+            for (int j = 0; j < CPB; j++) {
+              __m512i cj = j == 0 ? st[r][s] : _mm512_srli_epi16(st[r][s], BITS * j);
+              if constexpr (BITS < 8) cj = _mm512_and_si512(cj, mask);
+              w[r][2 * j] = _mm512_unpacklo_epi8(cj, z);
+              w[r][2 * j + 1] = _mm512_unpackhi_epi8(cj, z);
+            }
+          for (int m = 0; m < MR; m++) {
+            const int16_t *xe = xg + m * K + s * SE;
+            for (int i = 0; i < NV; i++) {
+              const __m512i xv = _mm512_loadu_si512((const void *)(xe + 32 * i));
+              for (int r = 0; r < NR; r++) {
+                if (s == 0 && i == 0) acc[r][m] = _mm512_madd_epi16(w[r][i], xv);
+                else if constexpr (V::kVnni) acc[r][m] = _mm512_dpwssd_epi32(acc[r][m], w[r][i], xv);
+                else acc[r][m] = _mm512_add_epi32(acc[r][m], _mm512_madd_epi16(w[r][i], xv));
+              }
             }
           }
         }
