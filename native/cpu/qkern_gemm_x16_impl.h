@@ -112,55 +112,50 @@ static inline __m512i gx16_dp(__m512i acc, __m512i a, __m512i b) {
   }
 }
 
-// t[MRR][TW] += one group's products (see gx16_micro).
-template <int MRR, int GS>
-static inline __attribute__((always_inline)) void gx16_group(const int32_t *xg, int64_t ldx, const float *xst,
-                                                             const float *xsm, int64_t ldg, const int32_t *bg,
-                                                             const float *sv, const float *bv, float (*t)[TW], int np) {
-  __m512i acc[MRR][2];
-  for (int i = 0; i < MRR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-  for (int p = 0; p < np; p++) {
-    const __m512i b0 = _mm512_loadu_si512((const void *)(bg + p * TW));
-    const __m512i b1 = _mm512_loadu_si512((const void *)(bg + p * TW + 16));
-    for (int i = 0; i < MRR; i++) {
-      const __m512i a = _mm512_set1_epi32(xg[i * ldx + p]);
-      acc[i][0] = gx16_dp(acc[i][0], a, b0);
-      acc[i][1] = gx16_dp(acc[i][1], a, b1);
-    }
-  }
-  const __m512 s0 = _mm512_loadu_ps(sv), s1 = _mm512_loadu_ps(sv + 16);
-  const __m512 o0 = _mm512_loadu_ps(bv), o1 = _mm512_loadu_ps(bv + 16);
-  for (int i = 0; i < MRR; i++) {
-    const __m512 st = _mm512_set1_ps(xst[i * ldg]), sm = _mm512_set1_ps(xsm[i * ldg]);
-    __m512 t0 = _mm512_fmadd_ps(o0, sm, _mm512_load_ps(t[i]));
-    __m512 t1 = _mm512_fmadd_ps(o1, sm, _mm512_load_ps(t[i] + 16));
-    t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, st), t0);
-    t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, st), t1);
-    _mm512_store_ps(t[i], t0);
-    _mm512_store_ps(t[i] + 16, t1);
-  }
-}
+// Rows of x a micro-tile: 6, so that the tile's 12 integer accumulators and its 12 f32 sums all stay in registers
+// across the groups (with 12 rows the sums went through memory, and the accumulators with them, once a group).
+static constexpr int kGx16Mr = 6;
 
 // c[MRR, ncols] += the products of ng groups of GS columns: x pairs (row i at xq + i * ldx dwords), their steps
 // and sums (row i at xst / xsm + i * ldg), and one sub-panel (bp, with its factors sv and offsets bv).
 template <int MRR, int GS>
 static void gx16_micro(const int32_t *xq, int64_t ldx, const float *xst, const float *xsm, int64_t ldg,
                        const int32_t *bp, const float *sv, const float *bv, int ng, float *c, int64_t ldc, int ncols) {
-  alignas(64) float t[MRR][TW];
   const __mmask16 k0 = (__mmask16)(ncols >= 16 ? 0xffff : (1u << ncols) - 1);
   const __mmask16 k1 = (__mmask16)(ncols >= 32 ? 0xffff : ncols <= 16 ? 0 : (1u << (ncols - 16)) - 1);
+  __m512 tot[MRR][2];
   for (int i = 0; i < MRR; i++) {
-    _mm512_store_ps(t[i], _mm512_maskz_loadu_ps(k0, c + i * ldc));
-    _mm512_store_ps(t[i] + 16, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));
+    tot[i][0] = _mm512_maskz_loadu_ps(k0, c + i * ldc);
+    tot[i][1] = _mm512_maskz_loadu_ps(k1, c + i * ldc + 16);
   }
-  for (int g = 0; g < ng; g++) gx16_group<MRR, GS>(xq + g * (GS / 2), ldx, xst + g, xsm + g, ldg, bp + (int64_t)g * (GS / 2) * TW, sv + g * TW, bv + g * TW, t, GS / 2);
+  for (int g = 0; g < ng; g++) {
+    const int32_t *xg = xq + g * (GS / 2), *bg = bp + (int64_t)g * (GS / 2) * TW;
+    __m512i acc[MRR][2];
+    for (int i = 0; i < MRR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    for (int p = 0; p < GS / 2; p++) {
+      const __m512i b0 = _mm512_loadu_si512((const void *)(bg + p * TW));
+      const __m512i b1 = _mm512_loadu_si512((const void *)(bg + p * TW + 16));
+      for (int i = 0; i < MRR; i++) {
+        const __m512i a = _mm512_set1_epi32(xg[i * ldx + p]);
+        acc[i][0] = gx16_dp(acc[i][0], a, b0);
+        acc[i][1] = gx16_dp(acc[i][1], a, b1);
+      }
+    }
+    const __m512 s0 = _mm512_loadu_ps(sv + g * TW), s1 = _mm512_loadu_ps(sv + g * TW + 16);
+    const __m512 o0 = _mm512_loadu_ps(bv + g * TW), o1 = _mm512_loadu_ps(bv + g * TW + 16);
+    for (int i = 0; i < MRR; i++) {
+      const __m512 st = _mm512_set1_ps(xst[i * ldg + g]), sm = _mm512_set1_ps(xsm[i * ldg + g]);
+      tot[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, st), _mm512_fmadd_ps(o0, sm, tot[i][0]));
+      tot[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, st), _mm512_fmadd_ps(o1, sm, tot[i][1]));
+    }
+  }
   for (int i = 0; i < MRR; i++) {
-    _mm512_mask_storeu_ps(c + i * ldc, k0, _mm512_load_ps(t[i]));
-    _mm512_mask_storeu_ps(c + i * ldc + 16, k1, _mm512_load_ps(t[i] + 16));
+    _mm512_mask_storeu_ps(c + i * ldc, k0, tot[i][0]);
+    _mm512_mask_storeu_ps(c + i * ldc + 16, k1, tot[i][1]);
   }
 }
 
-template <int GS, int MRR = V::MR>
+template <int GS, int MRR = kGx16Mr>
 static void gx16_micro_any(int mr, const int32_t *xq, int64_t ldx, const float *xst, const float *xsm, int64_t ldg,
                            const int32_t *bp, const float *sv, const float *bv, int ng, float *c, int64_t ldc,
                            int ncols) {
@@ -200,8 +195,8 @@ static int64_t gemm_units_x16_g(float *y, const float *x, int64_t M, const Weigh
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int kl = (int)(K - k0 < KB ? K - k0 : KB), kp = kl / 2, ng = (int)(kl / GS);
         gx16_pack<F>(bp, sv, bv, rowbuf, c, W, n0, nr, k0, kl);
-        for (int64_t m = m0; m < m1; m += V::MR) {
-          const int mr = (int)(m1 - m < V::MR ? m1 - m : V::MR);
+        for (int64_t m = m0; m < m1; m += kGx16Mr) {
+          const int mr = (int)(m1 - m < kGx16Mr ? m1 - m : kGx16Mr);
           const int64_t xo = (m - m0) * ldx + k0 / 2, go = (m - m0) * NG + k0 / GS;
           for (int s = 0; s * TW < nr; s++) {
             const int nc = nr - s * TW < TW ? nr - s * TW : TW;
