@@ -168,7 +168,7 @@ int rmlx_set_gemv_mode(const char *name) { return set_mode(name, kGemvNames, 3, 
 
 const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
 
-int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 3, g_gemm, "gemm", "x16, bf16 or f32"); }
+int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 3, g_gemm, "gemm", "f32, x16 or bf16"); }
 
 const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : gemm_x16_enabled() ? kGemmX16 : kGemmF32]; }
 

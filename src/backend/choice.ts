@@ -34,8 +34,8 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
  * Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, x16 (integer products for
  * affine 4 and 8-bit weights at the one-row kernels' precision, f32 for the rest) or bf16 dot products.
  */
-export type GemmMode = "x16" | "bf16" | "f32";
-const GEMM_MODES: readonly GemmMode[] = ["x16", "bf16", "f32"];
+export type GemmMode = "f32" | "x16" | "bf16";
+const GEMM_MODES: readonly GemmMode[] = ["f32", "x16", "bf16"];
 
 /** --gemm / RMLX_GEMM; undefined when unset (the library's default, f32). */
 export function parseGemmMode(value: string | undefined): GemmMode | undefined {

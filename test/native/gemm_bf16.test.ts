@@ -3,7 +3,7 @@
 // summation error, to the float64 product of those rounded values, on the AVX-512 variants of a CPU with
 // AVX512-BF16. Elsewhere the mode reads x16 on AVX-512 (gemm_x16.test.ts), f32 on the other variants.
 import { ptr } from "bun:ffi";
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { DT, native } from "../../src/backend/native/lib.ts";
 import {
   availableIsas,
@@ -15,17 +15,13 @@ import {
   qlinear,
   randomQWeight,
   randomX,
+  restoreIsaAndGemmAfterAll,
+  setGemmMode,
   setIsa,
   worstRelError,
 } from "./ref.ts";
 
-const BEST = String(native().rmlx_isa());
-const DEFAULT_GEMM = String(native().rmlx_gemm_mode());
-const setGemm = (name: string) => native().rmlx_set_gemm_mode(ptr(Buffer.from(`${name}\0`)));
-afterAll(() => {
-  setIsa(BEST);
-  setGemm(DEFAULT_GEMM);
-});
+restoreIsaAndGemmAfterAll();
 
 const TOL = 1e-5;
 const toBf16 = (v: number) => bf16ToNumber(numberToBf16(v));
@@ -33,17 +29,17 @@ const roundX = (x: Float32Array) => Float32Array.from(x, toBf16);
 
 function gemmModeOn(isa: string): string {
   expect(setIsa(isa)).toBe(0);
-  expect(setGemm("bf16")).toBe(0);
+  expect(setGemmMode("bf16")).toBe(0);
   return String(native().rmlx_gemm_mode());
 }
 
 describe("gemm mode", () => {
   test("an unknown mode is refused with its name", () => {
-    expect(setGemm("fp8")).not.toBe(0);
+    expect(setGemmMode("fp8")).not.toBe(0);
     expect(String(native().rmlx_last_error())).toContain("unknown gemm mode 'fp8'");
   });
   test("f32 reads f32", () => {
-    expect(setGemm("f32")).toBe(0);
+    expect(setGemmMode("f32")).toBe(0);
     expect(String(native().rmlx_gemm_mode())).toBe("f32");
   });
 });

@@ -2,25 +2,30 @@
 // native/cpu/qkern_gemm_x16_impl.h): x in 16-bit fixed point per weight group, integer sums, so the result is
 // held, within f32 summation error, to the float64 product with x rounded as the one-row x16 kernels round it
 // (matmulX16Ref), on the AVX-512 variants; elsewhere the mode reads f32 and the products stay exact.
-import { ptr } from "bun:ffi";
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { native } from "../../src/backend/native/lib.ts";
-import { availableIsas, dequantAll, matmulRef, matmulX16Ref, qlinear, randomQWeight, randomX, setIsa, worstRelError } from "./ref.ts";
+import {
+  availableIsas,
+  dequantAll,
+  matmulRef,
+  matmulX16Ref,
+  qlinear,
+  randomQWeight,
+  randomX,
+  restoreIsaAndGemmAfterAll,
+  setGemmMode,
+  setIsa,
+  worstRelError,
+} from "./ref.ts";
 
-const BEST = String(native().rmlx_isa());
-const DEFAULT_GEMM = String(native().rmlx_gemm_mode());
-const setGemm = (name: string) => native().rmlx_set_gemm_mode(ptr(Buffer.from(`${name}\0`)));
-afterAll(() => {
-  setIsa(BEST);
-  setGemm(DEFAULT_GEMM);
-});
+const DEFAULT_GEMM = restoreIsaAndGemmAfterAll();
 
 const TOL = 2e-6;
 const AVX512 = new Set(["avx512", "avx512vnni"]);
 
 function modeOn(isa: string, mode: string): string {
   expect(setIsa(isa)).toBe(0);
-  expect(setGemm(mode)).toBe(0);
+  expect(setGemmMode(mode)).toBe(0);
   return String(native().rmlx_gemm_mode());
 }
 

@@ -1,6 +1,7 @@
 // Plain TypeScript references for the native product tests: the MLX weight layouts decoded straight from their
 // documented definitions (bit streams, E2M1/E4M3/E8M0 tables), in float64.
 import { ptr } from "bun:ffi";
+import { afterAll } from "bun:test";
 import { DT, native } from "../../src/backend/native/lib.ts";
 import { mulberry32 } from "../rng.ts";
 
@@ -324,4 +325,22 @@ export function x8Bound(q: QWeight, x: Float32Array, M: number): Float64Array {
 /** Sets the gemv arithmetic ("x16" or "f32"); returns the status. */
 export function setGemvMode(name: string): number {
   return native().rmlx_set_gemv_mode(ptr(Buffer.from(`${name}\0`)));
+}
+
+/** Sets the prefill-product arithmetic ("f32", "x16" or "bf16"); returns the status. */
+export function setGemmMode(name: string): number {
+  return native().rmlx_set_gemm_mode(ptr(Buffer.from(`${name}\0`)));
+}
+
+/**
+ * For files whose tests switch the ISA variant and the gemm mode: puts back the ones in effect when called once
+ * the file's tests end. Returns the gemm mode it saw.
+ */
+export function restoreIsaAndGemmAfterAll(): string {
+  const isa = String(native().rmlx_isa()), gemm = String(native().rmlx_gemm_mode());
+  afterAll(() => {
+    setIsa(isa);
+    setGemmMode(gemm);
+  });
+  return gemm;
 }
