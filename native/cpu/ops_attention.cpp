@@ -27,7 +27,10 @@ inline void store_row(const Kern &k, void *base, int dt, int64_t off, const floa
   else k.f32_to_bf16((uint16_t *)base + off, src, n);
 }
 
-constexpr int64_t kTileTokens = 4;  // consecutive tokens of one sequence attended together in a prefill
+// Consecutive tokens of one sequence attended together in a prefill: every key and value row loaded (and
+// converted from the pool's dtype) serves all their query rows. 16 against 4: one layer of 256 tokens over 2048 keys
+// (Qwen3-0.6B shape, f16 pool, one thread) 110-117 -> 70-86 ms, with pv_rows' register tiles 47-55 ms.
+constexpr int64_t kTileTokens = 16;
 constexpr int64_t kMinPartKeys = 256;  // the fewest keys a part of a split decode attention is given
 
 enum : int { KV_FLOAT = 0, KV_AFFINE = 1, KV_FP8 = 2, KV_TURBO = 3 };

@@ -268,8 +268,7 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
 
 // Prefill tiles over float rows (Kern::dots_rows, pv_rows) for head dims that are a multiple of 16; the AVX2
 // kernels take the rest. dots: NR query rows against 4 keys a pass, each key load serving every row, sums kept as
-// 16-lane vectors and reduced once per key. pv: 2 rows and 8 keys a pass, each value load serving both rows and
-// each accumulator load and store 8 keys.
+// 16-lane vectors and reduced once per key. pv: see pv_tile.
 template <int NR>
 void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float *const *k, int64_t nj, int64_t D,
                  float scale) {
@@ -306,36 +305,37 @@ void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, co
   if (r < R) dots_rows_t<1>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
 }
 
+// pv: NR rows x 16 * NV columns of acc stay in registers over all nj keys; each value load serves the NR rows.
+template <int NR, int NV>
+void pv_tile(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D, int64_t d) {
+  __m512 a[NR][NV];
+  for (int r = 0; r < NR; r++)
+    for (int t = 0; t < NV; t++) a[r][t] = _mm512_loadu_ps(acc + r * D + d + 16 * t);
+  for (int64_t j = 0; j < nj; j++) {
+    __m512 x[NV];
+    for (int t = 0; t < NV; t++) x[t] = _mm512_loadu_ps(v[j] + d + 16 * t);
+    for (int r = 0; r < NR; r++) {
+      const __m512 w = _mm512_set1_ps(p[r * ldp + j]);
+      for (int t = 0; t < NV; t++) a[r][t] = _mm512_fmadd_ps(w, x[t], a[r][t]);
+    }
+  }
+  for (int r = 0; r < NR; r++)
+    for (int t = 0; t < NV; t++) _mm512_storeu_ps(acc + r * D + d + 16 * t, a[r][t]);
+}
+
 template <int NR>
 void pv_rows_t(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D) {
-  auto block = [&](int64_t j, auto kb) {
-    constexpr int B = decltype(kb)::value;
-    const float *vp[B];
-    __m512 w[NR][B];
-    for (int u = 0; u < B; u++) {
-      vp[u] = v[j + u];
-      for (int r = 0; r < NR; r++) w[r][u] = _mm512_set1_ps(p[r * ldp + j + u]);
-    }
-    for (int64_t d = 0; d < D; d += 16) {
-      __m512 a[NR];
-      for (int r = 0; r < NR; r++) a[r] = _mm512_loadu_ps(acc + r * D + d);
-      for (int u = 0; u < B; u++) {
-        const __m512 x = _mm512_loadu_ps(vp[u] + d);
-        for (int r = 0; r < NR; r++) a[r] = _mm512_fmadd_ps(w[r][u], x, a[r]);
-      }
-      for (int r = 0; r < NR; r++) _mm512_storeu_ps(acc + r * D + d, a[r]);
-    }
-  };
-  int64_t j = 0;
-  for (; j + 8 <= nj; j += 8) block(j, std::integral_constant<int, 8>{});
-  for (; j < nj; j++) block(j, std::integral_constant<int, 1>{});
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) pv_tile<NR, 2>(acc, p, ldp, v, nj, D, d);
+  if (d < D) pv_tile<NR, 1>(acc, p, ldp, v, nj, D, d);
 }
 
 void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D) {
   if (D % 16) return avx2::kern().pv_rows(acc, p, ldp, R, v, nj, D);
   int64_t r = 0;
-  for (; r + 2 <= R; r += 2) pv_rows_t<2>(acc + r * D, p + r * ldp, ldp, v, nj, D);
-  if (r < R) pv_rows_t<1>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  for (; r + 12 <= R; r += 12) pv_rows_t<12>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  for (; r + 4 <= R; r += 4) pv_rows_t<4>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  for (; r < R; r++) pv_rows_t<1>(acc + r * D, p + r * ldp, ldp, v, nj, D);
 }
 
 // One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
