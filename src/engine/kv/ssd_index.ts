@@ -39,8 +39,14 @@ export class SsdIndex {
     }
   }
 
+  /**
+   * A use stamp later than every one in the file: the clock, or one past the newest stamp where the clock has not
+   * moved on. Every index open on the directory (one per model) orders its uses after the others' through the
+   * file, not through a counter of its own (two of them within one millisecond made LRU order a coin toss).
+   */
   private now(): number {
-    this.stamp = Math.max(this.stamp + 1, Date.now());
+    const newest = (this.db.query("SELECT MAX(used) AS m FROM blocks").get() as { m: number | null }).m ?? 0;
+    this.stamp = Math.max(this.stamp + 1, newest + 1, Date.now());
     return this.stamp;
   }
 
