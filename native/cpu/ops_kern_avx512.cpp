@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <type_traits>
+#include <vector>
 
 #include "ops.h"
 #include "pk_kinds.h"
@@ -267,8 +268,8 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
 }
 
 // Prefill tiles over float rows (Kern::dots_rows, pv_rows) for head dims that are a multiple of 16; the AVX2
-// kernels take the rest. dots: NR query rows against 4 keys a pass, each key load serving every row, sums kept as
-// 16-lane vectors and reduced once per key. pv: see pv_tile.
+// kernels take the rest. dots: for a few rows, NR query rows against 4 keys a pass, each key load serving every
+// row, sums kept as 16-lane vectors and reduced once per key; for more, see dots_tile. pv: see pv_tile.
 template <int NR>
 void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float *const *k, int64_t nj, int64_t D,
                  float scale) {
@@ -296,16 +297,91 @@ void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float
     }
 }
 
+// 16 rows of 16 floats transposed in registers: r[i] lane j -> r[j] lane i.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) {
+    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  // u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c
+  for (int c = 0; c < 4; c++) {
+    const __m512 vlo = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), vhi = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 wlo = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), whi = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(vlo, wlo, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(vlo, wlo, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(vhi, whi, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(vhi, whi, 0xDD);
+  }
+}
+
+// Scores of NR rows against 16 * NV keys from j, as a small GEMM over the transposed keys kt [D][ldk]: the sums
+// stay in registers over all of D, each 16-key load serving the NR rows, and need no reduction across lanes.
+template <int NR, int NV>
+void dots_tile(float *s, int64_t lds, const float *q, int64_t ldq, const float *kt, int64_t ldk, int64_t j, int64_t nj,
+               int64_t D, float scale) {
+  __m512 a[NR][NV];
+  for (int r = 0; r < NR; r++)
+    for (int t = 0; t < NV; t++) a[r][t] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d++) {
+    __m512 x[NV];
+    for (int t = 0; t < NV; t++) x[t] = _mm512_loadu_ps(kt + d * ldk + j + 16 * t);
+    for (int r = 0; r < NR; r++) {
+      const __m512 w = _mm512_set1_ps(q[r * ldq + d]);
+      for (int t = 0; t < NV; t++) a[r][t] = _mm512_fmadd_ps(w, x[t], a[r][t]);
+    }
+  }
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int t = 0; t < NV; t++) {
+    const int64_t c = j + 16 * t, n = nj - c < 16 ? nj - c : 16;
+    const __mmask16 m = (__mmask16)((1u << n) - 1);
+    for (int r = 0; r < NR; r++) _mm512_mask_storeu_ps(s + r * lds + c, m, _mm512_mul_ps(a[r][t], vs));
+  }
+}
+
+template <int NR>
+void dots_rows_gemm(float *s, int64_t lds, const float *q, int64_t ldq, const float *kt, int64_t ldk, int64_t nj,
+                    int64_t D, float scale) {
+  int64_t j = 0;
+  for (; j + 16 < nj; j += 32) dots_tile<NR, 2>(s, lds, q, ldq, kt, ldk, j, nj, D, scale);
+  if (j < nj) dots_tile<NR, 1>(s, lds, q, ldq, kt, ldk, j, nj, D, scale);
+}
+
 void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
                int64_t D, float scale) {
   if (D % 16) return avx2::kern().dots_rows(s, lds, q, ldq, R, k, nj, D, scale);
+  // Few rows cannot pay for the transpose: keys read in place, 4 a pass.
+  if (R < 8) {
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) dots_rows_t<4>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    for (; r + 2 <= R; r += 2) dots_rows_t<2>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    if (r < R) dots_rows_t<1>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    return;
+  }
+  // The keys transposed, 16 x 16 at a time, keys past nj zero (their scores are not stored).
+  const int64_t ldk = (nj + 15) & ~(int64_t)15;
+  thread_local std::vector<float> ktbuf;
+  if ((int64_t)ktbuf.size() < D * ldk) ktbuf.resize((size_t)(D * ldk));
+  float *kt = ktbuf.data();
+  for (int64_t j = 0; j < nj; j += 16)
+    for (int64_t d = 0; d < D; d += 16) {
+      __m512 blk[16];
+      for (int u = 0; u < 16; u++) blk[u] = j + u < nj ? _mm512_loadu_ps(k[j + u] + d) : _mm512_setzero_ps();
+      transpose16(blk);
+      for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (d + i) * ldk + j, blk[i]);
+    }
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) dots_rows_t<4>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
-  for (; r + 2 <= R; r += 2) dots_rows_t<2>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
-  if (r < R) dots_rows_t<1>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+  for (; r + 12 <= R; r += 12) dots_rows_gemm<12>(s + r * lds, lds, q + r * ldq, ldq, kt, ldk, nj, D, scale);
+  for (; r + 4 <= R; r += 4) dots_rows_gemm<4>(s + r * lds, lds, q + r * ldq, ldq, kt, ldk, nj, D, scale);
+  for (; r < R; r++) dots_rows_gemm<1>(s + r * lds, lds, q + r * ldq, ldq, kt, ldk, nj, D, scale);
 }
 
-// pv: NR rows x 16 * NV columns of acc stay in registers over all nj keys; each value load serves the NR rows.
 template <int NR, int NV>
 void pv_tile(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D, int64_t d) {
   __m512 a[NR][NV];
