@@ -152,6 +152,12 @@ struct Kern {
                      int64_t Dv, int64_t Dk);
   // Whether pk_dots and pk_pv take PK_TURBO rows; otherwise attention decodes turbo rows into scratch first.
   bool pk_turbo;
+  // dots_rows and pv_rows reading 16-bit rows (dt: RMLX_F16 or RMLX_BF16) straight from a KV pool; null where the
+  // ISA has none (prefill tiles then convert their rows into scratch first).
+  void (*dots_rows16)(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const uint16_t *const *k,
+                      int64_t nj, int64_t D, float scale, int dt);
+  void (*pv_rows16)(float *acc, const float *p, int64_t ldp, int64_t R, const uint16_t *const *v, int64_t nj,
+                    int64_t D, int dt);
 };
 
 const Kern &kern();

@@ -387,8 +387,10 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     if (j0 + kChunk < nkeys) take(offs[c ^ 1], std::min(kChunk, nkeys - j0 - kChunk));
     const float *krows[kChunk], *vrows[kChunk];
     const uint16_t *k16[kChunk], *v16[kChunk];
-    // Single-row reads of a 16-bit pool convert as they go; tiles convert once into scratch for all their rows.
-    const bool direct16 = same && dt != RMLX_F32 && !tiled;
+    // Single-row reads of a 16-bit pool convert as they go, and so do tiles where the ISA has 16-bit tile
+    // kernels; elsewhere tiles convert once into scratch for all their rows.
+    const bool tiled16 = tiled && same && dt != RMLX_F32 && k.dots_rows16 && k.pv_rows16;
+    const bool direct16 = same && dt != RMLX_F32 && (!tiled || tiled16);
     for (int64_t h = 0; h < nh; h++) {
       const int64_t r0 = h * Rh;  // this head's rows: [r0, r0 + Rh)
       for (int64_t j = 0; j < nj; j++) {
@@ -412,6 +414,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       float *sh = sc + r0 * kChunk, *ah = acc + r0 * D;
       const float *qh = qr + r0 * D;
       if (fused) k.pk_dots(sh, kChunk, qp + r0 * D, qsum + r0 * K.ngroups, Rh, kp, nj, D);
+      else if (tiled16) k.dots_rows16(sh, kChunk, qh, D, Rh, k16, nj, D, scale, dt);
       else if (tiled) k.dots_rows(sh, kChunk, qh, D, Rh, krows, nj, D, scale);
       else if (direct16)
         for (int64_t r = 0; r < Rh; r++) k.dots16(sh + r * kChunk, qh + r * D, k16, nj, D, scale, dt);
@@ -440,6 +443,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
         m[r] = mx;
       }
       if (fused) k.pk_pv(ah, sh, kChunk, Rh, vp, nj, D);
+      else if (tiled16) k.pv_rows16(ah, sh, kChunk, Rh, v16, nj, D, dt);
       else if (tiled) k.pv_rows(ah, sh, kChunk, Rh, vrows, nj, D);
       else if (direct16)
         for (int64_t r = 0; r < Rh; r++) k.pv16(ah + r * D, sh + r * kChunk, v16, nj, D, dt);

@@ -267,11 +267,24 @@ void pk_pv(float *acc, const float *p, int64_t ldp, int64_t R, const PkRows &v, 
   with_pk_kind(v, [&]<int Kind>() { pk_pv_k<Kind>(acc, p, ldp, R, v, nj, D); });
 }
 
+// 16 elements of a key or value row from element d: f32 rows as they are, 16-bit pool rows (f16, bf16) widened.
+enum RowDt { kRowF32, kRowF16, kRowBf16 };
+template <int DT>
+inline __m512 row16(const void *row, int64_t d) {
+  if constexpr (DT == kRowF32) {
+    return _mm512_loadu_ps((const float *)row + d);
+  } else {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + d));
+    if constexpr (DT == kRowF16) return _mm512_cvtph_ps(h);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
 // Prefill tiles over float rows (Kern::dots_rows, pv_rows) for head dims that are a multiple of 16; the AVX2
 // kernels take the rest. dots: for a few rows, NR query rows against 4 keys a pass, each key load serving every
 // row, sums kept as 16-lane vectors and reduced once per key; for more, see dots_tile. pv: see pv_tile.
-template <int NR>
-void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float *const *k, int64_t nj, int64_t D,
+template <int NR, int DT, class Row>
+void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const Row *const *k, int64_t nj, int64_t D,
                  float scale) {
   const __m128 vs = _mm_set1_ps(scale);
   int64_t j = 0;
@@ -281,7 +294,7 @@ void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float
       for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d += 16) {
       __m512 x[4];
-      for (int u = 0; u < 4; u++) x[u] = _mm512_loadu_ps(k[j + u] + d);
+      for (int u = 0; u < 4; u++) x[u] = row16<DT>(k[j + u], d);
       for (int r = 0; r < NR; r++) {
         const __m512 qv = _mm512_loadu_ps(q + r * ldq + d);
         for (int u = 0; u < 4; u++) a[r][u] = _mm512_fmadd_ps(qv, x[u], a[r][u]);
@@ -292,7 +305,7 @@ void dots_rows_t(float *s, int64_t lds, const float *q, int64_t ldq, const float
   for (; j < nj; j++)
     for (int r = 0; r < NR; r++) {
       __m512 a = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + d), _mm512_loadu_ps(k[j] + d), a);
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * ldq + d), row16<DT>(k[j], d), a);
       s[r * lds + j] = _mm512_reduce_add_ps(a) * scale;
     }
 }
@@ -353,15 +366,15 @@ void dots_rows_gemm(float *s, int64_t lds, const float *q, int64_t ldq, const fl
   if (j < nj) dots_tile<NR, 1>(s, lds, q, ldq, kt, ldk, j, nj, D, scale);
 }
 
-void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
-               int64_t D, float scale) {
-  if (D % 16) return avx2::kern().dots_rows(s, lds, q, ldq, R, k, nj, D, scale);
+template <int DT, class Row>
+void dots_rows_d(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const Row *const *k, int64_t nj,
+                 int64_t D, float scale) {
   // Few rows cannot pay for the transpose: keys read in place, 4 a pass.
   if (R < 8) {
     int64_t r = 0;
-    for (; r + 4 <= R; r += 4) dots_rows_t<4>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
-    for (; r + 2 <= R; r += 2) dots_rows_t<2>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
-    if (r < R) dots_rows_t<1>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    for (; r + 4 <= R; r += 4) dots_rows_t<4, DT>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    for (; r + 2 <= R; r += 2) dots_rows_t<2, DT>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
+    if (r < R) dots_rows_t<1, DT>(s + r * lds, lds, q + r * ldq, ldq, k, nj, D, scale);
     return;
   }
   // The keys transposed, 16 x 16 at a time, keys past nj zero (their scores are not stored).
@@ -372,7 +385,7 @@ void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, co
   for (int64_t j = 0; j < nj; j += 16)
     for (int64_t d = 0; d < D; d += 16) {
       __m512 blk[16];
-      for (int u = 0; u < 16; u++) blk[u] = j + u < nj ? _mm512_loadu_ps(k[j + u] + d) : _mm512_setzero_ps();
+      for (int u = 0; u < 16; u++) blk[u] = j + u < nj ? row16<DT>(k[j + u], d) : _mm512_setzero_ps();
       transpose16(blk);
       for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + (d + i) * ldk + j, blk[i]);
     }
@@ -382,14 +395,45 @@ void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, co
   for (; r < R; r++) dots_rows_gemm<1>(s + r * lds, lds, q + r * ldq, ldq, kt, ldk, nj, D, scale);
 }
 
-template <int NR, int NV>
-void pv_tile(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D, int64_t d) {
+void dots_rows(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
+               int64_t D, float scale) {
+  if (D % 16) return avx2::kern().dots_rows(s, lds, q, ldq, R, k, nj, D, scale);
+  dots_rows_d<kRowF32>(s, lds, q, ldq, R, k, nj, D, scale);
+}
+
+// Rows of a 16-bit pool whose head dim is not a multiple of 16, widened into scratch for the float kernels.
+template <class Fn>
+void widened(const uint16_t *const *rows, int64_t nj, int64_t D, int dt, Fn &&fn) {
+  thread_local std::vector<float> buf;
+  thread_local std::vector<const float *> ptrs;
+  if ((int64_t)buf.size() < nj * D) buf.resize((size_t)(nj * D));
+  if ((int64_t)ptrs.size() < nj) ptrs.resize((size_t)nj);
+  const Kern &k = avx2::kern();
+  for (int64_t j = 0; j < nj; j++) {
+    float *dst = buf.data() + j * D;
+    if (dt == RMLX_F16) k.f16_to_f32(dst, rows[j], D);
+    else k.bf16_to_f32(dst, rows[j], D);
+    ptrs[(size_t)j] = dst;
+  }
+  fn(ptrs.data());
+}
+
+void dots_rows16(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const uint16_t *const *k, int64_t nj,
+                 int64_t D, float scale, int dt) {
+  if (D % 16) return widened(k, nj, D, dt, [&](const float *const *kf) { dots_rows(s, lds, q, ldq, R, kf, nj, D, scale); });
+  if (dt == RMLX_F16) dots_rows_d<kRowF16>(s, lds, q, ldq, R, k, nj, D, scale);
+  else dots_rows_d<kRowBf16>(s, lds, q, ldq, R, k, nj, D, scale);
+}
+
+// pv: NR rows x 16 * NV columns of acc stay in registers over all nj keys; each value load serves the NR rows.
+template <int NR, int NV, int DT, class Row>
+void pv_tile(float *acc, const float *p, int64_t ldp, const Row *const *v, int64_t nj, int64_t D, int64_t d) {
   __m512 a[NR][NV];
   for (int r = 0; r < NR; r++)
     for (int t = 0; t < NV; t++) a[r][t] = _mm512_loadu_ps(acc + r * D + d + 16 * t);
   for (int64_t j = 0; j < nj; j++) {
     __m512 x[NV];
-    for (int t = 0; t < NV; t++) x[t] = _mm512_loadu_ps(v[j] + d + 16 * t);
+    for (int t = 0; t < NV; t++) x[t] = row16<DT>(v[j], d + 16 * t);
     for (int r = 0; r < NR; r++) {
       const __m512 w = _mm512_set1_ps(p[r * ldp + j]);
       for (int t = 0; t < NV; t++) a[r][t] = _mm512_fmadd_ps(w, x[t], a[r][t]);
@@ -399,19 +443,31 @@ void pv_tile(float *acc, const float *p, int64_t ldp, const float *const *v, int
     for (int t = 0; t < NV; t++) _mm512_storeu_ps(acc + r * D + d + 16 * t, a[r][t]);
 }
 
-template <int NR>
-void pv_rows_t(float *acc, const float *p, int64_t ldp, const float *const *v, int64_t nj, int64_t D) {
+template <int NR, int DT, class Row>
+void pv_rows_t(float *acc, const float *p, int64_t ldp, const Row *const *v, int64_t nj, int64_t D) {
   int64_t d = 0;
-  for (; d + 32 <= D; d += 32) pv_tile<NR, 2>(acc, p, ldp, v, nj, D, d);
-  if (d < D) pv_tile<NR, 1>(acc, p, ldp, v, nj, D, d);
+  for (; d + 32 <= D; d += 32) pv_tile<NR, 2, DT>(acc, p, ldp, v, nj, D, d);
+  if (d < D) pv_tile<NR, 1, DT>(acc, p, ldp, v, nj, D, d);
+}
+
+template <int DT, class Row>
+void pv_rows_d(float *acc, const float *p, int64_t ldp, int64_t R, const Row *const *v, int64_t nj, int64_t D) {
+  int64_t r = 0;
+  for (; r + 12 <= R; r += 12) pv_rows_t<12, DT>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  for (; r + 4 <= R; r += 4) pv_rows_t<4, DT>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  for (; r < R; r++) pv_rows_t<1, DT>(acc + r * D, p + r * ldp, ldp, v, nj, D);
 }
 
 void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D) {
   if (D % 16) return avx2::kern().pv_rows(acc, p, ldp, R, v, nj, D);
-  int64_t r = 0;
-  for (; r + 12 <= R; r += 12) pv_rows_t<12>(acc + r * D, p + r * ldp, ldp, v, nj, D);
-  for (; r + 4 <= R; r += 4) pv_rows_t<4>(acc + r * D, p + r * ldp, ldp, v, nj, D);
-  for (; r < R; r++) pv_rows_t<1>(acc + r * D, p + r * ldp, ldp, v, nj, D);
+  pv_rows_d<kRowF32>(acc, p, ldp, R, v, nj, D);
+}
+
+void pv_rows16(float *acc, const float *p, int64_t ldp, int64_t R, const uint16_t *const *v, int64_t nj, int64_t D,
+               int dt) {
+  if (D % 16) return widened(v, nj, D, dt, [&](const float *const *vf) { pv_rows(acc, p, ldp, R, vf, nj, D); });
+  if (dt == RMLX_F16) pv_rows_d<kRowF16>(acc, p, ldp, R, v, nj, D);
+  else pv_rows_d<kRowBf16>(acc, p, ldp, R, v, nj, D);
 }
 
 // One packed row to floats in element order (4-bit: each 16 bytes interleave back to 32 values).
@@ -462,6 +518,8 @@ const Kern &kern() {
     t.pk_turbo = true;
     t.dots_rows = dots_rows;
     t.pv_rows = pv_rows;
+    t.dots_rows16 = dots_rows16;
+    t.pv_rows16 = pv_rows16;
     t.pk_decode = pk_decode;
     return t;
   }();
