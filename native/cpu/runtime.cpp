@@ -42,39 +42,36 @@ Isa best_isa() {
 bool cpu_has(Isa isa) { return (int)isa <= (int)best_isa(); }
 
 namespace {
-enum GemvMode : int { kGemvUnread = -1, kGemvF32, kGemvX16, kGemvX8 };
-constexpr const char *kGemvNames[] = {"f32", "x16", "x8"};
-constexpr GemvMode kGemvDefault = kGemvX16;
-int g_gemv = kGemvUnread;
+constexpr int kModeUnread = -1;
 
-int gemv_mode() {
-  if (g_gemv == kGemvUnread) {
-    const char *env = getenv("RMLX_GEMV");
-    g_gemv = kGemvDefault;
-    for (int i = 0; env && i < 3; i++)
-      if (!strcmp(env, kGemvNames[i])) g_gemv = i;
+// A mode knob's value: on first use, the index of the environment variable's value among names, or dflt when it
+// is unset or names none of them.
+template <int N>
+int env_mode(int &slot, const char *var, const char *const (&names)[N], int dflt) {
+  if (slot == kModeUnread) {
+    const char *env = getenv(var);
+    slot = dflt;
+    for (int i = 0; env && i < N; i++)
+      if (!strcmp(env, names[i])) slot = i;
   }
-  return g_gemv;
+  return slot;
 }
+
+enum GemvMode : int { kGemvF32, kGemvX16, kGemvX8 };
+constexpr const char *kGemvNames[] = {"f32", "x16", "x8"};
+int g_gemv = kModeUnread;
+
+int gemv_mode() { return env_mode(g_gemv, "RMLX_GEMV", kGemvNames, kGemvX16); }
 }  // namespace
 
 bool gemv_x16_enabled() { return gemv_mode() != kGemvF32; }
 
 namespace {
-enum GemmMode : int { kGemmUnread = -1, kGemmF32, kGemmBf16, kGemmX16 };
+enum GemmMode : int { kGemmF32, kGemmBf16, kGemmX16 };
 constexpr const char *kGemmNames[] = {"f32", "bf16", "x16"};
-constexpr GemmMode kGemmDefault = kGemmF32;
-int g_gemm = kGemmUnread;
+int g_gemm = kModeUnread;
 
-int gemm_mode() {
-  if (g_gemm == kGemmUnread) {
-    const char *env = getenv("RMLX_GEMM");
-    g_gemm = kGemmDefault;
-    for (int i = 0; env && i < 3; i++)
-      if (!strcmp(env, kGemmNames[i])) g_gemm = i;
-  }
-  return g_gemm;
-}
+int gemm_mode() { return env_mode(g_gemm, "RMLX_GEMM", kGemmNames, kGemmF32); }
 
 bool cpu_bf16() {
   static const bool cpu = [] {
