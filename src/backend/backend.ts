@@ -166,8 +166,8 @@ export interface Backend {
   readonly device: string;
   /**
    * Milliseconds this backend has spent computing (native: inside its one call per evaluation; mlx: inside
-   * mlx_eval, which returns when the device is done), so that host overhead per step can be told apart; undefined
-   * where the backend cannot tell.
+   * mlx_eval, which returns when the device is done, and mlx_async_eval, which may wait for it), so that host
+   * overhead per step can be told apart; undefined where the backend cannot tell.
    */
   readonly computeMs?: number;
   /**
@@ -185,6 +185,12 @@ export interface Backend {
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** Runs everything recorded that the given tensors depend on. */
   eval(...tensors: Tensor[]): void;
+  /**
+   * Starts what eval() would run and returns without waiting, so that the host can record the next step while
+   * the device computes this one; a later eval or read-back waits for it. Only where the device runs apart from
+   * the host (the mlx backend); absent elsewhere.
+   */
+  evalAsync?(...tensors: Tensor[]): void;
   /**
    * Evaluates and copies out as f32 (any float dtype) or i32. With `out` long enough, the values go into it and a
    * view of it is returned, so a per-step read-back (the logits) allocates nothing.

@@ -3,6 +3,7 @@
 // forwardBatch is the unscheduled form for callers that place the tokens themselves and may want the logits of
 // every token: conversion checks, the model tests' teacher forcing and the step benchmarks of scripts/bench.
 import { RmlxError } from "../errors.ts";
+import type { Tensor } from "../backend/backend.ts";
 import type { Model } from "../models/model.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 
@@ -43,6 +44,34 @@ export function runStepHidden(
 export function runStepArgmax(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Int32Array {
   const be = model.backend;
   return be.scope(() => be.toInt32(be.argmax(model.forward(cache.forwardStep(built, logitRows)))));
+}
+
+/** Token ids a launched step is still computing on the device. */
+export interface LaunchedIds {
+  /** i32 [rows]: the input of a step launched after this one. */
+  readonly tensor: Tensor;
+  /** Waits for the ids and copies them out. */
+  read(): Int32Array;
+  /** Lets go of the tensor (a step that read it as input keeps what it needs). */
+  drop(): void;
+}
+
+/**
+ * runStepArgmax without waiting: the step is started on the device and its ids come back as a handle, so that the
+ * host records the next step while this one computes (mlx-lm's decode loop). With `inputs`, the step's token ids
+ * are those of an earlier launch, still on the device.
+ */
+export function launchStepArgmax(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds): LaunchedIds {
+  const be = model.backend;
+  if (!be.evalAsync) throw new RmlxError("internal", `the ${be.name} backend cannot launch a step without waiting`);
+  const ids = be.scope(() => {
+    const step = cache.forwardStep(built, logitRows);
+    if (inputs) step.tokenIds = inputs.tensor;
+    const t = be.argmax(model.forward(step));
+    be.evalAsync!(t);
+    return t;
+  });
+  return { tensor: ids, read: () => be.toInt32(ids), drop: () => be.dispose(ids) };
 }
 
 /** Which new tokens of each entry need logits: the last one (its next-token row), all of them, or none. */

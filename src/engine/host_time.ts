@@ -44,6 +44,13 @@ export function decodeStepMeter(m: SchedulerModel, read: () => number): StepMete
       after(step, rows);
       return ids;
     };
+  const launch = m.launchArgmax?.bind(m);
+  if (launch)
+    model.launchArgmax = (step, rows, inputs) => {
+      const ids = launch(step, rows, inputs);
+      after(step, rows);
+      return ids;
+    };
   return { model, perStep: () => (steps > 0 ? total / steps : undefined) };
 }
 

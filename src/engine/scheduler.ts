@@ -7,6 +7,7 @@
 // recurrent state is kept with them as snapshots at the ends of prompt chunks: its chunks end on block boundaries,
 // and one of them where the last whole block before the prompt's last token ends, the furthest a repeat can reuse.
 import { RmlxError } from "../errors.ts";
+import type { LaunchedIds } from "./forward_batch.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
 import type { LogitsProcessor } from "./logits_processor.ts";
@@ -45,6 +46,12 @@ export interface SchedulerModel {
    */
   forwardArgmax?(step: BuiltStep, logitRows: Int32Array): Int32Array;
   /**
+   * forwardArgmax that returns before the device is done (backends that evaluate asynchronously), so that the next
+   * step is recorded while this one computes; with `inputs` the step's tokens are an earlier launch's ids, still
+   * on the device (the step's own token ids are then placeholders).
+   */
+  launchArgmax?(step: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds): LaunchedIds;
+  /**
    * The same step, also returning the post-norm hidden states of hiddenRows [rows, hiddenSize] (valid until the
    * next step): what a drafter on the model's multi-token-prediction head reads.
    */
@@ -67,6 +74,14 @@ export interface SchedulerModel {
 }
 
 const NO_LOGITS = new Float32Array(0);
+/** The token of a pipelined step's entry, which the step takes from the device instead. */
+const ON_DEVICE = Int32Array.of(0);
+
+/** A greedy decode step started on the device whose tokens have not been taken yet, one row per owner. */
+interface InFlight {
+  ids: LaunchedIds;
+  owners: Active[];
+}
 
 interface Active {
   req: GenerateRequest;
@@ -104,6 +119,11 @@ export class Scheduler {
   private readonly spec: Speculator | null;
   /** Recurrent-state snapshots of the sequences verifying drafts this step (hybrid models). */
   private readonly snapshots = new Map<Active, number>();
+  /**
+   * The step still computing when decode steps are pipelined. Its sequences are already advanced past its input
+   * tokens; its output tokens are taken by the next step() after that one has launched the step that follows.
+   */
+  private inFlight: InFlight | null = null;
 
   constructor(
     private readonly model: SchedulerModel,
@@ -197,6 +217,8 @@ export class Scheduler {
 
   /** Ends every request with an error event (model unloading, engine shutting down). */
   abortAll(code: string, message: string): void {
+    this.inFlight?.ids.drop();
+    this.inFlight = null;
     for (const snap of this.snapshots.values()) this.model.cache.states?.dropSnapshot(snap);
     this.snapshots.clear();
     for (const a of [...this.running, ...this.waiting]) {
@@ -288,6 +310,7 @@ export class Scheduler {
 
   /** Runs one batched forward over everything running; false when there was nothing to do. */
   step(): boolean {
+    if (this.inFlight && this.stepInFlight()) return true;
     this.admit();
     if (this.running.length === 0) return false;
     const cache = this.model.cache;
@@ -357,6 +380,13 @@ export class Scheduler {
       ({ logits, hidden } = this.model.forwardHidden!(built, Int32Array.from(rows), Int32Array.from(hiddenRows)));
     } else {
       const greedy = this.model.forwardArgmax && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.greedyOnly));
+      if (this.model.launchArgmax && drafted === 0 && owners.every((a, i) => hasRow[i] && this.pipelined(a))) {
+        // Every row is plain greedy: start the step and take its tokens while the next one computes.
+        const ids = this.model.launchArgmax(built, Int32Array.from(rows));
+        cache.advance(entries, this.prefix ? { prefix: this.prefix, tokens: owners.map((a) => a.tokens), snapshot: cache.states ? prefilling : undefined } : undefined);
+        this.inFlight = { ids, owners };
+        return true;
+      }
       greedyIds = greedy ? this.model.forwardArgmax!(built, Int32Array.from(rows)) : null;
       logits = greedyIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
     }
@@ -406,6 +436,59 @@ export class Scheduler {
       }
     }
     return this.hasWork;
+  }
+
+  /**
+   * The in-flight step's turn: when every sequence of it goes on decoding greedily, the next step is launched
+   * first (its inputs the in-flight tokens, still on the device), then the in-flight tokens are read and taken,
+   * so the host's work overlaps the device's; a sequence that stops (EOS, a stop string) has cost one step of
+   * work that is dropped, as in mlx-lm. Otherwise the tokens are taken and false says a plain step follows.
+   */
+  private stepInFlight(): boolean {
+    const f = this.inFlight!;
+    this.inFlight = null;
+    const cache = this.model.cache;
+    const again =
+      this.waiting.length === 0 &&
+      this.running.length === f.owners.length &&
+      f.owners.every((a) => this.running.includes(a) && this.pipelined(a) && a.generated + 1 < a.maxTokens) &&
+      f.owners.every((a) => this.reserveNext(a));
+    let next: InFlight | null = null;
+    if (again) {
+      const built = cache.buildStep(f.owners.map((a) => ({ seq: a.seq, tokens: ON_DEVICE })));
+      next = { ids: this.model.launchArgmax!(built, built.lastRows, f.ids), owners: f.owners };
+    }
+    const ids = f.ids.read();
+    f.ids.drop();
+    f.owners.forEach((a, i) => {
+      if (this.running.includes(a)) this.takeSampled(a, { token: ids[i]!, logprob: NaN, top: [] });
+    });
+    if (!next) return false;
+    const live = f.owners.filter((a) => this.running.includes(a));
+    if (live.length === 0) {
+      next.ids.drop();
+      return true;
+    }
+    const entries = live.map((a) => ({ seq: a.seq, tokens: ON_DEVICE }));
+    cache.advance(entries, this.prefix ? { prefix: this.prefix, tokens: live.map((a) => a.tokens) } : undefined);
+    this.inFlight = next;
+    return true;
+  }
+
+  /** Whether a's next token may be picked on the device without the host looking at it first. */
+  private pipelined(a: Active): boolean {
+    return !this.spec && !a.processor && a.sampler.greedyOnly && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+  }
+
+  /** Room for one more token of a without preempting anyone. */
+  private reserveNext(a: Active): boolean {
+    try {
+      this.model.cache.reserve(a.seq, 1);
+      return true;
+    } catch (e) {
+      if (e instanceof RmlxError && e.code === "overloaded") return false;
+      throw e;
+    }
   }
 
   /**

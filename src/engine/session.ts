@@ -15,7 +15,7 @@ import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { GEMMA4_CALL_CLOSE, GEMMA4_CALL_OPEN, GEMMA4_QUOTE, toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ForcedGemma4Call } from "./gemma4_tool_call.ts";
-import { runStep, runStepArgmax, runStepHidden } from "./forward_batch.ts";
+import { launchStepArgmax, runStep, runStepArgmax, runStepHidden, type LaunchedIds } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { BuiltStep, KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
@@ -225,6 +225,9 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
       : {}),
     // The native sampler reads the logits where they already are; the mlx backend would copy them out first.
     ...(model.backend.name === "mlx" ? { forwardArgmax: (step: BuiltStep, logitRows: Int32Array) => runStepArgmax(model, cache, step, logitRows) } : {}),
+    ...(model.backend.evalAsync
+      ? { launchArgmax: (step: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds) => launchStepArgmax(model, cache, step, logitRows, inputs) }
+      : {}),
     newDetokenizer: () => NO_TEXT,
     newStopFilter: (stops) => new StopStrings(stops),
     tokenBytes: () => new Uint8Array(0),

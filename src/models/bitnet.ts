@@ -17,7 +17,7 @@ import type { ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { decodeFloats, isFloatDType } from "../quant/dtype.ts";
 import { textModelSanitizer, type BitnetActivations, type Family, type ModelOptions } from "./family.ts";
-import { attend, embed, gqaParams, runLayer, selectRows, stackEnds, type AttentionParams, type StackEnds } from "./layers.ts";
+import { attend, embed, gqaParams, runLayer, selectRows, stackEnds, stepTokens, type AttentionParams, type StackEnds } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
 import type { ModelWeights } from "./weights.ts";
 
@@ -266,7 +266,7 @@ class BitnetModel implements Model {
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
     const s = this.attn;
-    let h = embed(be, this.ends.embed, step.tokens);
+    let h = embed(be, this.ends.embed, stepTokens(step));
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;

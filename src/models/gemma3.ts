@@ -17,6 +17,7 @@ import {
   runLayer,
   selectRows,
   stackEnds,
+  stepTokens,
   type AttentionParams,
   type AttentionWeights,
   type MlpWeights,
@@ -136,7 +137,7 @@ class Gemma3Model implements Model {
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
     const eps = this.eps;
-    let h = be.scale(embed(be, this.ends.embed, step.tokens), this.embedScale);
+    let h = be.scale(embed(be, this.ends.embed, stepTokens(step)), this.embedScale);
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;

@@ -29,6 +29,7 @@ import {
   runLayer,
   selectRows,
   stackEnds,
+  stepTokens,
   type ExpertStacks,
   type MlpWeights,
   type StackEnds,
@@ -370,13 +371,17 @@ class Gemma4Model implements Model {
   }
 
   /** Each layer's own input [T, L, P]: its row of the PLE table mixed with a projection of the embeddings h0. */
-  private perLayerInputs(h0: Tensor, tokens: Int32Array): Tensor {
+  private perLayerInputs(h0: Tensor, step: ForwardStep): Tensor {
     const be = this.backend;
     const ple = this.ple!;
-    const T = tokens.length;
+    const T = step.tokens.length;
     const L = this.blocks.length;
-    // mlx-lm's rule for ids past the table (the multimodal tokens of a smaller table): row 0.
-    const ids = tokens.map((t) => (t < ple.vocab ? t : 0));
+    // mlx-lm's rule for ids past the table (the multimodal tokens of a smaller table): row 0. Ids still on the
+    // device were picked by this model's head, below a table at least as large as its vocabulary; a smaller table
+    // needs them on the host first.
+    const device = step.tokenIds;
+    const ids =
+      device && ple.vocab >= this.vocabSize ? device : (device ? be.toInt32(device) : step.tokens).map((t) => (t < ple.vocab ? t : 0));
     const tok = be.reshape(be.scale(embed(be, ple.table, ids), ple.scale), [T, L, ple.dim]);
     const proj = be.reshape(be.scale(be.linear(h0, ple.proj), 1 / Math.sqrt(this.hidden)), [T, L, ple.dim]);
     return be.scale(be.add(be.rmsNorm(proj, ple.norm, this.eps), tok), Math.SQRT1_2);
@@ -421,8 +426,8 @@ class Gemma4Model implements Model {
     const be = this.backend;
     const eps = this.eps;
     const T = step.tokens.length;
-    let h = be.scale(embed(be, this.ends.embed, step.tokens), this.embedScale);
-    const ple = this.ple ? this.perLayerInputs(h, step.tokens) : undefined;
+    let h = be.scale(embed(be, this.ends.embed, stepTokens(step)), this.embedScale);
+    const ple = this.ple ? this.perLayerInputs(h, step) : undefined;
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;

@@ -224,8 +224,13 @@ export function selectRows(be: Backend, h: Tensor, rows: Int32Array): Tensor {
 }
 
 /** Token embeddings for the step's ids. */
-export function embed(be: Backend, table: Weight, tokens: Int32Array): Tensor {
-  return be.take(table, be.fromArray(tokens, [tokens.length], "i32"));
+export function embed(be: Backend, table: Weight, tokens: Int32Array | Tensor): Tensor {
+  return be.take(table, tokens instanceof Int32Array ? be.fromArray(tokens, [tokens.length], "i32") : tokens);
+}
+
+/** A decoder step's input ids: the device tensor of a pipelined step, or the host ids. */
+export function stepTokens(step: ForwardStep): Int32Array | Tensor {
+  return step.tokenIds ?? step.tokens;
 }
 
 /** The two ends of a decoder stack: the token embeddings, and the final norm before the output head. */

@@ -12,7 +12,7 @@ import { RmlxError } from "../errors.ts";
 import { ConfigReader, type ModelConfig } from "../io/config.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { stackedExpert, textModelName, type Family, type SanitizeContext, type Sanitizer } from "./family.ts";
-import { embed, gatedMlp, mlpWeights, runLayer, selectRows, type MlpWeights } from "./layers.ts";
+import { embed, gatedMlp, mlpWeights, runLayer, selectRows, stepTokens, type MlpWeights } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model, MtpHead } from "./model.ts";
 import { moe, moeWeights, type MoeWeights, type Qwen3MoeArgs } from "./qwen3_moe.ts";
 import { checkPositions, ropeSetup, type RopeSetup } from "./rope.ts";
@@ -326,7 +326,7 @@ class HybridModel implements Model {
 
   /** The last layer's output for every token of the step, before the final norm. */
   private trunk(step: ForwardStep): Tensor {
-    let h = embed(this.backend, this.embedTable, step.tokens);
+    let h = embed(this.backend, this.embedTable, stepTokens(step));
     for (let i = 0; i < this.blocks.length; i++) {
       const x = h;
       h = runLayer(this.backend, step, () => this.block(x, this.blocks[i]!, step, i));

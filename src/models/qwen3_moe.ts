@@ -19,6 +19,7 @@ import {
   runLayer,
   selectRows,
   stackEnds,
+  stepTokens,
   type AttentionParams,
   type ExpertStacks,
   type MlpWeights,
@@ -141,7 +142,7 @@ class Qwen3MoeModel implements Model {
 
   forward(step: ForwardStep): Tensor {
     const be = this.backend;
-    let h = embed(be, this.ends.embed, step.tokens);
+    let h = embed(be, this.ends.embed, stepTokens(step));
     for (let i = 0; i < this.blocks.length; i++) {
       const b = this.blocks[i]!;
       const x = h;

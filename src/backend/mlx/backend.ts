@@ -208,7 +208,10 @@ export class MlxBackend implements Backend {
     return b;
   }
 
-  /** Milliseconds spent inside mlx_eval (computing, or waiting for the device), for the host share of a step. */
+  /**
+   * Milliseconds spent inside mlx_eval and mlx_async_eval (computing, or waiting for the device), for the host
+   * share of a step.
+   */
   get computeMs(): number {
     return this.evalMs;
   }
@@ -426,8 +429,15 @@ export class MlxBackend implements Backend {
     this.evalHandles(tensors.map((x) => this.arg(x, "eval").h));
   }
 
-  /** One mlx_eval of the given handles and of every pool written since the last eval: one per step. */
-  private evalHandles(hs: number[]): void {
+  evalAsync(...tensors: Tensor[]): void {
+    this.evalHandles(tensors.map((x) => this.arg(x, "evalAsync").h), true);
+  }
+
+  /**
+   * One mlx_eval (mlx_async_eval when `async`, which only schedules the work) of the given handles and of every
+   * pool written since the last eval: one per step.
+   */
+  private evalHandles(hs: number[], async = false): void {
     if (this.pendingError) {
       const e = this.pendingError;
       this.pendingError = null;
@@ -439,9 +449,10 @@ export class MlxBackend implements Backend {
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
       const t0 = performance.now();
-      const st = this.S.mlx_eval(vec);
+      const st = async ? this.S.mlx_async_eval(vec) : this.S.mlx_eval(vec);
+      // An async eval counts too: MLX caps the work in flight, so scheduling a step can wait for the device.
       this.evalMs += performance.now() - t0;
-      if (st !== 0) this.fail("eval", "native");
+      if (st !== 0) this.fail(async ? "evalAsync" : "eval", "native");
       this.dirtyPools.clear();
       this.dirtyStates.clear();
     } finally {
