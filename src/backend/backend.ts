@@ -160,6 +160,18 @@ export interface RecurrentBatch {
   fresh: Int32Array;
 }
 
+/** How one row's token is drawn where its logits are (Backend.drawRows). */
+export interface RowDraw {
+  /** 0: the argmax. */
+  temperature: number;
+  topP: number;
+  /** 0: no limit. */
+  topK: number;
+  minP: number;
+  /** Uniform in [0, 1) from the request's generator; unused at temperature 0. */
+  u: number;
+}
+
 export interface Backend {
   readonly name: string;
   /** A short description of the device (CPU model and ISA, GPU name). */
@@ -261,6 +273,13 @@ export interface Backend {
   softmax(x: Tensor, axis?: number): Tensor;
   /** Over the last axis; returns i32 with that axis removed. */
   argmax(x: Tensor): Tensor;
+  /**
+   * One token per row of logits [R, V], i32 [R], picked as the host sampler picks from a row without bias or
+   * penalties: top_p, min_p and top_k on the distribution at temperature 1, then the first index whose cumulative
+   * weight exp((x - max) / T) over the kept tokens passes u times their total; the argmax at temperature 0. Where
+   * the logits live on a device apart from the host (mlx), so that only ids come back; absent elsewhere.
+   */
+  drawRows?(logits: Tensor, draws: readonly RowDraw[]): Tensor;
   /** Largest k along the last axis, descending: values f32 and indices i32, [..., k] each. */
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor };
   /** Sum along the given axis, removed. */

@@ -3,7 +3,7 @@
 // forwardBatch is the unscheduled form for callers that place the tokens themselves and may want the logits of
 // every token: conversion checks, the model tests' teacher forcing and the step benchmarks of scripts/bench.
 import { RmlxError } from "../errors.ts";
-import type { Tensor } from "../backend/backend.ts";
+import type { Backend, RowDraw, Tensor } from "../backend/backend.ts";
 import type { Model } from "../models/model.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 
@@ -38,12 +38,12 @@ export function runStepHidden(
 }
 
 /**
- * Runs one built step and returns the argmax of each logits row, i32 [logitRows.length]: computed where the logits
- * are, so that only token ids come back (greedy decoding on the mlx backend).
+ * Runs one built step and returns one token per logits row, i32 [logitRows.length], drawn where the logits are
+ * (Backend.drawRows, one RowDraw per row), so that only token ids come back.
  */
-export function runStepArgmax(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array): Int32Array {
+export function runStepDraw(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array {
   const be = model.backend;
-  return be.scope(() => be.toInt32(be.argmax(model.forward(cache.forwardStep(built, logitRows)))));
+  return be.scope(() => be.toInt32(drawOn(be, model.forward(cache.forwardStep(built, logitRows)), draws)));
 }
 
 /** Token ids a launched step is still computing on the device. */
@@ -57,21 +57,33 @@ export interface LaunchedIds {
 }
 
 /**
- * runStepArgmax without waiting: the step is started on the device and its ids come back as a handle, so that the
+ * runStepDraw without waiting: the step is started on the device and its ids come back as a handle, so that the
  * host records the next step while this one computes (mlx-lm's decode loop). With `inputs`, the step's token ids
  * are those of an earlier launch, still on the device.
  */
-export function launchStepArgmax(model: Model, cache: KvCache, built: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds): LaunchedIds {
+export function launchStepDraw(
+  model: Model,
+  cache: KvCache,
+  built: BuiltStep,
+  logitRows: Int32Array,
+  draws: readonly RowDraw[],
+  inputs?: LaunchedIds,
+): LaunchedIds {
   const be = model.backend;
   if (!be.evalAsync) throw new RmlxError("internal", `the ${be.name} backend cannot launch a step without waiting`);
   const ids = be.scope(() => {
     const step = cache.forwardStep(built, logitRows);
     if (inputs) step.tokenIds = inputs.tensor;
-    const t = be.argmax(model.forward(step));
+    const t = drawOn(be, model.forward(step), draws);
     be.evalAsync!(t);
     return t;
   });
   return { tensor: ids, read: () => be.toInt32(ids), drop: () => be.dispose(ids) };
+}
+
+function drawOn(be: Backend, logits: Tensor, draws: readonly RowDraw[]): Tensor {
+  if (!be.drawRows) throw new RmlxError("internal", `the ${be.name} backend cannot draw tokens where the logits are`);
+  return be.drawRows(logits, draws);
 }
 
 /** Which new tokens of each entry need logits: the last one (its next-token row), all of them, or none. */

@@ -37,17 +37,17 @@ export function decodeStepMeter(m: SchedulerModel, read: () => number): StepMete
       return logits;
     },
   };
-  const argmax = m.forwardArgmax?.bind(m);
-  if (argmax)
-    model.forwardArgmax = (step, rows) => {
-      const ids = argmax(step, rows);
+  const draw = m.forwardDraw?.bind(m);
+  if (draw)
+    model.forwardDraw = (step, rows, draws) => {
+      const ids = draw(step, rows, draws);
       after(step, rows);
       return ids;
     };
-  const launch = m.launchArgmax?.bind(m);
+  const launch = m.launchDraw?.bind(m);
   if (launch)
-    model.launchArgmax = (step, rows, inputs) => {
-      const ids = launch(step, rows, inputs);
+    model.launchDraw = (step, rows, draws, inputs) => {
+      const ids = launch(step, rows, draws, inputs);
       after(step, rows);
       return ids;
     };

@@ -4,6 +4,7 @@
 // The work over the whole vocabulary runs in the native library (rmlx_sample) wherever it loads; the same steps
 // in TypeScript below serve where it does not (the mlx backend on macOS) and are the reference its tests compare to.
 import { ptr } from "bun:ffi";
+import type { RowDraw } from "../backend/backend.ts";
 import { native } from "../backend/native/lib.ts";
 import { RmlxError } from "../errors.ts";
 import type { SamplingParams } from "./types.ts";
@@ -111,11 +112,20 @@ export class Sampler {
     this.biasValues = new Float32Array(entries.map(([, v]) => v));
   }
 
-  /** Whether this sampler only ever takes the argmax: temperature 0, no bias, no penalties, no logprobs. */
-  get greedyOnly(): boolean {
+  /**
+   * Whether this sampler's pick needs nothing but the filters and the temperature (no bias, penalties or
+   * logprobs), so that it can be made where the logits are (Backend.drawRows).
+   */
+  get drawable(): boolean {
     const p = this.params;
     const penalties = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
-    return p.temperature === 0 && this.biasIds.length === 0 && !penalties && !p.logprobs && !(p.topLogprobs ?? 0);
+    return this.biasIds.length === 0 && !penalties && !p.logprobs && !(p.topLogprobs ?? 0);
+  }
+
+  /** The next pick as a RowDraw, taking its uniform draw from this sampler's generator as sample() would. */
+  rowDraw(): RowDraw {
+    const p = this.params;
+    return { temperature: p.temperature, topP: p.topP, topK: p.topK, minP: p.minP, u: p.temperature > 0 ? this.rng.next() : 0 };
   }
 
   /**

@@ -6,6 +6,7 @@
 // their token prefix, so a prompt that starts like an earlier one skips that part of the prefill. A hybrid model's
 // recurrent state is kept with them as snapshots at the ends of prompt chunks: its chunks end on block boundaries,
 // and one of them where the last whole block before the prompt's last token ends, the furthest a repeat can reuse.
+import type { RowDraw } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { LaunchedIds } from "./forward_batch.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
@@ -41,16 +42,16 @@ export interface SchedulerModel {
   /** Runs one batched forward and returns f32 logits [logitRows.length, vocab], row-major, valid until the next. */
   forward(step: BuiltStep, logitRows: Int32Array): Float32Array;
   /**
-   * The same step, returning only the argmax of each logits row (ties to the lowest id): where a backend can
-   * pick greedy tokens without copying the logits out. Used when every row of a step is plain greedy.
+   * The same step, returning only the token of each logits row, drawn where the logits are under one RowDraw per
+   * row (Backend.drawRows), so that the logits are not copied out. Used when no row needs the host's sampler.
    */
-  forwardArgmax?(step: BuiltStep, logitRows: Int32Array): Int32Array;
+  forwardDraw?(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array;
   /**
-   * forwardArgmax that returns before the device is done (backends that evaluate asynchronously), so that the next
+   * forwardDraw that returns before the device is done (backends that evaluate asynchronously), so that the next
    * step is recorded while this one computes; with `inputs` the step's tokens are an earlier launch's ids, still
    * on the device (the step's own token ids are then placeholders).
    */
-  launchArgmax?(step: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds): LaunchedIds;
+  launchDraw?(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[], inputs?: LaunchedIds): LaunchedIds;
   /**
    * The same step, also returning the post-norm hidden states of hiddenRows [rows, hiddenSize] (valid until the
    * next step): what a drafter on the model's multi-token-prediction head reads.
@@ -77,7 +78,7 @@ const NO_LOGITS = new Float32Array(0);
 /** The token of a pipelined step's entry, which the step takes from the device instead. */
 const ON_DEVICE = Int32Array.of(0);
 
-/** A greedy decode step started on the device whose tokens have not been taken yet, one row per owner. */
+/** A decode step started on the device whose tokens have not been taken yet, one row per owner. */
 interface InFlight {
   ids: LaunchedIds;
   owners: Active[];
@@ -375,20 +376,21 @@ export class Scheduler {
     const t0 = performance.now();
     let logits: Float32Array;
     let hidden: Float32Array = NO_LOGITS;
-    let greedyIds: Int32Array | null = null;
+    let deviceIds: Int32Array | null = null;
     if (hiddenRows.length > 0) {
       ({ logits, hidden } = this.model.forwardHidden!(built, Int32Array.from(rows), Int32Array.from(hiddenRows)));
     } else {
-      const greedy = this.model.forwardArgmax && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.greedyOnly));
-      if (this.model.launchArgmax && drafted === 0 && owners.every((a, i) => hasRow[i] && this.pipelined(a))) {
-        // Every row is plain greedy: start the step and take its tokens while the next one computes.
-        const ids = this.model.launchArgmax(built, Int32Array.from(rows));
+      const onDevice = this.model.forwardDraw && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.drawable));
+      if (this.model.launchDraw && drafted === 0 && owners.every((a, i) => hasRow[i] && this.pipelined(a))) {
+        // No row needs the host to pick its token: start the step and take its tokens while the next one computes.
+        const ids = this.model.launchDraw(built, Int32Array.from(rows), owners.map((a) => a.sampler.rowDraw()));
         cache.advance(entries, this.prefix ? { prefix: this.prefix, tokens: owners.map((a) => a.tokens), snapshot: cache.states ? prefilling : undefined } : undefined);
         this.inFlight = { ids, owners };
         return true;
       }
-      greedyIds = greedy ? this.model.forwardArgmax!(built, Int32Array.from(rows)) : null;
-      logits = greedyIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
+      const draws = onDevice ? owners.flatMap((a, i) => (hasRow[i] ? [a.sampler.rowDraw()] : [])) : [];
+      deviceIds = onDevice ? this.model.forwardDraw!(built, Int32Array.from(rows), draws) : null;
+      logits = deviceIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
     }
     if (this.spec && decodeOnly) this.spec.observeStep(performance.now() - t0, drafted);
     const vocab = rows.length > 0 ? logits.length / rows.length : 0;
@@ -429,8 +431,8 @@ export class Scheduler {
         cache.truncate(a.seq, a.seq.length);
         this.spec!.settle(a, a.tokens.length + v.accepted, drafts[i]!.tokens.length, v.accepted);
         for (const token of v.tokens) if (!this.take(a, { token, logprob: NaN, top: [] })) break;
-      } else if (greedyIds && hasRow[i]) {
-        this.takeSampled(a, { token: greedyIds[firstRow[i]!]!, logprob: NaN, top: [] });
+      } else if (deviceIds && hasRow[i]) {
+        this.takeSampled(a, { token: deviceIds[firstRow[i]!]!, logprob: NaN, top: [] });
       } else if (hasRow[i]) {
         this.sampleNext(a, row(firstRow[i]!));
       }
@@ -439,10 +441,11 @@ export class Scheduler {
   }
 
   /**
-   * The in-flight step's turn: when every sequence of it goes on decoding greedily, the next step is launched
-   * first (its inputs the in-flight tokens, still on the device), then the in-flight tokens are read and taken,
-   * so the host's work overlaps the device's; a sequence that stops (EOS, a stop string) has cost one step of
-   * work that is dropped, as in mlx-lm. Otherwise the tokens are taken and false says a plain step follows.
+   * The in-flight step's turn: when every sequence of it goes on decoding with its tokens picked on the device,
+   * the next step is launched first (its inputs the in-flight tokens, still on the device), then the in-flight
+   * tokens are read and taken, so the host's work overlaps the device's; a sequence that stops (EOS, a stop
+   * string) has cost one step of work that is dropped, as in mlx-lm. Otherwise the tokens are taken and false
+   * says a plain step follows.
    */
   private stepInFlight(): boolean {
     const f = this.inFlight!;
@@ -456,7 +459,7 @@ export class Scheduler {
     let next: InFlight | null = null;
     if (again) {
       const built = cache.buildStep(f.owners.map((a) => ({ seq: a.seq, tokens: ON_DEVICE })));
-      next = { ids: this.model.launchArgmax!(built, built.lastRows, f.ids), owners: f.owners };
+      next = { ids: this.model.launchDraw!(built, built.lastRows, f.owners.map((a) => a.sampler.rowDraw()), f.ids), owners: f.owners };
     }
     const ids = f.ids.read();
     f.ids.drop();
@@ -477,7 +480,7 @@ export class Scheduler {
 
   /** Whether a's next token may be picked on the device without the host looking at it first. */
   private pipelined(a: Active): boolean {
-    return !this.spec && !a.processor && a.sampler.greedyOnly && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+    return !this.spec && !a.processor && a.sampler.drawable && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
   }
 
   /** Room for one more token of a without preempting anyone. */

@@ -2,7 +2,7 @@
 // CLI's generate and chat hand their requests to a Scheduler through this one adapter, so prompts are encoded,
 // steps run and text is made the same way in both.
 import { getBackend } from "../backend/index.ts";
-import type { Backend } from "../backend/backend.ts";
+import type { Backend, RowDraw } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import { openModelDir, type ModelDir } from "../io/model_dir.ts";
 import type { ModelOptions } from "../models/family.ts";
@@ -15,7 +15,7 @@ import { StopStrings } from "../text/stop.ts";
 import { Tokenizer } from "../text/tokenizer.ts";
 import { GEMMA4_CALL_CLOSE, GEMMA4_CALL_OPEN, GEMMA4_QUOTE, toolParserFor, type ToolParserKind } from "../text/tool_parsers.ts";
 import { ForcedGemma4Call } from "./gemma4_tool_call.ts";
-import { launchStepArgmax, runStep, runStepArgmax, runStepHidden, type LaunchedIds } from "./forward_batch.ts";
+import { launchStepDraw, runStep, runStepDraw, runStepHidden, type LaunchedIds } from "./forward_batch.ts";
 import { ConstraintVocab, JsonConstraint } from "./json_constraint.ts";
 import type { BuiltStep, KvCache } from "./kv/kv_cache.ts";
 import type { SchedulerModel } from "./scheduler.ts";
@@ -223,10 +223,16 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
           },
         }
       : {}),
-    // The native sampler reads the logits where they already are; the mlx backend would copy them out first.
-    ...(model.backend.name === "mlx" ? { forwardArgmax: (step: BuiltStep, logitRows: Int32Array) => runStepArgmax(model, cache, step, logitRows) } : {}),
-    ...(model.backend.evalAsync
-      ? { launchArgmax: (step: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds) => launchStepArgmax(model, cache, step, logitRows, inputs) }
+    // The native sampler reads the logits where they already are; the mlx backend would copy them out first, so it
+    // draws the tokens on the device, and pipelines the steps where it can.
+    ...(model.backend.drawRows
+      ? { forwardDraw: (step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]) => runStepDraw(model, cache, step, logitRows, draws) }
+      : {}),
+    ...(model.backend.drawRows && model.backend.evalAsync
+      ? {
+          launchDraw: (step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[], inputs?: LaunchedIds) =>
+            launchStepDraw(model, cache, step, logitRows, draws, inputs),
+        }
       : {}),
     newDetokenizer: () => NO_TEXT,
     newStopFilter: (stops) => new StopStrings(stops),

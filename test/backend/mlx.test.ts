@@ -10,6 +10,7 @@ import { ptr, read } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens } from "../../src/engine/generate.ts";
 import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { Sampler } from "../../src/engine/sampler.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
 import { tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
@@ -273,7 +274,7 @@ describe(`mlx backend${skipReason}`, () => {
       const cache = new KvCache(model.backend, model.layers, { blockSize: 16, numBlocks: 12 });
       const base = tokenModel(model, cache);
       let launches = 0;
-      const counted = { ...base, launchArgmax: (...a: Parameters<NonNullable<typeof base.launchArgmax>>) => (launches++, base.launchArgmax!(...a)) };
+      const counted = { ...base, launchDraw: (...a: Parameters<NonNullable<typeof base.launchDraw>>) => (launches++, base.launchDraw!(...a)) };
       const got = new Map<string, number[]>();
       const done = new Map<string, string>();
       const sched = new Scheduler(counted, { maxRunning: 3, maxWaiting: 8, prefillChunk: 64, prefixCache: true }, (e) => {
@@ -304,6 +305,39 @@ describe(`mlx backend${skipReason}`, () => {
     },
     120_000,
   );
+
+  test.skipIf(!probe.ok)("tokens drawn on the device are the host sampler's picks for the same uniform draws", () => {
+    const be = new MlxBackend();
+    const V = 3000;
+    const R = 5;
+    const settings = [
+      { temperature: 0 },
+      { temperature: 0.7 },
+      { temperature: 1, topP: 0.9 },
+      { temperature: 0.6, topK: 40 },
+      { temperature: 1.5, minP: 0.05 },
+      { temperature: 0.8, topP: 0.95, topK: 20, minP: 0.02 },
+      { temperature: 1, topK: 1 },
+    ];
+    let same = 0;
+    let total = 0;
+    for (let round = 0; round < 8; round++) {
+      // Logits with a few strong tokens over a long tail, as a language model's.
+      const x = randn(R * V, 100 + round).map((v, i) => v * 2 + (i % V < 6 ? 6 - (i % V) : 0));
+      settings.forEach((s, k) => {
+        const params = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s, seed: 1000 * round + k };
+        const dev = Array.from({ length: R }, () => new Sampler(params));
+        const host = Array.from({ length: R }, () => new Sampler(params, true));
+        const ids = be.scope(() => be.toInt32(be.drawRows(be.fromArray(x, [R, V], "f32"), dev.map((d) => d.rowDraw()))));
+        for (let r = 0; r < R; r++) {
+          total++;
+          if (ids[r] === host[r]!.sample(x.subarray(r * V, (r + 1) * V)).token) same++;
+        }
+      });
+    }
+    // f32 sums on the device against the host's f64 walk may part at a boundary, very rarely.
+    expect(same).toBeGreaterThanOrEqual(total - 1);
+  });
 
   test.skipIf(!probe.ok)("an op whose operands are made inside its own argument list gets an array of its own", () => {
     const be = new MlxBackend().withComputeDtype("bf16");

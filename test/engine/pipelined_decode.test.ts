@@ -1,11 +1,12 @@
-// Pipelined greedy decode (the scheduler's in-flight step, what the mlx backend runs): a model whose device is a
-// queue run in order only when ids are read, so a step launched before the host took the tokens of the one before
-// really computes from those tokens still "on the device". Outputs must equal the plain greedy continuation in
-// every case that ends, joins or breaks a pipeline.
+// Pipelined decode (the scheduler's in-flight step, what the mlx backend runs): a model whose device is a queue run
+// in order only when ids are read, so a step launched before the host took the tokens of the one before really
+// computes from those tokens still "on the device". Outputs must equal the plain continuation in every case that
+// ends, joins or breaks a pipeline; sampled rows are drawn on the device from each request's own uniform draws.
 import { describe, expect, test } from "bun:test";
-import type { Backend, KvPool, Tensor } from "../../src/backend/backend.ts";
+import type { Backend, KvPool, RowDraw, Tensor } from "../../src/backend/backend.ts";
 import type { LaunchedIds } from "../../src/engine/forward_batch.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
+import { Sampler } from "../../src/engine/sampler.ts";
 import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
 import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
 import { StopStrings } from "../../src/text/stop.ts";
@@ -18,11 +19,18 @@ function nextOf(ctx: ArrayLike<number>): number {
   return h % (V - 1);
 }
 
-function reference(prompt: number[], n: number): number[] {
+/** The simulated device's pick: the model's token at temperature 0, moved by the request's uniform draw above it. */
+function pick(ctx: ArrayLike<number>, d: RowDraw): number {
+  return d.temperature === 0 ? nextOf(ctx) : (nextOf(ctx) + Math.floor(d.u * 7)) % (V - 1);
+}
+
+/** The continuation, picking each token from the draws a fresh sampler with the same parameters makes. */
+function reference(prompt: number[], n: number, sampling = { ...DEFAULT_SAMPLING, temperature: 0 }): number[] {
+  const sampler = new Sampler(sampling);
   const ctx = [...prompt];
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
-    const t = nextOf(ctx);
+    const t = pick(ctx, sampler.rowDraw());
     out.push(t);
     ctx.push(t);
   }
@@ -66,11 +74,11 @@ class DeviceModel implements SchedulerModel {
     while (this.queue.length > 0) this.queue.shift()!();
   }
 
-  /** What one step computes: writes its tokens, then the greedy next token of each logits row. */
-  private compute(step: BuiltStep, tokens: Int32Array, logitRows: Int32Array): Int32Array {
+  /** What one step computes: writes its tokens, then the picked next token of each logits row. */
+  private compute(step: BuiltStep, tokens: Int32Array, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array {
     const { batch, slots } = step;
     for (let t = 0; t < tokens.length; t++) this.store[slots[t]!] = tokens[t]!;
-    return logitRows.map((row) => {
+    return logitRows.map((row, r) => {
       const s = batch.tokenSeq[row]!;
       const ctx: number[] = [];
       for (let p = 0; p <= batch.positions[row]!; p++) {
@@ -78,7 +86,7 @@ class DeviceModel implements SchedulerModel {
         ctx.push(this.store[block * this.blockSize + (p % this.blockSize)]!);
       }
       if (ctx.includes(-1)) throw new Error("read an unwritten cache slot");
-      return nextOf(ctx);
+      return pick(ctx, draws[r]!);
     });
   }
 
@@ -90,15 +98,16 @@ class DeviceModel implements SchedulerModel {
     this.forwards++;
     this.sync();
     const out = new Float32Array(logitRows.length * V);
-    this.compute(step, step.tokens, logitRows).forEach((t, r) => (out[r * V + t] = 10));
+    const greedy = { temperature: 0, topP: 1, topK: 0, minP: 0, u: 0 };
+    this.compute(step, step.tokens, logitRows, Array.from(logitRows, () => greedy)).forEach((t, r) => (out[r * V + t] = 10));
     return out;
   }
 
-  launchArgmax(step: BuiltStep, logitRows: Int32Array, inputs?: LaunchedIds): LaunchedIds {
+  launchDraw(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[], inputs?: LaunchedIds): LaunchedIds {
     this.launches++;
     if (inputs) this.chained++;
     // The host may reuse the step's arrays once the launch returns; the device has its own copies.
-    const copy = structuredClone({ step, logitRows });
+    const copy = structuredClone({ step, logitRows, draws });
     const source = inputs as Ids | undefined;
     if (source && (source.dropped || source.values === null && !this.live.has(source))) throw new Error("inputs were let go");
     if (source) expect(copy.step.tokens.length).toBe(logitRows.length);
@@ -119,7 +128,7 @@ class DeviceModel implements SchedulerModel {
     this.live.add(ids);
     this.queue.push(() => {
       const tokens = source ? source.values! : copy.step.tokens;
-      ids.values = this.compute(copy.step, tokens, copy.logitRows);
+      ids.values = this.compute(copy.step, tokens, copy.logitRows, copy.draws);
     });
     return ids;
   }
@@ -156,7 +165,7 @@ function harness(model: DeviceModel, config: Partial<EngineConfig> = {}) {
 
 const prompt = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 13 + i * 5) % 30);
 
-describe("pipelined greedy decode", () => {
+describe("pipelined decode", () => {
   test("one request: every decode step is launched on the last one's ids, output and usage unchanged", () => {
     const model = new DeviceModel(64);
     const h = harness(model, { prefixCache: false });
@@ -226,7 +235,25 @@ describe("pipelined greedy decode", () => {
     expect(h.tokensOf("second")).toEqual(reference(again, 5));
   });
 
-  test("sampled and logprob requests are not pipelined, and a greedy one beside them still decodes right", () => {
+  test("sampled rows are drawn on the device from each request's own draws, in token order", () => {
+    const model = new DeviceModel(64);
+    const h = harness(model, { prefixCache: false });
+    const warm = { ...DEFAULT_SAMPLING, temperature: 0.8, topP: 0.9, seed: 7 };
+    const hot = { ...DEFAULT_SAMPLING, temperature: 1.3, topK: 5, seed: 8 };
+    h.sched.submit(request("warm", prompt(13, 6), 11, { sampling: warm }));
+    h.sched.submit(request("hot", prompt(14, 9), 9, { sampling: hot }));
+    h.sched.submit(request("greedy", prompt(15, 5), 10));
+    h.run();
+    expect(h.tokensOf("warm")).toEqual(reference(prompt(13, 6), 11, warm));
+    expect(h.tokensOf("hot")).toEqual(reference(prompt(14, 9), 9, hot));
+    expect(h.tokensOf("greedy")).toEqual(reference(prompt(15, 5), 10));
+    // The draws did move the tokens off the model's own.
+    expect(h.tokensOf("warm")).not.toEqual(reference(prompt(13, 6), 11));
+    expect(model.forwards).toBe(0);
+    expect(model.live.size).toBe(0);
+  });
+
+  test("a row that needs the host's sampler (logprobs, penalties) runs plain steps; the others stay right", () => {
     const model = new DeviceModel(64);
     const h = harness(model, { prefixCache: false });
     h.sched.submit(request("lp", prompt(10, 6), 6, { sampling: { ...DEFAULT_SAMPLING, temperature: 0, logprobs: true } }));

@@ -18,6 +18,7 @@ import {
   type QuantizedWeight,
   type RecurrentBatch,
   type RopeOptions,
+  type RowDraw,
   type StatePool,
   type StateSpec,
   type Tensor,
@@ -32,8 +33,9 @@ import { type KvElement, type KvFormat } from "../../quant/kv_codec.ts";
 import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
+import { drawRows } from "./draw.ts";
 import { GluKernels, type GluKind } from "./kernels.ts";
-import { type Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
+import { Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
@@ -875,6 +877,19 @@ export class MlxBackend implements Backend {
       const i = tmp.add(this.res(this.S.mlx_argmax_axis(slotPtr(), t.h, -1, false, this.stream), "argmax"));
       return this.res(this.S.mlx_astype(slotPtr(), i, MLX_DTYPE.i32, this.stream), "argmax");
     });
+  }
+
+  drawRows(logits: Tensor, draws: readonly RowDraw[]): Tensor {
+    const t = this.arg(logits, "drawRows");
+    if (t.shape.length !== 2 || t.shape[0] !== draws.length || t.shape[1]! < 1) {
+      invalid(`drawRows: logits ${fmt(t.shape)} for ${draws.length} draws`);
+    }
+    const G = new Graph(this.S, this.stream, (st, what) => this.res(st, what), "drawRows");
+    try {
+      return this.wrap(G.keep(drawRows(G, G.f32(t.h), t.shape[1]!, draws)), [draws.length], "i32");
+    } finally {
+      G.free();
+    }
   }
 
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor } {

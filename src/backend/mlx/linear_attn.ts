@@ -126,6 +126,37 @@ export class Graph {
     return this.add(this.S.mlx_cumsum(slotPtr(), a, axis, false, true, this.stream));
   }
 
+  /** An elementwise op of two operands by its mlx-c name (comparisons give bool). */
+  bin(f: "mlx_minimum" | "mlx_less" | "mlx_less_equal" | "mlx_greater_equal" | "mlx_logical_and", a: number, b: number): number {
+    return this.add(this.S[f](slotPtr(), a, b, this.stream));
+  }
+
+  astype(a: number, dtype: number): number {
+    return this.add(this.S.mlx_astype(slotPtr(), a, dtype, this.stream));
+  }
+
+  argsort(a: number, axis: number): number {
+    return this.add(this.S.mlx_argsort_axis(slotPtr(), a, axis, this.stream));
+  }
+
+  argmax(a: number, axis: number): number {
+    return this.add(this.S.mlx_argmax_axis(slotPtr(), a, axis, false, this.stream));
+  }
+
+  takeAlong(a: number, idx: number, axis: number): number {
+    return this.add(this.S.mlx_take_along_axis(slotPtr(), a, idx, axis, this.stream));
+  }
+
+  /** The largest value along axis, kept as a length-1 axis. */
+  maxKeep(a: number, axis: number): number {
+    return this.add(this.S.mlx_max_axis(slotPtr(), a, axis, true, this.stream));
+  }
+
+  /** The sum along axis, kept as a length-1 axis. */
+  sumKeep(a: number, axis: number): number {
+    return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, true, this.stream));
+  }
+
   sum(a: number, axis: number): number {
     return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, false, this.stream));
   }
