@@ -280,6 +280,12 @@ export interface Backend {
    * the logits live on a device apart from the host (mlx), so that only ids come back; absent elsewhere.
    */
   drawRows?(logits: Tensor, draws: readonly RowDraw[]): Tensor;
+  /**
+   * Whether drawRows beats copying the logits out for the host's sampler at this temperature: a GPU sorts a
+   * vocabulary for top_p in well under a millisecond, MLX's CPU build in about 25 ms (152k entries), slower than
+   * the copy and the native sampler; its argmax is cheap everywhere.
+   */
+  drawPays?(temperature: number): boolean;
   /** Largest k along the last axis, descending: values f32 and indices i32, [..., k] each. */
   topk(x: Tensor, k: number): { values: Tensor; indices: Tensor };
   /** Sum along the given axis, removed. */

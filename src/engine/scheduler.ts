@@ -46,6 +46,8 @@ export interface SchedulerModel {
    * row (Backend.drawRows), so that the logits are not copied out. Used when no row needs the host's sampler.
    */
   forwardDraw?(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array;
+  /** Whether forwardDraw is the cheaper way to pick a token at this temperature (else the host samples). */
+  drawsAt?(temperature: number): boolean;
   /**
    * forwardDraw that returns before the device is done (backends that evaluate asynchronously), so that the next
    * step is recorded while this one computes; with `inputs` the step's tokens are an earlier launch's ids, still
@@ -380,7 +382,7 @@ export class Scheduler {
     if (hiddenRows.length > 0) {
       ({ logits, hidden } = this.model.forwardHidden!(built, Int32Array.from(rows), Int32Array.from(hiddenRows)));
     } else {
-      const onDevice = this.model.forwardDraw && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || (!a.processor && a.sampler.drawable));
+      const onDevice = this.model.forwardDraw && rows.length > 0 && drafted === 0 && owners.every((a, i) => !hasRow[i] || this.drawsOnDevice(a));
       if (this.model.launchDraw && drafted === 0 && owners.every((a, i) => hasRow[i] && this.pipelined(a))) {
         // No row needs the host to pick its token: start the step and take its tokens while the next one computes.
         const ids = this.model.launchDraw(built, Int32Array.from(rows), owners.map((a) => a.sampler.rowDraw()));
@@ -478,9 +480,14 @@ export class Scheduler {
     return true;
   }
 
-  /** Whether a's next token may be picked on the device without the host looking at it first. */
+  /** Whether a's next token may be picked on the device and fed to the next step without the host seeing it. */
   private pipelined(a: Active): boolean {
-    return !this.spec && !a.processor && a.sampler.drawable && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+    return !this.spec && this.drawsOnDevice(a) && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+  }
+
+  /** Whether a's tokens are picked where the logits are. */
+  private drawsOnDevice(a: Active): boolean {
+    return !a.processor && a.sampler.drawable && (this.model.drawsAt?.(a.req.sampling.temperature) ?? false);
   }
 
   /** Room for one more token of a without preempting anyone. */

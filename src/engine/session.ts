@@ -226,7 +226,10 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
     // The native sampler reads the logits where they already are; the mlx backend would copy them out first, so it
     // draws the tokens on the device, and pipelines the steps where it can.
     ...(model.backend.drawRows
-      ? { forwardDraw: (step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]) => runStepDraw(model, cache, step, logitRows, draws) }
+      ? {
+          forwardDraw: (step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]) => runStepDraw(model, cache, step, logitRows, draws),
+          drawsAt: (temperature: number) => model.backend.drawPays?.(temperature) ?? true,
+        }
       : {}),
     ...(model.backend.drawRows && model.backend.evalAsync
       ? {

@@ -337,6 +337,8 @@ describe(`mlx backend${skipReason}`, () => {
     }
     // f32 sums on the device against the host's f64 walk may part at a boundary, very rarely.
     expect(same).toBeGreaterThanOrEqual(total - 1);
+    // Sampled rows are drawn there only on a GPU; argmax everywhere.
+    expect([be.drawPays(0), be.drawPays(0.7)]).toEqual([true, probe.ok && probe.lib.metal]);
   });
 
   test.skipIf(!probe.ok)("an op whose operands are made inside its own argument list gets an array of its own", () => {

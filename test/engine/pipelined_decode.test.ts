@@ -103,6 +103,10 @@ class DeviceModel implements SchedulerModel {
     return out;
   }
 
+  drawsAt(): boolean {
+    return true;
+  }
+
   launchDraw(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[], inputs?: LaunchedIds): LaunchedIds {
     this.launches++;
     if (inputs) this.chained++;

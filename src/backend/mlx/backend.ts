@@ -879,6 +879,10 @@ export class MlxBackend implements Backend {
     });
   }
 
+  drawPays(temperature: number): boolean {
+    return temperature === 0 || this.lib.metal;
+  }
+
   drawRows(logits: Tensor, draws: readonly RowDraw[]): Tensor {
     const t = this.arg(logits, "drawRows");
     if (t.shape.length !== 2 || t.shape[0] !== draws.length || t.shape[1]! < 1) {
