@@ -115,7 +115,8 @@ interface PagedGather {
   readonly B: number;
   readonly Lq: number;
   readonly S: number;
-  readonly rowIdx: Int32Array;
+  /** i32 [B, kvHeads, S]: the pool row (slot * kvHeads + head) of each key (gatherIndex). */
+  readonly idx: number;
   readonly qIdx: Int32Array;
   readonly outIdx: Int32Array;
   readonly mask: Uint8Array;
@@ -172,6 +173,8 @@ export class MlxBackend implements Backend {
   private readonly normCache = new WeakMap<MTensor, { plain?: number; plus?: number }>();
   private pendingError: string | null = null;
   private evalMs = 0;
+  /** Attention's gather indices of the latest steps (gatherIndex). */
+  private readonly gatherIdx: { kvH: number; bs: number; numBlocks: number; S: number; seqLens: Int32Array; tables: Int32Array; h: number }[] = [];
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
 
   /** The dtype every activation is computed in (inputs of another float dtype are cast to it first). */
@@ -637,10 +640,25 @@ export class MlxBackend implements Backend {
           "quantizedMatmul",
         ),
       );
-      const y32 = this.f32AfterOp(y, tmp);
+      const y32 = this.inCompute(y, this.qmmDtype(w.mode, q.sc, q.bi), tmp);
       if (g === 1) return y32;
       return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g), this.stream), "quantizedMatmul");
     }, [...xt.shape.slice(0, -1), q.N], this.computeDtype);
+  }
+
+  /**
+   * The dtype of MLX's quantized products of an x in the compute dtype: affine promotes x with the scales and
+   * biases (equal float dtypes stay, any other pair is f32), the fp modes keep x's.
+   */
+  private qmmDtype(mode: QuantMode, sc: MTensor, bi: MTensor | null): DType {
+    if (mode !== "affine") return this.computeDtype;
+    const promote = (a: DType, b: DType): DType => (a === b ? a : "f32");
+    return promote(this.computeDtype, bi ? promote(sc.dtype, bi.dtype) : sc.dtype);
+  }
+
+  /** A result handle of a known dtype in the compute dtype. */
+  private inCompute(h: number, dtype: DType, tmp: Temps): number {
+    return dtype === this.computeDtype ? h : this.raw.astype(h, this.adt, tmp);
   }
 
   /** An op's result handle in the compute dtype (kernels that follow the weights' dtype return bf16 for bf16 scales). */
@@ -671,7 +689,7 @@ export class MlxBackend implements Backend {
           ),
         );
         const g = this.globalFactor(w);
-        y = this.f32AfterOp(y, tmp);
+        y = this.inCompute(y, this.qmmDtype(w.mode, q.sc, q.bi), tmp);
         if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g), tmp);
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
@@ -1551,15 +1569,7 @@ export class MlxBackend implements Backend {
       if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
       S = Math.max(S, L);
     }
-    // Keys are gathered as pool rows (slot * kvHeads + head) straight into [seqs, kvHeads, S] order: MLX's CPU
-    // attention runs many times slower on the strided view a [seqs, S, kvHeads] gather would give after a transpose.
-    const rowIdx = new Int32Array(B * kvH * S);
-    for (let s = 0; s < B; s++)
-      for (let j = 0; j < batch.seqLens[s]!; j++) {
-        const blk = batch.blockTables[s * maxBlocks + Math.floor(j / bs)]!;
-        if (!(blk >= 0 && blk < pool.numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${pool.numBlocks}`);
-        for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
-      }
+    const idx = this.gatherIndex(batch, pool, S);
     const qIdx = new Int32Array(B * Lq);
     const outIdx = new Int32Array(T);
     const window = opts.window ?? 0;
@@ -1590,21 +1600,20 @@ export class MlxBackend implements Backend {
       return mask;
     };
 
-    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, rowIdx, qIdx, outIdx, mask: buildMask() }, opts);
+    if (pool.sides.some((x) => x.e.kind === "affine")) return this.packedAttention(qt, pool, { B, Lq, S, idx, qIdx, outIdx, mask: buildMask() }, opts);
     const mask = simple ? null : buildMask();
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
-      const idx = this.raw.data(rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
       const gather = (src: MTensor) => {
-        const rows = this.raw.take(this.raw.reshape(src.h, [pool.numBlocks * bs * kvH, D], tmp), idx, 0, tmp);
-        const r4 = this.raw.reshape(rows, [B, kvH, S, D], tmp);
+        const r4 = this.raw.take(this.raw.reshape(src.h, [pool.numBlocks * bs * kvH, D], tmp), idx, 0, tmp);
         return src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
       };
       const K = gather(pool.k);
       const V = gather(pool.v);
       const qh = this.f32(qt, tmp);
       const qRows = simple ? qh : this.raw.take(qh, this.raw.data(qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
-      const Q = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
+      // One query a sequence: moving the length-1 axis is a reshape.
+      const Q = Lq === 1 ? this.raw.reshape(qRows, [B, H, 1, D], tmp) : this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
       let O: number;
       if (softcap > 0) {
         const M = mask ? this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp) : this.causalMask(Lq, S, tmp);
@@ -1614,10 +1623,39 @@ export class MlxBackend implements Backend {
         const mode = mask ? MASK_ARRAY : Lq === 1 ? MASK_NONE : MASK_CAUSAL;
         O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, mode, M, null, this.stream), "pagedAttention"));
       }
-      const rows = this.raw.reshape(this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
+      const rows = this.raw.reshape(Lq === 1 ? O : this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
       if (simple) return rows;
       return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     }, [T, H, D], this.computeDtype);
+  }
+
+  /**
+   * i32 [B, kvHeads, S]: the pool row (slot * kvHeads + head) of each key of each sequence, so that a take gives
+   * the keys straight in [seqs, kvHeads, S] order (MLX's CPU attention runs many times slower on the strided view
+   * a [seqs, S, kvHeads] gather would give after a transpose). Every layer of a step reads the same tables, so the
+   * array is made once and kept while the tables stay the same: building it is O(S) host work a layer.
+   */
+  private gatherIndex(batch: AttentionBatch, pool: MKvPool, S: number): number {
+    const { blockSize: bs, kvHeads: kvH, numBlocks } = pool;
+    const B = batch.seqLens.length;
+    const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+    const hit = this.gatherIdx.find(
+      (e) => e.kvH === kvH && e.bs === bs && e.numBlocks === numBlocks && e.S === S && same(e.seqLens, batch.seqLens) && same(e.tables, batch.blockTables),
+    );
+    if (hit) return hit.h;
+    const rowIdx = new Int32Array(B * kvH * S);
+    for (let s = 0; s < B; s++)
+      for (let j = 0; j < batch.seqLens[s]!; j++) {
+        const blk = batch.blockTables[s * batch.maxBlocks + Math.floor(j / bs)]!;
+        if (!(blk >= 0 && blk < numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${numBlocks}`);
+        for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
+      }
+    const h = Number(this.S.mlx_array_new_data(rowIdx, ints([B, kvH, S]), 3, MLX_DTYPE.i32));
+    if (!h) this.fail("pagedAttention");
+    // A step's spaces and geometries (a windowed space, Gemma's two head sizes) each keep one.
+    if (this.gatherIdx.length >= 4) this.free(this.gatherIdx.shift()!.h);
+    this.gatherIdx.push({ kvH, bs, numBlocks, S, seqLens: batch.seqLens.slice(), tables: batch.blockTables.slice(), h });
+    return h;
   }
 
   /** [1, 1, Lq, S] bool: query i sees keys up to S - Lq + i (the last query aligned with the last key). */
@@ -1644,12 +1682,7 @@ export class MlxBackend implements Backend {
     // Query positions per product, so that a long prefill chunk never holds more than about SCORE_BYTES of scores.
     const chunk = Math.max(1, Math.min(Lq, Math.floor(SCORE_BYTES / (B * H * S * 4))));
     return this.op((tmp) => {
-      const idx = this.raw.data(g.rowIdx, [B * kvH * S], MLX_DTYPE.i32, tmp);
-      const gather = (t: MTensor) => {
-        const last = t.shape[3]!;
-        const rows = this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, last], tmp), idx, 0, tmp);
-        return this.raw.reshape(rows, [B, kvH, S, last], tmp);
-      };
+      const gather = (t: MTensor) => this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, t.shape[3]!], tmp), g.idx, 0, tmp);
       // One side's rows [B, kvH, S, *], gathered once for every chunk: floats as f32, codes as MLX's uint32 words.
       const operand = (side: MKvSide) => {
         const data = gather(side.data);
