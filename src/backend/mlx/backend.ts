@@ -119,7 +119,8 @@ interface PagedGather {
   readonly idx: number;
   readonly qIdx: Int32Array;
   readonly outIdx: Int32Array;
-  readonly mask: Uint8Array;
+  /** bool [B, 1, Lq, S]: which keys each query row sees. */
+  readonly mask: number;
 }
 
 /**
@@ -141,6 +142,28 @@ interface MStatePool extends StatePool {
 }
 
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
+/**
+ * Arrays built from a step's host tables (attention's gather indices and masks), kept while the tables stay the
+ * same: every layer of a step asks for them again, and building one is O(context) host work. Compared by value,
+ * not by object, so a caller that reuses its tables is safe.
+ */
+class StepArrays {
+  private readonly entries: { key: string; tables: Int32Array[]; h: number }[] = [];
+
+  constructor(private readonly free: (h: number) => void) {}
+
+  get(key: string, tables: readonly Int32Array[], make: () => number): number {
+    const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+    const hit = this.entries.find((e) => e.key === key && e.tables.every((t, i) => same(t, tables[i]!)));
+    if (hit) return hit.h;
+    const h = make();
+    // A step's spaces and geometries (a windowed space, Gemma's two head sizes) each keep theirs.
+    if (this.entries.length >= 8) this.free(this.entries.shift()!.h);
+    this.entries.push({ key, tables: tables.map((t) => t.slice()), h });
+    return h;
+  }
+}
+
 class Temps {
   readonly hs: number[] = [];
   add(h: number): number {
@@ -173,8 +196,8 @@ export class MlxBackend implements Backend {
   private readonly normCache = new WeakMap<MTensor, { plain?: number; plus?: number }>();
   private pendingError: string | null = null;
   private evalMs = 0;
-  /** Attention's gather indices of the latest steps (gatherIndex). */
-  private readonly gatherIdx: { kvH: number; bs: number; numBlocks: number; S: number; seqLens: Int32Array; tables: Int32Array; h: number }[] = [];
+  /** Attention's gather indices and masks of the latest steps. */
+  private readonly stepArrays = new StepArrays((h) => this.free(h));
   private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
 
   /** The dtype every activation is computed in (inputs of another float dtype are cast to it first). */
@@ -1585,7 +1608,11 @@ export class MlxBackend implements Backend {
       if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
       if (row !== t || pos !== S - T + t) simple = false;
     }
-    const buildMask = () => {
+    const buildMask = () =>
+      this.stepArrays.get(`mask ${B} ${Lq} ${S} ${window}`, [batch.tokenSeq, batch.positions, batch.seqLens], () =>
+        this.constant(maskRows(), [B, 1, Lq, S], MLX_DTYPE.bool),
+      );
+    const maskRows = () => {
       const mask = new Uint8Array(B * Lq * S);
       for (let r = 0; r < B * Lq; r++) mask[r * S] = 1;
       for (let t = 0; t < T; t++) {
@@ -1616,12 +1643,11 @@ export class MlxBackend implements Backend {
       const Q = Lq === 1 ? this.raw.reshape(qRows, [B, H, 1, D], tmp) : this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
       let O: number;
       if (softcap > 0) {
-        const M = mask ? this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp) : this.causalMask(Lq, S, tmp);
+        const M = mask ?? this.causalMask(Lq, S, tmp);
         O = this.cappedAttention(Q, K, V, M, B, H, kvH, Lq, S, D, opts.scale, softcap, tmp);
       } else {
-        const M = mask ? this.raw.data(mask, [B, 1, Lq, S], MLX_DTYPE.bool, tmp) : null;
         const mode = mask ? MASK_ARRAY : Lq === 1 ? MASK_NONE : MASK_CAUSAL;
-        O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, mode, M, null, this.stream), "pagedAttention"));
+        O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, mode, mask, null, this.stream), "pagedAttention"));
       }
       const rows = this.raw.reshape(Lq === 1 ? O : this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
       if (simple) return rows;
@@ -1638,23 +1664,22 @@ export class MlxBackend implements Backend {
   private gatherIndex(batch: AttentionBatch, pool: MKvPool, S: number): number {
     const { blockSize: bs, kvHeads: kvH, numBlocks } = pool;
     const B = batch.seqLens.length;
-    const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
-    const hit = this.gatherIdx.find(
-      (e) => e.kvH === kvH && e.bs === bs && e.numBlocks === numBlocks && e.S === S && same(e.seqLens, batch.seqLens) && same(e.tables, batch.blockTables),
-    );
-    if (hit) return hit.h;
-    const rowIdx = new Int32Array(B * kvH * S);
-    for (let s = 0; s < B; s++)
-      for (let j = 0; j < batch.seqLens[s]!; j++) {
-        const blk = batch.blockTables[s * batch.maxBlocks + Math.floor(j / bs)]!;
-        if (!(blk >= 0 && blk < numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${numBlocks}`);
-        for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
-      }
-    const h = Number(this.S.mlx_array_new_data(rowIdx, ints([B, kvH, S]), 3, MLX_DTYPE.i32));
+    return this.stepArrays.get(`gather ${kvH} ${bs} ${numBlocks} ${S}`, [batch.seqLens, batch.blockTables], () => {
+      const rowIdx = new Int32Array(B * kvH * S);
+      for (let s = 0; s < B; s++)
+        for (let j = 0; j < batch.seqLens[s]!; j++) {
+          const blk = batch.blockTables[s * batch.maxBlocks + Math.floor(j / bs)]!;
+          if (!(blk >= 0 && blk < numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${numBlocks}`);
+          for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
+        }
+      return this.constant(rowIdx, [B, kvH, S], MLX_DTYPE.i32);
+    });
+  }
+
+  /** An array of host data owned by the caller (not by a scope). */
+  private constant(data: Int32Array | Uint8Array, shape: readonly number[], dtype: number): number {
+    const h = Number(this.S.mlx_array_new_data(data, ints(shape), shape.length, dtype));
     if (!h) this.fail("pagedAttention");
-    // A step's spaces and geometries (a windowed space, Gemma's two head sizes) each keep one.
-    if (this.gatherIdx.length >= 4) this.free(this.gatherIdx.shift()!.h);
-    this.gatherIdx.push({ kvH, bs, numBlocks, S, seqLens: batch.seqLens.slice(), tables: batch.blockTables.slice(), h });
     return h;
   }
 
@@ -1714,7 +1739,7 @@ export class MlxBackend implements Backend {
       const qRows = this.raw.take(this.f32(qt, tmp), this.raw.data(g.qIdx, [B * Lq], MLX_DTYPE.i32, tmp), 0, tmp);
       const q4 = this.raw.transpose(this.raw.reshape(qRows, [B, Lq, H, D], tmp), [0, 2, 1, 3], tmp);
       const Q = this.raw.bin("mlx_multiply", this.raw.reshape(q4, [B, kvH, rep, Lq, D], tmp), this.scalar(opts.scale), tmp);
-      const M = this.raw.data(g.mask, [B, 1, 1, Lq, S], MLX_DTYPE.bool, tmp);
+      const M = this.raw.reshape(g.mask, [B, 1, 1, Lq, S], tmp);
       const outs: number[] = [];
       for (let lo = 0; lo < Lq; lo += chunk) {
         const c = Math.min(chunk, Lq - lo);
