@@ -154,10 +154,15 @@ class StepArrays {
 
   get(key: string, tables: readonly Int32Array[], make: () => number): number {
     const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
-    const hit = this.entries.find((e) => e.key === key && e.tables.every((t, i) => same(t, tables[i]!)));
-    if (hit) return hit.h;
+    const at = this.entries.findIndex((e) => e.key === key && e.tables.every((t, i) => same(t, tables[i]!)));
+    if (at >= 0) {
+      // Most recent last: an array just handed out is never the next one let go.
+      const [hit] = this.entries.splice(at, 1);
+      this.entries.push(hit!);
+      return hit!.h;
+    }
     const h = make();
-    // A step's spaces and geometries (a windowed space, Gemma's two head sizes) each keep theirs.
+    // A step's spaces and geometries (a windowed space, Gemma's two head sizes, a draft model's) each keep theirs.
     if (this.entries.length >= 8) this.free(this.entries.shift()!.h);
     this.entries.push({ key, tables: tables.map((t) => t.slice()), h });
     return h;
