@@ -147,12 +147,17 @@ interface MStatePool extends StatePool {
  * same: every layer of a step asks for them again, and building one is O(context) host work. Compared by value,
  * not by object, so a caller that reuses its tables is safe.
  */
+/** Bytes of step arrays (StepArrays) kept between steps. */
+const STEP_ARRAY_BYTES = 64 * 2 ** 20;
+
 class StepArrays {
-  private readonly entries: { key: string; tables: Int32Array[]; h: number }[] = [];
+  private readonly entries: { key: string; tables: Int32Array[]; h: number; bytes: number }[] = [];
+  private bytes = 0;
 
   constructor(private readonly free: (h: number) => void) {}
 
-  get(key: string, tables: readonly Int32Array[], make: () => number): number {
+  /** The array for these tables, made by make() (its handle and size) when none is kept. */
+  get(key: string, tables: readonly Int32Array[], make: () => { h: number; bytes: number }): number {
     const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
     const at = this.entries.findIndex((e) => e.key === key && e.tables.every((t, i) => same(t, tables[i]!)));
     if (at >= 0) {
@@ -161,11 +166,17 @@ class StepArrays {
       this.entries.push(hit!);
       return hit!.h;
     }
-    const h = make();
-    // A step's spaces and geometries (a windowed space, Gemma's two head sizes, a draft model's) each keep theirs.
-    if (this.entries.length >= 8) this.free(this.entries.shift()!.h);
-    this.entries.push({ key, tables: tables.map((t) => t.slice()), h });
-    return h;
+    const made = make();
+    this.entries.push({ key, tables: tables.map((t) => t.slice()), ...made });
+    this.bytes += made.bytes;
+    // A step's spaces and geometries (a windowed space, Gemma's two head sizes, a draft model's) each keep theirs,
+    // within a bound on what stays held between steps; the two newest (one attention call's) always stay.
+    while (this.entries.length > 2 && (this.entries.length > 8 || this.bytes > STEP_ARRAY_BYTES)) {
+      const old = this.entries.shift()!;
+      this.bytes -= old.bytes;
+      this.free(old.h);
+    }
+    return made.h;
   }
 }
 
@@ -1681,11 +1692,11 @@ export class MlxBackend implements Backend {
     });
   }
 
-  /** An array of host data owned by the caller (not by a scope). */
-  private constant(data: Int32Array | Uint8Array, shape: readonly number[], dtype: number): number {
+  /** An array of host data owned by the caller (not by a scope), and its size. */
+  private constant(data: Int32Array | Uint8Array, shape: readonly number[], dtype: number): { h: number; bytes: number } {
     const h = Number(this.S.mlx_array_new_data(data, ints(shape), shape.length, dtype));
     if (!h) this.fail("pagedAttention");
-    return h;
+    return { h, bytes: data.byteLength };
   }
 
   /** [1, 1, Lq, S] bool: query i sees keys up to S - Lq + i (the last query aligned with the last key). */
