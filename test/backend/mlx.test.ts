@@ -17,6 +17,7 @@ import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { RmlxError } from "../../src/errors.ts";
+import { request } from "../engine/scheduler_harness.ts";
 import { expectClose, linearRef, randn } from "./helpers.ts";
 
 const probe = probeMlx();
@@ -282,19 +283,9 @@ describe(`mlx backend${skipReason}`, () => {
         if (e.type === "done") done.set(e.id, e.finishReason);
         if (e.type === "error") throw new Error(e.message);
       });
-      const req = (id: string, prompt: number[], maxTokens: number, stopTokenIds: number[] = []) => ({
-        id,
-        model: "m",
-        prompt,
-        maxTokens,
-        sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
-        stop: [],
-        stopTokenIds,
-        ignoreEos: true,
-      });
-      sched.submit(req("a", prompts[0]!, 12));
-      sched.submit(req("b", prompts[1]!, 7));
-      sched.submit(req("c", prompts[2]!, 12, [plain[2]![5]!]));
+      sched.submit(request("a", prompts[0]!, 12, { ignoreEos: true }));
+      sched.submit(request("b", prompts[1]!, 7, { ignoreEos: true }));
+      sched.submit(request("c", prompts[2]!, 12, { ignoreEos: true, stopTokenIds: [plain[2]![5]!] }));
       while (sched.step());
       expect(got.get("a")).toEqual(plain[0]!);
       expect(got.get("b")).toEqual(plain[1]!.slice(0, 7));

@@ -7,9 +7,9 @@ import type { Backend, KvPool, RowDraw, Tensor } from "../../src/backend/backend
 import type { LaunchedIds } from "../../src/engine/forward_batch.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
-import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
-import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
-import { StopStrings } from "../../src/text/stop.ts";
+import type { SchedulerModel } from "../../src/engine/scheduler.ts";
+import { DEFAULT_SAMPLING, type GenerateRequest } from "../../src/engine/types.ts";
+import { harness, LETTERS, prompt, request } from "./scheduler_harness.ts";
 
 const V = 32;
 
@@ -137,37 +137,10 @@ class DeviceModel implements SchedulerModel {
     return ids;
   }
 
-  newDetokenizer() {
-    return { push: (id: number) => String.fromCharCode(97 + (id % 26)), flush: () => "" };
-  }
-
-  newStopFilter(stops: string[]) {
-    return new StopStrings(stops);
-  }
-
-  tokenBytes(id: number) {
-    return new TextEncoder().encode(String.fromCharCode(97 + (id % 26)));
-  }
+  newDetokenizer = LETTERS.newDetokenizer;
+  newStopFilter = LETTERS.newStopFilter;
+  tokenBytes = LETTERS.tokenBytes;
 }
-
-const CONFIG: EngineConfig = { kvMemoryBytes: 0, maxRunning: 8, maxWaiting: 64, prefillChunk: 64, prefixCache: true };
-
-function request(id: string, prompt: number[], maxTokens: number, extra: Partial<GenerateRequest> = {}): GenerateRequest {
-  return { id, model: "m", prompt, maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ...extra };
-}
-
-function harness(model: DeviceModel, config: Partial<EngineConfig> = {}) {
-  const events: EngineEvent[] = [];
-  const sched = new Scheduler(model, { ...CONFIG, ...config }, (e) => events.push(e));
-  const run = (limit = 10_000) => {
-    for (let i = 0; i < limit && sched.hasWork; i++) sched.step();
-  };
-  const tokensOf = (id: string) => events.flatMap((e) => (e.type === "delta" && e.id === id ? e.tokenIds : []));
-  const doneOf = (id: string) => events.find((e) => e.type === "done" && e.id === id) as Extract<EngineEvent, { type: "done" }> | undefined;
-  return { sched, events, run, tokensOf, doneOf };
-}
-
-const prompt = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 13 + i * 5) % 30);
 
 describe("pipelined decode", () => {
   test("one request: every decode step is launched on the last one's ids, output and usage unchanged", () => {

@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import type { Backend, KvPool } from "../../src/backend/backend.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
-import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
-import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
-import { StopStrings } from "../../src/text/stop.ts";
+import type { SchedulerModel } from "../../src/engine/scheduler.ts";
+import type { GenerateRequest } from "../../src/engine/types.ts";
+import { harness, LETTERS, prompt, request } from "./scheduler_harness.ts";
 
 const V = 32;
 const EOS = 31;
@@ -83,37 +83,10 @@ class ContextModel implements SchedulerModel {
     return out;
   }
 
-  newDetokenizer() {
-    return { push: (id: number) => String.fromCharCode(97 + (id % 26)), flush: () => "" };
-  }
-
-  newStopFilter(stops: string[]) {
-    return new StopStrings(stops);
-  }
-
-  tokenBytes(id: number) {
-    return new TextEncoder().encode(String.fromCharCode(97 + (id % 26)));
-  }
+  newDetokenizer = LETTERS.newDetokenizer;
+  newStopFilter = LETTERS.newStopFilter;
+  tokenBytes = LETTERS.tokenBytes;
 }
-
-const CONFIG: EngineConfig = { kvMemoryBytes: 0, maxRunning: 8, maxWaiting: 64, prefillChunk: 64, prefixCache: true };
-
-function request(id: string, prompt: number[], maxTokens: number, extra: Partial<GenerateRequest> = {}): GenerateRequest {
-  return { id, model: "m", prompt, maxTokens, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ...extra };
-}
-
-function harness(model: ContextModel, config: Partial<EngineConfig> = {}) {
-  const events: EngineEvent[] = [];
-  const sched = new Scheduler(model, { ...CONFIG, ...config }, (e) => events.push(e));
-  const run = (limit = 10_000) => {
-    for (let i = 0; i < limit && sched.hasWork; i++) sched.step();
-  };
-  const tokensOf = (id: string) => events.flatMap((e) => (e.type === "delta" && e.id === id ? e.tokenIds : []));
-  const doneOf = (id: string) => events.find((e) => e.type === "done" && e.id === id) as Extract<EngineEvent, { type: "done" }> | undefined;
-  return { sched, events, run, tokensOf, doneOf };
-}
-
-const prompt = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 13 + i * 5) % 30);
 
 describe("scheduler", () => {
   test("one request decodes the reference continuation and stops at max tokens", () => {
