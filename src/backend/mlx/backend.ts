@@ -34,7 +34,7 @@ import { fmt, invalid } from "../args.ts";
 import { RmlxError } from "../../errors.ts";
 import { composedVarlenAttention } from "../varlen.ts";
 import { drawRows } from "./draw.ts";
-import { GluKernels, type GluKind } from "./kernels.ts";
+import { CompiledFunctions } from "./compiled.ts";
 import { Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
 import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
@@ -195,7 +195,7 @@ export class MlxBackend implements Backend {
 
   private readonly S: MlxSymbols;
   private readonly stream: number;
-  private readonly glu: GluKernels;
+  private readonly compiled: CompiledFunctions;
   private scopes: MTensor[][] = [];
   private readonly dirtyPools = new Set<MKvPool>();
   private readonly dirtyStates = new Set<MStatePool>();
@@ -230,8 +230,7 @@ export class MlxBackend implements Backend {
     this.lib = loadMlx(libPath);
     this.S = this.lib.sym;
     this.stream = Number(this.lib.metal ? this.S.mlx_default_gpu_stream_new() : this.S.mlx_default_cpu_stream_new());
-    this.glu = new GluKernels(this.lib);
-    this.glu.stream = this.stream;
+    this.compiled = new CompiledFunctions(this.S, () => this.lib.takeError());
     this.device = `${this.lib.metal ? "Apple GPU (Metal)" : "CPU"} through MLX ${this.lib.version} (${this.lib.path})`;
   }
 
@@ -381,7 +380,7 @@ export class MlxBackend implements Backend {
     take: (h: number, idx: number, axis: number, tmp: Temps) =>
       tmp.add(this.res(this.S.mlx_take_axis(slotPtr(), h, idx, axis, this.stream), "take")),
     astype: (h: number, dt: number, tmp: Temps) => tmp.add(this.res(this.S.mlx_astype(slotPtr(), h, dt, this.stream), "astype")),
-    bin: (f: "mlx_add" | "mlx_subtract" | "mlx_multiply" | "mlx_divide" | "mlx_matmul", a: number, b: number, tmp: Temps) =>
+    bin: (f: "mlx_add" | "mlx_subtract" | "mlx_multiply" | "mlx_divide" | "mlx_matmul" | "mlx_power", a: number, b: number, tmp: Temps) =>
       tmp.add(this.res(this.S[f](slotPtr(), a, b, this.stream), f.slice(4))),
     un: (f: "mlx_sigmoid" | "mlx_tanh" | "mlx_erf", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](slotPtr(), a, this.stream), f.slice(4))),
     data: (data: ArrayBufferView, shape: readonly number[], dt: number, tmp: Temps) =>
@@ -860,13 +859,16 @@ export class MlxBackend implements Backend {
     return this.raw.bin("mlx_multiply", h, this.raw.un("mlx_sigmoid", h, tmp), tmp);
   }
 
-  /** 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as gelu_pytorch_tanh. */
+  /**
+   * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as gelu_pytorch_tanh, composed as mlx-lm's gelu_approx (x^3
+   * a power: in bf16 x * x * x rounds differently).
+   */
   private geluRaw(h: number, tmp: Temps): number {
-    const x3 = this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", h, h, tmp), h, tmp);
-    const inner = this.raw.bin("mlx_add", h, this.raw.bin("mlx_multiply", x3, this.scalar(0.044715), tmp), tmp);
-    const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", inner, this.scalar(Math.sqrt(2 / Math.PI)), tmp), tmp);
-    const half = this.raw.bin("mlx_multiply", h, this.scalar(0.5), tmp);
-    return this.raw.bin("mlx_add", half, this.raw.bin("mlx_multiply", half, th, tmp), tmp);
+    const x3 = this.raw.bin("mlx_power", h, this.scalar(3), tmp);
+    const inner = this.raw.bin("mlx_add", h, this.raw.bin("mlx_multiply", this.scalar(0.044715), x3, tmp), tmp);
+    const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.scalar(Math.sqrt(2 / Math.PI)), inner, tmp), tmp);
+    const half = this.raw.bin("mlx_multiply", this.scalar(0.5), h, tmp);
+    return this.raw.bin("mlx_multiply", half, this.raw.bin("mlx_add", this.scalar(1), th, tmp), tmp);
   }
 
   silu(x: Tensor): Tensor {
@@ -898,18 +900,24 @@ export class MlxBackend implements Backend {
     });
   }
 
-  private gluOp(kind: GluKind, gate: Tensor, up: Tensor): Tensor {
+  private gluOp(kind: "swiglu" | "geglu", gate: Tensor, up: Tensor): Tensor {
     const g = this.arg(gate, kind);
     const u = this.arg(up, kind);
     const same = g.shape.length === u.shape.length && g.shape.every((d, i) => d === u.shape[i]);
     if (!same) return this.mul(kind === "swiglu" ? this.silu(g) : this.geluTanh(g), u);
     return this.op((tmp) => {
-      const gh = this.f32(g, tmp);
-      const uh = this.f32(u, tmp);
-      const fused = this.adt === MLX_DTYPE.f32 ? this.glu.apply(kind, gh, uh, g.shape) : null;
+      const ins = [this.f32(g, tmp), this.f32(u, tmp)];
+      const body = (hs: readonly number[]) => {
+        const t = new Temps();
+        const act = kind === "swiglu" ? this.siluRaw(hs[0]!, t) : this.geluRaw(hs[0]!, t);
+        return { out: this.res(this.S.mlx_multiply(slotPtr(), act, hs[1]!, this.stream), kind), temps: t.hs };
+      };
+      // mlx-lm's compiled activation: one fused kernel; the plain ops where MLX cannot compile here.
+      const fused = this.compiled.apply(kind, 2, body, ins);
       if (fused) return fused;
-      const act = kind === "swiglu" ? this.siluRaw(gh, tmp) : this.geluRaw(gh, tmp);
-      return this.res(this.S.mlx_multiply(slotPtr(), act, uh, this.stream), kind);
+      const { out, temps } = body(ins);
+      for (const h of temps) tmp.add(h);
+      return out;
     }, g.shape, this.computeDtype);
   }
 

@@ -122,6 +122,13 @@ const SYMBOLS = {
   mlx_take_along_axis: { args: [P, P, P, i32, P], returns: i32 },
   mlx_sum_axis: { args: [P, P, i32, bool, P], returns: i32 },
 
+  mlx_power: binary,
+  mlx_closure_new_func_payload: { args: [P, P, P], returns: P },
+  mlx_closure_free: { args: [P], returns: i32 },
+  mlx_closure_apply: { args: [P, P, P], returns: i32 },
+  mlx_compile: { args: [P, P, bool], returns: i32 },
+  mlx_vector_array_set_data: { args: [P, P, usize], returns: i32 },
+
   mlx_fast_rms_norm: { args: [P, P, P, f32, P], returns: i32 },
   mlx_fast_layer_norm: { args: [P, P, P, P, f32, P], returns: i32 },
   mlx_fast_rope_dynamic: { args: [P, P, i32, bool, u64, f32, P, P, P], returns: i32 },
