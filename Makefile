@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` and `make test`. Both set up everything first.
 BUN := node_modules/.bin/bun
 NATIVE_LIB := native/build/librmlx.so
-SRCS := $(shell find src metal models -type f 2>/dev/null) package.json
+SRCS := $(shell find src models -type f 2>/dev/null) package.json
 PORT ?= 8080
 
 .PHONY: all build deps native serve test typecheck clean
