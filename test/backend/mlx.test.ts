@@ -7,7 +7,7 @@ import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { probeMlx, readSlot, slotPtr } from "../../src/backend/mlx/lib.ts";
 import { ptr, read } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
-import { cacheForTokens } from "../../src/engine/generate.ts";
+import { cacheForTokens, generate } from "../../src/engine/generate.ts";
 import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
@@ -337,6 +337,32 @@ describe(`mlx backend${skipReason}`, () => {
     expect(same).toBeGreaterThanOrEqual(total - 1);
     // Sampled rows are drawn there only on a GPU; argmax everywhere.
     expect([be.drawPays(0), be.drawPays(0.7)]).toEqual([true, probe.ok && probe.lib.metal]);
+  });
+
+  test.skipIf(!probe.ok)("sampled requests drawn on the device and pipelined (as on a GPU) give the host sampler's tokens", () => {
+    const model = loadModel(new MlxBackend(), openModelDir(join(ROOT, "models/default")));
+    const be = model.backend as MlxBackend;
+    const prompt = Array.from({ length: 12 }, (_, i) => (i * 29 + 11) % model.vocabSize);
+    const run = (onDevice: boolean, sampling: typeof DEFAULT_SAMPLING) => {
+      be.drawPays = (t: number) => onDevice || t === 0;
+      const cache = cacheForTokens(model, 64);
+      const out = generate(tokenModel(model, cache), { prompt, maxTokens: 40, sampling, stop: [], stopTokenIds: [], ignoreEos: true });
+      cache.dispose();
+      return out.tokenIds;
+    };
+    try {
+      for (const s of [
+        { temperature: 0.8, topP: 0.9, seed: 5 },
+        { temperature: 1.2, topK: 20, minP: 0.02, seed: 6 },
+      ]) {
+        const sampling = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s };
+        const host = run(false, sampling);
+        expect(run(true, sampling)).toEqual(host);
+        expect(host).not.toEqual(run(false, { ...sampling, temperature: 0 }));
+      }
+    } finally {
+      delete (be as { drawPays?: unknown }).drawPays;
+    }
   });
 
   test.skipIf(!probe.ok)("an op whose operands are made inside its own argument list gets an array of its own", () => {
