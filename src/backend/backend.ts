@@ -170,6 +170,8 @@ export interface RowDraw {
   minP: number;
   /** Uniform in [0, 1) from the request's generator; unused at temperature 0. */
   u: number;
+  /** The tokens the pick may take, 1 a token (an output constraint's mask); absent: every token. */
+  allowed?: Uint8Array;
 }
 
 export interface Backend {
@@ -275,9 +277,10 @@ export interface Backend {
   argmax(x: Tensor): Tensor;
   /**
    * One token per row of logits [R, V], i32 [R], picked as the host sampler picks from a row without bias or
-   * penalties: top_p, min_p and top_k on the distribution at temperature 1, then the first index whose cumulative
-   * weight exp((x - max) / T) over the kept tokens passes u times their total; the argmax at temperature 0. Where
-   * the logits live on a device apart from the host (mlx), so that only ids come back; absent elsewhere.
+   * penalties, after the row's mask (tokens not allowed at -inf): top_p, min_p and top_k on the distribution at
+   * temperature 1, then the first index whose cumulative weight exp((x - max) / T) over the kept tokens passes u
+   * times their total; the argmax at temperature 0. Where the logits live on a device apart from the host (mlx),
+   * so that only ids come back; absent elsewhere.
    */
   drawRows?(logits: Tensor, draws: readonly RowDraw[]): Tensor;
   /**

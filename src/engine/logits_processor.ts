@@ -1,11 +1,28 @@
 // The hook through which a request's output is constrained (JSON schema / grammar masks): called on each row of
 // logits before sampling, then told which token was sampled.
+import { RmlxError } from "../errors.ts";
+import { ALL_MASKED } from "./sampler.ts";
 
 export interface LogitsProcessor {
   /** Adjusts one row of logits in place (e.g. -Infinity on tokens the constraint forbids). */
   apply(logits: Float32Array): void;
   /** Advances by the sampled token; false when the token breaks the constraint (generation then stops). */
   accept(tokenId: number): boolean;
+}
+
+/**
+ * The tokens p allows next, 1 a token, over a vocabulary of `vocab` (the logits' width), for a pick made where
+ * the logits are: p.apply on a row of zeros, so every phase p moves through on apply moves the same way (call it
+ * once a pick, in place of apply). Null when every token is allowed. Throws, as sampling would, when none is.
+ */
+export function allowedTokens(p: LogitsProcessor, vocab: number): Uint8Array | null {
+  const row = new Float32Array(vocab);
+  p.apply(row);
+  const allowed = new Uint8Array(vocab);
+  let n = 0;
+  for (let i = 0; i < vocab; i++) n += allowed[i] = row[i] === -Infinity ? 0 : 1;
+  if (n === 0) throw new RmlxError("invalid_argument", ALL_MASKED);
+  return n === vocab ? null : allowed;
 }
 
 /**

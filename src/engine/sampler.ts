@@ -24,7 +24,7 @@ function nativeSampler(): NativeLib | null {
   return nativeLib;
 }
 
-const ALL_MASKED = "every token is masked (all logits are -inf)";
+export const ALL_MASKED = "every token is masked (all logits are -inf)";
 
 /** Deterministic PRNG (xoshiro128**), seeded through splitmix32 so that nearby seeds diverge. */
 export class Rng {

@@ -11,7 +11,7 @@ import { RmlxError } from "../errors.ts";
 import type { LaunchedIds } from "./forward_batch.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
-import type { LogitsProcessor } from "./logits_processor.ts";
+import { allowedTokens, type LogitsProcessor } from "./logits_processor.ts";
 import { PrefixCache, type PrefixTier } from "./kv/prefix_cache.ts";
 import { Sampler, type SampledToken } from "./sampler.ts";
 import { type Draft, type ProposeItem, type Speculator, type Verdict, verifyDraft } from "./speculative.ts";
@@ -48,6 +48,8 @@ export interface SchedulerModel {
   forwardDraw?(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array;
   /** Whether forwardDraw is the cheaper way to pick a token at this temperature (else the host samples). */
   drawsAt?(temperature: number): boolean;
+  /** The logits' width, where forwardDraw takes masks (RowDraw.allowed) for constrained rows. */
+  readonly vocabSize?: number;
   /**
    * forwardDraw that returns before the device is done (backends that evaluate asynchronously), so that the next
    * step is recorded while this one computes; with `inputs` the step's tokens are an earlier launch's ids, still
@@ -390,7 +392,7 @@ export class Scheduler {
         this.inFlight = { ids, owners };
         return true;
       }
-      const draws = onDevice ? owners.flatMap((a, i) => (hasRow[i] ? [a.sampler.rowDraw()] : [])) : [];
+      const draws = onDevice ? owners.flatMap((a, i) => (hasRow[i] ? [this.rowDraw(a)] : [])) : [];
       deviceIds = onDevice ? this.model.forwardDraw!(built, Int32Array.from(rows), draws) : null;
       logits = deviceIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
     }
@@ -482,12 +484,21 @@ export class Scheduler {
 
   /** Whether a's next token may be picked on the device and fed to the next step without the host seeing it. */
   private pipelined(a: Active): boolean {
-    return !this.spec && this.drawsOnDevice(a) && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens);
+    return (
+      !this.spec && !a.processor && this.drawsOnDevice(a) && a.forced.length === 0 && !(a.req.thinkingBudget !== undefined && this.model.reasoningTokens)
+    );
   }
 
-  /** Whether a's tokens are picked where the logits are. */
+  /** Whether a's tokens are picked where the logits are (a constrained one's through its mask). */
   private drawsOnDevice(a: Active): boolean {
-    return !a.processor && a.sampler.drawable && (this.model.drawsAt?.(a.req.sampling.temperature) ?? false);
+    return (!a.processor || this.model.vocabSize !== undefined) && a.sampler.drawable && (this.model.drawsAt?.(a.req.sampling.temperature) ?? false);
+  }
+
+  /** a's next pick as made on the device: its sampler's draw, and its constraint's mask (in place of apply). */
+  private rowDraw(a: Active): RowDraw {
+    const d = a.sampler.rowDraw();
+    const allowed = a.processor ? allowedTokens(a.processor, this.model.vocabSize!) : null;
+    return allowed ? { ...d, allowed } : d;
   }
 
   /** Room for one more token of a without preempting anyone. */

@@ -229,6 +229,7 @@ export function tokenModel(model: Model, cache: KvCache): SchedulerModel {
       ? {
           forwardDraw: (step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]) => runStepDraw(model, cache, step, logitRows, draws),
           drawsAt: (temperature: number) => model.backend.drawPays?.(temperature) ?? true,
+          vocabSize: model.vocabSize,
         }
       : {}),
     ...(model.backend.drawRows && model.backend.evalAsync

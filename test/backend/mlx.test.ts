@@ -11,7 +11,7 @@ import { cacheForTokens, generate } from "../../src/engine/generate.ts";
 import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
 import { Scheduler } from "../../src/engine/scheduler.ts";
-import { tokenModel } from "../../src/engine/session.ts";
+import { loadSession, sessionModel, tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
@@ -359,6 +359,47 @@ describe(`mlx backend${skipReason}`, () => {
         const host = run(false, sampling);
         expect(run(true, sampling)).toEqual(host);
         expect(host).not.toEqual(run(false, { ...sampling, temperature: 0 }));
+      }
+    } finally {
+      delete (be as { drawPays?: unknown }).drawPays;
+    }
+  });
+
+  test.skipIf(!probe.ok)("JSON-schema requests picked on the device through their masks give the host's tokens", () => {
+    const session = loadSession(join(ROOT, "models/default"), new MlxBackend());
+    const schema = {
+      type: "object",
+      properties: { name: { type: "string" }, size: { type: "integer" }, tags: { type: "array", items: { type: "string" } } },
+      required: ["name", "size"],
+    };
+    const run = (onDevice: boolean, temperature: number) => {
+      const cache = cacheForTokens(session.model, 512);
+      const base = sessionModel(session, cache);
+      let masked = 0;
+      const model = onDevice
+        ? { ...base, forwardDraw: (...a: Parameters<NonNullable<typeof base.forwardDraw>>) => ((masked += a[2].filter((d) => d.allowed).length), base.forwardDraw!(...a)) }
+        : { ...base, vocabSize: undefined };
+      const out = generate(model, {
+        messages: [{ role: "user", content: "Describe the package curl as JSON." }],
+        maxTokens: 60,
+        sampling: { ...DEFAULT_SAMPLING, temperature, seed: 9 },
+        stop: [],
+        stopTokenIds: [],
+        jsonSchema: schema,
+      });
+      cache.dispose();
+      return { text: out.text, masked };
+    };
+    const be = session.model.backend as MlxBackend;
+    try {
+      for (const t of [0, 0.9]) {
+        be.drawPays = () => true;
+        const device = run(true, t);
+        const host = run(false, t);
+        expect(device.text).toBe(host.text);
+        expect(device.masked).toBeGreaterThan(5);
+        // A JSON object under way (the small model may run out of tokens inside a string).
+        expect(host.text).toMatch(/^\s*\{\s*"/);
       }
     } finally {
       delete (be as { drawPays?: unknown }).drawPays;

@@ -5,6 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import type { Backend, KvPool, RowDraw, Tensor } from "../../src/backend/backend.ts";
 import type { LaunchedIds } from "../../src/engine/forward_batch.ts";
+import type { LogitsProcessor } from "../../src/engine/logits_processor.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
 import type { SchedulerModel } from "../../src/engine/scheduler.ts";
@@ -107,6 +108,13 @@ class DeviceModel implements SchedulerModel {
     return true;
   }
 
+  /** A constraint of the tests below, when set: requests whose id starts with "c" get a fresh one each. */
+  constraint: (() => LogitsProcessor) | null = null;
+
+  logitsProcessor(req: GenerateRequest) {
+    return req.id.startsWith("c") ? (this.constraint?.() ?? null) : null;
+  }
+
   launchDraw(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[], inputs?: LaunchedIds): LaunchedIds {
     this.launches++;
     if (inputs) this.chained++;
@@ -140,6 +148,39 @@ class DeviceModel implements SchedulerModel {
   newDetokenizer = LETTERS.newDetokenizer;
   newStopFilter = LETTERS.newStopFilter;
   tokenBytes = LETTERS.tokenBytes;
+}
+
+/** Allows tokens that are multiples of the step's divisor (2, 3, 4, ...), then only the last id, which ends it. */
+class Steps implements LogitsProcessor {
+  private n = 0;
+
+  apply(logits: Float32Array): void {
+    const d = this.n + 2;
+    for (let i = 0; i < logits.length; i++) if (this.n >= 6 ? i !== logits.length - 1 : i % d !== 0) logits[i] = -Infinity;
+  }
+
+  accept(): boolean {
+    this.n++;
+    return true;
+  }
+}
+
+/** A model that also picks tokens where the logits are, masks included (forwardDraw), after the plain steps. */
+class MaskingModel extends DeviceModel {
+  readonly vocabSize = V;
+  draws = 0;
+  masked = 0;
+
+  forwardDraw(step: BuiltStep, logitRows: Int32Array, draws: readonly RowDraw[]): Int32Array {
+    const logits = this.forward(step, logitRows);
+    return Int32Array.from(draws, (d, r) => {
+      this.draws++;
+      if (d.allowed) this.masked++;
+      let best = -1;
+      for (let i = 0; i < V; i++) if ((!d.allowed || d.allowed[i]) && (best < 0 || logits[r * V + i]! > logits[r * V + best]!)) best = i;
+      return best;
+    });
+  }
 }
 
 describe("pipelined decode", () => {
@@ -240,6 +281,25 @@ describe("pipelined decode", () => {
     expect(h.tokensOf("g")).toEqual(reference(prompt(11, 6), 10));
     expect(model.forwards).toBeGreaterThan(0);
     expect(model.live.size).toBe(0);
+  });
+
+  test("constrained rows are picked on the device through their masks, as the host picks them", () => {
+    const runWith = (model: DeviceModel) => {
+      model.constraint = () => new Steps();
+      const h = harness(model, { prefixCache: false });
+      h.sched.submit(request("c", prompt(16, 7), 12, { stopTokenIds: [V - 2] }));
+      h.sched.submit(request("free", prompt(17, 5), 9));
+      h.run();
+      return { c: h.tokensOf("c"), free: h.tokensOf("free"), done: h.doneOf("c")!.finishReason };
+    };
+    const host = runWith(new DeviceModel(64));
+    const device = new MaskingModel(64);
+    expect(runWith(device)).toEqual(host);
+    // The constraint held (multiples of 2, 3, ... then the stop token) and the masks went down with the draws.
+    expect(host.c.slice(0, 6).every((t, i) => t % (i + 2) === 0)).toBe(true);
+    expect(host.done).toBe("stop");
+    expect(device.masked).toBeGreaterThanOrEqual(6);
+    expect(device.draws).toBeGreaterThan(device.masked);
   });
 
   test("abortAll lets go of the step in flight", () => {

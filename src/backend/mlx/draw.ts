@@ -3,14 +3,21 @@
 // The filters keep a prefix of the tokens sorted by logit (top_p: while the mass before a token is under top_p of
 // the total; min_p: probability at least min_p of the best; top_k: the first k), so the smallest kept logit is a
 // cutoff, and the draw walks the kept weights in index order as the host's does: the same token for the same u up
-// to f32 rounding of the sums.
+// to f32 rounding of the sums. A row's mask (an output constraint's allowed tokens) comes up as bytes and puts the
+// others at -inf first, in place of the logits going down to the host.
 import type { RowDraw } from "../backend.ts";
 import { MLX_DTYPE } from "./lib.ts";
 import type { Graph } from "./linear_attn.ts";
 
-/** Token ids i32 [R] for logits x (f32 [R, V]) under one RowDraw per row. */
-export function drawRows(G: Graph, x: number, V: number, draws: readonly RowDraw[]): number {
+/** Token ids i32 [R] for logits (f32 [R, V]) under one RowDraw per row. */
+export function drawRows(G: Graph, logits: number, V: number, draws: readonly RowDraw[]): number {
   const R = draws.length;
+  let x = logits;
+  if (draws.some((d) => d.allowed)) {
+    const mask = new Uint8Array(R * V).fill(1);
+    draws.forEach((d, r) => d.allowed && mask.set(d.allowed.subarray(0, V), r * V));
+    x = G.where(G.data(mask, [R, V], MLX_DTYPE.bool), x, G.scalar(-Infinity));
+  }
   const col = (f: (d: RowDraw) => number) => G.data(Float32Array.from(draws, f), [R, 1], MLX_DTYPE.f32);
   const greedy = G.argmax(x, 1);
   if (draws.every((d) => d.temperature === 0)) return G.astype(greedy, MLX_DTYPE.i32);
