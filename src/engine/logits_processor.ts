@@ -10,15 +10,26 @@ export interface LogitsProcessor {
   accept(tokenId: number): boolean;
 }
 
+/** Buffers allowedTokens reuses, so that a constrained decode step allocates nothing for its mask. */
+export interface MaskScratch {
+  row: Float32Array;
+  allowed: Uint8Array;
+}
+
 /**
  * The tokens p allows next, 1 a token, over a vocabulary of `vocab` (the logits' width), for a pick made where
  * the logits are: p.apply on a row of zeros, so every phase p moves through on apply moves the same way (call it
- * once a pick, in place of apply). Null when every token is allowed. Throws, as sampling would, when none is.
+ * once a pick, in place of apply). Null when every token is allowed; otherwise scratch.allowed, valid until its
+ * next use. Throws, as sampling would, when no token is allowed.
  */
-export function allowedTokens(p: LogitsProcessor, vocab: number): Uint8Array | null {
-  const row = new Float32Array(vocab);
+export function allowedTokens(p: LogitsProcessor, vocab: number, scratch: MaskScratch): Uint8Array | null {
+  if (scratch.row.length !== vocab) {
+    scratch.row = new Float32Array(vocab);
+    scratch.allowed = new Uint8Array(vocab);
+  }
+  const { row, allowed } = scratch;
+  row.fill(0);
   p.apply(row);
-  const allowed = new Uint8Array(vocab);
   let n = 0;
   for (let i = 0; i < vocab; i++) n += allowed[i] = row[i] === -Infinity ? 0 : 1;
   if (n === 0) throw new RmlxError("invalid_argument", ALL_MASKED);

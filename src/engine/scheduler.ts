@@ -11,7 +11,7 @@ import { RmlxError } from "../errors.ts";
 import type { LaunchedIds } from "./forward_batch.ts";
 import type { BuiltStep, KvCache, StepEntry } from "./kv/kv_cache.ts";
 import { Sequence } from "./kv/kv_cache.ts";
-import { allowedTokens, type LogitsProcessor } from "./logits_processor.ts";
+import { allowedTokens, type LogitsProcessor, type MaskScratch } from "./logits_processor.ts";
 import { PrefixCache, type PrefixTier } from "./kv/prefix_cache.ts";
 import { Sampler, type SampledToken } from "./sampler.ts";
 import { type Draft, type ProposeItem, type Speculator, type Verdict, verifyDraft } from "./speculative.ts";
@@ -129,6 +129,8 @@ export class Scheduler {
    * tokens; its output tokens are taken by the next step() after that one has launched the step that follows.
    */
   private inFlight: InFlight | null = null;
+  /** Mask buffers of a step's constrained rows drawn on the device, reused from step to step. */
+  private readonly masks: MaskScratch[] = [];
 
   constructor(
     private readonly model: SchedulerModel,
@@ -392,7 +394,7 @@ export class Scheduler {
         this.inFlight = { ids, owners };
         return true;
       }
-      const draws = onDevice ? owners.flatMap((a, i) => (hasRow[i] ? [this.rowDraw(a)] : [])) : [];
+      const draws = onDevice ? owners.flatMap((a, i) => (hasRow[i] ? [this.rowDraw(a, i)] : [])) : [];
       deviceIds = onDevice ? this.model.forwardDraw!(built, Int32Array.from(rows), draws) : null;
       logits = deviceIds ? NO_LOGITS : this.model.forward(built, Int32Array.from(rows));
     }
@@ -494,10 +496,15 @@ export class Scheduler {
     return (!a.processor || this.model.vocabSize !== undefined) && a.sampler.drawable && (this.model.drawsAt?.(a.req.sampling.temperature) ?? false);
   }
 
-  /** a's next pick as made on the device: its sampler's draw, and its constraint's mask (in place of apply). */
-  private rowDraw(a: Active): RowDraw {
+  /**
+   * a's next pick as made on the device: its sampler's draw, and its constraint's mask (in place of apply), in the
+   * step's i-th mask buffer.
+   */
+  private rowDraw(a: Active, i: number): RowDraw {
     const d = a.sampler.rowDraw();
-    const allowed = a.processor ? allowedTokens(a.processor, this.model.vocabSize!) : null;
+    if (!a.processor) return d;
+    const scratch = (this.masks[i] ??= { row: new Float32Array(0), allowed: new Uint8Array(0) });
+    const allowed = allowedTokens(a.processor, this.model.vocabSize!, scratch);
     return allowed ? { ...d, allowed } : d;
   }
 

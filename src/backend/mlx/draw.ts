@@ -3,8 +3,8 @@
 // The filters keep a prefix of the tokens sorted by logit (top_p: while the mass before a token is under top_p of
 // the total; min_p: probability at least min_p of the best; top_k: the first k), so the smallest kept logit is a
 // cutoff, and the draw walks the kept weights in index order as the host's does: the same token for the same u up
-// to f32 rounding of the sums. A row's mask (an output constraint's allowed tokens) comes up as bytes and puts the
-// others at -inf first, in place of the logits going down to the host.
+// to f32 rounding of the sums. A row's mask (an output constraint's allowed tokens) is uploaded as bytes and puts
+// the other tokens at -inf first, instead of the row of logits being copied out to the host.
 import type { RowDraw } from "../backend.ts";
 import { MLX_DTYPE } from "./lib.ts";
 import type { Graph } from "./linear_attn.ts";
@@ -14,9 +14,12 @@ export function drawRows(G: Graph, logits: number, V: number, draws: readonly Ro
   const R = draws.length;
   let x = logits;
   if (draws.some((d) => d.allowed)) {
-    const mask = new Uint8Array(R * V).fill(1);
-    draws.forEach((d, r) => d.allowed && mask.set(d.allowed.subarray(0, V), r * V));
-    x = G.where(G.data(mask, [R, V], MLX_DTYPE.bool), x, G.scalar(-Infinity));
+    let mask = draws[0]!.allowed;
+    if (R > 1 || mask!.length !== V) {
+      mask = new Uint8Array(R * V).fill(1);
+      draws.forEach((d, r) => d.allowed && mask!.set(d.allowed.subarray(0, V), r * V));
+    }
+    x = G.where(G.data(mask!, [R, V], MLX_DTYPE.bool), x, G.scalar(-Infinity));
   }
   const col = (f: (d: RowDraw) => number) => G.data(Float32Array.from(draws, f), [R, 1], MLX_DTYPE.f32);
   const greedy = G.argmax(x, 1);
