@@ -24,6 +24,23 @@ const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
 if (!probe.ok) console.warn(`mlx backend tests skipped: ${probe.reason}`);
 const ROOT = join(import.meta.dir, "../..");
 
+/** How many times fn calls the backend's mlx-c function `name`. */
+function countCalls(be: MlxBackend, name: string, fn: () => void): number {
+  const S = (be as unknown as { S: Record<string, (...a: unknown[]) => unknown> }).S;
+  const real = S[name]!;
+  let n = 0;
+  S[name] = (...a: unknown[]) => {
+    n++;
+    return real(...a);
+  };
+  try {
+    fn();
+  } finally {
+    S[name] = real;
+  }
+  return n;
+}
+
 /** The first index of the largest value (MLX's argmax picks the first of equal maxima too). */
 function argmaxOf(x: Float32Array): number {
   let best = 0;
@@ -108,23 +125,14 @@ describe(`mlx backend${skipReason}`, () => {
     const U = be.fromArray(u, [8, 8], "f32");
     const silu = (x: number) => x / (1 + Math.exp(-x));
     const gelu = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
-    const S = (be as unknown as { S: Record<string, (...a: unknown[]) => unknown> }).S;
-    const apply = S.mlx_closure_apply!;
-    let applied = 0;
-    S.mlx_closure_apply = (...a: unknown[]) => {
-      applied++;
-      return apply(...a);
-    };
-    try {
+    const applied = countCalls(be, "mlx_closure_apply", () => {
       expectClose(be.toFloat32(be.swiglu(G, U)), Array.from(g, (x, i) => silu(x) * u[i]!), 1e-5, 1e-5);
       expectClose(be.toFloat32(be.geglu(G, U)), Array.from(g, (x, i) => gelu(x) * u[i]!), 1e-5, 1e-5);
       // Another shape and rank replays the same compiled functions (shapeless).
       const g3 = be.fromArray(g.subarray(0, 48), [2, 3, 8], "f32");
       const u3 = be.fromArray(u.subarray(0, 48), [2, 3, 8], "f32");
       expectClose(be.toFloat32(be.swiglu(g3, u3)), Array.from(g.subarray(0, 48), (x, i) => silu(x) * u[i]!), 1e-5, 1e-5);
-    } finally {
-      S.mlx_closure_apply = apply;
-    }
+    });
     // The one-time checks apply each once more.
     expect(applied).toBe(5);
   });
@@ -234,19 +242,10 @@ describe(`mlx backend${skipReason}`, () => {
       const cache = cacheForTokens(model, 64, "bf16");
       const seq = new Sequence();
       forwardBatch(model, cache, [{ seq, tokens: Int32Array.from({ length: 8 }, (_, i) => i + 3) }]);
-      const S = (be as unknown as { S: Record<string, (...a: unknown[]) => unknown> }).S;
-      const astype = S.mlx_astype!;
-      let casts = 0;
-      S.mlx_astype = (...a: unknown[]) => {
-        casts++;
-        return astype(...a);
-      };
-      try {
+      const casts = countCalls(be, "mlx_astype", () => {
         const r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(11) }]);
         expect(r.logits.every(Number.isFinite)).toBe(true);
-      } finally {
-        S.mlx_astype = astype;
-      }
+      });
       // the step's only casts: the logits to f32 for the read-back
       expect(casts).toBeLessThanOrEqual(1);
       cache.dispose();

@@ -3,14 +3,14 @@
 // computes from those tokens still "on the device". Outputs must equal the plain continuation in every case that
 // ends, joins or breaks a pipeline; sampled rows are drawn on the device from each request's own uniform draws.
 import { describe, expect, test } from "bun:test";
-import type { Backend, KvPool, RowDraw, Tensor } from "../../src/backend/backend.ts";
+import type { RowDraw, Tensor } from "../../src/backend/backend.ts";
 import type { LaunchedIds } from "../../src/engine/forward_batch.ts";
 import type { LogitsProcessor } from "../../src/engine/logits_processor.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
 import type { SchedulerModel } from "../../src/engine/scheduler.ts";
 import { DEFAULT_SAMPLING, type GenerateRequest } from "../../src/engine/types.ts";
-import { harness, LETTERS, prompt, request } from "./scheduler_harness.ts";
+import { harness, LETTERS, prompt, request, storeBackend } from "./scheduler_harness.ts";
 
 const V = 32;
 
@@ -61,14 +61,7 @@ class DeviceModel implements SchedulerModel {
     readonly blockSize = 4,
   ) {
     this.store = new Int32Array(numBlocks * blockSize).fill(-1);
-    const store = this.store;
-    const backend = {
-      createKvPool: (nb: number, bs: number, kvHeads: number, headDim: number) =>
-        ({ k: {}, v: {}, numBlocks: nb, blockSize: bs, kvHeads, headDim }) as unknown as KvPool,
-      copyBlock: (_p: KvPool, src: number, dst: number) =>
-        this.queue.push(() => store.copyWithin(dst * blockSize, src * blockSize, (src + 1) * blockSize)),
-    } as unknown as Backend;
-    this.cache = new KvCache(backend, [{ kvHeads: 1, headDim: 1, window: 0 }], { blockSize, numBlocks });
+    this.cache = new KvCache(storeBackend(this.store, blockSize, (copy) => this.queue.push(copy)), [{ kvHeads: 1, headDim: 1, window: 0 }], { blockSize, numBlocks });
   }
 
   private sync(): void {

@@ -1,9 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import type { Backend, KvPool } from "../../src/backend/backend.ts";
 import { KvCache, type BuiltStep } from "../../src/engine/kv/kv_cache.ts";
 import type { SchedulerModel } from "../../src/engine/scheduler.ts";
 import type { GenerateRequest } from "../../src/engine/types.ts";
-import { harness, LETTERS, prompt, request } from "./scheduler_harness.ts";
+import { harness, LETTERS, prompt, request, storeBackend } from "./scheduler_harness.ts";
 
 const V = 32;
 const EOS = 31;
@@ -48,13 +47,7 @@ class ContextModel implements SchedulerModel {
     readonly contextLength = 4096,
   ) {
     this.store = new Int32Array(numBlocks * blockSize).fill(-1);
-    const store = this.store;
-    const backend = {
-      createKvPool: (nb: number, bs: number, kvHeads: number, headDim: number) =>
-        ({ k: {}, v: {}, numBlocks: nb, blockSize: bs, kvHeads, headDim }) as unknown as KvPool,
-      copyBlock: (_p: KvPool, src: number, dst: number) => store.copyWithin(dst * blockSize, src * blockSize, (src + 1) * blockSize),
-    } as unknown as Backend;
-    this.cache = new KvCache(backend, [{ kvHeads: 1, headDim: 1, window: 0 }], { blockSize, numBlocks });
+    this.cache = new KvCache(storeBackend(this.store, blockSize), [{ kvHeads: 1, headDim: 1, window: 0 }], { blockSize, numBlocks });
   }
 
   encode(req: GenerateRequest) {

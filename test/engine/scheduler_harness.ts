@@ -1,5 +1,6 @@
-// What the scheduler tests share: requests, a harness that steps a Scheduler and gathers its events, prompts, and
-// the text side of a test model (letters for token ids).
+// What the scheduler tests share: requests, a harness that steps a Scheduler and gathers its events, prompts, the
+// text side of a test model (letters for token ids), and a backend for a cache whose "K/V" is the token ids.
+import type { Backend, KvPool } from "../../src/backend/backend.ts";
 import { Scheduler, type SchedulerModel } from "../../src/engine/scheduler.ts";
 import { DEFAULT_SAMPLING, type EngineConfig, type EngineEvent, type GenerateRequest } from "../../src/engine/types.ts";
 import { StopStrings } from "../../src/text/stop.ts";
@@ -36,3 +37,15 @@ export const LETTERS = {
     return new TextEncoder().encode(String.fromCharCode(97 + (id % 26)));
   },
 };
+
+/**
+ * The backend of a KvCache whose pools are bookkeeping only and whose contents live in `store` (a token id a
+ * slot): a block copy copies there, through `run` (a device queue's, where the copy must wait its turn).
+ */
+export function storeBackend(store: Int32Array, blockSize: number, run: (copy: () => void) => void = (copy) => copy()): Backend {
+  return {
+    createKvPool: (nb: number, bs: number, kvHeads: number, headDim: number) =>
+      ({ k: {}, v: {}, numBlocks: nb, blockSize: bs, kvHeads, headDim }) as unknown as KvPool,
+    copyBlock: (_p: KvPool, src: number, dst: number) => run(() => store.copyWithin(dst * blockSize, src * blockSize, (src + 1) * blockSize)),
+  } as unknown as Backend;
+}
