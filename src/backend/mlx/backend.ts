@@ -36,7 +36,7 @@ import { composedVarlenAttention } from "../varlen.ts";
 import { drawRows } from "./draw.ts";
 import { CompiledFunctions } from "./compiled.ts";
 import { Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
-import { MLX_DTYPE, NONE, cstr, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
+import { MLX_DTYPE, NONE, cstr, handles, ints, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
 const TO_MLX: Record<DType, number> = {
@@ -61,16 +61,6 @@ const VERIFY = process.env.RMLX_MLX_VERIFY === "1";
 const MAX_MAPPING = 2 ** 31 - 1;
 /** i32 inputs up to this many elements keep a host copy for range checks (token ids, expert indices). */
 const HOST_IDS_MAX = 1 << 16;
-
-function ints(xs: readonly number[]): Int32Array {
-  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
-}
-
-function handles(hs: readonly number[]): BigUint64Array {
-  const a = new BigUint64Array(Math.max(hs.length, 1));
-  for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
-  return a;
-}
 
 const MODE_NAMES: Record<QuantMode, Uint8Array> = {
   affine: cstr("affine"),
@@ -141,15 +131,14 @@ interface MStatePool extends StatePool {
   readonly mlxState: true;
 }
 
-/** Handles made inside one op that only its result needs: freed once the result is recorded. */
-/**
- * Arrays built from a step's host tables (attention's gather indices and masks), kept while the tables stay the
- * same: every layer of a step asks for them again, and building one is O(context) host work. Compared by value,
- * not by object, so a caller that reuses its tables is safe.
- */
 /** Bytes of step arrays (StepArrays) kept between steps. */
 const STEP_ARRAY_BYTES = 64 * 2 ** 20;
 
+/**
+ * Arrays built from a step's host tables (rope's positions, attention's gather indices and masks), kept while the
+ * tables stay the same: every layer of a step asks for them again, and building one can be O(context) host work.
+ * Compared by value, not by object, so a caller that reuses its tables is safe.
+ */
 class StepArrays {
   private readonly entries: { key: string; tables: Int32Array[]; h: number; bytes: number }[] = [];
   private bytes = 0;
@@ -180,6 +169,7 @@ class StepArrays {
   }
 }
 
+/** Handles made inside one op that only its result needs: freed once the result is recorded. */
 class Temps {
   readonly hs: number[] = [];
   add(h: number): number {
@@ -212,9 +202,8 @@ export class MlxBackend implements Backend {
   private readonly normCache = new WeakMap<MTensor, { plain?: number; plus?: number }>();
   private pendingError: string | null = null;
   private evalMs = 0;
-  /** Attention's gather indices and masks of the latest steps. */
+  /** Rope's positions, attention's gather indices and masks of the latest steps. */
   private readonly stepArrays = new StepArrays((h) => this.free(h));
-  private offsets: { positions: Int32Array; copy: Int32Array; h: number } | null = null;
 
   /** The dtype every activation is computed in (inputs of another float dtype are cast to it first). */
   readonly computeDtype: "f32" | "f16" | "bf16";
@@ -1048,13 +1037,7 @@ export class MlxBackend implements Backend {
 
   /** The step's positions as an int32 array, shared by every rope call of the step (q and k of all layers). */
   private offsetsFor(positions: Int32Array): number {
-    const o = this.offsets;
-    if (o && o.positions === positions && o.copy.length === positions.length && o.copy.every((v, i) => v === positions[i])) return o.h;
-    if (o) this.free(o.h);
-    const copy = positions.slice();
-    const h = Number(this.S.mlx_array_new_data(copy.length ? copy : EMPTY, ints([copy.length]), 1, MLX_DTYPE.i32));
-    this.offsets = { positions, copy, h };
-    return h;
+    return this.stepArrays.get("offsets", [positions], () => this.constant(positions, [positions.length], MLX_DTYPE.i32, "rope"));
   }
 
   /**
@@ -1634,7 +1617,7 @@ export class MlxBackend implements Backend {
     }
     const buildMask = () =>
       this.stepArrays.get(`mask ${B} ${Lq} ${S} ${window}`, [batch.tokenSeq, batch.positions, batch.seqLens], () =>
-        this.constant(maskRows(), [B, 1, Lq, S], MLX_DTYPE.bool),
+        this.constant(maskRows(), [B, 1, Lq, S], MLX_DTYPE.bool, "pagedAttention"),
       );
     const maskRows = () => {
       const mask = new Uint8Array(B * Lq * S);
@@ -1696,14 +1679,14 @@ export class MlxBackend implements Backend {
           if (!(blk >= 0 && blk < numBlocks)) invalid(`pagedAttention: block ${blk} outside the pool's ${numBlocks}`);
           for (let h = 0; h < kvH; h++) rowIdx[(s * kvH + h) * S + j] = (blk * bs + (j % bs)) * kvH + h;
         }
-      return this.constant(rowIdx, [B, kvH, S], MLX_DTYPE.i32);
+      return this.constant(rowIdx, [B, kvH, S], MLX_DTYPE.i32, "pagedAttention");
     });
   }
 
-  /** An array of host data owned by the caller (not by a scope), and its size. */
-  private constant(data: Int32Array | Uint8Array, shape: readonly number[], dtype: number): { h: number; bytes: number } {
-    const h = Number(this.S.mlx_array_new_data(data, ints(shape), shape.length, dtype));
-    if (!h) this.fail("pagedAttention");
+  /** A copy of host data owned by the caller (not by a scope), and its size. */
+  private constant(data: Int32Array | Uint8Array, shape: readonly number[], dtype: number, what: string): { h: number; bytes: number } {
+    const h = Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, dtype));
+    if (!h) this.fail(what);
     return { h, bytes: data.byteLength };
   }
 

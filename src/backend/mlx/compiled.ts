@@ -5,7 +5,7 @@
 // applications replay it. A function MLX cannot compile or run here (checked once, on a one-element input
 // against the body's own ops) is reported as unavailable, and the caller records the plain ops instead.
 import { JSCallback, read, type Pointer } from "bun:ffi";
-import { MLX_DTYPE, readSlot, slotPtr, type MlxSymbols } from "./lib.ts";
+import { handles, MLX_DTYPE, readSlot, slotPtr, type MlxSymbols } from "./lib.ts";
 
 /**
  * Records a function's ops on input handles: its output handle, and the temporaries it made (freed once the
@@ -17,10 +17,6 @@ interface Fn {
   /** The compiled closure, 0 where compiling failed. */
   closure: number;
   callback: JSCallback;
-}
-
-function handleVec(hs: readonly number[]): BigUint64Array {
-  return BigUint64Array.from(hs, (h) => BigInt(h));
 }
 
 export class CompiledFunctions {
@@ -52,7 +48,7 @@ export class CompiledFunctions {
             ins.push(readSlot());
           }
           const { out, temps } = body(ins);
-          const st = S.mlx_vector_array_set_data(res, handleVec([out]), 1);
+          const st = S.mlx_vector_array_set_data(res, handles([out]), 1);
           for (const h of [...temps, out]) S.mlx_array_free(h);
           return st;
         } catch {
@@ -80,7 +76,7 @@ export class CompiledFunctions {
   /** One application, or 0 when MLX refuses it. */
   private call(closure: number, inputs: readonly number[]): number {
     const S = this.S;
-    const vin = Number(S.mlx_vector_array_new_data(handleVec(inputs), inputs.length));
+    const vin = Number(S.mlx_vector_array_new_data(handles(inputs), inputs.length));
     try {
       if (S.mlx_closure_apply(slotPtr(), closure, vin) !== 0) {
         this.takeError();

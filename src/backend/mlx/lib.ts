@@ -28,6 +28,18 @@ export const MLX_DTYPE = {
   bf16: 12,
 } as const;
 
+/** A shape or axis list for mlx-c's const int * parameters (one element at least, a valid pointer when empty). */
+export function ints(xs: readonly number[]): Int32Array {
+  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
+}
+
+/** Array handles for mlx-c's const mlx_array * parameters (one element at least, as ints). */
+export function handles(hs: readonly number[]): BigUint64Array {
+  const a = new BigUint64Array(Math.max(hs.length, 1));
+  for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
+  return a;
+}
+
 /** A NUL-terminated UTF-8 copy of s, for the const char * parameters of mlx-c. */
 export function cstr(s: string): Uint8Array {
   return new TextEncoder().encode(`${s}\0`);

@@ -4,22 +4,13 @@
 // a step depends on its longest run, not on how many sequences it holds. Padded steps of the delta rule get g = 0
 // and beta = 0: the state is neither decayed nor written there, and their outputs are dropped.
 import type { RecurrentBatch, StateSpec } from "../backend.ts";
-import { MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
+import { handles, ints, MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
 
 type Res = (status: number, what: string) => number;
 
 /** Runs up to this long go step by step even where the chunked form is asked for. */
 const STEPWISE_MAX = 4;
 
-function ints(xs: readonly number[]): Int32Array {
-  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
-}
-
-function handleVec(hs: readonly number[]): BigUint64Array {
-  const a = new BigUint64Array(Math.max(hs.length, 1));
-  for (let i = 0; i < hs.length; i++) a[i] = BigInt(hs[i]!);
-  return a;
-}
 
 /**
  * The mlx-c calls of one op over raw handles: each result is a temp, freed by free() unless taken out by keep()
@@ -168,7 +159,7 @@ export class Graph {
 
   concat(hs: readonly number[], axis: number): number {
     if (hs.length === 1) return hs[0]!;
-    const vec = Number(this.S.mlx_vector_array_new_data(handleVec(hs), hs.length));
+    const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
       return this.add(this.S.mlx_concatenate_axis(slotPtr(), vec, axis, this.stream));
     } finally {
