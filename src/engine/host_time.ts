@@ -29,28 +29,16 @@ export function decodeStepMeter(m: SchedulerModel, read: () => number): StepMete
     }
     last = decode ? now : -1;
   };
-  const model: SchedulerModel = {
-    ...m,
-    forward(step, rows) {
-      const logits = m.forward(step, rows);
-      after(step, rows);
-      return logits;
-    },
-  };
-  const draw = m.forwardDraw?.bind(m);
-  if (draw)
-    model.forwardDraw = (step, rows, draws) => {
-      const ids = draw(step, rows, draws);
-      after(step, rows);
-      return ids;
+  // Each way of running a step is followed by a reading; the step and its rows lead every one's arguments.
+  const metered = <A extends [BuiltStep, Int32Array, ...unknown[]], R>(run: (...a: A) => R) =>
+    (...a: A): R => {
+      const out = run(...a);
+      after(a[0], a[1]);
+      return out;
     };
-  const launch = m.launchDraw?.bind(m);
-  if (launch)
-    model.launchDraw = (step, rows, draws, inputs) => {
-      const ids = launch(step, rows, draws, inputs);
-      after(step, rows);
-      return ids;
-    };
+  const model: SchedulerModel = { ...m, forward: metered(m.forward.bind(m)) };
+  if (m.forwardDraw) model.forwardDraw = metered(m.forwardDraw.bind(m));
+  if (m.launchDraw) model.launchDraw = metered(m.launchDraw.bind(m));
   return { model, perStep: () => (steps > 0 ? total / steps : undefined) };
 }
 
