@@ -39,8 +39,8 @@ export interface ForwardStep extends SpaceView {
   /** Token ids of the step, all sequences concatenated [T]. */
   tokens: Int32Array;
   /**
-   * The same ids as a tensor i32 [T] still being computed on the device (the argmax of the step before, when
-   * decode steps are pipelined); when present it is the step's input and `tokens` holds placeholders.
+   * The same ids as a tensor i32 [T] still being computed on the device (the tokens the step before picked there,
+   * when decode steps are pipelined); when present it is the step's input and `tokens` holds placeholders.
    */
   tokenIds?: Tensor;
   /** One pool per layer, in layer order. */
