@@ -21,8 +21,9 @@ bool gemv_x8_enabled();
 // products (rmlx_set_gemm_mode, RMLX_GEMM=bf16), twice the f32 FMA rate.
 bool gemm_bf16_enabled();
 // Whether prefill-shaped products of affine 4 and 8-bit weights put x in 16-bit fixed point per group for integer
-// dot products (qkern_gemm_x16_impl.h; rmlx_set_gemm_mode, RMLX_GEMM=x16); f32 (the default) keeps them exact.
-bool gemm_x16_enabled();
+// dot products (qkern_gemm_x16_impl.h; rmlx_set_gemm_mode, RMLX_GEMM=x16, and the default "auto" for a weight
+// without RMLX_Q_EXACT_ROWS while the gemv mode is not f32); f32 keeps them exact.
+bool gemm_x16_enabled(bool exact_rows);
 
 // Records a message for rmlx_last_error() and returns the code, so that kernels can `return fail(...)`.
 int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

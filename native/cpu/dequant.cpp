@@ -29,6 +29,8 @@ int make_quant_mat(WeightMat &m, const char *fn, const uint32_t *w, const void *
                                     (long long)K);
   WKind kind;
   float gfactor = 1.f;
+  const bool exact_rows = (mode & RMLX_Q_EXACT_ROWS) != 0;
+  mode &= ~RMLX_Q_EXACT_ROWS;
   switch (mode) {
     case RMLX_Q_AFFINE:
       if (bits != 2 && bits != 3 && bits != 4 && bits != 5 && bits != 6 && bits != 8)
@@ -60,7 +62,7 @@ int make_quant_mat(WeightMat &m, const char *fn, const uint32_t *w, const void *
   if (K % group_size != 0)
     return fail(RMLX_E_INVALID, "%s: K=%lld is not a multiple of the group size %d", fn, (long long)K, group_size);
   m = WeightMat{kind, (const uint8_t *)w, scales, biases, sb_dtype, bits, group_size, gfactor, N, K,
-                K * bits / 8, K / group_size};
+                K * bits / 8, K / group_size, exact_rows};
   return RMLX_OK;
 }
 

@@ -820,7 +820,7 @@ static void gemm_units_f(float *y, const float *x, int64_t M, const WeightMat &W
     if (gemm_bf16_enabled()) return gemm_units_bf16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
   }
   if constexpr (gx16_format<F>()) {
-    if (gemm_x16_enabled() && gx16_takes(W)) u0 = gemm_units_x16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
+    if (gemm_x16_enabled(W.exact_rows) && gx16_takes(W)) u0 = gemm_units_x16<F>(y, x, M, W, bias, mchunks, mlen, u0, u1);
     if (u0 == u1) return;
   }
   const int64_t N = W.N, K = W.K;

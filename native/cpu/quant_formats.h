@@ -23,6 +23,7 @@ struct WeightMat {
   int64_t N, K;
   int64_t row_bytes;    // bytes of one packed row
   int64_t groups;       // groups per row (dense: 0)
+  bool exact_rows = false;  // RMLX_Q_EXACT_ROWS: many-row products stay f32 in the auto gemm mode
 };
 
 // E2M1 magnitudes by the low three bits of a nibble; bit 3 is the sign.

@@ -67,11 +67,11 @@ int gemv_mode() { return env_mode(g_gemv, "RMLX_GEMV", kGemvNames, kGemvX16); }
 bool gemv_x16_enabled() { return gemv_mode() != kGemvF32; }
 
 namespace {
-enum GemmMode : int { kGemmF32, kGemmBf16, kGemmX16 };
-constexpr const char *kGemmNames[] = {"f32", "bf16", "x16"};
+enum GemmMode : int { kGemmF32, kGemmBf16, kGemmX16, kGemmAuto };
+constexpr const char *kGemmNames[] = {"f32", "bf16", "x16", "auto"};
 int g_gemm = kModeUnread;
 
-int gemm_mode() { return env_mode(g_gemm, "RMLX_GEMM", kGemmNames, kGemmF32); }
+int gemm_mode() { return env_mode(g_gemm, "RMLX_GEMM", kGemmNames, kGemmAuto); }
 
 bool cpu_bf16() {
   static const bool cpu = [] {
@@ -82,9 +82,17 @@ bool cpu_bf16() {
 }
 }  // namespace
 
-// bf16 needs AVX512-BF16 and x16 an AVX-512 variant in use; bf16 elsewhere reads x16, x16 elsewhere f32.
+// bf16 needs AVX512-BF16 and x16 an AVX-512 variant in use; bf16 elsewhere reads x16, x16 elsewhere f32. auto
+// follows the decode products' choice (x16 unless the gemv mode is exact f32) on weights that allow it.
 bool gemm_bf16_enabled() { return gemm_mode() == kGemmBf16 && cpu_bf16() && (int)active_isa() >= (int)Isa::Avx512; }
-bool gemm_x16_enabled() { return gemm_mode() != kGemmF32 && !gemm_bf16_enabled() && (int)active_isa() >= (int)Isa::Avx512; }
+namespace {
+bool gemm_x16_possible() {
+  int m = gemm_mode();
+  if (m == kGemmF32 || gemm_bf16_enabled() || (int)active_isa() < (int)Isa::Avx512) return false;
+  return m != kGemmAuto || gemv_mode() != kGemvF32;
+}
+}  // namespace
+bool gemm_x16_enabled(bool exact_rows) { return gemm_x16_possible() && !(exact_rows && gemm_mode() == kGemmAuto); }
 bool gemv_x8_enabled() { return gemv_mode() == kGemvX8; }
 
 Isa active_isa() {
@@ -165,9 +173,15 @@ int rmlx_set_gemv_mode(const char *name) { return set_mode(name, kGemvNames, 3, 
 
 const char *rmlx_gemv_mode(void) { return kGemvNames[gemv_mode()]; }
 
-int rmlx_set_gemm_mode(const char *name) { return set_mode(name, kGemmNames, 3, g_gemm, "gemm", "f32, x16 or bf16"); }
+int rmlx_set_gemm_mode(const char *name) {
+  return set_mode(name, kGemmNames, 4, g_gemm, "gemm", "auto, f32, x16 or bf16");
+}
 
-const char *rmlx_gemm_mode(void) { return kGemmNames[gemm_bf16_enabled() ? kGemmBf16 : gemm_x16_enabled() ? kGemmX16 : kGemmF32]; }
+const char *rmlx_gemm_mode(void) {
+  if (gemm_bf16_enabled()) return kGemmNames[kGemmBf16];
+  if (!gemm_x16_possible()) return kGemmNames[kGemmF32];
+  return kGemmNames[gemm_mode() == kGemmAuto ? kGemmAuto : kGemmX16];
+}
 
 const char *rmlx_last_error(void) { return g_err; }
 

@@ -40,6 +40,10 @@ extern "C" {
 #define RMLX_Q_MXFP4 1
 #define RMLX_Q_MXFP8 2
 #define RMLX_Q_NVFP4 3
+/* OR'ed into a mode: products of many rows of x over this weight stay exact f32 in the "auto" gemm mode (the
+   weights of models that route tokens to experts, where a near-tie between two experts turns a rounding of x
+   into another expert's output). */
+#define RMLX_Q_EXACT_ROWS 0x100
 
 /* ---- runtime ---- */
 int rmlx_abi_version(void);
@@ -63,13 +67,14 @@ int rmlx_set_isa(const char *name);
    RMLX_GEMV=f32 (or x8, x16) in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);
-/* Arithmetic of prefill-shaped products (many rows of x) that the x8 kernels do not take: "f32" (exact, the
-   default); "x16": affine 4 and 8-bit weights on the AVX-512 variants take 16-bit integer dot products, x in
-   16-bit fixed point per weight group (step max|x| / 32639) as the one-row x16 kernels put it, exact int32 sums
-   (other formats, and other variants, f32); "bf16": x and the decoded weights rounded to bf16 (nearest even) for
-   AVX512-BF16 dot products with f32 sums, twice the f32 FMA rate (x16 where the CPU has no AVX512-BF16).
+/* Arithmetic of prefill-shaped products (many rows of x) that the x8 kernels do not take: "auto" (the default)
+   is "x16" for weights without RMLX_Q_EXACT_ROWS while the gemv mode is x16 or x8, else "f32"; "f32": exact;
+   "x16": affine 4 and 8-bit weights on the AVX-512 variants take 16-bit integer dot products, x in 16-bit fixed
+   point per weight group (step max|x| / 32639) as the one-row x16 kernels put it, exact int32 sums (other formats,
+   and other variants, f32); "bf16": x and the decoded weights rounded to bf16 (nearest even) for AVX512-BF16 dot
+   products with f32 sums, twice the f32 FMA rate (x16 where the CPU has no AVX512-BF16).
    RMLX_GEMM sets the default; rmlx_gemm_mode() names the mode in effect (f32 where the ISA variant in use has
-   neither). */
+   none of them, or where "auto" keeps f32 because the gemv mode is f32). */
 int rmlx_set_gemm_mode(const char *name);
 const char *rmlx_gemm_mode(void);
 const char *rmlx_last_error(void);

@@ -31,6 +31,12 @@ export interface QuantizedWeight {
   readonly groupSize: number;
   /** nvfp4 only. */
   readonly globalScale?: number;
+  /**
+   * Products of many rows of x keep exact f32 under the native backend's automatic prefill arithmetic: set on
+   * every weight of a model that routes tokens to experts, where a near-tie in the router turns a rounding of x
+   * into another expert's output.
+   */
+  readonly exactRows?: boolean;
 }
 
 /** A Linear / embedding weight: float [out, in] or quantized. */

@@ -32,12 +32,14 @@ export function parseGemvMode(value: string | undefined): GemvMode | undefined {
 
 /**
  * Arithmetic of the native prefill-shaped products (native/cpu/qkern_impl.h): exact f32, x16 (integer products for
- * affine 4 and 8-bit weights at the one-row kernels' precision, f32 for the rest) or bf16 dot products.
+ * affine 4 and 8-bit weights at the one-row kernels' precision, f32 for the rest), bf16 dot products, or auto:
+ * x16 while the decode products are not exact f32, except on the weights of models that route tokens to experts
+ * (QuantizedWeight.exactRows), which stay f32.
  */
-export type GemmMode = "f32" | "x16" | "bf16";
-const GEMM_MODES: readonly GemmMode[] = ["f32", "x16", "bf16"];
+export type GemmMode = "auto" | "f32" | "x16" | "bf16";
+const GEMM_MODES: readonly GemmMode[] = ["auto", "f32", "x16", "bf16"];
 
-/** --gemm / RMLX_GEMM; undefined when unset (the library's default, f32). */
+/** --gemm / RMLX_GEMM; undefined when unset (the library's default, auto). */
 export function parseGemmMode(value: string | undefined): GemmMode | undefined {
   return parseChoice(value, GEMM_MODES, "gemm mode", "--gemm", "RMLX_GEMM");
 }

@@ -22,16 +22,16 @@ function brief(reason: string, verbose: boolean): string {
 }
 
 /**
- * "native (cpu avx2, x16 decode products)", with ", bf16 prefill products" when --gemm bf16 is in effect; the ISA
- * and the --gemv / --gemm modes are left out when the native library
- * cannot be loaded, since info needs no compute.
+ * "native (cpu avx2, x16 decode products)", with ", bf16 prefill products" when --gemm bf16 or x16 is in effect
+ * (the default, auto, follows the decode products); the ISA and the --gemv / --gemm modes are left out when the
+ * native library cannot be loaded, since info needs no compute.
  */
 async function nativeBackendName(): Promise<string> {
   try {
     const { native } = await import("../backend/native/lib.ts");
     const lib = native();
     const gemm = String(lib.rmlx_gemm_mode());
-    return `native (cpu ${String(lib.rmlx_isa())}, ${String(lib.rmlx_gemv_mode())} decode products${gemm === "f32" ? "" : `, ${gemm} prefill products`})`;
+    return `native (cpu ${String(lib.rmlx_isa())}, ${String(lib.rmlx_gemv_mode())} decode products${gemm === "f32" || gemm === "auto" ? "" : `, ${gemm} prefill products`})`;
   } catch {
     return "native (cpu)";
   }

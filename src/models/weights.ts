@@ -18,12 +18,15 @@ export class ModelWeights {
   private readonly experts = new Map<string, string[]>();
   /** Buffers built at load time (stacked experts) that tensors wrap without owning. */
   private readonly keepAlive: Uint8Array[] = [];
+  /** The model routes tokens to experts: its quantized weights ask for exact many-row products (QuantizedWeight.exactRows). */
+  private readonly routed: boolean;
 
   constructor(
     readonly backend: Backend,
     readonly md: ModelDir,
     sanitizer: Sanitizer,
   ) {
+    this.routed = (md.config.numExperts ?? 0) > 1;
     for (const name of md.weights.names()) {
       const r = sanitizer.rename(name);
       if (r === null) continue;
@@ -105,6 +108,7 @@ export class ModelWeights {
       groupSize: spec.groupSize,
       ...(spec.mode === "affine" ? { biases: this.wrap(`${storedPath}.biases`) } : {}),
       ...(this.md.weights.has(`${storedPath}.global_scale`) ? { globalScale: this.scalar(`${storedPath}.global_scale`) } : {}),
+      ...(this.routed ? { exactRows: true } : {}),
     };
     return q;
   }
@@ -150,6 +154,7 @@ export class ModelWeights {
       mode: first.mode,
       bits: first.bits,
       groupSize: first.groupSize,
+      ...(this.routed ? { exactRows: true } : {}),
     };
   }
 

@@ -37,13 +37,13 @@ test.skipIf(!probe.ok)("with libmlxc: mlx when asked for; auto takes mlx only on
 });
 
 // The native library takes RMLX_GEMV and RMLX_GEMM as it loads (a Worker's process.env is not the C environment).
-async function libMode(env: "RMLX_GEMV" | "RMLX_GEMM", value: string): Promise<string> {
+async function libMode(env: "RMLX_GEMV" | "RMLX_GEMM", value: string, extra: Record<string, string> = {}): Promise<string> {
   const read = env === "RMLX_GEMV" ? "rmlx_gemv_mode" : "rmlx_gemm_mode";
   const code = `import { native } from "./src/backend/native/lib.ts";
 try { console.log(String(native().${read}())); } catch (e) { console.log(e.name + ":" + e.code + ":" + e.message); }`;
   const proc = Bun.spawn([process.execPath, "-e", code], {
     cwd: `${import.meta.dir}/../..`,
-    env: { ...process.env, [env]: value },
+    env: { ...process.env, [env]: value, ...extra },
     stdout: "pipe",
   });
   return (await new Response(proc.stdout).text()).trim();
@@ -51,8 +51,12 @@ try { console.log(String(native().${read}())); } catch (e) { console.log(e.name 
 const gemvMode = (value: string) => libMode("RMLX_GEMV", value);
 const gemmMode = (value: string) => libMode("RMLX_GEMM", value);
 
-test("RMLX_GEMM picks the prefill-product arithmetic; f32 is the default; other names are rejected", async () => {
-  expect(await gemmMode("")).toBe("f32");
+test("RMLX_GEMM picks the prefill-product arithmetic; auto is the default; other names are rejected", async () => {
+  // auto on the AVX-512 variants (x16 for weights that allow it), else f32
+  expect(["auto", "f32"]).toContain(await gemmMode(""));
+  expect(await gemmMode("")).toBe(await gemmMode("auto"));
+  // auto follows exact decode products
+  expect(await libMode("RMLX_GEMM", "auto", { RMLX_GEMV: "f32" })).toBe("f32");
   expect(await gemmMode("f32")).toBe("f32");
   // bf16 where the CPU has AVX512-BF16, else x16 on AVX-512, else f32
   expect(["bf16", "x16", "f32"]).toContain(await gemmMode("BF16"));

@@ -14,6 +14,7 @@ import {
   randomX,
   restoreIsaAndGemmAfterAll,
   setGemmMode,
+  setGemvMode,
   setIsa,
   worstRelError,
 } from "./ref.ts";
@@ -29,9 +30,9 @@ function modeOn(isa: string, mode: string): string {
   return String(native().rmlx_gemm_mode());
 }
 
-test("exact f32 is the default gemm mode", () => {
-  if (process.env.RMLX_GEMM) return;
-  expect(DEFAULT_GEMM).toBe("f32");
+test("auto is the default gemm mode (f32 where no AVX-512 variant runs)", () => {
+  if (process.env.RMLX_GEMM || process.env.RMLX_GEMV === "f32") return;
+  expect(DEFAULT_GEMM).toBe(AVX512.has(String(native().rmlx_isa())) ? "auto" : "f32");
 });
 
 for (const isa of availableIsas()) {
@@ -57,6 +58,32 @@ for (const isa of availableIsas()) {
         const want = mode === "x16" ? matmulX16Ref(q, x, M) : exact.y;
         expect({ bits, group, K, N, M, ok: worstRelError(y, want, exact.mag) < TOL }).toEqual({ bits, group, K, N, M, ok: true });
         if (mode === "x16") expect(worstRelError(y, exact.y, exact.mag)).toBeGreaterThan(10 * TOL);
+      }
+    });
+
+    test("auto: x16 on plain weights, exact f32 on weights marked exact rows and while the gemv mode is f32", () => {
+      const on = modeOn(isa, "auto") === "auto";
+      expect(on).toBe(AVX512.has(isa));
+      const M = 40;
+      const q = randomQWeight(11, "affine", 4, 64, 48, 512, "bf16");
+      const x = randomX(12, M * 512);
+      for (let i = 0; i < x.length; i += 32) x[i] = x[i]! * 300;
+      const exact = matmulRef(x, M, dequantAll(q), q.N, q.K);
+      const plain = qlinear(q, x, M);
+      expect(worstRelError(plain, on ? matmulX16Ref(q, x, M) : exact.y, exact.mag)).toBeLessThan(TOL);
+      expect(worstRelError(qlinear({ ...q, exactRows: true }, x, M), exact.y, exact.mag)).toBeLessThan(TOL);
+      // --gemm x16 asked for by name takes marked weights too
+      if (on) {
+        modeOn(isa, "x16");
+        expect(worstRelError(qlinear({ ...q, exactRows: true }, x, M), matmulX16Ref(q, x, M), exact.mag)).toBeLessThan(TOL);
+      }
+      const before = String(native().rmlx_gemv_mode());
+      expect(setGemvMode("f32")).toBe(0);
+      try {
+        expect(modeOn(isa, "auto")).toBe("f32");
+        expect(worstRelError(qlinear(q, x, M), exact.y, exact.mag)).toBeLessThan(TOL);
+      } finally {
+        setGemvMode(before);
       }
     });
 

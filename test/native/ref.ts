@@ -2,7 +2,7 @@
 // documented definitions (bit streams, E2M1/E4M3/E8M0 tables), in float64.
 import { ptr } from "bun:ffi";
 import { afterAll } from "bun:test";
-import { DT, native } from "../../src/backend/native/lib.ts";
+import { DT, Q_EXACT_ROWS, native } from "../../src/backend/native/lib.ts";
 import { mulberry32 } from "../rng.ts";
 
 export type Mode = "affine" | "mxfp4" | "mxfp8" | "nvfp4";
@@ -80,6 +80,8 @@ export interface QWeight {
   biases: Uint16Array | Float32Array | null;
   sbDtype: FloatDt;
   globalScale: number;
+  /** RMLX_Q_EXACT_ROWS: many-row products stay f32 in the auto gemm mode (weights of routed models). */
+  exactRows?: boolean;
 }
 
 function sbValue(q: QWeight, arr: Uint16Array | Float32Array | Uint8Array, i: number): number {
@@ -209,7 +211,7 @@ export function qlinear(q: QWeight, x: Float32Array, M: number, bias: Float32Arr
     ptr(q.scales),
     q.biases ? ptr(q.biases) : null,
     DT[q.sbDtype],
-    MODE_ID[q.mode],
+    MODE_ID[q.mode] | (q.exactRows ? Q_EXACT_ROWS : 0),
     q.bits,
     q.group,
     q.globalScale,
@@ -327,7 +329,7 @@ export function setGemvMode(name: string): number {
   return native().rmlx_set_gemv_mode(ptr(Buffer.from(`${name}\0`)));
 }
 
-/** Sets the prefill-product arithmetic ("f32", "x16" or "bf16"); returns the status. */
+/** Sets the prefill-product arithmetic ("auto", "f32", "x16" or "bf16"); returns the status. */
 export function setGemmMode(name: string): number {
   return native().rmlx_set_gemm_mode(ptr(Buffer.from(`${name}\0`)));
 }

@@ -64,7 +64,7 @@ import { RmlxError } from "../../errors.ts";
 import { decodeFloats } from "../../quant/dtype.ts";
 import { Graph, type Shared } from "./graph.ts";
 import { binaryLayout, broadcastStrides, collapse, contiguousStrides, prod, sameShape } from "./layout.ts";
-import { DT, QMODE, native } from "./lib.ts";
+import { DT, Q_EXACT_ROWS, QMODE, native } from "./lib.ts";
 import { bytesAt, bytesOf, nativeAlloc, nativeFree } from "./memory.ts";
 import * as encode from "./oplist_gen.ts";
 import { BINARY, type BinaryKind, GLU, type GluKind, UNARY, type UnaryKind } from "./oplist_gen.ts";
@@ -120,7 +120,7 @@ class NQuant implements encode.QuantWeight {
     readonly K: number,
   ) {
     this.sbdt = q.mode === "affine" ? DT[sc.dtype] : DT.u8;
-    this.mode = QMODE[q.mode];
+    this.mode = QMODE[q.mode] | (q.exactRows ? Q_EXACT_ROWS : 0);
     this.bits = q.bits;
     this.group = q.groupSize;
     this.gscale = q.globalScale ?? 0;

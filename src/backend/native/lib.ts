@@ -11,6 +11,8 @@ import { parseGemmMode, parseGemvMode, type GemvMode } from "../choice.ts";
 
 export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
+/** RMLX_Q_EXACT_ROWS, OR'ed into a mode (QuantizedWeight.exactRows). */
+export const Q_EXACT_ROWS = 0x100;
 const ABI_VERSION = 2;
 
 const { ptr: P, i32, i64, f32, cstring } = FFIType;
