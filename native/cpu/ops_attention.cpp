@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include <immintrin.h>
@@ -490,6 +491,11 @@ void merge_parts(float *out, const float *m, const float *l, const float *const 
 
 int64_t scratch_floats(int64_t R, int64_t D) { return R * (4 * D + kChunk + 2) + 2 * kChunk * D; }
 
+// attend_rows' scratch for R rows, left uninitialized: attend_rows writes every part before reading it. A decode
+// step sized it for a 16-token tile and cleared it (657 KB a call at 16 heads of 128), a third of the call at 64
+// keys.
+std::unique_ptr<float[]> scratch_for(int64_t R, int64_t D) { return std::unique_ptr<float[]>(new float[(size_t)scratch_floats(R, D)]); }
+
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
 
 }  // namespace
@@ -585,9 +591,11 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
     part_acc.resize((size_t)(items * parts * RG * D));
     part_ml.resize((size_t)(items * parts * 2 * RG));
   }
+  int64_t most = 1;  // tokens of the largest group: a decode step's are single tokens
+  for (const Group &g : groups) most = std::max(most, g.n);
   parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
-    const int64_t R = kTileTokens * RG;
-    std::vector<float> scratch(scratch_floats(R, D));
+    const int64_t R = most * RG;
+    const std::unique_ptr<float[]> scratch = scratch_for(R, D);
     std::vector<float *> outs(R);
     std::vector<int64_t> rlo(R), rhi(R);
     for (int64_t u = b; u < e; u++) {
@@ -601,7 +609,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       const int64_t all = a.positions[tl] - lo_of(t0) + 1, len = (all + parts - 1) / parts;
       // this part's keys: [lo, lo + nkeys) of the sequence
       const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * RG;
-      float *qr = scratch.data() + scratch_floats(R, D) - R * D;
+      float *qr = scratch.get() + scratch_floats(R, D) - R * D;
       // Row r: KV head kh + h, token i, query r % G of the head; a head's rows are consecutive (attend_rows: nh).
       for (int64_t r = 0; r < nr; r++) {
         const int64_t h = r / (grp.n * G), i = r / G % grp.n, qo = ((t0 + i) * a.heads + (kh + h) * G + r % G) * D;
@@ -626,7 +634,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
         return base + (within++) * a.kv_heads;
       };
       attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
-                  scratch.data(), ml, nh);
+                  scratch.get(), ml, nh);
     }
   }, work < (1 << 15) ? items * parts : 1);
   if (parts > 1) {
@@ -693,14 +701,14 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
   if (Hkv < 1 || H % Hkv) return fail(RMLX_E_INVALID, "sdpa: %lld heads not a multiple of %lld", (long long)H, (long long)Hkv);
   const int64_t G = H / Hkv;
   parallel_for(B * Hkv * L, [&](int64_t b0, int64_t e0, int) {
-    std::vector<float> scratch(scratch_floats(G, D));
+    const std::unique_ptr<float[]> scratch = scratch_for(G, D);
     std::vector<float *> outs(G);
     std::vector<int64_t> rlo(G, 0), rhi(G);
     for (int64_t w = b0; w < e0; w++) {
       const int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
       const int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
       const int64_t kvo = (b * Hkv + kh) * S * D;
-      float *qr = scratch.data() + scratch_floats(G, D) - G * D;
+      float *qr = scratch.get() + scratch_floats(G, D) - G * D;
       for (int64_t g = 0; g < G; g++) {
         const int64_t qo = ((b * H + kh * G + g) * L + i) * D;
         std::memcpy(qr + g * D, q + qo, sizeof(float) * D);
@@ -710,7 +718,7 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
       int64_t next = kvo / D;
       auto rows = [&]() { return next++; };
       attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
-                  nkeys, rows, scale, 0.f, false, scratch.data());
+                  nkeys, rows, scale, 0.f, false, scratch.get());
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;
@@ -742,13 +750,13 @@ int run_op(const VarlenAttentionRecord &a) {
   const int64_t G = H / Hkv, items = (int64_t)tiles.size() * Hkv, W = a.window;
   parallel_for(items, [&](int64_t b, int64_t e, int) {
     const int64_t R = kTileTokens * G;
-    std::vector<float> scratch(scratch_floats(R, D));
+    const std::unique_ptr<float[]> scratch = scratch_for(R, D);
     std::vector<float *> outs(R);
     std::vector<int64_t> rlo(R), rhi(R);
     for (int64_t u = b; u < e; u++) {
       const Tile &tl = tiles[u / Hkv];
       const int64_t kh = u % Hkv;
-      float *qr = scratch.data() + scratch_floats(R, D) - R * D;
+      float *qr = scratch.get() + scratch_floats(R, D) - R * D;
       int64_t first = tl.len, last = -1;
       for (int64_t i = 0; i < tl.n; i++) {
         const int64_t li = tl.t0 - tl.s0 + i;
@@ -776,7 +784,7 @@ int run_op(const VarlenAttentionRecord &a) {
         return row;
       };
       attend_rows(outs.data(), qr, tl.n * G, rlo.data(), rhi.data(), D, KvSide::flt(a.k, RMLX_F32, D),
-                  KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch.data());
+                  KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch.get());
     }
   }, a.T * H * D < (1 << 15) ? items : 1);
   return RMLX_OK;
