@@ -37,7 +37,7 @@ describe("rmlx binary", () => {
     for (const cmd of [["serve", "--port", "0"], ["generate", "--prompt", "hi"]]) {
       const r = run(...cmd, "--gemm", "int8");
       expect(r.code).toBe(2);
-      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemm mode 'int8' (--gemm / RMLX_GEMM: f32, x16 or bf16)"]);
+      expect(r.err.trim().split("\n")).toEqual(["rmlx: unknown gemm mode 'int8' (--gemm / RMLX_GEMM: auto, f32, x16 or bf16)"]);
     }
   });
 
