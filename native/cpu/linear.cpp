@@ -1,5 +1,6 @@
 // Dense and quantized products: the ISA dispatcher, the scalar kernel (the plain reference the SIMD variants
 // must agree with), and rmlx_linear for f32/f16/bf16 weights.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <vector>
@@ -83,6 +84,35 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   int64_t mlen = (M + mchunks - 1) / mchunks;
   mchunks = (M + mlen - 1) / mlen;
   parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { k.gemm_units(y, x, M, W, bias, mchunks, mlen, b, e); });
+}
+
+void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, int n) {
+  Isa isa = active_isa();
+  if (isa == Isa::Scalar || n == 1) {
+    for (int i = 0; i < n; i++) matmul(ys[i], x, M, Ws[i], nullptr);
+    return;
+  }
+  const SimdKernels &k = simd(isa);
+  // what x becomes depends on the format, K and group only, which the weights share
+  void *prepared = k.x8_alloc(M, Ws[0]);
+  if (prepared) {
+    std::atomic<bool> ok{true};
+    parallel_for(M, [&](int64_t b, int64_t e, int) {
+      if (!k.x8_fill(prepared, x, b, e, Ws[0])) ok = false;
+    }, 8);
+    if (!ok) free(prepared), prepared = nullptr;
+  } else {
+    prepared = k.gemv_prepare(x, M, Ws[0]);
+  }
+  int64_t first[8], total = 0;
+  for (int i = 0; i < n; i++) first[i] = total, total += (Ws[i].N + kGemvTile - 1) / kGemvTile;
+  parallel_for(total, [&](int64_t b, int64_t e, int) {
+    for (int i = 0; i < n; i++) {
+      const int64_t t0 = std::max(b, first[i]) - first[i], t1 = std::min(e, first[i] + (Ws[i].N + kGemvTile - 1) / kGemvTile) - first[i];
+      if (t0 < t1) k.gemv_tiles(ys[i], x, M, Ws[i], nullptr, t0, t1, prepared);
+    }
+  });
+  free(prepared);
 }
 
 void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMat &W) {

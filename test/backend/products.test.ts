@@ -2,7 +2,7 @@
 // product library; here: shapes, dtypes, bias handling and routing through the executor).
 import { describe, expect, test } from "bun:test";
 import { RmlxError } from "../../src/errors.ts";
-import { backend, bf16Truncated, expectClose, linearRef, randn } from "./helpers.ts";
+import { backend, bf16Truncated, expectClose, linearRef, randn, rng } from "./helpers.ts";
 
 const be = backend();
 const t = (data: Float32Array, shape: number[]) => be.fromArray(data, shape, "f32");
@@ -74,6 +74,40 @@ describe("quantized", () => {
     const rows = be.toFloat32(be.take(qw, be.fromArray(new Int32Array([2, 0]), [2], "i32")));
     expectClose(rows, [...deq.slice(2 * K, 3 * K), ...deq.slice(0, K)], 1e-5, 1e-5);
   });
+});
+
+describe("quantized products sharing x", () => {
+  // A layer's q/k/v (or gate/up) projections recorded one after another over the same x run as one product of
+  // several weights in the native executor; each must come out exactly as when it runs alone.
+  const K = 256;
+  const qweight = (N: number, bits: number, group: number, seed: number) => {
+    const r = rng(seed);
+    const words = new Uint32Array((N * K * bits) / 32);
+    for (let i = 0; i < words.length; i++) words[i] = Math.floor(r() * 2 ** 32) >>> 0;
+    return {
+      w: be.fromArray(words, [N, (K * bits) / 32], "u32"),
+      scales: t(randn((N * K) / group, seed + 1, 0.05), [N, K / group]),
+      biases: t(randn((N * K) / group, seed + 2, 0.1), [N, K / group]),
+      mode: "affine" as const,
+      bits,
+      groupSize: group,
+    };
+  };
+  for (const [bits, group] of [[4, 64], [8, 32], [4, 128]] as const)
+    test(`affine ${bits}-bit g${group}: one to 31 rows of x, weights of 16 to 56 rows`, () => {
+      const ws = [qweight(48, bits, group, 10), qweight(16, bits, group, 20), qweight(56, bits, group, 30)];
+      // a different group size breaks the run: the last weight runs on its own
+      const other = qweight(24, bits, group === 64 ? 32 : 64, 40);
+      for (const M of [1, 3, 31]) {
+        const x = randn(M * K, M);
+        const alone = [...ws, other].map((w) => be.toFloat32(be.linear(t(x, [M, K]), w)));
+        const xt = t(x, [M, K]);
+        const ys = [...ws, other].map((w) => be.linear(xt, w));
+        be.eval(...ys);
+        const together = ys.map((y) => be.toFloat32(y));
+        for (let i = 0; i < ys.length; i++) expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
+      }
+    });
 });
 
 describe("gatherMatmul", () => {
