@@ -441,11 +441,10 @@ export class NativeBackend implements Backend {
     const { N, K } = q;
     const M = xt.size / K;
     const out = this.out([...xt.shape.slice(0, -1), N]);
-    const node = this.graph.record(bt ? [xt, ...q.inputs, bt] : [xt, ...q.inputs], [out], (p) => {
+    this.graph.record(bt ? [xt, ...q.inputs, bt] : [xt, ...q.inputs], [out], (p) => {
       if (out.size === 0) return;
       encode.qlinear(p, out.address(), xt.address(), M, K, N, q, bt ? bt.address() : 0, bt ? DT[bt.dtype] : 0);
     });
-    if (!bt) node.sibling = { x: xt.root(), offset: xt.base ? xt.offset : 0, key: `${q.mode}:${q.bits}:${q.group}:${q.sbdt}:${M}:${K}` };
     return out;
   }
 

@@ -18,22 +18,14 @@ const NO_HOST: HostArray[] = [];
 // Host arrays are copies owned by their node, alive until the program has run; the collector does not move them.
 const hostPtr = (h: HostArray): number => (h.length ? ptr(h) : 0);
 
-/**
- * A product that the executor can run together with others over the same x (native/cpu/exec.cpp): x's root
- * tensor and byte offset, and what else must match (format, bits, group).
- */
-export interface Sibling {
-  readonly x: NTensor;
-  readonly offset: number;
-  readonly key: string;
-}
+let recorded = 0;
 
 export class Node {
   /** Eval pass that last visited this node (for the topological walk). */
   mark = 0;
   done = false;
-  /** Set on products the executor may run together with their siblings (see gatherSiblings). */
-  sibling: Sibling | null = null;
+  /** The order of recording, which the model's code gave: a topological order of its own (see run). */
+  readonly seq = ++recorded;
   constructor(
     public inputs: NTensor[],
     public outputs: NTensor[],
@@ -122,9 +114,12 @@ export class Graph {
 
   private run(roots: Node[]): void {
     const pass = ++this.pass;
-    let order: Node[] = [];
+    const order: Node[] = [];
     for (const r of roots) if (r.mark !== pass && !r.done) this.collect(r, pass, order);
-    order = gatherSiblings(order);
+    // Run in the order the ops were recorded (inputs and writes to shared memory always come first), not the
+    // walk's: the walk puts a layer's k and v projections after q's norm and rope, and the executor runs products
+    // over the same x as one when their records are next to each other (native/cpu/exec.cpp).
+    order.sort((a, b) => a.seq - b.seq);
 
     for (let i = 0; i < order.length; i++) {
       const outs = order[i]!.outputs;
@@ -214,58 +209,4 @@ export class Graph {
     write(w);
     if (w.len > 0) check(native().rmlx_exec(w.buf, w.len), what);
   }
-}
-
-/**
- * The walk puts a layer's q, k and v projections apart (q's norm and rope come before k is needed); moving the
- * later ones up next to the first lets the executor run them as one product. A node moves only when every input
- * it has besides x is ready where it lands (weights are; x is, being the first one's input too).
- */
-function gatherSiblings(order: Node[]): Node[] {
-  let pos: Map<Node, number> | null = null;
-  const groups = new Map<NTensor, Map<string, Node[]>>();
-  let moved = false;
-  for (let i = 0; i < order.length; i++) {
-    const sib = order[i]!.sibling;
-    if (!sib) continue;
-    if (!pos) {
-      pos = new Map();
-      for (let j = 0; j < order.length; j++) pos.set(order[j]!, j);
-    }
-    let byKey = groups.get(sib.x);
-    if (!byKey) groups.set(sib.x, (byKey = new Map()));
-    const k = `${sib.offset}|${sib.key}`;
-    const g = byKey.get(k);
-    if (!g) {
-      byKey.set(k, [order[i]!]);
-      continue;
-    }
-    const lead = pos.get(g[0]!)!;
-    const n = order[i]!;
-    const ready = n.deps.length === 0 && n.inputs.every((t) => {
-      const p = t.root().node;
-      return !p || p.done || pos!.get(p)! < lead;
-    });
-    if (ready) {
-      g.push(n);
-      moved = true;
-    }
-  }
-  if (!moved) return order;
-  const follows = new Map<Node, Node[]>();
-  const skip = new Set<Node>();
-  for (const byKey of groups.values())
-    for (const g of byKey.values())
-      if (g.length > 1) {
-        follows.set(g[0]!, g.slice(1));
-        for (const n of g.slice(1)) skip.add(n);
-      }
-  const out: Node[] = [];
-  for (const n of order) {
-    if (skip.has(n)) continue;
-    out.push(n);
-    const f = follows.get(n);
-    if (f) out.push(...f);
-  }
-  return out;
 }
