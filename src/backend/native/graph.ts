@@ -18,14 +18,12 @@ const NO_HOST: HostArray[] = [];
 // Host arrays are copies owned by their node, alive until the program has run; the collector does not move them.
 const hostPtr = (h: HostArray): number => (h.length ? ptr(h) : 0);
 
-let recorded = 0;
-
 export class Node {
   /** Eval pass that last visited this node (for the topological walk). */
   mark = 0;
   done = false;
   /** The order of recording, which the model's code gave: a topological order of its own (see run). */
-  readonly seq = ++recorded;
+  seq = 0;
   constructor(
     public inputs: NTensor[],
     public outputs: NTensor[],
@@ -50,12 +48,14 @@ export class Graph {
   /** Recorded writes to shared memory, run by the next eval whatever it asks for. */
   private effects: Node[] = [];
   private pass = 0;
+  private recorded = 0;
 
   /** place gives a root tensor about to be computed its memory. */
   constructor(private readonly place: (t: NTensor) => void) {}
 
   record(inputs: NTensor[], outputs: NTensor[], emit: Emit, host?: HostArray[], deps?: Node[]): Node {
     const n = new Node(inputs, outputs, emit, host, deps);
+    n.seq = ++this.recorded;
     for (const o of outputs) o.node = n;
     return n;
   }
