@@ -104,12 +104,13 @@ void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *W
   } else {
     prepared = k.gemv_prepare(x, M, Ws[0]);
   }
-  int64_t first[8], total = 0;
-  for (int i = 0; i < n; i++) first[i] = total, total += (Ws[i].N + kGemvTile - 1) / kGemvTile;
-  parallel_for(total, [&](int64_t b, int64_t e, int) {
+  // tile t of the whole is tile t - first[i] of the weight i whose tiles [first[i], first[i + 1]) hold it
+  std::vector<int64_t> first((size_t)n + 1, 0);
+  for (int i = 0; i < n; i++) first[i + 1] = first[i] + (Ws[i].N + kGemvTile - 1) / kGemvTile;
+  parallel_for(first[n], [&](int64_t b, int64_t e, int) {
     for (int i = 0; i < n; i++) {
-      const int64_t t0 = std::max(b, first[i]) - first[i], t1 = std::min(e, first[i] + (Ws[i].N + kGemvTile - 1) / kGemvTile) - first[i];
-      if (t0 < t1) k.gemv_tiles(ys[i], x, M, Ws[i], nullptr, t0, t1, prepared);
+      const int64_t t0 = std::max(b, first[i]), t1 = std::min(e, first[i + 1]);
+      if (t0 < t1) k.gemv_tiles(ys[i], x, M, Ws[i], nullptr, t0 - first[i], t1 - first[i], prepared);
     }
   });
   free(prepared);
