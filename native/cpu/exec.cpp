@@ -96,7 +96,8 @@ int64_t run_qlinear_many(const double *prog, int64_t at, int64_t nwords, int &st
   // mode bits group gscale bias bias_dt (a change of the record changes its length, and then nothing is taken)
   auto field = [&](int64_t rec, int i) { return prog[rec + 2 + i]; };
   auto fits = [&](int64_t rec) {
-    return rec + kLen <= nwords && (int)prog[rec] == OP_QLINEAR && (int64_t)prog[rec + 1] == kLen && field(rec, 13) == 0;
+    return rec + kLen <= nwords && (int)prog[rec] == OP_QLINEAR && (int64_t)prog[rec + 1] == kLen &&
+           field(rec, 13) == 0;
   };
   if (!fits(at) || (int64_t)field(at, 2) >= kGemmMinRows) return 0;
   int64_t n = 1;

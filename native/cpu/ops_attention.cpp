@@ -494,7 +494,9 @@ int64_t scratch_floats(int64_t R, int64_t D) { return R * (4 * D + kChunk + 2) +
 // attend_rows' scratch for R rows, left uninitialized: attend_rows writes every part before reading it. A decode
 // step sized it for a 16-token tile and cleared it (657 KB a call at 16 heads of 128), a third of the call at 64
 // keys.
-std::unique_ptr<float[]> scratch_for(int64_t R, int64_t D) { return std::unique_ptr<float[]>(new float[(size_t)scratch_floats(R, D)]); }
+std::unique_ptr<float[]> scratch_for(int64_t R, int64_t D) {
+  return std::unique_ptr<float[]>(new float[(size_t)scratch_floats(R, D)]);
+}
 
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
 

@@ -18,7 +18,7 @@ export class ModelWeights {
   private readonly experts = new Map<string, string[]>();
   /** Buffers built at load time (stacked experts) that tensors wrap without owning. */
   private readonly keepAlive: Uint8Array[] = [];
-  /** The model routes tokens to experts: its quantized weights ask for exact many-row products (QuantizedWeight.exactRows). */
+  /** The model routes tokens to experts: its quantized weights ask for exact many-row products (exactRows). */
   private readonly routed: boolean;
 
   constructor(
