@@ -55,22 +55,25 @@ const SimdKernels &simd(Isa isa) { return isa == Isa::Avx512Vnni ? kAvx512Vnni :
 
 }  // namespace
 
+// x prepared once for W's products (the x8, x16 and mxfp8 kernels), not by each thread; the x8 kernels take
+// prefill shapes too. What x becomes depends on W's format, K and group only. Null: the kernels read x as it is.
+static void *prepare_x(const SimdKernels &k, const float *x, int64_t M, const WeightMat &W) {
+  void *prepared = k.x8_alloc(M, W);
+  if (!prepared) return M < kGemmMinRows ? k.gemv_prepare(x, M, W) : nullptr;
+  std::atomic<bool> ok{true};
+  parallel_for(M, [&](int64_t b, int64_t e, int) {
+    if (!k.x8_fill(prepared, x, b, e, W)) ok = false;
+  }, 8);
+  if (ok) return prepared;
+  free(prepared);
+  return nullptr;
+}
+
 void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar) return scalar_k::matmul(y, x, M, W, bias);
   const SimdKernels &k = simd(isa);
-  // x is prepared once here (the x8, x16 and mxfp8 kernels), not by each thread; the x8 kernels take prefill
-  // shapes too
-  void *prepared = k.x8_alloc(M, W);
-  if (prepared) {
-    std::atomic<bool> ok{true};
-    parallel_for(M, [&](int64_t b, int64_t e, int) {
-      if (!k.x8_fill(prepared, x, b, e, W)) ok = false;
-    }, 8);
-    if (!ok) free(prepared), prepared = nullptr;
-  } else if (M < kGemmMinRows) {
-    prepared = k.gemv_prepare(x, M, W);
-  }
+  void *prepared = prepare_x(k, x, M, W);
   if (prepared || M < kGemmMinRows) {
     parallel_for((W.N + kGemvTile - 1) / kGemvTile,
                  [&](int64_t b, int64_t e, int) { k.gemv_tiles(y, x, M, W, bias, b, e, prepared); });
@@ -93,17 +96,7 @@ void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *W
     return;
   }
   const SimdKernels &k = simd(isa);
-  // what x becomes depends on the format, K and group only, which the weights share
-  void *prepared = k.x8_alloc(M, Ws[0]);
-  if (prepared) {
-    std::atomic<bool> ok{true};
-    parallel_for(M, [&](int64_t b, int64_t e, int) {
-      if (!k.x8_fill(prepared, x, b, e, Ws[0])) ok = false;
-    }, 8);
-    if (!ok) free(prepared), prepared = nullptr;
-  } else {
-    prepared = k.gemv_prepare(x, M, Ws[0]);
-  }
+  void *prepared = prepare_x(k, x, M, Ws[0]);  // the weights share the format, K and group
   // tile t of the whole is tile t - first[i] of the weight i whose tiles [first[i], first[i + 1]) hold it
   std::vector<int64_t> first((size_t)n + 1, 0);
   for (int i = 0; i < n; i++) first[i + 1] = first[i] + (Ws[i].N + kGemvTile - 1) / kGemvTile;
