@@ -209,14 +209,30 @@ function cRead(op: string, field: string, f: Field): string {
   }
 }
 
+// Fixed-length records get a decoder of their own, which the executor's fused paths call as well (exec.cpp).
+function cDecoder(op: Op): string | null {
+  if (size(op).rank) return null;
+  const lines = [`// A ${op.name} record's words (its op and length included), and its fields read from those after them.`];
+  lines.push(`constexpr int64_t k${pascal(op.name)}Words = ${size(op).fixed};`);
+  lines.push(`inline void decode_${cname(op.name)}(const double *p, ${pascal(op.name)}Record &r) {`);
+  for (const x of flat(op.fields)) lines.push(`  ${x.c} = ${cRead(op.name, x.name, x.f)};`);
+  lines.push("}");
+  return lines.join("\n");
+}
+
 function cCase(op: Op): string {
   const s = size(op);
   const rec = `${pascal(op.name)}Record`;
   const wrong = (expected: string) => `return wrong_length("${op.name}", len, ${expected});`;
   const total = s.rank ? `${s.fixed} + ${s.perRank} * r.${cname(s.rank)}` : `${s.fixed}`;
   const lines = [`    case OP_${upper(op.name)}: {`];
-  if (s.rank) lines.push(`      if (len < ${s.prefix}) ${wrong(`${s.prefix}`)}`);
-  else lines.push(`      if (len != ${s.fixed}) ${wrong(total)}`);
+  if (!s.rank) {
+    const words = `k${pascal(op.name)}Words`;
+    lines.push(`      if (len != ${words}) ${wrong(words)}`, `      ${rec} r;`, `      decode_${cname(op.name)}(p, r);`);
+    lines.push("      return run_op(r);", "    }");
+    return lines.join("\n");
+  }
+  lines.push(`      if (len < ${s.prefix}) ${wrong(`${s.prefix}`)}`);
   lines.push(`      ${rec} r;`);
   for (const x of flat(op.fields)) {
     if (x.f.kind === "dims") {
@@ -251,6 +267,7 @@ export function cppSource(list: OpList = OPS): string {
     ...ops.map((op) => cStruct(op.name, `${pascal(op.name)}Record`, op.fields)),
   ];
   const runs = ops.map((op) => `int run_op(const ${pascal(op.name)}Record &r);`);
+  const decoders = ops.map(cDecoder).filter((d) => d !== null);
   return `${BANNER.map((l) => `// ${l}`).join("\n")}
 // The records of rmlx_exec's program (see rmlx.h), and the decoder that reads one and hands it to run_op.
 #pragma once
@@ -270,6 +287,8 @@ ${structs.join("\n\n")}
 
 // Each runs one decoded record (exec.cpp).
 ${runs.join("\n")}
+
+${decoders.join("\n\n")}
 
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);

@@ -90,42 +90,38 @@ int run_op(const TakeRowsRecord &r) { return rmlx_take_rows(r.out, r.rows, r.nro
 // one row on a 2-core Zen 5, 4-5% of a 0.6B 4-bit decode step). The results are those of the records run one by
 // one, bit for bit. Returns the number of records taken (0: run the record alone).
 int64_t run_qlinear_many(const double *prog, int64_t at, int64_t nwords, int &status) {
-  constexpr int64_t kLen = 17;
   constexpr int kMost = 8;
-  // the words of a qlinear record after its op and length, in oplist.ts's order: y x M K N w scales biases sbdt
-  // mode bits group gscale bias bias_dt (a change of the record changes its length, and then nothing is taken)
-  auto field = [&](int64_t rec, int i) { return prog[rec + 2 + i]; };
-  auto fits = [&](int64_t rec) {
-    return rec + kLen <= nwords && (int)prog[rec] == OP_QLINEAR && (int64_t)prog[rec + 1] == kLen &&
-           field(rec, 13) == 0;
+  QlinearRecord rs[kMost];
+  auto take = [&](int64_t rec, QlinearRecord &r) {
+    if (rec + kQlinearWords > nwords || (int)prog[rec] != OP_QLINEAR || (int64_t)prog[rec + 1] != kQlinearWords)
+      return false;
+    decode_qlinear(prog + rec + 2, r);
+    return !r.bias;
   };
-  if (!fits(at) || (int64_t)field(at, 2) >= kGemmMinRows) return 0;
-  int64_t n = 1;
-  while (n < kMost && fits(at + n * kLen)) {
-    const int64_t r = at + n * kLen;
-    bool same = field(r, 1) == field(at, 1) && field(r, 2) == field(at, 2) && field(r, 3) == field(at, 3);
-    for (int i = 8; i <= 11 && same; i++) same = field(r, i) == field(at, i);  // sbdt mode bits group
-    if (!same) break;
+  if (!take(at, rs[0]) || rs[0].M >= kGemmMinRows || rs[0].M <= 0 || !rs[0].x) return 0;
+  const QuantWeight &w0 = rs[0].weight;
+  int n = 1;
+  while (n < kMost && take(at + n * kQlinearWords, rs[n])) {
+    const QlinearRecord &r = rs[n];
+    const QuantWeight &w = r.weight;
+    if (r.x != rs[0].x || r.M != rs[0].M || r.K != rs[0].K || w.sbdt != w0.sbdt || w.mode != w0.mode ||
+        w.bits != w0.bits || w.group != w0.group)
+      break;
     n++;
   }
   if (n == 1) return 0;
-  const float *x = (const float *)(uintptr_t)(int64_t)field(at, 1);
   float *ys[kMost];
   WeightMat Ws[kMost];
-  for (int64_t i = 0; i < n; i++) {
-    const int64_t r = at + i * kLen;
-    ys[i] = (float *)(uintptr_t)(int64_t)field(r, 0);
-    if (!ys[i] || (const float *)ys[i] == x) return 0;
-    if ((status = make_quant_mat(Ws[i], "rmlx_qlinear", (const uint32_t *)(uintptr_t)(int64_t)field(r, 5),
-                                 (const void *)(uintptr_t)(int64_t)field(r, 6),
-                                 (const void *)(uintptr_t)(int64_t)field(r, 7), (int)field(r, 8), (int)field(r, 9),
-                                 (int)field(r, 10), (int)field(r, 11), (float)field(r, 12), (int64_t)field(r, 4),
-                                 (int64_t)field(r, 3))))
-      return n;
+  for (int i = 0; i < n; i++) {
+    const QlinearRecord &r = rs[i];
+    const QuantWeight &q = r.weight;
+    ys[i] = r.y;
+    if (!r.y || r.y == r.x) return 0;
+    status = make_quant_mat(Ws[i], "rmlx_qlinear", q.w, q.scales, q.biases, q.sbdt, q.mode, q.bits, q.group, q.gscale,
+                            r.N, r.K);
+    if (status != RMLX_OK) return n;
   }
-  if (!x || (int64_t)field(at, 2) <= 0) return 0;
-  matmul_many(ys, x, (int64_t)field(at, 2), Ws, (int)n);
-  status = RMLX_OK;
+  matmul_many(ys, rs[0].x, rs[0].M, Ws, n);
   return n;
 }
 
@@ -142,7 +138,7 @@ extern "C" int rmlx_exec(const double *prog, int64_t nwords) {
     int st = RMLX_OK;
     if (int64_t taken = rmlx::run_qlinear_many(prog, at, nwords, st)) {
       if (st != RMLX_OK) return st;
-      at += taken * len;
+      at += taken * rmlx::kQlinearWords;
       continue;
     }
     st = rmlx::exec_record(prog + at, len);

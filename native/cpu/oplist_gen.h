@@ -476,6 +476,449 @@ int run_op(const Relu2MulRecord &r);
 int run_op(const GeluErfRecord &r);
 int run_op(const VarlenAttentionRecord &r);
 
+// A unary record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kUnaryWords = 7;
+inline void decode_unary(const double *p, UnaryRecord &r) {
+  r.kind = (UnaryKind)(int)*p++;
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.param = (float)*p++;
+}
+
+// A glu record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kGluWords = 7;
+inline void decode_glu(const double *p, GluRecord &r) {
+  r.kind = (GluKind)(int)*p++;
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.gate = (const float *)(uintptr_t)(int64_t)*p++;
+  r.up = (const float *)(uintptr_t)(int64_t)*p++;
+  r.n = (int64_t)*p++;
+}
+
+// A softmax record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kSoftmaxWords = 7;
+inline void decode_softmax(const double *p, SoftmaxRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.outer = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.inner = (int64_t)*p++;
+}
+
+// A sum record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kSumWords = 7;
+inline void decode_sum(const double *p, SumRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.outer = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.inner = (int64_t)*p++;
+}
+
+// A argmax record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kArgmaxWords = 6;
+inline void decode_argmax(const double *p, ArgmaxRecord &r) {
+  r.out = (int32_t *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.rows = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+}
+
+// A topk record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kTopkWords = 8;
+inline void decode_topk(const double *p, TopkRecord &r) {
+  r.vals = (float *)(uintptr_t)(int64_t)*p++;
+  r.idx = (int32_t *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.rows = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.k = (int64_t)*p++;
+}
+
+// A rmsNorm record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kRmsNormWords = 10;
+inline void decode_rms_norm(const double *p, RmsNormRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.w = (const void *)(uintptr_t)(int64_t)*p++;
+  r.wdt = (int)*p++;
+  r.rows = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.eps = (float)*p++;
+  r.one_plus = *p++ != 0;
+}
+
+// A layerNorm record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kLayerNormWords = 11;
+inline void decode_layer_norm(const double *p, LayerNormRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.w = (const void *)(uintptr_t)(int64_t)*p++;
+  r.wdt = (int)*p++;
+  r.b = (const void *)(uintptr_t)(int64_t)*p++;
+  r.bdt = (int)*p++;
+  r.rows = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.eps = (float)*p++;
+}
+
+// A rope record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kRopeWords = 10;
+inline void decode_rope(const double *p, RopeRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.table = (const float *)(uintptr_t)(int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.H = (int64_t)*p++;
+  r.D = (int64_t)*p++;
+  r.dims = (int64_t)*p++;
+  r.traditional = *p++ != 0;
+}
+
+// A kvWrite record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kKvWriteWords = 11;
+inline void decode_kv_write(const double *p, KvWriteRecord &r) {
+  r.kpool = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpool = (void *)(uintptr_t)(int64_t)*p++;
+  r.pool_dt = (int)*p++;
+  r.k = (const float *)(uintptr_t)(int64_t)*p++;
+  r.v = (const float *)(uintptr_t)(int64_t)*p++;
+  r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.row = (int64_t)*p++;
+  r.num_slots = (int64_t)*p++;
+}
+
+// A pagedAttention record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kPagedAttentionWords = 22;
+inline void decode_paged_attention(const double *p, PagedAttentionRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.q = (const float *)(uintptr_t)(int64_t)*p++;
+  r.kpool = (const void *)(uintptr_t)(int64_t)*p++;
+  r.vpool = (const void *)(uintptr_t)(int64_t)*p++;
+  r.pool_dt = (int)*p++;
+  r.block_size = (int64_t)*p++;
+  r.kv_heads = (int64_t)*p++;
+  r.head_dim = (int64_t)*p++;
+  r.num_blocks = (int64_t)*p++;
+  r.tables = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.max_blocks = (int64_t)*p++;
+  r.token_seq = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.positions = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.seq_lens = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.num_seqs = (int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.heads = (int64_t)*p++;
+  r.scale = (float)*p++;
+  r.window = (int64_t)*p++;
+  r.softcap = (float)*p++;
+}
+
+// A sdpa record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kSdpaWords = 14;
+inline void decode_sdpa(const double *p, SdpaRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.q = (const float *)(uintptr_t)(int64_t)*p++;
+  r.k = (const float *)(uintptr_t)(int64_t)*p++;
+  r.v = (const float *)(uintptr_t)(int64_t)*p++;
+  r.B = (int64_t)*p++;
+  r.H = (int64_t)*p++;
+  r.Hkv = (int64_t)*p++;
+  r.L = (int64_t)*p++;
+  r.S = (int64_t)*p++;
+  r.D = (int64_t)*p++;
+  r.scale = (float)*p++;
+  r.causal = *p++ != 0;
+}
+
+// A astype record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kAstypeWords = 7;
+inline void decode_astype(const double *p, AstypeRecord &r) {
+  r.dst = (void *)(uintptr_t)(int64_t)*p++;
+  r.src = (const void *)(uintptr_t)(int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.sdt = (int)*p++;
+  r.ddt = (int)*p++;
+}
+
+// A memcpy record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kMemcpyWords = 5;
+inline void decode_memcpy(const double *p, MemcpyRecord &r) {
+  r.dst = (void *)(uintptr_t)(int64_t)*p++;
+  r.src = (const void *)(uintptr_t)(int64_t)*p++;
+  r.nbytes = (int64_t)*p++;
+}
+
+// A ropeTable record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kRopeTableWords = 9;
+inline void decode_rope_table(const double *p, RopeTableRecord &r) {
+  r.table = (float *)(uintptr_t)(int64_t)*p++;
+  r.pos = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.half = (int64_t)*p++;
+  r.inv_freq = (const float *)(uintptr_t)(int64_t)*p++;
+  r.scale = (float)*p++;
+  r.mscale = (float)*p++;
+}
+
+// A linear record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kLinearWords = 10;
+inline void decode_linear(const double *p, LinearRecord &r) {
+  r.y = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.M = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.w = (const void *)(uintptr_t)(int64_t)*p++;
+  r.wdt = (int)*p++;
+  r.bias = (const void *)(uintptr_t)(int64_t)*p++;
+}
+
+// A qlinear record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kQlinearWords = 17;
+inline void decode_qlinear(const double *p, QlinearRecord &r) {
+  r.y = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.M = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
+  r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.sbdt = (int)*p++;
+  r.weight.mode = (int)*p++;
+  r.weight.bits = (int)*p++;
+  r.weight.group = (int)*p++;
+  r.weight.gscale = (float)*p++;
+  r.bias = (const void *)(uintptr_t)(int64_t)*p++;
+  r.bias_dt = (int)*p++;
+}
+
+// A gatherQlinear record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kGatherQlinearWords = 18;
+inline void decode_gather_qlinear(const double *p, GatherQlinearRecord &r) {
+  r.y = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.P = (int64_t)*p++;
+  r.xdiv = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.idx = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.E = (int64_t)*p++;
+  r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
+  r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.sbdt = (int)*p++;
+  r.weight.mode = (int)*p++;
+  r.weight.bits = (int)*p++;
+  r.weight.group = (int)*p++;
+  r.weight.gscale = (float)*p++;
+}
+
+// A gatherLinear record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kGatherLinearWords = 12;
+inline void decode_gather_linear(const double *p, GatherLinearRecord &r) {
+  r.y = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.P = (int64_t)*p++;
+  r.xdiv = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.idx = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.E = (int64_t)*p++;
+  r.w = (const void *)(uintptr_t)(int64_t)*p++;
+  r.wdt = (int)*p++;
+}
+
+// A dequantRows record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kDequantRowsWords = 15;
+inline void decode_dequant_rows(const double *p, DequantRowsRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.rows = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.nrows = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
+  r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
+  r.weight.sbdt = (int)*p++;
+  r.weight.mode = (int)*p++;
+  r.weight.bits = (int)*p++;
+  r.weight.group = (int)*p++;
+  r.weight.gscale = (float)*p++;
+}
+
+// A takeRows record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kTakeRowsWords = 9;
+inline void decode_take_rows(const double *p, TakeRowsRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.rows = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.nrows = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.w = (const void *)(uintptr_t)(int64_t)*p++;
+  r.wdt = (int)*p++;
+}
+
+// A kvWritePage record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kKvWritePageWords = 23;
+inline void decode_kv_write_page(const double *p, KvWritePageRecord &r) {
+  r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.dt = (int)*p++;
+  r.kpage.mode = (int)*p++;
+  r.kpage.bits = (int)*p++;
+  r.kpage.group = (int)*p++;
+  r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.dt = (int)*p++;
+  r.vpage.mode = (int)*p++;
+  r.vpage.bits = (int)*p++;
+  r.vpage.group = (int)*p++;
+  r.k = (const float *)(uintptr_t)(int64_t)*p++;
+  r.v = (const float *)(uintptr_t)(int64_t)*p++;
+  r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.kv_heads = (int64_t)*p++;
+  r.head_dim = (int64_t)*p++;
+  r.num_slots = (int64_t)*p++;
+}
+
+// A pagedAttentionPage record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kPagedAttentionPageWords = 33;
+inline void decode_paged_attention_page(const double *p, PagedAttentionPageRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.q = (const float *)(uintptr_t)(int64_t)*p++;
+  r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+  r.kpage.dt = (int)*p++;
+  r.kpage.mode = (int)*p++;
+  r.kpage.bits = (int)*p++;
+  r.kpage.group = (int)*p++;
+  r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
+  r.vpage.dt = (int)*p++;
+  r.vpage.mode = (int)*p++;
+  r.vpage.bits = (int)*p++;
+  r.vpage.group = (int)*p++;
+  r.block_size = (int64_t)*p++;
+  r.kv_heads = (int64_t)*p++;
+  r.head_dim = (int64_t)*p++;
+  r.num_blocks = (int64_t)*p++;
+  r.tables = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.max_blocks = (int64_t)*p++;
+  r.token_seq = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.positions = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.seq_lens = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.num_seqs = (int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.heads = (int64_t)*p++;
+  r.scale = (float)*p++;
+  r.window = (int64_t)*p++;
+  r.softcap = (float)*p++;
+}
+
+// A causalConv1d record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kCausalConv1dWords = 13;
+inline void decode_causal_conv1d(const double *p, CausalConv1dRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.w = (const float *)(uintptr_t)(int64_t)*p++;
+  r.state = (float *)(uintptr_t)(int64_t)*p++;
+  r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.num_seqs = (int64_t)*p++;
+  r.C = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.num_slots = (int64_t)*p++;
+}
+
+// A gatedDelta record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kGatedDeltaWords = 19;
+inline void decode_gated_delta(const double *p, GatedDeltaRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.q = (const float *)(uintptr_t)(int64_t)*p++;
+  r.k = (const float *)(uintptr_t)(int64_t)*p++;
+  r.v = (const float *)(uintptr_t)(int64_t)*p++;
+  r.g = (const float *)(uintptr_t)(int64_t)*p++;
+  r.beta = (const float *)(uintptr_t)(int64_t)*p++;
+  r.state = (float *)(uintptr_t)(int64_t)*p++;
+  r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.num_seqs = (int64_t)*p++;
+  r.Hk = (int64_t)*p++;
+  r.Hv = (int64_t)*p++;
+  r.Dk = (int64_t)*p++;
+  r.Dv = (int64_t)*p++;
+  r.num_slots = (int64_t)*p++;
+  r.chunk = (int64_t)*p++;
+}
+
+// A stateCopy record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kStateCopyWords = 7;
+inline void decode_state_copy(const double *p, StateCopyRecord &r) {
+  r.state = (float *)(uintptr_t)(int64_t)*p++;
+  r.slot_size = (int64_t)*p++;
+  r.num_slots = (int64_t)*p++;
+  r.src = (int64_t)*p++;
+  r.dst = (int64_t)*p++;
+}
+
+// A ternaryLinear record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kTernaryLinearWords = 10;
+inline void decode_ternary_linear(const double *p, TernaryLinearRecord &r) {
+  r.y = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.M = (int64_t)*p++;
+  r.K = (int64_t)*p++;
+  r.N = (int64_t)*p++;
+  r.w = (const uint8_t *)(uintptr_t)(int64_t)*p++;
+  r.scale = (float)*p++;
+  r.divide = *p++ != 0;
+}
+
+// A relu2Mul record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kRelu2MulWords = 6;
+inline void decode_relu2_mul(const double *p, Relu2MulRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.gate = (const float *)(uintptr_t)(int64_t)*p++;
+  r.up = (const float *)(uintptr_t)(int64_t)*p++;
+  r.n = (int64_t)*p++;
+}
+
+// A geluErf record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kGeluErfWords = 5;
+inline void decode_gelu_erf(const double *p, GeluErfRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.n = (int64_t)*p++;
+}
+
+// A varlenAttention record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kVarlenAttentionWords = 15;
+inline void decode_varlen_attention(const double *p, VarlenAttentionRecord &r) {
+  r.out = (float *)(uintptr_t)(int64_t)*p++;
+  r.q = (const float *)(uintptr_t)(int64_t)*p++;
+  r.k = (const float *)(uintptr_t)(int64_t)*p++;
+  r.v = (const float *)(uintptr_t)(int64_t)*p++;
+  r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
+  r.num_seqs = (int64_t)*p++;
+  r.T = (int64_t)*p++;
+  r.heads = (int64_t)*p++;
+  r.kv_heads = (int64_t)*p++;
+  r.D = (int64_t)*p++;
+  r.scale = (float)*p++;
+  r.causal = *p++ != 0;
+  r.window = (int64_t)*p++;
+}
+
 static inline int wrong_length(const char *op, int64_t len, int64_t expected) {
   return fail(RMLX_E_INVALID, "rmlx_exec: %s record of %lld words, expected %lld", op, (long long)len, (long long)expected);
 }
@@ -500,159 +943,75 @@ inline int exec_record(const double *rec, int64_t len) {
       return run_op(r);
     }
     case OP_UNARY: {
-      if (len != 7) return wrong_length("unary", len, 7);
+      if (len != kUnaryWords) return wrong_length("unary", len, kUnaryWords);
       UnaryRecord r;
-      r.kind = (UnaryKind)(int)*p++;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.param = (float)*p++;
+      decode_unary(p, r);
       return run_op(r);
     }
     case OP_GLU: {
-      if (len != 7) return wrong_length("glu", len, 7);
+      if (len != kGluWords) return wrong_length("glu", len, kGluWords);
       GluRecord r;
-      r.kind = (GluKind)(int)*p++;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.gate = (const float *)(uintptr_t)(int64_t)*p++;
-      r.up = (const float *)(uintptr_t)(int64_t)*p++;
-      r.n = (int64_t)*p++;
+      decode_glu(p, r);
       return run_op(r);
     }
     case OP_SOFTMAX: {
-      if (len != 7) return wrong_length("softmax", len, 7);
+      if (len != kSoftmaxWords) return wrong_length("softmax", len, kSoftmaxWords);
       SoftmaxRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.outer = (int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.inner = (int64_t)*p++;
+      decode_softmax(p, r);
       return run_op(r);
     }
     case OP_SUM: {
-      if (len != 7) return wrong_length("sum", len, 7);
+      if (len != kSumWords) return wrong_length("sum", len, kSumWords);
       SumRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.outer = (int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.inner = (int64_t)*p++;
+      decode_sum(p, r);
       return run_op(r);
     }
     case OP_ARGMAX: {
-      if (len != 6) return wrong_length("argmax", len, 6);
+      if (len != kArgmaxWords) return wrong_length("argmax", len, kArgmaxWords);
       ArgmaxRecord r;
-      r.out = (int32_t *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.rows = (int64_t)*p++;
-      r.n = (int64_t)*p++;
+      decode_argmax(p, r);
       return run_op(r);
     }
     case OP_TOPK: {
-      if (len != 8) return wrong_length("topk", len, 8);
+      if (len != kTopkWords) return wrong_length("topk", len, kTopkWords);
       TopkRecord r;
-      r.vals = (float *)(uintptr_t)(int64_t)*p++;
-      r.idx = (int32_t *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.rows = (int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.k = (int64_t)*p++;
+      decode_topk(p, r);
       return run_op(r);
     }
     case OP_RMS_NORM: {
-      if (len != 10) return wrong_length("rmsNorm", len, 10);
+      if (len != kRmsNormWords) return wrong_length("rmsNorm", len, kRmsNormWords);
       RmsNormRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.w = (const void *)(uintptr_t)(int64_t)*p++;
-      r.wdt = (int)*p++;
-      r.rows = (int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.eps = (float)*p++;
-      r.one_plus = *p++ != 0;
+      decode_rms_norm(p, r);
       return run_op(r);
     }
     case OP_LAYER_NORM: {
-      if (len != 11) return wrong_length("layerNorm", len, 11);
+      if (len != kLayerNormWords) return wrong_length("layerNorm", len, kLayerNormWords);
       LayerNormRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.w = (const void *)(uintptr_t)(int64_t)*p++;
-      r.wdt = (int)*p++;
-      r.b = (const void *)(uintptr_t)(int64_t)*p++;
-      r.bdt = (int)*p++;
-      r.rows = (int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.eps = (float)*p++;
+      decode_layer_norm(p, r);
       return run_op(r);
     }
     case OP_ROPE: {
-      if (len != 10) return wrong_length("rope", len, 10);
+      if (len != kRopeWords) return wrong_length("rope", len, kRopeWords);
       RopeRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.table = (const float *)(uintptr_t)(int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.H = (int64_t)*p++;
-      r.D = (int64_t)*p++;
-      r.dims = (int64_t)*p++;
-      r.traditional = *p++ != 0;
+      decode_rope(p, r);
       return run_op(r);
     }
     case OP_KV_WRITE: {
-      if (len != 11) return wrong_length("kvWrite", len, 11);
+      if (len != kKvWriteWords) return wrong_length("kvWrite", len, kKvWriteWords);
       KvWriteRecord r;
-      r.kpool = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpool = (void *)(uintptr_t)(int64_t)*p++;
-      r.pool_dt = (int)*p++;
-      r.k = (const float *)(uintptr_t)(int64_t)*p++;
-      r.v = (const float *)(uintptr_t)(int64_t)*p++;
-      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.row = (int64_t)*p++;
-      r.num_slots = (int64_t)*p++;
+      decode_kv_write(p, r);
       return run_op(r);
     }
     case OP_PAGED_ATTENTION: {
-      if (len != 22) return wrong_length("pagedAttention", len, 22);
+      if (len != kPagedAttentionWords) return wrong_length("pagedAttention", len, kPagedAttentionWords);
       PagedAttentionRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.q = (const float *)(uintptr_t)(int64_t)*p++;
-      r.kpool = (const void *)(uintptr_t)(int64_t)*p++;
-      r.vpool = (const void *)(uintptr_t)(int64_t)*p++;
-      r.pool_dt = (int)*p++;
-      r.block_size = (int64_t)*p++;
-      r.kv_heads = (int64_t)*p++;
-      r.head_dim = (int64_t)*p++;
-      r.num_blocks = (int64_t)*p++;
-      r.tables = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.max_blocks = (int64_t)*p++;
-      r.token_seq = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.positions = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.seq_lens = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.num_seqs = (int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.heads = (int64_t)*p++;
-      r.scale = (float)*p++;
-      r.window = (int64_t)*p++;
-      r.softcap = (float)*p++;
+      decode_paged_attention(p, r);
       return run_op(r);
     }
     case OP_SDPA: {
-      if (len != 14) return wrong_length("sdpa", len, 14);
+      if (len != kSdpaWords) return wrong_length("sdpa", len, kSdpaWords);
       SdpaRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.q = (const float *)(uintptr_t)(int64_t)*p++;
-      r.k = (const float *)(uintptr_t)(int64_t)*p++;
-      r.v = (const float *)(uintptr_t)(int64_t)*p++;
-      r.B = (int64_t)*p++;
-      r.H = (int64_t)*p++;
-      r.Hkv = (int64_t)*p++;
-      r.L = (int64_t)*p++;
-      r.S = (int64_t)*p++;
-      r.D = (int64_t)*p++;
-      r.scale = (float)*p++;
-      r.causal = *p++ != 0;
+      decode_sdpa(p, r);
       return run_op(r);
     }
     case OP_MATMUL: {
@@ -687,290 +1046,111 @@ inline int exec_record(const double *rec, int64_t len) {
       return run_op(r);
     }
     case OP_ASTYPE: {
-      if (len != 7) return wrong_length("astype", len, 7);
+      if (len != kAstypeWords) return wrong_length("astype", len, kAstypeWords);
       AstypeRecord r;
-      r.dst = (void *)(uintptr_t)(int64_t)*p++;
-      r.src = (const void *)(uintptr_t)(int64_t)*p++;
-      r.n = (int64_t)*p++;
-      r.sdt = (int)*p++;
-      r.ddt = (int)*p++;
+      decode_astype(p, r);
       return run_op(r);
     }
     case OP_MEMCPY: {
-      if (len != 5) return wrong_length("memcpy", len, 5);
+      if (len != kMemcpyWords) return wrong_length("memcpy", len, kMemcpyWords);
       MemcpyRecord r;
-      r.dst = (void *)(uintptr_t)(int64_t)*p++;
-      r.src = (const void *)(uintptr_t)(int64_t)*p++;
-      r.nbytes = (int64_t)*p++;
+      decode_memcpy(p, r);
       return run_op(r);
     }
     case OP_ROPE_TABLE: {
-      if (len != 9) return wrong_length("ropeTable", len, 9);
+      if (len != kRopeTableWords) return wrong_length("ropeTable", len, kRopeTableWords);
       RopeTableRecord r;
-      r.table = (float *)(uintptr_t)(int64_t)*p++;
-      r.pos = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.half = (int64_t)*p++;
-      r.inv_freq = (const float *)(uintptr_t)(int64_t)*p++;
-      r.scale = (float)*p++;
-      r.mscale = (float)*p++;
+      decode_rope_table(p, r);
       return run_op(r);
     }
     case OP_LINEAR: {
-      if (len != 10) return wrong_length("linear", len, 10);
+      if (len != kLinearWords) return wrong_length("linear", len, kLinearWords);
       LinearRecord r;
-      r.y = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.M = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.w = (const void *)(uintptr_t)(int64_t)*p++;
-      r.wdt = (int)*p++;
-      r.bias = (const void *)(uintptr_t)(int64_t)*p++;
+      decode_linear(p, r);
       return run_op(r);
     }
     case OP_QLINEAR: {
-      if (len != 17) return wrong_length("qlinear", len, 17);
+      if (len != kQlinearWords) return wrong_length("qlinear", len, kQlinearWords);
       QlinearRecord r;
-      r.y = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.M = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
-      r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.sbdt = (int)*p++;
-      r.weight.mode = (int)*p++;
-      r.weight.bits = (int)*p++;
-      r.weight.group = (int)*p++;
-      r.weight.gscale = (float)*p++;
-      r.bias = (const void *)(uintptr_t)(int64_t)*p++;
-      r.bias_dt = (int)*p++;
+      decode_qlinear(p, r);
       return run_op(r);
     }
     case OP_GATHER_QLINEAR: {
-      if (len != 18) return wrong_length("gatherQlinear", len, 18);
+      if (len != kGatherQlinearWords) return wrong_length("gatherQlinear", len, kGatherQlinearWords);
       GatherQlinearRecord r;
-      r.y = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.P = (int64_t)*p++;
-      r.xdiv = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.idx = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.E = (int64_t)*p++;
-      r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
-      r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.sbdt = (int)*p++;
-      r.weight.mode = (int)*p++;
-      r.weight.bits = (int)*p++;
-      r.weight.group = (int)*p++;
-      r.weight.gscale = (float)*p++;
+      decode_gather_qlinear(p, r);
       return run_op(r);
     }
     case OP_GATHER_LINEAR: {
-      if (len != 12) return wrong_length("gatherLinear", len, 12);
+      if (len != kGatherLinearWords) return wrong_length("gatherLinear", len, kGatherLinearWords);
       GatherLinearRecord r;
-      r.y = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.P = (int64_t)*p++;
-      r.xdiv = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.idx = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.E = (int64_t)*p++;
-      r.w = (const void *)(uintptr_t)(int64_t)*p++;
-      r.wdt = (int)*p++;
+      decode_gather_linear(p, r);
       return run_op(r);
     }
     case OP_DEQUANT_ROWS: {
-      if (len != 15) return wrong_length("dequantRows", len, 15);
+      if (len != kDequantRowsWords) return wrong_length("dequantRows", len, kDequantRowsWords);
       DequantRowsRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.rows = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.nrows = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.weight.w = (const uint32_t *)(uintptr_t)(int64_t)*p++;
-      r.weight.scales = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.biases = (const void *)(uintptr_t)(int64_t)*p++;
-      r.weight.sbdt = (int)*p++;
-      r.weight.mode = (int)*p++;
-      r.weight.bits = (int)*p++;
-      r.weight.group = (int)*p++;
-      r.weight.gscale = (float)*p++;
+      decode_dequant_rows(p, r);
       return run_op(r);
     }
     case OP_TAKE_ROWS: {
-      if (len != 9) return wrong_length("takeRows", len, 9);
+      if (len != kTakeRowsWords) return wrong_length("takeRows", len, kTakeRowsWords);
       TakeRowsRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.rows = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.nrows = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.w = (const void *)(uintptr_t)(int64_t)*p++;
-      r.wdt = (int)*p++;
+      decode_take_rows(p, r);
       return run_op(r);
     }
     case OP_KV_WRITE_PAGE: {
-      if (len != 23) return wrong_length("kvWritePage", len, 23);
+      if (len != kKvWritePageWords) return wrong_length("kvWritePage", len, kKvWritePageWords);
       KvWritePageRecord r;
-      r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.dt = (int)*p++;
-      r.kpage.mode = (int)*p++;
-      r.kpage.bits = (int)*p++;
-      r.kpage.group = (int)*p++;
-      r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.dt = (int)*p++;
-      r.vpage.mode = (int)*p++;
-      r.vpage.bits = (int)*p++;
-      r.vpage.group = (int)*p++;
-      r.k = (const float *)(uintptr_t)(int64_t)*p++;
-      r.v = (const float *)(uintptr_t)(int64_t)*p++;
-      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.kv_heads = (int64_t)*p++;
-      r.head_dim = (int64_t)*p++;
-      r.num_slots = (int64_t)*p++;
+      decode_kv_write_page(p, r);
       return run_op(r);
     }
     case OP_PAGED_ATTENTION_PAGE: {
-      if (len != 33) return wrong_length("pagedAttentionPage", len, 33);
+      if (len != kPagedAttentionPageWords) return wrong_length("pagedAttentionPage", len, kPagedAttentionPageWords);
       PagedAttentionPageRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.q = (const float *)(uintptr_t)(int64_t)*p++;
-      r.kpage.data = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.scales = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.biases = (void *)(uintptr_t)(int64_t)*p++;
-      r.kpage.dt = (int)*p++;
-      r.kpage.mode = (int)*p++;
-      r.kpage.bits = (int)*p++;
-      r.kpage.group = (int)*p++;
-      r.vpage.data = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.scales = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.biases = (void *)(uintptr_t)(int64_t)*p++;
-      r.vpage.dt = (int)*p++;
-      r.vpage.mode = (int)*p++;
-      r.vpage.bits = (int)*p++;
-      r.vpage.group = (int)*p++;
-      r.block_size = (int64_t)*p++;
-      r.kv_heads = (int64_t)*p++;
-      r.head_dim = (int64_t)*p++;
-      r.num_blocks = (int64_t)*p++;
-      r.tables = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.max_blocks = (int64_t)*p++;
-      r.token_seq = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.positions = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.seq_lens = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.num_seqs = (int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.heads = (int64_t)*p++;
-      r.scale = (float)*p++;
-      r.window = (int64_t)*p++;
-      r.softcap = (float)*p++;
+      decode_paged_attention_page(p, r);
       return run_op(r);
     }
     case OP_CAUSAL_CONV1D: {
-      if (len != 13) return wrong_length("causalConv1d", len, 13);
+      if (len != kCausalConv1dWords) return wrong_length("causalConv1d", len, kCausalConv1dWords);
       CausalConv1dRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.w = (const float *)(uintptr_t)(int64_t)*p++;
-      r.state = (float *)(uintptr_t)(int64_t)*p++;
-      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.num_seqs = (int64_t)*p++;
-      r.C = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.num_slots = (int64_t)*p++;
+      decode_causal_conv1d(p, r);
       return run_op(r);
     }
     case OP_GATED_DELTA: {
-      if (len != 19) return wrong_length("gatedDelta", len, 19);
+      if (len != kGatedDeltaWords) return wrong_length("gatedDelta", len, kGatedDeltaWords);
       GatedDeltaRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.q = (const float *)(uintptr_t)(int64_t)*p++;
-      r.k = (const float *)(uintptr_t)(int64_t)*p++;
-      r.v = (const float *)(uintptr_t)(int64_t)*p++;
-      r.g = (const float *)(uintptr_t)(int64_t)*p++;
-      r.beta = (const float *)(uintptr_t)(int64_t)*p++;
-      r.state = (float *)(uintptr_t)(int64_t)*p++;
-      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.slots = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.fresh = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.num_seqs = (int64_t)*p++;
-      r.Hk = (int64_t)*p++;
-      r.Hv = (int64_t)*p++;
-      r.Dk = (int64_t)*p++;
-      r.Dv = (int64_t)*p++;
-      r.num_slots = (int64_t)*p++;
-      r.chunk = (int64_t)*p++;
+      decode_gated_delta(p, r);
       return run_op(r);
     }
     case OP_STATE_COPY: {
-      if (len != 7) return wrong_length("stateCopy", len, 7);
+      if (len != kStateCopyWords) return wrong_length("stateCopy", len, kStateCopyWords);
       StateCopyRecord r;
-      r.state = (float *)(uintptr_t)(int64_t)*p++;
-      r.slot_size = (int64_t)*p++;
-      r.num_slots = (int64_t)*p++;
-      r.src = (int64_t)*p++;
-      r.dst = (int64_t)*p++;
+      decode_state_copy(p, r);
       return run_op(r);
     }
     case OP_TERNARY_LINEAR: {
-      if (len != 10) return wrong_length("ternaryLinear", len, 10);
+      if (len != kTernaryLinearWords) return wrong_length("ternaryLinear", len, kTernaryLinearWords);
       TernaryLinearRecord r;
-      r.y = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.M = (int64_t)*p++;
-      r.K = (int64_t)*p++;
-      r.N = (int64_t)*p++;
-      r.w = (const uint8_t *)(uintptr_t)(int64_t)*p++;
-      r.scale = (float)*p++;
-      r.divide = *p++ != 0;
+      decode_ternary_linear(p, r);
       return run_op(r);
     }
     case OP_RELU2_MUL: {
-      if (len != 6) return wrong_length("relu2Mul", len, 6);
+      if (len != kRelu2MulWords) return wrong_length("relu2Mul", len, kRelu2MulWords);
       Relu2MulRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.gate = (const float *)(uintptr_t)(int64_t)*p++;
-      r.up = (const float *)(uintptr_t)(int64_t)*p++;
-      r.n = (int64_t)*p++;
+      decode_relu2_mul(p, r);
       return run_op(r);
     }
     case OP_GELU_ERF: {
-      if (len != 5) return wrong_length("geluErf", len, 5);
+      if (len != kGeluErfWords) return wrong_length("geluErf", len, kGeluErfWords);
       GeluErfRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.x = (const float *)(uintptr_t)(int64_t)*p++;
-      r.n = (int64_t)*p++;
+      decode_gelu_erf(p, r);
       return run_op(r);
     }
     case OP_VARLEN_ATTENTION: {
-      if (len != 15) return wrong_length("varlenAttention", len, 15);
+      if (len != kVarlenAttentionWords) return wrong_length("varlenAttention", len, kVarlenAttentionWords);
       VarlenAttentionRecord r;
-      r.out = (float *)(uintptr_t)(int64_t)*p++;
-      r.q = (const float *)(uintptr_t)(int64_t)*p++;
-      r.k = (const float *)(uintptr_t)(int64_t)*p++;
-      r.v = (const float *)(uintptr_t)(int64_t)*p++;
-      r.seq_start = (const int32_t *)(uintptr_t)(int64_t)*p++;
-      r.num_seqs = (int64_t)*p++;
-      r.T = (int64_t)*p++;
-      r.heads = (int64_t)*p++;
-      r.kv_heads = (int64_t)*p++;
-      r.D = (int64_t)*p++;
-      r.scale = (float)*p++;
-      r.causal = *p++ != 0;
-      r.window = (int64_t)*p++;
+      decode_varlen_attention(p, r);
       return run_op(r);
     }
     default: return fail(RMLX_E_INVALID, "rmlx_exec: unknown op code %d", (int)rec[0]);
