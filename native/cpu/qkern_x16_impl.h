@@ -449,6 +449,29 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
   }
 }
 
+#if defined(__AVX512F__)
+// Scales or biases of GPU (1, 2 or 4) consecutive groups from index i, bf16 or f16 (half), as the low lanes of a
+// vector (lanes past GPU are zero).
+template <int GPU>
+static inline __m128 x16_sb(const void *base, int64_t i, bool half) {
+  const uint16_t *p = (const uint16_t *)base + i;
+  __m128i v;
+  if constexpr (GPU == 4) v = _mm_loadl_epi64((const __m128i *)p);
+  else if constexpr (GPU == 2) v = _mm_cvtsi32_si128((int)ld32((const uint8_t *)p));
+  else v = _mm_cvtsi32_si128(*p);
+  return half ? _mm_cvtph_ps(v) : _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(v), 16));
+}
+
+// GPU floats from p as the low lanes of a vector (the rest zero).
+template <int GPU>
+static inline __m128 x16_f4(const float *p) {
+  if constexpr (GPU == 4) return _mm_loadu_ps(p);
+  else if constexpr (GPU == 2) return _mm_castpd_ps(_mm_load_sd((const double *)p));
+  else return _mm_load_ss(p);
+}
+
+#endif
+
 // The same for 2, 4 and 8-bit codes with 512-bit vectors (AVX-512 only: instantiated where V is 16 lanes wide),
 // rows of whole units (x16_affine_wide). A step's bytes are split into their codes (4-bit with VNNI: multiplied as
 // bytes with x's byte planes, see x16_planes) and widened to words with
@@ -457,10 +480,15 @@ static void x16_affine_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, co
 // thus serves a unit's groups (up to four) at once, and its conversion and the FMA with the groups' factors are
 // paid once a unit instead of once a group. The unpacked codes serve MR rows of x: a batch pays the decode once
 // a step, then 2 * CPB vpdpwssd a row. The biases' and the centring's terms join the same accumulators.
-// NR rows of W at once (1, or 2 for up to 4 rows of x and 4 or 8-bit codes, where the registers hold both rows'
-// codes): each load of x then feeds NR products, halving the loads that limit the 8-row pass. c.buf holds 8 * NG
+// NR rows of W at once (1, or 2 for 3 or 4 rows of x and 4 or 8-bit codes, where the registers hold both rows'
+// codes): each load of x then feeds NR products (see x16_affine_wide_rows for when). c.buf holds 8 * NG
 // factors, then the second row's scales and biases (x16_tiles).
-template <int F, int MR, int GS, int NR>
+//
+// INL (few rows of x, scales and biases in bf16 or f16): a unit's scales and biases are read and converted where
+// the unit is, instead of each row first writing its factors to c.buf and the terms of the biases and the
+// centring being summed after the row: at 1024-element rows (every product of a 0.6B model's hidden size) those
+// per-row passes, and one horizontal sum per row, cost about as much as the row's dot products.
+template <int F, int MR, int GS, int NR, bool INL>
 static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                                  int64_t n1, const float *bias, RowCtx &c0, int64_t g0, int64_t g1) {
   constexpr int BITS = (int)bits_of<F>(), CPB = x16_cpb<F>(), SE = 64 * CPB, NV = 2 * CPB;
@@ -469,6 +497,7 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
   constexpr int GPU = UE / GS;          // groups a unit
   static_assert(NR == 1 || MR * NR <= 8, "the second row's factors follow the first's in c.buf");
   const int64_t K = W.K, NG = W.groups;
+  const bool half = W.sb_dtype == RMLX_F16;
   const __m512i z = _mm512_setzero_si512(), mask = _mm512_set1_epi8((char)((1 << BITS) - 1));
   const __m512i quarters = GPU == 4   ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
                            : GPU == 2 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
@@ -478,11 +507,14 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
   for (int64_t n = n0; n < n1; n += NR) {
     const uint8_t *p[NR];
     __m512 tot[NR][MR];
+    __m128 corr[NR][MR];
     for (int r = 0; r < NR; r++) {
       p[r] = W.w + (n + r) * W.row_bytes + g0 * GS * BITS / 8;
-      row_prep<F>(W, n + r, g0, g1, cs[r]);
-      x16_scales<MR>(cs[r].sc, xq, m0, NG, g0, g1, cs[r].buf);
-      for (int m = 0; m < MR; m++) tot[r][m] = _mm512_setzero_ps();
+      if constexpr (!INL) {
+        row_prep<F>(W, n + r, g0, g1, cs[r]);
+        x16_scales<MR>(cs[r].sc, xq, m0, NG, g0, g1, cs[r].buf);
+      }
+      for (int m = 0; m < MR; m++) tot[r][m] = _mm512_setzero_ps(), corr[r][m] = _mm_setzero_ps();
     }
     const int16_t *xg = xq.q + m0 * K + g0 * GS;
     for (int64_t g = g0; g < g1; g += GPU, xg += UE) {
@@ -552,14 +584,37 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
           }
         }
       }
+      if constexpr (INL) {
+        for (int r = 0; r < NR; r++) {
+          const int64_t i = (n + r) * NG + g;
+          const __m128 sc = x16_sb<GPU>(W.scales, i, half), bi = x16_sb<GPU>(W.biases, i, half);
+          for (int m = 0; m < MR; m++) {
+            const int64_t j = (m0 + m) * NG + g;
+            const __m128 f = _mm_mul_ps(sc, x16_f4<GPU>(xq.step + j));
+            tot[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][m]),
+                                        _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(f)), tot[r][m]);
+            corr[r][m] = _mm_fmadd_ps(bi, x16_f4<GPU>(xq.fix + j), corr[r][m]);
+            corr[r][m] = _mm_fmadd_ps(sc, x16_f4<GPU>(xq.err + j), corr[r][m]);
+          }
+        }
+      } else {
+        for (int r = 0; r < NR; r++)
+          for (int m = 0; m < MR; m++) {
+            const float *sm = cs[r].buf + m * NG + g;
+            __m512 f;
+            if constexpr (GPU == 1) f = _mm512_set1_ps(*sm);
+            else f = _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(_mm_loadu_ps(sm)));
+            tot[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][m]), f, tot[r][m]);
+          }
+      }
+    }
+    if constexpr (INL) {
       for (int r = 0; r < NR; r++)
         for (int m = 0; m < MR; m++) {
-          const float *sm = cs[r].buf + m * NG + g;
-          __m512 f;
-          if constexpr (GPU == 1) f = _mm512_set1_ps(*sm);
-          else f = _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(_mm_loadu_ps(sm)));
-          tot[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][m]), f, tot[r][m]);
+          const __m512 t = _mm512_add_ps(tot[r][m], _mm512_zextps128_ps512(corr[r][m]));
+          x16_put(y + m * ldy + n + r, _mm512_reduce_add_ps(t), g0, bias, n + r);
         }
+      continue;
     }
     // biases against the exact sums of x, scales against the centred rounding errors (x16_prepare)
     for (int r = 0; r < NR; r++) {
@@ -578,15 +633,23 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
 }
 
 // The wide kernel over rows [n0, n1): pairs of rows where NR = 2 applies, the odd row alone.
+// The wide kernel over rows [n0, n1). One or two rows of x take one row of W at a time, with the scales read in
+// the unit loop where they are 16-bit: a pair of rows of W read side by side halved the rate at which weights
+// stream from DRAM (two interleaved streams a page defeat the hardware prefetcher; 4-bit 3072x1024, one row of
+// x, copies far beyond the caches: 60 us a call in pairs, 45 us alone and inline, Zen 5). Three or four rows of x
+// take pairs of rows of W, where each load of x feeding two products pays more than the slower stream costs.
 template <int F, int MR, int GS>
 static void x16_affine_wide_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                                  int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
-  if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
+  if constexpr (MR <= 2) {
+    if (W.sb_dtype != RMLX_F32) return x16_affine_rows_wide<F, MR, GS, 1, true>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  } else if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
     const int64_t n2 = n0 + ((n1 - n0) & ~(int64_t)1);
-    x16_affine_rows_wide<F, MR, GS, 2>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
-    if (n2 < n1) x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n2, n1, bias, c, g0, g1);
+    x16_affine_rows_wide<F, MR, GS, 2, false>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
+    if (n2 < n1) x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n2, n1, bias, c, g0, g1);
   } else {
-    x16_affine_rows_wide<F, MR, GS, 1>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   }
 }
 

@@ -157,7 +157,7 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
       }
     });
 
-    test("affine 2, 4 and 8-bit rows of whole 512-bit units (the AVX-512 variants' wide kernels), 1 to 17 rows, blocks", () => {
+    test("affine 2, 4 and 8-bit rows of whole 512-bit units (the AVX-512 variants' wide kernels), 1 to 17 rows, blocks, every scale type", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
       // [bits, group, K]: every unit shape (one or two steps, one to four groups), and K = 4608 split in blocks
@@ -165,18 +165,20 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
         [2, 64, 512], [2, 128, 1024], [4, 32, 256], [4, 64, 512], [4, 128, 256], [4, 64, 4608],
         [8, 32, 256], [8, 64, 128], [8, 128, 512],
       ];
+      // scales: one or two rows of x read 16-bit scales in the unit loop, f32 ones beforehand
       const N = 5;
-      for (const [bits, group, K] of shapes) {
-        const q = randomQWeight(bits * 31 + group + K, "affine", bits, group, N, K, (["f32", "f16", "bf16"] as const)[bits % 3]!);
-        expect(takesX16(q)).toBe(true);
-        const bias = randomX(group, N);
-        for (const M of K > 1024 ? [1, 9] : [1, 8, 9, 17]) {
-          const x = randomX(M + bits + K, M * K);
-          for (let i = 0; i < group; i++) x[i] = x[i]! * 1000;
-          x.fill(0, K - group, K);
-          expectX16(q, x, M, bias);
+      for (const [bits, group, K] of shapes)
+        for (const sb of ["f32", "f16", "bf16"] as const) {
+          const q = randomQWeight(bits * 31 + group + K, "affine", bits, group, N, K, sb);
+          expect(takesX16(q)).toBe(true);
+          const bias = randomX(group, N);
+          for (const M of K > 1024 ? [1, 2, 9] : [1, 2, 3, 8, 9, 17]) {
+            const x = randomX(M + bits + K, M * K);
+            for (let i = 0; i < group; i++) x[i] = x[i]! * 1000;
+            x.fill(0, K - group, K);
+            expectX16(q, x, M, bias);
+          }
         }
-      }
     });
 
     test("fp4 rows of 320 elements (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
