@@ -632,18 +632,17 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
   }
 }
 
-// The wide kernel over rows [n0, n1): pairs of rows where NR = 2 applies, the odd row alone.
 // The wide kernel over rows [n0, n1). One or two rows of x take one row of W at a time, with the scales read in
 // the unit loop where they are 16-bit: a pair of rows of W read side by side halved the rate at which weights
 // stream from DRAM (two interleaved streams a page defeat the hardware prefetcher; 4-bit 3072x1024, one row of
-// x, copies far beyond the caches: 60 us a call in pairs, 45 us alone and inline, Zen 5). Three or four rows of x
+// x, copies far beyond the caches: 61.5 us a call in pairs, 51 us alone and inline, Zen 5). Three or four rows of x
 // take pairs of rows of W, where each load of x feeding two products pays more than the slower stream costs.
 template <int F, int MR, int GS>
 static void x16_affine_wide_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                                  int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
   if constexpr (MR <= 2) {
-    if (W.sb_dtype != RMLX_F32) return x16_affine_rows_wide<F, MR, GS, 1, true>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-    x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    if (W.sb_dtype != RMLX_F32) x16_affine_rows_wide<F, MR, GS, 1, true>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+    else x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
   } else if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
     const int64_t n2 = n0 + ((n1 - n0) & ~(int64_t)1);
     x16_affine_rows_wide<F, MR, GS, 2, false>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
