@@ -71,30 +71,36 @@ function byteLevelTable(): Int16Array {
 const utf8 = new TextEncoder();
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
 
-/** Bytes of one vocabulary entry or added token. */
-export function vocabEntryBytes(token: string, coding: TokenCoding): Uint8Array {
+/**
+ * Writes the bytes of one vocabulary entry or added token into out from index at and returns how many; out needs
+ * room for 3 bytes per UTF-16 unit of the token (UTF-8's most). Written in place so that the whole vocabulary
+ * (150k entries) fills one buffer: an array per entry made building it take about 185 ms.
+ */
+export function vocabEntryBytesInto(token: string, coding: TokenCoding, out: Uint8Array, at: number): number {
   switch (coding.kind) {
     case "byte_level": {
       const table = byteLevelTable();
-      const out = new Uint8Array(token.length);
-      let n = 0;
-      for (const ch of token) {
-        const cp = ch.codePointAt(0)!;
+      let n = at;
+      for (let i = 0; i < token.length; i++) {
+        const cp = token.charCodeAt(i);
         const b = cp < table.length ? table[cp]! : -1;
         // A code point outside the table cannot come from byte-level encoding; keep its UTF-8 form.
-        if (b >= 0) out[n++] = b;
-        else return utf8.encode(token);
+        if (b < 0) return utf8.encodeInto(token, out.subarray(at)).written;
+        out[n++] = b;
       }
-      return out.subarray(0, n);
+      return n - at;
     }
     case "metaspace": {
       if (coding.byteFallback) {
         const m = BYTE_TOKEN.exec(token);
-        if (m) return Uint8Array.of(parseInt(m[1]!, 16));
+        if (m) {
+          out[at] = parseInt(m[1]!, 16);
+          return 1;
+        }
       }
-      return utf8.encode(token.replaceAll(coding.replacement, " "));
+      return utf8.encodeInto(token.replaceAll(coding.replacement, " "), out.subarray(at)).written;
     }
     case "plain":
-      return utf8.encode(token);
+      return utf8.encodeInto(token, out.subarray(at)).written;
   }
 }

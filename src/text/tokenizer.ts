@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { RmlxError } from "../errors.ts";
-import { type DecodeConvention, decodeConvention, vocabEntryBytes } from "./token_bytes.ts";
+import { type DecodeConvention, decodeConvention, vocabEntryBytesInto } from "./token_bytes.ts";
 
 type Json = Record<string, unknown>;
 
@@ -192,20 +192,19 @@ export class Tokenizer {
   allTokenBytes(): { blob: Uint8Array; offsets: Int32Array } {
     if (this.bytesCache) return this.bytesCache;
     const n = this.vocabSize;
-    const pieces: Uint8Array[] = new Array(n);
     const offsets = new Int32Array(n + 1);
+    let room = 0;
+    for (let id = 0; id < n; id++) room += (this.idToString[id]?.length ?? 0) * 3;
+    const buf = new Uint8Array(room);
     let total = 0;
     for (let id = 0; id < n; id++) {
       const s = this.idToString[id];
-      // Added tokens go through the same decoder as the vocabulary, as in the tokenizers library.
-      const b = s === undefined ? new Uint8Array(0) : vocabEntryBytes(s, this.convention.coding);
-      pieces[id] = b;
       offsets[id] = total;
-      total += b.length;
+      // Added tokens go through the same decoder as the vocabulary, as in the tokenizers library.
+      if (s !== undefined) total += vocabEntryBytesInto(s, this.convention.coding, buf, total);
     }
     offsets[n] = total;
-    const blob = new Uint8Array(total);
-    for (let id = 0; id < n; id++) blob.set(pieces[id]!, offsets[id]!);
+    const blob = buf.slice(0, total);
     this.bytesCache = { blob, offsets };
     return this.bytesCache;
   }
