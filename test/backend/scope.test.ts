@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Tensor } from "../../src/backend/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
+import { Arena, ARENA_KEEP } from "../../src/backend/native/memory.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { backend, randn } from "./helpers.ts";
 
@@ -90,14 +91,16 @@ describe("scope", () => {
     expect(nested.arena).toBeLessThanOrEqual(16 << 20);
   });
 
-  test("the arena gives memory back once a large step is over", () => {
+  test("the arena keeps a large step's memory, in one block, for the small steps after it (up to ARENA_KEEP)", () => {
     const b = new NativeBackend();
     const big = b.scope(() => b.toFloat32(b.sum(b.scale(b.zeros([16, 1 << 20], "f32"), 2), 1)));
     expect(big.length).toBe(16);
-    expect(b.arenaBytes).toBeGreaterThan(64 << 20);
+    const grown = b.arenaBytes;
+    expect(grown).toBeGreaterThan(64 << 20);
+    expect(grown).toBeLessThanOrEqual(ARENA_KEEP);
     const x = b.fromArray(randn(64, 1), [1, 64], "f32");
     for (let i = 0; i < 40; i++) b.scope(() => b.toFloat32(b.add(x, x)));
-    expect(b.arenaBytes).toBeLessThanOrEqual(16 << 20);
+    expect(b.arenaBytes).toBe(grown);
   });
 
   test("a forward with one nested scope per layer (cache writes, attention) equals the flat one", () => {
@@ -220,5 +223,29 @@ describe("scope", () => {
     const file = new Uint8Array(7);
     file.set([0x80, 0x3f, 0x00, 0xc0], 1);
     expect([...be.toFloat32(be.fromBytes(file.subarray(1, 5), [2], "bf16"))]).toEqual([1, -2]);
+  });
+});
+
+describe("step arena", () => {
+  // Blocks are mapped, never written, here (so never resident): only their sizes are looked at.
+  const scopeOf = (a: Arena, bytes: number) => {
+    a.alloc(bytes);
+    a.reset();
+  };
+
+  test("keeps what a short prefill needed across the decode steps after it", () => {
+    const a = new Arena();
+    scopeOf(a, 60 << 20);
+    const grown = a.capacity;
+    expect(grown).toBeGreaterThanOrEqual(60 << 20);
+    for (let i = 0; i < 100; i++) scopeOf(a, 1 << 20);
+    expect(a.capacity).toBe(grown);
+  });
+
+  test("gives back what a long prefill needed beyond ARENA_KEEP once the steps after it use little", () => {
+    const a = new Arena();
+    scopeOf(a, ARENA_KEEP + (200 << 20));
+    for (let i = 0; i < 40; i++) scopeOf(a, 1 << 20);
+    expect(a.capacity).toBe(ARENA_KEEP);
   });
 });
