@@ -252,6 +252,36 @@ describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
     });
 });
 
+describe("paged attention, decode over a 16-bit pool (the single-row kernels)", () => {
+  // One token over 70 keys (a chunk of 64 and a tail of 6), head dims with and without a tail past whole 16-lane
+  // steps; tolerance: the pool's rounding of K and V.
+  const TOL: Record<string, number> = { f16: 3e-3, bf16: 2e-2 };
+  for (const dtype of ["f16", "bf16"] as const)
+    for (const [heads, kvHeads, D] of [[4, 2, 128], [4, 2, 40], [3, 1, 48], [2, 2, 8]] as const)
+      test(`matches dense attention, ${dtype} pool, ${heads} heads over ${kvHeads}, head dim ${D}`, () => {
+        const [T, blockSize] = [70, 16];
+        const numBlocks = Math.ceil(T / blockSize);
+        const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, dtype);
+        const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
+        const slots = Int32Array.from({ length: T }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+        const k = randn(T * kvHeads * D, 41);
+        const v = randn(T * kvHeads * D, 42);
+        const q = randn(heads * D, 43);
+        const batch = { blockTables, maxBlocks: numBlocks, seqLens: new Int32Array([T]), tokenSeq: new Int32Array(1), positions: new Int32Array([T - 1]) };
+        const out = be.scope(() => {
+          be.kvWrite(pool, t(k, [T, kvHeads, D]), t(v, [T, kvHeads, D]), slots);
+          return be.toFloat32(be.pagedAttention(t(q, [1, heads, D]), pool, batch, { scale: 0.2 }));
+        });
+        const ref: number[] = [];
+        for (let h = 0; h < heads; h++) {
+          const kh = Math.floor(h / (heads / kvHeads));
+          const rows = (a: Float32Array) => [...Array(T).keys()].map((j) => a.slice((j * kvHeads + kh) * D, (j * kvHeads + kh + 1) * D));
+          ref.push(...attendRef(q.slice(h * D, (h + 1) * D), rows(k), rows(v), 0.2, 0));
+        }
+        expectClose(out, ref, TOL[dtype]!, TOL[dtype]!);
+      });
+});
+
 describe("sdpa", () => {
   for (const [B, H, Hkv, L, S, causal] of [
     [2, 4, 2, 5, 5, true],
