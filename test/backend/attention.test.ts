@@ -216,6 +216,16 @@ describe("paged attention, one decode token over a long cache (keys split across
     });
 });
 
+/** A pool of 16-token blocks holding T tokens in reversed blocks (two spare), and each token's slot. */
+function reversedPool(T: number, kvHeads: number, D: number, dtype: "f32" | "f16" | "bf16") {
+  const blockSize = 16;
+  const numBlocks = Math.ceil(T / blockSize);
+  const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, dtype);
+  const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
+  const slots = Int32Array.from({ length: T }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+  return { pool, blockTables, numBlocks, slots };
+}
+
 describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
   // [heads, kvHeads, D]: two query rows a KV head and token; three (odd row counts) at a head dim of 48; a head dim
   // that is not a multiple of 16. 16-bit pools are read by their own tile kernels where the ISA has them; their
@@ -225,11 +235,8 @@ describe("paged attention, prefill of one long chunk (threaded, tiled)", () => {
   for (const [heads, kvHeads, D] of [[4, 2, 32], [3, 1, 48], [4, 2, 40]] as const)
   for (const window of dtype === "f32" ? [0, 5, 40, 64] : [0, 40])
     test(`matches dense causal attention, ${dtype} pool, window ${window}, ${heads} heads over ${kvHeads}, head dim ${D}`, () => {
-    const [T, blockSize] = [70, 16];
-    const numBlocks = Math.ceil(T / blockSize);
-    const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, dtype);
-    const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
-    const slots = Int32Array.from({ length: T }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+    const T = 70;
+    const { pool, blockTables, numBlocks, slots } = reversedPool(T, kvHeads, D, dtype);
     const k = randn(T * kvHeads * D, 31);
     const v = randn(T * kvHeads * D, 32);
     const q = randn(T * heads * D, 33);
@@ -259,11 +266,8 @@ describe("paged attention, decode over a 16-bit pool (the single-row kernels)", 
   for (const dtype of ["f16", "bf16"] as const)
     for (const [heads, kvHeads, D] of [[4, 2, 128], [4, 2, 40], [3, 1, 48], [2, 2, 8]] as const)
       test(`matches dense attention, ${dtype} pool, ${heads} heads over ${kvHeads}, head dim ${D}`, () => {
-        const [T, blockSize] = [70, 16];
-        const numBlocks = Math.ceil(T / blockSize);
-        const pool = be.createKvPool(numBlocks + 2, blockSize, kvHeads, D, dtype);
-        const blockTables = Int32Array.from({ length: numBlocks }, (_, i) => numBlocks + 1 - i);
-        const slots = Int32Array.from({ length: T }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+        const T = 70;
+        const { pool, blockTables, numBlocks, slots } = reversedPool(T, kvHeads, D, dtype);
         const k = randn(T * kvHeads * D, 41);
         const v = randn(T * kvHeads * D, 42);
         const q = randn(heads * D, 43);
