@@ -341,84 +341,26 @@ void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *co
     for (int64_t r = 0; r < R; r++) axpy(acc + r * D, p[r * ldp + j], v[j], D);
 }
 
-template <bool Half>
-inline __m256 load8(const uint16_t *x) {
-  __m128i h = _mm_loadu_si128((const __m128i *)x);
-  if (Half) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-template <bool Half>
-inline float to_f32(uint16_t x) {
-  return Half ? rmlx::f16_to_f32(x) : rmlx::bf16_to_f32(x);
-}
-
-template <bool Half>
-void dots16_t(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale) {
-  const int64_t D8 = D & ~(int64_t)7;
-  for (int64_t j = 0; j < nj; j += 8) {
-    const int64_t m = nj - j < 8 ? nj - j : 8;
-    alignas(32) float r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (m == 8) {
-      __m256 a[8];
-      for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
-      for (int64_t d = 0; d < D8; d += 8) {
-        __m256 qv = _mm256_loadu_ps(q + d);
-        for (int u = 0; u < 8; u++) a[u] = _mm256_fmadd_ps(qv, load8<Half>(k[j + u] + d), a[u]);
-      }
-      __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
-      __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
-      __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-      _mm256_store_ps(r, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
-    } else {
-      for (int64_t u = 0; u < m; u++) {
-        __m256 a = _mm256_setzero_ps();
-        for (int64_t d = 0; d < D8; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8<Half>(k[j + u] + d), a);
-        r[u] = hsum(a);
-      }
-    }
-    for (int64_t u = 0; u < m; u++) {
-      float t = r[u];
-      for (int64_t d = D8; d < D; d++) t += q[d] * to_f32<Half>(k[j + u][d]);
-      s[j + u] = t * scale;
-    }
+// 8-lane traits of attn16_impl.h.
+struct W {
+  static constexpr int L = 8;
+  using T = __m256;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T loadu(const float *p) { return _mm256_loadu_ps(p); }
+  static void storeu(float *p, T v) { _mm256_storeu_ps(p, v); }
+  static T set1(float x) { return _mm256_set1_ps(x); }
+  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  template <bool Half>
+  static T load16(const uint16_t *x) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)x);
+    if (Half) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-}
+  static float sum(T v) { return hsum(v); }
+  static __m256 fold8(T v) { return v; }
+};
 
-template <bool Half>
-void pv16_t(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D) {
-  const int64_t D8 = D & ~(int64_t)7;
-  int64_t j = 0;
-  for (; j + 8 <= nj; j += 8) {
-    __m256 pj[8];
-    for (int u = 0; u < 8; u++) pj[u] = _mm256_set1_ps(p[j + u]);
-    for (int64_t d = 0; d < D8; d += 8) {
-      __m256 a = _mm256_loadu_ps(acc + d);
-      for (int u = 0; u < 8; u++) a = _mm256_fmadd_ps(pj[u], load8<Half>(v[j + u] + d), a);
-      _mm256_storeu_ps(acc + d, a);
-    }
-  }
-  for (; j < nj; j++) {
-    __m256 pj = _mm256_set1_ps(p[j]);
-    for (int64_t d = 0; d < D8; d += 8)
-      _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(pj, load8<Half>(v[j] + d), _mm256_loadu_ps(acc + d)));
-  }
-  for (int64_t d = D8; d < D; d++) {
-    float a = acc[d];
-    for (int64_t u = 0; u < nj; u++) a += p[u] * to_f32<Half>(v[u][d]);
-    acc[d] = a;
-  }
-}
-
-void dots16(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt) {
-  if (dt == RMLX_F16) dots16_t<true>(s, q, k, nj, D, scale);
-  else dots16_t<false>(s, q, k, nj, D, scale);
-}
-
-void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt) {
-  if (dt == RMLX_F16) pv16_t<true>(acc, p, v, nj, D);
-  else pv16_t<false>(acc, p, v, nj, D);
-}
+#include "attn16_impl.h"
 
 // ---- packed KV rows (see PkRows in ops.h, the row kinds in pk_kinds.h)
 

@@ -508,84 +508,26 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
   }
 }
 
-template <bool Half>
-inline __m512 load16(const uint16_t *x) {
-  __m256i h = _mm256_loadu_si256((const __m256i *)x);
-  if (Half) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// One query row's scores against nj 16-bit key rows, 8 keys at a time over 16-lane steps of D (the AVX2 kernel's
-// shape at twice the width: a decode step's attention runs these, one call per query row and chunk of keys).
-template <bool Half>
-void dots16_t(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale) {
-  const int64_t D16 = D & ~(int64_t)15;
-  for (int64_t j = 0; j < nj; j += 8) {
-    const int64_t m = nj - j < 8 ? nj - j : 8;
-    alignas(32) float r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (m == 8) {
-      __m512 a[8];
-      for (int u = 0; u < 8; u++) a[u] = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D16; d += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + d);
-        for (int u = 0; u < 8; u++) a[u] = _mm512_fmadd_ps(qv, load16<Half>(k[j + u] + d), a[u]);
-      }
-      __m256 h[8];
-      for (int u = 0; u < 8; u++) h[u] = _mm256_add_ps(_mm512_castps512_ps256(a[u]), _mm512_extractf32x8_ps(a[u], 1));
-      const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
-      const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
-      const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-      _mm256_store_ps(r, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
-    } else {
-      for (int64_t u = 0; u < m; u++) {
-        __m512 a = _mm512_setzero_ps();
-        for (int64_t d = 0; d < D16; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16<Half>(k[j + u] + d), a);
-        r[u] = _mm512_reduce_add_ps(a);
-      }
-    }
-    for (int64_t u = 0; u < m; u++) {
-      float t = r[u];
-      for (int64_t d = D16; d < D; d++) t += q[d] * (Half ? f16_to_f32(k[j + u][d]) : bf16_to_f32(k[j + u][d]));
-      s[j + u] = t * scale;
-    }
+// 16-lane traits of attn16_impl.h.
+struct W {
+  static constexpr int L = 16;
+  using T = __m512;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T loadu(const float *p) { return _mm512_loadu_ps(p); }
+  static void storeu(float *p, T v) { _mm512_storeu_ps(p, v); }
+  static T set1(float x) { return _mm512_set1_ps(x); }
+  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  template <bool Half>
+  static T load16(const uint16_t *x) {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)x);
+    if (Half) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
-}
+  static float sum(T v) { return _mm512_reduce_add_ps(v); }
+  static __m256 fold8(T v) { return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)); }
+};
 
-// acc += sum over nj keys of p[j] * v[j], 8 keys at a time over 16-lane steps of D.
-template <bool Half>
-void pv16_t(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D) {
-  const int64_t D16 = D & ~(int64_t)15;
-  int64_t j = 0;
-  for (; j + 8 <= nj; j += 8) {
-    __m512 pj[8];
-    for (int u = 0; u < 8; u++) pj[u] = _mm512_set1_ps(p[j + u]);
-    for (int64_t d = 0; d < D16; d += 16) {
-      __m512 a = _mm512_loadu_ps(acc + d);
-      for (int u = 0; u < 8; u++) a = _mm512_fmadd_ps(pj[u], load16<Half>(v[j + u] + d), a);
-      _mm512_storeu_ps(acc + d, a);
-    }
-  }
-  for (; j < nj; j++) {
-    const __m512 pj = _mm512_set1_ps(p[j]);
-    for (int64_t d = 0; d < D16; d += 16)
-      _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(pj, load16<Half>(v[j] + d), _mm512_loadu_ps(acc + d)));
-  }
-  for (int64_t d = D16; d < D; d++) {
-    float a = acc[d];
-    for (int64_t u = 0; u < nj; u++) a += p[u] * (Half ? f16_to_f32(v[u][d]) : bf16_to_f32(v[u][d]));
-    acc[d] = a;
-  }
-}
-
-void dots16(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt) {
-  if (dt == RMLX_F16) dots16_t<true>(s, q, k, nj, D, scale);
-  else dots16_t<false>(s, q, k, nj, D, scale);
-}
-
-void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt) {
-  if (dt == RMLX_F16) pv16_t<true>(acc, p, v, nj, D);
-  else pv16_t<false>(acc, p, v, nj, D);
-}
+#include "attn16_impl.h"
 
 }  // namespace
 
