@@ -63,7 +63,8 @@ int rmlx_set_isa(const char *name);
    AVX512-BF16 and VBMI, else f16-converted weights in exact f32 sums; "x8" is x16 except that products of affine
    2 and 4-bit weights (8-bit where the CPU has AVX512-VNNI) with 2 or more rows of x, prefill included, put x in
    int8 per weight group (step max|x| / 127) and sum integer products (vpdpbusd / vpmaddubsw), about 1/254 of
-   max|x| per weight off; "f32" keeps the plain f32 kernels for every format.
+   max|x| per weight off, except weights with RMLX_Q_EXACT_ROWS (they keep x16 rows); "f32" keeps the plain f32
+   kernels for every format.
    RMLX_GEMV=f32 (or x8, x16) in the environment sets the default. */
 int rmlx_set_gemv_mode(const char *name);
 const char *rmlx_gemv_mode(void);

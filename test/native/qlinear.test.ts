@@ -209,7 +209,7 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
 // rounding (matmulX8Ref) within f32 summation error, and to the bound that rounding implies against the exact
 // float64 product; one row keeps the x16 path.
 function takesX8(q: QWeight, isa: string, M: number): boolean {
-  if (q.mode !== "affine" || M < 2) return false;
+  if (q.mode !== "affine" || M < 2 || q.exactRows) return false;
   if (q.bits === 8 && isa !== "avx512vnni") return false;
   if (q.bits === 2 ? q.group === 32 : q.bits !== 4 && q.bits !== 8) return false;
   const cpb = 8 / q.bits, lanes = isa === "avx2" ? 2 : 4;
@@ -276,6 +276,13 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
         const q = randomQWeight(bits + group, "affine", bits, group, N, K, "bf16");
         for (const M of [6, 33]) expectX8(q, randomX(M + bits, M * K), M, isa, randomX(3, N));
       }
+    });
+
+    test("weights marked exact rows (routed models): the x16 rows, exact f32 for prefill shapes", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x8")).toBe(0);
+      const q = { ...randomQWeight(5, "affine", 4, 64, 9, 512, "bf16"), exactRows: true };
+      for (const M of [2, 5, 40]) expectX8(q, randomX(M + 3, M * 512), M, isa);
     });
 
     test("K not a whole number of units, 3-bit codes: the x16 path", () => {
