@@ -636,14 +636,17 @@ static void x16_affine_rows_wide(float *y, int64_t ldy, const X16 &xq, int64_t m
 // the unit loop where they are 16-bit: a pair of rows of W read side by side halved the rate at which weights
 // stream from DRAM (two interleaved streams a page defeat the hardware prefetcher; 4-bit 3072x1024, one row of
 // x, copies far beyond the caches: 61.5 us a call in pairs, 51 us alone and inline, Zen 5). Three or four rows of x
-// take pairs of rows of W, where each load of x feeding two products pays more than the slower stream costs.
+// take pairs of rows of W where rows are long, since each load of x then feeds two products (4 rows of x, 4-bit:
+// 14336x4096 1.55 ms a call in pairs, 1.70 ms alone and inline), and one row inline up to 2048-element rows, where
+// the per-row passes weigh more (3072x1024 118 -> 86 us, 4096x2048 212 -> 203 us; 1024x3072 alike either way).
 template <int F, int MR, int GS>
 static void x16_affine_wide_rows(float *y, int64_t ldy, const X16 &xq, int64_t m0, const WeightMat &W, int64_t n0,
                                  int64_t n1, const float *bias, RowCtx &c, int64_t g0, int64_t g1) {
-  if constexpr (MR <= 2) {
-    if (W.sb_dtype != RMLX_F32) x16_affine_rows_wide<F, MR, GS, 1, true>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-    else x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
-  } else if constexpr (MR <= 4 && x16_cpb<F>() <= 2) {
+  constexpr bool pairs = MR > 2 && MR <= 4 && x16_cpb<F>() <= 2;
+  if constexpr (MR <= 2 || pairs)
+    if (W.sb_dtype != RMLX_F32 && (MR <= 2 || W.K <= 2048))
+      return x16_affine_rows_wide<F, MR, GS, 1, true>(y, ldy, xq, m0, W, n0, n1, bias, c, g0, g1);
+  if constexpr (pairs) {
     const int64_t n2 = n0 + ((n1 - n0) & ~(int64_t)1);
     x16_affine_rows_wide<F, MR, GS, 2, false>(y, ldy, xq, m0, W, n0, n2, bias, c, g0, g1);
     if (n2 < n1) x16_affine_rows_wide<F, MR, GS, 1, false>(y, ldy, xq, m0, W, n2, n1, bias, c, g0, g1);
