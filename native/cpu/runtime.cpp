@@ -8,7 +8,6 @@
 #include <unordered_map>
 
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include "common.h"
 #include "threadpool.h"
@@ -29,22 +28,22 @@ constexpr size_t kMapMin = (size_t)1 << 20;
 std::mutex g_map_mu;
 std::unordered_map<void *, size_t> g_mapped;
 
-// Mappings of 2 MiB or more start on a 2 MiB boundary and ask for transparent huge pages (where the system allows
-// them): a decode step first-touches a page of every layer's K and V pools every 4 KiB of tokens, and page faults,
-// with the TLB misses of 4 KiB pages over the step arena, cost about 4% of a 0.6B 4-bit decode step (a 2-core
-// Zen 5 VM: KV writes 0.64 -> 0.15 ms a step). A pool is then resident in 2 MiB pieces as far as written.
+// Mappings are whole 2 MiB pieces on 2 MiB boundaries and ask for transparent huge pages (where the system allows
+// them). A decode step first-touches a page of every layer's K and V pools every 4 KiB of tokens, and page faults
+// are dear on virtual machines: on a 2-core Zen 5 VM, per-op timing of 100 decode steps of the 0.6B 4-bit shape
+// (a 512-token prompt, pools sized for the request) put 0.6-0.8 ms a step, 24 faults, in the KV writes. A pool is
+// then resident in 2 MiB pieces as far as written. Returns the mapping and its length in *len.
 constexpr size_t kHuge = (size_t)2 << 20;
 
-void *map_anon(size_t n) {
-  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-  if (n < kHuge) return mmap(nullptr, n, PROT_READ | PROT_WRITE, flags, -1, 0);
-  void *m = mmap(nullptr, n + kHuge, PROT_READ | PROT_WRITE, flags, -1, 0);
+void *map_anon(size_t n, size_t *len) {
+  const size_t np = (n + kHuge - 1) / kHuge * kHuge;
+  void *m = mmap(nullptr, np + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return m;
   char *b = (char *)m, *a = (char *)(((uintptr_t)b + kHuge - 1) & ~(uintptr_t)(kHuge - 1));
-  const size_t page = (size_t)sysconf(_SC_PAGESIZE), np = (n + page - 1) / page * page;
   if (a > b) munmap(b, (size_t)(a - b));
-  if (b + n + kHuge > a + np) munmap(a + np, (size_t)(b + n + kHuge - (a + np)));
+  if (b + np + kHuge > a + np) munmap(a + np, (size_t)(b + np + kHuge - (a + np)));
   madvise(a, np, MADV_HUGEPAGE);
+  *len = np;
   return a;
 }
 
@@ -211,10 +210,11 @@ int rmlx_alloc(int64_t nbytes, void **out) {
   // (a turbo3 KV row of 48 bytes is read 16 bytes at a time from byte 36).
   size_t n = (((size_t)(nbytes > 0 ? nbytes : 1) + 63) & ~(size_t)63) + 64;
   if (n >= kMapMin) {
-    void *m = map_anon(n);
+    size_t len = 0;
+    void *m = map_anon(n, &len);
     if (m == MAP_FAILED) return fail(RMLX_E_NOMEM, "out of memory mapping %lld bytes", (long long)nbytes);
     std::lock_guard<std::mutex> lock(g_map_mu);
-    g_mapped[m] = n;
+    g_mapped[m] = len;
     *out = m;
     return RMLX_OK;
   }
