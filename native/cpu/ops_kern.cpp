@@ -184,7 +184,7 @@ void delta_step(float *S, const float *k, const float *q, const float *v, float 
 
 const Kern kPortable = {dot,  axpy,   scal,      exp_sum, vmax, sumsq, scale_mul, silu, sigmoid, gelu_tanh,
                         swiglu, geglu, add, sub, mul, h2f, b2f, f2h, f2b, dots, pv, dots_rows, pv_rows,
-                        dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step, false};
+                        dots16, pv16, pk_dots, pk_pv, pk_decode, delta_step, false, nullptr, nullptr};
 
 }  // namespace
 
