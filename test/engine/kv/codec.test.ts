@@ -80,4 +80,23 @@ describe("KV codecs", () => {
     expect(rss() - before).toBeLessThan(32 << 20);
     cache.dispose();
   });
+
+  test("a written token makes only its piece of a large pool resident", () => {
+    // Native pools are mapped in 2 MiB pieces with transparent huge pages asked for: one token written may make its
+    // 2 MiB of K and of V resident, never the whole pool.
+    const be = getBackend();
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+    const [blocks, blockSize, kvHeads, headDim] = [8192, 16, 8, 128];
+    const pool = be.createKvPool(blocks, blockSize, kvHeads, headDim, "f16");
+    const before = rss();
+    be.scope(() => {
+      const k = be.fromArray(new Float32Array(kvHeads * headDim).fill(0.5), [1, kvHeads, headDim], "f32");
+      const v = be.fromArray(new Float32Array(kvHeads * headDim).fill(-0.5), [1, kvHeads, headDim], "f32");
+      be.kvWrite(pool, k, v, new Int32Array([blocks * blockSize - 1]));
+      return 0;
+    });
+    expect(rss() - before).toBeLessThan(16 << 20);
+    be.dispose(pool.k);
+    be.dispose(pool.v);
+  });
 });
