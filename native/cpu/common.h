@@ -12,6 +12,11 @@ enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
 
 Isa active_isa();
 bool cpu_has(Isa isa);
+
+// rmlx_free's release of p, now (exec.cpp defers rmlx_free while launched programs are queued).
+void free_now(void *p);
+// Whether launched programs are still queued; then p is kept and freed after them.
+bool defer_free(void *p);
 // Whether few-row products of affine, mxfp4 and nvfp4 weights put x in 16-bit fixed point (qkern_x16_impl.h).
 bool gemv_x16_enabled();
 // Whether products of affine 2, 4 and 8-bit weights with several rows of x (batched decode, prefill) put x in

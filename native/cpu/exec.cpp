@@ -1,6 +1,13 @@
 // The lazy executor: runs a step recorded by the native backend in one call. The records and their decoder are
 // generated from the op list (oplist_gen.h); here each decoded record is handed to its kernel.
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "quant_formats.h"
 
@@ -127,7 +134,131 @@ int64_t run_qlinear_many(const double *prog, int64_t at, int64_t nwords, int &st
 
 }  // namespace rmlx
 
+namespace rmlx {
+
+int exec_program(const double *prog, int64_t nwords);
+
+namespace {
+
+// Programs launched with rmlx_exec_async run in order on one executor thread, so that the host can record the next
+// step while this one computes. Everything else that runs kernels or frees memory first waits for them (rmlx_exec,
+// rmlx_exec_wait) or is deferred until they are done (rmlx_free): one program computes at a time, and the thread
+// pool keeps a single caller.
+struct Executor {
+  std::mutex mu;
+  std::condition_variable work, done;
+  std::deque<std::pair<const double *, int64_t>> queue;
+  int64_t issued = 0, finished = 0;
+  // The first failure not yet reported, and the ticket of its program.
+  int status = RMLX_OK;
+  int64_t failed_ticket = 0;
+  std::string message;
+  std::vector<void *> frees;  // rmlx_free calls while programs were queued
+  double busy_seconds = 0;
+  bool started = false;
+};
+
+// Never destroyed: the executor thread waits on it until the process ends.
+Executor &g_exec = *new Executor;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void executor_loop() {
+  Executor &x = g_exec;
+  for (;;) {
+    std::pair<const double *, int64_t> job;
+    {
+      std::unique_lock<std::mutex> lk(x.mu);
+      x.work.wait(lk, [&] { return !x.queue.empty(); });
+      job = x.queue.front();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const int st = exec_program(job.first, job.second);
+    const double s = seconds_since(t0);
+    std::vector<void *> frees;
+    {
+      std::lock_guard<std::mutex> lk(x.mu);
+      x.queue.pop_front();
+      x.finished++;
+      x.busy_seconds += s;
+      if (st != RMLX_OK && x.status == RMLX_OK) {
+        x.status = st;
+        x.failed_ticket = x.finished;
+        x.message = rmlx_last_error();
+      }
+      if (x.queue.empty()) frees.swap(x.frees);
+    }
+    for (void *p : frees) free_now(p);
+    x.done.notify_all();
+  }
+}
+
+// Waits until the programs up to ticket have run; the first failure among them, with its message, if any.
+int wait_for(int64_t ticket) {
+  Executor &x = g_exec;
+  std::unique_lock<std::mutex> lk(x.mu);
+  x.done.wait(lk, [&] { return x.finished >= ticket; });
+  if (x.status != RMLX_OK && x.failed_ticket <= ticket) {
+    const int st = x.status;
+    const std::string msg = x.message;
+    x.status = RMLX_OK;
+    lk.unlock();
+    return fail(st, "%s", msg.c_str());
+  }
+  return RMLX_OK;
+}
+
+}  // namespace
+
+bool defer_free(void *p) {
+  Executor &x = g_exec;
+  std::lock_guard<std::mutex> lk(x.mu);
+  if (x.finished == x.issued) return false;
+  x.frees.push_back(p);
+  return true;
+}
+
+}  // namespace rmlx
+
+extern "C" int rmlx_exec_async(const double *prog, int64_t nwords, int64_t *ticket) {
+  if ((!prog && nwords > 0) || !ticket) return rmlx::fail(RMLX_E_INVALID, "rmlx_exec_async: bad arguments");
+  rmlx::Executor &x = rmlx::g_exec;
+  std::lock_guard<std::mutex> lk(x.mu);
+  if (!x.started) {
+    std::thread(rmlx::executor_loop).detach();
+    x.started = true;
+  }
+  x.queue.emplace_back(prog, nwords);
+  *ticket = ++x.issued;
+  x.work.notify_one();
+  return RMLX_OK;
+}
+
+extern "C" int rmlx_exec_wait(int64_t ticket) { return rmlx::wait_for(ticket); }
+
+extern "C" double rmlx_exec_seconds(void) {
+  std::lock_guard<std::mutex> lk(rmlx::g_exec.mu);
+  return rmlx::g_exec.busy_seconds;
+}
+
 extern "C" int rmlx_exec(const double *prog, int64_t nwords) {
+  int64_t last;
+  {
+    std::lock_guard<std::mutex> lk(rmlx::g_exec.mu);
+    last = rmlx::g_exec.issued;
+  }
+  if (int st = rmlx::wait_for(last)) return st;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int st = rmlx::exec_program(prog, nwords);
+  const double s = rmlx::seconds_since(t0);
+  std::lock_guard<std::mutex> lk(rmlx::g_exec.mu);
+  rmlx::g_exec.busy_seconds += s;
+  return st;
+}
+
+int rmlx::exec_program(const double *prog, int64_t nwords) {
   if (!prog && nwords > 0) return rmlx::fail(RMLX_E_INVALID, "rmlx_exec: null program");
   int64_t at = 0;
   while (at < nwords) {

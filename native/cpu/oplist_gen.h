@@ -15,6 +15,7 @@ enum Op : int {
   OP_SOFTMAX = 4,
   OP_SUM = 5,
   OP_ARGMAX = 6,
+  OP_DRAW = 26,
   OP_TOPK = 7,
   OP_RMS_NORM = 8,
   OP_LAYER_NORM = 9,
@@ -117,6 +118,15 @@ struct ArgmaxRecord {
   const float *x;
   int64_t rows;
   int64_t n;
+};
+
+struct DrawRecord {
+  int32_t *out;
+  const float *x;
+  int64_t rows;
+  int64_t n;
+  const double *params;
+  const uint8_t *masks;
 };
 
 struct TopkRecord {
@@ -448,6 +458,7 @@ int run_op(const GluRecord &r);
 int run_op(const SoftmaxRecord &r);
 int run_op(const SumRecord &r);
 int run_op(const ArgmaxRecord &r);
+int run_op(const DrawRecord &r);
 int run_op(const TopkRecord &r);
 int run_op(const RmsNormRecord &r);
 int run_op(const LayerNormRecord &r);
@@ -523,6 +534,17 @@ inline void decode_argmax(const double *p, ArgmaxRecord &r) {
   r.x = (const float *)(uintptr_t)(int64_t)*p++;
   r.rows = (int64_t)*p++;
   r.n = (int64_t)*p++;
+}
+
+// A draw record's words (its op and length included), and its fields read from those after them.
+constexpr int64_t kDrawWords = 8;
+inline void decode_draw(const double *p, DrawRecord &r) {
+  r.out = (int32_t *)(uintptr_t)(int64_t)*p++;
+  r.x = (const float *)(uintptr_t)(int64_t)*p++;
+  r.rows = (int64_t)*p++;
+  r.n = (int64_t)*p++;
+  r.params = (const double *)(uintptr_t)(int64_t)*p++;
+  r.masks = (const uint8_t *)(uintptr_t)(int64_t)*p++;
 }
 
 // A topk record's words (its op and length included), and its fields read from those after them.
@@ -970,6 +992,12 @@ inline int exec_record(const double *rec, int64_t len) {
       if (len != kArgmaxWords) return wrong_length("argmax", len, kArgmaxWords);
       ArgmaxRecord r;
       decode_argmax(p, r);
+      return run_op(r);
+    }
+    case OP_DRAW: {
+      if (len != kDrawWords) return wrong_length("draw", len, kDrawWords);
+      DrawRecord r;
+      decode_draw(p, r);
       return run_op(r);
     }
     case OP_TOPK: {

@@ -227,17 +227,23 @@ int rmlx_alloc(int64_t nbytes, void **out) {
 
 int rmlx_free(void *p) {
   if (!p) return RMLX_OK;
+  // A launched program may still read or write it: freed once the programs queued now have run.
+  if (rmlx::defer_free(p)) return RMLX_OK;
+  rmlx::free_now(p);
+  return RMLX_OK;
+}
+
+}  // extern "C"
+
+void rmlx::free_now(void *p) {
   {
     std::lock_guard<std::mutex> lock(g_map_mu);
     auto it = g_mapped.find(p);
     if (it != g_mapped.end()) {
       munmap(p, it->second);
       g_mapped.erase(it);
-      return RMLX_OK;
+      return;
     }
   }
   free(p);
-  return RMLX_OK;
 }
-
-}  // extern "C"

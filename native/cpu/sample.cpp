@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "common.h"
+#include "oplist_gen.h"
 #include "ops.h"
+#include "threadpool.h"
 
 namespace rmlx {
 namespace {
@@ -190,3 +193,38 @@ extern "C" int rmlx_sample(const float *x, int64_t V, const double *params, floa
   if (n_top > 0) select_top(x, V, nullptr, std::min(n_top, V), top);
   return RMLX_OK;
 }
+
+namespace rmlx {
+
+// A step's tokens drawn where its logits are (a pipelined decode step): each row through rmlx_sample as the host
+// sampler calls it for a row without penalties or bias, its mask applied first (tokens not allowed at -inf).
+int run_op(const DrawRecord &r) {
+  const int64_t V = r.n;
+  if (r.rows < 0 || V <= 0) return fail(RMLX_E_INVALID, "draw: %lld rows of %lld logits", (long long)r.rows, (long long)V);
+  std::vector<int> status((size_t)r.rows, RMLX_OK);
+  std::vector<std::string> why((size_t)r.rows);
+  parallel_for(r.rows, [&](int64_t b, int64_t e, int) {
+    std::vector<float> masked, probs((size_t)V);
+    std::vector<uint8_t> keep((size_t)V);
+    for (int64_t i = b; i < e; i++) {
+      const double *p = r.params + 6 * i;
+      const float *x = r.x + i * V;
+      if (p[5] >= 0) {
+        const uint8_t *m = r.masks + (int64_t)p[5];
+        masked.resize((size_t)V);
+        for (int64_t t = 0; t < V; t++) masked[(size_t)t] = m[t] ? x[t] : -INFINITY;
+        x = masked.data();
+      }
+      const double sp[7] = {p[0], p[1], p[2], p[3], p[4], 0, 0};
+      double out[3];
+      status[(size_t)i] = rmlx_sample(x, V, sp, probs.data(), keep.data(), nullptr, out);
+      if (status[(size_t)i] != RMLX_OK) why[(size_t)i] = rmlx_last_error();
+      else r.out[i] = (int32_t)out[0];
+    }
+  }, 1);
+  for (int64_t i = 0; i < r.rows; i++)
+    if (status[(size_t)i] != RMLX_OK) return fail(status[(size_t)i], "draw, row %lld: %s", (long long)i, why[(size_t)i].c_str());
+  return RMLX_OK;
+}
+
+}  // namespace rmlx

@@ -18,7 +18,7 @@ extern "C" {
 
 #pragma GCC visibility push(default)
 
-#define RMLX_ABI_VERSION 2
+#define RMLX_ABI_VERSION 3
 
 /* status codes */
 #define RMLX_OK 0
@@ -145,6 +145,16 @@ int rmlx_ternary_linear(float *y, const float *x, int64_t M, int64_t K, int64_t 
  * TypeScript encoders and the C++ decoder (native/cpu/oplist_gen.h). A change to an op's code or fields changes
  * the ABI and RMLX_ABI_VERSION with it. */
 int rmlx_exec(const double *prog, int64_t nwords);
+
+/* rmlx_exec without waiting: the program (and every pointer in it) must stay valid until it has run. Programs run
+ * in order on one executor thread; *ticket names this one. rmlx_exec and rmlx_exec_wait wait for them first, and
+ * rmlx_free defers its release until they have run. */
+int rmlx_exec_async(const double *prog, int64_t nwords, int64_t *ticket);
+/* Waits for the programs up to ticket; the first failure among them not yet reported (its message through
+ * rmlx_last_error), or RMLX_OK. */
+int rmlx_exec_wait(int64_t ticket);
+/* Seconds spent running programs so far (rmlx_exec and launched ones). */
+double rmlx_exec_seconds(void);
 
 /* ---- benchmarks ---- */
 /* STREAM-like triad a = b + s*c over n floats on all threads, repeated reps times; returns seconds of the best rep. */

@@ -15,6 +15,7 @@ import {
   type TernaryWeight,
   type RecurrentBatch,
   type RopeOptions,
+  type RowDraw,
   type StatePool,
   type StateSpec,
   type Tensor,
@@ -158,9 +159,26 @@ export class NativeBackend implements Backend {
   private readonly scopes = new Scopes(this.graph);
   private readonly ropeTables = new RopeTables(this.graph);
 
-  constructor() {
+  /**
+   * Pipelined decode (the scheduler's in-flight step, as on the mlx backend): present only with `pipeline` (env
+   * RMLX_PIPELINE=1). The host then records step N+1 while the library's executor thread computes step N, and
+   * tokens are drawn inside the step. Off by default: the executor and its pool use every core, so the host's
+   * recording takes its time from them; on a 2-core machine the 0.6B 4-bit shape decoded 70-73 tok/s pipelined
+   * against 72-75 plain (the same tokens).
+   */
+  readonly evalAsync?: (...tensors: Tensor[]) => void;
+  readonly drawRows?: (logits: Tensor, draws: readonly RowDraw[]) => Tensor;
+  readonly drawPays?: (temperature: number) => boolean;
+
+  constructor(opts: { pipeline?: boolean } = {}) {
     const lib = native();
     this.device = `${cpuName()} (${String(lib.rmlx_isa())}, ${lib.rmlx_num_threads()} threads)`;
+    if (opts.pipeline ?? process.env.RMLX_PIPELINE === "1") {
+      this.evalAsync = (...tensors) => this.launch(tensors);
+      this.drawRows = (logits, draws) => this.draw(logits, draws);
+      // The draw op runs the host sampler's own code where the logits already are.
+      this.drawPays = () => true;
+    }
   }
 
   // ---------------------------------------------------------------- tensors
@@ -239,6 +257,17 @@ export class NativeBackend implements Backend {
 
   eval(...tensors: Tensor[]): void {
     this.graph.eval(tensors.map((x) => this.arg(x, "eval").root()));
+  }
+
+  /**
+   * Launches what eval() would run on the library's executor thread and returns (evalAsync). The given tensors get
+   * memory of their own, not the scope's arena, so that they can leave the scope without a copy while the program
+   * still writes them.
+   */
+  private launch(tensors: Tensor[]): void {
+    const roots = tensors.map((x) => this.arg(x, "evalAsync").root());
+    for (const r of roots) if (r.scoped && r.home === Home.Pending) r.scoped = false;
+    this.graph.evalAsync(roots);
   }
 
   toFloat32(x: Tensor, out?: Float32Array): Float32Array {
@@ -674,6 +703,37 @@ export class NativeBackend implements Backend {
       if (out.size === 0) return;
       encode.argmax(w, out.address(), t.address(), out.size, n);
     });
+    return out;
+  }
+
+  /** drawRows: one token a row by the host sampler's rule (rmlx_sample), inside the step. */
+  private draw(logits: Tensor, draws: readonly RowDraw[]): Tensor {
+    const t = this.floatArg(logits, "drawRows");
+    if (t.shape.length !== 2 || t.shape[0] !== draws.length || t.shape[1]! < 1) {
+      invalid(`drawRows: logits ${fmt(t.shape)} for ${draws.length} draws`);
+    }
+    const V = t.shape[1]!;
+    const params = new Float64Array(6 * draws.length);
+    const masked = draws.filter((d) => d.allowed).length;
+    const masks = new Uint8Array(masked * V);
+    let at = 0;
+    draws.forEach((d, i) => {
+      params.set([d.temperature, d.topP, d.topK, d.minP, d.u, d.allowed ? at : -1], 6 * i);
+      if (!d.allowed) return;
+      if (d.allowed.length !== V) invalid(`drawRows: a mask of ${d.allowed.length} tokens for ${V} logits`);
+      masks.set(d.allowed, at);
+      at += V;
+    });
+    const out = this.out([draws.length], "i32");
+    this.graph.record(
+      [t],
+      [out],
+      (w, host) => {
+        if (out.size === 0) return;
+        encode.draw(w, out.address(), t.address(), draws.length, V, host[0]!, masked > 0 ? host[1]! : 0);
+      },
+      masked > 0 ? [params, masks] : [params],
+    );
     return out;
   }
 

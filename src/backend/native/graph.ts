@@ -6,7 +6,7 @@ import { check, native } from "./lib.ts";
 import { ProgramWriter } from "./program.ts";
 import { Home, type NTensor } from "./tensor.ts";
 
-export type HostArray = Int32Array | Float32Array;
+export type HostArray = Int32Array | Float32Array | Float64Array | Uint8Array;
 
 /** Writes a node's records; host[i] is the native address of node.host[i]. */
 export type Emit = (w: ProgramWriter, host: readonly number[]) => void;
@@ -41,14 +41,24 @@ export interface Shared {
   readers: Node[];
 }
 
+/** A launched program and what it reads and writes that the collector must not free before it has run. */
+interface Launch {
+  ticket: number;
+  keep: unknown[];
+}
+
 export class Graph {
   private readonly prog = new ProgramWriter();
-  /** Milliseconds spent inside rmlx_exec so far: the computation, as against the host's recording and reading. */
-  execMs = 0;
   /** Recorded writes to shared memory, run by the next eval whatever it asks for. */
   private effects: Node[] = [];
   private pass = 0;
   private recorded = 0;
+  /** Programs launched (evalAsync) and not yet waited for, oldest first. */
+  private launches: Launch[] = [];
+  /** The last ticket given out, and the last one known to have run. */
+  lastTicket = 0;
+  private settled = 0;
+  private readonly ticketOut = new BigInt64Array(1);
 
   /** place gives a root tensor about to be computed its memory. */
   constructor(private readonly place: (t: NTensor) => void) {}
@@ -97,14 +107,48 @@ export class Graph {
     return this.effects.length > 0;
   }
 
-  /** Computes the given root tensors and every recorded write. */
+  /**
+   * Computes the given root tensors and every recorded write; when they were launched, waits for their programs
+   * (with no roots, for every launched program: a barrier before the host reads or writes shared memory).
+   */
   eval(roots: NTensor[]): void {
     const nodes: Node[] = [];
     for (const t of roots) if (t.node && !t.node.done) nodes.push(t.node);
     for (const e of this.effects) if (!e.done) nodes.push(e);
+    if (nodes.length > 0) {
+      this.run(nodes, false);
+      this.effects = this.effects.filter((e) => !e.done);
+    }
+    if (roots.length === 0) this.wait(this.lastTicket);
+    else for (const t of roots) if (t.ticket > this.settled) this.wait(t.ticket);
+  }
+
+  /**
+   * Starts computing the given roots and every recorded write without waiting (rmlx_exec_async), so that the host
+   * can record the next step meanwhile. Their outputs must have memory that outlives the arena's next reuse (the
+   * caller places them); reads of them wait for the program (eval).
+   */
+  evalAsync(roots: NTensor[]): void {
+    const nodes: Node[] = [];
+    for (const t of roots) if (t.node && !t.node.done) nodes.push(t.node);
+    for (const e of this.effects) if (!e.done) nodes.push(e);
     if (nodes.length === 0) return;
-    this.run(nodes);
+    this.run(nodes, true);
     this.effects = this.effects.filter((e) => !e.done);
+  }
+
+  /** Waits for the launched programs up to ticket, and reports the first failure among them. */
+  wait(ticket: number): void {
+    if (ticket <= this.settled) return;
+    const status = native().rmlx_exec_wait(ticket);
+    this.settled = ticket;
+    while (this.launches.length > 0 && this.launches[0]!.ticket <= ticket) this.launches.shift();
+    if (status !== 0) check(status, "eval");
+  }
+
+  /** Milliseconds the native library has spent running programs (launched ones included). */
+  get execMs(): number {
+    return native().rmlx_exec_seconds() * 1000;
   }
 
   /** Forgets writes that ran or whose inputs are gone (their scope ended). */
@@ -112,7 +156,7 @@ export class Graph {
     this.effects = this.effects.filter((e) => !e.done && e.inputs.every((i) => i.root().home !== Home.Dead));
   }
 
-  private run(roots: Node[]): void {
+  private run(roots: Node[], launch: boolean): void {
     const pass = ++this.pass;
     const order: Node[] = [];
     for (const r of roots) if (r.mark !== pass && !r.done) this.collect(r, pass, order);
@@ -132,10 +176,25 @@ export class Graph {
       const n = order[i]!;
       n.emit(w, n.host.length === 0 ? NO_ADDRS : n.host.map(hostPtr));
     }
-    if (w.len > 0) {
-      const t0 = performance.now();
+    if (w.len > 0 && launch) {
+      // The program, its host arrays and every buffer it reads or writes stay referenced until it has run.
+      const buf = w.buf.slice(0, w.len);
+      const keep: unknown[] = [buf];
+      for (const n of order) {
+        keep.push(n.host);
+        for (const t of n.inputs) keep.push(t.root().hold);
+        for (const t of n.outputs) keep.push(t.root().hold);
+      }
+      check(native().rmlx_exec_async(buf, w.len, this.ticketOut), "evalAsync");
+      const ticket = Number(this.ticketOut[0]);
+      this.lastTicket = ticket;
+      this.launches.push({ ticket, keep });
+      for (const n of order) for (const o of n.outputs) o.root().ticket = ticket;
+    } else if (w.len > 0) {
+      // rmlx_exec runs every launched program first.
       const status = native().rmlx_exec(w.buf, w.len);
-      this.execMs += performance.now() - t0;
+      this.settled = this.lastTicket;
+      this.launches = [];
       if (status !== 0) {
         // A failed program is dropped whole (its results become unusable) so that it cannot fail every later eval.
         for (const n of order) {
@@ -202,11 +261,15 @@ export class Graph {
     }
   }
 
-  /** Runs a program written outside the graph (memory moves). */
+  /** Runs a program written outside the graph (memory moves), after every launched one. */
   exec(write: (w: ProgramWriter) => void, what: string): void {
     const w = this.prog;
     w.reset();
     write(w);
-    if (w.len > 0) check(native().rmlx_exec(w.buf, w.len), what);
+    if (w.len === 0) return;
+    const status = native().rmlx_exec(w.buf, w.len);
+    this.settled = this.lastTicket;
+    this.launches = [];
+    check(status, what);
   }
 }

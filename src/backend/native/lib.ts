@@ -13,9 +13,9 @@ export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
 /** RMLX_Q_EXACT_ROWS, OR'ed into a mode (QuantizedWeight.exactRows). */
 export const Q_EXACT_ROWS = 0x100;
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 
-const { ptr: P, i32, i64, f32, cstring } = FFIType;
+const { ptr: P, i32, i64, f32, f64, cstring } = FFIType;
 
 const SYMBOLS = {
   rmlx_abi_version: { args: [], returns: i32 },
@@ -41,6 +41,9 @@ const SYMBOLS = {
   rmlx_take_rows: { args: [P, P, i64, i64, i64, P, i32], returns: i32 },
   rmlx_ternary_linear: { args: [P, P, i64, i64, i64, P, f32, i32], returns: i32 },
   rmlx_exec: { args: [P, i64], returns: i32 },
+  rmlx_exec_async: { args: [P, i64, P], returns: i32 },
+  rmlx_exec_wait: { args: [i64], returns: i32 },
+  rmlx_exec_seconds: { args: [], returns: f64 },
   rmlx_sample: { args: [P, i64, P, P, P, P, P], returns: i32 },
   rmlx_bench_triad: { args: [i64, i32, P], returns: i32 },
 } as const;

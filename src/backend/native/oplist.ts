@@ -103,6 +103,12 @@ export const OPS = {
   softmax: { code: 4, fields: AXIS_REDUCE },
   sum: { code: 5, fields: AXIS_REDUCE },
   argmax: { code: 6, fields: { out: ptr("int32_t"), x: IN, rows: i64, n: i64 } },
+  /**
+   * One token per row of x [rows, n] drawn by the host sampler's rule (rmlx_sample): params [rows, 6] are each
+   * row's temperature, top_p, top_k, min_p, u and the byte offset of its mask in masks (a byte a token, 1 where
+   * allowed), or -1 for none.
+   */
+  draw: { code: 26, fields: { out: ptr("int32_t"), x: IN, rows: i64, n: i64, params: ptr("const double"), masks: ptr("const uint8_t") } },
   topk: { code: 7, fields: { vals: OUT, idx: ptr("int32_t"), x: IN, rows: i64, n: i64, k: i64 } },
   rmsNorm: {
     code: 8,

@@ -105,6 +105,25 @@ export function argmax(prog: ProgramWriter, out: number, x: number, rows: number
   buf[at + 3] = n;
 }
 
+export function draw(
+  prog: ProgramWriter,
+  out: number,
+  x: number,
+  rows: number,
+  n: number,
+  params: number,
+  masks: number,
+): void {
+  const at = prog.open(26, 8);
+  const buf = prog.buf;
+  buf[at] = out;
+  buf[at + 1] = x;
+  buf[at + 2] = rows;
+  buf[at + 3] = n;
+  buf[at + 4] = params;
+  buf[at + 5] = masks;
+}
+
 export function topk(
   prog: ProgramWriter,
   vals: number,

@@ -11,10 +11,21 @@ interface Mark {
   arena: ArenaMark;
   tensors: number;
   placed: number;
+  /** The graph's last ticket when the scope began. */
+  ticket: number;
 }
 
 export class Scopes {
-  private readonly arena = new Arena();
+  /**
+   * Two arenas: a step launched without waiting (Graph.evalAsync) still reads and writes its scope's arena after
+   * the scope ends, so the next outermost scope, which records the next step meanwhile, takes the other one.
+   */
+  private readonly arenas = [new Arena(), new Arena()];
+  /** Per arena: the last program launched while it was in use, which must have run before it is used again. */
+  private readonly guards = [0, 0];
+  private current = 0;
+  /** The graph's last ticket when the outermost scope began. */
+  private launchedBefore = 0;
   private depth = 0;
   /** Tensors created inside the open scopes, in creation order. */
   private tensors: NTensor[] = [];
@@ -43,8 +54,13 @@ export class Scopes {
     }
   }
 
+  private get arena(): Arena {
+    return this.arenas[this.current]!;
+  }
+
   scope<T>(fn: () => T): T {
-    const mark: Mark = { arena: this.arena.mark(), tensors: this.tensors.length, placed: this.placed.length };
+    if (this.depth === 0) this.launchedBefore = this.graph.lastTicket;
+    const mark: Mark = { arena: this.arena.mark(), tensors: this.tensors.length, placed: this.placed.length, ticket: this.graph.lastTicket };
     this.depth++;
     let result: T;
     try {
@@ -77,6 +93,8 @@ export class Scopes {
     let failed = true;
     try {
       if (keep.size > 0 || this.graph.hasEffects) this.graph.eval([...keep].map((t) => t.root()));
+      // A step launched in this scope still uses the arena memory released below.
+      if (this.graph.lastTicket > mark.ticket) this.graph.wait(this.graph.lastTicket);
       failed = false;
     } finally {
       const kept: NTensor[] = [];
@@ -149,11 +167,16 @@ export class Scopes {
       this.placed = [];
       this.graph.dropDeadEffects();
       this.arena.reset();
+      if (this.graph.lastTicket > this.launchedBefore) {
+        this.guards[this.current] = this.graph.lastTicket;
+        this.current ^= 1;
+        this.graph.wait(this.guards[this.current]!);
+      }
     }
   }
 
-  /** Bytes held by the arena. */
+  /** Bytes held by the arenas. */
   get arenaBytes(): number {
-    return this.arena.capacity;
+    return this.arenas[0]!.capacity + this.arenas[1]!.capacity;
   }
 }

@@ -32,6 +32,8 @@ export class NTensor implements Tensor {
   node: Node | null = null;
   /** Keeps the bytes alive: caller memory (fromBytes) or the tensor's own buffer (Heap). */
   hold: Uint8Array | null = null;
+  /** The launched program (Graph.evalAsync) that computes it, until read: its bytes are there once it has run. */
+  ticket = 0;
 
   constructor(
     readonly shape: readonly number[],

@@ -1,0 +1,217 @@
+// Pipelined decode on the native backend (`RMLX_PIPELINE=1`): steps launched on the library's executor thread while
+// the host records the next one, tokens drawn inside the step by the host sampler's own code. Tokens must equal
+// plain steps' (greedy, batched, stopped early), the host sampler's picks (sampled, JSON-schema masks), and memory
+// the launched step still uses must survive its scope (the arena, results dropped while a later step reads them).
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { NativeBackend } from "../../src/backend/native/backend.ts";
+import { forwardBatch } from "../../src/engine/forward_batch.ts";
+import { cacheForTokens, generate } from "../../src/engine/generate.ts";
+import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { Sampler } from "../../src/engine/sampler.ts";
+import { Scheduler } from "../../src/engine/scheduler.ts";
+import { loadSession, sessionModel, tokenModel } from "../../src/engine/session.ts";
+import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
+import { openModelDir } from "../../src/io/model_dir.ts";
+import { loadModel } from "../../src/models/registry.ts";
+import { request } from "../engine/scheduler_harness.ts";
+import { randn } from "./helpers.ts";
+
+const ROOT = join(import.meta.dir, "../..");
+
+function argmaxOf(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+describe("native pipelined decode", () => {
+  test("the backend offers it only when asked", () => {
+    expect(new NativeBackend().evalAsync).toBeUndefined();
+    expect(new NativeBackend().drawRows).toBeUndefined();
+    const be = new NativeBackend({ pipeline: true });
+    expect(typeof be.evalAsync).toBe("function");
+    expect(be.drawPays!(0.7)).toBe(true);
+  });
+
+  test.each(["models/default", "test/fixtures/models/gemma4_e", "test/fixtures/models/qwen3_moe_q4"])(
+    "greedy decode pipelined (%s) gives the tokens of plain steps, batched and stopped early",
+    (dir) => {
+      const model = loadModel(new NativeBackend({ pipeline: true }), openModelDir(join(ROOT, dir)));
+      const prompts = [
+        Array.from({ length: 23 }, (_, i) => (i * 37 + 5) % model.vocabSize),
+        Array.from({ length: 9 }, (_, i) => (i * 11 + 2) % model.vocabSize),
+        Array.from({ length: 14 }, (_, i) => (i * 53 + 7) % model.vocabSize),
+      ];
+      // The reference: one plain step at a time, each token read back before the next step is recorded.
+      const plain = prompts.map((p) => {
+        const cache = cacheForTokens(model, 64);
+        const seq = new Sequence();
+        const out: number[] = [];
+        let r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(p) }]);
+        for (let i = 0; i < 12; i++) {
+          const t = argmaxOf(r.logits);
+          out.push(t);
+          r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(t) }]);
+        }
+        cache.dispose();
+        return out;
+      });
+      const cache = new KvCache(model.backend, model.layers, { blockSize: 16, numBlocks: 12 });
+      const base = tokenModel(model, cache);
+      let launches = 0;
+      const counted = { ...base, launchDraw: (...a: Parameters<NonNullable<typeof base.launchDraw>>) => (launches++, base.launchDraw!(...a)) };
+      const got = new Map<string, number[]>();
+      const done = new Map<string, string>();
+      const sched = new Scheduler(counted, { maxRunning: 3, maxWaiting: 8, prefillChunk: 64, prefixCache: true }, (e) => {
+        if (e.type === "delta") got.set(e.id, [...(got.get(e.id) ?? []), ...e.tokenIds]);
+        if (e.type === "done") done.set(e.id, e.finishReason);
+        if (e.type === "error") throw new Error(e.message);
+      });
+      sched.submit(request("a", prompts[0]!, 12, { ignoreEos: true }));
+      sched.submit(request("b", prompts[1]!, 7, { ignoreEos: true }));
+      sched.submit(request("c", prompts[2]!, 12, { ignoreEos: true, stopTokenIds: [plain[2]![5]!] }));
+      while (sched.step());
+      expect(got.get("a")).toEqual(plain[0]!);
+      expect(got.get("b")).toEqual(plain[1]!.slice(0, 7));
+      expect(got.get("c")).toEqual(plain[2]!.slice(0, plain[2]!.indexOf(plain[2]![5]!)));
+      expect([...done.values()].sort()).toEqual(["length", "length", "stop"]);
+      expect(launches).toBeGreaterThanOrEqual(12);
+      cache.dispose();
+    },
+    120_000,
+  );
+
+  test("tokens drawn in the step are the host sampler's picks for the same uniform draws", () => {
+    const be = new NativeBackend({ pipeline: true });
+    const V = 3000;
+    const R = 5;
+    const settings = [
+      { temperature: 0 },
+      { temperature: 0.7 },
+      { temperature: 1, topP: 0.9 },
+      { temperature: 0.6, topK: 40 },
+      { temperature: 1.5, minP: 0.05 },
+      { temperature: 0.8, topP: 0.95, topK: 20, minP: 0.02 },
+      { temperature: 1, topK: 1 },
+    ];
+    for (let round = 0; round < 6; round++) {
+      // Logits with a few strong tokens over a long tail, as a language model's.
+      const x = randn(R * V, 100 + round).map((v, i) => v * 2 + (i % V < 6 ? 6 - (i % V) : 0));
+      // Row 1 may take only tokens 3..2999 and row 3 only the odd ones (a constraint's mask).
+      const allowed = [undefined, Uint8Array.from({ length: V }, (_, t) => (t >= 3 ? 1 : 0)), undefined, Uint8Array.from({ length: V }, (_, t) => t % 2), undefined];
+      settings.forEach((s, k) => {
+        const params = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s, seed: 1000 * round + k };
+        const dev = Array.from({ length: R }, () => new Sampler(params));
+        const host = Array.from({ length: R }, () => new Sampler(params));
+        const draws = dev.map((d, r) => ({ ...d.rowDraw(), ...(allowed[r] ? { allowed: allowed[r] } : {}) }));
+        const ids = be.scope(() => be.toInt32(be.drawRows!(be.fromArray(x, [R, V], "f32"), draws)));
+        for (let r = 0; r < R; r++) {
+          const row = x.slice(r * V, (r + 1) * V);
+          if (allowed[r]) for (let t = 0; t < V; t++) if (!allowed[r]![t]) row[t] = -Infinity;
+          expect(ids[r]).toBe(host[r]!.sample(row).token);
+        }
+      });
+    }
+  });
+
+  test("a row with every token masked is an error, not a token", () => {
+    const be = new NativeBackend({ pipeline: true });
+    const x = randn(2 * 50, 3);
+    const draw = { temperature: 0, topP: 1, topK: 0, minP: 0, u: 0 };
+    expect(() => be.scope(() => be.toInt32(be.drawRows!(be.fromArray(x, [2, 50], "f32"), [draw, { ...draw, allowed: new Uint8Array(50) }])))).toThrow(/masked/);
+    // The backend goes on working after the failed program.
+    expect(Array.from(be.scope(() => be.toInt32(be.drawRows!(be.fromArray(x, [2, 50], "f32"), [draw, draw]))))).toEqual([
+      argmaxOf(x.subarray(0, 50)),
+      argmaxOf(x.subarray(50, 100)),
+    ]);
+  });
+
+  test("sampled requests drawn in the step and pipelined give the host sampler's tokens", () => {
+    const prompt = Array.from({ length: 12 }, (_, i) => (i * 29 + 11) % 2000);
+    const run = (pipeline: boolean, sampling: typeof DEFAULT_SAMPLING) => {
+      const model = loadModel(new NativeBackend({ pipeline }), openModelDir(join(ROOT, "models/default")));
+      const cache = cacheForTokens(model, 64);
+      const out = generate(tokenModel(model, cache), { prompt, maxTokens: 40, sampling, stop: [], stopTokenIds: [], ignoreEos: true });
+      cache.dispose();
+      return out.tokenIds;
+    };
+    for (const s of [
+      { temperature: 0.8, topP: 0.9, seed: 5 },
+      { temperature: 1.2, topK: 20, minP: 0.02, seed: 6 },
+    ]) {
+      const sampling = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s };
+      const host = run(false, sampling);
+      expect(run(true, sampling)).toEqual(host);
+      expect(host).not.toEqual(run(false, { ...sampling, temperature: 0 }));
+    }
+  });
+
+  test("JSON-schema requests picked in the step through their masks give the host's tokens", () => {
+    const schema = {
+      type: "object",
+      properties: { name: { type: "string" }, size: { type: "integer" }, tags: { type: "array", items: { type: "string" } } },
+      required: ["name", "size"],
+    };
+    const run = (pipeline: boolean, temperature: number) => {
+      const session = loadSession(join(ROOT, "models/default"), new NativeBackend({ pipeline }));
+      const cache = cacheForTokens(session.model, 512);
+      const base = sessionModel(session, cache);
+      let masked = 0;
+      const model = pipeline
+        ? { ...base, forwardDraw: (...a: Parameters<NonNullable<typeof base.forwardDraw>>) => ((masked += a[2].filter((d) => d.allowed).length), base.forwardDraw!(...a)) }
+        : base;
+      const out = generate(model, {
+        messages: [{ role: "user", content: "Describe the package curl as JSON." }],
+        maxTokens: 60,
+        sampling: { ...DEFAULT_SAMPLING, temperature, seed: 9 },
+        stop: [],
+        stopTokenIds: [],
+        jsonSchema: schema,
+      });
+      cache.dispose();
+      return { text: out.text, masked };
+    };
+    for (const t of [0, 0.9]) {
+      const device = run(true, t);
+      const host = run(false, t);
+      expect(device.text).toBe(host.text);
+      expect(device.masked).toBeGreaterThan(5);
+      expect(host.text).toMatch(/^\s*\{\s*"/);
+    }
+  });
+
+  test("a launched step's results outlive their scope; the arena of a launched step is not reused under it", () => {
+    const be = new NativeBackend({ pipeline: true });
+    const n = 1 << 16;
+    const x = randn(n, 7);
+    const ref = Array.from(x, (v) => v * 3 + 1);
+    const outs = [];
+    // Each launch's temporaries sit in the arena of its scope; the scope after it fills fresh inputs at once.
+    for (let i = 0; i < 6; i++) {
+      outs.push(
+        be.scope(() => {
+          const t = be.add(be.scale(be.fromArray(x, [n], "f32"), 3), be.fromArray(new Float32Array(n).fill(1), [n], "f32"));
+          be.evalAsync!(t);
+          return t;
+        }),
+      );
+      be.scope(() => be.zeros([n], "f32"));
+    }
+    for (const t of outs) expect(Array.from(be.toFloat32(t)).every((v, i) => Math.abs(v - ref[i]!) < 1e-5)).toBe(true);
+    // A result dropped while a later launch reads it stays valid for that launch.
+    const first = be.scope(() => {
+      const t = be.scale(be.fromArray(x, [n], "f32"), 2);
+      be.evalAsync!(t);
+      return t;
+    });
+    const second = be.scope(() => {
+      const t = be.add(first, first);
+      be.evalAsync!(t);
+      return t;
+    });
+    be.dispose(first);
+    Bun.gc(true);
+    expect(Array.from(be.toFloat32(second)).every((v, i) => Math.abs(v - 4 * x[i]!) < 1e-5)).toBe(true);
+  });
+});
