@@ -8,16 +8,15 @@ import { probeMlx, readSlot, slotPtr } from "../../src/backend/mlx/lib.ts";
 import { ptr, read } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
-import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
-import { Scheduler } from "../../src/engine/scheduler.ts";
 import { loadSession, sessionModel, tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { RmlxError } from "../../src/errors.ts";
-import { request } from "../engine/scheduler_harness.ts";
 import { expectClose, linearRef, randn } from "./helpers.ts";
+import { expectPipelinedGreedyLikePlain } from "./pipelined_greedy.ts";
 
 const probe = probeMlx();
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
@@ -41,12 +40,6 @@ function countCalls(be: MlxBackend, name: string, fn: () => void): number {
   return n;
 }
 
-/** The first index of the largest value (MLX's argmax picks the first of equal maxima too). */
-function argmaxOf(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
-  return best;
-}
 
 /** Op test files of the interface that hold no native-only expectations. */
 const SHARED_OP_TESTS = ["elementwise", "shape", "products", "norm_rope", "attention", "ternary", "kv_packed", "linear_attn"];
@@ -257,49 +250,7 @@ describe(`mlx backend${skipReason}`, () => {
 
   test.skipIf(!probe.ok).each(["models/default", "test/fixtures/models/gemma4_e", "test/fixtures/models/qwen3_moe_q4"])(
     "greedy decode pipelined on the device (%s) gives the tokens of plain steps, batched and stopped early",
-    (dir) => {
-      const model = loadModel(new MlxBackend(), openModelDir(join(ROOT, dir)));
-      const prompts = [
-        Array.from({ length: 23 }, (_, i) => (i * 37 + 5) % model.vocabSize),
-        Array.from({ length: 9 }, (_, i) => (i * 11 + 2) % model.vocabSize),
-        Array.from({ length: 14 }, (_, i) => (i * 53 + 7) % model.vocabSize),
-      ];
-      // The reference: one plain step at a time, each token read back before the next step is recorded.
-      const plain = prompts.map((p) => {
-        const cache = cacheForTokens(model, 64);
-        const seq = new Sequence();
-        const out: number[] = [];
-        let r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(p) }]);
-        for (let i = 0; i < 12; i++) {
-          const t = argmaxOf(r.logits);
-          out.push(t);
-          r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(t) }]);
-        }
-        cache.dispose();
-        return out;
-      });
-      const cache = new KvCache(model.backend, model.layers, { blockSize: 16, numBlocks: 12 });
-      const base = tokenModel(model, cache);
-      let launches = 0;
-      const counted = { ...base, launchDraw: (...a: Parameters<NonNullable<typeof base.launchDraw>>) => (launches++, base.launchDraw!(...a)) };
-      const got = new Map<string, number[]>();
-      const done = new Map<string, string>();
-      const sched = new Scheduler(counted, { maxRunning: 3, maxWaiting: 8, prefillChunk: 64, prefixCache: true }, (e) => {
-        if (e.type === "delta") got.set(e.id, [...(got.get(e.id) ?? []), ...e.tokenIds]);
-        if (e.type === "done") done.set(e.id, e.finishReason);
-        if (e.type === "error") throw new Error(e.message);
-      });
-      sched.submit(request("a", prompts[0]!, 12, { ignoreEos: true }));
-      sched.submit(request("b", prompts[1]!, 7, { ignoreEos: true }));
-      sched.submit(request("c", prompts[2]!, 12, { ignoreEos: true, stopTokenIds: [plain[2]![5]!] }));
-      while (sched.step());
-      expect(got.get("a")).toEqual(plain[0]!);
-      expect(got.get("b")).toEqual(plain[1]!.slice(0, 7));
-      expect(got.get("c")).toEqual(plain[2]!.slice(0, plain[2]!.indexOf(plain[2]![5]!)));
-      expect([...done.values()].sort()).toEqual(["length", "length", "stop"]);
-      expect(launches).toBeGreaterThanOrEqual(12);
-      cache.dispose();
-    },
+    (dir) => expectPipelinedGreedyLikePlain(loadModel(new MlxBackend(), openModelDir(join(ROOT, dir)))),
     120_000,
   );
 

@@ -5,25 +5,16 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
-import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
-import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
-import { Scheduler } from "../../src/engine/scheduler.ts";
 import { loadSession, sessionModel, tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
-import { request } from "../engine/scheduler_harness.ts";
 import { randn } from "./helpers.ts";
+import { argmaxOf, expectPipelinedGreedyLikePlain } from "./pipelined_greedy.ts";
 
 const ROOT = join(import.meta.dir, "../..");
-
-function argmaxOf(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
-  return best;
-}
 
 describe("native pipelined decode", () => {
   test("the backend offers it only when asked", () => {
@@ -36,49 +27,7 @@ describe("native pipelined decode", () => {
 
   test.each(["models/default", "test/fixtures/models/gemma4_e", "test/fixtures/models/qwen3_moe_q4"])(
     "greedy decode pipelined (%s) gives the tokens of plain steps, batched and stopped early",
-    (dir) => {
-      const model = loadModel(new NativeBackend({ pipeline: true }), openModelDir(join(ROOT, dir)));
-      const prompts = [
-        Array.from({ length: 23 }, (_, i) => (i * 37 + 5) % model.vocabSize),
-        Array.from({ length: 9 }, (_, i) => (i * 11 + 2) % model.vocabSize),
-        Array.from({ length: 14 }, (_, i) => (i * 53 + 7) % model.vocabSize),
-      ];
-      // The reference: one plain step at a time, each token read back before the next step is recorded.
-      const plain = prompts.map((p) => {
-        const cache = cacheForTokens(model, 64);
-        const seq = new Sequence();
-        const out: number[] = [];
-        let r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.from(p) }]);
-        for (let i = 0; i < 12; i++) {
-          const t = argmaxOf(r.logits);
-          out.push(t);
-          r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(t) }]);
-        }
-        cache.dispose();
-        return out;
-      });
-      const cache = new KvCache(model.backend, model.layers, { blockSize: 16, numBlocks: 12 });
-      const base = tokenModel(model, cache);
-      let launches = 0;
-      const counted = { ...base, launchDraw: (...a: Parameters<NonNullable<typeof base.launchDraw>>) => (launches++, base.launchDraw!(...a)) };
-      const got = new Map<string, number[]>();
-      const done = new Map<string, string>();
-      const sched = new Scheduler(counted, { maxRunning: 3, maxWaiting: 8, prefillChunk: 64, prefixCache: true }, (e) => {
-        if (e.type === "delta") got.set(e.id, [...(got.get(e.id) ?? []), ...e.tokenIds]);
-        if (e.type === "done") done.set(e.id, e.finishReason);
-        if (e.type === "error") throw new Error(e.message);
-      });
-      sched.submit(request("a", prompts[0]!, 12, { ignoreEos: true }));
-      sched.submit(request("b", prompts[1]!, 7, { ignoreEos: true }));
-      sched.submit(request("c", prompts[2]!, 12, { ignoreEos: true, stopTokenIds: [plain[2]![5]!] }));
-      while (sched.step());
-      expect(got.get("a")).toEqual(plain[0]!);
-      expect(got.get("b")).toEqual(plain[1]!.slice(0, 7));
-      expect(got.get("c")).toEqual(plain[2]!.slice(0, plain[2]!.indexOf(plain[2]![5]!)));
-      expect([...done.values()].sort()).toEqual(["length", "length", "stop"]);
-      expect(launches).toBeGreaterThanOrEqual(12);
-      cache.dispose();
-    },
+    (dir) => expectPipelinedGreedyLikePlain(loadModel(new NativeBackend({ pipeline: true }), openModelDir(join(ROOT, dir)))),
     120_000,
   );
 
