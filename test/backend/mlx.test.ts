@@ -16,7 +16,7 @@ import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { expectClose, linearRef, randn } from "./helpers.ts";
-import { expectPipelinedGreedyLikePlain } from "./pipelined_greedy.ts";
+import { DRAW_SETTINGS, drawLogits, expectPipelinedGreedyLikePlain, expectSampledLikeHost, jsonSchemaRun } from "./pipeline_checks.ts";
 
 const probe = probeMlx();
 const skipReason = probe.ok ? "" : ` (skipped: ${probe.reason})`;
@@ -258,20 +258,11 @@ describe(`mlx backend${skipReason}`, () => {
     const be = new MlxBackend();
     const V = 3000;
     const R = 5;
-    const settings = [
-      { temperature: 0 },
-      { temperature: 0.7 },
-      { temperature: 1, topP: 0.9 },
-      { temperature: 0.6, topK: 40 },
-      { temperature: 1.5, minP: 0.05 },
-      { temperature: 0.8, topP: 0.95, topK: 20, minP: 0.02 },
-      { temperature: 1, topK: 1 },
-    ];
+    const settings = DRAW_SETTINGS;
     let same = 0;
     let total = 0;
     for (let round = 0; round < 8; round++) {
-      // Logits with a few strong tokens over a long tail, as a language model's.
-      const x = randn(R * V, 100 + round).map((v, i) => v * 2 + (i % V < 6 ? 6 - (i % V) : 0));
+      const x = drawLogits(R, V, 100 + round);
       settings.forEach((s, k) => {
         const params = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s, seed: 1000 * round + k };
         const dev = Array.from({ length: R }, () => new Sampler(params));
@@ -301,15 +292,7 @@ describe(`mlx backend${skipReason}`, () => {
       return out.tokenIds;
     };
     try {
-      for (const s of [
-        { temperature: 0.8, topP: 0.9, seed: 5 },
-        { temperature: 1.2, topK: 20, minP: 0.02, seed: 6 },
-      ]) {
-        const sampling = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s };
-        const host = run(false, sampling);
-        expect(run(true, sampling)).toEqual(host);
-        expect(host).not.toEqual(run(false, { ...sampling, temperature: 0 }));
-      }
+      expectSampledLikeHost(run);
     } finally {
       delete (be as { drawPays?: unknown }).drawPays;
     }
@@ -317,28 +300,12 @@ describe(`mlx backend${skipReason}`, () => {
 
   test.skipIf(!probe.ok)("JSON-schema requests picked on the device through their masks give the host's tokens", () => {
     const session = loadSession(join(ROOT, "models/default"), new MlxBackend());
-    const schema = {
-      type: "object",
-      properties: { name: { type: "string" }, size: { type: "integer" }, tags: { type: "array", items: { type: "string" } } },
-      required: ["name", "size"],
-    };
     const run = (onDevice: boolean, temperature: number) => {
       const cache = cacheForTokens(session.model, 512);
       const base = sessionModel(session, cache);
-      let masked = 0;
-      const model = onDevice
-        ? { ...base, forwardDraw: (...a: Parameters<NonNullable<typeof base.forwardDraw>>) => ((masked += a[2].filter((d) => d.allowed).length), base.forwardDraw!(...a)) }
-        : { ...base, vocabSize: undefined };
-      const out = generate(model, {
-        messages: [{ role: "user", content: "Describe the package curl as JSON." }],
-        maxTokens: 60,
-        sampling: { ...DEFAULT_SAMPLING, temperature, seed: 9 },
-        stop: [],
-        stopTokenIds: [],
-        jsonSchema: schema,
-      });
+      const r = jsonSchemaRun(onDevice ? base : { ...base, vocabSize: undefined }, temperature, onDevice);
       cache.dispose();
-      return { text: out.text, masked };
+      return r;
     };
     const be = session.model.backend as MlxBackend;
     try {

@@ -12,7 +12,7 @@ import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
 import { loadModel } from "../../src/models/registry.ts";
 import { randn } from "./helpers.ts";
-import { argmaxOf, expectPipelinedGreedyLikePlain } from "./pipelined_greedy.ts";
+import { argmaxOf, DRAW_SETTINGS, drawLogits, expectPipelinedGreedyLikePlain, expectSampledLikeHost, jsonSchemaRun } from "./pipeline_checks.ts";
 
 const ROOT = join(import.meta.dir, "../..");
 
@@ -35,18 +35,9 @@ describe("native pipelined decode", () => {
     const be = new NativeBackend({ pipeline: true });
     const V = 3000;
     const R = 5;
-    const settings = [
-      { temperature: 0 },
-      { temperature: 0.7 },
-      { temperature: 1, topP: 0.9 },
-      { temperature: 0.6, topK: 40 },
-      { temperature: 1.5, minP: 0.05 },
-      { temperature: 0.8, topP: 0.95, topK: 20, minP: 0.02 },
-      { temperature: 1, topK: 1 },
-    ];
+    const settings = DRAW_SETTINGS;
     for (let round = 0; round < 6; round++) {
-      // Logits with a few strong tokens over a long tail, as a language model's.
-      const x = randn(R * V, 100 + round).map((v, i) => v * 2 + (i % V < 6 ? 6 - (i % V) : 0));
+      const x = drawLogits(R, V, 100 + round);
       // Row 1 may take only tokens 3..2999 and row 3 only the odd ones (a constraint's mask).
       const allowed = [undefined, Uint8Array.from({ length: V }, (_, t) => (t >= 3 ? 1 : 0)), undefined, Uint8Array.from({ length: V }, (_, t) => t % 2), undefined];
       settings.forEach((s, k) => {
@@ -85,41 +76,16 @@ describe("native pipelined decode", () => {
       cache.dispose();
       return out.tokenIds;
     };
-    for (const s of [
-      { temperature: 0.8, topP: 0.9, seed: 5 },
-      { temperature: 1.2, topK: 20, minP: 0.02, seed: 6 },
-    ]) {
-      const sampling = { ...DEFAULT_SAMPLING, topP: 1, topK: 0, minP: 0, ...s };
-      const host = run(false, sampling);
-      expect(run(true, sampling)).toEqual(host);
-      expect(host).not.toEqual(run(false, { ...sampling, temperature: 0 }));
-    }
+    expectSampledLikeHost(run);
   });
 
   test("JSON-schema requests picked in the step through their masks give the host's tokens", () => {
-    const schema = {
-      type: "object",
-      properties: { name: { type: "string" }, size: { type: "integer" }, tags: { type: "array", items: { type: "string" } } },
-      required: ["name", "size"],
-    };
     const run = (pipeline: boolean, temperature: number) => {
       const session = loadSession(join(ROOT, "models/default"), new NativeBackend({ pipeline }));
       const cache = cacheForTokens(session.model, 512);
-      const base = sessionModel(session, cache);
-      let masked = 0;
-      const model = pipeline
-        ? { ...base, forwardDraw: (...a: Parameters<NonNullable<typeof base.forwardDraw>>) => ((masked += a[2].filter((d) => d.allowed).length), base.forwardDraw!(...a)) }
-        : base;
-      const out = generate(model, {
-        messages: [{ role: "user", content: "Describe the package curl as JSON." }],
-        maxTokens: 60,
-        sampling: { ...DEFAULT_SAMPLING, temperature, seed: 9 },
-        stop: [],
-        stopTokenIds: [],
-        jsonSchema: schema,
-      });
+      const r = jsonSchemaRun(sessionModel(session, cache), temperature, pipeline);
       cache.dispose();
-      return { text: out.text, masked };
+      return r;
     };
     for (const t of [0, 0.9]) {
       const device = run(true, t);
