@@ -161,24 +161,16 @@ export class NativeBackend implements Backend {
 
   /**
    * Pipelined decode (the scheduler's in-flight step, as on the mlx backend): present only with `pipeline` (env
-   * RMLX_PIPELINE=1). The host then records step N+1 while the library's executor thread computes step N, and
-   * tokens are drawn inside the step. Off by default: the executor and its pool use every core, so the host's
-   * recording takes its time from them; on a 2-core machine the 0.6B 4-bit shape decoded 70-73 tok/s pipelined
-   * against 72-75 plain (the same tokens).
+   * RMLX_PIPELINE=1). The host then records step N+1 while the library's executor thread computes step N. Off by
+   * default: the executor and its pool use every core, so the host's recording takes its time from them; on a
+   * 2-core machine the 0.6B 4-bit shape decoded 70-73 tok/s pipelined against 72-75 plain (the same tokens).
    */
   readonly evalAsync?: (...tensors: Tensor[]) => void;
-  readonly drawRows?: (logits: Tensor, draws: readonly RowDraw[]) => Tensor;
-  readonly drawPays?: (temperature: number) => boolean;
 
   constructor(opts: { pipeline?: boolean } = {}) {
     const lib = native();
     this.device = `${cpuName()} (${String(lib.rmlx_isa())}, ${lib.rmlx_num_threads()} threads)`;
-    if (opts.pipeline ?? process.env.RMLX_PIPELINE === "1") {
-      this.evalAsync = (...tensors) => this.launch(tensors);
-      this.drawRows = (logits, draws) => this.draw(logits, draws);
-      // The draw op runs the host sampler's own code where the logits already are.
-      this.drawPays = () => true;
-    }
+    if (opts.pipeline ?? process.env.RMLX_PIPELINE === "1") this.evalAsync = (...tensors) => this.launch(tensors);
   }
 
   // ---------------------------------------------------------------- tensors
@@ -706,8 +698,16 @@ export class NativeBackend implements Backend {
     return out;
   }
 
-  /** drawRows: one token a row by the host sampler's rule (rmlx_sample), inside the step. */
-  private draw(logits: Tensor, draws: readonly RowDraw[]): Tensor {
+  /**
+   * Drawing inside the step runs the host sampler's own code where the logits already are, and spares copying
+   * them out: 16 rows of a 151,936-token vocabulary are 9.7 MB a step.
+   */
+  drawPays(_temperature: number): boolean {
+    return true;
+  }
+
+  /** One token a row by the host sampler's rule (rmlx_sample), inside the step. */
+  drawRows(logits: Tensor, draws: readonly RowDraw[]): Tensor {
     const t = this.floatArg(logits, "drawRows");
     if (t.shape.length !== 2 || t.shape[0] !== draws.length || t.shape[1]! < 1) {
       invalid(`drawRows: logits ${fmt(t.shape)} for ${draws.length} draws`);
