@@ -196,22 +196,24 @@ extern "C" int rmlx_sample(const float *x, int64_t V, const double *params, floa
 
 namespace rmlx {
 
-// A step's tokens drawn where its logits are (a pipelined decode step): each row through rmlx_sample as the host
-// sampler calls it for a row without penalties or bias, its mask applied first (tokens not allowed at -inf).
+// A step's tokens drawn where its logits are: each row through rmlx_sample as the host sampler calls it for a row
+// without penalties or bias, its mask applied first (tokens not allowed at -inf). The vocabulary-sized scratch is
+// kept per thread from step to step: a decode step allocates nothing.
 int run_op(const DrawRecord &r) {
   const int64_t V = r.n;
   if (r.rows < 0 || V <= 0) return fail(RMLX_E_INVALID, "draw: %lld rows of %lld logits", (long long)r.rows, (long long)V);
   std::vector<int> status((size_t)r.rows, RMLX_OK);
   std::vector<std::string> why((size_t)r.rows);
   parallel_for(r.rows, [&](int64_t b, int64_t e, int) {
-    std::vector<float> masked, probs((size_t)V);
-    std::vector<uint8_t> keep((size_t)V);
+    thread_local std::vector<float> masked, probs;
+    thread_local std::vector<uint8_t> keep;
+    if ((int64_t)probs.size() < V) probs.resize((size_t)V), keep.resize((size_t)V);
     for (int64_t i = b; i < e; i++) {
       const double *p = r.params + 6 * i;
       const float *x = r.x + i * V;
       if (p[5] >= 0) {
         const uint8_t *m = r.masks + (int64_t)p[5];
-        masked.resize((size_t)V);
+        if ((int64_t)masked.size() < V) masked.resize((size_t)V);
         for (int64_t t = 0; t < V; t++) masked[(size_t)t] = m[t] ? x[t] : -INFINITY;
         x = masked.data();
       }
