@@ -161,8 +161,14 @@ struct Executor {
 // Never destroyed: the executor thread waits on it until the process ends.
 Executor &g_exec = *new Executor;
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+// Runs a program on the calling thread and counts its time in busy_seconds.
+int run_counted(const double *prog, int64_t nwords) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int st = exec_program(prog, nwords);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lk(g_exec.mu);
+  g_exec.busy_seconds += s;
+  return st;
 }
 
 void executor_loop() {
@@ -174,15 +180,12 @@ void executor_loop() {
       x.work.wait(lk, [&] { return !x.queue.empty(); });
       job = x.queue.front();
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    const int st = exec_program(job.first, job.second);
-    const double s = seconds_since(t0);
+    const int st = run_counted(job.first, job.second);
     std::vector<void *> frees;
     {
       std::lock_guard<std::mutex> lk(x.mu);
       x.queue.pop_front();
       x.finished++;
-      x.busy_seconds += s;
       if (st != RMLX_OK && x.status == RMLX_OK) {
         x.status = st;
         x.failed_ticket = x.finished;
@@ -195,10 +198,12 @@ void executor_loop() {
   }
 }
 
-// Waits until the programs up to ticket have run; the first failure among them, with its message, if any.
+// Waits until the programs up to ticket (every one launched so far when negative) have run; the first failure among
+// them, with its message, if any.
 int wait_for(int64_t ticket) {
   Executor &x = g_exec;
   std::unique_lock<std::mutex> lk(x.mu);
+  if (ticket < 0) ticket = x.issued;
   x.done.wait(lk, [&] { return x.finished >= ticket; });
   if (x.status != RMLX_OK && x.failed_ticket <= ticket) {
     const int st = x.status;
@@ -244,18 +249,8 @@ extern "C" double rmlx_exec_seconds(void) {
 }
 
 extern "C" int rmlx_exec(const double *prog, int64_t nwords) {
-  int64_t last;
-  {
-    std::lock_guard<std::mutex> lk(rmlx::g_exec.mu);
-    last = rmlx::g_exec.issued;
-  }
-  if (int st = rmlx::wait_for(last)) return st;
-  const auto t0 = std::chrono::steady_clock::now();
-  const int st = rmlx::exec_program(prog, nwords);
-  const double s = rmlx::seconds_since(t0);
-  std::lock_guard<std::mutex> lk(rmlx::g_exec.mu);
-  rmlx::g_exec.busy_seconds += s;
-  return st;
+  if (int st = rmlx::wait_for(-1)) return st;
+  return rmlx::run_counted(prog, nwords);
 }
 
 int rmlx::exec_program(const double *prog, int64_t nwords) {

@@ -150,8 +150,8 @@ int rmlx_exec(const double *prog, int64_t nwords);
  * in order on one executor thread; *ticket names this one. rmlx_exec and rmlx_exec_wait wait for them first, and
  * rmlx_free defers its release until they have run. */
 int rmlx_exec_async(const double *prog, int64_t nwords, int64_t *ticket);
-/* Waits for the programs up to ticket; the first failure among them not yet reported (its message through
- * rmlx_last_error), or RMLX_OK. */
+/* Waits for the programs up to ticket (a negative one: every program launched so far); the first failure among them
+ * not yet reported (its message through rmlx_last_error), or RMLX_OK. */
 int rmlx_exec_wait(int64_t ticket);
 /* Seconds spent running programs so far (rmlx_exec and launched ones). */
 double rmlx_exec_seconds(void);

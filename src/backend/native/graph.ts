@@ -191,10 +191,7 @@ export class Graph {
       this.launches.push({ ticket, keep });
       for (const n of order) for (const o of n.outputs) o.root().ticket = ticket;
     } else if (w.len > 0) {
-      // rmlx_exec runs every launched program first.
-      const status = native().rmlx_exec(w.buf, w.len);
-      this.settled = this.lastTicket;
-      this.launches = [];
+      const status = this.execAfterLaunches(w);
       if (status !== 0) {
         // A failed program is dropped whole (its results become unusable) so that it cannot fail every later eval.
         for (const n of order) {
@@ -266,10 +263,14 @@ export class Graph {
     const w = this.prog;
     w.reset();
     write(w);
-    if (w.len === 0) return;
+    if (w.len > 0) check(this.execAfterLaunches(w), what);
+  }
+
+  /** rmlx_exec, which runs every launched program first: none is pending afterwards. */
+  private execAfterLaunches(w: ProgramWriter): number {
     const status = native().rmlx_exec(w.buf, w.len);
     this.settled = this.lastTicket;
     this.launches = [];
-    check(status, what);
+    return status;
   }
 }

@@ -24,8 +24,6 @@ export class Scopes {
   /** Per arena: the last program launched while it was in use, which must have run before it is used again. */
   private readonly guards = [0, 0];
   private current = 0;
-  /** The graph's last ticket when the outermost scope began. */
-  private launchedBefore = 0;
   private depth = 0;
   /** Tensors created inside the open scopes, in creation order. */
   private tensors: NTensor[] = [];
@@ -59,7 +57,6 @@ export class Scopes {
   }
 
   scope<T>(fn: () => T): T {
-    if (this.depth === 0) this.launchedBefore = this.graph.lastTicket;
     const mark: Mark = { arena: this.arena.mark(), tensors: this.tensors.length, placed: this.placed.length, ticket: this.graph.lastTicket };
     this.depth++;
     let result: T;
@@ -67,12 +64,12 @@ export class Scopes {
       result = fn();
     } catch (err) {
       this.depth--;
-      if (this.depth === 0) this.endScope([]);
+      if (this.depth === 0) this.endScope([], mark);
       else this.endInner([], mark);
       throw err;
     }
     this.depth--;
-    if (this.depth === 0) this.endScope(collectTensors(result, NTensor));
+    if (this.depth === 0) this.endScope(collectTensors(result, NTensor), mark);
     else this.endInner(collectTensors(result, NTensor), mark);
     return result;
   }
@@ -132,7 +129,7 @@ export class Scopes {
   }
 
   /** Runs what is still pending that must survive, moves returned tensors out of the arena, frees the rest. */
-  private endScope(escapes: NTensor[]): void {
+  private endScope(escapes: NTensor[], mark: Mark): void {
     const keep = new Set<NTensor>();
     const copies: NTensor[] = [];
     try {
@@ -167,7 +164,7 @@ export class Scopes {
       this.placed = [];
       this.graph.dropDeadEffects();
       this.arena.reset();
-      if (this.graph.lastTicket > this.launchedBefore) {
+      if (this.graph.lastTicket > mark.ticket) {
         this.guards[this.current] = this.graph.lastTicket;
         this.current ^= 1;
         this.graph.wait(this.guards[this.current]!);
