@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
+import { MTensor } from "../../src/backend/mlx/tensor.ts";
 import { probeMlx, readSlot, slotPtr } from "../../src/backend/mlx/lib.ts";
 import { ptr, read } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
@@ -374,6 +375,44 @@ describe(`mlx backend${skipReason}`, () => {
       pointers.push([data(pool.conv), data(pool.delta)]);
     }
     for (const p of pointers.slice(1)) expect(p).toEqual(pointers[0]!);
+  });
+
+  test.skipIf(!probe.ok)("decode steps write the KV pools in place and reuse their handles instead of freeing one a call", () => {
+    // A spare handle still holding a view of a pool at eval time would make MLX copy the pool: the pools' data
+    // pointers show that every step updated them in place.
+    const be = new MlxBackend();
+    const model = loadModel(be, openModelDir(join(ROOT, "models/default")));
+    const cache = cacheForTokens(model, 64, "f32");
+    const seq = new Sequence();
+    const data = (t: unknown) => Number(probe.ok && probe.lib.sym.mlx_array_data_uint8((t as { h: number }).h));
+    const pointers = () => cache.pools.flatMap((p) => [data((p as unknown as { k: unknown }).k), data((p as unknown as { v: unknown }).v)]);
+    forwardBatch(model, cache, [{ seq, tokens: Int32Array.from({ length: 8 }, (_, i) => i + 3) }]);
+    const first = pointers();
+    for (let step = 0; step < 4; step++) {
+      const frees = countCalls(be, "mlx_array_free", () => {
+        const r = forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(11 + step) }]);
+        expect(r.logits.every(Number.isFinite)).toBe(true);
+      });
+      // one free for every intermediate would be about 40 a layer
+      expect(frees).toBeLessThan(4 * model.layers.length);
+      expect(pointers()).toEqual(first);
+    }
+    cache.dispose();
+  });
+
+  test.skipIf(!probe.ok)("a pool dropped after a write that was never evaluated leaves later evals working", () => {
+    // a step that failed after its cache writes, whose cache was then disposed
+    const be = new MlxBackend();
+    const pool = be.createKvPool(2, 4, 1, 8, "f32") as unknown as { k: MTensor; v: MTensor };
+    be.scope(() => {
+      const x = be.fromArray(new Float32Array(8).fill(1), [1, 1, 8], "f32");
+      be.kvWrite(pool as never, x, x, Int32Array.of(0));
+      return null;
+    });
+    be.dispose(pool.k);
+    be.dispose(pool.v);
+    const y = be.add(be.fromArray(Float32Array.of(1, 2), [2], "f32"), be.fromArray(Float32Array.of(3, 4), [2], "f32"));
+    expect([...be.toFloat32(y)]).toEqual([4, 6]);
   });
 
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {

@@ -36,7 +36,7 @@ import { composedVarlenAttention } from "../varlen.ts";
 import { drawRows } from "./draw.ts";
 import { CompiledFunctions } from "./compiled.ts";
 import { Graph, LastRows, LinearAttention, type PoolRows, type StateOp } from "./linear_attn.ts";
-import { MLX_DTYPE, NONE, cstr, handles, ints, loadMlx, optInt, readSlot, slotPtr, type MlxLib, type MlxSymbols } from "./lib.ts";
+import { MLX_DTYPE, NONE, cstr, handles, ints, loadMlx, optInt, outSlot, readSlot, spareHandle, takeSpares, type MlxLib, type MlxSymbols } from "./lib.ts";
 import { MTensor } from "./tensor.ts";
 
 const TO_MLX: Record<DType, number> = {
@@ -118,6 +118,10 @@ interface PagedGather {
  * runs of query positions of about this many scores (the full [seqs, heads, Lq, S] matrix can reach gigabytes).
  */
 const SCORE_BYTES = 64 << 20;
+
+/** The largest scoped result whose handle is kept for reuse, and the most bytes kept that way between evals. */
+const SPARE_RESULT_BYTES = 1 << 20;
+const SPARE_BYTES = 32 << 20;
 
 /** The group sizes mx.quantize takes. */
 const MLX_QUANT_GROUPS = [32, 64, 128];
@@ -202,6 +206,8 @@ export class MlxBackend implements Backend {
   private readonly normCache = new WeakMap<MTensor, { plain?: number; plus?: number }>();
   private pendingError: string | null = null;
   private evalMs = 0;
+  /** Bytes of scoped results given to the spare handles since the last eval (releaseScoped). */
+  private spareBytes = 0;
   /** Rope's positions, attention's gather indices and masks of the latest steps. */
   private readonly stepArrays = new StepArrays((h) => this.free(h));
 
@@ -265,8 +271,15 @@ export class MlxBackend implements Backend {
     if (h) this.S.mlx_array_free(h);
   }
 
+  /** Frees the handles kept for reuse, and with them the last arrays they hold. */
+  private freeSpares(): void {
+    for (const h of takeSpares()) this.S.mlx_array_free(h);
+    this.spareBytes = 0;
+  }
+
+  /** Temps go to the spare handles: the next calls reuse them, and an eval frees what is left. */
   private freeAll(t: Temps): void {
-    for (const h of t.hs) this.free(h);
+    for (const h of t.hs) if (h) spareHandle(h);
     t.hs.length = 0;
   }
 
@@ -322,7 +335,7 @@ export class MlxBackend implements Backend {
   /** x's handle in the compute dtype (a new handle the caller frees when a cast was needed). */
   private f32(x: MTensor, tmp: Temps): number {
     if (x.dtype === this.computeDtype) return x.h;
-    return tmp.add(this.res(this.S.mlx_astype(slotPtr(), x.h, this.adt, this.stream), "astype"));
+    return tmp.add(this.res(this.S.mlx_astype(outSlot(), x.h, this.adt, this.stream), "astype"));
   }
 
   /**
@@ -335,7 +348,7 @@ export class MlxBackend implements Backend {
       const f = Number(this.S.mlx_array_new_float32(v));
       if (this.adt === MLX_DTYPE.f32) h = f;
       else {
-        h = this.res(this.S.mlx_astype(slotPtr(), f, this.adt, this.stream), "scalar");
+        h = this.res(this.S.mlx_astype(outSlot(), f, this.adt, this.stream), "scalar");
         this.free(f);
         if (this.S.mlx_array_eval(h) !== 0) this.fail("scalar", "native");
       }
@@ -363,15 +376,15 @@ export class MlxBackend implements Backend {
 
   private raw = {
     reshape: (h: number, shape: readonly number[], tmp: Temps) =>
-      tmp.add(this.res(this.S.mlx_reshape(slotPtr(), h, ints(shape), shape.length, this.stream), "reshape")),
+      tmp.add(this.res(this.S.mlx_reshape(outSlot(), h, ints(shape), shape.length, this.stream), "reshape")),
     transpose: (h: number, axes: readonly number[], tmp: Temps) =>
-      tmp.add(this.res(this.S.mlx_transpose_axes(slotPtr(), h, ints(axes), axes.length, this.stream), "transpose")),
+      tmp.add(this.res(this.S.mlx_transpose_axes(outSlot(), h, ints(axes), axes.length, this.stream), "transpose")),
     take: (h: number, idx: number, axis: number, tmp: Temps) =>
-      tmp.add(this.res(this.S.mlx_take_axis(slotPtr(), h, idx, axis, this.stream), "take")),
-    astype: (h: number, dt: number, tmp: Temps) => tmp.add(this.res(this.S.mlx_astype(slotPtr(), h, dt, this.stream), "astype")),
+      tmp.add(this.res(this.S.mlx_take_axis(outSlot(), h, idx, axis, this.stream), "take")),
+    astype: (h: number, dt: number, tmp: Temps) => tmp.add(this.res(this.S.mlx_astype(outSlot(), h, dt, this.stream), "astype")),
     bin: (f: "mlx_add" | "mlx_subtract" | "mlx_multiply" | "mlx_divide" | "mlx_matmul" | "mlx_power", a: number, b: number, tmp: Temps) =>
-      tmp.add(this.res(this.S[f](slotPtr(), a, b, this.stream), f.slice(4))),
-    un: (f: "mlx_sigmoid" | "mlx_tanh" | "mlx_erf", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](slotPtr(), a, this.stream), f.slice(4))),
+      tmp.add(this.res(this.S[f](outSlot(), a, b, this.stream), f.slice(4))),
+    un: (f: "mlx_sigmoid" | "mlx_tanh" | "mlx_erf", a: number, tmp: Temps) => tmp.add(this.res(this.S[f](outSlot(), a, this.stream), f.slice(4))),
     data: (data: ArrayBufferView, shape: readonly number[], dt: number, tmp: Temps) =>
       tmp.add(Number(this.S.mlx_array_new_data(data.byteLength ? data : EMPTY, ints(shape), shape.length, dt))),
   };
@@ -418,9 +431,9 @@ export class MlxBackend implements Backend {
         const base = this.mapping(bytes.buffer);
         const lo = Int32Array.of(bytes.byteOffset);
         const hi = Int32Array.of(bytes.byteOffset + bytes.byteLength);
-        const part = tmp.add(this.res(this.S.mlx_slice(slotPtr(), base, lo, 1, hi, 1, Int32Array.of(1), 1, this.stream), "fromBytes"));
-        const typed = tmp.add(this.res(this.S.mlx_view(slotPtr(), part, TO_MLX[dtype], this.stream), "fromBytes"));
-        h = this.res(this.S.mlx_reshape(slotPtr(), typed, ints(shape), shape.length, this.stream), "fromBytes");
+        const part = tmp.add(this.res(this.S.mlx_slice(outSlot(), base, lo, 1, hi, 1, Int32Array.of(1), 1, this.stream), "fromBytes"));
+        const typed = tmp.add(this.res(this.S.mlx_view(outSlot(), part, TO_MLX[dtype], this.stream), "fromBytes"));
+        h = this.res(this.S.mlx_reshape(outSlot(), typed, ints(shape), shape.length, this.stream), "fromBytes");
         if (this.S.mlx_array_eval(h) !== 0) this.fail("fromBytes", "native");
       } finally {
         this.freeAll(tmp);
@@ -437,12 +450,12 @@ export class MlxBackend implements Backend {
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
     args.checkShape(shape, "zeros");
-    return this.wrap(this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "zeros"));
+    return this.wrap(this.res(this.S.mlx_zeros(outSlot(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "zeros"));
   }
 
   allocPersistent(shape: readonly number[], dtype: DType): Tensor {
     args.checkShape(shape, "allocPersistent");
-    const h = this.res(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "allocPersistent");
+    const h = this.res(this.S.mlx_zeros(outSlot(), ints(shape), shape.length, TO_MLX[dtype], this.stream), "allocPersistent");
     const t = new MTensor(h, [...shape], dtype);
     t.persistent = true;
     return t;
@@ -475,9 +488,13 @@ export class MlxBackend implements Backend {
       this.pendingError = null;
       invalid(e);
     }
-    for (const p of this.dirtyPools) for (const t of p.parts) hs.push(t.h);
+    // A pool disposed since its write (a cache dropped after a failed step) has nothing left to compute.
+    for (const p of this.dirtyPools) for (const t of p.parts) if (t.h) hs.push(t.h);
     for (const p of this.dirtyStates) if (p.conv.h && p.delta.h) hs.push(p.conv.h, p.delta.h);
     if (hs.length === 0) return;
+    // A spare handle may still hold a view of a pool written in this step, which would make MLX copy the pool
+    // instead of updating it in place.
+    this.freeSpares();
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
       const t0 = performance.now();
@@ -506,7 +523,7 @@ export class MlxBackend implements Backend {
   private bytesOfHandle(c: number, what: string): ArrayBuffer {
     const tmp = new Temps();
     try {
-      const h = tmp.add(this.res(this.S.mlx_contiguous(slotPtr(), c, false, this.stream), what));
+      const h = tmp.add(this.res(this.S.mlx_contiguous(outSlot(), c, false, this.stream), what));
       this.evalHandles([h]);
       const n = Number(this.S.mlx_array_nbytes(h));
       if (n === 0) return new ArrayBuffer(0);
@@ -558,8 +575,16 @@ export class MlxBackend implements Backend {
     return result;
   }
 
+  /**
+   * A scoped result whose scope ended: small ones go to the spare handles (their arrays live on until a later
+   * call reuses the handle or the next eval frees it), large ones are freed now so that no buffer of size waits.
+   */
   private releaseScoped(t: MTensor): void {
-    this.free(t.h);
+    const bytes = t.size * DTYPE_BYTES[t.dtype];
+    if (t.h && bytes <= SPARE_RESULT_BYTES && this.spareBytes + bytes <= SPARE_BYTES) {
+      this.spareBytes += bytes;
+      spareHandle(t.h);
+    } else this.free(t.h);
     t.h = 0;
   }
 
@@ -576,13 +601,13 @@ export class MlxBackend implements Backend {
     }
     args.checkShape(s, "reshape");
     if (s.reduce((a, b) => a * b, 1) !== t.size) invalid(`reshape: cannot reshape ${fmt(t.shape)} (${t.size} elements) to ${fmt(shape)}`);
-    return this.wrap(this.res(this.S.mlx_reshape(slotPtr(), t.h, ints(s), s.length, this.stream), "reshape"), s, t.dtype);
+    return this.wrap(this.res(this.S.mlx_reshape(outSlot(), t.h, ints(s), s.length, this.stream), "reshape"), s, t.dtype);
   }
 
   transpose(x: Tensor, axes: readonly number[]): Tensor {
     const t = this.arg(x, "transpose");
     const norm = args.transposeAxes(t.shape, axes);
-    return this.wrap(this.res(this.S.mlx_transpose_axes(slotPtr(), t.h, ints(norm), norm.length, this.stream), "transpose"), norm.map((a) => t.shape[a]!), t.dtype);
+    return this.wrap(this.res(this.S.mlx_transpose_axes(outSlot(), t.h, ints(norm), norm.length, this.stream), "transpose"), norm.map((a) => t.shape[a]!), t.dtype);
   }
 
   slice(x: Tensor, axis: number, start: number, end: number): Tensor {
@@ -594,7 +619,7 @@ export class MlxBackend implements Backend {
     lo[a] = args.clampBound(start, t.shape[a]!);
     hi[a] = Math.max(lo[a]!, args.clampBound(end, t.shape[a]!));
     const st = t.shape.map(() => 1);
-    return this.wrap(this.res(this.S.mlx_slice(slotPtr(), t.h, ints(lo), nd, ints(hi), nd, ints(st), nd, this.stream), "slice"));
+    return this.wrap(this.res(this.S.mlx_slice(outSlot(), t.h, ints(lo), nd, ints(hi), nd, ints(st), nd, this.stream), "slice"));
   }
 
   concatenate(xs: readonly Tensor[], axis: number): Tensor {
@@ -602,7 +627,7 @@ export class MlxBackend implements Backend {
     const a = args.concatAxis(ts, axis);
     const vec = Number(this.S.mlx_vector_array_new_data(handles(ts.map((t) => t.h)), ts.length));
     try {
-      return this.wrap(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, a, this.stream), "concatenate"));
+      return this.wrap(this.res(this.S.mlx_concatenate_axis(outSlot(), vec, a, this.stream), "concatenate"));
     } finally {
       this.S.mlx_vector_array_free(vec);
     }
@@ -610,7 +635,7 @@ export class MlxBackend implements Backend {
 
   astype(x: Tensor, dtype: DType): Tensor {
     const t = this.arg(x, "astype");
-    return this.wrap(this.res(this.S.mlx_astype(slotPtr(), t.h, TO_MLX[dtype], this.stream), "astype"));
+    return this.wrap(this.res(this.S.mlx_astype(outSlot(), t.h, TO_MLX[dtype], this.stream), "astype"));
   }
 
   // ---------------------------------------------------------------- products
@@ -621,7 +646,7 @@ export class MlxBackend implements Backend {
     if (x.shape.length < 2 || y.shape.length < 2) invalid(`matmul: operands ${fmt(x.shape)} and ${fmt(y.shape)} need rank >= 2`);
     if (x.shape[x.shape.length - 1] !== y.shape[y.shape.length - 2])
       invalid(`matmul: ${fmt(x.shape)} @ ${fmt(y.shape)}: inner dims ${x.shape[x.shape.length - 1]} and ${y.shape[y.shape.length - 2]} differ`);
-    return this.op((tmp) => this.res(this.S.mlx_matmul(slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), "matmul"));
+    return this.op((tmp) => this.res(this.S.mlx_matmul(outSlot(), this.f32(x, tmp), this.f32(y, tmp), this.stream), "matmul"));
   }
 
   linear(x: Tensor, w: Weight, bias?: Tensor): Tensor {
@@ -636,7 +661,7 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const wT = this.raw.transpose(wt.h, [1, 0], tmp);
       const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
-      return bt ? this.res(this.S.mlx_add(slotPtr(), y, this.f32(bt, tmp), this.stream), "linear") : y;
+      return bt ? this.res(this.S.mlx_add(outSlot(), y, this.f32(bt, tmp), this.stream), "linear") : y;
     });
   }
 
@@ -663,13 +688,13 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const y = tmp.add(
         this.res(
-          this.S.mlx_quantized_matmul(slotPtr(), this.f32(xt, tmp), q.wt.h, q.sc.h, q.bi ? q.bi.h : null, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], this.stream),
+          this.S.mlx_quantized_matmul(outSlot(), this.f32(xt, tmp), q.wt.h, q.sc.h, q.bi ? q.bi.h : null, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], this.stream),
           "quantizedMatmul",
         ),
       );
       const y32 = this.inCompute(y, this.qmmDtype(w.mode, q.sc, q.bi), tmp);
       if (g === 1) return y32;
-      return this.res(this.S.mlx_multiply(slotPtr(), y32, this.scalar(g), this.stream), "quantizedMatmul");
+      return this.res(this.S.mlx_multiply(outSlot(), y32, this.scalar(g), this.stream), "quantizedMatmul");
     }, [...xt.shape.slice(0, -1), q.N], this.computeDtype);
   }
 
@@ -711,7 +736,7 @@ export class MlxBackend implements Backend {
         N = args.checkExperts(xt, q.wt, K, q.K);
         y = tmp.add(
           this.res(
-            this.S.mlx_gather_qmm(slotPtr(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
+            this.S.mlx_gather_qmm(outSlot(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
             "gatherMatmul",
           ),
         );
@@ -725,10 +750,10 @@ export class MlxBackend implements Backend {
         const wide = !this.lib.metal && this.adt !== MLX_DTYPE.f32;
         const wT = this.raw.transpose(wide ? this.raw.astype(wt.h, MLX_DTYPE.f32, tmp) : this.f32(wt, tmp), [0, 2, 1], tmp);
         const xw = wide ? this.raw.astype(xr, MLX_DTYPE.f32, tmp) : xr;
-        y = tmp.add(this.res(this.S.mlx_gather_mm(slotPtr(), xw, wT, null, idx, false, this.stream), "gatherMatmul"));
+        y = tmp.add(this.res(this.S.mlx_gather_mm(outSlot(), xw, wT, null, idx, false, this.stream), "gatherMatmul"));
         if (wide) y = this.raw.astype(y, this.adt, tmp);
       }
-      return this.res(this.S.mlx_reshape(slotPtr(), y, ints([T, topk, N]), 3, this.stream), "gatherMatmul");
+      return this.res(this.S.mlx_reshape(outSlot(), y, ints([T, topk, N]), 3, this.stream), "gatherMatmul");
     });
   }
 
@@ -744,7 +769,7 @@ export class MlxBackend implements Backend {
         const s = this.raw.take(q.sc.h, flat, 0, tmp);
         const b = q.bi ? this.raw.take(q.bi.h, flat, 0, tmp) : 0;
         const d = this.dequantRaw(table, w, s, b, tmp);
-        return this.res(this.S.mlx_reshape(slotPtr(), d, ints([...it.shape, q.K]), it.shape.length + 1, this.stream), "take");
+        return this.res(this.S.mlx_reshape(outSlot(), d, ints([...it.shape, q.K]), it.shape.length + 1, this.stream), "take");
       });
       this.checkIds(out, it, q.N);
       return out;
@@ -754,7 +779,7 @@ export class MlxBackend implements Backend {
     const out = this.op((tmp) => {
       const r = this.raw.take(wt.h, it.h, 0, tmp);
       if (wt.dtype === this.computeDtype) return r;
-      return this.res(this.S.mlx_astype(slotPtr(), r, this.adt, this.stream), "take");
+      return this.res(this.S.mlx_astype(outSlot(), r, this.adt, this.stream), "take");
     });
     this.checkIds(out, it, wt.shape[0]!);
     return out;
@@ -783,7 +808,7 @@ export class MlxBackend implements Backend {
     const gs = w.mode === "nvfp4" && w.globalScale !== undefined ? this.raw.data(Float32Array.of(w.globalScale), [], MLX_DTYPE.f32, tmp) : null;
     const d = tmp.add(
       this.res(
-        this.S.mlx_dequantize(slotPtr(), wq, sc, bi || null, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], gs, optInt(this.adt), this.stream),
+        this.S.mlx_dequantize(outSlot(), wq, sc, bi || null, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], gs, optInt(this.adt), this.stream),
         "dequantize",
       ),
     );
@@ -799,7 +824,7 @@ export class MlxBackend implements Backend {
       const v = Number(slot[0]);
       const n = Number(this.S.mlx_vector_array_size(v));
       const parts: MTensor[] = [];
-      for (let i = 0; i < n; i++) parts.push(this.wrap(this.res(this.S.mlx_vector_array_get(slotPtr(), v, i), "quantize")));
+      for (let i = 0; i < n; i++) parts.push(this.wrap(this.res(this.S.mlx_vector_array_get(outSlot(), v, i), "quantize")));
       return { w: parts[0]!, scales: parts[1]!, ...(parts[2] ? { biases: parts[2] } : {}), mode, bits, groupSize };
     } finally {
       this.S.mlx_vector_array_free(Number(slot[0]) || vec);
@@ -819,7 +844,7 @@ export class MlxBackend implements Backend {
     const x = this.arg(a, what);
     const y = this.arg(b, what);
     const shape = args.broadcastShapes(x.shape, y.shape, what);
-    return this.op((tmp) => this.res(this.S[f](slotPtr(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what), shape, this.computeDtype);
+    return this.op((tmp) => this.res(this.S[f](outSlot(), this.f32(x, tmp), this.f32(y, tmp), this.stream), what), shape, this.computeDtype);
   }
 
   add(a: Tensor, b: Tensor): Tensor {
@@ -836,12 +861,12 @@ export class MlxBackend implements Backend {
 
   scale(x: Tensor, s: number): Tensor {
     const t = this.arg(x, "scale");
-    return this.op((tmp) => this.res(this.S.mlx_multiply(slotPtr(), this.f32(t, tmp), this.scalar(s), this.stream), "scale"), t.shape, this.computeDtype);
+    return this.op((tmp) => this.res(this.S.mlx_multiply(outSlot(), this.f32(t, tmp), this.scalar(s), this.stream), "scale"), t.shape, this.computeDtype);
   }
 
   sigmoid(x: Tensor): Tensor {
     const t = this.arg(x, "sigmoid");
-    return this.op((tmp) => this.res(this.S.mlx_sigmoid(slotPtr(), this.f32(t, tmp), this.stream), "sigmoid"), t.shape, this.computeDtype);
+    return this.op((tmp) => this.res(this.S.mlx_sigmoid(outSlot(), this.f32(t, tmp), this.stream), "sigmoid"), t.shape, this.computeDtype);
   }
 
   private siluRaw(h: number, tmp: Temps): number {
@@ -885,7 +910,7 @@ export class MlxBackend implements Backend {
     const t = this.arg(x, "softcap");
     return this.op((tmp) => {
       const th = this.raw.un("mlx_tanh", this.raw.bin("mlx_multiply", this.f32(t, tmp), this.scalar(1 / cap), tmp), tmp);
-      return this.res(this.S.mlx_multiply(slotPtr(), th, this.scalar(cap), this.stream), "softcap");
+      return this.res(this.S.mlx_multiply(outSlot(), th, this.scalar(cap), this.stream), "softcap");
     });
   }
 
@@ -899,7 +924,7 @@ export class MlxBackend implements Backend {
       const body = (hs: readonly number[]) => {
         const t = new Temps();
         const act = kind === "swiglu" ? this.siluRaw(hs[0]!, t) : this.geluRaw(hs[0]!, t);
-        return { out: this.res(this.S.mlx_multiply(slotPtr(), act, hs[1]!, this.stream), kind), temps: t.hs };
+        return { out: this.res(this.S.mlx_multiply(outSlot(), act, hs[1]!, this.stream), kind), temps: t.hs };
       };
       // mlx-lm's compiled activation: one fused kernel; the plain ops where MLX cannot compile here.
       const fused = this.compiled.apply(kind, 2, body, ins);
@@ -921,15 +946,15 @@ export class MlxBackend implements Backend {
   softmax(x: Tensor, axis = -1): Tensor {
     const t = this.arg(x, "softmax");
     const a = args.normAxis(axis, t.shape.length, "softmax");
-    return this.op((tmp) => this.res(this.S.mlx_softmax_axis(slotPtr(), this.f32(t, tmp), a, true, this.stream), "softmax"), t.shape, this.computeDtype);
+    return this.op((tmp) => this.res(this.S.mlx_softmax_axis(outSlot(), this.f32(t, tmp), a, true, this.stream), "softmax"), t.shape, this.computeDtype);
   }
 
   argmax(x: Tensor): Tensor {
     const t = this.arg(x, "argmax");
     args.checkArgmax(t.shape);
     return this.op((tmp) => {
-      const i = tmp.add(this.res(this.S.mlx_argmax_axis(slotPtr(), t.h, -1, false, this.stream), "argmax"));
-      return this.res(this.S.mlx_astype(slotPtr(), i, MLX_DTYPE.i32, this.stream), "argmax");
+      const i = tmp.add(this.res(this.S.mlx_argmax_axis(outSlot(), t.h, -1, false, this.stream), "argmax"));
+      return this.res(this.S.mlx_astype(outSlot(), i, MLX_DTYPE.i32, this.stream), "argmax");
     });
   }
 
@@ -959,13 +984,13 @@ export class MlxBackend implements Backend {
     try {
       const xf = this.f32(t, tmp);
       const neg = this.raw.bin("mlx_multiply", xf, this.scalar(-1), tmp);
-      const order = tmp.add(this.res(this.S.mlx_argsort_axis(slotPtr(), neg, -1, this.stream), "topk"));
+      const order = tmp.add(this.res(this.S.mlx_argsort_axis(outSlot(), neg, -1, this.stream), "topk"));
       const lo = t.shape.map(() => 0);
       const hi = [...t.shape];
       hi[nd - 1] = k;
-      const top = tmp.add(this.res(this.S.mlx_slice(slotPtr(), order, ints(lo), nd, ints(hi), nd, ints(lo.map(() => 1)), nd, this.stream), "topk"));
-      const values = this.wrap(this.res(this.S.mlx_take_along_axis(slotPtr(), xf, top, -1, this.stream), "topk"));
-      const indices = this.wrap(this.res(this.S.mlx_astype(slotPtr(), top, MLX_DTYPE.i32, this.stream), "topk"));
+      const top = tmp.add(this.res(this.S.mlx_slice(outSlot(), order, ints(lo), nd, ints(hi), nd, ints(lo.map(() => 1)), nd, this.stream), "topk"));
+      const values = this.wrap(this.res(this.S.mlx_take_along_axis(outSlot(), xf, top, -1, this.stream), "topk"));
+      const indices = this.wrap(this.res(this.S.mlx_astype(outSlot(), top, MLX_DTYPE.i32, this.stream), "topk"));
       return { values, indices };
     } finally {
       this.freeAll(tmp);
@@ -975,7 +1000,7 @@ export class MlxBackend implements Backend {
   sum(x: Tensor, axis: number): Tensor {
     const t = this.arg(x, "sum");
     const a = args.normAxis(axis, t.shape.length, "sum");
-    return this.op((tmp) => this.res(this.S.mlx_sum_axis(slotPtr(), this.f32(t, tmp), a, false, this.stream), "sum"));
+    return this.op((tmp) => this.res(this.S.mlx_sum_axis(outSlot(), this.f32(t, tmp), a, false, this.stream), "sum"));
   }
 
   // ---------------------------------------------------------------- normalisation and position
@@ -1019,7 +1044,7 @@ export class MlxBackend implements Backend {
     const wt = this.normWeight(w, n, "rmsNorm");
     return this.op((tmp) => {
       const wh = wt ? this.normWeightHandle(wt, n, onePlus, tmp) : null;
-      return this.res(this.S.mlx_fast_rms_norm(slotPtr(), this.f32(t, tmp), wh, eps, this.stream), "rmsNorm");
+      return this.res(this.S.mlx_fast_rms_norm(outSlot(), this.f32(t, tmp), wh, eps, this.stream), "rmsNorm");
     }, t.shape, this.computeDtype);
   }
 
@@ -1031,7 +1056,7 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const wh = wt ? this.raw.reshape(this.f32(wt, tmp), [n], tmp) : null;
       const bh = bt ? this.raw.reshape(this.f32(bt, tmp), [n], tmp) : null;
-      return this.res(this.S.mlx_fast_layer_norm(slotPtr(), this.f32(t, tmp), wh, bh, eps, this.stream), "layerNorm");
+      return this.res(this.S.mlx_fast_layer_norm(outSlot(), this.f32(t, tmp), wh, bh, eps, this.stream), "layerNorm");
     });
   }
 
@@ -1094,11 +1119,11 @@ export class MlxBackend implements Backend {
       const freqs = this.freqsFor(opts.freqs ?? this.baseFreqs(opts.base, opts.dims));
       const r = tmp.add(
         this.res(
-          this.S.mlx_fast_rope_dynamic(slotPtr(), x4, opts.dims, opts.traditional, NONE, opts.scale, this.offsetsFor(positions), freqs, this.stream),
+          this.S.mlx_fast_rope_dynamic(outSlot(), x4, opts.dims, opts.traditional, NONE, opts.scale, this.offsetsFor(positions), freqs, this.stream),
           "rope",
         ),
       );
-      return this.res(this.S.mlx_reshape(slotPtr(), r, ints([T, H, D]), 3, this.stream), "rope");
+      return this.res(this.S.mlx_reshape(outSlot(), r, ints([T, H, D]), 3, this.stream), "rope");
     }, t.shape, this.computeDtype);
   }
 
@@ -1161,8 +1186,8 @@ export class MlxBackend implements Backend {
   private scatterSlots(dst: MTensor, upd: number, idxVec: number, tmp: Temps): void {
     const [nb, bs, ...row] = dst.shape as [number, number, ...number[]];
     const flat = this.raw.reshape(dst.h, [nb * bs, ...row], tmp);
-    const written = tmp.add(this.res(this.S.mlx_scatter(slotPtr(), flat, idxVec, upd, Int32Array.of(0), 1, this.stream), "kvWrite"));
-    this.swap(dst, this.res(this.S.mlx_reshape(slotPtr(), written, ints(dst.shape), dst.shape.length, this.stream), "kvWrite"));
+    const written = tmp.add(this.res(this.S.mlx_scatter(outSlot(), flat, idxVec, upd, Int32Array.of(0), 1, this.stream), "kvWrite"));
+    this.swap(dst, this.res(this.S.mlx_reshape(outSlot(), written, ints(dst.shape), dst.shape.length, this.stream), "kvWrite"));
   }
 
   /**
@@ -1176,10 +1201,10 @@ export class MlxBackend implements Backend {
     try {
       if (this.S.mlx_quantize(slot, x, optInt(e.group), optInt(e.bits), MODE_NAMES.affine, null, this.stream) !== 0) this.fail("kvWrite");
       const v = Number(slot[0]);
-      const part = (i: number) => tmp.add(this.res(this.S.mlx_vector_array_get(slotPtr(), v, i), "kvWrite"));
+      const part = (i: number) => tmp.add(this.res(this.S.mlx_vector_array_get(outSlot(), v, i), "kvWrite"));
       const [w, sc, bi] = [part(0), part(1), part(2)];
       return {
-        codes: tmp.add(this.res(this.S.mlx_view(slotPtr(), w, MLX_DTYPE.u8, this.stream), "kvWrite")),
+        codes: tmp.add(this.res(this.S.mlx_view(outSlot(), w, MLX_DTYPE.u8, this.stream), "kvWrite")),
         scales: this.raw.astype(sc, MLX_DTYPE.f16, tmp),
         biases: this.raw.astype(bi, MLX_DTYPE.f16, tmp),
       };
@@ -1217,7 +1242,7 @@ export class MlxBackend implements Backend {
         const upd = this.raw.reshape(rows, [1, T, kvHeads, last], tmp);
         const lo = ints([blk, off, 0, 0]);
         const hi = ints([blk + 1, off + T, kvHeads, last]);
-        this.swap(dst, this.res(this.S.mlx_slice_update(slotPtr(), dst.h, upd, lo, 4, hi, 4, ints([1, 1, 1, 1]), 4, this.stream), "kvWrite"));
+        this.swap(dst, this.res(this.S.mlx_slice_update(outSlot(), dst.h, upd, lo, 4, hi, 4, ints([1, 1, 1, 1]), 4, this.stream), "kvWrite"));
       };
       try {
         for (const [side, src] of [[pool.sides[0], kt], [pool.sides[1], vt]] as const) {
@@ -1352,9 +1377,9 @@ export class MlxBackend implements Backend {
       // (Operands are made before each call that writes the shared out-slot.)
       const shifts = this.raw.data(Uint8Array.of(0, 2, 4, 6), [4, 1, 1], MLX_DTYPE.u8, tmp);
       const bytes = this.raw.reshape(packed.h, [1, R, K], tmp);
-      const shifted = tmp.add(this.res(this.S.mlx_right_shift(slotPtr(), bytes, shifts, this.stream), "ternaryLinear"));
+      const shifted = tmp.add(this.res(this.S.mlx_right_shift(outSlot(), bytes, shifts, this.stream), "ternaryLinear"));
       const mask = this.raw.data(Uint8Array.of(3), [], MLX_DTYPE.u8, tmp);
-      const codes = this.raw.reshape(tmp.add(this.res(this.S.mlx_bitwise_and(slotPtr(), shifted, mask, this.stream), "ternaryLinear")), [N, K], tmp);
+      const codes = this.raw.reshape(tmp.add(this.res(this.S.mlx_bitwise_and(outSlot(), shifted, mask, this.stream), "ternaryLinear")), [N, K], tmp);
       const group = [128, 64, 32].find((g) => K % g === 0);
       let form: TernaryForm;
       if (group === undefined) {
@@ -1364,7 +1389,7 @@ export class MlxBackend implements Backend {
         const places = this.raw.data(Uint32Array.from({ length: 16 }, (_, j) => 4 ** j), [16], MLX_DTYPE.u32, tmp);
         const wide = this.raw.astype(this.raw.reshape(codes, [N, K / 16, 16], tmp), MLX_DTYPE.u32, tmp);
         const placed = this.raw.bin("mlx_multiply", wide, places, tmp);
-        const words = tmp.add(this.res(this.S.mlx_sum_axis(slotPtr(), placed, -1, false, this.stream), "ternaryLinear"));
+        const words = tmp.add(this.res(this.S.mlx_sum_axis(outSlot(), placed, -1, false, this.stream), "ternaryLinear"));
         const groups = (N * K) / group;
         // bf16 1 and -1
         const scales = this.raw.data(new Uint16Array(groups).fill(0x3f80), [N, K / group], MLX_DTYPE.bf16, tmp);
@@ -1388,22 +1413,22 @@ export class MlxBackend implements Backend {
     const form = this.ternaryForm(w, wt);
     return this.op((tmp) => {
       const xf = this.f32(xt, tmp);
-      const absx = tmp.add(this.res(this.S.mlx_abs(slotPtr(), xf, this.stream), "ternaryLinear"));
-      const amax = tmp.add(this.res(this.S.mlx_max_axis(slotPtr(), absx, -1, true, this.stream), "ternaryLinear"));
+      const absx = tmp.add(this.res(this.S.mlx_abs(outSlot(), xf, this.stream), "ternaryLinear"));
+      const amax = tmp.add(this.res(this.S.mlx_max_axis(outSlot(), absx, -1, true, this.stream), "ternaryLinear"));
       const eps = this.scalar(1e-5);
-      const floor = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), amax, eps, this.stream), "ternaryLinear"));
+      const floor = tmp.add(this.res(this.S.mlx_maximum(outSlot(), amax, eps, this.stream), "ternaryLinear"));
       const s = this.raw.bin("mlx_divide", this.scalar(127), floor, tmp);
       // |x * s| rounds to at most 127 (max|x| * s is 127 within two roundings), so no clamp is needed; rint
       // rounds half to even on every MLX device.
       const xs = this.raw.bin("mlx_multiply", xf, s, tmp);
-      const xq = tmp.add(this.res(this.S.mlx_round(slotPtr(), xs, 0, this.stream), "ternaryLinear"));
+      const xq = tmp.add(this.res(this.S.mlx_round(outSlot(), xs, 0, this.stream), "ternaryLinear"));
       // Integer operands and every partial sum below 2^24 (|xq| <= 127 over in_features terms): exact in f32.
       const dots =
         "t" in form
           ? this.raw.bin("mlx_matmul", xq, this.raw.transpose(form.t.h, [1, 0], tmp), tmp)
           : tmp.add(
               this.res(
-                this.S.mlx_quantized_matmul(slotPtr(), xq, form.w.h, form.scales.h, form.biases.h, true, optInt(form.groupSize), optInt(2), MODE_NAMES.affine, this.stream),
+                this.S.mlx_quantized_matmul(outSlot(), xq, form.w.h, form.scales.h, form.biases.h, true, optInt(form.groupSize), optInt(2), MODE_NAMES.affine, this.stream),
                 "ternaryLinear",
               ),
             );
@@ -1420,7 +1445,7 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const gf = this.f32(g, tmp);
       const zero = this.scalar(0);
-      const r = tmp.add(this.res(this.S.mlx_maximum(slotPtr(), gf, zero, this.stream), "relu2Mul"));
+      const r = tmp.add(this.res(this.S.mlx_maximum(outSlot(), gf, zero, this.stream), "relu2Mul"));
       return this.raw.bin("mlx_multiply", this.raw.bin("mlx_multiply", r, r, tmp), this.f32(u, tmp), tmp);
     });
   }
@@ -1510,8 +1535,8 @@ export class MlxBackend implements Backend {
       for (const t of pool.parts) {
         const rest = t.shape.slice(1);
         const one = ints([1, 1, 1, 1]);
-        const block = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([src, 0, 0, 0]), 4, ints([src + 1, ...rest]), 4, one, 4, this.stream), "copyBlock"));
-        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, block, ints([dst, 0, 0, 0]), 4, ints([dst + 1, ...rest]), 4, one, 4, this.stream), "copyBlock");
+        const block = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([src, 0, 0, 0]), 4, ints([src + 1, ...rest]), 4, one, 4, this.stream), "copyBlock"));
+        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, block, ints([dst, 0, 0, 0]), 4, ints([dst + 1, ...rest]), 4, one, 4, this.stream), "copyBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -1529,14 +1554,14 @@ export class MlxBackend implements Backend {
       // One evaluation of the block's parts, flattened to bytes and joined in the documented order.
       const one = ints([1, 1, 1, 1]);
       const bytes = pool.parts.map((t) => {
-        const h = tmp.add(this.res(this.S.mlx_slice(slotPtr(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
+        const h = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
         const flat = this.raw.reshape(h, [-1], tmp);
-        return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(slotPtr(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
+        return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(outSlot(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
       });
       const vec = Number(this.S.mlx_vector_array_new_data(handles(bytes), bytes.length));
       let joined: number;
       try {
-        joined = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 0, this.stream), "readKvBlock"));
+        joined = tmp.add(this.res(this.S.mlx_concatenate_axis(outSlot(), vec, 0, this.stream), "readKvBlock"));
       } finally {
         this.S.mlx_vector_array_free(vec);
       }
@@ -1559,7 +1584,7 @@ export class MlxBackend implements Backend {
         const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
         at += n;
         const one = ints([1, 1, 1, 1]);
-        const h = this.res(this.S.mlx_slice_update(slotPtr(), t.h, src, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "writeKvBlock");
+        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, src, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "writeKvBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -1654,11 +1679,11 @@ export class MlxBackend implements Backend {
         O = this.cappedAttention(Q, K, V, M, B, H, kvH, Lq, S, D, opts.scale, softcap, tmp);
       } else {
         const mode = mask ? MASK_ARRAY : Lq === 1 ? MASK_NONE : MASK_CAUSAL;
-        O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(slotPtr(), Q, K, V, opts.scale, mode, mask, null, this.stream), "pagedAttention"));
+        O = tmp.add(this.res(this.S.mlx_fast_scaled_dot_product_attention(outSlot(), Q, K, V, opts.scale, mode, mask, null, this.stream), "pagedAttention"));
       }
       const rows = this.raw.reshape(Lq === 1 ? O : this.raw.transpose(O, [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
       if (simple) return rows;
-      return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
+      return this.res(this.S.mlx_take_axis(outSlot(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     }, [T, H, D], this.computeDtype);
   }
 
@@ -1721,14 +1746,14 @@ export class MlxBackend implements Backend {
         if (side.e.kind === "float") return { e: side.e, data: side.data.dtype === this.computeDtype ? data : this.raw.astype(data, this.adt, tmp), scales: 0, biases: 0 };
         const scales = gather(side.scales!);
         const biases = gather(side.biases!);
-        return { e: side.e, data: tmp.add(this.res(this.S.mlx_view(slotPtr(), data, MLX_DTYPE.u32, this.stream), "pagedAttention")), scales, biases };
+        return { e: side.e, data: tmp.add(this.res(this.S.mlx_view(outSlot(), data, MLX_DTYPE.u32, this.stream), "pagedAttention")), scales, biases };
       };
       // x [B, kvH, R, *] times one side's rows: keys transposed (x [.., D] -> [.., S]), values not ([.., S] -> [.., D]).
       const product = (x: number, o: ReturnType<typeof operand>, keys: boolean): number => {
         if (o.e.kind === "float") return this.raw.bin("mlx_matmul", x, keys ? this.raw.transpose(o.data, [0, 1, 3, 2], tmp) : o.data, tmp);
         const y = tmp.add(
           this.res(
-            this.S.mlx_quantized_matmul(slotPtr(), x, o.data, o.scales, o.biases, keys, optInt(o.e.group), optInt(o.e.bits), MODE_NAMES.affine, this.stream),
+            this.S.mlx_quantized_matmul(outSlot(), x, o.data, o.scales, o.biases, keys, optInt(o.e.group), optInt(o.e.bits), MODE_NAMES.affine, this.stream),
             "pagedAttention",
           ),
         );
@@ -1739,7 +1764,7 @@ export class MlxBackend implements Backend {
         const start = shape.map((_, i) => (i === axis ? lo : 0));
         const stop = shape.map((d, i) => (i === axis ? hi : d));
         const n = shape.length;
-        return tmp.add(this.res(this.S.mlx_slice(slotPtr(), x, ints(start), n, ints(stop), n, ints(shape.map(() => 1)), n, this.stream), "pagedAttention"));
+        return tmp.add(this.res(this.S.mlx_slice(outSlot(), x, ints(start), n, ints(stop), n, ints(shape.map(() => 1)), n, this.stream), "pagedAttention"));
       };
       const K = operand(pool.sides[0]);
       const V = operand(pool.sides[1]);
@@ -1758,21 +1783,21 @@ export class MlxBackend implements Backend {
           s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(softcap), tmp);
         }
         const s5 = this.raw.reshape(s, [B, kvH, rep, c, S], tmp);
-        const masked = tmp.add(this.res(this.S.mlx_where(slotPtr(), m, s5, this.scalar(-Infinity), this.stream), "pagedAttention"));
-        const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), masked, -1, true, this.stream), "pagedAttention"));
+        const masked = tmp.add(this.res(this.S.mlx_where(outSlot(), m, s5, this.scalar(-Infinity), this.stream), "pagedAttention"));
+        const pr = tmp.add(this.res(this.S.mlx_softmax_axis(outSlot(), masked, -1, true, this.stream), "pagedAttention"));
         outs.push(this.raw.reshape(product(this.raw.reshape(pr, [B, kvH, rep * c, S], tmp), V, false), [B, kvH, rep, c, D], tmp));
       }
       let O = outs[0]!;
       if (outs.length > 1) {
         const vec = Number(this.S.mlx_vector_array_new_data(handles(outs), outs.length));
         try {
-          O = tmp.add(this.res(this.S.mlx_concatenate_axis(slotPtr(), vec, 3, this.stream), "pagedAttention"));
+          O = tmp.add(this.res(this.S.mlx_concatenate_axis(outSlot(), vec, 3, this.stream), "pagedAttention"));
         } finally {
           this.S.mlx_vector_array_free(vec);
         }
       }
       const rows = this.raw.reshape(this.raw.transpose(this.raw.reshape(O, [B, H, Lq, D], tmp), [0, 2, 1, 3], tmp), [B * Lq, H, D], tmp);
-      return this.res(this.S.mlx_take_axis(slotPtr(), rows, this.raw.data(g.outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
+      return this.res(this.S.mlx_take_axis(outSlot(), rows, this.raw.data(g.outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     }, [T, H, D], this.computeDtype);
   }
 
@@ -1786,8 +1811,8 @@ export class MlxBackend implements Backend {
     s = this.raw.bin("mlx_multiply", s, this.scalar(scale / cap), tmp);
     s = this.raw.bin("mlx_multiply", this.raw.un("mlx_tanh", s, tmp), this.scalar(cap), tmp);
     const m5 = this.raw.reshape(M, [B, 1, 1, Lq, S], tmp);
-    s = tmp.add(this.res(this.S.mlx_where(slotPtr(), m5, s, this.scalar(-Infinity), this.stream), "pagedAttention"));
-    const pr = tmp.add(this.res(this.S.mlx_softmax_axis(slotPtr(), s, -1, true, this.stream), "pagedAttention"));
+    s = tmp.add(this.res(this.S.mlx_where(outSlot(), m5, s, this.scalar(-Infinity), this.stream), "pagedAttention"));
+    const pr = tmp.add(this.res(this.S.mlx_softmax_axis(outSlot(), s, -1, true, this.stream), "pagedAttention"));
     return this.raw.reshape(this.raw.bin("mlx_matmul", pr, v5, tmp), [B, H, Lq, D], tmp);
   }
 
@@ -1804,7 +1829,7 @@ export class MlxBackend implements Backend {
     return this.op((tmp) =>
       this.res(
         this.S.mlx_fast_scaled_dot_product_attention(
-          slotPtr(),
+          outSlot(),
           this.f32(qt, tmp),
           this.f32(kt, tmp),
           this.f32(vt, tmp),
@@ -1824,8 +1849,9 @@ export class MlxBackend implements Backend {
     return composedVarlenAttention(this, q, k, v, seqStart, opts);
   }
 
-  /** Bytes MLX holds for arrays now (for tests and metrics). */
+  /** Bytes MLX holds for arrays now (for tests and metrics), not counting what spare handles still hold. */
   activeMemory(): number {
+    this.freeSpares();
     const out = new BigUint64Array(1);
     this.S.mlx_get_active_memory(out);
     return Number(out[0]);

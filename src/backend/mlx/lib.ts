@@ -262,21 +262,53 @@ export function probeMlx(explicit?: string): { ok: true; lib: MlxLib } | { ok: f
 
 // One out-slot shared by every call: calls are synchronous and each result is read before the next call.
 const slot = new BigUint64Array(1);
+/**
+ * Handles whose arrays nobody needs any more, kept to receive later results (outSlot): mlx-c assigns a result
+ * into the array a non-null out-slot holds, so a step reuses its handles instead of paying an mlx_array_free and
+ * a fresh handle for every intermediate (about half the mlx-c calls of a decode step).
+ */
+const spare: number[] = [];
+/** The spare handle the slot holds for the call in progress, 0 when it holds none. */
+let pending = 0;
 
+/** The out-slot, empty: for results that are not arrays (vectors, strings, closures). */
 export function slotPtr(): BigUint64Array {
+  if (pending) spare.push(pending);
+  pending = 0;
   slot[0] = 0n;
+  return slot;
+}
+
+/** The out-slot holding a spare handle when there is one, for a call whose result is an array. */
+export function outSlot(): BigUint64Array {
+  if (pending) spare.push(pending);
+  pending = spare.pop() ?? 0;
+  slot[0] = BigInt(pending);
   return slot;
 }
 
 /**
  * The handle the last call wrote, taken out of the slot: mlx-c assigns into whatever array a non-null out-slot
  * holds, so a call whose operands were built inside its own argument list (after its slotPtr()) would otherwise
- * overwrite the operand's array with its result.
+ * overwrite the operand's array with its result. When such a nested call took the slot, the outer call found it
+ * empty and made a new handle; the spare one it had goes back.
  */
 export function readSlot(): number {
   const h = Number(slot[0]);
   slot[0] = 0n;
+  if (pending && pending !== h) spare.push(pending);
+  pending = 0;
   return h;
+}
+
+/** Gives a handle whose array is no longer needed to later calls (its array lives on until then). */
+export function spareHandle(h: number): void {
+  spare.push(h);
+}
+
+/** Empties the spare handles, which the caller then frees (before an eval, so that no stale array pins a buffer). */
+export function takeSpares(): number[] {
+  return spare.splice(0, spare.length);
 }
 
 /** mlx_optional_int with a value. */
