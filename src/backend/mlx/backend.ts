@@ -69,6 +69,8 @@ const MODE_NAMES: Record<QuantMode, Uint8Array> = {
   nvfp4: cstr("nvfp4"),
 };
 const MASK_NONE = cstr("");
+/** Unit strides of a 2-d slice. */
+const ONES2 = Int32Array.of(1, 1);
 const MASK_CAUSAL = cstr("causal");
 const MASK_ARRAY = cstr("array");
 
@@ -143,6 +145,16 @@ const STEP_ARRAY_BYTES = 64 * 2 ** 20;
  * tables stay the same: every layer of a step asks for them again, and building one can be O(context) host work.
  * Compared by value, not by object, so a caller that reuses its tables is safe.
  */
+function sameTables(a: readonly Int32Array[], b: readonly Int32Array[]): boolean {
+  for (let t = 0; t < a.length; t++) {
+    const x = a[t]!;
+    const y = b[t]!;
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  }
+  return true;
+}
+
 class StepArrays {
   private readonly entries: { key: string; tables: Int32Array[]; h: number; bytes: number }[] = [];
   private bytes = 0;
@@ -151,13 +163,16 @@ class StepArrays {
 
   /** The array for these tables, made by make() (its handle and size) when none is kept. */
   get(key: string, tables: readonly Int32Array[], make: () => { h: number; bytes: number }): number {
-    const same = (a: Int32Array, b: Int32Array) => a.length === b.length && a.every((v, i) => v === b[i]);
-    const at = this.entries.findIndex((e) => e.key === key && e.tables.every((t, i) => same(t, tables[i]!)));
-    if (at >= 0) {
+    // Every layer of a step asks for the same arrays in turn: searched from the newest.
+    for (let at = this.entries.length - 1; at >= 0; at--) {
+      const e = this.entries[at]!;
+      if (e.key !== key || !sameTables(e.tables, tables)) continue;
       // Most recent last: an array just handed out is never the next one let go.
-      const [hit] = this.entries.splice(at, 1);
-      this.entries.push(hit!);
-      return hit!.h;
+      if (at !== this.entries.length - 1) {
+        this.entries.splice(at, 1);
+        this.entries.push(e);
+      }
+      return e.h;
     }
     const made = make();
     this.entries.push({ key, tables: tables.map((t) => t.slice()), ...made });
@@ -171,6 +186,42 @@ class StepArrays {
     }
     return made.h;
   }
+}
+
+/** A quantized weight as the products take it (quantArgs). */
+interface QuantArgs {
+  readonly wt: MTensor;
+  readonly sc: MTensor;
+  readonly bi: MTensor | null;
+  /** Inputs and outputs of the product. */
+  readonly K: number;
+  readonly N: number;
+  readonly mode: QuantMode;
+  readonly bits: number;
+  readonly groupSize: number;
+  readonly optBits: bigint;
+  readonly optGroup: bigint;
+  readonly modeName: Uint8Array;
+  /** The dtype of MLX's product of an x in the compute dtype (qmmDtype). */
+  readonly outDtype: DType;
+}
+
+/**
+ * What paged attention derives from a step's batch alone: queries padded to Lq a sequence and keys to S, each
+ * token's rank in its sequence, the padded row of each token (qIdx, outIdx), and whether the step is one
+ * sequence's last tokens in order (queries and outputs in place, MLX's own causal mask when there is no window).
+ */
+interface AttentionPlan {
+  /** Copies of the batch's tokenSeq, positions, seqLens and blockTables it was made from. */
+  readonly tables: readonly Int32Array[];
+  readonly bs: number;
+  readonly maxBlocks: number;
+  readonly Lq: number;
+  readonly S: number;
+  readonly rank: Int32Array;
+  readonly qIdx: Int32Array;
+  readonly outIdx: Int32Array;
+  readonly inPlace: boolean;
 }
 
 /** Handles made inside one op that only its result needs: freed once the result is recorded. */
@@ -208,6 +259,9 @@ export class MlxBackend implements Backend {
   private evalMs = 0;
   /** Bytes of scoped results given to the spare handles since the last eval (releaseScoped). */
   private spareBytes = 0;
+  private readonly quantChecked = new WeakMap<QuantizedWeight, QuantArgs>();
+  /** The attention plans of the latest steps, newest last. */
+  private readonly plans: AttentionPlan[] = [];
   /** Rope's positions, attention's gather indices and masks of the latest steps. */
   private readonly stepArrays = new StepArrays((h) => this.free(h));
 
@@ -665,12 +719,34 @@ export class MlxBackend implements Backend {
     });
   }
 
-  private quantArgs(w: QuantizedWeight, what: string) {
+  /**
+   * A quantized weight's tensors, checked, with its sizes and mlx-c arguments. Checked once per weight and kept
+   * while the weight keeps the same tensors and format (a product per layer and step would check it again).
+   */
+  private quantArgs(w: QuantizedWeight, what: string): QuantArgs {
+    const c = this.quantChecked.get(w);
+    if (c && c.wt === w.w && c.sc === w.scales && c.bi === (w.biases ?? null) && c.mode === w.mode && c.bits === w.bits && c.groupSize === w.groupSize && c.wt.h && c.sc.h && (!c.bi || c.bi.h) && !c.wt.error)
+      return c;
     const wt = this.arg(w.w, `${what} weight`);
     const sc = this.arg(w.scales, `${what} scales`);
     const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
     const K = args.checkQuantized(what, w, wt, sc, bi);
-    return { wt, sc, bi, K, N: wt.shape[wt.shape.length - 2]! };
+    const q: QuantArgs = {
+      wt,
+      sc,
+      bi,
+      K,
+      N: wt.shape[wt.shape.length - 2]!,
+      mode: w.mode,
+      bits: w.bits,
+      groupSize: w.groupSize,
+      optBits: optInt(w.bits),
+      optGroup: optInt(w.groupSize),
+      modeName: MODE_NAMES[w.mode],
+      outDtype: this.qmmDtype(w.mode, sc, bi),
+    };
+    this.quantChecked.set(w, q);
+    return q;
   }
 
   /** The factor nvfp4's global scale contributes (MLX's quantized matmuls take none): global / (448 * 6). */
@@ -688,11 +764,11 @@ export class MlxBackend implements Backend {
     return this.op((tmp) => {
       const y = tmp.add(
         this.res(
-          this.S.mlx_quantized_matmul(outSlot(), this.f32(xt, tmp), q.wt.h, q.sc.h, q.bi ? q.bi.h : null, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], this.stream),
+          this.S.mlx_quantized_matmul(outSlot(), this.f32(xt, tmp), q.wt.h, q.sc.h, q.bi ? q.bi.h : null, true, q.optGroup, q.optBits, q.modeName, this.stream),
           "quantizedMatmul",
         ),
       );
-      const y32 = this.inCompute(y, this.qmmDtype(w.mode, q.sc, q.bi), tmp);
+      const y32 = this.inCompute(y, q.outDtype, tmp);
       if (g === 1) return y32;
       return this.res(this.S.mlx_multiply(outSlot(), y32, this.scalar(g), this.stream), "quantizedMatmul");
     }, [...xt.shape.slice(0, -1), q.N], this.computeDtype);
@@ -736,12 +812,12 @@ export class MlxBackend implements Backend {
         N = args.checkExperts(xt, q.wt, K, q.K);
         y = tmp.add(
           this.res(
-            this.S.mlx_gather_qmm(outSlot(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, optInt(w.groupSize), optInt(w.bits), MODE_NAMES[w.mode], false, this.stream),
+            this.S.mlx_gather_qmm(outSlot(), xr, q.wt.h, q.sc.h, q.bi ? q.bi.h : null, null, idx, true, q.optGroup, q.optBits, q.modeName, false, this.stream),
             "gatherMatmul",
           ),
         );
         const g = this.globalFactor(w);
-        y = this.inCompute(y, this.qmmDtype(w.mode, q.sc, q.bi), tmp);
+        y = this.inCompute(y, q.outDtype, tmp);
         if (g !== 1) y = this.raw.bin("mlx_multiply", y, this.scalar(g), tmp);
       } else {
         const wt = this.arg(w, "gatherMatmul weight");
@@ -1132,8 +1208,9 @@ export class MlxBackend implements Backend {
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool {
     args.checkKvPool(numBlocks, blockSize, kvHeads, headDim, format);
     const f = args.kvPoolFormat(format);
-    const lead = [numBlocks, blockSize, kvHeads];
-    const alloc = (last: number, dt: DType) => this.allocPersistent([...lead, last], dt) as MTensor;
+    // Rows of (slot, head) in slot order, as [numBlocks * blockSize * kvHeads, row]: the layout a block table's
+    // gather takes rows from without a reshape per layer and step (the bytes are those of [blocks, slots, heads, row]).
+    const alloc = (last: number, dt: DType) => this.allocPersistent([numBlocks * blockSize * kvHeads, last], dt) as MTensor;
     const side = (e: KvElement): MKvSide => {
       if (e.kind === "float") return { e, data: alloc(headDim, e.dtype) };
       if (e.kind !== "affine") {
@@ -1182,10 +1259,10 @@ export class MlxBackend implements Backend {
     t.h = h;
   }
 
-  /** Scatters rows upd [T, 1, ...row] into a pool tensor [numBlocks, blockSize, ...row] at the slots in idxVec. */
-  private scatterSlots(dst: MTensor, upd: number, idxVec: number, tmp: Temps): void {
-    const [nb, bs, ...row] = dst.shape as [number, number, ...number[]];
-    const flat = this.raw.reshape(dst.h, [nb * bs, ...row], tmp);
+  /** Scatters rows upd [T, 1, kvHeads, last] into a pool tensor [slots * kvHeads, last] at the slots in idxVec. */
+  private scatterSlots(dst: MTensor, kvHeads: number, upd: number, idxVec: number, tmp: Temps): void {
+    const [rows, last] = dst.shape as [number, number];
+    const flat = this.raw.reshape(dst.h, [rows / kvHeads, kvHeads, last], tmp);
     const written = tmp.add(this.res(this.S.mlx_scatter(outSlot(), flat, idxVec, upd, Int32Array.of(0), 1, this.stream), "kvWrite"));
     this.swap(dst, this.res(this.S.mlx_reshape(outSlot(), written, ints(dst.shape), dst.shape.length, this.stream), "kvWrite"));
   }
@@ -1229,20 +1306,18 @@ export class MlxBackend implements Backend {
     if (T === 0) return;
     const tmp = new Temps();
     try {
-      // Slots in a row within one block (a decode token; a prompt chunk's block): slice updates, no index array.
+      // Slots in a row (a decode token; a prompt chunk's block) are rows in a row: slice updates, no index array.
       const first = slots[0]!;
-      const blk = Math.floor(first / blockSize);
-      let run = Math.floor((first + T - 1) / blockSize) === blk;
+      let run = true;
       for (let i = 1; run && i < T; i++) run = slots[i] === first + i;
       const idxVec = run ? 0 : Number(this.S.mlx_vector_array_new_data(handles([this.raw.data(slots.slice(), [T], MLX_DTYPE.i32, tmp)]), 1));
       // Writes rows [T * kvHeads, last] (or [T, kvHeads, last]) of one pool tensor at the step's slots.
       const put = (dst: MTensor, rows: number, last: number) => {
-        if (!run) return this.scatterSlots(dst, this.raw.reshape(rows, [T, 1, kvHeads, last], tmp), idxVec, tmp);
-        const off = first - blk * blockSize;
-        const upd = this.raw.reshape(rows, [1, T, kvHeads, last], tmp);
-        const lo = ints([blk, off, 0, 0]);
-        const hi = ints([blk + 1, off + T, kvHeads, last]);
-        this.swap(dst, this.res(this.S.mlx_slice_update(outSlot(), dst.h, upd, lo, 4, hi, 4, ints([1, 1, 1, 1]), 4, this.stream), "kvWrite"));
+        if (!run) return this.scatterSlots(dst, kvHeads, this.raw.reshape(rows, [T, 1, kvHeads, last], tmp), idxVec, tmp);
+        const upd = this.raw.reshape(rows, [T * kvHeads, last], tmp);
+        const lo = ints([first * kvHeads, 0]);
+        const hi = ints([(first + T) * kvHeads, last]);
+        this.swap(dst, this.res(this.S.mlx_slice_update(outSlot(), dst.h, upd, lo, 2, hi, 2, ONES2, 2, this.stream), "kvWrite"));
       };
       try {
         for (const [side, src] of [[pool.sides[0], kt], [pool.sides[1], vt]] as const) {
@@ -1532,11 +1607,11 @@ export class MlxBackend implements Backend {
     if (src === dst) return;
     const tmp = new Temps();
     try {
+      const n = pool.blockSize * pool.kvHeads;
       for (const t of pool.parts) {
-        const rest = t.shape.slice(1);
-        const one = ints([1, 1, 1, 1]);
-        const block = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([src, 0, 0, 0]), 4, ints([src + 1, ...rest]), 4, one, 4, this.stream), "copyBlock"));
-        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, block, ints([dst, 0, 0, 0]), 4, ints([dst + 1, ...rest]), 4, one, 4, this.stream), "copyBlock");
+        const last = t.shape[1]!;
+        const block = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([src * n, 0]), 2, ints([(src + 1) * n, last]), 2, ONES2, 2, this.stream), "copyBlock"));
+        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, block, ints([dst * n, 0]), 2, ints([(dst + 1) * n, last]), 2, ONES2, 2, this.stream), "copyBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -1552,9 +1627,9 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       // One evaluation of the block's parts, flattened to bytes and joined in the documented order.
-      const one = ints([1, 1, 1, 1]);
+      const n = pool.blockSize * pool.kvHeads;
       const bytes = pool.parts.map((t) => {
-        const h = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "readKvBlock"));
+        const h = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([block * n, 0]), 2, ints([(block + 1) * n, t.shape[1]!]), 2, ONES2, 2, this.stream), "readKvBlock"));
         const flat = this.raw.reshape(h, [-1], tmp);
         return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(outSlot(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
       });
@@ -1578,13 +1653,13 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       let at = 0;
+      const rows = pool.blockSize * pool.kvHeads;
       for (const t of pool.parts) {
-        const shape = [1, ...t.shape.slice(1)];
-        const n = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+        const shape = [rows, t.shape[1]!];
+        const n = rows * shape[1]! * DTYPE_BYTES[t.dtype];
         const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
         at += n;
-        const one = ints([1, 1, 1, 1]);
-        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, src, ints([block, 0, 0, 0]), 4, ints([block + 1, ...t.shape.slice(1)]), 4, one, 4, this.stream), "writeKvBlock");
+        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, src, ints([block * rows, 0]), 2, ints([(block + 1) * rows, shape[1]!]), 2, ONES2, 2, this.stream), "writeKvBlock");
         this.swap(t, h);
       }
       this.dirtyPools.add(pool);
@@ -1605,41 +1680,12 @@ export class MlxBackend implements Backend {
     const [T, H] = qt.shape as [number, number, number];
     const D = pool.headDim;
     const B = batch.seqLens.length;
-    const { maxBlocks } = batch;
     const bs = pool.blockSize;
     const kvH = pool.kvHeads;
-
-    const rank = new Int32Array(T);
-    const counts = new Int32Array(B);
-    for (let t = 0; t < T; t++) {
-      const s = batch.tokenSeq[t]!;
-      if (!(s >= 0 && s < B)) invalid(`pagedAttention: token ${t} in sequence ${s} of ${B}`);
-      rank[t] = counts[s]!++;
-    }
-    let Lq = 1;
-    let S = 1;
-    for (let s = 0; s < B; s++) {
-      Lq = Math.max(Lq, counts[s]!);
-      const L = batch.seqLens[s]!;
-      if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
-      S = Math.max(S, L);
-    }
+    const { Lq, S, rank, qIdx, outIdx, inPlace } = this.attentionPlan(batch, T, bs);
     const idx = this.gatherIndex(batch, pool, S);
-    const qIdx = new Int32Array(B * Lq);
-    const outIdx = new Int32Array(T);
     const window = opts.window ?? 0;
-    // One sequence whose step tokens are its last ones, no window: MLX's own causal mask (none for one query),
-    // queries and outputs in place; otherwise a mask array carries causality, the window and the padding.
-    let simple = B === 1 && window === 0 && T === S - (batch.positions[0] ?? 0);
-    for (let t = 0; t < T; t++) {
-      const s = batch.tokenSeq[t]!;
-      const row = s * Lq + rank[t]!;
-      qIdx[row] = t;
-      outIdx[t] = row;
-      const pos = batch.positions[t]!;
-      if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
-      if (row !== t || pos !== S - T + t) simple = false;
-    }
+    const simple = inPlace && window === 0;
     const buildMask = () =>
       this.stepArrays.get(`mask ${B} ${Lq} ${S} ${window}`, [batch.tokenSeq, batch.positions, batch.seqLens], () =>
         this.constant(maskRows(), [B, 1, Lq, S], MLX_DTYPE.bool, "pagedAttention"),
@@ -1664,7 +1710,7 @@ export class MlxBackend implements Backend {
     const softcap = opts.softcap ?? 0;
     return this.op((tmp) => {
       const gather = (src: MTensor) => {
-        const r4 = this.raw.take(this.raw.reshape(src.h, [pool.numBlocks * bs * kvH, D], tmp), idx, 0, tmp);
+        const r4 = this.raw.take(src.h, idx, 0, tmp);
         return src.dtype === this.computeDtype ? r4 : this.raw.astype(r4, this.adt, tmp);
       };
       const K = gather(pool.k);
@@ -1685,6 +1731,52 @@ export class MlxBackend implements Backend {
       if (simple) return rows;
       return this.res(this.S.mlx_take_axis(outSlot(), rows, this.raw.data(outIdx, [T], MLX_DTYPE.i32, tmp), 0, this.stream), "pagedAttention");
     }, [T, H, D], this.computeDtype);
+  }
+
+  /**
+   * The rows of a step's paged attention (see AttentionPlan), checked against the batch: made once for the
+   * layers of a step, which all pass the same tables.
+   */
+  private attentionPlan(batch: AttentionBatch, T: number, bs: number): AttentionPlan {
+    const tables = [batch.tokenSeq, batch.positions, batch.seqLens, batch.blockTables];
+    for (let i = this.plans.length - 1; i >= 0; i--) {
+      const p = this.plans[i]!;
+      if (p.bs === bs && p.maxBlocks === batch.maxBlocks && sameTables(p.tables, tables)) return p;
+    }
+    const B = batch.seqLens.length;
+    const { maxBlocks } = batch;
+    const rank = new Int32Array(T);
+    const counts = new Int32Array(B);
+    for (let t = 0; t < T; t++) {
+      const s = batch.tokenSeq[t]!;
+      if (!(s >= 0 && s < B)) invalid(`pagedAttention: token ${t} in sequence ${s} of ${B}`);
+      rank[t] = counts[s]!++;
+    }
+    let Lq = 1;
+    let S = 1;
+    for (let s = 0; s < B; s++) {
+      Lq = Math.max(Lq, counts[s]!);
+      const L = batch.seqLens[s]!;
+      if (!(L >= 0 && L <= maxBlocks * bs)) invalid(`pagedAttention: sequence ${s} of ${L} tokens exceeds its ${maxBlocks} blocks`);
+      S = Math.max(S, L);
+    }
+    const qIdx = new Int32Array(B * Lq);
+    const outIdx = new Int32Array(T);
+    let inPlace = B === 1 && T === S - (batch.positions[0] ?? 0);
+    for (let t = 0; t < T; t++) {
+      const s = batch.tokenSeq[t]!;
+      const row = s * Lq + rank[t]!;
+      qIdx[row] = t;
+      outIdx[t] = row;
+      const pos = batch.positions[t]!;
+      if (!(pos >= 0 && pos < batch.seqLens[s]!)) invalid(`pagedAttention: token ${t} at position ${pos} of a sequence of ${batch.seqLens[s]} tokens`);
+      if (row !== t || pos !== S - T + t) inPlace = false;
+    }
+    const plan = { tables: tables.map((t) => t.slice()), bs, maxBlocks, Lq, S, rank, qIdx, outIdx, inPlace };
+    this.plans.push(plan);
+    // a step's spaces (a windowed cache's two, a draft model's) each keep theirs
+    if (this.plans.length > 4) this.plans.shift();
+    return plan;
   }
 
   /**
@@ -1739,7 +1831,7 @@ export class MlxBackend implements Backend {
     // Query positions per product, so that a long prefill chunk never holds more than about SCORE_BYTES of scores.
     const chunk = Math.max(1, Math.min(Lq, Math.floor(SCORE_BYTES / (B * H * S * 4))));
     return this.op((tmp) => {
-      const gather = (t: MTensor) => this.raw.take(this.raw.reshape(t.h, [pool.numBlocks * pool.blockSize * kvH, t.shape[3]!], tmp), g.idx, 0, tmp);
+      const gather = (t: MTensor) => this.raw.take(t.h, g.idx, 0, tmp);
       // One side's rows [B, kvH, S, *], gathered once for every chunk: floats as f32, codes as MLX's uint32 words.
       const operand = (side: MKvSide) => {
         const data = gather(side.data);
