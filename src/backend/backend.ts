@@ -196,6 +196,8 @@ export interface Backend {
    * the model and has none.
    */
   forModel?(modelDtype: DType, mode: ComputeDtypeMode): Backend | undefined;
+  /** The dtype activations are computed in, where a backend says (the mlx backend's; the native one is f32). */
+  readonly computeDtype?: DType;
 
   // ---- creation and read-back ----
   /** Copies host data into a new tensor. */

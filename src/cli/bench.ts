@@ -17,6 +17,7 @@ import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
+import { defaultKvCodec } from "../engine/kv/codec.ts";
 
 interface BenchFlags extends BackendFlags, KvFlags, BitnetFlags {
   model?: string;
@@ -64,7 +65,7 @@ export function register(program: Command): void {
   ))).action(
     action((f: BenchFlags) => {
       applyBackendFlags(f);
-      const kvQuant = kvCodecFrom(f);
+      const askedKv = kvCodecFrom(f);
       const promptLen = positiveInt("prompt", f.prompt);
       const gen = positiveInt("gen", f.gen);
       const reps = positiveInt("reps", f.reps);
@@ -72,6 +73,7 @@ export function register(program: Command): void {
       const be = getBackend();
       const md = openModelDir(dir);
       const model = loadModel(be, md, modelOptionsFrom(f));
+      const kvQuant = askedKv ?? defaultKvCodec(model.backend);
       if (promptLen + gen > md.config.contextLength) {
         throw new RmlxError("context_length", `-p + -g = ${promptLen + gen} tokens; the model's context is ${md.config.contextLength}`);
       }

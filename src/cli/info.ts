@@ -164,7 +164,7 @@ export function register(program: Command): void {
     .action(
       action(async (opts: InfoOptions) => {
         applyBackendFlags(opts);
-        const codec = parseKvCodec(kvCodecFrom(opts));
+        const codec = parseKvCodec(kvCodecFrom(opts) ?? "f32");
         const md = openModelDir(opts.model ?? builtinModelDir());
         let embedding: EmbeddingSummary | undefined;
         let reason: string | null;

@@ -16,17 +16,21 @@ export function addKvOption(cmd: Command): Command {
   return cmd
     .option(
       "--kv-quant <codec>",
-      `KV cache codec: ${KV_CODEC_NAMES.join(", ")}; q8/q4/k8v4/fp8 take a group suffix g32 or g64, e.g. q4g32; turbo4/turbo3 need a power-of-two head_dim (env RMLX_KV_QUANT; default f32)`,
+      `KV cache codec: ${KV_CODEC_NAMES.join(", ")}; q8/q4/k8v4/fp8 take a group suffix g32 or g64, e.g. q4g32; turbo4/turbo3 need a power-of-two head_dim (env RMLX_KV_QUANT; default f32, or the activations' bf16/f16 where the mlx backend computes in it)`,
     )
     .option("--kv-dtype <type>", "older spelling of --kv-quant f32, f16 or bf16 (env RMLX_KV_DTYPE)");
 }
 
-/** The codec name: --kv-quant, else --kv-dtype, else RMLX_KV_QUANT, else RMLX_KV_DTYPE, else f32. Checked here. */
-export function kvCodecFrom(f: KvFlags): string {
+/**
+ * The codec name: --kv-quant, else --kv-dtype, else RMLX_KV_QUANT, else RMLX_KV_DTYPE; checked here. Undefined
+ * when none is given: the engine then takes defaultKvCodec of the model's backend.
+ */
+export function kvCodecFrom(f: KvFlags): string | undefined {
   if (f.kvQuant !== undefined && f.kvDtype !== undefined && f.kvQuant !== f.kvDtype) {
     throw new RmlxError("invalid_argument", `--kv-quant ${f.kvQuant} and --kv-dtype ${f.kvDtype} disagree: give one`);
   }
-  const v = f.kvQuant ?? f.kvDtype ?? process.env.RMLX_KV_QUANT ?? process.env.RMLX_KV_DTYPE ?? "f32";
+  const v = f.kvQuant ?? f.kvDtype ?? process.env.RMLX_KV_QUANT ?? process.env.RMLX_KV_DTYPE;
+  if (v === undefined) return undefined;
   if (f.kvQuant === undefined && f.kvDtype !== undefined && !["f32", "f16", "bf16"].includes(f.kvDtype)) {
     throw new RmlxError("invalid_argument", `--kv-dtype must be one of f32, f16, bf16 (got '${f.kvDtype}'); see --kv-quant`);
   }

@@ -179,8 +179,9 @@ export function register(program: Command): void {
         }
         const models = discoverModels(modelPaths, aliases);
         const kvQuant = kvCodecFrom(flags);
-        // A codec some model's head_dim cannot take stops the server here, not at that model's first request.
-        for (const [name, dir] of models) {
+        // A codec some model's head_dim cannot take stops the server here, not at that model's first request (the
+        // default ones, f32 or the activations' 16-bit dtype, take any).
+        if (kvQuant !== undefined) for (const [name, dir] of models) {
           let config;
           try {
             config = loadConfig(dir);
@@ -199,7 +200,7 @@ export function register(program: Command): void {
           maxRunning: parseInteger(pick(flags.maxRunning, "RMLX_MAX_RUNNING", "32"), "--max-running", 1),
           maxWaiting: parseInteger(pick(flags.maxWaiting, "RMLX_MAX_WAITING", "256"), "--max-waiting", 0),
           prefillChunk: parseInteger(pick(flags.prefillChunk, "RMLX_PREFILL_CHUNK", "2048"), "--prefill-chunk", 16),
-          kvQuant,
+          ...(kvQuant !== undefined ? { kvQuant } : {}),
           prefixCache: flags.prefixCache === false ? false : process.env.RMLX_PREFIX_CACHE !== "0",
           backend: process.env.RMLX_BACKEND,
           mlxLib: process.env.RMLX_MLX_C_LIB,

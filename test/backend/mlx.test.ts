@@ -10,6 +10,7 @@ import { ptr, read } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
 import { Sequence } from "../../src/engine/kv/kv_cache.ts";
+import { defaultKvCodec } from "../../src/engine/kv/codec.ts";
 import { Sampler } from "../../src/engine/sampler.ts";
 import { loadSession, sessionModel, tokenModel } from "../../src/engine/session.ts";
 import { DEFAULT_SAMPLING } from "../../src/engine/types.ts";
@@ -375,6 +376,37 @@ describe(`mlx backend${skipReason}`, () => {
       pointers.push([data(pool.conv), data(pool.delta)]);
     }
     for (const p of pointers.slice(1)) expect(p).toEqual(pointers[0]!);
+  });
+
+  test.skipIf(!probe.ok)("with bf16 activations the default KV cache is bf16: the same tokens as an f32 cache, no cast of the context", () => {
+    const prev = process.env.RMLX_COMPUTE_DTYPE;
+    process.env.RMLX_COMPUTE_DTYPE = "model";
+    try {
+      const model = loadModel(new MlxBackend(), openModelDir(join(ROOT, "models/default")));
+      expect(defaultKvCodec(model.backend)).toBe("bf16");
+      expect(defaultKvCodec(new MlxBackend().forModel("f16", "model")!)).toBe("f16");
+      const tokens = (codec: string) => {
+        const cache = cacheForTokens(model, 64, codec);
+        try {
+          const request = { prompt: Array.from({ length: 12 }, (_, i) => i * 7 + 3), maxTokens: 16, sampling: { ...DEFAULT_SAMPLING, temperature: 0 }, stop: [], stopTokenIds: [], ignoreEos: true };
+          return generate(tokenModel(model, cache), request).tokenIds;
+        } finally {
+          cache.dispose();
+        }
+      };
+      const got = tokens(defaultKvCodec(model.backend));
+      expect(got.length).toBe(16);
+      expect(got).toEqual(tokens("f32"));
+      const cache = cacheForTokens(model, 64, defaultKvCodec(model.backend));
+      const seq = new Sequence();
+      forwardBatch(model, cache, [{ seq, tokens: Int32Array.from({ length: 8 }, (_, i) => i + 3) }]);
+      // the step's only cast: the logits to f32 for the read-back
+      expect(countCalls(model.backend as MlxBackend, "mlx_astype", () => forwardBatch(model, cache, [{ seq, tokens: Int32Array.of(11) }]))).toBeLessThanOrEqual(1);
+      cache.dispose();
+    } finally {
+      if (prev === undefined) delete process.env.RMLX_COMPUTE_DTYPE;
+      else process.env.RMLX_COMPUTE_DTYPE = prev;
+    }
   });
 
   test.skipIf(!probe.ok)("decode steps write the KV pools in place and reuse their handles instead of freeing one a call", () => {
