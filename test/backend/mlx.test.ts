@@ -432,6 +432,19 @@ describe(`mlx backend${skipReason}`, () => {
     cache.dispose();
   });
 
+  test.skipIf(!probe.ok)("a dense weight is transposed once for all its products, and disposing it frees its memory", () => {
+    const be = new MlxBackend();
+    const w = be.fromArray(randn(512 * 256, 3, 0.1), [512, 256], "f32");
+    const x = be.fromArray(randn(2 * 256, 4), [2, 256], "f32");
+    const transposes = countCalls(be, "mlx_transpose_axes", () => {
+      for (let i = 0; i < 3; i++) expectClose(be.toFloat32(be.linear(x, w)), linearRef(randn(2 * 256, 4), 2, 256, randn(512 * 256, 3, 0.1), 512), 1e-4, 1e-4);
+    });
+    expect(transposes).toBe(1);
+    const before = be.activeMemory();
+    be.dispose(w);
+    expect(before - be.activeMemory()).toBeGreaterThanOrEqual(512 * 256 * 4);
+  });
+
   test.skipIf(!probe.ok)("a pool dropped after a write that was never evaluated leaves later evals working", () => {
     // a step that failed after its cache writes, whose cache was then disposed
     const be = new MlxBackend();

@@ -69,6 +69,7 @@ const MODE_NAMES: Record<QuantMode, Uint8Array> = {
   nvfp4: cstr("nvfp4"),
 };
 const MASK_NONE = cstr("");
+const TRANSPOSE_2D = Int32Array.of(1, 0);
 /** Unit strides of a 2-d slice. */
 const ONES2 = Int32Array.of(1, 1);
 const MASK_CAUSAL = cstr("causal");
@@ -260,6 +261,7 @@ export class MlxBackend implements Backend {
   /** Bytes of scoped results given to the spare handles since the last eval (releaseScoped). */
   private spareBytes = 0;
   private readonly quantChecked = new WeakMap<QuantizedWeight, QuantArgs>();
+  private readonly transposes = new WeakMap<MTensor, { h: number; of: number }>();
   /** The attention plans of the latest steps, newest last. */
   private readonly plans: AttentionPlan[] = [];
   /** Rope's positions, attention's gather indices and masks of the latest steps. */
@@ -519,6 +521,7 @@ export class MlxBackend implements Backend {
     if (!(x instanceof MTensor) || !x.h) return;
     if (!x.persistent && x.scoped) return;
     this.unscoped.unregister(x);
+    this.dropTranspose(x);
     this.free(x.h);
     x.h = 0;
     x.hold = null;
@@ -712,11 +715,32 @@ export class MlxBackend implements Backend {
     const wt = this.arg(w, "linear weight");
     const bt = bias ? this.arg(bias, "linear bias") : null;
     args.checkLinear(xt, wt, bt);
+    // MLX promotes a pair of float dtypes to their common one, f32 for two different ones.
+    const dtype = wt.dtype === this.computeDtype ? wt.dtype : "f32";
     return this.op((tmp) => {
-      const wT = this.raw.transpose(wt.h, [1, 0], tmp);
-      const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
+      const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), this.transposed(wt), tmp);
       return bt ? this.res(this.S.mlx_add(outSlot(), y, this.f32(bt, tmp), this.stream), "linear") : y;
-    });
+    }, [...xt.shape.slice(0, -1), wt.shape[0]!], dtype);
+  }
+
+  /** A dense weight's transpose (a view of its data), made at its first product and kept with the weight. */
+  private transposed(w: MTensor): number {
+    const e = this.transposes.get(w);
+    if (e && e.of === w.h) return e.h;
+    if (e) this.dropTranspose(w);
+    const h = this.res(this.S.mlx_transpose_axes(outSlot(), w.h, TRANSPOSE_2D, 2, this.stream), "linear");
+    const entry = { h, of: w.h };
+    this.transposes.set(w, entry);
+    this.unscoped.register(entry, h, entry);
+    return h;
+  }
+
+  private dropTranspose(w: MTensor): void {
+    const e = this.transposes.get(w);
+    if (!e) return;
+    this.transposes.delete(w);
+    this.unscoped.unregister(e);
+    this.free(e.h);
   }
 
   /**
