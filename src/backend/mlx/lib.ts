@@ -30,7 +30,9 @@ export const MLX_DTYPE = {
 
 /** A shape or axis list for mlx-c's const int * parameters (one element at least, a valid pointer when empty). */
 export function ints(xs: readonly number[]): Int32Array {
-  return xs.length ? Int32Array.from(xs) : new Int32Array(1);
+  const a = new Int32Array(Math.max(xs.length, 1));
+  for (let i = 0; i < xs.length; i++) a[i] = xs[i]!;
+  return a;
 }
 
 /** Array handles for mlx-c's const mlx_array * parameters (one element at least, as ints). */
@@ -262,6 +264,9 @@ export function probeMlx(explicit?: string): { ok: true; lib: MlxLib } | { ok: f
 
 // One out-slot shared by every call: calls are synchronous and each result is read before the next call.
 const slot = new BigUint64Array(1);
+// The slot as two 32-bit halves: read and written without a BigInt a call (handles are below 2^53).
+const slotWords = new Uint32Array(slot.buffer);
+const WORD = 2 ** 32;
 /**
  * Handles whose arrays nobody needs any more, kept to receive later results (outSlot): mlx-c assigns a result
  * into the array a non-null out-slot holds, so a step reuses its handles instead of paying an mlx_array_free and
@@ -275,7 +280,8 @@ let pending = 0;
 export function slotPtr(): BigUint64Array {
   if (pending) spare.push(pending);
   pending = 0;
-  slot[0] = 0n;
+  slotWords[0] = 0;
+  slotWords[1] = 0;
   return slot;
 }
 
@@ -283,7 +289,8 @@ export function slotPtr(): BigUint64Array {
 export function outSlot(): BigUint64Array {
   if (pending) spare.push(pending);
   pending = spare.pop() ?? 0;
-  slot[0] = BigInt(pending);
+  slotWords[0] = pending >>> 0;
+  slotWords[1] = Math.floor(pending / WORD);
   return slot;
 }
 
@@ -294,8 +301,9 @@ export function outSlot(): BigUint64Array {
  * empty and made a new handle; the spare one it had goes back.
  */
 export function readSlot(): number {
-  const h = Number(slot[0]);
-  slot[0] = 0n;
+  const h = slotWords[0]! + slotWords[1]! * WORD;
+  slotWords[0] = 0;
+  slotWords[1] = 0;
   if (pending && pending !== h) spare.push(pending);
   pending = 0;
   return h;
