@@ -549,9 +549,10 @@ export class MlxBackend implements Backend {
     for (const p of this.dirtyPools) for (const t of p.parts) if (t.h) hs.push(t.h);
     for (const p of this.dirtyStates) if (p.conv.h && p.delta.h) hs.push(p.conv.h, p.delta.h);
     if (hs.length === 0) return;
-    // A spare handle may still hold a view of a pool written in this step, which would make MLX copy the pool
-    // instead of updating it in place.
-    this.freeSpares();
+    // A spare handle may still hold a view of a pool this eval writes, which would make MLX copy the pool instead
+    // of updating it in place. Evals that write none (a pipelined step's ids read back while the next computes)
+    // leave the spares to the next step's recording.
+    if (this.dirtyPools.size > 0 || this.dirtyStates.size > 0) this.freeSpares();
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
       const t0 = performance.now();
