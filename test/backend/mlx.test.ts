@@ -5,8 +5,8 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { MlxBackend } from "../../src/backend/mlx/backend.ts";
 import { MTensor } from "../../src/backend/mlx/tensor.ts";
-import { probeMlx, readSlot, slotPtr } from "../../src/backend/mlx/lib.ts";
-import { ptr, read } from "bun:ffi";
+import { outSlot, probeMlx, readSlot, slotPtr, spareHandle, takeSpares } from "../../src/backend/mlx/lib.ts";
+import { ptr, read, toArrayBuffer, type Pointer } from "bun:ffi";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { cacheForTokens, generate } from "../../src/engine/generate.ts";
 import { Sequence } from "../../src/engine/kv/kv_cache.ts";
@@ -458,6 +458,40 @@ describe(`mlx backend${skipReason}`, () => {
     be.dispose(pool.v);
     const y = be.add(be.fromArray(Float32Array.of(1, 2), [2], "f32"), be.fromArray(Float32Array.of(3, 4), [2], "f32"));
     expect([...be.toFloat32(y)]).toEqual([4, 6]);
+  });
+
+  test.skipIf(!probe.ok)("spare handles receive results in a hot loop, and a call nested in another's arguments keeps both results apart", () => {
+    const be = new MlxBackend();
+    const a = be.fromArray(Float32Array.of(1, 2), [2], "f32") as unknown as { h: number };
+    const S = be.lib.sym;
+    const stream = Number(S.mlx_default_cpu_stream_new());
+    const values = (h: number) => {
+      expect(S.mlx_array_eval(h)).toBe(0);
+      return [...new Float32Array(toArrayBuffer(S.mlx_array_data_uint8(h) as Pointer, 0, 8))];
+    };
+    takeSpares().forEach((h) => S.mlx_array_free(h));
+    let reused = 0;
+    let last = 0;
+    for (let i = 0; i < 100_000; i++) {
+      if (S.mlx_add(outSlot(), a.h, a.h, stream) !== 0) throw new Error("mlx_add failed");
+      const h = readSlot();
+      if (h !== 0 && h === last) reused++;
+      last = h;
+      spareHandle(h);
+    }
+    expect(reused).toBe(99_999);
+    // the outer call's slot is taken by the call that makes its operand: the operand keeps the spare handle, the
+    // outer result gets a handle of its own
+    const inner: number[] = [];
+    const st = S.mlx_add(outSlot(), a.h, (S.mlx_multiply(outSlot(), a.h, a.h, stream), inner.push(readSlot()), inner[0]), stream);
+    expect(st).toBe(0);
+    const outer = readSlot();
+    expect(inner[0]).toBe(last);
+    expect(outer).not.toBe(last);
+    expect(values(inner[0]!)).toEqual([1, 4]);
+    expect(values(outer)).toEqual([2, 6]);
+    for (const h of [...takeSpares(), outer, inner[0]!]) S.mlx_array_free(h);
+    S.mlx_stream_free(stream);
   });
 
   test.skipIf(!probe.ok)("MLX's own errors come back as RmlxError with MLX's message", () => {
