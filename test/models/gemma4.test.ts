@@ -58,7 +58,7 @@ describe("KV cache layout", () => {
       [16, 24],
       [32, 0],
     ]);
-    const cache = new KvCache(model.backend, model.layers, { numBlocks: 8, blockSize: 16 });
+    const cache = new KvCache(model.backend, model.layers, { numBlocks: 8, blockSize: 16, codec: "f32" });
     expect(cache.pools[3]).toBe(cache.pools[1]!);
     expect(cache.pools[5]).toBe(cache.pools[2]!);
     expect(new Set(cache.pools).size).toBe(3);

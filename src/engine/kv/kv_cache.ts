@@ -12,7 +12,7 @@ import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
 import { type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "../../quant/kv_codec.ts";
-import { codecRootHash } from "./codec.ts";
+import { codecRootHash, defaultKvCodec } from "./codec.ts";
 import { blockHash, type PrefixCache, type PrefixMatch, ROOT_HASH } from "./prefix_cache.ts";
 
 const DEFAULT_BLOCK_SIZE = 16;
@@ -353,7 +353,7 @@ export interface KvCacheOptions {
   memoryBytes?: number;
   /** A float element type: the codec of that name. */
   dtype?: DType;
-  /** How pages store K and V (see codec.ts); overrides dtype. Default f32. */
+  /** How pages store K and V (see codec.ts); overrides dtype. Default: defaultKvCodec of the backend. */
   codec?: KvCodec | string;
   /**
    * Sliding-window layers keep only their window, in a space of their own (effective when the model has both
@@ -419,7 +419,7 @@ export class KvCache {
     opts: KvCacheOptions = {},
   ) {
     this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
-    this.codec = kvCodec(opts.codec ?? opts.dtype ?? "f32");
+    this.codec = kvCodec(opts.codec ?? opts.dtype ?? defaultKvCodec(backend));
     this.rootHash = codecRootHash(this.codec);
     checkKvSources(layers);
     this.states = layers.some((l) => l.state)
