@@ -4,7 +4,7 @@
 // a step depends on its longest run, not on how many sequences it holds. Padded steps of the delta rule get g = 0
 // and beta = 0: the state is neither decayed nor written there, and their outputs are dropped.
 import type { RecurrentBatch, StateSpec } from "../backend.ts";
-import { handles, ints, MLX_DTYPE, slotPtr, type MlxSymbols } from "./lib.ts";
+import { handles, ints, MLX_DTYPE, outSlot, slotPtr, spareHandle, type MlxSymbols } from "./lib.ts";
 
 type Res = (status: number, what: string) => number;
 
@@ -13,7 +13,7 @@ const STEPWISE_MAX = 4;
 
 
 /**
- * The mlx-c calls of one op over raw handles: each result is a temp, freed by free() unless taken out by keep()
+ * The mlx-c calls of one op over raw handles: each result is a temp, given up by free() unless taken out by keep()
  * (MLX counts references, so a kept result holds the graph it needs).
  */
 export class Graph {
@@ -39,8 +39,9 @@ export class Graph {
     return h;
   }
 
+  /** The temps go to the spare handles (see outSlot), for later results. */
   free(): void {
-    for (const h of this.hs) this.S.mlx_array_free(h);
+    for (const h of this.hs) if (h) spareHandle(h);
     this.hs.length = 0;
   }
 
@@ -59,109 +60,109 @@ export class Graph {
   }
 
   zeros(shape: readonly number[]): number {
-    return this.add(this.S.mlx_zeros(slotPtr(), ints(shape), shape.length, MLX_DTYPE.f32, this.stream));
+    return this.add(this.S.mlx_zeros(outSlot(), ints(shape), shape.length, MLX_DTYPE.f32, this.stream));
   }
 
   f32(h: number): number {
-    return this.S.mlx_array_dtype(h) === MLX_DTYPE.f32 ? h : this.add(this.S.mlx_astype(slotPtr(), h, MLX_DTYPE.f32, this.stream));
+    return this.S.mlx_array_dtype(h) === MLX_DTYPE.f32 ? h : this.add(this.S.mlx_astype(outSlot(), h, MLX_DTYPE.f32, this.stream));
   }
 
   reshape(h: number, shape: readonly number[]): number {
-    return this.add(this.S.mlx_reshape(slotPtr(), h, ints(shape), shape.length, this.stream));
+    return this.add(this.S.mlx_reshape(outSlot(), h, ints(shape), shape.length, this.stream));
   }
 
   transpose(h: number, axes: readonly number[]): number {
-    return this.add(this.S.mlx_transpose_axes(slotPtr(), h, ints(axes), axes.length, this.stream));
+    return this.add(this.S.mlx_transpose_axes(outSlot(), h, ints(axes), axes.length, this.stream));
   }
 
   /** Rows of h along axis 0 at host indices. */
   rows(h: number, idx: Int32Array): number {
-    return this.add(this.S.mlx_take_axis(slotPtr(), h, this.data(idx, [idx.length], MLX_DTYPE.i32), 0, this.stream));
+    return this.add(this.S.mlx_take_axis(outSlot(), h, this.data(idx, [idx.length], MLX_DTYPE.i32), 0, this.stream));
   }
 
   /** h[lo:hi:step] along every axis (step 1 unless given). */
   slice(h: number, lo: readonly number[], hi: readonly number[], step?: readonly number[]): number {
     const n = lo.length;
-    return this.add(this.S.mlx_slice(slotPtr(), h, ints(lo), n, ints(hi), n, ints(step ?? lo.map(() => 1)), n, this.stream));
+    return this.add(this.S.mlx_slice(outSlot(), h, ints(lo), n, ints(hi), n, ints(step ?? lo.map(() => 1)), n, this.stream));
   }
 
   mul(a: number, b: number): number {
-    return this.add(this.S.mlx_multiply(slotPtr(), a, b, this.stream));
+    return this.add(this.S.mlx_multiply(outSlot(), a, b, this.stream));
   }
 
   add2(a: number, b: number): number {
-    return this.add(this.S.mlx_add(slotPtr(), a, b, this.stream));
+    return this.add(this.S.mlx_add(outSlot(), a, b, this.stream));
   }
 
   sub(a: number, b: number): number {
-    return this.add(this.S.mlx_subtract(slotPtr(), a, b, this.stream));
+    return this.add(this.S.mlx_subtract(outSlot(), a, b, this.stream));
   }
 
   matmul(a: number, b: number): number {
-    return this.add(this.S.mlx_matmul(slotPtr(), a, b, this.stream));
+    return this.add(this.S.mlx_matmul(outSlot(), a, b, this.stream));
   }
 
   exp(a: number): number {
-    return this.add(this.S.mlx_exp(slotPtr(), a, this.stream));
+    return this.add(this.S.mlx_exp(outSlot(), a, this.stream));
   }
 
   logaddexp(a: number, b: number): number {
-    return this.add(this.S.mlx_logaddexp(slotPtr(), a, b, this.stream));
+    return this.add(this.S.mlx_logaddexp(outSlot(), a, b, this.stream));
   }
 
   where(cond: number, a: number, b: number): number {
-    return this.add(this.S.mlx_where(slotPtr(), cond, a, b, this.stream));
+    return this.add(this.S.mlx_where(outSlot(), cond, a, b, this.stream));
   }
 
   cumsum(a: number, axis: number): number {
-    return this.add(this.S.mlx_cumsum(slotPtr(), a, axis, false, true, this.stream));
+    return this.add(this.S.mlx_cumsum(outSlot(), a, axis, false, true, this.stream));
   }
 
   /** An elementwise op of two operands by its mlx-c name (comparisons give bool). */
   bin(f: "mlx_minimum" | "mlx_less" | "mlx_less_equal" | "mlx_greater_equal" | "mlx_logical_and", a: number, b: number): number {
-    return this.add(this.S[f](slotPtr(), a, b, this.stream));
+    return this.add(this.S[f](outSlot(), a, b, this.stream));
   }
 
   astype(a: number, dtype: number): number {
-    return this.add(this.S.mlx_astype(slotPtr(), a, dtype, this.stream));
+    return this.add(this.S.mlx_astype(outSlot(), a, dtype, this.stream));
   }
 
   argsort(a: number, axis: number): number {
-    return this.add(this.S.mlx_argsort_axis(slotPtr(), a, axis, this.stream));
+    return this.add(this.S.mlx_argsort_axis(outSlot(), a, axis, this.stream));
   }
 
   argmax(a: number, axis: number): number {
-    return this.add(this.S.mlx_argmax_axis(slotPtr(), a, axis, false, this.stream));
+    return this.add(this.S.mlx_argmax_axis(outSlot(), a, axis, false, this.stream));
   }
 
   takeAlong(a: number, idx: number, axis: number): number {
-    return this.add(this.S.mlx_take_along_axis(slotPtr(), a, idx, axis, this.stream));
+    return this.add(this.S.mlx_take_along_axis(outSlot(), a, idx, axis, this.stream));
   }
 
   /** The largest value along axis, kept as a length-1 axis. */
   maxKeep(a: number, axis: number): number {
-    return this.add(this.S.mlx_max_axis(slotPtr(), a, axis, true, this.stream));
+    return this.add(this.S.mlx_max_axis(outSlot(), a, axis, true, this.stream));
   }
 
   /** The sum along axis, kept as a length-1 axis. */
   sumKeep(a: number, axis: number): number {
-    return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, true, this.stream));
+    return this.add(this.S.mlx_sum_axis(outSlot(), a, axis, true, this.stream));
   }
 
   sum(a: number, axis: number): number {
-    return this.add(this.S.mlx_sum_axis(slotPtr(), a, axis, false, this.stream));
+    return this.add(this.S.mlx_sum_axis(outSlot(), a, axis, false, this.stream));
   }
 
   /** A view of a's elements (row-major, a copied first if it is not) at the given element strides and offset. */
   asStrided(a: number, shape: readonly number[], strides: readonly number[], offset = 0): number {
-    return this.add(this.S.mlx_as_strided(slotPtr(), a, ints(shape), shape.length, BigInt64Array.from(strides.map(BigInt)), strides.length, offset, this.stream));
+    return this.add(this.S.mlx_as_strided(outSlot(), a, ints(shape), shape.length, BigInt64Array.from(strides.map(BigInt)), strides.length, offset, this.stream));
   }
 
   concat(hs: readonly number[], axis: number): number {
     if (hs.length === 1) return hs[0]!;
     const vec = Number(this.S.mlx_vector_array_new_data(handles(hs), hs.length));
     try {
-      return this.add(this.S.mlx_concatenate_axis(slotPtr(), vec, axis, this.stream));
+      return this.add(this.S.mlx_concatenate_axis(outSlot(), vec, axis, this.stream));
     } finally {
       this.S.mlx_vector_array_free(vec);
     }
@@ -173,7 +174,7 @@ export class Graph {
     const vec = this.res(this.S.mlx_split(slotPtr(), h, n, axis, this.stream), this.what);
     try {
       const parts: number[] = [];
-      for (let i = 0; i < n; i++) parts.push(this.add(this.S.mlx_vector_array_get(slotPtr(), vec, i)));
+      for (let i = 0; i < n; i++) parts.push(this.add(this.S.mlx_vector_array_get(outSlot(), vec, i)));
       return parts;
     } finally {
       this.S.mlx_vector_array_free(vec);
@@ -194,7 +195,7 @@ export class Graph {
       const part = b0 === 0 && b1 === n ? rows : this.slice(rows, [b0, ...rest], [b1, ...rowShape]);
       const lo = [slots[b0]!, ...rest];
       const hi = [slots[b0]! + b1 - b0, ...rowShape];
-      a = this.add(this.S.mlx_slice_update(slotPtr(), a, part, ints(lo), lo.length, ints(hi), hi.length, ints(lo.map(() => 1)), lo.length, this.stream));
+      a = this.add(this.S.mlx_slice_update(outSlot(), a, part, ints(lo), lo.length, ints(hi), hi.length, ints(lo.map(() => 1)), lo.length, this.stream));
       b0 = b1;
     }
     return a;
