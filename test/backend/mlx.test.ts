@@ -443,6 +443,14 @@ describe(`mlx backend${skipReason}`, () => {
     const before = be.activeMemory();
     be.dispose(w);
     expect(before - be.activeMemory()).toBeGreaterThanOrEqual(512 * 256 * 4);
+    // a scope's own weight keeps no transpose past its scope
+    const held = be.activeMemory();
+    be.scope(() => {
+      const tw = be.fromArray(randn(512 * 256, 5, 0.1), [512, 256], "f32");
+      be.eval(be.linear(x, tw));
+      return null;
+    });
+    expect(be.activeMemory() - held).toBeLessThan(512 * 256 * 4);
   });
 
   test.skipIf(!probe.ok)("a pool dropped after a write that was never evaluated leaves later evals working", () => {

@@ -719,12 +719,14 @@ export class MlxBackend implements Backend {
     // MLX promotes a pair of float dtypes to their common one, f32 for two different ones.
     const dtype = wt.dtype === this.computeDtype ? wt.dtype : "f32";
     return this.op((tmp) => {
-      const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), this.transposed(wt), tmp);
+      // A scope's own tensor would keep its transpose, and with it its data, until it is collected.
+      const wT = wt.scoped ? this.raw.transpose(wt.h, [1, 0], tmp) : this.transposed(wt);
+      const y = this.raw.bin("mlx_matmul", this.f32(xt, tmp), wT, tmp);
       return bt ? this.res(this.S.mlx_add(outSlot(), y, this.f32(bt, tmp), this.stream), "linear") : y;
     }, [...xt.shape.slice(0, -1), wt.shape[0]!], dtype);
   }
 
-  /** A dense weight's transpose (a view of its data), made at its first product and kept with the weight. */
+  /** A weight's transpose (a view of its data), made at its first product and kept with the weight. */
   private transposed(w: MTensor): number {
     const e = this.transposes.get(w);
     if (e && e.of === w.h) return e.h;
