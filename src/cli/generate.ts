@@ -10,7 +10,6 @@ import { RmlxError } from "../errors.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
-import { defaultKvCodec } from "../engine/kv/codec.ts";
 import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 
@@ -89,7 +88,7 @@ export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions
   if (encoded.ids.length >= o.contextLength) {
     throw new RmlxError("context_length", `the prompt has ${encoded.ids.length} tokens; the context is ${o.contextLength} tokens`);
   }
-  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant ?? defaultKvCodec(s.model.backend), o.draft ? 2 : 1);
+  const cache = cacheForTokens(s.model, Math.min(encoded.ids.length + o.maxTokens, o.contextLength), o.kvQuant, o.draft ? 2 : 1);
   const speculator = o.draft ? speculatorFor(o.draft.model, o.draft.tokens, cache.capacityTokens, 1, o.draft.fixed) : undefined;
   try {
     const model = { ...sessionModel(s, cache), contextLength: o.contextLength, encode: () => encoded, speculator };

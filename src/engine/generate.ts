@@ -3,7 +3,6 @@
 import { RmlxError, type ErrorCode } from "../errors.ts";
 import type { Model } from "../models/model.ts";
 import type { KvCodec } from "../quant/kv_codec.ts";
-import { defaultKvCodec } from "./kv/codec.ts";
 import { KvCache } from "./kv/kv_cache.ts";
 import { Scheduler, type SchedulerModel } from "./scheduler.ts";
 import type { FinishReason, GenerateRequest } from "./types.ts";
@@ -35,9 +34,10 @@ export interface GenerateOptions {
 
 /**
  * A cache just large enough for one sequence of n tokens, prefilled PREFILL_CHUNK tokens at a time; stateSlots:
- * recurrent-state slots of a hybrid model (2 with a draft model: one for the snapshot a verification step keeps).
+ * recurrent-state slots of a hybrid model (2 with a draft model: one for the snapshot a verification step keeps);
+ * codec: KvCache's default (the backend's, defaultKvCodec) when undefined.
  */
-export function cacheForTokens(model: Model, n: number, codec: KvCodec | string = defaultKvCodec(model.backend), stateSlots = 1): KvCache {
+export function cacheForTokens(model: Model, n: number, codec?: KvCodec | string, stateSlots = 1): KvCache {
   const blockSize = 16;
   return new KvCache(model.backend, model.layers, {
     blockSize,

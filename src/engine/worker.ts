@@ -7,7 +7,6 @@ import { isEmbeddingDir } from "../io/sentence_transformers.ts";
 import { runEmbedRequest } from "./embed_request.ts";
 import { Embedder } from "./embedder.ts";
 import { KvCache } from "./kv/kv_cache.ts";
-import { defaultKvCodec } from "./kv/codec.ts";
 import { modelIdentity, SsdTier } from "./kv/ssd_tier.ts";
 import { Scheduler } from "./scheduler.ts";
 import { DEFAULT_DRAFT_TOKENS, loadDraft, loadMtpDraft, speculatorFor } from "./draft_model.ts";
@@ -83,7 +82,7 @@ function load(name: string, dir: string): void {
   const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate, modelOptions: config.modelOptions });
   const cache = new KvCache(session.model.backend, session.model.layers, {
     memoryBytes: config.kvMemoryBytes || DEFAULT_KV_BYTES,
-    codec: config.kvQuant ?? defaultKvCodec(session.model.backend),
+    codec: config.kvQuant,
     windowed: true,
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
     // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.

@@ -197,9 +197,6 @@ interface QuantArgs {
   /** Inputs and outputs of the product. */
   readonly K: number;
   readonly N: number;
-  readonly mode: QuantMode;
-  readonly bits: number;
-  readonly groupSize: number;
   readonly optBits: bigint;
   readonly optGroup: bigint;
   readonly modeName: Uint8Array;
@@ -261,7 +258,7 @@ export class MlxBackend implements Backend {
   /** Bytes of scoped results given to the spare handles since the last eval (releaseScoped). */
   private spareBytes = 0;
   private readonly quantChecked = new WeakMap<QuantizedWeight, QuantArgs>();
-  private readonly transposes = new WeakMap<MTensor, { h: number; of: number }>();
+  private readonly transposes = new WeakMap<MTensor, { h: number }>();
   /** The attention plans of the latest steps, newest last. */
   private readonly plans: AttentionPlan[] = [];
   /** Rope's positions, attention's gather indices and masks of the latest steps. */
@@ -726,13 +723,12 @@ export class MlxBackend implements Backend {
     }, [...xt.shape.slice(0, -1), wt.shape[0]!], dtype);
   }
 
-  /** A weight's transpose (a view of its data), made at its first product and kept with the weight. */
+  /** A weight's transpose (a view of its data), made at its first product and kept until dispose or collection. */
   private transposed(w: MTensor): number {
     const e = this.transposes.get(w);
-    if (e && e.of === w.h) return e.h;
-    if (e) this.dropTranspose(w);
+    if (e) return e.h;
     const h = this.res(this.S.mlx_transpose_axes(outSlot(), w.h, TRANSPOSE_2D, 2, this.stream), "linear");
-    const entry = { h, of: w.h };
+    const entry = { h };
     this.transposes.set(w, entry);
     this.unscoped.register(entry, h, entry);
     return h;
@@ -747,13 +743,13 @@ export class MlxBackend implements Backend {
   }
 
   /**
-   * A quantized weight's tensors, checked, with its sizes and mlx-c arguments. Checked once per weight and kept
-   * while the weight keeps the same tensors and format (a product per layer and step would check it again).
+   * A quantized weight's tensors, checked, with its sizes and mlx-c arguments: checked once per weight (its fields
+   * are readonly) and kept while its tensors live, instead of for every product of every layer and step.
    */
   private quantArgs(w: QuantizedWeight, what: string): QuantArgs {
     const c = this.quantChecked.get(w);
-    if (c && c.wt === w.w && c.sc === w.scales && c.bi === (w.biases ?? null) && c.mode === w.mode && c.bits === w.bits && c.groupSize === w.groupSize && c.wt.h && c.sc.h && (!c.bi || c.bi.h) && !c.wt.error)
-      return c;
+    const live = (t: MTensor | null) => !t || (t.h !== 0 && t.error === null);
+    if (c && live(c.wt) && live(c.sc) && live(c.bi)) return c;
     const wt = this.arg(w.w, `${what} weight`);
     const sc = this.arg(w.scales, `${what} scales`);
     const bi = w.biases ? this.arg(w.biases, `${what} biases`) : null;
@@ -764,9 +760,6 @@ export class MlxBackend implements Backend {
       bi,
       K,
       N: wt.shape[wt.shape.length - 2]!,
-      mode: w.mode,
-      bits: w.bits,
-      groupSize: w.groupSize,
       optBits: optInt(w.bits),
       optGroup: optInt(w.groupSize),
       modeName: MODE_NAMES[w.mode],
@@ -1634,17 +1627,23 @@ export class MlxBackend implements Backend {
     if (src === dst) return;
     const tmp = new Temps();
     try {
-      const n = pool.blockSize * pool.kvHeads;
-      for (const t of pool.parts) {
-        const last = t.shape[1]!;
-        const block = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([src * n, 0]), 2, ints([(src + 1) * n, last]), 2, ONES2, 2, this.stream), "copyBlock"));
-        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, block, ints([dst * n, 0]), 2, ints([(dst + 1) * n, last]), 2, ONES2, 2, this.stream), "copyBlock");
-        this.swap(t, h);
-      }
+      for (const t of pool.parts) this.putBlock(pool, t, dst, tmp.add(this.blockRows(pool, t, src, "copyBlock")), "copyBlock");
       this.dirtyPools.add(pool);
     } finally {
       this.freeAll(tmp);
     }
+  }
+
+  /** The rows of one block of a pool tensor [slots * heads, row] (a new handle). */
+  private blockRows(pool: MKvPool, t: MTensor, block: number, what: string): number {
+    const n = pool.blockSize * pool.kvHeads;
+    return this.res(this.S.mlx_slice(outSlot(), t.h, ints([block * n, 0]), 2, ints([(block + 1) * n, t.shape[1]!]), 2, ONES2, 2, this.stream), what);
+  }
+
+  /** Replaces one block's rows of a pool tensor by rows [blockSize * heads, row]. */
+  private putBlock(pool: MKvPool, t: MTensor, block: number, rows: number, what: string): void {
+    const n = pool.blockSize * pool.kvHeads;
+    this.swap(t, this.res(this.S.mlx_slice_update(outSlot(), t.h, rows, ints([block * n, 0]), 2, ints([(block + 1) * n, t.shape[1]!]), 2, ONES2, 2, this.stream), what));
   }
 
   readKvBlock(p: KvPool, block: number, into?: Uint8Array): Uint8Array {
@@ -1654,9 +1653,8 @@ export class MlxBackend implements Backend {
     const tmp = new Temps();
     try {
       // One evaluation of the block's parts, flattened to bytes and joined in the documented order.
-      const n = pool.blockSize * pool.kvHeads;
       const bytes = pool.parts.map((t) => {
-        const h = tmp.add(this.res(this.S.mlx_slice(outSlot(), t.h, ints([block * n, 0]), 2, ints([(block + 1) * n, t.shape[1]!]), 2, ONES2, 2, this.stream), "readKvBlock"));
+        const h = tmp.add(this.blockRows(pool, t, block, "readKvBlock"));
         const flat = this.raw.reshape(h, [-1], tmp);
         return t.dtype === "u8" ? flat : tmp.add(this.res(this.S.mlx_view(outSlot(), flat, MLX_DTYPE.u8, this.stream), "readKvBlock"));
       });
@@ -1686,8 +1684,7 @@ export class MlxBackend implements Backend {
         const n = rows * shape[1]! * DTYPE_BYTES[t.dtype];
         const src = this.raw.data(bytes.slice(at, at + n), shape, TO_MLX[t.dtype], tmp);
         at += n;
-        const h = this.res(this.S.mlx_slice_update(outSlot(), t.h, src, ints([block * rows, 0]), 2, ints([(block + 1) * rows, shape[1]!]), 2, ONES2, 2, this.stream), "writeKvBlock");
-        this.swap(t, h);
+        this.putBlock(pool, t, block, src, "writeKvBlock");
       }
       this.dirtyPools.add(pool);
     } finally {
