@@ -574,6 +574,7 @@ static bool gemv_spread(float *y, const float *x, const WeightMat &W, const floa
 }
 
 #include "qkern_x16_impl.h"
+#include "qkern_x16_panel_impl.h"
 #include "qkern_x8_impl.h"
 #include "qkern_fp8_impl.h"
 
@@ -587,6 +588,8 @@ static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W
     // what was prepared follows from the same test (x8_alloc, else gemv_prepare)
     if (prepared && x8_takes<F>(W, M)) {
       if (x8_tiles<F>(y, *(const X8 *)prepared, M, W, bias, t0, t1)) return;
+    } else if (prepared && x16p_takes<F>(W, M)) {
+      if (x16p_tiles<F>(y, *(const X16P *)prepared, M, W, bias, t0, t1)) return;
     } else if (prepared && x16_tiles<F>(y, *(const X16 *)prepared, M, W, bias, t0, t1)) {
       return;
     }
@@ -874,7 +877,9 @@ void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
   void *out = nullptr;
   with_format(W, [&]<int F>() {
     if constexpr (F == F_FP8) out = fp8_prepare_all(x, M, W);
-    else if (!x8_takes<F>(W, M)) out = x16_prepare_all<F>(x, M, W);  // else x8_alloc's, or nothing
+    else if (x8_takes<F>(W, M)) out = nullptr;  // x8_alloc's, or nothing
+    else if (x16p_takes<F>(W, M)) out = x16p_prepare_all<F>(x, M, W);
+    else out = x16_prepare_all<F>(x, M, W);
   });
   return out;
 }

@@ -1,0 +1,315 @@
+// Batched decode products (a few rows of x at once) of affine 2, 4 and 8-bit weights on AVX512-VNNI, with the
+// x16 arithmetic (included by qkern_impl.h inside an ISA namespace after qkern_x16_impl.h; no include guard on
+// purpose).
+//
+// Why: the x16 row kernels keep W's layout, so each vpdpbusd multiplies the codes of one weight row with one row
+// of x and the 16 int32 lanes must be reduced and scaled per unit; with 16 rows of x they ran at about 40% of
+// the vpdpbusd rate, and 16 rows cost 9-11x one row. Here each thread copies a tile of 16 weight rows into a
+// buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every product
+// belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16 outputs
+// wide and take one conversion and scale for all of them, and 2 * MR accumulators (MR rows of x) keep enough
+// independent chains in flight (on the 2-core Zen 5 one chain per 8 accumulators ran at under half the rate).
+//
+// Arithmetic: the x16 path's (qkern_x16_impl.h): x in 16-bit fixed point, step = max|x| of the group / 32639,
+// rounded to nearest even; each value split into signed bytes x = 256 h + l; a group's dot is
+// s * (step * (256 * sum(q * h) + sum(q * l)) + err) + b * sum(x), err the centring term. The sums are exact
+// int32, so results equal the x16 row kernels' but for the order of f32 additions.
+//
+// Layouts. W's word d of a row (4 * CPB codes, CPB = 8 / bits) gives byte b of code plane j = (word >> 8b +
+// bits * j) & mask, the code of element 4 * CPB * d + CPB * b + j. x is stored to match: per word d and plane
+// j, 8 bytes: h of those 4 elements, then l of them.
+
+template <int F>
+static constexpr bool x16p_format() {
+  return V::L == 16 && V::kVnni && (F == F_A2 || F == F_A4 || F == F_A8);
+}
+
+// Fewer rows take the row kernels: at 2 rows the copy into the buffer costs more than the products save
+// (measured at 3072x1024, 1024x3072 and 14336x4096, 4-bit g64: 3 rows 1.8-2.1x one row against 2.4-2.5x).
+static constexpr int64_t kX16pMinRows = 3;
+// Rows of x a pass over a tile's buffer.
+static constexpr int kX16pMr = 8;
+
+template <int F>
+static bool x16p_takes(const WeightMat &W, int64_t M) {
+  if constexpr (!x16p_format<F>()) {
+    return false;
+  } else {
+    if (M < kX16pMinRows || M >= kGemmMinRows || !x16_takes<F>(W)) return false;
+    return (W.group == 32 || W.group == 64 || W.group == 128) && W.K % W.group == 0 &&
+           (W.group * (int64_t)bits_of<F>()) % 32 == 0;
+  }
+}
+
+struct X16P {
+  int8_t *q;                // [M][2K] bytes in the order above
+  float *step, *fix, *err;  // [M][groups], as X16's
+};
+
+#if defined(__AVX512VNNI__)
+// 32 values of x as int16 in natural order -> their 64 bytes in the panel order (32 elements are whole words for
+// every width taken).
+template <int BITS>
+static inline __m512i x16p_order32(__m512i v) {
+  // per int16 lane: low byte l (signed), high byte h = (v - l) / 256
+  const __m512i l = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8);
+  const __m512i h = _mm512_srai_epi16(_mm512_sub_epi16(v, l), 8);
+  const __m512i t = _mm512_or_si512(_mm512_slli_epi16(h, 8), _mm512_and_si512(l, _mm512_set1_epi16(0xff)));
+  // t: element e's l at byte 2e, h at byte 2e + 1
+  if constexpr (BITS == 4) {
+    // a 128-bit lane is one word (8 elements): planes of the even and of the odd elements
+    const __m512i s = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 5, 9, 13, 0, 4, 8, 12, 3, 7, 11, 15, 2, 6, 10, 14));
+    return _mm512_shuffle_epi8(t, s);
+  } else if constexpr (BITS == 8) {
+    const __m512i s = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 3, 5, 7, 0, 2, 4, 6, 9, 11, 13, 15, 8, 10, 12, 14));
+    return _mm512_shuffle_epi8(t, s);
+  } else {
+    static_assert(BITS == 2);
+    // a word is 16 elements over two 128-bit lanes; per lane and plane j, 16-bit units [h(j) h(4+j)] and
+    // [l(j) l(4+j)] of the lane's 8 elements, then the units of both lanes side by side
+    const __m512i s = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 9, 0, 8, 3, 11, 2, 10, 5, 13, 4, 12, 7, 15, 6, 14));
+    const __m512i u = _mm512_shuffle_epi8(t, s);
+    alignas(64) static const int16_t idx[32] = {0,  8,  1,  9,  2,  10, 3,  11, 4,  12, 5,  13, 6,  14, 7,  15,
+                                                16, 24, 17, 25, 18, 26, 19, 27, 20, 28, 21, 29, 22, 30, 23, 31};
+    return _mm512_permutexvar_epi16(_mm512_load_si512((const void *)idx), u);
+  }
+}
+
+// x of M rows for W's products in the panel order, with each group's step, sum and centring term; false when x
+// holds Inf or NaN.
+template <int F>
+static bool x16p_prepare(const float *x, int64_t M, const WeightMat &W, X16P &o) {
+  const int64_t K = W.K, G = W.group, NG = W.groups;
+  constexpr float kCentre = (float)((1 << bits_of<F>()) - 1) * 0.5f;
+  const __m512i hi = _mm512_set1_epi32((int)kX16Max), lo = _mm512_set1_epi32(-(int)kX16Max);
+  __m256i bad = _mm256_setzero_si256();
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t g = 0; g < NG; g++) {
+      const float *xg = x + m * K + g * G;
+      __m256 sum;
+      const float amax = x_group_scan(xg, G, sum, bad);
+      const float step = amax / kX16Max;
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? kX16Max / amax : 0.f), vstep = _mm512_set1_ps(step);
+      __m512 err = _mm512_setzero_ps();
+      int8_t *q = o.q + m * 2 * K + 2 * g * G;
+      for (int64_t i = 0; i < G; i += 32) {
+        __m512i r[2];
+        for (int j = 0; j < 2; j++) {
+          const __m512 v = _mm512_loadu_ps(xg + i + 16 * j);
+          r[j] = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), lo), hi);
+          err = _mm512_add_ps(err, _mm512_fmsub_ps(_mm512_cvtepi32_ps(r[j]), vstep, v));
+        }
+        const __m512i v16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(r[0])),
+                                               _mm512_cvtepi32_epi16(r[1]), 1);
+        _mm512_storeu_si512((void *)(q + 2 * i), x16p_order32<(int)bits_of<F>()>(v16));
+      }
+      o.step[m * NG + g] = step;
+      o.fix[m * NG + g] = hsum8(sum);
+      o.err[m * NG + g] = -kCentre * _mm512_reduce_add_ps(err);
+    }
+  return _mm256_testz_si256(bad, bad);
+}
+
+// x prepared once for W and shared by every thread (one allocation; free() releases it); null when x holds Inf
+// or NaN or memory is short (the caller then takes the f32 path).
+template <int F>
+static X16P *x16p_prepare_all(const float *x, int64_t M, const WeightMat &W) {
+  if constexpr (!x16p_format<F>()) {
+    return nullptr;
+  } else {
+    const int64_t K = W.K, NG = W.groups;
+    const size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
+    const size_t total = (head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16) + 63) & ~(size_t)63;
+    char *mem = (char *)aligned_alloc(64, total);
+    if (!mem) return nullptr;
+    float *fm = (float *)(mem + head + qbytes);
+    X16P *xq = (X16P *)mem;
+    *xq = X16P{(int8_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
+    if (!x16p_prepare<F>(x, M, W, *xq)) {
+      free(mem);
+      return nullptr;
+    }
+    return xq;
+  }
+}
+
+// r[i] <- column i of the 16x16 matrix of 32-bit values whose row i is r[i].
+static inline void x16p_transpose16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // u[4a + c]: 128-bit lane k holds elements 4k + c of rows 4a .. 4a + 3
+  for (int c = 0; c < 4; c++) {
+    const __m512i a01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+    const __m512i a23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512i b23 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+    // a01: lanes (k=0 of rows 0-3, k=2 of 0-3, k=0 of 4-7, k=2 of 4-7); b01 the same for k = 1, 3
+    r[c] = _mm512_shuffle_i32x4(a01, a23, 0x88);
+    r[8 + c] = _mm512_shuffle_i32x4(a01, a23, 0xDD);
+    r[4 + c] = _mm512_shuffle_i32x4(b01, b23, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(b01, b23, 0xDD);
+  }
+}
+
+// Words [0, KW) of nr rows of 32-bit values (row i at src + i * ld) into buf[d][16], rows past nr zero. STREAM:
+// the rows are W's, read once from memory (prefetched ahead, as the row kernels do).
+template <bool STREAM>
+static void x16p_repack(uint32_t *buf, const uint32_t *src, int64_t ld, int nr, int64_t KW) {
+  for (int64_t d = 0; d < KW; d += 16) {
+    const int64_t left = KW - d;
+    const __mmask16 k = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1);
+    __m512i r[16];
+    for (int i = 0; i < 16; i++) {
+      if (STREAM && i < nr) prefetch_ahead((const uint8_t *)(src + i * ld + d));
+      r[i] = i < nr ? _mm512_maskz_loadu_epi32(k, src + i * ld + d) : _mm512_setzero_si512();
+    }
+    x16p_transpose16(r);
+    for (int c = 0; c < 16 && c < left; c++) _mm512_store_si512((void *)(buf + (d + c) * 16), r[c]);
+  }
+}
+
+// acc += the products of the 64 code bytes w (unsigned) and the 4 signed bytes at p, broadcast. Inline assembly
+// keeps the accumulators in registers (GCC 12 moves the intrinsic's tied operand through the stack).
+static inline void x16p_dp(__m512i &acc, __m512i w, const int8_t *p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+}
+
+// MR rows of x (from xq, rows ldq bytes apart; their steps, sums and terms ldg apart) against groups [g0, g1)
+// of a tile, whose buffer holds those groups' words: tot[m] += those groups' part of the 16 outputs of row m.
+template <int BITS, int GS, int MR>
+static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq, int64_t ldq,
+                      const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0, int64_t g1,
+                      __m512 tot[]) {
+  constexpr int CPB = 8 / BITS, WPG = GS * BITS / 32;
+  // accumulator sets taking the words of a group in turn: at least 16 independent chains with few rows
+  constexpr int S = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
+  static_assert(WPG % S == 0, "every set takes whole words");
+  const __m512i mask = _mm512_set1_epi8((char)((1 << BITS) - 1));
+  for (int64_t g = g0; g < g1; g++) {
+    __m512i ah[S][MR], al[S][MR];
+    for (int s = 0; s < S; s++)
+      for (int m = 0; m < MR; m++) ah[s][m] = al[s][m] = _mm512_setzero_si512();
+    const uint32_t *bw = buf + (g - g0) * WPG * 16;
+    const int8_t *xg = xq + g * WPG * CPB * 8;
+#pragma GCC unroll 4
+    for (int d0 = 0; d0 < WPG; d0 += S) {
+      for (int s = 0; s < S; s++) {
+        const int d = d0 + s;
+        const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
+        for (int j = 0; j < CPB; j++) {
+          const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
+          const int8_t *xp = xg + (d * CPB + j) * 8;
+          for (int m = 0; m < MR; m++) {
+            x16p_dp(ah[s][m], p, xp + m * ldq);
+            x16p_dp(al[s][m], p, xp + m * ldq + 4);
+          }
+        }
+      }
+    }
+    const __m512 sc = _mm512_load_ps(scT + g * 16), bi = _mm512_load_ps(biT + g * 16);
+    for (int m = 0; m < MR; m++) {
+      __m512i h = ah[0][m], l = al[0][m];
+      for (int s = 1; s < S; s++) h = _mm512_add_epi32(h, ah[s][m]), l = _mm512_add_epi32(l, al[s][m]);
+      const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(h, 8), l);
+      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(step[m * ldg + g]),
+                                       _mm512_set1_ps(err[m * ldg + g]));
+      tot[m] = _mm512_fmadd_ps(bi, _mm512_set1_ps(fix[m * ldg + g]), _mm512_fmadd_ps(f, sc, tot[m]));
+    }
+  }
+}
+
+// The same for any mr in [1, MR].
+template <int BITS, int GS, int MR = kX16pMr>
+static void x16p_rows_any(int mr, const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq,
+                          int64_t ldq, const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0,
+                          int64_t g1, __m512 tot[]) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return x16p_rows<BITS, GS, MR>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot);
+    x16p_rows_any<BITS, GS, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot);
+  }
+}
+
+// Elements of a block of K: its words of the tile and its bytes of 8 rows of x stay in L1 (at K = 4096 the
+// whole rows did not, and a pass ran from L2 about 1.3x slower).
+static constexpr int64_t kX16pBlock = 1024;
+
+// y for rows of the tiles [t0, t1) (kGemvTile = 16 rows of W each), all M rows of x; false when memory is short.
+template <int F, int GS>
+static bool x16p_tiles_g(float *y, const X16P &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                         int64_t t1) {
+  static_assert(kGemvTile == 16, "a tile is one vector of outputs");
+  constexpr int BITS = (int)bits_of<F>();
+  constexpr int64_t WPG = GS * BITS / 32;
+  const int64_t N = W.N, K = W.K, NG = W.groups, NGp = (NG + 15) & ~(int64_t)15;
+  const int64_t GB = kX16pBlock / GS;  // groups a block
+  const size_t bufbytes = sizeof(uint32_t) * (size_t)(16 * ((GB * WPG + 15) & ~(int64_t)15));
+  char *mem = (char *)aligned_alloc(64, bufbytes + sizeof(float) * (size_t)(4 * 16 * NGp));
+  if (!mem) return false;
+  uint32_t *buf = (uint32_t *)mem;
+  float *rs = (float *)(mem + bufbytes);
+  float *rb = rs + 16 * NGp, *scT = rb + 16 * NGp, *biT = scT + 16 * NGp;
+  // rows of x split into passes of at most kX16pMr, as even as they go
+  const int64_t passes = (M + kX16pMr - 1) / kX16pMr;
+  __m512 tot[kGemmMinRows];
+  for (int64_t t = t0; t < t1; t++) {
+    const int64_t n0 = t * 16;
+    const int nr = (int)(N - n0 < 16 ? N - n0 : 16);
+    const uint32_t *rows = (const uint32_t *)(W.w + n0 * W.row_bytes);
+    for (int r = 0; r < nr; r++) {
+      RowCtx rc{rs + r * NGp, rb + r * NGp, nullptr, 0, nullptr};
+      row_prep<F>(W, n0 + r, 0, NG, rc);
+    }
+    x16p_repack<false>((uint32_t *)scT, (const uint32_t *)rs, NGp, nr, NG);
+    x16p_repack<false>((uint32_t *)biT, (const uint32_t *)rb, NGp, nr, NG);
+    for (int64_t m = 0; m < M; m++) tot[m] = _mm512_setzero_ps();
+    for (int64_t g0 = 0; g0 < NG; g0 += GB) {
+      const int64_t g1 = g0 + GB < NG ? g0 + GB : NG;
+      x16p_repack<true>(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
+      for (int64_t m = 0, p = 0; m < M; p++) {
+        const int mr = (int)((M - m + (passes - p) - 1) / (passes - p));
+        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, xq.q + m * 2 * K, 2 * K, xq.step + m * NG, xq.fix + m * NG,
+                                xq.err + m * NG, NG, g0, g1, tot + m);
+        m += mr;
+      }
+    }
+    const __mmask16 keep = (__mmask16)(nr >= 16 ? 0xffff : (1u << nr) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(keep, bias + n0) : _mm512_setzero_ps();
+    for (int64_t m = 0; m < M; m++) _mm512_mask_storeu_ps(y + m * N + n0, keep, _mm512_add_ps(tot[m], b));
+  }
+  free(mem);
+  return true;
+}
+
+template <int F>
+static bool x16p_tiles(float *y, const X16P &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                       int64_t t1) {
+  if constexpr (!x16p_format<F>()) {
+    return false;
+  } else {
+    switch (W.group) {
+      case 32:
+        if constexpr (F != F_A2) return x16p_tiles_g<F, 32>(y, xq, M, W, bias, t0, t1);
+        return false;
+      case 64: return x16p_tiles_g<F, 64>(y, xq, M, W, bias, t0, t1);
+      default: return x16p_tiles_g<F, 128>(y, xq, M, W, bias, t0, t1);
+    }
+  }
+}
+#else
+template <int F>
+static X16P *x16p_prepare_all(const float *, int64_t, const WeightMat &) {
+  return nullptr;
+}
+template <int F>
+static bool x16p_tiles(float *, const X16P &, int64_t, const WeightMat &, const float *, int64_t, int64_t) {
+  return false;
+}
+#endif
