@@ -24,9 +24,10 @@ static constexpr bool x16p_format() {
   return V::L == 16 && V::kVnni && (F == F_A2 || F == F_A4 || F == F_A8);
 }
 
-// Fewer rows take the row kernels: at 2 rows the copy into the buffer costs more than the products save
-// (measured at 3072x1024, 1024x3072 and 14336x4096, 4-bit g64: 3 rows 1.8-2.1x one row against 2.4-2.5x).
-static constexpr int64_t kX16pMinRows = 3;
+// Fewer rows take the row kernels, which stream W straight from memory: with weights read from memory (a model's
+// step; 3072x1024, 1024x3072 and 2048x2048, 4-bit g64, 2-core Zen 5) the copy into the buffer made 3-6 rows
+// 0-25% slower, 7 rows 2-10% faster, 16 rows 1.25-1.35x faster (with weights in cache, 3 rows already gained).
+static constexpr int64_t kX16pMinRows = 7;
 // Rows of x a pass over a tile's buffer.
 static constexpr int kX16pMr = 8;
 
@@ -159,18 +160,14 @@ static inline void x16p_transpose16(__m512i r[16]) {
   }
 }
 
-// Words [0, KW) of nr rows of 32-bit values (row i at src + i * ld) into buf[d][16], rows past nr zero. STREAM:
-// the rows are W's, read once from memory (prefetched ahead, as the row kernels do).
-template <bool STREAM>
+// Words [0, KW) of nr rows of 32-bit values (row i at src + i * ld) into buf[d][16], rows past nr zero.
 static void x16p_repack(uint32_t *buf, const uint32_t *src, int64_t ld, int nr, int64_t KW) {
   for (int64_t d = 0; d < KW; d += 16) {
     const int64_t left = KW - d;
     const __mmask16 k = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1);
     __m512i r[16];
-    for (int i = 0; i < 16; i++) {
-      if (STREAM && i < nr) prefetch_ahead((const uint8_t *)(src + i * ld + d));
+    for (int i = 0; i < 16; i++)
       r[i] = i < nr ? _mm512_maskz_loadu_epi32(k, src + i * ld + d) : _mm512_setzero_si512();
-    }
     x16p_transpose16(r);
     for (int c = 0; c < 16 && c < left; c++) _mm512_store_si512((void *)(buf + (d + c) * 16), r[c]);
   }
@@ -182,12 +179,23 @@ static inline void x16p_dp(__m512i &acc, __m512i w, const int8_t *p) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
 }
 
+// The next tile's weights, brought towards the cache a few lines a group while this tile computes: read only
+// when its copy begins, they stalled that copy on memory (a copy of loads alone has no products to overlap the
+// misses with, and a burst of prefetches there filled the miss buffers), as much time as the products took.
+struct X16pAhead {
+  const char *p, *end;
+  int64_t per_group;
+  void step() {
+    for (int64_t i = 0; i < per_group && p < end; i++, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+  }
+};
+
 // MR rows of x (from xq, rows ldq bytes apart; their steps, sums and terms ldg apart) against groups [g0, g1)
 // of a tile, whose buffer holds those groups' words: tot[m] += those groups' part of the 16 outputs of row m.
 template <int BITS, int GS, int MR>
 static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq, int64_t ldq,
                       const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0, int64_t g1,
-                      __m512 tot[]) {
+                      __m512 tot[], X16pAhead &ahead) {
   constexpr int CPB = 8 / BITS, WPG = GS * BITS / 32;
   // accumulator sets taking the words of a group in turn: at least 16 independent chains with few rows
   constexpr int S = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
@@ -214,6 +222,7 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
         }
       }
     }
+    ahead.step();
     const __m512 sc = _mm512_load_ps(scT + g * 16), bi = _mm512_load_ps(biT + g * 16);
     for (int m = 0; m < MR; m++) {
       __m512i h = ah[0][m], l = al[0][m];
@@ -230,10 +239,10 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
 template <int BITS, int GS, int MR = kX16pMr>
 static void x16p_rows_any(int mr, const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq,
                           int64_t ldq, const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0,
-                          int64_t g1, __m512 tot[]) {
+                          int64_t g1, __m512 tot[], X16pAhead &ahead) {
   if constexpr (MR >= 1) {
-    if (mr == MR) return x16p_rows<BITS, GS, MR>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot);
-    x16p_rows_any<BITS, GS, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot);
+    if (mr == MR) return x16p_rows<BITS, GS, MR>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
+    x16p_rows_any<BITS, GS, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
   }
 }
 
@@ -263,20 +272,27 @@ static bool x16p_tiles_g(float *y, const X16P &xq, int64_t M, const WeightMat &W
     const int64_t n0 = t * 16;
     const int nr = (int)(N - n0 < 16 ? N - n0 : 16);
     const uint32_t *rows = (const uint32_t *)(W.w + n0 * W.row_bytes);
+    X16pAhead ahead{nullptr, nullptr, 0};
+    if (t + 1 < t1) {
+      const int64_t bytes = (N - n0 - 16 < 16 ? N - n0 - 16 : 16) * W.row_bytes;
+      ahead.p = (const char *)W.w + (n0 + 16) * W.row_bytes;
+      ahead.end = ahead.p + bytes;
+      ahead.per_group = (bytes / 64 + NG * passes - 1) / (NG * passes);
+    }
     for (int r = 0; r < nr; r++) {
       RowCtx rc{rs + r * NGp, rb + r * NGp, nullptr, 0, nullptr};
       row_prep<F>(W, n0 + r, 0, NG, rc);
     }
-    x16p_repack<false>((uint32_t *)scT, (const uint32_t *)rs, NGp, nr, NG);
-    x16p_repack<false>((uint32_t *)biT, (const uint32_t *)rb, NGp, nr, NG);
+    x16p_repack((uint32_t *)scT, (const uint32_t *)rs, NGp, nr, NG);
+    x16p_repack((uint32_t *)biT, (const uint32_t *)rb, NGp, nr, NG);
     for (int64_t m = 0; m < M; m++) tot[m] = _mm512_setzero_ps();
     for (int64_t g0 = 0; g0 < NG; g0 += GB) {
       const int64_t g1 = g0 + GB < NG ? g0 + GB : NG;
-      x16p_repack<true>(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
+      x16p_repack(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
       for (int64_t m = 0, p = 0; m < M; p++) {
         const int mr = (int)((M - m + (passes - p) - 1) / (passes - p));
         x16p_rows_any<BITS, GS>(mr, buf, scT, biT, xq.q + m * 2 * K, 2 * K, xq.step + m * NG, xq.fix + m * NG,
-                                xq.err + m * NG, NG, g0, g1, tot + m);
+                                xq.err + m * NG, NG, g0, g1, tot + m, ahead);
         m += mr;
       }
     }

@@ -181,6 +181,27 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
         }
     });
 
+    test("batches of 7 and 17 rows (16-row panels on AVX512-VNNI): tiles of W whole and partial, K across blocks", () => {
+      expect(setIsa(isa)).toBe(0);
+      expect(setGemvMode("x16")).toBe(0);
+      // [bits, group, K, scales]: K past one or two 1024-element blocks, by a part of a block
+      const shapes: [number, number, number, "f32" | "f16" | "bf16"][] = [
+        [2, 64, 1280, "bf16"], [4, 32, 1056, "f16"], [4, 64, 2112, "bf16"], [8, 128, 1152, "f32"],
+      ];
+      const N = 21;
+      for (const [bits, group, K, sb] of shapes) {
+        const q = randomQWeight(bits * 13 + group + K, "affine", bits, group, N, K, sb);
+        expect(takesX16(q)).toBe(true);
+        const bias = randomX(K, N);
+        for (const M of [7, 17]) {
+          const x = randomX(M * 3 + bits, M * K);
+          for (let i = 0; i < group; i++) x[K + i] = x[K + i]! * 1000;
+          x.fill(0, 2 * K - group, 2 * K);
+          expectX16(q, x, M, bias);
+        }
+      }
+    });
+
     test("fp4 rows of 320 elements (not whole 128-element blocks: the AVX-512 variant takes 256-bit steps)", () => {
       expect(setIsa(isa)).toBe(0);
       expect(setGemvMode("x16")).toBe(0);
