@@ -167,7 +167,9 @@ static void x16p_repack(uint32_t *buf, const uint32_t *src, int64_t ld, int nr, 
     const __mmask16 k = (__mmask16)(left >= 16 ? 0xffff : (1u << left) - 1);
     __m512i r[16];
     for (int i = 0; i < 16; i++)
-      r[i] = i < nr ? _mm512_maskz_loadu_epi32(k, src + i * ld + d) : _mm512_setzero_si512();
+      r[i] = i >= nr ? _mm512_setzero_si512()
+             : left >= 16 ? _mm512_loadu_si512((const void *)(src + i * ld + d))
+                          : _mm512_maskz_loadu_epi32(k, src + i * ld + d);
     x16p_transpose16(r);
     for (int c = 0; c < 16 && c < left; c++) _mm512_store_si512((void *)(buf + (d + c) * 16), r[c]);
   }
@@ -186,7 +188,7 @@ struct X16pAhead {
   const char *p, *end;
   int64_t per_group;
   void step() {
-    for (int64_t i = 0; i < per_group && p < end; i++, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    for (int64_t i = 0; i < per_group && p < end; i++, p += 64) _mm_prefetch(p, _MM_HINT_T0);
   }
 };
 
