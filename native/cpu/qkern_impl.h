@@ -589,7 +589,7 @@ static void gemv_tiles_f(float *y, const float *x, int64_t M, const WeightMat &W
     if (prepared && x8_takes<F>(W, M)) {
       if (x8_tiles<F>(y, *(const X8 *)prepared, M, W, bias, t0, t1)) return;
     } else if (prepared && x16p_takes<F>(W, M)) {
-      if (x16p_tiles<F>(y, *(const X16P *)prepared, M, W, bias, t0, t1)) return;
+      if (x16p_tiles<F>(y, *(const X16 *)prepared, M, W, bias, t0, t1)) return;
     } else if (prepared && x16_tiles<F>(y, *(const X16 *)prepared, M, W, bias, t0, t1)) {
       return;
     }

@@ -829,9 +829,7 @@ static bool x16_takes(const WeightMat &W) {
 // x of M rows prepared once for W and shared by every thread: one allocation holding the X16 header and its
 // arrays (free() releases it); null when W does not take the integer path, x holds Inf or NaN, or memory is
 // short (the caller then takes the f32 path).
-template <int F>
-static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
-  if (!x16_takes<F>(W)) return nullptr;
+static X16 *x16_alloc(int64_t M, const WeightMat &W) {
   const int64_t K = W.K, NG = W.groups;
   size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
   size_t total = (head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16) + 63) & ~(size_t)63;  // C11 asks it
@@ -840,8 +838,15 @@ static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   float *fm = (float *)(mem + head + qbytes);
   X16 *xq = (X16 *)mem;
   *xq = X16{(int16_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
-  if (!x16_prepare<F>(x, M, W, *xq)) {
-    free(mem);
+  return xq;
+}
+
+template <int F>
+static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
+  if (!x16_takes<F>(W)) return nullptr;
+  X16 *xq = x16_alloc(M, W);
+  if (xq && !x16_prepare<F>(x, M, W, *xq)) {
+    free(xq);
     return nullptr;
   }
   return xq;

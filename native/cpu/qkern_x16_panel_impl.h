@@ -42,10 +42,7 @@ static bool x16p_takes(const WeightMat &W, int64_t M) {
   }
 }
 
-struct X16P {
-  int8_t *q;                // [M][2K] bytes in the order above
-  float *step, *fix, *err;  // [M][groups], as X16's
-};
+// x prepared for panels is an X16 (x16_alloc) whose q holds, per row, 2K bytes in the order above.
 
 #if defined(__AVX512VNNI__)
 // 32 values of x as int16 in natural order -> their 64 bytes in the panel order (32 elements are whole words for
@@ -79,7 +76,7 @@ static inline __m512i x16p_order32(__m512i v) {
 // x of M rows for W's products in the panel order, with each group's step, sum and centring term; false when x
 // holds Inf or NaN.
 template <int F>
-static bool x16p_prepare(const float *x, int64_t M, const WeightMat &W, X16P &o) {
+static bool x16p_prepare(const float *x, int64_t M, const WeightMat &W, X16 &o) {
   const int64_t K = W.K, G = W.group, NG = W.groups;
   constexpr float kCentre = (float)((1 << bits_of<F>()) - 1) * 0.5f;
   const __m512i hi = _mm512_set1_epi32((int)kX16Max), lo = _mm512_set1_epi32(-(int)kX16Max);
@@ -92,7 +89,7 @@ static bool x16p_prepare(const float *x, int64_t M, const WeightMat &W, X16P &o)
       const float step = amax / kX16Max;
       const __m512 inv = _mm512_set1_ps(amax > 0.f ? kX16Max / amax : 0.f), vstep = _mm512_set1_ps(step);
       __m512 err = _mm512_setzero_ps();
-      int8_t *q = o.q + m * 2 * K + 2 * g * G;
+      int8_t *q = (int8_t *)o.q + m * 2 * K + 2 * g * G;
       for (int64_t i = 0; i < G; i += 32) {
         __m512i r[2];
         for (int j = 0; j < 2; j++) {
@@ -114,20 +111,13 @@ static bool x16p_prepare(const float *x, int64_t M, const WeightMat &W, X16P &o)
 // x prepared once for W and shared by every thread (one allocation; free() releases it); null when x holds Inf
 // or NaN or memory is short (the caller then takes the f32 path).
 template <int F>
-static X16P *x16p_prepare_all(const float *x, int64_t M, const WeightMat &W) {
+static X16 *x16p_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   if constexpr (!x16p_format<F>()) {
     return nullptr;
   } else {
-    const int64_t K = W.K, NG = W.groups;
-    const size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
-    const size_t total = (head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16) + 63) & ~(size_t)63;
-    char *mem = (char *)aligned_alloc(64, total);
-    if (!mem) return nullptr;
-    float *fm = (float *)(mem + head + qbytes);
-    X16P *xq = (X16P *)mem;
-    *xq = X16P{(int8_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
-    if (!x16p_prepare<F>(x, M, W, *xq)) {
-      free(mem);
+    X16 *xq = x16_alloc(M, W);
+    if (xq && !x16p_prepare<F>(x, M, W, *xq)) {
+      free(xq);
       return nullptr;
     }
     return xq;
@@ -254,7 +244,7 @@ static constexpr int64_t kX16pBlock = 1024;
 
 // y for rows of the tiles [t0, t1) (kGemvTile = 16 rows of W each), all M rows of x; false when memory is short.
 template <int F, int GS>
-static bool x16p_tiles_g(float *y, const X16P &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
   static_assert(kGemvTile == 16, "a tile is one vector of outputs");
   constexpr int BITS = (int)bits_of<F>();
@@ -293,7 +283,7 @@ static bool x16p_tiles_g(float *y, const X16P &xq, int64_t M, const WeightMat &W
       x16p_repack(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
       for (int64_t m = 0, p = 0; m < M; p++) {
         const int mr = (int)((M - m + (passes - p) - 1) / (passes - p));
-        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, xq.q + m * 2 * K, 2 * K, xq.step + m * NG, xq.fix + m * NG,
+        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, (const int8_t *)xq.q + m * 2 * K, 2 * K, xq.step + m * NG, xq.fix + m * NG,
                                 xq.err + m * NG, NG, g0, g1, tot + m, ahead);
         m += mr;
       }
@@ -307,7 +297,7 @@ static bool x16p_tiles_g(float *y, const X16P &xq, int64_t M, const WeightMat &W
 }
 
 template <int F>
-static bool x16p_tiles(float *y, const X16P &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+static bool x16p_tiles(float *y, const X16 &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                        int64_t t1) {
   if constexpr (!x16p_format<F>()) {
     return false;
@@ -323,11 +313,11 @@ static bool x16p_tiles(float *y, const X16P &xq, int64_t M, const WeightMat &W, 
 }
 #else
 template <int F>
-static X16P *x16p_prepare_all(const float *, int64_t, const WeightMat &) {
+static X16 *x16p_prepare_all(const float *, int64_t, const WeightMat &) {
   return nullptr;
 }
 template <int F>
-static bool x16p_tiles(float *, const X16P &, int64_t, const WeightMat &, const float *, int64_t, int64_t) {
+static bool x16p_tiles(float *, const X16 &, int64_t, const WeightMat &, const float *, int64_t, int64_t) {
   return false;
 }
 #endif
