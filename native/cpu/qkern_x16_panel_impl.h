@@ -7,8 +7,8 @@
 // the vpdpbusd rate, and 16 rows cost 9-11x one row. Here each thread copies a tile of 16 weight rows into a
 // buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every product
 // belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16 outputs
-// wide and take one conversion and scale for all of them, and 2 * MR accumulators (MR rows of x) keep enough
-// independent chains in flight (on the 2-core Zen 5 one chain per 8 accumulators ran at under half the rate).
+// wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent accumulator
+// chains.
 //
 // Arithmetic: the x16 path's (qkern_x16_impl.h): x in 16-bit fixed point, step = max|x| of the group / 32639,
 // rounded to nearest even; each value split into signed bytes x = 256 h + l; a group's dot is
@@ -189,37 +189,28 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
                       const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0, int64_t g1,
                       __m512 tot[], X16pAhead &ahead) {
   constexpr int CPB = 8 / BITS, WPG = GS * BITS / 32;
-  // accumulator sets taking the words of a group in turn: at least 16 independent chains with few rows
-  constexpr int S = MR <= 2 ? 4 : MR <= 4 ? 2 : 1;
-  static_assert(WPG % S == 0, "every set takes whole words");
   const __m512i mask = _mm512_set1_epi8((char)((1 << BITS) - 1));
   for (int64_t g = g0; g < g1; g++) {
-    __m512i ah[S][MR], al[S][MR];
-    for (int s = 0; s < S; s++)
-      for (int m = 0; m < MR; m++) ah[s][m] = al[s][m] = _mm512_setzero_si512();
+    __m512i ah[MR], al[MR];
+    for (int m = 0; m < MR; m++) ah[m] = al[m] = _mm512_setzero_si512();
     const uint32_t *bw = buf + (g - g0) * WPG * 16;
     const int8_t *xg = xq + g * WPG * CPB * 8;
 #pragma GCC unroll 4
-    for (int d0 = 0; d0 < WPG; d0 += S) {
-      for (int s = 0; s < S; s++) {
-        const int d = d0 + s;
-        const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
-        for (int j = 0; j < CPB; j++) {
-          const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
-          const int8_t *xp = xg + (d * CPB + j) * 8;
-          for (int m = 0; m < MR; m++) {
-            x16p_dp(ah[s][m], p, xp + m * ldq);
-            x16p_dp(al[s][m], p, xp + m * ldq + 4);
-          }
+    for (int d = 0; d < WPG; d++) {
+      const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
+      for (int j = 0; j < CPB; j++) {
+        const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
+        const int8_t *xp = xg + (d * CPB + j) * 8;
+        for (int m = 0; m < MR; m++) {
+          x16p_dp(ah[m], p, xp + m * ldq);
+          x16p_dp(al[m], p, xp + m * ldq + 4);
         }
       }
     }
     ahead.step();
     const __m512 sc = _mm512_load_ps(scT + g * 16), bi = _mm512_load_ps(biT + g * 16);
     for (int m = 0; m < MR; m++) {
-      __m512i h = ah[0][m], l = al[0][m];
-      for (int s = 1; s < S; s++) h = _mm512_add_epi32(h, ah[s][m]), l = _mm512_add_epi32(l, al[s][m]);
-      const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(h, 8), l);
+      const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(ah[m], 8), al[m]);
       const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(step[m * ldg + g]),
                                        _mm512_set1_ps(err[m * ldg + g]));
       tot[m] = _mm512_fmadd_ps(bi, _mm512_set1_ps(fix[m * ldg + g]), _mm512_fmadd_ps(f, sc, tot[m]));
@@ -227,12 +218,16 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
   }
 }
 
-// The same for any mr in [1, MR].
+// The fewest rows a pass takes: kX16pMinRows rows split into passes of at most kX16pMr, as even as they go.
+static constexpr int kX16pMinPass = 4;
+static_assert(kX16pMinRows >= kX16pMinPass && kX16pMr < 2 * kX16pMinPass + 1, "passes of 4 to 8 rows");
+
+// The same for any mr in [kX16pMinPass, MR].
 template <int BITS, int GS, int MR = kX16pMr>
 static void x16p_rows_any(int mr, const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq,
                           int64_t ldq, const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0,
                           int64_t g1, __m512 tot[], X16pAhead &ahead) {
-  if constexpr (MR >= 1) {
+  if constexpr (MR >= kX16pMinPass) {
     if (mr == MR) return x16p_rows<BITS, GS, MR>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
     x16p_rows_any<BITS, GS, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
   }
