@@ -3,8 +3,8 @@
 // purpose).
 //
 // Why: the x16 row kernels keep W's layout, so each vpdpbusd multiplies the codes of one weight row with one row
-// of x and the 16 int32 lanes must be reduced and scaled per unit; with 16 rows of x they ran at about 40% of
-// the vpdpbusd rate, and 16 rows cost 9-11x one row. Here each thread copies a tile of 16 weight rows into a
+// of x and the 16 int32 lanes must be reduced and scaled per unit (16 rows of a 14336x4096 4-bit product cost
+// 12x one row there, 9.4-10.5x here; see the README's x16 panels). Here each thread copies a tile of 16 weight rows into a
 // buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every product
 // belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16 outputs
 // wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent accumulator
@@ -25,8 +25,8 @@ static constexpr bool x16p_format() {
 }
 
 // Fewer rows take the row kernels, which stream W straight from memory: with weights read from memory (a model's
-// step; 3072x1024, 1024x3072 and 2048x2048, 4-bit g64, 2-core Zen 5) the copy into the buffer made 3-6 rows
-// 0-25% slower, 7 rows 2-10% faster, 16 rows 1.25-1.35x faster (with weights in cache, 3 rows already gained).
+// step; 3072x1024, 1024x3072 and 2048x2048, 4-bit g64, 2-core Zen 5) the copy into the buffer made 3-6 rows up
+// to 27% slower, 7 rows 3-13% faster, 16 rows 1.27-1.32x faster (with weights in cache, 3 rows already gained).
 static constexpr int64_t kX16pMinRows = 7;
 // Rows of x a pass over a tile's buffer.
 static constexpr int kX16pMr = 8;
