@@ -826,9 +826,8 @@ static bool x16_takes(const WeightMat &W) {
   }
 }
 
-// x of M rows prepared once for W and shared by every thread: one allocation holding the X16 header and its
-// arrays (free() releases it); null when W does not take the integer path, x holds Inf or NaN, or memory is
-// short (the caller then takes the f32 path).
+// Room for M rows of x prepared for W: one allocation holding the X16 header and its arrays (free() releases it);
+// null when memory is short. The row kernels and the panels (qkern_x16_panel_impl.h) both fill it.
 static X16 *x16_alloc(int64_t M, const WeightMat &W) {
   const int64_t K = W.K, NG = W.groups;
   size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
@@ -841,6 +840,8 @@ static X16 *x16_alloc(int64_t M, const WeightMat &W) {
   return xq;
 }
 
+// x of M rows prepared once for W and shared by every thread; null when W does not take the integer path, x holds
+// Inf or NaN, or memory is short (the caller then takes the f32 path).
 template <int F>
 static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   if (!x16_takes<F>(W)) return nullptr;
