@@ -278,8 +278,8 @@ static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W,
       x16p_repack(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
       for (int64_t m = 0, p = 0; m < M; p++) {
         const int mr = (int)((M - m + (passes - p) - 1) / (passes - p));
-        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, (const int8_t *)xq.q + m * 2 * K, 2 * K, xq.step + m * NG, xq.fix + m * NG,
-                                xq.err + m * NG, NG, g0, g1, tot + m, ahead);
+        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, (const int8_t *)xq.q + m * 2 * K, 2 * K, xq.step + m * NG,
+                                xq.fix + m * NG, xq.err + m * NG, NG, g0, g1, tot + m, ahead);
         m += mr;
       }
     }
