@@ -4,11 +4,11 @@
 //
 // Why: the x16 row kernels keep W's layout, so each vpdpbusd multiplies the codes of one weight row with one row
 // of x and the 16 int32 lanes must be reduced and scaled per unit (16 rows of a 14336x4096 4-bit product cost
-// 12x one row there, 9.4-10.5x here; see the README's x16 panels). Here each thread copies a tile of 16 weight rows into a
-// buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every product
-// belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16 outputs
-// wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent accumulator
-// chains.
+// 12x one row there, 9.4-10.5x here; see the README's x16 panels). Here each thread copies a tile of 16 weight
+// rows into a buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every
+// product belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16
+// outputs wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent
+// accumulator chains.
 //
 // Arithmetic: the x16 path's (qkern_x16_impl.h): x in 16-bit fixed point, step = max|x| of the group / 32639,
 // rounded to nearest even; each value split into signed bytes x = 256 h + l; a group's dot is
