@@ -141,11 +141,7 @@ interface MStatePool extends StatePool {
 /** Bytes of step arrays (StepArrays) kept between steps. */
 const STEP_ARRAY_BYTES = 64 * 2 ** 20;
 
-/**
- * Arrays built from a step's host tables (rope's positions, attention's gather indices and masks), kept while the
- * tables stay the same: every layer of a step asks for them again, and building one can be O(context) host work.
- * Compared by value, not by object, so a caller that reuses its tables is safe.
- */
+/** Whether two lists of the same number of host tables hold the same values. */
 function sameTables(a: readonly Int32Array[], b: readonly Int32Array[]): boolean {
   for (let t = 0; t < a.length; t++) {
     const x = a[t]!;
@@ -156,6 +152,11 @@ function sameTables(a: readonly Int32Array[], b: readonly Int32Array[]): boolean
   return true;
 }
 
+/**
+ * Arrays built from a step's host tables (rope's positions, attention's gather indices and masks), kept while the
+ * tables stay the same: every layer of a step asks for them again, and building one can be O(context) host work.
+ * Compared by value, not by object, so a caller that reuses its tables is safe.
+ */
 class StepArrays {
   private readonly entries: { key: string; tables: Int32Array[]; h: number; bytes: number }[] = [];
   private bytes = 0;
