@@ -877,9 +877,8 @@ void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
   void *out = nullptr;
   with_format(W, [&]<int F>() {
     if constexpr (F == F_FP8) out = fp8_prepare_all(x, M, W);
-    else if (x8_takes<F>(W, M)) out = nullptr;  // x8_alloc's, or nothing
-    else if (x16p_takes<F>(W, M)) out = x16p_prepare_all<F>(x, M, W);
-    else out = x16_prepare_all<F>(x, M, W);
+    else if (!x8_takes<F>(W, M))  // else x8_alloc's, or nothing
+      out = x16p_takes<F>(W, M) ? x16p_prepare_all<F>(x, M, W) : x16_prepare_all<F>(x, M, W);
   });
   return out;
 }
