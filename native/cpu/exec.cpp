@@ -91,45 +91,62 @@ int run_op(const Relu2MulRecord &r) { return op_relu2_mul(r.out, r.gate, r.up, r
 
 int run_op(const TakeRowsRecord &r) { return rmlx_take_rows(r.out, r.rows, r.nrows, r.N, r.K, r.w, r.wdt); }
 
-// Consecutive qlinear records over the same x without a bias (a layer's q, k and v projections, or gate and up;
-// the native graph puts them next to each other) run as one product of several weights when x has few rows: x is
-// put in fixed point once and one dispatch covers the tiles of all of them (about 10% of those products' time at
-// one row on a 2-core Zen 5, 4-5% of a 0.6B 4-bit decode step). The results are those of the records run one by
-// one, bit for bit. Returns the number of records taken (0: run the record alone).
-int64_t run_qlinear_many(const double *prog, int64_t at, int64_t nwords, int &status) {
+bool same_format(const QlinearRecord &a, const QlinearRecord &b) {
+  const QuantWeight &v = a.weight, &w = b.weight;
+  return v.sbdt == w.sbdt && v.mode == w.mode && v.bits == w.bits && v.group == w.group;
+}
+
+bool same_format(const LinearRecord &a, const LinearRecord &b) { return a.wdt == b.wdt; }
+
+int weight_of(WeightMat &W, const QlinearRecord &r) {
+  const QuantWeight &q = r.weight;
+  return make_quant_mat(W, "rmlx_qlinear", q.w, q.scales, q.biases, q.sbdt, q.mode, q.bits, q.group, q.gscale, r.N,
+                        r.K);
+}
+
+int weight_of(WeightMat &W, const LinearRecord &r) { return make_dense_mat(W, "rmlx_linear", r.w, r.wdt, r.N, r.K); }
+
+// Consecutive product records of one kind over the same x without a bias (a layer's q, k and v projections, or
+// gate and up; the native graph puts them next to each other) run as one product of several weights when x has
+// few rows: x is prepared once and one dispatch covers the tiles of all of them. Quantized runs share the format
+// (about 10% of those products' time at one row on a 2-core Zen 5, 4-5% of a 0.6B 4-bit decode step); dense runs
+// share the dtype (bf16 q/k/v of Qwen3-0.6B shapes from memory, one row: 147-169 us as three products against
+// 127-149 as one). The results are those of the records run one by one, bit for bit. Returns the number of
+// records taken (0: run the record alone).
+template <class Rec, int Op, int64_t Words, void (*Decode)(const double *, Rec &)>
+int64_t run_many(const double *prog, int64_t at, int64_t nwords, int &status) {
   constexpr int kMost = 8;
-  QlinearRecord rs[kMost];
-  auto take = [&](int64_t rec, QlinearRecord &r) {
-    if (rec + kQlinearWords > nwords || (int)prog[rec] != OP_QLINEAR || (int64_t)prog[rec + 1] != kQlinearWords)
-      return false;
-    decode_qlinear(prog + rec + 2, r);
+  Rec rs[kMost];
+  auto take = [&](int64_t rec, Rec &r) {
+    if (rec + Words > nwords || (int)prog[rec] != Op || (int64_t)prog[rec + 1] != Words) return false;
+    Decode(prog + rec + 2, r);
     return !r.bias;
   };
   if (!take(at, rs[0]) || rs[0].M >= kGemmMinRows || rs[0].M <= 0 || !rs[0].x) return 0;
-  const QuantWeight &w0 = rs[0].weight;
   int n = 1;
-  while (n < kMost && take(at + n * kQlinearWords, rs[n])) {
-    const QlinearRecord &r = rs[n];
-    const QuantWeight &w = r.weight;
-    if (r.x != rs[0].x || r.M != rs[0].M || r.K != rs[0].K || w.sbdt != w0.sbdt || w.mode != w0.mode ||
-        w.bits != w0.bits || w.group != w0.group)
-      break;
+  while (n < kMost && take(at + n * Words, rs[n]) && rs[n].x == rs[0].x && rs[n].M == rs[0].M &&
+         rs[n].K == rs[0].K && same_format(rs[n], rs[0]))
     n++;
-  }
   if (n == 1) return 0;
   float *ys[kMost];
   WeightMat Ws[kMost];
   for (int i = 0; i < n; i++) {
-    const QlinearRecord &r = rs[i];
-    const QuantWeight &q = r.weight;
-    ys[i] = r.y;
-    if (!r.y || r.y == r.x) return 0;
-    status = make_quant_mat(Ws[i], "rmlx_qlinear", q.w, q.scales, q.biases, q.sbdt, q.mode, q.bits, q.group, q.gscale,
-                            r.N, r.K);
+    ys[i] = rs[i].y;
+    if (!rs[i].y || rs[i].y == rs[i].x) return 0;
+    status = weight_of(Ws[i], rs[i]);
     if (status != RMLX_OK) return n;
   }
   matmul_many(ys, rs[0].x, rs[0].M, Ws, n);
   return n;
+}
+
+// run_many for the record at `at`, whichever product kind it is.
+int64_t run_products_many(const double *prog, int64_t at, int64_t nwords, int &status) {
+  if ((int)prog[at] == OP_QLINEAR)
+    return run_many<QlinearRecord, OP_QLINEAR, kQlinearWords, decode_qlinear>(prog, at, nwords, status);
+  if ((int)prog[at] == OP_LINEAR)
+    return run_many<LinearRecord, OP_LINEAR, kLinearWords, decode_linear>(prog, at, nwords, status);
+  return 0;
 }
 
 }  // namespace rmlx
@@ -262,9 +279,9 @@ int rmlx::exec_program(const double *prog, int64_t nwords) {
     if (len < 2 || at + len > nwords)
       return rmlx::fail(RMLX_E_INVALID, "rmlx_exec: bad record length %lld at word %lld", (long long)len, (long long)at);
     int st = RMLX_OK;
-    if (int64_t taken = rmlx::run_qlinear_many(prog, at, nwords, st)) {
+    if (int64_t taken = rmlx::run_products_many(prog, at, nwords, st)) {
       if (st != RMLX_OK) return st;
-      at += taken * rmlx::kQlinearWords;
+      at += taken * len;
       continue;
     }
     st = rmlx::exec_record(prog + at, len);

@@ -110,6 +110,37 @@ describe("quantized products sharing x", () => {
     });
 });
 
+describe("dense products sharing x", () => {
+  // The same for float weights: runs of one dtype go together, a change of dtype or a bias ends the run.
+  const K = 200;
+  const dense = (N: number, dtype: "bf16" | "f16" | "f32", seed: number) => {
+    const w = randn(N * K, seed, 0.1);
+    if (dtype === "f32") return t(w, [N, K]);
+    if (dtype === "bf16") return be.fromArray(bf16Truncated(w).bits, [N, K], "bf16");
+    return be.astype(t(w, [N, K]), "f16");
+  };
+  for (const dtype of ["bf16", "f16", "f32"] as const)
+    test(`${dtype}: one to 31 rows of x, weights of 5 to 72 rows`, () => {
+      const ws = [dense(72, dtype, 10), dense(16, dtype, 20), dense(5, dtype, 30)];
+      const other = dense(24, dtype === "f32" ? "bf16" : "f32", 40);
+      const bias = t(randn(16, 50), [16]);
+      for (const M of [1, 3, 31]) {
+        const x = randn(M * K, M);
+        const run = (xt: ReturnType<typeof t>) => [
+          ...ws.map((w) => be.linear(xt, w)),
+          be.linear(xt, other),
+          be.linear(xt, ws[1]!, bias),
+          be.linear(xt, ws[2]!),
+        ];
+        const alone = run(t(x, [M, K])).map((y) => be.toFloat32(y));
+        const ys = run(t(x, [M, K]));
+        be.eval(...ys);
+        const together = ys.map((y) => be.toFloat32(y));
+        for (let i = 0; i < ys.length; i++) expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
+      }
+    });
+});
+
 describe("gatherMatmul", () => {
   test("float experts, one input row per token", () => {
     const [T, topk, E, N, K] = [3, 2, 4, 5, 16];
