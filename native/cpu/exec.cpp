@@ -106,13 +106,17 @@ int weight_of(WeightMat &W, const QlinearRecord &r) {
 
 int weight_of(WeightMat &W, const LinearRecord &r) { return make_dense_mat(W, "rmlx_linear", r.w, r.wdt, r.N, r.K); }
 
-// Consecutive product records of one kind over the same x without a bias (a layer's q, k and v projections, or
-// gate and up; the native graph puts them next to each other) run as one product of several weights when x has
-// few rows: x is prepared once and one dispatch covers the tiles of all of them. Quantized runs share the format
-// (about 10% of those products' time at one row on a 2-core Zen 5, 4-5% of a 0.6B 4-bit decode step); dense runs
-// share the dtype (bf16 q/k/v of Qwen3-0.6B shapes from memory, one row: 147-169 us as three products against
-// 127-149 as one). The results are those of the records run one by one, bit for bit. Returns the number of
-// records taken (0: run the record alone).
+// The dtype of a record's bias: its own for quantized weights, the weight's for dense ones.
+int bias_dtype(const QlinearRecord &r) { return r.bias_dt; }
+int bias_dtype(const LinearRecord &r) { return r.wdt; }
+
+// Consecutive product records of one kind over the same x (a layer's q, k and v projections, with or without
+// biases, or gate and up; the native graph puts them next to each other) run as one product of several weights
+// when x has few rows: x is prepared once and one dispatch covers the tiles of all of them. Quantized runs share
+// the format (about 10% of those products' time at one row on a 2-core Zen 5, 4-5% of a 0.6B 4-bit decode step);
+// dense runs share the dtype (bf16 q/k/v of Qwen3-0.6B shapes from memory, one row: 147-169 us as three products
+// against 127-149 as one). The results are those of the records run one by one, bit for bit. Returns the number
+// of records taken (0: run the record alone).
 template <class Rec, int Op, int64_t Words, void (*Decode)(const double *, Rec &)>
 int64_t run_many(const double *prog, int64_t at, int64_t nwords, int &status) {
   constexpr int kMost = 8;
@@ -120,7 +124,7 @@ int64_t run_many(const double *prog, int64_t at, int64_t nwords, int &status) {
   auto take = [&](int64_t rec, Rec &r) {
     if (rec + Words > nwords || (int)prog[rec] != Op || (int64_t)prog[rec + 1] != Words) return false;
     Decode(prog + rec + 2, r);
-    return !r.bias;
+    return !r.bias || is_float_dtype(bias_dtype(r));
   };
   if (!take(at, rs[0]) || rs[0].M >= kGemmMinRows || rs[0].M <= 0 || !rs[0].x) return 0;
   int n = 1;
@@ -130,13 +134,21 @@ int64_t run_many(const double *prog, int64_t at, int64_t nwords, int &status) {
   if (n == 1) return 0;
   float *ys[kMost];
   WeightMat Ws[kMost];
+  std::vector<float> bias[kMost];
+  const float *biases[kMost];
   for (int i = 0; i < n; i++) {
-    ys[i] = rs[i].y;
-    if (!rs[i].y || rs[i].y == rs[i].x) return 0;
-    status = weight_of(Ws[i], rs[i]);
+    const Rec &r = rs[i];
+    ys[i] = r.y;
+    if (!r.y || r.y == r.x) return 0;
+    status = weight_of(Ws[i], r);
     if (status != RMLX_OK) return n;
+    if (r.bias) {
+      bias[i].resize((size_t)r.N);
+      for (int64_t j = 0; j < r.N; j++) bias[i][(size_t)j] = load_scalar(r.bias, bias_dtype(r), j);
+    }
+    biases[i] = r.bias ? bias[i].data() : nullptr;
   }
-  matmul_many(ys, rs[0].x, rs[0].M, Ws, n);
+  matmul_many(ys, rs[0].x, rs[0].M, Ws, biases, n);
   return n;
 }
 

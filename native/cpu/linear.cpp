@@ -89,10 +89,10 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { k.gemm_units(y, x, M, W, bias, mchunks, mlen, b, e); });
 }
 
-void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, int n) {
+void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, const float *const *biases, int n) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar || n == 1) {
-    for (int i = 0; i < n; i++) matmul(ys[i], x, M, Ws[i], nullptr);
+    for (int i = 0; i < n; i++) matmul(ys[i], x, M, Ws[i], biases[i]);
     return;
   }
   const SimdKernels &k = simd(isa);
@@ -103,7 +103,7 @@ void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *W
   parallel_for(first[n], [&](int64_t b, int64_t e, int) {
     for (int i = 0; i < n; i++) {
       const int64_t t0 = std::max(b, first[i]), t1 = std::min(e, first[i + 1]);
-      if (t0 < t1) k.gemv_tiles(ys[i], x, M, Ws[i], nullptr, t0 - first[i], t1 - first[i], prepared);
+      if (t0 < t1) k.gemv_tiles(ys[i], x, M, Ws[i], biases[i], t0 - first[i], t1 - first[i], prepared);
     }
   });
   free(prepared);

@@ -127,9 +127,10 @@ void dequant_range_scalar(const WeightMat &m, int64_t n, int64_t k0, int64_t len
 
 // y[M, N] = x[M, K] @ W^T (+ bias, f32, may be null), using the active ISA and all threads.
 void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias);
-// ys[i] = x @ Ws[i]^T for n weights of one format, K and group (a layer's q/k/v or gate/up projections): x is
-// prepared once and the tiles of all of them share one dispatch. Few rows of x only (M < kGemmMinRows).
-void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, int n);
+// ys[i] = x @ Ws[i]^T (+ biases[i], f32, each may be null) for n weights of one format, K and group (a layer's
+// q/k/v or gate/up projections): x is prepared once and the tiles of all of them share one dispatch. Few rows of x
+// only (M < kGemmMinRows).
+void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, const float *const *biases, int n);
 // out[r, :] = dequant(W)[rows ? rows[r] : r, :] for r < nrows, using the active ISA and all threads.
 void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMat &W);
 

@@ -98,11 +98,20 @@ describe("quantized products sharing x", () => {
       const ws = [qweight(48, bits, group, 10), qweight(16, bits, group, 20), qweight(56, bits, group, 30)];
       // a different group size breaks the run: the last weight runs on its own
       const other = qweight(24, bits, group === 64 ? 32 : 64, 40);
+      // biases join a run (f32 here, bf16 for the second weight)
+      const b0 = t(randn(48, 50), [48]);
+      const b1 = be.fromArray(bf16Truncated(randn(16, 51)).bits, [16], "bf16");
+      const run = (xt: ReturnType<typeof t>) => [
+        ...ws.map((w) => be.linear(xt, w)),
+        be.linear(xt, other),
+        be.linear(xt, ws[0]!, b0),
+        be.linear(xt, ws[1]!, b1),
+        be.linear(xt, ws[2]!),
+      ];
       for (const M of [1, 3, 31]) {
         const x = randn(M * K, M);
-        const alone = [...ws, other].map((w) => be.toFloat32(be.linear(t(x, [M, K]), w)));
-        const xt = t(x, [M, K]);
-        const ys = [...ws, other].map((w) => be.linear(xt, w));
+        const alone = run(t(x, [M, K])).map((y) => be.toFloat32(y));
+        const ys = run(t(x, [M, K]));
         be.eval(...ys);
         const together = ys.map((y) => be.toFloat32(y));
         for (let i = 0; i < ys.length; i++) expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
@@ -111,7 +120,8 @@ describe("quantized products sharing x", () => {
 });
 
 describe("dense products sharing x", () => {
-  // The same for float weights: runs of one dtype go together, a change of dtype or a bias ends the run.
+  // The same for float weights: runs of one dtype go together (biases too, as Qwen2's q/k/v have), a change of
+  // dtype ends the run.
   const K = 200;
   const dense = (N: number, dtype: "bf16" | "f16" | "f32", seed: number) => {
     const w = randn(N * K, seed, 0.1);
@@ -123,7 +133,8 @@ describe("dense products sharing x", () => {
     test(`${dtype}: one to 31 rows of x, weights of 5 to 72 rows`, () => {
       const ws = [dense(72, dtype, 10), dense(16, dtype, 20), dense(5, dtype, 30)];
       const other = dense(24, dtype === "f32" ? "bf16" : "f32", 40);
-      const bias = t(randn(16, 50), [16]);
+      // in the weight's dtype, so that the bias goes into the product's record
+      const bias = dtype === "f32" ? t(randn(16, 50), [16]) : be.astype(t(randn(16, 50), [16]), dtype);
       for (const M of [1, 3, 31]) {
         const x = randn(M * K, M);
         const run = (xt: ReturnType<typeof t>) => [
