@@ -89,7 +89,8 @@ void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float
   parallel_for(panels * mchunks, [&](int64_t b, int64_t e, int) { k.gemm_units(y, x, M, W, bias, mchunks, mlen, b, e); });
 }
 
-void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, const float *const *biases, int n) {
+void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *Ws, const float *const *biases,
+                 int n) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar || n == 1) {
     for (int i = 0; i < n; i++) matmul(ys[i], x, M, Ws[i], biases[i]);

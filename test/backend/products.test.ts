@@ -114,7 +114,8 @@ describe("quantized products sharing x", () => {
         const ys = run(t(x, [M, K]));
         be.eval(...ys);
         const together = ys.map((y) => be.toFloat32(y));
-        for (let i = 0; i < ys.length; i++) expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
+        for (let i = 0; i < ys.length; i++)
+          expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
       }
     });
 });
@@ -147,7 +148,8 @@ describe("dense products sharing x", () => {
         const ys = run(t(x, [M, K]));
         be.eval(...ys);
         const together = ys.map((y) => be.toFloat32(y));
-        for (let i = 0; i < ys.length; i++) expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
+        for (let i = 0; i < ys.length; i++)
+          expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
       }
     });
 });
