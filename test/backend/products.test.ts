@@ -1,6 +1,7 @@
 // Products and lookups through the backend (the kernels themselves are tested with the
 // product library; here: shapes, dtypes, bias handling and routing through the executor).
 import { describe, expect, test } from "bun:test";
+import type { Tensor } from "../../src/backend/backend.ts";
 import { RmlxError } from "../../src/errors.ts";
 import { backend, bf16Truncated, expectClose, linearRef, randn, rng } from "./helpers.ts";
 
@@ -76,6 +77,20 @@ describe("quantized", () => {
   });
 });
 
+// Each product run(x) makes, for 1, 3 and 31 rows of x (K columns), evaluated together equals the same product
+// evaluated on its own, bit for bit.
+function expectSameAsAlone(run: (x: Tensor) => Tensor[], K: number): void {
+  for (const M of [1, 3, 31]) {
+    const x = randn(M * K, M);
+    const alone = run(t(x, [M, K])).map((y) => be.toFloat32(y));
+    const ys = run(t(x, [M, K]));
+    be.eval(...ys);
+    const together = ys.map((y) => be.toFloat32(y));
+    for (let i = 0; i < ys.length; i++)
+      expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
+  }
+}
+
 describe("quantized products sharing x", () => {
   // A layer's q/k/v (or gate/up) projections recorded one after another over the same x run as one product of
   // several weights in the native executor; each must come out exactly as when it runs alone.
@@ -101,22 +116,14 @@ describe("quantized products sharing x", () => {
       // biases join a run (f32 here, bf16 for the second weight)
       const b0 = t(randn(48, 50), [48]);
       const b1 = be.fromArray(bf16Truncated(randn(16, 51)).bits, [16], "bf16");
-      const run = (xt: ReturnType<typeof t>) => [
+      const run = (xt: Tensor) => [
         ...ws.map((w) => be.linear(xt, w)),
         be.linear(xt, other),
         be.linear(xt, ws[0]!, b0),
         be.linear(xt, ws[1]!, b1),
         be.linear(xt, ws[2]!),
       ];
-      for (const M of [1, 3, 31]) {
-        const x = randn(M * K, M);
-        const alone = run(t(x, [M, K])).map((y) => be.toFloat32(y));
-        const ys = run(t(x, [M, K]));
-        be.eval(...ys);
-        const together = ys.map((y) => be.toFloat32(y));
-        for (let i = 0; i < ys.length; i++)
-          expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
-      }
+      expectSameAsAlone(run, K);
     });
 });
 
@@ -136,21 +143,13 @@ describe("dense products sharing x", () => {
       const other = dense(24, dtype === "f32" ? "bf16" : "f32", 40);
       // in the weight's dtype, so that the bias goes into the product's record
       const bias = dtype === "f32" ? t(randn(16, 50), [16]) : be.astype(t(randn(16, 50), [16]), dtype);
-      for (const M of [1, 3, 31]) {
-        const x = randn(M * K, M);
-        const run = (xt: ReturnType<typeof t>) => [
-          ...ws.map((w) => be.linear(xt, w)),
-          be.linear(xt, other),
-          be.linear(xt, ws[1]!, bias),
-          be.linear(xt, ws[2]!),
-        ];
-        const alone = run(t(x, [M, K])).map((y) => be.toFloat32(y));
-        const ys = run(t(x, [M, K]));
-        be.eval(...ys);
-        const together = ys.map((y) => be.toFloat32(y));
-        for (let i = 0; i < ys.length; i++)
-          expect({ M, i, same: together[i]!.every((v, j) => v === alone[i]![j]) }).toEqual({ M, i, same: true });
-      }
+      const run = (xt: Tensor) => [
+        ...ws.map((w) => be.linear(xt, w)),
+        be.linear(xt, other),
+        be.linear(xt, ws[1]!, bias),
+        be.linear(xt, ws[2]!),
+      ];
+      expectSameAsAlone(run, K);
     });
 });
 
