@@ -826,9 +826,11 @@ static bool x16_takes(const WeightMat &W) {
   }
 }
 
-// Room for M rows of x prepared for W: one allocation holding the X16 header and its arrays (free() releases it);
-// null when memory is short. The row kernels and the panels (qkern_x16_panel_impl.h) both fill it.
-static X16 *x16_alloc(int64_t M, const WeightMat &W) {
+// M rows of x prepared for W by fill(X16 &) (false: x holds Inf or NaN): one allocation holding the X16 header
+// and its arrays (free() releases it); null when fill fails or memory is short. The row kernels and the panels
+// (qkern_x16_panel_impl.h) fill it in their own orders.
+template <class Fill>
+static X16 *x16_filled(int64_t M, const WeightMat &W, Fill fill) {
   const int64_t K = W.K, NG = W.groups;
   size_t head = 64, qbytes = ((size_t)(M * K) * 2 + 63) & ~(size_t)63;
   size_t total = (head + qbytes + sizeof(float) * (size_t)(3 * M * NG + 16) + 63) & ~(size_t)63;  // C11 asks it
@@ -837,6 +839,10 @@ static X16 *x16_alloc(int64_t M, const WeightMat &W) {
   float *fm = (float *)(mem + head + qbytes);
   X16 *xq = (X16 *)mem;
   *xq = X16{(int16_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
+  if (!fill(*xq)) {
+    free(mem);
+    return nullptr;
+  }
   return xq;
 }
 
@@ -845,12 +851,7 @@ static X16 *x16_alloc(int64_t M, const WeightMat &W) {
 template <int F>
 static X16 *x16_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   if (!x16_takes<F>(W)) return nullptr;
-  X16 *xq = x16_alloc(M, W);
-  if (xq && !x16_prepare<F>(x, M, W, *xq)) {
-    free(xq);
-    return nullptr;
-  }
-  return xq;
+  return x16_filled(M, W, [&](X16 &o) { return x16_prepare<F>(x, M, W, o); });
 }
 
 // y for rows of the tiles [t0, t1), all M rows of x, on the integer path; false when memory is short (the

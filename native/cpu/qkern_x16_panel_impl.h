@@ -36,13 +36,12 @@ static bool x16p_takes(const WeightMat &W, int64_t M) {
   if constexpr (!x16p_format<F>()) {
     return false;
   } else {
-    if (M < kX16pMinRows || M >= kGemmMinRows || !x16_takes<F>(W)) return false;
-    return (W.group == 32 || W.group == 64 || W.group == 128) && W.K % W.group == 0 &&
-           (W.group * (int64_t)bits_of<F>()) % 32 == 0;
+    // x16_takes leaves groups of 32, 64 and 128 (64 and 128 for 2 bits): whole words; K is a multiple of the group
+    return M >= kX16pMinRows && M < kGemmMinRows && x16_takes<F>(W);
   }
 }
 
-// x prepared for panels is an X16 (x16_alloc) whose q holds, per row, 2K bytes in the order above.
+// x prepared for panels is an X16 (x16_filled) whose q holds, per row, 2K bytes in the order above.
 
 #if defined(__AVX512VNNI__)
 // 32 values of x as int16 in natural order -> their 64 bytes in the panel order (32 elements are whole words for
@@ -115,12 +114,7 @@ static X16 *x16p_prepare_all(const float *x, int64_t M, const WeightMat &W) {
   if constexpr (!x16p_format<F>()) {
     return nullptr;
   } else {
-    X16 *xq = x16_alloc(M, W);
-    if (xq && !x16p_prepare<F>(x, M, W, *xq)) {
-      free(xq);
-      return nullptr;
-    }
-    return xq;
+    return x16_filled(M, W, [&](X16 &o) { return x16p_prepare<F>(x, M, W, o); });
   }
 }
 
