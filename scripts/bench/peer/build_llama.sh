@@ -5,6 +5,8 @@
 # Nothing of llama.cpp enters the repository. Idempotent: a finished build is recognised by a stamp file.
 #   usage: scripts/bench/peer/build_llama.sh [cache_dir]
 #   cache_dir: $RMLX_PEER_DIR, else ~/.cache/rmlx/peer/llama.cpp      parallel jobs: $JOBS, else 2
+#   RMLX_PEER_ISA=avx2: build for AVX2 + FMA only (no AVX-512), the peer for rmlx's avx2 variant on a CPU that has
+#   more (compare with RMLX_ISA=avx2 on our side); unset: tuned for this CPU (-DGGML_NATIVE=ON)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -13,7 +15,13 @@ jobs="${JOBS:-2}"
 targets=(llama-bench llama-quantize test-backend-ops)
 
 # The stamp names the sources and build options, so a change to either rebuilds.
-options=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON
+case "${RMLX_PEER_ISA:-native}" in
+  native) isa=(-DGGML_NATIVE=ON) ;;
+  avx2) isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+    -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF) ;;
+  *) echo "build_llama.sh: RMLX_PEER_ISA must be native or avx2, not '$RMLX_PEER_ISA'" >&2; exit 2 ;;
+esac
+options=(-DCMAKE_BUILD_TYPE=Release "${isa[@]}" -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DGGML_CCACHE=OFF)
 stamp_of() {
