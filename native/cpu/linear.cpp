@@ -56,10 +56,11 @@ const SimdKernels &simd(Isa isa) { return isa == Isa::Avx512Vnni ? kAvx512Vnni :
 }  // namespace
 
 // x prepared once for W's products (the x8, x16 and mxfp8 kernels), not by each thread; the x8 kernels take
-// prefill shapes too. What x becomes depends on W's format, K and group only. Null: the kernels read x as it is.
+// prefill shapes too. What x becomes depends on W's format, K and group, and on M (the x16 panels take some M
+// from kGemmMinRows on). Null: the kernels read x as it is (the GEMM from kGemmMinRows rows on).
 static void *prepare_x(const SimdKernels &k, const float *x, int64_t M, const WeightMat &W) {
   void *prepared = k.x8_alloc(M, W);
-  if (!prepared) return M < kGemmMinRows ? k.gemv_prepare(x, M, W) : nullptr;
+  if (!prepared) return k.gemv_prepare(x, M, W);
   std::atomic<bool> ok{true};
   parallel_for(M, [&](int64_t b, int64_t e, int) {
     if (!k.x8_fill(prepared, x, b, e, W)) ok = false;

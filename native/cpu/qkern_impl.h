@@ -876,9 +876,12 @@ static void with_format(const WeightMat &W, Fn &&fn) {
 void *gemv_prepare(const float *x, int64_t M, const WeightMat &W) {
   void *out = nullptr;
   with_format(W, [&]<int F>() {
-    if constexpr (F == F_FP8) out = fp8_prepare_all(x, M, W);
-    else if (!x8_takes<F>(W, M))  // else x8_alloc's, or nothing
-      out = x16p_takes<F>(W, M) ? x16p_prepare_all<F>(x, M, W) : x16_prepare_all<F>(x, M, W);
+    if constexpr (F == F_FP8) {
+      if (M < kGemmMinRows) out = fp8_prepare_all(x, M, W);
+    } else if (!x8_takes<F>(W, M)) {  // else x8_alloc's, or nothing
+      if (x16p_takes<F>(W, M)) out = x16p_prepare_all<F>(x, M, W);
+      else if (M < kGemmMinRows) out = x16_prepare_all<F>(x, M, W);
+    }
   });
   return out;
 }

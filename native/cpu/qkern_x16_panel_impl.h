@@ -30,6 +30,13 @@ static constexpr bool x16p_format() {
 static constexpr int64_t kX16pMinRows = 7;
 // Rows of x a pass over a tile's buffer.
 static constexpr int kX16pMr = 8;
+// From kGemmMinRows rows on, 4 and 8-bit weights whose prefill products are x16 anyway (the x16 GEMM,
+// qkern_gemm_x16_impl.h: the same arithmetic but for the order of f32 additions) stay on the panels below this
+// many rows: x passes over each tile's buffer in L1 while the GEMM decodes its panels for few rows. 2-core Zen 5,
+// 4-bit g64, the products of Qwen3-0.6B and Llama-3.2-1B layers with weights read from memory: 32 rows 1.2-1.7x
+// the GEMM's speed, 48 rows 1.0-1.3x, 64 rows 0.9-1.25x, 79 rows 0.85-1.3x (warm weights: 1.2-1.9x at 32-64
+// rows, the GEMM ahead from about 112). Short prompts and batches of 32-63 sequences.
+static constexpr int64_t kX16pMaxRows = 64;
 
 template <int F>
 static bool x16p_takes(const WeightMat &W, int64_t M) {
@@ -37,7 +44,9 @@ static bool x16p_takes(const WeightMat &W, int64_t M) {
     return false;
   } else {
     // x16_takes leaves groups of 32, 64 and 128 (64 and 128 for 2 bits): whole words; K is a multiple of the group
-    return M >= kX16pMinRows && M < kGemmMinRows && x16_takes<F>(W);
+    if (M < kX16pMinRows || !x16_takes<F>(W)) return false;
+    if (M < kGemmMinRows) return true;
+    return (F == F_A4 || F == F_A8) && M < kX16pMaxRows && gemm_x16_enabled(W.exact_rows);
   }
 }
 
@@ -248,7 +257,7 @@ static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W,
   float *rb = rs + 16 * NGp, *scT = rb + 16 * NGp, *biT = scT + 16 * NGp;
   // rows of x split into passes of at most kX16pMr, as even as they go
   const int64_t passes = (M + kX16pMr - 1) / kX16pMr;
-  __m512 tot[kGemmMinRows];
+  __m512 tot[kX16pMaxRows];
   for (int64_t t = t0; t < t1; t++) {
     const int64_t n0 = t * 16;
     const int nr = (int)(N - n0 < 16 ? N - n0 : 16);

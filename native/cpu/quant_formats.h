@@ -137,14 +137,16 @@ void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMa
 // Work split shared by the dispatcher (which owns the thread pool) and the SIMD variants (which do the work).
 constexpr int64_t kGemvTile = 16;     // rows of W per unit when x has few rows
 constexpr int64_t kPanelRows = 64;    // rows of W per panel when x has many rows
-constexpr int64_t kGemmMinRows = 32;  // from this many rows of x on, panels are decoded once and reused
+constexpr int64_t kGemmMinRows = 32;  // from this many rows of x on, panels are decoded once and reused (the x16
+                                      // panels keep some 4 and 8-bit weights further: kX16pMaxRows)
 constexpr int64_t kMChunk = 96;       // rows of x per unit when W has too few panels to keep every thread busy
 
 // The SIMD variants (qkern_avx2.cpp, qkern_avx512.cpp, qkern_avx512vnni.cpp): each function does a range of the
 // work units above.
 #define RMLX_DECLARE_QKERN(ns)                                                                                    \
   namespace ns {                                                                                                  \
-  /* x prepared once for the x16 or mxfp8 decode kernels, or null (the f32 path); release with free() */     \
+  /* x prepared once for the x16 or mxfp8 decode kernels, or null (the f32 path, or the GEMM from            \
+     kGemmMinRows rows on: only the x16 panels take some such M); release with free() */                       \
   void *gemv_prepare(const float *x, int64_t M, const WeightMat &W);                                              \
   /* x8 products (qkern_x8_impl.h): room for M rows of x prepared for W, or null where W or M does not take   \
      them; x8_fill quantizes rows [m0, m1) into it, false when they hold Inf or NaN */                         \
