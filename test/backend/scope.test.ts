@@ -91,7 +91,7 @@ describe("scope", () => {
     expect(nested.arena).toBeLessThanOrEqual(16 << 20);
   });
 
-  test("the arena keeps a large step's memory, in one block, for the small steps after it (up to ARENA_KEEP)", () => {
+  test("the arena keeps a large step's memory for the small steps after it (up to ARENA_KEEP)", () => {
     const b = new NativeBackend();
     const big = b.scope(() => b.toFloat32(b.sum(b.scale(b.zeros([16, 1 << 20], "f32"), 2), 1)));
     expect(big.length).toBe(16);
@@ -240,6 +240,20 @@ describe("step arena", () => {
     expect(grown).toBeGreaterThanOrEqual(60 << 20);
     for (let i = 0; i < 100; i++) scopeOf(a, 1 << 20);
     expect(a.capacity).toBe(grown);
+  });
+
+  test("a scope that outgrew it gets the same memory next time: blocks are kept, not merged into fresh ones", () => {
+    const a = new Arena();
+    const first = [a.alloc(10 << 20), a.alloc(10 << 20), a.alloc(30 << 20)];
+    a.reset();
+    const again = [a.alloc(10 << 20), a.alloc(10 << 20), a.alloc(30 << 20)];
+    expect(again).toEqual(first);
+    // a block added is as large as the ones before it: the chain of a growing arena stays short
+    expect(a.capacity).toBeGreaterThanOrEqual(2 * (16 << 20) + (30 << 20));
+    a.reset();
+    a.alloc(600 << 20);
+    a.reset();
+    expect(a.capacity).toBeGreaterThanOrEqual(600 << 20);
   });
 
   test("gives back what a long prefill needed beyond ARENA_KEEP once the steps after it use little", () => {
