@@ -57,23 +57,30 @@ static void gx16_pack(int32_t *bp, float *sv, float *bv, int32_t *rowbuf, RowCtx
   const int kp = kl / 2;
   const int64_t GS = W.group, g0 = k0 / GS, ng = kl / GS;
   constexpr float kCentre = (float)((1 << bits_of<F>()) - 1) * 0.5f;
-  for (int r = 0; r < NB; r++) {
-    const int s = r / TW, col = r % TW;
-    int32_t *dst = bp + (int64_t)s * kp * TW + col;
-    float *svs = sv + (int64_t)s * kGx16MaxGroupsPerSeg * TW + col, *bvs = bv + (int64_t)s * kGx16MaxGroupsPerSeg * TW + col;
-    if (r < nr) {
-      gx16_row_codes<F>(W, n0 + r, k0, kl, rowbuf);
-      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = rowbuf[p];
-      row_prep<F>(W, n0 + r, g0, g0 + ng, c);
-      for (int64_t g = 0; g < ng; g++) {
-        const float sc = c.sc[g0 + g], bi = c.bi[g0 + g];
-        svs[g * TW] = 0.5f * sc;
-        bvs[g * TW] = bi + sc * kCentre;
+  // rows 8 at a time into rowbuf (8 x kp dwords), moved into the panel by 8x8 transposes (see pack_panel)
+  for (int r0 = 0; r0 < NB; r0 += 8) {
+    for (int i = 0; i < 8; i++) {
+      const int r = r0 + i, s = r / TW, col = r % TW;
+      int32_t *codes = rowbuf + (int64_t)i * kp;
+      float *svs = sv + (int64_t)s * kGx16MaxGroupsPerSeg * TW + col, *bvs = bv + (int64_t)s * kGx16MaxGroupsPerSeg * TW + col;
+      if (r < nr) {
+        gx16_row_codes<F>(W, n0 + r, k0, kl, codes);
+        row_prep<F>(W, n0 + r, g0, g0 + ng, c);
+        for (int64_t g = 0; g < ng; g++) {
+          const float sc = c.sc[g0 + g], bi = c.bi[g0 + g];
+          svs[g * TW] = 0.5f * sc;
+          bvs[g * TW] = bi + sc * kCentre;
+        }
+      } else {
+        for (int p = 0; p < kp; p++) codes[p] = 0;
+        for (int64_t g = 0; g < ng; g++) svs[g * TW] = bvs[g * TW] = 0.f;
       }
-    } else {
-      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = 0;
-      for (int64_t g = 0; g < ng; g++) svs[g * TW] = bvs[g * TW] = 0.f;
     }
+    int32_t *dst = bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW;
+    int p = 0;
+    for (; p + 8 <= kp; p += 8) transpose8((const float *)(rowbuf + p), kp, (float *)(dst + (int64_t)p * TW), TW);
+    for (; p < kp; p++)
+      for (int i = 0; i < 8; i++) dst[(int64_t)p * TW + i] = rowbuf[(int64_t)i * kp + p];
   }
 }
 
@@ -172,14 +179,14 @@ static int64_t gemm_units_x16_g(float *y, const float *x, int64_t M, const Weigh
                                 int64_t mchunks, int64_t mlen, int64_t u0, int64_t u1) {
   const int64_t N = W.N, K = W.K, NG = W.groups, ldx = K / 2;
   constexpr int64_t SVN = (NB / TW) * kGx16MaxGroupsPerSeg * TW;
-  int32_t *bp = (int32_t *)aligned_alloc(64, sizeof(int32_t) * (NB * KB / 2 + KB / 2) + sizeof(float) * 2 * SVN);
+  int32_t *bp = (int32_t *)aligned_alloc(64, sizeof(int32_t) * (NB * KB / 2 + 8 * KB / 2) + sizeof(float) * 2 * SVN);
   float *ctxm = (float *)aligned_alloc(64, sizeof(float) * ((2 * NG + 15) & ~(int64_t)15));
   int32_t *xq = (int32_t *)aligned_alloc(
       64, ((sizeof(int32_t) * (size_t)(mlen * ldx) + sizeof(float) * 2 * (size_t)(mlen * NG)) + 63) & ~(size_t)63);
   int64_t u = u0;
   if (bp && ctxm && xq) {
     int32_t *rowbuf = bp + NB * KB / 2;
-    float *sv = (float *)(rowbuf + KB / 2), *bv = sv + SVN;
+    float *sv = (float *)(rowbuf + 8 * KB / 2), *bv = sv + SVN;
     float *xst = (float *)(xq + mlen * ldx), *xsm = xst + mlen * NG;
     RowCtx c{ctxm, ctxm + NG, nullptr, __builtin_ctz((unsigned)GS), nullptr};
     int64_t xq_m0 = -1;  // the first row of x that xq holds
