@@ -30,15 +30,6 @@ bool gemm_bf16_enabled();
 // without RMLX_Q_EXACT_ROWS while the gemv mode is not f32); f32 keeps them exact.
 bool gemm_x16_enabled(bool exact_rows);
 
-// Transient memory of the calling thread for buffer `slot` (< kScratchSlots), at least `bytes`, 64-byte aligned,
-// kept for its next call: grown, never shrunk, freed with the thread; null when memory is short. Not to be freed
-// by the caller. A prefill product's x converted per thread (up to M x K x 2 bytes) was allocated on every call
-// and came back as fresh pages each time: at K = 3072 faulting them in took 6.5 ms of a 21 ms product, the
-// conversion itself 0.25 ms.
-constexpr int kScratchSlots = 2;
-constexpr int kScratchGemmX = 0;
-void *thread_scratch(int slot, size_t bytes);
-
 // Records a message for rmlx_last_error() and returns the code, so that kernels can `return fail(...)`.
 int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -181,8 +181,8 @@ static int64_t gemm_units_x16_g(float *y, const float *x, int64_t M, const Weigh
   constexpr int64_t SVN = (NB / TW) * kGx16MaxGroupsPerSeg * TW;
   int32_t *bp = (int32_t *)aligned_alloc(64, sizeof(int32_t) * (NB * KB / 2 + 8 * KB / 2) + sizeof(float) * 2 * SVN);
   float *ctxm = (float *)aligned_alloc(64, sizeof(float) * ((2 * NG + 15) & ~(int64_t)15));
-  int32_t *xq = (int32_t *)thread_scratch(
-      kScratchGemmX, sizeof(int32_t) * (size_t)(mlen * ldx) + sizeof(float) * 2 * (size_t)(mlen * NG));
+  int32_t *xq = (int32_t *)aligned_alloc(
+      64, ((sizeof(int32_t) * (size_t)(mlen * ldx) + sizeof(float) * 2 * (size_t)(mlen * NG)) + 63) & ~(size_t)63);
   int64_t u = u0;
   if (bp && ctxm && xq) {
     int32_t *rowbuf = bp + NB * KB / 2;
@@ -217,6 +217,7 @@ static int64_t gemm_units_x16_g(float *y, const float *x, int64_t M, const Weigh
   }
   free(bp);
   free(ctxm);
+  free(xq);
   return u;
 }
 

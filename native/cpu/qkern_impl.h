@@ -807,7 +807,7 @@ __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, cons
   constexpr int KP = KB / 2;
   uint32_t *bp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * NB * KP);
   float *tmp = (float *)aligned_alloc(64, sizeof(float) * KB + 64 + sizeof(uint16_t) * (KB + 64));
-  uint32_t *xb = (uint32_t *)thread_scratch(kScratchGemmX, sizeof(uint32_t) * (size_t)(mlen * ldx));
+  uint32_t *xb = (uint32_t *)aligned_alloc(64, ((sizeof(uint32_t) * (size_t)(mlen * ldx)) + 63) & ~(size_t)63);
   if (bp && tmp && xb) {
     uint16_t *row = (uint16_t *)(tmp + KB + 16);
     int64_t xb_m0 = -1;  // the first row of x that xb holds
@@ -837,6 +837,7 @@ __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, cons
   }
   free(bp);
   free(tmp);
+  free(xb);
 }
 
 #include "qkern_gemm_x16_impl.h"

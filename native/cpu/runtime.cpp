@@ -138,27 +138,6 @@ int select_isa(const char *name, const char *source) {
 }
 }  // namespace
 
-namespace {
-struct ThreadScratch {
-  void *p[kScratchSlots] = {};
-  size_t n[kScratchSlots] = {};
-  ~ThreadScratch() {
-    for (void *q : p) free(q);
-  }
-};
-thread_local ThreadScratch t_scratch;
-}  // namespace
-
-void *thread_scratch(int slot, size_t bytes) {
-  ThreadScratch &s = t_scratch;
-  if (s.n[slot] >= bytes) return s.p[slot];
-  free(s.p[slot]);
-  s.n[slot] = 0;
-  s.p[slot] = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-  if (s.p[slot]) s.n[slot] = bytes;
-  return s.p[slot];
-}
-
 int fail(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
