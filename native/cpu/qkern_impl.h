@@ -739,20 +739,26 @@ __attribute__((target("avx512bf16"))) static void to_bf16(uint16_t *o, const flo
 // Panel for columns [k0, k0 + kl) in bf16 pairs: NB/TW sub-panels, each [kp][TW] dwords (kp = kl / 2 rounded up),
 // dword (p, c) holding row s * TW + c's elements k0 + 2p and k0 + 2p + 1.
 template <int F>
-__attribute__((target("avx512bf16"))) static void pack_panel_bf16(uint32_t *bp, float *tmp, uint16_t *row,
+// Rows go 8 at a time through rows8 (8 x kp dwords) and 8x8 transposes, as in pack_panel.
+__attribute__((target("avx512bf16"))) static void pack_panel_bf16(uint32_t *bp, float *tmp, uint32_t *rows8,
                                                                   const WeightMat &W, int64_t n0, int nr, int64_t k0,
                                                                   int kl) {
   const int kp = (kl + 1) / 2;
-  for (int r = 0; r < NB; r++) {
-    uint32_t *dst = bp + (int64_t)(r / TW) * kp * TW + r % TW;
-    if (r < nr) {
-      decode_segment<F>(W, n0 + r, k0, kl, tmp);
-      to_bf16(row, tmp, kl);
-      const uint32_t *pr = (const uint32_t *)row;
-      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = pr[p];
-    } else {
-      for (int p = 0; p < kp; p++) dst[(int64_t)p * TW] = 0;
+  for (int r0 = 0; r0 < NB; r0 += 8) {
+    for (int i = 0; i < 8; i++) {
+      uint32_t *pairs = rows8 + (int64_t)i * kp;
+      if (r0 + i < nr) {
+        decode_segment<F>(W, n0 + r0 + i, k0, kl, tmp);
+        to_bf16((uint16_t *)pairs, tmp, kl);  // an odd kl's last pair gets a zero
+      } else {
+        for (int p = 0; p < kp; p++) pairs[p] = 0;
+      }
     }
+    uint32_t *dst = bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW;
+    int p = 0;
+    for (; p + 8 <= kp; p += 8) transpose8((const float *)(rows8 + p), kp, (float *)(dst + (int64_t)p * TW), TW);
+    for (; p < kp; p++)
+      for (int i = 0; i < 8; i++) dst[(int64_t)p * TW + i] = rows8[(int64_t)i * kp + p];
   }
 }
 
@@ -806,10 +812,10 @@ __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, cons
   const int64_t N = W.N, K = W.K, ldx = (K + 1) / 2;  // dwords per row of the rounded x
   constexpr int KP = KB / 2;
   uint32_t *bp = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * NB * KP);
-  float *tmp = (float *)aligned_alloc(64, sizeof(float) * KB + 64 + sizeof(uint16_t) * (KB + 64));
+  float *tmp = (float *)aligned_alloc(64, sizeof(float) * (KB + 16) + sizeof(uint32_t) * 8 * KP);
   uint32_t *xb = (uint32_t *)aligned_alloc(64, ((sizeof(uint32_t) * (size_t)(mlen * ldx)) + 63) & ~(size_t)63);
   if (bp && tmp && xb) {
-    uint16_t *row = (uint16_t *)(tmp + KB + 16);
+    uint32_t *rows8 = (uint32_t *)(tmp + KB + 16);
     int64_t xb_m0 = -1;  // the first row of x that xb holds
     for (int64_t u = u0; u < u1; u++) {
       int64_t n0 = (u / mchunks) * NB, m0 = (u % mchunks) * mlen;
@@ -823,7 +829,7 @@ __attribute__((target("avx512bf16"))) static void gemm_units_bf16(float *y, cons
         for (int j = 0; j < nr; j++) y[m * N + n0 + j] = bias ? bias[n0 + j] : 0.f;
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         int kl = (int)(K - k0 < KB ? K - k0 : KB), kp = (kl + 1) / 2;
-        pack_panel_bf16<F>(bp, tmp, row, W, n0, nr, k0, kl);
+        pack_panel_bf16<F>(bp, tmp, rows8, W, n0, nr, k0, kl);
         for (int64_t m = m0; m < m1; m += V::MR) {
           int mr = (int)(m1 - m < V::MR ? m1 - m : V::MR);
           for (int s = 0; s * TW < nr; s++) {
