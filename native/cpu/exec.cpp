@@ -142,10 +142,7 @@ int64_t run_many(const double *prog, int64_t at, int64_t nwords, int &status) {
     if (!r.y || r.y == r.x) return 0;
     status = weight_of(Ws[i], r);
     if (status != RMLX_OK) return n;
-    if (r.bias) {
-      bias[i].resize((size_t)r.N);
-      for (int64_t j = 0; j < r.N; j++) bias[i][(size_t)j] = load_scalar(r.bias, bias_dtype(r), j);
-    }
+    bias[i] = bias_f32(r.bias, bias_dtype(r), r.N);
     biases[i] = r.bias ? bias[i].data() : nullptr;
   }
   matmul_many(ys, rs[0].x, rs[0].M, Ws, biases, n);

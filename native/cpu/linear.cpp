@@ -111,6 +111,14 @@ void matmul_many(float *const *ys, const float *x, int64_t M, const WeightMat *W
   free(prepared);
 }
 
+std::vector<float> bias_f32(const void *bias, int dt, int64_t N) {
+  std::vector<float> b;
+  if (!bias) return b;
+  b.resize((size_t)N);
+  for (int64_t n = 0; n < N; n++) b[(size_t)n] = load_scalar(bias, dt, n);
+  return b;
+}
+
 void dequant_rows(float *out, const int32_t *rows, int64_t nrows, const WeightMat &W) {
   Isa isa = active_isa();
   if (isa == Isa::Scalar) {
@@ -136,11 +144,7 @@ extern "C" int rmlx_linear(float *y, const float *x, int64_t M, int64_t K, int64
   if (int st = make_dense_mat(W, "rmlx_linear", w, w_dtype, N, K)) return st;
   if (!y || !x) return fail(RMLX_E_INVALID, "rmlx_linear: x or y pointer is null");
   if (M <= 0) return fail(RMLX_E_INVALID, "rmlx_linear: M must be positive (got %lld)", (long long)M);
-  std::vector<float> b;
-  if (bias) {
-    b.resize((size_t)N);
-    for (int64_t n = 0; n < N; n++) b[(size_t)n] = load_scalar(bias, w_dtype, n);
-  }
+  const std::vector<float> b = bias_f32(bias, w_dtype, N);
   matmul(y, x, M, W, bias ? b.data() : nullptr);
   return RMLX_OK;
 }

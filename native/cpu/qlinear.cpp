@@ -14,13 +14,9 @@ extern "C" int rmlx_qlinear(float *y, const float *x, int64_t M, int64_t K, int6
     return st;
   if (!y || !x) return fail(RMLX_E_INVALID, "rmlx_qlinear: x or y pointer is null");
   if (M <= 0) return fail(RMLX_E_INVALID, "rmlx_qlinear: M must be positive (got %lld)", (long long)M);
-  std::vector<float> b;
-  if (bias) {
-    if (!is_float_dtype(bias_dtype))
-      return fail(RMLX_E_INVALID, "rmlx_qlinear: bias dtype %d is not f32, f16 or bf16", bias_dtype);
-    b.resize((size_t)N);
-    for (int64_t n = 0; n < N; n++) b[(size_t)n] = load_scalar(bias, bias_dtype, n);
-  }
+  if (bias && !is_float_dtype(bias_dtype))
+    return fail(RMLX_E_INVALID, "rmlx_qlinear: bias dtype %d is not f32, f16 or bf16", bias_dtype);
+  const std::vector<float> b = bias_f32(bias, bias_dtype, N);
   matmul(y, x, M, W, bias ? b.data() : nullptr);
   return RMLX_OK;
 }

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 
@@ -125,6 +126,8 @@ int make_quant_mat(WeightMat &m, const char *fn, const uint32_t *w, const void *
 // Dequantizes elements [k0, k0 + len) of row n to f32 (scalar; any range).
 void dequant_range_scalar(const WeightMat &m, int64_t n, int64_t k0, int64_t len, float *out);
 
+// A product's bias[0..N) of dtype dt (f32, f16 or bf16) as f32, the kernels' bias; empty when bias is null.
+std::vector<float> bias_f32(const void *bias, int dt, int64_t N);
 // y[M, N] = x[M, K] @ W^T (+ bias, f32, may be null), using the active ISA and all threads.
 void matmul(float *y, const float *x, int64_t M, const WeightMat &W, const float *bias);
 // ys[i] = x @ Ws[i]^T (+ biases[i], f32, each may be null) for n weights of one format, K and group (a layer's
