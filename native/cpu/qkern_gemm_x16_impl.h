@@ -57,7 +57,7 @@ static void gx16_pack(int32_t *bp, float *sv, float *bv, int32_t *rowbuf, RowCtx
   const int kp = kl / 2;
   const int64_t GS = W.group, g0 = k0 / GS, ng = kl / GS;
   constexpr float kCentre = (float)((1 << bits_of<F>()) - 1) * 0.5f;
-  // rows 8 at a time into rowbuf (8 x kp dwords), moved into the panel by 8x8 transposes (see pack_panel)
+  // rows 8 at a time into rowbuf (8 x kp dwords), then into the panel (see pack_panel)
   for (int r0 = 0; r0 < NB; r0 += 8) {
     for (int i = 0; i < 8; i++) {
       const int r = r0 + i, s = r / TW, col = r % TW;
@@ -76,11 +76,7 @@ static void gx16_pack(int32_t *bp, float *sv, float *bv, int32_t *rowbuf, RowCtx
         for (int64_t g = 0; g < ng; g++) svs[g * TW] = bvs[g * TW] = 0.f;
       }
     }
-    int32_t *dst = bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW;
-    int p = 0;
-    for (; p + 8 <= kp; p += 8) transpose8((const float *)(rowbuf + p), kp, (float *)(dst + (int64_t)p * TW), TW);
-    for (; p < kp; p++)
-      for (int i = 0; i < 8; i++) dst[(int64_t)p * TW + i] = rowbuf[(int64_t)i * kp + p];
+    panel_put8((const float *)rowbuf, kp, (float *)(bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW));
   }
 }
 

@@ -659,6 +659,15 @@ static inline void transpose8(const float *src, int64_t lds, float *dst, int64_t
   }
 }
 
+// 8 rows of n 32-bit values (src, row i at src + i * n) into 8 columns of a sub-panel (dst, TW values a row):
+// dst[k * TW + i] = src[i * n + k].
+static inline void panel_put8(const float *src, int n, float *dst) {
+  int k = 0;
+  for (; k + 8 <= n; k += 8) transpose8(src + k, n, dst + (int64_t)k * TW, TW);
+  for (; k < n; k++)
+    for (int i = 0; i < 8; i++) dst[(int64_t)k * TW + i] = src[(int64_t)i * n + k];
+}
+
 // Panel layout: NB/TW sub-panels, each [kl][TW] (row r of W at column r % TW of sub-panel r / TW). Rows are
 // decoded 8 at a time into tmp (8 x kl, contiguous) and moved into the panel by 8x8 transposes: storing each
 // decoded value on its own to its column (a cache line apart) took about 13% of a bf16 prefill GEMM's time.
@@ -670,11 +679,7 @@ static void pack_panel(float *bp, float *tmp, const WeightMat &W, int64_t n0, in
       if (r0 + i < nr) decode_segment<F>(W, n0 + r0 + i, k0, kl, row);
       else for (int k = 0; k < kl; k++) row[k] = 0.f;
     }
-    float *dst = bp + (int64_t)(r0 / TW) * kl * TW + r0 % TW;
-    int k = 0;
-    for (; k + 8 <= kl; k += 8) transpose8(tmp + k, kl, dst + (int64_t)k * TW, TW);
-    for (; k < kl; k++)
-      for (int i = 0; i < 8; i++) dst[(int64_t)k * TW + i] = tmp[(int64_t)i * kl + k];
+    panel_put8(tmp, kl, bp + (int64_t)(r0 / TW) * kl * TW + r0 % TW);
   }
 }
 
@@ -739,7 +744,7 @@ __attribute__((target("avx512bf16"))) static void to_bf16(uint16_t *o, const flo
 // Panel for columns [k0, k0 + kl) in bf16 pairs: NB/TW sub-panels, each [kp][TW] dwords (kp = kl / 2 rounded up),
 // dword (p, c) holding row s * TW + c's elements k0 + 2p and k0 + 2p + 1.
 template <int F>
-// Rows go 8 at a time through rows8 (8 x kp dwords) and 8x8 transposes, as in pack_panel.
+// Rows go 8 at a time through rows8 (8 x kp dwords) into the panel, as in pack_panel.
 __attribute__((target("avx512bf16"))) static void pack_panel_bf16(uint32_t *bp, float *tmp, uint32_t *rows8,
                                                                   const WeightMat &W, int64_t n0, int nr, int64_t k0,
                                                                   int kl) {
@@ -754,11 +759,7 @@ __attribute__((target("avx512bf16"))) static void pack_panel_bf16(uint32_t *bp, 
         for (int p = 0; p < kp; p++) pairs[p] = 0;
       }
     }
-    uint32_t *dst = bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW;
-    int p = 0;
-    for (; p + 8 <= kp; p += 8) transpose8((const float *)(rows8 + p), kp, (float *)(dst + (int64_t)p * TW), TW);
-    for (; p < kp; p++)
-      for (int i = 0; i < 8; i++) dst[(int64_t)p * TW + i] = rows8[(int64_t)i * kp + p];
+    panel_put8((const float *)rows8, kp, (float *)(bp + (int64_t)(r0 / TW) * kp * TW + r0 % TW));
   }
 }
 
