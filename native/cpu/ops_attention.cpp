@@ -345,21 +345,20 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
   // 128, K and V) changed nothing measurable in a model's decode step, while the head-ahead stream took one
   // 576-token call of the 0.6B shape, one thread, KV from memory, from 0.209-0.242 to 0.159-0.201 ms, and the
   // model's attention calls from 188-202 to 175-183 us.
-  const bool ahead = K.packed() || V.packed();
+  const bool burst = K.packed() || V.packed();
   int64_t offs[2][kChunk];
   auto take = [&](int64_t *o, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
       o[j] = rows();
-      if (!ahead) continue;
+      if (!burst) continue;
       K.prefetch(o[j], nh);
       V.prefetch(o[j], nh);
     }
   };
   auto prefetch_head = [&](const int64_t *o, int64_t n, int64_t h) {
     for (int64_t j = 0; j < n; j++) {
-      const char *kr = K.row(o[j] + h), *vr = V.row(o[j] + h);
-      for (int64_t b = 0; b < K.vbytes; b += 64) __builtin_prefetch(kr + b, 0, 2);
-      for (int64_t b = 0; b < V.vbytes; b += 64) __builtin_prefetch(vr + b, 0, 2);
+      K.prefetch(o[j] + h, 1);
+      V.prefetch(o[j] + h, 1);
     }
   };
   // 16-bit float rows are read in place by the single-row kernels; f32 rows in place by all; packed rows are read in
@@ -407,7 +406,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
     const bool tiled16 = tiled && same && dt != RMLX_F32 && k.dots_rows16 && k.pv_rows16;
     const bool direct16 = same && dt != RMLX_F32 && (!tiled || tiled16);
     for (int64_t h = 0; h < nh; h++) {
-      if (!ahead) {
+      if (!burst) {
         if (h + 1 < nh) prefetch_head(offs[c], nj, h + 1);
         else if (j0 + kChunk < nkeys) prefetch_head(offs[c ^ 1], std::min(kChunk, nkeys - j0 - kChunk), 0);
       }
