@@ -4,7 +4,7 @@
 //
 // Why: the x16 row kernels keep W's layout, so each vpdpbusd multiplies the codes of one weight row with one row
 // of x and the 16 int32 lanes must be reduced and scaled per unit (16 rows of a 14336x4096 4-bit product cost
-// 12x one row there, 9.4-10.5x here; see the README's x16 panels). Here each thread copies a tile of 16 weight
+// 12x one row there, 8.65x here; see the README's x16 panels). Here each thread copies a tile of 16 weight
 // rows into a buffer where one 64-byte vector holds the same 4-byte word of all 16 rows, so that lane i of every
 // product belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16
 // outputs wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent
