@@ -13,11 +13,13 @@ export interface TensorSpec {
 }
 
 const made: string[] = [];
-process.on("exit", () => {
-  for (const d of made) rmSync(d, { recursive: true, force: true });
-});
 
-/** A fresh directory, removed when the test process exits. */
+/** Removes every directory tempDir made; the test preload runs it once after all files (bun test fires no process "exit"). */
+export function removeTempDirs(): void {
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
+/** A fresh directory, removed after the whole run (see removeTempDirs). */
 export function tempDir(prefix = "rmlx-io-"): string {
   const d = mkdtempSync(join(tmpdir(), prefix));
   made.push(d);
