@@ -9,6 +9,10 @@
 
 #include <sys/mman.h>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 #include "common.h"
 #include "threadpool.h"
 
@@ -222,6 +226,21 @@ int rmlx_alloc(int64_t nbytes, void **out) {
   if (!p) return fail(RMLX_E_NOMEM, "out of memory allocating %lld bytes", (long long)nbytes);
   memset(p, 0, n);
   *out = p;
+  return RMLX_OK;
+}
+
+int rmlx_populate(void *addr, int64_t nbytes) {
+  if (!addr || nbytes < 0) return fail(RMLX_E_INVALID, "rmlx_populate: bad arguments");
+  // Whole pages around the range: a mapping is whole 2 MiB pieces on 2 MiB boundaries, so they stay inside it.
+  const uintptr_t lo = (uintptr_t)addr, hi = lo + (uintptr_t)nbytes, page = 4096;
+  bool mapped = false;
+  {
+    std::lock_guard<std::mutex> lock(g_map_mu);
+    for (const auto &[base, len] : g_mapped) mapped = mapped || (lo >= (uintptr_t)base && hi <= (uintptr_t)base + len);
+  }
+  // Small allocations are resident already (zero-filled by rmlx_alloc). Population only saves later faults: where
+  // it fails (a kernel before Linux 5.14, or memory short now) the pages are faulted in as they are written.
+  if (mapped && hi > lo) madvise((void *)(lo & ~(page - 1)), ((hi + page - 1) & ~(page - 1)) - (lo & ~(page - 1)), MADV_POPULATE_WRITE);
   return RMLX_OK;
 }
 

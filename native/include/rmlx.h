@@ -18,7 +18,7 @@ extern "C" {
 
 #pragma GCC visibility push(default)
 
-#define RMLX_ABI_VERSION 3
+#define RMLX_ABI_VERSION 4
 
 /* status codes */
 #define RMLX_OK 0
@@ -83,6 +83,11 @@ const char *rmlx_last_error(void);
 /* ---- memory (64-byte aligned, zero-filled) ---- */
 int rmlx_alloc(int64_t nbytes, void **out);
 int rmlx_free(void *p);
+/* Makes [addr, addr + nbytes) of an allocation resident now, contents unchanged (MADV_POPULATE_WRITE): large
+ * allocations are mapped lazily, and the page faults of first writes, dear on virtual machines, would otherwise come
+ * inside the steps that write them. A no-op for small allocations (resident already) and where the kernel cannot
+ * (before Linux 5.14, or short of memory: the pages are then faulted in as written). */
+int rmlx_populate(void *addr, int64_t nbytes);
 
 /* ---- dense and quantized products (native/cpu/linear.cpp, qlinear.cpp, gather.cpp, dequant.cpp; SIMD kernels in
  * qkern_*) ----

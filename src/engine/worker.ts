@@ -87,6 +87,8 @@ function load(name: string, dir: string): void {
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
     // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
     stateSlots: config.draftModel || config.draftMtp ? 2 * config.maxRunning : config.maxRunning,
+    // A server's cache lives as long as its model: its pages are touched at load, not in its steps.
+    populate: true,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.

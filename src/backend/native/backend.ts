@@ -66,7 +66,7 @@ import { decodeFloats } from "../../quant/dtype.ts";
 import { Graph, type Shared } from "./graph.ts";
 import { binaryLayout, broadcastStrides, collapse, contiguousStrides, prod, sameShape } from "./layout.ts";
 import { DT, Q_EXACT_ROWS, QMODE, native } from "./lib.ts";
-import { bytesAt, bytesOf, nativeAlloc, nativeFree } from "./memory.ts";
+import { bytesAt, bytesOf, nativeAlloc, nativeFree, nativePopulate } from "./memory.ts";
 import * as encode from "./oplist_gen.ts";
 import { BINARY, type BinaryKind, GLU, type GluKind, UNARY, type UnaryKind } from "./oplist_gen.ts";
 import { RopeTables } from "./rope.ts";
@@ -843,6 +843,10 @@ export class NativeBackend implements Backend {
       readers: [],
     };
     return pool;
+  }
+
+  populateKvPool(p: KvPool): void {
+    for (const t of this.pool(p, "populateKvPool").parts) nativePopulate(t.addr, t.nbytes);
   }
 
   /** The KvPage records of a pool's two sides. */

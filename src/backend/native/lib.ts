@@ -13,7 +13,7 @@ export const DT = { f32: 0, f16: 1, bf16: 2, u32: 3, u8: 4, i32: 5 } as const;
 export const QMODE = { affine: 0, mxfp4: 1, mxfp8: 2, nvfp4: 3 } as const;
 /** RMLX_Q_EXACT_ROWS, OR'ed into a mode (QuantizedWeight.exactRows). */
 export const Q_EXACT_ROWS = 0x100;
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 
 const { ptr: P, i32, i64, f32, f64, cstring } = FFIType;
 
@@ -30,6 +30,7 @@ const SYMBOLS = {
   rmlx_last_error: { args: [], returns: cstring },
   rmlx_alloc: { args: [i64, P], returns: i32 },
   rmlx_free: { args: [P], returns: i32 },
+  rmlx_populate: { args: [P, i64], returns: i32 },
   rmlx_linear: { args: [P, P, i64, i64, i64, P, i32, P], returns: i32 },
   rmlx_qlinear: { args: [P, P, i64, i64, i64, P, P, P, i32, i32, i32, i32, f32, P, i32], returns: i32 },
   rmlx_gather_qlinear: {

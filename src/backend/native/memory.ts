@@ -18,6 +18,11 @@ export function nativeFree(addr: number): void {
   if (addr) native().rmlx_free(addr as never);
 }
 
+/** Makes native memory resident now (rmlx_populate); its contents stay as they are. */
+export function nativePopulate(addr: number, nbytes: number): void {
+  if (addr && nbytes > 0) check(native().rmlx_populate(addr as never, nbytes), "populate");
+}
+
 /** A writable/readable byte view of native memory (valid while the memory is). */
 export function bytesAt(addr: number, nbytes: number): Uint8Array {
   if (nbytes === 0) return new Uint8Array(0);

@@ -366,6 +366,12 @@ export interface KvCacheOptions {
    * sizing's sequences, else 16). Their memory comes out of memoryBytes first.
    */
   stateSlots?: number;
+  /**
+   * Make the pools resident when the cache is made (Backend.populateKvPool), as llama.cpp clears its cache at
+   * start, instead of as blocks are first written: a long-lived cache, the server's, whose steps would otherwise
+   * pay the page faults while its pools grow into untouched memory. Resident memory is then the pools' size.
+   */
+  populate?: boolean;
 }
 
 const DEFAULT_STATE_SLOTS = 16;
@@ -476,6 +482,7 @@ export class KvCache {
       }
     }
     this.pools = pools;
+    if (opts.populate) for (const p of new Set(pools)) backend.populateKvPool?.(p);
     const poolsWhere = (sliding: boolean) =>
       this.pools.filter((_, i) => holdsKv(layers[i]!) && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];

@@ -1,8 +1,10 @@
 // KV codecs: names, per-layer formats, bytes per token against f16, prefix-cache roots, the KV cache over packed
-// pages (greedy decode of the built-in model), and a pool that is resident only where blocks were written.
+// pages (greedy decode of the built-in model), a pool that is resident only where blocks were written, and a
+// populating one that is resident whole.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { kvBlockBytes } from "../../../src/backend/backend.ts";
 import { getBackend } from "../../../src/backend/index.ts";
 import { builtinModelDir } from "../../../src/builtin/index.ts";
 import { codecRootHash } from "../../../src/engine/kv/codec.ts";
@@ -96,6 +98,27 @@ describe("KV codecs", () => {
       return 0;
     });
     expect(rss() - before).toBeLessThan(16 << 20);
+    be.dispose(pool.k);
+    be.dispose(pool.v);
+  });
+
+  test("a populating cache is resident from the start, and population keeps what blocks hold", () => {
+    // The server's cache (KvCacheOptions.populate) takes its page faults when it is made, not in its steps.
+    const be = getBackend();
+    expect(be.populateKvPool).toBeDefined();
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+    const layers = Array.from({ length: 4 }, () => ({ kvHeads: 8, headDim: 128, window: 0 }) as never);
+    const before = rss();
+    const cache = new KvCache(be, layers, { memoryBytes: 96 << 20, codec: "q8", populate: true });
+    expect(rss() - before).toBeGreaterThan(cache.memoryBytes * 0.9);
+    cache.dispose();
+
+    const pool = be.createKvPool(64, 16, 8, 128, "f16");
+    const bytes = new Uint8Array(kvBlockBytes(pool)).map((_, i) => (i * 37 + 11) & 0xff);
+    be.writeKvBlock(pool, 5, bytes);
+    be.populateKvPool!(pool);
+    expect(be.readKvBlock(pool, 5)).toEqual(bytes);
+    expect(be.readKvBlock(pool, 6).every((b) => b === 0)).toBe(true);
     be.dispose(pool.k);
     be.dispose(pool.v);
   });
