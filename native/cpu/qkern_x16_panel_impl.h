@@ -1,5 +1,5 @@
 // Batched decode products (a few rows of x at once) of affine 2, 4 and 8-bit weights on AVX512-VNNI, with the
-// x16 arithmetic (included by qkern_impl.h inside an ISA namespace after qkern_x16_impl.h; no include guard on
+// x16 arithmetic or x8's (included by qkern_impl.h inside an ISA namespace after qkern_x16_impl.h; no include guard on
 // purpose).
 //
 // Why: the x16 row kernels keep W's layout, so each vpdpbusd multiplies the codes of one weight row with one row
@@ -9,6 +9,10 @@
 // product belongs to output i: x comes in as a 4-byte broadcast from memory, a group's integer sums are 16
 // outputs wide and take one conversion and scale for all of them, and MR rows of x give 2 * MR independent
 // accumulator chains.
+//
+// With --gemv x8 (x in int8 per group, qkern_x8_impl.h) the same tiles take x8's rows (XPanel, X8 = true): one
+// vpdpbusd per 64 products instead of two, MR chains. bench kernels, 14336x4096 4-bit g64, 16 rows: 250 -> 142-146
+// us a row against x8's row kernels, 5.4-5.6x one row (x16 here: 8.65-9.3x).
 //
 // Arithmetic: the x16 path's (qkern_x16_impl.h): x in 16-bit fixed point, step = max|x| of the group / 32639,
 // rounded to nearest even; each value split into signed bytes x = 256 h + l; a group's dot is
@@ -252,6 +256,74 @@ static inline void x16p_group8(__m512i (&ah)[8], __m512i (&al)[8], const uint32_
         "jnz 1b" RMLX_X16P_OPERANDS);
   }
 }
+
+// x16p_group8 with x in 8 bits (x8p_group): one sum a row, 4 bytes of x a word and code plane.
+#define RMLX_X8P_PLANE(o)                                                                                           \
+  RMLX_X16P_DP(o, "(%[x])") "%[a0]\n\t" RMLX_X16P_DP(o, "(%[x],%[ld],1)") "%[a1]\n\t"                              \
+  RMLX_X16P_DP(o, "(%[x],%[ld],2)") "%[a2]\n\t" RMLX_X16P_DP(o, "(%[x3])") "%[a3]\n\t"                             \
+  RMLX_X16P_DP(o, "(%[x],%[ld],4)") "%[a4]\n\t" RMLX_X16P_DP(o, "(%[x3],%[ld],2)") "%[a5]\n\t"                     \
+  RMLX_X16P_DP(o, "(%[x6])") "%[a6]\n\t" RMLX_X16P_DP(o, "(%[x6],%[ld],1)") "%[a7]\n\t"
+#define RMLX_X8P_ZEROS                                                                                               \
+  RMLX_X16P_ZERO(a0) RMLX_X16P_ZERO(a1) RMLX_X16P_ZERO(a2) RMLX_X16P_ZERO(a3) RMLX_X16P_ZERO(a4) RMLX_X16P_ZERO(a5)  \
+  RMLX_X16P_ZERO(a6) RMLX_X16P_ZERO(a7)
+#define RMLX_X8P_OPERANDS                                                                                            \
+  : [a0] "=&v"(a[0]), [a1] "=&v"(a[1]), [a2] "=&v"(a[2]), [a3] "=&v"(a[3]), [a4] "=&v"(a[4]), [a5] "=&v"(a[5]),  \
+    [a6] "=&v"(a[6]), [a7] "=&v"(a[7]), [t] "=&v"(t), [p] "=&v"(p), [w] "+r"(bw), [x] "+r"(x), [x3] "+r"(x3),    \
+    [x6] "+r"(x6), [n] "+r"(nw)                                                                                      \
+  : [m] "v"(mask), [ld] "r"(ldq)                                                                                     \
+  : "cc", "memory"
+
+template <int BITS>
+static inline void x8p_group8(__m512i (&a)[8], const uint32_t *bw, const int8_t *x, int64_t ldq, int64_t nw,
+                              __m512i mask) {
+  const int8_t *x3 = x + 3 * ldq, *x6 = x + 6 * ldq;
+  __m512i t, p;
+  if constexpr (BITS == 4) {
+    asm(RMLX_X8P_ZEROS
+        "1:\n\t"
+        "vmovdqa64 (%[w]), %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(0)
+        "vpsrld $4, %[t], %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(4)
+        "add $64, %[w]\n\t"
+        "add $8, %[x]\n\t"
+        "add $8, %[x3]\n\t"
+        "add $8, %[x6]\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b" RMLX_X8P_OPERANDS);
+  } else if constexpr (BITS == 8) {
+    asm(RMLX_X8P_ZEROS
+        "1:\n\t"
+        "vmovdqa64 (%[w]), %[p]\n\t" RMLX_X8P_PLANE(0)
+        "add $64, %[w]\n\t"
+        "add $4, %[x]\n\t"
+        "add $4, %[x3]\n\t"
+        "add $4, %[x6]\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b" RMLX_X8P_OPERANDS);
+  } else {
+    static_assert(BITS == 2);
+    asm(RMLX_X8P_ZEROS
+        "1:\n\t"
+        "vmovdqa64 (%[w]), %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(0)
+        "vpsrld $2, %[t], %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(4)
+        "vpsrld $2, %[t], %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(8)
+        "vpsrld $2, %[t], %[t]\n\t"
+        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(12)
+        "add $64, %[w]\n\t"
+        "add $16, %[x]\n\t"
+        "add $16, %[x3]\n\t"
+        "add $16, %[x6]\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b" RMLX_X8P_OPERANDS);
+  }
+}
+#undef RMLX_X8P_OPERANDS
+#undef RMLX_X8P_ZEROS
+#undef RMLX_X8P_PLANE
 #undef RMLX_X16P_OPERANDS
 #undef RMLX_X16P_ZEROS
 #undef RMLX_X16P_ZERO
@@ -289,9 +361,26 @@ static inline void x16p_group(__m512i (&ah)[MR], __m512i (&al)[MR], const uint32
   }
 }
 
+// The same with x in 8 bits (--gemv x8, qkern_x8_impl.h): 4 bytes of x a word and code plane, one product each.
+template <int BITS, int WPG, int MR>
+static inline void x8p_group(__m512i (&a)[MR], const uint32_t *bw, const int8_t *xg, int64_t ldq, __m512i mask) {
+  constexpr int CPB = 8 / BITS;
+  for (int m = 0; m < MR; m++) a[m] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+  for (int d = 0; d < WPG; d++) {
+    const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
+    for (int j = 0; j < CPB; j++) {
+      const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
+      const int8_t *xp = xg + (d * CPB + j) * 4;
+      for (int m = 0; m < MR; m++) x16p_dp(a[m], p, xp + m * ldq);
+    }
+  }
+}
+
 // MR rows of x (from xq, rows ldq bytes apart; their steps, sums and terms ldg apart) against groups [g0, g1)
 // of a tile, whose buffer holds those groups' words: tot[m] += those groups' part of the 16 outputs of row m.
-template <int BITS, int GS, int MR>
+// X8: x in 8 bits (one sum a group) instead of 16 (the h and l bytes' sums).
+template <int BITS, int GS, int MR, bool X8>
 static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq, int64_t ldq,
                       const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0, int64_t g1,
                       __m512 tot[], X16pAhead &ahead) {
@@ -300,13 +389,15 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
   for (int64_t g = g0; g < g1; g++) {
     __m512i ah[MR], al[MR];
     const uint32_t *bw = buf + (g - g0) * WPG * 16;
-    const int8_t *xg = xq + g * WPG * CPB * 8;
-    if constexpr (MR == 8) x16p_group8<BITS>(ah, al, bw, xg, ldq, WPG, mask);
+    const int8_t *xg = xq + g * WPG * CPB * (X8 ? 4 : 8);
+    if constexpr (X8 && MR == 8) x8p_group8<BITS>(ah, bw, xg, ldq, WPG, mask);
+    else if constexpr (X8) x8p_group<BITS, WPG, MR>(ah, bw, xg, ldq, mask);
+    else if constexpr (MR == 8) x16p_group8<BITS>(ah, al, bw, xg, ldq, WPG, mask);
     else x16p_group<BITS, WPG, MR>(ah, al, bw, xg, ldq, mask);
     ahead.step();
     const __m512 sc = _mm512_load_ps(scT + g * 16), bi = _mm512_load_ps(biT + g * 16);
     for (int m = 0; m < MR; m++) {
-      const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(ah[m], 8), al[m]);
+      const __m512i a = X8 ? ah[m] : _mm512_add_epi32(_mm512_slli_epi32(ah[m], 8), al[m]);
       const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(step[m * ldg + g]),
                                        _mm512_set1_ps(err[m * ldg + g]));
       tot[m] = _mm512_fmadd_ps(bi, _mm512_set1_ps(fix[m * ldg + g]), _mm512_fmadd_ps(f, sc, tot[m]));
@@ -326,13 +417,13 @@ static inline int64_t x16p_pass_rows(int64_t left) {
 }
 
 // The same for any mr in [kX16pMinPass, MR].
-template <int BITS, int GS, int MR = kX16pMr>
+template <int BITS, int GS, bool X8, int MR = kX16pMr>
 static void x16p_rows_any(int mr, const uint32_t *buf, const float *scT, const float *biT, const int8_t *xq,
                           int64_t ldq, const float *step, const float *fix, const float *err, int64_t ldg, int64_t g0,
                           int64_t g1, __m512 tot[], X16pAhead &ahead) {
   if constexpr (MR >= kX16pMinPass) {
-    if (mr == MR) return x16p_rows<BITS, GS, MR>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
-    x16p_rows_any<BITS, GS, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
+    if (mr == MR) return x16p_rows<BITS, GS, MR, X8>(buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
+    x16p_rows_any<BITS, GS, X8, MR - 1>(mr, buf, scT, biT, xq, ldq, step, fix, err, ldg, g0, g1, tot, ahead);
   }
 }
 
@@ -340,9 +431,16 @@ static void x16p_rows_any(int mr, const uint32_t *buf, const float *scT, const f
 // whole rows did not, and a pass ran from L2 about 1.3x slower).
 static constexpr int64_t kX16pBlock = 1024;
 
+// x prepared for the panels, 16 or 8 bits (qkern_x8_impl.h's x8p): q's rows are 2K or K bytes in the panel order,
+// each group's step, sum and centring term as in X16.
+struct XPanel {
+  const int8_t *q;
+  const float *step, *fix, *err;
+};
+
 // y for rows of the tiles [t0, t1) (kGemvTile = 16 rows of W each), all M rows of x; false when memory is short.
-template <int F, int GS>
-static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+template <int F, int GS, bool X8>
+static bool x16p_tiles_g(float *y, const XPanel &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                          int64_t t1) {
   static_assert(kGemvTile == 16, "a tile is one vector of outputs");
   constexpr int BITS = (int)bits_of<F>();
@@ -381,8 +479,9 @@ static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W,
       x16p_repack(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
       for (int64_t m = 0; m < M;) {
         const int mr = (int)x16p_pass_rows(M - m);
-        x16p_rows_any<BITS, GS>(mr, buf, scT, biT, (const int8_t *)xq.q + m * 2 * K, 2 * K, xq.step + m * NG,
-                                xq.fix + m * NG, xq.err + m * NG, NG, g0, g1, tot + m, ahead);
+        const int64_t ldq = X8 ? K : 2 * K;
+        x16p_rows_any<BITS, GS, X8>(mr, buf, scT, biT, xq.q + m * ldq, ldq, xq.step + m * NG, xq.fix + m * NG,
+                                    xq.err + m * NG, NG, g0, g1, tot + m, ahead);
         m += mr;
       }
     }
@@ -394,19 +493,25 @@ static bool x16p_tiles_g(float *y, const X16 &xq, int64_t M, const WeightMat &W,
   return true;
 }
 
+template <int F, bool X8>
+static bool xpanel_tiles(float *y, const XPanel &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
+                         int64_t t1) {
+  switch (W.group) {
+    case 32:
+      if constexpr (F != F_A2) return x16p_tiles_g<F, 32, X8>(y, xq, M, W, bias, t0, t1);
+      return false;
+    case 64: return x16p_tiles_g<F, 64, X8>(y, xq, M, W, bias, t0, t1);
+    default: return x16p_tiles_g<F, 128, X8>(y, xq, M, W, bias, t0, t1);
+  }
+}
+
 template <int F>
 static bool x16p_tiles(float *y, const X16 &xq, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                        int64_t t1) {
   if constexpr (!x16p_format<F>()) {
     return false;
   } else {
-    switch (W.group) {
-      case 32:
-        if constexpr (F != F_A2) return x16p_tiles_g<F, 32>(y, xq, M, W, bias, t0, t1);
-        return false;
-      case 64: return x16p_tiles_g<F, 64>(y, xq, M, W, bias, t0, t1);
-      default: return x16p_tiles_g<F, 128>(y, xq, M, W, bias, t0, t1);
-    }
+    return xpanel_tiles<F, false>(y, XPanel{(const int8_t *)xq.q, xq.step, xq.fix, xq.err}, M, W, bias, t0, t1);
   }
 }
 #else

@@ -131,11 +131,37 @@ static bool x8_takes(const WeightMat &W, int64_t M) {
 }
 
 struct X8 {
-  int8_t *q;    // [M][K] in the kernels' order (x8_order)
+  int8_t *q;    // [M][K] in the kernels' order (x8_order), or the panels' (x8p_order)
   float *step;  // [M][groups]
   float *fix;   // [M][groups]: sum of x (for biases)
   float *err;   // [M][groups]: -c * sum of (q * step - x) (the centring, see the top of this file)
+  bool panel;   // for the panels (x8p_takes)
 };
+
+// Batched decode (7-63 rows) runs on the x16 panels' tiles (qkern_x16_panel_impl.h) with x in 8 bits: one
+// vpdpbusd per 64 products where x16 takes two, and a group's integer sum converted and scaled once for 16 outputs
+// where the row kernels here reduce lanes per unit. The same integer sums as x8_rows; the f32 terms are added in
+// another order.
+template <int F>
+static bool x8p_takes(const WeightMat &W, int64_t M) {
+  if constexpr (!x16p_format<F>()) {
+    return false;
+  } else {
+    return M >= kX16pMinRows && M < kX16pMaxRows && x8_takes<F>(W, M) && x16_takes<F>(W);
+  }
+}
+
+// A row of int8 x in natural order -> the panels' order: per word of W (4 * CPB elements) and code plane j, the 4
+// bytes of elements 4 * CPB * d + CPB * b + j, b = 0..3 (each 16 bytes of x stay 16 bytes).
+template <int CPB>
+static void x8p_order(int8_t *q, int64_t K) {
+  if constexpr (CPB > 1) {
+    const __m128i s = CPB == 2 ? _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15)
+                               : _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int64_t i = 0; i < K; i += 16)
+      _mm_storeu_si128((__m128i *)(q + i), _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(q + i)), s));
+  }
+}
 
 // The CPB code planes of one chunk (16 * CPB int8 values of x in natural order): byte i of plane j is element
 // CPB * i + j.
@@ -221,7 +247,8 @@ static bool x8_fill_f(X8 &o, const float *x, int64_t m0, int64_t m1, const Weigh
       o.fix[m * NG + g] = hsum8(sum);
       o.err[m * NG + g] = -kCentre * hsum8(err);
     }
-    x8_order_for<F>(qm, W);
+    if (o.panel) x8p_order<x8_cpb<F>()>(qm, K);
+    else x8_order_for<F>(qm, W);
   }
   return _mm256_testz_si256(bad, bad);
 }
@@ -366,7 +393,7 @@ static X8 *x8_alloc_f(int64_t M, const WeightMat &W) {
   if (!mem) return nullptr;
   float *fm = (float *)(mem + head + qbytes);
   X8 *xq = (X8 *)mem;
-  *xq = X8{(int8_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG};
+  *xq = X8{(int8_t *)(mem + head), fm, fm + M * NG, fm + 2 * M * NG, x8p_takes<F>(W, M)};
   return xq;
 }
 
@@ -375,6 +402,10 @@ static X8 *x8_alloc_f(int64_t M, const WeightMat &W) {
 template <int F>
 static bool x8_tiles(float *y, const X8 &shared, int64_t M, const WeightMat &W, const float *bias, int64_t t0,
                      int64_t t1) {
+#if defined(__AVX512VNNI__)
+  if constexpr (x16p_format<F>())
+    if (shared.panel) return xpanel_tiles<F, true>(y, XPanel{shared.q, shared.step, shared.fix, shared.err}, M, W, bias, t0, t1);
+#endif
   const int64_t N = W.N, NG = W.groups;
   // a small x is read from a copy of its own by each thread, as on the x16 path
   const size_t xbytes = (size_t)(M * W.K);
@@ -384,7 +415,7 @@ static bool x8_tiles(float *y, const X8 &shared, int64_t M, const WeightMat &W, 
       64, qbytes + sizeof(float) * (size_t)((2 * kGemvTile + 2 * kX8Mr) * NG + 2 * fpad));
   if (!mem) return false;
   if (copy) std::memcpy(mem, shared.q, xbytes);
-  const X8 xq{copy ? (int8_t *)mem : shared.q, shared.step, shared.fix, shared.err};
+  const X8 xq{copy ? (int8_t *)mem : shared.q, shared.step, shared.fix, shared.err, false};
   float *f = (float *)(mem + qbytes), *fac = f + 2 * kGemvTile * NG;
   X8Ctx c{f, f + kGemvTile * NG, 0, {fac, fac + kX8Mr * NG + fpad}};
   for (int64_t t = t0; t < t1; t++) {

@@ -226,9 +226,9 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
 }
 
 // The x8 path (native/cpu/qkern_x8_impl.h): affine 2 and 4-bit weights, 8-bit where the CPU has VNNI, with 2 or
-// more rows of x (batched decode and prefill), x rounded to int8 per weight group. Held to its documented
-// rounding (matmulX8Ref) within f32 summation error, and to the bound that rounding implies against the exact
-// float64 product; one row keeps the x16 path.
+// more rows of x (batched decode and prefill; 7 to 63 rows on the panels with VNNI), x rounded to int8 per weight
+// group. Held to its documented rounding (matmulX8Ref) within f32 summation error, and to the bound that rounding
+// implies against the exact float64 product; one row keeps the x16 path.
 function takesX8(q: QWeight, isa: string, M: number): boolean {
   if (q.mode !== "affine" || M < 2 || q.exactRows) return false;
   if (q.bits === 8 && isa !== "avx512vnni") return false;
@@ -279,7 +279,7 @@ for (const isa of availableIsas().filter((i) => i !== "scalar")) {
         const K = 512, N = 21;
         const q = randomQWeight(c.bits * 91 + c.group, c.mode, c.bits, c.group, N, K, c.sb);
         const bias = randomX(8, N);
-        for (const M of [1, 2, 3, 5, 9, 33, 40]) {
+        for (const M of [1, 2, 3, 5, 9, 16, 33, 40]) {
           const x = randomX(M + c.group + 1, M * K);
           // one group of x far larger than the rest, one all zero: steps are per group
           for (let i = 0; i < c.group; i++) x[i] = x[i]! * 1000;
