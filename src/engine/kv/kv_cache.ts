@@ -7,6 +7,8 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
+import { readFileSync } from "node:fs";
+import { freemem } from "node:os";
 import { type AttentionBatch, type Backend, type DType, type KvPool, kvBlockBytes } from "../../backend/backend.ts";
 import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
@@ -376,6 +378,22 @@ export interface KvCacheOptions {
 
 const DEFAULT_STATE_SLOTS = 16;
 
+/**
+ * Whether making `bytes` resident at once leaves as much memory available again (Linux's MemAvailable, else the
+ * system's free memory): a budget larger than the machine can hold stays lazily resident, as it was, instead of
+ * courting the out-of-memory killer at load.
+ */
+function residentAffordable(bytes: number): boolean {
+  let available = freemem();
+  try {
+    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"));
+    if (m) available = Number(m[1]) * 1024;
+  } catch {
+    // not Linux: the system's free memory
+  }
+  return 2 * bytes <= available;
+}
+
 /** A step's tokens and views before the caller says which rows it wants logits for. */
 export interface BuiltStep extends Pick<ForwardStep, "tokens" | "batch" | "slots" | "windowed" | "recurrent"> {
   /** Row of the last new token of each entry [entries]. */
@@ -482,7 +500,10 @@ export class KvCache {
       }
     }
     this.pools = pools;
-    if (opts.populate) for (const p of new Set(pools)) backend.populateKvPool?.(p);
+    const distinct = [...new Set(pools)];
+    if (opts.populate && residentAffordable(distinct.reduce((sum, p) => sum + p.numBlocks * kvBlockBytes(p), 0))) {
+      for (const p of distinct) backend.populateKvPool?.(p);
+    }
     const poolsWhere = (sliding: boolean) =>
       this.pools.filter((_, i) => holdsKv(layers[i]!) && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];

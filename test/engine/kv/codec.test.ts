@@ -3,6 +3,7 @@
 // populating one that is resident whole.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
+import { totalmem } from "node:os";
 import { join } from "node:path";
 import { kvBlockBytes } from "../../../src/backend/backend.ts";
 import { getBackend } from "../../../src/backend/index.ts";
@@ -112,6 +113,11 @@ describe("KV codecs", () => {
     const cache = new KvCache(be, layers, { memoryBytes: 96 << 20, codec: "q8", populate: true });
     expect(rss() - before).toBeGreaterThan(cache.memoryBytes * 0.9);
     cache.dispose();
+
+    // A budget beyond what the machine has available stays lazily resident instead of meeting the OOM killer.
+    const huge = new KvCache(be, layers, { memoryBytes: 2 * totalmem(), codec: "f16", populate: true });
+    expect(rss() - before).toBeLessThan(32 << 20);
+    huge.dispose();
 
     const pool = be.createKvPool(64, 16, 8, 128, "f16");
     const bytes = new Uint8Array(kvBlockBytes(pool)).map((_, i) => (i * 37 + 11) & 0xff);
