@@ -240,7 +240,10 @@ int rmlx_populate(void *addr, int64_t nbytes) {
   }
   // Small allocations are resident already (zero-filled by rmlx_alloc). Population only saves later faults: where
   // it fails (a kernel before Linux 5.14, or memory short now) the pages are faulted in as they are written.
-  if (mapped && hi > lo) madvise((void *)(lo & ~(page - 1)), ((hi + page - 1) & ~(page - 1)) - (lo & ~(page - 1)), MADV_POPULATE_WRITE);
+  if (mapped && hi > lo) {
+    const uintptr_t at = lo & ~(page - 1), end = (hi + page - 1) & ~(page - 1);
+    madvise((void *)at, end - at, MADV_POPULATE_WRITE);
+  }
   return RMLX_OK;
 }
 
