@@ -208,52 +208,52 @@ static inline void x16p_dp(__m512i &acc, __m512i w, const int8_t *p) {
   : [m] "v"(mask), [ld] "r"(ldq)                                                                                     \
   : "cc", "memory"
 
+// The word loop of a group as one asm statement (x16p_group8, x8p_group8): per 64-byte word of the buffer, its code
+// planes (4, 8 or 2 bits a code) against 8 rows of x; ZEROS, PLANE and OPS name the accumulators, o (o1-o3) the
+// offsets of the later planes' x bytes and adv how far x moves a word.
+#define RMLX_XP_LOOP4(ZEROS, PLANE, o, adv, OPS)                                                                     \
+  asm(ZEROS "1:\n\t"                                                                                                \
+            "vmovdqa64 (%[w]), %[t]\n\t"                                                                             \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(0) "vpsrld $4, %[t], %[t]\n\t"                                       \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(o) "add $64, %[w]\n\t"                                               \
+            "add $" #adv ", %[x]\n\t"                                                                                \
+            "add $" #adv ", %[x3]\n\t"                                                                               \
+            "add $" #adv ", %[x6]\n\t"                                                                               \
+            "dec %[n]\n\t"                                                                                           \
+            "jnz 1b" OPS)
+#define RMLX_XP_LOOP8(ZEROS, PLANE, adv, OPS)                                                                        \
+  asm(ZEROS "1:\n\t"                                                                                                \
+            "vmovdqa64 (%[w]), %[p]\n\t" PLANE(0) "add $64, %[w]\n\t"                                                \
+            "add $" #adv ", %[x]\n\t"                                                                                \
+            "add $" #adv ", %[x3]\n\t"                                                                               \
+            "add $" #adv ", %[x6]\n\t"                                                                               \
+            "dec %[n]\n\t"                                                                                           \
+            "jnz 1b" OPS)
+#define RMLX_XP_LOOP2(ZEROS, PLANE, o1, o2, o3, adv, OPS)                                                            \
+  asm(ZEROS "1:\n\t"                                                                                                \
+            "vmovdqa64 (%[w]), %[t]\n\t"                                                                             \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(0) "vpsrld $2, %[t], %[t]\n\t"                                       \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(o1) "vpsrld $2, %[t], %[t]\n\t"                                      \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(o2) "vpsrld $2, %[t], %[t]\n\t"                                      \
+            "vpandd %[m], %[t], %[p]\n\t" PLANE(o3) "add $64, %[w]\n\t"                                              \
+            "add $" #adv ", %[x]\n\t"                                                                                \
+            "add $" #adv ", %[x3]\n\t"                                                                               \
+            "add $" #adv ", %[x6]\n\t"                                                                               \
+            "dec %[n]\n\t"                                                                                           \
+            "jnz 1b" OPS)
+
 template <int BITS>
 static inline void x16p_group8(__m512i (&ah)[8], __m512i (&al)[8], const uint32_t *bw, const int8_t *x, int64_t ldq,
                                int64_t nw, __m512i mask) {
   const int8_t *x3 = x + 3 * ldq, *x6 = x + 6 * ldq;
   __m512i t, p;
   if constexpr (BITS == 4) {
-    asm(RMLX_X16P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(0)
-        "vpsrld $4, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(8)
-        "add $64, %[w]\n\t"
-        "add $16, %[x]\n\t"
-        "add $16, %[x3]\n\t"
-        "add $16, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X16P_OPERANDS);
+    RMLX_XP_LOOP4(RMLX_X16P_ZEROS, RMLX_X16P_PLANE, 8, 16, RMLX_X16P_OPERANDS);
   } else if constexpr (BITS == 8) {
-    asm(RMLX_X16P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[p]\n\t" RMLX_X16P_PLANE(0)
-        "add $64, %[w]\n\t"
-        "add $8, %[x]\n\t"
-        "add $8, %[x3]\n\t"
-        "add $8, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X16P_OPERANDS);
+    RMLX_XP_LOOP8(RMLX_X16P_ZEROS, RMLX_X16P_PLANE, 8, RMLX_X16P_OPERANDS);
   } else {
     static_assert(BITS == 2);
-    asm(RMLX_X16P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(0)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(8)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(16)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X16P_PLANE(24)
-        "add $64, %[w]\n\t"
-        "add $32, %[x]\n\t"
-        "add $32, %[x3]\n\t"
-        "add $32, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X16P_OPERANDS);
+    RMLX_XP_LOOP2(RMLX_X16P_ZEROS, RMLX_X16P_PLANE, 8, 16, 24, 32, RMLX_X16P_OPERANDS);
   }
 }
 
@@ -279,51 +279,20 @@ static inline void x8p_group8(__m512i (&a)[8], const uint32_t *bw, const int8_t 
   const int8_t *x3 = x + 3 * ldq, *x6 = x + 6 * ldq;
   __m512i t, p;
   if constexpr (BITS == 4) {
-    asm(RMLX_X8P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(0)
-        "vpsrld $4, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(4)
-        "add $64, %[w]\n\t"
-        "add $8, %[x]\n\t"
-        "add $8, %[x3]\n\t"
-        "add $8, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X8P_OPERANDS);
+    RMLX_XP_LOOP4(RMLX_X8P_ZEROS, RMLX_X8P_PLANE, 4, 8, RMLX_X8P_OPERANDS);
   } else if constexpr (BITS == 8) {
-    asm(RMLX_X8P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[p]\n\t" RMLX_X8P_PLANE(0)
-        "add $64, %[w]\n\t"
-        "add $4, %[x]\n\t"
-        "add $4, %[x3]\n\t"
-        "add $4, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X8P_OPERANDS);
+    RMLX_XP_LOOP8(RMLX_X8P_ZEROS, RMLX_X8P_PLANE, 4, RMLX_X8P_OPERANDS);
   } else {
     static_assert(BITS == 2);
-    asm(RMLX_X8P_ZEROS
-        "1:\n\t"
-        "vmovdqa64 (%[w]), %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(0)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(4)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(8)
-        "vpsrld $2, %[t], %[t]\n\t"
-        "vpandd %[m], %[t], %[p]\n\t" RMLX_X8P_PLANE(12)
-        "add $64, %[w]\n\t"
-        "add $16, %[x]\n\t"
-        "add $16, %[x3]\n\t"
-        "add $16, %[x6]\n\t"
-        "dec %[n]\n\t"
-        "jnz 1b" RMLX_X8P_OPERANDS);
+    RMLX_XP_LOOP2(RMLX_X8P_ZEROS, RMLX_X8P_PLANE, 4, 8, 12, 16, RMLX_X8P_OPERANDS);
   }
 }
 #undef RMLX_X8P_OPERANDS
 #undef RMLX_X8P_ZEROS
 #undef RMLX_X8P_PLANE
+#undef RMLX_XP_LOOP4
+#undef RMLX_XP_LOOP8
+#undef RMLX_XP_LOOP2
 #undef RMLX_X16P_OPERANDS
 #undef RMLX_X16P_ZEROS
 #undef RMLX_X16P_ZERO
