@@ -371,7 +371,8 @@ export interface KvCacheOptions {
   /**
    * Make the pools resident when the cache is made (Backend.populateKvPool), as llama.cpp clears its cache at
    * start, instead of as blocks are first written: a long-lived cache, the server's, whose steps would otherwise
-   * pay the page faults while its pools grow into untouched memory. Resident memory is then the pools' size.
+   * pay the page faults while its pools grow into untouched memory. Resident memory is then the pools' size;
+   * pools that would take more than half of the memory available stay resident as written.
    */
   populate?: boolean;
 }
@@ -379,9 +380,9 @@ export interface KvCacheOptions {
 const DEFAULT_STATE_SLOTS = 16;
 
 /**
- * Whether making `bytes` resident at once leaves as much memory available again (Linux's MemAvailable, else the
- * system's free memory): a budget larger than the machine can hold stays lazily resident, as it was, instead of
- * courting the out-of-memory killer at load.
+ * Whether `bytes` may be made resident at once: at most half of the memory available (Linux's MemAvailable, else
+ * the system's free memory). A budget larger than the machine can spare stays resident only as written, rather
+ * than court the out-of-memory killer at load.
  */
 function residentAffordable(bytes: number): boolean {
   let available = freemem();
