@@ -257,7 +257,7 @@ static inline void x16p_group8(__m512i (&ah)[8], __m512i (&al)[8], const uint32_
   }
 }
 
-// x16p_group8 with x in 8 bits (x8p_group): one sum a row, 4 bytes of x a word and code plane.
+// x16p_group8 with x in 8 bits: one sum a row, 4 bytes of x a word and code plane.
 #define RMLX_X8P_PLANE(o)                                                                                           \
   RMLX_X16P_DP(o, "(%[x])") "%[a0]\n\t" RMLX_X16P_DP(o, "(%[x],%[ld],1)") "%[a1]\n\t"                              \
   RMLX_X16P_DP(o, "(%[x],%[ld],2)") "%[a2]\n\t" RMLX_X16P_DP(o, "(%[x3])") "%[a3]\n\t"                             \
@@ -310,8 +310,9 @@ struct X16pAhead {
   }
 };
 
-// x16p_group8 for any MR rows, a product a statement.
-template <int BITS, int WPG, int MR>
+// x16p_group8 and x8p_group8 for any MR rows, a product a statement (X8: x in 8 bits, 4 bytes a word and code
+// plane and one sum a row, al left untouched).
+template <int BITS, int WPG, int MR, bool X8>
 static inline void x16p_group(__m512i (&ah)[MR], __m512i (&al)[MR], const uint32_t *bw, const int8_t *xg, int64_t ldq,
                               __m512i mask) {
   constexpr int CPB = 8 / BITS;
@@ -321,27 +322,11 @@ static inline void x16p_group(__m512i (&ah)[MR], __m512i (&al)[MR], const uint32
     const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
     for (int j = 0; j < CPB; j++) {
       const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
-      const int8_t *xp = xg + (d * CPB + j) * 8;
+      const int8_t *xp = xg + (d * CPB + j) * (X8 ? 4 : 8);
       for (int m = 0; m < MR; m++) {
         x16p_dp(ah[m], p, xp + m * ldq);
-        x16p_dp(al[m], p, xp + m * ldq + 4);
+        if constexpr (!X8) x16p_dp(al[m], p, xp + m * ldq + 4);
       }
-    }
-  }
-}
-
-// The same with x in 8 bits (--gemv x8, qkern_x8_impl.h): 4 bytes of x a word and code plane, one product each.
-template <int BITS, int WPG, int MR>
-static inline void x8p_group(__m512i (&a)[MR], const uint32_t *bw, const int8_t *xg, int64_t ldq, __m512i mask) {
-  constexpr int CPB = 8 / BITS;
-  for (int m = 0; m < MR; m++) a[m] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-  for (int d = 0; d < WPG; d++) {
-    const __m512i wv = _mm512_load_si512((const void *)(bw + d * 16));
-    for (int j = 0; j < CPB; j++) {
-      const __m512i p = BITS == 8 ? wv : _mm512_and_si512(j == 0 ? wv : _mm512_srli_epi32(wv, BITS * j), mask);
-      const int8_t *xp = xg + (d * CPB + j) * 4;
-      for (int m = 0; m < MR; m++) x16p_dp(a[m], p, xp + m * ldq);
     }
   }
 }
@@ -360,9 +345,8 @@ static void x16p_rows(const uint32_t *buf, const float *scT, const float *biT, c
     const uint32_t *bw = buf + (g - g0) * WPG * 16;
     const int8_t *xg = xq + g * WPG * CPB * (X8 ? 4 : 8);
     if constexpr (X8 && MR == 8) x8p_group8<BITS>(ah, bw, xg, ldq, WPG, mask);
-    else if constexpr (X8) x8p_group<BITS, WPG, MR>(ah, bw, xg, ldq, mask);
     else if constexpr (MR == 8) x16p_group8<BITS>(ah, al, bw, xg, ldq, WPG, mask);
-    else x16p_group<BITS, WPG, MR>(ah, al, bw, xg, ldq, mask);
+    else x16p_group<BITS, WPG, MR, X8>(ah, al, bw, xg, ldq, mask);
     ahead.step();
     const __m512 sc = _mm512_load_ps(scT + g * 16), bi = _mm512_load_ps(biT + g * 16);
     for (int m = 0; m < MR; m++) {
@@ -424,6 +408,7 @@ static bool x16p_tiles_g(float *y, const XPanel &xq, int64_t M, const WeightMat 
   float *rb = rs + 16 * NGp, *scT = rb + 16 * NGp, *biT = scT + 16 * NGp;
   int64_t passes = 0;
   for (int64_t m = 0; m < M; passes++) m += x16p_pass_rows(M - m);
+  const int64_t ldq = X8 ? K : 2 * K;  // bytes of a row of x
   __m512 tot[kX16pMaxRows];
   for (int64_t t = t0; t < t1; t++) {
     const int64_t n0 = t * 16;
@@ -448,7 +433,6 @@ static bool x16p_tiles_g(float *y, const XPanel &xq, int64_t M, const WeightMat 
       x16p_repack(buf, rows + g0 * WPG, W.row_bytes / 4, nr, (g1 - g0) * WPG);
       for (int64_t m = 0; m < M;) {
         const int mr = (int)x16p_pass_rows(M - m);
-        const int64_t ldq = X8 ? K : 2 * K;
         x16p_rows_any<BITS, GS, X8>(mr, buf, scT, biT, xq.q + m * ldq, ldq, xq.step + m * NG, xq.fix + m * NG,
                                     xq.err + m * NG, NG, g0, g1, tot + m, ahead);
         m += mr;
