@@ -313,10 +313,11 @@ export interface Backend {
   /** A pool in a float dtype (both sides) or a KvFormat; a backend throws for a format it cannot store. */
   createKvPool(numBlocks: number, blockSize: number, kvHeads: number, headDim: number, format: DType | KvFormat): KvPool;
   /**
-   * Makes the pool's memory resident now, contents unchanged, instead of page by page as blocks are first written
-   * (for long-lived caches: the server's). Left out where pools are resident when made.
+   * Makes the memory of blocks [firstBlock, endBlock) of the pool (default: all of them) resident now, contents
+   * unchanged, instead of page by page as blocks are first written (for long-lived caches: the server's). Left out
+   * where pools are resident when made.
    */
-  populateKvPool?(pool: KvPool): void;
+  populateKvPool?(pool: KvPool, firstBlock?: number, endBlock?: number): void;
   /** Writes k, v [T, kvHeads, headDim] into the pool at slot indices (block * blockSize + offset) [T]. */
   kvWrite(pool: KvPool, k: Tensor, v: Tensor, slots: Int32Array): void;
   /** q [T, heads, headDim] attends causally (GQA: heads / kvHeads queries per KV head) -> [T, heads, headDim]. */

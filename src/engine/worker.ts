@@ -77,6 +77,21 @@ function postEmbedderLoaded(name: string, e: Embedder): void {
   post({ type: "loaded", model: name, contextLength: maxTokens, info: { modelType: e.info.modelType, embedding: { pooling, normalize, dimension, maxTokens, prompts } } });
 }
 
+/** Caches whose pools are not all resident yet. */
+const unpopulated = new Set<KvCache>();
+/**
+ * Bytes made resident between two looks at the message queue: on a VM whose host backs each page as it is first
+ * touched (about 1.5 ms a MiB measured), a request that comes meanwhile waits at most some milliseconds.
+ */
+const POPULATE_PIECE = 4 << 20;
+/**
+ * How long a load may spend making its cache resident before it reports the model loaded. Zeroing pages runs at
+ * several GB/s on bare metal, so a 1 GiB cache is resident at once; on a VM whose host backs the memory on first
+ * touch (1-2 ms a MiB measured) the rest is done in idle time instead of delaying readiness by seconds.
+ */
+const LOAD_POPULATE_MS = 250;
+let populating = false;
+
 function load(name: string, dir: string): void {
   if (isEmbeddingDir(dir)) return loadEmbedder(name, dir);
   const session = loadSession(dir, getBackend(), { chatTemplate: config.chatTemplate, modelOptions: config.modelOptions });
@@ -87,8 +102,6 @@ function load(name: string, dir: string): void {
     sizing: { sequences: config.maxRunning, stepTokens: config.prefillChunk },
     // A hybrid target keeps a snapshot of each speculating sequence's state through its verification step.
     stateSlots: config.draftModel || config.draftMtp ? 2 * config.maxRunning : config.maxRunning,
-    // A server's cache lives as long as its model: its pages are touched at load, not in its steps.
-    populate: true,
   });
   const full = sessionModel(session, cache);
   // --ctx-size caps the context below the model's own.
@@ -116,7 +129,16 @@ function load(name: string, dir: string): void {
   }
   const scheduler = new Scheduler({ ...model, speculator }, config, post);
   models.set(name, { session, cache, scheduler, contextLength: model.contextLength, tier, speculator });
+  // A server's cache lives as long as its model: its pages are touched at load for a bounded time, then while the
+  // worker is idle, not in its steps.
+  const until = performance.now() + LOAD_POPULATE_MS;
+  let more = true;
+  while (more && performance.now() < until) more = cache.populateStep(POPULATE_PIECE);
   postLoaded(name, models.get(name)!);
+  if (more) {
+    unpopulated.add(cache);
+    void populateIdle();
+  }
 }
 
 /** The model's SSD tier under --kv-ssd; none without a prefix cache. */
@@ -159,6 +181,7 @@ function unload(name: string): void {
         addSsd(retiredSsd, tier.store.stats);
       });
     }
+    unpopulated.delete(m.cache);
     m.cache.dispose();
     m.speculator?.dispose();
     models.delete(name);
@@ -216,6 +239,23 @@ async function loop(): Promise<void> {
     }
   } finally {
     looping = false;
+  }
+  void populateIdle();
+}
+
+/** Makes the caches' pools resident a piece at a time while no model has work; loop() calls it again when done. */
+async function populateIdle(): Promise<void> {
+  if (populating) return;
+  populating = true;
+  try {
+    while (!looping && unpopulated.size > 0) {
+      if ([...models.values()].some((m) => m.scheduler.hasWork)) return;
+      const cache = unpopulated.values().next().value!;
+      if (!cache.populateStep(POPULATE_PIECE)) unpopulated.delete(cache);
+      await new Promise<void>((r) => setImmediate(r));
+    }
+  } finally {
+    populating = false;
   }
 }
 

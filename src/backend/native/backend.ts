@@ -845,8 +845,14 @@ export class NativeBackend implements Backend {
     return pool;
   }
 
-  populateKvPool(p: KvPool): void {
-    for (const t of this.pool(p, "populateKvPool").parts) nativePopulate(t.addr, t.nbytes);
+  populateKvPool(p: KvPool, firstBlock = 0, endBlock = p.numBlocks): void {
+    const first = Math.max(0, firstBlock), end = Math.min(p.numBlocks, endBlock);
+    if (end <= first) return;
+    // Every part is [blocks * ..., ...]: a block is the same share of each.
+    for (const t of this.pool(p, "populateKvPool").parts) {
+      const per = t.nbytes / p.numBlocks;
+      nativePopulate(t.addr + first * per, (end - first) * per);
+    }
   }
 
   /** The KvPage records of a pool's two sides. */

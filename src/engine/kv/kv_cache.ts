@@ -368,13 +368,6 @@ export interface KvCacheOptions {
    * sizing's sequences, else 16). Their memory comes out of memoryBytes first.
    */
   stateSlots?: number;
-  /**
-   * Make the pools resident when the cache is made (Backend.populateKvPool), as llama.cpp clears its cache at
-   * start, instead of as blocks are first written: a long-lived cache, the server's, whose steps would otherwise
-   * pay the page faults while its pools grow into untouched memory. Resident memory is then the pools' size;
-   * pools that would take more than half of the memory available stay resident as written.
-   */
-  populate?: boolean;
 }
 
 const DEFAULT_STATE_SLOTS = 16;
@@ -437,6 +430,8 @@ export class KvCache {
   readonly rootHash: bigint;
   /** Per-sequence recurrent state of linear-attention layers; null when the model has none. */
   readonly states: StateSlots<Sequence> | null;
+  /** Where populateStep goes on: a space and its next block; null when done or nothing to do; undefined before it starts. */
+  private populated: { space: number; block: number } | null | undefined;
 
   constructor(
     private readonly backend: Backend,
@@ -501,10 +496,6 @@ export class KvCache {
       }
     }
     this.pools = pools;
-    const distinct = [...new Set(pools)];
-    if (opts.populate && residentAffordable(distinct.reduce((sum, p) => sum + p.numBlocks * kvBlockBytes(p), 0))) {
-      for (const p of distinct) backend.populateKvPool?.(p);
-    }
     const poolsWhere = (sliding: boolean) =>
       this.pools.filter((_, i) => holdsKv(layers[i]!) && inWindow(layers[i]!) === sliding);
     const spaces = [new BlockSpace(backend, MAIN, allocator, poolsWhere(false), this.blockSize, 0, mainBytes)];
@@ -697,6 +688,33 @@ export class KvCache {
   }
 
   /** Frees the device memory of the pools; the cache is unusable afterwards. */
+  /**
+   * Makes the next blocks' memory resident (Backend.populateKvPool), about `maxBytes` of them across the pools,
+   * lowest block ids first as the allocators hand them out; true while blocks are left. A long-lived cache, the
+   * server's, calls it while idle, as llama.cpp clears its cache at start: otherwise its steps pay the page faults
+   * while its pools grow into untouched memory. Resident memory is then the pools' size; pools that would take more
+   * than half of the memory available, and backends whose pools are resident when made, have nothing to do.
+   */
+  populateStep(maxBytes: number): boolean {
+    if (this.populated === undefined) {
+      const bytes = [...new Set(this.pools)].reduce((sum, p) => sum + p.numBlocks * kvBlockBytes(p), 0);
+      this.populated = this.backend.populateKvPool && residentAffordable(bytes) ? { space: 0, block: 0 } : null;
+    }
+    const at = this.populated;
+    if (!at) return false;
+    const space = this.spaces[at.space]!;
+    const pools = [...new Set(space.pools)];
+    const end = Math.min(space.allocator.numBlocks, at.block + Math.max(1, Math.floor(maxBytes / space.bytesPerBlock)));
+    for (const p of pools) this.backend.populateKvPool!(p, at.block, end);
+    at.block = end;
+    if (end < space.allocator.numBlocks) return true;
+    at.space++;
+    at.block = 0;
+    if (at.space < this.spaces.length) return true;
+    this.populated = null;
+    return false;
+  }
+
   dispose(): void {
     for (const p of new Set(this.pools)) for (const t of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (t) this.backend.dispose(t);
     this.states?.dispose();

@@ -1,6 +1,6 @@
 // KV codecs: names, per-layer formats, bytes per token against f16, prefix-cache roots, the KV cache over packed
-// pages (greedy decode of the built-in model), a pool that is resident only where blocks were written, and a
-// populating one that is resident whole.
+// pages (greedy decode of the built-in model), a pool that is resident only where blocks were written, and one
+// populated piece by piece until it is resident whole.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { totalmem } from "node:os";
@@ -103,26 +103,42 @@ describe("KV codecs", () => {
     be.dispose(pool.v);
   });
 
-  test("a populating cache is resident from the start, and population keeps what blocks hold", () => {
-    // The server's cache (KvCacheOptions.populate) takes its page faults when it is made, not in its steps.
+  test("populateStep makes a cache resident a piece at a time, lowest blocks first", () => {
+    // The server's worker calls it while idle, so that its steps do not take the page faults.
     const be = getBackend();
-    // A backend whose pools are resident when made has nothing to populate.
-    if (!be.populateKvPool) return;
     const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
     const layers = Array.from({ length: 4 }, () => ({ kvHeads: 8, headDim: 128, window: 0 }) as never);
+    const cache = new KvCache(be, layers, { memoryBytes: 96 << 20, codec: "q8" });
+    // A backend whose pools are resident when made has nothing to populate.
+    if (!be.populateKvPool) {
+      expect(cache.populateStep(8 << 20)).toBe(false);
+      cache.dispose();
+      return;
+    }
     const before = rss();
-    const cache = new KvCache(be, layers, { memoryBytes: 96 << 20, codec: "q8", populate: true });
+    expect(cache.populateStep(8 << 20)).toBe(true);
+    const first = rss() - before;
+    // Transparent huge pages may round each pool's piece up to 2 MiB.
+    expect(first).toBeGreaterThan(6 << 20);
+    expect(first).toBeLessThan(cache.memoryBytes / 2);
+    let steps = 1;
+    while (cache.populateStep(8 << 20)) steps++;
+    expect(steps).toBeGreaterThanOrEqual(11);
     expect(rss() - before).toBeGreaterThan(cache.memoryBytes * 0.9);
+    expect(cache.populateStep(8 << 20)).toBe(false);
     cache.dispose();
 
     // A budget beyond what the machine has available stays lazily resident instead of meeting the OOM killer.
-    const huge = new KvCache(be, layers, { memoryBytes: 2 * totalmem(), codec: "f16", populate: true });
-    expect(rss() - before).toBeLessThan(32 << 20);
+    const huge = new KvCache(be, layers, { memoryBytes: 2 * totalmem(), codec: "f16" });
+    const mark = rss();
+    expect(huge.populateStep(64 << 20)).toBe(false);
+    expect(rss() - mark).toBeLessThan(8 << 20);
     huge.dispose();
 
     const pool = be.createKvPool(64, 16, 8, 128, "f16");
     const bytes = new Uint8Array(kvBlockBytes(pool)).map((_, i) => (i * 37 + 11) & 0xff);
     be.writeKvBlock(pool, 5, bytes);
+    be.populateKvPool!(pool, 4, 9);
     be.populateKvPool!(pool);
     expect(be.readKvBlock(pool, 5)).toEqual(bytes);
     expect(be.readKvBlock(pool, 6).every((b) => b === 0)).toBe(true);
