@@ -133,9 +133,12 @@ struct Kern {
   void (*dots_rows)(float *s, int64_t lds, const float *q, int64_t ldq, int64_t R, const float *const *k, int64_t nj,
                     int64_t D, float scale);
   void (*pv_rows)(float *acc, const float *p, int64_t ldp, int64_t R, const float *const *v, int64_t nj, int64_t D);
-  // dots and pv reading 16-bit rows (dt: RMLX_F16 or RMLX_BF16) straight from a KV pool.
-  void (*dots16)(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt);
-  void (*pv16)(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt);
+  // dots and pv for R query rows (q and acc rows D apart, s and p rows lds / ldp apart) reading 16-bit rows (dt:
+  // RMLX_F16 or RMLX_BF16) straight from a KV pool, each widened once for all R rows (a KV head's GQA rows).
+  void (*dots16)(float *s, int64_t lds, const float *q, int64_t R, const uint16_t *const *k, int64_t nj, int64_t D,
+                 float scale, int dt);
+  void (*pv16)(float *acc, const float *p, int64_t ldp, int64_t R, const uint16_t *const *v, int64_t nj, int64_t D,
+               int dt);
   // Attention read straight from packed KV rows (PkRows), for R query rows (row r: q + r * D, s + r * lds,
   // p + r * ldp, acc + r * D). pk_dots: s = q . k, where q already carries the softmax scale and qsum[r * ngroups + g]
   // is the sum of q row r over group g (affine: q . (s c + b) = s (q . c) + b sum(q)). pk_pv: acc += sum_j p[j] v[j].

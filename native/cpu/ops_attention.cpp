@@ -434,8 +434,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       if (fused) k.pk_dots(sh, kChunk, qp + r0 * D, qsum + r0 * K.ngroups, Rh, kp, nj, D);
       else if (tiled16) k.dots_rows16(sh, kChunk, qh, D, Rh, k16, nj, D, scale, dt);
       else if (tiled) k.dots_rows(sh, kChunk, qh, D, Rh, krows, nj, D, scale);
-      else if (direct16)
-        for (int64_t r = 0; r < Rh; r++) k.dots16(sh + r * kChunk, qh + r * D, k16, nj, D, scale, dt);
+      else if (direct16) k.dots16(sh, kChunk, qh, Rh, k16, nj, D, scale, dt);
       else
         for (int64_t r = 0; r < Rh; r++) k.dots(sh + r * kChunk, qh + r * D, krows, nj, D, scale);
       for (int64_t r = r0; r < r0 + Rh; r++) {
@@ -463,8 +462,7 @@ void attend_rows(float *const *out, const float *qr, int64_t R, const int64_t *l
       if (fused) k.pk_pv(ah, sh, kChunk, Rh, vp, nj, D);
       else if (tiled16) k.pv_rows16(ah, sh, kChunk, Rh, v16, nj, D, dt);
       else if (tiled) k.pv_rows(ah, sh, kChunk, Rh, vrows, nj, D);
-      else if (direct16)
-        for (int64_t r = 0; r < Rh; r++) k.pv16(ah + r * D, sh + r * kChunk, v16, nj, D, dt);
+      else if (direct16) k.pv16(ah, sh, kChunk, Rh, v16, nj, D, dt);
       else
         for (int64_t r = 0; r < Rh; r++) k.pv(ah + r * D, sh + r * kChunk, vrows, nj, D);
     }

@@ -94,16 +94,19 @@ void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *co
 inline float ld16(const uint16_t *x, int64_t i, int dt) {
   return dt == RMLX_F16 ? rmlx::f16_to_f32(x[i]) : rmlx::bf16_to_f32(x[i]);
 }
-void dots16(float *s, const float *q, const uint16_t *const *k, int64_t nj, int64_t D, float scale, int dt) {
-  for (int64_t j = 0; j < nj; j++) {
-    float a = 0.f;
-    for (int64_t d = 0; d < D; d++) a += q[d] * ld16(k[j], d, dt);
-    s[j] = a * scale;
-  }
+void dots16(float *s, int64_t lds, const float *q, int64_t R, const uint16_t *const *k, int64_t nj, int64_t D,
+            float scale, int dt) {
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t j = 0; j < nj; j++) {
+      float a = 0.f;
+      for (int64_t d = 0; d < D; d++) a += q[r * D + d] * ld16(k[j], d, dt);
+      s[r * lds + j] = a * scale;
+    }
 }
-void pv16(float *acc, const float *p, const uint16_t *const *v, int64_t nj, int64_t D, int dt) {
-  for (int64_t j = 0; j < nj; j++)
-    for (int64_t d = 0; d < D; d++) acc[d] += p[j] * ld16(v[j], d, dt);
+void pv16(float *acc, const float *p, int64_t ldp, int64_t R, const uint16_t *const *v, int64_t nj, int64_t D, int dt) {
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t j = 0; j < nj; j++)
+      for (int64_t d = 0; d < D; d++) acc[r * D + d] += p[r * ldp + j] * ld16(v[j], d, dt);
 }
 
 // The code at position e of a packed row (nibble order for 4 bits, see pk_nibble_pos), as a float; FP8 codes as

@@ -344,6 +344,7 @@ void pv_rows(float *acc, const float *p, int64_t ldp, int64_t R, const float *co
 // 8-lane traits of attn16_impl.h.
 struct W {
   static constexpr int L = 8;
+  static constexpr int ACC = 8;
   using T = __m256;
   static T zero() { return _mm256_setzero_ps(); }
   static T loadu(const float *p) { return _mm256_loadu_ps(p); }

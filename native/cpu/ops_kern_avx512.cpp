@@ -511,6 +511,7 @@ void pk_decode(float *dst, const uint8_t *c, const uint16_t *scales, const uint1
 // 16-lane traits of attn16_impl.h.
 struct W {
   static constexpr int L = 16;
+  static constexpr int ACC = 16;
   using T = __m512;
   static T zero() { return _mm512_setzero_ps(); }
   static T loadu(const float *p) { return _mm512_loadu_ps(p); }

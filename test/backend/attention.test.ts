@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { AttentionBatch, DType } from "../../src/backend/backend.ts";
 import { RmlxError } from "../../src/errors.ts";
+import { roundToBf16 } from "../../src/models/weights.ts";
 import { backend, expectClose, randn, rng } from "./helpers.ts";
 
 const be = backend();
@@ -188,6 +189,35 @@ describe("paged attention, 16-bit pools read directly", () => {
       for (let h = 0; h < heads; h++) ref.push(...attendRef(q.slice(h * D, h * D + D), rows(k), rows(v), 0.3, 0));
       expectClose(out, ref, dtype === "f16" ? 3e-3 : 2e-2, dtype === "f16" ? 3e-3 : 2e-2);
     });
+  // A decode step widens each key and value row once for all query rows of its KV head (passes of 4, 2 and 1 rows):
+  // every group size up to 7, head dims a multiple of the vector width or not. The reference takes the rounded
+  // values, so only f32 summation order separates the two.
+  for (const dtype of ["f16", "bf16"] as const)
+    for (const [D, kvHeads, heads] of [[128, 2, 4], [64, 2, 8], [80, 1, 7], [128, 1, 5], [64, 3, 18], [32, 2, 6]] as const)
+      test(`${dtype}, head dim ${D}, ${heads / kvHeads} query rows a KV head, one decode token over 300 keys`, () => {
+        const [n, blockSize] = [300, 16];
+        const blocks = Math.ceil(n / blockSize);
+        const pool = be.createKvPool(blocks, blockSize, kvHeads, D, dtype);
+        const blockTables = Int32Array.from({ length: blocks }, (_, i) => blocks - 1 - i);
+        const slots = Int32Array.from({ length: n }, (_, p) => blockTables[Math.floor(p / blockSize)]! * blockSize + (p % blockSize));
+        const round = (a: Float32Array) => (dtype === "f16" ? Float32Array.from(new Float16Array(a)) : a.map(roundToBf16));
+        const k = round(randn(n * kvHeads * D, 51));
+        const v = round(randn(n * kvHeads * D, 52));
+        const q = randn(heads * D, 53);
+        const batch = { blockTables, maxBlocks: blocks, seqLens: new Int32Array([n]), tokenSeq: new Int32Array([0]), positions: new Int32Array([n - 1]) };
+        const scale = 1 / Math.sqrt(D);
+        const out = be.scope(() => {
+          be.kvWrite(pool, t(k, [n, kvHeads, D]), t(v, [n, kvHeads, D]), slots);
+          return be.toFloat32(be.pagedAttention(t(q, [1, heads, D]), pool, batch, { scale }));
+        });
+        const rows = (a: Float32Array, kh: number) => [...Array(n).keys()].map((j) => a.slice((j * kvHeads + kh) * D, (j * kvHeads + kh + 1) * D));
+        const ref: number[] = [];
+        for (let h = 0; h < heads; h++) {
+          const kh = Math.floor(h / (heads / kvHeads));
+          ref.push(...attendRef(q.slice(h * D, h * D + D), rows(k, kh), rows(v, kh), scale, 0));
+        }
+        expectClose(out, ref, 2e-6, 2e-5);
+      });
 });
 
 // One sequence and one KV head: fewer (sequence, head) items than threads, so the native backend splits the keys
