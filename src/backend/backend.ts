@@ -204,6 +204,12 @@ export interface Backend {
   fromArray(data: Float32Array | Int32Array | Uint32Array | Uint16Array | Uint8Array, shape: readonly number[], dtype: DType): Tensor;
   /** Wraps bytes without copying (mmapped weights). The bytes must outlive the tensor. */
   fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor;
+  /**
+   * Memory of the backend's own for a model weight, kept for the model's life, which the caller fills with the
+   * stored bytes (read from the file or copied): where its kernels read it faster than the file's mapping.
+   * Undefined where the stored bytes should stay in place (fromBytes); left out where that is always so.
+   */
+  weightBuffer?(shape: readonly number[], dtype: DType): { tensor: Tensor; bytes: Uint8Array } | undefined;
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** Runs everything recorded that the given tensors depend on. */
   eval(...tensors: Tensor[]): void;

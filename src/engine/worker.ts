@@ -185,6 +185,9 @@ function unload(name: string): void {
     m.cache.dispose();
     m.speculator?.dispose();
     models.delete(name);
+    // The model's weight copies (Backend.weightBuffer) are freed with their tensors: collect them soon (outside
+    // this frame, which still holds the model), since the collector does not see their size.
+    setImmediate(() => Bun.gc(true));
   }
   post({ type: "unloaded", model: name });
 }

@@ -45,6 +45,8 @@ export interface TensorEntry {
   bytes: Uint8Array;
   /** Path of the file that holds it. */
   file: string;
+  /** Where its bytes start in that file; absent for tensors that live in memory only. */
+  offset?: number;
 }
 
 /** Number of elements of a shape (1 for a scalar). */
@@ -206,7 +208,7 @@ export class SafetensorsFile {
     const views = mapTensors(path, size, dataStart, sorted, maxMappingBytes);
     const tensors = new Map<string, TensorEntry>();
     for (const e of raw) {
-      tensors.set(e.name, { name: e.name, dtype: e.dtype, shape: e.shape, bytes: views.get(e.name)!, file: path });
+      tensors.set(e.name, { name: e.name, dtype: e.dtype, shape: e.shape, bytes: views.get(e.name)!, file: path, offset: dataStart + e.begin });
     }
     return new SafetensorsFile(path, metadata, tensors, size);
   }

@@ -1,12 +1,35 @@
 // A model's view of its checkpoint: tensors by mlx-lm's names (stored names mapped by the family's sanitize, the
-// same mapping convert applies), wrapped as backend tensors without copying, and Linear / embedding weights as
-// float or MLX-quantized per the quantization config.
+// same mapping convert applies), as backend tensors (the file's bytes in place, or read into the backend's own
+// memory where it asks for that), and Linear / embedding weights as float or MLX-quantized per the quantization
+// config.
+import { closeSync, openSync, readSync } from "node:fs";
 import { isQuantized, type Backend, type DType, type QuantizedWeight, type Tensor, type Weight } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { quantSpecFor } from "../io/quant_config.ts";
 import type { StDType, TensorEntry } from "../io/safetensors.ts";
 import type { Sanitizer } from "./family.ts";
+
+/**
+ * Fills a weight's own memory with its stored bytes: read from the file where it has one, so that the file's pages
+ * are never mapped into this process (they stay in the page cache, not in the model's resident memory twice).
+ */
+function fillWeight(dst: Uint8Array, e: TensorEntry): void {
+  if (e.offset === undefined) {
+    dst.set(e.bytes);
+    return;
+  }
+  const fd = openSync(e.file, "r");
+  try {
+    for (let done = 0; done < dst.byteLength; ) {
+      const n = readSync(fd, dst, done, Math.min(dst.byteLength - done, 1 << 30), e.offset + done);
+      if (n <= 0) throw new RmlxError("bad_model", `${e.file}: tensor '${e.name}' ends before its ${dst.byteLength} bytes`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
 
 const DTYPES: Partial<Record<StDType, DType>> = { F32: "f32", F16: "f16", BF16: "bf16", U32: "u32", U8: "u8", I32: "i32" };
 
@@ -52,7 +75,7 @@ export class ModelWeights {
     return stored;
   }
 
-  /** The tensor, wrapped without copying (one wrapper per stored tensor, so tied weights share it). */
+  /** The tensor (one per stored tensor, so tied weights share it), in place or in the backend's memory (weightBuffer). */
   tensor(name: string): Tensor {
     return this.wrap(this.storedName(name));
   }
@@ -61,7 +84,10 @@ export class ModelWeights {
     const hit = this.cache.get(stored);
     if (hit) return hit;
     const e = this.md.weights.require(stored);
-    const t = this.backend.fromBytes(e.bytes, e.shape, dtypeOf(e, this.md.dir));
+    const dt = dtypeOf(e, this.md.dir);
+    const own = this.backend.weightBuffer?.(e.shape, dt);
+    if (own) fillWeight(own.bytes, e);
+    const t = own?.tensor ?? this.backend.fromBytes(e.bytes, e.shape, dt);
     this.cache.set(stored, t);
     return t;
   }

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Tensor } from "../../src/backend/backend.ts";
 import { NativeBackend } from "../../src/backend/native/backend.ts";
@@ -261,5 +262,47 @@ describe("step arena", () => {
     scopeOf(a, ARENA_KEEP + (200 << 20));
     for (let i = 0; i < 40; i++) scopeOf(a, 1 << 20);
     expect(a.capacity).toBe(ARENA_KEEP);
+  });
+});
+
+describe("weights in the backend's own memory (weightBuffer)", () => {
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+
+  test("large weights get memory of their own, small ones stay in place", () => {
+    if (!be.weightBuffer) return;
+    expect(be.weightBuffer([1 << 10], "f32")).toBeUndefined();
+    const own = be.weightBuffer([1 << 19], "f32")!;
+    const data = randn(1 << 19, 9);
+    own.bytes.set(new Uint8Array(data.buffer));
+    expect(be.toFloat32(be.scale(own.tensor, 2))[7]).toBe(data[7]! * 2);
+    be.dispose(own.tensor);
+  });
+
+  test("RMLX_MMAP_WEIGHTS=1 keeps weights in place", () => {
+    if (!be.weightBuffer) return;
+    process.env.RMLX_MMAP_WEIGHTS = "1";
+    try {
+      expect(be.weightBuffer([1 << 20], "f32")).toBeUndefined();
+    } finally {
+      delete process.env.RMLX_MMAP_WEIGHTS;
+    }
+  });
+
+  test("a weight's memory is freed once its tensor is collected (a model is dropped on unload)", async () => {
+    if (!be.weightBuffer) return;
+    const size = 64 << 20;
+    const make = () => {
+      const own = be.weightBuffer!([size / 4], "f32")!;
+      own.bytes.fill(3);
+      return be.toFloat32(be.sum(own.tensor, 0))[0];
+    };
+    Bun.gc(true);
+    const before = rss();
+    make();
+    for (let i = 0; i < 20 && rss() - before > size / 2; i++) {
+      Bun.gc(true);
+      await Bun.sleep(10);
+    }
+    expect(rss() - before).toBeLessThan(size / 2);
   });
 });

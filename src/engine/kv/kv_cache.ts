@@ -7,11 +7,10 @@
 //     block point at a block it holds, and attention never reads them.
 //  3. A step writes only into blocks its sequence holds alone (a shared, partly filled last block is copied
 //     first), and they stay held until the step has run: no write lands on a key any token of the step reads.
-import { readFileSync } from "node:fs";
-import { freemem } from "node:os";
 import { type AttentionBatch, type Backend, type DType, type KvPool, kvBlockBytes } from "../../backend/backend.ts";
 import { StateSlots } from "./state_slots.ts";
 import { RmlxError } from "../../errors.ts";
+import { availableMemory } from "../../io/meminfo.ts";
 import type { ForwardStep, LayerCacheSpec, SpaceView } from "../../models/model.ts";
 import { type KvCodec, kvBytesPerToken, kvCodec, kvCodecProblem, kvLayerFormat } from "../../quant/kv_codec.ts";
 import { codecRootHash, defaultKvCodec } from "./codec.ts";
@@ -378,14 +377,7 @@ const DEFAULT_STATE_SLOTS = 16;
  * than court the out-of-memory killer at load.
  */
 function residentAffordable(bytes: number): boolean {
-  let available = freemem();
-  try {
-    const m = /^MemAvailable:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"));
-    if (m) available = Number(m[1]) * 1024;
-  } catch {
-    // not Linux: the system's free memory
-  }
-  return 2 * bytes <= available;
+  return 2 * bytes <= availableMemory();
 }
 
 /** A step's tokens and views before the caller says which rows it wants logits for. */
