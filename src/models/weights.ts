@@ -3,7 +3,7 @@
 // memory where it asks for that), and Linear / embedding weights as float or MLX-quantized per the quantization
 // config.
 import { closeSync, openSync, readSync } from "node:fs";
-import { isQuantized, type Backend, type DType, type QuantizedWeight, type Tensor, type Weight } from "../backend/backend.ts";
+import { type Backend, type DType, type QuantizedWeight, type Tensor, type Weight } from "../backend/backend.ts";
 import { RmlxError } from "../errors.ts";
 import type { ModelDir } from "../io/model_dir.ts";
 import { quantSpecFor } from "../io/quant_config.ts";
@@ -141,37 +141,46 @@ export class ModelWeights {
 
   /**
    * Experts stored one by one (weights[e] the stored name of expert e's [out, in] weight, as transformers saves
-   * them) stacked into one [E, out, in] weight. This is the one place weights are copied: the kernels read stacked
-   * experts only.
+   * them) stacked into one [E, out, in] weight, since the kernels read stacked experts only: in the backend's own
+   * memory where it offers that (weightBuffer), else in a buffer of their own.
    */
   private stackExperts(path: string, weights: readonly string[]): Weight {
     // a missing expert leaves a hole, which map() would skip
     if (Array.from(weights).includes(undefined as unknown as string))
       throw new RmlxError("bad_model", `${this.md.dir}: experts of ${path} are not numbered 0..${weights.length - 1}`);
     const paths = weights.map((w) => w.slice(0, -".weight".length));
-    const parts = paths.map((p) => this.storedLinear(p));
-    const first = parts[0]!;
+    const specs = paths.map((p) => quantSpecFor(this.md.quant, p, this.md.weights));
+    const first = specs[0] ?? null;
     const stack = (name: (i: number) => string): Tensor => {
       const entries = paths.map((_, i) => this.md.weights.require(name(i)));
       const e0 = entries[0]!;
-      const bytes = new Uint8Array(entries.reduce((n, e) => n + e.bytes.byteLength, 0));
+      const shape = [paths.length, ...e0.shape];
+      const dt = dtypeOf(e0, this.md.dir);
+      const own = this.backend.weightBuffer?.(shape, dt);
+      const bytes = own?.bytes ?? new Uint8Array(entries.reduce((n, e) => n + e.bytes.byteLength, 0));
       let off = 0;
       for (const e of entries) {
         if (e.dtype !== e0.dtype || e.shape.join() !== e0.shape.join()) {
           throw new RmlxError("bad_model", `${this.md.dir}: experts ${e0.name} and ${e.name} differ in shape or dtype`);
         }
-        bytes.set(e.bytes, off);
+        fillWeight(bytes.subarray(off, off + e.bytes.byteLength), e);
         off += e.bytes.byteLength;
       }
+      if (own) return own.tensor;
       this.keepAlive.push(bytes);
-      return this.backend.fromBytes(bytes, [paths.length, ...e0.shape], dtypeOf(e0, this.md.dir));
+      return this.backend.fromBytes(bytes, shape, dt);
     };
-    const w = stack((i) => `${paths[i]}.weight`);
-    if (!isQuantized(first)) return w;
-    for (const p of parts) {
-      if (!isQuantized(p) || p.bits !== first.bits || p.groupSize !== first.groupSize || p.mode !== first.mode) {
+    for (const sp of specs) {
+      if (sp?.bits !== first?.bits || sp?.groupSize !== first?.groupSize || sp?.mode !== first?.mode) {
         throw new RmlxError("bad_model", `${this.md.dir}: experts of ${paths[0]} are quantized differently`);
       }
+    }
+    const w = stack((i) => `${paths[i]}.weight`);
+    if (!first) {
+      if (w.dtype !== "f32" && w.dtype !== "f16" && w.dtype !== "bf16") {
+        throw new RmlxError("bad_model", `${this.md.dir}: ${weights[0]} is ${w.dtype} but no quantization is configured for it`);
+      }
+      return w;
     }
     return {
       w,
