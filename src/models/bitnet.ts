@@ -19,7 +19,7 @@ import { decodeFloats, isFloatDType } from "../quant/dtype.ts";
 import { textModelSanitizer, type BitnetActivations, type Family, type ModelOptions } from "./family.ts";
 import { attend, embed, gqaParams, runLayer, selectRows, stackEnds, stepTokens, type AttentionParams, type StackEnds } from "./layers.ts";
 import type { ForwardStep, LayerCacheSpec, Model } from "./model.ts";
-import type { ModelWeights } from "./weights.ts";
+import { loadTimeWeight, type ModelWeights } from "./weights.ts";
 
 /** What quantization_config says about the linears (transformers' BitNetQuantConfig and its defaults). */
 interface BitnetScheme {
@@ -136,9 +136,7 @@ export function ternaryCodesWeight(be: Backend, packed: Uint8Array, out: number,
       const shift = 2 * Math.floor(n / rows);
       for (let k = 0; k < inDim; k++) values[n * inDim + k] = ((packed[src + k]! >> shift) & 3) - 1;
     }
-    const bytes = new Uint8Array(values.buffer);
-    keep(bytes);
-    return be.fromBytes(bytes, [out, inDim], "f32");
+    return loadTimeWeight(be, new Uint8Array(values.buffer), [out, inDim], "f32", keep);
   }
   // 16 codes a word, the first in the lowest bits; each packed byte feeds the same word of its four rows.
   const perRow = inDim / 16;
@@ -166,12 +164,10 @@ export function ternaryCodesWeight(be: Backend, packed: Uint8Array, out: number,
   // bf16 1 and -1
   const scales = new Uint16Array(groups).fill(0x3f80);
   const biases = new Uint16Array(groups).fill(0xbf80);
-  const parts = [words, scales, biases].map((a) => new Uint8Array(a.buffer));
-  for (const p of parts) keep(p);
   return {
-    w: be.fromBytes(parts[0]!, [out, perRow], "u32"),
-    scales: be.fromBytes(parts[1]!, [out, inDim / group], "bf16"),
-    biases: be.fromBytes(parts[2]!, [out, inDim / group], "bf16"),
+    w: loadTimeWeight(be, new Uint8Array(words.buffer), [out, perRow], "u32", keep),
+    scales: loadTimeWeight(be, new Uint8Array(scales.buffer), [out, inDim / group], "bf16", keep),
+    biases: loadTimeWeight(be, new Uint8Array(biases.buffer), [out, inDim / group], "bf16", keep),
     mode: "affine",
     bits: 2,
     groupSize: group,
@@ -247,8 +243,7 @@ class BitnetModel implements Model {
     if (this.activations === "float") {
       form = { codes: ternaryCodesWeight(this.backend, packed, out, inDim, keep), factor: divide ? 1 / scale : scale };
     } else if (sch.online) {
-      keep(packed);
-      form = { ternary: { packed: this.backend.fromBytes(packed, [out / 4, inDim], "u8"), scale, divide } };
+      form = { ternary: { packed: loadTimeWeight(this.backend, packed, [out / 4, inDim], "u8", keep), scale, divide } };
     } else {
       form = { ternary: { packed: w.tensor(`${path}.weight`), scale, divide } };
     }

@@ -31,6 +31,20 @@ function fillWeight(dst: Uint8Array, e: TensorEntry): void {
   }
 }
 
+/**
+ * A weight made at load time (a repacked or converted form): in the backend's own memory where it offers that
+ * (Backend.weightBuffer), else wrapping `bytes`, which `keep` then holds for the model's life.
+ */
+export function loadTimeWeight(be: Backend, bytes: Uint8Array, shape: readonly number[], dtype: DType, keep: (b: Uint8Array) => void): Tensor {
+  const own = be.weightBuffer?.(shape, dtype);
+  if (own) {
+    own.bytes.set(bytes);
+    return own.tensor;
+  }
+  keep(bytes);
+  return be.fromBytes(bytes, shape, dtype);
+}
+
 const DTYPES: Partial<Record<StDType, DType>> = { F32: "f32", F16: "f16", BF16: "bf16", U32: "u32", U8: "u8", I32: "i32" };
 
 export class ModelWeights {
