@@ -19,7 +19,12 @@ function fillWeight(dst: Uint8Array, e: TensorEntry): void {
     dst.set(e.bytes);
     return;
   }
-  const fd = openSync(e.file, "r");
+  let fd: number;
+  try {
+    fd = openSync(e.file, "r");
+  } catch (err) {
+    throw new RmlxError("bad_model", `${e.file}: cannot read tensor '${e.name}': ${(err as Error).message}`);
+  }
   try {
     for (let done = 0; done < dst.byteLength; ) {
       const n = readSync(fd, dst, done, Math.min(dst.byteLength - done, 1 << 30), e.offset + done);
