@@ -679,7 +679,6 @@ export class KvCache {
     for (const sp of this.spaces) sp.dropTail(seq, length);
   }
 
-  /** Frees the device memory of the pools; the cache is unusable afterwards. */
   /**
    * Makes the next blocks' memory resident (Backend.populateKvPool), about `maxBytes` of them across the pools,
    * lowest block ids first as the allocators hand them out; true while blocks are left. A long-lived cache, the
@@ -707,6 +706,7 @@ export class KvCache {
     return false;
   }
 
+  /** Frees the device memory of the pools; the cache is unusable afterwards. */
   dispose(): void {
     for (const p of new Set(this.pools)) for (const t of [p.k, p.v, p.kScales, p.kBiases, p.vScales, p.vBiases]) if (t) this.backend.dispose(t);
     this.states?.dispose();
