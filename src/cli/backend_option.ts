@@ -1,6 +1,6 @@
-// --backend, --mlx-lib, --gemv, --gemm and --compute-dtype, shared by every subcommand that computes. They set
-// RMLX_BACKEND / RMLX_MLX_C_LIB / RMLX_GEMV / RMLX_GEMM / RMLX_COMPUTE_DTYPE for this process (flags override the environment); serve hands the same values to
-// its engine worker.
+// --backend, --mlx-lib, --gemv, --gemm, --compute-dtype and --mmap-weights, shared by every subcommand that
+// computes. They set RMLX_BACKEND / RMLX_MLX_C_LIB / RMLX_GEMV / RMLX_GEMM / RMLX_COMPUTE_DTYPE / RMLX_MMAP_WEIGHTS
+// for this process (flags override the environment); serve hands the same values to its engine worker.
 import type { Command } from "commander";
 import { parseBackendChoice, parseComputeDtype, parseGemmMode, parseGemvMode } from "../backend/choice.ts";
 
@@ -10,6 +10,7 @@ export interface BackendFlags {
   gemv?: string;
   gemm?: string;
   computeDtype?: string;
+  mmapWeights?: boolean;
 }
 
 export function addBackendOptions(cmd: Command): Command {
@@ -18,7 +19,8 @@ export function addBackendOptions(cmd: Command): Command {
     .option("--mlx-lib <path>", "libmlxc for the mlx backend (env RMLX_MLX_C_LIB; default: Homebrew's locations on macOS, /usr/local/lib elsewhere)")
     .option("--gemv <mode>", "native decode products of quantized weights: x16 (affine, mxfp4, nvfp4: x in 16-bit fixed point per weight group, about 1.7x faster; mxfp8: bf16 products of exact weights with x split in two bf16 parts where the CPU has AVX512-BF16, else exact f32 sums over a faster decode of the codes); x8: as x16, but affine 2/4-bit (8-bit with AVX512-VNNI) products with several rows of x, batched decode and prefill, put x in int8 per weight group, coarser by 128x; or f32 (the plain exact f32 kernels) (env RMLX_GEMV; default x16)")
     .option("--gemm <mode>", "native prefill products (many rows of x): auto (x16 as long as --gemv is not f32, except for models that route tokens to experts, where a near-tie between two experts would turn x16's rounding into another expert: f32 there), f32 (exact), x16 (affine 4 and 8-bit weights on 16-bit integer products with x in 16-bit fixed point per group, as the decode products have it: about 1.4x faster prompt processing on AVX-512, logits off by about 1e-4 of their scale; other formats and CPUs f32) or bf16 (x and the decoded weights rounded to bf16 for AVX512-BF16 dot products, about 1.7x, each product off by about 2^-9 of its terms; x16 where the CPU has no AVX512-BF16) (env RMLX_GEMM; default auto)")
-    .option("--compute-dtype <mode>", "activations on the mlx backend: model (the dtype of the model's weights, bf16 for most, as mlx-lm computes), f32 (exact; what the reference tests use) or auto (model on a Metal device, f32 on MLX's CPU build, where bf16 is slower and its quantized products add up in bf16); the native backend computes in f32 either way (env RMLX_COMPUTE_DTYPE; default auto)");
+    .option("--compute-dtype <mode>", "activations on the mlx backend: model (the dtype of the model's weights, bf16 for most, as mlx-lm computes), f32 (exact; what the reference tests use) or auto (model on a Metal device, f32 on MLX's CPU build, where bf16 is slower and its quantized products add up in bf16); the native backend computes in f32 either way (env RMLX_COMPUTE_DTYPE; default auto)")
+    .option("--mmap-weights", "native backend: use weights in the model files' mapping (4 KiB pages) instead of reading those of 1 MiB or more into the library's memory (2 MiB pages) at load, which decodes faster and loads a little slower (env RMLX_MMAP_WEIGHTS=1)");
 }
 
 export function applyBackendFlags(f: BackendFlags): void {
@@ -30,4 +32,5 @@ export function applyBackendFlags(f: BackendFlags): void {
   const gemm = parseGemmMode(f.gemm ?? process.env.RMLX_GEMM);
   if (gemm) process.env.RMLX_GEMM = gemm;
   process.env.RMLX_COMPUTE_DTYPE = parseComputeDtype(f.computeDtype ?? process.env.RMLX_COMPUTE_DTYPE);
+  if (f.mmapWeights) process.env.RMLX_MMAP_WEIGHTS = "1";
 }

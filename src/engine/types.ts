@@ -136,6 +136,8 @@ export interface EngineConfig {
   gemm?: string;
   /** --compute-dtype (model, f32) of the server process. */
   computeDtype?: string;
+  /** --mmap-weights (RMLX_MMAP_WEIGHTS=1) of the server process. */
+  mmapWeights?: boolean;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
   contextLength?: number;
   /** --kv-ssd and --kv-ssd-budget: the SSD tier of the prefix cache (its directory is locked by the server). */

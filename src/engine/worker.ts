@@ -271,6 +271,7 @@ function handle(msg: ToWorker): void {
       if (config.gemv !== undefined) process.env.RMLX_GEMV = config.gemv;
       if (config.gemm !== undefined) process.env.RMLX_GEMM = config.gemm;
       if (config.computeDtype !== undefined) process.env.RMLX_COMPUTE_DTYPE = config.computeDtype;
+      if (config.mmapWeights) process.env.RMLX_MMAP_WEIGHTS = "1";
       return;
     case "load":
       try {

@@ -160,6 +160,15 @@ describe("rmlx generate", () => {
     expect(r.out).toBe("ripgrep is a Debian package in the utils section: recursively searches directories for a regex pattern.\n");
   });
 
+  test("--mmap-weights and RMLX_MMAP_WEIGHTS=1 (weights left in the file's mapping) give the same answer", () => {
+    const want = "ripgrep is a Debian package in the utils section: recursively searches directories for a regex pattern.\n";
+    const flag = run("generate", "-p", "What is the package ripgrep?", "--max-tokens", "64", "--mmap-weights");
+    expect(flag.code).toBe(0);
+    expect(flag.out).toBe(want);
+    const env = runEnv({ RMLX_MMAP_WEIGHTS: "1" }, "generate", "-p", "What is the package ripgrep?", "--max-tokens", "64");
+    expect(env.out).toBe(want);
+  });
+
   test("bad input: one line on stderr, exit 2", () => {
     const missing = run("generate", "--model", "/nonexistent-model-dir", "--prompt", "x");
     expect(missing.code).toBe(2);
