@@ -93,6 +93,19 @@ const KV_MODE = { float: 0, affine: 1, fp8: 2, turbo: 3 } as const;
 /** Weights smaller than this stay in place (the library's own small allocations are not in huge pages either). */
 const WEIGHT_COPY_MIN = 1 << 20;
 
+let hugePagesCache: boolean | undefined;
+/** Whether Linux gives this process transparent huge pages where it asks for them (rmlx_alloc's madvise). */
+function hugePages(): boolean {
+  if (hugePagesCache === undefined) {
+    try {
+      hugePagesCache = !readFileSync("/sys/kernel/mm/transparent_hugepage/enabled", "utf8").includes("[never]");
+    } catch {
+      hugePagesCache = false;
+    }
+  }
+  return hugePagesCache;
+}
+
 /** The op list's KvPage of one side of a pool. */
 function kvPage(e: KvElement, data: NTensor, scales?: NTensor, biases?: NTensor): encode.KvPage {
   return {
@@ -227,12 +240,14 @@ export class NativeBackend implements Backend {
    * the hardware prefetchers stop at every page boundary and each page costs a TLB entry (about 12% of the
    * products' time in a 28-layer loop of the 0.6B shape's 4-bit products). None where the weight would take more
    * than a quarter of the memory available, so a model larger than memory keeps its mapping and pages from the
-   * file as before; RMLX_MMAP_WEIGHTS=1 keeps every weight mapped.
+   * file as before, and none where the kernel gives no transparent huge pages (the copy would gain nothing);
+   * RMLX_MMAP_WEIGHTS=1 keeps every weight mapped.
    */
   weightBuffer(shape: readonly number[], dtype: DType): { tensor: Tensor; bytes: Uint8Array } | undefined {
     checkShape(shape, "weightBuffer");
     const t = new NTensor(shape, dtype);
-    if (t.nbytes < WEIGHT_COPY_MIN || process.env.RMLX_MMAP_WEIGHTS === "1" || 4 * t.nbytes > availableMemory()) return undefined;
+    if (t.nbytes < WEIGHT_COPY_MIN || process.env.RMLX_MMAP_WEIGHTS === "1" || !hugePages() || 4 * t.nbytes > availableMemory())
+      return undefined;
     t.addr = nativeAlloc(t.nbytes);
     t.home = Home.Persistent;
     // A model is dropped, not disposed, when it is unloaded: its weights' memory goes with their tensors.
