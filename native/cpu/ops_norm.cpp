@@ -9,25 +9,31 @@
 namespace rmlx {
 namespace {
 
-// Weight rows are read once per row of x; converting them up front keeps the inner loop in f32.
-std::vector<float> to_f32(const void *w, int dt, int64_t n, float add) {
-  std::vector<float> out(n);
-  for (int64_t i = 0; i < n; i++) out[i] = load_scalar(w, dt, i) + add;
-  return out;
+// Weight rows are read once per row of x; converting them up front keeps the inner loop in f32. The buffer is
+// the calling thread's and grows once, so that a decode step's norms allocate nothing; 16-bit weights convert
+// with the ISA's kernels (these norms run a few times a layer on rows of 128-4096, where a scalar conversion and a
+// heap allocation a call were most of their time).
+const float *weights_f32(const void *w, int dt, int64_t n, float add, std::vector<float> &buf) {
+  if (!w) return nullptr;
+  if (dt == RMLX_F32 && add == 0.f) return (const float *)w;
+  if ((int64_t)buf.size() < n) buf.resize((size_t)n);
+  float *o = buf.data();
+  const Kern &k = kern();
+  if (dt == RMLX_BF16) k.bf16_to_f32(o, (const uint16_t *)w, n);
+  else if (dt == RMLX_F16) k.f16_to_f32(o, (const uint16_t *)w, n);
+  else
+    for (int64_t i = 0; i < n; i++) o[i] = load_scalar(w, dt, i);
+  if (add != 0.f)
+    for (int64_t i = 0; i < n; i++) o[i] += add;
+  return o;
 }
 
 }  // namespace
 
 int op_rmsnorm(float *out, const float *x, const void *w, int wdt, int64_t rows, int64_t n, float eps, bool one_plus) {
   if (w && !is_float_dtype(wdt)) return fail(RMLX_E_UNSUPPORTED, "rms_norm: weight dtype %d", wdt);
-  std::vector<float> wf;
-  const float *wp = nullptr;
-  if (w && wdt == RMLX_F32 && !one_plus) {
-    wp = (const float *)w;
-  } else if (w) {
-    wf = to_f32(w, wdt, n, one_plus ? 1.f : 0.f);
-    wp = wf.data();
-  }
+  thread_local std::vector<float> wbuf;
+  const float *wp = weights_f32(w, wdt, n, one_plus ? 1.f : 0.f, wbuf);
   const Kern &k = kern();
   parallel_for(rows, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; r++) {
@@ -43,9 +49,8 @@ int op_layernorm(float *out, const float *x, const void *w, int wdt, const void 
                  float eps) {
   if ((w && !is_float_dtype(wdt)) || (b && !is_float_dtype(bdt)))
     return fail(RMLX_E_UNSUPPORTED, "layer_norm: weight/bias dtype");
-  std::vector<float> wf, bf;
-  if (w) wf = to_f32(w, wdt, n, 0.f);
-  if (b) bf = to_f32(b, bdt, n, 0.f);
+  thread_local std::vector<float> wbuf, bbuf;
+  const float *wf = weights_f32(w, wdt, n, 0.f, wbuf), *bf = weights_f32(b, bdt, n, 0.f, bbuf);
   parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; r++) {
       const float *xr = x + r * n;

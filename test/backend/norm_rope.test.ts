@@ -32,6 +32,18 @@ describe("rmsNorm and layerNorm", () => {
     expect([...out.shape]).toEqual([1, rows, n]);
     expectClose(be.toFloat32(out), rmsRef((i) => 1 + values[i]!, 1e-5), 1e-5, 1e-5);
   });
+  test("f16 weight, and norms of several widths one after another (the weight buffer is reused)", () => {
+    const wv = Float32Array.from(new Float16Array(w));
+    const wt = be.fromArray(new Uint16Array(new Float16Array(w).buffer), [n], "f16");
+    expectClose(be.toFloat32(be.rmsNorm(t(x, [rows, n]), wt, 1e-6)), rmsRef((i) => wv[i]!, 1e-6), 1e-5, 1e-5);
+    const wide = Float32Array.from(new Float16Array(randn(4 * n, 5)));
+    const xw = randn(4 * n, 6);
+    const wideT = be.fromArray(new Uint16Array(new Float16Array(wide).buffer), [4 * n], "f16");
+    const got = be.toFloat32(be.rmsNorm(t(xw, [1, 4 * n]), wideT, 1e-6));
+    const inv = 1 / Math.sqrt(xw.reduce((a, c) => a + c * c, 0) / (4 * n) + 1e-6);
+    expectClose(got, Float32Array.from(xw, (v, i) => v * inv * wide[i]!), 1e-5, 1e-5);
+    expectClose(be.toFloat32(be.rmsNorm(t(x, [rows, n]), wt, 1e-6)), rmsRef((i) => wv[i]!, 1e-6), 1e-5, 1e-5);
+  });
   test("no weight", () => {
     expectClose(be.toFloat32(be.rmsNorm(t(x, [rows, n]), null, 1e-6)), rmsRef(() => 1, 1e-6), 1e-5, 1e-5);
   });
