@@ -30,7 +30,11 @@ int64_t argmax(const float *x, int64_t V, float &best) {
 // the mass by the float's top bits (order-preserving for non-negative floats), then only the tokens of the
 // bucket where the cumulative mass crosses the target are sorted.
 void keep_top_p(const float *probs, int64_t V, double mass, uint8_t *keep) {
-  std::vector<double> hist(1 << 13, 0.0);
+  // Buffers kept by the thread: a sampled decode step allocates nothing.
+  thread_local std::vector<double> hist;
+  thread_local std::vector<int32_t> edge;
+  hist.assign(1 << 13, 0.0);
+  edge.clear();
   for (int64_t i = 0; i < V; i++) {
     uint32_t b;
     std::memcpy(&b, probs + i, 4);
@@ -42,7 +46,6 @@ void keep_top_p(const float *probs, int64_t V, double mass, uint8_t *keep) {
     if (cum + hist[b] >= mass) break;
     cum += hist[b];
   }
-  std::vector<int32_t> edge;
   for (int64_t i = 0; i < V; i++) {
     uint32_t bits;
     std::memcpy(&bits, probs + i, 4);
@@ -95,7 +98,10 @@ void keep_top_k(const float *x, int64_t V, int64_t k, uint8_t *keep) {
   }
   // Larger k: surviving tokens counted per 16-bit key bucket; whole buckets above the one where the count reaches
   // k stay, and only that bucket is sorted.
-  std::vector<int32_t> hist(1 << 16, 0);
+  thread_local std::vector<int32_t> hist;
+  thread_local std::vector<int32_t> edge;
+  hist.assign(1 << 16, 0);
+  edge.clear();
   for (int64_t i = 0; i < V; i++)
     if (keep[i]) hist[order_key(x[i]) >> 16]++;
   int64_t above = 0;
@@ -104,7 +110,6 @@ void keep_top_k(const float *x, int64_t V, int64_t k, uint8_t *keep) {
     if (above + hist[b] >= k) break;
     above += hist[b];
   }
-  std::vector<int32_t> edge;
   for (int64_t i = 0; i < V; i++) {
     if (!keep[i]) continue;
     int key = (int)(order_key(x[i]) >> 16);
