@@ -508,9 +508,16 @@ int64_t scratch_floats(int64_t R, int64_t D) { return R * (4 * D + kChunk + 2) +
 
 // attend_rows' scratch for R rows, left uninitialized: attend_rows writes every part before reading it. A decode
 // step sized it for a 16-token tile and cleared it (657 KB a call at 16 heads of 128), a third of the call at 64
-// keys.
-std::unique_ptr<float[]> scratch_for(int64_t R, int64_t D) {
-  return std::unique_ptr<float[]>(new float[(size_t)scratch_floats(R, D)]);
+// keys. The calling thread keeps it and grows it when a call needs more, so that decode steps allocate nothing.
+float *scratch_for(int64_t R, int64_t D) {
+  thread_local std::unique_ptr<float[]> buf;
+  thread_local int64_t cap = 0;
+  const int64_t n = scratch_floats(R, D);
+  if (n > cap) {
+    buf.reset(new float[(size_t)n]);
+    cap = n;
+  }
+  return buf.get();
 }
 
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
@@ -612,9 +619,12 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
   for (const Group &g : groups) most = std::max(most, g.n);
   parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
     const int64_t R = most * RG;
-    const std::unique_ptr<float[]> scratch = scratch_for(R, D);
-    std::vector<float *> outs(R);
-    std::vector<int64_t> rlo(R), rhi(R);
+    float *const scratch = scratch_for(R, D);
+    thread_local std::vector<float *> outs;
+    thread_local std::vector<int64_t> rlo, rhi;
+    outs.resize((size_t)R);
+    rlo.resize((size_t)R);
+    rhi.resize((size_t)R);
     for (int64_t u = b; u < e; u++) {
       const int64_t w = u / parts, part = u % parts;
       // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
@@ -626,7 +636,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
       const int64_t all = a.positions[tl] - lo_of(t0) + 1, len = (all + parts - 1) / parts;
       // this part's keys: [lo, lo + nkeys) of the sequence
       const int64_t lo = lo_of(t0) + part * len, nkeys = std::min(len, all - part * len), nr = grp.n * RG;
-      float *qr = scratch.get() + scratch_floats(R, D) - R * D;
+      float *qr = scratch + scratch_floats(R, D) - R * D;
       // Row r: KV head kh + h, token i, query r % G of the head; a head's rows are consecutive (attend_rows: nh).
       for (int64_t r = 0; r < nr; r++) {
         const int64_t h = r / (grp.n * G), i = r / G % grp.n, qo = ((t0 + i) * a.heads + (kh + h) * G + r % G) * D;
@@ -651,7 +661,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
         return base + (within++) * a.kv_heads;
       };
       attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
-                  scratch.get(), ml, nh);
+                  scratch, ml, nh);
     }
   }, work < (1 << 15) ? items * parts : 1);
   if (parts > 1) {
@@ -718,14 +728,17 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
   if (Hkv < 1 || H % Hkv) return fail(RMLX_E_INVALID, "sdpa: %lld heads not a multiple of %lld", (long long)H, (long long)Hkv);
   const int64_t G = H / Hkv;
   parallel_for(B * Hkv * L, [&](int64_t b0, int64_t e0, int) {
-    const std::unique_ptr<float[]> scratch = scratch_for(G, D);
-    std::vector<float *> outs(G);
-    std::vector<int64_t> rlo(G, 0), rhi(G);
+    float *const scratch = scratch_for(G, D);
+    thread_local std::vector<float *> outs;
+    thread_local std::vector<int64_t> rlo, rhi;
+    outs.resize((size_t)G);
+    rlo.assign((size_t)G, 0);
+    rhi.resize((size_t)G);
     for (int64_t w = b0; w < e0; w++) {
       const int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
       const int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
       const int64_t kvo = (b * Hkv + kh) * S * D;
-      float *qr = scratch.get() + scratch_floats(G, D) - G * D;
+      float *qr = scratch + scratch_floats(G, D) - G * D;
       for (int64_t g = 0; g < G; g++) {
         const int64_t qo = ((b * H + kh * G + g) * L + i) * D;
         std::memcpy(qr + g * D, q + qo, sizeof(float) * D);
@@ -735,7 +748,7 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
       int64_t next = kvo / D;
       auto rows = [&]() { return next++; };
       attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
-                  nkeys, rows, scale, 0.f, false, scratch.get());
+                  nkeys, rows, scale, 0.f, false, scratch);
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
   return RMLX_OK;
@@ -767,13 +780,16 @@ int run_op(const VarlenAttentionRecord &a) {
   const int64_t G = H / Hkv, items = (int64_t)tiles.size() * Hkv, W = a.window;
   parallel_for(items, [&](int64_t b, int64_t e, int) {
     const int64_t R = kTileTokens * G;
-    const std::unique_ptr<float[]> scratch = scratch_for(R, D);
-    std::vector<float *> outs(R);
-    std::vector<int64_t> rlo(R), rhi(R);
+    float *const scratch = scratch_for(R, D);
+    thread_local std::vector<float *> outs;
+    thread_local std::vector<int64_t> rlo, rhi;
+    outs.resize((size_t)R);
+    rlo.resize((size_t)R);
+    rhi.resize((size_t)R);
     for (int64_t u = b; u < e; u++) {
       const Tile &tl = tiles[u / Hkv];
       const int64_t kh = u % Hkv;
-      float *qr = scratch.get() + scratch_floats(R, D) - R * D;
+      float *qr = scratch + scratch_floats(R, D) - R * D;
       int64_t first = tl.len, last = -1;
       for (int64_t i = 0; i < tl.n; i++) {
         const int64_t li = tl.t0 - tl.s0 + i;
@@ -801,7 +817,7 @@ int run_op(const VarlenAttentionRecord &a) {
         return row;
       };
       attend_rows(outs.data(), qr, tl.n * G, rlo.data(), rhi.data(), D, KvSide::flt(a.k, RMLX_F32, D),
-                  KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch.get());
+                  KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch);
     }
   }, a.T * H * D < (1 << 15) ? items : 1);
   return RMLX_OK;

@@ -103,7 +103,7 @@ describe("KV codecs", () => {
     be.dispose(pool.v);
   });
 
-  test("populateStep makes a cache resident a piece at a time, lowest blocks first", () => {
+  test("populateStep makes a cache resident a piece at a time, lowest blocks first", async () => {
     // The server's worker calls it while idle, so that its steps do not take the page faults.
     const be = getBackend();
     const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
@@ -115,6 +115,11 @@ describe("KV codecs", () => {
       cache.dispose();
       return;
     }
+    // Memory that earlier tests left to the collector (weights freed by finalizers) would leave the RSS meanwhile.
+    for (let i = 0; i < 3; i++) {
+      Bun.gc(true);
+      await Bun.sleep(20);
+    }
     const before = rss();
     expect(cache.populateStep(8 << 20)).toBe(true);
     const first = rss() - before;
@@ -124,7 +129,8 @@ describe("KV codecs", () => {
     let steps = 1;
     while (cache.populateStep(8 << 20)) steps++;
     expect(steps).toBeGreaterThanOrEqual(11);
-    expect(rss() - before).toBeGreaterThan(cache.memoryBytes * 0.9);
+    // The process RSS also moves with the allocator's own returns of freed memory: a margin, not the exact size.
+    expect(rss() - before).toBeGreaterThan(cache.memoryBytes * 0.75);
     expect(cache.populateStep(8 << 20)).toBe(false);
     cache.dispose();
 
