@@ -520,6 +520,21 @@ float *scratch_for(int64_t R, int64_t D) {
   return buf.get();
 }
 
+// attend_rows' row tables for R rows (where each row's output goes, its first and last key), kept by the calling
+// thread like its scratch.
+struct RowTables {
+  float **out;
+  int64_t *lo, *hi;
+};
+RowTables row_tables(int64_t R) {
+  thread_local std::vector<float *> out;
+  thread_local std::vector<int64_t> lo, hi;
+  out.resize((size_t)R);
+  lo.resize((size_t)R);
+  hi.resize((size_t)R);
+  return {out.data(), lo.data(), hi.data()};
+}
+
 bool pool_dtype_ok(int dt) { return dt == RMLX_F32 || dt == RMLX_F16 || dt == RMLX_BF16; }
 
 }  // namespace
@@ -620,11 +635,9 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
   parallel_for(items * parts, [&](int64_t b, int64_t e, int) {
     const int64_t R = most * RG;
     float *const scratch = scratch_for(R, D);
-    thread_local std::vector<float *> outs;
-    thread_local std::vector<int64_t> rlo, rhi;
-    outs.resize((size_t)R);
-    rlo.resize((size_t)R);
-    rhi.resize((size_t)R);
+    const RowTables rt = row_tables(R);
+    float **const outs = rt.out;
+    int64_t *const rlo = rt.lo, *const rhi = rt.hi;
     for (int64_t u = b; u < e; u++) {
       const int64_t w = u / parts, part = u % parts;
       // Groups in zigzag order (first, last, second, second last, ...): causal work grows with position, and the
@@ -660,7 +673,7 @@ int paged_attention(const Rec &a, const KvSide &K, const KvSide &V) {
         }
         return base + (within++) * a.kv_heads;
       };
-      attend_rows(outs.data(), qr, nr, rlo.data(), rhi.data(), D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
+      attend_rows(outs, qr, nr, rlo, rhi, D, K, V, nkeys, rows, a.scale, a.softcap, grp.n > 1,
                   scratch, ml, nh);
     }
   }, work < (1 << 15) ? items * parts : 1);
@@ -729,11 +742,10 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
   const int64_t G = H / Hkv;
   parallel_for(B * Hkv * L, [&](int64_t b0, int64_t e0, int) {
     float *const scratch = scratch_for(G, D);
-    thread_local std::vector<float *> outs;
-    thread_local std::vector<int64_t> rlo, rhi;
-    outs.resize((size_t)G);
-    rlo.assign((size_t)G, 0);
-    rhi.resize((size_t)G);
+    const RowTables rt = row_tables(G);
+    float **const outs = rt.out;
+    int64_t *const rlo = rt.lo, *const rhi = rt.hi;
+    std::fill(rlo, rlo + G, 0);
     for (int64_t w = b0; w < e0; w++) {
       const int64_t i = w % L, kh = (w / L) % Hkv, b = w / (L * Hkv);
       const int64_t nkeys = causal ? std::min(S, std::max<int64_t>(0, i + S - L + 1)) : S;
@@ -747,7 +759,7 @@ int op_sdpa(float *out, const float *q, const float *k, const float *v, int64_t 
       }
       int64_t next = kvo / D;
       auto rows = [&]() { return next++; };
-      attend_rows(outs.data(), qr, G, rlo.data(), rhi.data(), D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
+      attend_rows(outs, qr, G, rlo, rhi, D, KvSide::flt(k, RMLX_F32, D), KvSide::flt(v, RMLX_F32, D),
                   nkeys, rows, scale, 0.f, false, scratch);
     }
   }, B * H * L * S * D < (1 << 15) ? B * Hkv * L : 1);
@@ -781,11 +793,9 @@ int run_op(const VarlenAttentionRecord &a) {
   parallel_for(items, [&](int64_t b, int64_t e, int) {
     const int64_t R = kTileTokens * G;
     float *const scratch = scratch_for(R, D);
-    thread_local std::vector<float *> outs;
-    thread_local std::vector<int64_t> rlo, rhi;
-    outs.resize((size_t)R);
-    rlo.resize((size_t)R);
-    rhi.resize((size_t)R);
+    const RowTables rt = row_tables(R);
+    float **const outs = rt.out;
+    int64_t *const rlo = rt.lo, *const rhi = rt.hi;
     for (int64_t u = b; u < e; u++) {
       const Tile &tl = tiles[u / Hkv];
       const int64_t kh = u % Hkv;
@@ -816,7 +826,7 @@ int run_op(const VarlenAttentionRecord &a) {
         next += Hkv;
         return row;
       };
-      attend_rows(outs.data(), qr, tl.n * G, rlo.data(), rhi.data(), D, KvSide::flt(a.k, RMLX_F32, D),
+      attend_rows(outs, qr, tl.n * G, rlo, rhi, D, KvSide::flt(a.k, RMLX_F32, D),
                   KvSide::flt(a.v, RMLX_F32, D), last - first + 1, rows, a.scale, 0.f, tl.n > 1, scratch);
     }
   }, a.T * H * D < (1 << 15) ? items : 1);
