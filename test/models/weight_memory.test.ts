@@ -1,6 +1,7 @@
 // Weights of 1 MiB or more are read from the file into the backend's own memory (Backend.weightBuffer) where the
 // backend asks for that; the model must compute exactly what it computes over the file's mapping.
 import { describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
 import { forwardBatch } from "../../src/engine/forward_batch.ts";
 import { KvCache, Sequence } from "../../src/engine/kv/kv_cache.ts";
 import { openModelDir } from "../../src/io/model_dir.ts";
@@ -24,9 +25,13 @@ describe("weights in the backend's memory", () => {
           delete process.env.RMLX_MMAP_WEIGHTS;
         }
       };
-      const own = logits(false);
-      expect(own.length).toBe(4 * 8192);
-      expect([...own]).toEqual([...logits(true)]);
+      try {
+        const own = logits(false);
+        expect(own.length).toBe(4 * 8192);
+        expect([...own]).toEqual([...logits(true)]);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     }
   });
 });
