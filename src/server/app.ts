@@ -102,11 +102,14 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
     .post(
       "/tokenize",
       handle(async (b: typeof TokenizeBody.static) => {
-        if ((b.prompt === undefined) === (b.messages === undefined)) throw new HttpError(400, "give exactly one of prompt or messages");
+        const text = b.prompt ?? b.content;
+        if ([b.prompt, b.content, b.messages].filter((x) => x !== undefined).length !== 1) {
+          throw new HttpError(400, "give exactly one of prompt (or content) and messages");
+        }
         return withModel(ctx, b.model, async (m) => {
           const r = await ctx.engine.tokenize({
             model: m.name,
-            text: b.prompt,
+            text,
             messages: b.messages && chatMessages(b.messages),
             tools: b.tools?.map((t) => ({ type: "function" as const, function: t.function })),
             templateKwargs: b.chat_template_kwargs ?? undefined,
@@ -120,7 +123,11 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
     .post(
       "/detokenize",
       handle((b: typeof DetokenizeBody.static) =>
-        withModel(ctx, b.model, async (m) => Response.json({ prompt: await ctx.engine.detokenize(m.name, b.tokens) })),
+        withModel(ctx, b.model, async (m) => {
+          const text = await ctx.engine.detokenize(m.name, b.tokens);
+          // vLLM answers `prompt`, llama.cpp `content`.
+          return Response.json({ prompt: text, content: text });
+        }),
       ),
       { body: DetokenizeBody, parse: "json" },
     );

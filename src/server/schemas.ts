@@ -202,6 +202,8 @@ export const CountTokensBody = t.Object(anthropicPrompt);
 export const TokenizeBody = t.Object({
   model: Model,
   prompt: t.Optional(t.String()),
+  /** llama.cpp's server names the text `content`. */
+  content: t.Optional(t.String()),
   messages: t.Optional(t.Array(ChatMessage, { minItems: 1 })),
   tools: opt(t.Array(OpenAITool)),
   add_generation_prompt: t.Optional(t.Boolean()),

@@ -669,6 +669,12 @@ describe("engine in its own thread", () => {
     expect(t.tokens).toEqual([97, 98, 99]);
     const d = await jsonOf(await post("/detokenize", JSON.stringify({ model: "tiny", tokens: [104, 105] })));
     expect(d.prompt).toBe("hi");
+    // llama.cpp's names: `content` for the text both ways.
+    expect((await jsonOf(await post("/tokenize", JSON.stringify({ model: "tiny", content: "abc" })))).tokens).toEqual([97, 98, 99]);
+    expect(d.content).toBe("hi");
+    const both = await post("/tokenize", JSON.stringify({ model: "tiny", prompt: "a", content: "b" }));
+    expect(both.status).toBe(400);
+    expect(((await both.json()) as { error: { message: string } }).error.message).toContain("exactly one");
   });
 });
 
