@@ -21,7 +21,21 @@ interface ConvertFlags extends BackendFlags {
   force?: boolean;
   verify?: boolean;
   maxShardBytes?: string;
+  hfPath?: string;
+  mlxPath?: string;
+  qBits?: string;
+  qGroupSize?: string;
+  qMode?: string;
 }
+
+// mlx_lm.convert's spellings of the same flags, so that its command lines run unchanged.
+const MLX_LM_SPELLINGS: [alias: keyof ConvertFlags, name: keyof ConvertFlags, aliasFlag: string, flag: string][] = [
+  ["hfPath", "model", "--hf-path", "--model"],
+  ["mlxPath", "out", "--mlx-path", "--out"],
+  ["qBits", "bits", "--q-bits", "--bits"],
+  ["qGroupSize", "groupSize", "--q-group-size", "--group-size"],
+  ["qMode", "mode", "--q-mode", "--mode"],
+];
 
 function intFlag(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -77,18 +91,35 @@ function printSummary(out: string, s: ConvertSummary): void {
 export function register(program: Command): void {
   addBackendOptions(program.command("convert"))
     .description("Convert a Hugging Face checkpoint to MLX, or re-quantize / dequantize an MLX model")
-    .requiredOption("-m, --model <dir>", "source model directory (Hugging Face safetensors or MLX)")
-    .requiredOption("--out <dir>", "output directory")
+    .option("-m, --model <dir>", "source model directory (Hugging Face safetensors or MLX; also --hf-path)")
+    .option("--out <dir>", "output directory (also --mlx-path)")
     .option("-q, --quantize", "quantize Linear, Embedding and expert weights")
-    .option("--bits <n>", "bits per weight (affine: 2, 3, 4, 5, 6, 8; default per mode)")
-    .option("--group-size <n>", "values per scale (affine: 32, 64, 128; default per mode)")
-    .option("--mode <mode>", `quantization mode: ${QUANT_MODES.join(", ")}`, "affine")
+    .option("--bits <n>", "bits per weight (affine: 2, 3, 4, 5, 6, 8; default per mode; also --q-bits)")
+    .option("--group-size <n>", "values per scale (affine: 32, 64, 128; default per mode; also --q-group-size)")
+    .option("--mode <mode>", `quantization mode: ${QUANT_MODES.join(", ")} (default: "affine"; also --q-mode)`)
     .option("--recipe <name>", `mixed-bit affine recipe: ${Object.keys(RECIPES).join(", ")} (implies -q)`)
     .option("--dtype <dtype>", "dtype of float parameters: bf16, f16, f32 (default: config torch_dtype)")
-    .option("--dequantize", "write a quantized model back as floats")
+    .option("-d, --dequantize", "write a quantized model back as floats")
     .option("--force", "replace --out if it exists")
     .option("--verify", "compare next-token distributions of the output against the source")
     .addOption(new Option("--max-shard-bytes <n>").hideHelp())
+    .addOption(new Option("--hf-path <dir>").hideHelp())
+    .addOption(new Option("--mlx-path <dir>").hideHelp())
+    .addOption(new Option("--q-bits <n>").hideHelp())
+    .addOption(new Option("--q-group-size <n>").hideHelp())
+    .addOption(new Option("--q-mode <mode>").hideHelp())
+    .hook("preAction", (cmd) => {
+      const flags = cmd.opts<ConvertFlags>();
+      for (const [alias, name, aliasFlag, flag] of MLX_LM_SPELLINGS) {
+        const a = flags[alias];
+        if (a === undefined) continue;
+        if (flags[name] !== undefined && flags[name] !== a) cmd.error(`${aliasFlag} and ${flag} disagree`);
+        cmd.setOptionValue(name, a);
+      }
+      if (cmd.getOptionValue("model") === undefined) cmd.error("required option '-m, --model <dir>' not specified");
+      if (cmd.getOptionValue("out") === undefined) cmd.error("required option '--out <dir>' not specified");
+      if (cmd.getOptionValue("mode") === undefined) cmd.setOptionValue("mode", "affine");
+    })
     .action(
       action(async (flags: ConvertFlags) => {
         const mode = parseMode(flags.mode);

@@ -192,6 +192,28 @@ describe("recipes, groups that do not divide, dtypes, tied heads", () => {
     expect(WeightStore.open(b).require("model.norm.weight").dtype).toBe("F16");
   });
 
+  test("mlx_lm.convert's spellings (--hf-path, --mlx-path, --q-bits, --q-group-size, --q-mode, -d) write the same files", () => {
+    const src = join(tmp(), "hf");
+    makeHfModel(src, { layers: 1 });
+    const files = (dir: string) => Object.fromEntries(readdirSync(dir).sort().map((f) => [f, readFileSync(join(dir, f))]));
+    const ours = join(tmp(), "ours");
+    const theirs = join(tmp(), "theirs");
+    ok(runCli("convert", "--model", src, "--out", ours, "-q", "--bits", "8", "--group-size", "32", "--mode", "affine"));
+    ok(runCli("convert", "--hf-path", src, "--mlx-path", theirs, "-q", "--q-bits", "8", "--q-group-size", "32", "--q-mode", "affine"));
+    expect(files(theirs)).toEqual(files(ours));
+    const deqOurs = join(tmp(), "deq-ours");
+    const deqTheirs = join(tmp(), "deq-theirs");
+    ok(runCli("convert", "--model", ours, "--out", deqOurs, "--dequantize"));
+    ok(runCli("convert", "--hf-path", ours, "--mlx-path", deqTheirs, "-d"));
+    expect(files(deqTheirs)).toEqual(files(deqOurs));
+    const clash = runCli("convert", "--model", src, "--hf-path", ours, "--out", join(tmp(), "x"));
+    expect(clash.code).toBe(2);
+    expect(clash.err).toContain("--hf-path and --model disagree");
+    const missing = runCli("convert", "--hf-path", src);
+    expect(missing.code).toBe(2);
+    expect(missing.err).toContain("required option '--out <dir>' not specified");
+  });
+
   test("tied embeddings drop lm_head", () => {
     const src = join(tmp(), "hf");
     makeHfModel(src, { layers: 1, tie: true, extra: { "lm_head.weight": { dtype: "BF16", shape: [96, 64], values: new Float32Array(96 * 64) } } });
