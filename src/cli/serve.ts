@@ -208,6 +208,7 @@ export function register(program: Command): void {
           gemm: process.env.RMLX_GEMM,
           computeDtype: process.env.RMLX_COMPUTE_DTYPE,
           mmapWeights: process.env.RMLX_MMAP_WEIGHTS === "1",
+          threads: process.env.RMLX_THREADS,
           modelOptions: modelOptionsFrom(flags),
         };
         // The built-in model's context cannot hold what agents send (Claude Code's tools alone are ~30k tokens).

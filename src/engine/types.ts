@@ -138,6 +138,8 @@ export interface EngineConfig {
   computeDtype?: string;
   /** --mmap-weights (RMLX_MMAP_WEIGHTS=1) of the server process. */
   mmapWeights?: boolean;
+  /** --threads (RMLX_THREADS) of the server process: the native backend's compute threads. */
+  threads?: string;
   /** --ctx-size: the most tokens of context per sequence, below the model's own limit. */
   contextLength?: number;
   /** --kv-ssd and --kv-ssd-budget: the SSD tier of the prefix cache (its directory is locked by the server). */

@@ -272,6 +272,7 @@ function handle(msg: ToWorker): void {
       if (config.gemm !== undefined) process.env.RMLX_GEMM = config.gemm;
       if (config.computeDtype !== undefined) process.env.RMLX_COMPUTE_DTYPE = config.computeDtype;
       if (config.mmapWeights) process.env.RMLX_MMAP_WEIGHTS = "1";
+      if (config.threads !== undefined) process.env.RMLX_THREADS = config.threads;
       return;
     case "load":
       try {

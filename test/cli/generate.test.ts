@@ -169,6 +169,24 @@ describe("rmlx generate", () => {
     expect(env.out).toBe(want);
   });
 
+  test("--threads and RMLX_THREADS set the native backend's threads; a bad count is one line, exit 2", () => {
+    const want = "ripgrep is a Debian package in the utils section: recursively searches directories for a regex pattern.\n";
+    for (const r of [
+      run("generate", "-p", "What is the package ripgrep?", "--max-tokens", "64", "--threads", "1"),
+      run("generate", "-p", "What is the package ripgrep?", "--max-tokens", "64", "-t", "3"),
+      runEnv({ RMLX_THREADS: "1" }, "generate", "-p", "What is the package ripgrep?", "--max-tokens", "64"),
+    ]) {
+      expect(r.code).toBe(0);
+      expect(r.out).toBe(want);
+    }
+    const zero = run("generate", "-p", "hi", "--threads", "0");
+    expect(zero.code).toBe(2);
+    expect(zero.err).toBe("rmlx: --threads must be an integer from 1 to 1024 (got '0')\n");
+    const env = runEnv({ RMLX_THREADS: "many" }, "generate", "-p", "hi");
+    expect(env.code).toBe(2);
+    expect(env.err).toBe("rmlx: RMLX_THREADS must be an integer from 0 to 1024 (got 'many')\n");
+  });
+
   test("bad input: one line on stderr, exit 2", () => {
     const missing = run("generate", "--model", "/nonexistent-model-dir", "--prompt", "x");
     expect(missing.code).toBe(2);
