@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { RmlxError } from "../errors.ts";
 import { openModelDir } from "../io/model_dir.ts";
 import { kvCacheBytes, summarize, unsupportedReason, type ModelSummary, type RopeSummary } from "../io/summary.ts";
 import { isEmbeddingDir, summarizeEmbedding, type EmbeddingSummary } from "../io/sentence_transformers.ts";
@@ -158,14 +159,18 @@ function humanLines(s: InfoOut): [string, string][] {
 export function register(program: Command): void {
   addKvOption(addBackendOptions(program.command("info")))
     .description("Describe a model directory: architecture, size, quantization, memory, and whether it can run")
+    .argument("[model]", "the model directory, as -m takes it")
     .option("-m, --model <dir>", "model directory: config.json and .safetensors files (default: the built-in model)")
     .option("--json", "print one JSON object instead of aligned lines")
     .option("-v, --verbose", "say more: where libmlxc was looked for")
     .action(
-      action(async (opts: InfoOptions) => {
+      action(async (positional: string | undefined, opts: InfoOptions) => {
         applyBackendFlags(opts);
+        if (positional !== undefined && opts.model !== undefined && positional !== opts.model) {
+          throw new RmlxError("invalid_argument", `two model directories: '${positional}' and -m '${opts.model}'`);
+        }
         const codec = parseKvCodec(kvCodecFrom(opts) ?? "f32");
-        const md = openModelDir(opts.model ?? builtinModelDir());
+        const md = openModelDir(opts.model ?? positional ?? builtinModelDir());
         let embedding: EmbeddingSummary | undefined;
         let reason: string | null;
         if (isEmbeddingDir(md.dir)) {

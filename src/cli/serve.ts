@@ -109,6 +109,7 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 export function register(program: Command): void {
   addBitnetOption(addKvOption(addBackendOptions(program.command("serve"))))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
+    .argument("[models...]", "model directories, as -m takes them (vLLM's 'serve MODEL')")
     .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])
     .option(
       "--alias <name>",
@@ -164,13 +165,14 @@ export function register(program: Command): void {
         "Stops gracefully on SIGINT/SIGTERM.",
     )
     .action(
-      action(async (flags: ServeFlags) => {
+      action(async (positional: string[], flags: ServeFlags) => {
         applyBackendFlags(flags);
         // The engine worker loads the native library only with its first model; a bad RMLX_ISA must stop the
         // server here instead, before it answers as if it could compute.
         if (process.env.RMLX_ISA && process.env.RMLX_BACKEND !== "mlx") native();
         const log = new Logger(flags.verbose ? "debug" : parseLogLevel(pick(flags.logLevel, "RMLX_LOG_LEVEL", "info")));
-        const modelPaths = flags.model ?? (process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : []);
+        const given = [...(flags.model ?? []), ...positional];
+        const modelPaths = given.length > 0 ? given : process.env.RMLX_MODEL ? process.env.RMLX_MODEL.split(":").filter(Boolean) : [];
         const aliases = flags.alias ?? (process.env.RMLX_ALIAS ? process.env.RMLX_ALIAS.split(",") : []);
         const builtin = modelPaths.length === 0;
         if (builtin) {

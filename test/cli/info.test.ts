@@ -53,6 +53,15 @@ describe("rmlx info", () => {
     expect(j.backend).toMatch(/^native \(cpu \w+, x16 decode products\)$/);
   });
 
+  test("the model directory as an argument, as -m takes it; both naming two directories is refused", () => {
+    const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
+    const r = info(dir, "--json");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toEqual(JSON.parse(info("-m", dir, "--json").out));
+    expect(info(dir, "-m", dir).code).toBe(0);
+    expectBadInput(info(dir, "-m", tempDir()), "two model directories");
+  });
+
   test("--gemv f32 shows in the backend line", () => {
     const dir = writeModelDir(tempDir(), llamaConfig(), llamaTensors());
     const j = JSON.parse(info("-m", dir, "--json", "--gemv", "f32").out);

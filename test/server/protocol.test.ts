@@ -679,6 +679,17 @@ describe("engine in its own thread", () => {
 });
 
 describe("server options", () => {
+  test("model directories as arguments (vLLM's 'serve MODEL'), alone or with -m", async () => {
+    const dir2 = fakeModels("a", "b");
+    const s = await serve([join(dir2, "a"), "--model", join(dir2, "b")], ENV);
+    try {
+      const ids = ((await (await fetch(`${s.url}/v1/models`)).json()) as { data: { id: string }[] }).data.map((m) => m.id);
+      expect(ids.sort()).toEqual(["a", "b"]);
+    } finally {
+      await s.stop();
+    }
+  });
+
   test("--cors: allow headers for allowed origins, preflights answered before the API key; off by default", async () => {
     const plain = await fetch(`${srv.url}/v1/models`, { headers: { origin: "http://app.example" } });
     expect(plain.headers.get("access-control-allow-origin")).toBeNull();
