@@ -19,7 +19,7 @@ export function addModelOptions(cmd: Command): Command {
   cmd
     .option("-m, --model <dir>", MODEL_HELP)
     .option("--chat-template <file>", "a chat template (Jinja, or JSON with chat_template) used instead of the model's own (env RMLX_CHAT_TEMPLATE)")
-    .option("--ctx-size <n>", "most tokens of context, below the model's own limit (env RMLX_CTX_SIZE)");
+    .option("-c, --ctx-size <n>", "most tokens of context, below the model's own limit (env RMLX_CTX_SIZE)");
   return addBitnetOption(cmd);
 }
 

@@ -128,7 +128,7 @@ export function register(program: Command): void {
     .option("--top-k <k>", "top_k of requests that name none, 0 = off (env RMLX_TOP_K; default: generation_config.json, else off)")
     .option("--min-p <p>", "min_p of requests that name none, 0 = off (env RMLX_MIN_P; default: generation_config.json, else off)")
     .option("--max-tokens <n>", "max_tokens of OpenAI requests that name none (env RMLX_MAX_TOKENS; default: the rest of the context; 16 on /v1/completions)")
-    .option("--ctx-size <n>", "most tokens of context per sequence, below each model's own limit (env RMLX_CTX_SIZE; default: the model's)")
+    .option("-c, --ctx-size <n>", "most tokens of context per sequence, below each model's own limit (env RMLX_CTX_SIZE; default: the model's)")
     .option(
       "--prompt-overflow <policy>",
       "a prompt longer than the context: error (a 400) or truncate (drop older turns, then tools, then the end of the system message, keeping the newest user turn; logged) (env RMLX_PROMPT_OVERFLOW; default: truncate for the built-in model, whose context is 1024 tokens, error otherwise)",

@@ -187,6 +187,14 @@ describe("rmlx generate", () => {
     expect(env.err).toBe("rmlx: RMLX_THREADS must be an integer from 0 to 1024 (got 'many')\n");
   });
 
+  test("-c is --ctx-size (llama.cpp's spelling)", () => {
+    const long = run("generate", "-p", "What is the package ripgrep?", "--ctx-size", "16");
+    const short = run("generate", "-p", "What is the package ripgrep?", "-c", "16");
+    expect(long.code).toBe(2);
+    expect(long.err).toBe("rmlx: the prompt has 18 tokens; the context is 16 tokens\n");
+    expect(short.err).toBe(long.err);
+  });
+
   test("bad input: one line on stderr, exit 2", () => {
     const missing = run("generate", "--model", "/nonexistent-model-dir", "--prompt", "x");
     expect(missing.code).toBe(2);
