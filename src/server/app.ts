@@ -79,6 +79,8 @@ export function createApp(ctx: ServerContext, opts: AppOptions) {
   return app
     .get("/", root)
     .head("/", root)
+    // vLLM's version probe.
+    .get("/version", ({ request }) => record(request, Response.json({ version: VERSION })))
     .get("/health", () => {
       const loading = ctx.models.loading;
       return Response.json({ status: loading ? "loading" : "ok" }, { status: loading ? 503 : 200 });

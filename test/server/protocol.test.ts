@@ -664,6 +664,12 @@ describe("engine in its own thread", () => {
     expect(text).toContain('rmlx_model_loaded{model="tiny"} 1');
   });
 
+  test("/version answers the package version, as vLLM's does", async () => {
+    const r = await fetch(`${srv.url}/version`);
+    expect(r.status).toBe(200);
+    expect(((await r.json()) as { version: string }).version).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
   test("tokenize and detokenize", async () => {
     const t = await jsonOf(await post("/tokenize", JSON.stringify({ model: "tiny", prompt: "abc" })));
     expect(t.tokens).toEqual([97, 98, 99]);
