@@ -37,14 +37,14 @@ export function applyBackendFlags(f: BackendFlags): void {
   if (gemm) process.env.RMLX_GEMM = gemm;
   process.env.RMLX_COMPUTE_DTYPE = parseComputeDtype(f.computeDtype ?? process.env.RMLX_COMPUTE_DTYPE);
   if (f.mmapWeights) process.env.RMLX_MMAP_WEIGHTS = "1";
-  const threads = f.threads ?? process.env.RMLX_THREADS;
-  if (threads !== undefined && threads !== "") process.env.RMLX_THREADS = String(parseThreads(threads, f.threads !== undefined ? "--threads" : "RMLX_THREADS"));
+  if (f.threads !== undefined) process.env.RMLX_THREADS = String(parseThreads(f.threads, "--threads", 1));
+  // 0 in the environment is the default: one thread per online core.
+  else if (process.env.RMLX_THREADS) process.env.RMLX_THREADS = String(parseThreads(process.env.RMLX_THREADS, "RMLX_THREADS", 0));
 }
 
-/** A thread count: 1 to 1024 (0 in RMLX_THREADS: one per online core, the default). */
-function parseThreads(v: string, name: string): number {
+/** A thread count from least to 1024. */
+function parseThreads(v: string, name: string, least: number): number {
   const n = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
-  const least = name === "RMLX_THREADS" ? 0 : 1;
   if (!Number.isInteger(n) || n < least || n > 1024) throw new RmlxError("invalid_argument", `${name} must be an integer from ${least} to 1024 (got '${v}')`);
   return n;
 }

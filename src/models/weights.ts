@@ -138,13 +138,7 @@ export class ModelWeights {
   private storedLinear(storedPath: string): Weight {
     const stored = `${storedPath}.weight`;
     const spec = quantSpecFor(this.md.quant, storedPath, this.md.weights);
-    if (!spec) {
-      const t = this.wrap(stored);
-      if (t.dtype !== "f32" && t.dtype !== "f16" && t.dtype !== "bf16") {
-        throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is ${t.dtype} but no quantization is configured for it`);
-      }
-      return t;
-    }
+    if (!spec) return this.unquantized(this.wrap(stored), stored);
     const q: QuantizedWeight = {
       w: this.wrap(stored),
       scales: this.wrap(`${storedPath}.scales`),
@@ -156,6 +150,14 @@ export class ModelWeights {
       ...(this.routed ? { exactRows: true } : {}),
     };
     return q;
+  }
+
+  /** A weight with no quantization configured, which must then be floats (stored: its name, for the error). */
+  private unquantized(t: Tensor, stored: string): Tensor {
+    if (t.dtype !== "f32" && t.dtype !== "f16" && t.dtype !== "bf16") {
+      throw new RmlxError("bad_model", `${this.md.dir}: ${stored} is ${t.dtype} but no quantization is configured for it`);
+    }
+    return t;
   }
 
   /**
@@ -195,12 +197,7 @@ export class ModelWeights {
       }
     }
     const w = stack((i) => `${paths[i]}.weight`);
-    if (!first) {
-      if (w.dtype !== "f32" && w.dtype !== "f16" && w.dtype !== "bf16") {
-        throw new RmlxError("bad_model", `${this.md.dir}: ${weights[0]} is ${w.dtype} but no quantization is configured for it`);
-      }
-      return w;
-    }
+    if (!first) return this.unquantized(w, weights[0]!);
     return {
       w,
       scales: stack((i) => `${paths[i]}.scales`),
