@@ -12,7 +12,10 @@
 // Figures go to the metrics database (`rmlx metrics` reads them) unless --no-record.
 //
 //   bun run bench serve [--shape small|0.6b|tiny] [--bits 4|8|0] [--tokens 32] [--levels 1,4,16] [--rounds 3] [--prompt 32]
-//                       [--prefix 2000] [--json-tokens 48] [--json-pairs 3] [--source] [--no-record] [--smoke]
+//                       [--prefix 2000] [--json-tokens 48] [--json-pairs 3] [--kv-quant CODEC] [--source] [--no-record]
+//                       [--smoke]
+// --kv-quant is handed to the server (else the server's default, an f32 cache; `bench generate` times an f16 one,
+// llama-server's default);
 // --source runs the server from src/ through bun instead of dist/rmlx; --smoke is a seconds-long run of every
 // part on a tiny shape (what the test suite runs).
 import { Database } from "bun:sqlite";
@@ -60,6 +63,8 @@ const prefixLen = int("prefix", 2000, 64);
 const jsonTokens = Math.max(2, int("json-tokens", 48, 4));
 const jsonPairs = Math.max(1, int("json-pairs", 3, 1));
 const record = !flag("no-record");
+const kvQuant = argv.includes("--kv-quant") ? opt("kv-quant", "") : undefined;
+if (kvQuant === "") throw new Error("--kv-quant: a codec such as f16 or q8");
 
 /** Deterministic token ids below Qwen3's first special token, so prompts never contain control tokens. */
 const FIRST_SPECIAL = 151643;
@@ -102,7 +107,7 @@ function processCpuSeconds(pid: number): number {
 async function startServer(modelDir: string, db: string, ssd: string): Promise<Server> {
   const binary = join(ROOT, "dist/rmlx");
   const cmd = flag("source") || !existsSync(binary) ? [process.execPath, join(ROOT, "src/cli/main.ts")] : [binary];
-  const proc = Bun.spawn([...cmd, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", "0", "--db", db, "--kv-ssd", ssd], {
+  const proc = Bun.spawn([...cmd, "serve", "--model", modelDir, "--host", "127.0.0.1", "--port", "0", "--db", db, "--kv-ssd", ssd, ...(kvQuant ? ["--kv-quant", kvQuant] : [])], {
     stdin: "ignore",
     stdout: "ignore",
     stderr: "pipe",
@@ -158,6 +163,14 @@ interface Streamed {
 async function diskCachedTokens(url: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
   return Number(/^rmlx_prompt_tokens_cached_total\{tier="disk"\} (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
+}
+
+/** The server's KV budget from /metrics: blocks (of 16 tokens, its default) and bytes a token in the codec it keeps. */
+async function kvBudget(url: string): Promise<string> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const read = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+  const blocks = read("rmlx_kv_blocks_total"), bytes = read("rmlx_kv_bytes_total");
+  return `${blocks} blocks, ${fmt(bytes / (blocks * 16))} bytes a token`;
 }
 
 /** One streamed /v1/completions request; times are performance.now() of the send and of token chunks' arrival. */
@@ -281,7 +294,8 @@ const modelName = "qwen3-bench";
 const modelDir = join(tmp, modelName);
 const serverDb = join(tmp, "server.db");
 const ssdDir = join(tmp, "kv-ssd");
-const shapeText = `qwen3 ${shapeName} (h${shape.hiddenSize} l${shape.layers}) ${bits ? `q${bits}` : "bf16"}`;
+const shapeText =
+  `qwen3 ${shapeName} (h${shape.hiddenSize} l${shape.layers}) ${bits ? `q${bits}` : "bf16"}` + (kvQuant ? ` kv ${kvQuant}` : "");
 let server: Server | undefined;
 try {
   const t0 = performance.now();
@@ -295,6 +309,7 @@ try {
   // while idle (making its KV cache resident): the figures are a settled server's.
   await streamCompletion(server.url, modelName, randomIds(4), 2);
   await settled(server);
+  console.log(`server KV cache: ${kvQuant ?? "the server's default codec"}, ${await kvBudget(server.url)}`);
 
   console.log(
     `\nconcurrency: ${promptLen}-token prompts (distinct), ${genTokens} tokens each, greedy, ignore_eos; ` +

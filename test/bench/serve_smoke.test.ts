@@ -24,6 +24,8 @@ test("bench serve --smoke runs every part and records its figures", async () => 
     expect(err).not.toContain("error");
     expect(code).toBe(0);
     expect(out).toMatch(/^1 +[\d.]+ +[\d.]+ +\d+ ms +\d+ ms +[\d.]+ +[\d.]+$/m);
+    // f32 keys and values: 2 layers x 2 sides x 1 KV head x 64 dims x 4 bytes a token
+    expect(out).toMatch(/^server KV cache: the server's default codec, \d+ blocks, 1024\.0 bytes a token$/m);
     expect(out).toMatch(/TTFT cold \d+ ms \(0 of 80 prompt tokens cached\), RAM hit \d+ ms \(64 cached\): [\d.]+x; after a restart, SSD hit \d+ ms \(64 cached, 64 from disk\)/);
     expect(out).toMatch(/mask alone over a typical answer's [1-9]\d* tokens/);
 
@@ -57,4 +59,18 @@ test("bench serve --smoke runs every part and records its figures", async () => 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}, 120_000);
+
+test("bench serve --kv-quant hands the codec to the server, whose prefix cache and SSD tier keep it", async () => {
+  const proc = Bun.spawn(
+    [process.execPath, join(ROOT, "scripts/bench/index.ts"), "serve", "--smoke", "--source", "--no-record", "--kv-quant", "q8"],
+    { cwd: ROOT, stdout: "pipe", stderr: "pipe" },
+  );
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  expect(err).not.toContain("error");
+  expect(code).toBe(0);
+  expect(out).toMatch(/^model: random-weight qwen3 tiny \(h128 l2\) q4 kv q8,/m);
+  // q8: 64 one-byte codes and an f16 scale and bias per 64 values, so 68 bytes a row, 4 rows a token
+  expect(out).toMatch(/^server KV cache: q8, \d+ blocks, 272\.0 bytes a token$/m);
+  expect(out).toMatch(/RAM hit \d+ ms \(64 cached\): [\d.]+x; after a restart, SSD hit \d+ ms \(64 cached, 64 from disk\)/);
 }, 120_000);
