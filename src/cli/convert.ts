@@ -7,6 +7,7 @@ import { RECIPES, parseRecipe } from "../quant/recipes.ts";
 import { QUANT_MODES, parseMode } from "../quant/spec.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
+import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
 
 interface ConvertFlags extends BackendFlags {
   model: string;
@@ -28,13 +29,13 @@ interface ConvertFlags extends BackendFlags {
   qMode?: string;
 }
 
-// mlx_lm.convert's spellings of the same flags, so that its command lines run unchanged.
-const MLX_LM_SPELLINGS: [alias: keyof ConvertFlags, name: keyof ConvertFlags, aliasFlag: string, flag: string][] = [
-  ["hfPath", "model", "--hf-path", "--model"],
-  ["mlxPath", "out", "--mlx-path", "--out"],
-  ["qBits", "bits", "--q-bits", "--bits"],
-  ["qGroupSize", "groupSize", "--q-group-size", "--group-size"],
-  ["qMode", "mode", "--q-mode", "--mode"],
+// mlx_lm.convert's spellings of the same flags.
+const MLX_LM_SPELLINGS: Spelling[] = [
+  { flags: "--hf-path <dir>", key: "hfPath", ours: "model", ourFlag: "--model" },
+  { flags: "--mlx-path <dir>", key: "mlxPath", ours: "out", ourFlag: "--out" },
+  { flags: "--q-bits <n>", key: "qBits", ours: "bits", ourFlag: "--bits" },
+  { flags: "--q-group-size <n>", key: "qGroupSize", ours: "groupSize", ourFlag: "--group-size" },
+  { flags: "--q-mode <mode>", key: "qMode", ours: "mode", ourFlag: "--mode" },
 ];
 
 function intFlag(name: string, v: string | undefined): number | undefined {
@@ -89,7 +90,7 @@ function printSummary(out: string, s: ConvertSummary): void {
 }
 
 export function register(program: Command): void {
-  addBackendOptions(program.command("convert"))
+  const cmd = addBackendOptions(program.command("convert"))
     .description("Convert a Hugging Face checkpoint to MLX, or re-quantize / dequantize an MLX model")
     .option("-m, --model <dir>", "source model directory (Hugging Face safetensors or MLX; also --hf-path)")
     .option("--out <dir>", "output directory (also --mlx-path)")
@@ -102,20 +103,10 @@ export function register(program: Command): void {
     .option("-d, --dequantize", "write a quantized model back as floats")
     .option("--force", "replace --out if it exists")
     .option("--verify", "compare next-token distributions of the output against the source")
-    .addOption(new Option("--max-shard-bytes <n>").hideHelp())
-    .addOption(new Option("--hf-path <dir>").hideHelp())
-    .addOption(new Option("--mlx-path <dir>").hideHelp())
-    .addOption(new Option("--q-bits <n>").hideHelp())
-    .addOption(new Option("--q-group-size <n>").hideHelp())
-    .addOption(new Option("--q-mode <mode>").hideHelp())
+    .addOption(new Option("--max-shard-bytes <n>").hideHelp());
+  addSpellings(cmd, MLX_LM_SPELLINGS)
     .hook("preAction", (cmd) => {
-      const flags = cmd.opts<ConvertFlags>();
-      for (const [alias, name, aliasFlag, flag] of MLX_LM_SPELLINGS) {
-        const a = flags[alias];
-        if (a === undefined) continue;
-        if (flags[name] !== undefined && flags[name] !== a) cmd.error(`${aliasFlag} and ${flag} disagree`);
-        cmd.setOptionValue(name, a);
-      }
+      applySpellings(cmd, MLX_LM_SPELLINGS);
       if (cmd.getOptionValue("model") === undefined) cmd.error("required option '-m, --model <dir>' not specified");
       if (cmd.getOptionValue("out") === undefined) cmd.error("required option '--out <dir>' not specified");
       if (cmd.getOptionValue("mode") === undefined) cmd.setOptionValue("mode", "affine");

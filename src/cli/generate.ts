@@ -12,6 +12,7 @@ import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backe
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
+import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
 
 export interface SamplingFlags {
   temp: string;
@@ -29,7 +30,25 @@ interface GenerateFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags
   raw?: boolean;
   system?: string;
   json?: boolean;
+  ignoreEos?: boolean;
 }
+
+/** llama.cpp's spelling of the sampling flags (generate and chat). */
+export const SAMPLING_SPELLINGS: Spelling[] = [
+  { flags: "--repeat-penalty <r>", key: "repeatPenalty", ours: "repetitionPenalty", ourFlag: "--repetition-penalty" },
+];
+
+/** llama.cpp's and mlx_lm.generate's spellings shared by generate and chat. */
+export const REPLY_SPELLINGS: Spelling[] = [
+  { flags: "-n, --n-predict <n>", key: "nPredict", ours: "maxTokens", ourFlag: "--max-tokens" },
+  { flags: "--system-prompt <text>", key: "systemPrompt", ours: "system", ourFlag: "--system" },
+];
+
+const GENERATE_SPELLINGS: Spelling[] = [
+  ...SAMPLING_SPELLINGS,
+  ...REPLY_SPELLINGS,
+  { flags: "--ignore-chat-template", key: "ignoreChatTemplate", ours: "raw", ourFlag: "--raw" },
+];
 
 function num(name: string, v: string, integer = false): number {
   const n = Number(v);
@@ -77,12 +96,14 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** A draft proposing tokens (--draft-model, or --draft-kind mtp), and the most it proposes a step. */
   draft?: { model: DraftSource; tokens: number; fixed: boolean };
+  /** Generate maxTokens tokens whatever the model's end-of-sequence tokens say (--ignore-eos). */
+  ignoreEos?: boolean;
 }
 
 /** The prompt's ids (chat template applied) and the reply, through a cache sized for the prompt and maxTokens. */
 export async function runGeneration(s: Session, prompt: CliPrompt, o: RunOptions): Promise<GenerateResult & { promptIds: number[] }> {
   if ("messages" in prompt && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run with --raw)`);
-  const request = { ...prompt, maxTokens: o.maxTokens, sampling: o.sampling, stop: [], stopTokenIds: [] };
+  const request = { ...prompt, maxTokens: o.maxTokens, sampling: o.sampling, stop: [], stopTokenIds: [], ignoreEos: o.ignoreEos ?? false };
   // Encoded here once, because the cache is sized by the prompt's length.
   const encoded = encodePrompt(s, request);
   if (encoded.ids.length >= o.contextLength) {
@@ -134,8 +155,11 @@ export function register(program: Command): void {
     .option("--raw", "send the prompt as plain text, without the model's chat template")
     .option("--chat", "wrap the prompt in the model's chat template as a user message (the default when the model has one)")
     .option("--system <text>", "system message (with the chat template)")
-    .option("--json", "print one JSON object (prompt_ids, token_ids, text, finish_reason, prompt_tps, decode_tps) instead of streaming");
-  addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))).action(
+    .option("--json", "print one JSON object (prompt_ids, token_ids, text, finish_reason, prompt_tps, decode_tps) instead of streaming")
+    .option("--ignore-eos", "keep generating past the model's end-of-sequence tokens, up to --max-tokens");
+  addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), GENERATE_SPELLINGS)
+    .hook("preAction", (c) => applySpellings(c, GENERATE_SPELLINGS))
+    .action(
     action(async (f: GenerateFlags) => {
       applyBackendFlags(f);
       const kvQuant = kvCodecFrom(f);
@@ -155,7 +179,15 @@ export function register(program: Command): void {
       }
       const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
       const draft = draftFrom(f, s);
-      const r = await runGeneration(s, prompt, { maxTokens, sampling, contextLength, kvQuant, draft, ...(onText ? { onText } : {}) });
+      const r = await runGeneration(s, prompt, {
+        maxTokens,
+        sampling,
+        contextLength,
+        kvQuant,
+        draft,
+        ignoreEos: Boolean(f.ignoreEos),
+        ...(onText ? { onText } : {}),
+      });
       if (f.json) {
         const out = {
           prompt_ids: r.promptIds,

@@ -52,6 +52,14 @@ describe("rmlx chat", () => {
     expect(r.err.match(/generation: \d+ tokens/g)?.length).toBe(1);
   });
 
+  test("llama.cpp's -n and --system-prompt spell --max-tokens and --system", () => {
+    const ours = chat(["--max-tokens", "6", "--system", "Answer in one line."], "What is curl?\n");
+    const theirs = chat(["-n", "6", "--system-prompt", "Answer in one line."], "What is curl?\n");
+    expect(theirs.code).toBe(0);
+    expect(theirs.out).toBe(ours.out);
+    expect(theirs.err.match(/generation: 6 tokens/g)?.length).toBe(1);
+  });
+
   test("a missing model is one line and exit 2", () => {
     const p = Bun.spawnSync([BIN, "chat", "-m", "/nonexistent-model-dir"], { stdout: "pipe", stderr: "pipe" });
     expect(p.exitCode).toBe(2);

@@ -195,6 +195,38 @@ describe("rmlx generate", () => {
     expect(short.err).toBe(long.err);
   });
 
+  test("--ignore-eos generates to --max-tokens past the end-of-sequence token, the greedy reply before it unchanged", () => {
+    const json = (...args: string[]) => JSON.parse(run("generate", "-p", "Say hi.", "--json", ...args).out);
+    const plain = json("--max-tokens", "100");
+    expect(plain.finish_reason).toBe("stop");
+    expect(plain.token_ids.length).toBeLessThan(100);
+    const past = json("--max-tokens", "100", "--ignore-eos");
+    expect(past.finish_reason).toBe("length");
+    expect(past.token_ids).toHaveLength(100);
+    expect(past.token_ids.slice(0, plain.token_ids.length)).toEqual(plain.token_ids);
+  });
+
+  test("llama.cpp's and mlx_lm's spellings: -n / --n-predict, --system-prompt, --ignore-chat-template, --repeat-penalty", () => {
+    const json = (...args: string[]) => {
+      const r = run("generate", "-p", "What is curl?", "--json", ...args);
+      expect(r.err).toBe("");
+      const j = JSON.parse(r.out);
+      return { prompt: j.prompt_ids, tokens: j.token_ids };
+    };
+    expect(json("-n", "7")).toEqual(json("--max-tokens", "7"));
+    expect(json("--n-predict", "7").tokens).toHaveLength(7);
+    expect(json("-n", "4", "--system-prompt", "Be brief.")).toEqual(json("-n", "4", "--system", "Be brief."));
+    expect(json("-n", "4", "--ignore-chat-template")).toEqual(json("-n", "4", "--raw"));
+    const penalised = json("-n", "24", "--repeat-penalty", "1.5");
+    expect(penalised).toEqual(json("-n", "24", "--repetition-penalty", "1.5"));
+    expect(penalised).not.toEqual(json("-n", "24"));
+    const clash = run("generate", "-p", "hi", "-n", "5", "--max-tokens", "6");
+    expect(clash.code).toBe(2);
+    expect(clash.err).toBe("rmlx: --n-predict and --max-tokens disagree (see 'rmlx generate --help')\n");
+    const same = run("generate", "-p", "hi", "-n", "5", "--max-tokens", "5", "--json");
+    expect(same.code).toBe(0);
+  });
+
   test("bad input: one line on stderr, exit 2", () => {
     const missing = run("generate", "--model", "/nonexistent-model-dir", "--prompt", "x");
     expect(missing.code).toBe(2);

@@ -1,0 +1,33 @@
+// Other tools' spellings of our flags (mlx_lm's, llama.cpp's), taken as hidden options so that their command lines
+// run unchanged: each alias's value moves onto our option before the action runs.
+import { type Command, Option } from "commander";
+
+/** An alias: its option (flags as commander takes them, e.g. "-n, --n-predict <n>"), the key it parses to, and our option's key and flag. */
+export interface Spelling {
+  flags: string;
+  key: string;
+  ours: string;
+  ourFlag: string;
+}
+
+/** Adds the aliases as hidden options. */
+export function addSpellings(cmd: Command, spellings: readonly Spelling[]): Command {
+  for (const s of spellings) cmd.addOption(new Option(s.flags).hideHelp());
+  return cmd;
+}
+
+/**
+ * Moves each given alias's value onto our option (call from a preAction hook). Both given with different values is
+ * one line and exit 2; our option's default does not count as given.
+ */
+export function applySpellings(cmd: Command, spellings: readonly Spelling[]): void {
+  for (const s of spellings) {
+    const a = cmd.getOptionValue(s.key);
+    if (a === undefined) continue;
+    const mine = cmd.getOptionValue(s.ours);
+    const given = mine !== undefined && cmd.getOptionValueSource(s.ours) !== "default";
+    const alias = s.flags.split(/[ ,]+/).find((f) => f.startsWith("--"))!;
+    if (given && mine !== a) cmd.error(`${alias} and ${s.ourFlag} disagree`);
+    cmd.setOptionValueWithSource(s.ours, a, "cli");
+  }
+}
