@@ -23,6 +23,7 @@ import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_op
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { DRAFT_KIND_HELP, DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
+import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags, DraftFlags, BitnetFlags {
   model?: string[];
@@ -106,8 +107,22 @@ function ssdTier(f: ServeFlags, prefixCache: boolean): { dir: string; budgetByte
 /** performance.now() counts from the start of the process. */
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 
+// vLLM's, llama-server's and mlx_lm.server's spellings of serve's flags.
+const SERVE_SPELLINGS: Spelling[] = [
+  { flags: "--max-model-len <n>", key: "maxModelLen", ours: "ctxSize", ourFlag: "--ctx-size" },
+  { flags: "--served-model-name <name>", key: "servedModelName", ours: "alias", ourFlag: "--alias", repeatable: true },
+  { flags: "-a <name>", key: "a", ours: "alias", ourFlag: "--alias", repeatable: true },
+  { flags: "--max-num-seqs <n>", key: "maxNumSeqs", ours: "maxRunning", ourFlag: "--max-running" },
+  { flags: "--parallel <n>", key: "parallel", ours: "maxRunning", ourFlag: "--max-running" },
+  { flags: "--chat-template-file <file>", key: "chatTemplateFile", ours: "chatTemplate", ourFlag: "--chat-template" },
+  { flags: "--model-draft <dir>", key: "modelDraft", ours: "draftModel", ourFlag: "--draft-model" },
+  { flags: "--num-draft-tokens <k>", key: "numDraftTokens", ours: "draftTokens", ourFlag: "--draft-tokens" },
+  { flags: "--draft-max <k>", key: "draftMax", ours: "draftTokens", ourFlag: "--draft-tokens" },
+];
+
 export function register(program: Command): void {
-  addBitnetOption(addKvOption(addBackendOptions(program.command("serve"))))
+  addSpellings(addBitnetOption(addKvOption(addBackendOptions(program.command("serve")))), SERVE_SPELLINGS)
+    .hook("preAction", (c) => applySpellings(c, SERVE_SPELLINGS))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
     .argument("[models...]", "model directories, as -m takes them (vLLM's 'serve MODEL')")
     .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])

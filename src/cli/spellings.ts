@@ -8,11 +8,18 @@ export interface Spelling {
   key: string;
   ours: string;
   ourFlag: string;
+  /** Where our option collects repeated values (a list), the alias collects them the same way. */
+  repeatable?: boolean;
 }
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 /** Adds the aliases as hidden options. */
 export function addSpellings(cmd: Command, spellings: readonly Spelling[]): Command {
-  for (const s of spellings) cmd.addOption(new Option(s.flags).hideHelp());
+  for (const s of spellings) {
+    const o = new Option(s.flags).hideHelp();
+    cmd.addOption(s.repeatable ? o.argParser(collect) : o);
+  }
   return cmd;
 }
 
@@ -27,7 +34,7 @@ export function applySpellings(cmd: Command, spellings: readonly Spelling[]): vo
     const mine = cmd.getOptionValue(s.ours);
     const given = mine !== undefined && cmd.getOptionValueSource(s.ours) !== "default";
     const alias = s.flags.split(/[ ,]+/).find((f) => f.startsWith("--"))!;
-    if (given && mine !== a) cmd.error(`${alias} and ${s.ourFlag} disagree`);
+    if (given && JSON.stringify(mine) !== JSON.stringify(a)) cmd.error(`${alias} and ${s.ourFlag} disagree`);
     cmd.setOptionValueWithSource(s.ours, a, "cli");
   }
 }

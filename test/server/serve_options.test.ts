@@ -229,6 +229,31 @@ describe("sampling defaults", () => {
   });
 });
 
+describe("other servers' spellings", () => {
+  test("vLLM's --max-model-len and --served-model-name, llama-server's -a, --parallel and --chat-template-file", async () => {
+    const dir = fakeModels("m");
+    for (const args of [
+      ["--max-model-len", "64", "--served-model-name", "mine", "--max-num-seqs", "4"],
+      ["--ctx-size", "64", "-a", "mine", "--parallel", "4"],
+    ]) {
+      const s = await serve(["--model", join(dir, "m"), ...args], ENV);
+      try {
+        const models = (await (await fetch(`${s.url}/v1/models`)).json()) as { data: { id: string; max_model_len: number }[] };
+        expect(models.data.map((m) => [m.id, m.max_model_len])).toEqual([["mine", 64]]);
+      } finally {
+        await s.stop();
+      }
+    }
+    removeDir(dir);
+    const clash = await serveFails(["--max-num-seqs", "4", "--max-running", "5"]);
+    expect(clash.code).toBe(2);
+    expect(clash.err).toBe("rmlx: --max-num-seqs and --max-running disagree (see 'rmlx serve --help')\n");
+    const file = await serveFails(["--chat-template-file", "/nonexistent/template.jinja"]);
+    expect(file.code).toBe(2);
+    expect(file.err).toBe("rmlx: --chat-template: cannot read /nonexistent/template.jinja: ENOENT\n");
+  });
+});
+
 describe("--kv-ssd start-up", () => {
   test("--kv-ssd: a budget without a directory, a bad size, no prefix cache or an unusable directory are one line", async () => {
     const dir = fakeModels("m");
