@@ -203,9 +203,12 @@ export function mixExperts(
 /**
  * Steps with more tokens than this run each decoder layer in a scope of its own, so that a prefill chunk's
  * temporaries are freed layer by layer (a 2048-token chunk of a 0.6B model would otherwise hold gigabytes).
- * The cost is one evaluation per layer, which decode steps (a few tokens each) should not pay.
+ * The cost is one evaluation per layer, which decode steps of a few sequences should not pay. At 64 (before), a
+ * 32 or 64-token prompt of the 0.6B shape held 100-200 MiB of the step arena, and a server's first such prompt
+ * paid 150-230 ms growing it (fresh huge pages zeroed on first write); at 16 the arena stays at 16 MiB for them
+ * and batches of 17-32 sequences (per-layer evaluation now) decoded no slower (24 clients of `bench serve`).
  */
-const LAYER_SCOPE_TOKENS = 64;
+const LAYER_SCOPE_TOKENS = 16;
 
 /** Runs one decoder layer, in its own scope when the step is long. */
 export function runLayer(be: Backend, step: ForwardStep, layer: () => Tensor): Tensor {
