@@ -60,20 +60,20 @@ export function register(program: Command): void {
   addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), spellings)
     .hook("preAction", (c) => applySpellings(c, spellings))
     .action(
-    action(async (f: ChatFlags) => {
-      applyBackendFlags(f);
-      const kvQuant = kvCodecFrom(f);
-      const maxTokens = Number(f.maxTokens);
-      if (!Number.isInteger(maxTokens) || maxTokens < 1) {
-        throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
-      }
-      const sampling = samplingFrom(f);
-      const { session: s, contextLength, dir } = openModel(f);
-      if (!s.template) throw new RmlxError("bad_model", `${dir}: no chat template; use 'rmlx generate --raw' instead`);
-      const draft = draftFrom(f, s);
-      await chatLoop(s, { name: modelName(dir), contextLength, maxTokens, run: { sampling, kvQuant, draft }, system: f.system });
-    }),
-  );
+      action(async (f: ChatFlags) => {
+        applyBackendFlags(f);
+        const kvQuant = kvCodecFrom(f);
+        const maxTokens = Number(f.maxTokens);
+        if (!Number.isInteger(maxTokens) || maxTokens < 1) {
+          throw new RmlxError("invalid_argument", `--max-tokens must be a positive integer (got '${f.maxTokens}')`);
+        }
+        const sampling = samplingFrom(f);
+        const { session: s, contextLength, dir } = openModel(f);
+        if (!s.template) throw new RmlxError("bad_model", `${dir}: no chat template; use 'rmlx generate --raw' instead`);
+        const draft = draftFrom(f, s);
+        await chatLoop(s, { name: modelName(dir), contextLength, maxTokens, run: { sampling, kvQuant, draft }, system: f.system });
+      }),
+    );
 }
 
 interface ChatSettings {

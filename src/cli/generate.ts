@@ -160,49 +160,49 @@ export function register(program: Command): void {
   addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), GENERATE_SPELLINGS)
     .hook("preAction", (c) => applySpellings(c, GENERATE_SPELLINGS))
     .action(
-    action(async (f: GenerateFlags) => {
-      applyBackendFlags(f);
-      const kvQuant = kvCodecFrom(f);
-      const maxTokens = num("max-tokens", f.maxTokens, true);
-      if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
-      const sampling = samplingFrom(f);
-      if (f.raw && f.chat) throw new RmlxError("invalid_argument", "--raw and --chat contradict each other");
-      if (f.raw && f.system !== undefined) throw new RmlxError("invalid_argument", "--system needs the chat template (leave out --raw)");
-      const text = await promptText(f.prompt);
-      const { session: s, contextLength } = openModel(f);
-      if (f.chat && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
-      if (!s.template && f.system !== undefined) throw new RmlxError("bad_model", `${s.md.dir}: no chat template, so no --system`);
-      let prompt: CliPrompt = { prompt: text };
-      if (s.template && !f.raw) {
-        const messages: ChatMessage[] = f.system !== undefined ? [{ role: "system", content: f.system }] : [];
-        prompt = { messages: [...messages, { role: "user", content: text }] };
-      }
-      const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
-      const draft = draftFrom(f, s);
-      const r = await runGeneration(s, prompt, {
-        maxTokens,
-        sampling,
-        contextLength,
-        kvQuant,
-        draft,
-        ignoreEos: Boolean(f.ignoreEos),
-        ...(onText ? { onText } : {}),
-      });
-      if (f.json) {
-        const out = {
-          prompt_ids: r.promptIds,
-          token_ids: r.tokenIds,
-          text: r.text,
-          finish_reason: r.finishReason,
-          prompt_tps: r.promptTps,
-          decode_tps: r.decodeTps,
-          ...(r.speculative ? speculativeJson(r.speculative) : {}),
-        };
-        process.stdout.write(`${JSON.stringify(out)}\n`);
-      } else {
-        process.stdout.write("\n");
-        process.stderr.write(`${speedLine(r)}\n`);
-      }
-    }),
-  );
+      action(async (f: GenerateFlags) => {
+        applyBackendFlags(f);
+        const kvQuant = kvCodecFrom(f);
+        const maxTokens = num("max-tokens", f.maxTokens, true);
+        if (maxTokens < 1) throw new RmlxError("invalid_argument", "--max-tokens must be at least 1");
+        const sampling = samplingFrom(f);
+        if (f.raw && f.chat) throw new RmlxError("invalid_argument", "--raw and --chat contradict each other");
+        if (f.raw && f.system !== undefined) throw new RmlxError("invalid_argument", "--system needs the chat template (leave out --raw)");
+        const text = await promptText(f.prompt);
+        const { session: s, contextLength } = openModel(f);
+        if (f.chat && !s.template) throw new RmlxError("bad_model", `${s.md.dir}: no chat template (run without --chat)`);
+        if (!s.template && f.system !== undefined) throw new RmlxError("bad_model", `${s.md.dir}: no chat template, so no --system`);
+        let prompt: CliPrompt = { prompt: text };
+        if (s.template && !f.raw) {
+          const messages: ChatMessage[] = f.system !== undefined ? [{ role: "system", content: f.system }] : [];
+          prompt = { messages: [...messages, { role: "user", content: text }] };
+        }
+        const onText = f.json ? undefined : (t: string) => process.stdout.write(t);
+        const draft = draftFrom(f, s);
+        const r = await runGeneration(s, prompt, {
+          maxTokens,
+          sampling,
+          contextLength,
+          kvQuant,
+          draft,
+          ignoreEos: Boolean(f.ignoreEos),
+          ...(onText ? { onText } : {}),
+        });
+        if (f.json) {
+          const out = {
+            prompt_ids: r.promptIds,
+            token_ids: r.tokenIds,
+            text: r.text,
+            finish_reason: r.finishReason,
+            prompt_tps: r.promptTps,
+            decode_tps: r.decodeTps,
+            ...(r.speculative ? speculativeJson(r.speculative) : {}),
+          };
+          process.stdout.write(`${JSON.stringify(out)}\n`);
+        } else {
+          process.stdout.write("\n");
+          process.stderr.write(`${speedLine(r)}\n`);
+        }
+      }),
+    );
 }
