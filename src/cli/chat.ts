@@ -14,7 +14,7 @@ import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
 import { addSamplingOptions, REPLY_SPELLINGS, runGeneration, SAMPLING_SPELLINGS, samplingFrom, speedLine, type SamplingFlags } from "./generate.ts";
-import { addSpellings, applySpellings } from "./spellings.ts";
+import { addSpellings } from "./spellings.ts";
 
 interface ChatFlags extends SamplingFlags, BackendFlags, KvFlags, ModelFlags, DraftFlags {
   maxTokens: string;
@@ -56,9 +56,7 @@ export function register(program: Command): void {
     .description("Chat with a model in the terminal (/help lists the commands; Ctrl-C stops a reply)")
     .option("--max-tokens <n>", "maximum tokens per reply", "1024")
     .option("--system <text>", "system message");
-  const spellings = [...SAMPLING_SPELLINGS, ...REPLY_SPELLINGS];
-  addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), spellings)
-    .hook("preAction", (c) => applySpellings(c, spellings))
+  addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), [...SAMPLING_SPELLINGS, ...REPLY_SPELLINGS])
     .action(
       action(async (f: ChatFlags) => {
         applyBackendFlags(f);

@@ -7,7 +7,7 @@ import { RECIPES, parseRecipe } from "../quant/recipes.ts";
 import { QUANT_MODES, parseMode } from "../quant/spec.ts";
 import { action } from "./action.ts";
 import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backend_option.ts";
-import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
+import { addSpellings, type Spelling } from "./spellings.ts";
 
 interface ConvertFlags extends BackendFlags {
   model: string;
@@ -105,11 +105,10 @@ export function register(program: Command): void {
     .option("--verify", "compare next-token distributions of the output against the source")
     .addOption(new Option("--max-shard-bytes <n>").hideHelp());
   addSpellings(cmd, MLX_LM_SPELLINGS)
-    .hook("preAction", (cmd) => {
-      applySpellings(cmd, MLX_LM_SPELLINGS);
-      if (cmd.getOptionValue("model") === undefined) cmd.error("required option '-m, --model <dir>' not specified");
-      if (cmd.getOptionValue("out") === undefined) cmd.error("required option '--out <dir>' not specified");
-      if (cmd.getOptionValue("mode") === undefined) cmd.setOptionValue("mode", "affine");
+    .hook("preAction", (c) => {
+      if (c.getOptionValue("model") === undefined) c.error("required option '-m, --model <dir>' not specified");
+      if (c.getOptionValue("out") === undefined) c.error("required option '--out <dir>' not specified");
+      if (c.getOptionValue("mode") === undefined) c.setOptionValue("mode", "affine");
     })
     .action(
       action(async (flags: ConvertFlags) => {

@@ -12,7 +12,7 @@ import { addBackendOptions, applyBackendFlags, type BackendFlags } from "./backe
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { addDraftOptions, draftFrom, type DraftFlags } from "./draft_option.ts";
 import { addModelOptions, openModel, type ModelFlags } from "./model_option.ts";
-import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
+import { addSpellings, type Spelling } from "./spellings.ts";
 
 export interface SamplingFlags {
   temp: string;
@@ -158,7 +158,6 @@ export function register(program: Command): void {
     .option("--json", "print one JSON object (prompt_ids, token_ids, text, finish_reason, prompt_tps, decode_tps) instead of streaming")
     .option("--ignore-eos", "keep generating past the model's end-of-sequence tokens, up to --max-tokens");
   addSpellings(addDraftOptions(addKvOption(addSamplingOptions(addBackendOptions(addModelOptions(cmd))))), GENERATE_SPELLINGS)
-    .hook("preAction", (c) => applySpellings(c, GENERATE_SPELLINGS))
     .action(
       action(async (f: GenerateFlags) => {
         applyBackendFlags(f);

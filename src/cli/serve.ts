@@ -23,7 +23,7 @@ import { addBitnetOption, type BitnetFlags, modelOptionsFrom } from "./bitnet_op
 import { addKvOption, kvCodecFrom, type KvFlags } from "./kv_option.ts";
 import { DRAFT_KIND_HELP, DRAFT_POLICY_HELP, DRAFT_TOKENS_HELP, draftSettings, type DraftFlags } from "./draft_option.ts";
 import { parseBytes, parseInteger, parseNumber, pick } from "./parse.ts";
-import { addSpellings, applySpellings, type Spelling } from "./spellings.ts";
+import { addSpellings, type Spelling } from "./spellings.ts";
 
 interface ServeFlags extends BackendFlags, KvFlags, DraftFlags, BitnetFlags {
   model?: string[];
@@ -122,7 +122,6 @@ const SERVE_SPELLINGS: Spelling[] = [
 
 export function register(program: Command): void {
   addSpellings(addBitnetOption(addKvOption(addBackendOptions(program.command("serve")))), SERVE_SPELLINGS)
-    .hook("preAction", (c) => applySpellings(c, SERVE_SPELLINGS))
     .description("Serve OpenAI- and Anthropic-compatible APIs")
     .argument("[models...]", "model directories, as -m takes them (vLLM's 'serve MODEL')")
     .option("-m, --model <dir>", `model directory, or a directory of model directories (repeatable; env RMLX_MODEL, ':'-separated; default: the built-in model, served as ${BUILTIN_MODEL_NAME})`, (v: string, prev: string[] = []) => [...prev, v])

@@ -14,20 +14,20 @@ export interface Spelling {
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
-/** Adds the aliases as hidden options. */
+/**
+ * Adds the aliases as hidden options, and a preAction hook (ahead of any the caller adds after) that moves their
+ * values onto ours.
+ */
 export function addSpellings(cmd: Command, spellings: readonly Spelling[]): Command {
   for (const s of spellings) {
     const o = new Option(s.flags).hideHelp();
     cmd.addOption(s.repeatable ? o.argParser(collect) : o);
   }
-  return cmd;
+  return cmd.hook("preAction", (c) => applySpellings(c, spellings));
 }
 
-/**
- * Moves each given alias's value onto our option (call from a preAction hook). Both given with different values is
- * one line and exit 2; our option's default does not count as given.
- */
-export function applySpellings(cmd: Command, spellings: readonly Spelling[]): void {
+/** Moves each given alias's value onto our option. Both given with different values is one line and exit 2; our option's default does not count as given. */
+function applySpellings(cmd: Command, spellings: readonly Spelling[]): void {
   for (const s of spellings) {
     const a = cmd.getOptionValue(s.key);
     if (a === undefined) continue;
